@@ -1,0 +1,17 @@
+"""tilefuse: a tensor compiler for PyTorch that fuses memory-bound work into GEMM kernels.
+
+    import tilefuse
+
+    @tilefuse.compile(dump="tilefuse_dump")
+    def mlp(x, w1, w2):
+        return torch.relu(x @ w1) @ w2
+
+or `torch.compile(model, backend="tilefuse")`.
+"""
+
+from . import ir
+from .compiler import TilefuseBackend, compile
+
+__version__ = "0.1.0"
+
+__all__ = ["TilefuseBackend", "__version__", "compile", "ir"]

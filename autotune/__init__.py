@@ -1,0 +1,1 @@
+"""Tile-configuration search: space, cost model, builder/runner, database."""

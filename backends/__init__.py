@@ -1,0 +1,1 @@
+"""Code generators from `tile` kernels (Triton, CUDA C++). Imports `tilefuse.ir` only."""

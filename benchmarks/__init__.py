@@ -1,0 +1,1 @@
+"""Benchmarks against eager PyTorch, torch.compile, cuBLAS and SDPA (GPU only)."""

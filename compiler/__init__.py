@@ -1,0 +1,10 @@
+"""Entry points, FX → `ein` import, the compile driver, runtime and dumps."""
+
+from torch._dynamo import register_backend
+
+from .api import compile
+from .backend import TilefuseBackend, tilefuse_backend
+
+register_backend(tilefuse_backend, name="tilefuse")
+
+__all__ = ["TilefuseBackend", "compile", "tilefuse_backend"]

@@ -1,0 +1,42 @@
+"""`tilefuse.compile`: the decorator users put on a function or `nn.Module`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar, overload
+
+import torch
+
+from .backend import CompileOptions, TilefuseBackend
+from .dump import resolve_dump_dir
+
+F = TypeVar("F", bound=Callable)
+
+
+@overload
+def compile(fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False) -> F: ...
+@overload
+def compile(
+    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False
+) -> Callable[[F], F]: ...
+
+
+def compile(fn=None, *, dump=None, fullgraph=False):
+    """Compile a function or `nn.Module` with tilefuse.
+
+    Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Shapes
+    are specialized: a call with new shapes recompiles. `dump` (or the
+    `TILEFUSE_DUMP` environment variable) names a folder for the IR of every
+    stage. Ops tilefuse cannot compile run in PyTorch; the dump says which
+    and why. The result has `tilefuse_reports`: one summary per compiled graph.
+    """
+    if fn is None:
+        return lambda f: compile(f, dump=dump, fullgraph=fullgraph)
+    options = CompileOptions(dump=resolve_dump_dir(dump))
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    backend = TilefuseBackend(options, name=name)
+    compiled = torch.compile(fn, backend=backend, dynamic=False, fullgraph=fullgraph)
+    compiled.tilefuse_reports = backend.reports
+    compiled.tilefuse_dump_dir = options.dump
+    return compiled

@@ -1,0 +1,101 @@
+"""The Dynamo backend: `torch.compile(model, backend="tilefuse")`.
+
+Dynamo hands over a torch-level FX graph; `aot_autograd` with PyTorch's core
+decompositions turns it into aten ops, which the driver compiles. Attention
+is kept whole (not decomposed) so it is imported as one unit. Backward
+graphs, when autograd needs them, run in PyTorch and say so in the dump.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch._decomp import core_aten_decompositions
+from torch._dynamo.backends.common import aot_autograd
+from torch.fx import GraphModule
+
+from .driver import compile_aten_graph
+from .dump import GraphDump, resolve_dump_dir
+from .fx_import import InputInfo
+
+_KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
+
+
+def decompositions() -> dict:
+    """PyTorch's core aten decompositions, minus attention (imported whole)."""
+    table = core_aten_decompositions()
+    return {op: fn for op, fn in table.items() if not any(k in str(op) for k in _KEEP_WHOLE)}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Options of one `tilefuse.compile` call."""
+
+    dump: Path | None = None
+
+
+_graph_ids = itertools.count()
+_MODULE_PATH = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]")
+
+
+def _input_info(node: torch.fx.Node) -> InputInfo:
+    """Name a Dynamo placeholder: module parameters and buffers keep their path."""
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    text = getattr(source, "name", None)
+    text = text() if callable(text) else text
+    if text and ("._parameters[" in text or "._buffers[" in text):
+        path = ".".join(_MODULE_PATH.findall(text))
+        return InputInfo(path.replace(".", "_"), param=path)
+    return InputInfo(node.name)
+
+
+def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
+    return gm
+
+
+class TilefuseBackend:
+    """A Dynamo backend object; keeps the summaries of the graphs it compiled."""
+
+    def __init__(self, options: CompileOptions | None = None, name: str = "graph"):
+        self.options = options or CompileOptions()
+        self.name = name
+        self.reports: list[dict] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        infos = [_input_info(n) for n in placeholders]
+        graph_name = f"{self.name}_{next(_graph_ids):03d}"
+        dynamo_code = gm.print_readable(print_output=False)
+
+        def forward_compiler(aten: GraphModule, aten_inputs: list) -> Callable:
+            aten_placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
+            inputs = infos if len(infos) == len(aten_placeholders) else [
+                InputInfo(n.name) for n in aten_placeholders
+            ]
+            root = self.options.dump or resolve_dump_dir(None)
+            dump = GraphDump(root, graph_name) if root else None
+            compiled, summary = compile_aten_graph(
+                aten, graph_name, inputs, dump, {"dynamo_graph.py": dynamo_code}
+            )
+            with self._lock:
+                self.reports.append(summary)
+            return compiled
+
+        return aot_autograd(
+            fw_compiler=forward_compiler,
+            bw_compiler=_pytorch_backward,
+            decompositions=decompositions(),
+        )(gm, example_inputs)
+
+
+def tilefuse_backend(gm: GraphModule, example_inputs: list) -> Callable:
+    """The backend registered as "tilefuse"; dumps go to $TILEFUSE_DUMP if set."""
+    return TilefuseBackend()(gm, example_inputs)

@@ -1,0 +1,179 @@
+"""The compile pipeline for one aten graph, as an ordered list of named stages.
+
+    partition → import (ein) → verify → runtime
+
+Each stage takes and returns the same `GraphArtifact`, adding what it
+produces; after each, the stage's dump (if any) is written. A stage that
+fails on one partition leaves that partition to PyTorch and records why;
+a failure of the whole pipeline leaves the whole graph to PyTorch. Nothing
+here raises into the user's model.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch.fx import GraphModule
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp
+
+from ..ir.module import IRError, print_module, verify
+from .dump import GraphDump
+from .fx_import import ImportFailure, InputInfo, import_graph
+from .partition import Fallback, find_fallbacks, partition_graph
+from .runtime import ReferencePartition
+
+log = logging.getLogger("tilefuse")
+
+
+@dataclass
+class Partition:
+    """One compiled region of the graph."""
+
+    name: str
+    submodule: GraphModule
+    inputs: list[InputInfo]
+    function: func.FuncOp | None = None
+    executor: str = "pytorch"
+
+    def summary(self) -> dict:
+        aten_ops = [
+            str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"
+        ]
+        ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
+        ein_ops.pop("func.return", None)
+        return {
+            "name": self.name,
+            "function": f"@{self.name}" if self.function else None,
+            "executor": self.executor,
+            "aten_ops": aten_ops,
+            "ein_ops": dict(sorted(ein_ops.items())),
+        }
+
+
+@dataclass
+class GraphArtifact:
+    """Everything the pipeline knows about one graph; stages fill it in."""
+
+    name: str
+    aten: GraphModule
+    inputs: list[InputInfo]
+    partitioned: GraphModule | None = None
+    partitions: list[Partition] = field(default_factory=list)
+    fallbacks: list[Fallback] = field(default_factory=list)
+    module: ModuleOp | None = None
+
+
+def stage_partition(art: GraphArtifact) -> GraphArtifact:
+    art.fallbacks = find_fallbacks(art.aten)
+    art.partitioned, names = partition_graph(art.aten)
+    outer = {n.name: InputInfo(n.name) for n in art.partitioned.graph.nodes}
+    for n, info in zip([n for n in art.aten.graph.nodes if n.op == "placeholder"], art.inputs):
+        outer[n.name] = info
+    for node in art.partitioned.graph.nodes:
+        if node.op == "call_module" and node.target in names:
+            inputs = [outer.get(a.name, InputInfo(a.name)) for a in node.args]
+            sub = getattr(art.partitioned, node.target)
+            art.partitions.append(Partition(node.target, sub, inputs))
+    return art
+
+
+def stage_import(art: GraphArtifact) -> GraphArtifact:
+    functions = []
+    for p in art.partitions:
+        try:
+            p.function = import_graph(p.submodule, p.name, p.inputs)
+            verify(p.function, f"@{p.name}")
+            functions.append(p.function)
+        except (ImportFailure, IRError) as e:
+            p.function = None
+            art.fallbacks.append(Fallback(p.name, "partition", f"not compiled: {e}"))
+    art.module = ModuleOp(functions)
+    return art
+
+
+def stage_runtime(art: GraphArtifact) -> GraphArtifact:
+    for p in art.partitions:
+        if p.function is None:
+            continue
+        output = next(n for n in p.submodule.graph.nodes if n.op == "output")
+        returns_tuple = isinstance(output.args[0], (tuple, list))
+        runner = ReferencePartition(p.function, returns_tuple)
+        p.executor = runner.executor
+        setattr(art.partitioned, p.name, runner)
+    return art
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[GraphArtifact], GraphArtifact]
+    dump: Callable[[GraphArtifact], tuple[str, str]] | None = None
+
+
+def _dump_partitioned(art: GraphArtifact) -> tuple[str, str]:
+    return "partitioned.py", art.partitioned.print_readable(print_output=False)
+
+
+def _dump_ein(art: GraphArtifact) -> tuple[str, str]:
+    return "ein.mlir", print_module(art.module)
+
+
+STAGES: list[Stage] = [
+    Stage("partition", stage_partition, _dump_partitioned),
+    Stage("import", stage_import, _dump_ein),
+    Stage("runtime", stage_runtime),
+]
+
+
+def compile_aten_graph(
+    aten: GraphModule, name: str, inputs: list[InputInfo], dump: GraphDump | None,
+    extra_files: dict[str, str] | None = None,
+) -> tuple[Callable, dict]:  # fmt: skip
+    """Run the pipeline on one aten graph.
+
+    Returns what to call instead of the graph, and the graph's summary (what
+    compiled, what fell back and why), which is also its entry in the dump.
+    """
+    art = GraphArtifact(name, aten, inputs)
+    files = []
+    if dump:
+        for filename, text in (extra_files or {}).items():
+            files.append(dump.write(filename, text))
+        files.append(dump.write("aten_graph.py", aten.print_readable(print_output=False)))
+    try:
+        for stage in STAGES:
+            art = stage.run(art)
+            if dump and stage.dump:
+                files.append(dump.write(*stage.dump(art)))
+        result: Callable = art.partitioned
+        error = None
+    except Exception as e:  # never crash the user's model: run the graph in PyTorch
+        log.warning("tilefuse: graph %s runs in PyTorch: %s", name, e)
+        error = f"{type(e).__name__}: {e}"
+        result = aten
+        if dump:
+            files.append(dump.write("error.txt", traceback.format_exc()))
+    summary = _summary(art, files, error)
+    if dump:
+        dump.finish(summary)
+    return result, {"name": dump.name if dump else name, **summary}
+
+
+def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
+    fallbacks = [f.as_dict() for f in art.fallbacks]
+    if error:
+        reason = f"whole graph runs in PyTorch: {error}"
+        fallbacks.append({"node": "<graph>", "op": "pipeline", "reason": reason})
+    compiled = [p for p in art.partitions if p.function is not None] if not error else []
+    return {
+        "kind": "forward",
+        "files": files,
+        "partitions": [p.summary() for p in compiled],
+        "fallbacks": fallbacks,
+    }
+

@@ -1,0 +1,92 @@
+"""IR dumps: one folder per compiled graph plus an index at the dump root.
+
+Layout (``dump="dir"`` or ``TILEFUSE_DUMP=dir``)::
+
+    dir/index.json              every graph: files, partitions, fallbacks
+    dir/index.txt               the same, for reading
+    dir/<graph>/dynamo_graph.py the captured FX graph (torch level)
+    dir/<graph>/aten_graph.py   after PyTorch's decompositions (what is imported)
+    dir/<graph>/partitioned.py  compiled partitions as fused_N calls, the rest PyTorch
+    dir/<graph>/ein.mlir        the `ein` module: one func per compiled partition
+    dir/<graph>/summary.json    this graph's entry of the index
+
+Files are written to a temporary name and renamed, so a crash never leaves
+a half-written index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+_INDEX_LOCK = threading.Lock()
+
+
+def resolve_dump_dir(dump: str | os.PathLike | None) -> Path | None:
+    """The dump folder: the explicit argument, else $TILEFUSE_DUMP, else none."""
+    chosen = dump if dump is not None else os.environ.get("TILEFUSE_DUMP") or None
+    return Path(chosen).resolve() if chosen else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class GraphDump:
+    """The dump folder of one compiled graph."""
+
+    def __init__(self, root: Path, name: str):
+        self.root = root
+        self.dir = _unique_dir(root, name)
+        self.name = self.dir.name
+
+    def write(self, filename: str, text: str) -> str:
+        write_atomic(self.dir / filename, text)
+        return filename
+
+    def finish(self, summary: dict) -> None:
+        """Write this graph's summary and add it to the index."""
+        summary = {"name": self.name, "dir": self.name, **summary}
+        self.write("summary.json", json.dumps(summary, indent=2))
+        with _INDEX_LOCK:
+            index_path = self.root / "index.json"
+            index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
+            index["graphs"] = [g for g in index["graphs"] if g["name"] != self.name] + [summary]
+            write_atomic(index_path, json.dumps(index, indent=2))
+            write_atomic(self.root / "index.txt", format_index(index))
+
+
+def _unique_dir(root: Path, name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        candidate = root / (name if i == 0 else f"{name}_{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free dump folder for {name} under {root}")
+
+
+def format_index(index: dict) -> str:
+    """A plain-text table of contents of a dump."""
+    lines = ["tilefuse dump index", ""]
+    for g in index["graphs"]:
+        lines.append(f"graph {g['name']}  ({g.get('kind', 'forward')})")
+        for filename in g.get("files", []):
+            lines.append(f"  file      {g['dir']}/{filename}")
+        for p in g.get("partitions", []):
+            ops = ", ".join(f"{k} x{v}" for k, v in p.get("ein_ops", {}).items())
+            lines.append(f"  compiled  {p['name']}: {len(p['aten_ops'])} aten ops -> {ops}")
+            lines.append(f"            runs on: {p['executor']}")
+        for f in g.get("fallbacks", []):
+            lines.append(f"  fallback  {f['node']} ({f['op']}): {f['reason']}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,324 @@
+"""aten elementwise ops → `ein.map`, plus constants, iotas and casts.
+
+Arithmetic runs in the op's opmath type (f32 for f16/bf16, as eager PyTorch
+does) and rounds once to the result dtype; comparisons run in the promoted
+type of their inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.fx import Node
+from xdsl.dialects.builtin import i1
+from xdsl.ir import SSAValue
+
+from ..ir.builder import ScalarBuilder, opmath_type
+from ..ir.dtypes import is_float, to_mlir_type
+from .lowering_table import LoweringContext, bound_args, lowers, promoted_dtype
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+
+def _map(ctx: LoweringContext, node: Node, inputs: list[object], body, **kw) -> SSAValue:
+    return ctx.b.map([ctx.value(x) for x in inputs], ctx.out_elem(node), body, **kw)
+
+
+def _unary(body):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        return _map(ctx, node, [node.args[0]], body)
+
+    return lower
+
+
+def _sigmoid(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    one = sb.const(1.0, x.type)
+    return sb.div(one, sb.add(one, sb.unary("exp", sb.unary("neg", x))))
+
+
+def _softplus(sb: ScalarBuilder, x: SSAValue, beta: float = 1.0, threshold: float = 20.0) -> SSAValue:
+    bx = sb.mul(x, sb.const(beta, x.type))
+    soft = sb.div(sb.unary("log1p", sb.unary("exp", bx)), sb.const(beta, x.type))
+    return sb.select(sb.cmp("gt", bx, sb.const(threshold, x.type)), x, soft)
+
+
+def _gelu(sb: ScalarBuilder, x: SSAValue, approximate: str) -> SSAValue:
+    half, one = sb.const(0.5, x.type), sb.const(1.0, x.type)
+    if approximate == "tanh":
+        cube = sb.mul(sb.mul(x, x), x)
+        inner = sb.add(x, sb.mul(sb.const(0.044715, x.type), cube))
+        t = sb.unary("tanh", sb.mul(sb.const(math.sqrt(2.0 / math.pi), x.type), inner))
+    else:
+        t = sb.unary("erf", sb.mul(x, sb.const(1.0 / math.sqrt(2.0), x.type)))
+    return sb.mul(sb.mul(half, x), sb.add(one, t))
+
+
+def _clamp(sb: ScalarBuilder, x: SSAValue, lo: object, hi: object) -> SSAValue:
+    if lo is not None:
+        x = sb.max(x, lo if isinstance(lo, SSAValue) else sb.const(lo, x.type))
+    if hi is not None:
+        x = sb.min(x, hi if isinstance(hi, SSAValue) else sb.const(hi, x.type))
+    return x
+
+
+def _hardsigmoid(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    return sb.div(_clamp(sb, sb.add(x, sb.const(3.0, x.type)), 0.0, 6.0), sb.const(6.0, x.type))
+
+
+lowers(aten.neg.default)(_unary(lambda sb, x: sb.unary("neg", x)))
+lowers(aten.abs.default)(_unary(lambda sb, x: sb.unary("abs", x)))
+lowers(aten.sigmoid.default)(_unary(_sigmoid))
+lowers(aten.silu.default)(_unary(lambda sb, x: sb.mul(x, _sigmoid(sb, x))))
+lowers(aten.mish.default)(_unary(lambda sb, x: sb.mul(x, sb.unary("tanh", _softplus(sb, x)))))
+lowers(aten.reciprocal.default)(_unary(lambda sb, x: sb.div(sb.const(1.0, x.type), x)))
+lowers(aten.relu.default)(_unary(lambda sb, x: sb.max(x, sb.const(0, x.type))))
+lowers(aten.hardsigmoid.default)(_unary(_hardsigmoid))
+lowers(aten.hardswish.default)(_unary(lambda sb, x: sb.mul(x, _hardsigmoid(sb, x))))
+for _name in ("exp", "exp2", "expm1", "log", "log1p", "log2", "sqrt", "rsqrt", "tanh", "erf",
+              "sin", "cos", "floor", "ceil"):  # fmt: skip
+    lowers(getattr(aten, _name).default)(_unary(lambda sb, x, _n=_name: sb.unary(_n, x)))
+
+
+@lowers(aten.gelu.default)
+def lower_gelu(ctx: LoweringContext, node: Node) -> SSAValue:
+    approximate = bound_args(node)["approximate"]
+    return _map(ctx, node, [node.args[0]], lambda sb, x: _gelu(sb, x, approximate))
+
+
+@lowers(aten.softplus.default)
+def lower_softplus(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    return _map(ctx, node, [a["self"]], lambda sb, x: _softplus(sb, x, a["beta"], a["threshold"]))
+
+
+@lowers(aten.leaky_relu.default)
+def lower_leaky_relu(ctx: LoweringContext, node: Node) -> SSAValue:
+    slope = bound_args(node)["negative_slope"]
+
+    def body(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+        pos = sb.cmp("gt", x, sb.const(0.0, x.type))
+        return sb.select(pos, x, sb.mul(x, sb.const(slope, x.type)))
+
+    return _map(ctx, node, [node.args[0]], body)
+
+
+@lowers(aten.hardtanh.default)
+def lower_hardtanh(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    return _map(ctx, node, [a["self"]], lambda sb, x: _clamp(sb, x, a["min_val"], a["max_val"]))
+
+
+@lowers(aten.clamp.default, aten.clamp.Tensor)
+def lower_clamp(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    inputs = [a["self"]] + [v for v in (a["min"], a["max"]) if isinstance(v, Node)]
+
+    def body(sb: ScalarBuilder, x: SSAValue, *bounds: SSAValue) -> SSAValue:
+        it = iter(bounds)
+        lo = next(it) if isinstance(a["min"], Node) else a["min"]
+        hi = next(it) if isinstance(a["max"], Node) else a["max"]
+        return _clamp(sb, x, lo, hi)
+
+    return _map(ctx, node, inputs, body)
+
+
+@lowers(aten.clamp_min.default)
+def lower_clamp_min(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _map(ctx, node, [node.args[0]], lambda sb, x: _clamp(sb, x, node.args[1], None))
+
+
+@lowers(aten.clamp_max.default)
+def lower_clamp_max(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _map(ctx, node, [node.args[0]], lambda sb, x: _clamp(sb, x, None, node.args[1]))
+
+
+def _with_alpha(op: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        alpha = node.kwargs.get("alpha", 1)
+
+        def body(sb: ScalarBuilder, x: SSAValue, y: SSAValue) -> SSAValue:
+            if alpha != 1:
+                y = sb.mul(y, sb.const(alpha, y.type))
+            return sb.binary(op, x, y)
+
+        return _map(ctx, node, list(node.args[:2]), body)
+
+    return lower
+
+
+lowers(aten.add.Tensor, aten.add.Scalar)(_with_alpha("add"))
+lowers(aten.sub.Tensor, aten.sub.Scalar)(_with_alpha("sub"))
+
+
+def _binary(op: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        return _map(ctx, node, list(node.args[:2]), lambda sb, x, y: sb.binary(op, x, y))
+
+    return lower
+
+
+def _true_division_only(node: Node) -> str | None:
+    if node.kwargs.get("rounding_mode") is not None:
+        return f"div with rounding_mode={node.kwargs['rounding_mode']!r} is not supported"
+    return None
+
+
+lowers(aten.mul.Tensor, aten.mul.Scalar)(_binary("mul"))
+lowers(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, check=_true_division_only)(_binary("div"))
+lowers(aten.maximum.default)(_binary("max"))
+lowers(aten.minimum.default)(_binary("min"))
+
+
+def _float_pow_only(node: Node) -> str | None:
+    out = node.meta["val"]
+    exponent = node.args[1]
+    if not out.dtype.is_floating_point and not (isinstance(exponent, int) and 0 <= exponent <= 4):
+        return "integer pow is supported for constant exponents 0..4 only"
+    return None
+
+
+@lowers(aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar, check=_float_pow_only)
+def lower_pow(ctx: LoweringContext, node: Node) -> SSAValue:
+    base, exponent = node.args[:2]
+    if isinstance(exponent, (int, float)) and exponent in (0, 1, 2, 3, 4):
+        power = int(exponent)
+
+        def repeated_mul(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+            result = sb.const(1, x.type) if power == 0 else x
+            for _ in range(power - 1):
+                result = sb.mul(result, x)
+            return result
+
+        return _map(ctx, node, [base], repeated_mul)
+    if exponent == 0.5:
+        return _map(ctx, node, [base], lambda sb, x: sb.unary("sqrt", x))
+    return _map(ctx, node, [base, exponent], lambda sb, x, y: sb.binary("pow", x, y))
+
+
+def _compare(pred: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        operands = [a.meta["val"] if isinstance(a, Node) else a for a in node.args[:2]]
+        compute = opmath_type(to_mlir_type(promoted_dtype(operands)))
+        return _map(ctx, node, list(node.args[:2]), lambda sb, x, y: sb.cmp(pred, x, y),
+                    compute_elem=compute)  # fmt: skip
+
+    return lower
+
+
+for _pred in ("eq", "ne", "lt", "le", "gt", "ge"):
+    _op = getattr(aten, _pred)
+    lowers(_op.Tensor, _op.Scalar)(_compare(_pred))
+
+
+def _logical(name: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        return _map(ctx, node, list(node.args[:2]), lambda sb, x, y: sb.logical(name, x, y),
+                    compute_elem=i1)  # fmt: skip
+
+    return lower
+
+
+lowers(aten.logical_and.default)(_logical("and"))
+lowers(aten.logical_or.default)(_logical("or"))
+lowers(aten.logical_xor.default)(_logical("xor"))
+
+
+def _bool_only(node: Node) -> str | None:
+    if node.meta["val"].dtype != torch.bool:
+        return "bitwise_not is supported on bool tensors only"
+    return None
+
+
+@lowers(aten.logical_not.default)
+def lower_logical_not(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _map(ctx, node, [node.args[0]], lambda sb, x: sb.logical_not(x), compute_elem=i1)
+
+
+lowers(aten.bitwise_not.default, check=_bool_only)(lower_logical_not)
+
+
+@lowers(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+def lower_where(ctx: LoweringContext, node: Node) -> SSAValue:
+    out = ctx.out_elem(node)
+
+    def body(sb: ScalarBuilder, cond: SSAValue, x: SSAValue, y: SSAValue) -> SSAValue:
+        return sb.select(sb.cast(cond, i1), sb.cast(x, out), sb.cast(y, out))
+
+    values = [ctx.value(a) for a in node.args[:3]]
+    return ctx.b.map(values, out, body, compute_elem=out, cast_inputs=False)
+
+
+@lowers(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+def lower_masked_fill(ctx: LoweringContext, node: Node) -> SSAValue:
+    out = ctx.out_elem(node)
+    x, mask, fill = (ctx.value(a) for a in node.args[:3])
+
+    def body(sb: ScalarBuilder, xv: SSAValue, m: SSAValue, f: SSAValue) -> SSAValue:
+        return sb.select(sb.cast(m, i1), f, xv)
+
+    return ctx.b.map([x, mask, fill], out, body, compute_elem=out)
+
+
+def _same_device(node: Node) -> str | None:
+    a = bound_args(node)
+    if a.get("device") is not None and torch.device(a["device"]) != node.args[0].meta["val"].device:
+        return "a copy to another device runs in PyTorch"
+    return None
+
+
+@lowers(aten._to_copy.default, prims.convert_element_type.default, check=_same_device)
+def lower_to_copy(ctx: LoweringContext, node: Node) -> SSAValue:
+    return ctx.b.cast(ctx.tensor(node.args[0]), ctx.out_elem(node))
+
+
+@lowers(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
+def lower_identity(ctx: LoweringContext, node: Node) -> SSAValue:
+    return ctx.tensor(node.args[0])
+
+
+def _fill(ctx: LoweringContext, node: Node, value: object) -> SSAValue:
+    return ctx.b.constant(value, ctx.out_shape(node), ctx.out_elem(node))
+
+
+@lowers(aten.full.default)
+def lower_full(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _fill(ctx, node, node.args[1])
+
+
+@lowers(aten.full_like.default, aten.fill.Scalar)
+def lower_full_like(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _fill(ctx, node, node.args[1])
+
+
+@lowers(aten.scalar_tensor.default)
+def lower_scalar_tensor(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _fill(ctx, node, node.args[0])
+
+
+@lowers(aten.zeros_like.default, aten.zeros.default)
+def lower_zeros(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _fill(ctx, node, 0)
+
+
+@lowers(aten.ones_like.default, aten.ones.default)
+def lower_ones(ctx: LoweringContext, node: Node) -> SSAValue:
+    return _fill(ctx, node, 1)
+
+
+@lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
+def lower_arange(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    start = a.get("start", 0) if node.target != aten.arange.default else 0
+    step = a.get("step", 1) or 1
+    out = ctx.out_elem(node)
+    index_elem = to_mlir_type(torch.int64)
+    iota = ctx.b.iota(0, ctx.out_shape(node), index_elem)
+    compute = opmath_type(out) if is_float(out) else index_elem
+
+    def body(sb: ScalarBuilder, i: SSAValue) -> SSAValue:
+        scaled = sb.mul(i, sb.const(step, i.type))
+        return sb.add(sb.const(start, i.type), scaled)
+
+    return ctx.b.map([iota], out, body, compute_elem=compute)

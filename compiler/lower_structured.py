@@ -1,0 +1,330 @@
+"""aten contractions, views, reductions, norms, softmax and attention → `ein`.
+
+Matrix products become `ein.contract`; `addmm`/`baddbmm` add their bias in
+an `ein.map`. Normalizations and softmax are written out as reductions and
+maps in f32 (what eager PyTorch computes in), so fusion passes see the math.
+Attention (`scaled_dot_product_attention` in any of its aten forms) becomes
+contract → scale → mask → softmax → contract; grouped-query heads are a
+batch index of the contraction, not a copy.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+from torch.fx import Node
+from xdsl.dialects.builtin import f32, i1, i64
+from xdsl.ir import SSAValue
+
+from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
+from ..ir.dtypes import shape_of, to_mlir_type
+from .lowering_table import LoweringContext, bound_args, lowers, normalize_dims
+
+aten = torch.ops.aten
+
+# --- contractions -------------------------------------------------------------------------------
+
+
+def _contract(spec: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        return ctx.b.contract(spec, ctx.tensor(node.args[0]), ctx.tensor(node.args[1]))
+
+    return lower
+
+
+lowers(aten.mm.default)(_contract("mk,kn->mn"))
+lowers(aten.bmm.default)(_contract("bmk,bkn->bmn"))
+lowers(aten.mv.default)(_contract("mk,k->m"))
+lowers(aten.dot.default)(_contract("k,k->"))
+
+
+def _biased(spec: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        a = bound_args(node)
+        names = ("mat1", "mat2") if "mat1" in a else ("batch1", "batch2")
+        acc = ctx.b.contract(spec, ctx.tensor(a[names[0]]), ctx.tensor(a[names[1]]))
+        beta, alpha = a["beta"], a["alpha"]
+
+        def body(sb: ScalarBuilder, bias: SSAValue, prod: SSAValue) -> SSAValue:
+            if beta != 1:
+                bias = sb.mul(bias, sb.const(beta, bias.type))
+            if alpha != 1:
+                prod = sb.mul(prod, sb.const(alpha, prod.type))
+            return sb.add(bias, prod)
+
+        return ctx.b.map([ctx.tensor(a["self"]), acc], ctx.out_elem(node), body)
+
+    return lower
+
+
+lowers(aten.addmm.default)(_biased("mk,kn->mn"))
+lowers(aten.baddbmm.default)(_biased("bmk,bkn->bmn"))
+
+# --- views --------------------------------------------------------------------------------------
+
+
+@lowers(aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
+        aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.flatten.using_ints)  # fmt: skip
+def lower_reshape(ctx: LoweringContext, node: Node) -> SSAValue:
+    return ctx.b.reshape(ctx.tensor(node.args[0]), ctx.out_shape(node))
+
+
+@lowers(aten.permute.default)
+def lower_permute(ctx: LoweringContext, node: Node) -> SSAValue:
+    return ctx.b.permute(ctx.tensor(node.args[0]), node.args[1])
+
+
+@lowers(aten.transpose.int, aten.t.default)
+def lower_transpose(ctx: LoweringContext, node: Node) -> SSAValue:
+    x = ctx.tensor(node.args[0])
+    rank = len(shape_of(x.type))
+    if rank < 2:
+        return x
+    d0, d1 = (node.args[1] % rank, node.args[2] % rank) if len(node.args) > 1 else (0, 1)
+    perm = list(range(rank))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return ctx.b.permute(x, perm)
+
+
+@lowers(aten.expand.default)
+def lower_expand(ctx: LoweringContext, node: Node) -> SSAValue:
+    return ctx.b.expand(ctx.tensor(node.args[0]), ctx.out_shape(node))
+
+
+def _slice_bounds(size: int, start: object, end: object, step: object) -> tuple[int, int, int]:
+    start, stop, step = slice(start, end, step or 1).indices(size)
+    return start, max(start, stop), step
+
+
+@lowers(aten.slice.Tensor)
+def lower_slice(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    x = ctx.tensor(a["self"])
+    shape = shape_of(x.type)
+    dim = a["dim"] % len(shape)
+    start, stop, step = _slice_bounds(shape[dim], a["start"], a["end"], a["step"])
+    return ctx.b.slice(x, dim, start, stop, step)
+
+
+@lowers(aten.select.int)
+def lower_select(ctx: LoweringContext, node: Node) -> SSAValue:
+    x = ctx.tensor(node.args[0])
+    shape = shape_of(x.type)
+    dim = node.args[1] % len(shape)
+    index = node.args[2] % shape[dim]
+    return ctx.b.reshape(ctx.b.slice(x, dim, index, index + 1), ctx.out_shape(node))
+
+
+@lowers(aten.split.Tensor, aten.split_with_sizes.default)
+def lower_split(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
+    x = ctx.tensor(node.args[0])
+    shape = shape_of(x.type)
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(shape)
+    parts, start = [], 0
+    for val in node.meta["val"]:
+        size = int(val.shape[dim])
+        parts.append(ctx.b.slice(x, dim, start, start + size))
+        start += size
+    return tuple(parts)
+
+
+@lowers(aten.cat.default)
+def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
+    out = ctx.out_elem(node)
+    xs = [ctx.b.cast(ctx.tensor(t), out) for t in node.args[0] if t.meta["val"].numel() > 0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
+
+
+# --- reductions ---------------------------------------------------------------------------------
+
+
+def _reduce(kind: str, dims_arg: str, default_keepdim: bool = False):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        a = bound_args(node)
+        out = ctx.out_elem(node)
+        x = ctx.b.cast(ctx.tensor(a["self"]), out)
+        dims = normalize_dims(a.get(dims_arg), len(shape_of(x.type)))
+        keepdim = bool(a.get("keepdim", default_keepdim))
+        return ctx.b.reshape(ctx.b.reduce(kind, x, dims, keepdim), ctx.out_shape(node))
+
+    return lower
+
+
+lowers(aten.sum.dim_IntList, aten.sum.default)(_reduce("sum", "dim"))
+lowers(aten.mean.dim, aten.mean.default)(_reduce("mean", "dim"))
+lowers(aten.amax.default)(_reduce("max", "dim"))
+lowers(aten.amin.default)(_reduce("min", "dim"))
+lowers(aten.any.dim, aten.any.dims, aten.any.default)(_reduce("max", "dim"))
+lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
+
+
+def _squared_difference(sb: ScalarBuilder, v: SSAValue, m: SSAValue) -> SSAValue:
+    d = sb.sub(v, m)
+    return sb.mul(d, d)
+
+
+def _variance(b: EinBuilder, x: SSAValue, dims: list[int], correction: float) -> tuple[SSAValue, SSAValue]:
+    """(variance, mean) over `dims`, both keepdim, in the type of `x`."""
+    shape = shape_of(x.type)
+    count = math.prod(shape[d] for d in dims)
+    mean = b.reduce("mean", x, dims, keepdim=True)
+    sq = b.map([x, mean], x.type.get_element_type(), _squared_difference)
+    total = b.reduce("sum", sq, dims, keepdim=True)
+    divisor = max(count - correction, 0)
+    var = b.map([total, float(divisor)], x.type.get_element_type(), lambda sb, s, n: sb.div(s, n))
+    return var, mean
+
+
+@lowers(aten.var.correction, aten.var_mean.correction)
+def lower_var(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, SSAValue]:
+    a = bound_args(node)
+    out = ctx.out_elem(node)
+    x = ctx.tensor(a["self"])
+    dims = normalize_dims(a["dim"], len(shape_of(x.type)))
+    correction = 1 if a["correction"] is None else a["correction"]
+    var, mean = _variance(ctx.b, ctx.b.cast(x, opmath_type(out)), dims, correction)
+    shape = ctx.out_shape(node)
+    var = ctx.b.reshape(ctx.b.cast(var, out), shape)
+    if node.target == aten.var_mean.correction:
+        return var, ctx.b.reshape(ctx.b.cast(mean, out), shape)
+    return var
+
+
+# --- softmax and norms --------------------------------------------------------------------------
+
+
+def softmax(b: EinBuilder, x: SSAValue, dim: int, log: bool = False) -> SSAValue:
+    """Numerically stable (log-)softmax over `dim`, in the type of `x`."""
+    elem = x.type.get_element_type()
+    peak = b.reduce("max", x, [dim], keepdim=True)
+    shifted = b.map([x, peak], elem, lambda sb, v, m: sb.sub(v, m))
+    e = b.map([shifted], elem, lambda sb, v: sb.unary("exp", v))
+    total = b.reduce("sum", e, [dim], keepdim=True)
+    if log:
+        return b.map([shifted, total], elem, lambda sb, v, s: sb.sub(v, sb.unary("log", s)))
+    return b.map([e, total], elem, lambda sb, v, s: sb.div(v, s))
+
+
+def _softmax(log: bool):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        x = ctx.tensor(node.args[0])
+        dim = node.args[1] % max(len(shape_of(x.type)), 1)
+        y = softmax(ctx.b, ctx.b.cast(x, f32), dim, log=log)
+        return ctx.b.cast(y, ctx.out_elem(node))
+
+    return lower
+
+
+lowers(aten._softmax.default)(_softmax(log=False))
+lowers(aten._log_softmax.default)(_softmax(log=True))
+
+
+@lowers(aten.native_layer_norm.default)
+def lower_layer_norm(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAValue, SSAValue]:
+    a = bound_args(node)
+    b = ctx.b
+    x = ctx.tensor(a["input"])
+    rank = len(shape_of(x.type))
+    dims = list(range(rank - len(a["normalized_shape"]), rank))
+    xf = b.cast(x, f32)
+    var, mean = _variance(b, xf, dims, correction=0)
+    rstd = b.map([var, a["eps"]], f32, lambda sb, v, eps: sb.unary("rsqrt", sb.add(v, eps)))
+    y = b.map([xf, mean, rstd], f32, lambda sb, v, m, r: sb.mul(sb.sub(v, m), r))
+    if a["weight"] is not None:
+        y = b.map([y, ctx.tensor(a["weight"])], f32, lambda sb, v, w: sb.mul(v, w))
+    if a["bias"] is not None:
+        y = b.map([y, ctx.tensor(a["bias"])], f32, lambda sb, v, c: sb.add(v, c))
+    vals = node.meta["val"]
+    outs = []
+    for value, meta in zip((y, mean, rstd), vals):
+        elem = ctx.b.cast(value, to_mlir_type(meta.dtype))
+        outs.append(b.reshape(elem, tuple(int(d) for d in meta.shape)))
+    return tuple(outs)
+
+
+# --- attention ----------------------------------------------------------------------------------
+
+_ATTENTION_OPS = {
+    aten.scaled_dot_product_attention.default: "attn_mask",
+    aten._scaled_dot_product_flash_attention_for_cpu.default: "attn_mask",
+    aten._scaled_dot_product_flash_attention.default: None,
+    aten._scaled_dot_product_efficient_attention.default: "attn_bias",
+    aten._scaled_dot_product_cudnn_attention.default: "attn_bias",
+}
+
+
+def _attention_check(node: Node) -> str | None:
+    a = bound_args(node)
+    if a.get("dropout_p", 0.0) != 0.0:
+        return "attention with dropout runs in PyTorch"
+    for user in node.users:
+        if not (user.target.__name__ == "getitem" and user.args[1] == 0):
+            return "attention's auxiliary outputs (logsumexp, seeds) are used; runs in PyTorch"
+    q, k = (node.args[i].meta["val"] for i in (0, 1))
+    if q.dim() < 3 or q.dim() != k.dim():
+        return "attention expects (..., heads, seq, dim) query and key of equal rank"
+    if q.shape[-3] % k.shape[-3] != 0:
+        return f"query heads {q.shape[-3]} are not a multiple of key heads {k.shape[-3]}"
+    return None
+
+
+def _attention_mask(b: EinBuilder, scores: SSAValue, mask: SSAValue | None, causal: bool) -> SSAValue:
+    shape = shape_of(scores.type)
+    if causal:
+        rows = b.iota(0, shape[-2:], i64)
+        cols = b.iota(1, shape[-2:], i64)
+
+        def causal_body(sb: ScalarBuilder, s: SSAValue, r: SSAValue, c: SSAValue) -> SSAValue:
+            return sb.select(sb.cmp("le", c, r), s, sb.const(float("-inf"), s.type))
+
+        scores = b.map([scores, rows, cols], f32, causal_body, cast_inputs=False)
+    if mask is None:
+        return scores
+    if mask.type.get_element_type() == i1:
+
+        def bool_body(sb: ScalarBuilder, s: SSAValue, m: SSAValue) -> SSAValue:
+            return sb.select(m, s, sb.const(float("-inf"), s.type))
+
+        return b.map([scores, mask], f32, bool_body, cast_inputs=False)
+    return b.map([scores, mask], f32, lambda sb, s, m: sb.add(s, m))
+
+
+def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
+    a = bound_args(node)
+    b = ctx.b
+    q, k, v = (ctx.tensor(a[n]) for n in ("query", "key", "value"))
+    mask_name = _ATTENTION_OPS[node.target]
+    mask = ctx.tensor(a[mask_name]) if mask_name and a.get(mask_name) is not None else None
+    qs, ks = shape_of(q.type), shape_of(k.type)
+    scale = a.get("scale") or 1.0 / math.sqrt(qs[-1])
+    batch = string.ascii_uppercase[: len(qs) - 3]
+    hq, hk = (qs[-3], ks[-3]) if len(qs) >= 3 else (1, 1)
+    group = hq // hk
+    if group > 1:  # grouped-query attention: query head h reads kv head h // group
+        q = b.reshape(q, (*qs[:-3], hk, group, qs[-2], qs[-1]))
+        q_idx, kv_idx, s_idx = batch + "hgqd", batch + "hkd", batch + "hgqk"
+    else:
+        q_idx, kv_idx, s_idx = batch + "hqd", batch + "hkd", batch + "hqk"
+    scores = b.contract(f"{q_idx},{kv_idx}->{s_idx}", b.cast(q, f32), b.cast(k, f32))
+    scores = b.reshape(scores, (*qs[:-1], ks[-2]))
+    scores = b.map([scores, scale], f32, lambda sb, s, c: sb.mul(s, c))
+    scores = _attention_mask(b, scores, mask, bool(a.get("is_causal")))
+    probs = softmax(b, scores, len(qs) - 1)
+    probs = b.cast(probs, v.type.get_element_type())
+    if group > 1:
+        probs = b.reshape(probs, (*qs[:-3], hk, group, qs[-2], ks[-2]))
+        p_idx, v_idx, o_idx = batch + "hgqk", batch + "hkv", batch + "hgqv"
+    else:
+        p_idx, v_idx, o_idx = batch + "hqk", batch + "hkv", batch + "hqv"
+    out = b.contract(f"{p_idx},{v_idx}->{o_idx}", probs, v)
+    out = b.reshape(out, ctx.out_shape(node))
+    if node.target == aten.scaled_dot_product_attention.default:
+        return out
+    return (out,)
+
+
+for _target in _ATTENTION_OPS:
+    lowers(_target, check=_attention_check)(lower_attention)

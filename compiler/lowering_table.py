@@ -1,0 +1,161 @@
+"""The registry of aten → `ein` lowerings and the context they run in.
+
+A lowering is a function `(ctx, node) -> value | tuple of values` registered
+for one or more aten overloads, with an optional `check(node)` that returns
+why a particular call cannot be lowered (e.g. dropout in attention). The
+partitioner asks `unsupported_reason` before a node joins a compiled group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.fx import Node
+from xdsl.ir import Attribute, SSAValue
+
+from ..ir.builder import EinBuilder
+from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, to_mlir_type
+
+LoweredValue = SSAValue | tuple[SSAValue, ...]
+LoweringFn = Callable[["LoweringContext", Node], LoweredValue]
+CheckFn = Callable[[Node], "str | None"]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    fn: LoweringFn
+    check: CheckFn | None = None
+
+
+LOWERINGS: dict[object, Lowering] = {}
+
+
+def lowers(*targets: object, check: CheckFn | None = None) -> Callable[[LoweringFn], LoweringFn]:
+    """Register `fn` as the lowering of each aten overload in `targets`."""
+
+    def register(fn: LoweringFn) -> LoweringFn:
+        for t in targets:
+            LOWERINGS[t] = Lowering(fn, check)
+        return fn
+
+    return register
+
+
+def target_name(node: Node) -> str:
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"aten.{t.__name__}" if t.namespace == "aten" else f"{t.namespace}.{t.__name__}"
+    return getattr(t, "__name__", str(t))
+
+
+def _tensor_reason(val: object, what: str) -> str | None:
+    if not isinstance(val, torch.Tensor):
+        return None
+    if val.dtype not in SUPPORTED_TORCH_DTYPES:
+        return f"{what} has dtype {val.dtype}, which ein does not support"
+    if any(not isinstance(d, int) for d in val.shape):
+        return f"{what} has a dynamic shape {tuple(val.shape)}; tilefuse compiles static shapes"
+    return None
+
+
+def _walk_vals(x: object) -> list[object]:
+    if isinstance(x, (list, tuple)):
+        return [v for item in x for v in _walk_vals(item)]
+    return [x]
+
+
+def unsupported_reason(node: Node) -> str | None:
+    """Why `node` cannot be lowered to `ein`, or None when it can."""
+    if node.op != "call_function":
+        return None
+    lowering = LOWERINGS.get(node.target)
+    if lowering is None:
+        return f"no ein lowering for {target_name(node)}"
+    for val in _walk_vals(node.meta.get("val")):
+        if (reason := _tensor_reason(val, "its result")) is not None:
+            return reason
+    for arg in node.all_input_nodes:
+        for val in _walk_vals(arg.meta.get("val")):
+            if isinstance(val, (torch.SymInt, torch.SymFloat)):
+                return f"input {arg.name} is a symbolic scalar"
+            if (reason := _tensor_reason(val, f"input {arg.name}")) is not None:
+                return reason
+    for arg in _walk_vals(list(node.args) + list(node.kwargs.values())):
+        if isinstance(arg, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return "an argument is symbolic"
+    return lowering.check(node) if lowering.check else None
+
+
+class LoweringContext:
+    """What a lowering sees: the builder, the values so far, the node's metadata."""
+
+    def __init__(self, builder: EinBuilder, env: dict[Node, LoweredValue]):
+        self.b = builder
+        self.env = env
+
+    def value(self, arg: object) -> object:
+        """The `ein` value of a node argument; lists map elementwise, constants pass."""
+        if isinstance(arg, Node):
+            return self.env[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def tensor(self, arg: object) -> SSAValue:
+        v = self.value(arg)
+        if not isinstance(v, SSAValue):
+            raise TypeError(f"expected a tensor argument, got {v!r}")
+        return v
+
+    @staticmethod
+    def meta(node: Node) -> torch.Tensor:
+        val = node.meta["val"]
+        return val[0] if isinstance(val, (list, tuple)) else val
+
+    def out_elem(self, node: Node) -> Attribute:
+        return to_mlir_type(self.meta(node).dtype)
+
+    def out_shape(self, node: Node) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.meta(node).shape)
+
+    @staticmethod
+    def args(node: Node) -> dict[str, object]:
+        """The call's arguments by schema name, defaults filled in (nodes unresolved)."""
+        return bound_args(node)
+
+
+def bound_args(node: Node) -> dict[str, object]:
+    """Arguments of an aten call keyed by the names in its schema, with defaults."""
+    schema = node.target._schema
+    bound: dict[str, object] = {}
+    for i, a in enumerate(schema.arguments):
+        if i < len(node.args) and not a.kwarg_only:
+            bound[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            bound[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            bound[a.name] = a.default_value
+        else:
+            bound[a.name] = None
+    return bound
+
+
+def normalize_dims(dims: object, rank: int) -> list[int]:
+    """aten dim arguments (int, list, None or []) as sorted non-negative ints."""
+    if dims is None or dims == []:
+        return list(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    return sorted({d % rank for d in dims}) if rank else []
+
+
+def promoted_dtype(values: Sequence[object]) -> torch.dtype:
+    """torch's type promotion over tensors (FakeTensor metadata) and Python scalars."""
+    from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
+
+    _, result = elementwise_dtypes(
+        *values, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT
+    )
+    return result

@@ -1,0 +1,281 @@
+"""Builders for `ein` functions and the scalar bodies of `ein.map`.
+
+`EinBuilder` appends ops to one `func.func` body and infers result types from
+shapes and dtypes; `ScalarBuilder` writes `arith`/`math` code inside a map
+body, picking the float or integer flavour of each op from its operand type,
+so importers and passes say what to compute, not how to spell it in MLIR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from xdsl.dialects import arith, func, math
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DictionaryAttr,
+    FloatAttr,
+    IntegerAttr,
+    f32,
+    i1,
+)
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+
+from . import einsum as ein
+from .dtypes import broadcast_shapes, is_bool, is_float, shape_of, tensor_type
+
+Scalar = bool | int | float
+
+_FLOAT_BINARY = {
+    "add": arith.AddfOp, "sub": arith.SubfOp, "mul": arith.MulfOp, "div": arith.DivfOp,
+    "max": arith.MaximumfOp, "min": arith.MinimumfOp, "pow": math.PowFOp,
+}  # fmt: skip
+_INT_BINARY = {
+    "add": arith.AddiOp, "sub": arith.SubiOp, "mul": arith.MuliOp, "div": arith.DivSIOp,
+    "max": arith.MaxSIOp, "min": arith.MinSIOp,
+}  # fmt: skip
+_FLOAT_UNARY = {
+    "exp": math.ExpOp, "exp2": math.Exp2Op, "expm1": math.ExpM1Op, "log": math.LogOp,
+    "log1p": math.Log1pOp, "log2": math.Log2Op, "sqrt": math.SqrtOp, "rsqrt": math.RsqrtOp,
+    "tanh": math.TanhOp, "erf": math.ErfOp, "abs": math.AbsFOp, "sin": math.SinOp,
+    "cos": math.CosOp, "floor": math.FloorOp, "ceil": math.CeilOp, "round": math.RoundEvenOp,
+}  # fmt: skip
+_FLOAT_CMP = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}
+_INT_CMP = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}
+
+
+def opmath_type(elem: Attribute) -> Attribute:
+    """The type arithmetic on `elem` is carried out in: f32 for 16-bit floats."""
+    if is_float(elem) and elem.bitwidth < 32:
+        return f32
+    return elem
+
+
+class ScalarBuilder:
+    """Appends scalar `arith`/`math` ops to a block and returns their results."""
+
+    def __init__(self, block: Block):
+        self.block = block
+
+    def _emit(self, op: Operation) -> SSAValue:
+        self.block.add_op(op)
+        return op.results[0]
+
+    def const(self, value: Scalar, elem: Attribute) -> SSAValue:
+        if is_float(elem):
+            return self._emit(arith.ConstantOp(FloatAttr(float(value), elem)))
+        return self._emit(arith.ConstantOp(IntegerAttr(int(value), elem)))
+
+    def cast(self, x: SSAValue, elem: Attribute) -> SSAValue:
+        """Convert like `tensor.to(dtype)`: float<->int truncates, nonzero -> true."""
+        src = x.type
+        if src == elem:
+            return x
+        if is_float(src) and is_float(elem):
+            if src.bitwidth == elem.bitwidth:  # f16 <-> bf16 goes through f32
+                return self.cast(self.cast(x, f32), elem)
+            op = arith.ExtFOp if elem.bitwidth > src.bitwidth else arith.TruncFOp
+            return self._emit(op(x, elem))
+        if is_bool(elem):
+            return self.cmp("ne", x, self.const(0, src))
+        if is_float(elem):
+            op = arith.UIToFPOp if is_bool(src) else arith.SIToFPOp
+            return self._emit(op(x, elem))
+        if is_float(src):
+            return self._emit(arith.FPToSIOp(x, elem))
+        if is_bool(src):
+            return self._emit(arith.ExtUIOp(x, elem))
+        op = arith.ExtSIOp if elem.width.data > src.width.data else arith.TruncIOp
+        return self._emit(op(x, elem))
+
+    def binary(self, name: str, a: SSAValue, b: SSAValue) -> SSAValue:
+        table = _FLOAT_BINARY if is_float(a.type) else _INT_BINARY
+        if name not in table:
+            raise TypeError(f"no {name} on {a.type}")
+        return self._emit(table[name](a, b))
+
+    def add(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("add", a, b)
+
+    def sub(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("sub", a, b)
+
+    def mul(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("mul", a, b)
+
+    def div(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("div", a, b)
+
+    def max(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("max", a, b)
+
+    def min(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.binary("min", a, b)
+
+    def unary(self, name: str, x: SSAValue) -> SSAValue:
+        if name == "neg":
+            if is_float(x.type):
+                return self._emit(arith.NegfOp(x))
+            return self.sub(self.const(0, x.type), x)
+        if name == "abs" and not is_float(x.type):
+            return self._emit(math.AbsIOp(x))
+        if not is_float(x.type):
+            raise TypeError(f"no {name} on {x.type}")
+        return self._emit(_FLOAT_UNARY[name](x))
+
+    def cmp(self, pred: str, a: SSAValue, b: SSAValue) -> SSAValue:
+        """Compare with lt/le/gt/ge/eq/ne; float compares are ordered, except ne."""
+        if is_float(a.type):
+            return self._emit(arith.CmpfOp(a, b, _FLOAT_CMP[pred]))
+        return self._emit(arith.CmpiOp(a, b, _INT_CMP[pred]))
+
+    def select(self, cond: SSAValue, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self._emit(arith.SelectOp(cond, a, b))
+
+    def logical(self, name: str, a: SSAValue, b: SSAValue) -> SSAValue:
+        op = {"and": arith.AndIOp, "or": arith.OrIOp, "xor": arith.XOrIOp}[name]
+        return self._emit(op(a, b))
+
+    def logical_not(self, a: SSAValue) -> SSAValue:
+        return self.logical("xor", a, self.const(1, i1))
+
+
+MapInput = SSAValue | Scalar
+MapBody = Callable[..., SSAValue]
+
+
+class EinBuilder:
+    """Builds one `ein` function: arguments, then ops, then `finish(results)`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.block = Block()
+        self.arg_attrs: list[DictionaryAttr] = []
+
+    def _emit(self, op: Operation) -> SSAValue:
+        self.block.add_op(op)
+        return op.results[0]
+
+    def add_argument(
+        self, shape: Sequence[int], elem: Attribute, name: str | None = None,
+        attrs: dict[str, Attribute] | None = None,
+    ) -> SSAValue:  # fmt: skip
+        arg = self.block.insert_arg(tensor_type(shape, elem), len(self.block.args))
+        if name:
+            arg.name_hint = name
+        self.arg_attrs.append(DictionaryAttr(attrs or {}))
+        return arg
+
+    def contract(self, spec: str, a: SSAValue, b: SSAValue) -> SSAValue:
+        lhs, rhs, out = ein.parse_spec(spec)
+        sizes = dict(zip(lhs, shape_of(a.type))) | dict(zip(rhs, shape_of(b.type)))
+        result = tensor_type([sizes[c] for c in out], a.type.get_element_type())
+        return self._emit(ein.ContractOp(spec, a, b, result))
+
+    def map(
+        self, inputs: Sequence[MapInput], out_elem: Attribute, body: MapBody,
+        compute_elem: Attribute | None = None, cast_inputs: bool = True,
+    ) -> SSAValue:  # fmt: skip
+        """An `ein.map` over broadcast `inputs` (tensors or Python scalars).
+
+        `body(sb, *args)` receives one scalar per input (tensor elements as
+        block arguments, Python scalars as constants), converted to
+        `compute_elem` (default: the opmath type of `out_elem`) unless
+        `cast_inputs` is false, and returns the element, cast to `out_elem`.
+        """
+        compute = compute_elem or opmath_type(out_elem)
+        operands = list(dict.fromkeys(x for x in inputs if isinstance(x, SSAValue)))
+        shape = broadcast_shapes(*(shape_of(t.type) for t in operands))
+        if shape is None:
+            raise ValueError(f"map operands do not broadcast: {[str(t.type) for t in operands]}")
+        block = Block(arg_types=[t.type.get_element_type() for t in operands])
+        sb = ScalarBuilder(block)
+        args = []
+        for x in inputs:
+            if isinstance(x, SSAValue):
+                arg = block.args[operands.index(x)]
+                args.append(sb.cast(arg, compute) if cast_inputs else arg)
+            else:
+                args.append(sb.const(x, compute))
+        result = sb.cast(body(sb, *args), out_elem)
+        block.add_op(ein.YieldOp(result))
+        return self._emit(ein.MapOp(operands, tensor_type(shape, out_elem), Region(block)))
+
+    def cast(self, x: SSAValue, elem: Attribute) -> SSAValue:
+        if x.type.get_element_type() == elem:
+            return x
+        return self.map([x], elem, lambda sb, a: a, compute_elem=elem)
+
+    def reduce(self, kind: str, x: SSAValue, dims: Sequence[int], keepdim: bool) -> SSAValue:
+        shape = shape_of(x.type)
+        rank = len(shape)
+        dims = sorted({d % rank for d in dims}) if rank else []
+        if keepdim:
+            out = [1 if i in dims else d for i, d in enumerate(shape)]
+        else:
+            out = [d for i, d in enumerate(shape) if i not in dims]
+        result = tensor_type(out, x.type.get_element_type())
+        return self._emit(ein.ReduceOp(kind, dims, keepdim, x, result))
+
+    def reshape(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
+        if shape_of(x.type) == tuple(shape):
+            return x
+        result = tensor_type(shape, x.type.get_element_type())
+        return self._emit(ein.ViewOp("reshape", x, result))
+
+    def permute(self, x: SSAValue, perm: Sequence[int]) -> SSAValue:
+        rank = len(shape_of(x.type))
+        perm = [p % rank for p in perm]
+        if perm == list(range(rank)):
+            return x
+        shape = shape_of(x.type)
+        result = tensor_type([shape[p] for p in perm], x.type.get_element_type())
+        return self._emit(ein.ViewOp("permute", x, result, perm))
+
+    def expand(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
+        """Broadcast to `shape`, adding leading dims first where needed."""
+        src = shape_of(x.type)
+        if len(src) < len(shape):
+            x = self.reshape(x, [1] * (len(shape) - len(src)) + list(src))
+        if shape_of(x.type) == tuple(shape):
+            return x
+        result = tensor_type(shape, x.type.get_element_type())
+        return self._emit(ein.ViewOp("expand", x, result))
+
+    def slice(self, x: SSAValue, dim: int, start: int, stop: int, step: int = 1) -> SSAValue:
+        shape = list(shape_of(x.type))
+        dim %= len(shape)
+        if (start, stop, step) == (0, shape[dim], 1):
+            return x
+        shape[dim] = -(-(stop - start) // step)
+        result = tensor_type(shape, x.type.get_element_type())
+        return self._emit(ein.ViewOp("slice", x, result, [dim, start, stop, step]))
+
+    def concat(self, xs: Sequence[SSAValue], dim: int) -> SSAValue:
+        shape = list(shape_of(xs[0].type))
+        dim %= len(shape)
+        shape[dim] = sum(shape_of(x.type)[dim] for x in xs)
+        return self._emit(ein.ConcatOp(dim, xs, tensor_type(shape, xs[0].type.get_element_type())))
+
+    def constant(self, value: Scalar, shape: Sequence[int], elem: Attribute) -> SSAValue:
+        if is_float(elem):
+            attr = FloatAttr(float(value), elem)
+        else:
+            attr = IntegerAttr(int(value), elem)
+        return self._emit(ein.ConstantOp(attr, tensor_type(shape, elem)))
+
+    def iota(self, dim: int, shape: Sequence[int], elem: Attribute) -> SSAValue:
+        return self._emit(ein.IotaOp(dim, tensor_type(shape, elem)))
+
+    def finish(self, results: Sequence[SSAValue]) -> func.FuncOp:
+        """Close the function with `func.return results` and return it."""
+        self.block.add_op(func.ReturnOp(*results))
+        arg_types = [a.type for a in self.block.args]
+        fn = func.FuncOp(
+            self.name,
+            (arg_types, [r.type for r in results]),
+            Region(self.block),
+            arg_attrs=ArrayAttr(self.arg_attrs) if any(a.data for a in self.arg_attrs) else None,
+        )
+        return fn
+

@@ -1,0 +1,531 @@
+"""The `ein` dialect: a tensor program as einsums, elementwise maps and reductions.
+
+Every value is a ranked, statically shaped tensor. Weights and inputs are the
+arguments of a `func.func`; the ops below compute on them:
+
+    %y = ein.contract "bmk,nk->bmn" %x, %w : (tensor<2x8x32xf32>, tensor<64x32xf32>) -> tensor<2x8x64xf32>
+    %z = ein.map(%y, %b) : (tensor<2x8x64xf32>, tensor<64xf32>) -> tensor<2x8x64xf32> {
+    ^bb0(%a: f32, %c: f32):
+      %s = arith.addf %a, %c : f32
+      ein.yield %s : f32
+    }
+    %r = ein.reduce max [2] keepdim %z : tensor<2x8x64xf32> -> tensor<2x8x1xf32>
+
+`ein.map` bodies are scalar `arith`/`math` code over one element of each
+(numpy-broadcast) operand. `ein.view` is data-movement-free indexing: a
+reshape, permute, expand or strided slice. The verifiers check shapes and
+dtypes, so an ill-formed graph is rejected with a message naming the op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    i64,
+)
+from xdsl.ir import Attribute, Block, Dialect, Region, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_op_definition,
+    lazy_traits_def,
+    operand_def,
+    opt_prop_def,
+    prop_def,
+    region_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
+from xdsl.utils.exceptions import VerifyException
+
+from .dtypes import broadcasts_to, is_bool, is_float, shape_of
+
+REDUCE_KINDS = ("sum", "max", "min", "mean")
+VIEW_KINDS = ("reshape", "permute", "expand", "slice")
+SCALAR_DIALECTS = ("arith.", "math.")
+
+
+def parse_spec(spec: str) -> tuple[str, str, str]:
+    """Split an einsum spec "ab,bc->ac" into its three index strings.
+
+    Raises ValueError naming what is wrong: not two operands, an index that is
+    not a letter, a repeated index within one operand (a diagonal), or an
+    output index that no operand has.
+    """
+    if spec.count("->") != 1:
+        raise ValueError(f"spec {spec!r} needs exactly one '->'")
+    ins, out = spec.split("->")
+    parts = ins.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"spec {spec!r} must have two operands, has {len(parts)}")
+    lhs, rhs = parts
+    for name, idx in (("lhs", lhs), ("rhs", rhs), ("result", out)):
+        if not all(c.isascii() and c.isalpha() for c in idx):
+            raise ValueError(f"spec {spec!r}: {name} indices {idx!r} must be letters")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"spec {spec!r}: {name} repeats an index (diagonals are not supported)")
+    missing = set(out) - set(lhs) - set(rhs)
+    if missing:
+        raise ValueError(f"spec {spec!r}: result index {''.join(sorted(missing))} is in no operand")
+    return lhs, rhs, out
+
+
+def _ints(attr: DenseArrayBase | None) -> tuple[int, ...]:
+    return tuple(attr.get_values()) if attr is not None else ()
+
+
+def _int_array(values: Sequence[int]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, list(values))
+
+
+def _parse_int_list(parser: Parser) -> list[int]:
+    return parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_integer)
+
+
+def _print_int_list(printer: Printer, values: Sequence[int]) -> None:
+    printer.print_string("[" + ", ".join(str(v) for v in values) + "]")
+
+
+def _parse_unary_tail(parser: Parser) -> tuple[SSAValue, Attribute, dict[str, Attribute]]:
+    """Parse `%x attr-dict : type -> type`, the tail of the unary ops."""
+    operand = parser.parse_unresolved_operand()
+    attrs = parser.parse_optional_attr_dict()
+    parser.parse_punctuation(":")
+    in_type = parser.parse_type()
+    parser.parse_punctuation("->")
+    out_type = parser.parse_type()
+    return parser.resolve_operand(operand, in_type), out_type, attrs
+
+
+def _print_unary_tail(printer: Printer, op: IRDLOperation, operand: SSAValue) -> None:
+    printer.print_string(" ")
+    printer.print_operand(operand)
+    printer.print_op_attributes(op.attributes)
+    printer.print_string(f" : {operand.type} -> {op.results[0].type}")
+
+
+@irdl_op_definition
+class ContractOp(IRDLOperation):
+    """An einsum over two operands, accumulated in fp32 for float inputs."""
+
+    name = "ein.contract"
+    spec = prop_def(StringAttr)
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+
+    assembly_format = (
+        "$spec $lhs `,` $rhs attr-dict `:` `(` type($lhs) `,` type($rhs) `)` `->` type($result)"
+    )
+
+    def __init__(self, spec: str, lhs: SSAValue, rhs: SSAValue, result_type: Attribute):
+        super().__init__(
+            operands=[lhs, rhs], result_types=[result_type], properties={"spec": StringAttr(spec)}
+        )
+
+    def verify_(self) -> None:
+        try:
+            lhs_idx, rhs_idx, out_idx = parse_spec(self.spec.data)
+        except ValueError as e:
+            raise VerifyException(f"ein.contract: {e}") from None
+        sizes: dict[str, int] = {}
+        for name, idx, value in (("lhs", lhs_idx, self.lhs), ("rhs", rhs_idx, self.rhs)):
+            shape = shape_of(value.type)
+            if len(shape) != len(idx):
+                raise VerifyException(
+                    f"ein.contract: {name} has rank {len(shape)} but spec "
+                    f"{self.spec.data!r} gives it {len(idx)} indices ({idx!r})"
+                )
+            for c, d in zip(idx, shape):
+                if sizes.setdefault(c, d) != d:
+                    raise VerifyException(
+                        f"ein.contract: index {c!r} has size {sizes[c]} in one place and {d} in another"
+                    )
+        expected = tuple(sizes[c] for c in out_idx)
+        if shape_of(self.result.type) != expected:
+            raise VerifyException(
+                f"ein.contract: result shape {shape_of(self.result.type)} should be {expected} "
+                f"for spec {self.spec.data!r}"
+            )
+        elems = {t.get_element_type() for t in (self.lhs.type, self.rhs.type, self.result.type)}
+        if len(elems) != 1:
+            raise VerifyException(
+                f"ein.contract: operand and result element types must match, got "
+                f"{self.lhs.type}, {self.rhs.type} -> {self.result.type}"
+            )
+
+    @property
+    def reduced_indices(self) -> str:
+        """The indices summed over: in an operand but not in the result."""
+        lhs, rhs, out = parse_spec(self.spec.data)
+        return "".join(c for c in dict.fromkeys(lhs + rhs) if c not in out)
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    """Ends an `ein.map` body with the element it computes."""
+
+    name = "ein.yield"
+    value = operand_def()
+    traits = lazy_traits_def(lambda: (IsTerminator(), HasParent(MapOp), Pure()))
+    assembly_format = "$value attr-dict `:` type($value)"
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value])
+
+
+@irdl_op_definition
+class MapOp(IRDLOperation):
+    """Elementwise computation over numpy-broadcast operands.
+
+    The body has one scalar block argument per operand (its element type) and
+    yields the result element; it may hold only `arith` and `math` ops.
+    """
+
+    name = "ein.map"
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    body = region_def("single_block")
+    traits = traits_def(IsolatedFromAbove(), Pure())
+
+    assembly_format = "`(` $inputs `)` attr-dict `:` `(` type($inputs) `)` `->` type($result) $body"
+
+    def __init__(self, inputs: Sequence[SSAValue], result_type: Attribute, body: Region):
+        super().__init__(operands=[list(inputs)], result_types=[result_type], regions=[body])
+
+    def verify_(self) -> None:
+        out_shape = shape_of(self.result.type)
+        for i, value in enumerate(self.inputs):
+            if not broadcasts_to(shape_of(value.type), out_shape):
+                raise VerifyException(
+                    f"ein.map: operand {i} of type {value.type} does not broadcast to "
+                    f"result shape {out_shape}"
+                )
+        block = self.body.block
+        if len(block.args) != len(self.inputs):
+            raise VerifyException(
+                f"ein.map: body has {len(block.args)} arguments for {len(self.inputs)} operands"
+            )
+        for i, (arg, value) in enumerate(zip(block.args, self.inputs)):
+            if arg.type != value.type.get_element_type():
+                raise VerifyException(
+                    f"ein.map: body argument {i} has type {arg.type}, operand element type is "
+                    f"{value.type.get_element_type()}"
+                )
+        last = block.last_op
+        if not isinstance(last, YieldOp):
+            raise VerifyException("ein.map: body must end with ein.yield")
+        if last.value.type != self.result.type.get_element_type():
+            raise VerifyException(
+                f"ein.map: body yields {last.value.type} but result element type is "
+                f"{self.result.type.get_element_type()}"
+            )
+        for op in block.ops:
+            if op is last:
+                continue
+            if not op.name.startswith(SCALAR_DIALECTS):
+                raise VerifyException(f"ein.map: body op {op.name} is not an arith/math op")
+            for r in op.results:
+                if isinstance(r.type, TensorType):
+                    raise VerifyException(f"ein.map: body op {op.name} must compute on scalars")
+
+
+@irdl_op_definition
+class ReduceOp(IRDLOperation):
+    """Reduce over `dims` with sum, max, min or mean; `keepdim` keeps them as size 1."""
+
+    name = "ein.reduce"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    kind = prop_def(StringAttr)
+    dims = prop_def(DenseArrayBase)
+    keepdim = opt_prop_def(UnitAttr)
+    traits = traits_def(Pure())
+
+    def __init__(
+        self, kind: str, dims: Sequence[int], keepdim: bool, input: SSAValue, result_type: Attribute
+    ):
+        props: dict[str, Attribute] = {"kind": StringAttr(kind), "dims": _int_array(dims)}
+        if keepdim:
+            props["keepdim"] = UnitAttr()
+        super().__init__(operands=[input], result_types=[result_type], properties=props)
+
+    @property
+    def reduce_dims(self) -> tuple[int, ...]:
+        return _ints(self.dims)
+
+    def verify_(self) -> None:
+        kind = self.kind.data
+        if kind not in REDUCE_KINDS:
+            raise VerifyException(f"ein.reduce: kind {kind!r} is not one of {', '.join(REDUCE_KINDS)}")
+        shape = shape_of(self.input.type)
+        dims = self.reduce_dims
+        if len(set(dims)) != len(dims) or any(not 0 <= d < len(shape) for d in dims):
+            raise VerifyException(f"ein.reduce: dims {list(dims)} invalid for rank {len(shape)}")
+        if self.keepdim is not None:
+            expected = tuple(1 if i in dims else d for i, d in enumerate(shape))
+        else:
+            expected = tuple(d for i, d in enumerate(shape) if i not in dims)
+        if shape_of(self.result.type) != expected:
+            raise VerifyException(
+                f"ein.reduce: result shape {shape_of(self.result.type)} should be {expected}"
+            )
+        elem = self.input.type.get_element_type()
+        if self.result.type.get_element_type() != elem:
+            raise VerifyException("ein.reduce: result element type must match the input")
+        if kind == "mean" and not is_float(elem):
+            raise VerifyException(f"ein.reduce: mean needs a float input, got {elem}")
+        if kind in ("sum", "mean") and is_bool(elem):
+            raise VerifyException("ein.reduce: sum over i1 is not defined; cast first")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(f" {self.kind.data} ")
+        _print_int_list(printer, self.reduce_dims)
+        if self.keepdim is not None:
+            printer.print_string(" keepdim")
+        _print_unary_tail(printer, self, self.input)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ReduceOp:
+        kind = parser.parse_identifier("reduction kind")
+        dims = _parse_int_list(parser)
+        keepdim = parser.parse_optional_keyword("keepdim") is not None
+        operand, out_type, attrs = _parse_unary_tail(parser)
+        op = cls(kind, dims, keepdim, operand, out_type)
+        op.attributes.update(attrs)
+        return op
+
+
+@irdl_op_definition
+class ViewOp(IRDLOperation):
+    """Indexing without data movement: reshape, permute, expand or slice.
+
+    `params` holds the permutation for permute and [dim, start, stop, step]
+    for slice; reshape and expand read their target from the result type.
+    """
+
+    name = "ein.view"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    kind = prop_def(StringAttr)
+    params = prop_def(DenseArrayBase)
+    traits = traits_def(Pure())
+
+    def __init__(
+        self, kind: str, input: SSAValue, result_type: Attribute, params: Sequence[int] = ()
+    ):
+        super().__init__(
+            operands=[input],
+            result_types=[result_type],
+            properties={"kind": StringAttr(kind), "params": _int_array(params)},
+        )
+
+    @property
+    def view_params(self) -> tuple[int, ...]:
+        return _ints(self.params)
+
+    def verify_(self) -> None:
+        kind, p = self.kind.data, self.view_params
+        src, dst = shape_of(self.input.type), shape_of(self.result.type)
+        if self.input.type.get_element_type() != self.result.type.get_element_type():
+            raise VerifyException("ein.view: a view cannot change the element type")
+        if kind == "reshape":
+            if math.prod(src) != math.prod(dst):
+                raise VerifyException(f"ein.view reshape: {src} and {dst} differ in element count")
+        elif kind == "permute":
+            if sorted(p) != list(range(len(src))):
+                raise VerifyException(f"ein.view permute: {list(p)} is not a permutation of rank {len(src)}")
+            if tuple(src[i] for i in p) != dst:
+                raise VerifyException(f"ein.view permute: result shape should be {tuple(src[i] for i in p)}")
+        elif kind == "expand":
+            if len(src) != len(dst) or any(s != d and s != 1 for s, d in zip(src, dst)):
+                raise VerifyException(f"ein.view expand: cannot expand {src} to {dst}")
+        elif kind == "slice":
+            if len(p) != 4:
+                raise VerifyException("ein.view slice: params must be [dim, start, stop, step]")
+            dim, start, stop, step = p
+            if not 0 <= dim < len(src) or step < 1 or not 0 <= start <= stop <= src[dim]:
+                raise VerifyException(f"ein.view slice: bad slice {list(p)} of shape {src}")
+            want = list(src)
+            want[dim] = -(-(stop - start) // step)
+            if tuple(want) != dst:
+                raise VerifyException(f"ein.view slice: result shape should be {tuple(want)}")
+        else:
+            raise VerifyException(f"ein.view: kind {kind!r} is not one of {', '.join(VIEW_KINDS)}")
+
+    def print(self, printer: Printer) -> None:
+        kind, p = self.kind.data, self.view_params
+        printer.print_string(f" {kind}")
+        if kind == "permute":
+            printer.print_string(" ")
+            _print_int_list(printer, p)
+        elif kind == "slice" and len(p) == 4:
+            printer.print_string(f" dim {p[0]} [{p[1]}:{p[2]}:{p[3]}]")
+        elif p:
+            printer.print_string(" params ")
+            _print_int_list(printer, p)
+        _print_unary_tail(printer, self, self.input)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ViewOp:
+        kind = parser.parse_identifier("view kind")
+        params: list[int] = []
+        if kind == "permute":
+            params = _parse_int_list(parser)
+        elif kind == "slice":
+            parser.parse_keyword("dim")
+            params.append(parser.parse_integer())
+            parser.parse_punctuation("[")
+            params.append(parser.parse_integer())
+            parser.parse_punctuation(":")
+            params.append(parser.parse_integer())
+            parser.parse_punctuation(":")
+            params.append(parser.parse_integer())
+            parser.parse_punctuation("]")
+        elif parser.parse_optional_keyword("params"):
+            params = _parse_int_list(parser)
+        operand, out_type, attrs = _parse_unary_tail(parser)
+        op = cls(kind, operand, out_type, params)
+        op.attributes.update(attrs)
+        return op
+
+
+@irdl_op_definition
+class ConcatOp(IRDLOperation):
+    """Concatenation along `dim`; the other dimensions must agree."""
+
+    name = "ein.concat"
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = prop_def(IntegerAttr)
+    traits = traits_def(Pure())
+
+    def __init__(self, dim: int, inputs: Sequence[SSAValue], result_type: Attribute):
+        super().__init__(
+            operands=[list(inputs)], result_types=[result_type], properties={"dim": IntegerAttr(dim, i64)}
+        )
+
+    def verify_(self) -> None:
+        dim = self.dim.value.data
+        out = shape_of(self.result.type)
+        if not self.inputs:
+            raise VerifyException("ein.concat: needs at least one operand")
+        if not 0 <= dim < len(out):
+            raise VerifyException(f"ein.concat: dim {dim} out of range for rank {len(out)}")
+        total = 0
+        for i, v in enumerate(self.inputs):
+            s = shape_of(v.type)
+            if len(s) != len(out) or any(a != b for j, (a, b) in enumerate(zip(s, out)) if j != dim):
+                raise VerifyException(f"ein.concat: operand {i} shape {s} does not fit result {out}")
+            if v.type.get_element_type() != self.result.type.get_element_type():
+                raise VerifyException(f"ein.concat: operand {i} element type differs from the result")
+            total += s[dim]
+        if total != out[dim]:
+            raise VerifyException(f"ein.concat: sizes along dim {dim} add to {total}, result has {out[dim]}")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(f" dim {self.dim.value.data} (")
+        printer.print_list(self.inputs, printer.print_operand)
+        printer.print_string(")")
+        printer.print_op_attributes(self.attributes)
+        types = ", ".join(str(v.type) for v in self.inputs)
+        printer.print_string(f" : ({types}) -> {self.result.type}")
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ConcatOp:
+        parser.parse_keyword("dim")
+        dim = parser.parse_integer()
+        operands = parser.parse_comma_separated_list(
+            parser.Delimiter.PAREN, parser.parse_unresolved_operand
+        )
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        fn_type = parser.parse_function_type()
+        if len(fn_type.inputs.data) != len(operands) or len(fn_type.outputs.data) != 1:
+            parser.raise_error("ein.concat: type list does not match the operands")
+        resolved = [parser.resolve_operand(o, t) for o, t in zip(operands, fn_type.inputs.data)]
+        op = cls(dim, resolved, fn_type.outputs.data[0])
+        op.attributes.update(attrs)
+        return op
+
+
+@irdl_op_definition
+class ConstantOp(IRDLOperation):
+    """A tensor filled with one scalar (splat); tensor-valued constants are arguments."""
+
+    name = "ein.constant"
+    value = prop_def(FloatAttr | IntegerAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$value attr-dict `->` type($result)"
+
+    def __init__(self, value: FloatAttr | IntegerAttr, result_type: Attribute):
+        super().__init__(result_types=[result_type], properties={"value": value})
+
+    def verify_(self) -> None:
+        if self.value.type != self.result.type.get_element_type():
+            raise VerifyException(
+                f"ein.constant: value type {self.value.type} differs from result element type "
+                f"{self.result.type.get_element_type()}"
+            )
+
+
+@irdl_op_definition
+class IotaOp(IRDLOperation):
+    """The index along `dim` at every position: iota(dim=1) of 2x3 is [[0,1,2],[0,1,2]]."""
+
+    name = "ein.iota"
+    result = result_def(TensorType)
+    dim = prop_def(IntegerAttr)
+    traits = traits_def(Pure())
+
+    def __init__(self, dim: int, result_type: Attribute):
+        super().__init__(result_types=[result_type], properties={"dim": IntegerAttr(dim, i64)})
+
+    def verify_(self) -> None:
+        rank = len(shape_of(self.result.type))
+        if not 0 <= self.dim.value.data < rank:
+            raise VerifyException(f"ein.iota: dim {self.dim.value.data} out of range for rank {rank}")
+        elem = self.result.type.get_element_type()
+        if is_bool(elem):
+            raise VerifyException("ein.iota: result must be an integer or float tensor, not i1")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(f" dim {self.dim.value.data}")
+        printer.print_op_attributes(self.attributes)
+        printer.print_string(f" : {self.result.type}")
+
+    @classmethod
+    def parse(cls, parser: Parser) -> IotaOp:
+        parser.parse_keyword("dim")
+        dim = parser.parse_integer()
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        op = cls(dim, parser.parse_type())
+        op.attributes.update(attrs)
+        return op
+
+
+def map_body(arg_types: Sequence[Attribute]) -> tuple[Region, Block]:
+    """An empty `ein.map` body with one scalar argument per operand element type."""
+    block = Block(arg_types=list(arg_types))
+    return Region(block), block
+
+
+Einsum = Dialect(
+    "ein",
+    [ContractOp, MapOp, YieldOp, ReduceOp, ViewOp, ConcatOp, ConstantOp, IotaOp],
+    [],
+)

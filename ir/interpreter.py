@@ -1,0 +1,203 @@
+"""Reference interpreter for `ein` functions: the oracle every kernel is tested against.
+
+It executes each op with plain PyTorch calls on whatever device its inputs
+live on, in the dtypes the IR declares: contractions accumulate in fp32 (or
+fp64) and round once, map bodies run op by op in their scalar types. It is
+meant to be obviously right, not fast; tilefuse never calls it a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from xdsl.dialects import arith, func, math
+from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS, CMPI_COMPARISON_OPERATIONS
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp
+from xdsl.ir import Block, Operation, SSAValue
+
+from . import einsum as ein
+from .dtypes import shape_of, to_torch_dtype
+
+
+class InterpreterError(RuntimeError):
+    """The IR or its inputs cannot be executed (wrong shapes, unknown op)."""
+
+
+Env = dict[SSAValue, torch.Tensor]
+
+_CMP = {
+    "oeq": torch.eq, "ogt": torch.gt, "oge": torch.ge, "olt": torch.lt, "ole": torch.le,
+    "une": torch.ne, "eq": torch.eq, "ne": torch.ne, "slt": torch.lt, "sle": torch.le,
+    "sgt": torch.gt, "sge": torch.ge, "ult": torch.lt, "ule": torch.le, "ugt": torch.gt,
+    "uge": torch.ge,
+}  # fmt: skip
+
+_BINARY: dict[type[Operation], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    arith.AddfOp: torch.add, arith.SubfOp: torch.sub, arith.MulfOp: torch.mul,
+    arith.DivfOp: torch.div, arith.MaximumfOp: torch.maximum, arith.MinimumfOp: torch.minimum,
+    arith.AddiOp: torch.add, arith.SubiOp: torch.sub, arith.MuliOp: torch.mul,
+    arith.MaxSIOp: torch.maximum, arith.MinSIOp: torch.minimum,
+    arith.DivSIOp: lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    arith.RemSIOp: torch.fmod, math.PowFOp: torch.pow,
+}  # fmt: skip
+
+_UNARY: dict[type[Operation], Callable[[torch.Tensor], torch.Tensor]] = {
+    arith.NegfOp: torch.neg, math.ExpOp: torch.exp, math.Exp2Op: torch.exp2,
+    math.ExpM1Op: torch.expm1, math.LogOp: torch.log, math.Log1pOp: torch.log1p,
+    math.Log2Op: torch.log2, math.SqrtOp: torch.sqrt, math.RsqrtOp: torch.rsqrt,
+    math.TanhOp: torch.tanh, math.ErfOp: torch.erf, math.AbsFOp: torch.abs,
+    math.AbsIOp: torch.abs, math.SinOp: torch.sin, math.CosOp: torch.cos,
+    math.FloorOp: torch.floor, math.CeilOp: torch.ceil, math.RoundEvenOp: torch.round,
+}  # fmt: skip
+
+_CASTS = (
+    arith.ExtFOp, arith.TruncFOp, arith.SIToFPOp, arith.UIToFPOp, arith.FPToSIOp,
+    arith.FPToUIOp, arith.ExtSIOp, arith.ExtUIOp, arith.TruncIOp,
+)  # fmt: skip
+
+_BITWISE = {arith.AndIOp: torch.bitwise_and, arith.OrIOp: torch.bitwise_or, arith.XOrIOp: torch.bitwise_xor}
+
+
+def _scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> torch.Tensor:
+    dtype = to_torch_dtype(value.type)
+    raw = value.value.data
+    return torch.tensor(bool(raw) if dtype == torch.bool else raw, dtype=dtype, device=device)
+
+
+def _eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
+    """One arith/math op of a map body, applied to whole (broadcast) tensors."""
+    args = [env[o] for o in op.operands]
+    out_dtype = to_torch_dtype(op.results[0].type)
+    kind = type(op)
+    if kind is arith.ConstantOp:
+        return _scalar_constant(op.value, device)
+    if kind in _BINARY:
+        result = _BINARY[kind](*args)
+    elif kind in _UNARY:
+        result = _UNARY[kind](args[0])
+    elif kind in _BITWISE:
+        result = _BITWISE[kind](*args)
+    elif kind in (arith.CmpfOp, arith.CmpiOp):
+        names = CMPF_COMPARISON_OPERATIONS if kind is arith.CmpfOp else CMPI_COMPARISON_OPERATIONS
+        pred = names[op.predicate.value.data]
+        if pred not in _CMP:
+            raise InterpreterError(f"comparison predicate {pred!r} is not supported")
+        result = _CMP[pred](*args)
+    elif kind is arith.SelectOp:
+        result = torch.where(*args)
+    elif kind in _CASTS:
+        result = args[0]
+    else:
+        raise InterpreterError(f"the reference interpreter cannot run {op.name} in a map body")
+    return result.to(out_dtype)
+
+
+def _run_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    block: Block = op.body.block
+    device = inputs[0].device if inputs else torch.device("cpu")
+    env: Env = dict(zip(block.args, inputs))
+    for inner in block.ops:
+        if isinstance(inner, ein.YieldOp):
+            value = env[inner.value]
+            break
+        env[inner.results[0]] = _eval_scalar_op(inner, env, device)
+    shape = shape_of(op.result.type)
+    return torch.broadcast_to(value, shape).to(to_torch_dtype(op.result.type.get_element_type()))
+
+
+def _run_contract(op: ein.ContractOp, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dtype = a.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if dtype.is_floating_point:
+        return torch.einsum(op.spec.data, a.to(acc), b.to(acc)).to(dtype)
+    return torch.einsum(op.spec.data, a, b)
+
+
+def _run_reduce(op: ein.ReduceOp, x: torch.Tensor) -> torch.Tensor:
+    dims, keep, kind = list(op.reduce_dims), op.keepdim is not None, op.kind.data
+    if not dims:
+        return x.clone()
+    if x.dtype == torch.bool:
+        as_int = x.to(torch.uint8)
+        fn = torch.amax if kind == "max" else torch.amin
+        return fn(as_int, dim=dims, keepdim=keep).to(torch.bool)
+    if kind == "sum":
+        return torch.sum(x, dim=dims, keepdim=keep)
+    if kind == "mean":
+        return torch.mean(x, dim=dims, keepdim=keep)
+    fn = torch.amax if kind == "max" else torch.amin
+    return fn(x, dim=dims, keepdim=keep)
+
+
+def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
+    kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
+    if kind == "reshape":
+        return x.reshape(shape)
+    if kind == "permute":
+        return x.permute(*p)
+    if kind == "expand":
+        return x.expand(shape)
+    dim, start, stop, step = p
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, stop, step)
+    return x[tuple(index)]
+
+
+def _run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
+    args = [env[o] for o in op.operands]
+    if isinstance(op, ein.ContractOp):
+        return _run_contract(op, *args)
+    if isinstance(op, ein.MapOp):
+        return _run_map(op, args)
+    if isinstance(op, ein.ReduceOp):
+        return _run_reduce(op, args[0])
+    if isinstance(op, ein.ViewOp):
+        return _run_view(op, args[0])
+    if isinstance(op, ein.ConcatOp):
+        return torch.cat(args, dim=op.dim.value.data)
+    result_dtype = to_torch_dtype(op.results[0].type.get_element_type())
+    shape = shape_of(op.results[0].type)
+    if isinstance(op, ein.ConstantOp):
+        return _scalar_constant(op.value, device).expand(shape).to(result_dtype)
+    if isinstance(op, ein.IotaOp):
+        dim = op.dim.value.data
+        index_shape = [1] * len(shape)
+        index_shape[dim] = shape[dim]
+        idx = torch.arange(shape[dim], device=device).reshape(index_shape)
+        return idx.expand(shape).to(result_dtype)
+    raise InterpreterError(f"the reference interpreter cannot run {op.name}")
+
+
+def _check_inputs(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> None:
+    params = fn.function_type.inputs.data
+    if len(args) != len(params):
+        raise InterpreterError(f"@{fn.sym_name.data} takes {len(params)} tensors, got {len(args)}")
+    for i, (t, want) in enumerate(zip(args, params)):
+        shape, dtype = shape_of(want), to_torch_dtype(want.get_element_type())
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise InterpreterError(
+                f"@{fn.sym_name.data} argument {i}: expected {shape} {dtype}, got "
+                f"{tuple(t.shape)} {t.dtype}"
+            )
+
+
+def run_function(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Execute one `ein` function on tensors; returns its results in order."""
+    _check_inputs(fn, args)
+    device = args[0].device if args else torch.device("cpu")
+    block = fn.body.block
+    env: Env = dict(zip(block.args, args))
+    for op in block.ops:
+        if isinstance(op, func.ReturnOp):
+            return [env[v] for v in op.arguments]
+        env[op.results[0]] = _run_op(op, env, device)
+    raise InterpreterError(f"@{fn.sym_name.data} has no func.return")
+
+
+def run_module(module: ModuleOp, name: str, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Execute the function `name` of a module."""
+    for op in module.ops:
+        if isinstance(op, func.FuncOp) and op.sym_name.data == name:
+            return run_function(op, args)
+    raise InterpreterError(f"module has no function @{name}")

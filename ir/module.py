@@ -1,0 +1,77 @@
+"""Parsing, printing and verifying tilefuse IR as MLIR text.
+
+Errors are turned into `IRError`s that name the file, line and column and
+say what is wrong, so a command-line tool can print them without a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+from xdsl.context import Context
+from xdsl.dialects import arith, builtin, func, math
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
+
+from .einsum import Einsum
+
+
+class IRError(Exception):
+    """Malformed or invalid IR: the message names the line when one is known."""
+
+
+def make_context() -> Context:
+    """An xDSL context with every dialect tilefuse IR may contain."""
+    ctx = Context()
+    for dialect in (builtin.Builtin, func.Func, arith.Arith, math.Math, Einsum):
+        ctx.load_dialect(dialect)
+    return ctx
+
+
+_LOCATION = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)\n", re.S)
+
+
+def parse_module(text: str, filename: str = "<input>") -> ModuleOp:
+    """Parse MLIR text into a verified module; raises IRError on bad input."""
+    try:
+        module = Parser(make_context(), text, name=filename).parse_module()
+    except ParseError as e:
+        raise IRError(_describe_parse_error(e, filename)) from None
+    except (DiagnosticException, ValueError, TypeError) as e:
+        raise IRError(f"{filename}: {e}") from None
+    verify(module, filename)
+    return module
+
+
+def _describe_parse_error(e: ParseError, filename: str) -> str:
+    text = str(e)
+    m = _LOCATION.match(text)
+    if not m:
+        return f"{filename}: {text}"
+    context = text[m.end() :].rstrip()
+    return f"{filename}:{m['line']}:{m['col']}: error: {e.msg}\n{context}"
+
+
+def verify(module: Operation, filename: str = "<module>") -> None:
+    """Run every op's verifier; raises IRError naming the failing op."""
+    try:
+        module.verify()
+    except (VerifyException, DiagnosticException, TypeError) as e:
+        raise IRError(f"{filename}: verification failed: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def print_module(module: Operation, generic: bool = False) -> str:
+    """MLIR text of a module, in tilefuse's custom format or MLIR's generic form."""
+    out = io.StringIO()
+    Printer(stream=out, print_generic_format=generic).print_op(module)
+    out.write("\n")
+    return out.getvalue()
