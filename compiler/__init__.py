@@ -5,6 +5,9 @@ from torch._dynamo import register_backend
 from .api import compile
 from .backend import TilefuseBackend, tilefuse_backend
 
-register_backend(tilefuse_backend, name="tilefuse")
+try:
+    register_backend(tilefuse_backend, name="tilefuse")
+except AssertionError:  # already registered through the torch_dynamo_backends entry point
+    pass
 
 __all__ = ["TilefuseBackend", "compile", "tilefuse_backend"]

@@ -41,6 +41,7 @@ class CompileOptions:
 
 
 _graph_ids = itertools.count()
+_USER_INPUT = re.compile(r"^l_|_$")  # Dynamo names a user argument `x` as `l_x_`
 _MODULE_PATH = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]")
 
 
@@ -53,7 +54,7 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
     if text and ("._parameters[" in text or "._buffers[" in text):
         path = ".".join(_MODULE_PATH.findall(text))
         return InputInfo(path.replace(".", "_"), param=path)
-    return InputInfo(node.name)
+    return InputInfo(_USER_INPUT.sub("", node.name) or node.name)
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:

@@ -213,16 +213,19 @@ for _pred in ("eq", "ne", "lt", "le", "gt", "ge"):
 
 
 def _logical(name: str):
+    """and/or/xor: logical on bool results (inputs tested for nonzero), bitwise on ints."""
+
     def lower(ctx: LoweringContext, node: Node) -> SSAValue:
         return _map(ctx, node, list(node.args[:2]), lambda sb, x, y: sb.logical(name, x, y),
-                    compute_elem=i1)  # fmt: skip
+                    compute_elem=ctx.out_elem(node))  # fmt: skip
 
     return lower
 
 
-lowers(aten.logical_and.default)(_logical("and"))
-lowers(aten.logical_or.default)(_logical("or"))
-lowers(aten.logical_xor.default)(_logical("xor"))
+for _name in ("and", "or", "xor"):
+    lowers(getattr(aten, f"logical_{_name}").default)(_logical(_name))
+    _bitwise = getattr(aten, f"bitwise_{_name}")
+    lowers(_bitwise.Tensor, _bitwise.Scalar)(_logical(_name))
 
 
 def _bool_only(node: Node) -> str | None:

@@ -1,0 +1,32 @@
+"""Helpers for tests: compile with tilefuse and compare against eager PyTorch."""
+
+from __future__ import annotations
+
+import torch
+
+import tilefuse
+
+
+def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, **compile_kw):
+    """Compile `fn` with tilefuse, run it on `args`, and compare with eager PyTorch.
+
+    Fails if tilefuse compiled nothing, or (unless allowed) if any op fell
+    back to PyTorch. Returns the compiled function's graph reports.
+    """
+    compiled = tilefuse.compile(fn, **compile_kw)
+    with torch.no_grad():
+        expected = fn(*args)
+        actual = compiled(*args)
+    reports = compiled.tilefuse_reports
+    assert reports, "tilefuse compiled no graph (Dynamo fell back?)"
+    fallbacks = [f for r in reports for f in r["fallbacks"]]
+    if not allow_fallbacks:
+        assert not fallbacks, f"unexpected fallbacks: {fallbacks}"
+        assert any(r["partitions"] for r in reports), "no partition was compiled"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+    return reports
+
+
+def compiled_aten_ops(reports) -> set[str]:
+    """aten op names (without overload) that ran inside compiled partitions."""
+    return {op.rsplit(".", 1)[0] for r in reports for p in r["partitions"] for op in p["aten_ops"]}
