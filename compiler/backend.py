@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch._decomp import core_aten_decompositions
 from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
 from torch.fx import GraphModule
 
 from .driver import compile_aten_graph
@@ -58,7 +59,7 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
-    return gm
+    return make_boxed_func(gm)
 
 
 class TilefuseBackend:
@@ -88,7 +89,7 @@ class TilefuseBackend:
             )
             with self._lock:
                 self.reports.append(summary)
-            return compiled
+            return make_boxed_func(compiled)
 
         return aot_autograd(
             fw_compiler=forward_compiler,

@@ -158,10 +158,11 @@ def compile_aten_graph(
         result = aten
         if dump:
             files.append(dump.write("error.txt", traceback.format_exc()))
-    summary = _summary(art, files, error)
+    summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None}
+    summary.update(_summary(art, files, error))
     if dump:
         dump.finish(summary)
-    return result, {"name": dump.name if dump else name, **summary}
+    return result, summary
 
 
 def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:

@@ -53,7 +53,6 @@ class GraphDump:
 
     def finish(self, summary: dict) -> None:
         """Write this graph's summary and add it to the index."""
-        summary = {"name": self.name, "dir": self.name, **summary}
         self.write("summary.json", json.dumps(summary, indent=2))
         with _INDEX_LOCK:
             index_path = self.root / "index.json"

@@ -1,0 +1,91 @@
+"""What tilefuse cannot compile runs in PyTorch: results stay right and the dump says why."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from helpers import compile_and_compare
+
+import tilefuse
+from tilefuse.compiler import lowering_table
+
+
+def partly_supported(x, w):
+    h = torch.relu(x @ w)
+    return torch.cumsum(h, dim=-1) * 2 + h.sum(-1, keepdim=True)
+
+
+def test_unsupported_op_falls_back_and_stays_correct(tmp_path):
+    x, w = torch.randn(5, 7), torch.randn(7, 9)
+    reports = compile_and_compare(partly_supported, x, w, allow_fallbacks=True, dump=tmp_path)
+    (report,) = reports
+    assert [f["op"] for f in report["fallbacks"]] == ["aten.cumsum.default"]
+    assert "no ein lowering for aten.cumsum.default" in report["fallbacks"][0]["reason"]
+    assert len(report["partitions"]) >= 1
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["graphs"][0]["fallbacks"] == report["fallbacks"]
+    assert "fallback  cumsum (aten.cumsum.default)" in (tmp_path / "index.txt").read_text()
+
+
+def test_unsupported_arguments_fall_back():
+    def fn(x):
+        return torch.div(x, 3, rounding_mode="floor") + F.dropout(x, 0.0)
+
+    (report,) = compile_and_compare(fn, torch.randn(4, 6) * 10, allow_fallbacks=True)
+    assert any("rounding_mode" in f["reason"] for f in report["fallbacks"])
+
+
+def test_attention_with_dropout_falls_back():
+    q = torch.randn(1, 2, 5, 8)
+
+    def fn(q):
+        torch.manual_seed(1)
+        return F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+
+    torch.manual_seed(1)
+    compiled = tilefuse.compile(fn)
+    out = compiled(q)
+    assert torch.allclose(out, fn(q))
+    reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
+    assert any("dropout" in r for r in reasons)
+
+
+def test_a_lowering_that_crashes_leaves_its_partition_to_pytorch(monkeypatch):
+    original = lowering_table.LOWERINGS[torch.ops.aten.relu.default]
+
+    def broken(ctx, node):
+        raise RuntimeError("simulated lowering bug")
+
+    monkeypatch.setitem(
+        lowering_table.LOWERINGS, torch.ops.aten.relu.default, lowering_table.Lowering(broken, original.check)
+    )
+    x, w = torch.randn(5, 7), torch.randn(7, 9)
+    (report,) = compile_and_compare(lambda x, w: torch.relu(x @ w) + 1, x, w, allow_fallbacks=True)
+    (fallback,) = report["fallbacks"]
+    assert fallback["op"] == "partition" and "simulated lowering bug" in fallback["reason"]
+    assert report["partitions"] == []
+
+
+def test_a_pipeline_crash_leaves_the_whole_graph_to_pytorch(monkeypatch, tmp_path):
+    from tilefuse.compiler import driver
+
+    def exploding(art):
+        raise ValueError("simulated pipeline bug")
+
+    monkeypatch.setattr(driver, "STAGES", [driver.Stage("partition", exploding)])
+    x = torch.randn(3, 4)
+    (report,) = compile_and_compare(torch.tanh, x, allow_fallbacks=True, dump=tmp_path)
+    assert "simulated pipeline bug" in report["fallbacks"][0]["reason"]
+    assert (tmp_path / report["dir"] / "error.txt").exists()
+
+
+def test_complex_dtype_falls_back():
+    def fn(x):
+        return (torch.view_as_complex(x) * 2).abs() + 1
+
+    (report,) = compile_and_compare(fn, torch.randn(4, 3, 2), allow_fallbacks=True)
+    reasons = {f["op"]: f["reason"] for f in report["fallbacks"]}
+    assert "complex64, which ein does not support" in reasons["aten.mul.Tensor"]
+    assert [p["aten_ops"] for p in report["partitions"]] == [["aten.add.Tensor"]]
