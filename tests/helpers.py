@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 import tilefuse
+import torch
 
 
 def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, **compile_kw):

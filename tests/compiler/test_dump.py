@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 import tilefuse
+import torch
 from tilefuse.benchmarks.models import LlamaBlock
 from tilefuse.ir import parse_module
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+import tilefuse
 import torch
 import torch.nn.functional as F
 from helpers import compile_and_compare
-
-import tilefuse
 from tilefuse.compiler import lowering_table
 
 

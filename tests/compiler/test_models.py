@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import tilefuse
 import torch
 from helpers import compile_and_compare, compiled_aten_ops
-
-import tilefuse
 from tilefuse.benchmarks.models import MLP, LlamaBlock, MultiHeadAttention
 
 
