@@ -13,8 +13,9 @@ import copy
 import sys
 from pathlib import Path
 
-import tilefuse
 import torch
+
+import tilefuse
 from tilefuse.benchmarks.models import LlamaBlock
 
 

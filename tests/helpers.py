@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import tilefuse
 import torch
+
+import tilefuse
 
 
 def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, **compile_kw):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-import tilefuse
 import torch
+
+import tilefuse
 from tilefuse.benchmarks.models import LlamaBlock
 from tilefuse.ir import parse_module
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-import tilefuse
 import torch
 import torch.nn.functional as F
+
+import tilefuse
 from helpers import compile_and_compare
 from tilefuse.compiler import lowering_table
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import tilefuse
 import torch
+
+import tilefuse
 from helpers import compile_and_compare, compiled_aten_ops
 from tilefuse.benchmarks.models import MLP, LlamaBlock, MultiHeadAttention
 

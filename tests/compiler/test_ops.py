@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from helpers import compile_and_compare, compiled_aten_ops
 
 SHAPES = [(5,), (3, 7), (2, 3, 33)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tilefuse.compiler.cli import main as cli_main
 from tilefuse.ir import IRError, parse_module, print_module
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xdsl.dialects.builtin import ModuleOp, bf16, f32, i64
+
 from tilefuse.ir import parse_module, print_module, run_function
 from tilefuse.ir.builder import EinBuilder
 from tilefuse.ir.interpreter import InterpreterError
-from xdsl.dialects.builtin import ModuleOp, bf16, f32, i64
 
 LETTERS = "abcdefg"
 
