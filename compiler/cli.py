@@ -1,6 +1,7 @@
 """The `tilefuse` command line.
 
-    tilefuse opt FILE.mlir [--generic]   parse, verify and print tilefuse IR
+    tilefuse opt FILE.mlir [-p pass1,pass2] [--generic]
+        parse and verify tilefuse IR, run the named passes, verify, print
 
 Malformed input prints the file, line and what is wrong, and exits 1
 without a traceback.
@@ -12,14 +13,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..ir.module import IRError, parse_module, print_module
+from ..ir.module import IRError, make_context, parse_module, print_module, verify
+from ..passes import PASSES
 
 
 def _opt(args: argparse.Namespace) -> int:
     path = Path(args.file)
     text = sys.stdin.read() if args.file == "-" else path.read_text()
+    names = [n for n in (args.passes or "").split(",") if n]
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        print(f"error: unknown pass {unknown[0]!r}; known: {', '.join(sorted(PASSES))}", file=sys.stderr)
+        return 1
     try:
         module = parse_module(text, "<stdin>" if args.file == "-" else str(path))
+        for name in names:
+            PASSES[name]().apply(make_context(), module)
+            verify(module, f"after {name}")
     except IRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -32,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     opt = sub.add_parser("opt", help="parse, verify and print an .mlir file of tilefuse dialects")
     opt.add_argument("file", help="input .mlir file, or - for standard input")
+    opt.add_argument("-p", "--passes", help="comma-separated passes to run, in order")
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.set_defaults(run=_opt)
     args = parser.parse_args(argv)

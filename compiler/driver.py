@@ -1,6 +1,6 @@
 """The compile pipeline for one aten graph, as an ordered list of named stages.
 
-    partition → import (ein) → verify → runtime
+    partition → import (ein, verified) → canonicalize → runtime
 
 Each stage takes and returns the same `GraphArtifact`, adding what it
 produces; after each, the stage's dump (if any) is written. A stage that
@@ -21,7 +21,8 @@ from torch.fx import GraphModule
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 
-from ..ir.module import IRError, print_module, verify
+from ..ir.module import IRError, make_context, print_module, verify
+from ..passes import Canonicalize
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
@@ -96,6 +97,12 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
     return art
 
 
+def stage_canonicalize(art: GraphArtifact) -> GraphArtifact:
+    Canonicalize().apply(make_context(), art.module)
+    verify(art.module, "after canonicalize")
+    return art
+
+
 def stage_runtime(art: GraphArtifact) -> GraphArtifact:
     for p in art.partitions:
         if p.function is None:
@@ -123,9 +130,14 @@ def _dump_ein(art: GraphArtifact) -> tuple[str, str]:
     return "ein.mlir", print_module(art.module)
 
 
+def _dump_canonical(art: GraphArtifact) -> tuple[str, str]:
+    return "ein.canonicalize.mlir", print_module(art.module)
+
+
 STAGES: list[Stage] = [
     Stage("partition", stage_partition, _dump_partitioned),
     Stage("import", stage_import, _dump_ein),
+    Stage("canonicalize", stage_canonicalize, _dump_canonical),
     Stage("runtime", stage_runtime),
 ]
 

@@ -19,7 +19,7 @@ def test_dump_writes_every_stage_and_an_index(tmp_path):
     index = json.loads((tmp_path / "index.json").read_text())
     (graph,) = index["graphs"]
     folder = tmp_path / graph["dir"]
-    for name in ("dynamo_graph.py", "aten_graph.py", "partitioned.py", "ein.mlir", "summary.json"):
+    for name in ("dynamo_graph.py", "aten_graph.py", "partitioned.py", "ein.mlir", "ein.canonicalize.mlir", "summary.json"):
         assert (folder / name).is_file(), name
         assert name == "summary.json" or name in graph["files"]
     assert "aten.mm.default" in (folder / "aten_graph.py").read_text()

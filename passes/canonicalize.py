@@ -1,0 +1,188 @@
+"""canonicalize: put an `ein` graph in the shape fusion expects.
+
+Captured graphs spell a linear layer as `reshape → contract "mk,kn->mn" →
+reshape` with a permuted weight, and an activation as a chain of one-op maps.
+These patterns undo that, each an exact rewrite (no change to the numbers):
+
+- a permute feeding a contraction folds into the spec (`"mk,nk->mn"`);
+- a reshape that flattens leading batch dims into M, undone by a reshape of
+  the result, folds into the spec (`"bsk,nk->bsn"`);
+- a map whose only user is another map merges into it (one body);
+- reshape∘reshape, permute∘permute and identity views collapse;
+- ops whose results are unused are removed.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    GreedyRewritePatternApplier,
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+from ..ir import einsum as ein
+from ..ir.dtypes import shape_of
+
+
+def _only_user(value: SSAValue) -> Operation | None:
+    users = {use.operation for use in value.uses}
+    return users.pop() if len(users) == 1 else None
+
+
+class FoldPermuteIntoContract(RewritePattern):
+    """contract(permute(x), y) → contract(x, y) with the operand's indices permuted."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
+        lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
+        operands, indices = [op.lhs, op.rhs], [lhs_idx, rhs_idx]
+        changed = False
+        for i, value in enumerate(operands):
+            view = value.owner
+            if isinstance(view, ein.ViewOp) and view.kind.data == "permute":
+                perm = view.view_params
+                source = [""] * len(perm)
+                for j, p in enumerate(perm):
+                    source[p] = indices[i][j]
+                operands[i], indices[i] = view.input, "".join(source)
+                changed = True
+        if changed:
+            spec = f"{indices[0]},{indices[1]}->{out_idx}"
+            rewriter.replace(op, ein.ContractOp(spec, operands[0], operands[1], op.result.type))
+
+
+class FoldBatchFlattenIntoContract(RewritePattern):
+    """reshape(contract(reshape(x: AxBxK → (AB)xK), w)) back to AxBxN → one batched contract."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
+        flatten = op.lhs.owner
+        unflatten = _only_user(op.result)
+        if not (_is_reshape(flatten) and _is_reshape(unflatten)):
+            return
+        lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
+        src, flat = shape_of(flatten.input.type), shape_of(op.lhs.type)
+        merged = len(src) - len(flat) + 1  # leading source dims folded into lhs dim 0
+        if merged < 2 or src[merged:] != flat[1:] or math.prod(src[:merged]) != flat[0]:
+            return
+        m = lhs_idx[0]
+        if m in rhs_idx or not out_idx.startswith(m):
+            return
+        out_shape = shape_of(op.result.type)
+        target = shape_of(unflatten.result.type)
+        if target != src[:merged] + out_shape[1:]:
+            return
+        fresh = [c for c in string.ascii_letters if c not in lhs_idx + rhs_idx + out_idx][:merged]
+        if len(fresh) < merged:
+            return
+        batch = "".join(fresh)
+        spec = f"{batch}{lhs_idx[1:]},{rhs_idx}->{batch}{out_idx[1:]}"
+        new = ein.ContractOp(spec, flatten.input, op.rhs, unflatten.result.type)
+        rewriter.insert(new, InsertPoint.before(op))
+        rewriter.replace(unflatten, [], [new.result])
+        rewriter.erase(op)
+
+
+def _is_reshape(op: Operation | None) -> bool:
+    return isinstance(op, ein.ViewOp) and op.kind.data == "reshape"
+
+
+class CollapseViews(RewritePattern):
+    """reshape∘reshape → reshape, permute∘permute → permute, identity views → their input."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        kind = op.kind.data
+        if kind in ("reshape", "expand") and op.input.type == op.result.type:
+            rewriter.replace(op, [], [op.input])
+            return
+        inner = op.input.owner
+        if not isinstance(inner, ein.ViewOp) or inner.kind.data != kind:
+            return
+        if kind == "reshape":
+            rewriter.replace(op, ein.ViewOp("reshape", inner.input, op.result.type))
+        elif kind == "permute":
+            first, second = inner.view_params, op.view_params
+            perm = [first[p] for p in second]
+            if perm == list(range(len(perm))):
+                rewriter.replace(op, [], [inner.input])
+            else:
+                rewriter.replace(op, ein.ViewOp("permute", inner.input, op.result.type, perm))
+
+
+class MergeMaps(RewritePattern):
+    """map(..., map(a, b), ...) → one map, when the inner map has no other user."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        for position, value in enumerate(op.inputs):
+            producer = value.owner
+            if isinstance(producer, ein.MapOp) and _only_user(value) is op:
+                rewriter.replace(op, _compose(op, position, producer))
+                rewriter.erase(producer)
+                return
+
+
+def _compose(outer: ein.MapOp, position: int, inner: ein.MapOp) -> ein.MapOp:
+    """One map computing `outer` with its operand `position` replaced by `inner`'s body."""
+    operands = list(dict.fromkeys(
+        [v for i, v in enumerate(outer.inputs) if i != position] + list(inner.inputs)
+    ))  # fmt: skip
+    block = Block(arg_types=[v.type.get_element_type() for v in operands])
+    arg_of = dict(zip(operands, block.args))
+    inner_value = _inline_body(inner, [arg_of[v] for v in inner.inputs], block)
+    outer_args = [inner_value if i == position else arg_of[v] for i, v in enumerate(outer.inputs)]
+    result = _inline_body(outer, outer_args, block)
+    block.add_op(ein.YieldOp(result))
+    return ein.MapOp(operands, outer.result.type, Region(block))
+
+
+def _inline_body(op: ein.MapOp, args: list[SSAValue], block: Block) -> SSAValue:
+    """Clone a map body into `block` with its arguments bound to `args`; return its yield."""
+    mapping: dict[SSAValue, SSAValue] = dict(zip(op.body.block.args, args))
+    for inner in op.body.block.ops:
+        if isinstance(inner, ein.YieldOp):
+            return mapping[inner.value]
+        clone = inner.clone(value_mapper=mapping)
+        block.add_op(clone)
+        mapping.update(zip(inner.results, clone.results))
+    raise ValueError("ein.map body has no ein.yield")
+
+
+class EraseUnused(RewritePattern):
+    """Remove pure `ein` ops whose results nobody reads."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        if op.name.startswith("ein.") and op.results and all(not r.uses for r in op.results):
+            rewriter.erase(op)
+
+
+PATTERNS: tuple[type[RewritePattern], ...] = (
+    FoldPermuteIntoContract,
+    FoldBatchFlattenIntoContract,
+    CollapseViews,
+    MergeMaps,
+    EraseUnused,
+)
+
+
+@dataclass(frozen=True)
+class Canonicalize(ModulePass):
+    """Apply the canonical `ein` rewrites until nothing changes."""
+
+    name = "canonicalize"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        applier = GreedyRewritePatternApplier([p() for p in PATTERNS])
+        PatternRewriteWalker(applier, walk_regions_first=False).rewrite_module(op)
