@@ -10,7 +10,7 @@ import io
 import re
 
 from xdsl.context import Context
-from xdsl.dialects import arith, builtin, func, math
+from xdsl.dialects import arith, builtin, func, math, scf
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation
 from xdsl.parser import Parser
@@ -18,6 +18,7 @@ from xdsl.printer import Printer
 from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
 
 from .einsum import Einsum
+from .tile import Tile
 
 
 class IRError(Exception):
@@ -27,7 +28,7 @@ class IRError(Exception):
 def make_context() -> Context:
     """An xDSL context with every dialect tilefuse IR may contain."""
     ctx = Context()
-    for dialect in (builtin.Builtin, func.Func, arith.Arith, math.Math, Einsum):
+    for dialect in (builtin.Builtin, func.Func, arith.Arith, math.Math, scf.Scf, Einsum, Tile):
         ctx.load_dialect(dialect)
     return ctx
 

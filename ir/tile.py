@@ -1,0 +1,459 @@
+"""The `tile` dialect: one GPU kernel per fused group, written over tiles of symbolic size.
+
+A `tile.kernel` is a program instance's view of the work, as in Triton: it
+reads its program id, builds index tiles (`tile.arange` plus scalar
+arithmetic), loads tiles of its tensor arguments (masked at the edges),
+computes with `tile.dot`, `tile.map` and `tile.reduce`, loops with `scf.for`,
+and stores. Tile sizes are named parameters (`BLOCK_M`, ...) that the
+autotuner binds; the launch grid is a list of expressions over them:
+
+    tile.kernel "k0" kind "gemm" params ["BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"] grid ["cdiv(96, BLOCK_M) * cdiv(352, BLOCK_N)"] {
+    ^bb0(%x: tensor<96x128xf16>, %w: tensor<352x128xf16>, %out: tensor<96x352xf16>):
+      %pid = tile.program_id 0 : i32
+      %bm = tile.param "BLOCK_M" : i32
+      ...
+      %a = tile.load %x[%rows, %ks] : (tensor<96x128xf16>, !tile.block<["BLOCK_M", "1"], i32>,
+                                        !tile.block<["1", "BLOCK_K"], i32>) -> !tile.block<["BLOCK_M", "BLOCK_K"], f16>
+      %acc2 = tile.dot %a, %b, %acc : ...
+      tile.store %y, %out[%rows, %cols] : (...)
+      tile.return
+    }
+
+Kernel arguments are global tensors; their strides are runtime arguments of
+the generated kernel, so a view never needs a copy. Loads and stores take one
+index per tensor dimension (a scalar or a tile); the index tiles broadcast
+against each other and give the shape of the loaded tile; out-of-bounds
+elements are masked off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    I64,
+    ArrayAttr,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    i32,
+    i64,
+)
+from xdsl.ir import Attribute, Block, Dialect, ParametrizedAttribute, Region, SSAValue, TypeAttribute
+from xdsl.irdl import (
+    IRDLOperation,
+    ParsePropInAttrDict,
+    irdl_attr_definition,
+    irdl_op_definition,
+    lazy_traits_def,
+    operand_def,
+    opt_prop_def,
+    param_def,
+    prop_def,
+    region_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, SymbolOpInterface
+from xdsl.utils.exceptions import VerifyException
+
+from .einsum import SCALAR_DIALECTS
+
+KERNEL_KINDS = ("gemm", "pointwise", "reduction")
+REDUCE_KINDS = ("sum", "max", "min")
+
+
+@irdl_attr_definition
+class BlockType(ParametrizedAttribute, TypeAttribute):
+    """A tile of values: dims are parameter names ("BLOCK_M") or literal sizes ("1")."""
+
+    name = "tile.block"
+    shape: ArrayAttr[StringAttr] = param_def(ArrayAttr[StringAttr])
+    element_type: Attribute = param_def(Attribute)
+
+    def __init__(self, shape: Sequence[str | int], element_type: Attribute):
+        super().__init__(ArrayAttr([StringAttr(str(d)) for d in shape]), element_type)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(d.data for d in self.shape.data)
+
+
+def block_dims(t: Attribute) -> tuple[str, ...]:
+    """Dims of a tile type; a scalar has none."""
+    return t.dims if isinstance(t, BlockType) else ()
+
+
+def element_type(t: Attribute) -> Attribute:
+    return t.element_type if isinstance(t, BlockType) else t
+
+
+def broadcast_dims(*shapes: Sequence[str]) -> tuple[str, ...] | None:
+    """Broadcast symbolic tile shapes of equal rank (scalars broadcast to anything)."""
+    ranked = [s for s in shapes if s]
+    if not ranked:
+        return ()
+    if len({len(s) for s in ranked}) != 1:
+        return None
+    out = list(ranked[0])
+    for s in ranked[1:]:
+        for i, d in enumerate(s):
+            if d == out[i] or d == "1":
+                continue
+            if out[i] != "1":
+                return None
+            out[i] = d
+    return tuple(out)
+
+
+@irdl_op_definition
+class KernelOp(IRDLOperation):
+    """One GPU kernel: tensor arguments, tunable `params`, launch `grid` expressions."""
+
+    name = "tile.kernel"
+    sym_name = prop_def(StringAttr)
+    kind = prop_def(StringAttr)
+    params = prop_def(ArrayAttr[StringAttr])
+    grid = prop_def(ArrayAttr[StringAttr])
+    body = region_def("single_block")
+    traits = traits_def(IsolatedFromAbove(), SymbolOpInterface())
+
+    assembly_format = "$sym_name `kind` $kind `params` $params `grid` $grid attr-dict-with-keyword $body"
+
+    def __init__(
+        self, name: str, kind: str, params: Sequence[str], grid: Sequence[str], body: Region
+    ):
+        super().__init__(
+            properties={
+                "sym_name": StringAttr(name),
+                "kind": StringAttr(kind),
+                "params": ArrayAttr([StringAttr(p) for p in params]),
+                "grid": ArrayAttr([StringAttr(g) for g in grid]),
+            },
+            regions=[body],
+        )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.data for p in self.params.data)
+
+    @property
+    def grid_exprs(self) -> tuple[str, ...]:
+        return tuple(g.data for g in self.grid.data)
+
+    def verify_(self) -> None:
+        if self.kind.data not in KERNEL_KINDS:
+            raise VerifyException(f"tile.kernel: kind {self.kind.data!r} is not one of {KERNEL_KINDS}")
+        if not 1 <= len(self.grid.data) <= 3:
+            raise VerifyException("tile.kernel: grid needs one to three dimensions")
+        for arg in self.body.block.args:
+            if not isinstance(arg.type, TensorType):
+                raise VerifyException(f"tile.kernel: argument type {arg.type} is not a tensor")
+        if not isinstance(self.body.block.last_op, ReturnOp):
+            raise VerifyException("tile.kernel: body must end with tile.return")
+        known = set(self.param_names)
+        for op in self.body.walk():
+            if isinstance(op, ParamOp) and op.param.data not in known:
+                raise VerifyException(f"tile.kernel: parameter {op.param.data!r} is not in params")
+            for r in op.results:
+                for d in block_dims(r.type):
+                    if not d.isdigit() and d not in known:
+                        raise VerifyException(f"tile.kernel: tile dim {d!r} is not a declared parameter")
+
+
+@irdl_op_definition
+class ReturnOp(IRDLOperation):
+    name = "tile.return"
+    traits = lazy_traits_def(lambda: (IsTerminator(), HasParent(KernelOp)))
+    assembly_format = "attr-dict"
+
+
+@irdl_op_definition
+class ProgramIdOp(IRDLOperation):
+    """This program's index along grid axis `axis`."""
+
+    name = "tile.program_id"
+    axis = prop_def(IntegerAttr[I64])
+    result = result_def(i32)
+    traits = traits_def(Pure())
+    assembly_format = "$axis attr-dict `:` type($result)"
+
+    def __init__(self, axis: int):
+        super().__init__(properties={"axis": IntegerAttr(axis, i64)}, result_types=[i32])
+
+
+@irdl_op_definition
+class ParamOp(IRDLOperation):
+    """The value of a tunable parameter (a compile-time constant of the kernel)."""
+
+    name = "tile.param"
+    param = prop_def(StringAttr)
+    result = result_def(i32)
+    traits = traits_def(Pure())
+    assembly_format = "$param attr-dict `:` type($result)"
+
+    def __init__(self, param: str):
+        super().__init__(properties={"param": StringAttr(param)}, result_types=[i32])
+
+
+@irdl_op_definition
+class GroupedOrderOp(IRDLOperation):
+    """Map a linear program id to (tile row, tile col) in groups of `group` rows (L2 reuse)."""
+
+    name = "tile.grouped_order"
+    pid = operand_def(i32)
+    rows = operand_def(i32)
+    cols = operand_def(i32)
+    group = operand_def(i32)
+    row = result_def(i32)
+    col = result_def(i32)
+    traits = traits_def(Pure())
+    assembly_format = "$pid `,` $rows `,` $cols `,` $group attr-dict `:` type($row) `,` type($col)"
+
+    def __init__(self, pid: SSAValue, rows: SSAValue, cols: SSAValue, group: SSAValue):
+        super().__init__(operands=[pid, rows, cols, group], result_types=[i32, i32])
+
+
+@irdl_op_definition
+class ArangeOp(IRDLOperation):
+    """The tile [0, 1, ..., size) with `size` a parameter name or a literal."""
+
+    name = "tile.arange"
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    assembly_format = "attr-dict `:` type($result)"
+
+    def __init__(self, size: str):
+        super().__init__(result_types=[BlockType([size], i32)])
+
+    def verify_(self) -> None:
+        if len(self.result.type.dims) != 1 or self.result.type.element_type != i32:
+            raise VerifyException("tile.arange: result must be a 1-d tile of i32")
+
+
+@irdl_op_definition
+class ExpandDimsOp(IRDLOperation):
+    """Insert a size-1 dim at `axis` (Triton's x[:, None])."""
+
+    name = "tile.expand_dims"
+    input = operand_def(BlockType)
+    axis = prop_def(IntegerAttr[I64])
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    assembly_format = "$input `axis` $axis attr-dict `:` type($input) `->` type($result)"
+
+    def __init__(self, input: SSAValue, axis: int):
+        dims = list(input.type.dims)
+        dims.insert(axis, "1")
+        super().__init__(
+            operands=[input],
+            properties={"axis": IntegerAttr(axis, i64)},
+            result_types=[BlockType(dims, input.type.element_type)],
+        )
+
+    def verify_(self) -> None:
+        dims = list(self.input.type.dims)
+        dims.insert(self.axis.value.data, "1")
+        if tuple(dims) != self.result.type.dims:
+            raise VerifyException(f"tile.expand_dims: result dims should be {dims}")
+
+
+@irdl_op_definition
+class FullOp(IRDLOperation):
+    """A tile filled with one scalar (e.g. a zero accumulator)."""
+
+    name = "tile.full"
+    value = prop_def(FloatAttr | IntegerAttr)
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    assembly_format = "$value attr-dict `:` type($result)"
+
+    def __init__(self, value: FloatAttr | IntegerAttr, result_type: BlockType):
+        super().__init__(properties={"value": value}, result_types=[result_type])
+
+    def verify_(self) -> None:
+        if self.value.type != self.result.type.element_type:
+            raise VerifyException("tile.full: value type differs from the tile element type")
+
+
+def _check_indices(op_name: str, tensor: SSAValue, indices: Sequence[SSAValue]) -> tuple[str, ...]:
+    rank = len(tensor.type.get_shape())
+    if len(indices) != rank:
+        raise VerifyException(f"{op_name}: {rank}-d tensor needs {rank} indices, got {len(indices)}")
+    for i in indices:
+        if element_type(i.type) != i32:
+            raise VerifyException(f"{op_name}: index of type {i.type} is not i32")
+    dims = broadcast_dims(*(block_dims(i.type) for i in indices))
+    if dims is None:
+        raise VerifyException(f"{op_name}: index tiles do not broadcast together")
+    return dims
+
+
+@irdl_op_definition
+class LoadOp(IRDLOperation):
+    """Load the elements at the broadcast index tiles; out-of-bounds ones read `other`."""
+
+    name = "tile.load"
+    tensor = operand_def(TensorType)
+    indices = var_operand_def()
+    other = opt_prop_def(FloatAttr | IntegerAttr)
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = (
+        "$tensor `[` $indices `]` attr-dict `:` `(` type($tensor) `,` type($indices) `)` `->` type($result)"
+    )
+
+    def __init__(self, tensor: SSAValue, indices: Sequence[SSAValue]):
+        dims = broadcast_dims(*(block_dims(i.type) for i in indices)) or ()
+        super().__init__(
+            operands=[tensor, list(indices)],
+            result_types=[BlockType(dims, tensor.type.get_element_type())],
+        )
+
+    def verify_(self) -> None:
+        dims = _check_indices("tile.load", self.tensor, self.indices)
+        if self.result.type.dims != dims:
+            raise VerifyException(f"tile.load: result dims {self.result.type.dims} should be {dims}")
+        if self.result.type.element_type != self.tensor.type.get_element_type():
+            raise VerifyException("tile.load: result element type differs from the tensor's")
+
+
+@irdl_op_definition
+class StoreOp(IRDLOperation):
+    """Store a tile at the broadcast index tiles; out-of-bounds elements are skipped."""
+
+    name = "tile.store"
+    tensor = operand_def(TensorType)
+    indices = var_operand_def()
+    value = operand_def(BlockType)
+    assembly_format = (
+        "$value `,` $tensor `[` $indices `]` attr-dict `:` `(` type($value) `,` type($tensor) `,`"
+        " type($indices) `)`"
+    )
+
+    def __init__(self, tensor: SSAValue, indices: Sequence[SSAValue], value: SSAValue):
+        super().__init__(operands=[tensor, list(indices), value])
+
+    def verify_(self) -> None:
+        dims = _check_indices("tile.store", self.tensor, self.indices)
+        if broadcast_dims(dims, self.value.type.dims) != dims:
+            raise VerifyException(f"tile.store: value dims {self.value.type.dims} do not fit indices {dims}")
+        if self.value.type.element_type != self.tensor.type.get_element_type():
+            raise VerifyException("tile.store: value element type differs from the tensor's (cast first)")
+
+
+@irdl_op_definition
+class DotOp(IRDLOperation):
+    """acc + a @ b on 2-d tiles, accumulating in f32 (`tf32` allows TF32 for f32 inputs)."""
+
+    name = "tile.dot"
+    a = operand_def(BlockType)
+    b = operand_def(BlockType)
+    acc = operand_def(BlockType)
+    tf32 = opt_prop_def(StringAttr)
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$a `,` $b `,` $acc attr-dict `:` type($a) `,` type($b) `,` type($acc) `->` type($result)"
+
+    def __init__(self, a: SSAValue, b: SSAValue, acc: SSAValue, allow_tf32: bool = False):
+        props = {"tf32": StringAttr("allowed")} if allow_tf32 else {}
+        super().__init__(operands=[a, b, acc], result_types=[acc.type], properties=props)
+
+    def verify_(self) -> None:
+        (m, k), (k2, n) = self.a.type.dims, self.b.type.dims
+        if k != k2 or self.acc.type.dims != (m, n) or self.result.type != self.acc.type:
+            raise VerifyException(
+                f"tile.dot: shapes {self.a.type.dims} x {self.b.type.dims} -> {self.acc.type.dims} do not chain"
+            )
+        if self.a.type.element_type != self.b.type.element_type:
+            raise VerifyException("tile.dot: operands must have one element type")
+
+
+@irdl_op_definition
+class MapOp(IRDLOperation):
+    """Elementwise over broadcast tiles and scalars, with a scalar `arith`/`math` body."""
+
+    name = "tile.map"
+    inputs = var_operand_def()
+    result = result_def(BlockType)
+    body = region_def("single_block")
+    traits = traits_def(IsolatedFromAbove(), Pure())
+    assembly_format = "`(` $inputs `)` attr-dict `:` `(` type($inputs) `)` `->` type($result) $body"
+
+    def __init__(self, inputs: Sequence[SSAValue], result_type: BlockType, body: Region):
+        super().__init__(operands=[list(inputs)], result_types=[result_type], regions=[body])
+
+    def verify_(self) -> None:
+        dims = broadcast_dims(*(block_dims(v.type) for v in self.inputs))
+        if dims is None or dims != self.result.type.dims:
+            raise VerifyException(
+                f"tile.map: operand tiles broadcast to {dims}, result has {self.result.type.dims}"
+            )
+        block = self.body.block
+        if [a.type for a in block.args] != [element_type(v.type) for v in self.inputs]:
+            raise VerifyException("tile.map: body arguments must be the operands' element types")
+        last = block.last_op
+        if not isinstance(last, YieldOp) or last.value.type != self.result.type.element_type:
+            raise VerifyException("tile.map: body must yield the result element type")
+        for op in block.ops:
+            if op is not last and not op.name.startswith(SCALAR_DIALECTS):
+                raise VerifyException(f"tile.map: body op {op.name} is not an arith/math op")
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    name = "tile.yield"
+    value = operand_def()
+    traits = lazy_traits_def(lambda: (IsTerminator(), HasParent(MapOp), Pure()))
+    assembly_format = "$value attr-dict `:` type($value)"
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value])
+
+
+@irdl_op_definition
+class ReduceOp(IRDLOperation):
+    """Reduce a tile along `axis` with sum, max or min (the axis is removed)."""
+
+    name = "tile.reduce"
+    input = operand_def(BlockType)
+    axis = prop_def(IntegerAttr[I64])
+    kind = prop_def(StringAttr)
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    assembly_format = "$kind $input `axis` $axis attr-dict `:` type($input) `->` type($result)"
+
+    def __init__(self, kind: str, input: SSAValue, axis: int):
+        dims = [d for i, d in enumerate(input.type.dims) if i != axis]
+        super().__init__(
+            operands=[input],
+            properties={"kind": StringAttr(kind), "axis": IntegerAttr(axis, i64)},
+            result_types=[BlockType(dims, input.type.element_type)],
+        )
+
+    def verify_(self) -> None:
+        if self.kind.data not in REDUCE_KINDS:
+            raise VerifyException(f"tile.reduce: kind {self.kind.data!r} is not one of {REDUCE_KINDS}")
+        axis, dims = self.axis.value.data, self.input.type.dims
+        if not 0 <= axis < len(dims):
+            raise VerifyException(f"tile.reduce: axis {axis} out of range for {dims}")
+        if self.result.type.dims != tuple(d for i, d in enumerate(dims) if i != axis):
+            raise VerifyException("tile.reduce: result must drop the reduced axis")
+
+
+def map_block(arg_types: Sequence[Attribute]) -> Block:
+    return Block(arg_types=list(arg_types))
+
+
+Tile = Dialect(
+    "tile",
+    [
+        KernelOp, ReturnOp, ProgramIdOp, ParamOp, GroupedOrderOp, ArangeOp, ExpandDimsOp, FullOp,
+        LoadOp, StoreOp, DotOp, MapOp, YieldOp, ReduceOp,
+    ],
+    [BlockType],
+)  # fmt: skip
