@@ -7,13 +7,14 @@ computes with `tile.dot`, `tile.map` and `tile.reduce`, loops with `scf.for`,
 and stores. Tile sizes are named parameters (`BLOCK_M`, ...) that the
 autotuner binds; the launch grid is a list of expressions over them:
 
-    tile.kernel "k0" kind "gemm" params ["BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"] grid ["cdiv(96, BLOCK_M) * cdiv(352, BLOCK_N)"] {
+    tile.kernel "k0" kind "gemm" params ["BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"]
+                grid ["cdiv(96, BLOCK_M) * cdiv(352, BLOCK_N)"] {
     ^bb0(%x: tensor<96x128xf16>, %w: tensor<352x128xf16>, %out: tensor<96x352xf16>):
       %pid = tile.program_id 0 : i32
       %bm = tile.param "BLOCK_M" : i32
       ...
       %a = tile.load %x[%rows, %ks] : (tensor<96x128xf16>, !tile.block<["BLOCK_M", "1"], i32>,
-                                        !tile.block<["1", "BLOCK_K"], i32>) -> !tile.block<["BLOCK_M", "BLOCK_K"], f16>
+               !tile.block<["1", "BLOCK_K"], i32>) -> !tile.block<["BLOCK_M", "BLOCK_K"], f16>
       %acc2 = tile.dot %a, %b, %acc : ...
       tile.store %y, %out[%rows, %cols] : (...)
       tile.return
@@ -357,7 +358,9 @@ class DotOp(IRDLOperation):
     result = result_def(BlockType)
     traits = traits_def(Pure())
     irdl_options = (ParsePropInAttrDict(),)
-    assembly_format = "$a `,` $b `,` $acc attr-dict `:` type($a) `,` type($b) `,` type($acc) `->` type($result)"
+    assembly_format = (
+        "$a `,` $b `,` $acc attr-dict `:` type($a) `,` type($b) `,` type($acc) `->` type($result)"
+    )
 
     def __init__(self, a: SSAValue, b: SSAValue, acc: SSAValue, allow_tf32: bool = False):
         props = {"tf32": StringAttr("allowed")} if allow_tf32 else {}
@@ -367,7 +370,8 @@ class DotOp(IRDLOperation):
         (m, k), (k2, n) = self.a.type.dims, self.b.type.dims
         if k != k2 or self.acc.type.dims != (m, n) or self.result.type != self.acc.type:
             raise VerifyException(
-                f"tile.dot: shapes {self.a.type.dims} x {self.b.type.dims} -> {self.acc.type.dims} do not chain"
+                f"tile.dot: shapes {self.a.type.dims} x {self.b.type.dims} -> {self.acc.type.dims} "
+                "do not chain"
             )
         if self.a.type.element_type != self.b.type.element_type:
             raise VerifyException("tile.dot: operands must have one element type")
