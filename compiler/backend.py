@@ -21,6 +21,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 from torch.fx import GraphModule
 
+from .codegen import Target
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
@@ -58,6 +59,12 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
     return InputInfo(_USER_INPUT.sub("", node.name) or node.name)
 
 
+def _target(example_inputs: list) -> Target:
+    """Kernels run where the inputs live; TF32 only where PyTorch's matmul precision allows it."""
+    on_gpu = any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in example_inputs)
+    return Target(interpret=not on_gpu, allow_tf32=torch.get_float32_matmul_precision() != "highest")
+
+
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
     return make_boxed_func(gm)
 
@@ -85,7 +92,7 @@ class TilefuseBackend:
             root = self.options.dump or resolve_dump_dir(None)
             dump = GraphDump(root, graph_name) if root else None
             compiled, summary = compile_aten_graph(
-                aten, graph_name, inputs, dump, {"dynamo_graph.py": dynamo_code}
+                aten, graph_name, inputs, dump, _target(aten_inputs), {"dynamo_graph.py": dynamo_code}
             )
             with self._lock:
                 self.reports.append(summary)

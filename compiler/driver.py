@@ -1,6 +1,7 @@
 """The compile pipeline for one aten graph, as an ordered list of named stages.
 
-    partition → import (ein, verified) → canonicalize → runtime
+    partition → import (ein, verified) → canonicalize → fuse → lower (tile) → codegen (Triton)
+    → runtime
 
 Each stage takes and returns the same `GraphArtifact`, adding what it
 produces; after each, the stage's dump (if any) is written. A stage that
@@ -23,10 +24,12 @@ from xdsl.dialects.builtin import ModuleOp
 
 from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import Canonicalize
+from ..passes.lower_to_tile import LoweredGroup
+from .codegen import Target, stage_codegen, stage_fuse, stage_lower, tile_module_text
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
-from .runtime import ReferencePartition
+from .runtime import CompiledKernel, KernelPlan
 
 log = logging.getLogger("tilefuse")
 
@@ -40,6 +43,8 @@ class Partition:
     inputs: list[InputInfo]
     function: func.FuncOp | None = None
     executor: str = "pytorch"
+    lowered: list[LoweredGroup] = field(default_factory=list)
+    kernels: list[CompiledKernel] = field(default_factory=list)
 
     def summary(self) -> dict:
         aten_ops = [
@@ -47,12 +52,24 @@ class Partition:
         ]
         ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
         ein_ops.pop("func.return", None)
+        configs = {k.lowered.group.name: k.config.key() for k in self.kernels}
         return {
             "name": self.name,
             "function": f"@{self.name}" if self.function else None,
             "executor": self.executor,
             "aten_ops": aten_ops,
             "ein_ops": dict(sorted(ein_ops.items())),
+            "groups": [
+                {
+                    "name": g.group.name,
+                    "kind": g.group.kind,
+                    "ops": [op.name for op in g.group.ops],
+                    "kernel": g.kernel.sym_name.data if g.kernel is not None and not g.error else None,
+                    "config": configs.get(g.group.name),
+                    "not_a_kernel_because": g.error,
+                }
+                for g in self.lowered
+            ],
         }
 
 
@@ -67,6 +84,11 @@ class GraphArtifact:
     partitions: list[Partition] = field(default_factory=list)
     fallbacks: list[Fallback] = field(default_factory=list)
     module: ModuleOp | None = None
+    target: Target = Target(interpret=True, allow_tf32=False)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def compiled_partitions(self) -> list[Partition]:
+        return [p for p in self.partitions if p.function is not None]
 
 
 def stage_partition(art: GraphArtifact) -> GraphArtifact:
@@ -109,7 +131,7 @@ def stage_runtime(art: GraphArtifact) -> GraphArtifact:
             continue
         output = next(n for n in p.submodule.graph.nodes if n.op == "output")
         returns_tuple = isinstance(output.args[0], (tuple, list))
-        runner = ReferencePartition(p.function, returns_tuple)
+        runner = KernelPlan(p.function, p.kernels, returns_tuple)
         p.executor = runner.executor
         setattr(art.partitioned, p.name, runner)
     return art
@@ -134,24 +156,35 @@ def _dump_canonical(art: GraphArtifact) -> tuple[str, str]:
     return "ein.canonicalize.mlir", print_module(art.module)
 
 
+def _dump_groups(art: GraphArtifact) -> tuple[str, str]:
+    return "ein.groups.mlir", print_module(art.module)
+
+
+def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
+    return "tile.mlir", tile_module_text(art)
+
+
 STAGES: list[Stage] = [
     Stage("partition", stage_partition, _dump_partitioned),
     Stage("import", stage_import, _dump_ein),
     Stage("canonicalize", stage_canonicalize, _dump_canonical),
+    Stage("fuse", stage_fuse, _dump_groups),
+    Stage("lower", stage_lower, _dump_tile),
+    Stage("codegen", stage_codegen),
     Stage("runtime", stage_runtime),
 ]
 
 
 def compile_aten_graph(
     aten: GraphModule, name: str, inputs: list[InputInfo], dump: GraphDump | None,
-    extra_files: dict[str, str] | None = None,
+    target: Target, extra_files: dict[str, str] | None = None,
 ) -> tuple[Callable, dict]:  # fmt: skip
     """Run the pipeline on one aten graph.
 
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
     """
-    art = GraphArtifact(name, aten, inputs)
+    art = GraphArtifact(name, aten, inputs, target=target)
     files = []
     if dump:
         for filename, text in (extra_files or {}).items():
@@ -162,6 +195,8 @@ def compile_aten_graph(
             art = stage.run(art)
             if dump and stage.dump:
                 files.append(dump.write(*stage.dump(art)))
+        if dump:
+            files += [dump.write(f"kernels/{k}.py", src) for k, src in art.sources.items()]
         result: Callable = art.partitioned
         error = None
     except Exception as e:  # never crash the user's model: run the graph in PyTorch

@@ -1,26 +1,53 @@
 """Runtime: what runs a compiled partition when the graph is called.
 
-Until tile kernels exist, a compiled partition is executed by the `ein`
-reference interpreter. It is named as such everywhere (here, in the dump,
-in `executor`), because it is an oracle, not a generated kernel.
+A partition's `ein` function runs as a plan: each fusion group with a kernel
+is one Triton launch (on CPU tensors, under Triton's interpreter); ops outside
+kernels (concatenation, views that leave the partition) and groups that could
+not be lowered run through the `ein` reference interpreter, op by op, and are
+named so in the dump. Views, splats and iotas that only kernels read are never
+materialized: kernels index through them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import torch
 from xdsl.dialects import func
+from xdsl.ir import Operation, SSAValue
 
-from ..ir.interpreter import run_function
+from ..autotune.heuristics import KernelConfig
+from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.interpreter import run_function, run_op
+from ..passes.fusion_groups import VIRTUAL_OPS
+from ..passes.lower_to_tile import LoweredGroup
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
+Launcher = Callable[..., None]
+
+
+@dataclass
+class CompiledKernel:
+    """A lowered group ready to launch: its Triton launcher and configuration."""
+
+    lowered: LoweredGroup
+    launcher: Launcher
+    config: KernelConfig
+
+    def __call__(self, env: dict[SSAValue, torch.Tensor], device: torch.device) -> torch.Tensor:
+        out_type = self.lowered.output.type
+        out = torch.empty(
+            shape_of(out_type), dtype=to_torch_dtype(out_type.get_element_type()), device=device
+        )
+        tensors = [env[v] for v in self.lowered.inputs] + [out]
+        self.launcher(tensors, self.config.params, self.config.num_warps, self.config.num_stages)
+        return out
+
 
 class ReferencePartition(torch.nn.Module):
-    """A compiled partition run by the reference interpreter.
-
-    Returns what the replaced FX submodule returned: one tensor, or a tuple
-    when the partition has several outputs.
-    """
+    """A compiled partition run entirely by the reference interpreter."""
 
     executor = REFERENCE_EXECUTOR
 
@@ -32,3 +59,50 @@ class ReferencePartition(torch.nn.Module):
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         results = run_function(self.function, args)
         return tuple(results) if self.returns_tuple else results[0]
+
+
+class KernelPlan(torch.nn.Module):
+    """A compiled partition run as generated kernels plus PyTorch glue, in program order."""
+
+    def __init__(self, function: func.FuncOp, kernels: Sequence[CompiledKernel], returns_tuple: bool):
+        super().__init__()
+        self.function = function
+        self.returns_tuple = returns_tuple
+        self.launch_at: dict[Operation, CompiledKernel] = {k.lowered.group.ops[-1]: k for k in kernels}
+        fused = {op for k in kernels for op in k.lowered.group.ops}
+        self.steps = _schedule(function, fused, self.launch_at)
+        n_glue = sum(1 for op in self.steps if op not in self.launch_at)
+        self.executor = f"{len(kernels)} Triton kernel(s)" + (
+            f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
+        )
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        block = self.function.body.block
+        device = args[0].device if args else torch.device("cpu")
+        env: dict[SSAValue, torch.Tensor] = dict(zip(block.args, args))
+        for op in self.steps:
+            kernel = self.launch_at.get(op)
+            env[op.results[0]] = kernel(env, device) if kernel else run_op(op, env, device)
+        results = [env[v] for v in block.last_op.operands]
+        return tuple(results) if self.returns_tuple else results[0]
+
+
+def _schedule(fn: func.FuncOp, fused: set[Operation], launch_at: dict) -> list[Operation]:
+    """The ops to execute: kernel launch points, and every other op whose result is needed.
+
+    Ops inside kernels are not executed; a virtual op (view, splat, iota) runs
+    only if something outside the kernels reads it.
+    """
+    ops = [op for op in fn.body.block.ops if op is not fn.body.block.last_op]
+    needed: set[SSAValue] = set(fn.body.block.last_op.operands)
+    steps: list[Operation] = []
+    for op in reversed(ops):
+        if op in launch_at:
+            steps.append(op)
+            needed.update(v for v in launch_at[op].lowered.inputs)
+        elif op in fused:
+            continue
+        elif not isinstance(op, VIRTUAL_OPS) or any(r in needed for r in op.results):
+            steps.append(op)
+            needed.update(op.operands)
+    return steps[::-1]

@@ -32,7 +32,7 @@ _FLOAT_BINARY = {
 }  # fmt: skip
 _INT_BINARY = {
     "add": arith.AddiOp, "sub": arith.SubiOp, "mul": arith.MuliOp, "div": arith.DivSIOp,
-    "max": arith.MaxSIOp, "min": arith.MinSIOp,
+    "max": arith.MaxSIOp, "min": arith.MinSIOp, "rem": arith.RemSIOp,
 }  # fmt: skip
 _FLOAT_UNARY = {
     "exp": math.ExpOp, "exp2": math.Exp2Op, "expm1": math.ExpM1Op, "log": math.LogOp,
@@ -279,3 +279,15 @@ class EinBuilder:
         )
         return fn
 
+
+
+def inline_map_body(map_op: ein.MapOp, args: Sequence[SSAValue], block: Block) -> SSAValue:
+    """Clone an `ein.map` body into `block`, its arguments bound to `args`; return the yielded value."""
+    mapping: dict[SSAValue, SSAValue] = dict(zip(map_op.body.block.args, args))
+    for inner in map_op.body.block.ops:
+        if isinstance(inner, ein.YieldOp):
+            return mapping[inner.value]
+        clone = inner.clone(value_mapper=mapping)
+        block.add_op(clone)
+        mapping.update(zip(inner.results, clone.results))
+    raise ValueError("ein.map body has no ein.yield")

@@ -144,7 +144,8 @@ def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
     return x[tuple(index)]
 
 
-def _run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
+def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
+    """Execute one `ein` op on the tensors bound in `env`."""
     args = [env[o] for o in op.operands]
     if isinstance(op, ein.ContractOp):
         return _run_contract(op, *args)
@@ -191,7 +192,7 @@ def run_function(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> list[torch.Te
     for op in block.ops:
         if isinstance(op, func.ReturnOp):
             return [env[v] for v in op.arguments]
-        env[op.results[0]] = _run_op(op, env, device)
+        env[op.results[0]] = run_op(op, env, device)
     raise InterpreterError(f"@{fn.sym_name.data} has no func.return")
 
 

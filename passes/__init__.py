@@ -6,7 +6,9 @@ Imports `tilefuse.ir` only.
 from xdsl.passes import ModulePass
 
 from .canonicalize import Canonicalize
+from .fusion_groups import FormFusionGroups
+from .lower_to_tile import LowerToTile
 
-PASSES: dict[str, type[ModulePass]] = {p.name: p for p in (Canonicalize,)}
+PASSES: dict[str, type[ModulePass]] = {p.name: p for p in (Canonicalize, FormFusionGroups, LowerToTile)}
 
-__all__ = ["PASSES", "Canonicalize"]
+__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile"]

@@ -32,6 +32,7 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
+from ..ir.builder import inline_map_body
 from ..ir.dtypes import shape_of
 
 
@@ -141,23 +142,11 @@ def _compose(outer: ein.MapOp, position: int, inner: ein.MapOp) -> ein.MapOp:
     ))  # fmt: skip
     block = Block(arg_types=[v.type.get_element_type() for v in operands])
     arg_of = dict(zip(operands, block.args))
-    inner_value = _inline_body(inner, [arg_of[v] for v in inner.inputs], block)
+    inner_value = inline_map_body(inner, [arg_of[v] for v in inner.inputs], block)
     outer_args = [inner_value if i == position else arg_of[v] for i, v in enumerate(outer.inputs)]
-    result = _inline_body(outer, outer_args, block)
+    result = inline_map_body(outer, outer_args, block)
     block.add_op(ein.YieldOp(result))
     return ein.MapOp(operands, outer.result.type, Region(block))
-
-
-def _inline_body(op: ein.MapOp, args: list[SSAValue], block: Block) -> SSAValue:
-    """Clone a map body into `block` with its arguments bound to `args`; return its yield."""
-    mapping: dict[SSAValue, SSAValue] = dict(zip(op.body.block.args, args))
-    for inner in op.body.block.ops:
-        if isinstance(inner, ein.YieldOp):
-            return mapping[inner.value]
-        clone = inner.clone(value_mapper=mapping)
-        block.add_op(clone)
-        mapping.update(zip(inner.results, clone.results))
-    raise ValueError("ein.map body has no ein.yield")
 
 
 class EraseUnused(RewritePattern):

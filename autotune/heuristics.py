@@ -1,0 +1,45 @@
+"""Default tile configurations per kernel class, used until a kernel is tuned.
+
+Leads from DESIGN.md's H100 measurements: 128x128 (or 128x256) GEMM tiles
+with 8 warps and 3 stages for large problems, small tiles for small M;
+rows of at most a few thousand elements per reduction program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Values for a kernel's tile parameters plus Triton's launch options."""
+
+    params: dict[str, int]
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def key(self) -> str:
+        items = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{items},w={self.num_warps},s={self.num_stages}"
+
+
+def _pow2_at_least(n: int, lo: int, hi: int) -> int:
+    size = lo
+    while size < n and size < hi:
+        size *= 2
+    return size
+
+
+def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
+    """A reasonable first configuration for a kernel of `kind` on a problem of this size."""
+    if kind == "gemm":
+        bm = _pow2_at_least(problem["M"], 16, 128)
+        bn = _pow2_at_least(problem["N"], 16, 128)
+        bk = _pow2_at_least(problem["K"], 16, 64)
+        warps = 8 if bm * bn >= 128 * 128 else 4
+        return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, 3)
+    if kind == "reduction":
+        bc = _pow2_at_least(problem["C"], 16, 1024)
+        br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
+    return KernelConfig({"BLOCK": _pow2_at_least(problem["N"], 16, 1024)}, 4, 1)

@@ -1,0 +1,78 @@
+"""Pipeline stages from canonical `ein` to launchable kernels.
+
+    fuse (form-fusion-groups) → lower (lower-to-tile) → codegen (Triton source, loaded)
+
+Each works per partition function; a group that cannot be lowered or whose
+kernel fails to generate keeps running op by op, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.dialects.builtin import ModuleOp
+
+from ..autotune.heuristics import default_config
+from ..ir.module import make_context, print_module, verify
+from ..passes import FormFusionGroups
+from ..passes.lower_to_tile import lower_function
+from .partition import Fallback
+from .runtime import CompiledKernel
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the kernels run: `interpret` runs Triton's interpreter on CPU tensors."""
+
+    interpret: bool
+    allow_tf32: bool
+
+    def triton_options(self):
+        from ..backends.triton import TritonOptions
+
+        return TritonOptions(upcast_bf16_dots=self.interpret)
+
+
+def stage_fuse(art) -> object:
+    FormFusionGroups().apply(make_context(), art.module)
+    verify(art.module, "after form-fusion-groups")
+    return art
+
+
+def stage_lower(art) -> object:
+    for p in art.compiled_partitions():
+        p.lowered = lower_function(p.function, art.target.allow_tf32)
+        for g in p.lowered:
+            if g.kernel is None:
+                art.fallbacks.append(Fallback(g.group.name, g.group.kind, f"runs op by op: {g.error}"))
+            else:
+                verify(g.kernel, f"tile kernel {g.kernel.sym_name.data}")
+    return art
+
+
+def stage_codegen(art) -> object:
+    # Triton is imported here, not at `import tilefuse`: capture and IR work without loading it.
+    from ..backends.triton import emit, load
+
+    options = art.target.triton_options()
+    for p in art.compiled_partitions():
+        for g in p.lowered:
+            if g.kernel is None:
+                continue
+            name = g.kernel.sym_name.data
+            try:
+                source = emit(g.kernel, options)
+                launcher = load(source, name)
+            except Exception as e:  # one kernel's codegen bug must not stop the graph
+                g.error = f"Triton codegen failed: {type(e).__name__}: {e}"
+                art.fallbacks.append(Fallback(g.group.name, g.group.kind, f"runs op by op: {g.error}"))
+                continue
+            art.sources[name] = source
+            p.kernels.append(CompiledKernel(g, launcher, default_config(g.group.kind, g.problem)))
+    return art
+
+
+def tile_module_text(art) -> str:
+    """All kernels of the graph as one `tile` module, for the dump."""
+    kernels = [g.kernel.clone() for p in art.compiled_partitions() for g in p.lowered if g.kernel is not None]
+    return print_module(ModuleOp(kernels))

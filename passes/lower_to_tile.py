@@ -1,0 +1,248 @@
+"""lower-to-tile: one `tile.kernel` per fusion group.
+
+- gemm: program (pid_m, pid_n) in grouped order over cdiv(M, BLOCK_M) x
+  cdiv(N, BLOCK_N), batch on grid axis 1; a K loop of masked tile loads and
+  `tile.dot` into f32 accumulators (two for a SwiGLU group); then the
+  epilogue maps on the accumulator tile, reading bias/residual tiles by the
+  output's indices; one store.
+- reduction: BLOCK_R rows a program, a loop over the reduced elements in
+  chunks of BLOCK_C with the prologue map applied on the fly, masked lanes
+  set to the reduction's neutral value, one store per row.
+- pointwise: BLOCK elements a program over the flattened output.
+
+Multi-dimensional M/N/K/rows are flattened and unravelled with index
+arithmetic; operands are read through views (see tile_builder). A group this
+pass cannot lower yet is reported with the reason, and runs op by op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects import func, scf
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, f32, i1, i32
+from xdsl.ir import Block, Region, SSAValue
+from xdsl.passes import ModulePass
+
+from ..ir import einsum as ein
+from ..ir import tile
+from ..ir.builder import inline_map_body, opmath_type
+from ..ir.dtypes import is_float, shape_of
+from .fusion_groups import VIRTUAL_OPS, FusionGroup, functions, read_groups
+from .tile_builder import Index, KernelBuilder, LoweringUnsupported
+
+GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+REDUCTION_PARAMS = ("BLOCK_R", "BLOCK_C")
+POINTWISE_PARAMS = ("BLOCK",)
+
+
+@dataclass
+class LoweredGroup:
+    """A fusion group and its kernel: the kernel's arguments are `inputs` then `output`."""
+
+    group: FusionGroup
+    kernel: tile.KernelOp | None
+    inputs: list[SSAValue]
+    problem: dict[str, int] = field(default_factory=dict)  # M/N/K, R/C or N: for the config heuristic
+    error: str | None = None
+
+    @property
+    def output(self) -> SSAValue:
+        return self.group.output
+
+
+def _materialized(value: SSAValue) -> bool:
+    """A tensor that exists in memory when kernels run: not a view, splat or iota."""
+    return not isinstance(value.owner, VIRTUAL_OPS)
+
+
+def _broadcast_indices(kb: KernelBuilder, value: SSAValue, out_shape, out_idx: list[Index]) -> list[Index]:
+    """Indices into `value` (numpy-broadcast to `out_shape`) for the output element at `out_idx`."""
+    shape = shape_of(value.type)
+    offset = len(out_shape) - len(shape)
+    return [
+        kb.const(0) if d == 1 and out_shape[offset + j] != 1 else out_idx[offset + j]
+        for j, d in enumerate(shape)
+    ]
+
+
+def _apply_map(
+    kb: KernelBuilder, op: ein.MapOp, known: dict[SSAValue, SSAValue], out_shape, out_idx: list[Index]
+) -> SSAValue:
+    operands = [
+        known[v] if v in known else kb.load(v, _broadcast_indices(kb, v, out_shape, out_idx))
+        for v in op.inputs
+    ]
+    elem = op.result.type.get_element_type()
+    return kb.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
+
+
+def _classify(spec: str, sizes: dict[str, int]) -> tuple[str, str, str, str]:
+    lhs, rhs, out = ein.parse_spec(spec)
+    batch = "".join(c for c in out if c in lhs and c in rhs)
+    m = "".join(c for c in out if c in lhs and c not in rhs)
+    n = "".join(c for c in out if c in rhs and c not in lhs)
+    k = "".join(c for c in lhs if c in rhs and c not in out)
+    if set(lhs + rhs) - set(batch + m + n + k):
+        raise LoweringUnsupported(f"{spec!r} sums an index of one operand only")
+    if not (m and n and k):
+        raise LoweringUnsupported(f"{spec!r} has no M, N or K index (a matrix-vector product)")
+    return batch, m, n, k
+
+
+def _letter_sizes(op: ein.ContractOp) -> dict[str, int]:
+    lhs, rhs, _ = ein.parse_spec(op.spec.data)
+    return dict(zip(lhs, shape_of(op.lhs.type))) | dict(zip(rhs, shape_of(op.rhs.type)))
+
+
+def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple[list[str], dict[str, int]]:
+    contracts = [op for op in group.ops if isinstance(op, ein.ContractOp)]
+    first = contracts[0]
+    sizes = _letter_sizes(first)
+    batch, m, n, k = _classify(first.spec.data, sizes)
+    M, N, K = (math.prod(sizes[c] for c in s) for s in (m, n, k))
+    B = math.prod(sizes[c] for c in batch)
+    pid_m, pid_n = kb.emit(tile.GroupedOrderOp(
+        kb.program_id(0), kb.cdiv(M, "BLOCK_M"), kb.cdiv(N, "BLOCK_N"), kb.param("GROUP_M")
+    )).results  # fmt: skip
+    at: dict[str, Index] = {}
+    if batch:
+        at |= dict(zip(batch, kb.unravel(kb.program_id(1), [sizes[c] for c in batch])))
+    rows = kb.unravel(kb.offsets(pid_m, "BLOCK_M"), [sizes[c] for c in m])
+    cols = kb.unravel(kb.offsets(pid_n, "BLOCK_N"), [sizes[c] for c in n])
+    at |= {c: kb.expand(i, 1) for c, i in zip(m, rows)} | {c: kb.expand(i, 0) for c, i in zip(n, cols)}
+
+    out_letters = ein.parse_spec(first.spec.data)[2]
+    zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
+    inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
+    trips = kb.cdiv(K, "BLOCK_K")
+    body = Block(arg_types=[i32] + [zero] * len(contracts))
+    with kb.inside(body):
+        ks = kb.unravel(kb.offsets(body.args[0], "BLOCK_K"), [sizes[c] for c in k])
+        k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
+        k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
+        accs = []
+        loaded: dict[SSAValue, SSAValue] = {}
+        for op, acc in zip(contracts, body.args[1:]):
+            lhs, rhs, out = ein.parse_spec(op.spec.data)
+            names = dict(zip(out, out_letters))  # a sibling contraction may name its indices differently
+            if op.lhs not in loaded:
+                loaded[op.lhs] = kb.load(op.lhs, [k_cols[c] if c in k else at[names[c]] for c in lhs])
+            b_tile = kb.load(op.rhs, [k_rows[c] if c in k else at[names[c]] for c in rhs])
+            tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
+            accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
+        kb.emit(scf.YieldOp(*accs))
+    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
+
+    out_shape = shape_of(first.result.type)
+    out_idx = [at[c] for c in out_letters]
+    known = {
+        op.result: kb.cast(acc, op.result.type.get_element_type()) for op, acc in zip(contracts, loop.results)
+    }
+    for op in group.ops:
+        if isinstance(op, ein.MapOp):
+            known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+    kb.store(kb.output_argument(group.output), out_idx, known[group.output])
+    return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], {"M": M, "N": N, "K": K, "B": B}
+
+
+_NEUTRAL = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
+    reduce = group.ops[-1]
+    assert isinstance(reduce, ein.ReduceOp)
+    elem = reduce.result.type.get_element_type()
+    if not is_float(elem):
+        raise LoweringUnsupported(f"reductions over {elem} run op by op")
+    shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
+    row_dims = [d for d in range(len(shape)) if d not in dims]
+    R, C = math.prod(shape[d] for d in row_dims), math.prod(shape[d] for d in dims)
+    rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), [shape[d] for d in row_dims])
+    acc_elem = opmath_type(elem)
+    acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
+    init = kb.emit(tile.FullOp(FloatAttr(_NEUTRAL[kind], acc_elem), acc_type)).result
+    trips = kb.cdiv(C, "BLOCK_C")
+    body = Block(arg_types=[i32, acc_type])
+    with kb.inside(body):
+        flat_c = kb.offsets(body.args[0], "BLOCK_C")
+        cols = kb.unravel(flat_c, [shape[d] for d in dims])
+        idx: list[Index] = [kb.const(0)] * len(shape)
+        for d, i in zip(row_dims, rows):
+            idx[d] = kb.expand(i, 1)
+        for d, i in zip(dims, cols):
+            idx[d] = kb.expand(i, 0)
+        if len(group.ops) == 2:
+            value = _apply_map(kb, group.ops[0], {}, shape, idx)
+        else:
+            value = kb.load(reduce.input, idx)
+        in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+        acc = body.args[1]
+
+        def step(sb, ok, v, a):
+            v = sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem))
+            return sb.add(a, v) if kind in ("sum", "mean") else sb.binary(kind, a, v)
+
+        kb.emit(scf.YieldOp(kb.map([in_range, value, acc], acc_elem, step)))
+    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
+    combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
+    if kind == "mean":
+        combined = kb.map([combined], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
+    out_idx: list[Index] = []
+    for d in range(len(shape)):
+        if d in row_dims:
+            out_idx.append(rows[row_dims.index(d)])
+        elif reduce.keepdim is not None:
+            out_idx.append(kb.const(0))
+    kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
+    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+
+
+def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
+    (op,) = group.ops
+    shape = shape_of(op.result.type)
+    if not shape:
+        raise LoweringUnsupported("0-d results run op by op")
+    idx = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK"), shape)
+    value = _apply_map(kb, op, {}, shape, idx)
+    kb.store(kb.output_argument(group.output), idx, value)
+    return [f"cdiv({math.prod(shape)}, BLOCK)"], {"N": math.prod(shape)}
+
+
+def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> LoweredGroup:
+    """The kernel (named `name`) of one fusion group, or the reason it has none."""
+    kb = KernelBuilder(_materialized)
+    try:
+        if group.kind == "gemm":
+            (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS
+        elif group.kind == "reduction":
+            (grid, problem), params = lower_reduction(kb, group), REDUCTION_PARAMS
+        else:
+            (grid, problem), params = lower_pointwise(kb, group), POINTWISE_PARAMS
+    except LoweringUnsupported as e:
+        return LoweredGroup(group, None, [], error=str(e))
+    kb.emit(tile.ReturnOp())
+    kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
+    return LoweredGroup(group, kernel, kb.inputs, problem)
+
+
+def lower_function(fn: func.FuncOp, allow_tf32: bool = False) -> list[LoweredGroup]:
+    """Lower every fusion group recorded in `fn` (see form-fusion-groups)."""
+    return [lower_group(g, f"{fn.sym_name.data}_{g.name}", allow_tf32) for g in read_groups(fn)]
+
+
+@dataclass(frozen=True)
+class LowerToTile(ModulePass):
+    """Append a `tile.kernel` for each fusion group of each function."""
+
+    name = "lower-to-tile"
+    allow_tf32: bool = False
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        kernels = []
+        for fn in list(functions(op)):
+            kernels += [g.kernel for g in lower_function(fn, self.allow_tf32) if g.kernel is not None]
+        op.body.block.add_ops(kernels)
+

@@ -1,0 +1,187 @@
+"""Helpers for writing `tile.kernel` bodies: scalar and tile index arithmetic, views as indexing.
+
+`KernelBuilder` appends ops to a kernel body. Index arithmetic on i32 scalars
+becomes plain `arith` ops; as soon as a tile is involved it becomes a
+`tile.map`. `load_through_views` follows `ein.view`/`ein.constant`/`ein.iota`
+producers back to a tensor the kernel actually reads, turning each view into
+index arithmetic, so a permuted, sliced, broadcast or reshaped operand is
+read in place, never copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from xdsl.dialects import arith
+from xdsl.dialects.builtin import IntegerAttr, i32
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+
+from ..ir import einsum as ein
+from ..ir import tile
+from ..ir.builder import ScalarBuilder
+from ..ir.dtypes import shape_of
+
+
+class LoweringUnsupported(Exception):
+    """This group cannot become a kernel yet; it runs op by op instead."""
+
+
+Index = SSAValue  # an i32 scalar or an i32 tile
+
+
+class KernelBuilder:
+    """Appends ops to one kernel body and tracks the tensors it reads."""
+
+    def __init__(self, materialized: Callable[[SSAValue], bool]):
+        self.kernel_block = self.block = Block()
+        self.inputs: list[SSAValue] = []  # ein values, one per leading kernel argument
+        self._args: dict[SSAValue, SSAValue] = {}
+        self._cache: dict[tuple[Block, object], SSAValue] = {}
+        self.materialized = materialized
+
+    @contextmanager
+    def inside(self, block: Block) -> Iterator[None]:
+        """Emit into `block` (a loop body) for the duration of the `with`."""
+        outer, self.block = self.block, block
+        try:
+            yield
+        finally:
+            self.block = outer
+
+    def _cached(self, key: object, make: Callable[[], SSAValue]) -> SSAValue:
+        # values made in the kernel body are visible inside loops, not the other way round
+        for block in (self.block, self.kernel_block):
+            if (block, key) in self._cache:
+                return self._cache[(block, key)]
+        value = make()
+        self._cache[(self.block, key)] = value
+        return value
+
+    def emit(self, op: Operation) -> Operation:
+        self.block.add_op(op)
+        return op
+
+    def argument(self, value: SSAValue) -> SSAValue:
+        """The kernel argument holding the ein tensor `value` (added on first use)."""
+        if value not in self._args:
+            arg = self.kernel_block.insert_arg(value.type, len(self.kernel_block.args))
+            if value.name_hint:
+                arg.name_hint = value.name_hint
+            self._args[value] = arg
+            self.inputs.append(value)
+        return self._args[value]
+
+    def output_argument(self, value: SSAValue) -> SSAValue:
+        arg = self.kernel_block.insert_arg(value.type, len(self.kernel_block.args))
+        arg.name_hint = "out"
+        return arg
+
+    def param(self, name: str) -> SSAValue:
+        return self._cached(("param", name), lambda: self.emit(tile.ParamOp(name)).result)
+
+    def const(self, value: int) -> SSAValue:
+        make = lambda: self.emit(arith.ConstantOp(IntegerAttr(value, i32))).result  # noqa: E731
+        return self._cached(("const", value), make)
+
+    def program_id(self, axis: int) -> SSAValue:
+        return self.emit(tile.ProgramIdOp(axis)).result
+
+    def arange(self, size: str) -> SSAValue:
+        return self.emit(tile.ArangeOp(size)).result
+
+    def expand(self, x: SSAValue, axis: int) -> SSAValue:
+        return self.emit(tile.ExpandDimsOp(x, axis)).result
+
+    def map(
+        self, inputs: Sequence[SSAValue], out_elem: Attribute,
+        body: Callable[..., SSAValue],
+    ) -> SSAValue:  # fmt: skip
+        """A `tile.map` over tiles and scalars; `body(sb, *scalars)` returns the element."""
+        dims = tile.broadcast_dims(*(tile.block_dims(v.type) for v in inputs))
+        block = Block(arg_types=[tile.element_type(v.type) for v in inputs])
+        result = body(ScalarBuilder(block), *block.args)
+        block.add_op(tile.YieldOp(result))
+        return self.emit(tile.MapOp(list(inputs), tile.BlockType(dims, out_elem), Region(block))).result
+
+    def index_op(self, name: str, a: Index, b: Index | int) -> Index:
+        """a `name` b on i32 indices (add, sub, mul, div, rem): arith on scalars, tile.map on tiles."""
+        b_val = self.const(b) if isinstance(b, int) else b
+        if isinstance(a.type, tile.BlockType) or isinstance(b_val.type, tile.BlockType):
+            return self.map([a, b_val], i32, lambda sb, x, y: sb.binary(name, x, y))
+        return ScalarBuilder(self.block).binary(name, a, b_val)
+
+    def cdiv(self, n: int, param: str) -> SSAValue:
+        size = self.param(param)
+        return self.index_op("div", self.index_op("add", self.const(n), self.index_op("sub", size, 1)), size)
+
+    def offsets(self, block_index: SSAValue, param: str) -> SSAValue:
+        """block_index * PARAM + arange(PARAM): the 1-d index tile of one program's block."""
+        start = self.index_op("mul", block_index, self.param(param))
+        return self.index_op("add", self.arange(param), start)
+
+    def unravel(self, flat: Index, sizes: Sequence[int]) -> list[Index]:
+        """Row-major multi-index of a flat index. The outermost index is not wrapped, so a flat
+        index past the end stays out of bounds (and masked) instead of aliasing a valid element."""
+        indices = []
+        for j in range(len(sizes)):
+            inner = math.prod(sizes[j + 1 :])
+            idx = self.index_op("div", flat, inner) if inner != 1 else flat
+            indices.append(self.index_op("rem", idx, sizes[j]) if j > 0 else idx)
+        return indices
+
+    def linearize(self, indices: Sequence[Index], sizes: Sequence[int]) -> Index:
+        flat = None
+        for j, idx in enumerate(indices):
+            stride = math.prod(sizes[j + 1 :])
+            term = self.index_op("mul", idx, stride) if stride != 1 else idx
+            flat = term if flat is None else self.index_op("add", flat, term)
+        return flat if flat is not None else self.const(0)
+
+    def load(self, value: SSAValue, indices: Sequence[Index]) -> SSAValue:
+        """The elements of ein value `value` at `indices` (one per dim), read through views."""
+        owner = value.owner
+        if self.materialized(value):
+            return self.emit(tile.LoadOp(self.argument(value), list(indices))).result
+        if isinstance(owner, ein.ConstantOp):
+            return self.emit(arith.ConstantOp(owner.value)).result
+        if isinstance(owner, ein.IotaOp):
+            idx = indices[owner.dim.value.data]
+            elem = value.type.get_element_type()
+            return self.map([idx], elem, lambda sb, i: sb.cast(i, elem))
+        if isinstance(owner, ein.ViewOp):
+            return self.load(owner.input, self._view_source_indices(owner, list(indices)))
+        raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
+
+    def _view_source_indices(self, view: ein.ViewOp, idx: list[Index]) -> list[Index]:
+        kind, p = view.kind.data, view.view_params
+        src, dst = shape_of(view.input.type), shape_of(view.result.type)
+        if kind == "permute":
+            out: list[Index] = [self.const(0)] * len(src)
+            for i, source_dim in enumerate(p):
+                out[source_dim] = idx[i]
+            return out
+        if kind == "expand":
+            return [self.const(0) if s == 1 and d != 1 else i for s, d, i in zip(src, dst, idx)]
+        if kind == "slice":
+            dim, start, _, step = p
+            scaled = self.index_op("mul", idx[dim], step) if step != 1 else idx[dim]
+            idx[dim] = self.index_op("add", scaled, start) if start else scaled
+            return idx
+        if [d for d in src if d != 1] == [d for d in dst if d != 1]:  # only size-1 dims move
+            kept = iter(i for i, d in zip(idx, dst) if d != 1)
+            return [self.const(0) if d == 1 else next(kept) for d in src]
+        return self.unravel(self.linearize(idx, dst), src)
+
+    def store(self, output: SSAValue, indices: Sequence[Index], value: SSAValue) -> None:
+        self.emit(tile.StoreOp(output, list(indices), value))
+
+    def cast(self, x: SSAValue, elem: Attribute) -> SSAValue:
+        if tile.element_type(x.type) == elem:
+            return x
+        if not isinstance(x.type, tile.BlockType):
+            sb = ScalarBuilder(self.block)
+            return sb.cast(x, elem)
+        return self.map([x], elem, lambda sb, v: sb.cast(v, elem))
+
