@@ -3,7 +3,8 @@
     fuse (form-fusion-groups) → lower (lower-to-tile) → codegen (Triton source, loaded)
 
 Each works per partition function; a group that cannot be lowered or whose
-kernel fails to generate keeps running op by op, with the reason recorded.
+kernel fails to generate runs op by op on the reference interpreter, with the
+reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from ..autotune.heuristics import default_config
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups
 from ..passes.lower_to_tile import lower_function
-from .partition import Fallback
 from .runtime import CompiledKernel
 
 
@@ -43,9 +43,7 @@ def stage_lower(art) -> object:
     for p in art.compiled_partitions():
         p.lowered = lower_function(p.function, art.target.allow_tf32)
         for g in p.lowered:
-            if g.kernel is None:
-                art.fallbacks.append(Fallback(g.group.name, g.group.kind, f"runs op by op: {g.error}"))
-            else:
+            if g.kernel is not None:
                 verify(g.kernel, f"tile kernel {g.kernel.sym_name.data}")
     return art
 
@@ -65,7 +63,6 @@ def stage_codegen(art) -> object:
                 launcher = load(source, name)
             except Exception as e:  # one kernel's codegen bug must not stop the graph
                 g.error = f"Triton codegen failed: {type(e).__name__}: {e}"
-                art.fallbacks.append(Fallback(g.group.name, g.group.kind, f"runs op by op: {g.error}"))
                 continue
             art.sources[name] = source
             p.kernels.append(CompiledKernel(g, launcher, default_config(g.group.kind, g.problem)))

@@ -85,6 +85,11 @@ def format_index(index: dict) -> str:
             ops = ", ".join(f"{k} x{v}" for k, v in p.get("ein_ops", {}).items())
             lines.append(f"  compiled  {p['name']}: {len(p['aten_ops'])} aten ops -> {ops}")
             lines.append(f"            runs on: {p['executor']}")
+            for grp in p.get("groups", []):
+                where = f"kernel {grp['kernel']} [{grp['config']}]" if grp["kernel"] else (
+                    f"op by op: {grp['not_a_kernel_because']}"
+                )
+                lines.append(f"            {grp['name']} ({grp['kind']}: {', '.join(grp['ops'])}) -> {where}")
         for f in g.get("fallbacks", []):
             lines.append(f"  fallback  {f['node']} ({f['op']}): {f['reason']}")
         lines.append("")

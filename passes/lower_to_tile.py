@@ -159,6 +159,8 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         raise LoweringUnsupported(f"reductions over {elem} run op by op")
     shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
     row_dims = [d for d in range(len(shape)) if d not in dims]
+    if not row_dims:
+        raise LoweringUnsupported("a reduction to a single element runs op by op")
     R, C = math.prod(shape[d] for d in row_dims), math.prod(shape[d] for d in dims)
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), [shape[d] for d in row_dims])
     acc_elem = opmath_type(elem)

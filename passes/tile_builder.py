@@ -155,6 +155,8 @@ class KernelBuilder:
         raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
 
     def _view_source_indices(self, view: ein.ViewOp, idx: list[Index]) -> list[Index]:
+        """Source indices of a view. An index out of bounds for the view is kept out of bounds
+        for the source (poisoned), so load masks stay exact: a K loop's tail must read zeros."""
         kind, p = view.kind.data, view.view_params
         src, dst = shape_of(view.input.type), shape_of(view.result.type)
         if kind == "permute":
@@ -163,16 +165,32 @@ class KernelBuilder:
                 out[source_dim] = idx[i]
             return out
         if kind == "expand":
-            return [self.const(0) if s == 1 and d != 1 else i for s, d, i in zip(src, dst, idx)]
+            return [
+                self.poison(self.const(0), i, d, 1) if s == 1 and d != 1 else i
+                for s, d, i in zip(src, dst, idx)
+            ]
         if kind == "slice":
             dim, start, _, step = p
             scaled = self.index_op("mul", idx[dim], step) if step != 1 else idx[dim]
-            idx[dim] = self.index_op("add", scaled, start) if start else scaled
+            shifted = self.index_op("add", scaled, start) if start else scaled
+            idx[dim] = self.poison(shifted, idx[dim], dst[dim], src[dim])
             return idx
         if [d for d in src if d != 1] == [d for d in dst if d != 1]:  # only size-1 dims move
             kept = iter(i for i, d in zip(idx, dst) if d != 1)
             return [self.const(0) if d == 1 else next(kept) for d in src]
-        return self.unravel(self.linearize(idx, dst), src)
+        flat = self.linearize(idx, dst)
+        for i, d in zip(idx, dst):
+            flat = self.poison(flat, i, d, math.prod(src))
+        return self.unravel(flat, src)
+
+    def poison(self, value: Index, guard: Index, bound: int, bad: int) -> Index:
+        """`value` where `guard < bound`, else the out-of-bounds index `bad`."""
+        if not isinstance(guard.type, tile.BlockType):
+            return value  # scalar indices come from the grid and are in bounds
+        return self.map(
+            [guard, value, self.const(bad)], i32,
+            lambda sb, g, v, b: sb.select(sb.cmp("lt", g, sb.const(bound, i32)), v, b),
+        )  # fmt: skip
 
     def store(self, output: SSAValue, indices: Sequence[Index], value: SSAValue) -> None:
         self.emit(tile.StoreOp(output, list(indices), value))

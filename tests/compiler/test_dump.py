@@ -19,7 +19,9 @@ def test_dump_writes_every_stage_and_an_index(tmp_path):
     index = json.loads((tmp_path / "index.json").read_text())
     (graph,) = index["graphs"]
     folder = tmp_path / graph["dir"]
-    for name in ("dynamo_graph.py", "aten_graph.py", "partitioned.py", "ein.mlir", "ein.canonicalize.mlir", "summary.json"):
+    stages = ("dynamo_graph.py", "aten_graph.py", "partitioned.py", "ein.mlir", "ein.canonicalize.mlir",
+              "ein.groups.mlir", "tile.mlir", "summary.json")
+    for name in stages:
         assert (folder / name).is_file(), name
         assert name == "summary.json" or name in graph["files"]
     assert "aten.mm.default" in (folder / "aten_graph.py").read_text()
@@ -27,10 +29,14 @@ def test_dump_writes_every_stage_and_an_index(tmp_path):
     functions = [op.sym_name.data for op in module.ops]
     assert functions == [p["name"] for p in graph["partitions"]]
     (partition,) = graph["partitions"]
-    assert "reference interpreter" in partition["executor"] and "not a generated kernel" in partition["executor"]
+    kernels = [g["kernel"] for g in partition["groups"] if g["kernel"]]
+    assert f"{len(kernels)} Triton kernel(s)" in partition["executor"]
     assert partition["ein_ops"]["ein.contract"] >= 7
+    for kernel in kernels:
+        assert f"kernels/{kernel}.py" in graph["files"]
+        assert (folder / "kernels" / f"{kernel}.py").is_file()
     text = (tmp_path / "index.txt").read_text()
-    assert f"graph {graph['name']}" in text and "runs on: ein reference interpreter" in text
+    assert f"graph {graph['name']}" in text and "Triton kernel(s)" in text
 
 
 def test_env_var_turns_dumps_on(tmp_path, monkeypatch):

@@ -1,0 +1,255 @@
+"""Run the benchmark cases against their baselines and write a markdown table.
+
+    python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--smoke] [--only NAME...]
+
+Every candidate (tilefuse, then each baseline of the case) runs in this one
+process on the same inputs. Each is timed, and checked against a float64
+reference on the same inputs, so a fast wrong kernel shows. A candidate that
+fails (compile error, out of memory) gets its error in the table and the run
+goes on. Each run rewrites the whole output file: ratios compare only within
+one run. `--smoke` runs tiny float32 cases on the CPU to test this harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch._dynamo
+
+import tilefuse
+
+from .cases import COMPILE, CUBLAS, EAGER, MAX_AUTOTUNE, BenchCase, Tensors, benchmark_cases
+
+SUBJECT = "tilefuse"
+SMOKE_SCALE = 64
+# Inductor's max-autotune benchmarks many GEMM templates per shape: minutes on a CPU, not a smoke test.
+SMOKE_SKIPPED = (MAX_AUTOTUNE,)
+DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
+
+COMPILERS: dict[str, Callable[[Callable], Callable]] = {
+    SUBJECT: tilefuse.compile,
+    EAGER: lambda fn: fn,
+    CUBLAS: lambda fn: fn,
+    COMPILE: torch.compile,
+    MAX_AUTOTUNE: partial(torch.compile, mode="max-autotune-no-cudagraphs"),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate on one case: its median time and error, or why it has none."""
+
+    candidate: str
+    median_ms: float | None = None
+    rel_error: float | None = None
+    error: str | None = None
+    note: str = ""
+
+
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Median milliseconds of `fn()`: Triton's do_bench on a GPU, else a wall-clock median."""
+    if device.type == "cuda":
+        import triton.testing  # only here: a CPU-only install of torch need not have Triton
+
+        # Same signature on triton 3.6 and 3.9; it flushes L2 before every timed call.
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; a wrong shape is an error, not a broadcast."""
+    if out.shape != ref.shape:
+        raise ValueError(f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+    return float(torch.linalg.vector_norm(out.double() - ref) / torch.linalg.vector_norm(ref))
+
+
+def describe_error(exc: Exception) -> str:
+    """An exception as one short line for a table cell."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def tilefuse_note(compiled: Callable) -> str:
+    """What tilefuse compiled and what fell back to PyTorch: a fallback can pass as a tilefuse time."""
+    reports = getattr(compiled, "tilefuse_reports", [])
+    partitions = sum(len(r["partitions"]) for r in reports)
+    fallbacks = [f for r in reports for f in r["fallbacks"]]
+    note = f"{len(reports)} graph(s), {partitions} partition(s), {len(fallbacks)} fallback(s)"
+    return note + (f"; first: {fallbacks[0]['reason']}" if fallbacks else "")
+
+
+def measure(
+    case: BenchCase, candidate: str, inputs: Tensors, ref: torch.Tensor, device: torch.device
+) -> Measurement:
+    """Compile `case.fn` with `candidate`, check it against `ref`, then time it."""
+    # The GEMM cases share one function; a fresh Dynamo cache per candidate keeps
+    # backends from meeting in its cache and hitting the recompile limit.
+    torch._dynamo.reset()
+    try:
+        compiled = COMPILERS[candidate](case.fn)
+        rel_error = relative_error(compiled(*inputs), ref)
+        median_ms = time_ms(lambda: compiled(*inputs), device)
+    except Exception as exc:  # any failure of one candidate is a table cell, never the end of the run
+        return Measurement(candidate, error=describe_error(exc))
+    note = tilefuse_note(compiled) if candidate == SUBJECT else ""
+    return Measurement(candidate, median_ms, rel_error, note=note)
+
+
+def release_memory(device: torch.device) -> None:
+    """Drop compiled graphs and cached blocks, so one candidate's memory never starves the next."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool) -> list[Measurement]:
+    """Measure tilefuse and every baseline of `case` on one set of random inputs."""
+    torch.manual_seed(0)
+    inputs = case.make_inputs(device, dtype)
+    ref = case.fn(*(x.double() for x in inputs))
+    candidates = [SUBJECT, *(b for b in case.baselines if not (smoke and b in SMOKE_SKIPPED))]
+    results = []
+    for candidate in candidates:
+        start = time.perf_counter()
+        m = measure(case, candidate, inputs, ref, device)
+        release_memory(device)
+        shown = m.error or f"{m.median_ms:.4g} ms, rel. err {m.rel_error:.2e}"
+        took = time.perf_counter() - start  # compile + check + timing: plans the device machine's time limits
+        print(f"[{case.name}] {candidate}: {shown} ({took:.0f} s)", file=sys.stderr, flush=True)
+        results.append(m)
+    return results
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table(results: Sequence[tuple[BenchCase, list[Measurement]]]) -> str:
+    """The results as one markdown table: a row per case and candidate."""
+    lines = [
+        "| case | shape | candidate | median ms | TFLOP/s | tilefuse speedup | rel. err | notes |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for case, measurements in results:
+        subject_ms = next((m.median_ms for m in measurements if m.candidate == SUBJECT), None)
+        for m in measurements:
+            ms = tflops = speedup = err = "—"
+            if m.median_ms is not None:
+                ms, tflops = f"{m.median_ms:.4g}", f"{case.flops / m.median_ms / 1e9:.4g}"
+                err = f"{m.rel_error:.2e}"
+                if m.candidate != SUBJECT and subject_ms:
+                    speedup = f"{m.median_ms / subject_ms:.2f}x"
+            notes = f"FAILED: {m.error}" if m.error else m.note
+            cells = [case.name, case.shape, m.candidate, ms, tflops, speedup, err, _cell(notes)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    """The checkout's commit (with -dirty), or "" outside a git checkout."""
+    repo = Path(tilefuse.__file__).parent
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def describe_environment(device: torch.device, dtype: torch.dtype, argv: Sequence[str]) -> list[str]:
+    """The header lines: what ran, where, when, with which versions, and how it was timed."""
+    if device.type == "cuda":
+        where, timing = torch.cuda.get_device_name(device), "triton.testing.do_bench median, L2 flushed"
+    else:
+        where, timing = f"CPU {platform.machine()}, {torch.get_num_threads()} threads", "wall-clock median"
+    commit = _git_commit()
+    return [
+        f"- command: `python -m tilefuse.benchmarks.run {shlex.join(argv)}`",
+        f"- device: {where}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- torch {torch.__version__}, triton {_triton_version()}, tilefuse {tilefuse.__version__}"
+        + (f" ({commit})" if commit else ""),
+        f"- dtype {str(dtype).removeprefix('torch.')}, float32 matmul precision "
+        f"`{torch.get_float32_matmul_precision()}`; timing: {timing}",
+        "- TFLOP/s counts the matrix products only; tilefuse speedup = baseline ms / tilefuse ms "
+        "(> 1: tilefuse is faster); rel. err = ‖out − ref‖ / ‖ref‖ against float64 on the same inputs",
+    ]
+
+
+def render_report(header: list[str], table: str) -> str:
+    """The whole results file."""
+    return "\n".join(["# tilefuse benchmarks", "", "Rewritten by every run.", "", *header, "", table, ""])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; `--only` takes case names from `cases.py`."""
+    names = [c.name for c in benchmark_cases()]
+    parser = argparse.ArgumentParser(
+        prog="python -m tilefuse.benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"markdown file to write (default {DEFAULT_OUT}; none with --smoke)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny float32 cases on the CPU, to test the harness"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=names, metavar="NAME", help=f"cases to run: {', '.join(names)}"
+    )
+    args = parser.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("the benchmarks need a CUDA device; --smoke runs tiny cases on the CPU")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the selected cases, write the results file, print the table."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    cases = benchmark_cases(SMOKE_SCALE if args.smoke else 1)
+    cases = [c for c in cases if not args.only or c.name in args.only]
+    with torch.no_grad():
+        results = [(case, run_case(case, device, dtype, args.smoke)) for case in cases]
+    report = render_report(describe_environment(device, dtype, argv), render_table(results))
+    out = args.out or (None if args.smoke else DEFAULT_OUT)
+    if out is not None:
+        out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Generated kernels compiled by Triton for the GPU, against eager PyTorch (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilefuse
+from tilefuse.benchmarks.models import LlamaBlock
+
+pytestmark = pytest.mark.gpu
+
+CUDA = "cuda"
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def _check(fn, *args, tol):
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, ref = compiled(*args), fn(*(a.double() for a in args))
+    groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+    assert groups and all(g["kernel"] for g in groups), groups
+    assert rel_error(out, ref) < tol
+
+
+@pytest.mark.parametrize("shape", [(33, 65, 17), (256, 512, 384), (1000, 1000, 1000)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_bias_gelu(shape, dtype):
+    m, n, k = shape
+    x, w, b = (torch.randn(*s, device=CUDA, dtype=dtype) for s in ((m, k), (n, k), (n,)))
+    _check(lambda x, w, b: F.gelu(F.linear(x, w, b)), x, w, b, tol=1e-2)
+
+
+def test_fp32_respects_matmul_precision():
+    x, w = torch.randn(128, 256, device=CUDA), torch.randn(256, 64, device=CUDA)
+    _check(lambda x, w: torch.relu(x @ w), x, w, tol=1e-5)  # "highest": no TF32
+
+
+def test_swiglu_and_residual():
+    x = torch.randn(4, 128, 256, device=CUDA, dtype=torch.bfloat16)
+    w1, w3 = (torch.randn(512, 256, device=CUDA, dtype=torch.bfloat16) / 16 for _ in range(2))
+    r = torch.randn(4, 128, 512, device=CUDA, dtype=torch.bfloat16)
+    _check(lambda x, a, b, r: F.silu(F.linear(x, a)) * F.linear(x, b) + r, x, w1, w3, r, tol=1e-2)
+
+
+def test_softmax_and_layer_norm_rows():
+    x = torch.randn(64, 1000, device=CUDA, dtype=torch.bfloat16)
+    _check(lambda x: torch.softmax(x, -1), x, tol=1e-2)
+    _check(lambda x: F.layer_norm(x, (1000,)), x, tol=1e-2)
+
+
+def test_llama_block_matches_eager():
+    model = LlamaBlock(dim=256, heads=8, kv_heads=4, hidden=688).to(CUDA, torch.bfloat16)
+    x = torch.randn(2, 64, 256, device=CUDA, dtype=torch.bfloat16)
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        out = compiled(x)
+        ref = model.double()(x.double())
+    assert rel_error(out, ref) < 2e-2
