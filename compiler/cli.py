@@ -30,8 +30,8 @@ def _opt(args: argparse.Namespace) -> int:
         for name in names:
             PASSES[name]().apply(make_context(), module)
             verify(module, f"after {name}")
-    except IRError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except IRError as e:  # the message already reads "file:line: error: ..."
+        print(e, file=sys.stderr)
         return 1
     sys.stdout.write(print_module(module, generic=args.generic))
     return 0

@@ -54,15 +54,18 @@ def main() -> int:
 
     dump_dir = Path(compiled.tilefuse_dump_dir)
     print(f"IR dumps: {dump_dir}  (start with {dump_dir / 'index.txt'})")
+    kernels = 0
     for report in compiled.tilefuse_reports:
         print(f"graph {report['name']}: {len(report['partitions'])} compiled partition(s), "
-              f"{len(report['fallbacks'])} fallback(s)")  # fmt: skip
+              f"{len(report['fallbacks'])} op(s) left to PyTorch")  # fmt: skip
         for p in report["partitions"]:
-            ops = ", ".join(f"{k} x{v}" for k, v in p["ein_ops"].items())
-            print(f"  {p['name']}: {len(p['aten_ops'])} aten ops -> {ops}")
-            print(f"    runs on: {p['executor']}")
+            print(f"  {p['name']}: {len(p['aten_ops'])} aten ops, runs as {p['executor']}")
+            for g in p["groups"]:
+                where = f"kernel {g['kernel']}" if g["kernel"] else f"op by op ({g['not_a_kernel_because']})"
+                print(f"    {g['name']:>4} {g['kind']:<9} {' + '.join(g['ops'])} -> {where}")
+                kernels += bool(g["kernel"])
         for f in report["fallbacks"]:
-            print(f"  fallback {f['node']} ({f['op']}): {f['reason']}")
+            print(f"  left to PyTorch: {f['node']} ({f['op']}): {f['reason']}")
 
     scale = reference.abs().max().item()
     err = (out.double() - reference).abs().max().item() / scale
@@ -75,9 +78,12 @@ def main() -> int:
             t_eager, t_ours = _time_ms(model, x), _time_ms(compiled, x)
         print(f"time: eager {t_eager:.3f} ms, tilefuse {t_ours:.3f} ms, speedup {t_eager / t_ours:.2f}x")
     else:
-        print("no GPU: timing skipped (tilefuse runs through the reference interpreter on CPU)")
+        print("no GPU: timing skipped (on CPU the generated Triton kernels run in Triton's interpreter)")
 
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    if kernels == 0:
+        print("FAIL: no generated kernel ran; the model ran in PyTorch (see the dump's index.txt)")
+        return 1
     if err > max(tolerance, 4 * eager_err):
         print(f"FAIL: error {err:.2e} is above tolerance {tolerance:.0e}")
         return 1

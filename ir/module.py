@@ -38,14 +38,25 @@ _LOCATION = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)\n", re.S)
 
 def parse_module(text: str, filename: str = "<input>") -> ModuleOp:
     """Parse MLIR text into a verified module; raises IRError on bad input."""
+    _check_string_literals(text, filename)
     try:
         module = Parser(make_context(), text, name=filename).parse_module()
     except ParseError as e:
         raise IRError(_describe_parse_error(e, filename)) from None
     except (DiagnosticException, ValueError, TypeError) as e:
         raise IRError(f"{filename}: {e}") from None
-    verify(module, filename)
+    verify(module, filename, text)
     return module
+
+
+def _check_string_literals(text: str, filename: str) -> None:
+    """Reject an unterminated string literal up front: xDSL's lexer backtracks on one for minutes."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        code = re.sub(r'\\.', "", line)
+        if code.lstrip().startswith("//"):
+            continue
+        if code.count('"') % 2:
+            raise IRError(f"{filename}:{number}:{line.index(chr(34)) + 1}: error: unterminated string literal\n{line}")
 
 
 def _describe_parse_error(e: ParseError, filename: str) -> str:
@@ -57,12 +68,38 @@ def _describe_parse_error(e: ParseError, filename: str) -> str:
     return f"{filename}:{m['line']}:{m['col']}: error: {e.msg}\n{context}"
 
 
-def verify(module: Operation, filename: str = "<module>") -> None:
-    """Run every op's verifier; raises IRError naming the failing op."""
+def verify(module: Operation, filename: str = "<module>", source: str | None = None) -> None:
+    """Run every op's verifier; raises IRError naming the failing op (and its line in `source`)."""
     try:
         module.verify()
     except (VerifyException, DiagnosticException, TypeError) as e:
-        raise IRError(f"{filename}: verification failed: {_first_line(e)}") from None
+        op = _failing_op(module)
+        where = filename
+        if op is not None:
+            printed = _first_line_of(op)
+            lines = (source or "").splitlines()
+            number = next((i for i, ln in enumerate(lines, 1) if ln.strip() == printed.strip()), None)
+            where = f"{filename}:{number}" if number else filename
+            return_text = f"\n  {printed.strip()}"
+        else:
+            return_text = ""
+        raise IRError(f"{where}: error: verification failed: {_first_line(e)}{return_text}") from None
+
+
+def _failing_op(module: Operation) -> Operation | None:
+    """The first op, in program order, whose own verifier fails."""
+    for op in module.walk():
+        try:
+            op.verify(verify_nested_ops=False)
+        except (VerifyException, DiagnosticException, TypeError):
+            return op
+    return None
+
+
+def _first_line_of(op: Operation) -> str:
+    out = io.StringIO()
+    Printer(stream=out).print_op(op)
+    return out.getvalue().splitlines()[0]
 
 
 def _first_line(e: Exception) -> str:

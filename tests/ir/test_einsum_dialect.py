@@ -170,6 +170,18 @@ def test_parse_error_names_the_line():
     assert "error:" in message
 
 
+def test_verifier_error_names_the_line_of_the_op():
+    text = _func("    %0 = ein.view reshape %a : tensor<4x8xf32> -> tensor<5x8xf32>")
+    with pytest.raises(IRError, match=r"^f.mlir:3: error: verification failed: .*element count"):
+        parse_module(text, "f.mlir")
+
+
+def test_unterminated_string_is_reported_not_hung_on():
+    text = _func('    %0 = ein.contract "mk,kn->mn %a, %b : (tensor<4x8xf32>, tensor<8x16xf32>) -> tensor<4x16xf32>')
+    with pytest.raises(IRError, match=r"^<input>:3:23: error: unterminated string literal"):
+        parse_module(text)
+
+
 def test_unknown_op_names_the_line():
     text = _func("    %0 = ein.frobnicate %a : tensor<4x8xf32>")
     with pytest.raises(IRError, match=r"<input>:3:\d+: error: .*ein.frobnicate"):
