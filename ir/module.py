@@ -56,7 +56,8 @@ def _check_string_literals(text: str, filename: str) -> None:
         if code.lstrip().startswith("//"):
             continue
         if code.count('"') % 2:
-            raise IRError(f"{filename}:{number}:{line.index(chr(34)) + 1}: error: unterminated string literal\n{line}")
+            column = line.index('"') + 1
+            raise IRError(f"{filename}:{number}:{column}: error: unterminated string literal\n{line}")
 
 
 def _describe_parse_error(e: ParseError, filename: str) -> str:
