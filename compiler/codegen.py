@@ -30,7 +30,7 @@ class Target:
     def triton_options(self):
         from ..backends.triton import TritonOptions
 
-        return TritonOptions(upcast_bf16_dots=self.interpret)
+        return TritonOptions.for_interpreter() if self.interpret else TritonOptions()
 
 
 def stage_fuse(art) -> object:

@@ -1,0 +1,683 @@
+"""Triton source from `tile` kernels: one readable `@triton.jit` function per kernel.
+
+Each tensor argument of the kernel becomes a pointer plus one stride per
+dimension (strides are runtime values, so a view is read in place); each tile
+parameter becomes a `tl.constexpr` argument; tensor shapes are static and
+appear as literals in the masks. Every SSA value becomes a Python variable
+named after its name hint, except constants and parameters, which are written
+in place. A `tile.map` body is written inline over its operands' variables:
+Triton broadcasting makes the scalar body work on tiles unchanged.
+
+Two Triton facts shape the output. Integer `//` and `%` truncate on Triton
+tensors (as `arith.divsi`/`remsi` do) but floor on Python ints, and
+constants, parameters and (under the interpreter) loop indices are Python
+ints; so the writer tracks which values may be Python numbers and a lower
+bound of integer values, and writes a plain `//` only where both readings
+agree. Triton's math functions take f32/f64 only, so 16-bit floats are
+computed in f32, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from xdsl.dialects import arith, scf
+from xdsl.dialects.builtin import (
+    BFloat16Type,
+    Float16Type,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    bf16,
+    f32,
+    i1,
+    i32,
+)
+from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAValue
+
+from ...ir import tile
+
+EMITTER_VERSION = 1
+
+_FLOAT_DTYPES = {
+    Float16Type: "float16",
+    BFloat16Type: "bfloat16",
+    Float32Type: "float32",
+    Float64Type: "float64",
+}
+# names the generated module uses; builtins too, so that `range` and `float` keep their meaning
+_RESERVED = {"tl", "triton", "GRID", "PARAMS", "TENSOR_SHAPES", "TENSOR_DTYPES", *dir(builtins)}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How kernels are written for Triton; `key()` names these choices in cache keys.
+
+    Both fields work around Triton's interpreter (3.6 and 3.9), which
+    multiplies bf16 dot operands as integers (triton-lang/triton#11584) and
+    truncates f32 -> bf16 conversions (and flushes subnormals) instead of
+    rounding them to nearest even: `upcast_bf16_dots` feeds tl.dot f32
+    copies of bf16 operands, `round_bf16_casts` rounds the bits in integer
+    arithmetic and reinterprets them.
+    """
+
+    upcast_bf16_dots: bool = False
+    round_bf16_casts: bool = False
+
+    @classmethod
+    def for_interpreter(cls) -> TritonOptions:
+        """The options for kernels that run in Triton's interpreter (CPU tensors)."""
+        return cls(upcast_bf16_dots=True, round_bf16_casts=True)
+
+    def key(self) -> str:
+        flags = f"upcast_bf16_dots={int(self.upcast_bf16_dots)},round_bf16_casts={int(self.round_bf16_casts)}"
+        return f"triton-emit-v{EMITTER_VERSION}:{flags}"
+
+
+class EmitError(Exception):
+    """The kernel uses an op or a type that this backend cannot write in Triton."""
+
+
+def python_identifier(name: str) -> str:
+    """`name` made a valid Python identifier that is not a keyword (the kernel's function name)."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
+    return f"_{ident}" if ident[0].isdigit() or keyword.iskeyword(ident) else ident
+
+
+def dtype_name(t: Attribute) -> str:
+    """The Triton dtype name of an MLIR element type ("float32", "int1"); integers are signed."""
+    if type(t) in _FLOAT_DTYPES:
+        return _FLOAT_DTYPES[type(t)]
+    if isinstance(t, IntegerType) and t.width.data in (1, 8, 16, 32, 64):
+        return f"int{t.width.data}"
+    raise EmitError(f"no Triton dtype for {t}")
+
+
+def _tl(t: Attribute) -> str:
+    return f"tl.{dtype_name(t)}"
+
+
+def _bitwidth(t: Attribute) -> int:
+    return t.width.data if isinstance(t, IntegerType) else t.bitwidth
+
+
+def _is_float(t: Attribute) -> bool:
+    return type(t) in _FLOAT_DTYPES
+
+
+def _literal(attr: FloatAttr | IntegerAttr) -> str:
+    """The attribute's value as Python source (`float("-inf")` for non-finite floats)."""
+    value = attr.value.data
+    if attr.type == i1:
+        return str(bool(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f'float("{value}")'
+    return str(value)
+
+
+def _dims(dims: Sequence[str]) -> str:
+    return f"[{', '.join(dims)}]"
+
+
+def _is_name(expr: str) -> bool:
+    return expr.isidentifier()
+
+
+def _reaching_arguments(value: SSAValue) -> set[BlockArgument]:
+    """The block arguments of a map body that `value` is computed from."""
+    stack, seen, found = [value], set(), set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if isinstance(v, BlockArgument):
+            found.add(v)
+        else:
+            stack.extend(v.owner.operands)
+    return found
+
+
+def _yield_spans_result(op: tile.MapOp) -> bool:
+    """Whether the yielded value is computed from operands that already span the result's dims."""
+    reached = _reaching_arguments(op.body.block.last_op.value)
+    dims = tile.broadcast_dims(*(tile.block_dims(op.inputs[a.index].type) for a in reached))
+    return dims == op.result.type.dims
+
+
+def _overwrites_carried(body: Block, carried: BlockArgument, yielded: SSAValue) -> bool:
+    """Whether a loop body may assign `yielded` straight to `carried`'s variable (`acc = tl.dot(a, b, acc)`).
+
+    True when `yielded` is made in the body, read only by the yield, and no op
+    after it reads `carried`'s old value.
+    """
+    if not isinstance(yielded, OpResult) or yielded.owner.parent_block() is not body:
+        return False
+    if not yielded.has_one_use():
+        return False
+    ops = list(body.ops)
+    made_at = ops.index(yielded.owner)
+    return all(ops.index(body.find_ancestor_op_in_block(use.operation)) <= made_at for use in carried.uses)
+
+
+def _lower_bound(op: Operation, lower: dict[SSAValue, int], constants: dict[SSAValue, int]) -> int | None:
+    """A lower bound of an integer op's result, from its operands' bounds (None: unknown)."""
+    lo = [lower.get(v) for v in op.operands]
+    if op.name == "arith.extsi":
+        return lo[0]
+    if op.name == "arith.extui":
+        return max(lo[0], 0) if lo[0] is not None else 0
+    if op.name == "arith.select":
+        return None if None in lo[1:] else min(lo[1:])
+    if len(lo) != 2:
+        return None
+    a, b = lo
+    if op.name == "arith.subi":
+        c = constants.get(op.operands[1])
+        return None if a is None or c is None else a - c
+    if op.name == "arith.maxsi":
+        return max((x for x in lo if x is not None), default=None)
+    if a is None or b is None:
+        return None
+    if op.name == "arith.addi":
+        return a + b
+    if op.name == "arith.minsi":
+        return min(a, b)
+    if op.name == "arith.muli" and a >= 0 and b >= 0:
+        return a * b
+    if op.name in ("arith.divsi", "arith.remsi") and a >= 0 and b >= 1:
+        return 0
+    return None
+
+
+_OPERATORS = {
+    "arith.addf": "+", "arith.addi": "+", "arith.subf": "-", "arith.subi": "-", "arith.mulf": "*",
+    "arith.muli": "*", "arith.divf": "/", "arith.andi": "&", "arith.ori": "|", "arith.xori": "^",
+}  # fmt: skip
+_CALLS = {
+    "arith.maximumf": "tl.maximum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
+    "arith.minimumf": "tl.minimum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
+    "arith.maxsi": "tl.maximum({}, {})", "arith.minsi": "tl.minimum({}, {})",
+    "arith.select": "tl.where({}, {}, {})", "math.absi": "tl.abs({})",
+}  # fmt: skip
+_COMPARISONS = {
+    "olt": "<", "ole": "<=", "ogt": ">", "oge": ">=", "oeq": "==", "une": "!=",
+    "slt": "<", "sle": "<=", "sgt": ">", "sge": ">=", "eq": "==", "ne": "!=",
+}  # fmt: skip
+_MATH_FUNCTIONS = {
+    "math.exp": "tl.exp", "math.exp2": "tl.exp2", "math.log": "tl.log", "math.log2": "tl.log2",
+    "math.sqrt": "tl.sqrt_rn", "math.rsqrt": "tl.rsqrt", "math.erf": "tl.erf", "math.absf": "tl.abs",
+    "math.floor": "tl.floor", "math.ceil": "tl.ceil", "math.sin": "tl.sin", "math.cos": "tl.cos",
+}  # fmt: skip
+_CASTS = (
+    "arith.extf", "arith.truncf", "arith.sitofp", "arith.uitofp", "arith.fptosi",
+    "arith.extsi", "arith.extui", "arith.trunci",
+)  # fmt: skip
+_TERMINATORS = (tile.ReturnOp, tile.YieldOp, scf.YieldOp)
+
+
+class _KernelWriter:
+    """Writes one kernel's Triton function, op by op, tracking a Python expression per SSA value."""
+
+    def __init__(self, kernel: tile.KernelOp, options: TritonOptions):
+        self.kernel = kernel
+        self.options = options
+        self.function = python_identifier(kernel.sym_name.data)
+        self.lines: list[str] = []
+        self.depth = 1
+        self.exprs: dict[SSAValue, str] = {}
+        self.hints: dict[SSAValue, str] = {}
+        self.forced: dict[SSAValue, str] = {}  # variables chosen in advance (loop-carried names)
+        self.python_level: set[SSAValue] = set()  # values that may be Python numbers at run time
+        self.lower: dict[SSAValue, int] = {}
+        self.int_constants: dict[SSAValue, int] = {}
+        self.taken = set(keyword.kwlist) | _RESERVED | set(kernel.param_names) | {self.function}
+        self.tensors: dict[SSAValue, tuple[str, tuple[int, ...]]] = {}
+        for i, arg in enumerate(kernel.body.block.args):
+            base = self._fresh(arg.name_hint or f"arg{i}")
+            shape = tuple(arg.type.get_shape())
+            self.taken.update({f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))})
+            self.tensors[arg] = (base, shape)
+
+    # names and lines
+
+    def _fresh(self, base: str | None) -> str:
+        if base:
+            base = python_identifier(base)
+            name, n = base, 1
+            while name in self.taken:
+                name, n = f"{base}_{n}", n + 1
+        else:
+            n = 0
+            while f"v{n}" in self.taken:
+                n += 1
+            name = f"v{n}"
+        self.taken.add(name)
+        return name
+
+    def _hint(self, v: SSAValue) -> str | None:
+        return self.hints.get(v) or v.name_hint
+
+    def _write(self, line: str) -> None:
+        self.lines.append("    " * self.depth + line)
+
+    def _temp(self, name: str, expr: str) -> str:
+        var = self._fresh(name)
+        self._write(f"{var} = {expr}")
+        return var
+
+    def _name_for(self, v: SSAValue) -> str:
+        return self.forced.pop(v, None) or self._fresh(self._hint(v))
+
+    def _define(self, v: SSAValue, expr: str, python_level: bool = False, name: str | None = None) -> str:
+        var = name or self._name_for(v)
+        self._write(f"{var} = {expr}")
+        self._bind(v, var, python_level)
+        return var
+
+    def _bind(self, v: SSAValue, expr: str, python_level: bool) -> None:
+        self.exprs[v] = expr
+        if python_level:
+            self.python_level.add(v)
+
+    def _alias(self, v: SSAValue, source: SSAValue) -> None:
+        self._bind(v, self.exprs[source], source in self.python_level)
+        if source in self.lower:
+            self.lower[v] = self.lower[source]
+
+    def _e(self, v: SSAValue) -> str:
+        return self.exprs[v]
+
+    def _tensor(self, v: SSAValue) -> str:
+        """`v` as a Triton tensor: Python numbers have no `.to()` and compute in double precision."""
+        if v in self.python_level:
+            return f"tl.full([], {self.exprs[v]}, {_tl(tile.element_type(v.type))})"
+        return self.exprs[v]
+
+    def _atom(self, expr: str, name: str) -> str:
+        """`expr` as a variable, for formulas that read it several times."""
+        return expr if _is_name(expr) else self._temp(name, expr)
+
+    # regions
+
+    def body(self) -> list[str]:
+        self._ops(self.kernel.body.block)
+        return self.lines or ["    pass"]
+
+    def _ops(self, block: Block) -> None:
+        for op in block.ops:
+            if isinstance(op, _TERMINATORS):
+                continue
+            handler = _HANDLERS.get(op.name)
+            if handler is None:
+                raise EmitError(f"no Triton lowering for {op.name}")
+            handler(self, op)
+
+    def _map(self, op: tile.MapOp) -> None:
+        block = op.body.block
+        for arg, operand in zip(block.args, op.inputs):
+            self._alias(arg, operand)
+        yielded = block.last_op.value
+        spans = _yield_spans_result(op)
+        if spans and not isinstance(yielded, BlockArgument):  # the body's last value takes the result's name
+            if op.result in self.forced:
+                self.forced[yielded] = self.forced.pop(op.result)
+            elif self._hint(op.result):
+                self.hints[yielded] = self._hint(op.result)
+        self._ops(block)
+        if spans and op.result not in self.forced:
+            self._alias(op.result, yielded)
+        elif spans:
+            self._define(op.result, self._e(yielded))
+        else:  # a body that ignores some operands still yields a full tile
+            zeros = f"tl.full({_dims(op.result.type.dims)}, 0, {_tl(op.result.type.element_type)})"
+            self._define(op.result, f"{self._e(yielded)} + {zeros}")
+
+    def _for(self, op: scf.ForOp) -> None:
+        body = op.body.block
+        iv, carried = body.args[0], body.args[1:]
+        yielded = body.last_op.operands
+        names = []
+        for arg, init, result, value in zip(carried, op.iter_args, op.res, yielded):
+            # Triton types a loop-carried variable by its first value: make it a tensor from the start
+            name = self._define(
+                arg, self._tensor(init), name=self._fresh(self._hint(result) or self._hint(arg))
+            )
+            self._bind(result, name, False)
+            names.append(name)
+            if _overwrites_carried(body, arg, value):
+                self.forced[value] = name
+        index = self._fresh(self._hint(iv))
+        self._bind(iv, index, True)  # the interpreter runs the loop in Python
+        lb, step = self.lower.get(op.lb), self.lower.get(op.step)
+        if lb is not None and step is not None and step >= 1:
+            self.lower[iv] = lb
+        bounds = ", ".join(self._e(v) for v in (op.lb, op.ub, op.step))
+        self._write(f"for {index} in range({bounds}):")
+        self.depth += 1
+        start = len(self.lines)
+        self._ops(body)
+        for value in yielded:  # a value bound without a line of its own never took its forced name
+            self.forced.pop(value, None)
+        updates = [(n, self._e(v)) for n, v in zip(names, yielded) if self._e(v) != n]
+        if updates:
+            self._write(f"{', '.join(n for n, _ in updates)} = {', '.join(e for _, e in updates)}")
+        if len(self.lines) == start:
+            self._write("pass")
+        self.depth -= 1
+
+    # tile ops
+
+    def _program_id(self, op: tile.ProgramIdOp) -> None:
+        self._define(op.result, f"tl.program_id({op.axis.value.data})")
+        self.lower[op.result] = 0
+
+    def _param(self, op: tile.ParamOp) -> None:
+        self._bind(op.result, op.param.data, True)
+        self.lower[op.result] = 1  # tile sizes and group sizes are positive
+
+    def _grouped_order(self, op: tile.GroupedOrderOp) -> None:
+        pid, rows, cols, group = (self._e(v) for v in op.operands)
+        # Triton's matmul tutorial: `group` tile rows sweep the columns together, so tiles share L2
+        per_group = self._temp("tiles_per_group", f"{group} * {cols}")
+        first = self._temp("first_row", f"({pid} // {per_group}) * {group}")
+        rows_here = self._temp("group_rows", f"tl.minimum({rows} - {first}, {group})")
+        self._define(op.row, f"{first} + {pid} % {rows_here}")
+        self._define(op.col, f"({pid} % {per_group}) // {rows_here}")
+        self.lower[op.row] = self.lower[op.col] = 0
+
+    def _arange(self, op: tile.ArangeOp) -> None:
+        self._define(op.result, f"tl.arange(0, {op.result.type.dims[0]})")
+        self.lower[op.result] = 0
+
+    def _expand_dims(self, op: tile.ExpandDimsOp) -> None:
+        index = [":"] * len(op.input.type.dims)
+        index.insert(op.axis.value.data, "None")
+        self._define(op.result, f"{self._e(op.input)}[{', '.join(index)}]")
+        if op.input in self.lower:
+            self.lower[op.result] = self.lower[op.input]
+
+    def _full(self, op: tile.FullOp) -> None:
+        t = op.result.type
+        self._define(op.result, f"tl.full({_dims(t.dims)}, {_literal(op.value)}, {_tl(t.element_type)})")
+
+    def _address(self, tensor: SSAValue, indices: Sequence[SSAValue]) -> tuple[str, str | None]:
+        """The pointer expression of `tensor[indices]` and the mask of in-bounds elements."""
+        base, shape = self.tensors[tensor]
+        terms, scalar_mask, tile_mask = [f"{base}_ptr"], [], []
+        for d, (index, size) in enumerate(zip(indices, shape)):
+            const = self.int_constants.get(index)
+            if const is not None and 0 <= const < size:  # statically in bounds
+                if const:
+                    terms.append(f"{const} * {base}_s{d}")
+                continue
+            expr = self._e(index)
+            terms.append(f"{expr} * {base}_s{d}")
+            mask = tile_mask if isinstance(index.type, tile.BlockType) else scalar_mask
+            if self.lower.get(index, -1) < 0:
+                mask.append(f"({expr} >= 0)")
+            mask.append(f"({expr} < {size})")
+        pointer = " + ".join(terms)
+        if scalar_mask and tile_mask:
+            # Triton's interpreter broadcasts a scalar comparison as int32, which a mask refuses; where()
+            # takes it
+            return pointer, f"tl.where({' & '.join(scalar_mask)}, {' & '.join(tile_mask)}, False)"
+        return pointer, " & ".join(scalar_mask or tile_mask) or None
+
+    def _load(self, op: tile.LoadOp) -> None:
+        pointer, mask = self._address(op.tensor, op.indices)
+        other = _literal(op.other) if op.other is not None else "0"
+        args = f"{pointer}, mask={mask}, other={other}" if mask else pointer
+        self._define(op.result, f"tl.load({args})")
+
+    def _store(self, op: tile.StoreOp) -> None:
+        pointer, mask = self._address(op.tensor, op.indices)
+        self._write(f"tl.store({pointer}, {self._e(op.value)}" + (f", mask={mask})" if mask else ")"))
+
+    def _dot(self, op: tile.DotOp) -> None:
+        a, b = self._e(op.a), self._e(op.b)
+        elem, acc_elem = tile.element_type(op.a.type), tile.element_type(op.acc.type)
+        options = []
+        if isinstance(elem, BFloat16Type) and self.options.upcast_bf16_dots:
+            # Triton's interpreter multiplies bf16 bit patterns as integers (triton-lang/triton#11584)
+            a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
+            options.append('input_precision="ieee"')
+        elif isinstance(elem, Float32Type):
+            options.append(f'input_precision="{"tf32" if op.tf32 is not None else "ieee"}"')
+        if acc_elem != f32:
+            options.append(f"out_dtype={_tl(acc_elem)}")
+        self._define(op.result, f"tl.dot({', '.join([a, b, self._e(op.acc), *options])})")
+
+    def _reduce(self, op: tile.ReduceOp) -> None:
+        x, axis, kind = self._e(op.input), op.axis.value.data, op.kind.data
+        elem = op.input.type.element_type
+        narrow = _bitwidth(elem) < 32  # Triton reduces these in 32 bits; torch sums 16-bit floats in f32
+        source = f"{x}.to(tl.float32)" if narrow and _is_float(elem) else x
+        expr = f"tl.{kind}({source}, axis={axis})"
+        if kind != "sum" and _is_float(elem):
+            # tl.max/tl.min drop NaNs on the GPU, where torch.amax/amin propagate them
+            expr = f'tl.where(tl.sum(({x} != {x}).to(tl.int32), axis={axis}) > 0, float("nan"), {expr})'
+        self._define(op.result, f"{expr}.to({_tl(elem)})" if narrow else expr)
+
+    # arith and math
+
+    def _constant(self, op: arith.ConstantOp) -> None:
+        attr = op.value
+        if not isinstance(attr, FloatAttr | IntegerAttr):
+            raise EmitError(f"no Triton lowering for arith.constant {attr}")
+        if attr.type in (i1, i32, f32):  # the types Triton gives Python literals
+            self._bind(op.result, _literal(attr), True)
+        else:
+            self._bind(op.result, f"tl.full([], {_literal(attr)}, {_tl(attr.type)})", False)
+        if isinstance(attr, IntegerAttr) and attr.type != i1:
+            self.lower[op.result] = self.int_constants[op.result] = attr.value.data
+
+    def _operands(self, op: Operation) -> tuple[list[str], bool]:
+        """Operand expressions, and whether the result stays a Python number.
+
+        Python evaluates an op on Python numbers itself: exactly for integers
+        and comparisons, but in double precision for floats (raising on 1.0 /
+        0.0); so float ops and `tl.*` calls on Python numbers get their first
+        operand as a tensor.
+        """
+        exprs = [self._e(v) for v in op.operands]
+        python_level = all(v in self.python_level for v in op.operands)
+        if python_level and (op.name in _CALLS or _is_float(op.results[0].type)):
+            exprs[0] = self._tensor(op.operands[0])
+            python_level = False
+        return exprs, python_level
+
+    def _track_bound(self, op: Operation) -> None:
+        bound = _lower_bound(op, self.lower, self.int_constants)
+        if bound is not None:
+            self.lower[op.results[0]] = bound
+
+    def _operator(self, op: Operation) -> None:
+        (a, b), python_level = self._operands(op)
+        self._define(op.results[0], f"{a} {_OPERATORS[op.name]} {b}", python_level)
+        self._track_bound(op)
+
+    def _call(self, op: Operation) -> None:
+        exprs, _ = self._operands(op)
+        self._define(op.results[0], _CALLS[op.name].format(*exprs))
+        self._track_bound(op)
+
+    def _compare(self, op: arith.CmpiOp | arith.CmpfOp) -> None:
+        table = (
+            arith.CMPF_COMPARISON_OPERATIONS if op.name == "arith.cmpf" else arith.CMPI_COMPARISON_OPERATIONS
+        )
+        predicate = table[op.predicate.value.data]
+        if predicate not in _COMPARISONS:
+            raise EmitError(f"no Triton lowering for {op.name} predicate {predicate!r}")
+        (a, b), python_level = self._operands(op)
+        self._define(op.result, f"{a} {_COMPARISONS[predicate]} {b}", python_level)
+
+    def _divide(self, op: arith.DivSIOp | arith.RemSIOp) -> None:
+        a, b = op.operands
+        left = self._e(a)
+        exact = self.lower.get(a, -1) >= 0 and self.lower.get(b, 0) >= 1
+        python_level = a in self.python_level and b in self.python_level
+        if python_level and not exact:  # Python floors where divsi/remsi truncate: divide tensors
+            left, python_level = self._tensor(a), False
+        symbol = "//" if op.name == "arith.divsi" else "%"
+        self._define(op.result, f"{left} {symbol} {self._e(b)}", python_level)
+        self._track_bound(op)
+
+    def _negate(self, op: arith.NegfOp) -> None:
+        x = self._e(op.operand)
+        self._define(op.result, f"-({x})" if x.startswith("-") else f"-{x}", op.operand in self.python_level)
+
+    def _cast(self, op: Operation) -> None:
+        (x,) = op.operands
+        src, dst = x.type, op.results[0].type
+        value = self._tensor(x)
+        if op.name == "arith.truncf" and dst == bf16 and src == f32 and self.options.round_bf16_casts:
+            expr = self._round_to_bf16(value, op.results[0])
+        elif op.name == "arith.trunci" and dst == i1:  # trunci keeps the low bit; .to(tl.int1) tests != 0
+            expr = f"({value} & 1) != 0"
+        elif op.name in ("arith.extui", "arith.uitofp") and src != i1:  # zero-extend: read as unsigned
+            expr = f"{value}.to(tl.uint{_bitwidth(src)}).to({_tl(dst)})"
+        elif op.name == "arith.extsi" and src == i1:  # sign-extending true gives -1
+            expr = f"-{value}.to({_tl(dst)})"
+        else:
+            expr = f"{value}.to({_tl(dst)})"
+        self._define(op.results[0], expr)
+        self._track_bound(op)
+
+    def _round_to_bf16(self, x: str, result: SSAValue) -> str:
+        """f32 -> bf16 rounded to nearest even on the bits, which are then reinterpreted (no float cast)."""
+        name = self._name_for(result)
+        self.forced[result] = name
+        x = self._atom(x, f"{name}_f32")
+        bits = self._temp(f"{name}_bits", f"{x}.to(tl.uint32, bitcast=True)")
+        rounded = self._temp(f"{name}_rne", f"({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16")
+        return f"tl.where({x} != {x}, 0x7FC0, {rounded}).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
+
+    def _math(self, op: Operation) -> None:
+        """A math function or formula, computed in f32 for 16-bit floats (Triton's take f32/f64)."""
+        result = op.results[0]
+        name = self._name_for(result)
+        elem = result.type
+        narrow = _bitwidth(elem) < 32  # never a Python number: those are i1, i32 or f32
+        formula = _FORMULAS.get(op.name)
+        # Triton's math functions turn Python numbers into tensors; formulas combine comparisons,
+        # which must not be Python bools
+        value = self._tensor if formula is not None else self._e
+        args = [f"{value(v)}.to(tl.float32)" if narrow else value(v) for v in op.operands]
+        if formula is not None:
+            expr = formula(self, [self._atom(a, f"{name}_x{i}") for i, a in enumerate(args)], name)
+        elif op.name == "math.sqrt" and isinstance(elem, Float64Type):  # sqrt_rn takes f32 only
+            expr = f"tl.sqrt({args[0]})"
+        else:
+            expr = f"{_MATH_FUNCTIONS[op.name]}({args[0]})"
+        self._define(result, f"{expr}.to({_tl(elem)})" if narrow else expr, name=name)
+
+    # formulas for math ops Triton lacks (each returns a tl.where(...) expression)
+
+    def _expm1(self, args: list[str], name: str) -> str:
+        (x,) = args
+        u = self._temp(f"{name}_exp", f"tl.exp({x})")
+        # Kahan: (u - 1) * x / log(u) cancels the rounding error of u near x = 0
+        near_zero = f"({u} - 1.0) * {x} / tl.log({u})"
+        return f"tl.where({u} == 1.0, {x}, tl.where(tl.abs({x}) > 1.0, {u} - 1.0, {near_zero}))"
+
+    def _log1p(self, args: list[str], name: str) -> str:
+        (x,) = args
+        u = self._temp(f"{name}_1p", f"1.0 + {x}")
+        # Kahan: log(u) * x / (u - 1) cancels the rounding error of u = 1 + x near x = 0
+        near_zero = f"tl.log({u}) * {x} / ({u} - 1.0)"
+        return f"tl.where({u} == 1.0, {x}, tl.where(tl.abs({x}) > 1.0, tl.log({u}), {near_zero}))"
+
+    def _tanh(self, args: list[str], name: str) -> str:
+        (x,) = args
+        # tanh(x) = expm1(2x) / (expm1(2x) + 2): accurate near 0, exact +-1 for large |x|
+        e = self._temp(f"{name}_em1", self._expm1([self._temp(f"{name}_2x", f"2.0 * {x}")], name))
+        return f"tl.where({x} > 10.0, 1.0, {e} / ({e} + 2.0))"
+
+    def _round_even(self, args: list[str], name: str) -> str:
+        (x,) = args
+        r = self._temp(f"{name}_floor", f"tl.floor({x})")
+        d = self._temp(f"{name}_frac", f"{x} - {r}")
+        odd = f"({r} - 2.0 * tl.floor(0.5 * {r}) == 1.0)"
+        return f"tl.where(({d} > 0.5) | (({d} == 0.5) & {odd}), {r} + 1.0, {r})"
+
+    def _pow(self, args: list[str], name: str) -> str:
+        a, b = args
+        # |a|^b through exp2/log2, then C pow's cases: b == 0 or a == 1 give 1, a < 0 needs an integral b
+        # (or a = -inf) and an odd b makes it negative. Conditions nest in where() rather than meeting in
+        # `|`, because the interpreter cannot broadcast a scalar comparison (b's) into a `|` with a tile.
+        r = self._temp(f"{name}_abs", f"tl.exp2({b} * tl.log2(tl.abs({a})))")
+        signed = self._temp(f"{name}_signed", f"tl.where({b} - 2.0 * tl.floor(0.5 * {b}) == 1.0, -{r}, {r})")
+        real = f'tl.where({a} == float("-inf"), {signed}, float("nan"))'
+        negative = self._temp(f"{name}_neg", f"tl.where({b} == tl.floor({b}), {signed}, {real})")
+        general = f"tl.where({a} == 1.0, 1.0, tl.where({a} >= 0.0, {r}, {negative}))"
+        return f"tl.where({b} == 0.0, 1.0, {general})"
+
+
+_FORMULAS: dict[str, Callable[[_KernelWriter, list[str], str], str]] = {
+    "math.expm1": _KernelWriter._expm1, "math.log1p": _KernelWriter._log1p, "math.tanh": _KernelWriter._tanh,
+    "math.roundeven": _KernelWriter._round_even, "math.powf": _KernelWriter._pow,
+}  # fmt: skip
+
+_HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
+    "tile.program_id": _KernelWriter._program_id, "tile.param": _KernelWriter._param,
+    "tile.grouped_order": _KernelWriter._grouped_order, "tile.arange": _KernelWriter._arange,
+    "tile.expand_dims": _KernelWriter._expand_dims, "tile.full": _KernelWriter._full,
+    "tile.load": _KernelWriter._load, "tile.store": _KernelWriter._store, "tile.dot": _KernelWriter._dot,
+    "tile.map": _KernelWriter._map, "tile.reduce": _KernelWriter._reduce, "scf.for": _KernelWriter._for,
+    "arith.constant": _KernelWriter._constant, "arith.cmpi": _KernelWriter._compare,
+    "arith.cmpf": _KernelWriter._compare, "arith.divsi": _KernelWriter._divide,
+    "arith.remsi": _KernelWriter._divide, "arith.negf": _KernelWriter._negate,
+    **dict.fromkeys(_OPERATORS, _KernelWriter._operator), **dict.fromkeys(_CALLS, _KernelWriter._call),
+    **dict.fromkeys(_CASTS, _KernelWriter._cast),
+    **dict.fromkeys([*_MATH_FUNCTIONS, *_FORMULAS], _KernelWriter._math),
+}  # fmt: skip
+
+
+def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
+    """Python source of a module holding one `@triton.jit` function for `kernel`.
+
+    The function is named after the kernel (made an identifier) and takes,
+    for each tensor argument, its pointer and strides, then the tile
+    parameters as `tl.constexpr`. Beside it the module records what `load`
+    needs to launch it: `GRID` (expressions over the parameters), `PARAMS`,
+    and the tensors' static `TENSOR_SHAPES` and `TENSOR_DTYPES`.
+    """
+    writer = _KernelWriter(kernel, options)
+    body = writer.body()
+    tensors = list(writer.tensors.items())
+    signature = [
+        ", ".join([f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))]) + ","
+        for _, (base, shape) in tensors
+    ]
+    if kernel.param_names:
+        signature.append(", ".join(f"{p}: tl.constexpr" for p in kernel.param_names) + ",")
+    described = ", ".join(f"{base}: {arg.type}" for arg, (base, _) in tensors)
+    dtypes = [dtype_name(arg.type.get_element_type()).replace("int1", "bool") for arg, _ in tensors]
+    return "\n".join([
+        f'# tilefuse kernel "{kernel.sym_name.data}" ({kernel.kind.data}), by tilefuse.backends.triton',
+        f"# options: {options.key()}",
+        f"# {described}",
+        "import triton",
+        "import triton.language as tl",
+        "",
+        f"GRID = {tuple(kernel.grid_exprs)!r}",
+        f"PARAMS = {tuple(kernel.param_names)!r}",
+        f"TENSOR_SHAPES = {tuple(shape for _, (_, shape) in tensors)!r}",
+        f"TENSOR_DTYPES = {tuple(dtypes)!r}",
+        "",
+        "",
+        "@triton.jit",
+        f"def {writer.function}(",
+        *(f"    {line}" for line in signature),
+        "):",
+        *body,
+        "",
+    ])  # fmt: skip

@@ -1,0 +1,195 @@
+"""Loading emitted Triton source and launching its kernel.
+
+The source is written to a file named by its hash (Triton's JIT reads a
+kernel's source back through `inspect`, so it must live in a real file) and
+imported from there. Without CUDA the kernel runs in Triton's interpreter on
+CPU tensors: `TRITON_INTERPRET=1` must be set before the `@triton.jit`
+decorator runs, so `load` sets it first; Triton reads it again at launch, so
+it stays set for the process. Triton's own `@jit` helpers (`tl.sum`,
+`tl.max`, ...) were decorated when triton was imported, which torch._dynamo
+does early: `load` rewraps them for the interpreter where that came first.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import operator
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from .emit import python_identifier
+
+
+class LaunchError(Exception):
+    """A kernel was launched with tensors or a configuration that do not fit it."""
+
+
+_BINARY_OPERATORS: dict[type, Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+}  # fmt: skip
+_GRID_FUNCTIONS: dict[str, Callable[..., int]] = {"cdiv": lambda a, b: -(-a // b), "min": min, "max": max}
+
+
+def evaluate_grid(expr: str, params: Mapping[str, int]) -> int:
+    """The value of a grid expression: integers, parameter names, + - * //, and cdiv/min/max calls.
+
+    Anything else (attributes, other calls, strings) is refused, so a grid
+    read from a file can never run arbitrary code.
+    """
+
+    def value(node: ast.AST) -> int:
+        match node:
+            case ast.Constant(value=int() as v) if not isinstance(v, bool):
+                return v
+            case ast.Name(id=name) if name in params:
+                return params[name]
+            case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY_OPERATORS:
+                return _BINARY_OPERATORS[type(op)](value(left), value(right))
+            case ast.UnaryOp(op=ast.USub(), operand=operand):
+                return -value(operand)
+            case ast.Call(func=ast.Name(id=fn), args=args, keywords=[]) if fn in _GRID_FUNCTIONS:
+                return _GRID_FUNCTIONS[fn](*(value(a) for a in args))
+        raise LaunchError(f"grid expression {expr!r}: cannot evaluate {ast.unparse(node)!r}")
+
+    return value(_parse_grid(expr))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_grid(expr: str) -> ast.expr:
+    # parsed once per expression: a launch evaluates its grid every time
+    try:
+        return ast.parse(expr, mode="eval").body
+    except SyntaxError as e:
+        raise LaunchError(f"grid expression {expr!r} is not an expression: {e.msg}") from None
+
+
+@dataclass(frozen=True)
+class TritonKernel:
+    """A loaded kernel: `kernel(tensors, config)` launches it over its grid."""
+
+    name: str
+    function: object  # triton's JITFunction, or its InterpretedFunction on CPU
+    grid: tuple[str, ...]
+    params: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    path: Path
+
+    def grid_for(self, config: Mapping[str, int]) -> tuple[int, ...]:
+        """The launch grid for one binding of the tile parameters."""
+        return tuple(evaluate_grid(g, config) for g in self.grid)
+
+    def __call__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        config: Mapping[str, int],
+        num_warps: int = 4,
+        num_stages: int = 2,
+    ) -> None:
+        """Launch on `tensors` (one per kernel argument, in order) with tile parameters `config`."""
+        self._check(tensors, config)
+        grid = self.grid_for(config)
+        if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
+            return
+        args = [x for t in tensors for x in (t, *t.stride())]
+        params = {p: config[p] for p in self.params}
+        self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
+
+    def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
+        if set(config) != set(self.params):
+            raise LaunchError(
+                f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
+            )
+        if len(tensors) != len(self.shapes):
+            raise LaunchError(f"{self.name}: takes {len(self.shapes)} tensors, got {len(tensors)}")
+        for i, (t, shape, dtype) in enumerate(zip(tensors, self.shapes, self.dtypes)):
+            if tuple(t.shape) != shape or t.dtype != getattr(torch, dtype):
+                found = f"{tuple(t.shape)} {t.dtype}"
+                raise LaunchError(
+                    f"{self.name}: tensor {i} is {found}, the kernel reads {shape} torch.{dtype}"
+                )
+
+
+def default_cache_dir() -> Path:
+    """Where kernel sources are written: `$XDG_CACHE_HOME/tilefuse/triton` (or under ~/.cache)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "tilefuse" / "triton"
+
+
+def _import_source(source: str, name: str, cache_dir: Path) -> ModuleType:
+    module_name = f"tilefuse_triton_{name}_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = cache_dir / f"{module_name}.py"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(source)
+        os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _interpret_triton_library() -> None:
+    """Turn triton.language's `@jit` helpers into interpreted functions, as TRITON_INTERPRET at import would.
+
+    A JITFunction refuses to be called from an interpreted kernel; one shared
+    replacement per function keeps the identity checks of Triton's
+    interpreter (e.g. `combine_fn is tl.standard._sum_combine`) true.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    replacements: dict[int, InterpretedFunction] = {}
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("triton.language") or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                if id(value) not in replacements:
+                    replacements[id(value)] = InterpretedFunction(value.fn)
+                setattr(module, attr, replacements[id(value)])
+
+
+def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> TritonKernel:
+    """Import emitted source (see `emit`) and return its kernel `kernel_name` ready to launch.
+
+    Without CUDA, turns on Triton's interpreter for the process (unless
+    `TRITON_INTERPRET` is already set), so kernels run on CPU tensors.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from triton import knobs  # after the environment is set; `import tilefuse` does not load Triton
+
+    if knobs.runtime.interpret:
+        _interpret_triton_library()
+    name = python_identifier(kernel_name)
+    module = _import_source(source, name, cache_dir or default_cache_dir())
+    function = getattr(module, name, None)
+    if function is None:
+        raise LaunchError(f"the source defines no kernel {name!r}")
+    return TritonKernel(
+        name,
+        function,
+        module.GRID,
+        module.PARAMS,
+        module.TENSOR_SHAPES,
+        module.TENSOR_DTYPES,
+        Path(module.__file__),
+    )
