@@ -7,6 +7,8 @@ rows of at most a few thousand elements per reduction program.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 
@@ -30,8 +32,28 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
     return size
 
 
+CONFIG_ENV = "TILEFUSE_KERNEL_CONFIG"
+
+
 def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
-    """A reasonable first configuration for a kernel of `kind` on a problem of this size."""
+    """A reasonable first configuration for a kernel of `kind` on a problem of this size.
+
+    `TILEFUSE_KERNEL_CONFIG='{"gemm": {"BLOCK_N": 256, "num_stages": 4}}'` overrides
+    values per kernel kind (for experiments, until the autotuner picks them).
+    """
+    config = _heuristic(kind, problem)
+    override = json.loads(os.environ.get(CONFIG_ENV) or "{}").get(kind)
+    if not override:
+        return config
+    override = dict(override)
+    warps, stages = override.pop("num_warps", config.num_warps), override.pop("num_stages", config.num_stages)
+    unknown = set(override) - set(config.params)
+    if unknown:
+        raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
+    return KernelConfig(config.params | override, warps, stages)
+
+
+def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "gemm":
         bm = _pow2_at_least(problem["M"], 16, 128)
         bn = _pow2_at_least(problem["N"], 16, 128)

@@ -5,7 +5,9 @@ is one Triton launch (on CPU tensors, under Triton's interpreter); ops outside
 kernels (concatenation, views that leave the partition) and groups that could
 not be lowered run through the `ein` reference interpreter, op by op, and are
 named so in the dump. Views, splats and iotas that only kernels read are never
-materialized: kernels index through them.
+materialized: kernels index through them. An intermediate is released right
+after its last reader, so PyTorch's caching allocator hands its memory to the
+next kernel's output.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class KernelPlan(torch.nn.Module):
         self.launch_at: dict[Operation, CompiledKernel] = {k.lowered.group.ops[-1]: k for k in kernels}
         fused = {op for k in kernels for op in k.lowered.group.ops}
         self.steps = _schedule(function, fused, self.launch_at)
+        self.release_after = _last_uses(self.steps, self.launch_at, function)
         n_glue = sum(1 for op in self.steps if op not in self.launch_at)
         self.executor = f"{len(kernels)} Triton kernel(s)" + (
             f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
@@ -83,6 +86,8 @@ class KernelPlan(torch.nn.Module):
         for op in self.steps:
             kernel = self.launch_at.get(op)
             env[op.results[0]] = kernel(env, device) if kernel else run_op(op, env, device)
+            for value in self.release_after.get(op, ()):  # lets the allocator reuse the buffer
+                del env[value]
         results = [env[v] for v in block.last_op.operands]
         return tuple(results) if self.returns_tuple else results[0]
 
@@ -106,3 +111,18 @@ def _schedule(fn: func.FuncOp, fused: set[Operation], launch_at: dict) -> list[O
             steps.append(op)
             needed.update(op.operands)
     return steps[::-1]
+
+
+def _last_uses(steps: list[Operation], launch_at: dict, fn: func.FuncOp) -> dict[Operation, list[SSAValue]]:
+    """For each step, the intermediate values no later step (nor the function's result) reads."""
+    keep = set(fn.body.block.last_op.operands) | set(fn.body.block.args)
+    last: dict[SSAValue, Operation] = {}
+    for op in steps:
+        reads = launch_at[op].lowered.inputs if op in launch_at else op.operands
+        for value in reads:
+            last[value] = op
+    release: dict[Operation, list[SSAValue]] = {}
+    for value, op in last.items():
+        if value not in keep:
+            release.setdefault(op, []).append(value)
+    return release

@@ -1,0 +1,58 @@
+"""Time a few GEMM tile configurations on the benchmark cases (GPU), to choose default heuristics.
+
+    python -m tilefuse.benchmarks.sweep_configs [--only NAME...]
+
+Each configuration is forced with TILEFUSE_KERNEL_CONFIG and compiled afresh;
+prints one line per (case, configuration): median ms and relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from functools import partial
+
+import torch
+import torch._dynamo
+
+import tilefuse
+from tilefuse.autotune.heuristics import CONFIG_ENV
+from tilefuse.benchmarks.cases import benchmark_cases
+
+CONFIGS = [
+    {},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 5},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
+]
+
+
+def main() -> None:
+    from triton.testing import do_bench
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*")
+    args = parser.parse_args()
+    for case in benchmark_cases(1):
+        if args.only and case.name not in args.only:
+            continue
+        inputs = case.make_inputs("cuda", torch.bfloat16)
+        reference = case.fn(*(t.double() for t in inputs))
+        for config in CONFIGS:
+            os.environ[CONFIG_ENV] = json.dumps({"gemm": config})
+            torch._dynamo.reset()
+            compiled = tilefuse.compile(case.fn)
+            with torch.no_grad():
+                out = compiled(*inputs)
+                ms = do_bench(partial(compiled, *inputs), return_mode="median")
+            err = ((out.double() - reference).norm() / reference.norm()).item()
+            label = json.dumps(config) if config else "default"
+            print(f"{case.name:16s} {label:90s} {ms:8.4f} ms  err {err:.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
