@@ -145,7 +145,9 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         if isinstance(op, ein.MapOp):
             known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
-    return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], {"M": M, "N": N, "K": K, "B": B}
+    elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
+    problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes}
+    return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 
 _NEUTRAL = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
