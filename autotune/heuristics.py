@@ -62,9 +62,18 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bm = _pow2_at_least(problem["M"], 16, 128)
         bn = _pow2_at_least(problem["N"], 16, 256)
         bk = _pow2_at_least(problem["K"], 16, 64)
-        stages = 3
-        while stages * (bm + bn) * bk * problem.get("elem_bytes", 2) > SHARED_MEMORY_BUDGET and bk > 16:
+        stages, rhs_tiles, elem = 3, problem.get("rhs_operands", 1), problem.get("elem_bytes", 2)
+
+        def shared_bytes() -> int:
+            return stages * (bm + rhs_tiles * bn) * bk * elem
+
+        # f32 accumulators live in registers: at most ~128 a thread across 8 warps (256 threads)
+        while rhs_tiles * bm * bn > 128 * 256 and bn > 64:
+            bn //= 2
+        while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
+        while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64:
+            bn //= 2
         warps = 8 if bm * bn >= 128 * 128 else 4
         return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)
     if kind == "reduction":

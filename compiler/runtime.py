@@ -12,6 +12,7 @@ next kernel's output.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from ..passes.lower_to_tile import LoweredGroup
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
 Launcher = Callable[..., None]
+log = logging.getLogger("tilefuse")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class CompiledKernel:
     lowered: LoweredGroup
     launcher: Launcher
     config: KernelConfig
+    launch_error: str | None = None
 
     def __call__(self, env: dict[SSAValue, torch.Tensor], device: torch.device) -> torch.Tensor:
         out_type = self.lowered.output.type
@@ -85,11 +88,39 @@ class KernelPlan(torch.nn.Module):
         env: dict[SSAValue, torch.Tensor] = dict(zip(block.args, args))
         for op in self.steps:
             kernel = self.launch_at.get(op)
-            env[op.results[0]] = kernel(env, device) if kernel else run_op(op, env, device)
+            if kernel is None:
+                env[op.results[0]] = run_op(op, env, device)
+            else:
+                env[op.results[0]] = self._launch(kernel, env, device)
             for value in self.release_after.get(op, ()):  # lets the allocator reuse the buffer
                 del env[value]
         results = [env[v] for v in block.last_op.operands]
         return tuple(results) if self.returns_tuple else results[0]
+
+
+    def _launch(self, kernel: CompiledKernel, env: dict, device: torch.device) -> torch.Tensor:
+        """Run a kernel; if it cannot launch (e.g. out of shared memory), run its ops instead."""
+        if kernel.launch_error is None:
+            try:
+                return kernel(env, device)
+            except Exception as e:  # a kernel that cannot run must not take the model down
+                kernel.launch_error = f"{type(e).__name__}: {e}"
+                log.warning("tilefuse: kernel %s failed to launch (%s); its group runs op by op",
+                            kernel.lowered.kernel.sym_name.data, kernel.launch_error)  # fmt: skip
+        for op in kernel.lowered.group.ops:
+            for value in op.operands:
+                _materialize(value, env, device)
+            env[op.results[0]] = run_op(op, env, device)
+        return env[kernel.lowered.output]
+
+
+def _materialize(value: SSAValue, env: dict, device: torch.device) -> None:
+    """Compute a view/splat/iota the kernels would have indexed through."""
+    if value in env:
+        return
+    for operand in value.owner.operands:
+        _materialize(operand, env, device)
+    env[value] = run_op(value.owner, env, device)
 
 
 def _schedule(fn: func.FuncOp, fused: set[Operation], launch_at: dict) -> list[Operation]:

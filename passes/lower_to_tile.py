@@ -146,7 +146,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
-    problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes}
+    problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
     return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 
