@@ -33,6 +33,7 @@ def make_context() -> Context:
     return ctx
 
 
+_SSA_NAME = re.compile(r"%[\w$.-]+")
 _LOCATION = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)\n", re.S)
 
 
@@ -79,7 +80,10 @@ def verify(module: Operation, filename: str = "<module>", source: str | None = N
         if op is not None:
             printed = _first_line_of(op)
             lines = (source or "").splitlines()
-            number = next((i for i, ln in enumerate(lines, 1) if ln.strip() == printed.strip()), None)
+            # the reprinted op names its values afresh: compare with SSA names blanked out
+            wanted = _SSA_NAME.sub("%", printed.strip())
+            matches = (i for i, ln in enumerate(lines, 1) if _SSA_NAME.sub("%", ln.strip()) == wanted)
+            number = next(matches, None)
             where = f"{filename}:{number}" if number else filename
             return_text = f"\n  {printed.strip()}"
         else:

@@ -171,9 +171,12 @@ def test_parse_error_names_the_line():
 
 
 def test_verifier_error_names_the_line_of_the_op():
-    text = _func("    %0 = ein.view reshape %a : tensor<4x8xf32> -> tensor<5x8xf32>")
-    with pytest.raises(IRError, match=r"^f.mlir:3: error: verification failed: .*element count"):
-        parse_module(text, "f.mlir")
+    body = (
+        "    %first = ein.view reshape %a : tensor<4x8xf32> -> tensor<32xf32>\n"
+        "    %second = ein.view reshape %first : tensor<32xf32> -> tensor<5x8xf32>"
+    )
+    with pytest.raises(IRError, match=r"^f.mlir:4: error: verification failed: .*element count"):
+        parse_module(_func(body), "f.mlir")
 
 
 def test_unterminated_string_is_reported_not_hung_on():
