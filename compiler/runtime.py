@@ -22,7 +22,7 @@ from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.interpreter import run_function, run_op
+from ..ir.interpreter import run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 
@@ -49,21 +49,6 @@ class CompiledKernel:
         tensors = [env[v] for v in self.lowered.inputs] + [out]
         self.launcher(tensors, self.config.params, self.config.num_warps, self.config.num_stages)
         return out
-
-
-class ReferencePartition(torch.nn.Module):
-    """A compiled partition run entirely by the reference interpreter."""
-
-    executor = REFERENCE_EXECUTOR
-
-    def __init__(self, function: func.FuncOp, returns_tuple: bool):
-        super().__init__()
-        self.function = function
-        self.returns_tuple = returns_tuple
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        results = run_function(self.function, args)
-        return tuple(results) if self.returns_tuple else results[0]
 
 
 class KernelPlan(torch.nn.Module):

@@ -166,12 +166,6 @@ class ContractOp(IRDLOperation):
                 f"{self.lhs.type}, {self.rhs.type} -> {self.result.type}"
             )
 
-    @property
-    def reduced_indices(self) -> str:
-        """The indices summed over: in an operand but not in the result."""
-        lhs, rhs, out = parse_spec(self.spec.data)
-        return "".join(c for c in dict.fromkeys(lhs + rhs) if c not in out)
-
 
 @irdl_op_definition
 class YieldOp(IRDLOperation):
@@ -213,33 +207,38 @@ class MapOp(IRDLOperation):
                     f"ein.map: operand {i} of type {value.type} does not broadcast to "
                     f"result shape {out_shape}"
                 )
-        block = self.body.block
-        if len(block.args) != len(self.inputs):
-            raise VerifyException(
-                f"ein.map: body has {len(block.args)} arguments for {len(self.inputs)} operands"
-            )
-        for i, (arg, value) in enumerate(zip(block.args, self.inputs)):
-            if arg.type != value.type.get_element_type():
-                raise VerifyException(
-                    f"ein.map: body argument {i} has type {arg.type}, operand element type is "
-                    f"{value.type.get_element_type()}"
-                )
-        last = block.last_op
-        if not isinstance(last, YieldOp):
-            raise VerifyException("ein.map: body must end with ein.yield")
-        if last.value.type != self.result.type.get_element_type():
-            raise VerifyException(
-                f"ein.map: body yields {last.value.type} but result element type is "
-                f"{self.result.type.get_element_type()}"
-            )
-        for op in block.ops:
-            if op is last:
-                continue
-            if not op.name.startswith(SCALAR_DIALECTS):
-                raise VerifyException(f"ein.map: body op {op.name} is not an arith/math op")
-            for r in op.results:
-                if isinstance(r.type, TensorType):
-                    raise VerifyException(f"ein.map: body op {op.name} must compute on scalars")
+        verify_scalar_body(
+            "ein.map", self.body.block, [v.type.get_element_type() for v in self.inputs],
+            self.result.type.get_element_type(), YieldOp,
+        )  # fmt: skip
+
+
+def verify_scalar_body(
+    op_name: str, block: Block, arg_types: Sequence[Attribute], result_type: Attribute,
+    yield_type: type[IRDLOperation],
+) -> None:  # fmt: skip
+    """Check a map body: one scalar argument per operand, arith/math ops, a yield of the result type."""
+    if len(block.args) != len(arg_types):
+        raise VerifyException(f"{op_name}: body has {len(block.args)} arguments for {len(arg_types)} operands")
+    if [a.type for a in block.args] != list(arg_types):
+        raise VerifyException(
+            f"{op_name}: body arguments {[str(a.type) for a in block.args]} should be the operands' "
+            f"element types {[str(t) for t in arg_types]}"
+        )
+    last = block.last_op
+    if not isinstance(last, yield_type):
+        raise VerifyException(f"{op_name}: body must end with {yield_type.name}")
+    if last.value.type != result_type:
+        raise VerifyException(
+            f"{op_name}: body yields {last.value.type} but result element type is {result_type}"
+        )
+    for op in block.ops:
+        if op is last:
+            continue
+        if not op.name.startswith(SCALAR_DIALECTS):
+            raise VerifyException(f"{op_name}: body op {op.name} is not an arith/math op")
+        if any(isinstance(r.type, TensorType) for r in op.results):
+            raise VerifyException(f"{op_name}: body op {op.name} must compute on scalars")
 
 
 @irdl_op_definition
@@ -516,12 +515,6 @@ class IotaOp(IRDLOperation):
         op = cls(dim, parser.parse_type())
         op.attributes.update(attrs)
         return op
-
-
-def map_body(arg_types: Sequence[Attribute]) -> tuple[Region, Block]:
-    """An empty `ein.map` body with one scalar argument per operand element type."""
-    block = Block(arg_types=list(arg_types))
-    return Region(block), block
 
 
 Einsum = Dialect(

@@ -41,7 +41,7 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute, Block, Dialect, ParametrizedAttribute, Region, SSAValue, TypeAttribute
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, Region, SSAValue, TypeAttribute
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -60,7 +60,7 @@ from xdsl.irdl import (
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
-from .einsum import SCALAR_DIALECTS
+from .einsum import verify_scalar_body
 
 KERNEL_KINDS = ("gemm", "pointwise", "reduction")
 REDUCE_KINDS = ("sum", "max", "min")
@@ -397,15 +397,10 @@ class MapOp(IRDLOperation):
             raise VerifyException(
                 f"tile.map: operand tiles broadcast to {dims}, result has {self.result.type.dims}"
             )
-        block = self.body.block
-        if [a.type for a in block.args] != [element_type(v.type) for v in self.inputs]:
-            raise VerifyException("tile.map: body arguments must be the operands' element types")
-        last = block.last_op
-        if not isinstance(last, YieldOp) or last.value.type != self.result.type.element_type:
-            raise VerifyException("tile.map: body must yield the result element type")
-        for op in block.ops:
-            if op is not last and not op.name.startswith(SCALAR_DIALECTS):
-                raise VerifyException(f"tile.map: body op {op.name} is not an arith/math op")
+        verify_scalar_body(
+            "tile.map", self.body.block, [element_type(v.type) for v in self.inputs],
+            self.result.type.element_type, YieldOp,
+        )  # fmt: skip
 
 
 @irdl_op_definition
@@ -447,10 +442,6 @@ class ReduceOp(IRDLOperation):
             raise VerifyException(f"tile.reduce: axis {axis} out of range for {dims}")
         if self.result.type.dims != tuple(d for i, d in enumerate(dims) if i != axis):
             raise VerifyException("tile.reduce: result must drop the reduced axis")
-
-
-def map_block(arg_types: Sequence[Attribute]) -> Block:
-    return Block(arg_types=list(arg_types))
 
 
 Tile = Dialect(
