@@ -217,7 +217,7 @@ def verify_scalar_body(
     op_name: str, block: Block, arg_types: Sequence[Attribute], result_type: Attribute,
     yield_type: type[IRDLOperation],
 ) -> None:  # fmt: skip
-    """Check a map body: one scalar argument per operand, arith/math ops, a yield of the result type."""
+    """Check a map body: a scalar argument per operand, arith/math ops, a yield of the result type."""
     if len(block.args) != len(arg_types):
         raise VerifyException(f"{op_name}: body has {len(block.args)} arguments for {len(arg_types)} operands")
     if [a.type for a in block.args] != list(arg_types):
