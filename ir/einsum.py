@@ -219,7 +219,8 @@ def verify_scalar_body(
 ) -> None:  # fmt: skip
     """Check a map body: a scalar argument per operand, arith/math ops, a yield of the result type."""
     if len(block.args) != len(arg_types):
-        raise VerifyException(f"{op_name}: body has {len(block.args)} arguments for {len(arg_types)} operands")
+        count = f"{len(block.args)} arguments for {len(arg_types)} operands"
+        raise VerifyException(f"{op_name}: body has {count}")
     if [a.type for a in block.args] != list(arg_types):
         raise VerifyException(
             f"{op_name}: body arguments {[str(a.type) for a in block.args]} should be the operands' "
