@@ -62,7 +62,9 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
 def _target(example_inputs: list) -> Target:
     """Kernels run where the inputs live; TF32 only where PyTorch's matmul precision allows it."""
     on_gpu = any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in example_inputs)
-    return Target(interpret=not on_gpu, allow_tf32=torch.get_float32_matmul_precision() != "highest")
+    device = torch.cuda.get_device_name() if on_gpu else "cpu"
+    allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    return Target(interpret=not on_gpu, allow_tf32=allow_tf32, device=device)
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:

@@ -26,6 +26,7 @@ class Target:
 
     interpret: bool
     allow_tf32: bool
+    device: str = "cpu"
 
     def triton_options(self):
         from ..backends.triton import TritonOptions
@@ -59,7 +60,8 @@ def stage_codegen(art) -> object:
                 continue
             name = g.kernel.sym_name.data
             try:
-                source = emit(g.kernel, options)
+                cached = art.cached.sources.get(name) if art.cached else None
+                source = cached or emit(g.kernel, options)
                 launcher = load(source, name)
             except Exception as e:  # one kernel's codegen bug must not stop the graph
                 g.error = f"Triton codegen failed: {type(e).__name__}: {e}"

@@ -22,9 +22,10 @@ from torch.fx import GraphModule
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 
-from ..ir.module import IRError, make_context, print_module, verify
+from ..ir.module import IRError, make_context, parse_module, print_module, verify
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
+from .artifact_cache import CacheEntry, cache_dir, graph_key, load_entry, store_entry
 from .codegen import Target, stage_codegen, stage_fuse, stage_lower, tile_module_text
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
@@ -86,6 +87,7 @@ class GraphArtifact:
     module: ModuleOp | None = None
     target: Target = Target(interpret=True, allow_tf32=False)
     sources: dict[str, str] = field(default_factory=dict)
+    cached: CacheEntry | None = None
 
     def compiled_partitions(self) -> list[Partition]:
         return [p for p in self.partitions if p.function is not None]
@@ -106,8 +108,12 @@ def stage_partition(art: GraphArtifact) -> GraphArtifact:
 
 
 def stage_import(art: GraphArtifact) -> GraphArtifact:
+    cached = _cached_functions(art)
     functions = []
     for p in art.partitions:
+        if p.name in cached:
+            p.function = cached[p.name]
+            continue
         try:
             p.function = import_graph(p.submodule, p.name, p.inputs)
             verify(p.function, f"@{p.name}")
@@ -117,6 +123,22 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
             art.fallbacks.append(Fallback(p.name, "partition", f"not compiled: {e}"))
     art.module = ModuleOp(functions)
     return art
+
+
+def _cached_functions(art: GraphArtifact) -> dict[str, func.FuncOp]:
+    """Functions of a cache hit, detached from their parsed module; none if the entry is bad."""
+    if art.cached is None:
+        return {}
+    try:
+        module = parse_module(art.cached.module_text, "<tilefuse cache>")
+    except IRError as e:
+        log.warning("tilefuse: ignoring a cache entry of graph %s: %s", art.name, e)
+        art.cached = None
+        return {}
+    found = {op.sym_name.data: op for op in module.ops if isinstance(op, func.FuncOp)}
+    for fn in found.values():
+        fn.detach()
+    return found
 
 
 def stage_canonicalize(art: GraphArtifact) -> GraphArtifact:
@@ -185,6 +207,9 @@ def compile_aten_graph(
     compiled, what fell back and why), which is also its entry in the dump.
     """
     art = GraphArtifact(name, aten, inputs, target=target)
+    key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], repr(target), target.device)
+    art.cached = load_entry(key)
+    cache_state = "off" if cache_dir() is None else ("hit" if art.cached else "miss")
     files = []
     if dump:
         for filename, text in (extra_files or {}).items():
@@ -197,6 +222,8 @@ def compile_aten_graph(
                 files.append(dump.write(*stage.dump(art)))
         if dump:
             files += [dump.write(f"kernels/{k}.py", src) for k, src in art.sources.items()]
+        if cache_state == "miss":
+            store_entry(key, CacheEntry(print_module(art.module), art.sources))
         result: Callable = art.partitioned
         error = None
     except Exception as e:  # never crash the user's model: run the graph in PyTorch
@@ -205,7 +232,7 @@ def compile_aten_graph(
         result = aten
         if dump:
             files.append(dump.write("error.txt", traceback.format_exc()))
-    summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None}
+    summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None, "cache": cache_state}
     summary.update(_summary(art, files, error))
     if dump:
         dump.finish(summary)

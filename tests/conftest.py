@@ -5,6 +5,15 @@ import torch
 import torch._dynamo
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Compiled-graph cache entries of the test run stay in a temporary folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("tilefuse-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state():
     torch.manual_seed(0)

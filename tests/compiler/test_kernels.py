@@ -123,3 +123,34 @@ def test_default_gemm_config_fits_the_hardware():
             p = config.params
             assert config.num_stages * (p["BLOCK_M"] + rhs * p["BLOCK_N"]) * p["BLOCK_K"] * elem <= SHARED_MEMORY_BUDGET
             assert rhs * p["BLOCK_M"] * p["BLOCK_N"] <= 128 * 256
+
+
+def test_a_second_compile_of_the_same_graph_hits_the_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
+
+    def fn(x, w, b):
+        return F.silu(x @ w + b)
+
+    x, w, b = torch.randn(10, 12), torch.randn(12, 20), torch.randn(20)
+    states = []
+    for shape_rows in (10, 10, 7):  # same graph and shapes twice, then a new shape
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        xs = x[:shape_rows]
+        torch.testing.assert_close(compiled(xs, w, b), fn(xs, w, b))
+        (report,) = compiled.tilefuse_reports
+        states.append(report["cache"])
+        assert all(g["kernel"] for g in kernel_groups([report]))
+    assert states == ["miss", "hit", "miss"]
+
+
+def test_an_unreadable_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
+    fn, x = (lambda x: torch.exp(x) * 2), torch.randn(6)
+    tilefuse.compile(fn)(x)
+    for entry in tmp_path.iterdir():
+        (entry / "ein.groups.mlir").write_text("builtin.module { this is not IR")
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert compiled.tilefuse_reports[0]["partitions"], "the graph was compiled again, not run in PyTorch"
