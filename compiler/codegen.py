@@ -10,6 +10,7 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import ModuleOp
 
@@ -18,6 +19,10 @@ from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups
 from ..passes.lower_to_tile import lower_function
 from .runtime import CompiledKernel
+
+if TYPE_CHECKING:
+    from ..backends.triton import TritonOptions
+    from .driver import GraphArtifact
 
 
 @dataclass(frozen=True)
@@ -28,19 +33,19 @@ class Target:
     allow_tf32: bool
     device: str = "cpu"
 
-    def triton_options(self):
+    def triton_options(self) -> TritonOptions:
         from ..backends.triton import TritonOptions
 
         return TritonOptions.for_interpreter() if self.interpret else TritonOptions()
 
 
-def stage_fuse(art) -> object:
+def stage_fuse(art: GraphArtifact) -> GraphArtifact:
     FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art
 
 
-def stage_lower(art) -> object:
+def stage_lower(art: GraphArtifact) -> GraphArtifact:
     for p in art.compiled_partitions():
         p.lowered = lower_function(p.function, art.target.allow_tf32)
         for g in p.lowered:
@@ -49,7 +54,7 @@ def stage_lower(art) -> object:
     return art
 
 
-def stage_codegen(art) -> object:
+def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     # Triton is imported here, not at `import tilefuse`: capture and IR work without loading it.
     from ..backends.triton import emit, load
 
@@ -71,7 +76,7 @@ def stage_codegen(art) -> object:
     return art
 
 
-def tile_module_text(art) -> str:
+def tile_module_text(art: GraphArtifact) -> str:
     """All kernels of the graph as one `tile` module, for the dump."""
     kernels = [g.kernel.clone() for p in art.compiled_partitions() for g in p.lowered if g.kernel is not None]
     return print_module(ModuleOp(kernels))
