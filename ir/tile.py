@@ -43,6 +43,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, Region, SSAValue, TypeAttribute
 from xdsl.irdl import (
+    AttrSizedOperandSegments,
     IRDLOperation,
     ParsePropInAttrDict,
     irdl_attr_definition,
@@ -57,6 +58,8 @@ from xdsl.irdl import (
     traits_def,
     var_operand_def,
 )
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
@@ -294,23 +297,29 @@ def _check_indices(op_name: str, tensor: SSAValue, indices: Sequence[SSAValue]) 
 
 @irdl_op_definition
 class LoadOp(IRDLOperation):
-    """Load the elements at the broadcast index tiles; out-of-bounds ones read `other`."""
+    """Load the elements at the broadcast index tiles; out-of-bounds ones read `other`.
+
+    With `block_at [%o0, %o1]` (one scalar per tensor dim) the lowering also
+    states that the indices are exactly the dense block starting at those
+    offsets, so a backend may read it with a tensor descriptor (TMA) where the
+    tensor's layout allows; the indices stay for the masked pointer path.
+    """
 
     name = "tile.load"
     tensor = operand_def(TensorType)
     indices = var_operand_def()
+    block_offsets = var_operand_def(i32)
     other = opt_prop_def(FloatAttr | IntegerAttr)
     result = result_def(BlockType)
     traits = traits_def(Pure())
-    irdl_options = (ParsePropInAttrDict(),)
-    assembly_format = (
-        "$tensor `[` $indices `]` attr-dict `:` `(` type($tensor) `,` type($indices) `)` `->` type($result)"
-    )
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
 
-    def __init__(self, tensor: SSAValue, indices: Sequence[SSAValue]):
+    def __init__(
+        self, tensor: SSAValue, indices: Sequence[SSAValue], block_offsets: Sequence[SSAValue] = ()
+    ):
         dims = broadcast_dims(*(block_dims(i.type) for i in indices)) or ()
         super().__init__(
-            operands=[tensor, list(indices)],
+            operands=[tensor, list(indices), list(block_offsets)],
             result_types=[BlockType(dims, tensor.type.get_element_type())],
         )
 
@@ -320,6 +329,52 @@ class LoadOp(IRDLOperation):
             raise VerifyException(f"tile.load: result dims {self.result.type.dims} should be {dims}")
         if self.result.type.element_type != self.tensor.type.get_element_type():
             raise VerifyException("tile.load: result element type differs from the tensor's")
+        if self.block_offsets and len(self.block_offsets) != len(self.indices):
+            raise VerifyException("tile.load: block_at needs one offset per tensor dimension")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.tensor)
+        printer.print_string("[")
+        printer.print_list(self.indices, printer.print_operand)
+        printer.print_string("]")
+        if self.block_offsets:
+            printer.print_string(" block_at [")
+            printer.print_list(self.block_offsets, printer.print_operand)
+            printer.print_string("]")
+        printer.print_op_attributes(self.attributes)
+        if self.other is not None:
+            printer.print_string(" other ")
+            printer.print_attribute(self.other)
+        types = ", ".join(str(v.type) for v in [self.tensor, *self.indices])
+        printer.print_string(f" : ({types}) -> {self.result.type}")
+
+    @classmethod
+    def parse(cls, parser: Parser) -> LoadOp:
+        tensor = parser.parse_unresolved_operand()
+        indices = parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_unresolved_operand)
+        offsets = []
+        if parser.parse_optional_keyword("block_at"):
+            offsets = parser.parse_comma_separated_list(
+                parser.Delimiter.SQUARE, parser.parse_unresolved_operand
+            )
+        attrs = parser.parse_optional_attr_dict()
+        other = parser.parse_attribute() if parser.parse_optional_keyword("other") else None
+        parser.parse_punctuation(":")
+        types = parser.parse_comma_separated_list(parser.Delimiter.PAREN, parser.parse_type)
+        parser.parse_punctuation("->")
+        parser.parse_type()
+        if len(types) != len(indices) + 1:
+            parser.raise_error("tile.load: one type for the tensor and one per index")
+        op = cls(
+            parser.resolve_operand(tensor, types[0]),
+            [parser.resolve_operand(i, t) for i, t in zip(indices, types[1:])],
+            [parser.resolve_operand(o, i32) for o in offsets],
+        )
+        if other is not None:
+            op.properties["other"] = other
+        op.attributes.update(attrs)
+        return op
 
 
 @irdl_op_definition

@@ -117,20 +117,30 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     out_letters = ein.parse_spec(first.spec.data)[2]
     zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
     inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
+    # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
+    dense_blocks = not batch and len(m) == len(n) == len(k) == 1
+    start = {
+        m: kb.index_op("mul", pid_m, kb.param("BLOCK_M")),
+        n: kb.index_op("mul", pid_n, kb.param("BLOCK_N")),
+    }
     trips = kb.cdiv(K, "BLOCK_K")
     body = Block(arg_types=[i32] + [zero] * len(contracts))
     with kb.inside(body):
         ks = kb.unravel(kb.offsets(body.args[0], "BLOCK_K"), [sizes[c] for c in k])
         k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
         k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
+        start[k] = kb.index_op("mul", body.args[0], kb.param("BLOCK_K"))
         accs = []
         loaded: dict[SSAValue, SSAValue] = {}
         for op, acc in zip(contracts, body.args[1:]):
             lhs, rhs, out = ein.parse_spec(op.spec.data)
             names = dict(zip(out, out_letters))  # a sibling contraction may name its indices differently
+            block = {c: start[names.get(c, c)] for c in lhs + rhs} if dense_blocks else {}
             if op.lhs not in loaded:
-                loaded[op.lhs] = kb.load(op.lhs, [k_cols[c] if c in k else at[names[c]] for c in lhs])
-            b_tile = kb.load(op.rhs, [k_rows[c] if c in k else at[names[c]] for c in rhs])
+                a_index = [k_cols[c] if c in k else at[names[c]] for c in lhs]
+                loaded[op.lhs] = kb.load(op.lhs, a_index, [block[c] for c in lhs if block])
+            b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
+            b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
             tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
             accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
         kb.emit(scf.YieldOp(*accs))

@@ -139,11 +139,17 @@ class KernelBuilder:
             flat = term if flat is None else self.index_op("add", flat, term)
         return flat if flat is not None else self.const(0)
 
-    def load(self, value: SSAValue, indices: Sequence[Index]) -> SSAValue:
-        """The elements of ein value `value` at `indices` (one per dim), read through views."""
+    def load(
+        self, value: SSAValue, indices: Sequence[Index], block_offsets: Sequence[Index] = ()
+    ) -> SSAValue:
+        """The elements of ein value `value` at `indices` (one per dim), read through views.
+
+        `block_offsets` (scalars) say the indices form a dense block starting there; they
+        reach the `tile.load` only when `value` is read directly, not through a view.
+        """
         owner = value.owner
         if self.materialized(value):
-            return self.emit(tile.LoadOp(self.argument(value), list(indices))).result
+            return self.emit(tile.LoadOp(self.argument(value), list(indices), list(block_offsets))).result
         if isinstance(owner, ein.ConstantOp):
             return self.emit(arith.ConstantOp(owner.value)).result
         if isinstance(owner, ein.IotaOp):

@@ -245,6 +245,28 @@ class _KernelWriter:
             shape = tuple(arg.type.get_shape())
             self.taken.update({f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))})
             self.tensors[arg] = (base, shape)
+        self.taken.add(TMA_FLAG)
+        self.descriptors = self._descriptor_blocks()
+
+    def _descriptor_blocks(self) -> dict[SSAValue, tuple[str, tuple[str, ...]]]:
+        """Tensors every load of which is a dense block (`block_at`) of one shape: name their descriptor.
+
+        The block shape is, per tensor dim, the tile dim its index tile varies along.
+        """
+        blocks: dict[SSAValue, set[tuple[str, ...]]] = {}
+        plain: set[SSAValue] = set()
+        for op in self.kernel.walk():
+            if isinstance(op, tile.LoadOp):
+                if not op.block_offsets or len(op.indices) != 2:
+                    plain.add(op.tensor)
+                    continue
+                shape = tuple(_varying_dim(tile.block_dims(i.type)) for i in op.indices)
+                blocks.setdefault(op.tensor, set()).add(shape)
+        return {
+            t: (self._fresh(f"{self.tensors[t][0]}_desc"), next(iter(shapes)))
+            for t, shapes in blocks.items()
+            if len(shapes) == 1 and t not in plain and all(d is not None for d in next(iter(shapes)))
+        }
 
     # names and lines
 
@@ -308,6 +330,15 @@ class _KernelWriter:
     # regions
 
     def body(self) -> list[str]:
+        if self.descriptors:
+            self._write(f"if {TMA_FLAG}:  # the launcher checked layout and alignment for TMA")
+            for t, (name, block) in self.descriptors.items():
+                base, shape = self.tensors[t]
+                strides = ", ".join(f"{base}_s{d}" for d in range(len(shape)))
+                self._write(
+                    f"    {name} = tl.make_tensor_descriptor({base}_ptr, shape={list(shape)}, "
+                    f"strides=[{strides}], block_shape=[{', '.join(block)}])"
+                )
         self._ops(self.kernel.body.block)
         return self.lines or ["    pass"]
 
@@ -435,7 +466,19 @@ class _KernelWriter:
         pointer, mask = self._address(op.tensor, op.indices)
         other = _literal(op.other) if op.other is not None else "0"
         args = f"{pointer}, mask={mask}, other={other}" if mask else pointer
-        self._define(op.result, f"tl.load({args})")
+        zero_padded = op.other is None or _literal(op.other) in ("0", "0.0")  # TMA pads with zeros
+        if op.tensor not in self.descriptors or not zero_padded:
+            self._define(op.result, f"tl.load({args})")
+            return
+        name = self._name_for(op.result)
+        offsets = ", ".join(self._e(o) for o in op.block_offsets)
+        rows_first = [_varying_axis(tile.block_dims(i.type)) for i in op.indices] == [0, 1]
+        block = f"{self.descriptors[op.tensor][0]}.load([{offsets}])" + ("" if rows_first else ".T")
+        self._write(f"if {TMA_FLAG}:  # out-of-bounds elements of the block read zero")
+        self._write(f"    {name} = {block}")
+        self._write("else:")
+        self._write(f"    {name} = tl.load({args})")
+        self._bind(op.result, name, False)
 
     def _store(self, op: tile.StoreOp) -> None:
         pointer, mask = self._address(op.tensor, op.indices)
@@ -641,6 +684,19 @@ _HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
 }  # fmt: skip
 
 
+TMA_FLAG = "USE_TMA"
+
+
+def _varying_axis(dims: Sequence[str]) -> int | None:
+    varying = [a for a, d in enumerate(dims) if d != "1"]
+    return varying[0] if len(varying) == 1 else None
+
+
+def _varying_dim(dims: Sequence[str]) -> str | None:
+    axis = _varying_axis(dims)
+    return dims[axis] if axis is not None else None
+
+
 def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
     """Python source of a module holding one `@triton.jit` function for `kernel`.
 
@@ -657,8 +713,9 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         ", ".join([f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))]) + ","
         for _, (base, shape) in tensors
     ]
-    if kernel.param_names:
-        signature.append(", ".join(f"{p}: tl.constexpr" for p in kernel.param_names) + ",")
+    constexprs = list(kernel.param_names) + ([TMA_FLAG] if writer.descriptors else [])
+    if constexprs:
+        signature.append(", ".join(f"{p}: tl.constexpr" for p in constexprs) + ",")
     described = ", ".join(f"{base}: {arg.type}" for arg, (base, _) in tensors)
     dtypes = [dtype_name(arg.type.get_element_type()).replace("int1", "bool") for arg, _ in tensors]
     return "\n".join([
@@ -672,6 +729,7 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         f"PARAMS = {tuple(kernel.param_names)!r}",
         f"TENSOR_SHAPES = {tuple(shape for _, (_, shape) in tensors)!r}",
         f"TENSOR_DTYPES = {tuple(dtypes)!r}",
+        f"TMA_TENSORS = {tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.descriptors)!r}",
         "",
         "",
         "@triton.jit",

@@ -83,6 +83,7 @@ class TritonKernel:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
     path: Path
+    tma_tensors: tuple[int, ...] = ()
 
     def grid_for(self, config: Mapping[str, int]) -> tuple[int, ...]:
         """The launch grid for one binding of the tile parameters."""
@@ -102,6 +103,8 @@ class TritonKernel:
             return
         args = [x for t in tensors for x in (t, *t.stride())]
         params = {p: config[p] for p in self.params}
+        if self.tma_tensors:
+            params["USE_TMA"] = use_tensor_descriptors([tensors[i] for i in self.tma_tensors])
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
@@ -117,6 +120,36 @@ class TritonKernel:
                 raise LaunchError(
                     f"{self.name}: tensor {i} is {found}, the kernel reads {shape} torch.{dtype}"
                 )
+
+
+def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether these tensors can be read through TMA descriptors on this device.
+
+    TMA needs a Hopper-class GPU, a unit last stride, and 16-byte aligned base
+    and strides. `TILEFUSE_TMA=0` turns descriptors off, `=1` forces them where
+    the layout allows (also in the interpreter, to test that path on CPU).
+    """
+    setting = os.environ.get("TILEFUSE_TMA", "auto")
+    if setting == "0":
+        return False
+    on_hopper = all(t.is_cuda for t in tensors) and torch.cuda.get_device_capability()[0] >= 9
+    if not (on_hopper or setting == "1"):
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
+            return False
+    if on_hopper:
+        _install_allocator()
+    return True
+
+
+@functools.cache
+def _install_allocator() -> None:
+    # device-side descriptors live in a small scratch buffer Triton asks the allocator for
+    import triton
+
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 def default_cache_dir() -> Path:
@@ -192,4 +225,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         module.TENSOR_SHAPES,
         module.TENSOR_DTYPES,
         Path(module.__file__),
+        getattr(module, "TMA_TENSORS", ()),
     )

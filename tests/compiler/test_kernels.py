@@ -26,8 +26,8 @@ def assert_all_kernels(reports, kinds: set[str]) -> None:
     assert {g["kind"] for g in groups} == kinds
 
 
-def run(fn, *args, kinds, rtol=1e-4, atol=1e-4):
-    reports = compile_and_compare(fn, *args, rtol=rtol, atol=atol)
+def run(fn, *args, kinds, rtol=1e-4, atol=1e-4, **compile_kw):
+    reports = compile_and_compare(fn, *args, rtol=rtol, atol=atol, **compile_kw)
     assert_all_kernels(reports, kinds)
     return reports
 
@@ -154,3 +154,21 @@ def test_an_unreadable_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     compiled = tilefuse.compile(fn)
     torch.testing.assert_close(compiled(x), fn(x))
     assert compiled.tilefuse_reports[0]["partitions"], "the graph was compiled again, not run in PyTorch"
+
+
+@pytest.mark.parametrize("tma", ["1", "0"])
+def test_gemm_operands_read_through_tensor_descriptors_or_pointers(tma, monkeypatch, tmp_path):
+    monkeypatch.setenv("TILEFUSE_TMA", tma)  # "1": take the descriptor path where the layout allows
+    x, w, b = torch.randn(45, 64), torch.randn(70, 64), torch.randn(70)
+    reports = run(lambda x, w, b: F.gelu(F.linear(x, w, b)), x, w, b, kinds={"gemm"}, dump=tmp_path)
+    source = next((tmp_path / reports[0]["dir"] / "kernels").glob("*.py")).read_text()
+    assert "tl.make_tensor_descriptor(x_ptr" in source and "w_desc.load(" in source
+
+
+def test_unaligned_operands_fall_back_to_pointer_loads():
+    from tilefuse.backends.triton.launcher import use_tensor_descriptors
+
+    aligned, ragged = torch.randn(8, 64), torch.randn(8, 17)
+    assert not use_tensor_descriptors([ragged]), "a 68-byte row stride cannot be read through TMA"
+    assert not use_tensor_descriptors([aligned.t()]), "the last stride must be 1"
+    assert not use_tensor_descriptors([aligned])  # CPU tensors, not forced: pointers
