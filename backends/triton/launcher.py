@@ -126,15 +126,17 @@ def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether these tensors can be read through TMA descriptors on this device.
 
     TMA needs a Hopper-class GPU, a unit last stride, and 16-byte aligned base
-    and strides. `TILEFUSE_TMA=0` turns descriptors off, `=1` forces them where
-    the layout allows (also in the interpreter, to test that path on CPU).
+    and strides. Descriptors are opt-in: `TILEFUSE_TMA=1` turns them on where
+    the layout allows (on a Hopper GPU, and in the interpreter to test that
+    path on CPU). On the H100, non-persistent kernels with device-side
+    descriptors measured slower than pointer loads on most GEMM shapes
+    (benchmarks/RESULTS_tma.md), so pointers stay the default until the
+    autotuner chooses per kernel.
     """
-    setting = os.environ.get("TILEFUSE_TMA", "auto")
-    if setting == "0":
+    setting = os.environ.get("TILEFUSE_TMA", "0")
+    if setting != "1":
         return False
     on_hopper = all(t.is_cuda for t in tensors) and torch.cuda.get_device_capability()[0] >= 9
-    if not (on_hopper or setting == "1"):
-        return False
     for t in tensors:
         size = t.element_size()
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):

@@ -165,10 +165,12 @@ def test_gemm_operands_read_through_tensor_descriptors_or_pointers(tma, monkeypa
     assert "tl.make_tensor_descriptor(x_ptr" in source and "w_desc.load(" in source
 
 
-def test_unaligned_operands_fall_back_to_pointer_loads():
+def test_unaligned_operands_fall_back_to_pointer_loads(monkeypatch):
     from tilefuse.backends.triton.launcher import use_tensor_descriptors
 
     aligned, ragged = torch.randn(8, 64), torch.randn(8, 17)
+    assert not use_tensor_descriptors([aligned]), "descriptors are opt-in"
+    monkeypatch.setenv("TILEFUSE_TMA", "1")
+    assert use_tensor_descriptors([aligned])
     assert not use_tensor_descriptors([ragged]), "a 68-byte row stride cannot be read through TMA"
     assert not use_tensor_descriptors([aligned.t()]), "the last stride must be 1"
-    assert not use_tensor_descriptors([aligned])  # CPU tensors, not forced: pointers
