@@ -78,7 +78,8 @@ def format_index(index: dict) -> str:
     """A plain-text table of contents of a dump."""
     lines = ["tilefuse dump index", ""]
     for g in index["graphs"]:
-        lines.append(f"graph {g['name']}  ({g.get('kind', 'forward')})")
+        cache = g.get("cache", "off")
+        lines.append(f"graph {g['name']}  ({g.get('kind', 'forward')}, compile cache: {cache})")
         for filename in g.get("files", []):
             lines.append(f"  file      {g['dir']}/{filename}")
         for p in g.get("partitions", []):

@@ -57,7 +57,8 @@ def main() -> int:
     kernels = 0
     for report in compiled.tilefuse_reports:
         print(f"graph {report['name']}: {len(report['partitions'])} compiled partition(s), "
-              f"{len(report['fallbacks'])} op(s) left to PyTorch")  # fmt: skip
+              f"{len(report['fallbacks'])} op(s) left to PyTorch, "
+              f"compile cache {report['cache']}")  # fmt: skip
         for p in report["partitions"]:
             print(f"  {p['name']}: {len(p['aten_ops'])} aten ops, runs as {p['executor']}")
             for g in p["groups"]:
