@@ -460,6 +460,8 @@ class MapOp(IRDLOperation):
 
 @irdl_op_definition
 class YieldOp(IRDLOperation):
+    """Ends a `tile.map` body (each dialect owns its terminator, as scf.yield and linalg.yield do)."""
+
     name = "tile.yield"
     value = operand_def()
     traits = lazy_traits_def(lambda: (IsTerminator(), HasParent(MapOp), Pure()))
