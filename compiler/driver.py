@@ -170,16 +170,8 @@ def _dump_partitioned(art: GraphArtifact) -> tuple[str, str]:
     return "partitioned.py", art.partitioned.print_readable(print_output=False)
 
 
-def _dump_ein(art: GraphArtifact) -> tuple[str, str]:
-    return "ein.mlir", print_module(art.module)
-
-
-def _dump_canonical(art: GraphArtifact) -> tuple[str, str]:
-    return "ein.canonicalize.mlir", print_module(art.module)
-
-
-def _dump_groups(art: GraphArtifact) -> tuple[str, str]:
-    return "ein.groups.mlir", print_module(art.module)
+def _dump_module_as(filename: str) -> Callable[[GraphArtifact], tuple[str, str]]:
+    return lambda art: (filename, print_module(art.module))
 
 
 def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
@@ -188,9 +180,9 @@ def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
 
 STAGES: list[Stage] = [
     Stage("partition", stage_partition, _dump_partitioned),
-    Stage("import", stage_import, _dump_ein),
-    Stage("canonicalize", stage_canonicalize, _dump_canonical),
-    Stage("fuse", stage_fuse, _dump_groups),
+    Stage("import", stage_import, _dump_module_as("ein.mlir")),
+    Stage("canonicalize", stage_canonicalize, _dump_module_as("ein.canonicalize.mlir")),
+    Stage("fuse", stage_fuse, _dump_module_as("ein.groups.mlir")),
     Stage("lower", stage_lower, _dump_tile),
     Stage("codegen", stage_codegen),
     Stage("runtime", stage_runtime),

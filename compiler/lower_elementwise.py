@@ -285,13 +285,8 @@ def _fill(ctx: LoweringContext, node: Node, value: object) -> SSAValue:
     return ctx.b.constant(value, ctx.out_shape(node), ctx.out_elem(node))
 
 
-@lowers(aten.full.default)
+@lowers(aten.full.default, aten.full_like.default, aten.fill.Scalar)
 def lower_full(ctx: LoweringContext, node: Node) -> SSAValue:
-    return _fill(ctx, node, node.args[1])
-
-
-@lowers(aten.full_like.default, aten.fill.Scalar)
-def lower_full_like(ctx: LoweringContext, node: Node) -> SSAValue:
     return _fill(ctx, node, node.args[1])
 
 

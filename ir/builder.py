@@ -291,3 +291,9 @@ def inline_map_body(map_op: ein.MapOp, args: Sequence[SSAValue], block: Block) -
         block.add_op(clone)
         mapping.update(zip(inner.results, clone.results))
     raise ValueError("ein.map body has no ein.yield")
+
+
+def single_user(value: SSAValue) -> Operation | None:
+    """The one op that reads `value`, or None if none or several do."""
+    users = {use.operation for use in value.uses}
+    return users.pop() if len(users) == 1 else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.ir import Block, Operation, Region
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -32,13 +32,8 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
-from ..ir.builder import inline_map_body
+from ..ir.builder import inline_map_body, single_user
 from ..ir.dtypes import shape_of
-
-
-def _only_user(value: SSAValue) -> Operation | None:
-    users = {use.operation for use in value.uses}
-    return users.pop() if len(users) == 1 else None
 
 
 class FoldPermuteIntoContract(RewritePattern):
@@ -69,7 +64,7 @@ class FoldBatchFlattenIntoContract(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
         flatten = op.lhs.owner
-        unflatten = _only_user(op.result)
+        unflatten = single_user(op.result)
         if not (_is_reshape(flatten) and _is_reshape(unflatten)):
             return
         lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
@@ -129,7 +124,7 @@ class MergeMaps(RewritePattern):
     def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
         for position, value in enumerate(op.inputs):
             producer = value.owner
-            if isinstance(producer, ein.MapOp) and _only_user(value) is op:
+            if isinstance(producer, ein.MapOp) and single_user(value) is op:
                 rewriter.replace(op, _compose(op, position, producer))
                 rewriter.erase(producer)
                 return

@@ -29,6 +29,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
+from ..ir.builder import single_user
 from ..ir.dtypes import shape_of
 
 GROUP_ATTR = "ein.group"
@@ -49,11 +50,6 @@ class FusionGroup:
         return self.ops[-1].results[0]
 
 
-def _single_user(value: SSAValue) -> Operation | None:
-    users = {use.operation for use in value.uses}
-    return users.pop() if len(users) == 1 else None
-
-
 def _same_output_layout(a: ein.ContractOp, b: ein.ContractOp) -> bool:
     """Two contractions a dual-accumulator kernel can run together: same lhs, shapes and K."""
     if a.lhs is not b.lhs or a.result.type != b.result.type:
@@ -66,14 +62,14 @@ def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operati
     ops: list[Operation] = [contract]
     value = contract.result
     out_shape = shape_of(contract.result.type)
-    while (user := _single_user(value)) is not None and isinstance(user, ein.MapOp):
+    while (user := single_user(value)) is not None and isinstance(user, ein.MapOp):
         if user in taken or shape_of(user.result.type) != out_shape:
             break
         for other in user.inputs:
             sibling = other.owner
             if (
                 other is not value and isinstance(sibling, ein.ContractOp) and sibling not in taken
-                and len(ops) == 1 and _single_user(other) is user and _same_output_layout(contract, sibling)
+                and len(ops) == 1 and single_user(other) is user and _same_output_layout(contract, sibling)
             ):  # fmt: skip
                 ops.insert(0, sibling)
         ops.append(user)
@@ -99,7 +95,7 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
             producer = op.input.owner
             prologue = (
                 isinstance(producer, ein.MapOp) and producer not in taken
-                and _single_user(op.input) is op and producer.result.type == op.input.type
+                and single_user(op.input) is op and producer.result.type == op.input.type
             )  # fmt: skip
             add("reduction", [producer, op] if prologue else [op])
     for op in ops:

@@ -120,8 +120,8 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
     dense_blocks = not batch and len(m) == len(n) == len(k) == 1
     start = {
-        m: kb.index_op("mul", pid_m, kb.param("BLOCK_M")),
-        n: kb.index_op("mul", pid_n, kb.param("BLOCK_N")),
+        m: kb.block_start(pid_m, "BLOCK_M"),
+        n: kb.block_start(pid_n, "BLOCK_N"),
     }
     trips = kb.cdiv(K, "BLOCK_K")
     body = Block(arg_types=[i32] + [zero] * len(contracts))
@@ -129,7 +129,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         ks = kb.unravel(kb.offsets(body.args[0], "BLOCK_K"), [sizes[c] for c in k])
         k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
         k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
-        start[k] = kb.index_op("mul", body.args[0], kb.param("BLOCK_K"))
+        start[k] = kb.block_start(body.args[0], "BLOCK_K")
         accs = []
         loaded: dict[SSAValue, SSAValue] = {}
         for op, acc in zip(contracts, body.args[1:]):

@@ -116,10 +116,14 @@ class KernelBuilder:
         size = self.param(param)
         return self.index_op("div", self.index_op("add", self.const(n), self.index_op("sub", size, 1)), size)
 
+    def block_start(self, block_index: SSAValue, param: str) -> SSAValue:
+        """block_index * PARAM: the first index of a block (made once per scope)."""
+        make = lambda: self.index_op("mul", block_index, self.param(param))  # noqa: E731
+        return self._cached(("start", block_index, param), make)
+
     def offsets(self, block_index: SSAValue, param: str) -> SSAValue:
         """block_index * PARAM + arange(PARAM): the 1-d index tile of one program's block."""
-        start = self.index_op("mul", block_index, self.param(param))
-        return self.index_op("add", self.arange(param), start)
+        return self.index_op("add", self.arange(param), self.block_start(block_index, param))
 
     def unravel(self, flat: Index, sizes: Sequence[int]) -> list[Index]:
         """Row-major multi-index of a flat index. The outermost index is not wrapped, so a flat
