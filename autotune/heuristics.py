@@ -50,7 +50,10 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     unknown = set(override) - set(config.params)
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
-    return KernelConfig(config.params | override, warps, stages)
+    config = KernelConfig(config.params | override, warps, stages)
+    if kind == "row" and config.params["BLOCK_C"] < problem["C"]:
+        raise ValueError(f"{CONFIG_ENV}: a row kernel needs BLOCK_C >= {problem['C']} (a whole row a tile)")
+    return config
 
 
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles; the H100 has 227 KB a block
@@ -80,4 +83,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
+    if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
+        bc = _pow2_at_least(problem["C"], 16, 1 << 30)
+        br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16, 1)
     return KernelConfig({"BLOCK": _pow2_at_least(problem["N"], 16, 1024)}, 4, 1)

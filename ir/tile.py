@@ -65,7 +65,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from .einsum import verify_scalar_body
 
-KERNEL_KINDS = ("gemm", "pointwise", "reduction")
+KERNEL_KINDS = ("gemm", "pointwise", "reduction", "row")
 REDUCE_KINDS = ("sum", "max", "min")
 
 

@@ -9,8 +9,14 @@ op went where:
   no other user and keeps the contraction's output shape. Two contractions
   whose results meet in the first map of the chain (SwiGLU:
   `silu(x@W1) * (x@W3)`) share one kernel with two accumulators.
-- **reduction**: a reduction plus the map that produces its input, if that map
-  has no other user (a prologue: `sum(exp(x - m))` reads `x` once).
+- **row**: reductions over the same dims of the same shape, with the maps
+  around them (full-shaped or row-shaped), whose intermediates are used only
+  inside the group: softmax, log-softmax, LayerNorm, RMSNorm and chains of
+  them read each row once and write it once. Only when a row (the reduced
+  extent) fits in one tile (`MAX_ROW` elements).
+- **reduction**: any other reduction plus the map that produces its input, if
+  that map has no other user (a prologue: `sum(exp(x - m))` reads `x` once);
+  a loop over the row in chunks.
 - **pointwise**: every other map.
 
 Views, splat constants and iotas are not kernels: kernels index through them.
@@ -19,6 +25,7 @@ Everything else (concatenation) runs as a PyTorch op between kernels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,10 +37,11 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import single_user
-from ..ir.dtypes import shape_of
+from ..ir.dtypes import is_float, shape_of
 
 GROUP_ATTR = "ein.group"
 VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp)
+MAX_ROW = 16384  # reduced elements a row kernel holds in registers at once
 
 
 @dataclass
@@ -77,6 +85,102 @@ def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operati
     return ops
 
 
+@dataclass(frozen=True)
+class RowSpace:
+    """The domain of a row group: tensors of `shape` reduced over `dims`, and the rows' statistics
+    (`row_shape` with the reduced dims kept as 1, or `stat_shape` without them)."""
+
+    shape: tuple[int, ...]
+    dims: tuple[int, ...]
+
+    @staticmethod
+    def of(reduce: ein.ReduceOp) -> RowSpace:
+        return RowSpace(tuple(shape_of(reduce.input.type)), tuple(reduce.reduce_dims))
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(1 if d in self.dims else s for d, s in enumerate(self.shape))
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        return tuple(s for d, s in enumerate(self.shape) if d not in self.dims)
+
+    @property
+    def row_size(self) -> int:
+        return math.prod(self.shape[d] for d in self.dims)
+
+    def is_stat_view(self, op: Operation | None) -> bool:
+        """A reshape between the two statistics shapes (a reduction's keepdim added or dropped)."""
+        shapes = {self.row_shape, self.stat_shape}
+        return (
+            isinstance(op, ein.ViewOp) and op.kind.data == "reshape"
+            and {tuple(shape_of(op.input.type)), tuple(shape_of(op.result.type))} <= shapes
+        )  # fmt: skip
+
+    def holds(self, op: Operation) -> bool:
+        """Whether `op` computes in this space: a map to one of its shapes, or a reduction like the
+        seed's. A full- or row-shaped map may not read a computed statistic without keepdim:
+        broadcasting would line it up with the trailing dims, not the rows."""
+        if isinstance(op, ein.ReduceOp):
+            return RowSpace.of(op) == self and is_float(op.result.type.get_element_type())
+        if not isinstance(op, ein.MapOp):
+            return False
+        result = tuple(shape_of(op.result.type))
+        if result == self.stat_shape:
+            return True
+        computed_stat = lambda v: (  # noqa: E731
+            tuple(shape_of(v.type)) == self.stat_shape and isinstance(v.owner, ein.MapOp | ein.ReduceOp)
+        )
+        return result in (self.shape, self.row_shape) and (
+            self.stat_shape in (self.shape, self.row_shape) or not any(map(computed_stat, op.inputs))
+        )
+
+
+def _users(op: Operation, space: RowSpace) -> list[Operation]:
+    """The ops reading `op`'s results, looking through reshapes between statistics shapes."""
+    users = []
+    for result in op.results:
+        for use in result.uses:
+            user = use.operation
+            users += _users(user, space) if space.is_stat_view(user) else [user]
+    return users
+
+
+def _producers(op: Operation, space: RowSpace) -> list[Operation]:
+    owners = [v.owner for v in op.operands]
+    return [o.input.owner if space.is_stat_view(o) else o for o in owners]
+
+
+def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]) -> list[Operation] | None:
+    """The largest row group containing `seed` with one output (see the module docstring), if any.
+
+    The candidates are the ops of the seed's space connected to it; the output is the latest
+    candidate whose backward closure (producers all of whose users are already in) holds the seed.
+    """
+    space = RowSpace.of(seed)
+    if not 1 < space.row_size <= MAX_ROW or len(space.dims) == len(space.shape):
+        return None
+    fits = lambda op: isinstance(op, Operation) and op not in taken and space.holds(op)  # noqa: E731
+    component, stack = set(), [seed]
+    while stack:
+        op = stack.pop()
+        if op not in component:
+            component.add(op)
+            stack += [o for o in _producers(op, space) + _users(op, space) if fits(o)]
+    for output in sorted(component, key=order.index, reverse=True):
+        members, grown = {output}, True
+        while grown:
+            grown = False
+            for op in component - members:
+                users = _users(op, space)
+                if users and all(u in members for u in users):
+                    members.add(op)
+                    grown = True
+        if seed in members:
+            return sorted(members, key=order.index)
+    return None
+
+
 def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     """Partition the computing ops of `fn` into fusion groups (see the module docstring)."""
     ops = list(fn.body.block.ops)
@@ -90,6 +194,9 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     for op in ops:
         if isinstance(op, ein.ContractOp) and op not in taken:
             add("gemm", sorted(_gemm_group(op, taken), key=ops.index))
+    for op in ops:
+        if isinstance(op, ein.ReduceOp) and op not in taken and (row := _row_group(op, ops, taken)):
+            add("row", row)
     for op in ops:
         if isinstance(op, ein.ReduceOp) and op not in taken:
             producer = op.input.owner
@@ -125,8 +232,11 @@ def read_groups(fn: func.FuncOp) -> list[FusionGroup]:
 def _kind(ops: list[Operation]) -> str:
     if any(isinstance(op, ein.ContractOp) for op in ops):
         return "gemm"
-    if any(isinstance(op, ein.ReduceOp) for op in ops):
-        return "reduction"
+    reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
+    if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2:
+        return "reduction"  # a reduction and at most its prologue map
+    if reductions:
+        return "row"
     return "pointwise"
 
 

@@ -8,6 +8,9 @@
 - reduction: BLOCK_R rows a program, a loop over the reduced elements in
   chunks of BLOCK_C with the prologue map applied on the fly, masked lanes
   set to the reduction's neutral value, one store per row.
+- row: BLOCK_R rows a program, each whole row in one tile of BLOCK_C >= C
+  lanes: every map and reduction of the group evaluated on register tiles
+  (rows' statistics as [BLOCK_R, 1] tiles), inputs loaded once, one store.
 - pointwise: BLOCK elements a program over the flattened output.
 
 Multi-dimensional M/N/K/rows are flattened and unravelled with index
@@ -30,11 +33,11 @@ from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import inline_map_body, opmath_type
 from ..ir.dtypes import is_float, shape_of
-from .fusion_groups import VIRTUAL_OPS, FusionGroup, functions, read_groups
+from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
 GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
-REDUCTION_PARAMS = ("BLOCK_R", "BLOCK_C")
+REDUCTION_PARAMS = ROW_PARAMS = ("BLOCK_R", "BLOCK_C")
 POINTWISE_PARAMS = ("BLOCK",)
 
 
@@ -214,6 +217,56 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
 
 
+def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
+    reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
+    space = RowSpace.of(reductions[0])
+    shape, dims = space.shape, space.dims
+    R, C = math.prod(space.stat_shape), space.row_size
+    rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), list(space.stat_shape))
+    flat_c = kb.arange("BLOCK_C")
+    cols = iter(kb.unravel(flat_c, [shape[d] for d in dims]))
+    row_at = iter(kb.expand(i, 1) for i in rows)
+    full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
+    # the indices of each shape of the space; statistics are [BLOCK_R, 1] tiles in both shapes
+    at = {
+        shape: full_idx,
+        space.row_shape: [kb.const(0) if d in dims else i for d, i in enumerate(full_idx)],
+        space.stat_shape: [i for d, i in enumerate(full_idx) if d not in dims],
+    }
+    in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+    computed: dict[SSAValue, SSAValue] = {}  # group values -> tiles
+    loaded: dict[tuple[SSAValue, tuple[int, ...]], SSAValue] = {}  # each input is read once
+
+    def value_of(v: SSAValue, out_shape: tuple[int, ...]) -> SSAValue:
+        if space.is_stat_view(v.owner) and v.owner.input in computed:
+            v = v.owner.input
+        if v in computed:
+            return computed[v]
+        if (v, out_shape) not in loaded:
+            loaded[(v, out_shape)] = kb.load(v, _broadcast_indices(kb, v, out_shape, at[out_shape]))
+        return loaded[(v, out_shape)]
+
+    for op in group.ops:
+        if isinstance(op, ein.MapOp):
+            out_shape = tuple(shape_of(op.result.type))
+            operands = {v: value_of(v, out_shape) for v in op.inputs}
+            computed[op.result] = _apply_map(kb, op, operands, out_shape, at[out_shape])
+            continue
+        elem, kind = op.result.type.get_element_type(), op.kind.data
+        acc_elem = opmath_type(elem)
+        lanes = kb.map(
+            [in_range, value_of(op.input, shape)], acc_elem,
+            lambda sb, ok, v: sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem)),
+        )  # fmt: skip
+        total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, lanes, 1)).result
+        if kind == "mean":
+            total = kb.map([total], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
+        computed[op.result] = kb.expand(kb.cast(total, elem), 1)
+    out = group.output
+    kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
+    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+
+
 def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     (op,) = group.ops
     shape = shape_of(op.result.type)
@@ -231,6 +284,8 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
     try:
         if group.kind == "gemm":
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS
+        elif group.kind == "row":
+            (grid, problem), params = lower_row(kb, group), ROW_PARAMS
         elif group.kind == "reduction":
             (grid, problem), params = lower_reduction(kb, group), REDUCTION_PARAMS
         else:

@@ -1,0 +1,146 @@
+"""Row kernels: softmax, norms and elementwise+reduction chains as one kernel (Triton interpreter).
+
+Each case is checked against eager PyTorch on random data, with row lengths
+that do not divide the tile, and must run as exactly one `row` kernel that
+reads its input once.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilefuse
+from helpers import compile_and_compare
+from tilefuse.passes.fusion_groups import MAX_ROW
+
+
+def groups_of(reports) -> list[dict]:
+    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
+
+
+def assert_one_row_kernel(reports) -> dict:
+    (group,) = groups_of(reports)
+    assert group["kind"] == "row" and group["kernel"] is not None, group
+    return group
+
+
+def softmax(x):
+    return torch.softmax(x, -1)
+
+
+def log_softmax(x):
+    return F.log_softmax(x, -1)
+
+
+def logsumexp(x):
+    return torch.logsumexp(x, -1)
+
+
+def layer_norm(x):
+    return F.layer_norm(x, x.shape[-1:])
+
+
+def layer_norm_affine(x, w, b):
+    return F.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)
+
+
+def rms_norm(x, w):
+    return F.rms_norm(x, x.shape[-1:], w, eps=1e-6)
+
+
+def softmax_of_scaled_plus_bias(x, b):
+    return torch.softmax(x * 0.125 + b, -1) * 2.0
+
+
+CASES = {
+    "softmax": (softmax, 0),
+    "log_softmax": (log_softmax, 0),
+    "logsumexp": (logsumexp, 0),
+    "layer_norm": (layer_norm, 0),
+    "layer_norm_affine": (layer_norm_affine, 2),
+    "rms_norm": (rms_norm, 1),
+    "chain": (softmax_of_scaled_plus_bias, 1),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 130), (1, 1000)], ids=str)
+def test_one_kernel_per_row_op(name, shape):
+    fn, params = CASES[name]
+    x = torch.randn(*shape) * 2 + 0.5
+    extra = [torch.randn(shape[-1]) for _ in range(params)]
+    group = assert_one_row_kernel(compile_and_compare(fn, x, *extra, rtol=1e-4, atol=1e-5))
+    assert group["ops"].count("ein.reduce") >= 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    cols=st.integers(2, 300),
+    name=st.sampled_from(sorted(CASES)),
+)
+def test_random_shapes(rows, cols, name):
+    torch._dynamo.reset()
+    fn, params = CASES[name]
+    x = torch.randn(rows, cols) * 3
+    extra = [torch.randn(cols) for _ in range(params)]
+    assert_one_row_kernel(compile_and_compare(fn, x, *extra, rtol=1e-4, atol=1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    x, w, b = torch.randn(7, 96, dtype=dtype), torch.randn(96, dtype=dtype), torch.randn(96, dtype=dtype)
+    assert_one_row_kernel(compile_and_compare(layer_norm_affine, x, w, b, rtol=2e-2, atol=2e-2))
+    torch._dynamo.reset()
+    assert_one_row_kernel(compile_and_compare(softmax, x, rtol=2e-2, atol=2e-3))
+
+
+def test_reduction_over_two_trailing_dims():
+    def group_norm_like(x):
+        mean = x.mean((-2, -1), keepdim=True)
+        var = ((x - mean) ** 2).mean((-2, -1), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + 1e-5)
+
+    assert_one_row_kernel(compile_and_compare(group_norm_like, torch.randn(3, 4, 5, 7), rtol=1e-4, atol=1e-5))
+
+
+def test_softmax_over_a_leading_dim():
+    x = torch.randn(37, 6)
+    assert_one_row_kernel(compile_and_compare(lambda x: torch.softmax(x, 0), x, rtol=1e-4, atol=1e-6))
+
+
+def test_kernel_reads_each_input_once(tmp_path):
+    compiled = tilefuse.compile(layer_norm_affine, dump=tmp_path)
+    compiled(torch.randn(4, 40), torch.randn(40), torch.randn(40))
+    (source,) = list((tmp_path / compiled.tilefuse_reports[0]["dir"] / "kernels").glob("*.py"))
+    text = source.read_text()
+    assert text.count("tl.load(x_ptr") == 1 and text.count("tl.store(") == 1
+
+
+def test_an_intermediate_used_outside_stays_out_of_the_group():
+    def norm_and_residual(x, w):
+        h = x * 2.0 + 1.0
+        return rms_norm(h, w), h
+
+    reports = compile_and_compare(norm_and_residual, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
+    kinds = sorted(g["kind"] for g in groups_of(reports))
+    assert kinds == ["pointwise", "row"]
+
+
+def test_rows_longer_than_a_tile_use_the_chunked_reductions():
+    x = torch.randn(2, MAX_ROW + 3)
+    reports = compile_and_compare(softmax, x, rtol=1e-4, atol=1e-6)
+    kinds = {g["kind"] for g in groups_of(reports)}
+    assert "row" not in kinds and "reduction" in kinds
+
+
+def test_a_config_that_splits_rows_is_refused(monkeypatch):
+    from tilefuse.autotune.heuristics import CONFIG_ENV, default_config
+
+    monkeypatch.setenv(CONFIG_ENV, '{"row": {"BLOCK_C": 64}}')
+    with pytest.raises(ValueError, match="BLOCK_C >= 100"):
+        default_config("row", {"R": 8, "C": 100})
