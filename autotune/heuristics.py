@@ -86,5 +86,6 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
         bc = _pow2_at_least(problem["C"], 16, 1 << 30)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
-        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16, 1)
+        warps = 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, warps, 1)
     return KernelConfig({"BLOCK": _pow2_at_least(problem["N"], 16, 1024)}, 4, 1)

@@ -8,6 +8,12 @@ reference on the same inputs, so a fast wrong kernel shows. A candidate that
 fails (compile error, out of memory) gets its error in the table and the run
 goes on. Each run rewrites the whole output file: ratios compare only within
 one run. `--smoke` runs tiny float32 cases on the CPU to test this harness.
+
+Memory-bound cases (softmax, norms: `BenchCase.io_elements` set) also show
+GB/s, the bytes an ideal kernel moves over the median time, and that as a
+share of the device-to-device copy bandwidth measured once at the start of
+the run (`dst.copy_(src)` on a tensor of the cases' input size; the header
+records it).
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ import torch._dynamo
 
 import tilefuse
 
-from .cases import COMPILE, CUBLAS, EAGER, MAX_AUTOTUNE, BenchCase, Tensors, benchmark_cases
+from .cases import (
+    COMPILE,
+    CUBLAS,
+    EAGER,
+    MAX_AUTOTUNE,
+    SDPA,
+    BenchCase,
+    Tensors,
+    benchmark_cases,
+    rowwise_shape,
+)
 
 SUBJECT = "tilefuse"
 SMOKE_SCALE = 64
@@ -43,6 +59,7 @@ COMPILERS: dict[str, Callable[[Callable], Callable]] = {
     SUBJECT: tilefuse.compile,
     EAGER: lambda fn: fn,
     CUBLAS: lambda fn: fn,
+    SDPA: lambda fn: fn,
     COMPILE: torch.compile,
     MAX_AUTOTUNE: partial(torch.compile, mode="max-autotune-no-cudagraphs"),
 }
@@ -73,6 +90,14 @@ def time_ms(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def copy_bandwidth(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> float:
+    """GB/s of a device-to-device copy, `dst.copy_(src)`: bytes read + written over the median time."""
+    src = torch.randn(shape, device=device, dtype=dtype)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -144,23 +169,50 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_table(results: Sequence[tuple[BenchCase, list[Measurement]]]) -> str:
-    """The results as one markdown table: a row per case and candidate."""
+def render_table(
+    results: Sequence[tuple[BenchCase, list[Measurement]]],
+    dtype: torch.dtype = torch.bfloat16,
+    copy_gbps: float | None = None,
+) -> str:
+    """The results as one markdown table: a row per case and candidate.
+
+    TFLOP/s is shown where the case counts FLOPs; GB/s (bytes of `dtype`)
+    and its share of `copy_gbps` where it counts ideal memory traffic.
+    """
     lines = [
-        "| case | shape | candidate | median ms | TFLOP/s | tilefuse speedup | rel. err | notes |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| case | shape | candidate | median ms | TFLOP/s | GB/s | % of copy | tilefuse speedup "
+        "| rel. err | notes |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    itemsize = torch.empty((), dtype=dtype).element_size()
     for case, measurements in results:
         subject_ms = next((m.median_ms for m in measurements if m.candidate == SUBJECT), None)
         for m in measurements:
-            ms = tflops = speedup = err = "—"
+            ms = tflops = gbps = of_copy = speedup = err = "—"
             if m.median_ms is not None:
-                ms, tflops = f"{m.median_ms:.4g}", f"{case.flops / m.median_ms / 1e9:.4g}"
-                err = f"{m.rel_error:.2e}"
+                ms, err = f"{m.median_ms:.4g}", f"{m.rel_error:.2e}"
+                if case.flops:
+                    tflops = f"{case.flops / m.median_ms / 1e9:.4g}"
+                if case.io_elements:
+                    achieved = case.io_elements * itemsize / m.median_ms / 1e6
+                    gbps = f"{achieved:.4g}"
+                    if copy_gbps:
+                        of_copy = f"{100 * achieved / copy_gbps:.0f}%"
                 if m.candidate != SUBJECT and subject_ms:
                     speedup = f"{m.median_ms / subject_ms:.2f}x"
             notes = f"FAILED: {m.error}" if m.error else m.note
-            cells = [case.name, case.shape, m.candidate, ms, tflops, speedup, err, _cell(notes)]
+            cells = [
+                case.name,
+                case.shape,
+                m.candidate,
+                ms,
+                tflops,
+                gbps,
+                of_copy,
+                speedup,
+                err,
+                _cell(notes),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,7 +240,13 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def describe_environment(device: torch.device, dtype: torch.dtype, argv: Sequence[str]) -> list[str]:
+def describe_environment(
+    device: torch.device,
+    dtype: torch.dtype,
+    argv: Sequence[str],
+    copy_gbps: float,
+    copy_shape: tuple[int, ...],
+) -> list[str]:
     """The header lines: what ran, where, when, with which versions, and how it was timed."""
     if device.type == "cuda":
         where, timing = torch.cuda.get_device_name(device), "triton.testing.do_bench median, L2 flushed"
@@ -205,6 +263,10 @@ def describe_environment(device: torch.device, dtype: torch.dtype, argv: Sequenc
         f"`{torch.get_float32_matmul_precision()}`; timing: {timing}",
         "- TFLOP/s counts the matrix products only; tilefuse speedup = baseline ms / tilefuse ms "
         "(> 1: tilefuse is faster); rel. err = ‖out − ref‖ / ‖ref‖ against float64 on the same inputs",
+        f"- copy bandwidth: {copy_gbps:.4g} GB/s (`dst.copy_(src)`, {'x'.join(map(str, copy_shape))} "
+        f"{str(dtype).removeprefix('torch.')}, bytes read + written / median time); memory-bound rows: "
+        "GB/s = ideal bytes (inputs read once, output written once) / median time, "
+        "% of copy = GB/s / copy bandwidth",
     ]
 
 
@@ -242,9 +304,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     dtype = torch.float32 if args.smoke else torch.bfloat16
     cases = benchmark_cases(SMOKE_SCALE if args.smoke else 1)
     cases = [c for c in cases if not args.only or c.name in args.only]
+    copy_shape = rowwise_shape(SMOKE_SCALE if args.smoke else 1)
     with torch.no_grad():
+        copy_gbps = copy_bandwidth(copy_shape, device, dtype)
+        release_memory(device)
+        print(f"copy bandwidth: {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
         results = [(case, run_case(case, device, dtype, args.smoke)) for case in cases]
-    report = render_report(describe_environment(device, dtype, argv), render_table(results))
+    header = describe_environment(device, dtype, argv, copy_gbps, copy_shape)
+    report = render_report(header, render_table(results, dtype, copy_gbps))
     out = args.out or (None if args.smoke else DEFAULT_OUT)
     if out is not None:
         out.write_text(report)

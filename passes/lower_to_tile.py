@@ -217,6 +217,23 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
 
 
+def _reduce_row_tile(
+    kb: KernelBuilder, op: ein.ReduceOp, value: SSAValue, in_range: SSAValue, C: int
+) -> SSAValue:
+    """`op` over axis 1 of a [rows, BLOCK_C] tile whose lanes past `C` are masked off."""
+    elem, kind = op.result.type.get_element_type(), op.kind.data
+    acc_elem = opmath_type(elem)
+    neutral = _NEUTRAL[kind]
+    lanes = kb.map(
+        [in_range, value], acc_elem,
+        lambda sb, ok, v: sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem)),
+    )  # fmt: skip
+    total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, lanes, 1)).result
+    if kind == "mean":
+        total = kb.map([total], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
+    return kb.cast(total, elem)
+
+
 def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
     space = RowSpace.of(reductions[0])
@@ -252,16 +269,8 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
             operands = {v: value_of(v, out_shape) for v in op.inputs}
             computed[op.result] = _apply_map(kb, op, operands, out_shape, at[out_shape])
             continue
-        elem, kind = op.result.type.get_element_type(), op.kind.data
-        acc_elem = opmath_type(elem)
-        lanes = kb.map(
-            [in_range, value_of(op.input, shape)], acc_elem,
-            lambda sb, ok, v: sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem)),
-        )  # fmt: skip
-        total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, lanes, 1)).result
-        if kind == "mean":
-            total = kb.map([total], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
-        computed[op.result] = kb.expand(kb.cast(total, elem), 1)
+        total = _reduce_row_tile(kb, op, value_of(op.input, shape), in_range, C)
+        computed[op.result] = kb.expand(total, 1)
     out = group.output
     kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}

@@ -1,19 +1,36 @@
-"""The benchmark harness on the CPU: `--smoke` for two cases end to end, and a failing candidate."""
+"""The benchmark harness on the CPU: `--smoke` end to end on a few cases (a GEMM, an MLP, a
+memory-bound norm, SDPA), every case built and checked eagerly, the GB/s columns, and a failing
+candidate."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
-from tilefuse.benchmarks.cases import EAGER, BenchCase
-from tilefuse.benchmarks.run import main, render_table, run_case
+from tilefuse.benchmarks.cases import EAGER, BenchCase, benchmark_cases, llama_block
+from tilefuse.benchmarks.models import LlamaBlock
+from tilefuse.benchmarks.run import (
+    COMPILERS,
+    SMOKE_SCALE,
+    Measurement,
+    main,
+    relative_error,
+    render_table,
+    run_case,
+)
 
+# A subset: the whole smoke run takes about a minute, mostly tilefuse's attention kernels in
+# Triton's CPU interpreter. `test_every_case_builds_and_runs_eagerly` covers the rest.
 CASES = {
     "gemm_square": ["tilefuse", "cuBLAS", "torch.compile"],
     "llama_mlp_half": ["tilefuse", "eager", "torch.compile"],
+    "rmsnorm": ["tilefuse", "eager", "torch.compile"],
+    "sdpa_small": ["tilefuse", "SDPA", "torch.compile"],
 }
+MEMORY_BOUND = {"rmsnorm"}
 
 
 def table_rows(report: str) -> list[dict[str, str]]:
@@ -29,6 +46,7 @@ def test_smoke_run_writes_a_row_per_case_and_candidate(tmp_path: Path, capsys):
     main(["--smoke", "--only", *CASES, "--out", str(out)])
     report = out.read_text()
     assert "# tilefuse benchmarks" in report and "torch " in report and "device: CPU" in report
+    assert "- copy bandwidth: " in report
     assert report in capsys.readouterr().out
     rows = table_rows(report)
     expected = [(case, candidate) for case, candidates in CASES.items() for candidate in candidates]
@@ -38,6 +56,60 @@ def test_smoke_run_writes_a_row_per_case_and_candidate(tmp_path: Path, capsys):
         assert float(row["median ms"]) > 0, row
         rel_err = float(row["rel. err"])
         assert math.isfinite(rel_err) and rel_err < 1e-3, row
+        if row["case"] in MEMORY_BOUND:
+            assert row["TFLOP/s"] == "—" and float(row["GB/s"]) > 0, row
+            assert row["% of copy"].endswith("%") and float(row["% of copy"][:-1]) >= 0, row
+        else:
+            assert float(row["TFLOP/s"]) > 0 and row["GB/s"] == row["% of copy"] == "—", row
+
+
+@pytest.mark.parametrize("case", benchmark_cases(SMOKE_SCALE), ids=lambda case: case.name)
+def test_every_case_builds_and_runs_eagerly(case: BenchCase):
+    """Each case's smoke inputs are random, its function runs, and it agrees with its float64 self."""
+    assert (case.flops > 0) != (case.io_elements > 0), "a case counts FLOPs or bytes, not both"
+    assert all(b in COMPILERS for b in case.baselines)
+    torch.manual_seed(0)
+    inputs = case.make_inputs(torch.device("cpu"), torch.float32)
+    assert all(x.dtype == torch.float32 and x.numel() > 1 and x.std() > 0 for x in inputs)
+    out = case.fn(*inputs)
+    assert torch.isfinite(out).all()
+    assert relative_error(out, case.fn(*(x.double() for x in inputs))) < 1e-5
+    if case.io_elements:  # x and the output, the same shape, plus vectors as long as a row
+        assert case.io_elements == 2 * out.numel() + (len(inputs) - 1) * out.shape[-1]
+
+
+def test_decoder_block_case_is_the_llama_block_module():
+    torch.manual_seed(0)
+    block = LlamaBlock(dim=64, heads=4, kv_heads=1, hidden=96).double()
+    with torch.no_grad():
+        block.attn_norm.weight.normal_()
+        block.mlp_norm.weight.normal_()
+    weights = [
+        getattr(block, name).weight
+        for name in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w1", "w3", "w2")
+    ]
+    x = torch.randn(2, 16, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(llama_block(x, *weights, heads=4, kv_heads=1), block(x))
+
+
+def test_memory_bound_rows_show_gbps_against_the_copy_bandwidth():
+    case = BenchCase(
+        name="norm",
+        shape="x 1000x1000",
+        make_inputs=lambda device, dtype: (),
+        fn=torch.zeros,
+        flops=0,
+        baselines=(EAGER,),
+        io_elements=1_000_000,
+    )
+    measurements = [Measurement("tilefuse", 1.0, 0.0), Measurement("eager", 0.5, 0.0)]
+    rows = table_rows(render_table([(case, measurements)], torch.bfloat16, copy_gbps=8.0))
+    # 2 MB of bf16 in 1 ms is 2 GB/s, a quarter of the copy's 8 GB/s.
+    assert [(r["GB/s"], r["% of copy"], r["TFLOP/s"]) for r in rows] == [
+        ("2", "25%", "—"),
+        ("4", "50%", "—"),
+    ]
 
 
 def fails_below_float64(x: torch.Tensor) -> torch.Tensor:
