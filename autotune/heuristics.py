@@ -33,6 +33,8 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 
 
 CONFIG_ENV = "TILEFUSE_KERNEL_CONFIG"
+# tile parameters that must cover a whole extent of the problem: not a choice, a requirement
+WHOLE_EXTENTS = {"row": {"BLOCK_C": "C"}, "attention": {"BLOCK_D": "D", "BLOCK_DV": "DV"}}
 
 
 def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
@@ -51,8 +53,9 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
     config = KernelConfig(config.params | override, warps, stages)
-    if kind == "row" and config.params["BLOCK_C"] < problem["C"]:
-        raise ValueError(f"{CONFIG_ENV}: a row kernel needs BLOCK_C >= {problem['C']} (a whole row a tile)")
+    for param, extent in WHOLE_EXTENTS.get(kind, {}).items():
+        if config.params[param] < problem[extent]:
+            raise ValueError(f"{CONFIG_ENV}: {kind} kernels need {param} >= {problem[extent]} (one tile)")
     return config
 
 
@@ -83,6 +86,12 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
+    if kind == "attention":  # head dims are whole in one tile: BLOCK_D >= D, BLOCK_DV >= DV
+        bd, bdv = _pow2_at_least(problem["D"], 16, 1 << 16), _pow2_at_least(problem["DV"], 16, 1 << 16)
+        bm = _pow2_at_least(problem["M"], 16, 128)
+        bn = _pow2_at_least(problem["N"], 16, 64 if max(bd, bdv) <= 128 else 32)
+        warps = 8 if bm * max(bd, bdv) >= 128 * 128 else 4
+        return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, 3)
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
         bc = _pow2_at_least(problem["C"], 16, 1 << 30)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))

@@ -109,6 +109,10 @@ class ScalarBuilder:
     def max(self, a: SSAValue, b: SSAValue) -> SSAValue:
         return self.binary("max", a, b)
 
+    def maxnum(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        """The larger float, ignoring a NaN operand (IEEE maxNum)."""
+        return self._emit(arith.MaxnumfOp(a, b))
+
     def min(self, a: SSAValue, b: SSAValue) -> SSAValue:
         return self.binary("min", a, b)
 

@@ -65,8 +65,8 @@ from xdsl.utils.exceptions import VerifyException
 
 from .einsum import verify_scalar_body
 
-KERNEL_KINDS = ("gemm", "pointwise", "reduction", "row")
-REDUCE_KINDS = ("sum", "max", "min")
+KERNEL_KINDS = ("attention", "gemm", "pointwise", "reduction", "row")
+REDUCE_KINDS = ("sum", "max", "min", "maxnum", "minnum")  # max/min propagate NaN, *num drop it
 
 
 @irdl_attr_definition
@@ -473,7 +473,11 @@ class YieldOp(IRDLOperation):
 
 @irdl_op_definition
 class ReduceOp(IRDLOperation):
-    """Reduce a tile along `axis` with sum, max or min (the axis is removed)."""
+    """Reduce a tile along `axis` with sum, max or min (the axis is removed).
+
+    `max`/`min` propagate NaN like torch.amax; `maxnum`/`minnum` ignore it (IEEE maxNum), for
+    kernels whose result is NaN anyway when an input is, where the check would cost a pass.
+    """
 
     name = "tile.reduce"
     input = operand_def(BlockType)

@@ -4,6 +4,8 @@ Each op that computes gets an `ein.group = "kN"` attribute; ops of one group
 become one `tile.kernel`. The decision is in the IR, so the dump shows which
 op went where:
 
+- **attention**: `contract → [scale/mask] → softmax → contract` (see
+  flash_attention), one flash-attention kernel; matched before anything else.
 - **gemm**: a contraction plus its chain of elementwise consumers (bias,
   activation, residual, scaling, cast, where/clamp), as long as each link has
   no other user and keeps the contraction's output shape. Two contractions
@@ -38,6 +40,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import single_user
 from ..ir.dtypes import is_float, shape_of
+from .flash_attention import match_attention
 
 GROUP_ATTR = "ein.group"
 VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp)
@@ -192,6 +195,9 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
         groups.append((max(ops.index(m) for m in members), kind, members))
 
     for op in ops:
+        if isinstance(op, ein.ContractOp) and (attention := match_attention(op)):
+            add("attention", sorted(attention.ops, key=ops.index))
+    for op in ops:
         if isinstance(op, ein.ContractOp) and op not in taken:
             add("gemm", sorted(_gemm_group(op, taken), key=ops.index))
     for op in ops:
@@ -230,7 +236,10 @@ def read_groups(fn: func.FuncOp) -> list[FusionGroup]:
 
 
 def _kind(ops: list[Operation]) -> str:
-    if any(isinstance(op, ein.ContractOp) for op in ops):
+    contracts = [op for op in ops if isinstance(op, ein.ContractOp)]
+    if contracts and any(isinstance(op, ein.ReduceOp) for op in ops):
+        return "attention"
+    if contracts:
         return "gemm"
     reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
     if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2:

@@ -33,6 +33,7 @@ from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import inline_map_body, opmath_type
 from ..ir.dtypes import is_float, shape_of
+from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
@@ -293,6 +294,11 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
     try:
         if group.kind == "gemm":
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS
+        elif group.kind == "attention":
+            pattern = match_attention(group.ops[-1])
+            if pattern is None or pattern.ops != group.ops:
+                raise LoweringUnsupported("the attention group no longer matches the attention pattern")
+            (grid, problem), params = lower_attention(kb, pattern, allow_tf32), ATTENTION_PARAMS
         elif group.kind == "row":
             (grid, problem), params = lower_row(kb, group), ROW_PARAMS
         elif group.kind == "reduction":

@@ -204,6 +204,7 @@ _OPERATORS = {
 _CALLS = {
     "arith.maximumf": "tl.maximum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
     "arith.minimumf": "tl.minimum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
+    "arith.maxnumf": "tl.maximum({}, {})", "arith.minnumf": "tl.minimum({}, {})",
     "arith.maxsi": "tl.maximum({}, {})", "arith.minsi": "tl.minimum({}, {})",
     "arith.select": "tl.where({}, {}, {})", "math.absi": "tl.abs({})",
 }  # fmt: skip
@@ -503,8 +504,8 @@ class _KernelWriter:
         elem = op.input.type.element_type
         narrow = _bitwidth(elem) < 32  # Triton reduces these in 32 bits; torch sums 16-bit floats in f32
         source = f"{x}.to(tl.float32)" if narrow and _is_float(elem) else x
-        expr = f"tl.{kind}({source}, axis={axis})"
-        if kind != "sum" and _is_float(elem):
+        expr = f"tl.{kind.removesuffix('num')}({source}, axis={axis})"
+        if kind in ("max", "min") and _is_float(elem):
             # tl.max/tl.min drop NaNs on the GPU, where torch.amax/amin propagate them
             expr = f'tl.where(tl.sum(({x} != {x}).to(tl.int32), axis={axis}) > 0, float("nan"), {expr})'
         self._define(op.result, f"{expr}.to({_tl(elem)})" if narrow else expr)

@@ -1,0 +1,360 @@
+"""Attention as one flash-attention kernel: the pattern in `ein`, and its `tile` lowering.
+
+The pattern, as capture and canonicalization leave it (reshapes may sit between
+the steps, e.g. the head-group split of grouped-query attention):
+
+    s = contract(q, k)               one query, key and head-dim index each
+    t = map(s, extras...)            optional: scale, causal/additive/boolean masks
+    m = reduce max [last] keepdim t
+    e = map(t, m)                    exp(t - m)
+    l = reduce sum [last] keepdim e
+    p = map(e, l)                    e / l, maybe a cast
+    o = contract(p, v)
+
+No intermediate may be used elsewhere. The kernel is the online-softmax loop
+written with general `tile` ops: each program owns BLOCK_M query rows of one
+(batch, head), keeps a running row max `m_i`, row sum `l_i` and an f32
+accumulator, and for each block of BLOCK_N keys computes `s` with `tile.dot`,
+applies `t`'s map, rescales by `exp(m_old - m_new)` (the `e` map's own body)
+and accumulates `p @ v`; the division by `l` happens once at the end. When
+`t` is recognisably causal (`select(key <= query, x, -inf)` on iotas), key
+blocks past the diagonal are never visited.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xdsl.dialects import arith, scf
+from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
+from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
+
+from ..ir import einsum as ein
+from ..ir import tile
+from ..ir.builder import inline_map_body
+from ..ir.dtypes import is_float, shape_of
+from .tile_builder import Index, KernelBuilder
+
+ATTENTION_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV")
+_CASTS = ("arith.extf", "arith.truncf")
+
+
+@dataclass
+class AttentionPattern:
+    """The ops of one attention, named by role (see the module docstring)."""
+
+    scores: ein.ContractOp
+    pre: ein.MapOp | None
+    row_max: ein.ReduceOp
+    exp: ein.MapOp
+    row_sum: ein.ReduceOp
+    normalize: ein.MapOp
+    output: ein.ContractOp
+    causal: bool
+    upcasts: tuple[ein.MapOp | None, ein.MapOp | None] = (None, None)  # q, k read as 16-bit
+
+    @property
+    def ops(self) -> list[Operation]:
+        ops = [*self.upcasts, self.scores, self.pre, self.row_max, self.exp, self.row_sum, self.normalize]
+        return [op for op in ops if op is not None] + [self.output]
+
+
+def _source(value: SSAValue) -> SSAValue:
+    """`value` with reshape views peeled off."""
+    while isinstance(value.owner, ein.ViewOp) and value.owner.kind.data == "reshape":
+        value = value.owner.input
+    return value
+
+
+def _readers(value: SSAValue) -> set[Operation]:
+    """The ops reading `value`, looking through reshape views."""
+    out: set[Operation] = set()
+    for use in value.uses:
+        op = use.operation
+        if isinstance(op, ein.ViewOp) and op.kind.data == "reshape":
+            out |= _readers(op.result)
+        else:
+            out.add(op)
+    return out
+
+
+def _strip_casts(value: SSAValue) -> SSAValue:
+    while isinstance(value.owner, Operation) and value.owner.name in _CASTS:
+        value = value.owner.operands[0]
+    return value
+
+
+def _yielded(map_op: ein.MapOp) -> SSAValue:
+    return map_op.body.block.last_op.operands[0]
+
+
+def _is_binary_of_args(value: SSAValue, name: str, map_op: ein.MapOp) -> bool:
+    """`value` is `name(arg0, arg1)` of `map_op`'s block arguments, casts allowed around them."""
+    op = _strip_casts(value).owner
+    args = map_op.body.block.args
+    return (
+        isinstance(op, Operation) and op.name == name
+        and [_strip_casts(v) for v in op.operands] == [args[0], args[1]]
+    )  # fmt: skip
+
+
+def _is_last_dim_reduce(op: Operation | None, kind: str) -> bool:
+    if not isinstance(op, ein.ReduceOp) or op.kind.data != kind or op.keepdim is None:
+        return False
+    return tuple(op.reduce_dims) == (len(shape_of(op.input.type)) - 1,)
+
+
+def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
+    """The attention ending in contraction `output`, or None if `output` does not end one."""
+    p = _source(output.lhs)
+    normalize = p.owner
+    if not (isinstance(normalize, ein.MapOp) and len(normalize.inputs) == 2 and _readers(p) == {output}):
+        return None
+    yielded = _strip_casts(_yielded(normalize))
+    if not _is_binary_of_args(yielded, "arith.divf", normalize):
+        return None
+    e, total = normalize.inputs
+    row_sum, exp = total.owner, e.owner
+    if not (_is_last_dim_reduce(row_sum, "sum") and row_sum.input is e and isinstance(exp, ein.MapOp)):
+        return None
+    exp_value = _strip_casts(_yielded(exp))
+    if not (
+        isinstance(exp_value.owner, Operation) and exp_value.owner.name == "math.exp"
+        and len(exp.inputs) == 2 and _is_binary_of_args(exp_value.owner.operands[0], "arith.subf", exp)
+    ):  # fmt: skip
+        return None
+    t, m = exp.inputs
+    row_max = m.owner
+    if not (_is_last_dim_reduce(row_max, "max") and row_max.input is t):
+        return None
+    if _readers(e) != {row_sum, normalize} or _readers(total) != {normalize} or _readers(m) != {exp}:
+        return None
+    if _readers(t) != {row_max, exp}:
+        return None
+    pre = t.owner if isinstance(t.owner, ein.MapOp) else None
+    if pre is not None:
+        scores = [v for v in pre.inputs if isinstance(_source(v).owner, ein.ContractOp)]
+        if len(scores) != 1 or _readers(_source(scores[0])) != {pre}:
+            return None
+        s = _source(scores[0])
+    else:
+        s = _source(t)
+    contract = s.owner
+    if not isinstance(contract, ein.ContractOp) or not _layouts_agree(contract, output, row_max):
+        return None
+    causal = pre is not None and _is_causal(pre)
+    upcasts = (_upcast(contract.lhs, contract), _upcast(contract.rhs, contract))
+    return AttentionPattern(contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts)
+
+
+def _upcast(value: SSAValue, reader: Operation) -> ein.MapOp | None:
+    """The map widening a 16-bit float tensor to f32 for `reader` alone (SDPA's math path for
+    half inputs), which the kernel folds away: a dot of 16-bit operands with f32 accumulation
+    forms the same exact products."""
+    op = value.owner
+    if not (isinstance(op, ein.MapOp) and len(op.inputs) == 1 and _readers(value) == {reader}):
+        return None
+    (inner, _) = list(op.body.block.ops)
+    narrow = op.inputs[0].type.get_element_type()
+    widened = inner.name == "arith.extf" and inner.operands[0] is op.body.block.args[0]
+    return (
+        op
+        if widened
+        and is_float(narrow)
+        and narrow.bitwidth == 16
+        and shape_of(op.inputs[0].type) == shape_of(value.type)
+        else None
+    )
+
+
+def classify(contract: ein.ContractOp) -> tuple[str, str, str, str] | None:
+    """(grid, row, col, reduced) index letters of a contraction with one col and one reduced index.
+
+    The row index is the lhs-only output index nearest the end; other output indices (batch, and
+    lhs-only ones such as the head group of grouped-query attention) index the programs' grid.
+    """
+    lhs, rhs, out = ein.parse_spec(contract.spec.data)
+    m = [c for c in out if c in lhs and c not in rhs]
+    n = "".join(c for c in out if c in rhs and c not in lhs)
+    k = "".join(c for c in lhs if c in rhs and c not in out)
+    if not m or len(n) != 1 or len(k) != 1 or set(lhs + rhs) - set(out + k):
+        return None
+    q = m[-1]
+    return "".join(c for c in out if c not in (q, n)), q, n, k
+
+
+def _layouts_agree(scores: ein.ContractOp, output: ein.ContractOp, row_max: ein.ReduceOp) -> bool:
+    """Scores are (batch..., query, key) with the key last; `output` contracts that key and keeps
+    the query and batch positions; the softmax runs over the key."""
+    first, second = classify(scores), classify(output)
+    if first is None or second is None or shape_of(output.lhs.type) != shape_of(scores.result.type):
+        return False
+    _, q, key, _ = first
+    _, q2, _, key2 = second
+    out1 = ein.parse_spec(scores.spec.data)[2]
+    lhs2 = ein.parse_spec(output.spec.data)[0]
+    softmax_shape = shape_of(row_max.input.type)
+    return (
+        out1[-1] == key and lhs2.index(key2) == out1.index(key) and lhs2.index(q2) == out1.index(q)
+        and softmax_shape[-1] == shape_of(scores.result.type)[-1]
+        and all(is_float(v.type.get_element_type()) for v in (scores.lhs, scores.rhs, output.rhs))
+    )  # fmt: skip
+
+
+def _is_causal(pre: ein.MapOp) -> bool:
+    """`pre` yields `select(key <= query, x, -inf)` with key/query from iotas over the last two dims."""
+    select = _yielded(pre).owner
+    if not isinstance(select, arith.SelectOp):
+        return False
+    fill = select.rhs.owner
+    if not (isinstance(fill, arith.ConstantOp) and fill.value.value.data == float("-inf")):
+        return False
+    cmp = select.cond.owner
+    if not isinstance(cmp, arith.CmpiOp):
+        return False
+    rank = len(shape_of(pre.result.type))
+
+    def iota_dim(v: SSAValue) -> int | None:
+        if not isinstance(v, BlockArgument) or v.block is not pre.body.block:
+            return None
+        src = pre.inputs[v.index].owner
+        if not isinstance(src, ein.IotaOp):
+            return None
+        return rank - len(shape_of(src.result.type)) + src.dim.value.data
+
+    a, b = iota_dim(cmp.lhs), iota_dim(cmp.rhs)
+    key, query = rank - 1, rank - 2
+    pred = cmp.predicate.value.data  # arith.cmpi: sle = 3, sge = 5, ule = 7, uge = 9
+    return (pred in (3, 7) and (a, b) == (key, query)) or (pred in (5, 9) and (a, b) == (query, key))
+
+
+def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bool) -> tuple[list[str], dict]:
+    """The flash-attention kernel of `pattern` (see the module docstring). Returns grid and problem."""
+    scores, output = pattern.scores, pattern.output
+    batch, q, key, d = classify(scores)
+    batch2, q2, dv, key2 = classify(output)
+    lhs1, rhs1, out1 = ein.parse_spec(scores.spec.data)
+    lhs2, rhs2, out2 = ein.parse_spec(output.spec.data)
+    sizes = dict(zip(out1, shape_of(scores.result.type))) | dict(zip(lhs1, shape_of(scores.lhs.type)))
+    Nq, Nk, D = sizes[q], sizes[key], sizes[d]
+    Dv = dict(zip(rhs2, shape_of(output.rhs.type)))[dv]
+    batch_sizes = [sizes[c] for c in batch]
+
+    at: dict[str, Index] = dict(zip(batch, kb.unravel(kb.program_id(1), batch_sizes)))
+    pid_m = kb.program_id(0)
+    rows = kb.offsets(pid_m, "BLOCK_M")
+    at[q] = kb.expand(rows, 1)
+    at[d] = kb.expand(kb.arange("BLOCK_D"), 0)
+    q_up, k_up = pattern.upcasts
+    q_src = q_up.inputs[0] if q_up else scores.lhs
+    k_src = k_up.inputs[0] if k_up else scores.rhs
+    q_tile = kb.load(q_src, [at[c] for c in lhs1])  # [BLOCK_M, BLOCK_D], read once
+    dot_elem = q_src.type.get_element_type()
+    if dot_elem != k_src.type.get_element_type():  # only one side was widened: widen it here
+        dot_elem = scores.lhs.type.get_element_type()
+        q_tile = kb.cast(q_tile, dot_elem)
+
+    acc_type = tile.BlockType(["BLOCK_M", "BLOCK_DV"], f32)
+    stat_type = tile.BlockType(["BLOCK_M", "1"], f32)
+    neg_inf = FloatAttr(float("-inf"), f32)
+    inits = [
+        kb.emit(tile.FullOp(neg_inf, stat_type)).result,
+        kb.emit(tile.FullOp(FloatAttr(0.0, f32), stat_type)).result,
+        kb.emit(tile.FullOp(FloatAttr(0.0, f32), acc_type)).result,
+    ]
+    key_end = kb.const(Nk)
+    if pattern.causal:  # keys past the block's last query are all masked
+        last_row = kb.index_op("mul", kb.index_op("add", pid_m, 1), kb.param("BLOCK_M"))
+        key_end = kb.index_op("min", key_end, last_row)
+    size = kb.param("BLOCK_N")
+    trips = kb.index_op("div", kb.index_op("add", key_end, kb.index_op("sub", size, 1)), size)
+
+    body = Block(arg_types=[i32, stat_type, stat_type, acc_type])
+    j, m_i, l_i, acc = body.args
+    with kb.inside(body):
+        keys = kb.offsets(j, "BLOCK_N")
+        k_at = at | {key: kb.expand(keys, 0), d: kb.expand(kb.arange("BLOCK_D"), 1)}
+        k_tile = kb.cast(kb.load(k_src, [k_at[c] for c in rhs1]), dot_elem)  # [BLOCK_D, BLOCK_N]
+        zero = kb.emit(tile.FullOp(FloatAttr(0.0, f32), tile.BlockType(["BLOCK_M", "BLOCK_N"], f32))).result
+        tf32 = allow_tf32 and dot_elem == f32
+        s = kb.cast(
+            kb.emit(tile.DotOp(q_tile, k_tile, zero, tf32)).result, scores.result.type.get_element_type()
+        )
+        s_at = {c: at[c] for c in batch} | {q: at[q], key: kb.expand(keys, 0)}
+        t = _pre_softmax(kb, pattern, s, [s_at[c] for c in out1])
+        in_range = kb.map([kb.expand(keys, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(Nk, i32)))
+        t = kb.map(
+            [in_range, kb.cast(t, f32)], f32, lambda sb, ok, v: sb.select(ok, v, sb.const(float("-inf"), f32))
+        )
+        # a NaN score makes its row NaN through exp and the sums: the max need not propagate it
+        block_max = kb.expand(kb.emit(tile.ReduceOp("maxnum", t, 1)).result, 1)
+        m_new = kb.map([m_i, block_max], f32, lambda sb, a, b: sb.maxnum(a, b))
+        # a row with no unmasked key yet keeps m = -inf; exp(-inf - -inf) would be NaN
+        m_use = kb.map(
+            [m_new], f32,
+            lambda sb, m: sb.select(sb.cmp("eq", m, sb.const(float("-inf"), f32)), sb.const(0.0, f32), m),
+        )  # fmt: skip
+        e = _exp_map(kb, pattern.exp, t, m_use)
+        alpha = kb.cast(_exp_map(kb, pattern.exp, m_i, m_use), f32)
+        row_sum = kb.expand(kb.emit(tile.ReduceOp("sum", kb.cast(e, f32), 1)).result, 1)
+        l_new = kb.map([l_i, alpha, row_sum], f32, lambda sb, a, b, c: sb.add(sb.mul(a, b), c))
+        p = kb.cast(e, pattern.normalize.result.type.get_element_type())
+        key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
+        v_at = {c: at[key_of[c]] for c in batch2} | {
+            key2: kb.expand(keys, 1),
+            dv: kb.expand(kb.arange("BLOCK_DV"), 0),
+        }
+        v_tile = kb.load(output.rhs, [v_at[c] for c in rhs2])  # [BLOCK_N, BLOCK_DV]
+        scaled = kb.map([acc, alpha], f32, lambda sb, a, b: sb.mul(a, b))
+        tf32 = allow_tf32 and output.rhs.type.get_element_type() == f32
+        kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))
+    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
+    _, l_end, acc_end = loop.results
+    result = kb.map([acc_end, l_end], f32, lambda sb, a, b: sb.div(a, b))
+    o_at = {c: at[key_of[c]] for c in batch2} | {q2: at[q], dv: kb.expand(kb.arange("BLOCK_DV"), 0)}
+    kb.store(
+        kb.output_argument(output.result),
+        [o_at[c] for c in out2],
+        kb.cast(result, output.result.type.get_element_type()),
+    )
+    B = math.prod(batch_sizes)
+    problem = {"M": Nq, "N": Nk, "D": D, "DV": Dv, "B": B, "causal": int(pattern.causal)}
+    return [f"cdiv({Nq}, BLOCK_M)", str(B)], problem
+
+
+def _pre_softmax(kb: KernelBuilder, pattern: AttentionPattern, s: SSAValue, s_idx: list[Index]) -> SSAValue:
+    """`t` on a block of scores; extra inputs are read at the scores' indices, carried through the
+    reshape between the scores and the softmax (the key index stays last)."""
+    pre = pattern.pre
+    if pre is None:
+        return s
+    shape = shape_of(pre.result.type)
+    scores_shape = shape_of(pattern.scores.result.type)
+    if shape == scores_shape:
+        idx = s_idx
+    else:
+        flat = kb.linearize(s_idx[:-1], scores_shape[:-1])
+        idx = kb.unravel(flat, shape[:-1]) + [s_idx[-1]]
+    operands = []
+    for v in pre.inputs:
+        if _source(v) is pattern.scores.result:
+            operands.append(s)
+            continue
+        vshape = shape_of(v.type)
+        offset = len(shape) - len(vshape)
+        v_idx = [
+            kb.const(0) if n == 1 and shape[offset + i] != 1 else idx[offset + i]
+            for i, n in enumerate(vshape)
+        ]
+        operands.append(kb.load(v, v_idx))
+    elem = pre.result.type.get_element_type()
+    return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
+
+
+def _exp_map(kb: KernelBuilder, exp: ein.MapOp, t: SSAValue, m: SSAValue) -> SSAValue:
+    """The softmax's own `exp(t - m)` body on tiles, inputs cast to the types it was written for."""
+    t_elem, m_elem = (v.type.get_element_type() for v in exp.inputs)
+    operands = [kb.cast(t, t_elem), kb.cast(m, m_elem)]
+    elem = exp.result.type.get_element_type()
+    return kb.map(operands, elem, lambda sb, *args: inline_map_body(exp, args, sb.block))
