@@ -14,4 +14,4 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 cat "$OUT/device.txt"
 python3 -m pytest -q -m gpu tests/gpu -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
 python3 examples/transformer_block.py --dtype bfloat16 --dump /tmp/dump 2>&1 | tee "$OUT/example.log" | tail -n 12
-python3 -m tilefuse.benchmarks.run --out "$OUT/RESULTS.md" "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 40
+python3 -m tilefuse.benchmarks.run --out "$OUT/RESULTS.md" --profile "$OUT/profile" "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 40

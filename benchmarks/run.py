@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -118,12 +119,29 @@ def tilefuse_note(compiled: Callable) -> str:
     reports = getattr(compiled, "tilefuse_reports", [])
     partitions = sum(len(r["partitions"]) for r in reports)
     fallbacks = [f for r in reports for f in r["fallbacks"]]
-    note = f"{len(reports)} graph(s), {partitions} partition(s), {len(fallbacks)} fallback(s)"
+    groups = [g for r in reports for p in r["partitions"] for g in p["groups"]]
+    kinds = Counter(g["kind"] if g["kernel"] else "op-by-op" for g in groups)
+    kernels = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
+    note = f"{len(reports)} graph(s), {partitions} partition(s), {len(fallbacks)} fallback(s); {kernels}"
     return note + (f"; first: {fallbacks[0]['reason']}" if fallbacks else "")
 
 
+def profile_kernels(fn: Callable[[], object], path: Path) -> None:
+    """The GPU time of each kernel `fn` launches (torch.profiler, 10 calls), as a table in `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+    path.write_text(table)
+
+
 def measure(
-    case: BenchCase, candidate: str, inputs: Tensors, ref: torch.Tensor, device: torch.device
+    case: BenchCase, candidate: str, inputs: Tensors, ref: torch.Tensor, device: torch.device,
+    profile_dir: Path | None = None,
 ) -> Measurement:
     """Compile `case.fn` with `candidate`, check it against `ref`, then time it."""
     # The GEMM cases share one function; a fresh Dynamo cache per candidate keeps
@@ -133,6 +151,9 @@ def measure(
         compiled = COMPILERS[candidate](case.fn)
         rel_error = relative_error(compiled(*inputs), ref)
         median_ms = time_ms(lambda: compiled(*inputs), device)
+        if profile_dir is not None and candidate == SUBJECT and device.type == "cuda":
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            profile_kernels(lambda: compiled(*inputs), profile_dir / f"{case.name}.txt")
     except Exception as exc:  # any failure of one candidate is a table cell, never the end of the run
         return Measurement(candidate, error=describe_error(exc))
     note = tilefuse_note(compiled) if candidate == SUBJECT else ""
@@ -147,7 +168,9 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool) -> list[Measurement]:
+def run_case(
+    case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool, profile_dir: Path | None = None
+) -> list[Measurement]:
     """Measure tilefuse and every baseline of `case` on one set of random inputs."""
     torch.manual_seed(0)
     inputs = case.make_inputs(device, dtype)
@@ -156,7 +179,7 @@ def run_case(case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: b
     results = []
     for candidate in candidates:
         start = time.perf_counter()
-        m = measure(case, candidate, inputs, ref, device)
+        m = measure(case, candidate, inputs, ref, device, profile_dir)
         release_memory(device)
         shown = m.error or f"{m.median_ms:.4g} ms, rel. err {m.rel_error:.2e}"
         took = time.perf_counter() - start  # compile + check + timing: plans the device machine's time limits
@@ -290,6 +313,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="+", choices=names, metavar="NAME", help=f"cases to run: {', '.join(names)}"
     )
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="write each case's per-kernel GPU times (tilefuse) to DIR"
+    )
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         parser.error("the benchmarks need a CUDA device; --smoke runs tiny cases on the CPU")
@@ -309,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         copy_gbps = copy_bandwidth(copy_shape, device, dtype)
         release_memory(device)
         print(f"copy bandwidth: {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
-        results = [(case, run_case(case, device, dtype, args.smoke)) for case in cases]
+        results = [(case, run_case(case, device, dtype, args.smoke, args.profile)) for case in cases]
     header = describe_environment(device, dtype, argv, copy_gbps, copy_shape)
     report = render_report(header, render_table(results, dtype, copy_gbps))
     out = args.out or (None if args.smoke else DEFAULT_OUT)

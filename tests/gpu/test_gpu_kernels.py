@@ -61,3 +61,50 @@ def test_llama_block_matches_eager():
         out = compiled(x)
         ref = model.double()(x.double())
     assert rel_error(out, ref) < 2e-2
+
+
+def _groups(compiled) -> list[dict]:
+    return [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+
+
+@pytest.mark.parametrize("cols", [1000, 4096, 8192])
+def test_row_kernels_one_pass(cols):
+    x = torch.randn(300, cols, device=CUDA, dtype=torch.bfloat16)
+    w, b = (
+        torch.randn(cols, device=CUDA, dtype=torch.bfloat16),
+        torch.randn(cols, device=CUDA, dtype=torch.bfloat16),
+    )
+    for fn, args in (
+        (lambda x: torch.softmax(x, -1), (x,)),
+        (lambda x, w, b: F.layer_norm(x, (cols,), w, b), (x, w, b)),
+        (lambda x, w: F.rms_norm(x, (cols,), w, eps=1e-6), (x, w)),
+    ):
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out, ref = compiled(*args), fn(*(a.double() for a in args))
+        assert [g["kind"] for g in _groups(compiled)] == ["row"]
+        assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 4, 1000, 64), (1, 4, 777, 128)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flash_attention(causal, shape, dtype):
+    q, k, v = (torch.randn(*shape, device=CUDA, dtype=dtype) for _ in range(3))
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, ref = compiled(q, k, v), fn(q.double(), k.double(), v.double())
+    assert [g["kind"] for g in _groups(compiled)] == ["attention"]
+    assert rel_error(out, ref) < 1e-2
+
+
+def test_grouped_query_attention():
+    q = torch.randn(2, 8, 300, 128, device=CUDA, dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 2, 300, 128, device=CUDA, dtype=torch.bfloat16) for _ in range(2))
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, ref = compiled(q, k, v), fn(q.double(), k.double(), v.double())
+    assert [g["kind"] for g in _groups(compiled)] == ["attention"]
+    assert rel_error(out, ref) < 1e-2
