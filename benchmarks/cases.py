@@ -38,7 +38,8 @@ class BenchCase:
     them is a rounding error. `io_elements` is set for the memory-bound cases
     only: the elements an ideal kernel moves, every input read once and the
     output written once; times the dtype's size it gives the bytes behind
-    the table's GB/s.
+    the table's GB/s. With `activations` set, the inputs after the first
+    `activations` are the weights of a module (see run.py), as in a model.
     """
 
     name: str
@@ -48,6 +49,7 @@ class BenchCase:
     flops: int
     baselines: tuple[str, ...]
     io_elements: int = 0
+    activations: int = 0
 
 
 def matmul(x: Tensor, w: Tensor) -> Tensor:
@@ -282,6 +284,7 @@ def _mlp_case(
         fn=fn,
         flops=3 * 2 * tokens * hidden * inter,
         baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
+        activations=1,
     )
 
 
@@ -293,6 +296,7 @@ def _norm_linear_case(name: str, fn: Callable[..., Tensor], m: int, n: int, k: i
         fn=fn,
         flops=2 * m * n * k,
         baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
+        activations=1,
     )
 
 
@@ -361,6 +365,7 @@ def _block_case(
         fn=fn,
         flops=gemms + 2 * batch * heads * seq * seq * head_dim,
         baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
+        activations=1,
     )
 
 

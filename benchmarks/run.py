@@ -139,16 +139,36 @@ def profile_kernels(fn: Callable[[], object], path: Path) -> None:
     path.write_text(table)
 
 
+class WeightsAsParameters(torch.nn.Module):
+    """`fn(*activations, *weights)` as a module whose weights are (frozen) parameters."""
+
+    def __init__(self, fn: Callable, weights: Tensors):
+        super().__init__()
+        self.fn = fn
+        self.weights = torch.nn.ParameterList(torch.nn.Parameter(w, requires_grad=False) for w in weights)
+
+    def forward(self, *activations: torch.Tensor) -> torch.Tensor:
+        return self.fn(*activations, *self.weights)
+
+
 def measure(
     case: BenchCase, candidate: str, inputs: Tensors, ref: torch.Tensor, device: torch.device,
     profile_dir: Path | None = None,
 ) -> Measurement:
-    """Compile `case.fn` with `candidate`, check it against `ref`, then time it."""
+    """Compile `case.fn` with `candidate`, check it against `ref`, then time it.
+
+    A case with `activations` set runs as a module: its remaining inputs become the module's
+    parameters (weights, as in a model), the first `activations` are the call's arguments.
+    """
     # The GEMM cases share one function; a fresh Dynamo cache per candidate keeps
     # backends from meeting in its cache and hitting the recompile limit.
     torch._dynamo.reset()
     try:
-        compiled = COMPILERS[candidate](case.fn)
+        fn: Callable = case.fn
+        if case.activations:
+            fn = WeightsAsParameters(case.fn, inputs[case.activations :])
+            inputs = inputs[: case.activations]
+        compiled = COMPILERS[candidate](fn)
         rel_error = relative_error(compiled(*inputs), ref)
         median_ms = time_ms(lambda: compiled(*inputs), device)
         if profile_dir is not None and candidate == SUBJECT and device.type == "cuda":

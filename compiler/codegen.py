@@ -1,6 +1,6 @@
 """Pipeline stages from canonical `ein` to launchable kernels.
 
-    fuse (form-fusion-groups) → lower (lower-to-tile) → codegen (Triton source, loaded)
+    fuse (norm-prologue, form-fusion-groups) → lower (lower-to-tile) → codegen (Triton source, loaded)
 
 Each works per partition function; a group that cannot be lowered or whose
 kernel fails to generate runs op by op on the reference interpreter, with the
@@ -16,7 +16,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from ..autotune.heuristics import default_config
 from ..ir.module import make_context, print_module, verify
-from ..passes import FormFusionGroups
+from ..passes import FormFusionGroups, NormPrologue
 from ..passes.lower_to_tile import lower_function
 from .runtime import CompiledKernel
 
@@ -40,6 +40,7 @@ class Target:
 
 
 def stage_fuse(art: GraphArtifact) -> GraphArtifact:
+    NormPrologue().apply(make_context(), art.module)
     FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art

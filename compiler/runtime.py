@@ -8,6 +8,12 @@ named so in the dump. Views, splats and iotas that only kernels read are never
 materialized: kernels index through them. An intermediate is released right
 after its last reader, so PyTorch's caching allocator hands its memory to the
 next kernel's output.
+
+Steps that read only parameters (a norm weight folded into a GEMM weight, see
+norm-prologue) run once: their results are kept and reused while every
+parameter they read is the same tensor at the same version (an in-place
+update or a new tensor recomputes them). They cost memory: a folded weight
+is as large as the weight.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class KernelPlan(torch.nn.Module):
         fused = {op for k in kernels for op in k.lowered.group.ops}
         self.steps = _schedule(function, fused, self.launch_at)
         self.release_after = _last_uses(self.steps, self.launch_at, function)
+        self.param_sources = _parameter_derived(function, self.steps, self.launch_at)
+        self.derived: dict[Operation, tuple[tuple, torch.Tensor]] = {}
         n_glue = sum(1 for op in self.steps if op not in self.launch_at)
         self.executor = f"{len(kernels)} Triton kernel(s)" + (
             f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
@@ -72,11 +80,18 @@ class KernelPlan(torch.nn.Module):
         device = args[0].device if args else torch.device("cpu")
         env: dict[SSAValue, torch.Tensor] = dict(zip(block.args, args))
         for op in self.steps:
-            kernel = self.launch_at.get(op)
-            if kernel is None:
-                env[op.results[0]] = run_op(op, env, device)
+            sources = self.param_sources.get(op)
+            key = _versions([env[a] for a in sources]) if sources else None
+            if key is not None and op in self.derived and self.derived[op][0] == key:
+                env[op.results[0]] = self.derived[op][1]
             else:
-                env[op.results[0]] = self._launch(kernel, env, device)
+                kernel = self.launch_at.get(op)
+                if kernel is None:
+                    env[op.results[0]] = run_op(op, env, device)
+                else:
+                    env[op.results[0]] = self._launch(kernel, env, device)
+                if key is not None:
+                    self.derived[op] = (key, env[op.results[0]])
             for value in self.release_after.get(op, ()):  # lets the allocator reuse the buffer
                 del env[value]
         results = [env[v] for v in block.last_op.operands]
@@ -97,6 +112,45 @@ class KernelPlan(torch.nn.Module):
                 _materialize(value, env, device)
             env[op.results[0]] = run_op(op, env, device)
         return env[kernel.lowered.output]
+
+
+def _versions(tensors: list[torch.Tensor]) -> tuple | None:
+    """What identifies these parameters' contents: storage, version; None if untracked (inference
+    tensors have no version counter)."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+    except RuntimeError:
+        return None
+
+
+def _parameter_derived(fn: func.FuncOp, steps: list[Operation], launch_at: dict) -> dict[Operation, list]:
+    """For each step that reads only parameters (directly or through other such steps and
+    views), the parameter arguments it depends on."""
+    block = fn.body.block
+    attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
+    sources: dict[SSAValue, frozenset] = {
+        arg: frozenset([arg]) for arg, a in zip(block.args, attrs) if "ein.param" in a.data
+    }
+
+    def depends(value: SSAValue) -> frozenset | None:
+        if value in sources:
+            return sources[value]
+        owner = value.owner
+        if isinstance(owner, VIRTUAL_OPS):
+            parts = [depends(v) for v in owner.operands]
+            if all(p is not None for p in parts):
+                sources[value] = frozenset().union(*parts)
+                return sources[value]
+        return None
+
+    derived: dict[Operation, list] = {}
+    for op in steps:
+        reads = launch_at[op].lowered.inputs if op in launch_at else op.operands
+        parts = [depends(v) for v in reads]
+        if reads and all(p is not None for p in parts):
+            sources[op.results[0]] = frozenset().union(*parts)
+            derived[op] = sorted(sources[op.results[0]], key=lambda a: a.index)
+    return derived
 
 
 def _materialize(value: SSAValue, env: dict, device: torch.device) -> None:

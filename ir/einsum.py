@@ -29,6 +29,7 @@ from xdsl.dialects.builtin import (
     StringAttr,
     TensorType,
     UnitAttr,
+    f32,
     i64,
 )
 from xdsl.ir import Attribute, Block, Dialect, Region, SSAValue
@@ -159,10 +160,12 @@ class ContractOp(IRDLOperation):
                 f"ein.contract: result shape {shape_of(self.result.type)} should be {expected} "
                 f"for spec {self.spec.data!r}"
             )
-        elems = {t.get_element_type() for t in (self.lhs.type, self.rhs.type, self.result.type)}
-        if len(elems) != 1:
+        elem, out_elem = self.lhs.type.get_element_type(), self.result.type.get_element_type()
+        widened = is_float(elem) and elem.bitwidth == 16 and out_elem == f32  # f32 accumulation kept
+        if elem != self.rhs.type.get_element_type() or (out_elem != elem and not widened):
             raise VerifyException(
-                f"ein.contract: operand and result element types must match, got "
+                f"ein.contract: operand element types must match, and the result's too (or be f32 "
+                f"for 16-bit operands), got "
                 f"{self.lhs.type}, {self.rhs.type} -> {self.result.type}"
             )
 

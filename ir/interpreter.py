@@ -107,7 +107,7 @@ def _run_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _run_contract(op: ein.ContractOp, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    dtype = a.dtype
+    dtype = to_torch_dtype(op.result.type.get_element_type())
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     if dtype.is_floating_point:
         return torch.einsum(op.spec.data, a.to(acc), b.to(acc)).to(dtype)

@@ -8,7 +8,10 @@ from xdsl.passes import ModulePass
 from .canonicalize import Canonicalize
 from .fusion_groups import FormFusionGroups
 from .lower_to_tile import LowerToTile
+from .norm_prologue import NormPrologue
 
-PASSES: dict[str, type[ModulePass]] = {p.name: p for p in (Canonicalize, FormFusionGroups, LowerToTile)}
+PASSES: dict[str, type[ModulePass]] = {
+    p.name: p for p in (Canonicalize, NormPrologue, FormFusionGroups, LowerToTile)
+}
 
-__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile"]
+__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile", "NormPrologue"]

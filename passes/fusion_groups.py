@@ -69,22 +69,79 @@ def _same_output_layout(a: ein.ContractOp, b: ein.ContractOp) -> bool:
     return la == lb and len(oa) == len(ob) and ra == rb.translate(str.maketrans(ob, oa))
 
 
+def _sibling_chain(
+    value: SSAValue, contract: ein.ContractOp, taken: set[Operation], out_shape
+) -> list[Operation]:
+    """A sibling contraction and its single-use epilogue maps ending in `value`, if `value` is one.
+
+    SwiGLU's `silu(x@W1) * (x@W3)`, also when each product first gets its own epilogue (the
+    row scale of a folded norm): `silu(r * (x@W1')) * (r * (x@W3'))`.
+    """
+    chain: list[Operation] = []
+    while True:
+        op = value.owner
+        if isinstance(op, ein.ContractOp):
+            ok = op is not contract and op not in taken and _same_output_layout(contract, op)
+            return [op, *chain] if ok and single_user(value) is not None else []
+        if not isinstance(op, ein.MapOp) or op in taken or single_user(value) is None:
+            return []
+        if shape_of(op.result.type) != out_shape:
+            return []
+        inner = [
+            v
+            for v in op.inputs
+            if shape_of(v.type) == out_shape and isinstance(v.owner, ein.MapOp | ein.ContractOp)
+        ]
+        if len(inner) != 1:
+            return []
+        chain.insert(0, op)
+        value = inner[0]
+
+
+def _k_loop_stats(value: SSAValue, contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
+    """A row sum of the contraction's lhs over exactly its K indices, with the map feeding it:
+    the GEMM accumulates it from the lhs tiles its K loop loads anyway (norm-prologue's s1, s2)."""
+    reduce = value.owner
+    if not isinstance(reduce, ein.ReduceOp) or reduce in taken or reduce.kind.data not in ("sum", "mean"):
+        return []
+    lhs, _, out = ein.parse_spec(contract.spec.data)
+    k_dims = tuple(i for i, c in enumerate(lhs) if c not in out)
+    if tuple(reduce.reduce_dims) != k_dims or reduce.keepdim is None or single_user(value) is None:
+        return []
+    if reduce.input is contract.lhs:
+        return [reduce]
+    prologue = reduce.input.owner
+    if (
+        isinstance(prologue, ein.MapOp) and prologue not in taken and list(prologue.inputs) == [contract.lhs]
+        and single_user(reduce.input) is reduce
+        and prologue.result.type.get_shape() == contract.lhs.type.get_shape()
+    ):  # fmt: skip
+        return [prologue, reduce]
+    return []
+
+
 def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
     ops: list[Operation] = [contract]
     value = contract.result
     out_shape = shape_of(contract.result.type)
+    has_sibling = False
     while (user := single_user(value)) is not None and isinstance(user, ein.MapOp):
         if user in taken or shape_of(user.result.type) != out_shape:
             break
         for other in user.inputs:
-            sibling = other.owner
-            if (
-                other is not value and isinstance(sibling, ein.ContractOp) and sibling not in taken
-                and len(ops) == 1 and single_user(other) is user and _same_output_layout(contract, sibling)
-            ):  # fmt: skip
-                ops.insert(0, sibling)
+            if other is value or has_sibling:
+                continue
+            sibling = _sibling_chain(other, contract, taken, out_shape)
+            if sibling:
+                ops = sibling + ops
+                has_sibling = True
         ops.append(user)
         value = user.result
+    for op in list(ops):
+        if isinstance(op, ein.MapOp):
+            for other in op.inputs:
+                first = next(c for c in ops if isinstance(c, ein.ContractOp))
+                ops = _k_loop_stats(other, first, taken | set(ops)) + ops
     return ops
 
 
@@ -237,10 +294,9 @@ def read_groups(fn: func.FuncOp) -> list[FusionGroup]:
 
 def _kind(ops: list[Operation]) -> str:
     contracts = [op for op in ops if isinstance(op, ein.ContractOp)]
-    if contracts and any(isinstance(op, ein.ReduceOp) for op in ops):
-        return "attention"
     if contracts:
-        return "gemm"
+        attention = match_attention(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
+        return "attention" if attention is not None and attention.ops == ops else "gemm"
     reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
     if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2:
         return "reduction"  # a reduction and at most its prologue map

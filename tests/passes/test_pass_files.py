@@ -42,7 +42,12 @@ def test_pass_preserves_numbers(case):
     for fn_before, fn_after in zip(before.ops, after.ops):
         args = _random_args(fn_before)
         for x, y in zip(run_function(fn_before, args), run_function(fn_after, args)):
-            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+            # a rewrite may round at other points (norm-prologue folds a weight): 16-bit results
+            # may differ by an ulp of their largest elements
+            half = x.dtype in (torch.bfloat16, torch.float16)
+            scale = x.float().abs().max().item()
+            tol = {"rtol": 1.6e-2, "atol": 1e-2 * scale} if half else {"rtol": 1e-5, "atol": 1e-5}
+            torch.testing.assert_close(x, y, **tol)
 
 
 def test_unknown_pass_is_an_error(capsys):

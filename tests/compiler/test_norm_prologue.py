@@ -1,0 +1,117 @@
+"""Norm-prologue GEMMs (Triton interpreter) against eager PyTorch.
+
+RMSNorm/LayerNorm modules before nn.Linear become one GEMM kernel that
+accumulates the row statistics in its K loop, with the norm's weight folded
+into the linear weight once (a parameter-derived step the runtime caches and
+recomputes when a parameter changes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import tilefuse
+from helpers import compile_and_compare
+from tilefuse.benchmarks.models import LlamaBlock
+
+
+class NormLinear(nn.Module):
+    def __init__(self, k: int, n: int, layer: bool, affine: bool = True, bias: bool = False):
+        super().__init__()
+        if layer:
+            self.norm = nn.LayerNorm(k, elementwise_affine=affine)
+        else:
+            self.norm = nn.RMSNorm(k, eps=1e-6, elementwise_affine=affine)
+        self.lin = nn.Linear(k, n, bias=bias)
+        with torch.no_grad():
+            for p in self.norm.parameters():
+                p.normal_()
+
+    def forward(self, x):
+        return self.lin(self.norm(x))
+
+
+def groups_of(reports) -> list[dict]:
+    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
+
+
+def the_gemm(reports) -> dict:
+    """The one GEMM kernel; everything else is a parameter-derived step (folded weights)."""
+    groups = groups_of(reports)
+    assert all(g["kernel"] for g in groups), groups
+    (gemm,) = [g for g in groups if g["kind"] == "gemm"]
+    assert "row" not in {g["kind"] for g in groups}  # no separate norm kernel
+    return gemm
+
+
+@pytest.mark.parametrize(
+    "layer, affine, bias",
+    [(False, True, False), (False, True, True), (True, True, True), (True, False, False), (True, True, False)],
+    ids=["rms", "rms+bias", "ln", "ln-no-affine", "ln-no-bias"],
+)
+@pytest.mark.parametrize("shape", [(7, 33), (2, 5, 72)], ids=str)
+def test_norm_linear_is_one_gemm(layer, affine, bias, shape):
+    model = NormLinear(shape[-1], 20, layer, affine, bias)
+    x = torch.randn(*shape) + 0.5
+    gemm = the_gemm(compile_and_compare(model, x, rtol=1e-4, atol=1e-4))
+    assert gemm["ops"].count("ein.reduce") in (1, 2) and gemm["ops"].count("ein.contract") == 1
+
+
+@settings(max_examples=8, deadline=None)
+@given(rows=st.integers(1, 40), k=st.integers(2, 90), n=st.integers(1, 40), layer=st.booleans())
+def test_random_shapes(rows, k, n, layer):
+    torch._dynamo.reset()
+    model = NormLinear(k, n, layer, bias=layer)
+    the_gemm(compile_and_compare(model, torch.randn(rows, k) * 2, rtol=1e-4, atol=1e-4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    model = NormLinear(64, 48, layer=True, bias=True).to(dtype)
+    x = torch.randn(9, 64, dtype=dtype)
+    the_gemm(compile_and_compare(model, x, rtol=3e-2, atol=3e-2))
+
+
+def test_swiglu_after_rms_norm_is_one_kernel():
+    model = LlamaBlock(dim=32, heads=2, kv_heads=1, hidden=48)
+    mlp = lambda h: model.w2(torch.nn.functional.silu(model.w1(model.mlp_norm(h))) * model.w3(model.mlp_norm(h)))  # noqa: E731
+    reports = compile_and_compare(mlp, torch.randn(5, 32), rtol=1e-4, atol=1e-4)
+    gemms = [g for g in groups_of(reports) if g["kind"] == "gemm"]
+    assert [g["ops"].count("ein.contract") for g in gemms] == [2, 1]  # gate+up with the norm, then down
+
+
+def test_folded_weights_follow_parameter_updates():
+    model = NormLinear(24, 16, layer=True, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        model.norm.weight.mul_(-2.0)  # in place: same tensor, new version
+        model.lin.weight.add_(0.5)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        model.norm.bias = nn.Parameter(torch.randn(24))  # a new tensor
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_tensor_weights_are_not_folded():
+    def rms_linear(x, g, w):
+        return torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (x.shape[-1],), g), w)
+
+    reports = compile_and_compare(rms_linear, torch.randn(5, 16), torch.randn(16), torch.randn(8, 16))
+    assert sorted(g["kind"] for g in groups_of(reports)) == ["gemm", "row"]
+
+
+def test_training_graph_keeps_the_normalized_input():
+    model = NormLinear(16, 8, layer=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(4, 16, requires_grad=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    model(x).square().sum().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-5)
