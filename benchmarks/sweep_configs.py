@@ -1,6 +1,6 @@
-"""Time a few GEMM tile configurations on the benchmark cases (GPU), to choose default heuristics.
+"""Time a few tile configurations on the benchmark cases (GPU), to choose default heuristics.
 
-    python -m tilefuse.benchmarks.sweep_configs [--only NAME...]
+    python -m tilefuse.benchmarks.sweep_configs [--kind gemm|attention|row] [--only NAME...]
 
 Each configuration is forced with TILEFUSE_KERNEL_CONFIG and compiled afresh;
 prints one line per (case, configuration): median ms and relative error.
@@ -19,8 +19,10 @@ import torch._dynamo
 import tilefuse
 from tilefuse.autotune.heuristics import CONFIG_ENV
 from tilefuse.benchmarks.cases import benchmark_cases
+from tilefuse.benchmarks.run import WeightsAsParameters
 
-CONFIGS = [
+CONFIGS = {}
+CONFIGS["gemm"] = [
     {},
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
@@ -29,12 +31,23 @@ CONFIGS = [
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 5},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
 ]
+CONFIGS["attention"] = [
+    {},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},
+]
+CONFIGS["row"] = [{}, {"num_warps": 4}, {"num_warps": 16}, {"num_warps": 32}, {"BLOCK_R": 2, "num_warps": 16}]
 
 
 def main() -> None:
     from triton.testing import do_bench
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", choices=sorted(CONFIGS), default="gemm")
     parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
     for case in benchmark_cases(1):
@@ -42,10 +55,14 @@ def main() -> None:
             continue
         inputs = case.make_inputs("cuda", torch.bfloat16)
         reference = case.fn(*(t.double() for t in inputs))
-        for config in CONFIGS:
-            os.environ[CONFIG_ENV] = json.dumps({"gemm": config})
+        fn = case.fn
+        if case.activations:
+            fn = WeightsAsParameters(case.fn, inputs[case.activations :])
+            inputs = inputs[: case.activations]
+        for config in CONFIGS[args.kind]:
+            os.environ[CONFIG_ENV] = json.dumps({args.kind: config})
             torch._dynamo.reset()
-            compiled = tilefuse.compile(case.fn)
+            compiled = tilefuse.compile(fn)
             with torch.no_grad():
                 out = compiled(*inputs)
                 ms = do_bench(partial(compiled, *inputs), return_mode="median")

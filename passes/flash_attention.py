@@ -263,54 +263,62 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         kb.emit(tile.FullOp(FloatAttr(0.0, f32), stat_type)).result,
         kb.emit(tile.FullOp(FloatAttr(0.0, f32), acc_type)).result,
     ]
-    key_end = kb.const(Nk)
-    if pattern.causal:  # keys past the block's last query are all masked
-        last_row = kb.index_op("mul", kb.index_op("add", pid_m, 1), kb.param("BLOCK_M"))
-        key_end = kb.index_op("min", key_end, last_row)
     size = kb.param("BLOCK_N")
+    key_end = kb.const(Nk)
+    full_blocks = kb.index_op("div", key_end, size)  # blocks with no key past the end
+    if pattern.causal:  # keys past the block's last query are all masked; none before its first
+        first_row = kb.index_op("mul", pid_m, kb.param("BLOCK_M"))
+        key_end = kb.index_op("min", key_end, kb.index_op("add", first_row, kb.param("BLOCK_M")))
+        full_blocks = kb.index_op("min", full_blocks, kb.index_op("div", first_row, size))
     trips = kb.index_op("div", kb.index_op("add", key_end, kb.index_op("sub", size, 1)), size)
+    key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
 
-    body = Block(arg_types=[i32, stat_type, stat_type, acc_type])
-    j, m_i, l_i, acc = body.args
-    with kb.inside(body):
-        keys = kb.offsets(j, "BLOCK_N")
-        k_at = at | {key: kb.expand(keys, 0), d: kb.expand(kb.arange("BLOCK_D"), 1)}
-        k_tile = kb.cast(kb.load(k_src, [k_at[c] for c in rhs1]), dot_elem)  # [BLOCK_D, BLOCK_N]
-        zero = kb.emit(tile.FullOp(FloatAttr(0.0, f32), tile.BlockType(["BLOCK_M", "BLOCK_N"], f32))).result
-        tf32 = allow_tf32 and dot_elem == f32
-        s = kb.cast(
-            kb.emit(tile.DotOp(q_tile, k_tile, zero, tf32)).result, scores.result.type.get_element_type()
-        )
-        s_at = {c: at[c] for c in batch} | {q: at[q], key: kb.expand(keys, 0)}
-        t = _pre_softmax(kb, pattern, s, [s_at[c] for c in out1])
-        in_range = kb.map([kb.expand(keys, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(Nk, i32)))
-        t = kb.map(
-            [in_range, kb.cast(t, f32)], f32, lambda sb, ok, v: sb.select(ok, v, sb.const(float("-inf"), f32))
-        )
-        # a NaN score makes its row NaN through exp and the sums: the max need not propagate it
-        block_max = kb.expand(kb.emit(tile.ReduceOp("maxnum", t, 1)).result, 1)
-        m_new = kb.map([m_i, block_max], f32, lambda sb, a, b: sb.maxnum(a, b))
-        # a row with no unmasked key yet keeps m = -inf; exp(-inf - -inf) would be NaN
-        m_use = kb.map(
-            [m_new], f32,
-            lambda sb, m: sb.select(sb.cmp("eq", m, sb.const(float("-inf"), f32)), sb.const(0.0, f32), m),
-        )  # fmt: skip
-        e = _exp_map(kb, pattern.exp, t, m_use)
-        alpha = kb.cast(_exp_map(kb, pattern.exp, m_i, m_use), f32)
-        row_sum = kb.expand(kb.emit(tile.ReduceOp("sum", kb.cast(e, f32), 1)).result, 1)
-        l_new = kb.map([l_i, alpha, row_sum], f32, lambda sb, a, b, c: sb.add(sb.mul(a, b), c))
-        p = kb.cast(e, pattern.normalize.result.type.get_element_type())
-        key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
-        v_at = {c: at[key_of[c]] for c in batch2} | {
-            key2: kb.expand(keys, 1),
-            dv: kb.expand(kb.arange("BLOCK_DV"), 0),
-        }
-        v_tile = kb.load(output.rhs, [v_at[c] for c in rhs2])  # [BLOCK_N, BLOCK_DV]
-        scaled = kb.map([acc, alpha], f32, lambda sb, a, b: sb.mul(a, b))
-        tf32 = allow_tf32 and output.rhs.type.get_element_type() == f32
-        kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))
-    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
-    _, l_end, acc_end = loop.results
+    def key_blocks(start: SSAValue, end: SSAValue, state: list[SSAValue], masked: bool) -> list[SSAValue]:
+        """One scf.for over key blocks [start, end); unmasked blocks skip the causal and bounds masks."""
+        body = Block(arg_types=[i32, stat_type, stat_type, acc_type])
+        j, m_i, l_i, acc = body.args
+        with kb.inside(body):
+            keys = kb.offsets(j, "BLOCK_N")
+            k_at = at | {key: kb.expand(keys, 0), d: kb.expand(kb.arange("BLOCK_D"), 1)}
+            k_tile = kb.cast(kb.load(k_src, [k_at[c] for c in rhs1]), dot_elem)  # [BLOCK_D, BLOCK_N]
+            zero = kb.emit(
+                tile.FullOp(FloatAttr(0.0, f32), tile.BlockType(["BLOCK_M", "BLOCK_N"], f32))
+            ).result
+            dot = kb.emit(tile.DotOp(q_tile, k_tile, zero, allow_tf32 and dot_elem == f32)).result
+            s = kb.cast(dot, scores.result.type.get_element_type())
+            s_at = {c: at[c] for c in batch} | {q: at[q], key: kb.expand(keys, 0)}
+            t = kb.cast(_pre_softmax(kb, pattern, s, [s_at[c] for c in out1], masked), f32)
+            if masked:
+                in_range = kb.map([kb.expand(keys, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(Nk, i32)))
+                t = kb.map(
+                    [in_range, t], f32, lambda sb, ok, v: sb.select(ok, v, sb.const(float("-inf"), f32))
+                )
+            # a NaN score makes its row NaN through exp and the sums: the max need not propagate it
+            block_max = kb.expand(kb.emit(tile.ReduceOp("maxnum", t, 1)).result, 1)
+            m_new = kb.map([m_i, block_max], f32, lambda sb, a, b: sb.maxnum(a, b))
+            # a row with no unmasked key yet keeps m = -inf; exp(-inf - -inf) would be NaN
+            m_use = kb.map(
+                [m_new], f32,
+                lambda sb, m: sb.select(sb.cmp("eq", m, sb.const(float("-inf"), f32)), sb.const(0.0, f32), m),
+            )  # fmt: skip
+            e = _exp_map(kb, pattern.exp, t, m_use)
+            alpha = kb.cast(_exp_map(kb, pattern.exp, m_i, m_use), f32)
+            row_sum = kb.expand(kb.emit(tile.ReduceOp("sum", kb.cast(e, f32), 1)).result, 1)
+            l_new = kb.map([l_i, alpha, row_sum], f32, lambda sb, a, b, c: sb.add(sb.mul(a, b), c))
+            p = kb.cast(e, pattern.normalize.result.type.get_element_type())
+            v_at = {c: at[key_of[c]] for c in batch2} | {
+                key2: kb.expand(keys, 1),
+                dv: kb.expand(kb.arange("BLOCK_DV"), 0),
+            }
+            v_tile = kb.load(output.rhs, [v_at[c] for c in rhs2])  # [BLOCK_N, BLOCK_DV]
+            scaled = kb.map([acc, alpha], f32, lambda sb, a, b: sb.mul(a, b))
+            tf32 = allow_tf32 and output.rhs.type.get_element_type() == f32
+            kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))
+        return list(kb.emit(scf.ForOp(start, end, kb.const(1), state, Region(body))).results)
+
+    state = key_blocks(kb.const(0), full_blocks, inits, masked=False)
+    loop_results = key_blocks(full_blocks, trips, state, masked=True)
+    _, l_end, acc_end = loop_results
     result = kb.map([acc_end, l_end], f32, lambda sb, a, b: sb.div(a, b))
     o_at = {c: at[key_of[c]] for c in batch2} | {q2: at[q], dv: kb.expand(kb.arange("BLOCK_DV"), 0)}
     kb.store(
@@ -323,7 +331,9 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
     return [f"cdiv({Nq}, BLOCK_M)", str(B)], problem
 
 
-def _pre_softmax(kb: KernelBuilder, pattern: AttentionPattern, s: SSAValue, s_idx: list[Index]) -> SSAValue:
+def _pre_softmax(
+    kb: KernelBuilder, pattern: AttentionPattern, s: SSAValue, s_idx: list[Index], masked: bool
+) -> SSAValue:
     """`t` on a block of scores; extra inputs are read at the scores' indices, carried through the
     reshape between the scores and the softmax (the key index stays last)."""
     pre = pattern.pre
@@ -349,7 +359,23 @@ def _pre_softmax(kb: KernelBuilder, pattern: AttentionPattern, s: SSAValue, s_id
         ]
         operands.append(kb.load(v, v_idx))
     elem = pre.result.type.get_element_type()
-    return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
+    if masked or not pattern.causal:
+        return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
+    # below the diagonal the causal select always takes its first value
+    unmasked = _yielded(pre).owner.lhs
+    return kb.map(operands, elem, lambda sb, *args: _inline_value(pre, args, sb.block, unmasked))
+
+
+def _inline_value(map_op: ein.MapOp, args, block: Block, target: SSAValue) -> SSAValue:
+    """Clone `map_op`'s body into `block` (arguments bound to `args`) and return `target`'s clone."""
+    mapping: dict[SSAValue, SSAValue] = dict(zip(map_op.body.block.args, args))
+    for inner in map_op.body.block.ops:
+        if inner is map_op.body.block.last_op:
+            break
+        clone = inner.clone(value_mapper=mapping)
+        block.add_op(clone)
+        mapping.update(zip(inner.results, clone.results))
+    return mapping[target]
 
 
 def _exp_map(kb: KernelBuilder, exp: ein.MapOp, t: SSAValue, m: SSAValue) -> SSAValue:
