@@ -145,10 +145,12 @@ class WeightsAsParameters(torch.nn.Module):
     def __init__(self, fn: Callable, weights: Tensors):
         super().__init__()
         self.fn = fn
-        self.weights = torch.nn.ParameterList(torch.nn.Parameter(w, requires_grad=False) for w in weights)
+        self.count = len(weights)
+        for i, w in enumerate(weights):  # plain attributes: Dynamo 2.11 cannot unpack a ParameterList
+            self.register_parameter(f"w{i}", torch.nn.Parameter(w, requires_grad=False))
 
     def forward(self, *activations: torch.Tensor) -> torch.Tensor:
-        return self.fn(*activations, *self.weights)
+        return self.fn(*activations, *(getattr(self, f"w{i}") for i in range(self.count)))
 
 
 def measure(

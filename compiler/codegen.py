@@ -9,6 +9,7 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,12 @@ class Target:
         return TritonOptions.for_interpreter() if self.interpret else TritonOptions()
 
 
+NORM_PROLOGUE_ENV = "TILEFUSE_NORM_PROLOGUE"  # "0" keeps norms as row kernels before their GEMMs
+
+
 def stage_fuse(art: GraphArtifact) -> GraphArtifact:
-    NormPrologue().apply(make_context(), art.module)
+    if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
+        NormPrologue().apply(make_context(), art.module)
     FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art

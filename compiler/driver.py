@@ -13,6 +13,7 @@ here raises into the user's model.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ..ir.module import IRError, make_context, parse_module, print_module, verif
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
 from .artifact_cache import CacheEntry, cache_dir, graph_key, load_entry, store_entry
-from .codegen import Target, stage_codegen, stage_fuse, stage_lower, tile_module_text
+from .codegen import NORM_PROLOGUE_ENV, Target, stage_codegen, stage_fuse, stage_lower, tile_module_text
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
@@ -199,7 +200,8 @@ def compile_aten_graph(
     compiled, what fell back and why), which is also its entry in the dump.
     """
     art = GraphArtifact(name, aten, inputs, target=target)
-    key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], repr(target), target.device)
+    options = f"{target!r},norm_prologue={os.environ.get(NORM_PROLOGUE_ENV, '1')}"
+    key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
     art.cached = load_entry(key)
     cache_state = "off" if cache_dir() is None else ("hit" if art.cached else "miss")
     files = []

@@ -108,3 +108,49 @@ def test_grouped_query_attention():
         out, ref = compiled(q, k, v), fn(q.double(), k.double(), v.double())
     assert [g["kind"] for g in _groups(compiled)] == ["attention"]
     assert rel_error(out, ref) < 1e-2
+
+
+class _NormLinear(torch.nn.Module):
+    def __init__(self, k: int, n: int, layer: bool):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(k) if layer else torch.nn.RMSNorm(k, eps=1e-6)
+        self.lin = torch.nn.Linear(k, n, bias=layer)
+        with torch.no_grad():
+            for p in self.norm.parameters():
+                p.normal_()
+
+    def forward(self, x):
+        return self.lin(self.norm(x))
+
+
+@pytest.mark.parametrize("layer", [False, True], ids=["rms", "ln"])
+@pytest.mark.parametrize("shape", [(128, 256, 688), (1000, 1024, 512), (77, 4096, 300)], ids=str)
+def test_norm_prologue_gemm(layer, shape):
+    m, k, n = shape
+    model = _NormLinear(k, n, layer).to(CUDA, torch.bfloat16)
+    x = torch.randn(m, k, device=CUDA, dtype=torch.bfloat16)
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        out, eager = compiled(x), model(x)
+        ref = _NormLinear(k, n, layer).to(CUDA).double()
+        ref.load_state_dict(model.state_dict())
+        expected = ref(x.double())
+    kinds = sorted(g["kind"] for g in _groups(compiled))
+    assert "gemm" in kinds and "row" not in kinds, kinds
+    assert rel_error(out, expected) < 2 * rel_error(eager, expected) + 1e-3, (
+        rel_error(out, expected),
+        rel_error(eager, expected),
+    )
+
+
+def test_llama_block_with_and_without_norm_prologue(monkeypatch):
+    model = LlamaBlock(dim=256, heads=8, kv_heads=4, hidden=688).to(CUDA, torch.bfloat16)
+    x = torch.randn(2, 64, 256, device=CUDA, dtype=torch.bfloat16)
+    errors = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("TILEFUSE_NORM_PROLOGUE", setting)
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(model)
+        with torch.no_grad():
+            errors[setting] = rel_error(compiled(x), model(x))
+    assert max(errors.values()) < 1e-2, errors
