@@ -13,7 +13,6 @@ here raises into the user's model.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ..ir.module import IRError, make_context, parse_module, print_module, verif
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
 from .artifact_cache import CacheEntry, cache_dir, graph_key, load_entry, store_entry
-from .codegen import NORM_PROLOGUE_ENV, Target, stage_codegen, stage_fuse, stage_lower, tile_module_text
+from .codegen import Target, fusion_options, stage_codegen, stage_fuse, stage_lower, tile_module_text
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
@@ -200,7 +199,7 @@ def compile_aten_graph(
     compiled, what fell back and why), which is also its entry in the dump.
     """
     art = GraphArtifact(name, aten, inputs, target=target)
-    options = f"{target!r},norm_prologue={os.environ.get(NORM_PROLOGUE_ENV, '1')}"
+    options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
     art.cached = load_entry(key)
     cache_state = "off" if cache_dir() is None else ("hit" if art.cached else "miss")

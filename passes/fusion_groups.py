@@ -120,7 +120,7 @@ def _k_loop_stats(value: SSAValue, contract: ein.ContractOp, taken: set[Operatio
     return []
 
 
-def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
+def _gemm_group(contract: ein.ContractOp, taken: set[Operation], k_loop_stats: bool) -> list[Operation]:
     ops: list[Operation] = [contract]
     value = contract.result
     out_shape = shape_of(contract.result.type)
@@ -137,7 +137,7 @@ def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operati
                 has_sibling = True
         ops.append(user)
         value = user.result
-    for op in list(ops):
+    for op in list(ops) if k_loop_stats else ():
         if isinstance(op, ein.MapOp):
             for other in op.inputs:
                 first = next(c for c in ops if isinstance(c, ein.ContractOp))
@@ -241,7 +241,7 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
     return None
 
 
-def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
+def form_groups(fn: func.FuncOp, k_loop_stats: bool = False) -> list[FusionGroup]:
     """Partition the computing ops of `fn` into fusion groups (see the module docstring)."""
     ops = list(fn.body.block.ops)
     taken: set[Operation] = set()
@@ -256,7 +256,7 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
             add("attention", sorted(attention.ops, key=ops.index))
     for op in ops:
         if isinstance(op, ein.ContractOp) and op not in taken:
-            add("gemm", sorted(_gemm_group(op, taken), key=ops.index))
+            add("gemm", sorted(_gemm_group(op, taken, k_loop_stats), key=ops.index))
     for op in ops:
         if isinstance(op, ein.ReduceOp) and op not in taken and (row := _row_group(op, ops, taken)):
             add("row", row)
@@ -314,7 +314,10 @@ class FormFusionGroups(ModulePass):
     """Annotate every computing `ein` op with the kernel (`ein.group`) it will run in."""
 
     name = "form-fusion-groups"
+    # accumulate a GEMM's lhs row sums (norm-prologue statistics) in its K loop; off by default:
+    # Triton 3.6 miscompiles it on Hopper with pipelined (num_stages >= 2) large tiles
+    k_loop_stats: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            annotate(form_groups(fn))
+            annotate(form_groups(fn, self.k_loop_stats))

@@ -154,7 +154,10 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
         k_in_range = kb.map([kb.expand(flat_k, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(K, i32)))
         for op, acc in zip(stats, body.args[1 + len(contracts) :]):
-            value = loaded[first.lhs]
+            # read again for the sums, not shared with the dot: sharing the dot's pipelined operand
+            # tile gave wrong sums on Hopper with Triton 3.6 (num_stages >= 2)
+            lhs_letters = ein.parse_spec(first.spec.data)[0]
+            value = kb.load(first.lhs, [k_cols[c] if c in k else at[c] for c in lhs_letters])
             if op.input is not first.lhs:  # the map feeding the sum, on the tile
                 value = kb.map(
                     [value], f32, lambda sb, v, m=op.input.owner: inline_map_body(m, [v], sb.block)
@@ -183,6 +186,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
+    problem["k_loop_stats"] = len(stats)
     return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 

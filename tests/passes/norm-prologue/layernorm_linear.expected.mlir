@@ -1,36 +1,36 @@
 builtin.module {
   func.func @fused_0(%x: tensor<4x32xf32>, %norm_weight: tensor<32xf32> {ein.param = "norm.weight"}, %norm_bias: tensor<32xf32> {ein.param = "norm.bias"}, %lin_weight: tensor<16x32xf32> {ein.param = "lin.weight"}, %lin_bias: tensor<16xf32> {ein.param = "lin.bias"}) -> tensor<4x16xf32> {
-    %0 = ein.view reshape %norm_weight : tensor<32xf32> -> tensor<1x32xf32>
-    %1 = ein.map(%lin_weight, %0) : (tensor<16x32xf32>, tensor<1x32xf32>) -> tensor<16x32xf32> {
-    ^bb0(%2: f32, %3: f32):
-      %4 = arith.mulf %2, %3 : f32
+    %0 = ein.map(%x) : (tensor<4x32xf32>) -> tensor<4x32xf32> {
+    ^bb0(%1: f32):
+      ein.yield %1 : f32
+    }
+    %1 = ein.reduce sum [1] keepdim %0 : tensor<4x32xf32> -> tensor<4x1xf32>
+    %2 = ein.map(%x) : (tensor<4x32xf32>) -> tensor<4x32xf32> {
+    ^bb0(%3: f32):
+      %4 = arith.mulf %3, %3 : f32
       ein.yield %4 : f32
     }
-    %2 = ein.contract "mk,nk->mn" %x, %1 : (tensor<4x32xf32>, tensor<16x32xf32>) -> tensor<4x16xf32>
-    %3 = ein.map(%1) : (tensor<16x32xf32>) -> tensor<16x32xf32> {
-    ^bb0(%4: f32):
-      ein.yield %4 : f32
+    %3 = ein.reduce sum [1] keepdim %2 : tensor<4x32xf32> -> tensor<4x1xf32>
+    %4 = ein.view reshape %norm_weight : tensor<32xf32> -> tensor<1x32xf32>
+    %5 = ein.map(%lin_weight, %4) : (tensor<16x32xf32>, tensor<1x32xf32>) -> tensor<16x32xf32> {
+    ^bb0(%6: f32, %7: f32):
+      %8 = arith.mulf %6, %7 : f32
+      ein.yield %8 : f32
     }
-    %4 = ein.reduce sum [1] %3 : tensor<16x32xf32> -> tensor<16xf32>
-    %5 = ein.view reshape %norm_bias : tensor<32xf32> -> tensor<1x32xf32>
-    %6 = ein.map(%lin_weight, %5) : (tensor<16x32xf32>, tensor<1x32xf32>) -> tensor<16x32xf32> {
-    ^bb0(%7: f32, %8: f32):
-      %9 = arith.mulf %7, %8 : f32
-      ein.yield %9 : f32
+    %6 = ein.contract "mk,nk->mn" %x, %5 : (tensor<4x32xf32>, tensor<16x32xf32>) -> tensor<4x16xf32>
+    %7 = ein.map(%5) : (tensor<16x32xf32>) -> tensor<16x32xf32> {
+    ^bb0(%8: f32):
+      ein.yield %8 : f32
     }
-    %7 = ein.reduce sum [1] %6 : tensor<16x32xf32> -> tensor<16xf32>
-    %8 = ein.map(%x) : (tensor<4x32xf32>) -> tensor<4x32xf32> {
-    ^bb0(%9: f32):
-      ein.yield %9 : f32
+    %8 = ein.reduce sum [1] %7 : tensor<16x32xf32> -> tensor<16xf32>
+    %9 = ein.view reshape %norm_bias : tensor<32xf32> -> tensor<1x32xf32>
+    %10 = ein.map(%lin_weight, %9) : (tensor<16x32xf32>, tensor<1x32xf32>) -> tensor<16x32xf32> {
+    ^bb0(%11: f32, %12: f32):
+      %13 = arith.mulf %11, %12 : f32
+      ein.yield %13 : f32
     }
-    %9 = ein.reduce sum [1] keepdim %8 : tensor<4x32xf32> -> tensor<4x1xf32>
-    %10 = ein.map(%x) : (tensor<4x32xf32>) -> tensor<4x32xf32> {
-    ^bb0(%11: f32):
-      %12 = arith.mulf %11, %11 : f32
-      ein.yield %12 : f32
-    }
-    %11 = ein.reduce sum [1] keepdim %10 : tensor<4x32xf32> -> tensor<4x1xf32>
-    %12 = ein.map(%2, %9, %11, %4, %7) : (tensor<4x16xf32>, tensor<4x1xf32>, tensor<4x1xf32>, tensor<16xf32>, tensor<16xf32>) -> tensor<4x16xf32> {
+    %11 = ein.reduce sum [1] %10 : tensor<16x32xf32> -> tensor<16xf32>
+    %12 = ein.map(%6, %1, %3, %8, %11) : (tensor<4x16xf32>, tensor<4x1xf32>, tensor<4x1xf32>, tensor<16xf32>, tensor<16xf32>) -> tensor<4x16xf32> {
     ^bb0(%13: f32, %14: f32, %15: f32, %16: f32, %17: f32):
       %18 = arith.constant 3.200000e+01 : f32
       %19 = arith.divf %14, %18 : f32
