@@ -53,6 +53,9 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
     config = KernelConfig(config.params | override, warps, stages)
+    for param, sizes in problem.get("divisors", {}).items():
+        if any(d % config.params[param] for d in sizes):
+            raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} dividing {sizes}")
     for param, extent in WHOLE_EXTENTS.get(kind, {}).items():
         if config.params[param] < problem[extent]:
             raise ValueError(f"{CONFIG_ENV}: {kind} kernels need {param} >= {problem[extent]} (one tile)")
@@ -68,6 +71,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bm = _pow2_at_least(problem["M"], 16, 128)
         bn = _pow2_at_least(problem["N"], 16, 256)
         bk = _pow2_at_least(problem["K"], 16, 64)
+        while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
+            bk //= 2  # K blocks must not cross an index K is split into (see unravel_block)
         stages, rhs_tiles, elem = 3, problem.get("rhs_operands", 1), problem.get("elem_bytes", 2)
 
         def shared_bytes() -> int:

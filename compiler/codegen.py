@@ -41,26 +41,17 @@ class Target:
 
 
 NORM_PROLOGUE_ENV = "TILEFUSE_NORM_PROLOGUE"  # "0": norms stay row kernels before their GEMMs
-NORM_STATS_ENV = "TILEFUSE_NORM_STATS"  # "kernel" (default) or "loop": where a folded norm's row sums run
 
 
 def fusion_options() -> str:
     """The fusion settings read from the environment, for the compile-cache key."""
-    return f"norm_prologue={os.environ.get(NORM_PROLOGUE_ENV, '1')},norm_stats={_norm_stats()}"
-
-
-def _norm_stats() -> str:
-    value = os.environ.get(NORM_STATS_ENV, "kernel")
-    if value not in ("kernel", "loop"):
-        raise ValueError(f"{NORM_STATS_ENV} must be 'kernel' or 'loop', not {value!r}")
-    return value
+    return f"norm_prologue={os.environ.get(NORM_PROLOGUE_ENV, '1')}"
 
 
 def stage_fuse(art: GraphArtifact) -> GraphArtifact:
-    in_loop = _norm_stats() == "loop"
     if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
-        NormPrologue(share_stats=not in_loop).apply(make_context(), art.module)
-    FormFusionGroups(k_loop_stats=in_loop).apply(make_context(), art.module)
+        NormPrologue().apply(make_context(), art.module)
+    FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art
 

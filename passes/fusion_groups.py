@@ -98,29 +98,7 @@ def _sibling_chain(
         value = inner[0]
 
 
-def _k_loop_stats(value: SSAValue, contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
-    """A row sum of the contraction's lhs over exactly its K indices, with the map feeding it:
-    the GEMM accumulates it from the lhs tiles its K loop loads anyway (norm-prologue's s1, s2)."""
-    reduce = value.owner
-    if not isinstance(reduce, ein.ReduceOp) or reduce in taken or reduce.kind.data not in ("sum", "mean"):
-        return []
-    lhs, _, out = ein.parse_spec(contract.spec.data)
-    k_dims = tuple(i for i, c in enumerate(lhs) if c not in out)
-    if tuple(reduce.reduce_dims) != k_dims or reduce.keepdim is None or single_user(value) is None:
-        return []
-    if reduce.input is contract.lhs:
-        return [reduce]
-    prologue = reduce.input.owner
-    if (
-        isinstance(prologue, ein.MapOp) and prologue not in taken and list(prologue.inputs) == [contract.lhs]
-        and single_user(reduce.input) is reduce
-        and prologue.result.type.get_shape() == contract.lhs.type.get_shape()
-    ):  # fmt: skip
-        return [prologue, reduce]
-    return []
-
-
-def _gemm_group(contract: ein.ContractOp, taken: set[Operation], k_loop_stats: bool) -> list[Operation]:
+def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
     ops: list[Operation] = [contract]
     value = contract.result
     out_shape = shape_of(contract.result.type)
@@ -137,11 +115,6 @@ def _gemm_group(contract: ein.ContractOp, taken: set[Operation], k_loop_stats: b
                 has_sibling = True
         ops.append(user)
         value = user.result
-    for op in list(ops) if k_loop_stats else ():
-        if isinstance(op, ein.MapOp):
-            for other in op.inputs:
-                first = next(c for c in ops if isinstance(c, ein.ContractOp))
-                ops = _k_loop_stats(other, first, taken | set(ops)) + ops
     return ops
 
 
@@ -241,7 +214,7 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
     return None
 
 
-def form_groups(fn: func.FuncOp, k_loop_stats: bool = False) -> list[FusionGroup]:
+def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     """Partition the computing ops of `fn` into fusion groups (see the module docstring)."""
     ops = list(fn.body.block.ops)
     taken: set[Operation] = set()
@@ -256,7 +229,7 @@ def form_groups(fn: func.FuncOp, k_loop_stats: bool = False) -> list[FusionGroup
             add("attention", sorted(attention.ops, key=ops.index))
     for op in ops:
         if isinstance(op, ein.ContractOp) and op not in taken:
-            add("gemm", sorted(_gemm_group(op, taken, k_loop_stats), key=ops.index))
+            add("gemm", sorted(_gemm_group(op, taken), key=ops.index))
     for op in ops:
         if isinstance(op, ein.ReduceOp) and op not in taken and (row := _row_group(op, ops, taken)):
             add("row", row)
@@ -314,10 +287,7 @@ class FormFusionGroups(ModulePass):
     """Annotate every computing `ein` op with the kernel (`ein.group`) it will run in."""
 
     name = "form-fusion-groups"
-    # accumulate a GEMM's lhs row sums (norm-prologue statistics) in its K loop; off by default:
-    # Triton 3.6 miscompiles it on Hopper with pipelined (num_stages >= 2) large tiles
-    k_loop_stats: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            annotate(form_groups(fn, self.k_loop_stats))
+            annotate(form_groups(fn))

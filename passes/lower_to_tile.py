@@ -128,20 +128,19 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         n: kb.block_start(pid_n, "BLOCK_N"),
     }
     trips = kb.cdiv(K, "BLOCK_K")
-    # row sums of the lhs over K (norm-prologue's statistics), accumulated from the loaded lhs tiles
-    stats = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
-    stat_type = tile.BlockType(["BLOCK_M", "1"], f32)
-    inits += [kb.emit(tile.FullOp(FloatAttr(0.0, f32), stat_type)).result for _ in stats]
-    body = Block(arg_types=[i32] + [zero] * len(contracts) + [stat_type] * len(stats))
+    body = Block(arg_types=[i32] + [zero] * len(contracts))
     with kb.inside(body):
         flat_k = kb.offsets(body.args[0], "BLOCK_K")
-        ks = kb.unravel(flat_k, [sizes[c] for c in k])
+        k_sizes = [sizes[c] for c in k]
+        # several K indices (a head-merged operand): K blocks inside the innermost one index it
+        # as start + arange, which Triton sees as contiguous
+        ks = kb.unravel_block(flat_k, k_sizes) or kb.unravel(flat_k, k_sizes)
         k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
         k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
         start[k] = kb.block_start(body.args[0], "BLOCK_K")
         accs = []
         loaded: dict[SSAValue, SSAValue] = {}
-        for op, acc in zip(contracts, body.args[1 : 1 + len(contracts)]):
+        for op, acc in zip(contracts, body.args[1:]):
             lhs, rhs, out = ein.parse_spec(op.spec.data)
             names = dict(zip(out, out_letters))  # a sibling contraction may name its indices differently
             block = {c: start[names.get(c, c)] for c in lhs + rhs} if dense_blocks else {}
@@ -152,21 +151,6 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
             tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
             accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
-        k_in_range = kb.map([kb.expand(flat_k, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(K, i32)))
-        for op, acc in zip(stats, body.args[1 + len(contracts) :]):
-            # read again for the sums, not shared with the dot: sharing the dot's pipelined operand
-            # tile gave wrong sums on Hopper with Triton 3.6 (num_stages >= 2)
-            lhs_letters = ein.parse_spec(first.spec.data)[0]
-            value = kb.load(first.lhs, [k_cols[c] if c in k else at[c] for c in lhs_letters])
-            if op.input is not first.lhs:  # the map feeding the sum, on the tile
-                value = kb.map(
-                    [value], f32, lambda sb, v, m=op.input.owner: inline_map_body(m, [v], sb.block)
-                )
-            lanes = kb.map(
-                [k_in_range, value], f32, lambda sb, ok, v: sb.select(ok, sb.cast(v, f32), sb.const(0.0, f32))
-            )
-            row_sum = kb.expand(kb.emit(tile.ReduceOp("sum", lanes, 1)).result, 1)
-            accs.append(kb.map([acc, row_sum], f32, lambda sb, a, b: sb.add(a, b)))
         kb.emit(scf.YieldOp(*accs))
     loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
 
@@ -175,18 +159,12 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     known = {
         op.result: kb.cast(acc, op.result.type.get_element_type()) for op, acc in zip(contracts, loop.results)
     }
-    for op, total in zip(stats, loop.results[len(contracts) :]):
-        if op.kind.data == "mean":
-            total = kb.map([total], f32, lambda sb, t: sb.div(t, sb.const(float(K), f32)))
-        known[op.result] = kb.cast(total, op.result.type.get_element_type())
-    in_loop = {op.input.owner for op in stats}
     for op in group.ops:
-        if isinstance(op, ein.MapOp) and op not in in_loop:
+        if isinstance(op, ein.MapOp):
             known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
-    problem["k_loop_stats"] = len(stats)
     return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 
@@ -334,6 +312,8 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
     except LoweringUnsupported as e:
         return LoweredGroup(group, None, [], error=str(e))
     kb.emit(tile.ReturnOp())
+    if kb.divisors:
+        problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
     kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
     return LoweredGroup(group, kernel, kb.inputs, problem)
 

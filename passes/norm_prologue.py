@@ -20,10 +20,12 @@ over W per call, so the norm stays a row kernel).
 
 The row statistics are re-derived from two row sums of `x`, `s1 = Σx` and
 `s2 = Σx²` (mean = s1/K, mean square = s2/K, and the centred sum of squares
-`Σ(x - mean)² = s2 - s1²/K`, exact algebra but less robust to cancellation
-when |mean| >> std), which form-fusion-groups accumulates in the GEMM's own K
-loop: `x` is read once. Statistics of any other form stay as they are and
-reach the epilogue from their own kernels.
+`Σ(x - mean)² = s2 - s1²/K`: exact algebra, but less robust to cancellation
+when |mean| >> std), one pair per norm shared by the GEMMs that read it; each
+sum is a small reduction kernel reading `x` once. (Accumulating them in the
+GEMM's own K loop instead was measured wrong on Hopper with Triton 3.6 at the
+pipelined default tiles, and was dropped.) Statistics of any other form stay
+as they are and reach the epilogue from their own kernels.
 """
 
 from __future__ import annotations
@@ -240,11 +242,8 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
 class _Rewriter:
     """Rewrites one norm map `y` and its contractions in place."""
 
-    def __init__(
-        self, y: ein.MapOp, readers: list[Contraction], params: set[SSAValue], share_stats: bool = True
-    ):
+    def __init__(self, y: ein.MapOp, readers: list[Contraction], params: set[SSAValue]):
         self.y, self.readers = y, readers
-        self.share_stats = share_stats
         self.shared_sums: dict[tuple, list[SSAValue | None]] = {}
         self.shape = shape_of(y.result.type)
         self.k_size = self.shape[-1]
@@ -361,20 +360,15 @@ class _Rewriter:
         use_sums = all(s.build is not None for s in stats.values()) and bool(stats)
         if use_sums:
             wanted = tuple(any(s.sums[i] for s in stats.values()) for i in (0, 1))
-            if not self.share_stats:
-                sums = self._row_sums(c, lhs, wanted)
-            else:  # one pair of row sums for all the contractions reading this norm
-                key = (reader.lhs_shape, wanted)
-                if key not in self.shared_sums:
-                    src = self.x_source if self.x_source.type.get_element_type() == w_elem else self.x
-                    before = self.y.next_op
-                    if reader.lhs_shape is not None:
-                        view = ein.ViewOp(
-                            "reshape", src, tensor_type(reader.lhs_shape, src.type.get_element_type())
-                        )
-                        src = self._insert(before, view)
-                    self.shared_sums[key] = self._row_sums(before, src, wanted)
-                sums = self.shared_sums[key]
+            key = (reader.lhs_shape, wanted)  # one pair of row sums for all the GEMMs reading y
+            if key not in self.shared_sums:
+                src = self.x_source if self.x_source.type.get_element_type() == w_elem else self.x
+                before = self.y.next_op
+                if reader.lhs_shape is not None:
+                    view_type = tensor_type(reader.lhs_shape, src.type.get_element_type())
+                    src = self._insert(before, ein.ViewOp("reshape", src, view_type))
+                self.shared_sums[key] = self._row_sums(before, src, wanted)
+            sums = self.shared_sums[key]
             row_inputs = [v for v in sums if v is not None]
         else:
             row_inputs = list(self.rows)
@@ -464,7 +458,7 @@ def _erase_dead(fn: func.FuncOp) -> None:
                 changed = True
 
 
-def rewrite_function(fn: func.FuncOp, share_stats: bool = True) -> int:
+def rewrite_function(fn: func.FuncOp) -> int:
     """Apply the rewrite to every norm-before-GEMM in `fn`; returns how many norms were rewritten."""
     attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
     params = {arg for arg, a in zip(fn.body.block.args, attrs) if "ein.param" in a.data}
@@ -476,7 +470,7 @@ def rewrite_function(fn: func.FuncOp, share_stats: bool = True) -> int:
         if readers is None:
             continue
         try:
-            rewriter = _Rewriter(op, readers, params, share_stats)
+            rewriter = _Rewriter(op, readers, params)
         except NotAffine:
             continue
         try:
@@ -494,10 +488,7 @@ class NormPrologue(ModulePass):
     """Split RMSNorm/LayerNorm-like maps feeding contractions into row statistics and folded weights."""
 
     name = "norm-prologue"
-    # one pair of row sums per norm, read by every GEMM after it (statistics kernels); False gives
-    # each GEMM its own, which form-fusion-groups can accumulate in the GEMM's K loop
-    share_stats: bool = True
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            rewrite_function(fn, self.share_stats)
+            rewrite_function(fn)

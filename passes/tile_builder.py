@@ -40,6 +40,10 @@ class KernelBuilder:
         self._args: dict[SSAValue, SSAValue] = {}
         self._cache: dict[tuple[Block, object], SSAValue] = {}
         self.materialized = materialized
+        # start + arange(PARAM) tiles (expanded along an axis, or not: None)
+        self.block_index: dict[SSAValue, tuple[SSAValue, str, int | None]] = {}
+        # PARAM -> extents it must divide: a K block then never crosses an index it is split into
+        self.divisors: dict[str, set[int]] = {}
 
     @contextmanager
     def inside(self, block: Block) -> Iterator[None]:
@@ -92,7 +96,10 @@ class KernelBuilder:
         return self.emit(tile.ArangeOp(size)).result
 
     def expand(self, x: SSAValue, axis: int) -> SSAValue:
-        return self.emit(tile.ExpandDimsOp(x, axis)).result
+        result = self.emit(tile.ExpandDimsOp(x, axis)).result
+        if x in self.block_index and self.block_index[x][2] is None:
+            self.block_index[result] = (*self.block_index[x][:2], axis)
+        return result
 
     def map(
         self, inputs: Sequence[SSAValue], out_elem: Attribute,
@@ -123,7 +130,25 @@ class KernelBuilder:
 
     def offsets(self, block_index: SSAValue, param: str) -> SSAValue:
         """block_index * PARAM + arange(PARAM): the 1-d index tile of one program's block."""
-        return self.index_op("add", self.arange(param), self.block_start(block_index, param))
+        start = self.block_start(block_index, param)
+        tile_ = self.index_op("add", self.arange(param), start)
+        self.block_index[tile_] = (start, param, None)
+        return tile_
+
+    def unravel_block(self, flat: Index, sizes: Sequence[int]) -> list[Index] | None:
+        """`unravel` of a K block (start + arange(BLOCK_K)) that stays inside the innermost index:
+        the start is split once and the innermost index stays start % size + arange, which
+        Triton sees as contiguous. None where that does not apply; otherwise BLOCK_K is
+        required to divide the innermost size."""
+        if flat not in self.block_index or len(sizes) < 2 or sizes[-1] % 16:
+            return None
+        start, param, axis = self.block_index[flat]
+        if param != "BLOCK_K":  # K loop blocks never run past the end of K: no mask to keep
+            return None
+        self.divisors.setdefault(param, set()).add(sizes[-1])
+        outer = self.unravel(self.index_op("div", start, sizes[-1]), sizes[:-1])
+        inner = self.index_op("add", self.arange(param), self.index_op("rem", start, sizes[-1]))
+        return outer + [inner if axis is None else self.expand(inner, axis)]
 
     def unravel(self, flat: Index, sizes: Sequence[int]) -> list[Index]:
         """Row-major multi-index of a flat index. The outermost index is not wrapped, so a flat
@@ -188,10 +213,24 @@ class KernelBuilder:
         if [d for d in src if d != 1] == [d for d in dst if d != 1]:  # only size-1 dims move
             kept = iter(i for i, d in zip(idx, dst) if d != 1)
             return [self.const(0) if d == 1 else next(kept) for d in src]
-        flat = self.linearize(idx, dst)
-        for i, d in zip(idx, dst):
-            flat = self.poison(flat, i, d, math.prod(src))
-        return self.unravel(flat, src)
+        groups = _reshape_groups(src, dst)
+        if groups is None:
+            groups = [((0, len(src)), (0, len(dst)))]
+        out: list[Index] = []
+        for (s0, s1), (d0, d1) in groups:
+            if s1 - s0 == 1 and d1 - d0 == 1:  # a dim the reshape keeps: its index as it is
+                out.append(idx[d0])
+                continue
+            # dims split or merged: index arithmetic on this group only, so a dim left alone
+            # keeps a plain (contiguous, vectorizable) index
+            if d1 - d0 == 1 and (split := self.unravel_block(idx[d0], src[s0:s1])) is not None:
+                out += split
+                continue
+            flat = self.linearize(idx[d0:d1], dst[d0:d1])
+            for i, d in zip(idx[d0:d1], dst[d0:d1]):
+                flat = self.poison(flat, i, d, math.prod(src[s0:s1]))
+            out += self.unravel(flat, src[s0:s1])
+        return out
 
     def poison(self, value: Index, guard: Index, bound: int, bad: int) -> Index:
         """`value` where `guard < bound`, else the out-of-bounds index `bad`."""
@@ -213,3 +252,29 @@ class KernelBuilder:
             return sb.cast(x, elem)
         return self.map([x], elem, lambda sb, v: sb.cast(v, elem))
 
+
+def _reshape_groups(
+    src: Sequence[int], dst: Sequence[int]
+) -> list[tuple[tuple[int, int], tuple[int, int]]] | None:
+    """Consecutive dims of `src` and `dst` with equal products: [(src range, dst range)].
+
+    None when a group would be empty on one side (size-1 or zero-size dims at the end),
+    where the reshape is handled as one group.
+    """
+    groups = []
+    i = j = 0
+    while i < len(src) and j < len(dst):
+        i0, j0 = i, j
+        ps, pd = src[i], dst[j]
+        i, j = i + 1, j + 1
+        while ps != pd:
+            if ps < pd and i < len(src):
+                ps, i = ps * src[i], i + 1
+            elif pd < ps and j < len(dst):
+                pd, j = pd * dst[j], j + 1
+            else:
+                return None
+        groups.append(((i0, i), (j0, j)))
+    if i != len(src) or j != len(dst) or 0 in src:
+        return None
+    return groups

@@ -175,3 +175,18 @@ def test_unaligned_operands_fall_back_to_pointer_loads(monkeypatch):
     assert use_tensor_descriptors([aligned])
     assert not use_tensor_descriptors([ragged]), "a 68-byte row stride cannot be read through TMA"
     assert not use_tensor_descriptors([aligned.t()]), "the last stride must be 1"
+
+
+def test_head_merged_operand_reads_contiguous_k_blocks(tmp_path):
+    """An output projection over (head, head dim): K blocks stay inside one head (start + arange)."""
+
+    def out_proj(o, w):
+        b, h, s, d = o.shape
+        return o.transpose(1, 2).reshape(b, s, h * d) @ w
+
+    o, w = torch.randn(2, 3, 13, 32), torch.randn(96, 40)
+    reports = run(out_proj, o, w, kinds={"gemm"}, dump=tmp_path)
+    (group,) = kernel_groups(reports)
+    assert group["config"].startswith("BLOCK_K=32")  # divides the head dim
+    source = next((tmp_path / reports[0]["dir"] / "kernels").glob("*.py")).read_text()
+    assert "% 32" in source and "// 32" in source  # the block start is split, not every lane
