@@ -53,6 +53,9 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
     config = KernelConfig(config.params | override, warps, stages)
+    for param, extent in problem.get("exact", {}).items():
+        if config.params[param] != extent:
+            raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} = {extent}")
     for param, sizes in problem.get("divisors", {}).items():
         if any(d % config.params[param] for d in sizes):
             raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} dividing {sizes}")

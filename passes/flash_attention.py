@@ -241,6 +241,9 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
     Dv = dict(zip(rhs2, shape_of(output.rhs.type)))[dv]
     batch_sizes = [sizes[c] for c in batch]
 
+    for param, extent in (("BLOCK_D", D), ("BLOCK_DV", Dv)):
+        if extent >= 16 and extent & (extent - 1) == 0:  # a power of two: the tile is the head dim
+            kb.exact[param] = extent
     at: dict[str, Index] = dict(zip(batch, kb.unravel(kb.program_id(1), batch_sizes)))
     pid_m = kb.program_id(0)
     rows = kb.offsets(pid_m, "BLOCK_M")
@@ -327,7 +330,15 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         kb.cast(result, output.result.type.get_element_type()),
     )
     B = math.prod(batch_sizes)
-    problem = {"M": Nq, "N": Nk, "D": D, "DV": Dv, "B": B, "causal": int(pattern.causal)}
+    problem = {
+        "M": Nq,
+        "N": Nk,
+        "D": D,
+        "DV": Dv,
+        "B": B,
+        "causal": int(pattern.causal),
+        "exact": dict(kb.exact),
+    }
     return [f"cdiv({Nq}, BLOCK_M)", str(B)], problem
 
 

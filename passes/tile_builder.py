@@ -40,8 +40,11 @@ class KernelBuilder:
         self._args: dict[SSAValue, SSAValue] = {}
         self._cache: dict[tuple[Block, object], SSAValue] = {}
         self.materialized = materialized
-        # start + arange(PARAM) tiles (expanded along an axis, or not: None)
+        # block * PARAM + arange(PARAM) tiles: (block, PARAM, axis it was expanded along or None)
         self.block_index: dict[SSAValue, tuple[SSAValue, str, int | None]] = {}
+        # index tiles known to stay below a bound (arange of a parameter bound to an exact extent)
+        self.bounded: dict[SSAValue, int] = {}
+        self.exact: dict[str, int] = {}  # PARAM -> the extent it must equal
         # PARAM -> extents it must divide: a K block then never crosses an index it is split into
         self.divisors: dict[str, set[int]] = {}
 
@@ -93,12 +96,17 @@ class KernelBuilder:
         return self.emit(tile.ProgramIdOp(axis)).result
 
     def arange(self, size: str) -> SSAValue:
-        return self.emit(tile.ArangeOp(size)).result
+        result = self.emit(tile.ArangeOp(size)).result
+        if size in self.exact:
+            self.bounded[result] = self.exact[size]
+        return result
 
     def expand(self, x: SSAValue, axis: int) -> SSAValue:
         result = self.emit(tile.ExpandDimsOp(x, axis)).result
         if x in self.block_index and self.block_index[x][2] is None:
             self.block_index[result] = (*self.block_index[x][:2], axis)
+        if x in self.bounded:
+            self.bounded[result] = self.bounded[x]
         return result
 
     def map(
@@ -132,7 +140,7 @@ class KernelBuilder:
         """block_index * PARAM + arange(PARAM): the 1-d index tile of one program's block."""
         start = self.block_start(block_index, param)
         tile_ = self.index_op("add", self.arange(param), start)
-        self.block_index[tile_] = (start, param, None)
+        self.block_index[tile_] = (block_index, param, None)
         return tile_
 
     def unravel_block(self, flat: Index, sizes: Sequence[int]) -> list[Index] | None:
@@ -142,12 +150,16 @@ class KernelBuilder:
         required to divide the innermost size."""
         if flat not in self.block_index or len(sizes) < 2 or sizes[-1] % 16:
             return None
-        start, param, axis = self.block_index[flat]
+        block, param, axis = self.block_index[flat]
         if param != "BLOCK_K":  # K loop blocks never run past the end of K: no mask to keep
             return None
         self.divisors.setdefault(param, set()).add(sizes[-1])
-        outer = self.unravel(self.index_op("div", start, sizes[-1]), sizes[:-1])
-        inner = self.index_op("add", self.arange(param), self.index_op("rem", start, sizes[-1]))
+        # block b of the innermost index's size/BLOCK_K blocks: start (b % n) * BLOCK_K keeps its
+        # divisibility by BLOCK_K visible to Triton, so `< size` masks stay uniform per vector
+        per_index = self.index_op("div", self.const(sizes[-1]), self.param(param))
+        outer = self.unravel(self.index_op("div", block, per_index), sizes[:-1])
+        start = self.index_op("mul", self.index_op("rem", block, per_index), self.param(param))
+        inner = self.index_op("add", self.arange(param), start)
         return outer + [inner if axis is None else self.expand(inner, axis)]
 
     def unravel(self, flat: Index, sizes: Sequence[int]) -> list[Index]:
@@ -236,6 +248,8 @@ class KernelBuilder:
         """`value` where `guard < bound`, else the out-of-bounds index `bad`."""
         if not isinstance(guard.type, tile.BlockType):
             return value  # scalar indices come from the grid and are in bounds
+        if self.bounded.get(guard, bound + 1) <= bound:
+            return value  # a select here would also hide the index's contiguity from Triton
         return self.map(
             [guard, value, self.const(bad)], i32,
             lambda sb, g, v, b: sb.select(sb.cmp("lt", g, sb.const(bound, i32)), v, b),
