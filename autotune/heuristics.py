@@ -96,8 +96,10 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
     if kind == "attention":  # head dims are whole in one tile: BLOCK_D >= D, BLOCK_DV >= DV
         bd, bdv = _pow2_at_least(problem["D"], 16, 1 << 16), _pow2_at_least(problem["DV"], 16, 1 << 16)
-        bm = _pow2_at_least(problem["M"], 16, 128)
-        bn = _pow2_at_least(problem["N"], 16, 64 if max(bd, bdv) <= 128 else 32)
+        # H200 sweep (benchmarks/NOTES.md): 128x128 tiles, 8 warps for head dim 128; 64x64, 4 warps for 64
+        wide = max(bd, bdv) >= 128
+        bm = _pow2_at_least(problem["M"], 16, 128 if wide else 64)
+        bn = _pow2_at_least(problem["N"], 16, 128 if max(bd, bdv) == 128 else 64 if not wide else 32)
         warps = 8 if bm * max(bd, bdv) >= 128 * 128 else 4
         return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, 3)
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
