@@ -47,11 +47,13 @@ class CompiledKernel:
     config: KernelConfig
     launch_error: str | None = None
 
+    def __post_init__(self) -> None:
+        out_type = self.lowered.output.type  # read once: xDSL type queries are slow per launch
+        self.out_shape = shape_of(out_type)
+        self.out_dtype = to_torch_dtype(out_type.get_element_type())
+
     def __call__(self, env: dict[SSAValue, torch.Tensor], device: torch.device) -> torch.Tensor:
-        out_type = self.lowered.output.type
-        out = torch.empty(
-            shape_of(out_type), dtype=to_torch_dtype(out_type.get_element_type()), device=device
-        )
+        out = torch.empty(self.out_shape, dtype=self.out_dtype, device=device)
         tensors = [env[v] for v in self.lowered.inputs] + [out]
         self.launcher(tensors, self.config.params, self.config.num_warps, self.config.num_stages)
         return out

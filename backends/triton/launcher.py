@@ -20,7 +20,7 @@ import operator
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -84,10 +84,16 @@ class TritonKernel:
     dtypes: tuple[str, ...]
     path: Path
     tma_tensors: tuple[int, ...] = ()
+    _grids: dict = field(default_factory=dict, compare=False, repr=False)
+    _checked: list = field(default_factory=list, compare=False, repr=False)
 
     def grid_for(self, config: Mapping[str, int]) -> tuple[int, ...]:
-        """The launch grid for one binding of the tile parameters."""
-        return tuple(evaluate_grid(g, config) for g in self.grid)
+        """The launch grid for one binding of the tile parameters (evaluated once per binding)."""
+        key = tuple(sorted(config.items()))
+        grid = self._grids.get(key)
+        if grid is None:
+            grid = self._grids[key] = tuple(evaluate_grid(g, config) for g in self.grid)
+        return grid
 
     def __call__(
         self,
@@ -96,8 +102,14 @@ class TritonKernel:
         num_warps: int = 4,
         num_stages: int = 2,
     ) -> None:
-        """Launch on `tensors` (one per kernel argument, in order) with tile parameters `config`."""
-        self._check(tensors, config)
+        """Launch on `tensors` (one per kernel argument, in order) with tile parameters `config`.
+
+        Shapes and dtypes are checked on the first launch; the runtime then calls the kernel
+        with tensors of the same types (Dynamo guards the graph's inputs).
+        """
+        if not self._checked:
+            self._check(tensors, config)
+            self._checked.append(True)
         grid = self.grid_for(config)
         if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
             return
