@@ -53,6 +53,9 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
     config = KernelConfig(config.params | override, warps, stages)
+    for param, extent in problem.get("whole", {}).items():
+        if config.params[param] < extent:
+            raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} >= {extent} (whole rows)")
     for param, extent in problem.get("exact", {}).items():
         if config.params[param] != extent:
             raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} = {extent}")
@@ -73,6 +76,7 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # 128x256x64, 8 warps, 3 stages won every bf16 case of the H100 sweep (benchmarks/NOTES.md)
         bm = _pow2_at_least(problem["M"], 16, 128)
         bn = _pow2_at_least(problem["N"], 16, 256)
+        whole_rows = "whole" in problem  # a row reduction in the epilogue: one tile spans N
         bk = _pow2_at_least(problem["K"], 16, 64)
         while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
             bk //= 2  # K blocks must not cross an index K is split into (see unravel_block)
@@ -82,11 +86,13 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             return stages * (bm + rhs_tiles * bn) * bk * elem
 
         # f32 accumulators live in registers: at most ~128 a thread across 8 warps (256 threads)
-        while rhs_tiles * bm * bn > 128 * 256 and bn > 64:
+        while rhs_tiles * bm * bn > 128 * 256 and bn > 64 and not whole_rows:
             bn //= 2
+        while whole_rows and bm * bn > 128 * 256 and bm > 16:
+            bm //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
-        while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64:
+        while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
             bn //= 2
         warps = 8 if bm * bn >= 128 * 128 else 4
         return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)

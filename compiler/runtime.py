@@ -73,9 +73,10 @@ class KernelPlan(torch.nn.Module):
         self.param_sources = _parameter_derived(function, self.steps, self.launch_at)
         self.derived: dict[Operation, tuple[tuple, torch.Tensor]] = {}
         n_glue = sum(1 for op in self.steps if op not in self.launch_at)
-        self.executor = f"{len(kernels)} Triton kernel(s)" + (
-            f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
-        )
+        n_once = sum(1 for op in self.param_sources if op in self.launch_at)
+        once = f" ({n_once} on parameters only: run once, reused while they are unchanged)"
+        self.executor = f"{len(kernels)} Triton kernel(s)" + (once if n_once else "")
+        self.executor += f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         block = self.function.body.block

@@ -10,7 +10,10 @@ op went where:
   activation, residual, scaling, cast, where/clamp), as long as each link has
   no other user and keeps the contraction's output shape. Two contractions
   whose results meet in the first map of the chain (SwiGLU:
-  `silu(x@W1) * (x@W3)`) share one kernel with two accumulators.
+  `silu(x@W1) * (x@W3)`) share one kernel with two accumulators. A row group
+  over the output's N index (softmax, log-softmax, norms of the product) joins
+  it when a tile can hold whole rows (N <= MAX_EPILOGUE_ROW); wider rows stay a
+  GEMM plus a row kernel (a split reduction would move the same bytes).
 - **row**: reductions over the same dims of the same shape, with the maps
   around them (full-shaped or row-shaped), whose intermediates are used only
   inside the group: softmax, log-softmax, LayerNorm, RMSNorm and chains of
@@ -244,8 +247,45 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     for op in ops:
         if isinstance(op, ein.MapOp) and op not in taken:
             add("pointwise", [op])
+    groups = _merge_row_epilogues(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
+
+
+MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
+
+
+def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:
+    """A row group over a GEMM's output rows (softmax, norms over N) joins the GEMM when one
+    tile can own whole rows: N <= MAX_EPILOGUE_ROW and the output has no other reader."""
+    absorbed: list[tuple] = []
+    result = []
+    for group in groups:
+        pos, kind, members = group
+        row = _row_epilogue_of(group, groups) if kind == "gemm" else None
+        if row is None:
+            result.append(group)
+            continue
+        absorbed.append(row)
+        result.append((max(pos, row[0]), "gemm", sorted(members + row[2], key=order.index)))
+    return [g for g in result if not any(g is a for a in absorbed)]
+
+
+def _row_epilogue_of(gemm: tuple, groups: list) -> tuple | None:
+    members = gemm[2]
+    out = members[-1].results[0]
+    first = next(op for op in members if isinstance(op, ein.ContractOp))
+    lhs, rhs, letters = ein.parse_spec(first.spec.data)
+    n = [c for c in letters if c in rhs and c not in lhs]
+    readers = {use.operation for use in out.uses}
+    if len(n) != 1 or not readers or shape_of(out.type)[letters.index(n[0])] > MAX_EPILOGUE_ROW:
+        return None
+    space = RowSpace(tuple(shape_of(out.type)), (letters.index(n[0]),))
+    for group in groups:
+        if group[1] == "row" and readers <= set(group[2]):
+            reduce = next(op for op in group[2] if isinstance(op, ein.ReduceOp))
+            return group if RowSpace.of(reduce) == space else None
+    return None
 
 
 def annotate(groups: list[FusionGroup]) -> None:

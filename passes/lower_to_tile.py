@@ -159,12 +159,22 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     known = {
         op.result: kb.cast(acc, op.result.type.get_element_type()) for op, acc in zip(contracts, loop.results)
     }
-    for op in group.ops:
-        if isinstance(op, ein.MapOp):
+    epilogue = [op for op in group.ops if not isinstance(op, ein.ContractOp)]
+    if any(isinstance(op, ein.ReduceOp) for op in epilogue):
+        # a row reduction over the output's N index: this tile holds whole rows (BLOCK_N >= N)
+        (n_letter,) = n
+        space = RowSpace(tuple(out_shape), (out_letters.index(n_letter),))
+        in_range = kb.map([at[n_letter]], i1, lambda sb, c: sb.cmp("lt", c, sb.const(N, i32)))
+        known, at_shape = evaluate_row_ops(kb, epilogue, space, out_idx, in_range, known)
+        out_idx = at_shape[tuple(shape_of(group.output.type))]
+    else:
+        for op in epilogue:
             known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
+    if any(isinstance(op, ein.ReduceOp) for op in group.ops):
+        problem["whole"] = {"BLOCK_N": N}
     return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 
@@ -249,14 +259,30 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
     cols = iter(kb.unravel(flat_c, [shape[d] for d in dims]))
     row_at = iter(kb.expand(i, 1) for i in rows)
     full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
-    # the indices of each shape of the space; statistics are [BLOCK_R, 1] tiles in both shapes
-    at = {
+    in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+    computed, at = evaluate_row_ops(kb, group.ops, space, full_idx, in_range, {})
+    out = group.output
+    kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
+    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+
+
+def evaluate_row_ops(
+    kb: KernelBuilder, ops: list, space: RowSpace, full_idx: list[Index], in_range: SSAValue,
+    computed: dict[SSAValue, SSAValue],
+) -> tuple[dict[SSAValue, SSAValue], dict[tuple[int, ...], list[Index]]]:  # fmt: skip
+    """Evaluate the maps and reductions `ops` of a row space on tiles whose lanes along the
+    reduced dims are whole rows (`in_range` masks the lanes past the row's end).
+
+    `computed` holds the tiles of values already made (a GEMM's accumulator); rows'
+    statistics become [rows, 1] tiles. Returns every value's tile and each shape's indices.
+    """
+    shape, dims = space.shape, space.dims
+    at = {  # the indices of each shape of the space; statistics are [rows, 1] tiles in both
         shape: full_idx,
         space.row_shape: [kb.const(0) if d in dims else i for d, i in enumerate(full_idx)],
         space.stat_shape: [i for d, i in enumerate(full_idx) if d not in dims],
     }
-    in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
-    computed: dict[SSAValue, SSAValue] = {}  # group values -> tiles
+    computed = dict(computed)
     loaded: dict[tuple[SSAValue, tuple[int, ...]], SSAValue] = {}  # each input is read once
 
     def value_of(v: SSAValue, out_shape: tuple[int, ...]) -> SSAValue:
@@ -268,17 +294,15 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
             loaded[(v, out_shape)] = kb.load(v, _broadcast_indices(kb, v, out_shape, at[out_shape]))
         return loaded[(v, out_shape)]
 
-    for op in group.ops:
+    for op in ops:
         if isinstance(op, ein.MapOp):
             out_shape = tuple(shape_of(op.result.type))
             operands = {v: value_of(v, out_shape) for v in op.inputs}
             computed[op.result] = _apply_map(kb, op, operands, out_shape, at[out_shape])
-            continue
-        total = _reduce_row_tile(kb, op, value_of(op.input, shape), in_range, C)
-        computed[op.result] = kb.expand(total, 1)
-    out = group.output
-    kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
-    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+        elif isinstance(op, ein.ReduceOp):
+            total = _reduce_row_tile(kb, op, value_of(op.input, shape), in_range, space.row_size)
+            computed[op.result] = kb.expand(total, 1)
+    return computed, at
 
 
 def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:

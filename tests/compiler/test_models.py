@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -29,7 +33,10 @@ def test_llama_block(seq):
     model = LlamaBlock(dim=64, heads=4, kv_heads=2, hidden=160)
     reports = compile_and_compare(model, torch.randn(2, seq, 64), rtol=1e-4, atol=1e-4)
     ops = compiled_aten_ops(reports)
-    assert "aten._scaled_dot_product_flash_attention_for_cpu" in ops or "aten.scaled_dot_product_attention" in ops
+    assert (
+        "aten._scaled_dot_product_flash_attention_for_cpu" in ops
+        or "aten.scaled_dot_product_attention" in ops
+    )
     assert {"aten.rsqrt", "aten.mean", "aten.sigmoid", "aten.mm"} <= ops
 
 
@@ -70,6 +77,21 @@ def test_torch_compile_backend_name():
     x = torch.randn(4, 16)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_backend_name_works_without_importing_tilefuse_first(tmp_path):
+    """Dynamo finds "tilefuse" through the package's entry point and imports it itself."""
+    script = (
+        "import torch\n"
+        "m = torch.nn.Linear(8, 4)\n"
+        "out = torch.compile(m, backend='tilefuse')(torch.randn(3, 8))\n"
+        "assert out.shape == (3, 4)\n"
+    )
+    env = dict(os.environ, TILEFUSE_CACHE_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_decorator_forms_and_shape_change_recompiles(tmp_path):
