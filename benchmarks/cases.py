@@ -400,6 +400,7 @@ def benchmark_cases(scale: int = 1) -> list[BenchCase]:
         _mlp_case("llama_mlp_half", llama_mlp_half, d8k, d4k, inter, norm=True),
         _norm_linear_case("rmsnorm_linear", rmsnorm_linear, d8k, d4k, d4k, layer=False),
         _norm_linear_case("layernorm_linear", layernorm_linear, d8k, d4k, d4k, layer=True),
+        _linear_softmax_case("linear_softmax_narrow", d8k, 256 // scale or 4, d4k),
         _linear_softmax_case("linear_softmax", d8k, d1k, d4k),
         _linear_softmax_case("linear_softmax_wide", d8k, d4k, d4k),
         _rowwise_case("softmax", softmax, rows, cols, params=0),

@@ -154,3 +154,16 @@ def test_llama_block_with_and_without_norm_prologue(monkeypatch):
         with torch.no_grad():
             errors[setting] = rel_error(compiled(x), model(x))
     assert max(errors.values()) < 1e-2, errors
+
+
+@pytest.mark.parametrize("n", [100, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_row_reduction_in_gemm_epilogue(n, dtype):
+    x = torch.randn(3000, 512, device=CUDA, dtype=dtype)
+    w = torch.randn(n, 512, device=CUDA, dtype=dtype) / 16
+    for fn in (lambda x, w: torch.softmax(F.linear(x, w), -1), lambda x, w: F.layer_norm(x @ w.t(), (n,))):
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out, expected = compiled(x, w), fn(x.double(), w.double())
+        assert [g["kind"] for g in _groups(compiled)] == ["gemm"]
+        assert rel_error(out, expected) < (1e-2 if dtype == torch.bfloat16 else 1e-4)
