@@ -68,6 +68,7 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     return config
 
 
+SM_COUNT_HINT = 132  # H100/H200 SXM: programs per wave, for tiles that cannot split N
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles; the H100 has 227 KB a block
 
 
@@ -89,6 +90,9 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         while rhs_tiles * bm * bn > 128 * 256 and bn > 64 and not whole_rows:
             bn //= 2
         while whole_rows and bm * bn > 128 * 256 and bm > 16:
+            bm //= 2
+        # whole-row tiles leave one program per row block: keep enough of them to fill the GPU
+        while whole_rows and bm > 64 and -(-problem["M"] // bm) * problem.get("B", 1) < 2 * SM_COUNT_HINT:
             bm //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
