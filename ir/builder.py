@@ -285,12 +285,15 @@ class EinBuilder:
 
 
 
-def inline_map_body(map_op: ein.MapOp, args: Sequence[SSAValue], block: Block) -> SSAValue:
-    """Clone an `ein.map` body into `block`, its arguments bound to `args`; return the yielded value."""
+def inline_map_body(
+    map_op: ein.MapOp, args: Sequence[SSAValue], block: Block, value: SSAValue | None = None
+) -> SSAValue:
+    """Clone an `ein.map` body into `block`, its arguments bound to `args`; return the clone of
+    the yielded value, or of the body's `value` if given."""
     mapping: dict[SSAValue, SSAValue] = dict(zip(map_op.body.block.args, args))
     for inner in map_op.body.block.ops:
         if isinstance(inner, ein.YieldOp):
-            return mapping[inner.value]
+            return mapping[value if value is not None else inner.value]
         clone = inner.clone(value_mapper=mapping)
         block.add_op(clone)
         mapping.update(zip(inner.results, clone.results))

@@ -374,19 +374,7 @@ def _pre_softmax(
         return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
     # below the diagonal the causal select always takes its first value
     unmasked = _yielded(pre).owner.lhs
-    return kb.map(operands, elem, lambda sb, *args: _inline_value(pre, args, sb.block, unmasked))
-
-
-def _inline_value(map_op: ein.MapOp, args, block: Block, target: SSAValue) -> SSAValue:
-    """Clone `map_op`'s body into `block` (arguments bound to `args`) and return `target`'s clone."""
-    mapping: dict[SSAValue, SSAValue] = dict(zip(map_op.body.block.args, args))
-    for inner in map_op.body.block.ops:
-        if inner is map_op.body.block.last_op:
-            break
-        clone = inner.clone(value_mapper=mapping)
-        block.add_op(clone)
-        mapping.update(zip(inner.results, clone.results))
-    return mapping[target]
+    return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block, unmasked))
 
 
 def _exp_map(kb: KernelBuilder, exp: ein.MapOp, t: SSAValue, m: SSAValue) -> SSAValue:

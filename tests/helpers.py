@@ -30,3 +30,8 @@ def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, 
 def compiled_aten_ops(reports) -> set[str]:
     """aten op names (without overload) that ran inside compiled partitions."""
     return {op.rsplit(".", 1)[0] for r in reports for p in r["partitions"] for op in p["aten_ops"]}
+
+
+def fusion_groups(reports) -> list[dict]:
+    """Every fusion group of every compiled partition, as the reports list them."""
+    return [g for r in reports for p in r["partitions"] for g in p["groups"]]

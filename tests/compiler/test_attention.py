@@ -16,18 +16,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import compile_and_compare
+from helpers import compile_and_compare, fusion_groups
 from tilefuse.autotune.heuristics import CONFIG_ENV
 
 SMALL_TILES = '{"attention": {"BLOCK_M": 16, "BLOCK_N": 16}}'
 
 
-def groups_of(reports) -> list[dict]:
-    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
-
-
 def assert_one_attention_kernel(reports) -> dict:
-    (group,) = groups_of(reports)
+    (group,) = fusion_groups(reports)
     assert group["kind"] == "attention" and group["kernel"] is not None, group
     return group
 

@@ -12,15 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import tilefuse
-from helpers import compile_and_compare
-
-
-def kernel_groups(reports) -> list[dict]:
-    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
+from helpers import compile_and_compare, fusion_groups
 
 
 def assert_all_kernels(reports, kinds: set[str]) -> None:
-    groups = kernel_groups(reports)
+    groups = fusion_groups(reports)
     missing = [g for g in groups if g["kernel"] is None]
     assert not missing, f"groups left to the interpreter: {missing}"
     assert {g["kind"] for g in groups} == kinds
@@ -35,7 +31,7 @@ def run(fn, *args, kinds, rtol=1e-4, atol=1e-4, **compile_kw):
 def test_ragged_linear_bias_gelu():
     x, w, b = torch.randn(33, 17), torch.randn(65, 17), torch.randn(65)
     reports = run(lambda x, w, b: F.gelu(F.linear(x, w, b)), x, w, b, kinds={"gemm"})
-    (group,) = kernel_groups(reports)
+    (group,) = fusion_groups(reports)
     assert group["ops"] == ["ein.contract", "ein.map"]
 
 
@@ -56,7 +52,7 @@ def test_column_and_row_broadcast_bias_with_residual():
 def test_swiglu_runs_as_one_kernel_with_two_accumulators():
     x, w1, w3 = torch.randn(21, 32), torch.randn(48, 32), torch.randn(48, 32)
     reports = run(lambda x, a, b: F.silu(F.linear(x, a)) * F.linear(x, b), x, w1, w3, kinds={"gemm"})
-    (group,) = kernel_groups(reports)
+    (group,) = fusion_groups(reports)
     assert group["ops"].count("ein.contract") == 2
 
 
@@ -75,7 +71,7 @@ def test_row_reductions(shape):
 
 def test_full_reduction_runs_op_by_op_and_says_so():
     (report,) = compile_and_compare(lambda x: x.exp().sum(), torch.randn(5, 7))
-    (group,) = kernel_groups([report])
+    (group,) = fusion_groups([report])
     assert group["kernel"] is None and "single element" in group["not_a_kernel_because"]
 
 
@@ -141,7 +137,7 @@ def test_a_second_compile_of_the_same_graph_hits_the_disk_cache(tmp_path, monkey
         torch.testing.assert_close(compiled(xs, w, b), fn(xs, w, b))
         (report,) = compiled.tilefuse_reports
         states.append(report["cache"])
-        assert all(g["kernel"] for g in kernel_groups([report]))
+        assert all(g["kernel"] for g in fusion_groups([report]))
     assert states == ["miss", "hit", "miss"]
 
 
@@ -186,7 +182,7 @@ def test_head_merged_operand_reads_contiguous_k_blocks(tmp_path):
 
     o, w = torch.randn(2, 3, 13, 32), torch.randn(96, 40)
     reports = run(out_proj, o, w, kinds={"gemm"}, dump=tmp_path)
-    (group,) = kernel_groups(reports)
+    (group,) = fusion_groups(reports)
     assert group["config"].startswith("BLOCK_K=32")  # divides the head dim
     source = next((tmp_path / reports[0]["dir"] / "kernels").glob("*.py")).read_text()
     assert "32 // BLOCK_K" in source  # the K block number is split, not every lane's index

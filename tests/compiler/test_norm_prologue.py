@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tilefuse
-from helpers import compile_and_compare
+from helpers import compile_and_compare, fusion_groups
 from tilefuse.benchmarks.models import LlamaBlock
 
 
@@ -35,13 +35,9 @@ class NormLinear(nn.Module):
         return self.lin(self.norm(x))
 
 
-def groups_of(reports) -> list[dict]:
-    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
-
-
 def the_gemm(reports) -> dict:
     """The one GEMM kernel; the rest are row-sum kernels and parameter-derived steps."""
-    groups = groups_of(reports)
+    groups = fusion_groups(reports)
     assert all(g["kernel"] for g in groups), groups
     (gemm,) = [g for g in groups if g["kind"] == "gemm"]
     assert "row" not in {g["kind"] for g in groups}  # no normalized copy of x is written
@@ -68,7 +64,7 @@ def test_norm_linear_is_one_gemm(layer, affine, bias, shape):
     sums = 2 if layer else 1
     assert gemm["ops"].count("ein.contract") == 1
     assert gemm["ops"].count("ein.reduce") == 0
-    row_sums = [g for g in groups_of(reports) if g["kind"] == "reduction" and "ein.map" in g["ops"]]
+    row_sums = [g for g in fusion_groups(reports) if g["kind"] == "reduction" and "ein.map" in g["ops"]]
     assert len(row_sums) >= sums  # plus, for LayerNorm, the folded weight's column sums
 
 
@@ -95,7 +91,7 @@ def test_swiglu_after_rms_norm_is_one_kernel():
         return model.w2(torch.nn.functional.silu(model.w1(g)) * model.w3(g))
 
     reports = compile_and_compare(mlp, torch.randn(5, 32), rtol=1e-4, atol=1e-4)
-    gemms = [g for g in groups_of(reports) if g["kind"] == "gemm"]
+    gemms = [g for g in fusion_groups(reports) if g["kind"] == "gemm"]
     assert [g["ops"].count("ein.contract") for g in gemms] == [2, 1]  # gate+up with the norm, then down
 
 
@@ -117,7 +113,7 @@ def test_plain_tensor_weights_are_not_folded():
         return torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (x.shape[-1],), g), w)
 
     reports = compile_and_compare(rms_linear, torch.randn(5, 16), torch.randn(16), torch.randn(8, 16))
-    assert sorted(g["kind"] for g in groups_of(reports)) == ["gemm", "row"]
+    assert sorted(g["kind"] for g in fusion_groups(reports)) == ["gemm", "row"]
 
 
 def test_training_graph_keeps_the_normalized_input():

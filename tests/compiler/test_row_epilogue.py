@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import compile_and_compare
+from helpers import compile_and_compare, fusion_groups
 from tilefuse.passes.fusion_groups import MAX_EPILOGUE_ROW
 
 EPILOGUES = {
@@ -24,16 +24,12 @@ EPILOGUES = {
 }
 
 
-def groups_of(reports) -> list[dict]:
-    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
-
-
 @pytest.mark.parametrize("name", EPILOGUES)
 @pytest.mark.parametrize("n", [5, 48, 200], ids=lambda n: f"N={n}")
 def test_row_reduction_in_the_gemm_epilogue(name, n):
     x, w, b = torch.randn(37, 40), torch.randn(n, 40), torch.randn(n)
     reports = compile_and_compare(EPILOGUES[name], x, w, b, rtol=1e-4, atol=1e-5)
-    (group,) = groups_of(reports)
+    (group,) = fusion_groups(reports)
     assert group["kind"] == "gemm" and group["kernel"] and "ein.reduce" in group["ops"]
 
 
@@ -41,13 +37,13 @@ def test_wider_rows_are_a_gemm_and_a_row_kernel():
     n = MAX_EPILOGUE_ROW + 44
     x, w, b = torch.randn(9, 24), torch.randn(n, 24), torch.randn(n)
     reports = compile_and_compare(EPILOGUES["softmax"], x, w, b, rtol=1e-4, atol=1e-6)
-    assert sorted(g["kind"] for g in groups_of(reports)) == ["gemm", "row"]
+    assert sorted(g["kind"] for g in fusion_groups(reports)) == ["gemm", "row"]
 
 
 def test_batched_scores_softmax():
     q, k = torch.randn(6, 19, 8), torch.randn(6, 21, 8)
     fn = lambda q, k: torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1)  # noqa: E731
-    (group,) = groups_of(compile_and_compare(fn, q, k, rtol=1e-4, atol=1e-6))
+    (group,) = fusion_groups(compile_and_compare(fn, q, k, rtol=1e-4, atol=1e-6))
     assert group["kind"] == "gemm"
 
 
@@ -56,7 +52,7 @@ def test_half_precision(dtype):
     # logits of order 1: bf16 rounding of large logits would dominate the comparison
     x, w, b = (torch.randn(*s, dtype=dtype) / 4 for s in ((33, 64), (100, 64), (100,)))
     reports = compile_and_compare(EPILOGUES["softmax"], x, w, b, rtol=2e-2, atol=2e-3)
-    (group,) = groups_of(reports)
+    (group,) = fusion_groups(reports)
     assert group["kind"] == "gemm"
 
 
@@ -71,4 +67,4 @@ def test_random_shapes(m, n, k, name):
     torch._dynamo.reset()
     x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
     reports = compile_and_compare(EPILOGUES[name], x, w, b, rtol=1e-4, atol=1e-5)
-    assert [g["kind"] for g in groups_of(reports)] == ["gemm"]
+    assert [g["kind"] for g in fusion_groups(reports)] == ["gemm"]

@@ -14,16 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
-from helpers import compile_and_compare
+from helpers import compile_and_compare, fusion_groups
 from tilefuse.passes.fusion_groups import MAX_ROW
 
 
-def groups_of(reports) -> list[dict]:
-    return [g for r in reports for p in r["partitions"] for g in p["groups"]]
-
-
 def assert_one_row_kernel(reports) -> dict:
-    (group,) = groups_of(reports)
+    (group,) = fusion_groups(reports)
     assert group["kind"] == "row" and group["kernel"] is not None, group
     return group
 
@@ -127,14 +123,14 @@ def test_an_intermediate_used_outside_stays_out_of_the_group():
         return rms_norm(h, w), h
 
     reports = compile_and_compare(norm_and_residual, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
-    kinds = sorted(g["kind"] for g in groups_of(reports))
+    kinds = sorted(g["kind"] for g in fusion_groups(reports))
     assert kinds == ["pointwise", "row"]
 
 
 def test_rows_longer_than_a_tile_use_the_chunked_reductions():
     x = torch.randn(2, MAX_ROW + 3)
     reports = compile_and_compare(softmax, x, rtol=1e-4, atol=1e-6)
-    kinds = {g["kind"] for g in groups_of(reports)}
+    kinds = {g["kind"] for g in fusion_groups(reports)}
     assert "row" not in kinds and "reduction" in kinds
 
 
