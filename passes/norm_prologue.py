@@ -216,6 +216,8 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
     if not isinstance(body_map, ein.MapOp) or _upcast_source(body_map.inputs[0]) is not _upcast_source(x):
         return RowStat(None)
     ops = [op for op in body_map.body.block.ops if not isinstance(op, ein.YieldOp)]
+    if not ops:
+        return RowStat(None)
     args = body_map.body.block.args
     names = [op.name for op in ops]
     widened = args[0] if names[:-1] == [] else ops[0].results[0] if names[:-1] == ["arith.extf"] else None
@@ -229,7 +231,7 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
         len(body_map.inputs) == 2 and names == ["arith.subf", "arith.mulf"]
         and ops[0].operands[0] is args[0] and ops[0].operands[1] is args[1]
         and ops[1].operands[0] is ops[1].operands[1] is ops[0].results[0]
-        and _row_stat(body_map.inputs[1], x).build is not None
+        and _row_stat(body_map.inputs[1], x).sums == (True, False)  # the mean of x itself
         and body_map.inputs[1].owner.kind.data == "mean"
     ):  # fmt: skip
         # Σ(x - mean)² = s2 - s1²/K
