@@ -95,16 +95,13 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         while whole_rows and bm > 64 and -(-problem["M"] // bm) * problem.get("B", 1) < 2 * SM_COUNT_HINT:
             bm //= 2
         # fewer tiles than SMs leaves most of the GPU idle (the k/v projections of a GQA block,
-        # M=128 decode-like shapes): smaller tiles, and deeper pipelines for them
+        # M=128 decode-like shapes): narrower tiles
         def programs() -> int:
             return -(-problem["M"] // bm) * -(-problem["N"] // bn) * problem.get("B", 1)
 
-        while programs() < SM_COUNT_HINT and bn > 64 and not whole_rows:
+        # (halving down to 128 only: 64x64 tiles measured 0.35x cuBLAS at M=128 on the H100)
+        while programs() < SM_COUNT_HINT and bn > 128 and not whole_rows:
             bn //= 2
-        while programs() < SM_COUNT_HINT and bm > 64 and not whole_rows:
-            bm //= 2
-        if bm * bn <= 64 * 128:
-            stages = 4
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
