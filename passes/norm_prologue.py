@@ -18,14 +18,13 @@ parameters only, and the runtime computes them once and reuses them until a
 parameter changes (with plain tensor arguments, folding would cost a pass
 over W per call, so the norm stays a row kernel).
 
-The row statistics are re-derived from two row sums of `x`, `s1 = Σx` and
-`s2 = Σx²` (mean = s1/K, mean square = s2/K, and the centred sum of squares
-`Σ(x - mean)² = s2 - s1²/K`: exact algebra, but less robust to cancellation
-when |mean| >> std), one pair per norm shared by the GEMMs that read it; each
-sum is a small reduction kernel reading `x` once. (Accumulating them in the
-GEMM's own K loop instead was measured wrong on Hopper with Triton 3.6 at the
-pipelined default tiles, and was dropped.) Statistics of any other form stay
-as they are and reach the epilogue from their own kernels.
+Row statistics the GEMM's epilogue needs come from small reduction kernels
+that read `x` once each, shared by every GEMM after the norm. RMSNorm's mean
+square is re-derived as `s2/K` from a row sum of `x²`. LayerNorm keeps its own
+two-pass statistics (mean, then the centred sum of squares): the one-pass
+`s2 - s1²/K` cancels badly when |mean| >> std. (Accumulating the sums in the
+GEMM's own K loop was measured wrong on Hopper with Triton 3.6 at the
+pipelined default tiles, and was dropped.)
 """
 
 from __future__ import annotations
@@ -189,14 +188,17 @@ def _readers(y: ein.MapOp) -> list[Contraction] | None:
 
 @dataclass
 class RowStat:
-    """How a row input of y follows from s1 = Σx and s2 = Σx² (None: read it as it is)."""
+    """How a row input of y follows from the row sums s1 = Σx, s2 = Σx², c2 = Σ(x - s1/K)²
+    (None: read it as it is)."""
 
-    build: Callable[[ScalarBuilder, SSAValue, SSAValue, float], SSAValue] | None
-    sums: tuple[bool, bool] = (False, False)  # whether it reads s1, s2
+    build: Callable[..., SSAValue] | None  # (sb, s1, s2, c2, K) -> the statistic
+    sums: tuple[bool, bool, bool] = (False, False, False)  # whether it reads s1, s2, c2
 
 
 def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
-    """Recognise mean(x), mean/sum(x²) and mean/sum((x - mean(x))²) over the last index."""
+    """Recognise mean/sum(x) and mean/sum(x²) over the last index. A centred sum of squares is
+    not rewritten as s2 - s1²/K: that cancels badly when |mean| >> std (measured: 4% errors on
+    random rows of 2), so LayerNorm keeps its own two-pass statistics."""
     reduce = value.owner
     last = len(shape_of(x.type)) - 1
     if not (
@@ -211,7 +213,7 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
     scale = (lambda sb, v, n: sb.div(v, n)) if kind == "mean" else (lambda sb, v, n: v)  # noqa: E731
     source = reduce.input
     if _upcast_source(source) is _upcast_source(x) and is_float(source.type.get_element_type()):
-        return RowStat(lambda sb, s1, s2, n: scale(sb, s1, n), (True, False))
+        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, s1, n), (True, False, False))
     body_map = source.owner
     if not isinstance(body_map, ein.MapOp) or _upcast_source(body_map.inputs[0]) is not _upcast_source(x):
         return RowStat(None)
@@ -226,18 +228,16 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
         and names[-1] == "arith.mulf"
         and ops[-1].operands[0] is ops[-1].operands[1] is widened
     ):
-        return RowStat(lambda sb, s1, s2, n: scale(sb, s2, n), (False, True))
+        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, s2, n), (False, True, False))
     if (
         len(body_map.inputs) == 2 and names == ["arith.subf", "arith.mulf"]
         and ops[0].operands[0] is args[0] and ops[0].operands[1] is args[1]
         and ops[1].operands[0] is ops[1].operands[1] is ops[0].results[0]
-        and _row_stat(body_map.inputs[1], x).sums == (True, False)  # the mean of x itself
+        and _row_stat(body_map.inputs[1], x).sums == (True, False, False)  # the mean of x itself
         and body_map.inputs[1].owner.kind.data == "mean"
     ):  # fmt: skip
-        # Σ(x - mean)² = s2 - s1²/K
-        return RowStat(
-            lambda sb, s1, s2, n: scale(sb, sb.sub(s2, sb.div(sb.mul(s1, s1), n)), n), (True, True)
-        )
+        # Σ(x - mean)², two-pass as in the model (s2 - s1²/K would cancel when |mean| >> std)
+        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, c2, n), (True, False, True))
     return RowStat(None)
 
 
@@ -286,8 +286,10 @@ class _Rewriter:
     def run(self) -> None:
         stats = {v: _row_stat(v, self.x) for v in self.rows}
         use_sums = bool(stats) and all(s.build is not None for s in stats.values())
+        full_rows = (*self.shape[:-1], 1)
         if not use_sums and any(r.lhs_shape for r in self.readers):
-            raise NotAffine("row statistics of another form cannot follow the rows' reshape")
+            if any(tuple(shape_of(v.type)) != full_rows for v in self.rows):
+                raise NotAffine("broadcast row statistics cannot follow the rows' reshape")
         for reader in self.readers:
             self._rewrite(reader, stats)
 
@@ -315,23 +317,26 @@ class _Rewriter:
         block.add_op(ein.YieldOp(sb.cast(value, out_elem)))
         return self._insert(reader.op, ein.MapOp(inputs, tensor_type(w_shape, out_elem), Region(block)))
 
-    def _row_sums(self, before: Operation, src: SSAValue, wanted: tuple[bool, bool]) -> list[SSAValue | None]:
-        """Fresh s1 = Σsrc and s2 = Σsrc² over the last index (f32) where `wanted`, for one contraction."""
+    def _row_sums(self, before: Operation, src: SSAValue, wanted: tuple[bool, ...]) -> list[SSAValue | None]:
+        """Fresh row sums of `src` over its last index (f32), where `wanted`: s1 = Σx, s2 = Σx²,
+        c2 = Σ(x - s1/K)² (a second pass, reading s1)."""
         shape = shape_of(src.type)
-        last = len(shape) - 1
-        row_shape = [*shape[:-1], 1]
-        sums = []
-        for square in (False, True):
-            if not wanted[square]:
+        last, k = len(shape) - 1, float(shape[-1])
+        row_type = tensor_type([*shape[:-1], 1], f32)
+        sums: list[SSAValue | None] = []
+        for kind, want in zip(("s1", "s2", "c2"), wanted):
+            if not want:
                 sums.append(None)
                 continue
-            block = Block(arg_types=[src.type.get_element_type()])
+            inputs = [src] if kind != "c2" else [src, sums[0]]
+            block = Block(arg_types=[v.type.get_element_type() for v in inputs])
             sb = ScalarBuilder(block)
             v = sb.cast(block.args[0], f32)
-            block.add_op(ein.YieldOp(sb.mul(v, v) if square else v))
-            mapped = self._insert(before, ein.MapOp([src], tensor_type(shape, f32), Region(block)))
-            reduce = ein.ReduceOp("sum", [last], True, mapped, tensor_type(row_shape, f32))
-            sums.append(self._insert(before, reduce))
+            if kind == "c2":
+                v = sb.sub(v, sb.div(block.args[1], sb.const(k, f32)))
+            block.add_op(ein.YieldOp(v if kind == "s1" else sb.mul(v, v)))
+            mapped = self._insert(before, ein.MapOp(inputs, tensor_type(shape, f32), Region(block)))
+            sums.append(self._insert(before, ein.ReduceOp("sum", [last], True, mapped, row_type)))
         return sums
 
     def _rewrite(self, reader: Contraction, stats: dict[SSAValue, RowStat]) -> None:
@@ -361,7 +366,7 @@ class _Rewriter:
             )
         use_sums = all(s.build is not None for s in stats.values()) and bool(stats)
         if use_sums:
-            wanted = tuple(any(s.sums[i] for s in stats.values()) for i in (0, 1))
+            wanted = tuple(any(s.sums[i] for s in stats.values()) for i in range(3))
             key = (reader.lhs_shape, wanted)  # one pair of row sums for all the GEMMs reading y
             if key not in self.shared_sums:
                 src = self.x_source if self.x_source.type.get_element_type() == w_elem else self.x
@@ -372,6 +377,9 @@ class _Rewriter:
                 self.shared_sums[key] = self._row_sums(before, src, wanted)
             sums = self.shared_sums[key]
             row_inputs = [v for v in sums if v is not None]
+        elif reader.lhs_shape is not None:  # the statistics as they are, rows flattened like y's
+            stat_type = lambda v: tensor_type([*reader.lhs_shape[:-1], 1], v.type.get_element_type())  # noqa: E731
+            row_inputs = [self._insert(c, ein.ViewOp("reshape", v, stat_type(v))) for v in self.rows]
         else:
             row_inputs = list(self.rows)
         inputs = [acc, *row_inputs, *vectors]
@@ -382,8 +390,8 @@ class _Rewriter:
         if use_sums:
             n = sb.const(float(self.k_size), f32)
             args = iter(row_args)
-            s1, s2 = (next(args) if v is not None else None for v in sums)
-            mapping = {self.arg_of[v]: stats[v].build(sb, s1, s2, n) for v in self.rows}
+            s1, s2, c2 = (next(args) if v is not None else None for v in sums)
+            mapping = {self.arg_of[v]: stats[v].build(sb, s1, s2, c2, n) for v in self.rows}
         else:
             mapping = {self.arg_of[v]: a for v, a in zip(self.rows, row_args)}
         value = sb.mul(sb.cast(acc_arg, f32), _row_product(sb, self.form.x_terms, mapping, block))

@@ -5,10 +5,13 @@ builtin.module {
       ein.yield %1 : f32
     }
     %1 = ein.reduce sum [1] keepdim %0 : tensor<4x32xf32> -> tensor<4x1xf32>
-    %2 = ein.map(%x) : (tensor<4x32xf32>) -> tensor<4x32xf32> {
-    ^bb0(%3: f32):
-      %4 = arith.mulf %3, %3 : f32
-      ein.yield %4 : f32
+    %2 = ein.map(%x, %1) : (tensor<4x32xf32>, tensor<4x1xf32>) -> tensor<4x32xf32> {
+    ^bb0(%3: f32, %4: f32):
+      %5 = arith.constant 3.200000e+01 : f32
+      %6 = arith.divf %4, %5 : f32
+      %7 = arith.subf %3, %6 : f32
+      %8 = arith.mulf %7, %7 : f32
+      ein.yield %8 : f32
     }
     %3 = ein.reduce sum [1] keepdim %2 : tensor<4x32xf32> -> tensor<4x1xf32>
     %4 = ein.view reshape %norm_weight : tensor<32xf32> -> tensor<1x32xf32>
@@ -34,26 +37,23 @@ builtin.module {
     ^bb0(%13: f32, %14: f32, %15: f32, %16: f32, %17: f32):
       %18 = arith.constant 3.200000e+01 : f32
       %19 = arith.divf %14, %18 : f32
-      %20 = arith.mulf %14, %14 : f32
-      %21 = arith.divf %20, %18 : f32
-      %22 = arith.subf %15, %21 : f32
-      %23 = arith.constant 1.000000e+00 : f32
-      %24 = arith.constant 3.200000e+01 : f32
-      %25 = arith.divf %22, %24 : f32
-      %26 = arith.constant 1.000000e-05 : f32
-      %27 = arith.addf %25, %26 : f32
-      %28 = math.rsqrt %27 : f32
-      %29 = arith.mulf %23, %28 : f32
-      %30 = arith.mulf %13, %29 : f32
-      %31 = arith.constant -1.000000e+00 : f32
-      %32 = arith.mulf %31, %19 : f32
-      %33 = arith.mulf %32, %28 : f32
-      %34 = arith.mulf %33, %16 : f32
-      %35 = arith.addf %30, %34 : f32
-      %36 = arith.constant 1.000000e+00 : f32
-      %37 = arith.mulf %36, %17 : f32
-      %38 = arith.addf %35, %37 : f32
-      ein.yield %38 : f32
+      %20 = arith.constant 1.000000e+00 : f32
+      %21 = arith.constant 3.200000e+01 : f32
+      %22 = arith.divf %15, %21 : f32
+      %23 = arith.constant 1.000000e-05 : f32
+      %24 = arith.addf %22, %23 : f32
+      %25 = math.rsqrt %24 : f32
+      %26 = arith.mulf %20, %25 : f32
+      %27 = arith.mulf %13, %26 : f32
+      %28 = arith.constant -1.000000e+00 : f32
+      %29 = arith.mulf %28, %19 : f32
+      %30 = arith.mulf %29, %25 : f32
+      %31 = arith.mulf %30, %16 : f32
+      %32 = arith.addf %27, %31 : f32
+      %33 = arith.constant 1.000000e+00 : f32
+      %34 = arith.mulf %33, %17 : f32
+      %35 = arith.addf %32, %34 : f32
+      ein.yield %35 : f32
     }
     %13 = ein.map(%lin_bias, %12) : (tensor<16xf32>, tensor<4x16xf32>) -> tensor<4x16xf32> {
     ^bb0(%14: f32, %15: f32):
