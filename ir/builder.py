@@ -284,6 +284,24 @@ class EinBuilder:
         return fn
 
 
+FLOAT_CASTS = ("arith.extf", "arith.truncf")
+
+
+def yielded_value(map_op: ein.MapOp) -> SSAValue:
+    """The scalar an `ein.map` body yields."""
+    return map_op.body.block.last_op.operands[0]
+
+
+def widened_source(value: SSAValue) -> SSAValue | None:
+    """The tensor that `value` only widens (a one-input map whose body is a single `arith.extf`,
+    same shape), or None."""
+    op = value.owner
+    if not (isinstance(op, ein.MapOp) and len(op.inputs) == 1):
+        return None
+    body = list(op.body.block.ops)
+    widened = len(body) == 2 and body[0].name == "arith.extf" and body[0].operands[0] is op.body.block.args[0]
+    return op.inputs[0] if widened and shape_of(op.inputs[0].type) == shape_of(value.type) else None
+
 
 def inline_map_body(
     map_op: ein.MapOp, args: Sequence[SSAValue], block: Block, value: SSAValue | None = None

@@ -32,12 +32,11 @@ from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import inline_map_body
+from ..ir.builder import FLOAT_CASTS, inline_map_body, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of
 from .tile_builder import Index, KernelBuilder
 
 ATTENTION_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV")
-_CASTS = ("arith.extf", "arith.truncf")
 
 
 @dataclass
@@ -80,13 +79,9 @@ def _readers(value: SSAValue) -> set[Operation]:
 
 
 def _strip_casts(value: SSAValue) -> SSAValue:
-    while isinstance(value.owner, Operation) and value.owner.name in _CASTS:
+    while isinstance(value.owner, Operation) and value.owner.name in FLOAT_CASTS:
         value = value.owner.operands[0]
     return value
-
-
-def _yielded(map_op: ein.MapOp) -> SSAValue:
-    return map_op.body.block.last_op.operands[0]
 
 
 def _is_binary_of_args(value: SSAValue, name: str, map_op: ein.MapOp) -> bool:
@@ -111,14 +106,14 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
     normalize = p.owner
     if not (isinstance(normalize, ein.MapOp) and len(normalize.inputs) == 2 and _readers(p) == {output}):
         return None
-    yielded = _strip_casts(_yielded(normalize))
+    yielded = _strip_casts(yielded_value(normalize))
     if not _is_binary_of_args(yielded, "arith.divf", normalize):
         return None
     e, total = normalize.inputs
     row_sum, exp = total.owner, e.owner
     if not (_is_last_dim_reduce(row_sum, "sum") and row_sum.input is e and isinstance(exp, ein.MapOp)):
         return None
-    exp_value = _strip_casts(_yielded(exp))
+    exp_value = _strip_casts(yielded_value(exp))
     if not (
         isinstance(exp_value.owner, Operation) and exp_value.owner.name == "math.exp"
         and len(exp.inputs) == 2 and _is_binary_of_args(exp_value.owner.operands[0], "arith.subf", exp)
@@ -152,20 +147,11 @@ def _upcast(value: SSAValue, reader: Operation) -> ein.MapOp | None:
     """The map widening a 16-bit float tensor to f32 for `reader` alone (SDPA's math path for
     half inputs), which the kernel folds away: a dot of 16-bit operands with f32 accumulation
     forms the same exact products."""
-    op = value.owner
-    if not (isinstance(op, ein.MapOp) and len(op.inputs) == 1 and _readers(value) == {reader}):
+    source = widened_source(value)
+    if source is None or _readers(value) != {reader}:
         return None
-    (inner, _) = list(op.body.block.ops)
-    narrow = op.inputs[0].type.get_element_type()
-    widened = inner.name == "arith.extf" and inner.operands[0] is op.body.block.args[0]
-    return (
-        op
-        if widened
-        and is_float(narrow)
-        and narrow.bitwidth == 16
-        and shape_of(op.inputs[0].type) == shape_of(value.type)
-        else None
-    )
+    narrow = source.type.get_element_type()
+    return value.owner if is_float(narrow) and narrow.bitwidth == 16 else None
 
 
 def classify(contract: ein.ContractOp) -> tuple[str, str, str, str] | None:
@@ -204,7 +190,7 @@ def _layouts_agree(scores: ein.ContractOp, output: ein.ContractOp, row_max: ein.
 
 def _is_causal(pre: ein.MapOp) -> bool:
     """`pre` yields `select(key <= query, x, -inf)` with key/query from iotas over the last two dims."""
-    select = _yielded(pre).owner
+    select = yielded_value(pre).owner
     if not isinstance(select, arith.SelectOp):
         return False
     fill = select.rhs.owner
@@ -373,7 +359,7 @@ def _pre_softmax(
     if masked or not pattern.causal:
         return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
     # below the diagonal the causal select always takes its first value
-    unmasked = _yielded(pre).owner.lhs
+    unmasked = yielded_value(pre).owner.lhs
     return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block, unmasked))
 
 

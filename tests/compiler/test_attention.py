@@ -127,3 +127,11 @@ def test_random_shapes(sq, sk, d, causal):
     if causal and sq > sk or expected.isnan().any():
         return  # rows with no visible key: eager's answer is NaN, ours too; compared elsewhere
     assert_one_attention_kernel(compile_and_compare(fn, q, k, v, rtol=1e-4, atol=1e-5))
+
+
+def test_a_scaled_upcast_operand_is_read_through_its_map():
+    """`q.float() * 2` is not a pure widening: the map stays in the kernel as a plain load."""
+    q, k, v = qkv(1, 2, 9, 9, 16, dtype=torch.float16)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q.float() * 2, k.float(), v.float())  # noqa: E731
+    reports = compile_and_compare(fn, q, k, v, rtol=1e-4, atol=1e-5)
+    assert "attention" in {g["kind"] for g in fusion_groups(reports)}
