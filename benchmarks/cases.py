@@ -183,7 +183,7 @@ def _gemm_inputs(m: int, n: int, k: int, device: torch.device, dtype: torch.dtyp
 
 
 def _linear_inputs(
-    m: int, n: int, k: int, residual: bool, device: torch.device, dtype: torch.dtype
+    m: int, n: int, k: int, device: torch.device, dtype: torch.dtype, *, residual: bool
 ) -> Tensors:
     x, w, b = _randn((m, k), device, dtype), _weight(n, k, device, dtype), _randn((n,), device, dtype)
     return (x, w, b, _randn((m, n), device, dtype)) if residual else (x, w, b)
@@ -202,7 +202,7 @@ def _mlp_inputs(
 
 
 def _norm_linear_inputs(
-    m: int, n: int, k: int, layer: bool, device: torch.device, dtype: torch.dtype
+    m: int, n: int, k: int, device: torch.device, dtype: torch.dtype, *, layer: bool
 ) -> Tensors:
     """x, the norm's weight (and bias for LayerNorm), the linear weight (and bias for LayerNorm)."""
     x, g, w = _randn((m, k), device, dtype), _randn((k,), device, dtype), _weight(n, k, device, dtype)
@@ -263,14 +263,19 @@ def _gemm_case(name: str, m: int, n: int, k: int) -> BenchCase:
     )
 
 
-def _linear_case(name: str, fn: Callable[..., Tensor], m: int, n: int, k: int, residual: bool) -> BenchCase:
+def _linear_case(
+    name: str, fn: Callable[..., Tensor], m: int, n: int, k: int, inputs: Callable[..., Tensors],
+    activations: int = 0,
+) -> BenchCase:  # fmt: skip
+    """One linear layer (x m×k, w n×k) with what surrounds it in `fn`; `inputs(m, n, k, device, dtype)`."""
     return BenchCase(
         name=name,
         shape=f"x {m}x{k}, w {n}x{k}",
-        make_inputs=partial(_linear_inputs, m, n, k, residual),
+        make_inputs=partial(inputs, m, n, k),
         fn=fn,
         flops=2 * m * n * k,
         baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
+        activations=activations,
     )
 
 
@@ -285,29 +290,6 @@ def _mlp_case(
         flops=3 * 2 * tokens * hidden * inter,
         baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
         activations=1,
-    )
-
-
-def _norm_linear_case(name: str, fn: Callable[..., Tensor], m: int, n: int, k: int, layer: bool) -> BenchCase:
-    return BenchCase(
-        name=name,
-        shape=f"x {m}x{k}, w {n}x{k}",
-        make_inputs=partial(_norm_linear_inputs, m, n, k, layer),
-        fn=fn,
-        flops=2 * m * n * k,
-        baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
-        activations=1,
-    )
-
-
-def _linear_softmax_case(name: str, m: int, n: int, k: int) -> BenchCase:
-    return BenchCase(
-        name=name,
-        shape=f"x {m}x{k}, w {n}x{k}",
-        make_inputs=partial(_linear_softmax_inputs, m, n, k),
-        fn=linear_softmax,
-        flops=2 * m * n * k,
-        baselines=(EAGER, COMPILE, MAX_AUTOTUNE),
     )
 
 
@@ -385,6 +367,7 @@ def benchmark_cases(scale: int = 1) -> list[BenchCase]:
     inter = 11008 // scale
     rows, cols = rowwise_shape(scale)
     h32, h8 = (h // min(scale, 8) for h in (32, 8))
+    rms_inputs, layer_inputs = (partial(_norm_linear_inputs, layer=layer) for layer in (False, True))
     hd128, hd64 = (max(d // scale, 16) for d in (128, 64))
     b4 = max(4 // scale, 1)
     long, short, gqa = (b4, h32, h32, d4k, hd128), (b4, h32, h32, d1k, hd64), (b4, h32, h8, d4k, hd128)
@@ -394,15 +377,19 @@ def benchmark_cases(scale: int = 1) -> list[BenchCase]:
         _gemm_case("gemm_tall", d8k, d4k, d4k),
         _gemm_case("gemm_wide", d1k, d8k, d8k),
         _gemm_case("gemm_skinny", d128, d8k, d8k),
-        _linear_case("linear_gelu", linear_gelu, d8k, d4k, d4k, residual=False),
-        _linear_case("linear_residual", linear_residual, d8k, d4k, d4k, residual=True),
+        _linear_case("linear_gelu", linear_gelu, d8k, d4k, d4k, partial(_linear_inputs, residual=False)),
+        _linear_case(
+            "linear_residual", linear_residual, d8k, d4k, d4k, partial(_linear_inputs, residual=True)
+        ),
         _mlp_case("swiglu_mlp", swiglu_mlp, d8k, d4k, inter, norm=False),
         _mlp_case("llama_mlp_half", llama_mlp_half, d8k, d4k, inter, norm=True),
-        _norm_linear_case("rmsnorm_linear", rmsnorm_linear, d8k, d4k, d4k, layer=False),
-        _norm_linear_case("layernorm_linear", layernorm_linear, d8k, d4k, d4k, layer=True),
-        _linear_softmax_case("linear_softmax_narrow", d8k, 256 // scale or 4, d4k),
-        _linear_softmax_case("linear_softmax", d8k, d1k, d4k),
-        _linear_softmax_case("linear_softmax_wide", d8k, d4k, d4k),
+        _linear_case("rmsnorm_linear", rmsnorm_linear, d8k, d4k, d4k, rms_inputs, activations=1),
+        _linear_case("layernorm_linear", layernorm_linear, d8k, d4k, d4k, layer_inputs, activations=1),
+        _linear_case(
+            "linear_softmax_narrow", linear_softmax, d8k, 256 // scale or 4, d4k, _linear_softmax_inputs
+        ),
+        _linear_case("linear_softmax", linear_softmax, d8k, d1k, d4k, _linear_softmax_inputs),
+        _linear_case("linear_softmax_wide", linear_softmax, d8k, d4k, d4k, _linear_softmax_inputs),
         _rowwise_case("softmax", softmax, rows, cols, params=0),
         _rowwise_case("layernorm", layernorm, rows, cols, params=2),
         _rowwise_case("rmsnorm", rmsnorm, rows, cols, params=1),
