@@ -348,13 +348,7 @@ def _pre_softmax(
         if _source(v) is pattern.scores.result:
             operands.append(s)
             continue
-        vshape = shape_of(v.type)
-        offset = len(shape) - len(vshape)
-        v_idx = [
-            kb.const(0) if n == 1 and shape[offset + i] != 1 else idx[offset + i]
-            for i, n in enumerate(vshape)
-        ]
-        operands.append(kb.load(v, v_idx))
+        operands.append(kb.load(v, kb.broadcast_indices(v, shape, idx)))
     elem = pre.result.type.get_element_type()
     if masked or not pattern.causal:
         return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))

@@ -62,22 +62,11 @@ def _materialized(value: SSAValue) -> bool:
     return not isinstance(value.owner, VIRTUAL_OPS)
 
 
-def _broadcast_indices(kb: KernelBuilder, value: SSAValue, out_shape, out_idx: list[Index]) -> list[Index]:
-    """Indices into `value` (numpy-broadcast to `out_shape`) for the output element at `out_idx`."""
-    shape = shape_of(value.type)
-    offset = len(out_shape) - len(shape)
-    return [
-        kb.const(0) if d == 1 and out_shape[offset + j] != 1 else out_idx[offset + j]
-        for j, d in enumerate(shape)
-    ]
-
-
 def _apply_map(
     kb: KernelBuilder, op: ein.MapOp, known: dict[SSAValue, SSAValue], out_shape, out_idx: list[Index]
 ) -> SSAValue:
     operands = [
-        known[v] if v in known else kb.load(v, _broadcast_indices(kb, v, out_shape, out_idx))
-        for v in op.inputs
+        known[v] if v in known else kb.load(v, kb.broadcast_indices(v, out_shape, out_idx)) for v in op.inputs
     ]
     elem = op.result.type.get_element_type()
     return kb.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
@@ -291,7 +280,7 @@ def evaluate_row_ops(
         if v in computed:
             return computed[v]
         if (v, out_shape) not in loaded:
-            loaded[(v, out_shape)] = kb.load(v, _broadcast_indices(kb, v, out_shape, at[out_shape]))
+            loaded[(v, out_shape)] = kb.load(v, kb.broadcast_indices(v, out_shape, at[out_shape]))
         return loaded[(v, out_shape)]
 
     for op in ops:

@@ -180,6 +180,17 @@ class KernelBuilder:
             flat = term if flat is None else self.index_op("add", flat, term)
         return flat if flat is not None else self.const(0)
 
+    def broadcast_indices(
+        self, value: SSAValue, out_shape: Sequence[int], out_idx: Sequence[Index]
+    ) -> list[Index]:
+        """Indices into `value` (numpy-broadcast to `out_shape`) for the output element at `out_idx`."""
+        shape = shape_of(value.type)
+        offset = len(out_shape) - len(shape)
+        return [
+            self.const(0) if d == 1 and out_shape[offset + j] != 1 else out_idx[offset + j]
+            for j, d in enumerate(shape)
+        ]
+
     def load(
         self, value: SSAValue, indices: Sequence[Index], block_offsets: Sequence[Index] = ()
     ) -> SSAValue:
