@@ -76,7 +76,7 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "gemm":
         # 128x256x64, 8 warps, 3 stages won every bf16 case of the H100 sweep (benchmarks/NOTES.md)
         bm = _pow2_at_least(problem["M"], 16, 128)
-        bn = _pow2_at_least(problem["N"], 16, 256)
+        bn = problem.get("exact", {}).get("BLOCK_N") or _pow2_at_least(problem["N"], 16, 256)
         whole_rows = "whole" in problem  # a row reduction in the epilogue: one tile spans N
         bk = _pow2_at_least(problem["K"], 16, 64)
         while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
@@ -91,13 +91,15 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             bn //= 2
         while whole_rows and bm * bn > 128 * 256 and bm > 16:
             bm //= 2
+
         # whole-row tiles leave one program per row block: keep enough of them to fill the GPU
-        while whole_rows and bm > 64 and -(-problem["M"] // bm) * problem.get("B", 1) < 2 * SM_COUNT_HINT:
+        def programs() -> int:
+            return -(-problem["M"] // bm) * -(-problem["N"] // bn) * problem.get("B", 1)
+
+        while whole_rows and bm > 64 and programs() < 2 * SM_COUNT_HINT:
             bm //= 2
         # fewer tiles than SMs leaves most of the GPU idle (the k/v projections of a GQA block,
         # M=128 decode-like shapes): narrower tiles
-        def programs() -> int:
-            return -(-problem["M"] // bm) * -(-problem["N"] // bn) * problem.get("B", 1)
 
         # (halving down to 128 only: 64x64 tiles measured 0.35x cuBLAS at M=128 on the H100)
         while programs() < SM_COUNT_HINT and bn > 128 and not whole_rows:

@@ -92,6 +92,12 @@ def linear_softmax(x: Tensor, w: Tensor) -> Tensor:
     return torch.softmax(F.linear(x, w), dim=-1)
 
 
+def linear_logsumexp(x: Tensor, w: Tensor) -> Tensor:
+    """An LM head's logsumexp (cross-entropy's normalizer): a linear layer, then logsumexp over
+    its N outputs, too wide for one tile (a split reduction)."""
+    return torch.logsumexp(F.linear(x, w), dim=-1)
+
+
 def softmax(x: Tensor) -> Tensor:
     """Softmax over the last dim."""
     return torch.softmax(x, dim=-1)
@@ -390,6 +396,7 @@ def benchmark_cases(scale: int = 1) -> list[BenchCase]:
         ),
         _linear_case("linear_softmax", linear_softmax, d8k, d1k, d4k, _linear_softmax_inputs),
         _linear_case("linear_softmax_wide", linear_softmax, d8k, d4k, d4k, _linear_softmax_inputs),
+        _linear_case("linear_logsumexp", linear_logsumexp, d2k, 32000 // scale, d4k, _linear_softmax_inputs),
         _rowwise_case("softmax", softmax, rows, cols, params=0),
         _rowwise_case("layernorm", layernorm, rows, cols, params=2),
         _rowwise_case("rmsnorm", rmsnorm, rows, cols, params=1),

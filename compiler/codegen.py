@@ -17,7 +17,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from ..autotune.heuristics import default_config
 from ..ir.module import make_context, print_module, verify
-from ..passes import FormFusionGroups, NormPrologue
+from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from .runtime import CompiledKernel
 
@@ -41,16 +41,19 @@ class Target:
 
 
 NORM_PROLOGUE_ENV = "TILEFUSE_NORM_PROLOGUE"  # "0": norms stay row kernels before their GEMMs
+SPLIT_REDUCTION_ENV = "TILEFUSE_SPLIT_REDUCTION"  # "0": wide reductions of GEMM rows stay unsplit
 
 
 def fusion_options() -> str:
     """The fusion settings read from the environment, for the compile-cache key."""
-    return f"norm_prologue={os.environ.get(NORM_PROLOGUE_ENV, '1')}"
+    return ",".join(f"{env}={os.environ.get(env, '1')}" for env in (NORM_PROLOGUE_ENV, SPLIT_REDUCTION_ENV))
 
 
 def stage_fuse(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
         NormPrologue().apply(make_context(), art.module)
+    if os.environ.get(SPLIT_REDUCTION_ENV, "1") != "0":
+        SplitReduction().apply(make_context(), art.module)
     FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art

@@ -322,3 +322,15 @@ def single_user(value: SSAValue) -> Operation | None:
     """The one op that reads `value`, or None if none or several do."""
     users = {use.operation for use in value.uses}
     return users.pop() if len(users) == 1 else None
+
+
+def erase_dead(fn: func.FuncOp) -> None:
+    """Erase the ops of `fn` whose results nothing reads (a rewrite's leftovers)."""
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(list(fn.body.block.ops)):
+            if op is not fn.body.block.last_op and all(not r.uses for r in op.results):
+                op.detach()
+                op.erase()
+                changed = True

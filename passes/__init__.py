@@ -9,9 +9,10 @@ from .canonicalize import Canonicalize
 from .fusion_groups import FormFusionGroups
 from .lower_to_tile import LowerToTile
 from .norm_prologue import NormPrologue
+from .split_reduction import SplitReduction
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (Canonicalize, NormPrologue, FormFusionGroups, LowerToTile)
+    p.name: p for p in (Canonicalize, NormPrologue, SplitReduction, FormFusionGroups, LowerToTile)
 }
 
-__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile", "NormPrologue"]
+__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile", "NormPrologue", "SplitReduction"]

@@ -12,8 +12,9 @@ op went where:
   whose results meet in the first map of the chain (SwiGLU:
   `silu(x@W1) * (x@W3)`) share one kernel with two accumulators. A row group
   over the output's N index (softmax, log-softmax, norms of the product) joins
-  it when a tile can hold whole rows (N <= MAX_EPILOGUE_ROW); wider rows stay a
-  GEMM plus a row kernel (a split reduction would move the same bytes).
+  it when a tile can hold whole rows (N <= MAX_EPILOGUE_ROW), or when the row was
+  split into chunks a tile holds (split-reduction: a reshape [.., N] -> [.., T, C]
+  feeding the row group); other wide rows stay a GEMM plus a row kernel.
 - **row**: reductions over the same dims of the same shape, with the maps
   around them (full-shaped or row-shaped), whose intermediates are used only
   inside the group: softmax, log-softmax, LayerNorm, RMSNorm and chains of
@@ -44,6 +45,7 @@ from ..ir import einsum as ein
 from ..ir.builder import single_user
 from ..ir.dtypes import is_float, shape_of
 from .flash_attention import match_attention
+from .split_reduction import MAX_EPILOGUE_ROW
 
 GROUP_ATTR = "ein.group"
 VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp)
@@ -252,9 +254,6 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
 
 
-MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
-
-
 def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:
     """A row group over a GEMM's output rows (softmax, norms over N) joins the GEMM when one
     tile can own whole rows: N <= MAX_EPILOGUE_ROW and the output has no other reader."""
@@ -278,14 +277,30 @@ def _row_epilogue_of(gemm: tuple, groups: list) -> tuple | None:
     lhs, rhs, letters = ein.parse_spec(first.spec.data)
     n = [c for c in letters if c in rhs and c not in lhs]
     readers = {use.operation for use in out.uses}
-    if len(n) != 1 or not readers or shape_of(out.type)[letters.index(n[0])] > MAX_EPILOGUE_ROW:
+    if len(n) != 1 or not readers:
         return None
     space = RowSpace(tuple(shape_of(out.type)), (letters.index(n[0]),))
+    (reader,) = readers if len(readers) == 1 else (None,)
+    if _is_chunk_view(reader, space):  # chunks of a wide row (split-reduction): one tile a chunk
+        readers = {use.operation for use in reader.result.uses}
+        space = RowSpace(tuple(shape_of(reader.result.type)), (len(space.shape),))
+    if space.row_size > MAX_EPILOGUE_ROW:
+        return None
     for group in groups:
         if group[1] == "row" and readers <= set(group[2]):
             reduce = next(op for op in group[2] if isinstance(op, ein.ReduceOp))
             return group if RowSpace.of(reduce) == space else None
     return None
+
+
+def _is_chunk_view(op: Operation | None, space: RowSpace) -> bool:
+    """A reshape of [.., N] (N the last dim) to [.., T, C]."""
+    if not (
+        isinstance(op, ein.ViewOp) and op.kind.data == "reshape" and space.dims == (len(space.shape) - 1,)
+    ):
+        return False
+    shape = tuple(shape_of(op.result.type))
+    return shape[:-2] == space.shape[:-1] and shape[-2] * shape[-1] == space.shape[-1]
 
 
 def annotate(groups: list[FusionGroup]) -> None:

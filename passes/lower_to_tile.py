@@ -149,21 +149,37 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         op.result: kb.cast(acc, op.result.type.get_element_type()) for op, acc in zip(contracts, loop.results)
     }
     epilogue = [op for op in group.ops if not isinstance(op, ein.ContractOp)]
-    if any(isinstance(op, ein.ReduceOp) for op in epilogue):
+    reductions = [op for op in epilogue if isinstance(op, ein.ReduceOp)]
+    problem: dict = {}
+    if not reductions:
+        for op in epilogue:
+            known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+    elif (space := RowSpace.of(reductions[0])).shape == tuple(out_shape):
         # a row reduction over the output's N index: this tile holds whole rows (BLOCK_N >= N)
         (n_letter,) = n
-        space = RowSpace(tuple(out_shape), (out_letters.index(n_letter),))
         in_range = kb.map([at[n_letter]], i1, lambda sb, c: sb.cmp("lt", c, sb.const(N, i32)))
         known, at_shape = evaluate_row_ops(kb, epilogue, space, out_idx, in_range, known)
         out_idx = at_shape[tuple(shape_of(group.output.type))]
+        problem["whole"] = {"BLOCK_N": N}
     else:
-        for op in epilogue:
+        # chunks of a wide row (split-reduction): the [.., N] product is viewed as [.., T, C]
+        # and this tile is chunk pid_n (BLOCK_N = C); the row ops reduce it to one partial a row
+        chunk = space.shape[-1]
+        kb.exact["BLOCK_N"] = chunk
+        product = [op for op in epilogue if tuple(shape_of(op.result.type)) == tuple(out_shape)]
+        for op in product:
             known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+        (view,) = {use.operation for use in (product[-1] if product else first).results[0].uses}
+        known[view.result] = known[view.input]
+        lanes = kb.expand(kb.arange("BLOCK_N"), 0)
+        in_range = kb.map([lanes], i1, lambda sb, c: sb.cmp("lt", c, sb.const(chunk, i32)))
+        rest = [op for op in epilogue if op not in product]
+        known, at_shape = evaluate_row_ops(kb, rest, space, [*out_idx[:-1], pid_n, lanes], in_range, known)
+        out_idx = at_shape[tuple(shape_of(group.output.type))]
+        problem |= {"whole": {"BLOCK_N": chunk}, "exact": {"BLOCK_N": chunk}}
     kb.store(kb.output_argument(group.output), out_idx, known[group.output])
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
-    problem = {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
-    if any(isinstance(op, ein.ReduceOp) for op in group.ops):
-        problem["whole"] = {"BLOCK_N": N}
+    problem |= {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
     return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
 
 

@@ -39,7 +39,7 @@ from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import FLOAT_CASTS, ScalarBuilder, widened_source, yielded_value
+from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of, tensor_type
 from .fusion_groups import functions
 
@@ -442,17 +442,6 @@ def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
     return value in params or isinstance(value.owner, ein.ConstantOp)
 
 
-def _erase_dead(fn: func.FuncOp) -> None:
-    changed = True
-    while changed:
-        changed = False
-        for op in reversed(list(fn.body.block.ops)):
-            if op is not fn.body.block.last_op and all(not r.uses for r in op.results):
-                op.detach()
-                op.erase()
-                changed = True
-
-
 def rewrite_function(fn: func.FuncOp) -> int:
     """Apply the rewrite to every norm-before-GEMM in `fn`; returns how many norms were rewritten."""
     attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
@@ -474,7 +463,7 @@ def rewrite_function(fn: func.FuncOp) -> int:
             continue
         count += 1
     if count:
-        _erase_dead(fn)
+        erase_dead(fn)
     return count
 
 

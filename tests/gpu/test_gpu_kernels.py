@@ -167,3 +167,24 @@ def test_row_reduction_in_gemm_epilogue(n, dtype):
             out, expected = compiled(x, w), fn(x.double(), w.double())
         assert [g["kind"] for g in _groups(compiled)] == ["gemm"]
         assert rel_error(out, expected) < (1e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1000, 4096, 512), (77, 32000, 256), (2048, 320, 1024)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_reduction_of_wide_rows(shape, dtype):
+    m, n, k = shape
+    x, w = torch.randn(m, k, device=CUDA, dtype=dtype) / 8, torch.randn(n, k, device=CUDA, dtype=dtype) / 8
+    fns = (
+        lambda x, w: torch.logsumexp(F.linear(x, w), -1),
+        lambda x, w: F.linear(x, w).pow(2).mean(-1),
+        lambda x, w: F.linear(x, w).amax(-1),
+    )
+    for fn in fns:
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out, ref = compiled(x, w), fn(x.double(), w.double())
+        groups = _groups(compiled)
+        assert groups[0]["kind"] == "gemm" and "ein.reduce" in groups[0]["ops"], groups
+        assert len(groups) == 2 and all(g["kernel"] for g in groups), groups
+        assert rel_error(out, ref) < 1e-2

@@ -1,0 +1,255 @@
+"""split-reduction: a reduction over a wide GEMM output row, computed per chunk in the GEMM's
+epilogue and combined by a small second reduction (TVM's rfactor, Inductor's split reduction).
+
+A GEMM tile can hold a whole output row only up to MAX_EPILOGUE_ROW columns. For a wider row
+whose only use is a reduction, the row is viewed as T chunks of C columns (C a power of two
+dividing N, at most MAX_EPILOGUE_ROW): one GEMM tile is one chunk, and its epilogue reduces it
+to one partial per row. The [.., T] partials go to a row kernel that combines them. The GEMM
+never writes its [.., N] output; the partials are N/C times smaller.
+
+    r = reduce{sum,max,min,mean} [-1] f(contract(..))       f elementwise on the product
+      -> p = reduce [-1] reshape(f(..), [.., T, C]);  r = reduce [-1] p
+    logsumexp over N (max, exp(y - max), sum, log + max)
+      -> p = logsumexp over C of the chunks;  r = logsumexp over T of p
+
+Partials are kept in f32. Where the product is needed again after the reduction (softmax,
+log_softmax, a norm's output), the row is not split: the GEMM writes the row anyway, and the
+one-pass row kernel after it moves the same bytes as partials plus a combine kernel would,
+with one launch fewer. Rows whose N has no power-of-two divisor C >= MIN_CHUNK stay unsplit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, f32
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+
+from ..ir import einsum as ein
+from ..ir.builder import FLOAT_CASTS, EinBuilder, erase_dead, single_user, yielded_value
+from ..ir.dtypes import is_float, shape_of, tensor_type
+
+MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
+MIN_CHUNK = 64  # narrower chunks would leave GEMM tiles too thin to run near peak
+
+
+def chunk_size(n: int) -> int | None:
+    """The columns of one chunk of a row of `n`: the widest power of two <= MAX_EPILOGUE_ROW
+    dividing `n`, or None when the row fits one tile or has no such divisor."""
+    if n <= MAX_EPILOGUE_ROW:
+        return None
+    c = MAX_EPILOGUE_ROW
+    while c >= MIN_CHUNK and n % c:
+        c //= 2
+    return c if c >= MIN_CHUNK else None
+
+
+class _Before(EinBuilder):
+    """An EinBuilder that inserts its ops before `anchor` in an existing function."""
+
+    def __init__(self, anchor: Operation):
+        super().__init__("split")
+        self.anchor = anchor
+
+    def _emit(self, op: Operation) -> SSAValue:
+        self.anchor.parent_block().insert_op_before(op, self.anchor)
+        return op.results[0]
+
+
+def _product_row(value: SSAValue) -> bool:
+    """Whether `value` is a contraction's output, or elementwise maps of it of the same shape,
+    each link read only by the next, with the contraction's N index last (see `chunk_size`)."""
+    shape = tuple(shape_of(value.type))
+    while isinstance(value.owner, ein.MapOp):
+        full = [v for v in value.owner.inputs if tuple(shape_of(v.type)) == shape]
+        if len(full) != 1 or single_user(full[0]) is not value.owner:
+            return False
+        value = full[0]
+    op = value.owner
+    if not isinstance(op, ein.ContractOp):
+        return False
+    lhs, rhs, out = ein.parse_spec(op.spec.data)
+    return out[-1] in rhs and out[-1] not in lhs and is_float(value.type.get_element_type())
+
+
+def _strip_casts(v: SSAValue) -> SSAValue:
+    while v.owner is not None and getattr(v.owner, "name", "") in FLOAT_CASTS:
+        v = v.owner.operands[0]
+    return v
+
+
+def _body_op(v: SSAValue, name: str) -> list[SSAValue] | None:
+    """The operands (casts stripped) of `v`'s defining op if it is `name`."""
+    v = _strip_casts(v)
+    if v.owner is None or getattr(v.owner, "name", "") != name:
+        return None
+    return [_strip_casts(o) for o in v.owner.operands]
+
+
+@dataclass
+class _LogSumExp:
+    """max, stabilizer, exp(y - m), sum, log(s) + m over the last dim of `y`, as matched."""
+
+    y: SSAValue
+    result: ein.MapOp
+
+
+def _match_logsumexp(mx: ein.ReduceOp) -> _LogSumExp | None:
+    """`log(sum(exp(y - m~))) + m~` with m~ any row-shaped map of m = max(y) (a stabilizer:
+    the value does not depend on it), nothing else reading m, m~, the exp or the sum."""
+    y = mx.input
+    if mx.kind.data != "max" or mx.keepdim is None:
+        return None
+    stab = mx.result
+    if (user := single_user(stab)) is not None and isinstance(user, ein.MapOp):
+        if tuple(shape_of(user.result.type)) == tuple(shape_of(stab.type)) and len(user.inputs) <= 2:
+            others = [v for v in user.inputs if v is not stab]
+            if all(isinstance(v.owner, ein.ConstantOp) for v in others):
+                stab = user.result
+    readers = {u.operation for u in stab.uses}
+    exp = next((r for r in readers if isinstance(r, ein.MapOp) and y in r.inputs), None)
+    if exp is None or {u.operation for u in y.uses} != {mx, exp} or len(exp.inputs) != 2:
+        return None
+    args = dict(zip(exp.inputs, exp.body.block.args))
+    inner = _body_op(yielded_value(exp), "math.exp")
+    if inner is None or _body_op(inner[0], "arith.subf") != [args[y], args[stab]]:
+        return None
+    total = single_user(exp.result)
+    if not (
+        isinstance(total, ein.ReduceOp) and total.kind.data == "sum" and total.reduce_dims == mx.reduce_dims
+    ):
+        return None
+    final = single_user(total.result)
+    views = readers - {exp}
+    if len(views) != 1 or not isinstance(final, ein.MapOp):
+        return None
+    (view,) = views
+    m_in = view.result if isinstance(view, ein.ViewOp) and view.kind.data == "reshape" else stab
+    if view is not final and (single_user(view.result) is not final):
+        return None
+    if set(final.inputs) != {total.result, m_in} or len(final.inputs) != 2:
+        return None
+    fargs = dict(zip(final.inputs, final.body.block.args))
+    terms = _body_op(yielded_value(final), "arith.addf")
+    if terms is None or fargs[m_in] not in terms:
+        return None
+    log = _body_op(terms[1 - terms.index(fargs[m_in])], "math.log")
+    if log != [fargs[total.result]]:
+        return None
+    return _LogSumExp(y, final)
+
+
+def _logsumexp(b: EinBuilder, x: SSAValue, out_elem) -> SSAValue:
+    """logsumexp of `x` over its last dim, computed in f32: max, an infinite max replaced by 0
+    (so rows of -inf give -inf, not NaN), exp(x - m), sum, log(s) + m."""
+    m = b.reduce("max", x, [-1], keepdim=True)
+    inf = float("inf")
+    m = b.map(
+        [m],
+        f32,
+        lambda sb, v: sb.select(sb.cmp("eq", sb.unary("abs", v), sb.const(inf, f32)), sb.const(0.0, f32), v),
+    )
+    e = b.map([x, m], f32, lambda sb, v, s: sb.unary("exp", sb.sub(v, s)))
+    s = b.reduce("sum", e, [-1], keepdim=False)
+    m_row = b.reshape(m, shape_of(s.type))
+    return b.map([s, m_row], out_elem, lambda sb, t, s_: sb.add(sb.unary("log", t), s_))
+
+
+def _peel(x: SSAValue) -> tuple[SSAValue, list[ein.MapOp]]:
+    """`x` = maps(reshapes(y)) with each map reading one tensor (others 0-d constants) and each
+    reshape keeping the last dim, each link read only by the next: (y, the maps, first first).
+    A linear on a 3-d input reshapes its [B*S, N] product to [B, S, N] before the activation."""
+    maps = []
+    while True:
+        op = x.owner
+        if isinstance(op, ein.MapOp):
+            scalars = [v for v in op.inputs if not shape_of(v.type)]
+            if len(op.inputs) - len(scalars) != 1:
+                break
+            (source,) = [v for v in op.inputs if shape_of(v.type)]
+            if shape_of(source.type) != shape_of(x.type):
+                break
+            maps.append(op)
+        elif isinstance(op, ein.ViewOp) and op.kind.data == "reshape":
+            if shape_of(op.input.type)[-1:] != shape_of(x.type)[-1:]:
+                break
+            source = op.input
+        else:
+            break
+        if single_user(source) is not op:
+            break
+        x = source
+    return x, maps[::-1]
+
+
+def _chunks(b: EinBuilder, x: SSAValue) -> SSAValue | None:
+    """`x` (a GEMM product's row, see `_peel`) viewed as [.., T, C] chunks in f32, or None when
+    it is not such a row or N has no chunk size. Maps between the product and `x` that only
+    read constants are applied to the chunks, so the view sits right on the GEMM's output."""
+    y, maps = _peel(x)
+    shape = list(shape_of(y.type))
+    c = chunk_size(shape[-1]) if shape else None
+    if c is None or not _product_row(y):
+        return None
+    chunks = b.reshape(y, [*shape[:-1], shape[-1] // c, c])
+    for op in maps:
+        inputs = [chunks if shape_of(v.type) else v for v in op.inputs]
+        result = tensor_type(shape_of(chunks.type), op.result.type.get_element_type())
+        chunks = b._emit(ein.MapOp(inputs, result, op.body.clone()))
+    return b.cast(chunks, f32)
+
+
+def _split_plain(reduce: ein.ReduceOp) -> bool:
+    """r = reduce(f(product)) over the last dim -> reduce of the per-chunk partials."""
+    x, kind = reduce.input, reduce.kind.data
+    shape = shape_of(x.type)
+    if kind not in ("sum", "max", "min", "mean") or reduce.reduce_dims != (len(shape) - 1,):
+        return False
+    b = _Before(reduce)
+    if single_user(x) is not reduce or (chunks := _chunks(b, x)) is None:
+        return False
+    partial = b.reduce(kind, chunks, [-1], keepdim=False)
+    total = b.reduce(kind, partial, [-1], keepdim=False)
+    result = reduce.result
+    result.replace_all_uses_with(
+        b.reshape(b.cast(total, result.type.get_element_type()), shape_of(result.type))
+    )
+    return True
+
+
+def _split_logsumexp(mx: ein.ReduceOp) -> bool:
+    match = _match_logsumexp(mx)
+    if match is None or mx.reduce_dims != (len(shape_of(mx.input.type)) - 1,):
+        return False
+    b = _Before(match.result)
+    if (chunks := _chunks(b, match.y)) is None:
+        return False
+    result = match.result.result
+    total = _logsumexp(b, _logsumexp(b, chunks, f32), result.type.get_element_type())
+    result.replace_all_uses_with(b.reshape(total, shape_of(result.type)))
+    return True
+
+
+def rewrite_function(fn: func.FuncOp) -> int:
+    """Split every wide reduction of a GEMM's output in `fn`; returns how many were split."""
+    count = 0
+    for op in list(fn.body.block.ops):
+        if isinstance(op, ein.ReduceOp) and op.parent is not None:
+            count += _split_logsumexp(op) or _split_plain(op)
+    if count:
+        erase_dead(fn)
+    return count
+
+
+@dataclass(frozen=True)
+class SplitReduction(ModulePass):
+    """Reductions over wide GEMM output rows become per-chunk partials and a combine."""
+
+    name = "split-reduction"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        for fn in (o for o in op.ops if isinstance(o, func.FuncOp)):
+            rewrite_function(fn)

@@ -1,0 +1,116 @@
+"""Split reductions of wide GEMM rows (Triton interpreter) against eager PyTorch.
+
+A reduction over a GEMM output row wider than a tile (N > MAX_EPILOGUE_ROW) whose row is not
+needed afterwards runs as partial reductions per chunk in the GEMM's epilogue plus a combine
+kernel; see passes/split_reduction.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilefuse
+from helpers import compile_and_compare, fusion_groups
+from tilefuse.passes.split_reduction import MAX_EPILOGUE_ROW, chunk_size
+
+REDUCTIONS = {
+    "logsumexp": lambda x, w, b: torch.logsumexp(F.linear(x, w, b), -1),
+    "logsumexp_by_hand": lambda x, w, b: _lse_by_hand(x @ w.t() + b),
+    "sum_of_squares": lambda x, w, b: F.linear(x, w, b).pow(2).sum(-1),
+    "amax_keepdim": lambda x, w, b: F.linear(x, w, b).amax(-1, keepdim=True),
+    "min": lambda x, w, b: (x @ w.t()).amin(-1),
+    "mean": lambda x, w, b: torch.tanh(F.linear(x, w, b)).mean(-1),
+}
+
+
+def _lse_by_hand(y):
+    m = y.amax(-1, keepdim=True)
+    return torch.log(torch.exp(y - m).sum(-1)) + m.squeeze(-1)
+
+
+def _split(reports) -> bool:
+    """Whether the compiled graph is a GEMM whose epilogue reduces, plus a combine kernel."""
+    groups = fusion_groups(reports)
+    return (
+        len(groups) == 2 and groups[0]["kind"] == "gemm" and "ein.reduce" in groups[0]["ops"]
+        and all(g["kernel"] for g in groups)
+    )  # fmt: skip
+
+
+def test_chunk_size():
+    assert chunk_size(MAX_EPILOGUE_ROW) is None  # one tile holds the row
+    assert chunk_size(1024) == 256 and chunk_size(320) == 64 and chunk_size(32000) == 256
+    assert chunk_size(1000) is None and chunk_size(50257) is None  # no power-of-two chunk >= 64
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@pytest.mark.parametrize("n", [512, 320, 1000], ids=lambda n: f"N={n}")
+def test_wide_row_reductions(name, n):
+    x, w, b = torch.randn(37, 40), torch.randn(n, 40), torch.randn(n)
+    reports = compile_and_compare(REDUCTIONS[name], x, w, b, rtol=1e-4, atol=1e-4)
+    assert _split(reports) == (chunk_size(n) is not None)
+
+
+def test_softmax_is_not_split():
+    # the row is needed after the reduction: a GEMM and a one-pass row kernel move fewer bytes
+    x, w = torch.randn(9, 24), torch.randn(512, 24)
+    reports = compile_and_compare(lambda x, w: torch.softmax(x @ w.t(), -1), x, w, rtol=1e-4, atol=1e-6)
+    assert sorted(g["kind"] for g in fusion_groups(reports)) == ["gemm", "row"]
+
+
+def test_row_needed_elsewhere_is_not_split():
+    x, w = torch.randn(9, 24), torch.randn(512, 24)
+    fn = lambda x, w: ((y := x @ w.t()), torch.logsumexp(y, -1))  # noqa: E731
+    reports = compile_and_compare(fn, x, w, rtol=1e-4, atol=1e-5)
+    assert not _split(reports)
+
+
+def test_batched_and_3d_inputs():
+    x, w, b = torch.randn(3, 11, 32), torch.randn(768, 32), torch.randn(768)
+    reports = compile_and_compare(REDUCTIONS["logsumexp"], x, w, b, rtol=1e-4, atol=1e-4)
+    assert _split(reports)
+    q, k = torch.randn(4, 13, 16), torch.randn(4, 640, 16)
+    reports = compile_and_compare(lambda q, k: torch.logsumexp(q @ k.transpose(1, 2), -1), q, k, rtol=1e-4)
+    assert _split(reports)
+
+
+def test_infinite_logits():
+    # a chunk of -inf gives a partial of -inf, which the combine must not turn into NaN
+    x, w = torch.randn(5, 8), torch.randn(512, 8)
+    mask = torch.zeros(512)
+    mask[:300] = float("-inf")  # chunks 0 and 1 (of 256) are -inf, or partly
+    fn = lambda x, w, mask: torch.logsumexp(x @ w.t() + mask, -1)  # noqa: E731
+    assert _split(compile_and_compare(fn, x, w, mask, rtol=1e-4, atol=1e-5))
+    everything = torch.full((512,), float("-inf"))
+    compile_and_compare(fn, x, w, everything)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["logsumexp", "sum_of_squares"])
+def test_half_precision(dtype, name):
+    x, w, b = (torch.randn(*s, dtype=dtype) / 4 for s in ((33, 64), (1024, 64), (1024,)))
+    fn = REDUCTIONS[name]
+    assert _split(compile_and_compare(fn, x, w, b, rtol=2e-2, atol=2e-2))
+    # against float64: partials stay f32, so the error is the product's and the result's rounding
+    actual = tilefuse.compile(fn)(x, w, b).double()
+    torch.testing.assert_close(actual, fn(x.double(), w.double(), b.double()), rtol=1e-2, atol=1e-2)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    m=st.integers(1, 24),
+    k=st.integers(1, 48),
+    chunks=st.integers(2, 4),
+    c=st.sampled_from([64, 128, 256]),
+    name=st.sampled_from(sorted(REDUCTIONS)),
+)
+def test_random_shapes(m, k, chunks, c, name):
+    torch._dynamo.reset()
+    n = chunks * c
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    reports = compile_and_compare(REDUCTIONS[name], x, w, b, rtol=1e-4, atol=1e-4)
+    assert _split(reports) == (chunk_size(n) is not None)
