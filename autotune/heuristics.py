@@ -21,8 +21,16 @@ class KernelConfig:
     num_stages: int = 2
 
     def key(self) -> str:
+        """`BLOCK_K=64,BLOCK_M=128,...,w=8,s=3`: params sorted, then warps and stages."""
         items = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{items},w={self.num_warps},s={self.num_stages}"
+
+    @staticmethod
+    def from_key(key: str) -> KernelConfig:
+        """The config `key()` wrote."""
+        values = dict(item.split("=") for item in key.split(","))
+        warps, stages = int(values.pop("w")), int(values.pop("s"))
+        return KernelConfig({k: int(v) for k, v in values.items()}, warps, stages)
 
 
 def _pow2_at_least(n: int, lo: int, hi: int) -> int:
