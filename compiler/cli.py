@@ -2,6 +2,9 @@
 
     tilefuse opt FILE.mlir [-p pass1,pass2] [--generic]
         parse and verify tilefuse IR, run the named passes, verify, print
+    tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] ...
+        tune the kernels of `NAME()` (default `tune_target`), a callable returning
+        `(fn_or_module, example_inputs)`; results go to the tuning database
 
 Malformed input prints the file, line and what is wrong, and exits 1
 without a traceback.
@@ -10,6 +13,8 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -37,6 +42,44 @@ def _opt(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_target(target: str):
+    """`(fn, example_inputs)` from `path/to/script.py[:name]` or `package.module[:name]`."""
+    where, _, name = target.partition(":")
+    name = name or "tune_target"
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.exists():
+            raise FileNotFoundError(2, "no such file", where)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    make = getattr(module, name, None)
+    if not callable(make):
+        raise ValueError(f"{where} has no callable {name!r} returning (fn, example_inputs)")
+    fn, inputs = make()
+    return fn, tuple(inputs)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from ..autotune.job import tune
+
+    try:
+        fn, inputs = load_target(args.target)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    summary = tune(
+        fn, inputs, args.budget, strategy=args.strategy, workers=args.workers, database=args.db,
+        timeout_s=args.timeout, patience=args.patience,
+        model_path=Path(args.model) if args.model else None,
+    )  # fmt: skip
+    print(summary.table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tilefuse", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("-p", "--passes", help="comma-separated passes to run, in order")
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.set_defaults(run=_opt)
+    tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
+    tune.add_argument("target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME() returns (fn, example_inputs)")
+    tune.add_argument("--budget", type=int, default=64, help="trials per kernel (default 64)")
+    tune.add_argument("--strategy", choices=("model", "random", "exhaustive"), default="model")
+    tune.add_argument("--workers", type=int, default=1, help="kernels tuned at once, one GPU each")
+    tune.add_argument("--db", help="tuning database (default $TILEFUSE_TUNING_DB or ~/.cache/tilefuse)")
+    tune.add_argument("--timeout", type=float, default=60.0, help="seconds before a trial is a hang")
+    tune.add_argument("--patience", type=int, help="stop a kernel after this many trials without gain")
+    tune.add_argument("--model", help="a saved cost model to start from")
+    tune.set_defaults(run=_tune)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from xdsl.dialects.builtin import ModuleOp
 
 from ..autotune.heuristics import default_config
+from ..autotune.tasks import make_task, tuned_config
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
@@ -86,7 +87,12 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
                 g.error = f"Triton codegen failed: {type(e).__name__}: {e}"
                 continue
             art.sources[name] = source
-            p.kernels.append(CompiledKernel(g, launcher, default_config(g.group.kind, g.problem)))
+            kind = g.group.kind
+            epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
+            task = make_task(name, kind, g.problem, source, launcher.shapes, launcher.dtypes, epilogue_ops)
+            tuned = tuned_config(task, art.target.device)
+            config = tuned or default_config(kind, g.problem)
+            p.kernels.append(CompiledKernel(g, launcher, config, task.key, "tuned" if tuned else "default"))
     return art
 
 

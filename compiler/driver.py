@@ -53,7 +53,7 @@ class Partition:
         ]
         ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
         ein_ops.pop("func.return", None)
-        configs = {k.lowered.group.name: k.config.key() for k in self.kernels}
+        kernels = {k.lowered.group.name: k for k in self.kernels}
         return {
             "name": self.name,
             "function": f"@{self.name}" if self.function else None,
@@ -66,7 +66,9 @@ class Partition:
                     "kind": g.group.kind,
                     "ops": [op.name for op in g.group.ops],
                     "kernel": g.kernel.sym_name.data if g.kernel is not None and not g.error else None,
-                    "config": configs.get(g.group.name),
+                    "config": kernels[g.group.name].config.key() if g.group.name in kernels else None,
+                    "config_source": kernels[g.group.name].config_source if g.group.name in kernels else None,
+                    "task_key": kernels[g.group.name].task_key if g.group.name in kernels else None,
                     "not_a_kernel_because": g.error,
                 }
                 for g in self.lowered

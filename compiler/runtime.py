@@ -45,6 +45,8 @@ class CompiledKernel:
     lowered: LoweredGroup
     launcher: Launcher
     config: KernelConfig
+    task_key: str = ""  # the kernel's key in the tuning database
+    config_source: str = "default"  # "tuned": the database's best for this device and versions
     launch_error: str | None = None
 
     def __post_init__(self) -> None:

@@ -7,9 +7,10 @@ import torch._dynamo
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Compiled-graph cache entries of the test run stay in a temporary folder."""
+    """Compiled-graph cache entries and tuning records of the test run stay in a temporary folder."""
     patch = pytest.MonkeyPatch()
     patch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("tilefuse-cache")))
+    patch.setenv("TILEFUSE_TUNING_DB", str(tmp_path_factory.mktemp("tilefuse-tuning") / "tuning.db"))
     yield
     patch.undo()
 

@@ -116,11 +116,14 @@ class TritonKernel:
         args = [x for t in tensors for x in (t, *t.stride())]
         params = {p: config[p] for p in self.params}
         if self.tma_tensors:
-            params["USE_TMA"] = use_tensor_descriptors([tensors[i] for i in self.tma_tensors])
+            operands = [tensors[i] for i in self.tma_tensors]
+            wanted = config.get("USE_TMA")  # a tuned choice; else the TILEFUSE_TMA default
+            chosen = use_tensor_descriptors(operands) if wanted is None else bool(wanted)
+            params["USE_TMA"] = chosen and descriptors_fit(operands)
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
-        if set(config) != set(self.params):
+        if set(config) - {"USE_TMA"} != set(self.params):
             raise LaunchError(
                 f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
             )
@@ -145,10 +148,14 @@ def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
     (benchmarks/RESULTS_tma.md), so pointers stay the default until the
     autotuner chooses per kernel.
     """
-    setting = os.environ.get("TILEFUSE_TMA", "0")
-    if setting != "1":
-        return False
+    return os.environ.get("TILEFUSE_TMA", "0") == "1" and descriptors_fit(tensors)
+
+
+def descriptors_fit(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether these tensors' layouts allow TMA descriptors (and, on Hopper, their allocator is set)."""
     on_hopper = all(t.is_cuda for t in tensors) and torch.cuda.get_device_capability()[0] >= 9
+    if any(t.is_cuda for t in tensors) and not on_hopper:
+        return False  # TMA is Hopper's; the interpreter (CPU tensors) emulates it
     for t in tensors:
         size = t.element_size()
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):

@@ -1,0 +1,175 @@
+"""Tuning jobs: `tilefuse.tune(fn, example_inputs, budget=...)` and `tilefuse tune TARGET`.
+
+A job compiles `fn` with tilefuse once, collects the kernels it produced, and tunes each in
+turn (or, with `workers > 1`, several at once, one GPU of the host per worker). Every trial
+goes to the tuning database as it is measured, so the compiler reuses the best configs
+with no measurement (`tilefuse.compile` looks them up), and a job started again after a
+crash resumes where it stopped. Progress (trials, best so far) goes to stderr; the job
+ends with a summary table.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .builder import LocalBuilder
+from .cost_model import XGBoostCostModel
+from .database import DB_ENV, Database, default_path, device_name, versions
+from .records import TuningTask
+from .runner import LocalRunner
+from .search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, TuneResult, tune_task
+from .space import DeviceLimits, SearchSpace
+from .tasks import registered_task
+
+STRATEGIES = ("model", "random", "exhaustive")
+PRETRAINED = Path(__file__).parent / "models" / "h100_gemm.xgb"  # shipped when measured on an H100
+
+
+def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
+    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order."""
+    from ..compiler.api import compile as tilefuse_compile
+
+    torch._dynamo.reset()
+    compiled = tilefuse_compile(fn)
+    with torch.no_grad():
+        compiled(*example_inputs)
+    keys = [
+        g["task_key"] for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]
+        if g.get("task_key")
+    ]  # fmt: skip
+    tasks = [registered_task(k) for k in dict.fromkeys(keys)]
+    torch._dynamo.reset()  # the next compile looks the tuned configs up
+    return [t for t in tasks if t is not None]
+
+
+def make_strategy(name: str, seed: int = 0, model_path: Path | None = None):
+    """A search strategy by name; "model" starts from a saved cost model when one exists."""
+    if name == "exhaustive":
+        return ExhaustiveSearch()
+    if name == "random":
+        return RandomSearch(seed)
+    if name != "model":
+        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+    path = model_path or (PRETRAINED if PRETRAINED.exists() else None)
+    model = XGBoostCostModel.load(path) if path else XGBoostCostModel()
+    return ModelGuidedSearch(model, seed=seed)
+
+
+class ProgressBar:
+    """One stderr line per task, rewritten in place: trials done of the budget, best so far."""
+
+    def __init__(self, stream=None, width: int = 24):
+        self.stream, self.width = stream, width  # None: sys.stderr at each write (pytest swaps it)
+        self._lock = threading.Lock()
+
+    def __call__(self, task: TuningTask, trials: int, budget: int, best_ms: float | None) -> None:
+        done = int(self.width * min(trials, budget) / max(budget, 1))
+        best = f"{best_ms:.4g} ms" if best_ms is not None else "-"
+        line = f"\r{task.name:<18} [{'#' * done}{'.' * (self.width - done)}] {trials}/{budget} best {best}"
+        stream = self.stream or sys.stderr
+        with self._lock:
+            stream.write(line + ("\n" if trials >= budget else ""))
+            stream.flush()
+
+
+@dataclass
+class TuneSummary:
+    results: list[TuneResult]
+    database: Path
+    device: str
+
+    def table(self) -> str:
+        """The job's summary as a markdown table."""
+        rows = [
+            "| kernel | kind | space | trials (resumed) | default ms | best ms | speedup | best config |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in self.results:
+            default_key = r.untuned.key()
+            every = r.trials + ([] if r.best is None else [r.best])
+            default = next((t.median_ms for t in every if t.config.key() == default_key), None)
+            best = r.best.median_ms if r.best else None
+            speedup = f"{default / best:.2f}x" if default and best else "-"
+            rows.append(
+                f"| {r.task.name} | {r.task.kind} | {r.space_size} | {len(r.trials)} ({r.resumed}) | "
+                f"{_ms(default)} | {_ms(best)} | {speedup} | {r.best.config.key() if r.best else '-'} |"
+            )
+        return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else "-"
+
+
+def tune(
+    fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, *, strategy: str = "model",
+    workers: int = 1, database: str | Path | None = None, timeout_s: float = 60.0, batch: int = 8,
+    patience: int | None = None, model_path: Path | None = None, progress: bool = True,
+) -> TuneSummary:  # fmt: skip
+    """Tune every kernel tilefuse compiles for `fn(*example_inputs)`, `budget` trials each.
+
+    Results go to the tuning database (`database`, default `$TILEFUSE_TUNING_DB` or the
+    cache folder), which later compiles read; a `database` given here becomes this
+    process's `$TILEFUSE_TUNING_DB`, so the compiles that follow read it too. `workers` > 1
+    tunes that many kernels at once, each measured on its own GPU of this host.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    if database:
+        os.environ[DB_ENV] = str(database)
+    path = default_path()
+    tasks = kernel_tasks(fn, example_inputs)
+    device, limits, job = device_name(), DeviceLimits.current(), uuid.uuid4().hex[:8]
+    gpus = torch.cuda.device_count()
+    workers = max(1, min(workers, len(tasks), gpus or 1))
+    bar = ProgressBar() if progress else None
+    pending: queue.Queue[TuningTask] = queue.Queue()
+    for task in tasks:
+        pending.put(task)
+    results: dict[str, TuneResult] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        runner = LocalRunner(timeout_s=timeout_s, device_index=index if gpus > 1 else None)
+        search = make_strategy(strategy, seed=index, model_path=model_path)
+        try:
+            with Database(path) as db, LocalBuilder() as builder, runner:
+                while True:
+                    try:
+                        task = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    results[task.key] = tune_task(
+                        task, space=SearchSpace(task, limits), strategy=search, runner=runner,
+                        builder=builder, database=db, device=device, versions=versions(), budget=budget,
+                        batch=batch, patience=patience, job=job, progress=bar,
+                    )  # fmt: skip
+        except BaseException as e:  # reported after the other workers finish
+            errors.append(e)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    summary = TuneSummary([results[t.key] for t in tasks if t.key in results], path, device)
+    if progress:
+        took = time.perf_counter() - start
+        print(f"\ntuned {len(summary.results)} kernel(s) in {took:.1f} s on {device}; records in {path}\n",
+              file=sys.stderr)  # fmt: skip
+        print(summary.table(), file=sys.stderr)
+    return summary
+

@@ -1,0 +1,62 @@
+"""Tuning tasks from compiled kernels, and the tuned configs the compiler reuses.
+
+A task's key hashes the kernel kind and its emitted Triton source: the source spells out
+the kernel's structure (its ops), its shapes and its dtypes as literals, so two kernels
+share a key exactly when one tuned config fits both. The database adds the device and
+the versions of torch/triton/tilefuse to the key of every record.
+
+Every kernel the compiler builds in this process is registered (`registered_task`), so a
+tuning job can compile a model once and then tune the kernels it produced.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+
+from .database import Database, default_path, versions
+from .heuristics import KernelConfig
+from .records import ArgSpec, TuningTask
+
+TUNED_ENV = "TILEFUSE_TUNED"  # "0": ignore the tuning database, use the default configs
+
+_registry: dict[str, TuningTask] = {}
+_lock = threading.Lock()
+
+
+def task_key(kind: str, source: str) -> str:
+    return hashlib.sha256(f"{kind}\n{source}".encode()).hexdigest()[:24]
+
+
+def make_task(
+    name: str, kind: str, problem: dict, source: str, shapes: tuple, dtypes: tuple, epilogue_ops: int = 0
+) -> TuningTask:
+    """The task of one kernel; registered so a tuning job can find it by key."""
+    args = tuple(ArgSpec(tuple(s), str(d)) for s, d in zip(shapes, dtypes))
+    task = TuningTask(task_key(kind, source), name, kind, dict(problem), source, name, args, epilogue_ops)
+    with _lock:
+        _registry[task.key] = task
+    return task
+
+
+def registered_task(key: str) -> TuningTask | None:
+    with _lock:
+        return _registry.get(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _open(path: str) -> Database:
+    return Database(path)
+
+
+def tuned_config(task: TuningTask, device: str) -> KernelConfig | None:
+    """The best measured config of `task` on `device` with these versions, if it was tuned."""
+    if os.environ.get(TUNED_ENV, "1") == "0":
+        return None
+    path = default_path()
+    if not path.exists():
+        return None
+    best = _open(str(path)).best(task.key, device, versions())
+    return best.config if best is not None else None

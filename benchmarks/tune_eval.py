@@ -1,0 +1,350 @@
+"""How well the cost-model search tunes: the whole space measured, then searches replayed on it.
+
+    python -m tilefuse.benchmarks.tune_eval measure --db D     # GPU: every config of every kernel
+    python -m tilefuse.benchmarks.tune_eval autotune --db D    # GPU: Triton's @autotune, same space
+    python -m tilefuse.benchmarks.tune_eval report --db D      # anywhere: replay searches, write tables
+
+`measure` compiles each evaluation case with tilefuse, takes its main kernel, and measures
+every config of its search space (builder in parallel processes, runner in an isolated
+process, L2 flushed, median of repeats), resumably, into the tuning database. `autotune`
+runs `triton.autotune` over the same configs on a few kernels and records its wall time
+and pick. `report` replays searches against the measured tables (a trial costs what its
+build and run cost when measured): the cost-model search, with a model pretrained on the
+other kernels (transfer to an unseen kernel and shape) and with a fresh one, against
+random search. Metrics: trials to reach within 5% of the exhaustive best, the best found
+at 10% of the space, Spearman rank correlation of the pretrained model's predictions on
+the held-out kernel, top-1/top-5 (best true time among the model's first k picks over the
+exhaustive best), and tuning wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..autotune.cost_model import XGBoostCostModel, spearman
+from ..autotune.database import Database, device_name, versions
+from ..autotune.heuristics import KernelConfig
+from ..autotune.job import ProgressBar, kernel_tasks
+from ..autotune.records import MeasureInput, MeasureResult, TuningTask
+from ..autotune.search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, tune_task
+from ..autotune.space import DeviceLimits, SearchSpace
+
+BATCH = 8
+CAP = 4  # replays stop at a quarter of the space: "trials to 5%" past it reads "> n/4"
+
+
+def _randn(*shape: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(*shape, device=device, dtype=dtype) / shape[-1] ** 0.25
+
+
+def _gemm(m: int, n: int, k: int, epilogue: str = "none") -> tuple[Callable, Callable]:
+    def fn(x, w, b):
+        y = F.linear(x, w)
+        if epilogue == "gelu":
+            return F.gelu(y + b)
+        if epilogue == "residual":
+            return y + b.view(1, -1) + x[:, :n]
+        if epilogue == "softmax":
+            return torch.softmax(y, -1)
+        if epilogue == "logsumexp":
+            return torch.logsumexp(y, -1)
+        return y
+
+    return fn, lambda d, t: (
+        _randn(m, k, device=d, dtype=t),
+        _randn(n, k, device=d, dtype=t),
+        _randn(n, device=d, dtype=t),
+    )
+
+
+def _swiglu(tokens: int, hidden: int, inter: int) -> tuple[Callable, Callable]:
+    def fn(x, w1, w3):
+        return F.silu(F.linear(x, w1)) * F.linear(x, w3)
+
+    return fn, lambda d, t: tuple(
+        _randn(*s, device=d, dtype=t) for s in ((tokens, hidden), (inter, hidden), (inter, hidden))
+    )
+
+
+def _attention(batch: int, heads: int, seq: int, dim: int, causal: bool) -> tuple[Callable, Callable]:
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return fn, lambda d, t: tuple(_randn(batch, heads, seq, dim, device=d, dtype=t) for _ in range(3))
+
+
+CASES: dict[str, tuple[str, tuple[Callable, Callable]]] = {
+    "gemm 4096^3": ("gemm", _gemm(4096, 4096, 4096)),
+    "gemm 8192x4096x4096": ("gemm", _gemm(8192, 4096, 4096)),
+    "gemm 1024x8192x8192": ("gemm", _gemm(1024, 8192, 8192)),
+    "gemm 128x8192x8192": ("gemm", _gemm(128, 8192, 8192)),
+    "gemm 2000x5000x1000 (ragged)": ("gemm", _gemm(2000, 5000, 1000)),
+    "linear+gelu 4096^3": ("gemm", _gemm(4096, 4096, 4096, "gelu")),
+    "linear+residual 2048x4096x4096": ("gemm", _gemm(2048, 4096, 4096, "residual")),
+    "swiglu 2048x11008x4096": ("gemm", _swiglu(2048, 4096, 11008)),
+    "linear+softmax 8192x256x4096": ("gemm", _gemm(8192, 256, 4096, "softmax")),
+    "linear+logsumexp 2048x32000x4096": ("gemm", _gemm(2048, 32000, 4096, "logsumexp")),
+    "attention 4x32x1024x64": ("attention", _attention(4, 32, 1024, 64, False)),
+    "attention 4x32x4096x128 causal": ("attention", _attention(4, 32, 4096, 128, True)),
+}
+
+
+def collect(device: str, dtype: torch.dtype, names: Sequence[str]) -> list[TuningTask]:
+    """The main kernel (the first of its case's kind) of each case, named after the case."""
+    tasks = []
+    for name in names:
+        kind, (fn, make) = CASES[name]
+        found = [t for t in kernel_tasks(fn, make(device, dtype)) if t.kind == kind]
+        if not found:
+            print(f"{name}: no {kind} kernel compiled; skipped", file=sys.stderr)
+            continue
+        tasks.append(replace(found[0], name=name))
+    return tasks
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Every config of every case's space, into the database (resumes a cut-off run)."""
+    from ..autotune.builder import LocalBuilder
+    from ..autotune.runner import LocalRunner
+
+    tasks = collect("cuda", torch.bfloat16, args.cases)
+    limits, bar = DeviceLimits.current(), ProgressBar()
+    with (
+        Database(args.db) as db,
+        LocalBuilder(workers=args.build_workers) as builder,
+        LocalRunner() as runner,
+    ):
+        for task in tasks:
+            space = SearchSpace(task, limits)
+            tune_task(
+                task, space=space, strategy=ExhaustiveSearch(), runner=runner, builder=builder, database=db,
+                device=device_name(), versions=versions(), budget=len(space), batch=64, job="exhaustive",
+                progress=bar,
+            )  # fmt: skip
+            print(file=sys.stderr)
+
+
+def triton_autotune(args: argparse.Namespace) -> None:
+    """Triton's own `@triton.autotune` over the same configs: its wall time and its pick."""
+    import triton
+
+    from ..autotune.runner import LocalRunner, make_inputs
+    from ..backends.triton import load
+
+    results = {}
+    limits = DeviceLimits.current()
+    with Database(args.db) as db, LocalRunner() as runner:
+        for task in [t for t in db.tasks() if t.name in args.cases]:
+            kernel = load(task.source, task.kernel_name)
+            configs = SearchSpace(task, limits).configs()
+            tuned = triton.autotune(
+                [triton.Config(dict(c.params), num_warps=c.num_warps, num_stages=c.num_stages)
+                 for c in configs],
+                key=[],
+            )(kernel.function)  # fmt: skip
+            tensors = make_inputs(task.args, "cuda", 1)[0]
+            flat = [x for t in tensors for x in (t, *t.stride())]
+            grid = partial_grid(kernel)
+            start = time.perf_counter()
+            tuned[grid](*flat)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            best = tuned.best_config
+            pick = next(c for c in configs if dict(c.params) == {k: best.kwargs[k] for k in c.params}
+                        and c.num_warps == best.num_warps and c.num_stages == best.num_stages)  # fmt: skip
+            measured = runner.run([MeasureInput(task, pick)])[0]
+            results[task.name] = {"wall_s": wall, "config": pick.key(), "median_ms": measured.median_ms}
+            print(
+                f"{task.name}: triton.autotune {wall:.1f} s -> {pick.key()} {measured.median_ms}",
+                file=sys.stderr,
+            )
+    Path(args.autotune_json).write_text(json.dumps(results, indent=1))
+
+
+def partial_grid(kernel) -> Callable[[dict], tuple[int, ...]]:
+    """triton.autotune's grid callback: the kernel's grid for the config it tries."""
+    return lambda meta: kernel.grid_for({p: meta[p] for p in kernel.params})
+
+
+class TableRunner:
+    """A runner that answers from measured times (the replay of a search), charging each
+    trial the build + run time it took when it was measured."""
+
+    def __init__(self, times: dict[str, float | None], walls: dict[str, float]):
+        self.times, self.walls, self.charged = times, walls, []
+
+    def run(self, inputs: Sequence[MeasureInput]) -> list[MeasureResult]:
+        out = []
+        for inp in inputs:
+            key = inp.config.key()
+            self.charged.append(self.walls.get(key, 0.0))
+            t = self.times.get(key)
+            out.append(MeasureResult(inp.config, times_ms=(t,)) if t is not None else
+                       MeasureResult(inp.config, error="failed when measured"))  # fmt: skip
+        return out
+
+
+class MeasuredSpace:
+    """The configs that were measured (the space as the GPU run saw it)."""
+
+    def __init__(self, task: TuningTask, keys: Sequence[str]):
+        self._configs = [KernelConfig.from_key(k) for k in keys]
+        self._untuned = SearchSpace(task, DeviceLimits()).untuned()
+
+    def untuned(self) -> KernelConfig:
+        return self._untuned
+
+    def configs(self) -> list[KernelConfig]:
+        return list(self._configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+
+def _tables(db: Database, task: TuningTask, device: str, vers: str) -> tuple[dict, dict]:
+    records = db.records(task.key, device, vers)
+    times = {r.config.key(): r.median_ms for r in records}
+    walls = {r.config.key(): r.wall_s + r.extra.get("build_s", 0.0) for r in records}
+    return times, walls
+
+
+def _replay(task, strategy, times, walls, budget) -> tuple[list[float | None], list[float]]:
+    """Best-so-far after each trial of a replayed search, and each trial's wall time (its
+    measured build + run, plus its share of the search's own time: model fits, ranking)."""
+    runner = TableRunner(times, walls)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "replay.db") as db:
+        result = tune_task(
+            task, space=MeasuredSpace(task, list(times)), strategy=strategy, runner=runner, database=db,
+            device="replay", versions="replay", budget=budget, batch=BATCH,
+        )  # fmt: skip
+    overhead = (time.perf_counter() - start) / max(len(result.trials), 1)
+    best, curve = None, []
+    for r in result.trials:
+        if r.median_ms is not None and (best is None or r.median_ms < best):
+            best = r.median_ms
+        curve.append(best)
+    return curve, [w + overhead for w in runner.charged]
+
+
+def _trials_to(curve: Sequence[float | None], target: float) -> int | None:
+    return next((i + 1 for i, b in enumerate(curve) if b is not None and b <= target), None)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Replay the searches on the measured tables; write the evaluation tables."""
+    with Database(args.db) as db:
+        tasks = db.tasks()
+        scopes = {scope for t in tasks for scope in db.scopes(t.key)}
+        device, vers = (
+            (args.device, args.versions) if args.device else max(scopes, default=(device_name(), versions()))
+        )
+        data = {t.key: _tables(db, t, device, vers) for t in tasks}
+    tasks = [t for t in tasks if any(v is not None for v in data[t.key][0].values())]
+    autotune = json.loads(Path(args.autotune_json).read_text()) if Path(args.autotune_json).exists() else {}
+    rows = []
+    for task in tasks:
+        times, walls = data[task.key]
+        ok = {k: v for k, v in times.items() if v is not None}
+        best = min(ok.values())
+        n = len(times)
+        pretrained = XGBoostCostModel()
+        for other in tasks:
+            if other.key != task.key:
+                o_times = data[other.key][0]
+                pretrained.update(other, [KernelConfig.from_key(k) for k in o_times], list(o_times.values()))
+        configs = [KernelConfig.from_key(k) for k in ok]
+        scores = pretrained.predict(task, configs)
+        rho = spearman(scores, [-ok[c.key()] for c in configs])
+        order = sorted(range(len(configs)), key=lambda i: -scores[i])
+        top1 = ok[configs[order[0]].key()] / best
+        top5 = min(ok[configs[i].key()] for i in order[:5]) / best
+        tenth = max(1, n // 10)
+        cap = max(tenth, n // CAP)
+        runs = {"transfer": [], "fresh": [], "random": []}
+        for seed in range(args.seeds):
+            transfer = ModelGuidedSearch(_copy(pretrained), seed=seed)
+            runs["transfer"].append(_replay(task, transfer, times, walls, cap))
+            runs["fresh"].append(
+                _replay(task, ModelGuidedSearch(XGBoostCostModel(), seed=seed), times, walls, cap)
+            )
+            runs["random"].append(_replay(task, RandomSearch(seed), times, walls, cap))
+        row = {"kernel": task.name, "space": n, "cap": cap, "best_ms": best, "spearman": rho, "top1": top1,
+               "top5": top5, "exhaustive_s": sum(walls.values())}  # fmt: skip
+        for name, outs in runs.items():
+            curves = [c for c, _ in outs]
+            reach = [_trials_to(c, 1.05 * best) for c in curves]
+            row[f"{name}_to5"] = statistics.median([r if r is not None else cap + 1 for r in reach])
+            row[f"{name}_at10"] = statistics.median(
+                [(c[min(tenth, len(c)) - 1] or float("inf")) / best for c in curves]
+            )
+            row[f"{name}_wall10_s"] = statistics.median([sum(w[:tenth]) for _, w in outs])
+        if task.name in autotune:
+            a = autotune[task.name]
+            row["autotune_s"], row["autotune_ratio"] = a["wall_s"], (a["median_ms"] or float("inf")) / best
+        rows.append(row)
+    Path(args.report_json).write_text(json.dumps(rows, indent=1))
+    print(render(rows, device, vers))
+
+
+def _saved(model: XGBoostCostModel) -> Path:
+    path = Path(tempfile.mkdtemp()) / "model"
+    model.save(path)
+    return path
+
+
+def _copy(model: XGBoostCostModel) -> XGBoostCostModel:
+    return XGBoostCostModel.load(_saved(model))
+
+
+def render(rows: list[dict], device: str, vers: str) -> str:
+    """The evaluation as markdown."""
+    head = (
+        "| kernel | space | exhaustive best ms | exhaustive wall s "
+        "| trials to 5%: model (transfer) / fresh / random "
+        "| best at 10% of space: transfer / fresh / random | Spearman (held out) | top-1 | top-5 "
+        "| wall s at 10%: transfer / random | triton.autotune wall s, pick |"
+    )
+    lines = [f"device {device}; {vers}", "", head, "|" + " --- |" * 11]
+    for r in rows:
+        at = "—" if "autotune_s" not in r else f"{r['autotune_s']:.0f} s, {r['autotune_ratio']:.3f}x best"
+        lines.append(
+            f"| {r['kernel']} | {r['space']} | {r['best_ms']:.4g} | {r['exhaustive_s']:.0f} | "
+            f"{r['transfer_to5']:g} / {r['fresh_to5']:g} / {r['random_to5']:g} | "
+            f"{r['transfer_at10']:.3f} / {r['fresh_at10']:.3f} / {r['random_at10']:.3f} | "
+            f"{r['spearman']:.2f} | {r['top1']:.3f} | {r['top5']:.3f} | "
+            f"{r['transfer_wall10_s']:.0f} / {r['random_wall10_s']:.0f} | {at} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tilefuse.benchmarks.tune_eval", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("phase", choices=("measure", "autotune", "report"))
+    parser.add_argument("--db", type=Path, required=True, help="the tuning database the phases share")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
+    parser.add_argument("--build-workers", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=3, help="report: replays per strategy (medians)")
+    parser.add_argument("--autotune-json", default="autotune.json", help="triton.autotune results (phase 2)")
+    parser.add_argument("--report-json", default="tune_eval.json")
+    parser.add_argument("--device", help="report: the device whose records to read (default: the only one)")
+    parser.add_argument("--versions", help="report: the versions string whose records to read")
+    args = parser.parse_args(argv)
+    {"measure": measure, "autotune": triton_autotune, "report": report}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
