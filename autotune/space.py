@@ -9,6 +9,7 @@ Candidates per kernel kind (`CHOICES`) are crossed, then pruned before anything 
   per-block limit;
 - registers: f32 accumulators per thread (tile elements / threads) above
   `MAX_ACCUMULATORS_PER_THREAD` spill, which never wins;
+- thin GEMM tiles (under MIN_WIDE_TILE) along M or N when that dim is WIDE or more;
 - tiny GEMM tiles: more than MAX_WAVES waves of programs reload each operand that many
   more times (never the fastest in the H100 sweeps);
 - waste: a tile more than twice the problem's extent along a dim only adds masked lanes.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from .heuristics import WHOLE_EXTENTS, KernelConfig, default_config
 from .records import TuningTask
 
+MIN_WIDE_TILE, WIDE = 64, 512  # thin GEMM tiles only along a small dim (decode-like M)
 MAX_WAVES = 16  # GEMM tiles so small they need more waves only reload operands more often
 MAX_ACCUMULATORS_PER_THREAD = 128  # of the 255 registers a thread has, the rest hold addresses and operands
 
@@ -175,6 +177,9 @@ class SearchSpace:
         if task.kind == "gemm":
             if _programs(task, config) > MAX_WAVES * self.limits.sm_count:
                 return f"more than {MAX_WAVES} waves of tiles: tiles too small for the problem"
+            for dim, param in (("M", "BLOCK_M"), ("N", "BLOCK_N")):
+                if p[param] < MIN_WIDE_TILE and problem[dim] >= WIDE:
+                    return f"{param} < {MIN_WIDE_TILE} on {dim} >= {WIDE} reloads the other operand too often"
             one_line = problem["M"] <= p["BLOCK_M"] or problem["N"] <= p["BLOCK_N"]
             if one_line and p["GROUP_M"] != 8:
                 return "GROUP_M orders nothing with one row or column of tiles (GROUP_M=8 stands for all)"

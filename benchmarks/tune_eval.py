@@ -30,7 +30,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..autotune.cost_model import XGBoostCostModel, spearman
 from ..autotune.database import Database, device_name, versions
@@ -39,77 +38,52 @@ from ..autotune.job import ProgressBar, kernel_tasks
 from ..autotune.records import MeasureInput, MeasureResult, TuningTask
 from ..autotune.search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, tune_task
 from ..autotune.space import DeviceLimits, SearchSpace
+from .cases import benchmark_cases, matmul
+from .run import WeightsAsParameters
 
 BATCH = 8
 CAP = 4  # replays stop at a quarter of the space: "trials to 5%" past it reads "> n/4"
 
 
-def _randn(*shape: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(*shape, device=device, dtype=dtype) / shape[-1] ** 0.25
+# benchmark cases (benchmarks/cases.py) whose main kernel is evaluated: the same kernels as the
+# benchmark rows, so the records also tune those rows; plus one ragged GEMM
+EVAL_CASES = {
+    "gemm_square": "gemm", "gemm_tall": "gemm", "gemm_wide": "gemm", "gemm_skinny": "gemm",
+    "linear_gelu": "gemm", "linear_residual": "gemm", "swiglu_mlp": "gemm", "linear_softmax_narrow": "gemm",
+    "linear_logsumexp": "gemm", "sdpa_small": "attention", "sdpa_causal": "attention",
+}  # fmt: skip
+RAGGED = "gemm_ragged"  # 2000x5000x1000: no dim a multiple of 128
+CASES = [*EVAL_CASES, RAGGED]
 
 
-def _gemm(m: int, n: int, k: int, epilogue: str = "none") -> tuple[Callable, Callable]:
-    def fn(x, w, b):
-        y = F.linear(x, w)
-        if epilogue == "gelu":
-            return F.gelu(y + b)
-        if epilogue == "residual":
-            return y + b.view(1, -1) + x[:, :n]
-        if epilogue == "softmax":
-            return torch.softmax(y, -1)
-        if epilogue == "logsumexp":
-            return torch.logsumexp(y, -1)
-        return y
-
-    return fn, lambda d, t: (
-        _randn(m, k, device=d, dtype=t),
-        _randn(n, k, device=d, dtype=t),
-        _randn(n, device=d, dtype=t),
-    )
-
-
-def _swiglu(tokens: int, hidden: int, inter: int) -> tuple[Callable, Callable]:
-    def fn(x, w1, w3):
-        return F.silu(F.linear(x, w1)) * F.linear(x, w3)
-
-    return fn, lambda d, t: tuple(
-        _randn(*s, device=d, dtype=t) for s in ((tokens, hidden), (inter, hidden), (inter, hidden))
-    )
-
-
-def _attention(batch: int, heads: int, seq: int, dim: int, causal: bool) -> tuple[Callable, Callable]:
-    def fn(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-    return fn, lambda d, t: tuple(_randn(batch, heads, seq, dim, device=d, dtype=t) for _ in range(3))
-
-
-CASES: dict[str, tuple[str, tuple[Callable, Callable]]] = {
-    "gemm 4096^3": ("gemm", _gemm(4096, 4096, 4096)),
-    "gemm 8192x4096x4096": ("gemm", _gemm(8192, 4096, 4096)),
-    "gemm 1024x8192x8192": ("gemm", _gemm(1024, 8192, 8192)),
-    "gemm 128x8192x8192": ("gemm", _gemm(128, 8192, 8192)),
-    "gemm 2000x5000x1000 (ragged)": ("gemm", _gemm(2000, 5000, 1000)),
-    "linear+gelu 4096^3": ("gemm", _gemm(4096, 4096, 4096, "gelu")),
-    "linear+residual 2048x4096x4096": ("gemm", _gemm(2048, 4096, 4096, "residual")),
-    "swiglu 2048x11008x4096": ("gemm", _swiglu(2048, 4096, 11008)),
-    "linear+softmax 8192x256x4096": ("gemm", _gemm(8192, 256, 4096, "softmax")),
-    "linear+logsumexp 2048x32000x4096": ("gemm", _gemm(2048, 32000, 4096, "logsumexp")),
-    "attention 4x32x1024x64": ("attention", _attention(4, 32, 1024, 64, False)),
-    "attention 4x32x4096x128 causal": ("attention", _attention(4, 32, 4096, 128, True)),
-}
+def _case(name: str, device: str, dtype: torch.dtype) -> tuple[str, Callable, tuple]:
+    """The kernel kind to evaluate, the function (a module for cases with weights) and its inputs."""
+    if name == RAGGED:
+        x, w = (torch.randn(*s, device=device, dtype=dtype) for s in ((2000, 1000), (1000, 5000)))
+        return "gemm", matmul, (x, w)
+    case = next(c for c in benchmark_cases() if c.name == name)
+    inputs = case.make_inputs(torch.device(device), dtype)
+    if case.activations:
+        return (
+            EVAL_CASES[name],
+            WeightsAsParameters(case.fn, inputs[case.activations :]),
+            inputs[: case.activations],
+        )
+    return EVAL_CASES[name], case.fn, inputs
 
 
 def collect(device: str, dtype: torch.dtype, names: Sequence[str]) -> list[TuningTask]:
     """The main kernel (the first of its case's kind) of each case, named after the case."""
     tasks = []
     for name in names:
-        kind, (fn, make) = CASES[name]
-        found = [t for t in kernel_tasks(fn, make(device, dtype)) if t.kind == kind]
+        kind, fn, inputs = _case(name, device, dtype)
+        found = [t for t in kernel_tasks(fn, inputs) if t.kind == kind]
         if not found:
             print(f"{name}: no {kind} kernel compiled; skipped", file=sys.stderr)
             continue
         tasks.append(replace(found[0], name=name))
+        del fn, inputs
+        torch.cuda.empty_cache()
     return tasks
 
 
@@ -141,6 +115,7 @@ def triton_autotune(args: argparse.Namespace) -> None:
 
     from ..autotune.runner import LocalRunner, make_inputs
     from ..backends.triton import load
+    from ..backends.triton.launcher import descriptors_fit
 
     results = {}
     limits = DeviceLimits.current()
@@ -154,6 +129,8 @@ def triton_autotune(args: argparse.Namespace) -> None:
                 key=[],
             )(kernel.function)  # fmt: skip
             tensors = make_inputs(task.args, "cuda", 1)[0]
+            if kernel.tma_tensors:  # configs with USE_TMA=1 need Triton's descriptor allocator
+                descriptors_fit([tensors[i] for i in kernel.tma_tensors])
             flat = [x for t in tensors for x in (t, *t.stride())]
             grid = partial_grid(kernel)
             start = time.perf_counter()
@@ -335,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("phase", choices=("measure", "autotune", "report"))
     parser.add_argument("--db", type=Path, required=True, help="the tuning database the phases share")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE")
     parser.add_argument("--build-workers", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3, help="report: replays per strategy (medians)")
     parser.add_argument("--autotune-json", default="autotune.json", help="triton.autotune results (phase 2)")
