@@ -10,8 +10,6 @@ Candidates per kernel kind (`CHOICES`) are crossed, then pruned before anything 
 - registers: f32 accumulators per thread (tile elements / threads) above
   `MAX_ACCUMULATORS_PER_THREAD` spill, which never wins;
 - thin GEMM tiles (under MIN_WIDE_TILE) along M or N when that dim is WIDE or more;
-- tiny GEMM tiles: more than MAX_WAVES waves of programs reload each operand that many
-  more times (never the fastest in the H100 sweeps);
 - waste: a tile more than twice the problem's extent along a dim only adds masked lanes.
 
 GEMMs have no split-K and no persistent variant yet (the lowering has neither), so those
@@ -30,7 +28,6 @@ from .heuristics import WHOLE_EXTENTS, KernelConfig, default_config
 from .records import TuningTask
 
 MIN_WIDE_TILE, WIDE = 64, 512  # thin GEMM tiles only along a small dim (decode-like M)
-MAX_WAVES = 16  # GEMM tiles so small they need more waves only reload operands more often
 MAX_ACCUMULATORS_PER_THREAD = 128  # of the 255 registers a thread has, the rest hold addresses and operands
 
 CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -175,8 +172,6 @@ class SearchSpace:
         if accumulators_per_thread(task, config) > MAX_ACCUMULATORS_PER_THREAD:
             return "accumulators would spill registers"
         if task.kind == "gemm":
-            if _programs(task, config) > MAX_WAVES * self.limits.sm_count:
-                return f"more than {MAX_WAVES} waves of tiles: tiles too small for the problem"
             for dim, param in (("M", "BLOCK_M"), ("N", "BLOCK_N")):
                 if p[param] < MIN_WIDE_TILE and problem[dim] >= WIDE:
                     return f"{param} < {MIN_WIDE_TILE} on {dim} >= {WIDE} reloads the other operand too often"
@@ -201,8 +196,3 @@ def _extents(task: TuningTask) -> dict[str, int]:
     }[task.kind]
     return {param: problem[key] for param, key in table.items() if key in problem}
 
-
-def _programs(task: TuningTask, config: KernelConfig) -> int:
-    p, problem = config.params, task.problem
-    tiles_m = -(-problem["M"] // p["BLOCK_M"])
-    return tiles_m * -(-problem["N"] // p["BLOCK_N"]) * problem.get("B", 1)
