@@ -56,6 +56,9 @@ def make_inputs(args: Sequence[ArgSpec], device: object, sets: int) -> list[list
     return result
 
 
+WARMUP_S = 0.05  # at least this much warm-up work on a GPU: a first trial measured 4x slow without it
+
+
 @functools.cache
 def _flush_buffer(device: object) -> object:
     import torch
@@ -91,6 +94,13 @@ def measure_kernel(inp: MeasureInput, warmup: int = 3, repeats: int = 10, rotate
 
         for i in range(warmup):
             launch(i)
+        if cuda:  # after idle (the builder compiling), clocks need tens of ms of work to ramp up
+            torch.cuda.synchronize()
+            warm_until, i = time.perf_counter() + WARMUP_S, warmup
+            while time.perf_counter() < warm_until:
+                launch(i)
+                i += 1
+                torch.cuda.synchronize()
         if cuda:
             flush = _flush_buffer(device)
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
