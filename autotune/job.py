@@ -32,7 +32,8 @@ from .space import DeviceLimits, SearchSpace
 from .tasks import registered_task
 
 STRATEGIES = ("model", "random", "exhaustive")
-PRETRAINED = Path(__file__).parent / "models" / "h100_gemm.xgb"  # shipped when measured on an H100
+# trained on the H100 evaluation's trials (benchmarks/tune_eval.py train); tuning jobs start from it
+PRETRAINED = Path(__file__).parent / "models" / "h100"
 
 
 def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
@@ -168,8 +169,7 @@ def tune(
     summary = TuneSummary([results[t.key] for t in tasks if t.key in results], path, device)
     if progress:
         took = time.perf_counter() - start
-        print(f"\ntuned {len(summary.results)} kernel(s) in {took:.1f} s on {device}; records in {path}\n",
+        print(f"\ntuned {len(summary.results)} kernel(s) in {took:.1f} s on {device}; records in {path}",
               file=sys.stderr)  # fmt: skip
-        print(summary.table(), file=sys.stderr)
     return summary
 

@@ -112,6 +112,11 @@ class SearchSpace:
         self.task = task
         self.limits = limits or DeviceLimits()
         self._configs = [c for c in self._candidates() if self.why_illegal(c) is None]
+        # the untuned choice is always a candidate (it meets the kernel's requirements by
+        # construction), so a space is never empty and tuning never ends worse than not tuning
+        untuned = self.untuned()
+        if all(c.key() != untuned.key() for c in self._configs):
+            self._configs.insert(0, untuned)
 
     def configs(self) -> list[KernelConfig]:
         return list(self._configs)
@@ -119,13 +124,16 @@ class SearchSpace:
     def untuned(self) -> KernelConfig:
         """The config the compiler uses without tuning, as a point of this space."""
         config = default_config(self.task.kind, self.task.problem)
-        if self._configs and "USE_TMA" in self._configs[0].params:  # pointer loads unless TILEFUSE_TMA=1
+        if self._tma_choice():  # pointer loads unless TILEFUSE_TMA=1
             tma = int(os.environ.get("TILEFUSE_TMA", "0") == "1")
             config = KernelConfig(config.params | {"USE_TMA": tma}, config.num_warps, config.num_stages)
         return config
 
     def __len__(self) -> int:
         return len(self._configs)
+
+    def _tma_choice(self) -> bool:
+        return self.task.kind == "gemm" and self.limits.has_tma and "USE_TMA" in self.task.source
 
     def _fixed(self) -> dict[str, int]:
         """Parameters the problem decides: whole extents, exact sizes."""
@@ -141,7 +149,7 @@ class SearchSpace:
         choices = dict(CHOICES[self.task.kind])
         fixed = self._fixed()
         choices.update({k: (v,) for k, v in fixed.items()})
-        if self.task.kind == "gemm" and self.limits.has_tma and "USE_TMA" in self.task.source:
+        if self._tma_choice():
             choices["USE_TMA"] = (0, 1)
         names = list(choices)
         out = []

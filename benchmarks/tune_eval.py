@@ -3,6 +3,7 @@
     python -m tilefuse.benchmarks.tune_eval measure --db D     # GPU: every config of every kernel
     python -m tilefuse.benchmarks.tune_eval autotune --db D    # GPU: Triton's @autotune, same space
     python -m tilefuse.benchmarks.tune_eval report --db D      # anywhere: replay searches, write tables
+    python -m tilefuse.benchmarks.tune_eval train --db D --model DIR   # the cost model that ships
 
 `measure` compiles each evaluation case with tilefuse, takes its main kernel, and measures
 every config of its search space (builder in parallel processes, runner in an isolated
@@ -34,7 +35,7 @@ import torch
 from ..autotune.cost_model import XGBoostCostModel, spearman
 from ..autotune.database import Database, device_name, versions
 from ..autotune.heuristics import KernelConfig
-from ..autotune.job import ProgressBar, kernel_tasks
+from ..autotune.job import PRETRAINED, ProgressBar, kernel_tasks
 from ..autotune.records import MeasureInput, MeasureResult, TuningTask
 from ..autotune.search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, tune_task
 from ..autotune.space import DeviceLimits, SearchSpace
@@ -285,6 +286,19 @@ def _copy(model: XGBoostCostModel) -> XGBoostCostModel:
     return XGBoostCostModel.load(_saved(model))
 
 
+def train(args: argparse.Namespace) -> None:
+    """A cost model trained on every measured task, saved where tuning jobs start from it."""
+    model = XGBoostCostModel()
+    with Database(args.db) as db:
+        for task in db.tasks():
+            for device, vers in db.scopes(task.key):
+                times = {r.config.key(): r.median_ms for r in db.records(task.key, device, vers)}
+                model.update(task, [KernelConfig.from_key(k) for k in times], list(times.values()))
+        count = len(db.tasks())
+    model.save(args.model)
+    print(f"trained on the trials of {count} task(s); saved to {args.model}", file=sys.stderr)
+
+
 def render(rows: list[dict], device: str, vers: str) -> str:
     """The evaluation as markdown."""
     head = (
@@ -310,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m tilefuse.benchmarks.tune_eval", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("phase", choices=("measure", "autotune", "report"))
+    parser.add_argument("phase", choices=("measure", "autotune", "report", "train"))
     parser.add_argument("--db", type=Path, required=True, help="the tuning database the phases share")
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE")
     parser.add_argument("--build-workers", type=int, default=16)
@@ -319,8 +333,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report-json", default="tune_eval.json")
     parser.add_argument("--device", help="report: the device whose records to read (default: the only one)")
     parser.add_argument("--versions", help="report: the versions string whose records to read")
+    parser.add_argument("--model", type=Path, default=PRETRAINED, help="train: where to save the model")
     args = parser.parse_args(argv)
-    {"measure": measure, "autotune": triton_autotune, "report": report}[args.phase](args)
+    {"measure": measure, "autotune": triton_autotune, "report": report, "train": train}[args.phase](args)
 
 
 if __name__ == "__main__":
