@@ -104,9 +104,11 @@ def tune_task(
     task: TuningTask, *, space: SearchSpace, strategy: SearchStrategy, runner: Runner,
     database: Database, device: str, versions: str, budget: int, builder: Builder | None = None,
     batch: int = 8, patience: int | None = None, job: str = "", progress: Progress | None = None,
+    untuned_first: bool = True,
 ) -> TuneResult:  # fmt: skip
     """Tune `task` until `budget` trials (earlier runs' included), the space runs out, or
-    `patience` trials pass without a better time (see the module docstring)."""
+    `patience` trials pass without a better time (see the module docstring). The untuned
+    config is measured first unless `untuned_first` is false (evaluating a strategy alone)."""
     start = time.perf_counter()
     database.commit_task(task)
     previous = database.records(task.key, device, versions)
@@ -118,7 +120,7 @@ def tune_task(
         strategy.observe(task, [r.config for r in previous], [r.median_ms for r in previous])
     # the untuned choice is always measured first, so tuning never ends worse than not tuning
     default_key = space.untuned().key()
-    first = [c for c in remaining if c.key() == default_key]
+    first = [c for c in remaining if c.key() == default_key] if untuned_first else []
     since_best = 0
     count = len(previous)
     if progress:

@@ -205,7 +205,7 @@ def _replay(task, strategy, times, walls, budget) -> tuple[list[float | None], l
     with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "replay.db") as db:
         result = tune_task(
             task, space=MeasuredSpace(task, list(times)), strategy=strategy, runner=runner, database=db,
-            device="replay", versions="replay", budget=budget, batch=BATCH,
+            device="replay", versions="replay", budget=budget, batch=BATCH, untuned_first=False,
         )  # fmt: skip
     overhead = (time.perf_counter() - start) / max(len(result.trials), 1)
     best, curve = None, []
@@ -258,8 +258,9 @@ def report(args: argparse.Namespace) -> None:
                 _replay(task, ModelGuidedSearch(XGBoostCostModel(), seed=seed), times, walls, cap)
             )
             runs["random"].append(_replay(task, RandomSearch(seed), times, walls, cap))
-        row = {"kernel": task.name, "space": n, "cap": cap, "best_ms": best, "spearman": rho, "top1": top1,
-               "top5": top5, "exhaustive_s": sum(walls.values())}  # fmt: skip
+        untuned = times.get(SearchSpace(task, DeviceLimits()).untuned().key())
+        row = {"kernel": task.name, "space": n, "cap": cap, "best_ms": best, "untuned_ms": untuned,
+               "spearman": rho, "top1": top1, "top5": top5, "exhaustive_s": sum(walls.values())}  # fmt: skip
         for name, outs in runs.items():
             curves = [c for c, _ in outs]
             reach = [_trials_to(c, 1.05 * best) for c in curves]
@@ -302,22 +303,27 @@ def train(args: argparse.Namespace) -> None:
 def render(rows: list[dict], device: str, vers: str) -> str:
     """The evaluation as markdown."""
     head = (
-        "| kernel | space | exhaustive best ms | exhaustive wall s "
+        "| kernel | space | exhaustive best ms | untuned ms | exhaustive wall s "
         "| trials to 5%: model (transfer) / fresh / random "
         "| best at 10% of space: transfer / fresh / random | Spearman (held out) | top-1 | top-5 "
         "| wall s at 10%: transfer / random | triton.autotune wall s, pick |"
     )
-    lines = [f"device {device}; {vers}", "", head, "|" + " --- |" * 11]
+    lines = [f"device {device}; {vers}", "", head, "|" + " --- |" * 12]
     for r in rows:
         at = "—" if "autotune_s" not in r else f"{r['autotune_s']:.0f} s, {r['autotune_ratio']:.3f}x best"
         lines.append(
-            f"| {r['kernel']} | {r['space']} | {r['best_ms']:.4g} | {r['exhaustive_s']:.0f} | "
+            f"| {r['kernel']} | {r['space']} | {r['best_ms']:.4g} | {_ms(r['untuned_ms'])} | "
+            f"{r['exhaustive_s']:.0f} | "
             f"{r['transfer_to5']:g} / {r['fresh_to5']:g} / {r['random_to5']:g} | "
             f"{r['transfer_at10']:.3f} / {r['fresh_at10']:.3f} / {r['random_at10']:.3f} | "
             f"{r['spearman']:.2f} | {r['top1']:.3f} | {r['top5']:.3f} | "
             f"{r['transfer_wall10_s']:.0f} / {r['random_wall10_s']:.0f} | {at} |"
         )
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else "—"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
