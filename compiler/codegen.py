@@ -9,13 +9,14 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import ModuleOp
 
-from ..autotune.heuristics import default_config
+from ..autotune.heuristics import CONFIG_ENV, default_config
 from ..autotune.tasks import make_task, tuned_config
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
@@ -90,7 +91,8 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             kind = g.group.kind
             epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
             task = make_task(name, kind, g.problem, source, launcher.shapes, launcher.dtypes, epilogue_ops)
-            tuned = tuned_config(task, art.target.device)
+            overridden = kind in json.loads(os.environ.get(CONFIG_ENV) or "{}")  # an experiment wins
+            tuned = None if overridden else tuned_config(task, art.target.device)
             config = tuned or default_config(kind, g.problem)
             p.kernels.append(CompiledKernel(g, launcher, config, task.key, "tuned" if tuned else "default"))
     return art
