@@ -72,15 +72,27 @@ class ProgressBar:
     def __init__(self, stream=None, width: int = 24):
         self.stream, self.width = stream, width  # None: sys.stderr at each write (pytest swaps it)
         self._lock = threading.Lock()
+        self._open = False
 
     def __call__(self, task: TuningTask, trials: int, budget: int, best_ms: float | None) -> None:
         done = int(self.width * min(trials, budget) / max(budget, 1))
         best = f"{best_ms:.4g} ms" if best_ms is not None else "-"
         line = f"\r{task.name:<18} [{'#' * done}{'.' * (self.width - done)}] {trials}/{budget} best {best}"
-        stream = self.stream or sys.stderr
         with self._lock:
-            stream.write(line + ("\n" if trials >= budget else ""))
-            stream.flush()
+            self._write(line + ("\n" if trials >= budget else ""))
+            self._open = trials < budget
+
+    def finish(self) -> None:
+        """End a task's line that stopped short of its budget (a small space, patience)."""
+        with self._lock:
+            if self._open:
+                self._write("\n")
+            self._open = False
+
+    def _write(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(text)
+        stream.flush()
 
 
 @dataclass
@@ -96,9 +108,7 @@ class TuneSummary:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in self.results:
-            default_key = r.untuned.key()
-            every = r.trials + ([] if r.best is None else [r.best])
-            default = next((t.median_ms for t in every if t.config.key() == default_key), None)
+            default = r.untuned_ms
             best = r.best.median_ms if r.best else None
             speedup = f"{default / best:.2f}x" if default and best else "-"
             rows.append(
@@ -155,6 +165,8 @@ def tune(
                         builder=builder, database=db, device=device, versions=versions(), budget=budget,
                         batch=batch, patience=patience, job=job, progress=bar,
                     )  # fmt: skip
+                    if bar:
+                        bar.finish()
         except BaseException as e:  # reported after the other workers finish
             errors.append(e)
 

@@ -98,6 +98,7 @@ class TuneResult:
     trials: list[TuningRecord] = field(default_factory=list)
     resumed: int = 0  # trials found in the database from an earlier run
     wall_s: float = 0.0
+    untuned_ms: float | None = None  # the untuned config's time, from this run or an earlier one
 
 
 def tune_task(
@@ -158,4 +159,8 @@ def tune_task(
         taken = {c.key() for c in proposed}
         remaining = [c for c in remaining if c.key() not in taken]
     untuned = space.untuned()
-    return TuneResult(task, len(space), untuned, best, trials, len(previous), time.perf_counter() - start)
+    every = {r.config.key(): r.median_ms for r in [*previous, *trials]}
+    return TuneResult(
+        task, len(space), untuned, best, trials, len(previous), time.perf_counter() - start,
+        every.get(untuned.key()),
+    )  # fmt: skip

@@ -89,14 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.set_defaults(run=_opt)
     tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
-    tune.add_argument("target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME() returns (fn, example_inputs)")
+    tune.add_argument(
+        "target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME (default tune_target) is a callable "
+        "returning (fn_or_module, example_inputs)",
+    )  # fmt: skip
     tune.add_argument("--budget", type=int, default=64, help="trials per kernel (default 64)")
-    tune.add_argument("--strategy", choices=("model", "random", "exhaustive"), default="model")
-    tune.add_argument("--workers", type=int, default=1, help="kernels tuned at once, one GPU each")
-    tune.add_argument("--db", help="tuning database (default $TILEFUSE_TUNING_DB or ~/.cache/tilefuse)")
-    tune.add_argument("--timeout", type=float, default=60.0, help="seconds before a trial is a hang")
+    tune.add_argument(
+        "--strategy", choices=("model", "random", "exhaustive"), default="model",
+        help="model (default): XGBoost-ranked picks plus random exploration; random; exhaustive",
+    )  # fmt: skip
+    tune.add_argument(
+        "--workers", type=int, default=1, help="kernels tuned at once, one GPU each (default 1)"
+    )
+    tune.add_argument(
+        "--db", help="tuning database file (default: $TILEFUSE_TUNING_DB, else ~/.cache/tilefuse/tuning.db)"
+    )
+    tune.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds before a trial counts as hung (default 60)"
+    )
     tune.add_argument("--patience", type=int, help="stop a kernel after this many trials without gain")
-    tune.add_argument("--model", help="a saved cost model to start from")
+    tune.add_argument("--model", help="a saved cost model to start from (default: the shipped H100 model)")
     tune.set_defaults(run=_tune)
     args = parser.parse_args(argv)
     try:

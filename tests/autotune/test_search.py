@@ -98,6 +98,8 @@ def test_a_second_job_resumes_without_measuring_twice(tmp_path):
     assert len(first.trials) == 12 and second.resumed == 12 and len(second.trials) == 18
     assert len(runner.measured) == len(set(runner.measured)) == 30
     assert second.best.median_ms <= first.best.median_ms
+    # the untuned config was measured by the first job; the resumed one still reports its time
+    assert first.untuned_ms is not None and second.untuned_ms == first.untuned_ms
 
 
 def test_patience_stops_when_gains_flatten(tmp_path):
