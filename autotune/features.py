@@ -79,6 +79,9 @@ rhs_operands           gemm right-hand operands sharing one lhs    two B tiles (
 epilogue_ops           ops fused after the main loop/map           extra per-element work at the end
 use_tma                1 when the config sets USE_TMA              TMA descriptors change load costs and
                                                                    free registers from address math
+tiles_per_program      gemm output tiles each program loops over   persistent programs (PROGRAMS below
+                       (tiles / min(tiles, PROGRAMS)); 1 otherwise the tile count) trade launch and
+                                                                   tail effects for a resident wave
 log2_roofline_us       log2 of a roofline estimate of the whole    a prior that already combines the
                        kernel's time in microseconds (see          above; trees refine it, and an
                        `roofline_us`)                              untrained model ranks by it alone
@@ -133,6 +136,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "rhs_operands",
     "epilogue_ops",
     "use_tma",
+    "tiles_per_program",
     "log2_roofline_us",
 )
 
@@ -319,6 +323,7 @@ def features(
         d.rhs,
         task.epilogue_ops,
         float(p.get("USE_TMA", 0)),
+        d.programs / max(1, min(d.programs, p.get("PROGRAMS", d.programs))),
         _log2(d.roofline_us),
     ]
     return np.asarray(values, dtype=np.float32)

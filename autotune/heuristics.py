@@ -76,6 +76,7 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     return config
 
 
+ONE_TILE_EACH = 1 << 16  # a GEMM's PROGRAMS when every tile gets its own program (not persistent)
 SM_COUNT_HINT = 132  # H100/H200 SXM: programs per wave, for tiles that cannot split N
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles; the H100 has 227 KB a block
 
@@ -117,7 +118,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
             bn //= 2
         warps = 8 if bm * bn >= 128 * 128 else 4
-        return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)
+        params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PROGRAMS": ONE_TILE_EACH}
+        return KernelConfig(params, warps, stages)
     if kind == "reduction":
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))

@@ -12,8 +12,9 @@ Candidates per kernel kind (`CHOICES`) are crossed, then pruned before anything 
 - thin GEMM tiles (under MIN_WIDE_TILE) along M or N when that dim is WIDE or more;
 - waste: a tile more than twice the problem's extent along a dim only adds masked lanes.
 
-GEMMs have no split-K and no persistent variant yet (the lowering has neither), so those
-are not in the space. `USE_TMA` (tensor-descriptor loads instead of pointer loads) is in
+GEMMs choose between persistent (`PROGRAMS` = the SM count: one resident wave, each program
+looping over tiles) and one tile a program. They have no split-K (the lowering has none), so
+that is not in the space. `USE_TMA` (tensor-descriptor loads instead of pointer loads) is in
 the space of kernels whose source can use descriptors, on Hopper-class devices only.
 """
 
@@ -24,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .heuristics import WHOLE_EXTENTS, KernelConfig, default_config
+from .heuristics import ONE_TILE_EACH, WHOLE_EXTENTS, KernelConfig, default_config
 from .records import TuningTask
 
 MIN_WIDE_TILE, WIDE = 64, 512  # thin GEMM tiles only along a small dim (decode-like M)
@@ -151,6 +152,8 @@ class SearchSpace:
         choices.update({k: (v,) for k, v in fixed.items()})
         if self._tma_choice():
             choices["USE_TMA"] = (0, 1)
+        if self.task.kind == "gemm":  # persistent (one resident wave looping over tiles) or not
+            choices["PROGRAMS"] = (self.limits.sm_count, ONE_TILE_EACH)
         names = list(choices)
         out = []
         for values in itertools.product(*(choices[n] for n in names)):

@@ -37,7 +37,7 @@ from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
-GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "PROGRAMS")
 REDUCTION_PARAMS = ROW_PARAMS = ("BLOCK_R", "BLOCK_C")
 POINTWISE_PARAMS = ("BLOCK",)
 
@@ -97,90 +97,101 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     batch, m, n, k = _classify(first.spec.data, sizes)
     M, N, K = (math.prod(sizes[c] for c in s) for s in (m, n, k))
     B = math.prod(sizes[c] for c in batch)
-    pid_m, pid_n = kb.emit(tile.GroupedOrderOp(
-        kb.program_id(0), kb.cdiv(M, "BLOCK_M"), kb.cdiv(N, "BLOCK_N"), kb.param("GROUP_M")
-    )).results  # fmt: skip
-    at: dict[str, Index] = {}
-    if batch:
-        at |= dict(zip(batch, kb.unravel(kb.program_id(1), [sizes[c] for c in batch])))
-    rows = kb.unravel(kb.offsets(pid_m, "BLOCK_M"), [sizes[c] for c in m])
-    cols = kb.unravel(kb.offsets(pid_n, "BLOCK_N"), [sizes[c] for c in n])
-    at |= {c: kb.expand(i, 1) for c, i in zip(m, rows)} | {c: kb.expand(i, 0) for c, i in zip(n, cols)}
+    # at most PROGRAMS programs, each looping over output tiles: persistent when PROGRAMS is below
+    # the tile count (one wave that stays resident), one tile a program otherwise
+    tiles = kb.index_op("mul", kb.cdiv(M, "BLOCK_M"), kb.cdiv(N, "BLOCK_N"))
+    programs = kb.index_op("min", tiles, kb.param("PROGRAMS"))
+    outer = Block(arg_types=[i32])
+    with kb.inside(outer):
+        pid_m, pid_n = kb.emit(tile.GroupedOrderOp(
+            outer.args[0], kb.cdiv(M, "BLOCK_M"), kb.cdiv(N, "BLOCK_N"), kb.param("GROUP_M")
+        )).results  # fmt: skip
+        at: dict[str, Index] = {}
+        if batch:
+            at |= dict(zip(batch, kb.unravel(kb.program_id(1), [sizes[c] for c in batch])))
+        rows = kb.unravel(kb.offsets(pid_m, "BLOCK_M"), [sizes[c] for c in m])
+        cols = kb.unravel(kb.offsets(pid_n, "BLOCK_N"), [sizes[c] for c in n])
+        at |= {c: kb.expand(i, 1) for c, i in zip(m, rows)} | {c: kb.expand(i, 0) for c, i in zip(n, cols)}
 
-    out_letters = ein.parse_spec(first.spec.data)[2]
-    zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
-    inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
-    # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
-    dense_blocks = not batch and len(m) == len(n) == len(k) == 1
-    start = {
-        m: kb.block_start(pid_m, "BLOCK_M"),
-        n: kb.block_start(pid_n, "BLOCK_N"),
-    }
-    trips = kb.cdiv(K, "BLOCK_K")
-    body = Block(arg_types=[i32] + [zero] * len(contracts))
-    with kb.inside(body):
-        flat_k = kb.offsets(body.args[0], "BLOCK_K")
-        k_sizes = [sizes[c] for c in k]
-        # several K indices (a head-merged operand): K blocks inside the innermost one index it
-        # as start + arange, which Triton sees as contiguous
-        ks = kb.unravel_block(flat_k, k_sizes) or kb.unravel(flat_k, k_sizes)
-        k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
-        k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
-        start[k] = kb.block_start(body.args[0], "BLOCK_K")
-        accs = []
-        loaded: dict[SSAValue, SSAValue] = {}
-        for op, acc in zip(contracts, body.args[1:]):
-            lhs, rhs, out = ein.parse_spec(op.spec.data)
-            names = dict(zip(out, out_letters))  # a sibling contraction may name its indices differently
-            block = {c: start[names.get(c, c)] for c in lhs + rhs} if dense_blocks else {}
-            if op.lhs not in loaded:
-                a_index = [k_cols[c] if c in k else at[names[c]] for c in lhs]
-                loaded[op.lhs] = kb.load(op.lhs, a_index, [block[c] for c in lhs if block])
-            b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
-            b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
-            tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
-            accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
-        kb.emit(scf.YieldOp(*accs))
-    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
+        out_letters = ein.parse_spec(first.spec.data)[2]
+        zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
+        inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
+        # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
+        dense_blocks = not batch and len(m) == len(n) == len(k) == 1
+        start = {
+            m: kb.block_start(pid_m, "BLOCK_M"),
+            n: kb.block_start(pid_n, "BLOCK_N"),
+        }
+        trips = kb.cdiv(K, "BLOCK_K")
+        body = Block(arg_types=[i32] + [zero] * len(contracts))
+        with kb.inside(body):
+            flat_k = kb.offsets(body.args[0], "BLOCK_K")
+            k_sizes = [sizes[c] for c in k]
+            # several K indices (a head-merged operand): K blocks inside the innermost one index it
+            # as start + arange, which Triton sees as contiguous
+            ks = kb.unravel_block(flat_k, k_sizes) or kb.unravel(flat_k, k_sizes)
+            k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
+            k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
+            start[k] = kb.block_start(body.args[0], "BLOCK_K")
+            accs = []
+            loaded: dict[SSAValue, SSAValue] = {}
+            for op, acc in zip(contracts, body.args[1:]):
+                lhs, rhs, out = ein.parse_spec(op.spec.data)
+                names = dict(zip(out, out_letters))  # a sibling contraction may name its indices differently
+                block = {c: start[names.get(c, c)] for c in lhs + rhs} if dense_blocks else {}
+                if op.lhs not in loaded:
+                    a_index = [k_cols[c] if c in k else at[names[c]] for c in lhs]
+                    loaded[op.lhs] = kb.load(op.lhs, a_index, [block[c] for c in lhs if block])
+                b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
+                b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
+                tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
+                accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
+            kb.emit(scf.YieldOp(*accs))
+        loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
 
-    out_shape = shape_of(first.result.type)
-    out_idx = [at[c] for c in out_letters]
-    known = {
-        op.result: kb.cast(acc, op.result.type.get_element_type()) for op, acc in zip(contracts, loop.results)
-    }
-    epilogue = [op for op in group.ops if not isinstance(op, ein.ContractOp)]
-    reductions = [op for op in epilogue if isinstance(op, ein.ReduceOp)]
-    problem: dict = {}
-    if not reductions:
-        for op in epilogue:
-            known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
-    elif (space := RowSpace.of(reductions[0])).shape == tuple(out_shape):
-        # a row reduction over the output's N index: this tile holds whole rows (BLOCK_N >= N)
-        (n_letter,) = n
-        in_range = kb.map([at[n_letter]], i1, lambda sb, c: sb.cmp("lt", c, sb.const(N, i32)))
-        known, at_shape = evaluate_row_ops(kb, epilogue, space, out_idx, in_range, known)
-        out_idx = at_shape[tuple(shape_of(group.output.type))]
-        problem["whole"] = {"BLOCK_N": N}
-    else:
-        # chunks of a wide row (split-reduction): the [.., N] product is viewed as [.., T, C]
-        # and this tile is chunk pid_n (BLOCK_N = C); the row ops reduce it to one partial a row
-        chunk = space.shape[-1]
-        kb.exact["BLOCK_N"] = chunk
-        product = [op for op in epilogue if tuple(shape_of(op.result.type)) == tuple(out_shape)]
-        for op in product:
-            known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
-        (view,) = {use.operation for use in (product[-1] if product else first).results[0].uses}
-        known[view.result] = known[view.input]
-        lanes = kb.expand(kb.arange("BLOCK_N"), 0)
-        in_range = kb.map([lanes], i1, lambda sb, c: sb.cmp("lt", c, sb.const(chunk, i32)))
-        rest = [op for op in epilogue if op not in product]
-        known, at_shape = evaluate_row_ops(kb, rest, space, [*out_idx[:-1], pid_n, lanes], in_range, known)
-        out_idx = at_shape[tuple(shape_of(group.output.type))]
-        problem |= {"whole": {"BLOCK_N": chunk}, "exact": {"BLOCK_N": chunk}}
-    kb.store(kb.output_argument(group.output), out_idx, known[group.output])
+        out_shape = shape_of(first.result.type)
+        out_idx = [at[c] for c in out_letters]
+        known = {
+            op.result: kb.cast(acc, op.result.type.get_element_type())
+            for op, acc in zip(contracts, loop.results)
+        }
+        epilogue = [op for op in group.ops if not isinstance(op, ein.ContractOp)]
+        reductions = [op for op in epilogue if isinstance(op, ein.ReduceOp)]
+        problem: dict = {}
+        if not reductions:
+            for op in epilogue:
+                known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+        elif (space := RowSpace.of(reductions[0])).shape == tuple(out_shape):
+            # a row reduction over the output's N index: this tile holds whole rows (BLOCK_N >= N)
+            (n_letter,) = n
+            in_range = kb.map([at[n_letter]], i1, lambda sb, c: sb.cmp("lt", c, sb.const(N, i32)))
+            known, at_shape = evaluate_row_ops(kb, epilogue, space, out_idx, in_range, known)
+            out_idx = at_shape[tuple(shape_of(group.output.type))]
+            problem["whole"] = {"BLOCK_N": N}
+        else:
+            # chunks of a wide row (split-reduction): the [.., N] product is viewed as [.., T, C]
+            # and this tile is chunk pid_n (BLOCK_N = C); the row ops reduce it to one partial a row
+            chunk = space.shape[-1]
+            kb.exact["BLOCK_N"] = chunk
+            product = [op for op in epilogue if tuple(shape_of(op.result.type)) == tuple(out_shape)]
+            for op in product:
+                known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+            (view,) = {use.operation for use in (product[-1] if product else first).results[0].uses}
+            known[view.result] = known[view.input]
+            lanes = kb.expand(kb.arange("BLOCK_N"), 0)
+            in_range = kb.map([lanes], i1, lambda sb, c: sb.cmp("lt", c, sb.const(chunk, i32)))
+            rest = [op for op in epilogue if op not in product]
+            known, at_shape = evaluate_row_ops(
+                kb, rest, space, [*out_idx[:-1], pid_n, lanes], in_range, known
+            )
+            out_idx = at_shape[tuple(shape_of(group.output.type))]
+            problem |= {"whole": {"BLOCK_N": chunk}, "exact": {"BLOCK_N": chunk}}
+        kb.store(kb.output_argument(group.output), out_idx, known[group.output])
+        kb.emit(scf.YieldOp())
+    kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem |= {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
-    return [f"cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N)", str(B)], problem
+    return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
 
 
 _NEUTRAL = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}

@@ -62,7 +62,7 @@ def candidate(mode: int, **extra: int) -> MeasureInput:
 def test_measure_kernel_times_valid_configs_and_reports_invalid_ones(gemm):
     task, default = gemm
     small = KernelConfig(
-        {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=2, num_stages=1
+        {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "PROGRAMS": 2}, num_warps=2, num_stages=1
     )
     for config in (default, small):
         result = measure_kernel(MeasureInput(task, config))

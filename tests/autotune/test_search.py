@@ -35,7 +35,7 @@ def _optimum(task) -> float:
 def test_space_is_pruned_and_legal():
     task = gemm_task(4096, 4096, 4096)
     space = SearchSpace(task)
-    assert 100 < len(space) < 400
+    assert 100 < len(space) < 800  # persistent or not doubles the GEMM space
     limits = DeviceLimits()
     assert all(shared_memory_bytes(task, c) <= limits.smem_per_block for c in space.configs())
     assert all(space.why_illegal(c) is None for c in space.configs())
