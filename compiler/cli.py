@@ -2,6 +2,10 @@
 
     tilefuse opt FILE.mlir [-p pass1,pass2] [--generic]
         parse and verify tilefuse IR, run the named passes, verify, print
+    tilefuse opt FILE.mlir --emit triton
+        the Triton source of every kernel (ein functions are lowered through their groups)
+    tilefuse inspect DIR
+        a text summary of a dump: kernels, fused ops, fallbacks and why, configs and their source
     tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] ...
         tune the kernels of `NAME()` (default `tune_target`), a callable returning
         `(fn_or_module, example_inputs)`; results go to the tuning database
@@ -38,7 +42,50 @@ def _opt(args: argparse.Namespace) -> int:
     except IRError as e:  # the message already reads "file:line: error: ..."
         print(e, file=sys.stderr)
         return 1
+    if args.emit == "triton":
+        sys.stdout.write(_triton_sources(module))
+        return 0
     sys.stdout.write(print_module(module, generic=args.generic))
+    return 0
+
+
+def _triton_sources(module) -> str:
+    """The Triton source of every kernel: `tile.kernel`s as they are, `ein` functions lowered
+    through their fusion groups (formed first when the input has none)."""
+    from xdsl.dialects import func
+
+    from ..backends.triton import TritonOptions, emit
+    from ..ir import tile
+    from ..passes import FormFusionGroups
+    from ..passes.fusion_groups import GROUP_ATTR
+    from ..passes.lower_to_tile import lower_function
+
+    out = []
+    functions = [op for op in module.ops if isinstance(op, func.FuncOp)]
+    if functions and not any(GROUP_ATTR in op.attributes for fn in functions for op in fn.body.ops):
+        FormFusionGroups().apply(make_context(), module)
+    for op in module.ops:
+        if isinstance(op, tile.KernelOp):
+            out.append(emit(op, TritonOptions()))
+        elif isinstance(op, func.FuncOp):
+            for lowered in lower_function(op):
+                if lowered.kernel is None:
+                    out.append(
+                        f"# group {lowered.group.name} ({lowered.group.kind}): no kernel: {lowered.error}\n"
+                    )
+                else:
+                    out.append(emit(lowered.kernel, TritonOptions()))
+    return "\n\n".join(out)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspect import summarize
+
+    root = Path(args.dir)
+    if not (root / "index.json").exists():
+        print(f"error: {root}: no tilefuse dump here (no index.json)", file=sys.stderr)
+        return 1
+    sys.stdout.write(summarize(root))
     return 0
 
 
@@ -87,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("file", help="input .mlir file, or - for standard input")
     opt.add_argument("-p", "--passes", help="comma-separated passes to run, in order")
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
+    opt.add_argument(
+        "--emit", choices=("mlir", "triton"), default="mlir", help="print IR (default) or kernels"
+    )
     opt.set_defaults(run=_opt)
+    inspect = sub.add_parser(
+        "inspect", help="summarize a dump folder: kernels, fused ops, fallbacks, configs"
+    )
+    inspect.add_argument("dir", help="a dump folder (tilefuse.compile(dump=...) or TILEFUSE_DUMP)")
+    inspect.set_defaults(run=_inspect)
     tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
     tune.add_argument(
         "target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME (default tune_target) is a callable "

@@ -51,11 +51,21 @@ def fusion_options() -> str:
     return ",".join(f"{env}={os.environ.get(env, '1')}" for env in (NORM_PROLOGUE_ENV, SPLIT_REDUCTION_ENV))
 
 
-def stage_fuse(art: GraphArtifact) -> GraphArtifact:
+def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
         NormPrologue().apply(make_context(), art.module)
+        verify(art.module, "after norm-prologue")
+    return art
+
+
+def stage_split_reduction(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(SPLIT_REDUCTION_ENV, "1") != "0":
         SplitReduction().apply(make_context(), art.module)
+        verify(art.module, "after split-reduction")
+    return art
+
+
+def stage_fuse(art: GraphArtifact) -> GraphArtifact:
     FormFusionGroups().apply(make_context(), art.module)
     verify(art.module, "after form-fusion-groups")
     return art

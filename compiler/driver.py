@@ -13,6 +13,8 @@ here raises into the user's model.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +28,16 @@ from ..ir.module import IRError, make_context, parse_module, print_module, verif
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
 from .artifact_cache import CacheEntry, cache_dir, graph_key, load_entry, store_entry
-from .codegen import Target, fusion_options, stage_codegen, stage_fuse, stage_lower, tile_module_text
+from .codegen import (
+    Target,
+    fusion_options,
+    stage_codegen,
+    stage_fuse,
+    stage_lower,
+    stage_norm_prologue,
+    stage_split_reduction,
+    tile_module_text,
+)
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
@@ -161,6 +172,19 @@ def stage_runtime(art: GraphArtifact) -> GraphArtifact:
     return art
 
 
+PRINT_IR_AFTER_ENV = "TILEFUSE_PRINT_IR_AFTER"  # "import,form-fusion-groups" or "all": IR to stderr
+
+
+def _print_ir_after() -> set[str]:
+    """The stages whose IR goes to stderr (mlir-opt's --mlir-print-ir-after); unknown names are refused."""
+    names = {n.strip() for n in os.environ.get(PRINT_IR_AFTER_ENV, "").split(",") if n.strip()}
+    known = {s.name for s in STAGES if s.dump} | {"all"}
+    if names - known:
+        stages = ", ".join(sorted(known))
+        raise ValueError(f"{PRINT_IR_AFTER_ENV}: no stage {sorted(names - known)}; stages: {stages}")
+    return names
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -173,7 +197,15 @@ def _dump_partitioned(art: GraphArtifact) -> tuple[str, str]:
 
 
 def _dump_module_as(filename: str) -> Callable[[GraphArtifact], tuple[str, str]]:
-    return lambda art: (filename, print_module(art.module))
+    def text(art: GraphArtifact) -> str:
+        if art.cached is None:
+            return print_module(art.module)
+        # a compile-cache hit skips the passes: the fused functions come back whole
+        if filename == "ein.groups.mlir":
+            return art.cached.module_text
+        return "// compile-cache hit: this stage did not run; ein.groups.mlir holds the cached result\n"
+
+    return lambda art: (filename, text(art))
 
 
 def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
@@ -184,7 +216,9 @@ STAGES: list[Stage] = [
     Stage("partition", stage_partition, _dump_partitioned),
     Stage("import", stage_import, _dump_module_as("ein.mlir")),
     Stage("canonicalize", stage_canonicalize, _dump_module_as("ein.canonicalize.mlir")),
-    Stage("fuse", stage_fuse, _dump_module_as("ein.groups.mlir")),
+    Stage("norm-prologue", stage_norm_prologue, _dump_module_as("ein.norm-prologue.mlir")),
+    Stage("split-reduction", stage_split_reduction, _dump_module_as("ein.split-reduction.mlir")),
+    Stage("form-fusion-groups", stage_fuse, _dump_module_as("ein.groups.mlir")),
     Stage("lower", stage_lower, _dump_tile),
     Stage("codegen", stage_codegen),
     Stage("runtime", stage_runtime),
@@ -211,10 +245,16 @@ def compile_aten_graph(
             files.append(dump.write(filename, text))
         files.append(dump.write("aten_graph.py", aten.print_readable(print_output=False)))
     try:
+        print_after = _print_ir_after()
         for stage in STAGES:
             art = stage.run(art)
-            if dump and stage.dump:
-                files.append(dump.write(*stage.dump(art)))
+            if stage.dump and (dump or stage.name in print_after or "all" in print_after):
+                filename, text = stage.dump(art)
+                if dump:
+                    files.append(dump.write(filename, text))
+                if stage.name in print_after or "all" in print_after:
+                    header = f"// -----// IR Dump After {stage.name} ({name}) //----- //"
+                    print(f"{header}\n{text}", file=sys.stderr)
         if dump:
             files += [dump.write(f"kernels/{k}.py", src) for k, src in art.sources.items()]
         if cache_state == "miss":
