@@ -85,6 +85,12 @@ def _inspect(args: argparse.Namespace) -> int:
     if not (root / "index.json").exists():
         print(f"error: {root}: no tilefuse dump here (no index.json)", file=sys.stderr)
         return 1
+    if args.html:
+        from .report import html_report
+
+        Path(args.html).write_text(html_report(root))
+        print(f"wrote {args.html}", file=sys.stderr)
+        return 0
     sys.stdout.write(summarize(root))
     return 0
 
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "inspect", help="summarize a dump folder: kernels, fused ops, fallbacks, configs"
     )
     inspect.add_argument("dir", help="a dump folder (tilefuse.compile(dump=...) or TILEFUSE_DUMP)")
+    inspect.add_argument("--html", metavar="FILE", help="write a self-contained HTML report to FILE")
     inspect.set_defaults(run=_inspect)
     tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
     tune.add_argument(

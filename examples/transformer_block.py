@@ -53,7 +53,8 @@ def main() -> int:
         eager = model(x)
 
     dump_dir = Path(compiled.tilefuse_dump_dir)
-    print(f"IR dumps: {dump_dir}  (start with {dump_dir / 'index.txt'})")
+    print(f"IR dumps: {dump_dir}  (start with {dump_dir / 'index.txt'}; summary: tilefuse inspect {dump_dir},"
+          f" report: tilefuse inspect {dump_dir} --html report.html)")
     kernels = 0
     for report in compiled.tilefuse_reports:
         print(f"graph {report['name']}: {len(report['partitions'])} compiled partition(s), "

@@ -87,3 +87,24 @@ def test_a_cache_hit_dump_says_the_passes_did_not_run(tmp_path):
     assert compiled.tilefuse_reports[0]["cache"] == "hit"
     assert "did not run" in (graph / "ein.split-reduction.mlir").read_text()
     assert 'ein.group = "k0"' in (graph / "ein.groups.mlir").read_text()  # the cached, fused result
+
+
+def test_html_report_is_self_contained_and_holds_every_kernel(tmp_path, capsys):
+    compiled = _compile(tmp_path)
+    out = tmp_path / "report.html"
+    assert cli_main(["inspect", str(compiled.tilefuse_dump_dir), "--html", str(out)]) == 0
+    page = out.read_text()
+    assert "<script" not in page and "src=" not in page and "href=" not in page and "@import" not in page
+    assert page.count("<svg") >= 1 and "contract k0" in page  # the graph, coloured by group
+    (graph,) = [d for d in Path(compiled.tilefuse_dump_dir).iterdir() if d.is_dir()]
+    for source in (graph / "kernels").glob("*.py"):
+        assert source.stem in page and "@triton.jit" in page and "tile.kernel" in page
+    assert "cumsum" in page  # the op left to PyTorch, with its reason
+
+
+def test_tuning_plot_marks_failures_and_tracks_the_best():
+    from tilefuse.compiler.report import trials_svg
+
+    svg = trials_svg([3.0, None, 2.0, 2.5, 1.0])
+    assert svg.count("<circle") == 4 and 'stroke="#e15759"' in svg and "<polyline" in svg
+    assert "no successful trial" in trials_svg([None, None])
