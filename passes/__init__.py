@@ -6,13 +6,18 @@ Imports `tilefuse.ir` only.
 from xdsl.passes import ModulePass
 
 from .canonicalize import Canonicalize
+from .export_linalg import ExportLinalg
 from .fusion_groups import FormFusionGroups
 from .lower_to_tile import LowerToTile
 from .norm_prologue import NormPrologue
 from .split_reduction import SplitReduction
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (Canonicalize, NormPrologue, SplitReduction, FormFusionGroups, LowerToTile)
+    p.name: p
+    for p in (Canonicalize, NormPrologue, SplitReduction, FormFusionGroups, LowerToTile, ExportLinalg)
 }
 
-__all__ = ["PASSES", "Canonicalize", "FormFusionGroups", "LowerToTile", "NormPrologue", "SplitReduction"]
+__all__ = [
+    "PASSES", "Canonicalize", "ExportLinalg", "FormFusionGroups", "LowerToTile", "NormPrologue",
+    "SplitReduction",
+]  # fmt: skip
