@@ -2,7 +2,8 @@
 external files: inline CSS and SVG).
 
 Per graph: the fused `ein` graph drawn with networkx's layered layout, one colour per fusion
-group (grey: views, constants, ops left to the reference interpreter); then per kernel its
+group (grey: ops left to the reference interpreter; views, constants and iotas are not
+drawn: edges pass through them, as kernels index through them); then per kernel its
 group, config and where the config came from, the Triton source and its `tile` IR; and for a
 kernel whose config came from the tuning database, the tuning job as a plot (time of each
 trial, best so far).
@@ -24,6 +25,7 @@ PALETTE = (
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
 )  # fmt: skip
+VIRTUAL = ("ein.view", "ein.constant", "ein.iota")
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -40,18 +42,23 @@ def graph_svg(module_text: str) -> tuple[str, dict[str, str]]:
     module = parse_module(module_text)
     g = nx.DiGraph()
     colours: dict[str, str] = {}
+    through: dict[int, set[int]] = {}  # op -> the drawn ops its value comes from
     for fn in functions(module):
         for op in fn.body.block.ops:
             if op.name == "func.return":
                 continue
+            producers = {p for v in op.operands if v.owner is not None for p in through.get(id(v.owner), ())}
+            if op.name in VIRTUAL:  # views, constants, iotas: kernels index through them, so does the drawing
+                through[id(op)] = producers
+                continue
+            through[id(op)] = {id(op)}
             group = op.attributes[GROUP_ATTR].data if GROUP_ATTR in op.attributes else None
             if group and group not in colours:
                 colours[group] = PALETTE[len(colours) % len(PALETTE)]
             label = op.name.removeprefix("ein.") + (f" {group}" if group else "")
             g.add_node(id(op), label=label, colour=colours.get(group, "#bbb"))
-            for operand in op.operands:
-                if operand.owner is not None and id(operand.owner) in g:
-                    g.add_edge(id(operand.owner), id(op))
+            for producer in producers:
+                g.add_edge(producer, id(op))
     if not g:
         return "<p>(no compiled ops)</p>", colours
     for layer, nodes in enumerate(nx.topological_generations(g)):
@@ -60,6 +67,7 @@ def graph_svg(module_text: str) -> tuple[str, dict[str, str]]:
     pos = nx.multipartite_layout(g, subset_key="layer", align="vertical", scale=1.0)
     layers = 1 + max(d["layer"] for _, d in g.nodes(data=True))
     width, height = max(400, 130 * layers), max(200, 34 * max(len(v) for v in nx.topological_generations(g)))
+
     def spread(axis: int, size: int, margin: int) -> dict:
         lo, hi = min(p[axis] for p in pos.values()), max(p[axis] for p in pos.values())
         return {n: margin + (p[axis] - lo) / ((hi - lo) or 1) * (size - 2 * margin) for n, p in pos.items()}
