@@ -17,8 +17,7 @@ import os
 import threading
 
 from .database import Database, default_path, versions
-from .heuristics import KernelConfig
-from .records import ArgSpec, TuningTask
+from .records import ArgSpec, TuningRecord, TuningTask
 
 TUNED_ENV = "TILEFUSE_TUNED"  # "0": ignore the tuning database, use the default configs
 
@@ -51,12 +50,11 @@ def _open(path: str) -> Database:
     return Database(path)
 
 
-def tuned_config(task: TuningTask, device: str) -> KernelConfig | None:
-    """The best measured config of `task` on `device` with these versions, if it was tuned."""
+def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
+    """The best measured trial of `task` on `device` with these versions, if it was tuned."""
     if os.environ.get(TUNED_ENV, "1") == "0":
         return None
     path = default_path()
     if not path.exists():
         return None
-    best = _open(str(path)).best(task.key, device, versions())
-    return best.config if best is not None else None
+    return _open(str(path)).best(task.key, device, versions())

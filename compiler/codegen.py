@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from xdsl.dialects.builtin import ModuleOp
 
 from ..autotune.heuristics import CONFIG_ENV, default_config
-from ..autotune.tasks import make_task, tuned_config
+from ..autotune.tasks import make_task, tuned_record
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
@@ -102,9 +102,11 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
             task = make_task(name, kind, g.problem, source, launcher.shapes, launcher.dtypes, epilogue_ops)
             overridden = kind in json.loads(os.environ.get(CONFIG_ENV) or "{}")  # an experiment wins
-            tuned = None if overridden else tuned_config(task, art.target.device)
-            config = tuned or default_config(kind, g.problem)
-            p.kernels.append(CompiledKernel(g, launcher, config, task.key, "tuned" if tuned else "default"))
+            tuned = None if overridden else tuned_record(task, art.target.device)
+            config = tuned.config if tuned else default_config(kind, g.problem)
+            source = "tuned" if tuned else "default"
+            kernel = CompiledKernel(g, launcher, config, task.key, source, tuned.median_ms if tuned else None)
+            p.kernels.append(kernel)
     return art
 
 

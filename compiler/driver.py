@@ -80,6 +80,7 @@ class Partition:
                     "config": kernels[g.group.name].config.key() if g.group.name in kernels else None,
                     "config_source": kernels[g.group.name].config_source if g.group.name in kernels else None,
                     "task_key": kernels[g.group.name].task_key if g.group.name in kernels else None,
+                    "tuned_ms": kernels[g.group.name].tuned_ms if g.group.name in kernels else None,
                     "not_a_kernel_because": g.error,
                 }
                 for g in self.lowered

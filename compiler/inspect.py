@@ -28,6 +28,8 @@ def summarize(root: Path) -> str:
             for g in part["groups"]:
                 kernel = g["kernel"] or f"no kernel ({g['not_a_kernel_because']})"
                 source = f" [{g.get('config_source') or 'default'}: {g['config']}]" if g.get("config") else ""
+                if g.get("tuned_ms"):
+                    source += f" measured {g['tuned_ms']:.4g} ms"
                 fused = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in Counter(g["ops"]).items())
                 lines.append(f"    {g['name']:<4} {g['kind']:<10} {kernel}{source}")
                 lines.append(f"         fuses {fused}")

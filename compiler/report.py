@@ -5,8 +5,8 @@ Per graph: the fused `ein` graph drawn with networkx's layered layout, one colou
 group (grey: ops left to the reference interpreter; views, constants and iotas are not
 drawn: edges pass through them, as kernels index through them); then per kernel its
 group, config and where the config came from, the Triton source and its `tile` IR; and for a
-kernel whose config came from the tuning database, the tuning job as a plot (time of each
-trial, best so far).
+kernel whose config came from the tuning database, the tuning job as plots (time of each
+trial and the best so far; the shipped cost model's score against each measured time).
 """
 
 from __future__ import annotations
@@ -121,16 +121,44 @@ def _tile_ir(tile_text: str, kernel: str) -> str:
     return match.group(0) if match else "(not in tile.mlir)"
 
 
-def _tuning_times(task_key: str, device: str | None) -> list[float | None]:
+def tuning_section(task_key: str) -> str:
+    """The tuning job of one kernel from the tuning database: time per trial with the best so
+    far, and the shipped cost model's score against each measured time."""
     from ..autotune.database import Database, default_path
 
     path = default_path()
     if not path.exists():
-        return []
+        return "<p>(the tuning database is not here)</p>"
     with Database(path) as db:
-        scopes = db.scopes(task_key)
-        scope = next((s for s in scopes if device is None or s[0] == device), None)
-        return [r.median_ms for r in db.records(task_key, *scope)] if scope else []
+        scope = next(iter(db.scopes(task_key)), None)
+        records = db.records(task_key, *scope) if scope else []
+        task = db.task(task_key)
+    times = [r.median_ms for r in records]
+    parts = [f"<h4>tuning job: {len(records)} trials on {html.escape(scope[0]) if scope else '?'}</h4>",
+             trials_svg(times)]  # fmt: skip
+    if task is not None and records:
+        from ..autotune.cost_model import XGBoostCostModel
+        from ..autotune.job import PRETRAINED
+
+        model = XGBoostCostModel.load(PRETRAINED) if PRETRAINED.exists() else XGBoostCostModel()
+        scores = list(model.predict(task, [r.config for r in records]))
+        parts += ["<h4>cost model score (x, higher = predicted faster) against measured ms (y)</h4>",
+                  scatter_svg(scores, times)]  # fmt: skip
+    return "".join(parts)
+
+
+def scatter_svg(xs: list[float], ys: list[float | None], width: int = 520, height: int = 200) -> str:
+    """Points (x, y) for the trials that ran; a good model slopes down (high score, low time)."""
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if not pts:
+        return "<p>(no successful trial)</p>"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    sx = lambda v: 40 + (v - x0) / ((x1 - x0) or 1) * (width - 60)  # noqa: E731
+    sy = lambda v: height - 20 - (v - y0) / ((y1 - y0) or 1) * (height - 40)  # noqa: E731
+    dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="#59a14f"/>' for x, y in pts)
+    labels = f'<text x="4" y="14">{y1:.4g} ms</text><text x="4" y="{height - 6}">{y0:.4g} ms</text>'
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{labels}{dots}</svg>'
 
 
 def html_report(root: Path) -> str:
@@ -176,8 +204,7 @@ def html_report(root: Path) -> str:
                     body.append(f"<h4>Triton source</h4><pre>{html.escape(text)}</pre>")
                     body.append(f"<h4>tile IR</h4><pre>{html.escape(_tile_ir(tile_text, kernel))}</pre>")
                 if g.get("config_source") == "tuned" and g.get("task_key"):
-                    times = _tuning_times(g["task_key"], None)
-                    body.append(f"<h4>tuning job ({len(times)} trials)</h4>{trials_svg(times)}")
+                    body.append(tuning_section(g["task_key"]))
                 body.append("</details>")
     title = f"tilefuse report: {html.escape(str(root))}"
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"

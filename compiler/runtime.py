@@ -47,6 +47,7 @@ class CompiledKernel:
     config: KernelConfig
     task_key: str = ""  # the kernel's key in the tuning database
     config_source: str = "default"  # "tuned": the database's best for this device and versions
+    tuned_ms: float | None = None  # that config's measured median, when tuned
     launch_error: str | None = None
 
     def __post_init__(self) -> None:

@@ -10,9 +10,11 @@
     ein.view      -> reshape: tensor.reshape; permute and expand: a copying linalg.generic
                      whose input map permutes or broadcasts; slice: tensor.extract_slice
     ein.constant  -> arith.constant dense splat;  ein.iota -> linalg.generic on linalg.index
+    ein.concat    -> tensor.concat
 
-The result is a new module (the input is untouched); `ein.concat` is not exported yet and
-raises `ExportError` naming it. Fusion-group attributes are dropped: they are tilefuse's.
+The result is a new module (the input is untouched); an op without an upstream form (integer
+reductions) raises `ExportError` naming it. Fusion-group attributes are dropped: they are
+tilefuse's.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.dialects.linalg.ops import FillOp, GenericOp, IndexOp, IteratorType, IteratorTypeAttr, YieldOp
-from xdsl.dialects.tensor import EmptyOp, ExtractSliceOp, ReshapeOp
+from xdsl.dialects.tensor import ConcatOp, EmptyOp, ExtractSliceOp, ReshapeOp
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.ir.affine import AffineExpr, AffineMap
 from xdsl.passes import ModulePass
@@ -123,6 +125,8 @@ class _Exporter:
             return self.emit(arith.ConstantOp(dense, op.result.type))
         if isinstance(op, ein.IotaOp):
             return self.iota(op)
+        if isinstance(op, ein.ConcatOp):
+            return self.emit(ConcatOp([get(v) for v in op.inputs], op.dim.value.data, op.result.type))
         raise ExportError(f"{op.name} has no upstream form yet")
 
     def contract(self, op: ein.ContractOp, lhs: SSAValue, rhs: SSAValue) -> SSAValue:

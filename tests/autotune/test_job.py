@@ -31,12 +31,20 @@ def test_tune_then_compile_uses_the_tuned_config(tmp_path):
         assert len(records) == 3 and all(r.median_ms and r.median_ms > 0 for r in records)
     # a later compile reads the database: no measurement, the best config, the same numbers
     torch._dynamo.reset()
-    compiled = tilefuse.compile(_model)
+    compiled = tilefuse.compile(_model, dump=tmp_path / "dump")
     args = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(compiled(*args), _model(*args), rtol=1e-5, atol=1e-5)
     (group,) = fusion_groups(compiled.tilefuse_reports)
     assert group["config_source"] == "tuned" and group["config"] == result.best.config.key()
+    assert group["tuned_ms"] == result.best.median_ms
+    # the dump's summary and report show the tuned config, its time and the tuning job
+    dump = str(compiled.tilefuse_dump_dir)
+    assert cli_main(["inspect", dump]) == 0
+    report = tmp_path / "report.html"
+    assert cli_main(["inspect", dump, "--html", str(report)]) == 0
+    page = report.read_text()
+    assert "tuning job: 3 trials" in page and "cost model score" in page and page.count("<circle") >= 6
 
 
 def test_cli_tunes_a_script(tmp_path, capsys):

@@ -24,7 +24,8 @@ PIPELINE = "builtin.module(canonicalize,func.func(linalg-fuse-elementwise-ops),c
 def _model(x, w1, w2, g, q, k, v):
     h = F.layer_norm(torch.relu(x @ w1) @ w2, (w2.shape[1],), g)
     attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return torch.softmax(h, -1), torch.logsumexp(x @ w1.repeat(1, 6), -1), attention.transpose(1, 2)
+    rotated = torch.cat([-q[..., 4:], q[..., :4]], -1)  # RoPE's rotate-half: slices and a concat
+    return torch.softmax(h, -1), torch.logsumexp(x @ w1.repeat(1, 6), -1), attention.transpose(1, 2), rotated
 
 
 def _dump(tmp_path, monkeypatch) -> Path:
