@@ -11,14 +11,15 @@ tuning job can compile a model once and then tune the kernels it produced.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import logging
 import os
 import threading
 
 from .database import Database, default_path, versions
 from .records import ArgSpec, TuningRecord, TuningTask
 
+log = logging.getLogger("tilefuse")
 TUNED_ENV = "TILEFUSE_TUNED"  # "0": ignore the tuning database, use the default configs
 
 _registry: dict[str, TuningTask] = {}
@@ -45,9 +46,14 @@ def registered_task(key: str) -> TuningTask | None:
         return _registry.get(key)
 
 
-@functools.lru_cache(maxsize=4)
+_open_databases: dict[str, Database] = {}  # one connection per path for the process's lifetime
+
+
 def _open(path: str) -> Database:
-    return Database(path)
+    with _lock:
+        if path not in _open_databases:
+            _open_databases[path] = Database(path)
+        return _open_databases[path]
 
 
 def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
@@ -57,4 +63,8 @@ def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
     path = default_path()
     if not path.exists():
         return None
-    return _open(str(path)).best(task.key, device, versions())
+    try:
+        return _open(str(path)).best(task.key, device, versions())
+    except Exception as e:  # a bad database must not cost the model its kernels: use the defaults
+        log.warning("tilefuse: tuning database %s unusable (%s); default configs", path, e)
+        return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -49,25 +50,29 @@ def _opt(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups")
+
+
 def _triton_sources(module) -> str:
-    """The Triton source of every kernel: `tile.kernel`s as they are, `ein` functions lowered
-    through their fusion groups (formed first when the input has none)."""
+    """The Triton source of every kernel: `tile.kernel`s as they are, else `ein` functions lowered
+    through their fusion groups (when the input has none, after the passes a compile runs)."""
     from xdsl.dialects import func
 
     from ..backends.triton import TritonOptions, emit
     from ..ir import tile
-    from ..passes import FormFusionGroups
     from ..passes.fusion_groups import GROUP_ATTR
     from ..passes.lower_to_tile import lower_function
 
     out = []
+    kernels = [op for op in module.ops if isinstance(op, tile.KernelOp)]
     functions = [op for op in module.ops if isinstance(op, func.FuncOp)]
+    if kernels:  # lowered already (a tile dump, or -p ...,lower-to-tile): the kernels as they are
+        return "\n\n".join(emit(k, TritonOptions()) for k in kernels)
     if functions and not any(GROUP_ATTR in op.attributes for fn in functions for op in fn.body.ops):
-        FormFusionGroups().apply(make_context(), module)
+        for name in COMPILE_PASSES:  # ungrouped ein: the passes a compile runs, in its order
+            PASSES[name]().apply(make_context(), module)
     for op in module.ops:
-        if isinstance(op, tile.KernelOp):
-            out.append(emit(op, TritonOptions()))
-        elif isinstance(op, func.FuncOp):
+        if isinstance(op, func.FuncOp):
             for lowered in lower_function(op):
                 if lowered.kernel is None:
                     out.append(
@@ -81,6 +86,8 @@ def _triton_sources(module) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect import summarize
 
+    if args.db:
+        os.environ["TILEFUSE_TUNING_DB"] = args.db
     root = Path(args.dir)
     if not (root / "index.json").exists():
         print(f"error: {root}: no tilefuse dump here (no index.json)", file=sys.stderr)
@@ -138,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     opt = sub.add_parser("opt", help="parse, verify and print an .mlir file of tilefuse dialects")
     opt.add_argument("file", help="input .mlir file, or - for standard input")
-    opt.add_argument("-p", "--passes", help="comma-separated passes to run, in order")
+    opt.add_argument(
+        "-p", "--passes", help=f"comma-separated passes to run, in order: {', '.join(sorted(PASSES))}"
+    )
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.add_argument(
         "--emit", choices=("mlir", "triton"), default="mlir", help="print IR (default) or kernels"
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     inspect.add_argument("dir", help="a dump folder (tilefuse.compile(dump=...) or TILEFUSE_DUMP)")
     inspect.add_argument("--html", metavar="FILE", help="write a self-contained HTML report to FILE")
+    inspect.add_argument(
+        "--db", help="the tuning database whose trials the report plots (default as for tune)"
+    )
     inspect.set_defaults(run=_inspect)
     tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
     tune.add_argument(

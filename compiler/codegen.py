@@ -104,8 +104,8 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             overridden = kind in json.loads(os.environ.get(CONFIG_ENV) or "{}")  # an experiment wins
             tuned = None if overridden else tuned_record(task, art.target.device)
             config = tuned.config if tuned else default_config(kind, g.problem)
-            source = "tuned" if tuned else "default"
-            kernel = CompiledKernel(g, launcher, config, task.key, source, tuned.median_ms if tuned else None)
+            origin = "tuned" if tuned else "default"
+            kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             p.kernels.append(kernel)
     return art
 

@@ -45,7 +45,7 @@ from ..ir import einsum as ein
 from ..ir.builder import single_user
 from ..ir.dtypes import is_float, shape_of
 from .flash_attention import match_attention
-from .split_reduction import MAX_EPILOGUE_ROW
+from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
 
 GROUP_ATTR = "ein.group"
 VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp)
@@ -294,13 +294,15 @@ def _row_epilogue_of(gemm: tuple, groups: list) -> tuple | None:
 
 
 def _is_chunk_view(op: Operation | None, space: RowSpace) -> bool:
-    """A reshape of [.., N] (N the last dim) to [.., T, C]."""
+    """A reshape of [.., N] (N the last dim) to [.., T, C] chunks, C = chunk_size(N)."""
     if not (
         isinstance(op, ein.ViewOp) and op.kind.data == "reshape" and space.dims == (len(space.shape) - 1,)
     ):
         return False
     shape = tuple(shape_of(op.result.type))
-    return shape[:-2] == space.shape[:-1] and shape[-2] * shape[-1] == space.shape[-1]
+    # only split-reduction's own chunking: a head split [T, H*D] -> [T, H, D] is not one
+    chunked = shape[-1] == chunk_size(space.shape[-1])
+    return chunked and shape[:-2] == space.shape[:-1] and shape[-2] * shape[-1] == space.shape[-1]
 
 
 def annotate(groups: list[FusionGroup]) -> None:

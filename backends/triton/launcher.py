@@ -118,7 +118,7 @@ class TritonKernel:
         if self.tma_tensors:
             operands = [tensors[i] for i in self.tma_tensors]
             wanted = config.get("USE_TMA")  # a tuned choice; else the TILEFUSE_TMA default
-            chosen = use_tensor_descriptors(operands) if wanted is None else bool(wanted)
+            chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
             params["USE_TMA"] = chosen and descriptors_fit(operands)
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 

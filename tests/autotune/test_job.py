@@ -75,3 +75,15 @@ def test_cli_reports_a_bad_target(tmp_path, capsys):
     assert cli_main(["tune", f"{script}:missing"]) == 1
     assert "no callable 'missing'" in capsys.readouterr().err
     assert cli_main(["tune", str(tmp_path / "absent.py")]) == 1
+
+
+def test_an_unusable_tuning_database_means_default_configs(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    monkeypatch.setenv("TILEFUSE_TUNING_DB", str(bad))
+    compiled = tilefuse.compile(_model)
+    args = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*args), _model(*args), rtol=1e-5, atol=1e-5)
+    (group,) = fusion_groups(compiled.tilefuse_reports)
+    assert group["kernel"] and group["config_source"] == "default"

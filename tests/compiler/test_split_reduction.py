@@ -114,3 +114,14 @@ def test_random_shapes(m, k, chunks, c, name):
     x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
     reports = compile_and_compare(REDUCTIONS[name], x, w, b, rtol=1e-4, atol=1e-4)
     assert _split(reports) == (chunk_size(n) is not None)
+
+
+def test_a_head_split_norm_is_not_taken_for_chunks():
+    # [T, H*D] -> [T, H, D] then a per-head norm (QK-norm) looks like chunks of the row; D = 96 is not
+    # split-reduction's chunk, so the GEMM must not be forced to BLOCK_N = 96 (not a power of two)
+    x, w = torch.randn(10, 32), torch.randn(384, 32)
+    fn = lambda x, w: F.rms_norm((x @ w.t()).view(10, 4, 96), (96,))  # noqa: E731
+    reports = compile_and_compare(fn, x, w, rtol=1e-4, atol=1e-5)
+    groups = fusion_groups(reports)
+    assert [g["kind"] for g in groups] == ["gemm", "row"] and all(g["kernel"] for g in groups)
+    assert "BLOCK_N=96" not in groups[0]["config"]
