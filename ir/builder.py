@@ -287,6 +287,13 @@ class EinBuilder:
 FLOAT_CASTS = ("arith.extf", "arith.truncf")
 
 
+def strip_casts(value: SSAValue) -> SSAValue:
+    """`value` with the float casts (extf/truncf) that produce it looked through."""
+    while isinstance(value.owner, Operation) and value.owner.name in FLOAT_CASTS:
+        value = value.owner.operands[0]
+    return value
+
+
 def yielded_value(map_op: ein.MapOp) -> SSAValue:
     """The scalar an `ein.map` body yields."""
     return map_op.body.block.last_op.operands[0]

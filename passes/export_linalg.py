@@ -2,7 +2,8 @@
 `math`), so upstream tools (mlir-opt, IREE) can verify it, transform it and compare.
 
     ein.contract  -> tensor.empty + linalg.fill(0) + linalg.generic (parallel output dims,
-                     reduction dims for the contracted letters; mulf/addf, operands widened)
+                     reduction dims for the contracted letters; mulf/addf in f32 for 16-bit
+                     operands, then rounded, as PyTorch computes them)
     ein.map       -> linalg.generic over the result, inputs broadcast by their indexing maps
                      (size-1 dims read index 0), the map's body as the region
     ein.reduce    -> linalg.fill(neutral) + linalg.generic with reduction iterators
@@ -30,6 +31,7 @@ from xdsl.dialects.builtin import (
     FloatAttr,
     ModuleOp,
     TensorType,
+    f32,
     i64,
 )
 from xdsl.dialects.linalg.ops import FillOp, GenericOp, IndexOp, IteratorType, IteratorTypeAttr, YieldOp
@@ -53,6 +55,11 @@ class ExportError(Exception):
 
 def _map(rank: int, exprs: list[AffineExpr]) -> AffineMapAttr:
     return AffineMapAttr(AffineMap(rank, 0, tuple(exprs)))
+
+
+def _accumulator(elem):
+    """Where sums accumulate: f32 for 16-bit floats (PyTorch's numerics), else the type itself."""
+    return f32 if is_float(elem) and elem.bitwidth < 32 else elem
 
 
 def _identity(rank: int) -> AffineMapAttr:
@@ -135,7 +142,9 @@ class _Exporter:
         dim = lambda letters: [AffineExpr.dimension(loops.index(c)) for c in letters]  # noqa: E731
         iterators = [PARALLEL if c in out else REDUCTION for c in loops]
         ty = op.result.type
-        acc = ty.get_element_type()
+        if not is_float(ty.get_element_type()):
+            raise ExportError(f"ein.contract on {ty.get_element_type()} has no upstream form yet")
+        acc = _accumulator(ty.get_element_type())
 
         def body(block: Block) -> SSAValue:
             sb = ScalarBuilder(block)
@@ -143,28 +152,44 @@ class _Exporter:
             return sb.add(s, sb.mul(sb.cast(x, acc), sb.cast(y, acc)))
 
         maps = [_map(len(loops), dim(a)), _map(len(loops), dim(b))]
-        return self.generic([lhs, rhs], maps, ty, iterators, body, self.filled(ty, 0.0))
+        acc_ty = tensor_type(shape_of(ty), acc)
+        return self.narrow(
+            self.generic([lhs, rhs], maps, acc_ty, iterators, body, self.filled(acc_ty, 0.0)), ty
+        )
+
+    def narrow(self, x: SSAValue, ty: TensorType) -> SSAValue:
+        """`x` (an f32 accumulator) rounded to `ty`'s element type, as PyTorch rounds a bf16 product."""
+        if x.type == ty:
+            return x
+        rank = len(ty.get_shape())
+        cast = lambda b: ScalarBuilder(b).cast(b.args[0], ty.get_element_type())  # noqa: E731
+        return self.generic([x], [_identity(rank)], ty, [PARALLEL] * rank, cast)
 
     def reduce(self, op: ein.ReduceOp, x: SSAValue) -> SSAValue:
         shape, dims, kind = tuple(shape_of(op.input.type)), op.reduce_dims, op.kind.data
         elem = op.result.type.get_element_type()
         if not is_float(elem):
             raise ExportError(f"ein.reduce on {elem} has no upstream form yet")
-        stat = tensor_type([d for i, d in enumerate(shape) if i not in dims], elem)
+        acc = _accumulator(elem)
+        widened = self.narrow(x, tensor_type(shape, acc)) if acc != elem else x
+        stat = tensor_type([d for i, d in enumerate(shape) if i not in dims], acc)
         neutral = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}[kind]
         combine = {"sum": "add", "mean": "add", "max": "max", "min": "min"}[kind]
         iterators = [REDUCTION if i in dims else PARALLEL for i in range(len(shape))]
         body = lambda b: ScalarBuilder(b).binary(combine, b.args[1], b.args[0])  # noqa: E731
-        total = self.generic([x], [_identity(len(shape))], stat, iterators, body, self.filled(stat, neutral))
+        total = self.generic(
+            [widened], [_identity(len(shape))], stat, iterators, body, self.filled(stat, neutral)
+        )
         if kind == "mean":
             count = float(math.prod(shape[d] for d in dims))
 
             def divide(b: Block) -> SSAValue:
                 sb = ScalarBuilder(b)
-                return sb.div(b.args[0], sb.const(count, elem))
+                return sb.div(b.args[0], sb.const(count, acc))
 
             rank = len(stat.get_shape())
             total = self.generic([total], [_identity(rank)], stat, [PARALLEL] * rank, divide)
+        total = self.narrow(total, tensor_type(shape_of(stat), elem))
         return self.reshape(total, op.result.type)
 
     def reshape(self, x: SSAValue, ty: TensorType) -> SSAValue:

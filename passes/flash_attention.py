@@ -32,7 +32,7 @@ from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import FLOAT_CASTS, inline_map_body, widened_source, yielded_value
+from ..ir.builder import inline_map_body, strip_casts, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of
 from .tile_builder import Index, KernelBuilder
 
@@ -78,19 +78,13 @@ def _readers(value: SSAValue) -> set[Operation]:
     return out
 
 
-def _strip_casts(value: SSAValue) -> SSAValue:
-    while isinstance(value.owner, Operation) and value.owner.name in FLOAT_CASTS:
-        value = value.owner.operands[0]
-    return value
-
-
 def _is_binary_of_args(value: SSAValue, name: str, map_op: ein.MapOp) -> bool:
     """`value` is `name(arg0, arg1)` of `map_op`'s block arguments, casts allowed around them."""
-    op = _strip_casts(value).owner
+    op = strip_casts(value).owner
     args = map_op.body.block.args
     return (
         isinstance(op, Operation) and op.name == name
-        and [_strip_casts(v) for v in op.operands] == [args[0], args[1]]
+        and [strip_casts(v) for v in op.operands] == [args[0], args[1]]
     )  # fmt: skip
 
 
@@ -106,14 +100,14 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
     normalize = p.owner
     if not (isinstance(normalize, ein.MapOp) and len(normalize.inputs) == 2 and _readers(p) == {output}):
         return None
-    yielded = _strip_casts(yielded_value(normalize))
+    yielded = strip_casts(yielded_value(normalize))
     if not _is_binary_of_args(yielded, "arith.divf", normalize):
         return None
     e, total = normalize.inputs
     row_sum, exp = total.owner, e.owner
     if not (_is_last_dim_reduce(row_sum, "sum") and row_sum.input is e and isinstance(exp, ein.MapOp)):
         return None
-    exp_value = _strip_casts(yielded_value(exp))
+    exp_value = strip_casts(yielded_value(exp))
     if not (
         isinstance(exp_value.owner, Operation) and exp_value.owner.name == "math.exp"
         and len(exp.inputs) == 2 and _is_binary_of_args(exp_value.owner.operands[0], "arith.subf", exp)

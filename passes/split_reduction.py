@@ -29,7 +29,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import FLOAT_CASTS, EinBuilder, erase_dead, single_user, yielded_value
+from ..ir.builder import EinBuilder, erase_dead, single_user, strip_casts, yielded_value
 from ..ir.dtypes import is_float, shape_of, tensor_type
 
 MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
@@ -75,18 +75,12 @@ def _product_row(value: SSAValue) -> bool:
     return out[-1] in rhs and out[-1] not in lhs and is_float(value.type.get_element_type())
 
 
-def _strip_casts(v: SSAValue) -> SSAValue:
-    while v.owner is not None and getattr(v.owner, "name", "") in FLOAT_CASTS:
-        v = v.owner.operands[0]
-    return v
-
-
 def _body_op(v: SSAValue, name: str) -> list[SSAValue] | None:
     """The operands (casts stripped) of `v`'s defining op if it is `name`."""
-    v = _strip_casts(v)
+    v = strip_casts(v)
     if v.owner is None or getattr(v.owner, "name", "") != name:
         return None
-    return [_strip_casts(o) for o in v.owner.operands]
+    return [strip_casts(o) for o in v.owner.operands]
 
 
 @dataclass
