@@ -45,6 +45,11 @@ CONFIG_ENV = "TILEFUSE_KERNEL_CONFIG"
 WHOLE_EXTENTS = {"row": {"BLOCK_C": "C"}, "attention": {"BLOCK_D": "D", "BLOCK_DV": "DV"}}
 
 
+def config_override(kind: str) -> dict | None:
+    """The `TILEFUSE_KERNEL_CONFIG` values set for kernels of `kind`, if any."""
+    return json.loads(os.environ.get(CONFIG_ENV) or "{}").get(kind)
+
+
 def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     """A reasonable first configuration for a kernel of `kind` on a problem of this size.
 
@@ -52,7 +57,7 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     values per kernel kind (for experiments, until the autotuner picks them).
     """
     config = _heuristic(kind, problem)
-    override = json.loads(os.environ.get(CONFIG_ENV) or "{}").get(kind)
+    override = config_override(kind)
     if not override:
         return config
     override = dict(override)

@@ -9,14 +9,13 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import ModuleOp
 
-from ..autotune.heuristics import CONFIG_ENV, default_config
+from ..autotune.heuristics import config_override, default_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
@@ -101,8 +100,8 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             kind = g.group.kind
             epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
             task = make_task(name, kind, g.problem, source, launcher.shapes, launcher.dtypes, epilogue_ops)
-            overridden = kind in json.loads(os.environ.get(CONFIG_ENV) or "{}")  # an experiment wins
-            tuned = None if overridden else tuned_record(task, art.target.device)
+            # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
+            tuned = None if config_override(kind) else tuned_record(task, art.target.device)
             config = tuned.config if tuned else default_config(kind, g.problem)
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)

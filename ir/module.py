@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 
 from xdsl.context import Context
 from xdsl.dialects import arith, builtin, func, math, scf
@@ -23,6 +24,11 @@ from .tile import Tile
 
 class IRError(Exception):
     """Malformed or invalid IR: the message names the line when one is known."""
+
+
+def functions(module: ModuleOp) -> Iterator[func.FuncOp]:
+    """The `func.func`s of a module, in order (what passes over `ein` rewrite)."""
+    return (op for op in module.ops if isinstance(op, func.FuncOp))
 
 
 def make_context() -> Context:

@@ -32,7 +32,6 @@ Everything else (concatenation) runs as a PyTorch op between kernels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -44,6 +43,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import single_user
 from ..ir.dtypes import is_float, shape_of
+from ..ir.module import functions
 from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
 
@@ -333,10 +333,6 @@ def _kind(ops: list[Operation]) -> str:
     if reductions:
         return "row"
     return "pointwise"
-
-
-def functions(module: ModuleOp) -> Iterator[func.FuncOp]:
-    return (op for op in module.ops if isinstance(op, func.FuncOp))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import EinBuilder, erase_dead, single_user, strip_casts, yielded_value
 from ..ir.dtypes import is_float, shape_of, tensor_type
+from ..ir.module import functions
 
 MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
 MIN_CHUNK = 64  # narrower chunks would leave GEMM tiles too thin to run near peak
@@ -245,5 +246,5 @@ class SplitReduction(ModulePass):
     name = "split-reduction"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        for fn in (o for o in op.ops if isinstance(o, func.FuncOp)):
+        for fn in functions(op):
             rewrite_function(fn)
