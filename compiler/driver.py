@@ -41,7 +41,7 @@ from .codegen import (
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .partition import Fallback, find_fallbacks, partition_graph
-from .runtime import CompiledKernel, KernelPlan
+from .runtime import CompiledKernel, KernelPlan, graph_device
 
 log = logging.getLogger("tilefuse")
 
@@ -102,6 +102,8 @@ class GraphArtifact:
     target: Target = Target(interpret=True, allow_tf32=False)
     sources: dict[str, str] = field(default_factory=dict)
     cached: CacheEntry | None = None
+    dump: GraphDump | None = None
+    runners: dict[str, KernelPlan] = field(default_factory=dict)
 
     def compiled_partitions(self) -> list[Partition]:
         return [p for p in self.partitions if p.function is not None]
@@ -167,8 +169,10 @@ def stage_runtime(art: GraphArtifact) -> GraphArtifact:
             continue
         output = next(n for n in p.submodule.graph.nodes if n.op == "output")
         returns_tuple = isinstance(output.args[0], (tuple, list))
-        runner = KernelPlan(p.function, p.kernels, returns_tuple)
+        device = graph_device(p.submodule, art.aten, art.target.interpret)
+        runner = KernelPlan(p.function, p.kernels, returns_tuple, p.submodule, device, art.name, art.dump)
         p.executor = runner.executor
+        art.runners[p.name] = runner
         setattr(art.partitioned, p.name, runner)
     return art
 
@@ -236,7 +240,7 @@ def compile_aten_graph(
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
     """
-    art = GraphArtifact(name, aten, inputs, target=target)
+    art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
     art.cached = load_entry(key)
@@ -271,6 +275,9 @@ def compile_aten_graph(
             files.append(dump.write("error.txt", traceback.format_exc()))
     summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None, "cache": cache_state}
     summary.update(_summary(art, files, error))
+    for entry in summary["partitions"]:  # a partition that fails at run time records it here
+        if entry["name"] in art.runners:
+            art.runners[entry["name"]].report = entry
     if dump:
         dump.finish(summary)
     return result, summary

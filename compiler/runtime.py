@@ -1,13 +1,14 @@
 """Runtime: what runs a compiled partition when the graph is called.
 
-A partition's `ein` function runs as a plan: each fusion group with a kernel
-is one Triton launch (on CPU tensors, under Triton's interpreter); ops outside
-kernels (concatenation, views that leave the partition) and groups that could
-not be lowered run through the `ein` reference interpreter, op by op, and are
-named so in the dump. Views, splats and iotas that only kernels read are never
-materialized: kernels index through them. An intermediate is released right
-after its last reader, so PyTorch's caching allocator hands its memory to the
-next kernel's output.
+Each compiled partition becomes a `KernelPlan`: the steps of its `ein`
+function in program order (each fusion group with a kernel is one Triton
+launch; ops outside kernels, such as concatenation, views that leave the
+partition and groups that could not be lowered, run through the `ein`
+reference interpreter and are named so in the dump), written out as a
+straight-line program (`program.py`). Views, splats and iotas that only
+kernels read are never materialized: kernels index through them. An
+intermediate is released right after its last reader, so PyTorch's caching
+allocator hands its memory to the next kernel's output.
 
 Steps that read only parameters (a norm weight folded into a GEMM weight, see
 norm-prologue) run once: their results are kept and reused while every
@@ -18,19 +19,22 @@ is as large as the weight.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.fx import GraphModule
 from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
-from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.interpreter import run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
+from .program import Program, ProgramInputs, write_program
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
@@ -48,90 +52,124 @@ class CompiledKernel:
     task_key: str = ""  # the kernel's key in the tuning database
     config_source: str = "default"  # "tuned": the database's best for this device and versions
     tuned_ms: float | None = None  # that config's measured median, when tuned
-    launch_error: str | None = None
-
-    def __post_init__(self) -> None:
-        out_type = self.lowered.output.type  # read once: xDSL type queries are slow per launch
-        self.out_shape = shape_of(out_type)
-        self.out_dtype = to_torch_dtype(out_type.get_element_type())
-
-    def __call__(self, env: dict[SSAValue, torch.Tensor], device: torch.device) -> torch.Tensor:
-        out = torch.empty(self.out_shape, dtype=self.out_dtype, device=device)
-        tensors = [env[v] for v in self.lowered.inputs] + [out]
-        self.launcher(tensors, self.config.params, self.config.num_warps, self.config.num_stages)
-        return out
 
 
 class KernelPlan(torch.nn.Module):
-    """A compiled partition run as generated kernels plus PyTorch glue, in program order."""
+    """A compiled partition: its generated program, and the captured PyTorch code to fall back on.
 
-    def __init__(self, function: func.FuncOp, kernels: Sequence[CompiledKernel], returns_tuple: bool):
+    The program (see `program.py`) is written at the first call, for that
+    call's argument layout, and dumped as `program_<partition>.py`. Any
+    exception while it runs (a launch error, a device problem, a gap in a
+    lowering) is reported once, with its cause, as a warning and in the
+    graph's report, and the partition runs as the captured PyTorch code from
+    then on; a call whose arguments do not match the program's guard runs it
+    too. On a machine without CUDA the generated kernels would run in Triton's
+    interpreter, hundreds of times slower than PyTorch: they do so only when
+    `TILEFUSE_INTERPRET=1` asks for it.
+    """
+
+    def __init__(
+        self, function: func.FuncOp, kernels: Sequence[CompiledKernel], returns_tuple: bool,
+        fallback: torch.nn.Module, device: torch.device, graph: str = "graph", dump: object | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.function = function
         self.returns_tuple = returns_tuple
+        self.fallback = fallback
+        self.device = device
+        self.graph = graph
+        self.dump = dump
         self.launch_at: dict[Operation, CompiledKernel] = {k.lowered.group.ops[-1]: k for k in kernels}
         fused = {op for k in kernels for op in k.lowered.group.ops}
         self.steps = _schedule(function, fused, self.launch_at)
         self.release_after = _last_uses(self.steps, self.launch_at, function)
         self.param_sources = _parameter_derived(function, self.steps, self.launch_at)
-        self.derived: dict[Operation, tuple[tuple, torch.Tensor]] = {}
+        self.program: Program | None = None
+        self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
+        self.error: str | None = None
+        self.guard_misses = 0
         n_glue = sum(1 for op in self.steps if op not in self.launch_at)
         n_once = sum(1 for op in self.param_sources if op in self.launch_at)
         once = f" ({n_once} on parameters only: run once, reused while they are unchanged)"
         self.executor = f"{len(kernels)} Triton kernel(s)" + (once if n_once else "")
         self.executor += f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
+        if device.type != "cuda" and os.environ.get(INTERPRET_ENV, "0") != "1":
+            self.error = NO_CUDA
+            self.executor = f"pytorch ({NO_CUDA})"
+            _warn_no_cuda_once()
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        block = self.function.body.block
-        device = args[0].device if args else torch.device("cpu")
-        env: dict[SSAValue, torch.Tensor] = dict(zip(block.args, args))
-        for op in self.steps:
-            sources = self.param_sources.get(op)
-            key = _versions([env[a] for a in sources]) if sources else None
-            if key is not None and op in self.derived and self.derived[op][0] == key:
-                env[op.results[0]] = self.derived[op][1]
-            else:
-                kernel = self.launch_at.get(op)
-                if kernel is None:
-                    env[op.results[0]] = run_op(op, env, device)
-                else:
-                    env[op.results[0]] = self._launch(kernel, env, device)
-                if key is not None:
-                    self.derived[op] = (key, env[op.results[0]])
-            for value in self.release_after.get(op, ()):  # lets the allocator reuse the buffer
-                del env[value]
-        results = [env[v] for v in block.last_op.operands]
-        return tuple(results) if self.returns_tuple else results[0]
-
-
-    def _launch(self, kernel: CompiledKernel, env: dict, device: torch.device) -> torch.Tensor:
-        """Run a kernel; if it cannot launch (e.g. out of shared memory), run its ops instead."""
-        if kernel.launch_error is None:
+        if self.error is None:
             try:
-                return kernel(env, device)
-            except Exception as e:  # a kernel that cannot run must not take the model down
-                kernel.launch_error = f"{type(e).__name__}: {e}"
-                log.warning("tilefuse: kernel %s failed to launch (%s); its group runs op by op",
-                            kernel.lowered.kernel.sym_name.data, kernel.launch_error)  # fmt: skip
-        for op in kernel.lowered.group.ops:
-            for value in op.operands:
-                _materialize(value, env, device)
-            env[op.results[0]] = run_op(op, env, device)
-        return env[kernel.lowered.output]
+                if self.program is None:
+                    self.program = self._write_program(args)
+                out = self.program.call(args)
+                if out is not None:
+                    return out
+                self.guard_misses += 1
+            except Exception as e:  # never crash the user's model: run the captured PyTorch code
+                self._give_up(e)
+        return self.fallback(*args)
+
+    def _write_program(self, args: Sequence[torch.Tensor]) -> Program:
+        block = self.function.body.block
+        spec = ProgramInputs(
+            name=self.function.sym_name.data, graph=self.graph, args=list(block.args),
+            results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
+            release_after=self.release_after, param_sources=self.param_sources, device=self.device,
+            returns_tuple=self.returns_tuple,
+        )  # fmt: skip
+        program = write_program(spec, args)
+        if self.dump is not None:
+            self.dump.write(f"program_{spec.name}.py", program.source)
+        return program
+
+    def _give_up(self, e: Exception) -> None:
+        self.error = f"{type(e).__name__}: {e}"
+        name = self.function.sym_name.data
+        log.warning("tilefuse: partition %s of graph %s failed at run time (%s); it runs in PyTorch "
+                    "from now on", name, self.graph, self.error)  # fmt: skip
+        self.executor = f"pytorch (failed at run time: {self.error})"
+        self.report["executor"] = self.executor
+        self.report["runtime_error"] = self.error
 
 
-def _versions(tensors: list[torch.Tensor]) -> tuple | None:
-    """What identifies these parameters' contents: storage, version; None if untracked (inference
-    tensors have no version counter)."""
-    try:
-        return tuple((t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device) for t in tensors)
-    except RuntimeError:
-        return None
+INTERPRET_ENV = "TILEFUSE_INTERPRET"  # "1": on CPU tensors, run the generated kernels in Triton's interpreter
+NO_CUDA = (
+    "no CUDA device: the captured PyTorch code runs; "
+    f"{INTERPRET_ENV}=1 runs the kernels in Triton's interpreter"
+)
+
+
+@functools.cache
+def _warn_no_cuda_once() -> None:
+    warnings.warn(f"tilefuse: {NO_CUDA} (hundreds of times slower than PyTorch; for testing)", stacklevel=2)
+
+
+def graph_device(partition: GraphModule, graph: GraphModule, interpret: bool) -> torch.device:
+    """Where a partition runs: the device of the tensors the graph says it produces (its fake
+    tensors' devices), else of any tensor in the graph; never read off the call's arguments, which
+    a partition may not have (positions and masks built by `arange(..., device=...)`)."""
+    for gm in (partition, graph):
+        outputs = [n for n in gm.graph.nodes if n.op == "output"]
+        nodes = [a for n in outputs for a in _flat(n.args[0])] + list(gm.graph.nodes)
+        for node in nodes:
+            val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+            if isinstance(val, torch.Tensor):
+                return val.device
+    if interpret or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _flat(args: object) -> list:
+    return [x for a in args for x in _flat(a)] if isinstance(args, (list, tuple)) else [args]
 
 
 def _parameter_derived(fn: func.FuncOp, steps: list[Operation], launch_at: dict) -> dict[Operation, list]:
-    """For each step that reads only parameters (directly or through other such steps and
-    views), the parameter arguments it depends on."""
+    """For each step that reads only parameters and constants (directly or through other such
+    steps and views), the parameter arguments it depends on (none for an iota or a constant:
+    computed once)."""
     block = fn.body.block
     attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
     sources: dict[SSAValue, frozenset] = {
@@ -149,23 +187,15 @@ def _parameter_derived(fn: func.FuncOp, steps: list[Operation], launch_at: dict)
                 return sources[value]
         return None
 
+    returned = set(block.last_op.operands)  # a result the user receives may be changed in place
     derived: dict[Operation, list] = {}
     for op in steps:
         reads = launch_at[op].lowered.inputs if op in launch_at else op.operands
         parts = [depends(v) for v in reads]
-        if reads and all(p is not None for p in parts):
+        if all(p is not None for p in parts) and not returned.intersection(op.results):
             sources[op.results[0]] = frozenset().union(*parts)
             derived[op] = sorted(sources[op.results[0]], key=lambda a: a.index)
     return derived
-
-
-def _materialize(value: SSAValue, env: dict, device: torch.device) -> None:
-    """Compute a view/splat/iota the kernels would have indexed through."""
-    if value in env:
-        return
-    for operand in value.owner.operands:
-        _materialize(operand, env, device)
-    env[value] = run_op(value.owner, env, device)
 
 
 def _schedule(fn: func.FuncOp, fused: set[Operation], launch_at: dict) -> list[Operation]:

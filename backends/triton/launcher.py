@@ -122,6 +122,14 @@ class TritonKernel:
             params["USE_TMA"] = chosen and descriptors_fit(operands)
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
+    def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
+        """This kernel with one configuration fixed: what a generated program calls per launch."""
+        if set(config) - {"USE_TMA"} != set(self.params):
+            raise LaunchError(
+                f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
+            )
+        return BoundLaunch(self, dict(config), num_warps, num_stages)
+
     def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
         if set(config) - {"USE_TMA"} != set(self.params):
             raise LaunchError(
@@ -135,6 +143,74 @@ class TritonKernel:
                 raise LaunchError(
                     f"{self.name}: tensor {i} is {found}, the kernel reads {shape} torch.{dtype}"
                 )
+
+
+class BoundLaunch:
+    """A kernel, its configuration and its grid, launched as `launch(stream, *args)`.
+
+    `args` are the kernel's runtime arguments as the generated program writes
+    them: each tensor followed by its strides. The first launch goes through
+    Triton's `JITFunction.run`, which compiles (or loads) the binary for these
+    arguments' specialization and returns it; later launches call that
+    binary's launcher directly, skipping argument binding, specialization and
+    cache lookup (~20 µs of Python per launch in `run`). That is sound only
+    while the specialization holds: the program passes literal strides and
+    checks its inputs' 16-byte alignment, the two things Triton specializes
+    pointers and integers on. Under the interpreter, with TMA decided per
+    launch, or with Triton launch hooks set, every launch takes the generic path.
+    """
+
+    def __init__(self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int):
+        self.kernel = kernel
+        self.config = config
+        self.num_warps = num_warps
+        self.num_stages = num_stages
+        grid = kernel.grid_for(config)
+        self.grid = (*grid, 1, 1)[:3]
+        self.empty = 0 in grid  # nothing to compute (CUDA refuses empty grids)
+        self.params = {p: config[p] for p in kernel.params}
+        self.constexprs = tuple(self.params.values())
+        self.per_launch_tma = bool(kernel.tma_tensors)
+        self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
+
+    def __call__(self, stream: int, *args: object) -> None:
+        binary = self.binary
+        if binary is not None:
+            g0, g1, g2 = self.grid
+            binary.run(g0, g1, g2, stream, binary.function, binary.packed_metadata, None, None, None,
+                       *args, *self.constexprs)  # fmt: skip
+            return
+        if self.empty:
+            return
+        self._generic(args)
+
+    def _generic(self, args: tuple) -> None:
+        params = dict(self.params)
+        if self.per_launch_tma:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            wanted = self.config.get("USE_TMA")
+            chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
+            params["USE_TMA"] = chosen and descriptors_fit([tensors[i] for i in self.kernel.tma_tensors])
+        grid = self.grid[: len(self.kernel.grid)]
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        binary = self.kernel.function[grid](*args, **params, **options)
+        if not self.per_launch_tma and _direct_launch_possible(binary):
+            self.binary = binary
+
+
+def _direct_launch_possible(binary: object) -> bool:
+    """Whether `binary` is a compiled GPU kernel whose launcher can be called directly."""
+    if binary is None or not hasattr(binary, "packed_metadata") or not hasattr(binary, "function"):
+        return False  # the interpreter returns no binary
+    from triton import knobs
+
+    runtime = knobs.runtime
+    return all(_no_hooks(h) for h in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+def _no_hooks(hook: object) -> bool:
+    # Triton 3.6 keeps None when no hook is set; 3.9 keeps an empty HookChain
+    return hook is None or getattr(hook, "calls", None) == []
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:

@@ -1,0 +1,250 @@
+"""The program of a compiled partition: straight-line Python, generated like Inductor's `call()`.
+
+A partition's steps (kernel launches, PyTorch glue, views) are written once
+as a function `call(args)` with everything that does not change between calls
+decided in advance: buffers are allocated with literal shapes and strides,
+kernels launch through their bound launchers with literal grids and strides,
+views are torch views, constants and iotas are made once, and every
+intermediate is deleted after its last reader so the caching allocator hands
+its memory to the next output. A reader sees exactly what runs; the runtime
+does nothing else per call.
+
+The layout (strides) of every tensor is read off the first call's arguments,
+propagated through the steps on meta tensors, and checked by a guard at the
+top of `call`: arguments with other strides, or a 16-byte misalignment that
+Triton did not specialize for, make `call` return None, and the caller runs
+the captured PyTorch code for that call instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from xdsl.ir import Operation, SSAValue
+
+from ..ir import einsum as ein
+from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.interpreter import run_op
+
+HEADER = '''\
+# tilefuse program: partition {partition} of graph {graph}, on {device}
+# {kernels} kernel launch(es); glue ops named by their ein op. Generated at the first call:
+# strides are literals, checked by the guard below (a mismatch runs the captured PyTorch code).
+'''
+
+
+@dataclass
+class ProgramInputs:
+    """What the writer needs to know about a partition, in program order."""
+
+    name: str
+    graph: str
+    args: Sequence[SSAValue]  # the function's block arguments
+    results: Sequence[SSAValue]
+    steps: Sequence[Operation]
+    kernels: dict[Operation, object]  # launch step -> CompiledKernel
+    release_after: dict[Operation, list[SSAValue]]
+    param_sources: dict[Operation, list[SSAValue]]
+    device: torch.device
+    returns_tuple: bool
+
+
+@dataclass
+class Program:
+    """A generated `call(args)`; `source` is what was executed."""
+
+    source: str
+    call: Callable[[Sequence[torch.Tensor]], object]
+    launches: int
+
+
+@dataclass
+class _Writer:
+    inputs: ProgramInputs
+    lines: list[str] = field(default_factory=list)
+    names: dict[SSAValue, str] = field(default_factory=dict)
+    meta: dict[SSAValue, torch.Tensor] = field(default_factory=dict)
+    scope: dict[str, object] = field(default_factory=dict)
+    launches: int = 0
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def bind(self, prefix: str, value: object) -> str:
+        name = f"_{prefix}{len(self.scope)}"
+        self.scope[name] = value
+        return name
+
+    def fresh(self, value: SSAValue) -> str:
+        name = f"buf{len(self.names)}"
+        self.names[value] = name
+        return name
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+
+def _literal_view(op: ein.ViewOp, src: str) -> str:
+    """A torch view expression equal to the reference interpreter's `_run_view`."""
+    kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
+    if kind == "reshape":
+        return f"{src}.reshape({tuple(shape)!r})"
+    if kind == "permute":
+        return f"{src}.permute({tuple(p)!r})"
+    if kind == "expand":
+        return f"{src}.expand({tuple(shape)!r})"
+    dim, start, stop, step = p
+    index = ", ".join([":"] * dim + [f"{start}:{stop}:{step}"])
+    return f"{src}[{index}]"
+
+
+def _kernel_outputs(kernel: object) -> list[SSAValue]:
+    lowered = kernel.lowered
+    outputs = getattr(lowered, "outputs", None)
+    return list(outputs) if outputs else [lowered.output]
+
+
+def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> Program:
+    """Generate and load `call(args)` for one partition, laid out for tensors like `example_args`."""
+    w = _Writer(spec)
+    device = spec.device
+    w.scope.update(torch=torch, _device=device, _empty=torch.empty_strided, _version_key=_version_key)
+    if device.type == "cuda":
+        w.scope["_stream"] = _stream_getter(device)
+    w.scope["_derived"] = {}
+    arg_names = [f"arg{i}" for i in range(len(spec.args))]
+    for value, name, t in zip(spec.args, arg_names, example_args):
+        w.names[value] = name
+        w.meta[value] = _meta_like(t)
+    w.emit(f"{', '.join(arg_names)}{',' if len(arg_names) == 1 else ''} = args" if arg_names else "del args")
+    _write_guard(w, arg_names, example_args)
+    for value, name, t in zip(spec.args, arg_names, example_args):
+        if t.device != device:  # e.g. a 0-dim CPU scalar tensor: PyTorch would promote it
+            w.emit(f"{name} = {name}.to(_device, non_blocking=True)")
+            w.meta[value] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    if device.type == "cuda":
+        w.emit("stream = _stream()")
+    else:
+        w.emit("stream = 0")
+    for op in spec.steps:
+        _write_step(w, op)
+    results = ", ".join(w.names[v] for v in spec.results)
+    if spec.returns_tuple:
+        w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
+    else:
+        w.emit(f"return {results}")
+    header = HEADER.format(partition=spec.name, graph=spec.graph, device=device, kernels=w.launches)
+    source = header + "\n\ndef call(args):\n" + "\n".join(w.lines) + "\n"
+    code = compile(source, f"<tilefuse program {spec.graph}.{spec.name}>", "exec")
+    exec(code, w.scope)
+    return Program(source, w.scope["call"], w.launches)
+
+
+def _write_guard(w: _Writer, arg_names: list[str], example_args: Sequence[torch.Tensor]) -> None:
+    """Return None (run PyTorch instead) unless strides and alignment are the ones written in."""
+    checks = [f"{n}.stride() != {tuple(t.stride())!r}" for n, t in zip(arg_names, example_args)]
+    on_gpu = [(n, t) for n, t in zip(arg_names, example_args) if t.device.type == "cuda"]
+    aligned = [n for n, t in on_gpu if t.data_ptr() % 16 == 0]
+    if aligned:
+        checks.append(f"({' | '.join(f'{n}.data_ptr()' for n in aligned)}) & 15")
+    if checks:
+        w.emit(f"if {' or '.join(checks)}:")
+        w.emit("    return None")
+
+
+def _write_step(w: _Writer, op: Operation) -> None:
+    spec = w.inputs
+    sources = spec.param_sources.get(op)
+    if sources is not None and not isinstance(op, ein.ViewOp):
+        # reads only parameters and constants: computed once, reused while they are unchanged
+        slot = len(w.scope["_derived"])
+        w.scope["_derived"][slot] = None
+        w.emit(f"key = _version_key({', '.join(w.names[a] for a in sources)})" if sources else "key = ()")
+        w.emit(f"hit = _derived[{slot}]")
+        w.emit("if key is not None and hit is not None and hit[0] == key:")
+        outputs = _kernel_outputs(spec.kernels[op]) if op in spec.kernels else [op.results[0]]
+        names = [w.fresh(v) for v in outputs]
+        w.emit(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = hit[1]")
+        w.emit("else:")
+        start = len(w.lines)
+        _write_compute(w, op, reuse_names=names)
+        w.lines[start:] = ["    " + line for line in w.lines[start:]]
+        w.emit(f"    _derived[{slot}] = (key, ({', '.join(names)},))")
+    else:
+        _write_compute(w, op)
+    for value in spec.release_after.get(op, ()):
+        if value in w.names and w.names[value].startswith("buf"):
+            w.emit(f"del {w.names[value]}")
+
+
+def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = None) -> None:
+    kernel = w.inputs.kernels.get(op)
+    if kernel is not None:
+        _write_launch(w, kernel, reuse_names)
+        return
+    result = op.results[0]
+    name = reuse_names[0] if reuse_names else w.fresh(result)
+    w.names[result] = name
+    operands = [w.names[v] for v in op.operands]
+    if isinstance(op, ein.ViewOp):
+        w.emit(f"{name} = {_literal_view(op, operands[0])}")
+    elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
+        w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
+    else:
+        glue = w.bind("op", _glue(op, w.inputs.device))
+        w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
+    w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
+
+
+def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> None:
+    outputs = _kernel_outputs(kernel)
+    names = reuse_names or [w.fresh(v) for v in outputs]
+    for value, name in zip(outputs, names):
+        w.names[value] = name
+        out_type = value.type
+        shape = tuple(shape_of(out_type))
+        dtype = to_torch_dtype(out_type.get_element_type())
+        meta = torch.empty(shape, dtype=dtype, device="meta")
+        w.meta[value] = meta
+        w.emit(f"{name} = _empty({shape!r}, {tuple(meta.stride())!r}, dtype={dtype}, device=_device)")
+    args = []
+    for value in [*kernel.lowered.inputs, *outputs]:
+        args.append(w.names[value])
+        args.extend(str(s) for s in w.meta[value].stride())
+    launch = kernel.launcher.bind(kernel.config.params, kernel.config.num_warps, kernel.config.num_stages)
+    handle = w.bind("k", launch)
+    lowered = kernel.lowered
+    title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
+    w.emit(f"# {title} ({lowered.group.kind}): grid {launch.grid}, {kernel.config.key()}")
+    w.emit(f"{handle}(stream, {', '.join(args)})")
+    w.launches += 1
+
+
+def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:
+    """An op outside every kernel, run by the reference interpreter on its operands."""
+    operands = list(op.operands)
+
+    def run(*tensors: torch.Tensor) -> torch.Tensor:
+        return run_op(op, dict(zip(operands, tensors)), device)
+
+    return run
+
+
+def _stream_getter(device: torch.device) -> Callable[[], int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return lambda: raw(index)
+    return lambda: torch.cuda.current_stream(index).cuda_stream
+
+
+def _version_key(*tensors: torch.Tensor) -> tuple | None:
+    """What identifies these parameters' contents: storage and version; None if untracked
+    (inference tensors have no version counter)."""
+    try:
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:
+        return None

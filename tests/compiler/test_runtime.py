@@ -1,0 +1,166 @@
+"""The runtime: generated programs, the graph's device, run-time fallback, CPU default."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import tilefuse
+from tilefuse.backends.triton.launcher import BoundLaunch
+from tilefuse.compiler.codegen import Target
+from tilefuse.compiler.driver import compile_aten_graph
+from tilefuse.compiler.fx_import import InputInfo
+from tilefuse.compiler.runtime import KernelPlan, graph_device
+
+
+def _plans(compiled_graph) -> list[KernelPlan]:
+    return [m for m in compiled_graph.modules() if isinstance(m, KernelPlan)]
+
+
+def _compile_aten(fn, *args, dump=None):
+    aten = make_fx(fn)(*args)
+    inputs = [InputInfo(f"x{i}") for i in range(len(args))]
+    return compile_aten_graph(aten, "g", inputs, dump, Target(interpret=True, allow_tf32=False))
+
+
+def test_injected_launch_failure_falls_back_once_with_a_correct_result(monkeypatch, caplog):
+    def broken(self, stream, *args):
+        raise RuntimeError("simulated: an illegal memory access")
+
+    monkeypatch.setattr(BoundLaunch, "__call__", broken)
+    x, w, b = torch.randn(9, 12), torch.randn(12, 7), torch.randn(7)
+    compiled = tilefuse.compile(lambda x, w, b: torch.tanh(x @ w + b))
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x, w, b), torch.tanh(x @ w + b))
+    warned = [r for r in caplog.records if "failed at run time" in r.getMessage()]
+    assert len(warned) == 1 and "simulated" in warned[0].getMessage()
+    (partition,) = compiled.tilefuse_reports[0]["partitions"]
+    assert "simulated: an illegal memory access" in partition["runtime_error"]
+    assert partition["executor"].startswith("pytorch (failed at run time")
+
+
+def test_a_failure_after_some_kernels_ran_still_gives_the_right_result(monkeypatch):
+    calls = []
+    real = BoundLaunch.__call__
+
+    def fails_second(self, stream, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated")
+        return real(self, stream, *args)
+
+    monkeypatch.setattr(BoundLaunch, "__call__", fails_second)
+    x = torch.randn(5, 33)
+    fn = lambda x: torch.softmax(x @ x.T, dim=-1).sum(0) * 3  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    torch.testing.assert_close(compiled(x), fn(x))
+    torch.testing.assert_close(compiled(x), fn(x))
+
+
+def test_a_lowering_gap_at_run_time_falls_back(monkeypatch):
+    from tilefuse.compiler import program
+
+    def gap(op, env, device):
+        raise NotImplementedError("simulated lowering gap")
+
+    monkeypatch.setattr(program, "run_op", gap)
+    x = torch.randn(4, 6)
+    fn = lambda x: torch.cat([x.exp(), x.relu() + 1], dim=0)  # noqa: E731  (cat is glue)
+    compiled = tilefuse.compile(fn)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert "simulated lowering gap" in compiled.tilefuse_reports[0]["partitions"][0]["runtime_error"]
+
+
+def test_a_partition_with_no_tensor_inputs_gets_the_graphs_device():
+    """Positions built by arange(device=...) have no argument to take a device from."""
+    gm = make_fx(lambda: torch.arange(8, device="meta").float() * 2)()
+    assert not [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert graph_device(gm, gm, interpret=True) == torch.device("meta")
+
+
+def test_partition_device_comes_from_the_graph_not_the_arguments():
+    # the second partition (after an op PyTorch runs) reads no tensor: it builds positions itself
+    def fn(x):
+        pos = torch.arange(x.shape[0], device=x.device).float()
+        return torch.nn.functional.embedding(torch.tensor([0, 1]), x) + pos[:2, None], pos * 2
+
+    compiled, summary = _compile_aten(fn, torch.randn(5, 3))
+    plans = _plans(compiled)
+    assert plans and all(p.device == torch.device("cpu") for p in plans)
+    out = compiled(torch.ones(5, 3))
+    torch.testing.assert_close(out[1], torch.arange(5).float() * 2)
+
+
+def test_the_program_is_generated_dumped_and_straight_line(tmp_path):
+    x, w = torch.randn(6, 20), torch.randn(20, 20)
+    fn = lambda x, w: torch.relu(x @ w).sum(-1) + torch.cat([x, x], 1).amax(-1)  # noqa: E731
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    torch.testing.assert_close(compiled(x, w), fn(x, w), rtol=1e-4, atol=1e-4)
+    (program,) = tmp_path.glob("*/program_*.py")
+    text = program.read_text()
+    assert "def call(args):" in text and "_empty(" in text and "del buf" in text
+    assert "for " not in text.split("def call")[1]  # straight-line: no loops over steps
+    assert "ein.concat on the ein reference interpreter" in text
+
+
+def test_a_layout_the_program_was_not_written_for_runs_pytorch():
+    fn = lambda x: torch.exp(x) * 2  # noqa: E731
+    compiled, _ = _compile_aten(fn, torch.randn(8, 8))
+    (plan,) = _plans(compiled)
+    x = torch.randn(8, 8)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert plan.program is not None and plan.guard_misses == 0
+    torch.testing.assert_close(plan(x.T)[0] if isinstance(plan(x.T), tuple) else plan(x.T), fn(x.T))
+    assert plan.guard_misses == 2
+
+
+def test_constants_and_parameter_only_steps_run_once(monkeypatch):
+    launches = []
+    real = BoundLaunch.__call__
+
+    def count(self, stream, *args):
+        launches.append(self)
+        return real(self, stream, *args)
+
+    monkeypatch.setattr(BoundLaunch, "__call__", count)
+    # the exp of an iota is a constant: its kernel runs once, the GEMM on every call
+    fn = lambda x: x @ (torch.arange(16).float().reshape(4, 4) / 8).exp()  # noqa: E731
+    compiled, _ = _compile_aten(fn, torch.randn(3, 4))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(compiled(x), fn(x))
+    first = len(launches)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert first >= 2 and len(launches) - first == 1
+
+
+def test_without_cuda_the_graph_runs_in_pytorch_and_says_so(monkeypatch):
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "0")
+    from tilefuse.compiler import runtime
+
+    runtime._warn_no_cuda_once.cache_clear()
+    launches = []
+    monkeypatch.setattr(BoundLaunch, "__call__", lambda self, *a: launches.append(1))
+    x = torch.randn(3, 5)
+    compiled = tilefuse.compile(lambda x: torch.sigmoid(x) * x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(compiled(x), torch.sigmoid(x) * x)
+    assert not launches
+    assert [w for w in caught if "TILEFUSE_INTERPRET=1" in str(w.message)]
+    (partition,) = compiled.tilefuse_reports[0]["partitions"]
+    assert partition["executor"].startswith("pytorch (no CUDA device")
+    assert partition["groups"][0]["kernel"]  # compiled all the same: dumps and kernels exist
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_scalar_tensor_on_another_device_is_moved_like_pytorch_would(dtype):
+    # a 0-dim tensor argument is promoted by PyTorch; the program moves it to the partition's device
+    fn = lambda x, s: x * s + 1  # noqa: E731
+    x, s = torch.randn(4, 4, dtype=dtype), torch.tensor(3.0, dtype=dtype)
+    compiled, _ = _compile_aten(fn, x, s)
+    torch.testing.assert_close(compiled(x, s), fn(x, s))
