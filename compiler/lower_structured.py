@@ -138,6 +138,76 @@ def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
     return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
 
 
+# --- gathers ------------------------------------------------------------------------------------
+
+
+def _indexed_along(ctx: LoweringContext, index: Node, rank: int, at: int) -> SSAValue:
+    """An index tensor viewed with rank `rank`, its dims starting at result dim `at`."""
+    value = ctx.tensor(index)
+    shape = shape_of(value.type)
+    return ctx.b.reshape(value, [1] * at + list(shape) + [1] * (rank - at - len(shape)))
+
+
+@lowers(aten.embedding.default)
+def lower_embedding(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    out = ctx.out_shape(node)
+    ids = _indexed_along(ctx, a["indices"], len(out), 0)
+    return ctx.b.gather(ctx.tensor(a["weight"]), [ids], [-1, len(out) - 1], out)
+
+
+@lowers(aten.index_select.default)
+def lower_index_select(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    out = ctx.out_shape(node)
+    dim = a["dim"] % max(len(out), 1)
+    index = _indexed_along(ctx, a["index"], len(out), dim)
+    return ctx.b.gather(ctx.tensor(a["self"]), [index], [-1 if k == dim else k for k in range(len(out))], out)
+
+
+@lowers(aten.gather.default)
+def lower_gather(ctx: LoweringContext, node: Node) -> SSAValue:
+    a = bound_args(node)
+    out = ctx.out_shape(node)
+    dim = a["dim"] % max(len(out), 1)
+    index_map = [-1 if k == dim else k for k in range(len(out))]
+    return ctx.b.gather(ctx.tensor(a["self"]), [ctx.tensor(a["index"])], index_map, out)
+
+
+def _advanced_index_check(node: Node) -> str | None:
+    indices = node.args[1]
+    if any(isinstance(i, Node) and i.meta["val"].dtype in (torch.bool, torch.uint8) for i in indices):
+        return "indexing with a boolean mask has a data-dependent shape"
+    return None
+
+
+@lowers(aten.index.Tensor, check=_advanced_index_check)
+def lower_index(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`x[..., idx, ...]` (numpy advanced indexing): the broadcast index tensors take the place of
+    the dims they index when those are adjacent, else they come first."""
+    x = ctx.tensor(node.args[0])
+    rank = len(shape_of(x.type))
+    indices = list(node.args[1]) + [None] * (rank - len(node.args[1]))
+    indexed = [k for k, i in enumerate(indices) if i is not None]
+    vals = [indices[k].meta["val"] for k in indexed]
+    index_rank = len(torch.broadcast_shapes(*(tuple(v.shape) for v in vals)))
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    at = indexed[0] if adjacent else 0
+    out = ctx.out_shape(node)
+    index_map, tensors, next_dim = [], [], 0
+    for i in indices:
+        if next_dim == at:
+            next_dim += index_rank
+        if i is None:
+            index_map.append(next_dim)
+            next_dim += 1
+        else:
+            pad = index_rank - len(i.meta["val"].shape)  # right-aligned within the broadcast dims
+            tensors.append(_indexed_along(ctx, i, len(out), at + pad))
+            index_map.append(-len(tensors))
+    return ctx.b.gather(x, tensors, index_map, out)
+
+
 # --- reductions ---------------------------------------------------------------------------------
 
 

@@ -261,6 +261,13 @@ class EinBuilder:
         shape[dim] = sum(shape_of(x.type)[dim] for x in xs)
         return self._emit(ein.ConcatOp(dim, xs, tensor_type(shape, xs[0].type.get_element_type())))
 
+    def gather(
+        self, table: SSAValue, indices: Sequence[SSAValue], index_map: Sequence[int], shape: Sequence[int]
+    ) -> SSAValue:
+        """`ein.gather` of `table` into a tensor of `shape` (see `GatherOp` for `index_map`)."""
+        result = tensor_type(shape, table.type.get_element_type())
+        return self._emit(ein.GatherOp(table, indices, index_map, result))
+
     def constant(self, value: Scalar, shape: Sequence[int], elem: Attribute) -> SSAValue:
         if is_float(elem):
             attr = FloatAttr(float(value), elem)

@@ -13,7 +13,8 @@ arguments of a `func.func`; the ops below compute on them:
 
 `ein.map` bodies are scalar `arith`/`math` code over one element of each
 (numpy-broadcast) operand. `ein.view` is data-movement-free indexing: a
-reshape, permute, expand or strided slice. The verifiers check shapes and
+reshape, permute, expand or strided slice; `ein.gather` reads a table at
+positions held in index tensors (embeddings). The verifiers check shapes and
 dtypes, so an ill-formed graph is rejected with a message naming the op.
 """
 
@@ -45,7 +46,7 @@ from xdsl.irdl import (
     traits_def,
     var_operand_def,
 )
-from xdsl.parser import Parser
+from xdsl.parser import Parser, UnresolvedOperand
 from xdsl.printer import Printer
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
@@ -107,6 +108,18 @@ def _parse_unary_tail(parser: Parser) -> tuple[SSAValue, Attribute, dict[str, At
     parser.parse_punctuation("->")
     out_type = parser.parse_type()
     return parser.resolve_operand(operand, in_type), out_type, attrs
+
+
+def _parse_operand_types(
+    parser: Parser, operands: Sequence[UnresolvedOperand], op_name: str
+) -> tuple[list[SSAValue], Attribute]:
+    """Parse `: (types) -> type` for `operands`; returns them resolved, and the result type."""
+    parser.parse_punctuation(":")
+    fn_type = parser.parse_function_type()
+    if len(fn_type.inputs.data) != len(operands) or len(fn_type.outputs.data) != 1:
+        parser.raise_error(f"{op_name}: type list does not match the operands")
+    resolved = [parser.resolve_operand(o, t) for o, t in zip(operands, fn_type.inputs.data)]
+    return resolved, fn_type.outputs.data[0]
 
 
 def _print_unary_tail(printer: Printer, op: IRDLOperation, operand: SSAValue) -> None:
@@ -454,12 +467,88 @@ class ConcatOp(IRDLOperation):
             parser.Delimiter.PAREN, parser.parse_unresolved_operand
         )
         attrs = parser.parse_optional_attr_dict()
-        parser.parse_punctuation(":")
-        fn_type = parser.parse_function_type()
-        if len(fn_type.inputs.data) != len(operands) or len(fn_type.outputs.data) != 1:
-            parser.raise_error("ein.concat: type list does not match the operands")
-        resolved = [parser.resolve_operand(o, t) for o, t in zip(operands, fn_type.inputs.data)]
-        op = cls(dim, resolved, fn_type.outputs.data[0])
+        resolved, result_type = _parse_operand_types(parser, operands, "ein.concat")
+        op = cls(dim, resolved, result_type)
+        op.attributes.update(attrs)
+        return op
+
+
+@irdl_op_definition
+class GatherOp(IRDLOperation):
+    """Elements of `table` at computed positions: embedding, index_select, gather, `x[idx]`.
+
+    `index_map` has one entry per table dimension: `d<m>` reads it at result index m, `i<j>`
+    at the value of index tensor j (broadcast to the result shape) there; a negative index
+    counts from the end. `ein.gather %w [i0, d2] (%ids)` of a [128, 64] table with [2, 16, 1]
+    ids is an embedding: `out[b, s, c] = w[ids[b, s, 0], c]`.
+    """
+
+    name = "ein.gather"
+    table = operand_def(TensorType)
+    indices = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    index_map = prop_def(DenseArrayBase)
+    traits = traits_def(Pure())
+
+    def __init__(
+        self, table: SSAValue, indices: Sequence[SSAValue], index_map: Sequence[int], result_type: Attribute
+    ):
+        super().__init__(
+            operands=[table, list(indices)], result_types=[result_type],
+            properties={"index_map": _int_array(index_map)},
+        )  # fmt: skip
+
+    @property
+    def sources(self) -> tuple[int, ...]:
+        """Per table dim: the result dim m (m >= 0) or the index tensor -1 - m (m < 0) it is read at."""
+        return _ints(self.index_map)
+
+    def verify_(self) -> None:
+        table, out = shape_of(self.table.type), shape_of(self.result.type)
+        sources = self.sources
+        if len(sources) != len(table):
+            count = f"{len(sources)} entries for a rank-{len(table)} table"
+            raise VerifyException(f"ein.gather: index map has {count}")
+        for k, m in enumerate(sources):
+            if m >= 0 and (m >= len(out) or out[m] > table[k]):
+                raise VerifyException(f"ein.gather: table dim {k} cannot be read at result dim {m} of {out}")
+            if m < 0 and -1 - m >= len(self.indices):
+                raise VerifyException(f"ein.gather: table dim {k} reads a missing index tensor {-1 - m}")
+        for j, v in enumerate(self.indices):
+            elem = v.type.get_element_type()
+            if is_float(elem) or is_bool(elem):
+                raise VerifyException(f"ein.gather: index tensor {j} must be an integer tensor, got {elem}")
+            if not broadcasts_to(shape_of(v.type), out):
+                raise VerifyException(f"ein.gather: index tensor {j} does not broadcast to the result {out}")
+        if self.table.type.get_element_type() != self.result.type.get_element_type():
+            raise VerifyException("ein.gather: the result's element type must be the table's")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.table)
+        names = [f"d{m}" if m >= 0 else f"i{-1 - m}" for m in self.sources]
+        printer.print_string(f" [{', '.join(names)}] (")
+        printer.print_list(self.indices, printer.print_operand)
+        printer.print_string(")")
+        printer.print_op_attributes(self.attributes)
+        types = ", ".join(str(v.type) for v in (self.table, *self.indices))
+        printer.print_string(f" : ({types}) -> {self.result.type}")
+
+    @classmethod
+    def parse(cls, parser: Parser) -> GatherOp:
+        table = parser.parse_unresolved_operand()
+
+        def source() -> int:
+            name = parser.parse_identifier("d<result dim> or i<index tensor>")
+            if name[:1] not in ("d", "i") or not name[1:].isdigit():
+                parser.raise_error(f"ein.gather: expected d<N> or i<N>, got {name!r}")
+            return int(name[1:]) if name[0] == "d" else -1 - int(name[1:])
+
+        index_map = parser.parse_comma_separated_list(parser.Delimiter.SQUARE, source)
+        indices = parser.parse_comma_separated_list(parser.Delimiter.PAREN, parser.parse_unresolved_operand)
+        attrs = parser.parse_optional_attr_dict()
+        (table, *resolved), result_type = _parse_operand_types(parser, [table, *indices], "ein.gather")
+        op = cls(table, resolved, index_map, result_type)
         op.attributes.update(attrs)
         return op
 
@@ -523,6 +612,6 @@ class IotaOp(IRDLOperation):
 
 Einsum = Dialect(
     "ein",
-    [ContractOp, MapOp, YieldOp, ReduceOp, ViewOp, ConcatOp, ConstantOp, IotaOp],
+    [ContractOp, MapOp, YieldOp, ReduceOp, ViewOp, ConcatOp, GatherOp, ConstantOp, IotaOp],
     [],
 )

@@ -144,6 +144,20 @@ def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
     return x[tuple(index)]
 
 
+def _run_gather(op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = shape_of(op.result.type)
+    at = []
+    for k, m in enumerate(op.sources):
+        if m >= 0:  # a result dim: arange along it, broadcast over the others
+            along = [1] * len(out)
+            along[m] = out[m]
+            at.append(torch.arange(out[m], device=table.device).reshape(along))
+        else:
+            idx = indices[-1 - m].long()
+            at.append(torch.where(idx < 0, idx + table.shape[k], idx))
+    return table[tuple(at)].expand(out)
+
+
 def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     """Execute one `ein` op on the tensors bound in `env`."""
     args = [env[o] for o in op.operands]
@@ -157,6 +171,8 @@ def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
         return _run_view(op, args[0])
     if isinstance(op, ein.ConcatOp):
         return torch.cat(args, dim=op.dim.value.data)
+    if isinstance(op, ein.GatherOp):
+        return _run_gather(op, args[0], args[1:])
     result_dtype = to_torch_dtype(op.results[0].type.get_element_type())
     shape = shape_of(op.results[0].type)
     if isinstance(op, ein.ConstantOp):

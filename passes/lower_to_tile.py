@@ -33,6 +33,7 @@ from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import inline_map_body, opmath_type
 from ..ir.dtypes import is_float, shape_of
+from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
@@ -58,8 +59,9 @@ class LoweredGroup:
 
 
 def _materialized(value: SSAValue) -> bool:
-    """A tensor that exists in memory when kernels run: not a view, splat or iota."""
-    return not isinstance(value.owner, VIRTUAL_OPS)
+    """A tensor a kernel reads from memory: not a view, splat or iota, nor a gather (a kernel
+    loads the table at the positions its index tensors hold)."""
+    return not isinstance(value.owner, (*VIRTUAL_OPS, ein.GatherOp))
 
 
 def _apply_map(
@@ -349,12 +351,15 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
             (grid, problem), params = lower_reduction(kb, group), REDUCTION_PARAMS
         else:
             (grid, problem), params = lower_pointwise(kb, group), POINTWISE_PARAMS
+        kb.emit(tile.ReturnOp())
+        kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
+        verify(kernel, f"tile kernel {name}")
     except LoweringUnsupported as e:
         return LoweredGroup(group, None, [], error=str(e))
-    kb.emit(tile.ReturnOp())
+    except Exception as e:  # one group's lowering bug costs that group its kernel, not the graph
+        return LoweredGroup(group, None, [], error=f"lowering failed: {type(e).__name__}: {e}")
     if kb.divisors:
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
-    kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
     return LoweredGroup(group, kernel, kb.inputs, problem)
 
 

@@ -2,10 +2,10 @@
 
 `KernelBuilder` appends ops to a kernel body. Index arithmetic on i32 scalars
 becomes plain `arith` ops; as soon as a tile is involved it becomes a
-`tile.map`. `load_through_views` follows `ein.view`/`ein.constant`/`ein.iota`
+`tile.map`. `load` follows `ein.view`/`ein.gather`/`ein.constant`/`ein.iota`
 producers back to a tensor the kernel actually reads, turning each view into
-index arithmetic, so a permuted, sliced, broadcast or reshaped operand is
-read in place, never copied.
+index arithmetic and each gather into a load of its positions, so a permuted,
+sliced, broadcast, reshaped or embedded operand is read in place, never copied.
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ class KernelBuilder:
             return self.map([idx], elem, lambda sb, i: sb.cast(i, elem))
         if isinstance(owner, ein.ViewOp):
             return self.load(owner.input, self._view_source_indices(owner, list(indices)))
+        if isinstance(owner, ein.GatherOp):
+            return self.load(owner.table, self._gather_source_indices(owner, list(indices)))
         raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
 
     def _view_source_indices(self, view: ein.ViewOp, idx: list[Index]) -> list[Index]:
@@ -254,6 +256,30 @@ class KernelBuilder:
                 flat = self.poison(flat, i, d, math.prod(src[s0:s1]))
             out += self.unravel(flat, src[s0:s1])
         return out
+
+    def _gather_source_indices(self, gather: ein.GatherOp, idx: list[Index]) -> list[Index]:
+        """Table indices of a gather: result indices, or positions loaded from its index tensors
+        (negative ones wrapped). A position read for a result index out of bounds is poisoned, as
+        the index tensor's masked load would otherwise hand back a valid row."""
+        out, table = shape_of(gather.result.type), shape_of(gather.table.type)
+        source: list[Index] = []
+        for k, m in enumerate(gather.sources):
+            if m >= 0:
+                source.append(self.poison(idx[m], idx[m], out[m], table[k]) if out[m] < table[k] else idx[m])
+                continue
+            index_tensor = gather.indices[-1 - m]
+            at = self.broadcast_indices(index_tensor, out, idx)
+            size = self.const(table[k])
+            position = self.map(
+                [self.cast(self.load(index_tensor, at), i32), size], i32,
+                lambda sb, p, n: sb.select(sb.cmp("lt", p, sb.const(0, i32)), sb.add(p, n), p),
+            )  # fmt: skip
+            varying = shape_of(index_tensor.type)[::-1]
+            for j, (i, d) in enumerate(zip(idx[::-1], out[::-1])):
+                if j < len(varying) and varying[j] != 1:
+                    position = self.poison(position, i, d, table[k])
+            source.append(position)
+        return source
 
     def poison(self, value: Index, guard: Index, bound: int, bad: int) -> Index:
         """`value` where `guard < bound`, else the out-of-bounds index `bad`."""
