@@ -15,11 +15,21 @@ op went where:
   it when a tile can hold whole rows (N <= MAX_EPILOGUE_ROW), or when the row was
   split into chunks a tile holds (split-reduction: a reshape [.., N] -> [.., T, C]
   feeding the row group); other wide rows stay a GEMM plus a row kernel.
+  The product may also be read after the row group (a residual add in the
+  epilogue followed by a norm, whose sum is the residual stream): the kernel
+  then has two outputs. A residual add in a GEMM's epilogue stays there when
+  the row is wider: moving it into the norm's row kernel would cost the GEMM's
+  output a write and a read more than writing `h` and reading it back.
 - **row**: reductions over the same dims of the same shape, with the maps
   around them (full-shaped or row-shaped), whose intermediates are used only
   inside the group: softmax, log-softmax, LayerNorm, RMSNorm and chains of
   them read each row once and write it once. Only when a row (the reduced
-  extent) fits in one tile (`MAX_ROW` elements).
+  extent) fits in one tile (`MAX_ROW` elements). A value the group reads that
+  is also read after it (a pre-norm block's residual stream `h = x + y`,
+  which feeds the norm and is added to again later) joins the group as a
+  second output: the kernel writes `h` and `norm(h)` and nobody reads `h`
+  back. After norm-prologue the same rule puts the add into the kernel of
+  the row statistics (it writes `h` and the sums the GEMM epilogues read).
 - **reduction**: any other reduction plus the map that produces its input, if
   that map has no other user (a prologue: `sum(exp(x - m))` reads `x` once);
   a loop over the row in chunks.
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -62,8 +73,28 @@ class FusionGroup:
 
     @property
     def output(self) -> SSAValue:
-        """A group has one result that leaves it: the last op's."""
+        """The primary result: the last op's (the group runs where that op stands)."""
         return self.ops[-1].results[0]
+
+    @cached_property
+    def outputs(self) -> list[SSAValue]:
+        """The results that leave the group, in program order, the primary one last: the last
+        op's, and any member's that an op outside reads (a residual stream the group also
+        normalizes). Derived from the IR, so groups read back from `ein.group` agree."""
+        members = set(self.ops)
+        extra = [r for op in self.ops[:-1] for r in op.results if not _read_inside(r, members)]
+        return [*extra, self.output]
+
+
+def _read_inside(value: SSAValue, members: set[Operation]) -> bool:
+    """Whether only `members` read `value`, directly or through views."""
+    for use in value.uses:
+        user = use.operation
+        if user in members:
+            continue
+        if not isinstance(user, VIRTUAL_OPS) or not all(_read_inside(r, members) for r in user.results):
+            return False
+    return True
 
 
 def _same_output_layout(a: ein.ContractOp, b: ein.ContractOp) -> bool:
@@ -190,10 +221,11 @@ def _producers(op: Operation, space: RowSpace) -> list[Operation]:
 
 
 def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]) -> list[Operation] | None:
-    """The largest row group containing `seed` with one output (see the module docstring), if any.
+    """The largest row group containing `seed` (see the module docstring), if any.
 
     The candidates are the ops of the seed's space connected to it; the output is the latest
-    candidate whose backward closure (producers all of whose users are already in) holds the seed.
+    candidate whose backward closure holds the seed. The closure takes producers all of whose
+    users are already in, and producers also read after the output (extra outputs).
     """
     space = RowSpace.of(seed)
     if not 1 < space.row_size <= MAX_ROW or len(space.dims) == len(space.shape):
@@ -205,18 +237,40 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
         if op not in component:
             component.add(op)
             stack += [o for o in _producers(op, space) + _users(op, space) if fits(o)]
-    for output in sorted(component, key=order.index, reverse=True):
+    position = {op: i for i, op in enumerate(order)}
+    for output in sorted(component, key=position.__getitem__, reverse=True):
         members, grown = {output}, True
         while grown:
             grown = False
             for op in component - members:
                 users = _users(op, space)
-                if users and all(u in members for u in users):
+                inside = users and all(u in members for u in users)
+                if inside or _extra_output(op, users, members, position, position[output]):
                     members.add(op)
                     grown = True
         if seed in members:
-            return sorted(members, key=order.index)
+            return sorted(members, key=position.__getitem__)
     return None
+
+
+def _extra_output(
+    op: Operation, users: list[Operation], members: set[Operation], position: dict, end: int
+) -> bool:
+    """Whether `op` can join a group ending at `end` as an extra output: it feeds the group and
+    every other reader comes after the group's last op, where the kernel has written it. A view
+    before that point must be read by members only: PyTorch glue would read it too early."""
+    feeds = any(u in members for u in users)
+
+    def read_later(value: SSAValue) -> bool:
+        for use in value.uses:
+            user = use.operation
+            if user in members or position[user] > end:
+                continue
+            if not isinstance(user, VIRTUAL_OPS) or not all(_read_inside(r, members) for r in user.results):
+                return False
+        return True
+
+    return feeds and all(read_later(r) for r in op.results)
 
 
 def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
@@ -259,9 +313,10 @@ def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:
     tile can own whole rows: N <= MAX_EPILOGUE_ROW and the output has no other reader."""
     absorbed: list[tuple] = []
     result = []
+    position = {op: i for i, op in enumerate(order)}
     for group in groups:
         pos, kind, members = group
-        row = _row_epilogue_of(group, groups) if kind == "gemm" else None
+        row = _row_epilogue_of(group, groups, position) if kind == "gemm" else None
         if row is None:
             result.append(group)
             continue
@@ -270,7 +325,9 @@ def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:
     return [g for g in result if not any(g is a for a in absorbed)]
 
 
-def _row_epilogue_of(gemm: tuple, groups: list) -> tuple | None:
+def _row_epilogue_of(gemm: tuple, groups: list, position: dict) -> tuple | None:
+    """The row group over `gemm`'s output rows that can join it, if any. Readers of the
+    product outside that group are allowed after it (the product becomes a second output)."""
     members = gemm[2]
     out = members[-1].results[0]
     first = next(op for op in members if isinstance(op, ein.ContractOp))
@@ -281,15 +338,21 @@ def _row_epilogue_of(gemm: tuple, groups: list) -> tuple | None:
         return None
     space = RowSpace(tuple(shape_of(out.type)), (letters.index(n[0]),))
     (reader,) = readers if len(readers) == 1 else (None,)
-    if _is_chunk_view(reader, space):  # chunks of a wide row (split-reduction): one tile a chunk
+    chunked = _is_chunk_view(reader, space)
+    if chunked:  # chunks of a wide row (split-reduction): one tile a chunk
         readers = {use.operation for use in reader.result.uses}
         space = RowSpace(tuple(shape_of(reader.result.type)), (len(space.shape),))
     if space.row_size > MAX_EPILOGUE_ROW:
         return None
     for group in groups:
-        if group[1] == "row" and readers <= set(group[2]):
-            reduce = next(op for op in group[2] if isinstance(op, ein.ReduceOp))
-            return group if RowSpace.of(reduce) == space else None
+        row = set(group[2])
+        if group[1] != "row" or not readers & row:
+            continue
+        reduce = next(op for op in group[2] if isinstance(op, ein.ReduceOp))
+        if RowSpace.of(reduce) != space:
+            return None
+        later = not chunked and _extra_output(members[-1], list(readers), row, position, group[0])
+        return group if readers <= row or later else None
     return None
 
 

@@ -45,13 +45,18 @@ POINTWISE_PARAMS = ("BLOCK",)
 
 @dataclass
 class LoweredGroup:
-    """A fusion group and its kernel: the kernel's arguments are `inputs` then `output`."""
+    """A fusion group and its kernel: the kernel's arguments are `inputs` then `outputs`."""
 
     group: FusionGroup
     kernel: tile.KernelOp | None
     inputs: list[SSAValue]
     problem: dict[str, int] = field(default_factory=dict)  # M/N/K, R/C or N: for the config heuristic
     error: str | None = None
+
+    @property
+    def outputs(self) -> list[SSAValue]:
+        """The values the kernel writes, one argument each after the inputs; the primary one last."""
+        return self.group.outputs
 
     @property
     def output(self) -> SSAValue:
@@ -168,7 +173,6 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             (n_letter,) = n
             in_range = kb.map([at[n_letter]], i1, lambda sb, c: sb.cmp("lt", c, sb.const(N, i32)))
             known, at_shape = evaluate_row_ops(kb, epilogue, space, out_idx, in_range, known)
-            out_idx = at_shape[tuple(shape_of(group.output.type))]
             problem["whole"] = {"BLOCK_N": N}
         else:
             # chunks of a wide row (split-reduction): the [.., N] product is viewed as [.., T, C]
@@ -186,9 +190,11 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             known, at_shape = evaluate_row_ops(
                 kb, rest, space, [*out_idx[:-1], pid_n, lanes], in_range, known
             )
-            out_idx = at_shape[tuple(shape_of(group.output.type))]
             problem |= {"whole": {"BLOCK_N": chunk}, "exact": {"BLOCK_N": chunk}}
-        kb.store(kb.output_argument(group.output), out_idx, known[group.output])
+        if not reductions:
+            at_shape = {tuple(out_shape): out_idx}
+        for out in group.outputs:  # the product itself too, when it is read after a row epilogue
+            kb.store(kb.output_argument(out), at_shape[tuple(shape_of(out.type))], known[out])
         kb.emit(scf.YieldOp())
     kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
@@ -279,8 +285,8 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
     full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
     in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
     computed, at = evaluate_row_ops(kb, group.ops, space, full_idx, in_range, {})
-    out = group.output
-    kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
+    for out in group.outputs:  # a residual stream the group also normalizes is written too
+        kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
 
 
@@ -338,6 +344,8 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
     """The kernel (named `name`) of one fusion group, or the reason it has none."""
     kb = KernelBuilder(_materialized)
     try:
+        if len(group.outputs) > 1 and group.kind not in ("gemm", "row"):
+            raise LoweringUnsupported(f"a {group.kind} kernel writes one output")
         if group.kind == "gemm":
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS
         elif group.kind == "attention":

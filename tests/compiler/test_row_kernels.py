@@ -117,12 +117,22 @@ def test_kernel_reads_each_input_once(tmp_path):
     assert text.count("tl.load(x_ptr") == 1 and text.count("tl.store(") == 1
 
 
-def test_an_intermediate_used_outside_stays_out_of_the_group():
+def test_an_intermediate_read_after_the_group_is_its_second_output():
     def norm_and_residual(x, w):
         h = x * 2.0 + 1.0
         return rms_norm(h, w), h
 
     reports = compile_and_compare(norm_and_residual, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
+    assert assert_one_row_kernel(reports)["ops"][0] == "ein.map"
+
+
+def test_an_intermediate_read_before_the_group_ends_stays_out_of_it():
+    def residual_read_early(x, w):
+        h = x * 2.0 + 1.0
+        both = torch.cat([h, x], -1)  # PyTorch glue that reads h before the norm is done
+        return rms_norm(h, w), both
+
+    reports = compile_and_compare(residual_read_early, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
     kinds = sorted(g["kind"] for g in fusion_groups(reports))
     assert kinds == ["pointwise", "row"]
 

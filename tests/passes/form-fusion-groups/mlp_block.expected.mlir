@@ -18,13 +18,13 @@ builtin.module {
       %7 = arith.addf %5, %6 : f32
       ein.yield %7 : f32
     }
-    %5 = ein.map(%4) {ein.group = "k2"} : (tensor<6x8xf32>) -> tensor<6x8xf32> {
+    %5 = ein.map(%4) {ein.group = "k1"} : (tensor<6x8xf32>) -> tensor<6x8xf32> {
     ^bb0(%6: f32):
       %7 = math.exp %6 : f32
       ein.yield %7 : f32
     }
-    %6 = ein.reduce sum [1] keepdim %5 {ein.group = "k2"} : tensor<6x8xf32> -> tensor<6x1xf32>
-    %7 = ein.map(%4, %6) {ein.group = "k3"} : (tensor<6x8xf32>, tensor<6x1xf32>) -> tensor<6x8xf32> {
+    %6 = ein.reduce sum [1] keepdim %5 {ein.group = "k1"} : tensor<6x8xf32> -> tensor<6x1xf32>
+    %7 = ein.map(%4, %6) {ein.group = "k1"} : (tensor<6x8xf32>, tensor<6x1xf32>) -> tensor<6x8xf32> {
     ^bb0(%8: f32, %9: f32):
       %10 = arith.divf %8, %9 : f32
       ein.yield %10 : f32

@@ -1,0 +1,128 @@
+"""Residual add then a norm (a pre-norm transformer block): one kernel with two outputs, the new
+residual stream `h` and the normed activations (Triton interpreter, against eager PyTorch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tilefuse
+from helpers import compile_and_compare, fusion_groups
+
+
+def pre_rms_norm(x, y, w):
+    h = x + y
+    return h, F.rms_norm(h, h.shape[-1:], w, eps=1e-6)
+
+
+def pre_layer_norm(x, y, w, b):
+    h = x + y
+    return h, F.layer_norm(h, h.shape[-1:], w, b, eps=1e-5)
+
+
+CASES = {"rms_norm": (pre_rms_norm, 1), "layer_norm": (pre_layer_norm, 2)}
+
+
+def kernels_ran(reports) -> None:
+    for part in (p for r in reports for p in r["partitions"]):
+        assert "runtime_error" not in part and "Triton kernel" in part["executor"], part["executor"]
+
+
+def the_one_group(reports) -> dict:
+    """The single group of the compile: it must hold the add and the norm's reductions."""
+    kernels_ran(reports)
+    (group,) = fusion_groups(reports)
+    assert group["kernel"] is not None, group
+    assert group["ops"][0] == "ein.map" and "ein.reduce" in group["ops"], group["ops"]
+    return group
+
+
+def args_for(name, shape, dtype=torch.float32):
+    _, params = CASES[name]
+    x, y = torch.randn(*shape) * 2 + 0.5, torch.randn(*shape)
+    vectors = [torch.randn(shape[-1]) for _ in range(params)]
+    return [t.to(dtype) for t in (x, y, *vectors)]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 130), (1, 1000), (7, 4100)], ids=str)
+def test_add_and_norm_are_one_row_kernel(name, shape):
+    fn, _ = CASES[name]
+    group = the_one_group(compile_and_compare(fn, *args_for(name, shape), rtol=1e-4, atol=1e-5))
+    assert group["kind"] == "row"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_half_precision_against_float64(name):
+    """fp16 in and out: the kernel's error against float64 stays within eager fp16's (both round
+    h and the result to fp16 once; the kernel computes its statistics in f32 like PyTorch)."""
+    fn, _ = CASES[name]
+    args = args_for(name, (9, 200), torch.float16)
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        actual, eager = compiled(*args), fn(*args)
+        exact = fn(*[a.double() for a in args])
+    the_one_group(compiled.tilefuse_reports)
+    for a, e, x in zip(actual, eager, exact):
+        assert a.dtype == torch.float16
+        kernel_err, eager_err = (a.double() - x).abs().max(), (e.double() - x).abs().max()
+        assert kernel_err <= 2 * eager_err + 1e-3, (kernel_err, eager_err)
+
+
+def test_kernel_writes_both_and_reads_each_input_once(tmp_path):
+    compiled = tilefuse.compile(pre_layer_norm, dump=tmp_path)
+    compiled(*args_for("layer_norm", (4, 40)))
+    (source,) = list((tmp_path / compiled.tilefuse_reports[0]["dir"] / "kernels").glob("*.py"))
+    text = source.read_text()
+    assert text.count("tl.store(") == 2
+    assert text.count("tl.load(x_ptr") == 1 and text.count("tl.load(y_ptr") == 1
+
+
+def test_residual_in_a_gemm_epilogue_then_a_norm_is_one_gemm_with_two_outputs():
+    """The add is the epilogue of the projection before it; a row of N <= 256 fits one tile, so
+    the norm joins that GEMM too and the kernel writes h and norm(h)."""
+
+    def proj_residual_norm(a, w, x, g):
+        h = x + a @ w
+        return h, F.rms_norm(h, h.shape[-1:], g, eps=1e-6)
+
+    args = torch.randn(12, 24), torch.randn(24, 40), torch.randn(12, 40), torch.randn(40)
+    reports = compile_and_compare(proj_residual_norm, *args, rtol=1e-4, atol=1e-4)
+    kernels_ran(reports)
+    (group,) = fusion_groups(reports)
+    assert group["kind"] == "gemm" and group["kernel"] is not None
+    assert {"ein.contract", "ein.map", "ein.reduce"} <= set(group["ops"])
+
+
+class PreNormBlock(nn.Module):
+    """A Llama-style block's second half: h = x + attn; out = h + mlp(norm(h))."""
+
+    def __init__(self, d: int, norm: type[nn.Module]):
+        super().__init__()
+        self.norm = norm(d)
+        self.up = nn.Linear(d, 2 * d, bias=False)
+        self.down = nn.Linear(2 * d, d, bias=False)
+
+    def forward(self, x, attn):
+        h = x + attn
+        return h + self.down(F.silu(self.up(self.norm(h))))
+
+
+@pytest.mark.parametrize("norm", [nn.RMSNorm, nn.LayerNorm])
+@pytest.mark.parametrize("d", [40, 300])
+def test_pre_norm_block_with_norm_prologue(norm, d):
+    """The norm before an nn.Linear becomes row statistics plus a folded GEMM (norm-prologue);
+    the residual add then runs in the statistics' row kernel, which writes h and the sums."""
+    block = PreNormBlock(d, norm)
+    with torch.no_grad():
+        for p in block.norm.parameters():
+            p.copy_(torch.randn_like(p))
+    x, attn = torch.randn(2, 5, d), torch.randn(2, 5, d)
+    reports = compile_and_compare(block, x, attn, rtol=1e-4, atol=1e-4)
+    kernels_ran(reports)
+    (stats,) = [g for g in fusion_groups(reports) if g["kind"] == "row"]
+    # the add, then RMSNorm's sum of squares, or LayerNorm's sum and centred sum of squares
+    expected = ["ein.map", "ein.map", "ein.reduce"] + (["ein.map", "ein.reduce"] if norm is nn.LayerNorm else [])
+    assert stats["ops"] == expected and stats["kernel"] is not None
