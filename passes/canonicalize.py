@@ -105,7 +105,7 @@ class ContractWithoutSum(RewritePattern):
         factors = []
         for value, idx in ((op.lhs, lhs_idx), (op.rhs, rhs_idx)):
             for view in _outer_product_views(value, idx, out_idx, sizes):
-                rewriter.insert_op(view, InsertPoint.before(op))
+                rewriter.insert(view, InsertPoint.before(op))
                 value = view.result
             factors.append(value)
         out_elem = op.result.type.get_element_type()

@@ -1,0 +1,72 @@
+"""Gathers (embedding, index_select, gather, `x[idx]`) and outer products compile into kernels that
+match eager; a group whose lowering breaks runs op by op without costing the graph its kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import compile_and_compare, fusion_groups
+from tilefuse.passes import lower_to_tile
+
+
+def _embedding_scaled(w, ids, x):
+    return torch.nn.functional.embedding(ids, w) * 2.0 + 1.0
+
+
+def _embedding_layer_norm(w, ids, x):
+    return torch.nn.functional.layer_norm(torch.nn.functional.embedding(ids, w), (w.shape[1],))
+
+
+def _index_select(w, ids, x):
+    return torch.index_select(x, 1, ids[0]) + 1.0
+
+
+def _gather(w, ids, x):
+    return torch.gather(x, 1, ids[:, :4]) * 3.0
+
+
+def _advanced_index(w, ids, x):
+    return x[:, ids[1]] - 1.0
+
+
+def _two_index_tensors(w, ids, x):
+    return x[ids[0, :3, None] - 6, ids[1, None, :]] * 2.0  # negative indices count from the end
+
+
+@pytest.mark.parametrize(
+    "fn", [_embedding_scaled, _embedding_layer_norm, _index_select, _gather, _advanced_index, _two_index_tensors]
+)
+def test_gather_matches_eager_in_kernels(fn):
+    w, ids, x = torch.randn(50, 8), torch.randint(0, 6, (2, 5)), torch.randn(6, 6, 3)
+    if fn in (_gather, _two_index_tensors):
+        x = x[..., 0]
+    reports = compile_and_compare(fn, w, ids, x)
+    groups = fusion_groups(reports)
+    assert groups and all(g["kernel"] is not None for g in groups)
+    assert "ein.gather" in reports[0]["partitions"][0]["ein_ops"]
+
+
+def test_outer_product_contraction_is_a_broadcast_multiply():
+    """RoPE's `inv_freq[None, :, None] @ positions[:, None, :]` sums over an index of size 1."""
+
+    def freqs(inv_freq, positions):
+        return torch.cos(inv_freq[None, :, None] @ positions[None, None, :].float()).transpose(1, 2)
+
+    reports = compile_and_compare(freqs, torch.rand(8), torch.arange(16))
+    assert "ein.contract" not in reports[0]["partitions"][0]["ein_ops"]
+    assert all(g["kernel"] is not None for g in fusion_groups(reports))
+
+
+def test_a_group_that_fails_to_lower_runs_op_by_op(monkeypatch):
+    def broken(kb, group, allow_tf32):
+        raise RuntimeError("injected lowering bug")
+
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")
+    monkeypatch.setattr(lower_to_tile, "lower_gemm", broken)
+    w = torch.randn(16, 16)
+    reports = compile_and_compare(lambda x: (torch.relu(x @ w), x.exp()), torch.randn(4, 16))
+    groups = fusion_groups(reports)
+    assert any(g["kernel"] is not None for g in groups)  # the pointwise group still is a kernel
+    failed = [g for g in groups if g["kernel"] is None]
+    assert failed and all("injected lowering bug" in g["not_a_kernel_because"] for g in failed)
