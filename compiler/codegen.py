@@ -9,21 +9,25 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, StringAttr
 
 from ..autotune.heuristics import config_override, default_config
 from ..autotune.tasks import make_task, tuned_record
+from ..ir import tile
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from .runtime import CompiledKernel
 
 if TYPE_CHECKING:
-    from ..backends.triton import TritonOptions
+    from ..backends.triton import TritonKernel, TritonOptions
     from .driver import GraphArtifact
 
 
@@ -71,19 +75,63 @@ def stage_fuse(art: GraphArtifact) -> GraphArtifact:
 
 
 def stage_lower(art: GraphArtifact) -> GraphArtifact:
+    # lower_group verifies each kernel it builds (and turns a failure into the group's error)
     for p in art.compiled_partitions():
         p.lowered = lower_function(p.function, art.target.allow_tf32)
-        for g in p.lowered:
-            if g.kernel is not None:
-                verify(g.kernel, f"tile kernel {g.kernel.sym_name.data}")
     return art
+
+
+def shared_source(kernel: tile.KernelOp, options: TritonOptions, seen: dict[str, str]) -> str:
+    """Triton source of `kernel` named by a hash of its body, not by its group or its operands.
+
+    Structurally identical kernels (same `tile` IR, shapes, dtypes, options), e.g. one
+    per layer of a model, so get identical source: loaded once, compiled once by
+    Triton, tuned once. The kernel's own name and its arguments' names (parameter
+    paths such as `h_0_attn_bias`) are left out of the source; the dump shows them.
+    `seen` maps each kernel written under a neutral name to its final source, so a
+    repeated kernel is written once more only the first time.
+    """
+    from ..backends.triton import emit
+
+    group_name, args = kernel.sym_name, kernel.body.block.args
+    hints = [a.name_hint for a in args]
+    try:
+        for a in args:
+            a.name_hint = None
+        kernel.sym_name = StringAttr("kernel")
+        neutral = emit(kernel, options)
+        if neutral not in seen:
+            digest = hashlib.sha256(neutral.encode()).hexdigest()[:16]
+            kernel.sym_name = StringAttr(f"{kernel.kind.data}_{digest}")
+            seen[neutral] = emit(kernel, options)
+    finally:
+        kernel.sym_name = group_name
+        for a, hint in zip(args, hints):
+            a.name_hint = hint
+    return seen[neutral]
+
+
+_launchers: dict[str, TritonKernel] = {}  # source -> its loaded kernel, for the process
+_launchers_lock = threading.Lock()
+
+
+def load_shared(source: str, function: str) -> TritonKernel:
+    """The launcher of `source`, loaded once per process: every group with this source shares it."""
+    from ..backends.triton import load
+
+    with _launchers_lock:
+        launcher = _launchers.get(source)
+    if launcher is None:
+        launcher = load(source, function)
+        with _launchers_lock:
+            launcher = _launchers.setdefault(source, launcher)
+    return launcher
 
 
 def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     # Triton is imported here, not at `import tilefuse`: capture and IR work without loading it.
-    from ..backends.triton import emit, load
-
     options = art.target.triton_options()
+    written: dict[str, str] = {}
     for p in art.compiled_partitions():
         for g in p.lowered:
             if g.kernel is None:
@@ -91,15 +139,18 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             name = g.kernel.sym_name.data
             try:
                 cached = art.cached.sources.get(name) if art.cached else None
-                source = cached or emit(g.kernel, options)
-                launcher = load(source, name)
+                source = cached or shared_source(g.kernel, options, written)
+                function = triton_function_name(source)
+                launcher = load_shared(source, function)
             except Exception as e:  # one kernel's codegen bug must not stop the graph
                 g.error = f"Triton codegen failed: {type(e).__name__}: {e}"
                 continue
             art.sources[name] = source
+            art.functions[name] = function
             kind = g.group.kind
             epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
-            task = make_task(name, kind, g.problem, source, launcher.shapes, launcher.dtypes, epilogue_ops)
+            shapes, dtypes = launcher.shapes, launcher.dtypes
+            task = make_task(function, kind, g.problem, source, shapes, dtypes, epilogue_ops)
             # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
             tuned = None if config_override(kind) else tuned_record(task, art.target.device)
             config = tuned.config if tuned else default_config(kind, g.problem)
@@ -107,6 +158,17 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             p.kernels.append(kernel)
     return art
+
+
+_FUNCTION = re.compile(r"^@triton\.jit\ndef (\w+)\(", re.MULTILINE)
+
+
+def triton_function_name(source: str) -> str:
+    """The name of the `@triton.jit` function that emitted source defines."""
+    found = _FUNCTION.search(source)
+    if found is None:
+        raise ValueError("the source defines no @triton.jit function")
+    return found.group(1)
 
 
 def tile_module_text(art: GraphArtifact) -> str:

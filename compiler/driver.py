@@ -71,21 +71,24 @@ class Partition:
             "executor": self.executor,
             "aten_ops": aten_ops,
             "ein_ops": dict(sorted(ein_ops.items())),
-            "groups": [
-                {
-                    "name": g.group.name,
-                    "kind": g.group.kind,
-                    "ops": [op.name for op in g.group.ops],
-                    "kernel": g.kernel.sym_name.data if g.kernel is not None and not g.error else None,
-                    "config": kernels[g.group.name].config.key() if g.group.name in kernels else None,
-                    "config_source": kernels[g.group.name].config_source if g.group.name in kernels else None,
-                    "task_key": kernels[g.group.name].task_key if g.group.name in kernels else None,
-                    "tuned_ms": kernels[g.group.name].tuned_ms if g.group.name in kernels else None,
-                    "not_a_kernel_because": g.error,
-                }
-                for g in self.lowered
-            ],
+            "groups": [_group_entry(g, kernels.get(g.group.name)) for g in self.lowered],
         }
+
+
+def _group_entry(g: LoweredGroup, kernel: CompiledKernel | None) -> dict:
+    """A fusion group in the summary: what it fuses, its kernel, the Triton function and config it runs."""
+    return {
+        "name": g.group.name,
+        "kind": g.group.kind,
+        "ops": [op.name for op in g.group.ops],
+        "kernel": g.kernel.sym_name.data if g.kernel is not None and not g.error else None,
+        "triton_function": getattr(kernel.launcher, "name", None) if kernel else None,
+        "config": kernel.config.key() if kernel else None,
+        "config_source": kernel.config_source if kernel else None,
+        "task_key": kernel.task_key if kernel else None,
+        "tuned_ms": kernel.tuned_ms if kernel else None,
+        "not_a_kernel_because": g.error,
+    }
 
 
 @dataclass
@@ -100,7 +103,8 @@ class GraphArtifact:
     fallbacks: list[Fallback] = field(default_factory=list)
     module: ModuleOp | None = None
     target: Target = Target(interpret=True, allow_tf32=False)
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton source
+    functions: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton function
     cached: CacheEntry | None = None
     dump: GraphDump | None = None
     runners: dict[str, KernelPlan] = field(default_factory=dict)
@@ -262,7 +266,7 @@ def compile_aten_graph(
                     header = f"// -----// IR Dump After {stage.name} ({name}) //----- //"
                     print(f"{header}\n{text}", file=sys.stderr)
         if dump:
-            files += [dump.write(f"kernels/{k}.py", src) for k, src in art.sources.items()]
+            files += [dump.write(f"kernels/{k}.py", _kernel_file(art, k)) for k in art.sources]
         if cache_state == "miss":
             store_entry(key, CacheEntry(print_module(art.module), art.sources))
         result: Callable = art.partitioned
@@ -283,6 +287,23 @@ def compile_aten_graph(
     return result, summary
 
 
+def _kernel_file(art: GraphArtifact, kernel: str) -> str:
+    """A kernel's dumped source: the loaded source under comments naming its group, twins and operands."""
+    function, source = art.functions[kernel], art.sources[kernel]
+    twins = sorted(k for k, s in art.sources.items() if s == source and k != kernel)
+    lines = [f"# group kernel {kernel}: Triton function {function}"]
+    if twins:
+        lines.append(f"# the same source serves {', '.join(twins)}")
+    tile_kernel = next(
+        (g.kernel for p in art.compiled_partitions() for g in p.lowered
+         if g.kernel is not None and g.kernel.sym_name.data == kernel), None,
+    )  # fmt: skip
+    if tile_kernel is not None:
+        names = [f"arg{i} = {a.name_hint}" for i, a in enumerate(tile_kernel.body.block.args) if a.name_hint]
+        lines.append(f"# arguments: {', '.join(names)}")
+    return "\n".join([*lines, source])
+
+
 def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
     fallbacks = [f.as_dict() for f in art.fallbacks]
     if error:
@@ -294,5 +315,6 @@ def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
         "files": files,
         "partitions": [p.summary() for p in compiled],
         "fallbacks": fallbacks,
+        "kernels": {"total": len(art.sources), "distinct": len(set(art.sources.values()))},
     }
 

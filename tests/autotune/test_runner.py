@@ -47,10 +47,10 @@ def gemm(tmp_path_factory) -> tuple[TuningTask, KernelConfig]:
     (report,) = f.tilefuse_reports
     (group,) = [g for p in report["partitions"] for g in p["groups"] if g["kernel"]]
     source = (dump / report["dir"] / "kernels" / f"{group['kernel']}.py").read_text()
-    kernel = load(source, group["kernel"])
+    kernel = load(source, group["triton_function"])
     args = tuple(ArgSpec(shape, dtype) for shape, dtype in zip(kernel.shapes, kernel.dtypes))
     task = TuningTask("test-gemm", group["kernel"], group["kind"], {"M": 32, "N": 40, "K": 48}, source,
-                      group["kernel"], args)  # fmt: skip
+                      group["triton_function"], args)  # fmt: skip
     return task, KernelConfig.from_key(group["config"])
 
 
