@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -106,6 +108,8 @@ class GraphArtifact:
     sources: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton source
     functions: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton function
     cached: CacheEntry | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
+    triton_compile_seconds: float = 0.0  # the part of codegen spent compiling kernels ahead of launch
     dump: GraphDump | None = None
     runners: dict[str, KernelPlan] = field(default_factory=dict)
 
@@ -244,6 +248,8 @@ def compile_aten_graph(
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
     """
+    started = time.perf_counter()
+    capture = _capture_seconds(started)
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -257,7 +263,9 @@ def compile_aten_graph(
     try:
         print_after = _print_ir_after()
         for stage in STAGES:
+            stage_started = time.perf_counter()
             art = stage.run(art)
+            art.seconds[stage.name] = time.perf_counter() - stage_started
             if stage.dump and (dump or stage.name in print_after or "all" in print_after):
                 filename, text = stage.dump(art)
                 if dump:
@@ -279,6 +287,7 @@ def compile_aten_graph(
             files.append(dump.write("error.txt", traceback.format_exc()))
     summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None, "cache": cache_state}
     summary.update(_summary(art, files, error))
+    summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)
     for entry in summary["partitions"]:  # a partition that fails at run time records it here
         if entry["name"] in art.runners:
             art.runners[entry["name"]].report = entry
@@ -302,6 +311,58 @@ def _kernel_file(art: GraphArtifact, kernel: str) -> str:
         names = [f"arg{i} = {a.name_hint}" for i, a in enumerate(tile_kernel.body.block.args) if a.name_hint]
         lines.append(f"# arguments: {', '.join(names)}")
     return "\n".join([*lines, source])
+
+
+PASS_STAGES = (
+    "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups", "lower",
+)  # fmt: skip
+
+
+def _compile_seconds(art: GraphArtifact, capture: float | None, tilefuse: float) -> dict:
+    """Where the graph's compile time went: capture, each pass, codegen, Triton, the rest; and the total.
+
+    `capture` is Dynamo's tracing and aot_autograd's (None when the graph did not come
+    through Dynamo); `other` is the runtime stage, dumps and the compile cache.
+    """
+    passes = {name: round(art.seconds[name], 4) for name in PASS_STAGES if name in art.seconds}
+    triton = art.triton_compile_seconds
+    codegen = art.seconds.get("codegen", 0.0) - triton
+    other = tilefuse - sum(art.seconds.get(name, 0.0) for name in PASS_STAGES) - codegen - triton
+    return {
+        "capture": round(capture, 4) if capture is not None else None,
+        "passes": passes,
+        "codegen": round(codegen, 4),
+        "triton_compile": round(triton, 4),
+        "other": round(other, 4),
+        "total": round((capture or 0.0) + tilefuse, 4),
+    }
+
+
+# Capture time: from the moment Dynamo starts compiling a frame (its start callback) to the
+# moment aot_autograd hands the driver the aten graph. Dynamo runs one compile at a time.
+_capture = threading.local()
+
+
+def _capture_began(*_: object) -> None:
+    _capture.started = time.perf_counter()
+
+
+def _capture_ended(*_: object) -> None:
+    _capture.started = None
+
+
+def _capture_seconds(now: float) -> float | None:
+    started = getattr(_capture, "started", None)
+    return now - started if started is not None else None
+
+
+try:  # Dynamo's compile callbacks (torch._dynamo.callback); without them capture is not timed
+    from torch._dynamo.callback import callback_handler
+
+    callback_handler.register_start_callback(_capture_began)
+    callback_handler.register_end_callback(_capture_ended)
+except (ImportError, AttributeError):
+    pass
 
 
 def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:

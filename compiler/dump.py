@@ -80,6 +80,8 @@ def format_index(index: dict) -> str:
     for g in index["graphs"]:
         cache = g.get("cache", "off")
         lines.append(f"graph {g['name']}  ({g.get('kind', 'forward')}, compile cache: {cache})")
+        if g.get("compile_seconds"):
+            lines.append(f"  compile   {format_compile_seconds(g['compile_seconds'], g.get('kernels'))}")
         for filename in g.get("files", []):
             lines.append(f"  file      {g['dir']}/{filename}")
         for p in g.get("partitions", []):
@@ -95,3 +97,21 @@ def format_index(index: dict) -> str:
             lines.append(f"  fallback  {f['node']} ({f['op']}): {f['reason']}")
         lines.append("")
     return "\n".join(lines)
+
+
+def format_compile_seconds(seconds: dict, kernels: dict | None = None) -> str:
+    """One line saying where a graph's compile time went, and how many of its kernels are distinct."""
+    passes = seconds.get("passes", {})
+    slowest = sorted(passes.items(), key=lambda kv: -kv[1])[:3]
+    capture = seconds.get("capture")
+    parts = [
+        f"{seconds['total']:.2f} s:",
+        f"capture {capture:.2f}," if capture is not None else "capture (not timed),",
+        f"passes {sum(passes.values()):.2f} ({', '.join(f'{k} {v:.2f}' for k, v in slowest)}),",
+        f"codegen {seconds.get('codegen', 0.0):.2f},",
+        f"triton compile {seconds.get('triton_compile', 0.0):.2f},",
+        f"other {seconds.get('other', 0.0):.2f}",
+    ]
+    if kernels:
+        parts.append(f"; kernels {kernels['total']} ({kernels['distinct']} distinct)")
+    return " ".join(parts).replace(" ;", ";")

@@ -20,6 +20,7 @@ import networkx as nx
 
 from ..ir import parse_module
 from ..passes.fusion_groups import GROUP_ATTR, functions
+from .dump import format_compile_seconds
 
 PALETTE = (
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
@@ -172,6 +173,9 @@ def html_report(root: Path) -> str:
             f"{len(graph['partitions'])} compiled partition(s), {len(graph['fallbacks'])} op(s) in PyTorch"
         )
         body.append(f"<p>compile cache: {graph.get('cache')}; {counts}</p>")
+        if graph.get("compile_seconds"):
+            timing = format_compile_seconds(graph["compile_seconds"], graph.get("kernels"))
+            body.append(f"<p>compile time: {html.escape(timing)}</p>")
         groups_file = folder / "ein.groups.mlir"
         colours: dict[str, str] = {}
         if groups_file.exists():
