@@ -14,15 +14,20 @@ from .dump import resolve_dump_dir
 F = TypeVar("F", bound=Callable)
 
 
-@overload
-def compile(fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False) -> F: ...
+MODES = ("default", "reduce-overhead")
+
+
 @overload
 def compile(
-    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False
+    fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str = "default"
+) -> F: ...
+@overload
+def compile(
+    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str = "default"
 ) -> Callable[[F], F]: ...
 
 
-def compile(fn=None, *, dump=None, fullgraph=False):
+def compile(fn=None, *, dump=None, fullgraph=False, mode="default"):
     """Compile a function or `nn.Module` with tilefuse.
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Shapes
@@ -30,10 +35,15 @@ def compile(fn=None, *, dump=None, fullgraph=False):
     `TILEFUSE_DUMP` environment variable) names a folder for the IR of every
     stage. Ops tilefuse cannot compile run in PyTorch; the dump says which
     and why. The result has `tilefuse_reports`: one summary per compiled graph.
+    `mode="reduce-overhead"` (torch.compile's spelling) replays each graph as
+    a CUDA graph once warmed up (see `cudagraphs.py`; the report's
+    `cudagraphs` says whether it was captured, or why not).
     """
+    if mode not in MODES:
+        raise ValueError(f"tilefuse.compile: mode must be one of {MODES}, not {mode!r}")
     if fn is None:
-        return lambda f: compile(f, dump=dump, fullgraph=fullgraph)
-    options = CompileOptions(dump=resolve_dump_dir(dump))
+        return lambda f: compile(f, dump=dump, fullgraph=fullgraph, mode=mode)
+    options = CompileOptions(dump=resolve_dump_dir(dump), mode=mode)
     name = getattr(fn, "__name__", None) or type(fn).__name__
     backend = TilefuseBackend(options, name=name)
     compiled = torch.compile(fn, backend=backend, dynamic=False, fullgraph=fullgraph)

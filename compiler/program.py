@@ -193,6 +193,10 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
+    elif isinstance(op, ein.ConcatOp):
+        w.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
+    elif isinstance(op, ein.GatherOp):
+        w.emit(f"{name} = {_gather_expression(w, op, operands)}")
     else:
         glue = w.bind("op", _glue(op, w.inputs.device))
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
@@ -221,6 +225,28 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.emit(f"# {title} ({lowered.group.kind}): grid {launch.grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
+
+
+def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str:
+    """Advanced indexing equal to the interpreter's gather (PyTorch wraps negative indices itself);
+    an embedding lookup (a [V, D] table read at one index tensor, then along D) indexes rows only."""
+    out = shape_of(op.result.type)
+    table, indices = operands[0], operands[1:]
+    sources = op.sources
+    index_shape = shape_of(op.indices[0].type) if len(op.indices) == 1 else None
+    rows = len(out) - 1
+    if sources == (-1, rows) and index_shape is not None and list(index_shape[:rows]) == list(out[:rows]):
+        if all(d == 1 for d in index_shape[rows:]) and shape_of(op.table.type)[1] == out[rows]:
+            return f"{table}[{indices[0]}.reshape({tuple(out[:rows])!r})]  # ein.gather: rows of a table"
+    at = []
+    for m in sources:
+        if m >= 0:  # a result dim: an arange along it, made once
+            along = [1] * len(out)
+            along[m] = out[m]
+            at.append(w.bind("c", torch.arange(out[m], device=w.inputs.device).reshape(along)))
+        else:
+            at.append(indices[-1 - m])
+    return f"{table}[{', '.join(at)}].expand({tuple(out)!r})  # ein.gather"
 
 
 def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:

@@ -172,8 +172,13 @@ class BoundLaunch:
         self.constexprs = tuple(self.params.values())
         self.per_launch_tma = bool(kernel.tma_tensors)
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
+        self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
 
     def __call__(self, stream: int, *args: object) -> None:
+        raw = self.raw
+        if raw is not None:
+            raw(stream, args)
+            return
         binary = self.binary
         if binary is not None:
             g0, g1, g2 = self.grid
@@ -196,6 +201,7 @@ class BoundLaunch:
         binary = self.kernel.function[grid](*args, **params, **options)
         if not self.per_launch_tma and _direct_launch_possible(binary):
             self.binary = binary
+            self.raw = _raw_launch(binary, self.grid, self.constexprs)
 
 
 def _direct_launch_possible(binary: object) -> bool:
@@ -206,6 +212,40 @@ def _direct_launch_possible(binary: object) -> bool:
 
     runtime = knobs.runtime
     return all(_no_hooks(h) for h in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+def _raw_launch(binary: object, grid: tuple[int, int, int], constexprs: tuple) -> Callable | None:
+    """The binary's C launch function with everything but the stream and arguments bound, or None.
+
+    Triton's `CudaLauncher.__call__` spends several µs of Python per launch on
+    scratch buffers our kernels do not use; its C `launch` takes the same
+    arguments in an order that differs between Triton 3.6 and 3.9, both handled
+    here. Kernels that need scratch memory, or a layout not known here, keep
+    the `binary.run` path.
+    """
+    launcher = binary.run
+    launch = getattr(launcher, "launch", None)
+    if launch is None or getattr(launcher, "gsan_enabled", False):
+        return None
+    if getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
+        return None
+    g0, g1, g2 = grid
+    function, packed = binary.function, binary.packed_metadata
+    coop, pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
+    if hasattr(launcher, "arg_annotations"):  # Triton 3.9: arguments as one tuple, with annotations
+        annotations, signature = launcher.arg_annotations, launcher.kernel_signature
+
+        def launch_39(stream: int, args: tuple) -> None:
+            launch(g0, g1, g2, stream, function, coop, pdl, packed, None, None, None, None, None,
+                   annotations, signature, (*args, *constexprs))  # fmt: skip
+
+        return launch_39
+
+    def launch_36(stream: int, args: tuple) -> None:  # Triton 3.6: scratch, then metadata and arguments
+        launch(g0, g1, g2, stream, function, coop, pdl, None, None, packed, None, None, None,
+               *args, *constexprs)  # fmt: skip
+
+    return launch_36
 
 
 def _no_hooks(hook: object) -> bool:

@@ -1,0 +1,125 @@
+"""CUDA graph replay of a compiled graph: `tilefuse.compile(model, mode="reduce-overhead")`.
+
+A compiled graph's program launches tens of kernels per call; a CUDA graph
+launches them all with one call. Like torch.compile's "reduce-overhead"
+mode, the graph runs normally for its first calls (so Triton compiles and
+caches settle), is then captured once with its inputs in static buffers,
+and is replayed after copying each call's inputs in. Differences from
+PyTorch's own mode, chosen so the user's model behaves as in eager:
+
+- outputs are cloned out of the graph's memory pool after each replay, so a
+  result survives the next call (PyTorch overwrites it and warns);
+- parameters and buffers are not copied: the graph reads them in place, so an
+  in-place update (an optimizer step, `load_state_dict`) is seen by the next
+  replay; one that changes what was computed from them once (a norm weight
+  folded into a GEMM weight) is detected by version and the graph is
+  re-captured, and so is a parameter replaced by another tensor;
+- capture is refused, and the graph runs without it, when it cannot be safe:
+  inputs that are not CUDA tensors, or any error while capturing (an op that
+  synchronizes with the host, say). The reason goes in the graph's report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+log = logging.getLogger("tilefuse")
+
+WARMUP_CALLS = 2
+
+
+class CudaGraphReplay:
+    """Calls `fn` directly for `WARMUP_CALLS` calls, then as a captured CUDA graph."""
+
+    def __init__(self, fn: Callable, is_parameter: Sequence[bool], report: dict):
+        self.fn = fn
+        self.is_parameter = list(is_parameter)
+        self.report = report
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.pool = None
+        self.static_inputs: list[torch.Tensor] = []
+        self.static_outputs: object = None
+        self.parameter_state: tuple = ()
+        self.refused: str | None = None
+        self.captures = 0
+        report["cudagraphs"] = "not captured yet"
+
+    def __call__(self, *args: object) -> object:
+        if self.refused is not None:
+            return self.fn(*args)
+        self.calls += 1
+        if self.calls <= WARMUP_CALLS:
+            return self.fn(*args)
+        if self.graph is None or self._parameters_changed(args):
+            return self._capture(args)
+        for static, arg, param in zip(self.static_inputs, args, self.is_parameter):
+            if not param and static.data_ptr() != arg.data_ptr():
+                static.copy_(arg)
+        self.graph.replay()
+        return _clone(self.static_outputs)
+
+    def _parameter_state(self, args: Sequence[object]) -> tuple:
+        state = []
+        for arg, param in zip(args, self.is_parameter):
+            if param:
+                try:
+                    state.append((arg.data_ptr(), arg._version))
+                except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
+                    state.append((arg.data_ptr(), None))
+        return tuple(state)
+
+    def _parameters_changed(self, args: Sequence[object]) -> bool:
+        return self._parameter_state(args) != self.parameter_state
+
+    def _capture(self, args: Sequence[object]) -> object:
+        reason = _unsafe(args)
+        if reason is not None:
+            return self._refuse(reason, args)
+        try:
+            self.static_inputs = [
+                a if param else a.clone() for a, param in zip(args, self.is_parameter)
+            ]  # fmt: skip
+            self.fn(*self.static_inputs)  # settle one-time work (parameter-derived steps) outside the graph
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(self.graph, pool=self.pool):
+                self.static_outputs = self.fn(*self.static_inputs)
+            self.parameter_state = self._parameter_state(args)
+        except Exception as e:  # capture must never cost the user their result
+            self.graph = None
+            return self._refuse(f"capture failed: {type(e).__name__}: {e}", args)
+        self.captures += 1
+        self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
+        self.graph.replay()
+        return _clone(self.static_outputs)
+
+    def _refuse(self, reason: str, args: Sequence[object]) -> object:
+        self.refused = reason
+        self.report["cudagraphs"] = f"refused: {reason}"
+        log.warning("tilefuse: no CUDA graph for graph %s: %s", self.report.get("name"), reason)
+        return self.fn(*args)
+
+
+def _unsafe(args: Sequence[object]) -> str | None:
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            return f"input {i} is a {type(a).__name__}, not a tensor"
+        if not a.is_cuda:
+            return f"input {i} is on {a.device}, not a CUDA device"
+    if torch.cuda.is_current_stream_capturing():
+        return "called while another CUDA graph is being captured"
+    return None
+
+
+def _clone(outputs: object) -> object:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.clone()
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_clone(o) for o in outputs)
+    return outputs
