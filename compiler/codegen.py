@@ -24,6 +24,7 @@ from ..ir import tile
 from ..ir.module import make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
+from .artifact_cache import cache_dir
 from .runtime import CompiledKernel
 
 if TYPE_CHECKING:
@@ -157,7 +158,45 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             p.kernels.append(kernel)
+    art.triton_compile_seconds = precompile_kernels(art)
     return art
+
+
+def precompile_kernels(art: GraphArtifact) -> float:
+    """Compile the graph's distinct kernels in worker processes before their first launch (GPU only).
+
+    Returns the seconds it took. One job per distinct source and configuration; a
+    kernel that does not compile here compiles at its first launch, as it would anyway.
+    """
+    capability = _gpu_capability(art.target)
+    if capability is None:
+        return 0.0  # Triton's interpreter compiles nothing
+    import torch
+    import triton
+
+    from ..backends.triton import precompile
+
+    hopper, jobs = capability >= 90, {}
+    for p in art.compiled_partitions():
+        for k in p.kernels:
+            key = (k.launcher.path, k.config.key())
+            if key not in jobs:
+                c = k.config
+                jobs[key] = precompile.compile_job(k.launcher, c.params, c.num_warps, c.num_stages, hopper)
+    target = f"{art.target.device},sm{capability},torch {torch.__version__},triton {triton.__version__}"
+    cache = cache_dir()  # markers of what compiled live beside the compile cache, and go with it
+    markers = cache / "precompiled" if cache else None
+    return precompile.precompile(list(jobs.values()), target, marker_dir=markers).seconds
+
+
+def _gpu_capability(target: Target) -> int | None:
+    """The GPU's compute capability as one number (90: Hopper), or None when kernels are interpreted."""
+    import torch
+
+    if target.interpret or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
 
 
 _FUNCTION = re.compile(r"^@triton\.jit\ndef (\w+)\(", re.MULTILINE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
@@ -248,8 +247,8 @@ def compile_aten_graph(
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
     """
+    capture = _capture_seconds()
     started = time.perf_counter()
-    capture = _capture_seconds(started)
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -338,31 +337,20 @@ def _compile_seconds(art: GraphArtifact, capture: float | None, tilefuse: float)
     }
 
 
-# Capture time: from the moment Dynamo starts compiling a frame (its start callback) to the
-# moment aot_autograd hands the driver the aten graph. Dynamo runs one compile at a time.
-_capture = threading.local()
+def _capture_seconds() -> float | None:
+    """How long Dynamo has been compiling the frame whose graph this is (its tracing, aot_autograd's).
 
+    Read from Dynamo's metrics context, which spans one frame's compile; None outside
+    Dynamo (a graph compiled directly) or where this torch does not keep that context.
+    """
+    try:
+        from torch._dynamo.utils import get_metrics_context
 
-def _capture_began(*_: object) -> None:
-    _capture.started = time.perf_counter()
-
-
-def _capture_ended(*_: object) -> None:
-    _capture.started = None
-
-
-def _capture_seconds(now: float) -> float | None:
-    started = getattr(_capture, "started", None)
-    return now - started if started is not None else None
-
-
-try:  # Dynamo's compile callbacks (torch._dynamo.callback); without them capture is not timed
-    from torch._dynamo.callback import callback_handler
-
-    callback_handler.register_start_callback(_capture_began)
-    callback_handler.register_end_callback(_capture_ended)
-except (ImportError, AttributeError):
-    pass
+        context = get_metrics_context()
+        started = getattr(context, "_start_time_ns", 0) if context.in_progress() else 0
+    except (ImportError, AttributeError):
+        return None
+    return (time.time_ns() - started) / 1e9 if started else None
 
 
 def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:

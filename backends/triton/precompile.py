@@ -1,0 +1,297 @@
+"""Compiling a graph's distinct Triton kernels before their first launch, in worker processes.
+
+Triton compiles a kernel at its first launch, in the launching process, one after
+another: a graph with twenty distinct kernels waits for twenty compiles in a row.
+`precompile` compiles each distinct (kernel, configuration) ahead, in parallel worker
+processes, with `JITFunction.warmup` and the arguments its launch will pass (per tensor
+a pointer and its contiguous strides, then the tile parameters as constexprs, warps
+and stages; see `TritonKernel.__call__`). The binary lands in Triton's on-disk cache
+under the key the first launch looks up, so that launch only loads it.
+
+Workers are plain Python processes running this file as a script (they import torch and
+triton, not tilefuse), not a `multiprocessing` pool: spawn would re-run the user's main
+script in every worker, and a script without a `__main__` guard would compile and run
+its model again there. Nothing here can break a compile: a job that fails, a worker that
+crashes or outlives the timeout only leaves those kernels to compile at their first
+launch, as they would without this module. A job compiled once is remembered by a
+marker file keyed by its source, arguments, GPU and Triton version, so a later process
+(a compile-cache hit, say) starts no workers for it. Under Triton's interpreter (no
+GPU) there is nothing to compile.
+
+This file must run as a script: only the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .launcher import TritonKernel
+
+log = logging.getLogger("tilefuse")
+
+WORKERS_ENV = "TILEFUSE_COMPILE_WORKERS"  # how many worker processes; "0": compile at first launch
+TIMEOUT_S = 600.0  # for all the workers of one call; what is left over compiles at first launch
+MIN_JOBS = 4  # fewer kernels compile sooner at their first launches than workers start (~3 s: torch)
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One kernel and one configuration to compile: what its first launch will look up."""
+
+    path: str  # the kernel's source file, as `load` wrote it (its stem is the module name)
+    function: str  # the `@triton.jit` function in it
+    shapes: tuple[tuple[int, ...], ...]  # per tensor argument
+    dtypes: tuple[str, ...]  # per tensor argument, torch names ("float32", "bool")
+    constexprs: tuple[tuple[str, int], ...]  # tile parameters (and USE_TMA), in launch order
+    num_warps: int
+    num_stages: int
+
+    def key(self, target: str) -> str:
+        """A hash of everything the compiled binary depends on, for `target` (GPU and Triton version)."""
+        source = Path(self.path).read_bytes()
+        described = json.dumps([asdict(self), target], sort_keys=True).encode()
+        return hashlib.sha256(source + b"\0" + described).hexdigest()[:32]
+
+    @classmethod
+    def from_json(cls, data: dict) -> CompileJob:
+        return cls(
+            data["path"], data["function"], tuple(tuple(s) for s in data["shapes"]), tuple(data["dtypes"]),
+            tuple((k, v) for k, v in data["constexprs"]), data["num_warps"], data["num_stages"],
+        )  # fmt: skip
+
+
+def compile_job(
+    kernel: TritonKernel, config: Mapping[str, int], num_warps: int, num_stages: int, hopper: bool
+) -> CompileJob:
+    """The job that compiles `kernel` as its launch with `config` will, on contiguous tensors.
+
+    Like the launcher, a kernel that can read through TMA descriptors gets `USE_TMA` as
+    the config or `TILEFUSE_TMA` asks, where its operands' layouts allow it (`hopper`:
+    the GPU has TMA).
+    """
+    constexprs = [(p, int(config[p])) for p in kernel.params]
+    if kernel.tma_tensors:
+        wanted = config.get("USE_TMA")
+        chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
+        operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
+        fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
+        constexprs.append(("USE_TMA", bool(chosen and fits)))
+    return CompileJob(
+        str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
+        num_warps, num_stages,
+    )  # fmt: skip
+
+
+_ELEMENT_BYTES = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2, "int16": 2}
+
+
+def _dense_rows_aligned(shape: Sequence[int], dtype: str) -> bool:
+    # a contiguous tensor's strides are its trailing sizes' products; TMA wants them 16-byte aligned
+    size, stride, strides = _ELEMENT_BYTES.get(dtype, 1), 1, []
+    for dim in reversed(shape[1:]):
+        stride *= dim
+        strides.append(stride)
+    return all(s * size % 16 == 0 for s in strides)
+
+
+@dataclass
+class PrecompileResult:
+    """What one `precompile` call did; kernels it did not compile compile at their first launch."""
+
+    jobs: int = 0
+    compiled: int = 0
+    already: int = 0  # compiled by an earlier process (a marker says so)
+    failed: dict[int, str] = field(default_factory=dict)  # job index -> why
+    workers: int = 0
+    seconds: float = 0.0
+    error: str | None = None  # why nothing was compiled, if something beyond one job went wrong
+
+
+def precompile(
+    jobs: Sequence[CompileJob],
+    target: str,
+    workers: int | None = None,
+    timeout_s: float = TIMEOUT_S,
+    marker_dir: Path | None = None,
+    compile_fn: str | None = None,
+    min_jobs: int = MIN_JOBS,
+) -> PrecompileResult:
+    """Compile `jobs` in parallel worker processes; never raises.
+
+    `target` names the GPU and versions (it keys the markers under `marker_dir`; none:
+    no markers). `workers` defaults to `$TILEFUSE_COMPILE_WORKERS`, else one per CPU up
+    to 16; 0 compiles nothing, and so do fewer than `min_jobs` jobs left to compile.
+    `compile_fn` ("module:function", importable by the workers) replaces `warm_up`, for
+    tests.
+    """
+    started = time.perf_counter()
+    result = PrecompileResult(jobs=len(jobs))
+    try:
+        todo = _not_yet_compiled(jobs, target, marker_dir, result)
+        count = min(len(todo), _worker_count(workers)) if len(todo) >= min_jobs else 0
+        if count:
+            result.workers = count
+            shares = [todo[i::count] for i in range(count)]
+            done = _run_workers(shares, jobs, timeout_s, compile_fn, result)
+            _mark(done, jobs, target, marker_dir)
+    except Exception as e:  # the kernels compile at their first launch instead
+        log.debug("tilefuse: precompile failed: %s", e, exc_info=True)
+        result.error = f"{type(e).__name__}: {e}"
+    result.seconds = time.perf_counter() - started
+    if result.failed:
+        left = len(result.failed)
+        log.info("tilefuse: %d kernel(s) left to compile at first launch: %s", left, result.failed)
+    return result
+
+
+def _worker_count(workers: int | None) -> int:
+    if workers is None:
+        configured = os.environ.get(WORKERS_ENV)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = int(configured) if configured else min(cpus, 16)
+    return max(0, workers)
+
+
+def _marker(job: CompileJob, target: str, marker_dir: Path) -> Path:
+    return marker_dir / job.key(target)
+
+
+def _not_yet_compiled(
+    jobs: Sequence[CompileJob], target: str, marker_dir: Path | None, result: PrecompileResult
+) -> list[int]:
+    todo = []
+    for i, job in enumerate(jobs):
+        if marker_dir is not None and _marker(job, target, marker_dir).exists():
+            result.already += 1
+        else:
+            todo.append(i)
+    return todo
+
+
+def _mark(done: list[int], jobs: Sequence[CompileJob], target: str, marker_dir: Path | None) -> None:
+    if marker_dir is None or not done:
+        return
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    for i in done:
+        _marker(jobs[i], target, marker_dir).touch()
+
+
+def _run_workers(
+    shares: list[list[int]], jobs: Sequence[CompileJob], timeout_s: float, compile_fn: str | None,
+    result: PrecompileResult,
+) -> list[int]:  # fmt: skip
+    """Start one worker per share, collect what each reports; returns the jobs that compiled."""
+    command = [sys.executable, str(Path(__file__).resolve()), *([compile_fn] if compile_fn else [])]
+    env = dict(os.environ)
+    if compile_fn:  # the function's module must import in the worker as it does here
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    running = []
+    for share in shares:
+        errors = tempfile.TemporaryFile()
+        proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env, text=True
+        )
+        payload = [{"index": i, **asdict(jobs[i])} for i in share]
+        running.append((proc, share, errors, json.dumps(payload)))
+    deadline = time.monotonic() + timeout_s
+    done: list[int] = []
+    for proc, share, errors, payload in running:
+        try:
+            out, _ = proc.communicate(payload, timeout=max(0.1, deadline - time.monotonic()))
+            ended = f"worker exited with code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            ended = f"worker timed out after {timeout_s:.0f} s"
+        reported = _read_reports(out, result)
+        done += [i for i in share if i in reported and i not in result.failed]
+        missing = [i for i in share if i not in reported]
+        if missing:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+            for i in missing:
+                result.failed[i] = f"{ended}{': ' + tail[0] if tail else ''}"
+        errors.close()
+    result.compiled = len(done)
+    return done
+
+
+def _read_reports(out: str, result: PrecompileResult) -> set[int]:
+    """The job indices a worker reported on (its stdout: one JSON object per line); failures noted."""
+    reported = set()
+    for line in out.splitlines():
+        try:
+            report = json.loads(line)
+            index = int(report["index"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a stray print from a library
+        reported.add(index)
+        if report.get("error"):
+            result.failed[index] = report["error"]
+    return reported
+
+
+def warm_up(job: CompileJob) -> None:
+    """Compile `job` into Triton's cache, as its launch would (in a worker process)."""
+    import torch
+
+    module = _kernel_module(job.path)
+    function = getattr(module, job.function)
+    args: list[object] = []
+    for shape, dtype in zip(job.shapes, job.dtypes):
+        torch_dtype = getattr(torch, dtype)
+        # Triton puts an aligned mock tensor where a dtype goes; the strides are a contiguous tensor's
+        args += [torch_dtype, *torch.empty(shape, dtype=torch_dtype, device="meta").stride()]
+    options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
+    function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
+
+
+def _kernel_module(path: str) -> object:
+    # the module name `load` gave it: Triton's cache key must not differ from the launching process's
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolve(spec: str) -> Callable[[CompileJob], None]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """A worker: compile the jobs read from stdin (JSON), report each on a line of stdout."""
+    compile_fn = _resolve(argv[0]) if argv else warm_up
+    for data in json.load(sys.stdin):
+        started = time.perf_counter()
+        report: dict[str, object] = {"index": data["index"]}
+        try:
+            compile_fn(CompileJob.from_json(data))
+        except Exception as e:
+            report["error"] = f"{type(e).__name__}: {e}"
+        report["seconds"] = round(time.perf_counter() - started, 3)
+        print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    # run as a script, this folder is sys.path[0]: keep its modules from shadowing installed ones
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
+    sys.exit(worker_main(sys.argv[1:]))

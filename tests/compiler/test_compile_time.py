@@ -1,0 +1,214 @@
+"""Compile time: identical kernels compiled once, the precompile pool, timings in the report, cache hits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import tilefuse
+import tilefuse.backends.triton as triton_backend
+from helpers import compile_and_compare, fusion_groups
+from tilefuse.backends.triton import precompile
+from tilefuse.compiler import codegen
+
+BLOCK = """
+import torch
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.up = torch.nn.Linear(dim, 2 * dim)
+        self.down = torch.nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+
+def model(blocks, dim=16):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[Block(dim) for _ in range(blocks)]).eval()
+"""
+
+
+@pytest.fixture
+def blocks(tmp_path, monkeypatch):
+    """The module above, importable here and in a subprocess (from tmp_path)."""
+    (tmp_path / "tf_blocks.py").write_text(BLOCK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tf_blocks
+
+    yield tf_blocks
+    sys.modules.pop("tf_blocks", None)
+
+
+def _count_loads(monkeypatch) -> list[str]:
+    """Every Triton source loaded from now on (the process's loaded kernels forgotten first)."""
+    monkeypatch.setattr(codegen, "_launchers", {})
+    loaded: list[str] = []
+    real = triton_backend.load
+
+    def counting(source, name, *args, **kwargs):
+        loaded.append(source)
+        return real(source, name, *args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "load", counting)
+    return loaded
+
+
+def test_identical_blocks_compile_each_distinct_kernel_once(blocks, monkeypatch):
+    x = torch.randn(2, 4, 16)
+    one = compile_and_compare(blocks.model(1), x, rtol=1e-4, atol=1e-4)
+    loaded = _count_loads(monkeypatch)
+    three = compile_and_compare(blocks.model(3), x, rtol=1e-4, atol=1e-4)
+    (k1,), (k3,) = [r["kernels"] for r in one], [r["kernels"] for r in three]
+    assert k3["total"] == 3 * k1["total"] and k3["distinct"] == k1["distinct"] < k1["total"] + 1, (k1, k3)
+    assert len(loaded) == len(set(loaded)) == k3["distinct"]
+    # twin groups (one per block) name the same Triton function: Triton compiles it once
+    groups = [g for g in fusion_groups(three) if g["kernel"]]
+    assert len({g["triton_function"] for g in groups}) == k3["distinct"]
+    assert len({g["kernel"] for g in groups}) == k3["total"]
+
+
+def test_report_says_where_compile_time_went(blocks, tmp_path):
+    dump = tmp_path / "dump"
+    compiled = tilefuse.compile(blocks.model(2), dump=dump)
+    with torch.no_grad():
+        compiled(torch.randn(2, 4, 16))
+    (report,) = compiled.tilefuse_reports
+    seconds = report["compile_seconds"]
+    stages = ("partition", "import", "canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups")
+    assert set(seconds["passes"]) == {*stages, "lower"}
+    assert seconds["capture"] > 0 and seconds["codegen"] > 0 and seconds["triton_compile"] == 0  # interpreter
+    parts = seconds["capture"] + sum(seconds["passes"].values()) + seconds["codegen"] + seconds["other"]
+    assert all(v >= 0 for v in [*seconds["passes"].values(), seconds["other"]])
+    assert parts == pytest.approx(seconds["total"], abs=1e-3)
+    index = json.loads((dump / "index.json").read_text())["graphs"][0]
+    assert index["compile_seconds"] == seconds and index["kernels"] == report["kernels"]
+    assert f"kernels {report['kernels']['total']} ({report['kernels']['distinct']} distinct)" in (
+        dump / "index.txt"
+    ).read_text()
+    kernel = next(g for g in fusion_groups([report]) if g["kernel"])
+    text = (dump / report["dir"] / "kernels" / f"{kernel['kernel']}.py").read_text()
+    assert text.startswith(f"# group kernel {kernel['kernel']}: Triton function {kernel['triton_function']}")
+
+
+FAKE_COMPILE = """
+import os, time
+
+def compile(job):
+    if job.function == "fails":
+        raise RuntimeError("too much shared memory")
+    if job.function == "crashes":
+        os._exit(3)
+    if job.function == "hangs":
+        time.sleep(60)
+    with open(os.environ["FAKE_COMPILE_LOG"], "a") as log:
+        log.write(f"{job.function} {job.constexprs} {os.getpid()}\\n")
+"""
+
+
+@pytest.fixture
+def fake_compile(tmp_path, monkeypatch) -> Path:
+    """A compile function for the workers that logs each job (function, constexprs, pid)."""
+    (tmp_path / "tf_fake_compile.py").write_text(FAKE_COMPILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    log = tmp_path / "compiled.log"
+    monkeypatch.setenv("FAKE_COMPILE_LOG", str(log))
+    return log
+
+
+def _job(path: Path, function: str) -> precompile.CompileJob:
+    return precompile.CompileJob(str(path), function, ((4, 8),), ("float32",), (("BLOCK", 64),), 4, 2)
+
+
+def test_precompile_pool_survives_failing_crashing_and_hanging_jobs(fake_compile, tmp_path):
+    source = tmp_path / "kernel.py"
+    source.write_text("# a kernel\n")
+    jobs = [_job(source, f"k{i}") for i in range(4)] + [_job(source, n) for n in ("fails", "crashes", "hangs")]
+    result = precompile.precompile(
+        jobs, "gpu", workers=3, timeout_s=3, marker_dir=tmp_path / "markers", compile_fn="tf_fake_compile:compile"
+    )
+    assert result.workers == 3 and result.error is None
+    assert result.failed[4] == "RuntimeError: too much shared memory"
+    assert "exited with code 3" in result.failed[5] and "timed out" in result.failed[6]
+    compiled = [line.split()[0] for line in fake_compile.read_text().splitlines()]
+    # a crash loses the rest of its worker's share, never the other workers' jobs
+    assert set(compiled) <= {"k0", "k1", "k2", "k3"} and result.compiled == len(compiled) >= 2
+    again = precompile.precompile(jobs[:4], "gpu", workers=3, marker_dir=tmp_path / "markers", min_jobs=1,
+                                  compile_fn="tf_fake_compile:compile")  # fmt: skip
+    assert again.already == len(compiled) and again.compiled == 4 - len(compiled)  # remembered ones skipped
+
+
+def test_precompile_without_workers_or_with_a_broken_worker_never_raises(tmp_path):
+    jobs = [_job(tmp_path / "missing.py", f"k{i}") for i in range(4)]
+    assert precompile.precompile(jobs, "gpu", workers=0).workers == 0
+    broken = precompile.precompile(jobs, "gpu", workers=2, compile_fn="no_such_module:compile", timeout_s=30)
+    assert broken.compiled == 0 and sorted(broken.failed) == [0, 1, 2, 3]
+
+
+def test_codegen_precompiles_each_distinct_kernel_once_on_a_gpu(blocks, fake_compile, monkeypatch, tmp_path):
+    """On a GPU, codegen hands each distinct (kernel, config) to the pool once (GPU faked, compile faked)."""
+    monkeypatch.setattr(codegen, "_gpu_capability", lambda target: 90)
+    calls = []
+    real = precompile.precompile
+
+    def with_fake(jobs, target, **kwargs):
+        calls.append((jobs, target))
+        kwargs |= {"compile_fn": "tf_fake_compile:compile", "workers": 2, "min_jobs": 1}
+        return real(jobs, target, **kwargs)
+
+    monkeypatch.setattr(precompile, "precompile", with_fake)
+    reports = compile_and_compare(blocks.model(3), torch.randn(2, 4, 16), rtol=1e-4, atol=1e-4)
+    ((jobs, target),) = calls
+    (report,) = reports
+    assert "sm90" in target and len(jobs) == report["kernels"]["distinct"]
+    functions = {g["triton_function"] for g in fusion_groups(reports) if g["kernel"]}
+    assert {job.function for job in jobs} == functions and all(Path(job.path).is_file() for job in jobs)
+    logged = fake_compile.read_text().splitlines()
+    assert sorted(line.split()[0] for line in logged) == sorted(job.function for job in jobs)
+    assert len({line.split()[-1] for line in logged}) == 2  # two worker processes
+    assert report["compile_seconds"]["triton_compile"] > 0
+
+
+CACHE_HIT = """
+import json, sys, time
+import torch, tilefuse
+import tf_blocks
+
+model = tf_blocks.model(2)
+x = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+compiled = tilefuse.compile(model)
+with torch.no_grad():
+    out = compiled(x)
+    expected = model(x)
+(report,) = compiled.tilefuse_reports
+print(json.dumps({"cache": report["cache"], "seconds": report["compile_seconds"],
+                  "error": (out - expected).abs().max().item()}))
+"""
+
+
+def test_cache_hit_in_a_new_process_is_fast_and_matches_eager(blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    compiled = tilefuse.compile(blocks.model(2))
+    with torch.no_grad():
+        compiled(torch.randn(2, 4, 16))
+    assert compiled.tilefuse_reports[0]["cache"] == "miss"
+    script = tmp_path / "hit.py"
+    script.write_text(textwrap.dedent(CACHE_HIT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds = result["seconds"]
+    assert result["cache"] == "hit" and result["error"] < 1e-4
+    tilefuse_s = seconds["total"] - seconds["capture"]
+    assert tilefuse_s < 0.5, seconds
