@@ -77,8 +77,9 @@ class Measurement:
     note: str = ""
 
 
-def time_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """Median milliseconds of `fn()`: Triton's do_bench on a GPU, else a wall-clock median."""
+def time_ms(fn: Callable[[], object], device: torch.device, cpu_repeats: int = 5) -> float:
+    """Median milliseconds of `fn()`: Triton's do_bench on a GPU, else a wall-clock median of
+    `cpu_repeats` calls after one warm-up call."""
     if device.type == "cuda":
         import triton.testing  # only here: a CPU-only install of torch need not have Triton
 
@@ -86,7 +87,7 @@ def time_ms(fn: Callable[[], object], device: torch.device) -> float:
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
     fn()
     times = []
-    for _ in range(5):
+    for _ in range(cpu_repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -285,6 +286,28 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def environment_lines(
+    module: str, device: torch.device, dtype: torch.dtype, argv: Sequence[str]
+) -> list[str]:
+    """The header lines every results file starts with: the command (`python -m module argv`),
+    the device, the date, the torch/triton/tilefuse versions (and git commit), the dtype and
+    how times were taken."""
+    if device.type == "cuda":
+        where, timing = torch.cuda.get_device_name(device), "triton.testing.do_bench median, L2 flushed"
+    else:
+        where, timing = f"CPU {platform.machine()}, {torch.get_num_threads()} threads", "wall-clock median"
+    commit = _git_commit()
+    return [
+        f"- command: `python -m {module} {shlex.join(argv)}`",
+        f"- device: {where}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- torch {torch.__version__}, triton {_triton_version()}, tilefuse {tilefuse.__version__}"
+        + (f" ({commit})" if commit else ""),
+        f"- dtype {str(dtype).removeprefix('torch.')}, float32 matmul precision "
+        f"`{torch.get_float32_matmul_precision()}`; timing: {timing}",
+    ]
+
+
 def describe_environment(
     device: torch.device,
     dtype: torch.dtype,
@@ -293,19 +316,8 @@ def describe_environment(
     copy_shape: tuple[int, ...],
 ) -> list[str]:
     """The header lines: what ran, where, when, with which versions, and how it was timed."""
-    if device.type == "cuda":
-        where, timing = torch.cuda.get_device_name(device), "triton.testing.do_bench median, L2 flushed"
-    else:
-        where, timing = f"CPU {platform.machine()}, {torch.get_num_threads()} threads", "wall-clock median"
-    commit = _git_commit()
     return [
-        f"- command: `python -m tilefuse.benchmarks.run {shlex.join(argv)}`",
-        f"- device: {where}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- torch {torch.__version__}, triton {_triton_version()}, tilefuse {tilefuse.__version__}"
-        + (f" ({commit})" if commit else ""),
-        f"- dtype {str(dtype).removeprefix('torch.')}, float32 matmul precision "
-        f"`{torch.get_float32_matmul_precision()}`; timing: {timing}",
+        *environment_lines("tilefuse.benchmarks.run", device, dtype, argv),
         "- TFLOP/s counts the matrix products only; tilefuse speedup = baseline ms / tilefuse ms "
         "(> 1: tilefuse is faster); rel. err = ‖out − ref‖ / ‖ref‖ against float64 on the same inputs",
         f"- copy bandwidth: {copy_gbps:.4g} GB/s (`dst.copy_(src)`, {'x'.join(map(str, copy_shape))} "

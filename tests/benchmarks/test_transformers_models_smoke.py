@@ -1,0 +1,92 @@
+"""The transformers model benchmark on the CPU: `--tiny` end to end on one model (eager and
+tilefuse, the cached compile in a child process, the host-overhead microbenchmark), and its
+pure parts (overhead arithmetic, profiler event counting, tables, failing cells) directly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tilefuse.benchmarks.transformers_models import (  # noqa: E402
+    CANDIDATES,
+    ModelResult,
+    Timing,
+    host_us_per_kernel,
+    kernel_stats,
+    main,
+    overhead_verdict,
+    render_models_table,
+    render_overhead_table,
+)
+
+
+def table_rows(report: str, title: str) -> list[dict[str, str]]:
+    """The markdown table under the `## title...` heading, as one dict per row."""
+    section = report.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+    return [dict(zip(split[0], row)) for row in split[2:]]
+
+
+def test_tiny_run_on_cpu_writes_every_row(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "1")  # generated kernels, in Triton's interpreter
+    out = tmp_path / "models.md"
+    main(["--tiny", "--no-torch-compile", "--models", "llama", "--out", str(out)])
+    report = out.read_text()
+    assert report in capsys.readouterr().out
+    assert "transformers " in report and "device: CPU" in report and "torch " in report
+    rows = table_rows(report, "Models")
+    assert [(r["model"], r["candidate"]) for r in rows] == [("llama 2x16", c) for c in CANDIDATES]
+    by_candidate = {r["candidate"]: r for r in rows}
+    for candidate in ("eager", "tilefuse"):
+        row = by_candidate[candidate]
+        assert "FAILED" not in row["notes"], row
+        assert float(row["median ms"]) > 0 and float(row["wall ms"]) > 0, row
+        assert float(row["err vs fp64"]) < 1e-4 and math.isfinite(float(row["err vs eager"])), row
+    tilefuse_row = by_candidate["tilefuse"]
+    assert float(tilefuse_row["first call s"]) > 0 and float(tilefuse_row["cached s"]) > 0
+    assert "kernel(s)" in tilefuse_row["notes"] and "new process: cache" in tilefuse_row["notes"]
+    assert by_candidate["torch.compile"]["notes"].startswith("skipped")
+    overhead = {r["candidate"]: r for r in table_rows(report, "Host overhead")}
+    assert list(overhead) == list(CANDIDATES)
+    assert "FAILED" not in overhead["tilefuse"]["notes"] and "20 kernel(s)" in overhead["tilefuse"]["notes"]
+    assert float(overhead["tilefuse"]["err vs fp64"]) < 1e-4
+
+
+def test_host_overhead_per_kernel():
+    assert host_us_per_kernel(wall=0.5, gpu=0.1, kernels=20) == pytest.approx(20.0)
+    assert host_us_per_kernel(wall=0.5, gpu=None, kernels=20) is None
+    assert host_us_per_kernel(wall=0.5, gpu=0.1, kernels=0) is None
+
+
+def test_kernel_stats_counts_device_events_per_call():
+    from torch.autograd import DeviceType
+
+    def event(device_type, us):
+        return SimpleNamespace(device_type=device_type, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event(DeviceType.CPU, 1000.0)] + [event(DeviceType.CUDA, 5.0)] * 6
+    gpu_ms, kernels = kernel_stats(events, calls=2)
+    assert gpu_ms == pytest.approx(0.015) and kernels == 3
+
+
+def test_tables_show_errors_in_cells_and_the_verdict():
+    timings = [
+        Timing("eager", median_ms=2.0, wall_ms=2.0, gpu_ms=1.5, kernels=50, err_eager=0.0, err_fp64=1e-3),
+        Timing("torch.compile", error="OutOfMemoryError: CUDA out of memory | tried"),
+        Timing("tilefuse", median_ms=1.0, wall_ms=1.1, gpu_ms=1.0, kernels=25, first_call_s=3.0, cached_s=0.4),
+    ]
+    table = render_models_table([ModelResult("llama", "4x512", timings)])
+    lines = table.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("| model | candidate | median ms | vs eager |")
+    assert "| llama 4x512 | tilefuse | 1 | 2.00 | 1.1 | 1 | 25 | 4 | 3 | 0.4 |" in table
+    assert "FAILED: OutOfMemoryError: CUDA out of memory \\| tried" in lines[3]
+    assert "| — | — |" in lines[3]
+    assert render_overhead_table(timings).count("\n") == 4
+    assert overhead_verdict(timings) == "tilefuse: 4 µs per kernel, target ≤ 6 µs: met"
+    assert "not measured" in overhead_verdict([Timing("tilefuse", wall_ms=1.0)])
