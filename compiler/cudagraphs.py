@@ -2,8 +2,8 @@
 
 A compiled graph's program launches tens of kernels per call; a CUDA graph
 launches them all with one call. Like torch.compile's "reduce-overhead"
-mode, the graph runs normally for its first calls (so Triton compiles and
-caches settle), is then captured once with its inputs in static buffers,
+mode, the graph runs normally for its first calls (so Triton compiles,
+caches settle and each partition's measured choice is made), is then captured once with its inputs in static buffers,
 and is replayed after copying each call's inputs in. Differences from
 PyTorch's own mode, chosen so the user's model behaves as in eager:
 
@@ -26,9 +26,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .selection import ROUNDS
+
 log = logging.getLogger("tilefuse")
 
-WARMUP_CALLS = 2
+# Triton compiles on the first call; the partition's program-vs-PyTorch measurement takes the next few
+WARMUP_CALLS = 2 + ROUNDS
 
 
 class CudaGraphReplay:

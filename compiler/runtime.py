@@ -35,6 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..passes.fusion_groups import VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .program import Program, ProgramInputs, write_program
+from .selection import Selection, selection_enabled
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
@@ -63,7 +64,9 @@ class KernelPlan(torch.nn.Module):
     lowering) is reported once, with its cause, as a warning and in the
     graph's report, and the partition runs as the captured PyTorch code from
     then on; a call whose arguments do not match the program's guard runs it
-    too. On a machine without CUDA the generated kernels would run in Triton's
+    too. On a GPU, the first calls measure the program against the captured
+    PyTorch code and keep the faster (`selection.py`). On a machine without
+    CUDA the generated kernels would run in Triton's
     interpreter, hundreds of times slower than PyTorch: they do so only when
     `TILEFUSE_INTERPRET=1` asks for it.
     """
@@ -88,6 +91,7 @@ class KernelPlan(torch.nn.Module):
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None
         self.guard_misses = 0
+        self.selection = Selection(device) if selection_enabled(device) else None
         n_glue = sum(1 for op in self.steps if op not in self.launch_at)
         n_once = sum(1 for op in self.param_sources if op in self.launch_at)
         once = f" ({n_once} on parameters only: run once, reused while they are unchanged)"
@@ -103,13 +107,27 @@ class KernelPlan(torch.nn.Module):
             try:
                 if self.program is None:
                     self.program = self._write_program(args)
-                out = self.program.call(args)
+                if self.selection is not None and self.selection.choice is None:
+                    out = self._select(args)
+                elif self.selection is None or self.selection.choice == "program":
+                    out = self.program.call(args)
+                else:
+                    return self.fallback(*args)
                 if out is not None:
                     return out
                 self.guard_misses += 1
             except Exception as e:  # never crash the user's model: run the captured PyTorch code
                 self._give_up(e)
         return self.fallback(*args)
+
+    def _select(self, args: Sequence[torch.Tensor]) -> object:
+        out = self.selection.step(lambda: self.program.call(args), lambda: self.fallback(*args))
+        if self.selection.choice is not None:
+            self.report["selection"] = self.selection.summary()
+            if self.selection.choice == "pytorch":
+                self.executor = f"pytorch (measured faster than the {self.executor})"
+                self.report["executor"] = self.executor
+        return out
 
     def _write_program(self, args: Sequence[torch.Tensor]) -> Program:
         block = self.function.body.block

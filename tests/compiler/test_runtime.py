@@ -173,3 +173,28 @@ def test_a_gather_outside_kernels_is_plain_indexing(ids, tmp_path):
     fn = lambda t, i: t[i]  # noqa: E731
     compiled, _ = _compile_aten(fn, table, index)
     torch.testing.assert_close(compiled(table, index), fn(table, index))
+
+
+@pytest.mark.parametrize("faster", ["program", "pytorch"])
+def test_the_measured_faster_way_runs_the_partition(monkeypatch, faster):
+    from tilefuse.compiler import runtime, selection
+
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: True)
+    launches = []
+    real = BoundLaunch.__call__
+    monkeypatch.setattr(BoundLaunch, "__call__", lambda self, *a: (launches.append(1), real(self, *a))[1])
+    fn = lambda x: torch.softmax(x * 3, dim=-1)  # noqa: E731
+    compiled, _ = _compile_aten(fn, torch.randn(4, 8))
+    (plan,) = _plans(compiled)
+    plan.selection.clock = lambda kind, run, device: (run(), 1.0 if kind == faster else 5.0)
+    for _ in range(2 + selection.ROUNDS):
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert plan.selection.choice == faster
+    assert plan.report["selection"] == {
+        "chosen": faster, "program_ms": 1.0 if faster == "program" else 5.0,
+        "pytorch_ms": 5.0 if faster == "program" else 1.0,
+    }  # fmt: skip
+    before = len(launches)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert (len(launches) > before) == (faster == "program")

@@ -1,0 +1,83 @@
+"""Never slower than PyTorch: a partition's program is measured against its captured PyTorch code.
+
+On a GPU, the first calls of a compiled partition time both ways of running
+it on the call's own inputs (wall time, the GPU synchronized around each, so
+host overhead counts as the user sees it) and keep the faster from then on.
+The first call only warms up (Triton compiles, the program is written); the
+next `ROUNDS` calls run both, alternating which goes first, and the medians
+decide. The choice and both times go in the partition's report
+(`selection`). `TILEFUSE_SELECT=0` keeps the generated program without
+measuring. A finer choice, per fused group between its kernel and the
+library path, is the autotuner's job; this one guarantees the whole.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+SELECT_ENV = "TILEFUSE_SELECT"
+ROUNDS = 3
+
+
+def selection_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get(SELECT_ENV, "1") != "0"
+
+
+def timed(kind: str, run: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """`run()` (the `kind` way) and its wall time in ms, the device synchronized before and after."""
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    torch.cuda.synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+@dataclass
+class Selection:
+    """The measurements of one partition's two ways of running, and the choice once made."""
+
+    device: torch.device
+    program_ms: list[float] = field(default_factory=list)
+    pytorch_ms: list[float] = field(default_factory=list)
+    calls: int = 0
+    choice: str | None = None  # "program" or "pytorch"
+    clock: Callable[[str, Callable[[], object], torch.device], tuple[object, float]] = timed
+
+    def step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
+        """Run one call while measuring; returns the program's result (its correctness is the
+        program's own; only its speed is in question), or None where the program's guard refused."""
+        clock = self.clock
+        self.calls += 1
+        if self.calls == 1 or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return program()
+        if self.calls == 2:  # PyTorch's first run pays its own warm-up (library handles, autotuning)
+            pytorch()
+            return program()
+        first_program = self.calls % 2 == 0
+        if first_program:
+            out, ms = clock("program", program, self.device)
+            _, other = clock("pytorch", pytorch, self.device)
+        else:
+            _, other = clock("pytorch", pytorch, self.device)
+            out, ms = clock("program", program, self.device)
+        if out is None:  # the program's guard refused these inputs: nothing was measured
+            return None
+        self.program_ms.append(ms)
+        self.pytorch_ms.append(other)
+        if len(self.program_ms) >= ROUNDS:
+            faster = statistics.median(self.program_ms) <= statistics.median(self.pytorch_ms)
+            self.choice = "program" if faster else "pytorch"
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "chosen": self.choice,
+            "program_ms": round(statistics.median(self.program_ms), 4) if self.program_ms else None,
+            "pytorch_ms": round(statistics.median(self.pytorch_ms), 4) if self.pytorch_ms else None,
+        }
