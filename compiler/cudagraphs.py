@@ -3,9 +3,10 @@
 A compiled graph's program launches tens of kernels per call; a CUDA graph
 launches them all with one call. Like torch.compile's "reduce-overhead"
 mode, the graph runs normally for its first calls (so Triton compiles,
-caches settle and each partition's measured choice is made), is then captured once with its inputs in static buffers,
-and is replayed after copying each call's inputs in. Differences from
-PyTorch's own mode, chosen so the user's model behaves as in eager:
+caches settle and each partition's measured choice is made), is then
+captured once with its inputs in static buffers, and is replayed after
+copying each call's inputs in. Differences from PyTorch's own mode,
+chosen so the user's model behaves as in eager:
 
 - outputs are cloned out of the graph's memory pool after each replay, so a
   result survives the next call (PyTorch overwrites it and warns);
