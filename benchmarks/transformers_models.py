@@ -16,7 +16,8 @@ chain of tiny row kernels that cannot fuse, where the wall time is almost all la
 (target: <= 6 us per kernel).
 
 A failing candidate or model (exception, out of memory) is a table cell, never the end of the
-run. Caches start empty for each model: tilefuse's graph cache, Triton's and Inductor's
+run; the results file is rewritten after the microbenchmark (run first) and after each
+model. Caches start empty for each model: tilefuse's graph cache, Triton's and Inductor's
 on-disk caches move to a fresh temporary folder (in-process caches of models run earlier in
 the same run may still help; `--models NAME` gives a strictly cold figure). `--tiny` builds
 tiny configs (hidden 64, 2 layers, 16 tokens) so the run fits a CPU; there, torch.compile
@@ -250,7 +251,19 @@ def tilefuse_summary(compiled: Callable) -> str:
     kernels = sum(1 for r in reports for p in r["partitions"] for g in p["groups"] if g["kernel"])
     note = f"{kernels} kernel(s); {tilefuse_note(compiled)}; cache {report_values(reports, 'cache')}"
     graphs = report_values(reports, "cudagraphs")
-    return note + (f"; CUDA graphs: {graphs}" if graphs else "")
+    return note + (f"; CUDA graphs: {graphs}" if graphs else "") + compile_breakdown(reports)
+
+
+def compile_breakdown(reports: Sequence[dict]) -> str:
+    """Where the compile time went (seconds summed over graphs: capture, passes, codegen, Triton,
+    the rest), from the reports' `compile_seconds`; "" where the reports do not say."""
+    parts: dict[str, float] = {}
+    for seconds in (r["compile_seconds"] for r in reports if r.get("compile_seconds")):
+        for part, value in seconds.items():
+            if part != "total" and value is not None:
+                value = sum(value.values()) if isinstance(value, dict) else value
+                parts[part] = parts.get(part, 0.0) + value
+    return "; compile s: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) if parts else ""
 
 
 def report_values(reports: Sequence[dict], key: str) -> str:
@@ -349,7 +362,9 @@ def cached_compile_child(name: str, tiny: bool, dtype: torch.dtype) -> None:
         compiled(**inputs)
         synchronize(device)
         seconds = time.perf_counter() - start
-    print(json.dumps({"first_call_s": seconds, "cache": report_values(compiled.tilefuse_reports, "cache")}))
+    reports = compiled.tilefuse_reports
+    cache = report_values(reports, "cache") + compile_breakdown(reports)
+    print(json.dumps({"first_call_s": seconds, "cache": cache}))
 
 
 def float64_reference(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -588,7 +603,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the selected models and the microbenchmark, write the results file, print it."""
+    """Run the microbenchmark, then the selected models, rewriting the results file after each
+    (a run killed at a time limit keeps what it measured); print the report last."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
@@ -596,23 +612,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         cached_compile_child(args.cached_compile_child, args.tiny, dtype)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory(prefix="tilefuse-models-") as root:
-        results = []
-        for name in args.models:
-            results.append(run_model(MODELS[name], args, device, dtype, Path(root)))
-            release_memory(device)
-        overhead = run_overhead_bench(args, device, dtype, Path(root))
     header = [
         *environment_lines(__spec__.name, device, dtype, argv),
         f"- transformers {transformers.__version__}; models from configs with seeded random weights, "
         'eval mode, `attn_implementation="sdpa"`, `torch.no_grad()`',
     ]
-    report = render_report(
-        header, render_models_table(results), render_overhead_table(overhead), overhead_verdict(overhead)
-    )
     out = args.out or (None if args.tiny else DEFAULT_OUT)
-    if out is not None:
-        out.write_text(report)
+    results: list[ModelResult] = []
+    started = time.perf_counter()
+
+    def write() -> str:
+        report = render_report(
+            header, render_models_table(results), render_overhead_table(overhead), overhead_verdict(overhead)
+        )
+        if out is not None:
+            out.write_text(report)
+        print(f"[{time.perf_counter() - started:.0f} s since the start]", file=sys.stderr, flush=True)
+        return report
+
+    with tempfile.TemporaryDirectory(prefix="tilefuse-models-") as root:
+        overhead = run_overhead_bench(args, device, dtype, Path(root))
+        report = write()
+        for name in args.models:
+            results.append(run_model(MODELS[name], args, device, dtype, Path(root)))
+            release_memory(device)
+            report = write()
     print(report)
 
 

@@ -16,6 +16,7 @@ from tilefuse.benchmarks.transformers_models import (  # noqa: E402
     CANDIDATES,
     ModelResult,
     Timing,
+    compile_breakdown,
     host_us_per_kernel,
     kernel_stats,
     main,
@@ -90,3 +91,13 @@ def test_tables_show_errors_in_cells_and_the_verdict():
     assert render_overhead_table(timings).count("\n") == 4
     assert overhead_verdict(timings) == "tilefuse: 4 µs per kernel, target ≤ 6 µs: met"
     assert "not measured" in overhead_verdict([Timing("tilefuse", wall_ms=1.0)])
+
+
+def test_compile_breakdown_sums_parts_over_graphs():
+    reports = [
+        {"compile_seconds": {"capture": 1.0, "passes": {"a": 0.25, "b": 0.25}, "triton_compile": 2.0, "total": 3.5}},
+        {"compile_seconds": {"capture": None, "passes": {"a": 0.5}, "triton_compile": 1.0, "total": 1.5}},
+        {},
+    ]
+    assert compile_breakdown(reports) == "; compile s: capture 1.00, passes 1.00, triton_compile 3.00"
+    assert compile_breakdown([{}]) == ""
