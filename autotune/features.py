@@ -191,8 +191,9 @@ class _Derived:
             k_pad = _cdiv(K, bk) * bk
             self.flops = 2.0 * M * N * K * rhs * B
             self.padded_flops = 2.0 * _cdiv(M, bm) * bm * _cdiv(N, bn) * bn * k_pad * rhs * B
-            self.unique_bytes = (M * K + rhs * K * N + M * N) * elem * B
-            self.tile_bytes = self.programs * (bm + rhs * bn) * k_pad * elem + M * N * elem * B
+            out = M * N * B + prob.get("extra_out_elems", 0)  # a second output: a residual stream
+            self.unique_bytes = (M * K * B + rhs * K * N * B + out) * elem
+            self.tile_bytes = self.programs * (bm + rhs * bn) * k_pad * elem + out * elem
             self.intensity = 2.0 * bm * bn * rhs / ((bm + rhs * bn) * elem)
             self.smem = stages * (bm + rhs * bn) * bk * elem
             self.trips = float(_cdiv(K, bk))
@@ -233,7 +234,7 @@ class _Derived:
             self.flops = float(ops * R * C)
             self.padded_flops = float(ops * self.programs * br * c_pad)
             # reads the input, writes a row (reduction) or the same size (row, pointwise) back
-            out = R if kind == "reduction" else R * C
+            out = (R if kind == "reduction" else R * C) + prob.get("extra_out_elems", 0)
             self.unique_bytes = (R * C + out) * elem
             self.tile_bytes = self.unique_bytes * self.padded_flops / max(self.flops, 1.0)
             self.intensity = ops / elem

@@ -391,8 +391,9 @@ def _kind(ops: list[Operation]) -> str:
         attention = match_attention(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
         return "attention" if attention is not None and attention.ops == ops else "gemm"
     reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
-    if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2:
-        return "reduction"  # a reduction and at most its prologue map
+    prologue_inside = all(_read_inside(r, set(ops)) for op in ops[:-1] for r in op.results)
+    if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2 and prologue_inside:
+        return "reduction"  # a reduction and at most its prologue map (a chunked loop, one output)
     if reductions:
         return "row"
     return "pointwise"

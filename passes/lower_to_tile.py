@@ -368,6 +368,8 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False) -> Lowe
         return LoweredGroup(group, None, [], error=f"lowering failed: {type(e).__name__}: {e}")
     if kb.divisors:
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
+    if len(group.outputs) > 1:  # elements written besides the primary output (the tuner's byte counts)
+        problem["extra_out_elems"] = sum(math.prod(shape_of(v.type)) for v in group.outputs[:-1])
     return LoweredGroup(group, kernel, kb.inputs, problem)
 
 

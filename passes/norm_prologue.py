@@ -25,6 +25,17 @@ two-pass statistics (mean, then the centred sum of squares): the one-pass
 `s2 - s1²/K` cancels badly when |mean| >> std. (Accumulating the sums in the
 GEMM's own K loop was measured wrong on Hopper with Triton 3.6 at the
 pipelined default tiles, and was dropped.)
+
+In a pre-norm block x is the residual stream `h = r + a`: the norm reads it
+and a later add reads it again. This pass leaves that add alone, and
+form-fusion-groups gives it to the kernel that reads x anyway: a standalone
+add joins the statistics' row kernel (which reads r and a and writes h and
+the sums), so h is written once and never read back for its statistics.
+An add that is a GEMM's epilogue (o_proj + residual) stays there: h is that
+GEMM's output, and when a tile holds whole rows the sums join its epilogue
+too. Folding the add into the GEMMs that read x (x = r + a in their
+prologue) was not chosen: every GEMM would read two tensors instead of one
+per K tile, and h must still be written for the later add.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_kernel_writes_both_and_reads_each_input_once(tmp_path):
     (source,) = list((tmp_path / compiled.tilefuse_reports[0]["dir"] / "kernels").glob("*.py"))
     text = source.read_text()
     assert text.count("tl.store(") == 2
-    assert text.count("tl.load(x_ptr") == 1 and text.count("tl.load(y_ptr") == 1
+    assert text.count("tl.load(") == 4  # x, y, the weight and the bias, once each
 
 
 def test_residual_in_a_gemm_epilogue_then_a_norm_is_one_gemm_with_two_outputs():
@@ -97,16 +97,21 @@ def test_residual_in_a_gemm_epilogue_then_a_norm_is_one_gemm_with_two_outputs():
 
 
 class PreNormBlock(nn.Module):
-    """A Llama-style block's second half: h = x + attn; out = h + mlp(norm(h))."""
+    """A Llama-style block's second half: h = x + attn (through o_proj if asked);
+    out = h + mlp(norm(h))."""
 
-    def __init__(self, d: int, norm: type[nn.Module]):
+    def __init__(self, d: int, norm: type[nn.Module], o_proj: bool = False):
         super().__init__()
+        self.o = nn.Linear(d, d, bias=False) if o_proj else nn.Identity()
         self.norm = norm(d)
         self.up = nn.Linear(d, 2 * d, bias=False)
         self.down = nn.Linear(2 * d, d, bias=False)
+        with torch.no_grad():
+            for p in self.norm.parameters():
+                p.copy_(torch.randn_like(p))
 
     def forward(self, x, attn):
-        h = x + attn
+        h = x + self.o(attn)
         return h + self.down(F.silu(self.up(self.norm(h))))
 
 
@@ -116,9 +121,6 @@ def test_pre_norm_block_with_norm_prologue(norm, d):
     """The norm before an nn.Linear becomes row statistics plus a folded GEMM (norm-prologue);
     the residual add then runs in the statistics' row kernel, which writes h and the sums."""
     block = PreNormBlock(d, norm)
-    with torch.no_grad():
-        for p in block.norm.parameters():
-            p.copy_(torch.randn_like(p))
     x, attn = torch.randn(2, 5, d), torch.randn(2, 5, d)
     reports = compile_and_compare(block, x, attn, rtol=1e-4, atol=1e-4)
     kernels_ran(reports)
@@ -126,3 +128,36 @@ def test_pre_norm_block_with_norm_prologue(norm, d):
     # the add, then RMSNorm's sum of squares, or LayerNorm's sum and centred sum of squares
     expected = ["ein.map", "ein.map", "ein.reduce"] + (["ein.map", "ein.reduce"] if norm is nn.LayerNorm else [])
     assert stats["ops"] == expected and stats["kernel"] is not None
+
+
+def test_a_sum_of_the_residual_stream_is_one_row_kernel():
+    """A map and one reduction with both results read outside: a row kernel (two outputs), not the
+    chunked reduction kernel, which writes one."""
+
+    def residual_and_row_sums(x, y):
+        h = x + y
+        return h, h.sum(-1)
+
+    group = the_one_group(compile_and_compare(residual_and_row_sums, torch.randn(6, 70), torch.randn(6, 70)))
+    assert group["kind"] == "row" and group["ops"] == ["ein.map", "ein.reduce"]
+
+
+@pytest.mark.parametrize("norm", [nn.RMSNorm, nn.LayerNorm])
+@pytest.mark.parametrize("d", [40, 300])
+def test_pre_norm_block_with_the_add_in_o_proj(norm, d):
+    """The residual add is o_proj's epilogue and stays there (h is the GEMM's output). With
+    rows a tile holds (d <= 256) the norm's statistics join that GEMM, which writes h and
+    the sums; wider rows get one statistics kernel reading h."""
+    block = PreNormBlock(d, norm, o_proj=True)
+    x, attn = torch.randn(2, 5, d), torch.randn(2, 5, d)
+    reports = compile_and_compare(block, x, attn, rtol=1e-4, atol=1e-4)
+    kernels_ran(reports)
+    groups = fusion_groups(reports)
+    sums = 2 if norm is nn.LayerNorm else 1
+    o_proj = groups[0]
+    assert o_proj["kind"] == "gemm" and o_proj["ops"][:2] == ["ein.contract", "ein.map"]
+    if d <= 256:
+        assert o_proj["ops"].count("ein.reduce") == sums
+    else:
+        assert o_proj["ops"] == ["ein.contract", "ein.map"]
+        assert groups[1]["kind"] in ("row", "reduction") and groups[1]["ops"].count("ein.reduce") == sums
