@@ -60,7 +60,6 @@ from .run import (
 COMPILE_RO = "torch.compile reduce-overhead"
 SUBJECT_RO = "tilefuse reduce-overhead"
 CANDIDATES = (EAGER, COMPILE, COMPILE_RO, SUBJECT, SUBJECT_RO)
-TORCH_COMPILE_CANDIDATES = (COMPILE, COMPILE_RO)
 DEFAULT_MODELS = ("llama", "qwen2", "gpt2", "bert", "phi")
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_models.md")
 HOST_TARGET_US = 6.0
@@ -388,8 +387,8 @@ def run_model(
         subject = timings[SUBJECT]
         if subject.error is None:
             try:
-                seconds, hit = cached_first_call(spec, args.tiny, dtype, cache_env)
-                note = f"{subject.note}; new process: cache {hit}"
+                seconds, cache = cached_first_call(spec, args.tiny, dtype, cache_env)
+                note = f"{subject.note}; new process: cache {cache}"
                 timings[SUBJECT] = dataclasses.replace(subject, cached_s=seconds, note=note)
             except Exception as exc:
                 note = f"{subject.note}; cached: {describe_error(exc)}"
