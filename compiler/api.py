@@ -30,8 +30,10 @@ def compile(
 def compile(fn=None, *, dump=None, fullgraph=False, mode="default"):
     """Compile a function or `nn.Module` with tilefuse.
 
-    Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Shapes
-    are specialized: a call with new shapes recompiles. `dump` (or the
+    Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
+    are compiled for the shapes of the first call; when a later call changes a
+    size, Dynamo makes that dim dynamic and the dynamic graph runs in PyTorch
+    (one capture, no compile per new size; the report says so). `dump` (or the
     `TILEFUSE_DUMP` environment variable) names a folder for the IR of every
     stage. Ops tilefuse cannot compile run in PyTorch; the dump says which
     and why. The result has `tilefuse_reports`: one summary per compiled graph.
@@ -46,7 +48,9 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode="default"):
     options = CompileOptions(dump=resolve_dump_dir(dump), mode=mode)
     name = getattr(fn, "__name__", None) or type(fn).__name__
     backend = TilefuseBackend(options, name=name)
-    compiled = torch.compile(fn, backend=backend, dynamic=False, fullgraph=fullgraph)
+    # Dynamo's default: a second size of a dim makes it dynamic, and such a graph runs in PyTorch
+    # (backend.py) instead of compiling again for every new sequence length
+    compiled = torch.compile(fn, backend=backend, dynamic=None, fullgraph=fullgraph)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump
     return compiled

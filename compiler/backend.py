@@ -86,6 +86,8 @@ class TilefuseBackend:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         infos = [_input_info(n) for n in placeholders]
         graph_name = f"{self.name}_{next(_graph_ids):03d}"
+        if _has_symbolic_shapes(gm, example_inputs):
+            return self._run_dynamic_in_pytorch(gm, graph_name)
         dynamo_code = gm.print_readable(print_output=False)
 
         def forward_compiler(aten: GraphModule, aten_inputs: list) -> Callable:
@@ -113,6 +115,32 @@ class TilefuseBackend:
             bw_compiler=_pytorch_backward,
             decompositions=decompositions(),
         )(gm, example_inputs)
+
+
+    def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
+        """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) runs
+        as PyTorch: kernels are compiled for static shapes, and specializing here would make every
+        new sequence length compile again (tens of seconds each, in generation)."""
+        reason = "the graph has dynamic shapes; tilefuse compiles static shapes, so it runs in PyTorch"
+        summary = {
+            "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
+            "partitions": [], "fallbacks": [{"node": "<graph>", "op": "dynamic shapes", "reason": reason}],
+        }  # fmt: skip
+        with self._lock:
+            self.reports.append(summary)
+        return gm.forward
+
+
+def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:
+    # isinstance checks only: reading a SymInt's value would add a guard that specializes it
+    placeholders = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+    values = placeholders + list(example_inputs)
+    for v in values:
+        if isinstance(v, torch.SymInt):
+            return True
+        if isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape):
+            return True
+    return False
 
 
 def tilefuse_backend(gm: GraphModule, example_inputs: list) -> Callable:

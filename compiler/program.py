@@ -68,6 +68,8 @@ class _Writer:
     meta: dict[SSAValue, torch.Tensor] = field(default_factory=dict)
     scope: dict[str, object] = field(default_factory=dict)
     launches: int = 0
+    buffers: _BufferPlan = field(default_factory=lambda: _BufferPlan())
+    layouts: dict[str, tuple] = field(default_factory=dict)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -81,6 +83,59 @@ class _Writer:
         name = f"buf{len(self.names)}"
         self.names[value] = name
         return name
+
+
+@dataclass
+class _BufferPlan:
+    """Which allocations a later one can take over, as Inductor's wrapper reuses buffers.
+
+    An allocation (a kernel's output buffer) is free again once no value that
+    lives in it, itself or a view of it, is read any more; a later output of
+    the same shape, strides and dtype then takes it over (`buf9 = buf3`)
+    instead of asking the allocator, which costs a few µs per call. Kernels
+    run in stream order, so the last reader has been issued before the new
+    writer. Buffers a call returns, or that are kept across calls (parameter
+    -derived results), are never taken over.
+    """
+
+    roots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> allocations it may live in
+    live: dict[str, int] = field(default_factory=dict)  # allocation -> values that may live in it
+    pinned: set[str] = field(default_factory=set)
+    free: dict[tuple, list[tuple[str, int]]] = field(default_factory=dict)  # layout -> (allocation, line)
+    reused: int = 0
+
+    def allocate(self, name: str, layout: tuple, pinned: bool) -> str | None:
+        """Register a new allocation; returns a free one to take over, if any."""
+        self.roots[name] = (name,)
+        self.live[name] = 1
+        if pinned:
+            self.pinned.add(name)
+            return None
+        candidates = self.free.get(layout)
+        if candidates:
+            self.reused += 1
+            return candidates.pop()[0]
+        return None
+
+    def alias(self, name: str, sources: list[str]) -> None:
+        """`name` may share memory with `sources` (a view; or a PyTorch op's result, conservatively)."""
+        roots = tuple(dict.fromkeys(r for s in sources for r in self.roots.get(s, ())))
+        if roots:
+            self.roots[name] = roots
+            for root in roots:
+                self.live[root] += 1
+
+    def release(self, name: str, layout_of: dict[str, tuple], line: int) -> bool:
+        """The value `name` is read no more; True if its name can simply be deleted now."""
+        roots = self.roots.get(name, ())
+        for root in roots:
+            self.live[root] -= 1
+            if self.live[root] == 0 and root not in self.pinned:
+                self.free.setdefault(layout_of[root], []).append((root, line))
+        return name not in roots
+
+    def unused_free(self) -> list[tuple[str, int]]:
+        return [entry for entries in self.free.values() for entry in entries]
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -131,6 +186,8 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         w.emit("stream = 0")
     for op in spec.steps:
         _write_step(w, op)
+    for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
+        w.lines.insert(line, f"    del {name}")  # freed, and no later output took it over
     results = ", ".join(w.names[v] for v in spec.results)
     if spec.returns_tuple:
         w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
@@ -176,8 +233,9 @@ def _write_step(w: _Writer, op: Operation) -> None:
     else:
         _write_compute(w, op)
     for value in spec.release_after.get(op, ()):
-        if value in w.names and w.names[value].startswith("buf"):
-            w.emit(f"del {w.names[value]}")
+        name = w.names.get(value)
+        if name is not None and name.startswith("buf") and w.buffers.release(name, w.layouts, len(w.lines)):
+            w.emit(f"del {name}")
 
 
 def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = None) -> None:
@@ -191,6 +249,7 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     operands = [w.names[v] for v in op.operands]
     if isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
+        w.buffers.alias(name, operands[:1])
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
     elif isinstance(op, ein.ConcatOp):
@@ -200,6 +259,8 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     else:
         glue = w.bind("op", _glue(op, w.inputs.device))
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
+    if not isinstance(op, ein.ViewOp):
+        w.buffers.alias(name, operands)  # PyTorch may return a view of an operand (a no-op cast)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
 
 
@@ -213,7 +274,14 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         dtype = to_torch_dtype(out_type.get_element_type())
         meta = torch.empty(shape, dtype=dtype, device="meta")
         w.meta[value] = meta
-        w.emit(f"{name} = _empty({shape!r}, {tuple(meta.stride())!r}, dtype={dtype}, device=_device)")
+        layout = (shape, tuple(meta.stride()), dtype)
+        w.layouts[name] = layout
+        pinned = reuse_names is not None or value in w.inputs.results
+        taken = w.buffers.allocate(name, layout, pinned)
+        if taken is not None:
+            w.emit(f"{name} = {taken}; del {taken}  # reuse")
+        else:
+            w.emit(f"{name} = _empty({shape!r}, {tuple(meta.stride())!r}, dtype={dtype}, device=_device)")
     args = []
     for value in [*kernel.lowered.inputs, *outputs]:
         args.append(w.names[value])

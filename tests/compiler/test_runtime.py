@@ -198,3 +198,18 @@ def test_the_measured_faster_way_runs_the_partition(monkeypatch, faster):
     before = len(launches)
     torch.testing.assert_close(compiled(x), fn(x))
     assert (len(launches) > before) == (faster == "program")
+
+
+def test_new_sizes_do_not_compile_again_and_again():
+    """A second sequence length makes Dynamo's graph dynamic; that graph runs in PyTorch, once."""
+    w = torch.randn(16, 16)
+    fn = lambda x: torch.softmax(x @ w, dim=-1) * 2  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    for batch, seq in [(2, 5), (2, 6), (2, 7), (3, 9), (4, 4), (2, 12), (5, 3)]:
+        x = torch.randn(batch, seq, 16)
+        torch.testing.assert_close(compiled(x), fn(x))
+    reports = compiled.tilefuse_reports
+    # the first shape, then one dynamic graph per newly varying dim (sequence, then batch)
+    assert len(reports) <= 3, [r["name"] for r in reports]
+    assert reports[0]["partitions"] and not reports[0]["fallbacks"]
+    assert all([f["op"] for f in r["fallbacks"]] == ["dynamic shapes"] for r in reports[1:])
