@@ -1,11 +1,16 @@
 """On-disk cache of compiled graphs, keyed by graph, shapes, dtypes, device and versions.
 
-An entry holds the fused `ein` module (canonical, with its fusion groups) and
-the generated source of every kernel, so a later process compiling the same
-graph for the same inputs skips import, canonicalization and code generation
-(Triton keeps its own cache of the binaries). Entries are written to a
-temporary folder and renamed into place, so a crash never leaves half an
-entry; an entry that cannot be read is ignored and rebuilt, never trusted.
+An entry holds each compiled partition's fused `ein` function and its lowered
+groups (their `tile` kernels), and the generated source of every kernel, so a
+later process compiling the same graph for the same inputs skips import, the
+passes, lowering and code generation (Triton keeps its own cache of the
+binaries). The IR is stored flat (`freeze`): one record per op, operands as
+numbers, in a pickle whose depth does not grow with the graph; reading it back
+(`thaw`) takes a few milliseconds per hundred ops, where parsing MLIR text takes
+a second. Entries are written to a temporary folder and renamed into place, so
+a crash never leaves half an entry; an entry that cannot be read is ignored and
+rebuilt, never trusted. The cache is the user's own, like Triton's: its kernel
+sources are imported and its pickles loaded.
 
 `TILEFUSE_CACHE_DIR` moves the cache (default `~/.cache/tilefuse/graphs`);
 `TILEFUSE_CACHE=0` turns it off.
@@ -15,26 +20,33 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
+from xdsl.ir import Block, Operation, Region, SSAValue
 
-_MODULE_FILE = "ein.groups.mlir"
+from ..ir.module import make_context
+
+_COMPILED_FILE = "compiled.pickle"
 _SOURCES_FILE = "kernels.json"
 
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """What a cached compile left behind."""
+    """What a cached compile left behind: `compiled` is `pack`ed partitions, `sources` the kernels'."""
 
-    module_text: str
+    compiled: bytes
     sources: dict[str, str]
 
 
@@ -88,13 +100,13 @@ def load_entry(key: str) -> CacheEntry | None:
     if root is None or not (root / key).is_dir():
         return None
     try:
-        module_text = (root / key / _MODULE_FILE).read_text()
+        compiled = (root / key / _COMPILED_FILE).read_bytes()
         sources = json.loads((root / key / _SOURCES_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(sources, dict):
         return None
-    return CacheEntry(module_text, sources)
+    return CacheEntry(compiled, sources)
 
 
 def store_entry(key: str, entry: CacheEntry) -> None:
@@ -105,8 +117,119 @@ def store_entry(key: str, entry: CacheEntry) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
     try:
-        (tmp / _MODULE_FILE).write_text(entry.module_text)
+        (tmp / _COMPILED_FILE).write_bytes(entry.compiled)
         (tmp / _SOURCES_FILE).write_text(json.dumps(entry.sources))
         os.replace(tmp, root / key)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CacheFormatError(Exception):
+    """IR that cannot be stored flat, or a stored entry that does not read back."""
+
+
+def pack(roots: Sequence[Operation], payload: object) -> bytes:
+    """`payload` (any picklable data that refers to ops and values of `roots`) as bytes.
+
+    The ops under `roots` (detached top-level ops: functions, kernels) are stored flat;
+    the payload refers to them by number, so it may hold functions, fusion groups,
+    lowered groups and SSA values. Raises CacheFormatError if it refers to IR
+    outside `roots`.
+    """
+    table = _Numbering()
+    frozen = [table.freeze(op) for op in roots]
+    out = io.BytesIO()
+    pickler = _IRPickler(out, table)
+    try:
+        pickler.dump(frozen)  # first the IR, so that reading back recreates it before the payload
+        pickler.dump(payload)
+    except (pickle.PicklingError, KeyError, TypeError, AttributeError) as e:
+        raise CacheFormatError(f"cannot store: {type(e).__name__}: {e}") from None
+    return out.getvalue()
+
+
+def unpack(data: bytes) -> tuple[list[Operation], Any]:
+    """The roots and the payload that `pack` stored; raises CacheFormatError on a bad entry."""
+    try:
+        unpickler = _IRUnpickler(io.BytesIO(data))
+        ctx = make_context()
+        roots = [_thaw(op, unpickler.ops, unpickler.values, ctx) for op in unpickler.load()]
+        return roots, unpickler.load()
+    except Exception as e:  # anything wrong with an entry makes it a miss
+        raise CacheFormatError(f"unreadable entry: {type(e).__name__}: {e}") from None
+
+
+class _Numbering:
+    """Numbers for the ops and values under the roots, in the order `thaw` recreates them."""
+
+    def __init__(self) -> None:
+        self.ops: dict[Operation, int] = {}
+        self.values: dict[SSAValue, int] = {}
+
+    def _value(self, v: SSAValue) -> int:
+        self.values[v] = len(self.values)
+        return self.values[v]
+
+    def freeze(self, op: Operation) -> tuple:
+        """One op as plain data: name, operand numbers, results, properties, attributes, regions."""
+        if op.successors:
+            raise CacheFormatError(f"{op.name}: ops with successors are not stored")
+        self.ops[op] = len(self.ops)
+        operands = [self.values[v] for v in op.operands]
+        results = [(self._value(r), r.type, r.name_hint) for r in op.results]
+        regions = [[self._block(b) for b in region.blocks] for region in op.regions]
+        return op.name, operands, results, dict(op.properties), dict(op.attributes), regions
+
+    def _block(self, block: Block) -> tuple:
+        args = [(self._value(a), a.type, a.name_hint) for a in block.args]
+        return args, [self.freeze(op) for op in block.ops]
+
+
+def _thaw(frozen: tuple, ops: list[Operation], values: dict[int, SSAValue], ctx: object) -> Operation:
+    name, operands, results, properties, attributes, regions = frozen
+    number = len(ops)
+    ops.append(None)  # keeps the numbering in `freeze`'s order: the op before its regions' ops
+    blocks = []
+    for region in regions:
+        made = []
+        for args, body in region:
+            block = Block(arg_types=[t for _, t, _ in args])
+            for (n, _, hint), arg in zip(args, block.args):
+                arg.name_hint, values[n] = hint, arg
+            block.add_ops([_thaw(op, ops, values, ctx) for op in body])
+            made.append(block)
+        blocks.append(Region(made))
+    op = ctx.get_op(name).create(
+        operands=[values[n] for n in operands], result_types=[t for _, t, _ in results],
+        properties=properties, attributes=attributes, regions=blocks,
+    )  # fmt: skip
+    for (n, _, hint), result in zip(results, op.results):
+        result.name_hint, values[n] = hint, result
+    ops[number] = op
+    return op
+
+
+class _IRPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, table: _Numbering) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.table = table
+
+    def persistent_id(self, obj: object) -> tuple | None:
+        if isinstance(obj, Operation):
+            return "op", self.table.ops[obj]
+        if isinstance(obj, SSAValue):
+            return "value", self.table.values[obj]
+        if isinstance(obj, (Block, Region)):
+            raise pickle.PicklingError("blocks and regions are stored with their ops only")
+        return None
+
+
+class _IRUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self.ops: list[Operation] = []
+        self.values: dict[int, SSAValue] = {}
+
+    def persistent_load(self, pid: tuple) -> object:
+        kind, number = pid
+        return self.ops[number] if kind == "op" else self.values[number]

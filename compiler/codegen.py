@@ -78,7 +78,8 @@ def stage_fuse(art: GraphArtifact) -> GraphArtifact:
 def stage_lower(art: GraphArtifact) -> GraphArtifact:
     # lower_group verifies each kernel it builds (and turns a failure into the group's error)
     for p in art.compiled_partitions():
-        p.lowered = lower_function(p.function, art.target.allow_tf32)
+        if p.name not in art.restored:
+            p.lowered = lower_function(p.function, art.target.allow_tf32)
     return art
 
 
@@ -110,6 +111,22 @@ def shared_source(kernel: tile.KernelOp, options: TritonOptions, seen: dict[str,
         for a, hint in zip(args, hints):
             a.name_hint = hint
     return seen[neutral]
+
+
+def named_source(kernel: tile.KernelOp, function: str, options: TritonOptions) -> str:
+    """`kernel` written as its shared source's function `function`, but with its operands' names.
+
+    For reading (the dump): the same code as `shared_source`'s, the arguments named
+    after what they hold (`h_0_attn_bias_ptr`) rather than `arg6_ptr`.
+    """
+    from ..backends.triton import emit
+
+    group_name = kernel.sym_name
+    try:
+        kernel.sym_name = StringAttr(function)
+        return emit(kernel, options)
+    finally:
+        kernel.sym_name = group_name
 
 
 _launchers: dict[str, TritonKernel] = {}  # source -> its loaded kernel, for the process

@@ -12,6 +12,7 @@ here raises into the user's model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -24,14 +25,26 @@ from dataclasses import dataclass, field
 from torch.fx import GraphModule
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Region
 
-from ..ir.module import IRError, make_context, parse_module, print_module, verify
+from ..ir import tile
+from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
-from .artifact_cache import CacheEntry, cache_dir, graph_key, load_entry, store_entry
+from .artifact_cache import (
+    CacheEntry,
+    CacheFormatError,
+    cache_dir,
+    graph_key,
+    load_entry,
+    pack,
+    store_entry,
+    unpack,
+)
 from .codegen import (
     Target,
     fusion_options,
+    named_source,
     stage_codegen,
     stage_fuse,
     stage_lower,
@@ -107,6 +120,7 @@ class GraphArtifact:
     sources: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton source
     functions: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton function
     cached: CacheEntry | None = None
+    restored: dict[str, tuple[func.FuncOp, list[LoweredGroup]]] = field(default_factory=dict)  # on a hit
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
     triton_compile_seconds: float = 0.0  # the part of codegen spent compiling kernels ahead of launch
     dump: GraphDump | None = None
@@ -131,11 +145,10 @@ def stage_partition(art: GraphArtifact) -> GraphArtifact:
 
 
 def stage_import(art: GraphArtifact) -> GraphArtifact:
-    cached = _cached_functions(art)
     functions = []
     for p in art.partitions:
-        if p.name in cached:
-            p.function = cached[p.name]
+        if p.name in art.restored:  # a compile-cache hit: fused, lowered, its kernels' sources cached
+            p.function, p.lowered = art.restored[p.name]
             continue
         try:
             p.function = import_graph(p.submodule, p.name, p.inputs)
@@ -148,20 +161,45 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
     return art
 
 
-def _cached_functions(art: GraphArtifact) -> dict[str, func.FuncOp]:
-    """Functions of a cache hit, detached from their parsed module; none if the entry is bad."""
-    if art.cached is None:
-        return {}
+def _restore(art: GraphArtifact) -> None:
+    """Take a cache hit's partitions (function and lowered groups) from its entry; a bad entry is a miss."""
     try:
-        module = parse_module(art.cached.module_text, "<tilefuse cache>")
-    except IRError as e:
+        _, art.restored = unpack(art.cached.compiled)
+    except CacheFormatError as e:
         log.warning("tilefuse: ignoring a cache entry of graph %s: %s", art.name, e)
-        art.cached = None
-        return {}
-    found = {op.sym_name.data: op for op in module.ops if isinstance(op, func.FuncOp)}
-    for fn in found.values():
-        fn.detach()
-    return found
+        art.cached, art.restored = None, {}
+
+
+def _cache_entry(art: GraphArtifact) -> CacheEntry | None:
+    """The cache entry of a compiled graph: its partitions' functions and lowered groups, kernel sources.
+
+    A lowered group keeps its kernel's declaration only (name, kind, parameters, grid,
+    arguments): the body lives on as the kernel's Triton source, and reading back a
+    few thousand `tile` ops would cost more than the rest of a cache hit.
+    """
+    partitions = {
+        p.name: (p.function, [_declared(g) for g in p.lowered]) for p in art.compiled_partitions()
+    }
+    roots = [p.function for p in art.compiled_partitions()]
+    roots += [g.kernel for _, lowered in partitions.values() for g in lowered if g.kernel is not None]
+    try:
+        return CacheEntry(pack(roots, partitions), art.sources)
+    except CacheFormatError as e:
+        log.info("tilefuse: graph %s not cached: %s", art.name, e)
+        return None
+
+
+def _declared(g: LoweredGroup) -> LoweredGroup:
+    """`g` with its kernel reduced to a declaration: the same signature, an empty body."""
+    if g.kernel is None:
+        return g
+    k = g.kernel
+    body = Block(arg_types=[a.type for a in k.body.block.args])
+    for arg, declared in zip(k.body.block.args, body.args):
+        declared.name_hint = arg.name_hint
+    body.add_op(tile.ReturnOp())
+    declaration = tile.KernelOp(k.sym_name.data, k.kind.data, k.param_names, k.grid_exprs, Region(body))
+    return dataclasses.replace(g, kernel=declaration)
 
 
 def stage_canonicalize(art: GraphArtifact) -> GraphArtifact:
@@ -211,18 +249,21 @@ def _dump_partitioned(art: GraphArtifact) -> tuple[str, str]:
 
 def _dump_module_as(filename: str) -> Callable[[GraphArtifact], tuple[str, str]]:
     def text(art: GraphArtifact) -> str:
-        if art.cached is None:
+        if not art.restored:
             return print_module(art.module)
         # a compile-cache hit skips the passes: the fused functions come back whole
         if filename == "ein.groups.mlir":
-            return art.cached.module_text
+            return print_module(ModuleOp([fn.clone() for fn, _ in art.restored.values()]))
         return "// compile-cache hit: this stage did not run; ein.groups.mlir holds the cached result\n"
 
     return lambda art: (filename, text(art))
 
 
 def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
-    return "tile.mlir", tile_module_text(art)
+    text = tile_module_text(art)
+    if art.restored:  # the cache keeps kernels' declarations: their bodies are their Triton sources
+        text = "// compile-cache hit: kernel declarations only; the bodies are kernels/*.py\n" + text
+    return "tile.mlir", text
 
 
 STAGES: list[Stage] = [
@@ -253,6 +294,8 @@ def compile_aten_graph(
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
     art.cached = load_entry(key)
+    if art.cached is not None:
+        _restore(art)
     cache_state = "off" if cache_dir() is None else ("hit" if art.cached else "miss")
     files = []
     if dump:
@@ -274,8 +317,9 @@ def compile_aten_graph(
                     print(f"{header}\n{text}", file=sys.stderr)
         if dump:
             files += [dump.write(f"kernels/{k}.py", _kernel_file(art, k)) for k in art.sources]
-        if cache_state == "miss":
-            store_entry(key, CacheEntry(print_module(art.module), art.sources))
+        entry = _cache_entry(art) if cache_state == "miss" else None
+        if entry is not None:
+            store_entry(key, entry)
         result: Callable = art.partitioned
         error = None
     except Exception as e:  # never crash the user's model: run the graph in PyTorch
@@ -296,20 +340,28 @@ def compile_aten_graph(
 
 
 def _kernel_file(art: GraphArtifact, kernel: str) -> str:
-    """A kernel's dumped source: the loaded source under comments naming its group, twins and operands."""
+    """A kernel's dump: its source with its operands' names, under comments naming its group and twins.
+
+    The loaded source names operands `arg0`, `arg1`, ... so that identical kernels share
+    it; on a compile-cache hit (no kernel bodies kept) the dump is that source, under
+    a comment naming its operands.
+    """
     function, source = art.functions[kernel], art.sources[kernel]
     twins = sorted(k for k, s in art.sources.items() if s == source and k != kernel)
     lines = [f"# group kernel {kernel}: Triton function {function}"]
     if twins:
         lines.append(f"# the same source serves {', '.join(twins)}")
-    tile_kernel = next(
-        (g.kernel for p in art.compiled_partitions() for g in p.lowered
-         if g.kernel is not None and g.kernel.sym_name.data == kernel), None,
+    tile_kernel, restored = next(
+        ((g.kernel, p.name in art.restored) for p in art.compiled_partitions() for g in p.lowered
+         if g.kernel is not None and g.kernel.sym_name.data == kernel), (None, True),
     )  # fmt: skip
-    if tile_kernel is not None:
-        names = [f"arg{i} = {a.name_hint}" for i, a in enumerate(tile_kernel.body.block.args) if a.name_hint]
-        lines.append(f"# arguments: {', '.join(names)}")
-    return "\n".join([*lines, source])
+    if tile_kernel is None or restored:
+        args = tile_kernel.body.block.args if tile_kernel is not None else []
+        names = [f"arg{i} = {a.name_hint}" for i, a in enumerate(args) if a.name_hint]
+        lines += [f"# operands: {', '.join(names)}"] if names else []
+        return "\n".join([*lines, source])
+    lines.append("# shown with its operands' names; it is loaded with them named arg0, arg1, ...")
+    return "\n".join([*lines, named_source(tile_kernel, function, art.target.triton_options())])
 
 
 PASS_STAGES = (
