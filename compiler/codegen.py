@@ -21,7 +21,7 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr
 from ..autotune.heuristics import config_override, default_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
-from ..ir.module import make_context, print_module, verify
+from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from .artifact_cache import cache_dir
@@ -76,10 +76,10 @@ def stage_fuse(art: GraphArtifact) -> GraphArtifact:
 
 
 def stage_lower(art: GraphArtifact) -> GraphArtifact:
-    # lower_group verifies each kernel it builds (and turns a failure into the group's error)
+    # kernels are verified in codegen, one of each structurally identical set (see shared_source)
     for p in art.compiled_partitions():
         if p.name not in art.restored:
-            p.lowered = lower_function(p.function, art.target.allow_tf32)
+            p.lowered = lower_function(p.function, art.target.allow_tf32, check=False)
     return art
 
 
@@ -91,7 +91,9 @@ def shared_source(kernel: tile.KernelOp, options: TritonOptions, seen: dict[str,
     Triton, tuned once. The kernel's own name and its arguments' names (parameter
     paths such as `h_0_attn_bias`) are left out of the source; the dump shows them.
     `seen` maps each kernel written under a neutral name to its final source, so a
-    repeated kernel is written once more only the first time.
+    repeated kernel is written once more only the first time, and verified then: the
+    neutral source spells out every op, shape and dtype of the kernel, so its twins
+    share the verdict. Raises IRError if the kernel does not verify.
     """
     from ..backends.triton import emit
 
@@ -103,6 +105,7 @@ def shared_source(kernel: tile.KernelOp, options: TritonOptions, seen: dict[str,
         kernel.sym_name = StringAttr("kernel")
         neutral = emit(kernel, options)
         if neutral not in seen:
+            verify(kernel, f"tile kernel {group_name.data}")
             digest = hashlib.sha256(neutral.encode()).hexdigest()[:16]
             kernel.sym_name = StringAttr(f"{kernel.kind.data}_{digest}")
             seen[neutral] = emit(kernel, options)
@@ -160,6 +163,9 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
                 source = cached or shared_source(g.kernel, options, written)
                 function = triton_function_name(source)
                 launcher = load_shared(source, function)
+            except IRError as e:  # a lowering bug: the group runs op by op
+                g.error = f"lowering failed: {e}"
+                continue
             except Exception as e:  # one kernel's codegen bug must not stop the graph
                 g.error = f"Triton codegen failed: {type(e).__name__}: {e}"
                 continue
