@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
@@ -161,3 +163,22 @@ def test_pre_norm_block_with_the_add_in_o_proj(norm, d):
     else:
         assert o_proj["ops"] == ["ein.contract", "ein.map"]
         assert groups[1]["kind"] in ("row", "reduction") and groups[1]["ops"].count("ein.reduce") == sums
+
+
+def pre_norm_linear_residual(x, y, g, w):
+    """The residual stream feeds the norm, whose result feeds a GEMM, and is added to again
+    in that GEMM's epilogue (plain tensors: no norm-prologue)."""
+    h = x + y
+    return h + F.linear(F.rms_norm(h, h.shape[-1:], g, eps=1e-6), w)
+
+
+@settings(max_examples=10, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(2, 300))
+def test_random_shapes_with_the_stream_read_by_a_later_kernel(rows, cols):
+    torch._dynamo.reset()
+    x, y, g, w = torch.randn(rows, cols), torch.randn(rows, cols), torch.randn(cols), torch.randn(cols, cols)
+    reports = compile_and_compare(pre_norm_linear_residual, x, y, g, w, rtol=1e-4, atol=1e-4)
+    kernels_ran(reports)
+    row, gemm = fusion_groups(reports)
+    assert row["kind"] == "row" and row["ops"][0] == "ein.map" and "ein.reduce" in row["ops"]
+    assert gemm["kind"] == "gemm" and gemm["ops"] == ["ein.contract", "ein.map"]
