@@ -138,6 +138,30 @@ def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
     return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
 
 
+@lowers(aten.constant_pad_nd.default)
+def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
+    """Each padded dim: a slice where the padding is negative, a concatenation with splats of
+    `value` where it is positive (pairs in `pad` start from the last dim)."""
+    a = bound_args(node)
+    x = ctx.tensor(a["self"])
+    elem = x.type.get_element_type()
+    pad = list(a["pad"])
+    for i in range(len(pad) // 2):
+        dim = len(shape_of(x.type)) - 1 - i
+        before, after = pad[2 * i], pad[2 * i + 1]
+        size = shape_of(x.type)[dim]
+        x = ctx.b.slice(x, dim, max(-before, 0), size - max(-after, 0))
+
+        def splat(width: int, dim: int = dim, like: SSAValue = x) -> SSAValue:
+            shape = list(shape_of(like.type))
+            shape[dim] = width
+            return ctx.b.constant(a["value"], shape, elem)
+
+        parts = [splat(before)] * (before > 0) + [x] + [splat(after)] * (after > 0)
+        x = ctx.b.concat(parts, dim) if len(parts) > 1 else x
+    return x
+
+
 # --- gathers ------------------------------------------------------------------------------------
 
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from functools import partial
 
-from torch.fx import GraphModule, Node
+import torch
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx import Graph, GraphModule, Node
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from .lowering_table import target_name, unsupported_reason
+
+aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
@@ -30,24 +36,106 @@ class Fallback:
 
 
 class _EinSupport(OperatorSupportBase):
+    def __init__(self, in_pytorch: dict[Node, str]):
+        super().__init__()
+        self.in_pytorch = in_pytorch
+
     def is_node_supported(self, submodules: object, node: Node) -> bool:
+        return node.op == "call_function" and node not in self.in_pytorch
+
+
+# work a partition should keep even when it only feeds an op left to PyTorch
+_COMPUTE_BOUND = {
+    aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default,
+    aten.scaled_dot_product_attention.default, aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_flash_attention.default, aten._scaled_dot_product_efficient_attention.default,
+}  # fmt: skip
+
+
+def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
+    """The compute nodes of `gm` that run in PyTorch, each with the reason.
+
+    Those without an `ein` lowering, and the cheap supported ops that compute their inputs from
+    the graph's inputs (a mask cast before a `cumsum`, say): compiled, such a prefix would be a
+    partition of its own, cut off from the rest by the op it feeds; in PyTorch it is an input.
+    """
+    in_pytorch: dict[Node, str] = {}
+    from_inputs: set[Node] = set()  # computed from graph inputs by cheap or PyTorch-only ops
+    for node in gm.graph.nodes:
         if node.op != "call_function":
-            return False
-        if node.target is operator.getitem:
-            return self.is_node_supported(submodules, node.args[0])
-        return unsupported_reason(node) is None
+            from_inputs |= {node} if node.op in ("placeholder", "get_attr") else set()
+            continue
+        source = node.args[0] if node.target is operator.getitem else node
+        reason = in_pytorch.get(source) if source is not node else unsupported_reason(node)
+        if reason is not None:
+            in_pytorch[node] = reason
+        if node.target not in _COMPUTE_BOUND and all(a in from_inputs for a in node.all_input_nodes):
+            from_inputs.add(node)
+    for node in reversed(gm.graph.nodes):
+        feeds = sorted(u.name for u in node.users if u in in_pytorch)
+        if node.op == "call_function" and node in from_inputs and node not in in_pytorch and feeds:
+            in_pytorch[node] = f"cheap and computed from graph inputs only: runs beside {', '.join(feeds)}"
+    return in_pytorch
+
+
+def isolate_random_ops(gm: GraphModule) -> None:
+    """Rewrite training-mode dropout so only its random mask comes from PyTorch.
+
+    `native_dropout(x, p)` becomes `x * mask * 1/(1-p)` with `mask` from `native_dropout` of a
+    tensor of ones like `x`: PyTorch draws exactly the numbers it would have drawn for `x` (they
+    depend on the shape, not the values), but that call reads no computed tensor, so it runs
+    before the partition instead of cutting it in two, and the product compiles. Idempotent;
+    the graph stays runnable as it is.
+    """
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.target is not aten.native_dropout.default or not node.args[2]:
+            continue
+        x, p = node.args[0], float(node.args[1])
+        if x.op == "call_function" and x.target is aten.full.default:
+            continue  # already a mask source
+        val = x.meta["val"]
+        fake_mode = detect_fake_mode([val])
+        if fake_mode is None:  # no fake tensors to compute metadata on: leave the dropout to PyTorch
+            continue
+        call = partial(_call, graph, fake_mode)
+        with graph.inserting_before(node):
+            ones = call(aten.full.default, [list(val.shape), 1.0], {"dtype": val.dtype, "device": val.device})
+            mask = call(operator.getitem, [call(aten.native_dropout.default, [ones, p, True]), 1])
+            kept = call(aten.mul.Tensor, [x, mask])
+            out = call(aten.mul.Tensor, [kept, 0.0 if p >= 1 else 1 / (1 - p)])
+        for made in (ones, mask.args[0], mask, kept, out):
+            made.meta["stack_trace"] = node.meta.get("stack_trace")
+        for user in list(node.users):
+            user.replace_all_uses_with(out if user.args[1] == 0 else mask)
+            graph.erase_node(user)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+def _call(
+    graph: Graph, fake_mode: FakeTensorMode, target: object, args: list, kwargs: dict | None = None
+) -> Node:
+    """Insert a call of `target` with its `val` metadata, computed on the arguments' fake tensors
+    (never on real ones: a random op would draw from the generator at compile time)."""
+    kwargs = kwargs or {}
+    node = graph.call_function(target, tuple(args), kwargs)
+    with fake_mode:
+        node.meta["val"] = target(*(a.meta["val"] if isinstance(a, Node) else a for a in args), **kwargs)
+    return node
 
 
 def find_fallbacks(gm: GraphModule) -> list[Fallback]:
-    """The compute nodes of `gm` that have no `ein` lowering, with reasons."""
-    fallbacks = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem:
-            continue
-        reason = unsupported_reason(node)
-        if reason is not None:
-            fallbacks.append(Fallback(node.name, target_name(node), reason))
-    return fallbacks
+    """The compute nodes of `gm` that have no `ein` lowering, with reasons (training-mode dropout
+    rewritten first, see `isolate_random_ops`)."""
+    isolate_random_ops(gm)
+    in_pytorch = ops_in_pytorch(gm)
+    return [
+        Fallback(node.name, target_name(node), in_pytorch[node])
+        for node in gm.graph.nodes
+        if node in in_pytorch and node.target is not operator.getitem
+    ]
 
 
 def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
@@ -56,7 +144,9 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     Returns the rewritten module and the names of the compiled submodules.
     Regions made only of views are left to PyTorch: they cost nothing there.
     """
-    partitioner = CapabilityBasedPartitioner(gm, _EinSupport(), allows_single_node_partition=True)
+    isolate_random_ops(gm)
+    support = _EinSupport(ops_in_pytorch(gm))
+    partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
     partitions = partitioner.propose_partitions()
     fused = partitioner.fuse_partitions(partitions)
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]

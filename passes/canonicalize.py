@@ -4,8 +4,6 @@ Captured graphs spell a linear layer as `reshape → contract "mk,kn->mn" →
 reshape` with a permuted weight, and an activation as a chain of one-op maps.
 These patterns undo that, each an exact rewrite (no change to the numbers):
 
-- a contraction that sums only size-1 indices (an outer product) becomes a map multiplying
-  broadcast views of its operands;
 - a permute feeding a contraction folds into the spec (`"mk,nk->mn"`);
 - a reshape that flattens leading batch dims into M, undone by a reshape of
   the result, folds into the spec (`"bsk,nk->bsn"`);
@@ -22,7 +20,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.ir import Block, Operation, Region
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -34,8 +32,8 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
-from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type, single_user
-from ..ir.dtypes import shape_of, tensor_type
+from ..ir.builder import inline_map_body, single_user
+from ..ir.dtypes import shape_of
 
 
 class FoldPermuteIntoContract(RewritePattern):
@@ -90,51 +88,6 @@ class FoldBatchFlattenIntoContract(RewritePattern):
         rewriter.insert(new, InsertPoint.before(op))
         rewriter.replace(unflatten, [], [new.result])
         rewriter.erase(op)
-
-
-class ContractWithoutSum(RewritePattern):
-    """contract over size-1 indices only (an outer product: RoPE's inv_freq x positions) → a map
-    multiplying the operands viewed in the result's index order; no dot has a K of 1."""
-
-    @op_type_rewrite_pattern
-    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
-        lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
-        sizes = dict(zip(lhs_idx, shape_of(op.lhs.type))) | dict(zip(rhs_idx, shape_of(op.rhs.type)))
-        if any(sizes[c] != 1 for c in set(lhs_idx + rhs_idx) - set(out_idx)):
-            return
-        factors = []
-        for value, idx in ((op.lhs, lhs_idx), (op.rhs, rhs_idx)):
-            for view in _outer_product_views(value, idx, out_idx, sizes):
-                rewriter.insert(view, InsertPoint.before(op))
-                value = view.result
-            factors.append(value)
-        out_elem = op.result.type.get_element_type()
-        compute = opmath_type(out_elem)
-        block = Block(arg_types=[v.type.get_element_type() for v in factors])
-        sb = ScalarBuilder(block)
-        product = sb.mul(*(sb.cast(a, compute) for a in block.args))
-        block.add_op(ein.YieldOp(sb.cast(product, out_elem)))
-        rewriter.replace(op, ein.MapOp(factors, op.result.type, Region(block)))
-
-
-def _outer_product_views(value: SSAValue, idx: str, out_idx: str, sizes: dict[str, int]) -> list[ein.ViewOp]:
-    """Views of an operand with indices `idx` that line it up with the result `out_idx` for
-    broadcasting: its summed (size-1) indices dropped, the rest in result order, 1 for the others."""
-    views: list[ein.ViewOp] = []
-    elem = value.type.get_element_type()
-    kept = "".join(c for c in idx if c in out_idx)
-    if kept != idx:
-        views.append(ein.ViewOp("reshape", value, tensor_type([sizes[c] for c in kept], elem)))
-    ordered = "".join(c for c in out_idx if c in kept)
-    if ordered != kept:
-        perm = [kept.index(c) for c in ordered]
-        source = views[-1].result if views else value
-        views.append(ein.ViewOp("permute", source, tensor_type([sizes[c] for c in ordered], elem), perm))
-    if ordered != out_idx:
-        source = views[-1].result if views else value
-        shape = [sizes[c] if c in ordered else 1 for c in out_idx]
-        views.append(ein.ViewOp("reshape", source, tensor_type(shape, elem)))
-    return views
 
 
 def _is_reshape(op: Operation | None) -> bool:
@@ -200,7 +153,6 @@ class EraseUnused(RewritePattern):
 
 
 PATTERNS: tuple[type[RewritePattern], ...] = (
-    ContractWithoutSum,
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
     CollapseViews,

@@ -31,7 +31,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import inline_map_body, opmath_type
+from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
 from ..ir.dtypes import is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
@@ -79,6 +79,10 @@ def _apply_map(
     return kb.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
 
 
+def _multiply_add(sb: ScalarBuilder, acc: SSAValue, a: SSAValue, b: SSAValue) -> SSAValue:
+    return sb.add(acc, sb.mul(sb.cast(a, f32), sb.cast(b, f32)))
+
+
 def _classify(spec: str, sizes: dict[str, int]) -> tuple[str, str, str, str]:
     lhs, rhs, out = ein.parse_spec(spec)
     batch = "".join(c for c in out if c in lhs and c in rhs)
@@ -124,7 +128,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
         inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
         # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
-        dense_blocks = not batch and len(m) == len(n) == len(k) == 1
+        dense_blocks = not batch and len(m) == len(n) == len(k) == 1 and K > 1
         start = {
             m: kb.block_start(pid_m, "BLOCK_M"),
             n: kb.block_start(pid_n, "BLOCK_N"),
@@ -139,6 +143,8 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             ks = kb.unravel_block(flat_k, k_sizes) or kb.unravel(flat_k, k_sizes)
             k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
             k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
+            if K == 1:  # an outer product (RoPE's inv_freq x positions): tiles [.., 1] x [1, ..]
+                k_cols = k_rows = {c: kb.const(0) for c in k}
             start[k] = kb.block_start(body.args[0], "BLOCK_K")
             accs = []
             loaded: dict[SSAValue, SSAValue] = {}
@@ -152,6 +158,9 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
                 b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
                 b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
                 tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
+                if K == 1:  # a view may have dropped the size-1 K axis of a tile: multiply, no dot
+                    accs.append(kb.map([acc, loaded[op.lhs], b_tile], f32, _multiply_add))
+                    continue
                 accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
             kb.emit(scf.YieldOp(*accs))
         loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))

@@ -47,15 +47,20 @@ def test_gather_matches_eager_in_kernels(fn):
     assert "ein.gather" in reports[0]["partitions"][0]["ein_ops"]
 
 
-def test_outer_product_contraction_is_a_broadcast_multiply():
-    """RoPE's `inv_freq[None, :, None] @ positions[:, None, :]` sums over an index of size 1."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_outer_product_contraction_is_a_kernel(batch):
+    """RoPE's `inv_freq[None, :, None] @ positions[:, None, :]` sums over an index of size 1 that
+    the operands' views drop: the GEMM kernel multiplies instead of calling a dot."""
 
     def freqs(inv_freq, positions):
-        return torch.cos(inv_freq[None, :, None] @ positions[None, None, :].float()).transpose(1, 2)
+        inv = inv_freq[None, :, None].expand(positions.shape[0], -1, 1)
+        return torch.cos(inv @ positions[:, None, :].float()).transpose(1, 2)
 
-    reports = compile_and_compare(freqs, torch.rand(8), torch.arange(16))
-    assert "ein.contract" not in reports[0]["partitions"][0]["ein_ops"]
-    assert all(g["kernel"] is not None for g in fusion_groups(reports))
+    positions = torch.arange(16).expand(batch, 16)
+    reports = compile_and_compare(freqs, torch.rand(8), positions)
+    groups = fusion_groups(reports)
+    assert "gemm" in [g["kind"] for g in groups]  # the other: positions cast to float
+    assert all(g["kernel"] is not None for g in groups)
 
 
 def test_a_group_that_fails_to_lower_runs_op_by_op(monkeypatch):

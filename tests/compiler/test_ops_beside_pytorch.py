@@ -1,0 +1,58 @@
+"""Ops that stay in PyTorch cost the graph no extra partition: training-mode dropout keeps only its
+random mask there, a cheap prefix computed from the inputs of such an op runs beside it, and
+constant padding compiles."""
+
+from __future__ import annotations
+
+import torch
+
+import tilefuse
+from helpers import compile_and_compare, fusion_groups
+
+
+def test_training_dropout_compiles_its_product_with_eagers_random_mask():
+    x, w = torch.randn(8, 16), torch.randn(16, 16)
+
+    def dropout_mlp(x, w):
+        hidden = torch.nn.functional.dropout(x @ w, p=0.25, training=True)
+        return hidden, torch.relu(hidden @ w)
+
+    compiled = tilefuse.compile(dropout_mlp)
+    torch.manual_seed(1)
+    actual = compiled(x, w)
+    torch.manual_seed(1)  # PyTorch draws the same mask for the compiled graph as for eager
+    expected = dropout_mlp(x, w)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    kept = (actual[0] != 0).float().mean().item()
+    assert 0.5 < kept < 0.95  # about three quarters of the units survive
+    (report,) = compiled.tilefuse_reports
+    assert [f["op"] for f in report["fallbacks"]] == ["aten.full.default", "aten.native_dropout.default"]
+    (partition,) = report["partitions"]
+    assert "aten.native_dropout.default" not in partition["aten_ops"]
+    assert all(g["kernel"] is not None for g in partition["groups"])
+
+
+def test_prefix_of_an_op_left_to_pytorch_runs_beside_it():
+    """RoBERTa's positions: `cumsum` of a padding mask, then an embedding; one partition."""
+
+    def positions_then_embedding(ids, table, w):
+        mask = ids.ne(1).int()
+        positions = torch.cumsum(mask, dim=1).type_as(mask) * mask + 1
+        return torch.nn.functional.embedding(positions.long(), table) @ w
+
+    ids, table, w = torch.randint(0, 4, (2, 8)), torch.randn(20, 16), torch.randn(16, 16)
+    reports = compile_and_compare(positions_then_embedding, ids, table, w, allow_fallbacks=True)
+    (report,) = reports
+    assert len(report["partitions"]) == 1
+    in_pytorch = {f["op"]: f["reason"] for f in report["fallbacks"]}
+    assert set(in_pytorch) == {"aten.cumsum.default", "aten.ne.Scalar", "aten._to_copy.default"}
+    assert "runs beside" in in_pytorch["aten.ne.Scalar"]
+
+
+def test_constant_pad_compiles():
+    def padded(x, w):
+        return torch.nn.functional.pad(x @ w, (-1, 2, 3, 0), value=1.5) * 2.0
+
+    reports = compile_and_compare(padded, torch.randn(8, 16), torch.randn(16, 16))
+    assert all(g["kernel"] is not None for g in fusion_groups(reports))
+    assert "ein.concat" in reports[0]["partitions"][0]["ein_ops"]
