@@ -77,3 +77,21 @@ def test_model_matches_eager_as_generated_kernels(name):
     kernels = [g for g in partition["groups"] if g["kernel"] is not None]
     assert len(kernels) >= 20
     assert [g["not_a_kernel_because"] for g in partition["groups"] if g["kernel"] is None] == []
+
+
+def test_gpt2_in_training_mode_draws_eagers_dropout_masks():
+    """Dropout (embeddings, attention probabilities, residuals) keeps only its masks in PyTorch:
+    the same random draws as eager, and the graph stays one partition."""
+    model = _gpt2().train()
+    inputs = _inputs("gpt2")
+    with torch.no_grad():
+        compiled = tilefuse.compile(model)
+        torch.manual_seed(3)
+        actual = compiled(**inputs).logits
+        torch.manual_seed(3)
+        expected = model(**inputs).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    (report,) = compiled.tilefuse_reports
+    assert len(report["partitions"]) == 1
+    in_pytorch = {f["op"] for f in report["fallbacks"]}
+    assert in_pytorch == {"aten.native_dropout.default", "aten.full.default"}
