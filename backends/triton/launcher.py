@@ -16,6 +16,7 @@ import ast
 import functools
 import hashlib
 import importlib.util
+import logging
 import operator
 import os
 import sys
@@ -27,6 +28,8 @@ from types import ModuleType
 import torch
 
 from .emit import python_identifier
+
+log = logging.getLogger("tilefuse")
 
 
 class LaunchError(Exception):
@@ -197,8 +200,18 @@ class BoundLaunch:
             chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
             params["USE_TMA"] = chosen and descriptors_fit([tensors[i] for i in self.kernel.tma_tensors])
         grid = self.grid[: len(self.kernel.grid)]
-        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
-        binary = self.kernel.function[grid](*args, **params, **options)
+        while True:
+            options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+            try:
+                binary = self.kernel.function[grid](*args, **params, **options)
+                break
+            except Exception as e:
+                # a pipeline deeper than the shared memory holds: the grid stays, only stages go
+                if type(e).__name__ != "OutOfResources" or self.num_stages <= 1:
+                    raise
+                log.warning("tilefuse: kernel %s: %s; retrying with num_stages=%d",
+                            self.kernel.name, e, self.num_stages - 1)  # fmt: skip
+                self.num_stages -= 1
         if not self.per_launch_tma and _direct_launch_possible(binary):
             self.binary = binary
             self.raw = _raw_launch(binary, self.grid, self.constexprs)

@@ -213,3 +213,30 @@ def test_new_sizes_do_not_compile_again_and_again():
     assert len(reports) <= 3, [r["name"] for r in reports]
     assert reports[0]["partitions"] and not reports[0]["fallbacks"]
     assert all([f["op"] for f in r["fallbacks"]] == ["dynamic shapes"] for r in reports[1:])
+
+
+def test_a_launch_out_of_shared_memory_retries_with_fewer_stages():
+    from types import SimpleNamespace
+
+    class OutOfResources(Exception):
+        pass
+
+    seen = []
+
+    class Function:
+        def __getitem__(self, grid):
+            def launch(*args, num_warps, num_stages, **params):
+                seen.append(num_stages)
+                if num_stages > 2:
+                    raise OutOfResources("out of resource: shared memory")
+
+            return launch
+
+    kernel = SimpleNamespace(
+        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(), function=Function(),
+        grid_for=lambda config: (2,),
+    )  # fmt: skip
+    launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=4)
+    launch(0, torch.zeros(2), 1)
+    launch(0, torch.zeros(2), 1)
+    assert seen == [4, 3, 2, 2] and launch.num_stages == 2
