@@ -2,7 +2,10 @@
 
 Every call whose op has an `ein` lowering (and whose dtypes and shapes ein
 supports) may join a compiled partition; everything else stays in the outer
-graph, run by PyTorch, with the reason recorded for the dump.
+graph, run by PyTorch, with the reason recorded for the dump. What stays there
+should not cut a partition in two: training-mode dropout leaves only its mask
+to PyTorch, and cheap ops computed from the graph's inputs alone run beside
+the PyTorch op they feed.
 """
 
 from __future__ import annotations
