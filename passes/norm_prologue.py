@@ -367,10 +367,13 @@ class _Rewriter:
             if key not in self.shared_sums:
                 src = self.x_source if self.x_source.type.get_element_type() == w_elem else self.x
                 before = self.y.next_op
+                sums = self._row_sums(before, src, wanted)
                 if reader.lhs_shape is not None:
-                    view_type = tensor_type(reader.lhs_shape, src.type.get_element_type())
-                    src = self._insert(before, ein.ViewOp("reshape", src, view_type))
-                self.shared_sums[key] = self._row_sums(before, src, wanted)
+                    # sums over x's own rows, viewed as the GEMM's flattened rows: they then share
+                    # x's shape with the residual add that makes x, which can join their kernel
+                    stat_type = tensor_type([*reader.lhs_shape[:-1], 1], f32)
+                    sums = [s and self._insert(before, ein.ViewOp("reshape", s, stat_type)) for s in sums]
+                self.shared_sums[key] = sums
             sums = self.shared_sums[key]
             row_inputs = [v for v in sums if v is not None]
         elif reader.lhs_shape is not None:  # the statistics as they are, rows flattened like y's

@@ -182,3 +182,28 @@ def test_random_shapes_with_the_stream_read_by_a_later_kernel(rows, cols):
     row, gemm = fusion_groups(reports)
     assert row["kind"] == "row" and row["ops"][0] == "ein.map" and "ein.reduce" in row["ops"]
     assert gemm["kind"] == "gemm" and gemm["ops"] == ["ein.contract", "ein.map"]
+
+
+class Conv1DBlock(nn.Module):
+    """GPT-2's shape: the norm's output is flattened to rows for `addmm` (transformers' Conv1D),
+    the residual stream stays [batch, seq, d]."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.weight = nn.Parameter(torch.randn(d, d) / d**0.5)
+        self.bias = nn.Parameter(torch.randn(d))
+
+    def forward(self, x, attn):
+        h = x + attn
+        z = torch.addmm(self.bias, self.ln(h).view(-1, h.shape[-1]), self.weight)
+        return h + z.view(h.shape)
+
+
+def test_flattened_rows_after_the_norm_keep_the_add_with_the_statistics():
+    """norm-prologue computes the sums over x's own rows and views them as the GEMM's rows, so
+    the residual add (in x's shape) joins the statistics' row kernel."""
+    reports = compile_and_compare(Conv1DBlock(48), torch.randn(2, 7, 48), torch.randn(2, 7, 48), rtol=1e-4, atol=1e-4)
+    kernels_ran(reports)
+    (stats,) = [g for g in fusion_groups(reports) if g["kind"] == "row"]
+    assert stats["ops"] == ["ein.map", "ein.map", "ein.reduce", "ein.map", "ein.reduce"]
