@@ -16,7 +16,7 @@ import tilefuse
 import tilefuse.backends.triton as triton_backend
 from helpers import compile_and_compare, fusion_groups
 from tilefuse.backends.triton import precompile
-from tilefuse.compiler import codegen
+from tilefuse.compiler import artifact_cache, codegen
 
 BLOCK = """
 import torch
@@ -65,17 +65,19 @@ def _count_loads(monkeypatch) -> list[str]:
 
 
 def test_identical_blocks_compile_each_distinct_kernel_once(blocks, monkeypatch):
+    # the first and last blocks may fuse differently (a residual add joins the next block's norm),
+    # the ones between are alike: five blocks have the kernels of three, no new ones
     x = torch.randn(2, 4, 16)
-    one = compile_and_compare(blocks.model(1), x, rtol=1e-4, atol=1e-4)
-    loaded = _count_loads(monkeypatch)
     three = compile_and_compare(blocks.model(3), x, rtol=1e-4, atol=1e-4)
-    (k1,), (k3,) = [r["kernels"] for r in one], [r["kernels"] for r in three]
-    assert k3["total"] == 3 * k1["total"] and k3["distinct"] == k1["distinct"] < k1["total"] + 1, (k1, k3)
-    assert len(loaded) == len(set(loaded)) == k3["distinct"]
+    loaded = _count_loads(monkeypatch)
+    five = compile_and_compare(blocks.model(5), x, rtol=1e-4, atol=1e-4)
+    (k3,), (k5,) = [r["kernels"] for r in three], [r["kernels"] for r in five]
+    assert k5["total"] > k3["total"] > k3["distinct"] and k5["distinct"] == k3["distinct"], (k3, k5)
+    assert len(loaded) == len(set(loaded)) == k5["distinct"]
     # twin groups (one per block) name the same Triton function: Triton compiles it once
-    groups = [g for g in fusion_groups(three) if g["kernel"]]
-    assert len({g["triton_function"] for g in groups}) == k3["distinct"]
-    assert len({g["kernel"] for g in groups}) == k3["total"]
+    groups = [g for g in fusion_groups(five) if g["kernel"]]
+    assert len({g["triton_function"] for g in groups}) == k5["distinct"]
+    assert len({g["kernel"] for g in groups}) == k5["total"]
 
 
 def test_report_says_where_compile_time_went(blocks, tmp_path):
@@ -198,6 +200,7 @@ print(json.dumps({"cache": report["cache"], "seconds": report["compile_seconds"]
 
 def test_cache_hit_in_a_new_process_is_fast_and_matches_eager(blocks, tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    artifact_cache._code_fingerprint.cache_clear()  # the sources as the new process will hash them
     compiled = tilefuse.compile(blocks.model(2))
     with torch.no_grad():
         compiled(torch.randn(2, 4, 16))
