@@ -1,6 +1,6 @@
 """Ops that stay in PyTorch cost the graph no extra partition: training-mode dropout keeps only its
-random mask there, a cheap prefix computed from the inputs of such an op runs beside it, and
-constant padding compiles."""
+random mask there, a cheap prefix computed from the inputs of such an op runs beside it (an
+integer cumsum's); constant padding and float cumsums compile."""
 
 from __future__ import annotations
 
@@ -56,3 +56,12 @@ def test_constant_pad_compiles():
     reports = compile_and_compare(padded, torch.randn(8, 16), torch.randn(16, 16))
     assert all(g["kernel"] is not None for g in fusion_groups(reports))
     assert "ein.concat" in reports[0]["partitions"][0]["ein_ops"]
+
+
+def test_float_cumsum_is_a_gemm_with_a_triangular_matrix():
+    def running_sum(x, w):
+        return torch.cumsum(x @ w, dim=0) + 1.0
+
+    reports = compile_and_compare(running_sum, torch.randn(12, 16), torch.randn(16, 8), rtol=1e-4, atol=1e-4)
+    kinds = [g["kind"] for g in fusion_groups(reports)]
+    assert kinds.count("gemm") == 2 and all(g["kernel"] for g in fusion_groups(reports))
