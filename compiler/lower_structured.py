@@ -166,7 +166,15 @@ def _float_cumsum_check(node: Node) -> str | None:
     val = node.meta["val"]
     if not val.dtype.is_floating_point:
         return "an integer cumsum runs in PyTorch (it would be an integer GEMM)"
-    return "a cumsum of a 0-d tensor runs in PyTorch" if val.dim() == 0 else None
+    if val.dim() == 0:
+        return "a cumsum of a 0-d tensor runs in PyTorch"
+    n = val.shape[node.args[1] % val.dim()]
+    if n > MAX_CUMSUM_GEMM:  # the triangular matrix has n² elements, the GEMM n² work per row
+        return f"a cumsum over {n} > {MAX_CUMSUM_GEMM} elements runs in PyTorch (as a GEMM it is O(n²))"
+    return None
+
+
+MAX_CUMSUM_GEMM = 2048
 
 
 @lowers(aten.cumsum.default, check=_float_cumsum_check)
