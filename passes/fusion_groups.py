@@ -15,11 +15,12 @@ op went where:
   it when a tile can hold whole rows (N <= MAX_EPILOGUE_ROW), or when the row was
   split into chunks a tile holds (split-reduction: a reshape [.., N] -> [.., T, C]
   feeding the row group); other wide rows stay a GEMM plus a row kernel.
-  The product may also be read after the row group (a residual add in the
-  epilogue followed by a norm, whose sum is the residual stream): the kernel
-  then has two outputs. A residual add in a GEMM's epilogue stays there when
-  the row is wider: moving it into the norm's row kernel would cost the GEMM's
-  output a write and a read more than writing `h` and reading it back.
+  The product may also be read after the row group (the residual stream h,
+  when the epilogue ends with the residual add and the row group is the
+  norm): the kernel then writes both. When the row is wider, a residual add
+  in a GEMM's epilogue stays there: moving it into the norm's row kernel
+  would cost the GEMM's output a write and a read more than writing `h` and
+  reading it back.
 - **row**: reductions over the same dims of the same shape, with the maps
   around them (full-shaped or row-shaped), whose intermediates are used only
   inside the group: softmax, log-softmax, LayerNorm, RMSNorm and chains of
@@ -245,7 +246,7 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
             for op in component - members:
                 users = _users(op, space)
                 inside = users and all(u in members for u in users)
-                if inside or _extra_output(op, users, members, position, position[output]):
+                if inside or _extra_output(op, users, members, space, position, position[output]):
                     members.add(op)
                     grown = True
         if seed in members:
@@ -254,11 +255,12 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
 
 
 def _extra_output(
-    op: Operation, users: list[Operation], members: set[Operation], position: dict, end: int
+    op: Operation, users: list[Operation], members: set[Operation], space: RowSpace, position: dict, end: int
 ) -> bool:
     """Whether `op` can join a group ending at `end` as an extra output: it feeds the group and
-    every other reader comes after the group's last op, where the kernel has written it. A view
-    before that point must be read by members only: PyTorch glue would read it too early."""
+    every other reader comes after the group's last op, where the kernel has written it. Before
+    that point only a statistics reshape read by members may read it (the kernel keeps both
+    in registers); through any other view the kernel would load what it has not stored yet."""
     feeds = any(u in members for u in users)
 
     def read_later(value: SSAValue) -> bool:
@@ -266,7 +268,7 @@ def _extra_output(
             user = use.operation
             if user in members or position[user] > end:
                 continue
-            if not isinstance(user, VIRTUAL_OPS) or not all(_read_inside(r, members) for r in user.results):
+            if not space.is_stat_view(user) or not all(_read_inside(r, members) for r in user.results):
                 return False
         return True
 
@@ -310,7 +312,8 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
 
 def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:
     """A row group over a GEMM's output rows (softmax, norms over N) joins the GEMM when one
-    tile can own whole rows: N <= MAX_EPILOGUE_ROW and the output has no other reader."""
+    tile can own whole rows: N <= MAX_EPILOGUE_ROW and the output's other readers, if any,
+    come after the row group (the GEMM then writes its output too)."""
     absorbed: list[tuple] = []
     result = []
     position = {op: i for i, op in enumerate(order)}
@@ -351,7 +354,7 @@ def _row_epilogue_of(gemm: tuple, groups: list, position: dict) -> tuple | None:
         reduce = next(op for op in group[2] if isinstance(op, ein.ReduceOp))
         if RowSpace.of(reduce) != space:
             return None
-        later = not chunked and _extra_output(members[-1], list(readers), row, position, group[0])
+        later = not chunked and _extra_output(members[-1], list(readers), row, space, position, group[0])
         return group if readers <= row or later else None
     return None
 
