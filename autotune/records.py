@@ -32,7 +32,8 @@ class TuningTask:
     `key` identifies the kernel's structure, shapes and dtypes (see `task_key`); the
     database adds the device and versions. `problem` is the lowering's description
     (M, N, K, ... and its constraints `whole`/`exact`/`divisors`). `args` are the
-    kernel's tensors in launch order, inputs first and the output last.
+    kernel's tensors in launch order, inputs first and then its outputs (a row kernel after a
+    residual add writes two: the residual stream and the normed rows).
     """
 
     key: str

@@ -33,7 +33,8 @@ def error_message(exc: BaseException) -> str:
 
 
 def make_inputs(args: Sequence[ArgSpec], device: object, sets: int) -> list[list]:
-    """`sets` lists of random tensors for a task's `ArgSpec`s, the last (the output) left empty.
+    """`sets` lists of random tensors for a task's `ArgSpec`s, the last (an output) left empty;
+    a kernel's other outputs, if any, get random values it overwrites.
 
     Floats are standard normal (values near 1, as activations and weights are after
     normalization); integers and booleans are small non-negative values, which stay
