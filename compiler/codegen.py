@@ -16,12 +16,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import StringAttr
 
 from ..autotune.heuristics import config_override, default_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
-from ..ir.module import IRError, make_context, print_module, verify
+from ..ir.module import IRError, make_context, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from .artifact_cache import cache_dir
@@ -231,9 +231,3 @@ def triton_function_name(source: str) -> str:
     if found is None:
         raise ValueError("the source defines no @triton.jit function")
     return found.group(1)
-
-
-def tile_module_text(art: GraphArtifact) -> str:
-    """All kernels of the graph as one `tile` module, for the dump."""
-    kernels = [g.kernel.clone() for p in art.compiled_partitions() for g in p.lowered if g.kernel is not None]
-    return print_module(ModuleOp(kernels))

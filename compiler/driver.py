@@ -30,7 +30,7 @@ from xdsl.ir import Block, Region
 from ..ir import tile
 from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import Canonicalize
-from ..passes.lower_to_tile import LoweredGroup
+from ..passes.lower_to_tile import LoweredGroup, lower_function
 from .artifact_cache import (
     CacheEntry,
     CacheFormatError,
@@ -50,7 +50,6 @@ from .codegen import (
     stage_lower,
     stage_norm_prologue,
     stage_split_reduction,
-    tile_module_text,
 )
 from .dump import GraphDump
 from .fx_import import ImportFailure, InputInfo, import_graph
@@ -121,6 +120,7 @@ class GraphArtifact:
     functions: dict[str, str] = field(default_factory=dict)  # kernel (group) name -> its Triton function
     cached: CacheEntry | None = None
     restored: dict[str, tuple[func.FuncOp, list[LoweredGroup]]] = field(default_factory=dict)  # on a hit
+    dumped_kernels: dict[str, tile.KernelOp] | None = None  # for the dump: every kernel, with its body
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
     triton_compile_seconds: float = 0.0  # the part of codegen spent compiling kernels ahead of launch
     dump: GraphDump | None = None
@@ -260,10 +260,22 @@ def _dump_module_as(filename: str) -> Callable[[GraphArtifact], tuple[str, str]]
 
 
 def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
-    text = tile_module_text(art)
-    if art.restored:  # the cache keeps kernels' declarations: their bodies are their Triton sources
-        text = "// compile-cache hit: kernel declarations only; the bodies are kernels/*.py\n" + text
-    return "tile.mlir", text
+    """All kernels of the graph as one `tile` module."""
+    kernels = _dumped_kernels(art).values()
+    return "tile.mlir", print_module(ModuleOp([k.clone() for k in kernels]))
+
+
+def _dumped_kernels(art: GraphArtifact) -> dict[str, tile.KernelOp]:
+    """Every kernel of the graph with its body, by name; a cache hit's are lowered again (dumps only)."""
+    if art.dumped_kernels is None:
+        art.dumped_kernels = {}
+        for p in art.compiled_partitions():
+            lowered = p.lowered
+            if p.name in art.restored:  # the cache keeps kernels' declarations only
+                lowered = lower_function(p.function, art.target.allow_tf32, check=False)
+            kernels = [g.kernel for g in lowered if g.kernel is not None]
+            art.dumped_kernels.update((k.sym_name.data, k) for k in kernels)
+    return art.dumped_kernels
 
 
 STAGES: list[Stage] = [
@@ -342,23 +354,15 @@ def compile_aten_graph(
 def _kernel_file(art: GraphArtifact, kernel: str) -> str:
     """A kernel's dump: its source with its operands' names, under comments naming its group and twins.
 
-    The loaded source names operands `arg0`, `arg1`, ... so that identical kernels share
-    it; on a compile-cache hit (no kernel bodies kept) the dump is that source, under
-    a comment naming its operands.
+    The loaded source names operands `arg0`, `arg1`, ... so that identical kernels share it.
     """
     function, source = art.functions[kernel], art.sources[kernel]
     twins = sorted(k for k, s in art.sources.items() if s == source and k != kernel)
     lines = [f"# group kernel {kernel}: Triton function {function}"]
     if twins:
         lines.append(f"# the same source serves {', '.join(twins)}")
-    tile_kernel, restored = next(
-        ((g.kernel, p.name in art.restored) for p in art.compiled_partitions() for g in p.lowered
-         if g.kernel is not None and g.kernel.sym_name.data == kernel), (None, True),
-    )  # fmt: skip
-    if tile_kernel is None or restored:
-        args = tile_kernel.body.block.args if tile_kernel is not None else []
-        names = [f"arg{i} = {a.name_hint}" for i, a in enumerate(args) if a.name_hint]
-        lines += [f"# operands: {', '.join(names)}"] if names else []
+    tile_kernel = _dumped_kernels(art).get(kernel)
+    if tile_kernel is None:
         return "\n".join([*lines, source])
     lines.append("# shown with its operands' names; it is loaded with them named arg0, arg1, ...")
     return "\n".join([*lines, named_source(tile_kernel, function, art.target.triton_options())])
