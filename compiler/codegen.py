@@ -181,19 +181,20 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             p.kernels.append(kernel)
-    art.triton_compile_seconds = precompile_kernels(art)
+    art.precompiled = precompile_kernels(art)
     return art
 
 
-def precompile_kernels(art: GraphArtifact) -> float:
+def precompile_kernels(art: GraphArtifact) -> dict | None:
     """Compile the graph's distinct kernels in worker processes before their first launch (GPU only).
 
-    Returns the seconds it took. One job per distinct source and configuration; a
-    kernel that does not compile here compiles at its first launch, as it would anyway.
+    Returns what it did, for the report (None under Triton's interpreter, which compiles
+    nothing). One job per distinct source and configuration; a kernel that does not
+    compile here compiles at its first launch, as it would anyway.
     """
     capability = _gpu_capability(art.target)
     if capability is None:
-        return 0.0  # Triton's interpreter compiles nothing
+        return None
     import torch
     import triton
 
@@ -209,7 +210,13 @@ def precompile_kernels(art: GraphArtifact) -> float:
     target = f"{art.target.device},sm{capability},torch {torch.__version__},triton {triton.__version__}"
     cache = cache_dir()  # markers of what compiled live beside the compile cache, and go with it
     markers = cache / "precompiled" if cache else None
-    return precompile.precompile(list(jobs.values()), target, marker_dir=markers).seconds
+    job_list = list(jobs.values())
+    done = precompile.precompile(job_list, target, marker_dir=markers)
+    failed = {job_list[i].function: why for i, why in done.failed.items()}
+    return {
+        "jobs": done.jobs, "compiled": done.compiled, "already_compiled": done.already,
+        "workers": done.workers, "failed": failed, "error": done.error, "seconds": round(done.seconds, 4),
+    }  # fmt: skip
 
 
 def _gpu_capability(target: Target) -> int | None:

@@ -122,7 +122,7 @@ class GraphArtifact:
     restored: dict[str, tuple[func.FuncOp, list[LoweredGroup]]] = field(default_factory=dict)  # on a hit
     dumped_kernels: dict[str, tile.KernelOp] | None = None  # for the dump: every kernel, with its body
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
-    triton_compile_seconds: float = 0.0  # the part of codegen spent compiling kernels ahead of launch
+    precompiled: dict | None = None  # what codegen compiled ahead of the first launch (GPU), and how long
     dump: GraphDump | None = None
     runners: dict[str, KernelPlan] = field(default_factory=dict)
 
@@ -380,7 +380,7 @@ def _compile_seconds(art: GraphArtifact, capture: float | None, tilefuse: float)
     through Dynamo); `other` is the runtime stage, dumps and the compile cache.
     """
     passes = {name: round(art.seconds[name], 4) for name in PASS_STAGES if name in art.seconds}
-    triton = art.triton_compile_seconds
+    triton = art.precompiled["seconds"] if art.precompiled else 0.0
     codegen = art.seconds.get("codegen", 0.0) - triton
     other = tilefuse - sum(art.seconds.get(name, 0.0) for name in PASS_STAGES) - codegen - triton
     return {
@@ -420,6 +420,10 @@ def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
         "files": files,
         "partitions": [p.summary() for p in compiled],
         "fallbacks": fallbacks,
-        "kernels": {"total": len(art.sources), "distinct": len(set(art.sources.values()))},
+        "kernels": {
+            "total": len(art.sources),
+            "distinct": len(set(art.sources.values())),
+            "precompiled": art.precompiled,  # GPU: compiled in worker processes before the first launch
+        },
     }
 

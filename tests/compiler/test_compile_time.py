@@ -179,6 +179,8 @@ def test_codegen_precompiles_each_distinct_kernel_once_on_a_gpu(blocks, fake_com
     assert sorted(line.split()[0] for line in logged) == sorted(job.function for job in jobs)
     assert len({line.split()[-1] for line in logged}) == 2  # two worker processes
     assert report["compile_seconds"]["triton_compile"] > 0
+    precompiled = report["kernels"]["precompiled"]
+    assert precompiled["compiled"] == len(jobs) and precompiled["workers"] == 2 and not precompiled["failed"]
 
 
 CACHE_HIT = """
