@@ -14,7 +14,7 @@ PASS_FILE = Path(__file__).parents[1] / "passes" / "split-reduction" / "logsumex
 
 
 def _model(x, w):
-    return torch.logsumexp(x @ w, -1), torch.cumsum(x, 0)  # cumsum: left to PyTorch
+    return torch.logsumexp(x @ w, -1), torch.cumprod(x, 0)  # cumprod: left to PyTorch
 
 
 def _compile(tmp_path):
@@ -85,7 +85,7 @@ def test_inspect_summarizes_a_dump(tmp_path, capsys):
     assert cli_main(["inspect", str(compiled.tilefuse_dump_dir)]) == 0
     out = capsys.readouterr().out
     assert "gemm" in out and "fused_0_k0" in out and "[default:" in out
-    assert "in PyTorch:" in out and "cumsum" in out
+    assert "in PyTorch:" in out and "cumprod" in out
     assert "totals: 2 kernels" in out
 
 
@@ -114,7 +114,7 @@ def test_html_report_is_self_contained_and_holds_every_kernel(tmp_path, capsys):
     (graph,) = [d for d in Path(compiled.tilefuse_dump_dir).iterdir() if d.is_dir()]
     for source in (graph / "kernels").glob("*.py"):
         assert source.stem in page and "@triton.jit" in page and "tile.kernel" in page
-    assert "cumsum" in page  # the op left to PyTorch, with its reason
+    assert "cumprod" in page  # the op left to PyTorch, with its reason
 
 
 def test_tuning_plot_marks_failures_and_tracks_the_best():
