@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import itertools
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .records import BuildResult, MeasureInput
-from .runner import error_message
+from .runner import Interrupted, error_message
 
 
 class BuildError(Exception):
@@ -128,6 +131,8 @@ _STARTED = None  # in a worker: where it says which candidate it has begun
 def _init_worker(started: object) -> None:
     global _STARTED
     _STARTED = started
+    # Ctrl-C in a terminal reaches every process of the group: the job stops the pool itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _build_in_worker(
@@ -176,6 +181,21 @@ class LocalBuilder:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._started = None  # the pool's queue of begun candidates' tags
         self._tags = itertools.count()
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stop building, from another thread: the workers are killed and the `build` in progress,
+        and any later one, raises `Interrupted` instead of returning results."""
+        self._interrupted.set()
+        pool = self._pool
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted.is_set():
+            self._discard_pool()
+            raise Interrupted
 
     def build(self, inputs: Sequence[MeasureInput]) -> list[BuildResult]:
         """Build every input; a compile error, a hang or a crashed worker becomes that input's error."""
@@ -211,6 +231,7 @@ class LocalBuilder:
             return flight.started + self.timeout_s
 
         while queue or suspects or running:
+            self._check_interrupt()
             if suspects:
                 if not running:
                     submit(suspects)
@@ -224,6 +245,7 @@ class LocalBuilder:
             if any(f.started is None for f in running.values()):
                 wait_s = min(wait_s, POLL_S)
             done, _ = concurrent.futures.wait(running, max(0.0, wait_s), concurrent.futures.FIRST_COMPLETED)
+            self._check_interrupt()
             hit = []  # in flight when a worker died
             for future in done:
                 flight = running.pop(future)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -118,6 +119,28 @@ class TuneSummary:
         return "\n".join(rows)
 
 
+STOP_TIMEOUT_S = 30.0  # for the workers to see an interrupt and close the database
+
+
+def _stop_workers(threads: Sequence[threading.Thread], parts: Sequence, bar: ProgressBar | None) -> None:
+    """After Ctrl-C: kill the measuring and building processes, so that the trial in flight ends
+    with `Interrupted` (recorded nowhere) rather than as a crash, and wait for the workers to
+    leave their database. A second Ctrl-C meanwhile is ignored: it would cut this short."""
+    main = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for part in parts:
+            part.interrupt()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if bar:
+        bar.finish()
+
+
 def _ms(value: float | None) -> str:
     return f"{value:.4g}" if value is not None else "-"
 
@@ -149,12 +172,15 @@ def tune(
         pending.put(task)
     results: dict[str, TuneResult] = {}
     errors: list[BaseException] = []
+    # made here, not in the threads, so that an interrupt can reach every one of them
+    runners = [LocalRunner(timeout_s=timeout_s, device_index=i if gpus > 1 else None) for i in range(workers)]
+    builders = [LocalBuilder() for _ in range(workers)]
 
     def work(index: int) -> None:
-        runner = LocalRunner(timeout_s=timeout_s, device_index=index if gpus > 1 else None)
+        runner, builder = runners[index], builders[index]
         search = make_strategy(strategy, seed=index, model_path=model_path)
         try:
-            with Database(path) as db, LocalBuilder() as builder, runner:
+            with Database(path) as db, builder, runner:
                 while True:
                     try:
                         task = pending.get_nowait()
@@ -174,8 +200,12 @@ def tune(
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:
+        _stop_workers(threads, [*runners, *builders], bar)
+        raise
     if errors:
         raise errors[0]
     summary = TuneSummary([results[t.key] for t in tasks if t.key in results], path, device)

@@ -13,6 +13,7 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import sys
 import threading
 import time
@@ -162,6 +163,9 @@ def _exit_with(parent: int) -> None:
 def _child_main(conn: multiprocessing.connection.Connection, measure: Callable) -> None:
     """The measuring process: announces itself, then answers each input with (result, still usable)."""
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    # Ctrl-C in a terminal reaches the whole process group: the tuning job decides what an
+    # interrupt means (stop, record nothing for the trial in flight) and ends this process itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Triton's interpreter computes with numpy, which warns on the inf/NaN of random inputs
     # (exp overflow): noise on the job's terminal, not a result
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -224,6 +228,10 @@ class _StartFailure(Exception):
     """The measuring process could not be started; every input of the batch fails the same way."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A tuning job was interrupted: the candidate in flight has no result and must not be recorded."""
+
+
 class LocalRunner:
     """Measures candidates one at a time in a persistent child process, restarted after a hang or crash.
 
@@ -248,6 +256,7 @@ class LocalRunner:
         self.visible_devices = None if device_index is None else _visible_device(device_index)
         self._process = None
         self._conn = None
+        self._interrupted = threading.Event()
 
     @property
     def pid(self) -> int | None:
@@ -261,12 +270,29 @@ class LocalRunner:
             try:
                 results.append(self._measure_one(inp))
             except _StartFailure as e:
+                self._check_interrupt()  # a child killed by `interrupt` as it started did not fail
                 results.extend(MeasureResult(x.config, error=str(e)) for x in inputs[i:])
                 break
         return results
 
+    def interrupt(self) -> None:
+        """Stop measuring, from another thread: the child is killed and the `run` in progress, and any
+        later one, raises `Interrupted` instead of returning a result for the candidate in flight."""
+        self._interrupted.set()
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted.is_set():
+            self._stop(kill=True)
+            raise Interrupted
+
     def _measure_one(self, inp: MeasureInput) -> MeasureResult:
+        self._check_interrupt()
         conn, process = self._child()
+        self._check_interrupt()  # interrupted while the child started: it was not there to kill
         start = time.perf_counter()
         try:
             conn.send(inp)
@@ -275,6 +301,7 @@ class LocalRunner:
         except Exception as e:  # pickling fails before anything is sent: the child is still waiting
             return MeasureResult(inp.config, error=f"cannot send the candidate: {error_message(e)}")
         ready = multiprocessing.connection.wait([conn, process.sentinel], timeout=self.timeout_s)
+        self._check_interrupt()
         if conn in ready:
             try:
                 result, usable = conn.recv()

@@ -131,13 +131,20 @@ def _tune(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    summary = tune(
-        fn, inputs, args.budget, strategy=args.strategy, workers=args.workers, database=args.db,
-        timeout_s=args.timeout, patience=args.patience,
-        model_path=Path(args.model) if args.model else None,
-    )  # fmt: skip
+    try:  # Ctrl-C: the job stops its processes and records nothing for the trial in flight
+        summary = tune(
+            fn, inputs, args.budget, strategy=args.strategy, workers=args.workers, database=args.db,
+            timeout_s=args.timeout, patience=args.patience,
+            model_path=Path(args.model) if args.model else None,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     print(summary.table())
     return 0
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
