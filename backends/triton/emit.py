@@ -70,15 +70,18 @@ class TritonOptions:
 
     upcast_bf16_dots: bool = False
     round_bf16_casts: bool = False
+    # f32 dots where PyTorch's matmul precision is "highest": 3xTF32 on the GPU (error 2.4e-7 against
+    # float64 at 4096³ on the H200, SGEMM's 1.1e-6, and faster than SGEMM); exact FMA math elsewhere
+    exact_f32_dots: str = "tf32x3"
 
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
         """The options for kernels that run in Triton's interpreter (CPU tensors)."""
-        return cls(upcast_bf16_dots=True, round_bf16_casts=True)
+        return cls(upcast_bf16_dots=True, round_bf16_casts=True, exact_f32_dots="ieee")
 
     def key(self) -> str:
         flags = f"upcast_bf16_dots={int(self.upcast_bf16_dots)},round_bf16_casts={int(self.round_bf16_casts)}"
-        return f"triton-emit-v{EMITTER_VERSION}:{flags}"
+        return f"triton-emit-v{EMITTER_VERSION}:{flags},f32={self.exact_f32_dots}"
 
 
 class EmitError(Exception):
@@ -494,7 +497,8 @@ class _KernelWriter:
             a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
             options.append('input_precision="ieee"')
         elif isinstance(elem, Float32Type):
-            options.append(f'input_precision="{"tf32" if op.tf32 is not None else "ieee"}"')
+            precision = "tf32" if op.tf32 is not None else self.options.exact_f32_dots
+            options.append(f'input_precision="{precision}"')
         if acc_elem != f32:
             options.append(f"out_dtype={_tl(acc_elem)}")
         self._define(op.result, f"tl.dot({', '.join([a, b, self._e(op.acc), *options])})")

@@ -87,3 +87,15 @@ def test_reduce_overhead_refuses_cpu_inputs_cleanly():
     for _ in range(4):
         torch.testing.assert_close(compiled(x, y), x * 2 + y.cuda())
     assert compiled.tilefuse_reports[0]["cudagraphs"].startswith("refused")
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024, 4096), (257, 129, 1000)], ids=str)
+def test_fp32_at_highest_precision_is_as_accurate_as_sgemm(shape):
+    """fp32 dots at "highest" use 3xTF32: allowed only because the error is no worse than SGEMM's."""
+    assert torch.get_float32_matmul_precision() == "highest"
+    m, n, k = shape
+    x, w = torch.randn(m, k, device=CUDA), torch.randn(k, n, device=CUDA)
+    compiled = tilefuse.compile(lambda x, w: x @ w + 1)
+    ref = x.double() @ w.double() + 1
+    ours, sgemm = rel_error(compiled(x, w), ref), rel_error(x @ w + 1, ref)
+    assert ours <= max(1.5 * sgemm, 1e-7), (ours, sgemm)
