@@ -26,6 +26,7 @@ from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
+from .selection import GraphSelection, selection_enabled
 
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
@@ -110,11 +111,18 @@ class TilefuseBackend:
                 self.reports.append(summary)
             return make_boxed_func(compiled)
 
-        return aot_autograd(
+        reports_before = len(self.reports)
+        compiled = aot_autograd(
             fw_compiler=forward_compiler,
             bw_compiler=_pytorch_backward,
             decompositions=decompositions(),
         )(gm, example_inputs)
+        device = _graph_device(example_inputs)
+        if self.options.mode == "reduce-overhead" or not selection_enabled(device):
+            return compiled
+        if len(self.reports) != reports_before + 1:  # the forward was not compiled now: nothing to measure
+            return compiled
+        return GraphSelection(compiled, gm.forward, device, self.reports[-1])
 
 
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
@@ -129,6 +137,13 @@ class TilefuseBackend:
         with self._lock:
             self.reports.append(summary)
         return gm.forward
+
+
+def _graph_device(example_inputs: list) -> torch.device:
+    for t in example_inputs:
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cpu")
 
 
 def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:

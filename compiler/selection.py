@@ -9,6 +9,13 @@ decide. The choice and both times go in the partition's report
 (`selection`). `TILEFUSE_SELECT=0` keeps the generated program without
 measuring. A finer choice, per fused group between its kernel and the
 library path, is the autotuner's job; this one guarantees the whole.
+
+"The captured PyTorch code" of a partition is aten after PyTorch's core
+decompositions, which can itself be slower than eager (a decomposed norm is
+several kernels). So a whole graph is measured once more, the same way,
+against Dynamo's captured graph run as PyTorch (`GraphSelection`), once its
+partitions have chosen: what a user gets is never slower than the eager
+graph, up to the noise of a median of three.
 """
 
 from __future__ import annotations
@@ -47,12 +54,12 @@ class Selection:
     pytorch_ms: list[float] = field(default_factory=list)
     calls: int = 0
     choice: str | None = None  # "program" or "pytorch"
-    clock: Callable[[str, Callable[[], object], torch.device], tuple[object, float]] = timed
+    clock: Callable[[str, Callable[[], object], torch.device], tuple[object, float]] | None = None  # `timed`
 
     def step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
         """Run one call while measuring; returns the program's result (its correctness is the
         program's own; only its speed is in question), or None where the program's guard refused."""
-        clock = self.clock
+        clock = self.clock or timed
         self.calls += 1
         if self.calls == 1 or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             return program()
@@ -81,3 +88,34 @@ class Selection:
             "program_ms": round(statistics.median(self.program_ms), 4) if self.program_ms else None,
             "pytorch_ms": round(statistics.median(self.pytorch_ms), 4) if self.pytorch_ms else None,
         }
+
+
+class GraphSelection:
+    """A compiled graph against Dynamo's own graph run by PyTorch; calls with gradients take the
+    compiled graph unmeasured (the backward of either runs in PyTorch; forward time alone would
+    not decide the step)."""
+
+    def __init__(self, compiled: Callable, eager: Callable, device: torch.device, report: dict):
+        self.compiled = compiled
+        self.eager = eager
+        self.report = report
+        self.settle = 2 + ROUNDS  # the partitions' own choices come first
+        self.selection = Selection(device)
+
+    def __call__(self, *args: object) -> object:
+        chosen = self.selection.choice
+        if chosen == "program" or (chosen is None and torch.is_grad_enabled()):
+            return self.compiled(*args)
+        if chosen == "pytorch":
+            return self.eager(*args)
+        if self.settle > 0:
+            self.settle -= 1
+            return self.compiled(*args)
+        out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
+        if self.selection.choice is not None:
+            summary = self.selection.summary()
+            self.report["selection"] = {
+                "chosen": "tilefuse" if summary["chosen"] == "program" else "pytorch (the eager graph)",
+                "tilefuse_ms": summary["program_ms"], "pytorch_ms": summary["pytorch_ms"],
+            }  # fmt: skip
+        return out

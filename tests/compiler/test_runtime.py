@@ -240,3 +240,26 @@ def test_a_launch_out_of_shared_memory_retries_with_fewer_stages():
     launch(0, torch.zeros(2), 1)
     launch(0, torch.zeros(2), 1)
     assert seen == [4, 3, 2, 2] and launch.num_stages == 2
+
+
+@pytest.mark.parametrize("faster", ["program", "pytorch"])
+def test_a_whole_graph_is_measured_against_the_eager_graph(monkeypatch, faster):
+    from tilefuse.compiler import backend, runtime, selection
+
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)  # partitions keep programs
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
+    monkeypatch.setattr(selection, "timed", lambda kind, run, device: (run(), 1.0 if kind == faster else 4.0))
+    launches = []
+    real = BoundLaunch.__call__
+    monkeypatch.setattr(BoundLaunch, "__call__", lambda self, *a: (launches.append(1), real(self, *a))[1])
+    fn = lambda x: torch.tanh(x) @ x.T  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    x = torch.randn(5, 7)
+    with torch.no_grad():
+        for _ in range(2 * (2 + selection.ROUNDS)):  # the partitions settle, then the graph is measured
+            torch.testing.assert_close(compiled(x), fn(x))
+        before = len(launches)
+        torch.testing.assert_close(compiled(x), fn(x))
+    chosen = compiled.tilefuse_reports[0]["selection"]["chosen"]
+    assert chosen == ("tilefuse" if faster == "program" else "pytorch (the eager graph)")
+    assert (len(launches) > before) == (faster == "program")
