@@ -7,10 +7,29 @@
         return torch.relu(x @ w1) @ w2
 
 or `torch.compile(model, backend="tilefuse")`.
+
+Importing tilefuse imports neither Dynamo, xDSL, Triton nor XGBoost: `compile`,
+`TilefuseBackend` and `ir` are loaded on first use, so that the command line
+starts quickly.
 """
 
-from . import ir
-from .compiler import TilefuseBackend, compile
+import importlib
+
+from .compiler import register_dynamo_backend
+
+__version__ = "0.1.0"
+
+_LAZY = {"compile": "compiler.api", "TilefuseBackend": "compiler.backend"}
+
+
+def __getattr__(name: str):
+    if name == "ir":
+        return importlib.import_module(".ir", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tune(fn, example_inputs, budget: int = 64, **options):
@@ -20,6 +39,6 @@ def tune(fn, example_inputs, budget: int = 64, **options):
     return run_job(fn, example_inputs, budget, **options)
 
 
-__version__ = "0.1.0"
+register_dynamo_backend()
 
 __all__ = ["TilefuseBackend", "__version__", "compile", "ir", "tune"]

@@ -10,8 +10,9 @@
         tune the kernels of `NAME()` (default `tune_target`), a callable returning
         `(fn_or_module, example_inputs)`; results go to the tuning database
 
-Malformed input prints the file, line and what is wrong, and exits 1
-without a traceback.
+Exit codes: 0 done; 1 an error in the input or the job, reported in one
+line (`file:line:col: error: ...` where a place is known), never a traceback;
+2 a command line argparse refuses; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -23,24 +24,64 @@ import os
 import sys
 from pathlib import Path
 
-from ..ir.module import IRError, make_context, parse_module, print_module, verify
-from ..passes import PASSES
+# xDSL, the passes and torch are imported by the commands that use them: `tilefuse --help` and
+# `--version` answer without them
+
+
+class InputError(Exception):
+    """An input file that cannot be read as MLIR text; the message is one located line."""
+
+
+def read_text(file: str) -> str:
+    """The text of `file` (`-`: standard input); an unreadable, non-text or missing file raises
+    InputError naming it (and the line and column of the first byte that is not UTF-8)."""
+    name = "<stdin>" if file == "-" else file
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{name}: error: is a directory, not an .mlir file") from None
+    except FileNotFoundError:
+        raise InputError(f"{name}: error: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: error: permission denied") from None
+    except OSError as e:
+        raise InputError(f"{name}: error: cannot read it: {e.strerror or e}") from None
+    bad = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start if bad < 0 else min(bad, e.start)
+    else:
+        if bad < 0:
+            return text
+    line = data.count(b"\n", 0, bad) + 1
+    column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
+    raise InputError(
+        f"{name}:{line}:{column}: error: binary data (byte 0x{data[bad]:02x}), not MLIR text"
+    )
+
+
+FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
+COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", FUSION_PASS)
 
 
 def _opt(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    text = sys.stdin.read() if args.file == "-" else path.read_text()
+    from ..ir.module import IRError, make_context, parse_module, print_module, verify
+    from ..passes import PASSES
+
+    name = "<stdin>" if args.file == "-" else args.file
     names = [n for n in (args.passes or "").split(",") if n]
     unknown = [n for n in names if n not in PASSES]
     if unknown:
         print(f"error: unknown pass {unknown[0]!r}; known: {', '.join(sorted(PASSES))}", file=sys.stderr)
         return 1
     try:
-        module = parse_module(text, "<stdin>" if args.file == "-" else str(path))
-        for name in names:
-            PASSES[name]().apply(make_context(), module)
-            verify(module, f"after {name}")
-    except IRError as e:  # the message already reads "file:line: error: ..."
+        module = parse_module(read_text(args.file), name)
+        _check_pass_order(module, names, name)
+        for pass_name in names:
+            _apply(PASSES[pass_name](), module, make_context(), name)
+            verify(module, f"after {pass_name}")
+    except (InputError, IRError) as e:  # one line: "file:line:col: error: ..."
         print(e, file=sys.stderr)
         return 1
     if args.emit == "triton":
@@ -50,36 +91,70 @@ def _opt(args: argparse.Namespace) -> int:
     return 0
 
 
-COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups")
+def _apply(ir_pass, module, ctx, name: str) -> None:
+    """Run one pass; an exception other than IRError (a bug in the pass) becomes one IRError line."""
+    from ..ir.module import IRError
+
+    try:
+        ir_pass.apply(ctx, module)
+    except IRError:
+        raise
+    except Exception as e:
+        raise IRError(
+            f"{name}: error: internal error in pass {ir_pass.name}: {type(e).__name__}: {e}"
+        ) from None
+
+
+def _check_pass_order(module, names: list[str], name: str) -> None:
+    """lower-to-tile lowers fusion groups: on a module that has none, and no form-fusion-groups
+    before it, it would print its input unchanged. Say what to run instead."""
+    from ..ir.module import IRError
+
+    if LOWERING_PASS not in names or FUSION_PASS in names[: names.index(LOWERING_PASS)]:
+        return
+    if _has_fusion_groups(module) or not _ein_functions(module):
+        return
+    raise IRError(
+        f"{name}: error: {LOWERING_PASS} lowers fusion groups and this module has none: run "
+        f"-p {FUSION_PASS},{LOWERING_PASS} (a compile runs -p {','.join(COMPILE_PASSES)},{LOWERING_PASS})"
+    )
+
+
+def _ein_functions(module) -> list:
+    from xdsl.dialects import func
+
+    return [op for op in module.ops if isinstance(op, func.FuncOp)]
+
+
+def _has_fusion_groups(module) -> bool:
+    from ..passes.fusion_groups import GROUP_ATTR
+
+    return any(GROUP_ATTR in op.attributes for fn in _ein_functions(module) for op in fn.body.ops)
 
 
 def _triton_sources(module) -> str:
     """The Triton source of every kernel: `tile.kernel`s as they are, else `ein` functions lowered
     through their fusion groups (when the input has none, after the passes a compile runs)."""
-    from xdsl.dialects import func
-
     from ..backends.triton import TritonOptions, emit
     from ..ir import tile
-    from ..passes.fusion_groups import GROUP_ATTR
+    from ..ir.module import make_context
+    from ..passes import PASSES
     from ..passes.lower_to_tile import lower_function
 
     out = []
     kernels = [op for op in module.ops if isinstance(op, tile.KernelOp)]
-    functions = [op for op in module.ops if isinstance(op, func.FuncOp)]
     if kernels:  # lowered already (a tile dump, or -p ...,lower-to-tile): the kernels as they are
         return "\n\n".join(emit(k, TritonOptions()) for k in kernels)
-    if functions and not any(GROUP_ATTR in op.attributes for fn in functions for op in fn.body.ops):
+    if _ein_functions(module) and not _has_fusion_groups(module):
         for name in COMPILE_PASSES:  # ungrouped ein: the passes a compile runs, in its order
             PASSES[name]().apply(make_context(), module)
-    for op in module.ops:
-        if isinstance(op, func.FuncOp):
-            for lowered in lower_function(op):
-                if lowered.kernel is None:
-                    out.append(
-                        f"# group {lowered.group.name} ({lowered.group.kind}): no kernel: {lowered.error}\n"
-                    )
-                else:
-                    out.append(emit(lowered.kernel, TritonOptions()))
+    for fn in _ein_functions(module):
+        for lowered in lower_function(fn):
+            group = lowered.group
+            if lowered.kernel is None:
+                out.append(f"# group {group.name} ({group.kind}): no kernel: {lowered.error}\n")
+            else:
+                out.append(emit(lowered.kernel, TritonOptions()))
     return "\n\n".join(out)
 
 
@@ -148,18 +223,54 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tilefuse", description=__doc__.split("\n")[0])
+    """Run one `tilefuse` command; returns its exit code (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(list_passes=command == "opt").parse_args(argv)
+    try:
+        return args.run(args)
+    except FileNotFoundError as e:
+        print(f"error: {e.filename}: no such file", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _parser(list_passes: bool) -> argparse.ArgumentParser:
+    """The command line; `list_passes` names every pass in `opt`'s help, which imports them (xDSL):
+    only worth it when the command is `opt`, which imports them anyway."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tilefuse", description=__doc__.split("\n")[0],
+        epilog=__doc__[__doc__.index("Exit codes"):], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"tilefuse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_opt(sub, list_passes)
+    _add_inspect(sub)
+    _add_tune(sub)
+    return parser
+
+
+def _add_opt(sub, list_passes: bool) -> None:
     opt = sub.add_parser("opt", help="parse, verify and print an .mlir file of tilefuse dialects")
     opt.add_argument("file", help="input .mlir file, or - for standard input")
-    opt.add_argument(
-        "-p", "--passes", help=f"comma-separated passes to run, in order: {', '.join(sorted(PASSES))}"
-    )
+    passes = "comma-separated passes to run, in order"
+    if list_passes:
+        from ..passes import PASSES
+
+        passes += f": {', '.join(sorted(PASSES))}"
+    opt.add_argument("-p", "--passes", help=passes)
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.add_argument(
         "--emit", choices=("mlir", "triton"), default="mlir", help="print IR (default) or kernels"
     )
     opt.set_defaults(run=_opt)
+
+
+def _add_inspect(sub) -> None:
     inspect = sub.add_parser(
         "inspect", help="summarize a dump folder: kernels, fused ops, fallbacks, configs"
     )
@@ -169,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         "--db", help="the tuning database whose trials the report plots (default as for tune)"
     )
     inspect.set_defaults(run=_inspect)
+
+
+def _add_tune(sub) -> None:
     tune = sub.add_parser("tune", help="tune the kernels of a model; results go to the tuning database")
     tune.add_argument(
         "target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME (default tune_target) is a callable "
@@ -191,12 +305,6 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--patience", type=int, help="stop a kernel after this many trials without gain")
     tune.add_argument("--model", help="a saved cost model to start from (default: the shipped H100 model)")
     tune.set_defaults(run=_tune)
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except FileNotFoundError as e:
-        print(f"error: {e.filename}: no such file", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

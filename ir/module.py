@@ -40,18 +40,27 @@ def make_context() -> Context:
 
 
 _SSA_NAME = re.compile(r"%[\w$.-]+")
-_LOCATION = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)\n", re.S)
+_COMMENT = re.compile(r"//[^\n]*")
+_UNREGISTERED = re.compile(r"^Operation (?P<name>\S+) is not registered$")
+_UNDEFINED = re.compile(r"^values used but not defined: \[(?P<names>[^\]]*)\]$")
 
 
 def parse_module(text: str, filename: str = "<input>") -> ModuleOp:
-    """Parse MLIR text into a verified module; raises IRError on bad input."""
+    """Parse MLIR text into a verified module; raises IRError on bad input.
+
+    A parse error's message is one line, `file:line:col: error: what`, located at
+    the token at fault (an unknown op's name, an undefined value's first use) and
+    saying when the input ends too early, as a truncated file does.
+    """
+    if not _COMMENT.sub("", text).strip():
+        raise IRError(f"{filename}: error: empty input: expected a module (builtin.module {{ ... }})")
     _check_string_literals(text, filename)
     try:
         module = Parser(make_context(), text, name=filename).parse_module()
     except ParseError as e:
-        raise IRError(_describe_parse_error(e, filename)) from None
+        raise IRError(_describe_parse_error(e, text, filename)) from None
     except (DiagnosticException, ValueError, TypeError) as e:
-        raise IRError(f"{filename}: {e}") from None
+        raise IRError(f"{filename}: error: {_first_line(e)}") from None
     verify(module, filename, text)
     return module
 
@@ -64,16 +73,38 @@ def _check_string_literals(text: str, filename: str) -> None:
             continue
         if code.count('"') % 2:
             column = line.index('"') + 1
-            raise IRError(f"{filename}:{number}:{column}: error: unterminated string literal\n{line}")
+            raise IRError(f"{filename}:{number}:{column}: error: unterminated string literal")
 
 
-def _describe_parse_error(e: ParseError, filename: str) -> str:
-    text = str(e)
-    m = _LOCATION.match(text)
-    if not m:
-        return f"{filename}: {text}"
-    context = text[m.end() :].rstrip()
-    return f"{filename}:{m['line']}:{m['col']}: error: {e.msg}\n{context}"
+def _describe_parse_error(e: ParseError, text: str, filename: str) -> str:
+    """One line for xDSL's parse error, which points past an unknown op's name (at the next
+    token), puts an undefined value at the end of the file, and can have an empty reason."""
+    message, position = e.msg.strip(), e.span.start
+    # at the end when nothing but blanks follows the error, or follows the token at fault
+    at_end = not _UNDEFINED.match(message) and (
+        not text[e.span.start :].strip()
+        or (not text[e.span.end :].strip() and not _UNREGISTERED.match(message))
+    )
+    if message == "in block definition":  # xDSL's reason for a block cut short is empty
+        message = ""
+    if m := _UNREGISTERED.match(message):
+        name = m["name"]
+        position = max(text.rfind(name, 0, position + 1), 0)
+        message = f"unknown operation '{name}'"
+    elif m := _UNDEFINED.match(message):
+        names = [n.strip() for n in m["names"].split(",")]
+        use = re.search(re.escape(names[0]) + r"(?![\w$.-])", text)
+        position = use.start() if use else position
+        message = f"value{'s' if len(names) > 1 else ''} {', '.join(names)} used but not defined"
+    elif message == "Could not parse entire input!":
+        message, at_end = "unexpected text after the module", False
+    if at_end:
+        message = f"unexpected end of input (is the file truncated?){': ' + message if message else ''}"
+    elif not message:
+        message = "malformed block"
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"{filename}:{line}:{column}: error: {message}"
 
 
 def verify(module: Operation, filename: str = "<module>", source: str | None = None) -> None:
