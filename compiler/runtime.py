@@ -32,7 +32,7 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
-from ..passes.fusion_groups import VIRTUAL_OPS
+from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .program import Program, ProgramInputs, write_program
 from .selection import Selection, selection_enabled
@@ -92,15 +92,31 @@ class KernelPlan(torch.nn.Module):
         self.error: str | None = None
         self.guard_misses = 0
         self.selection = Selection(device) if selection_enabled(device) else None
-        n_glue = sum(1 for op in self.steps if op not in self.launch_at)
+        # every op outside a kernel, named with why: the report's glue_ops (see the `report` setter)
+        returned = set(function.body.block.last_op.operands)
+        self.glue_ops = [{"op": op.name, "reason": _glue_reason(op, returned)} for op in self.steps
+                         if op not in self.launch_at]  # fmt: skip
+        n_glue = len(self.glue_ops)
         n_once = sum(1 for op in self.param_sources if op in self.launch_at)
         once = f" ({n_once} on parameters only: run once, reused while they are unchanged)"
         self.executor = f"{len(kernels)} Triton kernel(s)" + (once if n_once else "")
-        self.executor += f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}" if n_glue else ""
+        glue_names = ", ".join(g["op"] for g in self.glue_ops)
+        self.executor += f" + {n_glue} op(s) on the {REFERENCE_EXECUTOR}: {glue_names}" if n_glue else ""
         if device.type != "cuda" and os.environ.get(INTERPRET_ENV, "0") != "1":
             self.error = NO_CUDA
             self.executor = f"pytorch ({NO_CUDA})"
             _warn_no_cuda_once()
+
+    @property
+    def report(self) -> dict:
+        return self._report
+
+    @report.setter
+    def report(self, entry: dict) -> None:
+        # the driver hands over the partition's report entry after construction: name the glue there
+        self._report = entry
+        if entry:
+            entry.setdefault("glue_ops", self.glue_ops)
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.error is None:
@@ -162,6 +178,18 @@ NO_CUDA = (
 @functools.cache
 def _warn_no_cuda_once() -> None:
     warnings.warn(f"tilefuse: {NO_CUDA} (hundreds of times slower than PyTorch; for testing)", stacklevel=2)
+
+
+def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:
+    """Why an op of a compiled partition runs outside the generated kernels."""
+    group = op.attributes.get(GROUP_ATTR)
+    if group is not None:
+        return f"its fusion group {group.data} has no kernel (the group's not_a_kernel_because says why)"
+    if isinstance(op, VIRTUAL_OPS) and returned.intersection(op.results):
+        return f"{op.name} is a result of the partition (for the caller, or saved for backward): materialized"
+    if isinstance(op, VIRTUAL_OPS):
+        return f"{op.name} is read by an op outside the kernels: materialized for it"
+    return f"no fusion group takes {op.name} (kernels are built from contractions, maps and reductions)"
 
 
 def graph_device(partition: GraphModule, graph: GraphModule, interpret: bool) -> torch.device:
