@@ -60,7 +60,7 @@ from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
 
 GROUP_ATTR = "ein.group"
-VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp)
+VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp, ein.GatherOp)  # kernels read through them
 MAX_ROW = 16384  # reduced elements a row kernel holds in registers at once
 
 
