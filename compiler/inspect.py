@@ -1,8 +1,8 @@
 """`tilefuse inspect DIR`: what a dump says tilefuse did, as text.
 
 Per graph: its partitions and what runs them, every fusion group (kind, ops, kernel, config
-and whether the config came from the tuning database), and every op left to PyTorch with
-the reason; then totals over the dump.
+and whether the config came from the tuning database), every op a partition runs outside
+its kernels and every op left to PyTorch, each with the reason; then totals over the dump.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def summarize(root: Path) -> str:
                 totals["kernels"] += bool(g["kernel"])
                 totals["groups without a kernel"] += not g["kernel"]
                 totals["tuned configs"] += g.get("config_source") == "tuned"
+            for glue in part.get("glue_ops", []):
+                lines.append(f"    outside kernels: {glue['op']}: {glue['reason']}")
+                totals["ops outside kernels"] += 1
         for f in graph["fallbacks"]:
             lines.append(f"  in PyTorch: {f['node']} ({f['op']}): {f['reason']}")
             totals["ops left to PyTorch"] += 1

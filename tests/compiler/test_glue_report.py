@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import tilefuse
+from tilefuse.compiler.inspect import summarize
 
 
 def _partition(compiled) -> dict:
@@ -13,8 +14,8 @@ def _partition(compiled) -> dict:
     return partition
 
 
-def test_an_op_no_group_takes_is_named_with_its_reason():
-    compiled = tilefuse.compile(lambda x, w: torch.cat([x @ w, x], 1).sum(1))
+def test_an_op_no_group_takes_is_named_with_its_reason(tmp_path):
+    compiled = tilefuse.compile(lambda x, w: torch.cat([x @ w, x], 1).sum(1), dump=tmp_path)
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, w), torch.cat([x @ w, x], 1).sum(1))
@@ -25,6 +26,7 @@ def test_an_op_no_group_takes_is_named_with_its_reason():
     ]  # fmt: skip
     assert partition["executor"].endswith("on the ein reference interpreter (PyTorch ops; not a generated "
                                           "kernel): ein.concat")  # fmt: skip
+    assert "    outside kernels: ein.concat: no fusion group takes ein.concat" in summarize(tmp_path)
 
 
 def test_grad_mode_names_the_view_saved_for_backward():
