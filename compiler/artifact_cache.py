@@ -215,13 +215,26 @@ class _IRPickler(pickle.Pickler):
         self.table = table
 
     def persistent_id(self, obj: object) -> tuple | None:
-        if isinstance(obj, Operation):
+        kind = _ir_kind(type(obj))
+        if kind == "op":
             return "op", self.table.ops[obj]
-        if isinstance(obj, SSAValue):
+        if kind == "value":
             return "value", self.table.values[obj]
-        if isinstance(obj, (Block, Region)):
+        if kind == "structure":
             raise pickle.PicklingError("blocks and regions are stored with their ops only")
         return None
+
+
+@functools.cache
+def _ir_kind(cls: type) -> str | None:
+    # the MRO, not isinstance: xDSL's IR classes are ABCs, and a first isinstance check of each
+    # attribute type against them walks every op class (a third of a second per entry)
+    mro = cls.__mro__
+    if Operation in mro:
+        return "op"
+    if SSAValue in mro:
+        return "value"
+    return "structure" if Block in mro or Region in mro else None
 
 
 class _IRUnpickler(pickle.Unpickler):
