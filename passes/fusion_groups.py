@@ -239,12 +239,13 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
             component.add(op)
             stack += [o for o in _producers(op, space) + _users(op, space) if fits(o)]
     position = {op: i for i, op in enumerate(order)}
+    users_of = {op: _users(op, space) for op in component}  # read once: the loop below revisits ops
     for output in sorted(component, key=position.__getitem__, reverse=True):
         members, grown = {output}, True
         while grown:
             grown = False
             for op in component - members:
-                users = _users(op, space)
+                users = users_of[op]
                 inside = users and all(u in members for u in users)
                 if inside or _extra_output(op, users, members, space, position, position[output]):
                     members.add(op)
