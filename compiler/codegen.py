@@ -207,7 +207,11 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
             if key not in jobs:
                 c = k.config
                 jobs[key] = precompile.compile_job(k.launcher, c.params, c.num_warps, c.num_stages, hopper)
-    target = f"{art.target.device},sm{capability},torch {torch.__version__},triton {triton.__version__}"
+    # the markers stand for binaries in this Triton cache: another cache folder compiles again
+    triton_cache = getattr(getattr(triton, "knobs", None), "cache", None)
+    where = getattr(triton_cache, "dir", None) or os.environ.get("TRITON_CACHE_DIR", "")
+    versions = f"torch {torch.__version__},triton {triton.__version__}"
+    target = f"{art.target.device},sm{capability},{versions},{where}"
     cache = cache_dir()  # markers of what compiled live beside the compile cache, and go with it
     markers = cache / "precompiled" if cache else None
     job_list = list(jobs.values())
