@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .records import BuildResult, MeasureInput
-from .runner import Interrupted, error_message
+from .runner import Interrupted, error_message, preload
 
 
 class BuildError(Exception):
@@ -133,6 +133,7 @@ def _init_worker(started: object) -> None:
     _STARTED = started
     # Ctrl-C in a terminal reaches every process of the group: the job stops the pool itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preload()
 
 
 def _build_in_worker(

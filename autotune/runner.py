@@ -160,6 +160,14 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
+def preload() -> None:
+    """Import what `measure_kernel` and `build_kernel` use (torch, Triton, the Triton backend), so a
+    measuring or building process pays for it as it starts, not inside a candidate's timeout."""
+    import torch  # noqa: F401
+
+    import tilefuse.backends.triton  # noqa: F401
+
+
 def _child_main(conn: multiprocessing.connection.Connection, measure: Callable) -> None:
     """The measuring process: announces itself, then answers each input with (result, still usable)."""
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
@@ -169,6 +177,7 @@ def _child_main(conn: multiprocessing.connection.Connection, measure: Callable) 
     # Triton's interpreter computes with numpy, which warns on the inf/NaN of random inputs
     # (exp overflow): noise on the job's terminal, not a result
     warnings.simplefilter("ignore", RuntimeWarning)
+    preload()
     conn.send(("ready", os.getpid()))
     while True:
         try:

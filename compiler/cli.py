@@ -8,10 +8,12 @@
         a text summary of a dump: kernels, fused ops, fallbacks and why, configs and their source
     tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] ...
         tune the kernels of `NAME()` (default `tune_target`), a callable returning
-        `(fn_or_module, example_inputs)`; results go to the tuning database
+        `(fn_or_module, example_inputs)`; results go to the tuning database;
+        Ctrl-C stops it (exit 130) and a rerun resumes
+    tilefuse --version
 
-Exit codes: 0 done; 1 an error in the input or the job, reported in one
-line (`file:line:col: error: ...` where a place is known), never a traceback;
+Exit codes: 0 done; 1 an error in the input or the job (bad input is one
+line, `file:line:col: error: ...` where a place is known, with no traceback);
 2 a command line argparse refuses; 130 interrupted (Ctrl-C).
 """
 
