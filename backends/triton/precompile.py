@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tilefuse")
 
-WORKERS_ENV = "TILEFUSE_COMPILE_WORKERS"  # how many worker processes; "0": compile at first launch
+WORKERS_ENV = "TILEFUSE_COMPILE_WORKERS"  # how many worker processes; unset or "0": compile at first launch
 TIMEOUT_S = 600.0  # for all the workers of one call; what is left over compiles at first launch
 MIN_JOBS = 4  # fewer kernels compile sooner at their first launches than workers start (~3 s: torch)
 
@@ -161,8 +161,9 @@ def precompile(
 def _worker_count(workers: int | None) -> int:
     if workers is None:
         configured = os.environ.get(WORKERS_ENV)
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = int(configured) if configured else min(cpus, 16)
+        # off unless asked (TILEFUSE_COMPILE_WORKERS=N): on its first H200 run the cold compile of a
+        # 4-layer Llama took 109 s of Triton time with it, against ~60 s compiling at first launch
+        workers = int(configured) if configured else 0
     return max(0, workers)
 
 
