@@ -329,6 +329,7 @@ def _import_source(source: str, name: str, cache_dir: Path) -> ModuleType:
     return module
 
 
+@functools.cache  # once per process: triton.language's modules are all loaded with triton itself
 def _interpret_triton_library() -> None:
     """Turn triton.language's `@jit` helpers into interpreted functions, as TRITON_INTERPRET at import would.
 
