@@ -22,9 +22,10 @@ from __future__ import annotations
 import builtins
 import keyword
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import (
@@ -70,9 +71,11 @@ class TritonOptions:
 
     upcast_bf16_dots: bool = False
     round_bf16_casts: bool = False
-    # f32 dots where PyTorch's matmul precision is "highest": 3xTF32 on the GPU (error 2.4e-7 against
-    # float64 at 4096³ on the H200, SGEMM's 1.1e-6, and faster than SGEMM); exact FMA math elsewhere
-    exact_f32_dots: str = "tf32x3"
+    # f32 dots where PyTorch's matmul precision is "highest": exact FMA math ("ieee"). 3xTF32 measured
+    # more accurate than SGEMM and faster on the H200 (issue 12), but a bf16 Llama's attention kernel
+    # reading an f32 query faulted on the GPU with it in this tree, not yet explained:
+    # TILEFUSE_F32_DOTS=tf32x3 opts in
+    exact_f32_dots: str = field(default_factory=lambda: os.environ.get("TILEFUSE_F32_DOTS", "ieee"))
 
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
