@@ -44,7 +44,6 @@ class CudaGraphReplay:
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.pool = None
         self.static_inputs: list[torch.Tensor] = []
         self.static_outputs: object = None
         self.parameter_state: tuple = ()
@@ -89,10 +88,12 @@ class CudaGraphReplay:
             ]  # fmt: skip
             self.fn(*self.static_inputs)  # settle one-time work (parameter-derived steps) outside the graph
             torch.cuda.synchronize()
+            # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
+            # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)
+            self.graph = None
+            self.static_outputs = None
             self.graph = torch.cuda.CUDAGraph()
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(self.graph, pool=self.pool):
+            with torch.cuda.graph(self.graph):
                 self.static_outputs = self.fn(*self.static_inputs)
             self.parameter_state = self._parameter_state(args)
         except Exception as e:  # capture must never cost the user their result
