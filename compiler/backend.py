@@ -140,10 +140,8 @@ class TilefuseBackend:
 
 
 def _graph_device(example_inputs: list) -> torch.device:
-    for t in example_inputs:
-        if isinstance(t, torch.Tensor):
-            return t.device
-    return torch.device("cpu")
+    devices = [t.device for t in example_inputs if isinstance(t, torch.Tensor)]
+    return next((d for d in devices if d.type == "cuda"), devices[0] if devices else torch.device("cpu"))
 
 
 def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:

@@ -195,14 +195,17 @@ def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:
 def graph_device(partition: GraphModule, graph: GraphModule, interpret: bool) -> torch.device:
     """Where a partition runs: the device of the tensors the graph says it produces (its fake
     tensors' devices), else of any tensor in the graph; never read off the call's arguments, which
-    a partition may not have (positions and masks built by `arange(..., device=...)`)."""
+    a partition may not have (positions and masks built by `arange(..., device=...)`). A graph that
+    holds CUDA tensors runs on CUDA even where a few values (a CPU scalar) live elsewhere."""
     for gm in (partition, graph):
         outputs = [n for n in gm.graph.nodes if n.op == "output"]
         nodes = [a for n in outputs for a in _flat(n.args[0])] + list(gm.graph.nodes)
-        for node in nodes:
-            val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-            if isinstance(val, torch.Tensor):
-                return val.device
+        devices = [
+            node.meta["val"].device for node in nodes
+            if isinstance(node, torch.fx.Node) and isinstance(node.meta.get("val"), torch.Tensor)
+        ]  # fmt: skip
+        if devices:
+            return next((d for d in devices if d.type == "cuda"), devices[0])
     if interpret or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())

@@ -263,3 +263,26 @@ def test_a_whole_graph_is_measured_against_the_eager_graph(monkeypatch, faster):
     chosen = compiled.tilefuse_reports[0]["selection"]["chosen"]
     assert chosen == ("tilefuse" if faster == "program" else "pytorch (the eager graph)")
     assert (len(launches) > before) == (faster == "program")
+
+
+def test_a_partition_holding_cuda_values_is_a_cuda_partition_even_if_an_output_is_not():
+    gm = make_fx(lambda: (torch.zeros((), device="meta"), torch.arange(4, device="meta")))()
+    for node in gm.graph.nodes:  # pretend: the first output is a CPU scalar, the rest lives on CUDA
+        if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].dim() == 0:
+            node.meta["val"] = torch.empty((), device="cpu")
+        elif isinstance(node.meta.get("val"), torch.Tensor):
+            node.meta["val"] = torch.empty(node.meta["val"].shape, device="meta").to("meta")
+            node.meta["val"] = _FakeCuda(node.meta["val"])
+    assert graph_device(gm, gm, interpret=True).type == "cuda"
+
+
+class _FakeCuda(torch.Tensor):
+    """A meta tensor that says it lives on CUDA (the machine has none)."""
+
+    @staticmethod
+    def __new__(cls, t):
+        return torch.Tensor._make_subclass(cls, t)
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
