@@ -35,7 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .program import Program, ProgramInputs, write_program
-from .selection import Selection, selection_enabled
+from .selection import ReferenceFailed, Selection, guarded, selection_enabled
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
@@ -137,7 +137,12 @@ class KernelPlan(torch.nn.Module):
         return self.fallback(*args)
 
     def _select(self, args: Sequence[torch.Tensor]) -> object:
-        out = self.selection.step(lambda: self.program.call(args), lambda: self.fallback(*args))
+        try:
+            out = self.selection.step(lambda: self.program.call(args), guarded(lambda: self.fallback(*args)))
+        except ReferenceFailed as e:  # the captured code cannot run as measured: keep the program
+            self.selection.choice = "program"
+            self.report["selection"] = {"chosen": "program", "not_measured": str(e)}
+            return self.program.call(args)
         if self.selection.choice is not None:
             self.report["selection"] = self.selection.summary()
             if self.selection.choice == "pytorch":

@@ -45,6 +45,22 @@ def timed(kind: str, run: Callable[[], object], device: torch.device) -> tuple[o
     return out, (time.perf_counter() - start) * 1e3
 
 
+class ReferenceFailed(Exception):
+    """The PyTorch side of a measurement raised: the generated side is kept, unmeasured."""
+
+
+def guarded(run: Callable[[], object]) -> Callable[[], object]:
+    """`run` with its exceptions turned into `ReferenceFailed`, to tell them from the program's."""
+
+    def call() -> object:
+        try:
+            return run()
+        except Exception as e:
+            raise ReferenceFailed(f"{type(e).__name__}: {e}") from e
+
+    return call
+
+
 @dataclass
 class Selection:
     """The measurements of one partition's two ways of running, and the choice once made."""
@@ -111,7 +127,12 @@ class GraphSelection:
         if self.settle > 0:
             self.settle -= 1
             return self.compiled(*args)
-        out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
+        try:
+            out = self.selection.step(lambda: self.compiled(*args), guarded(lambda: self.eager(*args)))
+        except ReferenceFailed as e:  # measuring must never cost the call: keep the compiled graph
+            self.selection.choice = "program"
+            self.report["selection"] = {"chosen": "tilefuse", "not_measured": str(e)}
+            return self.compiled(*args)
         if self.selection.choice is not None:
             summary = self.selection.summary()
             self.report["selection"] = {

@@ -286,3 +286,27 @@ class _FakeCuda(torch.Tensor):
     @property
     def device(self):
         return torch.device("cuda", 0)
+
+
+def test_a_failing_measurement_keeps_the_compiled_graph(monkeypatch):
+    import gc
+
+    from tilefuse.compiler import backend, runtime, selection
+
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
+    monkeypatch.setattr(selection, "timed", lambda kind, run, device: (run(), 1.0))
+
+    def broken(*args):
+        raise RuntimeError("simulated: the eager graph cannot run")
+
+    fn = lambda x: torch.sigmoid(x) * 3  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    x = torch.randn(4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fn(x))
+        (graph,) = [o for o in gc.get_objects() if type(o) is selection.GraphSelection]
+        graph.eager = broken
+        for _ in range(2 * (2 + selection.ROUNDS)):
+            torch.testing.assert_close(compiled(x), fn(x))
+    assert "simulated" in compiled.tilefuse_reports[0]["selection"]["not_measured"]
