@@ -109,9 +109,10 @@ class TilefuseBackend:
                     compiled = CudaGraphReplay(compiled, [i.param is not None for i in inputs], summary)
             with self._lock:
                 self.reports.append(summary)
+            graph_report["summary"] = summary  # where GraphSelection writes its choice
             return make_boxed_func(compiled)
 
-        reports_before = len(self.reports)
+        graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
         compiled = aot_autograd(
             fw_compiler=forward_compiler,
             bw_compiler=_pytorch_backward,
@@ -120,9 +121,7 @@ class TilefuseBackend:
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
-        if len(self.reports) != reports_before + 1:  # the forward was not compiled now: nothing to measure
-            return compiled
-        return GraphSelection(compiled, gm.forward, device, self.reports[-1])
+        return GraphSelection(compiled, gm.forward, device, graph_report)
 
 
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:

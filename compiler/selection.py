@@ -111,10 +111,10 @@ class GraphSelection:
     compiled graph unmeasured (the backward of either runs in PyTorch; forward time alone would
     not decide the step)."""
 
-    def __init__(self, compiled: Callable, eager: Callable, device: torch.device, report: dict):
+    def __init__(self, compiled: Callable, eager: Callable, device: torch.device, slot: dict):
         self.compiled = compiled
         self.eager = eager
-        self.report = report
+        self.slot = slot  # {"summary": the graph's report}, filled in when its forward is compiled
         self.settle = 2 + ROUNDS  # the partitions' own choices come first
         self.selection = Selection(device)
 
@@ -131,11 +131,11 @@ class GraphSelection:
             out = self.selection.step(lambda: self.compiled(*args), guarded(lambda: self.eager(*args)))
         except ReferenceFailed as e:  # measuring must never cost the call: keep the compiled graph
             self.selection.choice = "program"
-            self.report["selection"] = {"chosen": "tilefuse", "not_measured": str(e)}
+            self.slot.get("summary", {})["selection"] = {"chosen": "tilefuse", "not_measured": str(e)}
             return self.compiled(*args)
         if self.selection.choice is not None:
             summary = self.selection.summary()
-            self.report["selection"] = {
+            self.slot.get("summary", {})["selection"] = {
                 "chosen": "tilefuse" if summary["chosen"] == "program" else "pytorch (the eager graph)",
                 "tilefuse_ms": summary["program_ms"], "pytorch_ms": summary["pytorch_ms"],
             }  # fmt: skip
