@@ -128,11 +128,20 @@ class TilefuseBackend:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) runs
         as PyTorch: kernels are compiled for static shapes, and specializing here would make every
         new sequence length compile again (tens of seconds each, in generation)."""
-        reason = "the graph has dynamic shapes; tilefuse compiles static shapes, so it runs in PyTorch"
+        reason = (
+            "the graph has dynamic shapes; tilefuse compiles static shapes, so it runs in PyTorch "
+            "(and, being Dynamo's newest graph for this code, so do the sizes compiled before it)"
+        )
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
             "partitions": [], "fallbacks": [{"node": "<graph>", "op": "dynamic shapes", "reason": reason}],
         }  # fmt: skip
+        root = self.options.dump or resolve_dump_dir(None)
+        if root:  # the index says why this graph has no kernels
+            dump = GraphDump(root, graph_name)
+            summary["name"] = summary["dir"] = dump.name
+            summary["files"] = [dump.write("dynamo_graph.py", gm.print_readable(print_output=False))]
+            dump.finish(summary)
         with self._lock:
             self.reports.append(summary)
         return gm.forward

@@ -34,6 +34,17 @@ class InputError(Exception):
     """An input file that cannot be read as MLIR text; the message is one located line."""
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def read_text(file: str) -> str:
     """The text of `file` (`-`: standard input); an unreadable, non-text or missing file raises
     InputError naming it (and the line and column of the first byte that is not UTF-8)."""
@@ -290,7 +301,7 @@ def _add_tune(sub) -> None:
         "target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME (default tune_target) is a callable "
         "returning (fn_or_module, example_inputs)",
     )  # fmt: skip
-    tune.add_argument("--budget", type=int, default=64, help="trials per kernel (default 64)")
+    tune.add_argument("--budget", type=_positive, default=64, help="trials per kernel (default 64)")
     tune.add_argument(
         "--strategy", choices=("model", "random", "exhaustive"), default="model",
         help="model (default): XGBoost-ranked picks plus random exploration; random; exhaustive",

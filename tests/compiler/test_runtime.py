@@ -310,3 +310,13 @@ def test_a_failing_measurement_keeps_the_compiled_graph(monkeypatch):
         for _ in range(2 * (2 + selection.ROUNDS)):
             torch.testing.assert_close(compiled(x), fn(x))
     assert "simulated" in compiled.tilefuse_reports[0]["selection"]["not_measured"]
+
+
+def test_the_dynamic_graph_is_in_the_dump_index(tmp_path):
+    fn = lambda x: torch.relu(x) * 2  # noqa: E731
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    for n in (5, 6):
+        x = torch.randn(n, 3)
+        torch.testing.assert_close(compiled(x), fn(x))
+    index = (tmp_path / "index.txt").read_text()
+    assert "dynamic shapes" in index and len(compiled.tilefuse_reports) == 2
