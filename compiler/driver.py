@@ -345,7 +345,11 @@ def compile_aten_graph(
     summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)
     for entry in summary["partitions"]:  # a partition that fails at run time records it here
         if entry["name"] in art.runners:
-            art.runners[entry["name"]].report = entry
+            runner = art.runners[entry["name"]]
+            runner.report = entry
+            if runner.error is not None:  # compiled, but runs in PyTorch (no CUDA device)
+                fallback = {"node": entry["name"], "op": "partition", "reason": runner.error}
+                summary["fallbacks"].append(fallback)
     if dump:
         dump.finish(summary)
     return result, summary

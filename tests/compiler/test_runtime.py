@@ -154,6 +154,7 @@ def test_without_cuda_the_graph_runs_in_pytorch_and_says_so(monkeypatch):
     assert [w for w in caught if "TILEFUSE_INTERPRET=1" in str(w.message)]
     (partition,) = compiled.tilefuse_reports[0]["partitions"]
     assert partition["executor"].startswith("pytorch (no CUDA device")
+    assert [f["op"] for f in compiled.tilefuse_reports[0]["fallbacks"]] == ["partition"]
     assert partition["groups"][0]["kernel"]  # compiled all the same: dumps and kernels exist
 
 
