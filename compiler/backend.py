@@ -26,6 +26,7 @@ from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
+from .runtime import preferred_device
 from .selection import GraphSelection, selection_enabled
 
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
@@ -64,7 +65,7 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
 
 def _target(example_inputs: list) -> Target:
     """Kernels run where the inputs live; TF32 only where PyTorch's matmul precision allows it."""
-    on_gpu = any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in example_inputs)
+    on_gpu = _graph_device(example_inputs).type == "cuda"
     device = torch.cuda.get_device_name() if on_gpu else "cpu"
     allow_tf32 = torch.get_float32_matmul_precision() != "highest"
     return Target(interpret=not on_gpu, allow_tf32=allow_tf32, device=device)
@@ -148,8 +149,8 @@ class TilefuseBackend:
 
 
 def _graph_device(example_inputs: list) -> torch.device:
-    devices = [t.device for t in example_inputs if isinstance(t, torch.Tensor)]
-    return next((d for d in devices if d.type == "cuda"), devices[0] if devices else torch.device("cpu"))
+    found = preferred_device(t.device for t in example_inputs if isinstance(t, torch.Tensor))
+    return found or torch.device("cpu")
 
 
 def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:

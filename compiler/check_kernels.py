@@ -18,8 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from xdsl.ir import SSAValue
 
+from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.interpreter import run_op
 from .api import compile as tilefuse_compile
+from .runtime import KernelPlan
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,6 @@ class KernelCheck:
 
 def check_kernels(fn: Callable, *args: torch.Tensor) -> list[KernelCheck]:
     """Compile `fn`, call it on `args`, then rerun each of its kernels against the interpreter."""
-    from ..ir.dtypes import shape_of, to_torch_dtype
-    from ..ir.interpreter import run_op
-    from .runtime import KernelPlan
 
     seen: dict[KernelPlan, tuple] = {}
     forward = KernelPlan.forward
@@ -76,7 +77,7 @@ def check_kernels(fn: Callable, *args: torch.Tensor) -> list[KernelCheck]:
                 reference[member.results[0]] = run_op(member, reference, device)
             outputs = list(kernel.lowered.outputs)
             ins = [value(v) for v in kernel.lowered.inputs]
-            outs = [_empty_like_ir(o, device, shape_of, to_torch_dtype) for o in outputs]
+            outs = [_empty_like_ir(o, device) for o in outputs]
             config = kernel.config
             kernel.launcher(ins + outs, config.params, config.num_warps, config.num_stages)
             errors = []
@@ -89,7 +90,7 @@ def check_kernels(fn: Callable, *args: torch.Tensor) -> list[KernelCheck]:
     return checks
 
 
-def _empty_like_ir(value, device: torch.device, shape_of, to_torch_dtype) -> torch.Tensor:
+def _empty_like_ir(value: SSAValue, device: torch.device) -> torch.Tensor:
     elem = to_torch_dtype(value.type.get_element_type())
     return torch.empty(tuple(shape_of(value.type)), dtype=elem, device=device)
 

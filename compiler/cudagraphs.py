@@ -90,8 +90,7 @@ class CudaGraphReplay:
             torch.cuda.synchronize()
             # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
             # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)
-            self.graph = None
-            self.static_outputs = None
+            self.static_outputs = None  # nothing keeps the replaced graph's memory alive
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.static_outputs = self.fn(*self.static_inputs)

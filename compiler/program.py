@@ -156,12 +156,6 @@ def _literal_view(op: ein.ViewOp, src: str) -> str:
     return f"{src}[{index}]"
 
 
-def _kernel_outputs(kernel: object) -> list[SSAValue]:
-    lowered = kernel.lowered
-    outputs = getattr(lowered, "outputs", None)
-    return list(outputs) if outputs else [lowered.output]
-
-
 def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> Program:
     """Generate and load `call(args)` for one partition, laid out for tensors like `example_args`."""
     w = _Writer(spec)
@@ -222,7 +216,7 @@ def _write_step(w: _Writer, op: Operation) -> None:
         w.emit(f"key = _version_key({', '.join(w.names[a] for a in sources)})" if sources else "key = ()")
         w.emit(f"hit = _derived[{slot}]")
         w.emit("if key is not None and hit is not None and hit[0] == key:")
-        outputs = _kernel_outputs(spec.kernels[op]) if op in spec.kernels else [op.results[0]]
+        outputs = list(spec.kernels[op].lowered.outputs) if op in spec.kernels else [op.results[0]]
         names = [w.fresh(v) for v in outputs]
         w.emit(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = hit[1]")
         w.emit("else:")
@@ -249,7 +243,6 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     operands = [w.names[v] for v in op.operands]
     if isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
-        w.buffers.alias(name, operands[:1])
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
     elif isinstance(op, ein.ConcatOp):
@@ -259,13 +252,13 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     else:
         glue = w.bind("op", _glue(op, w.inputs.device))
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
-    if not isinstance(op, ein.ViewOp):
-        w.buffers.alias(name, operands)  # PyTorch may return a view of an operand (a no-op cast)
+    # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
+    w.buffers.alias(name, operands)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
 
 
 def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> None:
-    outputs = _kernel_outputs(kernel)
+    outputs = list(kernel.lowered.outputs)
     names = reuse_names or [w.fresh(v) for v in outputs]
     for value, name in zip(outputs, names):
         w.names[value] = name

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .program import Program, ProgramInputs, write_program
-from .selection import ReferenceFailed, Selection, guarded, selection_enabled
+from .selection import Selection, selection_enabled
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
@@ -137,12 +137,7 @@ class KernelPlan(torch.nn.Module):
         return self.fallback(*args)
 
     def _select(self, args: Sequence[torch.Tensor]) -> object:
-        try:
-            out = self.selection.step(lambda: self.program.call(args), guarded(lambda: self.fallback(*args)))
-        except ReferenceFailed as e:  # the captured code cannot run as measured: keep the program
-            self.selection.choice = "program"
-            self.report["selection"] = {"chosen": "program", "not_measured": str(e)}
-            return self.program.call(args)
+        out = self.selection.step(lambda: self.program.call(args), lambda: self.fallback(*args))
         if self.selection.choice is not None:
             self.report["selection"] = self.selection.summary()
             if self.selection.choice == "pytorch":
@@ -205,15 +200,22 @@ def graph_device(partition: GraphModule, graph: GraphModule, interpret: bool) ->
     for gm in (partition, graph):
         outputs = [n for n in gm.graph.nodes if n.op == "output"]
         nodes = [a for n in outputs for a in _flat(n.args[0])] + list(gm.graph.nodes)
-        devices = [
+        device = preferred_device(
             node.meta["val"].device for node in nodes
             if isinstance(node, torch.fx.Node) and isinstance(node.meta.get("val"), torch.Tensor)
-        ]  # fmt: skip
-        if devices:
-            return next((d for d in devices if d.type == "cuda"), devices[0])
+        )  # fmt: skip
+        if device is not None:
+            return device
     if interpret or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def preferred_device(devices: Iterable[torch.device]) -> torch.device | None:
+    """A CUDA device if any is among `devices` (a CPU scalar does not make a CUDA graph a CPU one),
+    else the first; None for none."""
+    devices = list(devices)
+    return next((d for d in devices if d.type == "cuda"), devices[0] if devices else None)
 
 
 def _flat(args: object) -> list:

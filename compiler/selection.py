@@ -70,11 +70,20 @@ class Selection:
     pytorch_ms: list[float] = field(default_factory=list)
     calls: int = 0
     choice: str | None = None  # "program" or "pytorch"
+    not_measured: str | None = None  # why the program was kept unmeasured: the PyTorch side raised
     clock: Callable[[str, Callable[[], object], torch.device], tuple[object, float]] | None = None  # `timed`
 
     def step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
         """Run one call while measuring; returns the program's result (its correctness is the
-        program's own; only its speed is in question), or None where the program's guard refused."""
+        program's own; only its speed is in question), or None where the program's guard refused.
+        If the PyTorch side raises, the program is chosen unmeasured: measuring never costs a call."""
+        try:
+            return self._step(program, guarded(pytorch))
+        except ReferenceFailed as e:
+            self.choice, self.not_measured = "program", str(e)
+            return program()
+
+    def _step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
         clock = self.clock or timed
         self.calls += 1
         if self.calls == 1 or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
@@ -99,6 +108,8 @@ class Selection:
         return out
 
     def summary(self) -> dict:
+        if self.not_measured is not None:
+            return {"chosen": self.choice, "not_measured": self.not_measured}
         return {
             "chosen": self.choice,
             "program_ms": round(statistics.median(self.program_ms), 4) if self.program_ms else None,
@@ -127,16 +138,11 @@ class GraphSelection:
         if self.settle > 0:
             self.settle -= 1
             return self.compiled(*args)
-        try:
-            out = self.selection.step(lambda: self.compiled(*args), guarded(lambda: self.eager(*args)))
-        except ReferenceFailed as e:  # measuring must never cost the call: keep the compiled graph
-            self.selection.choice = "program"
-            self.slot.get("summary", {})["selection"] = {"chosen": "tilefuse", "not_measured": str(e)}
-            return self.compiled(*args)
+        out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
         if self.selection.choice is not None:
             summary = self.selection.summary()
-            self.slot.get("summary", {})["selection"] = {
-                "chosen": "tilefuse" if summary["chosen"] == "program" else "pytorch (the eager graph)",
-                "tilefuse_ms": summary["program_ms"], "pytorch_ms": summary["pytorch_ms"],
-            }  # fmt: skip
+            summary["chosen"] = "tilefuse" if summary["chosen"] == "program" else "pytorch (the eager graph)"
+            if "program_ms" in summary:
+                summary["tilefuse_ms"] = summary.pop("program_ms")
+            self.slot.get("summary", {})["selection"] = summary
         return out

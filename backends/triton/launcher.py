@@ -120,24 +120,22 @@ class TritonKernel:
         params = {p: config[p] for p in self.params}
         if self.tma_tensors:
             operands = [tensors[i] for i in self.tma_tensors]
-            wanted = config.get("USE_TMA")  # a tuned choice; else the TILEFUSE_TMA default
-            chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
-            params["USE_TMA"] = chosen and descriptors_fit(operands)
+            params["USE_TMA"] = tma_wanted(config) and descriptors_fit(operands)
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
         """This kernel with one configuration fixed: what a generated program calls per launch."""
-        if set(config) - {"USE_TMA"} != set(self.params):
-            raise LaunchError(
-                f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
-            )
+        self._check_config(config)
         return BoundLaunch(self, dict(config), num_warps, num_stages)
 
-    def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
+    def _check_config(self, config: Mapping[str, int]) -> None:
         if set(config) - {"USE_TMA"} != set(self.params):
             raise LaunchError(
                 f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
             )
+
+    def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
+        self._check_config(config)
         if len(tensors) != len(self.shapes):
             raise LaunchError(f"{self.name}: takes {len(self.shapes)} tensors, got {len(tensors)}")
         for i, (t, shape, dtype) in enumerate(zip(tensors, self.shapes, self.dtypes)):
@@ -196,9 +194,8 @@ class BoundLaunch:
         params = dict(self.params)
         if self.per_launch_tma:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            wanted = self.config.get("USE_TMA")
-            chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
-            params["USE_TMA"] = chosen and descriptors_fit([tensors[i] for i in self.kernel.tma_tensors])
+            operands = [tensors[i] for i in self.kernel.tma_tensors]
+            params["USE_TMA"] = tma_wanted(self.config) and descriptors_fit(operands)
         grid = self.grid[: len(self.kernel.grid)]
         while True:
             options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -264,6 +261,12 @@ def _raw_launch(binary: object, grid: tuple[int, int, int], constexprs: tuple) -
 def _no_hooks(hook: object) -> bool:
     # Triton 3.6 keeps None when no hook is set; 3.9 keeps an empty HookChain
     return hook is None or getattr(hook, "calls", None) == []
+
+
+def tma_wanted(config: Mapping[str, int]) -> bool:
+    """Whether a launch with `config` asks for TMA descriptors: a tuned `USE_TMA`, else `TILEFUSE_TMA`."""
+    wanted = config.get("USE_TMA")
+    return os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:

@@ -85,8 +85,9 @@ def compile_job(
     """
     constexprs = [(p, int(config[p])) for p in kernel.params]
     if kernel.tma_tensors:
-        wanted = config.get("USE_TMA")
-        chosen = os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
+        from .launcher import tma_wanted  # the parent process's side: this file also runs as a script
+
+        chosen = tma_wanted(config)
         operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
         fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
         constexprs.append(("USE_TMA", bool(chosen and fits)))
