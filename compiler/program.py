@@ -172,8 +172,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     _write_guard(w, arg_names, example_args)
     for value, name, t in zip(spec.args, arg_names, example_args):
         if t.device != device:  # e.g. a 0-dim CPU scalar tensor: PyTorch would promote it
-            w.emit(f"{name} = {name}.to(_device, non_blocking=True)")
-            w.meta[value] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            w.emit(f"{name} = {name}.to(_device, non_blocking=True)")  # its layout (meta) is kept
     if device.type == "cuda":
         w.emit("stream = _stream()")
     else:
