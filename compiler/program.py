@@ -170,7 +170,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         w.meta[value] = _meta_like(t)
     w.emit(f"{', '.join(arg_names)}{',' if len(arg_names) == 1 else ''} = args" if arg_names else "del args")
     _write_guard(w, arg_names, example_args)
-    for value, name, t in zip(spec.args, arg_names, example_args):
+    for name, t in zip(arg_names, example_args):
         if t.device != device:  # e.g. a 0-dim CPU scalar tensor: PyTorch would promote it
             w.emit(f"{name} = {name}.to(_device, non_blocking=True)")  # its layout (meta) is kept
     if device.type == "cuda":
