@@ -135,8 +135,19 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         wide = max(bd, bdv) >= 128
         bm = _pow2_at_least(problem["M"], 16, 128 if wide else 64)
         bn = _pow2_at_least(problem["N"], 16, 128 if max(bd, bdv) == 128 else 64 if not wide else 32)
+        stages, elem = 3, problem.get("elem_bytes", 2)
+
+        def shared_bytes() -> int:  # the query tile, and pipelined key and value tiles
+            return bm * bd * elem + stages * bn * (bd + bdv) * elem
+
+        # f32 operands (exact fp32 attention) double every tile: 128x128 at head dim 128 needs
+        # 295 KB at 3 stages, over the H200's 227 KB (a first launch failed with out of resources)
+        while shared_bytes() > SHARED_MEMORY_BUDGET and stages > 2:
+            stages -= 1
+        while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 16:
+            bn //= 2
         warps = 8 if bm * max(bd, bdv) >= 128 * 128 else 4
-        return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, 3)
+        return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, stages)
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
         bc = _pow2_at_least(problem["C"], 16, 1 << 30)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))

@@ -55,6 +55,8 @@ class CudaGraphReplay:
         if self.refused is not None:
             return self.fn(*args)
         self.calls += 1
+        if self.calls == 1 and any(isinstance(a, torch.Tensor) and not a.is_cuda for a in args):
+            return self._refuse(_unsafe(args), args)  # known now: no need to wait for the capture
         if self.calls <= WARMUP_CALLS:
             return self.fn(*args)
         if self.graph is None or self._parameters_changed(args):

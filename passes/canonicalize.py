@@ -7,7 +7,12 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
 - a permute feeding a contraction folds into the spec (`"mk,nk->mn"`);
 - a reshape that flattens leading batch dims into M, undone by a reshape of
   the result, folds into the spec (`"bsk,nk->bsn"`);
-- a map whose only user is another map merges into it (one body);
+- a map whose only user is another map merges into it (one body), except a
+  pure widening (`extf`) read by a contraction: it stays a map of its own, so
+  the contraction reads the 16-bit producer and its dot runs on 16-bit
+  operands (tensor cores) with f32 accumulation, the same exact products
+  (a RoPE'd bf16 query merged into its widening made an f32 query, and an
+  attention kernel 100x slower on the H200);
 - reshape∘reshape, permute∘permute and identity views collapse;
 - ops whose results are unused are removed.
 """
@@ -32,7 +37,7 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
-from ..ir.builder import inline_map_body, single_user
+from ..ir.builder import inline_map_body, single_user, widened_source
 from ..ir.dtypes import shape_of
 
 
@@ -122,6 +127,10 @@ class MergeMaps(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        if widened_source(op.result) is not None and any(
+            isinstance(use.operation, ein.ContractOp) for use in op.result.uses
+        ):
+            return  # keep a dot operand's widening apart: the dot reads the narrow tensor
         for position, value in enumerate(op.inputs):
             producer = value.owner
             if isinstance(producer, ein.MapOp) and single_user(value) is op:

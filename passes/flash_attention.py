@@ -317,6 +317,7 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         "DV": Dv,
         "B": B,
         "causal": int(pattern.causal),
+        "elem_bytes": dot_elem.bitwidth // 8,
         "exact": dict(kb.exact),
     }
     return [f"cdiv({Nq}, BLOCK_M)", str(B)], problem

@@ -135,3 +135,29 @@ def test_a_scaled_upcast_operand_is_read_through_its_map():
     fn = lambda q, k, v: F.scaled_dot_product_attention(q.float() * 2, k.float(), v.float())  # noqa: E731
     reports = compile_and_compare(fn, q, k, v, rtol=1e-4, atol=1e-5)
     assert "attention" in {g["kind"] for g in fusion_groups(reports)}
+
+
+def test_a_rotated_bf16_query_keeps_16_bit_dot_operands(tmp_path):
+    """RoPE in bf16 then SDPA (Llama): the query's widening to f32 must not merge into the
+    rotation's map, or the kernel's dots run on f32 operands (exact FMA math, ~100x slower
+    than tensor cores on the H200). Both dots read bf16 tiles, accumulate in f32, and the
+    answer matches eager."""
+    torch.manual_seed(0)
+    q, k, v = qkv(1, 2, 24, 24, 16, dtype=torch.bfloat16)
+    cos, sin = torch.randn(24, 16, dtype=torch.bfloat16), torch.randn(24, 16, dtype=torch.bfloat16)
+
+    def rope_attention(q, k, v, cos, sin):
+        half = q.shape[-1] // 2
+        rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
+        return F.scaled_dot_product_attention(q * cos + rotated * sin, k, v, is_causal=True)
+
+    reports = compile_and_compare(rope_attention, q, k, v, cos, sin, rtol=2e-2, atol=2e-2, dump=tmp_path)
+    assert "attention" in {g["kind"] for g in fusion_groups(reports)}
+    tile_ir = next(tmp_path.glob("*/tile.mlir")).read_text()
+    kernel = tile_ir[tile_ir.index('kind "attention"'):]
+    kernel = kernel[: kernel.find("tile.kernel") if "tile.kernel" in kernel else None]
+    dots = [line for line in kernel.splitlines() if "tile.dot" in line]
+    assert len(dots) == 4, dots  # q @ k and p @ v, in the unmasked and the masked key loop
+    for line in dots:
+        lhs, rhs = line.split(" : ")[1].split("->")[0].split(", !tile")[:2]
+        assert lhs.endswith("bf16>") and rhs.endswith("bf16>"), line

@@ -110,6 +110,21 @@ def test_default_gemm_config_fits_the_hardware():
             assert rhs * p["BLOCK_M"] * p["BLOCK_N"] <= 128 * 256
 
 
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("elem", [2, 4])
+def test_default_attention_config_fits_the_hardware(head_dim, elem):
+    """Found on the H200: f32 attention at head dim 128 asked for 295 KB of shared memory."""
+    from tilefuse.autotune.heuristics import SHARED_MEMORY_BUDGET, default_config
+    from tilefuse.autotune.records import TuningTask
+    from tilefuse.autotune.space import shared_memory_bytes
+
+    problem = {"M": 4096, "N": 4096, "D": head_dim, "DV": head_dim, "B": 64, "elem_bytes": elem}
+    config = default_config("attention", problem)
+    task = TuningTask("key", "attention", "attention", problem, "", "attention", ())
+    assert shared_memory_bytes(task, config) <= SHARED_MEMORY_BUDGET
+    assert config.params["BLOCK_D"] == head_dim and config.num_stages >= 2
+
 def test_a_second_compile_of_the_same_graph_hits_the_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
 

@@ -321,3 +321,14 @@ def test_the_dynamic_graph_is_in_the_dump_index(tmp_path):
         torch.testing.assert_close(compiled(x), fn(x))
     index = (tmp_path / "index.txt").read_text()
     assert "dynamic shapes" in index and len(compiled.tilefuse_reports) == 2
+
+
+def test_cuda_graph_replay_refuses_cpu_inputs_at_the_first_call():
+    from tilefuse.compiler.cudagraphs import CudaGraphReplay
+
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(lambda x, w: x * 2 + w, [False, True], report)
+    x, w = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(replay(x, w), x * 2 + w)
+    assert report["cudagraphs"] == "refused: input 0 is on cpu, not a CUDA device"
+    torch.testing.assert_close(replay(x + 1, w), (x + 1) * 2 + w)  # and keeps running without one
