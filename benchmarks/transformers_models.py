@@ -385,7 +385,7 @@ def run_model(
     with torch.no_grad(), fresh_caches(cache_root / spec.name) as cache_env:
         timings = measure_model(spec, model, inputs, args.no_torch_compile, device)
         subject = timings[SUBJECT]
-        if subject.error is None:
+        if subject.error is None and not args.no_cached:
             try:
                 seconds, cache = cached_first_call(spec, args.tiny, dtype, cache_env)
                 note = f"{subject.note}; new process: cache {cache}"
@@ -590,6 +590,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile columns out")
+    parser.add_argument(
+        "--no-cached", action="store_true", help="skip the first call of a new process (cached s column)"
+    )
+    parser.add_argument("--no-overhead", action="store_true", help="skip the host-overhead microbenchmark")
     parser.add_argument("--cached-compile-child", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
@@ -630,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return report
 
     with tempfile.TemporaryDirectory(prefix="tilefuse-models-") as root:
-        overhead = run_overhead_bench(args, device, dtype, Path(root))
+        overhead = [] if args.no_overhead else run_overhead_bench(args, device, dtype, Path(root))
         report = write()
         for name in args.models:
             results.append(run_model(MODELS[name], args, device, dtype, Path(root)))

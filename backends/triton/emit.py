@@ -71,11 +71,12 @@ class TritonOptions:
 
     upcast_bf16_dots: bool = False
     round_bf16_casts: bool = False
-    # f32 dots where PyTorch's matmul precision is "highest": exact FMA math ("ieee"). 3xTF32 measured
-    # more accurate than SGEMM and faster on the H200 (issue 12), but a bf16 Llama's attention kernel
-    # reading an f32 query faulted on the GPU with it in this tree, not yet explained:
-    # TILEFUSE_F32_DOTS=tf32x3 opts in
-    exact_f32_dots: str = field(default_factory=lambda: os.environ.get("TILEFUSE_F32_DOTS", "ieee"))
+    # f32 dots where PyTorch's matmul precision is "highest". "auto": 3xTF32 in GEMM kernels (measured
+    # more accurate than SGEMM against float64, and faster, on the H200: issue 12; the GPU test
+    # test_fp32_at_highest_precision_is_as_accurate_as_sgemm keeps it so), exact FMA math ("ieee")
+    # elsewhere: an attention kernel with 3xTF32 f32 dots faulted on the H200 (Triton 3.6).
+    # TILEFUSE_F32_DOTS=ieee|tf32x3 forces one for every kernel.
+    exact_f32_dots: str = field(default_factory=lambda: os.environ.get("TILEFUSE_F32_DOTS", "auto"))
 
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
@@ -501,6 +502,8 @@ class _KernelWriter:
             options.append('input_precision="ieee"')
         elif isinstance(elem, Float32Type):
             precision = "tf32" if op.tf32 is not None else self.options.exact_f32_dots
+            if precision == "auto":
+                precision = "tf32x3" if self.kernel.kind.data == "gemm" else "ieee"
             options.append(f'input_precision="{precision}"')
         if acc_elem != f32:
             options.append(f"out_dtype={_tl(acc_elem)}")

@@ -221,7 +221,7 @@ def test_emitted_gemm_source_is_readable_python():
         "group_rows = tl.minimum(tiles_m - first_row, GROUP_M)",
         "for kt in range(0, tiles_k, 1):",
         "acc = zero",
-        'acc = tl.dot(a, b, acc, input_precision="ieee")',  # f32 at "highest": exact (3xTF32 opt-in)
+        'acc = tl.dot(a, b, acc, input_precision="tf32x3")',  # f32 at "highest" in a GEMM: 3xTF32
         "a = tl.load(x_ptr + r2 * x_s0 + k_cols * x_s1, mask=(r2 < 33) & (k_cols < 17), other=0)",
         "tl.store(out_ptr + r2 * out_s0 + c2 * out_s1, y, mask=(r2 < 33) & (c2 < 65))",
         "GRID = ('cdiv(33, BLOCK_M) * cdiv(65, BLOCK_N)',)",
@@ -235,8 +235,11 @@ def test_dot_precision_follows_the_op_and_options():
     )
     assert 'input_precision="tf32"' in emit(parse_kernel(gemm), TritonOptions())
     exact = parse_kernel(fixture_text("gemm_bias_gelu.mlir"))
-    assert 'input_precision="ieee"' in emit(exact, TritonOptions())
-    assert 'input_precision="tf32x3"' in emit(exact, TritonOptions(exact_f32_dots="tf32x3"))
+    assert 'input_precision="tf32x3"' in emit(exact, TritonOptions())  # "auto": 3xTF32 in GEMMs
+    not_gemm = parse_kernel(fixture_text("gemm_bias_gelu.mlir").replace('kind "gemm"', 'kind "attention"'))
+    assert 'input_precision="ieee"' in emit(not_gemm, TritonOptions())  # exact elsewhere
+    assert 'input_precision="ieee"' in emit(exact, TritonOptions(exact_f32_dots="ieee"))
+    assert 'input_precision="tf32x3"' in emit(not_gemm, TritonOptions(exact_f32_dots="tf32x3"))
     assert 'input_precision="ieee"' in emit(exact, TritonOptions.for_interpreter())
     bf16 = parse_kernel(fixture_text("linear_relu_f16.mlir").replace("f16", "bf16"))
     assert "acc = tl.dot(a, b, acc)" in emit(bf16, TritonOptions())
