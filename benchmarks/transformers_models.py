@@ -66,6 +66,9 @@ HOST_TARGET_US = 6.0
 CHAIN_LINKS = 10  # two row kernels per link in tilefuse: 20 launches per call
 CHAIN_SHAPE = (64, 256)
 PROFILED_CALLS = 5
+# calls before timing, for every candidate: tilefuse measures its program against PyTorch on its
+# first ~10 calls (compiler/selection.py), and a fp32 model's few timed calls once fell among them
+SETTLE_CALLS = 12
 # A CPU run (--tiny) tests the harness: its times mean nothing, and interpreted kernels are slow.
 CPU_REPEATS = 1
 CACHED_CHILD_TIMEOUT_S = 600
@@ -292,6 +295,8 @@ def measure(
         first_call_s = time.perf_counter() - start
         errors = {k: relative_error(out, ref) for k, ref in refs.items()}
         del out
+        for _ in range(SETTLE_CALLS if device.type == "cuda" else 0):
+            call(compiled)
         median = time_ms(lambda: call(compiled), device, cpu_repeats=CPU_REPEATS)
         wall = wall_ms(lambda: call(compiled), device)
         gpu, kernels = profile_call(lambda: call(compiled), device)

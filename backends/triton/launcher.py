@@ -170,8 +170,13 @@ class BoundLaunch:
         self.grid = (*grid, 1, 1)[:3]
         self.empty = 0 in grid  # nothing to compute (CUDA refuses empty grids)
         self.params = {p: config[p] for p in kernel.params}
+        # TMA descriptors are decided per launch (operand alignment) only where they are wanted; a
+        # kernel that could read through them but is not asked to takes USE_TMA=False once, so its
+        # launches stay on the direct path (every GEMM took the ~20 µs generic path before)
+        self.per_launch_tma = bool(kernel.tma_tensors) and tma_wanted(config)
+        if kernel.tma_tensors and not self.per_launch_tma:
+            self.params["USE_TMA"] = False
         self.constexprs = tuple(self.params.values())
-        self.per_launch_tma = bool(kernel.tma_tensors)
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
 

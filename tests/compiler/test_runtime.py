@@ -243,6 +243,32 @@ def test_a_launch_out_of_shared_memory_retries_with_fewer_stages():
     assert seen == [4, 3, 2, 2] and launch.num_stages == 2
 
 
+
+@pytest.mark.parametrize("wanted", ["0", "1"])
+def test_tma_is_decided_per_launch_only_where_it_is_wanted(monkeypatch, wanted):
+    """A kernel that could read through TMA descriptors, not asked to, takes USE_TMA=False once, so
+    its launches can go straight to the binary (found on the H200: every GEMM took the generic path)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("TILEFUSE_TMA", wanted)
+    calls = []
+
+    class Function:
+        def __getitem__(self, grid):
+            return lambda *args, num_warps, num_stages, **params: calls.append(params)
+
+    kernel = SimpleNamespace(
+        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(),
+        grid_for=lambda config: (2,),
+    )  # fmt: skip
+    launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
+    assert launch.per_launch_tma == (wanted == "1")
+    launch(0, torch.zeros(4), 1)
+    if wanted == "0":
+        assert launch.constexprs == (8, False) and calls == [{"BLOCK": 8, "USE_TMA": False}]
+    else:
+        assert calls == [{"BLOCK": 8, "USE_TMA": True}]  # CPU tensors: the interpreter emulates TMA
+
 @pytest.mark.parametrize("faster", ["program", "pytorch"])
 def test_a_whole_graph_is_measured_against_the_eager_graph(monkeypatch, faster):
     from tilefuse.compiler import backend, runtime, selection
