@@ -9,6 +9,7 @@ graphs, when autograd needs them, run in PyTorch and say so in the dump.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .runtime import preferred_device
-from .selection import GraphSelection, selection_enabled
+from .selection import TRAINING_ENV, TRAINING_KEPT, TRAINING_NOTE, GraphSelection, selection_enabled
 
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
@@ -113,15 +114,24 @@ class TilefuseBackend:
             graph_report["summary"] = summary  # where GraphSelection writes its choice
             return make_boxed_func(compiled)
 
+        def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:
+            # AOTAutograd lowers the backward lazily, at the first backward: the graph trains
+            graph_report["trains"] = True
+            if "summary" in graph_report and graph_report.get("selected"):
+                kept = os.environ.get(TRAINING_ENV) == "1"
+                graph_report["summary"]["training"] = TRAINING_KEPT if kept else TRAINING_NOTE
+            return _pytorch_backward(bw, bw_inputs)
+
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
         compiled = aot_autograd(
             fw_compiler=forward_compiler,
-            bw_compiler=_pytorch_backward,
+            bw_compiler=backward_compiler,
             decompositions=decompositions(),
         )(gm, example_inputs)
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
+        graph_report["selected"] = True
         return GraphSelection(compiled, gm.forward, device, graph_report)
 
 

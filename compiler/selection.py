@@ -117,10 +117,26 @@ class Selection:
         }
 
 
+TRAINING_ENV = "TILEFUSE_TRAINING"  # "1": training steps keep the compiled forward
+TRAINING_NOTE = (
+    "its backward ran (a training graph): calls with gradients run Dynamo's graph in PyTorch "
+    "(eager autograd), since tilefuse has no backward kernels and its forward plus PyTorch running "
+    "the decomposed backward measured slower than eager (H200, 4-layer Llama bf16 step: 24.4 ms "
+    f"against 17.1); {TRAINING_ENV}=1 keeps the compiled forward"
+)
+
+TRAINING_KEPT = (
+    f"its backward ran (a training graph); {TRAINING_ENV}=1: calls with gradients keep the compiled forward"
+)
+
+
 class GraphSelection:
-    """A compiled graph against Dynamo's own graph run by PyTorch; calls with gradients take the
-    compiled graph unmeasured (the backward of either runs in PyTorch; forward time alone would
-    not decide the step)."""
+    """A compiled graph against Dynamo's own graph run by PyTorch.
+
+    Calls without gradients are measured (see the module docstring). Calls with gradients take the
+    compiled graph unmeasured (inference that forgot `torch.no_grad()` still gains) until the
+    graph's backward runs once; from then on they run Dynamo's graph in PyTorch (`TRAINING_NOTE`).
+    """
 
     def __init__(self, compiled: Callable, eager: Callable, device: torch.device, slot: dict):
         self.compiled = compiled
@@ -131,6 +147,8 @@ class GraphSelection:
 
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
+        if torch.is_grad_enabled() and self.slot.get("trains") and os.environ.get(TRAINING_ENV) != "1":
+            return self.eager(*args)
         if chosen == "program" or (chosen is None and torch.is_grad_enabled()):
             return self.compiled(*args)
         if chosen == "pytorch":
