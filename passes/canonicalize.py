@@ -14,6 +14,9 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
   (a RoPE'd bf16 query merged into its widening made an f32 query, and an
   attention kernel 100x slower on the H200);
 - reshape∘reshape, permute∘permute and identity views collapse;
+- a reshape of a GEMM's result (or its bias add) that splits leading dims
+  (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
+  chain reaches that map;
 - ops whose results are unused are removed.
 """
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Block, Operation, Region
+from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -38,7 +41,7 @@ from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
 from ..ir.builder import inline_map_body, single_user, widened_source
-from ..ir.dtypes import shape_of
+from ..ir.dtypes import shape_of, tensor_type
 
 
 class FoldPermuteIntoContract(RewritePattern):
@@ -122,6 +125,88 @@ class CollapseViews(RewritePattern):
                 rewriter.replace(op, ein.ViewOp("permute", inner.input, op.result.type, perm))
 
 
+def _unflatten_split(inner: tuple[int, ...], outer: tuple[int, ...]) -> int | None:
+    """For a reshape `inner` → `outer` that splits leading dims and keeps the trailing ones (M x N
+    → B x S x N, or S x N → 1 x S x N), the number of kept trailing dims; else None."""
+    if len(outer) <= len(inner):
+        return None
+    kept = 0
+    while kept < len(inner) - 1 and inner[-1 - kept] == outer[-1 - kept]:
+        kept += 1
+    return kept if math.prod(inner[: len(inner) - kept]) == math.prod(outer[: len(outer) - kept]) else None
+
+
+class SinkUnflattenBelowMap(RewritePattern):
+    """map(reshape(v), ...) → reshape(map(v, ...)), where the reshape splits leading dims of `v`
+    (M x N → B x S x N) and keeps the rest: a GEMM's epilogue chain then reaches the map.
+    (`nn.Linear` with a bias on a 3-d input is captured as a 2-d addmm whose result is reshaped
+    back to 3-d before the activation; the activation was a kernel of its own, one more write and
+    read of the GEMM's output: Phi's and GPT-2's MLPs.) Every other input must broadcast over the
+    whole split prefix (a bias, a scale); a map that also reads a full tensor (a residual add)
+    keeps its shape. The map moves to the flatter shape only, so the rewrite terminates."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        if widened_source(op.result) is not None:
+            return  # a dot operand's widening stays next to its dot (see MergeMaps)
+        out_shape = tuple(shape_of(op.result.type))
+        for value in op.inputs:
+            view = value.owner
+            if not _is_reshape(view) or tuple(shape_of(value.type)) != out_shape:
+                continue
+            if not _gemm_epilogue_value(view.input):
+                continue
+            inner_shape = tuple(shape_of(view.input.type))
+            kept = _unflatten_split(inner_shape, out_shape)
+            if kept is None:
+                continue
+            plan = [_in_flat_space(x, out_shape, inner_shape, kept) for x in op.inputs]
+            if any(p is False for p in plan):
+                continue
+            inputs = []
+            for x, how in zip(op.inputs, plan):
+                if isinstance(how, SSAValue):
+                    inputs.append(how)
+                elif how is None:
+                    inputs.append(x)
+                else:
+                    flat = ein.ViewOp("reshape", x, tensor_type(how, x.type.get_element_type()))
+                    rewriter.insert(flat, InsertPoint.before(op))
+                    inputs.append(flat.result)
+            elem = op.result.type.get_element_type()
+            new = ein.MapOp(inputs, tensor_type(inner_shape, elem), op.body.clone())
+            back = ein.ViewOp("reshape", new.result, op.result.type)
+            rewriter.replace(op, [new, back], [back.result])
+            return
+
+
+def _gemm_epilogue_value(value: SSAValue) -> bool:
+    """A computed 2-d value (rows x features: a linear layer's result, its bias add, a map of it).
+    Batched products (attention's scores) and head views keep their own shapes: the attention
+    matcher reads them."""
+    return isinstance(value.owner, ein.ContractOp | ein.MapOp) and len(shape_of(value.type)) == 2
+
+
+def _in_flat_space(
+    x: SSAValue, outer: tuple[int, ...], inner: tuple[int, ...], kept: int
+) -> SSAValue | tuple[int, ...] | None | bool:
+    """How map input `x` reads in `inner`'s space: None (as it is), a shape to reshape it to, the
+    flat value it is a reshape of, or False (not expressible, or not wanted)."""
+    shape = tuple(shape_of(x.type))
+    if len(shape) <= kept:
+        return None  # broadcast over every leading dim, in both spaces
+    suffix = shape[len(shape) - kept :] if kept else ()
+    prefix = (1,) * (len(outer) - len(shape)) + shape[: len(shape) - kept]
+    if all(d == 1 for d in prefix):
+        return suffix if len(shape) > kept else None
+    if _is_reshape(x.owner) and tuple(shape_of(x.owner.input.type)) == inner:
+        return x.owner.input  # another value of the same flat space (GELU reads x three times)
+    # a genuinely 3-d full tensor (a residual) would follow the GEMM into its flat space, and the
+    # norm reading the sum after it would see a reshape between: Llama at batch 2 lost its
+    # residual+norm row kernels that way (kernel counts)
+    return False
+
+
 class MergeMaps(RewritePattern):
     """map(..., map(a, b), ...) → one map, when the inner map has no other user."""
 
@@ -165,6 +250,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
     CollapseViews,
+    SinkUnflattenBelowMap,
     MergeMaps,
     EraseUnused,
 )

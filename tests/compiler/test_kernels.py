@@ -37,6 +37,34 @@ def test_ragged_linear_bias_gelu():
     assert group["ops"] == ["ein.contract", "ein.map"]
 
 
+
+@pytest.mark.parametrize("rows", [(1, 37), (3, 37), (37,), (2, 3, 5)], ids=str)
+def test_an_activation_after_a_biased_linear_joins_the_gemm(rows):
+    """A 3-d input to nn.Linear with a bias is captured as a 2-d addmm reshaped back to 3-d before
+    the activation (Phi's and GPT-2's MLPs); the activation (GPT-2's GELU reads its input three
+    times) still lands in the GEMM's epilogue, with ragged row counts."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 40)
+
+    def fn(x):
+        h = linear(x)
+        return 0.5 * h * (1.0 + torch.tanh(0.79788456 * (h + 0.044715 * torch.pow(h, 3.0))))
+
+    reports = compile_and_compare(fn, torch.randn(*rows, 24), rtol=1e-4, atol=1e-5)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["gemm"]
+
+
+def test_a_bias_varying_over_part_of_the_rows_keeps_its_own_kernel():
+    """x @ W + b, reshaped to B x S x N, times a tensor varying over B only (or plus a residual):
+    not moved over the GEMM's flattened rows, so that map stays apart; the answer is right."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 40)
+    scale = torch.randn(3, 1, 40)
+    fn = lambda x, s, r: torch.relu(linear(x)) * s + r  # noqa: E731
+    x, r = torch.randn(3, 7, 24), torch.randn(3, 7, 40)
+    reports = compile_and_compare(fn, x, scale, r, rtol=1e-4, atol=1e-5)
+    assert sorted(g["kind"] for g in fusion_groups(reports)) == ["gemm", "pointwise"]
+
 def test_batched_einsum_and_transposed_operands():
     q, k = torch.randn(2, 3, 19, 8), torch.randn(2, 3, 21, 8)
     # the scale stays a separate kernel: the decomposed einsum reshapes the product before it
