@@ -1,0 +1,239 @@
+"""Greedy generation with a `transformers` Llama-style model: eager, `torch.compile` and tilefuse.
+
+    python -m tilefuse.benchmarks.generation [--out FILE] [--batches 1,8] [--prompt 512]
+        [--new-tokens 128] [--dtype bfloat16|float32] [--tiny] [--no-torch-compile]
+
+The two ways users compile `generate` (issue 14): `model.forward` compiled with the default
+dynamic KV cache, and with a static cache (`cache_implementation="static"`) in
+reduce-overhead mode (CUDA graphs per decode batch size). For each candidate and batch size:
+time to first token (a `generate` of one new token), per-token latency of the decode steps
+((time for N tokens - time to first token) / (N - 1)), the first `generate`'s time (compiles
+included), the number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's
+frame compiles) and whether the greedy tokens equal eager's. Every candidate runs on the
+same model (random weights from a config; nothing is downloaded) and the same prompts, in one
+process. A failing candidate is a table cell, never the end of the run; the results file is
+rewritten after each batch size.
+
+`--tiny` builds a tiny config (hidden 64, 2 layers, prompt 8, 4 new tokens) so the harness runs
+on a CPU; there its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+import tilefuse
+
+from .run import describe_error, environment_lines, release_memory
+from .transformers_models import LLAMA, TINY_DECODER
+
+DEFAULT_OUT = Path(__file__).with_name("RESULTS_generation.md")
+EAGER, EAGER_STATIC = "eager", "eager, static cache"
+COMPILE, COMPILE_STATIC = "torch.compile", "torch.compile reduce-overhead, static cache"
+SUBJECT, SUBJECT_STATIC = "tilefuse", "tilefuse reduce-overhead, static cache"
+CANDIDATES = (EAGER, EAGER_STATIC, COMPILE, COMPILE_STATIC, SUBJECT, SUBJECT_STATIC)
+REPEATS = {"cuda": 3, "cpu": 1}  # timed generates per figure (median), after the first
+
+
+@dataclass(frozen=True)
+class GenTiming:
+    """One candidate at one batch size: what was measured, or why not."""
+
+    candidate: str
+    batch: int
+    ttft_ms: float | None = None
+    per_token_ms: float | None = None
+    first_generate_s: float | None = None
+    compiles: int | None = None
+    same_tokens: bool | None = None
+    note: str = ""
+    error: str | None = None
+
+
+def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> transformers.PreTrainedModel:
+    config = transformers.LlamaConfig(**(TINY_DECODER if tiny else LLAMA), attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dynamo_frame_compiles() -> int:
+    """Frames Dynamo compiled since its counters were last cleared (torch.compile's compiles)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+def compiled_forward(candidate: str, forward: Callable) -> Callable:
+    """`model.forward` as the candidate runs it."""
+    if candidate in (EAGER, EAGER_STATIC):
+        return forward
+    if candidate == COMPILE:
+        return torch.compile(forward)
+    if candidate == COMPILE_STATIC:
+        return torch.compile(forward, mode="reduce-overhead")
+    if candidate == SUBJECT:
+        return tilefuse.compile(forward)
+    return tilefuse.compile(forward, mode="reduce-overhead")
+
+
+def measure(
+    candidate: str, model, prompt: torch.Tensor, new_tokens: int, reference: torch.Tensor | None
+) -> tuple[GenTiming, torch.Tensor | None]:
+    """Time greedy `generate` of one candidate; returns its timing and its tokens."""
+    device, batch = prompt.device, prompt.shape[0]
+    static = candidate in (EAGER_STATIC, COMPILE_STATIC, SUBJECT_STATIC)
+    kwargs = dict(do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    if static:
+        kwargs["cache_implementation"] = "static"
+    original = model.forward
+    release_memory(device)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    try:
+        model.forward = compiled_forward(candidate, original)
+
+        def generate(n: int) -> torch.Tensor:
+            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)
+            synchronize(device)
+            return out
+
+        start = time.perf_counter()
+        tokens = generate(new_tokens)
+        first_s = time.perf_counter() - start
+        repeats = REPEATS.get(device.type, 1)
+        ttft = _median_ms(lambda: generate(1), repeats)
+        total = _median_ms(lambda: generate(new_tokens), repeats)
+        reports = getattr(model.forward, "tilefuse_reports", None)
+        compiles = len(reports) if reports is not None else (dynamo_frame_compiles() or None)
+        note = _tilefuse_note(reports) if reports is not None else ""
+        same = None if reference is None else bool(torch.equal(tokens, reference))
+        timing = GenTiming(
+            candidate, batch, ttft, (total - ttft) / max(new_tokens - 1, 1),
+            None if candidate in (EAGER, EAGER_STATIC) else first_s, compiles, same, note,
+        )  # fmt: skip
+        return timing, tokens
+    except Exception as exc:  # a failing candidate is a table cell
+        return GenTiming(candidate, batch, error=describe_error(exc)), None
+    finally:
+        model.forward = original
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def _tilefuse_note(reports: Sequence[dict]) -> str:
+    """How many of tilefuse's graphs have kernels, and why the others run in PyTorch."""
+    with_kernels = sum(1 for r in reports if any(p["groups"] for p in r["partitions"]))
+    reasons = sorted({f["op"] for r in reports for f in r["fallbacks"] if f["node"] == "<graph>"})
+    graphs = ",".join(sorted({str(r["cudagraphs"]) for r in reports if "cudagraphs" in r}))
+    note = f"{len(reports)} graph(s), {with_kernels} with kernels"
+    note += f"; whole graphs in PyTorch: {', '.join(reasons)}" if reasons else ""
+    return note + (f"; CUDA graphs: {graphs}" if graphs else "")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_table(timings: Sequence[GenTiming]) -> str:
+    lines = [
+        "| batch | candidate | TTFT ms | per-token ms | vs eager | first generate s | compiles "
+        "| tokens = eager | notes |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    eager = {t.batch: t.per_token_ms for t in timings if t.candidate == EAGER}
+    for t in timings:
+        ref = eager.get(t.batch)
+        speedup = ref / t.per_token_ms if ref and t.per_token_ms else None
+        same = "—" if t.same_tokens is None else ("yes" if t.same_tokens else "NO")
+        note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
+        cells = [
+            str(t.batch), t.candidate, _fmt(t.ttft_ms, ".4g"), _fmt(t.per_token_ms, ".4g"),
+            _fmt(speedup, ".2f"), _fmt(t.first_generate_s, ".3g"),
+            "—" if t.compiles is None else str(t.compiles), same, note,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tilefuse.benchmarks.generation", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, help=f"markdown file (default {DEFAULT_OUT}; none with --tiny)")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--prompt", type=int, help="prompt tokens (default 512; 8 with --tiny)")
+    parser.add_argument("--new-tokens", type=int, help="generated tokens (default 128; 4 with --tiny)")
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float32"), help="default bfloat16; float32 with --tiny"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny config, runnable on a CPU")
+    parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
+    args = parser.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.prompt = args.prompt or (8 if args.tiny else 512)
+    args.new_tokens = args.new_tokens or (4 if args.tiny else 128)
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (per-token latency is over the decode steps)")
+    if not args.tiny and not torch.cuda.is_available():
+        parser.error("realistic sizes need a CUDA device; --tiny runs a tiny config on the CPU")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build(args.tiny, device, dtype)
+    header = [
+        *environment_lines(__spec__.name, device, dtype, argv),
+        f"- transformers {transformers.__version__}; LlamaForCausalLM from a config (seeded random weights), "
+        f"greedy, prompt {args.prompt} tokens, {args.new_tokens} new tokens",
+    ]
+    out = args.out or (None if args.tiny else DEFAULT_OUT)
+    candidates = [c for c in CANDIDATES if not (args.no_torch_compile and c in (COMPILE, COMPILE_STATIC))]
+    timings: list[GenTiming] = []
+    report = ""
+    for batch in args.batches:
+        generator = torch.Generator().manual_seed(batch)
+        shape = (batch, args.prompt)
+        prompt = torch.randint(1, model.config.vocab_size, shape, generator=generator).to(device)
+        reference = None
+        for candidate in candidates:
+            timing, tokens = measure(candidate, model, prompt, args.new_tokens, reference)
+            if candidate == EAGER:
+                reference = tokens
+            timings.append(timing)
+            shown = timing.error or f"TTFT {timing.ttft_ms:.4g} ms, {timing.per_token_ms:.4g} ms/token"
+            print(f"[batch {batch}] {candidate}: {shown}", file=sys.stderr, flush=True)
+        report = "\n".join(["# Greedy generation", "", *header, "", render_table(timings), ""])
+        if out is not None:
+            out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The generation benchmark on the CPU: `--tiny`, every candidate but torch.compile, one batch size.
+Greedy tokens must equal eager's for the dynamic cache and the static cache alike."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tilefuse.benchmarks.generation import CANDIDATES, COMPILE, COMPILE_STATIC, main  # noqa: E402
+
+
+def test_tiny_generation_on_cpu_matches_eager_tokens(tmp_path, capsys):
+    out = tmp_path / "generation.md"
+    main(["--tiny", "--no-torch-compile", "--batches", "2", "--out", str(out)])
+    report = out.read_text()
+    assert report in capsys.readouterr().out
+    lines = [line for line in report.splitlines() if line.startswith("| 2 |")]
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")] for line in lines)}
+    assert list(rows) == [c for c in CANDIDATES if c not in (COMPILE, COMPILE_STATIC)]
+    for candidate, cells in rows.items():
+        assert "FAILED" not in cells[8], cells
+        assert float(cells[2]) > 0 and float(cells[3]) > 0, cells  # TTFT and per-token latency
+        if candidate != "eager":
+            assert cells[7] == "yes", cells  # the same greedy tokens as eager
+    assert int(rows["tilefuse"][6]) <= 3  # the prompt's graph, then dynamic graphs (in PyTorch)
+    assert "refused: no CUDA device" in rows["tilefuse reduce-overhead, static cache"][8]
