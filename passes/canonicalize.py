@@ -133,6 +133,8 @@ def _unflatten_split(inner: tuple[int, ...], outer: tuple[int, ...]) -> int | No
     kept = 0
     while kept < len(inner) - 1 and inner[-1 - kept] == outer[-1 - kept]:
         kept += 1
+    if kept == 0:  # the features themselves are split (heads of a QK-norm): rows change meaning
+        return None
     return kept if math.prod(inner[: len(inner) - kept]) == math.prod(outer[: len(outer) - kept]) else None
 
 
