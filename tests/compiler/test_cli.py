@@ -128,3 +128,11 @@ def test_import_and_the_command_line_start_quickly():
         [sys.executable, "-m", "tilefuse.compiler.cli", "--version"], capture_output=True, text=True
     )
     assert version.stdout.strip() == f"tilefuse {__import__('tilefuse').__version__}"
+
+
+def test_python_dash_m_tilefuse_is_the_console_script():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tilefuse", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("tilefuse "), (done.stdout, done.stderr)
