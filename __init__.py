@@ -33,8 +33,8 @@ def __getattr__(name: str):
 
 
 def tune(fn, example_inputs, budget: int = 64, **options):
-    """Tune the kernels tilefuse compiles for `fn(*example_inputs)`; see `tilefuse.autotune.job.tune`."""
-    from .autotune.job import tune as run_job  # imports xgboost: only when a job runs
+    """Tune the kernels tilefuse compiles for `fn(*example_inputs)`; see `tilefuse.compiler.tuning.tune`."""
+    from .compiler.tuning import tune as run_job
 
     return run_job(fn, example_inputs, budget, **options)
 

@@ -1,11 +1,12 @@
-"""Tuning jobs: `tilefuse.tune(fn, example_inputs, budget=...)` and `tilefuse tune TARGET`.
+"""Tuning jobs on tasks: `tune_tasks(tasks, budget=...)`.
 
-A job compiles `fn` with tilefuse once, collects the kernels it produced, and tunes each in
-turn (or, with `workers > 1`, several at once, one GPU of the host per worker). Every trial
-goes to the tuning database as it is measured, so the compiler reuses the best configs
-with no measurement (`tilefuse.compile` looks them up), and a job started again after a
-crash resumes where it stopped. Progress (trials, best so far) goes to stderr; the job
-ends with a summary table.
+A job tunes each task in turn (or, with `workers > 1`, several at once, one GPU of the host per
+worker). Every trial goes to the tuning database as it is measured, so the compiler reuses the
+best configs with no measurement (`tilefuse.compile` looks them up), and a job started again
+after a crash resumes where it stopped. Progress (trials, best so far) goes to stderr; the job
+ends with a summary table. Which kernels a model has is the compiler's business:
+`tilefuse.tune` (`compiler/tuning.py`) compiles the model and hands its tasks here; this module
+knows no decorator.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import sys
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,31 +31,10 @@ from .records import TuningTask
 from .runner import LocalRunner
 from .search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, TuneResult, tune_task
 from .space import DeviceLimits, SearchSpace
-from .tasks import registered_task
 
 STRATEGIES = ("model", "random", "exhaustive")
 # trained on the H100 evaluation's trials (benchmarks/tune_eval.py train); tuning jobs start from it
 PRETRAINED = Path(__file__).parent / "models" / "h100"
-
-
-def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
-    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order."""
-    from ..compiler.api import compile as tilefuse_compile
-
-    torch._dynamo.reset()
-    compiled = tilefuse_compile(fn)
-    # on CPU the kernels run in Triton's interpreter, whose numpy warns on the inf/NaN of random
-    # inputs: noise on the job's terminal (the measuring process ignores them too)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        compiled(*example_inputs)
-    keys = [
-        g["task_key"] for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]
-        if g.get("task_key")
-    ]  # fmt: skip
-    tasks = [registered_task(k) for k in dict.fromkeys(keys)]
-    torch._dynamo.reset()  # the next compile looks the tuned configs up
-    return [t for t in tasks if t is not None]
 
 
 def make_strategy(name: str, seed: int = 0, model_path: Path | None = None):
@@ -149,24 +128,27 @@ def _ms(value: float | None) -> str:
     return f"{value:.4g}" if value is not None else "-"
 
 
-def tune(
-    fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, *, strategy: str = "model",
-    workers: int = 1, database: str | Path | None = None, timeout_s: float = 60.0, batch: int = 8,
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+
+
+def tune_tasks(
+    tasks: Sequence[TuningTask], budget: int = 64, *, strategy: str = "model", workers: int = 1,
+    database: str | Path | None = None, timeout_s: float = 60.0, batch: int = 8,
     patience: int | None = None, model_path: Path | None = None, progress: bool = True,
 ) -> TuneSummary:  # fmt: skip
-    """Tune every kernel tilefuse compiles for `fn(*example_inputs)`, `budget` trials each.
+    """Tune `tasks`, `budget` trials each.
 
     Results go to the tuning database (`database`, default `$TILEFUSE_TUNING_DB` or the
     cache folder), which later compiles read; a `database` given here becomes this
     process's `$TILEFUSE_TUNING_DB`, so the compiles that follow read it too. `workers` > 1
     tunes that many kernels at once, each measured on its own GPU of this host.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    check_strategy(strategy)
     if database:
         os.environ[DB_ENV] = str(database)
     path = default_path()
-    tasks = kernel_tasks(fn, example_inputs)
     device, limits, job = device_name(), DeviceLimits.current(), uuid.uuid4().hex[:8]
     gpus = torch.cuda.device_count()
     workers = max(1, min(workers, len(tasks), gpus or 1))

@@ -35,10 +35,11 @@ import torch
 from ..autotune.cost_model import XGBoostCostModel, spearman
 from ..autotune.database import Database, device_name, versions
 from ..autotune.heuristics import KernelConfig
-from ..autotune.job import PRETRAINED, ProgressBar, kernel_tasks
+from ..autotune.job import PRETRAINED, ProgressBar
 from ..autotune.records import MeasureInput, MeasureResult, TuningTask
 from ..autotune.search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, tune_task
 from ..autotune.space import DeviceLimits, SearchSpace
+from ..compiler.tuning import kernel_tasks
 from .cases import benchmark_cases, matmul
 from .run import WeightsAsParameters
 

@@ -212,7 +212,7 @@ def load_target(target: str):
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from ..autotune.job import tune
+    from .tuning import tune
 
     try:
         fn, inputs = load_target(args.target)

@@ -87,3 +87,17 @@ def test_an_unusable_tuning_database_means_default_configs(tmp_path, monkeypatch
         torch.testing.assert_close(compiled(*args), _model(*args), rtol=1e-5, atol=1e-5)
     (group,) = fusion_groups(compiled.tilefuse_reports)
     assert group["kernel"] and group["config_source"] == "default"
+
+
+def test_the_tuner_knows_no_decorator():
+    """autotune/ tunes the tasks it is given; capturing a model is the compiler's (compiler/tuning.py)."""
+    import ast
+    from pathlib import Path
+
+    import tilefuse.autotune as autotune
+
+    for path in Path(autotune.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert "compiler" not in module, f"{path.name} imports {module}"
