@@ -1,0 +1,181 @@
+"""One training step (forward, loss, backward) of `transformers` models: eager, `torch.compile`, tilefuse.
+
+    python -m tilefuse.benchmarks.training [--out FILE] [--models llama,gpt2] [--dtype bfloat16|float32]
+        [--tiny] [--no-torch-compile]
+
+Each model is built from its config (random weights, seeded; nothing is downloaded), in train mode,
+and one step is `model(input_ids, labels=input_ids).loss.backward()` with the gradients cleared
+after it (no optimizer: the step's compute is the compiler's part). For each candidate: the
+median step time once settled (tilefuse runs a graph whose backward has run in PyTorch from then
+on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward), the first
+step's time (compiles included), and the loss and gradient norm relative to eager's on the same
+weights and batch. A failing candidate is a table cell; the file is rewritten after each model.
+`--tiny` builds tiny configs (hidden 64, 2 layers, 2 x 16 tokens) so the harness runs on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+import tilefuse
+
+from .run import describe_error, environment_lines, release_memory, time_ms
+from .transformers_models import MODELS, ModelSpec
+
+DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
+DEFAULT_MODELS = ("llama", "gpt2")
+EAGER, COMPILE, SUBJECT = "eager", "torch.compile", "tilefuse"
+CANDIDATES = (EAGER, COMPILE, SUBJECT)
+SETTLE_STEPS = 3  # steps before timing: compiles, and tilefuse's switch once a backward ran
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    model: str
+    candidate: str
+    step_ms: float | None = None
+    first_step_s: float | None = None
+    loss_err: float | None = None
+    grad_err: float | None = None
+    note: str = ""
+    error: str | None = None
+
+
+def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype):
+    """The model in train mode (dropout off, so steps are comparable) and a batch of token ids."""
+    config_class = getattr(transformers, spec.config_class)
+    options = dict(spec.tiny if tiny else spec.full)
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        options[name] = 0.0  # not every config knows every name; unknown ones are kept as attributes
+    config = config_class(**options, attn_implementation="sdpa", use_cache=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = getattr(transformers, spec.model_class)(config)
+    model = model.to(dtype).train()
+    batch, seq = spec.shape(tiny)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))
+    return model, ids.to(device)
+
+
+def step(fn: Callable, model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step; returns the loss and the flattened gradients (then cleared)."""
+    loss = fn(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    return loss.detach().float(), grads
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref) -> StepTiming:
+    release_memory(device)
+    try:
+        model, ids = build(spec, args.tiny, device, dtype)
+        fn = {EAGER: lambda m: m, COMPILE: torch.compile, SUBJECT: tilefuse.compile}[candidate](model)
+        start = time.perf_counter()
+        loss, grads = step(fn, model, ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        first_s = time.perf_counter() - start
+        for _ in range(SETTLE_STEPS):
+            step(fn, model, ids)
+        ms = time_ms(lambda: step(fn, model, ids), device, cpu_repeats=1)
+        errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
+        note = ""
+        if candidate == SUBJECT:
+            reports = fn.tilefuse_reports
+            note = "; ".join(sorted({r["training"] for r in reports if "training" in r})) or (
+                f"{len(reports)} graph(s); the compiled forward runs every step"
+            )
+        timing = StepTiming(spec.name, candidate, ms, None if candidate == EAGER else first_s, *errs, note)
+        return timing, (loss, grads)
+    except Exception as exc:  # a failing candidate is a table cell
+        return StepTiming(spec.name, candidate, error=describe_error(exc)), None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_table(timings: Sequence[StepTiming]) -> str:
+    lines = [
+        "| model | candidate | step ms | vs eager | first step s | loss err vs eager "
+        "| grad err vs eager | notes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    eager = {t.model: t.step_ms for t in timings if t.candidate == EAGER}
+    for t in timings:
+        ref = eager.get(t.model)
+        speedup = ref / t.step_ms if ref and t.step_ms else None
+        note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
+        errors = [_fmt(t.loss_err, ".2e"), _fmt(t.grad_err, ".2e")]
+        timing = [_fmt(t.step_ms, ".4g"), _fmt(speedup, ".2f"), _fmt(t.first_step_s, ".3g")]
+        cells = [t.model, t.candidate, *timing, *errors, note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tilefuse.benchmarks.training", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, help=f"markdown file (default {DEFAULT_OUT}; none with --tiny)")
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of: {', '.join(MODELS)}"
+    )
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float32"), help="default bfloat16; float32 with --tiny"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
+    parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if not args.tiny and not torch.cuda.is_available():
+        parser.error("realistic sizes need a CUDA device; --tiny runs tiny configs on the CPU")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    header = [
+        *environment_lines(__spec__.name, device, dtype, argv),
+        f"- transformers {transformers.__version__}; models from configs (seeded random weights), "
+        "train mode, dropout 0; a step is forward + loss + backward, gradients cleared, no optimizer",
+    ]
+    out = args.out or (None if args.tiny else DEFAULT_OUT)
+    candidates = [c for c in CANDIDATES if not (args.no_torch_compile and c == COMPILE)]
+    timings: list[StepTiming] = []
+    report = ""
+    for name in args.models:
+        ref = None
+        for candidate in candidates:
+            timing, result = measure(candidate, MODELS[name], args, device, dtype, ref)
+            ref = result if candidate == EAGER else ref
+            timings.append(timing)
+            shown = timing.error or f"{timing.step_ms:.4g} ms per step"
+            print(f"[{name}] {candidate}: {shown}", file=sys.stderr, flush=True)
+        report = "\n".join(["# One training step", "", *header, "", render_table(timings), ""])
+        if out is not None:
+            out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

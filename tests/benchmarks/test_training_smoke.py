@@ -1,0 +1,22 @@
+"""The training-step benchmark on the CPU: `--tiny`, eager and tilefuse, gradients against eager's."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tilefuse.benchmarks.training import main  # noqa: E402
+
+
+def test_tiny_training_step_on_cpu_matches_eager_gradients(tmp_path, capsys):
+    out = tmp_path / "training.md"
+    main(["--tiny", "--no-torch-compile", "--models", "gpt2", "--out", str(out)])
+    report = out.read_text()
+    assert report in capsys.readouterr().out
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in report.splitlines()]
+    rows = {r[1]: r for r in rows if r[0] == "gpt2"}
+    assert list(rows) == ["eager", "tilefuse"]
+    tilefuse_row = rows["tilefuse"]
+    assert "FAILED" not in tilefuse_row[7] and float(tilefuse_row[2]) > 0, tilefuse_row
+    assert float(tilefuse_row[5]) < 1e-5 and float(tilefuse_row[6]) < 1e-4, tilefuse_row  # loss, gradients
