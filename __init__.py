@@ -6,7 +6,7 @@
     def mlp(x, w1, w2):
         return torch.relu(x @ w1) @ w2
 
-or `torch.compile(model, backend="tilefuse")`.
+or `torch.compile(model, backend="tilefuse")` (its graphs' reports: `tilefuse.reports()`).
 
 Importing tilefuse imports neither Dynamo, xDSL, Triton nor XGBoost: `compile`,
 `TilefuseBackend` and `ir` are loaded on first use, so that the command line
@@ -19,7 +19,7 @@ from .compiler import register_dynamo_backend
 
 __version__ = "0.1.0"
 
-_LAZY = {"compile": "compiler.api", "TilefuseBackend": "compiler.backend"}
+_LAZY = {"compile": "compiler.api", "TilefuseBackend": "compiler.backend", "reports": "compiler.backend"}
 
 
 def __getattr__(name: str):
@@ -41,4 +41,4 @@ def tune(fn, example_inputs, budget: int = 64, **options):
 
 register_dynamo_backend()
 
-__all__ = ["TilefuseBackend", "__version__", "compile", "ir", "tune"]
+__all__ = ["TilefuseBackend", "__version__", "compile", "ir", "reports", "tune"]

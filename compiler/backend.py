@@ -79,10 +79,12 @@ def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
 class TilefuseBackend:
     """A Dynamo backend object; keeps the summaries of the graphs it compiled."""
 
-    def __init__(self, options: CompileOptions | None = None, name: str = "graph"):
+    def __init__(
+        self, options: CompileOptions | None = None, name: str = "graph", reports: list | None = None
+    ):
         self.options = options or CompileOptions()
         self.name = name
-        self.reports: list[dict] = []
+        self.reports: list[dict] = [] if reports is None else reports
         self._lock = threading.Lock()
 
     def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
@@ -175,6 +177,21 @@ def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:
     return False
 
 
+BACKEND_REPORTS_KEPT = 256
+_backend_reports: list[dict] = []  # graphs compiled through torch.compile(backend="tilefuse")
+
+
 def tilefuse_backend(gm: GraphModule, example_inputs: list) -> Callable:
-    """The backend registered as "tilefuse"; dumps go to $TILEFUSE_DUMP if set."""
-    return TilefuseBackend()(gm, example_inputs)
+    """The backend registered as "tilefuse"; dumps go to $TILEFUSE_DUMP if set. Its graphs' reports
+    are kept for `tilefuse.reports()` (the newest BACKEND_REPORTS_KEPT)."""
+    backend = TilefuseBackend(reports=_backend_reports)
+    compiled = backend(gm, example_inputs)
+    del _backend_reports[:-BACKEND_REPORTS_KEPT]
+    return compiled
+
+
+def reports() -> list[dict]:
+    """The reports of the graphs compiled through `torch.compile(..., backend="tilefuse")`, oldest
+    first (a graph's report is filled in when its forward compiles, and updated as it runs:
+    selection, training). `tilefuse.compile` results carry their own as `tilefuse_reports`."""
+    return list(_backend_reports)

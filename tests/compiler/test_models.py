@@ -75,8 +75,11 @@ def test_torch_compile_backend_name():
     model = MLP(16, 32)
     compiled = torch.compile(model, backend="tilefuse")
     x = torch.randn(4, 16)
+    before = len(tilefuse.reports())
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    (report,) = tilefuse.reports()[before:]  # what the backend compiled is reported, as for tilefuse.compile
+    assert report["partitions"] and report["kind"] == "forward"
 
 
 def test_backend_name_works_without_importing_tilefuse_first(tmp_path):
