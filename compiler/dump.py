@@ -62,6 +62,23 @@ class GraphDump:
             write_atomic(self.root / "index.txt", format_index(index))
 
 
+    def add(self, filename: str, text: str) -> str:
+        """Write a file after `finish` (a partition's program, written at its first call) and list
+        it under this graph in the index."""
+        self.write(filename, text)
+        with _INDEX_LOCK:
+            index_path = self.root / "index.json"
+            if not index_path.exists():
+                return filename
+            index = json.loads(index_path.read_text())
+            for g in index["graphs"]:
+                if g["name"] == self.name and filename not in g.setdefault("files", []):
+                    g["files"].append(filename)
+            write_atomic(index_path, json.dumps(index, indent=2))
+            write_atomic(self.root / "index.txt", format_index(index))
+        return filename
+
+
 def _unique_dir(root: Path, name: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(10_000):

@@ -155,7 +155,7 @@ class KernelPlan(torch.nn.Module):
         )  # fmt: skip
         program = write_program(spec, args)
         if self.dump is not None:
-            self.dump.write(f"program_{spec.name}.py", program.source)
+            self.dump.add(f"program_{spec.name}.py", program.source)
         return program
 
     def _give_up(self, e: Exception) -> None:

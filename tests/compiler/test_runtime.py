@@ -106,6 +106,8 @@ def test_the_program_is_generated_dumped_and_straight_line(tmp_path):
     assert "def call(args):" in text and "_empty(" in text and "del buf" in text
     assert "for " not in text.split("def call")[1]  # straight-line: no loops over steps
     assert "torch.cat((" in text  # glue is written as torch calls
+    # written at the first call, after the compile wrote the index: listed there too
+    assert f"{program.parent.name}/{program.name}" in (tmp_path / "index.txt").read_text()
 
 
 def test_a_layout_the_program_was_not_written_for_runs_pytorch():
