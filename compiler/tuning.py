@@ -15,6 +15,7 @@ import torch
 from ..autotune.records import TuningTask
 from ..autotune.tasks import registered_task
 from .api import compile as tilefuse_compile
+from .runtime import _warn_no_cuda_once
 
 
 def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
@@ -25,7 +26,10 @@ def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[T
     # inputs: noise on the job's terminal (the measuring process ignores them too)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        # the job measures kernels itself: how this one call runs without CUDA is not the user's concern
+        warnings.filterwarnings("ignore", message="tilefuse: no CUDA device")
         compiled(*example_inputs)
+    _warn_no_cuda_once.cache_clear()  # a compile after the job still warns once
     keys = [
         g["task_key"] for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]
         if g.get("task_key")

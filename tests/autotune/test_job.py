@@ -101,3 +101,19 @@ def test_the_tuner_knows_no_decorator():
             if isinstance(node, ast.ImportFrom):
                 module = "." * node.level + (node.module or "")
                 assert "compiler" not in module, f"{path.name} imports {module}"
+
+
+def test_collecting_a_models_kernels_without_cuda_does_not_warn_about_cuda(monkeypatch):
+    import warnings
+
+    from tilefuse.compiler import runtime
+    from tilefuse.compiler.tuning import kernel_tasks
+
+    monkeypatch.delenv("TILEFUSE_INTERPRET", raising=False)
+    runtime._warn_no_cuda_once.cache_clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        tasks = kernel_tasks(lambda x, w: torch.relu(x @ w), (torch.randn(8, 16), torch.randn(16, 8)))
+    assert [t.kind for t in tasks] == ["gemm"]
+    assert not [w for w in seen if "no CUDA device" in str(w.message)]
+    assert runtime._warn_no_cuda_once.cache_info().currsize == 0  # a later compile warns as usual
