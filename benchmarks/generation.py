@@ -34,7 +34,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory
-from .transformers_models import LLAMA, TINY_DECODER
+from .transformers_models import LLAMA, TINY_DECODER, fmt_cell
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_generation.md")
 EAGER, EAGER_STATIC = "eager", "eager, static cache"
@@ -154,10 +154,6 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
     return note + (f"; CUDA graphs: {graphs}" if graphs else "")
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def render_table(timings: Sequence[GenTiming]) -> str:
     lines = [
         "| batch | candidate | TTFT ms | per-token ms | vs eager | first generate s | compiles "
@@ -171,8 +167,8 @@ def render_table(timings: Sequence[GenTiming]) -> str:
         same = "—" if t.same_tokens is None else ("yes" if t.same_tokens else "NO")
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
         cells = [
-            str(t.batch), t.candidate, _fmt(t.ttft_ms, ".4g"), _fmt(t.per_token_ms, ".4g"),
-            _fmt(speedup, ".2f"), _fmt(t.first_generate_s, ".3g"),
+            str(t.batch), t.candidate, fmt_cell(t.ttft_ms, ".4g"), fmt_cell(t.per_token_ms, ".4g"),
+            fmt_cell(speedup, ".2f"), fmt_cell(t.first_generate_s, ".3g"),
             "—" if t.compiles is None else str(t.compiles), same, note,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

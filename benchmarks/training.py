@@ -28,7 +28,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory, time_ms
-from .transformers_models import MODELS, ModelSpec
+from .transformers_models import MODELS, ModelSpec, check_model_args, fmt_cell
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
 DEFAULT_MODELS = ("llama", "gpt2")
@@ -104,10 +104,6 @@ def measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, d
         return StepTiming(spec.name, candidate, error=describe_error(exc)), None
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def render_table(timings: Sequence[StepTiming]) -> str:
     lines = [
         "| model | candidate | step ms | vs eager | first step s | loss err vs eager "
@@ -119,8 +115,8 @@ def render_table(timings: Sequence[StepTiming]) -> str:
         ref = eager.get(t.model)
         speedup = ref / t.step_ms if ref and t.step_ms else None
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
-        errors = [_fmt(t.loss_err, ".2e"), _fmt(t.grad_err, ".2e")]
-        timing = [_fmt(t.step_ms, ".4g"), _fmt(speedup, ".2f"), _fmt(t.first_step_s, ".3g")]
+        errors = [fmt_cell(t.loss_err, ".2e"), fmt_cell(t.grad_err, ".2e")]
+        timing = [fmt_cell(t.step_ms, ".4g"), fmt_cell(speedup, ".2f"), fmt_cell(t.first_step_s, ".3g")]
         cells = [t.model, t.candidate, *timing, *errors, note]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -139,14 +135,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
-    args = parser.parse_args(argv)
-    args.models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    if not args.tiny and not torch.cuda.is_available():
-        parser.error("realistic sizes need a CUDA device; --tiny runs tiny configs on the CPU")
-    return args
+    return check_model_args(parser, parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

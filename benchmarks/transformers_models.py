@@ -461,7 +461,8 @@ def run_overhead_bench(
     return [timings[c] for c in CANDIDATES]
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt_cell(value: float | None, spec: str) -> str:
+    """A table cell: `value` formatted, or "—" for nothing measured."""
     return "—" if value is None else format(value, spec)
 
 
@@ -469,13 +470,13 @@ def _cells(t: Timing, reference_ms: float | None) -> list[str]:
     """The measured cells of one timing, shared by both tables."""
     speedup = reference_ms / t.median_ms if reference_ms and t.median_ms else None
     return [
-        _fmt(t.median_ms, ".4g"),
-        _fmt(speedup, ".2f"),
-        _fmt(t.wall_ms, ".4g"),
-        _fmt(t.gpu_ms, ".4g"),
-        _fmt(t.kernels, ".4g"),
-        _fmt(host_us_per_kernel(t.wall_ms, t.gpu_ms, t.kernels), ".3g"),
-        _fmt(t.first_call_s, ".3g"),
+        fmt_cell(t.median_ms, ".4g"),
+        fmt_cell(speedup, ".2f"),
+        fmt_cell(t.wall_ms, ".4g"),
+        fmt_cell(t.gpu_ms, ".4g"),
+        fmt_cell(t.kernels, ".4g"),
+        fmt_cell(host_us_per_kernel(t.wall_ms, t.gpu_ms, t.kernels), ".3g"),
+        fmt_cell(t.first_call_s, ".3g"),
     ]
 
 
@@ -497,9 +498,9 @@ def render_models_table(results: Sequence[ModelResult]) -> str:
                 f"{result.model} {result.shape}",
                 t.candidate,
                 *_cells(t, eager_ms),
-                _fmt(t.cached_s, ".3g"),
-                _fmt(t.err_eager, ".2e"),
-                _fmt(t.err_fp64, ".2e"),
+                fmt_cell(t.cached_s, ".3g"),
+                fmt_cell(t.err_eager, ".2e"),
+                fmt_cell(t.err_fp64, ".2e"),
                 _notes(t),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -515,7 +516,7 @@ def render_overhead_table(timings: Sequence[Timing]) -> str:
     ]
     eager_ms = next((t.median_ms for t in timings if t.candidate == EAGER), None)
     for t in timings:
-        cells = [t.candidate, *_cells(t, eager_ms), _fmt(t.err_fp64, ".2e"), _notes(t)]
+        cells = [t.candidate, *_cells(t, eager_ms), fmt_cell(t.err_fp64, ".2e"), _notes(t)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -600,7 +601,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-overhead", action="store_true", help="skip the host-overhead microbenchmark")
     parser.add_argument("--cached-compile-child", metavar="MODEL", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return check_model_args(parser, parser.parse_args(argv))
+
+
+def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """`args.models` as a list of known model names, and a GPU unless `--tiny` (or the parser exits)."""
     args.models = [m for m in args.models.split(",") if m]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
