@@ -103,3 +103,40 @@ def test_fp32_at_highest_precision_is_as_accurate_as_sgemm(shape):
     ref = x.double() @ w.double() + 1
     ours, sgemm = rel_error(compiled(x, w), ref), rel_error(x @ w + 1, ref)
     assert ours <= max(1.5 * sgemm, 1e-7), (ours, sgemm)
+
+
+def test_a_training_graph_matches_eager_gradients_before_and_after_it_switches_to_pytorch():
+    """Step 1 runs tilefuse's forward and PyTorch's backward of the decomposed graph; from step 2 the
+    graph's steps run in PyTorch (selection.py); gradients match eager's throughout."""
+    model = _tiny("llama", torch.float32).train()
+    ids = torch.randint(0, 512, (2, 32), device=CUDA)
+    compiled = tilefuse.compile(model)
+    for _ in range(3):
+        compiled(input_ids=ids, labels=ids).loss.backward()
+        ours = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        for got, expected in zip(ours, (p.grad for p in model.parameters())):
+            assert rel_error(got, expected) < 1e-4
+        model.zero_grad(set_to_none=True)
+    assert any("backward ran" in r.get("training", "") for r in compiled.tilefuse_reports)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic cache", "static cache, reduce-overhead"])
+def test_greedy_generation_gives_eager_tokens(static):
+    """Both ways users compile generate: the forward with the dynamic KV cache (new shapes each
+    step: dynamic graphs in PyTorch), and a static cache replayed as CUDA graphs (the cache is an
+    input mutated in place: the replay must see and keep every step's update)."""
+    model = _tiny("llama", torch.bfloat16)
+    ids = torch.randint(1, 512, (2, 24), device=CUDA)
+    kwargs = dict(max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0)
+    if static:
+        kwargs["cache_implementation"] = "static"
+    expected = model.generate(ids, **kwargs)
+    eager_forward = model.forward
+    model.forward = tilefuse.compile(eager_forward, mode="reduce-overhead" if static else "default")
+    try:
+        for _ in range(2):  # the second generate replays what the first captured
+            assert torch.equal(model.generate(ids, **kwargs), expected)
+    finally:
+        model.forward = eager_forward
