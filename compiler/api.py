@@ -14,43 +14,59 @@ from .dump import resolve_dump_dir
 F = TypeVar("F", bound=Callable)
 
 
-MODES = ("default", "reduce-overhead")
+# torch.compile's mode names, so code written for it runs unchanged. tilefuse tunes in a separate
+# job (`tilefuse tune`) whose configs every compile reads, so the max-autotune modes search nothing
+# at compile time: "max-autotune" replays CUDA graphs as Inductor's does, the other runs without.
+MODES = {
+    "default": "default",
+    "reduce-overhead": "reduce-overhead",
+    "max-autotune": "reduce-overhead",
+    "max-autotune-no-cudagraphs": "default",
+}
 
 
 @overload
 def compile(
-    fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str = "default"
+    fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str | None = None,
+    dynamic: bool | None = None,
 ) -> F: ...
 @overload
 def compile(
-    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str = "default"
+    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False,
+    mode: str | None = None, dynamic: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
-def compile(fn=None, *, dump=None, fullgraph=False, mode="default"):
+def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None):
     """Compile a function or `nn.Module` with tilefuse.
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
     are compiled for the shapes of the first call; when a later call changes a
     size, Dynamo makes that dim dynamic and the dynamic graph runs in PyTorch
-    (one capture, no compile per new size; the report says so). `dump` (or the
-    `TILEFUSE_DUMP` environment variable) names a folder for the IR of every
-    stage. Ops tilefuse cannot compile run in PyTorch; the dump says which
-    and why. The result has `tilefuse_reports`: one summary per compiled graph.
-    `mode="reduce-overhead"` (torch.compile's spelling) replays each graph as
-    a CUDA graph once warmed up (see `cudagraphs.py`; the report's
-    `cudagraphs` says whether it was captured, or why not).
+    (one capture, no compile per new size; the report says so). `dynamic`
+    is torch.compile's: True makes every dim dynamic from the start (the graph
+    runs in PyTorch), False specializes every new shape (a compile per shape).
+    `dump` (or the `TILEFUSE_DUMP` environment variable) names a folder for the
+    IR of every stage. Ops tilefuse cannot compile run in PyTorch; the dump says
+    which and why. The result has `tilefuse_reports`: one summary per compiled
+    graph. `mode="reduce-overhead"` (torch.compile's spelling) replays each
+    graph as a CUDA graph once warmed up (see `cudagraphs.py`; the report's
+    `cudagraphs` says whether it was captured, or why not); torch.compile's
+    other modes are accepted too (`MODES` says what each means here).
     """
+    mode = mode or "default"
     if mode not in MODES:
-        raise ValueError(f"tilefuse.compile: mode must be one of {MODES}, not {mode!r}")
+        raise ValueError(f"tilefuse.compile: mode must be one of {tuple(MODES)}, not {mode!r}")
+    if dynamic not in (None, True, False):
+        raise ValueError(f"tilefuse.compile: dynamic must be None, True or False, not {dynamic!r}")
     if fn is None:
-        return lambda f: compile(f, dump=dump, fullgraph=fullgraph, mode=mode)
-    options = CompileOptions(dump=resolve_dump_dir(dump), mode=mode)
+        return lambda f: compile(f, dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic)
+    options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode])
     name = getattr(fn, "__name__", None) or type(fn).__name__
     backend = TilefuseBackend(options, name=name)
-    # Dynamo's default: a second size of a dim makes it dynamic, and such a graph runs in PyTorch
-    # (backend.py) instead of compiling again for every new sequence length
-    compiled = torch.compile(fn, backend=backend, dynamic=None, fullgraph=fullgraph)
+    # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph runs
+    # in PyTorch (backend.py) instead of compiling again for every new sequence length
+    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump
     return compiled

@@ -395,3 +395,29 @@ def test_cuda_graph_replay_refuses_cpu_inputs_at_the_first_call():
     torch.testing.assert_close(replay(x, w), x * 2 + w)
     assert report["cudagraphs"] == "refused: input 0 is on cpu, not a CUDA device"
     torch.testing.assert_close(replay(x + 1, w), (x + 1) * 2 + w)  # and keeps running without one
+
+
+@pytest.mark.parametrize("mode", [None, "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"])
+def test_torch_compile_modes_and_dynamic_are_accepted(mode):
+    """Code written for torch.compile runs unchanged: its mode names and `dynamic` are taken."""
+    fn = lambda x: torch.softmax(x * 2, -1)  # noqa: E731
+    compiled = tilefuse.compile(fn, mode=mode)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(compiled(x), fn(x))
+    if mode in ("max-autotune", "reduce-overhead"):  # CUDA graphs, refused here: no CUDA device
+        assert compiled.tilefuse_reports[0]["cudagraphs"].startswith("refused")
+    else:
+        assert "cudagraphs" not in compiled.tilefuse_reports[0]
+
+
+def test_dynamic_true_runs_in_pytorch_from_the_first_call_and_bad_options_are_refused():
+    fn = lambda x: torch.softmax(x * 2, -1)  # noqa: E731
+    compiled = tilefuse.compile(fn, dynamic=True)
+    for n in (4, 6):
+        x = torch.randn(n, 8)
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]] == ["dynamic shapes"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tilefuse.compile(fn, mode="fastest")
+    with pytest.raises(ValueError, match="dynamic must be"):
+        tilefuse.compile(fn, dynamic="yes")
