@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 _INDEX_LOCK = threading.Lock()
@@ -54,29 +55,31 @@ class GraphDump:
     def finish(self, summary: dict) -> None:
         """Write this graph's summary and add it to the index."""
         self.write("summary.json", json.dumps(summary, indent=2))
-        with _INDEX_LOCK:
-            index_path = self.root / "index.json"
-            index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
-            index["graphs"] = [g for g in index["graphs"] if g["name"] != self.name] + [summary]
-            write_atomic(index_path, json.dumps(index, indent=2))
-            write_atomic(self.root / "index.txt", format_index(index))
-
+        self._update_index(lambda graphs: [g for g in graphs if g["name"] != self.name] + [summary])
 
     def add(self, filename: str, text: str) -> str:
         """Write a file after `finish` (a partition's program, written at its first call) and list
         it under this graph in the index."""
         self.write(filename, text)
-        with _INDEX_LOCK:
-            index_path = self.root / "index.json"
-            if not index_path.exists():
-                return filename
-            index = json.loads(index_path.read_text())
-            for g in index["graphs"]:
+
+        def listed(graphs: list[dict]) -> list[dict]:
+            for g in graphs:
                 if g["name"] == self.name and filename not in g.setdefault("files", []):
                     g["files"].append(filename)
+            return graphs
+
+        if (self.root / "index.json").exists():  # before `finish` there is no entry to list it under
+            self._update_index(listed)
+        return filename
+
+    def _update_index(self, change: Callable[[list[dict]], list[dict]]) -> None:
+        """Rewrite the index (json and text) with its graph list passed through `change`."""
+        with _INDEX_LOCK:
+            index_path = self.root / "index.json"
+            index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
+            index["graphs"] = change(index["graphs"])
             write_atomic(index_path, json.dumps(index, indent=2))
             write_atomic(self.root / "index.txt", format_index(index))
-        return filename
 
 
 def _unique_dir(root: Path, name: str) -> Path:
