@@ -55,8 +55,8 @@ class CudaGraphReplay:
         if self.refused is not None:
             return self.fn(*args)
         self.calls += 1
-        if self.calls == 1 and any(isinstance(a, torch.Tensor) and not a.is_cuda for a in args):
-            return self._refuse(_unsafe(args), args)  # known now: no need to wait for the capture
+        if self.calls == 1 and (reason := _unsafe_inputs(args)) is not None:
+            return self._refuse(reason, args)  # known now: no need to wait for the capture
         if self.calls <= WARMUP_CALLS:
             return self.fn(*args)
         if self.graph is None or self._parameters_changed(args):
@@ -112,15 +112,21 @@ class CudaGraphReplay:
         return self.fn(*args)
 
 
-def _unsafe(args: Sequence[object]) -> str | None:
+def _unsafe_inputs(args: Sequence[object]) -> str | None:
+    """Why these inputs cannot be captured, whenever it is tried; None if they can."""
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
             return f"input {i} is a {type(a).__name__}, not a tensor"
         if not a.is_cuda:
             return f"input {i} is on {a.device}, not a CUDA device"
-    if torch.cuda.is_current_stream_capturing():
-        return "called while another CUDA graph is being captured"
     return None
+
+
+def _unsafe(args: Sequence[object]) -> str | None:
+    reason = _unsafe_inputs(args)
+    if reason is None and torch.cuda.is_current_stream_capturing():
+        return "called while another CUDA graph is being captured"
+    return reason
 
 
 def _clone(outputs: object) -> object:
