@@ -9,7 +9,6 @@ graphs, when autograd needs them, run in PyTorch and say so in the dump.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .runtime import preferred_device
-from .selection import TRAINING_ENV, TRAINING_KEPT, TRAINING_NOTE, GraphSelection, selection_enabled
+from .selection import GraphSelection, selection_enabled
 
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
@@ -119,9 +118,6 @@ class TilefuseBackend:
         def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:
             # AOTAutograd lowers the backward lazily, at the first backward: the graph trains
             graph_report["trains"] = True
-            if "summary" in graph_report and graph_report.get("selected"):
-                kept = os.environ.get(TRAINING_ENV) == "1"
-                graph_report["summary"]["training"] = TRAINING_KEPT if kept else TRAINING_NOTE
             return _pytorch_backward(bw, bw_inputs)
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
@@ -133,7 +129,6 @@ class TilefuseBackend:
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
-        graph_report["selected"] = True
         return GraphSelection(compiled, gm.forward, device, graph_report)
 
 

@@ -141,14 +141,18 @@ class GraphSelection:
     def __init__(self, compiled: Callable, eager: Callable, device: torch.device, slot: dict):
         self.compiled = compiled
         self.eager = eager
-        self.slot = slot  # {"summary": the graph's report}, filled in when its forward is compiled
+        # {"summary": the graph's report} once its forward is compiled; "trains" once its backward is
+        self.slot = slot
         self.settle = 2 + ROUNDS  # the partitions' own choices come first
         self.selection = Selection(device)
 
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
-        if torch.is_grad_enabled() and self.slot.get("trains") and os.environ.get(TRAINING_ENV) != "1":
-            return self.eager(*args)
+        if torch.is_grad_enabled() and self.slot.get("trains"):
+            kept = os.environ.get(TRAINING_ENV) == "1"
+            self.slot.get("summary", {}).setdefault("training", TRAINING_KEPT if kept else TRAINING_NOTE)
+            if not kept:
+                return self.eager(*args)
         if chosen == "program" or (chosen is None and torch.is_grad_enabled()):
             return self.compiled(*args)
         if chosen == "pytorch":
