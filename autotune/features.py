@@ -95,7 +95,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .heuristics import KernelConfig
+from .heuristics import KernelConfig, operand_tile_bytes
 from .records import TuningTask
 
 KINDS = ("gemm", "attention", "row", "reduction", "pointwise")
@@ -195,7 +195,7 @@ class _Derived:
             self.unique_bytes = (M * K * B + rhs * K * N * B + out) * elem
             self.tile_bytes = self.programs * (bm + rhs * bn) * k_pad * elem + out * elem
             self.intensity = 2.0 * bm * bn * rhs / ((bm + rhs * bn) * elem)
-            self.smem = stages * (bm + rhs * bn) * bk * elem
+            self.smem = operand_tile_bytes(kind, p, stages, elem, rhs)
             self.trips = float(_cdiv(K, bk))
             self.acc = bm * bn * rhs / (32 * warps)
             self.align = [int(M % bm == 0), int(N % bn == 0), int(K % bk == 0)]
@@ -219,7 +219,7 @@ class _Derived:
             self.unique_bytes = (M * D + N * D + N * DV + M * DV) * elem * B
             self.tile_bytes = self.programs * (bm * bd + self.trips * bn * (bd + bdv)) * elem
             self.intensity = 2.0 * bm * (bd + bdv) / ((bd + bdv) * elem)
-            self.smem = (bm * bd + stages * bn * (bd + bdv)) * elem
+            self.smem = operand_tile_bytes(kind, p, stages, elem)
             self.acc = (bm * bdv + bm * bn) / (32 * warps)
             self.align = [int(M % bm == 0), int(N % bn == 0), 1]
             self.mma = True

@@ -86,6 +86,21 @@ SM_COUNT_HINT = 132  # H100/H200 SXM: programs per wave, for tiles that cannot s
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles; the H100 has 227 KB a block
 
 
+def operand_tile_bytes(
+    kind: str, params: dict[str, int], num_stages: int, elem_bytes: int, rhs_operands: int = 1
+) -> int:
+    """Bytes of the pipelined operand tiles a config asks for (what Triton allocates, roughly): a
+    GEMM's A and B tiles per stage (B once per accumulator), attention's query tile plus key and
+    value tiles per stage; 0 for kinds that pipeline nothing."""
+    if kind == "gemm":
+        rows = params["BLOCK_M"] + rhs_operands * params["BLOCK_N"]
+        return num_stages * rows * params["BLOCK_K"] * elem_bytes
+    if kind == "attention":
+        d, dv = params.get("BLOCK_D", 64), params.get("BLOCK_DV", 64)
+        return (params["BLOCK_M"] * d + max(num_stages, 1) * params["BLOCK_N"] * (d + dv)) * elem_bytes
+    return 0
+
+
 def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "gemm":
         # 128x256x64, 8 warps, 3 stages won every bf16 case of the H100 sweep (benchmarks/NOTES.md)
@@ -98,7 +113,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         stages, rhs_tiles, elem = 3, problem.get("rhs_operands", 1), problem.get("elem_bytes", 2)
 
         def shared_bytes() -> int:
-            return stages * (bm + rhs_tiles * bn) * bk * elem
+            params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+            return operand_tile_bytes(kind, params, stages, elem, rhs_tiles)
 
         # f32 accumulators live in registers: at most ~128 a thread across 8 warps (256 threads)
         while rhs_tiles * bm * bn > 128 * 256 and bn > 64 and not whole_rows:
@@ -137,8 +153,9 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bn = _pow2_at_least(problem["N"], 16, 128 if max(bd, bdv) == 128 else 64 if not wide else 32)
         stages, elem = 3, problem.get("elem_bytes", 2)
 
-        def shared_bytes() -> int:  # the query tile, and pipelined key and value tiles
-            return bm * bd * elem + stages * bn * (bd + bdv) * elem
+        def shared_bytes() -> int:
+            params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}
+            return operand_tile_bytes(kind, params, stages, elem)
 
         # f32 operands (exact fp32 attention) double every tile: 128x128 at head dim 128 needs
         # 295 KB at 3 stages, over the H200's 227 KB (a first launch failed with out of resources)

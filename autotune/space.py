@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .heuristics import ONE_TILE_EACH, WHOLE_EXTENTS, KernelConfig, default_config
+from .heuristics import ONE_TILE_EACH, WHOLE_EXTENTS, KernelConfig, default_config, operand_tile_bytes
 from .records import TuningTask
 
 MIN_WIDE_TILE, WIDE = 64, 512  # thin GEMM tiles only along a small dim (decode-like M)
@@ -83,15 +83,9 @@ def _pow2_at_least(n: int) -> int:
 
 def shared_memory_bytes(task: TuningTask, config: KernelConfig) -> int:
     """Bytes of the pipelined operand tiles a config asks for (what Triton allocates, roughly)."""
-    p, stages, problem = config.params, config.num_stages, task.problem
-    elem = problem.get("elem_bytes", 2)
-    if task.kind == "gemm":
-        rhs = problem.get("rhs_operands", 1)
-        return stages * (p["BLOCK_M"] + rhs * p["BLOCK_N"]) * p["BLOCK_K"] * elem
-    if task.kind == "attention":
-        d, dv = p.get("BLOCK_D", 64), p.get("BLOCK_DV", 64)
-        return p["BLOCK_M"] * d * elem + max(stages, 1) * p["BLOCK_N"] * (d + dv) * elem
-    return 0
+    problem = task.problem
+    elem, rhs = problem.get("elem_bytes", 2), problem.get("rhs_operands", 1)
+    return operand_tile_bytes(task.kind, config.params, config.num_stages, elem, rhs)
 
 
 def accumulators_per_thread(task: TuningTask, config: KernelConfig) -> float:
