@@ -197,10 +197,9 @@ def _in_flat_space(
     shape = tuple(shape_of(x.type))
     if len(shape) <= kept:
         return None  # broadcast over every leading dim, in both spaces
-    suffix = shape[len(shape) - kept :] if kept else ()
     prefix = (1,) * (len(outer) - len(shape)) + shape[: len(shape) - kept]
     if all(d == 1 for d in prefix):
-        return suffix if len(shape) > kept else None
+        return shape[len(shape) - kept :]  # the leading 1s dropped (kept >= 1: the feature dims)
     if _is_reshape(x.owner) and tuple(shape_of(x.owner.input.type)) == inner:
         return x.owner.input  # another value of the same flat space (GELU reads x three times)
     # a genuinely 3-d full tensor (a residual) would follow the GEMM into its flat space, and the
