@@ -28,7 +28,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory, time_ms
-from .transformers_models import MODELS, ModelSpec, check_model_args, fmt_cell
+from .transformers_models import MODELS, ModelSpec, add_model_arguments, check_model_args, fmt_cell
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
 DEFAULT_MODELS = ("llama", "gpt2")
@@ -126,15 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tilefuse.benchmarks.training", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, help=f"markdown file (default {DEFAULT_OUT}; none with --tiny)")
-    parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of: {', '.join(MODELS)}"
-    )
-    parser.add_argument(
-        "--dtype", choices=("bfloat16", "float32"), help="default bfloat16; float32 with --tiny"
-    )
-    parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
-    parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
+    add_model_arguments(parser, DEFAULT_OUT, DEFAULT_MODELS)
     return check_model_args(parser, parser.parse_args(argv))
 
 

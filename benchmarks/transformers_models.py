@@ -585,23 +585,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tilefuse.benchmarks.transformers_models", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--out", type=Path, help=f"markdown file to write (default {DEFAULT_OUT}; none with --tiny)"
-    )
-    parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of: {', '.join(MODELS)}"
-    )
-    parser.add_argument(
-        "--dtype", choices=("bfloat16", "float32"), help="default bfloat16; float32 with --tiny"
-    )
-    parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
-    parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile columns out")
+    add_model_arguments(parser, DEFAULT_OUT, DEFAULT_MODELS)
     parser.add_argument(
         "--no-cached", action="store_true", help="skip the first call of a new process (cached s column)"
     )
     parser.add_argument("--no-overhead", action="store_true", help="skip the host-overhead microbenchmark")
     parser.add_argument("--cached-compile-child", metavar="MODEL", help=argparse.SUPPRESS)
     return check_model_args(parser, parser.parse_args(argv))
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, default_out: Path, default_models: Sequence[str]
+) -> None:
+    """The options every model benchmark takes: --out, --models, --dtype, --tiny, --no-torch-compile."""
+    parser.add_argument(
+        "--out", type=Path, help=f"markdown file to write (default {default_out}; none with --tiny)"
+    )
+    parser.add_argument(
+        "--models", default=",".join(default_models), help=f"comma-separated, of: {', '.join(MODELS)}"
+    )
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float32"), help="default bfloat16; float32 with --tiny"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny configs, runnable on a CPU")
+    parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
 
 
 def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
