@@ -131,14 +131,21 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # fewer tiles than SMs leaves most of the GPU idle (the k/v projections of a GQA block,
         # M=128 decode-like shapes): narrower tiles
 
-        # (halving down to 128 only: 64x64 tiles measured 0.35x cuBLAS at M=128 on the H100)
-        while programs() < SM_COUNT_HINT and bn > 128 and not whole_rows:
+        # (halving down to 128 only: 64x64 tiles measured 0.35x cuBLAS at M=128 on the H100).
+        # 128x256 tiles won the large shapes of the H100 sweep; under two waves of them the last
+        # wave's idle SMs cost more than the wide tile saves: 2048x4096x1024 (GPT-2's MLP) took
+        # 59 us at 128x256 and 34 at 128x128 on the H200
+        while programs() < 2 * SM_COUNT_HINT and bn > 128 and not whole_rows:
             bn //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
             bn //= 2
-        warps = 8 if bm * bn >= 128 * 128 else 4
+        # 8 warps hold a 128x256 accumulator (128 f32 registers a thread); a 128x128 one fits 4
+        # (34 us against 54 with 8 on the shape above) unless a second accumulator or an epilogue
+        # with math functions needs the registers (GELU's erf spilled at 4 warps)
+        heavy = rhs_tiles > 1 or problem.get("epilogue_math", 0) > 0
+        warps = 8 if bm * bn > 128 * 128 or (bm * bn == 128 * 128 and heavy) else 4
         params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PROGRAMS": ONE_TILE_EACH}
         return KernelConfig(params, warps, stages)
     if kind == "reduction":

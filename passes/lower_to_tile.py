@@ -208,6 +208,9 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem |= {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
+    maps = [op for op in group.ops if isinstance(op, ein.MapOp)]
+    # math functions per element (erf, tanh, exp...): their temporaries take registers
+    problem["epilogue_math"] = sum(inner.name.startswith("math.") for op in maps for inner in op.body.walk())
     return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
 
 

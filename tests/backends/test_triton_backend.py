@@ -30,6 +30,8 @@ from tilefuse.ir.tile import KernelOp
 
 HERE = Path(__file__).parent
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# a GPU's options, less what Triton's interpreter lacks (libdevice) where the kernels run in it
+GPU_OPTIONS = TritonOptions(libdevice=DEVICE == "cuda")
 
 # the interpreter computes with numpy, which warns on inf/nan arithmetic that the special values exercise
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -61,7 +63,7 @@ def build(tmp_path_factory):
 
     def build(text: str, options: TritonOptions | None = None) -> TritonKernel:
         kernel = parse_kernel(text)
-        return load(emit(kernel, options or TritonOptions()), kernel.sym_name.data, cache_dir=cache)
+        return load(emit(kernel, options or GPU_OPTIONS), kernel.sym_name.data, cache_dir=cache)
 
     return build
 
@@ -96,7 +98,7 @@ def test_half_precision_linear_relu(build, dtype, blocks):
     text = fixture_text("linear_relu_f16.mlir")
     if dtype == torch.bfloat16:  # the interpreter's bf16 dot is wrong unless upcast (DESIGN.md)
         text = text.replace("f16", "bf16")
-    kernel = build(text, TritonOptions.for_interpreter() if dtype == torch.bfloat16 else TritonOptions())
+    kernel = build(text, TritonOptions.for_interpreter() if dtype == torch.bfloat16 else GPU_OPTIONS)
     x, w, scale = torch.randn(21, 40).to(dtype), torch.randn(24, 40).to(dtype), torch.tensor([0.75])
     config = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
     *_, out = launch(kernel, [x, w, scale, torch.empty(21, 24, dtype=dtype)], config)
@@ -105,7 +107,7 @@ def test_half_precision_linear_relu(build, dtype, blocks):
 
 
 # without round_bf16_casts only the GPU rounds f32 -> bf16 to nearest even; the interpreter truncates
-BF16_CAST_OPTIONS = [TritonOptions.for_interpreter()] + ([TritonOptions()] if DEVICE == "cuda" else [])
+BF16_CAST_OPTIONS = [TritonOptions.for_interpreter()] + ([GPU_OPTIONS] if DEVICE == "cuda" else [])
 
 
 @pytest.mark.parametrize("options", BF16_CAST_OPTIONS, ids=lambda o: o.key())
@@ -285,3 +287,11 @@ def test_launch_checks_tensors_and_config(build):
         kernel([x, x, torch.empty(9, device=DEVICE)], {"BLOCK": 16})
     with pytest.raises(LaunchError, match="takes 3 tensors"):
         kernel([x, x], {"BLOCK": 16})
+
+
+def test_tanh_comes_from_libdevice_on_a_gpu_and_from_a_formula_in_the_interpreter():
+    kernel = parse_kernel(fixture_text("elementwise_template.mlir", OP="math.tanh %a", N="8"))
+    gpu, interpreted = emit(kernel, TritonOptions()), emit(kernel, TritonOptions.for_interpreter())
+    assert "from triton.language.extra import libdevice" in gpu and "libdevice.tanh(" in gpu
+    assert "libdevice" not in interpreted and "tl.exp(" in interpreted
+    ast.parse(gpu)

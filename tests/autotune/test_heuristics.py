@@ -1,0 +1,30 @@
+"""Default configs: the rules measured on the H200 (benchmarks/NOTES.md), checked on the numbers."""
+
+from __future__ import annotations
+
+from tilefuse.autotune.heuristics import default_config
+
+
+def _gemm(m: int, n: int, k: int, **extra) -> dict:
+    return {"M": m, "N": n, "K": k, "B": 1, "elem_bytes": 2, "rhs_operands": 1, **extra}
+
+
+def _tile(config) -> tuple[int, int, int]:
+    return config.params["BLOCK_M"], config.params["BLOCK_N"], config.num_warps
+
+
+def test_wide_tiles_only_where_they_fill_two_waves():
+    # 8192x4096: 1024 tiles of 128x256, many waves of 132 SMs: the wide tile, 8 warps
+    assert _tile(default_config("gemm", _gemm(8192, 4096, 4096))) == (128, 256, 8)
+    # GPT-2's MLP, 2048x4096: 256 wide tiles, under two waves (264): 128x128
+    assert _tile(default_config("gemm", _gemm(2048, 4096, 1024))) == (128, 128, 4)
+
+
+def test_math_in_the_epilogue_or_a_second_accumulator_takes_eight_warps():
+    assert _tile(default_config("gemm", _gemm(2048, 4096, 1024, epilogue_math=1))) == (128, 128, 8)
+    assert _tile(default_config("gemm", _gemm(2048, 4096, 1024, rhs_operands=2))) == (128, 128, 8)
+
+
+def test_small_problems_keep_small_tiles():
+    m, n, warps = _tile(default_config("gemm", _gemm(40, 24, 16)))
+    assert (m, n) == (64, 32) and warps == 4
