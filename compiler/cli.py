@@ -6,10 +6,11 @@
         the Triton source of every kernel (ein functions are lowered through their groups)
     tilefuse inspect DIR
         a text summary of a dump: kernels, fused ops, fallbacks and why, configs and their source
-    tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] ...
+    tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] [--ray [ADDRESS]] ...
         tune the kernels of `NAME()` (default `tune_target`), a callable returning
         `(fn_or_module, example_inputs)`; results go to the tuning database;
-        Ctrl-C stops it (exit 130) and a rerun resumes
+        Ctrl-C stops it (exit 130) and a rerun resumes; --ray measures on a Ray
+        cluster's GPUs (the one at ADDRESS, or a local one)
     tilefuse --version
 
 Exit codes: 0 done; 1 an error in the input or the job (bad input is one
@@ -212,6 +213,7 @@ def load_target(target: str):
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from ..autotune.ray_executor import MixedDevicesError, RayUnavailable
     from .tuning import tune
 
     try:
@@ -223,11 +225,14 @@ def _tune(args: argparse.Namespace) -> int:
         summary = tune(
             fn, inputs, args.budget, strategy=args.strategy, workers=args.workers, database=args.db,
             timeout_s=args.timeout, patience=args.patience,
-            model_path=Path(args.model) if args.model else None,
+            model_path=Path(args.model) if args.model else None, ray=args.ray,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
+    except (RayUnavailable, MixedDevicesError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(summary.table())
     return 0
 
@@ -307,8 +312,14 @@ def _add_tune(sub) -> None:
         help="model (default): XGBoost-ranked picks plus random exploration; random; exhaustive",
     )  # fmt: skip
     tune.add_argument(
-        "--workers", type=int, default=1, help="kernels tuned at once, one GPU each (default 1)"
-    )
+        "--workers", type=int,
+        help="kernels tuned at once, one GPU each (default 1; with --ray, every GPU of the cluster)",
+    )  # fmt: skip
+    tune.add_argument(
+        "--ray", nargs="?", const=True, metavar="ADDRESS",
+        help="measure on a Ray cluster, one runner actor per GPU: the one at ADDRESS, or a local one "
+        "started for the job (pip install tilefuse[ray]); put it after TARGET, or write --ray=ADDRESS",
+    )  # fmt: skip
     tune.add_argument(
         "--db", help="tuning database file (default: $TILEFUSE_TUNING_DB, else ~/.cache/tilefuse/tuning.db)"
     )

@@ -41,8 +41,11 @@ def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[T
 
 def tune(fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, **options):
     """Tune every kernel tilefuse compiles for `fn(*example_inputs)`, `budget` trials each; `options`
-    as `tilefuse.autotune.job.tune_tasks` takes them (strategy, workers, database, ...)."""
+    as `tilefuse.autotune.job.tune_tasks` takes them (strategy, workers, database, ray, ...)."""
     from ..autotune.job import check_strategy, tune_tasks  # imports xgboost: only when a job runs
+    from ..autotune.ray_executor import import_ray
 
     check_strategy(options.get("strategy", "model"))  # before the compile, not after it
+    if options.get("ray"):
+        import_ray()  # a missing Ray is said before the compile too
     return tune_tasks(kernel_tasks(fn, example_inputs), budget, **options)
