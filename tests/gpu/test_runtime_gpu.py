@@ -126,8 +126,10 @@ def test_a_training_graph_matches_eager_gradients_before_and_after_it_switches_t
 def test_greedy_generation_gives_eager_tokens(static):
     """Both ways users compile generate: the forward with the dynamic KV cache (new shapes each
     step: dynamic graphs in PyTorch), and a static cache replayed as CUDA graphs (the cache is an
-    input mutated in place: the replay must see and keep every step's update)."""
-    model = _tiny("llama", torch.bfloat16)
+    input mutated in place: the replay must see and keep every step's update). The dynamic cache
+    runs in float32: in bf16 the compiled prefill's rounding differs from eager's, and a random
+    model's near-tied logits then picked another token on the H200 (a tie, not a wrong kernel)."""
+    model = _tiny("llama", torch.bfloat16 if static else torch.float32)
     ids = torch.randint(1, 512, (2, 24), device=CUDA)
     kwargs = dict(max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0)
     if static:
