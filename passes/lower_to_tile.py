@@ -65,8 +65,23 @@ class LoweredGroup:
 
 def _materialized(value: SSAValue) -> bool:
     """A tensor a kernel reads from memory: not a view, splat or iota, nor a gather (a kernel
-    loads the table at the positions its index tensors hold)."""
-    return not isinstance(value.owner, (*VIRTUAL_OPS, ein.GatherOp))
+    loads the table at the positions its index tensors hold), nor a concatenation, except one a
+    contraction reads: a GEMM's or attention's operand tiles stream from one buffer (a masked
+    load per part and a select would sit in the inner loop), so that one is copied once."""
+    if isinstance(value.owner, ein.ConcatOp):
+        return _read_by_contraction(value)
+    return not isinstance(value.owner, VIRTUAL_OPS)
+
+
+def _read_by_contraction(value: SSAValue) -> bool:
+    """Whether a contraction reads `value`, directly or through views."""
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, ein.ContractOp):
+            return True
+        if isinstance(user, ein.ViewOp) and _read_by_contraction(user.result):
+            return True
+    return False
 
 
 def _apply_map(

@@ -243,7 +243,42 @@ class KernelBuilder:
             return self.load(owner.input, self._view_source_indices(owner, list(indices)))
         if isinstance(owner, ein.GatherOp):
             return self.load(owner.table, self._gather_source_indices(owner, list(indices)))
+        if isinstance(owner, ein.ConcatOp):
+            return self._load_concat(owner, list(indices))
         raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
+
+    def _load_concat(self, concat: ein.ConcatOp, idx: list[Index]) -> SSAValue:
+        """The elements of a concatenation, read in place: each operand is loaded where the index
+        falls in its range (elsewhere its index is out of bounds, so that load is masked), and the
+        operand whose range holds the index is picked. RoPE's rotate_half (`cat(-x2, x1)`) and Phi's
+        partial rotary then cost no copy kernel."""
+        dim = concat.dim.value.data
+        at = idx[dim]
+        value, start = None, 0
+        for operand in concat.inputs:
+            size = shape_of(operand.type)[dim]
+            # the first operand's index is the concatenation's: past its end the load's bound masks it
+            source = at if start == 0 else self._shifted_index(at, start, size)
+            part = self.load(operand, [*idx[:dim], source, *idx[dim + 1 :]])
+            if value is not None:
+                begin = self.const(start)
+                part = self.map(
+                    [at, begin, part, value], tile.element_type(part.type),
+                    lambda sb, i, b, new, old: sb.select(sb.cmp("ge", i, b), new, old),
+                )  # fmt: skip
+            value, start = part, start + size
+        return value
+
+    def _shifted_index(self, at: Index, start: int, size: int) -> Index:
+        """`at - start` where `at >= start`; `size` (out of bounds: masked) below it."""
+
+        def body(sb: ScalarBuilder, i: SSAValue, begin: SSAValue, bad: SSAValue) -> SSAValue:
+            return sb.select(sb.cmp("lt", i, begin), bad, sb.sub(i, begin))
+
+        operands = [at, self.const(start), self.const(size)]
+        if isinstance(at.type, tile.BlockType):
+            return self.map(operands, i32, body)
+        return body(ScalarBuilder(self.block), *operands)
 
     def _view_source_indices(self, view: ein.ViewOp, idx: list[Index]) -> list[Index]:
         """Source indices of a view. An index out of bounds for the view is kept out of bounds

@@ -54,6 +54,38 @@ def test_an_activation_after_a_biased_linear_joins_the_gemm(rows):
     assert [g["kind"] for g in fusion_groups(reports)] == ["gemm"]
 
 
+def _gelu_tanh(h):
+    return 0.5 * h * (1.0 + torch.tanh(0.79788456 * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+@pytest.mark.parametrize(
+    "activation, dtype, kinds",
+    [
+        (_gelu_tanh, torch.float32, ["gemm"]),
+        (F.gelu, torch.bfloat16, ["gemm"]),
+        (_gelu_tanh, torch.bfloat16, ["gemm", "pointwise"]),  # eager's 16 roundings: too heavy an epilogue
+    ],
+    ids=["tanh GELU f32", "erf GELU bf16", "tanh GELU bf16"],
+)
+def test_a_heavy_epilogue_runs_as_its_own_kernel(activation, dtype, kinds):
+    """An epilogue runs after the GEMM's last K step on a whole accumulator tile; past a weight
+    (conversions and math functions, see MAX_EPILOGUE_WEIGHT) it is cheaper as a pointwise kernel."""
+    x, w, b = (t.to(dtype) for t in (torch.randn(37, 48), torch.randn(40, 48), torch.randn(40)))
+    tol = 1e-4 if dtype == torch.float32 else 0.15
+    reports = compile_and_compare(lambda x, w, b: activation(F.linear(x, w, b)), x, w, b, rtol=tol, atol=tol)
+    assert [g["kind"] for g in fusion_groups(reports)] == kinds
+
+
+def test_swiglu_in_bf16_keeps_its_two_accumulators():
+    """The map joining two products always joins the GEMM, whatever its weight."""
+    x, w1, w3 = (t.to(torch.bfloat16) for t in (torch.randn(37, 48), torch.randn(40, 48), torch.randn(40, 48)))
+    reports = compile_and_compare(
+        lambda x, w1, w3: F.silu(x @ w1.T) * (x @ w3.T), x, w1, w3, rtol=0.1, atol=0.1
+    )
+    (group,) = fusion_groups(reports)
+    assert group["kind"] == "gemm" and group["ops"].count("ein.contract") == 2
+
+
 def test_a_bias_varying_over_part_of_the_rows_keeps_its_own_kernel():
     """x @ W + b, reshaped to B x S x N, times a tensor varying over B only (or plus a residual):
     not moved over the GEMM's flattened rows, so that map stays apart; the answer is right."""
