@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call for the real-model measurements: transformers models (bf16), a training
 # step, and greedy generation, each writing its table under $OUT (rewritten after every model or
-# batch size, so a call cut at its time limit keeps what it measured). About 9 minutes on an H200;
+# batch size, so a call cut at its time limit keeps what it measured). About 9 minutes on an H200
+# (STAGES="compile", an A/B of compiling in threads, is not in the default list);
 # split it over two calls (STAGES="models" then STAGES="training generation") if the limit is 10.
 #   carry: .whl   (made by ../shared/tools/gpu-wheels.sh)
 set -uo pipefail
@@ -19,5 +20,11 @@ for stage in $STAGES; do
     training) python3 -m tilefuse.benchmarks.training --out "$OUT/RESULTS_training.md" 2>&1 | grep '^\[' ;;
     generation) python3 -m tilefuse.benchmarks.generation --batches 1,8 --new-tokens 64 \
                   --out "$OUT/RESULTS_generation.md" 2>&1 | grep '^\[' ;;
+    # cold first calls compiling at first launch, then in 8 threads of the process (precompile.py)
+    compile) for threads in 0 8; do
+               TILEFUSE_COMPILE_THREADS=$threads python3 -m tilefuse.benchmarks.transformers_models \
+                 --models llama,phi --no-torch-compile --no-cached --no-overhead \
+                 --out "$OUT/RESULTS_compile_threads$threads.md" 2>&1 | grep '^\['
+             done ;;
   esac
 done

@@ -186,7 +186,9 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
 
 
 def precompile_kernels(art: GraphArtifact) -> dict | None:
-    """Compile the graph's distinct kernels in worker processes before their first launch (GPU only).
+    """Compile the graph's distinct kernels before their first launch (GPU only): in this process's
+    threads (`$TILEFUSE_COMPILE_THREADS`) or in worker processes (`$TILEFUSE_COMPILE_WORKERS`); off
+    unless one is set (neither is measured faster on the H200 yet).
 
     Returns what it did, for the report (None under Triton's interpreter, which compiles
     nothing). One job per distinct source and configuration; a kernel that does not
@@ -200,13 +202,14 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
 
     from ..backends.triton import precompile
 
-    hopper, jobs = capability >= 90, {}
+    hopper, jobs, functions = capability >= 90, {}, {}
     for p in art.compiled_partitions():
         for k in p.kernels:
             key = (k.launcher.path, k.config.key())
             if key not in jobs:
                 c = k.config
                 jobs[key] = precompile.compile_job(k.launcher, c.params, c.num_warps, c.num_stages, hopper)
+                functions[key] = k.launcher.function
     # the markers stand for binaries in this Triton cache: another cache folder compiles again
     triton_cache = getattr(getattr(triton, "knobs", None), "cache", None)
     where = getattr(triton_cache, "dir", None) or os.environ.get("TRITON_CACHE_DIR", "")
@@ -215,7 +218,11 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
     cache = cache_dir()  # markers of what compiled live beside the compile cache, and go with it
     markers = cache / "precompiled" if cache else None
     job_list = list(jobs.values())
-    done = precompile.precompile(job_list, target, marker_dir=markers)
+    threads = precompile.thread_count()
+    if threads:
+        done = precompile.precompile_in_threads(job_list, list(functions.values()), threads)
+    else:
+        done = precompile.precompile(job_list, target, marker_dir=markers)
     failed = {job_list[i].function: why for i, why in done.failed.items()}
     return {
         "jobs": done.jobs, "compiled": done.compiled, "already_compiled": done.already,

@@ -23,6 +23,7 @@ This file must run as a script: only the standard library at module level.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib
 import importlib.util
@@ -32,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tilefuse")
 
 WORKERS_ENV = "TILEFUSE_COMPILE_WORKERS"  # how many worker processes; unset or "0": compile at first launch
+# how many threads compile in this process instead (`precompile_in_threads`); takes precedence over workers
+THREADS_ENV = "TILEFUSE_COMPILE_THREADS"
 TIMEOUT_S = 600.0  # for all the workers of one call; what is left over compiles at first launch
 MIN_JOBS = 4  # fewer kernels compile sooner at their first launches than workers start (~3 s: torch)
 
@@ -247,12 +251,55 @@ def _read_reports(out: str, result: PrecompileResult) -> set[int]:
     return reported
 
 
-def warm_up(job: CompileJob) -> None:
-    """Compile `job` into Triton's cache, as its launch would (in a worker process)."""
+def thread_count() -> int:
+    """`$TILEFUSE_COMPILE_THREADS`, or 0 (off)."""
+    configured = os.environ.get(THREADS_ENV, "")
+    return max(0, int(configured)) if configured.strip() else 0
+
+
+def precompile_in_threads(
+    jobs: Sequence[CompileJob], functions: Sequence[object], threads: int,
+    compile_fn: Callable[[CompileJob, object], None] | None = None,
+) -> PrecompileResult:  # fmt: skip
+    """Compile `jobs` in this process, `threads` at a time; never raises.
+
+    Triton releases the GIL for most of a compile (its MLIR and LLVM passes, ptxas): two threads
+    compiled two GEMM kernels for sm_90 in 3.2 s against 5.7 in a row on a 2-core CPU. Unlike the
+    worker processes, nothing starts (no interpreter, no torch import, no CUDA context), and the
+    binaries land in the very `JITFunction`s the launches use (`functions[i]` for `jobs[i]`), so a
+    first launch only loads its binary onto the GPU. The first job compiles in the calling thread,
+    which initializes Triton's driver and LLVM once before any thread shares them. `compile_fn`
+    replaces `warm_up`, for tests.
+    """
+    started = time.perf_counter()
+    result = PrecompileResult(jobs=len(jobs), workers=max(1, threads))
+    compile_one = compile_fn or (lambda job, function: warm_up(job, function))
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        try:
+            compile_one(jobs[i], functions[i])
+            with lock:
+                result.compiled += 1
+        except Exception as e:
+            with lock:
+                result.failed[i] = f"{type(e).__name__}: {e}"
+
+    if jobs:
+        run(0)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            list(pool.map(run, range(1, len(jobs))))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def warm_up(job: CompileJob, function: object | None = None) -> None:
+    """Compile `job` into Triton's cache, as its launch would: in a worker process, which imports the
+    kernel's module from `job.path`, or in this one, on the `function` its launches call."""
     import torch
 
-    module = _kernel_module(job.path)
-    function = getattr(module, job.function)
+    if function is None:
+        function = getattr(_kernel_module(job.path), job.function)
     args: list[object] = []
     for shape, dtype in zip(job.shapes, job.dtypes):
         torch_dtype = getattr(torch, dtype)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,43 @@ def test_cache_hit_in_a_new_process_is_fast_and_matches_eager(blocks, tmp_path, 
     assert result["cache"] == "hit" and result["error"] < 1e-4
     tilefuse_s = seconds["total"] - seconds["capture"]
     assert tilefuse_s < 0.5, seconds
+
+
+def test_threads_compile_every_job_in_this_process_and_never_raise():
+    """The in-process pool: the first job in the calling thread (it initializes Triton), the rest
+    on `threads` others; a failing job is recorded, the others still compile."""
+    jobs = [_job(Path("kernel.py"), f"k{i}") for i in range(6)] + [_job(Path("kernel.py"), "fails")]
+    seen: list[tuple[str, object, int]] = []
+
+    def compile_fn(job, function):
+        if job.function == "fails":
+            raise RuntimeError("too much shared memory")
+        time.sleep(0.05)  # long enough for the pool to use more than one thread
+        seen.append((job.function, function, threading.get_ident()))
+
+    functions = [f"function {i}" for i in range(len(jobs))]
+    result = precompile.precompile_in_threads(jobs, functions, threads=3, compile_fn=compile_fn)
+    assert result.compiled == 6 and result.failed == {6: "RuntimeError: too much shared memory"}
+    assert {(name, fn) for name, fn, _ in seen} == {(f"k{i}", f"function {i}") for i in range(6)}
+    assert seen[0][2] == threading.get_ident() and len({t for *_, t in seen}) > 1
+    assert result.workers == 3 and result.seconds > 0
+
+
+def test_codegen_compiles_in_threads_when_asked(blocks, monkeypatch):
+    """TILEFUSE_COMPILE_THREADS: codegen hands each distinct kernel and the function its launches
+    call to the in-process pool (GPU faked, compile faked); the report says so."""
+    monkeypatch.setattr(codegen, "_gpu_capability", lambda target: 90)
+    monkeypatch.setenv(precompile.THREADS_ENV, "2")
+    compiled = []
+    real = precompile.precompile_in_threads
+    monkeypatch.setattr(
+        precompile, "precompile_in_threads",
+        lambda jobs, functions, threads: real(
+            jobs, functions, threads, compile_fn=lambda job, fn: compiled.append((job.function, fn.fn.__name__))
+        ),
+    )  # fmt: skip
+    reports = compile_and_compare(blocks.model(3), torch.randn(2, 4, 16), rtol=1e-4, atol=1e-4)
+    (report,) = reports
+    assert len(compiled) == report["kernels"]["distinct"]
+    assert all(name == fn for name, fn in compiled)  # each job with its own kernel's function
+    assert report["kernels"]["precompiled"]["workers"] == 2 and not report["kernels"]["precompiled"]["failed"]
