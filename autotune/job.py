@@ -12,12 +12,18 @@ after a crash resumes where it stopped. Progress (trials, best so far) goes to s
 ends with a summary: a table of kernels and one of each runner's trials per second. Which
 kernels a model has is the compiler's business: `tilefuse.tune` (`compiler/tuning.py`)
 compiles the model and hands its tasks here; this module knows no decorator.
+
+A job has `budget` trials per task, or one `total_budget` for all its tasks (a model's kernels),
+split before it starts by expected gain (`split_budget`): each task's predicted share of the
+time of the whole (the roofline estimate of its default config, times its `launches`) times
+the cost model's predicted speedup of the best config of its space over the default.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import queue
 import signal
@@ -25,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +40,7 @@ import torch
 from .builder import Builder, LocalBuilder, build_kernel
 from .cost_model import XGBoostCostModel
 from .database import DB_ENV, Database, default_path, device_name, versions
+from .features import roofline_us
 from .records import BuildResult, MeasureInput, TuningTask
 from .runner import LocalRunner, Runner
 from .search import ExhaustiveSearch, ModelGuidedSearch, RandomSearch, TuneResult, tune_task
@@ -44,6 +51,13 @@ STRATEGIES = ("model", "random", "exhaustive")
 PRETRAINED = Path(__file__).parent / "models" / "h100"
 
 
+def load_cost_model(model_path: Path | None = None) -> XGBoostCostModel:
+    """The cost model a job starts from: the one saved at `model_path`, else the shipped pretrained
+    one, else a fresh (untrained) one."""
+    path = model_path or (PRETRAINED if PRETRAINED.exists() else None)
+    return XGBoostCostModel.load(path) if path else XGBoostCostModel()
+
+
 def make_strategy(name: str, seed: int = 0, model_path: Path | None = None):
     """A search strategy by name; "model" starts from a saved cost model when one exists."""
     if name == "exhaustive":
@@ -52,9 +66,148 @@ def make_strategy(name: str, seed: int = 0, model_path: Path | None = None):
         return RandomSearch(seed)
     if name != "model":
         raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
-    path = model_path or (PRETRAINED if PRETRAINED.exists() else None)
-    model = XGBoostCostModel.load(path) if path else XGBoostCostModel()
-    return ModelGuidedSearch(model, seed=seed)
+    return ModelGuidedSearch(load_cost_model(model_path), seed=seed)
+
+
+FLOOR_TRIALS = 4  # a task's default config and three more, however little the model expects of it
+
+
+class BudgetTooSmall(ValueError):
+    """A total budget too small to measure even the default config of every task."""
+
+
+def check_total_budget(total: int, tasks: int) -> None:
+    """Raise `BudgetTooSmall` unless `total` trials can measure the default config of `tasks` tasks."""
+    if total < tasks:
+        raise BudgetTooSmall(
+            f"a total budget of {total} trial(s) cannot measure the default configs of {tasks} kernels: "
+            f"give at least {tasks} ({FLOOR_TRIALS * tasks} for {FLOOR_TRIALS} trials each before the rest "
+            "goes by expected gain)"
+        )
+
+
+@dataclass(frozen=True)
+class GainEstimate:
+    """What tuning one task is expected to buy, before anything is measured: its default config's
+    predicted time (the features' roofline estimate, µs: only ratios between tasks matter), the
+    cost model's predicted speedup of the best config of its space over the default (>= 1), and
+    the size of that space (the most trials the task can use)."""
+
+    default_us: float
+    speedup: float
+    space_size: int
+
+
+def estimate_gains(
+    tasks: Sequence[TuningTask], limits: DeviceLimits, model: XGBoostCostModel
+) -> dict[str, GainEstimate]:
+    """Each task's `GainEstimate` (by key) over its search space on a device of `limits`."""
+    estimates = {}
+    for task in tasks:
+        space = SearchSpace(task, limits)
+        default = space.untuned()
+        default_us = roofline_us(task, default, model.sm_count, model.smem_limit)
+        speedup = model.predicted_speedup(task, default, space.configs())
+        estimates[task.key] = GainEstimate(default_us, speedup, len(space))
+    return estimates
+
+
+def predicted_shares(
+    tasks: Sequence[TuningTask], launches: Mapping[str, int], predictions: Mapping[str, GainEstimate]
+) -> dict[str, float]:
+    """Each task's predicted share of the whole's time: its default time x its launches (1 where
+    `launches` does not say), over the sum of those; equal shares where every time is 0."""
+    times = {t.key: launches.get(t.key, 1) * predictions[t.key].default_us for t in tasks}
+    whole = sum(times.values())
+    return {key: time_ / whole if whole > 0 else 1 / len(times) for key, time_ in times.items()}
+
+
+def split_budget(
+    tasks: Sequence[TuningTask], launches: Mapping[str, int], predictions: Mapping[str, GainEstimate],
+    total: int, floor: int = FLOOR_TRIALS,
+) -> dict[str, int]:  # fmt: skip
+    """Trials per task key, `total` in all: each task first gets `floor` (lowered to `total // len(tasks)`
+    where the total cannot give every task that many), the rest goes in proportion to expected gain,
+    predicted share (`predicted_shares`) x predicted speedup, by largest remainders. No task gets
+    more trials than its space has configs, so the sum falls short of `total` only where every
+    space is exhausted. Ties go to the earlier task: the split depends on its inputs alone. Raises
+    `BudgetTooSmall` when `total` is under one trial per task."""
+    check_total_budget(total, len(tasks))
+    shares = predicted_shares(tasks, launches, predictions)
+    order = [t.key for t in tasks]
+    room = {key: predictions[key].space_size for key in order}
+    each = min(floor, total // len(order)) if order else 0
+    trials = {key: min(each, room[key]) for key in order}
+    weights = {key: shares[key] * predictions[key].speedup for key in order}
+    _share_out(trials, room, weights, total - sum(trials.values()), order)
+    return trials
+
+
+def _share_out(
+    trials: dict[str, int], room: Mapping[str, int], weights: Mapping[str, float], left: int, order: list[str]
+) -> None:
+    """Add `left` trials to `trials` in proportion to `weights` (all alike where they sum to 0) by
+    largest remainders (ties to the larger weight, then the earlier key), none past its `room`."""
+    active = [key for key in order if trials[key] < room[key]]
+    while left > 0 and active:
+        whole = sum(weights[key] for key in active)
+        weight = {key: weights[key] if whole > 0 else 1.0 for key in active}
+        quota = {key: left * weight[key] / (whole if whole > 0 else len(active)) for key in active}
+        full = [key for key in active if trials[key] + quota[key] >= room[key]]
+        if full:  # these get all they can take; the others share what is left afresh
+            for key in full:
+                left -= room[key] - trials[key]
+                trials[key] = room[key]
+            active = [key for key in active if key not in full]
+            continue
+        base = {key: math.floor(quota[key]) for key in active}
+        remainder = left - sum(base.values())
+        ranked = sorted(active, key=lambda key: (base[key] - quota[key], -weight[key], order.index(key)))
+        for i, key in enumerate(ranked):
+            trials[key] += base[key] + (i < remainder)
+        left = 0
+
+
+@dataclass(frozen=True)
+class BudgetSplit:
+    """A total budget split across tasks (`split_budget`), with what the split was made from."""
+
+    total: int
+    tasks: tuple[TuningTask, ...]
+    launches: Mapping[str, int]
+    estimates: Mapping[str, GainEstimate]
+    trials: Mapping[str, int]
+
+    def table(self) -> str:
+        """The split as a heading line and a markdown table: kernel, launches, share, gain, trials."""
+        each = min(FLOOR_TRIALS, self.total // max(len(self.tasks), 1))
+        lowered = f" (not {FLOOR_TRIALS}: the total is small)" if each < FLOOR_TRIALS else ""
+        rows = [
+            f"budget: {self.total} trials over {len(self.tasks)} kernels, at least {each} each{lowered}, "
+            "the rest by predicted share x predicted gain",
+            "| kernel | kind | launches | predicted share | predicted gain | trials |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        shares = predicted_shares(self.tasks, self.launches, self.estimates)
+        for t in self.tasks:
+            rows.append(
+                f"| {t.name} | {t.kind} | {self.launches.get(t.key, 1)} | {shares[t.key]:.1%} | "
+                f"{self.estimates[t.key].speedup:.2f}x | {self.trials[t.key]} |"
+            )
+        unused = self.total - sum(self.trials.values())
+        if unused:
+            rows.append(f"({unused} trials unused: the kernels' spaces hold no more configs)")
+        return "\n".join(rows)
+
+
+def plan_budget(
+    tasks: Sequence[TuningTask], launches: Mapping[str, int], total: int, limits: DeviceLimits,
+    model: XGBoostCostModel,
+) -> BudgetSplit:  # fmt: skip
+    """`total` trials split across `tasks` (`split_budget`) by `model`'s estimates (`estimate_gains`)."""
+    estimates = estimate_gains(tasks, limits, model)
+    trials = split_budget(tasks, launches, estimates, total)
+    return BudgetSplit(total, tuple(tasks), dict(launches), estimates, trials)
 
 
 class ProgressBar:
@@ -106,6 +259,7 @@ class TuneSummary:
     database: Path
     device: str
     runners: list[RunnerStats] = field(default_factory=list)
+    split: BudgetSplit | None = None  # a job with a total budget: how it was split
 
     def table(self) -> str:
         """The job's summary as markdown: a table of kernels, then one of runners (`throughput`)."""
@@ -275,9 +429,16 @@ def tune_tasks(
     database: str | Path | None = None, timeout_s: float = 60.0, batch: int = 8,
     patience: int | None = None, model_path: Path | None = None, progress: bool = True,
     ray: bool | str | None = None, make_runner: Callable[..., Runner] | None = None,
-    build_fn: Callable[[MeasureInput], BuildResult] = build_kernel,
+    build_fn: Callable[[MeasureInput], BuildResult] = build_kernel, total_budget: int | None = None,
+    launches: Mapping[str, int] | None = None,
 ) -> TuneSummary:  # fmt: skip
-    """Tune `tasks`, `budget` trials each.
+    """Tune `tasks`, `budget` trials each, or `total_budget` trials in all.
+
+    A total budget is split by expected gain (see the module docstring; `launches` says how many
+    times the model launches each task, by key, 1 where it does not say) and the split printed
+    before the first trial; the tasks expecting the most are tuned first. A task stopped short
+    by `patience` leaves its unused trials unused. Trials of earlier runs count against the
+    split as against `budget`, so a job resumed with the same total finishes the same split.
 
     Results go to the tuning database (`database`, default `$TILEFUSE_TUNING_DB` or the
     cache folder), which later compiles read; a `database` given here becomes this
@@ -289,6 +450,8 @@ def tune_tasks(
     with `timeout_s`), `build_fn` builds a candidate; tests pass fakes.
     """
     check_strategy(strategy)
+    if total_budget is not None:
+        check_total_budget(total_budget, len(tasks))  # before a Ray cluster starts for nothing
     if database:
         os.environ[DB_ENV] = str(database)
     path = default_path()
@@ -302,20 +465,31 @@ def tune_tasks(
         searches = [
             make_strategy(strategy, seed=i, model_path=model_path) for i in range(len(executor.workers))
         ]
+        split = None
+        if total_budget is not None:
+            model = load_cost_model(model_path)
+            split = plan_budget(tasks, launches or {}, total_budget, executor.limits, model)
+            if progress:
+                print(split.table() + "\n", file=sys.stderr)
+        budgets = split.trials if split else {t.key: budget for t in tasks}
 
         def tune(index: int, task: TuningTask) -> TuneResult:
             worker = executor.workers[index]
             return tune_task(
                 task, space=SearchSpace(task, executor.limits), strategy=searches[index],
                 runner=worker.runner, builder=worker.builder, database=db, device=executor.device,
-                versions=executor.versions, budget=budget, batch=batch, patience=patience, job=job,
+                versions=executor.versions, budget=budgets[task.key], batch=batch, patience=patience, job=job,
                 progress=bar,
             )  # fmt: skip
 
-        results, stats = _run_workers(executor, tasks, tune, bar)
-    summary = TuneSummary([results[t.key] for t in tasks if t.key in results], path, executor.device, stats)
+        order = sorted(tasks, key=lambda t: -budgets[t.key])  # stable: the given order without a split
+        results, stats = _run_workers(executor, order, tune, bar)
+    ordered = [results[t.key] for t in tasks if t.key in results]
+    summary = TuneSummary(ordered, path, executor.device, stats, split)
     if progress:
         took = time.perf_counter() - start
-        print(f"\ntuned {len(summary.results)} kernel(s) in {took:.1f} s on {executor.device} "
+        trials = sum(len(r.trials) + r.resumed for r in ordered)
+        of_total = f", {trials} of a total budget of {total_budget} trials" if split else ""
+        print(f"\ntuned {len(summary.results)} kernel(s){of_total} in {took:.1f} s on {executor.device} "
               f"({len(stats)} {executor.name} runner(s)); records in {path}", file=sys.stderr)  # fmt: skip
     return summary

@@ -6,11 +6,12 @@
         the Triton source of every kernel (ein functions are lowered through their groups)
     tilefuse inspect DIR
         a text summary of a dump: kernels, fused ops, fallbacks and why, configs and their source
-    tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N] [--workers N] [--ray [ADDRESS]] ...
+    tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N | --budget-total N] [--workers N] ...
         tune the kernels of `NAME()` (default `tune_target`), a callable returning
         `(fn_or_module, example_inputs)`; results go to the tuning database;
-        Ctrl-C stops it (exit 130) and a rerun resumes; --ray measures on a Ray
-        cluster's GPUs (the one at ADDRESS, or a local one)
+        Ctrl-C stops it (exit 130) and a rerun resumes; --budget-total splits one
+        budget across the kernels by expected gain; --ray [ADDRESS] measures on a
+        Ray cluster's GPUs (the one at ADDRESS, or a local one)
     tilefuse --version
 
 Exit codes: 0 done; 1 an error in the input or the job (bad input is one
@@ -213,6 +214,7 @@ def load_target(target: str):
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from ..autotune.job import BudgetTooSmall
     from ..autotune.ray_executor import MixedDevicesError, RayUnavailable
     from .tuning import tune
 
@@ -223,14 +225,14 @@ def _tune(args: argparse.Namespace) -> int:
         return 1
     try:  # Ctrl-C: the job stops its processes and records nothing for the trial in flight
         summary = tune(
-            fn, inputs, args.budget, strategy=args.strategy, workers=args.workers, database=args.db,
-            timeout_s=args.timeout, patience=args.patience,
+            fn, inputs, args.budget, total_budget=args.budget_total, strategy=args.strategy,
+            workers=args.workers, database=args.db, timeout_s=args.timeout, patience=args.patience,
             model_path=Path(args.model) if args.model else None, ray=args.ray,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
-    except (RayUnavailable, MixedDevicesError) as e:
+    except (RayUnavailable, MixedDevicesError, BudgetTooSmall) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary.table())
@@ -306,7 +308,14 @@ def _add_tune(sub) -> None:
         "target", help="SCRIPT.py[:NAME] or MODULE[:NAME]; NAME (default tune_target) is a callable "
         "returning (fn_or_module, example_inputs)",
     )  # fmt: skip
-    tune.add_argument("--budget", type=_positive, default=64, help="trials per kernel (default 64)")
+    budget = tune.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=_positive, default=64, help="trials per kernel (default 64)")
+    budget.add_argument(
+        "--budget-total", type=_positive, metavar="N",
+        help="N trials for the whole model instead: each kernel gets its default config and a few more, the "
+        "rest goes by expected gain (predicted share of the model's time x predicted speedup from the cost "
+        "model); the split is printed before the first trial",
+    )  # fmt: skip
     tune.add_argument(
         "--strategy", choices=("model", "random", "exhaustive"), default="model",
         help="model (default): XGBoost-ranked picks plus random exploration; random; exhaustive",

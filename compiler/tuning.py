@@ -1,51 +1,166 @@
 """`tilefuse.tune(fn, example_inputs, budget=...)` and `tilefuse tune TARGET`: tune a model's kernels.
 
-The compiler's side of a tuning job: compile `fn` once with tilefuse, collect the tasks of the
-kernels it ran (each registered by codegen under its key), and hand them to the tuner
-(`autotune/job.py`, which tunes tasks and knows no decorator).
+The compiler's side of a tuning job. Compile `fn` once with tilefuse and its default configs, run
+it, and collect the tasks of the kernels it ran (each registered by codegen under its key) with
+how many times each is launched in one call; time that compiled model (the "before"); hand the
+tasks to the tuner (`autotune/job.py`, which tunes tasks and knows no decorator), with one
+budget per kernel or a total split by expected gain; then compile again, reading the tuning
+database the job wrote, and time that (the "after").
+
+Not done (issue 16 item 3): the selection candidates of a fused group (the library path of its
+PyTorch ops, other backends) do not join the job; a compile still chooses between the generated
+program and PyTorch at its first calls on a GPU (`selection.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 
+from ..autotune.job import TuneSummary, check_strategy, tune_tasks  # xgboost too: whoever imports this tunes
 from ..autotune.records import TuningTask
-from ..autotune.tasks import registered_task
+from ..autotune.tasks import TUNED_ENV, registered_task
 from .api import compile as tilefuse_compile
 from .runtime import _warn_no_cuda_once
+from .selection import ROUNDS
+
+Timer = Callable[[Callable[[], object]], float]  # ms that `run()`, one call of the compiled model, takes
+WARMUP_CALLS = ROUNDS + 1  # the first call compiles, the next ROUNDS choose program or PyTorch (selection.py)
 
 
-def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
-    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order."""
-    torch._dynamo.reset()
-    compiled = tilefuse_compile(fn)
+@dataclass
+class ModelKernels:
+    """What one compile of a model ran: the compiled model, the tasks of its kernels in order of first
+    launch, and how many times one call launches each (by task key)."""
+
+    compiled: Callable
+    tasks: list[TuningTask]
+    launches: dict[str, int]
+
+
+@contextlib.contextmanager
+def _model_call() -> Iterator[None]:
+    """How the job calls the model: inference (as it is tuned), without the interpreter's noise."""
     # on CPU the kernels run in Triton's interpreter, whose numpy warns on the inf/NaN of random
     # inputs: noise on the job's terminal (the measuring process ignores them too)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # the job measures kernels itself: how this one call runs without CUDA is not the user's concern
         warnings.filterwarnings("ignore", message="tilefuse: no CUDA device")
-        compiled(*example_inputs)
+        yield
     _warn_no_cuda_once.cache_clear()  # a compile after the job still warns once
-    keys = [
+
+
+@contextlib.contextmanager
+def _default_configs() -> Iterator[None]:
+    """Compiles that ignore the tuning database: "before" is the default configs even when an
+    earlier job tuned this model."""
+    previous = os.environ.get(TUNED_ENV)
+    os.environ[TUNED_ENV] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[TUNED_ENV]
+        else:
+            os.environ[TUNED_ENV] = previous
+
+
+def compile_kernels(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> ModelKernels:
+    """Compile `fn` with tilefuse and run it once on `example_inputs` (see `ModelKernels`). A task's
+    launches are its key's occurrences in the compiled graphs' reports: one per fused group."""
+    torch._dynamo.reset()
+    compiled = tilefuse_compile(fn)
+    with _model_call():
+        compiled(*example_inputs)
+    launches = Counter(
         g["task_key"] for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]
         if g.get("task_key")
-    ]  # fmt: skip
-    tasks = [registered_task(k) for k in dict.fromkeys(keys)]
+    )  # fmt: skip
+    tasks = [registered_task(k) for k in launches]  # a Counter keeps the order keys first came in
+    return ModelKernels(compiled, [t for t in tasks if t is not None], dict(launches))
+
+
+def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
+    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order."""
+    tasks = compile_kernels(fn, example_inputs).tasks
     torch._dynamo.reset()  # the next compile looks the tuned configs up
-    return [t for t in tasks if t is not None]
+    return tasks
 
 
-def tune(fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, **options):
-    """Tune every kernel tilefuse compiles for `fn(*example_inputs)`, `budget` trials each; `options`
-    as `tilefuse.autotune.job.tune_tasks` takes them (strategy, workers, database, ray, ...)."""
-    from ..autotune.job import check_strategy, tune_tasks  # imports xgboost: only when a job runs
+def gpu_timer(run: Callable[[], object]) -> float:
+    """Milliseconds of `run()`: the median of `triton.testing.do_bench`, after the first calls."""
+    import triton.testing
+
+    for _ in range(WARMUP_CALLS):
+        run()
+    return float(triton.testing.do_bench(run, return_mode="median"))
+
+
+def _time_model(timer: Timer | None, compiled: Callable, inputs: Sequence[torch.Tensor]) -> float | None:
+    """`timer`'s milliseconds for one call of `compiled` on `inputs`; None without a timer."""
+    if timer is None:
+        return None
+    with _model_call():
+        return timer(lambda: compiled(*inputs))
+
+
+@dataclass
+class ModelTuneSummary(TuneSummary):
+    """A tuning job's summary (`TuneSummary`) and the model's end-to-end time before and after it."""
+
+    before_ms: float | None = None  # compiled with the default configs; None: not measured
+    after_ms: float | None = None  # compiled again after the job, with its configs
+
+    def end_to_end(self) -> str:
+        """Two lines: the model's time before tuning and after ("not measured (no GPU)" without a timer)."""
+        if self.before_ms is None or self.after_ms is None:
+            before = after = "not measured (no GPU)"
+        else:
+            before, after = f"{self.before_ms:.4g} ms", f"{self.after_ms:.4g} ms"
+            after += f" ({self.before_ms / self.after_ms:.2f}x)" if self.after_ms > 0 else ""
+        return (
+            f"model end to end, before tuning (default configs): {before}\n"
+            f"model end to end, after tuning (tuned configs): {after}"
+        )
+
+    def table(self) -> str:
+        """The job's tables (`TuneSummary.table`), then the model's time before and after."""
+        return f"{super().table()}\n\n{self.end_to_end()}"
+
+
+def tune(
+    fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, *,
+    total_budget: int | None = None, timer: Timer | None = None, **options,
+) -> ModelTuneSummary:  # fmt: skip
+    """Tune every kernel tilefuse compiles for `fn(*example_inputs)`: `budget` trials each, or
+    `total_budget` trials in all, split across the kernels by expected gain (the split is printed
+    before the first trial; `tilefuse.autotune.job.split_budget`). The summary adds the model's
+    end-to-end time before tuning and after, as `timer(run)` gives it in ms (default on a GPU: the
+    median of `triton.testing.do_bench`; without CUDA and without a timer, not measured).
+    `options` as `tilefuse.autotune.job.tune_tasks` takes them (strategy, workers, database, ray, ...).
+    """
     from ..autotune.ray_executor import import_ray
 
     check_strategy(options.get("strategy", "model"))  # before the compile, not after it
     if options.get("ray"):
         import_ray()  # a missing Ray is said before the compile too
-    return tune_tasks(kernel_tasks(fn, example_inputs), budget, **options)
+    if timer is None and torch.cuda.is_available():
+        timer = gpu_timer
+    with _default_configs():  # the compile that finds the kernels is the "before" too: one compile fewer
+        model = compile_kernels(fn, example_inputs)
+        before_ms = _time_model(timer, model.compiled, example_inputs)
+    torch._dynamo.reset()  # the next compile looks the tuned configs up
+    summary = tune_tasks(model.tasks, budget, total_budget=total_budget, launches=model.launches, **options)
+    after_ms = None
+    if timer is not None:
+        after_ms = _time_model(timer, tilefuse_compile(fn), example_inputs)
+        torch._dynamo.reset()
+    job = {f.name: getattr(summary, f.name) for f in fields(summary)}
+    return ModelTuneSummary(**job, before_ms=before_ms, after_ms=after_ms)

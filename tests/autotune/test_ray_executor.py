@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tilefuse.autotune.database import DB_ENV
-from tilefuse.autotune.job import tune_tasks
+from tilefuse.autotune.job import load_cost_model, plan_budget, tune_tasks
 from tilefuse.autotune.ray_executor import (
     MixedDevicesError,
     RayUnavailable,
@@ -129,6 +129,19 @@ def test_a_ray_job_tunes_as_a_local_one_with_the_real_builder(ray_address, datab
         (runner,) = summary.runners
         assert runner.trials == 10 and runner.per_second > 0
         assert f"| {runner.place} | 10 |" in summary.table()
+
+
+def test_a_total_budget_is_split_on_ray_as_locally(ray_address, database):
+    tasks = [gemm_task(2048, 2048, 2048), gemm_task(64, 64, 64)]
+    launches = {tasks[1].key: 3}
+    on_ray = tune_tasks(
+        tasks, total_budget=14, launches=launches, strategy="random", make_runner=synthetic_runner,
+        build_fn=null_build, progress=False, database=database("total"), ray=True,
+    )  # fmt: skip
+    # the runner actors (CPU-only here) report the limits a local job would plan with
+    local = plan_budget(tasks, launches, 14, DeviceLimits.current(), load_cost_model())
+    assert on_ray.split.trials == local.trials and sum(local.trials.values()) == 14
+    assert [len(r.trials) for r in on_ray.results] == [local.trials[t.key] for t in tasks]
 
 
 def test_a_runner_actor_that_dies_is_replaced_and_its_trial_measured_again(ray_address, database, tmp_path):
