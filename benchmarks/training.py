@@ -7,7 +7,9 @@ Each model is built from its config (random weights, seeded; nothing is download
 and one step is `model(input_ids, labels=input_ids).loss.backward()` with the gradients cleared
 after it (no optimizer: the step's compute is the compiler's part). For each candidate: the
 median step time once settled (tilefuse runs a graph whose backward has run in PyTorch from then
-on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward), the first
+on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward; the row
+"tilefuse compiled backward" runs with `TILEFUSE_TRAINING=compile`: forward and backward graphs
+compiled, every step), the first
 step's time (compiles included), and the loss and gradient norm relative to eager's on the same
 weights and batch. A failing candidate is a table cell; the file is rewritten after each model.
 `--tiny` builds tiny configs (hidden 64, 2 layers, 2 x 16 tokens) so the harness runs on a CPU.
@@ -16,6 +18,7 @@ weights and batch. A failing candidate is a table cell; the file is rewritten af
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +29,7 @@ import torch
 import transformers
 
 import tilefuse
+from tilefuse.compiler.selection import TRAINING_ENV
 
 from .run import describe_error, environment_lines, release_memory, time_ms
 from .transformers_models import MODELS, ModelSpec, add_model_arguments, check_model_args, fmt_cell
@@ -33,7 +37,8 @@ from .transformers_models import MODELS, ModelSpec, add_model_arguments, check_m
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
 DEFAULT_MODELS = ("llama", "gpt2")
 EAGER, COMPILE, SUBJECT = "eager", "torch.compile", "tilefuse"
-CANDIDATES = (EAGER, COMPILE, SUBJECT)
+COMPILED_BACKWARD = "tilefuse compiled backward"  # TILEFUSE_TRAINING=compile: forward and backward compiled
+CANDIDATES = (EAGER, COMPILE, SUBJECT, COMPILED_BACKWARD)
 SETTLE_STEPS = 3  # steps before timing: compiles, and tilefuse's switch once a backward ran
 
 
@@ -80,9 +85,23 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref) -> StepTiming:
     release_memory(device)
+    setting = os.environ.pop(TRAINING_ENV, None)
+    if candidate == COMPILED_BACKWARD:
+        os.environ[TRAINING_ENV] = "compile"
+    try:
+        return _measure(candidate, spec, args, device, dtype, ref)
+    finally:
+        os.environ.pop(TRAINING_ENV, None)
+        if setting is not None:
+            os.environ[TRAINING_ENV] = setting
+
+
+def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref) -> StepTiming:
     try:
         model, ids = build(spec, args.tiny, device, dtype)
-        fn = {EAGER: lambda m: m, COMPILE: torch.compile, SUBJECT: tilefuse.compile}[candidate](model)
+        torch._dynamo.reset()  # each candidate compiles its own graphs (the training setting is read then)
+        compile_fn = {EAGER: lambda m: m, COMPILE: torch.compile}.get(candidate, tilefuse.compile)
+        fn = compile_fn(model)
         start = time.perf_counter()
         loss, grads = step(fn, model, ids)
         if device.type == "cuda":
@@ -93,11 +112,13 @@ def measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, d
         ms = time_ms(lambda: step(fn, model, ids), device, cpu_repeats=1)
         errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
         note = ""
-        if candidate == SUBJECT:
+        if candidate in (SUBJECT, COMPILED_BACKWARD):
             reports = fn.tilefuse_reports
             note = "; ".join(sorted({r["training"] for r in reports if "training" in r})) or (
                 f"{len(reports)} graph(s); the compiled forward runs every step"
             )
+            backward = sum(r.get("kind") == "backward" for r in reports)
+            note += f"; {backward} backward graph(s) compiled" if backward else ""
         timing = StepTiming(spec.name, candidate, ms, None if candidate == EAGER else first_s, *errs, note)
         return timing, (loss, grads)
     except Exception as exc:  # a failing candidate is a table cell

@@ -27,7 +27,7 @@ from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .runtime import preferred_device
-from .selection import GraphSelection, selection_enabled
+from .selection import GraphSelection, compile_backward, selection_enabled
 
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
@@ -118,7 +118,17 @@ class TilefuseBackend:
         def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:
             # AOTAutograd lowers the backward lazily, at the first backward: the graph trains
             graph_report["trains"] = True
-            return _pytorch_backward(bw, bw_inputs)
+            if not compile_backward():
+                return _pytorch_backward(bw, bw_inputs)
+            name = f"{graph_name}_backward"
+            root = self.options.dump or resolve_dump_dir(None)
+            dump = GraphDump(root, name) if root else None
+            inputs = [InputInfo(n.name) for n in bw.graph.nodes if n.op == "placeholder"]
+            compiled, summary = compile_aten_graph(bw, name, inputs, dump, _target(bw_inputs))
+            summary["kind"] = "backward"
+            with self._lock:
+                self.reports.append(summary)
+            return make_boxed_func(compiled)
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
         compiled = aot_autograd(

@@ -117,7 +117,7 @@ class Selection:
         }
 
 
-TRAINING_ENV = "TILEFUSE_TRAINING"  # "1": training steps keep the compiled forward
+TRAINING_ENV = "TILEFUSE_TRAINING"  # "1": training steps keep the compiled forward; "compile": and backward
 TRAINING_NOTE = (
     "its backward ran (a training graph): calls with gradients run Dynamo's graph in PyTorch "
     "(eager autograd), since tilefuse has no backward kernels and its forward plus PyTorch running "
@@ -128,6 +128,16 @@ TRAINING_NOTE = (
 TRAINING_KEPT = (
     f"its backward ran (a training graph); {TRAINING_ENV}=1: calls with gradients keep the compiled forward"
 )
+TRAINING_COMPILED = (
+    f"its backward ran (a training graph); {TRAINING_ENV}=compile: calls with gradients keep the compiled "
+    "forward, and the backward graph is compiled too (its own report, kind 'backward'); not yet measured "
+    "against eager on a GPU, so not the default"
+)
+
+
+def compile_backward() -> bool:
+    """Whether training graphs get their backward compiled (`TILEFUSE_TRAINING=compile`)."""
+    return os.environ.get(TRAINING_ENV) == "compile"
 
 
 class GraphSelection:
@@ -149,9 +159,10 @@ class GraphSelection:
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
         if torch.is_grad_enabled() and self.slot.get("trains"):
-            kept = os.environ.get(TRAINING_ENV) == "1"
-            self.slot.get("summary", {}).setdefault("training", TRAINING_KEPT if kept else TRAINING_NOTE)
-            if not kept:
+            setting = os.environ.get(TRAINING_ENV)
+            note = {"1": TRAINING_KEPT, "compile": TRAINING_COMPILED}.get(setting, TRAINING_NOTE)
+            self.slot.get("summary", {}).setdefault("training", note)
+            if note is TRAINING_NOTE:
                 return self.eager(*args)
         if chosen == "program" or (chosen is None and torch.is_grad_enabled()):
             return self.compiled(*args)

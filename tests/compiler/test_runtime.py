@@ -329,6 +329,38 @@ def test_a_training_graph_runs_its_steps_in_pytorch_once_its_backward_ran(monkey
     (report,) = compiled.tilefuse_reports
     assert "backward ran" in report["training"] and ("keep the compiled forward" in report["training"]) == opt_in
 
+def test_compiled_backward_gives_eagers_gradients(monkeypatch):
+    """TILEFUSE_TRAINING=compile: the backward graph is compiled too (its own report, kind
+    'backward', with kernels), training steps keep the compiled graphs, and every parameter's
+    gradient matches eager's. A tiny Llama (RoPE, RMSNorm, SwiGLU, GQA) with its LM loss."""
+    from tilefuse.compiler import backend, runtime
+
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)  # the graph-level policy, as on a GPU
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).train()
+    ids = torch.randint(0, 96, (2, 11))
+    compiled = tilefuse.compile(model)
+    for _ in range(2):
+        compiled(input_ids=ids, labels=ids).loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        for g, expected in zip(got, (p.grad for p in model.parameters())):
+            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+        model.zero_grad(set_to_none=True)
+    kinds = {r["kind"]: r for r in compiled.tilefuse_reports}
+    assert set(kinds) == {"forward", "backward"}
+    assert any(g["kernel"] for p in kinds["backward"]["partitions"] for g in p["groups"])
+    assert "backward graph is compiled too" in kinds["forward"]["training"]
+
+
 def test_a_partition_holding_cuda_values_is_a_cuda_partition_even_if_an_output_is_not():
     gm = make_fx(lambda: (torch.zeros((), device="meta"), torch.arange(4, device="meta")))()
     for node in gm.graph.nodes:  # pretend: the first output is a CPU scalar, the rest lives on CUDA
