@@ -44,6 +44,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAValue
 
 from ...ir import tile
+from ..naming import fresh_name
 
 EMITTER_VERSION = 1
 
@@ -285,18 +286,7 @@ class _KernelWriter:
     # names and lines
 
     def _fresh(self, base: str | None) -> str:
-        if base:
-            base = python_identifier(base)
-            name, n = base, 1
-            while name in self.taken:
-                name, n = f"{base}_{n}", n + 1
-        else:
-            n = 0
-            while f"v{n}" in self.taken:
-                n += 1
-            name = f"v{n}"
-        self.taken.add(name)
-        return name
+        return fresh_name(base, self.taken, python_identifier)
 
     def _hint(self, v: SSAValue) -> str | None:
         return self.hints.get(v) or v.name_hint

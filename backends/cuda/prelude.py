@@ -1,0 +1,55 @@
+"""The device helpers at the top of every emitted kernel file, and the names they (and the writer) take.
+
+The helpers sit behind an include guard, so that several kernel files can
+be concatenated into one translation unit (one nvcc run compiles many).
+"""
+
+PRELUDE = """\
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#ifndef TILEFUSE_CUDA_HELPERS
+#define TILEFUSE_CUDA_HELPERS
+inline constexpr unsigned ALL_LANES = 0xffffffffu;  // every lane of a warp takes part in a shuffle
+
+// the bounds check of every load and store: 0 <= i < n
+__device__ __forceinline__ bool in_range(int i, int n) { return 0 <= i && i < n; }
+
+// maximum and minimum that return NaN when either operand is NaN (torch.amax, arith.maximumf);
+// fmax alone would drop it
+template <class T> __device__ __forceinline__ T nan_max(T a, T b) {
+  return a != a || b != b ? a + b : fmax(a, b);
+}
+template <class T> __device__ __forceinline__ T nan_min(T a, T b) {
+  return a != a || b != b ? a + b : fmin(a, b);
+}
+
+// 16-bit floats are computed in float and rounded (to nearest even) after every op that makes one
+__device__ __forceinline__ float round_to_f16(float x) { return __half2float(__float2half_rn(x)); }
+__device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ float round_to_f16(double x) { return __half2float(__double2half(x)); }
+__device__ __forceinline__ float round_to_bf16(double x) { return __bfloat162float(__double2bfloat16(x)); }
+
+// N elements in one memory access (ld/st.global.v4 for 16 bytes) where the address is aligned to it
+template <class T, int N> struct alignas(sizeof(T) * N) Vector { T v[N]; };
+template <class V, class T> __device__ __forceinline__ bool is_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0;
+}
+#endif  // TILEFUSE_CUDA_HELPERS
+"""
+
+# C++ keywords, CUDA built-ins, the helpers above and the fixed local names the writer uses
+# (reduction accumulators, loop variables): no kernel, tensor or value is named after one
+RESERVED = {
+    "alignas", "alignof", "and", "asm", "auto", "bool", "break", "case", "catch", "char", "class", "const",
+    "constexpr", "continue", "default", "delete", "do", "double", "else", "enum", "explicit", "extern",
+    "false", "float", "for", "friend", "goto", "if", "inline", "int", "long", "mutable", "namespace", "new",
+    "not", "operator", "or", "private", "protected", "public", "register", "return", "short", "signed",
+    "sizeof", "static", "struct", "switch", "template", "this", "throw", "true", "try", "typedef",
+    "typename", "union", "unsigned", "using", "virtual", "void", "volatile", "while", "xor",
+    "threadIdx", "blockIdx", "blockDim", "gridDim", "warpSize", "max", "min", "abs", "NAN", "INFINITY",
+    "in_range", "nan_max", "nan_min", "round_to_f16", "round_to_bf16", "ALL_LANES", "Vector", "is_aligned",
+    "grid", "stream", "acc", "first", "lanes", "warp", "run", "run_start", "j",
+}  # fmt: skip
