@@ -401,7 +401,9 @@ def test_a_failing_measurement_keeps_the_compiled_graph(monkeypatch):
     x = torch.randn(4, 4)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), fn(x))
-        (graph,) = [o for o in gc.get_objects() if type(o) is selection.GraphSelection]
+        report = compiled.tilefuse_reports[0]
+        selections = [o for o in gc.get_objects() if type(o) is selection.GraphSelection]
+        (graph,) = [o for o in selections if o.slot.get("summary") is report]  # this graph's, not a test's before
         graph.eager = broken
         for _ in range(2 * (2 + selection.ROUNDS)):
             torch.testing.assert_close(compiled(x), fn(x))
