@@ -2,8 +2,8 @@
 
     tilefuse opt FILE.mlir [-p pass1,pass2] [--generic]
         parse and verify tilefuse IR, run the named passes, verify, print
-    tilefuse opt FILE.mlir --emit triton
-        the Triton source of every kernel (ein functions are lowered through their groups)
+    tilefuse opt FILE.mlir --emit triton|cuda [--config JSON]
+        the Triton (or CUDA C++) source of every kernel (ein functions are lowered through their groups)
     tilefuse inspect DIR
         a text summary of a dump: kernels, fused ops, fallbacks and why, configs and their source
     tilefuse tune SCRIPT.py[:NAME] | MODULE[:NAME] [--budget N | --budget-total N] [--workers N] ...
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -102,6 +103,13 @@ def _opt(args: argparse.Namespace) -> int:
     if args.emit == "triton":
         sys.stdout.write(_triton_sources(module))
         return 0
+    if args.emit == "cuda":
+        try:
+            sys.stdout.write(_cuda_sources(module, args.config))
+        except InputError as e:
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return 1
+        return 0
     sys.stdout.write(print_module(module, generic=args.generic))
     return 0
 
@@ -171,6 +179,47 @@ def _triton_sources(module) -> str:
             else:
                 out.append(emit(lowered.kernel, TritonOptions()))
     return "\n\n".join(out)
+
+
+def _cuda_sources(module, config_json: str | None) -> str:
+    """The CUDA C++ of every kernel: `ein` functions lowered as for Triton, with each kernel's default
+    config; `tile.kernel`s (a tile dump) with the `--config` JSON (their problem sizes are not in the
+    IR). GEMM and attention kernels, which stay on Triton, are named in a comment."""
+    from ..autotune.heuristics import KernelConfig, default_config
+    from ..backends.cuda import CudaEmitError, emit_cuda
+    from ..ir import tile
+    from ..ir.module import make_context
+    from ..passes import PASSES
+    from ..passes.lower_to_tile import lower_function
+
+    def one(kernel: tile.KernelOp, config: KernelConfig) -> str:
+        try:
+            return emit_cuda(kernel, dict(config.params), config.num_warps)
+        except CudaEmitError as e:
+            return f"// {kernel.sym_name.data}: not written as CUDA C++: {e}\n"
+
+    kernels = [op for op in module.ops if isinstance(op, tile.KernelOp)]
+    if kernels:
+        if not config_json:
+            raise InputError('tile kernels need --config \'{"BLOCK_R": 4, "BLOCK_C": 128, "num_warps": 4}\'')
+        try:
+            params = dict(json.loads(config_json))
+        except (ValueError, TypeError) as e:
+            raise InputError(f"--config is not a JSON object: {e}") from None
+        config = KernelConfig(params, int(params.pop("num_warps", 4)), int(params.pop("num_stages", 1)))
+        return "\n".join(one(k, config) for k in kernels)
+    if _ein_functions(module) and not _has_fusion_groups(module):
+        for name in COMPILE_PASSES:
+            PASSES[name]().apply(make_context(), module)
+    out = []
+    for fn in _ein_functions(module):
+        for lowered in lower_function(fn):
+            group = lowered.group
+            if lowered.kernel is None:
+                out.append(f"// group {group.name} ({group.kind}): no kernel: {lowered.error}\n")
+            else:
+                out.append(one(lowered.kernel, default_config(lowered.group.kind, lowered.problem)))
+    return "\n".join(out)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -285,8 +334,13 @@ def _add_opt(sub, list_passes: bool) -> None:
     opt.add_argument("-p", "--passes", help=passes)
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.add_argument(
-        "--emit", choices=("mlir", "triton"), default="mlir", help="print IR (default) or kernels"
+        "--emit", choices=("mlir", "triton", "cuda"), default="mlir",
+        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)"
     )
+    opt.add_argument(
+        "--config", help='with --emit cuda on tile kernels: their tile parameters as JSON, e.g. '
+        '\'{"BLOCK_R": 4, "BLOCK_C": 128, "num_warps": 4}\''
+    )  # fmt: skip
     opt.set_defaults(run=_opt)
 
 

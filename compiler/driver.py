@@ -265,6 +265,26 @@ def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
     return "tile.mlir", print_module(ModuleOp([k.clone() for k in kernels]))
 
 
+def _cuda_files(art: GraphArtifact) -> dict[str, str]:
+    """The CUDA C++ of each pointwise, reduction and row kernel with its config, for reading beside the
+    Triton source (the CUDA backend does not run them yet; GEMMs and attention stay on Triton). A
+    kernel the emitter refuses gets a one-line file saying why."""
+    from ..backends.cuda import SUPPORTED_KINDS, CudaEmitError, emit_cuda
+
+    tile_kernels, files = _dumped_kernels(art), {}
+    for p in art.compiled_partitions():
+        for k in p.kernels:
+            name = k.lowered.kernel.sym_name.data
+            kernel = tile_kernels.get(name)
+            if kernel is None or kernel.kind.data not in SUPPORTED_KINDS:
+                continue
+            try:
+                files[name] = emit_cuda(kernel, dict(k.config.params), k.config.num_warps)
+            except CudaEmitError as e:
+                files[name] = f"// {name}: not written as CUDA C++: {e}\n"
+    return files
+
+
 def _dumped_kernels(art: GraphArtifact) -> dict[str, tile.KernelOp]:
     """Every kernel of the graph with its body, by name; a cache hit's are lowered again (dumps only)."""
     if art.dumped_kernels is None:
@@ -329,6 +349,7 @@ def compile_aten_graph(
                     print(f"{header}\n{text}", file=sys.stderr)
         if dump:
             files += [dump.write(f"kernels/{k}.py", _kernel_file(art, k)) for k in art.sources]
+            files += [dump.write(f"kernels/{k}.cu", text) for k, text in _cuda_files(art).items()]
         entry = _cache_entry(art) if cache_state == "miss" else None
         if entry is not None:
             store_entry(key, entry)
