@@ -124,6 +124,7 @@ def tune_task(
     first = [c for c in remaining if c.key() == default_key] if untuned_first else []
     since_best = 0
     count = len(previous)
+    budget = min(budget, count + len(remaining))  # a space smaller than the budget: the bar ends full
     if progress:
         progress(task, count, budget, best.median_ms if best else None)
     while remaining and count < budget and (patience is None or since_best < patience):
