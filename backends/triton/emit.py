@@ -19,6 +19,7 @@ computed in f32, as PyTorch does.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import keyword
 import math
@@ -46,7 +47,7 @@ from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAVal
 from ...ir import tile
 from ..naming import fresh_name
 
-EMITTER_VERSION = 1
+EMITTER_VERSION = 2  # 2: assignments nothing reads are left out
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -344,7 +345,7 @@ class _KernelWriter:
                     f"strides=[{strides}], block_shape=[{', '.join(block)}])"
                 )
         self._ops(self.kernel.body.block)
-        return self.lines or ["    pass"]
+        return _drop_unused(self.lines) or ["    pass"]
 
     def _ops(self, block: Block) -> None:
         for op in block.ops:
@@ -678,6 +679,31 @@ _FORMULAS: dict[str, Callable[[_KernelWriter, list[str], str], str]] = {
     "math.expm1": _KernelWriter._expm1, "math.log1p": _KernelWriter._log1p, "math.tanh": _KernelWriter._tanh,
     "math.roundeven": _KernelWriter._round_even, "math.powf": _KernelWriter._pow,
 }  # fmt: skip
+
+_ASSIGNMENT = re.compile(r"^\s+([A-Za-z_]\w*) = ")
+_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+def _drop_unused(lines: list[str]) -> list[str]:
+    """`lines` without the assignments to a name nothing reads (an index or mask a lowering made and
+    no load used): Triton would drop them, a reader should not have to. Loads and arithmetic have no
+    side effects; stores are not assignments. Unchanged if the result would not parse."""
+    kept = list(lines)
+    while True:
+        counts: dict[str, int] = {}
+        for line in kept:
+            for word in _WORD.findall(line.split("#", 1)[0]):
+                counts[word] = counts.get(word, 0) + 1
+        dead = [i for i, line in enumerate(kept) if (m := _ASSIGNMENT.match(line)) and counts.get(m[1]) == 1]
+        if not dead:
+            break
+        kept = [line for i, line in enumerate(kept) if i not in set(dead)]
+    try:
+        ast.parse("def kernel():\n" + "\n".join(kept))
+    except SyntaxError:  # a block left empty: keep the original
+        return lines
+    return kept
+
 
 _LIBDEVICE = {"math.tanh": "libdevice.tanh", "math.expm1": "libdevice.expm1", "math.log1p": "libdevice.log1p"}
 
