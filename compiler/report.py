@@ -4,8 +4,9 @@ external files: inline CSS and SVG).
 Per graph: the fused `ein` graph drawn with networkx's layered layout, one colour per fusion
 group (grey: ops left to the reference interpreter; views, constants and iotas are not
 drawn: edges pass through them, as kernels index through them); then per kernel its
-group, config and where the config came from, the Triton source and its `tile` IR; and for a
-kernel whose config came from the tuning database, the tuning job as plots (time of each
+group, config and where the config came from, the Triton source (and the CUDA C++ where the
+dump has it) and its `tile` IR; and for a kernel whose config came from the tuning database,
+the tuning job as plots (time of each
 trial and the best so far; the shipped cost model's score against each measured time).
 """
 
@@ -206,6 +207,10 @@ def html_report(root: Path) -> str:
                     source = folder / "kernels" / f"{kernel}.py"
                     text = source.read_text() if source.exists() else "(source not in the dump)"
                     body.append(f"<h4>Triton source</h4><pre>{html.escape(text)}</pre>")
+                    cuda = folder / "kernels" / f"{kernel}.cu"
+                    if cuda.exists():  # pointwise, reduction and row kernels (backends/cuda; not run yet)
+                        cuda_text = html.escape(cuda.read_text())
+                        body.append(f"<h4>CUDA C++ (not run yet)</h4><pre>{cuda_text}</pre>")
                     body.append(f"<h4>tile IR</h4><pre>{html.escape(_tile_ir(tile_text, kernel))}</pre>")
                 if g.get("config_source") == "tuned" and g.get("task_key"):
                     body.append(tuning_section(g["task_key"]))

@@ -114,6 +114,8 @@ def test_html_report_is_self_contained_and_holds_every_kernel(tmp_path, capsys):
     (graph,) = [d for d in Path(compiled.tilefuse_dump_dir).iterdir() if d.is_dir()]
     for source in (graph / "kernels").glob("*.py"):
         assert source.stem in page and "@triton.jit" in page and "tile.kernel" in page
+    cuda_files = list((graph / "kernels").glob("*.cu"))  # the row and pointwise kernels' CUDA C++
+    assert cuda_files and page.count("CUDA C++ (not run yet)") == len(cuda_files) and "__global__" in page
     assert "cumprod" in page  # the op left to PyTorch, with its reason
 
 
