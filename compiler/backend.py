@@ -99,19 +99,14 @@ class TilefuseBackend:
             inputs = infos if len(infos) == len(aten_placeholders) else [
                 InputInfo(n.name) for n in aten_placeholders
             ]
-            root = self.options.dump or resolve_dump_dir(None)
-            dump = GraphDump(root, graph_name) if root else None
             target = _target(aten_inputs)
-            compiled, summary = compile_aten_graph(
-                aten, graph_name, inputs, dump, target, {"dynamo_graph.py": dynamo_code}
-            )
+            extra = {"dynamo_graph.py": dynamo_code}
+            compiled, summary = self._compile(aten, graph_name, inputs, target, extra)
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
                 else:
                     compiled = CudaGraphReplay(compiled, [i.param is not None for i in inputs], summary)
-            with self._lock:
-                self.reports.append(summary)
             graph_report["summary"] = summary  # where GraphSelection writes its choice
             return make_boxed_func(compiled)
 
@@ -120,14 +115,9 @@ class TilefuseBackend:
             graph_report["trains"] = True
             if not compile_backward():
                 return _pytorch_backward(bw, bw_inputs)
-            name = f"{graph_name}_backward"
-            root = self.options.dump or resolve_dump_dir(None)
-            dump = GraphDump(root, name) if root else None
             inputs = [InputInfo(n.name) for n in bw.graph.nodes if n.op == "placeholder"]
-            compiled, summary = compile_aten_graph(bw, name, inputs, dump, _target(bw_inputs))
+            compiled, summary = self._compile(bw, f"{graph_name}_backward", inputs, _target(bw_inputs))
             summary["kind"] = "backward"
-            with self._lock:
-                self.reports.append(summary)
             return make_boxed_func(compiled)
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
@@ -141,6 +131,19 @@ class TilefuseBackend:
             return compiled
         return GraphSelection(compiled, gm.forward, device, graph_report)
 
+
+    def _compile(
+        self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
+        extra_files: dict[str, str] | None = None,
+    ) -> tuple[Callable, dict]:  # fmt: skip
+        """One aten graph (a forward or a backward) through the pipeline, dumped under `name` when
+        dumps are on; its summary joins this backend's reports."""
+        root = self.options.dump or resolve_dump_dir(None)
+        dump = GraphDump(root, name) if root else None
+        compiled, summary = compile_aten_graph(aten, name, inputs, dump, target, extra_files)
+        with self._lock:
+            self.reports.append(summary)
+        return compiled, summary
 
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) runs

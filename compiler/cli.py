@@ -186,17 +186,14 @@ def _cuda_sources(module, config_json: str | None) -> str:
     config; `tile.kernel`s (a tile dump) with the `--config` JSON (their problem sizes are not in the
     IR). GEMM and attention kernels, which stay on Triton, are named in a comment."""
     from ..autotune.heuristics import KernelConfig, default_config
-    from ..backends.cuda import CudaEmitError, emit_cuda
+    from ..backends.cuda import emit_cuda_or_reason
     from ..ir import tile
     from ..ir.module import make_context
     from ..passes import PASSES
     from ..passes.lower_to_tile import lower_function
 
     def one(kernel: tile.KernelOp, config: KernelConfig) -> str:
-        try:
-            return emit_cuda(kernel, dict(config.params), config.num_warps)
-        except CudaEmitError as e:
-            return f"// {kernel.sym_name.data}: not written as CUDA C++: {e}\n"
+        return emit_cuda_or_reason(kernel, dict(config.params), config.num_warps)
 
     kernels = [op for op in module.ops if isinstance(op, tile.KernelOp)]
     if kernels:

@@ -269,7 +269,7 @@ def _cuda_files(art: GraphArtifact) -> dict[str, str]:
     """The CUDA C++ of each pointwise, reduction and row kernel with its config, for reading beside the
     Triton source (the CUDA backend does not run them yet; GEMMs and attention stay on Triton). A
     kernel the emitter refuses gets a one-line file saying why."""
-    from ..backends.cuda import SUPPORTED_KINDS, CudaEmitError, emit_cuda
+    from ..backends.cuda import SUPPORTED_KINDS, emit_cuda_or_reason
 
     tile_kernels, files = _dumped_kernels(art), {}
     for p in art.compiled_partitions():
@@ -278,10 +278,7 @@ def _cuda_files(art: GraphArtifact) -> dict[str, str]:
             kernel = tile_kernels.get(name)
             if kernel is None or kernel.kind.data not in SUPPORTED_KINDS:
                 continue
-            try:
-                files[name] = emit_cuda(kernel, dict(k.config.params), k.config.num_warps)
-            except CudaEmitError as e:
-                files[name] = f"// {name}: not written as CUDA C++: {e}\n"
+            files[name] = emit_cuda_or_reason(kernel, dict(k.config.params), k.config.num_warps)
     return files
 
 

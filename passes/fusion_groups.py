@@ -148,10 +148,14 @@ MAX_EPILOGUE_WEIGHT = 16
 _CONVERSIONS = ("arith.extf", "arith.truncf")
 
 
+def math_functions(op: ein.MapOp) -> int:
+    """How many math functions (erf, tanh, exp...) a map's body computes per element."""
+    return sum(inner.name.startswith("math.") for inner in op.body.walk())
+
+
 def epilogue_weight(op: ein.MapOp) -> int:
     """What a map costs as a GEMM epilogue (see MAX_EPILOGUE_WEIGHT)."""
-    ops = [inner.name for inner in op.body.walk()]
-    return sum(name in _CONVERSIONS for name in ops) + 4 * sum(name.startswith("math.") for name in ops)
+    return sum(inner.name in _CONVERSIONS for inner in op.body.walk()) + 4 * math_functions(op)
 
 
 def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:

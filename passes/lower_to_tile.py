@@ -35,7 +35,7 @@ from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
 from ..ir.dtypes import is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
-from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, read_groups
+from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, math_functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
 GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "PROGRAMS")
@@ -223,9 +223,8 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem |= {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
-    maps = [op for op in group.ops if isinstance(op, ein.MapOp)]
     # math functions per element (erf, tanh, exp...): their temporaries take registers
-    problem["epilogue_math"] = sum(inner.name.startswith("math.") for op in maps for inner in op.body.walk())
+    problem["epilogue_math"] = sum(math_functions(op) for op in group.ops if isinstance(op, ein.MapOp))
     return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
 
 

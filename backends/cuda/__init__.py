@@ -11,11 +11,12 @@ kernels on CPU threads, for tests on machines without a GPU.
 """
 
 from .build import BuildResult, CudaBuildError, build_many, build_shared_object
-from .emit import EMITTER_VERSION, SUPPORTED_KINDS, emit_cuda
+from .emit import EMITTER_VERSION, SUPPORTED_KINDS, emit_cuda, emit_cuda_or_reason
 from .launcher import CudaKernel, CudaLaunchError, load_cuda_kernel
 from .scalar import CudaEmitError
 
 __all__ = [
     "EMITTER_VERSION", "SUPPORTED_KINDS", "BuildResult", "CudaBuildError", "CudaEmitError", "CudaKernel",
-    "CudaLaunchError", "build_many", "build_shared_object", "emit_cuda", "load_cuda_kernel",
+    "CudaLaunchError", "build_many", "build_shared_object", "emit_cuda", "emit_cuda_or_reason",
+    "load_cuda_kernel",
 ]  # fmt: skip

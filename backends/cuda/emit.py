@@ -118,3 +118,12 @@ def emit_cuda(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> 
         "}",
         "",
     ])  # fmt: skip
+
+
+def emit_cuda_or_reason(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> str:
+    """`emit_cuda`'s source, or a one-line comment saying why the kernel is not written as CUDA C++
+    (for dumps and `tilefuse opt --emit cuda`, which show every kernel)."""
+    try:
+        return emit_cuda(kernel, config, num_warps)
+    except CudaEmitError as e:
+        return f"// {kernel.sym_name.data}: not written as CUDA C++: {e}\n"

@@ -694,10 +694,10 @@ def _drop_unused(lines: list[str]) -> list[str]:
         for line in kept:
             for word in _WORD.findall(line.split("#", 1)[0]):
                 counts[word] = counts.get(word, 0) + 1
-        dead = [i for i, line in enumerate(kept) if (m := _ASSIGNMENT.match(line)) and counts.get(m[1]) == 1]
+        dead = {i for i, line in enumerate(kept) if (m := _ASSIGNMENT.match(line)) and counts.get(m[1]) == 1}
         if not dead:
             break
-        kept = [line for i, line in enumerate(kept) if i not in set(dead)]
+        kept = [line for i, line in enumerate(kept) if i not in dead]
     try:
         ast.parse("def kernel():\n" + "\n".join(kept))
     except SyntaxError:  # a block left empty: keep the original

@@ -273,7 +273,7 @@ def precompile_in_threads(
     """
     started = time.perf_counter()
     result = PrecompileResult(jobs=len(jobs), workers=max(1, threads))
-    compile_one = compile_fn or (lambda job, function: warm_up(job, function))
+    compile_one = compile_fn or warm_up
     lock = threading.Lock()
 
     def run(i: int) -> None:
