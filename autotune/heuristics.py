@@ -137,6 +137,10 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # 59 us at 128x256 and 34 at 128x128 on the H200
         while programs() < 2 * SM_COUNT_HINT and bn > 128 and not whole_rows:
             bn //= 2
+        # decode-sized M (a few rows): the GEMM streams its weight once, and the SMs that get no
+        # program leave their share of the bandwidth unused: narrow tiles, a program per SM or more
+        while problem["M"] <= 32 and not whole_rows and programs() < SM_COUNT_HINT and bn > 32:
+            bn //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:

@@ -9,7 +9,8 @@ Candidates per kernel kind (`CHOICES`) are crossed, then pruned before anything 
   per-block limit;
 - registers: f32 accumulators per thread (tile elements / threads) above
   `MAX_ACCUMULATORS_PER_THREAD` spill, which never wins;
-- thin GEMM tiles (under MIN_WIDE_TILE) along M or N when that dim is WIDE or more;
+- thin GEMM tiles (under MIN_WIDE_TILE) along M or N when that dim is WIDE or more and the other
+  is not a few rows (a decode GEMM, M <= MIN_WIDE_TILE, splits its weight over narrow tiles);
 - waste: a tile more than twice the problem's extent along a dim only adds masked lanes.
 
 GEMMs choose between persistent (`PROGRAMS` = the SM count: one resident wave, each program
@@ -177,8 +178,9 @@ class SearchSpace:
         if accumulators_per_thread(task, config) > MAX_ACCUMULATORS_PER_THREAD:
             return "accumulators would spill registers"
         if task.kind == "gemm":
-            for dim, param in (("M", "BLOCK_M"), ("N", "BLOCK_N")):
-                if p[param] < MIN_WIDE_TILE and problem[dim] >= WIDE:
+            for dim, param, other in (("M", "BLOCK_M", "N"), ("N", "BLOCK_N", "M")):
+                # (unless the other operand is a few rows: a decode GEMM's weight stream wants programs)
+                if p[param] < MIN_WIDE_TILE and problem[dim] >= WIDE and problem[other] > MIN_WIDE_TILE:
                     return f"{param} < {MIN_WIDE_TILE} on {dim} >= {WIDE} reloads the other operand too often"
             one_line = problem["M"] <= p["BLOCK_M"] or problem["N"] <= p["BLOCK_N"]
             if one_line and p["GROUP_M"] != 8:

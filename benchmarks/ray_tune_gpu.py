@@ -8,8 +8,10 @@ target) twice, with the same budget: with the local executor, then on a local Ra
 fresh tuning database and a fresh Triton cache, so neither reuses the other's compiles. The
 table gives each run's trials per second (summed over its runners; tuning time only, builds
 included, Ray's start-up not) beside its wall time (compile of the model and start-up
-included), and how many trials each device measured. A worker tunes whole kernels: `--gpus`
-beyond the block's kernel count leaves GPUs idle. Needs a GPU and `pip install tilefuse[ray]`.
+included), the block's end-to-end time before and after tuning (the job's summary: compiled
+with default configs, then with the tuned ones), and how many trials each device measured.
+A worker tunes whole kernels: `--gpus` beyond the block's kernel count leaves GPUs idle.
+Needs a GPU and `pip install tilefuse[ray]`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def _tune(name: str, budget: int, workers: int | None, ray: bool | None, scratch
     trials = sum(r.trials for r in summary.runners)
     rate = sum(r.per_second or 0.0 for r in summary.runners)
     devices = ", ".join(f"{r.place}: {r.trials}" for r in summary.runners)
-    return rate, f"| {name} | {len(summary.runners)} | {trials} | {rate:.3g} | {wall:.1f} | {devices} |"
+    model = "—" if summary.before_ms is None else f"{summary.before_ms:.4g} → {summary.after_ms:.4g}"
+    row = f"| {name} | {len(summary.runners)} | {trials} | {rate:.3g} | {wall:.1f} | {model} | {devices} |"
+    return rate, row
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -73,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                            argv if argv is not None else sys.argv[1:]),
         f"- budget {args.budget} trials per kernel; Ray/local throughput: {ray_rate / local_rate:.3f}",
         "",
-        "| executor | runners | trials | trials/s | wall s | trials per device |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| executor | runners | trials | trials/s | wall s | block ms before → after tuning "
+        "| trials per device |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
         local,
         on_ray,
     ]  # fmt: skip

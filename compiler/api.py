@@ -42,10 +42,11 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None):
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
     are compiled for the shapes of the first call; when a later call changes a
-    size, Dynamo makes that dim dynamic and the dynamic graph runs in PyTorch
-    (one capture, no compile per new size; the report says so). `dynamic`
-    is torch.compile's: True makes every dim dynamic from the start (the graph
-    runs in PyTorch), False specializes every new shape (a compile per shape).
+    size, Dynamo makes that dim dynamic: one compile for every later size, whose
+    nodes with static shapes run as kernels and whose nodes with a symbolic size
+    run in PyTorch (the report names them). `dynamic` is torch.compile's: True
+    makes every dim dynamic from the start, False specializes every new shape
+    (a compile per shape).
     `dump` (or the `TILEFUSE_DUMP` environment variable) names a folder for the
     IR of every stage. Ops tilefuse cannot compile run in PyTorch; the dump says
     which and why. The result has `tilefuse_reports`: one summary per compiled
@@ -64,8 +65,8 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None):
     options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode])
     name = getattr(fn, "__name__", None) or type(fn).__name__
     backend = TilefuseBackend(options, name=name)
-    # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph runs
-    # in PyTorch (backend.py) instead of compiling again for every new sequence length
+    # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph
+    # compiles its static islands once (backend.py) instead of compiling again for every new length
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump

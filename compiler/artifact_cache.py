@@ -63,7 +63,8 @@ def graph_key(aten: GraphModule, input_names: list[str], target_key: str, device
         if node.op == "placeholder":
             val = node.meta.get("val")
             is_tensor = isinstance(val, torch.Tensor)
-            specs.append([list(map(int, val.shape)), str(val.dtype)] if is_tensor else repr(val))
+            # str, not int: a symbolic size prints as its symbol, and reading its value would specialize it
+            specs.append([list(map(str, val.shape)), str(val.dtype)] if is_tensor else str(val))
     payload = {
         "graph": aten.code,
         "inputs": specs,

@@ -4,11 +4,14 @@ Dynamo hands over a torch-level FX graph; `aot_autograd` with PyTorch's core
 decompositions turns it into aten ops, which the driver compiles. Attention
 is kept whole (not decomposed) so it is imported as one unit. Backward
 graphs, when autograd needs them, run in PyTorch and say so in the dump.
+A graph with symbolic sizes compiles its nodes of static shapes and leaves
+the others to PyTorch (`TilefuseBackend._compiles_static_islands`).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -90,7 +93,7 @@ class TilefuseBackend:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         infos = [_input_info(n) for n in placeholders]
         graph_name = f"{self.name}_{next(_graph_ids):03d}"
-        if _has_symbolic_shapes(gm, example_inputs):
+        if _has_symbolic_shapes(gm, example_inputs) and not self._compiles_static_islands(gm):
             return self._run_dynamic_in_pytorch(gm, graph_name)
         dynamo_code = gm.print_readable(print_output=False)
 
@@ -145,13 +148,26 @@ class TilefuseBackend:
             self.reports.append(summary)
         return compiled, summary
 
+    def _compiles_static_islands(self, gm: GraphModule) -> bool:
+        """Whether a graph with symbolic sizes goes through the pipeline anyway: its nodes whose
+        shapes are all static compile (in decoding, everything but the KV cache's concatenation and
+        the attention over it: the projections, norms and MLPs of one new token), and the nodes with
+        a symbolic size run in PyTorch beside them (`lowering_table.unsupported_reason`). Not with
+        CUDA graphs (a replay is per shape), nor when no node has a static shape, nor with
+        TILEFUSE_DYNAMIC=pytorch (the whole graph in PyTorch, as before islands)."""
+        if self.options.mode == "reduce-overhead" or os.environ.get("TILEFUSE_DYNAMIC") == "pytorch":
+            return False
+        calls = [n for n in gm.graph.nodes if n.op.startswith("call_")]
+        return any(_static_tensor(n.meta.get("example_value")) for n in calls)
+
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
-        """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) runs
-        as PyTorch: kernels are compiled for static shapes, and specializing here would make every
-        new sequence length compile again (tens of seconds each, in generation)."""
+        """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
+        static island to compile runs as PyTorch: kernels are compiled for static shapes, and
+        specializing here would make every new sequence length compile again (tens of seconds each)."""
         reason = (
-            "the graph has dynamic shapes; tilefuse compiles static shapes, so it runs in PyTorch "
-            "(and, being Dynamo's newest graph for this code, so do the sizes compiled before it)"
+            "the graph has dynamic shapes and no node with static ones; tilefuse compiles static shapes, "
+            "so it runs in PyTorch (and, being Dynamo's newest graph for this code, so do the sizes "
+            "compiled before it)"
         )
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
@@ -171,6 +187,13 @@ class TilefuseBackend:
 def _graph_device(example_inputs: list) -> torch.device:
     found = preferred_device(t.device for t in example_inputs if isinstance(t, torch.Tensor))
     return found or torch.device("cpu")
+
+
+def _static_tensor(value: object) -> bool:
+    """A tensor (not a 0-d one) whose sizes are all plain ints (isinstance only: no guard)."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return False
+    return all(isinstance(d, int) for d in value.shape)
 
 
 def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:

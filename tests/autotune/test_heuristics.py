@@ -28,3 +28,12 @@ def test_math_in_the_epilogue_or_a_second_accumulator_takes_eight_warps():
 def test_small_problems_keep_small_tiles():
     m, n, warps = _tile(default_config("gemm", _gemm(40, 24, 16)))
     assert (m, n) == (64, 32) and warps == 4
+
+
+def test_decode_sized_gemms_spread_their_weight_over_the_sms():
+    # one token through a 2048x5632 projection: 44 programs at 16x128 would leave 88 SMs idle
+    m, n, warps = _tile(default_config("gemm", _gemm(1, 5632, 2048)))
+    assert (m, n) == (16, 32) and -(-5632 // n) >= 132
+    assert _tile(default_config("gemm", _gemm(8, 2048, 5632)))[:2] == (16, 32)
+    # a prefill-sized M keeps its wide tiles
+    assert _tile(default_config("gemm", _gemm(512, 5632, 2048)))[1] >= 64

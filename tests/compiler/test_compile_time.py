@@ -160,8 +160,10 @@ def test_precompile_without_workers_or_with_a_broken_worker_never_raises(tmp_pat
 
 
 def test_codegen_precompiles_each_distinct_kernel_once_on_a_gpu(blocks, fake_compile, monkeypatch, tmp_path):
-    """On a GPU, codegen hands each distinct (kernel, config) to the pool once (GPU faked, compile faked)."""
+    """With TILEFUSE_COMPILE_WORKERS, codegen hands each distinct (kernel, config) to the worker pool
+    once (GPU faked, compile faked)."""
     monkeypatch.setattr(codegen, "_gpu_capability", lambda target: 90)
+    monkeypatch.setenv(precompile.WORKERS_ENV, "2")  # worker processes instead of the default threads
     calls = []
     real = precompile.precompile
 
@@ -259,3 +261,15 @@ def test_codegen_compiles_in_threads_when_asked(blocks, monkeypatch):
     assert len(compiled) == report["kernels"]["distinct"]
     assert all(name == fn for name, fn in compiled)  # each job with its own kernel's function
     assert report["kernels"]["precompiled"]["workers"] == 2 and not report["kernels"]["precompiled"]["failed"]
+
+
+def test_threads_are_the_default_and_workers_or_zero_turn_them_off(monkeypatch):
+    monkeypatch.delenv(precompile.THREADS_ENV, raising=False)
+    monkeypatch.delenv(precompile.WORKERS_ENV, raising=False)
+    assert 1 <= precompile.thread_count() <= precompile.DEFAULT_THREADS
+    monkeypatch.setenv(precompile.WORKERS_ENV, "4")
+    assert precompile.thread_count() == 0
+    monkeypatch.setenv(precompile.THREADS_ENV, "0")
+    assert precompile.thread_count() == 0
+    monkeypatch.setenv(precompile.THREADS_ENV, "3")
+    assert precompile.thread_count() == 3

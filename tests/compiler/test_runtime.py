@@ -455,3 +455,31 @@ def test_dynamic_true_runs_in_pytorch_from_the_first_call_and_bad_options_are_re
         tilefuse.compile(fn, mode="fastest")
     with pytest.raises(ValueError, match="dynamic must be"):
         tilefuse.compile(fn, dynamic="yes")
+
+
+def test_a_dynamic_graph_compiles_its_static_islands():
+    """Decoding: one new token's projections have static shapes while the KV cache grows. Once the
+    cache's length is dynamic, the projections still run as kernels and the concatenation and the
+    attention over the cache run in PyTorch beside them; no new length compiles again."""
+    wq, wo = torch.randn(16, 16), torch.randn(16, 16)
+
+    def decode(h, cache):
+        q = torch.relu(h @ wq)  # [B, 1, 16]: static
+        keys = torch.cat([cache, q], dim=1)  # [B, S + 1, 16]: dynamic
+        attn = torch.softmax(q @ keys.transpose(1, 2), dim=-1) @ keys  # [B, 1, 16]: static again
+        return torch.sigmoid(attn @ wo) + h, keys
+
+    compiled = tilefuse.compile(decode)
+    h = torch.randn(2, 1, 16)
+    for length in (5, 6, 7, 11, 13):  # ragged: none is a tile multiple
+        cache = torch.randn(2, length, 16)
+        for got, want in zip(compiled(h, cache), decode(h, cache)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    reports = compiled.tilefuse_reports
+    assert len(reports) == 2, [r["name"] for r in reports]  # the first length, then one dynamic graph
+    dynamic = reports[1]
+    kinds = [g["kind"] for p in dynamic["partitions"] for g in p["groups"] if g["kernel"]]
+    assert kinds.count("gemm") >= 2, dynamic["partitions"]  # both projections are kernels
+    reasons = [f["reason"] for f in dynamic["fallbacks"]]
+    assert any("dynamic shape" in r for r in reasons), reasons
+    assert not any(f["op"] == "dynamic shapes" for f in dynamic["fallbacks"])
