@@ -49,6 +49,8 @@ class ProgramInputs:
     param_sources: dict[Operation, list[SSAValue]]
     device: torch.device
     returns_tuple: bool
+    # per kernel launch: ("kernel", None) or ("library", fn) (group_selection.GroupSelector.choose)
+    choose: Callable[[object, list[torch.Tensor]], tuple[str, Callable | None]] | None = None
 
 
 @dataclass
@@ -234,7 +236,13 @@ def _write_step(w: _Writer, op: Operation) -> None:
 def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = None) -> None:
     kernel = w.inputs.kernels.get(op)
     if kernel is not None:
-        _write_launch(w, kernel, reuse_names)
+        choose = w.inputs.choose if op not in w.inputs.param_sources else None
+        metas = [w.meta[v] for v in kernel.lowered.inputs]
+        _, library = choose(kernel, metas) if choose else ("kernel", None)
+        if library is not None:
+            _write_library_call(w, kernel, library, reuse_names)
+        else:
+            _write_launch(w, kernel, reuse_names)
         return
     result = op.results[0]
     name = reuse_names[0] if reuse_names else w.fresh(result)
@@ -285,6 +293,28 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.emit(f"# {title} ({lowered.group.kind}): grid {launch.grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
+
+
+def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_names: list[str] | None) -> None:
+    """A group measured faster on the library path: one call runs its ops as PyTorch ops, and its
+    outputs are fresh row-major tensors (the layout its kernel's buffers would have had)."""
+    outputs = list(kernel.lowered.outputs)
+    names = reuse_names or [w.fresh(v) for v in outputs]
+    for value, name in zip(outputs, names):
+        w.names[value] = name
+        dtype = to_torch_dtype(value.type.get_element_type())
+        meta = torch.empty(tuple(shape_of(value.type)), dtype=dtype, device="meta")
+        w.meta[value] = meta
+        w.layouts[name] = (tuple(meta.shape), tuple(meta.stride()), dtype)
+        pinned = reuse_names is not None or value in w.inputs.results
+        taken = w.buffers.allocate(name, w.layouts[name], pinned)
+        if taken is not None:  # a free buffer this output could have taken: the library allocates its own
+            w.emit(f"del {taken}")
+    handle = w.bind("lib", library)
+    group = kernel.lowered.group
+    inputs = ", ".join(w.names[v] for v in kernel.lowered.inputs)
+    w.emit(f"# {group.name} ({group.kind}): the library path (its ops as PyTorch ops), measured faster")
+    w.emit(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {handle}({inputs})")
 
 
 def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str:

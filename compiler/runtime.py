@@ -35,6 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..ir import einsum as ein
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
+from .group_selection import LIBRARY, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, write_program
 from .selection import Selection, selection_enabled
 
@@ -154,7 +155,16 @@ class KernelPlan(torch.nn.Module):
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple,
         )  # fmt: skip
+        selector = GroupSelector(self.device) if group_selection_enabled(self.device) else None
+        if selector is not None:
+            spec.choose = selector.choose
         program = write_program(spec, args)
+        if selector is not None and selector.choices:
+            self.report["group_selection"] = selector.summary()
+            on_library = sum(1 for c in selector.choices if c.chosen == LIBRARY)
+            if on_library:
+                self.executor += f"; {on_library} GEMM group(s) on the library path (measured faster)"
+                self.report["executor"] = self.executor
         if self.dump is not None:
             self.dump.add(f"program_{spec.name}.py", program.source)
         return program

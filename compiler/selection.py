@@ -7,8 +7,9 @@ The first call only warms up (Triton compiles, the program is written); the
 next `ROUNDS` calls run both, alternating which goes first, and the medians
 decide. The choice and both times go in the partition's report
 (`selection`). `TILEFUSE_SELECT=0` keeps the generated program without
-measuring. A finer choice, per fused group between its kernel and the
-library path, is the autotuner's job; this one guarantees the whole.
+measuring. A finer choice, per GEMM group between its kernel and the
+library path, is made when the program is written (`group_selection.py`);
+this one guarantees the whole.
 
 "The captured PyTorch code" of a partition is aten after PyTorch's core
 decompositions, which can itself be slower than eager (a decomposed norm is

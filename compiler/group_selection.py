@@ -1,0 +1,268 @@
+"""Per-group selection: each fused group's generated kernel against the library path, measured.
+
+The library path of a group is the group's own `ein` ops run as PyTorch ops:
+contractions as `torch.einsum` in the operands' dtype (cuBLAS, with its own
+choice of GEMV, split-K and tile shapes), maps and reductions as ATen
+elementwise and reduction kernels, one per op, as eager PyTorch would run
+them. Where a library kernel is strong (a decode-sized GEMV: one token
+against a weight) it can beat a fused kernel even after paying its separate
+epilogue kernels; where fusion wins (an epilogue that would cost a memory
+round trip per op, an unaligned width cuBLAS handles badly) the kernel stays.
+
+When a partition's program is written (its first call, on a GPU), each
+distinct group (by kernel, configuration and operand layouts: a model's
+identical layers are measured once) is timed both ways on random operands
+of its own shapes: back-to-back calls between two synchronizations, so a
+candidate pays its launches' host time as a pipelined program does. The
+program is then written with the faster one, literally: a group on the
+library path is one call that runs its ops, and its outputs land in fresh
+row-major buffers, the layout the kernel's would have had. The choice and
+both times go in the partition's report (`group_selection`).
+`TILEFUSE_SELECT=0` turns this off with the rest of selection.
+
+Groups computed once from parameters (`runtime._parameter_derived`) are not
+measured: their cost is paid once. A group whose library path cannot be
+built (an op it reads that neither the group nor a view chain computes) keeps
+its kernel and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from xdsl.ir import Operation, SSAValue
+
+from ..ir import einsum as ein
+from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.interpreter import run_op
+from ..passes.fusion_groups import VIRTUAL_OPS
+
+SELECT_ENV = "TILEFUSE_SELECT"
+LIBRARY, KERNEL = "library", "kernel"
+CALLS_PER_SAMPLE, SAMPLES, WARMUP = 8, 5, 3
+# kinds with a library alternative worth measuring: a GEMM (cuBLAS). Memory-bound kernels fused from
+# several ops beat their one-kernel-per-op library path by construction; attention's would
+# materialize the score matrix (SDPA as a candidate is not built)
+LIBRARY_KINDS = ("gemm",)
+# a library path must be this much faster to replace a kernel: two medians within noise keep the kernel
+MARGIN = 0.97
+
+
+class NoLibraryPath(Exception):
+    """The group's library path cannot be built; the message says why."""
+
+
+def group_selection_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get(SELECT_ENV, "1") != "0"
+
+
+def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`fn(*inputs) -> outputs`: the group of `kernel` (a `CompiledKernel`) as PyTorch ops, taking
+    the kernel's inputs (`lowered.inputs`, in order) and returning its outputs row-major, in the
+    outputs' dtypes. Views, splats and iotas between the inputs and the group (which the kernel
+    indexes through) are run as well."""
+    lowered = kernel.lowered
+    inputs, outputs = list(lowered.inputs), list(lowered.outputs)
+    group_ops = list(lowered.group.ops)
+    members = set(group_ops)
+    order: list[Operation] = []
+    seen: set[Operation] = set()
+
+    def need(value: SSAValue) -> None:
+        if value in inputs:
+            return
+        owner = value.owner
+        if not isinstance(owner, Operation) or not (owner in members or isinstance(owner, VIRTUAL_OPS)):
+            what = value.name_hint or "a value"
+            raise NoLibraryPath(f"the group reads {what} that neither an input nor a view computes")
+        if owner in seen:
+            return
+        for operand in owner.operands:
+            need(operand)
+        seen.add(owner)
+        order.append(owner)
+
+    for value in outputs:
+        need(value)
+    dtypes = [to_torch_dtype(v.type.get_element_type()) for v in outputs]
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = dict(zip(inputs, tensors))
+        device = tensors[0].device if tensors else torch.device("cpu")
+        for op in order:
+            env[op.results[0]] = _library_op(op, env, device)
+        return tuple(env[v].to(d).contiguous() for v, d in zip(outputs, dtypes))
+
+    return run
+
+
+def _library_op(op: Operation, env: dict, device: torch.device) -> torch.Tensor:
+    """One op the library way: a contraction in its operands' dtype (the reference interpreter
+    widens to f32 for accuracy, which would make cuBLAS run SGEMM); everything else as the
+    interpreter runs it."""
+    if isinstance(op, ein.ContractOp):
+        a, b = (env[v] for v in op.operands)
+        if a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16, torch.float32):
+            transposes = matmul_form(op.spec.data)
+            if transposes is None:
+                return torch.einsum(op.spec.data, a, b)
+            ta, tb = transposes
+            return torch.matmul(a.mT if ta else a, b.mT if tb else b)
+    return run_op(op, env, device)
+
+
+def matmul_form(spec: str) -> tuple[bool, bool] | None:
+    """Whether the einsum `spec` is a (batched) matmul, as (transpose lhs, transpose rhs): the
+    same batch letters leading all three terms, out = batch + i j, lhs = batch + (i k | k i),
+    rhs = batch + (k j | j k). None otherwise (einsum runs it; it costs more host time)."""
+    inputs, out = spec.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+    if len(out) < 2 or len(lhs) != len(out) or len(rhs) != len(out) or len(set(out)) != len(out):
+        return None
+    batch, (i, j) = out[:-2], out[-2:]
+    if lhs[:-2] != batch or rhs[:-2] != batch:
+        return None
+    a, b = lhs[-2:], rhs[-2:]
+    k = a.replace(i, "", 1)
+    if len(k) != 1 or k in out or i not in a or j not in b or b.replace(j, "", 1) != k:
+        return None
+    return a == k + i, b == j + k
+
+
+def random_like(meta: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor with `meta`'s shape, strides and dtype on `device`: normal values for floats, zeros
+    for integers (in range of any index), random booleans."""
+    out = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device)
+    if meta.dtype.is_floating_point:
+        out.normal_()
+    elif meta.dtype == torch.bool:
+        out.copy_(torch.rand(meta.shape, device=device) < 0.5)
+    else:
+        out.zero_()
+    return out
+
+
+def wall_ms(run: Callable[[], object], device: torch.device, calls: int = CALLS_PER_SAMPLE) -> float:
+    """Milliseconds per call of `calls` back-to-back calls, the device synchronized around them."""
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+def default_clock(kind: str, run: Callable[[], object], device: torch.device) -> float:
+    """How a candidate (`kind`: "kernel" or "library") is timed: `wall_ms`."""
+    return wall_ms(run, device)
+
+
+@dataclass
+class GroupChoice:
+    """One group's measured choice."""
+
+    group: str
+    chosen: str
+    kernel_ms: float | None = None
+    library_ms: float | None = None
+    why: str | None = None  # why it was not measured
+
+    def as_dict(self) -> dict:
+        out = {"group": self.group, "chosen": self.chosen}
+        if self.why is not None:
+            out["not_measured"] = self.why
+        else:
+            out |= {"kernel_ms": round(self.kernel_ms, 5), "library_ms": round(self.library_ms, 5)}
+        return out
+
+
+@dataclass
+class GroupSelector:
+    """Chooses, per kernel launch, between the kernel and its library path (module docstring).
+
+    `clock(kind, run, device) -> ms` times one candidate (`wall_ms` by default; tests fake it).
+    Choices are kept per (kernel, configuration, operand layouts), so identical layers share one.
+    """
+
+    device: torch.device
+    clock: Callable[[str, Callable[[], object], torch.device], float] | None = None
+    choices: list[GroupChoice] = field(default_factory=list)
+    _known: dict[tuple, GroupChoice] = field(default_factory=dict)
+
+    def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, Callable | None]:
+        """"kernel", or "library" with the library function to call."""
+        lowered = kernel.lowered
+        group = lowered.group.name
+        if lowered.group.kind not in LIBRARY_KINDS:
+            return KERNEL, None
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return KERNEL, None  # nothing can be timed inside a CUDA graph capture
+        layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
+        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts)
+        try:
+            library = library_path(kernel)
+        except NoLibraryPath as e:
+            choice = GroupChoice(group, KERNEL, why=str(e))
+            self.choices.append(choice)
+            return KERNEL, None
+        known = self._known.get(key)
+        if known is None:
+            known = self._measure(kernel, library, input_metas)
+            self._known[key] = known
+        choice = GroupChoice(group, known.chosen, known.kernel_ms, known.library_ms, known.why)
+        self.choices.append(choice)
+        return (LIBRARY, library) if choice.chosen == LIBRARY else (KERNEL, None)
+
+    def _measure(
+        self, kernel: object, library: Callable, input_metas: Sequence[torch.Tensor]
+    ) -> GroupChoice:
+        group = kernel.lowered.group.name
+        try:
+            inputs = [random_like(m, self.device) for m in input_metas]
+            outputs = [_empty_like_value(v, self.device) for v in kernel.lowered.outputs]
+            config = kernel.config
+            launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
+            args: list = []
+            for t in [*inputs, *outputs]:
+                args.append(t)
+                args.extend(t.stride())
+            stream = _stream(self.device)
+
+            def run_kernel() -> None:
+                launch(stream, *args)
+
+            def run_library() -> None:
+                library(*inputs)
+
+            clock = self.clock or default_clock
+            for _ in range(WARMUP):  # compiles, library handles, allocator
+                run_kernel()
+                run_library()
+            kernel_ms, library_ms = [], []
+            for i in range(SAMPLES):  # alternating which goes first
+                pair = [("kernel", run_kernel, kernel_ms), ("library", run_library, library_ms)]
+                for kind, run, times in pair if i % 2 == 0 else pair[::-1]:
+                    times.append(clock(kind, run, self.device))
+        except Exception as e:  # measuring never costs the kernel: keep it, say why
+            return GroupChoice(group, KERNEL, why=f"{type(e).__name__}: {e}")
+        k, lib = statistics.median(kernel_ms), statistics.median(library_ms)
+        return GroupChoice(group, LIBRARY if lib < MARGIN * k else KERNEL, k, lib)
+
+    def summary(self) -> list[dict]:
+        return [c.as_dict() for c in self.choices]
+
+
+def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
+    dtype = to_torch_dtype(value.type.get_element_type())
+    return torch.empty(tuple(shape_of(value.type)), dtype=dtype, device=device)
+
+
+def _stream(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.current_stream(device).cuda_stream

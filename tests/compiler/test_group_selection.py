@@ -1,0 +1,149 @@
+"""Per-group selection: a GEMM group's kernel against its library path (compiler/group_selection.py).
+
+The GPU's clock is faked (no GPU here): the tests decide which candidate is faster and check the
+program that results, and that the library path computes what the kernel does (eager PyTorch is
+the oracle), on ragged shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilefuse
+from tilefuse.compiler import group_selection, runtime
+
+
+def _fake_gpu(monkeypatch, faster: str, seen: list | None = None) -> None:
+    """Group selection on (it runs on CUDA only), with `faster` ("kernel" or "library") winning."""
+    monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+
+    def clock(kind, run, device):
+        run()
+        if seen is not None:
+            seen.append(kind)
+        return 1.0 if kind == faster else 2.0
+
+    monkeypatch.setattr(group_selection, "default_clock", clock)
+
+
+def _run(fn, *args, dump=None):
+    compiled = tilefuse.compile(fn, dump=dump)
+    with torch.no_grad():
+        got, want = compiled(*args), fn(*args)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    (report,) = compiled.tilefuse_reports
+    return report
+
+
+def _mlp(x, w1, b1, w2, w3, r):
+    h = F.silu(x @ w1.t() + b1) * (x @ w3.t())  # SwiGLU: two accumulators in one GEMM group
+    return F.gelu(h @ w2.t()) + r  # an epilogue with math, then a residual
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(3, 40), n=st.integers(3, 40), faster=st.sampled_from(["library", "kernel"]))
+def test_either_choice_computes_what_eager_does(m, k, n, faster):
+    torch._dynamo.reset()
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_gpu(mp, faster)
+        x, r = torch.randn(m, k), torch.randn(m, k)
+        w1, w3, w2, b1 = torch.randn(n, k), torch.randn(n, k), torch.randn(k, n), torch.randn(n)
+        report = _run(_mlp, x, w1, b1, w2, w3, r)
+    (partition,) = report["partitions"]
+    choices = partition["group_selection"]
+    assert len(choices) == 2 and {c["chosen"] for c in choices} == {faster}
+    assert all(c["kernel_ms"] == 1.0 if faster == "kernel" else c["library_ms"] == 1.0 for c in choices)
+    assert ("library path" in partition["executor"]) == (faster == "library")
+
+
+def test_the_program_calls_the_library_where_it_won_and_launches_the_rest(monkeypatch, tmp_path):
+    seen = []
+    _fake_gpu(monkeypatch, "library", seen)
+    x = torch.randn(2, 7, 24)
+    w, g = torch.randn(40, 24), torch.randn(24)
+
+    def fn(x, w, g):  # a GEMM group (with the norm in its epilogue) and a pointwise kernel: the GEMM is measured
+        y = torch.relu(x @ w.t())
+        return F.layer_norm(y, (40,)) * 2, torch.exp(x * g)
+
+    report = _run(fn, x, w, g, dump=tmp_path)
+    (partition,) = report["partitions"]
+    assert [c["chosen"] for c in partition["group_selection"]] == ["library"]
+    assert sorted(set(seen)) == ["kernel", "library"]  # both candidates were timed
+    (program,) = tmp_path.glob("*/program_*.py")
+    source = program.read_text()
+    assert source.count("the library path") == 1
+    assert "(pointwise)" in source and "1 kernel launch(es)" in source  # the other group still launches
+
+
+def test_identical_layers_are_measured_once(monkeypatch):
+    seen = []
+    _fake_gpu(monkeypatch, "kernel", seen)
+    ws = [torch.randn(16, 16) for _ in range(3)]
+
+    def fn(x):
+        for w in ws:
+            x = torch.tanh(x @ w)
+        return x
+
+    report = _run(fn, torch.randn(5, 16))
+    (partition,) = report["partitions"]
+    assert len(partition["group_selection"]) == 3
+    assert seen.count("kernel") == group_selection.SAMPLES  # one measurement for three launches
+
+
+def test_a_failed_measurement_keeps_the_kernel_and_says_why(monkeypatch):
+    monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+
+    def broken(kind, run, device):
+        raise RuntimeError("simulated timer failure")
+
+    monkeypatch.setattr(group_selection, "default_clock", broken)
+    report = _run(lambda x, w: torch.relu(x @ w), torch.randn(9, 12), torch.randn(12, 5))
+    (choice,) = report["partitions"][0]["group_selection"]
+    assert choice["chosen"] == "kernel" and "simulated timer failure" in choice["not_measured"]
+
+
+def test_off_without_cuda_or_when_selection_is_off(monkeypatch):
+    assert not group_selection.group_selection_enabled(torch.device("cpu"))
+    monkeypatch.setenv(group_selection.SELECT_ENV, "0")
+    assert not group_selection.group_selection_enabled(torch.device("cuda", 0))
+
+
+def test_a_transformers_model_matches_eager_with_every_gemm_on_the_library_path(monkeypatch):
+    """GPT-2 (Conv1D, a sliced fused QKV, tied LM head, tanh GELU epilogue) with every GEMM group
+    measured "faster" on the library path: still eager's logits."""
+    name = "gpt2"
+    pytest.importorskip("transformers")
+    from tiny_models import MODELS, _inputs
+
+    _fake_gpu(monkeypatch, "library")
+    model, inputs = MODELS[name]().eval(), _inputs(name)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        compiled = tilefuse.compile(model)
+        actual = compiled(**inputs).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    (partition,) = compiled.tilefuse_reports[0]["partitions"]
+    choices = partition["group_selection"]
+    assert len(choices) >= 8 and all(c["chosen"] == "library" for c in choices), choices
+
+
+@pytest.mark.parametrize("spec", ["mk,kn->mn", "mk,nk->mn", "km,kn->mn", "bmk,bnk->bmn", "bkm,bkn->bmn",
+                                  "mk,kn->nm", "bmk,kn->bmn", "mk,k->m", "ik,jk->ij"])  # fmt: skip
+def test_matmul_form_matches_einsum(spec):
+    from tilefuse.compiler.group_selection import matmul_form
+
+    inputs, _ = spec.split("->")
+    sizes = {"b": 3, "m": 5, "n": 4, "k": 7, "i": 2, "j": 6}
+    a, b = (torch.randn([sizes[c] for c in term]) for term in inputs.split(","))
+    form = matmul_form(spec)
+    if spec in ("mk,kn->nm", "bmk,kn->bmn", "mk,k->m"):
+        assert form is None  # einsum runs those
+        return
+    ta, tb = form
+    torch.testing.assert_close(torch.matmul(a.mT if ta else a, b.mT if tb else b), torch.einsum(spec, a, b))
