@@ -83,15 +83,20 @@ class TritonOptions:
     # elsewhere: an attention kernel with 3xTF32 f32 dots faulted on the H200 (Triton 3.6).
     # TILEFUSE_F32_DOTS=ieee|tf32x3 forces one for every kernel.
     exact_f32_dots: str = field(default_factory=lambda: os.environ.get("TILEFUSE_F32_DOTS", "auto"))
+    # the interpreter types `scalar_cond & block_cond` int32 (a 0-d index a block-typed IR value stands
+    # for: a gather at one loaded position), which a mask refuses; `(...) != 0` makes it int1 again
+    bool_masks: bool = False
 
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
         """The options for kernels that run in Triton's interpreter (CPU tensors)."""
-        return cls(upcast_bf16_dots=True, round_bf16_casts=True, exact_f32_dots="ieee", libdevice=False)
+        interpreter = dict(upcast_bf16_dots=True, round_bf16_casts=True, libdevice=False, bool_masks=True)
+        return cls(exact_f32_dots="ieee", **interpreter)
 
     def key(self) -> str:
         flags = f"upcast_bf16_dots={int(self.upcast_bf16_dots)},round_bf16_casts={int(self.round_bf16_casts)}"
         flags += ",libdevice=1" if self.libdevice else ""
+        flags += ",bool_masks=1" if self.bool_masks else ""
         return f"triton-emit-v{EMITTER_VERSION}:{flags},f32={self.exact_f32_dots}"
 
 
@@ -465,7 +470,10 @@ class _KernelWriter:
             # Triton's interpreter broadcasts a scalar comparison as int32, which a mask refuses; where()
             # takes it
             return pointer, f"tl.where({' & '.join(scalar_mask)}, {' & '.join(tile_mask)}, False)"
-        return pointer, " & ".join(scalar_mask or tile_mask) or None
+        conditions = scalar_mask or tile_mask
+        if self.options.bool_masks and len(conditions) > 1:
+            return pointer, f"({' & '.join(conditions)}) != 0"
+        return pointer, " & ".join(conditions) or None
 
     def _load(self, op: tile.LoadOp) -> None:
         pointer, mask = self._address(op.tensor, op.indices)
