@@ -9,6 +9,7 @@ from typing import TypeVar, overload
 import torch
 
 from .backend import CompileOptions, TilefuseBackend
+from .codegen import resolve_backend
 from .dump import resolve_dump_dir
 
 F = TypeVar("F", bound=Callable)
@@ -28,16 +29,16 @@ MODES = {
 @overload
 def compile(
     fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str | None = None,
-    dynamic: bool | None = None,
+    dynamic: bool | None = None, backend: str | None = None,
 ) -> F: ...
 @overload
 def compile(
     fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False,
-    mode: str | None = None, dynamic: bool | None = None,
+    mode: str | None = None, dynamic: bool | None = None, backend: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
-def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None):
+def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, backend=None):
     """Compile a function or `nn.Module` with tilefuse.
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
@@ -54,15 +55,22 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None):
     graph as a CUDA graph once warmed up (see `cudagraphs.py`; the report's
     `cudagraphs` says whether it was captured, or why not); torch.compile's
     other modes are accepted too (`MODES` says what each means here).
+    `backend` ("triton", "cuda" or "auto"; default `$TILEFUSE_BACKEND`, else
+    "triton") picks who writes the pointwise, reduction and row kernels: CUDA
+    C++ (`backends/cuda`, built with nvcc) where its emitter covers a kernel,
+    or in "auto" whichever of the two measured faster (GEMMs and attention
+    stay Triton kernels).
     """
     mode = mode or "default"
     if mode not in MODES:
         raise ValueError(f"tilefuse.compile: mode must be one of {tuple(MODES)}, not {mode!r}")
     if dynamic not in (None, True, False):
         raise ValueError(f"tilefuse.compile: dynamic must be None, True or False, not {dynamic!r}")
+    kernels_by = resolve_backend(backend)  # a bad name is refused here, not at the first call
     if fn is None:
-        return lambda f: compile(f, dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic)
-    options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode])
+        options = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
+        return lambda f: compile(f, **options)
+    options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode], backend=kernels_by)
     name = getattr(fn, "__name__", None) or type(fn).__name__
     backend = TilefuseBackend(options, name=name)
     # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph

@@ -24,7 +24,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 from torch.fx import GraphModule
 
-from .codegen import Target
+from .codegen import Target, resolve_backend
 from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
@@ -47,6 +47,7 @@ class CompileOptions:
 
     dump: Path | None = None
     mode: str = "default"  # "reduce-overhead": replay each graph as a CUDA graph (cudagraphs.py)
+    backend: str | None = None  # "triton", "cuda" or "auto" (codegen.resolve_backend); None: from the env
 
 
 _graph_ids = itertools.count()
@@ -66,12 +67,12 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
     return InputInfo(_USER_INPUT.sub("", node.name) or node.name)
 
 
-def _target(example_inputs: list) -> Target:
+def _target(example_inputs: list, backend: str | None = None) -> Target:
     """Kernels run where the inputs live; TF32 only where PyTorch's matmul precision allows it."""
     on_gpu = _graph_device(example_inputs).type == "cuda"
     device = torch.cuda.get_device_name() if on_gpu else "cpu"
     allow_tf32 = torch.get_float32_matmul_precision() != "highest"
-    return Target(interpret=not on_gpu, allow_tf32=allow_tf32, device=device)
+    return Target(not on_gpu, allow_tf32, device, resolve_backend(backend))
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
@@ -102,7 +103,7 @@ class TilefuseBackend:
             inputs = infos if len(infos) == len(aten_placeholders) else [
                 InputInfo(n.name) for n in aten_placeholders
             ]
-            target = _target(aten_inputs)
+            target = _target(aten_inputs, self.options.backend)
             extra = {"dynamo_graph.py": dynamo_code}
             compiled, summary = self._compile(aten, graph_name, inputs, target, extra)
             if self.options.mode == "reduce-overhead":
@@ -119,7 +120,8 @@ class TilefuseBackend:
             if not compile_backward():
                 return _pytorch_backward(bw, bw_inputs)
             inputs = [InputInfo(n.name) for n in bw.graph.nodes if n.op == "placeholder"]
-            compiled, summary = self._compile(bw, f"{graph_name}_backward", inputs, _target(bw_inputs))
+            target = _target(bw_inputs, self.options.backend)
+            compiled, summary = self._compile(bw, f"{graph_name}_backward", inputs, target)
             summary["kind"] = "backward"
             return make_boxed_func(compiled)
 

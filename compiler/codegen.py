@@ -9,11 +9,14 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import StringAttr
@@ -39,11 +42,27 @@ class Target:
     interpret: bool
     allow_tf32: bool
     device: str = "cpu"
+    backend: str = "triton"  # who writes pointwise, reduction and row kernels (resolve_backend)
 
     def triton_options(self) -> TritonOptions:
         from ..backends.triton import TritonOptions
 
         return TritonOptions.for_interpreter() if self.interpret else TritonOptions()
+
+
+BACKEND_ENV = "TILEFUSE_BACKEND"
+BACKENDS = ("triton", "cuda", "auto")
+
+
+def resolve_backend(option: str | None) -> str:
+    """The kernel backend: `option`, else `$TILEFUSE_BACKEND`, else "triton". "cuda" writes the kinds
+    the CUDA C++ emitter covers (pointwise, reduction, row) as CUDA; "auto" builds both and lets
+    the per-group selection measure them (`group_selection.py`); GEMMs and attention are Triton's."""
+    value = option or os.environ.get(BACKEND_ENV) or "triton"
+    if value not in BACKENDS:
+        where = f"the backend option or {BACKEND_ENV}"
+        raise ValueError(f"tilefuse: backend must be one of {BACKENDS}, not {value!r} ({where})")
+    return value
 
 
 NORM_PROLOGUE_ENV = "TILEFUSE_NORM_PROLOGUE"  # "0": norms stay row kernels before their GEMMs
@@ -180,9 +199,95 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             config = tuned.config if tuned else default_config(kind, g.problem)
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
+            if art.target.backend != "triton":
+                body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
+                kernel = with_cuda_kernel(kernel, body, function, art.target)
             p.kernels.append(kernel)
     art.precompiled = precompile_kernels(art)
     return art
+
+
+def kernels_with_bodies(art: GraphArtifact) -> dict[str, tile.KernelOp]:
+    """Every kernel of the graph with its body, by name; a cache hit's (the cache keeps kernels'
+    declarations only) are lowered again: for the dumps, and for the CUDA C++ backend."""
+    if art.dumped_kernels is None:
+        art.dumped_kernels = {}
+        for p in art.compiled_partitions():
+            lowered = p.lowered
+            if p.name in art.restored:
+                lowered = lower_function(p.function, art.target.allow_tf32, check=False)
+            kernels = [g.kernel for g in lowered if g.kernel is not None]
+            art.dumped_kernels.update((k.sym_name.data, k) for k in kernels)
+    return art.dumped_kernels
+
+
+_cuda_kernels: dict[str, object] = {}  # CUDA source -> its loaded kernel, for the process
+_cuda_lock = threading.Lock()
+
+
+def with_cuda_kernel(
+    kernel: CompiledKernel, body: tile.KernelOp | None, function: str, target: Target
+) -> CompiledKernel:
+    """`kernel` with the CUDA C++ backend's kernel for its group: instead of the Triton one for
+    backend "cuda", as its `alternative` for "auto". A group the CUDA emitter does not cover, or
+    whose source does not build, keeps its Triton kernel and `cuda_note` says why. On the GPU the
+    source is built with nvcc (cached on disk by source hash); under the interpreter (CPU) it runs
+    on CPU threads (`backends/cuda/testing.py`)."""
+    from ..backends.cuda import SUPPORTED_KINDS
+
+    g = kernel.lowered
+    if g.group.kind not in SUPPORTED_KINDS:
+        covered = ", ".join(SUPPORTED_KINDS)
+        kernel.cuda_note = f"{g.group.kind} kernels are Triton's (the CUDA C++ backend writes {covered})"
+        return kernel
+    config = kernel.config
+    try:
+        if body is None:
+            raise ValueError(f"no body for {g.group.name}'s kernel")
+        source = shared_cuda_source(body, function, dict(config.params), config.num_warps)
+        with _cuda_lock:
+            launcher = _cuda_kernels.get(source)
+            if launcher is None:
+                launcher = _cuda_kernels[source] = _load_cuda(source, function, config, target)
+    except Exception as e:  # the CUDA backend's gap is not the model's problem: Triton runs it
+        kernel.cuda_note = f"stays on Triton: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return kernel
+    cuda = dataclasses.replace(kernel, launcher=launcher, backend="cuda")
+    if target.backend == "cuda":
+        return cuda
+    kernel.alternative = cuda
+    return kernel
+
+
+def shared_cuda_source(kernel: tile.KernelOp, function: str, config: dict[str, int], num_warps: int) -> str:
+    """CUDA C++ of `kernel` named `function` (its Triton function's name, a hash of its body), its
+    arguments unnamed: identical kernels (one per layer) share one source, built once."""
+    from ..backends.cuda import emit_cuda
+
+    group_name, args = kernel.sym_name, kernel.body.block.args
+    hints = [a.name_hint for a in args]
+    try:
+        for a in args:
+            a.name_hint = None
+        kernel.sym_name = StringAttr(function)
+        return emit_cuda(kernel, config, num_warps)
+    finally:
+        kernel.sym_name = group_name
+        for a, hint in zip(args, hints):
+            a.name_hint = hint
+
+
+def _load_cuda(source: str, function: str, config: object, target: Target) -> object:
+    from ..backends.cuda import CudaKernel, load_cuda_kernel
+
+    if not target.interpret:
+        return load_cuda_kernel(source, function, dict(config.params), config.num_warps)
+    from ..backends.cuda.testing import build_on_cpu
+
+    root = cache_dir()
+    workdir = (root.parent if root else Path(tempfile.gettempdir()) / "tilefuse") / "cuda-on-cpu"
+    library = build_on_cpu([source], workdir)
+    return CudaKernel.from_library(library, source, function, dict(config.params), config.num_warps)
 
 
 def precompile_kernels(art: GraphArtifact) -> dict | None:
@@ -205,6 +310,8 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
     hopper, jobs, functions = capability >= 90, {}, {}
     for p in art.compiled_partitions():
         for k in p.kernels:
+            if k.backend != "triton":  # CUDA C++ kernels were built when they were loaded
+                continue
             key = (k.launcher.path, k.config.key())
             if key not in jobs:
                 c = k.config

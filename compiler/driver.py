@@ -30,7 +30,7 @@ from xdsl.ir import Block, Region
 from ..ir import tile
 from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import Canonicalize
-from ..passes.lower_to_tile import LoweredGroup, lower_function
+from ..passes.lower_to_tile import LoweredGroup
 from .artifact_cache import (
     CacheEntry,
     CacheFormatError,
@@ -44,6 +44,7 @@ from .artifact_cache import (
 from .codegen import (
     Target,
     fusion_options,
+    kernels_with_bodies,
     named_source,
     stage_codegen,
     stage_fuse,
@@ -96,6 +97,9 @@ def _group_entry(g: LoweredGroup, kernel: CompiledKernel | None) -> dict:
         "ops": [op.name for op in g.group.ops],
         "kernel": g.kernel.sym_name.data if g.kernel is not None and not g.error else None,
         "triton_function": getattr(kernel.launcher, "name", None) if kernel else None,
+        "backend": kernel.backend if kernel else None,
+        "cuda": (kernel.cuda_note or ("built: measured against Triton" if kernel.alternative else None))
+        if kernel else None,
         "config": kernel.config.key() if kernel else None,
         "config_source": kernel.config_source if kernel else None,
         "task_key": kernel.task_key if kernel else None,
@@ -283,16 +287,8 @@ def _cuda_files(art: GraphArtifact) -> dict[str, str]:
 
 
 def _dumped_kernels(art: GraphArtifact) -> dict[str, tile.KernelOp]:
-    """Every kernel of the graph with its body, by name; a cache hit's are lowered again (dumps only)."""
-    if art.dumped_kernels is None:
-        art.dumped_kernels = {}
-        for p in art.compiled_partitions():
-            lowered = p.lowered
-            if p.name in art.restored:  # the cache keeps kernels' declarations only
-                lowered = lower_function(p.function, art.target.allow_tf32, check=False)
-            kernels = [g.kernel for g in lowered if g.kernel is not None]
-            art.dumped_kernels.update((k.sym_name.data, k) for k in kernels)
-    return art.dumped_kernels
+    """Every kernel of the graph with its body, by name (`codegen.kernels_with_bodies`)."""
+    return kernels_with_bodies(art)
 
 
 STAGES: list[Stage] = [

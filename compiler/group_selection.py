@@ -20,6 +20,10 @@ row-major buffers, the layout the kernel's would have had. The choice and
 both times go in the partition's report (`group_selection`).
 `TILEFUSE_SELECT=0` turns this off with the rest of selection.
 
+Under `backend="auto"` (codegen.with_cuda_kernel), a pointwise, reduction or
+row group with a CUDA C++ kernel beside its Triton one is measured the same
+way, the two kernels against each other, and the program launches the faster.
+
 Groups computed once from parameters (`runtime._parameter_derived`) are not
 measured: their cost is paid once. A group whose library path cannot be
 built (an op it reads that neither the group nor a view chain computes) keeps
@@ -28,6 +32,7 @@ its kernel and says why.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -164,28 +169,31 @@ def default_clock(kind: str, run: Callable[[], object], device: torch.device) ->
 
 @dataclass
 class GroupChoice:
-    """One group's measured choice."""
+    """One group's measured choice: the kernel against `other` ("library", or "cuda": the CUDA C++
+    backend's kernel for the group under backend "auto")."""
 
     group: str
     chosen: str
     kernel_ms: float | None = None
-    library_ms: float | None = None
+    other_ms: float | None = None
     why: str | None = None  # why it was not measured
+    other: str = LIBRARY
 
     def as_dict(self) -> dict:
         out = {"group": self.group, "chosen": self.chosen}
         if self.why is not None:
             out["not_measured"] = self.why
         else:
-            out |= {"kernel_ms": round(self.kernel_ms, 5), "library_ms": round(self.library_ms, 5)}
+            out |= {"kernel_ms": round(self.kernel_ms, 5), f"{self.other}_ms": round(self.other_ms, 5)}
         return out
 
 
 @dataclass
 class GroupSelector:
-    """Chooses, per kernel launch, between the kernel and its library path (module docstring).
+    """Chooses, per kernel launch, between the kernel and its library path, or (backend "auto")
+    between the Triton kernel and the CUDA C++ one (module docstring).
 
-    `clock(kind, run, device) -> ms` times one candidate (`wall_ms` by default; tests fake it).
+    `clock(kind, run, device) -> ms` times one candidate (`default_clock`; tests fake it).
     Choices are kept per (kernel, configuration, operand layouts), so identical layers share one.
     """
 
@@ -194,67 +202,74 @@ class GroupSelector:
     choices: list[GroupChoice] = field(default_factory=list)
     _known: dict[tuple, GroupChoice] = field(default_factory=dict)
 
-    def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, Callable | None]:
-        """"kernel", or "library" with the library function to call."""
+    def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
+        """("kernel", None); ("library", the library function); or ("alternative", the other
+        backend's kernel)."""
         lowered = kernel.lowered
         group = lowered.group.name
-        if lowered.group.kind not in LIBRARY_KINDS:
+        alternative = getattr(kernel, "alternative", None)
+        if lowered.group.kind not in LIBRARY_KINDS and alternative is None:
             return KERNEL, None
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return KERNEL, None  # nothing can be timed inside a CUDA graph capture
+        other = "cuda" if alternative is not None else LIBRARY
+        if alternative is not None:
+            candidate: object = alternative
+        else:
+            try:
+                candidate = library_path(kernel)
+            except NoLibraryPath as e:
+                self.choices.append(GroupChoice(group, KERNEL, why=str(e)))
+                return KERNEL, None
         layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
-        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts)
-        try:
-            library = library_path(kernel)
-        except NoLibraryPath as e:
-            choice = GroupChoice(group, KERNEL, why=str(e))
-            self.choices.append(choice)
-            return KERNEL, None
+        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts, other)
         known = self._known.get(key)
         if known is None:
-            known = self._measure(kernel, library, input_metas)
-            self._known[key] = known
-        choice = GroupChoice(group, known.chosen, known.kernel_ms, known.library_ms, known.why)
-        self.choices.append(choice)
-        return (LIBRARY, library) if choice.chosen == LIBRARY else (KERNEL, None)
+            known = self._known[key] = self._measure(kernel, other, candidate, input_metas)
+        self.choices.append(dataclasses.replace(known, group=group))
+        if known.chosen == KERNEL:
+            return KERNEL, None
+        return (LIBRARY, candidate) if other == LIBRARY else ("alternative", candidate)
 
     def _measure(
-        self, kernel: object, library: Callable, input_metas: Sequence[torch.Tensor]
+        self, kernel: object, other: str, candidate: object, input_metas: Sequence[torch.Tensor]
     ) -> GroupChoice:
         group = kernel.lowered.group.name
         try:
             inputs = [random_like(m, self.device) for m in input_metas]
-            outputs = [_empty_like_value(v, self.device) for v in kernel.lowered.outputs]
-            config = kernel.config
-            launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
-            args: list = []
-            for t in [*inputs, *outputs]:
-                args.append(t)
-                args.extend(t.stride())
-            stream = _stream(self.device)
-
-            def run_kernel() -> None:
-                launch(stream, *args)
-
-            def run_library() -> None:
-                library(*inputs)
-
+            run_kernel = _launching(kernel, inputs, self.device)
+            run_other = _launching(candidate, inputs, self.device) if other != LIBRARY else (
+                lambda: candidate(*inputs))  # fmt: skip
             clock = self.clock or default_clock
             for _ in range(WARMUP):  # compiles, library handles, allocator
                 run_kernel()
-                run_library()
-            kernel_ms, library_ms = [], []
+                run_other()
+            kernel_ms, other_ms = [], []
             for i in range(SAMPLES):  # alternating which goes first
-                pair = [("kernel", run_kernel, kernel_ms), ("library", run_library, library_ms)]
+                pair = [(KERNEL, run_kernel, kernel_ms), (other, run_other, other_ms)]
                 for kind, run, times in pair if i % 2 == 0 else pair[::-1]:
                     times.append(clock(kind, run, self.device))
         except Exception as e:  # measuring never costs the kernel: keep it, say why
-            return GroupChoice(group, KERNEL, why=f"{type(e).__name__}: {e}")
-        k, lib = statistics.median(kernel_ms), statistics.median(library_ms)
-        return GroupChoice(group, LIBRARY if lib < MARGIN * k else KERNEL, k, lib)
+            return GroupChoice(group, KERNEL, why=f"{type(e).__name__}: {e}", other=other)
+        k, o = statistics.median(kernel_ms), statistics.median(other_ms)
+        return GroupChoice(group, other if o < MARGIN * k else KERNEL, k, o, other=other)
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]
+
+
+def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.device) -> Callable[[], None]:
+    """A call that launches `kernel` (a `CompiledKernel`) on `inputs` into fresh row-major outputs,
+    its arguments written as the program writes them (each tensor, then its strides)."""
+    outputs = [_empty_like_value(v, device) for v in kernel.lowered.outputs]
+    config = kernel.config
+    launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
+    args: list = []
+    for t in [*inputs, *outputs]:
+        args.append(t)
+        args.extend(t.stride())
+    stream = _stream(device)
+    return lambda: launch(stream, *args)
 
 
 def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:

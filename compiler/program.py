@@ -49,7 +49,8 @@ class ProgramInputs:
     param_sources: dict[Operation, list[SSAValue]]
     device: torch.device
     returns_tuple: bool
-    # per kernel launch: ("kernel", None) or ("library", fn) (group_selection.GroupSelector.choose)
+    # per kernel launch: ("kernel", None), ("library", fn) or ("alternative", the other backend's kernel)
+    # (group_selection.GroupSelector.choose)
     choose: Callable[[object, list[torch.Tensor]], tuple[str, Callable | None]] | None = None
 
 
@@ -238,11 +239,11 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     if kernel is not None:
         choose = w.inputs.choose if op not in w.inputs.param_sources else None
         metas = [w.meta[v] for v in kernel.lowered.inputs]
-        _, library = choose(kernel, metas) if choose else ("kernel", None)
-        if library is not None:
-            _write_library_call(w, kernel, library, reuse_names)
-        else:
-            _write_launch(w, kernel, reuse_names)
+        way, chosen = choose(kernel, metas) if choose else ("kernel", None)
+        if way == "library":
+            _write_library_call(w, kernel, chosen, reuse_names)
+        else:  # its kernel, or the other backend's ("alternative", measured faster)
+            _write_launch(w, chosen or kernel, reuse_names)
         return
     result = op.results[0]
     name = reuse_names[0] if reuse_names else w.fresh(result)
@@ -290,7 +291,9 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     handle = w.bind("k", launch)
     lowered = kernel.lowered
     title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
-    w.emit(f"# {title} ({lowered.group.kind}): grid {launch.grid}, {kernel.config.key()}")
+    grid = getattr(launch, "grid", None) or "its launcher's"
+    backend = "" if kernel.backend == "triton" else f" [{kernel.backend}]"
+    w.emit(f"# {title} ({lowered.group.kind}){backend}: grid {grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
 

@@ -55,6 +55,9 @@ class CompiledKernel:
     task_key: str = ""  # the kernel's key in the tuning database
     config_source: str = "default"  # "tuned": the database's best for this device and versions
     tuned_ms: float | None = None  # that config's measured median, when tuned
+    backend: str = "triton"  # who wrote `launcher`: "triton" or "cuda" (codegen.with_cuda_kernel)
+    alternative: CompiledKernel | None = None  # backend "auto": the other backend's kernel, measured against
+    cuda_note: str | None = None  # why the CUDA backend does not run this group, where it was asked to
 
 
 class KernelPlan(torch.nn.Module):

@@ -1,0 +1,77 @@
+"""The kernel backend choice (`backend=` / TILEFUSE_BACKEND): the CUDA C++ backend's kernels run in
+compiled programs, beside Triton's, and in "auto" the faster of the two is kept per group.
+
+No GPU here: CUDA C++ kernels run on CPU threads (`backends/cuda/testing.py`, g++), Triton's in
+its interpreter; eager PyTorch is the oracle; shapes are ragged (no tile divides them).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilefuse
+from tilefuse.compiler import group_selection, runtime
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: CUDA kernels cannot run on CPU")
+
+
+def _block(x, w, g):
+    h = torch.relu(x @ w)  # a GEMM: Triton's under any backend
+    return F.layer_norm(h * 2, (h.shape[-1],)) + torch.sigmoid(g), torch.softmax(x * 3, dim=-1).sum(0)
+
+
+def _inputs():
+    return torch.randn(5, 13), torch.randn(13, 11), torch.randn(11)
+
+
+def _compiled(backend, tmp_path, **kw):
+    fn = tilefuse.compile(_block, backend=backend, dump=tmp_path, **kw)
+    args = _inputs()
+    with torch.no_grad():
+        for got, want in zip(fn(*args), _block(*args)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    (report,) = fn.tilefuse_reports
+    (partition,) = report["partitions"]
+    kernels = [g for g in partition["groups"] if g["kernel"]]
+    (program,) = tmp_path.glob("*/program_*.py")
+    return partition, kernels, program.read_text()
+
+
+def test_cuda_backend_runs_the_kinds_it_covers_and_leaves_gemms_to_triton(tmp_path):
+    partition, kernels, program = _compiled("cuda", tmp_path)
+    by_kind = {g["kind"]: g for g in kernels}
+    assert by_kind["gemm"]["backend"] == "triton" and "Triton's" in by_kind["gemm"]["cuda"]
+    covered = [g for g in kernels if g["kind"] in ("pointwise", "reduction", "row")]
+    assert covered and all(g["backend"] == "cuda" for g in covered), kernels
+    assert program.count("[cuda]") == len(covered)
+
+
+def test_the_environment_picks_the_backend_and_a_bad_name_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_BACKEND", "cuda")
+    _, kernels, _ = _compiled(None, tmp_path)
+    assert "cuda" in {g["backend"] for g in kernels}
+    with pytest.raises(ValueError, match="backend must be one of"):
+        tilefuse.compile(_block, backend="cutlass")
+    monkeypatch.setenv("TILEFUSE_BACKEND", "ptx")
+    with pytest.raises(ValueError, match="TILEFUSE_BACKEND"):
+        tilefuse.compile(_block)
+
+
+@pytest.mark.parametrize("faster", ["cuda", "kernel"])
+def test_auto_keeps_the_faster_backend_per_group(tmp_path, monkeypatch, faster):
+    monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+
+    def clock(kind, run, device):
+        run()
+        return 1.0 if kind == faster or (kind == "library" and faster == "kernel") else 2.0
+
+    monkeypatch.setattr(group_selection, "default_clock", clock)
+    partition, kernels, program = _compiled("auto", tmp_path)
+    cuda_choices = [c for c in partition["group_selection"] if "cuda_ms" in c]
+    assert cuda_choices and {c["chosen"] for c in cuda_choices} == {faster}
+    assert all(g["backend"] == "triton" for g in kernels)  # the report names the compiled kernel
+    assert program.count("[cuda]") == (len(cuda_choices) if faster == "cuda" else 0)
