@@ -118,27 +118,94 @@ class Selection:
         }
 
 
-TRAINING_ENV = "TILEFUSE_TRAINING"  # "1": training steps keep the compiled forward; "compile": and backward
+TRAINING_ENV = "TILEFUSE_TRAINING"
+# unset: on a GPU, the compiled forward and backward are measured against Dynamo's graph in PyTorch
+# (TrainingSelection); "pytorch": PyTorch once the graph trains; "1": the compiled forward with PyTorch
+# running the decomposed backward; "compile": the compiled forward and backward, unmeasured
 TRAINING_NOTE = (
-    "its backward ran (a training graph): calls with gradients run Dynamo's graph in PyTorch "
-    "(eager autograd), since tilefuse has no backward kernels and its forward plus PyTorch running "
-    "the decomposed backward measured slower than eager (H200, 4-layer Llama bf16 step: 24.4 ms "
-    f"against 17.1); {TRAINING_ENV}=1 keeps the compiled forward"
+    f"its backward ran (a training graph); {TRAINING_ENV}=pytorch: calls with gradients run Dynamo's "
+    "graph in PyTorch (eager autograd)"
 )
-
 TRAINING_KEPT = (
     f"its backward ran (a training graph); {TRAINING_ENV}=1: calls with gradients keep the compiled forward"
 )
 TRAINING_COMPILED = (
     f"its backward ran (a training graph); {TRAINING_ENV}=compile: calls with gradients keep the compiled "
-    "forward, and the backward graph is compiled too (its own report, kind 'backward'); not yet measured "
-    "against eager on a GPU, so not the default"
+    "forward, and the backward graph is compiled too (its own report, kind 'backward')"
+)
+TRAINING_MEASURING = (
+    "its backward ran (a training graph): its steps are being measured, compiled forward and backward "
+    "against Dynamo's graph in PyTorch"
 )
 
 
-def compile_backward() -> bool:
-    """Whether training graphs get their backward compiled (`TILEFUSE_TRAINING=compile`)."""
-    return os.environ.get(TRAINING_ENV) == "compile"
+def training_setting() -> str | None:
+    """`$TILEFUSE_TRAINING`: None (measure, on a GPU), "pytorch", "1" or "compile"."""
+    value = os.environ.get(TRAINING_ENV) or None
+    return None if value == "auto" else value
+
+
+def compile_backward(device: torch.device | None = None) -> bool:
+    """Whether a training graph's backward is compiled: with TILEFUSE_TRAINING=compile, and by default
+    where steps are measured (a GPU with selection on), so the compiled side has its backward."""
+    setting = training_setting()
+    return setting == "compile" or (setting is None and device is not None and selection_enabled(device))
+
+
+class TrainingSelection:
+    """A training graph's steps: the compiled forward and backward against Dynamo's graph in PyTorch.
+
+    A step's cost is what a training loop sees: the time from one call of the graph to the next
+    (its forward, its backward, and the rest of the step, which both ways share), the device
+    synchronized at each call. After one warm-up call each way, calls alternate until each way has
+    `ROUNDS` intervals; the faster median is kept (the compiled side needs `MARGIN` of a lead: its
+    backward is a decomposed graph). Calls measure nothing inside a CUDA graph capture.
+    """
+
+    MARGIN = 0.97
+    WAYS = ("tilefuse", "pytorch")
+
+    def __init__(self, device: torch.device, now: Callable[[torch.device], float] | None = None):
+        self.device = device
+        self.now = now or _synchronized_now
+        self.calls = 0
+        self.samples: dict[str, list[float]] = {w: [] for w in self.WAYS}
+        self.last: tuple[str, float] | None = None
+        self.choice: str | None = None
+
+    def way(self) -> str:
+        """Which way this call runs, recording the interval of the previous call."""
+        if self.choice is not None:
+            return self.choice
+        now = self.now(self.device)
+        if self.last is not None and self.calls > 2:  # the two warm-up calls' intervals are dropped
+            way, then = self.last
+            self.samples[way].append((now - then) * 1e3)
+        way = self.WAYS[self.calls % 2]
+        self.calls += 1
+        self.last = (way, now)
+        if all(len(v) >= ROUNDS for v in self.samples.values()):
+            compiled, eager = (statistics.median(self.samples[w]) for w in self.WAYS)
+            self.choice = "tilefuse" if compiled < self.MARGIN * eager else "pytorch"
+            self.last = None
+            return self.choice
+        return way
+
+    def note(self) -> str:
+        compiled, eager = (round(statistics.median(self.samples[w]), 4) for w in self.WAYS)
+        compiled_way = "the compiled forward and backward"
+        chosen = compiled_way if self.choice == "tilefuse" else "Dynamo's graph in PyTorch"
+        return (
+            f"its backward ran (a training graph): {chosen} chosen by measurement, a step {compiled} ms "
+            f"compiled against {eager} ms in PyTorch (median interval between calls; {TRAINING_ENV} "
+            "=pytorch|1|compile overrides)"
+        )
+
+
+def _synchronized_now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class GraphSelection:
@@ -146,7 +213,8 @@ class GraphSelection:
 
     Calls without gradients are measured (see the module docstring). Calls with gradients take the
     compiled graph unmeasured (inference that forgot `torch.no_grad()` still gains) until the
-    graph's backward runs once; from then on they run Dynamo's graph in PyTorch (`TRAINING_NOTE`).
+    graph's backward runs once; from then on its steps are measured both ways and the faster is
+    kept (`TrainingSelection`; `TILEFUSE_TRAINING` overrides).
     """
 
     def __init__(self, compiled: Callable, eager: Callable, device: torch.device, slot: dict):
@@ -156,11 +224,14 @@ class GraphSelection:
         self.slot = slot
         self.settle = 2 + ROUNDS  # the partitions' own choices come first
         self.selection = Selection(device)
+        self.training: TrainingSelection | None = None  # made at the first measured training step
 
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
         if torch.is_grad_enabled() and self.slot.get("trains"):
-            setting = os.environ.get(TRAINING_ENV)
+            setting = training_setting()
+            if setting is None and not self._capturing():
+                return self._training_step(args)
             note = {"1": TRAINING_KEPT, "compile": TRAINING_COMPILED}.get(setting, TRAINING_NOTE)
             self.slot.get("summary", {}).setdefault("training", note)
             if note is TRAINING_NOTE:
@@ -173,10 +244,28 @@ class GraphSelection:
             self.settle -= 1
             return self.compiled(*args)
         out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
+        self._report_selection()
+        return out
+
+    def _training_step(self, args: tuple) -> object:
+        """A call with gradients of a graph that trains: measured, then the faster way (TrainingSelection)."""
+        if self.training is None:
+            self.training = TrainingSelection(self.selection.device)
+        way = self.training.way()
+        summary = self.slot.get("summary", {})
+        if self.training.choice is None:
+            summary["training"] = TRAINING_MEASURING
+        else:
+            summary["training"] = self.training.note()
+        return self.compiled(*args) if way == "tilefuse" else self.eager(*args)
+
+    def _capturing(self) -> bool:
+        return self.selection.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+    def _report_selection(self) -> None:
         if self.selection.choice is not None:
             summary = self.selection.summary()
             summary["chosen"] = "tilefuse" if summary["chosen"] == "program" else "pytorch (the eager graph)"
             if "program_ms" in summary:
                 summary["tilefuse_ms"] = summary.pop("program_ms")
             self.slot.get("summary", {})["selection"] = summary
-        return out

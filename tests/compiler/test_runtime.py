@@ -296,17 +296,16 @@ def test_a_whole_graph_is_measured_against_the_eager_graph(monkeypatch, faster):
 
 
 
-@pytest.mark.parametrize("opt_in", [False, True], ids=["default", "TILEFUSE_TRAINING=1"])
-def test_a_training_graph_runs_its_steps_in_pytorch_once_its_backward_ran(monkeypatch, opt_in):
-    """Forward kernels plus PyTorch running the decomposed backward measured slower than eager
-    (H200, Llama bf16 step 24.4 ms against 17.1): once a graph's backward runs, calls with
-    gradients take Dynamo's graph in PyTorch, unless TILEFUSE_TRAINING=1; gradients stay right."""
+@pytest.mark.parametrize("opt_in", [False, True], ids=["TILEFUSE_TRAINING=pytorch", "TILEFUSE_TRAINING=1"])
+def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_ran(monkeypatch, opt_in):
+    """TILEFUSE_TRAINING=pytorch: once a graph's backward runs, calls with gradients take Dynamo's
+    graph in PyTorch; =1 keeps the compiled forward (PyTorch runs the decomposed backward);
+    gradients stay right either way."""
     from tilefuse.compiler import backend, runtime
 
     monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
     monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
-    if opt_in:
-        monkeypatch.setenv("TILEFUSE_TRAINING", "1")
+    monkeypatch.setenv("TILEFUSE_TRAINING", "1" if opt_in else "pytorch")
     launches = []
     real = BoundLaunch.__call__
     monkeypatch.setattr(BoundLaunch, "__call__", lambda self, *a: (launches.append(1), real(self, *a))[1])
@@ -328,6 +327,53 @@ def test_a_training_graph_runs_its_steps_in_pytorch_once_its_backward_ran(monkey
     assert (len(launches) > after_first) == opt_in
     (report,) = compiled.tilefuse_reports
     assert "backward ran" in report["training"] and ("keep the compiled forward" in report["training"]) == opt_in
+
+
+@pytest.mark.parametrize("faster", ["tilefuse", "pytorch"])
+def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatch, faster):
+    """By default (on a GPU: faked here), a training graph's backward is compiled too, and its steps
+    alternate between the compiled forward and backward and Dynamo's graph in PyTorch until each
+    way has ROUNDS intervals between calls (a fake clock: the faster way's step takes 1, the other
+    2); the faster is kept. Gradients are eager's at every step, whichever way ran."""
+    from tilefuse.compiler import backend, runtime, selection
+
+    monkeypatch.delenv("TILEFUSE_TRAINING", raising=False)
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
+    monkeypatch.setattr(selection, "selection_enabled", lambda device: True)  # compiles the backward
+    ticks = {"calls": 0, "t": 0.0}
+
+    def now(device):  # call i ran tilefuse if i is even (TrainingSelection.WAYS alternate)
+        t = ticks["t"]
+        way = selection.TrainingSelection.WAYS[ticks["calls"] % 2]
+        ticks["t"] += 1.0 if way == faster else 2.0
+        ticks["calls"] += 1
+        return t
+
+    monkeypatch.setattr(selection, "_synchronized_now", now)
+    launches = []
+    real = BoundLaunch.__call__
+    monkeypatch.setattr(BoundLaunch, "__call__", lambda self, *a: (launches.append(1), real(self, *a))[1])
+    layer = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.GELU())
+    compiled = tilefuse.compile(layer)
+    x = torch.randn(5, 7)
+    for step in range(2 + 2 + 2 * selection.ROUNDS + 2):  # first step, warm-ups, measured, chosen
+        layer.zero_grad()
+        compiled(x).square().sum().backward()
+        got = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        layer(x).square().sum().backward()
+        for g, expected in zip(got, (p.grad for p in layer.parameters())):
+            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+        if step == 9:
+            before_last = len(launches)
+    reports = {r.get("kind", "forward"): r for r in compiled.tilefuse_reports}
+    assert set(reports) == {"forward", "backward"}  # the backward was compiled, for the measurement
+    assert f"{'the compiled forward and backward' if faster == 'tilefuse' else 'PyTorch'} chosen" in (
+        reports["forward"]["training"]
+    )
+    assert (len(launches) > before_last) == (faster == "tilefuse")
+
 
 def test_compiled_backward_gives_eagers_gradients(monkeypatch):
     """TILEFUSE_TRAINING=compile: the backward graph is compiled too (its own report, kind
