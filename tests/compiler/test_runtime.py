@@ -296,6 +296,17 @@ def test_a_whole_graph_is_measured_against_the_eager_graph(monkeypatch, faster):
 
 
 
+def _step_matches_eager(compiled, layer, x):
+    """One training step through `compiled` gives the gradients eager's step gives."""
+    layer.zero_grad()
+    compiled(x).square().sum().backward()
+    got = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    for g, expected in zip(got, (p.grad for p in layer.parameters())):
+        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("opt_in", [False, True], ids=["TILEFUSE_TRAINING=pytorch", "TILEFUSE_TRAINING=1"])
 def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_ran(monkeypatch, opt_in):
     """TILEFUSE_TRAINING=pytorch: once a graph's backward runs, calls with gradients take Dynamo's
@@ -314,13 +325,7 @@ def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_r
     compiled = tilefuse.compile(layer)
     x = torch.randn(5, 7)
     for step in range(3):
-        layer.zero_grad()
-        compiled(x).square().sum().backward()
-        got = [p.grad.clone() for p in layer.parameters()]
-        layer.zero_grad()
-        layer(x).square().sum().backward()
-        for g, expected in zip(got, (p.grad for p in layer.parameters())):
-            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+        _step_matches_eager(compiled, layer, x)
         if step == 0:
             after_first = len(launches)
     assert after_first > 0  # the first step ran the compiled forward
@@ -358,13 +363,7 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     compiled = tilefuse.compile(layer)
     x = torch.randn(5, 7)
     for step in range(2 + 2 + 2 * selection.ROUNDS + 2):  # first step, warm-ups, measured, chosen
-        layer.zero_grad()
-        compiled(x).square().sum().backward()
-        got = [p.grad.clone() for p in layer.parameters()]
-        layer.zero_grad()
-        layer(x).square().sum().backward()
-        for g, expected in zip(got, (p.grad for p in layer.parameters())):
-            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+        _step_matches_eager(compiled, layer, x)
         if step == 9:
             before_last = len(launches)
     reports = {r.get("kind", "forward"): r for r in compiled.tilefuse_reports}
