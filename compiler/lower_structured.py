@@ -93,6 +93,18 @@ def lower_expand(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.expand(ctx.tensor(node.args[0]), ctx.out_shape(node))
 
 
+@lowers(aten.repeat.default)
+def lower_repeat(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`x.repeat(r0, r1, ...)`: x viewed as [1, s0, 1, s1, ...] (new leading dims of size 1 first),
+    expanded to [r0, s0, r1, s1, ...], reshaped to [r0*s0, r1*s1, ...]: kernels index through it."""
+    x = ctx.tensor(node.args[0])
+    repeats = [int(r) for r in node.args[1]]
+    sizes = [1] * (len(repeats) - len(shape_of(x.type))) + list(shape_of(x.type))
+    interleaved = ctx.b.reshape(x, [d for s in sizes for d in (1, s)])
+    expanded = ctx.b.expand(interleaved, [d for r, s in zip(repeats, sizes) for d in (r, s)])
+    return ctx.b.reshape(expanded, [r * s for r, s in zip(repeats, sizes)])
+
+
 def _slice_bounds(size: int, start: object, end: object, step: object) -> tuple[int, int, int]:
     start, stop, step = slice(start, end, step or 1).indices(size)
     return start, max(start, stop), step

@@ -246,3 +246,13 @@ def test_scaled_dot_product_attention(case, seq):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != 4, **opts)
 
     compile_and_compare(attention, *args, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, repeats", [((3, 5), (2, 1)), ((3, 5), (1, 3)), ((4,), (2, 3)), ((2, 3, 5), (2, 2, 1)), ((7, 1), (1, 9))]
+)
+def test_repeat_is_indexed_through_in_the_kernel_that_reads_it(shape, repeats):
+    """GPT-J's rotary tables and Whisper's positions use `repeat`: compiled, not left to PyTorch."""
+    x = torch.randn(*shape)
+    reports = compile_and_compare(lambda t: torch.sigmoid(t.repeat(*repeats)) * 2, x)
+    assert "aten.repeat" in compiled_aten_ops(reports)
