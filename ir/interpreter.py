@@ -65,7 +65,7 @@ def _scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> to
     return torch.tensor(bool(raw) if dtype == torch.bool else raw, dtype=dtype, device=device)
 
 
-def _eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
+def eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     """One arith/math op of a map body, applied to whole (broadcast) tensors."""
     args = [env[o] for o in op.operands]
     out_dtype = to_torch_dtype(op.results[0].type)
@@ -101,7 +101,7 @@ def _run_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(inner, ein.YieldOp):
             value = env[inner.value]
             break
-        env[inner.results[0]] = _eval_scalar_op(inner, env, device)
+        env[inner.results[0]] = eval_scalar_op(inner, env, device)
     shape = shape_of(op.result.type)
     return torch.broadcast_to(value, shape).to(to_torch_dtype(op.result.type.get_element_type()))
 

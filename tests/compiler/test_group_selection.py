@@ -147,3 +147,52 @@ def test_matmul_form_matches_einsum(spec):
         return
     ta, tb = form
     torch.testing.assert_close(torch.matmul(a.mT if ta else a, b.mT if tb else b), torch.einsum(spec, a, b))
+
+
+BF16_EPILOGUE = """
+builtin.module {
+  func.func @f(%r: tensor<5x24xbf16>, %b: tensor<24xbf16>, %y: tensor<5x24xbf16>) -> tensor<5x24xbf16> {
+    %0 = ein.map(%r, %b, %y) : (tensor<5x24xbf16>, tensor<24xbf16>, tensor<5x24xbf16>) -> tensor<5x24xbf16> {
+    ^bb0(%2: bf16, %3: bf16, %4: bf16):
+      %5 = arith.extf %3 : bf16 to f32
+      %6 = arith.extf %4 : bf16 to f32
+      %7 = arith.addf %5, %6 : f32
+      %8 = arith.truncf %7 : f32 to bf16
+      %9 = arith.extf %8 : bf16 to f32
+      %10 = arith.constant 1.000000e+00 : f32
+      %11 = arith.negf %9 : f32
+      %12 = math.exp %11 : f32
+      %13 = arith.addf %10, %12 : f32
+      %14 = arith.divf %10, %13 : f32
+      %15 = arith.mulf %9, %14 : f32
+      %16 = arith.truncf %15 : f32 to bf16
+      %17 = arith.extf %16 : bf16 to f32
+      %18 = arith.extf %2 : bf16 to f32
+      %19 = arith.addf %17, %18 : f32
+      %20 = arith.truncf %19 : f32 to bf16
+      ein.yield %20 : bf16
+    }
+    func.return %0 : tensor<5x24xbf16>
+  }
+}
+"""
+
+
+def test_the_library_map_runs_16_bit_arithmetic_as_one_op_with_the_same_bits(monkeypatch):
+    """bias + SiLU + residual in bf16, as imported (widen, compute, round per op): the library path
+    adds in bf16 directly where that is what the widen-add-round spells, bit for bit the op-by-op
+    reference interpreter, with fewer PyTorch ops."""
+    from tilefuse.ir import einsum as ein
+    from tilefuse.ir.interpreter import run_op
+    from tilefuse.ir.module import parse_module
+
+    (fn,) = parse_module(BF16_EPILOGUE).ops
+    (map_op,) = [op for op in fn.body.block.ops if isinstance(op, ein.MapOp)]
+    r, b, y = torch.randn(5, 24).bfloat16(), torch.randn(24).bfloat16(), torch.randn(5, 24).bfloat16()
+    adds = []
+    counting = lambda *a: (adds.append(a[0].dtype), torch.add(*a))[1]  # noqa: E731
+    monkeypatch.setitem(group_selection._ROUNDED_ONCE, "arith.addf", counting)
+    got = group_selection.library_map(map_op, [r, b, y])
+    assert adds == [torch.bfloat16, torch.bfloat16]  # the bias and the residual: rounded-once adds
+    want = run_op(map_op, dict(zip(map_op.operands, [r, b, y])), torch.device("cpu"))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
