@@ -51,10 +51,14 @@ from ..passes.fusion_groups import VIRTUAL_OPS
 SELECT_ENV = "TILEFUSE_SELECT"
 LIBRARY, KERNEL = "library", "kernel"
 CALLS_PER_SAMPLE, SAMPLES, WARMUP = 8, 5, 3
-# kinds with a library alternative worth measuring: a GEMM (cuBLAS). Memory-bound kernels fused from
-# several ops beat their one-kernel-per-op library path by construction; attention's would
-# materialize the score matrix (SDPA as a candidate is not built)
-LIBRARY_KINDS = ("gemm",)
+# kinds with a library alternative worth measuring: a GEMM (cuBLAS), and attention, whose library
+# path is the math path (score matrix through cuBLAS, softmax op by op: where an exact-f32 flash
+# kernel runs without tensor cores, SGEMM can win). Memory-bound kernels fused from several ops beat
+# their one-kernel-per-op library path by construction. SDPA itself as a candidate is not built.
+LIBRARY_KINDS = ("gemm", "attention")
+# the largest intermediate (bytes) a library path may materialize while measured: attention's score
+# matrix at long sequences would need gigabytes
+MAX_LIBRARY_BYTES = 1 << 30
 # a library path must be this much faster to replace a kernel: two medians within noise keep the kernel
 MARGIN = 0.97
 
@@ -271,6 +275,7 @@ class GroupSelector:
             candidate: object = alternative
         else:
             try:
+                _check_library_size(kernel)
                 candidate = library_path(kernel)
             except NoLibraryPath as e:
                 self.choices.append(GroupChoice(group, KERNEL, why=str(e)))
@@ -310,6 +315,19 @@ class GroupSelector:
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]
+
+
+def _check_library_size(kernel: object) -> None:
+    """Refuse (NoLibraryPath) a library path whose intermediates would exceed MAX_LIBRARY_BYTES."""
+    for op in kernel.lowered.group.ops:
+        for value in op.results:
+            elements = 1
+            for d in shape_of(value.type):
+                elements *= d
+            size = elements * to_torch_dtype(value.type.get_element_type()).itemsize
+            if size > MAX_LIBRARY_BYTES:
+                gib = size / 2**30
+                raise NoLibraryPath(f"its library path would hold a {gib:.1f} GiB intermediate ({op.name})")
 
 
 def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.device) -> Callable[[], None]:

@@ -196,3 +196,28 @@ def test_the_library_map_runs_16_bit_arithmetic_as_one_op_with_the_same_bits(mon
     assert adds == [torch.bfloat16, torch.bfloat16]  # the bias and the residual: rounded-once adds
     want = run_op(map_op, dict(zip(map_op.operands, [r, b, y])), torch.device("cpu"))
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_on_its_library_path_matches_eager(monkeypatch, causal):
+    """An attention group measured "faster" on its library path (the math path: scores through a
+    matmul, softmax op by op) still computes SDPA's result; ragged lengths, grouped heads."""
+    _fake_gpu(monkeypatch, "library")
+    q, k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 2, 13, 16), torch.randn(2, 2, 13, 16)
+
+    def attend(q, k, v):
+        k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal) * 2
+
+    report = _run(attend, q, k, v)
+    attention = {g["name"] for p in report["partitions"] for g in p["groups"] if g["kind"] == "attention"}
+    choices = {c["group"]: c["chosen"] for p in report["partitions"] for c in p["group_selection"]}
+    assert attention and all(choices[name] == "library" for name in attention), (attention, choices)
+
+
+def test_a_library_path_too_large_to_measure_keeps_the_kernel(monkeypatch):
+    _fake_gpu(monkeypatch, "library")
+    monkeypatch.setattr(group_selection, "MAX_LIBRARY_BYTES", 64)
+    report = _run(lambda x, w: torch.relu(x @ w), torch.randn(9, 12), torch.randn(12, 5))
+    (choice,) = report["partitions"][0]["group_selection"]
+    assert choice["chosen"] == "kernel" and "GiB intermediate" in choice["not_measured"]
