@@ -22,9 +22,15 @@ from tilefuse.autotune.heuristics import CONFIG_ENV
 SMALL_TILES = '{"attention": {"BLOCK_M": 16, "BLOCK_N": 16}}'
 
 
-def assert_one_attention_kernel(reports) -> dict:
-    (group,) = fusion_groups(reports)
-    assert group["kind"] == "attention" and group["kernel"] is not None, group
+def assert_one_attention_kernel(reports, masked: bool = False) -> dict:
+    """One attention kernel; with a mask, beside it only the small kernels that zero the rows the
+    mask leaves no key (`lower_structured._zero_fully_masked_rows`): a map and a reduction of the
+    mask, a map of the output."""
+    groups = fusion_groups(reports)
+    (group,) = [g for g in groups if g["kind"] == "attention"]
+    assert group["kernel"] is not None, group
+    others = [g["kind"] for g in groups if g is not group]
+    assert set(others) <= ({"pointwise", "reduction"} if masked else set()) and len(others) <= 3, groups
     return group
 
 
@@ -80,11 +86,11 @@ def test_float_and_boolean_masks(tiles):
     q, k, v = qkv(2, 2, 29, 31, 16)
     additive = torch.randn(2, 1, 29, 31)
     keep = torch.rand(29, 31) > 0.3
-    keep[:, 0] = True  # no fully masked row (eager gives NaN there)
+    keep[:, 0] = True  # no fully masked row (those: test_rows_the_mask_leaves_no_key_are_zero_as_in_pytorch)
     for mask in (additive, keep):
         torch._dynamo.reset()
         fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # noqa: E731
-        assert_one_attention_kernel(compile_and_compare(fn, q, k, v, mask, rtol=1e-4, atol=1e-5))
+        assert_one_attention_kernel(compile_and_compare(fn, q, k, v, mask, rtol=1e-4, atol=1e-5), masked=True)
 
 
 def test_attention_written_out_by_hand(tiles):
@@ -179,7 +185,7 @@ def test_heads_sliced_from_a_fused_qkv_product_keep_plain_contiguous_indices(tmp
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     reports = compile_and_compare(split_attention, qkv_product, mask, rtol=1e-4, atol=1e-4, dump=tmp_path)
-    assert_one_attention_kernel(reports)
+    assert_one_attention_kernel(reports, masked=True)
     (source,) = [p.read_text() for p in tmp_path.glob("*/kernels/*.py") if "attention_" in p.read_text()]
     lines = source.splitlines()
     indices = _index_names([line for line in lines if "tl.load(qkv_ptr" in line])
@@ -194,3 +200,23 @@ def _index_names(loads: list[str]) -> set[str]:
         address = line.split("tl.load(")[1].split(", mask=")[0]
         names |= {term.split(" * ")[0].strip() for term in address.split(" + ")[1:]}
     return names
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("boolean", [True, False])
+def test_rows_the_mask_leaves_no_key_are_zero_as_in_pytorch(causal, boolean):
+    """Left padding under a causal mask leaves a pad query no key: PyTorch's SDPA returns 0 for that
+    row (its safe softmax), where a plain softmax gives 0/0 = NaN, which the next layer would spread
+    over the whole sequence. Masks as transformers builds them: boolean, or 0 / -inf."""
+    q, k, v = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8)
+    keep = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    keep[1, :, :, :4] = False  # the second sequence's first four positions are padding
+    keep[1, :, 2, :] = False  # and one query sees nothing at all, even without causality
+    mask = keep if boolean else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+
+    def attend(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal) + 1
+
+    expected = attend(q, k, v, mask)
+    assert not expected.isnan().any() and (expected[1, :, 2] == 1).all()  # PyTorch's zero rows
+    compile_and_compare(attend, q, k, v, mask, rtol=1e-4, atol=1e-5)
