@@ -150,6 +150,9 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
     reasons = sorted({f["op"] for r in reports for f in r["fallbacks"] if f["node"] == "<graph>"})
     graphs = ",".join(sorted({str(r["cudagraphs"]) for r in reports if "cudagraphs" in r}))
     note = f"{len(reports)} graph(s), {with_kernels} with kernels"
+    failed = [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
+    if failed:
+        note += f"; {len(failed)} partition(s) failed at run time (PyTorch ran them): {failed[0]}"
     note += f"; whole graphs in PyTorch: {', '.join(reasons)}" if reasons else ""
     return note + (f"; CUDA graphs: {graphs}" if graphs else "")
 

@@ -528,22 +528,3 @@ def test_a_dynamic_graph_compiles_its_static_islands():
     reasons = [f["reason"] for f in dynamic["fallbacks"]]
     assert any("dynamic shape" in r for r in reasons), reasons
     assert not any(f["op"] == "dynamic shapes" for f in dynamic["fallbacks"])
-
-
-def test_greedy_decoding_runs_every_partition_as_kernels():
-    """A tiny Llama's prompt, first step and dynamic decode graph: every partition runs its
-    program (the causal-mask kernel reads a gather at one loaded position, whose scalar-and-block
-    mask Triton's interpreter once refused), and the tokens are eager's."""
-    transformers = pytest.importorskip("transformers")
-    from tilefuse.benchmarks.generation import build
-
-    model = build(True, torch.device("cpu"), torch.float32)
-    assert isinstance(model, transformers.PreTrainedModel)
-    ids = torch.randint(0, 100, (1, 6))
-    expected = model.generate(ids, max_new_tokens=4, do_sample=False)
-    model.forward = tilefuse.compile(model.forward)
-    torch.testing.assert_close(model.generate(ids, max_new_tokens=4, do_sample=False), expected)
-    reports = model.forward.tilefuse_reports
-    assert len(reports) == 3
-    partitions = [p for r in reports for p in r["partitions"]]
-    assert partitions and not [p.get("runtime_error") for p in partitions if p.get("runtime_error")]
