@@ -435,12 +435,26 @@ def _attention_mask(b: EinBuilder, scores: SSAValue, mask: SSAValue | None, caus
 
 
 def _zero_fully_masked_rows(
-    b: EinBuilder, out: SSAValue, mask: SSAValue, causal: bool, queries: int, keys: int
+    ctx: LoweringContext, out: SSAValue, mask: SSAValue, causal: bool, queries: int, keys: int
 ) -> SSAValue:
     """`out` with the rows of queries that the mask leaves no key zeroed, as PyTorch's SDPA returns
     them (its safe softmax): the softmax of a row of -inf is 0/0, and a NaN there would spread to
     every token of the sequence through the next layer (left padding with a causal mask makes such
     rows). Whether a row has a key is computed from the mask alone: one small reduction."""
+    b = ctx.b
+    memo_key = ("rows with a key", mask, causal, queries, keys)
+    has_key = ctx.memo.get(memo_key) or _rows_with_a_key(b, mask, causal, queries, keys)
+    ctx.memo[memo_key] = has_key
+    elem = out.type.get_element_type()
+
+    def zeroed(sb: ScalarBuilder, o: SSAValue, h: SSAValue) -> SSAValue:
+        return sb.select(sb.cmp("gt", h, sb.const(0.0, f32)), o, sb.const(0.0, elem))
+
+    return b.map([out, has_key], elem, zeroed, cast_inputs=False)
+
+
+def _rows_with_a_key(b: EinBuilder, mask: SSAValue, causal: bool, queries: int, keys: int) -> SSAValue:
+    """1.0 where a query row of `mask` (and the causal order) leaves some key, else 0.0 (keepdim)."""
     mask_shape = list(shape_of(mask.type))
     rows = queries if causal or len(mask_shape) < 2 else mask_shape[-2]
     shape = [*mask_shape[:-2], rows, keys]
@@ -455,13 +469,7 @@ def _zero_fully_masked_rows(
     inputs = [b.reshape(mask, [1] * (len(shape) - len(mask_shape)) + mask_shape)]
     if causal:
         inputs += [b.iota(0, shape[-2:], i64), b.iota(1, shape[-2:], i64)]
-    has_key = b.reduce("max", b.map(inputs, f32, kept, cast_inputs=False), [len(shape) - 1], keepdim=True)
-    elem = out.type.get_element_type()
-
-    def zeroed(sb: ScalarBuilder, o: SSAValue, h: SSAValue) -> SSAValue:
-        return sb.select(sb.cmp("gt", h, sb.const(0.0, f32)), o, sb.const(0.0, elem))
-
-    return b.map([out, has_key], elem, zeroed, cast_inputs=False)
+    return b.reduce("max", b.map(inputs, f32, kept, cast_inputs=False), [len(shape) - 1], keepdim=True)
 
 
 def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
@@ -494,7 +502,7 @@ def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
     out = b.contract(f"{p_idx},{v_idx}->{o_idx}", probs, v)
     out = b.reshape(out, ctx.out_shape(node))
     if mask is not None:
-        out = _zero_fully_masked_rows(b, out, mask, bool(a.get("is_causal")), qs[-2], ks[-2])
+        out = _zero_fully_masked_rows(ctx, out, mask, bool(a.get("is_causal")), qs[-2], ks[-2])
     if node.target == aten.scaled_dot_product_attention.default:
         return out
     return (out,)

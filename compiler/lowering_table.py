@@ -94,6 +94,9 @@ class LoweringContext:
     def __init__(self, builder: EinBuilder, env: dict[Node, LoweredValue]):
         self.b = builder
         self.env = env
+        # values a lowering computed that a later node's lowering may reuse (every layer's attention
+        # reads the same mask: which rows it leaves a key is computed once), keyed by the lowering
+        self.memo: dict[tuple, SSAValue] = {}
 
     def value(self, arg: object) -> object:
         """The `ein` value of a node argument; lists map elementwise, constants pass."""

@@ -220,3 +220,18 @@ def test_rows_the_mask_leaves_no_key_are_zero_as_in_pytorch(causal, boolean):
     expected = attend(q, k, v, mask)
     assert not expected.isnan().any() and (expected[1, :, 2] == 1).all()  # PyTorch's zero rows
     compile_and_compare(attend, q, k, v, mask, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_sharing_a_mask_compute_which_rows_have_a_key_once():
+    """(An additive mask, as transformers passes it: a boolean one is converted per call by the
+    decomposition, so each call has its own.)"""
+    q, k, v = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 8)
+    keep = torch.zeros(2, 1, 9, 9).masked_fill(torch.rand(2, 1, 9, 9) > 0.7, float("-inf"))
+
+    def two_layers(q, k, v, mask):
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(h, k, v, attn_mask=mask)
+
+    reports = compile_and_compare(two_layers, q, k, v, keep, rtol=1e-4, atol=1e-5)
+    kinds = [g["kind"] for g in fusion_groups(reports)]
+    assert kinds.count("attention") == 2 and kinds.count("reduction") == 1, kinds
