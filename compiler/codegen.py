@@ -9,12 +9,14 @@ reason recorded in its partition's summary (`groups[].not_a_kernel_because`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,23 +118,33 @@ def shared_source(kernel: tile.KernelOp, options: TritonOptions, seen: dict[str,
     """
     from ..backends.triton import emit
 
-    group_name, args = kernel.sym_name, kernel.body.block.args
-    hints = [a.name_hint for a in args]
-    try:
-        for a in args:
-            a.name_hint = None
-        kernel.sym_name = StringAttr("kernel")
+    group_name = kernel.sym_name.data
+    with renamed(kernel, "kernel", unnamed_args=True):
         neutral = emit(kernel, options)
         if neutral not in seen:
-            verify(kernel, f"tile kernel {group_name.data}")
+            verify(kernel, f"tile kernel {group_name}")
             digest = hashlib.sha256(neutral.encode()).hexdigest()[:16]
             kernel.sym_name = StringAttr(f"{kernel.kind.data}_{digest}")
             seen[neutral] = emit(kernel, options)
+    return seen[neutral]
+
+
+@contextlib.contextmanager
+def renamed(kernel: tile.KernelOp, name: str, unnamed_args: bool = False) -> Iterator[None]:
+    """`kernel` named `name` (and its arguments unnamed, if asked) while the block runs: how a
+    kernel is written under a shared name. Its names are restored afterwards, whatever happened."""
+    group_name, args = kernel.sym_name, kernel.body.block.args
+    hints = [a.name_hint for a in args]
+    try:
+        if unnamed_args:
+            for a in args:
+                a.name_hint = None
+        kernel.sym_name = StringAttr(name)
+        yield
     finally:
         kernel.sym_name = group_name
         for a, hint in zip(args, hints):
             a.name_hint = hint
-    return seen[neutral]
 
 
 def named_source(kernel: tile.KernelOp, function: str, options: TritonOptions) -> str:
@@ -143,12 +155,8 @@ def named_source(kernel: tile.KernelOp, function: str, options: TritonOptions) -
     """
     from ..backends.triton import emit
 
-    group_name = kernel.sym_name
-    try:
-        kernel.sym_name = StringAttr(function)
+    with renamed(kernel, function):
         return emit(kernel, options)
-    finally:
-        kernel.sym_name = group_name
 
 
 _launchers: dict[str, TritonKernel] = {}  # source -> its loaded kernel, for the process
@@ -264,17 +272,8 @@ def shared_cuda_source(kernel: tile.KernelOp, function: str, config: dict[str, i
     arguments unnamed: identical kernels (one per layer) share one source, built once."""
     from ..backends.cuda import emit_cuda
 
-    group_name, args = kernel.sym_name, kernel.body.block.args
-    hints = [a.name_hint for a in args]
-    try:
-        for a in args:
-            a.name_hint = None
-        kernel.sym_name = StringAttr(function)
+    with renamed(kernel, function, unnamed_args=True):
         return emit_cuda(kernel, config, num_warps)
-    finally:
-        kernel.sym_name = group_name
-        for a, hint in zip(args, hints):
-            a.name_hint = hint
 
 
 def _load_cuda(source: str, function: str, config: object, target: Target) -> object:

@@ -33,7 +33,6 @@ its kernel and says why.
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 import time
 from collections import Counter
@@ -45,10 +44,10 @@ from xdsl.ir import Operation, SSAValue
 
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.interpreter import eval_scalar_op, run_op
+from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
+from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
-SELECT_ENV = "TILEFUSE_SELECT"
 LIBRARY, KERNEL = "library", "kernel"
 CALLS_PER_SAMPLE, SAMPLES, WARMUP = 8, 5, 3
 # kinds with a library alternative worth measuring: a GEMM (cuBLAS), and attention, whose library
@@ -68,7 +67,8 @@ class NoLibraryPath(Exception):
 
 
 def group_selection_enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and os.environ.get(SELECT_ENV, "1") != "0"
+    """On wherever the rest of selection is (a GPU; `TILEFUSE_SELECT=0` turns both off)."""
+    return selection_enabled(device)
 
 
 def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -140,7 +140,6 @@ def library_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     imported) is one op on the 16-bit tensors, as eager runs it: the same bits, a quarter of the
     launches (a residual add is 1 kernel, not 4)."""
     block = op.body.block
-    device = inputs[0].device if inputs else torch.device("cpu")
     uses = Counter(v for inner in block.ops for v in inner.operands)
     shortcut: dict[Operation, tuple] = {}
     skipped: set[Operation] = set()
@@ -158,20 +157,16 @@ def library_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         skipped.add(compute)
         only_here = [w for w in widened if uses[w.results[0]] == list(compute.operands).count(w.results[0])]
         skipped.update(only_here)
-    env: dict = dict(zip(block.args, inputs))
-    for inner in block.ops:
-        if isinstance(inner, ein.YieldOp):
-            value = env[inner.value]
-            break
+
+    def evaluate(inner: Operation, env: dict, device: torch.device) -> torch.Tensor | None:
         if inner in skipped:
-            continue
+            return None
         if inner in shortcut:
             fn, sources = shortcut[inner]
-            env[inner.results[0]] = fn(*(env[v] for v in sources))
-        else:
-            env[inner.results[0]] = eval_scalar_op(inner, env, device)
-    shape = shape_of(op.result.type)
-    return torch.broadcast_to(value, shape).to(to_torch_dtype(op.result.type.get_element_type()))
+            return fn(*(env[v] for v in sources))
+        return eval_scalar_op(inner, env, device)
+
+    return run_map(op, inputs, evaluate)
 
 
 def _widens(op: object, narrow: object) -> bool:

@@ -443,8 +443,9 @@ def _zero_fully_masked_rows(
     rows). Whether a row has a key is computed from the mask alone: one small reduction."""
     b = ctx.b
     memo_key = ("rows with a key", mask, causal, queries, keys)
-    has_key = ctx.memo.get(memo_key) or _rows_with_a_key(b, mask, causal, queries, keys)
-    ctx.memo[memo_key] = has_key
+    if memo_key not in ctx.memo:
+        ctx.memo[memo_key] = _rows_with_a_key(b, mask, causal, queries, keys)
+    has_key = ctx.memo[memo_key]
     elem = out.type.get_element_type()
 
     def zeroed(sb: ScalarBuilder, o: SSAValue, h: SSAValue) -> SSAValue:

@@ -93,7 +93,12 @@ def eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tenso
     return result.to(out_dtype)
 
 
-def _run_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def run_map(
+    op: ein.MapOp, inputs: Sequence[torch.Tensor],
+    evaluate: Callable[[Operation, Env, torch.device], torch.Tensor | None] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """A map on whole tensors: each scalar op of its body by `evaluate` (default `eval_scalar_op`;
+    one that returns None leaves the op's value unset: a caller that computed it another way)."""
     block: Block = op.body.block
     device = inputs[0].device if inputs else torch.device("cpu")
     env: Env = dict(zip(block.args, inputs))
@@ -101,7 +106,9 @@ def _run_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(inner, ein.YieldOp):
             value = env[inner.value]
             break
-        env[inner.results[0]] = eval_scalar_op(inner, env, device)
+        result = (evaluate or eval_scalar_op)(inner, env, device)
+        if result is not None:
+            env[inner.results[0]] = result
     shape = shape_of(op.result.type)
     return torch.broadcast_to(value, shape).to(to_torch_dtype(op.result.type.get_element_type()))
 
@@ -164,7 +171,7 @@ def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     if isinstance(op, ein.ContractOp):
         return _run_contract(op, *args)
     if isinstance(op, ein.MapOp):
-        return _run_map(op, args)
+        return run_map(op, args)
     if isinstance(op, ein.ReduceOp):
         return _run_reduce(op, args[0])
     if isinstance(op, ein.ViewOp):
