@@ -9,7 +9,12 @@ reduce-overhead mode (CUDA graphs per decode batch size). For each candidate and
 time to first token (a `generate` of one new token), per-token latency of the decode steps
 ((time for N tokens - time to first token) / (N - 1)), the first `generate`'s time (compiles
 included), the number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's
-frame compiles) and whether the greedy tokens equal eager's. Every candidate runs on the
+frame compiles) and how many greedy tokens equal eager's (all of them, or the tokens up to the
+first that differs: a random-weight model in bf16 has near-ties that any change of kernel can
+flip). `generate` is called with `disable_compile=True` for every candidate: with a static cache
+transformers otherwise compiles the forward itself (torch.compile, CUDA graphs) and the "eager,
+static cache" row would be torch.compile's, and a compiled candidate would run under it. Every
+candidate runs on the
 same model (random weights from a config; nothing is downloaded) and the same prompts, in one
 process. A failing candidate is a table cell, never the end of the run; the results file is
 rewritten after each batch size.
@@ -54,7 +59,7 @@ class GenTiming:
     per_token_ms: float | None = None
     first_generate_s: float | None = None
     compiles: int | None = None
-    same_tokens: bool | None = None
+    same_tokens: int | None = None  # leading generated tokens equal to eager's
     note: str = ""
     error: str | None = None
 
@@ -98,7 +103,9 @@ def measure(
     """Time greedy `generate` of one candidate; returns its timing and its tokens."""
     device, batch = prompt.device, prompt.shape[0]
     static = candidate in (EAGER_STATIC, COMPILE_STATIC, SUBJECT_STATIC)
-    kwargs = dict(do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    kwargs = dict(
+        do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0, disable_compile=True
+    )
     if static:
         kwargs["cache_implementation"] = "static"
     original = model.forward
@@ -123,7 +130,7 @@ def measure(
         reports = getattr(model.forward, "tilefuse_reports", None)
         compiles = len(reports) if reports is not None else (dynamo_frame_compiles() or None)
         note = _tilefuse_note(reports) if reports is not None else ""
-        same = None if reference is None else bool(torch.equal(tokens, reference))
+        same = None if reference is None else agreeing_tokens(tokens, reference, prompt.shape[1])
         timing = GenTiming(
             candidate, batch, ttft, (total - ttft) / max(new_tokens - 1, 1),
             None if candidate in (EAGER, EAGER_STATIC) else first_s, compiles, same, note,
@@ -133,6 +140,16 @@ def measure(
         return GenTiming(candidate, batch, error=describe_error(exc)), None
     finally:
         model.forward = original
+
+
+def agreeing_tokens(tokens: torch.Tensor, reference: torch.Tensor, prompt: int) -> int:
+    """How many generated tokens (after the prompt) equal the reference's before the first that
+    differs, in any row of the batch."""
+    new, ref = tokens[:, prompt:], reference[:, prompt:]
+    if new.shape != ref.shape:
+        return 0
+    differs = (new != ref).any(0).nonzero()
+    return int(differs[0]) if differs.numel() else new.shape[1]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -157,17 +174,17 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
     return note + (f"; CUDA graphs: {graphs}" if graphs else "")
 
 
-def render_table(timings: Sequence[GenTiming]) -> str:
+def render_table(timings: Sequence[GenTiming], new_tokens: int) -> str:
     lines = [
         "| batch | candidate | TTFT ms | per-token ms | vs eager | first generate s | compiles "
-        "| tokens = eager | notes |",
+        "| tokens = eager's | notes |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     eager = {t.batch: t.per_token_ms for t in timings if t.candidate == EAGER}
     for t in timings:
         ref = eager.get(t.batch)
         speedup = ref / t.per_token_ms if ref and t.per_token_ms else None
-        same = "—" if t.same_tokens is None else ("yes" if t.same_tokens else "NO")
+        same = "—" if t.same_tokens is None else f"{t.same_tokens}/{new_tokens}"
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
         cells = [
             str(t.batch), t.candidate, fmt_cell(t.ttft_ms, ".4g"), fmt_cell(t.per_token_ms, ".4g"),
@@ -229,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             timings.append(timing)
             shown = timing.error or f"TTFT {timing.ttft_ms:.4g} ms, {timing.per_token_ms:.4g} ms/token"
             print(f"[batch {batch}] {candidate}: {shown}", file=sys.stderr, flush=True)
-        report = "\n".join(["# Greedy generation", "", *header, "", render_table(timings), ""])
+        table = render_table(timings, args.new_tokens)
+        report = "\n".join(["# Greedy generation", "", *header, "", table, ""])
         if out is not None:
             out.write_text(report)
     print(report)

@@ -60,6 +60,8 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     C++ (`backends/cuda`, built with nvcc) where its emitter covers a kernel,
     or in "auto" whichever of the two measured faster (GEMMs and attention
     stay Triton kernels).
+    A `transformers` model (or its `forward`) has transformers' own automatic
+    compile of static-cache `generate` turned off (`_keep_transformers_off`).
     """
     mode = mode or "default"
     if mode not in MODES:
@@ -75,7 +77,19 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     backend = TilefuseBackend(options, name=name)
     # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph
     # compiles its static islands once (backend.py) instead of compiling again for every new length
+    _keep_transformers_off(fn)
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump
     return compiled
+
+
+def _keep_transformers_off(fn: object) -> None:
+    """With a static KV cache, `generate` compiles the model's `__call__` with torch.compile
+    (Inductor, CUDA graphs) unless the generation config says `disable_compile`: the decode steps
+    would then run Inductor's kernels around (or instead of) tilefuse's. The user asked for
+    tilefuse, so a transformers model compiled with it, or whose `forward` is, turns that off."""
+    owner = getattr(fn, "__self__", fn)
+    config = getattr(owner, "generation_config", None)
+    if config is not None and hasattr(config, "disable_compile") and not config.disable_compile:
+        config.disable_compile = True

@@ -75,3 +75,29 @@ def test_a_group_that_fails_to_lower_runs_op_by_op(monkeypatch):
     assert any(g["kernel"] is not None for g in groups)  # the pointwise group still is a kernel
     failed = [g for g in groups if g["kernel"] is None]
     assert failed and all("injected lowering bug" in g["not_a_kernel_because"] for g in failed)
+
+
+class _FirstProjection(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(50, 24))
+        self.gamma = torch.nn.Parameter(torch.rand(24) + 0.5)
+        self.proj = torch.nn.Linear(24, 40, bias=False)
+
+    def forward(self, ids):
+        h = torch.nn.functional.embedding(ids, self.table)
+        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.gamma
+        return self.proj(normed), h
+
+
+@pytest.mark.parametrize("tokens", [(1, 1), (2, 1), (1, 3)], ids=str)
+def test_one_token_embedding_feeds_a_normed_projection_as_a_kernel(tokens):
+    """Decode's first projection: the embedding of one token, RMS-normed (the norm's weight folds
+    into the projection's, its scale into the epilogue), read by the GEMM through the gather. The
+    gathered operand is a single row for every M of the tile; it once failed to lower ("tile.dot:
+    shapes ('1', 'BLOCK_K') ... do not chain") and ran on the reference interpreter in every
+    decode step."""
+    reports = compile_and_compare(_FirstProjection().eval(), torch.randint(0, 50, tokens), rtol=1e-4)
+    groups = fusion_groups(reports)
+    assert "gemm" in [g["kind"] for g in groups]
+    assert all(g["kernel"] is not None for g in groups), [g["not_a_kernel_because"] for g in groups]

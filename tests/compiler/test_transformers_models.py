@@ -55,3 +55,13 @@ def test_gpt2_in_training_mode_draws_eagers_dropout_masks():
     assert len(report["partitions"]) == 1
     in_pytorch = {f["op"] for f in report["fallbacks"]}
     assert in_pytorch == {"aten.native_dropout.default", "aten.full.default"}
+
+
+def test_compiling_a_model_or_its_forward_turns_transformers_own_compile_off():
+    """With a static cache, `generate` would compile the forward with torch.compile itself and run
+    Inductor's kernels instead of tilefuse's."""
+    for wrap in (lambda m: m, lambda m: m.forward):
+        model = MODELS["llama"]().eval()
+        assert not model.generation_config.disable_compile
+        tilefuse.compile(wrap(model))
+        assert model.generation_config.disable_compile
