@@ -62,7 +62,9 @@ _BITWISE = {arith.AndIOp: torch.bitwise_and, arith.OrIOp: torch.bitwise_or, arit
 def _scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> torch.Tensor:
     dtype = to_torch_dtype(value.type)
     raw = value.value.data
-    return torch.tensor(bool(raw) if dtype == torch.bool else raw, dtype=dtype, device=device)
+    # a fill on the device, not `torch.tensor(..., device=)`: that copies from pageable host memory,
+    # which a CUDA graph capture refuses (a program's interpreter ops run inside one in reduce-overhead)
+    return torch.full((), bool(raw) if dtype == torch.bool else raw, dtype=dtype, device=device)
 
 
 def eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
