@@ -46,7 +46,6 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
-from .program import padded_strides
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -329,7 +328,7 @@ def _check_library_size(kernel: object) -> None:
 def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.device) -> Callable[[], None]:
     """A call that launches `kernel` (a `CompiledKernel`) on `inputs` into fresh row-major outputs,
     its arguments written as the program writes them (each tensor, then its strides)."""
-    outputs = [_empty_like_value(kernel, v, device) for v in kernel.lowered.outputs]
+    outputs = [_empty_like_value(v, device) for v in kernel.lowered.outputs]
     config = kernel.config
     launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
     args: list = []
@@ -340,14 +339,9 @@ def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.dev
     return lambda: launch(stream, *args)
 
 
-def _empty_like_value(kernel: object, value: SSAValue, device: torch.device) -> torch.Tensor:
-    """An output of `kernel` laid out as the program lays it out (`program.padded_strides`)."""
+def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
     dtype = to_torch_dtype(value.type.get_element_type())
-    shape = tuple(shape_of(value.type))
-    strides = padded_strides(kernel, shape, dtype)
-    if strides is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, strides, dtype=dtype, device=device)
+    return torch.empty(tuple(shape_of(value.type)), dtype=dtype, device=device)
 
 
 def _stream(device: torch.device) -> int:

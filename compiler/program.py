@@ -18,8 +18,6 @@ the captured PyTorch code for that call instead.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -270,17 +268,12 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
 def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> None:
     outputs = list(kernel.lowered.outputs)
     names = reuse_names or [w.fresh(v) for v in outputs]
-    padded_results = []
     for value, name in zip(outputs, names):
         w.names[value] = name
         out_type = value.type
         shape = tuple(shape_of(out_type))
         dtype = to_torch_dtype(out_type.get_element_type())
         meta = torch.empty(shape, dtype=dtype, device="meta")
-        if reuse_names is None and (strides := padded_strides(kernel, shape, dtype)) is not None:
-            meta = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
-            if value in w.inputs.results:
-                padded_results.append(value)
         w.meta[value] = meta
         layout = (shape, tuple(meta.stride()), dtype)
         w.layouts[name] = layout
@@ -290,8 +283,6 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
             w.emit(f"{name} = _empty({shape!r}, {tuple(meta.stride())!r}, dtype={dtype}, device=_device)")
-            if meta.stride() != torch.empty(shape, device="meta").stride():
-                w.emit(f"# {name}: rows padded to {meta.stride()[-2]} elements (aligned: vector stores)")
     args = []
     for value in [*kernel.lowered.inputs, *outputs]:
         args.append(w.names[value])
@@ -305,36 +296,6 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.emit(f"# {title} ({lowered.group.kind}){backend}: grid {grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
-    for value in padded_results:  # what leaves the partition is row-major, as PyTorch's would be
-        name = w.names[value]
-        w.emit(f"{name} = {name}.contiguous()")
-        w.meta[value] = torch.empty(w.meta[value].shape, dtype=w.meta[value].dtype, device="meta")
-
-
-# a GEMM output whose rows are not 16-byte aligned (an LM head at vocabulary 50257) is written with
-# scalar stores; padding its row stride (as Inductor pads such matmuls) lets the kernel store whole
-# vectors, and a result is then copied out row-major. Only outputs at least this large: the copy
-# costs a launch and a round trip.
-PAD_MIN_BYTES = 8 << 20
-PAD_TO_BYTES = 128
-PAD_ENV = "TILEFUSE_PAD_GEMM_ROWS"
-
-
-def padded_strides(kernel: object, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, ...] | None:
-    """Strides with the rows of a GEMM's output padded to PAD_TO_BYTES, where they are worth it
-    (module comment above); None to keep it row-major. `$TILEFUSE_PAD_GEMM_ROWS=0` turns it off."""
-    if kernel.lowered.group.kind != "gemm" or len(shape) < 2 or os.environ.get(PAD_ENV, "1") == "0":
-        return None
-    size = dtype.itemsize
-    n = shape[-1]
-    if (n * size) % 16 == 0 or math.prod(shape) * size < PAD_MIN_BYTES:
-        return None
-    per = PAD_TO_BYTES // size
-    row = -(-n // per) * per
-    strides = [1, row]
-    for d in reversed(shape[1:-1]):
-        strides.append(strides[-1] * d)
-    return tuple(reversed(strides))
 
 
 def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_names: list[str] | None) -> None:

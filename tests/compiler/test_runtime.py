@@ -528,27 +528,3 @@ def test_a_dynamic_graph_compiles_its_static_islands():
     reasons = [f["reason"] for f in dynamic["fallbacks"]]
     assert any("dynamic shape" in r for r in reasons), reasons
     assert not any(f["op"] == "dynamic shapes" for f in dynamic["fallbacks"])
-
-
-@pytest.mark.parametrize("pad", ["1", "0"])
-def test_gemm_rows_that_are_not_16_byte_aligned_are_padded_and_results_leave_row_major(
-    tmp_path, monkeypatch, pad
-):
-    """An output of N = 37 f32 elements a row (148 bytes) is written with rows padded to 128 bytes,
-    read in place by the next GEMM, and the partition's result is copied out row-major."""
-    from tilefuse.compiler import program
-
-    monkeypatch.setattr(program, "PAD_MIN_BYTES", 0)
-    monkeypatch.setenv(program.PAD_ENV, pad)
-    monkeypatch.setenv("TILEFUSE_CACHE", "0")
-    x, w1, w2 = torch.randn(45, 24), torch.randn(37, 24), torch.randn(19, 37)
-    fn = lambda x, w1, w2: torch.relu(x @ w1.t()) @ w2.t() + 1.0  # noqa: E731
-    compiled = tilefuse.compile(fn, dump=tmp_path)
-    out = compiled(x, w1, w2)
-    torch.testing.assert_close(out, fn(x, w1, w2), rtol=1e-4, atol=1e-4)
-    assert out.is_contiguous()
-    (source,) = tmp_path.glob("*/program_*.py")
-    text = source.read_text()
-    assert ("rows padded to 64 elements" in text) == (pad == "1"), text  # 37 f32 -> 64 (256 bytes)
-    assert ("rows padded to 32 elements" in text) == (pad == "1"), text  # 19 f32 -> 32
-    assert (".contiguous()" in text) == (pad == "1")
