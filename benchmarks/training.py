@@ -39,7 +39,9 @@ DEFAULT_MODELS = ("llama", "gpt2")
 EAGER, COMPILE, SUBJECT = "eager", "torch.compile", "tilefuse"
 COMPILED_BACKWARD = "tilefuse compiled backward"  # TILEFUSE_TRAINING=compile: forward and backward compiled
 CANDIDATES = (EAGER, COMPILE, SUBJECT, COMPILED_BACKWARD)
-SETTLE_STEPS = 3  # steps before timing: compiles, and tilefuse's switch once a backward ran
+# steps before timing: compiles, and tilefuse's measured choice once a backward ran (its first step,
+# the partitions settling, a warm-up each way, then ROUNDS steps each way: selection.TrainingSelection)
+SETTLE_STEPS = 16
 
 
 @dataclass(frozen=True)

@@ -336,7 +336,8 @@ def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_r
 
 @pytest.mark.parametrize("faster", ["tilefuse", "pytorch"])
 def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatch, faster):
-    """By default (on a GPU: faked here), a training graph's backward is compiled too, and its steps
+    """By default (on a GPU: faked here), a training graph's backward is compiled too; once its
+    partitions have settled (unmeasured compiled steps), its steps
     alternate between the compiled forward and backward and Dynamo's graph in PyTorch until each
     way has ROUNDS intervals between calls (a fake clock: the faster way's step takes 1, the other
     2); the faster is kept. Gradients are eager's at every step, whichever way ran."""
@@ -362,9 +363,14 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     layer = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.GELU())
     compiled = tilefuse.compile(layer)
     x = torch.randn(5, 7)
-    for step in range(2 + 2 + 2 * selection.ROUNDS + 2):  # first step, warm-ups, measured, chosen
+    settle = selection.TrainingSelection.SETTLE
+    # the first step; compiled steps while the partitions settle; a warm-up each way; measured; chosen
+    steps = 1 + settle + 2 + 2 * selection.ROUNDS + 2
+    for step in range(steps):
+        if step < 1 + settle:
+            assert ticks["calls"] == 0  # no step is timed while the compiled graphs settle
         _step_matches_eager(compiled, layer, x)
-        if step == 9:
+        if step == steps - 3:
             before_last = len(launches)
     reports = {r.get("kind", "forward"): r for r in compiled.tilefuse_reports}
     assert set(reports) == {"forward", "backward"}  # the backward was compiled, for the measurement
