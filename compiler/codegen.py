@@ -17,6 +17,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,6 +181,7 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     # Triton is imported here, not at `import tilefuse`: capture and IR work without loading it.
     options = art.target.triton_options()
     written: dict[str, str] = {}
+    cuda_jobs: list[tuple[list, int, tile.KernelOp | None, str]] = []
     for p in art.compiled_partitions():
         for g in p.lowered:
             if g.kernel is None:
@@ -209,10 +211,45 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             if art.target.backend != "triton":
                 body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
-                kernel = with_cuda_kernel(kernel, body, function, art.target)
+                cuda_jobs.append((p.kernels, len(p.kernels), body, function))
             p.kernels.append(kernel)
+    _add_cuda_kernels(cuda_jobs, art.target)
     art.precompiled = precompile_kernels(art)
     return art
+
+
+CUDA_BUILD_THREADS = 8  # nvcc runs as a subprocess: builds on threads overlap fully
+
+
+def _add_cuda_kernels(jobs: list[tuple[list, int, tile.KernelOp | None, str]], target: Target) -> None:
+    """Each job's kernel (`kernels[at]`) with its CUDA C++ kernel (`with_cuda_kernel`). Sources are
+    written first, then the distinct ones built on threads: a model's kernels compile in parallel
+    (one at a time, Llama's took 65 s on the H200), identical ones once."""
+    from ..backends.cuda import SUPPORTED_KINDS
+
+    sources: dict[int, str] = {}
+    builds: dict[str, tuple[str, object]] = {}
+    for i, (kernels, at, body, function) in enumerate(jobs):
+        kernel = kernels[at]
+        if body is None or kernel.lowered.group.kind not in SUPPORTED_KINDS:
+            continue
+        config = kernel.config
+        try:
+            sources[i] = shared_cuda_source(body, function, dict(config.params), config.num_warps)
+        except Exception:  # with_cuda_kernel writes it again and says why
+            continue
+        builds.setdefault(sources[i], (function, config))
+    if builds:
+
+        def build(item: tuple[str, tuple[str, object]]) -> None:
+            source, (function, config) = item
+            with contextlib.suppress(Exception):  # with_cuda_kernel tries it again and says why
+                _cuda_kernel(source, function, config, target)
+
+        with ThreadPoolExecutor(max_workers=min(CUDA_BUILD_THREADS, len(builds))) as pool:
+            list(pool.map(build, builds.items()))
+    for i, (kernels, at, body, function) in enumerate(jobs):
+        kernels[at] = with_cuda_kernel(kernels[at], body, function, target, sources.get(i))
 
 
 def kernels_with_bodies(art: GraphArtifact) -> dict[str, tile.KernelOp]:
@@ -229,18 +266,39 @@ def kernels_with_bodies(art: GraphArtifact) -> dict[str, tile.KernelOp]:
     return art.dumped_kernels
 
 
-_cuda_kernels: dict[str, object] = {}  # CUDA source -> its loaded kernel, for the process
+_cuda_kernels: dict[str, Future] = {}  # CUDA source -> its loaded kernel (or its error), for the process
 _cuda_lock = threading.Lock()
 
 
+def _cuda_kernel(source: str, function: str, config: object, target: Target) -> object:
+    """The loaded kernel of `source`, built once per process: the first thread to ask builds it,
+    others with the same source wait for that build (several layers' identical kernels), and
+    different sources build at the same time. A failure reaches every thread waiting for that
+    build; a later compile tries again."""
+    with _cuda_lock:
+        pending = _cuda_kernels.get(source)
+        building = pending is None
+        if building:
+            pending = _cuda_kernels[source] = Future()
+    if building:
+        try:
+            pending.set_result(_load_cuda(source, function, config, target))
+        except Exception as e:
+            pending.set_exception(e)
+            with _cuda_lock:
+                del _cuda_kernels[source]
+    return pending.result()
+
+
 def with_cuda_kernel(
-    kernel: CompiledKernel, body: tile.KernelOp | None, function: str, target: Target
-) -> CompiledKernel:
+    kernel: CompiledKernel, body: tile.KernelOp | None, function: str, target: Target,
+    source: str | None = None,
+) -> CompiledKernel:  # fmt: skip
     """`kernel` with the CUDA C++ backend's kernel for its group: instead of the Triton one for
     backend "cuda", as its `alternative` for "auto". A group the CUDA emitter does not cover, or
     whose source does not build, keeps its Triton kernel and `cuda_note` says why. On the GPU the
     source is built with nvcc (cached on disk by source hash); under the interpreter (CPU) it runs
-    on CPU threads (`backends/cuda/testing.py`)."""
+    on CPU threads (`backends/cuda/testing.py`). `source`: its CUDA C++, if already written."""
     from ..backends.cuda import SUPPORTED_KINDS
 
     g = kernel.lowered
@@ -252,11 +310,8 @@ def with_cuda_kernel(
     try:
         if body is None:
             raise ValueError(f"no body for {g.group.name}'s kernel")
-        source = shared_cuda_source(body, function, dict(config.params), config.num_warps)
-        with _cuda_lock:
-            launcher = _cuda_kernels.get(source)
-            if launcher is None:
-                launcher = _cuda_kernels[source] = _load_cuda(source, function, config, target)
+        source = source or shared_cuda_source(body, function, dict(config.params), config.num_warps)
+        launcher = _cuda_kernel(source, function, config, target)
     except Exception as e:  # the CUDA backend's gap is not the model's problem: Triton runs it
         kernel.cuda_note = f"stays on Triton: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return kernel

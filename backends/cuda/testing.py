@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,6 +172,13 @@ def emulated_source(source: str) -> str:
     return _LAUNCH.sub(r"emulation::launch(\2, \3, [&] { \1(\4); });", source)
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """`path` holds `text`, never half of it: builds on several threads share the headers."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def build_on_cpu(sources: Sequence[str], workdir: Path) -> ctypes.CDLL:
     """Compile emitted kernels (one translation unit) into a shared library for the CPU and load it."""
     compiler = host_compiler()
@@ -177,13 +186,13 @@ def build_on_cpu(sources: Sequence[str], workdir: Path) -> ctypes.CDLL:
         raise RuntimeError("no g++: the CUDA emulation needs a host C++20 compiler")
     include = workdir / "include"
     include.mkdir(parents=True, exist_ok=True)
-    (include / "cuda_runtime.h").write_text(EMULATION_HEADER)
+    _write_atomically(include / "cuda_runtime.h", EMULATION_HEADER)
     for header in ("cuda_fp16.h", "cuda_bf16.h"):
-        (include / header).write_text('#include "cuda_runtime.h"\n')
+        _write_atomically(include / header, '#include "cuda_runtime.h"\n')
     text = "\n".join(emulated_source(s) for s in sources)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     cpp, library = workdir / f"kernels_{digest}.cpp", workdir / f"kernels_{digest}.so"
-    cpp.write_text(text)
+    _write_atomically(cpp, text)
     command = [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{include}", str(cpp), "-o",
                str(library)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)

@@ -75,3 +75,41 @@ def test_auto_keeps_the_faster_backend_per_group(tmp_path, monkeypatch, faster):
     assert cuda_choices and {c["chosen"] for c in cuda_choices} == {faster}
     assert all(g["backend"] == "triton" for g in kernels)  # the report names the compiled kernel
     assert program.count("[cuda]") == (len(cuda_choices) if faster == "cuda" else 0)
+
+
+def test_cuda_kernels_build_on_threads_and_identical_ones_once(monkeypatch):
+    """A graph's distinct CUDA C++ kernels build at the same time (nvcc is a subprocess; one at a
+    time, Llama's took 65 s on the H200), and kernels with one source (two softmaxes) build once.
+    The build is faked (a slow one, counted); under "auto" on a CPU the Triton kernels run."""
+    import threading
+    import time
+
+    from tilefuse.compiler import codegen
+
+    lock, active, peak, built = threading.Lock(), [0], [0], []
+
+    def slow_build(source, function, config, target):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            built.append(source)
+        time.sleep(0.3)
+        with lock:
+            active[0] -= 1
+        return object()  # never launched: on a CPU, "auto" runs the Triton kernel unmeasured
+
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")
+    monkeypatch.setattr(codegen, "_load_cuda", slow_build)
+    monkeypatch.setattr(codegen, "_cuda_kernels", {})
+
+    def fn(x, y):
+        return torch.softmax(x, -1), torch.softmax(y, -1), F.layer_norm(x * 2, (33,)), torch.exp(y) + 1
+
+    x, y = torch.randn(5, 33), torch.randn(5, 33)
+    compiled = tilefuse.compile(fn, backend="auto")
+    for got, want in zip(compiled(x, y), fn(x, y)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+    assert sum(g["cuda"] == "built: measured against Triton" for g in groups) == len(groups) >= 4, groups
+    assert len(built) == len(set(built)) < len(groups)  # the two softmaxes share a source
+    assert peak[0] > 1
