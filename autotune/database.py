@@ -64,6 +64,24 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 """
 
+# measured choices between a kernel and another way of running its group (compiler/group_selection.py:
+# the library path, the other backend), keyed like records, `detail` saying which launch (configuration,
+# operand layouts, the other way). Added beside schema version 1 (created on open where missing): a file
+# without it is still a version 1 file, and an older tilefuse ignores the table.
+_CHOICES = """
+CREATE TABLE IF NOT EXISTS choices (
+    task_key TEXT NOT NULL,
+    device TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    chosen TEXT NOT NULL,
+    kernel_ms REAL NOT NULL,
+    other_ms REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (task_key, device, versions, detail)
+)
+"""
+
 _RECORD_COLUMNS = "task_key, device, versions, config, median_ms, error, job, trial, wall_s, extra"
 _TASK_COLUMNS = "task_key, name, kind, problem, epilogue_ops, source, kernel_name, args"
 
@@ -95,6 +113,7 @@ class Database:
             # synchronous is per connection, not stored in the file: every opener must set it
             self._conn.execute("PRAGMA synchronous=FULL")
             self._create_schema()
+            self._conn.execute(_CHOICES)
         except BaseException:
             self._conn.close()
             raise
@@ -245,6 +264,27 @@ class Database:
                 "SELECT DISTINCT device, versions FROM records WHERE task_key = ?", (task_key,)
             ).fetchall()
         return [(d, v) for d, v in rows]
+
+    def commit_choice(
+        self, task_key: str, device: str, versions: str, detail: str, chosen: str, kernel_ms: float,
+        other_ms: float,
+    ) -> None:  # fmt: skip
+        """Store one measured choice (`chosen`, and both times) durably; the same key is replaced."""
+        row = (task_key, device, versions, detail, chosen, kernel_ms, other_ms, time.time())
+        with self._lock:
+            self._conn.execute(f"INSERT OR REPLACE INTO choices VALUES ({_marks(8)})", row)
+
+    def choice(
+        self, task_key: str, device: str, versions: str, detail: str
+    ) -> tuple[str, float, float] | None:
+        """(chosen, kernel ms, other ms) of a choice measured here before, or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT chosen, kernel_ms, other_ms FROM choices WHERE task_key = ? AND device = ? "
+                "AND versions = ? AND detail = ?",
+                (task_key, device, versions, detail),
+            ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
     def __len__(self) -> int:
         with self._lock:

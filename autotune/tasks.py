@@ -68,3 +68,32 @@ def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
     except Exception as e:  # a bad database must not cost the model its kernels: use the defaults
         log.warning("tilefuse: tuning database %s unusable (%s); default configs", path, e)
         return None
+
+
+def recorded_choice(task_key: str, device: str, detail: str) -> tuple[str, float, float] | None:
+    """A choice measured before for this kernel launch on `device` with these versions
+    (`Database.choice`), or None: none recorded, no database, `TILEFUSE_TUNED=0`, or a bad file."""
+    if os.environ.get(TUNED_ENV, "1") == "0":
+        return None
+    path = default_path()
+    if not path.exists():
+        return None
+    try:
+        return _open(str(path)).choice(task_key, device, versions(), detail)
+    except Exception as e:  # a bad database costs a measurement, not the model
+        log.warning("tilefuse: tuning database %s unusable (%s); measuring", path, e)
+        return None
+
+
+def record_choice(
+    task_key: str, device: str, detail: str, chosen: str, kernel_ms: float, other_ms: float
+) -> None:
+    """Store a measured choice (`Database.commit_choice`), so later compiles decide without measuring;
+    nothing under `TILEFUSE_TUNED=0`. A database that cannot be written is warned about, not raised."""
+    if os.environ.get(TUNED_ENV, "1") == "0":
+        return
+    path = default_path()
+    try:
+        _open(str(path)).commit_choice(task_key, device, versions(), detail, chosen, kernel_ms, other_ms)
+    except Exception as e:
+        log.warning("tilefuse: tuning database %s unusable (%s); choice not recorded", path, e)

@@ -17,7 +17,11 @@ candidate pays its launches' host time as a pipelined program does. The
 program is then written with the faster one, literally: a group on the
 library path is one call that runs its ops, and its outputs land in fresh
 row-major buffers, the layout the kernel's would have had. The choice and
-both times go in the partition's report (`group_selection`).
+both times go in the partition's report (`group_selection`) and in the
+tuning database (`choices`, keyed by the kernel's task, the device, the
+versions and the launch's configuration and operand layouts): a later
+compile on the same device reads the choice back instead of measuring
+(the report says `"from": "database"`; `TILEFUSE_TUNED=0` ignores it).
 `TILEFUSE_SELECT=0` turns this off with the rest of selection.
 
 Under `backend="auto"` (codegen.with_cuda_kernel), a pointwise, reduction or
@@ -33,6 +37,7 @@ its kernel and says why.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from collections import Counter
@@ -42,6 +47,8 @@ from dataclasses import dataclass, field
 import torch
 from xdsl.ir import Operation, SSAValue
 
+from ..autotune.database import device_name
+from ..autotune.tasks import record_choice, recorded_choice
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import eval_scalar_op, run_map, run_op
@@ -231,6 +238,7 @@ class GroupChoice:
     other_ms: float | None = None
     why: str | None = None  # why it was not measured
     other: str = LIBRARY
+    source: str = "measured"  # or "database": measured by an earlier compile, read back
 
     def as_dict(self) -> dict:
         out = {"group": self.group, "chosen": self.chosen}
@@ -238,6 +246,8 @@ class GroupChoice:
             out["not_measured"] = self.why
         else:
             out |= {"kernel_ms": round(self.kernel_ms, 5), f"{self.other}_ms": round(self.other_ms, 5)}
+            if self.source != "measured":
+                out["from"] = self.source
         return out
 
 
@@ -279,11 +289,28 @@ class GroupSelector:
         key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts, other)
         known = self._known.get(key)
         if known is None:
-            known = self._known[key] = self._measure(kernel, other, candidate, input_metas)
+            known = self._known[key] = self._recorded(kernel, key) or self._measure(
+                kernel, other, candidate, input_metas
+            )
+            if known.source == "measured" and known.why is None and kernel.task_key:
+                times = (known.kernel_ms, known.other_ms)
+                record_choice(kernel.task_key, device_name(), _detail(key), known.chosen, *times)
         self.choices.append(dataclasses.replace(known, group=group))
         if known.chosen == KERNEL:
             return KERNEL, None
         return (LIBRARY, candidate) if other == LIBRARY else ("alternative", candidate)
+
+    def _recorded(self, kernel: object, key: tuple) -> GroupChoice | None:
+        """The choice measured for this launch by an earlier compile on this device and versions
+        (the tuning database's `choices`), or None."""
+        if not kernel.task_key:
+            return None
+        found = recorded_choice(kernel.task_key, device_name(), _detail(key))
+        if found is None:
+            return None
+        chosen, kernel_ms, other_ms = found
+        group = kernel.lowered.group.name
+        return GroupChoice(group, chosen, kernel_ms, other_ms, other=key[-1], source="database")
 
     def _measure(
         self, kernel: object, other: str, candidate: object, input_metas: Sequence[torch.Tensor]
@@ -310,6 +337,14 @@ class GroupSelector:
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]
+
+
+def _detail(key: tuple) -> str:
+    """A launch's key (function, configuration, operand layouts, the other way) as the database
+    keeps it beside the kernel's task key."""
+    function, config, layouts, other = key
+    shown = [[list(size), list(stride), str(dtype).removeprefix("torch.")] for size, stride, dtype in layouts]
+    return json.dumps({"function": function, "config": config, "layouts": shown, "other": other})
 
 
 def _check_library_size(kernel: object) -> None:

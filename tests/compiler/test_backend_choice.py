@@ -19,6 +19,13 @@ from tilefuse.compiler import group_selection, runtime
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: CUDA kernels cannot run on CPU")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tuning_database(monkeypatch, tmp_path):
+    """Measured choices are recorded in the tuning database and read back by later compiles: each
+    test starts from an empty one, so its fake clock decides."""
+    monkeypatch.setenv("TILEFUSE_TUNING_DB", str(tmp_path / "tuning.db"))
+
+
 def _block(x, w, g):
     h = torch.relu(x @ w)  # a GEMM: Triton's under any backend
     return F.layer_norm(h * 2, (h.shape[-1],)) + torch.sigmoid(g), torch.softmax(x * 3, dim=-1).sum(0)

@@ -17,6 +17,13 @@ import tilefuse
 from tilefuse.compiler import group_selection, runtime
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tuning_database(monkeypatch, tmp_path):
+    """Measured choices are recorded in the tuning database and read back by later compiles: each
+    test starts from an empty one, so its fake clock decides."""
+    monkeypatch.setenv("TILEFUSE_TUNING_DB", str(tmp_path / "tuning.db"))
+
+
 def _fake_gpu(monkeypatch, faster: str, seen: list | None = None) -> None:
     """Group selection on (it runs on CUDA only), with `faster` ("kernel" or "library") winning."""
     monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
@@ -221,3 +228,36 @@ def test_a_library_path_too_large_to_measure_keeps_the_kernel(monkeypatch):
     report = _run(lambda x, w: torch.relu(x @ w), torch.randn(9, 12), torch.randn(12, 5))
     (choice,) = report["partitions"][0]["group_selection"]
     assert choice["chosen"] == "kernel" and "GiB intermediate" in choice["not_measured"]
+
+
+def test_a_later_compile_reads_the_choice_from_the_tuning_database(monkeypatch, tmp_path):
+    """Both times and the choice are recorded (keyed by the kernel's task, device, versions and the
+    launch's layouts); a later compile of the same graph decides without measuring and says so.
+    Other shapes are another launch: measured again."""
+    seen = []
+    _fake_gpu(monkeypatch, "library", seen)
+    x, w1, b1, w2, w3, r = _mlp_inputs(9, 12, 10)
+    first = _run(_mlp, x, w1, b1, w2, w3, r)["partitions"][0]["group_selection"]
+    assert {c["chosen"] for c in first} == {"library"} and "from" not in first[0] and seen
+    from tilefuse.autotune.database import Database
+
+    with Database(tmp_path / "tuning.db") as db:
+        assert db._conn.execute("SELECT COUNT(*) FROM choices").fetchone()[0] == len(first)
+
+    seen.clear()
+    torch._dynamo.reset()
+    _fake_gpu(monkeypatch, "kernel", seen)  # a clock that would now choose otherwise: not asked
+    again = _run(_mlp, x, w1, b1, w2, w3, r)["partitions"][0]["group_selection"]
+    assert not seen
+    assert [(c["chosen"], c["library_ms"], c["from"]) for c in again] == [
+        (c["chosen"], c["library_ms"], "database") for c in first
+    ]
+    torch._dynamo.reset()
+    _run(_mlp, *_mlp_inputs(5, 12, 10))  # other shapes: measured
+    assert seen
+
+
+def _mlp_inputs(m, k, n):
+    torch.manual_seed(0)
+    x, r = torch.randn(m, k), torch.randn(m, k)
+    return x, torch.randn(n, k), torch.randn(n), torch.randn(k, n), torch.randn(n, k), r
