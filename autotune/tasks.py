@@ -15,11 +15,14 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from .database import Database, default_path, versions
 from .records import ArgSpec, TuningRecord, TuningTask
 
 log = logging.getLogger("tilefuse")
+T = TypeVar("T")
 TUNED_ENV = "TILEFUSE_TUNED"  # "0": ignore the tuning database, use the default configs
 
 _registry: dict[str, TuningTask] = {}
@@ -56,33 +59,30 @@ def _open(path: str) -> Database:
         return _open_databases[path]
 
 
-def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
-    """The best measured trial of `task` on `device` with these versions, if it was tuned."""
+def _read(query: Callable[[Database], T], otherwise: str) -> T | None:
+    """`query` on the tuning database, or None: `TILEFUSE_TUNED=0`, no database file yet, or a file
+    that cannot be read (warned about: `otherwise` says what is done instead; the model never pays)."""
     if os.environ.get(TUNED_ENV, "1") == "0":
         return None
     path = default_path()
     if not path.exists():
         return None
     try:
-        return _open(str(path)).best(task.key, device, versions())
-    except Exception as e:  # a bad database must not cost the model its kernels: use the defaults
-        log.warning("tilefuse: tuning database %s unusable (%s); default configs", path, e)
+        return query(_open(str(path)))
+    except Exception as e:
+        log.warning("tilefuse: tuning database %s unusable (%s); %s", path, e, otherwise)
         return None
+
+
+def tuned_record(task: TuningTask, device: str) -> TuningRecord | None:
+    """The best measured trial of `task` on `device` with these versions, if it was tuned."""
+    return _read(lambda db: db.best(task.key, device, versions()), "default configs")
 
 
 def recorded_choice(task_key: str, device: str, detail: str) -> tuple[str, float, float] | None:
     """A choice measured before for this kernel launch on `device` with these versions
     (`Database.choice`), or None: none recorded, no database, `TILEFUSE_TUNED=0`, or a bad file."""
-    if os.environ.get(TUNED_ENV, "1") == "0":
-        return None
-    path = default_path()
-    if not path.exists():
-        return None
-    try:
-        return _open(str(path)).choice(task_key, device, versions(), detail)
-    except Exception as e:  # a bad database costs a measurement, not the model
-        log.warning("tilefuse: tuning database %s unusable (%s); measuring", path, e)
-        return None
+    return _read(lambda db: db.choice(task_key, device, versions(), detail), "measuring")
 
 
 def record_choice(
