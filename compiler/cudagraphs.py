@@ -56,7 +56,10 @@ class CudaGraphReplay:
             return self.fn(*args)
         self.calls += 1
         if self.calls == 1 and (reason := _unsafe_inputs(args)) is not None:
-            return self._refuse(reason, args)  # known now: no need to wait for the capture
+            # known now: no need to wait for the capture. Said quietly (the report has it): a graph
+            # run once per call of the user's code, as a static-cache prompt whose cache position
+            # starts on the CPU, gains nothing from a replay and its user has nothing to fix
+            return self._refuse(reason, args, logging.INFO)
         if self.calls <= WARMUP_CALLS:
             return self.fn(*args)
         if self.graph is None or self._parameters_changed(args):
@@ -105,10 +108,10 @@ class CudaGraphReplay:
         self.graph.replay()
         return _clone(self.static_outputs)
 
-    def _refuse(self, reason: str, args: Sequence[object]) -> object:
+    def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:
         self.refused = reason
         self.report["cudagraphs"] = f"refused: {reason}"
-        log.warning("tilefuse: no CUDA graph for graph %s: %s", self.report.get("name"), reason)
+        log.log(level, "tilefuse: no CUDA graph for graph %s: %s", self.report.get("name"), reason)
         return self.fn(*args)
 
 

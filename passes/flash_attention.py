@@ -232,7 +232,8 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
     q_up, k_up = pattern.upcasts
     q_src = q_up.inputs[0] if q_up else scores.lhs
     k_src = k_up.inputs[0] if k_up else scores.rhs
-    q_tile = kb.load(q_src, [at[c] for c in lhs1])  # [BLOCK_M, BLOCK_D], read once
+    q_index = [at[c] for c in lhs1]
+    q_tile = kb.full_tile(kb.load(q_src, q_index), q_index)  # [BLOCK_M, BLOCK_D], read once
     dot_elem = q_src.type.get_element_type()
     if dot_elem != k_src.type.get_element_type():  # only one side was widened: widen it here
         dot_elem = scores.lhs.type.get_element_type()
@@ -263,7 +264,8 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         with kb.inside(body):
             keys = kb.offsets(j, "BLOCK_N")
             k_at = at | {key: kb.expand(keys, 0), d: kb.expand(kb.arange("BLOCK_D"), 1)}
-            k_tile = kb.cast(kb.load(k_src, [k_at[c] for c in rhs1]), dot_elem)  # [BLOCK_D, BLOCK_N]
+            k_index = [k_at[c] for c in rhs1]
+            k_tile = kb.cast(kb.full_tile(kb.load(k_src, k_index), k_index), dot_elem)  # [BLOCK_D, BLOCK_N]
             zero = kb.emit(
                 tile.FullOp(FloatAttr(0.0, f32), tile.BlockType(["BLOCK_M", "BLOCK_N"], f32))
             ).result
@@ -293,7 +295,8 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
                 key2: kb.expand(keys, 1),
                 dv: kb.expand(kb.arange("BLOCK_DV"), 0),
             }
-            v_tile = kb.load(output.rhs, [v_at[c] for c in rhs2])  # [BLOCK_N, BLOCK_DV]
+            v_index = [v_at[c] for c in rhs2]
+            v_tile = kb.full_tile(kb.load(output.rhs, v_index), v_index)  # [BLOCK_N, BLOCK_DV]
             scaled = kb.map([acc, alpha], f32, lambda sb, a, b: sb.mul(a, b))
             tf32 = allow_tf32 and output.rhs.type.get_element_type() == f32
             kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))

@@ -21,7 +21,6 @@ pass cannot lower yet is reported with the reason, and runs op by op.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
@@ -112,17 +111,6 @@ def _classify(spec: str, sizes: dict[str, int]) -> tuple[str, str, str, str]:
     return batch, m, n, k
 
 
-def _full_tile(kb: KernelBuilder, value: SSAValue, indices: Sequence[Index]) -> SSAValue:
-    """`value` broadcast to the tile its `indices` span. A load may come back narrower: an operand
-    read through a gather of one row (decode: the embedding of a single token feeding the first
-    projection) is one row for every M of the tile, and `tile.dot` takes full tiles."""
-    dims = tile.block_dims(value.type)
-    full = tile.broadcast_dims(dims, *(tile.block_dims(i.type) for i in indices))
-    if full is None or full == dims:
-        return value
-    return kb.map([value, *indices], tile.element_type(value.type), lambda sb, v, *_: v)
-
-
 def _letter_sizes(op: ein.ContractOp) -> dict[str, int]:
     lhs, rhs, _ = ein.parse_spec(op.spec.data)
     return dict(zip(lhs, shape_of(op.lhs.type))) | dict(zip(rhs, shape_of(op.rhs.type)))
@@ -182,10 +170,10 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
                 if op.lhs not in loaded:
                     a_index = [k_cols[c] if c in k else at[names[c]] for c in lhs]
                     a_tile = kb.load(op.lhs, a_index, [block[c] for c in lhs if block])
-                    loaded[op.lhs] = a_tile if K == 1 else _full_tile(kb, a_tile, a_index)
+                    loaded[op.lhs] = a_tile if K == 1 else kb.full_tile(a_tile, a_index)
                 b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
                 b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
-                b_tile = b_tile if K == 1 else _full_tile(kb, b_tile, b_index)
+                b_tile = b_tile if K == 1 else kb.full_tile(b_tile, b_index)
                 tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
                 if K == 1:  # a view may have dropped the size-1 K axis of a tile: multiply, no dot
                     accs.append(kb.map([acc, loaded[op.lhs], b_tile], f32, _multiply_add))

@@ -120,6 +120,17 @@ class KernelBuilder:
         block.add_op(tile.YieldOp(result))
         return self.emit(tile.MapOp(list(inputs), tile.BlockType(dims, out_elem), Region(block))).result
 
+    def full_tile(self, value: SSAValue, indices: Sequence[Index]) -> SSAValue:
+        """`value` broadcast to the tile its `indices` span. A load may come back narrower where
+        an index is dropped on the way to memory: a row read through a gather of one token, or
+        through a view that only moves a size-1 dim (decode's one query, viewed from [1, H, 1, D]
+        to [H, 1, D]), is one row for every row of the tile, and `tile.dot` takes full tiles."""
+        dims = tile.block_dims(value.type)
+        full = tile.broadcast_dims(dims, *(tile.block_dims(i.type) for i in indices))
+        if full is None or full == dims:
+            return value
+        return self.map([value, *indices], tile.element_type(value.type), lambda sb, v, *_: v)
+
     def index_op(self, name: str, a: Index, b: Index | int) -> Index:
         """a `name` b on i32 indices (add, sub, mul, div, rem): arith on scalars, tile.map on tiles."""
         b_val = self.const(b) if isinstance(b, int) else b

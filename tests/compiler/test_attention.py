@@ -103,6 +103,21 @@ def test_attention_written_out_by_hand(tiles):
     assert_one_attention_kernel(compile_and_compare(attention, q, k, v, causal, rtol=1e-4, atol=1e-5))
 
 
+@pytest.mark.parametrize("sq, sk", [(1, 9), (5, 1), (1, 1)], ids=["one query", "one key", "one of each"])
+def test_one_query_or_key_of_one_sequence_read_through_a_head_merging_view(sq, sk):
+    """GPT-J and CodeGen write attention with 4-d matmuls, which view [1, H, S, D] as [H, S, D].
+    In decode (batch 1, one query) that view only moves size-1 dims, so the query's row index
+    never reaches its load: the tile came back [1, BLOCK_D], `tile.dot` refused it ("shapes ('1',
+    'BLOCK_D') x ... do not chain") and each layer's attention ran on the reference interpreter."""
+
+    def attention(q, k, v):  # q: [1, Sq, H, D] as projected; k, v: [1, Sk, H, D]
+        q, k, v = (x.permute(0, 2, 1, 3) for x in (q, k, v))
+        return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / 4.0, dim=-1) @ v
+
+    q, k, v = torch.randn(1, sq, 3, 16), torch.randn(1, sk, 3, 16), torch.randn(1, sk, 3, 16)
+    assert_one_attention_kernel(compile_and_compare(attention, q, k, v, rtol=1e-4, atol=1e-5))
+
+
 @pytest.mark.parametrize("d", [64, 128])
 def test_head_dims(d):
     q, k, v = qkv(1, 2, 24, 24, d)
