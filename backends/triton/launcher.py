@@ -211,8 +211,9 @@ class BoundLaunch:
                 # a pipeline deeper than the shared memory holds: the grid stays, only stages go
                 if type(e).__name__ != "OutOfResources" or self.num_stages <= 1:
                     raise
-                log.warning("tilefuse: kernel %s: %s; retrying with num_stages=%d",
-                            self.kernel.name, e, self.num_stages - 1)  # fmt: skip
+                # info, not a warning: the retry is the fix, and a user has nothing to do about it
+                log.info("tilefuse: kernel %s: %s; retrying with num_stages=%d",
+                         self.kernel.name, e, self.num_stages - 1)  # fmt: skip
                 self.num_stages -= 1
         if not self.per_launch_tma and _direct_launch_possible(binary):
             self.binary = binary
