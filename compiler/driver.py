@@ -194,7 +194,9 @@ def _cache_entry(art: GraphArtifact) -> CacheEntry | None:
 
 
 def _declared(g: LoweredGroup) -> LoweredGroup:
-    """`g` with its kernel reduced to a declaration: the same signature, an empty body."""
+    """`g` with its kernel reduced to a declaration: the same signature, an empty body. A kernel
+    that failed to generate (`g.error`) is not kept: on a hit its empty body would verify, and
+    launch as a kernel that writes nothing."""
     if g.kernel is None:
         return g
     k = g.kernel

@@ -19,6 +19,8 @@ import tilefuse.backends.triton as triton_backend
 from helpers import compile_and_compare, fusion_groups
 from tilefuse.backends.triton import precompile
 from tilefuse.compiler import artifact_cache, codegen
+from tilefuse.ir import tile
+from tilefuse.ir.module import IRError
 
 BLOCK = """
 import torch
@@ -221,6 +223,28 @@ def test_cache_hit_in_a_new_process_is_fast_and_matches_eager(blocks, tmp_path, 
     assert result["cache"] == "hit" and result["error"] < 1e-4
     tilefuse_s = seconds["total"] - seconds["capture"]
     assert tilefuse_s < 0.5, seconds
+
+
+def test_a_group_whose_kernel_failed_to_generate_runs_op_by_op_on_a_cache_hit_too(blocks, tmp_path, monkeypatch):
+    """A kernel that does not verify (a lowering bug) leaves its group to the reference
+    interpreter. The cache entry once kept the kernel's declaration: on a hit its empty body
+    verified, and it ran as a kernel that wrote nothing (garbage out, no error)."""
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    real = codegen.verify
+
+    def gemms_do_not_verify(op, *args, **kwargs):
+        if isinstance(op, tile.KernelOp) and op.kind.data == "gemm" and len(op.body.block.ops) > 1:
+            raise IRError("a gemm kernel that does not verify")
+        return real(op, *args, **kwargs)
+
+    monkeypatch.setattr(codegen, "verify", gemms_do_not_verify)
+    x = torch.randn(2, 4, 16)
+    for cache in ("miss", "hit"):
+        torch._dynamo.reset()
+        reports = compile_and_compare(blocks.model(1), x, rtol=1e-4, atol=1e-4)
+        assert reports[0]["cache"] == cache
+        gemms = [g for g in fusion_groups(reports) if g["kind"] == "gemm"]
+        assert gemms and all(g["kernel"] is None and "does not verify" in g["not_a_kernel_because"] for g in gemms)
 
 
 def test_threads_compile_every_job_in_this_process_and_never_raise():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo
 import torch.nn.functional as F
@@ -62,3 +63,43 @@ def test_dynamic_graph_report_names_dynamic_shapes():
     torch.testing.assert_close(compiled(x), torch.exp(x) + 1)
     reasons = [f["reason"] for r in backend.reports for f in r["fallbacks"]]
     assert reasons and all("dynamic shape" in r or "symbolic" in r for r in reasons)
+
+
+class _Block(torch.nn.Module):
+    """Attention with a causal mask and an MLP, over [batch, sequence, 16]."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+        self.up, self.down = torch.nn.Linear(16, 40), torch.nn.Linear(40, 16)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(F.layer_norm(x, (16,))).view(b, s, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        h = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, 16))
+        return h + self.down(F.gelu(self.up(F.layer_norm(h, (16,)))))
+
+
+@pytest.mark.parametrize("order", ["mixed", "batch-major"])
+def test_five_lengths_and_three_batch_sizes_compile_at_most_twice_and_match_eager(order):
+    """Dynamo's automatic dynamic shapes: the first call compiles for its shapes; a call whose sizes
+    differ compiles once more with those dims symbolic (nodes with static shapes would still run
+    as kernels; here every node has a symbolic size), and every later size reuses it. Batch sizes
+    2-4 in any order once both dims have changed: two compiles. Batch-major from batch 1: the
+    batch dim stays static while the lengths change, and batch 1 is a size PyTorch specializes
+    (its 0/1 specialization: torch.compile compiles as often), so a third compile when the batch
+    first changes. Outputs match eager at every call, lengths ragged (no tile divides them)."""
+    torch._dynamo.reset()
+    block = _Block().eval()
+    compiled = tilefuse.compile(block)
+    lengths = (5, 7, 12, 17, 33)
+    if order == "batch-major":
+        calls = [(b, s) for b in (1, 2, 3) for s in lengths]
+    else:
+        calls = [(b, s) for s in lengths for b in (2, 3, 4)]
+        calls.insert(1, calls.pop(calls.index((3, 7))))  # the second call changes both dims
+    with torch.no_grad():
+        for b, s in calls:
+            x = torch.randn(b, s, 16)
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-4, atol=1e-4)
+    assert len(compiled.tilefuse_reports) == (2 if order == "mixed" else 3)
