@@ -197,6 +197,8 @@ def _declared(g: LoweredGroup) -> LoweredGroup:
     """`g` with its kernel reduced to a declaration: the same signature, an empty body. A kernel
     that failed to generate (`g.error`) is not kept: on a hit its empty body would verify, and
     launch as a kernel that writes nothing."""
+    if g.error is not None:
+        return dataclasses.replace(g, kernel=None)
     if g.kernel is None:
         return g
     k = g.kernel
