@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from xdsl.context import Context
 from xdsl.dialects import func, scf
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, f32, i1, i32
-from xdsl.ir import Block, Region, SSAValue
+from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
-from ..ir.dtypes import is_float, shape_of
+from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, math_functions, read_groups
@@ -233,19 +233,30 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
 _NEUTRAL = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
+def _any_or_all(elem: Attribute, kind: str) -> bool:
+    """A max or min of booleans: any/all (a safe softmax asks whether each row has a key)."""
+    return is_bool(elem) and kind in ("max", "min")
+
+
+def _accumulator_type(elem: Attribute, kind: str) -> Attribute:
+    """The type a `kind` reduction of `elem` accumulates in: any/all reduce 0s and 1s in f32,
+    whose infinities are the neutral values a boolean has none of."""
+    return f32 if _any_or_all(elem, kind) else opmath_type(elem)
+
+
 def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
     elem = reduce.result.type.get_element_type()
-    if not is_float(elem):
-        raise LoweringUnsupported(f"reductions over {elem} run op by op")
     shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
+    if not (is_float(elem) or _any_or_all(elem, kind)):
+        raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
     row_dims = [d for d in range(len(shape)) if d not in dims]
     if not row_dims:
         raise LoweringUnsupported("a reduction to a single element runs op by op")
     R, C = math.prod(shape[d] for d in row_dims), math.prod(shape[d] for d in dims)
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), [shape[d] for d in row_dims])
-    acc_elem = opmath_type(elem)
+    acc_elem = _accumulator_type(elem, kind)
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     init = kb.emit(tile.FullOp(FloatAttr(_NEUTRAL[kind], acc_elem), acc_type)).result
     trips = kb.cdiv(C, "BLOCK_C")
@@ -289,7 +300,7 @@ def _reduce_row_tile(
 ) -> SSAValue:
     """`op` over axis 1 of a [rows, BLOCK_C] tile whose lanes past `C` are masked off."""
     elem, kind = op.result.type.get_element_type(), op.kind.data
-    acc_elem = opmath_type(elem)
+    acc_elem = _accumulator_type(elem, kind)
     neutral = _NEUTRAL[kind]
     lanes = kb.map(
         [in_range, value], acc_elem,

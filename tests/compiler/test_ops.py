@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import compile_and_compare, compiled_aten_ops
+from helpers import compile_and_compare, compiled_aten_ops, fusion_groups
 
 SHAPES = [(5,), (3, 7), (2, 3, 33)]
 
@@ -165,6 +165,24 @@ REDUCTIONS = {
 @pytest.mark.parametrize("name", sorted(REDUCTIONS))
 def test_reductions(name, shape):
     compile_and_compare(REDUCTIONS[name], torch.randn(*shape) * 2, rtol=1e-5, atol=1e-5)
+
+
+BOOLEAN_REDUCTIONS = {
+    "any": lambda x: (x > 2).any(-1),
+    "all_keepdim": lambda x: (x > -2).all(0, keepdim=True),
+    "safe_softmax_row_has_a_key": lambda x: (x.masked_fill(x < 0, float("-inf")) != float("-inf")).any(-1, True),
+    "any_of_a_bool_input": lambda x: (x > 1).logical_not().any(-1),
+}
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 33)], ids=str)
+@pytest.mark.parametrize("name", sorted(BOOLEAN_REDUCTIONS))
+def test_any_and_all_are_kernels(name, shape):
+    """any/all (max/min over booleans) once ran op by op ("reductions over i1"): Falcon's
+    attention, a safe softmax asking whether each row has a key, did so in every layer."""
+    reports = compile_and_compare(BOOLEAN_REDUCTIONS[name], torch.randn(*shape) * 2)
+    groups = fusion_groups(reports)
+    assert groups and all(g["kernel"] is not None for g in groups), [g["not_a_kernel_because"] for g in groups]
 
 
 @pytest.mark.parametrize("affine", [True, False])
