@@ -53,6 +53,7 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
+from .program import stream_getter
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -370,7 +371,7 @@ def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.dev
     for t in [*inputs, *outputs]:
         args.append(t)
         args.extend(t.stride())
-    stream = _stream(device)
+    stream = stream_getter(device)() if device.type == "cuda" else 0
     return lambda: launch(stream, *args)
 
 
@@ -378,8 +379,3 @@ def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
     dtype = to_torch_dtype(value.type.get_element_type())
     return torch.empty(tuple(shape_of(value.type)), dtype=dtype, device=device)
 
-
-def _stream(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 0
-    return torch.cuda.current_stream(device).cuda_stream

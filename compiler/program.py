@@ -165,7 +165,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     device = spec.device
     w.scope.update(torch=torch, _device=device, _empty=torch.empty_strided, _version_key=_version_key)
     if device.type == "cuda":
-        w.scope["_stream"] = _stream_getter(device)
+        w.scope["_stream"] = stream_getter(device)
     w.scope["_derived"] = {}
     arg_names = [f"arg{i}" for i in range(len(spec.args))]
     for value, name, t in zip(spec.args, arg_names, example_args):
@@ -352,7 +352,8 @@ def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:
     return run
 
 
-def _stream_getter(device: torch.device) -> Callable[[], int]:
+def stream_getter(device: torch.device) -> Callable[[], int]:
+    """A call that returns the current CUDA stream of `device` as a raw handle (what launchers take)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
     if raw is not None:
