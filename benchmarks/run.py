@@ -1,6 +1,6 @@
 """Run the benchmark cases against their baselines and write a markdown table.
 
-    python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--smoke] [--only NAME...]
+    python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--smoke] [--only NAME...] [--cuda]
 
 Every candidate (tilefuse, then each baseline of the case) runs in this one
 process on the same inputs. Each is timed, and checked against a float64
@@ -8,6 +8,10 @@ reference on the same inputs, so a fast wrong kernel shows. A candidate that
 fails (compile error, out of memory) gets its error in the table and the run
 goes on. Each run rewrites the whole output file: ratios compare only within
 one run. `--smoke` runs tiny float32 cases on the CPU to test this harness.
+`--cuda` adds a row per case for tilefuse with the CUDA C++ backend
+(`backend="cuda"`: its pointwise, reduction and row kernels in CUDA C++,
+GEMMs and attention still Triton's), whose speedup column is then its time
+over the Triton backend's.
 
 Memory-bound cases (softmax, norms: `BenchCase.io_elements` set) also show
 GB/s, the bytes an ideal kernel moves over the median time, and that as a
@@ -51,6 +55,7 @@ from .cases import (
 )
 
 SUBJECT = "tilefuse"
+SUBJECT_CUDA = "tilefuse, CUDA C++ backend"
 SMOKE_SCALE = 64
 # Inductor's max-autotune benchmarks many GEMM templates per shape: minutes on a CPU, not a smoke test.
 SMOKE_SKIPPED = (MAX_AUTOTUNE,)
@@ -58,6 +63,7 @@ DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
 
 COMPILERS: dict[str, Callable[[Callable], Callable]] = {
     SUBJECT: tilefuse.compile,
+    SUBJECT_CUDA: partial(tilefuse.compile, backend="cuda"),
     EAGER: lambda fn: fn,
     CUBLAS: lambda fn: fn,
     SDPA: lambda fn: fn,
@@ -124,6 +130,8 @@ def tilefuse_note(compiled: Callable) -> str:
     kinds = Counter(g["kind"] if g["kernel"] else "op-by-op" for g in groups)
     kernels = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
     note = f"{len(reports)} graph(s), {partitions} partition(s), {len(fallbacks)} fallback(s); {kernels}"
+    in_cuda = sum(1 for g in groups if g["kernel"] and g.get("backend") == "cuda")
+    note += f"; {in_cuda} in CUDA C++" if in_cuda else ""
     return note + (f"; first: {fallbacks[0]['reason']}" if fallbacks else "")
 
 
@@ -179,7 +187,7 @@ def measure(
             profile_kernels(lambda: compiled(*inputs), profile_dir / f"{case.name}.txt")
     except Exception as exc:  # any failure of one candidate is a table cell, never the end of the run
         return Measurement(candidate, error=describe_error(exc))
-    note = tilefuse_note(compiled) if candidate == SUBJECT else ""
+    note = tilefuse_note(compiled) if candidate in (SUBJECT, SUBJECT_CUDA) else ""
     return Measurement(candidate, median_ms, rel_error, note=note)
 
 
@@ -192,13 +200,16 @@ def release_memory(device: torch.device) -> None:
 
 
 def run_case(
-    case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool, profile_dir: Path | None = None
-) -> list[Measurement]:
-    """Measure tilefuse and every baseline of `case` on one set of random inputs."""
+    case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool, profile_dir: Path | None = None,
+    cuda: bool = False,
+) -> list[Measurement]:  # fmt: skip
+    """Measure tilefuse (and, with `cuda`, its CUDA C++ backend) and every baseline of `case` on
+    one set of random inputs."""
     torch.manual_seed(0)
     inputs = case.make_inputs(device, dtype)
     ref = case.fn(*(x.double() for x in inputs))
-    candidates = [SUBJECT, *(b for b in case.baselines if not (smoke and b in SMOKE_SKIPPED))]
+    subjects = [SUBJECT, SUBJECT_CUDA] if cuda else [SUBJECT]
+    candidates = [*subjects, *(b for b in case.baselines if not (smoke and b in SMOKE_SKIPPED))]
     results = []
     for candidate in candidates:
         start = time.perf_counter()
@@ -350,6 +361,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="write each case's per-kernel GPU times (tilefuse) to DIR"
     )
+    parser.add_argument(
+        "--cuda", action="store_true", help="a row per case for tilefuse with the CUDA C++ backend too"
+    )
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         parser.error("the benchmarks need a CUDA device; --smoke runs tiny cases on the CPU")
@@ -369,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         copy_gbps = copy_bandwidth(copy_shape, device, dtype)
         release_memory(device)
         print(f"copy bandwidth: {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
-        results = [(case, run_case(case, device, dtype, args.smoke, args.profile)) for case in cases]
+        results = [
+            (case, run_case(case, device, dtype, args.smoke, args.profile, args.cuda)) for case in cases
+        ]
     header = describe_environment(device, dtype, argv, copy_gbps, copy_shape)
     report = render_report(header, render_table(results, dtype, copy_gbps))
     out = args.out or (None if args.smoke else DEFAULT_OUT)

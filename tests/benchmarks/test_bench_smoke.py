@@ -134,3 +134,21 @@ def test_a_failing_candidate_is_a_table_cell_and_the_run_goes_on():
     rows = table_rows(render_table([(case, results)]))
     assert [r["median ms"] for r in rows] == ["—", "—"]
     assert all(r["notes"].startswith("FAILED: ") and "\\|" in r["notes"] for r in rows)
+
+
+def test_the_cuda_backend_gets_its_own_row_beside_tritons(tmp_path: Path, monkeypatch):
+    """`--cuda`: a row for tilefuse with the CUDA C++ backend after tilefuse's own, its speedup
+    column its time over the Triton backend's; its kernels run on CPU threads (g++) here."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("no g++: CUDA C++ kernels cannot run on a CPU")
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "1")
+    out = tmp_path / "results.md"
+    main(["--smoke", "--only", "rmsnorm", "--cuda", "--out", str(out)])
+    rows = table_rows(out.read_text())
+    assert [r["candidate"] for r in rows][:2] == ["tilefuse", "tilefuse, CUDA C++ backend"]
+    cuda = rows[1]
+    assert "FAILED" not in cuda["notes"] and float(cuda["rel. err"]) < 1e-3, cuda
+    assert "1 in CUDA C++" in cuda["notes"] and "CUDA C++" not in rows[0]["notes"], cuda
+    assert cuda["tilefuse speedup"].endswith("x"), cuda
