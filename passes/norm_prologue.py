@@ -154,13 +154,15 @@ def _strip_view(value: SSAValue) -> SSAValue:
 
 def _readers(y: ein.MapOp) -> list[Contraction] | None:
     shape = shape_of(y.result.type)
+    if not shape:
+        return None
     readers = []
     for use in y.result.uses:
         op, lhs_shape = use.operation, None
         if isinstance(op, ein.ViewOp) and op.kind.data == "reshape" and len(list(op.result.uses)) == 1:
             # rows flattened for a 2-d GEMM (nn.Linear on a 3-d input): the last index stays
             lhs_shape = shape_of(op.result.type)
-            if lhs_shape[-1] != shape[-1]:
+            if not lhs_shape or lhs_shape[-1] != shape[-1]:  # a 0-d view (var() of all) has no row
                 return None
             op = next(iter(op.result.uses)).operation
         if (

@@ -144,3 +144,10 @@ def test_layer_norm_of_short_offset_rows(k, offset):
     # the epilogue's mean correction still cancels |mean|/std digits of f32 (up to ~2e-4 here;
     # eager's own error against float64 reaches 1e-4 on such rows)
     the_gemm(compile_and_compare(model, torch.randn(16, k) + offset, rtol=1e-3, atol=1e-3))
+
+
+@pytest.mark.parametrize("fn", [torch.var, torch.std])
+def test_map_reshaped_to_a_scalar_is_not_a_norm(fn):
+    """A map whose one reader reshapes it to 0-d (var() of all elements) has no last index to
+    contract: the pass once indexed it and sent the whole graph to PyTorch."""
+    compile_and_compare(fn, torch.randn(6, 7))
