@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch._decomp import core_aten_decompositions
+from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 from torch.fx import GraphModule
@@ -36,8 +36,15 @@ _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention",
 
 
 def decompositions() -> dict:
-    """PyTorch's core aten decompositions, minus attention (imported whole)."""
+    """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
+    instance and group norms' (as Inductor's table has them): their statistics and affine maps
+    then fuse like LayerNorm's, beside a convolution PyTorch runs."""
     table = core_aten_decompositions()
+    aten = torch.ops.aten
+    table.update(get_decompositions([
+        aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit,
+        aten._native_batch_norm_legit_functional, aten.native_batch_norm, aten.native_group_norm,
+    ]))  # fmt: skip
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in _KEEP_WHOLE)}
 
 

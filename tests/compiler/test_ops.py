@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tilefuse
 from helpers import compile_and_compare, compiled_aten_ops, fusion_groups
 
 SHAPES = [(5,), (3, 7), (2, 3, 33)]
@@ -274,3 +275,40 @@ def test_repeat_is_indexed_through_in_the_kernel_that_reads_it(shape, repeats):
     x = torch.randn(*shape)
     reports = compile_and_compare(lambda t: torch.sigmoid(t.repeat(*repeats)) * 2, x)
     assert "aten.repeat" in compiled_aten_ops(reports)
+
+
+NORM_MODULES = {
+    "batch_norm_eval": lambda: torch.nn.Sequential(torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval(),
+    "batch_norm_train": lambda: torch.nn.BatchNorm2d(8).train(),
+    "batch_norm_1d_train": lambda: torch.nn.BatchNorm1d(8).train(),
+    "instance_norm": lambda: torch.nn.InstanceNorm2d(8, affine=True),
+    "group_norm": lambda: torch.nn.GroupNorm(2, 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORM_MODULES))
+def test_batch_instance_and_group_norms_match_eager_with_their_running_statistics(name):
+    """The batch, instance and group norms decompose (as in Inductor's table) into statistics and
+    affine maps that compile like LayerNorm's, beside the convolution a network runs in PyTorch.
+    Training-mode batch norm updates its running statistics as eager does. Before, each of them
+    was one op tilefuse had no lowering for."""
+    import copy
+
+    torch.manual_seed(0)
+    module = NORM_MODULES[name]()
+    reference = copy.deepcopy(module)
+    compiled = tilefuse.compile(module)
+    shape = (16, 8) if "1d" in name else (4, 8, 6, 5)
+    for step in range(2):
+        x = torch.randn(*shape) * 2 + step
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+    for (buffer, got), (_, want) in zip(module.named_buffers(), reference.named_buffers(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=buffer)
+    groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+    aten = [op for r in compiled.tilefuse_reports for p in r["partitions"] for op in p["aten_ops"]]
+    assert groups and not any("batch_norm" in op or "group_norm" in op for op in aten)
+    kernels = [g for g in groups if g["kernel"] is not None]
+    # everything is a kernel but training's 0-d batch counter (one PyTorch op) and group norm's
+    # as_strided views of its statistics
+    assert kernels and all(g["kernel"] or g["ops"] == ["ein.map"] for g in groups), groups
