@@ -309,6 +309,19 @@ def test_batch_instance_and_group_norms_match_eager_with_their_running_statistic
     aten = [op for r in compiled.tilefuse_reports for p in r["partitions"] for op in p["aten_ops"]]
     assert groups and not any("batch_norm" in op or "group_norm" in op for op in aten)
     kernels = [g for g in groups if g["kernel"] is not None]
-    # everything is a kernel but training's 0-d batch counter (one PyTorch op) and group norm's
-    # as_strided views of its statistics
+    # everything is a kernel but training's 0-d batch counter (one PyTorch op)
     assert kernels and all(g["kernel"] or g["ops"] == ["ein.map"] for g in groups), groups
+    fallbacks = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
+    assert not [op for op in fallbacks if "as_strided" in op or "norm" in op], fallbacks
+
+
+def test_as_strided_that_is_a_reshape_compiles_and_any_other_runs_in_pytorch():
+    """Group norm's decomposition views its statistics with `as_strided` (row-major strides over
+    the whole tensor): a reshape, compiled. Overlapping windows depend on the storage: PyTorch."""
+    x = torch.randn(3, 4, 5)
+    reports = compile_and_compare(lambda x: torch.as_strided(x * 2, (6, 10), (10, 1)) + 1, x)
+    assert all(g["kernel"] is not None for g in fusion_groups(reports))
+    windows = lambda x: torch.as_strided(x * 2, (4, 3), (1, 1)).exp()  # noqa: E731
+    reports = compile_and_compare(windows, torch.randn(12), allow_fallbacks=True)
+    reasons = [f["reason"] for r in reports for f in r["fallbacks"] if f["op"] == "aten.as_strided.default"]
+    assert reasons == ["an as_strided view that is not a reshape (other strides, or a part) runs in PyTorch"]
