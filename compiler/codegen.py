@@ -223,33 +223,31 @@ CUDA_BUILD_THREADS = 8  # nvcc runs as a subprocess: builds on threads overlap f
 
 def _add_cuda_kernels(jobs: list[tuple[list, int, tile.KernelOp | None, str]], target: Target) -> None:
     """Each job's kernel (`kernels[at]`) with its CUDA C++ kernel (`with_cuda_kernel`). Sources are
-    written first, then the distinct ones built on threads: a model's kernels compile in parallel
-    (one at a time, Llama's took 65 s on the H200), identical ones once."""
+    written here first, one after another (writing renames the kernel's IR in place); then the
+    kernels with a source are built and loaded on threads: a model's kernels compile in parallel
+    (one at a time, Llama's took 65 s on the H200), identical ones once (`_cuda_kernel`)."""
     from ..backends.cuda import SUPPORTED_KINDS
 
-    sources: dict[int, str] = {}
-    builds: dict[str, tuple[str, object]] = {}
-    for i, (kernels, at, body, function) in enumerate(jobs):
+    written: list[tuple[list, int, tile.KernelOp, str, str]] = []
+    for kernels, at, body, function in jobs:
         kernel = kernels[at]
-        if body is None or kernel.lowered.group.kind not in SUPPORTED_KINDS:
-            continue
-        config = kernel.config
-        try:
-            sources[i] = shared_cuda_source(body, function, dict(config.params), config.num_warps)
-        except Exception:  # with_cuda_kernel writes it again and says why
-            continue
-        builds.setdefault(sources[i], (function, config))
-    if builds:
+        source = None
+        if body is not None and kernel.lowered.group.kind in SUPPORTED_KINDS:
+            config = kernel.config
+            with contextlib.suppress(Exception):  # with_cuda_kernel writes it again and says why
+                source = shared_cuda_source(body, function, dict(config.params), config.num_warps)
+        if source is None:  # not covered, or not written: says why at once, builds nothing
+            kernels[at] = with_cuda_kernel(kernel, body, function, target)
+        else:
+            written.append((kernels, at, body, function, source))
 
-        def build(item: tuple[str, tuple[str, object]]) -> None:
-            source, (function, config) = item
-            with contextlib.suppress(Exception):  # with_cuda_kernel tries it again and says why
-                _cuda_kernel(source, function, config, target)
+    def add(job: tuple[list, int, tile.KernelOp, str, str]) -> None:
+        kernels, at, body, function, source = job
+        kernels[at] = with_cuda_kernel(kernels[at], body, function, target, source)
 
-        with ThreadPoolExecutor(max_workers=min(CUDA_BUILD_THREADS, len(builds))) as pool:
-            list(pool.map(build, builds.items()))
-    for i, (kernels, at, body, function) in enumerate(jobs):
-        kernels[at] = with_cuda_kernel(kernels[at], body, function, target, sources.get(i))
+    if written:
+        with ThreadPoolExecutor(max_workers=min(CUDA_BUILD_THREADS, len(written))) as pool:
+            list(pool.map(add, written))
 
 
 def kernels_with_bodies(art: GraphArtifact) -> dict[str, tile.KernelOp]:
@@ -298,7 +296,8 @@ def with_cuda_kernel(
     backend "cuda", as its `alternative` for "auto". A group the CUDA emitter does not cover, or
     whose source does not build, keeps its Triton kernel and `cuda_note` says why. On the GPU the
     source is built with nvcc (cached on disk by source hash); under the interpreter (CPU) it runs
-    on CPU threads (`backends/cuda/testing.py`). `source`: its CUDA C++, if already written."""
+    on CPU threads (`backends/cuda/testing.py`). `source`: its CUDA C++, if already written (then
+    nothing is written here, and threads may call this for different kernels at once)."""
     from ..backends.cuda import SUPPORTED_KINDS
 
     g = kernel.lowered

@@ -120,3 +120,27 @@ def test_cuda_kernels_build_on_threads_and_identical_ones_once(monkeypatch):
     assert sum(g["cuda"] == "built: measured against Triton" for g in groups) == len(groups) >= 4, groups
     assert len(built) == len(set(built)) < len(groups)  # the two softmaxes share a source
     assert peak[0] > 1
+
+
+def test_a_cuda_build_that_fails_is_tried_once_and_its_group_stays_on_triton(monkeypatch):
+    """A failed build (nvcc's error, or its time limit: up to minutes) is not run a second time
+    in the same compile; the group keeps its Triton kernel and says why."""
+    from tilefuse.compiler import codegen
+
+    tried = []
+
+    def failing_build(source, function, config, target):
+        tried.append(source)
+        raise RuntimeError("simulated nvcc failure")
+
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")
+    monkeypatch.setattr(codegen, "_load_cuda", failing_build)
+    monkeypatch.setattr(codegen, "_cuda_kernels", {})
+    fn = lambda x: (torch.softmax(x, -1), torch.exp(x) + 1)  # noqa: E731
+    x = torch.randn(5, 33)
+    compiled = tilefuse.compile(fn, backend="cuda")
+    for got, want in zip(compiled(x), fn(x)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+    assert len(tried) == len(set(tried)) == len(groups) == 2
+    assert all(g["backend"] == "triton" and "simulated nvcc failure" in g["cuda"] for g in groups), groups
