@@ -71,14 +71,6 @@ def lower_reshape(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.reshape(ctx.tensor(node.args[0]), ctx.out_shape(node))
 
 
-def _contiguous_strides(shape: list[int]) -> list[int]:
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= max(d, 1)
-    return strides[::-1]
-
-
 def _as_strided_check(node: Node) -> str | None:
     """An `as_strided` that reads a row-major input in order (offset 0, row-major strides, every
     element) is a reshape; any other one runs in PyTorch (it depends on the storage's layout)."""
@@ -87,7 +79,7 @@ def _as_strided_check(node: Node) -> str | None:
     row_major = source is not None and source.is_contiguous() and source.storage_offset() == 0
     if not row_major or offset not in (0, None):
         return "an as_strided view of a tensor that is not row-major from its start runs in PyTorch"
-    if stride != _contiguous_strides(size) or math.prod(size) != source.numel():
+    if stride != list(torch.empty(size, device="meta").stride()) or math.prod(size) != source.numel():
         return "an as_strided view that is not a reshape (other strides, or a part) runs in PyTorch"
     return None
 

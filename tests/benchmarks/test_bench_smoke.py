@@ -5,6 +5,7 @@ candidate."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,13 +137,10 @@ def test_a_failing_candidate_is_a_table_cell_and_the_run_goes_on():
     assert all(r["notes"].startswith("FAILED: ") and "\\|" in r["notes"] for r in rows)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: CUDA C++ kernels cannot run on a CPU")
 def test_the_cuda_backend_gets_its_own_row_beside_tritons(tmp_path: Path, monkeypatch):
     """`--cuda`: a row for tilefuse with the CUDA C++ backend after tilefuse's own, its speedup
     column its time over the Triton backend's; its kernels run on CPU threads (g++) here."""
-    import shutil
-
-    if shutil.which("g++") is None:
-        pytest.skip("no g++: CUDA C++ kernels cannot run on a CPU")
     monkeypatch.setenv("TILEFUSE_INTERPRET", "1")
     out = tmp_path / "results.md"
     main(["--smoke", "--only", "rmsnorm", "--cuda", "--out", str(out)])
