@@ -37,6 +37,7 @@ its kernel and says why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -45,9 +46,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.database import device_name
+from ..autotune.heuristics import default_config
 from ..autotune.tasks import record_choice, recorded_choice
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
@@ -57,6 +60,9 @@ from .program import stream_getter
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
+# a GEMM group's contractions on the library (cuBLAS) and the rest of the group (its epilogue) as
+# one generated kernel: how Inductor runs a GEMM it does not template (see `split_path`)
+SPLIT = "split"
 CALLS_PER_SAMPLE, SAMPLES, WARMUP = 8, 5, 3
 # kinds with a library alternative worth measuring: a GEMM (cuBLAS), and attention, whose library
 # path is the math path (score matrix through cuBLAS, softmax op by op: where an exact-f32 flash
@@ -66,6 +72,8 @@ LIBRARY_KINDS = ("gemm", "attention")
 # the largest intermediate (bytes) a library path may materialize while measured: attention's score
 # matrix at long sequences would need gigabytes
 MAX_LIBRARY_BYTES = 1 << 30
+# narrower unaligned products are not worth the weight's copy
+PAD_MIN_N = 256
 # a library path must be this much faster to replace a kernel: two medians within noise keep the kernel
 MARGIN = 0.97
 
@@ -86,8 +94,83 @@ def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     indexes through) are run as well."""
     lowered = kernel.lowered
     inputs, outputs = list(lowered.inputs), list(lowered.outputs)
-    group_ops = list(lowered.group.ops)
-    members = set(group_ops)
+    order = _library_order(inputs, outputs, set(lowered.group.ops))
+    dtypes = [to_torch_dtype(v.type.get_element_type()) for v in outputs]
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = dict(zip(inputs, tensors))
+        device = tensors[0].device if tensors else torch.device("cpu")
+        for op in order:
+            env[op.results[0]] = _library_op(op, env, device)
+        return tuple(env[v].to(d).contiguous() for v, d in zip(outputs, dtypes))
+
+    return run
+
+
+def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`fn(*inputs) -> outputs` as `library_path`'s, for a GEMM group with an epilogue: its
+    contractions as library matmuls (cuBLAS), then every other op of the group in one generated
+    kernel (a chain of maps: pointwise; with the row statistics of a norm or softmax over the
+    product: a row kernel) reading the products from memory. One memory round trip of the product
+    more than the fused kernel; the library's GEMM instead of the generated one. Raises
+    NoLibraryPath where the group has no epilogue (that is the library path) or the rest of the
+    group has no kernel of its own (a row chunked for split-reduction)."""
+    from ..backends.triton import TritonOptions
+    from ..passes.fusion_groups import FusionGroup, RowSpace
+    from ..passes.lower_to_tile import lower_group
+    from .codegen import load_shared, shared_source, triton_function_name
+
+    lowered = kernel.lowered
+    group = lowered.group
+    contracts = [op for op in group.ops if isinstance(op, ein.ContractOp)]
+    rest = [op for op in group.ops if not isinstance(op, ein.ContractOp)]
+    if group.kind != "gemm" or not contracts or not rest:
+        raise NoLibraryPath("no epilogue to run apart from the GEMM")
+    reductions = [op for op in rest if isinstance(op, ein.ReduceOp)]
+    product_shape = tuple(shape_of(contracts[0].result.type))
+    if reductions and RowSpace.of(reductions[0]).shape != product_shape:
+        raise NoLibraryPath("its row epilogue reads the product in chunks (split-reduction)")
+    epilogue = lower_group(FusionGroup(f"{group.name}_epilogue", "row" if reductions else "pointwise", rest),
+                           f"{group.name}_epilogue")  # fmt: skip
+    if epilogue.kernel is None:
+        raise NoLibraryPath(f"its epilogue has no kernel of its own: {epilogue.error}")
+    products = [c.results[0] for c in contracts]
+    if any(v not in lowered.inputs and v not in products for v in epilogue.inputs):
+        raise NoLibraryPath("its epilogue reads a value neither an input nor a product is")
+    options = TritonOptions.for_interpreter() if device.type != "cuda" else TritonOptions()
+    source = shared_source(epilogue.kernel, options, {})
+    launcher = load_shared(source, triton_function_name(source))
+    config = default_config(epilogue.group.kind, epilogue.problem)
+    launch = launcher.bind(config.params, config.num_warps, config.num_stages)
+    stream = stream_getter(device) if device.type == "cuda" else (lambda: 0)
+    order = _library_order(list(lowered.inputs), products, set(contracts))
+    inputs, kernel_outputs = list(lowered.inputs), list(epilogue.outputs)
+    metas = [(tuple(shape_of(v.type)), to_torch_dtype(v.type.get_element_type())) for v in kernel_outputs]
+    outputs = list(lowered.outputs)
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = dict(zip(inputs, tensors))
+        for op in order:
+            env[op.results[0]] = _library_op(op, env, device)
+        written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
+        args: list = []
+        for t in [*(env[v] for v in epilogue.inputs), *written]:
+            args.append(t)
+            args.extend(t.stride())
+        launch(stream(), *args)
+        env.update(zip(kernel_outputs, written))
+        return tuple(env[v].contiguous() for v in outputs)
+
+    run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
+    return run
+
+
+def _library_order(
+    inputs: list[SSAValue], outputs: Sequence[SSAValue], members: set[Operation]
+) -> list[Operation]:
+    """The ops that compute `outputs` from `inputs`, in program order: `members`, and the views,
+    splats and iotas between them and the inputs. Raises NoLibraryPath where a value is read that
+    neither an input nor such an op computes."""
     order: list[Operation] = []
     seen: set[Operation] = set()
 
@@ -107,16 +190,7 @@ def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
 
     for value in outputs:
         need(value)
-    dtypes = [to_torch_dtype(v.type.get_element_type()) for v in outputs]
-
-    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        env = dict(zip(inputs, tensors))
-        device = tensors[0].device if tensors else torch.device("cpu")
-        for op in order:
-            env[op.results[0]] = _library_op(op, env, device)
-        return tuple(env[v].to(d).contiguous() for v, d in zip(outputs, dtypes))
-
-    return run
+    return order
 
 
 def _library_op(op: Operation, env: dict, device: torch.device) -> torch.Tensor:
@@ -129,11 +203,24 @@ def _library_op(op: Operation, env: dict, device: torch.device) -> torch.Tensor:
             transposes = matmul_form(op.spec.data)
             if transposes is None:
                 return torch.einsum(op.spec.data, a, b)
-            ta, tb = transposes
-            return torch.matmul(a.mT if ta else a, b.mT if tb else b)
+            return library_matmul(a, b, *transposes)
     if isinstance(op, ein.MapOp):
         return library_map(op, [env[v] for v in op.operands])
     return run_op(op, env, device)
+
+
+def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torch.Tensor:
+    """`(a.mT if ta else a) @ (b.mT if tb else b)` through cuBLAS. An output row that is not a
+    multiple of 16 bytes (an LM head over a 50257-token vocabulary) makes cuBLAS run its
+    unaligned kernels, several times slower (2.21 ms against 0.32 ms at 2048 x 1024 x 50257 in bf16
+    on the H200): the rhs is padded to the next aligned width first (a copy of the weight) and the
+    product sliced back, as Inductor's pad_mm does. The result is then a strided view."""
+    n = b.shape[-2] if tb else b.shape[-1]
+    pad = -n % max(1, 16 // a.element_size())
+    if pad and b.dim() == 2 and n >= PAD_MIN_N:
+        b = F.pad(b, (0, 0, 0, pad) if tb else (0, pad))
+        return torch.matmul(a.mT if ta else a, b.mT if tb else b)[..., :n]
+    return torch.matmul(a.mT if ta else a, b.mT if tb else b)
 
 
 # 16-bit binary ops PyTorch computes in f32 and rounds once: `truncf(op(extf a, extf b))` is `op(a, b)`
@@ -230,32 +317,38 @@ def default_clock(kind: str, run: Callable[[], object], device: torch.device) ->
 
 @dataclass
 class GroupChoice:
-    """One group's measured choice: the kernel against `other` ("library", or "cuda": the CUDA C++
-    backend's kernel for the group under backend "auto")."""
+    """One group's measured choice: the kernel against the other candidates (`times`: ms per
+    candidate, the kernel's included): "library" and, for a GEMM with an epilogue, "split"; or
+    "cuda", the CUDA C++ backend's kernel for the group under backend "auto"."""
 
     group: str
     chosen: str
-    kernel_ms: float | None = None
-    other_ms: float | None = None
+    times: dict[str, float] = field(default_factory=dict)
     why: str | None = None  # why it was not measured
-    other: str = LIBRARY
     source: str = "measured"  # or "database": measured by an earlier compile, read back
+    unbuilt: dict[str, str] = field(default_factory=dict)  # candidates that could not be built, and why
+
+    @property
+    def kernel_ms(self) -> float | None:
+        return self.times.get(KERNEL)
 
     def as_dict(self) -> dict:
         out = {"group": self.group, "chosen": self.chosen}
         if self.why is not None:
             out["not_measured"] = self.why
         else:
-            out |= {"kernel_ms": round(self.kernel_ms, 5), f"{self.other}_ms": round(self.other_ms, 5)}
+            out |= {f"{name}_ms": round(ms, 5) for name, ms in self.times.items()}
             if self.source != "measured":
                 out["from"] = self.source
+        out |= {f"{name}_not_built": why for name, why in self.unbuilt.items()}
         return out
 
 
 @dataclass
 class GroupSelector:
-    """Chooses, per kernel launch, between the kernel and its library path, or (backend "auto")
-    between the Triton kernel and the CUDA C++ one (module docstring).
+    """Chooses, per kernel launch, between the kernel and its library paths (the group's ops in
+    PyTorch; its GEMMs in PyTorch and the rest as one kernel), or (backend "auto") between the
+    Triton kernel and the CUDA C++ one (module docstring).
 
     `clock(kind, run, device) -> ms` times one candidate (`default_clock`; tests fake it).
     Choices are kept per (kernel, configuration, operand layouts), so identical layers share one.
@@ -264,11 +357,11 @@ class GroupSelector:
     device: torch.device
     clock: Callable[[str, Callable[[], object], torch.device], float] | None = None
     choices: list[GroupChoice] = field(default_factory=list)
-    _known: dict[tuple, GroupChoice] = field(default_factory=dict)
+    _known: dict[tuple, tuple[GroupChoice, dict]] = field(default_factory=dict)
 
     def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
-        """("kernel", None); ("library", the library function); or ("alternative", the other
-        backend's kernel)."""
+        """("kernel", None); ("library", a function of the kernel's inputs returning its outputs:
+        the library path or the split one); or ("alternative", the other backend's kernel)."""
         lowered = kernel.lowered
         group = lowered.group.name
         alternative = getattr(kernel, "alternative", None)
@@ -276,30 +369,41 @@ class GroupSelector:
             return KERNEL, None
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return KERNEL, None  # nothing can be timed inside a CUDA graph capture
-        other = "cuda" if alternative is not None else LIBRARY
-        if alternative is not None:
-            candidate: object = alternative
-        else:
-            try:
-                _check_library_size(kernel)
-                candidate = library_path(kernel)
-            except NoLibraryPath as e:
-                self.choices.append(GroupChoice(group, KERNEL, why=str(e)))
-                return KERNEL, None
         layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
-        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts, other)
-        known = self._known.get(key)
-        if known is None:
-            known = self._known[key] = self._recorded(kernel, key) or self._measure(
-                kernel, other, candidate, input_metas
-            )
-            if known.source == "measured" and known.why is None and kernel.task_key:
-                times = (known.kernel_ms, known.other_ms)
-                record_choice(kernel.task_key, device_name(), _detail(key), known.chosen, *times)
+        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
+        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts, ",".join(others))
+        if key not in self._known:
+            candidates = {"cuda": alternative} if alternative is not None else {}
+            known = self._recorded(kernel, key)
+            if known is None:
+                built, unbuilt = _library_paths(kernel, others, self.device)
+                candidates |= built
+                known = self._measure(kernel, candidates, input_metas) if candidates else GroupChoice(
+                    group, KERNEL, why=unbuilt.get(LIBRARY, "no library path"))  # fmt: skip
+                known.unbuilt = unbuilt if candidates else {}
+                if known.source == "measured" and known.why is None and kernel.task_key:
+                    best = min(ms for name, ms in known.times.items() if name != KERNEL)
+                    record_choice(
+                        kernel.task_key, device_name(), _detail(key), known.chosen, known.kernel_ms, best
+                    )
+            elif known.chosen not in (KERNEL, *candidates):
+                built, unbuilt = _library_paths(kernel, (known.chosen,), self.device)
+                candidates |= built
+                if known.chosen not in candidates:  # recorded, but not buildable now: keep the kernel
+                    known = GroupChoice(group, KERNEL, why=unbuilt[known.chosen])
+            self._known[key] = (known, candidates)
+        known, candidates = self._known[key]
         self.choices.append(dataclasses.replace(known, group=group))
         if known.chosen == KERNEL:
             return KERNEL, None
-        return (LIBRARY, candidate) if other == LIBRARY else ("alternative", candidate)
+        return ("alternative" if known.chosen == "cuda" else LIBRARY), candidates[known.chosen]
+
+    def _library_candidates(self, kernel: object) -> tuple[str, ...]:
+        """The library ways a group may run: its ops in PyTorch, and for a GEMM with an epilogue,
+        its GEMMs in PyTorch and the rest as one kernel."""
+        group = kernel.lowered.group
+        epilogue = any(not isinstance(op, ein.ContractOp) for op in group.ops)
+        return (LIBRARY, SPLIT) if group.kind == "gemm" and epilogue else (LIBRARY,)
 
     def _recorded(self, kernel: object, key: tuple) -> GroupChoice | None:
         """The choice measured for this launch by an earlier compile on this device and versions
@@ -311,33 +415,56 @@ class GroupSelector:
             return None
         chosen, kernel_ms, other_ms = found
         group = kernel.lowered.group.name
-        return GroupChoice(group, chosen, kernel_ms, other_ms, other=key[-1], source="database")
+        times = {KERNEL: kernel_ms, ("best_other" if chosen == KERNEL else chosen): other_ms}
+        return GroupChoice(group, chosen, times, source="database")
 
     def _measure(
-        self, kernel: object, other: str, candidate: object, input_metas: Sequence[torch.Tensor]
+        self, kernel: object, candidates: dict[str, object], input_metas: Sequence[torch.Tensor]
     ) -> GroupChoice:
         group = kernel.lowered.group.name
         try:
             inputs = [random_like(m, self.device) for m in input_metas]
-            run_kernel = _launching(kernel, inputs, self.device)
-            run_other = _launching(candidate, inputs, self.device) if other != LIBRARY else (
-                lambda: candidate(*inputs))  # fmt: skip
+            runs = {KERNEL: _launching(kernel, inputs, self.device)}
+            for name, candidate in candidates.items():
+                runs[name] = _launching(candidate, inputs, self.device) if name == "cuda" else (
+                    functools.partial(candidate, *inputs))  # fmt: skip
             clock = self.clock or default_clock
             for _ in range(WARMUP):  # compiles, library handles, allocator
-                run_kernel()
-                run_other()
-            kernel_ms, other_ms = [], []
-            for i in range(SAMPLES):  # alternating which goes first
-                pair = [(KERNEL, run_kernel, kernel_ms), (other, run_other, other_ms)]
-                for kind, run, times in pair if i % 2 == 0 else pair[::-1]:
-                    times.append(clock(kind, run, self.device))
+                for run in runs.values():
+                    run()
+            samples: dict[str, list[float]] = {name: [] for name in runs}
+            order = list(runs)
+            for i in range(SAMPLES):  # rotating which goes first
+                for name in order[i % len(order) :] + order[: i % len(order)]:
+                    samples[name].append(clock(name, runs[name], self.device))
         except Exception as e:  # measuring never costs the kernel: keep it, say why
-            return GroupChoice(group, KERNEL, why=f"{type(e).__name__}: {e}", other=other)
-        k, o = statistics.median(kernel_ms), statistics.median(other_ms)
-        return GroupChoice(group, other if o < MARGIN * k else KERNEL, k, o, other=other)
+            return GroupChoice(group, KERNEL, why=f"{type(e).__name__}: {e}")
+        times = {name: statistics.median(ms) for name, ms in samples.items()}
+        best = min((ms, name) for name, ms in times.items() if name != KERNEL)
+        return GroupChoice(group, best[1] if best[0] < MARGIN * times[KERNEL] else KERNEL, times)
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]
+
+
+def _library_paths(
+    kernel: object, names: Sequence[str], device: torch.device
+) -> tuple[dict[str, Callable], dict[str, str]]:
+    """The candidates `names` ("library", "split") that can be built, and why the others cannot."""
+    built: dict[str, Callable] = {}
+    unbuilt: dict[str, str] = {}
+    for name in names:
+        try:
+            _check_library_size(kernel)  # the split path materializes the products as well
+            if name == LIBRARY:
+                built[name] = library_path(kernel)
+            elif name == SPLIT:
+                built[name] = split_path(kernel, device)
+        except NoLibraryPath as e:
+            unbuilt[name] = str(e)
+        except Exception as e:  # a split path whose kernel fails to build: the others still compete
+            unbuilt[name] = f"{type(e).__name__}: {e}"
+    return built, unbuilt
 
 
 def _detail(key: tuple) -> str:
@@ -378,4 +505,3 @@ def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.dev
 def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
     dtype = to_torch_dtype(value.type.get_element_type())
     return torch.empty(tuple(shape_of(value.type)), dtype=dtype, device=device)
-

@@ -316,7 +316,8 @@ def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_nam
     handle = w.bind("lib", library)
     group = kernel.lowered.group
     inputs = ", ".join(w.names[v] for v in kernel.lowered.inputs)
-    w.emit(f"# {group.name} ({group.kind}): the library path (its ops as PyTorch ops), measured faster")
+    how = getattr(library, "title", "the library path (its ops as PyTorch ops)")
+    w.emit(f"# {group.name} ({group.kind}): {how}, measured faster")
     w.emit(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {handle}({inputs})")
 
 

@@ -35,7 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..ir import einsum as ein
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
-from .group_selection import LIBRARY, GroupSelector, group_selection_enabled
+from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, write_program
 from .selection import Selection, selection_enabled
 
@@ -165,9 +165,14 @@ class KernelPlan(torch.nn.Module):
         if selector is not None and selector.choices:
             self.report["group_selection"] = selector.summary()
             on_library = sum(1 for c in selector.choices if c.chosen == LIBRARY)
+            split = sum(1 for c in selector.choices if c.chosen == SPLIT)
             if on_library:
                 self.executor += f"; {on_library} GEMM group(s) on the library path (measured faster)"
-                self.report["executor"] = self.executor
+            if split:
+                self.executor += (
+                    f"; {split} GEMM group(s) split: library GEMM, generated epilogue (measured faster)"
+                )
+            self.report["executor"] = self.executor
         if self.dump is not None:
             self.dump.add(f"program_{spec.name}.py", program.source)
         return program

@@ -369,13 +369,20 @@ def evaluate_row_ops(
 
 
 def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
-    (op,) = group.ops
-    shape = shape_of(op.result.type)
+    """One map, or a chain of maps of one shape (a GEMM's epilogue run after a library GEMM, see
+    group_selection.split_path): each evaluated on the tile of the ones before it, every output
+    that leaves the group stored."""
+    shape = shape_of(group.output.type)
     if not shape:
         raise LoweringUnsupported("0-d results run op by op")
+    if any(not isinstance(op, ein.MapOp) or shape_of(op.result.type) != shape for op in group.ops):
+        raise LoweringUnsupported("a pointwise kernel evaluates maps of one shape")
     idx = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK"), shape)
-    value = _apply_map(kb, op, {}, shape, idx)
-    kb.store(kb.output_argument(group.output), idx, value)
+    known: dict[SSAValue, SSAValue] = {}
+    for op in group.ops:
+        known[op.result] = _apply_map(kb, op, known, shape, idx)
+    for out in group.outputs:
+        kb.store(kb.output_argument(out), idx, known[out])
     return [f"cdiv({math.prod(shape)}, BLOCK)"], {"N": math.prod(shape)}
 
 
@@ -387,7 +394,7 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: 
     """
     kb = KernelBuilder(_materialized)
     try:
-        if len(group.outputs) > 1 and group.kind not in ("gemm", "row"):
+        if len(group.outputs) > 1 and group.kind not in ("gemm", "row", "pointwise"):
             raise LoweringUnsupported(f"a {group.kind} kernel writes one output")
         if group.kind == "gemm":
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS

@@ -52,7 +52,12 @@ def _mlp(x, w1, b1, w2, w3, r):
 
 
 @settings(max_examples=6, deadline=None)
-@given(m=st.integers(1, 40), k=st.integers(3, 40), n=st.integers(3, 40), faster=st.sampled_from(["library", "kernel"]))
+@given(
+    m=st.integers(1, 40),
+    k=st.integers(3, 40),
+    n=st.integers(3, 40),
+    faster=st.sampled_from(["library", "kernel", "split"]),
+)
 def test_either_choice_computes_what_eager_does(m, k, n, faster):
     torch._dynamo.reset()
     with pytest.MonkeyPatch.context() as mp:
@@ -63,27 +68,37 @@ def test_either_choice_computes_what_eager_does(m, k, n, faster):
     (partition,) = report["partitions"]
     choices = partition["group_selection"]
     assert len(choices) == 2 and {c["chosen"] for c in choices} == {faster}
-    assert all(c["kernel_ms"] == 1.0 if faster == "kernel" else c["library_ms"] == 1.0 for c in choices)
+    assert all(c[f"{faster}_ms"] == 1.0 for c in choices)
     assert ("library path" in partition["executor"]) == (faster == "library")
+    assert ("split: library GEMM" in partition["executor"]) == (faster == "split")
 
 
-def test_the_program_calls_the_library_where_it_won_and_launches_the_rest(monkeypatch, tmp_path):
+@pytest.mark.parametrize("faster", ["library", "split"])
+def test_the_program_calls_the_library_where_it_won_and_launches_the_rest(monkeypatch, tmp_path, faster):
+    """The split path runs the GEMM as a library matmul and the norm of its epilogue as a row kernel."""
     seen = []
-    _fake_gpu(monkeypatch, "library", seen)
+    _fake_gpu(monkeypatch, faster, seen)
     x = torch.randn(2, 7, 24)
     w, g = torch.randn(40, 24), torch.randn(24)
 
-    def fn(x, w, g):  # a GEMM group (with the norm in its epilogue) and a pointwise kernel: the GEMM is measured
+    def fn(
+        x, w, g
+    ):  # a GEMM group (with the norm in its epilogue) and a pointwise kernel: the GEMM is measured
         y = torch.relu(x @ w.t())
         return F.layer_norm(y, (40,)) * 2, torch.exp(x * g)
 
     report = _run(fn, x, w, g, dump=tmp_path)
     (partition,) = report["partitions"]
-    assert [c["chosen"] for c in partition["group_selection"]] == ["library"]
-    assert sorted(set(seen)) == ["kernel", "library"]  # both candidates were timed
+    assert [c["chosen"] for c in partition["group_selection"]] == [faster]
+    assert sorted(set(seen)) == ["kernel", "library", "split"]  # every candidate was timed
     (program,) = tmp_path.glob("*/program_*.py")
     source = program.read_text()
-    assert source.count("the library path") == 1
+    wanted = (
+        "the library path"
+        if faster == "library"
+        else "its GEMM(s) on the library, its epilogue as kernel row_"
+    )
+    assert source.count(wanted) == 1
     assert "(pointwise)" in source and "1 kernel launch(es)" in source  # the other group still launches
 
 
@@ -121,14 +136,16 @@ def test_off_without_cuda_or_when_selection_is_off(monkeypatch):
     assert not group_selection.group_selection_enabled(torch.device("cuda", 0))
 
 
-def test_a_transformers_model_matches_eager_with_every_gemm_on_the_library_path(monkeypatch):
+@pytest.mark.parametrize("faster", ["library", "split"])
+def test_a_transformers_model_matches_eager_with_every_gemm_on_the_library_path(monkeypatch, faster):
     """GPT-2 (Conv1D, a sliced fused QKV, tied LM head, tanh GELU epilogue) with every GEMM group
-    measured "faster" on the library path: still eager's logits."""
+    measured "faster" on the library path (or split: the GEMM there, the epilogue a kernel):
+    still eager's logits."""
     name = "gpt2"
     pytest.importorskip("transformers")
     from tiny_models import MODELS, _inputs
 
-    _fake_gpu(monkeypatch, "library")
+    _fake_gpu(monkeypatch, faster)
     model, inputs = MODELS[name]().eval(), _inputs(name)
     with torch.no_grad():
         expected = model(**inputs).logits
@@ -137,7 +154,10 @@ def test_a_transformers_model_matches_eager_with_every_gemm_on_the_library_path(
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
     (partition,) = compiled.tilefuse_reports[0]["partitions"]
     choices = partition["group_selection"]
-    assert len(choices) >= 8 and all(c["chosen"] == "library" for c in choices), choices
+    with_epilogue = [c for c in choices if "split_ms" in c]  # the LM head has none: no split path
+    assert len(choices) >= 8 and with_epilogue, choices
+    others = "library" if faster == "library" else "kernel"  # a tie keeps the kernel
+    assert all(c["chosen"] == (faster if c in with_epilogue else others) for c in choices), choices
 
 
 @pytest.mark.parametrize("spec", ["mk,kn->mn", "mk,nk->mn", "km,kn->mn", "bmk,bnk->bmn", "bkm,bkn->bmn",
@@ -261,3 +281,24 @@ def _mlp_inputs(m, k, n):
     torch.manual_seed(0)
     x, r = torch.randn(m, k), torch.randn(m, k)
     return x, torch.randn(n, k), torch.randn(n), torch.randn(k, n), torch.randn(n, k), r
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [257, 301, 40])
+@pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, True)])
+def test_the_library_matmul_pads_an_unaligned_width_and_computes_the_same(dtype, n, ta, tb):
+    """An output row that is not a multiple of 16 bytes is computed on a padded rhs (cuBLAS's
+    aligned kernels) and sliced back: the product of the unpadded operands, in float64."""
+    from tilefuse.compiler.group_selection import PAD_MIN_N, library_matmul
+
+    m, k = 33, 24
+    a = torch.randn(k, m) if ta else torch.randn(m, k)
+    b = torch.randn(n, k) if tb else torch.randn(k, n)
+    a, b = a.to(dtype), b.to(dtype)
+    got = library_matmul(a, b, ta, tb)
+    want = (a.mT if ta else a).double() @ (b.mT if tb else b).double()
+    assert got.shape == (m, n) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
+    aligned = n * got.element_size() % 16 == 0
+    padded = not aligned and n >= PAD_MIN_N
+    assert (got.stride(0) != n) == padded  # a view of the padded product where it was padded
