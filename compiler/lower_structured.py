@@ -169,6 +169,47 @@ def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
     return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
 
 
+def _scatter_step_reason(node: Node) -> str | None:
+    step = bound_args(node).get("step", 1)
+    return None if step in (None, 1) else f"a slice_scatter with step {step} (strided) runs in PyTorch"
+
+
+@lowers(aten.slice_scatter.default, check=_scatter_step_reason)
+def lower_slice_scatter(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`base` with `src` written over `base[start:end]` along `dim`: the concatenation of the
+    slice of `base` before, `src`, and the slice after, which kernels read in place (the backward
+    of a slice or a concatenation: rotate_half's, a fused QKV split's)."""
+    a = bound_args(node)
+    base = ctx.tensor(a["self"])
+    src = ctx.b.cast(ctx.tensor(a["src"]), base.type.get_element_type())
+    shape = shape_of(base.type)
+    dim = a["dim"] % len(shape)
+    start, stop, _ = _slice_bounds(shape[dim], a["start"], a["end"], 1)
+    return _overwrite(ctx, base, src, dim, start, stop)
+
+
+@lowers(aten.select_scatter.default)
+def lower_select_scatter(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`base` with `src` written over `base.select(dim, index)`: a slice_scatter of one row."""
+    a = bound_args(node)
+    base = ctx.tensor(a["self"])
+    shape = shape_of(base.type)
+    dim = a["dim"] % len(shape)
+    index = a["index"] % shape[dim]
+    row = [*shape[:dim], 1, *shape[dim + 1 :]]
+    src = ctx.b.reshape(ctx.b.cast(ctx.tensor(a["src"]), base.type.get_element_type()), row)
+    return _overwrite(ctx, base, src, dim, index, index + 1)
+
+
+def _overwrite(
+    ctx: LoweringContext, base: SSAValue, src: SSAValue, dim: int, start: int, stop: int
+) -> SSAValue:
+    size = shape_of(base.type)[dim]
+    parts = [ctx.b.slice(base, dim, 0, start)] * (start > 0) + [src]
+    parts += [ctx.b.slice(base, dim, stop, size)] * (stop < size)
+    return ctx.b.concat(parts, dim) if len(parts) > 1 else src
+
+
 @lowers(aten.constant_pad_nd.default)
 def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
     """Each padded dim: a slice where the padding is negative, a concatenation with splats of

@@ -29,7 +29,9 @@ def test_rotate_half_is_read_in_place_by_the_rope_kernel():
 
 @pytest.mark.parametrize("dim", [0, 1, 2])
 def test_three_parts_along_any_dim(dim):
-    parts = [torch.randn(*(size if d == dim else base for d, base in enumerate((5, 7, 9)))) for size in (3, 1, 6)]
+    parts = [
+        torch.randn(*(size if d == dim else base for d, base in enumerate((5, 7, 9)))) for size in (3, 1, 6)
+    ]
     reports = compile_and_compare(lambda a, b, c: torch.cat((a.exp(), b, c * 2), dim=dim) + 1, *parts)
     assert "ein.concat" not in _glue(reports)
 
@@ -39,7 +41,9 @@ def test_a_row_kernel_and_a_reduction_read_a_concatenated_row():
     over such a row reads both parts."""
     x, y = torch.randn(6, 24), torch.randn(6, 13)
     reports = compile_and_compare(
-        lambda x, y: F.softmax(torch.cat((x * 2, y), -1), -1) + torch.cat((x, y), -1).sum(-1, keepdim=True), x, y
+        lambda x, y: F.softmax(torch.cat((x * 2, y), -1), -1) + torch.cat((x, y), -1).sum(-1, keepdim=True),
+        x,
+        y,
     )
     assert "ein.concat" not in _glue(reports)
     assert {"row"} <= {g["kind"] for g in fusion_groups(reports)}
@@ -49,3 +53,39 @@ def test_a_concatenated_gemm_operand_is_copied_once():
     x, w = torch.randn(9, 16), torch.randn(32, 8)
     reports = compile_and_compare(lambda x, w: torch.cat((x, x.relu()), -1) @ w, x, w)
     assert _glue(reports).count("ein.concat") == 1
+
+
+def _fallbacks(reports) -> list[str]:
+    return [f["op"] for r in reports for f in r.get("fallbacks", [])]
+
+
+@pytest.mark.parametrize("dim,start,end", [(0, 0, 3), (1, 2, 5), (2, 4, None), (-1, -3, None)])
+def test_slice_scatter_is_a_concatenation_read_in_place(dim, start, end):
+    """A slice's backward (rotate_half's in a training graph) writes the gradient into zeros: the
+    parts of `base` around the slice and `src`, read where the index falls; ragged sizes."""
+    base = torch.randn(5, 7, 9)
+    length = len(range(*slice(start, end).indices(base.shape[dim])))
+    src_shape = list(base.shape)
+    src_shape[dim] = length
+    src = torch.randn(src_shape)
+
+    def fn(base, src):
+        return torch.slice_scatter(base * 2, src.exp(), dim=dim, start=start, end=end) + 1
+
+    reports = compile_and_compare(fn, base, src)
+    assert "aten.slice_scatter.default" not in _fallbacks(reports)
+    assert "ein.concat" not in _glue(reports)
+
+
+def test_select_scatter_and_a_strided_slice_scatter_match_eager():
+    """select_scatter writes one row; a slice_scatter with a step runs in PyTorch, with its reason."""
+    base, row, every_other = torch.randn(4, 6), torch.randn(6), torch.randn(4, 3)
+
+    def fn(base, row, every_other):
+        y = torch.select_scatter(base.tanh(), row * 3, 0, 2)
+        return y + torch.slice_scatter(base, every_other, dim=1, start=0, end=6, step=2)
+
+    reports = compile_and_compare(fn, base, row, every_other, allow_fallbacks=True)
+    fallbacks = [f for r in reports for f in r.get("fallbacks", [])]
+    assert [f["op"] for f in fallbacks] == ["aten.slice_scatter.default"]
+    assert "step 2" in fallbacks[0]["reason"]
