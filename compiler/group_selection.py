@@ -271,14 +271,15 @@ def _widens(op: object, narrow: object) -> bool:
 
 def matmul_form(spec: str) -> tuple[bool, bool] | None:
     """Whether the einsum `spec` is a (batched) matmul, as (transpose lhs, transpose rhs): the
-    same batch letters leading all three terms, out = batch + i j, lhs = batch + (i k | k i),
+    same batch letters leading all three terms (or none in the rhs: a weight broadcast over the
+    batch, a linear layer on [batch, tokens, features]), out = batch + i j, lhs = batch + (i k | k i),
     rhs = batch + (k j | j k). None otherwise (einsum runs it; it costs more host time)."""
     inputs, out = spec.replace(" ", "").split("->")
     lhs, rhs = inputs.split(",")
-    if len(out) < 2 or len(lhs) != len(out) or len(rhs) != len(out) or len(set(out)) != len(out):
+    if len(out) < 2 or len(lhs) != len(out) or len(rhs) not in (2, len(out)) or len(set(out)) != len(out):
         return None
     batch, (i, j) = out[:-2], out[-2:]
-    if lhs[:-2] != batch or rhs[:-2] != batch:
+    if lhs[:-2] != batch or rhs[:-2] not in (batch, ""):  # a 2-d rhs is broadcast over the batch
         return None
     a, b = lhs[-2:], rhs[-2:]
     k = a.replace(i, "", 1)

@@ -9,6 +9,7 @@ of two, and 16-bit dtypes.
 from __future__ import annotations
 
 import math
+import operator
 
 import pytest
 import torch
@@ -250,3 +251,31 @@ def test_layers_sharing_a_mask_compute_which_rows_have_a_key_once():
     reports = compile_and_compare(two_layers, q, k, v, keep, rtol=1e-4, atol=1e-5)
     kinds = [g["kind"] for g in fusion_groups(reports)]
     assert kinds.count("attention") == 2 and kinds.count("reduction") == 1, kinds
+
+
+def test_float32_attention_on_cuda_at_highest_precision_is_left_to_sdpa(monkeypatch):
+    """On a GPU, exact-f32 attention runs as PyTorch's SDPA (an exact-f32 flash kernel has no tensor
+    cores); with TF32 allowed, or on the interpreter's CPU tensors, it is a kernel. The check reads
+    the graph's fake tensors, so it is exercised here on meta-device stand-ins for CUDA ones."""
+    from tilefuse.compiler.lower_structured import EXACT_F32_ATTENTION, _attention_check
+
+    graph = torch.fx.Graph()
+    q, k, v = (graph.placeholder(n) for n in "qkv")
+    node = graph.call_function(torch.ops.aten.scaled_dot_product_attention.default, (q, k, v))
+    getitem = graph.call_function(operator.getitem, (node, 0))
+    graph.output(getitem)
+    for device, precision, left in (("cuda", "highest", True), ("cuda", "high", False), ("cpu", "highest", False)):
+        for p in (q, k, v):
+            p.meta["val"] = _On(torch.empty(2, 4, 16, 8, device="meta"), device)
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda precision=precision: precision)
+        assert (_attention_check(node) == EXACT_F32_ATTENTION) == left, (device, precision)
+
+
+class _On:
+    """A fake tensor's stand-in that says it lives on `device` (no such device is needed)."""
+
+    def __init__(self, meta: torch.Tensor, device: str):
+        self.meta, self.device = meta, torch.device(device)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.meta, name)
