@@ -470,7 +470,8 @@ def _attention_check(node: Node) -> str | None:
         return "attention expects (..., heads, seq, dim) query and key of equal rank"
     if q.shape[-3] % k.shape[-3] != 0:
         return f"query heads {q.shape[-3]} are not a multiple of key heads {k.shape[-3]}"
-    if q.dtype == torch.float32 and q.device.type == "cuda" and torch.get_float32_matmul_precision() == "highest":
+    exact_f32 = q.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    if exact_f32 and q.device.type == "cuda":
         return EXACT_F32_ATTENTION
     return None
 
