@@ -1,23 +1,28 @@
-"""Per-group selection: each fused group's generated kernel against the library path, measured.
+"""Per-group selection: each fused group's generated kernel against the library paths, measured.
 
 The library path of a group is the group's own `ein` ops run as PyTorch ops:
-contractions as `torch.einsum` in the operands' dtype (cuBLAS, with its own
-choice of GEMV, split-K and tile shapes), maps and reductions as ATen
-elementwise and reduction kernels, one per op, as eager PyTorch would run
-them. Where a library kernel is strong (a decode-sized GEMV: one token
-against a weight) it can beat a fused kernel even after paying its separate
-epilogue kernels; where fusion wins (an epilogue that would cost a memory
-round trip per op, an unaligned width cuBLAS handles badly) the kernel stays.
+contractions as `torch.matmul` (or `torch.einsum`) in the operands' dtype
+(cuBLAS, with its own choice of GEMV, split-K and tile shapes; an output row
+that is not a multiple of 16 bytes is computed on a padded weight, as
+Inductor's pad_mm does), maps and reductions as ATen elementwise and
+reduction kernels, one per op, as eager PyTorch would run them. A GEMM group
+with an epilogue has a third candidate, the split path: its contractions on
+the library and the rest of the group (bias, activation, residual, or the
+norm or softmax of the product) as one generated kernel, which is how
+Inductor runs a GEMM it does not template. Where a library kernel is strong
+(a decode-sized GEMV; SGEMM against an f32 kernel) the library or split path
+can beat the fused kernel even after paying the product's memory round
+trip; where fusion wins the kernel stays.
 
 When a partition's program is written (its first call, on a GPU), each
 distinct group (by kernel, configuration and operand layouts: a model's
-identical layers are measured once) is timed both ways on random operands
+identical layers are measured once) is timed every way on random operands
 of its own shapes: back-to-back calls between two synchronizations, so a
 candidate pays its launches' host time as a pipelined program does. The
-program is then written with the faster one, literally: a group on the
-library path is one call that runs its ops, and its outputs land in fresh
-row-major buffers, the layout the kernel's would have had. The choice and
-both times go in the partition's report (`group_selection`) and in the
+program is then written with the fastest, literally: a group on the
+library or split path is one call that runs its ops, and its outputs land
+in fresh row-major buffers, the layout the kernel's would have had. The
+choice and the times go in the partition's report (`group_selection`) and in the
 tuning database (`choices`, keyed by the kernel's task, the device, the
 versions and the launch's configuration and operand layouts): a later
 compile on the same device reads the choice back instead of measuring

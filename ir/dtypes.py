@@ -44,6 +44,9 @@ _TORCH_TO_MLIR: dict[torch.dtype, Attribute] = {
     torch.uint8: IntegerType(8, Signedness.UNSIGNED),
 }
 _MLIR_TO_TORCH = {str(v): k for k, v in _TORCH_TO_MLIR.items()}
+# attributes are immutable and hashable: looked up directly, they skip printing the type (~50 µs of
+# xDSL's printer a call, which the reference interpreter paid per scalar op it ran)
+_BY_ATTRIBUTE = {v: k for k, v in _TORCH_TO_MLIR.items()}
 
 SUPPORTED_TORCH_DTYPES = frozenset(_TORCH_TO_MLIR)
 
@@ -59,8 +62,8 @@ def to_mlir_type(dtype: torch.dtype) -> Attribute:
 def to_torch_dtype(elem: Attribute) -> torch.dtype:
     """The torch dtype of an MLIR element type; raises for unsupported ones."""
     try:
-        return _MLIR_TO_TORCH[str(elem)]
-    except KeyError:
+        return _BY_ATTRIBUTE.get(elem) or _MLIR_TO_TORCH[str(elem)]
+    except (KeyError, TypeError):
         raise TypeError(f"element type {elem} has no torch dtype") from None
 
 
