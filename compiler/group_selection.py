@@ -405,11 +405,12 @@ class GroupSelector:
         return ("alternative" if known.chosen == "cuda" else LIBRARY), candidates[known.chosen]
 
     def _library_candidates(self, kernel: object) -> tuple[str, ...]:
-        """The library ways a group may run: its ops in PyTorch, and for a GEMM with an epilogue,
-        its GEMMs in PyTorch and the rest as one kernel."""
+        """The library ways a group may run: its ops in PyTorch; for a GEMM with an epilogue, its
+        GEMMs in PyTorch and the rest as one kernel instead (that beats the epilogue op by op),
+        unless that cannot be built (`_library_paths`)."""
         group = kernel.lowered.group
         epilogue = any(not isinstance(op, ein.ContractOp) for op in group.ops)
-        return (LIBRARY, SPLIT) if group.kind == "gemm" and epilogue else (LIBRARY,)
+        return (SPLIT, LIBRARY) if group.kind == "gemm" and epilogue else (LIBRARY,)
 
     def _recorded(self, kernel: object, key: tuple) -> GroupChoice | None:
         """The choice measured for this launch by an earlier compile on this device and versions
@@ -456,10 +457,14 @@ class GroupSelector:
 def _library_paths(
     kernel: object, names: Sequence[str], device: torch.device
 ) -> tuple[dict[str, Callable], dict[str, str]]:
-    """The candidates `names` ("library", "split") that can be built, and why the others cannot."""
+    """The candidates `names` ("library", "split") that can be built, and why the others cannot.
+    The library path is not built where a split path was: the same library GEMMs, and the epilogue
+    op by op (a full pass over the product each, its host time per scalar op) instead of one kernel."""
     built: dict[str, Callable] = {}
     unbuilt: dict[str, str] = {}
     for name in names:
+        if name == LIBRARY and SPLIT in built:
+            continue
         try:
             _check_library_size(kernel)  # the split path materializes the products as well
             if name == LIBRARY:
