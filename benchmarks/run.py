@@ -132,6 +132,13 @@ def tilefuse_note(compiled: Callable) -> str:
     note = f"{len(reports)} graph(s), {partitions} partition(s), {len(fallbacks)} fallback(s); {kernels}"
     in_cuda = sum(1 for g in groups if g["kernel"] and g.get("backend") == "cuda")
     note += f"; {in_cuda} in CUDA C++" if in_cuda else ""
+    # per-group selection's choices (library GEMM, split: library GEMM + generated epilogue)
+    parts = [p for r in reports for p in r["partitions"]]
+    chosen = Counter(c["chosen"] for p in parts for c in p.get("group_selection", []))
+    if chosen:
+        note += "; groups measured: " + ", ".join(f"{way} x{n}" for way, n in sorted(chosen.items()))
+    in_pytorch = sum(1 for p in parts if p.get("executor", "").startswith("pytorch"))
+    note += f"; {in_pytorch} partition(s) run PyTorch (measured or failed)" if in_pytorch else ""
     return note + (f"; first: {fallbacks[0]['reason']}" if fallbacks else "")
 
 
