@@ -302,3 +302,14 @@ def test_the_library_matmul_pads_an_unaligned_width_and_computes_the_same(dtype,
     aligned = n * got.element_size() % 16 == 0
     padded = not aligned and n >= PAD_MIN_N
     assert (got.stride(0) != n) == padded  # a view of the padded product where it was padded
+
+
+def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
+    """The split path's epilogue kernel was first launched (measured) on aligned random tensors;
+    a program input at an odd offset takes another bound launch, compiled for what it gets."""
+    _fake_gpu(monkeypatch, "split")
+    x, w, storage = torch.randn(6, 16), torch.randn(16, 24), torch.randn(25)
+    bias = storage[1:]  # 4 bytes past a 16-byte boundary
+    assert bias.data_ptr() % 16 != 0
+    report = _run(lambda x, w, b: torch.relu(x @ w + b), x, w, bias)
+    assert [c["chosen"] for c in report["partitions"][0]["group_selection"]] == ["split"]
