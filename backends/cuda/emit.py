@@ -52,9 +52,10 @@ def _launch_grid(kernel: tile.KernelOp, config: dict[str, int]) -> tuple[int, in
 def _check(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> None:
     kind = kernel.kind.data
     if kind not in SUPPORTED_KINDS:
+        article = "an" if kind[0] in "aeiou" else "a"
         raise CudaEmitError(
-            f'kernel "{kernel.sym_name.data}" is a {kind} kernel: it stays on Triton (the CUDA backend '
-            "writes pointwise, reduction and row kernels; CUTLASS GEMMs come later)"
+            f'kernel "{kernel.sym_name.data}" is {article} {kind} kernel: it stays on Triton '
+            "(the CUDA backend writes pointwise, reduction and row kernels; CUTLASS GEMMs come later)"
         )
     missing = [p for p in kernel.param_names if p not in config]
     if missing:
