@@ -29,6 +29,7 @@ from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
+from .input_mutations import mutated_inputs, reinplace
 from .runtime import preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 
@@ -107,17 +108,23 @@ class TilefuseBackend:
 
         def forward_compiler(aten: GraphModule, aten_inputs: list) -> Callable:
             aten_placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
-            inputs = infos if len(infos) == len(aten_placeholders) else [
-                InputInfo(n.name) for n in aten_placeholders
-            ]
+            inputs = (
+                infos
+                if len(infos) == len(aten_placeholders)
+                else [InputInfo(n.name) for n in aten_placeholders]
+            )
             target = _target(aten_inputs, self.options.backend)
             extra = {"dynamo_graph.py": dynamo_code}
+            reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
+            mutated = mutated_inputs(aten)
+            graph_report["mutates_inputs"] = any(mutated)
             compiled, summary = self._compile(aten, graph_name, inputs, target, extra)
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
                 else:
-                    compiled = CudaGraphReplay(compiled, [i.param is not None for i in inputs], summary)
+                    params = [i.param is not None for i in inputs]
+                    compiled = CudaGraphReplay(compiled, params, summary, mutated)
             graph_report["summary"] = summary  # where GraphSelection writes its choice
             return make_boxed_func(compiled)
 
@@ -137,12 +144,13 @@ class TilefuseBackend:
             fw_compiler=forward_compiler,
             bw_compiler=backward_compiler,
             decompositions=decompositions(),
+            # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
+            keep_inference_input_mutations=True,
         )(gm, example_inputs)
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
         return GraphSelection(compiled, gm.forward, device, graph_report)
-
 
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,

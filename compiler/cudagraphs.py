@@ -15,6 +15,11 @@ chosen so the user's model behaves as in eager:
   replay; one that changes what was computed from them once (a norm weight
   folded into a GEMM weight) is detected by version and the graph is
   re-captured, and so is a parameter replaced by another tensor;
+- inputs the graph updates in place (a static KV cache, written one position a
+  step: `input_mutations.py`) are not copied either: the graph writes them
+  where they are, as the user's code would (a capture on copies would update
+  the copies); one replaced by another tensor (a new cache) is re-captured,
+  and an output that is such an input is returned as itself, not cloned;
 - capture is refused, and the graph runs without it, when it cannot be safe:
   inputs that are not CUDA tensors, or any error while capturing (an op that
   synchronizes with the host, say). The reason goes in the graph's report.
@@ -38,9 +43,15 @@ WARMUP_CALLS = 2 + ROUNDS
 class CudaGraphReplay:
     """Calls `fn` directly for `WARMUP_CALLS` calls, then as a captured CUDA graph."""
 
-    def __init__(self, fn: Callable, is_parameter: Sequence[bool], report: dict):
+    def __init__(
+        self, fn: Callable, is_parameter: Sequence[bool], report: dict, mutated: Sequence[bool] = ()
+    ):  # fmt: skip
         self.fn = fn
         self.is_parameter = list(is_parameter)
+        # inputs used in place (never copied into static buffers): parameters, and inputs the graph writes
+        mutated = list(mutated) or [False] * len(self.is_parameter)
+        self.in_place = [p or m for p, m in zip(self.is_parameter, mutated)]
+        self.mutated = mutated
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -64,16 +75,26 @@ class CudaGraphReplay:
             return self.fn(*args)
         if self.graph is None or self._parameters_changed(args):
             return self._capture(args)
-        for static, arg, param in zip(self.static_inputs, args, self.is_parameter):
-            if not param and static.data_ptr() != arg.data_ptr():
+        for static, arg, in_place in zip(self.static_inputs, args, self.in_place):
+            if not in_place and static.data_ptr() != arg.data_ptr():
                 static.copy_(arg)
         self.graph.replay()
-        return _clone(self.static_outputs)
+        return self._outputs(args)
+
+    def _outputs(self, args: Sequence[object]) -> object:
+        """The replay's outputs cloned out of the graph's pool, except those that are inputs the graph
+        updates in place (returned as themselves: the caller's write-back is then a no-op)."""
+        kept = {id(a) for a, m in zip(args, self.mutated) if m}
+        if not kept:
+            return _clone(self.static_outputs)
+        return _clone(self.static_outputs, kept)
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
         state = []
-        for arg, param in zip(args, self.is_parameter):
-            if param:
+        for arg, param, mutated in zip(args, self.is_parameter, self.mutated):
+            if mutated:  # written by the graph itself every call: only its identity matters
+                state.append((arg.data_ptr(), None))
+            elif param:
                 try:
                     state.append((arg.data_ptr(), arg._version))
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
@@ -88,10 +109,11 @@ class CudaGraphReplay:
         if reason is not None:
             return self._refuse(reason, args)
         try:
-            self.static_inputs = [
-                a if param else a.clone() for a, param in zip(args, self.is_parameter)
-            ]  # fmt: skip
-            self.fn(*self.static_inputs)  # settle one-time work (parameter-derived steps) outside the graph
+            self.static_inputs = [a if in_place else a.clone() for a, in_place in zip(args, self.in_place)]
+            # settle one-time work (parameter-derived steps) outside the graph, on copies of the inputs
+            # the graph writes: this call is not the user's (a counter must not be incremented twice)
+            settle = [a.clone() if m else a for a, m in zip(self.static_inputs, self.mutated)]
+            self.fn(*settle)
             torch.cuda.synchronize()
             # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
             # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)
@@ -106,7 +128,7 @@ class CudaGraphReplay:
         self.captures += 1
         self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
         self.graph.replay()
-        return _clone(self.static_outputs)
+        return self._outputs(args)
 
     def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:
         self.refused = reason
@@ -132,9 +154,10 @@ def _unsafe(args: Sequence[object]) -> str | None:
     return reason
 
 
-def _clone(outputs: object) -> object:
+def _clone(outputs: object, kept: frozenset | set = frozenset()) -> object:
+    """`outputs` with every tensor cloned, except those whose id is in `kept`."""
     if isinstance(outputs, torch.Tensor):
-        return outputs.clone()
+        return outputs if id(outputs) in kept else outputs.clone()
     if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_clone(o) for o in outputs)
+        return type(outputs)(_clone(o, kept) for o in outputs)
     return outputs

@@ -217,6 +217,9 @@ def _synchronized_now(device: torch.device) -> float:
     return time.perf_counter()
 
 
+MUTATES_INPUTS = "the graph updates its inputs in place: not run twice in a call to be timed"
+
+
 class GraphSelection:
     """A compiled graph against Dynamo's own graph run by PyTorch.
 
@@ -237,6 +240,12 @@ class GraphSelection:
 
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
+        if chosen is None and self.slot.get("mutates_inputs"):
+            # timing it both ways in one call would apply its updates twice (a counter, a cache
+            # position): the compiled graph is kept; its partitions still measure themselves
+            self.selection.choice, self.selection.not_measured = "program", MUTATES_INPUTS
+            self._report_selection()
+            chosen = "program"
         if torch.is_grad_enabled() and self.slot.get("trains"):
             setting = training_setting()
             if setting is None and not self._capturing():

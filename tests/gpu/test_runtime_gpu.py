@@ -152,3 +152,31 @@ def test_greedy_generation_gives_eager_tokens(static):
         assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
     finally:
         model.forward = eager_forward
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_inputs_updated_in_place_are_updated_once_a_call_in_place(mode):
+    """A cache written at one position a step and a step counter, as a static KV cache does: each call
+    updates them exactly once (the graph is neither timed twice in one call nor captured on copies),
+    in place (no copy of the cache), and the CUDA graph is captured with them."""
+
+    def step(cache, pos, new, q, counter):
+        cache.index_copy_(2, pos, new)
+        counter.add_(1)
+        return torch.softmax(q @ cache.transpose(-1, -2) * 0.25, -1) @ cache * 2
+
+    cache = torch.randn(2, 4, 64, 32, device=CUDA)
+    counter = torch.zeros((), dtype=torch.int64, device=CUDA)
+    ref_cache, ref_counter = cache.clone(), counter.clone()
+    compiled = tilefuse.compile(step, mode=mode)
+    with torch.no_grad():
+        for i in range(12):  # past the warm-up, the measurement and the capture
+            pos = torch.tensor([i], device=CUDA)
+            new, q = torch.randn(2, 4, 1, 32, device=CUDA), torch.randn(2, 4, 1, 32, device=CUDA)
+            got = compiled(cache, pos, new, q, counter)
+            want = step(ref_cache, pos, new, q, ref_counter)
+            assert rel_error(got, want.double()) < 1e-5
+            assert torch.equal(cache, ref_cache) and counter.item() == ref_counter.item() == i + 1
+    (report,) = compiled.tilefuse_reports
+    if mode == "reduce-overhead":
+        assert report["cudagraphs"].startswith("captured")

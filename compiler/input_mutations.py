@@ -1,0 +1,75 @@
+"""Inputs a graph updates in place: a static KV cache's `index_copy_`, a counter's `+= 1`.
+
+AOTAutograd turns an in-place update of a graph input into a functional op and
+a write-back. With `keep_inference_input_mutations` (inference graphs, as
+Inductor compiles them) the write-back stays in the graph as
+`copy_(input, new_value)`, so the graph itself says which inputs it updates.
+Two things follow:
+
+- `reinplace`: where the new value is `index_put`/`index_copy` of that very
+  input and nothing else reads the old value, the pair becomes the in-place op
+  (`index_put_`), as Inductor's reinplacing pass does: the functional form
+  copies the whole cache to write one position (a 4096-token cache of a 32-layer
+  model: gigabytes a decoding step), the in-place one writes the position.
+- `mutated_inputs`: which placeholders the graph writes. A CUDA graph replay
+  must run on those very tensors (a capture on copies would update the copies),
+  and a graph that updates its inputs must not be run twice in one call to
+  time it against PyTorch (a counter would be incremented twice).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import GraphModule, Node
+
+aten = torch.ops.aten
+# functional update -> its in-place form, with the updated tensor as argument 0 of both
+_IN_PLACE = {
+    aten.index_put.default: aten.index_put_.default,
+    aten.index_copy.default: aten.index_copy_.default,
+    aten.slice_scatter.default: None,  # no in-place form: left functional
+}
+
+
+def reinplace(gm: GraphModule) -> int:
+    """Rewrite `copy_(x, index_put(x, ...))` on a placeholder `x` nobody else reads into
+    `index_put_(x, ...)` (and `index_copy` alike); returns how many were rewritten."""
+    graph = gm.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.copy_.default:
+            continue
+        dest, src = node.args[0], node.args[1]
+        if not (isinstance(dest, Node) and dest.op == "placeholder" and isinstance(src, Node)):
+            continue
+        in_place = _IN_PLACE.get(src.target)
+        if in_place is None or src.args[0] is not dest or set(dest.users) != {src, node}:
+            continue
+        with graph.inserting_before(src):
+            updated = graph.call_function(in_place, src.args, src.kwargs)
+        updated.meta = dict(src.meta)
+        src.replace_all_uses_with(updated)
+        node.replace_all_uses_with(updated)  # copy_ returns its destination, now `updated`
+        graph.erase_node(node)
+        graph.erase_node(src)
+        rewritten += 1
+    if rewritten:
+        graph.lint()
+        gm.recompile()
+    return rewritten
+
+
+def mutated_inputs(gm: GraphModule) -> list[bool]:
+    """For each placeholder of `gm`, whether an op writes it in place (its argument 0 of a
+    mutable aten overload: `copy_`, `index_put_`, `add_`...)."""
+    written = set()
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or target is operator.getitem or not node.args:
+            continue
+        schema = getattr(target, "_schema", None)
+        if schema is not None and schema.is_mutable and isinstance(node.args[0], Node):
+            written.add(node.args[0])
+    return [n in written for n in gm.graph.nodes if n.op == "placeholder"]

@@ -1,0 +1,105 @@
+"""Graphs that update their inputs in place (a static KV cache, a step counter): the update is
+applied once a call, in place, as eager applies it (compiler/input_mutations.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tilefuse
+from tilefuse.compiler.input_mutations import mutated_inputs, reinplace
+
+aten = torch.ops.aten
+
+
+def _cache_step(cache, pos, new, q, counter):
+    """One decoding step: write the new key at `pos`, read the whole cache, count the step."""
+    cache.index_copy_(2, pos, new)
+    counter.add_(1)
+    scores = torch.softmax(q @ cache.transpose(-1, -2) * 0.25, -1)
+    return scores @ cache * 2
+
+
+def _state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(1, 2, 11, 16, generator=g)
+    return cache, torch.zeros((), dtype=torch.int64)
+
+
+def test_a_cache_update_is_written_in_place_once_a_call_and_matches_eager():
+    cache, counter = _state()
+    ref_cache, ref_counter = cache.clone(), counter.clone()
+    compiled = tilefuse.compile(_cache_step)
+    with torch.no_grad():
+        for step in range(3):
+            pos = torch.tensor([3 + step])
+            new, q = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+            got = compiled(cache, pos, new, q, counter)
+            want = _cache_step(ref_cache, pos, new, q, ref_counter)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cache, ref_cache)
+            assert counter.item() == ref_counter.item() == step + 1
+    ops = {f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]}
+    assert "aten.index_put_.default" in ops and "aten.index_put.default" not in ops  # no copy of the cache
+
+
+def test_a_graph_that_updates_its_inputs_is_not_run_twice_to_be_timed(monkeypatch):
+    """The graph-level measurement runs both ways in one call: not for a graph that updates its inputs
+    (the counter would count twice); it keeps the compiled graph and says why."""
+    from tilefuse.compiler import backend, runtime, selection
+
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
+    monkeypatch.setattr(selection, "timed", lambda kind, run, device: (run(), 1.0))
+    cache, counter = _state(1)
+    compiled = tilefuse.compile(_cache_step)
+    with torch.no_grad():
+        for step in range(2 * (2 + selection.ROUNDS)):
+            compiled(
+                cache, torch.tensor([step % 11]), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), counter
+            )
+            assert counter.item() == step + 1
+    (report,) = compiled.tilefuse_reports
+    assert report["selection"]["not_measured"] == selection.MUTATES_INPUTS
+
+
+def test_reinplace_rewrites_only_an_update_nobody_else_reads_the_old_value_of():
+    def f(cache, idx, v, other):
+        new = aten.index_put.default(cache, [None, idx], v)
+        aten.copy_.default(cache, new)
+        kept = aten.index_put.default(other, [None, idx], v)  # `other`'s old value is read below
+        aten.copy_.default(other, kept)
+        return new.sum() + other.sum()
+
+    gm = torch.fx.symbolic_trace(f)
+    assert reinplace(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.index_put_.default) == 1 and targets.count(aten.index_put.default) == 1
+    assert mutated_inputs(gm) == [True, False, False, True]
+    cache, other = torch.randn(3, 5), torch.randn(3, 5)
+    idx, v = torch.tensor([1, 4]), torch.randn(3, 2)
+    ref_cache, ref_other = cache.clone(), other.clone()
+    want = f(ref_cache, idx, v, ref_other)
+    torch.testing.assert_close(gm(cache, idx, v, other), want)
+    torch.testing.assert_close(cache, ref_cache)
+    torch.testing.assert_close(other, ref_other)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_static_cache_generation_matches_eager(mode):
+    """transformers' static cache (`index_copy_` into preallocated keys and values) through `generate`,
+    the forward compiled: eager's greedy tokens."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 96, (1, 6))
+    kwargs = dict(max_new_tokens=4, do_sample=False, cache_implementation="static", disable_compile=True)
+    with torch.no_grad():
+        want = model.generate(ids, **kwargs)
+        model.forward = tilefuse.compile(model.forward, mode=mode)
+        got = model.generate(ids, **kwargs)
+    assert torch.equal(got, want)
