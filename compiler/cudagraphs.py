@@ -16,10 +16,14 @@ chosen so the user's model behaves as in eager:
   folded into a GEMM weight) is detected by version and the graph is
   re-captured, and so is a parameter replaced by another tensor;
 - inputs the graph updates in place (a static KV cache, written one position a
-  step: `input_mutations.py`) are not copied either: the graph writes them
-  where they are, as the user's code would (a capture on copies would update
-  the copies); one replaced by another tensor (a new cache) is re-captured,
-  and an output that is such an input is returned as itself, not cloned;
+  step: `input_mutations.py`) are not copied either: the graph is captured on
+  the tensors themselves and writes them where they are, as the user's code
+  would (an output that is such an input is returned as itself, not cloned);
+  where a call passes another tensor in that place (a new `generate`'s cache
+  position), the graph is captured once more on a private copy of it, and from
+  then on that input is copied in before each replay and its update copied back
+  after (the H200 run re-captured once per `generate`, twelve times, when a new
+  tensor meant a new capture);
 - capture is refused, and the graph runs without it, when it cannot be safe:
   inputs that are not CUDA tensors, or any error while capturing (an op that
   synchronizes with the host, say). The reason goes in the graph's report.
@@ -52,6 +56,8 @@ class CudaGraphReplay:
         mutated = list(mutated) or [False] * len(self.is_parameter)
         self.in_place = [p or m for p, m in zip(self.is_parameter, mutated)]
         self.mutated = mutated
+        # a written input captured as a copy (it came as different tensors), copied in and out per call
+        self.private = [False] * len(mutated)
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -75,26 +81,34 @@ class CudaGraphReplay:
             return self.fn(*args)
         if self.graph is None or self._parameters_changed(args):
             return self._capture(args)
-        for static, arg, in_place in zip(self.static_inputs, args, self.in_place):
-            if not in_place and static.data_ptr() != arg.data_ptr():
-                static.copy_(arg)
+        moved = []  # inputs the graph writes, held in private buffers: the update is copied back
+        for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
+            if static.data_ptr() == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
+                continue
+            if self.mutated[i] and not self.private[i]:
+                # captured on the caller's tensor, and another comes: from now on a private buffer
+                self.private[i] = True
+                return self._capture(args)
+            static.copy_(arg)
+            if self.mutated[i]:
+                moved.append((arg, static))
         self.graph.replay()
-        return self._outputs(args)
+        for arg, static in moved:
+            arg.copy_(static)
+        return self._outputs()
 
-    def _outputs(self, args: Sequence[object]) -> object:
-        """The replay's outputs cloned out of the graph's pool, except those that are inputs the graph
-        updates in place (returned as themselves: the caller's write-back is then a no-op)."""
-        kept = {id(a) for a, m in zip(args, self.mutated) if m}
-        if not kept:
-            return _clone(self.static_outputs)
+    def _outputs(self) -> object:
+        """The replay's outputs cloned out of the graph's pool, except inputs the graph updates in
+        place (returned as themselves: the caller's write-back is then a no-op)."""
+        kept = {id(a) for a, m, p in zip(self.static_inputs, self.mutated, self.private) if m and not p}
         return _clone(self.static_outputs, kept)
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
         state = []
         for arg, param, mutated in zip(args, self.is_parameter, self.mutated):
-            if mutated:  # written by the graph itself every call: only its identity matters
-                state.append((arg.data_ptr(), None))
-            elif param:
+            if mutated:  # written by the graph itself every call; another tensor is copied in and out
+                continue
+            if param:
                 try:
                     state.append((arg.data_ptr(), arg._version))
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
@@ -109,7 +123,10 @@ class CudaGraphReplay:
         if reason is not None:
             return self._refuse(reason, args)
         try:
-            self.static_inputs = [a if in_place else a.clone() for a, in_place in zip(args, self.in_place)]
+            self.static_inputs = [
+                a if in_place and not private else a.clone()
+                for a, in_place, private in zip(args, self.in_place, self.private)
+            ]  # fmt: skip
             # settle one-time work (parameter-derived steps) outside the graph, on copies of the inputs
             # the graph writes: this call is not the user's (a counter must not be incremented twice)
             settle = [a.clone() if m else a for a, m in zip(self.static_inputs, self.mutated)]
@@ -128,7 +145,7 @@ class CudaGraphReplay:
         self.captures += 1
         self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
         self.graph.replay()
-        return self._outputs(args)
+        return self._outputs()
 
     def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:
         self.refused = reason

@@ -171,6 +171,8 @@ def test_inputs_updated_in_place_are_updated_once_a_call_in_place(mode):
     compiled = tilefuse.compile(step, mode=mode)
     with torch.no_grad():
         for i in range(12):  # past the warm-up, the measurement and the capture
+            if i == 9:  # another counter tensor (a new generate's): its update still lands in it
+                counter, ref_counter = counter.clone(), ref_counter.clone()
             pos = torch.tensor([i], device=CUDA)
             new, q = torch.randn(2, 4, 1, 32, device=CUDA), torch.randn(2, 4, 1, 32, device=CUDA)
             got = compiled(cache, pos, new, q, counter)
@@ -178,5 +180,5 @@ def test_inputs_updated_in_place_are_updated_once_a_call_in_place(mode):
             assert rel_error(got, want.double()) < 1e-5
             assert torch.equal(cache, ref_cache) and counter.item() == ref_counter.item() == i + 1
     (report,) = compiled.tilefuse_reports
-    if mode == "reduce-overhead":
-        assert report["cudagraphs"].startswith("captured")
+    if mode == "reduce-overhead":  # captured on the caller's tensors, then once more on a private counter
+        assert report["cudagraphs"] == "captured (2 capture(s))"
