@@ -173,6 +173,7 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
         return tuple(env[v].contiguous() for v in outputs)
 
     run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
+    run.launcher, run.config = launcher, config  # for compiling ahead (GroupSelector.prepare)
     return run
 
 
@@ -370,6 +371,38 @@ class GroupSelector:
     clock: Callable[[str, Callable[[], object], torch.device], float] | None = None
     choices: list[GroupChoice] = field(default_factory=list)
     _known: dict[tuple, tuple[GroupChoice, dict]] = field(default_factory=dict)
+    _split_paths: dict[tuple, Callable | str] = field(default_factory=dict)  # built ahead, or why not
+
+    def prepare(self, kernels: Sequence[object]) -> None:
+        """Build the split paths of `kernels` (those a program is about to measure) now, and compile
+        their epilogue kernels ahead on threads, as the compiler compiles its own kernels: built one at
+        a time when each group is measured, each would add its Triton compile to a cold first call."""
+        if self.device.type != "cuda":
+            return
+        jobs, functions = [], []
+        for kernel in kernels:
+            key = _kernel_key(kernel)
+            if key in self._split_paths or SPLIT not in self._library_candidates(kernel):
+                continue
+            try:
+                _check_library_size(kernel)
+                built = self._split_paths[key] = split_path(kernel, self.device)
+            except Exception as e:  # said when the group is measured
+                self._split_paths[key] = (
+                    f"{type(e).__name__}: {e}" if not isinstance(e, NoLibraryPath) else str(e)
+                )
+                continue
+            from ..backends.triton import precompile
+
+            config = built.config
+            hopper = torch.cuda.get_device_capability(self.device)[0] >= 9
+            jobs.append(precompile.compile_job(built.launcher, config.params, config.num_warps,
+                                               config.num_stages, hopper))  # fmt: skip
+            functions.append(built.launcher.function)
+        if jobs:
+            from ..backends.triton import precompile
+
+            precompile.precompile_in_threads(jobs, functions, max(1, precompile.thread_count()))
 
     def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
         """("kernel", None); ("library", a function of the kernel's inputs returning its outputs:
@@ -387,8 +420,9 @@ class GroupSelector:
         if key not in self._known:
             candidates = {"cuda": alternative} if alternative is not None else {}
             known = self._recorded(kernel, key)
+            prebuilt = self._split_paths.get(_kernel_key(kernel))
             if known is None:
-                built, unbuilt = _library_paths(kernel, others, self.device)
+                built, unbuilt = _library_paths(kernel, others, self.device, prebuilt)
                 candidates |= built
                 known = self._measure(kernel, candidates, input_metas) if candidates else GroupChoice(
                     group, KERNEL, why=unbuilt.get(LIBRARY, "no library path"))  # fmt: skip
@@ -399,7 +433,7 @@ class GroupSelector:
                         kernel.task_key, device_name(), _detail(key), known.chosen, known.kernel_ms, best
                     )
             elif known.chosen not in (KERNEL, *candidates):
-                built, unbuilt = _library_paths(kernel, (known.chosen,), self.device)
+                built, unbuilt = _library_paths(kernel, (known.chosen,), self.device, prebuilt)
                 candidates |= built
                 if known.chosen not in candidates:  # recorded, but not buildable now: keep the kernel
                     known = GroupChoice(group, KERNEL, why=unbuilt[known.chosen])
@@ -460,8 +494,13 @@ class GroupSelector:
         return [c.as_dict() for c in self.choices]
 
 
+def _kernel_key(kernel: object) -> tuple:
+    """Kernels with one launcher and configuration (a model's identical layers) share a split path."""
+    return (getattr(kernel.launcher, "name", kernel.lowered.group.name), kernel.config.key())
+
+
 def _library_paths(
-    kernel: object, names: Sequence[str], device: torch.device
+    kernel: object, names: Sequence[str], device: torch.device, split: Callable | str | None = None
 ) -> tuple[dict[str, Callable], dict[str, str]]:
     """The candidates `names` ("library", "split") that can be built, and why the others cannot.
     The library path is not built where a split path was: the same library GEMMs, and the epilogue
@@ -475,8 +514,10 @@ def _library_paths(
             _check_library_size(kernel)  # the split path materializes the products as well
             if name == LIBRARY:
                 built[name] = library_path(kernel)
+            elif name == SPLIT and isinstance(split, str):  # built ahead, and it failed then
+                unbuilt[name] = split
             elif name == SPLIT:
-                built[name] = split_path(kernel, device)
+                built[name] = split or split_path(kernel, device)
         except NoLibraryPath as e:
             unbuilt[name] = str(e)
         except Exception as e:  # a split path whose kernel fails to build: the others still compete

@@ -161,6 +161,7 @@ class KernelPlan(torch.nn.Module):
         selector = GroupSelector(self.device) if group_selection_enabled(self.device) else None
         if selector is not None:
             spec.choose = selector.choose
+            selector.prepare([k for op, k in self.launch_at.items() if op not in self.param_sources])
         program = write_program(spec, args)
         if selector is not None and selector.choices:
             self.report["group_selection"] = selector.summary()

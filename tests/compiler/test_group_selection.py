@@ -313,3 +313,32 @@ def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(
     assert bias.data_ptr() % 16 != 0
     report = _run(lambda x, w, b: torch.relu(x @ w + b), x, w, bias)
     assert [c["chosen"] for c in report["partitions"][0]["group_selection"]] == ["split"]
+
+
+def test_split_paths_are_built_and_compiled_ahead_once_per_distinct_kernel(monkeypatch):
+    """Before a program's groups are measured (on a GPU), their split paths are built and their
+    epilogue kernels compiled together on threads; identical kernels share one, and measuring uses it."""
+    from tilefuse.backends.triton import precompile
+
+    kernels = []
+    real_choose = group_selection.GroupSelector.choose
+
+    def spy(self, kernel, metas):
+        kernels.append(kernel)
+        return real_choose(self, kernel, metas)
+
+    _fake_gpu(monkeypatch, "kernel")
+    monkeypatch.setattr(group_selection.GroupSelector, "choose", spy)
+    ws = [torch.randn(16, 16) for _ in range(3)]
+    _run(lambda x: torch.tanh(torch.tanh(torch.tanh(x @ ws[0]) @ ws[1]) @ ws[2]), torch.randn(5, 16))
+    assert len(kernels) == 3  # three GEMM groups with a tanh epilogue, one kernel structure
+    compiled = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(group_selection, "stream_getter", lambda device: lambda: 0)  # no CUDA here
+    monkeypatch.setattr(precompile, "precompile_in_threads", lambda jobs, fns, threads: compiled.extend(jobs))
+    selector = group_selection.GroupSelector(torch.device("cuda"))
+    selector.prepare(kernels)
+    assert len(compiled) == 1 and len(selector._split_paths) == 1
+    (prebuilt,) = selector._split_paths.values()
+    built, unbuilt = group_selection._library_paths(kernels[2], ("split",), selector.device, prebuilt)
+    assert built["split"] is prebuilt and not unbuilt
