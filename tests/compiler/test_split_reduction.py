@@ -125,3 +125,62 @@ def test_a_head_split_norm_is_not_taken_for_chunks():
     groups = fusion_groups(reports)
     assert [g["kind"] for g in groups] == ["gemm", "row"] and all(g["kernel"] for g in groups)
     assert "BLOCK_N=96" not in groups[0]["config"]
+
+
+# --- column reductions: sums over the leading dims into few outputs ------------------------------------
+
+COLUMNS = {
+    "sum": lambda x, g, r: x.reshape(512, 37).sum(0),
+    "weight_grad": lambda x, g, r: (x * g * r).sum((0, 1)),  # a norm weight's gradient: one prologue map
+    "mean_keepdim": lambda x, g, r: torch.tanh(x).mean((0, 1), keepdim=True),
+    "amax": lambda x, g, r: (x + r).amax((0, 1)),
+    "amin": lambda x, g, r: x.amin((0, 1)),
+}
+
+
+@pytest.fixture
+def small_columns(monkeypatch):
+    """Column reductions split from a smaller size, so the interpreter runs them quickly."""
+    from tilefuse.passes import split_reduction
+
+    monkeypatch.setattr(split_reduction, "MIN_COLUMN_ELEMENTS", 2048)
+
+
+def _column_groups(reports) -> list[str]:
+    return [g["kind"] for g in fusion_groups(reports)]
+
+
+@pytest.mark.parametrize("name", COLUMNS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_column_reductions_are_split_into_partials(small_columns, name, dtype):
+    """[4, 128, 37] reduced over its leading dims: chunks of rows to [T, 37] partials in f32, then the
+    partials; the prologue map stays in the first reduction (two kernels, no pointwise one); bf16
+    as close to float64 as eager."""
+    x, g, r = torch.randn(4, 128, 37), torch.randn(4, 128, 1), torch.randn(37)
+    fn = COLUMNS[name]
+    x2, g2, r2 = (t.to(dtype) for t in (x, g, r))
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
+    reports = compile_and_compare(fn, x2, g2, r2, **tol)
+    kinds = _column_groups(
+        reports
+    )  # the partials' reduction, then their combine (with its cast: a row kernel)
+    assert len(kinds) == 2 and kinds[0] == "reduction" and "pointwise" not in kinds, kinds
+    if dtype == torch.bfloat16:  # partials in f32: as close to float64 as eager's single f32 pass
+        want = fn(x2.double(), g2.double(), r2.double())
+        got = tilefuse.compile(fn)(x2, g2, r2).double()
+        eager = fn(x2, g2, r2).double()
+        assert (got - want).abs().max() <= 2 * (eager - want).abs().max() + 1e-2
+
+
+def test_column_reductions_stay_whole_when_small_or_wide_or_not_leading(small_columns):
+    """Few elements, many outputs, a row count without a chunk, or a reduction over a middle dim:
+    one kernel, as before."""
+    cases = [
+        (lambda x: x.sum(0), torch.randn(8, 16)),  # too small
+        (lambda x: x.sum(0), torch.randn(4, 20000)),  # too many outputs (and too few rows)
+        (lambda x: x.sum(0), torch.randn(250, 33)),  # 250 rows: no chunk of 64..512 divides them
+        (lambda x: x.sum(1), torch.randn(4, 512, 9)),  # not the leading dims
+    ]
+    for fn, x in cases:
+        reports = compile_and_compare(fn, x, rtol=1e-5, atol=1e-4)
+        assert _column_groups(reports) == ["reduction"], (fn, x.shape)
