@@ -11,6 +11,7 @@ the others to PyTorch (`TilefuseBackend._compiles_static_islands`).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import threading
@@ -33,6 +34,7 @@ from .input_mutations import mutated_inputs, reinplace
 from .runtime import preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 
+log = logging.getLogger("tilefuse")
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
 
@@ -140,13 +142,16 @@ class TilefuseBackend:
             return make_boxed_func(compiled)
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
-        compiled = aot_autograd(
-            fw_compiler=forward_compiler,
-            bw_compiler=backward_compiler,
-            decompositions=decompositions(),
-            # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
-            keep_inference_input_mutations=True,
-        )(gm, example_inputs)
+        try:
+            compiled = aot_autograd(
+                fw_compiler=forward_compiler,
+                bw_compiler=backward_compiler,
+                decompositions=decompositions(),
+                # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
+                keep_inference_input_mutations=True,
+            )(gm, example_inputs)
+        except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
+            return self._traced_nothing(gm, graph_name, e)
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
@@ -177,6 +182,21 @@ class TilefuseBackend:
         calls = [n for n in gm.graph.nodes if n.op.startswith("call_")]
         return any(_static_tensor(n.meta.get("example_value")) for n in calls)
 
+    def _traced_nothing(self, gm: GraphModule, graph_name: str, error: Exception) -> Callable:
+        """AOTAutograd raised while tracing the graph (a backward that reads a tensor's values, as
+        transformers' MoE grouped-matmul fallback does with `.tolist()`). A data-dependent op is
+        Dynamo's to handle: it splits the graph there and compiles the parts, so the error goes back
+        to it; anything else runs the graph in PyTorch. Either way the report and one warning say so."""
+        data_dependent = "DataDependent" in type(error).__name__ or "data-dependent" in str(error)
+        what = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        then = "Dynamo splits the graph there and runs the rest" if data_dependent else "it runs in PyTorch"
+        reason = f"AOTAutograd could not trace the graph ({what}); {then}"
+        log.warning("tilefuse: graph %s: %s", graph_name, reason)
+        self._report_pytorch_graph(gm, graph_name, "not traced", reason)
+        if data_dependent:
+            raise error
+        return gm.forward
+
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
         static island to compile runs as PyTorch: kernels are compiled for static shapes, and
@@ -186,9 +206,14 @@ class TilefuseBackend:
             "so it runs in PyTorch (and, being Dynamo's newest graph for this code, so do the sizes "
             "compiled before it)"
         )
+        self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
+        return gm.forward
+
+    def _report_pytorch_graph(self, gm: GraphModule, graph_name: str, op: str, reason: str) -> None:
+        """The report (and, with dumps on, the dump) of a graph that runs in PyTorch as a whole."""
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
-            "partitions": [], "fallbacks": [{"node": "<graph>", "op": "dynamic shapes", "reason": reason}],
+            "partitions": [], "fallbacks": [{"node": "<graph>", "op": op, "reason": reason}],
         }  # fmt: skip
         root = self.options.dump or resolve_dump_dir(None)
         if root:  # the index says why this graph has no kernels
@@ -198,7 +223,6 @@ class TilefuseBackend:
             dump.finish(summary)
         with self._lock:
             self.reports.append(summary)
-        return gm.forward
 
 
 def _graph_device(example_inputs: list) -> torch.device:

@@ -89,3 +89,46 @@ def test_complex_dtype_falls_back():
     reasons = {f["op"]: f["reason"] for f in report["fallbacks"]}
     assert "complex64, which ein does not support" in reasons["aten.mul.Tensor"]
     assert [p["aten_ops"] for p in report["partitions"]] == [["aten.add.Tensor"]]
+
+
+@torch.library.custom_op("tilefuse_test::scale_by_counts", mutates_args=())
+def _scale_by_counts(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_scale_by_counts.register_fake
+def _(x, counts):
+    return torch.empty_like(x)
+
+
+def _save_counts(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _backward_reading_counts(ctx, grad):
+    (counts,) = ctx.saved_tensors
+    factor = sum(counts.tolist())  # data dependent, as transformers' MoE grouped-matmul fallback backward
+    return grad * 2 + 0 * factor, None
+
+
+_scale_by_counts.register_autograd(_backward_reading_counts, setup_context=_save_counts)
+
+
+def test_a_graph_aot_autograd_cannot_trace_is_reported_and_the_step_matches_eager(caplog):
+    """A training graph whose backward reads a tensor's values cannot be traced ahead: Dynamo splits it
+    and runs that part in PyTorch; the report and one warning say why, and the gradients are eager's."""
+
+    def fn(x, w, counts):
+        return _scale_by_counts(torch.tanh(x @ w), counts).relu().sum()
+
+    x, counts = torch.randn(4, 8), torch.tensor([1, 3])
+    w = torch.randn(8, 8, requires_grad=True)
+    compiled = tilefuse.compile(fn)
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        compiled(x, w, counts).backward()
+    got, w.grad = w.grad, None
+    fn(x, w, counts).backward()
+    torch.testing.assert_close(got, w.grad)
+    untraced = [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "not traced"]
+    assert untraced and "could not trace" in untraced[0]["reason"]
+    assert any("could not trace" in m for m in caplog.messages)
