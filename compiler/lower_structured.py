@@ -210,6 +210,44 @@ def _overwrite(
     return ctx.b.concat(parts, dim) if len(parts) > 1 else src
 
 
+def _one_hot_scatter_reason(node: Node) -> str | None:
+    a = bound_args(node)
+    base, index = a["self"].meta["val"], a["index"].meta["val"]
+    dim = a["dim"] % max(1, base.dim())
+    others = [d for d in range(base.dim()) if d != dim]
+    if (
+        index.dim() != base.dim()
+        or index.shape[dim] != 1
+        or any(index.shape[d] != base.shape[d] for d in others)
+    ):
+        return "a scatter other than one position along its dim per row (a one-hot) runs in PyTorch"
+    src = a.get("src")
+    if isinstance(src, Node) and tuple(src.meta["val"].shape) != tuple(index.shape):
+        return "a scatter whose source is not shaped like its index runs in PyTorch"
+    return None
+
+
+@lowers(aten.scatter.value, aten.scatter.src, check=_one_hot_scatter_reason)
+def lower_one_hot_scatter(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`base` with one element per row along `dim` replaced, at the position `index` holds (the
+    backward of a cross-entropy loss writes -1 at each target): a map choosing the new value where
+    the position along `dim` equals the row's index, so it fuses with what reads it."""
+    a = bound_args(node)
+    base = ctx.tensor(a["self"])
+    shape = shape_of(base.type)
+    dim = a["dim"] % len(shape)
+    elem = base.type.get_element_type()
+    positions = ctx.b.iota(dim, shape, i64)
+    new = ctx.value(a["src"]) if node.target == aten.scatter.src else a["value"]
+
+    def body(sb: ScalarBuilder, at: SSAValue, index: SSAValue, old: SSAValue, value: SSAValue) -> SSAValue:
+        return sb.select(sb.cmp("eq", at, sb.cast(index, i64)), sb.cast(value, elem), old)
+
+    return ctx.b.map(
+        [positions, ctx.tensor(a["index"]), base, new], elem, body, compute_elem=elem, cast_inputs=False
+    )
+
+
 @lowers(aten.constant_pad_nd.default)
 def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
     """Each padded dim: a slice where the padding is negative, a concatenation with splats of

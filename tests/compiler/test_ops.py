@@ -114,7 +114,10 @@ MATMULS = {
     "mm": (torch.mm, [(7, 13), (13, 5)]),
     "bmm": (torch.bmm, [(3, 7, 13), (3, 13, 5)]),
     "addmm_row_bias": (lambda b, x, w: torch.addmm(b, x, w), [(5,), (7, 13), (13, 5)]),
-    "addmm_full_bias": (lambda b, x, w: torch.addmm(b, x, w, beta=0.5, alpha=2.0), [(7, 5), (7, 13), (13, 5)]),
+    "addmm_full_bias": (
+        lambda b, x, w: torch.addmm(b, x, w, beta=0.5, alpha=2.0),
+        [(7, 5), (7, 13), (13, 5)],
+    ),
     "linear": (F.linear, [(2, 7, 13), (5, 13), (5,)]),
     "linear_no_bias": (F.linear, [(7, 13), (5, 13)]),
     "matmul_3d_2d": (torch.matmul, [(2, 7, 13), (13, 5)]),
@@ -171,7 +174,9 @@ def test_reductions(name, shape):
 BOOLEAN_REDUCTIONS = {
     "any": lambda x: (x > 2).any(-1),
     "all_keepdim": lambda x: (x > -2).all(0, keepdim=True),
-    "safe_softmax_row_has_a_key": lambda x: (x.masked_fill(x < 0, float("-inf")) != float("-inf")).any(-1, True),
+    "safe_softmax_row_has_a_key": lambda x: (x.masked_fill(x < 0, float("-inf")) != float("-inf")).any(
+        -1, True
+    ),
     "any_of_a_bool_input": lambda x: (x > 1).logical_not().any(-1),
 }
 
@@ -183,7 +188,9 @@ def test_any_and_all_are_kernels(name, shape):
     attention, a safe softmax asking whether each row has a key, did so in every layer."""
     reports = compile_and_compare(BOOLEAN_REDUCTIONS[name], torch.randn(*shape) * 2)
     groups = fusion_groups(reports)
-    assert groups and all(g["kernel"] is not None for g in groups), [g["not_a_kernel_because"] for g in groups]
+    assert groups and all(g["kernel"] is not None for g in groups), [
+        g["not_a_kernel_because"] for g in groups
+    ]
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -204,7 +211,9 @@ def test_rms_norm(shape):
 def test_half_precision_norms():
     x = torch.randn(3, 40).to(torch.bfloat16)
     w = torch.randn(40).to(torch.bfloat16)
-    compile_and_compare(lambda x: F.layer_norm(x, (40,), w) + F.rms_norm(x, (40,), w), x, rtol=2e-2, atol=2e-2)
+    compile_and_compare(
+        lambda x: F.layer_norm(x, (40,), w) + F.rms_norm(x, (40,), w), x, rtol=2e-2, atol=2e-2
+    )
     compile_and_compare(lambda x: torch.softmax(x, -1), x, rtol=2e-2, atol=2e-2)
 
 
@@ -268,7 +277,8 @@ def test_scaled_dot_product_attention(case, seq):
 
 
 @pytest.mark.parametrize(
-    "shape, repeats", [((3, 5), (2, 1)), ((3, 5), (1, 3)), ((4,), (2, 3)), ((2, 3, 5), (2, 2, 1)), ((7, 1), (1, 9))]
+    "shape, repeats",
+    [((3, 5), (2, 1)), ((3, 5), (1, 3)), ((4,), (2, 3)), ((2, 3, 5), (2, 2, 1)), ((7, 1), (1, 9))],
 )
 def test_repeat_is_indexed_through_in_the_kernel_that_reads_it(shape, repeats):
     """GPT-J's rotary tables and Whisper's positions use `repeat`: compiled, not left to PyTorch."""
@@ -325,3 +335,28 @@ def test_as_strided_that_is_a_reshape_compiles_and_any_other_runs_in_pytorch():
     reports = compile_and_compare(windows, torch.randn(12), allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"] if f["op"] == "aten.as_strided.default"]
     assert reasons == ["an as_strided view that is not a reshape (other strides, or a part) runs in PyTorch"]
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_a_one_hot_scatter_is_a_map_and_other_scatters_run_in_pytorch(dim):
+    """scatter of one position per row along `dim` (a cross-entropy backward's -1 at each target), of
+    a value or of a source shaped like the index, fuses as a map; a scatter of several positions per
+    row runs in PyTorch with its reason; against eager, ragged shapes."""
+    base = torch.randn(5, 7)
+    size = base.shape[dim]
+    index_shape = [5, 7]
+    index_shape[dim] = 1
+    index = torch.randint(0, size, index_shape)
+    src = torch.randn(index_shape)
+
+    def fn(base, index, src):
+        return torch.scatter(base * 2, dim, index, -1.0).exp() + torch.scatter(base, dim, index, src.tanh())
+
+    reports = compile_and_compare(fn, base, index, src)
+    assert not [f for r in reports for f in r["fallbacks"] if "scatter" in f["op"]]
+    several = torch.randint(0, size, (2, 7) if dim == 0 else (5, 2))
+    reports = compile_and_compare(
+        lambda b, i: torch.scatter(b.tanh(), dim, i, 1.0) * 3, base, several, allow_fallbacks=True
+    )
+    (fallback,) = [f for r in reports for f in r["fallbacks"] if "scatter" in f["op"]]
+    assert "one-hot" in fallback["reason"]
