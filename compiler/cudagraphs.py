@@ -145,6 +145,9 @@ class CudaGraphReplay:
         self.captures += 1
         self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
         self.graph.replay()
+        for arg, static, private in zip(args, self.static_inputs, self.private):
+            if private:  # a written input held in a private buffer: the caller's tensor gets the update
+                arg.copy_(static)
         return self._outputs()
 
     def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:

@@ -561,3 +561,57 @@ def test_a_dynamic_graph_compiles_its_static_islands():
     reasons = [f["reason"] for f in dynamic["fallbacks"]]
     assert any("dynamic shape" in r for r in reasons), reasons
     assert not any(f["op"] == "dynamic shapes" for f in dynamic["fallbacks"])
+
+
+def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monkeypatch):
+    """The replay's bookkeeping for written inputs, with the CUDA graph faked (a capture records, a
+    replay runs the recorded call on the captured tensors): a cache passed as the same tensor every call
+    is captured in place; a counter that comes as a new tensor is captured once more on a private copy,
+    then copied in before each replay and its update copied back. Each call updates each input once."""
+    import contextlib
+
+    from tilefuse.compiler import cudagraphs
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    state: dict = {"capturing": False}
+
+    def real(cache, pos, new, counter):
+        cache.index_copy_(0, pos, new)
+        counter.add_(1)
+        return cache.sum(0, keepdim=True) + counter
+
+    def step(cache, pos, new, counter):
+        if state["capturing"]:  # a capture runs nothing: it records, and its outputs are placeholders
+            state["recorded"] = (cache, pos, new, counter)
+            state["out"] = torch.empty(1, cache.shape[1])
+            return state["out"]
+        return real(cache, pos, new, counter)
+
+    class FakeGraph:
+        def replay(self):
+            state["out"].copy_(real(*state["recorded"]))
+
+    @contextlib.contextmanager
+    def capture(graph):
+        state["capturing"] = True
+        try:
+            yield
+        finally:
+            state["capturing"] = False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(cudagraphs, "_unsafe_inputs", lambda args: None)
+    monkeypatch.setattr(cudagraphs, "_unsafe", lambda args: None)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False] * 4, report, mutated=[True, False, False, True])
+    cache, counter = torch.zeros(16, 3), torch.zeros((), dtype=torch.int64)
+    ref_cache, ref_counter = cache.clone(), counter.clone()
+    for i in range(WARMUP_CALLS + 6):
+        if i == WARMUP_CALLS + 3:  # a new counter tensor, as a new generate's
+            counter, ref_counter = counter.clone(), ref_counter.clone()
+        pos, new = torch.tensor([i]), torch.randn(1, 3)
+        torch.testing.assert_close(replay(cache, pos, new, counter), real(ref_cache, pos, new, ref_counter))
+        assert torch.equal(cache, ref_cache) and counter.item() == ref_counter.item() == i + 1
+    assert report["cudagraphs"] == "captured (2 capture(s))"
