@@ -109,7 +109,7 @@ def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         first_s = time.perf_counter() - start
-        for _ in range(SETTLE_STEPS):
+        for _ in range(SETTLE_STEPS if device.type == "cuda" else 0):  # nothing measures itself on a CPU
             step(fn, model, ids)
         ms = time_ms(lambda: step(fn, model, ids), device, cpu_repeats=1)
         errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
