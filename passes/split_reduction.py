@@ -28,6 +28,7 @@ are viewed as T chunks of c, reduced to [T, ..] f32 partials by many programs, t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -258,7 +259,7 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     if reduce.reduce_dims != tuple(range(j)) or not 0 < j < len(shape):
         return False
     kept = list(shape[j:])
-    rows, outputs = _product(shape[:j]), _product(kept)
+    rows, outputs = math.prod(shape[:j]), math.prod(kept)
     if outputs > MAX_COLUMN_OUTPUTS or rows * outputs < MIN_COLUMN_ELEMENTS:
         return False
     c = next((c for c in COLUMN_CHUNKS if rows % c == 0 and rows // c >= 4), None)
@@ -286,33 +287,30 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     return True
 
 
-def _product(sizes) -> int:
-    total = 1
-    for d in sizes:
-        total *= d
-    return total
+def _operand_dims(v: SSAValue, shape: tuple[int, ...], j: int) -> tuple[list[int], list[int]]:
+    """A map operand's sizes (numpy-broadcast to `shape`) split into those aligned with the `j`
+    reduced leading dims and those aligned with the kept dims."""
+    sizes = list(shape_of(v.type))
+    cut = max(0, len(sizes) - (len(shape) - j))
+    return sizes[:cut], sizes[cut:]
 
 
 def _chunkable(v: SSAValue, shape: tuple[int, ...], j: int) -> bool:
-    """Whether a map operand (numpy-broadcast to `shape`) can be viewed over [T, c, kept..]: it
-    spans the leading dims whole, or none of them."""
-    vs = shape_of(v.type)
-    lead = list(vs[: len(vs) - (len(shape) - j)]) if len(vs) > len(shape) - j else []
+    """Whether a map operand can be viewed over [T, c, kept..]: it spans the leading dims whole,
+    or none of them."""
+    lead, _ = _operand_dims(v, shape, j)
     return not lead or lead == list(shape[:j]) or all(d == 1 for d in lead)
 
 
 def _spans_rows(v: SSAValue, shape: tuple[int, ...], j: int) -> bool:
-    vs = shape_of(v.type)
-    return len(vs) == len(shape) and list(vs[:j]) == list(shape[:j])
+    return _operand_dims(v, shape, j)[0] == list(shape[:j])
 
 
 def _chunk_operand(b: EinBuilder, v: SSAValue, shape: tuple[int, ...], j: int, view: list[int]) -> SSAValue:
-    vs = shape_of(v.type)
-    tail = list(vs[max(0, len(vs) - (len(shape) - j)) :])
-    if len(vs) <= len(shape) - j:
+    lead, tail = _operand_dims(v, shape, j)
+    if not lead:
         return v  # broadcast over the kept dims only: it still aligns with [T, c, kept..]
-    lead = vs[: len(vs) - len(tail)]
-    return b.reshape(v, [*view[:2], *tail] if list(lead) == list(shape[:j]) else [1, 1, *tail])
+    return b.reshape(v, [*view[:2], *tail] if lead == list(shape[:j]) else [1, 1, *tail])
 
 
 def rewrite_function(fn: func.FuncOp) -> int:
