@@ -162,13 +162,9 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
         for op in order:
             env[op.results[0]] = _library_op(op, env, device)
         written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
-        args: list = []
-        aligned = True
-        for t in [*(env[v] for v in epilogue.inputs), *written]:
-            args.append(t)
-            args.extend(t.stride())
-            aligned = aligned and t.data_ptr() % 16 == 0
-        (aligned_launch if aligned else any_launch)(stream(), *args)
+        tensors = [*(env[v] for v in epilogue.inputs), *written]
+        aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
+        (aligned_launch if aligned else any_launch)(stream(), *_launch_args(tensors))
         env.update(zip(kernel_outputs, written))
         return tuple(env[v].contiguous() for v in outputs)
 
@@ -379,29 +375,24 @@ class GroupSelector:
         a time when each group is measured, each would add its Triton compile to a cold first call."""
         if self.device.type != "cuda":
             return
+        from ..backends.triton import precompile
+
+        hopper = torch.cuda.get_device_capability(self.device)[0] >= 9
         jobs, functions = [], []
         for kernel in kernels:
             key = _kernel_key(kernel)
             if key in self._split_paths or SPLIT not in self._library_candidates(kernel):
                 continue
-            try:
-                _check_library_size(kernel)
-                built = self._split_paths[key] = split_path(kernel, self.device)
-            except Exception as e:  # said when the group is measured
-                self._split_paths[key] = (
-                    f"{type(e).__name__}: {e}" if not isinstance(e, NoLibraryPath) else str(e)
-                )
+            built, unbuilt = _library_paths(kernel, (SPLIT,), self.device)
+            if SPLIT not in built:  # said when the group is measured
+                self._split_paths[key] = unbuilt[SPLIT]
                 continue
-            from ..backends.triton import precompile
-
-            config = built.config
-            hopper = torch.cuda.get_device_capability(self.device)[0] >= 9
-            jobs.append(precompile.compile_job(built.launcher, config.params, config.num_warps,
+            split = self._split_paths[key] = built[SPLIT]
+            config = split.config
+            jobs.append(precompile.compile_job(split.launcher, config.params, config.num_warps,
                                                config.num_stages, hopper))  # fmt: skip
-            functions.append(built.launcher.function)
+            functions.append(split.launcher.function)
         if jobs:
-            from ..backends.triton import precompile
-
             precompile.precompile_in_threads(jobs, functions, max(1, precompile.thread_count()))
 
     def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
@@ -416,11 +407,12 @@ class GroupSelector:
             return KERNEL, None  # nothing can be timed inside a CUDA graph capture
         layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
         others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
-        key = (getattr(kernel.launcher, "name", group), kernel.config.key(), layouts, ",".join(others))
+        shared = _kernel_key(kernel)  # identical layers' launches: one split path, one measurement
+        key = (*shared, layouts, ",".join(others))
         if key not in self._known:
             candidates = {"cuda": alternative} if alternative is not None else {}
             known = self._recorded(kernel, key)
-            prebuilt = self._split_paths.get(_kernel_key(kernel))
+            prebuilt = self._split_paths.get(shared)
             if known is None:
                 built, unbuilt = _library_paths(kernel, others, self.device, prebuilt)
                 candidates |= built
@@ -552,12 +544,18 @@ def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.dev
     outputs = [_empty_like_value(v, device) for v in kernel.lowered.outputs]
     config = kernel.config
     launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
-    args: list = []
-    for t in [*inputs, *outputs]:
-        args.append(t)
-        args.extend(t.stride())
+    args = _launch_args([*inputs, *outputs])
     stream = stream_getter(device)() if device.type == "cuda" else 0
     return lambda: launch(stream, *args)
+
+
+def _launch_args(tensors: Sequence[torch.Tensor]) -> list:
+    """A bound launch's arguments as the program writes them: each tensor, then its strides."""
+    args: list = []
+    for t in tensors:
+        args.append(t)
+        args.extend(t.stride())
+    return args
 
 
 def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
