@@ -129,13 +129,18 @@ def _slice_bounds(size: int, start: object, end: object, step: object) -> tuple[
     return start, max(start, stop), step
 
 
-@lowers(aten.slice.Tensor)
-def lower_slice(ctx: LoweringContext, node: Node) -> SSAValue:
-    a = bound_args(node)
+def _sliced(ctx: LoweringContext, a: dict) -> tuple[SSAValue, int, int, int, int]:
+    """The tensor `a["self"]`, and the dim, start, stop and step of the slice `a` names (the
+    arguments of a slice or of a slice_scatter)."""
     x = ctx.tensor(a["self"])
     shape = shape_of(x.type)
     dim = a["dim"] % len(shape)
-    start, stop, step = _slice_bounds(shape[dim], a["start"], a["end"], a["step"])
+    return x, dim, *_slice_bounds(shape[dim], a["start"], a["end"], a["step"])
+
+
+@lowers(aten.slice.Tensor)
+def lower_slice(ctx: LoweringContext, node: Node) -> SSAValue:
+    x, dim, start, stop, step = _sliced(ctx, bound_args(node))
     return ctx.b.slice(x, dim, start, stop, step)
 
 
@@ -180,11 +185,8 @@ def lower_slice_scatter(ctx: LoweringContext, node: Node) -> SSAValue:
     slice of `base` before, `src`, and the slice after, which kernels read in place (the backward
     of a slice or a concatenation: rotate_half's, a fused QKV split's)."""
     a = bound_args(node)
-    base = ctx.tensor(a["self"])
+    base, dim, start, stop, _ = _sliced(ctx, a)  # step 1: `_scatter_step_reason` refuses others
     src = ctx.b.cast(ctx.tensor(a["src"]), base.type.get_element_type())
-    shape = shape_of(base.type)
-    dim = a["dim"] % len(shape)
-    start, stop, _ = _slice_bounds(shape[dim], a["start"], a["end"], 1)
     return _overwrite(ctx, base, src, dim, start, stop)
 
 
