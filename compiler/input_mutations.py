@@ -19,8 +19,6 @@ Two things follow:
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch.fx import GraphModule, Node
 
@@ -66,10 +64,8 @@ def mutated_inputs(gm: GraphModule) -> list[bool]:
     mutable aten overload: `copy_`, `index_put_`, `add_`...)."""
     written = set()
     for node in gm.graph.nodes:
-        target = node.target
-        if node.op != "call_function" or target is operator.getitem or not node.args:
-            continue
-        schema = getattr(target, "_schema", None)
-        if schema is not None and schema.is_mutable and isinstance(node.args[0], Node):
-            written.add(node.args[0])
+        schema = getattr(node.target, "_schema", None)  # aten overloads have one; getitem has none
+        if node.op == "call_function" and schema is not None and schema.is_mutable and node.args:
+            if isinstance(node.args[0], Node):
+                written.add(node.args[0])
     return [n in written for n in gm.graph.nodes if n.op == "placeholder"]
