@@ -181,7 +181,9 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
     if failed:
         note += f"; {len(failed)} partition(s) failed at run time (PyTorch ran them): {failed[0]}"
     note += f"; whole graphs in PyTorch: {', '.join(reasons)}" if reasons else ""
-    return note + (f"; CUDA graphs: {graphs}" if graphs else "")
+    note += f"; CUDA graphs: {graphs}" if graphs else ""
+    because = [why for r in reports for why in r.get("captured_because", ())]
+    return note + (f" (because: {'; '.join(dict.fromkeys(because))})" if because else "")
 
 
 def render_table(timings: Sequence[GenTiming], new_tokens: int) -> str:

@@ -42,6 +42,7 @@ log = logging.getLogger("tilefuse")
 
 # Triton compiles on the first call; the partition's program-vs-PyTorch measurement takes the next few
 WARMUP_CALLS = 2 + ROUNDS
+MAX_REASONS = 6  # why each capture happened, kept in the report (the first and the latest)
 
 
 class CudaGraphReplay:
@@ -79,8 +80,10 @@ class CudaGraphReplay:
             return self._refuse(reason, args, logging.INFO)
         if self.calls <= WARMUP_CALLS:
             return self.fn(*args)
-        if self.graph is None or self._parameters_changed(args):
-            return self._capture(args)
+        if self.graph is None:
+            return self._capture(args, "first capture")
+        if (changed := self._parameter_changed(args)) is not None:
+            return self._capture(args, changed)
         moved = []  # inputs the graph writes, held in private buffers: the update is copied back
         for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
             if static.data_ptr() == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
@@ -88,7 +91,7 @@ class CudaGraphReplay:
             if self.mutated[i] and not self.private[i]:
                 # captured on the caller's tensor, and another comes: from now on a private buffer
                 self.private[i] = True
-                return self._capture(args)
+                return self._capture(args, f"input {i}, written by the graph, came as another tensor")
             static.copy_(arg)
             if self.mutated[i]:
                 moved.append((arg, static))
@@ -115,10 +118,20 @@ class CudaGraphReplay:
                     state.append((arg.data_ptr(), None))
         return tuple(state)
 
-    def _parameters_changed(self, args: Sequence[object]) -> bool:
-        return self._parameter_state(args) != self.parameter_state
+    def _parameter_changed(self, args: Sequence[object]) -> str | None:
+        """Why the captured graph no longer fits `args`' parameters (the first that moved or was
+        updated in place); None if none did."""
+        state = self._parameter_state(args)
+        if state == self.parameter_state:
+            return None
+        indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
+        for i, now, then in zip(indices, state, self.parameter_state):
+            if now != then:
+                what = "moved" if now[0] != then[0] else "was updated in place"
+                return f"parameter input {i} {what}"
+        return "the parameters changed"
 
-    def _capture(self, args: Sequence[object]) -> object:
+    def _capture(self, args: Sequence[object], why: str) -> object:
         reason = _unsafe(args)
         if reason is not None:
             return self._refuse(reason, args)
@@ -144,6 +157,10 @@ class CudaGraphReplay:
             return self._refuse(f"capture failed: {type(e).__name__}: {e}", args)
         self.captures += 1
         self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
+        reasons = self.report.setdefault("captured_because", [])
+        reasons.append(why)
+        if len(reasons) > MAX_REASONS:  # the first capture's reason and the latest ones
+            del reasons[1]
         self.graph.replay()
         for arg, static, private in zip(args, self.static_inputs, self.private):
             if private:  # a written input held in a private buffer: the caller's tensor gets the update

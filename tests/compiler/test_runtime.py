@@ -563,29 +563,21 @@ def test_a_dynamic_graph_compiles_its_static_islands():
     assert not any(f["op"] == "dynamic shapes" for f in dynamic["fallbacks"])
 
 
-def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monkeypatch):
-    """The replay's bookkeeping for written inputs, with the CUDA graph faked (a capture records, a
-    replay runs the recorded call on the captured tensors): a cache passed as the same tensor every call
-    is captured in place; a counter that comes as a new tensor is captured once more on a private copy,
-    then copied in before each replay and its update copied back. Each call updates each input once."""
+def _faked_cuda_graphs(monkeypatch, real):
+    """`step`, a function that runs `real` and, while a faked CUDA graph captures, records its call
+    (placeholder outputs); a replay of the fake runs the recorded call again on the captured tensors."""
     import contextlib
 
     from tilefuse.compiler import cudagraphs
-    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
 
     state: dict = {"capturing": False}
 
-    def real(cache, pos, new, counter):
-        cache.index_copy_(0, pos, new)
-        counter.add_(1)
-        return cache.sum(0, keepdim=True) + counter
-
-    def step(cache, pos, new, counter):
+    def step(*args):
         if state["capturing"]:  # a capture runs nothing: it records, and its outputs are placeholders
-            state["recorded"] = (cache, pos, new, counter)
-            state["out"] = torch.empty(1, cache.shape[1])
+            state["recorded"] = args
+            state["out"] = torch.empty_like(real(*(a.clone() for a in args)))
             return state["out"]
-        return real(cache, pos, new, counter)
+        return real(*args)
 
     class FakeGraph:
         def replay(self):
@@ -604,6 +596,22 @@ def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monke
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(cudagraphs, "_unsafe_inputs", lambda args: None)
     monkeypatch.setattr(cudagraphs, "_unsafe", lambda args: None)
+    return step
+
+
+def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monkeypatch):
+    """The replay's bookkeeping for written inputs, with the CUDA graph faked (a capture records, a
+    replay runs the recorded call on the captured tensors): a cache passed as the same tensor every call
+    is captured in place; a counter that comes as a new tensor is captured once more on a private copy,
+    then copied in before each replay and its update copied back. Each call updates each input once."""
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    def real(cache, pos, new, counter):
+        cache.index_copy_(0, pos, new)
+        counter.add_(1)
+        return cache.sum(0, keepdim=True) + counter
+
+    step = _faked_cuda_graphs(monkeypatch, real)
     report: dict = {"name": "g"}
     replay = CudaGraphReplay(step, [False] * 4, report, mutated=[True, False, False, True])
     cache, counter = torch.zeros(16, 3), torch.zeros((), dtype=torch.int64)
@@ -615,3 +623,26 @@ def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monke
         torch.testing.assert_close(replay(cache, pos, new, counter), real(ref_cache, pos, new, ref_counter))
         assert torch.equal(cache, ref_cache) and counter.item() == ref_counter.item() == i + 1
     assert report["cudagraphs"] == "captured (2 capture(s))"
+    assert report["captured_because"] == [
+        "first capture",
+        "input 3, written by the graph, came as another tensor",
+    ]
+
+
+def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):
+    """A parameter input updated in place between calls (an optimizer step) is captured again, and the
+    report says why each capture happened; the replays match eager."""
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    real = lambda x, w: x * 2 + w  # noqa: E731
+    step = _faked_cuda_graphs(monkeypatch, real)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False, True], report)
+    w = torch.randn(3)
+    for i in range(WARMUP_CALLS + 4):
+        if i == WARMUP_CALLS + 2:
+            w.add_(1.0)
+        x = torch.randn(3)
+        torch.testing.assert_close(replay(x, w), real(x, w))
+    assert report["cudagraphs"] == "captured (2 capture(s))"
+    assert report["captured_because"] == ["first capture", "parameter input 1 was updated in place"]
