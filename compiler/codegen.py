@@ -27,6 +27,7 @@ from xdsl.dialects.builtin import StringAttr
 from ..autotune.heuristics import config_override, default_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
+from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify
 from ..passes import FormFusionGroups, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
@@ -368,7 +369,10 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
             key = (k.launcher.path, k.config.key())
             if key not in jobs:
                 c = k.config
-                jobs[key] = precompile.compile_job(k.launcher, c.params, c.num_warps, c.num_stages, hopper)
+                strides = _launch_strides(k)
+                jobs[key] = precompile.compile_job(
+                    k.launcher, c.params, c.num_warps, c.num_stages, hopper, strides
+                )
                 functions[key] = k.launcher.function
     # the markers stand for binaries in this Triton cache: another cache folder compiles again
     triton_cache = getattr(getattr(triton, "knobs", None), "cache", None)
@@ -388,6 +392,23 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
         "jobs": done.jobs, "compiled": done.compiled, "already_compiled": done.already,
         "workers": done.workers, "failed": failed, "error": done.error, "seconds": round(done.seconds, 4),
     }  # fmt: skip
+
+
+def _launch_strides(kernel: object) -> list[tuple[int, ...]] | None:
+    """The strides `kernel`'s launch will pass, per tensor (its inputs row-major, its outputs as the
+    program allocates them: `program.output_strides`); None where all are row-major."""
+    import torch
+
+    from .program import output_strides
+
+    lowered, packed, strides = kernel.lowered, [], []
+    for i, value in enumerate([*lowered.inputs, *lowered.outputs]):
+        shape = tuple(shape_of(value.type))
+        dtype = to_torch_dtype(value.type.get_element_type())
+        packed.append(torch.empty(shape, device="meta").stride())
+        output = i >= len(lowered.inputs)
+        strides.append(output_strides(kernel, shape, dtype) if output else packed[-1])
+    return strides if strides != packed else None
 
 
 def _gpu_capability(target: Target) -> int | None:

@@ -61,7 +61,7 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
-from .program import stream_getter
+from .program import output_strides, stream_getter
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -539,9 +539,10 @@ def _check_library_size(kernel: object) -> None:
 
 
 def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.device) -> Callable[[], None]:
-    """A call that launches `kernel` (a `CompiledKernel`) on `inputs` into fresh row-major outputs,
+    """A call that launches `kernel` (a `CompiledKernel`) on `inputs` into fresh outputs (laid out as
+    the program lays them out: `program.output_strides`),
     its arguments written as the program writes them (each tensor, then its strides)."""
-    outputs = [_empty_like_value(v, device) for v in kernel.lowered.outputs]
+    outputs = [_empty_like_value(kernel, v, device) for v in kernel.lowered.outputs]
     config = kernel.config
     launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
     args = _launch_args([*inputs, *outputs])
@@ -558,6 +559,8 @@ def _launch_args(tensors: Sequence[torch.Tensor]) -> list:
     return args
 
 
-def _empty_like_value(value: SSAValue, device: torch.device) -> torch.Tensor:
+def _empty_like_value(kernel: object, value: SSAValue, device: torch.device) -> torch.Tensor:
+    """An output buffer of `kernel` for `value`, laid out as the program allocates it."""
     dtype = to_torch_dtype(value.type.get_element_type())
-    return torch.empty(tuple(shape_of(value.type)), dtype=dtype, device=device)
+    shape = tuple(shape_of(value.type))
+    return torch.empty_strided(shape, output_strides(kernel, shape, dtype), dtype=dtype, device=device)

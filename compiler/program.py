@@ -28,11 +28,11 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
 
-HEADER = '''\
+HEADER = """\
 # tilefuse program: partition {partition} of graph {graph}, on {device}
 # {kernels} kernel launch(es); glue ops named by their ein op. Generated at the first call:
 # strides are literals, checked by the guard below (a mismatch runs the captured PyTorch code).
-'''
+"""
 
 
 @dataclass
@@ -139,6 +139,37 @@ class _BufferPlan:
 
     def unused_free(self) -> list[tuple[str, int]]:
         return [entry for entries in self.free.values() for entry in entries]
+
+
+# where a padded output row starts (Inductor's padding alignment): a GEMM's output row that is not a
+# multiple of 16 bytes (an LM head over a 50257-token vocabulary) makes every store of its epilogue a
+# scalar store (Triton specializes a stride divisible by 16 for vector stores); rows narrower than
+# PAD_MIN_ROW elements stay packed (the padding would cost more memory than it saves)
+ROW_ALIGN_BYTES, PAD_MIN_ROW = 128, 256
+
+
+def output_strides(kernel: object, shape: Sequence[int], dtype: torch.dtype) -> tuple[int, ...]:
+    """The strides a `CompiledKernel`'s output of `shape` is allocated with: row-major, except that a
+    Triton GEMM's output with a wide row that is not a multiple of 16 bytes gets rows starting every
+    ROW_ALIGN_BYTES (a strided tensor whose row ends in unused padding, as `torch.compile`'s padded
+    matmuls leave it). Its readers take strides: kernels as arguments, PyTorch ops as they come."""
+    shape = tuple(shape)
+    contiguous = torch.empty(shape, dtype=dtype, device="meta").stride()
+    size = dtype.itemsize
+    if (
+        len(shape) < 2
+        or kernel.lowered.group.kind != "gemm"
+        or getattr(kernel, "backend", "triton") != "triton"
+    ):
+        return contiguous
+    row = shape[-1]
+    if row < PAD_MIN_ROW or row * size % 16 == 0 or 0 in shape:
+        return contiguous
+    per_row = ROW_ALIGN_BYTES // size
+    strides = [1, -(-row // per_row) * per_row]
+    for dim in reversed(shape[1:-1]):
+        strides.append(strides[-1] * dim)
+    return tuple(reversed(strides))
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -273,16 +304,18 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         out_type = value.type
         shape = tuple(shape_of(out_type))
         dtype = to_torch_dtype(out_type.get_element_type())
-        meta = torch.empty(shape, dtype=dtype, device="meta")
-        w.meta[value] = meta
-        layout = (shape, tuple(meta.stride()), dtype)
+        strides = output_strides(kernel, shape, dtype)
+        w.meta[value] = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
+        layout = (shape, strides, dtype)
         w.layouts[name] = layout
         pinned = reuse_names is not None or value in w.inputs.results
         taken = w.buffers.allocate(name, layout, pinned)
         if taken is not None:
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
-            w.emit(f"{name} = _empty({shape!r}, {tuple(meta.stride())!r}, dtype={dtype}, device=_device)")
+            packed = torch.empty(shape, device="meta").stride()
+            padded = "" if strides == packed else "  # rows start 128-byte aligned (program.output_strides)"
+            w.emit(f"{name} = _empty({shape!r}, {strides!r}, dtype={dtype}, device=_device){padded}")
     args = []
     for value in [*kernel.lowered.inputs, *outputs]:
         args.append(w.names[value])

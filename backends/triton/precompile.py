@@ -63,6 +63,8 @@ class CompileJob:
     constexprs: tuple[tuple[str, int], ...]  # tile parameters (and USE_TMA), in launch order
     num_warps: int
     num_stages: int
+    # per tensor argument, where the launch's are not a contiguous tensor's (a padded output); None: all are
+    strides: tuple[tuple[int, ...], ...] | None = None
 
     def key(self, target: str) -> str:
         """A hash of everything the compiled binary depends on, for `target` (GPU and Triton version)."""
@@ -75,13 +77,16 @@ class CompileJob:
         return cls(
             data["path"], data["function"], tuple(tuple(s) for s in data["shapes"]), tuple(data["dtypes"]),
             tuple((k, v) for k, v in data["constexprs"]), data["num_warps"], data["num_stages"],
+            tuple(tuple(s) for s in data["strides"]) if data.get("strides") else None,
         )  # fmt: skip
 
 
 def compile_job(
-    kernel: TritonKernel, config: Mapping[str, int], num_warps: int, num_stages: int, hopper: bool
-) -> CompileJob:
-    """The job that compiles `kernel` as its launch with `config` will, on contiguous tensors.
+    kernel: TritonKernel, config: Mapping[str, int], num_warps: int, num_stages: int, hopper: bool,
+    strides: Sequence[Sequence[int]] | None = None,
+) -> CompileJob:  # fmt: skip
+    """The job that compiles `kernel` as its launch with `config` will, on contiguous tensors (or
+    tensors with `strides`, one tuple per tensor argument).
 
     Like the launcher, a kernel that can read through TMA descriptors gets `USE_TMA` as
     the config or `TILEFUSE_TMA` asks, where its operands' layouts allow it (`hopper`:
@@ -97,7 +102,7 @@ def compile_job(
         constexprs.append(("USE_TMA", bool(chosen and fits)))
     return CompileJob(
         str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
-        num_warps, num_stages,
+        num_warps, num_stages, tuple(tuple(s) for s in strides) if strides is not None else None,
     )  # fmt: skip
 
 
@@ -309,10 +314,12 @@ def warm_up(job: CompileJob, function: object | None = None) -> None:
     if function is None:
         function = getattr(_kernel_module(job.path), job.function)
     args: list[object] = []
-    for shape, dtype in zip(job.shapes, job.dtypes):
+    strides = job.strides or [None] * len(job.shapes)
+    for shape, dtype, stride in zip(job.shapes, job.dtypes, strides):
         torch_dtype = getattr(torch, dtype)
         # Triton puts an aligned mock tensor where a dtype goes; the strides are a contiguous tensor's
-        args += [torch_dtype, *torch.empty(shape, dtype=torch_dtype, device="meta").stride()]
+        # unless the job says otherwise
+        args += [torch_dtype, *(stride or torch.empty(shape, dtype=torch_dtype, device="meta").stride())]
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
     function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
 

@@ -110,6 +110,27 @@ def test_the_program_is_generated_dumped_and_straight_line(tmp_path):
     assert f"{program.parent.name}/{program.name}" in (tmp_path / "index.txt").read_text()
 
 
+@pytest.mark.parametrize("n", [301, 300])
+def test_a_gemm_output_with_an_unaligned_wide_row_gets_aligned_row_starts(tmp_path, n):
+    """A GEMM's output row that is not a multiple of 16 bytes (an LM head's odd vocabulary) is written
+    into rows starting 128 bytes apart, as the program says; it and its readers (a reshape that must
+    copy, a reduction kernel, a slice) match eager. An aligned row stays packed."""
+    x, w = torch.randn(2, 19, 64), torch.randn(n, 64)
+
+    def fn(x, w):
+        y = x @ w.t()
+        return y, y.reshape(2 * 19 * n)[5:9] * 2, torch.tanh(y).sum(-1)
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    got, want = compiled(x, w), fn(x, w)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    packed = n * 4 % 16 == 0
+    assert got[0].stride() == ((19 * n, n, 1) if packed else (19 * 320, 320, 1))
+    (program,) = tmp_path.glob("*/program_*.py")
+    assert ("rows start 128-byte aligned" in program.read_text()) is not packed
+
+
 def test_a_layout_the_program_was_not_written_for_runs_pytorch():
     fn = lambda x: torch.exp(x) * 2  # noqa: E731
     compiled, _ = _compile_aten(fn, torch.randn(8, 8))
