@@ -42,6 +42,9 @@ log = logging.getLogger("tilefuse")
 
 # Triton compiles on the first call; the partition's program-vs-PyTorch measurement takes the next few
 WARMUP_CALLS = 2 + ROUNDS
+# a written input that comes as another tensor again within this many calls is held in a private buffer
+# (copied in and out per call) instead of capturing again each time
+PRIVATE_AFTER = 2
 MAX_REASONS = 6  # why each capture happened, kept in the report (the first and the latest)
 
 
@@ -59,6 +62,9 @@ class CudaGraphReplay:
         self.mutated = mutated
         # a written input captured as a copy (it came as different tensors), copied in and out per call
         self.private = [False] * len(mutated)
+        self.last_change: dict[
+            int, int
+        ] = {}  # written input -> the call at which it last came as another tensor
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -82,16 +88,27 @@ class CudaGraphReplay:
             return self.fn(*args)
         if self.graph is None:
             return self._capture(args, "first capture")
-        if (changed := self._parameter_changed(args)) is not None:
-            return self._capture(args, changed)
+        if (why := self._parameter_changed(args)) is not None:
+            return self._capture(args, why)
+        # inputs the graph writes that came as other tensors: captured again on the new tensors (a new
+        # generate's cache), or, for an input that is another tensor call after call, on a private buffer
+        changed = [
+            i for i, (static, arg) in enumerate(zip(self.static_inputs, args))
+            if self.mutated[i] and not self.private[i] and static.data_ptr() != arg.data_ptr()
+        ]  # fmt: skip
+        if changed:
+            for i in changed:
+                last = self.last_change.get(i)
+                self.private[i] = last is not None and self.calls - last <= PRIVATE_AFTER
+                self.last_change[i] = self.calls
+            held = [i for i in changed if self.private[i]]
+            which = ", ".join(map(str, changed))
+            how = "; held in private buffers from now on" if held else ""
+            return self._capture(args, f"input(s) {which}, written by the graph, came as other tensors{how}")
         moved = []  # inputs the graph writes, held in private buffers: the update is copied back
         for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
             if static.data_ptr() == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
                 continue
-            if self.mutated[i] and not self.private[i]:
-                # captured on the caller's tensor, and another comes: from now on a private buffer
-                self.private[i] = True
-                return self._capture(args, f"input {i}, written by the graph, came as another tensor")
             static.copy_(arg)
             if self.mutated[i]:
                 moved.append((arg, static))

@@ -393,7 +393,8 @@ class GroupSelector:
                                                config.num_stages, hopper))  # fmt: skip
             functions.append(split.launcher.function)
         if jobs:
-            precompile.precompile_in_threads(jobs, functions, max(1, precompile.thread_count()))
+            threads = max(1, precompile.thread_count())
+            precompile.precompile_in_threads(jobs, functions, threads, device=self.device.index)
 
     def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
         """("kernel", None); ("library", a function of the kernel's inputs returning its outputs:

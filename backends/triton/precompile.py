@@ -272,25 +272,35 @@ def thread_count() -> int:
 
 def precompile_in_threads(
     jobs: Sequence[CompileJob], functions: Sequence[object], threads: int,
-    compile_fn: Callable[[CompileJob, object], None] | None = None,
+    compile_fn: Callable[[CompileJob, object], None] | None = None, device: int | None = None,
 ) -> PrecompileResult:  # fmt: skip
-    """Compile `jobs` in this process, `threads` at a time; never raises.
+    """Compile `jobs` in this process, `threads` at a time, for CUDA device `device` (default: the
+    current one); never raises.
 
     Triton releases the GIL for most of a compile (its MLIR and LLVM passes, ptxas): two threads
     compiled two GEMM kernels for sm_90 in 3.2 s against 5.7 in a row on a 2-core CPU. Unlike the
     worker processes, nothing starts (no interpreter, no torch import, no CUDA context), and the
     binaries land in the very `JITFunction`s the launches use (`functions[i]` for `jobs[i]`), so a
     first launch only loads its binary onto the GPU. The first job compiles in the calling thread,
-    which initializes Triton's driver and LLVM once before any thread shares them. `compile_fn`
-    replaces `warm_up`, for tests.
+    which initializes Triton's driver and LLVM once before any thread shares them. Each binary is
+    also loaded and its launcher built (`load_binary`). `compile_fn` replaces `warm_up`, for tests.
     """
     started = time.perf_counter()
     result = PrecompileResult(jobs=len(jobs), workers=max(1, threads))
     compile_one = compile_fn or warm_up
     lock = threading.Lock()
 
+    if device is None and compile_fn is None:
+        import torch
+
+        device = torch.cuda.current_device()  # a thread starts on device 0: each is pointed at this one
+
     def run(i: int) -> None:
         try:
+            if device is not None:
+                import torch
+
+                torch.cuda.set_device(device)
             compile_one(jobs[i], functions[i])
             with lock:
                 result.compiled += 1
@@ -311,8 +321,6 @@ def warm_up(job: CompileJob, function: object | None = None) -> None:
     kernel's module from `job.path`, or in this one, on the `function` its launches call."""
     import torch
 
-    if function is None:
-        function = getattr(_kernel_module(job.path), job.function)
     args: list[object] = []
     strides = job.strides or [None] * len(job.shapes)
     for shape, dtype, stride in zip(job.shapes, job.dtypes, strides):
@@ -321,7 +329,23 @@ def warm_up(job: CompileJob, function: object | None = None) -> None:
         # unless the job says otherwise
         args += [torch_dtype, *(stride or torch.empty(shape, dtype=torch_dtype, device="meta").stride())]
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
-    function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
+    in_process = function is not None
+    if function is None:
+        function = getattr(_kernel_module(job.path), job.function)
+    binary = function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
+    if in_process:
+        load_binary(binary)
+
+
+def load_binary(binary: object) -> None:
+    """Load a compiled kernel onto the GPU and build its launcher, as its first launch would: Triton
+    builds one C launcher per kernel signature with the host compiler (0.26 s each on the H200's host;
+    28 of them, one after another in the first call, were 7 s of a cold 4-layer Llama compile), so
+    doing it here puts those builds in the compile threads. Best effort: a Triton without this
+    step leaves it to the first launch."""
+    init = getattr(binary, "_init_handles", None)
+    if callable(init):
+        init()
 
 
 def _kernel_module(path: str) -> object:

@@ -276,7 +276,7 @@ def test_codegen_compiles_in_threads_when_asked(blocks, monkeypatch):
     real = precompile.precompile_in_threads
     monkeypatch.setattr(
         precompile, "precompile_in_threads",
-        lambda jobs, functions, threads: real(
+        lambda jobs, functions, threads, device=None: real(
             jobs, functions, threads, compile_fn=lambda job, fn: compiled.append((job.function, fn.fn.__name__))
         ),
     )  # fmt: skip

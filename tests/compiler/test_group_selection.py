@@ -335,7 +335,7 @@ def test_split_paths_are_built_and_compiled_ahead_once_per_distinct_kernel(monke
     compiled = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(group_selection, "stream_getter", lambda device: lambda: 0)  # no CUDA here
-    monkeypatch.setattr(precompile, "precompile_in_threads", lambda jobs, fns, threads: compiled.extend(jobs))
+    monkeypatch.setattr(precompile, "precompile_in_threads", lambda jobs, fns, threads, device=None: compiled.extend(jobs))
     selector = group_selection.GroupSelector(torch.device("cuda"))
     selector.prepare(kernels)
     assert len(compiled) == 1 and len(selector._split_paths) == 1

@@ -623,8 +623,10 @@ def _faked_cuda_graphs(monkeypatch, real):
 def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monkeypatch):
     """The replay's bookkeeping for written inputs, with the CUDA graph faked (a capture records, a
     replay runs the recorded call on the captured tensors): a cache passed as the same tensor every call
-    is captured in place; a counter that comes as a new tensor is captured once more on a private copy,
-    then copied in before each replay and its update copied back. Each call updates each input once."""
+    is captured in place; when a new generate brings a new cache and counter, both are captured again in
+    place, in one capture; a counter that comes as a new tensor on consecutive calls is captured once
+    more on a private buffer, then copied in before each replay and its update copied back, with no
+    more captures. Each call updates each input once."""
     from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
 
     def real(cache, pos, new, counter):
@@ -637,16 +639,20 @@ def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monke
     replay = CudaGraphReplay(step, [False] * 4, report, mutated=[True, False, False, True])
     cache, counter = torch.zeros(16, 3), torch.zeros((), dtype=torch.int64)
     ref_cache, ref_counter = cache.clone(), counter.clone()
-    for i in range(WARMUP_CALLS + 6):
-        if i == WARMUP_CALLS + 3:  # a new counter tensor, as a new generate's
+    for i in range(WARMUP_CALLS + 11):
+        if i == WARMUP_CALLS + 3:  # a new generate: a new cache and a new counter
+            cache, ref_cache = cache.clone(), ref_cache.clone()
+        if i == WARMUP_CALLS + 3 or i >= WARMUP_CALLS + 6:  # then a new counter every call
             counter, ref_counter = counter.clone(), ref_counter.clone()
         pos, new = torch.tensor([i]), torch.randn(1, 3)
         torch.testing.assert_close(replay(cache, pos, new, counter), real(ref_cache, pos, new, ref_counter))
         assert torch.equal(cache, ref_cache) and counter.item() == ref_counter.item() == i + 1
-    assert report["cudagraphs"] == "captured (2 capture(s))"
+    assert report["cudagraphs"] == "captured (4 capture(s))"
     assert report["captured_because"] == [
         "first capture",
-        "input 3, written by the graph, came as another tensor",
+        "input(s) 0, 3, written by the graph, came as other tensors",
+        "input(s) 3, written by the graph, came as other tensors",
+        "input(s) 3, written by the graph, came as other tensors; held in private buffers from now on",
     ]
 
 
