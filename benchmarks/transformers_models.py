@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import triton
 import transformers
 
 import tilefuse
@@ -322,9 +323,17 @@ def fresh_caches(folder: Path) -> Iterator[dict[str, str]]:
     values = {name: str(folder / name.lower()) for name in CACHE_VARIABLES}
     saved = {name: os.environ.get(name) for name in (*CACHE_VARIABLES, "TILEFUSE_CACHE")}
     os.environ.update(values, TILEFUSE_CACHE="1")
+    # a Triton that read its cache folder before (knobs) may not read the variable again: said to it too,
+    # or this process compiles into the old folder and the cache-hit child finds nothing
+    knobs = getattr(getattr(triton, "knobs", None), "cache", None)
+    saved_dir = getattr(knobs, "dir", None)
+    if knobs is not None:
+        knobs.dir = values["TRITON_CACHE_DIR"]
     try:
         yield values
     finally:
+        if knobs is not None and saved_dir is not None:
+            knobs.dir = saved_dir
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
