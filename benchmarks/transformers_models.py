@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import triton
 import transformers
+import triton
 
 import tilefuse
 
