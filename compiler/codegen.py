@@ -384,8 +384,8 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
     job_list = list(jobs.values())
     threads = precompile.thread_count()
     if threads:
-        index = torch.device(art.target.device).index  # None: the current device
-        done = precompile.precompile_in_threads(job_list, list(functions.values()), threads, device=index)
+        # on the current device (`Target.device` names the GPU's model, not a torch device)
+        done = precompile.precompile_in_threads(job_list, list(functions.values()), threads)
     else:
         done = precompile.precompile(job_list, target, marker_dir=markers)
     failed = {job_list[i].function: why for i, why in done.failed.items()}
