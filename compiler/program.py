@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from xdsl.ir import Operation, SSAValue
 
+from ..backends.triton.emit import padded_row
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
@@ -141,35 +142,32 @@ class _BufferPlan:
         return [entry for entries in self.free.values() for entry in entries]
 
 
-# where a padded output row starts (Inductor's padding alignment): a GEMM's output row that is not a
-# multiple of 16 bytes (an LM head over a 50257-token vocabulary) makes every store of its epilogue a
-# scalar store (Triton specializes a stride divisible by 16 for vector stores); rows narrower than
-# PAD_MIN_ROW elements stay packed (the padding would cost more memory than it saves)
-ROW_ALIGN_BYTES, PAD_MIN_ROW = 128, 256
-
-
 def output_strides(kernel: object, shape: Sequence[int], dtype: torch.dtype) -> tuple[int, ...]:
     """The strides a `CompiledKernel`'s output of `shape` is allocated with: row-major, except that a
-    Triton GEMM's output with a wide row that is not a multiple of 16 bytes gets rows starting every
-    ROW_ALIGN_BYTES (a strided tensor whose row ends in unused padding, as `torch.compile`'s padded
-    matmuls leave it). Its readers take strides: kernels as arguments, PyTorch ops as they come."""
+    Triton GEMM's output with a wide row that is not a multiple of 16 bytes gets rows starting 128 bytes
+    apart (`backends.triton.emit.padded_row`: a strided tensor whose rows end in padding, as
+    `torch.compile`'s padded matmuls leave it). Its readers take strides: kernels as arguments, PyTorch
+    ops as they come."""
     shape = tuple(shape)
-    contiguous = torch.empty(shape, dtype=dtype, device="meta").stride()
-    size = dtype.itemsize
-    if (
-        len(shape) < 2
-        or kernel.lowered.group.kind != "gemm"
-        or getattr(kernel, "backend", "triton") != "triton"
-    ):
-        return contiguous
-    row = shape[-1]
-    if row < PAD_MIN_ROW or row * size % 16 == 0 or 0 in shape:
-        return contiguous
-    per_row = ROW_ALIGN_BYTES // size
-    strides = [1, -(-row // per_row) * per_row]
-    for dim in reversed(shape[1:-1]):
-        strides.append(strides[-1] * dim)
-    return tuple(reversed(strides))
+    strides = list(torch.empty(shape, dtype=dtype, device="meta").stride())
+    if getattr(kernel, "backend", "triton") != "triton":
+        return tuple(strides)
+    row = padded_row(kernel.lowered.group.kind, shape, dtype.itemsize)
+    if row is not None:
+        strides[-2] = row
+        for d in range(len(shape) - 3, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+    return tuple(strides)
+
+
+def empty_padded(
+    shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """An uninitialized tensor of `shape` and row-major `strides` with padded rows (`output_strides`)
+    whose storage includes the last row's padding, which a kernel's stores run into (a plain
+    `empty_strided` ends the storage at the last element)."""
+    storage = torch.empty(shape[0] * strides[0], dtype=dtype, device=device)
+    return storage.as_strided(tuple(shape), tuple(strides))
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -194,7 +192,13 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     """Generate and load `call(args)` for one partition, laid out for tensors like `example_args`."""
     w = _Writer(spec)
     device = spec.device
-    w.scope.update(torch=torch, _device=device, _empty=torch.empty_strided, _version_key=_version_key)
+    w.scope.update(
+        torch=torch,
+        _device=device,
+        _empty=torch.empty_strided,
+        _padded=empty_padded,
+        _version_key=_version_key,
+    )
     if device.type == "cuda":
         w.scope["_stream"] = stream_getter(device)
     w.scope["_derived"] = {}
@@ -313,9 +317,11 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         if taken is not None:
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
-            packed = torch.empty(shape, device="meta").stride()
-            padded = "" if strides == packed else "  # rows start 128-byte aligned (program.output_strides)"
-            w.emit(f"{name} = _empty({shape!r}, {strides!r}, dtype={dtype}, device=_device){padded}")
+            if strides == torch.empty(shape, device="meta").stride():
+                w.emit(f"{name} = _empty({shape!r}, {strides!r}, dtype={dtype}, device=_device)")
+            else:  # the kernel's stores run into the padding: the last row's too
+                w.emit(f"{name} = _padded({shape!r}, {strides!r}, dtype={dtype}, device=_device)"
+                       "  # rows start 128-byte aligned (output_strides)")  # fmt: skip
     args = []
     for value in [*kernel.lowered.inputs, *outputs]:
         args.append(w.names[value])

@@ -45,6 +45,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAValue
 
 from ...ir import tile
+from ...ir.dtypes import to_torch_dtype
 from ..naming import fresh_name
 
 EMITTER_VERSION = 2  # 2: assignments nothing reads are left out
@@ -449,8 +450,11 @@ class _KernelWriter:
         t = op.result.type
         self._define(op.result, f"tl.full({_dims(t.dims)}, {_literal(op.value)}, {_tl(t.element_type)})")
 
-    def _address(self, tensor: SSAValue, indices: Sequence[SSAValue]) -> tuple[str, str | None]:
-        """The pointer expression of `tensor[indices]` and the mask of in-bounds elements."""
+    def _address(
+        self, tensor: SSAValue, indices: Sequence[SSAValue], to_row_stride: bool = False
+    ) -> tuple[str, str | None]:
+        """The pointer expression of `tensor[indices]` and the mask of in-bounds elements (with
+        `to_row_stride`, the last dim's bound is the stride of the dim before it: a padded row)."""
         base, shape = self.tensors[tensor]
         terms, scalar_mask, tile_mask = [f"{base}_ptr"], [], []
         for d, (index, size) in enumerate(zip(indices, shape)):
@@ -464,7 +468,8 @@ class _KernelWriter:
             mask = tile_mask if isinstance(index.type, tile.BlockType) else scalar_mask
             if self.lower.get(index, -1) < 0:
                 mask.append(f"({expr} >= 0)")
-            mask.append(f"({expr} < {size})")
+            bound = f"{base}_s{d - 1}" if to_row_stride and d == len(shape) - 1 else size
+            mask.append(f"({expr} < {bound})")
         pointer = " + ".join(terms)
         if scalar_mask and tile_mask:
             # Triton's interpreter broadcasts a scalar comparison as int32, which a mask refuses; where()
@@ -494,7 +499,14 @@ class _KernelWriter:
         self._bind(op.result, name, False)
 
     def _store(self, op: tile.StoreOp) -> None:
-        pointer, mask = self._address(op.tensor, op.indices)
+        _, shape = self.tensors[op.tensor]
+        itemsize = to_torch_dtype(op.tensor.type.get_element_type()).itemsize
+        padded = padded_row(self.kernel.kind.data, shape, itemsize) is not None
+        if padded:
+            self._write(
+                "# stores run to the row stride: a padded row's tail is written too (it is the buffer's own)"
+            )
+        pointer, mask = self._address(op.tensor, op.indices, to_row_stride=padded)
         self._write(f"tl.store({pointer}, {self._e(op.value)}" + (f", mask={mask})" if mask else ")"))
 
     def _dot(self, op: tile.DotOp) -> None:
@@ -741,6 +753,28 @@ def _varying_axis(dims: Sequence[str]) -> int | None:
 def _varying_dim(dims: Sequence[str]) -> str | None:
     axis = _varying_axis(dims)
     return dims[axis] if axis is not None else None
+
+
+# where a padded output row starts (Inductor's padding alignment): a GEMM's output row that is not a
+# multiple of 16 bytes (an LM head over a 50257-token vocabulary) makes every store of its epilogue a
+# scalar store; rows narrower than PAD_MIN_ROW elements stay packed (the padding would cost more memory
+# than it saves)
+ROW_ALIGN_BYTES, PAD_MIN_ROW = 128, 256
+
+
+def padded_row(kind: str, shape: Sequence[int], itemsize: int) -> int | None:
+    """The padded row length (elements) a Triton kernel of `kind` writes an output of `shape` with: a
+    GEMM's output whose wide last dim is not a multiple of 16 bytes gets rows starting ROW_ALIGN_BYTES
+    apart; None where the output stays packed. The program allocates such outputs
+    (`compiler.program.output_strides`), and the kernel's stores run to the row stride it is given,
+    into the padding, so that their mask is constant over 16 bytes and the stores are vectors."""
+    if kind != "gemm" or len(shape) < 2 or 0 in shape:
+        return None
+    row = shape[-1]
+    if row < PAD_MIN_ROW or row * itemsize % 16 == 0:
+        return None
+    per_row = ROW_ALIGN_BYTES // itemsize
+    return -(-row // per_row) * per_row
 
 
 def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:

@@ -131,6 +131,27 @@ def test_a_gemm_output_with_an_unaligned_wide_row_gets_aligned_row_starts(tmp_pa
     assert ("rows start 128-byte aligned" in program.read_text()) is not packed
 
 
+def test_a_gemm_kernel_with_padded_stores_writes_only_its_row_into_a_packed_output():
+    """The kernel's stores run to the row stride it is given: into a packed output (as the tuner and
+    the kernel checks allocate them) it writes exactly the output, nothing past it."""
+    from tilefuse.compiler.group_selection import _launch_args
+
+    x, w = torch.randn(19, 64), torch.randn(301, 64)
+    compiled, _ = _compile_aten(lambda x, w: x @ w.t(), x, w)
+    compiled(x, w)
+    (plan,) = _plans(compiled)
+    (kernel,) = plan.launch_at.values()
+    assert "_s0)) != 0)" in kernel.launcher.path.read_text()  # the store's last dim runs to the row stride
+    room = torch.full((19 * 301 + 64,), float("nan"))
+    out = room[: 19 * 301].view(19, 301)
+    config = kernel.config
+    launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
+    inputs = {"x0": x, "x1": w}
+    launch(0, *_launch_args([*(inputs[v.name_hint] for v in kernel.lowered.inputs), out]))
+    torch.testing.assert_close(out, x @ w.t(), rtol=1e-4, atol=1e-4)
+    assert room[19 * 301 :].isnan().all()
+
+
 def test_a_layout_the_program_was_not_written_for_runs_pytorch():
     fn = lambda x: torch.exp(x) * 2  # noqa: E731
     compiled, _ = _compile_aten(fn, torch.randn(8, 8))
