@@ -28,23 +28,13 @@ MODES = {
 
 @overload
 def compile(
-    fn: F,
-    *,
-    dump: str | os.PathLike | None = None,
-    fullgraph: bool = False,
-    mode: str | None = None,
-    dynamic: bool | None = None,
-    backend: str | None = None,
+    fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str | None = None,
+    dynamic: bool | None = None, backend: str | None = None,
 ) -> F: ...
 @overload
 def compile(
-    fn: None = None,
-    *,
-    dump: str | os.PathLike | None = None,
-    fullgraph: bool = False,
-    mode: str | None = None,
-    dynamic: bool | None = None,
-    backend: str | None = None,
+    fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False,
+    mode: str | None = None, dynamic: bool | None = None, backend: str | None = None,
 ) -> Callable[[F], F]: ...
 
 

@@ -72,7 +72,9 @@ def read_text(file: str) -> str:
             return text
     line = data.count(b"\n", 0, bad) + 1
     column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
-    raise InputError(f"{name}:{line}:{column}: error: binary data (byte 0x{data[bad]:02x}), not MLIR text")
+    raise InputError(
+        f"{name}:{line}:{column}: error: binary data (byte 0x{data[bad]:02x}), not MLIR text"
+    )
 
 
 FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
@@ -329,10 +331,8 @@ def _add_opt(sub, list_passes: bool) -> None:
     opt.add_argument("-p", "--passes", help=passes)
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.add_argument(
-        "--emit",
-        choices=("mlir", "triton", "cuda"),
-        default="mlir",
-        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)",
+        "--emit", choices=("mlir", "triton", "cuda"), default="mlir",
+        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)"
     )
     opt.add_argument(
         "--config", help='with --emit cuda on tile kernels: their tile parameters as JSON, e.g. '

@@ -62,9 +62,8 @@ class CudaGraphReplay:
         self.mutated = mutated
         # a written input captured as a copy (it came as different tensors), copied in and out per call
         self.private = [False] * len(mutated)
-        self.last_change: dict[
-            int, int
-        ] = {}  # written input -> the call at which it last came as another tensor
+        # written input -> the call at which it last came as another tensor
+        self.last_change: dict[int, int] = {}
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None

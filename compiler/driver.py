@@ -73,7 +73,9 @@ class Partition:
     kernels: list[CompiledKernel] = field(default_factory=list)
 
     def summary(self) -> dict:
-        aten_ops = [str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"]
+        aten_ops = [
+            str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"
+        ]
         ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
         ein_ops.pop("func.return", None)
         kernels = {k.lowered.group.name: k for k in self.kernels}
@@ -97,8 +99,7 @@ def _group_entry(g: LoweredGroup, kernel: CompiledKernel | None) -> dict:
         "triton_function": getattr(kernel.launcher, "name", None) if kernel else None,
         "backend": kernel.backend if kernel else None,
         "cuda": (kernel.cuda_note or ("built: measured against Triton" if kernel.alternative else None))
-        if kernel
-        else None,
+        if kernel else None,
         "config": kernel.config.key() if kernel else None,
         "config_source": kernel.config_source if kernel else None,
         "task_key": kernel.task_key if kernel else None,
@@ -180,7 +181,9 @@ def _cache_entry(art: GraphArtifact) -> CacheEntry | None:
     arguments): the body lives on as the kernel's Triton source, and reading back a
     few thousand `tile` ops would cost more than the rest of a cache hit.
     """
-    partitions = {p.name: (p.function, [_declared(g) for g in p.lowered]) for p in art.compiled_partitions()}
+    partitions = {
+        p.name: (p.function, [_declared(g) for g in p.lowered]) for p in art.compiled_partitions()
+    }
     roots = [p.function for p in art.compiled_partitions()]
     roots += [g.kernel for _, lowered in partitions.values() for g in lowered if g.kernel is not None]
     try:
@@ -445,3 +448,4 @@ def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
             "precompiled": art.precompiled,  # GPU: compiled in worker processes before the first launch
         },
     }
+

@@ -109,10 +109,8 @@ def format_index(index: dict) -> str:
             lines.append(f"  compiled  {p['name']}: {len(p['aten_ops'])} aten ops -> {ops}")
             lines.append(f"            runs on: {p['executor']}")
             for grp in p.get("groups", []):
-                where = (
-                    f"kernel {grp['kernel']} [{grp['config']}]"
-                    if grp["kernel"]
-                    else (f"op by op: {grp['not_a_kernel_because']}")
+                where = f"kernel {grp['kernel']} [{grp['config']}]" if grp["kernel"] else (
+                    f"op by op: {grp['not_a_kernel_because']}"
                 )
                 lines.append(f"            {grp['name']} ({grp['kind']}: {', '.join(grp['ops'])}) -> {where}")
         for f in g.get("fallbacks", []):

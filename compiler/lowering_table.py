@@ -158,5 +158,7 @@ def promoted_dtype(values: Sequence[object]) -> torch.dtype:
     """torch's type promotion over tensors (FakeTensor metadata) and Python scalars."""
     from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-    _, result = elementwise_dtypes(*values, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)
+    _, result = elementwise_dtypes(
+        *values, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT
+    )
     return result
