@@ -29,11 +29,11 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
 
-HEADER = """\
+HEADER = '''\
 # tilefuse program: partition {partition} of graph {graph}, on {device}
 # {kernels} kernel launch(es); glue ops named by their ein op. Generated at the first call:
 # strides are literals, checked by the guard below (a mismatch runs the captured PyTorch code).
-"""
+'''
 
 
 @dataclass
