@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -318,3 +319,28 @@ def test_threads_are_the_default_and_workers_or_zero_turn_them_off(monkeypatch):
     assert precompile.thread_count() == 0
     monkeypatch.setenv(precompile.THREADS_ENV, "3")
     assert precompile.thread_count() == 3
+
+
+def test_a_warm_up_in_this_process_loads_the_binary_and_passes_the_launch_strides():
+    """In the compile threads a warm-up also loads its binary and builds its launcher (Triton's C
+    launcher per signature, built at first launch otherwise), and passes the strides the launch will:
+    a padded output's, not a packed tensor's."""
+    calls: dict = {}
+
+    class Binary:
+        def _init_handles(self):
+            calls["loaded"] = True
+
+    class Function:
+        def warmup(self, *args, grid, **kwargs):
+            calls["args"] = args
+            return Binary()
+
+    job = precompile.CompileJob(
+        "unused.py", "k", ((4, 300), (4, 300)), ("float32", "float32"), (("BLOCK", 64),), 4, 2,
+        strides=((300, 1), (320, 1)),
+    )  # fmt: skip
+    precompile.warm_up(job, Function())
+    assert calls["loaded"]
+    assert calls["args"] == (torch.float32, 300, 1, torch.float32, 320, 1)
+    assert precompile.CompileJob.from_json(json.loads(json.dumps(dataclasses.asdict(job)))) == job
