@@ -45,6 +45,7 @@ class Target:
 
     interpret: bool
     allow_tf32: bool
+    # the GPU's model name (`torch.cuda.get_device_name`), which keys tuned records; not a torch device
     device: str = "cpu"
     backend: str = "triton"  # who writes pointwise, reduction and row kernels (resolve_backend)
 
