@@ -104,6 +104,21 @@ def lower_leaky_relu(ctx: LoweringContext, node: Node) -> SSAValue:
     return _map(ctx, node, [node.args[0]], body)
 
 
+@lowers(aten.elu.default)
+def lower_elu(ctx: LoweringContext, node: Node) -> SSAValue:
+    """ELU, and SELU and CELU, which decompose to it: `scale * x` above 0, else
+    `scale * alpha * expm1(input_scale * x)`."""
+    a = bound_args(node)
+
+    def body(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+        negative = sb.unary("expm1", sb.mul(x, sb.const(a["input_scale"], x.type)))
+        negative = sb.mul(negative, sb.const(a["alpha"] * a["scale"], x.type))
+        positive = sb.mul(x, sb.const(a["scale"], x.type))
+        return sb.select(sb.cmp("gt", x, sb.const(0.0, x.type)), positive, negative)
+
+    return _map(ctx, node, [a["self"]], body)
+
+
 @lowers(aten.hardtanh.default)
 def lower_hardtanh(ctx: LoweringContext, node: Node) -> SSAValue:
     a = bound_args(node)

@@ -30,6 +30,8 @@ UNARY = {
     "silu": F.silu,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
     "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.75),
+    "elu": lambda x: F.elu(x, 0.7),
+    "selu": F.selu,
     "clamp": lambda x: torch.clamp(x, -0.3, 0.4),
     "clamp_min": lambda x: torch.clamp(x, min=-0.1),
     "mish": F.mish,
