@@ -227,6 +227,13 @@ for _pred in ("eq", "ne", "lt", "le", "gt", "ge"):
     lowers(_op.Tensor, _op.Scalar)(_compare(_pred))
 
 
+@lowers(aten.isnan.default)
+def lower_isnan(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`x != x`: the one comparison that is unordered (true for NaN); false for integers."""
+    compute = opmath_type(to_mlir_type(node.args[0].meta["val"].dtype))
+    return _map(ctx, node, [node.args[0]], lambda sb, x: sb.cmp("ne", x, x), compute_elem=compute)
+
+
 def _logical(name: str):
     """and/or/xor: logical on bool results (inputs tested for nonzero), bitwise on ints."""
 

@@ -41,6 +41,7 @@ UNARY = {
     "pow2": lambda x: x**2,
     "pow3": lambda x: torch.pow(x, 3),
     "erf": torch.erf,
+    "isnan": lambda x: torch.isnan(torch.sqrt(x)),
     "reciprocal": lambda x: 1.0 / (x.abs() + 1),
 }
 POSITIVE_UNARY = {
