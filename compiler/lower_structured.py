@@ -400,6 +400,39 @@ lowers(aten.mean.dim, aten.mean.default)(_reduce("mean", "dim"))
 lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
 lowers(aten.any.dim, aten.any.dims, aten.any.default)(_reduce("max", "dim"))
+
+# a vector norm of order ord: (reduction, what is reduced, what the result goes through)
+_VECTOR_NORMS = {1: ("sum", "abs", None), 2: ("sum", "square", "sqrt"),
+                 math.inf: ("max", "abs", None), -math.inf: ("min", "abs", None)}  # fmt: skip
+
+
+def _vector_norm_check(node: Node) -> str | None:
+    a = bound_args(node)
+    if a.get("ord", 2) not in _VECTOR_NORMS:
+        return f"a vector norm of order {a.get('ord')} runs in PyTorch (orders 1, 2 and ±inf lower)"
+    if a.get("dtype") is not None or not node.args[0].meta["val"].dtype.is_floating_point:
+        return "a vector norm with dtype= or of a non-float tensor runs in PyTorch"
+    return None
+
+
+@lowers(aten.linalg_vector_norm.default, check=_vector_norm_check)
+def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`torch.linalg.vector_norm` (and `torch.norm`, F.normalize's norm) of order 1, 2 or ±inf: a
+    map, a sum/max/min in the opmath type, then the square root for order 2."""
+    a = bound_args(node)
+    kind, reduced, then = _VECTOR_NORMS[a.get("ord", 2)]
+    out = ctx.out_elem(node)
+    compute = opmath_type(out)
+    x = ctx.tensor(a["self"])
+    if reduced == "abs":
+        x = ctx.b.map([x], compute, lambda sb, v: sb.unary("abs", v))
+    else:
+        x = ctx.b.map([x], compute, lambda sb, v: sb.mul(v, v))
+    dims = normalize_dims(a.get("dim"), len(shape_of(x.type)))
+    r = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
+    r = ctx.b.map([r], out, lambda sb, v: sb.unary("sqrt", v)) if then else ctx.b.cast(r, out)
+    return ctx.b.reshape(r, ctx.out_shape(node))
+
 lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
 
 

@@ -165,6 +165,10 @@ REDUCTIONS = {
     "log_softmax": lambda x: F.log_softmax(x, -1),
     "logsumexp": lambda x: torch.logsumexp(x, -1),
     "max_of_sum": lambda x: x.sum(-1).amax(),
+    "norm_l2": lambda x: torch.linalg.vector_norm(x, dim=-1),
+    "norm_l1_keepdim": lambda x: torch.linalg.vector_norm(x, 1, dim=0, keepdim=True),
+    "norm_inf": lambda x: torch.linalg.vector_norm(x, float("inf"), dim=-1),
+    "normalize": lambda x: F.normalize(x, dim=-1),
 }
 
 
