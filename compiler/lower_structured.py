@@ -400,6 +400,8 @@ lowers(aten.mean.dim, aten.mean.default)(_reduce("mean", "dim"))
 lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
 lowers(aten.any.dim, aten.any.dims, aten.any.default)(_reduce("max", "dim"))
+lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
+
 
 # a vector norm of order ord: (reduction, what is reduced, what the result goes through)
 _VECTOR_NORMS = {1: ("sum", "abs", None), 2: ("sum", "square", "sqrt"),
@@ -432,8 +434,6 @@ def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
     r = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
     r = ctx.b.map([r], out, lambda sb, v: sb.unary("sqrt", v)) if then else ctx.b.cast(r, out)
     return ctx.b.reshape(r, ctx.out_shape(node))
-
-lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
 
 
 def _squared_difference(sb: ScalarBuilder, v: SSAValue, m: SSAValue) -> SSAValue:
