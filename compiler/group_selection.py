@@ -61,7 +61,7 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
-from .program import empty_padded, output_strides, stream_getter
+from .program import empty_output, output_strides, stream_getter
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -564,7 +564,4 @@ def _empty_like_value(kernel: object, value: SSAValue, device: torch.device) -> 
     """An output buffer of `kernel` for `value`, laid out as the program allocates it."""
     dtype = to_torch_dtype(value.type.get_element_type())
     shape = tuple(shape_of(value.type))
-    strides = output_strides(kernel, shape, dtype)
-    if strides == torch.empty(shape, device="meta").stride():
-        return torch.empty(shape, dtype=dtype, device=device)
-    return empty_padded(shape, strides, dtype, device)
+    return empty_output(shape, output_strides(kernel, shape, dtype), dtype, device)

@@ -160,6 +160,11 @@ def output_strides(kernel: object, shape: Sequence[int], dtype: torch.dtype) -> 
     return tuple(strides)
 
 
+def is_packed(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether `strides` are a contiguous tensor's of `shape` (no padded rows)."""
+    return tuple(strides) == torch.empty(tuple(shape), device="meta").stride()
+
+
 def empty_padded(
     shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -168,6 +173,15 @@ def empty_padded(
     `empty_strided` ends the storage at the last element)."""
     storage = torch.empty(shape[0] * strides[0], dtype=dtype, device=device)
     return storage.as_strided(tuple(shape), tuple(strides))
+
+
+def empty_output(
+    shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A kernel's output buffer with the `output_strides` it was given: packed, or padded rows."""
+    if is_packed(shape, strides):
+        return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
+    return empty_padded(shape, strides, dtype, device)
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -317,7 +331,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         if taken is not None:
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
-            if strides == torch.empty(shape, device="meta").stride():
+            if is_packed(shape, strides):
                 w.emit(f"{name} = _empty({shape!r}, {strides!r}, dtype={dtype}, device=_device)")
             else:  # the kernel's stores run into the padding: the last row's too
                 w.emit(f"{name} = _padded({shape!r}, {strides!r}, dtype={dtype}, device=_device)"
