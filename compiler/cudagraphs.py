@@ -100,9 +100,8 @@ class CudaGraphReplay:
                 last = self.last_change.get(i)
                 self.private[i] = last is not None and self.calls - last <= PRIVATE_AFTER
                 self.last_change[i] = self.calls
-            held = [i for i in changed if self.private[i]]
             which = ", ".join(map(str, changed))
-            how = "; held in private buffers from now on" if held else ""
+            how = "; held in private buffers from now on" if any(self.private[i] for i in changed) else ""
             return self._capture(args, f"input(s) {which}, written by the graph, came as other tensors{how}")
         moved = []  # inputs the graph writes, held in private buffers: the update is copied back
         for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
