@@ -100,10 +100,9 @@ def test_report_says_where_compile_time_went(blocks, tmp_path):
     assert parts == pytest.approx(seconds["total"], abs=1e-3)
     index = json.loads((dump / "index.json").read_text())["graphs"][0]
     assert index["compile_seconds"] == seconds and index["kernels"] == report["kernels"]
-    assert (
-        f"kernels {report['kernels']['total']} ({report['kernels']['distinct']} distinct)"
-        in (dump / "index.txt").read_text()
-    )
+    assert f"kernels {report['kernels']['total']} ({report['kernels']['distinct']} distinct)" in (
+        dump / "index.txt"
+    ).read_text()
     kernel = next(g for g in fusion_groups([report]) if g["kernel"])
     text = (dump / report["dir"] / "kernels" / f"{kernel['kernel']}.py").read_text()
     assert text.startswith(f"# group kernel {kernel['kernel']}: Triton function {kernel['triton_function']}")
@@ -141,16 +140,9 @@ def _job(path: Path, function: str) -> precompile.CompileJob:
 def test_precompile_pool_survives_failing_crashing_and_hanging_jobs(fake_compile, tmp_path):
     source = tmp_path / "kernel.py"
     source.write_text("# a kernel\n")
-    jobs = [_job(source, f"k{i}") for i in range(4)] + [
-        _job(source, n) for n in ("fails", "crashes", "hangs")
-    ]
+    jobs = [_job(source, f"k{i}") for i in range(4)] + [_job(source, n) for n in ("fails", "crashes", "hangs")]
     result = precompile.precompile(
-        jobs,
-        "gpu",
-        workers=3,
-        timeout_s=3,
-        marker_dir=tmp_path / "markers",
-        compile_fn="tf_fake_compile:compile",
+        jobs, "gpu", workers=3, timeout_s=3, marker_dir=tmp_path / "markers", compile_fn="tf_fake_compile:compile"
     )
     assert result.workers == 3 and result.error is None
     assert result.failed[4] == "RuntimeError: too much shared memory"
@@ -234,9 +226,7 @@ def test_cache_hit_in_a_new_process_is_fast_and_matches_eager(blocks, tmp_path, 
     assert tilefuse_s < 0.5, seconds
 
 
-def test_a_group_whose_kernel_failed_to_generate_runs_op_by_op_on_a_cache_hit_too(
-    blocks, tmp_path, monkeypatch
-):
+def test_a_group_whose_kernel_failed_to_generate_runs_op_by_op_on_a_cache_hit_too(blocks, tmp_path, monkeypatch):
     """A kernel that does not verify (a lowering bug) leaves its group to the reference
     interpreter. The cache entry once kept the kernel's declaration: on a hit its empty body
     verified, and it ran as a kernel that wrote nothing (garbage out, no error)."""
@@ -255,9 +245,7 @@ def test_a_group_whose_kernel_failed_to_generate_runs_op_by_op_on_a_cache_hit_to
         reports = compile_and_compare(blocks.model(1), x, rtol=1e-4, atol=1e-4)
         assert reports[0]["cache"] == cache
         gemms = [g for g in fusion_groups(reports) if g["kind"] == "gemm"]
-        assert gemms and all(
-            g["kernel"] is None and "does not verify" in g["not_a_kernel_because"] for g in gemms
-        )
+        assert gemms and all(g["kernel"] is None and "does not verify" in g["not_a_kernel_because"] for g in gemms)
 
 
 def test_threads_compile_every_job_in_this_process_and_never_raise():
@@ -284,8 +272,6 @@ def test_codegen_compiles_in_threads_when_asked(blocks, monkeypatch):
     """TILEFUSE_COMPILE_THREADS: codegen hands each distinct kernel and the function its launches
     call to the in-process pool (GPU faked, named as a GPU's target names it; compile faked); the
     report says so."""
-    import dataclasses
-
     from tilefuse.compiler import backend
 
     real_target = backend._target
