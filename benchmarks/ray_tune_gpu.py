@@ -38,8 +38,11 @@ def _block() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return model, (torch.randn(1, 512, 1024, device="cuda", dtype=torch.bfloat16),)
 
 
-def _tune(name: str, budget: int, workers: int | None, ray: bool | None, scratch: Path) -> tuple[float, str]:
-    """One job in a fresh database and Triton cache: its trials per second, and its row of the table."""
+def _tune(
+    name: str, budget: int, workers: int | None, ray: bool | None, scratch: Path
+) -> tuple[float, str, str]:
+    """One job in a fresh database and Triton cache: its trials per second, its row of the table, and
+    its summary's selection (each tuned kernel against its library paths, measured after the job)."""
     # read by the build and measure processes (and Ray's workers) as they start
     os.environ["TRITON_CACHE_DIR"] = str(scratch / f"triton-{name}")
     model, inputs = _block()
@@ -53,7 +56,7 @@ def _tune(name: str, budget: int, workers: int | None, ray: bool | None, scratch
     devices = ", ".join(f"{r.place}: {r.trials}" for r in summary.runners)
     model = "—" if summary.before_ms is None else f"{summary.before_ms:.4g} → {summary.after_ms:.4g}"
     row = f"| {name} | {len(summary.runners)} | {trials} | {rate:.3g} | {wall:.1f} | {model} | {devices} |"
-    return rate, row
+    return rate, row, summary.selection()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("ray_tune_gpu needs a GPU")
     gpus = None if args.gpus == "all" else int(args.gpus)
     with tempfile.TemporaryDirectory(prefix="ray_tune_gpu-") as scratch:
-        local_rate, local = _tune(
+        local_rate, local, _ = _tune(
             "local", args.budget, gpus or torch.cuda.device_count(), None, Path(scratch)
         )
-        ray_rate, on_ray = _tune("ray", args.budget, gpus, True, Path(scratch))
+        ray_rate, on_ray, selection = _tune("ray", args.budget, gpus, True, Path(scratch))
     lines = [
         "# Tuning throughput: Ray executor against local",
         "",
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "| --- | ---: | ---: | ---: | ---: | --- | --- |",
         local,
         on_ray,
+        "",
+        f"The Ray job's {selection[0].lower()}{selection[1:]}",
     ]  # fmt: skip
     table = "\n".join(lines) + "\n"
     print(table)

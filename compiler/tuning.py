@@ -7,14 +7,18 @@ tasks to the tuner (`autotune/job.py`, which tunes tasks and knows no decorator)
 budget per kernel or a total split by expected gain; then compile again, reading the tuning
 database the job wrote, and time that (the "after").
 
-Not done (issue 16 item 3): the selection candidates of a fused group (the library path of its
-PyTorch ops, other backends) do not join the job; a compile still chooses between the generated
-program and PyTorch at its first calls on a GPU (`selection.py`).
+The selection candidates join the job in that last compile: on a GPU, each fused group's tuned
+kernel is measured against its library paths (cuBLAS and PyTorch ops, the split path; under
+backend "auto" the CUDA C++ kernel) when its program is written (`group_selection.py`), and the
+choice goes into the same tuning database, keyed by the tuned configuration, so the user's later
+compiles read it instead of measuring. The summary lists those choices beside the trials
+(`ModelTuneSummary.selection`); without a GPU nothing is measured and it says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections import Counter
@@ -26,7 +30,9 @@ import torch
 from ..autotune.job import TuneSummary, check_strategy, tune_tasks  # xgboost too: whoever imports this tunes
 from ..autotune.records import TuningTask
 from ..autotune.tasks import TUNED_ENV, registered_task
+from . import runtime
 from .api import compile as tilefuse_compile
+from .group_selection import KERNEL
 from .runtime import _warn_no_cuda_once
 from .selection import ROUNDS
 
@@ -117,6 +123,8 @@ class ModelTuneSummary(TuneSummary):
 
     before_ms: float | None = None  # compiled with the default configs; None: not measured
     after_ms: float | None = None  # compiled again after the job, with its configs
+    # the after-compile's measured group choices (`selection_choices`); None: not measured (no GPU)
+    choices: list[dict] | None = None
 
     def end_to_end(self) -> str:
         """Two lines: the model's time before tuning and after ("not measured (no GPU)" without a timer)."""
@@ -130,9 +138,55 @@ class ModelTuneSummary(TuneSummary):
             f"model end to end, after tuning (tuned configs): {after}"
         )
 
+    def selection(self) -> str:
+        """The after-compile's choice per tuned kernel and layout: the kernel against its library
+        paths, as markdown (ms per call of each candidate; "database": measured by an earlier job)."""
+        title = "selection after tuning (each group's tuned kernel against its library paths):"
+        if self.choices is None:
+            return f"{title} not measured (no GPU)"
+        if not self.choices:
+            return f"{title} no group has a library path (no GEMM or attention)"
+        names = sorted({k[: -len("_ms")] for c in self.choices for k in c if k.endswith("_ms")} - {KERNEL})
+        rows = [
+            f"{title}\n",
+            f"| kernel | groups | chosen | {KERNEL} ms | {' | '.join(f'{n} ms' for n in names)} | from |",
+            "| --- | ---: | --- | ---: |" + " ---: |" * len(names) + " --- |",
+        ]
+        for c in self.choices:
+            times = [_ms(c.get(f"{n}_ms")) for n in (KERNEL, *names)]
+            chosen = c["chosen"]
+            if "not_measured" in c:
+                chosen += f" (not measured: {c['not_measured']})"
+            source = c.get("from", "this job")
+            rows.append(f"| {c['task']} | {c['groups']} | {chosen} | {' | '.join(times)} | {source} |")
+        return "\n".join(rows)
+
     def table(self) -> str:
-        """The job's tables (`TuneSummary.table`), then the model's time before and after."""
-        return f"{super().table()}\n\n{self.end_to_end()}"
+        """The job's tables (`TuneSummary.table`), the model's time before and after, then the
+        selection the after-compile measured."""
+        return f"{super().table()}\n\n{self.end_to_end()}\n\n{self.selection()}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def selection_choices(compiled: Callable) -> list[dict]:
+    """The group choices a compiled model's programs made (`group_selection` in its partitions'
+    reports), one row per tuned kernel and choice: identical layers share a measurement, so their
+    rows differ only in the group and are counted (`groups`) instead of repeated."""
+    rows: dict[tuple, dict] = {}
+    for report in compiled.tilefuse_reports:
+        for partition in report["partitions"]:
+            tasks = {g["name"]: g.get("task_key") for g in partition["groups"]}
+            for choice in partition.get("group_selection", []):
+                key = tasks.get(choice["group"])
+                task = registered_task(key) if key else None
+                row = {k: v for k, v in choice.items() if k != "group"}
+                row["task"] = task.name if task is not None else choice["group"]
+                same = (row["task"], json.dumps(row, sort_keys=True, default=str))
+                rows.setdefault(same, {**row, "groups": 0})["groups"] += 1
+    return list(rows.values())
 
 
 def tune(
@@ -158,9 +212,18 @@ def tune(
         before_ms = _time_model(timer, model.compiled, example_inputs)
     torch._dynamo.reset()  # the next compile looks the tuned configs up
     summary = tune_tasks(model.tasks, budget, total_budget=total_budget, launches=model.launches, **options)
-    after_ms = None
-    if timer is not None:
-        after_ms = _time_model(timer, tilefuse_compile(fn), example_inputs)
+    after_ms = choices = None
+    if timer is not None:  # its first calls measure each group's tuned kernel against the library
+        after = tilefuse_compile(fn)
+        after_ms = _time_model(timer, after, example_inputs)
+        choices = selection_choices(after) if _selection_measured(example_inputs) else None
         torch._dynamo.reset()
     job = {f.name: getattr(summary, f.name) for f in fields(summary)}
-    return ModelTuneSummary(**job, before_ms=before_ms, after_ms=after_ms)
+    return ModelTuneSummary(**job, before_ms=before_ms, after_ms=after_ms, choices=choices)
+
+
+def _selection_measured(example_inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the compiled model's groups were measured against the library: on a GPU, unless
+    selection is off (`TILEFUSE_SELECT=0`)."""
+    devices = [t.device for t in example_inputs if isinstance(t, torch.Tensor)]
+    return bool(devices) and runtime.group_selection_enabled(devices[0])

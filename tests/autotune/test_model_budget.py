@@ -28,7 +28,7 @@ from tilefuse.autotune.job import (
 )
 from tilefuse.autotune.space import DeviceLimits, SearchSpace
 from tilefuse.autotune.testing import NullBuilder, SyntheticRunner, gemm_task
-from tilefuse.compiler import tuning
+from tilefuse.compiler import group_selection, runtime, tuning
 from tilefuse.compiler.cli import main as cli_main
 
 
@@ -207,6 +207,46 @@ def _groups(compiled) -> list[dict]:
     ]
 
 
+def test_the_selection_after_tuning_is_measured_in_the_job_recorded_and_listed(tmp_path, monkeypatch, fakes):
+    """The after-compile measures each group's tuned kernel against its library paths (the GPU and its
+    clock faked: the library GEMM with the epilogue as one kernel, the split path, wins), lists the choices in the summary and leaves them in the job's
+    database, where a later compile finds them without measuring."""
+    monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+
+    def split_wins(kind, run, device):
+        run()
+        return 2.0 if kind == "kernel" else 1.0
+
+    monkeypatch.setattr(group_selection, "default_clock", split_wins)
+
+    def timer(run) -> float:
+        run()
+        return 1.0
+
+    summary = tilefuse.tune(
+        _model, _inputs(), budget=2, database=tmp_path / "db", timer=timer, progress=False, **fakes
+    )
+    # one row per tuned GEMM kernel: the two identical layers share one measured choice
+    assert sorted(c["groups"] for c in summary.choices) == [1, 2]
+    assert all(c["chosen"] == "split" and (c["kernel_ms"], c["split_ms"]) == (2, 1) for c in summary.choices)
+    assert {c["task"] for c in summary.choices} == {r.task.name for r in summary.results}
+    table = summary.table()
+    assert "selection after tuning (each group's tuned kernel against its library paths):" in table
+    assert table.count("| split | 2 | 1 | this job |") == 2  # chosen, kernel ms, split ms, measured now
+
+    def no_clock(kind, run, device):
+        raise AssertionError("a compile after the job measured again")
+
+    monkeypatch.setattr(group_selection, "default_clock", no_clock)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(_model)
+    inputs = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), _model(*inputs), rtol=1e-4, atol=1e-4)
+    later = tuning.selection_choices(compiled)
+    assert later and all(c["chosen"] == "split" and c["from"] == "database" for c in later)
+
+
 def test_without_a_gpu_or_a_timer_the_model_is_not_measured(tmp_path, fakes):
     summary = tilefuse.tune(_model, _inputs(), budget=2, database=tmp_path / "db", progress=False, **fakes)
     assert summary.split is None and [len(r.trials) for r in summary.results] == [2, 2]
@@ -214,6 +254,7 @@ def test_without_a_gpu_or_a_timer_the_model_is_not_measured(tmp_path, fakes):
         summary.before_ms is None
         and "before tuning (default configs): not measured (no GPU)" in summary.table()
     )
+    assert summary.choices is None and "library paths): not measured (no GPU)" in summary.table()
 
 
 def test_the_cli_takes_a_total_budget(tmp_path, capsys, monkeypatch, fakes):
