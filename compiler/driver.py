@@ -41,6 +41,7 @@ from .artifact_cache import (
     store_entry,
     unpack,
 )
+from .causal_masks import fold_causal_masks
 from .codegen import (
     Target,
     fusion_options,
@@ -319,6 +320,7 @@ def compile_aten_graph(
     """
     capture = _capture_seconds()
     started = time.perf_counter()
+    folded = fold_causal_masks(aten)  # before the cache key: the key is of the graph that compiles
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -360,6 +362,8 @@ def compile_aten_graph(
             files.append(dump.write("error.txt", traceback.format_exc()))
     summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None, "cache": cache_state}
     summary.update(_summary(art, files, error))
+    if folded:
+        summary["causal_masks"] = f"{folded} attention mask(s) equal to the causal mask: is_causal=True"
     summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)
     for entry in summary["partitions"]:  # a partition that fails at run time records it here
         if entry["name"] in art.runners:

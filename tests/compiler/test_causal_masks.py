@@ -1,0 +1,96 @@
+"""Attention masks equal to the causal mask become `is_causal=True` (compiler/causal_masks.py).
+
+Eager PyTorch is the oracle; each case checks the report says whether the mask was folded, and
+that the result is eager's either way: a mask that only looks causal (a sliding window, a
+diagonal offset by a cache, a mask read from an input) must keep its tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilefuse
+from tilefuse.compiler.causal_masks import fold_causal_masks
+
+
+def _qkv(length: int, keys: int | None = None):
+    torch.manual_seed(0)
+    keys = keys or length
+    return torch.randn(2, 3, length, 16), torch.randn(2, 3, keys, 16), torch.randn(2, 3, keys, 16)
+
+
+def _compiled(fn, *args) -> dict:
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*args), fn(*args), rtol=1e-4, atol=1e-4)
+    (report,) = compiled.tilefuse_reports
+    return report
+
+
+def _bool_causal(q, k, v):
+    # as transformers builds it: kv_idx <= q_idx on aranges, and-ed with a scalar True, broadcast
+    rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+    mask = torch.full((), True) & (cols[None, None, None, :] <= rows[None, None, :, None])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.expand(q.shape[0], -1, -1, -1))
+
+
+def _additive_causal(q, k, v):
+    rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+    allowed = cols[None, :] <= rows[:, None]
+    bias = torch.where(allowed, 0.0, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize("fn", [_bool_causal, _additive_causal], ids=["bool", "additive"])
+@pytest.mark.parametrize("length", [5, 33])
+def test_a_causal_mask_built_from_aranges_becomes_is_causal(fn, length):
+    report = _compiled(fn, *_qkv(length))
+    assert report["causal_masks"] == "1 attention mask(s) equal to the causal mask: is_causal=True"
+    # the mask's ops are gone with it: nothing is left to run beside the kernels
+    assert report["fallbacks"] == []
+
+
+def _sliding_window(q, k, v):
+    rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+    mask = (cols[None, :] <= rows[:, None]) & (rows[:, None] - cols[None, :] < 4)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _past_keys(q, k, v):
+    # a causal mask with a cache in front: query i sees keys 0..past + i
+    past = k.shape[-2] - q.shape[-2]
+    rows, cols = torch.arange(q.shape[-2]) + past, torch.arange(k.shape[-2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=cols[None, :] <= rows[:, None])
+
+
+def _finite_bias(q, k, v):
+    rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+    bias = torch.where(cols[None, :] <= rows[:, None], 0.0, -1e4)  # an ALiBi-like bias, not a mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize(
+    "fn, keys", [(_sliding_window, None), (_past_keys, 12), (_finite_bias, None)],
+    ids=["sliding window", "keys past a cache", "finite bias"],
+)  # fmt: skip
+def test_masks_that_are_not_the_causal_mask_are_kept(fn, keys):
+    report = _compiled(fn, *_qkv(9, keys))
+    assert "causal_masks" not in report
+
+
+def test_a_mask_read_from_an_input_is_kept():
+    def fn(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    q, k, v = _qkv(7)
+    report = _compiled(fn, q, k, v, torch.ones(7, 7, dtype=torch.bool).tril())
+    assert "causal_masks" not in report
+
+
+def test_the_pass_leaves_a_graph_without_attention_alone():
+    gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) + 1)
+    code = gm.code
+    assert fold_causal_masks(gm) == 0 and gm.code == code
