@@ -11,7 +11,8 @@ attention kernel loads it and cannot skip the blocks above the diagonal.
 For every attention op whose mask reads no graph input (no placeholder, no parameter, nothing
 random among its ancestors) and is small enough to evaluate, the mask is evaluated on the CPU
 when the graph compiles; where it equals the causal mask SDPA means by `is_causal=True` (query
-`i` sees keys `0..i`, as a boolean mask or as 0 / -inf), for every batch and head it broadcasts
+`i` sees keys `0..i`, as a boolean mask or as 0 / -inf (or a large negative number, as
+transformers and PyTorch write -inf for half precision)), for every batch and head it broadcasts
 over, the op takes `is_causal=True` and no mask, and the mask's ops that nothing else reads go.
 Any other mask (padding, a sliding window, a causal mask offset by a KV cache) is left as it is:
 the comparison is exact, so the rewrite never changes what the graph computes.
@@ -39,6 +40,7 @@ MASKED_ATTENTION = {
     aten._scaled_dot_product_cudnn_attention.default: "attn_bias",
 }
 MAX_MASK_ELEMENTS = 1 << 24  # larger masks (64 MiB of booleans) are not evaluated at compile time
+MASKED_BIAS = -32768.0  # an additive bias at or below this hides its key (`_allowed`)
 
 
 def fold_causal_masks(gm: GraphModule) -> int:
@@ -134,13 +136,16 @@ def _position(graph: torch.fx.Graph):
 
 def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
     """Where `mask` lets a query see a key (boolean masks as they are; additive ones where 0), or
-    None for an additive mask with finite biases other than 0 (more than a mask)."""
+    None for an additive mask with other biases (more than a mask). An additive mask hides a key
+    with -inf or with a large negative number (transformers' `finfo(dtype).min`; -65536 in the bf16
+    graphs PyTorch hands to cuDNN on the H200): at or below MASKED_BIAS, whose exp underflows to 0
+    in float32 against any score within 32768 of its row's largest."""
     if mask.dtype == torch.bool:
         return mask
     if not mask.is_floating_point():
         return None
     allowed = mask == 0
-    return allowed if bool((allowed | (mask == float("-inf"))).all()) else None
+    return allowed if bool((allowed | (mask <= MASKED_BIAS)).all()) else None
 
 
 def _is_causal(mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[int, ...] | None) -> bool:

@@ -44,7 +44,16 @@ def _additive_causal(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-@pytest.mark.parametrize("fn", [_bool_causal, _additive_causal], ids=["bool", "additive"])
+def _min_value_causal(q, k, v):
+    # transformers' half-precision masks hide keys with finfo(dtype).min, not -inf
+    rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+    bias = torch.where(cols[None, :] <= rows[:, None], 0.0, torch.finfo(q.dtype).min)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize(
+    "fn", [_bool_causal, _additive_causal, _min_value_causal], ids=["bool", "additive", "finfo min"]
+)
 @pytest.mark.parametrize("length", [5, 33])
 def test_a_causal_mask_built_from_aranges_becomes_is_causal(fn, length):
     report = _compiled(fn, *_qkv(length))
@@ -68,7 +77,7 @@ def _past_keys(q, k, v):
 
 def _finite_bias(q, k, v):
     rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
-    bias = torch.where(cols[None, :] <= rows[:, None], 0.0, -1e4)  # an ALiBi-like bias, not a mask
+    bias = torch.where(cols[None, :] <= rows[:, None], 0.0, -1e4)  # large, but a bias, not a mask
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
