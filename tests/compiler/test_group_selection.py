@@ -116,6 +116,42 @@ def test_identical_layers_are_measured_once(monkeypatch):
     assert seen.count("kernel") == group_selection.SAMPLES  # one measurement for three launches
 
 
+def test_candidates_are_timed_outside_the_callers_dispatch_modes(monkeypatch):
+    """The first call of a graph, where its groups are measured, runs under AOTAutograd's analysis mode
+    (a Python dispatch mode that made each aten op of a library path ~20x slower on the H200). A mode
+    around the choice stands in for it: the candidates' ops must not go through it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counting(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counting.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+    modes_seen = []
+
+    def clock(kind, run, device):
+        modes_seen.append(torch._C._len_torch_dispatch_stack())
+        before = Counting.ops
+        run()
+        assert Counting.ops == before, f"the {kind} candidate ran under the caller's mode"
+        return 1.0 if kind == "split" else 2.0
+
+    monkeypatch.setattr(group_selection, "default_clock", clock)
+    choose = group_selection.GroupSelector.choose
+
+    def choose_under_a_mode(self, kernel, metas):  # as the graph's first call chooses
+        with Counting():
+            return choose(self, kernel, metas)
+
+    monkeypatch.setattr(group_selection.GroupSelector, "choose", choose_under_a_mode)
+    report = _run(lambda x, w: torch.relu(x @ w), torch.randn(9, 12), torch.randn(12, 5))
+    (choice,) = report["partitions"][0]["group_selection"]
+    assert choice["chosen"] == "split" and modes_seen and set(modes_seen) == {0}
+
+
 def test_a_failed_measurement_keeps_the_kernel_and_says_why(monkeypatch):
     monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
 
