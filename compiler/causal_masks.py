@@ -39,7 +39,7 @@ MASKED_ATTENTION = {
     aten._scaled_dot_product_efficient_attention.default: "attn_bias",
     aten._scaled_dot_product_cudnn_attention.default: "attn_bias",
 }
-MAX_MASK_ELEMENTS = 1 << 24  # larger masks (64 MiB of booleans) are not evaluated at compile time
+MAX_MASK_ELEMENTS = 1 << 25  # 8 x 2048 x 2048; larger masks are not evaluated at compile time
 MASKED_BIAS = -32768.0  # an additive bias at or below this hides its key (`_allowed`)
 
 
