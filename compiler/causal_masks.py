@@ -14,8 +14,9 @@ when the graph compiles; where it equals the causal mask SDPA means by `is_causa
 `i` sees keys `0..i`, as a boolean mask or as 0 / -inf (or a large negative number, as
 transformers and PyTorch write -inf for half precision)), for every batch and head it broadcasts
 over, the op takes `is_causal=True` and no mask, and the mask's ops that nothing else reads go.
-Any other mask (padding, a sliding window, a causal mask offset by a KV cache) is left as it is:
-the comparison is exact, so the rewrite never changes what the graph computes.
+Any other mask (padding, a sliding window, a causal mask offset by a KV cache, a finite bias) is
+left as it is: the comparison is exact, so the rewrite changes no score a query sees, only which
+kernel skips the hidden ones (a hidden key adds nothing to the softmax either way: `_allowed`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def _evaluable(node: Node) -> bool:
     if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
         return False
     val = node.meta.get("val")
+    if val is None:
+        return False  # a graph without shapes: its sizes are unknown
     for v in val if isinstance(val, (tuple, list)) else [val]:
         if isinstance(v, torch.Tensor) and (
             any(not isinstance(d, int) for d in v.shape) or v.numel() > MAX_MASK_ELEMENTS
