@@ -167,6 +167,9 @@ class ModelTuneSummary(TuneSummary):
         return f"{super().table()}\n\n{self.end_to_end()}\n\n{self.selection()}"
 
 
+_SHOWN = ("task", "chosen", "from", "not_measured")  # with the times: what `selection()` prints
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -174,7 +177,8 @@ def _ms(value: float | None) -> str:
 def selection_choices(compiled: Callable) -> list[dict]:
     """The group choices a compiled model's programs made (`group_selection` in its partitions'
     reports), one row per tuned kernel and choice: identical layers share a measurement, so their
-    rows differ only in the group and are counted (`groups`) instead of repeated."""
+    rows differ only in the group (and in notes that name it) and are counted (`groups`) instead
+    of repeated."""
     rows: dict[tuple, dict] = {}
     for report in compiled.tilefuse_reports:
         for partition in report["partitions"]:
@@ -183,8 +187,9 @@ def selection_choices(compiled: Callable) -> list[dict]:
                 key = tasks.get(choice["group"])
                 task = registered_task(key) if key else None
                 row = {k: v for k, v in choice.items() if k != "group"}
-                row["task"] = task.name if task is not None else choice["group"]
-                same = (row["task"], json.dumps(row, sort_keys=True, default=str))
+                row["task"] = task.name if task is not None else (key or choice["group"])
+                shown = {k: v for k, v in row.items() if k.endswith("_ms") or k in _SHOWN}
+                same = json.dumps(shown, sort_keys=True, default=str)
                 rows.setdefault(same, {**row, "groups": 0})["groups"] += 1
     return list(rows.values())
 

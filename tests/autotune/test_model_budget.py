@@ -247,6 +247,19 @@ def test_the_selection_after_tuning_is_measured_in_the_job_recorded_and_listed(t
     assert later and all(c["chosen"] == "split" and c["from"] == "database" for c in later)
 
 
+def test_identical_choices_are_one_row_even_where_their_notes_name_the_group():
+    def partition(group: str) -> dict:
+        choice = {"group": group, "chosen": "kernel", "kernel_ms": 0.01, "split_ms": 0.2,
+                  "library_not_built": f"{group}: its split path stands for it"}  # fmt: skip
+        return {"groups": [{"name": group, "task_key": "gemm_0123"}], "group_selection": [choice]}
+
+    class Compiled:
+        tilefuse_reports = [{"partitions": [partition("k1"), partition("k7")]}]
+
+    (row,) = tuning.selection_choices(Compiled())
+    assert row["groups"] == 2 and row["task"] == "gemm_0123" and row["split_ms"] == 0.2
+
+
 def test_without_a_gpu_or_a_timer_the_model_is_not_measured(tmp_path, fakes):
     summary = tilefuse.tune(_model, _inputs(), budget=2, database=tmp_path / "db", progress=False, **fakes)
     assert summary.split is None and [len(r.trials) for r in summary.results] == [2, 2]
