@@ -60,6 +60,13 @@ class CompiledKernel:
     cuda_note: str | None = None  # why the CUDA backend does not run this group, where it was asked to
 
 
+def _writes_inputs(graph_module: torch.nn.Module) -> bool:
+    """Whether a partition's captured code updates a tensor in place (a cache write, `copy_` back
+    into an input): running it several times in one call would apply the update as many times."""
+    targets = [n.target for n in graph_module.graph.nodes if n.op == "call_function"]
+    return any(isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable for t in targets)
+
+
 class KernelPlan(torch.nn.Module):
     """A compiled partition: its generated program, and the captured PyTorch code to fall back on.
 
@@ -96,7 +103,9 @@ class KernelPlan(torch.nn.Module):
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None
         self.guard_misses = 0
-        self.selection = Selection(device) if selection_enabled(device) else None
+        self.selection: Selection | None = None
+        if selection_enabled(device):  # a partition that writes its inputs runs at most twice a call
+            self.selection = Selection(device, in_one_call=not _writes_inputs(fallback))
         # every op outside a kernel, named with why: the report's glue_ops (see the `report` setter)
         returned = set(function.body.block.last_op.operands)
         self.glue_ops = [{"op": op.name, "reason": _glue_reason(op, returned)} for op in self.steps

@@ -1,11 +1,16 @@
 """Never slower than PyTorch: a partition's program is measured against its captured PyTorch code.
 
-On a GPU, the first calls of a compiled partition time both ways of running
+On a GPU, the first call of a compiled partition times both ways of running
 it on the call's own inputs (wall time, the GPU synchronized around each, so
-host overhead counts as the user sees it) and keep the faster from then on.
-The first call only warms up (Triton compiles, the program is written); the
-next `ROUNDS` calls run both, alternating which goes first, and the medians
-decide. The choice and both times go in the partition's report
+host overhead counts as the user sees it) and keeps the faster from then on:
+each way runs once to warm up (Triton loads its binaries, the program is
+written, PyTorch's libraries initialize), then `ROUNDS` times, alternating
+which goes first, and the medians decide, all within that call, so every later
+call runs one way only. A user who times the calls after a short warm-up (a
+benchmark harness, a serving loop) never times a call that runs twice. A
+partition that writes its inputs (a cache update) cannot run several times in
+a call: it measures one pair per call over its first calls instead
+(`Selection.in_one_call`). The choice and both times go in the partition's report
 (`selection`). `TILEFUSE_SELECT=0` keeps the generated program without
 measuring. A finer choice, per GEMM group between its kernel and the
 library path, is made when the program is written (`group_selection.py`);
@@ -76,6 +81,9 @@ class Selection:
     # the program is kept when its median is at most `margin` times PyTorch's (GraphSelection asks for a
     # lead: a tie there means the eager graph, which is what the user had)
     margin: float = 1.0
+    # measure everything in the first call (module docstring); False: one pair per call, for code that
+    # writes its inputs and must not run more than twice in a call
+    in_one_call: bool = True
 
     def step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
         """Run one call while measuring; returns the program's result (its correctness is the
@@ -88,15 +96,36 @@ class Selection:
             return program()
 
     def _step(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
-        clock = self.clock or timed
         self.calls += 1
-        if self.calls == 1 or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return program()
+        if self.in_one_call:
+            return self._measure_now(program, pytorch)
+        if self.calls == 1:
             return program()
         if self.calls == 2:  # PyTorch's first run pays its own warm-up (library handles, autotuning)
             pytorch()
             return program()
-        first_program = self.calls % 2 == 0
-        if first_program:
+        return self._pair(program, pytorch, program_first=self.calls % 2 == 0)
+
+    def _measure_now(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
+        """Both ways warmed up, then `ROUNDS` timed pairs, all in this call; the last program result."""
+        out = program()
+        if out is None:  # the program's guard refused these inputs: nothing to measure on them
+            return None
+        pytorch()
+        for i in range(ROUNDS):
+            out = self._pair(program, pytorch, program_first=i % 2 == 0)
+            if out is None:
+                return None
+        return out
+
+    def _pair(
+        self, program: Callable[[], object], pytorch: Callable[[], object], program_first: bool
+    ) -> object:
+        """One timed run each way; decides once there are `ROUNDS` of them."""
+        clock = self.clock or timed
+        if program_first:
             out, ms = clock("program", program, self.device)
             _, other = clock("pytorch", pytorch, self.device)
         else:
@@ -171,7 +200,9 @@ class TrainingSelection:
 
     MARGIN = 0.97
     WAYS = ("tilefuse", "pytorch")
-    SETTLE = 2 + ROUNDS  # a partition's Selection decides by its (2 + ROUNDS)-th call
+    # a partition's Selection decides in its first call; the backward's partitions first run in the
+    # first step's backward, so the second step is the first that runs settled
+    SETTLE = 2
 
     def __init__(self, device: torch.device, now: Callable[[torch.device], float] | None = None):
         self.device = device
@@ -242,7 +273,8 @@ class GraphSelection:
         self.eager = eager
         # {"summary": the graph's report} once its forward is compiled; "trains" once its backward is
         self.slot = slot
-        self.settle = 2 + ROUNDS  # the partitions' own choices come first
+        # the partitions choose in their first call, which the measurement's own warm-up call is
+        self.settle = 0
         self.selection = Selection(device, margin=self.MARGIN)
         self.training: TrainingSelection | None = None  # made at the first measured training step
 

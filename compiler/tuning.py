@@ -37,7 +37,7 @@ from .runtime import _warn_no_cuda_once
 from .selection import ROUNDS
 
 Timer = Callable[[Callable[[], object]], float]  # ms that `run()`, one call of the compiled model, takes
-WARMUP_CALLS = ROUNDS + 1  # the first call compiles, the next ROUNDS choose program or PyTorch (selection.py)
+WARMUP_CALLS = ROUNDS + 1  # the first compiles and chooses program or PyTorch (selection.py)
 
 
 @dataclass
