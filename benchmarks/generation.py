@@ -20,7 +20,7 @@ same model (random weights from a config; nothing is downloaded) and the same pr
 process. A failing candidate is a table cell, never the end of the run; the results file is
 rewritten after each batch size.
 
-`--tiny` builds a tiny config (hidden 64, 2 layers, prompt 8, 4 new tokens) so the harness runs
+`--tiny` builds a tiny config (hidden 64, 1 layer, prompt 8, 4 new tokens) so the harness runs
 on a CPU; there its times mean nothing (one timing each: a per-token latency can even come out
 negative, the prefill's interpreted kernels dwarfing the decode steps).
 """

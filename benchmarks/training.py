@@ -12,7 +12,7 @@ on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forwar
 compiled, every step), the first
 step's time (compiles included), and the loss and gradient norm relative to eager's on the same
 weights and batch. A failing candidate is a table cell; the file is rewritten after each model.
-`--tiny` builds tiny configs (hidden 64, 2 layers, 2 x 16 tokens) so the harness runs on a CPU.
+`--tiny` builds tiny configs (hidden 64, 1 layer, 2 x 16 tokens) so the harness runs on a CPU.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ run; the results file is rewritten after the microbenchmark (run first) and afte
 model. Caches start empty for each model: tilefuse's graph cache, Triton's and Inductor's
 on-disk caches move to a fresh temporary folder (in-process caches of models run earlier in
 the same run may still help; `--models NAME` gives a strictly cold figure). `--tiny` builds
-tiny configs (hidden 64, 2 layers, 16 tokens) so the run fits a CPU; there, torch.compile
+tiny configs (hidden 64, 1 layer, 16 tokens) so the run fits a CPU; there, torch.compile
 compiles C++ for minutes, and `--no-torch-compile` leaves it out.
 """
 
@@ -95,7 +95,7 @@ class ModelSpec:
 
 
 # fmt: off
-TINY_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+TINY_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
 LLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=16,
              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
@@ -110,12 +110,12 @@ MODELS = {spec.name: spec for spec in (
     # LayerNorm, learned positions, tied embeddings, GELU (tanh), Conv1D projections
     ModelSpec("gpt2", "GPT2LMHeadModel", "GPT2Config",
               dict(n_embd=1024, n_layer=4, n_head=16, vocab_size=50257, n_positions=1024),
-              dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0,
+              dict(n_embd=64, n_layer=1, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0,
                    eos_token_id=0)),
     # an encoder: bidirectional attention with a padding mask
     ModelSpec("bert", "BertModel", "BertConfig",
               dict(hidden_size=1024, num_hidden_layers=4, num_attention_heads=16, intermediate_size=4096),
-              dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
                    vocab_size=256, max_position_embeddings=64),
               batch=8, padded=True),
     # parallel attention and MLP after one LayerNorm, partial rotary embeddings, biases

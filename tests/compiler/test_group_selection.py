@@ -25,8 +25,11 @@ def _fresh_tuning_database(monkeypatch, tmp_path):
 
 
 def _fake_gpu(monkeypatch, faster: str, seen: list | None = None) -> None:
-    """Group selection on (it runs on CUDA only), with `faster` ("kernel" or "library") winning."""
+    """Group selection on (it runs on CUDA only), with `faster` ("kernel" or "library") winning. A fake
+    clock decides on one sample, and warm-up runs would only run the interpreter: one each."""
     monkeypatch.setattr(runtime, "group_selection_enabled", lambda device: True)
+    monkeypatch.setattr(group_selection, "SAMPLES", 1)
+    monkeypatch.setattr(group_selection, "WARMUP", 0)
 
     def clock(kind, run, device):
         run()
