@@ -49,6 +49,7 @@ def fold_causal_masks(gm: GraphModule) -> int:
     causal mask; returns how many ops were rewritten."""
     graph = gm.graph
     values: dict[Node, object] = {}
+    position = {n: i for i, n in enumerate(graph.nodes)}  # ancestors are evaluated in graph order
     rewritten = 0
     for node in list(graph.nodes):
         name = MASKED_ATTENTION.get(node.target) if node.op == "call_function" else None
@@ -62,7 +63,7 @@ def fold_causal_masks(gm: GraphModule) -> int:
         try:
             # real tensors: the compiler may be called inside the tracer's fake-tensor mode
             with unset_fake_temporarily():
-                value = _constant_value(mask, values)
+                value = _constant_value(mask, values, position)
                 causal = value is not None and _is_causal(value, _shape(queries), _shape(keys))
         except Exception as e:  # a mask we cannot evaluate is left as it is
             log.debug("tilefuse: mask %s of %s not evaluated: %s", mask.name, node.name, e)
@@ -88,7 +89,7 @@ def _shape(node: object) -> tuple[int, ...] | None:
     return tuple(val.shape)
 
 
-def _constant_value(node: Node, values: dict[Node, object]) -> torch.Tensor | None:
+def _constant_value(node: Node, values: dict[Node, object], position: dict[Node, int]) -> torch.Tensor | None:
     """`node`'s value, computed on the CPU from its ancestors, when none of them is a graph input,
     a parameter or random, and every tensor on the way is at most MAX_MASK_ELEMENTS; else None."""
     order: list[Node] = []
@@ -103,7 +104,7 @@ def _constant_value(node: Node, values: dict[Node, object]) -> torch.Tensor | No
             return None
         order.append(current)
         stack.extend(current.all_input_nodes)
-    for current in sorted(order, key=_position(node.graph)):
+    for current in sorted(order, key=position.__getitem__):
         args, kwargs = torch.fx.node.map_arg((current.args, current.kwargs), lambda n: values[n])
         if "device" in kwargs:
             kwargs = {**kwargs, "device": torch.device("cpu")}
@@ -130,11 +131,6 @@ def _evaluable(node: Node) -> bool:
         ):
             return False
     return True
-
-
-def _position(graph: torch.fx.Graph):
-    index = {n: i for i, n in enumerate(graph.nodes)}
-    return lambda n: index[n]
 
 
 def _allowed(mask: torch.Tensor) -> torch.Tensor | None:

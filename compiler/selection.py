@@ -273,8 +273,6 @@ class GraphSelection:
         self.eager = eager
         # {"summary": the graph's report} once its forward is compiled; "trains" once its backward is
         self.slot = slot
-        # the partitions choose in their first call, which the measurement's own warm-up call is
-        self.settle = 0
         self.selection = Selection(device, margin=self.MARGIN)
         self.training: TrainingSelection | None = None  # made at the first measured training step
 
@@ -298,9 +296,7 @@ class GraphSelection:
             return self.compiled(*args)
         if chosen == "pytorch":
             return self.eager(*args)
-        if self.settle > 0:
-            self.settle -= 1
-            return self.compiled(*args)
+        # the partitions choose in their first call, which is the measurement's own warm-up call
         out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
         self._report_selection()
         return out
