@@ -62,7 +62,9 @@ class CompiledKernel:
 
 def _writes_inputs(graph_module: torch.nn.Module) -> bool:
     """Whether a partition's captured code updates a tensor in place (a cache write, `copy_` back
-    into an input): running it several times in one call would apply the update as many times."""
+    into an input): running it several times in one call would apply the update as many times.
+    Broader than `input_mutations.mutated_inputs` on purpose: any in-place op counts, not only one
+    whose destination is a placeholder, since its destination may be a view of an input."""
     targets = [n.target for n in graph_module.graph.nodes if n.op == "call_function"]
     return any(isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable for t in targets)
 
