@@ -40,7 +40,7 @@ EAGER, COMPILE, SUBJECT = "eager", "torch.compile", "tilefuse"
 COMPILED_BACKWARD = "tilefuse compiled backward"  # TILEFUSE_TRAINING=compile: forward and backward compiled
 CANDIDATES = (EAGER, COMPILE, SUBJECT, COMPILED_BACKWARD)
 # steps before timing: compiles, and tilefuse's measured choice once a backward ran (its first step,
-# the partitions settling, a warm-up each way, then ROUNDS steps each way: selection.TrainingSelection)
+# the partitions settling, PyTorch's warm-up, then ROUNDS steps each way: selection.TrainingSelection)
 SETTLE_STEPS = 16
 
 

@@ -193,16 +193,21 @@ class TrainingSelection:
     forward's and backward's partitions measure their programs against PyTorch on their first calls
     (`Selection`: both ways a call), and their groups on the first (`group_selection`), which made
     the compiled step look twice as slow as it is (GPT-2 on the H200: 25.6 ms measured, 9.2 ms once
-    settled, against 10.5 in PyTorch). Then, after one warm-up call each way, calls alternate until
-    each way has `ROUNDS` intervals; the faster median is kept (the compiled side needs `MARGIN` of
-    a lead: its backward is a decomposed graph). Calls measure nothing inside a CUDA graph capture.
+    settled, against 10.5 in PyTorch). Then one warm-up call in PyTorch (its first run of the graph:
+    library handles, allocator), then calls alternate until each way has `ROUNDS` intervals; the
+    faster median is kept (the compiled side needs `MARGIN` of a lead: its backward is a decomposed
+    graph). The choice is made at the graph's eighth training step: a harness that warms up for a
+    few steps and then times (a step of 10 ms, `do_bench`'s 25 ms of warm-up) times mostly chosen
+    steps (at thirteen steps, Llama's steps timed that way mixed both ways). Calls measure nothing
+    inside a CUDA graph capture.
     """
 
     MARGIN = 0.97
     WAYS = ("tilefuse", "pytorch")
     # a partition's Selection decides in its first call; the backward's partitions first run in the
-    # first step's backward, so the second step is the first that runs settled
-    SETTLE = 2
+    # first step's backward, so the step after it runs settled
+    SETTLE = 1
+    ROUNDS = 2  # intervals each way: steps differ by tens of percent where the choice matters
 
     def __init__(self, device: torch.device, now: Callable[[torch.device], float] | None = None):
         self.device = device
@@ -221,13 +226,13 @@ class TrainingSelection:
             self.settle -= 1
             return "tilefuse"
         now = self.now(self.device)
-        if self.last is not None and self.calls > 2:  # the two warm-up calls' intervals are dropped
+        if self.last is not None and self.calls > 1:  # PyTorch's warm-up call's interval is dropped
             way, then = self.last
             self.samples[way].append((now - then) * 1e3)
-        way = self.WAYS[self.calls % 2]
+        way = "pytorch" if self.calls == 0 else self.WAYS[(self.calls - 1) % 2]
         self.calls += 1
         self.last = (way, now)
-        if all(len(v) >= ROUNDS for v in self.samples.values()):
+        if all(len(v) >= self.ROUNDS for v in self.samples.values()):
             compiled, eager = (statistics.median(self.samples[w]) for w in self.WAYS)
             self.choice = "tilefuse" if compiled < self.MARGIN * eager else "pytorch"
             self.last = None

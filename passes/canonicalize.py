@@ -197,11 +197,11 @@ def _in_flat_space(
     shape = tuple(shape_of(x.type))
     if len(shape) <= kept:
         return None  # broadcast over every leading dim, in both spaces
-    prefix = (1,) * (len(outer) - len(shape)) + shape[: len(shape) - kept]
-    if all(d == 1 for d in prefix):
-        return shape[len(shape) - kept :]  # the leading 1s dropped (kept >= 1: the feature dims)
     if _is_reshape(x.owner) and tuple(shape_of(x.owner.input.type)) == inner:
         return x.owner.input  # another value of the same flat space (GELU reads x three times)
+    prefix = (1,) * (len(outer) - len(shape)) + shape[: len(shape) - kept]
+    if all(d == 1 for d in prefix) and math.prod(shape) < math.prod(outer):
+        return shape[len(shape) - kept :]  # the leading 1s dropped (kept >= 1: the feature dims)
     # a genuinely 3-d full tensor (a residual) would follow the GEMM into its flat space, and the
     # norm reading the sum after it would see a reshape between: Llama at batch 2 lost its
     # residual+norm row kernels that way (kernel counts)

@@ -146,12 +146,14 @@ def test_a_sum_of_the_residual_stream_is_one_row_kernel():
 
 @pytest.mark.parametrize("norm", [nn.RMSNorm, nn.LayerNorm])
 @pytest.mark.parametrize("d", [40, 300])
-def test_pre_norm_block_with_the_add_in_o_proj(norm, d):
+@pytest.mark.parametrize("tokens", [(2, 5), (1, 1)], ids=["prefill", "decode"])
+def test_pre_norm_block_with_the_add_in_o_proj(norm, d, tokens):
     """The residual add is o_proj's epilogue and stays there (h is the GEMM's output). With
     rows a tile holds (d <= 256) the norm's statistics join that GEMM, which writes h and
-    the sums; wider rows get one statistics kernel reading h."""
+    the sums; wider rows get one statistics kernel reading h. One token (decoding: every
+    leading dim 1) fuses the same way: the residual is a full tensor, not a broadcast."""
     block = PreNormBlock(d, norm, o_proj=True)
-    x, attn = torch.randn(2, 5, d), torch.randn(2, 5, d)
+    x, attn = torch.randn(*tokens, d), torch.randn(*tokens, d)
     reports = compile_and_compare(block, x, attn, rtol=1e-4, atol=1e-4)
     kernels_ran(reports)
     groups = fusion_groups(reports)

@@ -455,7 +455,7 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     """By default (on a GPU: faked here), a training graph's backward is compiled too; once its
     partitions have settled (unmeasured compiled steps), its steps
     alternate between the compiled forward and backward and Dynamo's graph in PyTorch until each
-    way has ROUNDS intervals between calls (a fake clock: the faster way's step takes 1, the other
+    way has TrainingSelection.ROUNDS intervals between calls (a fake clock: the faster way's step takes 1, the other
     2); the faster is kept. Gradients are eager's at every step, whichever way ran."""
     from tilefuse.compiler import backend, runtime, selection
 
@@ -465,9 +465,10 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     monkeypatch.setattr(selection, "selection_enabled", lambda device: True)  # compiles the backward
     ticks = {"calls": 0, "t": 0.0}
 
-    def now(device):  # call i ran tilefuse if i is even (TrainingSelection.WAYS alternate)
+    def now(device):  # call 0 warms PyTorch up, then TrainingSelection.WAYS alternate
         t = ticks["t"]
-        way = selection.TrainingSelection.WAYS[ticks["calls"] % 2]
+        calls = ticks["calls"]
+        way = "pytorch" if calls == 0 else selection.TrainingSelection.WAYS[(calls - 1) % 2]
         ticks["t"] += 1.0 if way == faster else 2.0
         ticks["calls"] += 1
         return t
@@ -479,9 +480,10 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     layer = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.GELU())
     compiled = tilefuse.compile(layer)
     x = torch.randn(5, 7)
-    settle = selection.TrainingSelection.SETTLE
-    # the first step; compiled steps while the partitions settle; a warm-up each way; measured; chosen
-    steps = 1 + settle + 2 + 2 * selection.ROUNDS + 2
+    settle, rounds = selection.TrainingSelection.SETTLE, selection.TrainingSelection.ROUNDS
+    # the first step; compiled steps while the partitions settle; PyTorch's warm-up; measured; chosen
+    steps = 1 + settle + 1 + 2 * rounds + 2
+    assert steps - 1 == 8  # chosen at the eighth step (the docstring's promise), the last two run it
     for step in range(steps):
         if step < 1 + settle:
             assert ticks["calls"] == 0  # no step is timed while the compiled graphs settle

@@ -112,9 +112,9 @@ def test_a_training_graph_matches_eager_gradients_while_its_steps_are_measured_a
     model = _tiny("llama", torch.float32).train()
     ids = torch.randint(0, 512, (2, 32), device=CUDA)
     compiled = tilefuse.compile(model)
-    from tilefuse.compiler.selection import ROUNDS, TrainingSelection
+    from tilefuse.compiler.selection import TrainingSelection
 
-    for _ in range(1 + TrainingSelection.SETTLE + 2 + 2 * ROUNDS + 2):
+    for _ in range(1 + TrainingSelection.SETTLE + 1 + 2 * TrainingSelection.ROUNDS + 2):
         compiled(input_ids=ids, labels=ids).loss.backward()
         ours = [p.grad.clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
