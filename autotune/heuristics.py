@@ -139,8 +139,18 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             bn //= 2
         # decode-sized M (a few rows): the GEMM streams its weight once, and the SMs that get no
         # program leave their share of the bandwidth unused: narrow tiles, a program per SM or more
-        while problem["M"] <= 32 and not whole_rows and programs() < SM_COUNT_HINT and bn > 32:
-            bn //= 2
+        decode = problem["M"] <= 32 and not whole_rows
+        if decode and problem["N"] <= 8192 and problem["K"] >= 128:
+            # a projection's weight (not an LM head): K in 128-wide steps, 4 stages in flight, and half
+            # a wave of programs is enough (H200 sweep, bf16, kernel time at M=1: 2048x2048 5.8 -> 4.4 µs
+            # (cuBLAS 4.7), N=5632 7.5 -> 5.7 µs (cuBLAS 6.5), K=5632 15.1 -> 11.1 µs (cuBLAS 4.2:
+            # split-K, which these kernels lack); benchmarks/NOTES.md)
+            bk, stages = 128, 4
+            while programs() < SM_COUNT_HINT // 2 and bn > 32:
+                bn //= 2
+        else:
+            while decode and programs() < SM_COUNT_HINT and bn > 32:
+                bn //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
