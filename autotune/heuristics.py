@@ -146,6 +146,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             # (cuBLAS 4.7), N=5632 7.5 -> 5.7 µs (cuBLAS 6.5), K=5632 15.1 -> 11.1 µs (cuBLAS 4.2:
             # split-K, which these kernels lack); benchmarks/NOTES.md)
             bk, stages = 128, 4
+            while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
+                bk //= 2  # as above: K blocks must not cross an index K is split into (heads of 32)
             while programs() < SM_COUNT_HINT // 2 and bn > 32:
                 bn //= 2
         else:

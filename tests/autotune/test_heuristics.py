@@ -39,6 +39,9 @@ def test_decode_sized_gemms_spread_their_weight_over_the_sms():
     assert (m, n) == (16, 64) and -(-5632 // n) >= 132 // 2
     assert config.params["BLOCK_K"] == 128 and config.num_stages == 4
     assert _tile(default_config("gemm", _gemm(8, 2048, 5632)))[:2] == (16, 32)
+    # K read as heads x head dim (o_proj after attention): K blocks stay within a head
+    split = default_config("gemm", _gemm(1, 2048, 2048, divisors={"BLOCK_K": (32,)}))
+    assert split.params["BLOCK_K"] == 32
     # an LM head keeps its tiles (no sweep point said otherwise)
     head = default_config("gemm", _gemm(1, 32000, 2048))
     assert head.params["BLOCK_K"] == 64 and -(-32000 // head.params["BLOCK_N"]) >= 132
