@@ -33,11 +33,20 @@ def _tune(script, db, budget: int) -> list[str]:
             "--strategy", "random", "--db", str(db)]  # fmt: skip
 
 
+def _default_sigint() -> None:
+    """In the child before it runs Python: SIGINT back to its default. A test run started in the
+    background by a shell (`pytest &`, `nohup`) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler: the job would never see the signal (it ran to the end, exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_stops_the_job_records_nothing_for_the_trial_in_flight_and_resumes(tmp_path):
     script = tmp_path / "model.py"
     script.write_text(textwrap.dedent(MODEL))
     db = tmp_path / "tuning.db"
-    job = subprocess.Popen(_tune(script, db, 200), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        _tune(script, db, 200), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     deadline = time.monotonic() + 120
     while not _records(db) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

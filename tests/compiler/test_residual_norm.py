@@ -145,8 +145,9 @@ def test_a_sum_of_the_residual_stream_is_one_row_kernel():
 
 
 @pytest.mark.parametrize("norm", [nn.RMSNorm, nn.LayerNorm])
-@pytest.mark.parametrize("d", [40, 300])
-@pytest.mark.parametrize("tokens", [(2, 5), (1, 1)], ids=["prefill", "decode"])
+@pytest.mark.parametrize(
+    "d, tokens", [(40, (2, 5)), (300, (2, 5)), (40, (1, 1))], ids=["prefill", "prefill-wide", "decode"]
+)
 def test_pre_norm_block_with_the_add_in_o_proj(norm, d, tokens):
     """The residual add is o_proj's epilogue and stays there (h is the GEMM's output). With
     rows a tile holds (d <= 256) the norm's statistics join that GEMM, which writes h and
