@@ -320,7 +320,7 @@ def compile_aten_graph(
     """
     capture = _capture_seconds()
     started = time.perf_counter()
-    folded = fold_causal_masks(aten)  # before the cache key: the key is of the graph that compiles
+    folded, constant_masks = fold_causal_masks(aten)  # before the cache key: the key is of the graph that compiles
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -364,6 +364,8 @@ def compile_aten_graph(
     summary.update(_summary(art, files, error))
     if folded:
         summary["causal_masks"] = f"{folded} attention mask(s) equal to the causal mask: is_causal=True"
+    if constant_masks:
+        summary["constant_masks"] = f"{constant_masks} attention mask(s) computed once, read from a buffer"
     summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)
     for entry in summary["partitions"]:  # a partition that fails at run time records it here
         if entry["name"] in art.runners:

@@ -86,8 +86,12 @@ def _finite_bias(q, k, v):
     ids=["sliding window", "keys past a cache", "finite bias"],
 )  # fmt: skip
 def test_masks_that_are_not_the_causal_mask_are_kept(fn, keys):
+    """Kept as masks (the result is eager's), but computed once: the op reads a buffer and the
+    ops that built the mask no longer run beside the kernels."""
     report = _compiled(fn, *_qkv(9, keys))
     assert "causal_masks" not in report
+    assert report["constant_masks"] == "1 attention mask(s) computed once, read from a buffer"
+    assert report["fallbacks"] == []
 
 
 def test_a_mask_read_from_an_input_is_kept():
@@ -96,10 +100,10 @@ def test_a_mask_read_from_an_input_is_kept():
 
     q, k, v = _qkv(7)
     report = _compiled(fn, q, k, v, torch.ones(7, 7, dtype=torch.bool).tril())
-    assert "causal_masks" not in report
+    assert "causal_masks" not in report and "constant_masks" not in report
 
 
 def test_the_pass_leaves_a_graph_without_attention_alone():
     gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) + 1)
     code = gm.code
-    assert fold_causal_masks(gm) == 0 and gm.code == code
+    assert fold_causal_masks(gm) == (0, 0) and gm.code == code
