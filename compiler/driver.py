@@ -320,7 +320,8 @@ def compile_aten_graph(
     """
     capture = _capture_seconds()
     started = time.perf_counter()
-    folded, constant_masks = fold_causal_masks(aten)  # before the cache key: the key is of the graph that compiles
+    # before the cache key: the key is of the graph that compiles
+    folded, constant_masks = fold_causal_masks(aten)
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
