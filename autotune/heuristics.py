@@ -107,10 +107,17 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bm = _pow2_at_least(problem["M"], 16, 128)
         bn = problem.get("exact", {}).get("BLOCK_N") or _pow2_at_least(problem["N"], 16, 256)
         whole_rows = "whole" in problem  # a row reduction in the epilogue: one tile spans N
-        bk = _pow2_at_least(problem["K"], 16, 64)
+        # decode-sized M (a few rows) through a projection's weight (not an LM head): K in 128-wide
+        # steps, 4 stages in flight (H200 sweep, bf16, kernel time at M=1: 2048x2048 5.8 -> 4.4 µs
+        # (cuBLAS 4.7), N=5632 7.5 -> 5.7 µs (cuBLAS 6.5), K=5632 15.1 -> 11.1 µs (cuBLAS 4.2:
+        # split-K, which these kernels lack); benchmarks/NOTES.md)
+        decode = problem["M"] <= 32 and not whole_rows
+        projection = decode and problem["N"] <= 8192 and problem["K"] >= 128
+        bk = 128 if projection else _pow2_at_least(problem["K"], 16, 64)
         while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
             bk //= 2  # K blocks must not cross an index K is split into (see unravel_block)
-        stages, rhs_tiles, elem = 3, problem.get("rhs_operands", 1), problem.get("elem_bytes", 2)
+        stages = 4 if projection else 3
+        rhs_tiles, elem = problem.get("rhs_operands", 1), problem.get("elem_bytes", 2)
 
         def shared_bytes() -> int:
             params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
@@ -137,22 +144,12 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # 59 us at 128x256 and 34 at 128x128 on the H200
         while programs() < 2 * SM_COUNT_HINT and bn > 128 and not whole_rows:
             bn //= 2
-        # decode-sized M (a few rows): the GEMM streams its weight once, and the SMs that get no
-        # program leave their share of the bandwidth unused: narrow tiles, a program per SM or more
-        decode = problem["M"] <= 32 and not whole_rows
-        if decode and problem["N"] <= 8192 and problem["K"] >= 128:
-            # a projection's weight (not an LM head): K in 128-wide steps, 4 stages in flight, and half
-            # a wave of programs is enough (H200 sweep, bf16, kernel time at M=1: 2048x2048 5.8 -> 4.4 µs
-            # (cuBLAS 4.7), N=5632 7.5 -> 5.7 µs (cuBLAS 6.5), K=5632 15.1 -> 11.1 µs (cuBLAS 4.2:
-            # split-K, which these kernels lack); benchmarks/NOTES.md)
-            bk, stages = 128, 4
-            while any(d % bk for d in problem.get("divisors", {}).get("BLOCK_K", ())):
-                bk //= 2  # as above: K blocks must not cross an index K is split into (heads of 32)
-            while programs() < SM_COUNT_HINT // 2 and bn > 32:
-                bn //= 2
-        else:
-            while decode and programs() < SM_COUNT_HINT and bn > 32:
-                bn //= 2
+        # decode-sized M: the GEMM streams its weight once, and the SMs that get no program leave their
+        # share of the bandwidth unused: narrow tiles, a program per SM or more (half a wave for a
+        # projection's 128-deep, 4-stage tiles: the sweep above)
+        wanted = SM_COUNT_HINT // 2 if projection else SM_COUNT_HINT
+        while decode and programs() < wanted and bn > 32:
+            bn //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:

@@ -81,7 +81,7 @@ def fold_causal_masks(gm: GraphModule) -> tuple[int, int]:
             value, causal = None, False
         if not causal:
             if isinstance(value, torch.Tensor) and mask.op == "call_function":
-                constant = constants.get(mask) or _as_buffer(gm, mask, value, len(constants))
+                constant = constants.get(mask) or _as_buffer(gm, mask, value, len(constants), position)
                 if constant is not None:
                     constants[mask] = constant
                     node.replace_input_with(mask, constant)
@@ -98,7 +98,9 @@ def fold_causal_masks(gm: GraphModule) -> tuple[int, int]:
     return rewritten, len(constants)
 
 
-def _as_buffer(gm: GraphModule, mask: Node, value: torch.Tensor, index: int) -> Node | None:
+def _as_buffer(
+    gm: GraphModule, mask: Node, value: torch.Tensor, index: int, position: dict[Node, int]
+) -> Node | None:
     """A `get_attr` node reading `value` (the mask's value, computed on the CPU) as a buffer of `gm`
     on the mask's device and in its dtype, placed before the mask's first reader; None where the
     mask's metadata does not say where it lives or the value does not match it."""
@@ -108,7 +110,7 @@ def _as_buffer(gm: GraphModule, mask: Node, value: torch.Tensor, index: int) -> 
     name = f"{CONSTANT_MASK_PREFIX}{index}"
     with unset_fake_temporarily():
         gm.register_buffer(name, value.to(device=val.device, dtype=val.dtype).contiguous())
-    first_reader = min(mask.users, key=lambda n: list(mask.graph.nodes).index(n))
+    first_reader = min(mask.users, key=position.__getitem__)  # the graph's nodes before any insertion
     with mask.graph.inserting_before(first_reader):
         attr = mask.graph.get_attr(name)
     attr.meta["val"] = val
