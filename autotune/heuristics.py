@@ -161,6 +161,13 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         warps = 8 if bm * bn > 128 * 128 or (bm * bn == 128 * 128 and heavy) else 4
         params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PROGRAMS": ONE_TILE_EACH}
         return KernelConfig(params, warps, stages)
+    if kind == "reduction" and problem.get("column"):
+        # the kept index is contiguous (a norm weight's gradient summed over tokens, the heads a GQA
+        # backward sums): loads coalesce along R, so the tile is wide there and a few rows deep; a
+        # small C (4 repeated heads) is one short tile, not 16 lanes of which 12 are masked off
+        bc = _pow2_at_least(problem["C"], 1, 32)
+        br = _pow2_at_least(problem["R"], 1, min(1024, max(1, 4096 // bc)))
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 8 if br * bc >= 4096 else 4, 1)
     if kind == "reduction":
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))

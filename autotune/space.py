@@ -1,6 +1,7 @@
 """The search space of one kernel on one problem: every legal binding of its tile parameters.
 
-Candidates per kernel kind (`CHOICES`) are crossed, then pruned before anything compiles:
+Candidates per kernel kind (`CHOICES`; `COLUMN_REDUCTION` for a reduction whose kept index is the
+contiguous one) are crossed, then pruned before anything compiles:
 
 - the lowering's requirements (`problem["whole"]`, `["exact"]`, `["divisors"]`, and the
   per-kind whole extents of `heuristics.WHOLE_EXTENTS`): a tile that must hold a whole row
@@ -54,6 +55,12 @@ CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
         "num_warps": (2, 4, 8),
     },
     "pointwise": {"BLOCK": (256, 512, 1024, 2048, 4096), "num_warps": (2, 4, 8)},
+}
+# a reduction whose kept index is the contiguous one: tiles wide in R, a few rows of C deep
+COLUMN_REDUCTION = {
+    "BLOCK_R": (64, 128, 256, 512, 1024),
+    "BLOCK_C": (1, 2, 4, 8, 16, 32, 64),
+    "num_warps": (4, 8),
 }
 
 
@@ -142,7 +149,8 @@ class SearchSpace:
         return fixed
 
     def _candidates(self) -> list[KernelConfig]:
-        choices = dict(CHOICES[self.task.kind])
+        column = self.task.kind == "reduction" and self.task.problem.get("column")
+        choices = dict(COLUMN_REDUCTION if column else CHOICES[self.task.kind])
         fixed = self._fixed()
         choices.update({k: (v,) for k, v in fixed.items()})
         if self._tma_choice():

@@ -23,6 +23,7 @@ import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
+from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch.fx import GraphModule
 
 from .codegen import Target, resolve_backend
@@ -41,12 +42,15 @@ _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention",
 def decompositions() -> dict:
     """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
     instance and group norms' (as Inductor's table has them): their statistics and affine maps
-    then fuse like LayerNorm's, beside a convolution PyTorch runs."""
+    then fuse like LayerNorm's, beside a convolution PyTorch runs. And log-softmax's (its ein
+    lowering is the same max, exp, sum and log): decomposed before AOTAutograd partitions a
+    training graph, its backward can recompute it from per-row statistics."""
     table = core_aten_decompositions()
     aten = torch.ops.aten
     table.update(get_decompositions([
         aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit,
         aten._native_batch_norm_legit_functional, aten.native_batch_norm, aten.native_group_norm,
+        aten._log_softmax,
     ]))  # fmt: skip
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in _KEEP_WHOLE)}
 
@@ -147,6 +151,10 @@ class TilefuseBackend:
                 fw_compiler=forward_compiler,
                 bw_compiler=backward_compiler,
                 decompositions=decompositions(),
+                # what the forward saves for the backward: the least memory traffic, recomputing
+                # cheap elementwise work in the backward (Inductor's choice); with log-softmax
+                # decomposed, an LM loss saves per-row statistics, not a [tokens, vocab] f32 tensor
+                partition_fn=min_cut_rematerialization_partition,
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,
             )(gm, example_inputs)

@@ -220,17 +220,26 @@ def _library_op(op: Operation, env: dict, device: torch.device) -> torch.Tensor:
 
 
 def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torch.Tensor:
-    """`(a.mT if ta else a) @ (b.mT if tb else b)` through cuBLAS. An output row that is not a
-    multiple of 16 bytes (an LM head over a 50257-token vocabulary) makes cuBLAS run its
-    unaligned kernels, several times slower (2.21 ms against 0.32 ms at 2048 x 1024 x 50257 in bf16
-    on the H200): the rhs is padded to the next aligned width first (a copy of the weight) and the
-    product sliced back, as Inductor's pad_mm does. The result is then a strided view."""
-    n = b.shape[-2] if tb else b.shape[-1]
-    pad = -n % max(1, 16 // a.element_size())
-    if pad and b.dim() == 2 and n >= PAD_MIN_N:
-        b = F.pad(b, (0, 0, 0, pad) if tb else (0, pad))
-        return torch.matmul(a.mT if ta else a, b.mT if tb else b)[..., :n]
-    return torch.matmul(a.mT if ta else a, b.mT if tb else b)
+    """`(a.mT if ta else a) @ (b.mT if tb else b)` through cuBLAS. A dim whose rows are not a
+    multiple of 16 bytes (an LM head over a 50257-token vocabulary: the product's width, the
+    backward's reduction depth, its weight gradient's height) makes cuBLAS run its unaligned
+    kernels, several times slower: 2.21 ms against 0.32 ms at 2048 x 1024 x 50257 in bf16 on the
+    H200, and a 1.5 ms `align1` kernel for GPT-2's weight gradient where the aligned shape takes 0.29.
+    Such a dim of at least PAD_MIN_N is padded with zeros to the next aligned size in both operands
+    that hold it (a copy of each, as Inductor's pad_mm makes), and the product sliced back; zeros
+    along K add nothing. The result is then a strided view."""
+    if a.dim() != 2 or b.dim() != 2:
+        return torch.matmul(a.mT if ta else a, b.mT if tb else b)
+    lhs, rhs = (a.mT if ta else a), (b.mT if tb else b)
+    (m, k), n = lhs.shape, rhs.shape[1]
+    align = max(1, 16 // a.element_size())
+    pm, pk, pn = (-d % align if d >= PAD_MIN_N else 0 for d in (m, k, n))
+    if not (pm or pk or pn):
+        return torch.matmul(lhs, rhs)
+    # pad each operand in its stored orientation, so the copy is one contiguous pass
+    a = F.pad(a, (0, pm, 0, pk) if ta else (0, pk, 0, pm)) if pm or pk else a
+    b = F.pad(b, (0, pk, 0, pn) if tb else (0, pn, 0, pk)) if pk or pn else b
+    return torch.matmul(a.mT if ta else a, b.mT if tb else b)[:m, :n]
 
 
 # 16-bit binary ops PyTorch computes in f32 and rounds once: `truncf(op(extf a, extf b))` is `op(a, b)`

@@ -292,7 +292,10 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         elif reduce.keepdim is not None:
             out_idx.append(kb.const(0))
     kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
-    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+    problem = {"R": R, "C": C}
+    if len(shape) - 1 not in dims:  # the kept index is the contiguous one: wide in R, short in C
+        problem["column"] = 1
+    return [f"cdiv({R}, BLOCK_R)"], problem
 
 
 def _reduce_row_tile(

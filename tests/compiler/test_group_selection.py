@@ -323,24 +323,29 @@ def _mlp_inputs(m, k, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n", [257, 301, 40])
-@pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, True)])
-def test_the_library_matmul_pads_an_unaligned_width_and_computes_the_same(dtype, n, ta, tb):
-    """An output row that is not a multiple of 16 bytes is computed on a padded rhs (cuBLAS's
-    aligned kernels) and sliced back: the product of the unpadded operands, in float64."""
+@pytest.mark.parametrize("m,k,n", [(33, 24, 257), (33, 24, 301), (33, 24, 40), (301, 24, 40), (33, 259, 40),
+                                   (257, 263, 301), (16, 264, 256)])
+@pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, True), (True, False)])
+def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, k, n, ta, tb, monkeypatch):
+    """A dim of the product (M, K or N) whose rows are not a multiple of 16 bytes is padded with
+    zeros in the operands that hold it (cuBLAS's aligned kernels) and the product sliced back:
+    the product of the unpadded operands, in float64, whichever operands are transposed."""
     from tilefuse.compiler.group_selection import PAD_MIN_N, library_matmul
 
-    m, k = 33, 24
+    torch.manual_seed(m + k + n)
     a = torch.randn(k, m) if ta else torch.randn(m, k)
     b = torch.randn(n, k) if tb else torch.randn(k, n)
     a, b = a.to(dtype), b.to(dtype)
+    shapes, matmul = [], torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda x, y: shapes.append((*x.shape, y.shape[1])) or matmul(x, y))
     got = library_matmul(a, b, ta, tb)
     want = (a.mT if ta else a).double() @ (b.mT if tb else b).double()
     assert got.shape == (m, n) and got.dtype == dtype
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
-    aligned = n * got.element_size() % 16 == 0
-    padded = not aligned and n >= PAD_MIN_N
-    assert (got.stride(0) != n) == padded  # a view of the padded product where it was padded
+    align = 16 // got.element_size()
+    aligned = [d + (-d % align if d >= PAD_MIN_N else 0) for d in (m, k, n)]
+    assert shapes == [tuple(aligned)]  # what cuBLAS multiplied
+    assert got.stride(0) == aligned[2]  # a view of the padded product
 
 
 def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
