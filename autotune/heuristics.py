@@ -163,11 +163,13 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         return KernelConfig(params, warps, stages)
     if kind == "reduction" and problem.get("column"):
         # the kept index is contiguous (a norm weight's gradient summed over tokens, the heads a GQA
-        # backward sums): loads coalesce along R, so the tile is wide there and a few rows deep; a
-        # small C (4 repeated heads) is one short tile, not 16 lanes of which 12 are masked off
-        bc = _pow2_at_least(problem["C"], 1, 32)
-        br = _pow2_at_least(problem["R"], 1, min(1024, max(1, 4096 // bc)))
-        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 8 if br * bc >= 4096 else 4, 1)
+        # backward sums): loads coalesce along R, so tiles are wide there. Exhaustive sweeps on the
+        # H200 (bf16; benchmarks/NOTES.md): a short C (4 repeated heads, 16 partials) is best walked
+        # one row at a time over 512 columns; 256-row chunks of a norm gradient as 64 x 32 tiles
+        short = problem["C"] < 64
+        bc = 1 if short else 32
+        br = _pow2_at_least(problem["R"] // SM_COUNT_HINT, 64, 512 if short else 64)
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if short and br >= 512 else 8, 1)
     if kind == "reduction":
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))

@@ -23,7 +23,7 @@ import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
-from torch._functorch.partitioners import min_cut_rematerialization_partition
+from torch._functorch.partitioners import default_partition, min_cut_rematerialization_partition
 from torch.fx import GraphModule
 
 from .codegen import Target, resolve_backend
@@ -42,17 +42,32 @@ _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention",
 def decompositions() -> dict:
     """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
     instance and group norms' (as Inductor's table has them): their statistics and affine maps
-    then fuse like LayerNorm's, beside a convolution PyTorch runs. And log-softmax's (its ein
-    lowering is the same max, exp, sum and log): decomposed before AOTAutograd partitions a
-    training graph, its backward can recompute it from per-row statistics."""
+    then fuse like LayerNorm's, beside a convolution PyTorch runs.
+
+    Log-softmax stays whole: decomposed, a training graph could save per-row statistics instead of
+    its [tokens, vocab] output, but a vocabulary row is wider than a row kernel holds, and its parts
+    then ran as four passes over the row and PyTorch ops (GPT-2's loss on the H200), where
+    PyTorch's one log-softmax kernel reads the row twice."""
     table = core_aten_decompositions()
     aten = torch.ops.aten
     table.update(get_decompositions([
         aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit,
         aten._native_batch_norm_legit_functional, aten.native_batch_norm, aten.native_group_norm,
-        aten._log_softmax,
     ]))  # fmt: skip
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in _KEEP_WHOLE)}
+
+
+PARTITIONER_ENV = "TILEFUSE_PARTITIONER"
+
+
+def partitioner() -> Callable:
+    """What a training graph's forward saves for its backward. "min_cut" (the default): the least
+    memory traffic, recomputing cheap elementwise work in the backward, as Inductor does; "default":
+    AOTAutograd's default partition, which saves every intermediate the backward reads."""
+    setting = os.environ.get(PARTITIONER_ENV, "min_cut")
+    if setting not in ("min_cut", "default"):
+        raise ValueError(f"{PARTITIONER_ENV}={setting!r}: expected 'min_cut' or 'default'")
+    return min_cut_rematerialization_partition if setting == "min_cut" else default_partition
 
 
 @dataclass(frozen=True)
@@ -151,10 +166,7 @@ class TilefuseBackend:
                 fw_compiler=forward_compiler,
                 bw_compiler=backward_compiler,
                 decompositions=decompositions(),
-                # what the forward saves for the backward: the least memory traffic, recomputing
-                # cheap elementwise work in the backward (Inductor's choice); with log-softmax
-                # decomposed, an LM loss saves per-row statistics, not a [tokens, vocab] f32 tensor
-                partition_fn=min_cut_rematerialization_partition,
+                partition_fn=partitioner(),
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,
             )(gm, example_inputs)

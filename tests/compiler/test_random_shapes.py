@@ -103,3 +103,20 @@ def test_five_lengths_and_three_batch_sizes_compile_at_most_twice_and_match_eage
             x = torch.randn(b, s, 16)
             torch.testing.assert_close(compiled(x), block(x), rtol=1e-4, atol=1e-4)
     assert len(compiled.tilefuse_reports) == (2 if order == "mixed" else 3)
+
+
+@settings(max_examples=8, deadline=None)
+@given(lead=st.lists(st.integers(1, 9), min_size=1, max_size=3), cols=st.integers(1, 200),
+       reduced=st.integers(0, 2))
+def test_column_reductions(lead, cols, reduced):
+    """Sums over leading dims with the contiguous index kept (norm weight gradients, GQA's summed
+    heads): tiles wide along the kept index, ragged in every dim."""
+    torch._dynamo.reset()
+    shape = [*lead, cols]
+    dims = list(range(min(reduced, len(lead)) + 1)) if reduced < 2 else [len(lead) - 1]
+    r = torch.rand(*lead, 1)
+
+    def fn(g, x):
+        return (g * (x * r)).sum(dims), g.amax(dims)
+
+    compile_and_compare(fn, torch.randn(shape), torch.randn(shape), rtol=1e-4, atol=1e-4)

@@ -533,24 +533,15 @@ def test_compiled_backward_gives_eagers_gradients(monkeypatch):
     assert "backward graph is compiled too" in kinds["forward"]["training"]
 
 
-def test_a_training_graph_saves_the_logits_not_their_log_softmax(monkeypatch):
-    """The forward saves what the backward needs at the least memory traffic (AOTAutograd's min-cut
-    partitioner, as Inductor uses it), and log-softmax is decomposed first, so the LM loss's backward
-    recomputes it from the logits it has anyway and two per-row statistics: a float32 [tokens, vocab]
-    log-softmax (262 MB for 2048 tokens of a 32000-token vocabulary) is neither written nor read."""
+@pytest.mark.parametrize("setting", ["min_cut", "default", "neither"])
+def test_the_partitioner_decides_what_a_training_graph_saves(monkeypatch, setting):
+    """TILEFUSE_PARTITIONER: the min-cut partition (the default) saves fewer bytes for the backward
+    than AOTAutograd's default partition, recomputing elementwise work; both give eager's gradients.
+    An unknown setting is refused with the choices named."""
     from tilefuse.compiler import backend
 
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
-    graphs: dict = {}
-    compile_graph = backend.compile_aten_graph
-
-    def recording(aten, name, *args, **kwargs):
-        if name.endswith("_backward"):
-            graphs["backward"] = aten
-        return compile_graph(aten, name, *args, **kwargs)
-
-    monkeypatch.setattr(backend, "compile_aten_graph", recording)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
@@ -558,16 +549,33 @@ def test_a_training_graph_saves_the_logits_not_their_log_softmax(monkeypatch):
     )  # fmt: skip
     model = transformers.LlamaForCausalLM(config).train()
     ids = torch.randint(0, 96, (2, 11))
-    compiled = tilefuse.compile(model)
-    compiled(input_ids=ids, labels=ids).loss.backward()
-    got = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    model(input_ids=ids, labels=ids).loss.backward()
-    for g, expected in zip(got, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
-    saved = [n.meta["val"] for n in graphs["backward"].graph.nodes if n.op == "placeholder"]
-    shapes = [tuple(v.shape) for v in saved if isinstance(v, torch.Tensor)]
-    assert (22, 96) not in shapes and (22, 1) in shapes, shapes  # per-row max and log-sum, no [22, 96]
+    if setting == "neither":
+        monkeypatch.setenv(backend.PARTITIONER_ENV, "greedy")
+        with pytest.raises(ValueError, match="min_cut"):
+            backend.partitioner()
+        return
+    saved = {}
+    compile_graph = backend.compile_aten_graph
+
+    def recording(aten, name, *args, **kwargs):
+        if name.endswith("_backward"):
+            values = [n.meta["val"] for n in aten.graph.nodes if n.op == "placeholder"]
+            saved[partition] = sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+        return compile_graph(aten, name, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "compile_aten_graph", recording)
+    for partition in ("default", setting):  # the default partition first: the bytes to compare with
+        monkeypatch.setenv(backend.PARTITIONER_ENV, partition)
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(model)
+        compiled(input_ids=ids, labels=ids).loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        for g, expected in zip(got, (p.grad for p in model.parameters())):
+            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+        model.zero_grad(set_to_none=True)
+    assert saved[setting] < saved["default"] if setting == "min_cut" else len(saved) == 1, saved
 
 
 def test_a_partition_holding_cuda_values_is_a_cuda_partition_even_if_an_output_is_not():
