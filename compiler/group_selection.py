@@ -228,6 +228,8 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     Such a dim of at least PAD_MIN_N is padded with zeros to the next aligned size in both operands
     that hold it (a copy of each, as Inductor's pad_mm makes), and the product sliced back; zeros
     along K add nothing. The result is then a strided view."""
+    if a.dim() > 2 and b.dim() == 2 and not ta:  # a linear layer on [batch, tokens, features]
+        return library_matmul(a.reshape(-1, a.shape[-1]), b, False, tb).unflatten(0, a.shape[:-1])
     if a.dim() != 2 or b.dim() != 2:
         return torch.matmul(a.mT if ta else a, b.mT if tb else b)
     lhs, rhs = (a.mT if ta else a), (b.mT if tb else b)

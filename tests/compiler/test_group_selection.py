@@ -346,6 +346,10 @@ def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, 
     aligned = [d + (-d % align if d >= PAD_MIN_N else 0) for d in (m, k, n)]
     assert shapes == [tuple(aligned)]  # what cuBLAS multiplied
     assert got.stride(0) == aligned[2]  # a view of the padded product
+    if not ta:  # the same rows as [batch, tokens, features]: flattened to one GEMM, padded alike
+        shapes.clear()
+        batched = library_matmul(a.unflatten(0, (1, m)), b, False, tb)
+        assert shapes == [tuple(aligned)] and torch.equal(batched, got.unflatten(0, (1, m)))
 
 
 def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
