@@ -32,7 +32,10 @@ def test_an_op_outside_the_kernels_is_named_with_its_reason(tmp_path):
     assert f"    outside kernels: ein.concat: {reason}" in summarize(tmp_path)
 
 
-def test_grad_mode_names_the_view_saved_for_backward():
+def test_grad_mode_names_the_view_saved_for_backward(monkeypatch):
+    """AOTAutograd's default partition saves the first layer's output view for the backward (the
+    min-cut partition recomputes it there instead): a view materialized for it is named."""
+    monkeypatch.setenv("TILEFUSE_PARTITIONER", "default")
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
     compiled = tilefuse.compile(model)
     compiled(torch.randn(4, 16)).sum().backward()
