@@ -43,6 +43,7 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 CONFIG_ENV = "TILEFUSE_KERNEL_CONFIG"
 # tile parameters that must cover a whole extent of the problem: not a choice, a requirement
 WHOLE_EXTENTS = {"row": {"BLOCK_C": "C"}, "attention": {"BLOCK_D": "D", "BLOCK_DV": "DV"}}
+CHUNKED_ROW_BLOCK = 4096  # elements of a row a chunked row kernel's program reads at a time
 
 
 def config_override(kind: str) -> dict | None:
@@ -75,10 +76,18 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     for param, sizes in problem.get("divisors", {}).items():
         if any(d % config.params[param] for d in sizes):
             raise ValueError(f"{CONFIG_ENV}: this {kind} kernel needs {param} dividing {sizes}")
-    for param, extent in WHOLE_EXTENTS.get(kind, {}).items():
+    for param, extent in whole_extents(kind, problem).items():
         if config.params[param] < problem[extent]:
             raise ValueError(f"{CONFIG_ENV}: {kind} kernels need {param} >= {problem[extent]} (one tile)")
     return config
+
+
+def whole_extents(kind: str, problem: dict) -> dict[str, str]:
+    """The tile parameters that must cover a whole extent of this problem (a chunked row kernel
+    walks its rows, so its BLOCK_C is a chunk)."""
+    if kind == "row" and problem.get("chunked"):
+        return {}
+    return WHOLE_EXTENTS.get(kind, {})
 
 
 ONE_TILE_EACH = 1 << 16  # a GEMM's PROGRAMS when every tile gets its own program (not persistent)
@@ -194,6 +203,8 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             bn //= 2
         warps = 8 if bm * max(bd, bdv) >= 128 * 128 else 4
         return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, stages)
+    if kind == "row" and problem.get("chunked"):  # one row a program, walked in chunks (several passes)
+        return KernelConfig({"BLOCK_R": 1, "BLOCK_C": CHUNKED_ROW_BLOCK}, 8, 1)
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
         bc = _pow2_at_least(problem["C"], 16, 1 << 30)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .heuristics import ONE_TILE_EACH, WHOLE_EXTENTS, KernelConfig, default_config, operand_tile_bytes
+from .heuristics import ONE_TILE_EACH, KernelConfig, default_config, operand_tile_bytes, whole_extents
 from .records import TuningTask
 
 MIN_WIDE_TILE, WIDE = 64, 512  # thin GEMM tiles only along a small dim (decode-like M)
@@ -56,6 +56,8 @@ CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
     },
     "pointwise": {"BLOCK": (256, 512, 1024, 2048, 4096), "num_warps": (2, 4, 8)},
 }
+# a row too wide for one tile, walked in chunks by one program
+CHUNKED_ROW = {"BLOCK_C": (1024, 2048, 4096, 8192), "num_warps": (4, 8, 16)}
 # a reduction whose kept index is the contiguous one: tiles wide in R, a few rows of C deep
 COLUMN_REDUCTION = {
     "BLOCK_R": (64, 128, 256, 512, 1024),
@@ -142,15 +144,18 @@ class SearchSpace:
         """Parameters the problem decides: whole extents, exact sizes."""
         kind, problem = self.task.kind, self.task.problem
         fixed = {param: _pow2_at_least(max(problem[extent], 16)) for param, extent in
-                 WHOLE_EXTENTS.get(kind, {}).items()}  # fmt: skip
-        if kind == "row":
+                 whole_extents(kind, problem).items()}  # fmt: skip
+        if kind == "row" and problem.get("chunked"):
+            fixed["BLOCK_R"] = 1
+        elif kind == "row":
             fixed["BLOCK_C"] = _pow2_at_least(max(problem["C"], 16))
         fixed.update(problem.get("exact", {}))
         return fixed
 
     def _candidates(self) -> list[KernelConfig]:
         column = self.task.kind == "reduction" and self.task.problem.get("column")
-        choices = dict(COLUMN_REDUCTION if column else CHOICES[self.task.kind])
+        chunked = self.task.kind == "row" and self.task.problem.get("chunked")
+        choices = dict(COLUMN_REDUCTION if column else CHUNKED_ROW if chunked else CHOICES[self.task.kind])
         fixed = self._fixed()
         choices.update({k: (v,) for k, v in fixed.items()})
         if self._tma_choice():
@@ -177,7 +182,7 @@ class SearchSpace:
         for param, sizes in problem.get("divisors", {}).items():
             if any(d % p[param] for d in sizes):
                 return f"{param} must divide {sizes}"
-        for param, extent in WHOLE_EXTENTS.get(task.kind, {}).items():
+        for param, extent in whole_extents(task.kind, problem).items():
             if p[param] < problem[extent]:
                 return f"{param} < {extent}: one tile holds it"
         smem = shared_memory_bytes(task, config)

@@ -65,6 +65,8 @@ GROUP_ATTR = "ein.group"
 # kernels read through them
 VIRTUAL_OPS = (ein.ViewOp, ein.ConstantOp, ein.IotaOp, ein.GatherOp, ein.ConcatOp)
 MAX_ROW = 16384  # reduced elements a row kernel holds in registers at once
+# wider rows (a softmax over a vocabulary) are walked in chunks, a pass per reduction (lower_to_tile)
+MAX_CHUNKED_ROW = 1 << 24
 
 
 @dataclass
@@ -255,7 +257,7 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
     users are already in, and producers also read after the output (extra outputs).
     """
     space = RowSpace.of(seed)
-    if not 1 < space.row_size <= MAX_ROW or len(space.dims) == len(space.shape):
+    if not 1 < space.row_size <= MAX_CHUNKED_ROW or len(space.dims) == len(space.shape):
         return None
     fits = lambda op: isinstance(op, Operation) and op not in taken and space.holds(op)  # noqa: E731
     component, stack = set(), [seed]

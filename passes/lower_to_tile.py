@@ -35,7 +35,7 @@ from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
 from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
-from .fusion_groups import VIRTUAL_OPS, FusionGroup, RowSpace, functions, math_functions, read_groups
+from .fusion_groups import MAX_ROW, VIRTUAL_OPS, FusionGroup, RowSpace, functions, math_functions, read_groups
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
 GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "PROGRAMS")
@@ -318,18 +318,82 @@ def _reduce_row_tile(
 def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
     space = RowSpace.of(reductions[0])
-    shape, dims = space.shape, space.dims
     R, C = math.prod(space.stat_shape), space.row_size
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), list(space.stat_shape))
-    flat_c = kb.arange("BLOCK_C")
-    cols = iter(kb.unravel(flat_c, [shape[d] for d in dims]))
-    row_at = iter(kb.expand(i, 1) for i in rows)
-    full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
-    in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+    if C > MAX_ROW:
+        _lower_row_in_chunks(kb, group, space, rows)
+        return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C, "chunked": 1}
+    full_idx, in_range = _row_chunk(kb, space, rows, kb.arange("BLOCK_C"))
     computed, at = evaluate_row_ops(kb, group.ops, space, full_idx, in_range, {})
     for out in group.outputs:  # a residual stream the group also normalizes is written too
         kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+
+
+def _row_chunk(kb: KernelBuilder, space: RowSpace, rows: list[Index], flat_c: SSAValue) -> tuple[list[Index], SSAValue]:
+    """The indices of a [BLOCK_R, BLOCK_C] tile of the rows `rows` at flat row positions `flat_c`,
+    and the mask of the lanes within the row."""
+    shape, dims = space.shape, space.dims
+    cols = iter(kb.unravel(flat_c, [shape[d] for d in dims]))
+    row_at = iter(kb.expand(i, 1) for i in rows)
+    full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
+    C = space.row_size
+    in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+    return full_idx, in_range
+
+
+def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace, rows: list[Index]) -> None:
+    """A row wider than a tile holds (a softmax over a vocabulary): one loop over the row's chunks
+    per reduction, each recomputing the maps before it from the inputs and the statistics already
+    made (a row's earlier passes are in L2 while the program walks it), accumulating lane-wise in
+    f32 and reducing the lanes once after the loop; then one loop writes the outputs."""
+    maps = [op for op in group.ops if isinstance(op, ein.MapOp)]
+    stats: dict[SSAValue, SSAValue] = {}
+    trips = kb.cdiv(space.row_size, "BLOCK_C")
+    for index, op in enumerate(group.ops):
+        if not isinstance(op, ein.ReduceOp):
+            continue
+        elem, kind = op.result.type.get_element_type(), op.kind.data
+        acc_elem = _accumulator_type(elem, kind)
+        acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
+        init = kb.emit(tile.FullOp(FloatAttr(_NEUTRAL[kind], acc_elem), acc_type)).result
+        body = Block(arg_types=[i32, acc_type])
+        with kb.inside(body):
+            full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(body.args[0], "BLOCK_C"))
+            before = [m for m in group.ops[:index] if isinstance(m, ein.MapOp)]
+            computed, at = evaluate_row_ops(kb, before, space, full_idx, in_range, stats)
+            value = computed.get(op.input)
+            if value is None:
+                value = kb.load(op.input, kb.broadcast_indices(op.input, space.shape, at[space.shape]))
+
+            def step(sb, ok, v, a, kind=kind, acc_elem=acc_elem):
+                v = sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem))
+                return sb.add(a, v) if kind in ("sum", "mean") else sb.binary(kind, a, v)
+
+            kb.emit(scf.YieldOp(kb.map([in_range, value, body.args[1]], acc_elem, step)))
+        loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
+        total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
+        if kind == "mean":
+            total = kb.map([total], acc_elem, lambda sb, t: sb.div(t, sb.const(float(space.row_size), acc_elem)))
+        stats[op.result] = kb.expand(kb.cast(total, elem), 1)
+    full = tuple(space.shape)
+    wide = [out for out in group.outputs if tuple(shape_of(out.type)) == full]
+    narrow = [out for out in group.outputs if out not in wide]
+    if narrow:  # statistics (a logsumexp): from the statistics alone, written once
+        full_idx, in_range = _row_chunk(kb, space, rows, kb.arange("BLOCK_C"))
+        small = [m for m in maps if tuple(shape_of(m.result.type)) != full]
+        computed, at = evaluate_row_ops(kb, small, space, full_idx, in_range, stats)
+        for out in narrow:
+            kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
+    if wide:
+        body = Block(arg_types=[i32])
+        with kb.inside(body):
+            full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(body.args[0], "BLOCK_C"))
+            computed, at = evaluate_row_ops(kb, maps, space, full_idx, in_range, stats)
+            for out in wide:
+                kb.store(kb.output_argument(out), at[full], computed[out])
+            kb.emit(scf.YieldOp())
+        kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [], Region(body)))
 
 
 def evaluate_row_ops(

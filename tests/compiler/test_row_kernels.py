@@ -137,11 +137,24 @@ def test_an_intermediate_read_before_the_group_ends_stays_out_of_it():
     assert kinds == ["pointwise", "row"]
 
 
-def test_rows_longer_than_a_tile_use_the_chunked_reductions():
-    x = torch.randn(2, MAX_ROW + 3)
-    reports = compile_and_compare(softmax, x, rtol=1e-4, atol=1e-6)
-    kinds = {g["kind"] for g in fusion_groups(reports)}
-    assert "row" not in kinds and "reduction" in kinds
+@pytest.mark.parametrize("width", [MAX_ROW + 3, 3 * MAX_ROW - 5])
+def test_rows_longer_than_a_tile_are_walked_in_chunks(width):
+    """A row wider than one tile (a softmax over a vocabulary, an LM loss's log-softmax, a norm over
+    several trailing dims) is one row kernel walking each row in chunks, a pass per reduction:
+    softmax, log-softmax of bf16 logits upcast, LayerNorm with a weight and a logsumexp, against
+    eager on a ragged width."""
+
+    def wide(x, w):
+        return (torch.softmax(x, -1), torch.log_softmax(x.to(torch.bfloat16).float(), -1),
+                F.layer_norm(x, (width,), w), torch.logsumexp(x, -1))  # fmt: skip
+
+    x, w = torch.randn(3, width) * 4, torch.randn(width)
+    reports = compile_and_compare(wide, x, w, rtol=1e-4, atol=1e-5)
+    rows = [g for g in fusion_groups(reports) if g["kind"] == "row"]
+    assert len(rows) >= 3 and all(g["kernel"] for g in rows)
+    assert all("BLOCK_R=1," in g["config"] and int(g["config"].split("BLOCK_C=")[1].split(",")[0]) < width
+               for g in rows)  # fmt: skip
+    assert not [g for g in fusion_groups(reports) if g["kind"] == "reduction"]
 
 
 def test_a_config_that_splits_rows_is_refused(monkeypatch):
