@@ -330,7 +330,9 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
     return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
 
 
-def _row_chunk(kb: KernelBuilder, space: RowSpace, rows: list[Index], flat_c: SSAValue) -> tuple[list[Index], SSAValue]:
+def _row_chunk(
+    kb: KernelBuilder, space: RowSpace, rows: list[Index], flat_c: SSAValue
+) -> tuple[list[Index], SSAValue]:
     """The indices of a [BLOCK_R, BLOCK_C] tile of the rows `rows` at flat row positions `flat_c`,
     and the mask of the lanes within the row."""
     shape, dims = space.shape, space.dims
@@ -374,7 +376,8 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
         loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
         total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
         if kind == "mean":
-            total = kb.map([total], acc_elem, lambda sb, t: sb.div(t, sb.const(float(space.row_size), acc_elem)))
+            width = float(space.row_size)
+            total = kb.map([total], acc_elem, lambda sb, t, n=width, e=acc_elem: sb.div(t, sb.const(n, e)))
         stats[op.result] = kb.expand(kb.cast(total, elem), 1)
     full = tuple(space.shape)
     wide = [out for out in group.outputs if tuple(shape_of(out.type)) == full]
