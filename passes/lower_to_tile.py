@@ -352,8 +352,12 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
     maps = [op for op in group.ops if isinstance(op, ein.MapOp)]
     stats: dict[SSAValue, SSAValue] = {}
     trips = kb.cdiv(space.row_size, "BLOCK_C")
+    online = _online_softmax_pairs(group, space)
     for index, op in enumerate(group.ops):
-        if not isinstance(op, ein.ReduceOp):
+        if not isinstance(op, ein.ReduceOp) or op.result in stats:
+            continue
+        if op in online:
+            _online_max_and_sum(kb, group, space, rows, op, online[op], stats, trips)
             continue
         elem, kind = op.result.type.get_element_type(), op.kind.data
         acc_elem = _accumulator_type(elem, kind)
@@ -397,6 +401,103 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
                 kb.store(kb.output_argument(out), at[full], computed[out])
             kb.emit(scf.YieldOp())
         kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [], Region(body)))
+
+
+def _online_softmax_pairs(group: FusionGroup, space: RowSpace) -> dict[ein.ReduceOp, ein.ReduceOp]:
+    """Each f32 max reduction whose row also feeds a sum of `exp(x - max)` (softmax, log-softmax),
+    mapped to that sum: the two take one pass over the row (Milakov and Gimelshein's online
+    softmax) instead of two."""
+    reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
+    pairs = {}
+    for peak in reductions:
+        if peak.kind.data != "max" or peak.result.type.get_element_type() != f32:
+            continue
+        sums = (r for r in reductions if r.kind.data == "sum" and _exp_shifted(r.input, peak, space))
+        total = next(sums, None)
+        if total is not None:
+            pairs[peak] = total
+    return pairs
+
+
+def _exp_shifted(value: SSAValue, peak: ein.ReduceOp, space: RowSpace) -> bool:
+    """Whether `value` is `exp(x - m)`, x the row `peak` reduces and m its result: one map
+    (subtract, exp) or two (subtract; exp)."""
+
+    def is_peak(v: SSAValue) -> bool:
+        return v is peak.result or (space.is_stat_view(v.owner) and v.owner.input is peak.result)
+
+    def body(op: object) -> list:
+        return list(op.body.block.ops) if isinstance(op, ein.MapOp) else []
+
+    def subtracts(op: ein.MapOp, ops: list) -> bool:  # ops[0] is arg0 - arg1 of x - m
+        args = op.body.block.args
+        return (len(op.inputs) == 2 and op.inputs[0] is peak.input and is_peak(op.inputs[1])
+                and ops[0].name == "arith.subf" and tuple(ops[0].operands) == (args[0], args[1]))  # fmt: skip
+
+    op = value.owner
+    ops = body(op)
+    if [o.name for o in ops] == ["arith.subf", "math.exp", "ein.yield"]:
+        chained = ops[1].operands[0] is ops[0].results[0] and ops[2].operands[0] is ops[1].results[0]
+        return subtracts(op, ops) and chained
+    if [o.name for o in ops] == ["math.exp", "ein.yield"] and len(op.inputs) == 1:
+        inner = op.inputs[0].owner
+        inner_ops = body(inner)
+        return (
+            [o.name for o in inner_ops] == ["arith.subf", "ein.yield"] and subtracts(inner, inner_ops)
+            and inner_ops[1].operands[0] is inner_ops[0].results[0]
+            and ops[0].operands[0] is op.body.block.args[0] and ops[1].operands[0] is ops[0].results[0]
+        )  # fmt: skip
+    return False
+
+
+def _online_max_and_sum(
+    kb: KernelBuilder, group: FusionGroup, space: RowSpace, rows: list[Index], peak: ein.ReduceOp,
+    total: ein.ReduceOp, stats: dict[SSAValue, SSAValue], trips: SSAValue,
+) -> None:  # fmt: skip
+    """`peak` (max of x) and `total` (sum of exp(x - max)) in one pass: each lane keeps its running
+    max m and its sum s relative to it, rescaled by exp(m - m') when the max grows; after the loop
+    the lanes' sums are rescaled to the row's max and added. Lanes that saw only -inf keep s = 0."""
+    acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], f32)
+    m0 = kb.emit(tile.FullOp(FloatAttr(float("-inf"), f32), acc_type)).result
+    s0 = kb.emit(tile.FullOp(FloatAttr(0.0, f32), acc_type)).result
+    body = Block(arg_types=[i32, acc_type, acc_type])
+    index = group.ops.index(peak)
+    with kb.inside(body):
+        full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(body.args[0], "BLOCK_C"))
+        before = [m for m in group.ops[:index] if isinstance(m, ein.MapOp)]
+        computed, at = evaluate_row_ops(kb, before, space, full_idx, in_range, stats)
+        x = computed.get(peak.input)
+        if x is None:
+            x = kb.load(peak.input, kb.broadcast_indices(peak.input, space.shape, at[space.shape]))
+        m, s = body.args[1], body.args[2]
+        inf = float("-inf")
+
+        def masked(sb, ok, v):
+            return sb.select(ok, sb.cast(v, f32), sb.const(inf, f32))
+
+        v = kb.map([in_range, x], f32, masked)
+        grown = kb.map([m, v], f32, lambda sb, a, b: sb.binary("max", a, b))
+
+        def rescaled(sb, old, new, value, acc):
+            empty = sb.cmp("eq", new, sb.const(inf, f32))  # nothing but -inf yet: exp(-inf - -inf) is nan
+            scale = sb.select(empty, sb.const(1.0, f32), sb.unary("exp", sb.sub(old, new)))
+            term = sb.select(empty, sb.const(0.0, f32), sb.unary("exp", sb.sub(value, new)))
+            return sb.add(sb.mul(acc, scale), term)
+
+        summed = kb.map([m, grown, v, s], f32, rescaled)
+        kb.emit(scf.YieldOp(grown, summed))
+    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [m0, s0], Region(body)))
+    lanes_max, lanes_sum = loop.results
+    row_max = kb.emit(tile.ReduceOp("max", lanes_max, 1)).result
+    at_max = kb.expand(row_max, 1)
+
+    def to_row_max(sb, lane_max, top, acc):
+        empty = sb.cmp("eq", lane_max, sb.const(float("-inf"), f32))
+        return sb.select(empty, sb.const(0.0, f32), sb.mul(acc, sb.unary("exp", sb.sub(lane_max, top))))
+
+    row_sum = kb.emit(tile.ReduceOp("sum", kb.map([lanes_max, at_max, lanes_sum], f32, to_row_max), 1)).result
+    stats[peak.result] = at_max
+    stats[total.result] = kb.expand(kb.cast(row_sum, total.result.type.get_element_type()), 1)
 
 
 def evaluate_row_ops(

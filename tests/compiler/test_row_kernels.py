@@ -138,19 +138,24 @@ def test_an_intermediate_read_before_the_group_ends_stays_out_of_it():
 
 
 @pytest.mark.parametrize("width", [MAX_ROW + 3, 3 * MAX_ROW - 5])
-def test_rows_longer_than_a_tile_are_walked_in_chunks(width):
+def test_rows_longer_than_a_tile_are_walked_in_chunks(width, tmp_path):
     """A row wider than one tile (a softmax over a vocabulary, an LM loss's log-softmax, a norm over
-    several trailing dims) is one row kernel walking each row in chunks, a pass per reduction:
-    softmax, log-softmax of bf16 logits upcast, LayerNorm with a weight and a logsumexp, against
-    eager on a ragged width."""
+    several trailing dims) is one row kernel walking each row in chunks, a pass per reduction (max
+    and sum of exp in one, online): softmax, log-softmax of bf16 logits upcast, LayerNorm with a
+    weight and a logsumexp, against eager on a ragged width, with -inf lanes and a row of -inf."""
 
     def wide(x, w):
         return (torch.softmax(x, -1), torch.log_softmax(x.to(torch.bfloat16).float(), -1),
                 F.layer_norm(x, (width,), w), torch.logsumexp(x, -1))  # fmt: skip
 
-    x, w = torch.randn(3, width) * 4, torch.randn(width)
-    reports = compile_and_compare(wide, x, w, rtol=1e-4, atol=1e-5)
+    x, w = torch.randn(4, width) * 4, torch.randn(width)
+    x[1, : width // 2] = float("-inf")  # a masked half: the online max starts at -inf
+    x[2] = float("-inf")  # a row of nothing: NaN, as eager's
+    reports = compile_and_compare(wide, x, w, rtol=1e-4, atol=1e-5, dump=tmp_path)
     rows = [g for g in fusion_groups(reports) if g["kind"] == "row"]
+    passes = sorted(p.read_text().count("    for ") for p in tmp_path.glob("*/kernels/*.py"))
+    assert passes == [2, 2, 2, 3], passes  # softmax, log-softmax: online max and sum, then the write;
+    # logsumexp: max, then a sum of exp(x - max) guarded for infinite maxima; LayerNorm: mean, variance, write
     assert len(rows) >= 3 and all(g["kernel"] for g in rows)
     assert all("BLOCK_R=1," in g["config"] and int(g["config"].split("BLOCK_C=")[1].split(",")[0]) < width
                for g in rows)  # fmt: skip
