@@ -353,7 +353,7 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
     stats: dict[SSAValue, SSAValue] = {}
     trips = kb.cdiv(space.row_size, "BLOCK_C")
     online = _online_softmax_pairs(group, space)
-    for index, op in enumerate(group.ops):
+    for op in group.ops:
         if not isinstance(op, ein.ReduceOp) or op.result in stats:
             continue
         if op in online:
@@ -365,12 +365,7 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
         init = kb.emit(tile.FullOp(FloatAttr(_NEUTRAL[kind], acc_elem), acc_type)).result
         body = Block(arg_types=[i32, acc_type])
         with kb.inside(body):
-            full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(body.args[0], "BLOCK_C"))
-            before = [m for m in group.ops[:index] if isinstance(m, ein.MapOp)]
-            computed, at = evaluate_row_ops(kb, before, space, full_idx, in_range, stats)
-            value = computed.get(op.input)
-            if value is None:
-                value = kb.load(op.input, kb.broadcast_indices(op.input, space.shape, at[space.shape]))
+            value, in_range = _reduced_chunk(kb, group, space, rows, body.args[0], op, stats)
 
             def step(sb, ok, v, a, kind=kind, acc_elem=acc_elem):
                 v = sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem))
@@ -401,6 +396,21 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
                 kb.store(kb.output_argument(out), at[full], computed[out])
             kb.emit(scf.YieldOp())
         kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [], Region(body)))
+
+
+def _reduced_chunk(
+    kb: KernelBuilder, group: FusionGroup, space: RowSpace, rows: list[Index], chunk: SSAValue,
+    reduce: ein.ReduceOp, stats: dict[SSAValue, SSAValue],
+) -> tuple[SSAValue, SSAValue]:  # fmt: skip
+    """Inside a loop over a row's chunks: the tile `reduce` reduces at chunk `chunk`, recomputed by
+    the maps before it from the inputs and `stats`, and the mask of the lanes within the row."""
+    full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(chunk, "BLOCK_C"))
+    before = [m for m in group.ops[: group.ops.index(reduce)] if isinstance(m, ein.MapOp)]
+    computed, at = evaluate_row_ops(kb, before, space, full_idx, in_range, stats)
+    value = computed.get(reduce.input)
+    if value is None:
+        value = kb.load(reduce.input, kb.broadcast_indices(reduce.input, space.shape, at[space.shape]))
+    return value, in_range
 
 
 def _online_softmax_pairs(group: FusionGroup, space: RowSpace) -> dict[ein.ReduceOp, ein.ReduceOp]:
@@ -461,14 +471,8 @@ def _online_max_and_sum(
     m0 = kb.emit(tile.FullOp(FloatAttr(float("-inf"), f32), acc_type)).result
     s0 = kb.emit(tile.FullOp(FloatAttr(0.0, f32), acc_type)).result
     body = Block(arg_types=[i32, acc_type, acc_type])
-    index = group.ops.index(peak)
     with kb.inside(body):
-        full_idx, in_range = _row_chunk(kb, space, rows, kb.offsets(body.args[0], "BLOCK_C"))
-        before = [m for m in group.ops[:index] if isinstance(m, ein.MapOp)]
-        computed, at = evaluate_row_ops(kb, before, space, full_idx, in_range, stats)
-        x = computed.get(peak.input)
-        if x is None:
-            x = kb.load(peak.input, kb.broadcast_indices(peak.input, space.shape, at[space.shape]))
+        x, in_range = _reduced_chunk(kb, group, space, rows, body.args[0], peak, stats)
         m, s = body.args[1], body.args[2]
         inf = float("-inf")
 
