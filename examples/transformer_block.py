@@ -1,6 +1,6 @@
 """Compile a small Llama-style transformer block with tilefuse and check it against eager.
 
-    python examples/transformer_block.py [--dump DIR] [--dtype float32|bfloat16]
+    python3 examples/transformer_block.py [--dump DIR] [--dtype float32|bfloat16]
 
 Prints where the IR dumps went, what was compiled and what fell back, and
 the error against eager PyTorch. On a GPU it also prints the time of both.
