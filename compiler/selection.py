@@ -200,10 +200,9 @@ class TrainingSelection:
     first run) made its median compiled step 18.7 ms against 14.5 in PyTorch where a settled
     compiled step takes 8.7 (H200); noise only lengthens a step. The compiled side needs `MARGIN`
     of a lead: its backward is a decomposed graph. The choice is made at the graph's eighth
-    training step: a harness that warms up for a
-    few steps and then times (a step of 10 ms, `do_bench`'s 25 ms of warm-up) times mostly chosen
-    steps (at thirteen steps, Llama's steps timed that way mixed both ways). Calls measure nothing
-    inside a CUDA graph capture.
+    training step: a harness that warms up for a few steps and then times (a step of 10 ms,
+    `do_bench`'s 25 ms of warm-up) times mostly chosen steps (at thirteen steps, Llama's steps
+    timed that way mixed both ways). Calls measure nothing inside a CUDA graph capture.
     """
 
     MARGIN = 0.97

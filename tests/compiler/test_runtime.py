@@ -511,49 +511,45 @@ def test_compiled_backward_gives_eagers_gradients(monkeypatch):
     monkeypatch.setattr(
         backend, "selection_enabled", lambda device: True
     )  # the graph-level policy, as on a GPU
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    model = transformers.LlamaForCausalLM(config).train()
-    ids = torch.randint(0, 96, (2, 11))
+    model, ids = _tiny_training_llama(transformers)
     compiled = tilefuse.compile(model)
     for _ in range(2):
-        compiled(input_ids=ids, labels=ids).loss.backward()
-        got = [p.grad.clone() for p in model.parameters()]
-        model.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
-        for g, expected in zip(got, (p.grad for p in model.parameters())):
-            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
-        model.zero_grad(set_to_none=True)
+        _step_gives_eagers_gradients(compiled, model, ids)
     kinds = {r["kind"]: r for r in compiled.tilefuse_reports}
     assert set(kinds) == {"forward", "backward"}
     assert any(g["kernel"] for p in kinds["backward"]["partitions"] for g in p["groups"])
     assert "backward graph is compiled too" in kinds["forward"]["training"]
 
 
-@pytest.mark.parametrize("setting", ["min_cut", "default", "neither"])
-def test_the_partitioner_decides_what_a_training_graph_saves(monkeypatch, setting):
-    """TILEFUSE_PARTITIONER: the min-cut partition (the default) saves fewer bytes for the backward
-    than AOTAutograd's default partition, recomputing elementwise work; both give eager's gradients.
-    An unknown setting is refused with the choices named."""
-    from tilefuse.compiler import backend
-
-    transformers = pytest.importorskip("transformers")
-    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+def _tiny_training_llama(transformers) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A tiny Llama (RoPE, RMSNorm, SwiGLU, GQA) in train mode and a batch of token ids."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64,
     )  # fmt: skip
-    model = transformers.LlamaForCausalLM(config).train()
-    ids = torch.randint(0, 96, (2, 11))
-    if setting == "neither":
-        monkeypatch.setenv(backend.PARTITIONER_ENV, "greedy")
-        with pytest.raises(ValueError, match="min_cut"):
-            backend.partitioner()
-        return
+    return transformers.LlamaForCausalLM(config).train(), torch.randint(0, 96, (2, 11))
+
+
+def _step_gives_eagers_gradients(compiled, model: torch.nn.Module, ids: torch.Tensor) -> None:
+    """One LM-loss step through `compiled`: every parameter's gradient equals eager's."""
+    compiled(input_ids=ids, labels=ids).loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    for g, expected in zip(got, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+
+
+def test_the_min_cut_partition_saves_less_than_the_default_one(monkeypatch):
+    """TILEFUSE_PARTITIONER: the min-cut partition (the default) saves fewer bytes for the backward
+    than AOTAutograd's default partition, recomputing elementwise work; both give eager's gradients."""
+    from tilefuse.compiler import backend
+
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    model, ids = _tiny_training_llama(transformers)
     saved = {}
     compile_graph = backend.compile_aten_graph
 
@@ -564,18 +560,19 @@ def test_the_partitioner_decides_what_a_training_graph_saves(monkeypatch, settin
         return compile_graph(aten, name, *args, **kwargs)
 
     monkeypatch.setattr(backend, "compile_aten_graph", recording)
-    for partition in ("default", setting):  # the default partition first: the bytes to compare with
+    for partition in ("default", "min_cut"):
         monkeypatch.setenv(backend.PARTITIONER_ENV, partition)
         torch._dynamo.reset()
-        compiled = tilefuse.compile(model)
-        compiled(input_ids=ids, labels=ids).loss.backward()
-        got = [p.grad.clone() for p in model.parameters()]
-        model.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
-        for g, expected in zip(got, (p.grad for p in model.parameters())):
-            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
-        model.zero_grad(set_to_none=True)
-    assert saved[setting] < saved["default"] if setting == "min_cut" else len(saved) == 1, saved
+        _step_gives_eagers_gradients(tilefuse.compile(model), model, ids)
+    assert saved["min_cut"] < saved["default"], saved
+
+
+def test_an_unknown_partitioner_is_refused_with_the_choices_named(monkeypatch):
+    from tilefuse.compiler import backend
+
+    monkeypatch.setenv(backend.PARTITIONER_ENV, "greedy")
+    with pytest.raises(ValueError, match="'min_cut' or 'default'"):
+        backend.partitioner()
 
 
 def test_a_partition_holding_cuda_values_is_a_cuda_partition_even_if_an_output_is_not():
