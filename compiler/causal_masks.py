@@ -34,6 +34,7 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx import GraphModule, Node
 
+from .duplicate_ops import functional
 from .lowering_table import bound_args
 
 log = logging.getLogger("tilefuse")
@@ -150,12 +151,9 @@ def _constant_value(node: Node, values: dict[Node, object], position: dict[Node,
 def _evaluable(node: Node) -> bool:
     """An aten op (or `getitem`) that computes the same value at compile time as at run time: not
     random, not mutating, its tensors of static shapes no larger than MAX_MASK_ELEMENTS."""
-    target = node.target
-    if target is operator.getitem:
+    if node.target is operator.getitem:
         return True
-    if not isinstance(target, torch._ops.OpOverload):
-        return False
-    if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
+    if not functional(node):
         return False
     val = node.meta.get("val")
     if val is None:

@@ -54,7 +54,9 @@ from .codegen import (
     stage_split_reduction,
 )
 from .dump import GraphDump
+from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
+from .grouped_queries import group_decode_queries
 from .partition import Fallback, find_fallbacks, partition_graph
 from .runtime import CompiledKernel, KernelPlan, graph_device
 
@@ -321,7 +323,9 @@ def compile_aten_graph(
     capture = _capture_seconds()
     started = time.perf_counter()
     # before the cache key: the key is of the graph that compiles
+    merge_duplicate_ops(aten)
     folded, constant_masks = fold_causal_masks(aten)
+    grouped = group_decode_queries(aten)
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -365,6 +369,8 @@ def compile_aten_graph(
     summary.update(_summary(art, files, error))
     if folded:
         summary["causal_masks"] = f"{folded} attention mask(s) equal to the causal mask: is_causal=True"
+    if grouped:
+        summary["grouped_queries"] = f"{grouped} one-query attention(s) over repeated KV heads: grouped"
     if constant_masks:
         summary["constant_masks"] = f"{constant_masks} attention mask(s) computed once, read from a buffer"
     summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)

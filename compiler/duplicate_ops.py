@@ -1,0 +1,71 @@
+"""Ops computed twice from the same arguments, computed once (common subexpressions, on the aten graph).
+
+Traced models repeat work per layer that does not depend on the layer: `transformers` turns the
+same boolean attention mask into a 0 / -inf bias inside every layer's SDPA call (two
+`scalar_tensor`s and a `where` a layer). Where those ops run as kernels, fusion already shares
+them; where they stay in PyTorch (a graph of symbolic sizes: a decode step with the dynamic KV
+cache), each is a PyTorch call, a few microseconds of host time, every layer and every step.
+
+An op is merged with an earlier one of the same target, arguments and keyword arguments when it
+is a functional aten op (no mutation, no randomness) and nothing mutates its result or its
+duplicate's.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import GraphModule, Node
+
+
+def merge_duplicate_ops(gm: GraphModule) -> int:
+    """Replace each op of `gm` that repeats an earlier op's computation by that op; returns how
+    many were replaced."""
+    seen: dict[object, Node] = {}
+    merged = 0
+    for node in list(gm.graph.nodes):
+        if not _pure(node):
+            continue
+        try:
+            key = (node.target, _hashable(node.args), _hashable(node.kwargs))
+            hash(key)
+        except TypeError:  # an argument that cannot be a key (a tensor constant, say)
+            continue
+        earlier = seen.setdefault(key, node)
+        if earlier is not node:
+            node.replace_all_uses_with(earlier)
+            gm.graph.erase_node(node)
+            merged += 1
+    if merged:
+        gm.graph.lint()
+        gm.recompile()
+    return merged
+
+
+def functional(node: Node) -> bool:
+    """An aten op (or `getitem`) whose value depends on its arguments alone: not random, not mutating."""
+    target = node.target
+    if target is operator.getitem:
+        return True
+    if not isinstance(target, torch._ops.OpOverload):
+        return False
+    return not (target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags)
+
+
+def _pure(node: Node) -> bool:
+    if node.op != "call_function" or not functional(node):
+        return False
+    return not any(
+        isinstance(u.target, torch._ops.OpOverload) and u.target._schema.is_mutable for u in node.users
+    )
+
+
+def _hashable(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_hashable(v) for v in value))
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, float):  # by its digits: -0.0 == 0.0, and NaN never equals itself
+        return ("float", repr(value))
+    return (type(value).__name__, value)
