@@ -55,6 +55,23 @@ def test_a_concatenated_gemm_operand_is_copied_once():
     assert _glue(reports).count("ein.concat") == 1
 
 
+def test_partial_rotary_attention_operands_in_bf16_are_copied_once_each():
+    """Phi's partial rotary: 16-bit query and key heads concatenated from a rotated and a kept part.
+    The attention kernel widens them inside its dots; read in place, every key block took two masked
+    loads and a select (2x slower on the H200), so each is copied once, as a GEMM's operand is."""
+
+    def attention(q, k, v):
+        rot = q.shape[-1] // 2
+        q = torch.cat((q[..., :rot] * 2, q[..., rot:]), -1)
+        k = torch.cat((k[..., :rot].neg(), k[..., rot:]), -1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    q, k, v = (torch.randn(2, 3, 21, 24, dtype=torch.bfloat16) for _ in range(3))
+    reports = compile_and_compare(attention, q, k, v, rtol=2e-2, atol=2e-2)
+    assert _glue(reports).count("ein.concat") == 2
+    assert "attention" in {g["kind"] for g in fusion_groups(reports)}
+
+
 def _fallbacks(reports) -> list[str]:
     return [f["op"] for r in reports for f in r.get("fallbacks", [])]
 
