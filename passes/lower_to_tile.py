@@ -31,11 +31,20 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type, widened_source
+from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
 from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
-from .fusion_groups import MAX_ROW, VIRTUAL_OPS, FusionGroup, RowSpace, functions, math_functions, read_groups
+from .fusion_groups import (
+    MAX_ROW,
+    VIRTUAL_OPS,
+    FusionGroup,
+    RowSpace,
+    functions,
+    math_functions,
+    read_by_contraction,
+    read_groups,
+)
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported
 
 GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "PROGRAMS")
@@ -69,25 +78,8 @@ def _materialized(value: SSAValue) -> bool:
     contraction reads: a GEMM's or attention's operand tiles stream from one buffer (a masked
     load per part and a select would sit in the inner loop), so that one is copied once."""
     if isinstance(value.owner, ein.ConcatOp):
-        return _read_by_contraction(value)
+        return read_by_contraction(value)
     return not isinstance(value.owner, VIRTUAL_OPS)
-
-
-def _read_by_contraction(value: SSAValue) -> bool:
-    """Whether a contraction reads `value`, directly or through views and widening casts (an
-    attention kernel folds the f32 upcast of its 16-bit operands into its dots: Phi's partial-rotary
-    keys, read in place as two masked loads and a select a key block, made its attention 2x slower
-    on the H200, 64.7 against 31 us, than the copied operand)."""
-    for use in value.uses:
-        user = use.operation
-        if isinstance(user, ein.ContractOp):
-            return True
-        if isinstance(user, ein.ViewOp) and _read_by_contraction(user.result):
-            return True
-        widens = isinstance(user, ein.MapOp) and widened_source(user.result) is value
-        if widens and _read_by_contraction(user.result):
-            return True
-    return False
 
 
 def _apply_map(
