@@ -294,6 +294,23 @@ class EinBuilder:
 FLOAT_CASTS = ("arith.extf", "arith.truncf")
 
 
+class InsertingEinBuilder(EinBuilder):
+    """An EinBuilder that inserts its ops into an existing function: before `anchor`, or after it
+    (then in order, each after the last)."""
+
+    def __init__(self, anchor: Operation, name: str, after: bool = False):
+        super().__init__(name)
+        self.anchor, self.after = anchor, after
+
+    def _emit(self, op: Operation) -> SSAValue:
+        if self.after:
+            self.anchor.parent_block().insert_op_after(op, self.anchor)
+            self.anchor = op
+        else:
+            self.anchor.parent_block().insert_op_before(op, self.anchor)
+        return op.results[0]
+
+
 def strip_casts(value: SSAValue) -> SSAValue:
     """`value` with the float casts (extf/truncf) that produce it looked through."""
     while isinstance(value.owner, Operation) and value.owner.name in FLOAT_CASTS:

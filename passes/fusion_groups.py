@@ -55,7 +55,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import EinBuilder, single_user, widened_source
+from ..ir.builder import InsertingEinBuilder, single_user, widened_source
 from ..ir.dtypes import is_float, shape_of
 from ..ir.module import functions
 from .flash_attention import match_attention
@@ -468,21 +468,8 @@ def copy_contracted_concatenations(fn: func.FuncOp) -> int:
     for op in list(fn.walk()):
         if not (isinstance(op, ein.ConcatOp) and read_by_contraction(op.result)):
             continue
-        builder = _After(op)
+        builder = InsertingEinBuilder(op, "copy", after=True)
         copy = builder.map([op.result], op.result.type.get_element_type(), lambda sb, x: x, cast_inputs=False)
         op.result.replace_uses_with_if(copy, lambda use, reader=copy.owner: use.operation is not reader)
         copied += 1
     return copied
-
-
-class _After(EinBuilder):
-    """An EinBuilder that inserts its ops after `anchor`, in order."""
-
-    def __init__(self, anchor: Operation):
-        super().__init__("copy")
-        self.anchor = anchor
-
-    def _emit(self, op: Operation) -> SSAValue:
-        self.anchor.parent_block().insert_op_after(op, self.anchor)
-        self.anchor = op
-        return op.results[0]

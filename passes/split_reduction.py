@@ -34,11 +34,19 @@ from dataclasses import dataclass
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp, f32
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import EinBuilder, erase_dead, inline_map_body, single_user, strip_casts, yielded_value
+from ..ir.builder import (
+    EinBuilder,
+    InsertingEinBuilder,
+    erase_dead,
+    inline_map_body,
+    single_user,
+    strip_casts,
+    yielded_value,
+)
 from ..ir.dtypes import is_float, shape_of, tensor_type
 from ..ir.module import functions
 
@@ -55,18 +63,6 @@ def chunk_size(n: int) -> int | None:
     while c >= MIN_CHUNK and n % c:
         c //= 2
     return c if c >= MIN_CHUNK else None
-
-
-class _Before(EinBuilder):
-    """An EinBuilder that inserts its ops before `anchor` in an existing function."""
-
-    def __init__(self, anchor: Operation):
-        super().__init__("split")
-        self.anchor = anchor
-
-    def _emit(self, op: Operation) -> SSAValue:
-        self.anchor.parent_block().insert_op_before(op, self.anchor)
-        return op.results[0]
 
 
 def _product_row(value: SSAValue) -> bool:
@@ -212,7 +208,7 @@ def _split_plain(reduce: ein.ReduceOp) -> bool:
     shape = shape_of(x.type)
     if kind not in ("sum", "max", "min", "mean") or reduce.reduce_dims != (len(shape) - 1,):
         return False
-    b = _Before(reduce)
+    b = InsertingEinBuilder(reduce, "split")
     if single_user(x) is not reduce or (chunks := _chunks(b, x)) is None:
         return False
     partial = b.reduce(kind, chunks, [-1], keepdim=False)
@@ -228,7 +224,7 @@ def _split_logsumexp(mx: ein.ReduceOp) -> bool:
     match = _match_logsumexp(mx)
     if match is None or mx.reduce_dims != (len(shape_of(mx.input.type)) - 1,):
         return False
-    b = _Before(match.result)
+    b = InsertingEinBuilder(match.result, "split")
     if (chunks := _chunks(b, match.y)) is None:
         return False
     result = match.result.result
@@ -272,7 +268,7 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
         return False  # viewing the map's result would cost it its place in the reduction
     if prologue and not any(_spans_rows(v, shape, j) for v in producer.inputs):
         return False  # every operand broadcast over the rows: nothing to chunk
-    b = _Before(reduce)
+    b = InsertingEinBuilder(reduce, "split")
     if prologue:
         # the map on the chunks, widened to f32 in its own body: one map, so still the reduction's prologue
         inputs = [_chunk_operand(b, v, shape, j, view) for v in producer.inputs]
