@@ -32,7 +32,6 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
-from ..ir import einsum as ein
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
@@ -211,11 +210,6 @@ def _warn_no_cuda_once() -> None:
     warnings.warn(f"tilefuse: {NO_CUDA} (hundreds of times slower than PyTorch; for testing)", stacklevel=2)
 
 
-CONCAT_FOR_CONTRACTION = (
-    "a contraction reads it: copied once, so GEMM or attention operand tiles stream from one buffer"
-)
-
-
 def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:
     """Why an op of a compiled partition runs outside the generated kernels."""
     group = op.attributes.get(GROUP_ATTR)
@@ -223,8 +217,6 @@ def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:
         return f"its fusion group {group.data} has no kernel (the group's not_a_kernel_because says why)"
     if isinstance(op, VIRTUAL_OPS) and returned.intersection(op.results):
         return f"{op.name} is a result of the partition (for the caller, or saved for backward): materialized"
-    if isinstance(op, ein.ConcatOp):
-        return CONCAT_FOR_CONTRACTION
     if isinstance(op, VIRTUAL_OPS):
         return f"{op.name} is read by an op outside the kernels: materialized for it"
     return f"no fusion group takes {op.name} (kernels are built from contractions, maps and reductions)"

@@ -76,7 +76,8 @@ def _materialized(value: SSAValue) -> bool:
     """A tensor a kernel reads from memory: not a view, splat or iota, nor a gather (a kernel
     loads the table at the positions its index tensors hold), nor a concatenation, except one a
     contraction reads: a GEMM's or attention's operand tiles stream from one buffer (a masked
-    load per part and a select would sit in the inner loop), so that one is copied once."""
+    load per part and a select would sit in the inner loop), so that one is copied once (the
+    fusion pass gives it a copy kernel: `copy_contracted_concatenations`)."""
     if isinstance(value.owner, ein.ConcatOp):
         return read_by_contraction(value)
     return not isinstance(value.owner, VIRTUAL_OPS)

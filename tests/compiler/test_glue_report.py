@@ -6,7 +6,6 @@ import torch
 
 import tilefuse
 from tilefuse.compiler.inspect import summarize
-from tilefuse.compiler.runtime import CONCAT_FOR_CONTRACTION
 
 
 def _partition(compiled) -> dict:
@@ -16,17 +15,20 @@ def _partition(compiled) -> dict:
 
 
 def test_an_op_outside_the_kernels_is_named_with_its_reason(tmp_path):
-    """A concatenation a GEMM reads is copied once (its operand tiles stream from one buffer); one a
-    reduction reads is read in place by that kernel and is no glue."""
+    """A concatenation the partition returns is materialized for its caller; one a GEMM reads is
+    copied by a kernel, and one a reduction reads is read in place by that kernel: neither is glue."""
+
     def fn(x, w):
-        return (torch.cat([x @ w, x], 1) @ w.repeat(2, 1)).sum(1) + torch.cat([x, x], 1).sum(1)
+        joined = torch.cat([x * 2, x], 1)
+        reduced = (torch.cat([x @ w, x], 1) @ w.repeat(2, 1)).sum(1) + torch.cat([x, x], 1).sum(1)
+        return reduced, joined
 
     compiled = tilefuse.compile(fn, dump=tmp_path)
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, w), fn(x, w), rtol=1e-4, atol=1e-4)
     partition = _partition(compiled)
-    reason = CONCAT_FOR_CONTRACTION
+    reason = "ein.concat is a result of the partition (for the caller, or saved for backward): materialized"
     assert [g for g in partition["glue_ops"] if g["op"] == "ein.concat"] == [{"op": "ein.concat", "reason": reason}]
     assert partition["executor"].endswith("ein.concat")
     assert f"    outside kernels: ein.concat: {reason}" in summarize(tmp_path)
