@@ -144,6 +144,9 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
     products = [c.results[0] for c in contracts]
     if any(v not in lowered.inputs and v not in products for v in epilogue.inputs):
         raise NoLibraryPath("its epilogue reads a value neither an input nor a product is")
+    bias = _bias_epilogue(contracts, rest, lowered)
+    if bias is not None and bias.whole:  # the epilogue is the bias alone: cuBLASLt adds it
+        return _addmm_path(lowered, bias, device)
     options = TritonOptions.for_interpreter() if device.type != "cuda" else TritonOptions()
     source = shared_source(epilogue.kernel, options, {})
     launcher = load_shared(source, triton_function_name(source))
@@ -158,11 +161,21 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
     inputs, kernel_outputs = list(lowered.inputs), list(epilogue.outputs)
     metas = [(tuple(shape_of(v.type)), to_torch_dtype(v.type.get_element_type())) for v in kernel_outputs]
     outputs = list(lowered.outputs)
+    if bias is not None:  # cuBLASLt adds the bias; the epilogue kernel then adds zeros
+        order = _library_order(inputs, [*bias.contract.operands, bias.value], set())
+        zeros: dict[tuple, torch.Tensor] = {}  # a bias's shape and dtype -> zeros, made once
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = dict(zip(inputs, tensors))
         for op in order:
             env[op.results[0]] = _library_op(op, env, device)
+        if bias is not None:
+            env[bias.product] = bias.addmm(env)
+            vector = env[bias.value]
+            key = (vector.shape, vector.dtype, vector.device)
+            if key not in zeros:
+                zeros[key] = torch.zeros_like(vector)
+            env[bias.value] = zeros[key]
         written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
         tensors = [*(env[v] for v in epilogue.inputs), *written]
         aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
@@ -172,6 +185,100 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
 
     run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
     run.launcher, run.config = launcher, config  # for compiling ahead (GroupSelector.prepare)
+    return run
+
+
+@dataclass(frozen=True)
+class BiasEpilogue:
+    """A GEMM group whose epilogue begins with `product + bias` (a linear layer's bias: one value
+    per output column), which cuBLASLt adds in its epilogue (`torch.addmm`), as eager and Inductor
+    run a linear layer; `whole` where the bias is all the epilogue does."""
+
+    contract: ein.ContractOp
+    value: SSAValue  # the bias, [N]
+    product: SSAValue
+    transposes: tuple[bool, bool]
+    whole: bool
+
+    def addmm(self, env: dict) -> torch.Tensor:
+        a, b = (env[v] for v in self.contract.operands)
+        ta, tb = self.transposes
+        return torch.addmm(env[self.value], a.mT if ta else a, b.mT if tb else b)
+
+
+def _bias_epilogue(
+    contracts: Sequence[ein.ContractOp], rest: Sequence[Operation], lowered: object
+) -> BiasEpilogue | None:
+    """The group's bias, where its one 2-d, aligned matmul is read first by a map adding a vector
+    along the product's columns to it (widened alike, or both f32) and reading it for nothing else."""
+    if len(contracts) != 1:
+        return None
+    contract = contracts[0]
+    product = contract.result
+    transposes = matmul_form(contract.spec.data)
+    shape = tuple(shape_of(product.type))
+    if transposes is None or len(shape) != 2 or any(len(shape_of(v.type)) != 2 for v in contract.operands):
+        return None
+    elem = product.type.get_element_type()
+    (m, n), lhs = shape, shape_of(contract.lhs.type)
+    k = lhs[0] if transposes[0] else lhs[1]
+    rows = (n, k, m) if transposes[0] else (n, k)  # the row lengths of the operands and the product
+    if any(d * to_torch_dtype(elem).itemsize % 16 for d in rows):
+        return None  # an unaligned row: cuBLAS's slow kernels (the library matmul pads it; addmm would not)
+    readers = [op for op in rest if product in op.operands]
+    if len(readers) != 1 or not isinstance(readers[0], ein.MapOp) or product in lowered.outputs:
+        return None
+    add = readers[0]
+    vectors = [v for v in add.inputs if v is not product and tuple(shape_of(v.type)) == shape[-1:]]
+    if len(vectors) != 1 or vectors[0].type.get_element_type() != elem or len(add.inputs) != 2:
+        return None
+    args = dict(zip(add.inputs, add.body.block.args))
+    p_arg, b_arg = args[product], args[vectors[0]]
+    p_val, b_val = _widened_use(p_arg), _widened_use(b_arg)
+    if p_val is None or b_val is None:
+        return None
+    total = next(iter(p_val.uses)).operation
+    if total.name != "arith.addf" or set(total.operands) != {p_val, b_val} or not _one_use(b_val):
+        return None
+    body = [op for op in add.body.block.ops if op.name != "ein.yield"]
+    whole = list(lowered.outputs) == [add.results[0]] and _rounds_back(total, body, elem)
+    return BiasEpilogue(contract, vectors[0], product, transposes, whole)
+
+
+def _widened_use(arg: SSAValue) -> SSAValue | None:
+    """The block argument `arg` as its one reader sees it: itself, or its one `arith.extf`."""
+    if not _one_use(arg):
+        return None
+    reader = next(iter(arg.uses)).operation
+    if reader.name == "arith.extf":
+        return reader.results[0] if _one_use(reader.results[0]) else None
+    return arg
+
+
+def _one_use(value: SSAValue) -> bool:
+    return len(list(value.uses)) == 1
+
+
+def _rounds_back(total: Operation, body: Sequence[Operation], elem) -> bool:
+    """Whether the map's body is the addition alone (after the widenings), rounded back to `elem`."""
+    after = body[body.index(total) + 1 :]
+    if not after:
+        return total.results[0].type == elem
+    return len(after) == 1 and after[0].name == "arith.truncf" and after[0].results[0].type == elem
+
+
+def _addmm_path(lowered, bias: BiasEpilogue, device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The group as one `torch.addmm`: a linear layer with a bias, cuBLASLt's fused-bias GEMM."""
+    inputs = list(lowered.inputs)
+    order = _library_order(inputs, [*bias.contract.operands, bias.value], set())
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = dict(zip(inputs, tensors))
+        for op in order:
+            env[op.results[0]] = _library_op(op, env, device)
+        return (bias.addmm(env).contiguous(),)
+
+    run.title = "its GEMM and bias on the library (torch.addmm: cuBLASLt's bias epilogue)"
     return run
 
 
@@ -411,6 +518,8 @@ class GroupSelector:
                 self._split_paths[key] = unbuilt[SPLIT]
                 continue
             split = self._split_paths[key] = built[SPLIT]
+            if getattr(split, "launcher", None) is None:  # no kernel of its own (a bias alone: addmm)
+                continue
             config = split.config
             jobs.append(precompile.compile_job(split.launcher, config.params, config.num_warps,
                                                config.num_stages, hopper))  # fmt: skip

@@ -103,6 +103,31 @@ def test_the_program_calls_the_library_where_it_won_and_launches_the_rest(monkey
     assert "(pointwise)" in source and "1 kernel launch(es)" in source  # the other group still launches
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [24, 37])
+def test_a_linear_layers_bias_goes_to_cublaslt_on_the_split_path(monkeypatch, tmp_path, dtype, tokens):
+    """The split path of a GEMM whose epilogue begins with a bias adds it in the library GEMM
+    (`torch.addmm`, cuBLASLt's bias epilogue, as eager's linear layer does): a bias alone needs no
+    kernel after it; a bias then GELU leaves the GELU to the kernel. Ragged token counts."""
+    _fake_gpu(monkeypatch, "split")
+    lin1, lin2 = torch.nn.Linear(32, 48).to(dtype), torch.nn.Linear(48, 16).to(dtype)
+
+    def fn(x):
+        return lin2(F.gelu(lin1(x), approximate="tanh"))
+
+    x = torch.randn(tokens, 32, dtype=dtype)
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    with torch.no_grad():
+        got, want = compiled(x), fn(x)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    (program,) = tmp_path.glob("*/program_*.py")
+    source = program.read_text()
+    assert source.count("torch.addmm: cuBLASLt's bias epilogue") == 1  # lin2: the bias alone
+    assert source.count("its GEMM(s) on the library, its epilogue as kernel") == 1  # lin1: bias, GELU
+    assert source.count("kernel launch(es)") == 1 and "0 kernel launch(es)" in source
+
+
 def test_identical_layers_are_measured_once(monkeypatch):
     seen = []
     _fake_gpu(monkeypatch, "kernel", seen)
