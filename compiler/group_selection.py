@@ -47,7 +47,6 @@ import functools
 import json
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,8 +60,8 @@ from ..autotune.heuristics import default_config
 from ..autotune.tasks import record_choice, recorded_choice
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.interpreter import eval_scalar_op, run_map, run_op
 from ..passes.fusion_groups import VIRTUAL_OPS
+from .library_plan import LIBRARY_DTYPES, Plan
 from .program import empty_output, output_strides, stream_getter
 from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
@@ -98,20 +97,34 @@ def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     """`fn(*inputs) -> outputs`: the group of `kernel` (a `CompiledKernel`) as PyTorch ops, taking
     the kernel's inputs (`lowered.inputs`, in order) and returning its outputs row-major, in the
     outputs' dtypes. Views, splats and iotas between the inputs and the group (which the kernel
-    indexes through) are run as well."""
+    indexes through) are run as well. The ops are resolved once (`library_plan.Plan`)."""
     lowered = kernel.lowered
     inputs, outputs = list(lowered.inputs), list(lowered.outputs)
-    order = _library_order(inputs, outputs, set(lowered.group.ops))
+    plan = Plan(inputs, _library_order(inputs, outputs, set(lowered.group.ops)), library_contraction)
+    slots = [plan.slot(v) for v in outputs]
     dtypes = [to_torch_dtype(v.type.get_element_type()) for v in outputs]
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        env = dict(zip(inputs, tensors))
-        device = tensors[0].device if tensors else torch.device("cpu")
-        for op in order:
-            env[op.results[0]] = _library_op(op, env, device)
-        return tuple(env[v].to(d).contiguous() for v, d in zip(outputs, dtypes))
+        env = plan.run(tensors, tensors[0].device if tensors else torch.device("cpu"))
+        return tuple(env[i].to(d).contiguous() for i, d in zip(slots, dtypes))
 
     return run
+
+
+def library_contraction(op: ein.ContractOp) -> Callable[..., torch.Tensor] | None:
+    """A contraction the library way, `step(device, a, b)`: in its operands' dtype (the reference
+    interpreter widens to f32 for accuracy, which would make cuBLAS run SGEMM), a matmul-shaped
+    one by `library_matmul`; None where the operands' dtypes are not the library's (the
+    interpreter runs it)."""
+    a_type, b_type = (to_torch_dtype(v.type.get_element_type()) for v in op.operands)
+    if a_type != b_type or a_type not in LIBRARY_DTYPES:
+        return None
+    transposes = matmul_form(op.spec.data)
+    if transposes is None:
+        spec = op.spec.data
+        return lambda device, a, b: torch.einsum(spec, a, b)
+    ta, tb = transposes
+    return lambda device, a, b: library_matmul(a, b, ta, tb)
 
 
 def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -157,31 +170,40 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
     bind = functools.partial(launcher.bind, config.params, config.num_warps, config.num_stages)
     aligned_launch, any_launch = bind(), bind()
     stream = stream_getter(device) if device.type == "cuda" else (lambda: 0)
-    order = _library_order(list(lowered.inputs), products, set(contracts))
     inputs, kernel_outputs = list(lowered.inputs), list(epilogue.outputs)
     metas = [(tuple(shape_of(v.type)), to_torch_dtype(v.type.get_element_type())) for v in kernel_outputs]
-    outputs = list(lowered.outputs)
-    if bias is not None:  # cuBLASLt adds the bias; the epilogue kernel then adds zeros
-        order = _library_order(inputs, [*bias.contract.operands, bias.value], set())
+    if bias is None:
+        plan = Plan(inputs, _library_order(inputs, products, set(contracts)), library_contraction)
+    else:  # cuBLASLt adds the bias (the product's slot); the epilogue kernel then adds zeros
+        plan = Plan(inputs, bias.operand_order(inputs), library_contraction)
+        a_at, b_at, bias_at = (plan.slot(v) for v in bias.addmm_operands)
         zeros: dict[tuple, torch.Tensor] = {}  # a bias's shape and dtype -> zeros, made once
+    # every value read below as an index into the call's list: the plan's slots, then the product
+    # and the bias's zeros (with a bias), then the epilogue kernel's outputs
+    base = plan.size
+    at = {v: plan.slot(v) for v in [*inputs, *(op.results[0] for op in plan.ops)]}
+    if bias is not None:
+        at[bias.product], at[bias.value] = base, base + 1
+    at |= {v: base + 2 + j for j, v in enumerate(kernel_outputs)}
+    epilogue_at = [at[v] for v in epilogue.inputs]
+    outputs_at = [at[v] for v in lowered.outputs]
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        env = dict(zip(inputs, tensors))
-        for op in order:
-            env[op.results[0]] = _library_op(op, env, device)
-        if bias is not None:
-            env[bias.product] = bias.addmm(env)
-            vector = env[bias.value]
+        env = plan.run(tensors, device)
+        if bias is None:
+            env += (None, None)
+        else:
+            vector = env[bias_at]
             key = (vector.shape, vector.dtype, vector.device)
             if key not in zeros:
                 zeros[key] = torch.zeros_like(vector)
-            env[bias.value] = zeros[key]
+            env += (bias.addmm(vector, env[a_at], env[b_at]), zeros[key])
         written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
-        tensors = [*(env[v] for v in epilogue.inputs), *written]
-        aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
-        (aligned_launch if aligned else any_launch)(stream(), *_launch_args(tensors))
-        env.update(zip(kernel_outputs, written))
-        return tuple(env[v].contiguous() for v in outputs)
+        env += written
+        args = [*(env[i] for i in epilogue_at), *written]
+        aligned = all(t.data_ptr() % 16 == 0 for t in args)
+        (aligned_launch if aligned else any_launch)(stream(), *_launch_args(args))
+        return tuple(env[i].contiguous() for i in outputs_at)
 
     run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
     run.launcher, run.config = launcher, config  # for compiling ahead (GroupSelector.prepare)
@@ -200,10 +222,19 @@ class BiasEpilogue:
     transposes: tuple[bool, bool]
     whole: bool
 
-    def addmm(self, env: dict) -> torch.Tensor:
-        a, b = (env[v] for v in self.contract.operands)
+    @property
+    def addmm_operands(self) -> tuple[SSAValue, SSAValue, SSAValue]:
+        """The GEMM's operands and the bias, in the order `addmm` takes them after the bias."""
+        a, b = self.contract.operands
+        return a, b, self.value
+
+    def operand_order(self, inputs: list[SSAValue]) -> list[Operation]:
+        """The views between the group's inputs and `addmm`'s operands (`_library_order`)."""
+        return _library_order(inputs, list(self.addmm_operands), set())
+
+    def addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ta, tb = self.transposes
-        return torch.addmm(env[self.value], a.mT if ta else a, b.mT if tb else b)
+        return torch.addmm(bias, a.mT if ta else a, b.mT if tb else b)
 
 
 def _bias_epilogue(
@@ -268,15 +299,15 @@ def _rounds_back(total: Operation, body: Sequence[Operation], elem) -> bool:
 
 
 def _addmm_path(lowered, bias: BiasEpilogue, device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """The group as one `torch.addmm`: a linear layer with a bias, cuBLASLt's fused-bias GEMM."""
+    """The group as one `torch.addmm`: a linear layer with a bias, cuBLASLt's fused-bias GEMM (its
+    result is row-major already)."""
     inputs = list(lowered.inputs)
-    order = _library_order(inputs, [*bias.contract.operands, bias.value], set())
+    plan = Plan(inputs, bias.operand_order(inputs), library_contraction)
+    a_at, b_at, bias_at = (plan.slot(v) for v in bias.addmm_operands)
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        env = dict(zip(inputs, tensors))
-        for op in order:
-            env[op.results[0]] = _library_op(op, env, device)
-        return (bias.addmm(env).contiguous(),)
+        env = plan.run(tensors, device)
+        return (bias.addmm(env[bias_at], env[a_at], env[b_at]),)
 
     run.title = "its GEMM and bias on the library (torch.addmm: cuBLASLt's bias epilogue)"
     return run
@@ -310,22 +341,6 @@ def _library_order(
     return order
 
 
-def _library_op(op: Operation, env: dict, device: torch.device) -> torch.Tensor:
-    """One op the library way: a contraction in its operands' dtype (the reference interpreter
-    widens to f32 for accuracy, which would make cuBLAS run SGEMM); everything else as the
-    interpreter runs it."""
-    if isinstance(op, ein.ContractOp):
-        a, b = (env[v] for v in op.operands)
-        if a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16, torch.float32):
-            transposes = matmul_form(op.spec.data)
-            if transposes is None:
-                return torch.einsum(op.spec.data, a, b)
-            return library_matmul(a, b, *transposes)
-    if isinstance(op, ein.MapOp):
-        return library_map(op, [env[v] for v in op.operands])
-    return run_op(op, env, device)
-
-
 def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torch.Tensor:
     """`(a.mT if ta else a) @ (b.mT if tb else b)` through cuBLAS. A dim whose rows are not a
     multiple of 16 bytes (an LM head over a 50257-token vocabulary: the product's width, the
@@ -349,52 +364,6 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     a = F.pad(a, (0, pm, 0, pk) if ta else (0, pk, 0, pm)) if pm or pk else a
     b = F.pad(b, (0, pk, 0, pn) if tb else (0, pn, 0, pk)) if pk or pn else b
     return torch.matmul(a.mT if ta else a, b.mT if tb else b)[:m, :n]
-
-
-# 16-bit binary ops PyTorch computes in f32 and rounds once: `truncf(op(extf a, extf b))` is `op(a, b)`
-_ROUNDED_ONCE = {
-    "arith.addf": torch.add, "arith.subf": torch.sub, "arith.mulf": torch.mul, "arith.divf": torch.div,
-}  # fmt: skip
-
-
-def library_map(op: ein.MapOp, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """A map as PyTorch ops, one per scalar op as the reference interpreter runs it, except that a
-    16-bit op written out as widen, compute in f32, round back (how eager's bf16 arithmetic is
-    imported) is one op on the 16-bit tensors, as eager runs it: the same bits, a quarter of the
-    launches (a residual add is 1 kernel, not 4)."""
-    block = op.body.block
-    uses = Counter(v for inner in block.ops for v in inner.operands)
-    shortcut: dict[Operation, tuple] = {}
-    skipped: set[Operation] = set()
-    for inner in block.ops:
-        if inner.name != "arith.truncf":
-            continue
-        compute = inner.operands[0].owner
-        if not isinstance(compute, Operation) or compute.name not in _ROUNDED_ONCE:
-            continue
-        widened = [v.owner for v in compute.operands]
-        narrow = inner.results[0].type
-        if uses[compute.results[0]] != 1 or not all(_widens(w, narrow) for w in widened):
-            continue
-        shortcut[inner] = (_ROUNDED_ONCE[compute.name], [w.operands[0] for w in widened])
-        skipped.add(compute)
-        only_here = [w for w in widened if uses[w.results[0]] == list(compute.operands).count(w.results[0])]
-        skipped.update(only_here)
-
-    def evaluate(inner: Operation, env: dict, device: torch.device) -> torch.Tensor | None:
-        if inner in skipped:
-            return None
-        if inner in shortcut:
-            fn, sources = shortcut[inner]
-            return fn(*(env[v] for v in sources))
-        return eval_scalar_op(inner, env, device)
-
-    return run_map(op, inputs, evaluate)
-
-
-def _widens(op: object, narrow: object) -> bool:
-    """`op` is an `arith.extf` from the type `narrow`."""
-    return isinstance(op, Operation) and op.name == "arith.extf" and op.operands[0].type == narrow
 
 
 def matmul_form(spec: str) -> tuple[bool, bool] | None:

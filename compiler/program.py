@@ -28,6 +28,7 @@ from ..backends.triton.emit import padded_row
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
+from .library_plan import planned_op
 
 HEADER = '''\
 # tilefuse program: partition {partition} of graph {graph}, on {device}
@@ -397,13 +398,10 @@ def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str
 
 
 def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:
-    """An op outside every kernel, run by the reference interpreter on its operands."""
-    operands = list(op.operands)
-
-    def run(*tensors: torch.Tensor) -> torch.Tensor:
-        return run_op(op, dict(zip(operands, tensors)), device)
-
-    return run
+    """An op outside every kernel, as the reference interpreter runs it, resolved once
+    (`library_plan.planned_op`: a map's body is not walked per call)."""
+    step = planned_op(op)
+    return lambda *tensors: step(device, *tensors)
 
 
 def stream_getter(device: torch.device) -> Callable[[], int]:

@@ -69,30 +69,41 @@ def _scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> to
 
 def eval_scalar_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     """One arith/math op of a map body, applied to whole (broadcast) tensors."""
-    args = [env[o] for o in op.operands]
+    return scalar_function(op)(device, *[env[o] for o in op.operands])
+
+
+def scalar_function(op: Operation) -> Callable[..., torch.Tensor]:
+    """`eval_scalar_op` for `op` resolved once: `fn(device, *operand tensors)`, the op's result in
+    its IR dtype (a cast converts; other ops keep their operands' dtype, which the IR's is)."""
     out_dtype = to_torch_dtype(op.results[0].type)
     kind = type(op)
     if kind is arith.ConstantOp:
-        return _scalar_constant(op.value, device)
+        value = op.value
+        return lambda device: _scalar_constant(value, device)
     if kind in _BINARY:
-        result = _BINARY[kind](*args)
+        fn = _BINARY[kind]
     elif kind in _UNARY:
-        result = _UNARY[kind](args[0])
+        fn = _UNARY[kind]
     elif kind in _BITWISE:
-        result = _BITWISE[kind](*args)
+        fn = _BITWISE[kind]
     elif kind in (arith.CmpfOp, arith.CmpiOp):
         names = CMPF_COMPARISON_OPERATIONS if kind is arith.CmpfOp else CMPI_COMPARISON_OPERATIONS
         pred = names[op.predicate.value.data]
         if pred not in _CMP:
             raise InterpreterError(f"comparison predicate {pred!r} is not supported")
-        result = _CMP[pred](*args)
+        fn = _CMP[pred]
     elif kind is arith.SelectOp:
-        result = torch.where(*args)
+        fn = torch.where
     elif kind in _CASTS:
-        result = args[0]
+        return lambda device, x: x.to(out_dtype)
     else:
         raise InterpreterError(f"the reference interpreter cannot run {op.name} in a map body")
-    return result.to(out_dtype)
+
+    def run(device: torch.device, *args: torch.Tensor) -> torch.Tensor:
+        result = fn(*args)
+        return result if result.dtype is out_dtype else result.to(out_dtype)
+
+    return run
 
 
 def run_map(
@@ -203,8 +214,7 @@ def _check_inputs(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> None:
         shape, dtype = shape_of(want), to_torch_dtype(want.get_element_type())
         if tuple(t.shape) != shape or t.dtype != dtype:
             raise InterpreterError(
-                f"@{fn.sym_name.data} argument {i}: expected {shape} {dtype}, got "
-                f"{tuple(t.shape)} {t.dtype}"
+                f"@{fn.sym_name.data} argument {i}: expected {shape} {dtype}, got {tuple(t.shape)} {t.dtype}"
             )
 
 
