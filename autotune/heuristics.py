@@ -159,6 +159,15 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         wanted = SM_COUNT_HINT // 2 if projection else SM_COUNT_HINT
         while decode and programs() < wanted and bn > 32:
             bn //= 2
+        # still under a wave of 128-wide tiles with a few hundred rows and columns (GQA k/v projections
+        # at 2048 tokens, their gradients): 64 x 64 tiles, 4 warps, 4 stages, four times the programs
+        # (H200 sweep, bf16, three layouts, K=2048: 2048x512 22.3/32.3/21.3 -> 16.7/16.7/16.4 us,
+        # 512x2048 22.6/21.7/21.4 -> 24.7/16.3/18.0; cuBLAS 13). Not at M or N under 256: a 64-row
+        # tile there reads the weight once per row block (H100: 0.35x cuBLAS at M=128)
+        small_grid = not whole_rows and not decode and programs() < SM_COUNT_HINT and problem["K"] <= 8192
+        exact_n = "BLOCK_N" in problem.get("exact", {})
+        if small_grid and min(problem["M"], problem["N"]) >= 256 and not exact_n:
+            bm, bn, stages = 64, 64, 4
         while shared_bytes() > SHARED_MEMORY_BUDGET and bk > 32:
             bk //= 2
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:

@@ -24,6 +24,14 @@ are viewed as T chunks of c, reduced to [T, ..] f32 partials by many programs, t
 
     r = reduce{sum,max,min,mean} [0..j) f(x)                 x: [C.., K..], few K outputs
       -> p = reduce [1] f(x viewed [T, c, K..]) in f32;  r = reduce [0] p
+
+Full reductions (a loss's mean, a norm of a whole tensor) have no row to give a program, so they
+are reduced as rows (`_split_full`): N elements viewed as [T, c] (c a power of two, or the trailing
+dims when none divides N), T partials in f32 by many programs, then one program over the partials
+viewed [1, T]. Few elements are one row, [1, N]: one program, one launch.
+
+    r = reduce{sum,max,min,mean} [all] f(x)                  x: N elements
+      -> p = reduce [1] f(x viewed [T, c]) in f32;  r = reduce [1] (p viewed [1, T])
 """
 
 from __future__ import annotations
@@ -252,8 +260,10 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     j = len(reduce.reduce_dims)
     if kind not in ("sum", "max", "min", "mean") or not is_float(x.type.get_element_type()):
         return False
-    if reduce.reduce_dims != tuple(range(j)) or not 0 < j < len(shape):
+    if reduce.reduce_dims != tuple(range(j)) or not 0 < j <= len(shape):
         return False
+    if j == len(shape):
+        return _split_full(reduce)
     kept = list(shape[j:])
     rows, outputs = math.prod(shape[:j]), math.prod(kept)
     if outputs > MAX_COLUMN_OUTPUTS or rows * outputs < MIN_COLUMN_ELEMENTS:
@@ -278,6 +288,50 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
         chunks = b.cast(b.reshape(x, view), f32)
     partial = b.reduce(kind, chunks, [1], keepdim=False)
     total = b.reduce(kind, partial, [0], keepdim=False)  # a mean of equal chunks' means is the mean
+    out = reduce.result
+    out.replace_all_uses_with(b.reshape(b.cast(total, out.type.get_element_type()), shape_of(out.type)))
+    return True
+
+
+FULL_CHUNKS = (4096, 2048, 1024, 512, 256)  # elements a partial reduces, in order of preference
+MIN_FULL_SPLIT = 1 << 16  # fewer elements are one row: one program, one launch
+MIN_FULL_ROW = 64  # trailing dims narrower than this make too many partials
+
+
+def full_view(shape: tuple[int, ...]) -> list[int]:
+    """The [T, c] rows a reduction of all of `shape` runs as: a power-of-two c from FULL_CHUNKS
+    dividing N, else the narrowest trailing dims of at least MIN_FULL_ROW elements, else [1, N]
+    (few elements, or nothing divides them)."""
+    n = math.prod(shape)
+    if n >= MIN_FULL_SPLIT:
+        if (c := next((c for c in FULL_CHUNKS if n % c == 0), None)) is not None:
+            return [n // c, c]
+        for k in range(len(shape) - 1, 0, -1):
+            if (c := math.prod(shape[k:])) >= MIN_FULL_ROW:
+                return [n // c, c]
+    return [1, n]
+
+
+def _split_full(reduce: ein.ReduceOp) -> bool:
+    """r = reduce over every dim of x -> rows of partials (see `full_view`) and their combine. A
+    map producing x for this reduce only, whose operands are x-shaped or scalars, is applied to
+    the rows, so it stays the reduction's prologue; any other producer writes x first."""
+    x, kind = reduce.input, reduce.kind.data
+    shape = tuple(shape_of(x.type))
+    view = full_view(shape)
+    b = InsertingEinBuilder(reduce, "split")
+    producer = x.owner
+    whole = lambda v: tuple(shape_of(v.type)) == shape or math.prod(shape_of(v.type)) == 1  # noqa: E731
+    if isinstance(producer, ein.MapOp) and single_user(x) is reduce and all(map(whole, producer.inputs)):
+        rows_of = lambda v: view if tuple(shape_of(v.type)) == shape else [1] * len(view)  # noqa: E731
+        inputs = [b.reshape(v, rows_of(v)) if shape_of(v.type) else v for v in producer.inputs]
+        body = lambda sb, *args: inline_map_body(producer, args, sb.block)  # noqa: E731
+        rows = b.map(inputs, f32, body, cast_inputs=False)
+    else:
+        rows = b.cast(b.reshape(x, view), f32)
+    total = b.reduce(kind, rows, [1], keepdim=False)  # a mean of equal rows' means is the mean
+    if view[0] > 1:
+        total = b.reduce(kind, b.reshape(total, [1, view[0]]), [1], keepdim=False)
     out = reduce.result
     out.replace_all_uses_with(b.reshape(b.cast(total, out.type.get_element_type()), shape_of(out.type)))
     return True

@@ -184,3 +184,79 @@ def test_column_reductions_stay_whole_when_small_or_wide_or_not_leading(small_co
     for fn, x in cases:
         reports = compile_and_compare(fn, x, rtol=1e-5, atol=1e-4)
         assert _column_groups(reports) == ["reduction"], (fn, x.shape)
+
+
+# --- full reductions: every dim to one element -----------------------------------------------------------
+
+FULL = {
+    "sum": lambda a, b: a.sum(),
+    "mse": lambda a, b: F.mse_loss(a, b),
+    "huber": lambda a, b: F.huber_loss(a, b, delta=0.5),
+    "frobenius": lambda a, b: a / torch.linalg.norm(a),
+    "amax_keepdim": lambda a, b: (a * 2.0).amax(dim=tuple(range(a.dim())), keepdim=True),
+    "amin": lambda a, b: torch.tanh(a).amin(),
+    "mean_broadcast": lambda a, b: (a - b[..., :1]).mean(),  # an operand broadcast: its map writes first
+}
+
+
+@pytest.fixture
+def small_full(monkeypatch):
+    """Full reductions split into partials from a smaller size, so the interpreter runs them quickly."""
+    from tilefuse.passes import split_reduction
+
+    monkeypatch.setattr(split_reduction, "MIN_FULL_SPLIT", 512)
+
+
+def test_full_view():
+    from tilefuse.passes.split_reduction import MIN_FULL_SPLIT, full_view
+
+    assert full_view((7, 5)) == [1, 35]  # few elements: one row
+    assert full_view((MIN_FULL_SPLIT // 64, 64)) == [MIN_FULL_SPLIT // 4096, 4096]  # a power of two divides
+    assert full_view((MIN_FULL_SPLIT, 3)) == [MIN_FULL_SPLIT * 3 // 4096, 4096]
+    assert full_view((1031, 67)) == [1031, 67]  # nothing divides: the trailing dims
+    assert full_view((65537,)) == [1, 65537]  # a prime count: one row
+
+
+@pytest.mark.parametrize("name", FULL)
+@pytest.mark.parametrize(
+    "shape", [(4, 256), (3, 101, 7), (1031,), (37, 3)], ids=["pow2", "ragged_trailing", "prime", "one_row"]
+)
+def test_full_reductions_run_as_kernels(small_full, name, shape):
+    """Reductions to one element on N elements (partials and a combine, or one row): kernels, no
+    fallback, against eager; a prologue map with x-shaped or scalar operands stays in the first
+    reduction (no pointwise kernel)."""
+    a, b = torch.randn(*shape), torch.randn(*shape)
+    reports = compile_and_compare(FULL[name], a, b, rtol=1e-5, atol=1e-5)
+    kinds = _column_groups(reports)
+    assert kinds.count("reduction") >= 1, kinds
+    if name in ("sum", "mse", "huber", "amin"):
+        assert "pointwise" not in kinds, kinds
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    kind=st.sampled_from(["sum", "mean", "amax", "amin"]),
+)
+def test_full_reductions_random_shapes(dims, kind):
+    from tilefuse.passes import split_reduction
+
+    old = split_reduction.MIN_FULL_SPLIT
+    split_reduction.MIN_FULL_SPLIT = 256  # partials from 256 elements
+    torch._dynamo.reset()
+    try:
+        x = torch.randn(*dims)
+        compile_and_compare(lambda x: getattr(torch.square(x) - x, kind)(), x, rtol=1e-5, atol=1e-4)
+    finally:
+        split_reduction.MIN_FULL_SPLIT = old
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_full_reductions_accumulate_in_f32(small_full, dtype):
+    """A half-precision loss: partials and the combine in f32, as close to float64 as eager."""
+    a, b = torch.randn(16, 512).to(dtype), torch.randn(16, 512).to(dtype)
+    fn = FULL["mse"]
+    got = tilefuse.compile(fn)(a, b).double()
+    want = fn(a.double(), b.double())
+    eager = fn(a, b).double()
+    assert (got - want).abs().max() <= 2 * (eager - want).abs().max() + 1e-2
