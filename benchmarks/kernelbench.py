@@ -195,6 +195,26 @@ class Conv2dReluBias(nn.Module):
         return torch.relu(self.conv(x)) + self.bias
 
 
+class ConvTransposeGelu(nn.Module):
+    """A transposed 2-d convolution (PyTorch's), then GELU: upsampling in a decoder."""
+
+    def __init__(self, c: int, o: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(c, o, kernel_size=3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.conv(x))
+
+
+class Conv3dRelu(nn.Module):
+    def __init__(self, c: int, o: int):
+        super().__init__()
+        self.conv = nn.Conv3d(c, o, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.conv(x))
+
+
 class LinearDropoutSoftmax(nn.Module):
     def __init__(self, k: int, n: int):
         super().__init__()
@@ -405,6 +425,16 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     gemm_chain("linear_layernorm", LinearLayerNorm),
     KernelCase("conv2d_relu_bias", 2, lambda d: Conv2dReluBias(d.c, d.o), lambda d: [(d.b, d.c, d.h, d.w)],
                dict(b=32, c=64, o=128, h=128, w=128), dict(b=2, c=3, o=5, h=33, w=47)),
+    KernelCase("conv2d", 1, lambda d: nn.Conv2d(d.c, d.o, kernel_size=3, padding=1),
+               lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, o=64, h=128, w=128), dict(b=2, c=3, o=4, h=17, w=13)),
+    KernelCase("conv2d_depthwise", 1, lambda d: nn.Conv2d(d.c, d.c, kernel_size=3, padding=1, groups=d.c),
+               lambda d: [(d.b, d.c, d.h, d.w)], dict(b=16, c=64, h=256, w=256), dict(b=2, c=3, h=17, w=13)),
+    KernelCase("conv_transpose2d_gelu", 2, lambda d: ConvTransposeGelu(d.c, d.o),
+               lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=128, o=64, h=64, w=64), dict(b=2, c=3, o=4, h=9, w=7)),
+    KernelCase("conv3d_relu", 2, lambda d: Conv3dRelu(d.c, d.o), lambda d: [(d.b, d.c, d.h, d.w, d.w)],
+               dict(b=8, c=32, o=64, h=32, w=32), dict(b=2, c=3, o=4, h=5, w=6)),
     gemm_chain("linear_dropout_softmax", LinearDropoutSoftmax),
     gemm_chain("linear_clamp_scale", LinearClampScale),
     gemm_chain("linear_swish_scale", LinearSwishScale),

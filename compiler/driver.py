@@ -53,6 +53,7 @@ from .codegen import (
     stage_norm_prologue,
     stage_split_reduction,
 )
+from .conv_layout import channels_last_convolutions, conv_layout_enabled
 from .dump import GraphDump
 from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
@@ -76,9 +77,7 @@ class Partition:
     kernels: list[CompiledKernel] = field(default_factory=list)
 
     def summary(self) -> dict:
-        aten_ops = [
-            str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"
-        ]
+        aten_ops = [str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"]
         ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
         ein_ops.pop("func.return", None)
         kernels = {k.lowered.group.name: k for k in self.kernels}
@@ -102,7 +101,8 @@ def _group_entry(g: LoweredGroup, kernel: CompiledKernel | None) -> dict:
         "triton_function": getattr(kernel.launcher, "name", None) if kernel else None,
         "backend": kernel.backend if kernel else None,
         "cuda": (kernel.cuda_note or ("built: measured against Triton" if kernel.alternative else None))
-        if kernel else None,
+        if kernel
+        else None,
         "config": kernel.config.key() if kernel else None,
         "config_source": kernel.config_source if kernel else None,
         "task_key": kernel.task_key if kernel else None,
@@ -184,9 +184,7 @@ def _cache_entry(art: GraphArtifact) -> CacheEntry | None:
     arguments): the body lives on as the kernel's Triton source, and reading back a
     few thousand `tile` ops would cost more than the rest of a cache hit.
     """
-    partitions = {
-        p.name: (p.function, [_declared(g) for g in p.lowered]) for p in art.compiled_partitions()
-    }
+    partitions = {p.name: (p.function, [_declared(g) for g in p.lowered]) for p in art.compiled_partitions()}
     roots = [p.function for p in art.compiled_partitions()]
     roots += [g.kernel for _, lowered in partitions.values() for g in lowered if g.kernel is not None]
     try:
@@ -326,6 +324,7 @@ def compile_aten_graph(
     merge_duplicate_ops(aten)
     folded, constant_masks = fold_causal_masks(aten)
     grouped = group_decode_queries(aten)
+    convs = channels_last_convolutions(aten) if conv_layout_enabled(not target.interpret) else 0
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -371,6 +370,8 @@ def compile_aten_graph(
         summary["causal_masks"] = f"{folded} attention mask(s) equal to the causal mask: is_causal=True"
     if grouped:
         summary["grouped_queries"] = f"{grouped} one-query attention(s) over repeated KV heads: grouped"
+    if convs:
+        summary["conv_layout"] = f"{convs} convolution(s) run channels-last, converted back after"
     if constant_masks:
         summary["constant_masks"] = f"{constant_masks} attention mask(s) computed once, read from a buffer"
     summary["compile_seconds"] = _compile_seconds(art, capture, time.perf_counter() - started)
@@ -461,4 +462,3 @@ def _summary(art: GraphArtifact, files: list[str], error: str | None) -> dict:
             "precompiled": art.precompiled,  # GPU: compiled in worker processes before the first launch
         },
     }
-

@@ -16,6 +16,7 @@ from xdsl.ir import SSAValue
 
 from ..ir.builder import ScalarBuilder, opmath_type
 from ..ir.dtypes import is_float, to_mlir_type
+from .conv_layout import is_conversion_back, is_layout_change
 from .lowering_table import LoweringContext, bound_args, lowers, promoted_dtype
 
 aten = torch.ops.aten
@@ -298,9 +299,26 @@ def lower_to_copy(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.cast(ctx.tensor(node.args[0]), ctx.out_elem(node))
 
 
-@lowers(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
+@lowers(aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
 def lower_identity(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.tensor(node.args[0])
+
+
+def _clone_check(node: Node) -> str | None:
+    if is_layout_change(node):
+        return "a conversion to channels-last runs in PyTorch (conv_layout.py: the strides are its point)"
+    return None
+
+
+@lowers(aten.clone.default, check=_clone_check)
+def lower_clone(ctx: LoweringContext, node: Node) -> SSAValue:
+    """A copy. The clone back after a channels-last convolution (`conv_layout.py`) is an explicit
+    copy, so a result that leaves the partition as it is gets fresh row-major storage, not the
+    convolution's NHWC one."""
+    x = ctx.tensor(node.args[0])
+    if is_conversion_back(node):
+        return ctx.b.map([x], ctx.out_elem(node), lambda sb, a: a)
+    return x  # a copy of the model's own (`.contiguous()`): its readers index through its strides
 
 
 def _fill(ctx: LoweringContext, node: Node, value: object) -> SSAValue:

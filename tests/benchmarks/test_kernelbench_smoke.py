@@ -26,7 +26,7 @@ from tilefuse.benchmarks.kernelbench import (
 )
 
 CPU = torch.device("cpu")
-# A chunked wide row, a norm over the channels, cumsum as a GEMM, a loss with labels, GEMMs with a
+# A chunked wide row, a norm over the channels, cumsum as a GEMM, a loss with labels, a loss to one element, GEMMs with a
 # norm and a softmax in the epilogue, attention with a buffer mask, a whole encoder layer: about a
 # second each in the interpreter. Every small case matched eager here (float32 and bfloat16) when
 # this list was made; the rest are left out for time.
@@ -35,6 +35,7 @@ THROUGH_TILEFUSE = [
     "cumsum",
     "rms_norm_dim1",
     "cross_entropy",
+    "mse_loss",
     "linear_layernorm",
     "linear_dropout_softmax",
     "mingpt_attention",

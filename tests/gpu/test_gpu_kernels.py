@@ -139,7 +139,11 @@ def test_norm_prologue_gemm(layer, shape):
     # folded: row statistics of x (LayerNorm: mean, then the centred sum, in one row kernel), the
     # weight scaled by the norm's weight once (pointwise) and its column sums (reductions), one GEMM
     # reading x itself; no kernel writes the normalized rows
-    folded = ["gemm", "pointwise", "reduction", "reduction", "row"] if layer else ["gemm", "pointwise", "reduction"]
+    folded = (
+        ["gemm", "pointwise", "reduction", "reduction", "row"]
+        if layer
+        else ["gemm", "pointwise", "reduction"]
+    )
     assert kinds == folded, kinds
     assert rel_error(out, expected) < 2 * rel_error(eager, expected) + 1e-3, (
         rel_error(out, expected),
@@ -192,3 +196,42 @@ def test_split_reduction_of_wide_rows(shape, dtype):
         assert groups[0]["kind"] == "gemm" and "ein.reduce" in groups[0]["ops"], groups
         assert len(groups) == 2 and all(g["kernel"] for g in groups), groups
         assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("n", [1 << 12, (1 << 20) + 7, 3 * (1 << 22)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_full_reductions_are_kernels(n, dtype):
+    """Losses to one element: partials and a combine (or one row), against float64."""
+    a, b = torch.randn(n, device=CUDA, dtype=dtype), torch.randn(n, device=CUDA, dtype=dtype)
+    for fn in (lambda a, b: F.mse_loss(a, b), lambda a, b: F.huber_loss(a, b), lambda a, b: (a * b).sum()):
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out, ref = compiled(a, b), fn(a.double(), b.double())
+        groups = _groups(compiled)
+        assert groups and all(g["kernel"] for g in groups if g["kind"] == "reduction"), groups
+        assert rel_error(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_convolutions_run_channels_last(dtype):
+    """A convolution then ReLU and a bias: channels-last on cuDNN, the conversion back fused into the
+    kernel after it; eager's values and output strides."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3).to(CUDA, dtype)
+    bias = torch.randn(32, 1, 1, device=CUDA, dtype=dtype)
+    x = torch.randn(4, 16, 33, 29, device=CUDA, dtype=dtype)
+
+    def fn(x):
+        return torch.relu(conv(x)) + bias
+
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, eager = compiled(x), fn(x)
+    assert compiled.tilefuse_reports[0]["conv_layout"].startswith("1 convolution")
+    assert [g["kind"] for g in _groups(compiled)] == ["pointwise"]
+    assert out.stride() == eager.stride()
+    torch.testing.assert_close(
+        out, eager, rtol=2e-2, atol=2e-2
+    )  # cuDNN picks its own algorithm (TF32 in fp32)
