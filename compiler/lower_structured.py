@@ -11,6 +11,7 @@ batch index of the contraction, not a copy.
 from __future__ import annotations
 
 import math
+import operator
 import string
 
 import torch
@@ -20,7 +21,8 @@ from xdsl.ir import SSAValue
 
 from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
 from ..ir.dtypes import shape_of, to_mlir_type
-from .lowering_table import LoweringContext, bound_args, lowers, normalize_dims
+from .conv_layout import is_storage_view
+from .lowering_table import LoweringContext, bound_args, lowers, normalize_dims, target_name
 
 aten = torch.ops.aten
 
@@ -90,7 +92,13 @@ def lower_as_strided(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.reshape(ctx.tensor(node.args[0]), ctx.out_shape(node))
 
 
-@lowers(aten.permute.default)
+def _permute_check(node: Node) -> str | None:
+    if is_storage_view(node):
+        return "a channels-last convolution's result viewed as [N, H, W, C] runs in PyTorch (conv_layout.py)"
+    return None
+
+
+@lowers(aten.permute.default, check=_permute_check)
 def lower_permute(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.permute(ctx.tensor(node.args[0]), node.args[1])
 
@@ -399,6 +407,31 @@ lowers(aten.sum.dim_IntList, aten.sum.default)(_reduce("sum", "dim"))
 lowers(aten.mean.dim, aten.mean.default)(_reduce("mean", "dim"))
 lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
+
+
+def _values_only_check(node: Node) -> str | None:
+    if any(not (u.target is operator.getitem and u.args[1] == 0) for u in node.users):
+        return f"{target_name(node)} with its indices used runs in PyTorch (no argmax in ein)"
+    if not node.meta["val"][0].dtype.is_floating_point:
+        return f"an integer {target_name(node)} runs in PyTorch"
+    return None
+
+
+def _values_only(kind: str):
+    """`torch.max(x, dim)` / `torch.min(x, dim)` whose indices nobody reads: the values' reduction."""
+    def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, None]:
+        values = node.meta["val"][0]
+        a = bound_args(node)
+        x = ctx.tensor(a["self"])
+        dims = normalize_dims(a["dim"], len(shape_of(x.type)))
+        out = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
+        return ctx.b.reshape(out, tuple(int(d) for d in values.shape)), None
+
+    return lower
+
+
+lowers(aten.max.dim, check=_values_only_check)(_values_only("max"))
+lowers(aten.min.dim, check=_values_only_check)(_values_only("min"))
 lowers(aten.any.dim, aten.any.dims, aten.any.default)(_reduce("max", "dim"))
 lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
 
