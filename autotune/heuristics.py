@@ -159,12 +159,15 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         wanted = SM_COUNT_HINT // 2 if projection else SM_COUNT_HINT
         while decode and programs() < wanted and bn > 32:
             bn //= 2
-        # still under a wave of 128-wide tiles with a few hundred rows and columns (GQA k/v projections
-        # at 2048 tokens, their gradients): 64 x 64 tiles, 4 warps, 4 stages, four times the programs
-        # (H200 sweep, bf16, three layouts, K=2048: 2048x512 22.3/32.3/21.3 -> 16.7/16.7/16.4 us,
-        # 512x2048 22.6/21.7/21.4 -> 24.7/16.3/18.0; cuBLAS 13). Not at M or N under 256: a 64-row
-        # tile there reads the weight once per row block (H100: 0.35x cuBLAS at M=128)
-        small_grid = not whole_rows and not decode and programs() < SM_COUNT_HINT and problem["K"] <= 8192
+        # half a wave of 128-wide tiles or less, with a few hundred rows and columns (GQA k/v
+        # projections at 2048 tokens, their gradients; 1024-square): 64 x 64 tiles, 4 warps, 4 stages,
+        # four times the programs. H200 sweeps, bf16, NT/NN/TN layouts (benchmarks/NOTES.md), 128x128
+        # -> 64x64 in us: 2048x512x2048 21.0/20.3/20.2 -> 15.9/15.5/15.4, 512x2048x2048 21.1/41.8/20.3
+        # -> 15.6/34.7/16.1, 1024^3 26.5/13.4/30.5 -> 10.6/10.3/26.1 (cuBLAS 9-13). At a full wave
+        # (4096x512, 2048x1024: 128 tiles) 64x64 lost (~30 against 19-33), so not there; nor at M or N
+        # under 256, where a 64-row tile reads the weight once per row block (H100: 0.35x cuBLAS at M=128)
+        half_wave = programs() <= SM_COUNT_HINT // 2
+        small_grid = not whole_rows and not decode and half_wave and problem["K"] <= 8192
         exact_n = "BLOCK_N" in problem.get("exact", {})
         if small_grid and min(problem["M"], problem["N"]) >= 256 and not exact_n:
             bm, bn, stages = 64, 64, 4
@@ -192,6 +195,10 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
+    if kind == "pointwise" and problem.get("tiled"):  # a transposing copy: 64 x 64 tiles (Inductor's size)
+        bx = _pow2_at_least(problem["X"], 16, 64)
+        by = _pow2_at_least(problem["Y"], 16, 64)
+        return KernelConfig({"BLOCK_X": bx, "BLOCK_Y": by}, 4, 1)
     if kind == "attention":  # head dims are whole in one tile: BLOCK_D >= D, BLOCK_DV >= DV
         bd, bdv = _pow2_at_least(problem["D"], 16, 1 << 16), _pow2_at_least(problem["DV"], 16, 1 << 16)
         # H200 sweep (benchmarks/NOTES.md): 128x128 tiles, 8 warps for head dim 128; 64x64, 4 warps for 64

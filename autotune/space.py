@@ -56,6 +56,8 @@ CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
     },
     "pointwise": {"BLOCK": (256, 512, 1024, 2048, 4096), "num_warps": (2, 4, 8)},
 }
+# a transposing pointwise kernel in 2-d tiles (lower_to_tile.lower_pointwise)
+TILED_POINTWISE = {"BLOCK_X": (32, 64, 128), "BLOCK_Y": (16, 32, 64, 128), "num_warps": (4, 8)}
 # a row too wide for one tile, walked in chunks by one program
 CHUNKED_ROW = {"BLOCK_C": (1024, 2048, 4096, 8192), "num_warps": (4, 8, 16)}
 # a reduction whose kept index is the contiguous one: tiles wide in R, a few rows of C deep
@@ -155,7 +157,9 @@ class SearchSpace:
     def _candidates(self) -> list[KernelConfig]:
         column = self.task.kind == "reduction" and self.task.problem.get("column")
         chunked = self.task.kind == "row" and self.task.problem.get("chunked")
-        choices = dict(COLUMN_REDUCTION if column else CHUNKED_ROW if chunked else CHOICES[self.task.kind])
+        tiled = self.task.kind == "pointwise" and self.task.problem.get("tiled")
+        table = COLUMN_REDUCTION if column else CHUNKED_ROW if chunked else TILED_POINTWISE if tiled else None
+        choices = dict(table or CHOICES[self.task.kind])
         fixed = self._fixed()
         choices.update({k: (v,) for k, v in fixed.items()})
         if self._tma_choice():
@@ -212,7 +216,7 @@ def _extents(task: TuningTask) -> dict[str, int]:
         "attention": {"BLOCK_M": "M", "BLOCK_N": "N"},
         "row": {"BLOCK_R": "R"},
         "reduction": {"BLOCK_R": "R", "BLOCK_C": "C"},
-        "pointwise": {"BLOCK": "N"},
+        "pointwise": {"BLOCK": "N", "BLOCK_X": "X", "BLOCK_Y": "Y"},
     }[task.kind]
     return {param: problem[key] for param, key in table.items() if key in problem}
 

@@ -1,22 +1,28 @@
 """Convolutions in channels-last layout (a pass on the aten graph), as Inductor's layout optimization.
 
-Convolutions stay in PyTorch (cuDNN). On Hopper cuDNN's NCHW kernels are several times slower
-than its NHWC ones: a 3x3 convolution of [32, 64, 128, 128] to 128 channels took ~600 µs in bf16
-as eager PyTorch ran it (NCHW) where `torch.compile`, which converts convolutions to channels-last
-(`torch._inductor.graph.GraphLowering.decide_layout_opt`), ran the whole conv + ReLU + bias in
-243 µs (H200, benchmarks/RESULTS_kernelbench.md). So each convolution reads its input and weight
-converted to channels-last, and its result is converted back at once:
+Convolutions stay in PyTorch (cuDNN). Given NCHW tensors, cuDNN on Hopper converts its input to
+NHWC, runs an NHWC implicit GEMM, converts the result back and adds the bias in a separate pass:
+a [16, 64, 128, 128] 3x3 convolution to 64 channels in bf16 took 170 µs on the H200 of which the
+GEMM was 45 (`.scratch` probe, benchmarks/NOTES.md). `torch.compile` takes the layout over
+(`torch._inductor.graph.GraphLowering.decide_layout_opt`): its own tiled kernels convert the input
+and, fused with the bias and whatever follows, the result, 84 µs in all. So does this pass:
 
     y = convolution(x, w, b, ..)
-      -> y = clone(convolution(clone(x, channels_last), clone(w, channels_last), b, ..), contiguous)
+      ->  xc = clone(permute(x, [0, 2, 3, 1]))                   a generated kernel: NHWC, contiguous
+          yc = convolution(permute(xc, [0, 3, 1, 2]), clone(w, channels_last), None, ..)   cuDNN, NHWC
+          y  = clone(permute(permute(yc, [0, 2, 3, 1]), [0, 3, 1, 2])) + b[:, None, None]
 
-The conversions to channels-last run in PyTorch (`lowering_table`: a layout change is not an `ein`
-op). The conversion back is an elementwise copy in `ein` (`lower_elementwise.lower_clone`): where a
-compiled op reads the result (the bias, activation or norm after a convolution) it fuses into that
-kernel, which reads the NHWC tensor through its strides and writes its own output row-major, so it
-costs nothing; elsewhere it is one copy, and every later op sees the strides eager PyTorch gave it
-(a `view` after it stays valid). Grouped convolutions are left alone (Inductor measured them slower
-channels-last; depthwise ones, a channel a group, are converted), as are 1-d ones and float64.
+The first permute of `yc` runs in PyTorch (a view: its result is `yc`'s storage as a contiguous
+[N, H, W, C] tensor), so the compiled code after it reads a contiguous tensor through an `ein`
+permute. Both clones are explicit copies in `ein` (`lower_elementwise.lower_clone`, marked here):
+a copy whose operand is read through a permute that moves the innermost dim is lowered as a
+2-d tiled kernel (`lower_to_tile.lower_pointwise`: loads coalesced along one dim, stores along
+another), and the copy back fuses with the bias and the ops after the convolution (activation,
+residual, norm), which then read the NHWC result once and write their own output row-major. Every
+op after it sees the strides eager PyTorch gave the result (a `view` stays valid). The weight's
+conversion runs in PyTorch (weights are small). Grouped convolutions are left alone (Inductor
+measured them slower channels-last; depthwise ones, a channel a group, are converted), as are
+1-d ones and float64.
 
 `TILEFUSE_CONV_LAYOUT`: `auto` (the default: on a GPU), `channels_last` (everywhere: tests run it
 on CPU), `off`.
@@ -33,12 +39,10 @@ aten = torch.ops.aten
 
 LAYOUT_ENV = "TILEFUSE_CONV_LAYOUT"
 _FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
-CONVERTED_BACK = "tilefuse_converted_back"  # node meta: this clone restores a convolution's eager strides
-
-
-def is_conversion_back(node: Node) -> bool:
-    """The clone after a channels-last convolution (not a `.contiguous()` of the model's own)."""
-    return bool(node.meta.get(CONVERTED_BACK))
+# node meta: this clone is an explicit copy (not a `.contiguous()` of the model's, which stays a view)
+EXPLICIT_COPY = "tilefuse_explicit_copy"
+# node meta: this permute runs in PyTorch (the NHWC storage of a convolution's result, made a tensor)
+STORAGE_VIEW = "tilefuse_storage_view"
 
 
 def conv_layout_enabled(on_gpu: bool) -> bool:
@@ -51,6 +55,14 @@ def conv_layout_enabled(on_gpu: bool) -> bool:
 def is_layout_change(node: Node) -> bool:
     """A clone into a channels-last format: runs in PyTorch (its point is the strides it makes)."""
     return node.target is aten.clone.default and node.kwargs.get("memory_format") in _FORMATS.values()
+
+
+def is_explicit_copy(node: Node) -> bool:
+    return bool(node.meta.get(EXPLICIT_COPY))
+
+
+def is_storage_view(node: Node) -> bool:
+    return bool(node.meta.get(STORAGE_VIEW))
 
 
 def channels_last_convolutions(gm: GraphModule) -> int:
@@ -71,29 +83,55 @@ def _eligible(node: Node) -> bool:
     groups = node.args[8] if len(node.args) > 8 else node.kwargs.get("groups", 1)
     vals = [getattr(a, "meta", {}).get("val") for a in (x, w)]
     out = node.meta.get("val")
-    if not all(isinstance(v, torch.Tensor) for v in (*vals, out)):
+    if not all(isinstance(v, torch.Tensor) for v in (*vals, out)) or node.kwargs:
         return False
-    if vals[0].dim() not in _FORMATS or vals[0].dtype == torch.float64:
+    if vals[0].dim() not in _FORMATS or vals[0].dtype == torch.float64 or not vals[0].is_contiguous():
         return False
     if groups > 1 and vals[1].shape[1] > 1:  # grouped; a depthwise one (one channel a group) gains
         return False
-    return out.is_contiguous()  # the layout eager PyTorch gave it, which the conversion back restores
+    return out.is_contiguous()  # the layout eager PyTorch gave it, which the copy back restores
+
+
+def _call(
+    gm: GraphModule, target, args: tuple, val: torch.Tensor, kwargs: dict | None = None, **meta
+) -> Node:
+    node = gm.graph.call_function(target, args, kwargs or {})
+    node.meta["val"] = val
+    node.meta.update(meta)
+    return node
 
 
 def _rewrite(gm: GraphModule, conv: Node) -> None:
-    graph = gm.graph
-    fmt = _FORMATS[conv.args[0].meta["val"].dim()]
-    with graph.inserting_before(conv):
-        converted = []
-        for arg in conv.args[:2]:
-            clone = graph.call_function(aten.clone.default, (arg,), {"memory_format": fmt})
-            clone.meta["val"] = arg.meta["val"].clone(memory_format=fmt)
-            converted.append(clone)
-    conv.args = (*converted, *conv.args[2:])
+    x, w, bias = conv.args[:3]
+    rank = x.meta["val"].dim()
+    to_last = [0, *range(2, rank), 1]  # NCHW -> NHWC
+    to_first = [0, rank - 1, *range(1, rank - 1)]  # NHWC -> NCHW
+    contiguous = {"memory_format": torch.contiguous_format}
+    copy = {EXPLICIT_COPY: True}
+    with gm.graph.inserting_before(conv):
+        xp = _call(gm, aten.permute.default, (x, to_last), x.meta["val"].permute(to_last))
+        xc = _call(gm, aten.clone.default, (xp,), xp.meta["val"].contiguous(), contiguous, **copy)
+        x_last = _call(gm, aten.permute.default, (xc, to_first), xc.meta["val"].permute(to_first))
+        fmt = _FORMATS[rank]
+        w_val = w.meta["val"].clone(memory_format=fmt)
+        w_last = _call(gm, aten.clone.default, (w,), w_val, {"memory_format": fmt})
+    conv.args = (x_last, w_last, None, *conv.args[3:])
     eager_val = conv.meta["val"]
     conv.meta["val"] = eager_val.clone(memory_format=fmt)
-    with graph.inserting_after(conv):
-        back = graph.call_function(aten.clone.default, (conv,), {"memory_format": torch.contiguous_format})
-    back.meta["val"] = eager_val
-    back.meta[CONVERTED_BACK] = True
-    conv.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
+    users = list(conv.users)
+    with gm.graph.inserting_after(conv):
+        storage = conv.meta["val"].permute(to_last)
+        yu = _call(gm, aten.permute.default, (conv, to_last), storage, **{STORAGE_VIEW: True})
+    with gm.graph.inserting_after(yu):
+        yv = _call(gm, aten.permute.default, (yu, to_first), yu.meta["val"].permute(to_first))
+    with gm.graph.inserting_after(yv):
+        y = _call(gm, aten.clone.default, (yv,), eager_val, contiguous, **copy)
+    result = y
+    if isinstance(bias, Node):
+        shape = [1, -1, *[1] * (rank - 2)]
+        with gm.graph.inserting_after(y):
+            b = _call(gm, aten.view.default, (bias, shape), bias.meta["val"].view(shape))
+        with gm.graph.inserting_after(b):
+            result = _call(gm, aten.add.Tensor, (y, b), eager_val)
+    for user in users:
+        user.replace_input_with(conv, result)

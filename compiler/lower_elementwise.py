@@ -16,7 +16,7 @@ from xdsl.ir import SSAValue
 
 from ..ir.builder import ScalarBuilder, opmath_type
 from ..ir.dtypes import is_float, to_mlir_type
-from .conv_layout import is_conversion_back, is_layout_change
+from .conv_layout import is_explicit_copy, is_layout_change
 from .lowering_table import LoweringContext, bound_args, lowers, promoted_dtype
 
 aten = torch.ops.aten
@@ -312,11 +312,11 @@ def _clone_check(node: Node) -> str | None:
 
 @lowers(aten.clone.default, check=_clone_check)
 def lower_clone(ctx: LoweringContext, node: Node) -> SSAValue:
-    """A copy. The clone back after a channels-last convolution (`conv_layout.py`) is an explicit
-    copy, so a result that leaves the partition as it is gets fresh row-major storage, not the
-    convolution's NHWC one."""
+    """A copy. The copies around a channels-last convolution (`conv_layout.py`) are explicit: a
+    result that leaves the partition as it is gets fresh row-major storage (a transposed copy
+    runs as a tiled kernel), not a view of its operand's."""
     x = ctx.tensor(node.args[0])
-    if is_conversion_back(node):
+    if is_explicit_copy(node):
         return ctx.b.map([x], ctx.out_elem(node), lambda sb, a: a)
     return x  # a copy of the model's own (`.contiguous()`): its readers index through its strides
 

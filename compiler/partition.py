@@ -21,6 +21,7 @@ from torch.fx import Graph, GraphModule, Node
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
+from .conv_layout import is_explicit_copy
 from .lowering_table import target_name, unsupported_reason
 
 aten = torch.ops.aten
@@ -72,7 +73,9 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
         reason = in_pytorch.get(source) if source is not node else unsupported_reason(node)
         if reason is not None:
             in_pytorch[node] = reason
-        if node.target not in _COMPUTE_BOUND and all(a in from_inputs for a in node.all_input_nodes):
+        # an explicit copy (a layout conversion, conv_layout.py) is work: a tiled kernel beats ATen's copy
+        heavy = node.target in _COMPUTE_BOUND or is_explicit_copy(node)
+        if not heavy and all(a in from_inputs for a in node.all_input_nodes):
             from_inputs.add(node)
     for node in reversed(gm.graph.nodes):
         feeds = sorted(u.name for u in node.users if u in in_pytorch)

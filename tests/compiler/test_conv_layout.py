@@ -6,15 +6,25 @@ the oracle is eager PyTorch on the same module, values and output strides both.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
-from tilefuse.compiler.conv_layout import LAYOUT_ENV, channels_last_convolutions, conv_layout_enabled
+from tilefuse.compiler.conv_layout import (
+    LAYOUT_ENV,
+    channels_last_convolutions,
+    conv_layout_enabled,
+    is_explicit_copy,
+    is_storage_view,
+)
 
 aten = torch.ops.aten
 
@@ -53,18 +63,28 @@ def _aten_graph(conv, x: torch.Tensor, w: torch.Tensor, **options):
 
 
 def test_rewrite_converts_input_and_weight_and_back():
-    x, w = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3)
-    gm = _aten_graph(F.conv2d, x, w, padding=1)
+    """Input: permute + explicit copy (NHWC, contiguous) viewed back as NCHW; weight: channels-last
+    in PyTorch; the bias leaves the convolution for an add after the copy back; the result's
+    first permute is marked to run in PyTorch."""
+    x, w, b = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3), torch.randn(5)
+    gm = make_fx(lambda x, w, b: F.conv2d(x, w, b, padding=1), tracing_mode="fake")(x, w, b)
     assert channels_last_convolutions(gm) == 1
-    clones = [n for n in gm.graph.nodes if n.target is aten.clone.default]
-    formats = sorted(str(n.kwargs["memory_format"]) for n in clones)
-    assert formats == ["torch.channels_last", "torch.channels_last", "torch.contiguous_format"]
     (conv,) = [n for n in gm.graph.nodes if n.target is aten.convolution.default]
-    assert all(a.target is aten.clone.default for a in conv.args[:2])
+    x_last, w_last, bias = conv.args[:3]
+    assert bias is None and x_last.target is aten.permute.default and list(x_last.args[1]) == [0, 3, 1, 2]
+    copy_in = x_last.args[0]
+    assert copy_in.target is aten.clone.default and is_explicit_copy(copy_in)
+    assert list(copy_in.args[0].args[1]) == [0, 2, 3, 1]
+    assert w_last.kwargs["memory_format"] is torch.channels_last
     assert conv.meta["val"].is_contiguous(memory_format=torch.channels_last)
-    assert [u.kwargs["memory_format"] for u in conv.users] == [torch.contiguous_format]
-    out = gm(x, w)
-    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+    (storage,) = conv.users
+    assert is_storage_view(storage) and list(storage.args[1]) == [0, 2, 3, 1]
+    copies = [n for n in gm.graph.nodes if n.target is aten.clone.default and is_explicit_copy(n)]
+    assert len(copies) == 2
+    (add,) = [n for n in gm.graph.nodes if n.target is aten.add.Tensor]
+    assert add.args[0] is copies[1]
+    out = gm(x, w, b)
+    torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-5)
     assert out.is_contiguous()
 
 
@@ -98,25 +118,29 @@ def test_setting(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "make, shape",
+    "make, shape, tiled",
     [
-        (lambda: ConvReluBias(nn.Conv2d(3, 5, 3), 5, 2), (2, 3, 9, 11)),
-        (lambda: ConvReluBias(nn.Conv2d(6, 7, (3, 2), stride=2, padding=1), 7, 2), (3, 6, 13, 10)),
-        (lambda: ConvReluBias(nn.Conv3d(2, 3, 3), 3, 3), (2, 2, 5, 6, 7)),
-        (lambda: ConvReluBias(nn.ConvTranspose2d(3, 4, 3, stride=2), 4, 2), (2, 3, 5, 6)),
+        (lambda: ConvReluBias(nn.Conv2d(16, 16, 3), 16, 2), (2, 16, 9, 11), 2),
+        (lambda: ConvReluBias(nn.Conv2d(17, 19, (3, 2), stride=2, padding=1), 19, 2), (3, 17, 13, 10), 2),
+        (lambda: ConvReluBias(nn.Conv3d(16, 16, 3), 16, 3), (2, 16, 5, 6, 7), 2),
+        (lambda: ConvReluBias(nn.ConvTranspose2d(16, 16, 3, stride=2), 16, 2), (2, 16, 5, 6), 2),
+        (lambda: ConvReluBias(nn.Conv2d(3, 5, 3), 5, 2), (2, 3, 9, 11), 0),  # under a tile's edge: flat
     ],
-    ids=["conv2d", "strided_ragged", "conv3d", "transposed"],
+    ids=["conv2d", "strided_ragged", "conv3d", "transposed", "few_channels"],
 )
-def test_convolution_then_epilogue_matches_eager(channels_last, make, shape):
-    """The conversion back fuses into the kernel after the convolution: one pointwise kernel, no
-    copy of its own; the output has eager's strides."""
+def test_convolution_then_epilogue_matches_eager(channels_last, make, shape, tiled):
+    """Two kernels, transposing copies (in 2-d tiles where rows and columns fill one): the input to
+    NHWC, and the copy back fused with the bias, ReLU and the parameter after the convolution; the
+    output has eager's strides."""
     torch.manual_seed(0)
     module, x = make(), torch.randn(*shape)
     reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
     assert reports[0]["conv_layout"].startswith("1 convolution")
-    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
+    groups = fusion_groups(reports)
+    assert [g["kind"] for g in groups] == ["pointwise", "pointwise"], groups
+    assert sum("BLOCK_X" in g["config"] for g in groups) == tiled, [g["config"] for g in groups]
     fallbacks = {f["op"] for r in reports for f in r["fallbacks"]}
-    assert fallbacks == {"aten.convolution.default", "aten.clone.default"}, fallbacks
+    assert fallbacks == {"aten.convolution.default", "aten.clone.default", "aten.permute.default"}, fallbacks
     out = tilefuse.compile(module)(x)
     assert out.stride() == module(x).stride()
 
@@ -137,11 +161,11 @@ def test_off_leaves_the_graph(monkeypatch):
 
 
 def test_convolution_alone_returns_eager_strides(channels_last):
-    """Nothing after the convolution: the conversion back is a copy kernel of its own, and the
-    result is row-major as eager's, not a view of the NHWC one."""
+    """Nothing after the convolution but its bias: the copy back with the bias is a kernel of its
+    own, and the result is row-major as eager's, not a view of the NHWC one."""
     module, x = nn.ConvTranspose2d(3, 4, 3, stride=2), torch.randn(2, 3, 5, 6)
     reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
-    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
     out = tilefuse.compile(module)(x)
     assert out.stride() == module(x).stride() and out.is_contiguous()
 
@@ -152,3 +176,28 @@ def test_a_models_own_contiguous_stays_a_view_for_its_readers():
     fn = lambda a, b: a.transpose(0, 1).contiguous() @ b  # noqa: E731
     reports = compile_and_compare(fn, torch.randn(24, 16), torch.randn(24, 8), rtol=1e-4, atol=1e-4)
     assert [g["kind"] for g in fusion_groups(reports)] == ["gemm"]
+
+
+# --- pointwise kernels that read an operand transposed: 2-d tiles (lower_to_tile.lower_pointwise) ---------
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 40), min_size=2, max_size=4),
+    data=st.data(),
+)
+def test_transposed_pointwise_kernels_match_eager(dims, data):
+    """A map over a permuted operand (any permutation, ragged sizes): tiled where the operand's
+    innermost dim moves and both sides of the split reach a tile's edge, flat otherwise; eager's
+    values either way."""
+    perm = data.draw(st.permutations(range(len(dims))))
+    torch._dynamo.reset()
+    x, b = torch.randn(*dims), torch.randn(1)
+    fn = lambda x, b: torch.sigmoid(x.permute(*perm)) * b  # noqa: E731
+    reports = compile_and_compare(fn, x, b, rtol=1e-5, atol=1e-5)
+    (group,) = fusion_groups(reports)
+    out_shape = [dims[p] for p in perm]
+    j = list(perm).index(len(dims) - 1)
+    rows, cols = math.prod(out_shape[: j + 1]), math.prod(out_shape[j + 1 :])
+    tiled = j < len(dims) - 1 and min(rows, cols) >= 16
+    assert ("BLOCK_X" in group["config"]) == tiled, (perm, dims, group["config"])

@@ -201,22 +201,30 @@ def test_split_reduction_of_wide_rows(shape, dtype):
 @pytest.mark.parametrize("n", [1 << 12, (1 << 20) + 7, 3 * (1 << 22)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_full_reductions_are_kernels(n, dtype):
-    """Losses to one element: partials and a combine (or one row), against float64."""
+    """Losses to one element: partials and a combine (or one row), against float64, relative to the
+    sum of the terms' magnitudes (a sum of products cancels; its 16-bit products are rounded as
+    eager rounds them, and eager's own error there is ~1 in 10 of the result at n = 2^20)."""
     a, b = torch.randn(n, device=CUDA, dtype=dtype), torch.randn(n, device=CUDA, dtype=dtype)
-    for fn in (lambda a, b: F.mse_loss(a, b), lambda a, b: F.huber_loss(a, b), lambda a, b: (a * b).sum()):
+    cases = [
+        (lambda a, b: F.mse_loss(a, b), lambda a, b: F.mse_loss(a, b)),
+        (lambda a, b: F.huber_loss(a, b), lambda a, b: F.huber_loss(a, b)),
+        (lambda a, b: (a * b).sum(), lambda a, b: (a * b).abs().sum()),
+    ]
+    for fn, magnitude in cases:
         torch._dynamo.reset()
         compiled = tilefuse.compile(fn)
         with torch.no_grad():
             out, ref = compiled(a, b), fn(a.double(), b.double())
         groups = _groups(compiled)
         assert groups and all(g["kernel"] for g in groups if g["kind"] == "reduction"), groups
-        assert rel_error(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+        error = (out.double() - ref).abs() / magnitude(a.double(), b.double())
+        assert error < (1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_convolutions_run_channels_last(dtype):
-    """A convolution then ReLU and a bias: channels-last on cuDNN, the conversion back fused into the
-    kernel after it; eager's values and output strides."""
+    """A convolution then ReLU and a bias: channels-last on cuDNN, the input converted by a tiled
+    kernel, the conversion back fused into the kernel after it; eager's values and output strides."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 32, 3).to(CUDA, dtype)
     bias = torch.randn(32, 1, 1, device=CUDA, dtype=dtype)
@@ -230,7 +238,7 @@ def test_convolutions_run_channels_last(dtype):
     with torch.no_grad():
         out, eager = compiled(x), fn(x)
     assert compiled.tilefuse_reports[0]["conv_layout"].startswith("1 convolution")
-    assert [g["kind"] for g in _groups(compiled)] == ["pointwise"]
+    assert [g["kind"] for g in _groups(compiled)] == ["pointwise", "pointwise"]
     assert out.stride() == eager.stride()
     torch.testing.assert_close(
         out, eager, rtol=2e-2, atol=2e-2
