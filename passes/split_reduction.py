@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, f32
+from xdsl.dialects.builtin import ModuleOp, f32, i64
 from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
 
@@ -55,7 +55,7 @@ from ..ir.builder import (
     strip_casts,
     yielded_value,
 )
-from ..ir.dtypes import is_float, shape_of, tensor_type
+from ..ir.dtypes import is_bool, is_float, shape_of, tensor_type
 from ..ir.module import functions
 
 MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
@@ -258,12 +258,15 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     x, kind = reduce.input, reduce.kind.data
     shape = shape_of(x.type)
     j = len(reduce.reduce_dims)
-    if kind not in ("sum", "max", "min", "mean") or not is_float(x.type.get_element_type()):
+    elem = x.type.get_element_type()
+    if kind not in ("sum", "max", "min", "mean") or not (is_float(elem) or _integer_sum(reduce)):
         return False
     if reduce.reduce_dims != tuple(range(j)) or not 0 < j <= len(shape):
         return False
     if j == len(shape):
         return _split_full(reduce)
+    if not is_float(elem):
+        return False  # integer column sums: left whole
     kept = list(shape[j:])
     rows, outputs = math.prod(shape[:j]), math.prod(kept)
     if outputs > MAX_COLUMN_OUTPUTS or rows * outputs < MIN_COLUMN_ELEMENTS:
@@ -312,6 +315,12 @@ def full_view(shape: tuple[int, ...]) -> list[int]:
     return [1, n]
 
 
+def _integer_sum(reduce: ein.ReduceOp) -> bool:
+    """A sum of integers (not booleans): partials in i64, as PyTorch sums them."""
+    elem = reduce.input.type.get_element_type()
+    return reduce.kind.data == "sum" and not is_float(elem) and not is_bool(elem)
+
+
 def _split_full(reduce: ein.ReduceOp) -> bool:
     """r = reduce over every dim of x -> rows of partials (see `full_view`) and their combine. A
     map producing x for this reduce only, whose operands are x-shaped or scalars, is applied to
@@ -320,15 +329,16 @@ def _split_full(reduce: ein.ReduceOp) -> bool:
     shape = tuple(shape_of(x.type))
     view = full_view(shape)
     b = InsertingEinBuilder(reduce, "split")
+    acc = i64 if _integer_sum(reduce) else f32  # partials in f32 (floats) or i64 (integer sums)
     producer = x.owner
     whole = lambda v: tuple(shape_of(v.type)) == shape or math.prod(shape_of(v.type)) == 1  # noqa: E731
     if isinstance(producer, ein.MapOp) and single_user(x) is reduce and all(map(whole, producer.inputs)):
         rows_of = lambda v: view if tuple(shape_of(v.type)) == shape else [1] * len(view)  # noqa: E731
         inputs = [b.reshape(v, rows_of(v)) if shape_of(v.type) else v for v in producer.inputs]
         body = lambda sb, *args: inline_map_body(producer, args, sb.block)  # noqa: E731
-        rows = b.map(inputs, f32, body, cast_inputs=False)
+        rows = b.map(inputs, acc, body, cast_inputs=False)
     else:
-        rows = b.cast(b.reshape(x, view), f32)
+        rows = b.cast(b.reshape(x, view), acc)
     total = b.reduce(kind, rows, [1], keepdim=False)  # a mean of equal rows' means is the mean
     if view[0] > 1:
         total = b.reduce(kind, b.reshape(total, [1, view[0]]), [1], keepdim=False)

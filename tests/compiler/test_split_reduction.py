@@ -260,3 +260,26 @@ def test_full_reductions_accumulate_in_f32(small_full, dtype):
     want = fn(a.double(), b.double())
     eager = fn(a, b).double()
     assert (got - want).abs().max() <= 2 * (eager - want).abs().max() + 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("shape", [(37,), (5, 129), (3, 40, 7)], ids=str)
+def test_integer_sums_are_kernels(small_full, dtype, shape):
+    """Sums of integers (a count of labels that are not ignored) accumulate in i64 in the kernel, to
+    one element (partials and a combine past MIN_FULL_SPLIT) or over a dim; exact as eager."""
+    t = torch.randint(-5, 6, shape, dtype=dtype)
+    for fn in (lambda t: (t != 3).sum(), lambda t: t.sum(), lambda t: t.sum(-1) * 2):
+        torch._dynamo.reset()
+        reports = compile_and_compare(fn, t, rtol=0, atol=0)
+        groups = fusion_groups(reports)
+        assert groups and all(g["kernel"] for g in groups if g["kind"] == "reduction"), groups
+
+
+def test_cross_entropy_mean_with_ignored_labels_runs_in_kernels():
+    """Cross-entropy's mean divides by the int64 count of labels not ignored: that count is a
+    reduction kernel now, not an op on the reference interpreter."""
+    x, t = torch.randn(64, 10), torch.randint(0, 10, (64,))
+    t[::7] = -100
+    reports = compile_and_compare(lambda x, t: F.cross_entropy(x, t), x, t, rtol=1e-5, atol=1e-5)
+    glue = [g["op"] for r in reports for p in r["partitions"] for g in p["glue_ops"]]
+    assert "ein.reduce" not in glue, glue

@@ -243,3 +243,21 @@ def test_convolutions_run_channels_last(dtype):
     torch.testing.assert_close(
         out, eager, rtol=2e-2, atol=2e-2
     )  # cuDNN picks its own algorithm (TF32 in fp32)
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 20) + 3], ids=str)
+def test_integer_sums_and_cross_entropy_mean(n):
+    """A count of labels not ignored (an i64 sum, to one element) and cross-entropy's mean, exact /
+    against float64."""
+    t = torch.randint(-100, 50, (n,), device=CUDA)
+    torch._dynamo.reset()
+    count = tilefuse.compile(lambda t: (t != -100).sum())
+    with torch.no_grad():
+        assert count(t).item() == (t != -100).sum().item()
+    x, labels = torch.randn(4096, 1000, device=CUDA), torch.randint(0, 1000, (4096,), device=CUDA)
+    labels[::5] = -100
+    torch._dynamo.reset()
+    loss = tilefuse.compile(lambda x, t: F.cross_entropy(x, t))
+    with torch.no_grad():
+        out, ref = loss(x, labels), F.cross_entropy(x.double(), labels)
+    assert abs(out.item() - ref.item()) < 1e-5 * abs(ref.item())
