@@ -71,7 +71,7 @@ def resolve_backend(option: str | None) -> str:
 
 
 NORM_PROLOGUE_ENV = "TILEFUSE_NORM_PROLOGUE"  # "0": norms stay row kernels before their GEMMs
-SPLIT_REDUCTION_ENV = "TILEFUSE_SPLIT_REDUCTION"  # "0": wide reductions of GEMM rows stay unsplit
+SPLIT_REDUCTION_ENV = "TILEFUSE_SPLIT_REDUCTION"  # "0": no split-reduction pass (GEMM rows, columns, full)
 
 
 def fusion_options() -> str:

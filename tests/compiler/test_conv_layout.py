@@ -115,6 +115,8 @@ def test_setting(monkeypatch):
     monkeypatch.setenv(LAYOUT_ENV, "nhwc")
     with pytest.raises(ValueError, match="channels_last"):
         conv_layout_enabled(True)
+    with pytest.raises(ValueError, match="TILEFUSE_CONV_LAYOUT"):  # said by compile, not a failed trace
+        tilefuse.compile(lambda x: x + 1)
 
 
 @pytest.mark.parametrize(
