@@ -9,7 +9,8 @@ and, fused with the bias and whatever follows, the result, 84 µs in all. So doe
 
     y = convolution(x, w, b, ..)
       ->  xc = clone(permute(x, [0, 2, 3, 1]))                   a generated kernel: NHWC, contiguous
-          yc = convolution(permute(xc, [0, 3, 1, 2]), clone(w, channels_last), None, ..)   cuDNN, NHWC
+          wc = clone(permute(w, [0, 2, 3, 1]))                   the same, once per weight version
+          yc = convolution(permute(xc, [0, 3, 1, 2]), permute(wc, [0, 3, 1, 2]), None, ..)    cuDNN, NHWC
           y  = clone(permute(permute(yc, [0, 2, 3, 1]), [0, 3, 1, 2])) + b[:, None, None]
 
 The first permute of `yc` runs in PyTorch (a view: its result is `yc`'s storage as a contiguous
@@ -20,9 +21,9 @@ a copy whose operand is read through a permute that moves the innermost dim is l
 another), and the copy back fuses with the bias and the ops after the convolution (activation,
 residual, norm), which then read the NHWC result once and write their own output row-major. Every
 op after it sees the strides eager PyTorch gave the result (a `view` stays valid). The weight's
-conversion runs in PyTorch (weights are small). Grouped convolutions are left alone (Inductor
-measured them slower channels-last; depthwise ones, a channel a group, are converted), as are
-1-d ones and float64.
+copy reads parameters only, so the program computes it once and reuses it while they are
+unchanged. Grouped convolutions are left alone (Inductor measured them slower channels-last;
+depthwise ones, a channel a group, are converted), as are 1-d ones, float64 and non-contiguous inputs.
 
 `TILEFUSE_CONV_LAYOUT`: `auto` (the default: on a GPU), `channels_last` (everywhere: tests run it
 on CPU), `off`.
@@ -108,13 +109,16 @@ def _rewrite(gm: GraphModule, conv: Node) -> None:
     to_first = [0, rank - 1, *range(1, rank - 1)]  # NHWC -> NCHW
     contiguous = {"memory_format": torch.contiguous_format}
     copy = {EXPLICIT_COPY: True}
+    def channels_last(t: Node) -> Node:
+        """`t` copied to NHWC by a generated kernel, viewed back as NCHW-shaped (channels-last strides)."""
+        tp = _call(gm, aten.permute.default, (t, to_last), t.meta["val"].permute(to_last))
+        tc = _call(gm, aten.clone.default, (tp,), tp.meta["val"].contiguous(), contiguous, **copy)
+        return _call(gm, aten.permute.default, (tc, to_first), tc.meta["val"].permute(to_first))
+
     with gm.graph.inserting_before(conv):
-        xp = _call(gm, aten.permute.default, (x, to_last), x.meta["val"].permute(to_last))
-        xc = _call(gm, aten.clone.default, (xp,), xp.meta["val"].contiguous(), contiguous, **copy)
-        x_last = _call(gm, aten.permute.default, (xc, to_first), xc.meta["val"].permute(to_first))
-        fmt = _FORMATS[rank]
-        w_val = w.meta["val"].clone(memory_format=fmt)
-        w_last = _call(gm, aten.clone.default, (w,), w_val, {"memory_format": fmt})
+        # the weight's copy reads parameters only: made once, reused while they are unchanged
+        x_last, w_last = channels_last(x), channels_last(w)
+    fmt = _FORMATS[rank]
     conv.args = (x_last, w_last, None, *conv.args[3:])
     eager_val = conv.meta["val"]
     conv.meta["val"] = eager_val.clone(memory_format=fmt)

@@ -63,8 +63,7 @@ def _aten_graph(conv, x: torch.Tensor, w: torch.Tensor, **options):
 
 
 def test_rewrite_converts_input_and_weight_and_back():
-    """Input: permute + explicit copy (NHWC, contiguous) viewed back as NCHW; weight: channels-last
-    in PyTorch; the bias leaves the convolution for an add after the copy back; the result's
+    """Input and weight: permute + explicit copy (NHWC, contiguous) viewed back as NCHW; the bias leaves the convolution for an add after the copy back; the result's
     first permute is marked to run in PyTorch."""
     x, w, b = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3), torch.randn(5)
     gm = make_fx(lambda x, w, b: F.conv2d(x, w, b, padding=1), tracing_mode="fake")(x, w, b)
@@ -75,14 +74,14 @@ def test_rewrite_converts_input_and_weight_and_back():
     copy_in = x_last.args[0]
     assert copy_in.target is aten.clone.default and is_explicit_copy(copy_in)
     assert list(copy_in.args[0].args[1]) == [0, 2, 3, 1]
-    assert w_last.kwargs["memory_format"] is torch.channels_last
+    assert w_last.target is aten.permute.default and is_explicit_copy(w_last.args[0])  # once per weight
     assert conv.meta["val"].is_contiguous(memory_format=torch.channels_last)
     (storage,) = conv.users
     assert is_storage_view(storage) and list(storage.args[1]) == [0, 2, 3, 1]
     copies = [n for n in gm.graph.nodes if n.target is aten.clone.default and is_explicit_copy(n)]
-    assert len(copies) == 2
+    assert len(copies) == 3  # input, weight, result
     (add,) = [n for n in gm.graph.nodes if n.target is aten.add.Tensor]
-    assert add.args[0] is copies[1]
+    assert add.args[0] is copies[2]
     out = gm(x, w, b)
     torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-5)
     assert out.is_contiguous()
@@ -122,27 +121,29 @@ def test_setting(monkeypatch):
 @pytest.mark.parametrize(
     "make, shape, tiled",
     [
-        (lambda: ConvReluBias(nn.Conv2d(16, 16, 3), 16, 2), (2, 16, 9, 11), 2),
-        (lambda: ConvReluBias(nn.Conv2d(17, 19, (3, 2), stride=2, padding=1), 19, 2), (3, 17, 13, 10), 2),
-        (lambda: ConvReluBias(nn.Conv3d(16, 16, 3), 16, 3), (2, 16, 5, 6, 7), 2),
-        (lambda: ConvReluBias(nn.ConvTranspose2d(16, 16, 3, stride=2), 16, 2), (2, 16, 5, 6), 2),
+        (lambda: ConvReluBias(nn.Conv2d(16, 16, 3), 16, 2), (2, 16, 9, 11), 3),
+        (lambda: ConvReluBias(nn.Conv2d(17, 19, (3, 2), stride=2, padding=1), 19, 2), (3, 17, 13, 10), 3),
+        (lambda: ConvReluBias(nn.Conv3d(16, 16, 3), 16, 3), (2, 16, 5, 6, 7), 3),
+        (lambda: ConvReluBias(nn.ConvTranspose2d(16, 16, 3, stride=2), 16, 2), (2, 16, 5, 6), 3),
         (lambda: ConvReluBias(nn.Conv2d(3, 5, 3), 5, 2), (2, 3, 9, 11), 0),  # under a tile's edge: flat
     ],
     ids=["conv2d", "strided_ragged", "conv3d", "transposed", "few_channels"],
 )
 def test_convolution_then_epilogue_matches_eager(channels_last, make, shape, tiled):
-    """Two kernels, transposing copies (in 2-d tiles where rows and columns fill one): the input to
-    NHWC, and the copy back fused with the bias, ReLU and the parameter after the convolution; the
-    output has eager's strides."""
+    """Three kernels, transposing copies (in 2-d tiles where rows and columns fill one): the input and
+    the weight to NHWC (the weight's once: parameters only), and the copy back fused with the bias,
+    ReLU and the parameter after the convolution; the output has eager's strides."""
     torch.manual_seed(0)
     module, x = make(), torch.randn(*shape)
     reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
     assert reports[0]["conv_layout"].startswith("1 convolution")
     groups = fusion_groups(reports)
-    assert [g["kind"] for g in groups] == ["pointwise", "pointwise"], groups
+    assert [g["kind"] for g in groups] == ["pointwise"] * 3, groups
+    executors = " ".join(p["executor"] for r in reports for p in r["partitions"])
+    assert "1 on parameters only" in executors, executors
     assert sum("BLOCK_X" in g["config"] for g in groups) == tiled, [g["config"] for g in groups]
     fallbacks = {f["op"] for r in reports for f in r["fallbacks"]}
-    assert fallbacks == {"aten.convolution.default", "aten.clone.default", "aten.permute.default"}, fallbacks
+    assert fallbacks == {"aten.convolution.default", "aten.permute.default"}, fallbacks
     out = tilefuse.compile(module)(x)
     assert out.stride() == module(x).stride()
 
@@ -167,7 +168,7 @@ def test_convolution_alone_returns_eager_strides(channels_last):
     own, and the result is row-major as eager's, not a view of the NHWC one."""
     module, x = nn.ConvTranspose2d(3, 4, 3, stride=2), torch.randn(2, 3, 5, 6)
     reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
-    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"] * 3
     out = tilefuse.compile(module)(x)
     assert out.stride() == module(x).stride() and out.is_contiguous()
 
