@@ -97,6 +97,9 @@ CASES = {
     "column_sum_f32": (lambda x: x.sum(0), lambda: {"x": _randn(37, 100)}),
     "mean_f16": (lambda x: x.float().mean(-1).half(), lambda: {"x": _randn(37, 100, dtype=torch.float16)}),
     "logsumexp_of_product": (_logsumexp_of_product, lambda: {"x": _randn(16, 32), "w": _randn(32, 1024)}),
+    # read transposed: a pointwise kernel in 2-d tiles (BLOCK_X, BLOCK_Y; lower_to_tile.lower_pointwise)
+    "transposed_f32": (lambda x: torch.sigmoid(x.permute(0, 2, 1)) * 2, lambda: {"x": _randn(3, 40, 37)}),
+    "int_sum_i64": (lambda i: (i != 3).sum(-1), lambda: {"i": torch.randint(-9, 9, (37, 100))}),
 }  # fmt: skip
 
 
@@ -413,7 +416,7 @@ def test_emulated_pipeline_kernel_matches_pytorch(pipeline, emulated, case):
     torch.manual_seed(1)
     inputs = make_inputs()
     expected = fn(**inputs)
-    out = torch.full_like(expected, float("nan"))
+    out = torch.full_like(expected, float("nan") if expected.is_floating_point() else -12345)
     args = [inputs.get(arg.name_hint, out) for arg in pipeline[name].kernel.body.block.args]
     assert [arg.name_hint for arg in pipeline[name].kernel.body.block.args][-1] == "out"
     _run(emulated, name, args)
