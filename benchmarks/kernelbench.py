@@ -428,6 +428,8 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     KernelCase("conv2d", 1, lambda d: nn.Conv2d(d.c, d.o, kernel_size=3, padding=1),
                lambda d: [(d.b, d.c, d.h, d.w)],
                dict(b=16, c=64, o=64, h=128, w=128), dict(b=2, c=3, o=4, h=17, w=13)),
+    KernelCase("max_pool2d", 1, lambda d: nn.MaxPool2d(2), lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, h=256, w=256), dict(b=2, c=3, h=9, w=8)),
     KernelCase("conv2d_depthwise", 1, lambda d: nn.Conv2d(d.c, d.c, kernel_size=3, padding=1, groups=d.c),
                lambda d: [(d.b, d.c, d.h, d.w)], dict(b=16, c=64, h=256, w=256), dict(b=2, c=3, h=17, w=13)),
     KernelCase("conv_transpose2d_gelu", 2, lambda d: ConvTransposeGelu(d.c, d.o),

@@ -432,6 +432,72 @@ def _values_only(kind: str):
 
 lowers(aten.max.dim, check=_values_only_check)(_values_only("max"))
 lowers(aten.min.dim, check=_values_only_check)(_values_only("min"))
+# --- pooling over non-overlapping windows: a reshape and a reduction ------------------------------
+
+_POOLS = {  # op -> (reduction, spatial dims, returns indices)
+    aten.avg_pool2d.default: ("mean", 2, False), aten.avg_pool3d.default: ("mean", 3, False),
+    aten.max_pool2d_with_indices.default: ("max", 2, True),
+    aten.max_pool3d_with_indices.default: ("max", 3, True),
+}  # fmt: skip
+
+
+def _as_list(value: object, n: int) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return values * n if len(values) == 1 else values
+
+
+def _pool_window(node: Node) -> list[int] | str:
+    """The window of a pooling whose windows tile the input (stride = kernel, no padding, no
+    dilation): reshape [.., H, W] -> [.., H/k, k, W/k, k] and reduce the k dims. Otherwise why not."""
+    kind, n, _ = _POOLS[node.target]
+    a = bound_args(node)
+    kernel = _as_list(a["kernel_size"], n)
+    stride = _as_list(a.get("stride") or kernel, n)
+    if stride != kernel:
+        why = f"overlapping or gapped windows (stride {stride}, kernel {kernel})"
+        return f"{target_name(node)} with {why} runs in PyTorch"
+    if any(_as_list(a.get("padding", 0), n)) or any(d != 1 for d in _as_list(a.get("dilation", 1), n)):
+        return f"{target_name(node)} with padding or dilation runs in PyTorch"
+    if a.get("divisor_override") is not None:
+        return f"{target_name(node)} with a divisor override runs in PyTorch"
+    shape = node.args[0].meta["val"].shape
+    if a.get("ceil_mode") and any(shape[-n + i] % k for i, k in enumerate(kernel)):
+        return f"{target_name(node)} in ceil mode with a partial last window runs in PyTorch"
+    return kernel
+
+
+def _pool_check(node: Node) -> str | None:
+    if _POOLS[node.target][2] and any(
+        not (u.target is operator.getitem and u.args[1] == 0) for u in node.users
+    ):
+        return f"{target_name(node)} with its indices used (a backward) runs in PyTorch"
+    window = _pool_window(node)
+    return window if isinstance(window, str) else None
+
+
+def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, None]:
+    kind, n, with_indices = _POOLS[node.target]
+    kernel = _pool_window(node)
+    x = ctx.tensor(node.args[0])
+    shape = list(shape_of(x.type))
+    lead = len(shape) - n
+    windowed = list(shape[:lead])
+    for i, k in enumerate(kernel):
+        d = lead + i
+        whole = shape[d] // k * k
+        if whole != shape[d]:  # floor mode: the partial last window is dropped
+            x = ctx.b.slice(x, d, 0, whole)
+        windowed += [whole // k, k]
+    x = ctx.b.reshape(x, windowed)
+    dims = [lead + 2 * i + 1 for i in range(n)]
+    values = ctx.b.reshape(ctx.b.reduce(kind, x, dims, keepdim=False), ctx.out_shape(node) if not with_indices
+                           else tuple(int(d) for d in node.meta["val"][0].shape))  # fmt: skip
+    return (values, None) if with_indices else values
+
+
+for _pool in _POOLS:
+    lowers(_pool, check=_pool_check)(_lower_pool)
+
 lowers(aten.any.dim, aten.any.dims, aten.any.default)(_reduce("max", "dim"))
 lowers(aten.all.dim, aten.all.dims, aten.all.default)(_reduce("min", "dim"))
 

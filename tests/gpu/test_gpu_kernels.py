@@ -261,3 +261,16 @@ def test_integer_sums_and_cross_entropy_mean(n):
     with torch.no_grad():
         out, ref = loss(x, labels), F.cross_entropy(x.double(), labels)
     assert abs(out.item() - ref.item()) < 1e-5 * abs(ref.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_tiling_pools(dtype):
+    """Max and average pooling over windows that tile the input: reduction kernels, as eager."""
+    x = torch.randn(4, 16, 66, 65, device=CUDA, dtype=dtype)
+    for fn in (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, (3, 5)) * 2):
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out, eager = compiled(x), fn(x)
+        assert _groups(compiled) and all(g["kernel"] for g in _groups(compiled))
+        torch.testing.assert_close(out, eager, rtol=1e-2, atol=1e-2)
