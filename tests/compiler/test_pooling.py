@@ -1,6 +1,6 @@
-"""Pooling over windows that tile the input (stride = kernel, no padding): a reshape and a reduction
-(`lower_structured._lower_pool`), against eager PyTorch on ragged shapes; other poolings stay in
-PyTorch and say why."""
+"""Pooling over windows that tile the input (stride = kernel, no padding): a map over strided slices
+(small windows) or a reshape and a reduction (`lower_structured._lower_pool`), against eager PyTorch
+on ragged shapes; other poolings stay in PyTorch and say why."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ TILED = {
     "max2d_ceil_whole": (lambda x: F.max_pool2d(x, 2, ceil_mode=True), (2, 3, 8, 8)),
     "max1d": (lambda x: F.max_pool1d(x, 2), (2, 3, 9)),
     "avg1d": (lambda x: F.avg_pool1d(x, 3), (2, 3, 9)),
+    "avg2d_wide_window": (lambda x: F.avg_pool2d(x, (4, 5)), (2, 3, 9, 11)),  # 20 > 16: a reduction
 }
 
 
@@ -36,6 +37,8 @@ def test_tiling_pools_are_reductions(name, dtype):
     reports = compile_and_compare(fn, x, **tol)
     groups = fusion_groups(reports)
     assert groups and all(g["kernel"] for g in groups), groups
+    # windows of up to MAX_UNROLLED_WINDOW elements: one strided slice each, read by one pointwise kernel
+    assert groups[0]["kind"] == ("reduction" if name == "avg2d_wide_window" else "pointwise"), groups
 
 
 @pytest.mark.parametrize(
