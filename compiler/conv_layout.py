@@ -23,7 +23,8 @@ residual, norm), which then read the NHWC result once and write their own output
 op after it sees the strides eager PyTorch gave the result (a `view` stays valid). The weight's
 copy reads parameters only, so the program computes it once and reuses it while they are
 unchanged. Grouped convolutions are left alone (Inductor measured them slower channels-last;
-depthwise ones, a channel a group, are converted), as are 1-d ones, float64 and non-contiguous inputs.
+depthwise ones, a channel a group, are converted), as are 1-d ones, float64, non-contiguous inputs
+and symbolic sizes.
 
 `TILEFUSE_CONV_LAYOUT`: `auto` (the default: on a GPU), `channels_last` (everywhere: tests run it
 on CPU), `off`.
@@ -86,6 +87,8 @@ def _eligible(node: Node) -> bool:
     out = node.meta.get("val")
     if not all(isinstance(v, torch.Tensor) for v in (*vals, out)) or node.kwargs:
         return False
+    if not all(isinstance(d, int) for v in (*vals, out) for d in v.shape):
+        return False  # symbolic sizes: left as they are (Inductor saw regressions with dynamic shapes)
     if vals[0].dim() not in _FORMATS or vals[0].dtype == torch.float64 or not vals[0].is_contiguous():
         return False
     if groups > 1 and vals[1].shape[1] > 1:  # grouped; a depthwise one (one channel a group) gains

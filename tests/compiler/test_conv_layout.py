@@ -101,6 +101,12 @@ def test_rewrite_leaves_grouped_1d_and_float64_alone(conv, x, w, options):
     assert channels_last_convolutions(gm) == 0
 
 
+def test_symbolic_sizes_are_left_alone():
+    x, w = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3)
+    gm = make_fx(lambda x, w: F.conv2d(x, w), tracing_mode="symbolic")(x, w)
+    assert channels_last_convolutions(gm) == 0
+
+
 def test_depthwise_convolutions_are_converted():
     gm = _aten_graph(F.conv2d, torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), groups=4)
     assert channels_last_convolutions(gm) == 1
