@@ -306,7 +306,7 @@ def lower_identity(ctx: LoweringContext, node: Node) -> SSAValue:
 
 def _clone_check(node: Node) -> str | None:
     if is_layout_change(node):
-        return "a conversion to channels-last runs in PyTorch (conv_layout.py: the strides are its point)"
+        return "a conversion to channels-last runs in PyTorch (the strides it makes are its point)"
     return None
 
 

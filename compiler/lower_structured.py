@@ -410,8 +410,18 @@ lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
 
 
+def _only_first_output_read(node: Node) -> bool:
+    """Whether every user of a multi-output op reads its first output (values, not indices; an
+    attention's output, not its logsumexp)."""
+    return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
+
+
+def _first_output_shape(node: Node) -> tuple[int, ...]:
+    return tuple(int(d) for d in node.meta["val"][0].shape)
+
+
 def _values_only_check(node: Node) -> str | None:
-    if any(not (u.target is operator.getitem and u.args[1] == 0) for u in node.users):
+    if not _only_first_output_read(node):
         return f"{target_name(node)} with its indices used runs in PyTorch (no argmax in ein)"
     if not node.meta["val"][0].dtype.is_floating_point:
         return f"an integer {target_name(node)} runs in PyTorch"
@@ -421,20 +431,22 @@ def _values_only_check(node: Node) -> str | None:
 def _values_only(kind: str):
     """`torch.max(x, dim)` / `torch.min(x, dim)` whose indices nobody reads: the values' reduction."""
     def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, None]:
-        values = node.meta["val"][0]
         a = bound_args(node)
         x = ctx.tensor(a["self"])
         dims = normalize_dims(a["dim"], len(shape_of(x.type)))
         out = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
-        return ctx.b.reshape(out, tuple(int(d) for d in values.shape)), None
+        return ctx.b.reshape(out, _first_output_shape(node)), None
 
     return lower
 
 
 lowers(aten.max.dim, check=_values_only_check)(_values_only("max"))
 lowers(aten.min.dim, check=_values_only_check)(_values_only("min"))
-# --- pooling over non-overlapping windows: a reshape and a reduction ------------------------------
 
+
+# --- pooling over windows that tile the input: strided slices of one map, or a reduction ---------
+
+MAX_UNROLLED_WINDOW = 16  # window elements a pooling reads as strided slices of one map (else: a reduction)
 _POOLS = {  # op -> (reduction, spatial dims, returns indices)
     aten.avg_pool2d.default: ("mean", 2, False), aten.avg_pool3d.default: ("mean", 3, False),
     aten.max_pool2d_with_indices.default: ("max", 2, True),
@@ -468,9 +480,7 @@ def _pool_window(node: Node) -> list[int] | str:
 
 
 def _pool_check(node: Node) -> str | None:
-    if _POOLS[node.target][2] and any(
-        not (u.target is operator.getitem and u.args[1] == 0) for u in node.users
-    ):
+    if _POOLS[node.target][2] and not _only_first_output_read(node):
         return f"{target_name(node)} with its indices used (a backward) runs in PyTorch"
     window = _pool_window(node)
     return window if isinstance(window, str) else None
@@ -489,7 +499,7 @@ def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, 
         if whole != shape[d]:  # floor mode: the partial last window is dropped
             x = ctx.b.slice(x, d, 0, whole)
         windowed += [whole // k, k]
-    out_shape = tuple(int(d) for d in (node.meta["val"][0] if with_indices else node.meta["val"]).shape)
+    out_shape = _first_output_shape(node) if with_indices else ctx.out_shape(node)
     if math.prod(kernel) <= MAX_UNROLLED_WINDOW:
         # a map over one strided slice per window offset: a pointwise kernel over the output whose
         # loads together read each input element once (a reduction over k*k elements a row wasted
@@ -509,16 +519,12 @@ def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, 
                 total = sb.binary(kind if kind == "max" else "add", total, v)
             return total if kind == "max" else sb.div(total, sb.const(count, total.type))
 
-        values = ctx.b.map(slices, elem, body, compute_elem=opmath_type(elem))
-        values = ctx.b.reshape(values, out_shape)
-        return (values, None) if with_indices else values
-    x = ctx.b.reshape(x, windowed)
-    dims = [lead + 2 * i + 1 for i in range(n)]
-    values = ctx.b.reshape(ctx.b.reduce(kind, x, dims, keepdim=False), out_shape)
+        pooled = ctx.b.map(slices, elem, body, compute_elem=opmath_type(elem))
+    else:
+        dims = [lead + 2 * i + 1 for i in range(n)]
+        pooled = ctx.b.reduce(kind, ctx.b.reshape(x, windowed), dims, keepdim=False)
+    values = ctx.b.reshape(pooled, out_shape)
     return (values, None) if with_indices else values
-
-
-MAX_UNROLLED_WINDOW = 16  # window elements a pooling reads as strided slices of one map (else: a reduction)
 
 
 for _pool in _POOLS:
@@ -660,9 +666,8 @@ def _attention_check(node: Node) -> str | None:
     a = bound_args(node)
     if a.get("dropout_p", 0.0) != 0.0:
         return "attention with dropout runs in PyTorch"
-    for user in node.users:
-        if not (user.target.__name__ == "getitem" and user.args[1] == 0):
-            return "attention's auxiliary outputs (logsumexp, seeds) are used; runs in PyTorch"
+    if not _only_first_output_read(node):
+        return "attention's auxiliary outputs (logsumexp, seeds) are used; runs in PyTorch"
     q, k = (node.args[i].meta["val"] for i in (0, 1))
     if q.dim() < 3 or q.dim() != k.dim():
         return "attention expects (..., heads, seq, dim) query and key of equal rank"

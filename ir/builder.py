@@ -51,6 +51,12 @@ def opmath_type(elem: Attribute) -> Attribute:
     return elem
 
 
+def sums_in_i64(kind: str, elem: Attribute) -> bool:
+    """Whether a `kind` reduction of `elem` is a sum of integers (not booleans), which PyTorch
+    accumulates in i64 (a count of labels that are not ignored: cross-entropy's mean)."""
+    return kind == "sum" and not is_float(elem) and not is_bool(elem)
+
+
 class ScalarBuilder:
     """Appends scalar `arith`/`math` ops to a block and returns their results."""
 

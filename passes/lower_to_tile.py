@@ -31,7 +31,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type
+from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type, sums_in_i64
 from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
@@ -238,22 +238,17 @@ def _any_or_all(elem: Attribute, kind: str) -> bool:
     return is_bool(elem) and kind in ("max", "min")
 
 
-def _integer_sum(elem: Attribute, kind: str) -> bool:
-    """A sum of integers (a count of labels that are not ignored: cross-entropy's mean), in i64
-    as PyTorch accumulates them."""
-    return kind == "sum" and not is_float(elem) and not is_bool(elem)
-
-
 def _accumulator_type(elem: Attribute, kind: str) -> Attribute:
     """The type a `kind` reduction of `elem` accumulates in: any/all reduce 0s and 1s in f32,
     whose infinities are the neutral values a boolean has none of; integer sums in i64."""
-    if _integer_sum(elem, kind):
+    if sums_in_i64(kind, elem):
         return i64
     return f32 if _any_or_all(elem, kind) else opmath_type(elem)
 
 
-def _neutral(kind: str, acc_elem: Attribute) -> FloatAttr | IntegerAttr:
-    return FloatAttr(_NEUTRAL[kind], acc_elem) if is_float(acc_elem) else IntegerAttr(0, acc_elem)
+def _neutral(kind: str, acc_elem: Attribute) -> float | int:
+    """The value a `kind` reduction accumulating in `acc_elem` starts from (integer sums: 0)."""
+    return _NEUTRAL[kind] if is_float(acc_elem) else 0
 
 
 def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
@@ -261,7 +256,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     assert isinstance(reduce, ein.ReduceOp)
     elem = reduce.result.type.get_element_type()
     shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
-    if not (is_float(elem) or _any_or_all(elem, kind) or _integer_sum(elem, kind)):
+    if not (is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
         raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
     row_dims = [d for d in range(len(shape)) if d not in dims]
     if not row_dims:
@@ -270,7 +265,9 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), [shape[d] for d in row_dims])
     acc_elem = _accumulator_type(elem, kind)
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
-    init = kb.emit(tile.FullOp(_neutral(kind, acc_elem), acc_type)).result
+    neutral = _neutral(kind, acc_elem)
+    init_value = FloatAttr(neutral, acc_elem) if is_float(acc_elem) else IntegerAttr(neutral, acc_elem)
+    init = kb.emit(tile.FullOp(init_value, acc_type)).result
     trips = kb.cdiv(C, "BLOCK_C")
     body = Block(arg_types=[i32, acc_type])
     with kb.inside(body):
@@ -289,7 +286,6 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         acc = body.args[1]
 
         def step(sb, ok, v, a):
-            neutral = _NEUTRAL[kind] if is_float(acc_elem) else 0
             v = sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem))
             return sb.add(a, v) if kind in ("sum", "mean") else sb.binary(kind, a, v)
 

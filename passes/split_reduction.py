@@ -53,9 +53,10 @@ from ..ir.builder import (
     inline_map_body,
     single_user,
     strip_casts,
+    sums_in_i64,
     yielded_value,
 )
-from ..ir.dtypes import is_bool, is_float, shape_of, tensor_type
+from ..ir.dtypes import is_float, shape_of, tensor_type
 from ..ir.module import functions
 
 MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
@@ -259,7 +260,7 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     shape = shape_of(x.type)
     j = len(reduce.reduce_dims)
     elem = x.type.get_element_type()
-    if kind not in ("sum", "max", "min", "mean") or not (is_float(elem) or _integer_sum(reduce)):
+    if kind not in ("sum", "max", "min", "mean") or not (is_float(elem) or sums_in_i64(kind, elem)):
         return False
     if reduce.reduce_dims != tuple(range(j)) or not 0 < j <= len(shape):
         return False
@@ -315,12 +316,6 @@ def full_view(shape: tuple[int, ...]) -> list[int]:
     return [1, n]
 
 
-def _integer_sum(reduce: ein.ReduceOp) -> bool:
-    """A sum of integers (not booleans): partials in i64, as PyTorch sums them."""
-    elem = reduce.input.type.get_element_type()
-    return reduce.kind.data == "sum" and not is_float(elem) and not is_bool(elem)
-
-
 def _split_full(reduce: ein.ReduceOp) -> bool:
     """r = reduce over every dim of x -> rows of partials (see `full_view`) and their combine. A
     map producing x for this reduce only, whose operands are x-shaped or scalars, is applied to
@@ -329,7 +324,7 @@ def _split_full(reduce: ein.ReduceOp) -> bool:
     shape = tuple(shape_of(x.type))
     view = full_view(shape)
     b = InsertingEinBuilder(reduce, "split")
-    acc = i64 if _integer_sum(reduce) else f32  # partials in f32 (floats) or i64 (integer sums)
+    acc = i64 if sums_in_i64(kind, x.type.get_element_type()) else f32  # the partials' type
     producer = x.owner
     whole = lambda v: tuple(shape_of(v.type)) == shape or math.prod(shape_of(v.type)) == 1  # noqa: E731
     if isinstance(producer, ein.MapOp) and single_user(x) is reduce and all(map(whole, producer.inputs)):
