@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -287,7 +288,16 @@ def roofline_us(
     Configs whose tiles overflow shared memory get a time 1000x longer, so that they rank last
     without making the feature infinite.
     """
-    return _Derived(task, config, sm_count, smem_limit).roofline_us
+    return _Derived(_as_modelled(task), config, sm_count, smem_limit).roofline_us
+
+
+def _as_modelled(task: TuningTask) -> TuningTask:
+    """A scan is modelled as the reduction it resembles (a row walked in chunks) that writes the
+    whole row back: the shipped model has no kind of its own for it."""
+    if task.kind != "scan":
+        return task
+    extra = task.problem["R"] * task.problem["C"] - task.problem["R"]
+    return replace(task, kind="reduction", problem=task.problem | {"extra_out_elems": extra})
 
 
 def features(
@@ -297,6 +307,7 @@ def features(
 
     `sm_count` and `smem_limit` (bytes of shared memory a block may use) describe the device.
     """
+    task = _as_modelled(task)
     if task.kind not in KINDS:
         raise ValueError(f"unknown kernel kind {task.kind!r}; expected one of {KINDS}")
     d = _Derived(task, config, sm_count, smem_limit)

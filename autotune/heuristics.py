@@ -191,6 +191,14 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         bc = 1 if short else 32
         br = _pow2_at_least(problem["R"] // SM_COUNT_HINT, 64, 512 if short else 64)
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if short and br >= 512 else 8, 1)
+    if kind == "scan":
+        # Inductor's shapes for a row scan: a row up to 4096 long is one tile (BLOCK_C fixed by the
+        # lowering), several rows a program when they are short and many; a longer row is walked by
+        # one program in chunks of 4096
+        exact = problem.get("exact", {})
+        bc = exact.get("BLOCK_C", 4096)
+        br = exact.get("BLOCK_R", _pow2_at_least(problem["R"] // (4 * SM_COUNT_HINT), 1, max(1, 2048 // bc)))
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 8 if br * bc >= 2048 else 4, 1)
     if kind == "reduction":
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))

@@ -55,6 +55,11 @@ CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
         "num_warps": (2, 4, 8),
     },
     "pointwise": {"BLOCK": (256, 512, 1024, 2048, 4096), "num_warps": (2, 4, 8)},
+    "scan": {
+        "BLOCK_R": (1, 2, 4, 8, 16),
+        "BLOCK_C": (512, 1024, 2048, 4096, 8192),
+        "num_warps": (2, 4, 8, 16),
+    },
 }
 # a transposing pointwise kernel in 2-d tiles (lower_to_tile.lower_pointwise)
 TILED_POINTWISE = {"BLOCK_X": (32, 64, 128), "BLOCK_Y": (16, 32, 64, 128), "num_warps": (4, 8)}
@@ -107,7 +112,7 @@ def accumulators_per_thread(task: TuningTask, config: KernelConfig) -> float:
         return p["BLOCK_M"] * p["BLOCK_N"] * task.problem.get("rhs_operands", 1) / threads
     if task.kind == "attention":
         return p["BLOCK_M"] * (p.get("BLOCK_DV", 64) + p["BLOCK_N"]) / threads
-    if task.kind in ("row", "reduction"):
+    if task.kind in ("row", "reduction", "scan"):
         return p["BLOCK_R"] * p.get("BLOCK_C", 1) / threads / 4  # a few live copies of the row, f32
     return 0.0
 
@@ -216,6 +221,7 @@ def _extents(task: TuningTask) -> dict[str, int]:
         "attention": {"BLOCK_M": "M", "BLOCK_N": "N"},
         "row": {"BLOCK_R": "R"},
         "reduction": {"BLOCK_R": "R", "BLOCK_C": "C"},
+        "scan": {"BLOCK_R": "R", "BLOCK_C": "C"},
         "pointwise": {"BLOCK": "N", "BLOCK_X": "X", "BLOCK_Y": "Y"},
     }[task.kind]
     return {param: problem[key] for param, key in table.items() if key in problem}

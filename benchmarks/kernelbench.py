@@ -107,6 +107,24 @@ def cumsum_dim1(x: Tensor) -> Tensor:
     return torch.cumsum(x, dim=1)
 
 
+def cumprod_dim1(x: Tensor) -> Tensor:
+    return torch.cumprod(x, dim=1)
+
+
+def cumsum_reverse(x: Tensor) -> Tensor:
+    return torch.cumsum(x.flip(1), dim=1).flip(1)
+
+
+def cumsum_exclusive(x: Tensor) -> Tensor:
+    """KernelBench's exclusive cumsum, its slice of the batch dim included."""
+    shifted = torch.cat((torch.zeros_like(x.select(1, 0).unsqueeze(1)), x), dim=1)[:-1]
+    return torch.cumsum(shifted, dim=1)
+
+
+def cumsum_masked(x: Tensor, m: Tensor) -> Tensor:
+    return torch.cumsum(x * (m > 0), dim=1)
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True)
 
@@ -410,7 +428,13 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     middle("mean_dim1", mean_dim1),
     middle("max_dim1", max_dim1),
     middle("argmax_dim1", argmax_dim1),  # no lowering: expected to run in PyTorch
-    unary("cumsum", cumsum_dim1, (4096, 2048), (33, 100)),  # up to 2048: a GEMM with a triangle
+    unary("cumsum", cumsum_dim1, (4096, 2048), (33, 100)),
+    unary("cumsum_long_rows", cumsum_dim1, (128, 32768), (3, 5000)),  # rows walked in chunks
+    unary("cumprod", cumprod_dim1, (4096, 2048), (33, 100)),
+    unary("cumsum_reverse", cumsum_reverse, (4096, 2048), (33, 100)),  # one reverse scan
+    unary("cumsum_exclusive", cumsum_exclusive, (4096, 2048), (33, 100)),
+    op_case("cumsum_masked", cumsum_masked, lambda d: [(d.b, d.d)] * 2,
+            dict(b=4096, d=2048), dict(b=33, d=100)),
     unary("l2_normalize", l2_normalize, *ACTIVATION),
     binary("mse_loss", mse_loss),
     KernelCase("cross_entropy", 1, lambda d: nn.CrossEntropyLoss(),

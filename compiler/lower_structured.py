@@ -283,40 +283,36 @@ def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
     return x
 
 
-def _float_cumsum_check(node: Node) -> str | None:
+@lowers(aten.flip.default)
+def lower_flip(ctx: LoweringContext, node: Node) -> SSAValue:
+    """A view that reads index n-1-i along the flipped dims (kernels index through it; a copy where
+    it is materialized, as PyTorch's flip is)."""
+    a = bound_args(node)
+    return ctx.b.flip(ctx.tensor(a["self"]), list(a["dims"]))
+
+
+def _scan_check(node: Node) -> str | None:
     val = node.meta["val"]
-    if not val.dtype.is_floating_point:
-        return "an integer cumsum runs in PyTorch (it would be an integer GEMM)"
     if val.dim() == 0:
-        return "a cumsum of a 0-d tensor runs in PyTorch"
-    n = val.shape[node.args[1] % val.dim()]
-    if n > MAX_CUMSUM_GEMM:  # the triangular matrix has n² elements, the GEMM n² work per row
-        return f"a cumsum over {n} > {MAX_CUMSUM_GEMM} elements runs in PyTorch (as a GEMM it is O(n²))"
+        return f"a {node.target.__name__.split('.')[0]} of a 0-d tensor runs in PyTorch"
+    if val.dtype.is_complex:
+        return f"a {node.target.__name__.split('.')[0]} of {val.dtype} runs in PyTorch"
     return None
 
 
-MAX_CUMSUM_GEMM = 2048
+def _scan(kind: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        """A running sum/product over `dim`: one scan kernel walking each row in chunks with a
+        carry (floats accumulate in f32, integers in int64, as torch promotes them)."""
+        a = bound_args(node)
+        x = ctx.b.cast(ctx.tensor(a["self"]), ctx.out_elem(node))
+        return ctx.b.scan(kind, x, a["dim"])
+
+    return lower
 
 
-@lowers(aten.cumsum.default, check=_float_cumsum_check)
-def lower_cumsum(ctx: LoweringContext, node: Node) -> SSAValue:
-    """A running sum over `dim` as a contraction with the upper-triangular ones matrix
-    (`y[.., j] = sum_k x[.., k] * [k <= j]`): a GEMM kernel, accumulated in f32."""
-    a = bound_args(node)
-    out = ctx.out_elem(node)
-    x = ctx.b.cast(ctx.tensor(a["self"]), out)
-    shape = shape_of(x.type)
-    dim = a["dim"] % len(shape)
-    n = shape[dim]
-    rows, cols = ctx.b.iota(0, (n, n), i64), ctx.b.iota(1, (n, n), i64)
-    upper = ctx.b.map(
-        [rows, cols], out, lambda sb, k, j: sb.select(sb.cmp("le", k, j), sb.const(1, out), sb.const(0, out)),
-        compute_elem=out, cast_inputs=False,
-    )  # fmt: skip
-    letters = string.ascii_lowercase[: len(shape)]
-    summed, kept = letters[dim], "z"
-    result = letters.replace(summed, kept)
-    return ctx.b.contract(f"{letters},{summed}{kept}->{result}", x, upper)
+lowers(aten.cumsum.default, check=_scan_check)(_scan("sum"))
+lowers(aten.cumprod.default, check=_scan_check)(_scan("prod"))
 
 
 # --- gathers ------------------------------------------------------------------------------------

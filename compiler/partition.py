@@ -49,10 +49,11 @@ class _EinSupport(OperatorSupportBase):
 
 
 # work a partition should keep even when it only feeds an op left to PyTorch
-_COMPUTE_BOUND = {
+_HEAVY_OPS = {
     aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default,
     aten.scaled_dot_product_attention.default, aten._scaled_dot_product_flash_attention_for_cpu.default,
     aten._scaled_dot_product_flash_attention.default, aten._scaled_dot_product_efficient_attention.default,
+    aten.cumsum.default, aten.cumprod.default,  # not compute-bound, but a scan is work, not glue
 }  # fmt: skip
 
 
@@ -74,7 +75,7 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
         if reason is not None:
             in_pytorch[node] = reason
         # an explicit copy (a layout conversion, conv_layout.py) is work: a tiled kernel beats ATen's copy
-        heavy = node.target in _COMPUTE_BOUND or is_explicit_copy(node)
+        heavy = node.target in _HEAVY_OPS or is_explicit_copy(node)
         if not heavy and all(a in from_inputs for a in node.all_input_nodes):
             from_inputs.add(node)
     for node in reversed(gm.graph.nodes):

@@ -198,6 +198,8 @@ def _literal_view(op: ein.ViewOp, src: str) -> str:
         return f"{src}.permute({tuple(p)!r})"
     if kind == "expand":
         return f"{src}.expand({tuple(shape)!r})"
+    if kind == "flip":  # torch has no negative strides: a copy
+        return f"{src}.flip({list(p)!r})"
     dim, start, stop, step = p
     index = ", ".join([":"] * dim + [f"{start}:{stop}:{step}"])
     return f"{src}[{index}]"

@@ -227,6 +227,16 @@ class EinBuilder:
         result = tensor_type(out, x.type.get_element_type())
         return self._emit(ein.ReduceOp(kind, dims, keepdim, x, result))
 
+    def flip(self, x: SSAValue, dims: Sequence[int]) -> SSAValue:
+        rank = len(shape_of(x.type))
+        dims = sorted({d % rank for d in dims})
+        if not dims:
+            return x
+        return self._emit(ein.ViewOp("flip", x, x.type, dims))
+
+    def scan(self, kind: str, x: SSAValue, dim: int, reverse: bool = False) -> SSAValue:
+        return self._emit(ein.ScanOp(kind, dim % len(shape_of(x.type)), x, reverse))
+
     def reshape(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
         if shape_of(x.type) == tuple(shape):
             return x

@@ -54,7 +54,8 @@ from xdsl.utils.exceptions import VerifyException
 from .dtypes import broadcasts_to, is_bool, is_float, shape_of
 
 REDUCE_KINDS = ("sum", "max", "min", "mean")
-VIEW_KINDS = ("reshape", "permute", "expand", "slice")
+SCAN_KINDS = ("sum", "prod")
+VIEW_KINDS = ("reshape", "permute", "expand", "slice", "flip")
 SCALAR_DIALECTS = ("arith.", "math.")
 
 
@@ -325,6 +326,62 @@ class ReduceOp(IRDLOperation):
 
 
 @irdl_op_definition
+class ScanOp(IRDLOperation):
+    """A running sum or product along `dim` (torch.cumsum/cumprod), from the end when `reverse`.
+
+    Float inputs accumulate in f32 (as torch.compile's scan does; eager's CUDA scan of 16-bit
+    floats does too), integers in their own type; the result has the input's type.
+    """
+
+    name = "ein.scan"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    kind = prop_def(StringAttr)
+    dim = prop_def(IntegerAttr)
+    reverse = opt_prop_def(UnitAttr)
+    traits = traits_def(Pure())
+
+    def __init__(self, kind: str, dim: int, input: SSAValue, reverse: bool = False):
+        props: dict[str, Attribute] = {"kind": StringAttr(kind), "dim": IntegerAttr(dim, i64)}
+        if reverse:
+            props["reverse"] = UnitAttr()
+        super().__init__(operands=[input], result_types=[input.type], properties=props)
+
+    @property
+    def scan_dim(self) -> int:
+        return self.dim.value.data
+
+    def verify_(self) -> None:
+        if self.kind.data not in SCAN_KINDS:
+            raise VerifyException(f"ein.scan: kind {self.kind.data!r} is not one of {', '.join(SCAN_KINDS)}")
+        rank = len(shape_of(self.input.type))
+        if not 0 <= self.scan_dim < rank:
+            raise VerifyException(f"ein.scan: dim {self.scan_dim} invalid for rank {rank}")
+        if self.result.type != self.input.type:
+            raise VerifyException("ein.scan: the result must have the input's type")
+        if is_bool(self.input.type.get_element_type()):
+            raise VerifyException("ein.scan: a scan over i1 is not defined; cast first")
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(f" {self.kind.data} {self.scan_dim}")
+        if self.reverse is not None:
+            printer.print_string(" reverse")
+        _print_unary_tail(printer, self, self.input)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ScanOp:
+        kind = parser.parse_identifier("scan kind")
+        dim = parser.parse_integer(allow_boolean=False, allow_negative=False)
+        reverse = parser.parse_optional_keyword("reverse") is not None
+        operand, out_type, attrs = _parse_unary_tail(parser)
+        op = cls(kind, dim, operand, reverse)
+        if out_type != op.result.type:
+            parser.raise_error(f"ein.scan: result type {out_type} must be the input's {operand.type}")
+        op.attributes.update(attrs)
+        return op
+
+
+@irdl_op_definition
 class ViewOp(IRDLOperation):
     """Indexing without data movement: reshape, permute, expand or slice.
 
@@ -378,6 +435,11 @@ class ViewOp(IRDLOperation):
             want[dim] = -(-(stop - start) // step)
             if tuple(want) != dst:
                 raise VerifyException(f"ein.view slice: result shape should be {tuple(want)}")
+        elif kind == "flip":
+            if not p or len(set(p)) != len(p) or any(not 0 <= d < len(src) for d in p):
+                raise VerifyException(f"ein.view flip: dims {list(p)} invalid for rank {len(src)}")
+            if src != dst:
+                raise VerifyException("ein.view flip: the result must have the input's shape")
         else:
             raise VerifyException(f"ein.view: kind {kind!r} is not one of {', '.join(VIEW_KINDS)}")
 
@@ -612,6 +674,6 @@ class IotaOp(IRDLOperation):
 
 Einsum = Dialect(
     "ein",
-    [ContractOp, MapOp, YieldOp, ReduceOp, ViewOp, ConcatOp, GatherOp, ConstantOp, IotaOp],
+    [ContractOp, MapOp, YieldOp, ReduceOp, ScanOp, ViewOp, ConcatOp, GatherOp, ConstantOp, IotaOp],
     [],
 )

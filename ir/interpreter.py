@@ -150,6 +150,14 @@ def _run_reduce(op: ein.ReduceOp, x: torch.Tensor) -> torch.Tensor:
     return fn(x, dim=dims, keepdim=keep)
 
 
+def _run_scan(op: ein.ScanOp, x: torch.Tensor) -> torch.Tensor:
+    dim, fn = op.scan_dim, torch.cumsum if op.kind.data == "sum" else torch.cumprod
+    acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+    if op.reverse is not None:
+        return fn(acc.flip(dim), dim).flip(dim).to(x.dtype)
+    return fn(acc, dim).to(x.dtype)
+
+
 def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
     kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
     if kind == "reshape":
@@ -158,6 +166,8 @@ def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
         return x.permute(*p)
     if kind == "expand":
         return x.expand(shape)
+    if kind == "flip":
+        return x.flip(p)
     dim, start, stop, step = p
     index = [slice(None)] * x.dim()
     index[dim] = slice(start, stop, step)
@@ -187,6 +197,8 @@ def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
         return run_map(op, args)
     if isinstance(op, ein.ReduceOp):
         return _run_reduce(op, args[0])
+    if isinstance(op, ein.ScanOp):
+        return _run_scan(op, args[0])
     if isinstance(op, ein.ViewOp):
         return _run_view(op, args[0])
     if isinstance(op, ein.ConcatOp):

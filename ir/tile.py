@@ -65,8 +65,9 @@ from xdsl.utils.exceptions import VerifyException
 
 from .einsum import verify_scalar_body
 
-KERNEL_KINDS = ("attention", "gemm", "pointwise", "reduction", "row")
+KERNEL_KINDS = ("attention", "gemm", "pointwise", "reduction", "row", "scan")
 REDUCE_KINDS = ("sum", "max", "min", "maxnum", "minnum")  # max/min propagate NaN, *num drop it
+SCAN_KINDS = ("sum", "prod")
 
 
 @irdl_attr_definition
@@ -505,11 +506,47 @@ class ReduceOp(IRDLOperation):
             raise VerifyException("tile.reduce: result must drop the reduced axis")
 
 
+@irdl_op_definition
+class ScanOp(IRDLOperation):
+    """A running sum or product of a tile along `axis` (the shape is kept); `reverse` = 1 runs it
+    from the end of the axis."""
+
+    name = "tile.scan"
+    input = operand_def(BlockType)
+    axis = prop_def(IntegerAttr[I64])
+    reverse = prop_def(IntegerAttr[I64])
+    kind = prop_def(StringAttr)
+    result = result_def(BlockType)
+    traits = traits_def(Pure())
+    assembly_format = (
+        "$kind $input `axis` $axis `reverse` $reverse attr-dict `:` type($input) `->` type($result)"
+    )
+
+    def __init__(self, kind: str, input: SSAValue, axis: int, reverse: bool = False):
+        super().__init__(
+            operands=[input],
+            properties={
+                "kind": StringAttr(kind), "axis": IntegerAttr(axis, i64),
+                "reverse": IntegerAttr(int(reverse), i64),
+            },
+            result_types=[input.type],
+        )  # fmt: skip
+
+    def verify_(self) -> None:
+        if self.kind.data not in SCAN_KINDS:
+            raise VerifyException(f"tile.scan: kind {self.kind.data!r} is not one of {SCAN_KINDS}")
+        axis, dims = self.axis.value.data, self.input.type.dims
+        if not 0 <= axis < len(dims):
+            raise VerifyException(f"tile.scan: axis {axis} out of range for {dims}")
+        if self.result.type != self.input.type:
+            raise VerifyException("tile.scan: the result must have the input's type")
+
+
 Tile = Dialect(
     "tile",
     [
         KernelOp, ReturnOp, ProgramIdOp, ParamOp, GroupedOrderOp, ArangeOp, ExpandDimsOp, FullOp,
-        LoadOp, StoreOp, DotOp, MapOp, YieldOp, ReduceOp,
+        LoadOp, StoreOp, DotOp, MapOp, YieldOp, ReduceOp, ScanOp,
     ],
     [BlockType],
 )  # fmt: skip

@@ -13,7 +13,8 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
   operands (tensor cores) with f32 accumulation, the same exact products
   (a RoPE'd bf16 query merged into its widening made an f32 query, and an
   attention kernel 100x slower on the H200);
-- reshape∘reshape, permute∘permute and identity views collapse;
+- reshape∘reshape, permute∘permute, flip∘flip and identity views collapse;
+- a flip of a scan along its dim becomes a reverse scan of the flipped input;
 - a reshape of a GEMM's result (or its bias add) that splits leading dims
   (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
   chain reaches that map;
@@ -103,7 +104,8 @@ def _is_reshape(op: Operation | None) -> bool:
 
 
 class CollapseViews(RewritePattern):
-    """reshape∘reshape → reshape, permute∘permute → permute, identity views → their input."""
+    """reshape∘reshape → reshape, permute∘permute → permute, flip∘flip → input, identity views →
+    their input."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
@@ -114,7 +116,9 @@ class CollapseViews(RewritePattern):
         inner = op.input.owner
         if not isinstance(inner, ein.ViewOp) or inner.kind.data != kind:
             return
-        if kind == "reshape":
+        if kind == "flip" and inner.view_params == op.view_params:
+            rewriter.replace(op, [], [inner.input])
+        elif kind == "reshape":
             rewriter.replace(op, ein.ViewOp("reshape", inner.input, op.result.type))
         elif kind == "permute":
             first, second = inner.view_params, op.view_params
@@ -136,6 +140,22 @@ def _unflatten_split(inner: tuple[int, ...], outer: tuple[int, ...]) -> int | No
     if kept == 0:  # the features themselves are split (heads of a QK-norm): rows change meaning
         return None
     return kept if math.prod(inner[: len(inner) - kept]) == math.prod(outer[: len(outer) - kept]) else None
+
+
+class FlipScan(RewritePattern):
+    """flip_d(scan_d(x)) → reverse-scan_d(flip_d(x)): the flip moves to the scan's input, where a
+    flip before it cancels (a reverse cumsum, `cumsum(x.flip(d), d).flip(d)`, is one kernel)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        scan = op.input.owner
+        if op.kind.data != "flip" or not isinstance(scan, ein.ScanOp) or op.view_params != (scan.scan_dim,):
+            return
+        if len(list(scan.result.uses)) != 1:
+            return
+        flipped = ein.ViewOp("flip", scan.input, scan.input.type, op.view_params)
+        reverse = ein.ScanOp(scan.kind.data, scan.scan_dim, flipped.result, reverse=scan.reverse is None)
+        rewriter.replace(op, [flipped, reverse])
 
 
 class SinkUnflattenBelowMap(RewritePattern):
@@ -251,6 +271,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
     CollapseViews,
+    FlipScan,
     SinkUnflattenBelowMap,
     MergeMaps,
     EraseUnused,

@@ -34,6 +34,9 @@ op went where:
 - **reduction**: any other reduction plus the map that produces its input, if
   that map has no other user (a prologue: `sum(exp(x - m))` reads `x` once);
   a loop over the row in chunks.
+- **scan**: a running sum or product (cumsum, cumprod) plus the map that
+  produces its input, if that map has no other user (a masked cumsum reads
+  `x` and the mask once); a loop over each row in chunks with a carry.
 - **pointwise**: every other map.
 
 Views, splat constants, iotas, gathers and concatenations are not kernels:
@@ -332,6 +335,13 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
             )  # fmt: skip
             add("reduction", [producer, op] if prologue else [op])
     for op in ops:
+        if isinstance(op, ein.ScanOp):
+            producer = op.input.owner
+            prologue = (
+                isinstance(producer, ein.MapOp) and producer not in taken and single_user(op.input) is op
+            )
+            add("scan", [producer, op] if prologue else [op])
+    for op in ops:
         if isinstance(op, ein.MapOp) and op not in taken:
             add("pointwise", [op])
     groups = _merge_row_epilogues(groups, ops)
@@ -422,6 +432,8 @@ def _kind(ops: list[Operation]) -> str:
     if contracts:
         attention = match_attention(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
         return "attention" if attention is not None and attention.ops == ops else "gemm"
+    if any(isinstance(op, ein.ScanOp) for op in ops):
+        return "scan"
     reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
     prologue_inside = all(_read_inside(r, set(ops)) for op in ops[:-1] for r in op.results)
     if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2 and prologue_inside:

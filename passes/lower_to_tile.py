@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects import func, scf
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, f32, i1, i32, i64
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, f32, f64, i1, i32, i64
 from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.passes import ModulePass
 
@@ -251,6 +251,18 @@ def _neutral(kind: str, acc_elem: Attribute) -> float | int:
     return _NEUTRAL[kind] if is_float(acc_elem) else 0
 
 
+def _read_with_prologue(
+    kb: KernelBuilder, group: FusionGroup, shape, idx: list[Index], row_dims: list[int], rows: list[Index]
+) -> SSAValue:
+    """What a reduction or scan group's last op reads at `idx` (its row dims set here from `rows`,
+    as a [BLOCK_R, 1] column): its prologue map applied, or its input loaded."""
+    for d, i in zip(row_dims, rows):
+        idx[d] = kb.expand(i, 1)
+    if len(group.ops) == 2:
+        return _apply_map(kb, group.ops[0], {}, shape, idx)
+    return kb.load(group.ops[-1].input, idx)
+
+
 def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
@@ -274,14 +286,9 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         flat_c = kb.offsets(body.args[0], "BLOCK_C")
         cols = kb.unravel(flat_c, [shape[d] for d in dims])
         idx: list[Index] = [kb.const(0)] * len(shape)
-        for d, i in zip(row_dims, rows):
-            idx[d] = kb.expand(i, 1)
         for d, i in zip(dims, cols):
             idx[d] = kb.expand(i, 0)
-        if len(group.ops) == 2:
-            value = _apply_map(kb, group.ops[0], {}, shape, idx)
-        else:
-            value = kb.load(reduce.input, idx)
+        value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
         in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
         acc = body.args[1]
 
@@ -304,6 +311,80 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     problem = {"R": R, "C": C}
     if len(shape) - 1 not in dims:  # the kept index is the contiguous one: wide in R, short in C
         problem["column"] = 1
+    return [f"cdiv({R}, BLOCK_R)"], problem
+
+
+MAX_WHOLE_SCAN = 4096  # a row up to this long is scanned in one tile (no loop, no carry)
+
+
+def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
+    """A running sum/product along one dim; each program owns BLOCK_R rows. A row of up to
+    MAX_WHOLE_SCAN elements is one tile, scanned in registers (Inductor's persistent scan). A longer
+    one is walked in BLOCK_C chunks (from the end when reversed), each scanned and combined with
+    the carry of the chunks before: the scanned chunk's last lane (lanes past the row hold the
+    neutral value, so the last lane is the row's running total)."""
+    scan = group.ops[-1]
+    assert isinstance(scan, ein.ScanOp)
+    elem = scan.result.type.get_element_type()
+    shape, dim, kind = shape_of(scan.input.type), scan.scan_dim, scan.kind.data
+    reverse = scan.reverse is not None
+    if is_bool(elem) or not (is_float(elem) or elem == i64):
+        raise LoweringUnsupported(f"a {kind} scan over {elem} runs op by op")
+    # f32 rows accumulate in f64: a memory-bound kernel pays nothing for it on a GPU with full-rate
+    # f64 (Hopper), and a running sum over thousands of elements then rounds once, not per chunk
+    acc_elem = (f32 if elem.bitwidth < 32 else f64) if is_float(elem) else i64
+    neutral = 0 if kind == "sum" else 1
+    row_dims = [d for d in range(len(shape)) if d != dim]
+    R, C = math.prod(shape[d] for d in row_dims), shape[dim]
+    exact = {"BLOCK_R": 1} if not row_dims else {}  # one row: a [1, BLOCK_C] tile
+    whole = C <= MAX_WHOLE_SCAN
+    if whole:
+        exact["BLOCK_C"] = 1 << max(C - 1, 15).bit_length()  # a power of two >= C, at least 16
+    kb.exact.update(exact)
+    row_block = kb.offsets(kb.program_id(0), "BLOCK_R")
+    rows = kb.unravel(row_block, [shape[d] for d in row_dims])
+
+    def chunk_scan(chunk: SSAValue, carry: SSAValue | None) -> SSAValue:
+        """Scan chunk `chunk` of the rows, offset by `carry`; store it; return the tile."""
+        cols = kb.expand(kb.offsets(chunk, "BLOCK_C"), 0)
+        if not row_dims:  # the column index spans the whole [1, BLOCK_C] tile
+            cols = kb.full_tile(cols, [kb.expand(row_block, 1)])
+        idx: list[Index] = [cols] * len(shape)
+        value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
+        in_range = kb.map([cols], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+        lanes = kb.map(
+            [in_range, value], acc_elem,
+            lambda sb, ok, v: sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem)),
+        )  # fmt: skip
+        lanes = kb.full_tile(lanes, [kb.expand(row_block, 1)])
+        total = kb.emit(tile.ScanOp(kind, lanes, 1, reverse)).result
+        if carry is not None:
+            combine = (lambda sb, v, c: sb.add(v, c)) if kind == "sum" else (lambda sb, v, c: sb.mul(v, c))
+            total = kb.map([total, kb.expand(carry, 1)], acc_elem, combine)
+        kb.store(kb.output_argument(group.output), idx, kb.cast(total, elem))
+        return total
+
+    problem: dict = {"R": R, "C": C} | ({"exact": exact} if exact else {})
+    if whole:
+        chunk_scan(kb.const(0), None)
+        return [f"cdiv({R}, BLOCK_R)"], problem
+    start = FloatAttr(float(neutral), acc_elem) if is_float(acc_elem) else IntegerAttr(neutral, acc_elem)
+    carry_type = tile.BlockType(["BLOCK_R"], acc_elem)
+    init = kb.emit(tile.FullOp(start, carry_type)).result
+    trips = kb.cdiv(C, "BLOCK_C")
+    body = Block(arg_types=[i32, carry_type])
+    with kb.inside(body):
+        step, carry = body.args
+        chunk = kb.index_op("sub", kb.index_op("sub", trips, 1), step) if reverse else step
+        total = chunk_scan(chunk, carry)
+        edge = kb.const(0) if reverse else kb.index_op("sub", kb.param("BLOCK_C"), 1)
+        lane = kb.expand(kb.arange("BLOCK_C"), 0)
+        at_edge = kb.map(
+            [lane, edge, total], acc_elem,
+            lambda sb, i, e, t: sb.select(sb.cmp("eq", i, e), t, sb.const(0, acc_elem)),
+        )  # fmt: skip
+        kb.emit(scf.YieldOp(kb.emit(tile.ReduceOp("sum", at_edge, 1)).result))
+    kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
     return [f"cdiv({R}, BLOCK_R)"], problem
 
 
@@ -627,6 +708,8 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: 
             (grid, problem), params = lower_row(kb, group), ROW_PARAMS
         elif group.kind == "reduction":
             (grid, problem), params = lower_reduction(kb, group), REDUCTION_PARAMS
+        elif group.kind == "scan":
+            (grid, problem), params = lower_scan(kb, group), REDUCTION_PARAMS
         else:
             grid, problem = lower_pointwise(kb, group)
             params = TILED_POINTWISE_PARAMS if problem.get("tiled") else POINTWISE_PARAMS

@@ -306,6 +306,11 @@ class KernelBuilder:
                 self.poison(self.const(0), i, d, 1) if s == 1 and d != 1 else i
                 for s, d, i in zip(src, dst, idx)
             ]
+        if kind == "flip":  # index size-1-i along the flipped dims; past the end stays past the end
+            for d in p:
+                mirrored = self.index_op("sub", self.const(src[d] - 1), idx[d])
+                idx[d] = self.poison(mirrored, idx[d], src[d], src[d])
+            return idx
         if kind == "slice":
             dim, start, _, step = p
             scaled = self.index_op("mul", idx[dim], step) if step != 1 else idx[dim]

@@ -537,6 +537,11 @@ class _KernelWriter:
             expr = f'tl.where(tl.sum(({x} != {x}).to(tl.int32), axis={axis}) > 0, float("nan"), {expr})'
         self._define(op.result, f"{expr}.to({_tl(elem)})" if narrow else expr)
 
+    def _scan(self, op: tile.ScanOp) -> None:
+        x, axis, kind = self._e(op.input), op.axis.value.data, op.kind.data
+        reverse = ", reverse=True" if op.reverse.value.data else ""
+        self._define(op.result, f"tl.cum{kind}({x}, axis={axis}{reverse})")
+
     # arith and math
 
     def _constant(self, op: arith.ConstantOp) -> None:
@@ -732,7 +737,8 @@ _HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
     "tile.grouped_order": _KernelWriter._grouped_order, "tile.arange": _KernelWriter._arange,
     "tile.expand_dims": _KernelWriter._expand_dims, "tile.full": _KernelWriter._full,
     "tile.load": _KernelWriter._load, "tile.store": _KernelWriter._store, "tile.dot": _KernelWriter._dot,
-    "tile.map": _KernelWriter._map, "tile.reduce": _KernelWriter._reduce, "scf.for": _KernelWriter._for,
+    "tile.map": _KernelWriter._map, "tile.reduce": _KernelWriter._reduce,
+    "tile.scan": _KernelWriter._scan, "scf.for": _KernelWriter._for,
     "arith.constant": _KernelWriter._constant, "arith.cmpi": _KernelWriter._compare,
     "arith.cmpf": _KernelWriter._compare, "arith.divsi": _KernelWriter._divide,
     "arith.remsi": _KernelWriter._divide, "arith.negf": _KernelWriter._negate,

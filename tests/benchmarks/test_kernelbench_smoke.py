@@ -26,7 +26,7 @@ from tilefuse.benchmarks.kernelbench import (
 )
 
 CPU = torch.device("cpu")
-# A chunked wide row, a norm over the channels, cumsum as a GEMM, a loss with labels, a loss to one element, GEMMs with a
+# A chunked wide row, a norm over the channels, a scan, a loss with labels, a loss to one element, GEMMs with a
 # norm and a softmax in the epilogue, attention with a buffer mask, a whole encoder layer: about a
 # second each in the interpreter. Every small case matched eager here (float32 and bfloat16) when
 # this list was made; the rest are left out for time.

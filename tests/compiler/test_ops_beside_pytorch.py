@@ -1,6 +1,6 @@
 """Ops that stay in PyTorch cost the graph no extra partition: training-mode dropout keeps only its
 random mask there, a cheap prefix computed from the inputs of such an op runs beside it (a
-cumsum's), and constant padding compiles."""
+sort's), and constant padding compiles."""
 
 from __future__ import annotations
 
@@ -33,7 +33,26 @@ def test_training_dropout_compiles_its_product_with_eagers_random_mask():
 
 
 def test_prefix_of_an_op_left_to_pytorch_runs_beside_it():
-    """RoBERTa's positions: `cumsum` of a padding mask, then an embedding; one partition."""
+    """A mask computed from the inputs feeds a sort (left to PyTorch): the mask runs beside the sort,
+    not as a partition of its own; one partition."""
+
+    def sorted_then_embedding(ids, table, w):
+        mask = ids.ne(1).int()
+        order = torch.sort(mask, dim=1, stable=True).indices
+        return torch.nn.functional.embedding(order, table) @ w
+
+    ids, table, w = torch.randint(0, 4, (2, 8)), torch.randn(20, 16), torch.randn(16, 16)
+    reports = compile_and_compare(sorted_then_embedding, ids, table, w, allow_fallbacks=True)
+    (report,) = reports
+    assert len(report["partitions"]) == 1
+    in_pytorch = {f["op"]: f["reason"] for f in report["fallbacks"]}
+    assert set(in_pytorch) == {"aten.sort.stable", "aten.ne.Scalar", "aten._to_copy.default"}
+    assert "runs beside" in in_pytorch["aten.ne.Scalar"]
+
+
+def test_roberta_positions_compile_with_their_cumsum():
+    """RoBERTa's positions: an integer `cumsum` of a padding mask (a scan kernel), then an embedding;
+    one partition, nothing left to PyTorch."""
 
     def positions_then_embedding(ids, table, w):
         mask = ids.ne(1).int()
@@ -41,12 +60,9 @@ def test_prefix_of_an_op_left_to_pytorch_runs_beside_it():
         return torch.nn.functional.embedding(positions.long(), table) @ w
 
     ids, table, w = torch.randint(0, 4, (2, 8)), torch.randn(20, 16), torch.randn(16, 16)
-    reports = compile_and_compare(positions_then_embedding, ids, table, w, allow_fallbacks=True)
-    (report,) = reports
+    (report,) = compile_and_compare(positions_then_embedding, ids, table, w)
     assert len(report["partitions"]) == 1
-    in_pytorch = {f["op"]: f["reason"] for f in report["fallbacks"]}
-    assert set(in_pytorch) == {"aten.cumsum.default", "aten.ne.Scalar", "aten._to_copy.default"}
-    assert "runs beside" in in_pytorch["aten.ne.Scalar"]
+    assert "scan" in {g["kind"] for g in fusion_groups([report])}
 
 
 def test_constant_pad_compiles():

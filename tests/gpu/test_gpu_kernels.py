@@ -274,3 +274,29 @@ def test_tiling_pools(dtype):
             out, eager = compiled(x), fn(x)
         assert _groups(compiled) and all(g["kernel"] for g in _groups(compiled))
         torch.testing.assert_close(out, eager, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(4096, 2048), (3, 100003), (77, 4000)], ids=str)
+def test_scans(shape, dtype):
+    """cumsum/cumprod/reverse/masked scans as one scan kernel, against float64: within eager's error
+    (the carry is f64 for f32 rows, f32 for 16-bit ones)."""
+    x = torch.randn(*shape, device=CUDA, dtype=dtype)
+    m = torch.rand(*shape, device=CUDA) > 0.5
+    cases = {
+        "cumsum": (lambda x, m: torch.cumsum(x, 1), lambda x, m: torch.cumsum(x, 1)),
+        "reverse": (lambda x, m: torch.cumsum(x.flip(1), 1).flip(1), lambda x, m: torch.cumsum(x.flip(1), 1).flip(1)),
+        "masked": (lambda x, m: torch.cumsum(x * m, 1), lambda x, m: torch.cumsum(x * m, 1)),
+        "cumprod": (lambda x, m: torch.cumprod(1 + x / 1000, 1), lambda x, m: torch.cumprod(1 + x / 1000, 1)),
+    }
+    for name, (fn, ref_fn) in cases.items():
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            out = compiled(x, m)
+        assert [g["kind"] for g in _groups(compiled)] == ["scan"], (name, _groups(compiled))
+        ref = ref_fn(x.double(), m).double()
+        scale = ref.abs().max()
+        err = ((out.double() - ref).abs().max() / scale).item()
+        eager_err = ((fn(x, m).double() - ref).abs().max() / scale).item()
+        assert err <= max(2 * eager_err, 1e-6), (name, err, eager_err)
