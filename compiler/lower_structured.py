@@ -14,6 +14,7 @@ import itertools
 import math
 import operator
 import string
+from dataclasses import dataclass
 
 import torch
 from torch.fx import Node
@@ -442,7 +443,7 @@ lowers(aten.min.dim, check=_values_only_check)(_values_only("min"))
 
 # --- pooling over windows that tile the input: strided slices of one map, or a reduction ---------
 
-MAX_UNROLLED_WINDOW = 16  # window elements a pooling reads as strided slices of one map (else: a reduction)
+MAX_UNROLLED_WINDOW = 27  # window elements a pooling reads as strided slices of one map (3x3x3)
 _POOLS = {  # op -> (reduction, spatial dims, returns indices)
     aten.avg_pool2d.default: ("mean", 2, False), aten.avg_pool3d.default: ("mean", 3, False),
     aten.max_pool2d_with_indices.default: ("max", 2, True),
@@ -455,72 +456,141 @@ def _as_list(value: object, n: int) -> list[int]:
     return values * n if len(values) == 1 else values
 
 
-def _pool_window(node: Node) -> list[int] | str:
-    """The window of a pooling whose windows tile the input (stride = kernel, no padding, no
-    dilation): reshape [.., H, W] -> [.., H/k, k, W/k, k] and reduce the k dims. Otherwise why not."""
+@dataclass(frozen=True)
+class _PoolGeometry:
+    """Per spatial dim: window, stride, padding, dilation, and the output size PyTorch computed
+    (ceil mode included); `count_pad`: an average counts the padding (count_include_pad)."""
+
+    kernel: list[int]
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    out: list[int]
+    count_pad: bool
+    divisor: int | None  # divisor_override
+
+    @property
+    def tiles(self) -> bool:
+        """Windows that tile the input: stride = kernel, no padding or dilation, nothing left over."""
+        return (
+            self.stride == self.kernel and not any(self.padding) and all(d == 1 for d in self.dilation)
+        )
+
+
+def _pool_geometry(node: Node) -> _PoolGeometry | str:
+    """The windows of a pooling, or why it runs in PyTorch."""
     kind, n, _ = _POOLS[node.target]
     a = bound_args(node)
     kernel = _as_list(a["kernel_size"], n)
-    stride = _as_list(a.get("stride") or kernel, n)
-    if stride != kernel:
-        why = f"overlapping or gapped windows (stride {stride}, kernel {kernel})"
-        return f"{target_name(node)} with {why} runs in PyTorch"
-    if any(_as_list(a.get("padding", 0), n)) or any(d != 1 for d in _as_list(a.get("dilation", 1), n)):
-        return f"{target_name(node)} with padding or dilation runs in PyTorch"
-    if a.get("divisor_override") is not None:
-        return f"{target_name(node)} with a divisor override runs in PyTorch"
-    shape = node.args[0].meta["val"].shape
-    if a.get("ceil_mode") and any(shape[-n + i] % k for i, k in enumerate(kernel)):
-        return f"{target_name(node)} in ceil mode with a partial last window runs in PyTorch"
-    return kernel
+    geometry = _PoolGeometry(
+        kernel=kernel,
+        stride=_as_list(a.get("stride") or kernel, n),
+        padding=_as_list(a.get("padding", 0), n),
+        dilation=_as_list(a.get("dilation", 1), n),
+        out=list(_first_output_shape(node)[-n:]),
+        count_pad=bool(a.get("count_include_pad", True)),
+        divisor=a.get("divisor_override"),
+    )
+    shape = node.args[0].meta["val"].shape[-n:]
+    inside = all(o * k <= size for o, k, size in zip(geometry.out, kernel, shape))  # no partial window
+    if geometry.tiles and inside and math.prod(kernel) > MAX_UNROLLED_WINDOW:
+        return geometry  # a reshape and a reduction
+    if math.prod(kernel) > MAX_UNROLLED_WINDOW:
+        return (
+            f"{target_name(node)} over windows of {math.prod(kernel)} > {MAX_UNROLLED_WINDOW} elements "
+            "that do not tile the input runs in PyTorch"
+        )
+    return geometry
 
 
 def _pool_check(node: Node) -> str | None:
     if _POOLS[node.target][2] and not _only_first_output_read(node):
         return f"{target_name(node)} with its indices used (a backward) runs in PyTorch"
-    window = _pool_window(node)
-    return window if isinstance(window, str) else None
+    geometry = _pool_geometry(node)
+    return geometry if isinstance(geometry, str) else None
 
 
 def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, None]:
+    """Max and average pooling. Windows of up to MAX_UNROLLED_WINDOW elements: one map over a strided
+    slice of the padded input per window offset (the padding a concatenation with -inf or 0 splats;
+    kernels read through both), so the pooling is a pointwise kernel over the output; an average
+    whose windows are clipped divides by the count it computes from the output's indices. Larger
+    windows that tile the input: a reshape [.., H, W] -> [.., H/k, k, W/k, k] and a reduction."""
     kind, n, with_indices = _POOLS[node.target]
-    kernel = _pool_window(node)
+    g = _pool_geometry(node)
     x = ctx.tensor(node.args[0])
     shape = list(shape_of(x.type))
     lead = len(shape) - n
-    windowed = list(shape[:lead])
-    for i, k in enumerate(kernel):
-        d = lead + i
-        whole = shape[d] // k * k
-        if whole != shape[d]:  # floor mode: the partial last window is dropped
-            x = ctx.b.slice(x, d, 0, whole)
-        windowed += [whole // k, k]
     out_shape = _first_output_shape(node) if with_indices else ctx.out_shape(node)
-    if math.prod(kernel) <= MAX_UNROLLED_WINDOW:
-        # a map over one strided slice per window offset: a pointwise kernel over the output whose
-        # loads together read each input element once (a reduction over k*k elements a row wasted
-        # most of its lanes: 236 us for a 2x2 max pool where eager took 220, H200)
-        slices = []
-        for offsets in itertools.product(*(range(k) for k in kernel)):
-            v = x
-            for i, (o, k) in enumerate(zip(offsets, kernel)):
-                v = ctx.b.slice(v, lead + i, o, o + (windowed[lead + 2 * i]) * k - k + 1, k)
-            slices.append(v)
-        elem = x.type.get_element_type()
-        count = float(math.prod(kernel))
-
-        def body(sb, *vs):
-            total = vs[0]
-            for v in vs[1:]:
-                total = sb.binary(kind if kind == "max" else "add", total, v)
-            return total if kind == "max" else sb.div(total, sb.const(count, total.type))
-
-        pooled = ctx.b.map(slices, elem, body, compute_elem=opmath_type(elem))
-    else:
+    elem = x.type.get_element_type()
+    if math.prod(g.kernel) > MAX_UNROLLED_WINDOW:  # tiling windows (checked): reshape and reduce
+        for i, (o, k) in enumerate(zip(g.out, g.kernel)):
+            x = ctx.b.slice(x, lead + i, 0, o * k)  # floor mode: the partial last window is dropped
+        windowed = list(shape[:lead]) + [e for o, k in zip(g.out, g.kernel) for e in (o, k)]
         dims = [lead + 2 * i + 1 for i in range(n)]
         pooled = ctx.b.reduce(kind, ctx.b.reshape(x, windowed), dims, keepdim=False)
+        values = ctx.b.reshape(pooled, out_shape)
+        return (values, None) if with_indices else values
+    fill = float("-inf") if kind == "max" else 0.0
+    for i in range(n):  # pad each spatial dim to the extent the windows reach
+        d, size = lead + i, shape_of(x.type)[lead + i]
+        reach = (g.out[i] - 1) * g.stride[i] + (g.kernel[i] - 1) * g.dilation[i] + 1
+        before, after = g.padding[i], max(0, reach - g.padding[i] - size)
+        parts = []
+        for width in (before, after):
+            if width:
+                splat_shape = list(shape_of(x.type))
+                splat_shape[d] = width
+                parts.append(ctx.b.constant(fill, splat_shape, elem))
+            else:
+                parts.append(None)
+        pieces = [p for p in (parts[0], x, parts[1]) if p is not None]
+        x = ctx.b.concat(pieces, d) if len(pieces) > 1 else x
+    slices = []
+    for offsets in itertools.product(*(range(k) for k in g.kernel)):
+        v = x
+        for i, o in enumerate(offsets):
+            start = o * g.dilation[i]
+            v = ctx.b.slice(v, lead + i, start, start + (g.out[i] - 1) * g.stride[i] + 1, g.stride[i])
+        slices.append(v)
+    spatial = list(shape[:lead]) + list(g.out)
+    counted = kind == "mean" and g.divisor is None and not _fixed_window_count(g, shape[lead:])
+    positions = [ctx.b.iota(lead + i, spatial, f32) for i in range(n)] if counted else []
+    taps = len(slices)
+    compute = opmath_type(elem)
+
+    def body(sb, *vs):
+        total = vs[0]
+        for v in vs[1:taps]:
+            total = sb.binary("max" if kind == "max" else "add", total, v)
+        if kind == "max":
+            return total
+        if not counted:
+            return sb.div(total, sb.const(float(g.divisor or math.prod(g.kernel)), total.type))
+        count = None
+        for i, o in enumerate(vs[taps:]):
+            c = lambda v: sb.const(float(v), compute)  # noqa: E731
+            start = sb.sub(sb.mul(sb.cast(o, compute), c(g.stride[i])), c(g.padding[i]))
+            end = sb.binary("min", sb.add(start, c(g.kernel[i])), c(shape[lead + i] + g.padding[i]))
+            if not g.count_pad:
+                start = sb.binary("max", start, c(0))
+                end = sb.binary("min", end, c(shape[lead + i]))
+            width = sb.sub(end, start)
+            count = width if count is None else sb.mul(count, width)
+        return sb.div(total, count)
+
+    pooled = ctx.b.map(slices + positions, elem, body, compute_elem=compute)
     values = ctx.b.reshape(pooled, out_shape)
     return (values, None) if with_indices else values
+
+
+def _fixed_window_count(g: _PoolGeometry, sizes: list[int]) -> bool:
+    """Whether every window of an average counts kernel elements: none is clipped by the input's
+    end (ceil mode) or, without count_include_pad, by its padding."""
+    for k, s, p, o, size in zip(g.kernel, g.stride, g.padding, g.out, sizes):
+        if (o - 1) * s - p + k > size + p or (p and not g.count_pad):
+            return False
+    return True
 
 
 for _pool in _POOLS:

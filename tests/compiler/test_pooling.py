@@ -1,12 +1,15 @@
-"""Pooling over windows that tile the input (stride = kernel, no padding): a map over strided slices
-(small windows) or a reshape and a reduction (`lower_structured._lower_pool`), against eager PyTorch
-on ragged shapes; other poolings stay in PyTorch and say why."""
+"""Max and average pooling (`lower_structured._lower_pool`): windows of up to 27 elements (overlapping,
+padded, dilated, ceil mode) are one map over strided slices of the padded input; larger windows that
+tile the input a reshape and a reduction; against eager PyTorch on ragged shapes. Larger overlapping
+windows stay in PyTorch and say why."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
@@ -20,7 +23,7 @@ TILED = {
     "max2d_ceil_whole": (lambda x: F.max_pool2d(x, 2, ceil_mode=True), (2, 3, 8, 8)),
     "max1d": (lambda x: F.max_pool1d(x, 2), (2, 3, 9)),
     "avg1d": (lambda x: F.avg_pool1d(x, 3), (2, 3, 9)),
-    "avg2d_wide_window": (lambda x: F.avg_pool2d(x, (4, 5)), (2, 3, 9, 11)),  # 20 > 16: a reduction
+    "avg2d_wide_window": (lambda x: F.avg_pool2d(x, (6, 5)), (2, 3, 13, 11)),  # 30 > 27: a reduction
 }
 
 
@@ -37,24 +40,74 @@ def test_tiling_pools_are_reductions(name, dtype):
     reports = compile_and_compare(fn, x, **tol)
     groups = fusion_groups(reports)
     assert groups and all(g["kernel"] for g in groups), groups
-    # windows of up to MAX_UNROLLED_WINDOW elements: one strided slice each, read by one pointwise kernel
+    # windows of up to 27 elements: one strided slice each, read by one pointwise kernel
     assert groups[0]["kind"] == ("reduction" if name == "avg2d_wide_window" else "pointwise"), groups
 
 
-@pytest.mark.parametrize(
-    "fn, why",
-    [
-        (lambda x: F.max_pool2d(x, 3, stride=2), "overlapping"),
-        (lambda x: F.avg_pool2d(x, 2, padding=1), "padding"),
-        (lambda x: F.max_pool2d(x, 2, ceil_mode=True), "ceil mode"),  # 9 wide: a partial last window
-    ],
-    ids=["overlapping", "padded", "ceil_partial"],
-)
-def test_other_pools_stay_in_pytorch_and_say_why(fn, why):
+WINDOWED = {
+    # KernelBench's level-1 pools (41-46) on ragged sizes, and the ceil-mode and divisor variants
+    "max1d_dilated": (lambda x: F.max_pool1d(x, 4, stride=2, padding=2, dilation=3), (2, 3, 37)),
+    "max2d_dilated": (lambda x: F.max_pool2d(x, 2, stride=2, padding=1, dilation=3), (2, 3, 17, 19)),
+    "max3d_dilated": (lambda x: F.max_pool3d(x, 3, stride=2, padding=1, dilation=3), (1, 2, 11, 12, 13)),
+    "avg1d_padded": (lambda x: F.avg_pool1d(x, 4, stride=2, padding=1), (2, 3, 37)),
+    "avg3d_padded": (lambda x: F.avg_pool3d(x, 3, stride=2, padding=1), (1, 2, 11, 12, 13)),
+    "max2d_ceil": (lambda x: F.max_pool2d(x, 3, stride=2, ceil_mode=True), (2, 3, 10, 11)),
+    "avg2d_ceil": (lambda x: F.avg_pool2d(x, 3, stride=2, ceil_mode=True), (2, 3, 10, 11)),
+    "avg2d_pad_excluded": (
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False), (2, 3, 10, 11)
+    ),
+    "avg2d_ceil_pad_excluded": (
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        (2, 3, 10, 11),
+    ),
+    "avg2d_ceil_pad_included": (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True), (2, 3, 10, 11)),
+    "avg2d_divisor_override": (lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, divisor_override=5), (2, 3, 10, 11)),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_overlapping_padded_and_dilated_pools_are_one_pointwise_kernel(name):
+    """Windows that overlap, pad, dilate or end in a partial window: one map over strided slices of
+    the padded input (-inf for max, 0 for average; an average's divisor counted per window where
+    windows are clipped), against eager."""
+    fn, shape = WINDOWED[name]
     torch._dynamo.reset()
-    reports = compile_and_compare(fn, torch.randn(2, 3, 9, 9), allow_fallbacks=True)
+    reports = compile_and_compare(fn, torch.randn(*shape), rtol=1e-5, atol=1e-6)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    kind=st.sampled_from(["max", "avg"]),
+    size=st.tuples(st.integers(3, 13), st.integers(3, 13)),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 4),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    ceil_mode=st.booleans(),
+    count_include_pad=st.booleans(),
+)
+def test_any_small_window_matches_eager(kind, size, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+    padding = min(padding, kernel // 2)  # PyTorch's own limit
+    if kind == "max":
+        extent = dilation * (kernel - 1) + 1
+        fn = lambda x: F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)  # noqa: E731
+    else:
+        extent = kernel
+        fn = lambda x: F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad)  # noqa: E731
+    assume(all(s + 2 * padding >= extent for s in size))
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, *size)
+    reports = compile_and_compare(fn, x, rtol=1e-5, atol=1e-6)
+    assert all(g["kernel"] for g in fusion_groups(reports))
+
+
+def test_large_overlapping_windows_stay_in_pytorch_and_say_why():
+    torch._dynamo.reset()
+    fn = lambda x: F.max_pool2d(x, 8, stride=4)  # noqa: E731
+    reports = compile_and_compare(fn, torch.randn(2, 3, 16, 24), allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
-    assert any(why in reason for reason in reasons), reasons
+    assert any("64 > 27 elements" in reason for reason in reasons), reasons
 
 
 def test_max_pool_in_training_keeps_its_indices_in_pytorch(monkeypatch):

@@ -265,9 +265,16 @@ def test_integer_sums_and_cross_entropy_mean(n):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_tiling_pools(dtype):
-    """Max and average pooling over windows that tile the input: reduction kernels, as eager."""
+    """Max and average pooling (tiling, overlapping, padded, dilated, ceil mode): kernels, as eager."""
     x = torch.randn(4, 16, 66, 65, device=CUDA, dtype=dtype)
-    for fn in (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, (3, 5)) * 2):
+    pools = (
+        lambda x: F.max_pool2d(x, 2),
+        lambda x: F.avg_pool2d(x, (3, 5)) * 2,
+        lambda x: F.max_pool2d(x, 2, stride=2, padding=1, dilation=3),
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        lambda x: F.max_pool2d(x, 3, stride=1, padding=1),
+    )
+    for fn in pools:
         torch._dynamo.reset()
         compiled = tilefuse.compile(fn)
         with torch.no_grad():
