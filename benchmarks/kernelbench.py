@@ -103,6 +103,10 @@ def argmax_dim1(x: Tensor) -> Tensor:
     return torch.argmax(x, dim=1)
 
 
+def argmin_dim1(x: Tensor) -> Tensor:
+    return torch.argmin(x, dim=1)
+
+
 def cumsum_dim1(x: Tensor) -> Tensor:
     return torch.cumsum(x, dim=1)
 
@@ -427,7 +431,8 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     middle("sum_dim1", sum_dim1),
     middle("mean_dim1", mean_dim1),
     middle("max_dim1", max_dim1),
-    middle("argmax_dim1", argmax_dim1),  # no lowering: expected to run in PyTorch
+    middle("argmax_dim1", argmax_dim1),
+    middle("argmin_dim1", argmin_dim1),
     unary("cumsum", cumsum_dim1, (4096, 2048), (33, 100)),
     unary("cumsum_long_rows", cumsum_dim1, (128, 32768), (3, 5000)),  # rows walked in chunks
     unary("cumprod", cumprod_dim1, (4096, 2048), (33, 100)),

@@ -407,6 +407,31 @@ lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
 
 
+def _arg_check(node: Node) -> str | None:
+    a = bound_args(node)
+    if a.get("dim") is None:
+        return f"{target_name(node)} over the flattened tensor runs in PyTorch"
+    if not node.args[0].meta["val"].dtype.is_floating_point:
+        return f"{target_name(node)} of a non-float tensor runs in PyTorch"
+    if node.args[0].meta["val"].dim() == 0:
+        return f"{target_name(node)} of a 0-d tensor runs in PyTorch"
+    return None
+
+
+def _arg_reduce(kind: str):
+    def lower(ctx: LoweringContext, node: Node) -> SSAValue:
+        a = bound_args(node)
+        x = ctx.tensor(a["self"])
+        found = ctx.b.reduce(kind, x, [a["dim"]], bool(a.get("keepdim", False)))
+        return ctx.b.reshape(found, ctx.out_shape(node))
+
+    return lower
+
+
+lowers(aten.argmax.default, check=_arg_check)(_arg_reduce("argmax"))
+lowers(aten.argmin.default, check=_arg_check)(_arg_reduce("argmin"))
+
+
 def _only_first_output_read(node: Node) -> bool:
     """Whether every user of a multi-output op reads its first output (values, not indices; an
     attention's output, not its logsumexp)."""

@@ -18,6 +18,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     f32,
     i1,
+    i64,
 )
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
@@ -224,7 +225,7 @@ class EinBuilder:
             out = [1 if i in dims else d for i, d in enumerate(shape)]
         else:
             out = [d for i, d in enumerate(shape) if i not in dims]
-        result = tensor_type(out, x.type.get_element_type())
+        result = tensor_type(out, i64 if kind in ein.ARG_KINDS else x.type.get_element_type())
         return self._emit(ein.ReduceOp(kind, dims, keepdim, x, result))
 
     def flip(self, x: SSAValue, dims: Sequence[int]) -> SSAValue:

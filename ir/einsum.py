@@ -53,7 +53,8 @@ from xdsl.utils.exceptions import VerifyException
 
 from .dtypes import broadcasts_to, is_bool, is_float, shape_of
 
-REDUCE_KINDS = ("sum", "max", "min", "mean")
+REDUCE_KINDS = ("sum", "max", "min", "mean", "argmax", "argmin")
+ARG_KINDS = ("argmax", "argmin")  # the index (i64) of the first max/min over one dim
 SCAN_KINDS = ("sum", "prod")
 VIEW_KINDS = ("reshape", "permute", "expand", "slice", "flip")
 SCALAR_DIALECTS = ("arith.", "math.")
@@ -261,7 +262,9 @@ def verify_scalar_body(
 
 @irdl_op_definition
 class ReduceOp(IRDLOperation):
-    """Reduce over `dims` with sum, max, min or mean; `keepdim` keeps them as size 1."""
+    """Reduce over `dims` with sum, max, min or mean, or one dim to the index of its first max or
+    min (argmax, argmin: i64, NaN counting as the max and the min, as torch's); `keepdim` keeps
+    the dims as size 1."""
 
     name = "ein.reduce"
     input = operand_def(TensorType)
@@ -300,7 +303,10 @@ class ReduceOp(IRDLOperation):
                 f"ein.reduce: result shape {shape_of(self.result.type)} should be {expected}"
             )
         elem = self.input.type.get_element_type()
-        if self.result.type.get_element_type() != elem:
+        if kind in ARG_KINDS:
+            if len(dims) != 1 or self.result.type.get_element_type() != i64:
+                raise VerifyException(f"ein.reduce: {kind} reduces one dim to i64 indices")
+        elif self.result.type.get_element_type() != elem:
             raise VerifyException("ein.reduce: result element type must match the input")
         if kind == "mean" and not is_float(elem):
             raise VerifyException(f"ein.reduce: mean needs a float input, got {elem}")

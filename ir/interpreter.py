@@ -142,6 +142,9 @@ def _run_reduce(op: ein.ReduceOp, x: torch.Tensor) -> torch.Tensor:
         as_int = x.to(torch.uint8)
         fn = torch.amax if kind == "max" else torch.amin
         return fn(as_int, dim=dims, keepdim=keep).to(torch.bool)
+    if kind in ein.ARG_KINDS:
+        fn = torch.argmax if kind == "argmax" else torch.argmin
+        return fn(x, dim=dims[0], keepdim=keep)
     if kind == "sum":
         return torch.sum(x, dim=dims, keepdim=keep)
     if kind == "mean":

@@ -168,8 +168,8 @@ class _Exporter:
     def reduce(self, op: ein.ReduceOp, x: SSAValue) -> SSAValue:
         shape, dims, kind = tuple(shape_of(op.input.type)), op.reduce_dims, op.kind.data
         elem = op.result.type.get_element_type()
-        if not is_float(elem):
-            raise ExportError(f"ein.reduce on {elem} has no upstream form yet")
+        if not is_float(elem) or kind in ein.ARG_KINDS:
+            raise ExportError(f"ein.reduce {kind} on {elem} has no upstream form yet")
         acc = _accumulator(elem)
         widened = self.narrow(x, tensor_type(shape, acc)) if acc != elem else x
         stat = tensor_type([d for i, d in enumerate(shape) if i not in dims], acc)

@@ -260,6 +260,8 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
     users are already in, and producers also read after the output (extra outputs).
     """
     space = RowSpace.of(seed)
+    if seed.kind.data in ein.ARG_KINDS:
+        return None
     if not 1 < space.row_size <= MAX_CHUNKED_ROW or len(space.dims) == len(space.shape):
         return None
     fits = lambda op: isinstance(op, Operation) and op not in taken and space.holds(op)  # noqa: E731

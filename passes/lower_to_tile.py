@@ -263,18 +263,56 @@ def _read_with_prologue(
     return kb.load(group.ops[-1].input, idx)
 
 
+def _reduced_columns(
+    kb: KernelBuilder, group: FusionGroup, step: SSAValue, row_dims: list[int], rows: list[Index]
+) -> tuple[SSAValue, SSAValue, SSAValue]:
+    """Inside a reduction's loop: the flat reduced positions of chunk `step` ([1, BLOCK_C]), the
+    values reduced there ([BLOCK_R, BLOCK_C], through the prologue) and the mask of those in range."""
+    reduce = group.ops[-1]
+    shape, dims = shape_of(reduce.input.type), reduce.reduce_dims
+    C = math.prod(shape[d] for d in dims)
+    flat_c = kb.offsets(step, "BLOCK_C")
+    cols = kb.unravel(flat_c, [shape[d] for d in dims])
+    idx: list[Index] = [kb.const(0)] * len(shape)
+    for d, i in zip(dims, cols):
+        idx[d] = kb.expand(i, 0)
+    value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
+    flat_c = kb.expand(flat_c, 0)
+    in_range = kb.map([flat_c], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+    return flat_c, value, in_range
+
+
+def _reduction_output_index(reduce: ein.ReduceOp, row_dims: list[int], rows: list[Index], kb: KernelBuilder):
+    out_idx: list[Index] = []
+    for d in range(len(shape_of(reduce.input.type))):
+        if d in row_dims:
+            out_idx.append(rows[row_dims.index(d)])
+        elif reduce.keepdim is not None:
+            out_idx.append(kb.const(0))
+    return out_idx
+
+
 def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
     elem = reduce.result.type.get_element_type()
     shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
-    if not (is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
+    arg = kind in ein.ARG_KINDS
+    if arg and not is_float(reduce.input.type.get_element_type()):
+        raise LoweringUnsupported(f"{kind} over {reduce.input.type.get_element_type()} runs op by op")
+    if not (arg or is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
         raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
     row_dims = [d for d in range(len(shape)) if d not in dims]
     if not row_dims:
         raise LoweringUnsupported("a reduction to a single element runs op by op")
     R, C = math.prod(shape[d] for d in row_dims), math.prod(shape[d] for d in dims)
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), [shape[d] for d in row_dims])
+    problem = {"R": R, "C": C}
+    if len(shape) - 1 not in dims:  # the kept index is the contiguous one: wide in R, short in C
+        problem["column"] = 1
+    if arg:
+        _lower_arg_reduction(kb, group, row_dims, rows)
+        return [f"cdiv({R}, BLOCK_R)"], problem
     acc_elem = _accumulator_type(elem, kind)
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     neutral = _neutral(kind, acc_elem)
@@ -283,13 +321,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     trips = kb.cdiv(C, "BLOCK_C")
     body = Block(arg_types=[i32, acc_type])
     with kb.inside(body):
-        flat_c = kb.offsets(body.args[0], "BLOCK_C")
-        cols = kb.unravel(flat_c, [shape[d] for d in dims])
-        idx: list[Index] = [kb.const(0)] * len(shape)
-        for d, i in zip(dims, cols):
-            idx[d] = kb.expand(i, 0)
-        value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
-        in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
+        _, value, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
         acc = body.args[1]
 
         def step(sb, ok, v, a):
@@ -301,17 +333,54 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
     if kind == "mean":
         combined = kb.map([combined], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
-    out_idx: list[Index] = []
-    for d in range(len(shape)):
-        if d in row_dims:
-            out_idx.append(rows[row_dims.index(d)])
-        elif reduce.keepdim is not None:
-            out_idx.append(kb.const(0))
+    out_idx = _reduction_output_index(reduce, row_dims, rows, kb)
     kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
-    problem = {"R": R, "C": C}
-    if len(shape) - 1 not in dims:  # the kept index is the contiguous one: wide in R, short in C
-        problem["column"] = 1
     return [f"cdiv({R}, BLOCK_R)"], problem
+
+
+def _lower_arg_reduction(
+    kb: KernelBuilder, group: FusionGroup, row_dims: list[int], rows: list[Index]
+) -> None:
+    """argmax/argmin: each lane keeps the best value it has seen and its position, replaced only by
+    a strictly better one (so the first of equals stays), a NaN beating any number (torch's rule);
+    then the rows' best value, and the smallest position holding it."""
+    reduce = group.ops[-1]
+    kind = reduce.kind.data
+    acc_elem = opmath_type(reduce.input.type.get_element_type())
+    worst = float("-inf") if kind == "argmax" else float("inf")
+    beats = "gt" if kind == "argmax" else "lt"
+    best_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
+    at_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], i32)
+    best0 = kb.emit(tile.FullOp(FloatAttr(worst, acc_elem), best_type)).result
+    at0 = kb.emit(tile.FullOp(IntegerAttr(0, i32), at_type)).result
+    C = math.prod(shape_of(reduce.input.type)[d] for d in reduce.reduce_dims)
+    body = Block(arg_types=[i32, best_type, at_type])
+    with kb.inside(body):
+        flat_c, value, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
+        best, at = body.args[1], body.args[2]
+
+        def better(sb, ok, v, b):
+            v = sb.cast(v, acc_elem)
+            nan_first = sb.logical("and", sb.cmp("ne", v, v), sb.cmp("eq", b, b))
+            return sb.logical("and", ok, sb.logical("or", sb.cmp(beats, v, b), nan_first))
+
+        wins = kb.map([in_range, value, best], i1, better)
+        new_best = kb.map(
+            [wins, value, best], acc_elem, lambda sb, w, v, b: sb.select(w, sb.cast(v, acc_elem), b)
+        )
+        new_at = kb.map([wins, flat_c, at], i32, lambda sb, w, c, a: sb.select(w, c, a))
+        kb.emit(scf.YieldOp(new_best, kb.full_tile(new_at, [new_best])))
+    loop = kb.emit(scf.ForOp(kb.const(0), kb.cdiv(C, "BLOCK_C"), kb.const(1), [best0, at0], Region(body)))
+    best, at = loop.results
+    top = kb.expand(kb.emit(tile.ReduceOp("max" if kind == "argmax" else "min", best, 1)).result, 1)
+
+    def holder(sb, b, t, a):
+        same = sb.logical("or", sb.cmp("eq", b, t), sb.logical("and", sb.cmp("ne", b, b), sb.cmp("ne", t, t)))
+        return sb.select(same, a, sb.const(C, i32))
+
+    first = kb.emit(tile.ReduceOp("min", kb.map([best, top, at], i32, holder), 1)).result
+    out_idx = _reduction_output_index(reduce, row_dims, rows, kb)
+    kb.store(kb.output_argument(group.output), out_idx, kb.cast(first, i64))
 
 
 MAX_WHOLE_SCAN = 4096  # a row up to this long is scanned in one tile (no loop, no carry)

@@ -100,6 +100,9 @@ CASES = {
     # read transposed: a pointwise kernel in 2-d tiles (BLOCK_X, BLOCK_Y; lower_to_tile.lower_pointwise)
     "transposed_f32": (lambda x: torch.sigmoid(x.permute(0, 2, 1)) * 2, lambda: {"x": _randn(3, 40, 37)}),
     "int_sum_i64": (lambda i: (i != 3).sum(-1), lambda: {"i": torch.randint(-9, 9, (37, 100))}),
+    # two loop-carried tiles (best value, its position) and an integer min over the lanes
+    "argmax_ties_f32": (lambda x: torch.argmax(x, -1), lambda: {"x": torch.randint(0, 4, (37, 1000)).float()}),
+    "argmin_column_f32": (lambda x: torch.argmin(x, 0), lambda: {"x": torch.randint(0, 4, (300, 37)).float()}),
 }  # fmt: skip
 
 

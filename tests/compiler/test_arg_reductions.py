@@ -1,0 +1,72 @@
+"""argmax/argmin over one dim as reduction kernels (`lower_to_tile._lower_arg_reduction`), against
+eager PyTorch: the first index of the max or min, ties and NaNs as torch decides them, on ragged
+shapes and rows walked in many chunks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilefuse
+from helpers import compile_and_compare, fusion_groups
+
+CASES = {
+    "argmax_middle": (lambda x: torch.argmax(x, 1), (3, 37, 5)),
+    "argmin_last": (lambda x: torch.argmin(x, -1), (7, 3000)),
+    "argmax_first_keepdim_prologue": (lambda x: torch.argmax(x * 2 - 1, 0, keepdim=True), (300, 6)),
+    "argmax_ties": (lambda x: torch.argmax((x > 0.5).float() + (x > 1.5).float(), -1), (9, 5000)),
+    "argmin_ties": (lambda x: torch.argmin((x > 0.5).float(), 1), (9, 777)),
+    "argmax_nan_wins": (lambda x: torch.argmax(torch.where(x > 2.5, float("nan"), x), -1), (9, 5000)),
+    "argmin_nan_wins": (lambda x: torch.argmin(torch.where(x > 2.5, float("nan"), x), -1), (9, 5000)),
+    "argmax_all_minus_inf": (lambda x: torch.argmax(torch.full_like(x, float("-inf")), -1), (3, 50)),
+    "argmax_bf16": (lambda x: torch.argmax(x.bfloat16(), 1), (4, 1000)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_arg_reductions_match_eager_exactly(name):
+    fn, shape = CASES[name]
+    torch._dynamo.reset()
+    x = torch.randn(*shape)
+    compiled = tilefuse.compile(fn)
+    got = compiled(x)
+    assert got.dtype == torch.int64 and torch.equal(got, fn(x)), (got, fn(x))
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert [g["kind"] for g in groups] == ["reduction"] and groups[0]["kernel"], groups
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    width=st.integers(1, 3000),
+    levels=st.integers(2, 6),
+    dim=st.sampled_from([0, 1]),
+    argmax=st.booleans(),
+    block_c=st.sampled_from([16, 128, 1024]),
+)
+def test_any_shape_any_chunk_keeps_the_first_index(rows, width, levels, dim, argmax, block_c):
+    """Few distinct values (many ties) in rows of any length walked in chunks of any size: the
+    first index of the extreme wins, across lanes and across chunks."""
+    torch._dynamo.reset()
+    x = torch.randint(0, levels, (rows, width)).float()
+    fn = (lambda x: torch.argmax(x, dim)) if argmax else (lambda x: torch.argmin(x, dim))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TILEFUSE_KERNEL_CONFIG", json.dumps({"reduction": {"BLOCK_C": block_c}}))
+        compiled = tilefuse.compile(fn)
+        assert torch.equal(compiled(x), fn(x))
+
+
+def test_flattened_and_integer_arg_reductions_stay_in_pytorch():
+    torch._dynamo.reset()
+    reports = compile_and_compare(lambda x: torch.argmax(x) + 1, torch.randn(4, 10), allow_fallbacks=True)
+    reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
+    assert any("flattened" in reason for reason in reasons), reasons
+    torch._dynamo.reset()
+    ints = torch.randint(0, 9, (4, 10))
+    reports = compile_and_compare(lambda x: torch.argmin(x, 1) + 1, ints, allow_fallbacks=True)
+    reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
+    assert any("non-float" in reason for reason in reasons), reasons
