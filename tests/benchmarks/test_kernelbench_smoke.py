@@ -101,7 +101,7 @@ def test_runner_end_to_end_on_small_cases(tmp_path: Path, capsys):
         assert float(row["eager µs"]) > 0 and float(row["tilefuse µs"]) > 0 and float(row["vs eager"]) > 0
         assert "tc µs" not in row
     assert rows[0]["notes"].startswith("1 graph(s), 1 partition(s), 0 fallback(s); 1 Triton kernel(s)")
-    assert "fallback(s) (aten.argmax.default)" in rows[2]["notes"]
+    assert rows[2]["notes"].startswith("1 graph(s), 1 partition(s), 0 fallback(s); 1 Triton kernel(s)")
     assert float(rows[1]["err tilefuse"]) < 1e-6 and float(rows[2]["err eager"]) == 0
     assert "geomean speedup of tilefuse vs eager" in report
 
