@@ -68,6 +68,38 @@ def _hardsigmoid(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
     return sb.div(_clamp(sb, sb.add(x, sb.const(3.0, x.type)), 0.0, 6.0), sb.const(6.0, x.type))
 
 
+def _sign(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    """(0 < x) - (x < 0), as PyTorch computes it: 0 for zeros and NaN."""
+    zero, one = sb.const(0, x.type), sb.const(1, x.type)
+    above = sb.select(sb.cmp("gt", x, zero), one, zero)
+    return sb.sub(above, sb.select(sb.cmp("lt", x, zero), one, zero))
+
+
+def _round_half_even(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    """torch.round: to the nearest integer, ties to even (from floor: Triton has no rint)."""
+    low = sb.unary("floor", x)
+    fraction = sb.sub(x, low)
+    half, one, two = sb.const(0.5, x.type), sb.const(1.0, x.type), sb.const(2.0, x.type)
+    odd = sb.cmp("ne", sb.sub(low, sb.mul(two, sb.unary("floor", sb.div(low, two)))), sb.const(0.0, x.type))
+    up = sb.logical("or", sb.cmp("gt", fraction, half), sb.logical("and", sb.cmp("eq", fraction, half), odd))
+    return sb.select(up, sb.add(low, one), low)
+
+
+def _trunc(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    return sb.select(sb.cmp("lt", x, sb.const(0.0, x.type)), sb.unary("ceil", x), sb.unary("floor", x))
+
+
+def _round_check(node: Node) -> str | None:
+    if bound_args(node).get("decimals", 0):
+        return "round with decimals runs in PyTorch"
+    if not node.args[0].meta["val"].dtype.is_floating_point:
+        return "round of an integer tensor runs in PyTorch"
+    return None
+
+
+lowers(aten.sign.default)(_unary(_sign))
+lowers(aten.round.default, check=_round_check)(_unary(_round_half_even))
+lowers(aten.trunc.default, check=_round_check)(_unary(_trunc))
 lowers(aten.neg.default)(_unary(lambda sb, x: sb.unary("neg", x)))
 lowers(aten.abs.default)(_unary(lambda sb, x: sb.unary("abs", x)))
 lowers(aten.sigmoid.default)(_unary(_sigmoid))

@@ -43,6 +43,9 @@ UNARY = {
     "erf": torch.erf,
     "isnan": lambda x: torch.isnan(torch.sqrt(x)),
     "reciprocal": lambda x: 1.0 / (x.abs() + 1),
+    "sign": lambda x: torch.sign(x) * x.abs().sqrt(),
+    "round": lambda x: torch.round(x * 2),  # x * 2 of values on a 0.25 grid: many exact ties (below)
+    "trunc": torch.trunc,
 }
 POSITIVE_UNARY = {
     "sqrt": torch.sqrt,
@@ -72,6 +75,15 @@ BINARY = {
 @pytest.mark.parametrize("name", sorted(UNARY))
 def test_unary(name, shape):
     compile_and_compare(UNARY[name], torch.randn(*shape) * 3)
+
+
+def test_round_ties_to_even_and_sign_of_zeros_and_nans():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4999, 3.5001, 0.0, -0.0, float("nan"), 1e30, -7.0])
+    compile_and_compare(lambda x: torch.round(x), x)
+    compile_and_compare(lambda x: torch.sign(x), x)
+    compile_and_compare(lambda x: torch.trunc(x), x)
+    grid = torch.randint(-40, 40, (33, 7)) / 4  # halves and quarters: ties everywhere
+    compile_and_compare(lambda x: torch.round(x) + torch.sign(x - 1), grid)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
