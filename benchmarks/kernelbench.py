@@ -103,6 +103,10 @@ def argmax_dim1(x: Tensor) -> Tensor:
     return torch.argmax(x, dim=1)
 
 
+def prod_dim1(x: Tensor) -> Tensor:
+    return torch.prod(x, dim=1)
+
+
 def argmin_dim1(x: Tensor) -> Tensor:
     return torch.argmin(x, dim=1)
 
@@ -433,6 +437,7 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     middle("max_dim1", max_dim1),
     middle("argmax_dim1", argmax_dim1),
     middle("argmin_dim1", argmin_dim1),
+    middle("prod_dim1", prod_dim1),
     unary("cumsum", cumsum_dim1, (4096, 2048), (33, 100)),
     unary("cumsum_long_rows", cumsum_dim1, (128, 32768), (3, 5000)),  # rows walked in chunks
     unary("cumprod", cumprod_dim1, (4096, 2048), (33, 100)),

@@ -407,6 +407,15 @@ lowers(aten.amax.default)(_reduce("max", "dim"))
 lowers(aten.amin.default)(_reduce("min", "dim"))
 
 
+def _float_prod_check(node: Node) -> str | None:
+    if not node.meta["val"].dtype.is_floating_point:
+        return "a product of integers runs in PyTorch"
+    return None
+
+
+lowers(aten.prod.dim_int, aten.prod.default, check=_float_prod_check)(_reduce("prod", "dim"))
+
+
 def _arg_check(node: Node) -> str | None:
     a = bound_args(node)
     if a.get("dim") is None:

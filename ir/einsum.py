@@ -53,7 +53,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from .dtypes import broadcasts_to, is_bool, is_float, shape_of
 
-REDUCE_KINDS = ("sum", "max", "min", "mean", "argmax", "argmin")
+REDUCE_KINDS = ("sum", "max", "min", "mean", "prod", "argmax", "argmin")
 ARG_KINDS = ("argmax", "argmin")  # the index (i64) of the first max/min over one dim
 SCAN_KINDS = ("sum", "prod")
 VIEW_KINDS = ("reshape", "permute", "expand", "slice", "flip")
@@ -262,7 +262,7 @@ def verify_scalar_body(
 
 @irdl_op_definition
 class ReduceOp(IRDLOperation):
-    """Reduce over `dims` with sum, max, min or mean, or one dim to the index of its first max or
+    """Reduce over `dims` with sum, max, min, mean or prod, or one dim to the index of its first max or
     min (argmax, argmin: i64, NaN counting as the max and the min, as torch's); `keepdim` keeps
     the dims as size 1."""
 
@@ -310,8 +310,8 @@ class ReduceOp(IRDLOperation):
             raise VerifyException("ein.reduce: result element type must match the input")
         if kind == "mean" and not is_float(elem):
             raise VerifyException(f"ein.reduce: mean needs a float input, got {elem}")
-        if kind in ("sum", "mean") and is_bool(elem):
-            raise VerifyException("ein.reduce: sum over i1 is not defined; cast first")
+        if kind in ("sum", "mean", "prod") and is_bool(elem):
+            raise VerifyException(f"ein.reduce: {kind} over i1 is not defined; cast first")
 
     def print(self, printer: Printer) -> None:
         printer.print_string(f" {self.kind.data} ")

@@ -147,6 +147,11 @@ def _run_reduce(op: ein.ReduceOp, x: torch.Tensor) -> torch.Tensor:
         return fn(x, dim=dims[0], keepdim=keep)
     if kind == "sum":
         return torch.sum(x, dim=dims, keepdim=keep)
+    if kind == "prod":
+        acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+        for d in sorted(dims, reverse=True):
+            acc = torch.prod(acc, d, keepdim=keep)
+        return acc.to(x.dtype)
     if kind == "mean":
         return torch.mean(x, dim=dims, keepdim=keep)
     fn = torch.amax if kind == "max" else torch.amin

@@ -66,7 +66,7 @@ from xdsl.utils.exceptions import VerifyException
 from .einsum import verify_scalar_body
 
 KERNEL_KINDS = ("attention", "gemm", "pointwise", "reduction", "row", "scan")
-REDUCE_KINDS = ("sum", "max", "min", "maxnum", "minnum")  # max/min propagate NaN, *num drop it
+REDUCE_KINDS = ("sum", "prod", "max", "min", "maxnum", "minnum")  # max/min propagate NaN, *num drop it
 SCAN_KINDS = ("sum", "prod")
 
 

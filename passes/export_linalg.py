@@ -173,8 +173,8 @@ class _Exporter:
         acc = _accumulator(elem)
         widened = self.narrow(x, tensor_type(shape, acc)) if acc != elem else x
         stat = tensor_type([d for i, d in enumerate(shape) if i not in dims], acc)
-        neutral = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}[kind]
-        combine = {"sum": "add", "mean": "add", "max": "max", "min": "min"}[kind]
+        neutral = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": float("-inf"), "min": float("inf")}[kind]
+        combine = {"sum": "add", "mean": "add", "prod": "mul", "max": "max", "min": "min"}[kind]
         iterators = [REDUCTION if i in dims else PARALLEL for i in range(len(shape))]
         body = lambda b: ScalarBuilder(b).binary(combine, b.args[1], b.args[0])  # noqa: E731
         total = self.generic(

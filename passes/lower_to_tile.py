@@ -230,7 +230,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
 
 
-_NEUTRAL = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
+_NEUTRAL = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": float("-inf"), "min": float("inf")}
 
 
 def _any_or_all(elem: Attribute, kind: str) -> bool:
@@ -249,6 +249,13 @@ def _accumulator_type(elem: Attribute, kind: str) -> Attribute:
 def _neutral(kind: str, acc_elem: Attribute) -> float | int:
     """The value a `kind` reduction accumulating in `acc_elem` starts from (integer sums: 0)."""
     return _NEUTRAL[kind] if is_float(acc_elem) else 0
+
+
+def _combine(sb: ScalarBuilder, kind: str, acc: SSAValue, v: SSAValue) -> SSAValue:
+    """One step of a `kind` reduction: the accumulator with one more value."""
+    if kind in ("sum", "mean"):
+        return sb.add(acc, v)
+    return sb.mul(acc, v) if kind == "prod" else sb.binary(kind, acc, v)
 
 
 def _read_with_prologue(
@@ -326,7 +333,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
 
         def step(sb, ok, v, a):
             v = sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem))
-            return sb.add(a, v) if kind in ("sum", "mean") else sb.binary(kind, a, v)
+            return _combine(sb, kind, a, v)
 
         kb.emit(scf.YieldOp(kb.map([in_range, value, acc], acc_elem, step)))
     loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
@@ -528,7 +535,7 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
 
             def step(sb, ok, v, a, kind=kind, acc_elem=acc_elem):
                 v = sb.select(ok, sb.cast(v, acc_elem), sb.const(_NEUTRAL[kind], acc_elem))
-                return sb.add(a, v) if kind in ("sum", "mean") else sb.binary(kind, a, v)
+                return _combine(sb, kind, a, v)
 
             kb.emit(scf.YieldOp(kb.map([in_range, value, body.args[1]], acc_elem, step)))
         loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))

@@ -39,11 +39,12 @@ def _accumulator(kind: str, elem: Attribute) -> tuple[str, str]:
     if is_float(elem):
         acc = "double" if register_type(elem) == "double" else "float"
         f = "" if acc == "double" else "f"
-        combine = {"sum": "{} + {}", "max": "nan_max({}, {})", "min": "nan_min({}, {})",
+        combine = {"sum": "{} + {}", "prod": "{} * {}", "max": "nan_max({}, {})", "min": "nan_min({}, {})",
                    "maxnum": f"fmax{f}({{}}, {{}})", "minnum": f"fmin{f}({{}}, {{}})"}  # fmt: skip
         return acc, combine[kind]
     acc = "int64_t" if register_type(elem) in ("int64_t", "uint64_t") else "int"
-    combine = {"sum": "{} + {}", "max": "max({}, {})", "min": "min({}, {})", "maxnum": "max({}, {})",
+    combine = {"sum": "{} + {}", "prod": "{} * {}", "max": "max({}, {})", "min": "min({}, {})",
+               "maxnum": "max({}, {})",
                "minnum": "min({}, {})"}  # fmt: skip
     return acc, combine[kind]
 

@@ -57,7 +57,10 @@ _FLOAT_DTYPES = {
     Float64Type: "float64",
 }
 # names the generated module uses; builtins too, so that `range` and `float` keep their meaning
-_RESERVED = {"tl", "triton", "libdevice", "GRID", "PARAMS", "TENSOR_SHAPES", "TENSOR_DTYPES", *dir(builtins)}
+_RESERVED = {
+    "_multiply", "tl", "triton", "libdevice", "GRID", "PARAMS", "TENSOR_SHAPES", "TENSOR_DTYPES",
+    *dir(builtins),
+}
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ class _KernelWriter:
         self.taken.add(TMA_FLAG)
         self.descriptors = self._descriptor_blocks()
         self.uses_libdevice = False
+        self.uses_multiply = False  # a product reduction combines with the module's `_multiply`
 
     def _descriptor_blocks(self) -> dict[SSAValue, tuple[str, tuple[str, ...]]]:
         """Tensors every load of which is a dense block (`block_at`) of one shape: name their descriptor.
@@ -531,7 +535,11 @@ class _KernelWriter:
         elem = op.input.type.element_type
         narrow = _bitwidth(elem) < 32  # Triton reduces these in 32 bits; torch sums 16-bit floats in f32
         source = f"{x}.to(tl.float32)" if narrow and _is_float(elem) else x
-        expr = f"tl.{kind.removesuffix('num')}({source}, axis={axis})"
+        if kind == "prod":  # Triton has no tl.prod: a reduce with the module's _multiply
+            self.uses_multiply = True
+            expr = f"tl.reduce({source}, {axis}, _multiply)"
+        else:
+            expr = f"tl.{kind.removesuffix('num')}({source}, axis={axis})"
         if kind in ("max", "min") and _is_float(elem):
             # tl.max/tl.min drop NaNs on the GPU, where torch.amax/amin propagate them
             expr = f'tl.where(tl.sum(({x} != {x}).to(tl.int32), axis={axis}) > 0, float("nan"), {expr})'
@@ -783,6 +791,10 @@ def padded_row(kind: str, shape: Sequence[int], itemsize: int) -> int | None:
     return -(-row // per_row) * per_row
 
 
+# the combine of a product reduction (`tl.reduce`), written after the kernel when it has one
+_MULTIPLY = ["", "@triton.jit", "def _multiply(a, b):", "    return a * b", ""]
+
+
 def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
     """Python source of a module holding one `@triton.jit` function for `kernel`.
 
@@ -825,4 +837,6 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         "):",
         *body,
         "",
+        # after the kernel: it stays the module's first @triton.jit function (triton_function_name)
+        *(_MULTIPLY if writer.uses_multiply else []),
     ])  # fmt: skip

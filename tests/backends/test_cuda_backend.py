@@ -103,6 +103,7 @@ CASES = {
     # two loop-carried tiles (best value, its position) and an integer min over the lanes
     "argmax_ties_f32": (lambda x: torch.argmax(x, -1), lambda: {"x": torch.randint(0, 4, (37, 1000)).float()}),
     "argmin_column_f32": (lambda x: torch.argmin(x, 0), lambda: {"x": torch.randint(0, 4, (300, 37)).float()}),
+    "row_prod_f32": (lambda x: torch.prod(1 + x / 100, -1), lambda: {"x": _randn(37, 100)}),
 }  # fmt: skip
 
 

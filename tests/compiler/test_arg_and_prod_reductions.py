@@ -1,6 +1,6 @@
-"""argmax/argmin over one dim as reduction kernels (`lower_to_tile._lower_arg_reduction`), against
-eager PyTorch: the first index of the max or min, ties and NaNs as torch decides them, on ragged
-shapes and rows walked in many chunks."""
+"""argmax/argmin over one dim (`lower_to_tile._lower_arg_reduction`) and products (`torch.prod`) as
+reduction kernels, against eager PyTorch: the first index of the max or min, ties and NaNs as torch
+decides them; products against float64; on ragged shapes and rows walked in many chunks."""
 
 from __future__ import annotations
 
@@ -70,3 +70,38 @@ def test_flattened_and_integer_arg_reductions_stay_in_pytorch():
     reports = compile_and_compare(lambda x: torch.argmin(x, 1) + 1, ints, allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
     assert any("non-float" in reason for reason in reasons), reasons
+
+
+PRODUCTS = {
+    "prod_last": (lambda x: torch.prod(1 + x / 100, 1), (7, 300)),
+    "prod_middle_keepdim": (lambda x: torch.prod(1 + x / 100, 1, keepdim=True), (3, 37, 5)),
+    "prod_wide_row": (lambda x: torch.prod(1 + x / 1000, -1), (3, 20000)),
+    "prod_first_dim": (lambda x: torch.prod(1 + x / 100, 0), (300, 7)),
+    "x_over_row_product": (lambda x: x / torch.prod(1 + x / 100, -1, keepdim=True), (4, 100)),  # a row kernel
+}
+
+
+@pytest.mark.parametrize("name", list(PRODUCTS))
+def test_products_are_kernels(name):
+    fn, shape = PRODUCTS[name]
+    torch._dynamo.reset()
+    reports = compile_and_compare(fn, torch.randn(*shape), rtol=1e-5, atol=1e-6)
+    assert all(g["kernel"] for g in fusion_groups(reports))
+
+
+def test_bf16_product_accumulates_in_f32():
+    """Closer to float64 than eager's CPU product of bf16, which rounds every step."""
+    torch._dynamo.reset()
+    x = (1 + torch.randn(4, 1000) / 100).bfloat16()
+    compiled = tilefuse.compile(lambda x: torch.prod(x, -1))
+    ref = torch.prod(x.double(), -1)
+    rounding = (ref - ref.bfloat16().double()).abs().max()
+    assert (compiled(x).double() - ref).abs().max() <= 2 * rounding + 1e-6
+
+
+def test_integer_products_stay_in_pytorch():
+    torch._dynamo.reset()
+    ints = torch.randint(1, 3, (4, 10))
+    reports = compile_and_compare(lambda x: torch.prod(x, 1) + 1, ints, allow_fallbacks=True)
+    reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
+    assert any("product of integers" in reason for reason in reasons), reasons
