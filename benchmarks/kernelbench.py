@@ -104,7 +104,8 @@ def argmax_dim1(x: Tensor) -> Tensor:
 
 
 def prod_dim1(x: Tensor) -> Tensor:
-    return torch.prod(x, dim=1)
+    """KernelBench's product over dim 1, of factors near 1 so that 512 of them stay finite."""
+    return torch.prod(1 + x / 64, dim=1)
 
 
 def argmin_dim1(x: Tensor) -> Tensor:
