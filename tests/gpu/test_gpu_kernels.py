@@ -307,3 +307,24 @@ def test_scans(shape, dtype):
         err = ((out.double() - ref).abs().max() / scale).item()
         eager_err = ((fn(x, m).double() - ref).abs().max() / scale).item()
         assert err <= max(2 * eager_err, 1e-6), (name, err, eager_err)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_arg_and_prod_reductions(dtype):
+    """argmax/argmin (ties: few distinct values) exact against eager; products against float64."""
+    x = torch.randint(0, 5, (64, 512, 300), device=CUDA).to(dtype)
+    for fn in (lambda x: torch.argmax(x, 1), lambda x: torch.argmin(x, -1), lambda x: torch.argmax(x, 0)):
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            assert torch.equal(compiled(x), fn(x))
+        assert all(g["kernel"] for g in _groups(compiled))
+    y = 1 + torch.randn(64, 512, 300, device=CUDA, dtype=dtype) / 64
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(lambda y: torch.prod(y, 1))
+    with torch.no_grad():
+        out = compiled(y)
+    ref = torch.prod(y.double(), 1)
+    err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+    eager = ((torch.prod(y, 1).double() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= max(2 * eager, 1e-6), (err, eager)
