@@ -211,8 +211,9 @@ def test_full_view():
     from tilefuse.passes.split_reduction import MIN_FULL_SPLIT, full_view
 
     assert full_view((7, 5)) == [1, 35]  # few elements: one row
-    assert full_view((MIN_FULL_SPLIT // 64, 64)) == [MIN_FULL_SPLIT // 4096, 4096]  # a power of two divides
-    assert full_view((MIN_FULL_SPLIT, 3)) == [MIN_FULL_SPLIT * 3 // 4096, 4096]
+    assert full_view((MIN_FULL_SPLIT // 64, 64)) == [MIN_FULL_SPLIT // 4096, 4096]  # across rows of 64
+    assert full_view((4096, 8192)) == [4096, 2, 4096]  # the last dim split: contiguous rows
+    assert full_view((MIN_FULL_SPLIT, 3)) == [MIN_FULL_SPLIT * 3 // 4096, 4096]  # nothing divides 3: across
     assert full_view((1031, 67)) == [1031, 67]  # nothing divides: the trailing dims
     assert full_view((65537,)) == [1, 65537]  # a prime count: one row
 
