@@ -482,6 +482,7 @@ _POOLS = {  # op -> (reduction, spatial dims, returns indices)
     aten.avg_pool2d.default: ("mean", 2, False), aten.avg_pool3d.default: ("mean", 3, False),
     aten.max_pool2d_with_indices.default: ("max", 2, True),
     aten.max_pool3d_with_indices.default: ("max", 3, True),
+    aten.max_pool2d.default: ("max", 2, False), aten.max_pool3d.default: ("max", 3, False),
 }  # fmt: skip
 
 
@@ -521,7 +522,7 @@ def _pool_geometry(node: Node) -> _PoolGeometry | str:
         stride=_as_list(a.get("stride") or kernel, n),
         padding=_as_list(a.get("padding", 0), n),
         dilation=_as_list(a.get("dilation", 1), n),
-        out=list(_first_output_shape(node)[-n:]),
+        out=list((_first_output_shape(node) if _POOLS[node.target][2] else node.meta["val"].shape)[-n:]),
         count_pad=bool(a.get("count_include_pad", True)),
         divisor=a.get("divisor_override"),
     )

@@ -123,3 +123,16 @@ def test_max_pool_in_training_keeps_its_indices_in_pytorch(monkeypatch):
     torch.testing.assert_close(got, x.grad)
     reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
     assert any("indices used" in reason for reason in reasons), reasons
+
+
+def test_unread_pool_indices_are_dropped_from_the_graph():
+    """Inference reads no indices: the graph calls the pool without them (as eager does), so a
+    pool left to PyTorch writes no index tensor either."""
+    torch._dynamo.reset()
+    reports = compile_and_compare(lambda x: F.max_pool2d(x, 3, stride=2, padding=1) * 2, torch.randn(2, 3, 9, 11))
+    ops = {op for r in reports for p in r["partitions"] for op in p["aten_ops"]}
+    assert "aten.max_pool2d.default" in ops and "aten.max_pool2d_with_indices.default" not in ops
+    torch._dynamo.reset()
+    fn = lambda x: F.max_pool3d(x, 4, stride=2) + 1  # noqa: E731  (64 elements a window: PyTorch)
+    reports = compile_and_compare(fn, torch.randn(1, 2, 9, 10, 11), allow_fallbacks=True)
+    assert [f["op"] for r in reports for f in r["fallbacks"]] == ["aten.max_pool3d.default"]
