@@ -190,6 +190,27 @@ def _overwrites_carried(body: Block, carried: BlockArgument, yielded: SSAValue) 
     return all(ops.index(body.find_ancestor_op_in_block(use.operation)) <= made_at for use in carried.uses)
 
 
+def _upper_bound(
+    op: Operation, lower: dict[SSAValue, int], upper: dict[SSAValue, int], constants: dict[SSAValue, int]
+) -> int | None:
+    """An exclusive upper bound of a non-negative integer op's result (None: unknown): `i % c` is
+    below c, and sums and products of bounded non-negative indices stay bounded. A load's index
+    below its dim's size needs no mask for it (an unraveled index's inner dims never leave them)."""
+    ops = op.operands
+    if any(lower.get(v, -1) < 0 for v in ops):
+        return None
+    hi = [upper.get(v, constants[v] + 1 if v in constants else None) for v in ops]
+    if op.name == "arith.remsi" and ops[1] in constants and constants[ops[1]] >= 1:
+        return constants[ops[1]] if hi[0] is None else min(hi[0], constants[ops[1]])
+    if None in hi or len(hi) != 2:
+        return None
+    if op.name == "arith.muli":
+        return (hi[0] - 1) * (hi[1] - 1) + 1
+    if op.name == "arith.addi":
+        return hi[0] + hi[1] - 1
+    return None
+
+
 def _lower_bound(op: Operation, lower: dict[SSAValue, int], constants: dict[SSAValue, int]) -> int | None:
     """A lower bound of an integer op's result, from its operands' bounds (None: unknown)."""
     lo = [lower.get(v) for v in op.operands]
@@ -261,6 +282,7 @@ class _KernelWriter:
         self.forced: dict[SSAValue, str] = {}  # variables chosen in advance (loop-carried names)
         self.python_level: set[SSAValue] = set()  # values that may be Python numbers at run time
         self.lower: dict[SSAValue, int] = {}
+        self.upper: dict[SSAValue, int] = {}  # exclusive upper bounds of non-negative indices
         self.int_constants: dict[SSAValue, int] = {}
         self.taken = set(keyword.kwlist) | _RESERVED | set(kernel.param_names) | {self.function}
         self.tensors: dict[SSAValue, tuple[str, tuple[int, ...]]] = {}
@@ -328,6 +350,10 @@ class _KernelWriter:
         self._bind(v, self.exprs[source], source in self.python_level)
         if source in self.lower:
             self.lower[v] = self.lower[source]
+        if source in self.upper:
+            self.upper[v] = self.upper[source]
+        if source in self.int_constants:
+            self.int_constants[v] = self.int_constants[source]
 
     def _e(self, v: SSAValue) -> str:
         return self.exprs[v]
@@ -449,6 +475,8 @@ class _KernelWriter:
         self._define(op.result, f"{self._e(op.input)}[{', '.join(index)}]")
         if op.input in self.lower:
             self.lower[op.result] = self.lower[op.input]
+        if op.input in self.upper:
+            self.upper[op.result] = self.upper[op.input]
 
     def _full(self, op: tile.FullOp) -> None:
         t = op.result.type
@@ -472,8 +500,10 @@ class _KernelWriter:
             mask = tile_mask if isinstance(index.type, tile.BlockType) else scalar_mask
             if self.lower.get(index, -1) < 0:
                 mask.append(f"({expr} >= 0)")
-            bound = f"{base}_s{d - 1}" if to_row_stride and d == len(shape) - 1 else size
-            mask.append(f"({expr} < {bound})")
+            if to_row_stride and d == len(shape) - 1:
+                mask.append(f"({expr} < {base}_s{d - 1})")
+            elif self.upper.get(index, size + 1) > size:  # else known in bounds: an unraveled inner index
+                mask.append(f"({expr} < {size})")
         pointer = " + ".join(terms)
         if scalar_mask and tile_mask:
             # Triton's interpreter broadcasts a scalar comparison as int32, which a mask refuses; where()
@@ -582,6 +612,9 @@ class _KernelWriter:
         bound = _lower_bound(op, self.lower, self.int_constants)
         if bound is not None:
             self.lower[op.results[0]] = bound
+        high = _upper_bound(op, self.lower, self.upper, self.int_constants)
+        if high is not None:
+            self.upper[op.results[0]] = high
 
     def _operator(self, op: Operation) -> None:
         (a, b), python_level = self._operands(op)
