@@ -239,9 +239,10 @@ def test_the_measured_faster_way_runs_the_partition(monkeypatch, faster):
         x = torch.randn(4, 8)
         torch.testing.assert_close(compiled(x), fn(x))
     assert plan.selection.choice == faster
+    per_run = lambda ms: ms / selection.BURST  # noqa: E731  (a timed round is BURST runs back to back)
     assert plan.report["selection"] == {
-        "chosen": faster, "program_ms": 1.0 if faster == "program" else 5.0,
-        "pytorch_ms": 5.0 if faster == "program" else 1.0,
+        "chosen": faster, "program_ms": per_run(1.0 if faster == "program" else 5.0),
+        "pytorch_ms": per_run(5.0 if faster == "program" else 1.0),
     }  # fmt: skip
     before = len(launches)
     torch.testing.assert_close(compiled(x), fn(x))
@@ -790,3 +791,25 @@ def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(m
         torch.testing.assert_close(replay(x, w), real(x, w))
     assert report["cudagraphs"] == "captured (2 capture(s))"
     assert report["captured_because"] == ["first capture", "parameter input 1 was updated in place"]
+
+
+def test_a_timed_round_runs_each_way_back_to_back():
+    """Each timed round runs a way BURST times between two synchronizations and records the mean, so
+    a way is timed by what limits it when calls are queued (host or GPU time), not their sum; code
+    that writes its inputs runs once a round."""
+    from tilefuse.compiler import selection
+
+    runs = {"program": 0, "pytorch": 0}
+
+    def way(name):
+        def run():
+            runs[name] += 1
+            return name
+        return run
+
+    clock = lambda kind, run, device: (run(), 8.0 if kind == "program" else 4.0)  # noqa: E731
+    sel = selection.Selection(torch.device("cpu"), clock=clock)
+    assert sel.step(way("program"), way("pytorch")) == "program"
+    assert runs == {"program": 1 + selection.ROUNDS * selection.BURST, "pytorch": 1 + selection.ROUNDS * selection.BURST}
+    assert sel.summary() == {"chosen": "pytorch", "program_ms": 8.0 / selection.BURST, "pytorch_ms": 4.0 / selection.BURST}
+    assert selection.Selection(torch.device("cpu"), in_one_call=False).burst == 1
