@@ -107,8 +107,8 @@ INVALID = {
         "dims [2] invalid for rank 2",
     ),
     "reduce kind": (
-        "    %0 = ein.reduce prod [1] %a : tensor<4x8xf32> -> tensor<4xf32>",
-        "kind 'prod' is not one of",
+        "    %0 = ein.reduce median [1] %a : tensor<4x8xf32> -> tensor<4xf32>",
+        "kind 'median' is not one of",
     ),
     "reduce shape": (
         "    %0 = ein.reduce sum [1] keepdim %a : tensor<4x8xf32> -> tensor<4xf32>",
