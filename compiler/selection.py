@@ -4,7 +4,7 @@ On a GPU, the first call of a compiled partition times both ways of running
 it on the call's own inputs (wall time of BURST runs back to back, the GPU
 synchronized around them, so a way's host overhead counts where it limits the
 runs, as in a loop that queues work ahead of the GPU) and keeps the faster from then on:
-each way runs once to warm up (Triton loads its binaries, the program is
+each way runs WARMUP times to warm up (Triton loads its binaries, the program is
 written, PyTorch's libraries initialize), then `ROUNDS` times, alternating
 which goes first, and the medians decide, all within that call, so every later
 call runs one way only. A user who times the calls after a short warm-up (a
@@ -44,6 +44,10 @@ ROUNDS = 3
 # PyTorch's op lost (argmax over the middle dim: 34.7 us of GPU against eager's 47.4, H200) though
 # back to back it is the faster.
 BURST = 4
+# untimed runs of each way before the first timed round: a program's first launches load their kernels
+# (CUDA loads modules lazily) and warm its Python; an H200 took 226, 103 and 93 us for mse's first three
+# synchronized calls and 48 from then on, and one warm-up run left the measurement at PyTorch's
+WARMUP = 3
 
 
 def selection_enabled(device: torch.device) -> bool:
@@ -138,11 +142,13 @@ class Selection:
         return self._pair(program, pytorch, program_first=self.calls % 2 == 0)
 
     def _measure_now(self, program: Callable[[], object], pytorch: Callable[[], object]) -> object:
-        """Both ways warmed up, then `ROUNDS` timed pairs, all in this call; the last program result."""
-        out = program()
-        if out is None:  # the program's guard refused these inputs: nothing to measure on them
-            return None
-        pytorch()
+        """Both ways warmed up (WARMUP runs each), then `ROUNDS` timed pairs, all in this call; the
+        last program result."""
+        for _ in range(WARMUP):
+            out = program()
+            if out is None:  # the program's guard refused these inputs: nothing to measure on them
+                return None
+            pytorch()
         for i in range(ROUNDS):
             out = self._pair(program, pytorch, program_first=i % 2 == 0)
             if out is None:

@@ -810,6 +810,7 @@ def test_a_timed_round_runs_each_way_back_to_back():
     clock = lambda kind, run, device: (run(), 8.0 if kind == "program" else 4.0)  # noqa: E731
     sel = selection.Selection(torch.device("cpu"), clock=clock)
     assert sel.step(way("program"), way("pytorch")) == "program"
-    assert runs == {"program": 1 + selection.ROUNDS * selection.BURST, "pytorch": 1 + selection.ROUNDS * selection.BURST}
+    each = selection.WARMUP + selection.ROUNDS * selection.BURST
+    assert runs == {"program": each, "pytorch": each}
     assert sel.summary() == {"chosen": "pytorch", "program_ms": 8.0 / selection.BURST, "pytorch_ms": 4.0 / selection.BURST}
     assert selection.Selection(torch.device("cpu"), in_one_call=False).burst == 1
