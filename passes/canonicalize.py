@@ -15,6 +15,7 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
   attention kernel 100x slower on the H200);
 - reshape∘reshape, permute∘permute, flip∘flip and identity views collapse;
 - a flip of a scan along its dim becomes a reverse scan of the flipped input;
+- a gather reading at most half of a map's result gathers the map's operands instead;
 - a reshape of a GEMM's result (or its bias add) that splits leading dims
   (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
   chain reaches that map;
@@ -28,7 +29,7 @@ import string
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -140,6 +141,55 @@ def _unflatten_split(inner: tuple[int, ...], outer: tuple[int, ...]) -> int | No
     if kept == 0:  # the features themselves are split (heads of a QK-norm): rows change meaning
         return None
     return kept if math.prod(inner[: len(inner) - kept]) == math.prod(outer[: len(outer) - kept]) else None
+
+
+class SinkGatherIntoMap(RewritePattern):
+    """gather(map(a, b), idx) → map(gather(a, idx), gather(b, idx)) when the gather reads at most half
+    of the map's elements: the map is computed where it is read, not written in full and read back.
+    Cross-entropy's log-softmax is gathered at one label a row: the row kernel then writes only its
+    statistics, not a [tokens, vocabulary] tensor. A broadcast operand is read at index 0 along its
+    size-1 dims; the map stays for its other readers."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.GatherOp, rewriter: PatternRewriter) -> None:
+        mapped = op.table.owner
+        if not isinstance(mapped, ein.MapOp):
+            return
+        table, out = shape_of(op.table.type), shape_of(op.result.type)
+        if 2 * math.prod(out) > math.prod(table):
+            return
+        new_ops: list[Operation] = []
+        zero: SSAValue | None = None
+        gathered = []
+        for v in mapped.inputs:
+            shape = shape_of(v.type)
+            if not shape:
+                gathered.append(v)
+                continue
+            if len(shape) < len(table):  # numpy broadcast from the right: leading 1s
+                shape = (1,) * (len(table) - len(shape)) + tuple(shape)
+                view = ein.ViewOp("reshape", v, tensor_type(shape, v.type.get_element_type()))
+                new_ops.append(view)
+                v = view.result
+            indices, sources = list(op.indices), []
+            for k, m in enumerate(op.sources):
+                if shape[k] == table[k]:
+                    sources.append(m)
+                    continue
+                if zero is None:  # index 0 along a broadcast dim, for every result element
+                    const = ein.ConstantOp(IntegerAttr(0, i64), tensor_type([1] * len(out), i64))
+                    new_ops.append(const)
+                    zero = const.result
+                if zero not in indices:
+                    indices.append(zero)
+                sources.append(-1 - indices.index(zero))
+            gather = ein.GatherOp(v, indices, sources, tensor_type(out, v.type.get_element_type()))
+            new_ops.append(gather)
+            gathered.append(gather.result)
+        block = Block(arg_types=[v.type.get_element_type() for v in gathered])
+        block.add_op(ein.YieldOp(inline_map_body(mapped, list(block.args), block)))
+        new_ops.append(ein.MapOp(gathered, op.result.type, Region(block)))
+        rewriter.replace(op, new_ops)
 
 
 class FlipScan(RewritePattern):
@@ -272,6 +322,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldBatchFlattenIntoContract,
     CollapseViews,
     FlipScan,
+    SinkGatherIntoMap,
     SinkUnflattenBelowMap,
     MergeMaps,
     EraseUnused,

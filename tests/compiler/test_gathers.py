@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import compile_and_compare, fusion_groups
 from tilefuse.passes import lower_to_tile
@@ -101,3 +102,26 @@ def test_one_token_embedding_feeds_a_normed_projection_as_a_kernel(tokens):
     groups = fusion_groups(reports)
     assert "gemm" in [g["kind"] for g in groups]
     assert all(g["kernel"] is not None for g in groups), [g["not_a_kernel_because"] for g in groups]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_reads_the_label_logit_instead_of_writing_the_log_softmax(tmp_path, reduction):
+    """The gather of one label a row sinks through log-softmax's maps: the row kernel writes its two
+    statistics, and no [rows, vocabulary] tensor is allocated; ignored labels (-100) as eager."""
+    torch._dynamo.reset()
+    logits, labels = torch.randn(33, 2000), torch.randint(0, 2000, (33,))
+    labels[::5] = -100
+    fn = lambda x, t: F.cross_entropy(x, t, reduction=reduction)  # noqa: E731
+    compile_and_compare(fn, logits, labels, rtol=1e-5, atol=1e-5, dump=tmp_path)
+    (program,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert "(33, 2000)" not in program, program
+
+
+def test_a_gather_of_a_computed_table_gathers_its_operands():
+    """embedding(ids, w * 2 + b) reads w and b at the ids (b broadcast: read at index 0 along its
+    size-1 dim) instead of computing the whole table; the same numbers as eager."""
+    torch._dynamo.reset()
+    w, b, ids = torch.randn(500, 16), torch.randn(1, 16), torch.randint(0, 500, (3, 7))
+    fn = lambda ids, w, b: F.embedding(ids, w * 2 + b)  # noqa: E731
+    reports = compile_and_compare(fn, ids, w, b)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
