@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import TypeVar, overload
 
@@ -76,6 +77,7 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
         return lambda f: compile(f, **options)
     options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode], backend=kernels_by)
     name = getattr(fn, "__name__", None) or type(fn).__name__
+    name = re.sub(r"\W+", "_", name).strip("_") or "graph"  # `<lambda>` names a dump folder `lambda_000`
     backend = TilefuseBackend(options, name=name)
     # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph
     # compiles its static islands once (backend.py) instead of compiling again for every new length

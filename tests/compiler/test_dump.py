@@ -54,3 +54,11 @@ def test_two_graphs_share_one_index(tmp_path):
     second(torch.randn(4))
     index = json.loads((tmp_path / "index.json").read_text())
     assert len({g["dir"] for g in index["graphs"]}) == 2
+
+
+def test_a_lambda_dumps_under_a_name_a_shell_can_type(tmp_path):
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(lambda x: torch.relu(x) * 2, dump=tmp_path)
+    compiled(torch.randn(4, 5))
+    (folder,) = [p.name for p in tmp_path.iterdir() if p.is_dir()]
+    assert folder.startswith("lambda_") and folder.replace("_", "").isalnum(), folder
