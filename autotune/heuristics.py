@@ -202,7 +202,10 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "reduction":
         bc = _pow2_at_least(problem["C"], 16, 1024)
         br = _pow2_at_least(problem["R"], 1, max(1, 4096 // bc))
-        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, 4 if bc <= 256 else 8, 1)
+        # one row (a full reduction's combine of its partials) is one program: 16 warps keep more loads
+        # in flight. H200, 8192 partials: 1.7 us at 16 warps, 3.5 at 8, 3.7 at 4 (torch.compile 1.1)
+        warps = 16 if problem["R"] == 1 and problem["C"] >= 4096 else 4 if bc <= 256 else 8
+        return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, warps, 1)
     if kind == "pointwise" and problem.get("tiled"):  # a transposing copy: 64 x 64 tiles (Inductor's size)
         bx = _pow2_at_least(problem["X"], 16, 64)
         by = _pow2_at_least(problem["Y"], 16, 64)
