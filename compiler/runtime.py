@@ -92,6 +92,7 @@ class KernelPlan(torch.nn.Module):
         self.function = function
         self.returns_tuple = returns_tuple
         self.fallback = fallback
+        self._fallback = fallback.forward  # called without nn.Module's call wrapper: host time
         self.device = device
         self.graph = graph
         self.dump = dump
@@ -143,16 +144,16 @@ class KernelPlan(torch.nn.Module):
                 elif self.selection is None or self.selection.choice == "program":
                     out = self.program.call(args)
                 else:
-                    return self.fallback(*args)
+                    return self._fallback(*args)
                 if out is not None:
                     return out
                 self.guard_misses += 1
             except Exception as e:  # never crash the user's model: run the captured PyTorch code
                 self._give_up(e)
-        return self.fallback(*args)
+        return self._fallback(*args)
 
     def _select(self, args: Sequence[torch.Tensor]) -> object:
-        out = self.selection.step(lambda: self.program.call(args), lambda: self.fallback(*args))
+        out = self.selection.step(lambda: self.program.call(args), lambda: self._fallback(*args))
         if self.selection.choice is not None:
             self.report["selection"] = self.selection.summary()
             if self.selection.choice == "pytorch":

@@ -18,7 +18,8 @@ from tilefuse.compiler.runtime import KernelPlan, graph_device
 
 
 def _plans(compiled_graph) -> list[KernelPlan]:
-    return [m for m in compiled_graph.modules() if isinstance(m, KernelPlan)]
+    module = getattr(compiled_graph, "__self__", compiled_graph)  # the partitioned graph's forward
+    return [m for m in module.modules() if isinstance(m, KernelPlan)]
 
 
 def _compile_aten(fn, *args, dump=None):
