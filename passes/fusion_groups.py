@@ -36,7 +36,9 @@ op went where:
   a loop over the row in chunks.
 - **scan**: a running sum or product (cumsum, cumprod) plus the map that
   produces its input, if that map has no other user (a masked cumsum reads
-  `x` and the mask once); a loop over each row in chunks with a carry.
+  `x` and the mask once), or else the chain of maps after it, each the only
+  reader of the one before (`cumsum(x) * 2 + 1`); a row in one tile, or a
+  loop over its chunks with a carry.
 - **pointwise**: every other map.
 
 Views, splat constants, iotas, gathers and concatenations are not kernels:
@@ -342,13 +344,26 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
             prologue = (
                 isinstance(producer, ein.MapOp) and producer not in taken and single_user(op.input) is op
             )
-            add("scan", [producer, op] if prologue else [op])
+            add("scan", [producer] * prologue + [op] + _scan_epilogue(op, taken))
     for op in ops:
         if isinstance(op, ein.MapOp) and op not in taken:
             add("pointwise", [op])
     groups = _merge_row_epilogues(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
+
+
+def _scan_epilogue(scan: ein.ScanOp, taken: set[Operation]) -> list[Operation]:
+    """The maps after a scan that its kernel applies before storing (`cumsum(x) * 2 + 1`): each the
+    only reader of the value before it, of the scan's shape."""
+    chain, value = [], scan.result
+    while (
+        isinstance(user := single_user(value), ein.MapOp) and user not in taken
+        and user.result.type.get_shape() == scan.result.type.get_shape()
+    ):  # fmt: skip
+        chain.append(user)
+        value = user.result
+    return chain
 
 
 def _merge_row_epilogues(groups: list, order: list[Operation]) -> list:

@@ -261,7 +261,7 @@ def _combine(sb: ScalarBuilder, kind: str, acc: SSAValue, v: SSAValue) -> SSAVal
 def _read_with_prologue(
     kb: KernelBuilder, group: FusionGroup, shape, idx: list[Index], row_dims: list[int], rows: list[Index]
 ) -> SSAValue:
-    """What a reduction or scan group's last op reads at `idx` (its row dims set here from `rows`,
+    """What a reduction group's last op reads at `idx` (its row dims set here from `rows`,
     as a [BLOCK_R, 1] column): its prologue map applied, or its input loaded."""
     for d, i in zip(row_dims, rows):
         idx[d] = kb.expand(i, 1)
@@ -399,8 +399,9 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
     one is walked in BLOCK_C chunks (from the end when reversed), each scanned and combined with
     the carry of the chunks before: the scanned chunk's last lane (lanes past the row hold the
     neutral value, so the last lane is the row's running total)."""
-    scan = group.ops[-1]
-    assert isinstance(scan, ein.ScanOp)
+    (scan,) = [op for op in group.ops if isinstance(op, ein.ScanOp)]
+    at = group.ops.index(scan)
+    prologue, epilogue = group.ops[:at], group.ops[at + 1 :]
     elem = scan.result.type.get_element_type()
     shape, dim, kind = shape_of(scan.input.type), scan.scan_dim, scan.kind.data
     reverse = scan.reverse is not None
@@ -426,7 +427,9 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
         if not row_dims:  # the column index spans the whole [1, BLOCK_C] tile
             cols = kb.full_tile(cols, [kb.expand(row_block, 1)])
         idx: list[Index] = [cols] * len(shape)
-        value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
+        for d, i in zip(row_dims, rows):
+            idx[d] = kb.expand(i, 1)
+        value = _apply_map(kb, prologue[0], {}, shape, idx) if prologue else kb.load(scan.input, idx)
         in_range = kb.map([cols], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
         lanes = kb.map(
             [in_range, value], acc_elem,
@@ -437,7 +440,10 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
         if carry is not None:
             combine = (lambda sb, v, c: sb.add(v, c)) if kind == "sum" else (lambda sb, v, c: sb.mul(v, c))
             total = kb.map([total, kb.expand(carry, 1)], acc_elem, combine)
-        kb.store(kb.output_argument(group.output), idx, kb.cast(total, elem))
+        known = {scan.result: kb.cast(total, elem)}
+        for op in epilogue:  # cumsum(x) * 2 + 1: applied before the store
+            known[op.result] = _apply_map(kb, op, known, shape, idx)
+        kb.store(kb.output_argument(group.output), idx, known[group.output])
         return total
 
     problem: dict = {"R": R, "C": C} | ({"exact": exact} if exact else {})

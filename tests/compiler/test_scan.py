@@ -31,6 +31,8 @@ CASES = {
         [(6, 130)],
     ),
     "cumsum_then_map": (lambda x: torch.cumsum(x, -1) * 2 + 1, [(2, 3, 50)]),
+    "long_cumsum_then_map": (lambda x: torch.sigmoid(torch.cumsum(x, 0) / 50), [(5000,)]),  # chunks + epilogue
+    "masked_cumsum_then_map": (lambda x, m: torch.cumsum(x * m, 1) - x, [(7, 300), "mask"]),
     # flip ∘ cumsum ∘ flip: the canonicalizer's reverse scan, no flip left
     "reverse_cumsum": (lambda x: torch.cumsum(x.flip(1), 1).flip(1), [(5, 2500)]),
     "reverse_cumsum_long": (lambda x: torch.cumsum(x.flip(1), 1).flip(1), [(2, 9001)]),
@@ -63,6 +65,8 @@ def test_scans_are_one_kernel_and_match_eager(name):
     assert len(scans) == 1 and scans[0]["kernel"], groups
     if name == "masked_cumsum":  # the mask's product is the scan's prologue: no kernel of its own
         assert len(groups) == 1 and scans[0]["ops"] == ["ein.map", "ein.scan"], groups
+    if name == "cumsum_then_map":  # the map after the scan is its epilogue, applied before the store
+        assert len(groups) == 1 and scans[0]["ops"] == ["ein.scan", "ein.map"], groups
     if name.startswith("reverse"):
         assert len(groups) == 1, groups
         glue = [op for r in reports for p in r["partitions"] for op in p["glue_ops"]]
