@@ -289,7 +289,10 @@ def _reduced_columns(
     return flat_c, value, in_range
 
 
-def _reduction_output_index(reduce: ein.ReduceOp, row_dims: list[int], rows: list[Index], kb: KernelBuilder):
+def _reduction_output_index(
+    kb: KernelBuilder, reduce: ein.ReduceOp, row_dims: list[int], rows: list[Index]
+) -> list[Index]:
+    """Where a reduction's rows are stored: the kept dims' indices, 0 for the reduced dims kept as 1."""
     out_idx: list[Index] = []
     for d in range(len(shape_of(reduce.input.type))):
         if d in row_dims:
@@ -340,7 +343,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
     if kind == "mean":
         combined = kb.map([combined], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
-    out_idx = _reduction_output_index(reduce, row_dims, rows, kb)
+    out_idx = _reduction_output_index(kb, reduce, row_dims, rows)
     kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
     return [f"cdiv({R}, BLOCK_R)"], problem
 
@@ -386,7 +389,7 @@ def _lower_arg_reduction(
         return sb.select(same, a, sb.const(C, i32))
 
     first = kb.emit(tile.ReduceOp("min", kb.map([best, top, at], i32, holder), 1)).result
-    out_idx = _reduction_output_index(reduce, row_dims, rows, kb)
+    out_idx = _reduction_output_index(kb, reduce, row_dims, rows)
     kb.store(kb.output_argument(group.output), out_idx, kb.cast(first, i64))
 
 
