@@ -52,7 +52,7 @@ CHOICES: dict[str, dict[str, tuple[int, ...]]] = {
     "reduction": {
         "BLOCK_R": (1, 2, 4, 8, 16),
         "BLOCK_C": (128, 256, 512, 1024, 2048),
-        "num_warps": (2, 4, 8),
+        "num_warps": (2, 4, 8, 16),  # 16: one long row in one program (a full reduction's combine)
     },
     "pointwise": {"BLOCK": (256, 512, 1024, 2048, 4096), "num_warps": (2, 4, 8)},
     "scan": {

@@ -61,3 +61,17 @@ def test_column_reductions_take_tiles_wide_along_their_contiguous_kept_index():
     assert combine.params == {"BLOCK_R": 64, "BLOCK_C": 1}
     row = default_config("reduction", {"R": 2048, "C": 4096})
     assert row.params["BLOCK_C"] >= 1024 and row.params["BLOCK_R"] <= 4
+
+
+def test_one_long_row_gets_sixteen_warps_and_scans_their_whole_row():
+    """A full reduction's combine (one row of partials) runs at 16 warps (H200: 1.7 us against 3.5 at
+    8); a scan row up to 4096 is one tile whose BLOCK_C the lowering fixes, a longer one 4096 chunks."""
+    combine = default_config("reduction", {"R": 1, "C": 8192})
+    assert combine.num_warps == 16 and combine.params["BLOCK_R"] == 1
+    assert default_config("reduction", {"R": 4096, "C": 8192}).num_warps == 8
+    whole = default_config("scan", {"R": 4096, "C": 2000, "exact": {"BLOCK_C": 2048}})
+    assert whole.params == {"BLOCK_R": 1, "BLOCK_C": 2048} and whole.num_warps == 8
+    chunks = default_config("scan", {"R": 128, "C": 32768})
+    assert chunks.params == {"BLOCK_R": 1, "BLOCK_C": 4096}
+    short_rows = default_config("scan", {"R": 1 << 20, "C": 16, "exact": {"BLOCK_C": 16}})
+    assert short_rows.params["BLOCK_R"] > 1  # many short rows: several a program
