@@ -17,7 +17,7 @@ from xdsl.ir import SSAValue
 from ..ir.builder import ScalarBuilder, opmath_type
 from ..ir.dtypes import is_float, to_mlir_type
 from .conv_layout import is_explicit_copy, is_layout_change
-from .lowering_table import LoweringContext, bound_args, lowers, promoted_dtype
+from .lowering_table import LoweringContext, bound_args, lowers, promoted_dtype, target_name
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -91,9 +91,9 @@ def _trunc(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
 
 def _round_check(node: Node) -> str | None:
     if bound_args(node).get("decimals", 0):
-        return "round with decimals runs in PyTorch"
+        return f"{target_name(node)} with decimals runs in PyTorch"
     if not node.args[0].meta["val"].dtype.is_floating_point:
-        return "round of an integer tensor runs in PyTorch"
+        return f"{target_name(node)} of an integer tensor runs in PyTorch"
     return None
 
 

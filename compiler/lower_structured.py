@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import string
 from dataclasses import dataclass
 
@@ -24,7 +23,14 @@ from xdsl.ir import SSAValue
 from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
 from ..ir.dtypes import shape_of, to_mlir_type
 from .conv_layout import is_storage_view
-from .lowering_table import LoweringContext, bound_args, lowers, normalize_dims, target_name
+from .lowering_table import (
+    LoweringContext,
+    bound_args,
+    lowers,
+    normalize_dims,
+    only_first_output_read,
+    target_name,
+)
 
 aten = torch.ops.aten
 
@@ -266,22 +272,25 @@ def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
     `value` where it is positive (pairs in `pad` start from the last dim)."""
     a = bound_args(node)
     x = ctx.tensor(a["self"])
-    elem = x.type.get_element_type()
     pad = list(a["pad"])
     for i in range(len(pad) // 2):
-        dim = len(shape_of(x.type)) - 1 - i
-        before, after = pad[2 * i], pad[2 * i + 1]
-        size = shape_of(x.type)[dim]
-        x = ctx.b.slice(x, dim, max(-before, 0), size - max(-after, 0))
-
-        def splat(width: int, dim: int = dim, like: SSAValue = x) -> SSAValue:
-            shape = list(shape_of(like.type))
-            shape[dim] = width
-            return ctx.b.constant(a["value"], shape, elem)
-
-        parts = [splat(before)] * (before > 0) + [x] + [splat(after)] * (after > 0)
-        x = ctx.b.concat(parts, dim) if len(parts) > 1 else x
+        x = _padded(ctx.b, x, len(shape_of(x.type)) - 1 - i, pad[2 * i], pad[2 * i + 1], a["value"])
     return x
+
+
+def _padded(b: EinBuilder, x: SSAValue, dim: int, before: int, after: int, value: float) -> SSAValue:
+    """`x` with `before` and `after` elements of `value` around dim `dim`: a slice where a width is
+    negative, a concatenation with splats of `value` where it is positive (kernels read through it)."""
+    size = shape_of(x.type)[dim]
+    x = b.slice(x, dim, max(-before, 0), size - max(-after, 0))
+
+    def splat(width: int) -> SSAValue:
+        shape = list(shape_of(x.type))
+        shape[dim] = width
+        return b.constant(value, shape, x.type.get_element_type())
+
+    parts = [splat(before)] * (before > 0) + [x] + [splat(after)] * (after > 0)
+    return b.concat(parts, dim) if len(parts) > 1 else x
 
 
 @lowers(aten.flip.default)
@@ -295,9 +304,9 @@ def lower_flip(ctx: LoweringContext, node: Node) -> SSAValue:
 def _scan_check(node: Node) -> str | None:
     val = node.meta["val"]
     if val.dim() == 0:
-        return f"a {node.target.__name__.split('.')[0]} of a 0-d tensor runs in PyTorch"
+        return f"{target_name(node)} of a 0-d tensor runs in PyTorch"
     if val.dtype.is_complex:
-        return f"a {node.target.__name__.split('.')[0]} of {val.dtype} runs in PyTorch"
+        return f"{target_name(node)} of {val.dtype} runs in PyTorch"
     return None
 
 
@@ -441,18 +450,12 @@ lowers(aten.argmax.default, check=_arg_check)(_arg_reduce("argmax"))
 lowers(aten.argmin.default, check=_arg_check)(_arg_reduce("argmin"))
 
 
-def _only_first_output_read(node: Node) -> bool:
-    """Whether every user of a multi-output op reads its first output (values, not indices; an
-    attention's output, not its logsumexp)."""
-    return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
-
-
 def _first_output_shape(node: Node) -> tuple[int, ...]:
     return tuple(int(d) for d in node.meta["val"][0].shape)
 
 
 def _values_only_check(node: Node) -> str | None:
-    if not _only_first_output_read(node):
+    if not only_first_output_read(node):
         return f"{target_name(node)} with its indices used runs in PyTorch (no argmax in ein)"
     if not node.meta["val"][0].dtype.is_floating_point:
         return f"an integer {target_name(node)} runs in PyTorch"
@@ -539,7 +542,7 @@ def _pool_geometry(node: Node) -> _PoolGeometry | str:
 
 
 def _pool_check(node: Node) -> str | None:
-    if _POOLS[node.target][2] and not _only_first_output_read(node):
+    if _POOLS[node.target][2] and not only_first_output_read(node):
         return f"{target_name(node)} with its indices used (a backward) runs in PyTorch"
     geometry = _pool_geometry(node)
     return geometry if isinstance(geometry, str) else None
@@ -568,19 +571,9 @@ def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, 
         return (values, None) if with_indices else values
     fill = float("-inf") if kind == "max" else 0.0
     for i in range(n):  # pad each spatial dim to the extent the windows reach
-        d, size = lead + i, shape_of(x.type)[lead + i]
         reach = (g.out[i] - 1) * g.stride[i] + (g.kernel[i] - 1) * g.dilation[i] + 1
-        before, after = g.padding[i], max(0, reach - g.padding[i] - size)
-        parts = []
-        for width in (before, after):
-            if width:
-                splat_shape = list(shape_of(x.type))
-                splat_shape[d] = width
-                parts.append(ctx.b.constant(fill, splat_shape, elem))
-            else:
-                parts.append(None)
-        pieces = [p for p in (parts[0], x, parts[1]) if p is not None]
-        x = ctx.b.concat(pieces, d) if len(pieces) > 1 else x
+        after = max(0, reach - g.padding[i] - shape[lead + i])
+        x = _padded(ctx.b, x, lead + i, g.padding[i], after, fill)
     slices = []
     for offsets in itertools.product(*(range(k) for k in g.kernel)):
         v = x
@@ -767,7 +760,7 @@ def _attention_check(node: Node) -> str | None:
     a = bound_args(node)
     if a.get("dropout_p", 0.0) != 0.0:
         return "attention with dropout runs in PyTorch"
-    if not _only_first_output_read(node):
+    if not only_first_output_read(node):
         return "attention's auxiliary outputs (logsumexp, seeds) are used; runs in PyTorch"
     q, k = (node.args[i].meta["val"] for i in (0, 1))
     if q.dim() < 3 or q.dim() != k.dim():

@@ -8,6 +8,7 @@ partitioner asks `unsupported_reason` before a node joins a compiled group.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,12 @@ def lowers(*targets: object, check: CheckFn | None = None) -> Callable[[Lowering
         return fn
 
     return register
+
+
+def only_first_output_read(node: Node) -> bool:
+    """Whether every user of a multi-output op reads its first output (values, not indices; an
+    attention's output, not its logsumexp)."""
+    return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
 
 
 def target_name(node: Node) -> str:

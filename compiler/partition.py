@@ -22,7 +22,7 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from .conv_layout import is_explicit_copy
-from .lowering_table import target_name, unsupported_reason
+from .lowering_table import only_first_output_read, target_name, unsupported_reason
 
 aten = torch.ops.aten
 
@@ -145,12 +145,11 @@ def drop_unused_pool_indices(gm: GraphModule) -> None:
     them, as eager's `F.max_pool2d` calls it: in PyTorch it then writes no int64 index tensor
     (the H200 took 45 us with them, 31 without, for a dilated 2-d pool), and it lowers the same."""
     graph = gm.graph
-    for node in list(graph.nodes):
-        plain = _POOLS_WITH_INDICES.get(node.target)
-        if plain is None or not node.users:
-            continue
-        if not all(u.target is operator.getitem and u.args[1] == 0 for u in node.users):
-            continue
+    pools = [
+        n for n in graph.nodes if n.target in _POOLS_WITH_INDICES and n.users and only_first_output_read(n)
+    ]
+    for node in pools:
+        plain = _POOLS_WITH_INDICES[node.target]
         with graph.inserting_before(node):
             pooled = graph.call_function(plain, node.args, node.kwargs)
         pooled.meta = dict(node.meta, val=node.meta["val"][0])
@@ -158,16 +157,22 @@ def drop_unused_pool_indices(gm: GraphModule) -> None:
             user.replace_all_uses_with(pooled)
             graph.erase_node(user)
         graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
+    if pools:  # recompiled only when a pool changed: both passes over the graph call this
+        graph.lint()
+        gm.recompile()
+
+
+def _prepared(gm: GraphModule) -> GraphModule:
+    """`gm` with training-mode dropout isolated and unread pool indices dropped (idempotent)."""
+    isolate_random_ops(gm)
+    drop_unused_pool_indices(gm)
+    return gm
 
 
 def find_fallbacks(gm: GraphModule) -> list[Fallback]:
     """The compute nodes of `gm` that have no `ein` lowering, with reasons (training-mode dropout
     rewritten first, see `isolate_random_ops`, and unread pool indices dropped)."""
-    isolate_random_ops(gm)
-    drop_unused_pool_indices(gm)
-    in_pytorch = ops_in_pytorch(gm)
+    in_pytorch = ops_in_pytorch(_prepared(gm))
     return [
         Fallback(node.name, target_name(node), in_pytorch[node])
         for node in gm.graph.nodes
@@ -181,9 +186,7 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     Returns the rewritten module and the names of the compiled submodules.
     Regions made only of views are left to PyTorch: they cost nothing there.
     """
-    isolate_random_ops(gm)
-    drop_unused_pool_indices(gm)
-    support = _EinSupport(ops_in_pytorch(gm))
+    support = _EinSupport(ops_in_pytorch(_prepared(gm)))
     partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
     partitions = partitioner.propose_partitions()
     fused = partitioner.fuse_partitions(partitions)

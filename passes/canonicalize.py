@@ -201,7 +201,7 @@ class FlipScan(RewritePattern):
         scan = op.input.owner
         if op.kind.data != "flip" or not isinstance(scan, ein.ScanOp) or op.view_params != (scan.scan_dim,):
             return
-        if len(list(scan.result.uses)) != 1:
+        if single_user(scan.result) is not op:
             return
         flipped = ein.ViewOp("flip", scan.input, scan.input.type, op.view_params)
         reverse = ein.ScanOp(scan.kind.data, scan.scan_dim, flipped.result, reverse=scan.reverse is None)

@@ -359,7 +359,7 @@ def _scan_epilogue(scan: ein.ScanOp, taken: set[Operation]) -> list[Operation]:
     chain, value = [], scan.result
     while (
         isinstance(user := single_user(value), ein.MapOp) and user not in taken
-        and user.result.type.get_shape() == scan.result.type.get_shape()
+        and shape_of(user.result.type) == shape_of(scan.result.type)
     ):  # fmt: skip
         chain.append(user)
         value = user.result

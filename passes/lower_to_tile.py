@@ -141,7 +141,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
 
         out_letters = ein.parse_spec(first.spec.data)[2]
         zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
-        inits = [kb.emit(tile.FullOp(FloatAttr(0.0, f32), zero)).result for _ in contracts]
+        inits = [_filled(kb, 0.0, zero) for _ in contracts]
         # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
         dense_blocks = not batch and len(m) == len(n) == len(k) == 1 and K > 1
         start = {
@@ -251,6 +251,13 @@ def _neutral(kind: str, acc_elem: Attribute) -> float | int:
     return _NEUTRAL[kind] if is_float(acc_elem) else 0
 
 
+def _filled(kb: KernelBuilder, value: float | int, block: tile.BlockType) -> SSAValue:
+    """A tile of `block`'s shape holding `value` (an accumulator's starting value)."""
+    elem = block.element_type
+    attr = FloatAttr(float(value), elem) if is_float(elem) else IntegerAttr(int(value), elem)
+    return kb.emit(tile.FullOp(attr, block)).result
+
+
 def _combine(sb: ScalarBuilder, kind: str, acc: SSAValue, v: SSAValue) -> SSAValue:
     """One step of a `kind` reduction: the accumulator with one more value."""
     if kind in ("sum", "mean"):
@@ -326,8 +333,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     acc_elem = _accumulator_type(elem, kind)
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     neutral = _neutral(kind, acc_elem)
-    init_value = FloatAttr(neutral, acc_elem) if is_float(acc_elem) else IntegerAttr(neutral, acc_elem)
-    init = kb.emit(tile.FullOp(init_value, acc_type)).result
+    init = _filled(kb, neutral, acc_type)
     trips = kb.cdiv(C, "BLOCK_C")
     body = Block(arg_types=[i32, acc_type])
     with kb.inside(body):
@@ -361,8 +367,8 @@ def _lower_arg_reduction(
     beats = "gt" if kind == "argmax" else "lt"
     best_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     at_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], i32)
-    best0 = kb.emit(tile.FullOp(FloatAttr(worst, acc_elem), best_type)).result
-    at0 = kb.emit(tile.FullOp(IntegerAttr(0, i32), at_type)).result
+    best0 = _filled(kb, worst, best_type)
+    at0 = _filled(kb, 0, at_type)
     C = math.prod(shape_of(reduce.input.type)[d] for d in reduce.reduce_dims)
     body = Block(arg_types=[i32, best_type, at_type])
     with kb.inside(body):
@@ -441,8 +447,7 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
         lanes = kb.full_tile(lanes, [kb.expand(row_block, 1)])
         total = kb.emit(tile.ScanOp(kind, lanes, 1, reverse)).result
         if carry is not None:
-            combine = (lambda sb, v, c: sb.add(v, c)) if kind == "sum" else (lambda sb, v, c: sb.mul(v, c))
-            total = kb.map([total, kb.expand(carry, 1)], acc_elem, combine)
+            total = kb.map([total, kb.expand(carry, 1)], acc_elem, lambda sb, v, c: _combine(sb, kind, v, c))
         known = {scan.result: kb.cast(total, elem)}
         for op in epilogue:  # cumsum(x) * 2 + 1: applied before the store
             known[op.result] = _apply_map(kb, op, known, shape, idx)
@@ -453,9 +458,8 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
     if whole:
         chunk_scan(kb.const(0), None)
         return [f"cdiv({R}, BLOCK_R)"], problem
-    start = FloatAttr(float(neutral), acc_elem) if is_float(acc_elem) else IntegerAttr(neutral, acc_elem)
     carry_type = tile.BlockType(["BLOCK_R"], acc_elem)
-    init = kb.emit(tile.FullOp(start, carry_type)).result
+    init = _filled(kb, neutral, carry_type)
     trips = kb.cdiv(C, "BLOCK_C")
     body = Block(arg_types=[i32, carry_type])
     with kb.inside(body):
@@ -537,7 +541,7 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
         elem, kind = op.result.type.get_element_type(), op.kind.data
         acc_elem = _accumulator_type(elem, kind)
         acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
-        init = kb.emit(tile.FullOp(FloatAttr(_NEUTRAL[kind], acc_elem), acc_type)).result
+        init = _filled(kb, _NEUTRAL[kind], acc_type)
         body = Block(arg_types=[i32, acc_type])
         with kb.inside(body):
             value, in_range = _reduced_chunk(kb, group, space, rows, body.args[0], op, stats)
@@ -643,8 +647,8 @@ def _online_max_and_sum(
     max m and its sum s relative to it, rescaled by exp(m - m') when the max grows; after the loop
     the lanes' sums are rescaled to the row's max and added. Lanes that saw only -inf keep s = 0."""
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], f32)
-    m0 = kb.emit(tile.FullOp(FloatAttr(float("-inf"), f32), acc_type)).result
-    s0 = kb.emit(tile.FullOp(FloatAttr(0.0, f32), acc_type)).result
+    m0 = _filled(kb, float("-inf"), acc_type)
+    s0 = _filled(kb, 0.0, acc_type)
     body = Block(arg_types=[i32, acc_type, acc_type])
     with kb.inside(body):
         x, in_range = _reduced_chunk(kb, group, space, rows, body.args[0], peak, stats)
