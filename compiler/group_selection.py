@@ -41,7 +41,6 @@ its kernel and says why.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -52,7 +51,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import _disable_current_modes
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.database import device_name
@@ -63,7 +61,7 @@ from ..ir.dtypes import shape_of, to_torch_dtype
 from ..passes.fusion_groups import VIRTUAL_OPS
 from .library_plan import LIBRARY_DTYPES, Plan
 from .program import empty_output, output_strides, stream_getter
-from .selection import SELECT_ENV, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
+from .selection import SELECT_ENV, outside_dispatch_modes, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
 # a GEMM group's contractions on the library (cuBLAS) and the rest of the group (its epilogue) as
@@ -396,16 +394,6 @@ def random_like(meta: torch.Tensor, device: torch.device) -> torch.Tensor:
     else:
         out.zero_()
     return out
-
-
-def outside_dispatch_modes() -> contextlib.AbstractContextManager:
-    """A context without the Python dispatch modes of the caller. A graph's programs are written, and
-    their groups measured, at its first call, which runs under AOTAutograd's analysis mode (a Python
-    dispatch mode that inspects every aten op, `_AnalyzeCustomOpInputOutputMode` in torch 2.11): on the
-    H200 a view and an expand took 69 µs under it against 3 µs without, so a library path (tens of aten
-    ops) measured 20-250x the kernel it would have beaten, and no library path was ever chosen. The
-    candidates run on their own random tensors; no mode needs to see them."""
-    return _disable_current_modes()
 
 
 def wall_ms(run: Callable[[], object], device: torch.device, calls: int = CALLS_PER_SAMPLE) -> float:

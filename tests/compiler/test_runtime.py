@@ -815,3 +815,48 @@ def test_a_timed_round_runs_each_way_back_to_back():
     assert runs == {"program": each, "pytorch": each}
     assert sel.summary() == {"chosen": "pytorch", "program_ms": 8.0 / selection.BURST, "pytorch_ms": 4.0 / selection.BURST}
     assert selection.Selection(torch.device("cpu"), in_one_call=False).burst == 1
+
+
+def _counting_mode(name):
+    """A Python dispatch mode class named `name` that counts the aten ops it sees."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def dispatch(self, func, types, args=(), kwargs=None):
+        type(self).ops += 1
+        return func(*args, **(kwargs or {}))
+
+    return type(name, (TorchDispatchMode,), {"ops": 0, "__torch_dispatch__": dispatch})
+
+
+def test_a_selection_measures_outside_aotautograds_analysis_mode():
+    """A compiled graph's first call runs under AOTAutograd's analysis mode, which made every aten op
+    several times slower (this CPU: the captured code 141 µs a run under it, 21 after), and that call is
+    where a partition measures its two ways: both run outside it. Under any other mode (a tracer, fake
+    tensors) nothing is measured: that call runs the program, and a later call measures."""
+    from tilefuse.compiler import selection
+
+    x = torch.randn(8)
+    seen = []
+
+    def way(name):
+        def run():
+            seen.append(torch._C._len_torch_dispatch_stack())
+            return torch.tanh(x) if name == "program" else torch.tanh(x) + 0
+        return run
+
+    clock = lambda kind, run, device: (run(), 1.0 if kind == "program" else 2.0)  # noqa: E731
+    analysis = _counting_mode("_AnalyzeCustomOpInputOutputMode")
+    sel = selection.Selection(torch.device("cpu"), clock=clock)
+    with analysis():
+        out = sel.step(way("program"), way("pytorch"))
+    torch.testing.assert_close(out, torch.tanh(x))
+    assert sel.choice == "program" and analysis.ops == 0 and set(seen) == {0}
+
+    tracer = _counting_mode("SomeTracer")
+    later = selection.Selection(torch.device("cpu"), clock=clock)
+    seen.clear()
+    with tracer():
+        later.step(way("program"), way("pytorch"))
+    assert later.choice is None and later.calls == 0 and len(seen) == 1 and tracer.ops == 1
+    later.step(way("program"), way("pytorch"))
+    assert later.choice == "program"
