@@ -180,6 +180,14 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # with math functions needs the registers (GELU's erf spilled at 4 warps)
         heavy = rhs_tiles > 1 or problem.get("epilogue_math", 0) > 0
         warps = 8 if bm * bn > 128 * 128 or (bm * bn == 128 * 128 and heavy) else 4
+        if elem == 4 and not problem.get("tf32") and not whole_rows and not decode:
+            # exact f32 dots run as 3xTF32: three TF32 dots a step and the operands' split halves take the
+            # registers a wide tile's accumulator had. H200 sweep (10 configs, Triton 3.6; .scratch probe in
+            # benchmarks/NOTES.md), 4096^3 with K-major B: 128x64x32, 4 warps, 4 stages 1716 us, 128x128x32
+            # at 8 warps 1737, today's 128x256x32 2888 (cuBLAS SGEMM 2678); 2048x1024x8192: 431 against
+            # 1425 (SGEMM 703), with 6.9e-7 of error against float64 (SGEMM 2.0e-6)
+            bn = bn if exact_n else min(bn, 64)
+            bm, bk, warps, stages = min(bm, 128), min(bk, 32), 4, 4
         params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PROGRAMS": ONE_TILE_EACH}
         return KernelConfig(params, warps, stages)
     if kind == "reduction" and problem.get("column"):

@@ -225,6 +225,8 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
     kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
     problem |= {"M": M, "N": N, "K": K, "B": B, "elem_bytes": elem_bytes, "rhs_operands": len(contracts)}
+    if elem_bytes == 4 and allow_tf32:  # one TF32 pass a dot; exact f32 dots run 3xTF32 (heuristics)
+        problem["tf32"] = 1
     # math functions per element (erf, tanh, exp...): their temporaries take registers
     problem["epilogue_math"] = sum(math_functions(op) for op in group.ops if isinstance(op, ein.MapOp))
     return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
