@@ -32,7 +32,7 @@ from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .input_mutations import mutated_inputs, reinplace
-from .runtime import preferred_device
+from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 
 log = logging.getLogger("tilefuse")
@@ -175,7 +175,7 @@ class TilefuseBackend:
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
             return compiled
-        return GraphSelection(compiled, gm.forward, device, graph_report)
+        return GraphSelection(compiled, direct_forward(gm), device, graph_report)
 
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
@@ -215,7 +215,7 @@ class TilefuseBackend:
         self._report_pytorch_graph(gm, graph_name, "not traced", reason)
         if data_dependent:
             raise error
-        return gm.forward
+        return direct_forward(gm)
 
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
@@ -227,7 +227,7 @@ class TilefuseBackend:
             "compiled before it)"
         )
         self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
-        return gm.forward
+        return direct_forward(gm)
 
     def _report_pytorch_graph(self, gm: GraphModule, graph_name: str, op: str, reason: str) -> None:
         """The report (and, with dumps on, the dump) of a graph that runs in PyTorch as a whole."""

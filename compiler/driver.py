@@ -59,7 +59,7 @@ from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .grouped_queries import group_decode_queries
 from .partition import Fallback, find_fallbacks, partition_graph
-from .runtime import CompiledKernel, KernelPlan, graph_device
+from .runtime import CompiledKernel, KernelPlan, direct_forward, graph_device
 
 log = logging.getLogger("tilefuse")
 
@@ -362,7 +362,7 @@ def compile_aten_graph(
         entry = _cache_entry(art) if cache_state == "miss" else None
         if entry is not None:
             store_entry(key, entry)
-        result: Callable = art.partitioned.forward  # not through nn.Module's call: host time
+        result: Callable = direct_forward(art.partitioned)  # not through nn.Module's call: host time
         error = None
     except Exception as e:  # never crash the user's model: run the graph in PyTorch
         log.warning("tilefuse: graph %s runs in PyTorch: %s", name, e)
