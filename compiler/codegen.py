@@ -29,7 +29,7 @@ from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify
-from ..passes import FormFusionGroups, NormPrologue, SplitReduction
+from ..passes import FormFusionGroups, KMajorF32Weights, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from .artifact_cache import cache_dir
 from .runtime import CompiledKernel
@@ -90,6 +90,27 @@ def stage_split_reduction(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(SPLIT_REDUCTION_ENV, "1") != "0":
         SplitReduction().apply(make_context(), art.module)
         verify(art.module, "after split-reduction")
+    return art
+
+
+F32_WEIGHT_LAYOUT_ENV = "TILEFUSE_F32_WEIGHT_LAYOUT"  # auto | kmajor | off (passes/operand_layout.py)
+
+
+def kmajor_f32_weights(target: Target) -> bool:
+    """Whether f32 GEMMs read K-major copies of their [K, N] weights: `$TILEFUSE_F32_WEIGHT_LAYOUT`;
+    "auto" (default): where f32 dots run on tensor cores (a GPU, TF32 or 3xTF32; not exact FMA math)."""
+    setting = os.environ.get(F32_WEIGHT_LAYOUT_ENV, "auto")
+    if setting not in ("auto", "kmajor", "off"):
+        raise ValueError(f"tilefuse: {F32_WEIGHT_LAYOUT_ENV} must be auto, kmajor or off, not {setting!r}")
+    if setting != "auto":
+        return setting == "kmajor"
+    return not target.interpret and (target.allow_tf32 or target.triton_options().exact_f32_dots != "ieee")
+
+
+def stage_operand_layout(art: GraphArtifact) -> GraphArtifact:
+    if kmajor_f32_weights(art.target):
+        KMajorF32Weights().apply(make_context(), art.module)
+        verify(art.module, "after kmajor-f32-weights")
     return art
 
 

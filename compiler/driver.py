@@ -51,6 +51,7 @@ from .codegen import (
     stage_fuse,
     stage_lower,
     stage_norm_prologue,
+    stage_operand_layout,
     stage_split_reduction,
 )
 from .conv_layout import channels_last_convolutions, conv_layout_enabled
@@ -308,6 +309,7 @@ STAGES: list[Stage] = [
     Stage("canonicalize", stage_canonicalize, _dump_module_as("ein.canonicalize.mlir")),
     Stage("norm-prologue", stage_norm_prologue, _dump_module_as("ein.norm-prologue.mlir")),
     Stage("split-reduction", stage_split_reduction, _dump_module_as("ein.split-reduction.mlir")),
+    Stage("kmajor-f32-weights", stage_operand_layout, _dump_module_as("ein.kmajor-f32-weights.mlir")),
     Stage("form-fusion-groups", stage_fuse, _dump_module_as("ein.groups.mlir")),
     Stage("lower", stage_lower, _dump_tile),
     Stage("codegen", stage_codegen),
@@ -411,7 +413,8 @@ def _kernel_file(art: GraphArtifact, kernel: str) -> str:
 
 
 PASS_STAGES = (
-    "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups", "lower",
+    "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "kmajor-f32-weights",
+    "form-fusion-groups", "lower",
 )  # fmt: skip
 
 

@@ -10,14 +10,18 @@ from .export_linalg import ExportLinalg
 from .fusion_groups import FormFusionGroups
 from .lower_to_tile import LowerToTile
 from .norm_prologue import NormPrologue
+from .operand_layout import KMajorF32Weights
 from .split_reduction import SplitReduction
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
-    for p in (Canonicalize, NormPrologue, SplitReduction, FormFusionGroups, LowerToTile, ExportLinalg)
+    for p in (
+        Canonicalize, NormPrologue, SplitReduction, KMajorF32Weights, FormFusionGroups, LowerToTile,
+        ExportLinalg,
+    )
 }
 
 __all__ = [
-    "PASSES", "Canonicalize", "ExportLinalg", "FormFusionGroups", "LowerToTile", "NormPrologue",
-    "SplitReduction",
+    "PASSES", "Canonicalize", "ExportLinalg", "FormFusionGroups", "KMajorF32Weights", "LowerToTile",
+    "NormPrologue", "SplitReduction",
 ]  # fmt: skip

@@ -92,7 +92,10 @@ def test_report_says_where_compile_time_went(blocks, tmp_path):
         compiled(torch.randn(2, 4, 16))
     (report,) = compiled.tilefuse_reports
     seconds = report["compile_seconds"]
-    stages = ("partition", "import", "canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups")
+    stages = (
+        "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "kmajor-f32-weights",
+        "form-fusion-groups",
+    )  # fmt: skip
     assert set(seconds["passes"]) == {*stages, "lower"}
     assert seconds["capture"] > 0 and seconds["codegen"] > 0 and seconds["triton_compile"] == 0  # interpreter
     parts = seconds["capture"] + sum(seconds["passes"].values()) + seconds["codegen"] + seconds["other"]
