@@ -182,3 +182,22 @@ def test_inputs_updated_in_place_are_updated_once_a_call_in_place(mode):
     (report,) = compiled.tilefuse_reports
     if mode == "reduce-overhead":  # captured on the caller's tensors, then once more on a private counter
         assert report["cudagraphs"] == "captured (2 capture(s))"
+
+
+def test_fp32_gpt2_reads_its_conv1d_weights_k_major_and_matches_eager(tmp_path):
+    """GPT-2's Conv1D weights are stored [K, N]; in fp32 on the GPU each is copied once, transposed, so
+    the 3xTF32 GEMMs read them K-major (passes/operand_layout.py). The first call's output is the
+    program's (the selection returns it while measuring)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=512, n_embd=256, n_layer=2, n_head=8, n_positions=256)
+    model = transformers.GPT2LMHeadModel(config).to(CUDA).eval()
+    ids = torch.randint(0, 512, (2, 64), device=CUDA)
+    compiled = tilefuse.compile(model, dump=tmp_path)
+    with torch.no_grad():
+        ref = model(ids).logits
+        outs = [compiled(ids).logits for _ in range(3)]
+    assert all(rel_error(out, ref) < 1e-4 for out in outs), [rel_error(out, ref) for out in outs]
+    (graph,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (graph / "ein.kmajor-f32-weights.mlir").read_text().count("ein.view permute [1, 0] %") >= 8
+    partitions = [p for r in compiled.tilefuse_reports for p in r["partitions"]]
+    assert not [p for p in partitions if p.get("runtime_error")], partitions
