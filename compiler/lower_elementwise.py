@@ -331,6 +331,24 @@ def lower_to_copy(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.cast(ctx.tensor(node.args[0]), ctx.out_elem(node))
 
 
+def _copy_check(node: Node) -> str | None:
+    dst, src = (a.meta.get("val") if isinstance(a, Node) else a for a in node.args[:2])
+    if not isinstance(src, torch.Tensor) or not isinstance(dst, torch.Tensor):
+        return "a copy from a non-tensor runs in PyTorch"
+    if src.device != dst.device:
+        return "a copy to another device runs in PyTorch"
+    return None
+
+
+@lowers(aten.copy.default, check=_copy_check)
+def lower_copy(ctx: LoweringContext, node: Node) -> SSAValue:
+    """The functional copy AOTAutograd leaves for `dst.copy_(src)` into a tensor the graph made (a
+    cache's new state: Mamba's `conv_state.copy_(...)`): `src` broadcast to `dst`'s shape, in `dst`'s
+    dtype; `dst`'s values are not read."""
+    src = ctx.b.cast(ctx.tensor(node.args[1]), ctx.out_elem(node))
+    return ctx.b.expand(src, ctx.out_shape(node))
+
+
 @lowers(aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
 def lower_identity(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.tensor(node.args[0])

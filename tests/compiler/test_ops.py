@@ -379,3 +379,19 @@ def test_a_one_hot_scatter_is_a_map_and_other_scatters_run_in_pytorch(dim):
     )
     (fallback,) = [f for r in reports for f in r["fallbacks"] if "scatter" in f["op"]]
     assert "one-hot" in fallback["reason"]
+
+
+@pytest.mark.parametrize("src_shape, src_dtype", [((3, 7), torch.float32), ((7,), torch.float32), ((3, 7), torch.bfloat16)])
+def test_a_copy_into_a_tensor_the_graph_made_is_its_source_broadcast_and_cast(monkeypatch, src_shape, src_dtype):
+    """`state.copy_(new)` into a tensor the graph made (Mamba's cache state) is AOTAutograd's functional
+    `aten.copy`: its result is the source, broadcast to the destination's shape in its dtype."""
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "1")
+
+    def fn(x, y):
+        state = torch.zeros(3, 7)
+        state.copy_(torch.tanh(y) * 2)
+        return state + x
+
+    x, y = torch.randn(3, 7), torch.randn(*src_shape).to(src_dtype)
+    reports = compile_and_compare(fn, x, y)
+    assert "aten.copy" in compiled_aten_ops(reports)
