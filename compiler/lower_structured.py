@@ -429,8 +429,9 @@ def _arg_check(node: Node) -> str | None:
     a = bound_args(node)
     if a.get("dim") is None:
         return f"{target_name(node)} over the flattened tensor runs in PyTorch"
-    if not node.args[0].meta["val"].dtype.is_floating_point:
-        return f"{target_name(node)} of a non-float tensor runs in PyTorch"
+    dtype = node.args[0].meta["val"].dtype
+    if dtype.is_complex or not (dtype.is_floating_point or dtype.is_signed):  # bool, unsigned
+        return f"{target_name(node)} of a {dtype} tensor runs in PyTorch"
     if node.args[0].meta["val"].dim() == 0:
         return f"{target_name(node)} of a 0-d tensor runs in PyTorch"
     return None

@@ -317,7 +317,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     elem = reduce.result.type.get_element_type()
     shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
     arg = kind in ein.ARG_KINDS
-    if arg and not is_float(reduce.input.type.get_element_type()):
+    if arg and is_bool(reduce.input.type.get_element_type()):
         raise LoweringUnsupported(f"{kind} over {reduce.input.type.get_element_type()} runs op by op")
     if not (arg or is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
         raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
@@ -365,7 +365,11 @@ def _lower_arg_reduction(
     reduce = group.ops[-1]
     kind = reduce.kind.data
     acc_elem = opmath_type(reduce.input.type.get_element_type())
-    worst = float("-inf") if kind == "argmax" else float("inf")
+    if is_float(acc_elem):
+        worst = float("-inf") if kind == "argmax" else float("inf")
+    else:  # integers (CLIP pools at the argmax of its token ids): the type's extreme; NaN checks are false
+        bits = acc_elem.bitwidth
+        worst = -(1 << (bits - 1)) if kind == "argmax" else (1 << (bits - 1)) - 1
     beats = "gt" if kind == "argmax" else "lt"
     best_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     at_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], i32)

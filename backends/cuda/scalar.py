@@ -132,6 +132,8 @@ def literal(attr: FloatAttr | IntegerAttr) -> str:
             text = repr(value)
         else:  # the shortest decimal that reads back as the same float (16-bit values are floats too)
             text = str(np.float32(value)) + "f"
+    elif _integer_width(t) == 64 and value == -(1 << 63):  # its magnitude is no long long literal
+        text = "-9223372036854775807LL - 1"
     else:
         text = str(value) + ("LL" if _integer_width(t) == 64 else "")
     return f"({text})" if text.startswith("-") else text

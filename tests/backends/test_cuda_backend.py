@@ -104,6 +104,10 @@ CASES = {
     "argmax_ties_f32": (lambda x: torch.argmax(x, -1), lambda: {"x": torch.randint(0, 4, (37, 1000)).float()}),
     "argmin_column_f32": (lambda x: torch.argmin(x, 0), lambda: {"x": torch.randint(0, 4, (300, 37)).float()}),
     "row_prod_f32": (lambda x: torch.prod(1 + x / 100, -1), lambda: {"x": _randn(37, 100)}),
+    # integer arguments start from the type's extreme (int64's min is written as an expression)
+    "argmax_i64": (lambda i: torch.argmax(i, -1), lambda: {"i": torch.randint(-9, 9, (37, 1000))}),
+    "argmin_i32_column": (lambda i: torch.argmin(i, 0),
+                          lambda: {"i": torch.randint(-9, 9, (300, 37), dtype=torch.int32)}),
 }  # fmt: skip
 
 

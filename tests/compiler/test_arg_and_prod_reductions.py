@@ -60,16 +60,40 @@ def test_any_shape_any_chunk_keeps_the_first_index(rows, width, levels, dim, arg
         assert torch.equal(compiled(x), fn(x))
 
 
-def test_flattened_and_integer_arg_reductions_stay_in_pytorch():
+def test_flattened_arg_reductions_stay_in_pytorch():
     torch._dynamo.reset()
     reports = compile_and_compare(lambda x: torch.argmax(x) + 1, torch.randn(4, 10), allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
     assert any("flattened" in reason for reason in reasons), reasons
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+@pytest.mark.parametrize("argmax", [True, False])
+def test_signed_integer_arg_reductions_are_kernels(dtype, argmax):
+    """CLIP pools at the argmax of its int32 token ids. The type's own extremes are values a row may
+    hold (a row of nothing but them keeps index 0); ties keep the first index."""
     torch._dynamo.reset()
-    ints = torch.randint(0, 9, (4, 10))
-    reports = compile_and_compare(lambda x: torch.argmin(x, 1) + 1, ints, allow_fallbacks=True)
+    info = torch.iinfo(dtype)
+    x = torch.randint(-3, 4, (5, 1500), dtype=dtype)
+    x[1] = info.min
+    x[2] = info.max
+    x[3, 700] = info.max
+    x[4, 900] = info.min
+    fn = (lambda x: torch.argmax(x, 1)) if argmax else (lambda x: torch.argmin(x, 1))
+    compiled = tilefuse.compile(fn)
+    assert torch.equal(compiled(x), fn(x)), (compiled(x), fn(x))
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert [g["kind"] for g in groups] == ["reduction"] and groups[0]["kernel"], groups
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8])
+def test_unsigned_arg_reductions_stay_in_pytorch(dtype):
+    """Integers are compared signed in the kernels (PyTorch refuses bool arguments itself)."""
+    torch._dynamo.reset()
+    x = torch.randint(0, 2, (4, 10)).to(dtype)
+    reports = compile_and_compare(lambda x: torch.argmin(x, 1) + 1, x, allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
-    assert any("non-float" in reason for reason in reasons), reasons
+    assert any(str(dtype) in reason for reason in reasons), reasons
 
 
 PRODUCTS = {
