@@ -191,19 +191,43 @@ def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
 
 
 def _scatter_step_reason(node: Node) -> str | None:
-    step = bound_args(node).get("step", 1)
-    return None if step in (None, 1) else f"a slice_scatter with step {step} (strided) runs in PyTorch"
+    a = bound_args(node)
+    step = a.get("step", 1) or 1
+    size = a["self"].meta["val"].shape[a.get("dim", 0) % max(1, a["self"].meta["val"].dim())]
+    if step == 1 or size % step == 0:
+        return None
+    return f"a slice_scatter with step {step} over a dim of {size} (not a multiple) runs in PyTorch"
 
 
 @lowers(aten.slice_scatter.default, check=_scatter_step_reason)
 def lower_slice_scatter(ctx: LoweringContext, node: Node) -> SSAValue:
-    """`base` with `src` written over `base[start:end]` along `dim`: the concatenation of the
+    """`base` with `src` written over `base[start:end:step]` along `dim`: the concatenation of the
     slice of `base` before, `src`, and the slice after, which kernels read in place (the backward
-    of a slice or a concatenation: rotate_half's, a fused QKV split's)."""
+    of a slice or a concatenation: rotate_half's, a fused QKV split's). A strided one (the backward of
+    GPT-J's rotate-every-two, `x[..., ::2]`) views the dim as [size / step, step] and overwrites one
+    phase of it the same way."""
     a = bound_args(node)
-    base, dim, start, stop, _ = _sliced(ctx, a)  # step 1: `_scatter_step_reason` refuses others
+    base, dim, start, stop, step = _sliced(ctx, a)
     src = ctx.b.cast(ctx.tensor(a["src"]), base.type.get_element_type())
-    return _overwrite(ctx, base, src, dim, start, stop)
+    if step == 1:
+        return _overwrite(ctx, base, src, dim, start, stop)
+    return _overwrite_strided(ctx, base, src, dim, start, len(range(start, stop, step)), step)
+
+
+def _overwrite_strided(
+    ctx: LoweringContext, base: SSAValue, src: SSAValue, dim: int, start: int, count: int, step: int
+) -> SSAValue:
+    """`base` with `src` (`count` long along `dim`) written at start, start + step, ...: the dim viewed
+    as [size / step, step]; the column of phase start % step gets `src` from row start // step on."""
+    shape = list(shape_of(base.type))
+    rows = shape[dim] // step
+    phase, first = start % step, start // step
+    split = ctx.b.reshape(base, [*shape[:dim], rows, step, *shape[dim + 1 :]])
+    column_shape = [*shape[:dim], rows, *shape[dim + 1 :]]
+    column = ctx.b.reshape(ctx.b.slice(split, dim + 1, phase, phase + 1), column_shape)
+    column = _overwrite(ctx, column, src, dim, first, first + count)
+    column = ctx.b.reshape(column, [*shape[:dim], rows, 1, *shape[dim + 1 :]])
+    return ctx.b.reshape(_overwrite(ctx, split, column, dim + 1, phase, phase + 1), shape)
 
 
 @lowers(aten.select_scatter.default)

@@ -100,15 +100,39 @@ def test_slice_scatter_is_a_concatenation_read_in_place(dim, start, end):
     assert "ein.concat" not in _glue(reports)
 
 
-def test_select_scatter_and_a_strided_slice_scatter_match_eager():
-    """select_scatter writes one row; a slice_scatter with a step runs in PyTorch, with its reason."""
-    base, row, every_other = torch.randn(4, 6), torch.randn(6), torch.randn(4, 3)
+def test_select_scatter_matches_eager():
+    """select_scatter writes one row."""
+    base, row = torch.randn(4, 6), torch.randn(6)
+    reports = compile_and_compare(lambda base, row: torch.select_scatter(base.tanh(), row * 3, 0, 2), base, row)
+    assert "aten.select_scatter.default" not in _fallbacks(reports)
 
-    def fn(base, row, every_other):
-        y = torch.select_scatter(base.tanh(), row * 3, 0, 2)
-        return y + torch.slice_scatter(base, every_other, dim=1, start=0, end=6, step=2)
 
-    reports = compile_and_compare(fn, base, row, every_other, allow_fallbacks=True)
+@pytest.mark.parametrize(
+    "dim,start,end,step",
+    [(1, 0, None, 2), (1, 1, None, 2), (-1, 1, 7, 3), (0, 2, None, 2), (2, 3, 8, 3), (-1, 0, 9, 9)],
+)
+def test_a_strided_slice_scatter_overwrites_one_phase_of_the_dim(dim, start, end, step):
+    """The backward of GPT-J's rotate-every-two (`x[..., ::2]`, `x[..., 1::2]`) writes every other
+    element: the dim viewed as [size / step, step], one phase overwritten from its first written row
+    on; ragged counts (a slice that stops early), middle and leading dims, a step as large as the dim."""
+    base = torch.randn(6, 4, 9) if dim != 1 else torch.randn(3, 8, 5)
+    size = base.shape[dim]
+    length = len(range(*slice(start, end, step).indices(size)))
+    src_shape = list(base.shape)
+    src_shape[dim] = length
+    src = torch.randn(src_shape)
+
+    def fn(base, src):
+        return torch.slice_scatter(base * 2, src.exp(), dim=dim, start=start, end=end, step=step) + 1
+
+    reports = compile_and_compare(fn, base, src)
+    assert "aten.slice_scatter.default" not in _fallbacks(reports)
+
+
+def test_a_strided_slice_scatter_over_a_dim_its_step_does_not_divide_runs_in_pytorch():
+    base, every_other = torch.randn(4, 7), torch.randn(4, 4)
+    fn = lambda base, src: torch.slice_scatter(base, src, dim=1, start=0, end=7, step=2) * 2  # noqa: E731
+    reports = compile_and_compare(fn, base, every_other, allow_fallbacks=True)
     fallbacks = [f for r in reports for f in r.get("fallbacks", [])]
     assert [f["op"] for f in fallbacks] == ["aten.slice_scatter.default"]
-    assert "step 2" in fallbacks[0]["reason"]
+    assert "step 2 over a dim of 7" in fallbacks[0]["reason"]
