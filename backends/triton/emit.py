@@ -48,7 +48,7 @@ from ...ir import tile
 from ...ir.dtypes import to_torch_dtype
 from ..naming import fresh_name
 
-EMITTER_VERSION = 2  # 2: assignments nothing reads are left out
+EMITTER_VERSION = 3  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -704,21 +704,26 @@ class _KernelWriter:
     def _expm1(self, args: list[str], name: str) -> str:
         (x,) = args
         u = self._temp(f"{name}_exp", f"tl.exp({x})")
-        # Kahan: (u - 1) * x / log(u) cancels the rounding error of u near x = 0
-        near_zero = f"({u} - 1.0) * {x} / tl.log({u})"
+        # Kahan: (u - 1) * x / log(u) cancels the rounding error of u near x = 0; lanes that take another
+        # branch divide by log(2) instead of 0 (numpy warns of 0/0 under the interpreter otherwise)
+        safe = self._temp(f"{name}_safe", f"tl.where(({u} == 1.0) | (tl.abs({x}) > 1.0), 2.0, {u})")
+        near_zero = f"({safe} - 1.0) * {x} / tl.log({safe})"
         return f"tl.where({u} == 1.0, {x}, tl.where(tl.abs({x}) > 1.0, {u} - 1.0, {near_zero}))"
 
     def _log1p(self, args: list[str], name: str) -> str:
         (x,) = args
         u = self._temp(f"{name}_1p", f"1.0 + {x}")
-        # Kahan: log(u) * x / (u - 1) cancels the rounding error of u = 1 + x near x = 0
-        near_zero = f"tl.log({u}) * {x} / ({u} - 1.0)"
+        # Kahan: log(u) * x / (u - 1) cancels the rounding error of u = 1 + x near x = 0 (other lanes: 2)
+        safe = self._temp(f"{name}_safe", f"tl.where(({u} == 1.0) | (tl.abs({x}) > 1.0), 2.0, {u})")
+        near_zero = f"tl.log({safe}) * {x} / ({safe} - 1.0)"
         return f"tl.where({u} == 1.0, {x}, tl.where(tl.abs({x}) > 1.0, tl.log({u}), {near_zero}))"
 
     def _tanh(self, args: list[str], name: str) -> str:
         (x,) = args
-        # tanh(x) = expm1(2x) / (expm1(2x) + 2): accurate near 0, exact +-1 for large |x|
-        e = self._temp(f"{name}_em1", self._expm1([self._temp(f"{name}_2x", f"2.0 * {x}")], name))
+        # tanh(x) = expm1(2x) / (expm1(2x) + 2): accurate near 0, exact +-1 for large |x| (x capped first,
+        # NaN kept: exp(2x) overflowing made inf / inf in lanes the where() then discards)
+        capped = self._temp(f"{name}_2x", f"2.0 * tl.where({x} > 10.0, 10.0, {x})")
+        e = self._temp(f"{name}_em1", self._expm1([capped], name))
         return f"tl.where({x} > 10.0, 1.0, {e} / ({e} + 2.0))"
 
     def _round_even(self, args: list[str], name: str) -> str:

@@ -4,6 +4,8 @@ interpreter, compared with eager PyTorch on random inputs of several shapes
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -395,3 +397,16 @@ def test_a_copy_into_a_tensor_the_graph_made_is_its_source_broadcast_and_cast(mo
     x, y = torch.randn(3, 7), torch.randn(*src_shape).to(src_dtype)
     reports = compile_and_compare(fn, x, y)
     assert "aten.copy" in compiled_aten_ops(reports)
+
+
+@pytest.mark.parametrize("fn", [torch.expm1, lambda x: torch.log1p(x.abs()), lambda x: F.gelu(x, approximate="tanh")])
+def test_math_formulas_divide_by_no_zero_in_the_interpreter(fn):
+    """Without libdevice (Triton's interpreter) expm1, log1p and tanh are formulas whose near-zero
+    branch divides; lanes that take another branch must not divide 0 by 0 (numpy warned on every
+    GELU epilogue under TILEFUSE_INTERPRET=1)."""
+    x = torch.cat([torch.randn(300) * 3, torch.tensor([0.0, 1e-8, -1e-8, 0.5, -0.5])])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="invalid value encountered", category=RuntimeWarning)
+        reports = compile_and_compare(fn, x, rtol=1e-4, atol=1e-5)
+    # a warning raised inside the kernel is a run-time failure: the partition would have run as PyTorch
+    assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
