@@ -46,6 +46,7 @@ from .codegen import (
     Target,
     fusion_options,
     kernels_with_bodies,
+    kmajor_f32_weights,
     named_source,
     stage_codegen,
     stage_fuse,
@@ -263,16 +264,31 @@ def _dump_partitioned(art: GraphArtifact) -> tuple[str, str]:
     return "partitioned.py", art.partitioned.print_readable(print_output=False)
 
 
-def _dump_module_as(filename: str) -> Callable[[GraphArtifact], tuple[str, str]]:
+def _dump_module_as(
+    filename: str, skipped: Callable[[GraphArtifact], str | None] | None = None
+) -> Callable[[GraphArtifact], tuple[str, str]]:
+    """The module after a stage, as `filename`; `skipped(art)`: why the stage left it unchanged, if it
+    did (a comment line heads the file)."""
+
     def text(art: GraphArtifact) -> str:
         if not art.restored:
-            return print_module(art.module)
+            why = skipped(art) if skipped else None
+            return (f"// {why}\n" if why else "") + print_module(art.module)
         # a compile-cache hit skips the passes: the fused functions come back whole
         if filename == "ein.groups.mlir":
             return print_module(ModuleOp([fn.clone() for fn, _ in art.restored.values()]))
         return "// compile-cache hit: this stage did not run; ein.groups.mlir holds the cached result\n"
 
     return lambda art: (filename, text(art))
+
+
+def _kmajor_skipped(art: GraphArtifact) -> str | None:
+    if kmajor_f32_weights(art.target):
+        return None
+    return (
+        "kmajor-f32-weights did not run: f32 dots here are exact FMA math (no GPU, or "
+        "TILEFUSE_F32_DOTS=ieee) or TILEFUSE_F32_WEIGHT_LAYOUT=off; this is the module after split-reduction"
+    )
 
 
 def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
@@ -309,7 +325,10 @@ STAGES: list[Stage] = [
     Stage("canonicalize", stage_canonicalize, _dump_module_as("ein.canonicalize.mlir")),
     Stage("norm-prologue", stage_norm_prologue, _dump_module_as("ein.norm-prologue.mlir")),
     Stage("split-reduction", stage_split_reduction, _dump_module_as("ein.split-reduction.mlir")),
-    Stage("kmajor-f32-weights", stage_operand_layout, _dump_module_as("ein.kmajor-f32-weights.mlir")),
+    Stage(
+        "kmajor-f32-weights", stage_operand_layout,
+        _dump_module_as("ein.kmajor-f32-weights.mlir", skipped=_kmajor_skipped),
+    ),  # fmt: skip
     Stage("form-fusion-groups", stage_fuse, _dump_module_as("ein.groups.mlir")),
     Stage("lower", stage_lower, _dump_tile),
     Stage("codegen", stage_codegen),

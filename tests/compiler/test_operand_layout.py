@@ -117,3 +117,13 @@ def test_the_setting_follows_the_target(monkeypatch):
     monkeypatch.setenv(F32_WEIGHT_LAYOUT_ENV, "sometimes")
     with pytest.raises(ValueError, match="auto, kmajor or off"):
         kmajor_f32_weights(Target(interpret=False, allow_tf32=True))
+
+
+def test_the_dump_says_when_the_pass_did_not_run(monkeypatch, tmp_path):
+    monkeypatch.delenv(F32_WEIGHT_LAYOUT_ENV, raising=False)
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "1")  # exact f32 math in the interpreter: nothing to copy
+    model = Conv1DLike(150, 130)
+    with torch.no_grad():
+        tilefuse.compile(model, dump=tmp_path)(torch.randn(80, 150))
+    text = _ein_after_pass(tmp_path)
+    assert text.startswith("// kmajor-f32-weights did not run") and "ein.map" not in text.split("ein.contract")[0]
