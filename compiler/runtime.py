@@ -32,6 +32,7 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
+from ..ir.module import parameter_args
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
@@ -273,10 +274,7 @@ def _parameter_derived(fn: func.FuncOp, steps: list[Operation], launch_at: dict)
     steps and views), the parameter arguments it depends on (none for an iota or a constant:
     computed once)."""
     block = fn.body.block
-    attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
-    sources: dict[SSAValue, frozenset] = {
-        arg: frozenset([arg]) for arg, a in zip(block.args, attrs) if "ein.param" in a.data
-    }
+    sources: dict[SSAValue, frozenset] = {arg: frozenset([arg]) for arg in parameter_args(fn)}
 
     def depends(value: SSAValue) -> frozenset | None:
         if value in sources:

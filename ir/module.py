@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from xdsl.context import Context
 from xdsl.dialects import arith, builtin, func, math, scf
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation
+from xdsl.ir import BlockArgument, Operation
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
@@ -29,6 +29,13 @@ class IRError(Exception):
 def functions(module: ModuleOp) -> Iterator[func.FuncOp]:
     """The `func.func`s of a module, in order (what passes over `ein` rewrite)."""
     return (op for op in module.ops if isinstance(op, func.FuncOp))
+
+
+def parameter_args(fn: func.FuncOp) -> list[BlockArgument]:
+    """The arguments of `fn` that are module parameters or buffers (`ein.param`, set by the import),
+    in order."""
+    attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
+    return [arg for arg, a in zip(fn.body.block.args, attrs) if "ein.param" in a.data]
 
 
 def make_context() -> Context:

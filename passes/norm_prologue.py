@@ -52,6 +52,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of, tensor_type
+from ..ir.module import parameter_args
 from .fusion_groups import functions
 
 
@@ -460,8 +461,7 @@ def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
 
 def rewrite_function(fn: func.FuncOp) -> int:
     """Apply the rewrite to every norm-before-GEMM in `fn`; returns how many norms were rewritten."""
-    attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
-    params = {arg for arg, a in zip(fn.body.block.args, attrs) if "ein.param" in a.data}
+    params = set(parameter_args(fn))
     count = 0
     for op in list(fn.body.block.ops):
         if not isinstance(op, ein.MapOp) or op.parent is None:

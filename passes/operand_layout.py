@@ -41,7 +41,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder
 from ..ir.dtypes import shape_of
-from ..ir.module import functions
+from ..ir.module import functions, parameter_args
 
 MIN_ROWS = 64  # rows of the product (M) below which a GEMM is bandwidth-bound: no copy
 MIN_ELEMENTS = 1 << 14  # weights smaller than this are not worth a second copy
@@ -57,7 +57,7 @@ class KMajorF32Weights(ModulePass):
 
 def rewrite_function(fn: func.FuncOp) -> int:
     """Point every qualifying contraction of `fn` at a K-major copy of its weight; returns how many."""
-    params = _parameters(fn)
+    params = set(parameter_args(fn))
     copies: dict[SSAValue, SSAValue] = {}
     rewritten = 0
     for op in list(fn.body.block.ops):
@@ -75,11 +75,6 @@ def rewrite_function(fn: func.FuncOp) -> int:
         op.operands = [op.lhs, copies[weight]]
         rewritten += 1
     return rewritten
-
-
-def _parameters(fn: func.FuncOp) -> set[SSAValue]:
-    attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
-    return {arg for arg, a in zip(fn.body.block.args, attrs) if "ein.param" in a.data}
 
 
 def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
