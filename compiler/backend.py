@@ -34,6 +34,7 @@ from .fx_import import InputInfo
 from .input_mutations import mutated_inputs, reinplace
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
+from .specialize import ShapeSpecializations, specialize_limit
 
 log = logging.getLogger("tilefuse")
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
@@ -120,11 +121,33 @@ class TilefuseBackend:
         self._lock = threading.Lock()
 
     def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
+        graph_name = f"{self.name}_{next(_graph_ids):03d}"
+        if not _has_symbolic_shapes(gm, example_inputs):
+            return self._compile_graph(gm, example_inputs, graph_name)[0]
+        if self._compiles_static_islands(gm):
+            general, slot = self._compile_graph(gm, example_inputs, graph_name)
+            report = slot.setdefault("summary", {"name": graph_name})
+        else:
+            general, report = self._run_dynamic_in_pytorch(gm, graph_name)
+        limit = specialize_limit()
+        if limit == 0:
+            return general
+
+        def compile_static(args: list, label: str) -> Callable:
+            compiled, slot = self._compile_graph(gm, args, f"{graph_name}_{label}")
+            slot.get("summary", {})["specializes"] = report.get("name", graph_name)
+            return compiled
+
+        fakes = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        return ShapeSpecializations(general, compile_static, fakes, report, limit)
+
+    def _compile_graph(self, gm: GraphModule, example_inputs: list, graph_name: str) -> tuple[Callable, dict]:
+        """Dynamo's graph through AOTAutograd and the pipeline (its forward now, its backward at the
+        first backward), wrapped in the graph-level selection; and the slot its report lands in.
+        `example_inputs` are Dynamo's fake tensors, or the real inputs of a call whose sizes a
+        dynamic graph specializes (`specialize.py`): AOTAutograd then traces static sizes."""
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         infos = [_input_info(n) for n in placeholders]
-        graph_name = f"{self.name}_{next(_graph_ids):03d}"
-        if _has_symbolic_shapes(gm, example_inputs) and not self._compiles_static_islands(gm):
-            return self._run_dynamic_in_pytorch(gm, graph_name)
         dynamo_code = gm.print_readable(print_output=False)
 
         def forward_compiler(aten: GraphModule, aten_inputs: list) -> Callable:
@@ -171,11 +194,11 @@ class TilefuseBackend:
                 keep_inference_input_mutations=True,
             )(gm, example_inputs)
         except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
-            return self._traced_nothing(gm, graph_name, e)
+            return self._traced_nothing(gm, graph_name, e), graph_report
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
-            return compiled
-        return GraphSelection(compiled, direct_forward(gm), device, graph_report)
+            return compiled, graph_report
+        return GraphSelection(compiled, direct_forward(gm), device, graph_report), graph_report
 
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
@@ -217,19 +240,20 @@ class TilefuseBackend:
             raise error
         return direct_forward(gm)
 
-    def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> Callable:
+    def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> tuple[Callable, dict]:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
-        static island to compile runs as PyTorch: kernels are compiled for static shapes, and
-        specializing here would make every new sequence length compile again (tens of seconds each)."""
+        static island to compile runs as PyTorch for a size seen once: kernels are compiled for static
+        shapes, and compiling every size would make each new sequence length compile again (seconds
+        each). A size seen again gets its own static compile (`specialize.py`)."""
         reason = (
             "the graph has dynamic shapes and no node with static ones; tilefuse compiles static shapes, "
-            "so it runs in PyTorch (and, being Dynamo's newest graph for this code, so do the sizes "
-            "compiled before it)"
+            "so a size seen once runs in PyTorch (a size seen twice is compiled for that size: "
+            "`specialized` in this report)"
         )
-        self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
-        return direct_forward(gm)
+        report = self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
+        return direct_forward(gm), report
 
-    def _report_pytorch_graph(self, gm: GraphModule, graph_name: str, op: str, reason: str) -> None:
+    def _report_pytorch_graph(self, gm: GraphModule, graph_name: str, op: str, reason: str) -> dict:
         """The report (and, with dumps on, the dump) of a graph that runs in PyTorch as a whole."""
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
@@ -243,6 +267,7 @@ class TilefuseBackend:
             dump.finish(summary)
         with self._lock:
             self.reports.append(summary)
+        return summary
 
 
 def _graph_device(example_inputs: list) -> torch.device:

@@ -35,3 +35,19 @@ def compiled_aten_ops(reports) -> set[str]:
 def fusion_groups(reports) -> list[dict]:
     """Every fusion group of every compiled partition, as the reports list them."""
     return [g for r in reports for p in r["partitions"] for g in p["groups"]]
+
+
+class TinyBlock(torch.nn.Module):
+    """Attention with a causal mask and an MLP, over [batch, sequence, 16] (LayerNorms, biases, GELU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+        self.up, self.down = torch.nn.Linear(16, 40), torch.nn.Linear(40, 16)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        b, s, _ = x.shape
+        q, k, v = self.qkv(F.layer_norm(x, (16,))).view(b, s, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        h = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, 16))
+        return h + self.down(F.gelu(self.up(F.layer_norm(h, (16,)))))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
-from helpers import compile_and_compare
+from helpers import TinyBlock, compile_and_compare
 
 ACTIVATIONS = [F.gelu, F.silu, torch.relu, torch.tanh, lambda t: F.leaky_relu(t, 0.1)]
 
@@ -65,21 +65,6 @@ def test_dynamic_graph_report_names_dynamic_shapes():
     assert reasons and all("dynamic shape" in r or "symbolic" in r for r in reasons)
 
 
-class _Block(torch.nn.Module):
-    """Attention with a causal mask and an MLP, over [batch, sequence, 16]."""
-
-    def __init__(self):
-        super().__init__()
-        self.qkv, self.out = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
-        self.up, self.down = torch.nn.Linear(16, 40), torch.nn.Linear(40, 16)
-
-    def forward(self, x):
-        b, s, _ = x.shape
-        q, k, v = self.qkv(F.layer_norm(x, (16,))).view(b, s, 3, 2, 8).permute(2, 0, 3, 1, 4)
-        h = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, 16))
-        return h + self.down(F.gelu(self.up(F.layer_norm(h, (16,)))))
-
-
 @pytest.mark.parametrize("order", ["mixed", "batch-major"])
 def test_five_lengths_and_three_batch_sizes_compile_at_most_twice_and_match_eager(order):
     """Dynamo's automatic dynamic shapes: the first call compiles for its shapes; a call whose sizes
@@ -90,7 +75,7 @@ def test_five_lengths_and_three_batch_sizes_compile_at_most_twice_and_match_eage
     (its 0/1 specialization: torch.compile compiles as often), so a third compile when the batch
     first changes. Outputs match eager at every call, lengths ragged (no tile divides them)."""
     torch._dynamo.reset()
-    block = _Block().eval()
+    block = TinyBlock().eval()
     compiled = tilefuse.compile(block)
     lengths = (5, 7, 12, 17, 33)
     if order == "batch-major":

@@ -1,0 +1,133 @@
+"""Kernels for the sizes a dynamic graph keeps running.
+
+A graph whose sizes are symbolic (Dynamo marks a dim dynamic once a second size was seen, or the
+user asked for `dynamic=True`) is compiled once for every size: its static nodes as kernels, the
+rest in PyTorch (`TilefuseBackend._compiles_static_islands`). That "general" way runs a size the
+first time. A size called twice in a row is a size the program keeps using (a benchmark's or a
+training loop's fixed shape, a serving bucket under load), and it gets a static compile of the
+same Dynamo graph: the call's concrete sizes given to the static pipeline, its kernels, measured
+selection and report as for any static graph. Decode steps with a growing KV cache never repeat
+a length back to back, even when `generate` runs again over the same lengths, so they never
+specialize and never pay a compile per token.
+
+At most `TILEFUSE_SPECIALIZE` sizes per graph are compiled (default 8; 0 turns specialization
+off); a size past the limit, or one whose compile failed (reported, tried once), runs the general way.
+A call's sizes are read only at the graph inputs whose sizes are symbolic (Dynamo keeps
+parameters static), so the lookup costs a few tuple builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+log = logging.getLogger("tilefuse")
+
+SPECIALIZE_ENV = "TILEFUSE_SPECIALIZE"
+DEFAULT_LIMIT = 8
+
+
+def specialize_limit() -> int:
+    """How many sizes per dynamic graph get a static compile (TILEFUSE_SPECIALIZE; 0: none)."""
+    text = os.environ.get(SPECIALIZE_ENV, str(DEFAULT_LIMIT))
+    try:
+        limit = int(text)
+    except ValueError:
+        raise ValueError(f"{SPECIALIZE_ENV}={text!r}: expected a count of sizes (0 turns it off)") from None
+    if limit < 0:
+        raise ValueError(f"{SPECIALIZE_ENV}={text!r}: expected a count of sizes (0 turns it off)")
+    return limit
+
+
+def symbolic_positions(examples: Sequence[object]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The positions of the tensor inputs with a symbolic size and of the symbolic int inputs, from
+    the graph's placeholders' fake values (Dynamo's example inputs are the real tensors of the call
+    that compiled it); isinstance checks only: reading a SymInt's value would guard on it."""
+    tensors, ints = [], []
+    for i, v in enumerate(examples):
+        if isinstance(v, torch.SymInt):
+            ints.append(i)
+        elif isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape):
+            tensors.append(i)
+    return tuple(tensors), tuple(ints)
+
+
+class ShapeSpecializations:
+    """A dynamic graph's compiled callable: the general way, and a static compile per size called
+    twice in a row (see the module docstring). `compile_static(args, label)` compiles the graph for
+    the concrete `args`; `report` is the general graph's report, where the sizes compiled (or
+    failed) are listed."""
+
+    def __init__(
+        self, general: Callable, compile_static: Callable[[list, str], Callable], examples: Sequence[object],
+        report: dict, limit: int,
+    ):  # fmt: skip
+        self.general = general
+        self.compile_static = compile_static
+        self.tensor_positions, self.int_positions = symbolic_positions(examples)
+        self.symbolic_dims = {
+            i: [d for d, size in enumerate(examples[i].shape) if isinstance(size, torch.SymInt)]
+            for i in self.tensor_positions
+        }  # fmt: skip
+        self.report = report
+        self.limit = limit
+        self.compiled: dict[tuple, Callable] = {}
+        self.last: tuple | None = None  # the previous call's key
+        self.report["specialized"] = []
+
+    def key(self, args: Sequence[object]) -> tuple:
+        """The sizes that select a specialization: symbolic tensors' sizes and strides, symbolic
+        ints' values, and the grad mode (a training and an inference graph differ)."""
+        sizes = tuple((args[i].shape, args[i].stride()) for i in self.tensor_positions)
+        return sizes, tuple(args[i] for i in self.int_positions), torch.is_grad_enabled()
+
+    def __call__(self, *args: object) -> object:
+        key = self.key(args)
+        hit = self.compiled.get(key)
+        if hit is not None:
+            return hit(*args)
+        again, self.last = key == self.last, key
+        if not again or len(self.compiled) >= self.limit or self._capturing(args):
+            return self.general(*args)
+        compiled = self._compile(key, list(args))
+        self.compiled[key] = compiled
+        return compiled(*args)
+
+    def _compile(self, key: tuple, args: list) -> Callable:
+        """The static compile for `args`' sizes, or the general way if it raised (reported)."""
+        label = "x".join(str(d) for d in self._sizes(args))
+        entry = {"sizes": label}
+        log.info("tilefuse: graph %s: sizes %s called twice in a row: compiled for them",
+                 self.report.get("name"), label)  # fmt: skip
+        self.report["specialized"].append(entry)
+        start = time.perf_counter()
+        try:
+            compiled = self.compile_static(args, label)
+        except Exception as e:  # the general way still runs every size correctly
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            log.warning("tilefuse: graph %s: compiling sizes %s failed (%s); they run the dynamic graph",
+                        self.report.get("name"), label, reason)  # fmt: skip
+            entry["failed"] = reason
+            return self.general
+        entry["compile_s"] = round(time.perf_counter() - start, 3)
+        return compiled
+
+    def _sizes(self, args: Sequence[object]) -> list[int]:
+        """The call's symbolic sizes, each once, in order of appearance (for names and reports)."""
+        sizes: list[int] = []
+        for i in self.tensor_positions:
+            sizes += [args[i].shape[d] for d in self.symbolic_dims[i] if args[i].shape[d] not in sizes]
+        ints = [args[i] for i in self.int_positions if isinstance(args[i], int)]
+        return sizes + [n for n in ints if n not in sizes]
+
+    @staticmethod
+    def _capturing(args: Sequence[object]) -> bool:
+        """A CUDA graph being captured around the call: nothing compiles (or measures) inside it."""
+        if not torch.cuda.is_available():
+            return False
+        on_gpu = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+        return on_gpu and torch.cuda.is_current_stream_capturing()

@@ -1,0 +1,105 @@
+"""Sizes a dynamic graph keeps seeing get a static compile (compiler/specialize.py); sizes seen once
+run the dynamic graph; every call matches eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tilefuse
+from helpers import TinyBlock
+from tilefuse.compiler import specialize
+
+
+def _kernels(report: dict) -> int:
+    return sum(1 for p in report.get("partitions", []) for g in p["groups"] if g["kernel"])
+
+
+def test_a_size_called_twice_in_a_row_is_compiled_for_that_size_and_others_are_not():
+    """Ragged lengths (no tile divides them): the first size compiles statically, the second makes
+    the dims dynamic (PyTorch for other sizes), and a size called twice in a row gets its own
+    static compile, whose kernels then run it; sizes that recur but never back to back (decode
+    lengths when `generate` runs again) do not; every call matches eager."""
+    torch._dynamo.reset()
+    block = TinyBlock().eval()
+    compiled = tilefuse.compile(block)
+    calls = [(2, 5), (3, 7), (2, 12), (4, 17), (3, 7), (3, 7), (2, 33), (4, 17), (2, 33), (4, 17), (4, 17)]
+    with torch.no_grad():
+        for b, s in calls:
+            x = torch.randn(b, s, 16)
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-4, atol=1e-4)
+    reports = compiled.tilefuse_reports
+    names = [r["name"] for r in reports]
+    dynamic = next(r for r in reports if "specialized" in r)
+    assert [e["sizes"] for e in dynamic["specialized"]] == ["3x7", "4x17"], dynamic["specialized"]
+    assert all("failed" not in e and e["compile_s"] >= 0 for e in dynamic["specialized"])
+    # the first size's static graph, the dynamic graph, and one static graph per size seen again
+    assert len(reports) == 4, names
+    for static in reports[2:]:
+        assert _kernels(static) >= 4 and not static["fallbacks"], static["fallbacks"]
+        assert static["name"].startswith(dynamic["name"])
+
+
+def test_the_limit_and_the_switch(monkeypatch):
+    torch._dynamo.reset()
+    monkeypatch.setenv(specialize.SPECIALIZE_ENV, "1")
+    fn = lambda x: torch.softmax(x @ x.transpose(-1, -2), -1)  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    for n in (6, 9, 9, 11, 11, 11, 9):  # 9 takes the one slot; 11 stays dynamic
+        x = torch.randn(n, 5)
+        torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    dynamic = next(r for r in compiled.tilefuse_reports if "specialized" in r)
+    assert [e["sizes"] for e in dynamic["specialized"]] == ["9"]
+    assert len(compiled.tilefuse_reports) == 3
+
+    torch._dynamo.reset()
+    monkeypatch.setenv(specialize.SPECIALIZE_ENV, "0")
+    compiled = tilefuse.compile(fn)
+    for n in (6, 9, 9, 9):
+        torch.testing.assert_close(compiled(torch.ones(n, 5)), fn(torch.ones(n, 5)))
+    assert len(compiled.tilefuse_reports) == 2 and all("specialized" not in r for r in compiled.tilefuse_reports)
+    monkeypatch.setenv(specialize.SPECIALIZE_ENV, "many")
+    with pytest.raises(ValueError, match="TILEFUSE_SPECIALIZE"):
+        specialize.specialize_limit()
+
+
+def test_a_failing_specialization_is_reported_and_the_dynamic_graph_runs_on():
+    calls = []
+
+    def general(x, n):
+        calls.append("general")
+        return x * n
+
+    def broken(args, label):
+        raise RuntimeError("simulated: the static compile failed")
+
+    examples = [torch.empty(3, 4), 4]  # neither symbolic here: the key is the grad mode only
+    report: dict = {"name": "g"}
+    runner = specialize.ShapeSpecializations(general, broken, examples, report, limit=4)
+    x = torch.randn(3, 4)
+    for _ in range(3):
+        torch.testing.assert_close(runner(x, 2), x * 2)
+    assert calls == ["general"] * 3
+    assert "simulated" in report["specialized"][0]["failed"]
+    assert len(report["specialized"]) == 1  # tried once, not at every call
+
+
+def test_a_specialized_training_graph_matches_eager_gradients():
+    """With gradients, the size's static compile is a training graph (forward and backward); its
+    gradients match eager's on a ragged length."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = TinyBlock()
+    reference = TinyBlock()
+    reference.load_state_dict(block.state_dict())
+    compiled = tilefuse.compile(block)
+    for b, s in [(2, 5), (3, 9), (3, 9), (3, 9)]:
+        x = torch.randn(b, s, 16)
+        block.zero_grad(), reference.zero_grad()
+        compiled(x).square().sum().backward()
+        reference(x).square().sum().backward()
+        for p, q in zip(block.parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4)
+    dynamic = next(r for r in compiled.tilefuse_reports if "specialized" in r)
+    assert [e["sizes"] for e in dynamic["specialized"]] == ["3x9"]
+    assert any(r.get("trains") or r["name"].endswith("3x9") for r in compiled.tilefuse_reports)
