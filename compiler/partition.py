@@ -191,4 +191,108 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     partitions = partitioner.propose_partitions()
     fused = partitioner.fuse_partitions(partitions)
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
+    sink_boundary_views(fused, names)
     return fused, names
+
+
+# ops that only re-index their one tensor argument (a contiguous clone is a copy PyTorch makes to let a
+# view follow, and inside a partition it folds into the kernels' indexing like the views)
+_VIEW_OPS = {
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default,
+    aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default,
+    aten.alias.default, aten.clone.default,
+}  # fmt: skip
+
+
+def sink_boundary_views(gm: GraphModule, names: list[str]) -> int:
+    """Move the views at the end of a partition's result into the partitions that read it.
+
+    A result that is a view chain of a value (`x.permute(0, 2, 1, 3).reshape(b * s, h * d)`, the
+    attention gradient a backward's projection reads) cannot be handed over as a torch view when
+    the chain reshapes a permuted layout: the producing program copies it (a PyTorch copy kernel,
+    24 a Llama training step on the H200). Where every reader of the result is another compiled
+    partition, the producer returns the chain's base and each reader applies the chain itself,
+    where it folds into its kernels' indexing. Returns how many results were moved."""
+    modules = {n for n in gm.graph.nodes if n.op == "call_module" and n.target in names}
+    moved = 0
+    for producer in list(modules):
+        sub = getattr(gm, producer.target)
+        out = sub.graph.output_node()
+        values = out.args[0]
+        if not isinstance(values, (tuple, list)):
+            continue  # a lone result: its readers get the module node itself (left alone)
+        handles = {u.args[1]: u for u in producer.users if u.target is operator.getitem}
+        new_values = list(values)
+        for i, value in enumerate(values):
+            chain = _view_chain(value)
+            handle = handles.get(i)
+            if not chain or handle is None or not handle.users:
+                continue
+            if any(u not in modules or u is producer for u in handle.users):
+                continue  # read by PyTorch or returned: the view is made here, as before
+            base = chain[0].args[0]
+            if not _sinkable(chain) or "val" not in base.meta:
+                continue
+            for reader in list(handle.users):
+                _apply_chain_in(gm, reader, handle, chain)
+            new_values[i] = base
+            handle.meta["val"] = base.meta["val"]
+            moved += 1
+        if new_values != list(values):
+            out.args = (tuple(new_values),)
+            sub.graph.eliminate_dead_code()
+            sub.recompile()
+    if moved:
+        gm.graph.lint()
+        gm.recompile()
+    return moved
+
+
+def _view_chain(value: object) -> list[Node]:
+    """The view ops ending at `value`, base first (empty when `value` is not a view op)."""
+    chain: list[Node] = []
+    node = value
+    while isinstance(node, Node) and node.op == "call_function" and node.target in _VIEW_OPS:
+        chain.append(node)
+        node = node.args[0]
+        if not isinstance(node, Node) or len(chain) > 16:
+            return []
+    return chain[::-1]
+
+
+def _sinkable(chain: list[Node]) -> bool:
+    """Views whose other arguments are plain values (no tensors, no symbolic sizes), and clones that
+    keep the default (contiguous) layout."""
+    for node in chain:
+        if node.target is aten.clone.default and node.kwargs.get("memory_format") not in (
+            None, torch.contiguous_format,
+        ):  # fmt: skip
+            return False
+        for arg in [*node.args[1:], *node.kwargs.values()]:
+            flat = arg if isinstance(arg, (list, tuple)) else [arg]
+            if any(isinstance(a, (Node, torch.SymInt)) for a in flat):
+                return False
+    return True
+
+
+def _apply_chain_in(gm: GraphModule, reader: Node, handle: Node, chain: list[Node]) -> None:
+    """In `reader`'s submodule, the placeholder of `handle` now receives the chain's base: copy the
+    chain after it and let its users read the chain's end."""
+    sub = getattr(gm, reader.target)
+    placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    for position, arg in enumerate(reader.args):
+        if arg is not handle:
+            continue
+        placeholder = placeholders[position]
+        users = list(placeholder.users)
+        env = {chain[0].args[0]: placeholder}
+        last = placeholder  # placeholders sit among the nodes: the chain follows its own
+        for node in chain:
+            with sub.graph.inserting_after(last):
+                copy = sub.graph.node_copy(node, env.__getitem__)
+            env[node] = last = copy
+        for user in users:
+            user.replace_input_with(placeholder, last)
+        placeholder.meta["val"] = chain[0].args[0].meta["val"]
+    sub.graph.lint()
+    sub.recompile()

@@ -11,7 +11,9 @@ a length back to back, even when `generate` runs again over the same lengths, so
 specialize and never pay a compile per token.
 
 At most `TILEFUSE_SPECIALIZE` sizes per graph are compiled (default 8; 0 turns specialization
-off); a size past the limit, or one whose compile failed (reported, tried once), runs the general way.
+off); a size past the limit, one whose compile failed (reported, tried once), or one that comes
+while the device is short of memory (each compile keeps its own weights derived from parameters;
+`_short_of_memory`) runs the general way.
 A call's sizes are read only at the graph inputs whose sizes are symbolic (Dynamo keeps
 parameters static), so the lookup costs a few tuple builds.
 """
@@ -62,6 +64,8 @@ class ShapeSpecializations:
     the concrete `args`; `report` is the general graph's report, where the sizes compiled (or
     failed) are listed."""
 
+    MEMORY_FACTOR = 2  # free device memory a size's compile needs, in bytes of the graph's inputs
+
     def __init__(
         self, general: Callable, compile_static: Callable[[list, str], Callable], examples: Sequence[object],
         report: dict, limit: int,
@@ -93,9 +97,38 @@ class ShapeSpecializations:
         again, self.last = key == self.last, key
         if not again or len(self.compiled) >= self.limit or self._capturing(args):
             return self.general(*args)
-        compiled = self._compile(key, list(args))
+        short = self._short_of_memory(args)
+        compiled = self._compile(key, list(args)) if short is None else self._skip(args, short)
         self.compiled[key] = compiled
         return compiled(*args)
+
+    def _skip(self, args: Sequence[object], reason: str) -> Callable:
+        """A size not compiled (reported once): it runs the general way."""
+        label = "x".join(str(d) for d in self._sizes(args))
+        self.report["specialized"].append({"sizes": label, "skipped": reason})
+        log.warning("tilefuse: graph %s: sizes %s not compiled (%s)", self.report.get("name"), label, reason)
+        return self.general
+
+    @classmethod
+    def _short_of_memory(cls, args: Sequence[object]) -> str | None:
+        """Why a specialization could run the device out of memory, or None. Each compile keeps its
+        own copies of what it derives from parameters (norm-folded and K-major weights: up to the
+        weights' size again), so a size is compiled only while the device's free memory exceeds
+        `MEMORY_FACTOR` times the bytes of the graph's inputs (parameters included)."""
+        cuda = [a for a in args if isinstance(a, torch.Tensor) and a.is_cuda]
+        if not cuda:
+            return None
+        storages = {a.untyped_storage().data_ptr(): a.untyped_storage().nbytes() for a in cuda}
+        need = cls.MEMORY_FACTOR * sum(storages.values())
+        device = cuda[0].device
+        free, _ = torch.cuda.mem_get_info(device)  # plus what PyTorch's allocator holds unused
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if free >= need:
+            return None
+        return (
+            f"{free / 2**30:.1f} GiB free on the device, under {cls.MEMORY_FACTOR}x "
+            f"the graph's inputs ({need / 2**30:.1f} GiB): a compile's derived weights could exhaust it"
+        )
 
     def _compile(self, key: tuple, args: list) -> Callable:
         """The static compile for `args`' sizes, or the general way if it raised (reported)."""

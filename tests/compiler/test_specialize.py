@@ -103,3 +103,23 @@ def test_a_specialized_training_graph_matches_eager_gradients():
     dynamic = next(r for r in compiled.tilefuse_reports if "specialized" in r)
     assert [e["sizes"] for e in dynamic["specialized"]] == ["3x9"]
     assert any(r.get("trains") or r["name"].endswith("3x9") for r in compiled.tilefuse_reports)
+
+
+def test_a_size_is_not_compiled_when_device_memory_is_short(monkeypatch):
+    """Each compile keeps its own weights derived from parameters: short of device memory, a size
+    runs the dynamic graph, said once in the report."""
+    monkeypatch.setattr(
+        specialize.ShapeSpecializations, "_short_of_memory", classmethod(lambda cls, args: "simulated: 1 GiB free")
+    )
+    compiled_sizes = []
+
+    def compile_static(args, label):
+        compiled_sizes.append(label)
+        return lambda x, n: x * n
+
+    report: dict = {"name": "g"}
+    runner = specialize.ShapeSpecializations(lambda x, n: x * n, compile_static, [torch.empty(3), 3], report, 4)
+    x = torch.randn(3)
+    for _ in range(4):
+        torch.testing.assert_close(runner(x, 2), x * 2)
+    assert compiled_sizes == [] and report["specialized"] == [{"sizes": "", "skipped": "simulated: 1 GiB free"}]

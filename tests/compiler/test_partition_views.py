@@ -1,0 +1,89 @@
+"""Views at the end of a partition's result move into the partitions that read it
+(`partition.sink_boundary_views`): the producer returns the view chain's base, so no program copies a
+permuted layout to hand it over, and every result stays the same."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from tiny_models import MODELS, VOCAB
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
+
+import tilefuse
+import tilefuse.compiler.driver  # noqa: F401  (registers the lowerings partition.py consults)
+from tilefuse.compiler.partition import _VIEW_OPS, sink_boundary_views
+
+aten = torch.ops.aten
+
+
+def _f(a, b, w):
+    s = a + b  # [16, 64]
+    v = s.view(2, 8, 4, 16).permute(0, 2, 1, 3).reshape(8, 128)  # a copy wherever it is made
+    return torch.relu(v @ w), s * 3
+
+
+def _fused(reader_in_pytorch: bool = False):
+    args = torch.randn(16, 64), torch.randn(16, 64), torch.randn(128, 24)
+    gm = make_fx(_f, tracing_mode="fake")(*args)
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    producer = [n for n in calls if n.target in (aten.add.Tensor, *_VIEW_OPS)]
+    reader = [n for n in calls if n.target in (aten.mm.default, aten.relu.default)]
+    parts = [dict.fromkeys(producer)] + ([] if reader_in_pytorch else [dict.fromkeys(reader)])
+    fused = fuse_by_partitions(gm, parts, always_return_tuple=True)
+    names = [n.target for n in fused.graph.nodes if n.op == "call_module"]
+    return fused, names, args
+
+
+def _outputs(module) -> list:
+    values = module.graph.output_node().args[0]
+    return list(values) if isinstance(values, (tuple, list)) else [values]
+
+
+def test_a_view_chain_read_by_another_partition_moves_there():
+    fused, names, args = _fused()
+    want = _f(*args)
+    producer, reader = (getattr(fused, n) for n in names)
+    assert any(o.target in _VIEW_OPS for o in _outputs(producer))  # the chain ends the producer
+    assert sink_boundary_views(fused, names) == 1
+    assert not any(o.target in _VIEW_OPS for o in _outputs(producer))  # its base is returned instead
+    reader_ops = [n.target for n in reader.graph.nodes if n.op == "call_function"]
+    assert aten.permute.default in reader_ops and aten.mm.default in reader_ops
+    handle = next(u for n in fused.graph.nodes if n.op == "call_module" and n.target == names[0]
+                  for u in n.users if u.target is operator.getitem and u.args[1] == 0)  # fmt: skip
+    assert tuple(handle.meta["val"].shape) == (16, 64)  # the base's value, not the view's
+    for got, expected in zip(fused(*args), want):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_view_read_by_pytorch_stays():
+    fused, names, args = _fused(reader_in_pytorch=True)
+    assert sink_boundary_views(fused, names) == 0
+    for got, expected in zip(fused(*args), _f(*args)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_training_backward_hands_no_permuted_copy_between_partitions(tmp_path, monkeypatch):
+    """A tiny Llama trained on CPU: the attention backward runs in PyTorch between the backward's
+    partitions, and the gradients the q/k/v projections read are a permute + reshape of the
+    attention's: no backward program makes those copies, and the gradients match eager."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")  # the backward compiled on CPU too
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MODELS["llama"]().train()
+    reference = MODELS["llama"]().train()
+    reference.load_state_dict(model.state_dict())
+    compiled = tilefuse.compile(model, dump=tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 13))  # ragged: 13 tokens
+    compiled(input_ids=ids, labels=ids).loss.backward()
+    reference(input_ids=ids, labels=ids).loss.backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    programs = [p.read_text() for p in tmp_path.glob("*_backward/program_*.py")]
+    assert programs
+    for source in programs:
+        permuted = {line.split(" = ")[0].strip() for line in source.splitlines() if ".permute(" in line}
+        copied = [line for line in source.splitlines()
+                  if ".reshape(" in line and line.split(" = ")[1].split(".")[0].strip() in permuted]  # fmt: skip
+        assert not copied, copied
