@@ -123,3 +123,30 @@ def test_a_size_is_not_compiled_when_device_memory_is_short(monkeypatch):
     for _ in range(4):
         torch.testing.assert_close(runner(x, 2), x * 2)
     assert compiled_sizes == [] and report["specialized"] == [{"sizes": "", "skipped": "simulated: 1 GiB free"}]
+
+
+def test_sizes_keyed_by_dynamos_size_ints_and_other_strides_stay_correct():
+    """Dynamo passes each size symbol as an int input: those are the key (cheap with many cache
+    tensors). A call of a compiled size with other strides (a transposed input) still matches
+    eager (whichever guard, Dynamo's or the specialized program's, sends it elsewhere)."""
+    torch._dynamo.reset()
+    made = []
+    init = specialize.ShapeSpecializations.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    fn = lambda x, y: torch.softmax(x @ y.transpose(-1, -2), -1) * 2  # noqa: E731
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(specialize.ShapeSpecializations, "__init__", spy)
+        compiled = tilefuse.compile(fn)
+        for n in (6, 9, 9):
+            x, y = torch.randn(n, 5), torch.randn(n + 1, 5)
+            torch.testing.assert_close(compiled(x, y), fn(x, y))
+        x_t, y = torch.randn(5, 9).t(), torch.randn(10, 5)  # the compiled sizes, transposed strides
+        torch.testing.assert_close(compiled(x_t, y), fn(x_t, y))
+    # (Dynamo itself guards strides: the transposed call may compile its own dynamic graph)
+    assert made and all(runner.ints_suffice for runner in made)
+    dynamic = next(r for r in compiled.tilefuse_reports if "specialized" in r)
+    assert len(dynamic["specialized"]) == 1
