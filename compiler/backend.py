@@ -5,7 +5,8 @@ decompositions turns it into aten ops, which the driver compiles. Attention
 is kept whole (not decomposed) so it is imported as one unit. Backward
 graphs, when autograd needs them, run in PyTorch and say so in the dump.
 A graph with symbolic sizes compiles its nodes of static shapes and leaves
-the others to PyTorch (`TilefuseBackend._compiles_static_islands`).
+the others to PyTorch (`TilefuseBackend._compiles_static_islands`); a size it
+is called with twice in a row is compiled for that size (`specialize.py`).
 """
 
 from __future__ import annotations
@@ -242,13 +243,13 @@ class TilefuseBackend:
 
     def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> tuple[Callable, dict]:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
-        static island to compile runs as PyTorch for a size seen once: kernels are compiled for static
-        shapes, and compiling every size would make each new sequence length compile again (seconds
-        each). A size seen again gets its own static compile (`specialize.py`)."""
+        static island to compile runs as PyTorch: kernels are compiled for static shapes, and compiling
+        every size would make each new sequence length compile again (seconds each). A size called
+        twice in a row gets its own static compile (`specialize.py`)."""
         reason = (
             "the graph has dynamic shapes and no node with static ones; tilefuse compiles static shapes, "
-            "so a size seen once runs in PyTorch (a size seen twice is compiled for that size: "
-            "`specialized` in this report)"
+            "so it runs in PyTorch, except for sizes called twice in a row, each compiled for its "
+            "size (`specialized` in this report)"
         )
         report = self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
         return direct_forward(gm), report
