@@ -3,12 +3,14 @@
 A graph whose sizes are symbolic (Dynamo marks a dim dynamic once a second size was seen, or the
 user asked for `dynamic=True`) is compiled once for every size: its static nodes as kernels, the
 rest in PyTorch (`TilefuseBackend._compiles_static_islands`). That "general" way runs a size the
-first time. A size called twice in a row is a size the program keeps using (a benchmark's or a
-training loop's fixed shape, a serving bucket under load), and it gets a static compile of the
+first time. A size called twice in a row while no dynamic graph changed size in between is a size
+the program keeps using (a benchmark's or a training loop's fixed shape, a serving bucket under
+load; a model split by graph breaks repeats all its graphs), and it gets a static compile of the
 same Dynamo graph: the call's concrete sizes given to the static pipeline, its kernels, measured
-selection and report as for any static graph. Decode steps with a growing KV cache never repeat
-a length back to back, even when `generate` runs again over the same lengths, so they never
-specialize and never pay a compile per token.
+selection and report as for any static graph. Generation never qualifies, even when `generate`
+runs again over the same lengths: its decode steps change size at every token, and the graph of
+the first decode step, called with the same sizes once per `generate`, sees the others change in
+between. A compile there would have cost seconds inside the second `generate`.
 
 At most `TILEFUSE_SPECIALIZE` sizes per graph are compiled (default 8; 0 turns specialization
 off); a size past the limit, one whose compile failed (reported, tried once), or one that comes
@@ -58,6 +60,11 @@ def symbolic_positions(examples: Sequence[object]) -> tuple[tuple[int, ...], tup
     return tuple(tensors), tuple(ints)
 
 
+# How many calls of any dynamic graph came with other sizes than that graph's previous call: a
+# graph whose size repeats while this count stands is in a loop where nothing changes size
+_changes = [0]
+
+
 class ShapeSpecializations:
     """A dynamic graph's compiled callable: the general way, and a static compile per size called
     twice in a row (see the module docstring). `compile_static(args, label)` compiles the graph for
@@ -87,6 +94,7 @@ class ShapeSpecializations:
         self.limit = limit
         self.compiled: dict[tuple, Callable] = {}
         self.last: tuple | None = None  # the previous call's key
+        self.seen_changes = -1  # `_changes` at the previous call
         self.report["specialized"] = []
 
     def key(self, args: Sequence[object]) -> tuple:
@@ -105,8 +113,11 @@ class ShapeSpecializations:
         hit = self.compiled.get(key)
         if hit is not None:
             return hit(*args)
-        again, self.last = key == self.last, key
-        if not again or len(self.compiled) >= self.limit or self._capturing(args):
+        if key != self.last:
+            _changes[0] += 1
+        steady = key == self.last and self.seen_changes == _changes[0]
+        self.last, self.seen_changes = key, _changes[0]
+        if not steady or len(self.compiled) >= self.limit or self._capturing(args):
             return self.general(*args)
         short = self._short_of_memory(args)
         compiled = self._compile(key, list(args)) if short is None else self._skip(args, short)

@@ -150,3 +150,35 @@ def test_sizes_keyed_by_dynamos_size_ints_and_other_strides_stay_correct():
     assert made and all(runner.ints_suffice for runner in made)
     dynamic = next(r for r in compiled.tilefuse_reports if "specialized" in r)
     assert len(dynamic["specialized"]) == 1
+
+
+def test_a_repeated_size_waits_while_another_dynamic_graph_changes_size():
+    """Generation: the first decode step's graph sees the same sizes once per `generate`, while the
+    decode graph's length changes at every token in between: no compile there. A loop where every
+    graph repeats its size (a model split by a graph break) compiles each graph's size."""
+    import sympy
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    length = ShapeEnv().create_symintnode(sympy.Symbol("s0", positive=True, integer=True), hint=9)
+    compiled = {"first": [], "decode": []}
+
+    def runner(name):
+        def compile_static(args, label):
+            compiled[name].append(label)
+            return lambda n, x: x + n
+
+        return specialize.ShapeSpecializations(
+            lambda n, x: x + n, compile_static, [length, torch.empty(1)], {"name": name}, limit=4
+        )
+
+    first, decode = runner("first"), runner("decode")
+    x = torch.zeros(1)
+    for _ in range(3):  # three `generate` calls of four tokens
+        first(9, x)
+        for n in (10, 11, 12):
+            decode(n, x)
+    assert compiled == {"first": [], "decode": []}
+    for _ in range(3):  # a steady loop over both graphs (a graph break between them)
+        first(9, x)
+        decode(12, x)
+    assert compiled == {"first": ["9"], "decode": ["12"]}
