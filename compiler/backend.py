@@ -140,7 +140,12 @@ class TilefuseBackend:
             return compiled
 
         fakes = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
-        return ShapeSpecializations(general, compile_static, fakes, report, limit)
+        try:
+            return ShapeSpecializations(general, compile_static, fakes, report, limit)
+        except Exception as e:  # the dynamic graph alone still runs every size
+            log.warning("tilefuse: graph %s: no size will be specialized (%s: %s)",
+                        graph_name, type(e).__name__, e)  # fmt: skip
+            return general
 
     def _compile_graph(self, gm: GraphModule, example_inputs: list, graph_name: str) -> tuple[Callable, dict]:
         """Dynamo's graph through AOTAutograd and the pipeline (its forward now, its backward at the

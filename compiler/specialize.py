@@ -87,15 +87,25 @@ class ShapeSpecializations:
         # Dynamo passes each size symbol as an int input too: where those cover every symbolic dim,
         # the ints are the key (a decode step of a 32-layer model has 64 cache tensors: ~30 us of
         # tuple building a call on this CPU, against ~1 for the ints)
-        self.ints_suffice = bool(self.int_positions) and _free_symbols(
-            examples[i].shape[d] for i in self.tensor_positions for d in self.symbolic_dims[i]
-        ) <= _free_symbols(examples[i] for i in self.int_positions if examples[i].node.expr.is_Symbol)
+        self.ints_suffice = bool(self.int_positions) and self._ints_cover_sizes(examples)
         self.report = report
         self.limit = limit
         self.compiled: dict[tuple, Callable] = {}
         self.last: tuple | None = None  # the previous call's key
         self.seen_changes = -1  # `_changes` at the previous call
         self.report["specialized"] = []
+
+    def _ints_cover_sizes(self, examples: Sequence[object]) -> bool:
+        """Whether the symbolic int inputs are symbols that every symbolic dim is an expression of
+        (a size that is not a plain sympy expression, a nested int say: no)."""
+        try:
+            dims = _free_symbols(
+                examples[i].shape[d] for i in self.tensor_positions for d in self.symbolic_dims[i]
+            )  # fmt: skip
+            ints = [examples[i] for i in self.int_positions]
+            return dims <= _free_symbols(n for n in ints if n.node.expr.is_Symbol)
+        except AttributeError:
+            return False
 
     def key(self, args: Sequence[object]) -> tuple:
         """The sizes that select a specialization: symbolic tensors' sizes and strides, symbolic

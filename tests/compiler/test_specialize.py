@@ -182,3 +182,21 @@ def test_a_repeated_size_waits_while_another_dynamic_graph_changes_size():
         first(9, x)
         decode(12, x)
     assert compiled == {"first": ["9"], "decode": ["12"]}
+
+
+def test_a_graph_whose_specializer_cannot_be_made_runs_the_dynamic_way(monkeypatch, caplog):
+    """Never break the model: if the specializer cannot be set up for a dynamic graph, the dynamic
+    graph runs every size, with a warning."""
+    torch._dynamo.reset()
+
+    def broken(self, *args, **kwargs):
+        raise AttributeError("simulated: a size without a sympy expression")
+
+    monkeypatch.setattr(specialize.ShapeSpecializations, "__init__", broken)
+    fn = lambda x: torch.relu(x) * 2 + 1  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        for n in (5, 7, 7, 9):
+            x = torch.randn(n, 3)
+            torch.testing.assert_close(compiled(x), fn(x))
+    assert "no size will be specialized" in caplog.text and "simulated" in caplog.text
