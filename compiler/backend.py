@@ -35,7 +35,7 @@ from .fx_import import InputInfo
 from .input_mutations import mutated_inputs, reinplace
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
-from .specialize import ShapeSpecializations, specialize_limit
+from .specialize import ShapeSpecializations, specialize_limit, symbolic_positions
 
 log = logging.getLogger("tilefuse")
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
@@ -291,13 +291,7 @@ def _static_tensor(value: object) -> bool:
 def _has_symbolic_shapes(gm: GraphModule, example_inputs: list) -> bool:
     # isinstance checks only: reading a SymInt's value would add a guard that specializes it
     placeholders = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
-    values = placeholders + list(example_inputs)
-    for v in values:
-        if isinstance(v, torch.SymInt):
-            return True
-        if isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape):
-            return True
-    return False
+    return any(symbolic_positions(placeholders + list(example_inputs)))
 
 
 BACKEND_REPORTS_KEPT = 256

@@ -41,7 +41,7 @@ def specialize_limit() -> int:
     try:
         limit = int(text)
     except ValueError:
-        raise ValueError(f"{SPECIALIZE_ENV}={text!r}: expected a count of sizes (0 turns it off)") from None
+        limit = -1  # refused below, with the negative counts
     if limit < 0:
         raise ValueError(f"{SPECIALIZE_ENV}={text!r}: expected a count of sizes (0 turns it off)")
     return limit
@@ -129,14 +129,14 @@ class ShapeSpecializations:
         self.last, self.seen_changes = key, _changes[0]
         if not steady or len(self.compiled) >= self.limit or self._capturing(args):
             return self.general(*args)
+        label = "x".join(str(d) for d in self._sizes(args))
         short = self._short_of_memory(args)
-        compiled = self._compile(key, list(args)) if short is None else self._skip(args, short)
+        compiled = self._compile(label, list(args)) if short is None else self._skip(label, short)
         self.compiled[key] = compiled
         return compiled(*args)
 
-    def _skip(self, args: Sequence[object], reason: str) -> Callable:
+    def _skip(self, label: str, reason: str) -> Callable:
         """A size not compiled (reported once): it runs the general way."""
-        label = "x".join(str(d) for d in self._sizes(args))
         self.report["specialized"].append({"sizes": label, "skipped": reason})
         log.warning("tilefuse: graph %s: sizes %s not compiled (%s)", self.report.get("name"), label, reason)
         return self.general
@@ -162,9 +162,8 @@ class ShapeSpecializations:
             f"the graph's inputs ({need / 2**30:.1f} GiB): a compile's derived weights could exhaust it"
         )
 
-    def _compile(self, key: tuple, args: list) -> Callable:
+    def _compile(self, label: str, args: list) -> Callable:
         """The static compile for `args`' sizes, or the general way if it raised (reported)."""
-        label = "x".join(str(d) for d in self._sizes(args))
         entry = {"sizes": label}
         log.info("tilefuse: graph %s: sizes %s called twice in a row: compiled for them",
                  self.report.get("name"), label)  # fmt: skip
