@@ -36,6 +36,7 @@ from .transformers_models import (
     check_model_args,
     float64_reference,
     fmt_cell,
+    model_dtype,
     output_tensor,
     synchronize,
 )
@@ -128,7 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    dtype = model_dtype(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     candidates = {EAGER: lambda m: m, SUBJECT: tilefuse.compile}
     if not args.no_torch_compile:

@@ -40,7 +40,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory
-from .transformers_models import LLAMA, TINY_DECODER, fmt_cell
+from .transformers_models import LLAMA, TINY_DECODER, fmt_cell, model_dtype
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_generation.md")
 EAGER, EAGER_STATIC = "eager", "eager, static cache"
@@ -139,8 +139,7 @@ def measure(
         total = _median_ms(lambda: generate(new_tokens), repeats)
         reports = getattr(model.forward, "tilefuse_reports", None)
         # Dynamo's graphs; a dynamic graph's sizes compiled when called twice in a row are in the note
-        graphs = None if reports is None else [r for r in reports if "specializes" not in r]
-        compiles = len(graphs) if graphs is not None else (dynamo_frame_compiles() or None)
+        compiles = len(_dynamo_graphs(reports)) if reports is not None else (dynamo_frame_compiles() or None)
         note = _tilefuse_note(reports) if reports is not None else ""
         same = None if reference is None else agreeing_tokens(tokens, reference, prompt.shape[1])
         timing = GenTiming(
@@ -173,9 +172,14 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _dynamo_graphs(reports: Sequence[dict]) -> list[dict]:
+    """The reports of Dynamo's graphs, without the sizes a dynamic graph compiled apart."""
+    return [r for r in reports if "specializes" not in r]
+
+
 def _tilefuse_note(reports: Sequence[dict]) -> str:
     """How many of tilefuse's graphs have kernels, and why the others run in PyTorch."""
-    dynamo_graphs = [r for r in reports if "specializes" not in r]
+    dynamo_graphs = _dynamo_graphs(reports)
     with_kernels = sum(1 for r in dynamo_graphs if any(p["groups"] for p in r["partitions"]))
     reasons = sorted({f["op"] for r in reports for f in r["fallbacks"] if f["node"] == "<graph>"})
     graphs = ",".join(sorted({str(r["cudagraphs"]) for r in reports if "cudagraphs" in r}))
@@ -239,7 +243,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    dtype = model_dtype(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(args.tiny, device, dtype)
     header = [

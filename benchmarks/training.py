@@ -32,7 +32,14 @@ import tilefuse
 from tilefuse.compiler.selection import TRAINING_ENV
 
 from .run import describe_error, environment_lines, release_memory, time_ms
-from .transformers_models import MODELS, ModelSpec, add_model_arguments, check_model_args, fmt_cell
+from .transformers_models import (
+    MODELS,
+    ModelSpec,
+    add_model_arguments,
+    check_model_args,
+    fmt_cell,
+    model_dtype,
+)
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
 DEFAULT_MODELS = ("llama", "gpt2")
@@ -156,7 +163,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    dtype = model_dtype(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     header = [
         *environment_lines(__spec__.name, device, dtype, argv),

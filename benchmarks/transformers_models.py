@@ -629,6 +629,12 @@ def add_model_arguments(
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
 
 
+def model_dtype(args: argparse.Namespace) -> torch.dtype:
+    """The dtype `add_model_arguments`' options ask for: --dtype, else float32 with --tiny (a CPU)
+    and bfloat16 on a GPU."""
+    return getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+
+
 def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """`args.models` as a list of known model names, and a GPU unless `--tiny` (or the parser exits)."""
     args.models = [m for m in args.models.split(",") if m]
@@ -645,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (a run killed at a time limit keeps what it measured); print the report last."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    dtype = model_dtype(args)
     if args.cached_compile_child:
         cached_compile_child(args.cached_compile_child, args.tiny, dtype)
         return
