@@ -292,8 +292,7 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
         chunks = b.cast(b.reshape(x, view), f32)
     partial = b.reduce(kind, chunks, [1], keepdim=False)
     total = b.reduce(kind, partial, [0], keepdim=False)  # a mean of equal chunks' means is the mean
-    out = reduce.result
-    out.replace_all_uses_with(b.reshape(b.cast(total, out.type.get_element_type()), shape_of(out.type)))
+    _replace_result(b, reduce, total)
     return True
 
 
@@ -342,9 +341,24 @@ def _split_full(reduce: ein.ReduceOp) -> bool:
     total = b.reduce(kind, rows, [len(view) - 1], keepdim=False)  # a mean of equal rows' means is the mean
     if (partials := math.prod(view[:-1])) > 1:
         total = b.reduce(kind, b.reshape(total, [1, partials]), [1], keepdim=False)
-    out = reduce.result
-    out.replace_all_uses_with(b.reshape(b.cast(total, out.type.get_element_type()), shape_of(out.type)))
+    _replace_result(b, reduce, total)
     return True
+
+
+def _replace_result(b: InsertingEinBuilder, reduce: ein.ReduceOp, total: SSAValue) -> None:
+    """Readers of `reduce` read the split's `total` (cast back, reshaped to the result's shape). A
+    map of a 0-d result alone (a bf16 loss's cast back from f32, a scale) joins the combine as its
+    epilogue: after the reshape to 0-d it was a group of its own, a PyTorch op after the last
+    kernel (huber loss: two glue ops where mse had one)."""
+    out = reduce.result
+    total = b.cast(total, out.type.get_element_type())
+    user = single_user(out)
+    if isinstance(user, ein.MapOp) and not shape_of(out.type) and list(user.inputs) == [out]:
+        elem = user.result.type.get_element_type()
+        mapped = b.map([total], elem, lambda sb, v: inline_map_body(user, [v], sb.block), cast_inputs=False)
+        user.result.replace_all_uses_with(b.reshape(mapped, []))
+    else:
+        out.replace_all_uses_with(b.reshape(total, shape_of(out.type)))
 
 
 def _operand_dims(v: SSAValue, shape: tuple[int, ...], j: int) -> tuple[list[int], list[int]]:

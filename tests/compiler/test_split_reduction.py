@@ -263,6 +263,17 @@ def test_full_reductions_accumulate_in_f32(small_full, dtype):
     assert (got - want).abs().max() <= 2 * (eager - want).abs().max() + 1e-2
 
 
+@pytest.mark.parametrize("name", ["huber", "mse", "sum"])
+def test_a_half_precision_loss_casts_back_in_its_combine(small_full, name):
+    """A bf16 loss's 0-d cast back from f32 is the combine kernel's epilogue: the groups are the
+    partials and the combine, nothing between them and the result but the reshape to 0-d."""
+    a, b = torch.randn(16, 512).to(torch.bfloat16), torch.randn(16, 512).to(torch.bfloat16)
+    reports = compile_and_compare(FULL[name], a, b, rtol=2e-2, atol=2e-2)
+    groups = fusion_groups(reports)
+    assert len(groups) == 2 and groups[0]["kind"] == "reduction", groups
+    assert all(g["kernel"] for g in groups), groups
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("shape", [(37,), (5, 129), (3, 40, 7)], ids=str)
 def test_integer_sums_are_kernels(small_full, dtype, shape):
