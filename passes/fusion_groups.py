@@ -39,7 +39,11 @@ op went where:
   `x` and the mask once), or else the chain of maps after it, each the only
   reader of the one before (`cumsum(x) * 2 + 1`); a row in one tile, or a
   loop over its chunks with a carry.
-- **pointwise**: every other map.
+- **pointwise**: every other map, with the maps whose results only it reads
+  (directly or through views and concatenations, at most as many elements as
+  it writes): the kernel recomputes them at the indices it reads them, and
+  they write nothing (RoPE's backward: slices of a product, one negated,
+  concatenated with zeros, added).
 
 Views, splat constants, iotas, gathers and concatenations are not kernels:
 kernels index through them (a concatenation's operands are each read where the
@@ -345,12 +349,50 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
                 isinstance(producer, ein.MapOp) and producer not in taken and single_user(op.input) is op
             )
             add("scan", [producer] * prologue + [op] + _scan_epilogue(op, taken))
-    for op in ops:
+    for op in reversed(ops):  # a consumer first: it takes in the producers only it reads
         if isinstance(op, ein.MapOp) and op not in taken:
-            add("pointwise", [op])
+            add("pointwise", sorted(_pointwise_group(op, taken), key=ops.index))
     groups = _merge_row_epilogues(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
+
+
+MAX_RECOMPUTED_MAPS = 8  # producer maps a pointwise kernel takes in (each a load and a body more)
+
+
+def _pointwise_group(consumer: ein.MapOp, taken: set[Operation]) -> list[Operation]:
+    """`consumer` and the maps whose results only it reads, directly or through views and
+    concatenations (Inductor's inlining of pointwise producers): the kernel recomputes them at
+    the indices it reads them (lower_to_tile.lower_pointwise), and they write nothing. RoPE's
+    backward (a product, sliced in halves, one half negated, the halves concatenated with zeros
+    and added) was five kernels and four buffers a layer. A producer with more elements than the
+    consumer (read broadcast or in part) stays a kernel of its own: its work would repeat."""
+    members: list[Operation] = [consumer]
+    size = math.prod(shape_of(consumer.result.type))
+    frontier = [consumer]
+    while frontier and len(members) <= MAX_RECOMPUTED_MAPS:
+        op = frontier.pop()
+        for producer in _map_sources(op):
+            if producer in taken or producer in members or widened_source(producer.result) is not None:
+                continue
+            if math.prod(shape_of(producer.result.type)) > size:
+                continue
+            if _read_inside(producer.result, set(members)):
+                members.append(producer)
+                frontier.append(producer)
+    return members
+
+
+def _map_sources(op: Operation) -> list[ein.MapOp]:
+    """The maps `op` reads, directly or through views and concatenations."""
+    found, stack = [], list(op.operands)
+    while stack:
+        owner = stack.pop().owner
+        if isinstance(owner, ein.MapOp):
+            found.append(owner)
+        elif isinstance(owner, ein.ViewOp | ein.ConcatOp):
+            stack.extend(owner.operands)
+    return found
 
 
 def _scan_epilogue(scan: ein.ScanOp, taken: set[Operation]) -> list[Operation]:

@@ -731,13 +731,18 @@ def evaluate_row_ops(
 def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
     """One map, or a chain of maps of one shape (a GEMM's epilogue run after a library GEMM, see
     group_selection.split_path): each evaluated on the tile of the ones before it, every output
-    that leaves the group stored."""
+    that leaves the group stored. Members read only inside the group through views (a slice, a
+    concatenation: RoPE's rotate-half in a backward graph) are recomputed at their readers' indices."""
     shape = shape_of(group.output.type)
     if not shape:
         raise LoweringUnsupported("0-d results run op by op")
-    if any(not isinstance(op, ein.MapOp) or shape_of(op.result.type) != shape for op in group.ops):
-        raise LoweringUnsupported("a pointwise kernel evaluates maps of one shape")
-    split = _transposed_split(group, shape)
+    if any(not isinstance(op, ein.MapOp) for op in group.ops):
+        raise LoweringUnsupported("a pointwise kernel evaluates maps")
+    if any(shape_of(out.type) != shape for out in group.outputs):
+        raise LoweringUnsupported("a pointwise kernel writes outputs of one shape")
+    kb.recomputed.update({op.result: op for op in group.ops if op.result not in group.outputs})
+    same_shape = [op for op in group.ops if shape_of(op.result.type) == shape]
+    split = _transposed_split(group, shape) if len(same_shape) == len(group.ops) else None
     if split is None:
         idx = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK"), shape)
     else:  # rows Y (the operand's contiguous dim among them) by columns X (the output's)
@@ -745,7 +750,7 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         xs = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_X"), shape[split:])
         idx = [kb.expand(i, 1) for i in ys] + [kb.expand(i, 0) for i in xs]
     known: dict[SSAValue, SSAValue] = {}
-    for op in group.ops:
+    for op in same_shape:
         known[op.result] = _apply_map(kb, op, known, shape, idx)
     for out in group.outputs:
         kb.store(kb.output_argument(out), idx, known[out])

@@ -20,7 +20,7 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import ScalarBuilder
+from ..ir.builder import ScalarBuilder, inline_map_body
 from ..ir.dtypes import shape_of
 
 
@@ -43,6 +43,9 @@ class KernelBuilder:
         self._args: dict[SSAValue, SSAValue] = {}
         self._cache: dict[tuple[Block, object], SSAValue] = {}
         self.materialized = materialized
+        # maps of the group computed where they are read, at the reader's indices (a pointwise
+        # group's producers read through views: see fusion_groups, "pointwise")
+        self.recomputed: dict[SSAValue, ein.MapOp] = {}
         # block * PARAM + arange(PARAM) tiles: (block, PARAM, axis it was expanded along or None)
         self.block_index: dict[SSAValue, tuple[SSAValue, str, int | None]] = {}
         # index tiles known to stay below a bound (arange of a parameter bound to an exact extent)
@@ -245,6 +248,9 @@ class KernelBuilder:
         reach the `tile.load` only when `value` is read directly, not through a view.
         """
         owner = value.owner
+        if value in self.recomputed:
+            make = lambda: self._recompute(value, list(indices))  # noqa: E731
+            return self._cached(("recomputed", value, *indices), make)
         if self.materialized(value):
             return self.emit(tile.LoadOp(self.argument(value), list(indices), list(block_offsets))).result
         if isinstance(owner, ein.ConstantOp):
@@ -260,6 +266,14 @@ class KernelBuilder:
         if isinstance(owner, ein.ConcatOp):
             return self._load_concat(owner, list(indices))
         raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
+
+    def _recompute(self, value: SSAValue, idx: list[Index]) -> SSAValue:
+        """Map `value`'s producer evaluated at `idx`: its operands read there (broadcast), its body."""
+        op = self.recomputed[value]
+        shape = shape_of(value.type)
+        operands = [self.load(v, self.broadcast_indices(v, shape, idx)) for v in op.inputs]
+        elem = value.type.get_element_type()
+        return self.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
 
     def _load_concat(self, concat: ein.ConcatOp, idx: list[Index]) -> SSAValue:
         """The elements of a concatenation, read in place: each operand is loaded where the index

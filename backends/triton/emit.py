@@ -48,7 +48,8 @@ from ...ir import tile
 from ...ir.dtypes import to_torch_dtype
 from ..naming import fresh_name
 
-EMITTER_VERSION = 3  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0
+EMITTER_VERSION = 4  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
+# 4: in the interpreter, bf16 compares in f32 and integers become bf16 through f32
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -72,7 +73,9 @@ class TritonOptions:
     truncates f32 -> bf16 conversions (and flushes subnormals) instead of
     rounding them to nearest even: `upcast_bf16_dots` feeds tl.dot f32
     copies of bf16 operands, `round_bf16_casts` rounds the bits in integer
-    arithmetic and reinterprets them.
+    arithmetic and reinterprets them (integers go through f32 first, as
+    PyTorch converts them), and compares bf16 values in f32 (the interpreter
+    compares their bits, so -inf > 0).
     """
 
     upcast_bf16_dots: bool = False
@@ -634,6 +637,11 @@ class _KernelWriter:
         if predicate not in _COMPARISONS:
             raise EmitError(f"no Triton lowering for {op.name} predicate {predicate!r}")
         (a, b), python_level = self._operands(op)
+        if self.options.round_bf16_casts and op.operands[0].type == bf16:
+            # the interpreter compares bf16 values by their bits (-inf > 0): a bf16 attention mask's
+            # rows all read as fully masked
+            a, b = (f"{self._tensor(v)}.to(tl.float32)" for v in op.operands)
+            python_level = False
         self._define(op.result, f"{a} {_COMPARISONS[predicate]} {b}", python_level)
 
     def _divide(self, op: arith.DivSIOp | arith.RemSIOp) -> None:
@@ -657,6 +665,12 @@ class _KernelWriter:
         value = self._tensor(x)
         if op.name == "arith.truncf" and dst == bf16 and src == f32 and self.options.round_bf16_casts:
             expr = self._round_to_bf16(value, op.results[0])
+        elif op.name in ("arith.sitofp", "arith.uitofp") and dst == bf16 and self.options.round_bf16_casts:
+            # the interpreter turns integers into bf16 wrongly too (1 -> 0, -3 -> nan: a BERT-style
+            # `(1 - mask.to(bf16)) * finfo.min`); through f32, as PyTorch converts them
+            unsigned = op.name == "arith.uitofp" and src != i1
+            wide = f"{value}.to(tl.uint{_bitwidth(src)})" if unsigned else value
+            expr = self._round_to_bf16(f"{wide}.to(tl.float32)", op.results[0])
         elif op.name == "arith.trunci" and dst == i1:  # trunci keeps the low bit; .to(tl.int1) tests != 0
             expr = f"({value} & 1) != 0"
         elif op.name in ("arith.extui", "arith.uitofp") and src != i1:  # zero-extend: read as unsigned

@@ -1,0 +1,63 @@
+"""Pointwise producers read only by one map, through views and concatenations, are recomputed in
+its kernel (Inductor's inlining): RoPE's backward, a product sliced in halves, one half negated and
+the halves concatenated with zeros, was five kernels and four intermediate buffers a layer."""
+
+import pytest
+import torch
+
+from helpers import compile_and_compare, fusion_groups
+
+
+def _rope_backward(grad, sin, cos):
+    """What AOTAutograd writes for the gradient of q * cos + rotate_half(q) * sin."""
+    d = grad.shape[-1] // 2
+    g = grad * sin
+    first, second = g[..., :d], g[..., d:]
+    zeros = torch.zeros_like(g)
+    upper = torch.cat([zeros[..., :d], -first], dim=-1)
+    lower = torch.cat([second, zeros[..., d:]], dim=-1)
+    return upper + lower + grad * cos
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (3, 5, 7, 10)], ids=str)  # the second: no tile divides it
+def test_rope_backward_is_one_pointwise_kernel(shape):
+    grad = torch.randn(shape)
+    sin, cos = torch.randn(shape[-2:]), torch.randn(shape[-2:])
+    reports = compile_and_compare(_rope_backward, grad, sin, cos, rtol=1e-5, atol=1e-5)
+    groups = fusion_groups(reports)
+    assert [g["kind"] for g in groups] == ["pointwise"] and groups[0]["kernel"], groups
+
+
+def test_a_producer_read_elsewhere_too_keeps_its_kernel():
+    """A producer another op reads (here: returned) is written once and read back, not recomputed."""
+
+    def f(x):
+        y = torch.sigmoid(x)
+        return y, torch.cat([y[:, 1:], y[:, :1]], dim=1) * 2
+
+    reports = compile_and_compare(f, torch.randn(9, 13), rtol=1e-5, atol=1e-5)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
+
+
+def test_a_producer_larger_than_its_reader_keeps_its_kernel():
+    """A producer read in part (a slice of a quarter of it) is not recomputed by every program."""
+
+    def f(x):
+        y = torch.exp(x)
+        return y[:4] + 1
+
+    reports = compile_and_compare(f, torch.randn(16, 33), rtol=1e-5, atol=1e-5)
+    assert len(fusion_groups(reports)) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chained_producers_through_permutes_and_reshapes(dtype):
+    def f(x, b):
+        y = (x * 3).permute(0, 2, 1)  # a producer read transposed
+        z = torch.tanh(y + b).reshape(x.shape[0], -1)  # a second one read through a reshape
+        return z.flip(-1) - 1
+
+    x, b = torch.randn(3, 11, 6).to(dtype), torch.randn(11).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    reports = compile_and_compare(f, x, b, rtol=tol, atol=tol)
+    assert len(fusion_groups(reports)) == 1
