@@ -75,7 +75,9 @@ def test_column_reductions_take_tiles_wide_along_their_contiguous_kept_index():
     combine = default_config("reduction", {"R": 2048, "C": 16, "column": 1})
     assert combine.params == {"BLOCK_R": 64, "BLOCK_C": 1}
     row = default_config("reduction", {"R": 2048, "C": 4096})
-    assert row.params["BLOCK_C"] >= 1024 and row.params["BLOCK_R"] <= 4
+    assert (row.params, row.num_warps) == ({"BLOCK_R": 1, "BLOCK_C": 4096}, 8)  # a full reduction's partials
+    short = default_config("reduction", {"R": 2048, "C": 1000})
+    assert short.params["BLOCK_C"] >= 1000 and short.params["BLOCK_R"] <= 4
 
 
 def test_one_long_row_gets_sixteen_warps_and_scans_their_whole_row():
