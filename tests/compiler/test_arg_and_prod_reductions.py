@@ -109,7 +109,10 @@ PRODUCTS = {
 def test_products_are_kernels(name):
     fn, shape = PRODUCTS[name]
     torch._dynamo.reset()
-    reports = compile_and_compare(fn, torch.randn(*shape), rtol=1e-5, atol=1e-6)
+    # 20000 factors in f32: eager's own error against float64 is 1.1e-5, and another order (the
+    # kernel's lanes) lands as far on the other side
+    rtol = 5e-5 if shape[-1] > 10000 else 1e-5
+    reports = compile_and_compare(fn, torch.randn(*shape), rtol=rtol, atol=1e-6)
     assert all(g["kernel"] for g in fusion_groups(reports))
 
 
