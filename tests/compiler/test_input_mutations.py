@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
 from tilefuse.compiler.input_mutations import mutated_inputs, reinplace
@@ -83,6 +84,26 @@ def test_reinplace_rewrites_only_an_update_nobody_else_reads_the_old_value_of():
     torch.testing.assert_close(gm(cache, idx, v, other), want)
     torch.testing.assert_close(cache, ref_cache)
     torch.testing.assert_close(other, ref_other)
+
+
+def test_an_index_put_into_a_fresh_buffer_accumulates_in_place():
+    """An embedding's weight gradient: zeros of the table's size, the rows' gradients accumulated in
+    (repeated positions add up); a buffer read elsewhere too keeps the functional form."""
+
+    def f(idx, grad):
+        zeros = aten.full.default([7, 3], 0.0, dtype=torch.float32)
+        table = aten.index_put.default(zeros, [idx], grad, True)
+        kept = aten.full.default([7, 3], 1.0, dtype=torch.float32)
+        other = aten.index_put.default(kept, [idx], grad, True)
+        return table, other + kept
+
+    idx, grad = torch.tensor([1, 4, 1, 6, 4]), torch.randn(5, 3)
+    gm = make_fx(f)(idx, grad)  # the buffers as graph nodes, as AOTAutograd traces them
+    assert reinplace(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.index_put_.default) == 1 and targets.count(aten.index_put.default) == 1
+    for got, want in zip(gm(idx, grad), f(idx, grad)):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
