@@ -2,6 +2,8 @@
 its kernel (Inductor's inlining): RoPE's backward, a product sliced in halves, one half negated and
 the halves concatenated with zeros, was five kernels and four intermediate buffers a layer."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -61,3 +63,14 @@ def test_chained_producers_through_permutes_and_reshapes(dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     reports = compile_and_compare(f, x, b, rtol=tol, atol=tol)
     assert len(fusion_groups(reports)) == 1
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: CUDA kernels cannot run on CPU")
+def test_the_cuda_backend_writes_the_recomputed_producers_too():
+    """The same kernel in CUDA C++ (run on CPU threads here): the producers' loads and bodies are
+    tile ops like any other."""
+    grad = torch.randn(3, 5, 7, 10)
+    sin, cos = torch.randn(7, 10), torch.randn(7, 10)
+    reports = compile_and_compare(_rope_backward, grad, sin, cos, rtol=1e-5, atol=1e-5, backend="cuda")
+    (group,) = fusion_groups(reports)
+    assert group["backend"] == "cuda", group
