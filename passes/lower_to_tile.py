@@ -31,7 +31,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import ScalarBuilder, inline_map_body, opmath_type, sums_in_i64
+from ..ir.builder import ScalarBuilder, opmath_type, sums_in_i64
 from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
@@ -82,16 +82,6 @@ def _materialized(value: SSAValue) -> bool:
     if isinstance(value.owner, ein.ConcatOp):
         return read_by_contraction(value)
     return not isinstance(value.owner, VIRTUAL_OPS)
-
-
-def _apply_map(
-    kb: KernelBuilder, op: ein.MapOp, known: dict[SSAValue, SSAValue], out_shape, out_idx: list[Index]
-) -> SSAValue:
-    operands = [
-        known[v] if v in known else kb.load(v, kb.broadcast_indices(v, out_shape, out_idx)) for v in op.inputs
-    ]
-    elem = op.result.type.get_element_type()
-    return kb.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
 
 
 def _multiply_add(sb: ScalarBuilder, acc: SSAValue, a: SSAValue, b: SSAValue) -> SSAValue:
@@ -193,7 +183,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         problem: dict = {}
         if not reductions:
             for op in epilogue:
-                known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+                known[op.result] = kb.apply_map(op, known, out_shape, out_idx)
         elif (space := RowSpace.of(reductions[0])).shape == tuple(out_shape):
             # a row reduction over the output's N index: this tile holds whole rows (BLOCK_N >= N)
             (n_letter,) = n
@@ -207,7 +197,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             kb.exact["BLOCK_N"] = chunk
             product = [op for op in epilogue if tuple(shape_of(op.result.type)) == tuple(out_shape)]
             for op in product:
-                known[op.result] = _apply_map(kb, op, known, out_shape, out_idx)
+                known[op.result] = kb.apply_map(op, known, out_shape, out_idx)
             (view,) = {use.operation for use in (product[-1] if product else first).results[0].uses}
             known[view.result] = known[view.input]
             lanes = kb.expand(kb.arange("BLOCK_N"), 0)
@@ -275,7 +265,7 @@ def _read_with_prologue(
     for d, i in zip(row_dims, rows):
         idx[d] = kb.expand(i, 1)
     if len(group.ops) == 2:
-        return _apply_map(kb, group.ops[0], {}, shape, idx)
+        return kb.apply_map(group.ops[0], {}, shape, idx)
     return kb.load(group.ops[-1].input, idx)
 
 
@@ -444,7 +434,7 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
         idx: list[Index] = [cols] * len(shape)
         for d, i in zip(row_dims, rows):
             idx[d] = kb.expand(i, 1)
-        value = _apply_map(kb, prologue[0], {}, shape, idx) if prologue else kb.load(scan.input, idx)
+        value = kb.apply_map(prologue[0], {}, shape, idx) if prologue else kb.load(scan.input, idx)
         in_range = kb.map([cols], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
         lanes = kb.map(
             [in_range, value], acc_elem,
@@ -456,7 +446,7 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
             total = kb.map([total, kb.expand(carry, 1)], acc_elem, lambda sb, v, c: _combine(sb, kind, v, c))
         known = {scan.result: kb.cast(total, elem)}
         for op in epilogue:  # cumsum(x) * 2 + 1: applied before the store
-            known[op.result] = _apply_map(kb, op, known, shape, idx)
+            known[op.result] = kb.apply_map(op, known, shape, idx)
         kb.store(kb.output_argument(group.output), idx, known[group.output])
         return total
 
@@ -721,7 +711,7 @@ def evaluate_row_ops(
         if isinstance(op, ein.MapOp):
             out_shape = tuple(shape_of(op.result.type))
             operands = {v: value_of(v, out_shape) for v in op.inputs}
-            computed[op.result] = _apply_map(kb, op, operands, out_shape, at[out_shape])
+            computed[op.result] = kb.apply_map(op, operands, out_shape, at[out_shape])
         elif isinstance(op, ein.ReduceOp):
             total = _reduce_row_tile(kb, op, value_of(op.input, shape), in_range, space.row_size)
             computed[op.result] = kb.expand(total, 1)
@@ -751,7 +741,7 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         idx = [kb.expand(i, 1) for i in ys] + [kb.expand(i, 0) for i in xs]
     known: dict[SSAValue, SSAValue] = {}
     for op in same_shape:
-        known[op.result] = _apply_map(kb, op, known, shape, idx)
+        known[op.result] = kb.apply_map(op, known, shape, idx)
     for out in group.outputs:
         kb.store(kb.output_argument(out), idx, known[out])
     if split is None:

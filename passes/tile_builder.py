@@ -249,7 +249,8 @@ class KernelBuilder:
         """
         owner = value.owner
         if value in self.recomputed:
-            make = lambda: self._recompute(value, list(indices))  # noqa: E731
+            producer, shape = self.recomputed[value], shape_of(value.type)
+            make = lambda: self.apply_map(producer, {}, shape, list(indices))  # noqa: E731
             return self._cached(("recomputed", value, *indices), make)
         if self.materialized(value):
             return self.emit(tile.LoadOp(self.argument(value), list(indices), list(block_offsets))).result
@@ -267,12 +268,16 @@ class KernelBuilder:
             return self._load_concat(owner, list(indices))
         raise LoweringUnsupported(f"cannot read {owner.name if owner else 'argument'} inside a kernel")
 
-    def _recompute(self, value: SSAValue, idx: list[Index]) -> SSAValue:
-        """Map `value`'s producer evaluated at `idx`: its operands read there (broadcast), its body."""
-        op = self.recomputed[value]
-        shape = shape_of(value.type)
-        operands = [self.load(v, self.broadcast_indices(v, shape, idx)) for v in op.inputs]
-        elem = value.type.get_element_type()
+    def apply_map(
+        self, op: ein.MapOp, known: dict[SSAValue, SSAValue], out_shape: Sequence[int], out_idx: list[Index]
+    ) -> SSAValue:
+        """`op`'s body on its operands at `out_idx` of `out_shape` (broadcast): those in `known` as
+        they are, the others read (a recomputed producer: evaluated there in turn)."""
+        operands = [
+            known[v] if v in known else self.load(v, self.broadcast_indices(v, out_shape, out_idx))
+            for v in op.inputs
+        ]
+        elem = op.result.type.get_element_type()
         return self.map(operands, elem, lambda sb, *args: inline_map_body(op, args, sb.block))
 
     def _load_concat(self, concat: ein.ConcatOp, idx: list[Index]) -> SSAValue:
