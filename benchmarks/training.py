@@ -67,7 +67,7 @@ def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype)
     """The model in train mode (dropout off, so steps are comparable) and a batch of token ids."""
     config_class = getattr(transformers, spec.config_class)
     options = dict(spec.tiny if tiny else spec.full)
-    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
         options[name] = 0.0  # not every config knows every name; unknown ones are kept as attributes
     config = config_class(**options, attn_implementation="sdpa", use_cache=False)
     torch.manual_seed(0)

@@ -123,6 +123,40 @@ MODELS = {spec.name: spec for spec in (
               dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=32,
                    vocab_size=51200, partial_rotary_factor=0.5, max_position_embeddings=2048),
               {**TINY_DECODER, "num_key_value_heads": 4, "partial_rotary_factor": 0.5}),
+    # head dim 256, one KV head, GeGLU, scaled embeddings, RMSNorm's (1 + weight)
+    ModelSpec("gemma", "GemmaForCausalLM", "GemmaConfig",
+              {**LLAMA, "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256},
+              {**TINY_DECODER, "head_dim": 16}),
+    # Gemma's block with soft-capped attention and logits, alternating sliding-window layers
+    ModelSpec("gemma2", "Gemma2ForCausalLM", "Gemma2Config",
+              {**LLAMA, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+               "sliding_window": 256},
+              {**TINY_DECODER, "head_dim": 16, "sliding_window": 8}),
+    # RMSNorm on queries and keys (per head)
+    ModelSpec("qwen3", "Qwen3ForCausalLM", "Qwen3Config", {**LLAMA, "head_dim": 128},
+              {**TINY_DECODER, "head_dim": 16}),
+    # fused qkv and gate/up projections
+    ModelSpec("phi3", "Phi3ForCausalLM", "Phi3Config", {**LLAMA, "pad_token_id": 0},
+              {**TINY_DECODER, "pad_token_id": 0}),
+    # parallel attention and MLP, partial rotary, LayerNorms with biases
+    ModelSpec("gpt_neox", "GPTNeoXForCausalLM", "GPTNeoXConfig",
+              dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=16,
+                   vocab_size=50432, max_position_embeddings=2048),
+              {**TINY_DECODER, "num_key_value_heads": 4}),
+    # learned positions with an offset, ReLU MLP, pre-LayerNorm
+    ModelSpec("opt", "OPTForCausalLM", "OPTConfig",
+              dict(hidden_size=2048, ffn_dim=8192, num_hidden_layers=4, num_attention_heads=32,
+                   vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048),
+              dict(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=256,
+                   max_position_embeddings=64, word_embed_proj_dim=64)),
+    # multi-query attention, parallel attention and MLP after one LayerNorm
+    ModelSpec("falcon", "FalconForCausalLM", "FalconConfig",
+              dict(hidden_size=2048, num_hidden_layers=4, num_attention_heads=32, vocab_size=65024),
+              dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=256)),
+    # a mixture of experts: 8 experts, 2 a token (the routing stays in PyTorch)
+    ModelSpec("mixtral", "MixtralForCausalLM", "MixtralConfig",
+              {**LLAMA, "intermediate_size": 2816, "num_local_experts": 8, "num_experts_per_tok": 2},
+              {**TINY_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}),
 )}
 # fmt: on
 

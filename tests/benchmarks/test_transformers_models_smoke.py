@@ -101,3 +101,21 @@ def test_compile_breakdown_sums_parts_over_graphs():
     ]
     assert compile_breakdown(reports) == "; compile s: capture 1.00, passes 1.00, triton_compile 3.00"
     assert compile_breakdown([{}]) == ""
+
+
+@pytest.mark.parametrize("name", ["gemma2", "opt", "falcon", "mixtral"])
+def test_every_model_family_builds_at_tiny_size_and_trains_without_dropout(name):
+    """The families the benchmarks know build from their tiny configs and run eager; the training
+    harness turns every dropout off (OPT's is named `dropout`: left at 0.1, eager and a compiled
+    step drew different masks and their gradients differed by 60%)."""
+    import torch
+
+    from tilefuse.benchmarks import training
+    from tilefuse.benchmarks.transformers_models import MODELS, build_model, output_tensor
+
+    model, inputs = build_model(MODELS[name], True, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        assert torch.isfinite(output_tensor(model(**inputs))).all()
+    model, ids = training.build(MODELS[name], True, torch.device("cpu"), torch.float32)
+    first, again = training.step(model, model, ids), training.step(model, model, ids)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
