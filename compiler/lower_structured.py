@@ -479,28 +479,92 @@ def _first_output_shape(node: Node) -> tuple[int, ...]:
     return tuple(int(d) for d in node.meta["val"][0].shape)
 
 
-def _values_only_check(node: Node) -> str | None:
-    if not only_first_output_read(node):
-        return f"{target_name(node)} with its indices used runs in PyTorch (no argmax in ein)"
+def _extreme_dim_check(node: Node) -> str | None:
     if not node.meta["val"][0].dtype.is_floating_point:
         return f"an integer {target_name(node)} runs in PyTorch"
+    if node.args[0].meta["val"].dim() == 0:
+        return f"{target_name(node)} of a 0-d tensor runs in PyTorch"
     return None
 
 
-def _values_only(kind: str):
-    """`torch.max(x, dim)` / `torch.min(x, dim)` whose indices nobody reads: the values' reduction."""
-    def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, None]:
+def _extreme_dim(kind: str):
+    """`torch.max(x, dim)` / `torch.min(x, dim)`: the values' reduction; where the indices are read,
+    the arg reduction (the first index of the extreme, NaN winning, as torch returns them) and the
+    values gathered at those indices (a read of one element a row, not a second pass over x)."""
+    def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAValue | None]:
         a = bound_args(node)
         x = ctx.tensor(a["self"])
-        dims = normalize_dims(a["dim"], len(shape_of(x.type)))
-        out = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
-        return ctx.b.reshape(out, _first_output_shape(node)), None
+        rank = len(shape_of(x.type))
+        dims = normalize_dims(a["dim"], rank)
+        shape = _first_output_shape(node)
+        if only_first_output_read(node):
+            return ctx.b.reshape(ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False))), shape), None
+        (dim,) = dims
+        at = ctx.b.reduce(f"arg{kind}", x, [dim], keepdim=True)
+        kept = list(shape_of(at.type))
+        values = ctx.b.gather(x, [at], [-1 if k == dim else k for k in range(rank)], kept)
+        return ctx.b.reshape(values, shape), ctx.b.reshape(at, shape)
 
     return lower
 
 
-lowers(aten.max.dim, check=_values_only_check)(_values_only("max"))
-lowers(aten.min.dim, check=_values_only_check)(_values_only("min"))
+lowers(aten.max.dim, check=_extreme_dim_check)(_extreme_dim("max"))
+lowers(aten.min.dim, check=_extreme_dim_check)(_extreme_dim("min"))
+
+
+def _full_extreme_check(node: Node) -> str | None:
+    if not node.meta["val"].dtype.is_floating_point:
+        return f"an integer {target_name(node)} runs in PyTorch"
+    return None
+
+
+# `torch.max(x)`: the maximum over every element (a full reduction: split across programs)
+lowers(aten.max.default, check=_full_extreme_check)(_reduce("max", "dim"))
+lowers(aten.min.default, check=_full_extreme_check)(_reduce("min", "dim"))
+
+
+# --- adaptive pooling whose output sizes divide the input's: fixed windows that tile it ------------
+
+_ADAPTIVE = {  # op -> (reduction, spatial dims, returns indices)
+    aten._adaptive_avg_pool2d.default: ("mean", 2, False),
+    aten._adaptive_avg_pool3d.default: ("mean", 3, False),
+    aten.adaptive_max_pool2d.default: ("max", 2, True), aten.adaptive_max_pool3d.default: ("max", 3, True),
+}  # fmt: skip
+
+
+def _adaptive_check(node: Node) -> str | None:
+    _, n, with_indices = _ADAPTIVE[node.target]
+    if with_indices and not only_first_output_read(node):
+        return f"{target_name(node)} with its indices used (a backward) runs in PyTorch"
+    if not node.args[0].meta["val"].dtype.is_floating_point:
+        return f"an integer {target_name(node)} runs in PyTorch"
+    sizes = list(node.args[0].meta["val"].shape[-n:])
+    out = _as_list(bound_args(node)["output_size"], n)
+    if any(o <= 0 or s % o for s, o in zip(sizes, out)):
+        return (
+            f"{target_name(node)} from {sizes} to {out}: windows of varying size (an output size that "
+            "does not divide the input's) run in PyTorch"
+        )
+    return None
+
+
+def _lower_adaptive(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, None]:
+    """Adaptive pooling whose output size divides the input size in every spatial dim (a global
+    average pool to 1x1, 8x8 -> 4x4): windows of `input / output` that tile the input, so a reshape
+    [.., H, W] -> [.., oH, kH, oW, kW] and a reduction over the window dims."""
+    kind, n, with_indices = _ADAPTIVE[node.target]
+    x = ctx.tensor(node.args[0])
+    shape = list(shape_of(x.type))
+    lead = len(shape) - n
+    out = _as_list(bound_args(node)["output_size"], n)
+    windowed = shape[:lead] + [e for o, size in zip(out, shape[lead:]) for e in (o, size // o)]
+    dims = [lead + 2 * i + 1 for i in range(n)]
+    pooled = ctx.b.reduce(kind, ctx.b.reshape(x, windowed), dims, keepdim=False)
+    values = ctx.b.reshape(pooled, _first_output_shape(node) if with_indices else ctx.out_shape(node))
+    return (values, None) if with_indices else values
+
+
+lowers(*_ADAPTIVE, check=_adaptive_check)(_lower_adaptive)
 
 
 # --- pooling over windows that tile the input: strided slices of one map, or a reduction ---------
