@@ -1,0 +1,95 @@
+"""Generated kernels compiled for Hopper (sm_90) on a machine without a GPU (`backends/triton/offline`):
+at the tile the heuristics give a model-sized problem (2048 tokens), a bf16 GEMM with a GELU or
+residual epilogue and the 3xTF32 f32 GEMM use warp-group MMA (`wgmma`) and spill no register to local
+memory (the 3xTF32 GEMM no more than the 16 bytes it spills today); nor do LayerNorm's row kernels. A spill or a lost `wgmma` is a slowdown the CPU suite can see
+before a GPU does. The kernels come from small problems (the interpreter runs them); a kernel's code
+does not depend on its sizes beyond the masks, which these sizes keep as at aligned model sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilefuse
+from tilefuse.autotune.heuristics import KernelConfig, default_config
+from tilefuse.backends.triton import TritonOptions, emit
+from tilefuse.backends.triton.offline import OfflineCompileUnavailable, Usage, usage
+from tilefuse.ir import tile
+from tilefuse.ir.module import parse_module
+
+
+def _gpu_sources(fn, args, tmp_path: Path) -> list[tuple[str, str]]:
+    """(kind, Triton source for a GPU) of each kernel `fn` compiles to, read back from its dump."""
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    with torch.no_grad():
+        compiled(*args)
+    (report,) = compiled.tilefuse_reports
+    module = parse_module((tmp_path / report["dir"] / "tile.mlir").read_text())
+    return [(k.kind.data, emit(k, TritonOptions())) for k in module.ops if isinstance(k, tile.KernelOp)]
+
+
+def _usage(source: str, config: KernelConfig) -> Usage:
+    name = next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
+    try:
+        return usage(source, name, config.params, config.num_warps, config.num_stages)
+    except OfflineCompileUnavailable as e:
+        pytest.skip(f"Triton here cannot compile for sm_90 without a GPU: {e}")
+
+
+PROJECTION = {"M": 2048, "N": 8192, "K": 2048, "elem_bytes": 2}  # an MLP's first GEMM at 4 x 512 tokens
+EPILOGUES = {
+    "gelu_tanh": (lambda x, w, b, r: F.gelu(F.linear(x, w, b), approximate="tanh"), 1),
+    "residual": (lambda x, w, b, r: F.linear(x, w, b) + r, 0),
+}
+
+
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+def test_bf16_gemm_with_its_epilogue_uses_wgmma_and_spills_nothing(tmp_path, epilogue):
+    fn, math_ops = EPILOGUES[epilogue]
+    torch.manual_seed(0)
+    x, w, b, r = (t.bfloat16() for t in (torch.randn(128, 128), torch.randn(256, 128), torch.randn(256),
+                                         torch.randn(128, 256)))  # fmt: skip
+    ((kind, source),) = _gpu_sources(fn, (x, w, b, r), tmp_path)
+    config = default_config("gemm", dict(PROJECTION, epilogue_math=math_ops))
+    assert kind == "gemm" and config.params["BLOCK_M"] * config.params["BLOCK_N"] == 128 * 256
+    used = _usage(source, config)
+    assert used.wgmma, used
+    assert used.stack_bytes == 0 and used.registers <= 255, (config.key(), used)
+
+
+def test_f32_gemm_at_highest_precision_uses_wgmma_and_spills_nothing(tmp_path):
+    torch.manual_seed(0)
+    ((kind, source),) = _gpu_sources(lambda x, w: torch.relu(x @ w), (torch.randn(128, 64), torch.randn(64, 128)),
+                                     tmp_path)  # fmt: skip
+    assert kind == "gemm" and "tf32x3" in source
+    config = default_config("gemm", {"M": 2048, "N": 2048, "K": 2048, "elem_bytes": 4})
+    used = _usage(source, config)
+    # 16 bytes a thread at its 128x64x32, 4-warp tile today (three dots a K step and the operands'
+    # split halves: 255 registers); the H200 sweep measured that tile the fastest of ten
+    # (benchmarks/NOTES.md): more than that is a new spill
+    assert used.wgmma and used.stack_bytes <= 16, (config.key(), used)
+
+
+@pytest.mark.parametrize("width", [1024, 8192])
+def test_layer_norm_row_kernel_spills_nothing(tmp_path, width):
+    torch.manual_seed(0)
+    x, g, b = torch.randn(4, width).bfloat16(), torch.randn(width).bfloat16(), torch.randn(width).bfloat16()
+    ((kind, source),) = _gpu_sources(lambda x, g, b: F.layer_norm(x, (width,), g, b), (x, g, b), tmp_path)
+    config = default_config("row", {"R": 2048, "C": width})
+    assert kind == "row"
+    used = _usage(source, config)
+    assert used.stack_bytes == 0, (config.key(), used)
+
+
+def test_a_kernel_that_does_not_compile_says_why():
+    broken = (
+        "import triton\nimport triton.language as tl\nTENSOR_SHAPES = ((4,),)\nTENSOR_DTYPES = ('float32',)\n"
+        "@triton.jit\ndef k(x_ptr, x_s0, BLOCK: tl.constexpr):\n    tl.store(x_ptr + tl.arange(0, BLOCK), undefined)\n"
+    )
+    with pytest.raises((RuntimeError, OfflineCompileUnavailable)) as e:
+        usage(broken, "k", {"BLOCK": 4}, 4, 1)
+    assert "undefined" in str(e.value) or isinstance(e.value, OfflineCompileUnavailable), e.value
