@@ -62,6 +62,7 @@ def usage(
     as a launch on contiguous, 16-byte aligned tensors of its TENSOR_SHAPES would; `tma`: its
     USE_TMA switch. Raises OfflineCompileUnavailable where this Triton cannot, and RuntimeError
     with Triton's message where the kernel does not compile."""
+    source = kernel_block(source, function)
     with tempfile.TemporaryDirectory(prefix="tilefuse-offline-") as folder:
         path = Path(folder) / "kernel_source.py"
         path.write_text(source)
@@ -77,6 +78,22 @@ def usage(
     if "unavailable" in result:
         raise OfflineCompileUnavailable(result["unavailable"])
     return Usage(**result)
+
+
+KERNEL_HEADER = "# tilefuse kernel "  # the first line of each kernel `emit` writes
+
+
+def kernel_block(source: str, function: str) -> str:
+    """The one kernel of `source` that defines `function`: `tilefuse opt --emit triton` prints every
+    kernel of a dump one after another, each with its own module-level TENSOR_SHAPES, and compiled
+    as one module the last kernel's shapes would silently win."""
+    starts = [m.start() for m in re.finditer("^" + re.escape(KERNEL_HEADER), source, re.MULTILINE)]
+    ends = [*starts[1:], len(source)]
+    blocks = [source[a:b] for a, b in zip(starts, ends)] if len(starts) > 1 else [source]
+    found = [b for b in blocks if re.search(rf"^def {re.escape(function)}\(", b, re.MULTILINE)]
+    if not found:
+        raise ValueError(f"the source defines no kernel {function!r}")
+    return found[0]
 
 
 def _compile_job(job: dict) -> dict:

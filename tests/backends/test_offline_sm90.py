@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import tilefuse
 from tilefuse.autotune.heuristics import KernelConfig, default_config
 from tilefuse.backends.triton import TritonOptions, emit
-from tilefuse.backends.triton.offline import OfflineCompileUnavailable, Usage, usage
+from tilefuse.backends.triton.offline import OfflineCompileUnavailable, Usage, kernel_block, usage
 from tilefuse.ir import tile
 from tilefuse.ir.module import parse_module
 
@@ -93,3 +93,20 @@ def test_a_kernel_that_does_not_compile_says_why():
     with pytest.raises((RuntimeError, OfflineCompileUnavailable)) as e:
         usage(broken, "k", {"BLOCK": 4}, 4, 1)
     assert "undefined" in str(e.value) or isinstance(e.value, OfflineCompileUnavailable), e.value
+
+
+def test_the_kernel_named_is_compiled_from_a_listing_of_several(tmp_path):
+    """`tilefuse opt --emit triton` prints every kernel of a dump; `usage` takes the named one's block
+    (each kernel's TENSOR_SHAPES are module-level: compiled together, the last would win)."""
+    torch.manual_seed(0)
+    x, g, b = torch.randn(4, 96).bfloat16(), torch.randn(96).bfloat16(), torch.randn(96).bfloat16()
+    kernels = _gpu_sources(lambda x, g, b: torch.relu(F.layer_norm(x, (96,), g, b)) @ x.T, (x, g, b), tmp_path)
+    assert len(kernels) >= 2, [k for k, _ in kernels]
+    listing = "\n\n".join(source for _, source in kernels)
+    first = kernels[0][1]
+    name = next(line[4:].split("(")[0] for line in first.splitlines() if line.startswith("def "))
+    assert kernel_block(listing, name).strip() == first.strip()
+    config = default_config(kernels[0][0], {"R": 4, "C": 96} if kernels[0][0] == "row" else {"M": 4, "N": 4, "K": 96})
+    assert _usage(listing, config) == _usage(first, config)
+    with pytest.raises(ValueError, match="no kernel"):
+        kernel_block(listing, "not_a_kernel")
