@@ -449,10 +449,18 @@ def _float_prod_check(node: Node) -> str | None:
 lowers(aten.prod.dim_int, aten.prod.default, check=_float_prod_check)(_reduce("prod", "dim"))
 
 
+# a flattened argmax is one program walking every element (an arg reduction is not split across
+# programs): up to this many elements that costs less than a launch of PyTorch's
+MAX_FLAT_ARG_ELEMENTS = 1 << 16
+
+
 def _arg_check(node: Node) -> str | None:
     a = bound_args(node)
-    if a.get("dim") is None:
-        return f"{target_name(node)} over the flattened tensor runs in PyTorch"
+    if a.get("dim") is None and node.args[0].meta["val"].numel() > MAX_FLAT_ARG_ELEMENTS:
+        return (
+            f"{target_name(node)} over the flattened tensor of more than {MAX_FLAT_ARG_ELEMENTS} elements "
+            "runs in PyTorch (one program would walk them all)"
+        )
     dtype = node.args[0].meta["val"].dtype
     if dtype.is_complex or not (dtype.is_floating_point or dtype.is_signed):  # bool, unsigned
         return f"{target_name(node)} of a {dtype} tensor runs in PyTorch"
@@ -465,6 +473,9 @@ def _arg_reduce(kind: str):
     def lower(ctx: LoweringContext, node: Node) -> SSAValue:
         a = bound_args(node)
         x = ctx.tensor(a["self"])
+        if a.get("dim") is None:  # the flattened tensor: one row of every element, in order
+            flat = ctx.b.reshape(x, [1, math.prod(shape_of(x.type))])
+            return ctx.b.reshape(ctx.b.reduce(kind, flat, [1], False), ctx.out_shape(node))
         found = ctx.b.reduce(kind, x, [a["dim"]], bool(a.get("keepdim", False)))
         return ctx.b.reshape(found, ctx.out_shape(node))
 

@@ -60,9 +60,38 @@ def test_any_shape_any_chunk_keeps_the_first_index(rows, width, levels, dim, arg
         assert torch.equal(compiled(x), fn(x))
 
 
-def test_flattened_arg_reductions_stay_in_pytorch():
+FLAT = {
+    "argmax": lambda x: torch.argmax(x) + 1,
+    "argmin_keepdim": lambda x: torch.argmin(x, keepdim=True),
+    "argmax_ties": lambda x: torch.argmax((x > 0.5).float()),
+    "argmax_nan_wins": lambda x: torch.argmax(torch.where(x > 2.0, float("nan"), x)),
+}
+
+
+@pytest.mark.parametrize("name", list(FLAT))
+@pytest.mark.parametrize("shape", [(4, 10), (3, 7, 1001)], ids=str)
+def test_small_flattened_arg_reductions_are_a_kernel(name, shape):
+    """argmax/argmin without a dim over at most MAX_FLAT_ARG_ELEMENTS elements: one row of every
+    element in order, walked by one program; the flat index torch returns, ties and NaNs included."""
+    fn = FLAT[name]
     torch._dynamo.reset()
-    reports = compile_and_compare(lambda x: torch.argmax(x) + 1, torch.randn(4, 10), allow_fallbacks=True)
+    x = torch.randn(*shape)
+    compiled = tilefuse.compile(fn)
+    got, want = compiled(x), fn(x)
+    assert got.shape == want.shape and torch.equal(got, want), (got, want)
+    # the arg reduction is a kernel (a prologue through the flattening view may be a kernel of its own,
+    # the 0-d "+ 1" runs op by op); nothing falls back to PyTorch
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert any(g["kind"] == "reduction" and g["kernel"] for g in groups), groups
+    assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"]]
+
+
+def test_large_flattened_arg_reductions_stay_in_pytorch():
+    from tilefuse.compiler.lower_structured import MAX_FLAT_ARG_ELEMENTS
+
+    torch._dynamo.reset()
+    x = torch.randn(2, MAX_FLAT_ARG_ELEMENTS)
+    reports = compile_and_compare(lambda x: torch.argmax(x) + 1, x, allow_fallbacks=True)
     reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
     assert any("flattened" in reason for reason in reasons), reasons
 
