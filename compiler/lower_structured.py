@@ -565,14 +565,25 @@ def _lower_adaptive(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAVal
     [.., H, W] -> [.., oH, kH, oW, kW] and a reduction over the window dims."""
     kind, n, with_indices = _ADAPTIVE[node.target]
     x = ctx.tensor(node.args[0])
-    shape = list(shape_of(x.type))
-    lead = len(shape) - n
     out = _as_list(bound_args(node)["output_size"], n)
-    windowed = shape[:lead] + [e for o, size in zip(out, shape[lead:]) for e in (o, size // o)]
-    dims = [lead + 2 * i + 1 for i in range(n)]
-    pooled = ctx.b.reduce(kind, ctx.b.reshape(x, windowed), dims, keepdim=False)
-    values = ctx.b.reshape(pooled, _first_output_shape(node) if with_indices else ctx.out_shape(node))
+    kernel = [size // o for o, size in zip(out, shape_of(x.type)[-n:])]
+    values = ctx.b.reshape(_tiling_windows(ctx, x, kind, out, kernel),
+                           _first_output_shape(node) if with_indices else ctx.out_shape(node))  # fmt: skip
     return (values, None) if with_indices else values
+
+
+def _tiling_windows(
+    ctx: LoweringContext, x: SSAValue, kind: str, out: list[int], kernel: list[int]
+) -> SSAValue:
+    """`kind` over windows of `kernel` that tile the last len(kernel) dims of `x` into `out` windows
+    (a partial last window dropped, as floor mode does): a reshape [.., H, W] -> [.., oH, kH, oW, kW]
+    and a reduction over the window dims."""
+    n = len(kernel)
+    lead = len(shape_of(x.type)) - n
+    for i, (o, k) in enumerate(zip(out, kernel)):
+        x = ctx.b.slice(x, lead + i, 0, o * k)
+    windowed = list(shape_of(x.type)[:lead]) + [e for o, k in zip(out, kernel) for e in (o, k)]
+    return ctx.b.reduce(kind, ctx.b.reshape(x, windowed), [lead + 2 * i + 1 for i in range(n)], keepdim=False)
 
 
 lowers(*_ADAPTIVE, check=_adaptive_check)(_lower_adaptive)
@@ -662,12 +673,7 @@ def _lower_pool(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, 
     out_shape = _first_output_shape(node) if with_indices else ctx.out_shape(node)
     elem = x.type.get_element_type()
     if math.prod(g.kernel) > MAX_UNROLLED_WINDOW:  # tiling windows (checked): reshape and reduce
-        for i, (o, k) in enumerate(zip(g.out, g.kernel)):
-            x = ctx.b.slice(x, lead + i, 0, o * k)  # floor mode: the partial last window is dropped
-        windowed = list(shape[:lead]) + [e for o, k in zip(g.out, g.kernel) for e in (o, k)]
-        dims = [lead + 2 * i + 1 for i in range(n)]
-        pooled = ctx.b.reduce(kind, ctx.b.reshape(x, windowed), dims, keepdim=False)
-        values = ctx.b.reshape(pooled, out_shape)
+        values = ctx.b.reshape(_tiling_windows(ctx, x, kind, g.out, g.kernel), out_shape)
         return (values, None) if with_indices else values
     fill = float("-inf") if kind == "max" else 0.0
     for i in range(n):  # pad each spatial dim to the extent the windows reach

@@ -32,10 +32,14 @@ def _gpu_sources(fn, args, tmp_path: Path) -> list[tuple[str, str]]:
     return [(k.kind.data, emit(k, TritonOptions())) for k in module.ops if isinstance(k, tile.KernelOp)]
 
 
+def _function_name(source: str) -> str:
+    """The first kernel function `source` defines."""
+    return next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
+
+
 def _usage(source: str, config: KernelConfig) -> Usage:
-    name = next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
     try:
-        return usage(source, name, config.params, config.num_warps, config.num_stages)
+        return usage(source, _function_name(source), config.params, config.num_warps, config.num_stages)
     except OfflineCompileUnavailable as e:
         pytest.skip(f"Triton here cannot compile for sm_90 without a GPU: {e}")
 
@@ -104,8 +108,7 @@ def test_the_kernel_named_is_compiled_from_a_listing_of_several(tmp_path):
     assert len(kernels) >= 2, [k for k, _ in kernels]
     listing = "\n\n".join(source for _, source in kernels)
     first = kernels[0][1]
-    name = next(line[4:].split("(")[0] for line in first.splitlines() if line.startswith("def "))
-    assert kernel_block(listing, name).strip() == first.strip()
+    assert kernel_block(listing, _function_name(first)).strip() == first.strip()
     config = default_config(kernels[0][0], {"R": 4, "C": 96} if kernels[0][0] == "row" else {"M": 4, "N": 4, "K": 96})
     assert _usage(listing, config) == _usage(first, config)
     with pytest.raises(ValueError, match="no kernel"):
