@@ -16,7 +16,9 @@ vectors `C_j @ W`. The rewrite applies only when W and the norm's weight and
 bias are module parameters: folded weights and those vectors then depend on
 parameters only, and the runtime computes them once and reuses them until a
 parameter changes (with plain tensor arguments, folding would cost a pass
-over W per call, so the norm stays a row kernel).
+over W per call, so the norm stays a row kernel), and only when no product is
+more than MAX_FOLD_WIDTH times wider than the rows (an LM head keeps its norm
+as a row kernel and its GEMM plain, where cuBLAS can take it).
 
 Row statistics the GEMM's epilogue needs come from small reduction kernels
 that read `x` once each, shared by every GEMM after the norm. RMSNorm's mean
@@ -149,6 +151,20 @@ class Contraction:
     lhs_shape: tuple[int, ...] | None = None  # y reshaped to this before the contraction
 
 
+# A contraction whose N is more than this many times the norm's K (an LM head over a vocabulary) is
+# not folded: the fold saves one write of the normalized rows (M x K) and adds a correction to every
+# output element (M x N) of a compute-bound GEMM, which then cannot run on cuBLAS either. H200, bf16,
+# OPT's LM head (2048 x 2048 x 50272): the folded kernel 612 us, its split path 663, cuBLAS on the
+# normalized rows 520 plus a row kernel of ~5 (benchmarks/NOTES.md). MLP up-projections (N = 4K or
+# less) keep the fold (A/B within 1-3% of the forward either way).
+MAX_FOLD_WIDTH = 4
+
+
+def _width(reader: Contraction) -> int:
+    """N of a reader: W's extent along the index that is not contracted."""
+    return shape_of(reader.op.rhs.type)[1 - reader.k_dim]
+
+
 def _strip_view(value: SSAValue) -> SSAValue:
     return value.owner.input if isinstance(value.owner, ein.ViewOp) else value
 
@@ -259,6 +275,8 @@ class _Rewriter:
         if len(self.rows) + len(self.cols) + 1 != len(y.inputs):
             raise NotAffine("an input of y is neither a row nor a column vector")
         self.arg_of = args
+        if any(_width(r) > MAX_FOLD_WIDTH * self.k_size for r in readers):
+            raise NotAffine("a product much wider than the norm's rows (an LM head) stays on its own GEMM")
         weights = [r.op.rhs for r in readers] + self.cols
         if not all(_from_parameters(v, params) for v in weights):
             raise NotAffine(

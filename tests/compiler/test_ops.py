@@ -410,3 +410,13 @@ def test_math_formulas_divide_by_no_zero_in_the_interpreter(fn):
         reports = compile_and_compare(fn, x, rtol=1e-4, atol=1e-5)
     # a warning raised inside the kernel is a run-time failure: the partition would have run as PyTorch
     assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tanh_gelu_as_a_sigmoid_matches_eager_at_the_extremes(dtype):
+    """The tanh GELU is written x / (1 + exp(-2u)) (no tanh): eager's values over the whole range,
+    its NaN at -inf (-inf * 0) and at NaN, +inf at +inf, zeros far left (exp overflows to inf)."""
+    special = torch.tensor([float("-inf"), float("inf"), float("nan"), -1e4, 1e4, -30.0, -9.0, 0.0, -0.0, 1e-8])
+    x = torch.cat([torch.linspace(-12, 12, 397), special]).to(dtype)
+    reports = compile_and_compare(lambda t: F.gelu(t, approximate="tanh"), x, rtol=1e-5, atol=1e-6)
+    assert "aten.gelu" in compiled_aten_ops(reports)
