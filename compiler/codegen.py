@@ -31,6 +31,7 @@ from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify
 from ..passes import FormFusionGroups, KMajorF32Weights, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
+from ..passes.split_reduction import SPLIT_K_ENV
 from .artifact_cache import cache_dir
 from .runtime import CompiledKernel
 
@@ -76,7 +77,9 @@ SPLIT_REDUCTION_ENV = "TILEFUSE_SPLIT_REDUCTION"  # "0": no split-reduction pass
 
 def fusion_options() -> str:
     """The fusion settings read from the environment, for the compile-cache key."""
-    return ",".join(f"{env}={os.environ.get(env, '1')}" for env in (NORM_PROLOGUE_ENV, SPLIT_REDUCTION_ENV))
+    envs = (NORM_PROLOGUE_ENV, SPLIT_REDUCTION_ENV)
+    switches = ",".join(f"{env}={os.environ.get(env, '1')}" for env in envs)
+    return f"{switches},{SPLIT_K_ENV}={os.environ.get(SPLIT_K_ENV, 'auto')}"
 
 
 def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:

@@ -32,11 +32,23 @@ viewed [1, T]. Few elements are one row, [1, N]: one program, one launch.
 
     r = reduce{sum,max,min,mean} [all] f(x)                  x: N elements
       -> p = reduce [1] f(x viewed [T, c]) in f32;  r = reduce [1] (p viewed [1, T])
+
+The K of a linear layer's GEMM is split the same way (`_split_k`, split-K) where its output tiles
+would leave most SMs idle (short prompts, decoding through deep K): S partial GEMMs over K/S in f32
+as one batched contraction, summed by a pointwise map of the S slices, which the GEMM's epilogue
+then joins.
+
+    y = contract "mk,nk->mn" (a, w)                          few output tiles, deep K
+      -> p = contract "msk,nsk->smn" (a viewed [M, S, K/S], w viewed [N, S, K/S]) in f32
+         y = p[0] + p[1] + ... + p[S-1]
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import string
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -387,10 +399,102 @@ def _chunk_operand(b: EinBuilder, v: SSAValue, shape: tuple[int, ...], j: int, v
     return b.reshape(v, [*view[:2], *tail] if lead == list(shape[:j]) else [1, 1, *tail])
 
 
+# Split-K: a linear layer's GEMM whose output tiles leave most SMs idle (a short prompt's projections:
+# M = 128 rows, N = 2048 is 16 tiles of 128 x 128 on 132 SMs, each walking all of K) is computed as S
+# GEMMs over K/S each, [S, M, N] partials in f32, summed by a row kernel that also runs the epilogue
+# (bias, activation, residual, the norm fold's correction). Deterministic: a fixed order of S partial
+# sums, no atomics. H200, bf16, kernel time (benchmarks/NOTES.md): 128 x 8192 -> 2048 + bias +
+# residual 49.0 us whole, 15.7 in eight splits (cuBLAS alone 15.4); 1 x 8192 -> 2048 15.5 -> 7.7
+# (cuBLAS 10.3); 128 x 65536 -> 256 387 -> 22.7. SPLIT_K_ENV = "0" turns it off, an integer forces
+# that S wherever K divides (experiments).
+SPLIT_K_ENV = "TILEFUSE_SPLIT_K"
+SPLIT_K_PROGRAMS = 132  # a wave of programs on an H100/H200 (SMs): the split stops before exceeding it
+MIN_SPLIT_DEPTH = 512  # K each split keeps (8 steps of a 64-deep K tile)
+MIN_DECODE_SPLIT_DEPTH = 1024  # decode-sized M (<= 32 rows) streams the weight: up to two waves of
+MIN_DECODE_SPLIT_K = 4096  # programs, and only K deeper than this (H200, M = 1, N = 2048: K = 8192
+# 15.5 us unsplit, 11.7 in two splits, 8.6 in four, cuBLAS 10.7; K = 2048 4.5 unsplit, 5.1 in four)
+# 128 x 128 tiles past which a split no longer pays for its partials (H200, bf16, M = 128, K = 2048:
+# N = 6144 (48 tiles) 12.1 us whole, 11.4 in two splits; N = 8192 (64 tiles) 15.0 whole, 15.3 in two)
+MAX_SPLIT_TILES = 32
+SPLIT_K_STEP = 64  # each split's K is a multiple of a K tile (no masked tail in every split)
+MAX_SLICED_SPLITS = 16  # up to this many partials are summed by a pointwise map of their slices
+
+
+def split_k_factor(m: int, n: int, k: int, forced: str | None = None) -> int:
+    """How many K splits a GEMM of M x K @ K x N gets (1: none). The programs it would have are
+    estimated as the GEMM heuristic lays tiles: 128 x 128 (64 x 64 on a half-wave grid of at least
+    256 rows and columns, where the heuristic already quadruples them), decode-sized M as narrow
+    tiles up to half a wave."""
+    if forced is not None and forced not in ("", "auto"):
+        s = int(forced)
+        return s if s > 1 and k % (s * SPLIT_K_STEP) == 0 else 1
+    decode = m <= 32
+    tiles = math.ceil(m / 128) * math.ceil(n / 128)
+    if not decode and tiles > MAX_SPLIT_TILES:
+        return 1
+    if decode:
+        tiles = max(tiles, min(math.ceil(n / 32), SPLIT_K_PROGRAMS // 2))
+    elif min(m, n) >= 256 and tiles <= SPLIT_K_PROGRAMS // 2:
+        tiles = math.ceil(m / 64) * math.ceil(n / 64)
+    if decode and k <= MIN_DECODE_SPLIT_K:
+        return 1
+    depth = MIN_DECODE_SPLIT_DEPTH if decode else MIN_SPLIT_DEPTH
+    programs = SPLIT_K_PROGRAMS * (2 if decode else 1)
+    s = 1
+    while tiles * s * 2 <= programs and k % (2 * s * SPLIT_K_STEP) == 0 and k // (2 * s) >= depth:
+        s *= 2
+    return s
+
+
+def _split_k(op: ein.ContractOp) -> bool:
+    """contract(a, w) of a linear layer (w two-dimensional: one N index, one K index; a's other
+    indices M) -> reduce [0] contract(a viewed [.., S, K/S], w viewed likewise) in f32, cast back.
+    Batched contractions (attention's) are never split: their batch fills the grid, and the
+    attention patterns read their contractions whole."""
+    lhs, rhs, out = ein.parse_spec(op.spec.data)
+    contracted = [c for c in lhs if c in rhs and c not in out]
+    elem = op.lhs.type.get_element_type()
+    if len(contracted) != 1 or len(rhs) != 2 or not is_float(elem) or any(c in rhs for c in out if c in lhs):
+        return False
+    (k,) = contracted
+    sizes = dict(zip(lhs, shape_of(op.lhs.type))) | dict(zip(rhs, shape_of(op.rhs.type)))
+    m = math.prod(sizes[c] for c in out if c in lhs)
+    (n_index,) = [c for c in rhs if c != k]
+    s = split_k_factor(m, sizes[n_index], sizes[k], os.environ.get(SPLIT_K_ENV))
+    if s == 1:
+        return False
+    split = next(c for c in string.ascii_letters if c not in lhs + rhs + out)
+    b = InsertingEinBuilder(op, "split_k")
+
+    def view(x: SSAValue, idx: str) -> SSAValue:
+        shape = list(shape_of(x.type))
+        at = idx.index(k)
+        return b.reshape(x, [*shape[:at], s, sizes[k] // s, *shape[at + 1:]])
+
+    spec = f"{lhs.replace(k, split + k)},{rhs.replace(k, split + k)}->{split}{out}"
+    a, w = view(op.lhs, lhs), view(op.rhs, rhs)
+    partials = b._emit(ein.ContractOp(spec, a, w, tensor_type([s, *shape_of(op.result.type)], f32)))
+    out_shape = shape_of(op.result.type)
+    if s <= MAX_SLICED_SPLITS:
+        # the partials summed as S slices by one pointwise map (the epilogue then merges into it):
+        # every load a contiguous [M, N] slice. As a reduction over the leading dim the sum became a
+        # row kernel of rows S long and M*N apart: 81 us for OPT's fc2 partials on the H200.
+        parts = [b.reshape(b.slice(partials, 0, i, i + 1), out_shape) for i in range(s)]
+        total = b.map(parts, f32, lambda sb, *xs: functools.reduce(sb.add, xs), cast_inputs=False)
+    else:
+        total = b.reduce("sum", partials, [0], keepdim=False)
+    op.result.replace_all_uses_with(b.cast(total, op.result.type.get_element_type()))
+    return True
+
+
 def rewrite_function(fn: func.FuncOp) -> int:
-    """Split every wide reduction of a GEMM's output, and every tall column reduction, in `fn`;
-    returns how many were split."""
+    """Split every wide reduction of a GEMM's output, every tall column reduction, and the K of every
+    GEMM whose tiles underfill the GPU, in `fn`; returns how many were split."""
     count = 0
+    if os.environ.get(SPLIT_K_ENV) != "0":
+        for op in list(fn.body.block.ops):
+            if isinstance(op, ein.ContractOp) and op.parent is not None:
+                count += _split_k(op)
     for op in list(fn.body.block.ops):
         if isinstance(op, ein.ReduceOp) and op.parent is not None:
             count += _split_logsumexp(op) or _split_plain(op) or _split_columns(op)
