@@ -59,6 +59,7 @@ from ..autotune.tasks import record_choice, recorded_choice
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..passes.fusion_groups import VIRTUAL_OPS
+from .library_attention import SDPA, NoSdpaPath, sdpa_path
 from .library_plan import LIBRARY_DTYPES, Plan
 from .program import empty_output, output_strides, stream_getter
 from .selection import SELECT_ENV, outside_dispatch_modes, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
@@ -69,9 +70,10 @@ LIBRARY, KERNEL = "library", "kernel"
 SPLIT = "split"
 CALLS_PER_SAMPLE, SAMPLES, WARMUP = 8, 5, 3
 # kinds with a library alternative worth measuring: a GEMM (cuBLAS), and attention, whose library
-# path is the math path (score matrix through cuBLAS, softmax op by op: where an exact-f32 flash
-# kernel runs without tensor cores, SGEMM can win). Memory-bound kernels fused from several ops beat
-# their one-kernel-per-op library path by construction. SDPA itself as a candidate is not built.
+# path is SDPA where the group is one SDPA call (library_attention: cuDNN's or FlashAttention's
+# kernels), else the math path (score matrix through cuBLAS, softmax op by op: where an exact-f32
+# flash kernel runs without tensor cores, SGEMM can win). Memory-bound kernels fused from several
+# ops beat their one-kernel-per-op library path by construction.
 LIBRARY_KINDS = ("gemm", "attention")
 # the largest intermediate (bytes) a library path may materialize while measured: attention's score
 # matrix at long sequences would need gigabytes
@@ -532,6 +534,8 @@ class GroupSelector:
         unless that cannot be built (`_library_paths`)."""
         group = kernel.lowered.group
         epilogue = any(not isinstance(op, ein.ContractOp) for op in group.ops)
+        if group.kind == "attention":
+            return (SDPA, LIBRARY)
         return (SPLIT, LIBRARY) if group.kind == "gemm" and epilogue else (LIBRARY,)
 
     def _recorded(self, kernel: object, key: tuple) -> GroupChoice | None:
@@ -591,15 +595,20 @@ def _kernel_key(kernel: object) -> tuple:
 def _library_paths(
     kernel: object, names: Sequence[str], device: torch.device, split: Callable | str | None = None
 ) -> tuple[dict[str, Callable], dict[str, str]]:
-    """The candidates `names` ("library", "split") that can be built, and why the others cannot.
-    The library path is not built where a split path was: the same library GEMMs, and the epilogue
-    op by op (a full pass over the product each, its host time per scalar op) instead of one kernel."""
+    """The candidates `names` ("library", "split", "sdpa") that can be built, and why the others
+    cannot. The library path is not built where a split path was: the same library GEMMs, and the
+    epilogue op by op (a full pass over the product each, its host time per scalar op) instead of
+    one kernel; nor where SDPA was (its math path is that library path, chosen by SDPA itself where
+    it is the best it has)."""
     built: dict[str, Callable] = {}
     unbuilt: dict[str, str] = {}
     for name in names:
-        if name == LIBRARY and SPLIT in built:
+        if name == LIBRARY and (SPLIT in built or SDPA in built):
             continue
         try:
+            if name == SDPA:  # materializes nothing: no size check
+                built[name] = sdpa_path(kernel)
+                continue
             _check_library_size(kernel)  # the split path materializes the products as well
             if name == LIBRARY:
                 built[name] = library_path(kernel)
@@ -607,7 +616,7 @@ def _library_paths(
                 unbuilt[name] = split
             elif name == SPLIT:
                 built[name] = split or split_path(kernel, device)
-        except NoLibraryPath as e:
+        except (NoLibraryPath, NoSdpaPath) as e:
             unbuilt[name] = str(e)
         except Exception as e:  # a split path whose kernel fails to build: the others still compete
             unbuilt[name] = f"{type(e).__name__}: {e}"

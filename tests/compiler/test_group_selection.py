@@ -293,21 +293,68 @@ def test_the_library_map_runs_16_bit_arithmetic_as_one_op_with_the_same_bits(mon
         assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_attention_on_its_library_path_matches_eager(monkeypatch, causal):
-    """An attention group measured "faster" on its library path (the math path: scores through a
-    matmul, softmax op by op) still computes SDPA's result; ragged lengths, grouped heads."""
+def _attention_choices(report) -> list[dict]:
+    attention = {g["name"] for p in report["partitions"] for g in p["groups"] if g["kind"] == "attention"}
+    choices = [c for p in report["partitions"] for c in p["group_selection"] if c["group"] in attention]
+    assert attention and len(choices) == len(attention), (attention, choices)
+    return choices
+
+
+def test_attention_on_its_math_path_matches_eager(monkeypatch):
+    """An attention group that is not one SDPA call (causal with more keys than queries) measured
+    "faster" on its library path (the math path: scores through a matmul, softmax op by op) still
+    computes SDPA's result; ragged lengths, grouped heads."""
     _fake_gpu(monkeypatch, "library")
     q, k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 2, 13, 16), torch.randn(2, 2, 13, 16)
 
     def attend(q, k, v):
         k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal) * 2
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True) * 2
 
-    report = _run(attend, q, k, v)
-    attention = {g["name"] for p in report["partitions"] for g in p["groups"] if g["kind"] == "attention"}
-    choices = {c["group"]: c["chosen"] for p in report["partitions"] for c in p["group_selection"]}
-    assert attention and all(choices[name] == "library" for name in attention), (attention, choices)
+    choices = _attention_choices(_run(attend, q, k, v))
+    assert all(c["chosen"] == "library" for c in choices), choices
+    assert all("different lengths" in c["sdpa_not_built"] for c in choices), choices
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "causal, kv_heads, scale", [(False, 4, None), (True, 4, 0.3), (True, 2, None), (False, 1, 0.5)],
+    ids=["plain", "causal-scaled", "grouped", "one-kv-head"],
+)  # fmt: skip
+def test_attention_on_sdpa_matches_eager(monkeypatch, dtype, causal, kv_heads, scale):
+    """An attention group that is one SDPA call (a scale of q @ k^T, causal or not, grouped heads)
+    has SDPA as its library path; measured faster, the program calls it with the group's scale and
+    mask, and computes eager's result. Ragged lengths (L = S = 13), head dim 24."""
+    _fake_gpu(monkeypatch, "sdpa")
+    q = torch.randn(2, 4, 13, 24, dtype=dtype)
+    k, v = torch.randn(2, kv_heads, 13, 24, dtype=dtype), torch.randn(2, kv_heads, 13, 24, dtype=dtype)
+
+    def attend(q, k, v):
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+    compiled = tilefuse.compile(attend)
+    with torch.no_grad():
+        got, want = compiled(q, k, v), attend(q, k, v)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(got, want, **tol)
+    (report,) = compiled.tilefuse_reports
+    choices = _attention_choices(report)
+    assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
+
+
+def test_attention_with_a_mask_tensor_is_not_an_sdpa_call(monkeypatch):
+    """An additive mask tensor read by the scores: SDPA is not built (the reason is kept), the math
+    path competes instead."""
+    _fake_gpu(monkeypatch, "library")
+    q, k, v, bias = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), torch.randn(9, 9)
+
+    def attend(q, k, v, bias):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    choices = _attention_choices(_run(attend, q, k, v, bias))
+    assert all(c["chosen"] == "library" and "mask or bias" in c["sdpa_not_built"] for c in choices), choices
 
 
 def test_a_library_path_too_large_to_measure_keeps_the_kernel(monkeypatch):
