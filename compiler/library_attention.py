@@ -6,18 +6,21 @@ dispatches it to cuDNN's or FlashAttention's kernels, which beat the generated f
 some shapes (GPT-NeoX's 4 x 16 heads x 512 x 128, causal: cuDNN 19.7 µs a layer against 33.6).
 The measured selection (`group_selection`) times it against the kernel like any library path.
 
-The group's layout must be SDPA's up to reshapes: scores `B.. R.. q d, B.. k d -> B.. R.. q k`
-(batch letters `B` shared by q, k and v; `R`, the query heads sharing a key head under grouped-
-query attention, in q alone) and the output `B.. R.. q k, B.. k e -> B.. R.. q e`. q is viewed
-[prod(B[:-1]), prod(B[-1:] R), L, E], k and v [prod(B[:-1]), B[-1], S, E] (`enable_gqa` where R is
-not empty), and the result back. A causal mask needs L == S (SDPA's `is_causal` is the top-left
-triangle; with L == S it is the `key <= query` the pattern recognises).
+The group's layout must be SDPA's up to permutations and reshapes: scores `B.. R.. q d, B.. k d
+-> B.. R.. q k` in some order of the letters (batch letters `B` shared by q, k and v; `R`, the
+query heads sharing a key head under grouped-query attention, in q alone; GPT-2 and OPT keep q as
+[batch, position, head, dim]) and the output `.. q k, .. k e -> .. q e`. q is permuted to
+(B.., R.., q, d) and viewed [prod(B[:-1]), prod(B[-1:] R), L, E], k and v likewise without R
+(`enable_gqa` where R is not empty), and the result viewed and permuted back. A causal mask needs
+L == S (SDPA's `is_causal` is the top-left triangle; with L == S it is the `key <= query` the
+pattern recognises).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -91,29 +94,57 @@ def _source(value: SSAValue, upcast) -> SSAValue:
     return upcast.inputs[0] if upcast is not None else value
 
 
-def sdpa_layout(pattern: AttentionPattern) -> tuple[int, int]:
-    """(batch letters, head letters of q alone) of the pattern, checked against SDPA's layout
-    (module docstring)."""
+@dataclass(frozen=True)
+class SdpaLayout:
+    """How the pattern's tensors map onto SDPA's [outer, heads, length, dim] (module docstring): the
+    dims of q, k and v permuted to (batch.., q heads.., position, dim), and SDPA's result, laid out
+    (batch.., q heads.., query, value dim), permuted to the output's order."""
+
+    q_perm: tuple[int, ...]
+    k_perm: tuple[int, ...]
+    v_perm: tuple[int, ...]
+    out_perm: tuple[int, ...]
+    n_batch: int  # letters shared by q, k and v; the last is the key heads
+    n_heads: int  # letters of q alone besides its position (the query heads sharing a key head)
+
+
+def sdpa_layout(pattern: AttentionPattern) -> SdpaLayout:
+    """The pattern's letters sorted into SDPA's roles (NoSdpaPath where they do not fit): the
+    contracted letter d, the query position q (the scores' second-to-last), the key position k (their
+    last), batch letters in q, k and the scores, q's own head letters; the output's letters matched
+    to the scores' by position."""
     s_lhs, s_rhs, s_out = ein.parse_spec(pattern.scores.spec.data)
     o_lhs, o_rhs, o_out = ein.parse_spec(pattern.output.spec.data)
-    if len(s_lhs) < 2 or len(s_rhs) < 2:
-        raise NoSdpaPath("scores of fewer than two dims")
-    q, d = s_lhs[-2], s_lhs[-1]
-    k = s_rhs[-2]
-    batch = s_rhs[:-2]
-    heads = s_lhs[len(batch):-2]
-    e = o_rhs[-1]
-    ok = (
-        s_lhs == batch + heads + q + d and s_rhs == batch + k + d and s_out == batch + heads + q + k
-        and o_lhs == s_out and o_rhs == batch + k + e and o_out == batch + heads + q + e
-    )  # fmt: skip
-    if not ok:
-        raise NoSdpaPath(f"layouts {pattern.scores.spec.data} / {pattern.output.spec.data} are not SDPA's")
+    specs = f"{pattern.scores.spec.data} / {pattern.output.spec.data}"
+    contracted = [c for c in s_lhs if c in s_rhs and c not in s_out]
+    if len(s_out) < 2 or len(contracted) != 1 or len(o_lhs) != len(s_out):
+        raise NoSdpaPath(f"layouts {specs} are not SDPA's")
+    (d,), q, k = contracted, s_out[-2], s_out[-1]
+    batch = [c for c in s_out if c in s_lhs and c in s_rhs]
+    heads = [c for c in s_out if c in s_lhs and c not in s_rhs and c != q]
+    rename = dict(zip(s_out, o_lhs))  # a scores letter -> the output contraction's letter for it
+    values = [c for c in o_rhs if c not in o_lhs]
+    if (
+        q not in s_lhs or q in s_rhs or k not in s_rhs or k in s_lhs
+        or sorted(s_lhs) != sorted([*batch, *heads, q, d]) or sorted(s_rhs) != sorted([*batch, k, d])
+        or len(values) != 1 or sorted(o_rhs) != sorted([*(rename[c] for c in batch), rename[k], *values])
+        or rename[k] in o_out
+    ):  # fmt: skip
+        raise NoSdpaPath(f"layouts {specs} are not SDPA's")
+    sdpa_out = [rename[c] for c in (*batch, *heads, q)] + values
+    if sorted(o_out) != sorted(sdpa_out):
+        raise NoSdpaPath(f"layouts {specs} are not SDPA's")
     if pattern.causal:
         sizes = dict(zip(s_out, shape_of(pattern.scores.result.type)))
         if sizes[q] != sizes[k]:
             raise NoSdpaPath("causal with queries and keys of different lengths")
-    return len(batch), len(heads)
+    return SdpaLayout(
+        q_perm=tuple(s_lhs.index(c) for c in (*batch, *heads, q, d)),
+        k_perm=tuple(s_rhs.index(c) for c in (*batch, k, d)),
+        v_perm=tuple(o_rhs.index(c) for c in (*(rename[c] for c in batch), rename[k], *values)),
+        out_perm=tuple(sdpa_out.index(c) for c in o_out),
+        n_batch=len(batch), n_heads=len(heads),
+    )  # fmt: skip
 
 
 def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -127,7 +158,7 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     if len(outputs) != 1:
         raise NoSdpaPath("the group has more than one output")
     scale = pre_softmax_scale(pattern)
-    n_batch, n_heads = sdpa_layout(pattern)
+    layout = sdpa_layout(pattern)
     q_up, k_up = pattern.upcasts
     q, k, v = _source(pattern.scores.lhs, q_up), _source(pattern.scores.rhs, k_up), pattern.output.rhs
     dtypes = {to_torch_dtype(x.type.get_element_type()) for x in (q, k, v)}
@@ -136,23 +167,27 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     inputs = list(lowered.inputs)
     plan = Plan(inputs, _library_order(inputs, [q, k, v], set()), library_contraction)
     q_at, k_at, v_at = plan.slot(q), plan.slot(k), plan.slot(v)
-    out_shape = tuple(shape_of(outputs[0].type))
     out_dtype = to_torch_dtype(outputs[0].type.get_element_type())
-    causal, gqa = pattern.causal, n_heads > 0
+    causal, gqa = pattern.causal, layout.n_heads > 0
+    n_outer = max(layout.n_batch - 1, 0)
 
-    def as_heads(x: torch.Tensor) -> torch.Tensor:
-        """[B.., R.., L, E] -> [outer, heads, L, E]: the batch letters but the last are the outer
-        dim, the last (the key heads) and q's own head letters the heads."""
+    def as_heads(x: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
+        """[B.., R.., L, E] (after `perm`) -> [outer, heads, L, E]: the batch letters but the last are
+        the outer dim, the last (the key heads) and q's own head letters the heads."""
+        x = x.permute(perm)
         lead = x.shape[:-2]
-        outer = math.prod(lead[: max(n_batch - 1, 0)])
+        outer = math.prod(lead[:n_outer])
         return x.reshape(outer, math.prod(lead) // outer, *x.shape[-2:])
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, tensors[0].device)
-        qh, kh, vh = (as_heads(env[i]) for i in (q_at, k_at, v_at))
+        qh = as_heads(env[q_at], layout.q_perm)
+        kh, vh = as_heads(env[k_at], layout.k_perm), as_heads(env[v_at], layout.v_perm)
         extra = {"enable_gqa": True} if gqa and kh.shape[1] != qh.shape[1] else {}
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
-        return (out.reshape(out_shape).to(out_dtype).contiguous(),)
+        q_lead = env[q_at].permute(layout.q_perm).shape[:-1]  # batch.., heads.., L
+        out = out.reshape(*q_lead, out.shape[-1]).permute(layout.out_perm)
+        return (out.to(out_dtype).contiguous(),)
 
     run.title = f"SDPA ({'causal, ' if causal else ''}scale {scale:.4g}{', grouped queries' if gqa else ''})"
     return run

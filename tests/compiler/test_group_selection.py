@@ -344,6 +344,20 @@ def test_attention_on_sdpa_matches_eager(monkeypatch, dtype, causal, kv_heads, s
     assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
 
 
+def test_attention_on_sdpa_from_a_sequence_major_layout(monkeypatch):
+    """q, k and v as [batch, position, head, dim] (GPT-2's and OPT's projections, transposed in the
+    function): the group's contractions read that layout, and SDPA gets them permuted."""
+    _fake_gpu(monkeypatch, "sdpa")
+    q, k, v = (torch.randn(2, 11, 3, 8) for _ in range(3))
+
+    def attend(q, k, v):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return out.transpose(1, 2).reshape(2, 11, 24)
+
+    choices = _attention_choices(_run(attend, q, k, v))
+    assert all(c["chosen"] == "sdpa" for c in choices), choices
+
+
 def test_attention_with_a_mask_tensor_is_not_an_sdpa_call(monkeypatch):
     """An additive mask tensor read by the scores: SDPA is not built (the reason is kept), the math
     path competes instead."""
