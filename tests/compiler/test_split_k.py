@@ -54,11 +54,11 @@ def _split_groups(reports) -> tuple[dict, dict]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m, n", [(40, 40), (50, 72), (130, 20)], ids=["square", "ragged", "two-row-blocks"])
 def test_split_projection_matches_eager(m, n, dtype):
-    """Ragged M and N (no tile divides them), K = 1536 split in two or more: eager's values, the
-    GEMM writing f32 partials and one pointwise kernel summing them with the bias, ReLU and residual."""
+    """Ragged M and N (no tile divides them), K = 1024 split in two: eager's values, the GEMM
+    writing f32 partials and one pointwise kernel summing them with the bias, ReLU and residual."""
     torch.manual_seed(0)
-    layer = Projection(1536, n).to(dtype)
-    x, r = torch.randn(m, 1536, dtype=dtype), torch.randn(m, n, dtype=dtype)
+    layer = Projection(1024, n).to(dtype)
+    x, r = torch.randn(m, 1024, dtype=dtype), torch.randn(m, n, dtype=dtype)
     tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
     reports = compile_and_compare(layer, x, r, **tol)
     gemm, combine = _split_groups(reports)
@@ -96,7 +96,7 @@ def test_batched_contractions_are_never_split():
     assert [g["kind"] for g in groups] == ["attention"]
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     m=st.integers(1, 140), n=st.integers(1, 90), splits=st.sampled_from([2, 4]),
     steps=st.integers(2, 6), bias=st.booleans(),
