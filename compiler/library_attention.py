@@ -31,6 +31,7 @@ from ..ir import einsum as ein
 from ..ir.builder import strip_casts, yielded_value
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..passes.flash_attention import AttentionPattern, match_attention
+from ..passes.flash_attention import _source as _peel  # reshape views peeled off
 from .library_plan import LIBRARY_DTYPES, Plan
 
 SDPA = "sdpa"
@@ -81,12 +82,6 @@ def pre_softmax_scale(pattern: AttentionPattern) -> float:
         if c is not None and c != 0.0 and math.isfinite(c):
             return c if isinstance(op, arith.MulfOp) else 1.0 / c
     raise NoSdpaPath("the pre-softmax map is not a scale")
-
-
-def _peel(value: SSAValue) -> SSAValue:
-    while isinstance(value.owner, ein.ViewOp) and value.owner.kind.data == "reshape":
-        value = value.owner.input
-    return value
 
 
 def _source(value: SSAValue, upcast) -> SSAValue:

@@ -401,18 +401,20 @@ def _chunk_operand(b: EinBuilder, v: SSAValue, shape: tuple[int, ...], j: int, v
 
 # Split-K: a linear layer's GEMM whose output tiles leave most SMs idle (a short prompt's projections:
 # M = 128 rows, N = 2048 is 16 tiles of 128 x 128 on 132 SMs, each walking all of K) is computed as S
-# GEMMs over K/S each, [S, M, N] partials in f32, summed by a row kernel that also runs the epilogue
-# (bias, activation, residual, the norm fold's correction). Deterministic: a fixed order of S partial
-# sums, no atomics. H200, bf16, kernel time (benchmarks/NOTES.md): 128 x 8192 -> 2048 + bias +
+# GEMMs over K/S each, [S, M, N] partials in f32, summed by a pointwise kernel that also runs the
+# epilogue (bias, activation, residual, the norm fold's correction). Deterministic: a fixed order of S
+# partial sums, no atomics. H200, bf16, kernel time (benchmarks/NOTES.md): 128 x 8192 -> 2048 + bias +
 # residual 49.0 us whole, 15.7 in eight splits (cuBLAS alone 15.4); 1 x 8192 -> 2048 15.5 -> 7.7
 # (cuBLAS 10.3); 128 x 65536 -> 256 387 -> 22.7. SPLIT_K_ENV = "0" turns it off, an integer forces
 # that S wherever K divides (experiments).
 SPLIT_K_ENV = "TILEFUSE_SPLIT_K"
 SPLIT_K_PROGRAMS = 132  # a wave of programs on an H100/H200 (SMs): the split stops before exceeding it
 MIN_SPLIT_DEPTH = 512  # K each split keeps (8 steps of a 64-deep K tile)
-MIN_DECODE_SPLIT_DEPTH = 1024  # decode-sized M (<= 32 rows) streams the weight: up to two waves of
-MIN_DECODE_SPLIT_K = 4096  # programs, and only K deeper than this (H200, M = 1, N = 2048: K = 8192
+# decode-sized M (<= 32 rows) streams the weight: up to two waves of programs, splits of at least
+# MIN_DECODE_SPLIT_DEPTH, and only K deeper than MIN_DECODE_SPLIT_K (H200, M = 1, N = 2048: K = 8192
 # 15.5 us unsplit, 11.7 in two splits, 8.6 in four, cuBLAS 10.7; K = 2048 4.5 unsplit, 5.1 in four)
+MIN_DECODE_SPLIT_DEPTH = 1024
+MIN_DECODE_SPLIT_K = 4096
 # 128 x 128 tiles past which a split no longer pays for its partials (H200, bf16, M = 128, K = 2048:
 # N = 6144 (48 tiles) 12.1 us whole, 11.4 in two splits; N = 8192 (64 tiles) 15.0 whole, 15.3 in two)
 MAX_SPLIT_TILES = 32
@@ -426,6 +428,8 @@ def split_k_factor(m: int, n: int, k: int, forced: str | None = None) -> int:
     256 rows and columns, where the heuristic already quadruples them), decode-sized M as narrow
     tiles up to half a wave."""
     if forced is not None and forced not in ("", "auto"):
+        if not forced.isdigit():
+            raise ValueError(f"{SPLIT_K_ENV}={forced!r}: expected 0 (off), auto, or a number of splits")
         s = int(forced)
         return s if s > 1 and k % (s * SPLIT_K_STEP) == 0 else 1
     decode = m <= 32
@@ -448,9 +452,9 @@ def split_k_factor(m: int, n: int, k: int, forced: str | None = None) -> int:
 
 def _split_k(op: ein.ContractOp) -> bool:
     """contract(a, w) of a linear layer (w two-dimensional: one N index, one K index; a's other
-    indices M) -> reduce [0] contract(a viewed [.., S, K/S], w viewed likewise) in f32, cast back.
-    Batched contractions (attention's) are never split: their batch fills the grid, and the
-    attention patterns read their contractions whole."""
+    indices M) -> the S slices of contract(a viewed [.., S, K/S], w viewed likewise) in f32 summed,
+    cast back. Batched contractions (attention's) are never split: their batch fills the grid, and
+    the attention patterns read their contractions whole."""
     lhs, rhs, out = ein.parse_spec(op.spec.data)
     contracted = [c for c in lhs if c in rhs and c not in out]
     elem = op.lhs.type.get_element_type()

@@ -112,3 +112,8 @@ def test_random_split_shapes(m, n, splits, steps, bias):
         compile_and_compare(layer, x, r, rtol=1e-4, atol=1e-4)
     finally:
         del os.environ[SPLIT_K_ENV]
+
+
+def test_a_malformed_switch_says_what_it_takes():
+    with pytest.raises(ValueError, match="TILEFUSE_SPLIT_K='four'"):
+        split_k_factor(128, 2048, 8192, forced="four")
