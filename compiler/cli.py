@@ -52,6 +52,8 @@ def read_text(file: str) -> str:
     """The text of `file` (`-`: standard input); an unreadable, non-text or missing file raises
     InputError naming it (and the line and column of the first byte that is not UTF-8)."""
     name = "<stdin>" if file == "-" else file
+    if Path(file).suffix == ".py":  # a dump's generated kernel or program: xDSL's lexer trips on its '#'
+        raise InputError(f"{name}: error: a Python file, not MLIR (a dump's IR is in its .mlir files)")
     try:
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except IsADirectoryError:

@@ -47,6 +47,10 @@ BAD_INPUTS = {
     "empty": (lambda tmp, _: _write(tmp, "empty.mlir", b""), r"empty.mlir: error: empty input"),
     "comments only": (lambda tmp, _: _write(tmp, "c.mlir", b"// nothing\n\n"), r"c.mlir: error: empty input"),
     "directory": (lambda tmp, _: tmp, r": error: is a directory"),
+    "python file": (
+        lambda tmp, _: _write(tmp, "fused_0_k0.py", b"# group kernel fused_0_k0\nimport triton\n"),
+        r"fused_0_k0.py: error: a Python file, not MLIR",
+    ),
     "missing": (lambda tmp, _: tmp / "absent.mlir", r"absent.mlir: error: no such file"),
     "truncated in a block": (
         lambda tmp, _: _write(tmp, "t.mlir", EIN[: EIN.index("\n", EIN.index("{")) + 1].encode()),
