@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import StringAttr
 
-from ..autotune.heuristics import config_override, default_config
+from ..autotune.heuristics import config_override, default_config, interpreter_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
@@ -233,6 +233,8 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
             tuned = None if config_override(kind) else tuned_record(task, art.target.device)
             config = tuned.config if tuned else default_config(kind, g.problem)
+            if art.target.interpret and not tuned and not config_override(kind):
+                config = interpreter_config(kind, config, g.problem)
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             if art.target.backend != "triton":

@@ -420,3 +420,16 @@ def test_tanh_gelu_as_a_sigmoid_matches_eager_at_the_extremes(dtype):
     x = torch.cat([torch.linspace(-12, 12, 397), special]).to(dtype)
     reports = compile_and_compare(lambda t: F.gelu(t, approximate="tanh"), x, rtol=1e-5, atol=1e-6)
     assert "aten.gelu" in compiled_aten_ops(reports)
+
+
+def test_the_interpreter_runs_a_large_pointwise_kernel_as_few_wide_programs():
+    """Under Triton's interpreter (programs run one after another) a flat pointwise kernel's block
+    is widened to INTERPRETER_BLOCK: a ragged 50001 elements in 4 programs, the tail masked, eager's
+    values; GPU configs are untouched (`default_config` keeps 1024)."""
+    from tilefuse.autotune.heuristics import INTERPRETER_BLOCK, default_config
+
+    x, y = torch.randn(50001), torch.randn(50001)
+    reports = compile_and_compare(lambda a, b: torch.sigmoid(a) * b + 1.0, x, y)
+    (group,) = fusion_groups(reports)
+    assert group["kind"] == "pointwise" and f"BLOCK={INTERPRETER_BLOCK}," in group["config"]
+    assert default_config("pointwise", {"N": 50001}).params["BLOCK"] == 1024
