@@ -231,9 +231,10 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             shapes, dtypes = launcher.shapes, launcher.dtypes
             task = make_task(function, kind, g.problem, source, shapes, dtypes, epilogue_ops)
             # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
-            tuned = None if config_override(kind) else tuned_record(task, art.target.device)
+            override = config_override(kind)
+            tuned = None if override else tuned_record(task, art.target.device)
             config = tuned.config if tuned else default_config(kind, g.problem)
-            if art.target.interpret and not tuned and not config_override(kind):
+            if art.target.interpret and not tuned and not override:
                 config = interpreter_config(kind, config, g.problem)
             origin = "tuned" if tuned else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)

@@ -166,22 +166,21 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     causal, gqa = pattern.causal, layout.n_heads > 0
     n_outer = max(layout.n_batch - 1, 0)
 
-    def as_heads(x: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
-        """[B.., R.., L, E] (after `perm`) -> [outer, heads, L, E]: the batch letters but the last are
-        the outer dim, the last (the key heads) and q's own head letters the heads."""
-        x = x.permute(perm)
+    def as_heads(x: torch.Tensor) -> torch.Tensor:
+        """[B.., R.., L, E] (permuted to that order) -> [outer, heads, L, E]: the batch letters but
+        the last are the outer dim, the last (the key heads) and q's own head letters the heads."""
         lead = x.shape[:-2]
         outer = math.prod(lead[:n_outer])
         return x.reshape(outer, math.prod(lead) // outer, *x.shape[-2:])
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, tensors[0].device)
-        qh = as_heads(env[q_at], layout.q_perm)
-        kh, vh = as_heads(env[k_at], layout.k_perm), as_heads(env[v_at], layout.v_perm)
+        q = env[q_at].permute(layout.q_perm)  # batch.., heads.., L, E
+        qh = as_heads(q)
+        kh, vh = as_heads(env[k_at].permute(layout.k_perm)), as_heads(env[v_at].permute(layout.v_perm))
         extra = {"enable_gqa": True} if gqa and kh.shape[1] != qh.shape[1] else {}
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
-        q_lead = env[q_at].permute(layout.q_perm).shape[:-1]  # batch.., heads.., L
-        out = out.reshape(*q_lead, out.shape[-1]).permute(layout.out_perm)
+        out = out.reshape(*q.shape[:-1], out.shape[-1]).permute(layout.out_perm)
         return (out.to(out_dtype).contiguous(),)
 
     run.title = f"SDPA ({'causal, ' if causal else ''}scale {scale:.4g}{', grouped queries' if gqa else ''})"

@@ -177,10 +177,12 @@ class EinBuilder:
         self.arg_attrs.append(DictionaryAttr(attrs or {}))
         return arg
 
-    def contract(self, spec: str, a: SSAValue, b: SSAValue) -> SSAValue:
+    def contract(self, spec: str, a: SSAValue, b: SSAValue, elem: Attribute | None = None) -> SSAValue:
+        """`ein.contract`; its result in the operands' element type unless `elem` says (f32 for
+        16-bit operands: the accumulator kept, as split-K's partials are)."""
         lhs, rhs, out = ein.parse_spec(spec)
         sizes = dict(zip(lhs, shape_of(a.type))) | dict(zip(rhs, shape_of(b.type)))
-        result = tensor_type([sizes[c] for c in out], a.type.get_element_type())
+        result = tensor_type([sizes[c] for c in out], elem or a.type.get_element_type())
         return self._emit(ein.ContractOp(spec, a, b, result))
 
     def map(

@@ -476,8 +476,7 @@ def _split_k(op: ein.ContractOp) -> bool:
         return b.reshape(x, [*shape[:at], s, sizes[k] // s, *shape[at + 1:]])
 
     spec = f"{lhs.replace(k, split + k)},{rhs.replace(k, split + k)}->{split}{out}"
-    a, w = view(op.lhs, lhs), view(op.rhs, rhs)
-    partials = b._emit(ein.ContractOp(spec, a, w, tensor_type([s, *shape_of(op.result.type)], f32)))
+    partials = b.contract(spec, view(op.lhs, lhs), view(op.rhs, rhs), f32)
     out_shape = shape_of(op.result.type)
     if s <= MAX_SLICED_SPLITS:
         # the partials summed as S slices by one pointwise map (the epilogue then merges into it):
