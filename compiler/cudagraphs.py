@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import group_selection
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -84,7 +85,11 @@ class CudaGraphReplay:
             # starts on the CPU, gains nothing from a replay and its user has nothing to fix
             return self._refuse(reason, args, logging.INFO)
         if self.calls <= WARMUP_CALLS:
-            return self.fn(*args)
+            token = group_selection.replayed.set(True)  # its programs' choices need not spare host time
+            try:
+                return self.fn(*args)
+            finally:
+                group_selection.replayed.reset(token)
         if self.graph is None:
             return self._capture(args, "first capture")
         if (why := self._parameter_changed(args)) is not None:

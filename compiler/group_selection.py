@@ -17,13 +17,25 @@ trip; where fusion wins the kernel stays.
 When a partition's program is written (its first call, on a GPU), each
 distinct group (by kernel, configuration and operand layouts: a model's
 identical layers are measured once) is timed every way on random operands
-of its own shapes: back-to-back calls between two synchronizations, so a
-candidate pays its launches' host time as a pipelined program does. The
-program is then written with the fastest, literally: a group on the
-library or split path is one call that runs its ops, and its outputs land
-in fresh row-major buffers, the layout the kernel's would have had. The
-choice and the times go in the partition's report (`group_selection`) and in the
-tuning database (`choices`, keyed by the kernel's task, the device, the
+of its own shapes, with two figures per candidate (`queued_timing`): its
+host time (enqueueing a call) and its GPU time (its kernels back to back,
+queued behind a sleeping kernel so that no host gap is counted). Which
+figure decides depends on the whole program, not on the group: a program
+whose kernels take longer than its host needs to launch them is GPU-bound,
+and a library call that costs 30 us of host time (SDPA through cuDNN) is
+free there if its kernels are faster, while in a host-bound program (a
+decode step, a short prompt) the same call costs its host time. So the
+program is written twice: a first pass only surveys its launches (which
+groups, how many launches each), then every surveyed group is measured and
+the choices are made together (`GroupSelector.settle`): starting from every
+group on its kernel, a group moves to another candidate where that lowers
+the program's estimated time, max(host, GPU) plus a little of the smaller
+(`program_cost`), and the second pass writes the program with the choices,
+literally: a group on the library or split path is one call that runs its
+ops, and its outputs land in fresh row-major buffers, the layout the
+kernel's would have had. The choice and the times go in the partition's
+report (`group_selection`, with the program's estimate in
+`group_selection_program`) and in the tuning database (`choices`, keyed by the kernel's task, the device, the
 versions and the launch's configuration and operand layouts): a later
 compile on the same device reads the choice back instead of measuring
 (the report says `"from": "database"`; `TILEFUSE_TUNED=0` ignores it).
@@ -41,9 +53,11 @@ its kernel and says why.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -408,16 +422,105 @@ def wall_ms(run: Callable[[], object], device: torch.device, calls: int = CALLS_
     return (time.perf_counter() - start) * 1e3 / calls
 
 
-def default_clock(kind: str, run: Callable[[], object], device: torch.device) -> float:
-    """How a candidate (`kind`: "kernel" or "library") is timed: `wall_ms`."""
-    return wall_ms(run, device)
+@dataclass(frozen=True)
+class Timing:
+    """A candidate's cost per call: host time (ms to enqueue it) and GPU time (ms of its kernels)."""
+
+    host_ms: float
+    gpu_ms: float
+
+    @property
+    def alone_ms(self) -> float:
+        """Its time per call run back to back on its own: whichever of the two limits it."""
+        return max(self.host_ms, self.gpu_ms)
+
+
+@functools.cache
+def _sleep_cycles_per_ms(device: torch.device) -> float:
+    """Clock cycles `torch.cuda._sleep` spins per millisecond on `device` (measured once)."""
+    cycles = 1 << 20
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(device):
+        torch.cuda._sleep(cycles)  # the first call loads the kernel
+        torch.cuda.synchronize(device)
+        begin.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+    return cycles / max(begin.elapsed_time(end), 1e-3)
+
+
+def queued_timing(run: Callable[[], object], device: torch.device, calls: int = CALLS_PER_SAMPLE) -> Timing:
+    """`run`'s host and GPU time per call over `calls` back-to-back calls, queued behind a sleeping
+    kernel that outlasts the host's enqueueing, so that the events around the calls time the GPU
+    working without a gap and the host's clock times the enqueueing alone. Where the host took
+    longer than the sleep, the GPU may have waited for it: measured again with a longer sleep."""
+    if not hasattr(torch.cuda, "_sleep"):  # no way to queue ahead: both are the wall time
+        ms = wall_ms(run, device, calls)
+        return Timing(ms, ms)
+    per_ms = _sleep_cycles_per_ms(device)
+    sleep_ms = 0.2
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(4):
+        torch.cuda.synchronize(device)
+        with torch.cuda.device(device):
+            torch.cuda._sleep(int(sleep_ms * per_ms))
+        begin.record()
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        host = (time.perf_counter() - start) * 1e3
+        end.record()
+        end.synchronize()
+        if host < 0.8 * sleep_ms:
+            break
+        sleep_ms = 2 * host + 0.1
+    return Timing(host / calls, begin.elapsed_time(end) / calls)
+
+
+def default_clock(kind: str, run: Callable[[], object], device: torch.device) -> Timing:
+    """How a candidate (`kind`: "kernel", "library", "split", "sdpa" or "cuda") is timed: `queued_timing`."""
+    return queued_timing(run, device)
+
+
+def as_timing(measured: Timing | float) -> Timing:
+    """A clock's answer as a Timing: a bare number (a wall time: tests' fake clocks) is both figures."""
+    return measured if isinstance(measured, Timing) else Timing(float(measured), float(measured))
+
+
+# set while a graph that will be replayed as a CUDA graph runs its warm-up calls (cudagraphs.py): the
+# programs written then are replayed, where host time costs nothing
+replayed: contextvars.ContextVar[bool] = contextvars.ContextVar("tilefuse_replayed", default=False)
+
+
+# "0": each group's choice is made on its own (the fastest alone, back to back), not for the program
+PROGRAM_CLOCK_ENV = "TILEFUSE_PROGRAM_CLOCK"
+# The program's host time is estimated from its launches' measured host times; the Python between the
+# launches (views, allocations, the wrapper's own lines) and the call's fixed cost (Dynamo's guards) come
+# on top: counted as this many times the launches' own time. On the H200's host, OPT at 1 x 128 tokens
+# (host-bound) took 0.735 ms a call against 0.732 summed over its launches' measured host times.
+HOST_FACTOR = 1.25
+# host and GPU time overlap imperfectly (the first launches run before the GPU is busy, a synchronizing
+# op drains the queue): the smaller of the two counts this much in the program's time
+OVERLAP_LOSS = 0.1
+
+
+def program_cost(host_ms: float, gpu_ms: float, host_free: bool = False) -> float:
+    """Estimated ms of a program call from its launches' host time and its kernels' GPU time: the
+    larger limits a pipelined call, and a little of the smaller shows (`OVERLAP_LOSS`). Replayed as
+    a CUDA graph (`host_free`), only the GPU time counts."""
+    if host_free:
+        return gpu_ms
+    host = HOST_FACTOR * host_ms
+    return max(host, gpu_ms) + OVERLAP_LOSS * min(host, gpu_ms)
 
 
 @dataclass
 class GroupChoice:
     """One group's measured choice: the kernel against the other candidates (`times`: ms per
-    candidate, the kernel's included): "library" and, for a GEMM with an epilogue, "split"; or
-    "cuda", the CUDA C++ backend's kernel for the group under backend "auto"."""
+    candidate run alone, the kernel's included; `timings`: host and GPU ms): "library" and, for a
+    GEMM with an epilogue, "split"; "sdpa" for attention; or "cuda", the CUDA C++ backend's kernel
+    for the group under backend "auto"."""
 
     group: str
     chosen: str
@@ -425,6 +528,8 @@ class GroupChoice:
     why: str | None = None  # why it was not measured
     source: str = "measured"  # or "database": measured by an earlier compile, read back
     unbuilt: dict[str, str] = field(default_factory=dict)  # candidates that could not be built, and why
+    timings: dict[str, Timing] = field(default_factory=dict)
+    program: str | None = None  # "gpu-bound" or "host-bound": the program the choice was made for
 
     @property
     def kernel_ms(self) -> float | None:
@@ -436,6 +541,10 @@ class GroupChoice:
             out["not_measured"] = self.why
         else:
             out |= {f"{name}_ms": round(ms, 5) for name, ms in self.times.items()}
+            for name, t in self.timings.items():
+                out |= {f"{name}_gpu_ms": round(t.gpu_ms, 5), f"{name}_host_ms": round(t.host_ms, 5)}
+            if self.program is not None:
+                out["program"] = self.program
             if self.source != "measured":
                 out["from"] = self.source
         out |= {f"{name}_not_built": why for name, why in self.unbuilt.items()}
@@ -448,15 +557,23 @@ class GroupSelector:
     PyTorch; its GEMMs in PyTorch and the rest as one kernel), or (backend "auto") between the
     Triton kernel and the CUDA C++ one (module docstring).
 
-    `clock(kind, run, device) -> ms` times one candidate (`default_clock`; tests fake it).
+    A program is written twice: with `survey` as its chooser (every launch on its kernel, the
+    selectable ones counted), then, after `settle` measured and chose, with `choose`. `choose` alone
+    (no survey) measures each group as it comes and decides it on its own (`Timing.alone_ms`).
+    `clock(kind, run, device) -> Timing | ms` times one candidate (`default_clock`; tests fake it).
     Choices are kept per (kernel, configuration, operand layouts), so identical layers share one.
+    `host_free`: the program is replayed as a CUDA graph, where only GPU time counts.
     """
 
     device: torch.device
-    clock: Callable[[str, Callable[[], object], torch.device], float] | None = None
+    clock: Callable[[str, Callable[[], object], torch.device], Timing | float] | None = None
+    host_free: bool = False
     choices: list[GroupChoice] = field(default_factory=list)
+    program: dict | None = None  # the estimate the choices were made on (`settle`)
     _known: dict[tuple, tuple[GroupChoice, dict]] = field(default_factory=dict)
     _split_paths: dict[tuple, Callable | str] = field(default_factory=dict)  # built ahead, or why not
+    _surveyed: dict[tuple, list] = field(default_factory=dict)  # key -> [kernel, input metas, launches]
+    _launches: int = 0  # launches the survey saw, selectable or not
 
     def prepare(self, kernels: Sequence[object]) -> None:
         """Build the split paths of `kernels` (those a program is about to measure) now, and compile
@@ -487,46 +604,119 @@ class GroupSelector:
             threads = max(1, precompile.thread_count())
             precompile.precompile_in_threads(jobs, functions, threads, device=self.device.index)
 
+    def _key(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple | None:
+        """The launch's key (module docstring), or None where nothing is chosen for it."""
+        alternative = getattr(kernel, "alternative", None)
+        if kernel.lowered.group.kind not in LIBRARY_KINDS and alternative is None:
+            return None
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None  # nothing can be timed inside a CUDA graph capture
+        layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
+        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
+        return (*_kernel_key(kernel), layouts, ",".join(others))
+
+    def survey(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, None]:
+        """A first pass's chooser: every launch on its kernel; the selectable ones counted by key."""
+        self._launches += 1
+        key = self._key(kernel, input_metas)
+        if key is not None and key not in self._known:
+            self._surveyed.setdefault(key, [kernel, list(input_metas), 0])[2] += 1
+        return KERNEL, None
+
+    def settle(self) -> None:
+        """Measure every surveyed group, then choose for all of them together: from every group on its
+        kernel, move a group to another candidate where that lowers `program_cost` of the program
+        (its launches' host time, measured for these groups and estimated for the others as a kernel
+        launch's, against the measured groups' GPU time), until no move helps; record the choices."""
+        surveyed, self._surveyed = self._surveyed, {}
+        measured: dict[tuple, int] = {}
+        for key, (kernel, metas, launches) in surveyed.items():
+            known = self._settle(key, kernel, metas, record=False)
+            if known.source == "measured" and known.why is None and KERNEL in known.timings:
+                measured[key] = launches
+        if not measured or os.environ.get(PROGRAM_CLOCK_ENV) == "0":  # each group as measured alone
+            return
+        timings = {key: self._known[key][0].timings for key in measured}
+        launch_host = statistics.median(t[KERNEL].host_ms for t in timings.values())
+        other_host = launch_host * max(0, self._launches - sum(measured.values()))
+
+        def cost(chosen: dict[tuple, str]) -> tuple[float, float, float]:
+            host = other_host + sum(n * timings[k][chosen[k]].host_ms for k, n in measured.items())
+            gpu = sum(n * timings[k][chosen[k]].gpu_ms for k, n in measured.items())
+            return program_cost(host, gpu, self.host_free), host, gpu
+
+        chosen = dict.fromkeys(measured, KERNEL)
+        for _ in range(4):  # each round moves every group to its best given the others
+            moved = False
+            for key, launches in measured.items():
+                current = cost(chosen)[0]
+                kernel_noise = (1 - MARGIN) * launches * timings[key][KERNEL].alone_ms
+                for name in timings[key]:
+                    if name == chosen[key]:
+                        continue
+                    trial = cost(chosen | {key: name})[0]
+                    # leaving the kernel must win by more than the noise of its measurement
+                    noise = kernel_noise if chosen[key] == KERNEL else 0.0
+                    if trial < current - noise:
+                        chosen[key], current, moved = name, trial, True
+            if not moved:
+                break
+        total, host, gpu = cost(chosen)
+        bound = "host-bound" if not self.host_free and HOST_FACTOR * host > gpu else "gpu-bound"
+        self.program = {"estimate_ms": round(total, 5), "host_ms": round(HOST_FACTOR * host, 5),
+                        "gpu_ms_of_measured_groups": round(gpu, 5), "bound": bound,
+                        "launches": self._launches}  # fmt: skip
+        for key in measured:
+            known = self._known[key][0]
+            known.chosen, known.program = chosen[key], bound
+            self._record(surveyed[key][0], key, known)
+
     def choose(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, object | None]:
         """("kernel", None); ("library", a function of the kernel's inputs returning its outputs:
         the library path or the split one); or ("alternative", the other backend's kernel)."""
-        lowered = kernel.lowered
-        group = lowered.group.name
-        alternative = getattr(kernel, "alternative", None)
-        if lowered.group.kind not in LIBRARY_KINDS and alternative is None:
+        key = self._key(kernel, input_metas)
+        if key is None:
             return KERNEL, None
-        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return KERNEL, None  # nothing can be timed inside a CUDA graph capture
-        layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
-        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
-        shared = _kernel_key(kernel)  # identical layers' launches: one split path, one measurement
-        key = (*shared, layouts, ",".join(others))
         if key not in self._known:
-            candidates = {"cuda": alternative} if alternative is not None else {}
-            known = self._recorded(kernel, key)
-            prebuilt = self._split_paths.get(shared)
-            if known is None:
-                built, unbuilt = _library_paths(kernel, others, self.device, prebuilt)
-                candidates |= built
-                known = self._measure(kernel, candidates, input_metas) if candidates else GroupChoice(
-                    group, KERNEL, why=unbuilt.get(LIBRARY, "no library path"))  # fmt: skip
-                known.unbuilt = unbuilt if candidates else {}
-                if known.source == "measured" and known.why is None and kernel.task_key:
-                    best = min(ms for name, ms in known.times.items() if name != KERNEL)
-                    record_choice(
-                        kernel.task_key, device_name(), _detail(key), known.chosen, known.kernel_ms, best
-                    )
-            elif known.chosen not in (KERNEL, *candidates):
-                built, unbuilt = _library_paths(kernel, (known.chosen,), self.device, prebuilt)
-                candidates |= built
-                if known.chosen not in candidates:  # recorded, but not buildable now: keep the kernel
-                    known = GroupChoice(group, KERNEL, why=unbuilt[known.chosen])
-            self._known[key] = (known, candidates)
+            self._settle(key, kernel, input_metas, record=True)
         known, candidates = self._known[key]
-        self.choices.append(dataclasses.replace(known, group=group))
+        self.choices.append(dataclasses.replace(known, group=kernel.lowered.group.name))
         if known.chosen == KERNEL:
             return KERNEL, None
         return ("alternative" if known.chosen == "cuda" else LIBRARY), candidates[known.chosen]
+
+    def _settle(
+        self, key: tuple, kernel: object, input_metas: Sequence[torch.Tensor], record: bool
+    ) -> GroupChoice:
+        """The choice for `key`: read back from the database, or measured (and chosen for the group
+        on its own: the fastest alone); kept in `_known` with the candidates it may need."""
+        group = kernel.lowered.group.name
+        alternative = getattr(kernel, "alternative", None)
+        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
+        candidates = {"cuda": alternative} if alternative is not None else {}
+        known = self._recorded(kernel, key)
+        prebuilt = self._split_paths.get(_kernel_key(kernel))
+        if known is None:
+            built, unbuilt = _library_paths(kernel, others, self.device, prebuilt)
+            candidates |= built
+            known = self._measure(kernel, candidates, input_metas) if candidates else GroupChoice(
+                group, KERNEL, why=unbuilt.get(LIBRARY, "no library path"))  # fmt: skip
+            known.unbuilt = unbuilt if candidates else {}
+            if record:
+                self._record(kernel, key, known)
+        elif known.chosen not in (KERNEL, *candidates):
+            built, unbuilt = _library_paths(kernel, (known.chosen,), self.device, prebuilt)
+            candidates |= built
+            if known.chosen not in candidates:  # recorded, but not buildable now: keep the kernel
+                known = GroupChoice(group, KERNEL, why=unbuilt[known.chosen])
+        self._known[key] = (known, candidates)
+        return known
+
+    def _record(self, kernel: object, key: tuple, known: GroupChoice) -> None:
+        """Keep a measured choice in the tuning database, so later compiles decide without measuring."""
+        if known.source == "measured" and known.why is None and kernel.task_key:
+            best = min(ms for name, ms in known.times.items() if name != KERNEL)
+            record_choice(kernel.task_key, device_name(), _detail(key), known.chosen, known.kernel_ms, best)
 
     def _library_candidates(self, kernel: object) -> tuple[str, ...]:
         """The library ways a group may run: its ops in PyTorch; for a GEMM with an epilogue, its
@@ -573,15 +763,19 @@ class GroupSelector:
         for _ in range(WARMUP):  # compiles, library handles, allocator
             for run in runs.values():
                 run()
-        samples: dict[str, list[float]] = {name: [] for name in runs}
+        samples: dict[str, list[Timing]] = {name: [] for name in runs}
         order = list(runs)
         for i in range(SAMPLES):  # rotating which goes first
             for name in order[i % len(order) :] + order[: i % len(order)]:
-                samples[name].append(clock(name, runs[name], self.device))
-        times = {name: statistics.median(ms) for name, ms in samples.items()}
+                samples[name].append(as_timing(clock(name, runs[name], self.device)))
+        timings = {
+            name: Timing(statistics.median(t.host_ms for t in ts), statistics.median(t.gpu_ms for t in ts))
+            for name, ts in samples.items()
+        }
+        times = {name: t.alone_ms for name, t in timings.items()}
         best = min((ms, name) for name, ms in times.items() if name != KERNEL)
         chosen = best[1] if best[0] < MARGIN * times[KERNEL] else KERNEL
-        return GroupChoice(kernel.lowered.group.name, chosen, times)
+        return GroupChoice(kernel.lowered.group.name, chosen, times, timings=timings)
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]

@@ -35,6 +35,7 @@ from ..autotune.heuristics import KernelConfig
 from ..ir.module import parameter_args
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
+from . import group_selection
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, write_program
 from .selection import Selection, selection_enabled
@@ -174,13 +175,20 @@ class KernelPlan(torch.nn.Module):
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple,
         )  # fmt: skip
-        selector = GroupSelector(self.device) if group_selection_enabled(self.device) else None
+        selector = None
+        if group_selection_enabled(self.device):  # a program replayed as a CUDA graph costs no host time
+            selector = GroupSelector(self.device, host_free=group_selection.replayed.get())
         if selector is not None:
-            spec.choose = selector.choose
             selector.prepare([k for op, k in self.launch_at.items() if op not in self.param_sources])
+            spec.choose = selector.survey  # a first pass counts the launches to choose for
+            write_program(spec, args)
+            selector.settle()  # measures them and chooses for the whole program
+            spec.choose = selector.choose
         program = write_program(spec, args)
         if selector is not None and selector.choices:
             self.report["group_selection"] = selector.summary()
+            if selector.program is not None:
+                self.report["group_selection_program"] = selector.program
             on_library = sum(1 for c in selector.choices if c.chosen == LIBRARY)
             split = sum(1 for c in selector.choices if c.chosen == SPLIT)
             if on_library:

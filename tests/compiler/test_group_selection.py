@@ -357,7 +357,9 @@ def test_attention_on_sdpa_from_a_sequence_major_layout(monkeypatch):
     q, k, v = (torch.randn(2, 11, 3, 8) for _ in range(3))
 
     def attend(q, k, v):
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
         return out.transpose(1, 2).reshape(2, 11, 24)
 
     choices = _attention_choices(_run(attend, q, k, v))
@@ -368,7 +370,12 @@ def test_attention_with_a_mask_tensor_is_not_an_sdpa_call(monkeypatch):
     """An additive mask tensor read by the scores: SDPA is not built (the reason is kept), the math
     path competes instead."""
     _fake_gpu(monkeypatch, "library")
-    q, k, v, bias = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), torch.randn(9, 9)
+    q, k, v, bias = (
+        torch.randn(1, 2, 9, 16),
+        torch.randn(1, 2, 9, 16),
+        torch.randn(1, 2, 9, 16),
+        torch.randn(9, 9),
+    )
 
     def attend(q, k, v, bias):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -419,8 +426,18 @@ def _mlp_inputs(m, k, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("m,k,n", [(33, 24, 257), (33, 24, 301), (33, 24, 40), (301, 24, 40), (33, 259, 40),
-                                   (257, 263, 301), (16, 264, 256)])
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (33, 24, 257),
+        (33, 24, 301),
+        (33, 24, 40),
+        (301, 24, 40),
+        (33, 259, 40),
+        (257, 263, 301),
+        (16, 264, 256),
+    ],
+)
 @pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, True), (True, False)])
 def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, k, n, ta, tb, monkeypatch):
     """A dim of the product (M, K or N) whose rows are not a multiple of 16 bytes is padded with
@@ -479,10 +496,107 @@ def test_split_paths_are_built_and_compiled_ahead_once_per_distinct_kernel(monke
     compiled = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(group_selection, "stream_getter", lambda device: lambda: 0)  # no CUDA here
-    monkeypatch.setattr(precompile, "precompile_in_threads", lambda jobs, fns, threads, device=None: compiled.extend(jobs))
+    monkeypatch.setattr(
+        precompile, "precompile_in_threads", lambda jobs, fns, threads, device=None: compiled.extend(jobs)
+    )
     selector = group_selection.GroupSelector(torch.device("cuda"))
     selector.prepare(kernels)
     assert len(compiled) == 1 and len(selector._split_paths) == 1
     (prebuilt,) = selector._split_paths.values()
     built, unbuilt = group_selection._library_paths(kernels[2], ("split",), selector.device, prebuilt)
     assert built["split"] is prebuilt and not unbuilt
+
+
+# --- the program's clock: host time against GPU time -------------------------------------------------
+
+T = group_selection.Timing
+
+
+def _settle(monkeypatch, groups: dict, launches: int, host_free: bool = False):
+    """`GroupSelector.settle` on surveyed groups `{name: (launches, {candidate: Timing})}` in a
+    program of `launches` launches in all, their measurements faked: the choices and the estimate."""
+
+    def measured(self, key, kernel, metas, record):
+        timings = groups[key[0]][1]
+        alone = min(timings, key=lambda n: timings[n].alone_ms)  # as `_time_candidates` chooses
+        known = group_selection.GroupChoice(key[0], alone, {n: t.alone_ms for n, t in timings.items()},
+                                            timings=timings)  # fmt: skip
+        self._known[key] = (known, {})
+        return known
+
+    monkeypatch.setattr(group_selection.GroupSelector, "_settle", measured)
+    monkeypatch.setattr(group_selection.GroupSelector, "_record", lambda *args: None)
+    selector = group_selection.GroupSelector(torch.device("cpu"), host_free=host_free)
+    selector._surveyed = {(name,): [None, [], n] for name, (n, _) in groups.items()}
+    selector._launches = launches
+    selector.settle()
+    return {name: selector._known[(name,)][0].chosen for name in groups}, selector.program
+
+
+# four layers of a GPU-bound prefill (ms): a GEMM whose split path's cuBLAS is faster, and attention whose
+# SDPA call is faster on the GPU but costs more host time than the flash kernel takes alone
+PREFILL = {
+    "qkv": (4, {"kernel": T(0.004, 0.80), "split": T(0.030, 0.60), "library": T(0.040, 0.70)}),
+    "attention": (4, {"kernel": T(0.004, 0.034), "sdpa": T(0.050, 0.020)}),
+}
+
+
+def test_a_gpu_bound_program_takes_the_faster_gpu_time_whatever_its_host_time(monkeypatch):
+    chosen, program = _settle(monkeypatch, PREFILL, launches=40)
+    assert chosen == {"qkv": "split", "attention": "sdpa"}
+    assert program["bound"] == "gpu-bound" and program["launches"] == 40
+    # alone, SDPA's host time is longer than the flash kernel's GPU time: measured alone, the kernel won
+    assert PREFILL["attention"][1]["sdpa"].alone_ms > PREFILL["attention"][1]["kernel"].alone_ms
+
+
+def test_a_host_bound_program_keeps_the_launch_that_costs_less_host_time(monkeypatch):
+    # the same groups among thousands of launches (a decode step's many small kernels)
+    chosen, program = _settle(monkeypatch, PREFILL, launches=4000)
+    assert program["bound"] == "host-bound"
+    # the host's time is the program's: GPU time saved at the cost of host time is lost
+    assert chosen == {"qkv": "kernel", "attention": "kernel"}
+    cheaper = {"gemm": (4, {"kernel": T(0.006, 0.05), "library": T(0.004, 0.02)})}
+    assert _settle(monkeypatch, PREFILL | cheaper, launches=4000)[0]["gemm"] == "library"
+
+
+def test_under_cuda_graphs_only_gpu_time_counts(monkeypatch):
+    chosen, program = _settle(monkeypatch, PREFILL, launches=4000, host_free=True)
+    assert chosen == {"qkv": "split", "attention": "sdpa"} and program["bound"] == "gpu-bound"
+
+
+def test_a_gain_within_the_measurements_noise_keeps_the_kernel(monkeypatch):
+    groups = {"gemm": (2, {"kernel": T(0.004, 1.00), "library": T(0.004, 0.99)})}
+    chosen, _ = _settle(monkeypatch, groups, launches=10)
+    assert chosen == {"gemm": "kernel"}
+    groups = {"gemm": (2, {"kernel": T(0.004, 1.00), "library": T(0.004, 0.90)})}
+    assert _settle(monkeypatch, groups, launches=10)[0] == {"gemm": "library"}
+
+
+def test_the_program_cost_is_the_larger_of_host_and_gpu_time_and_a_little_of_the_other():
+    cost, factor = group_selection.program_cost, group_selection.HOST_FACTOR
+    assert cost(0.1, 1.0) == pytest.approx(1.0 + 0.1 * factor * 0.1)
+    assert cost(1.0, 0.1) == pytest.approx(factor * 1.0 + 0.1 * 0.1)
+    assert cost(1.0, 0.1, host_free=True) == 0.1
+
+
+def test_the_report_shows_both_figures_and_the_programs_estimate(monkeypatch):
+    _fake_gpu(monkeypatch, "kernel")
+
+    def clock(kind, run, device):
+        run()
+        return T(0.002, 0.5) if kind == "kernel" else T(0.02, 0.2)  # the library: more host, less GPU
+
+    monkeypatch.setattr(group_selection, "default_clock", clock)
+    report = _run(lambda x, w: torch.relu(x @ w), torch.randn(9, 12), torch.randn(12, 5))
+    partition = report["partitions"][0]
+    (choice,) = partition["group_selection"]
+    assert choice["chosen"] in ("split", "library") and choice["program"] == "gpu-bound"
+    assert choice["kernel_gpu_ms"] == 0.5 and choice["kernel_host_ms"] == 0.002 and choice["kernel_ms"] == 0.5
+    estimate = partition["group_selection_program"]
+    assert estimate["bound"] == "gpu-bound" and estimate["launches"] >= 1
+
+
+def test_the_switch_leaves_each_group_to_its_own_measurement(monkeypatch):
+    monkeypatch.setenv(group_selection.PROGRAM_CLOCK_ENV, "0")
+    chosen, program = _settle(monkeypatch, PREFILL, launches=40)
+    assert chosen == {"qkv": "split", "attention": "kernel"} and program is None
