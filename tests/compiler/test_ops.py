@@ -422,6 +422,33 @@ def test_tanh_gelu_as_a_sigmoid_matches_eager_at_the_extremes(dtype):
     assert "aten.gelu" in compiled_aten_ops(reports)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fn", [torch.erf, F.gelu], ids=["erf", "gelu"])
+def test_erf_without_branches_matches_eager_to_the_last_bits(dtype, fn):
+    """erf is both of CUDA's erff polynomials, one selected per element (no branch): eager's values
+    within two f32 ulps over the whole range (both sides of the 0.9277 switch, the tails where erf
+    is +-1, tiny and subnormal inputs), and its infinities, signed zeros and NaN; the exact GELU
+    through it likewise. In bf16 the oracle
+    is eager's f32 result rounded once, as CUDA computes it (eager's bf16 erf on the CPU is several
+    bf16 ulps off near zero: 1.1563e-5 for erf(1.0014e-5) = 1.1300e-5)."""
+    special = [float("-inf"), float("inf"), float("nan"), -1e4, 1e4, -4.0, 4.0, 0.0, -0.0, 1e-8]
+    if dtype == torch.float32:  # a subnormal (Triton's interpreter reads a bf16 one as zero)
+        special.append(1e-40)
+    switch = 0.927734375
+    near = [switch * (1 + e) * sign for e in (-1e-7, 0.0, 1e-7) for sign in (1, -1)]
+    x = torch.cat([torch.linspace(-6, 6, 4001), torch.logspace(-30, 1, 301), torch.tensor(special + near)])
+    x = x.to(dtype)
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        got, want = compiled(x), fn(x.float()).to(dtype)
+    if fn is torch.erf:
+        rtol, atol = (3e-7 if dtype == torch.float32 else 0.0), 1e-45
+    else:  # 1 + erf cancels for x < 0: erf's last bit is an absolute error there (as for any erf)
+        rtol, atol = (1e-6 if dtype == torch.float32 else 2**-7), 1e-6  # bf16: one ulp
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    assert set(compiled_aten_ops(compiled.tilefuse_reports)) & {"aten.erf", "aten.gelu"}
+
+
 def test_the_interpreter_runs_a_large_pointwise_kernel_as_few_wide_programs():
     """Under Triton's interpreter (programs run one after another) a flat pointwise kernel's block
     is widened to INTERPRETER_BLOCK: a ragged 50001 elements in 4 programs, the tail masked, eager's
