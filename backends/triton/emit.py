@@ -782,7 +782,8 @@ class _KernelWriter:
 
 _FORMULAS: dict[str, Callable[[_KernelWriter, list[str], str], str]] = {
     "math.expm1": _KernelWriter._expm1, "math.log1p": _KernelWriter._log1p, "math.tanh": _KernelWriter._tanh,
-    "math.roundeven": _KernelWriter._round_even, "math.powf": _KernelWriter._pow, "math.erf": _KernelWriter._erf,
+    "math.roundeven": _KernelWriter._round_even, "math.powf": _KernelWriter._pow,
+    "math.erf": _KernelWriter._erf,
 }  # fmt: skip
 
 _ASSIGNMENT = re.compile(r"^\s+([A-Za-z_]\w*) = ")
