@@ -35,7 +35,8 @@ literally: a group on the library or split path is one call that runs its
 ops, and its outputs land in fresh row-major buffers, the layout the
 kernel's would have had. The choice and the times go in the partition's
 report (`group_selection`, with the program's estimate in
-`group_selection_program`) and in the tuning database (`choices`, keyed by the kernel's task, the device, the
+`group_selection_program`) and in the tuning database (`choices`, keyed
+by the kernel's task, the device, the
 versions and the launch's configuration and operand layouts): a later
 compile on the same device reads the choice back instead of measuring
 (the report says `"from": "database"`; `TILEFUSE_TUNED=0` ignores it).
@@ -634,7 +635,11 @@ class GroupSelector:
             known = self._settle(key, kernel, metas, record=False)
             if known.source == "measured" and known.why is None and KERNEL in known.timings:
                 measured[key] = launches
-        if not measured or os.environ.get(PROGRAM_CLOCK_ENV) == "0":  # each group as measured alone
+        if os.environ.get(PROGRAM_CLOCK_ENV) == "0":  # each group as measured alone
+            measured = {}
+        for key in surveyed.keys() - measured.keys():  # decided on their own (or not measured)
+            self._record(surveyed[key][0], key, self._known[key][0])
+        if not measured:
             return
         timings = {key: self._known[key][0].timings for key in measured}
         launch_host = statistics.median(t[KERNEL].host_ms for t in timings.values())

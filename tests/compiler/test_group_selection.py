@@ -392,10 +392,12 @@ def test_a_library_path_too_large_to_measure_keeps_the_kernel(monkeypatch):
     assert choice["chosen"] == "kernel" and "GiB intermediate" in choice["not_measured"]
 
 
-def test_a_later_compile_reads_the_choice_from_the_tuning_database(monkeypatch, tmp_path):
+@pytest.mark.parametrize("program_clock", ["1", "0"])
+def test_a_later_compile_reads_the_choice_from_the_tuning_database(monkeypatch, tmp_path, program_clock):
     """Both times and the choice are recorded (keyed by the kernel's task, device, versions and the
-    launch's layouts); a later compile of the same graph decides without measuring and says so.
-    Other shapes are another launch: measured again."""
+    launch's layouts), whether chosen for the program or for the group alone; a later compile of the
+    same graph decides without measuring and says so. Other shapes are another launch: measured again."""
+    monkeypatch.setenv(group_selection.PROGRAM_CLOCK_ENV, program_clock)
     seen = []
     _fake_gpu(monkeypatch, "split", seen)
     x, w1, b1, w2, w3, r = _mlp_inputs(9, 12, 10)
