@@ -740,26 +740,6 @@ class _KernelWriter:
         e = self._temp(f"{name}_em1", self._expm1([capped], name))
         return f"tl.where({x} > 10.0, 1.0, {e} / ({e} + 2.0))"
 
-    def _erf(self, args: list[str], name: str) -> str:
-        (x,) = args
-        # Both of CUDA's erff branches computed and one selected (N. Juffa's polynomials, within 1.2 ulp
-        # of erf in f32): libdevice's erf branches per element, and as a GEMM's epilogue over a 128x256
-        # tile it spilled (16 local loads and stores a thread) and cost 22 us at 2048x2048x8192 (H200).
-        # |x| <= 0.9277: x + x * P(x^2); above: 1 - exp(t * R(t) - t) with t = |x| (capped at 4, where
-        # erf is 1 in f32), its sign copied from x; NaN kept.
-        t = self._temp(f"{name}_t", f"tl.minimum(tl.abs({x}), 4.0)")
-        s = self._temp(f"{name}_s", f"{x} * {x}")
-        p = f"-5.96761703e-4 * {s} + 4.99119423e-3"
-        for c in ("-2.67681349e-2", "1.12819925e-1", "-3.76125336e-1", "1.28379166e-1"):
-            p = f"({p}) * {s} + {c}"
-        small = self._temp(f"{name}_small", f"({p}) * {x} + {x}")
-        r = f"(-1.72853470e-5 * {t} + 3.83197126e-4) * ({t} * {t}) + (-3.88396438e-3 * {t} + 2.42546219e-2)"
-        for c in ("-1.06777877e-1", "-6.34846687e-1", "-1.28717512e-1"):
-            r = f"({r}) * {t} + {c}"
-        tail = self._temp(f"{name}_tail", f"1.0 - tl.exp(({r}) * {t} - {t})")
-        large = f"tl.where({x} < 0.0, -{tail}, {tail})"
-        return f"tl.where(tl.abs({x}) > 0.927734375, {large}, tl.where({x} != {x}, {x}, {small}))"
-
     def _round_even(self, args: list[str], name: str) -> str:
         (x,) = args
         r = self._temp(f"{name}_floor", f"tl.floor({x})")
@@ -783,7 +763,6 @@ class _KernelWriter:
 _FORMULAS: dict[str, Callable[[_KernelWriter, list[str], str], str]] = {
     "math.expm1": _KernelWriter._expm1, "math.log1p": _KernelWriter._log1p, "math.tanh": _KernelWriter._tanh,
     "math.roundeven": _KernelWriter._round_even, "math.powf": _KernelWriter._pow,
-    "math.erf": _KernelWriter._erf,
 }  # fmt: skip
 
 _ASSIGNMENT = re.compile(r"^\s+([A-Za-z_]\w*) = ")

@@ -424,11 +424,10 @@ def test_tanh_gelu_as_a_sigmoid_matches_eager_at_the_extremes(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fn", [torch.erf, F.gelu], ids=["erf", "gelu"])
-def test_erf_without_branches_matches_eager_to_the_last_bits(dtype, fn):
-    """erf is both of CUDA's erff polynomials, one selected per element (no branch): eager's values
-    within two f32 ulps over the whole range (both sides of the 0.9277 switch, the tails where erf
-    is +-1, tiny and subnormal inputs), and its infinities, signed zeros and NaN; the exact GELU
-    through it likewise. In bf16 the oracle
+def test_erf_matches_eager_to_the_last_bits(dtype, fn):
+    """erf (Triton's, libdevice's erff on a GPU): eager's values within two f32 ulps over the whole
+    range (both sides of erff's 0.9277 switch, the tails where erf is +-1, tiny and subnormal inputs),
+    and its infinities, signed zeros and NaN; the exact GELU through it likewise. In bf16 the oracle
     is eager's f32 result rounded once, as CUDA computes it (eager's bf16 erf on the CPU is several
     bf16 ulps off near zero: 1.1563e-5 for erf(1.0014e-5) = 1.1300e-5)."""
     special = [float("-inf"), float("inf"), float("nan"), -1e4, 1e4, -4.0, 4.0, 0.0, -0.0, 1e-8]
