@@ -192,9 +192,14 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         while shared_bytes() > SHARED_MEMORY_BUDGET and bn > 64 and not whole_rows:
             bn //= 2
         # 8 warps hold a 128x256 accumulator (128 f32 registers a thread); a 128x128 one fits 4
-        # (34 us against 54 with 8 on the shape above) unless a second accumulator or an epilogue
-        # with math functions needs the registers (GELU's erf spilled at 4 warps)
-        heavy = rhs_tiles > 1 or problem.get("epilogue_math", 0) > 0
+        # (34 us against 54 with 8 on the shape above) unless a second accumulator needs the registers.
+        # An epilogue with math functions takes 8 only over a short K: 8 warps slow a 128x128 tile's
+        # main loop more than the epilogue's spills cost at 4 (H200, bf16, GEMM + bias + activation, us at
+        # 4 / 8 warps: erf GELU 2048x8192x2048 96.7 / 160.6, 2048x4096x4096 106.3 / 169.5, 512x2048x8192
+        # 31.3 / 40.6; SiLU 93.9 / 105.2 at K = 8192; at K = 1024 8 warps won by 0.3-1 us: 1024x1024x4096
+        # erf GELU 22.0 / 21.0, tanh GELU 17.1 / 16.4)
+        short_k = problem["K"] <= 1024
+        heavy = rhs_tiles > 1 or (problem.get("epilogue_math", 0) > 0 and short_k)
         warps = 8 if bm * bn > 128 * 128 or (bm * bn == 128 * 128 and heavy) else 4
         if elem == 4 and not problem.get("tf32") and not whole_rows and not decode:
             # exact f32 dots run as 3xTF32: three TF32 dots a step and the operands' split halves take the

@@ -20,9 +20,14 @@ def test_wide_tiles_only_where_they_fill_two_waves():
     assert _tile(default_config("gemm", _gemm(2048, 4096, 1024))) == (128, 128, 4)
 
 
-def test_math_in_the_epilogue_or_a_second_accumulator_takes_eight_warps():
+def test_a_second_accumulator_or_math_in_a_short_k_epilogue_takes_eight_warps():
     assert _tile(default_config("gemm", _gemm(2048, 4096, 1024, epilogue_math=1))) == (128, 128, 8)
     assert _tile(default_config("gemm", _gemm(2048, 4096, 1024, rhs_operands=2))) == (128, 128, 8)
+    assert _tile(default_config("gemm", _gemm(2048, 4096, 8192, rhs_operands=2))) == (128, 128, 8)
+    # over a long K, 8 warps slow the 128x128 main loop more than the epilogue's math costs at 4
+    # (H200: erf GELU at 2048x2048x8192 96.7 us at 4 warps, 160.6 at 8)
+    assert _tile(default_config("gemm", _gemm(2048, 2048, 8192, epilogue_math=1))) == (128, 128, 4)
+    assert _tile(default_config("gemm", _gemm(512, 8192, 2048, epilogue_math=1))) == (128, 128, 4)
 
 
 def test_exact_f32_gemms_take_narrow_deep_pipelined_tiles_and_tf32_the_wide_ones():
