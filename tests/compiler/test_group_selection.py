@@ -602,3 +602,22 @@ def test_the_switch_leaves_each_group_to_its_own_measurement(monkeypatch):
     monkeypatch.setenv(group_selection.PROGRAM_CLOCK_ENV, "0")
     chosen, program = _settle(monkeypatch, PREFILL, launches=40)
     assert chosen == {"qkv": "split", "attention": "kernel"} and program is None
+
+
+def test_measured_inputs_rotate_through_copies_that_overflow_the_l2_cache(monkeypatch):
+    """A layer's weights come from memory in a model: a measurement rotates its inputs through enough
+    copies to pass twice the L2 cache (at most 8), one set where the inputs alone already do."""
+
+    class Properties:
+        L2_cache_size = 50 << 20
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+    cuda = torch.device("cuda", 0)
+    mib = lambda n: torch.empty(n << 19, dtype=torch.bfloat16, device="meta")  # noqa: E731  n MiB
+    copies = group_selection._input_copies
+    assert copies([mib(40)], cuda) == 3 and copies([mib(30), mib(10)], cuda) == 3
+    assert copies([mib(1)], cuda) == group_selection.MAX_INPUT_COPIES
+    assert copies([mib(100)], cuda) == 1 and copies([mib(1)], torch.device("cpu")) == 1
+    # a strided view spans its storage's extent, not its element count
+    assert group_selection._meta_bytes(torch.empty(64, 128, device="meta").t()) == 64 * 128 * 4
+    assert group_selection._meta_bytes(torch.empty(64, 128, device="meta")[:, :1]) == (63 * 128 + 1) * 4
