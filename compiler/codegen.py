@@ -360,11 +360,15 @@ def shared_cuda_source(kernel: tile.KernelOp, function: str, config: dict[str, i
 
 
 def _load_cuda(source: str, function: str, config: object, target: Target) -> object:
-    from ..backends.cuda import CudaKernel, load_cuda_kernel
+    from ..backends.cuda import CudaEmitError, CudaKernel, load_cuda_kernel
 
     if not target.interpret:
         return load_cuda_kernel(source, function, dict(config.params), config.num_warps)
+    from ..backends.cuda.cutlass import is_cutlass_source
     from ..backends.cuda.testing import build_on_cpu
+
+    if is_cutlass_source(source):  # TMA and WGMMA have no CPU emulation
+        raise CudaEmitError("a CUTLASS GEMM runs on a Hopper GPU only")
 
     root = cache_dir()
     workdir = (root.parent if root else Path(tempfile.gettempdir()) / "tilefuse") / "cuda-on-cpu"

@@ -635,14 +635,18 @@ class GroupSelector:
 
     def _key(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple | None:
         """The launch's key (module docstring), or None where nothing is chosen for it."""
-        alternative = getattr(kernel, "alternative", None)
-        if kernel.lowered.group.kind not in LIBRARY_KINDS and alternative is None:
+        if not self._others(kernel):
             return None
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None  # nothing can be timed inside a CUDA graph capture
         layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
-        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
-        return (*_kernel_key(kernel), layouts, ",".join(others))
+        return (*_kernel_key(kernel), layouts, ",".join(self._others(kernel)))
+
+    def _others(self, kernel: object) -> tuple[str, ...]:
+        """The candidates against the kernel: the other backend's kernel (backend "auto"), and the
+        library paths of a GEMM or attention group."""
+        library = self._library_candidates(kernel) if kernel.lowered.group.kind in LIBRARY_KINDS else ()
+        return (("cuda",) if getattr(kernel, "alternative", None) is not None else ()) + library
 
     def survey(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple[str, None]:
         """A first pass's chooser: every launch on its kernel; the selectable ones counted by key."""
@@ -725,7 +729,7 @@ class GroupSelector:
         on its own: the fastest alone); kept in `_known` with the candidates it may need."""
         group = kernel.lowered.group.name
         alternative = getattr(kernel, "alternative", None)
-        others = ("cuda",) if alternative is not None else self._library_candidates(kernel)
+        others = tuple(name for name in self._others(kernel) if name != "cuda")
         candidates = {"cuda": alternative} if alternative is not None else {}
         known = self._recorded(kernel, key)
         prebuilt = self._split_paths.get(_kernel_key(kernel))

@@ -28,7 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cutlass import CUTLASS_FLAGS, cutlass_include, is_cutlass_source
+
 FLAGS = ("-O3", "-lineinfo", "-shared", "-Xcompiler", "-fPIC")
+# a CUTLASS GEMM took nvcc 110-120 s on two cores (template instantiation; benchmarks/NOTES.md)
+CUTLASS_TIMEOUT_S = 600
 _ERROR = re.compile(r"([^/\s]+\.cu)\((\d+)\): ((?:catastrophic )?error\b.*)")
 
 
@@ -68,8 +72,8 @@ def nvcc_version(nvcc: str) -> str:
     return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
 
 
-def _cache_key(source: str, arch: str, version: str) -> str:
-    text = "\0".join([source, arch, " ".join(FLAGS), version])
+def _cache_key(source: str, arch: str, version: str, flags: tuple[str, ...] = FLAGS) -> str:
+    text = "\0".join([source, arch, " ".join(flags), version])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -109,8 +113,16 @@ def build_shared_object(
     nvcc = find_nvcc()
     if nvcc is None:
         raise CudaBuildError(f"{name}: nvcc is not installed: left to Triton")
+    flags, target_flags = FLAGS, (f"-arch={arch}",)
+    if is_cutlass_source(source):  # CUTLASS: its headers, its flags, one SASS target, minutes of templates
+        include = cutlass_include()
+        if include is None:
+            raise CudaBuildError(f"{name}: no nvidia-cutlass headers installed: left to Triton")
+        flags = (*FLAGS, *CUTLASS_FLAGS, f"-I{include}")
+        target_flags = ("-gencode", f"arch=compute_{arch.removeprefix('sm_')},code={arch}")
+        timeout_s = max(timeout_s, CUTLASS_TIMEOUT_S)
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = cache / f"{name}_{_cache_key(source, arch, nvcc_version(nvcc))}.so"
+    target = cache / f"{name}_{_cache_key(source, arch, nvcc_version(nvcc), flags)}.so"
     if target.exists():
         return BuildResult(target, 0.0, cached=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -119,7 +131,7 @@ def build_shared_object(
         unit.write_text(source)
         start = time.perf_counter()
         try:
-            result = _run([nvcc, *FLAGS, f"-arch={arch}", "-o", str(library), str(unit)], timeout_s)
+            result = _run([nvcc, *flags, *target_flags, "-o", str(library), str(unit)], timeout_s)
         except subprocess.TimeoutExpired:
             raise CudaBuildError(f"{name}: nvcc ran past {timeout_s:g} s: left to Triton") from None
         seconds = time.perf_counter() - start

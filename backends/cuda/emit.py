@@ -13,8 +13,9 @@ passes both backends the same values. Beside it, `extern "C" int
 launch_<kernel>(void* stream, <the kernel's arguments>)` launches it over
 its literal grid on `stream` and returns `cudaGetLastError()`.
 
-GEMM and attention kernels stay on Triton (CUTLASS comes later); an op
-the writer does not know raises `CudaEmitError` naming it.
+A GEMM kernel is restated as a CUTLASS 3.x Hopper GEMM with its epilogue as
+an epilogue visitor tree (`cutlass.py`); attention kernels stay on Triton.
+An op the writer does not know raises `CudaEmitError` naming it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import re
 
 from ...ir import tile
 from ..triton.launcher import LaunchError, evaluate_grid
+from .cutlass import emit_cutlass
 from .prelude import PRELUDE
 from .scalar import CudaEmitError, storage_type
 from .writer import KernelWriter
 
 EMITTER_VERSION = 1
-SUPPORTED_KINDS = ("pointwise", "reduction", "row")
+SUPPORTED_KINDS = ("pointwise", "reduction", "row", "gemm")
 SHARED_MEMORY_LIMIT = 48 * 1024  # static __shared__ bytes a kernel may declare without opting in
 
 
@@ -55,7 +57,7 @@ def _check(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> Non
         article = "an" if kind[0] in "aeiou" else "a"
         raise CudaEmitError(
             f'kernel "{kernel.sym_name.data}" is {article} {kind} kernel: it stays on Triton '
-            "(the CUDA backend writes pointwise, reduction and row kernels; CUTLASS GEMMs come later)"
+            "(the CUDA backend writes pointwise, reduction, row and GEMM kernels)"
         )
     missing = [p for p in kernel.param_names if p not in config]
     if missing:
@@ -65,6 +67,13 @@ def _check(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> Non
 
 
 def emit_cuda(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> str:
+    """CUDA C++ source of `kernel` (module docstring); a GEMM kernel is a CUTLASS GEMM (`cutlass.py`)."""
+    if kernel.kind.data == "gemm":
+        return emit_cutlass(kernel, config)
+    return _emit_plain(kernel, config, num_warps)
+
+
+def _emit_plain(kernel: tile.KernelOp, config: dict[str, int], num_warps: int) -> str:
     """CUDA C++ source of `kernel` with its tile parameters bound to `config`, run by `num_warps` warps.
 
     The translation unit holds the device helpers (guarded, so that several

@@ -1,11 +1,17 @@
-"""A `tile` GEMM kernel read as a CUTLASS problem (backends/cuda/gemm.py): operands, layouts, leaves, epilogue.
+"""GEMM kernels as CUTLASS GEMMs: the `tile` kernel read as a problem (backends/cuda/gemm.py: operands,
+layouts, leaves, epilogue) and written as a CUTLASS SM90 translation unit (backends/cuda/cutlass.py).
 
 The kernels come from the real pipeline (compiled on the CPU and read back from the dump) and from
-the hand-written fixture beside this test; what CUTLASS cannot take is refused with a reason.
+the hand-written fixture beside this test; what CUTLASS cannot take is refused with a reason. The
+emitted source is compared with a golden file and built by nvcc (compile-only: no GPU here); GPU
+parity tests are in tests/gpu/test_cuda_backend_gpu.py.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import tilefuse
-from tilefuse.backends.cuda import CudaEmitError
+from tilefuse.backends.cuda import CudaEmitError, build_shared_object, emit_cuda
+from tilefuse.backends.cuda.cutlass import cutlass_include
 from tilefuse.backends.cuda.gemm import match_gemm
 from tilefuse.ir import parse_module
 
@@ -27,6 +34,22 @@ def _kernels(fn, *args, tmp_path) -> list:
     for path in sorted(tmp_path.glob("*/tile.mlir")):
         kernels += list(parse_module(path.read_text()).body.block.ops)
     return kernels
+
+
+def _config(tmp_path, kernel) -> dict[str, int]:
+    """The tile parameters the pipeline chose for `kernel` (from the dump's summary)."""
+    (summary,) = tmp_path.glob("*/summary.json")
+    groups = [g for p in json.loads(summary.read_text())["partitions"] for g in p["groups"]]
+    key = next(g["config"] for g in groups if g["kernel"] == kernel.sym_name.data)
+    return {k: int(v) for k, v in (item.split("=") for item in key.split(",")) if k not in ("w", "s")}
+
+
+def _linear_gelu_residual(tmp_path):
+    """A bf16 linear layer with bias, erf GELU and a residual, 16-byte aligned rows: a CUTLASS problem."""
+    x, w, b, r = (t.bfloat16() for t in (torch.randn(48, 64), torch.randn(96, 64), torch.randn(96),
+                                         torch.randn(48, 96)))  # fmt: skip
+    (kernel,) = _kernels(lambda x, w, b, r: F.gelu(F.linear(x, w, b)) + r, x, w, b, r, tmp_path=tmp_path)
+    return kernel, _config(tmp_path, kernel)
 
 
 def test_a_linear_layer_with_bias_gelu_and_residual(tmp_path):
@@ -66,3 +89,42 @@ def test_what_cutlass_does_not_take_is_refused_with_a_reason(tmp_path, case):
         with pytest.raises(CudaEmitError) as error:
             match_gemm(kernel)
         assert str(error.value)
+
+
+GOLDEN = HERE / "gemm_cutlass.cu"
+
+
+def test_the_emitted_cutlass_gemm_matches_its_golden_file(tmp_path):
+    """The CUTLASS translation unit of a linear layer + bias + GELU + residual, compared with the golden
+    file beside this test. After an intended change, regenerate it with
+    `TILEFUSE_REGENERATE_GOLDEN=1 python -m pytest tests/backends/test_cuda_gemm.py -k golden` and review
+    the diff."""
+    kernel, config = _linear_gelu_residual(tmp_path)
+    source = emit_cuda(kernel, config, 8)
+    assert "fus::Sm90EVT<Node, fus::Sm90AccFetch, Leaf0, Leaf1>" in source and "erff(" in source
+    assert f'extern "C" int launch_{kernel.sym_name.data}(void* stream, const void* t0, int64_t t0_s0' in source
+    if os.environ.get("TILEFUSE_REGENERATE_GOLDEN") == "1":
+        GOLDEN.write_text(source)
+    assert source == GOLDEN.read_text()
+
+
+def test_an_unaligned_or_f32_gemm_is_not_given_to_cutlass(tmp_path):
+    ragged = _kernels(lambda x, w: F.linear(x, w), torch.randn(8, 17).bfloat16(), torch.randn(24, 17).bfloat16(),
+                      tmp_path=tmp_path / "ragged")  # fmt: skip
+    with pytest.raises(CudaEmitError, match="multiples of 8"):
+        emit_cuda(ragged[0], {"BLOCK_N": 128}, 4)
+    f32 = _kernels(lambda x, w: F.linear(x, w), torch.randn(8, 16), torch.randn(24, 16), tmp_path=tmp_path / "f32")
+    with pytest.raises(CudaEmitError, match="f16 and bf16"):
+        emit_cuda(f32[0], {"BLOCK_N": 128}, 4)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.skipif(cutlass_include() is None, reason="the nvidia-cutlass wheel (its headers) is not installed")
+def test_the_cutlass_gemm_builds_with_nvcc_for_sm90a(tmp_path):
+    """Compile-only: the golden source builds into a shared object exporting its launcher (nvcc with
+    CUTLASS's flags; about two minutes of template instantiation on two cores)."""
+    kernel, config = _linear_gelu_residual(tmp_path)
+    built = build_shared_object(emit_cuda(kernel, config, 8), kernel.sym_name.data, cache_dir=tmp_path / "so")
+    assert built.path.exists() and not built.cached
+    symbols = built.path.read_bytes()
+    assert f"launch_{kernel.sym_name.data}".encode() in symbols

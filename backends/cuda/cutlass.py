@@ -1,0 +1,259 @@
+"""A GEMM kernel with its fused epilogue as a CUTLASS 3.x Hopper GEMM (SM90, TMA, WGMMA, persistent).
+
+`emit_cutlass(kernel, config)` restates a `tile` GEMM kernel (read by
+`gemm.match_gemm`) as one translation unit:
+
+- the main loop from CUTLASS's SM90 collective builder: TMA loads into a
+  shared-memory pipeline, WGMMA, the warp-specialized cooperative schedule
+  (two consumer warp groups split a 128-row tile), a persistent grid;
+- the epilogue as an epilogue visitor tree (EVT): one compute node whose
+  functor is the kernel's epilogue (its maps, as C++ over the accumulator and
+  the leaves), over the accumulator (`Sm90AccFetch`) and one leaf node per
+  tensor the epilogue loads: `Sm90RowBroadcast` for a value per column (a
+  bias), `Sm90ColBroadcast` per row, `Sm90AuxLoad` (TMA) per element (a
+  residual). The node casts to the output's type and TMA stores it.
+- `extern "C" int launch_<kernel>(void* stream, ...)` taking the Triton
+  kernel's arguments (per tensor: its pointer, then one int64 stride per
+  dim), so the runtime launches it like any kernel. It returns 0, or a code
+  where CUTLASS cannot run the launch (`LAUNCH_ERRORS`): a stride or address
+  TMA cannot take is refused before a descriptor is built (the descriptor
+  checks are assertions, compiled out with -DNDEBUG).
+
+CUTLASS decides the in-tile schedule; of the kernel's config only the tile's
+N extent is kept (64, 128 or 256; M is 128, K 64). Operands are 16-bit floats
+(f32 operands stay on Triton: their precision rules are TF32's and 3xTF32's);
+K and N must be multiples of 8 (16-byte TMA rows). The headers come from the
+pinned `nvidia-cutlass` wheel (`cutlass_include`); building one kernel takes
+nvcc about two minutes on two cores (template instantiation), 20-40 s on a
+16-core host.
+"""
+
+# ruff: noqa: E501  (the emitted C++ lines are kept whole, as they read in the .cu)
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from xdsl.dialects.builtin import BFloat16Type, Float16Type, Float32Type
+
+from ...ir import tile
+from .gemm import GemmProblem, Leaf, Operand, match_gemm
+from .prelude import PRELUDE
+from .scalar import CudaEmitError
+from .writer import c_identifier
+
+CUTLASS_VERSION = "4.2.0.0"  # the nvidia-cutlass wheel whose headers the emitted code is written against
+# nvcc flags a CUTLASS unit needs: NDEBUG, because a device assert in the main loop makes ptxas serialize
+# the WGMMA pipeline (C7510); one gencode, because -arch=sm_90a also compiles an empty compute_90 kernel
+CUTLASS_FLAGS = ("-std=c++17", "-DNDEBUG", "--expt-relaxed-constexpr")
+LAUNCH_ERRORS = {
+    1: "CUTLASS cannot implement the problem (can_implement)",
+    2: "the workspace could not be allocated",
+    3: "CUTLASS could not initialize the GEMM",
+    4: "CUTLASS could not run the GEMM",
+    7: "a stride or address TMA cannot take (16-byte rows, a unit inner stride)",
+}
+_ELEMENTS = {BFloat16Type: "cutlass::bfloat16_t", Float16Type: "cutlass::half_t", Float32Type: "float"}
+
+
+def cutlass_include() -> Path | None:
+    """The CUTLASS headers of the installed `nvidia-cutlass` wheel (not imported: only its files), or None."""
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    include = Path(next(iter(spec.submodule_search_locations))) / "source" / "include"
+    return include if (include / "cutlass" / "cutlass.h").exists() else None
+
+
+def is_cutlass_source(source: str) -> bool:
+    return '#include "cutlass/cutlass.h"' in source
+
+
+def _element(value: Operand) -> str:
+    element = _ELEMENTS.get(type(value.element))
+    if element is None:
+        raise CudaEmitError(f"a {value.element} tensor: CUTLASS epilogues here take f32, f16 and bf16")
+    return element
+
+
+def _check(problem: GemmProblem) -> None:
+    if not isinstance(problem.a.element, BFloat16Type | Float16Type):
+        raise CudaEmitError(f"{problem.a.element} operands: the CUDA backend's CUTLASS GEMMs take f16 and bf16")
+    if problem.k % 8 or problem.n % 8:
+        raise CudaEmitError(f"K={problem.k}, N={problem.n}: TMA needs 16-byte rows (multiples of 8)")
+    if problem.out.dims != ("M", "N"):
+        raise CudaEmitError("the output is not [M, N]")
+    for leaf in problem.leaves:
+        if leaf.kind == "full" and leaf.dims != ("M", "N"):
+            raise CudaEmitError("a per-element epilogue operand laid out [N, M]")
+
+
+def _leaf_node(leaf: Leaf, i: int) -> list[str]:
+    element = _element(leaf)
+    align = f"128 / cutlass::sizeof_bits<{element}>::value"
+    if leaf.kind == "row":  # one value per output column, read by every row of the tile
+        return [f"using Leaf{i} = fus::Sm90RowBroadcast<0, TileShape, {element}, float, Stride<_0, _1, _0>, {align}>;"]
+    if leaf.kind == "column":
+        return [f"using Leaf{i} = fus::Sm90ColBroadcast<0, TileShape, {element}, float, Stride<_1, _0, _0>, {align}>;"]
+    return [
+        f"using Leaf{i}Desc = cutlass::epilogue::collective::detail::AuxLoadDescriptor<EpiDesc, "
+        f"cutlass::layout::RowMajor, {element}>;",
+        f"using Leaf{i} = fus::Sm90AuxLoad<Leaf{i}Desc::Stages, typename EpiDesc::EpilogueTile, {element}, "
+        f"typename Leaf{i}Desc::Stride, typename Leaf{i}Desc::SmemLayoutAtom, typename Leaf{i}Desc::CopyOpS2R, "
+        f"{align}>;",
+    ]
+
+
+def _leaf_arguments(leaf: Leaf, i: int, pointer: str, strides: list[str]) -> str:
+    element = _element(leaf)
+    if leaf.kind == "full":
+        return f"{{static_cast<{element} const*>({pointer}), {element}(0), cute::make_stride({strides[0]}, _1{{}}, int64_t(0))}}"
+    return f"{{static_cast<{element} const*>({pointer}), {element}(0), {{}}}}"
+
+
+def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
+    """The CUTLASS translation unit of GEMM kernel `kernel` (module docstring), or CudaEmitError."""
+    problem = match_gemm(kernel)
+    _check(problem)
+    name = c_identifier(kernel.sym_name.data)
+    tile_n = min(max(config.get("BLOCK_N", 128), 64), 256)
+    args = list(kernel.body.block.args)
+    params, pointers, strides = [], {}, {}
+    for i, arg in enumerate(args):
+        rank = len(arg.type.get_shape())
+        pointer = f"t{i}"
+        const = "" if arg is problem.out.arg else "const "
+        params.append(", ".join([f"{const}void* {pointer}", *(f"int64_t {pointer}_s{d}" for d in range(rank))]))
+        pointers[arg], strides[arg] = pointer, [f"{pointer}_s{d}" for d in range(rank)]
+    a, b, out = problem.a, problem.b, problem.out
+    element_a, element_out = _element(a), _element(out)
+    a_major = "RowMajor" if problem.a_row_major else "ColumnMajor"
+    b_major = "ColumnMajor" if problem.b_column_major else "RowMajor"
+    # the stride of the dim that is not contiguous (the leading dimension), and the one that must be 1
+    a_ld, a_unit = strides[a.arg][0], strides[a.arg][1]
+    b_ld, b_unit = strides[b.arg][0], strides[b.arg][1]
+    out_ld, out_unit = strides[out.arg][0], strides[out.arg][1]
+    a_stride = "int64_t(lda), _1{}, int64_t(0)" if problem.a_row_major else "_1{}, int64_t(lda), int64_t(0)"
+    b_stride = "int64_t(ldb), _1{}, int64_t(0)" if problem.b_column_major else "_1{}, int64_t(ldb), int64_t(0)"
+    leaves = [f"Leaf{i}" for i in range(len(problem.leaves))]
+    inputs = ", ".join(["T const& acc", *(f"T const& leaf{i}" for i in range(len(problem.leaves)))])
+    array_inputs = ", ".join(
+        ["Array<T, N, R> const& acc", *(f"Array<T, N, R> const& leaf{i}" for i in range(len(problem.leaves)))]
+    )
+    call = ", ".join(["acc[i]", *(f"leaf{i}[i]" for i in range(len(problem.leaves)))])
+    checks = [f"{a_unit} != 1", f"{b_unit} != 1", f"{out_unit} != 1", "lda % 8", "ldb % 8", f"{out_ld} % 8"]
+    aligned = [pointers[a.arg], pointers[b.arg], pointers[out.arg]]
+    leaf_args = []
+    for i, leaf in enumerate(problem.leaves):
+        pointer, leaf_strides = pointers[leaf.arg], strides[leaf.arg]
+        if leaf.kind == "full":
+            checks += [f"{leaf_strides[1]} != 1", f"{leaf_strides[0]} % 8"]
+            aligned.append(pointer)
+        else:
+            checks.append(f"{leaf_strides[0]} != 1")
+        leaf_args.append(_leaf_arguments(leaf, i, pointer, leaf_strides))
+    described = ", ".join(f"{pointers[arg]} = %{arg.name_hint or i}: {arg.type}" for i, arg in enumerate(args))
+    lines = [
+        f'// tilefuse kernel "{kernel.sym_name.data}" (gemm) as a CUTLASS {CUTLASS_VERSION} SM90 GEMM, by '
+        "tilefuse.backends.cuda",
+        f"// {described}",
+        f"// D[{problem.m}, {problem.n}] = epilogue(A @ B, leaves), K = {problem.k}; A {a_major}, B {b_major}; "
+        f"tile 128x{tile_n}x64, TMA warp-specialized cooperative, persistent",
+        PRELUDE,
+        '#include "cutlass/cutlass.h"',
+        '#include "cute/tensor.hpp"',
+        '#include "cutlass/numeric_types.h"',
+        '#include "cutlass/gemm/collective/collective_builder.hpp"',
+        '#include "cutlass/epilogue/collective/collective_builder.hpp"',
+        '#include "cutlass/gemm/kernel/gemm_universal.hpp"',
+        '#include "cutlass/gemm/device/gemm_universal_adapter.h"',
+        "",
+        f"namespace {name}_cutlass {{",
+        "using namespace cute;",
+        "using cutlass::Array;",
+        "namespace fus = cutlass::epilogue::fusion;",
+        "",
+        "// the kernel's epilogue, element by element (Sm90Compute calls it on fragments: the Array form)",
+        "template <class T> struct Epilogue {",
+        f"  CUTLASS_DEVICE T operator()({inputs}) const {{",
+        *(f"    {line}" for line in problem.body),
+        f"    return {problem.result};",
+        "  }",
+        "};",
+        "template <class T, int N, bool R> struct Epilogue<Array<T, N, R>> {",
+        f"  CUTLASS_DEVICE Array<T, N, R> operator()({array_inputs}) const {{",
+        "    Array<T, N, R> out;",
+        "    CUTLASS_PRAGMA_UNROLL",
+        f"    for (int i = 0; i < N; ++i) out[i] = Epilogue<T>{{}}({call});",
+        "    return out;",
+        "  }",
+        "};",
+        "",
+        f"using TileShape = Shape<_128, _{tile_n}, _64>;",
+        "using ClusterShape = Shape<_1, _1, _1>;",
+        "using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;",
+        "using EpiDesc = cutlass::epilogue::collective::detail::EpilogueDescriptor<",
+        f"    TileShape, cutlass::epilogue::collective::EpilogueTileAuto, void, {element_out}, EpilogueSchedule>;",
+        *(line for i, leaf in enumerate(problem.leaves) for line in _leaf_node(leaf, i)),
+        f"using Node = fus::Sm90Compute<Epilogue, {element_out}, float, cutlass::FloatRoundStyle::round_to_nearest>;",
+        f"using EVT = fus::Sm90EVT<{', '.join(['Node', 'fus::Sm90AccFetch', *leaves])}>;",
+        "using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<",
+        "    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,",
+        "    cutlass::epilogue::collective::EpilogueTileAuto, float, float,",
+        f"    void, cutlass::layout::RowMajor, 128 / cutlass::sizeof_bits<{element_out}>::value,",
+        f"    {element_out}, cutlass::layout::RowMajor, 128 / cutlass::sizeof_bits<{element_out}>::value,",
+        "    EpilogueSchedule, EVT>::CollectiveOp;",
+        "using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<",
+        "    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,",
+        f"    {element_a}, cutlass::layout::{a_major}, 128 / cutlass::sizeof_bits<{element_a}>::value,",
+        f"    {element_a}, cutlass::layout::{b_major}, 128 / cutlass::sizeof_bits<{element_a}>::value,",
+        "    float, TileShape, ClusterShape,",
+        "    cutlass::gemm::collective::StageCountAutoCarveout<",
+        "        static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,",
+        "    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;",
+        "using GemmKernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,",
+        "    CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;",
+        "using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;",
+        "",
+        "inline int sm_count() {  // asked once per device, not per launch",
+        "  static int device = -1, count = 0;",
+        "  int current = 0;",
+        "  if (cudaGetDevice(&current) != cudaSuccess) return 0;",
+        "  if (current != device && cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, current) == cudaSuccess)",
+        "    device = current;",
+        "  return count;",
+        "}",
+        f"}}  // namespace {name}_cutlass",
+        "",
+        f'extern "C" int launch_{name}(void* stream, {", ".join(params)}) {{',
+        f"  using namespace {name}_cutlass;",
+        f"  const int64_t lda = {a_ld}, ldb = {b_ld};",
+        "  // TMA takes 16-byte aligned rows with a unit inner stride; its checks are assertions (off with NDEBUG)",
+        f"  if ({' || '.join(checks)}) return 7;",
+        f"  if (({' | '.join(f'reinterpret_cast<uintptr_t>({p})' for p in aligned)}) & 15) return 7;",
+        "  typename Gemm::Arguments args{};",
+        "  args.mode = cutlass::gemm::GemmUniversalMode::kGemm;",
+        f"  args.problem_shape = {{{problem.m}, {problem.n}, {problem.k}, 1}};",
+        f"  args.mainloop = {{static_cast<{element_a} const*>({pointers[a.arg]}), cute::make_stride({a_stride}),",
+        f"                   static_cast<{element_a} const*>({pointers[b.arg]}), cute::make_stride({b_stride})}};",
+        "  // the tree's arguments: its children in order (the accumulator, then the leaves), then the node",
+        f"  typename EVT::Arguments tree{{{', '.join(['{}', *leaf_args, '{}'])}}};",
+        f"  auto out_stride = cute::make_stride(int64_t({out_ld}), _1{{}}, int64_t(0));",
+        f"  args.epilogue = {{tree, nullptr, out_stride, static_cast<{element_out}*>({pointers[out.arg]}), out_stride}};",
+        "  cudaGetDevice(&args.hw_info.device_id);",
+        "  args.hw_info.sm_count = sm_count();",
+        "  Gemm gemm;",
+        "  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;",
+        "  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 for the persistent data-parallel schedule",
+        "  void* workspace = nullptr;",
+        "  cudaStream_t s = static_cast<cudaStream_t>(stream);",
+        "  if (workspace_size && cudaMallocAsync(&workspace, workspace_size, s) != cudaSuccess) return 2;",
+        "  int status = 0;",
+        "  if (gemm.initialize(args, workspace, s) != cutlass::Status::kSuccess) status = 3;",
+        "  else if (gemm.run(s) != cutlass::Status::kSuccess) status = 4;",
+        "  if (workspace) cudaFreeAsync(workspace, s);",
+        "  return status;",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
