@@ -75,9 +75,11 @@ GEMM_EPILOGUES = {
 
 @pytest.mark.parametrize("shape", [(77, 1024, 136), (2048, 2048, 8192)], ids=str)
 @pytest.mark.parametrize("epilogue", sorted(GEMM_EPILOGUES))
-def test_cutlass_gemms_match_float64_and_triton(epilogue, shape):
+def test_cutlass_gemms_match_float64_and_triton(epilogue, shape, monkeypatch):
     """A linear layer's GEMM and its epilogue as a CUTLASS SM90 GEMM (EVT epilogue), ragged M included:
-    as close to float64 as the Triton kernel and eager are."""
+    as close to float64 as the Triton kernel and eager are. Split-K is off: its partial products are a
+    batched contraction over a reshaped K, which stays on Triton (77 x 1024 x 136 was split on the H200)."""
+    monkeypatch.setenv("TILEFUSE_SPLIT_K", "0")
     fn = GEMM_EPILOGUES[epilogue]
     m, k, n = shape
     torch.manual_seed(0)
