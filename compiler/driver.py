@@ -298,9 +298,9 @@ def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
 
 
 def _cuda_files(art: GraphArtifact) -> dict[str, str]:
-    """The CUDA C++ of each pointwise, reduction and row kernel with its config, for reading beside the
-    Triton source (the CUDA backend does not run them yet; GEMMs and attention stay on Triton). A
-    kernel the emitter refuses gets a one-line file saying why."""
+    """The CUDA C++ of each pointwise, reduction, row and GEMM (CUTLASS) kernel with its config, for
+    reading beside the Triton source (they run under backend "cuda" or "auto"; attention stays on
+    Triton). A kernel the emitter refuses gets a one-line file saying why."""
     from ..backends.cuda import SUPPORTED_KINDS, emit_cuda_or_reason
 
     tile_kernels, files = _dumped_kernels(art), {}

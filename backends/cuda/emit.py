@@ -136,4 +136,4 @@ def emit_cuda_or_reason(kernel: tile.KernelOp, config: dict[str, int], num_warps
     try:
         return emit_cuda(kernel, config, num_warps)
     except CudaEmitError as e:
-        return f"// {kernel.sym_name.data}: not written as CUDA C++: {e}\n"
+        return f"// {kernel.sym_name.data}: not written as CUDA C++ (it stays on Triton): {e}\n"

@@ -48,10 +48,12 @@ def _compiled(backend, tmp_path, **kw):
     return partition, kernels, program.read_text()
 
 
-def test_cuda_backend_runs_the_kinds_it_covers_and_leaves_gemms_to_triton(tmp_path):
+def test_cuda_backend_runs_the_kinds_it_covers_and_leaves_gemms_to_triton_on_the_cpu(tmp_path):
+    """Under the interpreter the CUDA kernels run emulated on CPU threads; a GEMM's CUTLASS kernel
+    (TMA, WGMMA) has no emulation: its group keeps the Triton kernel and says why."""
     partition, kernels, program = _compiled("cuda", tmp_path)
     by_kind = {g["kind"]: g for g in kernels}
-    assert by_kind["gemm"]["backend"] == "triton" and "Triton's" in by_kind["gemm"]["cuda"]
+    assert by_kind["gemm"]["backend"] == "triton" and "Triton" in by_kind["gemm"]["cuda"]
     covered = [g for g in kernels if g["kind"] in ("pointwise", "reduction", "row")]
     assert covered and all(g["backend"] == "cuda" for g in covered), kernels
     assert program.count("[cuda]") == len(covered)
