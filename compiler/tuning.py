@@ -146,7 +146,9 @@ class ModelTuneSummary(TuneSummary):
             return f"{title} not measured (no GPU)"
         if not self.choices:
             return f"{title} no group has a library path (no GEMM or attention)"
-        names = sorted({k[: -len("_ms")] for c in self.choices for k in c if k.endswith("_ms")} - {KERNEL})
+        # each candidate's time alone (its host and GPU figures, `<name>_gpu_ms`, stay in the report)
+        figures = {k[: -len("_ms")] for c in self.choices for k in c if k.endswith("_ms")}
+        names = sorted({n for n in figures if not n.endswith(("_gpu", "_host"))} - {KERNEL})
         rows = [
             f"{title}\n",
             f"| kernel | groups | chosen | {KERNEL} ms | {' | '.join(f'{n} ms' for n in names)} | from |",
