@@ -129,10 +129,21 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
     element_a, element_out = _element(a), _element(out)
     a_major = "RowMajor" if problem.a_row_major else "ColumnMajor"
     b_major = "ColumnMajor" if problem.b_column_major else "RowMajor"
-    # the stride of the dim that is not contiguous (the leading dimension), and the one that must be 1
-    a_ld, a_unit = strides[a.arg][0], strides[a.arg][1]
-    b_ld, b_unit = strides[b.arg][0], strides[b.arg][1]
-    out_ld, out_unit = strides[out.arg][0], strides[out.arg][1]
+    checks: list[str] = []
+
+    def matrix(operand: Operand) -> tuple[str, str]:
+        """The leading dimension's stride and the one that must be 1 (a collapsed [batch, tokens] dim
+        must nest: each stride the next one's times its size)."""
+        outer, inner = operand.axes
+        if len(inner) != 1:
+            raise CudaEmitError("an operand's contiguous dim spans several tensor dims")
+        st = strides[operand.arg]
+        checks.extend(f"{st[i]} != {st[j]} * {operand.shape[j]}" for i, j in zip(outer, outer[1:]))
+        return st[outer[-1]], st[inner[0]]
+
+    a_ld, a_unit = matrix(a)
+    b_ld, b_unit = matrix(b)
+    out_ld, out_unit = matrix(out)
     a_stride = "int64_t(lda), _1{}, int64_t(0)" if problem.a_row_major else "_1{}, int64_t(lda), int64_t(0)"
     b_stride = "int64_t(ldb), _1{}, int64_t(0)" if problem.b_column_major else "_1{}, int64_t(ldb), int64_t(0)"
     leaves = [f"Leaf{i}" for i in range(len(problem.leaves))]
@@ -141,17 +152,21 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         ["Array<T, N, R> const& acc", *(f"Array<T, N, R> const& leaf{i}" for i in range(len(problem.leaves)))]
     )
     call = ", ".join(["acc[i]", *(f"leaf{i}[i]" for i in range(len(problem.leaves)))])
-    checks = [f"{a_unit} != 1", f"{b_unit} != 1", f"{out_unit} != 1", "lda % 8", "ldb % 8", f"{out_ld} % 8"]
+    checks += [f"{a_unit} != 1", f"{b_unit} != 1", f"{out_unit} != 1", "lda % 8", "ldb % 8", f"{out_ld} % 8"]
     aligned = [pointers[a.arg], pointers[b.arg], pointers[out.arg]]
     leaf_args = []
     for i, leaf in enumerate(problem.leaves):
         pointer, leaf_strides = pointers[leaf.arg], strides[leaf.arg]
         if leaf.kind == "full":
-            checks += [f"{leaf_strides[1]} != 1", f"{leaf_strides[0]} % 8"]
+            leaf_ld, leaf_unit = matrix(leaf)
+            checks += [f"{leaf_unit} != 1", f"{leaf_ld} % 8"]
             aligned.append(pointer)
-        else:
-            checks.append(f"{leaf_strides[0]} != 1")
-        leaf_args.append(_leaf_arguments(leaf, i, pointer, leaf_strides))
+            leaf_args.append(_leaf_arguments(leaf, i, pointer, [leaf_ld]))
+        else:  # a vector along M or N: contiguous (a collapsed M nests down to a unit stride)
+            (group,) = leaf.axes
+            st = leaf_strides
+            checks += [f"{st[group[-1]]} != 1", *(f"{st[x]} != {st[y]} * {leaf.shape[y]}" for x, y in zip(group, group[1:]))]
+            leaf_args.append(_leaf_arguments(leaf, i, pointer, leaf_strides))
     described = ", ".join(f"{pointers[arg]} = %{arg.name_hint or i}: {arg.type}" for i, arg in enumerate(args))
     lines = [
         f'// tilefuse kernel "{kernel.sym_name.data}" (gemm) as a CUTLASS {CUTLASS_VERSION} SM90 GEMM, by '

@@ -41,10 +41,13 @@ _ROLE = {"BLOCK_M": M, "BLOCK_N": N, "BLOCK_K": K}
 
 @dataclass(frozen=True)
 class Operand:
-    """A tensor the GEMM reads: its kernel argument, element type, and which of M, N, K each dim is."""
+    """A tensor the GEMM reads: its kernel argument, which of M, N, K each of its (collapsed) dims is,
+    and the tensor dims each of those spans (`axes`): a [batch, tokens, features] activation is
+    [M, K] with M over its first two dims, which a launch collapses (their strides must nest)."""
 
     arg: BlockArgument
     dims: tuple[str, ...]
+    axes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def element(self) -> object:
@@ -53,6 +56,13 @@ class Operand:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.arg.type.get_shape())
+
+    def extent(self, dim: str) -> int:
+        """The size of GEMM dim `dim` in this tensor (the product of the tensor dims it spans)."""
+        size = 1
+        for axis in self.axes[self.dims.index(dim)]:
+            size *= self.shape[axis]
+        return size
 
 
 @dataclass(frozen=True)
@@ -88,35 +98,78 @@ class GemmProblem:
         return self.b.dims == (N, K)
 
 
-def _role(index: SSAValue) -> str:
-    """Which GEMM dim a load or store index walks: a plain block range of BLOCK_M, BLOCK_N or BLOCK_K
-    (an `arange` plus a scalar offset, expanded to two dims), or CudaEmitError."""
-    value = index
-    if isinstance(value.owner, tile.ExpandDimsOp):
-        value = value.owner.input
-    owner = value.owner
-    if isinstance(owner, tile.MapOp):  # arange + offset
-        ranges = [v for v in owner.inputs if isinstance(v.owner, tile.ArangeOp)]
-        body = [op for op in owner.body.block.ops if not isinstance(op, tile.YieldOp)]
-        plain = len(ranges) == 1 and len(body) == 1 and isinstance(body[0], arith.AddiOp)
-        if not plain:
-            raise CudaEmitError("an operand is indexed through computed indices (a reshaped or gathered dim)")
-        owner = ranges[0].owner
-    if not isinstance(owner, tile.ArangeOp):
+_INDEX_ARITHMETIC = {
+    "arith.addi", "arith.subi", "arith.muli", "arith.divsi", "arith.remsi", "arith.cmpi", "arith.extui",
+    "arith.select", "arith.constant", "arith.minsi", "arith.maxsi",
+}  # fmt: skip
+
+
+def _role(index: SSAValue) -> tuple[str, bool]:
+    """Which GEMM dim a load or store index walks (BLOCK_M, BLOCK_N or BLOCK_K's block range), and
+    whether it is the plain range (an `arange` plus the block's offset) rather than computed from
+    it (a row of a [batch, tokens] pair: the range divided and wrapped by constants); CudaEmitError
+    where it is not computed from one range by integer arithmetic (a gather, say)."""
+    ranges: set[Operation] = set()
+    plain = True
+
+    def walk(value: SSAValue, depth: int) -> None:
+        nonlocal plain
+        owner = value.owner
+        if isinstance(owner, tile.ExpandDimsOp):
+            return walk(owner.input, depth)
+        if isinstance(owner, tile.ArangeOp):
+            ranges.add(owner)
+            return None
+        if isinstance(owner, tile.MapOp):
+            body = [op for op in owner.body.block.ops if not isinstance(op, tile.YieldOp)]
+            if any(op.name not in _INDEX_ARITHMETIC for op in body):
+                raise CudaEmitError("an operand is indexed through computed indices (a gathered dim)")
+            if not (depth == 0 and len(body) == 1 and isinstance(body[0], arith.AddiOp)):
+                plain = False
+            for v in owner.inputs:
+                if isinstance(v.type, tile.BlockType):
+                    walk(v, depth + 1)
+            return None
         raise CudaEmitError("an operand is indexed by something other than a block range")
-    (dim,) = tile.block_dims(owner.results[0].type)
+
+    walk(index, 0)
+    if len(ranges) != 1:
+        raise CudaEmitError("an operand's index mixes block ranges")
+    (dim,) = tile.block_dims(next(iter(ranges)).results[0].type)
     if dim not in _ROLE:
         raise CudaEmitError(f"an index ranges over {dim}: only BLOCK_M, BLOCK_N and BLOCK_K map to CUTLASS")
-    return _ROLE[dim]
+    return _ROLE[dim], plain
 
 
-def _dims(load: tile.LoadOp | tile.StoreOp) -> tuple[str, ...]:
+def _operand(load: tile.LoadOp | tile.StoreOp, leaf_kind: str | None = None) -> Operand:
+    """The tensor `load` reads (or a store writes) as an Operand: consecutive tensor dims indexed from
+    the M range (a [batch, tokens] pair) collapse into one M dim; any other dim is one plain range."""
     if not isinstance(load.tensor, BlockArgument):
         raise CudaEmitError("a load or store of a value that is not a kernel argument")
-    dims = tuple(_role(i) for i in load.indices)
-    if len(set(dims)) != len(dims):
-        raise CudaEmitError("one GEMM dim indexes two dims of a tensor")
-    return dims
+    shape = tuple(load.tensor.type.get_shape())
+    roles: dict[int, tuple[str, bool]] = {}
+    for axis, index in enumerate(load.indices):
+        if isinstance(index.type, tile.BlockType):
+            roles[axis] = _role(index)
+        elif shape[axis] != 1:  # a scalar index into a size-1 dim (a row statistic's [.., 1]) is no dim
+            raise CudaEmitError("an operand is indexed by a scalar along a dim of several elements")
+    dims: list[str] = []
+    axes: list[list[int]] = []
+    for axis, (role, _) in roles.items():
+        if dims and dims[-1] == role == M and axes[-1][-1] == axis - 1:
+            axes[-1].append(axis)
+        else:
+            if role in dims:
+                raise CudaEmitError("one GEMM dim indexes two separate dims of a tensor")
+            dims.append(role)
+            axes.append([axis])
+    for role, group in zip(dims, axes):
+        if len(group) == 1 and not roles[group[0]][1]:
+            raise CudaEmitError(f"the {role} index of an operand is computed (a reshaped dim)")
+    operand_axes = tuple(tuple(g) for g in axes)
+    if leaf_kind is None:
+        return Operand(load.tensor, tuple(dims), operand_axes)
+    return Leaf(load.tensor, tuple(dims), operand_axes, leaf_kind)
 
 
 def _k_loop(kernel: tile.KernelOp) -> tuple[scf.ForOp, tile.DotOp]:
@@ -146,22 +199,21 @@ def match_gemm(kernel: tile.KernelOp) -> GemmProblem:
         raise CudaEmitError(f"a {kernel.kind.data} kernel is not a GEMM")
     loop, dot = _k_loop(kernel)
     a_load, b_load = _operand_load(dot.a), _operand_load(dot.b)
-    a = Operand(a_load.tensor, _dims(a_load))
-    b = Operand(b_load.tensor, _dims(b_load))
+    a, b = _operand(a_load), _operand(b_load)
     if sorted(a.dims) != [K, M] or sorted(b.dims) != [K, N]:
         raise CudaEmitError(f"operands indexed {a.dims} and {b.dims}: a batched or reshaped GEMM")
     if a.element != b.element:
         raise CudaEmitError("operands of two element types")
-    m, k = (a.shape[a.dims.index(d)] for d in (M, K))
-    n = b.shape[b.dims.index(N)]
+    m, k, n = a.extent(M), a.extent(K), b.extent(N)
     epilogue = _epilogue_ops(loop)
     stores = [op for op in epilogue if isinstance(op, tile.StoreOp)]
     if len(stores) != 1:
         raise CudaEmitError(f"{len(stores)} stores after the K loop: one output only")
     (store,) = stores
-    if _dims(store) != (M, N):
+    out = _operand(store)
+    if out.dims != (M, N) or out.extent(M) != m:
         raise CudaEmitError("the output is not stored as [M, N]")
-    problem = GemmProblem(m, n, k, a, b, Operand(store.tensor, (M, N)))
+    problem = GemmProblem(m, n, k, a, b, out)
     names: dict[SSAValue, str] = {loop.results[0]: "acc"}
     writer = _EpilogueWriter(problem, names)
     for op in epilogue:
@@ -190,12 +242,12 @@ class _EpilogueWriter:
 
     def op(self, op: Operation) -> None:
         if isinstance(op, tile.LoadOp):
-            dims = _dims(op)
+            dims = _operand(op).dims
             kind = {(N,): "row", (M,): "column", (M, N): "full"}.get(dims)
             if kind is None:
                 raise CudaEmitError(f"the epilogue loads a tensor indexed {dims}")
             name = f"leaf{len(self.problem.leaves)}"
-            self.problem.leaves.append(Leaf(op.tensor, dims, kind))
+            self.problem.leaves.append(_operand(op, kind))
             self.names[op.results[0]] = name
         elif isinstance(op, tile.MapOp):
             self._map(op)
