@@ -300,15 +300,16 @@ def _dump_tile(art: GraphArtifact) -> tuple[str, str]:
 def _cuda_files(art: GraphArtifact) -> dict[str, str]:
     """The CUDA C++ of each pointwise, reduction, row and GEMM (CUTLASS) kernel with its config, for
     reading beside the Triton source (they run under backend "cuda" or "auto"; attention stays on
-    Triton). A kernel the emitter refuses gets a one-line file saying why."""
-    from ..backends.cuda import SUPPORTED_KINDS, emit_cuda_or_reason
+    Triton). A kernel the emitter refuses (attention, say) gets a one-line file saying why.
+    The configs are the compile's: a CPU dump's are the interpreter's (wider blocks)."""
+    from ..backends.cuda import emit_cuda_or_reason
 
     tile_kernels, files = _dumped_kernels(art), {}
     for p in art.compiled_partitions():
         for k in p.kernels:
             name = k.lowered.kernel.sym_name.data
             kernel = tile_kernels.get(name)
-            if kernel is None or kernel.kind.data not in SUPPORTED_KINDS:
+            if kernel is None:
                 continue
             files[name] = emit_cuda_or_reason(kernel, dict(k.config.params), k.config.num_warps)
     return files
