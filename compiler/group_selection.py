@@ -635,12 +635,17 @@ class GroupSelector:
 
     def _key(self, kernel: object, input_metas: Sequence[torch.Tensor]) -> tuple | None:
         """The launch's key (module docstring), or None where nothing is chosen for it."""
-        if not self._others(kernel):
+        others = self._others(kernel)
+        if not others:
             return None
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None  # nothing can be timed inside a CUDA graph capture
         layouts = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in input_metas)
-        return (*_kernel_key(kernel), layouts, ",".join(self._others(kernel)))
+        return (*_kernel_key(kernel), layouts, ",".join(others))
+
+    def selects_any(self, kernels: Sequence[object]) -> bool:
+        """Whether any of `kernels` has a candidate to measure against (else no survey is needed)."""
+        return any(self._others(kernel) for kernel in kernels)
 
     def _others(self, kernel: object) -> tuple[str, ...]:
         """The candidates against the kernel: the other backend's kernel (backend "auto"), and the

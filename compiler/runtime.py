@@ -179,10 +179,12 @@ class KernelPlan(torch.nn.Module):
         if group_selection_enabled(self.device):  # a program replayed as a CUDA graph costs no host time
             selector = GroupSelector(self.device, host_free=group_selection.replayed.get())
         if selector is not None:
-            selector.prepare([k for op, k in self.launch_at.items() if op not in self.param_sources])
-            spec.choose = selector.survey  # a first pass counts the launches to choose for
-            write_program(spec, args)
-            selector.settle()  # measures them and chooses for the whole program
+            chosen_for = [k for op, k in self.launch_at.items() if op not in self.param_sources]
+            selector.prepare(chosen_for)
+            if selector.selects_any(chosen_for):  # a first pass counts the launches to choose for,
+                spec.choose = selector.survey
+                write_program(spec, args)
+                selector.settle()  # then they are measured and chosen for the whole program
             spec.choose = selector.choose
         program = write_program(spec, args)
         if selector is not None and selector.choices:

@@ -104,11 +104,12 @@ def _leaf_node(leaf: Leaf, i: int) -> list[str]:
     ]
 
 
-def _leaf_arguments(leaf: Leaf, i: int, pointer: str, strides: list[str]) -> str:
+def _leaf_arguments(leaf: Leaf, pointer: str, ld: str | None) -> str:
+    """A leaf node's arguments: its pointer, the value where it is null, and its stride (a per-element
+    leaf's leading dimension `ld`; a broadcast's is in its type)."""
     element = _element(leaf)
-    if leaf.kind == "full":
-        return f"{{static_cast<{element} const*>({pointer}), {element}(0), cute::make_stride({strides[0]}, _1{{}}, int64_t(0))}}"
-    return f"{{static_cast<{element} const*>({pointer}), {element}(0), {{}}}}"
+    stride = "{}" if ld is None else f"cute::make_stride({ld}, _1{{}}, int64_t(0))"
+    return f"{{static_cast<{element} const*>({pointer}), {element}(0), {stride}}}"
 
 
 def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
@@ -131,15 +132,19 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
     b_major = "ColumnMajor" if problem.b_column_major else "RowMajor"
     checks: list[str] = []
 
+    def nested(operand: Operand, group: tuple[int, ...]) -> str:
+        """The stride of the innermost of the tensor dims `group` (one GEMM dim), checked at launch to
+        nest with the others: a collapsed [batch, tokens] has each stride the next one's times its size."""
+        st = strides[operand.arg]
+        checks.extend(f"{st[i]} != {st[j]} * {operand.shape[j]}" for i, j in zip(group, group[1:]))
+        return st[group[-1]]
+
     def matrix(operand: Operand) -> tuple[str, str]:
-        """The leading dimension's stride and the one that must be 1 (a collapsed [batch, tokens] dim
-        must nest: each stride the next one's times its size)."""
+        """The leading dimension's stride and the one that must be 1."""
         outer, inner = operand.axes
         if len(inner) != 1:
             raise CudaEmitError("an operand's contiguous dim spans several tensor dims")
-        st = strides[operand.arg]
-        checks.extend(f"{st[i]} != {st[j]} * {operand.shape[j]}" for i, j in zip(outer, outer[1:]))
-        return st[outer[-1]], st[inner[0]]
+        return nested(operand, outer), nested(operand, inner)
 
     a_ld, a_unit = matrix(a)
     b_ld, b_unit = matrix(b)
@@ -155,18 +160,17 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
     checks += [f"{a_unit} != 1", f"{b_unit} != 1", f"{out_unit} != 1", "lda % 8", "ldb % 8", f"{out_ld} % 8"]
     aligned = [pointers[a.arg], pointers[b.arg], pointers[out.arg]]
     leaf_args = []
-    for i, leaf in enumerate(problem.leaves):
-        pointer, leaf_strides = pointers[leaf.arg], strides[leaf.arg]
+    for leaf in problem.leaves:
+        pointer = pointers[leaf.arg]
         if leaf.kind == "full":
             leaf_ld, leaf_unit = matrix(leaf)
             checks += [f"{leaf_unit} != 1", f"{leaf_ld} % 8"]
             aligned.append(pointer)
-            leaf_args.append(_leaf_arguments(leaf, i, pointer, [leaf_ld]))
+            leaf_args.append(_leaf_arguments(leaf, pointer, leaf_ld))
         else:  # a vector along M or N: contiguous (a collapsed M nests down to a unit stride)
             (group,) = leaf.axes
-            st = leaf_strides
-            checks += [f"{st[group[-1]]} != 1", *(f"{st[x]} != {st[y]} * {leaf.shape[y]}" for x, y in zip(group, group[1:]))]
-            leaf_args.append(_leaf_arguments(leaf, i, pointer, leaf_strides))
+            checks.append(f"{nested(leaf, group)} != 1")
+            leaf_args.append(_leaf_arguments(leaf, pointer, None))
     described = ", ".join(f"{pointers[arg]} = %{arg.name_hint or i}: {arg.type}" for i, arg in enumerate(args))
     lines = [
         f'// tilefuse kernel "{kernel.sym_name.data}" (gemm) as a CUTLASS {CUTLASS_VERSION} SM90 GEMM, by '

@@ -141,7 +141,7 @@ def _role(index: SSAValue) -> tuple[str, bool]:
     return _ROLE[dim], plain
 
 
-def _operand(load: tile.LoadOp | tile.StoreOp, leaf_kind: str | None = None) -> Operand:
+def _operand(load: tile.LoadOp | tile.StoreOp) -> Operand:
     """The tensor `load` reads (or a store writes) as an Operand: consecutive tensor dims indexed from
     the M range (a [batch, tokens] pair) collapse into one M dim; any other dim is one plain range."""
     if not isinstance(load.tensor, BlockArgument):
@@ -166,10 +166,7 @@ def _operand(load: tile.LoadOp | tile.StoreOp, leaf_kind: str | None = None) -> 
     for role, group in zip(dims, axes):
         if len(group) == 1 and not roles[group[0]][1]:
             raise CudaEmitError(f"the {role} index of an operand is computed (a reshaped dim)")
-    operand_axes = tuple(tuple(g) for g in axes)
-    if leaf_kind is None:
-        return Operand(load.tensor, tuple(dims), operand_axes)
-    return Leaf(load.tensor, tuple(dims), operand_axes, leaf_kind)
+    return Operand(load.tensor, tuple(dims), tuple(tuple(g) for g in axes))
 
 
 def _k_loop(kernel: tile.KernelOp) -> tuple[scf.ForOp, tile.DotOp]:
@@ -242,12 +239,12 @@ class _EpilogueWriter:
 
     def op(self, op: Operation) -> None:
         if isinstance(op, tile.LoadOp):
-            dims = _operand(op).dims
-            kind = {(N,): "row", (M,): "column", (M, N): "full"}.get(dims)
+            operand = _operand(op)
+            kind = {(N,): "row", (M,): "column", (M, N): "full"}.get(operand.dims)
             if kind is None:
-                raise CudaEmitError(f"the epilogue loads a tensor indexed {dims}")
+                raise CudaEmitError(f"the epilogue loads a tensor indexed {operand.dims}")
             name = f"leaf{len(self.problem.leaves)}"
-            self.problem.leaves.append(_operand(op, kind))
+            self.problem.leaves.append(Leaf(operand.arg, operand.dims, operand.axes, kind))
             self.names[op.results[0]] = name
         elif isinstance(op, tile.MapOp):
             self._map(op)
