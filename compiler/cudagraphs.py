@@ -23,7 +23,12 @@ chosen so the user's model behaves as in eager:
   position), the graph is captured once more on a private copy of it, and from
   then on that input is copied in before each replay and its update copied back
   after (the H200 run re-captured once per `generate`, twelve times, when a new
-  tensor meant a new capture);
+  tensor meant a new capture); a privately held input that then comes as the
+  same tensor `SHARED_AFTER` calls in a row is captured in place again (a long
+  `generate` after short ones: transformers makes a new static cache for every
+  `generate`, and copying it in and out cost 0.55 ms a token on the H200);
+  a capture for written inputs alone runs nothing first (the parameters'
+  one-time work is done), and the inputs are copied in one `_foreach_copy_`;
 - capture is refused, and the graph runs without it, when it cannot be safe:
   inputs that are not CUDA tensors, or any error while capturing (an op that
   synchronizes with the host, say). The reason goes in the graph's report.
@@ -46,6 +51,9 @@ WARMUP_CALLS = 2 + ROUNDS
 # a written input that comes as another tensor again within this many calls is held in a private buffer
 # (copied in and out per call) instead of capturing again each time
 PRIVATE_AFTER = 2
+# a privately held written input that comes as the same tensor this many calls in a row is captured in
+# place again (no copies from then on)
+SHARED_AFTER = 3
 MAX_REASONS = 6  # why each capture happened, kept in the report (the first and the latest)
 
 
@@ -65,6 +73,8 @@ class CudaGraphReplay:
         self.private = [False] * len(mutated)
         # written input -> the call at which it last came as another tensor
         self.last_change: dict[int, int] = {}
+        # privately held input -> (its address at the last call, how many calls in a row it came there)
+        self.same_tensor: dict[int, tuple[int, int]] = {}
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -107,18 +117,43 @@ class CudaGraphReplay:
                 self.last_change[i] = self.calls
             which = ", ".join(map(str, changed))
             how = "; held in private buffers from now on" if any(self.private[i] for i in changed) else ""
-            return self._capture(args, f"input(s) {which}, written by the graph, came as other tensors{how}")
-        moved = []  # inputs the graph writes, held in private buffers: the update is copied back
+            why = f"input(s) {which}, written by the graph, came as other tensors{how}"
+            return self._capture(args, why, settle=False)
+        if settled := self._settled_private(args):
+            self.same_tensor.clear()
+            which = ", ".join(map(str, settled))
+            why = f"input(s) {which}, held in private buffers, came as the same tensor {SHARED_AFTER} calls"
+            why += " in a row"
+            return self._capture(args, why, settle=False)
+        into, sources, back, targets = [], [], [], []  # copies in before the replay, and back after
         for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
             if static.data_ptr() == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
                 continue
-            static.copy_(arg)
-            if self.mutated[i]:
-                moved.append((arg, static))
+            into.append(static)
+            sources.append(arg)
+            if self.mutated[i]:  # held in a private buffer: the update is copied back
+                back.append(arg)
+                targets.append(static)
+        if into:
+            torch._foreach_copy_(into, sources)
         self.graph.replay()
-        for arg, static in moved:
-            arg.copy_(static)
+        if back:
+            torch._foreach_copy_(back, targets)
         return self._outputs()
+
+    def _settled_private(self, args: Sequence[object]) -> list[int]:
+        """Privately held inputs that have come as the same tensor `SHARED_AFTER` calls in a row (all of
+        them, so one capture takes them back in place); [] while any still moves."""
+        held = [i for i, p in enumerate(self.private) if p]
+        for i in held:
+            ptr = args[i].data_ptr()
+            last, streak = self.same_tensor.get(i, (None, 0))
+            self.same_tensor[i] = (ptr, streak + 1 if ptr == last else 1)
+        if held and all(self.same_tensor[i][1] >= SHARED_AFTER for i in held):
+            for i in held:
+                self.private[i] = False
+            return held
+        return []
 
     def _outputs(self) -> object:
         """The replay's outputs cloned out of the graph's pool, except inputs the graph updates in
@@ -151,7 +186,10 @@ class CudaGraphReplay:
                 return f"parameter input {i} {what}"
         return "the parameters changed"
 
-    def _capture(self, args: Sequence[object], why: str) -> object:
+    def _capture(self, args: Sequence[object], why: str, settle: bool = True) -> object:
+        """Capture the graph on `args` and replay it. `settle`: run it once first, outside the graph, so
+        one-time work (parameter-derived steps) is not captured; a capture for written inputs alone
+        skips it (the parameters are those of the last capture, their work is done)."""
         reason = _unsafe(args)
         if reason is not None:
             return self._refuse(reason, args)
@@ -160,10 +198,10 @@ class CudaGraphReplay:
                 a if in_place and not private else a.clone()
                 for a, in_place, private in zip(args, self.in_place, self.private)
             ]  # fmt: skip
-            # settle one-time work (parameter-derived steps) outside the graph, on copies of the inputs
-            # the graph writes: this call is not the user's (a counter must not be incremented twice)
-            settle = [a.clone() if m else a for a, m in zip(self.static_inputs, self.mutated)]
-            self.fn(*settle)
+            if settle or self._parameter_state(args) != self.parameter_state:
+                # on copies of the inputs the graph writes: this call is not the user's (a counter must
+                # not be incremented twice)
+                self.fn(*[a.clone() if m else a for a, m in zip(self.static_inputs, self.mutated)])
             torch.cuda.synchronize()
             # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
             # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)

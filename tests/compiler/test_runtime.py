@@ -775,6 +775,49 @@ def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monke
     ]
 
 
+def test_a_privately_held_input_that_stays_put_is_captured_in_place_again(monkeypatch):
+    """Short generates (a new cache every call) put the cache in a private buffer; a long generate
+    after them (the same cache call after call) takes it back in place after SHARED_AFTER calls, with
+    no copy from then on and no settling run for a capture of written inputs alone (each call still
+    updates the cache once, as eager does)."""
+    from tilefuse.compiler.cudagraphs import SHARED_AFTER, WARMUP_CALLS, CudaGraphReplay
+
+    calls = []
+
+    def real(cache, pos, new):
+        cache.index_copy_(0, pos, new)
+        return cache.sum(0, keepdim=True)
+
+    faked = _faked_cuda_graphs(monkeypatch, real)
+
+    def step(*args):  # after the warm-up: one call per capture, and one per settling run
+        calls.append(args)
+        return faked(*args)
+
+    copies = []
+    real_foreach = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: (copies.append(len(dst)), real_foreach(dst, src)))
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False] * 3, report, mutated=[True, False, False])
+    cache = torch.zeros(32, 3)
+    ref = cache.clone()
+    short = WARMUP_CALLS + 4  # a new cache on each of these calls
+    for i in range(short + SHARED_AFTER + 4):
+        if WARMUP_CALLS <= i < short:
+            cache, ref = torch.zeros(32, 3), torch.zeros(32, 3)
+        if i == short + SHARED_AFTER:
+            copies.clear()
+        pos, new = torch.tensor([i]), torch.randn(1, 3)
+        torch.testing.assert_close(replay(cache, pos, new), real(ref, pos, new))
+        assert torch.equal(cache, ref)
+    reasons = report["captured_because"]
+    assert reasons[-1] == f"input(s) 0, held in private buffers, came as the same tensor {SHARED_AFTER} calls in a row"
+    assert "held in private buffers from now on" in reasons[-2]
+    assert not replay.private[0] and replay.static_inputs[0] is cache
+    assert copies == [2] * 4  # only pos and new are copied in; nothing is copied back
+    assert len(calls) == WARMUP_CALLS + len(reasons) + 1  # the first capture alone settled first
+
+
 def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):
     """A parameter input updated in place between calls (an optimizer step) is captured again, and the
     report says why each capture happened; the replays match eager."""
