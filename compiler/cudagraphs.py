@@ -29,6 +29,10 @@ chosen so the user's model behaves as in eager:
   `generate`, and copying it in and out cost 0.55 ms a token on the H200);
   a capture for written inputs alone runs nothing first (the parameters'
   one-time work is done), and the inputs are copied in one `_foreach_copy_`;
+  the replay keeps no reference to an input written in place (only its
+  address): the next `generate`'s cache can then take the freed cache's
+  memory, and the graph fits it with no capture at all, as PyTorch's CUDA
+  graph trees do;
 - capture is refused, and the graph runs without it, when it cannot be safe:
   inputs that are not CUDA tensors, or any error while capturing (an op that
   synchronizes with the host, say). The reason goes in the graph's report.
@@ -78,7 +82,10 @@ class CudaGraphReplay:
         self.report = report
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_inputs: list[torch.Tensor] = []
+        # the captured inputs: static buffers, parameters, None for an input written in place (not
+        # kept alive: a freed cache's address may come back as the next one's)
+        self.static_inputs: list[torch.Tensor | None] = []
+        self.addresses: list[int] = []  # each captured input's data_ptr
         self.static_outputs: object = None
         self.parameter_state: tuple = ()
         self.refused: str | None = None
@@ -107,8 +114,8 @@ class CudaGraphReplay:
         # inputs the graph writes that came as other tensors: captured again on the new tensors (a new
         # generate's cache), or, for an input that is another tensor call after call, on a private buffer
         changed = [
-            i for i, (static, arg) in enumerate(zip(self.static_inputs, args))
-            if self.mutated[i] and not self.private[i] and static.data_ptr() != arg.data_ptr()
+            i for i, (address, arg) in enumerate(zip(self.addresses, args))
+            if self.mutated[i] and not self.private[i] and address != arg.data_ptr()
         ]  # fmt: skip
         if changed:
             for i in changed:
@@ -126,8 +133,8 @@ class CudaGraphReplay:
             why += " in a row"
             return self._capture(args, why, settle=False)
         into, sources, back, targets = [], [], [], []  # copies in before the replay, and back after
-        for i, (static, arg) in enumerate(zip(self.static_inputs, args)):
-            if static.data_ptr() == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
+        for i, (static, address, arg) in enumerate(zip(self.static_inputs, self.addresses, args)):
+            if address == arg.data_ptr() or (self.is_parameter[i] and not self.mutated[i]):
                 continue
             into.append(static)
             sources.append(arg)
@@ -139,7 +146,7 @@ class CudaGraphReplay:
         self.graph.replay()
         if back:
             torch._foreach_copy_(back, targets)
-        return self._outputs()
+        return self._outputs(args)
 
     def _settled_private(self, args: Sequence[object]) -> list[int]:
         """Privately held inputs that have come as the same tensor `SHARED_AFTER` calls in a row (all of
@@ -155,11 +162,10 @@ class CudaGraphReplay:
             return held
         return []
 
-    def _outputs(self) -> object:
+    def _outputs(self, args: Sequence[object]) -> object:
         """The replay's outputs cloned out of the graph's pool, except inputs the graph updates in
         place (returned as themselves: the caller's write-back is then a no-op)."""
-        kept = {id(a) for a, m, p in zip(self.static_inputs, self.mutated, self.private) if m and not p}
-        return _clone(self.static_outputs, kept)
+        return _clone(self.static_outputs, args)
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
         state = []
@@ -194,21 +200,27 @@ class CudaGraphReplay:
         if reason is not None:
             return self._refuse(reason, args)
         try:
-            self.static_inputs = [
+            captured = [
                 a if in_place and not private else a.clone()
                 for a, in_place, private in zip(args, self.in_place, self.private)
             ]  # fmt: skip
+            written = {i for i, (m, p) in enumerate(zip(self.mutated, self.private)) if m and not p}
+            self.static_inputs = [None if i in written else a for i, a in enumerate(captured)]
+            self.addresses = [a.data_ptr() for a in captured]
             if settle or self._parameter_state(args) != self.parameter_state:
                 # on copies of the inputs the graph writes: this call is not the user's (a counter must
                 # not be incremented twice)
-                self.fn(*[a.clone() if m else a for a, m in zip(self.static_inputs, self.mutated)])
+                self.fn(*[a.clone() if m else a for a, m in zip(captured, self.mutated)])
             torch.cuda.synchronize()
             # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
             # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)
             self.static_outputs = None  # nothing keeps the replaced graph's memory alive
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.static_outputs = self.fn(*self.static_inputs)
+                outputs = self.fn(*captured)
+            # an output that is an input written in place is that input, whatever tensor the call brings
+            self.static_outputs = _input_places(outputs, {id(captured[i]): i for i in written})
+            del captured, outputs
             self.parameter_state = self._parameter_state(args)
         except Exception as e:  # capture must never cost the user their result
             self.graph = None
@@ -223,7 +235,7 @@ class CudaGraphReplay:
         for arg, static, private in zip(args, self.static_inputs, self.private):
             if private:  # a written input held in a private buffer: the caller's tensor gets the update
                 arg.copy_(static)
-        return self._outputs()
+        return self._outputs(args)
 
     def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:
         self.refused = reason
@@ -249,10 +261,25 @@ def _unsafe(args: Sequence[object]) -> str | None:
     return reason
 
 
-def _clone(outputs: object, kept: frozenset | set = frozenset()) -> object:
-    """`outputs` with every tensor cloned, except those whose id is in `kept`."""
+class _Input(int):
+    """In captured outputs: the call's input at this position (an input written in place)."""
+
+
+def _input_places(outputs: object, places: dict[int, int]) -> object:
+    """`outputs` with each tensor whose id is in `places` replaced by its input position."""
     if isinstance(outputs, torch.Tensor):
-        return outputs if id(outputs) in kept else outputs.clone()
+        return _Input(places[id(outputs)]) if id(outputs) in places else outputs
     if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_clone(o, kept) for o in outputs)
+        return type(outputs)(_input_places(o, places) for o in outputs)
+    return outputs
+
+
+def _clone(outputs: object, args: Sequence[object]) -> object:
+    """The captured `outputs` with every tensor cloned, and each input place the call's input."""
+    if isinstance(outputs, _Input):
+        return args[outputs]
+    if isinstance(outputs, torch.Tensor):
+        return outputs.clone()
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_clone(o, args) for o in outputs)
     return outputs

@@ -813,9 +813,34 @@ def test_a_privately_held_input_that_stays_put_is_captured_in_place_again(monkey
     reasons = report["captured_because"]
     assert reasons[-1] == f"input(s) 0, held in private buffers, came as the same tensor {SHARED_AFTER} calls in a row"
     assert "held in private buffers from now on" in reasons[-2]
-    assert not replay.private[0] and replay.static_inputs[0] is cache
+    assert not replay.private[0] and replay.addresses[0] == cache.data_ptr()
+    assert replay.static_inputs[0] is None  # not kept alive: a freed cache's memory can come back
     assert copies == [2] * 4  # only pos and new are copied in; nothing is copied back
     assert len(calls) == WARMUP_CALLS + len(reasons) + 1  # the first capture alone settled first
+
+
+def test_an_output_that_is_a_written_input_is_the_callers_tensor(monkeypatch):
+    """A graph that returns the cache it writes returns, on a replay, the tensor the call passed (another
+    tensor object at the captured address: a new cache in the freed one's memory), with no capture."""
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    def real(cache, pos, new):
+        cache.index_copy_(0, pos, new)
+        return cache, cache.sum(0)
+
+    step = _faked_cuda_graphs(monkeypatch, lambda *a: real(*a)[1])
+    # the fake records one output: the graph's tuple is the written input and the sum
+    graph = lambda cache, pos, new: (cache, step(cache, pos, new))  # noqa: E731
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(graph, [False] * 3, report, mutated=[True, False, False])
+    storage = torch.zeros(16, 3)
+    for i in range(WARMUP_CALLS + 3):
+        cache = storage.view(16, 3)  # a new tensor object each call, at the same address
+        pos, new = torch.tensor([i]), torch.randn(1, 3)
+        out, total = replay(cache, pos, new)
+        assert out is cache
+        torch.testing.assert_close(total, storage.sum(0))
+    assert report["cudagraphs"] == "captured (1 capture(s))"
 
 
 def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):
