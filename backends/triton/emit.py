@@ -294,8 +294,11 @@ class _KernelWriter:
             shape = tuple(arg.type.get_shape())
             self.taken.update({f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))})
             self.tensors[arg] = (base, shape)
-        self.taken.add(TMA_FLAG)
+        self.taken.update({TMA_FLAG, WS_FLAG})
         self.descriptors = self._descriptor_blocks()
+        # a GEMM that reads through descriptors loops over its output tiles in a `tl.range` that may be
+        # warp-specialized (WS_FLAG): set once that loop is written
+        self.warp_specialized = False
         self.uses_libdevice = False
         self.uses_multiply = False  # a product reduction combines with the module's `_multiply`
 
@@ -435,7 +438,14 @@ class _KernelWriter:
         if lb is not None and step is not None and step >= 1:
             self.lower[iv] = lb
         bounds = ", ".join(self._e(v) for v in (op.lb, op.ub, op.step))
-        self._write(f"for {index} in range({bounds}):")
+        tile_loop = self.kernel.kind.data == "gemm" and self.descriptors and self.depth == 1
+        if tile_loop and not self.warp_specialized:
+            # the persistent loop over output tiles: with WS_FLAG (TMA loads only), Triton splits it into
+            # a producer warp issuing the loads and consumer warps running the dots and the epilogue
+            self.warp_specialized = True
+            self._write(f"for {index} in tl.range({bounds}, flatten={WS_FLAG}, warp_specialize={WS_FLAG}):")
+        else:
+            self._write(f"for {index} in range({bounds}):")
         self.depth += 1
         start = len(self.lines)
         self._ops(body)
@@ -809,6 +819,7 @@ _HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
 
 
 TMA_FLAG = "USE_TMA"
+WS_FLAG = "USE_WS"  # warp specialization of a GEMM's tile loop (set by the launcher with USE_TMA only)
 
 
 def _varying_axis(dims: Sequence[str]) -> int | None:
@@ -863,7 +874,8 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         ", ".join([f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))]) + ","
         for _, (base, shape) in tensors
     ]
-    constexprs = list(kernel.param_names) + ([TMA_FLAG] if writer.descriptors else [])
+    flags = ([TMA_FLAG] if writer.descriptors else []) + ([WS_FLAG] if writer.warp_specialized else [])
+    constexprs = list(kernel.param_names) + flags
     if constexprs:
         signature.append(", ".join(f"{p}: tl.constexpr" for p in constexprs) + ",")
     described = ", ".join(f"{base}: {arg.type}" for arg, (base, _) in tensors)
@@ -881,6 +893,7 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         f"TENSOR_SHAPES = {tuple(shape for _, (_, shape) in tensors)!r}",
         f"TENSOR_DTYPES = {tuple(dtypes)!r}",
         f"TMA_TENSORS = {tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.descriptors)!r}",
+        f"WARP_SPECIALIZABLE = {writer.warp_specialized!r}",
         "",
         "",
         "@triton.jit",

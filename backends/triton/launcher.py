@@ -16,6 +16,7 @@ import ast
 import functools
 import hashlib
 import importlib.util
+import itertools
 import logging
 import operator
 import os
@@ -87,6 +88,7 @@ class TritonKernel:
     dtypes: tuple[str, ...]
     path: Path
     tma_tensors: tuple[int, ...] = ()
+    warp_specializable: bool = False  # takes USE_WS (its tile loop, with TMA loads)
     _grids: dict = field(default_factory=dict, compare=False, repr=False)
     _checked: list = field(default_factory=list, compare=False, repr=False)
 
@@ -121,6 +123,8 @@ class TritonKernel:
         if self.tma_tensors:
             operands = [tensors[i] for i in self.tma_tensors]
             params["USE_TMA"] = tma_wanted(config) and descriptors_fit(operands)
+        if self.warp_specializable:
+            params["USE_WS"] = warp_specialized(config, num_warps, params["USE_TMA"])
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
@@ -129,7 +133,7 @@ class TritonKernel:
         return BoundLaunch(self, dict(config), num_warps, num_stages)
 
     def _check_config(self, config: Mapping[str, int]) -> None:
-        if set(config) - {"USE_TMA"} != set(self.params):
+        if set(config) - {"USE_TMA", "USE_WS"} != set(self.params):
             raise LaunchError(
                 f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
             )
@@ -157,8 +161,10 @@ class BoundLaunch:
     cache lookup (~20 µs of Python per launch in `run`). That is sound only
     while the specialization holds: the program passes literal strides and
     checks its inputs' 16-byte alignment, the two things Triton specializes
-    pointers and integers on. Under the interpreter, with TMA decided per
-    launch, or with Triton launch hooks set, every launch takes the generic path.
+    pointers and integers on. Where TMA is wanted it is decided per launch (the
+    operands' alignment), and each decision keeps its own binary, launched
+    directly from its second use. Under the interpreter, or with Triton launch
+    hooks set, every launch takes the generic path.
     """
 
     def __init__(self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int):
@@ -176,11 +182,27 @@ class BoundLaunch:
         self.per_launch_tma = bool(kernel.tma_tensors) and tma_wanted(config)
         if kernel.tma_tensors and not self.per_launch_tma:
             self.params["USE_TMA"] = False
+        if kernel.warp_specializable and not self.per_launch_tma:
+            self.params["USE_WS"] = False
         self.constexprs = tuple(self.params.values())
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
+        # with TMA decided per launch: USE_TMA -> (C launch function or None, binary, constexprs)
+        self.by_tma: dict[bool, tuple] = {}
+        starts = itertools.accumulate((1 + len(shape) for shape in kernel.shapes), initial=0)
+        self.tma_positions = [p for i, p in enumerate(starts) if i in kernel.tma_tensors]
 
     def __call__(self, stream: int, *args: object) -> None:
+        if self.per_launch_tma and self.by_tma:
+            entry = self.by_tma.get(descriptors_fit([args[p] for p in self.tma_positions]))
+            if entry is not None:
+                raw, binary, constexprs = entry
+                if raw is not None:
+                    raw(stream, args)
+                else:
+                    binary.run(*self.grid, stream, binary.function, binary.packed_metadata, None, None, None,
+                               *args, *constexprs)  # fmt: skip
+                return
         raw = self.raw
         if raw is not None:
             raw(stream, args)
@@ -201,6 +223,8 @@ class BoundLaunch:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             operands = [tensors[i] for i in self.kernel.tma_tensors]
             params["USE_TMA"] = tma_wanted(self.config) and descriptors_fit(operands)
+            if self.kernel.warp_specializable:
+                params["USE_WS"] = warp_specialized(self.config, self.num_warps, params["USE_TMA"])
         grid = self.grid[: len(self.kernel.grid)]
         while True:
             options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -215,9 +239,14 @@ class BoundLaunch:
                 log.info("tilefuse: kernel %s: %s; retrying with num_stages=%d",
                          self.kernel.name, e, self.num_stages - 1)  # fmt: skip
                 self.num_stages -= 1
-        if not self.per_launch_tma and _direct_launch_possible(binary):
-            self.binary = binary
-            self.raw = _raw_launch(binary, self.grid, self.constexprs)
+        if not _direct_launch_possible(binary):
+            return
+        if self.per_launch_tma:
+            constexprs = tuple(params.values())
+            self.by_tma[params["USE_TMA"]] = (_raw_launch(binary, self.grid, constexprs), binary, constexprs)
+            return
+        self.binary = binary
+        self.raw = _raw_launch(binary, self.grid, self.constexprs)
 
 
 def _direct_launch_possible(binary: object) -> bool:
@@ -273,6 +302,21 @@ def tma_wanted(config: Mapping[str, int]) -> bool:
     """Whether a launch with `config` asks for TMA descriptors: a tuned `USE_TMA`, else `TILEFUSE_TMA`."""
     wanted = config.get("USE_TMA")
     return os.environ.get("TILEFUSE_TMA", "0") == "1" if wanted is None else bool(wanted)
+
+
+# f32 accumulator registers a thread may hold under warp specialization: a 128x256 tile over 4 warps
+# (256 a thread) ran 7.5x slower than over 8 (H200, Triton 3.6, .scratch/wsprobe.py)
+WS_MAX_ACCUMULATOR_REGISTERS = 128
+
+
+def warp_specialized(config: Mapping[str, int], num_warps: int, use_tma: bool) -> bool:
+    """Whether a GEMM launch with `config` runs its tile loop warp-specialized (a producer warp issuing
+    the TMA loads, consumer warps for the dots and the epilogue): TMA loads only, a tuned `USE_WS`, else
+    `TILEFUSE_WS`, and an accumulator that fits the consumers' registers."""
+    wanted = config.get("USE_WS")
+    wanted = os.environ.get("TILEFUSE_WS", "0") == "1" if wanted is None else bool(wanted)
+    accumulator = config.get("BLOCK_M", 0) * config.get("BLOCK_N", 0) // (32 * max(num_warps, 1))
+    return bool(use_tma and wanted and accumulator <= WS_MAX_ACCUMULATOR_REGISTERS)
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
@@ -386,4 +430,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         module.TENSOR_DTYPES,
         Path(module.__file__),
         getattr(module, "TMA_TENSORS", ()),
+        getattr(module, "WARP_SPECIALIZABLE", False),
     )

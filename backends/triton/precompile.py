@@ -100,6 +100,10 @@ def compile_job(
         operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
         fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
         constexprs.append(("USE_TMA", bool(chosen and fits)))
+        if kernel.warp_specializable:
+            from .launcher import warp_specialized
+
+            constexprs.append(("USE_WS", warp_specialized(config, num_warps, bool(chosen and fits))))
     return CompileJob(
         str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
         num_warps, num_stages, tuple(tuple(s) for s in strides) if strides is not None else None,

@@ -193,7 +193,8 @@ def test_a_build_compiles_what_a_launch_runs(gemm, tma, monkeypatch):
     args, grid, options = launched.call
     assert built.call == (tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args), grid, options)
     assert built.call[0] == (torch.float32, 48, 1, torch.float32, 40, 1, torch.float32, 40, 1)
-    assert options == {**default.params, "USE_TMA": tma == "1", "num_warps": 8, "num_stages": 3}
+    ws = {"USE_WS": False} if kernel.warp_specializable else {}  # TILEFUSE_WS is off
+    assert options == {**default.params, "USE_TMA": tma == "1", **ws, "num_warps": 8, "num_stages": 3}
 
 
 def test_local_builder_survives_raising_dying_and_hanging_builds(fakes, gemm):

@@ -234,6 +234,19 @@ def test_gemm_operands_read_through_tensor_descriptors_or_pointers(tma, monkeypa
     assert re.search(r"tl\.make_tensor_descriptor\((x|arg0)_ptr", source) and "_desc.load(" in source
 
 
+@pytest.mark.parametrize("ws", ["1", "0"])
+def test_a_gemm_read_through_descriptors_may_warp_specialize_its_tile_loop(ws, monkeypatch, tmp_path):
+    """The tile loop of a GEMM with descriptor loads is a `tl.range` warp-specialized by USE_WS, which the
+    launcher sets with USE_TMA (TILEFUSE_WS); either way the kernel matches eager on ragged sizes."""
+    monkeypatch.setenv("TILEFUSE_TMA", "1")
+    monkeypatch.setenv("TILEFUSE_WS", ws)
+    x, w, b, r = torch.randn(45, 64), torch.randn(70, 64), torch.randn(70), torch.randn(45, 70)
+    reports = run(lambda x, w, b, r: F.silu(F.linear(x, w, b)) + r, x, w, b, r, kinds={"gemm"}, dump=tmp_path)
+    source = next((tmp_path / reports[0]["dir"] / "kernels").glob("*.py")).read_text()
+    assert "WARP_SPECIALIZABLE = True" in source
+    assert re.search(r"for \w+ in tl\.range\(.*flatten=USE_WS, warp_specialize=USE_WS\):", source)
+
+
 def test_unaligned_operands_fall_back_to_pointer_loads(monkeypatch):
     from tilefuse.backends.triton.launcher import use_tensor_descriptors
 

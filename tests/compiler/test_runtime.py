@@ -338,7 +338,8 @@ def test_a_launch_out_of_shared_memory_retries_with_fewer_stages():
             return launch
 
     kernel = SimpleNamespace(
-        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(), function=Function(),
+        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(), function=Function(), shapes=((2,),),
+        warp_specializable=False,
         grid_for=lambda config: (2,),
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=4)
@@ -361,7 +362,8 @@ def test_tma_is_decided_per_launch_only_where_it_is_wanted(monkeypatch, wanted):
             return lambda *args, num_warps, num_stages, **params: calls.append(params)
 
     kernel = SimpleNamespace(
-        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(),
+        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(), shapes=((4,),),
+        warp_specializable=False,
         grid_for=lambda config: (2,),
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
@@ -371,6 +373,56 @@ def test_tma_is_decided_per_launch_only_where_it_is_wanted(monkeypatch, wanted):
         assert launch.constexprs == (8, False) and calls == [{"BLOCK": 8, "USE_TMA": False}]
     else:
         assert calls == [{"BLOCK": 8, "USE_TMA": True}]  # CPU tensors: the interpreter emulates TMA
+
+
+def test_each_tma_decision_keeps_its_own_binary(monkeypatch):
+    """With TMA wanted, USE_TMA is decided per launch by the operands' layout; each decision compiles
+    once through the generic path, and later launches with that layout go straight to its binary (the
+    H200's GEMMs under TILEFUSE_TMA=1 took the ~20 µs generic path on every launch)."""
+    from types import SimpleNamespace
+
+    from tilefuse.backends.triton import launcher
+
+    monkeypatch.setenv("TILEFUSE_TMA", "1")
+    monkeypatch.setattr(launcher, "_direct_launch_possible", lambda binary: True)
+    compiles, runs = [], []
+
+    class Binary:
+        function, packed_metadata = "f", "m"
+
+        def __init__(self, params):
+            self.params = params
+            self.run = lambda *a: runs.append((self.params["USE_TMA"], a[-2:]))
+
+    class Function:
+        def __getitem__(self, grid):
+            return lambda *args, num_warps, num_stages, **params: compiles.append(params) or Binary(params)
+
+    kernel = SimpleNamespace(
+        name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(), shapes=((4, 8),),
+        warp_specializable=True, grid_for=lambda config: (2,),
+    )  # fmt: skip
+    launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
+    aligned, ragged = torch.zeros(4, 8), torch.zeros(4, 9)[:, :8]  # a 36-byte row stride: no TMA
+    for x in (aligned, ragged, aligned, ragged, aligned):
+        launch(0, x, *x.stride())
+    assert compiles == [
+        {"BLOCK": 8, "USE_TMA": True, "USE_WS": False}, {"BLOCK": 8, "USE_TMA": False, "USE_WS": False}
+    ]  # fmt: skip
+    assert [tma for tma, _ in runs] == [True, False, True]  # the binaries', no compile
+
+
+def test_warp_specialization_takes_tma_a_request_and_an_accumulator_that_fits(monkeypatch):
+    from tilefuse.backends.triton.launcher import warp_specialized
+
+    wide = {"BLOCK_M": 128, "BLOCK_N": 256}
+    assert not warp_specialized(wide, 8, use_tma=True), "off unless asked (TILEFUSE_WS or a tuned USE_WS)"
+    assert warp_specialized(wide | {"USE_WS": 1}, 8, use_tma=True)
+    monkeypatch.setenv("TILEFUSE_WS", "1")
+    assert warp_specialized(wide, 8, use_tma=True)
+    assert not warp_specialized(wide, 8, use_tma=False), "the producer warp issues TMA loads"
+    assert not warp_specialized(wide, 4, use_tma=True), "256 accumulator registers a thread"
+    assert not warp_specialized(wide | {"USE_WS": 0}, 8, use_tma=True), "a tuned choice wins"
 
 
 @pytest.mark.parametrize("faster", ["program", "pytorch"])
