@@ -10,8 +10,10 @@ median step time once settled (tilefuse runs a graph whose backward has run in P
 on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward; the row
 "tilefuse compiled backward" runs with `TILEFUSE_TRAINING=compile`: forward and backward graphs
 compiled, every step), the first
-step's time (compiles included), and the loss and gradient norm relative to eager's on the same
-weights and batch. A failing candidate is a table cell; the file is rewritten after each model.
+step's time (compiles included), the loss and gradient errors relative to eager's on the same
+weights and batch, and every candidate's gradient error against the same step run in float64 (eager
+has one too: a compiled step may be closer to float64 than eager is). A failing candidate is a
+table cell; the file is rewritten after each model.
 `--tiny` builds tiny configs (hidden 64, 1 layer, 2 x 16 tokens) so the harness runs on a CPU.
 """
 
@@ -59,6 +61,7 @@ class StepTiming:
     first_step_s: float | None = None
     loss_err: float | None = None
     grad_err: float | None = None
+    grad_err64: float | None = None  # against the same step in float64
     note: str = ""
     error: str | None = None
 
@@ -88,24 +91,43 @@ def step(fn: Callable, model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch
     return loss.detach().float(), grads
 
 
+def float64_step(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype):
+    """The loss and gradients of one step of the model as built in `dtype`, computed in float64 (the
+    oracle: eager's own rounding shows beside the compiled candidates'); None where float64 cannot run
+    the model."""
+    try:
+        model, ids = build(spec, tiny, device, dtype)
+        model = model.double()
+        return step(model, model, ids)
+    except Exception as exc:  # a model without float64 kernels (a grouped matmul): no column
+        print(f"[{spec.name}] no float64 reference: {describe_error(exc)}", file=sys.stderr, flush=True)
+        return None
+    finally:
+        release_memory(device)
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref) -> StepTiming:
+def measure(
+    candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref, ref64=None
+) -> StepTiming:
     release_memory(device)
     setting = os.environ.pop(TRAINING_ENV, None)
     if candidate == COMPILED_BACKWARD:
         os.environ[TRAINING_ENV] = "compile"
     try:
-        return _measure(candidate, spec, args, device, dtype, ref)
+        return _measure(candidate, spec, args, device, dtype, ref, ref64)
     finally:
         os.environ.pop(TRAINING_ENV, None)
         if setting is not None:
             os.environ[TRAINING_ENV] = setting
 
 
-def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref) -> StepTiming:
+def _measure(
+    candidate: str, spec: ModelSpec, args: argparse.Namespace, device, dtype, ref, ref64
+) -> StepTiming:
     try:
         model, ids = build(spec, args.tiny, device, dtype)
         torch._dynamo.reset()  # each candidate compiles its own graphs (the training setting is read then)
@@ -120,6 +142,7 @@ def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, 
             step(fn, model, ids)
         ms = time_ms(lambda: step(fn, model, ids), device, cpu_repeats=1)
         errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
+        err64 = None if ref64 is None else relative(grads, ref64[1])
         note = ""
         if candidate in (SUBJECT, COMPILED_BACKWARD):
             reports = fn.tilefuse_reports
@@ -128,7 +151,8 @@ def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, 
             )
             backward = sum(r.get("kind") == "backward" for r in reports)
             note += f"; {backward} backward graph(s) compiled" if backward else ""
-        timing = StepTiming(spec.name, candidate, ms, None if candidate == EAGER else first_s, *errs, note)
+        first = None if candidate == EAGER else first_s
+        timing = StepTiming(spec.name, candidate, ms, first, *errs, err64, note)
         return timing, (loss, grads)
     except Exception as exc:  # a failing candidate is a table cell
         return StepTiming(spec.name, candidate, error=describe_error(exc)), None
@@ -137,15 +161,15 @@ def _measure(candidate: str, spec: ModelSpec, args: argparse.Namespace, device, 
 def render_table(timings: Sequence[StepTiming]) -> str:
     lines = [
         "| model | candidate | step ms | vs eager | first step s | loss err vs eager "
-        "| grad err vs eager | notes |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| grad err vs eager | grad err vs float64 | notes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     eager = {t.model: t.step_ms for t in timings if t.candidate == EAGER}
     for t in timings:
         ref = eager.get(t.model)
         speedup = ref / t.step_ms if ref and t.step_ms else None
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
-        errors = [fmt_cell(t.loss_err, ".2e"), fmt_cell(t.grad_err, ".2e")]
+        errors = [fmt_cell(t.loss_err, ".2e"), fmt_cell(t.grad_err, ".2e"), fmt_cell(t.grad_err64, ".2e")]
         timing = [fmt_cell(t.step_ms, ".4g"), fmt_cell(speedup, ".2f"), fmt_cell(t.first_step_s, ".3g")]
         cells = [t.model, t.candidate, *timing, *errors, note]
         lines.append("| " + " | ".join(cells) + " |")
@@ -175,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings: list[StepTiming] = []
     report = ""
     for name in args.models:
-        ref = None
+        ref, ref64 = None, float64_step(MODELS[name], args.tiny, device, dtype)
         for candidate in candidates:
-            timing, result = measure(candidate, MODELS[name], args, device, dtype, ref)
+            timing, result = measure(candidate, MODELS[name], args, device, dtype, ref, ref64)
             ref = result if candidate == EAGER else ref
             timings.append(timing)
             shown = timing.error or f"{timing.step_ms:.4g} ms per step"

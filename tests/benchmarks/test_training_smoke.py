@@ -19,7 +19,9 @@ def test_tiny_training_step_on_cpu_matches_eager_gradients(tmp_path, capsys):
     assert list(rows) == ["eager", "tilefuse", "tilefuse compiled backward"]
     for name in ("tilefuse", "tilefuse compiled backward"):
         row = rows[name]
-        assert "FAILED" not in row[7] and float(row[2]) > 0, row
-        assert float(row[5]) < 1e-5 and float(row[6]) < 1e-4, row  # loss, gradients
-    assert "backward graph(s) compiled" in rows["tilefuse compiled backward"][7]
-    assert "backward graph(s) compiled" not in rows["tilefuse"][7]
+        assert "FAILED" not in row[8] and float(row[2]) > 0, row
+        assert float(row[5]) < 1e-5 and float(row[6]) < 1e-4, row  # loss, gradients against eager's
+        # against float64: no further from it than eager's own float32 step (plus float32's rounding)
+        assert float(row[7]) <= 2 * float(rows["eager"][7]) + 1e-6, (row, rows["eager"])
+    assert "backward graph(s) compiled" in rows["tilefuse compiled backward"][8]
+    assert "backward graph(s) compiled" not in rows["tilefuse"][8]
