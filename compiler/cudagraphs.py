@@ -26,7 +26,8 @@ chosen so the user's model behaves as in eager:
   tensor meant a new capture); a privately held input that then comes as the
   same tensor `SHARED_AFTER` calls in a row is captured in place again (a long
   `generate` after short ones: transformers makes a new static cache for every
-  `generate`, and copying it in and out cost 0.55 ms a token on the H200);
+  `generate`, and the H200 profile counted 1273 device copies per 33-token
+  `generate` against torch.compile's 473, every layer's cache copied each token);
   a capture for written inputs alone runs nothing first (the parameters'
   one-time work is done), and the inputs are copied in one `_foreach_copy_`;
   the replay keeps no reference to an input written in place (only its
