@@ -141,7 +141,8 @@ def _check_pass_order(module, names: list[str], name: str) -> None:
         return
     raise IRError(
         f"{name}: error: {LOWERING_PASS} lowers fusion groups and this module has none: run "
-        f"-p {FUSION_PASS},{LOWERING_PASS} (a compile runs -p {','.join(COMPILE_PASSES)},{LOWERING_PASS})"
+        f"-p {FUSION_PASS},{LOWERING_PASS} (a compile runs -p {','.join(COMPILE_PASSES)},{LOWERING_PASS}, "
+        f"and on a GPU kmajor-f32-weights before {FUSION_PASS} for f32 GEMMs)"
     )
 
 

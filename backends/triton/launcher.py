@@ -21,6 +21,7 @@ import logging
 import operator
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,6 +394,12 @@ def _interpret_triton_library() -> None:
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    # numpy's exp overflows to inf where a GPU's does silently (the sigmoid form of the tanh GELU,
+    # 1 / (1 + exp(-2y)), for very negative y: inf gives the right 0); the interpreter's warning for it
+    # alarmed users with a correct result
+    warnings.filterwarnings(
+        "ignore", "overflow encountered in exp", RuntimeWarning, module="triton.runtime.interpreter"
+    )
     replacements: dict[int, InterpretedFunction] = {}
     for module_name, module in list(sys.modules.items()):
         if not module_name.startswith("triton.language") or module is None:
