@@ -188,14 +188,17 @@ class BoundLaunch:
         self.constexprs = tuple(self.params.values())
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
-        # with TMA decided per launch: USE_TMA -> (C launch function or None, binary, constexprs)
-        self.by_tma: dict[bool, tuple] = {}
-        starts = itertools.accumulate((1 + len(shape) for shape in kernel.shapes), initial=0)
+        # with TMA decided per launch, one binary per (USE_TMA, each tensor's 16-byte alignment): Triton
+        # specializes a binary on its pointers' alignment, which the program's guard does not fix for an
+        # input first seen misaligned -> (C launch function or None, binary, constexprs)
+        self.by_tma: dict[tuple, tuple] = {}
+        starts = list(itertools.accumulate((1 + len(shape) for shape in kernel.shapes), initial=0))[:-1]
+        self.tensor_positions = starts
         self.tma_positions = [p for i, p in enumerate(starts) if i in kernel.tma_tensors]
 
     def __call__(self, stream: int, *args: object) -> None:
         if self.per_launch_tma and self.by_tma:
-            entry = self.by_tma.get(descriptors_fit([args[p] for p in self.tma_positions]))
+            entry = self.by_tma.get(self._tma_key(args))
             if entry is not None:
                 raw, binary, constexprs = entry
                 if raw is not None:
@@ -217,6 +220,11 @@ class BoundLaunch:
         if self.empty:
             return
         self._generic(args)
+
+    def _tma_key(self, args: tuple) -> tuple:
+        """What a launch with TMA decided per launch compiles for: that decision, each tensor's alignment."""
+        fits = descriptors_fit([args[p] for p in self.tma_positions])
+        return (fits, *(args[p].data_ptr() % 16 == 0 for p in self.tensor_positions))
 
     def _generic(self, args: tuple) -> None:
         params = dict(self.params)
@@ -244,7 +252,8 @@ class BoundLaunch:
             return
         if self.per_launch_tma:
             constexprs = tuple(params.values())
-            self.by_tma[params["USE_TMA"]] = (_raw_launch(binary, self.grid, constexprs), binary, constexprs)
+            entry = (_raw_launch(binary, self.grid, constexprs), binary, constexprs)
+            self.by_tma[self._tma_key(args)] = entry
             return
         self.binary = binary
         self.raw = _raw_launch(binary, self.grid, self.constexprs)

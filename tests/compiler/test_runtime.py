@@ -376,9 +376,10 @@ def test_tma_is_decided_per_launch_only_where_it_is_wanted(monkeypatch, wanted):
 
 
 def test_each_tma_decision_keeps_its_own_binary(monkeypatch):
-    """With TMA wanted, USE_TMA is decided per launch by the operands' layout; each decision compiles
-    once through the generic path, and later launches with that layout go straight to its binary (the
-    H200's GEMMs under TILEFUSE_TMA=1 took the ~20 µs generic path on every launch)."""
+    """With TMA wanted, USE_TMA is decided per launch by the operands' layout; each decision, with each
+    tensor's alignment (which Triton specializes a binary on), compiles once through the generic path,
+    and later launches with that layout go straight to its binary (the H200's GEMMs under
+    TILEFUSE_TMA=1 took the ~20 µs generic path on every launch)."""
     from types import SimpleNamespace
 
     from tilefuse.backends.triton import launcher
@@ -404,12 +405,14 @@ def test_each_tma_decision_keeps_its_own_binary(monkeypatch):
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
     aligned, ragged = torch.zeros(4, 8), torch.zeros(4, 9)[:, :8]  # a 36-byte row stride: no TMA
-    for x in (aligned, ragged, aligned, ragged, aligned):
+    shifted = torch.zeros(33)[1:].view(4, 8)  # 4 bytes off: no TMA, and Triton specializes on alignment
+    for x in (aligned, ragged, shifted, aligned, ragged, shifted, aligned):
         launch(0, x, *x.stride())
     assert compiles == [
-        {"BLOCK": 8, "USE_TMA": True, "USE_WS": False}, {"BLOCK": 8, "USE_TMA": False, "USE_WS": False}
+        {"BLOCK": 8, "USE_TMA": True, "USE_WS": False}, {"BLOCK": 8, "USE_TMA": False, "USE_WS": False},
+        {"BLOCK": 8, "USE_TMA": False, "USE_WS": False},
     ]  # fmt: skip
-    assert [tma for tma, _ in runs] == [True, False, True]  # the binaries', no compile
+    assert [tma for tma, _ in runs] == [True, False, False, True]  # the binaries', no compile
 
 
 def test_warp_specialization_takes_tma_a_request_and_an_accumulator_that_fits(monkeypatch):
