@@ -75,7 +75,7 @@ def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype)
     config = config_class(**options, attn_implementation="sdpa", use_cache=False)
     torch.manual_seed(0)
     with torch.device(device):
-        model = getattr(transformers, spec.model_class)(config)
+        model = getattr(transformers, spec.training_class or spec.model_class)(config)
     model = model.to(dtype).train()
     batch, seq = spec.shape(tiny)
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))

@@ -78,7 +78,9 @@ CACHE_VARIABLES = ("TILEFUSE_CACHE_DIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACH
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model family at benchmark size and at tiny (CPU) size; `padded` masks out row ends."""
+    """A model family at benchmark size and at tiny (CPU) size; `padded` masks out row ends;
+    `training_class` is the class a training step builds where `model_class` has no loss (an encoder's
+    masked-LM head)."""
 
     name: str
     model_class: str
@@ -88,6 +90,7 @@ class ModelSpec:
     batch: int = 4
     seq: int = 512
     padded: bool = False
+    training_class: str | None = None
 
     def shape(self, tiny: bool) -> tuple[int, int]:
         """(batch, sequence length) of the inputs."""
@@ -117,7 +120,7 @@ MODELS = {spec.name: spec for spec in (
               dict(hidden_size=1024, num_hidden_layers=4, num_attention_heads=16, intermediate_size=4096),
               dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
                    vocab_size=256, max_position_embeddings=64),
-              batch=8, padded=True),
+              batch=8, padded=True, training_class="BertForMaskedLM"),
     # parallel attention and MLP after one LayerNorm, partial rotary embeddings, biases
     ModelSpec("phi", "PhiForCausalLM", "PhiConfig",
               dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=32,

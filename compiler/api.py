@@ -63,7 +63,8 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     or in "auto" whichever of the two measured faster (GEMMs and attention
     stay Triton kernels).
     A `transformers` model (or its `forward`) has transformers' own automatic
-    compile of static-cache `generate` turned off (`_keep_transformers_off`).
+    compile of static-cache `generate` turned off (`_keep_transformers_off`),
+    and its once-only log calls are traced through (`_trace_through_once_logging`).
     """
     mode = mode or "default"
     if mode not in MODES:
@@ -82,6 +83,7 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph
     # compiles its static islands once (backend.py) instead of compiling again for every new length
     _keep_transformers_off(fn)
+    _trace_through_once_logging()
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump
@@ -97,3 +99,27 @@ def _keep_transformers_off(fn: object) -> None:
     config = getattr(owner, "generation_config", None)
     if config is not None and hasattr(config, "disable_compile") and not config.disable_compile:
         config.disable_compile = True
+
+
+# transformers' `logging.Logger` methods that log a message once per process (lru-cached). Dynamo
+# breaks the graph at any logger call; GPT-2's loss (`loss_function` warns when a model's class name
+# has no loss type: `GPT2LMHeadModel`, `BertForMaskedLM`...) split its training forward in two, with
+# the logits a graph output between them. These calls are told to Dynamo as no-ops while tracing
+# (they still log in eager code); ordinary logger calls keep their graph breaks.
+ONCE_LOGGING = ("warning_once", "info_once")
+
+
+def _trace_through_once_logging() -> None:
+    import logging
+
+    import torch._dynamo.config as dynamo_config
+
+    ignored = getattr(dynamo_config, "ignore_logging_functions", None)
+    if ignored is None:  # torch before the rename
+        ignored = getattr(dynamo_config, "ignore_logger_methods", None)
+    if ignored is None:
+        return
+    for name in ONCE_LOGGING:
+        method = getattr(logging.Logger, name, None)
+        if method is not None:
+            ignored.add(method)

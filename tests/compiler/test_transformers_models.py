@@ -65,3 +65,16 @@ def test_compiling_a_model_or_its_forward_turns_transformers_own_compile_off():
         assert not model.generation_config.disable_compile
         tilefuse.compile(wrap(model))
         assert model.generation_config.disable_compile
+
+
+def test_gpt2_loss_is_one_graph_with_its_forward():
+    """GPT2LMHeadModel's class name has no loss type, so transformers' `loss_function` calls
+    `logger.warning_once`; Dynamo broke the graph there, and the training forward was two graphs
+    with the logits an output between them. The once-only log calls are traced through."""
+    model = _gpt2().eval()  # dropout off: the same loss as eager's
+    ids = _inputs("gpt2")["input_ids"]
+    compiled = tilefuse.compile(model)
+    loss = compiled(input_ids=ids, labels=ids).loss
+    expected = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert len(compiled.tilefuse_reports) == 1
