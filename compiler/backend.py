@@ -41,21 +41,33 @@ log = logging.getLogger("tilefuse")
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
 
 
-def decompositions() -> dict:
+def _needs_grad(example_inputs: list) -> bool:
+    """Whether AOTAutograd traces a joint forward and backward for these inputs."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs
+    )
+
+
+def decompositions(training: bool = False) -> dict:
     """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
     instance and group norms' (as Inductor's table has them): their statistics and affine maps
     then fuse like LayerNorm's, beside a convolution PyTorch runs.
 
-    Log-softmax stays whole: decomposed, a training graph could save per-row statistics instead of
-    its [tokens, vocab] output, but a vocabulary row is wider than a row kernel holds, and its parts
-    then ran as four passes over the row and PyTorch ops (GPT-2's loss on the H200), where
-    PyTorch's one log-softmax kernel reads the row twice."""
+    Log-softmax is lowered whole (`lower_structured._softmax`), except in a graph that trains
+    (`training`): there it is decomposed (`x - max - log(sum(exp(x - max)))`, PyTorch's own
+    decomposition), so AOTAutograd's min-cut partition saves the row's max and log-sum (a value a
+    row) and the backward recomputes the log-probabilities from the logits, where the whole op's
+    [tokens, vocabulary] f32 output was saved, written by the forward and read by the backward
+    (~0.5 GB a step at 4 x 512 tokens and a 32000 vocabulary). The ein graph the forward imports is
+    the same row kernel either way."""
     table = core_aten_decompositions()
     aten = torch.ops.aten
     table.update(get_decompositions([
         aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit,
         aten._native_batch_norm_legit_functional, aten.native_batch_norm, aten.native_group_norm,
     ]))  # fmt: skip
+    if training:
+        table.update(get_decompositions([aten._log_softmax]))
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in _KEEP_WHOLE)}
 
 
@@ -195,7 +207,7 @@ class TilefuseBackend:
             compiled = aot_autograd(
                 fw_compiler=forward_compiler,
                 bw_compiler=backward_compiler,
-                decompositions=decompositions(),
+                decompositions=decompositions(training=_needs_grad(example_inputs)),
                 partition_fn=partitioner(),
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,

@@ -353,6 +353,21 @@ def widened_source(value: SSAValue) -> SSAValue | None:
     return op.inputs[0] if widened and shape_of(op.inputs[0].type) == shape_of(value.type) else None
 
 
+def read_by_contraction(value: SSAValue) -> bool:
+    """Whether a contraction reads `value`, directly or through views and widening casts (an
+    attention kernel folds the f32 upcast of its 16-bit operands into its dots)."""
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, ein.ContractOp):
+            return True
+        if isinstance(user, ein.ViewOp) and read_by_contraction(user.result):
+            return True
+        widens = isinstance(user, ein.MapOp) and widened_source(user.result) is value
+        if widens and read_by_contraction(user.result):
+            return True
+    return False
+
+
 def inline_map_body(
     map_op: ein.MapOp, args: Sequence[SSAValue], block: Block, value: SSAValue | None = None
 ) -> SSAValue:

@@ -15,10 +15,14 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
   attention kernel 100x slower on the H200);
 - reshape∘reshape, permute∘permute, flip∘flip and identity views collapse;
 - a flip of a scan along its dim becomes a reverse scan of the flipped input;
+- a view of a widening cast (`x.float()` reshaped, sliced) becomes the cast of the view of the
+  16-bit tensor: its readers then take the cast in (a row kernel, a gather) and read 16 bits a
+  value, not a widened copy written in full;
 - a gather reading at most half of a map's result gathers the map's operands instead;
 - a reshape of a GEMM's result (or its bias add) that splits leading dims
   (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
-  chain reaches that map;
+  chain reaches that map (of a row kernel's result too, where the map's every
+  reader flattens it back);
 - ops whose results are unused are removed.
 """
 
@@ -29,6 +33,7 @@ import string
 from dataclasses import dataclass
 
 from xdsl.context import Context
+from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
@@ -42,7 +47,7 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
-from ..ir.builder import inline_map_body, single_user, widened_source
+from ..ir.builder import inline_map_body, read_by_contraction, single_user, widened_source
 from ..ir.dtypes import shape_of, tensor_type
 
 
@@ -192,6 +197,30 @@ class SinkGatherIntoMap(RewritePattern):
         rewriter.replace(op, new_ops)
 
 
+class SinkViewBelowWidening(RewritePattern):
+    """view(widen(x)) → widen(view(x)) for a pure widening cast (`extf`): the view's readers take
+    the cast in and read the 16-bit tensor. Training's LM loss widens the bf16 logits, flattens
+    them to [tokens, vocabulary] and reads them in a row kernel (the log-sum-exp) and a gather (the
+    label's logit): behind the reshape the cast was a kernel of its own, writing the logits again
+    in f32 (twice their bytes) for both to read back, and again in the backward. The widening stays
+    for its other readers. Views a contraction reads are left alone (the contraction folds them,
+    and reads a widening of its operand as the 16-bit tensor)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        widening = op.input.owner
+        source = widened_source(op.input)
+        if source is None or read_by_contraction(op.result):
+            return
+        if _is_reshape(op) and _gemm_epilogue_value(op.input):
+            if _unflatten_split(tuple(shape_of(op.input.type)), tuple(shape_of(op.result.type))) is not None:
+                return  # SinkUnflattenBelowMap's case: the map below joins the GEMM's epilogue
+        narrow = tensor_type(shape_of(op.result.type), source.type.get_element_type())
+        view = ein.ViewOp(op.kind.data, source, narrow, op.view_params)
+        widened = ein.MapOp([view.result], op.result.type, widening.body.clone())
+        rewriter.replace(op, [view, widened])
+
+
 class FlipScan(RewritePattern):
     """flip_d(scan_d(x)) → reverse-scan_d(flip_d(x)): the flip moves to the scan's input, where a
     flip before it cancels (a reverse cumsum, `cumsum(x.flip(d), d).flip(d)`, is one kernel)."""
@@ -215,7 +244,8 @@ class SinkUnflattenBelowMap(RewritePattern):
     back to 3-d before the activation; the activation was a kernel of its own, one more write and
     read of the GEMM's output: Phi's and GPT-2's MLPs.) Every other input must broadcast over the
     whole split prefix (a bias, a scale); a map that also reads a full tensor (a residual add)
-    keeps its shape. The map moves to the flatter shape only, so the rewrite terminates."""
+    keeps its shape, unless every reader of the map flattens it back. The map moves to the
+    flatter shape only, so the rewrite terminates."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
@@ -232,7 +262,15 @@ class SinkUnflattenBelowMap(RewritePattern):
             kept = _unflatten_split(inner_shape, out_shape)
             if kept is None:
                 continue
-            plan = [_in_flat_space(x, out_shape, inner_shape, kept) for x in op.inputs]
+            # a map whose every reader flattens its result back (the loss's logit gradient, added to
+            # the logits' own, then read by the LM head's backward GEMMs), or returns it, may take a
+            # full tensor to the flat space with it: no kernel reads through a reshape it did not have
+            flat_readers = all(
+                isinstance(use.operation, func.ReturnOp)
+                or (_is_reshape(use.operation) and tuple(shape_of(use.operation.result.type)) == inner_shape)
+                for use in op.result.uses
+            )
+            plan = [_in_flat_space(x, out_shape, inner_shape, kept, flat_readers) for x in op.inputs]
             if any(p is False for p in plan):
                 continue
             inputs = []
@@ -260,7 +298,7 @@ def _gemm_epilogue_value(value: SSAValue) -> bool:
 
 
 def _in_flat_space(
-    x: SSAValue, outer: tuple[int, ...], inner: tuple[int, ...], kept: int
+    x: SSAValue, outer: tuple[int, ...], inner: tuple[int, ...], kept: int, flat_readers: bool = False
 ) -> SSAValue | tuple[int, ...] | None | bool:
     """How map input `x` reads in `inner`'s space: None (as it is), a shape to reshape it to, the
     flat value it is a reshape of, or False (not expressible, or not wanted)."""
@@ -274,8 +312,8 @@ def _in_flat_space(
         return shape[len(shape) - kept :]  # the leading 1s dropped (kept >= 1: the feature dims)
     # a genuinely 3-d full tensor (a residual) would follow the GEMM into its flat space, and the
     # norm reading the sum after it would see a reshape between: Llama at batch 2 lost its
-    # residual+norm row kernels that way (kernel counts)
-    return False
+    # residual+norm row kernels that way (kernel counts); not where every reader flattens it anyway
+    return inner if flat_readers and shape == outer else False
 
 
 class MergeMaps(RewritePattern):
@@ -322,6 +360,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldBatchFlattenIntoContract,
     CollapseViews,
     FlipScan,
+    SinkViewBelowWidening,
     SinkGatherIntoMap,
     SinkUnflattenBelowMap,
     MergeMaps,

@@ -64,7 +64,7 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import InsertingEinBuilder, single_user, widened_source
+from ..ir.builder import InsertingEinBuilder, read_by_contraction, single_user, widened_source
 from ..ir.dtypes import is_float, shape_of
 from ..ir.module import functions
 from .flash_attention import match_attention
@@ -512,21 +512,6 @@ class FormFusionGroups(ModulePass):
         for fn in functions(op):
             copy_contracted_concatenations(fn)
             annotate(form_groups(fn))
-
-
-def read_by_contraction(value: SSAValue) -> bool:
-    """Whether a contraction reads `value`, directly or through views and widening casts (an
-    attention kernel folds the f32 upcast of its 16-bit operands into its dots)."""
-    for use in value.uses:
-        user = use.operation
-        if isinstance(user, ein.ContractOp):
-            return True
-        if isinstance(user, ein.ViewOp) and read_by_contraction(user.result):
-            return True
-        widens = isinstance(user, ein.MapOp) and widened_source(user.result) is value
-        if widens and read_by_contraction(user.result):
-            return True
-    return False
 
 
 def copy_contracted_concatenations(fn: func.FuncOp) -> int:

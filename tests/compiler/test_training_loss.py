@@ -1,0 +1,57 @@
+"""A language-model loss in a training graph (bf16 logits, `cross_entropy(logits.float())`): the
+forward hands the backward the 16-bit logits and a max and log-sum a row, not the float32
+log-probabilities (`backend.decompositions(training=True)`), and neither side writes a float32 copy
+of the logits (`canonicalize.SinkViewBelowWidening`): each kernel reads the bf16 logits and widens
+them itself. Gradients match eager's."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tilefuse
+
+VOCAB = 300  # not a multiple of any tile
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(32, VOCAB, bias=False)
+
+    def forward(self, h, labels):
+        logits = self.proj(h)
+        return F.cross_entropy(logits.float().view(-1, VOCAB), labels.view(-1)), logits
+
+
+def test_lm_loss_saves_row_statistics_and_reads_bf16_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")  # the backward compiled on CPU too
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Head().to(torch.bfloat16)
+    reference = Head().to(torch.bfloat16)
+    reference.load_state_dict(model.state_dict())
+    h = torch.randn(2, 7, 32, dtype=torch.bfloat16)  # 14 tokens
+    labels = torch.randint(0, VOCAB, (2, 7))
+    compiled = tilefuse.compile(model, dump=tmp_path)
+    loss, logits = compiled(h, labels)
+    loss.backward()
+    want_loss, want_logits = reference(h, labels)
+    want_loss.backward()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(logits, want_logits)
+    torch.testing.assert_close(model.proj.weight.grad, reference.proj.weight.grad, rtol=2e-2, atol=2e-3)
+
+    (backward,) = tmp_path.glob("*_backward")
+    signature = (backward / "aten_graph.py").read_text().split("def forward(", 1)[1].split("):", 1)[0]
+    saved = re.findall(r'"(\w+)\[([\d, ]*)\]"', signature)
+    assert ("bf16", f"14, {VOCAB}") in saved or ("bf16", f"2, 7, {VOCAB}") in saved  # the logits
+    assert not [s for s in saved if s[0] == "f32" and str(VOCAB) in s[1].split(", ")], saved
+    programs = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert len(programs) >= 2  # the forward's and the backward's
+    for source in programs:  # no buffer of f32 logits (or log-probabilities) is made
+        wide = re.findall(rf"_empty\(\([^)]*\b{VOCAB}\b[^)]*\), \([^)]*\), dtype=torch.float32", source)
+        assert not wide, wide
