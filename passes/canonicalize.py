@@ -262,14 +262,16 @@ class SinkUnflattenBelowMap(RewritePattern):
             kept = _unflatten_split(inner_shape, out_shape)
             if kept is None:
                 continue
-            # a map whose every reader flattens its result back (the loss's logit gradient, added to
-            # the logits' own, then read by the LM head's backward GEMMs), or returns it, may take a
-            # full tensor to the flat space with it: no kernel reads through a reshape it did not have
-            flat_readers = all(
-                isinstance(use.operation, func.ReturnOp)
-                or (_is_reshape(use.operation) and tuple(shape_of(use.operation.result.type)) == inner_shape)
+            # a map whose readers flatten its result back (the loss's logit gradient, added to the
+            # logits' own, then read by the LM head's backward GEMMs), and at most return it besides,
+            # may take a full tensor to the flat space with it: no kernel reads through a reshape it
+            # did not have (a map only returned keeps its shape: the CUDA GEMM's [batch, tokens] M)
+            flattens = [
+                _is_reshape(use.operation) and tuple(shape_of(use.operation.result.type)) == inner_shape
                 for use in op.result.uses
-            )
+            ]
+            returns = [isinstance(use.operation, func.ReturnOp) for use in op.result.uses]
+            flat_readers = any(flattens) and all(f or r for f, r in zip(flattens, returns))
             plan = [_in_flat_space(x, out_shape, inner_shape, kept, flat_readers) for x in op.inputs]
             if any(p is False for p in plan):
                 continue
