@@ -51,6 +51,10 @@ CANDIDATES = (EAGER, COMPILE, SUBJECT, COMPILED_BACKWARD)
 # steps before timing: compiles, and tilefuse's measured choice once a backward ran (its first step,
 # the partitions settling, PyTorch's warm-up, then ROUNDS steps each way: selection.TrainingSelection)
 SETTLE_STEPS = 16
+DROPOUT_NAMES = (
+    "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout",
+    "attention_probs_dropout_prob", "hidden_dropout_prob",  # BERT's spelling
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype)
     """The model in train mode (dropout off, so steps are comparable) and a batch of token ids."""
     config_class = getattr(transformers, spec.config_class)
     options = dict(spec.tiny if tiny else spec.full)
-    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+    for name in DROPOUT_NAMES:
         options[name] = 0.0  # not every config knows every name; unknown ones are kept as attributes
     config = config_class(**options, attn_implementation="sdpa", use_cache=False)
     torch.manual_seed(0)
