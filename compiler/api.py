@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar, overload
 
 import torch
@@ -109,7 +110,8 @@ def _keep_transformers_off(fn: object) -> None:
 ONCE_LOGGING = ("warning_once", "info_once")
 
 
-def _trace_through_once_logging() -> None:
+def _once_logging_methods() -> tuple[set, list]:
+    """Dynamo's set of logging functions it traces as no-ops, and transformers' once-only methods."""
     import logging
 
     import torch._dynamo.config as dynamo_config
@@ -117,9 +119,25 @@ def _trace_through_once_logging() -> None:
     ignored = getattr(dynamo_config, "ignore_logging_functions", None)
     if ignored is None:  # torch before the rename
         ignored = getattr(dynamo_config, "ignore_logger_methods", None)
-    if ignored is None:
-        return
-    for name in ONCE_LOGGING:
-        method = getattr(logging.Logger, name, None)
-        if method is not None:
-            ignored.add(method)
+    methods = [getattr(logging.Logger, name, None) for name in ONCE_LOGGING]
+    return (set() if ignored is None else ignored), [m for m in methods if m is not None]
+
+
+def _trace_through_once_logging() -> None:
+    """Dynamo's setting is process-wide: a `torch.compile` of another model in the same process
+    traces through these calls too (`once_logging_as_dynamo_has_it` undoes it for a block)."""
+    ignored, methods = _once_logging_methods()
+    ignored.update(methods)
+
+
+@contextlib.contextmanager
+def once_logging_as_dynamo_has_it() -> Iterator[None]:
+    """Dynamo's own handling of transformers' once-only log calls (a graph break) inside the
+    block: a benchmark's `torch.compile` row measures what its users get."""
+    ignored, methods = _once_logging_methods()
+    held = [m for m in methods if m in ignored]
+    ignored.difference_update(held)
+    try:
+        yield
+    finally:
+        ignored.update(held)

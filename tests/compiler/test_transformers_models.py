@@ -78,3 +78,31 @@ def test_gpt2_loss_is_one_graph_with_its_forward():
     expected = model(input_ids=ids, labels=ids).loss
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert len(compiled.tilefuse_reports) == 1
+
+
+def test_once_logging_is_traced_through_and_a_block_can_have_dynamos_own_handling():
+    """`tilefuse.compile` sets Dynamo process-wide; `once_logging_as_dynamo_has_it` gives a block
+    (a benchmark's torch.compile row) Dynamo's own graph break back."""
+    from transformers.utils import logging as hf_logging
+
+    from tilefuse.compiler.api import _trace_through_once_logging, once_logging_as_dynamo_has_it
+
+    logger = hf_logging.get_logger("tilefuse-test")
+
+    def f(x):
+        y = x + 1
+        logger.warning_once("once")
+        return y * 2
+
+    def graphs() -> int:
+        torch._dynamo.reset()
+        seen = []
+        compiled = torch.compile(f, backend=lambda gm, _: seen.append(gm) or gm.forward)
+        torch.testing.assert_close(compiled(torch.ones(3)), torch.full((3,), 4.0))
+        return len(seen)
+
+    _trace_through_once_logging()
+    assert graphs() == 1
+    with once_logging_as_dynamo_has_it():
+        assert graphs() == 2
+    assert graphs() == 1
