@@ -8,7 +8,8 @@ tokens) spent ~0.4 ms a layer in FFMA float32 batched GEMMs and ~0.1 ms in float
 was slower than eager's cuDNN attention. Before AOTAutograd traces a Dynamo graph, each such call
 is replaced by `attention_with_dropout`: the products in the inputs' dtype (tensor cores, float32
 accumulation), the softmax in float32, dropout on the 16-bit probabilities, as eager's unfused
-attention computes it. Calls without dropout are left to the attention matcher.
+attention computes it. Calls without dropout are left to the attention matcher, and a graph that
+does not train keeps its dropping-out SDPA whole (it runs in PyTorch, drawing eager's masks).
 """
 
 from __future__ import annotations

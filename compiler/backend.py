@@ -210,15 +210,16 @@ class TilefuseBackend:
             return make_boxed_func(compiled)
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
+        trains = _needs_grad(example_inputs)
         try:
             compiled = aot_autograd(
                 fw_compiler=forward_compiler,
                 bw_compiler=backward_compiler,
-                decompositions=decompositions(training=_needs_grad(example_inputs)),
+                decompositions=decompositions(training=trains),
                 partition_fn=partitioner(),
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,
-            )(unfuse_attention_dropout(gm), example_inputs)
+            )(unfuse_attention_dropout(gm) if trains else gm, example_inputs)
         except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
             return self._traced_nothing(gm, graph_name, e), graph_report
         device = _graph_device(example_inputs)

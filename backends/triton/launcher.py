@@ -121,11 +121,8 @@ class TritonKernel:
             return
         args = [x for t in tensors for x in (t, *t.stride())]
         params = {p: config[p] for p in self.params}
-        if self.tma_tensors:
-            operands = [tensors[i] for i in self.tma_tensors]
-            params["USE_TMA"] = tma_wanted(config) and descriptors_fit(operands)
-        if self.warp_specializable:
-            params["USE_WS"] = warp_specialized(config, num_warps, params["USE_TMA"])
+        fits = bool(self.tma_tensors) and descriptors_fit([tensors[i] for i in self.tma_tensors])
+        params.update(launch_flags(self, config, num_warps, fits))
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
@@ -181,10 +178,8 @@ class BoundLaunch:
         # kernel that could read through them but is not asked to takes USE_TMA=False once, so its
         # launches stay on the direct path (every GEMM took the ~20 µs generic path before)
         self.per_launch_tma = bool(kernel.tma_tensors) and tma_wanted(config)
-        if kernel.tma_tensors and not self.per_launch_tma:
-            self.params["USE_TMA"] = False
-        if kernel.warp_specializable and not self.per_launch_tma:
-            self.params["USE_WS"] = False
+        if not self.per_launch_tma:
+            self.params.update(launch_flags(kernel, config, num_warps, fits=False))
         self.constexprs = tuple(self.params.values())
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
@@ -192,9 +187,10 @@ class BoundLaunch:
         # specializes a binary on its pointers' alignment, which the program's guard does not fix for an
         # input first seen misaligned -> (C launch function or None, binary, constexprs)
         self.by_tma: dict[tuple, tuple] = {}
-        starts = list(itertools.accumulate((1 + len(shape) for shape in kernel.shapes), initial=0))[:-1]
-        self.tensor_positions = starts
-        self.tma_positions = [p for i, p in enumerate(starts) if i in kernel.tma_tensors]
+        # where each tensor stands in a launch's arguments (each tensor is followed by its strides)
+        widths = (1 + len(shape) for shape in kernel.shapes)
+        self.tensor_positions = list(itertools.accumulate(widths, initial=0))[:-1]
+        self.tma_positions = [p for i, p in enumerate(self.tensor_positions) if i in kernel.tma_tensors]
 
     def __call__(self, stream: int, *args: object) -> None:
         if self.per_launch_tma and self.by_tma:
@@ -229,11 +225,8 @@ class BoundLaunch:
     def _generic(self, args: tuple) -> None:
         params = dict(self.params)
         if self.per_launch_tma:
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            operands = [tensors[i] for i in self.kernel.tma_tensors]
-            params["USE_TMA"] = tma_wanted(self.config) and descriptors_fit(operands)
-            if self.kernel.warp_specializable:
-                params["USE_WS"] = warp_specialized(self.config, self.num_warps, params["USE_TMA"])
+            fits = descriptors_fit([args[p] for p in self.tma_positions])
+            params.update(launch_flags(self.kernel, self.config, self.num_warps, fits))
         grid = self.grid[: len(self.kernel.grid)]
         while True:
             options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -327,6 +320,20 @@ def warp_specialized(config: Mapping[str, int], num_warps: int, use_tma: bool) -
     wanted = os.environ.get("TILEFUSE_WS", "0") == "1" if wanted is None else bool(wanted)
     accumulator = config.get("BLOCK_M", 0) * config.get("BLOCK_N", 0) // (32 * max(num_warps, 1))
     return bool(use_tma and wanted and accumulator <= WS_MAX_ACCUMULATOR_REGISTERS)
+
+
+def launch_flags(
+    kernel: TritonKernel, config: Mapping[str, int], num_warps: int, fits: bool
+) -> dict[str, bool]:
+    """The launch switches `kernel` takes beside its tile parameters, for a launch with `config` whose
+    TMA operands' layouts allow descriptors or not (`fits`): USE_TMA where it reads through them (as
+    `config` or `TILEFUSE_TMA` asks), USE_WS where its tile loop can be warp-specialized."""
+    flags = {}
+    if kernel.tma_tensors:
+        flags["USE_TMA"] = tma_wanted(config) and fits
+    if kernel.warp_specializable:
+        flags["USE_WS"] = warp_specialized(config, num_warps, flags.get("USE_TMA", False))
+    return flags
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:

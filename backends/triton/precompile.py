@@ -92,18 +92,12 @@ def compile_job(
     the config or `TILEFUSE_TMA` asks, where its operands' layouts allow it (`hopper`:
     the GPU has TMA).
     """
+    from .launcher import launch_flags  # the parent process's side: this file also runs as a script
+
     constexprs = [(p, int(config[p])) for p in kernel.params]
-    if kernel.tma_tensors:
-        from .launcher import tma_wanted  # the parent process's side: this file also runs as a script
-
-        chosen = tma_wanted(config)
-        operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
-        fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
-        constexprs.append(("USE_TMA", bool(chosen and fits)))
-        if kernel.warp_specializable:
-            from .launcher import warp_specialized
-
-            constexprs.append(("USE_WS", warp_specialized(config, num_warps, bool(chosen and fits))))
+    operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
+    fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
+    constexprs += [(name, bool(on)) for name, on in launch_flags(kernel, config, num_warps, fits).items()]
     return CompileJob(
         str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
         num_warps, num_stages, tuple(tuple(s) for s in strides) if strides is not None else None,

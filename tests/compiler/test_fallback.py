@@ -48,7 +48,8 @@ def test_attention_with_dropout_falls_back():
     torch.manual_seed(1)
     compiled = tilefuse.compile(fn)
     out = compiled(q)
-    assert torch.allclose(out, fn(q))
+    # the same masks (dropout runs in PyTorch); the products around them are kernels of f32 math
+    torch.testing.assert_close(out, fn(q), rtol=1e-5, atol=1e-6)
     reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
     assert any("dropout" in r for r in reasons)
 
