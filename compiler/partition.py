@@ -92,8 +92,8 @@ def isolate_random_ops(gm: GraphModule) -> None:
     `native_dropout(x, p)` becomes `x * mask * 1/(1-p)` with `mask` from `native_dropout` of a
     tensor of ones like `x`: PyTorch draws exactly the numbers it would have drawn for `x` (they
     depend on the shape, not the values), but that call reads no computed tensor, so it runs
-    before the partition instead of cutting it in two, and the product compiles. Idempotent;
-    the graph stays runnable as it is.
+    before the partition instead of cutting it in two, and the product compiles. A dropout of a
+    symbolic size stays whole (in PyTorch). Idempotent; the graph stays runnable as it is.
     """
     graph = gm.graph
     for node in list(graph.nodes):
@@ -103,6 +103,8 @@ def isolate_random_ops(gm: GraphModule) -> None:
         if x.op == "call_function" and x.target is aten.full.default:
             continue  # already a mask source
         val = x.meta["val"]
+        if not all(isinstance(d, int) for d in val.shape):
+            continue  # a symbolic size: the graph has no node naming it for the ones' shape; stays whole
         fake_mode = detect_fake_mode([val])
         if fake_mode is None:  # no fake tensors to compute metadata on: leave the dropout to PyTorch
             continue

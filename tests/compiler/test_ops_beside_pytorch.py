@@ -73,3 +73,20 @@ def test_constant_pad_compiles():
     assert all(g["kernel"] is not None for g in fusion_groups(reports))
     assert "ein.concat" in reports[0]["partitions"][0]["ein_ops"]
 
+
+
+def test_training_dropout_in_a_dynamic_graph_stays_in_pytorch():
+    """With a symbolic size, the mask's tensor of ones would be built from a size the program cannot
+    name (BART's decoder in train mode crashed with `NameError: s50`): the dropout stays whole."""
+
+    def fn(x):
+        h = torch.nn.functional.dropout(x * 2, 0.5, training=True)
+        return h @ torch.ones(8, 4) + x.sum()
+
+    compiled = tilefuse.compile(fn)  # the second size makes the dim dynamic (Dynamo's default)
+    for rows in (3, 6, 7):
+        x = torch.randn(2, rows, 8)
+        torch.manual_seed(1)
+        got = compiled(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(got, fn(x))
