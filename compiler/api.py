@@ -124,8 +124,10 @@ def _once_logging_methods() -> tuple[set, list]:
 
 
 def _trace_through_once_logging() -> None:
-    """Dynamo's setting is process-wide: a `torch.compile` of another model in the same process
-    traces through these calls too (`once_logging_as_dynamo_has_it` undoes it for a block)."""
+    """Dynamo's setting is global, not per compile: a `torch.compile` of another model traces
+    through these calls too (`once_logging_as_dynamo_has_it` undoes it for a block). torch 2.13's
+    Dynamo keeps settings per context (a ContextVar), so a thread that had read its config before
+    keeps its own copy, and its graphs break there as before."""
     ignored, methods = _once_logging_methods()
     ignored.update(methods)
 

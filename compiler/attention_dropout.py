@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx import Graph, GraphModule, Node
 
-SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, F.scaled_dot_product_attention)
-SIGNATURE = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+SDPA = F.scaled_dot_product_attention  # torch._C._nn's, as Dynamo records it
 
 
 def attention_with_dropout(
@@ -33,7 +32,11 @@ def attention_with_dropout(
     if enable_gqa and key.size(-3) != query.size(-3):
         groups = query.size(-3) // key.size(-3)
         key, value = key.repeat_interleave(groups, -3), value.repeat_interleave(groups, -3)
-    scores = (query @ key.transpose(-2, -1)) * scale
+    # scaled before the product, as PyTorch's math path does (a 16-bit product of unscaled
+    # operands can overflow in fp16); masks added in float32
+    root = math.sqrt(scale)
+    scores = (query * root) @ (key * root).transpose(-2, -1)
+    scores = scores.to(torch.promote_types(query.dtype, torch.float32))
     if is_causal:
         keep = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
@@ -42,9 +45,8 @@ def attention_with_dropout(
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask
-    # a row masked whole has no probabilities: zeros, as SDPA returns for it (not NaN)
-    probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-    probs = probs.masked_fill(probs.isnan(), 0.0).to(query.dtype)
+    # a row masked whole has no probabilities: zeros forward and backward, as SDPA's `_safe_softmax`
+    probs = torch._safe_softmax(scores, -1).to(query.dtype)
     return F.dropout(probs, dropout_p, training=True) @ value
 
 
@@ -58,13 +60,22 @@ def unfuse_attention_dropout(gm: GraphModule) -> GraphModule:
     """`gm`, or a copy of it (sharing its attributes) whose attention calls that drop out call
     `attention_with_dropout` instead; `gm` itself is unchanged (Dynamo's graph is also the
     PyTorch side of the graph's measured choice)."""
-    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in SDPA_TARGETS]
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is SDPA]
     drops = [n for n in calls if not isinstance(p := _dropout_p(n), int | float) or p != 0]
     if not drops:
         return gm
     graph = Graph()
     copies: dict[Node, Node] = {}
     graph.output(graph.graph_copy(gm.graph, copies))
+    graph._codegen = gm.graph._codegen
+    for node, made in copies.items():  # Dynamo's placeholders name their sources
+        if hasattr(node, "_dynamo_source"):
+            made._dynamo_source = node._dynamo_source
     for node in drops:
         copies[node].target = attention_with_dropout
-    return GraphModule(gm, graph)
+    copy = GraphModule(gm, graph)
+    # what AOTAutograd reads off Dynamo's graph (its input guards, static inputs)
+    copy.meta.update(gm.meta)
+    if hasattr(gm, "_param_name_to_source"):
+        copy._param_name_to_source = gm._param_name_to_source
+    return copy

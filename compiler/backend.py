@@ -200,7 +200,7 @@ class TilefuseBackend:
         def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:
             # AOTAutograd lowers the backward lazily, at the first backward: the graph trains
             graph_report["trains"] = True
-            reinplace(bw)  # an embedding's weight gradient accumulates into its zeros, not a copy of them
+            reinplace(bw)  # an index_put_ into fresh zeros accumulates in place, not into a copy of them
             if not compile_backward(_graph_device(bw_inputs)):
                 return _pytorch_backward(bw, bw_inputs)
             inputs = [InputInfo(n.name) for n in bw.graph.nodes if n.op == "placeholder"]

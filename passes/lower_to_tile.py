@@ -31,7 +31,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import ScalarBuilder, opmath_type, sums_in_i64
+from ..ir.builder import ScalarBuilder, opmath_type, read_by_contraction, sums_in_i64
 from ..ir.dtypes import is_bool, is_float, shape_of
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
@@ -42,7 +42,6 @@ from .fusion_groups import (
     RowSpace,
     functions,
     math_functions,
-    read_by_contraction,
     read_groups,
 )
 from .tile_builder import Index, KernelBuilder, LoweringUnsupported

@@ -70,3 +70,40 @@ def test_compiled_training_attention_draws_eagers_masks_in_bf16(tmp_path, monkey
     (aten,) = [p for p in tmp_path.glob("*/aten_graph.py") if "_backward" not in str(p)]
     products = [line for line in aten.read_text().splitlines() if "aten.bmm" in line or "aten.matmul" in line]
     assert products and all('"bf16[' in line for line in products), products
+
+
+def test_a_row_masked_whole_has_zero_gradients():
+    """An additive mask of -inf over a whole row: zeros forward and backward, as SDPA (not NaN)."""
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    mask[0, 0, 1] = float("-inf")
+    out = attention_with_dropout(q, q, q, mask, dropout_p=0.0)
+    out.sum().backward()
+    q2 = q.detach().clone().requires_grad_()
+    F.scaled_dot_product_attention(q2, q2, q2, attn_mask=mask).sum().backward()
+    assert torch.isfinite(q.grad).all()
+    torch.testing.assert_close(q.grad, q2.grad)
+
+
+def test_causal_with_fewer_queries_than_keys_is_sdpas_top_left_mask():
+    q, k = torch.randn(1, 2, 3, 8, dtype=torch.float64), torch.randn(1, 2, 7, 8, dtype=torch.float64)
+    got = attention_with_dropout(q, k, k, dropout_p=0.0, is_causal=True)
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, k, is_causal=True))
+
+
+def test_a_graph_that_does_not_train_keeps_its_attention():
+    from torch.fx import symbolic_trace
+
+    from tilefuse.compiler.attention_dropout import unfuse_attention_dropout
+
+    def f(q):
+        return F.scaled_dot_product_attention(q, q, q, None, 0.25)  # dropout_p positional
+
+    gm = symbolic_trace(f)
+    gm.meta["marker"] = 1
+    copy = unfuse_attention_dropout(gm)
+    assert copy is not gm and copy.meta["marker"] == 1
+    assert [n.target for n in copy.graph.nodes if n.op == "call_function"] == [attention_with_dropout]
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [F.scaled_dot_product_attention]
+    no_dropout = symbolic_trace(lambda q: F.scaled_dot_product_attention(q, q, q))
+    assert unfuse_attention_dropout(no_dropout) is no_dropout

@@ -74,7 +74,6 @@ def test_constant_pad_compiles():
     assert "ein.concat" in reports[0]["partitions"][0]["ein_ops"]
 
 
-
 def test_training_dropout_in_a_dynamic_graph_stays_in_pytorch():
     """With a symbolic size, the mask's tensor of ones would be built from a size the program cannot
     name (BART's decoder in train mode crashed with `NameError: s50`): the dropout stays whole."""
