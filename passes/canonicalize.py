@@ -21,8 +21,8 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
 - a gather reading at most half of a map's result gathers the map's operands instead;
 - a reshape of a GEMM's result (or its bias add) that splits leading dims
   (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
-  chain reaches that map (of a row kernel's result too, where the map's every
-  reader flattens it back);
+  chain reaches that map (of a row kernel's result too, where the map's readers
+  flatten it back, or only return it besides);
 - ops whose results are unused are removed.
 """
 

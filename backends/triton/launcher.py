@@ -224,9 +224,9 @@ class BoundLaunch:
 
     def _generic(self, args: tuple) -> None:
         params = dict(self.params)
-        if self.per_launch_tma:
-            fits = descriptors_fit([args[p] for p in self.tma_positions])
-            params.update(launch_flags(self.kernel, self.config, self.num_warps, fits))
+        key = self._tma_key(args) if self.per_launch_tma else None
+        if key is not None:
+            params.update(launch_flags(self.kernel, self.config, self.num_warps, fits=key[0]))
         grid = self.grid[: len(self.kernel.grid)]
         while True:
             options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -243,10 +243,9 @@ class BoundLaunch:
                 self.num_stages -= 1
         if not _direct_launch_possible(binary):
             return
-        if self.per_launch_tma:
+        if key is not None:
             constexprs = tuple(params.values())
-            entry = (_raw_launch(binary, self.grid, constexprs), binary, constexprs)
-            self.by_tma[self._tma_key(args)] = entry
+            self.by_tma[key] = (_raw_launch(binary, self.grid, constexprs), binary, constexprs)
             return
         self.binary = binary
         self.raw = _raw_launch(binary, self.grid, self.constexprs)
