@@ -10,6 +10,10 @@ is replaced by `attention_with_dropout`: the products in the inputs' dtype (tens
 accumulation), the softmax in float32, dropout on the 16-bit probabilities, as eager's unfused
 attention computes it. Calls without dropout are left to the attention matcher, and a graph that
 does not train keeps its dropping-out SDPA whole (it runs in PyTorch, drawing eager's masks).
+
+The same copy of a training graph drops the masks transformers builds while tracing where eager
+passes none (BERT's all-visible mask, a decoder's causal mask: `causal_masks.py`), so AOTAutograd
+traces SDPA's fused kernels, not the float32 math fallback a mask sends it to.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch.fx import Graph, GraphModule, Node
 
+from .causal_masks import constant_attention_masks
+
 SDPA = F.scaled_dot_product_attention  # torch._C._nn's, as Dynamo records it
+# its arguments after query, key and value, in order (any may be given by position)
+_SDPA_OPTIONAL = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def attention_with_dropout(
@@ -56,13 +64,16 @@ def _dropout_p(node: Node) -> object:
     return node.args[4] if len(node.args) > 4 else 0.0
 
 
-def unfuse_attention_dropout(gm: GraphModule) -> GraphModule:
-    """`gm`, or a copy of it (sharing its attributes) whose attention calls that drop out call
-    `attention_with_dropout` instead; `gm` itself is unchanged (Dynamo's graph is also the
-    PyTorch side of the graph's measured choice)."""
+def attention_for_training(gm: GraphModule) -> GraphModule:
+    """`gm`, or a copy of it (sharing its attributes) in which attention calls whose mask is a
+    constant that hides nothing have no mask, those whose mask is the causal mask take
+    `is_causal=True` (`causal_masks.constant_attention_masks`: AOTAutograd then traces the fused
+    kernels that take no mask), and calls that drop out call `attention_with_dropout`; `gm` itself
+    is unchanged (Dynamo's graph is also the PyTorch side of the graph's measured choice)."""
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is SDPA]
     drops = [n for n in calls if not isinstance(p := _dropout_p(n), int | float) or p != 0]
-    if not drops:
+    masks = constant_attention_masks(gm, SDPA) if calls else {}
+    if not drops and not masks:
         return gm
     graph = Graph()
     copies: dict[Node, Node] = {}
@@ -71,8 +82,18 @@ def unfuse_attention_dropout(gm: GraphModule) -> GraphModule:
     for node, made in copies.items():  # Dynamo's placeholders name their sources
         if hasattr(node, "_dynamo_source"):
             made._dynamo_source = node._dynamo_source
+    for node, kind in masks.items():
+        made = copies[node]
+        made.args = made.args[:3]  # query, key, value; the rest by name
+        made.kwargs = {
+            **dict(zip(_SDPA_OPTIONAL, node.args[3:], strict=False)),
+            **node.kwargs,
+            "attn_mask": None,
+            "is_causal": kind == "causal",
+        }
     for node in drops:
         copies[node].target = attention_with_dropout
+    graph.eliminate_dead_code()  # the mask's ops, where nothing else reads them
     copy = GraphModule(gm, graph)
     # what AOTAutograd reads off Dynamo's graph (its input guards, static inputs)
     copy.meta.update(gm.meta)

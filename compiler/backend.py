@@ -27,7 +27,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 from torch._functorch.partitioners import default_partition, min_cut_rematerialization_partition
 from torch.fx import GraphModule
 
-from .attention_dropout import unfuse_attention_dropout
+from .attention_dropout import attention_for_training
 from .codegen import Target, resolve_backend
 from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
@@ -219,7 +219,7 @@ class TilefuseBackend:
                 partition_fn=partitioner(),
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,
-            )(unfuse_attention_dropout(gm) if trains else gm, example_inputs)
+            )(attention_for_training(gm) if trains else gm, example_inputs)
         except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
             return self._traced_nothing(gm, graph_name, e), graph_report
         device = _graph_device(example_inputs)

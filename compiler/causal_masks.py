@@ -118,8 +118,9 @@ def _as_buffer(
     return attr
 
 
-def _shape(node: object) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if isinstance(node, Node) else None
+def _shape(node: object, key: str = "val") -> tuple[int, ...] | None:
+    """The static shape of `node`'s value (Dynamo's graphs keep it as "example_value")."""
+    val = node.meta.get(key) if isinstance(node, Node) else None
     if not isinstance(val, torch.Tensor) or any(not isinstance(d, int) for d in val.shape):
         return None
     return tuple(val.shape)
@@ -194,3 +195,101 @@ def _is_causal(mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[
         return False
     lower = torch.ones(rows, cols, dtype=torch.bool).tril()
     return bool((allowed.expand(*allowed.shape[:-2], rows, cols) == lower).all())
+
+
+# Dynamo's graphs (before AOTAutograd) -----------------------------------------------------------
+#
+# A graph that trains is traced by AOTAutograd, which picks SDPA's kernel while it traces: given a
+# mask, the fused kernels that take none (flash, cuDNN) are out, and on the H200 PyTorch 2.11
+# traced its float32 math fallback (BERT's step, 4 layers of 8 x 512 tokens, spent ~2.5 ms in
+# FFMA batched GEMMs and float32 softmaxes where eager's cuDNN attention took 0.36 ms). transformers
+# builds the mask while Dynamo traces even where eager passes none (`is_tracing` keeps it from
+# skipping an all-visible or causal mask), so the rewrite is made on Dynamo's graph, before
+# AOTAutograd sees it: a mask that reads no graph input and lets every query see every key goes,
+# and the causal mask becomes `is_causal=True`.
+
+_DYNAMO_FUNCTIONS = {
+    torch.arange, torch.ones, torch.zeros, torch.full, torch.eye, torch.tril, torch.triu, torch.where,
+    torch.ones_like, torch.zeros_like, torch.full_like, torch.logical_and, torch.logical_or,
+    torch.logical_not, torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt, torch.bitwise_and,
+    torch.bitwise_or, torch.bitwise_not, torch.minimum, torch.maximum, torch.abs, torch.cumsum,
+    torch.diff, torch.flip, torch.clamp,
+    operator.getitem, operator.add, operator.sub, operator.mul, operator.neg, operator.floordiv,
+    operator.mod, operator.ge, operator.gt, operator.le, operator.lt, operator.eq, operator.ne,
+    operator.and_, operator.or_, operator.xor, operator.invert, operator.not_,
+}  # fmt: skip
+_DYNAMO_METHODS = {
+    "expand", "expand_as", "view", "reshape", "unsqueeze", "squeeze", "transpose", "permute",
+    "contiguous", "to", "bool", "float", "long", "int", "type", "clone", "flatten", "repeat",
+    "masked_fill", "__getitem__", "__and__", "__or__", "__xor__", "__invert__", "eq", "ne", "ge",
+    "gt", "le", "lt", "logical_and", "logical_or", "logical_not", "add", "sub", "mul", "cumsum",
+    "diff", "flip", "clamp", "new_ones", "new_zeros", "new_full",
+}  # fmt: skip
+_VIEWS = {"expand", "expand_as"}  # sizes that allocate nothing: not held to MAX_MASK_ELEMENTS
+
+
+def constant_attention_masks(gm: GraphModule, sdpa: object) -> dict[Node, str]:
+    """For each call of `sdpa` (PyTorch's `scaled_dot_product_attention`, as Dynamo records it) in
+    `gm` whose mask is a constant: "visible" where it hides no key from any query, "causal" where it
+    is the causal mask of square scores; calls with other masks are not in the result."""
+    found: dict[Node, str] = {}
+    values: dict[Node, object] = {}
+    position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not sdpa:
+            continue
+        mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+        causal = node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
+        if not isinstance(mask, Node) or causal is not False:
+            continue
+        try:
+            with unset_fake_temporarily():
+                value = _dynamo_value(mask, values, position)
+                if value is None:
+                    continue
+                allowed = _allowed(value)
+                if allowed is not None and bool(allowed.all()):
+                    found[node] = "visible"
+                elif _is_causal(
+                    value, _shape(node.args[0], "example_value"), _shape(node.args[1], "example_value")
+                ):
+                    found[node] = "causal"
+        except Exception as e:  # a mask we cannot evaluate is left as it is
+            log.debug("tilefuse: mask %s of %s not evaluated: %s", mask.name, node.name, e)
+    return found
+
+
+def _dynamo_value(node: Node, values: dict[Node, object], position: dict[Node, int]) -> object:
+    """`node`'s value computed on the CPU, where every ancestor is a call in the allowed sets above
+    (deterministic, functional, no graph input) of static sizes; else None."""
+    order: list[Node] = []
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if current in seen or current in values:
+            continue
+        seen.add(current)
+        allowed = (current.op == "call_function" and current.target in _DYNAMO_FUNCTIONS) or (
+            current.op == "call_method" and current.target in _DYNAMO_METHODS
+        )
+        val = current.meta.get("example_value")
+        if not allowed or (isinstance(val, torch.Tensor) and (
+            any(not isinstance(d, int) for d in val.shape)
+            or (current.target not in _VIEWS and val.numel() > MAX_MASK_ELEMENTS)
+        )):  # fmt: skip
+            return None
+        order.append(current)
+        stack.extend(current.all_input_nodes)
+    for current in sorted(order, key=position.__getitem__):
+        args, kwargs = torch.fx.node.map_arg((current.args, current.kwargs), lambda n: values[n])
+        kwargs = dict(kwargs)
+        if "device" in kwargs:
+            kwargs["device"] = torch.device("cpu")
+        if current.op == "call_method":
+            if current.target == "to":  # no device moves: the value stays on the CPU
+                args = tuple(a for a in args if not isinstance(a, torch.device | str))
+            values[current] = getattr(args[0], current.target)(*args[1:], **kwargs)
+        else:
+            values[current] = current.target(*args, **kwargs)
+    value = values[node]
+    return value if isinstance(value, torch.Tensor) else None

@@ -107,3 +107,84 @@ def test_the_pass_leaves_a_graph_without_attention_alone():
     gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) + 1)
     code = gm.code
     assert fold_causal_masks(gm) == (0, 0) and gm.code == code
+
+
+# graphs that train: the masks are folded on Dynamo's graph, before AOTAutograd picks SDPA's kernel
+
+
+def _all_visible(q, k, v):
+    # as transformers builds a bidirectional mask while tracing (BERT): q_idx >= 0, broadcast
+    rows = torch.arange(q.shape[-2])[None, None, :, None]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=(rows >= 0).expand(q.shape[0], -1, -1, k.shape[-2])
+    )
+
+
+def _all_zero_bias(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(q.shape[-2], k.shape[-2]))
+
+
+def _hides_one_key(q, k, v):
+    cols = torch.arange(k.shape[-2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=(cols != 2)[None, :])
+
+
+def _dynamo_graph(fn, *args) -> torch.fx.GraphModule:
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=capture)(*args)
+    (gm,) = graphs
+    return gm
+
+
+def _attention_arguments(gm: torch.fx.GraphModule) -> list[tuple[object, object]]:
+    calls = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    return [(n.kwargs.get("attn_mask"), n.kwargs.get("is_causal")) for n in calls]
+
+
+@pytest.mark.parametrize(
+    "fn, want",
+    [(_all_visible, (None, False)), (_all_zero_bias, (None, False)), (_bool_causal, (None, True)),
+     (_additive_causal, (None, True)), (_min_value_causal, (None, True))],
+    ids=["all visible", "zero bias", "bool causal", "additive causal", "finfo min causal"],
+)  # fmt: skip
+def test_a_training_graphs_constant_mask_is_folded_before_tracing(fn, want):
+    from tilefuse.compiler.attention_dropout import attention_for_training
+
+    gm = _dynamo_graph(fn, *_qkv(9))
+    before = gm.code
+    copy = attention_for_training(gm)
+    assert copy is not gm and gm.code == before  # Dynamo's own graph stays as it was
+    assert _attention_arguments(copy) == [want]
+    assert not any(n.target is torch.arange for n in copy.graph.nodes)  # the mask's ops went
+
+
+@pytest.mark.parametrize("fn", [_hides_one_key, _sliding_window])
+def test_a_training_graphs_other_constant_masks_are_kept(fn):
+    from tilefuse.compiler.attention_dropout import attention_for_training
+
+    gm = _dynamo_graph(fn, *_qkv(9))
+    assert attention_for_training(gm) is gm
+
+
+@pytest.mark.parametrize(
+    "fn", [_all_visible, _bool_causal, _hides_one_key], ids=["visible", "causal", "hides"]
+)
+def test_compiled_training_with_a_constant_mask_matches_eager(fn, monkeypatch):
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch._dynamo.reset()
+    q, k, v = (t.requires_grad_() for t in _qkv(12))
+    out = tilefuse.compile(fn)(q, k, v)
+    (out * out).sum().backward()
+    got = [t.grad for t in (q, k, v)]
+    q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = fn(q2, k2, v2)
+    (ref * ref).sum().backward()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    for g, t in zip(got, (q2, k2, v2), strict=True):
+        torch.testing.assert_close(g.double(), t.grad, rtol=1e-4, atol=1e-4)

@@ -106,3 +106,34 @@ def test_once_logging_is_traced_through_and_a_block_can_have_dynamos_own_handlin
     with once_logging_as_dynamo_has_it():
         assert graphs() == 2
     assert graphs() == 1
+
+
+@pytest.mark.parametrize("name, causal", [("bert", False), ("llama", True)])
+def test_training_attention_takes_the_mask_transformers_built_while_tracing_as_none(
+    name, causal, monkeypatch
+):
+    """transformers builds BERT's all-visible mask and a decoder's causal mask as tensors while
+    Dynamo traces (eager passes none): in a training graph they go before AOTAutograd picks SDPA's
+    kernel (compiler/causal_masks.py, `constant_attention_masks`), and the gradients are eager's."""
+    from tilefuse.benchmarks.training import build, step
+    from tilefuse.benchmarks.transformers_models import MODELS as SPECS
+    from tilefuse.compiler.attention_dropout import SDPA, attention_for_training
+
+    model, ids = build(SPECS[name], True, torch.device("cpu"), torch.float32)
+    seen = []
+
+    def capture(gm, example_inputs):
+        seen.extend((n.kwargs.get("attn_mask"), n.kwargs.get("is_causal"))
+                    for n in attention_for_training(gm).graph.nodes if n.target is SDPA)  # fmt: skip
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=capture)(input_ids=ids, labels=ids)
+    assert seen and set(seen) == {(None, causal)}
+
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch._dynamo.reset()
+    want_loss, want = step(model, model, ids)
+    got_loss, got = step(tilefuse.compile(model), model, ids)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
