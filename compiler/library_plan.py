@@ -78,12 +78,31 @@ def planned_op(op: Operation, contract: Callable | None = None) -> Step:
         step = contract(op)
         if step is not None:
             return step
+    if isinstance(op, ein.ViewOp):
+        return planned_view(op)
     operands = list(op.operands)
 
     def interpreted(device: torch.device, *tensors: torch.Tensor) -> torch.Tensor:
         return run_op(op, dict(zip(operands, tensors)), device)
 
     return interpreted
+
+
+def planned_view(op: ein.ViewOp) -> Step:
+    """A view as one PyTorch call, its kind, parameters and shape read once (`_run_view` reads
+    them off the IR every call: ~20 µs of host time a view, 21 views a Llama training step)."""
+    kind, params, shape = op.kind.data, op.view_params, tuple(shape_of(op.result.type))
+    if kind == "reshape":
+        return lambda device, x: x.reshape(shape)
+    if kind == "permute":
+        return lambda device, x: x.permute(*params)
+    if kind == "expand":
+        return lambda device, x: x.expand(shape)
+    if kind == "flip":
+        return lambda device, x: x.flip(params)
+    dim, start, stop, step = params
+    index = tuple([slice(None)] * dim + [slice(start, stop, step)])
+    return lambda device, x: x[index]
 
 
 def planned_map(op: ein.MapOp) -> Step:

@@ -621,3 +621,32 @@ def test_measured_inputs_rotate_through_copies_that_overflow_the_l2_cache(monkey
     # a strided view spans its storage's extent, not its element count
     assert group_selection._meta_bytes(torch.empty(64, 128, device="meta").t()) == 64 * 128 * 4
     assert group_selection._meta_bytes(torch.empty(64, 128, device="meta")[:, :1]) == (63 * 128 + 1) * 4
+
+
+@pytest.mark.parametrize("view", ["reshape", "permute", "expand", "flip", "slice"])
+def test_a_planned_view_is_the_interpreters_view(view):
+    """Views on a library path are resolved once (`library_plan.planned_view`); each kind gives the
+    reference interpreter's tensor, strides included (a view, not a copy)."""
+    from tilefuse.compiler import library_plan
+    from tilefuse.ir import einsum as ein
+    from tilefuse.ir.builder import EinBuilder
+    from tilefuse.ir.dtypes import f32
+    from tilefuse.ir.interpreter import run_op
+
+    b = EinBuilder("f")
+    x = b.add_argument([3, 1, 10], f32, "x")
+    made = {
+        "reshape": lambda: b.reshape(x, [3, 10]),
+        "permute": lambda: b.permute(x, [2, 0, 1]),
+        "expand": lambda: b.expand(x, [2, 3, 4, 10]),
+        "flip": lambda: b.flip(x, [0, 2]),
+        "slice": lambda: b.slice(x, 2, 1, 9, 3),  # ragged: 8 elements in steps of 3
+    }[view]()
+    fn = b.finish([made])
+    ops = [op for op in fn.body.block.ops if isinstance(op, ein.ViewOp)]
+    tensor = torch.randn(3, 1, 10)
+    for op in ops:
+        want = run_op(op, {op.input: tensor}, torch.device("cpu"))
+        got = library_plan.planned_op(op)(torch.device("cpu"), tensor)
+        assert torch.equal(got, want) and got.stride() == want.stride()
+        tensor = want
