@@ -7,6 +7,8 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
 - a permute feeding a contraction folds into the spec (`"mk,nk->mn"`);
 - a reshape that flattens leading batch dims into M, undone by a reshape of
   the result, folds into the spec (`"bsk,nk->bsn"`);
+- a map of one operand read only by two or three maps of its shape, cheap to recompute, merges
+  into each of them (no buffer written and read back, one kernel fewer);
 - a map whose only user is another map merges into it (one body), except a
   pure widening (`extf`) read by a contraction: it stays a map of its own, so
   the contraction reads the 16-bit producer and its dot runs on 16-bit
@@ -48,7 +50,7 @@ from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
 from ..ir.builder import inline_map_body, read_by_contraction, single_user, widened_source
-from ..ir.dtypes import shape_of, tensor_type
+from ..ir.dtypes import shape_of, tensor_type, to_torch_dtype
 
 
 class FoldPermuteIntoContract(RewritePattern):
@@ -335,6 +337,45 @@ class MergeMaps(RewritePattern):
                 return
 
 
+MAX_INLINED_READERS = 3
+
+
+class InlineCheapMap(RewritePattern):
+    """A map of one operand (a cast, a sigmoid) read only by maps of its shape (two or three), at
+    most one math function and no wider than its result, composed into each of them (Inductor
+    inlines such pointwise producers into every reader): each reader reads the operand instead of
+    the result, no more bytes, and the map's buffer and launch go. SwiGLU's backward computed its
+    gate in f32 and the gate's sigmoid as kernels of their own, each read by two maps: two
+    launches a layer and f32 round trips. A reduction or a contraction among the readers keeps the
+    map whole (a softmax's exponentials, a dot operand); so does a map of several operands (a
+    pre-norm block's residual add: the statistics' row kernel writes it, norm-prologue folds the
+    norm of that one tensor into the GEMMs)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        readers = list(dict.fromkeys(use.operation for use in op.result.uses))
+        shape = shape_of(op.result.type)
+        if not 2 <= len(readers) <= MAX_INLINED_READERS or any(
+            not isinstance(r, ein.MapOp) or shape_of(r.result.type) != shape for r in readers
+        ):
+            return
+        if sum(inner.name.startswith("math.") for inner in op.body.walk()) > 1:
+            return
+        operands = set(op.inputs)
+        if len(operands) != 1 or _bytes(operands.pop()) > _bytes(op.result):
+            return
+        for reader in readers:
+            merged = reader
+            while op.result in merged.inputs:
+                merged = _compose(merged, list(merged.inputs).index(op.result), op)
+            rewriter.replace_op(reader, merged)
+        rewriter.erase_op(op)
+
+
+def _bytes(value: SSAValue) -> int:
+    return math.prod(shape_of(value.type)) * to_torch_dtype(value.type.get_element_type()).itemsize
+
+
 def _compose(outer: ein.MapOp, position: int, inner: ein.MapOp) -> ein.MapOp:
     """One map computing `outer` with its operand `position` replaced by `inner`'s body."""
     operands = list(dict.fromkeys(
@@ -366,6 +407,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     SinkGatherIntoMap,
     SinkUnflattenBelowMap,
     MergeMaps,
+    InlineCheapMap,
     EraseUnused,
 )
 
