@@ -368,8 +368,8 @@ class InlineCheapMap(RewritePattern):
             merged = reader
             while op.result in merged.inputs:
                 merged = _compose(merged, list(merged.inputs).index(op.result), op)
-            rewriter.replace_op(reader, merged)
-        rewriter.erase_op(op)
+            rewriter.replace(reader, merged)
+        rewriter.erase(op)
 
 
 def _bytes(value: SSAValue) -> int:

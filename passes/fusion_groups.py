@@ -60,7 +60,7 @@ from functools import cached_property
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp, StringAttr
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
@@ -353,6 +353,7 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
         if isinstance(op, ein.MapOp) and op not in taken:
             add("pointwise", sorted(_pointwise_group(op, taken), key=ops.index))
     groups = _merge_row_epilogues(groups, ops)
+    groups = _merge_sibling_pointwise(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
 
@@ -381,6 +382,97 @@ def _pointwise_group(consumer: ein.MapOp, taken: set[Operation]) -> list[Operati
                 members.append(producer)
                 frontier.append(producer)
     return members
+
+
+MAX_SIBLINGS = 3  # pointwise groups one kernel evaluates side by side
+
+
+def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
+    """Pointwise groups of one shape that read a tensor in common become one kernel writing each
+    group's result (Inductor's horizontal fusion of nodes sharing reads): the shared tensor is read
+    once, and one launch goes. SwiGLU's backward reads the up projection and the gate into two
+    maps, one per gradient. The kernel runs at the later group's place where nothing outside reads
+    the first's results before it; else at the first's place, where every tensor the later group
+    reads is computed by then (its maps move up in the function to run there). The later group
+    must not read the first's results."""
+    position = {op: i for i, op in enumerate(order)}
+    pointwise = sorted((g for g in groups if g[1] == "pointwise"), key=lambda g: g[0])
+    absorbed: set[int] = set()
+    result: dict[int, tuple] = {id(g): g for g in groups}
+    for i, first in enumerate(pointwise):
+        if id(first) in absorbed:
+            continue
+        current, joined = first, 1
+        for later in pointwise[i + 1 :]:
+            if joined >= MAX_SIBLINGS:
+                break
+            if id(later) in absorbed:
+                continue
+            place = _sibling_place(current, later, position)
+            if place is None:
+                continue
+            if place == "first":  # the later group's maps, and views they read, move up after the first's
+                anchor = current[2][-1]
+                moved = _views_to_move(later, current[0], position) + later[2]
+                for op in reversed(moved):
+                    op.detach()
+                    anchor.parent.insert_op_after(op, anchor)
+                at = current[0]
+            else:
+                at = later[0]
+            members = current[2] + later[2]
+            combined = (at, "pointwise", members)
+            for g in (current, later):
+                result.pop(id(g), None)
+                absorbed.add(id(g))
+            result[id(combined)] = combined
+            current, joined = combined, joined + 1
+    return list(result.values())
+
+
+def _sibling_place(first: tuple, later: tuple, position: dict[Operation, int]) -> str | None:
+    """Where two pointwise groups can run as one kernel ("later", "first"), or None."""
+    shape = shape_of(first[2][-1].result.type)
+    if shape_of(later[2][-1].result.type) != shape:
+        return None
+    first_ops, later_ops = set(first[2]), set(later[2])
+
+    def inputs(ops: set[Operation]) -> set[SSAValue]:
+        return {v for op in ops for v in op.operands if v.owner not in ops}
+
+    def same_shape(values: set[SSAValue]) -> set[SSAValue]:
+        return {v for v in values if shape_of(v.type) == shape}
+
+    if not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
+        return None
+    outputs = [r for op in first[2] for r in op.results if not _read_inside(r, first_ops)]
+    readers = {use.operation for r in outputs for use in r.uses} - first_ops
+    if readers & later_ops:
+        return None  # the later group reads the first's results
+    if all(position.get(r, -1) > later[0] for r in readers):
+        return "later"
+    if _views_to_move(later, first[0], position) is not None:
+        return "first"
+    return None
+
+
+def _views_to_move(group: tuple, place: int, position: dict[Operation, int]) -> list[Operation] | None:
+    """The views after `place` that `group` reads (each reading what is computed by `place`), in
+    program order, where everything else `group` reads is computed by `place`; else None."""
+    members, views = set(group[2]), []
+
+    def available(value: SSAValue) -> bool:
+        owner = value.owner
+        if isinstance(owner, Block) or owner in members or position.get(owner, len(position)) < place:
+            return True
+        if isinstance(owner, ein.ViewOp) and available(owner.input):  # a view is pure: it can run earlier
+            views.append(owner)
+            return True
+        return False
+
+    if not all(available(v) for op in group[2] for v in op.operands):
+        return None
+    return sorted(set(views), key=position.__getitem__)
 
 
 def _map_sources(op: Operation) -> list[ein.MapOp]:

@@ -74,3 +74,37 @@ def test_the_cuda_backend_writes_the_recomputed_producers_too():
     reports = compile_and_compare(_rope_backward, grad, sin, cos, rtol=1e-5, atol=1e-5, backend="cuda")
     (group,) = fusion_groups(reports)
     assert group["backend"] == "cuda", group
+
+
+def _silu_gradients(gate, up, grad, w):
+    """SwiGLU's backward as AOTAutograd writes it: the gate's and the up projection's gradients are
+    two maps reading the same tensors, with a product of the first between them."""
+    sig = torch.sigmoid(gate.float())
+    d_up = (grad.float() * gate.float() * sig).to(gate.dtype)
+    hidden = d_up @ w  # the first map's reader, before the second map
+    d_gate = (grad.float() * up.float() * sig * (1 + gate.float() * (1 - sig))).to(gate.dtype)
+    return hidden, d_gate
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [16, 37])  # 37: no tile divides it
+def test_sibling_maps_reading_the_same_tensors_are_one_kernel(dtype, tokens):
+    """Pointwise groups of one shape with a tensor in common are one kernel writing both results
+    (fusion_groups._merge_sibling_pointwise); the second runs at the first's place, before the GEMM
+    that reads the first's result."""
+    gate, up, grad = (torch.randn(tokens, 24, dtype=dtype) for _ in range(3))
+    w = torch.randn(24, 8, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    reports = compile_and_compare(_silu_gradients, gate, up, grad, w, rtol=tol, atol=tol)
+    kinds = [g["kind"] for g in fusion_groups(reports)]
+    assert kinds.count("pointwise") == 1 and kinds.count("gemm") == 1, kinds
+
+
+def test_a_map_reading_its_siblings_result_is_not_its_sibling():
+    def f(x, y):
+        a = x * y
+        return a, (a + y).relu() * x
+
+    reports = compile_and_compare(f, torch.randn(7, 9), torch.randn(7, 9), rtol=1e-5, atol=1e-5)
+    # `a` is returned, so it is written; the map reading it is no sibling of the one computing it
+    assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
