@@ -43,7 +43,12 @@ op went where:
   (directly or through views and concatenations, at most as many elements as
   it writes): the kernel recomputes them at the indices it reads them, and
   they write nothing (RoPE's backward: slices of a product, one negated,
-  concatenated with zeros, added).
+  concatenated with zeros, added). Pointwise groups of one shape that read a
+  tensor in common are then one kernel writing each group's result (SwiGLU's
+  backward: the gate's and the up projection's gradients), where neither reads
+  the other's result; the kernel runs at the later group's place, or at the
+  first's (the later maps moving up) when something reads the first's result
+  in between.
 
 Views, splat constants, iotas, gathers and concatenations are not kernels:
 kernels index through them (a concatenation's operands are each read where the
