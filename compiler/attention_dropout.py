@@ -64,6 +64,21 @@ def _dropout_p(node: Node) -> object:
     return node.args[4] if len(node.args) > 4 else 0.0
 
 
+def _erase_unread(graph: Graph, masks: list[Node]) -> None:
+    """Erase each dropped mask and its ancestors that nothing reads any more (all pure: the masks
+    were evaluated, `causal_masks._dynamo_value`); nothing else of the graph is touched (FX's dead
+    code elimination would also take in-place methods whose results nobody reads)."""
+    stack, erased = list(masks), set()
+    while stack:
+        node = stack.pop()
+        if node in erased or node.users or node.op not in ("call_function", "call_method"):
+            continue
+        inputs = node.all_input_nodes
+        graph.erase_node(node)
+        erased.add(node)
+        stack.extend(inputs)
+
+
 def attention_for_training(gm: GraphModule) -> GraphModule:
     """`gm`, or a copy of it (sharing its attributes) in which attention calls whose mask is a
     constant that hides nothing have no mask, those whose mask is the causal mask take
@@ -82,18 +97,16 @@ def attention_for_training(gm: GraphModule) -> GraphModule:
     for node, made in copies.items():  # Dynamo's placeholders name their sources
         if hasattr(node, "_dynamo_source"):
             made._dynamo_source = node._dynamo_source
+    dropped: list[Node] = []  # the masks no call reads any more
     for node, kind in masks.items():
         made = copies[node]
-        made.args = made.args[:3]  # query, key, value; the rest by name
-        made.kwargs = {
-            **dict(zip(_SDPA_OPTIONAL, node.args[3:], strict=False)),
-            **node.kwargs,
-            "attn_mask": None,
-            "is_causal": kind == "causal",
-        }
+        options = {**dict(zip(_SDPA_OPTIONAL, made.args[3:], strict=False)), **made.kwargs}
+        dropped.append(options["attn_mask"])
+        made.args = made.args[:3]  # query, key, value; the rest by name (the copy's nodes)
+        made.kwargs = {**options, "attn_mask": None, "is_causal": kind == "causal"}
     for node in drops:
         copies[node].target = attention_with_dropout
-    graph.eliminate_dead_code()  # the mask's ops, where nothing else reads them
+    _erase_unread(graph, dropped)
     copy = GraphModule(gm, graph)
     # what AOTAutograd reads off Dynamo's graph (its input guards, static inputs)
     copy.meta.update(gm.meta)

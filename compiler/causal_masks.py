@@ -220,7 +220,7 @@ _DYNAMO_FUNCTIONS = {
 }  # fmt: skip
 _DYNAMO_METHODS = {
     "expand", "expand_as", "view", "reshape", "unsqueeze", "squeeze", "transpose", "permute",
-    "contiguous", "to", "bool", "float", "long", "int", "type", "clone", "flatten", "repeat",
+    "contiguous", "to", "bool", "float", "long", "int", "clone", "flatten", "repeat", "tril", "triu",
     "masked_fill", "__getitem__", "__and__", "__or__", "__xor__", "__invert__", "eq", "ne", "ge",
     "gt", "le", "lt", "logical_and", "logical_or", "logical_not", "add", "sub", "mul", "cumsum",
     "diff", "flip", "clamp", "new_ones", "new_zeros", "new_full",
@@ -269,11 +269,8 @@ def _dynamo_value(node: Node, values: dict[Node, object], position: dict[Node, i
         if current in seen or current in values:
             continue
         seen.add(current)
-        allowed = (current.op == "call_function" and current.target in _DYNAMO_FUNCTIONS) or (
-            current.op == "call_method" and current.target in _DYNAMO_METHODS
-        )
         val = current.meta.get("example_value")
-        if not allowed or (isinstance(val, torch.Tensor) and (
+        if not _evaluable_call(current) or _written_in_place(current) or (isinstance(val, torch.Tensor) and (
             any(not isinstance(d, int) for d in val.shape)
             or (current.target not in _VIEWS and val.numel() > MAX_MASK_ELEMENTS)
         )):  # fmt: skip
@@ -292,4 +289,55 @@ def _dynamo_value(node: Node, values: dict[Node, object], position: dict[Node, i
         else:
             values[current] = current.target(*args, **kwargs)
     value = values[node]
-    return value if isinstance(value, torch.Tensor) else None
+    return _compact(value) if isinstance(value, torch.Tensor) else None
+
+
+def _evaluable_call(node: Node) -> bool:
+    return (node.op == "call_function" and node.target in _DYNAMO_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _DYNAMO_METHODS
+    )
+
+
+_IN_PLACE_FUNCTIONS = {
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+}  # fmt: skip
+
+
+def _mutates(node: Node) -> bool:
+    """Whether `node` may write one of its tensor arguments (an in-place method or function, an
+    item assignment, an `out=`)."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = name if isinstance(name, str) else ""
+    dunder_in_place = name == "__setitem__" or (name.startswith("__i") and name.endswith("__"))
+    # operator's and_ / or_ / not_ are not in place: operator's in-place calls are listed
+    by_name = getattr(node.target, "__module__", None) != "_operator"
+    in_place = by_name and ((name.endswith("_") and not name.startswith("__")) or dunder_in_place)
+    return in_place or node.target in _IN_PLACE_FUNCTIONS or "out" in node.kwargs
+
+
+def _written_in_place(node: Node) -> bool:
+    """Whether anything writes `node`'s value in place, directly or through the mask-building ops
+    reading it (any of which may be a view of it): `m = torch.ones(...); m[:, :2] = padding` keeps
+    the `ones` node as the mask Dynamo's SDPA reads."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for user in current.users:
+            if _mutates(user):
+                return True
+            if _evaluable_call(user):
+                stack.append(user)
+    return False
+
+
+def _compact(value: torch.Tensor) -> torch.Tensor:
+    """`value` with every broadcast dim (stride 0) narrowed to one element: the same mask, checked
+    without materializing the broadcast (8 x 8192 x 8192 is half a billion elements)."""
+    for dim, (size, stride) in enumerate(zip(value.shape, value.stride())):
+        if stride == 0 and size > 1:
+            value = value.narrow(dim, 0, 1)
+    return value

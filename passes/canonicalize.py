@@ -332,7 +332,7 @@ class MergeMaps(RewritePattern):
         for position, value in enumerate(op.inputs):
             producer = value.owner
             if isinstance(producer, ein.MapOp) and single_user(value) is op:
-                rewriter.replace(op, _compose(op, position, producer))
+                rewriter.replace(op, _compose(op, {position}, producer))
                 rewriter.erase(producer)
                 return
 
@@ -364,11 +364,11 @@ class InlineCheapMap(RewritePattern):
         operands = set(op.inputs)
         if len(operands) != 1 or _bytes(operands.pop()) > _bytes(op.result):
             return
+        if any(widened_source(r.result) is not None and read_by_contraction(r.result) for r in readers):
+            return  # a dot operand's widening stays a map of its own (MergeMaps' rule)
         for reader in readers:
-            merged = reader
-            while op.result in merged.inputs:
-                merged = _compose(merged, list(merged.inputs).index(op.result), op)
-            rewriter.replace(reader, merged)
+            positions = {i for i, v in enumerate(reader.inputs) if v == op.result}
+            rewriter.replace(reader, _compose(reader, positions, op))
         rewriter.erase(op)
 
 
@@ -376,15 +376,15 @@ def _bytes(value: SSAValue) -> int:
     return math.prod(shape_of(value.type)) * to_torch_dtype(value.type.get_element_type()).itemsize
 
 
-def _compose(outer: ein.MapOp, position: int, inner: ein.MapOp) -> ein.MapOp:
-    """One map computing `outer` with its operand `position` replaced by `inner`'s body."""
+def _compose(outer: ein.MapOp, positions: set[int], inner: ein.MapOp) -> ein.MapOp:
+    """One map computing `outer` with its operands at `positions` replaced by `inner`'s body."""
     operands = list(dict.fromkeys(
-        [v for i, v in enumerate(outer.inputs) if i != position] + list(inner.inputs)
+        [v for i, v in enumerate(outer.inputs) if i not in positions] + list(inner.inputs)
     ))  # fmt: skip
     block = Block(arg_types=[v.type.get_element_type() for v in operands])
     arg_of = dict(zip(operands, block.args))
     inner_value = inline_map_body(inner, [arg_of[v] for v in inner.inputs], block)
-    outer_args = [inner_value if i == position else arg_of[v] for i, v in enumerate(outer.inputs)]
+    outer_args = [inner_value if i in positions else arg_of[v] for i, v in enumerate(outer.inputs)]
     result = inline_map_body(outer, outer_args, block)
     block.add_op(ein.YieldOp(result))
     return ein.MapOp(operands, outer.result.type, Region(block))

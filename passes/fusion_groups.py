@@ -418,14 +418,16 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
                 continue
             if place == "first":  # the later group's maps, and views they read, move up after the first's
                 anchor = current[2][-1]
-                moved = _views_to_move(later, current[0], position) + later[2]
+                moved = sorted(
+                    _views_to_move(later, current[0], position) + later[2], key=position.__getitem__
+                )
                 for op in reversed(moved):
                     op.detach()
                     anchor.parent.insert_op_after(op, anchor)
                 at = current[0]
             else:
                 at = later[0]
-            members = current[2] + later[2]
+            members = sorted(current[2] + later[2], key=position.__getitem__)
             combined = (at, "pointwise", members)
             for g in (current, later):
                 result.pop(id(g), None)

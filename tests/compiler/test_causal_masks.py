@@ -188,3 +188,74 @@ def test_compiled_training_with_a_constant_mask_matches_eager(fn, monkeypatch):
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
     for g, t in zip(got, (q2, k2, v2), strict=True):
         torch.testing.assert_close(g.double(), t.grad, rtol=1e-4, atol=1e-4)
+
+
+def _ones_padded_in_place(q, k, v, padding):
+    mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool)
+    mask[:, :2] = padding  # Dynamo keeps the `ones` node as the mask SDPA reads
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _zeros_filled_in_place(q, k, v, padding):
+    bias = torch.zeros(q.shape[-2], k.shape[-2])
+    bias[:, 1:3].masked_fill_(padding, float("-inf"))  # through a view of the mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize(
+    "fn", [_ones_padded_in_place, _zeros_filled_in_place], ids=["setitem", "masked_fill_"]
+)
+def test_a_constant_mask_written_in_place_is_kept(fn):
+    from tilefuse.compiler.attention_dropout import attention_for_training
+
+    q, k, v = _qkv(9)
+    padding = torch.zeros(9, 2, dtype=torch.bool)
+    padding[3] = True
+    gm = _dynamo_graph(fn, q, k, v, padding)
+    assert attention_for_training(gm) is gm
+
+
+def test_folding_a_mask_leaves_the_graphs_in_place_ops():
+    """Only the dropped mask's own ops go: an in-place op whose result nobody reads stays."""
+    from tilefuse.compiler.attention_dropout import attention_for_training
+
+    def fn(q, k, v):
+        h = q * 2
+        h.mul_(3)
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), h
+
+    q, k, v = _qkv(9)
+    copy = attention_for_training(_dynamo_graph(fn, q, k, v))
+    assert _attention_arguments(copy) == [(None, True)]
+    got, want = copy(q, k, v), fn(q, k, v)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[1], q * 6)
+
+
+def test_the_rewritten_call_reads_only_the_copys_nodes():
+    """A scale computed in the graph (a symbolic size's power, with dynamic shapes) is read from the
+    copy's node, not Dynamo's: the copy lints and Dynamo's graph keeps its users."""
+    from tilefuse.compiler.attention_dropout import SDPA, attention_for_training
+
+    def fn(q, k, v):
+        mask = torch.ones(9, 9, dtype=torch.bool)  # hides nothing
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.size(-1) ** -0.5)
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    q, k, v = _qkv(9)
+    torch.compile(fn, backend=capture, dynamic=True)(q, k, v)
+    (gm,) = graphs
+    before = gm.code
+    copy = attention_for_training(gm)
+    copy.graph.lint()  # every argument is a node of the copy's graph
+    assert copy is not gm and gm.code == before
+    (call,) = [n for n in copy.graph.nodes if n.target is SDPA]
+    assert call.kwargs["attn_mask"] is None and call.kwargs["scale"].graph is copy.graph
