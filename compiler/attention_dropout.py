@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.fx import Graph, GraphModule, Node
 
-from .causal_masks import constant_attention_masks
+from .causal_masks import constant_attention_masks, sdpa_options
 
 SDPA = F.scaled_dot_product_attention  # torch._C._nn's, as Dynamo records it
-# its arguments after query, key and value, in order (any may be given by position)
-_SDPA_OPTIONAL = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def attention_with_dropout(
@@ -58,12 +56,6 @@ def attention_with_dropout(
     return F.dropout(probs, dropout_p, training=True) @ value
 
 
-def _dropout_p(node: Node) -> object:
-    if "dropout_p" in node.kwargs:
-        return node.kwargs["dropout_p"]
-    return node.args[4] if len(node.args) > 4 else 0.0
-
-
 def _erase_unread(graph: Graph, masks: list[Node]) -> None:
     """Erase each dropped mask and its ancestors that nothing reads any more (all pure: the masks
     were evaluated, `causal_masks._dynamo_value`); nothing else of the graph is touched (FX's dead
@@ -86,7 +78,9 @@ def attention_for_training(gm: GraphModule) -> GraphModule:
     kernels that take no mask), and calls that drop out call `attention_with_dropout`; `gm` itself
     is unchanged (Dynamo's graph is also the PyTorch side of the graph's measured choice)."""
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is SDPA]
-    drops = [n for n in calls if not isinstance(p := _dropout_p(n), int | float) or p != 0]
+    drops = [
+        n for n in calls if not isinstance(p := sdpa_options(n).get("dropout_p", 0.0), int | float) or p != 0
+    ]
     masks = constant_attention_masks(gm, SDPA) if calls else {}
     if not drops and not masks:
         return gm
@@ -100,7 +94,7 @@ def attention_for_training(gm: GraphModule) -> GraphModule:
     dropped: list[Node] = []  # the masks no call reads any more
     for node, kind in masks.items():
         made = copies[node]
-        options = {**dict(zip(_SDPA_OPTIONAL, made.args[3:], strict=False)), **made.kwargs}
+        options = sdpa_options(made)
         dropped.append(options["attn_mask"])
         made.args = made.args[:3]  # query, key, value; the rest by name (the copy's nodes)
         made.kwargs = {**options, "attn_mask": None, "is_causal": kind == "causal"}

@@ -141,12 +141,24 @@ def _constant_value(node: Node, values: dict[Node, object], position: dict[Node,
             return None
         order.append(current)
         stack.extend(current.all_input_nodes)
-    for current in sorted(order, key=position.__getitem__):
-        args, kwargs = torch.fx.node.map_arg((current.args, current.kwargs), lambda n: values[n])
-        if "device" in kwargs:
-            kwargs = {**kwargs, "device": torch.device("cpu")}
-        values[current] = current.target(*args, **kwargs)
+    _evaluate(order, values, position)
     return values[node] if isinstance(values[node], torch.Tensor) else None
+
+
+def _evaluate(nodes: list[Node], values: dict[Node, object], position: dict[Node, int]) -> None:
+    """Compute `nodes` (calls whose inputs are in `values` or among them) on the CPU in graph
+    order, into `values`: a device argument becomes the CPU, and so does a `.to(device)`."""
+    for current in sorted(nodes, key=position.__getitem__):
+        args, kwargs = torch.fx.node.map_arg((current.args, current.kwargs), lambda n: values[n])
+        kwargs = dict(kwargs)
+        if "device" in kwargs:
+            kwargs["device"] = torch.device("cpu")
+        if current.op == "call_method":
+            if current.target == "to":  # no device moves: the value stays on the CPU
+                args = tuple(a for a in args if not isinstance(a, torch.device | str))
+            values[current] = getattr(args[0], current.target)(*args[1:], **kwargs)
+        else:
+            values[current] = current.target(*args, **kwargs)
 
 
 def _evaluable(node: Node) -> bool:
@@ -228,6 +240,16 @@ _DYNAMO_METHODS = {
 _VIEWS = {"expand", "expand_as"}  # sizes that allocate nothing: not held to MAX_MASK_ELEMENTS
 
 
+# `F.scaled_dot_product_attention`'s arguments after query, key and value, in order (a call may give
+# any of them by position)
+SDPA_OPTIONS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def sdpa_options(node: Node) -> dict[str, object]:
+    """The optional arguments a Dynamo graph's SDPA call gives, by name (positional ones named)."""
+    return {**dict(zip(SDPA_OPTIONS, node.args[3:], strict=False)), **node.kwargs}
+
+
 def constant_attention_masks(gm: GraphModule, sdpa: object) -> dict[Node, str]:
     """For each call of `sdpa` (PyTorch's `scaled_dot_product_attention`, as Dynamo records it) in
     `gm` whose mask is a constant: "visible" where it hides no key from any query, "causal" where it
@@ -238,8 +260,8 @@ def constant_attention_masks(gm: GraphModule, sdpa: object) -> dict[Node, str]:
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target is not sdpa:
             continue
-        mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
-        causal = node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
+        options = sdpa_options(node)
+        mask, causal = options.get("attn_mask"), options.get("is_causal", False)
         if not isinstance(mask, Node) or causal is not False:
             continue
         try:
@@ -277,17 +299,7 @@ def _dynamo_value(node: Node, values: dict[Node, object], position: dict[Node, i
             return None
         order.append(current)
         stack.extend(current.all_input_nodes)
-    for current in sorted(order, key=position.__getitem__):
-        args, kwargs = torch.fx.node.map_arg((current.args, current.kwargs), lambda n: values[n])
-        kwargs = dict(kwargs)
-        if "device" in kwargs:
-            kwargs["device"] = torch.device("cpu")
-        if current.op == "call_method":
-            if current.target == "to":  # no device moves: the value stays on the CPU
-                args = tuple(a for a in args if not isinstance(a, torch.device | str))
-            values[current] = getattr(args[0], current.target)(*args[1:], **kwargs)
-        else:
-            values[current] = current.target(*args, **kwargs)
+    _evaluate(order, values, position)
     value = values[node]
     return _compact(value) if isinstance(value, torch.Tensor) else None
 

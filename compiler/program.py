@@ -190,7 +190,7 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def _literal_view(op: ein.ViewOp, src: str) -> str:
-    """A torch view expression equal to the reference interpreter's `_run_view`."""
+    """A torch view expression equal to the reference interpreter's `view_function`."""
     kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
     if kind == "reshape":
         return f"{src}.reshape({tuple(shape)!r})"

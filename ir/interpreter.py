@@ -166,20 +166,21 @@ def _run_scan(op: ein.ScanOp, x: torch.Tensor) -> torch.Tensor:
     return fn(acc, dim).to(x.dtype)
 
 
-def _run_view(op: ein.ViewOp, x: torch.Tensor) -> torch.Tensor:
-    kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
+def view_function(op: ein.ViewOp) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The view as one PyTorch call, its kind, parameters and shape read off the IR once (the
+    library paths call it every run: `compiler/library_plan.py`)."""
+    kind, p, shape = op.kind.data, op.view_params, tuple(shape_of(op.result.type))
     if kind == "reshape":
-        return x.reshape(shape)
+        return lambda x: x.reshape(shape)
     if kind == "permute":
-        return x.permute(*p)
+        return lambda x: x.permute(*p)
     if kind == "expand":
-        return x.expand(shape)
+        return lambda x: x.expand(shape)
     if kind == "flip":
-        return x.flip(p)
+        return lambda x: x.flip(p)
     dim, start, stop, step = p
-    index = [slice(None)] * x.dim()
-    index[dim] = slice(start, stop, step)
-    return x[tuple(index)]
+    index = tuple([slice(None)] * dim + [slice(start, stop, step)])
+    return lambda x: x[index]
 
 
 def _run_gather(op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -208,7 +209,7 @@ def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     if isinstance(op, ein.ScanOp):
         return _run_scan(op, args[0])
     if isinstance(op, ein.ViewOp):
-        return _run_view(op, args[0])
+        return view_function(op)(args[0])
     if isinstance(op, ein.ConcatOp):
         return torch.cat(args, dim=op.dim.value.data)
     if isinstance(op, ein.GatherOp):

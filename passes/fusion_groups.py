@@ -416,11 +416,9 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
             place = _sibling_place(current, later, position)
             if place is None:
                 continue
-            if place == "first":  # the later group's maps, and views they read, move up after the first's
+            if place != "later":  # the later group's maps, and the views they read, move up after the first's
                 anchor = current[2][-1]
-                moved = sorted(
-                    _views_to_move(later, current[0], position) + later[2], key=position.__getitem__
-                )
+                moved = sorted(place + later[2], key=position.__getitem__)
                 for op in reversed(moved):
                     op.detach()
                     anchor.parent.insert_op_after(op, anchor)
@@ -437,8 +435,11 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     return list(result.values())
 
 
-def _sibling_place(first: tuple, later: tuple, position: dict[Operation, int]) -> str | None:
-    """Where two pointwise groups can run as one kernel ("later", "first"), or None."""
+def _sibling_place(
+    first: tuple, later: tuple, position: dict[Operation, int]
+) -> str | list[Operation] | None:
+    """Where two pointwise groups can run as one kernel: "later" (the later group's place), the
+    views to move up with the later group's maps (the first's place), or None."""
     shape = shape_of(first[2][-1].result.type)
     if shape_of(later[2][-1].result.type) != shape:
         return None
@@ -458,9 +459,7 @@ def _sibling_place(first: tuple, later: tuple, position: dict[Operation, int]) -
         return None  # the later group reads the first's results
     if all(position.get(r, -1) > later[0] for r in readers):
         return "later"
-    if _views_to_move(later, first[0], position) is not None:
-        return "first"
-    return None
+    return _views_to_move(later, first[0], position)
 
 
 def _views_to_move(group: tuple, place: int, position: dict[Operation, int]) -> list[Operation] | None:
