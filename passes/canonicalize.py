@@ -51,6 +51,7 @@ from xdsl.rewriter import InsertPoint
 from ..ir import einsum as ein
 from ..ir.builder import inline_map_body, read_by_contraction, single_user, widened_source
 from ..ir.dtypes import shape_of, tensor_type, to_torch_dtype
+from .fusion_groups import math_functions
 
 
 class FoldPermuteIntoContract(RewritePattern):
@@ -359,7 +360,7 @@ class InlineCheapMap(RewritePattern):
             not isinstance(r, ein.MapOp) or shape_of(r.result.type) != shape for r in readers
         ):
             return
-        if sum(inner.name.startswith("math.") for inner in op.body.walk()) > 1:
+        if math_functions(op) > 1:
             return
         operands = set(op.inputs)
         if len(operands) != 1 or _bytes(operands.pop()) > _bytes(op.result):
