@@ -440,6 +440,9 @@ def test_erf_matches_eager_to_the_last_bits(dtype, fn):
     compiled = tilefuse.compile(fn)
     with torch.no_grad():
         got, want = compiled(x), fn(x.float()).to(dtype)
+        # eager's vectorized CPU GELU (AVX512) gives NaN at +inf; its scalar float64 path gives inf, as CUDA
+        infinite = x.isinf()
+        want[infinite] = fn(x[infinite].double()).to(dtype)
     if fn is torch.erf:
         rtol, atol = (3e-7 if dtype == torch.float32 else 0.0), 1e-45
     else:  # 1 + erf cancels for x < 0: erf's last bit is an absolute error there (as for any erf)
