@@ -145,10 +145,10 @@ class _BufferPlan:
 
 def output_strides(kernel: object, shape: Sequence[int], dtype: torch.dtype) -> tuple[int, ...]:
     """The strides a `CompiledKernel`'s output of `shape` is allocated with: row-major, except that a
-    Triton GEMM's output with a wide row that is not a multiple of 16 bytes gets rows starting 128 bytes
-    apart (`backends.triton.emit.padded_row`: a strided tensor whose rows end in padding, as
-    `torch.compile`'s padded matmuls leave it). Its readers take strides: kernels as arguments, PyTorch
-    ops as they come."""
+    Triton GEMM's or row kernel's output with a wide row that is not a multiple of 16 bytes gets rows
+    starting 128 bytes apart (`backends.triton.emit.padded_row`: a strided tensor whose rows end in
+    padding, as `torch.compile`'s padded matmuls leave it). Its readers take strides: kernels as
+    arguments, PyTorch ops as they come."""
     shape = tuple(shape)
     strides = list(torch.empty(shape, dtype=dtype, device="meta").stride())
     if getattr(kernel, "backend", "triton") != "triton":
@@ -336,7 +336,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         else:
             if is_packed(shape, strides):
                 w.emit(f"{name} = _empty({shape!r}, {strides!r}, dtype={dtype}, device=_device)")
-            else:  # the kernel's stores run into the padding: the last row's too
+            else:  # a GEMM's stores run into the padding: the last row's too
                 w.emit(f"{name} = _padded({shape!r}, {strides!r}, dtype={dtype}, device=_device)"
                        "  # rows start 128-byte aligned (output_strides)")  # fmt: skip
     args = []

@@ -548,7 +548,8 @@ class _KernelWriter:
     def _store(self, op: tile.StoreOp) -> None:
         _, shape = self.tensors[op.tensor]
         itemsize = to_torch_dtype(op.tensor.type.get_element_type()).itemsize
-        padded = padded_row(self.kernel.kind.data, shape, itemsize) is not None
+        kind = self.kernel.kind.data
+        padded = stores_to_row_stride(kind) and padded_row(kind, shape, itemsize) is not None
         if padded:
             self._write(
                 "# stores run to the row stride: a padded row's tail is written too (it is the buffer's own)"
@@ -839,19 +840,31 @@ def _varying_dim(dims: Sequence[str]) -> str | None:
 ROW_ALIGN_BYTES, PAD_MIN_ROW = 128, 256
 
 
+PADDED_KINDS = ("gemm", "row")
+
+
 def padded_row(kind: str, shape: Sequence[int], itemsize: int) -> int | None:
     """The padded row length (elements) a Triton kernel of `kind` writes an output of `shape` with: a
-    GEMM's output whose wide last dim is not a multiple of 16 bytes gets rows starting ROW_ALIGN_BYTES
-    apart; None where the output stays packed. The program allocates such outputs
-    (`compiler.program.output_strides`), and the kernel's stores run to the row stride it is given,
-    into the padding, so that their mask is constant over 16 bytes and the stores are vectors."""
-    if kind != "gemm" or len(shape) < 2 or 0 in shape:
+    GEMM's or a row kernel's output whose wide last dim is not a multiple of 16 bytes gets rows starting
+    ROW_ALIGN_BYTES apart; None where the output stays packed. The program allocates such outputs
+    (`compiler.program.output_strides`). A GEMM's stores run to the row stride it is given, into the
+    padding, so that their mask is constant over 16 bytes and the stores are vectors; a row kernel's
+    stay in the row (`stores_to_row_stride`). Its readers gain aligned rows: the GEMM that reads an LM
+    head's log-softmax gradient along the vocabulary (K = 50257 in GPT-2's backward) loads vectors,
+    and cuBLAS takes it as an aligned operand."""
+    if kind not in PADDED_KINDS or len(shape) < 2 or 0 in shape:
         return None
     row = shape[-1]
     if row < PAD_MIN_ROW or row * itemsize % 16 == 0:
         return None
     per_row = ROW_ALIGN_BYTES // itemsize
     return -(-row // per_row) * per_row
+
+
+def stores_to_row_stride(kind: str) -> bool:
+    """Whether a kernel of `kind` stores a padded output's rows to the row stride (a GEMM's tile
+    covers whole 16-byte groups of columns); a row kernel's columns loop in blocks and stay masked."""
+    return kind == "gemm"
 
 
 # the combine of a product reduction (`tl.reduce`), written after the kernel when it has one

@@ -1011,3 +1011,26 @@ def test_a_compiled_call_goes_through_no_module_call_wrapper(monkeypatch):
     wrapped.clear()
     torch.testing.assert_close(fallback(x), torch.sigmoid(x) + 1)
     assert wrapped == []
+
+
+@pytest.mark.parametrize("n", [301, 304])
+def test_a_row_kernel_output_with_an_unaligned_wide_row_is_padded_for_its_gemm_reader(tmp_path, n):
+    """A row kernel's output row that is not a multiple of 16 bytes (the log-softmax gradient over an
+    odd vocabulary, which the LM head's backward GEMM reads along K) gets rows starting 128 bytes apart;
+    its stores stay in the row (the padding is never read): the GEMM over K = n and a reduction of it
+    match eager. An aligned row stays packed."""
+    x, w = torch.randn(2, 19, n), torch.randn(n, 40)
+
+    def fn(x, w):
+        p = torch.softmax(x * 2, -1)
+        return p @ w, p.sum(-1)
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    got, want = compiled(x, w), fn(x, w)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    (program,) = tmp_path.glob("*/program_*.py")
+    text = program.read_text()
+    packed = n * 4 % 16 == 0
+    assert ("rows start 128-byte aligned" in text) is not packed
+    assert "(row)" in text and "(gemm)" in text
