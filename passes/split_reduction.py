@@ -259,9 +259,23 @@ def _split_logsumexp(mx: ein.ReduceOp) -> bool:
 # walks every row: few programs, and rows read a few lanes wide (4 lanes of 2048: 40 µs on the H200
 # for a bf16 [2048, 2048] sum, where the bytes take 4). Split as Inductor does: T chunks of rows
 # reduced to [T, ..] partials in f32 by many programs, then the partials.
-MIN_COLUMN_ELEMENTS = 1 << 20  # smaller sums fit the GPU as they are
+# A bias of few features gets few programs even at modest sizes: Qwen2's key and value biases ([2048
+# tokens, 256]) were 4 programs of 2048 rows, ~45 µs each on the H200 (torch.compile ~12).
+MIN_COLUMN_ELEMENTS = 1 << 18  # smaller sums fit the GPU as they are
 MAX_COLUMN_OUTPUTS = 16384  # more outputs than this keep the GPU busy without the split
 COLUMN_CHUNKS = (256, 512, 128, 64)  # rows a partial reduces, in order of preference
+COLUMN_TILE = 64  # output columns a column reduction's program keeps (heuristics: BLOCK_R)
+COLUMN_PROGRAMS = 64  # partial programs to aim for: half of an H100/H200's SMs or more
+
+
+def column_chunk(rows: int, outputs: int) -> int | None:
+    """The rows a partial of a column split reduces: the first of COLUMN_CHUNKS that divides `rows` into
+    at least 4 chunks and gives COLUMN_PROGRAMS programs, else the smallest that divides; None where
+    none divides."""
+    fits = [c for c in COLUMN_CHUNKS if rows % c == 0 and rows // c >= 4]
+    tiles = max(1, outputs // COLUMN_TILE)
+    busy = [c for c in fits if rows // c * tiles >= COLUMN_PROGRAMS]
+    return busy[0] if busy else min(fits, default=None)
 
 
 def _split_columns(reduce: ein.ReduceOp) -> bool:
@@ -284,7 +298,7 @@ def _split_columns(reduce: ein.ReduceOp) -> bool:
     rows, outputs = math.prod(shape[:j]), math.prod(kept)
     if outputs > MAX_COLUMN_OUTPUTS or rows * outputs < MIN_COLUMN_ELEMENTS:
         return False
-    c = next((c for c in COLUMN_CHUNKS if rows % c == 0 and rows // c >= 4), None)
+    c = column_chunk(rows, outputs)
     if c is None:
         return False
     view = [rows // c, c, *kept]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
-from tilefuse.passes.split_reduction import MAX_EPILOGUE_ROW, chunk_size
+from tilefuse.passes.split_reduction import COLUMN_PROGRAMS, COLUMN_TILE, MAX_EPILOGUE_ROW, chunk_size, column_chunk
 
 REDUCTIONS = {
     "logsumexp": lambda x, w, b: torch.logsumexp(F.linear(x, w, b), -1),
@@ -170,6 +170,19 @@ def test_column_reductions_are_split_into_partials(small_columns, name, dtype):
         got = tilefuse.compile(fn)(x2, g2, r2).double()
         eager = fn(x2, g2, r2).double()
         assert (got - want).abs().max() <= 2 * (eager - want).abs().max() + 1e-2
+
+
+@pytest.mark.parametrize(
+    ("rows", "outputs", "chunk"),
+    [(2048, 1024, 256), (2048, 256, 128), (4096, 256, 256), (512, 37, 64), (1000, 256, None), (4 * 96, 64, 64)],
+)
+def test_a_column_split_gives_few_outputs_enough_programs(rows, outputs, chunk):
+    """The chunk a column split takes: a norm gradient's [2048, 1024] keeps 256-row chunks (8 x 16 tiles);
+    a key bias of 256 features over 2048 tokens takes 128 (16 x 4 = 64 programs, where 256 gave 32);
+    a size nothing divides into 4 chunks is not split."""
+    assert column_chunk(rows, outputs) == chunk
+    if chunk is not None and rows // 64 * max(1, outputs // COLUMN_TILE) >= COLUMN_PROGRAMS:
+        assert rows // chunk * max(1, outputs // COLUMN_TILE) >= COLUMN_PROGRAMS
 
 
 def test_column_reductions_stay_whole_when_small_or_wide_or_not_leading(small_columns):
