@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
-from tilefuse.passes.split_reduction import COLUMN_PROGRAMS, COLUMN_TILE, MAX_EPILOGUE_ROW, chunk_size, column_chunk
+from tilefuse.passes.split_reduction import (
+    COLUMN_PROGRAMS,
+    COLUMN_TILE,
+    MAX_EPILOGUE_ROW,
+    chunk_size,
+    column_chunk,
+)
 
 REDUCTIONS = {
     "logsumexp": lambda x, w, b: torch.logsumexp(F.linear(x, w, b), -1),
