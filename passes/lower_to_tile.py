@@ -80,7 +80,30 @@ def _materialized(value: SSAValue) -> bool:
     fusion pass gives it a copy kernel: `copy_contracted_concatenations`)."""
     if isinstance(value.owner, ein.ConcatOp):
         return read_by_contraction(value)
+    if merged_rows(value):
+        return True
     return not isinstance(value.owner, VIRTUAL_OPS)
+
+
+def merged_rows(value: SSAValue) -> bool:
+    """Whether `value` is a reshape that merges the leading dims of a tensor in memory into one
+    ([batch, tokens, features] -> [batch * tokens, features]) and that a contraction reads: the
+    kernel reads the reshaped tensor, which the program makes as a torch view (the leading strides of
+    a kernel's output nest, padded rows included), so a GEMM's operand is 2-d, and a TMA descriptor
+    loads its tiles; read through the reshape, each tile row's address is a div and a mod of its
+    index (a linear layer's activations, and an LM head's weight gradient reading the log-softmax
+    gradient [4, 512, 50257] transposed: 0.79 ms on the H200, cuBLAS 0.31)."""
+    view = value.owner
+    if not isinstance(view, ein.ViewOp) or view.kind.data != "reshape":
+        return False
+    source = view.input
+    if isinstance(source.owner, VIRTUAL_OPS):
+        return False
+    before, after = tuple(shape_of(source.type)), tuple(shape_of(value.type))
+    lead = len(before) - len(after) + 1
+    if lead < 2 or before[lead:] != after[1:] or math.prod(before[:lead]) != after[0]:
+        return False
+    return read_by_contraction(value)
 
 
 def _multiply_add(sb: ScalarBuilder, acc: SSAValue, a: SSAValue, b: SSAValue) -> SSAValue:

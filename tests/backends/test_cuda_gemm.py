@@ -132,16 +132,24 @@ def test_the_cutlass_gemm_builds_with_nvcc_for_sm90a(tmp_path):
 
 def test_a_linear_layer_on_batch_and_tokens_collapses_them_into_m(tmp_path):
     """[batch, tokens, features] activations (every transformer's linear layers): batch and tokens are
-    one M dim for CUTLASS, their strides checked to nest at launch; a norm's per-row statistic
-    ([batch, tokens, 1], read by a scalar index) is a column leaf."""
+    one M dim for CUTLASS. F.linear's reshape of them is the program's (a torch view: the kernel reads
+    a 2-d operand); a product of the 3-d tensor itself has them collapsed by the kernel, their strides
+    checked to nest at launch; a norm's per-row statistic ([batch, tokens, 1], read by a scalar
+    index) is a column leaf."""
     x, w, b, r = (t.bfloat16() for t in (torch.randn(2, 24, 64), torch.randn(96, 64), torch.randn(96),
                                          torch.randn(2, 24, 96)))  # fmt: skip
     kernels = _kernels(lambda x, w, b, r: F.gelu(F.linear(x, w, b)) + r, x, w, b, r, tmp_path=tmp_path)
     kernel = next(k for k in kernels if k.kind.data == "gemm")
     problem = match_gemm(kernel)
-    assert (problem.m, problem.n, problem.k) == (48, 96, 64) and problem.a.axes == ((0, 1), (2,))
+    assert (problem.m, problem.n, problem.k) == (48, 96, 64) and problem.a.axes == ((0,), (1,))
     assert "row" in [leaf.kind for leaf in problem.leaves]  # the bias
     source = emit_cuda(kernel, _config(tmp_path, kernel), 8)
+    assert "args.problem_shape = {48, 96, 64, 1};" in source
+    kernels = _kernels(lambda x, w, r: F.gelu(x @ w.t()) + r, x, w, r, tmp_path=tmp_path / "matmul")
+    kernel = next(k for k in kernels if k.kind.data == "gemm")
+    problem = match_gemm(kernel)
+    assert (problem.m, problem.n, problem.k) == (48, 96, 64) and problem.a.axes == ((0, 1), (2,))
+    source = emit_cuda(kernel, _config(tmp_path / "matmul", kernel), 8)
     assert "t0_s0 != t0_s1 * 24" in source and "args.problem_shape = {48, 96, 64, 1};" in source
 
     def rms_linear(x, w):
