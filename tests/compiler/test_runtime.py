@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
@@ -1034,3 +1035,30 @@ def test_a_row_kernel_output_with_an_unaligned_wide_row_is_padded_for_its_gemm_r
     packed = n * 4 % 16 == 0
     assert ("rows start 128-byte aligned" in text) is not packed
     assert "(row)" in text and "(gemm)" in text
+
+
+def test_a_contraction_reads_merged_leading_dims_as_a_two_dim_operand(tmp_path):
+    """A reshape merging [batch, tokens] of a tensor in memory, read by a contraction (an LM head's
+    weight gradient over a log-softmax gradient with padded rows, a linear layer's activations), is
+    the kernel's input: the program makes it as a torch view and the GEMM reads 2-d operands. An
+    input whose strides do not nest (a transposed one) is reshaped by a copy: still eager's result."""
+    x, w, b, g = torch.randn(4, 64, 32), torch.randn(48, 32), torch.randn(48), torch.randn(4, 64, 301)
+
+    def fn(x, w, b, g):
+        p = torch.softmax(g * 2, -1)
+        return p.reshape(256, 301).t() @ x.reshape(256, 32), F.linear(x, w, b)
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    for args in [(x, w, b, g), (x.transpose(0, 1).contiguous().transpose(0, 1), w, b, g)]:
+        got, want = compiled(*args), fn(*args)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    # the first graph's (the second, for the transposed input, is a batched matmul in aten)
+    gemms = [p for p in tmp_path.glob("*_000/kernels/*.py") if "(gemm)" in p.read_text()]
+    shapes = {next(line for line in p.read_text().splitlines() if line.startswith("TENSOR_SHAPES")) for p in gemms}
+    assert shapes == {
+        "TENSOR_SHAPES = ((256, 301), (256, 32), (301, 32))",
+        "TENSOR_SHAPES = ((256, 32), (48, 32), (48,), (256, 48))",
+    }, shapes
+    (program,) = tmp_path.glob("*_000/program_*.py")
+    assert ".reshape((256, 301))" in program.read_text() and ".reshape((256, 32))" in program.read_text()
