@@ -89,10 +89,10 @@ def merged_rows(value: SSAValue) -> bool:
     """Whether `value` is a reshape that merges the leading dims of a tensor in memory into one
     ([batch, tokens, features] -> [batch * tokens, features]) and that a contraction reads: the
     kernel reads the reshaped tensor, which the program makes as a torch view (the leading strides of
-    a kernel's output nest, padded rows included), so a GEMM's operand is 2-d, and a TMA descriptor
-    loads its tiles; read through the reshape, each tile row's address is a div and a mod of its
-    index (a linear layer's activations, and an LM head's weight gradient reading the log-softmax
-    gradient [4, 512, 50257] transposed: 0.79 ms on the H200, cuBLAS 0.31)."""
+    a kernel's output nest, padded rows included), so a GEMM's operand is 2-d: its tile rows are one
+    index (read through the reshape, each row's address was a div and a mod of its index), and where
+    TMA is on (a tuned `USE_TMA`, `TILEFUSE_TMA=1`) a descriptor can load it. The weight-gradient
+    GEMMs of GPT-2's backward read both operands this way (they read neither through TMA before)."""
     view = value.owner
     if not isinstance(view, ein.ViewOp) or view.kind.data != "reshape":
         return False
