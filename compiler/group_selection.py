@@ -365,7 +365,10 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     H200, and a 1.5 ms `align1` kernel for GPT-2's weight gradient where the aligned shape takes 0.29.
     Such a dim of at least PAD_MIN_N is padded with zeros to the next aligned size in both operands
     that hold it (a copy of each, as Inductor's pad_mm makes), and the product sliced back; zeros
-    along K add nothing. The result is then a strided view."""
+    along K add nothing. The result is then a strided view. An unaligned K alone, over operands whose
+    rows are already aligned (the log-softmax gradient a row kernel writes with padded rows,
+    `program.output_strides`), is split instead, with no copy: the aligned body of K is one cuBLAS
+    GEMM that adds the product of the last few columns (`torch.addmm`, rounded once)."""
     if a.dim() > 2 and b.dim() == 2 and not ta:  # a linear layer on [batch, tokens, features]
         return library_matmul(a.reshape(-1, a.shape[-1]), b, False, tb).unflatten(0, a.shape[:-1])
     if a.dim() != 2 or b.dim() != 2:
@@ -376,10 +379,20 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     pm, pk, pn = (-d % align if d >= PAD_MIN_N else 0 for d in (m, k, n))
     if not (pm or pk or pn):
         return torch.matmul(lhs, rhs)
+    body = k - k % align
+    if pk and not (pm or pn) and _aligned_strides(lhs[:, :body]) and _aligned_strides(rhs[:body]):
+        return torch.addmm(torch.matmul(lhs[:, body:], rhs[body:]), lhs[:, :body], rhs[:body])
     # pad each operand in its stored orientation, so the copy is one contiguous pass
     a = F.pad(a, (0, pm, 0, pk) if ta else (0, pk, 0, pm)) if pm or pk else a
     b = F.pad(b, (0, pk, 0, pn) if tb else (0, pn, 0, pk)) if pk or pn else b
     return torch.matmul(a.mT if ta else a, b.mT if tb else b)[:m, :n]
+
+
+def _aligned_strides(t: torch.Tensor) -> bool:
+    """Whether cuBLAS takes 2-d `t` as an aligned operand: a unit stride, the other a multiple of 16
+    bytes, and a 16-byte aligned start."""
+    size, strides = t.element_size(), t.stride()
+    return 1 in strides and t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in strides if s != 1)
 
 
 def matmul_form(spec: str) -> tuple[bool, bool] | None:
@@ -431,7 +444,11 @@ def _meta_bytes(meta: torch.Tensor) -> int:
 def random_like(meta: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A tensor with `meta`'s shape, strides and dtype on `device`: normal values for floats, zeros
     for integers (in range of any index), random booleans."""
-    out = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device)
+    # storage to the end of the last row's padding, as the program allocates padded rows
+    # (`program.empty_padded`): a kernel reads such rows to their rounded end (`launcher.row_tails_fit`)
+    span = max(_meta_bytes(meta), meta.shape[0] * meta.stride(0) * meta.element_size() if meta.dim() else 0)
+    storage = torch.empty(-(-span // meta.element_size()), dtype=meta.dtype, device=device)
+    out = storage.as_strided(meta.shape, meta.stride())
     if meta.dtype.is_floating_point:
         out.normal_()
     elif meta.dtype == torch.bool:

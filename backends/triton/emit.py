@@ -296,6 +296,11 @@ class _KernelWriter:
             self.tensors[arg] = (base, shape)
         self.taken.update({TMA_FLAG, WS_FLAG})
         self.descriptors = self._descriptor_blocks()
+        self.taken.update(tail_flag(i) for i in range(len(self.tensors)))
+        # GEMM operand loads whose row tail may be read (ROW_TAILS), and each such tensor's bound's name
+        self.tail_loads = self._row_tail_loads()
+        tailed = dict.fromkeys(op.tensor for op in self.tail_loads)
+        self.tail_bounds = {t: self._fresh(f"{self.tensors[t][0]}_tail") for t in tailed}
         # a GEMM that reads through descriptors loops over its output tiles in a `tl.range` that may be
         # warp-specialized (WS_FLAG): set once that loop is written
         self.warp_specialized = False
@@ -321,6 +326,35 @@ class _KernelWriter:
             for t, shapes in blocks.items()
             if len(shapes) == 1 and t not in plain and all(d is not None for d in next(iter(shapes)))
         }
+
+    def _row_tail_loads(self) -> set[tile.LoadOp]:
+        """Operand loads of a GEMM whose tensor's last dim is the dot's M (`a`'s rows) or N (`b`'s
+        columns), at least PAD_MIN_ROW and not a multiple of ROW_TAIL elements: where the launcher
+        finds the rows padded (`launcher.row_tails_fit`, the switch `tail_flag`), they are read to the
+        rounded extent, so that the mask is constant over 16 bytes and the loads are vectors (GPT-2's
+        LM-head weight gradient reads the log-softmax gradient [2048, 50257] along its rows as M:
+        2-byte loads made it 2.3x slower than cuBLAS on the padded shape). The extra elements only
+        reach output rows or columns beyond the output, which the stores mask; a kernel with a
+        reduction (an epilogue summing over the output's columns) or more than one dot keeps its
+        exact masks."""
+        if self.kernel.kind.data != "gemm":
+            return set()
+        ops = list(self.kernel.walk())
+        dots = [op for op in ops if isinstance(op, tile.DotOp)]
+        if len(dots) != 1 or any(isinstance(op, (tile.ReduceOp, tile.ScanOp)) for op in ops):
+            return set()
+        found = set()
+        for operand, axis in ((dots[0].a, 0), (dots[0].b, 1)):
+            load = operand.owner
+            if not isinstance(load, tile.LoadOp) or {u.operation for u in operand.uses} != {dots[0]}:
+                continue
+            shape = self.tensors[load.tensor][1]
+            if len(shape) < 2 or shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
+                continue
+            if isinstance(load.indices[-1].type, tile.BlockType):
+                if _varying_axis(tile.block_dims(load.indices[-1].type)) == axis:
+                    found.add(load)
+        return found
 
     # names and lines
 
@@ -386,6 +420,9 @@ class _KernelWriter:
                     f"    {name} = tl.make_tensor_descriptor({base}_ptr, shape={list(shape)}, "
                     f"strides=[{strides}], block_shape=[{', '.join(block)}])"
                 )
+        for t, name in self.tail_bounds.items():
+            size, flag = self.tensors[t][1][-1], tail_flag(list(self.tensors).index(t))
+            self._write(f"{name} = {row_tail(size)} if {flag} else {size}  # the launcher found rows padded")
         self._ops(self.kernel.body.block)
         return _drop_unused(self.lines) or ["    pass"]
 
@@ -496,10 +533,11 @@ class _KernelWriter:
         self._define(op.result, f"tl.full({_dims(t.dims)}, {_literal(op.value)}, {_tl(t.element_type)})")
 
     def _address(
-        self, tensor: SSAValue, indices: Sequence[SSAValue], to_row_stride: bool = False
+        self, tensor: SSAValue, indices: Sequence[SSAValue], to_row_stride: bool = False, tail: bool = False
     ) -> tuple[str, str | None]:
         """The pointer expression of `tensor[indices]` and the mask of in-bounds elements (with
-        `to_row_stride`, the last dim's bound is the stride of the dim before it: a padded row)."""
+        `to_row_stride`, the last dim's bound is the stride of the dim before it: a padded row; with
+        `tail`, it is the tensor's tail bound, `_row_tail_loads`)."""
         base, shape = self.tensors[tensor]
         terms, scalar_mask, tile_mask = [f"{base}_ptr"], [], []
         for d, (index, size) in enumerate(zip(indices, shape)):
@@ -515,6 +553,8 @@ class _KernelWriter:
                 mask.append(f"({expr} >= 0)")
             if to_row_stride and d == len(shape) - 1:
                 mask.append(f"({expr} < {base}_s{d - 1})")
+            elif tail and d == len(shape) - 1:
+                mask.append(f"({expr} < {self.tail_bounds[tensor]})")
             elif self.upper.get(index, size + 1) > size:  # else known in bounds: an unraveled inner index
                 mask.append(f"({expr} < {size})")
         pointer = " + ".join(terms)
@@ -528,7 +568,7 @@ class _KernelWriter:
         return pointer, " & ".join(conditions) or None
 
     def _load(self, op: tile.LoadOp) -> None:
-        pointer, mask = self._address(op.tensor, op.indices)
+        pointer, mask = self._address(op.tensor, op.indices, tail=op in self.tail_loads)
         other = _literal(op.other) if op.other is not None else "0"
         args = f"{pointer}, mask={mask}, other={other}" if mask else pointer
         zero_padded = op.other is None or _literal(op.other) in ("0", "0.0")  # TMA pads with zeros
@@ -821,6 +861,14 @@ _HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
 
 TMA_FLAG = "USE_TMA"
 WS_FLAG = "USE_WS"  # warp specialization of a GEMM's tile loop (set by the launcher with USE_TMA only)
+# a row tail's rounding (elements): a bound that is a multiple of 16 keeps a mask constant over 16 bytes
+ROW_TAIL = 16
+
+
+def tail_flag(tensor: int) -> str:
+    """The switch by which the launcher lets a GEMM read its `tensor`-th argument's padded rows to their
+    rounded extent (`row_tail`, `launcher.row_tails_fit`)."""
+    return f"ROW_TAILS_{tensor}"
 
 
 def _varying_axis(dims: Sequence[str]) -> int | None:
@@ -861,6 +909,11 @@ def padded_row(kind: str, shape: Sequence[int], itemsize: int) -> int | None:
     return -(-row // per_row) * per_row
 
 
+def row_tail(size: int) -> int:
+    """The extent a GEMM operand's row of `size` elements is read to where its rows are padded."""
+    return -(-size // ROW_TAIL) * ROW_TAIL
+
+
 def stores_to_row_stride(kind: str) -> bool:
     """Whether a kernel of `kind` stores a padded output's rows to the row stride (a GEMM's tile
     covers whole 16-byte groups of columns); a row kernel's columns loop in blocks and stay masked."""
@@ -888,6 +941,8 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         for _, (base, shape) in tensors
     ]
     flags = ([TMA_FLAG] if writer.descriptors else []) + ([WS_FLAG] if writer.warp_specialized else [])
+    tails = tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.tail_bounds)
+    flags += [tail_flag(i) for i in tails]
     constexprs = list(kernel.param_names) + flags
     if constexprs:
         signature.append(", ".join(f"{p}: tl.constexpr" for p in constexprs) + ",")
@@ -907,6 +962,7 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         f"TENSOR_DTYPES = {tuple(dtypes)!r}",
         f"TMA_TENSORS = {tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.descriptors)!r}",
         f"WARP_SPECIALIZABLE = {writer.warp_specialized!r}",
+        *([f"ROW_TAIL_TENSORS = {tails!r}"] if tails else []),
         "",
         "",
         "@triton.jit",

@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-from .emit import python_identifier
+from .emit import python_identifier, row_tail, tail_flag
 
 log = logging.getLogger("tilefuse")
 
@@ -90,6 +90,7 @@ class TritonKernel:
     path: Path
     tma_tensors: tuple[int, ...] = ()
     warp_specializable: bool = False  # takes USE_WS (its tile loop, with TMA loads)
+    row_tail_tensors: tuple[int, ...] = ()  # takes ROW_TAILS_i for these operands (`row_tails_fit`)
     _grids: dict = field(default_factory=dict, compare=False, repr=False)
     _checked: list = field(default_factory=list, compare=False, repr=False)
 
@@ -123,6 +124,7 @@ class TritonKernel:
         params = {p: config[p] for p in self.params}
         fits = bool(self.tma_tensors) and descriptors_fit([tensors[i] for i in self.tma_tensors])
         params.update(launch_flags(self, config, num_warps, fits))
+        params.update(tail_flags(self, tensors))
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
@@ -180,6 +182,9 @@ class BoundLaunch:
         self.per_launch_tma = bool(kernel.tma_tensors) and tma_wanted(config)
         if not self.per_launch_tma:
             self.params.update(launch_flags(kernel, config, num_warps, fits=False))
+        # ROW_TAILS is decided by the first launch's operands: the program passes the same strides and
+        # buffers allocated the same way (`compiler.program.empty_padded`) to every later one
+        self.tails_pending = bool(kernel.row_tail_tensors)
         self.constexprs = tuple(self.params.values())
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
@@ -223,6 +228,11 @@ class BoundLaunch:
         return (fits, *(args[p].data_ptr() % 16 == 0 for p in self.tensor_positions))
 
     def _generic(self, args: tuple) -> None:
+        if self.tails_pending:
+            tensors = [args[p] for p in self.tensor_positions]
+            self.params.update(tail_flags(self.kernel, tensors))
+            self.constexprs = tuple(self.params.values())
+            self.tails_pending = False
         params = dict(self.params)
         key = self._tma_key(args) if self.per_launch_tma else None
         if key is not None:
@@ -333,6 +343,28 @@ def launch_flags(
     if kernel.warp_specializable:
         flags["USE_WS"] = warp_specialized(config, num_warps, flags.get("USE_TMA", False))
     return flags
+
+
+def row_tails_fit(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every one of `tensors` (a kernel's ROW_TAIL_TENSORS) can be read to its rows' `row_tail`
+    within its storage: unit last stride, rows at least that far apart, and storage past the last
+    row's rounded end (`compiler.program.empty_padded` allocates padded outputs so)."""
+    for t in tensors:
+        if t.dim() < 2 or t.stride(-1) != 1 or t.stride(-2) < row_tail(t.shape[-1]):
+            return False
+        if 0 in t.shape:
+            return False
+        last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape[:-1], t.stride()[:-1]))
+        if (last + row_tail(t.shape[-1])) * t.element_size() > t.untyped_storage().nbytes():
+            return False
+    return True
+
+
+
+def tail_flags(kernel: TritonKernel, tensors: Sequence[torch.Tensor]) -> dict[str, bool]:
+    """The ROW_TAILS switches of a kernel that takes them (`emit._row_tail_loads`), launched on
+    `tensors`: one per operand whose rows it may read to their rounded end."""
+    return {tail_flag(i): row_tails_fit([tensors[i]]) for i in kernel.row_tail_tensors}
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
@@ -453,4 +485,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         Path(module.__file__),
         getattr(module, "TMA_TENSORS", ()),
         getattr(module, "WARP_SPECIALIZABLE", False),
+        getattr(module, "ROW_TAIL_TENSORS", ()),
     )

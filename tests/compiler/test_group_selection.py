@@ -467,6 +467,33 @@ def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, 
         assert shapes == [tuple(aligned)] and torch.equal(batched, got.unflatten(0, (1, m)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [257, 301, 50 * 16 + 7])
+@pytest.mark.parametrize("tb", [False, True])
+def test_an_unaligned_k_over_aligned_rows_is_split_without_a_copy(dtype, k, tb, monkeypatch):
+    """K not a multiple of 16 bytes, over a left operand with padded rows (as a row kernel writes the
+    log-softmax gradient) and a right operand whose K rows are aligned: no operand is padded (no copy);
+    one GEMM over K's aligned body adds the last columns' product, and the result is float64's. Where
+    the right operand's rows are not aligned (K-major with an odd K), both are padded, as before."""
+    from tilefuse.compiler import group_selection
+    from tilefuse.compiler.group_selection import library_matmul
+
+    torch.manual_seed(k)
+    m, n = 40, 24
+    stride = -(-k // 64) * 64
+    a = torch.full((m * stride,), float("nan"), dtype=dtype).as_strided((m, k), (stride, 1))
+    a.copy_(torch.randn(m, k))
+    b = (torch.randn(n, k) if tb else torch.randn(k, n)).to(dtype)
+    pads = []
+    pad = group_selection.F.pad
+    monkeypatch.setattr(group_selection.F, "pad", lambda *args: pads.append(args[1]) or pad(*args))
+    got = library_matmul(a, b, False, tb)
+    want = a.double() @ (b.mT if tb else b).double()
+    assert got.shape == (m, n) and got.dtype == dtype and got.isfinite().all()
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
+    assert bool(pads) == tb  # b.mT's K rows are k apart: unaligned, so the copies stay
+
+
 def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
     """The split path's epilogue kernel was first launched (measured) on aligned random tensors;
     a program input at an odd offset takes another bound launch, compiled for what it gets."""
