@@ -1063,3 +1063,19 @@ def test_a_contraction_reads_merged_leading_dims_as_a_two_dim_operand(tmp_path):
     }, shapes
     (program,) = first.glob("program_*.py")
     assert ".reshape((256, 301))" in program.read_text() and ".reshape((256, 32))" in program.read_text()
+
+
+def test_the_program_allocator_is_inductors_only_on_the_current_cuda_device(monkeypatch):
+    """A program's buffers come from `_empty_strided_cuda` (no argument parsing) only while its device
+    is the current one; on another device, and on the CPU, from `torch.empty_strided` on its device."""
+    from tilefuse.compiler.program import allocator
+
+    cpu = allocator(torch.device("cpu"))()
+    t = cpu((3, 5), (8, 1), torch.bfloat16)
+    assert t.shape == (3, 5) and t.stride() == (8, 1) and t.dtype == torch.bfloat16 and t.device.type == "cpu"
+    fast = getattr(torch._C._dynamo.guards, "_empty_strided_cuda", None)
+    if fast is None:
+        return
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
+    assert allocator(torch.device("cuda:1"))() is fast
+    assert allocator(torch.device("cuda:0"))() is not fast

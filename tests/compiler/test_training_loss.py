@@ -53,5 +53,5 @@ def test_lm_loss_saves_row_statistics_and_reads_bf16_logits(tmp_path, monkeypatc
     programs = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
     assert len(programs) >= 2  # the forward's and the backward's
     for source in programs:  # no buffer of f32 logits (or log-probabilities) is made
-        wide = re.findall(rf"_empty\(\([^)]*\b{VOCAB}\b[^)]*\), \([^)]*\), dtype=torch.float32", source)
+        wide = re.findall(rf"_empty\(\([^)]*\b{VOCAB}\b[^)]*\), \([^)]*\), torch.float32", source)
         assert not wide, wide
