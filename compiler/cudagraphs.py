@@ -280,7 +280,27 @@ def _clone(outputs: object, args: Sequence[object]) -> object:
     if isinstance(outputs, _Input):
         return args[outputs]
     if isinstance(outputs, torch.Tensor):
-        return outputs.clone()
+        return copy_out(outputs)
     if isinstance(outputs, (list, tuple)):
         return type(outputs)(_clone(o, args) for o in outputs)
     return outputs
+
+
+def copy_out(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` with its layout. A row-major tensor with padded rows (a GEMM's or row kernel's
+    output over an odd vocabulary, `program.output_strides`) is copied as the one span of memory it
+    covers, padding included: `clone` would make it packed, through a strided copy kernel that writes
+    unaligned rows (GPT-2's logits: most of the 0.2 ms a replay spent beyond the graph's kernels)."""
+    if t.is_contiguous() or t.dim() < 2 or 0 in t.shape or not _padded_rows(t.shape, t.stride()):
+        return t.clone()
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    storage = torch.empty(max(span, t.shape[0] * t.stride(0)), dtype=t.dtype, device=t.device)
+    storage[:span].copy_(t.as_strided((span,), (1,)))
+    return storage.as_strided(t.shape, t.stride())
+
+
+def _padded_rows(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether `strides` lay `shape` out row-major with gaps between rows (no element shared)."""
+    if strides[-1] != 1:
+        return False
+    return all(strides[d] >= shape[d + 1] * strides[d + 1] for d in range(len(shape) - 1))

@@ -1079,3 +1079,29 @@ def test_the_program_allocator_is_inductors_only_on_the_current_cuda_device(monk
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
     assert allocator(torch.device("cuda:1"))() is fast
     assert allocator(torch.device("cuda:0"))() is not fast
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(4 * 320)[: 3 * 320 + 301].as_strided((4, 301), (320, 1)),  # padded, short storage
+        lambda: torch.randn(2, 3, 320)[..., :301],  # padded rows of a 3-d tensor
+        lambda: torch.randn(5, 7),  # packed
+        lambda: torch.randn(7, 5).t(),  # transposed
+        lambda: torch.randn(1, 6).expand(4, 6),  # overlapping rows
+        lambda: torch.randn(0, 300)[:, :5],  # empty
+    ],
+)
+def test_a_replays_outputs_are_copied_with_their_layout(make):
+    """What a CUDA graph replay hands out (`cudagraphs.copy_out`): eager's values in fresh memory; a
+    tensor with padded rows keeps its strides (one span copied), others are cloned."""
+    from tilefuse.compiler.cudagraphs import copy_out
+
+    t = make()
+    out = copy_out(t)
+    assert torch.equal(out, t) and out.shape == t.shape
+    if t.numel():
+        assert out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+    if not t.is_contiguous() and t.dim() >= 2 and t.stride(-1) == 1 and t.stride(-2) > t.shape[-1]:
+        assert out.stride() == t.stride()
+        assert out.untyped_storage().nbytes() >= t.shape[0] * t.stride(0) * t.element_size()
