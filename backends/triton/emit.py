@@ -336,10 +336,13 @@ class _KernelWriter:
         2-byte loads made it 2.3x slower than cuBLAS on the padded shape). The extra elements only
         reach output rows or columns beyond the output, which the stores mask; a kernel with a
         reduction (an epilogue summing over the output's columns) or more than one dot keeps its
-        exact masks."""
+        exact masks. A kernel of TAIL_SELECT_KINDS takes the tail in every such load and selects
+        the load's `other` over it in registers, so what the padding holds never reaches a value."""
+        ops = list(self.kernel.walk())
+        if self.kernel.kind.data in TAIL_SELECT_KINDS:
+            return {op for op in ops if isinstance(op, tile.LoadOp) and self._tailable(op)}
         if self.kernel.kind.data != "gemm":
             return set()
-        ops = list(self.kernel.walk())
         dots = [op for op in ops if isinstance(op, tile.DotOp)]
         if len(dots) != 1 or any(isinstance(op, (tile.ReduceOp, tile.ScanOp)) for op in ops):
             return set()
@@ -348,13 +351,17 @@ class _KernelWriter:
             load = operand.owner
             if not isinstance(load, tile.LoadOp) or {u.operation for u in operand.uses} != {dots[0]}:
                 continue
-            shape = self.tensors[load.tensor][1]
-            if len(shape) < 2 or shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
-                continue
-            if isinstance(load.indices[-1].type, tile.BlockType):
-                if _varying_axis(tile.block_dims(load.indices[-1].type)) == axis:
-                    found.add(load)
+            if self._tailable(load) and _varying_axis(tile.block_dims(load.indices[-1].type)) == axis:
+                found.add(load)
         return found
+
+    def _tailable(self, load: tile.LoadOp) -> bool:
+        """Whether `load` reads a tile along its tensor's last dim, one of at least PAD_MIN_ROW elements
+        that is not a multiple of ROW_TAIL (rows that may be padded)."""
+        shape = self.tensors[load.tensor][1]
+        if len(shape) < 2 or shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
+            return False
+        return isinstance(load.indices[-1].type, tile.BlockType)
 
     # names and lines
 
@@ -568,8 +575,16 @@ class _KernelWriter:
         return pointer, " & ".join(conditions) or None
 
     def _load(self, op: tile.LoadOp) -> None:
-        pointer, mask = self._address(op.tensor, op.indices, tail=op in self.tail_loads)
         other = _literal(op.other) if op.other is not None else "0"
+        if op in self.tail_loads and self.kernel.kind.data in TAIL_SELECT_KINDS:
+            # the tail's elements are read (a vector load) and replaced by `other` in registers
+            pointer, exact = self._address(op.tensor, op.indices)
+            _, mask = self._address(op.tensor, op.indices, tail=True)
+            if exact is not None:
+                loaded = f"tl.load({pointer}, mask={mask}, other={other})"
+                self._define(op.result, f"tl.where({exact}, {loaded}, {other})")
+                return
+        pointer, mask = self._address(op.tensor, op.indices, tail=op in self.tail_loads)
         args = f"{pointer}, mask={mask}, other={other}" if mask else pointer
         zero_padded = op.other is None or _literal(op.other) in ("0", "0.0")  # TMA pads with zeros
         if op.tensor not in self.descriptors or not zero_padded:
@@ -863,6 +878,10 @@ TMA_FLAG = "USE_TMA"
 WS_FLAG = "USE_WS"  # warp specialization of a GEMM's tile loop (set by the launcher with USE_TMA only)
 # a row tail's rounding (elements): a bound that is a multiple of 16 keeps a mask constant over 16 bytes
 ROW_TAIL = 16
+# kernels that read every padded row's tail (a vector load) and select `other` over it in registers: a
+# row kernel over GPT-2's logits (50257 a row) loaded 2 bytes at a time; a GEMM's operand loads feed its
+# pipelined dots, where only M and N take the tail (`_row_tail_loads`)
+TAIL_SELECT_KINDS = ("row", "reduction", "pointwise")
 
 
 def tail_flag(tensor: int) -> str:
@@ -915,9 +934,10 @@ def row_tail(size: int) -> int:
 
 
 def stores_to_row_stride(kind: str) -> bool:
-    """Whether a kernel of `kind` stores a padded output's rows to the row stride (a GEMM's tile
-    covers whole 16-byte groups of columns); a row kernel's columns loop in blocks and stay masked."""
-    return kind == "gemm"
+    """Whether a kernel of `kind` stores a padded output's rows to the row stride: so the mask is
+    constant over 16 bytes and the stores are vectors (the padding is the buffer's own, and nothing
+    reads it as data). A GEMM's and a row kernel's padded outputs do (`PADDED_KINDS`)."""
+    return kind in PADDED_KINDS
 
 
 # the combine of a product reduction (`tl.reduce`), written after the kernel when it has one

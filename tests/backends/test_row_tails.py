@@ -100,7 +100,8 @@ def test_the_reduction_dim_is_never_read_past_its_end(tmp_path):
 
 def test_an_epilogue_reduction_over_the_columns_keeps_exact_masks(tmp_path):
     """A GEMM whose epilogue sums its rows (softmax over N = 301): tail columns would enter the sum, so
-    the kernel has no ROW_TAILS; NaN padding in w stays out and the result is eager's."""
+    such a GEMM has no ROW_TAILS (a row kernel reading its output selects over the tail); NaN padding
+    in w stays out and the result is eager's."""
     torch.manual_seed(4)
     x, w = torch.randn(19, 48), _padded(48, 301, 320)
 
@@ -111,8 +112,10 @@ def test_an_epilogue_reduction_over_the_columns_keeps_exact_masks(tmp_path):
     torch.testing.assert_close(got, fn(x, w), rtol=1e-4, atol=1e-4)
     for path in tmp_path.glob("*/kernels/*.py"):
         text = path.read_text()
-        if "tl.sum" in text or "tl.max" in text:
+        if "(gemm)" in text and ("tl.sum" in text or "tl.max" in text):
             assert "ROW_TAILS" not in text
+        elif "(gemm)" not in text and "ROW_TAILS" in text:  # a row kernel reading the padded product
+            assert "tl.where(" in text
 
 
 def test_row_tails_fit_only_where_the_storage_holds_the_rounded_rows():
@@ -142,3 +145,42 @@ def test_a_precompile_job_decides_row_tails_as_the_launch_does(tmp_path):
     strides = [(320, 1), (40, 1), (40, 1)]
     assert dict(compile_job(kernel, config, 4, 2, False, strides).constexprs)["ROW_TAILS_0"] is True
     assert dict(compile_job(kernel, config, 4, 2, False).constexprs)["ROW_TAILS_0"] is False
+
+
+@pytest.mark.parametrize("n", [301, 50 * 16 + 9])
+def test_a_row_kernel_reads_padded_rows_whole_and_selects_over_the_tail(tmp_path, decisions, n):
+    """A softmax and a log-softmax over rows held 16-element aligned with NaN in the padding: the row
+    kernel loads the tail (vectors) and selects its `other` over it, so the max and the sum see only
+    the row; eager's results."""
+    torch.manual_seed(n)
+    x = _padded(6, n, row_tail(n) + 16)
+
+    def fn(x):
+        return torch.softmax(x * 2, -1), torch.log_softmax(x, -1).sum(-1)
+
+    got = tilefuse.compile(fn, dump=tmp_path)(x)
+    for g, e in zip(got, fn(x)):
+        assert g.isfinite().all()
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    source = _kernel_sources(tmp_path)
+    assert f"{row_tail(n)} if ROW_TAILS_0 else {n}" in source and "tl.where(" in source
+    assert decisions and all(decisions)
+
+
+def test_an_lm_loss_reads_the_padded_logits_through_tails(tmp_path, decisions):
+    """The logits of an odd vocabulary, a GEMM's padded output, are read by the loss's row kernels
+    through their tails (the program's buffer holds the last row's padding); a row kernel's padded
+    output is stored to its row stride. Eager's loss and gradient rows."""
+    torch.manual_seed(7)
+    h, w, y = torch.randn(12, 32), torch.randn(301, 32), torch.randint(0, 301, (12,))
+
+    def fn(h, w, y):
+        logits = h @ w.t()
+        p = torch.softmax(logits, -1)
+        return torch.nn.functional.cross_entropy(logits, y), p @ w
+
+    got = tilefuse.compile(fn, dump=tmp_path)(h, w, y)
+    for g, e in zip(got, fn(h, w, y)):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    assert "304 if ROW_TAILS_" in _kernel_sources(tmp_path)
+    assert any(decisions)
