@@ -230,3 +230,23 @@ def test_padded_lm_head_gradient_rows_are_read_to_their_tail_on_the_gpu(monkeypa
     w = torch.randn(vocab, 256, device=CUDA, dtype=dtype)
     dx = library_matmul(g, w, False, False)  # K = 50257 over aligned rows: split, no padded copy
     assert dx.isfinite().all() and rel_error(dx, g.double() @ w.double()) < 2e-2
+
+
+def test_an_lm_loss_over_an_odd_vocabulary_matches_eager_on_the_gpu():
+    """Logits over 50257 tokens (a GEMM's padded output) read by the loss's row kernels through their
+    tails (vector loads, `other` selected over the tail), its softmax's rows stored to the row stride:
+    the loss and the softmax as eager's, against float64."""
+    torch.manual_seed(0)
+    h = torch.randn(512, 256, device=CUDA, dtype=torch.bfloat16)
+    w = torch.randn(50257, 256, device=CUDA, dtype=torch.bfloat16) / 16
+    y = torch.randint(0, 50257, (512,), device=CUDA)
+
+    def fn(h, w, y):
+        logits = h @ w.t()
+        return torch.nn.functional.cross_entropy(logits.float(), y), torch.softmax(logits, -1)
+
+    got = tilefuse.compile(fn)(h, w, y)
+    logits = h.double() @ w.double().t()
+    want = torch.nn.functional.cross_entropy(logits, y), torch.softmax(logits, -1)
+    assert rel_error(got[0], want[0]) < 1e-2 and rel_error(got[1], want[1]) < 2e-2
+    assert got[1].isfinite().all()
