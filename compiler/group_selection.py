@@ -365,10 +365,12 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     H200, and a 1.5 ms `align1` kernel for GPT-2's weight gradient where the aligned shape takes 0.29.
     Such a dim of at least PAD_MIN_N is padded with zeros to the next aligned size in both operands
     that hold it (a copy of each, as Inductor's pad_mm makes), and the product sliced back; zeros
-    along K add nothing. The result is then a strided view. An unaligned K alone, over operands whose
-    rows are already aligned (the log-softmax gradient a row kernel writes with padded rows,
-    `program.output_strides`), is split instead, with no copy: the aligned body of K is one cuBLAS
-    GEMM that adds the product of the last few columns (`torch.addmm`, rounded once)."""
+    along K add nothing. The result is then a strided view. An unaligned dim alone, over operands
+    whose rows are already aligned (the log-softmax gradient a row kernel writes with padded rows,
+    `program.output_strides`; a weight of 1024 columns), is split instead, with no copy: the aligned
+    body of K is one cuBLAS GEMM that adds the product of the last few columns (`torch.addmm`,
+    rounded once); the aligned body of M or N is one GEMM into its rows or columns of the result
+    (N's into rows padded to an aligned length), the last few rows or columns another."""
     if a.dim() > 2 and b.dim() == 2 and not ta:  # a linear layer on [batch, tokens, features]
         return library_matmul(a.reshape(-1, a.shape[-1]), b, False, tb).unflatten(0, a.shape[:-1])
     if a.dim() != 2 or b.dim() != 2:
@@ -382,6 +384,21 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     body = k - k % align
     if pk and not (pm or pn) and _aligned_strides(lhs[:, :body]) and _aligned_strides(rhs[:body]):
         return torch.addmm(torch.matmul(lhs[:, body:], rhs[body:]), lhs[:, :body], rhs[:body])
+    body = n - n % align
+    # mm(out=) records no gradient: the splits of M and N are for operands that want none (a program's)
+    plain = not (lhs.requires_grad or rhs.requires_grad) or not torch.is_grad_enabled()
+    if plain and pn and not (pm or pk) and _aligned_strides(lhs) and _aligned_strides(rhs[:, :body]):
+        # the product's rows padded to an aligned length; its columns' aligned body, then the last few
+        out = torch.empty((m, n + pn), dtype=lhs.dtype, device=lhs.device)
+        torch.mm(lhs, rhs[:, :body], out=out[:, :body])
+        torch.mm(lhs, rhs[:, body:], out=out[:, body:n])
+        return out[:, :n]
+    body = m - m % align
+    if plain and pm and not (pk or pn) and _aligned_strides(lhs[:body]) and _aligned_strides(rhs):
+        out = torch.empty((m, n), dtype=lhs.dtype, device=lhs.device)
+        torch.mm(lhs[:body], rhs, out=out[:body])
+        torch.mm(lhs[body:], rhs, out=out[body:])
+        return out
     # pad each operand in its stored orientation, so the copy is one contiguous pass
     a = F.pad(a, (0, pm, 0, pk) if ta else (0, pk, 0, pm)) if pm or pk else a
     b = F.pad(b, (0, pk, 0, pn) if tb else (0, pn, 0, pk)) if pk or pn else b

@@ -451,20 +451,30 @@ def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, 
     a = torch.randn(k, m) if ta else torch.randn(m, k)
     b = torch.randn(n, k) if tb else torch.randn(k, n)
     a, b = a.to(dtype), b.to(dtype)
-    shapes, matmul = [], torch.matmul
+    shapes, matmul, mm = [], torch.matmul, torch.mm
     monkeypatch.setattr(torch, "matmul", lambda x, y: shapes.append((*x.shape, y.shape[1])) or matmul(x, y))
+    monkeypatch.setattr(torch, "mm", lambda x, y, out: shapes.append(("mm", *x.shape, y.shape[1])) or mm(x, y, out=out))
     got = library_matmul(a, b, ta, tb)
     want = (a.mT if ta else a).double() @ (b.mT if tb else b).double()
     assert got.shape == (m, n) and got.dtype == dtype
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
     align = 16 // got.element_size()
     aligned = [d + (-d % align if d >= PAD_MIN_N else 0) for d in (m, k, n)]
-    assert shapes == [tuple(aligned)]  # what cuBLAS multiplied
+    if shapes[0][0] == "mm":  # M or N alone unaligned, over aligned operands: split, no copy
+        (unaligned,) = [i for i, (d, p) in enumerate(zip((m, k, n), aligned)) if d != p]
+        split = [m, k, n]
+        split[unaligned] -= split[unaligned] % align
+        tail = [m, k, n]
+        tail[unaligned] %= align
+        assert shapes == [("mm", *split), ("mm", *tail)]
+    else:
+        assert shapes == [tuple(aligned)]  # what cuBLAS multiplied
     assert got.stride(0) == aligned[2]  # a view of the padded product
-    if not ta:  # the same rows as [batch, tokens, features]: flattened to one GEMM, padded alike
+    if not ta:  # the same rows as [batch, tokens, features]: flattened to one GEMM, as the 2-d product
+        first = list(shapes)
         shapes.clear()
         batched = library_matmul(a.unflatten(0, (1, m)), b, False, tb)
-        assert shapes == [tuple(aligned)] and torch.equal(batched, got.unflatten(0, (1, m)))
+        assert shapes == first and torch.equal(batched, got.unflatten(0, (1, m)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -492,6 +502,34 @@ def test_an_unaligned_k_over_aligned_rows_is_split_without_a_copy(dtype, k, tb, 
     assert got.shape == (m, n) and got.dtype == dtype and got.isfinite().all()
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
     assert bool(pads) == tb  # b.mT's K rows are k apart: unaligned, so the copies stay
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("ta", [False, True])
+def test_an_unaligned_m_or_n_over_aligned_operands_is_split_without_a_copy(dtype, ta, tb, monkeypatch):
+    """An LM head's logits (N = 301 over a weight of 64 aligned columns) and its weight gradient
+    (M = 301): the aligned body is one GEMM into the result's rows or columns and the last few another;
+    no operand is padded; float64's product; the logits' rows padded to an aligned length."""
+    from tilefuse.compiler import group_selection
+    from tilefuse.compiler.group_selection import library_matmul
+
+    torch.manual_seed(11)
+    pads = []
+    pad = group_selection.F.pad
+    monkeypatch.setattr(group_selection.F, "pad", lambda *args: pads.append(args[1]) or pad(*args))
+    align = 16 // torch.empty(0, dtype=dtype).element_size()
+    # N's body needs the weight's rows K-major (b [n, k] read transposed), M's the rows of a [m, k]:
+    # the other layouts hold the unaligned dim along their rows, and are padded as before
+    for m, n, padded in ((40, 301, not tb), (301, 40, ta)):
+        pads.clear()
+        a = (torch.randn(64, m) if ta else torch.randn(m, 64)).to(dtype)
+        b = (torch.randn(n, 64) if tb else torch.randn(64, n)).to(dtype)
+        got = library_matmul(a, b, ta, tb)
+        want = (a.mT if ta else a).double() @ (b.mT if tb else b).double()
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
+        assert got.shape == (m, n) and got.stride(0) == n + -n % align
+        assert bool(pads) == padded
 
 
 def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
