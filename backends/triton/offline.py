@@ -150,7 +150,8 @@ def _specialization(
 ) -> tuple[dict[str, str], dict[tuple[int], object], dict[tuple[int], list]]:
     """Signature, constants and attributes of a launch on contiguous tensors, as Triton's launcher
     specializes it: a kernel's arguments are, per tensor, its pointer then one stride a dim
-    (`TritonKernel.__call__`), then the tile parameters, USE_TMA and USE_WS. A stride of 1 becomes the
+    (`TritonKernel.__call__`), then the tile parameters, USE_TMA, USE_WS and ROW_TAILS_i (`params` may
+    set them). A stride of 1 becomes the
     constant 1; pointers (16-byte aligned allocations) and strides that are multiples of 16 carry
     `tt.divisibility = 16`."""
     signature: dict[str, str] = {}
@@ -159,9 +160,10 @@ def _specialization(
     strides = iter(s for shape, _ in tensors for s in _contiguous_strides(shape))
     dtypes = iter(dtype for _, dtype in tensors)
     for i, name in enumerate(names):
-        if name in params or name in ("USE_TMA", "USE_WS"):
+        if name in params or name in ("USE_TMA", "USE_WS") or name.startswith("ROW_TAILS_"):
             signature[name] = "constexpr"
-            # warp specialization is off unless a config asks (the launcher's default)
+            # warp specialization is off unless a config asks (the launcher's default), and so are row
+            # tails (contiguous tensors have none)
             constants[(i,)] = params[name] if name in params else tma if name == "USE_TMA" else False
         elif name.endswith("_ptr"):
             signature[name] = _POINTER_TYPES[next(dtypes)]

@@ -113,3 +113,29 @@ def test_the_kernel_named_is_compiled_from_a_listing_of_several(tmp_path):
     assert _usage(listing, config) == _usage(first, config)
     with pytest.raises(ValueError, match="no kernel"):
         kernel_block(listing, "not_a_kernel")
+
+
+@pytest.mark.parametrize("tails", [False, True])
+def test_kernels_reading_row_tails_compile_for_hopper(tmp_path, tails):
+    """An LM head's kernels over an odd vocabulary (a GEMM reading its gradient's rows along M, the
+    loss's row kernels reading the padded logits) compile for sm_90 with their ROW_TAILS switches off
+    and on; the GEMM keeps its warp-group MMA and spills nothing either way."""
+    torch.manual_seed(0)
+    h, w = torch.randn(16, 64).bfloat16(), torch.randn(301, 64).bfloat16()
+    g = torch.randn(16, 301).bfloat16()
+
+    def fn(h, w, g):
+        logits = h @ w.t()
+        return torch.log_softmax(logits.float(), -1), g.t() @ h
+
+    sources = _gpu_sources(fn, (h, w, g), tmp_path)
+    tailed = [(kind, source) for kind, source in sources if "ROW_TAILS_" in source]
+    assert {kind for kind, _ in tailed} >= {"gemm", "row"}, [kind for kind, _ in sources]
+    for kind, source in tailed:
+        problem = {"M": 2048, "N": 1024, "K": 2048, "elem_bytes": 2} if kind == "gemm" else {"R": 2048, "C": 50257}
+        config = default_config(kind, problem)
+        flags = {f"ROW_TAILS_{i}": tails for i in range(8) if f"ROW_TAILS_{i}:" in source}
+        used = _usage(source, KernelConfig({**config.params, **flags}, config.num_warps, config.num_stages))
+        assert used.stack_bytes == 0, (kind, config.key(), used)
+        if kind == "gemm":
+            assert used.wgmma
