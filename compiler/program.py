@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from xdsl.ir import Operation, SSAValue
 
-from ..backends.triton.emit import padded_row
+from ..backends.triton.emit import padded_row, row_tail
+from ..backends.triton.launcher import row_tails_fit
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
@@ -250,12 +251,21 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
 
 
 def _write_guard(w: _Writer, arg_names: list[str], example_args: Sequence[torch.Tensor]) -> None:
-    """Return None (run PyTorch instead) unless strides and alignment are the ones written in."""
+    """Return None (run PyTorch instead) unless strides and alignment are the ones written in, and
+    inputs with padded rows hold their last row's tail as the first call's did."""
     checks = [f"{n}.stride() != {tuple(t.stride())!r}" for n, t in zip(arg_names, example_args)]
     on_gpu = [(n, t) for n, t in zip(arg_names, example_args) if t.device.type == "cuda"]
     aligned = [n for n, t in on_gpu if t.data_ptr() % 16 == 0]
     if aligned:
         checks.append(f"({' | '.join(f'{n}.data_ptr()' for n in aligned)}) & 15")
+    for n, t in zip(arg_names, example_args):
+        # padded rows a kernel may read to their tail (the launch decides once, on this call's inputs):
+        # a later input of these strides must hold the last row's tail too
+        if t.dim() >= 2 and row_tail(t.shape[-1]) > t.shape[-1] and row_tails_fit([t]):
+            last = sum((size - 1) * stride for size, stride in zip(t.shape[:-1], t.stride()[:-1]))
+            span = (last + row_tail(t.shape[-1])) * t.element_size()
+            size = t.element_size()
+            checks.append(f"{n}.storage_offset() * {size} + {span} > {n}.untyped_storage().nbytes()")
     if checks:
         w.emit(f"if {' or '.join(checks)}:")
         w.emit("    return None")

@@ -184,3 +184,24 @@ def test_an_lm_loss_reads_the_padded_logits_through_tails(tmp_path, decisions):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
     assert "304 if ROW_TAILS_" in _kernel_sources(tmp_path)
     assert any(decisions)
+
+
+def test_a_later_input_without_the_tail_runs_pytorch_instead(tmp_path):
+    """The program reads a padded input's tail as its first call allowed; a later input of the same
+    strides whose storage ends at its last element fails the program's guard (the captured PyTorch code
+    runs it), and every call is eager's."""
+    torch.manual_seed(8)
+    x = torch.randn(24, 40)
+
+    def fn(g, x):
+        return g.t() @ x
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    first = _padded(24, 301, 320)
+    torch.testing.assert_close(compiled(first, x), fn(first, x), rtol=1e-4, atol=1e-4)
+    (program,) = tmp_path.glob("*/program_*.py")
+    assert "untyped_storage().nbytes()" in program.read_text()
+    short = torch.empty_strided((24, 301), (320, 1))
+    short.copy_(torch.randn(24, 301))
+    assert not launcher.row_tails_fit([short])
+    torch.testing.assert_close(compiled(short, x), fn(short, x), rtol=1e-4, atol=1e-4)
