@@ -201,8 +201,8 @@ class CudaGraphReplay:
         if reason is not None:
             return self._refuse(reason, args)
         try:
-            captured = [
-                a if in_place and not private else a.clone()
+            captured = [  # copies keep the inputs' layouts: a program reads padded rows to their tail
+                a if in_place and not private else copy_out(a)
                 for a, in_place, private in zip(args, self.in_place, self.private)
             ]  # fmt: skip
             written = {i for i, (m, p) in enumerate(zip(self.mutated, self.private)) if m and not p}
@@ -287,7 +287,7 @@ def _clone(outputs: object, args: Sequence[object]) -> object:
 
 
 def copy_out(t: torch.Tensor) -> torch.Tensor:
-    """A copy of `t` with its layout. A row-major tensor with padded rows (a GEMM's or row kernel's
+    """A copy of `t` with its layout (a replay's outputs, a capture's copies of its inputs). A row-major tensor with padded rows (a GEMM's or row kernel's
     output over an odd vocabulary, `program.output_strides`) is copied as the one span of memory it
     covers, padding included: `clone` would make it packed, through a strided copy kernel that writes
     unaligned rows (GPT-2's logits: most of the 0.2 ms a replay spent beyond the graph's kernels)."""

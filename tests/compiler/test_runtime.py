@@ -1105,3 +1105,26 @@ def test_a_replays_outputs_are_copied_with_their_layout(make):
     if not t.is_contiguous() and t.dim() >= 2 and t.stride(-1) == 1 and t.stride(-2) > t.shape[-1]:
         assert out.stride() == t.stride()
         assert out.untyped_storage().nbytes() >= t.shape[0] * t.stride(0) * t.element_size()
+
+
+def test_a_captured_input_with_padded_rows_keeps_its_layout(monkeypatch):
+    """A CUDA graph's copy of an input with padded rows (the logits a backward graph reads) keeps the
+    rows 128 bytes apart, so the program captured on it reads the tails as it would outside the graph;
+    the replays give eager's results (the graph faked: a replay runs the recorded call)."""
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    seen = []
+
+    def real(x):
+        seen.append(x.stride())
+        return torch.log_softmax(x, -1)
+
+    step = _faked_cuda_graphs(monkeypatch, real)
+    replay = CudaGraphReplay(step, [False], {"name": "g"}, mutated=[False])
+    storage = torch.zeros(4 * 320)
+    for i in range(WARMUP_CALLS + 3):
+        x = storage.as_strided((4, 301), (320, 1))
+        x.copy_(torch.randn(4, 301))
+        torch.testing.assert_close(replay(x), torch.log_softmax(x, -1))
+    # the fake capture runs `real` once on packed clones of its own, to shape its placeholder output
+    assert seen[-1] == (320, 1) and seen.count((301, 1)) <= 1
