@@ -287,10 +287,11 @@ def _clone(outputs: object, args: Sequence[object]) -> object:
 
 
 def copy_out(t: torch.Tensor) -> torch.Tensor:
-    """A copy of `t` with its layout (a replay's outputs, a capture's copies of its inputs). A row-major tensor with padded rows (a GEMM's or row kernel's
-    output over an odd vocabulary, `program.output_strides`) is copied as the one span of memory it
-    covers, padding included: `clone` would make it packed, through a strided copy kernel that writes
-    unaligned rows (GPT-2's logits: most of the 0.2 ms a replay spent beyond the graph's kernels)."""
+    """A copy of `t` with its layout (a replay's outputs, a capture's copies of its inputs). A
+    row-major tensor with padded rows (a GEMM's or row kernel's output over an odd vocabulary,
+    `program.output_strides`) is copied as the one span of memory it covers, padding included:
+    `clone` would make it packed, through a strided copy kernel that writes unaligned rows (GPT-2's
+    logits: most of the 0.2 ms a replay spent beyond the graph's kernels)."""
     if t.is_contiguous() or t.dim() < 2 or 0 in t.shape or not _padded_rows(t.shape, t.stride()):
         return t.clone()
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))

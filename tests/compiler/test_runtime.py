@@ -1122,7 +1122,7 @@ def test_a_captured_input_with_padded_rows_keeps_its_layout(monkeypatch):
     step = _faked_cuda_graphs(monkeypatch, real)
     replay = CudaGraphReplay(step, [False], {"name": "g"}, mutated=[False])
     storage = torch.zeros(4 * 320)
-    for i in range(WARMUP_CALLS + 3):
+    for _ in range(WARMUP_CALLS + 3):
         x = storage.as_strided((4, 301), (320, 1))
         x.copy_(torch.randn(4, 301))
         torch.testing.assert_close(replay(x), torch.log_softmax(x, -1))
