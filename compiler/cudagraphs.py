@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import group_selection
+from .program import empty_padded
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -291,13 +292,14 @@ def copy_out(t: torch.Tensor) -> torch.Tensor:
     row-major tensor with padded rows (a GEMM's or row kernel's output over an odd vocabulary,
     `program.output_strides`) is copied as the one span of memory it covers, padding included:
     `clone` would make it packed, through a strided copy kernel that writes unaligned rows (GPT-2's
-    logits: most of the 0.2 ms a replay spent beyond the graph's kernels)."""
+    forward replayed took 0.2 ms more GPU time than unreplayed, its padded logits cloned: the suspect,
+    not yet measured apart)."""
     if t.is_contiguous() or t.dim() < 2 or 0 in t.shape or not _padded_rows(t.shape, t.stride()):
         return t.clone()
+    out = empty_padded(t.shape, t.stride(), t.dtype, t.device)
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-    storage = torch.empty(max(span, t.shape[0] * t.stride(0)), dtype=t.dtype, device=t.device)
-    storage[:span].copy_(t.as_strided((span,), (1,)))
-    return storage.as_strided(t.shape, t.stride())
+    out.as_strided((span,), (1,)).copy_(t.as_strided((span,), (1,)))
+    return out
 
 
 def _padded_rows(shape: Sequence[int], strides: Sequence[int]) -> bool:

@@ -77,7 +77,7 @@ from ..ir.dtypes import shape_of, to_torch_dtype
 from ..passes.fusion_groups import VIRTUAL_OPS
 from .library_attention import SDPA, NoSdpaPath, sdpa_path
 from .library_plan import LIBRARY_DTYPES, Plan
-from .program import empty_output, output_strides, stream_getter
+from .program import empty_output, empty_padded, output_strides, stream_getter
 from .selection import SELECT_ENV, outside_dispatch_modes, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -461,11 +461,9 @@ def _meta_bytes(meta: torch.Tensor) -> int:
 def random_like(meta: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A tensor with `meta`'s shape, strides and dtype on `device`: normal values for floats, zeros
     for integers (in range of any index), random booleans."""
-    # storage to the end of the last row's padding, as the program allocates padded rows
-    # (`program.empty_padded`): a kernel reads such rows to their rounded end (`launcher.row_tails_fit`)
-    span = max(_meta_bytes(meta), meta.shape[0] * meta.stride(0) * meta.element_size() if meta.dim() else 0)
-    storage = torch.empty(-(-span // meta.element_size()), dtype=meta.dtype, device=device)
-    out = storage.as_strided(meta.shape, meta.stride())
+    # storage to the end of the last row's padding, as the program allocates padded rows: a kernel reads
+    # such rows to their rounded end (`launcher.row_tails_fit`)
+    out = empty_padded(meta.shape, meta.stride(), meta.dtype, device)
     if meta.dtype.is_floating_point:
         out.normal_()
     elif meta.dtype == torch.bool:

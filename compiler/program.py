@@ -25,7 +25,7 @@ import torch
 from xdsl.ir import Operation, SSAValue
 
 from ..backends.triton.emit import padded_row, row_tail
-from ..backends.triton.launcher import row_tails_fit
+from ..backends.triton.launcher import row_tails_fit, tail_reach
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import run_op
@@ -171,9 +171,11 @@ def empty_padded(
     shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """An uninitialized tensor of `shape` and row-major `strides` with padded rows (`output_strides`)
-    whose storage includes the last row's padding, which a kernel's stores run into (a plain
-    `empty_strided` ends the storage at the last element)."""
-    storage = torch.empty(shape[0] * strides[0], dtype=dtype, device=device)
+    whose storage includes the last row's padding, which a kernel's stores run into and a kernel's
+    loads may read (a plain `empty_strided` ends the storage at the last element). Other strides get
+    at least the span they cover."""
+    span = 0 if 0 in shape else 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+    storage = torch.empty(max(span, shape[0] * strides[0] if shape else 0), dtype=dtype, device=device)
     return storage.as_strided(tuple(shape), tuple(strides))
 
 
@@ -262,10 +264,8 @@ def _write_guard(w: _Writer, arg_names: list[str], example_args: Sequence[torch.
         # padded rows a kernel may read to their tail (the launch decides once, on this call's inputs):
         # a later input of these strides must hold the last row's tail too
         if t.dim() >= 2 and row_tail(t.shape[-1]) > t.shape[-1] and row_tails_fit([t]):
-            last = sum((size - 1) * stride for size, stride in zip(t.shape[:-1], t.stride()[:-1]))
-            span = (last + row_tail(t.shape[-1])) * t.element_size()
-            size = t.element_size()
-            checks.append(f"{n}.storage_offset() * {size} + {span} > {n}.untyped_storage().nbytes()")
+            reach, size = tail_reach(t.shape, t.stride()), t.element_size()
+            checks.append(f"({n}.storage_offset() + {reach}) * {size} > {n}.untyped_storage().nbytes()")
     if checks:
         w.emit(f"if {' or '.join(checks)}:")
         w.emit("    return None")

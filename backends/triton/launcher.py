@@ -345,17 +345,21 @@ def launch_flags(
     return flags
 
 
+def tail_reach(shape: Sequence[int], strides: Sequence[int]) -> int | None:
+    """Elements from a tensor's first to the end of its last row's `row_tail`, where its layout lets a
+    kernel read its rows that far (unit last stride, rows at least that far apart); else None."""
+    if len(shape) < 2 or 0 in shape or strides[-1] != 1 or strides[-2] < row_tail(shape[-1]):
+        return None
+    return sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1])) + row_tail(shape[-1])
+
+
 def row_tails_fit(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether every one of `tensors` (a kernel's ROW_TAIL_TENSORS) can be read to its rows' `row_tail`
-    within its storage: unit last stride, rows at least that far apart, and storage past the last
-    row's rounded end (`compiler.program.empty_padded` allocates padded outputs so)."""
+    within its storage: a layout that reaches the tail (`tail_reach`), and storage past the last row's
+    rounded end (`compiler.program.empty_padded` allocates padded outputs so)."""
     for t in tensors:
-        if t.dim() < 2 or t.stride(-1) != 1 or t.stride(-2) < row_tail(t.shape[-1]):
-            return False
-        if 0 in t.shape:
-            return False
-        last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape[:-1], t.stride()[:-1]))
-        if (last + row_tail(t.shape[-1])) * t.element_size() > t.untyped_storage().nbytes():
+        reach = tail_reach(t.shape, t.stride())
+        if reach is None or (t.storage_offset() + reach) * t.element_size() > t.untyped_storage().nbytes():
             return False
     return True
 

@@ -92,16 +92,16 @@ def compile_job(
     the config or `TILEFUSE_TMA` asks, where its operands' layouts allow it (`hopper`:
     the GPU has TMA).
     """
-    from .emit import row_tail, tail_flag
-    from .launcher import launch_flags  # the parent process's side: this file also runs as a script
+    # the parent process's side: this file also runs as a script
+    from .emit import tail_flag
+    from .launcher import launch_flags, tail_reach
 
     constexprs = [(p, int(config[p])) for p in kernel.params]
     operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
     fits = hopper and all(_dense_rows_aligned(shape, dtype) for shape, dtype in operands)
     constexprs += [(name, bool(on)) for name, on in launch_flags(kernel, config, num_warps, fits).items()]
     for i in kernel.row_tail_tensors:  # as the launch decides them (`row_tails_fit`), from the strides alone
-        rows = row_tail(kernel.shapes[i][-1])
-        padded = strides is not None and strides[i][-1] == 1 and strides[i][-2] >= rows
+        padded = strides is not None and tail_reach(kernel.shapes[i], strides[i]) is not None
         constexprs.append((tail_flag(i), padded))
     return CompileJob(
         str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
