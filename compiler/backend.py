@@ -34,6 +34,7 @@ from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .input_mutations import mutated_inputs, reinplace
+from .program import Trained
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 from .specialize import ShapeSpecializations, specialize_limit, symbolic_positions
@@ -187,7 +188,7 @@ class TilefuseBackend:
             reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
-            compiled, summary = self._compile(aten, graph_name, inputs, target, extra)
+            compiled, summary = self._compile(aten, graph_name, inputs, target, extra, trained)
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
@@ -200,6 +201,8 @@ class TilefuseBackend:
         def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:
             # AOTAutograd lowers the backward lazily, at the first backward: the graph trains
             graph_report["trains"] = True
+            if trained is not None:
+                trained.trained = True  # its forward recomputes what it derives from parameters
             reinplace(bw)  # an index_put_ into fresh zeros accumulates in place, not into a copy of them
             if not compile_backward(_graph_device(bw_inputs)):
                 return _pytorch_backward(bw, bw_inputs)
@@ -211,6 +214,7 @@ class TilefuseBackend:
 
         graph_report: dict = {}  # this graph's summary, once its forward is compiled (now or later)
         trains = _needs_grad(example_inputs)
+        trained = Trained() if trains else None  # set at the first backward (program.Trained)
         try:
             compiled = aot_autograd(
                 fw_compiler=forward_compiler,
@@ -229,13 +233,13 @@ class TilefuseBackend:
 
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
-        extra_files: dict[str, str] | None = None,
+        extra_files: dict[str, str] | None = None, trained: Trained | None = None,
     ) -> tuple[Callable, dict]:  # fmt: skip
         """One aten graph (a forward or a backward) through the pipeline, dumped under `name` when
-        dumps are on; its summary joins this backend's reports."""
+        dumps are on; its summary joins this backend's reports. `trained`: see `program.Trained`."""
         root = self.options.dump or resolve_dump_dir(None)
         dump = GraphDump(root, name) if root else None
-        compiled, summary = compile_aten_graph(aten, name, inputs, dump, target, extra_files)
+        compiled, summary = compile_aten_graph(aten, name, inputs, dump, target, extra_files, trained)
         with self._lock:
             self.reports.append(summary)
         return compiled, summary

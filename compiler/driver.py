@@ -61,6 +61,7 @@ from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .grouped_queries import group_decode_queries
 from .partition import Fallback, find_fallbacks, partition_graph
+from .program import Trained
 from .runtime import CompiledKernel, KernelPlan, direct_forward, graph_device
 
 log = logging.getLogger("tilefuse")
@@ -134,6 +135,7 @@ class GraphArtifact:
     precompiled: dict | None = None  # what codegen compiled ahead of the first launch (GPU), and how long
     dump: GraphDump | None = None
     runners: dict[str, KernelPlan] = field(default_factory=dict)
+    trained: Trained | None = None  # a training graph's forward: set once its backward ran (program.Trained)
 
     def compiled_partitions(self) -> list[Partition]:
         return [p for p in self.partitions if p.function is not None]
@@ -226,7 +228,9 @@ def stage_runtime(art: GraphArtifact) -> GraphArtifact:
         output = next(n for n in p.submodule.graph.nodes if n.op == "output")
         returns_tuple = isinstance(output.args[0], (tuple, list))
         device = graph_device(p.submodule, art.aten, art.target.interpret)
-        runner = KernelPlan(p.function, p.kernels, returns_tuple, p.submodule, device, art.name, art.dump)
+        runner = KernelPlan(
+            p.function, p.kernels, returns_tuple, p.submodule, device, art.name, art.dump, art.trained
+        )
         p.executor = runner.executor
         art.runners[p.name] = runner
         setattr(art.partitioned, p.name, runner)
@@ -339,12 +343,13 @@ STAGES: list[Stage] = [
 
 def compile_aten_graph(
     aten: GraphModule, name: str, inputs: list[InputInfo], dump: GraphDump | None,
-    target: Target, extra_files: dict[str, str] | None = None,
+    target: Target, extra_files: dict[str, str] | None = None, trained: Trained | None = None,
 ) -> tuple[Callable, dict]:  # fmt: skip
     """Run the pipeline on one aten graph.
 
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
+    `trained` is given for a training graph's forward, and set once its backward ran.
     """
     capture = _capture_seconds()
     started = time.perf_counter()
@@ -353,7 +358,7 @@ def compile_aten_graph(
     folded, constant_masks = fold_causal_masks(aten)
     grouped = group_decode_queries(aten)
     convs = channels_last_convolutions(aten) if conv_layout_enabled(not target.interpret) else 0
-    art = GraphArtifact(name, aten, inputs, target=target, dump=dump)
+    art = GraphArtifact(name, aten, inputs, target=target, dump=dump, trained=trained)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
     art.cached = load_entry(key)

@@ -39,6 +39,16 @@ HEADER = '''\
 
 
 @dataclass
+class Trained:
+    """Whether the graph a program belongs to has run its backward. From then on the program
+    recomputes what it derives from parameters at every call instead of reusing it while their
+    version counters stand: a training loop changes them every step, and an update through `p.data`
+    (`p.data.add_(g, alpha=-lr)`) leaves the version counter as it was."""
+
+    trained: bool = False
+
+
+@dataclass
 class ProgramInputs:
     """What the writer needs to know about a partition, in program order."""
 
@@ -55,6 +65,7 @@ class ProgramInputs:
     # per kernel launch: ("kernel", None), ("library", fn) or ("alternative", the other backend's kernel)
     # (group_selection.GroupSelector.choose)
     choose: Callable[[object, list[torch.Tensor]], tuple[str, Callable | None]] | None = None
+    trained: Trained | None = None  # a training graph's forward: reuse derived values until it trained
 
 
 @dataclass
@@ -222,6 +233,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     if device.type == "cuda":
         w.scope["_stream"] = stream_getter(device)
     w.scope["_derived"] = {}
+    w.scope["_graph"] = spec.trained
     arg_names = [f"arg{i}" for i in range(len(spec.args))]
     for value, name, t in zip(spec.args, arg_names, example_args):
         w.names[value] = name
@@ -278,7 +290,10 @@ def _write_step(w: _Writer, op: Operation) -> None:
         # reads only parameters and constants: computed once, reused while they are unchanged
         slot = len(w.scope["_derived"])
         w.scope["_derived"][slot] = None
-        w.emit(f"key = _version_key({', '.join(w.names[a] for a in sources)})" if sources else "key = ()")
+        key = f"_version_key({', '.join(w.names[a] for a in sources)})" if sources else "()"
+        if sources and spec.trained is not None:  # see Trained
+            key += " if not _graph.trained else None"
+        w.emit(f"key = {key}")
         w.emit(f"hit = _derived[{slot}]")
         w.emit("if key is not None and hit is not None and hit[0] == key:")
         outputs = list(spec.kernels[op].lowered.outputs) if op in spec.kernels else [op.results[0]]

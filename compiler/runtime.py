@@ -37,7 +37,7 @@ from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from . import group_selection
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
-from .program import Program, ProgramInputs, write_program
+from .program import Program, ProgramInputs, Trained, write_program
 from .selection import Selection, selection_enabled
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
@@ -89,8 +89,10 @@ class KernelPlan(torch.nn.Module):
     def __init__(
         self, function: func.FuncOp, kernels: Sequence[CompiledKernel], returns_tuple: bool,
         fallback: torch.nn.Module, device: torch.device, graph: str = "graph", dump: object | None = None,
+        trained: Trained | None = None,
     ):  # fmt: skip
         super().__init__()
+        self.trained = trained  # a training graph's forward: derived values are reused until it trained
         self.function = function
         self.returns_tuple = returns_tuple
         self.fallback = fallback
@@ -173,7 +175,7 @@ class KernelPlan(torch.nn.Module):
             name=self.function.sym_name.data, graph=self.graph, args=list(block.args),
             results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
-            returns_tuple=self.returns_tuple,
+            returns_tuple=self.returns_tuple, trained=self.trained,
         )  # fmt: skip
         selector = None
         if group_selection_enabled(self.device):  # a program replayed as a CUDA graph costs no host time

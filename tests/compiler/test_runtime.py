@@ -601,6 +601,46 @@ def _step_gives_eagers_gradients(compiled, model: torch.nn.Module, ids: torch.Te
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("update", ["optimizer", "data"])
+def test_a_training_loop_matches_eager_step_for_step(update):
+    """Training steps of a weight-normalized MLP (`parametrizations.weight_norm`: its weight is
+    g * v / |v|, computed from parameters alone), each followed by a parameter update, compiled and
+    eager in lockstep: the losses and the updated parameters agree at every step. "optimizer":
+    torch.optim.SGD (in-place updates, which move the version counters); "data": the hand-written
+    `p.data.add_(p.grad, alpha=-lr)`, which leaves them as they were, so what the compiled forward
+    derives from parameters must be recomputed once the graph trains (program.Trained): reused,
+    the compiled loss stayed at the first step's."""
+    import copy
+
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(16, 24)), torch.nn.ReLU(), torch.nn.Linear(24, 8)
+    )
+    model = copy.deepcopy(eager)
+    compiled = tilefuse.compile(model)
+    optimizers = {m: torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, model)}
+    x, target = torch.randn(10, 16), torch.randn(10, 8)
+    for step in range(3):
+        losses = []
+        for module, call in ((eager, eager), (model, compiled)):
+            loss = F.mse_loss(call(x), target)
+            loss.backward()
+            if update == "optimizer":
+                optimizers[module].step()
+            else:
+                for p in module.parameters():
+                    p.data.add_(p.grad, alpha=-0.1)
+            module.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6, msg=f"step {step}")
+        for p, expected in zip(model.parameters(), eager.parameters()):
+            torch.testing.assert_close(p, expected, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+    (forward,) = [r for r in compiled.tilefuse_reports if r.get("kind", "forward") == "forward"]
+    assert any("on parameters only" in p["executor"] for p in forward["partitions"]), [
+        p["executor"] for p in forward["partitions"]
+    ]
+
+
 def test_the_min_cut_partition_saves_less_than_the_default_one(monkeypatch):
     """TILEFUSE_PARTITIONER: the min-cut partition (the default) saves fewer bytes for the backward
     than AOTAutograd's default partition, recomputing elementwise work; both give eager's gradients."""
