@@ -1,11 +1,14 @@
 """One training step (forward, loss, backward) of `transformers` models: eager, `torch.compile`, tilefuse.
 
     python -m tilefuse.benchmarks.training [--out FILE] [--models llama,gpt2] [--dtype bfloat16|float32]
-        [--tiny] [--no-torch-compile]
+        [--tiny] [--no-torch-compile] [--optimizer none|sgd|adamw]
 
 Each model is built from its config (random weights, seeded; nothing is downloaded), in train mode,
 and one step is `model(input_ids, labels=input_ids).loss.backward()` with the gradients cleared
-after it (no optimizer: the step's compute is the compiler's part). For each candidate: the
+after it; by default no optimizer (the step's compute is the compiler's part), with `--optimizer`
+the step ends with the optimizer's update as a training loop's does (PyTorch's, not compiled, in
+every candidate; the parameters then change every step, so what a compiled forward derives from
+them is computed every step). For each candidate: the
 median step time once settled (tilefuse runs a graph whose backward has run in PyTorch from then
 on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward; the row
 "tilefuse compiled backward" runs with `TILEFUSE_TRAINING=compile`: forward and backward graphs
@@ -88,9 +91,21 @@ def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype)
     return model, ids.to(device)
 
 
-def train_step(fn: Callable, model: torch.nn.Module, ids: torch.Tensor) -> None:
-    """The step that is timed: forward, backward, gradients cleared (nothing gathered to compare)."""
+OPTIMIZERS = {
+    "none": None,
+    "sgd": lambda params: torch.optim.SGD(params, lr=1e-4, momentum=0.9),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-4),
+}
+
+
+def train_step(
+    fn: Callable, model: torch.nn.Module, ids: torch.Tensor, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """The step that is timed: forward, backward, the optimizer's update if any, gradients cleared
+    (nothing gathered to compare)."""
     fn(input_ids=ids, labels=ids).loss.backward()
+    if optimizer is not None:
+        optimizer.step()
     model.zero_grad(set_to_none=True)
 
 
@@ -154,9 +169,11 @@ def _measure(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         first_s = time.perf_counter() - start
+        make_optimizer = OPTIMIZERS[args.optimizer]
+        optimizer = make_optimizer(model.parameters()) if make_optimizer else None
         for _ in range(SETTLE_STEPS if device.type == "cuda" else 0):  # nothing measures itself on a CPU
-            step(fn, model, ids)
-        ms = time_ms(lambda: train_step(fn, model, ids), device, cpu_repeats=1)
+            train_step(fn, model, ids, optimizer)
+        ms = time_ms(lambda: train_step(fn, model, ids, optimizer), device, cpu_repeats=1)
         errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
         err64 = None if ref64 is None else relative(grads, ref64[1])
         note = ""
@@ -197,6 +214,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m tilefuse.benchmarks.training", description=__doc__.split("\n")[0]
     )
     add_model_arguments(parser, DEFAULT_OUT, DEFAULT_MODELS)
+    parser.add_argument(
+        "--optimizer", choices=tuple(OPTIMIZERS), default="none",
+        help="the update that ends each timed step (default none: forward, loss and backward only)",
+    )  # fmt: skip
     return check_model_args(parser, parser.parse_args(argv))
 
 
@@ -208,7 +229,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = [
         *environment_lines(__spec__.name, device, dtype, argv),
         f"- transformers {transformers.__version__}; models from configs (seeded random weights), "
-        "train mode, dropout 0; a step is forward + loss + backward, gradients cleared, no optimizer",
+        "train mode, dropout 0; a step is forward + loss + backward"
+        + (f" + {args.optimizer} update" if args.optimizer != "none" else "")
+        + ", gradients cleared"
+        + ("" if args.optimizer != "none" else ", no optimizer"),
     ]
     out = args.out or (None if args.tiny else DEFAULT_OUT)
     candidates = [c for c in CANDIDATES if not (args.no_torch_compile and c == COMPILE)]

@@ -9,10 +9,14 @@ pytest.importorskip("transformers")
 from tilefuse.benchmarks.training import main  # noqa: E402
 
 
-def test_tiny_training_step_on_cpu_matches_eager_gradients(tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["none", "adamw"])
+def test_tiny_training_step_on_cpu_matches_eager_gradients(tmp_path, capsys, optimizer):
+    """The first step's loss and gradients (before any update) against eager's; the timed steps end
+    with `--optimizer`'s update, which the header names."""
     out = tmp_path / "training.md"
-    main(["--tiny", "--no-torch-compile", "--models", "gpt2", "--out", str(out)])
+    main(["--tiny", "--no-torch-compile", "--models", "gpt2", "--out", str(out), "--optimizer", optimizer])
     report = out.read_text()
+    assert ("+ adamw update" in report) == (optimizer == "adamw"), report.splitlines()[:8]
     assert report in capsys.readouterr().out
     rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in report.splitlines()]
     rows = {r[1]: r for r in rows if r[0] == "gpt2"}
