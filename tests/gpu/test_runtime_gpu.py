@@ -187,6 +187,42 @@ def test_inputs_updated_in_place_are_updated_once_a_call_in_place(mode):
         assert report["cudagraphs"] == "captured (2 capture(s))"
 
 
+@pytest.mark.parametrize("update", ["adamw", "data"])
+def test_an_fp32_gpt2_training_loop_matches_eager_step_for_step(update):
+    """fp32 GPT-2's forward reads K-major copies of its Conv1D weights, derived from parameters
+    (passes/operand_layout.py): each step ends with an update (AdamW, or `p.data.add_`, which
+    leaves the version counters alone) and the compiled steps, while measured and after, give
+    eager's losses on eager's parameters (program.Trained: recomputed once the graph trains)."""
+    import copy
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=512, n_embd=256, n_layer=2, n_head=8, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    eager = transformers.GPT2LMHeadModel(config).to(CUDA).train()
+    model = copy.deepcopy(eager)
+    compiled = tilefuse.compile(model)
+    optimizers = {m: torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, model)}
+    ids = torch.randint(0, 512, (2, 64), device=CUDA)
+    for step in range(12):
+        losses = []
+        for module, call in ((eager, eager), (model, compiled)):
+            loss = call(input_ids=ids, labels=ids).loss
+            loss.backward()
+            if update == "adamw":
+                optimizers[module].step()
+            else:
+                for p in module.parameters():
+                    p.data.add_(p.grad, alpha=-0.05)
+            module.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        # AdamW's first steps turn rounding differences of near-zero gradients into lr-sized steps
+        assert rel_error(losses[1], losses[0]) < (2e-3 if update == "adamw" else 1e-4), (step, losses)
+    assert losses[0] < 0.8 * float(torch.log(torch.tensor(512.0)))  # it trained: from ln(512)
+
+
 def test_fp32_gpt2_reads_its_conv1d_weights_k_major_and_matches_eager(tmp_path):
     """GPT-2's Conv1D weights are stored [K, N]; in fp32 on the GPU each is copied once, transposed, so
     the 3xTF32 GEMMs read them K-major (passes/operand_layout.py). The first call's output is the
