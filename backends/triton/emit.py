@@ -48,8 +48,9 @@ from ...ir import tile
 from ...ir.dtypes import to_torch_dtype
 from ..naming import fresh_name
 
-EMITTER_VERSION = 4  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
-# 4: in the interpreter, bf16 compares in f32 and integers become bf16 through f32
+EMITTER_VERSION = 5  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
+# 4: in the interpreter, bf16 compares in f32 and integers become bf16 through f32; 5: in the
+# interpreter, a mask over a block of pointers has the block's shape
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -546,7 +547,7 @@ class _KernelWriter:
         `to_row_stride`, the last dim's bound is the stride of the dim before it: a padded row; with
         `tail`, it is the tensor's tail bound, `_row_tail_loads`)."""
         base, shape = self.tensors[tensor]
-        terms, scalar_mask, tile_mask = [f"{base}_ptr"], [], []
+        terms, scalar_mask, tile_mask, in_bounds_blocks = [f"{base}_ptr"], [], [], []
         for d, (index, size) in enumerate(zip(indices, shape)):
             const = self.int_constants.get(index)
             if const is not None and 0 <= const < size:  # statically in bounds
@@ -555,7 +556,9 @@ class _KernelWriter:
                 continue
             expr = self._e(index)
             terms.append(f"{expr} * {base}_s{d}")
-            mask = tile_mask if isinstance(index.type, tile.BlockType) else scalar_mask
+            is_block = isinstance(index.type, tile.BlockType)
+            mask = tile_mask if is_block else scalar_mask
+            conditions = len(mask)
             if self.lower.get(index, -1) < 0:
                 mask.append(f"({expr} >= 0)")
             if to_row_stride and d == len(shape) - 1:
@@ -564,7 +567,15 @@ class _KernelWriter:
                 mask.append(f"({expr} < {self.tail_bounds[tensor]})")
             elif self.upper.get(index, size + 1) > size:  # else known in bounds: an unraveled inner index
                 mask.append(f"({expr} < {size})")
+            if is_block and len(mask) == conditions:
+                in_bounds_blocks.append(expr)
         pointer = " + ".join(terms)
+        if self.options.bool_masks and (scalar_mask or tile_mask) and in_bounds_blocks:
+            # the other conditions may all be Triton scalars (a gather at one loaded position: a
+            # block-typed IR value stands for a 0-d load), which the interpreter refuses as a mask
+            # over a block of pointers; a condition that always holds on an in-bounds block index
+            # gives the mask the block's shape
+            tile_mask.append(f"({in_bounds_blocks[0]} >= 0)")
         if scalar_mask and tile_mask:
             # Triton's interpreter broadcasts a scalar comparison as int32, which a mask refuses; where()
             # takes it

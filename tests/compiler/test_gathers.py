@@ -125,3 +125,20 @@ def test_a_gather_of_a_computed_table_gathers_its_operands():
     fn = lambda ids, w, b: F.embedding(ids, w * 2 + b)  # noqa: E731
     reports = compile_and_compare(fn, ids, w, b)
     assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
+
+
+def test_a_gather_at_one_loaded_position_runs_in_the_interpreter(capsys):
+    """T5's relative-position bias in a decode step: one bucket id (a 1 x 1 tensor) gathers one row of
+    the bias table, permuted to (1, heads, 1, 1). The kernel loads the id as a 0-d value that the IR
+    types as a block, so the load's mask conditions are all Triton scalars over a block of pointers,
+    a mask the interpreter refused (the partition then ran in PyTorch)."""
+
+    def bias(ids, table):
+        return F.embedding(ids, table).permute(2, 0, 1).unsqueeze(0) + 1.0
+
+    table = torch.randn(32, 4)
+    for ids in (torch.tensor([[3]]), torch.tensor([[31]])):
+        reports = compile_and_compare(bias, ids, table)
+        partitions = [p for r in reports for p in r["partitions"]]
+        assert partitions and not [p for p in partitions if p.get("runtime_error")], partitions
+        assert all(g["kernel"] is not None for g in fusion_groups(reports))
