@@ -2,7 +2,8 @@
 each compiles, runs its generated kernels, and matches eager. The families of
 `test_transformers_models.py` plus what users also bring: Gemma and Gemma 2 (scaled embeddings,
 soft-capping), Mistral (sliding window), Mixtral (mixture of experts: routing stays in PyTorch),
-Qwen3 (QK-norm), Phi-3 (fused qkv), GPT-NeoX and Falcon (parallel blocks), OPT, RoBERTa and
+Qwen3 (QK-norm), Qwen3-MoE and DeepSeek-V3 (experts; DeepSeek's latent attention), Gemma 3 (local
+and global layers), Phi-3 (fused qkv), GPT-NeoX and Falcon (parallel blocks), OPT, RoBERTa and
 DistilBERT (encoders), T5 (encoder-decoder, relative position bias) and ViT (patches). Found with
 this sweep: nothing broke; it stays so.
 """
@@ -42,6 +43,20 @@ ARCHITECTURES = {
     "distilbert": (
         T.DistilBertConfig, T.DistilBertModel,
         dict(dim=64, hidden_dim=128, n_layers=2, n_heads=4, vocab_size=256, max_position_embeddings=64),
+    ),
+    "qwen3_moe": (
+        T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM,
+        dict(DECODER, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+             moe_intermediate_size=32),
+    ),
+    "deepseek_v3": (  # multi-head latent attention (low-rank q and kv), one dense layer, then experts
+        T.DeepseekV3Config, T.DeepseekV3ForCausalLM,
+        dict(DECODER, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+             kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+             first_k_dense_replace=1, n_group=1, topk_group=1),
+    ),
+    "gemma3": (
+        T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(DECODER, num_key_value_heads=2, head_dim=16, sliding_window=8)
     ),
     "t5": (T.T5Config, T.T5Model, dict(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=256, d_kv=16)),
     "vit": (
