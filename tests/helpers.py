@@ -27,6 +27,22 @@ def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, 
     return reports
 
 
+def train_update(
+    module: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None, lr: float
+) -> torch.Tensor:
+    """One training update of `module` after `loss`: backward, then `optimizer`'s step, or without
+    one the hand-written `p.data.add_(p.grad, alpha=-lr)` (which leaves the version counters as they
+    were); gradients cleared. Returns the loss, detached."""
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+    else:
+        for p in module.parameters():
+            p.data.add_(p.grad, alpha=-lr)
+    module.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def compiled_aten_ops(reports) -> set[str]:
     """aten op names (without overload) that ran inside compiled partitions."""
     return {op.rsplit(".", 1)[0] for r in reports for p in r["partitions"] for op in p["aten_ops"]}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
+from helpers import train_update
 from tilefuse.backends.triton.launcher import BoundLaunch
 from tilefuse.compiler.codegen import Target
 from tilefuse.compiler.driver import compile_aten_graph
@@ -623,15 +624,8 @@ def test_a_training_loop_matches_eager_step_for_step(update):
     for step in range(3):
         losses = []
         for module, call in ((eager, eager), (model, compiled)):
-            loss = F.mse_loss(call(x), target)
-            loss.backward()
-            if update == "optimizer":
-                optimizers[module].step()
-            else:
-                for p in module.parameters():
-                    p.data.add_(p.grad, alpha=-0.1)
-            module.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            optimizer = optimizers[module] if update == "optimizer" else None
+            losses.append(train_update(module, F.mse_loss(call(x), target), optimizer, lr=0.1))
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6, msg=f"step {step}")
         for p, expected in zip(model.parameters(), eager.parameters()):
             torch.testing.assert_close(p, expected, rtol=1e-5, atol=1e-6, msg=f"step {step}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tilefuse
+from helpers import train_update
 from tilefuse.backends.triton.launcher import BoundLaunch
 
 pytestmark = pytest.mark.gpu
@@ -209,15 +210,8 @@ def test_an_fp32_gpt2_training_loop_matches_eager_step_for_step(update):
     for step in range(12):
         losses = []
         for module, call in ((eager, eager), (model, compiled)):
-            loss = call(input_ids=ids, labels=ids).loss
-            loss.backward()
-            if update == "adamw":
-                optimizers[module].step()
-            else:
-                for p in module.parameters():
-                    p.data.add_(p.grad, alpha=-0.05)
-            module.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            optimizer = optimizers[module] if update == "adamw" else None
+            losses.append(train_update(module, call(input_ids=ids, labels=ids).loss, optimizer, lr=0.05))
         # AdamW's first steps turn rounding differences of near-zero gradients into lr-sized steps
         assert rel_error(losses[1], losses[0]) < (2e-3 if update == "adamw" else 1e-4), (step, losses)
     assert losses[0] < 0.8 * float(torch.log(torch.tensor(512.0)))  # it trained: from ln(512)
