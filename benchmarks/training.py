@@ -1,7 +1,7 @@
 """One training step (forward, loss, backward) of `transformers` models: eager, `torch.compile`, tilefuse.
 
     python -m tilefuse.benchmarks.training [--out FILE] [--models llama,gpt2] [--dtype bfloat16|float32]
-        [--tiny] [--no-torch-compile] [--optimizer none|sgd|adamw]
+        [--tiny] [--no-torch-compile] [--optimizer none|sgd|adamw] [--autocast]
 
 Each model is built from its config (random weights, seeded; nothing is downloaded), in train mode,
 and one step is `model(input_ids, labels=input_ids).loss.backward()` with the gradients cleared
@@ -17,6 +17,8 @@ step's time (compiles included), the loss and gradient errors relative to eager'
 weights and batch, and every candidate's gradient error against the same step run in float64 (eager
 has one too: a compiled step may be closer to float64 than eager is). A failing candidate is a
 table cell; the file is rewritten after each model.
+`--autocast` keeps the weights in float32 and runs each forward under `torch.autocast` with bfloat16
+(the mixed-precision loop most training scripts use; backward outside it, as PyTorch recommends).
 `--tiny` builds tiny configs (hidden 64, 1 layer, 2 x 16 tokens) so the harness runs on a CPU.
 """
 
@@ -109,6 +111,18 @@ def train_step(
     model.zero_grad(set_to_none=True)
 
 
+def autocast_forward(fn: Callable, device: torch.device, enabled: bool) -> Callable:
+    """`fn`, run under `torch.autocast` with bfloat16 when `enabled` (the backward runs outside it)."""
+    if not enabled:
+        return fn
+
+    def forward(**kwargs: object) -> object:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return fn(**kwargs)
+
+    return forward
+
+
 def step(fn: Callable, model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step; returns the loss and the flattened gradients (then cleared)."""
     loss = fn(input_ids=ids, labels=ids).loss
@@ -163,7 +177,8 @@ def _measure(
         model, ids = build(spec, args.tiny, device, dtype)
         torch._dynamo.reset()  # each candidate compiles its own graphs (the training setting is read then)
         compile_fn = {EAGER: lambda m: m, COMPILE: torch.compile}.get(candidate, tilefuse.compile)
-        fn = compile_fn(model)
+        compiled = compile_fn(model)
+        fn = autocast_forward(compiled, device, args.autocast)
         start = time.perf_counter()
         loss, grads = step(fn, model, ids)
         if device.type == "cuda":
@@ -178,7 +193,7 @@ def _measure(
         err64 = None if ref64 is None else relative(grads, ref64[1])
         note = ""
         if candidate in (SUBJECT, COMPILED_BACKWARD):
-            reports = fn.tilefuse_reports
+            reports = compiled.tilefuse_reports
             note = "; ".join(sorted({r["training"] for r in reports if "training" in r})) or (
                 f"{len(reports)} graph(s); the compiled forward runs every step"
             )
@@ -218,7 +233,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--optimizer", choices=tuple(OPTIMIZERS), default="none",
         help="the update that ends each timed step (default none: forward, loss and backward only)",
     )  # fmt: skip
-    return check_model_args(parser, parser.parse_args(argv))
+    parser.add_argument(
+        "--autocast", action="store_true",
+        help="float32 weights, each forward under torch.autocast(bfloat16) (mixed-precision training)",
+    )  # fmt: skip
+    args = check_model_args(parser, parser.parse_args(argv))
+    if args.autocast and args.dtype not in (None, "float32"):
+        parser.error("--autocast keeps the weights in float32: leave --dtype out or make it float32")
+    if args.autocast:
+        args.dtype = "float32"
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -232,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train mode, dropout 0; a step is forward + loss + backward"
         + (f" + {args.optimizer} update" if args.optimizer != "none" else "")
         + ", gradients cleared"
-        + ("" if args.optimizer != "none" else ", no optimizer"),
+        + ("" if args.optimizer != "none" else ", no optimizer")
+        + ("; forward under torch.autocast(bfloat16), float32 weights" if args.autocast else ""),
     ]
     out = args.out or (None if args.tiny else DEFAULT_OUT)
     candidates = [c for c in CANDIDATES if not (args.no_torch_compile and c == COMPILE)]

@@ -106,8 +106,11 @@ def _keep_transformers_off(fn: object) -> None:
 # breaks the graph at any logger call; GPT-2's loss (`loss_function` warns when a model's class name
 # has no loss type: `GPT2LMHeadModel`, `BertForMaskedLM`...) split its training forward in two, with
 # the logits a graph output between them. These calls are told to Dynamo as no-ops while tracing
-# (they still log in eager code); ordinary logger calls keep their graph breaks.
-ONCE_LOGGING = ("warning_once", "info_once")
+# (they still log in eager code); ordinary logger calls keep their graph breaks. Only `warning_once`
+# (`info_once` is called in `generate`'s own code, never traced): torch 2.11's Dynamo sorts that set
+# when it logs a compile's metrics, and two functions in it (they do not order) made every compile
+# log a TypeError traceback, tilefuse's and any torch.compile's in the process.
+ONCE_LOGGING = ("warning_once",)
 
 
 def _once_logging_methods() -> tuple[set, list]:

@@ -225,6 +225,8 @@ class TilefuseBackend:
                 keep_inference_input_mutations=True,
             )(attention_for_training(gm) if trains else gm, example_inputs)
         except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
+            if _dynamo_signal(e):
+                raise  # Dynamo's own: it traces the frame again (a float specialized, say) and calls us again
             return self._traced_nothing(gm, graph_name, e), graph_report
         device = _graph_device(example_inputs)
         if self.options.mode == "reduce-overhead" or not selection_enabled(device):
@@ -299,6 +301,16 @@ class TilefuseBackend:
         with self._lock:
             self.reports.append(summary)
         return summary
+
+
+def _dynamo_signal(error: Exception) -> bool:
+    """Whether `error` is Dynamo's control flow, not a failure: a restart of the frame's analysis (AOTAutograd
+    raises TensorifyScalarRestartAnalysis where a float it was given symbolic must be specialized: a second
+    model of a class whose dropout probability differs) or a skip. Caught, the graph ran in PyTorch with no
+    kernel and Dynamo never traced it again."""
+    from torch._dynamo import exc
+
+    return isinstance(error, (exc.RestartAnalysis, exc.SkipFrame))
 
 
 def _graph_device(example_inputs: list) -> torch.device:

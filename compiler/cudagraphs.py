@@ -42,6 +42,7 @@ chosen so the user's model behaves as in eager:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -201,6 +202,7 @@ class CudaGraphReplay:
         reason = _unsafe(args)
         if reason is not None:
             return self._refuse(reason, args)
+        started = time.perf_counter()
         try:
             captured = [  # copies keep the inputs' layouts: a program reads padded rows to their tail
                 a if in_place and not private else copy_out(a)
@@ -229,6 +231,9 @@ class CudaGraphReplay:
             return self._refuse(f"capture failed: {type(e).__name__}: {e}", args)
         self.captures += 1
         self.report["cudagraphs"] = f"captured ({self.captures} capture(s))"
+        # what the captures cost the calls that made them (a settling run, the capture, instantiation)
+        spent = self.report.get("capture_seconds", 0.0) + time.perf_counter() - started
+        self.report["capture_seconds"] = round(spent, 4)
         reasons = self.report.setdefault("captured_because", [])
         reasons.append(why)
         if len(reasons) > MAX_REASONS:  # the first capture's reason and the latest ones

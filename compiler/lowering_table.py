@@ -62,6 +62,10 @@ def _tensor_reason(val: object, what: str) -> str | None:
         return None
     if val.dtype not in SUPPORTED_TORCH_DTYPES:
         return f"{what} has dtype {val.dtype}, which ein does not support"
+    if val.dtype == torch.float64:
+        # the kernels accumulate and compute math in at most f32 (a float64 GEMM came out as garbage, a
+        # softmax at f32 accuracy): PyTorch keeps float64's precision
+        return f"{what} is float64; tilefuse's kernels compute in at most float32, so PyTorch runs it"
     if any(not isinstance(d, int) for d in val.shape):
         return f"{what} has a dynamic shape {tuple(val.shape)}; tilefuse compiles static shapes"
     return None

@@ -413,6 +413,15 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
 )
 
 
+def collapse_views(fn: func.FuncOp) -> None:
+    """`CollapseViews` alone over `fn`, for a later pass that leaves a view of a view: split-reduction
+    reshapes a reduction's new result back to the old one's shape, in front of the reshape that read the
+    old one (`std(x, 0).sum()`, SigLIP's `logit_scale` gradient); a kernel that reads a group member
+    through two views took it for a tensor nobody wrote, and its partition failed at its first call."""
+    applier = GreedyRewritePatternApplier([CollapseViews()])
+    PatternRewriteWalker(applier, walk_regions_first=False).rewrite_region(fn.body)
+
+
 @dataclass(frozen=True)
 class Canonicalize(ModulePass):
     """Apply the canonical `ein` rewrites until nothing changes."""

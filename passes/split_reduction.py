@@ -516,6 +516,9 @@ def rewrite_function(fn: func.FuncOp) -> int:
         if isinstance(op, ein.ReduceOp) and op.parent is not None:
             count += _split_logsumexp(op) or _split_plain(op) or _split_columns(op)
     if count:
+        from .canonicalize import collapse_views  # canonicalize imports this module's neighbours
+
+        collapse_views(fn)  # a split's result reshaped back in front of the reshape that read it: one view
         erase_dead(fn)
     return count
 

@@ -29,3 +29,19 @@ def test_tiny_training_step_on_cpu_matches_eager_gradients(tmp_path, capsys, opt
         assert float(row[7]) <= 2 * float(rows["eager"][7]) + 1e-6, (row, rows["eager"])
     assert "backward graph(s) compiled" in rows["tilefuse compiled backward"][8]
     assert "backward graph(s) compiled" not in rows["tilefuse"][8]
+
+
+def test_tiny_autocast_training_step_on_cpu(tmp_path, capsys):
+    """`--autocast`: float32 weights, the forward under `torch.autocast(bfloat16)` (on the CPU here):
+    the compiled steps' gradients are as close to float64's as eager's own mixed-precision step."""
+    out = tmp_path / "training.md"
+    main(["--tiny", "--no-torch-compile", "--models", "gpt2", "--out", str(out), "--autocast"])
+    report = out.read_text()
+    assert "torch.autocast(bfloat16), float32 weights" in report, report.splitlines()[:8]
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in report.splitlines()]
+    rows = {r[1]: r for r in rows if r[0] == "gpt2"}
+    for name in ("tilefuse", "tilefuse compiled backward"):
+        row = rows[name]
+        assert "FAILED" not in row[8] and float(row[2]) > 0, row
+        assert float(row[5]) < 1e-2 and float(row[6]) < 5e-2, row  # bf16 rounding, not a wrong gradient
+        assert float(row[7]) <= 2 * float(rows["eager"][7]) + 1e-3, (row, rows["eager"])

@@ -93,6 +93,24 @@ def test_complex_dtype_falls_back():
     assert [p["aten_ops"] for p in report["partitions"]] == [["aten.add.Tensor"]]
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x @ x.t(),
+        lambda x: torch.softmax(x, -1),
+        lambda x: torch.relu(x) * 2 + x.sum(1, keepdim=True),
+    ],
+    ids=["matmul", "softmax", "pointwise_and_sum"],
+)
+def test_float64_runs_in_pytorch_at_float64_precision(fn):
+    """The kernels compute in at most f32 (a float64 GEMM came out as garbage under the interpreter, a
+    softmax at f32 accuracy): float64 work runs in PyTorch, exactly as eager, and the report says why."""
+    x = torch.randn(17, 37, dtype=torch.float64)
+    (report,) = compile_and_compare(fn, x, rtol=0, atol=0, allow_fallbacks=True)
+    assert report["fallbacks"] and all("float64" in f["reason"] for f in report["fallbacks"])
+    assert not report["partitions"]
+
+
 @torch.library.custom_op("tilefuse_test::scale_by_counts", mutates_args=())
 def _scale_by_counts(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return x * 2
@@ -136,3 +154,39 @@ def test_a_graph_aot_autograd_cannot_trace_is_reported_and_the_step_matches_eage
     untraced = [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "not traced"]
     assert untraced and "could not trace" in untraced[0]["reason"]
     assert any("could not trace" in m for m in caplog.messages)
+
+
+class _Dropped(torch.nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(self.lin(x), p=self.p, training=self.training) * 2.0
+
+
+def test_dynamos_restart_signal_is_not_taken_for_a_failure(monkeypatch):
+    """A second model of a class whose dropout probability differs: Dynamo recompiles with the float
+    symbolic, and AOTAutograd raises TensorifyScalarRestartAnalysis, Dynamo's signal to trace again
+    with it specialized. Caught as "could not trace", the graph ran in PyTorch with no kernel (Electra,
+    XLM-R, DeBERTa-v2 training after an eval model of the same class); it goes back to Dynamo, and the
+    second model compiles its forward and backward like the first."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch._dynamo.reset()
+    x = torch.randn(4, 16)
+    for p in (0.1, 0.0):
+        torch.manual_seed(0)
+        model = _Dropped(p).train()
+        compiled = tilefuse.compile(model)
+        torch.manual_seed(1)
+        compiled(x).sum().backward()
+        reports = compiled.tilefuse_reports
+        assert not [f for r in reports for f in r["fallbacks"] if f["op"] == "not traced"], reports
+        assert {r.get("kind", "forward") for r in reports if r["partitions"]} == {"forward", "backward"}
+        if p == 0.0:  # deterministic: the gradients against eager's
+            grads = [q.grad.clone() for q in model.parameters()]
+            model.zero_grad()
+            model(x).sum().backward()
+            for got, want in zip(grads, (q.grad for q in model.parameters())):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -110,10 +110,10 @@ def test_binary_broadcasting(name, shapes):
         lambda x: x.half() * 2,
         lambda x: (x * 10).to(torch.int32) + 1,
         lambda x: (x > 0).float() + x,
-        lambda x: x.to(torch.int64).to(torch.float64) * 0.5,
+        lambda x: x.to(torch.int64).to(torch.float32) * 0.5,  # float64 runs in PyTorch (test_fallback)
         lambda x: x.to(torch.bool).to(torch.int32) * 3,
     ],
-    ids=["bf16", "half", "int32", "bool_to_float", "int64_f64", "bool_int"],
+    ids=["bf16", "half", "int32", "bool_to_float", "int64_f32", "bool_int"],
 )
 def test_dtype_casts(fn):
     compile_and_compare(fn, torch.randn(4, 9))

@@ -314,3 +314,47 @@ def test_cross_entropy_mean_with_ignored_labels_runs_in_kernels():
     reports = compile_and_compare(lambda x, t: F.cross_entropy(x, t), x, t, rtol=1e-5, atol=1e-5)
     glue = [g["op"] for r in reports for p in r["partitions"] for g in p["glue_ops"]]
     assert "ein.reduce" not in glue, glue
+
+
+@pytest.mark.parametrize("shape", [(17, 37), (5, 3, 129)], ids=str)
+def test_std_over_leading_dim_then_full_sum_runs_as_kernels(shape):
+    """`std(x, 0).sum()`: the split of the full sum reshaped the std back to 2-d behind the reshape to
+    1-d, and the std's row kernel read its own sqrt's input through the two views as a tensor nobody
+    wrote (KeyError at the first call, the partition left to PyTorch): one reshape now, kernels run."""
+    x = torch.randn(*shape)
+    compiled = tilefuse.compile(lambda x: torch.std(x, dim=0).sum())
+    torch.testing.assert_close(compiled(x), torch.std(x, dim=0).sum(), rtol=1e-5, atol=1e-5)
+    (report,) = compiled.tilefuse_reports
+    assert report["partitions"] and not report["fallbacks"]
+    assert all(p.get("runtime_error") is None for p in report["partitions"])
+
+
+class _ScaledLogits(torch.nn.Module):
+    """SigLIP's logits: a similarity scaled by `exp` of a one-element parameter (`logit_scale`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+        self.scale = torch.nn.Parameter(torch.randn(1))
+
+    def forward(self, x, y):
+        return (self.lin(y) @ self.lin(x).t()) * self.scale.exp()
+
+
+def test_a_one_element_parameters_gradient_runs_as_kernels(monkeypatch):
+    """The scale's gradient is a full sum reshaped to [1]: its split left reshape(reshape(total)), and
+    the backward's partition failed at its first call (SigLIP training); the gradients as eager's."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch.manual_seed(0)
+    model = _ScaledLogits()
+    x, y, w = torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 2)
+    (model(x, y) * w).sum().backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = tilefuse.compile(model)
+    (compiled(x, y) * w).sum().backward()
+    for got, ref in zip((p.grad for p in model.parameters()), want):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    partitions = [p for r in compiled.tilefuse_reports for p in r["partitions"]]
+    assert any(r.get("kind") == "backward" and r["partitions"] for r in compiled.tilefuse_reports)
+    assert all(p.get("runtime_error") is None for p in partitions), partitions
