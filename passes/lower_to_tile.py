@@ -101,8 +101,8 @@ def merged_rows(value: SSAValue) -> bool:
         return False
     before, after = tuple(shape_of(source.type)), tuple(shape_of(value.type))
     lead = len(before) - len(after) + 1
-    if lead < 2 or before[lead:] != after[1:] or math.prod(before[:lead]) != after[0]:
-        return False
+    if not after or lead < 2 or before[lead:] != after[1:] or math.prod(before[:lead]) != after[0]:
+        return False  # (a reshape to 0-d, a full reduction's total read by a pointwise map, merges nothing)
     return read_by_contraction(value)
 
 
