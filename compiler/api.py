@@ -106,15 +106,47 @@ def _keep_transformers_off(fn: object) -> None:
 # breaks the graph at any logger call; GPT-2's loss (`loss_function` warns when a model's class name
 # has no loss type: `GPT2LMHeadModel`, `BertForMaskedLM`...) split its training forward in two, with
 # the logits a graph output between them. These calls are told to Dynamo as no-ops while tracing
-# (they still log in eager code); ordinary logger calls keep their graph breaks. Only `warning_once`
-# (`info_once` is called in `generate`'s own code, never traced): torch 2.11's Dynamo sorts that set
-# when it logs a compile's metrics, and two functions in it (they do not order) made every compile
-# log a TypeError traceback, tilefuse's and any torch.compile's in the process.
-ONCE_LOGGING = ("warning_once",)
+# (they still log in eager code); ordinary logger calls keep their graph breaks. torch 2.11's Dynamo
+# writes its config as JSON when it logs a compile's metrics, that set included (sorted first): a
+# function in it made every compile in the process log a TypeError traceback, tilefuse's and any
+# torch.compile's. The set holds `_NoOpLogging` entries instead: strings (their names) to JSON and to
+# sorting, equal to their function for the membership test Dynamo makes on a logger method's call.
+ONCE_LOGGING = ("warning_once", "info_once")
+
+
+class _NoOpLogging(str):
+    """A logging function in Dynamo's no-op set: its qualified name as a string, hashing and comparing
+    equal to the function itself (`logger.warning_once` is looked up with `in`)."""
+
+    def __new__(cls, function: Callable) -> _NoOpLogging:
+        entry = super().__new__(cls, f"{function.__module__}.{function.__qualname__}")
+        entry.function = function
+        return entry
+
+    def __hash__(self) -> int:
+        return hash(self.function)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _NoOpLogging):
+            return other.function is self.function
+        return other is self.function
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __copy__(self) -> _NoOpLogging:  # Dynamo copies its config to log it
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _NoOpLogging:
+        return self
+
+    def __reduce__(self) -> tuple:  # pickled (a saved config) as the plain name
+        return (str, (str(self),))
 
 
 def _once_logging_methods() -> tuple[set, list]:
-    """Dynamo's set of logging functions it traces as no-ops, and transformers' once-only methods."""
+    """Dynamo's set of logging functions it traces as no-ops, and transformers' once-only methods
+    (as the set's entries, `_NoOpLogging`)."""
     import logging
 
     import torch._dynamo.config as dynamo_config
@@ -123,7 +155,8 @@ def _once_logging_methods() -> tuple[set, list]:
     if ignored is None:  # torch before the rename
         ignored = getattr(dynamo_config, "ignore_logger_methods", None)
     methods = [getattr(logging.Logger, name, None) for name in ONCE_LOGGING]
-    return (set() if ignored is None else ignored), [m for m in methods if m is not None]
+    entries = [_NoOpLogging(m) for m in methods if m is not None]
+    return (set() if ignored is None else ignored), entries
 
 
 def _trace_through_once_logging() -> None:

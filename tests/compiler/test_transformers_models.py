@@ -109,15 +109,24 @@ def test_once_logging_is_traced_through_and_a_block_can_have_dynamos_own_handlin
 
 
 def test_once_logging_leaves_dynamos_set_sortable():
-    """torch 2.11's Dynamo logs each compile's metrics with its config's sets sorted: two functions in
-    the set it traces as no-op logging (they do not order) made every compile in the process log a
-    TypeError traceback. tilefuse adds one function."""
+    """torch 2.11's Dynamo logs each compile's metrics with its config as JSON, sets sorted: functions in
+    the set it traces as no-op logging made every compile in the process log a TypeError traceback.
+    tilefuse's entries are strings to sorting, copying, JSON and pickle, and the functions to `in`."""
+    import copy
+    import json
+    import logging
+    import pickle
+
     from tilefuse.compiler.api import _once_logging_methods, _trace_through_once_logging
 
     _trace_through_once_logging()
     ignored, methods = _once_logging_methods()
     assert methods and all(m in ignored for m in methods)
-    sorted(ignored)  # what the metrics logging does; raised TypeError with two functions
+    assert logging.Logger.warning_once in ignored  # Dynamo's test on a logger method's call
+    # what torch 2.11's metrics logging does with its config copy: raised TypeError (sorting two
+    # functions), then "Object of type _lru_cache_wrapper is not JSON serializable" with one
+    json.dumps(sorted(copy.deepcopy(ignored)))
+    assert all(type(name) is str for name in pickle.loads(pickle.dumps(ignored)))
 
 
 @pytest.mark.parametrize("name, causal", [("bert", False), ("llama", True)])
