@@ -60,8 +60,13 @@ def _rewrite(node: Node) -> bool:
         return False
     (k, group), (v, value_group) = keys, values
     batch, heads, _, _ = query
-    if group != value_group or group < 2 or heads % group or _static(_sizes(k)):
+    if group != value_group or group < 2 or not isinstance(heads, int) or heads % group or _static(_sizes(k)):
         return False
+    if not all(isinstance(d, int) for d in query[1:]):
+        return False
+    # a symbolic batch (generate at a second batch size) is the reshapes' one -1: its name (a string
+    # here) in a shape crashed the graph at its first call
+    lead = batch if isinstance(batch, int) else -1
     outputs = _first_output_users(node)
     mask = args.get(MASKED_ATTENTION.get(node.target, "attn_mask"))
     mask = _grouped_mask(mask, heads, group) if isinstance(mask, Node) else None if mask is None else False
@@ -69,7 +74,7 @@ def _rewrite(node: Node) -> bool:
         return False
     graph = node.graph
     with graph.inserting_before(node):
-        grouped_shape = [batch, heads // group, group, query[3]]
+        grouped_shape = [lead, heads // group, group, query[3]]
         grouped = graph.call_function(aten.reshape.default, (node.args[0], grouped_shape))
         if isinstance(mask, tuple):
             mask = graph.call_function(aten.reshape.default, mask)
@@ -77,7 +82,7 @@ def _rewrite(node: Node) -> bool:
             aten.scaled_dot_product_attention.default, (grouped, k, v),
             {"attn_mask": mask, "scale": args.get("scale")},
         )  # fmt: skip
-        out = graph.call_function(aten.reshape.default, (attention, list(query)))
+        out = graph.call_function(aten.reshape.default, (attention, [lead, *query[1:]]))
     _give_values(node.args[0], grouped, attention, _sizes(v)[-1])
     out.meta["val"] = outputs[0].meta.get("val")
     for user in outputs:
@@ -167,7 +172,8 @@ def _give_values(query: Node, grouped: Node, attention: Node, value_dim: object)
     val = query.meta.get("val")
     if not isinstance(val, torch.Tensor) or not isinstance(value_dim, int):
         return
-    batch, kv_heads, group, dim = grouped.args[1]
+    _, kv_heads, group, dim = grouped.args[1]
+    batch = val.shape[0]  # the query's own (symbolic, where the shape says -1)
     try:
         grouped.meta["val"] = val.new_empty((batch, kv_heads, group, dim))
         attention.meta["val"] = val.new_empty((batch, kv_heads, group, value_dim))

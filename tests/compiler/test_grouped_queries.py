@@ -80,3 +80,25 @@ def test_attention_that_is_not_a_decode_step_of_symbolic_length_is_left_alone(ca
             for got, want in zip(compiled(*args), step(*args), strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert all("grouped_queries" not in r for r in compiled.tilefuse_reports)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool"])
+def test_a_symbolic_batch_is_the_reshapes_minus_one(mask_kind):
+    """Batch and length both symbolic (a second batch size in one process, or `dynamic=True`) in a graph
+    with a static island (here a product of the weight alone), so the graph goes through the pipeline:
+    the grouped query's reshape took the batch's name, a string, as a size and the graph raised at its
+    first call (greedy `generate` at batch 3 after batch 1 crashed). The reshapes say -1 for it now."""
+    inner = _decode_step(mask_kind)
+
+    def step(w, q, *rest):
+        return inner(q @ (w * 2.0), *rest)
+
+    w = torch.randn(DIM, DIM) / DIM
+    compiled = tilefuse.compile(step)
+    with torch.no_grad():
+        for batch, past in ((1, 5), (1, 9), (3, 14), (2, 15), (3, 6)):
+            args = _inputs(batch, past)
+            for got, want in zip(compiled(w, *args), step(w, *args), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    reports = compiled.tilefuse_reports
+    assert sum(bool(r.get("grouped_queries")) for r in reports) >= 2, reports  # batch 1, then symbolic

@@ -158,3 +158,31 @@ def test_training_attention_takes_the_mask_transformers_built_while_tracing_as_n
     got_loss, got = step(tilefuse.compile(model), model, ids)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_at_a_second_batch_size_keeps_the_batch_static():
+    """`generate` at batch 3 after batch 1 (dynamic cache): tilefuse marks a transformers model's batch
+    dim static, so Dynamo compiles the new batch's graphs with only the lengths symbolic, and the decode
+    graph's static islands still compile (with the batch symbolic too, nothing was static: the decode ran in
+    PyTorch, at eager's speed on the H200). Greedy tokens as eager's at both sizes."""
+    import re
+
+    from tilefuse.benchmarks.generation import build
+
+    model = build(True, torch.device("cpu"), torch.float32)
+    options = dict(do_sample=False, pad_token_id=0, disable_compile=True, max_new_tokens=4, min_new_tokens=4)
+
+    def generate(batch: int) -> torch.Tensor:
+        ids = torch.randint(1, 200, (batch, 10), generator=torch.Generator().manual_seed(batch))
+        return model.generate(ids, attention_mask=torch.ones_like(ids), **options)
+
+    expected = {batch: generate(batch) for batch in (1, 3)}
+    model.forward = tilefuse.compile(model.forward)
+    for batch in (1, 3):
+        before = len(model.forward.tilefuse_reports)
+        assert torch.equal(generate(batch), expected[batch])
+    new = model.forward.tilefuse_reports[before:]
+    assert any(r["partitions"] for r in new), new
+    reasons = [f["reason"] for r in new for f in r["fallbacks"]]
+    batch_symbolic = [r for r in reasons if re.search(r"dynamic shape \(s\d+[^,)]*, ", r)]  # 2-d or more
+    assert not batch_symbolic, reasons
