@@ -120,23 +120,18 @@ def _static_batches(compiled: object) -> object:
                     except Exception:  # a tensor subclass that keeps no such mark: left to Dynamo
                         pass
 
-    if isinstance(compiled, torch.nn.Module):  # torch.compile's OptimizedModule: its forward is Dynamo's
-        inner = compiled.forward
-
+    def marking(inner: Callable) -> Callable:
         @functools.wraps(inner)
-        def forward(*args: object, **kwargs: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
             mark(args, kwargs)
             return inner(*args, **kwargs)
 
-        compiled.forward = forward
+        return call
+
+    if isinstance(compiled, torch.nn.Module):  # torch.compile's OptimizedModule: its forward is Dynamo's
+        compiled.forward = marking(compiled.forward)
         return compiled
-
-    @functools.wraps(compiled)
-    def call(*args: object, **kwargs: object) -> object:
-        mark(args, kwargs)
-        return compiled(*args, **kwargs)
-
-    return call
+    return marking(compiled)
 
 
 def _keep_transformers_off(fn: object) -> None:

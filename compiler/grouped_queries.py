@@ -60,9 +60,9 @@ def _rewrite(node: Node) -> bool:
         return False
     (k, group), (v, value_group) = keys, values
     batch, heads, _, _ = query
-    if group != value_group or group < 2 or not isinstance(heads, int) or heads % group or _static(_sizes(k)):
-        return False
     if not all(isinstance(d, int) for d in query[1:]):
+        return False
+    if group != value_group or group < 2 or heads % group or _static(_sizes(k)):
         return False
     # a symbolic batch (generate at a second batch size) is the reshapes' one -1: its name (a string
     # here) in a shape crashed the graph at its first call
