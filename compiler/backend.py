@@ -27,7 +27,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 from torch._functorch.partitioners import default_partition, min_cut_rematerialization_partition
 from torch.fx import GraphModule
 
-from .attention_dropout import attention_for_training
+from .attention_dropout import MASKS_DROPPED, attention_for_tracing
 from .codegen import Target, resolve_backend
 from .cudagraphs import CudaGraphReplay
 from .driver import compile_aten_graph
@@ -53,6 +53,18 @@ def _needs_grad(example_inputs: list) -> bool:
     return torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs
     )
+
+
+def _report_dropped_masks(summary: dict, dropped: dict[str, int]) -> None:
+    """Say in a graph's report which attention masks went before AOTAutograd traced it
+    (`attention_dropout.attention_for_tracing`), beside those the aten graph's pass folds."""
+    causal = dropped.get("causal", 0)
+    if causal:
+        earlier = summary.get("causal_masks", "0 ").split(" ", 1)[0]
+        total = causal + (int(earlier) if earlier.isdigit() else 0)
+        summary["causal_masks"] = f"{total} attention mask(s) equal to the causal mask: is_causal=True"
+    if dropped.get("visible"):
+        summary["visible_masks"] = f"{dropped['visible']} attention mask(s) hiding no key: dropped"
 
 
 def decompositions(training: bool = False) -> dict:
@@ -189,6 +201,7 @@ class TilefuseBackend:
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
             compiled, summary = self._compile(aten, graph_name, inputs, target, extra, trained)
+            _report_dropped_masks(summary, traced.meta.get(MASKS_DROPPED, {}))
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
@@ -216,6 +229,7 @@ class TilefuseBackend:
         trains = _needs_grad(example_inputs)
         trained = Trained() if trains else None  # set at the first backward (program.Trained)
         try:
+            traced = attention_for_tracing(gm, training=trains)
             compiled = aot_autograd(
                 fw_compiler=forward_compiler,
                 bw_compiler=backward_compiler,
@@ -223,7 +237,7 @@ class TilefuseBackend:
                 partition_fn=partitioner(),
                 # an inference graph's updates of its inputs stay in it as copy_ (input_mutations.py)
                 keep_inference_input_mutations=True,
-            )(attention_for_training(gm) if trains else gm, example_inputs)
+            )(traced, example_inputs)
         except Exception as e:  # AOTAutograd could not trace it: the graph runs in PyTorch, said so
             if _dynamo_signal(e):
                 raise  # Dynamo's own: it traces the frame again (a float specialized, say) and calls us again

@@ -22,7 +22,7 @@ from xdsl.ir import SSAValue
 
 from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
 from ..ir.dtypes import shape_of, to_mlir_type
-from .conv_layout import is_storage_view
+from .conv_layout import is_nchw_view, is_storage_view
 from .lowering_table import (
     LoweringContext,
     bound_args,
@@ -103,6 +103,11 @@ def lower_as_strided(ctx: LoweringContext, node: Node) -> SSAValue:
 def _permute_check(node: Node) -> str | None:
     if is_storage_view(node):
         return "a channels-last convolution's result viewed as [N, H, W, C] runs in PyTorch (conv_layout.py)"
+    if is_nchw_view(node):
+        return (
+            "a channels-last tensor (a convolution's input, a result), viewed as eager laid it out, "
+            "runs in PyTorch (conv_layout.py)"
+        )
     return None
 
 
@@ -502,6 +507,7 @@ def _extreme_dim(kind: str):
     """`torch.max(x, dim)` / `torch.min(x, dim)`: the values' reduction; where the indices are read,
     the arg reduction (the first index of the extreme, NaN winning, as torch returns them) and the
     values gathered at those indices (a read of one element a row, not a second pass over x)."""
+
     def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAValue | None]:
         a = bound_args(node)
         x = ctx.tensor(a["self"])
@@ -621,9 +627,7 @@ class _PoolGeometry:
     @property
     def tiles(self) -> bool:
         """Windows that tile the input: stride = kernel, no padding or dilation, nothing left over."""
-        return (
-            self.stride == self.kernel and not any(self.padding) and all(d == 1 for d in self.dilation)
-        )
+        return self.stride == self.kernel and not any(self.padding) and all(d == 1 for d in self.dilation)
 
 
 def _pool_geometry(node: Node) -> _PoolGeometry | str:

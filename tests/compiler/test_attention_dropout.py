@@ -94,16 +94,18 @@ def test_causal_with_fewer_queries_than_keys_is_sdpas_top_left_mask():
 def test_a_graph_that_does_not_train_keeps_its_attention():
     from torch.fx import symbolic_trace
 
-    from tilefuse.compiler.attention_dropout import attention_for_training
+    from tilefuse.compiler.attention_dropout import attention_for_tracing
 
     def f(q):
         return F.scaled_dot_product_attention(q, q, q, None, 0.25)  # dropout_p positional
 
     gm = symbolic_trace(f)
     gm.meta["marker"] = 1
-    copy = attention_for_training(gm)
+    copy = attention_for_tracing(gm, training=True)
     assert copy is not gm and copy.meta["marker"] == 1
     assert [n.target for n in copy.graph.nodes if n.op == "call_function"] == [attention_with_dropout]
     assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [F.scaled_dot_product_attention]
     no_dropout = symbolic_trace(lambda q: F.scaled_dot_product_attention(q, q, q))
-    assert attention_for_training(no_dropout) is no_dropout
+    assert attention_for_tracing(no_dropout, training=True) is no_dropout
+    # inference keeps the dropping-out call whole: PyTorch runs it, drawing eager's masks
+    assert attention_for_tracing(gm, training=False) is gm

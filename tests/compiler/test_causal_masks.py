@@ -154,11 +154,11 @@ def _attention_arguments(gm: torch.fx.GraphModule) -> list[tuple[object, object]
     ids=["all visible", "zero bias", "bool causal", "additive causal", "finfo min causal"],
 )  # fmt: skip
 def test_a_training_graphs_constant_mask_is_folded_before_tracing(fn, want):
-    from tilefuse.compiler.attention_dropout import attention_for_training
+    from tilefuse.compiler.attention_dropout import attention_for_tracing
 
     gm = _dynamo_graph(fn, *_qkv(9))
     before = gm.code
-    copy = attention_for_training(gm)
+    copy = attention_for_tracing(gm, training=True)
     assert copy is not gm and gm.code == before  # Dynamo's own graph stays as it was
     assert _attention_arguments(copy) == [want]
     assert not any(n.target is torch.arange for n in copy.graph.nodes)  # the mask's ops went
@@ -166,10 +166,10 @@ def test_a_training_graphs_constant_mask_is_folded_before_tracing(fn, want):
 
 @pytest.mark.parametrize("fn", [_hides_one_key, _sliding_window])
 def test_a_training_graphs_other_constant_masks_are_kept(fn):
-    from tilefuse.compiler.attention_dropout import attention_for_training
+    from tilefuse.compiler.attention_dropout import attention_for_tracing
 
     gm = _dynamo_graph(fn, *_qkv(9))
-    assert attention_for_training(gm) is gm
+    assert attention_for_tracing(gm, training=True) is gm
 
 
 @pytest.mark.parametrize(
@@ -206,18 +206,18 @@ def _zeros_filled_in_place(q, k, v, padding):
     "fn", [_ones_padded_in_place, _zeros_filled_in_place], ids=["setitem", "masked_fill_"]
 )
 def test_a_constant_mask_written_in_place_is_kept(fn):
-    from tilefuse.compiler.attention_dropout import attention_for_training
+    from tilefuse.compiler.attention_dropout import attention_for_tracing
 
     q, k, v = _qkv(9)
     padding = torch.zeros(9, 2, dtype=torch.bool)
     padding[3] = True
     gm = _dynamo_graph(fn, q, k, v, padding)
-    assert attention_for_training(gm) is gm
+    assert attention_for_tracing(gm, training=True) is gm
 
 
 def test_folding_a_mask_leaves_the_graphs_in_place_ops():
     """Only the dropped mask's own ops go: an in-place op whose result nobody reads stays."""
-    from tilefuse.compiler.attention_dropout import attention_for_training
+    from tilefuse.compiler.attention_dropout import attention_for_tracing
 
     def fn(q, k, v):
         h = q * 2
@@ -226,7 +226,7 @@ def test_folding_a_mask_leaves_the_graphs_in_place_ops():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), h
 
     q, k, v = _qkv(9)
-    copy = attention_for_training(_dynamo_graph(fn, q, k, v))
+    copy = attention_for_tracing(_dynamo_graph(fn, q, k, v), training=True)
     assert _attention_arguments(copy) == [(None, True)]
     got, want = copy(q, k, v), fn(q, k, v)
     torch.testing.assert_close(got[0], want[0])
@@ -237,7 +237,7 @@ def test_folding_a_mask_leaves_the_graphs_in_place_ops():
 def test_the_rewritten_call_reads_only_the_copys_nodes():
     """A scale computed in the graph (a symbolic size's power, with dynamic shapes) is read from the
     copy's node, not Dynamo's: the copy lints and Dynamo's graph keeps its users."""
-    from tilefuse.compiler.attention_dropout import SDPA, attention_for_training
+    from tilefuse.compiler.attention_dropout import SDPA, attention_for_tracing
 
     def fn(q, k, v):
         mask = torch.ones(9, 9, dtype=torch.bool)  # hides nothing
@@ -254,7 +254,7 @@ def test_the_rewritten_call_reads_only_the_copys_nodes():
     torch.compile(fn, backend=capture, dynamic=True)(q, k, v)
     (gm,) = graphs
     before = gm.code
-    copy = attention_for_training(gm)
+    copy = attention_for_tracing(gm, training=True)
     copy.graph.lint()  # every argument is a node of the copy's graph
     assert copy is not gm and gm.code == before
     (call,) = [n for n in copy.graph.nodes if n.target is SDPA]

@@ -23,6 +23,7 @@ from tilefuse.compiler.conv_layout import (
     channels_last_convolutions,
     conv_layout_enabled,
     is_explicit_copy,
+    is_nchw_view,
     is_storage_view,
 )
 
@@ -110,6 +111,73 @@ def test_symbolic_sizes_are_left_alone():
 def test_depthwise_convolutions_are_converted():
     gm = _aten_graph(F.conv2d, torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), groups=4)
     assert channels_last_convolutions(gm) == 1
+
+
+class ConvNeXtBlocks(nn.Module):
+    """A channels-first layer norm (over [N, H, W, C], permuted back), then two ConvNeXt blocks: a
+    7x7 depthwise convolution, then layer norm and an MLP over [N, H, W, C], permuted back and added
+    to the block's input. Eager lays the norm and the sums out channels-last, and so the blocks'
+    convolutions read them."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.stem_norm = nn.LayerNorm(channels)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 7, padding=3, groups=channels) for _ in range(2)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(2))
+        self.ups = nn.ModuleList(nn.Linear(channels, 4 * channels) for _ in range(2))
+        self.downs = nn.ModuleList(nn.Linear(4 * channels, channels) for _ in range(2))
+
+    keep = False  # return what each convolution reads too
+
+    def forward(self, x):
+        x = self.stem_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        read = []
+        for conv, norm, up, down in zip(self.convs, self.norms, self.ups, self.downs, strict=True):
+            read.append(x)
+            y = down(F.gelu(up(norm(conv(x).permute(0, 2, 3, 1)))))
+            x = x + y.permute(0, 3, 1, 2)
+        return (*read, x) if self.keep else x
+
+
+def test_a_convolutions_channels_last_input_is_written_channels_last():
+    """Each block's convolution reads a channels-last tensor in eager (not contiguous, so not
+    converted whole): the norm and the first block's sum are stored NHWC by an explicit copy and
+    viewed back in PyTorch (NCHW_VIEW), with eager's strides, and the graph computes eager's value."""
+    module, x = ConvNeXtBlocks(8).eval(), torch.randn(2, 8, 9, 7)
+    names, params = zip(*module.named_parameters(), strict=True)
+    call = lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))  # noqa: E731
+    gm = make_fx(call, tracing_mode="fake")(x, *[p.detach() for p in params])
+    convs = [n for n in gm.graph.nodes if n.target is aten.convolution.default]
+    assert not any(c.args[0].meta["val"].is_contiguous() for c in convs)
+    assert channels_last_convolutions(gm) == 2
+    assert all(is_nchw_view(c.args[0]) for c in convs)
+    view = convs[1].args[0]
+    assert view.target is aten.permute.default and is_nchw_view(view) and list(view.args[1]) == [0, 3, 1, 2]
+    copy = view.args[0]
+    assert copy.target is aten.clone.default and is_explicit_copy(copy) and copy.meta["val"].is_contiguous()
+    assert view.meta["val"].is_contiguous(memory_format=torch.channels_last)
+    residual = [n for n in gm.graph.nodes if n.target is aten.add.Tensor and view in n.args]
+    assert residual  # the second block's residual reads the same view
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x, *params), module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
+    """Compiled, the tensors the convolutions read (the norm, the first block's sum) and the result
+    come back in eager's layout, channels-last, viewed from the compiled NHWC storage; the values
+    are eager's."""
+    torch.manual_seed(0)
+    module, x = ConvNeXtBlocks(8).eval(), torch.randn(2, 8, 9, 7)
+    module.keep = True
+    reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
+    reasons = [f["reason"] for r in reports for f in r["fallbacks"]]
+    assert sum("channels-last tensor" in r for r in reasons) == 3, reasons  # two inputs, the result
+    with torch.no_grad():
+        got, want = tilefuse.compile(module)(x), module(x)
+    assert [t.stride() for t in got] == [t.stride() for t in want]
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in got)
 
 
 def test_setting(monkeypatch):

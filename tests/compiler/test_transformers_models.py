@@ -138,14 +138,14 @@ def test_training_attention_takes_the_mask_transformers_built_while_tracing_as_n
     kernel (compiler/causal_masks.py, `constant_attention_masks`), and the gradients are eager's."""
     from tilefuse.benchmarks.training import build, step
     from tilefuse.benchmarks.transformers_models import MODELS as SPECS
-    from tilefuse.compiler.attention_dropout import SDPA, attention_for_training
+    from tilefuse.compiler.attention_dropout import SDPA, attention_for_tracing
 
     model, ids = build(SPECS[name], True, torch.device("cpu"), torch.float32)
     seen = []
 
     def capture(gm, example_inputs):
         seen.extend((n.kwargs.get("attn_mask"), n.kwargs.get("is_causal"))
-                    for n in attention_for_training(gm).graph.nodes if n.target is SDPA)  # fmt: skip
+                    for n in attention_for_tracing(gm, training=True).graph.nodes if n.target is SDPA)  # fmt: skip
         return gm.forward
 
     torch._dynamo.reset()
@@ -157,6 +157,40 @@ def test_training_attention_takes_the_mask_transformers_built_while_tracing_as_n
     want_loss, want = step(model, model, ids)
     got_loss, got = step(tilefuse.compile(model), model, ids)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_attention_takes_the_all_visible_mask_built_while_tracing_as_none(monkeypatch):
+    """ViT under `torch.no_grad()`: transformers builds an all-visible mask while Dynamo traces (eager
+    passes none); it goes before AOTAutograd picks SDPA's kernel (on the H200 the mask sent ViT-base
+    to the float32 math fallback: FFMA batched GEMMs where eager ran cuDNN's attention), and the
+    output is eager's."""
+    import transformers as T
+
+    from tilefuse.compiler import backend
+    from tilefuse.compiler.attention_dropout import SDPA
+
+    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                      image_size=16, patch_size=8)  # fmt: skip
+    torch.manual_seed(0)
+    model = T.ViTModel(cfg).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    real, seen = backend.attention_for_tracing, []
+
+    def spy(gm, training):
+        traced = real(gm, training)
+        before = [n.kwargs.get("attn_mask") for n in gm.graph.nodes if n.target is SDPA]
+        after = [n.kwargs.get("attn_mask") for n in traced.graph.nodes if n.target is SDPA]
+        seen.append((training, before, after))
+        return traced
+
+    monkeypatch.setattr(backend, "attention_for_tracing", spy)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = tilefuse.compile(model)(pixel_values=pixels).last_hidden_state
+        want = model(pixel_values=pixels).last_hidden_state
+    [(training, before, after)] = seen
+    assert not training and before and all(m is not None for m in before) and after == [None] * len(before)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

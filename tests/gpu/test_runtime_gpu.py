@@ -280,3 +280,60 @@ def test_an_lm_loss_over_an_odd_vocabulary_matches_eager_on_the_gpu():
     want = torch.nn.functional.cross_entropy(logits, y), torch.softmax(logits, -1)
     assert rel_error(got[0], want[0]) < 1e-2 and rel_error(got[1], want[1]) < 2e-2
     assert got[1].isfinite().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_vit_inference_keeps_sdpa_fused(dtype, monkeypatch):
+    """ViT under no_grad at 197 tokens: the all-visible mask transformers builds while tracing goes
+    before AOTAutograd, so the aten graph holds a fused SDPA op, not the float32 math fallback
+    (`_safe_softmax` between float32 batched GEMMs); eager's values."""
+    transformers = pytest.importorskip("transformers")
+    from tilefuse.compiler import backend
+
+    config = transformers.ViTConfig(hidden_size=192, num_hidden_layers=2, num_attention_heads=3,
+                                    intermediate_size=384, image_size=224, patch_size=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.ViTModel(config).to(CUDA, dtype).eval()
+    pixels = torch.randn(2, 3, 224, 224, device=CUDA, dtype=dtype)
+    real, targets = backend.compile_aten_graph, []
+
+    def spy(aten, *args, **kwargs):
+        targets.extend(str(n.target) for n in aten.graph.nodes if n.op == "call_function")
+        return real(aten, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "compile_aten_graph", spy)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        ref = model(pixel_values=pixels).last_hidden_state
+        for _ in range(3):
+            out = compiled(pixel_values=pixels).last_hidden_state
+    assert any("_scaled_dot_product_" in t for t in targets), sorted(set(targets))
+    assert not any("safe_softmax" in t for t in targets)
+    assert rel_error(out, ref) < (2e-2 if dtype == torch.bfloat16 else 1e-3)
+
+
+def test_convnext_convolutions_read_eager_layouts():
+    """ConvNeXt (bf16): every depthwise convolution reads a channels-last tensor as in eager (the
+    compiled residual sums written NHWC and viewed back: conv_layout._channels_last_input), so
+    cuDNN's NHWC kernels run them; eager's values and output strides."""
+    transformers = pytest.importorskip("transformers")
+    from torch.profiler import ProfilerActivity, profile
+
+    config = transformers.ConvNextConfig(depths=[2, 2], hidden_sizes=[32, 64], num_stages=2, image_size=64)
+    torch.manual_seed(0)
+    model = transformers.ConvNextModel(config).to(CUDA, torch.bfloat16).eval()
+    pixels = torch.randn(2, 3, 64, 64, device=CUDA, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        ref = model(pixel_values=pixels).last_hidden_state
+        for _ in range(3):
+            out = compiled(pixel_values=pixels).last_hidden_state
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            compiled(pixel_values=pixels)
+            torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert not [k for k in kernels if "conv_depthwise2d" in k], kernels  # ATen's NCHW depthwise kernel
+    assert out.stride() == ref.stride()
+    assert rel_error(out, ref) < 2e-2
