@@ -282,6 +282,18 @@ def test_an_lm_loss_over_an_odd_vocabulary_matches_eager_on_the_gpu():
     assert got[1].isfinite().all()
 
 
+def _vision_outputs(model: torch.nn.Module, pixels: torch.Tensor) -> tuple:
+    """`model` compiled, its last hidden state after three calls (the program written, then its
+    direct launches) and eager's, without gradients."""
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        ref = model(pixel_values=pixels).last_hidden_state
+        for _ in range(3):
+            out = compiled(pixel_values=pixels).last_hidden_state
+    return compiled, out, ref
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_vit_inference_keeps_sdpa_fused(dtype, monkeypatch):
     """ViT under no_grad at 197 tokens: the all-visible mask transformers builds while tracing goes
@@ -302,12 +314,7 @@ def test_vit_inference_keeps_sdpa_fused(dtype, monkeypatch):
         return real(aten, *args, **kwargs)
 
     monkeypatch.setattr(backend, "compile_aten_graph", spy)
-    torch._dynamo.reset()
-    compiled = tilefuse.compile(model)
-    with torch.no_grad():
-        ref = model(pixel_values=pixels).last_hidden_state
-        for _ in range(3):
-            out = compiled(pixel_values=pixels).last_hidden_state
+    compiled, out, ref = _vision_outputs(model, pixels)
     assert any("_scaled_dot_product_" in t for t in targets), sorted(set(targets))
     assert not any("safe_softmax" in t for t in targets)
     assert rel_error(out, ref) < (2e-2 if dtype == torch.bfloat16 else 1e-3)
@@ -324,12 +331,8 @@ def test_convnext_convolutions_read_eager_layouts():
     torch.manual_seed(0)
     model = transformers.ConvNextModel(config).to(CUDA, torch.bfloat16).eval()
     pixels = torch.randn(2, 3, 64, 64, device=CUDA, dtype=torch.bfloat16)
-    torch._dynamo.reset()
-    compiled = tilefuse.compile(model)
+    compiled, out, ref = _vision_outputs(model, pixels)
     with torch.no_grad():
-        ref = model(pixel_values=pixels).last_hidden_state
-        for _ in range(3):
-            out = compiled(pixel_values=pixels).last_hidden_state
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             compiled(pixel_values=pixels)
             torch.cuda.synchronize()
