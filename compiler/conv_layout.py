@@ -31,6 +31,9 @@ A convolution that eager PyTorch already gives a channels-last input (a tensor i
 compiled op makes it, is written NHWC by that op and viewed back in PyTorch with eager's strides
 (`_channels_last_input`), and so is a channels-last result of the graph.
 
+A float32 convolution is left as it is where cuDNN may use TF32 and the float32 matmul precision is
+"highest" (`f32_layout_exact`): NHWC, cuDNN's kernel is a TF32 one where eager's NCHW one was exact.
+
 `TILEFUSE_CONV_LAYOUT`: `auto` (the default: on a GPU), `channels_last` (everywhere: tests run it
 on CPU), `off`.
 """
@@ -79,15 +82,29 @@ def is_nchw_view(node: Node) -> bool:
     return bool(node.meta.get(NCHW_VIEW))
 
 
+def f32_layout_exact() -> bool:
+    """Whether a float32 convolution may be converted: where cuDNN may use TF32 (PyTorch's default,
+    `torch.backends.cudnn.allow_tf32`) and the float32 matmul precision is "highest", it is not,
+    because cuDNN then picks a TF32 NHWC kernel where eager's NCHW one was exact: ViT-base's float32
+    patch embedding moved its output 3.0e-04 from float64's, against eager's 9.9e-07 (H200). Forced
+    on (`channels_last`), every float32 convolution is converted."""
+    return (
+        os.environ.get(LAYOUT_ENV) == "channels_last"
+        or not torch.backends.cudnn.allow_tf32
+        or torch.get_float32_matmul_precision() != "highest"
+    )
+
+
 def channels_last_convolutions(gm: GraphModule) -> int:
     """Rewrite each eligible convolution of `gm` as the module docstring says, and give each other
     convolution whose input eager PyTorch laid out channels-last a compiled input in that layout
-    (`_channels_last_input`); returns how many convolutions were rewritten either way."""
-    count = 0
+    (`_channels_last_input`); returns how many convolutions were rewritten either way. A float32
+    convolution is converted only where that keeps eager's precision (`f32_layout_exact`)."""
+    count, f32 = 0, f32_layout_exact()
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.convolution.default:
             continue
-        if _eligible(node):
+        if _eligible(node, f32):
             _rewrite(gm, node)
             count += 1
         elif _channels_last_input(gm, node.args[0]):
@@ -101,7 +118,7 @@ def channels_last_convolutions(gm: GraphModule) -> int:
     return count
 
 
-def _eligible(node: Node) -> bool:
+def _eligible(node: Node, f32: bool) -> bool:
     x, w = node.args[0], node.args[1]
     groups = node.args[8] if len(node.args) > 8 else node.kwargs.get("groups", 1)
     vals = [getattr(a, "meta", {}).get("val") for a in (x, w)]
@@ -111,6 +128,8 @@ def _eligible(node: Node) -> bool:
     if not all(isinstance(d, int) for v in (*vals, out) for d in v.shape):
         return False  # symbolic sizes: left as they are (Inductor saw regressions with dynamic shapes)
     if vals[0].dim() not in _FORMATS or vals[0].dtype == torch.float64 or not vals[0].is_contiguous():
+        return False
+    if vals[0].dtype == torch.float32 and not f32:
         return False
     if groups > 1 and vals[1].shape[1] > 1:  # grouped; a depthwise one (one channel a group) gains
         return False

@@ -63,7 +63,7 @@ def _aten_graph(conv, x: torch.Tensor, w: torch.Tensor, **options):
     return make_fx(lambda x, w: conv(x, w, None, **options), tracing_mode="fake")(x, w)
 
 
-def test_rewrite_converts_input_and_weight_and_back():
+def test_rewrite_converts_input_and_weight_and_back(channels_last):
     """Input and weight: permute + explicit copy (NHWC, contiguous) viewed back as NCHW; the bias leaves the convolution for an add after the copy back; the result's
     first permute is marked to run in PyTorch."""
     x, w, b = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3), torch.randn(5)
@@ -108,7 +108,7 @@ def test_symbolic_sizes_are_left_alone():
     assert channels_last_convolutions(gm) == 0
 
 
-def test_depthwise_convolutions_are_converted():
+def test_depthwise_convolutions_are_converted(channels_last):
     gm = _aten_graph(F.conv2d, torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), groups=4)
     assert channels_last_convolutions(gm) == 1
 
@@ -178,6 +178,24 @@ def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
         got, want = tilefuse.compile(module)(x), module(x)
     assert [t.stride() for t in got] == [t.stride() for t in want]
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in got)
+
+
+def test_float32_convolutions_keep_eagers_precision(monkeypatch):
+    """On the GPU's default setting a float32 convolution is converted only where cuDNN cannot pick a
+    TF32 kernel eager's NCHW one was not (`f32_layout_exact`); 16-bit ones always are."""
+    monkeypatch.setenv(LAYOUT_ENV, "auto")
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    assert torch.get_float32_matmul_precision() == "highest" and torch.backends.cudnn.allow_tf32
+    assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 0
+    assert channels_last_convolutions(_aten_graph(F.conv2d, x.bfloat16(), w.bfloat16())) == 1
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 1
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 1
+    finally:
+        torch.set_float32_matmul_precision("highest")
 
 
 def test_setting(monkeypatch):
