@@ -359,6 +359,14 @@ def shared_cuda_source(kernel: tile.KernelOp, function: str, config: dict[str, i
         return emit_cuda(kernel, config, num_warps)
 
 
+def cuda_on_cpu_dir() -> Path:
+    """Where CUDA C++ kernels built for the CPU (tests) go: beside the artifact cache, or with the
+    cache off in the temp folder as `tilefuse-cuda-on-cpu`; a folder named `tilefuse` there made a
+    script run from it import that folder, not the package."""
+    root = cache_dir()
+    return root.parent / "cuda-on-cpu" if root else Path(tempfile.gettempdir()) / "tilefuse-cuda-on-cpu"
+
+
 def _load_cuda(source: str, function: str, config: object, target: Target) -> object:
     from ..backends.cuda import CudaEmitError, CudaKernel, load_cuda_kernel
 
@@ -370,8 +378,7 @@ def _load_cuda(source: str, function: str, config: object, target: Target) -> ob
     if is_cutlass_source(source):  # TMA and WGMMA have no CPU emulation
         raise CudaEmitError("a CUTLASS GEMM runs on a Hopper GPU only")
 
-    root = cache_dir()
-    workdir = (root.parent if root else Path(tempfile.gettempdir()) / "tilefuse") / "cuda-on-cpu"
+    workdir = cuda_on_cpu_dir()
     library = build_on_cpu([source], workdir)
     return CudaKernel.from_library(library, source, function, dict(config.params), config.num_warps)
 

@@ -141,3 +141,20 @@ def test_the_same_launcher_interface_drives_the_cpu_emulation(tmp_path):
     x, out, args = _softmax_args()
     launch(None, *args)
     torch.testing.assert_close(out, torch.softmax(x, -1))
+
+
+def test_cpu_builds_without_a_cache_do_not_shadow_the_package(monkeypatch, tmp_path):
+    """With the artifact cache off, kernels built for the CPU go to the temp folder, not in a folder
+    named `tilefuse` there: a script run from the temp folder imported that folder instead of the
+    package (`module 'tilefuse' has no attribute 'compile'`)."""
+    import tempfile
+
+    from tilefuse.compiler.codegen import cuda_on_cpu_dir
+
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    workdir = cuda_on_cpu_dir()
+    assert workdir.parent == tmp_path and workdir.name != "tilefuse"
+    monkeypatch.setenv("TILEFUSE_CACHE", "1")
+    monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path / "cache" / "graphs"))
+    assert cuda_on_cpu_dir() == tmp_path / "cache" / "cuda-on-cpu"
