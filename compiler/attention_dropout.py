@@ -77,6 +77,12 @@ def _erase_unread(graph: Graph, masks: list[Node]) -> None:
         stack.extend(inputs)
 
 
+def _drops_out(node: Node) -> bool:
+    """Whether a Dynamo graph's SDPA call drops out (a rate that is not a literal 0 may)."""
+    rate = sdpa_options(node).get("dropout_p", 0.0)
+    return not isinstance(rate, int | float) or rate != 0
+
+
 def attention_for_tracing(gm: GraphModule, training: bool) -> GraphModule:
     """`gm`, or a copy of it (sharing its attributes) in which attention calls whose mask is a
     constant that hides nothing have no mask, those whose mask is the causal mask take
@@ -85,9 +91,7 @@ def attention_for_tracing(gm: GraphModule, training: bool) -> GraphModule:
     `attention_with_dropout`; `gm` itself is unchanged (Dynamo's graph is also the PyTorch side of
     the graph's measured choice)."""
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is SDPA]
-    rates = [sdpa_options(n).get("dropout_p", 0.0) for n in calls] if training else []
-    # inference keeps a dropping-out call whole
-    drops = [n for n, p in zip(calls, rates, strict=False) if not isinstance(p, int | float) or p]
+    drops = [n for n in calls if _drops_out(n)] if training else []  # inference keeps them whole
     masks = constant_attention_masks(gm, SDPA) if calls else {}
     if not drops and not masks:
         return gm

@@ -55,18 +55,6 @@ def _needs_grad(example_inputs: list) -> bool:
     )
 
 
-def _report_dropped_masks(summary: dict, dropped: dict[str, int]) -> None:
-    """Say in a graph's report which attention masks went before AOTAutograd traced it
-    (`attention_dropout.attention_for_tracing`), beside those the aten graph's pass folds."""
-    causal = dropped.get("causal", 0)
-    if causal:
-        earlier = summary.get("causal_masks", "0 ").split(" ", 1)[0]
-        total = causal + (int(earlier) if earlier.isdigit() else 0)
-        summary["causal_masks"] = f"{total} attention mask(s) equal to the causal mask: is_causal=True"
-    if dropped.get("visible"):
-        summary["visible_masks"] = f"{dropped['visible']} attention mask(s) hiding no key: dropped"
-
-
 def decompositions(training: bool = False) -> dict:
     """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
     instance and group norms' (as Inductor's table has them): their statistics and affine maps
@@ -200,8 +188,8 @@ class TilefuseBackend:
             reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
-            compiled, summary = self._compile(aten, graph_name, inputs, target, extra, trained)
-            _report_dropped_masks(summary, traced.meta.get(MASKS_DROPPED, {}))
+            dropped = traced.meta.get(MASKS_DROPPED)
+            compiled, summary = self._compile(aten, graph_name, inputs, target, extra, trained, dropped)
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
@@ -250,12 +238,16 @@ class TilefuseBackend:
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
         extra_files: dict[str, str] | None = None, trained: Trained | None = None,
+        masks_dropped: dict[str, int] | None = None,
     ) -> tuple[Callable, dict]:  # fmt: skip
         """One aten graph (a forward or a backward) through the pipeline, dumped under `name` when
-        dumps are on; its summary joins this backend's reports. `trained`: see `program.Trained`."""
+        dumps are on; its summary joins this backend's reports. `trained`: see `program.Trained`;
+        `masks_dropped`: see `driver.compile_aten_graph`."""
         root = self.options.dump or resolve_dump_dir(None)
         dump = GraphDump(root, name) if root else None
-        compiled, summary = compile_aten_graph(aten, name, inputs, dump, target, extra_files, trained)
+        compiled, summary = compile_aten_graph(
+            aten, name, inputs, dump, target, extra_files, trained, masks_dropped
+        )
         with self._lock:
             self.reports.append(summary)
         return compiled, summary

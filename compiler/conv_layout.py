@@ -159,19 +159,25 @@ def _channels_last_input(gm: GraphModule, x: object) -> bool:
         return False
     if x.target in (aten.convolution.default, aten.clone.default) or is_storage_view(x) or is_nchw_view(x):
         return False  # PyTorch makes it, or it is already a layout conversion
-    to_last = [0, *range(2, rank), 1]
-    to_first = [0, rank - 1, *range(1, rank - 1)]
     users = list(x.users)
-    with gm.graph.inserting_after(x):
-        xp = _call(gm, aten.permute.default, (x, to_last), val.permute(to_last))
-    with gm.graph.inserting_after(xp):
-        xs = _call(gm, aten.clone.default, (xp,), xp.meta["val"].contiguous(),
-                   {"memory_format": torch.contiguous_format}, **{EXPLICIT_COPY: True})  # fmt: skip
-    with gm.graph.inserting_after(xs):
-        xv = _call(gm, aten.permute.default, (xs, to_first), val, **{NCHW_VIEW: True})
+    with gm.graph.inserting_before(x.next):  # right after `x`, in order
+        xv = _nhwc_copy(gm, x, **{NCHW_VIEW: True})
     for user in users:
         user.replace_input_with(x, xv)
     return True
+
+
+def _nhwc_copy(gm: GraphModule, t: Node, **view_meta) -> Node:
+    """`t` copied to NHWC by a generated kernel (an explicit copy), viewed back as NCHW-shaped
+    (channels-last strides); the view's node carries `view_meta`. Inserted where the graph's
+    insertion point is."""
+    rank = t.meta["val"].dim()
+    to_last = [0, *range(2, rank), 1]  # NCHW -> NHWC
+    to_first = [0, rank - 1, *range(1, rank - 1)]  # NHWC -> NCHW
+    tp = _call(gm, aten.permute.default, (t, to_last), t.meta["val"].permute(to_last))
+    tc = _call(gm, aten.clone.default, (tp,), tp.meta["val"].contiguous(),
+               {"memory_format": torch.contiguous_format}, **{EXPLICIT_COPY: True})  # fmt: skip
+    return _call(gm, aten.permute.default, (tc, to_first), tc.meta["val"].permute(to_first), **view_meta)
 
 
 def _call(
@@ -190,16 +196,9 @@ def _rewrite(gm: GraphModule, conv: Node) -> None:
     to_first = [0, rank - 1, *range(1, rank - 1)]  # NHWC -> NCHW
     contiguous = {"memory_format": torch.contiguous_format}
     copy = {EXPLICIT_COPY: True}
-
-    def channels_last(t: Node) -> Node:
-        """`t` copied to NHWC by a generated kernel, viewed back as NCHW-shaped (channels-last strides)."""
-        tp = _call(gm, aten.permute.default, (t, to_last), t.meta["val"].permute(to_last))
-        tc = _call(gm, aten.clone.default, (tp,), tp.meta["val"].contiguous(), contiguous, **copy)
-        return _call(gm, aten.permute.default, (tc, to_first), tc.meta["val"].permute(to_first))
-
     with gm.graph.inserting_before(conv):
         # the weight's copy reads parameters only: made once, reused while they are unchanged
-        x_last, w_last = channels_last(x), channels_last(w)
+        x_last, w_last = _nhwc_copy(gm, x), _nhwc_copy(gm, w)
     fmt = _FORMATS[rank]
     conv.args = (x_last, w_last, None, *conv.args[3:])
     eager_val = conv.meta["val"]

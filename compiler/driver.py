@@ -344,13 +344,17 @@ STAGES: list[Stage] = [
 def compile_aten_graph(
     aten: GraphModule, name: str, inputs: list[InputInfo], dump: GraphDump | None,
     target: Target, extra_files: dict[str, str] | None = None, trained: Trained | None = None,
+    masks_dropped: dict[str, int] | None = None,
 ) -> tuple[Callable, dict]:  # fmt: skip
     """Run the pipeline on one aten graph.
 
     Returns what to call instead of the graph, and the graph's summary (what
     compiled, what fell back and why), which is also its entry in the dump.
     `trained` is given for a training graph's forward, and set once its backward ran.
+    `masks_dropped`: how many attention masks went from Dynamo's graph before AOTAutograd traced
+    it ("causal", "visible": `attention_dropout.attention_for_tracing`), for the report.
     """
+    masks_dropped = masks_dropped or {}
     capture = _capture_seconds()
     started = time.perf_counter()
     # before the cache key: the key is of the graph that compiles
@@ -399,8 +403,12 @@ def compile_aten_graph(
             files.append(dump.write("error.txt", traceback.format_exc()))
     summary = {"name": dump.name if dump else name, "dir": dump.name if dump else None, "cache": cache_state}
     summary.update(_summary(art, files, error))
+    # with the masks dropped from Dynamo's graph before AOTAutograd traced it (attention_for_tracing)
+    folded += masks_dropped.get("causal", 0)
     if folded:
         summary["causal_masks"] = f"{folded} attention mask(s) equal to the causal mask: is_causal=True"
+    if masks_dropped.get("visible"):
+        summary["visible_masks"] = f"{masks_dropped['visible']} attention mask(s) hiding no key: dropped"
     if grouped:
         summary["grouped_queries"] = f"{grouped} one-query attention(s) over repeated KV heads: grouped"
     if convs:
