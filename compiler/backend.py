@@ -118,6 +118,25 @@ def _input_info(node: torch.fx.Node) -> InputInfo:
     return InputInfo(_USER_INPUT.sub("", node.name) or node.name)
 
 
+def _buffer_values(placeholders: list[torch.fx.Node]) -> dict[int, torch.Tensor]:
+    """The real values of Dynamo's placeholders that are module buffers (minGPT's `tril` mask), by
+    position: a mask computed from one may fold into the causal mask (`causal_masks`)."""
+    found = {}
+    for i, node in enumerate(placeholders):
+        grapharg = node.meta.get("grapharg")
+        text = getattr(getattr(grapharg, "source", None), "name", None)
+        text = text() if callable(text) else text
+        if not text or "._buffers[" not in text:
+            continue
+        try:
+            value = grapharg.example
+        except Exception:  # Dynamo let go of it: the mask stays a tensor
+            continue
+        if type(value) is torch.Tensor:  # a real tensor, not a fake one
+            found[i] = value
+    return found
+
+
 def _target(example_inputs: list, backend: str | None = None) -> Target:
     """Kernels run where the inputs live; TF32 only where PyTorch's matmul precision allows it."""
     on_gpu = _graph_device(example_inputs).type == "cuda"
@@ -174,22 +193,22 @@ class TilefuseBackend:
         dynamic graph specializes (`specialize.py`): AOTAutograd then traces static sizes."""
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         infos = [_input_info(n) for n in placeholders]
+        buffers = _buffer_values(placeholders)
         dynamo_code = gm.print_readable(print_output=False)
 
         def forward_compiler(aten: GraphModule, aten_inputs: list) -> Callable:
             aten_placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
-            inputs = (
-                infos
-                if len(infos) == len(aten_placeholders)
-                else [InputInfo(n.name) for n in aten_placeholders]
-            )
+            same = len(infos) == len(aten_placeholders)
+            inputs = infos if same else [InputInfo(n.name) for n in aten_placeholders]
             target = _target(aten_inputs, self.options.backend)
             extra = {"dynamo_graph.py": dynamo_code}
             reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
             dropped = traced.meta.get(MASKS_DROPPED)
-            compiled, summary = self._compile(aten, graph_name, inputs, target, extra, trained, dropped)
+            compiled, summary = self._compile(
+                aten, graph_name, inputs, target, extra, trained, dropped, buffers if same else None
+            )
             if self.options.mode == "reduce-overhead":
                 if target.interpret:
                     summary["cudagraphs"] = "refused: no CUDA device"
@@ -238,15 +257,15 @@ class TilefuseBackend:
     def _compile(
         self, aten: GraphModule, name: str, inputs: list[InputInfo], target: Target,
         extra_files: dict[str, str] | None = None, trained: Trained | None = None,
-        masks_dropped: dict[str, int] | None = None,
+        masks_dropped: dict[str, int] | None = None, buffers: dict[int, torch.Tensor] | None = None,
     ) -> tuple[Callable, dict]:  # fmt: skip
         """One aten graph (a forward or a backward) through the pipeline, dumped under `name` when
         dumps are on; its summary joins this backend's reports. `trained`: see `program.Trained`;
-        `masks_dropped`: see `driver.compile_aten_graph`."""
+        `masks_dropped`, `buffers`: see `driver.compile_aten_graph`."""
         root = self.options.dump or resolve_dump_dir(None)
         dump = GraphDump(root, name) if root else None
         compiled, summary = compile_aten_graph(
-            aten, name, inputs, dump, target, extra_files, trained, masks_dropped
+            aten, name, inputs, dump, target, extra_files, trained, masks_dropped, buffers
         )
         with self._lock:
             self.reports.append(summary)

@@ -27,8 +27,10 @@ on the mask's device in the mask's dtype; the graph is specialized to its shapes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
+from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -207,6 +209,162 @@ def _is_causal(mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[
         return False
     lower = torch.ones(rows, cols, dtype=torch.bool).tril()
     return bool((allowed.expand(*allowed.shape[:-2], rows, cols) == lower).all())
+
+
+# Masks written out in the scores (`masked_fill`, `where`) ------------------------------------------
+#
+# Attention written with matmuls (minGPT, nanoGPT without flash, KernelBench's attention modules)
+# hides the keys past each query with `scores.masked_fill(mask, -inf)`, the mask a registered
+# `tril(ones)` buffer sliced to the sequence (`self.bias[:, :, :t, :t] == 0`) or built from ones
+# every call (`torch.ones(t, t).triu(1)`). Loaded as a tensor, the mask costs the attention kernel
+# a read per score and every key block (and a buffer tensor keeps SDPA out). Where the mask's value
+# is, by value, the causal mask of the square scores it fills, it is replaced by the comparison of
+# two aranges (`key > query`), which canonicalization and the attention pattern recognise as causal
+# (`passes/flash_attention.causal_select`): blocks past the diagonal are skipped, and SDPA with
+# `is_causal=True` becomes a candidate. A mask computed from a module buffer (a graph input whose
+# value is known when the graph compiles) is folded under a guard: the compiled graph runs while
+# the buffer is the same tensor, unwritten (`BufferGuard`).
+
+
+def _fill_value(node: object) -> float | None:
+    """The scalar a `where` branch fills in: a literal, `scalar_tensor(v)` or `full(shape, v)`."""
+    if isinstance(node, int | float):
+        return float(node)
+    if isinstance(node, Node) and node.op == "call_function":
+        if node.target is aten.scalar_tensor.default:
+            return float(node.args[0])
+        if node.target is aten.full.default:
+            return float(node.args[1])
+    return None
+
+
+def _masked_fills(gm: GraphModule) -> list[tuple[Node, Node, bool]]:
+    """Each `where(mask, -inf, x)` (`hides`: the mask says which keys are hidden) and
+    `where(mask, x, -inf)` (the mask says which are seen) of `gm`, with its mask."""
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not aten.where.self:
+            continue
+        mask, a, b = node.args[:3]
+        if not isinstance(mask, Node):
+            continue
+        if _fill_value(a) == float("-inf") and _fill_value(b) is None:
+            found.append((node, mask, True))
+        elif _fill_value(b) == float("-inf") and _fill_value(a) is None:
+            found.append((node, mask, False))
+    return found
+
+
+def _square_causal(mask: torch.Tensor, hides: bool, rows: int) -> bool:
+    """Whether boolean `mask`, broadcast over leading dims, is the causal mask of `rows` x `rows`
+    scores: true strictly above the diagonal (`hides`) or on and below it."""
+    if mask.dtype != torch.bool or mask.dim() < 2 or tuple(mask.shape[-2:]) != (rows, rows):
+        return False
+    lower = torch.ones(rows, rows, dtype=torch.bool).tril()
+    return bool((mask == (~lower if hides else lower)).all())
+
+
+def fold_causal_selects(
+    gm: GraphModule, known: dict[Node, torch.Tensor] | None = None
+) -> tuple[int, set[Node]]:
+    """Replace each mask of a `where` filling scores with -inf that is, by value, the causal mask by
+    `arange` comparisons; `known`: placeholders whose values the masks may be computed from (module
+    buffers, real tensors). Returns how many masks went, and the placeholders whose values they read."""
+    known = known or {}
+    position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    values: dict[Node, object] = {}
+    folded, read = 0, set()
+    for where, mask, hides in _masked_fills(gm):
+        val, mask_val = where.meta.get("val"), mask.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not isinstance(mask_val, torch.Tensor) or val.dim() < 2:
+            continue
+        rows = val.shape[-1]
+        if not isinstance(rows, int) or val.shape[-2] != rows or mask_val.dim() > val.dim():
+            continue
+        inputs = _placeholders(mask)
+        if not inputs <= known.keys():
+            continue
+        try:
+            with unset_fake_temporarily():
+                for p in inputs:
+                    values.setdefault(p, known[p].detach().cpu())
+                value = _constant_value(mask, values, position)
+                causal = value is not None and _square_causal(_compact(value), hides, rows)
+        except Exception as e:  # a mask we cannot evaluate is left as it is
+            log.debug("tilefuse: mask %s of %s not evaluated: %s", mask.name, where.name, e)
+            causal = False
+        if not causal:
+            continue
+        where.replace_input_with(mask, _positions_compared(gm, where, mask_val.device, rows, hides))
+        folded += 1
+        read |= inputs
+    if folded:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    return folded, read
+
+
+def _placeholders(node: Node) -> set[Node]:
+    """The graph inputs among `node` and its ancestors."""
+    found, stack, seen = set(), [node], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "placeholder":
+            found.add(current)
+        stack.extend(current.all_input_nodes)
+    return found
+
+
+def _positions_compared(gm: GraphModule, before: Node, device: torch.device, rows: int, hides: bool) -> Node:
+    """`arange(rows)[None, :] > arange(rows)[:, None]` (key after query: hidden), or `<=` (seen),
+    inserted before `before`, with fake values."""
+    fake_mode = getattr(before.meta["val"], "fake_mode", None)
+    graph = gm.graph
+
+    def call(target, args, kwargs=None):
+        node = graph.call_function(target, args, kwargs or {})
+        vals = [a.meta["val"] if isinstance(a, Node) else a for a in args]
+        with fake_mode if fake_mode is not None else contextlib.nullcontext():
+            node.meta["val"] = target(*vals, **(kwargs or {}))
+        return node
+
+    with graph.inserting_before(before):
+        positions = call(aten.arange.start_step, (0, rows), {"dtype": torch.int64, "device": device})
+        keys = call(aten.unsqueeze.default, (positions, 0))
+        queries = call(aten.unsqueeze.default, (positions, 1))
+        return call(aten.gt.Tensor if hides else aten.le.Tensor, (keys, queries))
+
+
+class BufferGuard:
+    """A compiled graph that folded masks computed from module buffers (`fold_causal_selects`), run
+    while each of those inputs is the tensor it was, unwritten (its storage and version counter);
+    from the first call where one differs, `pytorch` (the graph before the fold) runs instead, said
+    once in a warning and in `summary`."""
+
+    def __init__(
+        self, compiled: Callable, pytorch: Callable, checks: list[tuple[int, torch.Tensor]], summary: dict
+    ):
+        self.compiled, self.pytorch, self.summary = compiled, pytorch, summary
+        self.checks = [(i, t.data_ptr(), t._version) for i, t in checks]
+
+    def __call__(self, *args):
+        for i, pointer, version in self.checks:
+            tensor = args[i]
+            if tensor.data_ptr() != pointer or tensor._version != version:
+                return self._changed(i, args)
+        return self.compiled(*args)
+
+    def _changed(self, index: int, args: tuple):
+        reason = f"input {index} (a module buffer a causal mask was computed from) changed since compile"
+        log.warning("tilefuse: graph %s runs in PyTorch from now on: %s", self.summary.get("name"), reason)
+        self.summary["buffer_guard"] = f"failed: {reason}; the graph runs in PyTorch"
+        self.checks = []
+        self.compiled = self.pytorch
+        return self.pytorch(*args)
 
 
 # Dynamo's graphs (before AOTAutograd) -----------------------------------------------------------

@@ -12,6 +12,7 @@ here raises into the user's model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch.fx import GraphModule
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
@@ -41,7 +43,7 @@ from .artifact_cache import (
     store_entry,
     unpack,
 )
-from .causal_masks import fold_causal_masks
+from .causal_masks import BufferGuard, fold_causal_masks, fold_causal_selects
 from .codegen import (
     Target,
     fusion_options,
@@ -344,7 +346,7 @@ STAGES: list[Stage] = [
 def compile_aten_graph(
     aten: GraphModule, name: str, inputs: list[InputInfo], dump: GraphDump | None,
     target: Target, extra_files: dict[str, str] | None = None, trained: Trained | None = None,
-    masks_dropped: dict[str, int] | None = None,
+    masks_dropped: dict[str, int] | None = None, buffers: dict[int, torch.Tensor] | None = None,
 ) -> tuple[Callable, dict]:  # fmt: skip
     """Run the pipeline on one aten graph.
 
@@ -353,6 +355,8 @@ def compile_aten_graph(
     `trained` is given for a training graph's forward, and set once its backward ran.
     `masks_dropped`: how many attention masks went from Dynamo's graph before AOTAutograd traced
     it ("causal", "visible": `attention_dropout.attention_for_tracing`), for the report.
+    `buffers`: the values of the graph's inputs (by position) that are module buffers, from which a
+    causal mask may be computed (`causal_masks.fold_causal_selects`; the result then checks them).
     """
     masks_dropped = masks_dropped or {}
     capture = _capture_seconds()
@@ -360,6 +364,11 @@ def compile_aten_graph(
     # before the cache key: the key is of the graph that compiles
     merge_duplicate_ops(aten)
     folded, constant_masks = fold_causal_masks(aten)
+    placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
+    known = {placeholders[i]: t for i, t in (buffers or {}).items() if i < len(placeholders)}
+    before_fold = GraphModule(aten, copy.deepcopy(aten.graph)) if known else None
+    selects, read = fold_causal_selects(aten, known)
+    folded += selects
     grouped = group_decode_queries(aten)
     convs = channels_last_convolutions(aten) if conv_layout_enabled(not target.interpret) else 0
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump, trained=trained)
@@ -423,6 +432,9 @@ def compile_aten_graph(
             if runner.error is not None:  # compiled, but runs in PyTorch (no CUDA device)
                 fallback = {"node": entry["name"], "op": "partition", "reason": runner.error}
                 summary["fallbacks"].append(fallback)
+    if read and error is None:  # the masks read module buffers: the result checks they stay
+        checks = [(placeholders.index(p), known[p]) for p in read]
+        result = BufferGuard(result, direct_forward(before_fold), checks, summary)
     if dump:
         dump.finish(summary)
     return result, summary

@@ -30,7 +30,7 @@ from xdsl.ir import SSAValue
 from ..ir import einsum as ein
 from ..ir.builder import strip_casts, yielded_value
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..passes.flash_attention import AttentionPattern, match_attention
+from ..passes.flash_attention import AttentionPattern, causal_select, match_attention
 from ..passes.flash_attention import _source as _peel  # reshape views peeled off
 from .library_plan import LIBRARY_DTYPES, Plan
 
@@ -64,11 +64,11 @@ def pre_softmax_scale(pattern: AttentionPattern) -> float:
         return 1.0
     scores = [v for v in pre.inputs if isinstance(_peel(v).owner, ein.ContractOp)]
     others = [v for v in pre.inputs if v not in scores]
-    if any(not isinstance(v.owner, ein.IotaOp) for v in others) or (others and not pattern.causal):
+    causal_inputs = (ein.IotaOp, ein.ConstantOp)  # the positions compared, the -inf filled in
+    if any(not isinstance(v.owner, causal_inputs) for v in others) or (others and not pattern.causal):
         raise NoSdpaPath("the scores read a mask or bias tensor")
-    value = yielded_value(pre)
-    if pattern.causal:
-        value = value.owner.lhs  # select(key <= query, x, -inf): x
+    # select(key <= query, x, -inf): x
+    value = causal_select(pre) if pattern.causal else yielded_value(pre)
     arg = pre.body.block.args[list(pre.inputs).index(scores[0])]
     value = strip_casts(value)
     if value is arg:

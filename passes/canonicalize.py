@@ -16,6 +16,10 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
   (a RoPE'd bf16 query merged into its widening made an f32 query, and an
   attention kernel 100x slower on the H200);
 - reshape∘reshape, permute∘permute, flip∘flip and identity views collapse;
+- `arange(n)` (a map `0 + i * 1` of an iota) is the iota, and a reshape of an iota that only adds
+  or drops unit dims is an iota of the new shape: `arange(t)[None, :] > arange(t)[:, None]` then
+  compares two iotas in the map that reads it, which the attention pattern recognises as the
+  causal mask (no kernel writes the positions, no key block past the diagonal is visited);
 - a flip of a scan along its dim becomes a reverse scan of the flipped input;
 - a view of a widening cast (`x.float()` reshaped, sliced) becomes the cast of the view of the
   16-bit tensor: its readers then take the cast in (a row kernel, a gather) and read 16 bits a
@@ -35,7 +39,7 @@ import string
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects import func
+from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
@@ -49,7 +53,13 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from ..ir import einsum as ein
-from ..ir.builder import inline_map_body, read_by_contraction, single_user, widened_source
+from ..ir.builder import (
+    inline_map_body,
+    read_by_contraction,
+    single_user,
+    widened_source,
+    yielded_value,
+)
 from ..ir.dtypes import shape_of, tensor_type, to_torch_dtype
 from .fusion_groups import math_functions
 
@@ -136,6 +146,51 @@ class CollapseViews(RewritePattern):
                 rewriter.replace(op, [], [inner.input])
             else:
                 rewriter.replace(op, ein.ViewOp("permute", inner.input, op.result.type, perm))
+
+
+def _identity_index(value: SSAValue, arg: SSAValue) -> bool:
+    """Whether `value` is `arg` up to `+ 0` and `* 1` on integers (arange's `start + i * step`)."""
+    while value is not arg:
+        op = value.owner
+        if not isinstance(op, arith.AddiOp | arith.MuliOp):
+            return False
+        neutral = 0 if isinstance(op, arith.AddiOp) else 1
+        constants = [v for v in (op.lhs, op.rhs) if isinstance(v.owner, arith.ConstantOp)]
+        if len(constants) != 1 or constants[0].owner.value.value.data != neutral:
+            return False
+        value = op.rhs if constants[0] is op.lhs else op.lhs
+    return True
+
+
+class FoldArangeOfIota(RewritePattern):
+    """map(iota) computing `0 + i * 1` (how `arange(n)` is imported) → the iota."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        if len(op.inputs) != 1 or not isinstance(op.inputs[0].owner, ein.IotaOp):
+            return
+        if op.inputs[0].type != op.result.type:
+            return
+        if _identity_index(yielded_value(op), op.body.block.args[0]):
+            rewriter.replace(op, [], [op.inputs[0]])
+
+
+class ReshapeIota(RewritePattern):
+    """reshape(iota) → iota of the reshaped type, where the reshape only adds or drops unit dims
+    (`arange(t)[:, None]`): the index dim keeps its size, so each element keeps its value."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        iota = op.input.owner
+        if op.kind.data != "reshape" or not isinstance(iota, ein.IotaOp):
+            return
+        src, dst = shape_of(op.input.type), shape_of(op.result.type)
+        dim = iota.dim.value.data
+        if src[dim] == 1 or [d for d in src if d != 1] != [d for d in dst if d != 1]:
+            return
+        rank = sum(1 for d in src[:dim] if d != 1)  # the index dim's place among the non-unit dims
+        new_dim = [i for i, d in enumerate(dst) if d != 1][rank]
+        rewriter.replace(op, ein.IotaOp(new_dim, op.result.type))
 
 
 def _unflatten_split(inner: tuple[int, ...], outer: tuple[int, ...]) -> int | None:
@@ -403,6 +458,8 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
     CollapseViews,
+    FoldArangeOfIota,
+    ReshapeIota,
     FlipScan,
     SinkViewBelowWidening,
     SinkGatherIntoMap,

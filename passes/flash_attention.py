@@ -17,8 +17,9 @@ written with general `tile` ops: each program owns BLOCK_M query rows of one
 accumulator, and for each block of BLOCK_N keys computes `s` with `tile.dot`,
 applies `t`'s map, rescales by `exp(m_old - m_new)` (the `e` map's own body)
 and accumulates `p @ v`; the division by `l` happens once at the end. When
-`t` is recognisably causal (`select(key <= query, x, -inf)` on iotas), key
-blocks past the diagonal are never visited.
+`t` is recognisably causal (`select(key <= query, x, -inf)` on iotas, or
+`select(key > query, -inf, x)` as `masked_fill` writes it), key blocks past
+the diagonal are never visited.
 """
 
 from __future__ import annotations
@@ -182,17 +183,37 @@ def _layouts_agree(scores: ein.ContractOp, output: ein.ContractOp, row_max: ein.
     )  # fmt: skip
 
 
-def _is_causal(pre: ein.MapOp) -> bool:
-    """`pre` yields `select(key <= query, x, -inf)` with key/query from iotas over the last two dims."""
+# arith.cmpi predicates: eq ne slt sle sgt sge ult ule ugt uge = 0..9, and each one's negation
+_NEGATED = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
+
+
+def _negative_infinity(value: SSAValue, pre: ein.MapOp) -> bool:
+    """`value` is -inf in `pre`'s body: a constant, or an argument that reads a splat of -inf."""
+    owner = value.owner
+    if isinstance(value, BlockArgument) and value.block is pre.body.block:
+        owner = pre.inputs[value.index].owner
+        if not isinstance(owner, ein.ConstantOp):
+            return False
+    elif not isinstance(owner, arith.ConstantOp):
+        return False
+    return isinstance(owner.value, FloatAttr) and owner.value.value.data == float("-inf")
+
+
+def causal_select(pre: ein.MapOp) -> SSAValue | None:
+    """The value `pre` yields where a query sees its key, when `pre` yields the causal mask on it:
+    `select(key <= query, x, -inf)`, or `select(key > query, -inf, x)` (`masked_fill(k > q, -inf)`),
+    key and query from iotas over the last two dims (any comparison spelling the same); else None."""
     select = yielded_value(pre).owner
-    if not isinstance(select, arith.SelectOp):
-        return False
-    fill = select.rhs.owner
-    if not (isinstance(fill, arith.ConstantOp) and fill.value.value.data == float("-inf")):
-        return False
+    if not isinstance(select, arith.SelectOp) or not isinstance(select.cond.owner, arith.CmpiOp):
+        return None
     cmp = select.cond.owner
-    if not isinstance(cmp, arith.CmpiOp):
-        return False
+    pred = cmp.predicate.value.data
+    if _negative_infinity(select.rhs, pre):
+        kept = select.lhs
+    elif _negative_infinity(select.lhs, pre):
+        kept, pred = select.rhs, _NEGATED[pred]  # hidden where the comparison holds
+    else:
+        return None
     rank = len(shape_of(pre.result.type))
 
     def iota_dim(v: SSAValue) -> int | None:
@@ -205,8 +226,13 @@ def _is_causal(pre: ein.MapOp) -> bool:
 
     a, b = iota_dim(cmp.lhs), iota_dim(cmp.rhs)
     key, query = rank - 1, rank - 2
-    pred = cmp.predicate.value.data  # arith.cmpi: sle = 3, sge = 5, ule = 7, uge = 9
-    return (pred in (3, 7) and (a, b) == (key, query)) or (pred in (5, 9) and (a, b) == (query, key))
+    # sle = 3, sge = 5, ule = 7, uge = 9: visible where key <= query
+    causal = (pred in (3, 7) and (a, b) == (key, query)) or (pred in (5, 9) and (a, b) == (query, key))
+    return kept if causal else None
+
+
+def _is_causal(pre: ein.MapOp) -> bool:
+    return causal_select(pre) is not None
 
 
 def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bool) -> tuple[list[str], dict]:
@@ -350,8 +376,8 @@ def _pre_softmax(
     elem = pre.result.type.get_element_type()
     if masked or not pattern.causal:
         return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
-    # below the diagonal the causal select always takes its first value
-    unmasked = yielded_value(pre).owner.lhs
+    # below the diagonal the causal select always takes its visible value
+    unmasked = causal_select(pre)
     return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block, unmasked))
 
 
