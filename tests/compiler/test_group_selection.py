@@ -366,6 +366,29 @@ def test_attention_on_sdpa_from_a_sequence_major_layout(monkeypatch):
     assert all(c["chosen"] == "sdpa" for c in choices), choices
 
 
+@pytest.mark.parametrize("length", [13, 40])
+def test_attention_masked_by_a_tril_buffer_runs_on_sdpa(monkeypatch, length):
+    """minGPT's attention (matmuls, `masked_fill` with a registered tril buffer): the mask folds
+    into the causal pattern (causal_masks.fold_causal_selects), so the group is one causal SDPA call,
+    which float32 attention measures faster than the kernel's exact float32 dots on the H200."""
+    _fake_gpu(monkeypatch, "sdpa")
+
+    class Attend(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))
+
+        def forward(self, q, k, v):
+            t = q.shape[-2]
+            att = (q @ k.transpose(-2, -1)) * 0.25
+            att = att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf"))
+            return F.softmax(att, dim=-1) @ v
+
+    q, k, v = (torch.randn(2, 3, length, 16) for _ in range(3))
+    choices = _attention_choices(_run(Attend(), q, k, v))
+    assert all(c["chosen"] == "sdpa" for c in choices), choices
+
+
 def test_attention_with_a_mask_tensor_is_not_an_sdpa_call(monkeypatch):
     """An additive mask tensor read by the scores: SDPA is not built (the reason is kept), the math
     path competes instead."""
