@@ -6,6 +6,13 @@ dispatches it to cuDNN's or FlashAttention's kernels, which beat the generated f
 some shapes (GPT-NeoX's 4 x 16 heads x 512 x 128, causal: cuDNN 19.7 µs a layer against 33.6).
 The measured selection (`group_selection`) times it against the kernel like any library path.
 
+So is a group whose pre-softmax map adds a bias or hides keys with a mask (a padding mask, T5's
+position bias, `masked_fill(mask, -inf)`): the map is then `c * s + map(0)` for every score s
+(`pre_softmax`), and SDPA gets scale c and the map's value at zero scores as its additive
+`attn_mask` (computed every call from the mask's tensors, a broadcast view where they are).
+With a mask SDPA runs its memory-efficient kernel, which in float32 beats the kernel's exact
+float32 dots, and the math path (the library path) that eager's own graph would run.
+
 The group's layout must be SDPA's up to permutations and reshapes: scores `B.. R.. q d, B.. k d
 -> B.. R.. q k` in some order of the letters (batch letters `B` shared by q, k and v; `R`, the
 query heads sharing a key head under grouped-query attention, in q alone; GPT-2 and OPT keep q as
@@ -25,14 +32,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from xdsl.dialects import arith
-from xdsl.ir import SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from ..ir import einsum as ein
 from ..ir.builder import strip_casts, yielded_value
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..passes.flash_attention import AttentionPattern, causal_select, match_attention
 from ..passes.flash_attention import _source as _peel  # reshape views peeled off
-from .library_plan import LIBRARY_DTYPES, Plan
+from .library_plan import LIBRARY_DTYPES, Plan, planned_op
 
 SDPA = "sdpa"
 
@@ -56,20 +63,8 @@ def _constant(value: SSAValue) -> float | None:
     return None
 
 
-def pre_softmax_scale(pattern: AttentionPattern) -> float:
-    """The factor the pre-softmax map multiplies the scores by (1 without one); NoSdpaPath where the
-    map does more than scale (and, if causal, mask)."""
-    pre = pattern.pre
-    if pre is None:
-        return 1.0
-    scores = [v for v in pre.inputs if isinstance(_peel(v).owner, ein.ContractOp)]
-    others = [v for v in pre.inputs if v not in scores]
-    causal_inputs = (ein.IotaOp, ein.ConstantOp)  # the positions compared, the -inf filled in
-    if any(not isinstance(v.owner, causal_inputs) for v in others) or (others and not pattern.causal):
-        raise NoSdpaPath("the scores read a mask or bias tensor")
-    # select(key <= query, x, -inf): x
-    value = causal_select(pre) if pattern.causal else yielded_value(pre)
-    arg = pre.body.block.args[list(pre.inputs).index(scores[0])]
+def _scale_of(value: SSAValue, arg: SSAValue) -> float | None:
+    """c where `value` is `arg * c` or `arg / c` (casts looked through; 1 for `arg` itself), else None."""
     value = strip_casts(value)
     if value is arg:
         return 1.0
@@ -81,7 +76,85 @@ def pre_softmax_scale(pattern: AttentionPattern) -> float:
             c = _constant(lhs)
         if c is not None and c != 0.0 and math.isfinite(c):
             return c if isinstance(op, arith.MulfOp) else 1.0 / c
-    raise NoSdpaPath("the pre-softmax map is not a scale")
+    return None
+
+
+def _reads(value: SSAValue, arg: SSAValue) -> bool:
+    """Whether `value`, in a map body, is computed from the block argument `arg`."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v is arg:
+            return True
+        if v in seen or not isinstance(v.owner, Operation):
+            continue
+        seen.add(v)
+        stack.extend(v.owner.operands)
+    return False
+
+
+def _hides(value: SSAValue, pre: ein.MapOp) -> bool:
+    """`value` is -inf: a constant, or an argument reading a splat of -inf."""
+    value = strip_casts(value)
+    if isinstance(value, BlockArgument):
+        owner = pre.inputs[value.index].owner
+        return isinstance(owner, ein.ConstantOp) and owner.value.value.data == float("-inf")
+    c = _constant(value)
+    return c == float("-inf")
+
+
+def _masked_scale(value: SSAValue, arg: SSAValue, pre: ein.MapOp) -> float:
+    """The scale c where `value` (the pre-softmax map's, in terms of the scores `arg`) is `arg * c`
+    plus terms that do not read `arg` (`+ bias`, `- bias`), or that scaled score selected against
+    -inf by a condition that does not read `arg` (`masked_fill(mask, -inf)`): then the map is
+    `c * s + map(0)` for every s, SDPA's `scale` and additive `attn_mask`. NoSdpaPath otherwise."""
+    scale = _scale_of(value, arg)
+    if scale is not None:
+        return scale
+    op = strip_casts(value).owner
+    if isinstance(op, arith.AddfOp | arith.SubfOp):
+        reading = [v for v in (op.lhs, op.rhs) if _reads(v, arg)]
+        if len(reading) == 1 and (isinstance(op, arith.AddfOp) or reading[0] is op.lhs):
+            return _masked_scale(reading[0], arg, pre)
+    if isinstance(op, arith.SelectOp) and not _reads(op.cond, arg):
+        if _hides(op.rhs, pre) and _reads(op.lhs, arg):
+            return _masked_scale(op.lhs, arg, pre)
+        if _hides(op.lhs, pre) and _reads(op.rhs, arg):
+            return _masked_scale(op.rhs, arg, pre)
+    raise NoSdpaPath("the pre-softmax map is not a scale plus a bias or mask")
+
+
+@dataclass(frozen=True)
+class PreSoftmax:
+    """What the pre-softmax map does, in SDPA's terms: scores times `scale`, plus (`masked`) the
+    map's own value at zero scores as an additive mask (a bias, -inf where a mask hides a key)."""
+
+    scale: float
+    masked: bool
+
+
+def pre_softmax(pattern: AttentionPattern) -> PreSoftmax:
+    """The pre-softmax map as SDPA's scale and mask (NoSdpaPath where it is neither): a plain
+    scale, the causal select of a scale (`is_causal`), or a scale with a bias or mask tensor."""
+    pre = pattern.pre
+    if pre is None:
+        return PreSoftmax(1.0, False)
+    scores = [v for v in pre.inputs if isinstance(_peel(v).owner, ein.ContractOp)]
+    others = [v for v in pre.inputs if v not in scores]
+    arg = pre.body.block.args[list(pre.inputs).index(scores[0])]
+    causal_inputs = (ein.IotaOp, ein.ConstantOp)  # the positions compared, the -inf filled in
+    if pattern.causal and all(isinstance(v.owner, causal_inputs) for v in others):
+        # select(key <= query, x, -inf): x
+        scale = _scale_of(causal_select(pre), arg)
+        if scale is None:
+            raise NoSdpaPath("the pre-softmax map is not a scale")
+        return PreSoftmax(scale, False)
+    if all(isinstance(v.owner, ein.ConstantOp) for v in others):
+        scale = _scale_of(yielded_value(pre), arg)
+        if scale is None:
+            raise NoSdpaPath("the pre-softmax map is not a scale")
+        return PreSoftmax(scale, False)
+    return PreSoftmax(_masked_scale(yielded_value(pre), arg, pre), True)
 
 
 def _source(value: SSAValue, upcast) -> SSAValue:
@@ -99,6 +172,7 @@ class SdpaLayout:
     k_perm: tuple[int, ...]
     v_perm: tuple[int, ...]
     out_perm: tuple[int, ...]
+    scores_perm: tuple[int, ...]  # the scores' dims to (batch.., q heads.., query, key): a mask's
     n_batch: int  # letters shared by q, k and v; the last is the key heads
     n_heads: int  # letters of q alone besides its position (the query heads sharing a key head)
 
@@ -138,8 +212,32 @@ def sdpa_layout(pattern: AttentionPattern) -> SdpaLayout:
         k_perm=tuple(s_rhs.index(c) for c in (*batch, k, d)),
         v_perm=tuple(o_rhs.index(c) for c in (*(rename[c] for c in batch), rename[k], *values)),
         out_perm=tuple(sdpa_out.index(c) for c in o_out),
+        scores_perm=tuple(s_out.index(c) for c in (*batch, *heads, q, k)),
         n_batch=len(batch), n_heads=len(heads),
     )  # fmt: skip
+
+
+def _additive_mask(pattern: AttentionPattern, plan: Plan) -> Callable:
+    """`fn(env, device)`: the pre-softmax map's value at zero scores (`pre_softmax`), from the
+    plan's tensors; broadcast (a view) to the map's shape. Zero where a key is seen unbiased, the
+    bias where one is added, -inf where a mask hides the key."""
+    pre = pattern.pre
+    step = planned_op(pre)
+    scores_at = [i for i, x in enumerate(pre.inputs) if isinstance(_peel(x).owner, ein.ContractOp)]
+    slots = [None if i in scores_at else plan.slot(x) for i, x in enumerate(pre.inputs)]
+    zero_dtype = to_torch_dtype(pre.inputs[scores_at[0]].type.get_element_type())
+    rank = len(shape_of(pre.result.type))
+    zeros: dict[torch.device, torch.Tensor] = {}
+
+    def mask(env: list, device: torch.device) -> torch.Tensor:
+        zero = zeros.get(device)
+        if zero is None:
+            zero = torch.zeros((1,) * rank, dtype=zero_dtype, device=device)
+            if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+                zeros[device] = zero
+        return step(device, *[zero if at is None else env[at] for at in slots])
+
+    return mask
 
 
 def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -152,7 +250,8 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     outputs = list(lowered.outputs)
     if len(outputs) != 1:
         raise NoSdpaPath("the group has more than one output")
-    scale = pre_softmax_scale(pattern)
+    pre = pre_softmax(pattern)
+    scale = pre.scale
     layout = sdpa_layout(pattern)
     q_up, k_up = pattern.upcasts
     q, k, v = _source(pattern.scores.lhs, q_up), _source(pattern.scores.rhs, k_up), pattern.output.rhs
@@ -160,10 +259,14 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     if len(dtypes) != 1 or not dtypes <= set(LIBRARY_DTYPES):
         raise NoSdpaPath(f"operand dtypes {sorted(map(str, dtypes))}")
     inputs = list(lowered.inputs)
-    plan = Plan(inputs, _library_order(inputs, [q, k, v], set()), library_contraction)
+    # the mask's tensors, computed beside q, k and v
+    extras = [x for x in pattern.pre.inputs if not isinstance(_peel(x).owner, ein.ContractOp)]
+    extras = extras if pre.masked else []
+    plan = Plan(inputs, _library_order(inputs, [q, k, v, *extras], set()), library_contraction)
     q_at, k_at, v_at = plan.slot(q), plan.slot(k), plan.slot(v)
+    mask = _additive_mask(pattern, plan) if pre.masked else None
     out_dtype = to_torch_dtype(outputs[0].type.get_element_type())
-    causal, gqa = pattern.causal, layout.n_heads > 0
+    causal, gqa = pattern.causal and not pre.masked, layout.n_heads > 0
     n_outer = max(layout.n_batch - 1, 0)
 
     def as_heads(x: torch.Tensor) -> torch.Tensor:
@@ -179,9 +282,14 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
         qh = as_heads(q)
         kh, vh = as_heads(env[k_at].permute(layout.k_perm)), as_heads(env[v_at].permute(layout.v_perm))
         extra = {"enable_gqa": True} if gqa and kh.shape[1] != qh.shape[1] else {}
+        if mask is not None:  # [outer, heads, L, S], broadcast where the map's value is
+            bias = mask(env, tensors[0].device).to(qh.dtype)
+            extra["attn_mask"] = as_heads(bias.reshape(scores_shape).permute(layout.scores_perm))
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
         out = out.reshape(*q.shape[:-1], out.shape[-1]).permute(layout.out_perm)
         return (out.to(out_dtype).contiguous(),)
 
-    run.title = f"SDPA ({'causal, ' if causal else ''}scale {scale:.4g}{', grouped queries' if gqa else ''})"
+    scores_shape = tuple(shape_of(pattern.scores.result.type))
+    what = "causal, " if causal else ("masked, " if mask is not None else "")
+    run.title = f"SDPA ({what}scale {scale:.4g}{', grouped queries' if gqa else ''})"
     return run

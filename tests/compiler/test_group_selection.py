@@ -389,22 +389,68 @@ def test_attention_masked_by_a_tril_buffer_runs_on_sdpa(monkeypatch, length):
     assert all(c["chosen"] == "sdpa" for c in choices), choices
 
 
-def test_attention_with_a_mask_tensor_is_not_an_sdpa_call(monkeypatch):
-    """An additive mask tensor read by the scores: SDPA is not built (the reason is kept), the math
-    path competes instead."""
+def _t5_attention(q, k, v, bias):
+    # T5: no scale, a position bias added to the scores, the softmax in float32
+    scores = q @ k.transpose(-2, -1) + bias
+    return F.softmax(scores.float(), dim=-1).type_as(scores) @ v
+
+
+def _padded_attention(q, k, v, keep):
+    # a padding mask on the keys, written with masked_fill, scaled as BERT's eager attention
+    scores = (q @ k.transpose(-2, -1)) / 4.0
+    return F.softmax(scores.masked_fill(~keep[:, None, None, :], float("-inf")), dim=-1) @ v
+
+
+def _sdpa_bias(q, k, v, bias):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _causal_and_padded(q, k, v, keep):
+    i = torch.arange(q.shape[-2])
+    seen = (i[None, :] <= i[:, None]) & keep[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "fn, extra", [
+        (_t5_attention, lambda b, h, n: torch.randn(1, h, n, n)),
+        (_padded_attention, lambda b, h, n: torch.arange(n)[None, :] < torch.tensor([[n], [n - 5]])),
+        (_sdpa_bias, lambda b, h, n: torch.randn(n, n)),
+        (_causal_and_padded, lambda b, h, n: torch.arange(n)[None, :] < torch.tensor([[n], [n - 3]])),
+    ], ids=["t5 bias", "padding masked_fill", "sdpa bias", "causal and padding"],
+)  # fmt: skip
+def test_attention_with_a_mask_or_bias_runs_on_sdpa(monkeypatch, dtype, fn, extra):
+    """A mask or bias tensor read by the scores: SDPA takes the map's value at zero scores as its
+    additive mask (library_attention.pre_softmax); measured faster, the program computes eager's
+    result. Ragged lengths (13), two sequences, one of them padded."""
+    _fake_gpu(monkeypatch, "sdpa")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 13, 16, dtype=dtype) for _ in range(3))
+    other = extra(2, 3, 13)
+    other = other.to(dtype) if other.is_floating_point() else other
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        got, want = compiled(q, k, v, other), fn(q, k, v, other)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(got, want, **tol)
+    (report,) = compiled.tilefuse_reports
+    choices = _attention_choices(report)
+    assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
+
+
+def test_attention_with_a_bias_that_is_not_added_is_not_an_sdpa_call(monkeypatch):
+    """Scores multiplied by a tensor (not a scale plus a bias): SDPA is not built (the reason is
+    kept), the math path competes instead."""
     _fake_gpu(monkeypatch, "library")
-    q, k, v, bias = (
-        torch.randn(1, 2, 9, 16),
-        torch.randn(1, 2, 9, 16),
-        torch.randn(1, 2, 9, 16),
-        torch.randn(9, 9),
-    )
+    q, k, v = (torch.randn(1, 2, 9, 16) for _ in range(3))
+    gain = torch.rand(9, 9) + 0.5
 
-    def attend(q, k, v, bias):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    def attend(q, k, v, gain):
+        return F.softmax((q @ k.transpose(-2, -1)) * gain, dim=-1) @ v
 
-    choices = _attention_choices(_run(attend, q, k, v, bias))
-    assert all(c["chosen"] == "library" and "mask or bias" in c["sdpa_not_built"] for c in choices), choices
+    choices = _attention_choices(_run(attend, q, k, v, gain))
+    assert all(c["chosen"] == "library" and "not a scale" in c["sdpa_not_built"] for c in choices), choices
 
 
 def test_a_library_path_too_large_to_measure_keeps_the_kernel(monkeypatch):
