@@ -209,6 +209,16 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
             # 1425 (SGEMM 703), with 6.9e-7 of error against float64 (SGEMM 2.0e-6)
             bn = bn if exact_n else min(bn, 64)
             bm, bk, warps, stages = min(bm, 128), min(bk, 32), 4, 4
+        # a shallow product (K <= 128: ConvNeXt's and Swin's stage-1 MLPs after their LayerNorm, K = 96
+        # over 100352 rows) has a main loop of a few steps, and its time is the epilogue's and the
+        # stores': narrow tiles, more programs in flight. H200, bf16, 100352 x 96 -> 384 with the
+        # LayerNorm prologue and erf GELU (kernel us, .scratch/cnxmlp.py): 128x256x64 at 8 warps 143.3,
+        # 128x128x32 at 8 115.0, 256x128x32 at 8 103.4, 64x128x32 at 4 (4 stages) 93.2, 128x64x32 at 4
+        # 89.5 (cuBLAS's GEMM alone 48.7; torch.compile's GEMM, LayerNorm and GELU 113 in all)
+        narrow_tiles = -(-problem["M"] // 128) * -(-problem["N"] // 64)
+        shallow = problem["K"] <= 128 and narrow_tiles >= 4 * SM_COUNT_HINT
+        if shallow and not whole_rows and not decode and not exact_n:
+            bm, bn, bk, warps, stages = 128, 64, 32, 4, 4
         params = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PROGRAMS": ONE_TILE_EACH}
         return KernelConfig(params, warps, stages)
     if kind == "reduction" and problem.get("column"):
