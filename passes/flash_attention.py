@@ -199,12 +199,37 @@ def _negative_infinity(value: SSAValue, pre: ein.MapOp) -> bool:
     return isinstance(owner.value, FloatAttr) and owner.value.value.data == float("-inf")
 
 
+def _causal_select_op(pre: ein.MapOp) -> arith.SelectOp | None:
+    """The select `pre` yields, float casts around it looked through (a bf16 model's softmax reads
+    `extf(select(...))`: the upcast merged into the map)."""
+    select = strip_casts(yielded_value(pre)).owner
+    return select if isinstance(select, arith.SelectOp) else None
+
+
+def _inline_visible(pre: ein.MapOp, args: list[SSAValue], block: Block) -> SSAValue:
+    """`pre`'s body cloned into `block` with its causal select taking the visible value (below the
+    diagonal), the casts after it kept; the clone of the yielded value."""
+    select, kept = _causal_select_op(pre), causal_select(pre)
+    mapping: dict[SSAValue, SSAValue] = dict(zip(pre.body.block.args, args))
+    for inner in pre.body.block.ops:
+        if isinstance(inner, ein.YieldOp):
+            return mapping[inner.value]
+        if inner is select:
+            mapping[select.result] = mapping[kept]
+            continue
+        clone = inner.clone(value_mapper=mapping)
+        block.add_op(clone)
+        mapping.update(zip(inner.results, clone.results))
+    raise ValueError("ein.map body has no ein.yield")
+
+
 def causal_select(pre: ein.MapOp) -> SSAValue | None:
     """The value `pre` yields where a query sees its key, when `pre` yields the causal mask on it:
     `select(key <= query, x, -inf)`, or `select(key > query, -inf, x)` (`masked_fill(k > q, -inf)`),
-    key and query from iotas over the last two dims (any comparison spelling the same); else None."""
-    select = yielded_value(pre).owner
-    if not isinstance(select, arith.SelectOp) or not isinstance(select.cond.owner, arith.CmpiOp):
+    key and query from iotas over the last two dims (any comparison spelling the same), float casts
+    after the select allowed; else None."""
+    select = _causal_select_op(pre)
+    if select is None or not isinstance(select.cond.owner, arith.CmpiOp):
         return None
     cmp = select.cond.owner
     pred = cmp.predicate.value.data
@@ -377,8 +402,7 @@ def _pre_softmax(
     if masked or not pattern.causal:
         return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block))
     # below the diagonal the causal select always takes its visible value
-    unmasked = causal_select(pre)
-    return kb.map(operands, elem, lambda sb, *args: inline_map_body(pre, args, sb.block, unmasked))
+    return kb.map(operands, elem, lambda sb, *args: _inline_visible(pre, list(args), sb.block))
 
 
 def _exp_map(kb: KernelBuilder, exp: ein.MapOp, t: SSAValue, m: SSAValue) -> SSAValue:

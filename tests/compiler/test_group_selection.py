@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
-from tilefuse.compiler import group_selection, runtime
+from tilefuse.compiler import group_selection, library_attention, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -384,9 +384,20 @@ def test_attention_masked_by_a_tril_buffer_runs_on_sdpa(monkeypatch, length):
             att = att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf"))
             return F.softmax(att, dim=-1) @ v
 
+    strides = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kw):  # the fused kernels need rows of q, k and v contiguous
+        strides.append([x.stride(-1) for x in (q, k, v)])
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", recording)
     q, k, v = (torch.randn(2, 3, length, 16) for _ in range(3))
     choices = _attention_choices(_run(Attend(), q, k, v))
     assert all(c["chosen"] == "sdpa" for c in choices), choices
+    # rows contiguous, whatever layout the group's inputs have (on the H200 minGPT's k arrived as a
+    # copy of k^T, which sent SDPA to its math fallback; this CPU graph stores k row-major already)
+    assert strides and all(s == [1, 1, 1] for s in strides), strides
 
 
 def _t5_attention(q, k, v, bias):
