@@ -339,6 +339,15 @@ def _positions_compared(gm: GraphModule, before: Node, device: torch.device, row
         return call(aten.gt.Tensor if hides else aten.le.Tensor, (keys, queries))
 
 
+def _version(tensor: torch.Tensor) -> int | None:
+    """`tensor`'s version counter; None for an inference tensor (made under `torch.inference_mode`),
+    which keeps none: its storage alone is checked."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 class BufferGuard:
     """A compiled graph that folded masks computed from module buffers (`fold_causal_selects`), run
     while each of those inputs is the tensor it was, unwritten (its storage and version counter);
@@ -349,12 +358,12 @@ class BufferGuard:
         self, compiled: Callable, pytorch: Callable, checks: list[tuple[int, torch.Tensor]], summary: dict
     ):
         self.compiled, self.pytorch, self.summary = compiled, pytorch, summary
-        self.checks = [(i, t.data_ptr(), t._version) for i, t in checks]
+        self.checks = [(i, t.data_ptr(), _version(t)) for i, t in checks]
 
     def __call__(self, *args):
         for i, pointer, version in self.checks:
             tensor = args[i]
-            if tensor.data_ptr() != pointer or tensor._version != version:
+            if tensor.data_ptr() != pointer or _version(tensor) != version:
                 return self._changed(i, args)
         return self.compiled(*args)
 

@@ -156,6 +156,15 @@ def test_a_buffer_written_after_the_compile_sends_the_graph_to_pytorch(tmp_path,
     assert "runs in PyTorch from now on" in caplog.text
 
 
+def test_a_module_made_under_inference_mode(tmp_path):
+    """Inference tensors keep no version counter: the guard checks the buffer's storage alone."""
+    with torch.inference_mode():
+        module, args = _MinGPT(), _qkv(19)
+        compiled = _run(module, args, tmp_path)
+        assert "causal_masks" in compiled.tilefuse_reports[0]
+        torch.testing.assert_close(compiled(*args), module(*args), rtol=1e-4, atol=1e-5)
+
+
 def test_the_fold_leaves_a_graph_without_masked_scores_alone():
     gm = torch.fx.symbolic_trace(lambda x: torch.where(x > 0, x, 0.0))
     code = gm.code
