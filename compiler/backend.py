@@ -106,12 +106,15 @@ _USER_INPUT = re.compile(r"^l_|_$")  # Dynamo names a user argument `x` as `l_x_
 _MODULE_PATH = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]")
 
 
+def _source_name(node: torch.fx.Node) -> str | None:
+    """Where Dynamo says a placeholder comes from (`L['self']._buffers['bias']`), if it says."""
+    text = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", None)
+    return text() if callable(text) else text
+
+
 def _input_info(node: torch.fx.Node) -> InputInfo:
     """Name a Dynamo placeholder: module parameters and buffers keep their path."""
-    grapharg = node.meta.get("grapharg")
-    source = getattr(grapharg, "source", None)
-    text = getattr(source, "name", None)
-    text = text() if callable(text) else text
+    text = _source_name(node)
     if text and ("._parameters[" in text or "._buffers[" in text):
         path = ".".join(_MODULE_PATH.findall(text))
         return InputInfo(path.replace(".", "_"), param=path)
@@ -123,13 +126,11 @@ def _buffer_values(placeholders: list[torch.fx.Node]) -> dict[int, torch.Tensor]
     position: a mask computed from one may fold into the causal mask (`causal_masks`)."""
     found = {}
     for i, node in enumerate(placeholders):
-        grapharg = node.meta.get("grapharg")
-        text = getattr(getattr(grapharg, "source", None), "name", None)
-        text = text() if callable(text) else text
+        text = _source_name(node)
         if not text or "._buffers[" not in text:
             continue
         try:
-            value = grapharg.example
+            value = node.meta["grapharg"].example
         except Exception:  # Dynamo let go of it: the mask stays a tensor
             continue
         if type(value) is torch.Tensor:  # a real tensor, not a fake one

@@ -28,6 +28,8 @@ on the mask's device in the mask's dtype; the graph is specialized to its shapes
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 import operator
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from torch.fx import GraphModule, Node
 
 from .duplicate_ops import functional
 from .lowering_table import bound_args
+from .partition import call_with_value
 
 log = logging.getLogger("tilefuse")
 aten = torch.ops.aten
@@ -266,14 +269,16 @@ def _square_causal(mask: torch.Tensor, hides: bool, rows: int) -> bool:
 
 def fold_causal_selects(
     gm: GraphModule, known: dict[Node, torch.Tensor] | None = None
-) -> tuple[int, set[Node]]:
+) -> tuple[int, set[Node], GraphModule | None]:
     """Replace each mask of a `where` filling scores with -inf that is, by value, the causal mask by
     `arange` comparisons; `known`: placeholders whose values the masks may be computed from (module
-    buffers, real tensors). Returns how many masks went, and the placeholders whose values they read."""
+    buffers, real tensors). Returns how many masks went, the placeholders whose values they read,
+    and, where they read any, a copy of `gm` from before the first such fold (what runs once one of
+    them changes: `BufferGuard`)."""
     known = known or {}
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     values: dict[Node, object] = {}
-    folded, read = 0, set()
+    folded, read, before = 0, set(), None
     for where, mask, hides in _masked_fills(gm):
         val, mask_val = where.meta.get("val"), mask.meta.get("val")
         if not isinstance(val, torch.Tensor) or not isinstance(mask_val, torch.Tensor) or val.dim() < 2:
@@ -295,6 +300,8 @@ def fold_causal_selects(
             causal = False
         if not causal:
             continue
+        if inputs and before is None:  # only the folds a buffer's value decides need the graph before
+            before = GraphModule(gm, copy.deepcopy(gm.graph))
         where.replace_input_with(mask, _positions_compared(gm, where, mask_val.device, rows, hides))
         folded += 1
         read |= inputs
@@ -302,7 +309,7 @@ def fold_causal_selects(
         gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()
-    return folded, read
+    return folded, read, before
 
 
 def _placeholders(node: Node) -> set[Node]:
@@ -322,16 +329,9 @@ def _placeholders(node: Node) -> set[Node]:
 def _positions_compared(gm: GraphModule, before: Node, device: torch.device, rows: int, hides: bool) -> Node:
     """`arange(rows)[None, :] > arange(rows)[:, None]` (key after query: hidden), or `<=` (seen),
     inserted before `before`, with fake values."""
-    fake_mode = getattr(before.meta["val"], "fake_mode", None)
+    fake_mode = getattr(before.meta["val"], "fake_mode", None) or contextlib.nullcontext()
     graph = gm.graph
-
-    def call(target, args, kwargs=None):
-        node = graph.call_function(target, args, kwargs or {})
-        vals = [a.meta["val"] if isinstance(a, Node) else a for a in args]
-        with fake_mode if fake_mode is not None else contextlib.nullcontext():
-            node.meta["val"] = target(*vals, **(kwargs or {}))
-        return node
-
+    call = functools.partial(call_with_value, graph, fake_mode)
     with graph.inserting_before(before):
         positions = call(aten.arange.start_step, (0, rows), {"dtype": torch.int64, "device": device})
         keys = call(aten.unsqueeze.default, (positions, 0))

@@ -12,7 +12,6 @@ here raises into the user's model.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -366,8 +365,7 @@ def compile_aten_graph(
     folded, constant_masks = fold_causal_masks(aten)
     placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
     known = {placeholders[i]: t for i, t in (buffers or {}).items() if i < len(placeholders)}
-    before_fold = GraphModule(aten, copy.deepcopy(aten.graph)) if known else None
-    selects, read = fold_causal_selects(aten, known)
+    selects, read, before_fold = fold_causal_selects(aten, known)
     folded += selects
     grouped = group_decode_queries(aten)
     convs = channels_last_convolutions(aten) if conv_layout_enabled(not target.interpret) else 0

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from xdsl.dialects import arith
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 
 from ..ir import einsum as ein
 from ..ir.builder import strip_casts, yielded_value
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..passes.flash_attention import AttentionPattern, causal_select, match_attention
+from ..passes.flash_attention import AttentionPattern, causal_select, match_attention, negative_infinity
 from ..passes.flash_attention import _source as _peel  # reshape views peeled off
 from .library_plan import LIBRARY_DTYPES, Plan, planned_op
 
@@ -94,13 +94,13 @@ def _reads(value: SSAValue, arg: SSAValue) -> bool:
 
 
 def _hides(value: SSAValue, pre: ein.MapOp) -> bool:
-    """`value` is -inf: a constant, or an argument reading a splat of -inf."""
-    value = strip_casts(value)
-    if isinstance(value, BlockArgument):
-        owner = pre.inputs[value.index].owner
-        return isinstance(owner, ein.ConstantOp) and owner.value.value.data == float("-inf")
-    c = _constant(value)
-    return c == float("-inf")
+    """`value` is -inf, casts looked through: a constant, or an argument reading a splat of -inf."""
+    return negative_infinity(strip_casts(value), pre)
+
+
+def _is_scores(value: SSAValue) -> bool:
+    """Whether a pre-softmax map's input is the scores (the contraction, reshape views peeled off)."""
+    return isinstance(_peel(value).owner, ein.ContractOp)
 
 
 def _masked_scale(value: SSAValue, arg: SSAValue, pre: ein.MapOp) -> float:
@@ -139,7 +139,7 @@ def pre_softmax(pattern: AttentionPattern) -> PreSoftmax:
     pre = pattern.pre
     if pre is None:
         return PreSoftmax(1.0, False)
-    scores = [v for v in pre.inputs if isinstance(_peel(v).owner, ein.ContractOp)]
+    scores = [v for v in pre.inputs if _is_scores(v)]
     others = [v for v in pre.inputs if v not in scores]
     arg = pre.body.block.args[list(pre.inputs).index(scores[0])]
     causal_inputs = (ein.IotaOp, ein.ConstantOp)  # the positions compared, the -inf filled in
@@ -223,7 +223,7 @@ def _additive_mask(pattern: AttentionPattern, plan: Plan) -> Callable:
     bias where one is added, -inf where a mask hides the key."""
     pre = pattern.pre
     step = planned_op(pre)
-    scores_at = [i for i, x in enumerate(pre.inputs) if isinstance(_peel(x).owner, ein.ContractOp)]
+    scores_at = [i for i, x in enumerate(pre.inputs) if _is_scores(x)]
     slots = [None if i in scores_at else plan.slot(x) for i, x in enumerate(pre.inputs)]
     zero_dtype = to_torch_dtype(pre.inputs[scores_at[0]].type.get_element_type())
     rank = len(shape_of(pre.result.type))
@@ -260,8 +260,7 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
         raise NoSdpaPath(f"operand dtypes {sorted(map(str, dtypes))}")
     inputs = list(lowered.inputs)
     # the mask's tensors, computed beside q, k and v
-    extras = [x for x in pattern.pre.inputs if not isinstance(_peel(x).owner, ein.ContractOp)]
-    extras = extras if pre.masked else []
+    extras = [x for x in pattern.pre.inputs if not _is_scores(x)] if pre.masked else []
     plan = Plan(inputs, _library_order(inputs, [q, k, v, *extras], set()), library_contraction)
     q_at, k_at, v_at = plan.slot(q), plan.slot(k), plan.slot(v)
     mask = _additive_mask(pattern, plan) if pre.masked else None

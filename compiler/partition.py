@@ -108,7 +108,7 @@ def isolate_random_ops(gm: GraphModule) -> None:
         fake_mode = detect_fake_mode([val])
         if fake_mode is None:  # no fake tensors to compute metadata on: leave the dropout to PyTorch
             continue
-        call = partial(_call, graph, fake_mode)
+        call = partial(call_with_value, graph, fake_mode)
         with graph.inserting_before(node):
             ones = call(aten.full.default, [list(val.shape), 1.0], {"dtype": val.dtype, "device": val.device})
             mask = call(operator.getitem, [call(aten.native_dropout.default, [ones, p, True]), 1])
@@ -124,7 +124,7 @@ def isolate_random_ops(gm: GraphModule) -> None:
     gm.recompile()
 
 
-def _call(
+def call_with_value(
     graph: Graph, fake_mode: FakeTensorMode, target: object, args: list, kwargs: dict | None = None
 ) -> Node:
     """Insert a call of `target` with its `val` metadata, computed on the arguments' fake tensors

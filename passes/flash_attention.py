@@ -187,7 +187,7 @@ def _layouts_agree(scores: ein.ContractOp, output: ein.ContractOp, row_max: ein.
 _NEGATED = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
 
 
-def _negative_infinity(value: SSAValue, pre: ein.MapOp) -> bool:
+def negative_infinity(value: SSAValue, pre: ein.MapOp) -> bool:
     """`value` is -inf in `pre`'s body: a constant, or an argument that reads a splat of -inf."""
     owner = value.owner
     if isinstance(value, BlockArgument) and value.block is pre.body.block:
@@ -233,9 +233,9 @@ def causal_select(pre: ein.MapOp) -> SSAValue | None:
         return None
     cmp = select.cond.owner
     pred = cmp.predicate.value.data
-    if _negative_infinity(select.rhs, pre):
+    if negative_infinity(select.rhs, pre):
         kept = select.lhs
-    elif _negative_infinity(select.lhs, pre):
+    elif negative_infinity(select.lhs, pre):
         kept, pred = select.rhs, _NEGATED[pred]  # hidden where the comparison holds
     else:
         return None

@@ -322,6 +322,19 @@ def test_attention_on_its_math_path_matches_eager(monkeypatch):
     assert all("different lengths" in c["sdpa_not_built"] for c in choices), choices
 
 
+def _assert_sdpa_chosen_and_eager(fn, args: tuple, dtype: torch.dtype) -> None:
+    """`fn` compiled computes eager's result on `args`, its attention groups on SDPA alone (the math
+    path not built beside it)."""
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        got, want = compiled(*args), fn(*args)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(got, want, **tol)
+    (report,) = compiled.tilefuse_reports
+    choices = _attention_choices(report)
+    assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "causal, kv_heads, scale", [(False, 4, None), (True, 4, 0.3), (True, 2, None), (False, 1, 0.5)],
@@ -340,14 +353,7 @@ def test_attention_on_sdpa_matches_eager(monkeypatch, dtype, causal, kv_heads, s
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
 
-    compiled = tilefuse.compile(attend)
-    with torch.no_grad():
-        got, want = compiled(q, k, v), attend(q, k, v)
-    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(got, want, **tol)
-    (report,) = compiled.tilefuse_reports
-    choices = _attention_choices(report)
-    assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
+    _assert_sdpa_chosen_and_eager(attend, (q, k, v), dtype)
 
 
 def test_attention_on_sdpa_from_a_sequence_major_layout(monkeypatch):
@@ -440,14 +446,7 @@ def test_attention_with_a_mask_or_bias_runs_on_sdpa(monkeypatch, dtype, fn, extr
     q, k, v = (torch.randn(2, 3, 13, 16, dtype=dtype) for _ in range(3))
     other = extra(2, 3, 13)
     other = other.to(dtype) if other.is_floating_point() else other
-    compiled = tilefuse.compile(fn)
-    with torch.no_grad():
-        got, want = compiled(q, k, v, other), fn(q, k, v, other)
-    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(got, want, **tol)
-    (report,) = compiled.tilefuse_reports
-    choices = _attention_choices(report)
-    assert all(c["chosen"] == "sdpa" and "library_ms" not in c for c in choices), choices
+    _assert_sdpa_chosen_and_eager(fn, (q, k, v, other), dtype)
 
 
 def test_attention_with_a_bias_that_is_not_added_is_not_an_sdpa_call(monkeypatch):

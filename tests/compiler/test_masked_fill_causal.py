@@ -168,4 +168,4 @@ def test_a_module_made_under_inference_mode(tmp_path):
 def test_the_fold_leaves_a_graph_without_masked_scores_alone():
     gm = torch.fx.symbolic_trace(lambda x: torch.where(x > 0, x, 0.0))
     code = gm.code
-    assert fold_causal_selects(gm) == (0, set()) and gm.code == code
+    assert fold_causal_selects(gm) == (0, set(), None) and gm.code == code
