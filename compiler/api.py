@@ -14,6 +14,7 @@ import torch
 from .backend import CompileOptions, TilefuseBackend
 from .codegen import resolve_backend
 from .conv_layout import conv_layout_enabled
+from .depthwise_conv import depthwise_enabled
 from .dump import resolve_dump_dir
 
 F = TypeVar("F", bound=Callable)
@@ -74,6 +75,7 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     if dynamic not in (None, True, False):
         raise ValueError(f"tilefuse.compile: dynamic must be None, True or False, not {dynamic!r}")
     conv_layout_enabled(False)  # a bad TILEFUSE_CONV_LAYOUT is the caller's error, said here
+    depthwise_enabled()  # and TILEFUSE_DEPTHWISE's
     kernels_by = resolve_backend(backend)  # a bad name is refused here, not at the first call
     if fn is None:
         options = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)

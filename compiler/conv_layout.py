@@ -95,11 +95,14 @@ def f32_layout_exact() -> bool:
     )
 
 
-def channels_last_convolutions(gm: GraphModule) -> int:
+def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> int:
     """Rewrite each eligible convolution of `gm` as the module docstring says, and give each other
     convolution whose input eager PyTorch laid out channels-last a compiled input in that layout
     (`_channels_last_input`); returns how many convolutions were rewritten either way. A float32
-    convolution is converted only where that keeps eager's precision (`f32_layout_exact`)."""
+    convolution is converted only where that keeps eager's precision (`f32_layout_exact`).
+    The graph's channels-last results are returned with eager's strides where a convolution was
+    rewritten, or with `results_too` (its depthwise convolutions became stencils,
+    `compiler/depthwise_conv.py`: eager's layout flows from them to the results)."""
     count, f32 = 0, f32_layout_exact()
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.convolution.default:
@@ -109,7 +112,7 @@ def channels_last_convolutions(gm: GraphModule) -> int:
             count += 1
         elif _channels_last_input(gm, node.args[0]):
             count += 1
-    if count:  # the graph's channels-last results too: returned with eager's strides
+    if count or results_too:  # the graph's channels-last results too: returned with eager's strides
         (output,) = [n for n in gm.graph.nodes if n.op == "output"]
         for result in output.all_input_nodes:
             _channels_last_input(gm, result)

@@ -57,6 +57,7 @@ from .codegen import (
     stage_split_reduction,
 )
 from .conv_layout import channels_last_convolutions, conv_layout_enabled
+from .depthwise_conv import depthwise_enabled, depthwise_stencils
 from .dump import GraphDump
 from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
@@ -368,7 +369,10 @@ def compile_aten_graph(
     selects, read, before_fold = fold_causal_selects(aten, known)
     folded += selects
     grouped = group_decode_queries(aten)
-    convs = channels_last_convolutions(aten) if conv_layout_enabled(not target.interpret) else 0
+    stencils = depthwise_stencils(aten) if depthwise_enabled() else 0
+    convs = 0
+    if conv_layout_enabled(not target.interpret):
+        convs = channels_last_convolutions(aten, results_too=stencils > 0)
     art = GraphArtifact(name, aten, inputs, target=target, dump=dump, trained=trained)
     options = f"{target!r},{fusion_options()}"
     key = graph_key(aten, [f"{i.name}:{i.param}" for i in inputs], options, target.device)
@@ -418,6 +422,8 @@ def compile_aten_graph(
         summary["visible_masks"] = f"{masks_dropped['visible']} attention mask(s) hiding no key: dropped"
     if grouped:
         summary["grouped_queries"] = f"{grouped} one-query attention(s) over repeated KV heads: grouped"
+    if stencils:
+        summary["depthwise"] = f"{stencils} depthwise convolution(s) compiled as stencils (one kernel each)"
     if convs:
         summary["conv_layout"] = f"{convs} convolution(s) run channels-last, converted back after"
     if constant_masks:

@@ -754,7 +754,9 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         raise LoweringUnsupported("a pointwise kernel writes outputs of one shape")
     kb.recomputed.update({op.result: op for op in group.ops if op.result not in group.outputs})
     same_shape = [op for op in group.ops if shape_of(op.result.type) == shape]
-    split = _transposed_split(group, shape) if len(same_shape) == len(group.ops) else None
+    split = None
+    if len(same_shape) == len(group.ops):
+        split = _transposed_split(group, shape) or _stencil_split(group, shape)
     if split is None:
         idx = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK"), shape)
     else:  # rows Y (the operand's contiguous dim among them) by columns X (the output's)
@@ -797,6 +799,35 @@ def _transposed_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
             if j < len(perm) - 1 and min(x, y) >= MIN_TILED_EXTENT and y <= MAX_GRID_Y * MIN_TILED_EXTENT:
                 return j + 1
     return None
+
+
+def _stencil_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
+    """Rows by columns for a stencil: a group reading one tensor through several slices (the taps
+    of a depthwise convolution, `compiler/depthwise_conv.py`). The columns are the dims the slices
+    shift (the spatial ones, contiguous in memory), the rows the others (batch and channel). Flat,
+    every element computes each tap's indices and bounds from its own; in 2-d tiles those are a
+    column's (a row's weights a row's), and the loads coalesce along the columns."""
+    inside = {op.result for op in group.ops}
+    roots: dict[SSAValue, set[SSAValue]] = {}
+    shifted: set[int] = set()
+    for op in group.ops:
+        for v in op.inputs:
+            if v in inside or shape_of(v.type) != shape:
+                continue
+            root, dims = v, set()
+            while isinstance(root.owner, ein.ViewOp) and root.owner.kind.data == "slice":
+                dims.add(root.owner.view_params[0])
+                root = root.owner.input
+            if root is not v:
+                roots.setdefault(root, set()).add(v)
+                shifted |= dims
+    if not shifted or not any(len(taps) >= 2 for taps in roots.values()):
+        return None
+    split = min(shifted)
+    y, x = math.prod(shape[:split]), math.prod(shape[split:])
+    if not 0 < split < len(shape) or min(x, y) < MIN_TILED_EXTENT or y > MAX_GRID_Y * MIN_TILED_EXTENT:
+        return None
+    return split
 
 
 def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: bool = True) -> LoweredGroup:

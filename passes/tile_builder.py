@@ -288,8 +288,15 @@ class KernelBuilder:
         dim = concat.dim.value.data
         at = idx[dim]
         value, start = None, 0
+        # zero padding (constant_pad_nd): where every other operand reads zero out of its bounds, a
+        # zero piece is what the others' masked loads give there: no select (a depthwise stencil's
+        # taps, `compiler/depthwise_conv.py`, would pay several per load)
+        padding = self.zero_outside(concat.result) and any(not _is_zero(v) for v in concat.inputs)
         for operand in concat.inputs:
             size = shape_of(operand.type)[dim]
+            if padding and _is_zero(operand):
+                start += size
+                continue
             # the first operand's index is the concatenation's: past its end the load's bound masks it
             source = at if start == 0 else self._shifted_index(at, start, size)
             part = self.load(operand, [*idx[:dim], source, *idx[dim + 1 :]])
@@ -301,6 +308,20 @@ class KernelBuilder:
                 )  # fmt: skip
             value, start = part, start + size
         return value
+
+    def zero_outside(self, value: SSAValue) -> bool:
+        """Whether reading `value` at an index out of its bounds gives zero: a tensor in memory (a
+        masked load), read through views, or a concatenation of such tensors and zeros."""
+        owner = value.owner
+        if value in self.recomputed:
+            return False
+        if self.materialized(value):
+            return True
+        if isinstance(owner, ein.ViewOp):
+            return self.zero_outside(owner.input)
+        if isinstance(owner, ein.ConcatOp):
+            return all(_is_zero(v) or self.zero_outside(v) for v in owner.inputs)
+        return False
 
     def _shifted_index(self, at: Index, start: int, size: int) -> Index:
         """`at - start` where `at >= start`; `size` (out of bounds: masked) below it."""
@@ -445,3 +466,9 @@ def _reshape_groups(
     if i != len(src) or j != len(dst) or 0 in src:
         return None
     return groups
+
+
+def _is_zero(value: SSAValue) -> bool:
+    """An `ein.constant` zero tensor."""
+    owner = value.owner
+    return isinstance(owner, ein.ConstantOp) and owner.value.value.data == 0

@@ -26,6 +26,7 @@ from tilefuse.compiler.conv_layout import (
     is_nchw_view,
     is_storage_view,
 )
+from tilefuse.compiler.depthwise_conv import DEPTHWISE_ENV
 
 aten = torch.ops.aten
 
@@ -33,6 +34,7 @@ aten = torch.ops.aten
 @pytest.fixture
 def channels_last(monkeypatch):
     monkeypatch.setenv(LAYOUT_ENV, "channels_last")
+    monkeypatch.setenv(DEPTHWISE_ENV, "pytorch")  # depthwise ones stay convolutions here
     torch._dynamo.reset()
 
 
