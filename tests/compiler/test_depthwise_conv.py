@@ -28,6 +28,18 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+def _compiled_eager_float64(module: nn.Module, x: torch.Tensor):
+    """`module` compiled (its one convolution a stencil), and its output compiled, eager and in
+    float64."""
+    compiled = tilefuse.compile(module)
+    with torch.no_grad():
+        out, eager = compiled(x), module(x)
+        ref = module.double()(x.double())
+    (report,) = compiled.tilefuse_reports
+    assert report["depthwise"].startswith("1 depthwise")
+    return compiled, out, eager, ref
+
+
 class ConvGelu(nn.Module):
     def __init__(self, conv: nn.Module):
         super().__init__()
@@ -63,14 +75,8 @@ def test_stencil_matches_float64_as_eager_does(shape, kernel, stride, padding, d
         bias=bias,
     )
     module = ConvGelu(conv).to(dtype)
-    x = torch.randn(shape, dtype=dtype)
-    compiled = tilefuse.compile(module)
-    with torch.no_grad():
-        out, eager = compiled(x), module(x)
-        ref = module.double()(x.double())
-    (report,) = compiled.tilefuse_reports
-    assert report["depthwise"].startswith("1 depthwise")
-    assert not report["fallbacks"]
+    compiled, out, eager, ref = _compiled_eager_float64(module, torch.randn(shape, dtype=dtype))
+    assert not compiled.tilefuse_reports[0]["fallbacks"]
     groups = fusion_groups(compiled.tilefuse_reports)
     assert [g["kind"] for g in groups] == ["pointwise"] and groups[0]["kernel"]  # GELU and the add fused
     assert out.shape == eager.shape and out.dtype == dtype
@@ -162,12 +168,6 @@ def test_convnext_block_keeps_eager_values_and_layout(monkeypatch):
     """The stencil reads the channels-last input through its strides; with the layout pass on (as
     on a GPU) the channels-last result comes back with eager's strides."""
     monkeypatch.setenv("TILEFUSE_CONV_LAYOUT", "channels_last")
-    module, x = ConvNeXtBlock(16).eval(), torch.randn(2, 9, 11, 16)
-    compiled = tilefuse.compile(module)
-    with torch.no_grad():
-        out, eager = compiled(x), module(x)
-        ref = module.double()(x.double())
-    (report,) = compiled.tilefuse_reports
-    assert report["depthwise"].startswith("1 depthwise")
+    compiled, out, eager, ref = _compiled_eager_float64(ConvNeXtBlock(16).eval(), torch.randn(2, 9, 11, 16))
     assert _relative_error(out, ref) <= max(2 * _relative_error(eager, ref), 1e-6)
     assert out.stride() == eager.stride() and out.is_contiguous(memory_format=torch.channels_last)
