@@ -19,7 +19,14 @@ convolution (a bias, an activation, a residual) fuses into the same kernel as an
 
 Only convolutions with at most `MAX_TAPS` taps (7x7 is 49) and static sizes are rewritten, in
 float32, bfloat16 and float16; transposed and grouped (several channels a group) ones stay in
-PyTorch. `TILEFUSE_DEPTHWISE=pytorch` leaves every convolution as it is.
+PyTorch.
+
+Off by default (`TILEFUSE_DEPTHWISE=pytorch`; `stencil` turns it on): measured on the H200 (bf16,
+benchmarks/NOTES.md, thirtieth session) the pointwise kernel it becomes ran 4-13x slower than
+cuDNN (16x64x256x256 3x3: 2.5 ms against 0.64; ConvNeXt's 32x96x56x56 7x7: 3.8 ms against 0.34),
+and the measured selection sent such graphs back to PyTorch whole. A stencil needs its own kernel
+(a loop over the taps into one accumulator, 2-d spatial tiles with their halo), not a map with one
+operand a tap.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def depthwise_enabled() -> bool:
-    setting = os.environ.get(DEPTHWISE_ENV, "stencil")
+    setting = os.environ.get(DEPTHWISE_ENV, "pytorch")
     if setting not in ("stencil", "pytorch"):
         raise ValueError(f"{DEPTHWISE_ENV}={setting!r}: expected stencil or pytorch")
     return setting == "stencil"

@@ -184,12 +184,14 @@ def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
 
 def test_float32_convolutions_keep_eagers_precision(monkeypatch):
     """On the GPU's default setting a float32 convolution is converted only where cuDNN cannot pick a
-    TF32 kernel eager's NCHW one was not (`f32_layout_exact`); 16-bit ones always are."""
+    TF32 kernel eager's NCHW one was not (`f32_layout_exact`); 16-bit and depthwise ones always are."""
     monkeypatch.setenv(LAYOUT_ENV, "auto")
     x, w = torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3)
     assert torch.get_float32_matmul_precision() == "highest" and torch.backends.cudnn.allow_tf32
     assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 0
     assert channels_last_convolutions(_aten_graph(F.conv2d, x.bfloat16(), w.bfloat16())) == 1
+    # a depthwise one has no GEMM to run in TF32: converted
+    assert channels_last_convolutions(_aten_graph(F.conv2d, x, torch.randn(4, 1, 3, 3), groups=4)) == 1
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 1
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)

@@ -28,6 +28,11 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+@pytest.fixture(autouse=True)
+def _stencils(monkeypatch):
+    monkeypatch.setenv(DEPTHWISE_ENV, "stencil")  # off by default: slower than cuDNN so far
+
+
 def _compiled_eager_float64(module: nn.Module, x: torch.Tensor):
     """`module` compiled (its one convolution a stencil), and its output compiled, eager and in
     float64."""
@@ -50,11 +55,11 @@ class ConvGelu(nn.Module):
 
 
 CASES = [  # (input shape, kernel, stride, padding, dilation, bias)
-    ((3, 7, 19, 21), 3, 1, 1, 1, True),  # rows N*C = 21, columns 399: 2-d tiles
+    ((3, 7, 19, 21), 3, 1, 1, 1, True),  # rows 399, columns 21: 2-d tiles
     ((2, 10, 23, 17), 7, 1, 3, 1, True),  # ConvNeXt's 7x7
     ((3, 6, 13, 11), 3, 2, 1, 1, False),  # strided, no bias
     ((2, 9, 12, 15), 3, 1, 2, 2, True),  # dilated
-    ((2, 3, 5, 6), (1, 3), 1, (0, 1), 1, True),  # rows N*C = 6: the flat kernel
+    ((2, 3, 5, 6), (1, 3), 1, (0, 1), 1, True),  # rows of 6: the flat kernel
     ((2, 12, 37), 4, 1, 3, 1, True),  # 1-d (Mamba's causal convolution before its slice)
 ]
 
@@ -85,7 +90,7 @@ def test_stencil_matches_float64_as_eager_does(shape, kernel, stride, padding, d
 
 
 def test_wide_stencil_reads_in_2d_tiles(monkeypatch, tmp_path):
-    """Batch and channel rows by spatial columns: the tap bounds are the columns' alone."""
+    """Rows ([batch, channel, height]) by columns (width): a tap's bounds are a row's and a column's."""
     conv = nn.Conv2d(8, 8, 5, padding=2, groups=8)
     x = torch.randn(4, 8, 9, 30)
     compiled = tilefuse.compile(conv, dump=str(tmp_path))
@@ -96,7 +101,7 @@ def test_wide_stencil_reads_in_2d_tiles(monkeypatch, tmp_path):
     (group,) = fusion_groups(compiled.tilefuse_reports)
     assert "BLOCK_X" in group["config"] and "BLOCK_Y" in group["config"]
     (source,) = [p.read_text() for p in tmp_path.rglob("kernels/*.py")]
-    assert "GRID = ('cdiv(270, BLOCK_X)', 'cdiv(32, BLOCK_Y)')" in source
+    assert "GRID = ('cdiv(30, BLOCK_X)', 'cdiv(288, BLOCK_Y)')" in source
     # the zero padding is the loads' masks: no select of a zero per tap
     assert not re.search(r"tl\.where\([^,]+, (0\.0, |[^,]+, 0\.0\))", source)
     assert source.count("tl.load(") == 25 + 25 + 1  # taps, their weights, the bias
@@ -133,8 +138,12 @@ def test_symbolic_sizes_stay_convolutions():
     assert depthwise_stencils(gm) == 0
 
 
-def test_switch_leaves_the_convolution_to_pytorch(monkeypatch):
-    monkeypatch.setenv(DEPTHWISE_ENV, "pytorch")
+@pytest.mark.parametrize("setting", [None, "pytorch"], ids=["default", "pytorch"])
+def test_default_and_switch_leave_the_convolution_to_pytorch(monkeypatch, setting):
+    if setting is None:
+        monkeypatch.delenv(DEPTHWISE_ENV)
+    else:
+        monkeypatch.setenv(DEPTHWISE_ENV, setting)
     conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
     x = torch.randn(2, 4, 6, 6)
     compiled = tilefuse.compile(conv)
