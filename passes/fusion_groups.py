@@ -170,8 +170,20 @@ def math_functions(op: ein.MapOp) -> int:
 
 
 def epilogue_weight(op: ein.MapOp) -> int:
-    """What a map costs as a GEMM epilogue (see MAX_EPILOGUE_WEIGHT)."""
-    return sum(inner.name in _CONVERSIONS for inner in op.body.walk()) + 4 * math_functions(op)
+    """What a map costs as a GEMM epilogue (see MAX_EPILOGUE_WEIGHT): the work done on every element.
+    What only per-row or per-column operands feed (an eval BatchNorm's `rsqrt(var + eps)`, a bias's
+    upcast) is computed on a row or column of the tile, once, and weighs nothing."""
+    size = math.prod(shape_of(op.result.type))
+    block = op.body.block
+    operands = zip(block.args, op.inputs, strict=True)
+    varying = {arg for arg, v in operands if math.prod(shape_of(v.type)) == size}
+    weight = 0
+    for inner in block.ops:
+        if not any(operand in varying for operand in inner.operands):
+            continue
+        varying.update(inner.results)
+        weight += 1 if inner.name in _CONVERSIONS else 4 if inner.name.startswith("math.") else 0
+    return weight
 
 
 def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:

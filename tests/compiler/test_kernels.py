@@ -75,6 +75,17 @@ def test_a_heavy_epilogue_runs_as_its_own_kernel(activation, dtype, kinds):
     assert [g["kind"] for g in fusion_groups(reports)] == kinds
 
 
+def test_per_column_work_weighs_nothing_in_an_epilogue():
+    """An eval BatchNorm after a bf16 linear, then the erf GELU: its running statistics' square
+    root and every parameter's upcast are a column's work, done once a tile column; only the
+    element-wise conversions and the erf weigh, so the epilogue stays in the GEMM."""
+    from tilefuse.benchmarks.kernelbench import LinearBatchNormGelu
+
+    module = LinearBatchNormGelu(48, 40).eval().to(torch.bfloat16)
+    reports = compile_and_compare(module, torch.randn(37, 48, dtype=torch.bfloat16), rtol=0.05, atol=0.05)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["gemm"]
+
+
 def test_swiglu_in_bf16_keeps_its_two_accumulators():
     """The map joining two products always joins the GEMM, whatever its weight."""
     x, w1, w3 = (
