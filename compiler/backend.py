@@ -27,6 +27,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 from torch._functorch.partitioners import default_partition, min_cut_rematerialization_partition
 from torch.fx import GraphModule
 
+from . import encoder_layer
 from .attention_dropout import MASKS_DROPPED, attention_for_tracing
 from .codegen import Target, resolve_backend
 from .cudagraphs import CudaGraphReplay
@@ -75,6 +76,7 @@ def decompositions(training: bool = False) -> dict:
     ]))  # fmt: skip
     if training:
         table.update(get_decompositions([aten._log_softmax]))
+    table.update(encoder_layer.DECOMPOSITIONS)  # nn.TransformerEncoderLayer's fused inference op
     kept = (*_KEEP_WHOLE, *_LIBRARY_ONLY)
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in kept)}
 
