@@ -26,7 +26,7 @@ def transformer_encoder_layer(
 ):  # fmt: skip
     """`aten._transformer_encoder_layer_fwd` without a mask, on a [batch, tokens, embed_dim] input;
     anything else is left to the op (NotImplemented)."""
-    if mask is not None or src.dim() != 3 or embed_dim % num_heads:
+    if mask is not None or src.is_nested or src.dim() != 3 or embed_dim % num_heads:
         return NotImplemented
 
     def norm(t, weight, bias):

@@ -52,3 +52,19 @@ def test_a_mask_leaves_the_op_whole():
     arguments = _fused_op_arguments(layer, x)
     assert transformer_encoder_layer(*arguments, mask=torch.zeros(5, 5), mask_type=0) is NotImplemented
     assert transformer_encoder_layer(*arguments) is not NotImplemented
+
+
+def test_the_module_with_and_without_a_padding_mask_matches_eager():
+    layer = nn.TransformerEncoderLayer(48, 3, dim_feedforward=100, batch_first=True).eval()
+    x = torch.randn(2, 33, 48)
+    padding = torch.zeros(2, 33, dtype=torch.bool)
+    padding[1, 20:] = True
+    compiled = tilefuse.compile(layer)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            compiled(x, src_key_padding_mask=padding),
+            layer(x, src_key_padding_mask=padding),
+            rtol=1e-5,
+            atol=1e-5,
+        )
