@@ -311,13 +311,16 @@ class KernelBuilder:
 
     def zero_outside(self, value: SSAValue) -> bool:
         """Whether reading `value` at an index out of its bounds gives zero: a tensor in memory (a
-        masked load), read through views, or a concatenation of such tensors and zeros."""
+        masked load), read through views that keep such an index out of bounds, or a concatenation
+        of such tensors and zeros. (A reshape with a size-1 dim drops that dim's index.)"""
         owner = value.owner
         if value in self.recomputed:
             return False
         if self.materialized(value):
             return True
         if isinstance(owner, ein.ViewOp):
+            if owner.kind.data == "reshape" and 1 in shape_of(owner.result.type):
+                return False
             return self.zero_outside(owner.input)
         if isinstance(owner, ein.ConcatOp):
             return all(_is_zero(v) or self.zero_outside(v) for v in owner.inputs)

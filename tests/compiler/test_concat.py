@@ -136,3 +136,19 @@ def test_a_strided_slice_scatter_over_a_dim_its_step_does_not_divide_runs_in_pyt
     fallbacks = [f for r in reports for f in r.get("fallbacks", [])]
     assert [f["op"] for f in fallbacks] == ["aten.slice_scatter.default"]
     assert "step 2 over a dim of 7" in fallbacks[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "pad",
+    [
+        lambda x: F.pad(x, (2, 3)) * 2 + 1,
+        lambda x: F.pad(x.permute(0, 2, 1), (1, 1, 2, 0)) - 1,
+        lambda x: F.pad(x.reshape(3, 20), (1, 1)) * 3,
+        lambda x: F.pad(x.unsqueeze(-1), (1, 1)) * 2 + 1,  # the padded dim is the reshape's size-1 one
+    ],
+    ids=["plain", "permuted", "reshaped", "unsqueezed"],
+)
+def test_zero_padding_is_read_through_the_loads_masks(pad):
+    """A zero pad's pieces need no select where the padded tensor reads zero out of its bounds
+    (tile_builder.zero_outside); a reshape that drops a size-1 dim's index is not such a read."""
+    compile_and_compare(pad, torch.randn(3, 4, 5))
