@@ -319,6 +319,7 @@ class TilefuseBackend:
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
             "partitions": [], "fallbacks": [{"node": "<graph>", "op": op, "reason": reason}],
+            "kernels": {"total": 0, "distinct": 0, "precompiled": None},  # every report has the same keys
         }  # fmt: skip
         root = self.options.dump or resolve_dump_dir(None)
         if root:  # the index says why this graph has no kernels
