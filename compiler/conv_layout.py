@@ -124,6 +124,13 @@ def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> in
     return count
 
 
+def is_depthwise(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, groups: int) -> bool:
+    """A convolution's values (input, weight, result) and groups: one input and one output
+    channel a group, so no sum across channels (no GEMM)."""
+    channels = x.shape[1]
+    return groups == channels and tuple(w.shape[:2]) == (channels, 1) and out.shape[1] == channels
+
+
 def _eligible(node: Node, f32: bool) -> bool:
     x, w = node.args[0], node.args[1]
     groups = node.args[8] if len(node.args) > 8 else node.kwargs.get("groups", 1)
@@ -135,10 +142,9 @@ def _eligible(node: Node, f32: bool) -> bool:
         return False  # symbolic sizes: left as they are (Inductor saw regressions with dynamic shapes)
     if vals[0].dim() not in _FORMATS or vals[0].dtype == torch.float64 or not vals[0].is_contiguous():
         return False
-    depthwise = groups > 1 and groups == vals[0].shape[1] and vals[1].shape[1] == 1
-    if vals[0].dtype == torch.float32 and not f32 and not depthwise:  # no GEMM in a depthwise one
-        return False
-    if groups > 1 and not depthwise:  # grouped; a depthwise one (one channel a group) gains
+    if vals[0].dtype == torch.float32 and not f32 and not (groups > 1 and is_depthwise(*vals, out, groups)):
+        return False  # a depthwise one has no GEMM to run in TF32
+    if groups > 1 and vals[1].shape[1] > 1:  # grouped; a depthwise one (one channel a group) gains
         return False
     return out.is_contiguous()  # the layout eager PyTorch gave it, which the copy back restores
 

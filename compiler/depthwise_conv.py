@@ -39,6 +39,7 @@ import os
 import torch
 from torch.fx import GraphModule, Node
 
+from .conv_layout import is_depthwise
 from .partition import call_with_value
 
 aten = torch.ops.aten
@@ -85,8 +86,7 @@ def _eligible(conv: Node) -> bool:
     rank = xv.dim()
     if rank not in (3, 4, 5) or xv.dtype not in _DTYPES or wv.dtype != xv.dtype:
         return False
-    channels = xv.shape[1]
-    if groups != channels or tuple(wv.shape[:2]) != (channels, 1) or out.shape[1] != channels:
+    if not is_depthwise(xv, wv, out, groups):
         return False
     if not all(isinstance(p, int) for p in (*stride, *padding, *dilation)):
         return False
