@@ -56,6 +56,23 @@ _HEAVY_OPS = {
     # not compute-bound, but ATen's scans are 2-7x slower than the scan kernel (H200): work, not glue
     aten.cumsum.default, aten.cumprod.default,
 }  # fmt: skip
+# elements a result may hold and still count as a cheap input (a position table, a mask built with
+# arange): a larger one (a convolution's output, a BatchNorm of a graph input) is work, and what follows
+# it compiles. A ResNet block (conv, eval BatchNorm, ReLU, conv) ran its BatchNorm and ReLU as five
+# aten ops because the first convolution, reading only graph inputs, counted as a cheap input.
+_SMALL_RESULT = 1 << 16
+
+
+def _small_result(node: Node) -> bool:
+    vals = node.meta.get("val")
+    vals = vals if isinstance(vals, (tuple, list)) else [vals]
+    total = 0
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            if not all(isinstance(d, int) for d in v.shape):
+                return False
+            total += v.numel()
+    return total <= _SMALL_RESULT
 
 
 def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
@@ -64,6 +81,8 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
     Those without an `ein` lowering, and the cheap supported ops that compute their inputs from
     the graph's inputs (a mask cast before a `cumsum`, say): compiled, such a prefix would be a
     partition of its own, cut off from the rest by the op it feeds; in PyTorch it is an input.
+    Cheap means a view or a small result (`_SMALL_RESULT`): a chain over large tensors is work, and
+    compiled it is one kernel.
     """
     in_pytorch: dict[Node, str] = {}
     from_inputs: set[Node] = set()  # computed from graph inputs by cheap or PyTorch-only ops
@@ -77,7 +96,8 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
             in_pytorch[node] = reason
         # an explicit copy (a layout conversion, conv_layout.py) is work: a tiled kernel beats ATen's copy
         heavy = node.target in _HEAVY_OPS or is_explicit_copy(node)
-        if not heavy and all(a in from_inputs for a in node.all_input_nodes):
+        cheap = node.target in _FREE_VIEWS or node.target is operator.getitem or _small_result(node)
+        if not heavy and cheap and all(a in from_inputs for a in node.all_input_nodes):
             from_inputs.add(node)
     for node in reversed(gm.graph.nodes):
         feeds = sorted(u.name for u in node.users if u in in_pytorch)
@@ -204,6 +224,8 @@ _VIEW_OPS = {
     aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default,
     aten.alias.default, aten.clone.default,
 }  # fmt: skip
+# views cost nothing whatever their size (a clone, in _VIEW_OPS for partitions' boundaries, is a copy)
+_FREE_VIEWS = _VIEW_OPS - {aten.clone.default} | {aten.expand.default, aten.slice.Tensor, aten.select.int}
 
 
 def sink_boundary_views(gm: GraphModule, names: list[str]) -> int:

@@ -4,6 +4,7 @@ sort's), and constant padding compiles."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import tilefuse
@@ -48,6 +49,40 @@ def test_prefix_of_an_op_left_to_pytorch_runs_beside_it():
     in_pytorch = {f["op"]: f["reason"] for f in report["fallbacks"]}
     assert set(in_pytorch) == {"aten.sort.stable", "aten.ne.Scalar", "aten._to_copy.default"}
     assert "runs beside" in in_pytorch["aten.ne.Scalar"]
+
+
+@pytest.mark.parametrize("channels", [2, 8])  # 2: results under _SMALL_RESULT, cheap inputs; 8: work
+def test_work_between_convolutions_compiles(channels):
+    """A ResNet block (conv, eval BatchNorm, ReLU, conv, BatchNorm, residual, ReLU) and a DenseNet
+    layer (BatchNorm, ReLU on the graph's input, then a conv): a convolution's large result is work,
+    not a cheap input, and so is a norm of a large graph input, so what runs between convolutions is
+    one compiled kernel each, not five aten ops beside the convolution they feed; small results stay
+    beside it."""
+
+    class Block(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.pre = torch.nn.BatchNorm2d(c)
+            self.c1, self.c2 = (torch.nn.Conv2d(c, c, 3, padding=1, bias=False) for _ in range(2))
+            self.b1, self.b2 = torch.nn.BatchNorm2d(c), torch.nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            x = self.c1(torch.relu(self.pre(x)))
+            return torch.relu(self.b2(self.c2(torch.relu(self.b1(x)))) + x)
+
+    torch.manual_seed(0)
+    block = Block(channels).eval()
+    for bn in (block.pre, block.b1, block.b2):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(4, channels, 48, 48)  # 2 channels: 18432 elements, 8: 73728 (over 2**16)
+    (report,) = compile_and_compare(block, x, allow_fallbacks=True, rtol=1e-4, atol=1e-4)
+    beside = {f["node"] for f in report["fallbacks"] if "runs beside" in f["reason"]}
+    between = {"relu", "relu_1", "sub", "sub_1"}  # the pre-norm's and the first BatchNorm's
+    if channels == 8:
+        assert not beside & between, beside
+        assert sum(g["kernel"] is not None for g in fusion_groups([report])) >= 3
+    else:
+        assert between <= beside
 
 
 def test_roberta_positions_compile_with_their_cumsum():
