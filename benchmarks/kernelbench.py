@@ -589,9 +589,10 @@ def float64_reference(module: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
 
 def run_case(
     case: KernelCase, dtype: torch.dtype, device: torch.device, small: bool,
-    compilers: dict[str, Callable[[nn.Module], Callable]],
+    compilers: dict[str, Callable[[nn.Module], Callable]], grad: bool = False,
 ) -> CaseResult:  # fmt: skip
-    """Every candidate on one case in one dtype, on one module and one set of seeded inputs."""
+    """Every candidate on one case in one dtype, on one module and one set of seeded inputs; with
+    `grad`, the candidates run under grad mode (a harness without `torch.no_grad()`)."""
     result = CaseResult(case.name, case.level, dtype)
     try:
         torch.manual_seed(0)
@@ -606,6 +607,7 @@ def run_case(
             ref = float64_reference(module, inputs)
         except Exception as exc:  # no reference (out of memory): times still stand, errors do not
             ref, result.reference_failure = None, describe_error(exc)
+    with torch.set_grad_enabled(grad):
         for candidate, compile_fn in compilers.items():
             start = time.perf_counter()
             outcome = measure(candidate, compile_fn, module, inputs, ref, device)
@@ -765,6 +767,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch.set_float32_matmul_precision for every candidate")  # fmt: skip
     parser.add_argument("--small", action="store_true", help="the CPU test's tiny sizes (CPU without CUDA)")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave torch.compile's columns out")
+    parser.add_argument("--grad", action="store_true",
+                        help="run the candidates under grad mode, as a harness without torch.no_grad() does "
+                        "(parameters require gradients; nothing calls backward)")  # fmt: skip
     args = parser.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c] or list(CASES)
     unknown = [c for c in args.cases if c not in CASES]
@@ -786,11 +791,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     header = environment_lines(__spec__.name, device, dtypes[0], argv)
     if len(dtypes) > 1:
         header.append(f"- dtypes: {', '.join(map(dtype_name, dtypes))}, each case in each")
+    if args.grad:
+        header.append("- grad mode on: no `torch.no_grad()` around the candidates' calls")
     results: list[CaseResult] = []
     report = render_report(header, results)
     for name in args.cases:
         for dtype in dtypes:
-            results.append(run_case(CASES[name], dtype, device, args.small, compilers))
+            results.append(run_case(CASES[name], dtype, device, args.small, compilers, args.grad))
             report = render_report(header, results)
             if args.out is not None:
                 args.out.write_text(report)

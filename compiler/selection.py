@@ -318,6 +318,10 @@ class TrainingSelection:
         )
 
 
+def _requires_grad(args: tuple) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
 def _synchronized_now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -330,10 +334,15 @@ MUTATES_INPUTS = "the graph updates its inputs in place: not run twice in a call
 class GraphSelection:
     """A compiled graph against Dynamo's own graph run by PyTorch.
 
-    Calls without gradients are measured (see the module docstring). Calls with gradients take the
-    compiled graph unmeasured (inference that forgot `torch.no_grad()` still gains) until the
-    graph's backward runs once; from then on its steps are measured both ways and the faster is
-    kept (`TrainingSelection`; `TILEFUSE_TRAINING` overrides).
+    Calls without gradients are measured (see the module docstring), and so are calls under grad
+    mode where no input requires a gradient (autograd records nothing: a parameter-free op timed
+    without `torch.no_grad()`, as some harnesses do). A call whose inputs require gradients runs
+    the compiled graph unmeasured: a training loop's backward follows it, and from then on its
+    steps are measured both ways and the faster is kept (`TrainingSelection`; `TILEFUSE_TRAINING`
+    overrides). Where no backward has run by the graph's second such call, it is inference that
+    forgot `torch.no_grad()`: that call measures the forward both ways, as a call without
+    gradients does (a module's parameters require gradients; an op slower compiled than in
+    PyTorch ran compiled at every call before).
     """
 
     # the compiled graph must beat Dynamo's graph in PyTorch by 2% to be kept: within that the medians
@@ -348,6 +357,7 @@ class GraphSelection:
         self.slot = slot
         self.selection = Selection(device, margin=self.MARGIN)
         self.training: TrainingSelection | None = None  # made at the first measured training step
+        self.recording_calls = 0  # calls whose inputs require gradients, before any backward ran
 
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
@@ -365,7 +375,11 @@ class GraphSelection:
             self.slot.get("summary", {}).setdefault("training", note)
             if note is TRAINING_NOTE:
                 return self.eager(*args)
-        if chosen == "program" or (chosen is None and torch.is_grad_enabled()):
+        if chosen is None and torch.is_grad_enabled() and _requires_grad(args):
+            self.recording_calls += 1
+            if self.recording_calls < 2:  # a training step's forward, perhaps: its backward may follow
+                return self.compiled(*args)
+        if chosen == "program":
             return self.compiled(*args)
         if chosen == "pytorch":
             return self.eager(*args)

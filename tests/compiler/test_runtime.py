@@ -717,6 +717,70 @@ def test_a_failing_measurement_keeps_the_compiled_graph(monkeypatch):
     assert "simulated" in compiled.tilefuse_reports[0]["selection"]["not_measured"]
 
 
+def _graph_selection_on_cpu(monkeypatch, program_ms: float, pytorch_ms: float):
+    """Graph-level selection on this CPU, partitions' off, timed by a fake clock."""
+    from tilefuse.compiler import backend, runtime, selection
+
+    monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
+    monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
+    monkeypatch.setattr(
+        selection, "timed", lambda kind, run, device: (run(), program_ms if kind == "program" else pytorch_ms)
+    )
+
+
+def test_calls_under_grad_mode_with_nothing_requiring_grad_are_measured(monkeypatch):
+    """A parameter-free op called without `torch.no_grad()` (autograd records nothing) is measured
+    at its first call, as under `no_grad`: slower compiled, it runs in PyTorch."""
+    _graph_selection_on_cpu(monkeypatch, program_ms=2.0, pytorch_ms=1.0)
+    fn = lambda x: torch.tanh(x) * 3  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(compiled(x), fn(x))
+    selected = compiled.tilefuse_reports[0]["selection"]
+    assert selected["chosen"] == "pytorch (the eager graph)"
+    assert selected["tilefuse_ms"] == 2 * selected["pytorch_ms"]  # the fake clock's times, a run each
+
+
+def test_forward_only_calls_of_a_module_with_parameters_are_measured_from_the_second(monkeypatch):
+    """Inference without `torch.no_grad()` on a module (its parameters require gradients): the first
+    call runs compiled unmeasured (a backward may follow it), the second measures, as a call
+    without gradients does; the result keeps its autograd graph either way."""
+    _graph_selection_on_cpu(monkeypatch, program_ms=2.0, pytorch_ms=1.0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    compiled = tilefuse.compile(model)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(compiled(x), model(x))
+    assert "selection" not in compiled.tilefuse_reports[0]
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    assert compiled.tilefuse_reports[0]["selection"]["chosen"] == "pytorch (the eager graph)"
+    out.sum().backward()  # a graph PyTorch ran: its gradients are eager's
+    got = model[0].weight.grad.clone()
+    model.zero_grad()
+    model(x).sum().backward()
+    torch.testing.assert_close(got, model[0].weight.grad)
+
+
+def test_a_training_loop_never_measures_its_forward_alone(monkeypatch):
+    """Each forward with gradients is followed by its backward: the forward-only measurement never
+    runs (it would run the forward 15 more times each way); the steps are measured as steps."""
+    from tilefuse.compiler import selection
+
+    _graph_selection_on_cpu(monkeypatch, program_ms=1.0, pytorch_ms=2.0)
+    measured = []
+    step = selection.Selection.step
+    monkeypatch.setattr(selection.Selection, "step", lambda self, *a: measured.append(1) or step(self, *a))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    compiled = tilefuse.compile(model)
+    x = torch.randn(4, 8)
+    for _ in range(4):
+        compiled(x).square().mean().backward()
+    assert not measured
+    assert "its backward ran" in compiled.tilefuse_reports[0]["training"]
+
+
 def test_the_dynamic_graph_is_in_the_dump_index(tmp_path):
     fn = lambda x: torch.relu(x) * 2  # noqa: E731
     compiled = tilefuse.compile(fn, dump=tmp_path)
