@@ -373,8 +373,7 @@ class GraphSelection:
                 return self._training_step(args)
             note = {"1": TRAINING_KEPT, "compile": TRAINING_COMPILED}.get(setting, TRAINING_NOTE)
             self.slot.get("summary", {}).setdefault("training", note)
-            if note is TRAINING_NOTE:
-                return self.eager(*args)
+            return self.eager(*args) if note is TRAINING_NOTE else self.compiled(*args)
         if chosen is None and torch.is_grad_enabled() and _requires_grad(args):
             self.recording_calls += 1
             if self.recording_calls < 2:  # a training step's forward, perhaps: its backward may follow
