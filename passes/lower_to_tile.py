@@ -21,6 +21,7 @@ pass cannot lower yet is reported with the reason, and runs op by op.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
@@ -801,12 +802,20 @@ def _transposed_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
     return None
 
 
+# the depthwise-stencil experiment's switch (compiler/depthwise_conv.py): its stencils get 2-d tiles
+STENCIL_ENV, STENCIL_ON = "TILEFUSE_DEPTHWISE", "stencil"
+
+
 def _stencil_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
     """Rows by the last dim for a stencil: a group reading one tensor through several slices (the
     taps of a depthwise convolution, `compiler/depthwise_conv.py`). Flat, every element computes
     each tap's indices and bounds from its own; in 2-d tiles those are a row's or a column's, and
     the columns are consecutive elements of a row. (Columns over all the spatial dims, the row's
-    div/mod in them, measured 4-11x slower than cuDNN on the H200: the loads' contiguity is lost.)"""
+    div/mod in them, measured 4-11x slower than cuDNN on the H200: the loads' contiguity is lost.)
+    Only with the stencil experiment on: pools are stencils too, and in these tiles they ran 3-5x
+    slower than flat on the H200 (bf16 2x2 max pool over 16x64x256x256: 278 µs against 73)."""
+    if os.environ.get(STENCIL_ENV) != STENCIL_ON:
+        return None
     inside = {op.result for op in group.ops}
     roots: dict[SSAValue, set[SSAValue]] = {}
     for op in group.ops:

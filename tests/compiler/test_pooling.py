@@ -76,6 +76,19 @@ def test_overlapping_padded_and_dilated_pools_are_one_pointwise_kernel(name):
     assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise"]
 
 
+def test_pools_run_flat_not_in_the_stencil_tiles(tmp_path):
+    """A pool reads its input through several slices, as the depthwise-stencil experiment does, but
+    its kernel stays flat (one BLOCK over the output) unless that experiment is on: in the
+    stencil's 2-d tiles KernelBench's pools ran 3-5x slower on the H200. Rows and columns here are
+    past the tiles' minimum (16), where the split would apply."""
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(lambda x: F.max_pool2d(x, 2), dump=tmp_path)
+    x = torch.randn(2, 3, 40, 36)
+    torch.testing.assert_close(compiled(x), F.max_pool2d(x, 2))
+    (source,) = [p.read_text() for p in tmp_path.glob("**/kernels/*.py")]
+    assert "GRID = ('cdiv(2160, BLOCK)',)" in source
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     kind=st.sampled_from(["max", "avg"]),
