@@ -108,3 +108,32 @@ def test_a_map_reading_its_siblings_result_is_not_its_sibling():
     reports = compile_and_compare(f, torch.randn(7, 9), torch.randn(7, 9), rtol=1e-5, atol=1e-5)
     # `a` is returned, so it is written; the map reading it is no sibling of the one computing it
     assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 9, 11), (4, 32, 20, 24)], ids=str)
+def test_a_producer_two_merged_siblings_read_is_recomputed_in_their_kernel(shape):
+    """A training graph's ReLU output and its backward's mask read one producer (a convolution's
+    result, copied back from NHWC with its bias); neither sibling takes it in alone, and once they
+    are one kernel it is recomputed there: one kernel writing both, nothing written in between.
+    The second shape is large enough for the 2-d tiles of the NHWC read."""
+    bias, extra = torch.randn(shape[1], 1, 1), torch.randn(shape[1], 1, 1)
+
+    def f(nhwc):
+        y = nhwc.permute(0, 3, 1, 2).contiguous() + bias
+        return torch.relu(y) + extra, torch.relu(y) <= 0
+
+    nhwc = torch.randn(shape[0], *shape[2:], shape[1])
+    reports = compile_and_compare(f, nhwc, rtol=1e-5, atol=1e-5)
+    groups = fusion_groups(reports)
+    assert [g["kind"] for g in groups] == ["pointwise"] and groups[0]["kernel"], groups
+
+
+def test_a_producer_also_returned_is_not_absorbed_into_its_readers():
+    """Returned, `y` is written anyway: its kernel stays, and the two siblings reading it are one."""
+
+    def f(x):
+        y = torch.sigmoid(x) * 2
+        return y, torch.relu(y) + 1, torch.relu(y) <= 0.5
+
+    reports = compile_and_compare(f, torch.randn(9, 13), rtol=1e-5, atol=1e-5)
+    assert [len(g["ops"]) for g in fusion_groups(reports)] == [1, 2]
