@@ -214,6 +214,13 @@ def test_setting(monkeypatch):
         tilefuse.compile(lambda x: x + 1)
 
 
+def _eval_batch_norm(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels).eval()
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.uniform_(0.5, 2)
+    return norm
+
+
 @pytest.mark.parametrize(
     "make, shape, tiled",
     [
@@ -222,8 +229,10 @@ def test_setting(monkeypatch):
         (lambda: ConvReluBias(nn.Conv3d(16, 16, 3), 16, 3), (2, 16, 5, 6, 7), 3),
         (lambda: ConvReluBias(nn.ConvTranspose2d(16, 16, 3, stride=2), 16, 2), (2, 16, 5, 6), 3),
         (lambda: ConvReluBias(nn.Conv2d(3, 5, 3), 5, 2), (2, 3, 9, 11), 0),  # under a tile's edge: flat
+        # an eval BatchNorm's per-channel scale, computed in the copy back's kernel: still tiles
+        (lambda: nn.Sequential(nn.Conv2d(16, 24, 3), _eval_batch_norm(24), nn.ReLU()), (2, 16, 9, 11), 3),
     ],
-    ids=["conv2d", "strided_ragged", "conv3d", "transposed", "few_channels"],
+    ids=["conv2d", "strided_ragged", "conv3d", "transposed", "few_channels", "batch_norm"],
 )
 def test_convolution_then_epilogue_matches_eager(channels_last, make, shape, tiled):
     """Three kernels, transposing copies (in 2-d tiles where rows and columns fill one): the input and
