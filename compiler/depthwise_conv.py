@@ -39,21 +39,21 @@ import os
 import torch
 from torch.fx import GraphModule, Node
 
+from ..passes.lower_to_tile import DEPTHWISE_ENV, DEPTHWISE_STENCIL
 from .conv_layout import is_depthwise
 from .partition import call_with_value
 
 aten = torch.ops.aten
 
-DEPTHWISE_ENV = "TILEFUSE_DEPTHWISE"
 MAX_TAPS = 64  # loads per output element; a 7x7 kernel has 49
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def depthwise_enabled() -> bool:
     setting = os.environ.get(DEPTHWISE_ENV, "pytorch")
-    if setting not in ("stencil", "pytorch"):
-        raise ValueError(f"{DEPTHWISE_ENV}={setting!r}: expected stencil or pytorch")
-    return setting == "stencil"
+    if setting not in (DEPTHWISE_STENCIL, "pytorch"):
+        raise ValueError(f"{DEPTHWISE_ENV}={setting!r}: expected {DEPTHWISE_STENCIL} or pytorch")
+    return setting == DEPTHWISE_STENCIL
 
 
 def depthwise_stencils(gm: GraphModule) -> int:

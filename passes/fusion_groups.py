@@ -507,9 +507,8 @@ def _sole_reader_group(producer: tuple, owner: dict[Operation, tuple]) -> tuple 
         if outside is None:  # the function returns it, or a gather reads it
             return None
         readers |= outside - members
-    consumers = {id(owner.get(r)) for r in readers}
-    consumer = owner.get(next(iter(readers))) if readers else None
-    return consumer if len(consumers) == 1 and consumer is not producer else None
+    consumers = {id(g): g for g in map(owner.get, readers)}  # readers are not members: not `producer`
+    return next(iter(consumers.values())) if len(consumers) == 1 else None
 
 
 def _sibling_place(

@@ -808,8 +808,9 @@ def _transposed_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
     return None
 
 
-# the depthwise-stencil experiment's switch (compiler/depthwise_conv.py): its stencils get 2-d tiles
-STENCIL_ENV, STENCIL_ON = "TILEFUSE_DEPTHWISE", "stencil"
+# the depthwise-stencil experiment's switch, read by compiler/depthwise_conv.py (the rewrite) and here
+# (its stencils' 2-d tiles); the lower layer holds it so both read one name
+DEPTHWISE_ENV, DEPTHWISE_STENCIL = "TILEFUSE_DEPTHWISE", "stencil"
 
 
 def _stencil_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
@@ -820,7 +821,7 @@ def _stencil_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
     div/mod in them, measured 4-11x slower than cuDNN on the H200: the loads' contiguity is lost.)
     Only with the stencil experiment on: pools are stencils too, and in these tiles they ran 3-5x
     slower than flat on the H200 (bf16 2x2 max pool over 16x64x256x256: 278 µs against 73)."""
-    if os.environ.get(STENCIL_ENV) != STENCIL_ON:
+    if os.environ.get(DEPTHWISE_ENV) != DEPTHWISE_STENCIL:
         return None
     inside = {op.result for op in group.ops}
     roots: dict[SSAValue, set[SSAValue]] = {}
