@@ -36,6 +36,7 @@ from ..ir.module import parameter_args
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from . import group_selection
+from .direct_ops import bind_direct
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, Trained, write_program
 from .selection import Selection, selection_enabled
@@ -244,7 +245,9 @@ def direct_forward(module: torch.nn.Module) -> Callable:
     """`module`'s generated forward, called without nn.Module's call machinery (hooks, the call
     wrapper). A lazily recompiled GraphModule's `forward` is a stub that recompiles and then calls the
     module through `__call__` (the whole wrapper, every call: ~10 µs of this CPU's 68 a compiled call):
-    its code is generated now, and its real forward taken."""
+    its code is generated now, and its real forward taken. Its ATen calls go through PyTorch's bindings
+    rather than the boxed `OpOverload` path (`direct_ops.bind_direct`)."""
+    bind_direct(module)
     real_recompile = getattr(module, "real_recompile", None)
     if callable(real_recompile):
         real_recompile()
