@@ -87,6 +87,9 @@ class _Writer:
     launches: int = 0
     buffers: _BufferPlan = field(default_factory=lambda: _BufferPlan())
     layouts: dict[str, tuple] = field(default_factory=dict)
+    # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
+    view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
+    allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -248,6 +251,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     else:
         w.emit("stream = 0")
     w.emit("_empty = _allocator()")
+    w.view_of = _views_to_allocate(spec)
     for op in spec.steps:
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
@@ -327,7 +331,10 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     name = reuse_names[0] if reuse_names else w.fresh(result)
     w.names[result] = name
     operands = [w.names[v] for v in op.operands]
-    if isinstance(op, ein.ViewOp):
+    if op in w.allocated_as_view:  # its source's buffer was allocated as this view: nothing to do
+        name = w.names[result] = operands[0]
+        w.emit(f"# {op.kind.data} of {name}: its buffer was allocated as this view")
+    elif isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
@@ -354,13 +361,22 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         strides = output_strides(kernel, shape, dtype)
         w.meta[value] = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
         layout = (shape, strides, dtype)
-        w.layouts[name] = layout
         pinned = reuse_names is not None or value in w.inputs.results
+        view = w.view_of.get(value)
+        as_view = view is not None and is_packed(shape, strides)
+        if as_view:
+            # the buffer is made as the view's tensor; launches pass it with this output's literal strides
+            shape = tuple(shape_of(view.result.type))
+            strides = tuple(run_op(view, {value: w.meta[value]}, torch.device("meta")).stride())
+            layout = (shape, strides, dtype)
+            pinned = pinned or view.result in w.inputs.results
+            w.allocated_as_view.add(view)
+        w.layouts[name] = layout
         taken = w.buffers.allocate(name, layout, pinned)
         if taken is not None:
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
-            if is_packed(shape, strides):
+            if as_view or is_packed(shape, strides):
                 w.emit(f"{name} = _empty({shape!r}, {strides!r}, {dtype})")
             else:  # a GEMM's stores run into the padding: the last row's too
                 w.emit(f"{name} = _padded({shape!r}, {strides!r}, dtype={dtype}, device=_device)"
@@ -378,6 +394,29 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.emit(f"# {title} ({lowered.group.kind}){backend}: grid {grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
+
+
+def _views_to_allocate(spec: ProgramInputs) -> dict[SSAValue, ein.ViewOp]:
+    """Kernel outputs that leave their kernels only through one permute (a convolution's
+    NHWC operand viewed back as NCHW, a derived weight likewise), mapped to that view: the program
+    allocates the buffer as the view's tensor (same storage, the view's shape and strides) and
+    passes it to the launches with the output's own literal strides, so no view is made per call.
+    Only where nothing else reads the output as a tensor (no glue op, not a result)."""
+    launched = [v for k in spec.kernels.values() for v in k.lowered.outputs]
+    readers: dict[SSAValue, list[Operation]] = {}
+    for op in spec.steps:
+        reads = spec.kernels[op].lowered.inputs if op in spec.kernels else op.operands
+        for value in reads:
+            readers.setdefault(value, []).append(op)
+    results = set(spec.results)
+    chosen = {}
+    for value in launched:
+        views = [r for r in readers.get(value, ()) if r not in spec.kernels]
+        if value in results or len(views) != 1 or not isinstance(views[0], ein.ViewOp):
+            continue
+        if views[0].kind.data == "permute":  # (the launcher's TMA and row-tail checks read the
+            chosen[value] = views[0]  # buffer's strides: a permutation's are the same set, decided alike)
+    return chosen
 
 
 def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_names: list[str] | None) -> None:

@@ -309,3 +309,29 @@ def test_transposed_pointwise_kernels_match_eager(dims, data):
     rows, cols = math.prod(out_shape[: j + 1]), math.prod(out_shape[j + 1 :])
     tiled = j < len(dims) - 1 and min(rows, cols) >= 16
     assert ("BLOCK_X" in group["config"]) == tiled, (perm, dims, group["config"])
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def test_nhwc_buffers_for_a_convolution_are_allocated_as_its_nchw_view(channels_last, tmp_path):
+    """Each convolution's input and weight are written NHWC by a kernel (the weight's once) and reach
+    cuDNN as NCHW views: the programs allocate each such buffer as that view and pass it to the kernels
+    with the NHWC strides, so no permute runs per call, and the result is eager's."""
+    torch.manual_seed(0)
+    module, x = _TwoConvs().eval(), torch.randn(2, 3, 9, 7)
+    with torch.no_grad():
+        compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
+        tilefuse.compile(module, dump=tmp_path)(x)
+    programs = [p.read_text() for p in tmp_path.rglob("program_*.py")]
+    source = "\n".join(programs)
+    assert source.count("allocated as this view") == 4 and ".permute(" not in source, source
+    assert "_empty((2, 8, 9, 7), (504, 1, 56, 8), torch.float32)" in source, source  # channels-last
