@@ -149,7 +149,8 @@ def _target(example_inputs: list, backend: str | None = None) -> Target:
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
-    return make_boxed_func(gm)
+    """The backward as PyTorch runs it, its ATen calls through PyTorch's bindings (`direct_ops`)."""
+    return make_boxed_func(direct_forward(gm))
 
 
 class TilefuseBackend:
