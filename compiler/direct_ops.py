@@ -13,8 +13,9 @@ partitioned graph, a partition's captured PyTorch code) whose op is in
 `DIRECT`: each pair is the same ATen schema reached both ways (same
 positional and keyword arguments, same overload), and only functional ops
 are listed, so a graph's in-place ops stay `OpOverload`s for the checks that
-look for them (`runtime._writes_inputs`). `TILEFUSE_DIRECT_OPS=0` leaves every
-graph as captured.
+look for them (`runtime._writes_inputs`). `_unsafe_view` is not: `Tensor.view` would make its result
+an autograd view, which AOTAutograd's analysis of a graph's outputs did not see.
+`TILEFUSE_DIRECT_OPS=0` leaves every graph as captured.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def direct_table() -> dict[torch._ops.OpOverload, Callable]:
         ("convolution.default", torch, "convolution"),
         ("permute.default", torch, "permute"),
         ("view.default", torch.Tensor, "view"),
-        ("_unsafe_view.default", torch.Tensor, "view"),  # the same view; no alias bookkeeping differs here
         ("reshape.default", torch, "reshape"),
         ("expand.default", torch.Tensor, "expand"),
         ("t.default", torch, "t"),

@@ -32,7 +32,6 @@ CASES = [
     ),
     (aten.permute.default, (_r(2, 3, 4), [2, 0, 1]), {}),
     (aten.view.default, (_r(6, 4), [3, 8]), {}),
-    (aten._unsafe_view.default, (_r(6, 4), [24]), {}),
     (aten.reshape.default, (_r(6, 4).t(), [24]), {}),
     (aten.expand.default, (_r(3, 1), [2, 3, 5]), {}),
     (aten.t.default, (_r(3, 5),), {}),
