@@ -28,6 +28,7 @@ import torch
 from torch.fx import GraphModule
 
 DIRECT_OPS_ENV = "TILEFUSE_DIRECT_OPS"  # "0": graphs call torch.ops.aten.* as captured
+CAPTURED_TARGET = "tilefuse_captured_target"  # node meta: the OpOverload a retargeted node had
 
 
 @functools.cache
@@ -77,6 +78,12 @@ def direct_ops_enabled() -> bool:
     return os.environ.get(DIRECT_OPS_ENV, "1") != "0"
 
 
+def captured_target(node: torch.fx.Node) -> object:
+    """The op a node called as captured (its OpOverload, where `bind_direct` retargeted it): what
+    reports name."""
+    return node.meta.get(CAPTURED_TARGET, node.target)
+
+
 def bind_direct(gm: GraphModule) -> int:
     """Retarget `gm`'s nodes whose op has a direct binding; returns how many (recompiles if any)."""
     if not direct_ops_enabled() or not isinstance(gm, GraphModule):
@@ -85,6 +92,7 @@ def bind_direct(gm: GraphModule) -> int:
     count = 0
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in table:
+            node.meta[CAPTURED_TARGET] = node.target
             node.target = table[node.target]
             count += 1
     if count:

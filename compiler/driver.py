@@ -58,6 +58,7 @@ from .codegen import (
 )
 from .conv_layout import channels_last_convolutions, conv_layout_enabled
 from .depthwise_conv import depthwise_enabled, depthwise_stencils
+from .direct_ops import captured_target
 from .dump import GraphDump
 from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
@@ -82,7 +83,7 @@ class Partition:
     kernels: list[CompiledKernel] = field(default_factory=list)
 
     def summary(self) -> dict:
-        aten_ops = [str(n.target) for n in self.submodule.graph.nodes if n.op == "call_function"]
+        aten_ops = [str(captured_target(n)) for n in self.submodule.graph.nodes if n.op == "call_function"]
         ein_ops = Counter(op.name for op in self.function.body.ops) if self.function else {}
         ein_ops.pop("func.return", None)
         kernels = {k.lowered.group.name: k for k in self.kernels}

@@ -139,3 +139,13 @@ def test_a_backward_left_to_pytorch_calls_the_bindings():
     assert "torch.mm(" in bw.code and "aten.mm" not in bw.code, bw.code
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reports_name_the_captured_aten_ops(monkeypatch):
+    monkeypatch.setenv("TILEFUSE_INTERPRET", "1")
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")
+    x = _r(2, 3, 11)
+    compiled = tilefuse.compile(lambda x: x.view(6, 11).t() * 2)
+    compiled(x)
+    ops = {op for r in compiled.tilefuse_reports for p in r["partitions"] for op in p["aten_ops"]}
+    assert {"aten.view.default", "aten.permute.default", "aten.mul.Tensor"} == ops, ops
