@@ -9,8 +9,8 @@ many permutes between its partitions). Inductor's wrapper calls
 `extern_kernels.convolution` (that is, `torch.convolution`) for the same reason.
 
 `bind_direct(gm)` retargets the nodes of a graph tilefuse executes (the
-partitioned graph, a partition's captured PyTorch code) whose op is in
-`DIRECT`: each pair is the same ATen schema reached both ways (same
+partitioned graph, a partition's captured PyTorch code, a backward left to
+PyTorch) whose op is in `direct_table()`: each pair is the same ATen schema reached both ways (same
 positional and keyword arguments, same overload), and only functional ops
 are listed, so a graph's in-place ops stay `OpOverload`s for the checks that
 look for them (`runtime._writes_inputs`). `_unsafe_view` is not: `Tensor.view` would make its result

@@ -328,11 +328,11 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
             _write_launch(w, chosen or kernel, reuse_names)
         return
     result = op.results[0]
-    name = reuse_names[0] if reuse_names else w.fresh(result)
-    w.names[result] = name
     operands = [w.names[v] for v in op.operands]
-    if op in w.allocated_as_view:  # its source's buffer was allocated as this view: nothing to do
-        name = w.names[result] = operands[0]
+    allocated = op in w.allocated_as_view  # its source's buffer was allocated as this view: no step
+    name = operands[0] if allocated else reuse_names[0] if reuse_names else w.fresh(result)
+    w.names[result] = name
+    if allocated:
         w.emit(f"# {op.kind.data} of {name}: its buffer was allocated as this view")
     elif isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
