@@ -247,6 +247,8 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
 
     lowered = kernel.lowered
     pattern = attention_pattern(list(lowered.group.ops))
+    if pattern.safe is not None:  # SDPA's fused kernels need not write a row with no visible key as zeros
+        raise NoSdpaPath("a safe softmax (rows with every key masked are zeros)")
     outputs = list(lowered.outputs)
     if len(outputs) != 1:
         raise NoSdpaPath("the group has more than one output")

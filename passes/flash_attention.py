@@ -11,6 +11,14 @@ the steps, e.g. the head-group split of grouped-query attention):
     p = map(e, l)                    e / l, maybe a cast
     o = contract(p, v)
 
+or PyTorch's safe softmax (SDPA's math path, which a fused SDPA kernel does not
+take: query and key head counts that differ without `enable_gqa`, as Falcon's
+multi-query attention calls it), whose rows with every key masked are zero:
+
+    f = map(t)                       t != -inf
+    a = reduce max [last] keepdim f  any key visible
+    p = map(0, a, e, l)              select(not a, 0, e / l)
+
 No intermediate may be used elsewhere. The kernel is the online-softmax loop
 written with general `tile` ops: each program owns BLOCK_M query rows of one
 (batch, head), keeps a running row max `m_i`, row sum `l_i` and an f32
@@ -19,7 +27,8 @@ applies `t`'s map, rescales by `exp(m_old - m_new)` (the `e` map's own body)
 and accumulates `p @ v`; the division by `l` happens once at the end. When
 `t` is recognisably causal (`select(key <= query, x, -inf)` on iotas, or
 `select(key > query, -inf, x)` as `masked_fill` writes it), key blocks past
-the diagonal are never visited.
+the diagonal are never visited. A safe softmax's row whose running max ends
+at -inf (no visible key) is written as zeros.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 from xdsl.dialects import arith, scf
+from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS
 from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
 from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
@@ -53,11 +63,13 @@ class AttentionPattern:
     output: ein.ContractOp
     causal: bool
     upcasts: tuple[ein.MapOp | None, ein.MapOp | None] = (None, None)  # q, k read as 16-bit
+    # a safe softmax's `t != -inf` map and its row `any` (max over booleans); None for a plain one
+    safe: tuple[ein.MapOp, ein.ReduceOp] | None = None
 
     @property
     def ops(self) -> list[Operation]:
-        ops = [*self.upcasts, self.scores, self.pre, self.row_max, self.exp, self.row_sum, self.normalize]
-        return [op for op in ops if op is not None] + [self.output]
+        ops = [*self.upcasts, self.scores, self.pre, self.row_max, self.exp, self.row_sum, *(self.safe or ())]
+        return [op for op in ops if op is not None] + [self.normalize, self.output]
 
 
 def _source(value: SSAValue) -> SSAValue:
@@ -99,12 +111,18 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
     """The attention ending in contraction `output`, or None if `output` does not end one."""
     p = _source(output.lhs)
     normalize = p.owner
-    if not (isinstance(normalize, ein.MapOp) and len(normalize.inputs) == 2 and _readers(p) == {output}):
+    if not (isinstance(normalize, ein.MapOp) and _readers(p) == {output}):
         return None
-    yielded = strip_casts(yielded_value(normalize))
-    if not _is_binary_of_args(yielded, "arith.divf", normalize):
-        return None
-    e, total = normalize.inputs
+    if len(normalize.inputs) == 2:
+        yielded = strip_casts(yielded_value(normalize))
+        if not _is_binary_of_args(yielded, "arith.divf", normalize):
+            return None
+        (e, total), visible = normalize.inputs, None
+    else:
+        parts = _safe_normalize(normalize)
+        if parts is None:
+            return None
+        e, total, visible = parts
     row_sum, exp = total.owner, e.owner
     if not (_is_last_dim_reduce(row_sum, "sum") and row_sum.input is e and isinstance(exp, ein.MapOp)):
         return None
@@ -120,7 +138,17 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
         return None
     if _readers(e) != {row_sum, normalize} or _readers(total) != {normalize} or _readers(m) != {exp}:
         return None
-    if _readers(t) != {row_max, exp}:
+    safe = None
+    if visible is not None:
+        if not (_is_last_dim_reduce(visible.owner, "max") and _readers(visible) == {normalize}):
+            return None
+        finite = visible.owner.input.owner
+        if not (isinstance(finite, ein.MapOp) and list(finite.inputs) == [t]):
+            return None
+        if _readers(finite.result) != {visible.owner} or not _is_not_negative_infinity(finite):
+            return None
+        safe = (finite, visible.owner)
+    if _readers(t) != {row_max, exp, *(safe[:1] if safe else ())}:
         return None
     pre = t.owner if isinstance(t.owner, ein.MapOp) else None
     if pre is not None:
@@ -135,7 +163,71 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
         return None
     causal = pre is not None and _is_causal(pre)
     upcasts = (_upcast(contract.lhs, contract), _upcast(contract.rhs, contract))
-    return AttentionPattern(contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts)
+    return AttentionPattern(contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts, safe)
+
+
+def _safe_normalize(normalize: ein.MapOp) -> tuple[SSAValue, SSAValue, SSAValue] | None:
+    """(e, l, a) where `normalize` is a safe softmax's last map, `select(not a, 0, e / l)` (or
+    `select(a, e / l, 0)`) over its four inputs e, l, a (booleans) and a splat of zero; else None."""
+    if len(normalize.inputs) != 4:
+        return None
+    select = strip_casts(yielded_value(normalize)).owner
+    if not isinstance(select, arith.SelectOp):
+        return None
+    cond, when_true, when_false = select.cond, strip_casts(select.lhs), strip_casts(select.rhs)
+    negated = _negation_of(cond)
+    if negated is not None:
+        cond, when_true, when_false = negated, when_false, when_true
+    # now: select(a, e / l, 0)
+    division = when_true.owner
+    if not (isinstance(cond, BlockArgument) and isinstance(when_false, BlockArgument)):
+        return None
+    if not (isinstance(division, arith.DivfOp) and isinstance(strip_casts(division.lhs), BlockArgument)):
+        return None
+    e_arg, l_arg = strip_casts(division.lhs), strip_casts(division.rhs)
+    if not isinstance(l_arg, BlockArgument) or len({cond, when_false, e_arg, l_arg}) != 4:
+        return None
+    if any(arg.block is not normalize.body.block for arg in (cond, when_false, e_arg, l_arg)):
+        return None
+    zero = normalize.inputs[when_false.index].owner
+    if (
+        not (isinstance(zero, ein.ConstantOp) and isinstance(zero.value, FloatAttr))
+        or zero.value.value.data != 0.0
+    ):
+        return None
+    if cond.type != i1:
+        return None
+    return normalize.inputs[e_arg.index], normalize.inputs[l_arg.index], normalize.inputs[cond.index]
+
+
+def _negation_of(value: SSAValue) -> SSAValue | None:
+    """x where `value` is `xori(x, true)` (PyTorch's logical_not), else None."""
+    op = value.owner
+    if not isinstance(op, arith.XOrIOp):
+        return None
+    for x, other in ((op.lhs, op.rhs), (op.rhs, op.lhs)):
+        owner = other.owner
+        if isinstance(owner, arith.ConstantOp) and other.type == i1 and owner.value.value.data in (1, -1):
+            return x
+    return None
+
+
+def _is_not_negative_infinity(finite: ein.MapOp) -> bool:
+    """The one-input map `finite` yields `x != -inf` of its argument x: `not (x == -inf)` or
+    `x une -inf`/`x one -inf`."""
+    (x,), value = finite.body.block.args, yielded_value(finite)
+    negated = _negation_of(value)
+    compare, predicates = (negated, ("oeq", "ueq")) if negated is not None else (value, ("une", "one"))
+    op = compare.owner
+    if not isinstance(op, arith.CmpfOp):
+        return False
+    if CMPF_COMPARISON_OPERATIONS[op.predicate.value.data] not in predicates:
+        return False
+    operands = [strip_casts(v) for v in op.operands]
+    if x not in operands:
+        return False
+    other = operands[1 - operands.index(x)].owner
+    return isinstance(other, arith.ConstantOp) and other.value.value.data == float("-inf")
 
 
 def _upcast(value: SSAValue, reader: Operation) -> ein.MapOp | None:
@@ -355,8 +447,13 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
 
     state = key_blocks(kb.const(0), full_blocks, inits, masked=False)
     loop_results = key_blocks(full_blocks, trips, state, masked=True)
-    _, l_end, acc_end = loop_results
+    m_end, l_end, acc_end = loop_results
     result = kb.map([acc_end, l_end], f32, lambda sb, a, b: sb.div(a, b))
+    if pattern.safe is not None:  # no visible key in the row (its max is still -inf): zeros
+        result = kb.map(
+            [m_end, result], f32,
+            lambda sb, m, r: sb.select(sb.cmp("eq", m, sb.const(float("-inf"), f32)), sb.const(0.0, f32), r),
+        )  # fmt: skip
     o_at = {c: at[key_of[c]] for c in batch2} | {q2: at[q], dv: kb.expand(kb.arange("BLOCK_DV"), 0)}
     kb.store(
         kb.output_argument(output.result),

@@ -664,7 +664,7 @@ def _kind(ops: list[Operation]) -> str:
     contracts = [op for op in ops if isinstance(op, ein.ContractOp)]
     if contracts:
         attention = match_attention(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
-        return "attention" if attention is not None and attention.ops == ops else "gemm"
+        return "attention" if attention is not None and set(attention.ops) == set(ops) else "gemm"
     if any(isinstance(op, ein.ScanOp) for op in ops):
         return "scan"
     reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]

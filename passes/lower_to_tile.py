@@ -856,7 +856,7 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: 
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS
         elif group.kind == "attention":
             pattern = match_attention(group.ops[-1])
-            if pattern is None or pattern.ops != group.ops:
+            if pattern is None or set(pattern.ops) != set(group.ops):
                 raise LoweringUnsupported("the attention group no longer matches the attention pattern")
             (grid, problem), params = lower_attention(kb, pattern, allow_tf32), ATTENTION_PARAMS
         elif group.kind == "row":

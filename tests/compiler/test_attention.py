@@ -279,3 +279,25 @@ class _On:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.meta, name)
+
+
+@pytest.mark.parametrize("mask_kind", ["boolean", "additive", "causal"])
+def test_sdpa_math_path_safe_softmax_is_one_kernel_with_zero_rows(tiles, mask_kind):
+    """Query and key head counts that differ without `enable_gqa` (Falcon's multi-query attention)
+    leave SDPA's math path in the graph, whose safe softmax writes zeros for a row with no visible
+    key (`t != -inf`, a row `any`, `select(not any, 0, e / l)`): one attention kernel, zero rows kept."""
+    q, k, v = qkv(2, 4, 19, 23, 8, kv_heads=1)
+    keep = torch.rand(2, 1, 19, 23) > 0.4
+    keep[:, :, :, 0] = True
+    keep[1, :, 5, :] = False  # a query that sees no key
+    if mask_kind == "causal":
+        fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    else:
+        mask = keep if mask_kind == "boolean" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+        fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+    expected = fn(q, k, v, None)
+    if mask_kind != "causal":
+        assert (expected[1, :, 5] == 0).all()  # PyTorch's zero rows
+    reports = compile_and_compare(fn, q, k, v, None, rtol=1e-4, atol=1e-5)
+    kinds = [g["kind"] for g in fusion_groups(reports)]
+    assert kinds.count("attention") == 1 and "row" not in kinds, kinds
