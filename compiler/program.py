@@ -28,7 +28,7 @@ from ..backends.triton.emit import padded_row, row_tail
 from ..backends.triton.launcher import row_tails_fit, tail_reach
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.interpreter import run_op
+from ..ir.interpreter import gather_rows, reads_table_rows, run_op
 from .library_plan import planned_op
 
 HEADER = '''\
@@ -444,15 +444,14 @@ def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_nam
 
 def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str:
     """Advanced indexing equal to the interpreter's gather (PyTorch wraps negative indices itself);
-    an embedding lookup (a [V, D] table read at one index tensor, then along D) indexes rows only."""
+    an embedding lookup (a [V, D] table read at one index tensor, then along D) copies rows
+    (`interpreter.gather_rows`)."""
     out = shape_of(op.result.type)
     table, indices = operands[0], operands[1:]
     sources = op.sources
-    index_shape = shape_of(op.indices[0].type) if len(op.indices) == 1 else None
-    rows = len(out) - 1
-    if sources == (-1, rows) and index_shape is not None and list(index_shape[:rows]) == list(out[:rows]):
-        if all(d == 1 for d in index_shape[rows:]) and shape_of(op.table.type)[1] == out[rows]:
-            return f"{table}[{indices[0]}.reshape({tuple(out[:rows])!r})]  # ein.gather: rows of a table"
+    if reads_table_rows(op):
+        rows = w.bind("gather_rows", gather_rows)
+        return f"{rows}({table}, {indices[0]}, {tuple(out)!r})  # ein.gather: rows of a table"
     at = []
     for m in sources:
         if m >= 0:  # a result dim: an arange along it, made once

@@ -183,8 +183,30 @@ def view_function(op: ein.ViewOp) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: x[index]
 
 
+def reads_table_rows(op: ein.GatherOp) -> bool:
+    """Whether `op` reads whole rows of a 2-d table at one index tensor (an embedding lookup:
+    `[i0, d<last>]`, the index tensor shaped as the result's leading dims then ones)."""
+    out, table = shape_of(op.result.type), shape_of(op.table.type)
+    rows = len(out) - 1
+    if len(op.indices) != 1 or len(table) != 2 or op.sources != (-1, rows) or table[1] != out[rows]:
+        return False
+    index_shape = list(shape_of(op.indices[0].type))
+    return index_shape == [*out[:rows], 1]
+
+
+def gather_rows(table: torch.Tensor, indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Rows of 2-d `table` at `indices` (a negative one counting from the end), as `shape`, through
+    `index_select` (a kernel copying whole rows): advanced indexing's element-wise kernel took 44 us
+    for 2048 rows of 2048 bf16 values on the H200, with an arange and a comparison beside it."""
+    flat = indices.reshape(-1)
+    flat = torch.where(flat < 0, flat + table.shape[0], flat)
+    return table.index_select(0, flat).view(tuple(shape))
+
+
 def _run_gather(op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
     out = shape_of(op.result.type)
+    if reads_table_rows(op):
+        return gather_rows(table, indices[0], out)
     at = []
     for k, m in enumerate(op.sources):
         if m >= 0:  # a result dim: arange along it, broadcast over the others
