@@ -256,7 +256,8 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     scale = pre.scale
     layout = sdpa_layout(pattern)
     q_up, k_up = pattern.upcasts
-    q, k, v = _source(pattern.scores.lhs, q_up), _source(pattern.scores.rhs, k_up), pattern.output.rhs
+    q, k = _source(pattern.scores.lhs, q_up), _source(pattern.scores.rhs, k_up)
+    v = _source(pattern.output.rhs, pattern.v_upcast)
     dtypes = {to_torch_dtype(x.type.get_element_type()) for x in (q, k, v)}
     if len(dtypes) != 1 or not dtypes <= set(LIBRARY_DTYPES):
         raise NoSdpaPath(f"operand dtypes {sorted(map(str, dtypes))}")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from xdsl.dialects import arith, scf
 from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS
 from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
-from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
+from xdsl.ir import Attribute, Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
@@ -65,11 +65,12 @@ class AttentionPattern:
     upcasts: tuple[ein.MapOp | None, ein.MapOp | None] = (None, None)  # q, k read as 16-bit
     # a safe softmax's `t != -inf` map and its row `any` (max over booleans); None for a plain one
     safe: tuple[ein.MapOp, ein.ReduceOp] | None = None
+    v_upcast: ein.MapOp | None = None  # v read as 16-bit (SDPA's math path widens it to f32)
 
     @property
     def ops(self) -> list[Operation]:
         ops = [*self.upcasts, self.scores, self.pre, self.row_max, self.exp, self.row_sum, *(self.safe or ())]
-        return [op for op in ops if op is not None] + [self.normalize, self.output]
+        return [op for op in [*ops, self.v_upcast] if op is not None] + [self.normalize, self.output]
 
 
 def _source(value: SSAValue) -> SSAValue:
@@ -163,7 +164,10 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
         return None
     causal = pre is not None and _is_causal(pre)
     upcasts = (_upcast(contract.lhs, contract), _upcast(contract.rhs, contract))
-    return AttentionPattern(contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts, safe)
+    v_upcast = _upcast(output.rhs, output) if all(upcasts) else None
+    return AttentionPattern(
+        contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts, safe, v_upcast
+    )
 
 
 def _safe_normalize(normalize: ein.MapOp) -> tuple[SSAValue, SSAValue, SSAValue] | None:
@@ -228,6 +232,37 @@ def _is_not_negative_infinity(finite: ein.MapOp) -> bool:
         return False
     other = operands[1 - operands.index(x)].owner
     return isinstance(other, arith.ConstantOp) and other.value.value.data == float("-inf")
+
+
+def _narrowed(value: SSAValue) -> tuple[Attribute, float] | None:
+    """(t, c) where `value` holds 16-bit float values of type t times the constant c: a widening
+    map of a 16-bit tensor, maybe scaled (`extf(x) * c`: SDPA's math path scales its widened q and k
+    by the square root of the softmax scale), read through views (it reshapes and expands them).
+    Dividing such a value by c and rounding to t gives x back exactly (the f32 product's error is far
+    below t's half ulp). None otherwise."""
+    while isinstance(value.owner, ein.ViewOp):
+        value = value.owner.input
+    op = value.owner
+    if not (isinstance(op, ein.MapOp) and len(op.inputs) == 1):
+        return None
+    narrow = op.inputs[0].type.get_element_type()
+    if not (is_float(narrow) and narrow.bitwidth == 16):
+        return None
+    (x,), body = op.body.block.args, [o for o in op.body.block.ops if not isinstance(o, ein.YieldOp)]
+    constants = {o.results[0]: o.value.value.data for o in body if isinstance(o, arith.ConstantOp)}
+    rest = [o for o in body if not isinstance(o, arith.ConstantOp)]
+    if not rest or rest[0].name != "arith.extf" or rest[0].operands[0] is not x:
+        return None
+    widened, scale = rest[0].results[0], 1.0
+    if len(rest) == 2 and isinstance(rest[1], arith.MulfOp) and widened in rest[1].operands:
+        other = rest[1].operands[1] if rest[1].operands[0] is widened else rest[1].operands[0]
+        scale = constants.get(other, 0.0)
+        widened = rest[1].results[0]
+    elif len(rest) != 1:
+        return None
+    if yielded_value(op) is not widened or not (math.isfinite(scale) and scale != 0.0):
+        return None
+    return narrow, scale
 
 
 def _upcast(value: SSAValue, reader: Operation) -> ein.MapOp | None:
@@ -381,6 +416,15 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
     if dot_elem != k_src.type.get_element_type():  # only one side was widened: widen it here
         dot_elem = scores.lhs.type.get_element_type()
         q_tile = kb.cast(q_tile, dot_elem)
+    q_narrow, k_narrow = _narrowed(scores.lhs), _narrowed(scores.rhs)
+    score_scale = 1.0
+    if q_up is None and k_up is None and q_narrow and k_narrow and q_narrow[0] == k_narrow[0]:
+        # both widened (and scaled) 16-bit values, read through views: unscaled and rounded back
+        # (exactly) for a 16-bit dot, whose f32 products are exact; the scales multiply the dot
+        dot_elem, score_scale = q_narrow[0], q_narrow[1] * k_narrow[1]
+        q_tile = _unscaled(kb, q_tile, q_narrow)
+    else:
+        k_narrow = None
 
     acc_type = tile.BlockType(["BLOCK_M", "BLOCK_DV"], f32)
     stat_type = tile.BlockType(["BLOCK_M", "1"], f32)
@@ -399,6 +443,9 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         full_blocks = kb.index_op("min", full_blocks, kb.index_op("div", first_row, size))
     trips = kb.index_op("div", kb.index_op("add", key_end, kb.index_op("sub", size, 1)), size)
     key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
+    # a widened 16-bit v (not scaled): p . v in 16 bits, p rounded once, as a flash kernel runs it
+    v_found = _narrowed(output.rhs) if dot_elem != f32 else None
+    v_narrow = v_found[0] if v_found is not None and v_found[1] == 1.0 else None
 
     def key_blocks(start: SSAValue, end: SSAValue, state: list[SSAValue], masked: bool) -> list[SSAValue]:
         """One scf.for over key blocks [start, end); unmasked blocks skip the causal and bounds masks."""
@@ -408,11 +455,14 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
             keys = kb.offsets(j, "BLOCK_N")
             k_at = at | {key: kb.expand(keys, 0), d: kb.expand(kb.arange("BLOCK_D"), 1)}
             k_index = [k_at[c] for c in rhs1]
-            k_tile = kb.cast(kb.full_tile(kb.load(k_src, k_index), k_index), dot_elem)  # [BLOCK_D, BLOCK_N]
+            k_tile = kb.full_tile(kb.load(k_src, k_index), k_index)  # [BLOCK_D, BLOCK_N]
+            k_tile = _unscaled(kb, k_tile, k_narrow) if k_narrow else kb.cast(k_tile, dot_elem)
             zero = kb.emit(
                 tile.FullOp(FloatAttr(0.0, f32), tile.BlockType(["BLOCK_M", "BLOCK_N"], f32))
             ).result
             dot = kb.emit(tile.DotOp(q_tile, k_tile, zero, allow_tf32 and dot_elem == f32)).result
+            if score_scale != 1.0:
+                dot = kb.map([dot], f32, lambda sb, x: sb.mul(x, sb.const(score_scale, f32)))
             s = kb.cast(dot, scores.result.type.get_element_type())
             s_at = {c: at[c] for c in batch} | {q: at[q], key: kb.expand(keys, 0)}
             t = kb.cast(_pre_softmax(kb, pattern, s, [s_at[c] for c in out1], masked), f32)
@@ -433,15 +483,22 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
             alpha = kb.cast(_exp_map(kb, pattern.exp, m_i, m_use), f32)
             row_sum = kb.expand(kb.emit(tile.ReduceOp("sum", kb.cast(e, f32), 1)).result, 1)
             l_new = kb.map([l_i, alpha, row_sum], f32, lambda sb, a, b, c: sb.add(sb.mul(a, b), c))
-            p = kb.cast(e, pattern.normalize.result.type.get_element_type())
+            # p's dot: in the probabilities' type, or where v is a widened 16-bit tensor (SDPA's math
+            # path for half inputs), in v's own type, as a flash kernel runs (p rounded once): an f32 dot
+            # would run on FMA units (exact f32: no tensor cores in an attention kernel)
+            v_src = pattern.v_upcast.inputs[0] if pattern.v_upcast is not None else output.rhs
+            p_elem = v_src.type.get_element_type() if pattern.v_upcast is not None else v_narrow
+            p = kb.cast(e, p_elem or pattern.normalize.result.type.get_element_type())
             v_at = {c: at[key_of[c]] for c in batch2} | {
                 key2: kb.expand(keys, 1),
                 dv: kb.expand(kb.arange("BLOCK_DV"), 0),
             }
             v_index = [v_at[c] for c in rhs2]
-            v_tile = kb.full_tile(kb.load(output.rhs, v_index), v_index)  # [BLOCK_N, BLOCK_DV]
+            v_tile = kb.full_tile(kb.load(v_src, v_index), v_index)  # [BLOCK_N, BLOCK_DV]
+            if v_narrow is not None and pattern.v_upcast is None:  # exact: v's values are 16-bit ones
+                v_tile = kb.cast(v_tile, v_narrow)
             scaled = kb.map([acc, alpha], f32, lambda sb, a, b: sb.mul(a, b))
-            tf32 = allow_tf32 and output.rhs.type.get_element_type() == f32
+            tf32 = allow_tf32 and v_src.type.get_element_type() == f32
             kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))
         return list(kb.emit(scf.ForOp(start, end, kb.const(1), state, Region(body))).results)
 
@@ -472,6 +529,14 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         "exact": dict(kb.exact),
     }
     return [f"cdiv({Nq}, BLOCK_M)", str(B)], problem
+
+
+def _unscaled(kb: KernelBuilder, x: SSAValue, narrow: tuple[Attribute, float]) -> SSAValue:
+    """A tile of `_narrowed` values back in their 16-bit type: divided by the scale, rounded."""
+    elem, scale = narrow
+    if scale != 1.0:
+        x = kb.map([x], f32, lambda sb, v: sb.div(v, sb.const(scale, f32)))
+    return kb.cast(x, elem)
 
 
 def _pre_softmax(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,11 +176,17 @@ def test_a_rotated_bf16_query_keeps_16_bit_dot_operands(tmp_path):
 
     reports = compile_and_compare(rope_attention, q, k, v, cos, sin, rtol=2e-2, atol=2e-2, dump=tmp_path)
     assert "attention" in {g["kind"] for g in fusion_groups(reports)}
-    tile_ir = next(tmp_path.glob("*/tile.mlir")).read_text()
+    assert_16_bit_attention_dots(tmp_path)
+
+
+def assert_16_bit_attention_dots(dump: Path) -> None:
+    """The attention kernel's four dots (q @ k and p @ v, in the unmasked and the masked key loop)
+    read bf16 tiles."""
+    tile_ir = next(dump.glob("*/tile.mlir")).read_text()
     kernel = tile_ir[tile_ir.index('kind "attention"'):]
     kernel = kernel[: kernel.find("tile.kernel") if "tile.kernel" in kernel else None]
     dots = [line for line in kernel.splitlines() if "tile.dot" in line]
-    assert len(dots) == 4, dots  # q @ k and p @ v, in the unmasked and the masked key loop
+    assert len(dots) == 4, dots
     for line in dots:
         lhs, rhs = line.split(" : ")[1].split("->")[0].split(", !tile")[:2]
         assert lhs.endswith("bf16>") and rhs.endswith("bf16>"), line
@@ -281,23 +288,32 @@ class _On:
         return getattr(self.meta, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("mask_kind", ["boolean", "additive", "causal"])
-def test_sdpa_math_path_safe_softmax_is_one_kernel_with_zero_rows(tiles, mask_kind):
+def test_sdpa_math_path_safe_softmax_is_one_kernel_with_zero_rows(tiles, mask_kind, dtype, tmp_path):
     """Query and key head counts that differ without `enable_gqa` (Falcon's multi-query attention)
     leave SDPA's math path in the graph, whose safe softmax writes zeros for a row with no visible
-    key (`t != -inf`, a row `any`, `select(not any, 0, e / l)`): one attention kernel, zero rows kept."""
-    q, k, v = qkv(2, 4, 19, 23, 8, kv_heads=1)
+    key (`t != -inf`, a row `any`, `select(not any, 0, e / l)`): one attention kernel, zero rows kept.
+    In bf16 the math path widens q, k and v to f32 and scales q and k by the square root of the
+    softmax scale: the kernel's dots still read bf16 tiles (q and k unscaled and rounded back exactly,
+    the scales applied to the f32 scores; p rounded to bf16 for its dot with v, as a flash kernel
+    does), not f32 ones (exact FMA math: Falcon's attention ran ~10x slower on the H200)."""
+    q, k, v = qkv(2, 4, 19, 23, 8, kv_heads=1, dtype=dtype)
     keep = torch.rand(2, 1, 19, 23) > 0.4
     keep[:, :, :, 0] = True
     keep[1, :, 5, :] = False  # a query that sees no key
     if mask_kind == "causal":
         fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
     else:
-        mask = keep if mask_kind == "boolean" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+        additive = torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, float("-inf"))
+        mask = keep if mask_kind == "boolean" else additive
         fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
     expected = fn(q, k, v, None)
     if mask_kind != "causal":
         assert (expected[1, :, 5] == 0).all()  # PyTorch's zero rows
-    reports = compile_and_compare(fn, q, k, v, None, rtol=1e-4, atol=1e-5)
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    reports = compile_and_compare(fn, q, k, v, None, **tolerance, dump=tmp_path)
     kinds = [g["kind"] for g in fusion_groups(reports)]
     assert kinds.count("attention") == 1 and "row" not in kinds, kinds
+    if dtype == torch.bfloat16:
+        assert_16_bit_attention_dots(tmp_path)
