@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from xdsl.dialects import arith, scf
 from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS
-from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
+from xdsl.dialects.builtin import FloatAttr, bf16, f16, f32, i1, i32
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
@@ -235,34 +235,36 @@ def _is_not_negative_infinity(finite: ein.MapOp) -> bool:
 
 
 def _narrowed(value: SSAValue) -> tuple[Attribute, float] | None:
-    """(t, c) where `value` holds 16-bit float values of type t times the constant c: a widening
-    map of a 16-bit tensor, maybe scaled (`extf(x) * c`: SDPA's math path scales its widened q and k
-    by the square root of the softmax scale), read through views (it reshapes and expands them).
-    Dividing such a value by c and rounding to t gives x back exactly (the f32 product's error is far
-    below t's half ulp). None otherwise."""
-    while isinstance(value.owner, ein.ViewOp):
-        value = value.owner.input
-    op = value.owner
-    if not (isinstance(op, ein.MapOp) and len(op.inputs) == 1):
-        return None
-    narrow = op.inputs[0].type.get_element_type()
-    if not (is_float(narrow) and narrow.bitwidth == 16):
-        return None
-    (x,), body = op.body.block.args, [o for o in op.body.block.ops if not isinstance(o, ein.YieldOp)]
-    constants = {o.results[0]: o.value.value.data for o in body if isinstance(o, arith.ConstantOp)}
-    rest = [o for o in body if not isinstance(o, arith.ConstantOp)]
-    if not rest or rest[0].name != "arith.extf" or rest[0].operands[0] is not x:
-        return None
-    widened, scale = rest[0].results[0], 1.0
-    if len(rest) == 2 and isinstance(rest[1], arith.MulfOp) and widened in rest[1].operands:
-        other = rest[1].operands[1] if rest[1].operands[0] is widened else rest[1].operands[0]
-        scale = constants.get(other, 0.0)
-        widened = rest[1].results[0]
-    elif len(rest) != 1:
-        return None
-    if yielded_value(op) is not widened or not (math.isfinite(scale) and scale != 0.0):
-        return None
-    return narrow, scale
+    """(t, c) where `value` holds 16-bit float values of type t times the constant c: maps that
+    end in `extf(y)` of a 16-bit y, maybe scaled (`* c`: SDPA's math path scales its widened q and k
+    by the square root of the softmax scale; the widening may have merged into the map computing y,
+    a rotary embedding), read through views (the path reshapes and expands them). Dividing such a
+    value by c and rounding to t gives y back exactly (the f32 product's error is far below t's half
+    ulp). None otherwise."""
+    scale = 1.0
+    for _ in range(8):
+        while isinstance(value.owner, ein.ViewOp):
+            value = value.owner.input
+        op = value.owner
+        if not isinstance(op, ein.MapOp):
+            return None
+        inner = yielded_value(op)
+        if isinstance(inner.owner, arith.MulfOp):
+            lhs, rhs = inner.owner.operands
+            constant = rhs if isinstance(rhs.owner, arith.ConstantOp) else lhs
+            if not isinstance(constant.owner, arith.ConstantOp):
+                return None
+            scale *= constant.owner.value.value.data
+            inner = lhs if constant is rhs else rhs
+        if isinstance(inner, BlockArgument) and inner.block is op.body.block:
+            value = op.inputs[inner.index]  # a map of an f32 tensor: follow it
+            continue
+        if not (isinstance(inner.owner, arith.ExtFOp) and inner.owner.operands[0].type in (bf16, f16)):
+            return None
+        if not (math.isfinite(scale) and scale != 0.0):
+            return None
+        return inner.owner.operands[0].type, scale
+    return None
 
 
 def _upcast(value: SSAValue, reader: Operation) -> ein.MapOp | None:

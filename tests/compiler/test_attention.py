@@ -317,3 +317,23 @@ def test_sdpa_math_path_safe_softmax_is_one_kernel_with_zero_rows(tiles, mask_ki
     assert kinds.count("attention") == 1 and "row" not in kinds, kinds
     if dtype == torch.bfloat16:
         assert_16_bit_attention_dots(tmp_path)
+
+
+def test_math_path_attention_after_a_rotary_embedding_keeps_16_bit_dots(tmp_path):
+    """Falcon: RoPE in bf16, then SDPA with one key head for four query heads (the math path).
+    The path's widening of q and k merges into the rotation's map (`extf(truncf(...)) * c`) and k's
+    scale is a map of its own after a transpose: the kernel still finds their bf16 values."""
+    torch.manual_seed(0)
+    q, k, v = qkv(1, 4, 24, 24, 16, kv_heads=1, dtype=torch.bfloat16)
+    cos, sin = torch.randn(24, 16, dtype=torch.bfloat16), torch.randn(24, 16, dtype=torch.bfloat16)
+
+    def rotate(x, cos, sin):
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def falcon_attention(q, k, v, cos, sin):
+        return F.scaled_dot_product_attention(rotate(q, cos, sin), rotate(k, cos, sin), v, is_causal=True)
+
+    reports = compile_and_compare(falcon_attention, q, k, v, cos, sin, rtol=2e-2, atol=2e-2, dump=tmp_path)
+    assert "attention" in {g["kind"] for g in fusion_groups(reports)}
+    assert_16_bit_attention_dots(tmp_path)
