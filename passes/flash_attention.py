@@ -28,7 +28,12 @@ and accumulates `p @ v`; the division by `l` happens once at the end. When
 `t` is recognisably causal (`select(key <= query, x, -inf)` on iotas, or
 `select(key > query, -inf, x)` as `masked_fill` writes it), key blocks past
 the diagonal are never visited. A safe softmax's row whose running max ends
-at -inf (no visible key) is written as zeros.
+at -inf (no visible key) is written as zeros. q and k that hold 16-bit values
+widened to f32, maybe scaled (SDPA's math path widens q, k and v and scales q
+and k by the square root of the softmax scale), are unscaled and rounded back
+exactly to 16-bit dot operands, the scales applied to the f32 scores; in the
+math path v is read as 16-bit too, p rounded once for its dot, as SDPA's fused
+kernels do. Exact f32 dots would run on FMA units, ~10x slower.
 """
 
 from __future__ import annotations
@@ -164,7 +169,9 @@ def match_attention(output: ein.ContractOp) -> AttentionPattern | None:
         return None
     causal = pre is not None and _is_causal(pre)
     upcasts = (_upcast(contract.lhs, contract), _upcast(contract.rhs, contract))
-    v_upcast = _upcast(output.rhs, output) if all(upcasts) else None
+    # SDPA's math path (a safe softmax) widens v too; p . v in 16 bits rounds p once, as SDPA's fused
+    # kernels do. Attention a user wrote in f32 (a plain softmax) keeps its f32 p . v
+    v_upcast = _upcast(output.rhs, output) if all(upcasts) and safe is not None else None
     return AttentionPattern(
         contract, pre, row_max, exp, row_sum, normalize, output, causal, upcasts, safe, v_upcast
     )
@@ -445,8 +452,9 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
         full_blocks = kb.index_op("min", full_blocks, kb.index_op("div", first_row, size))
     trips = kb.index_op("div", kb.index_op("add", key_end, kb.index_op("sub", size, 1)), size)
     key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
-    # a widened 16-bit v (not scaled): p . v in 16 bits, p rounded once, as a flash kernel runs it
-    v_found = _narrowed(output.rhs) if dot_elem != f32 else None
+    # a widened 16-bit v (not scaled) in SDPA's math path: p . v in 16 bits, p rounded once, as SDPA's
+    # fused kernels run it (`v_upcast` above)
+    v_found = _narrowed(output.rhs) if dot_elem != f32 and pattern.safe is not None else None
     v_narrow = v_found[0] if v_found is not None and v_found[1] == 1.0 else None
 
     def key_blocks(start: SSAValue, end: SSAValue, state: list[SSAValue], masked: bool) -> list[SSAValue]:
