@@ -247,8 +247,6 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
 
     lowered = kernel.lowered
     pattern = attention_pattern(list(lowered.group.ops))
-    if pattern.safe is not None:  # SDPA's fused kernels need not write a row with no visible key as zeros
-        raise NoSdpaPath("a safe softmax (rows with every key masked are zeros)")
     outputs = list(lowered.outputs)
     if len(outputs) != 1:
         raise NoSdpaPath("the group has more than one output")
@@ -269,6 +267,8 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     mask = _additive_mask(pattern, plan) if pre.masked else None
     out_dtype = to_torch_dtype(outputs[0].type.get_element_type())
     causal, gqa = pattern.causal and not pre.masked, layout.n_heads > 0
+    # (unmasked or causal, every query sees a key: the causal mask keeps the diagonal)
+    zero_rows = pattern.safe is not None and mask is not None
     n_outer = max(layout.n_batch - 1, 0)
 
     def as_heads(x: torch.Tensor) -> torch.Tensor:
@@ -292,6 +292,8 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
             bias = mask(env, tensors[0].device).to(qh.dtype)
             extra["attn_mask"] = as_heads(bias.reshape(scores_shape).permute(layout.scores_perm))
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
+        if zero_rows:  # a safe softmax: a query the mask leaves no key reads zeros (fused kernels need not)
+            out = out.masked_fill(~(extra["attn_mask"] > float("-inf")).any(-1, keepdim=True), 0)
         out = out.reshape(*q.shape[:-1], out.shape[-1]).permute(layout.out_perm)
         return (out.to(out_dtype).contiguous(),)
 

@@ -7,6 +7,8 @@ the oracle), on ragged shapes.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -814,3 +816,46 @@ def test_a_planned_embedding_is_the_interpreters_gather_resolved_once(monkeypatc
     monkeypatch.setattr(interpreter, "reads_table_rows", lambda op: pytest.fail("the IR read per call"))
     t, i = torch.randn(10, 4), torch.tensor([[0, 9, -1], [3, -10, 5]])[..., None]
     torch.testing.assert_close(step(torch.device("cpu"), t, i), t[i[..., 0]], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["boolean", "additive", "causal"])
+def test_sdpas_math_path_runs_on_sdpa_with_its_zero_rows(monkeypatch, dtype, mask_kind):
+    """SDPA's math path in the graph (one key head for four query heads, no `enable_gqa`: Falcon),
+    whose safe softmax writes zeros for a query the mask leaves no key, measured faster on SDPA:
+    the program's SDPA call zeroes those rows itself (a fused SDPA kernel need not). Ragged lengths."""
+    _fake_gpu(monkeypatch, "sdpa")
+    monkeypatch.setattr(library_attention, "F", _FusedSdpa)  # the CPU's SDPA zeroes such rows itself
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 11, 16, dtype=dtype)
+    k, v = torch.randn(2, 1, 13, 16, dtype=dtype), torch.randn(2, 1, 13, 16, dtype=dtype)
+    keep = torch.rand(2, 1, 11, 13) > 0.4
+    keep[..., 0] = True
+    keep[1, :, 4, :] = False  # a query that sees no key
+    if mask_kind == "causal":
+        fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    else:
+        mask = keep if mask_kind == "boolean" else torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, -math.inf)
+        fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # noqa: E731
+        keep = mask
+    if mask_kind != "causal":
+        assert (fn(q, k, v, keep)[1, :, 4] == 0).all()
+    _assert_sdpa_chosen_and_eager(fn, (q, k, v, keep), dtype)
+
+
+class _FusedSdpa:
+    """SDPA as a fused kernel may compute it: a plain softmax, so a query with no visible key
+    reads 0/0 (NaN)."""
+
+    @staticmethod
+    def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        if enable_gqa:
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        scores = (q.float() @ k.float().transpose(-2, -1)) * (scale or q.shape[-1] ** -0.5)
+        if is_causal:
+            hidden = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+            scores = scores.masked_fill(hidden, -math.inf)
+        if attn_mask is not None:
+            scores = scores + (attn_mask.float() if attn_mask.is_floating_point() else
+                               torch.zeros(attn_mask.shape).masked_fill(~attn_mask, -math.inf))
+        return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
