@@ -396,6 +396,11 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.launches += 1
 
 
+def step_reads(op: Operation, kernels: dict) -> Sequence[SSAValue]:
+    """What a program step reads: a kernel launch its kernel's inputs, any other op its operands."""
+    return kernels[op].lowered.inputs if op in kernels else op.operands
+
+
 def _views_to_allocate(spec: ProgramInputs) -> dict[SSAValue, ein.ViewOp]:
     """Kernel outputs that leave their kernels only through one permute (a convolution's
     NHWC operand viewed back as NCHW, a derived weight likewise), mapped to that view: the program
@@ -405,7 +410,7 @@ def _views_to_allocate(spec: ProgramInputs) -> dict[SSAValue, ein.ViewOp]:
     launched = [v for k in spec.kernels.values() for v in k.lowered.outputs]
     readers: dict[SSAValue, list[Operation]] = {}
     for op in spec.steps:
-        reads = spec.kernels[op].lowered.inputs if op in spec.kernels else op.operands
+        reads = step_reads(op, spec.kernels)
         for value in reads:
             readers.setdefault(value, []).append(op)
     results = set(spec.results)

@@ -38,7 +38,7 @@ from ..passes.lower_to_tile import LoweredGroup
 from . import group_selection
 from .direct_ops import bind_direct
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
-from .program import Program, ProgramInputs, Trained, write_program
+from .program import Program, ProgramInputs, Trained, step_reads, write_program
 from .selection import Selection, selection_enabled
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
@@ -305,7 +305,7 @@ def _parameter_derived(fn: func.FuncOp, steps: list[Operation], launch_at: dict)
     returned = set(block.last_op.operands)  # a result the user receives may be changed in place
     derived: dict[Operation, list] = {}
     for op in steps:
-        reads = launch_at[op].lowered.inputs if op in launch_at else op.operands
+        reads = step_reads(op, launch_at)
         parts = [depends(v) for v in reads]
         if all(p is not None for p in parts) and not returned.intersection(op.results):
             sources[op.results[0]] = frozenset().union(*parts)
@@ -339,7 +339,7 @@ def _last_uses(steps: list[Operation], launch_at: dict, fn: func.FuncOp) -> dict
     keep = set(fn.body.block.last_op.operands) | set(fn.body.block.args)
     last: dict[SSAValue, Operation] = {}
     for op in steps:
-        reads = launch_at[op].lowered.inputs if op in launch_at else op.operands
+        reads = step_reads(op, launch_at)
         for value in reads:
             last[value] = op
     release: dict[Operation, list[SSAValue]] = {}
