@@ -43,14 +43,14 @@ from dataclasses import dataclass
 
 from xdsl.dialects import arith, scf
 from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS
-from xdsl.dialects.builtin import FloatAttr, bf16, f16, f32, i1, i32
+from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import inline_map_body, strip_casts, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of
-from .tile_builder import Index, KernelBuilder
+from .tile_builder import Index, KernelBuilder, _is_zero
 
 ATTENTION_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV")
 
@@ -200,13 +200,7 @@ def _safe_normalize(normalize: ein.MapOp) -> tuple[SSAValue, SSAValue, SSAValue]
         return None
     if any(arg.block is not normalize.body.block for arg in (cond, when_false, e_arg, l_arg)):
         return None
-    zero = normalize.inputs[when_false.index].owner
-    if (
-        not (isinstance(zero, ein.ConstantOp) and isinstance(zero.value, FloatAttr))
-        or zero.value.value.data != 0.0
-    ):
-        return None
-    if cond.type != i1:
+    if not _is_zero(normalize.inputs[when_false.index]) or cond.type != i1:
         return None
     return normalize.inputs[e_arg.index], normalize.inputs[l_arg.index], normalize.inputs[cond.index]
 
@@ -235,10 +229,7 @@ def _is_not_negative_infinity(finite: ein.MapOp) -> bool:
     if CMPF_COMPARISON_OPERATIONS[op.predicate.value.data] not in predicates:
         return False
     operands = [strip_casts(v) for v in op.operands]
-    if x not in operands:
-        return False
-    other = operands[1 - operands.index(x)].owner
-    return isinstance(other, arith.ConstantOp) and other.value.value.data == float("-inf")
+    return x in operands and negative_infinity(operands[1 - operands.index(x)], finite)
 
 
 def _narrowed(value: SSAValue) -> tuple[Attribute, float] | None:
@@ -266,11 +257,12 @@ def _narrowed(value: SSAValue) -> tuple[Attribute, float] | None:
         if isinstance(inner, BlockArgument) and inner.block is op.body.block:
             value = op.inputs[inner.index]  # a map of an f32 tensor: follow it
             continue
-        if not (isinstance(inner.owner, arith.ExtFOp) and inner.owner.operands[0].type in (bf16, f16)):
+        if not isinstance(inner.owner, arith.ExtFOp):
             return None
-        if not (math.isfinite(scale) and scale != 0.0):
+        narrow = inner.owner.operands[0].type
+        if not (is_float(narrow) and narrow.bitwidth == 16 and math.isfinite(scale) and scale != 0.0):
             return None
-        return inner.owner.operands[0].type, scale
+        return narrow, scale
     return None
 
 
