@@ -284,4 +284,10 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
         warps = 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, warps, 1)
+    if kind == "pointwise" and problem.get("window"):
+        # a pool's taps, each a strided load: 4 elements a thread, not 8 (H200, do_bench medians,
+        # µs, default 1024 x 4 warps -> 256 x 2: max_pool2d 2x2 over 16x64x256² bf16 73.2 -> 51.2
+        # (torch.compile 52.4), a dilated 1-d max pool over 16x64x8192 fp32 33.0 -> 19.5 and bf16
+        # 46.5 -> 19.1, a dilated 2-d one 17.3 -> 15.8 fp32 and 14.2 -> 11.5 bf16; benchmarks/NOTES.md)
+        return KernelConfig({"BLOCK": _pow2_at_least(problem["N"], 16, 256)}, 2, 1)
     return KernelConfig({"BLOCK": _pow2_at_least(problem["N"], 16, 1024)}, 4, 1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
@@ -774,9 +775,30 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     for out in group.outputs:
         kb.store(kb.output_argument(out), idx, known[out])
     if split is None:
-        return [f"cdiv({math.prod(shape)}, BLOCK)"], {"N": math.prod(shape)}
+        problem = {"N": math.prod(shape)}
+        taps = _window_taps(kb)
+        if taps >= WINDOW_TAPS:
+            problem["window"] = taps
+        return [f"cdiv({math.prod(shape)}, BLOCK)"], problem
     y, x = math.prod(shape[:split]), math.prod(shape[split:])
     return [f"cdiv({x}, BLOCK_X)", f"cdiv({y}, BLOCK_Y)"], {"N": x * y, "X": x, "Y": y, "tiled": 1}
+
+
+# a flat pointwise kernel that reads one operand at this many places or more reads a window of it (a
+# pool's taps): its config is a window's (autotune/heuristics.py), its problem says how many taps.
+# Rotary embeddings' rotate-half reads q or k at three places (itself, the two halves): not a window
+WINDOW_TAPS = 4
+
+
+def _window_taps(kb: KernelBuilder) -> int:
+    """The most places (distinct indices) a kernel built so far loads any one of its operands at."""
+    loads = {
+        (inner.tensor, tuple(inner.indices))
+        for op in kb.kernel_block.ops
+        for inner in op.walk()
+        if isinstance(inner, tile.LoadOp)
+    }
+    return max(Counter(tensor for tensor, _ in loads).values(), default=0)
 
 
 MIN_TILED_EXTENT = 16  # rows or columns fewer than a tile edge: the flat kernel does as well

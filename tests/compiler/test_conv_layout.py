@@ -184,7 +184,8 @@ def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
 
 def test_float32_convolutions_keep_eagers_precision(monkeypatch):
     """On the GPU's default setting a float32 convolution is converted only where cuDNN cannot pick a
-    TF32 kernel eager's NCHW one was not (`f32_layout_exact`); 16-bit and depthwise ones always are."""
+    TF32 kernel eager's NCHW one was not (`f32_layout_exact`) or measured as exact on the device
+    (`nhwc_as_exact`; never on CPU); 16-bit and depthwise ones always are."""
     monkeypatch.setenv(LAYOUT_ENV, "auto")
     x, w = torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3)
     assert torch.get_float32_matmul_precision() == "highest" and torch.backends.cudnn.allow_tf32
@@ -200,6 +201,37 @@ def test_float32_convolutions_keep_eagers_precision(monkeypatch):
         assert channels_last_convolutions(_aten_graph(F.conv2d, x, w)) == 1
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+def test_float32_convolutions_measured_on_the_device(monkeypatch):
+    """Where TF32 may be used and precision is "highest", a float32 convolution on CUDA is converted
+    where its NHWC kernel's error against float64 is no worse than eager NCHW's (both TF32, or both
+    exact), once per geometry; not where NHWC alone is TF32 (`nhwc_as_exact`, fake errors here)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tilefuse.compiler import conv_layout
+
+    monkeypatch.setattr(conv_layout, "_EXACT", {})
+    errors, probed, probe = {}, [], conv_layout.probe_errors
+
+    def fake_probe(x, w, params):
+        probed.append(tuple(x.shape))
+        return errors[tuple(x.shape)]
+
+    monkeypatch.setattr(conv_layout, "probe_errors", fake_probe)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        shapes = (1, 4, 8, 8), (2, 4, 8, 8), (3, 4, 8, 8), (4, 4, 8, 8)
+        xs = [torch.empty(s, device="cuda") for s in shapes]
+        w = torch.empty(6, 4, 3, 3, device="cuda")
+    params = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    errors.update({shapes[0]: (2.9e-4, 3.1e-4), shapes[1]: (9.9e-7, 3.0e-4), shapes[2]: (1e-7, 4e-7)})
+    errors[shapes[3]] = (1e-4, 2.1e-4)  # both TF32, NHWC more than twice eager's: kept
+    assert [conv_layout.nhwc_as_exact(x, w, params) for x in xs] == [True, False, True, False]
+    assert conv_layout.nhwc_as_exact(xs[0], w, params) and probed == list(shapes)  # measured once
+    assert not conv_layout.nhwc_as_exact(torch.empty(1, 4, 8, 8), torch.empty(6, 4, 3, 3), params)  # CPU
+    # the real probe, on CPU (both layouts exact float32): its errors are float32's
+    eager, nhwc = probe(torch.randn(2, 4, 9, 7), torch.empty(6, 4, 3, 3), params)
+    assert 0 <= eager < 1e-5 and 0 <= nhwc < 1e-5
 
 
 def test_setting(monkeypatch):

@@ -28,7 +28,9 @@ TILED = {
 
 
 # eager PyTorch on CPU has no bf16 avg_pool3d to compare with
-CASES = [(n, d) for n in TILED for d in (torch.float32, torch.bfloat16) if (n, d) != ("avg3d", torch.bfloat16)]
+CASES = [
+    (n, d) for n in TILED for d in (torch.float32, torch.bfloat16) if (n, d) != ("avg3d", torch.bfloat16)
+]
 
 
 @pytest.mark.parametrize("name, dtype", CASES, ids=[f"{n}-{str(d)[6:]}" for n, d in CASES])
@@ -54,14 +56,21 @@ WINDOWED = {
     "max2d_ceil": (lambda x: F.max_pool2d(x, 3, stride=2, ceil_mode=True), (2, 3, 10, 11)),
     "avg2d_ceil": (lambda x: F.avg_pool2d(x, 3, stride=2, ceil_mode=True), (2, 3, 10, 11)),
     "avg2d_pad_excluded": (
-        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False), (2, 3, 10, 11)
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False),
+        (2, 3, 10, 11),
     ),
     "avg2d_ceil_pad_excluded": (
         lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
         (2, 3, 10, 11),
     ),
-    "avg2d_ceil_pad_included": (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True), (2, 3, 10, 11)),
-    "avg2d_divisor_override": (lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, divisor_override=5), (2, 3, 10, 11)),
+    "avg2d_ceil_pad_included": (
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True),
+        (2, 3, 10, 11),
+    ),
+    "avg2d_divisor_override": (
+        lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, divisor_override=5),
+        (2, 3, 10, 11),
+    ),
 }
 
 
@@ -89,6 +98,26 @@ def test_pools_run_flat_not_in_the_stencil_tiles(tmp_path):
     assert "GRID = ('cdiv(2160, BLOCK)',)" in source
 
 
+def test_pool_windows_get_a_windows_config():
+    """A flat kernel that reads one operand three or more times (a pool's taps, strided loads) is a
+    window: 256-element blocks on 2 warps, not the pointwise 1024 on 4 (autotune/heuristics.py); a
+    kernel reading each operand once keeps the pointwise default."""
+    from tilefuse.autotune.heuristics import default_config
+
+    config = default_config("pointwise", {"N": 1 << 22, "window": 4})
+    assert (config.params, config.num_warps) == ({"BLOCK": 256}, 2)
+    config = default_config("pointwise", {"N": 1 << 22})
+    assert (config.params, config.num_warps) == ({"BLOCK": 1024}, 4)
+    torch._dynamo.reset()
+    reports = compile_and_compare(lambda x: F.max_pool2d(x, 2), torch.randn(2, 3, 40, 36), rtol=0, atol=0)
+    ((group,),) = [fusion_groups(reports)]
+    assert group["config"].endswith(",w=2,s=1"), group  # under the interpreter BLOCK is widened
+    torch._dynamo.reset()
+    reports = compile_and_compare(lambda x, y: torch.relu(x) + y, torch.randn(2, 3, 40, 36), torch.randn(36))
+    ((group,),) = [fusion_groups(reports)]
+    assert group["config"].endswith(",w=4,s=1"), group
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     kind=st.sampled_from(["max", "avg"]),
@@ -100,7 +129,9 @@ def test_pools_run_flat_not_in_the_stencil_tiles(tmp_path):
     ceil_mode=st.booleans(),
     count_include_pad=st.booleans(),
 )
-def test_any_small_window_matches_eager(kind, size, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+def test_any_small_window_matches_eager(
+    kind, size, kernel, stride, padding, dilation, ceil_mode, count_include_pad
+):
     padding = min(padding, kernel // 2)  # PyTorch's own limit
     if kind == "max":
         extent = dilation * (kernel - 1) + 1
@@ -142,7 +173,9 @@ def test_unread_pool_indices_are_dropped_from_the_graph():
     """Inference reads no indices: the graph calls the pool without them (as eager does), so a
     pool left to PyTorch writes no index tensor either."""
     torch._dynamo.reset()
-    reports = compile_and_compare(lambda x: F.max_pool2d(x, 3, stride=2, padding=1) * 2, torch.randn(2, 3, 9, 11))
+    reports = compile_and_compare(
+        lambda x: F.max_pool2d(x, 3, stride=2, padding=1) * 2, torch.randn(2, 3, 9, 11)
+    )
     ops = {op for r in reports for p in r["partitions"] for op in p["aten_ops"]}
     assert "aten.max_pool2d.default" in ops and "aten.max_pool2d_with_indices.default" not in ops
     torch._dynamo.reset()
@@ -161,3 +194,22 @@ def test_unraveled_inner_indices_need_no_mask(tmp_path):
     accesses = [line for line in source.splitlines() if "tl.load(" in line or "tl.store(" in line]
     assert len(accesses) == 5, accesses
     assert all(line.count(" < ") == 1 for line in accesses), accesses
+
+
+def test_rotary_embeddings_are_no_window():
+    """Rotate-half reads x at three places (x and its two halves): under WINDOW_TAPS, the pointwise
+    config; the GELU reads x at one place."""
+    from tilefuse.passes.lower_to_tile import WINDOW_TAPS
+
+    def rope(x, cos, sin):
+        h = x.shape[-1] // 2
+        return x * cos + torch.cat([-x[..., h:], x[..., :h]], -1) * sin
+
+    assert WINDOW_TAPS > 3
+    for fn, args in (
+        (rope, (torch.randn(2, 3, 40, 36), torch.randn(40, 36), torch.randn(40, 36))),
+        (lambda x: F.gelu(x, approximate="tanh") * x, (torch.randn(2, 3, 40, 36),)),
+    ):
+        torch._dynamo.reset()
+        ((group,),) = [fusion_groups(compile_and_compare(fn, *args))]
+        assert group["config"].endswith(",w=4,s=1"), group
