@@ -120,6 +120,7 @@ def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> in
         if node.op != "call_function" or node.target is not aten.convolution.default:
             continue
         if _eligible(node, f32):
+            _share_nhwc_input(gm, node)
             _rewrite(gm, node)
             count += 1
         elif _channels_last_input(gm, node.args[0]):
@@ -140,8 +141,49 @@ def is_depthwise(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, groups: in
     return groups == channels and tuple(w.shape[:2]) == (channels, 1) and out.shape[1] == channels
 
 
+def _shareable(gm: GraphModule, conv: Node) -> bool:
+    """Whether the input `x` of eligible convolution `conv` may be stored NHWC for every reader
+    (`_share_nhwc_input`): a compiled op's result (not a graph output), static, read by more than
+    this convolution, and only by eligible convolutions (as their input) and pointwise ops."""
+    x = conv.args[0]
+    if not isinstance(x, Node) or x.op != "call_function" or len(x.users) < 2:
+        return False
+    if x.target in (aten.convolution.default, aten.clone.default) or is_storage_view(x) or is_nchw_view(x):
+        return False
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    if x in output.all_input_nodes:
+        return False  # a result keeps eager's strides
+    f32 = f32_layout_exact()
+    for user in x.users:
+        if user.target is aten.convolution.default:
+            if user.args[0] is not x or x in user.args[1:] or not _eligible(user, f32):
+                return False
+        elif torch.Tag.pointwise not in getattr(user.target, "tags", ()):
+            return False
+    return True
+
+
+def _share_nhwc_input(gm: GraphModule, conv: Node) -> None:
+    """Where `conv`'s input is read by other convolutions or pointwise ops too (a residual block's
+    output: ResNet's next block reads it through a convolution and the shortcut's add), store it
+    NHWC once for all of them (`_shareable`): its producer's kernel writes NHWC storage that the
+    readers see through a view with eager's shape (`_channels_last_input`'s form), where the
+    producer wrote it NCHW and a separate copy kernel made each convolution's NHWC input (the two
+    results have different shapes: no one kernel wrote both)."""
+    x = conv.args[0]
+    if not _shareable(gm, conv):
+        return
+    users = list(x.users)
+    with gm.graph.inserting_before(x.next):
+        xv = _nhwc_copy(gm, x, **{NCHW_VIEW: True})
+    for user in users:
+        user.replace_input_with(x, xv)
+
+
 def _eligible(node: Node, f32: bool) -> bool:
     x, w = node.args[0], node.args[1]
+    if is_nchw_view(x):  # its NHWC storage shared by its readers (`_share_nhwc_input`)
+        x = x.args[0].args[0].args[0]  # permute <- clone <- permute <- the value eager computed
     groups = node.args[8] if len(node.args) > 8 else node.kwargs.get("groups", 1)
     vals = [getattr(a, "meta", {}).get("val") for a in (x, w)]
     out = node.meta.get("val")
@@ -186,7 +228,8 @@ def probe_errors(x: torch.Tensor, w: torch.Tensor, params: tuple) -> tuple[float
     """Relative errors against float64 of one convolution of random data, NCHW (eager's) and
     NHWC, with the process's cuDNN settings; float64 computes the first sample only."""
     fmt = _FORMATS[x.dim()]
-    with _disable_current_modes(), torch.no_grad():  # real tensors, outside any fake or tracing mode
+    # real tensors, outside any fake or tracing mode, and in float32 under a caller's autocast
+    with _disable_current_modes(), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         gen = torch.Generator(device=x.device).manual_seed(0)
         xs = torch.randn(tuple(x.shape), generator=gen, device=x.device)
         ws = torch.randn(tuple(w.shape), generator=gen, device=x.device)
@@ -262,8 +305,10 @@ def _rewrite(gm: GraphModule, conv: Node) -> None:
     contiguous = {"memory_format": torch.contiguous_format}
     copy = {EXPLICIT_COPY: True}
     with gm.graph.inserting_before(conv):
-        # the weight's copy reads parameters only: made once, reused while they are unchanged
-        x_last, w_last = _nhwc_copy(gm, x), _nhwc_copy(gm, w)
+        # the weight's copy reads parameters only: made once, reused while they are unchanged;
+        # an input shared NHWC (`_share_nhwc_input`) is read as it is
+        x_last = x if is_nchw_view(x) else _nhwc_copy(gm, x)
+        w_last = _nhwc_copy(gm, w)
     fmt = _FORMATS[rank]
     conv.args = (x_last, w_last, None, *conv.args[3:])
     eager_val = conv.meta["val"]

@@ -166,6 +166,60 @@ def test_a_convolutions_channels_last_input_is_written_channels_last():
         torch.testing.assert_close(gm(x, *params), module(x), rtol=1e-5, atol=1e-5)
 
 
+class SharedInputs(nn.Module):
+    """`h` is read by a convolution and a residual add, `y` by two convolutions (ResNet's block
+    output: the next block's convolution and its shortcut), `z` by a convolution and a view."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c2, self.c3 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1, stride=2)
+        self.c4 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.c0(x))
+        y = torch.relu(self.c1(h)) + h
+        z = self.c2(y) + 1
+        return self.c4(z), z.flatten(1).sum(1), self.c3(y)
+
+
+def test_an_input_read_by_convolutions_and_pointwise_ops_is_stored_nhwc_once(channels_last):
+    """A convolution's input that other convolutions or pointwise ops read too is written NHWC once,
+    for all of them (`_share_nhwc_input`): the convolutions read the view as it is, the add reads it;
+    an input also read by anything else (a view) keeps its own copy. Compiled: eager's values and
+    strides, and fewer kernels than with a copy per convolution."""
+    from tilefuse.compiler import conv_layout
+
+    torch.manual_seed(0)
+    module, x = SharedInputs().eval(), torch.randn(2, 3, 10, 9)
+    names, params = zip(*module.named_parameters(), strict=True)
+    call = lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))  # noqa: E731
+    gm = make_fx(call, tracing_mode="fake")(x, *[p.detach() for p in params])
+    assert channels_last_convolutions(gm) == 5
+    c0, c1, c2, c4, c3 = [n for n in gm.graph.nodes if n.target is aten.convolution.default]  # run order
+    assert is_nchw_view(c1.args[0]) and c2.args[0] is c3.args[0] and is_nchw_view(c2.args[0])
+    (add,) = [n for n in c1.args[0].users if n.target is aten.add.Tensor]  # h's residual reads the view
+    assert not is_nchw_view(c4.args[0]) and not is_nchw_view(c0.args[0])  # z is viewed; x is an input
+    with torch.no_grad():
+        for got, want in zip(gm(x, *params), module(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    kernels = {}
+    for share in (True, False):
+        if not share:
+            conv_layout._share_nhwc_input, shared = (lambda gm, conv: None), conv_layout._share_nhwc_input
+        try:
+            torch._dynamo.reset()
+            reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
+        finally:
+            if not share:
+                conv_layout._share_nhwc_input = shared
+        kernels[share] = len(fusion_groups(reports))
+        with torch.no_grad():
+            got, want = tilefuse.compile(module)(x), module(x)
+        assert [t.stride() for t in got] == [t.stride() for t in want]
+    assert kernels[True] == kernels[False] - 3, kernels  # h's copy and y's two (one a convolution) are gone
+
+
 def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
     """Compiled, the tensors the convolutions read (the norm, the first block's sum) and the result
     come back in eager's layout, channels-last, viewed from the compiled NHWC storage; the values
