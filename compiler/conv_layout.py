@@ -54,6 +54,8 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.utils._python_dispatch import _disable_current_modes
 
+from .duplicate_ops import functional
+
 aten = torch.ops.aten
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> in
     rewritten, or with `results_too` (its depthwise convolutions became stencils,
     `compiler/depthwise_conv.py`: eager's layout flows from them to the results)."""
     count, f32 = 0, f32_layout_exact()
+    dropped = drop_identity_pads(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.convolution.default:
             continue
@@ -125,7 +128,7 @@ def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> in
             count += 1
         elif _channels_last_input(gm, node.args[0]):
             count += 1
-    if count or results_too:  # the graph's channels-last results too: returned with eager's strides
+    if count or results_too or dropped:  # the graph's channels-last results: returned with eager's strides
         (output,) = [n for n in gm.graph.nodes if n.op == "output"]
         for result in output.all_input_nodes:
             _channels_last_input(gm, result)
@@ -139,6 +142,34 @@ def is_depthwise(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, groups: in
     channel a group, so no sum across channels (no GEMM)."""
     channels = x.shape[1]
     return groups == channels and tuple(w.shape[:2]) == (channels, 1) and out.shape[1] == channels
+
+
+def drop_identity_pads(gm: GraphModule) -> int:
+    """Replace each zero-width `constant_pad_nd` (a copy) whose input has its strides by the input
+    itself; returns how many. `transformers`' TF-style padding pads before every convolution, by
+    nothing where a 1x1 one needs none (MobileNetV2: 35 of its 52 convolutions): the copy was a
+    kernel of its own, and it hid that the block's output feeds the next convolution directly
+    (`_share_nhwc_input`). Kept where the pad's result is a graph output (a fresh tensor there)
+    or something mutates it."""
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.constant_pad_nd.default:
+            continue
+        x, pads = node.args[0], node.args[1]
+        if not isinstance(x, Node) or any(not isinstance(p, int) or p != 0 for p in pads):
+            continue
+        val, xval = node.meta.get("val"), x.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not isinstance(xval, torch.Tensor):
+            continue
+        if xval.shape != val.shape or xval.dtype != val.dtype or xval.stride() != val.stride():
+            continue
+        if node in output.all_input_nodes or not all(functional(u) for u in node.users):
+            continue
+        node.replace_all_uses_with(x)
+        gm.graph.erase_node(node)
+        dropped += 1
+    return dropped
 
 
 def _shareable(gm: GraphModule, conv: Node) -> bool:

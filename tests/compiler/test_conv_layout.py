@@ -220,6 +220,37 @@ def test_an_input_read_by_convolutions_and_pointwise_ops_is_stored_nhwc_once(cha
     assert kernels[True] == kernels[False] - 3, kernels  # h's copy and y's two (one a convolution) are gone
 
 
+def test_zero_width_pads_are_dropped_and_others_kept(channels_last):
+    """TF-style padding pads by nothing before a 1x1 convolution: that copy goes (`drop_identity_pads`),
+    so the block's output is shared NHWC with its residual add; a real pad and a zero pad that is a
+    graph output stay. Compiled: eager's values and strides."""
+    from tilefuse.compiler.conv_layout import drop_identity_pads
+
+    class TFPadded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.c0(F.pad(x, (0, 0, 0, 0))))
+            z = self.c1(F.pad(y, (0, 0, 0, 0))) + y
+            return self.c2(F.pad(z, (1, 1, 1, 1))), F.pad(z, (0, 0, 0, 0))
+
+    module, x = TFPadded().eval(), torch.randn(2, 3, 9, 7)
+    names, params = zip(*module.named_parameters(), strict=True)
+    call = lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))  # noqa: E731
+    gm = make_fx(call, tracing_mode="fake")(x, *[p.detach() for p in params])
+    pads = lambda: [n for n in gm.graph.nodes if n.target is aten.constant_pad_nd.default]  # noqa: E731
+    assert len(pads()) == 4
+    assert drop_identity_pads(gm) == 2 and len(pads()) == 2  # the real pad and the result's stay
+    torch._dynamo.reset()
+    compile_and_compare(module, x, rtol=1e-5, atol=1e-5, allow_fallbacks=True)
+    with torch.no_grad():
+        got, want = tilefuse.compile(module)(x), module(x)
+    assert [t.stride() for t in got] == [t.stride() for t in want]
+    assert got[1].data_ptr() != got[0].data_ptr()
+
+
 def test_convnext_blocks_give_their_convolutions_eager_layouts(channels_last):
     """Compiled, the tensors the convolutions read (the norm, the first block's sum) and the result
     come back in eager's layout, channels-last, viewed from the compiled NHWC storage; the values
