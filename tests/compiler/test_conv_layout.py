@@ -314,6 +314,14 @@ def test_float32_convolutions_measured_on_the_device(monkeypatch):
     assert [conv_layout.nhwc_as_exact(x, w, params) for x in xs] == [True, False, True, False]
     assert conv_layout.nhwc_as_exact(xs[0], w, params) and probed == list(shapes)  # measured once
     assert not conv_layout.nhwc_as_exact(torch.empty(1, 4, 8, 8), torch.empty(6, 4, 3, 3), params)  # CPU
+
+    def failing_probe(x, w, params):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(conv_layout, "probe_errors", failing_probe)  # a probe that fails: NCHW, not cached
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x5 = torch.empty(5, 4, 8, 8, device="cuda")
+    assert not conv_layout.nhwc_as_exact(x5, w, params) and len(conv_layout._EXACT) == 4
     # the real probe, on CPU (both layouts exact float32): its errors are float32's
     eager, nhwc = probe(torch.randn(2, 4, 9, 7), torch.empty(6, 4, 3, 3), params)
     assert 0 <= eager < 1e-5 and 0 <= nhwc < 1e-5
