@@ -460,3 +460,54 @@ def test_nhwc_buffers_for_a_convolution_are_allocated_as_its_nchw_view(channels_
     source = "\n".join(programs)
     assert source.count("allocated as this view") == 4 and ".permute(" not in source, source
     assert "_empty((2, 8, 9, 7), (504, 1, 56, 8), torch.float32)" in source, source  # channels-last
+
+
+class SharedReaders(nn.Module):
+    """A computed convolution input `h` read besides by: a pointwise result (0), a transposed
+    convolution and a reduction (1), a depthwise convolution and two adds (2), a gate before a
+    view (3), BatchNorm'd sums through zero pads (4), a select and a concatenation (5)."""
+
+    def __init__(self, case: int):
+        super().__init__()
+        self.case = case
+        self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.t = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.dw, self.bn = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        h = F.gelu(self.a(x))
+        if self.case == 0:
+            return self.b(h), h * 2
+        if self.case == 1:
+            return self.t(h), self.b(h) + h.mean()
+        if self.case == 2:
+            return self.b(self.dw(h) + h) + h
+        if self.case == 3:
+            return (self.b(h) * h.sigmoid()).flatten(1).softmax(-1)
+        if self.case == 4:
+            return self.bn(self.b(h)) + F.pad(h, (0, 0, 0, 0)) - self.dw(F.pad(h, (0, 0, 0, 0)))
+        return self.b(torch.where(h > 0, h, -h)), torch.cat([h, h], 1)
+
+
+@pytest.mark.parametrize(
+    "case, train", [(c, False) for c in range(6)] + [(2, True), (4, True)], ids=lambda v: str(v)
+)
+def test_shared_inputs_with_any_readers_match_eager(channels_last, case, train):
+    """Whatever else reads a shared convolution input, values, strides and (training) gradients are
+    eager's."""
+    torch.manual_seed(case)
+    module = SharedReaders(case).train(train)
+    x = torch.randn(2, 4, 10, 9, requires_grad=train)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(module)
+    got, want = compiled(x), module(x)
+    got, want = (got if isinstance(got, tuple) else (got,)), (want if isinstance(want, tuple) else (want,))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert a.stride() == b.stride()
+    assert compiled.tilefuse_reports[0]["conv_layout"].endswith("run channels-last, converted back after")
+    if train:
+        wanted = [x, module.a.weight]
+        grads = torch.autograd.grad(sum(o.sum() for o in got), wanted)
+        for a, b in zip(grads, torch.autograd.grad(sum(o.sum() for o in want), wanted), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
