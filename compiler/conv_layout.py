@@ -147,7 +147,7 @@ def is_depthwise(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, groups: in
 def drop_identity_pads(gm: GraphModule) -> int:
     """Replace each zero-width `constant_pad_nd` (a copy) whose input has its strides by the input
     itself; returns how many. `transformers`' TF-style padding pads before every convolution, by
-    nothing where a 1x1 one needs none (MobileNetV2: 35 of its 52 convolutions): the copy was a
+    nothing where a 1x1 one needs none (MobileNetV2: 34 of its 52 convolutions): the copy was a
     kernel of its own, and it hid that the block's output feeds the next convolution directly
     (`_share_nhwc_input`). Kept where the pad's result is a graph output (a fresh tensor there)
     or something mutates it."""
