@@ -49,16 +49,16 @@ ARCHITECTURES = {
         dict(DECODER, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
              moe_intermediate_size=32),
     ),
-    "deepseek_v3": (  # multi-head latent attention (low-rank q and kv), one dense layer, then experts
+    "deepseek_v3": (  # multi-head latent attention (low-rank q and kv) and experts
         T.DeepseekV3Config, T.DeepseekV3ForCausalLM,
         dict(DECODER, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
              kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-             first_k_dense_replace=1, n_group=1, topk_group=1),
+             first_k_dense_replace=0, n_group=1, topk_group=1, num_hidden_layers=1),  # one MoE layer: CI time
     ),
     "gemma3": (
         T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(DECODER, num_key_value_heads=2, head_dim=16, sliding_window=8)
     ),
-    "t5": (T.T5Config, T.T5Model, dict(d_model=64, d_ff=128, num_layers=2, num_heads=4, vocab_size=256, d_kv=16)),
+    "t5": (T.T5Config, T.T5Model, dict(d_model=64, d_ff=128, num_layers=1, num_heads=4, vocab_size=256, d_kv=16)),
     "vit": (
         T.ViTConfig, T.ViTModel,
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
