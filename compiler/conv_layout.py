@@ -118,19 +118,18 @@ def channels_last_convolutions(gm: GraphModule, results_too: bool = False) -> in
     rewritten, or with `results_too` (its depthwise convolutions became stencils,
     `compiler/depthwise_conv.py`: eager's layout flows from them to the results)."""
     count, f32 = 0, f32_layout_exact()
-    dropped = drop_identity_pads(gm)
+    dropped, results = drop_identity_pads(gm), _results(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.convolution.default:
             continue
         if _eligible(node, f32):
-            _share_nhwc_input(gm, node)
+            _share_nhwc_input(gm, node, results, f32)
             _rewrite(gm, node)
             count += 1
         elif _channels_last_input(gm, node.args[0]):
             count += 1
     if count or results_too or dropped:  # the graph's channels-last results: returned with eager's strides
-        (output,) = [n for n in gm.graph.nodes if n.op == "output"]
-        for result in output.all_input_nodes:
+        for result in _results(gm):
             _channels_last_input(gm, result)
         gm.graph.lint()
         gm.recompile()
@@ -151,8 +150,7 @@ def drop_identity_pads(gm: GraphModule) -> int:
     kernel of its own, and it hid that the block's output feeds the next convolution directly
     (`_share_nhwc_input`). Kept where the pad's result is a graph output (a fresh tensor there)
     or something mutates it."""
-    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
-    dropped = 0
+    results, dropped = _results(gm), 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.constant_pad_nd.default:
             continue
@@ -164,7 +162,7 @@ def drop_identity_pads(gm: GraphModule) -> int:
             continue
         if xval.shape != val.shape or xval.dtype != val.dtype or xval.stride() != val.stride():
             continue
-        if node in output.all_input_nodes or not all(functional(u) for u in node.users):
+        if node in results or not all(functional(u) for u in node.users):
             continue
         node.replace_all_uses_with(x)
         gm.graph.erase_node(node)
@@ -172,19 +170,22 @@ def drop_identity_pads(gm: GraphModule) -> int:
     return dropped
 
 
-def _shareable(gm: GraphModule, conv: Node) -> bool:
-    """Whether the input `x` of eligible convolution `conv` may be stored NHWC for every reader
-    (`_share_nhwc_input`): a compiled op's result (not a graph output), static, read by more than
-    this convolution, and only by eligible convolutions (as their input) and pointwise ops."""
-    x = conv.args[0]
-    if not isinstance(x, Node) or x.op != "call_function" or len(x.users) < 2:
-        return False
-    if x.target in (aten.convolution.default, aten.clone.default) or is_storage_view(x) or is_nchw_view(x):
-        return False
+def _results(gm: GraphModule) -> list[Node]:
+    """The nodes `gm` returns."""
     (output,) = [n for n in gm.graph.nodes if n.op == "output"]
-    if x in output.all_input_nodes:
+    return output.all_input_nodes
+
+
+def _shareable(conv: Node, results: list[Node], f32: bool) -> bool:
+    """Whether the input `x` of eligible convolution `conv` may be stored NHWC for every reader
+    (`_share_nhwc_input`): a compiled op's result (not one of the graph's `results`), static, read
+    by more than this convolution, and only by eligible convolutions (as their input) and pointwise
+    ops."""
+    x = conv.args[0]
+    if not isinstance(x, Node) or x.op != "call_function" or len(x.users) < 2 or _layout_node(x):
+        return False
+    if x in results:
         return False  # a result keeps eager's strides
-    f32 = f32_layout_exact()
     for user in x.users:
         if user.target is aten.convolution.default:
             if user.args[0] is not x or x in user.args[1:] or not _eligible(user, f32):
@@ -194,21 +195,15 @@ def _shareable(gm: GraphModule, conv: Node) -> bool:
     return True
 
 
-def _share_nhwc_input(gm: GraphModule, conv: Node) -> None:
+def _share_nhwc_input(gm: GraphModule, conv: Node, results: list[Node], f32: bool) -> None:
     """Where `conv`'s input is read by other convolutions or pointwise ops too (a residual block's
     output: ResNet's next block reads it through a convolution and the shortcut's add), store it
     NHWC once for all of them (`_shareable`): its producer's kernel writes NHWC storage that the
     readers see through a view with eager's shape (`_channels_last_input`'s form), where the
     producer wrote it NCHW and a separate copy kernel made each convolution's NHWC input (the two
     results have different shapes: no one kernel wrote both)."""
-    x = conv.args[0]
-    if not _shareable(gm, conv):
-        return
-    users = list(x.users)
-    with gm.graph.inserting_before(x.next):
-        xv = _nhwc_copy(gm, x, **{NCHW_VIEW: True})
-    for user in users:
-        user.replace_input_with(x, xv)
+    if _shareable(conv, results, f32):
+        _store_nhwc(gm, conv.args[0])
 
 
 def _eligible(node: Node, f32: bool) -> bool:
@@ -300,14 +295,25 @@ def _channels_last_input(gm: GraphModule, x: object) -> bool:
         return False
     if val.is_contiguous() or not val.is_contiguous(memory_format=_FORMATS[rank]):
         return False
-    if x.target in (aten.convolution.default, aten.clone.default) or is_storage_view(x) or is_nchw_view(x):
-        return False  # PyTorch makes it, or it is already a layout conversion
+    if _layout_node(x):
+        return False
+    _store_nhwc(gm, x)
+    return True
+
+
+def _layout_node(x: Node) -> bool:
+    """Whether PyTorch makes `x` (a convolution), or it is already a layout conversion."""
+    return x.target in (aten.convolution.default, aten.clone.default) or is_storage_view(x) or is_nchw_view(x)
+
+
+def _store_nhwc(gm: GraphModule, x: Node) -> None:
+    """Every reader of `x` reads it NHWC instead: an explicit copy right after `x` (fused with the op
+    that makes it), viewed back in PyTorch with eager's shape and channels-last strides."""
     users = list(x.users)
     with gm.graph.inserting_before(x.next):  # right after `x`, in order
         xv = _nhwc_copy(gm, x, **{NCHW_VIEW: True})
     for user in users:
         user.replace_input_with(x, xv)
-    return True
 
 
 def _nhwc_copy(gm: GraphModule, t: Node, **view_meta) -> Node:

@@ -206,7 +206,7 @@ def test_an_input_read_by_convolutions_and_pointwise_ops_is_stored_nhwc_once(cha
     kernels = {}
     for share in (True, False):
         if not share:
-            conv_layout._share_nhwc_input, shared = (lambda gm, conv: None), conv_layout._share_nhwc_input
+            conv_layout._share_nhwc_input, shared = (lambda *args: None), conv_layout._share_nhwc_input
         try:
             torch._dynamo.reset()
             reports = compile_and_compare(module, x, rtol=1e-4, atol=1e-4, allow_fallbacks=True)
