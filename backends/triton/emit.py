@@ -25,7 +25,7 @@ import keyword
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from xdsl.dialects import arith, scf
@@ -60,7 +60,14 @@ _FLOAT_DTYPES = {
 }
 # names the generated module uses; builtins too, so that `range` and `float` keep their meaning
 _RESERVED = {
-    "_multiply", "tl", "triton", "libdevice", "GRID", "PARAMS", "TENSOR_SHAPES", "TENSOR_DTYPES",
+    "_multiply",
+    "tl",
+    "triton",
+    "libdevice",
+    "GRID",
+    "PARAMS",
+    "TENSOR_SHAPES",
+    "TENSOR_DTYPES",
     *dir(builtins),
 }
 
@@ -298,6 +305,15 @@ class _KernelWriter:
         self.taken.update({TMA_FLAG, WS_FLAG})
         self.descriptors = self._descriptor_blocks()
         self.taken.update(tail_flag(i) for i in range(len(self.tensors)))
+        self.taken.update(
+            merge_flag(i, d, e)
+            for i, (_, shape) in enumerate(self.tensors.values())
+            for d in range(len(shape))
+            for e in range(d + 1, len(shape))
+        )
+        # (tensor, first dim, last dim) runs of dims some access reads through one unraveled flat index
+        # (`_merged_runs`): each takes a MERGE switch, set by the launcher where the layout nests them
+        self.merged: dict[tuple[int, int, int], None] = {}
         # GEMM operand loads whose row tail may be read (ROW_TAILS), and each such tensor's bound's name
         self.tail_loads = self._row_tail_loads()
         tailed = dict.fromkeys(op.tensor for op in self.tail_loads)
@@ -548,6 +564,8 @@ class _KernelWriter:
         `tail`, it is the tensor's tail bound, `_row_tail_loads`)."""
         base, shape = self.tensors[tensor]
         terms, scalar_mask, tile_mask, in_bounds_blocks = [f"{base}_ptr"], [], [], []
+        runs = self._merged_runs(tensor, indices)
+        run_of = {k: run for run in runs for k in range(run.first, run.last + 1)}
         for d, (index, size) in enumerate(zip(indices, shape)):
             const = self.int_constants.get(index)
             if const is not None and 0 <= const < size:  # statically in bounds
@@ -555,20 +573,32 @@ class _KernelWriter:
                     terms.append(f"{const} * {base}_s{d}")
                 continue
             expr = self._e(index)
-            terms.append(f"{expr} * {base}_s{d}")
+            run = run_of.get(d)
+            if run is None:
+                terms.append(f"{expr} * {base}_s{d}")
+            elif d == run.first:
+                per_dim = " + ".join(f"{self._e(indices[k])} * {base}_s{k}" for k in range(d, run.last + 1))
+                terms.append(f"({run.index} * {base}_s{run.last} if {run.flag} else {per_dim})")
+            # a run's flat index known non-negative puts its bounds on it: Triton sees a comparison of
+            # the flat index constant along its contiguous runs (a div's or a mod's is not)
+            flat = run.flat if run is not None and run.nonnegative else None
             is_block = isinstance(index.type, tile.BlockType)
             mask = tile_mask if is_block else scalar_mask
             conditions = len(mask)
             if self.lower.get(index, -1) < 0:
-                mask.append(f"({expr} >= 0)")
+                mask.append(f"({flat or expr} >= 0)")
             if to_row_stride and d == len(shape) - 1:
                 mask.append(f"({expr} < {base}_s{d - 1})")
             elif tail and d == len(shape) - 1:
                 mask.append(f"({expr} < {self.tail_bounds[tensor]})")
             elif self.upper.get(index, size + 1) > size:  # else known in bounds: an unraveled inner index
-                mask.append(f"({expr} < {size})")
+                # q < size for q = j // p (j >= 0) is j < size * p
+                bounded = flat is not None and run.divisors[d - run.first] is not None
+                mask.append(
+                    f"({flat} < {size * run.divisors[d - run.first]})" if bounded else f"({expr} < {size})"
+                )
             if is_block and len(mask) == conditions:
-                in_bounds_blocks.append(expr)
+                in_bounds_blocks.append(flat or expr)
         pointer = " + ".join(terms)
         if self.options.bool_masks and (scalar_mask or tile_mask) and in_bounds_blocks:
             # the other conditions may all be Triton scalars (a gather at one loaded position: a
@@ -584,6 +614,52 @@ class _KernelWriter:
         if self.options.bool_masks and len(conditions) > 1:
             return pointer, f"({' & '.join(conditions)}) != 0"
         return pointer, " & ".join(conditions) or None
+
+    def _merged_runs(self, tensor: SSAValue, indices: Sequence[SSAValue]) -> list[MergedRun]:
+        """Runs of dims d..e of `tensor` whose indices unravel one flat index j the way a row-major
+        run of those dims would: dim k's index is `(j // p_k) % size_k`, p_k the sizes after k in the
+        run (a flat pointwise kernel's indices over its output, a row kernel's rows over [batch,
+        channels] and columns over a feature map's [h, w]). Their address `sum(index_k * s_k)` is
+        `(j // p_e) * s_e` (modulo the run's extent where its first index is a remainder) wherever
+        the dims nest in memory (s_k = size_k+1 * s_k+1); Triton cannot see that through the divs and
+        mods, so the unit-stride run along j is lost and the loads and stores along it go element by
+        element (the NHWC feature map's pooler stored NCHW: 4x slower on the H200). Each run takes
+        the switch `merge_flag`, which the launcher sets from the tensor's strides."""
+        _, shape = self.tensors[tensor]
+        position = list(self.tensors).index(tensor)
+        forms = [_unraveled(index, self.int_constants) for index in indices]
+        runs: list[MergedRun] = []
+        d = 0
+        while d < len(shape) - 1:
+            first = forms[d]  # (j, p, size, axes)
+            if first is None or first[2] not in (None, shape[d]):
+                d += 1
+                continue
+            root, axes = first[0], first[3]
+            e = d
+            while e + 1 < len(shape):
+                nxt, cur = forms[e + 1], forms[e]
+                if nxt is None or nxt[0] is not root or nxt[3] != axes or nxt[2] != shape[e + 1]:
+                    break
+                if cur[1] != nxt[1] * shape[e + 1]:  # p_k = size_k+1 * p_k+1
+                    break
+                e += 1
+            if e == d or root not in self.exprs or any(shape[k] <= 0 for k in range(d, e + 1)):
+                d = e + 1
+                continue
+            flat = self._atom(self._e(root), "flat")
+            for axis in axes:  # the expansions the indices went through, innermost first
+                flat = f"tl.expand_dims({flat}, {axis})"
+            last_p, extent = forms[e][1], math.prod(shape[d : e + 1])
+            index = flat if last_p == 1 else f"({flat} // {last_p})"
+            if first[2] is not None:  # the run's first index is a remainder: so is the run's
+                index = f"({index} % {extent})"
+            divisors = tuple(forms[k][1] if forms[k][2] is None else None for k in range(d, e + 1))
+            flag = merge_flag(position, d, e)
+            runs.append(MergedRun(d, e, index, flat, self.lower.get(root, -1) >= 0, divisors, flag))
+            self.merged[(position, d, e)] = None
+            d = e + 1
+        return runs
 
     def _load(self, op: tile.LoadOp) -> None:
         other = _literal(op.other) if op.other is not None else "0"
@@ -895,6 +971,62 @@ ROW_TAIL = 16
 TAIL_SELECT_KINDS = ("row", "reduction", "pointwise")
 
 
+def merge_flag(tensor: int, first: int, last: int) -> str:
+    """The switch by which the launcher lets a kernel address dims `first`..`last` of its `tensor`-th
+    argument by their flat index (`_KernelWriter._merged_runs`, `launcher.merge_flags`)."""
+    return f"MERGE_{tensor}_{first}_{last}"
+
+
+@dataclass(frozen=True)
+class MergedRun:
+    """Dims `first`..`last` of a tensor access addressed through one flat index (`_merged_runs`)."""
+
+    first: int
+    last: int
+    index: str  # the run's row-major index over its dims, as an expression
+    flat: str  # the flat index it unravels, expanded as the access's indices are
+    nonnegative: bool  # whether the flat index is known non-negative
+    divisors: tuple[int | None, ...]  # per dim of the run: p where its index is `j // p` (no mod)
+    flag: str
+
+
+def _unraveled(
+    index: SSAValue, constants: Mapping[SSAValue, int]
+) -> tuple[SSAValue, int, int | None, tuple] | None:
+    """`index` as (j, p, size, axes) where it is `(j // p) % size` (size None: no mod; p 1: no div) of a
+    flat index j by constants, then expanded along `axes` (`tile.expand_dims`, in order); else None."""
+    axes: list[int] = []
+    while isinstance(index.owner, tile.ExpandDimsOp):
+        axes.append(index.owner.axis.value.data)
+        index = index.owner.input
+    size = None
+    step = _int_map(index, "arith.remsi", constants)
+    if step is not None:
+        index, size = step
+    p = 1
+    step = _int_map(index, "arith.divsi", constants)
+    if step is not None:
+        index, p = step
+    if size is None and p == 1:
+        return None
+    return index, p, size, tuple(reversed(axes))
+
+
+def _int_map(value: SSAValue, name: str, constants: Mapping[SSAValue, int]) -> tuple[SSAValue, int] | None:
+    """(j, c) where `value` is a `tile.map` computing `name` (a div or a mod) of j by a constant c > 0."""
+    owner = value.owner
+    if not isinstance(owner, tile.MapOp) or len(owner.inputs) != 2:
+        return None
+    block = owner.body.block
+    body = [op for op in block.ops if op.name != "tile.yield"]
+    if len(body) != 1 or body[0].name != name or tuple(body[0].operands) != tuple(block.args):
+        return None
+    if block.last_op.operands[0] is not body[0].results[0]:
+        return None
+    c = constants.get(owner.inputs[1])
+    return None if c is None or c <= 0 else (owner.inputs[0], c)
+
+
 def tail_flag(tensor: int) -> str:
     """The switch by which the launcher lets a GEMM read its `tensor`-th argument's padded rows to their
     rounded extent (`row_tail`, `launcher.row_tails_fit`)."""
@@ -974,6 +1106,8 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
     flags = ([TMA_FLAG] if writer.descriptors else []) + ([WS_FLAG] if writer.warp_specialized else [])
     tails = tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.tail_bounds)
     flags += [tail_flag(i) for i in tails]
+    merged = tuple(sorted(writer.merged))
+    flags += [merge_flag(*run) for run in merged]
     constexprs = list(kernel.param_names) + flags
     if constexprs:
         signature.append(", ".join(f"{p}: tl.constexpr" for p in constexprs) + ",")
@@ -994,6 +1128,7 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         f"TMA_TENSORS = {tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.descriptors)!r}",
         f"WARP_SPECIALIZABLE = {writer.warp_specialized!r}",
         *([f"ROW_TAIL_TENSORS = {tails!r}"] if tails else []),
+        *([f"MERGED_DIMS = {merged!r}"] if merged else []),
         "",
         "",
         "@triton.jit",

@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-from .emit import python_identifier, row_tail, tail_flag
+from .emit import merge_flag, python_identifier, row_tail, tail_flag
 
 log = logging.getLogger("tilefuse")
 
@@ -91,6 +91,9 @@ class TritonKernel:
     tma_tensors: tuple[int, ...] = ()
     warp_specializable: bool = False  # takes USE_WS (its tile loop, with TMA loads)
     row_tail_tensors: tuple[int, ...] = ()  # takes ROW_TAILS_i for these operands (`row_tails_fit`)
+    merged_dims: tuple[
+        tuple[int, int, int], ...
+    ] = ()  # MERGE_i_d_e for these (operand, dims) (`merge_flags`)
     _grids: dict = field(default_factory=dict, compare=False, repr=False)
     _checked: list = field(default_factory=list, compare=False, repr=False)
 
@@ -125,6 +128,7 @@ class TritonKernel:
         fits = bool(self.tma_tensors) and descriptors_fit([tensors[i] for i in self.tma_tensors])
         params.update(launch_flags(self, config, num_warps, fits))
         params.update(tail_flags(self, tensors))
+        params.update(merge_flags(self, tensors))
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
     def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
@@ -184,7 +188,7 @@ class BoundLaunch:
             self.params.update(launch_flags(kernel, config, num_warps, fits=False))
         # ROW_TAILS is decided by the first launch's operands: the program passes the same strides and
         # buffers allocated the same way (`compiler.program.empty_padded`) to every later one
-        self.tails_pending = bool(kernel.row_tail_tensors)
+        self.tails_pending = bool(kernel.row_tail_tensors or kernel.merged_dims)  # and MERGE, alike
         self.constexprs = tuple(self.params.values())
         self.binary = None  # triton's CompiledKernel, after the first launch on a GPU
         self.raw: Callable[[int, tuple], None] | None = None  # its C launch function, where known
@@ -231,6 +235,7 @@ class BoundLaunch:
         if self.tails_pending:
             tensors = [args[p] for p in self.tensor_positions]
             self.params.update(tail_flags(self.kernel, tensors))
+            self.params.update(merge_flags(self.kernel, tensors))
             self.constexprs = tuple(self.params.values())
             self.tails_pending = False
         params = dict(self.params)
@@ -364,11 +369,33 @@ def row_tails_fit(tensors: Sequence[torch.Tensor]) -> bool:
     return True
 
 
-
 def tail_flags(kernel: TritonKernel, tensors: Sequence[torch.Tensor]) -> dict[str, bool]:
     """The ROW_TAILS switches of a kernel that takes them (`emit._row_tail_loads`), launched on
     `tensors`: one per operand whose rows it may read to their rounded end."""
     return {tail_flag(i): row_tails_fit([tensors[i]]) for i in kernel.row_tail_tensors}
+
+
+def dims_nest(shape: Sequence[int], strides: Sequence[int], first: int, last: int) -> bool:
+    """Whether dims `first`..`last` of a tensor of `shape` and `strides` nest in memory as a row-major
+    block addressed `index * strides[last]`: each dim's stride is the product of the extents after it
+    in the run times `strides[last]` (a dim of one never moves the address: its own stride is free,
+    and its extent of one is in the product)."""
+    expected = strides[last]
+    for k in range(last - 1, first - 1, -1):
+        expected *= shape[k + 1]
+        if shape[k] > 1 and strides[k] != expected:
+            return False
+    return True
+
+
+def merge_flags(kernel: TritonKernel, tensors: Sequence[torch.Tensor]) -> dict[str, bool]:
+    """The MERGE switches of a kernel that takes them (`emit._KernelWriter._merged_runs`), launched on
+    `tensors`: one per (operand, first dim, last dim) it may address by a flat index, on whether those
+    dims nest."""
+    return {
+        merge_flag(i, d, e): dims_nest(tensors[i].shape, tensors[i].stride(), d, e)
+        for i, d, e in kernel.merged_dims
+    }
 
 
 def use_tensor_descriptors(tensors: Sequence[torch.Tensor]) -> bool:
@@ -490,4 +517,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         getattr(module, "TMA_TENSORS", ()),
         getattr(module, "WARP_SPECIALIZABLE", False),
         getattr(module, "ROW_TAIL_TENSORS", ()),
+        tuple(tuple(pair) for pair in getattr(module, "MERGED_DIMS", ())),
     )

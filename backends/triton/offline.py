@@ -150,8 +150,8 @@ def _specialization(
 ) -> tuple[dict[str, str], dict[tuple[int], object], dict[tuple[int], list]]:
     """Signature, constants and attributes of a launch on contiguous tensors, as Triton's launcher
     specializes it: a kernel's arguments are, per tensor, its pointer then one stride a dim
-    (`TritonKernel.__call__`), then the tile parameters, USE_TMA, USE_WS and ROW_TAILS_i (`params` may
-    set them). A stride of 1 becomes the
+    (`TritonKernel.__call__`), then the tile parameters, USE_TMA, USE_WS, ROW_TAILS_i and MERGE_i_d
+    (`params` may set them). A stride of 1 becomes the
     constant 1; pointers (16-byte aligned allocations) and strides that are multiples of 16 carry
     `tt.divisibility = 16`."""
     signature: dict[str, str] = {}
@@ -160,11 +160,12 @@ def _specialization(
     strides = iter(s for shape, _ in tensors for s in _contiguous_strides(shape))
     dtypes = iter(dtype for _, dtype in tensors)
     for i, name in enumerate(names):
-        if name in params or name in ("USE_TMA", "USE_WS") or name.startswith("ROW_TAILS_"):
+        if name in params or name in ("USE_TMA", "USE_WS") or name.startswith(("ROW_TAILS_", "MERGE_")):
             signature[name] = "constexpr"
             # warp specialization is off unless a config asks (the launcher's default), and so are row
-            # tails (contiguous tensors have none)
-            constants[(i,)] = params[name] if name in params else tma if name == "USE_TMA" else False
+            # tails (contiguous tensors have none); contiguous dims nest (MERGE)
+            constants[(i,)] = (params[name] if name in params else tma if name == "USE_TMA"
+                               else name.startswith("MERGE_"))  # fmt: skip
         elif name.endswith("_ptr"):
             signature[name] = _POINTER_TYPES[next(dtypes)]
             attrs[(i,)] = [["tt.divisibility", 16]]

@@ -93,8 +93,9 @@ def compile_job(
     the GPU has TMA).
     """
     # the parent process's side: this file also runs as a script
-    from .emit import tail_flag
-    from .launcher import launch_flags, tail_reach
+    from .emit import merge_flag, tail_flag
+    from .launcher import dims_nest, launch_flags, tail_reach
+    from .offline import _contiguous_strides
 
     constexprs = [(p, int(config[p])) for p in kernel.params]
     operands = [(kernel.shapes[i], kernel.dtypes[i]) for i in kernel.tma_tensors]
@@ -103,6 +104,10 @@ def compile_job(
     for i in kernel.row_tail_tensors:  # as the launch decides them (`row_tails_fit`), from the strides alone
         padded = strides is not None and tail_reach(kernel.shapes[i], strides[i]) is not None
         constexprs.append((tail_flag(i), padded))
+    for i, d, e in kernel.merged_dims:  # as the launch decides them (`merge_flags`): contiguous dims nest
+        shape = kernel.shapes[i]
+        layout = strides[i] if strides is not None else _contiguous_strides(shape)
+        constexprs.append((merge_flag(i, d, e), dims_nest(shape, layout, d, e)))
     return CompileJob(
         str(kernel.path), kernel.name, tuple(kernel.shapes), tuple(kernel.dtypes), tuple(constexprs),
         num_warps, num_stages, tuple(tuple(s) for s in strides) if strides is not None else None,

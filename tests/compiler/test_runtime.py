@@ -342,7 +342,7 @@ def test_a_launch_out_of_shared_memory_retries_with_fewer_stages():
 
     kernel = SimpleNamespace(
         name="k", params=("BLOCK",), grid=("2",), tma_tensors=(), function=Function(), shapes=((2,),),
-        warp_specializable=False, row_tail_tensors=(),
+        warp_specializable=False, row_tail_tensors=(), merged_dims=(),
         grid_for=lambda config: (2,),
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=4)
@@ -366,7 +366,7 @@ def test_tma_is_decided_per_launch_only_where_it_is_wanted(monkeypatch, wanted):
 
     kernel = SimpleNamespace(
         name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(), shapes=((4,),),
-        warp_specializable=False, row_tail_tensors=(),
+        warp_specializable=False, row_tail_tensors=(), merged_dims=(),
         grid_for=lambda config: (2,),
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
@@ -404,7 +404,7 @@ def test_each_tma_decision_keeps_its_own_binary(monkeypatch):
 
     kernel = SimpleNamespace(
         name="k", params=("BLOCK",), grid=("2",), tma_tensors=(0,), function=Function(), shapes=((4, 8),),
-        warp_specializable=True, grid_for=lambda config: (2,), row_tail_tensors=(),
+        warp_specializable=True, grid_for=lambda config: (2,), row_tail_tensors=(), merged_dims=(),
     )  # fmt: skip
     launch = BoundLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=2)
     aligned, ragged = torch.zeros(4, 8), torch.zeros(4, 9)[:, :8]  # a 36-byte row stride: no TMA
