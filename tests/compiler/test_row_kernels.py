@@ -122,9 +122,7 @@ def test_an_intermediate_read_after_the_group_is_its_second_output():
         h = x * 2.0 + 1.0
         return rms_norm(h, w), h
 
-    reports = compile_and_compare(
-        norm_and_residual, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5
-    )
+    reports = compile_and_compare(norm_and_residual, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
     assert assert_one_row_kernel(reports)["ops"][0] == "ein.map"
 
 
@@ -134,9 +132,7 @@ def test_an_intermediate_read_before_the_group_ends_stays_out_of_it():
         both = torch.cat([h, x], -1)  # PyTorch glue that reads h before the norm is done
         return rms_norm(h, w), both
 
-    reports = compile_and_compare(
-        residual_read_early, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5
-    )
+    reports = compile_and_compare(residual_read_early, torch.randn(6, 50), torch.randn(50), rtol=1e-4, atol=1e-5)
     kinds = sorted(g["kind"] for g in fusion_groups(reports))
     assert kinds == ["pointwise", "row"]
 
@@ -172,84 +168,3 @@ def test_a_config_that_splits_rows_is_refused(monkeypatch):
     monkeypatch.setenv(CONFIG_ENV, '{"row": {"BLOCK_C": 64}}')
     with pytest.raises(ValueError, match="BLOCK_C >= 100"):
         default_config("row", {"R": 8, "C": 100})
-
-
-def _pooled_relu(x):
-    """A CNN's last block and pooler: the feature map and its mean over the spatial dims."""
-    y = torch.relu(x * 1.5 + 0.25)
-    return y, y.mean((-2, -1), keepdim=True)
-
-
-def _kernel_source(compiled, tmp_path) -> str:
-    (source,) = list((tmp_path / compiled.tilefuse_reports[0]["dir"] / "kernels").glob("*.py"))
-    return source.read_text()
-
-
-@settings(max_examples=6, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    c=st.integers(1, 9),
-    h=st.integers(1, 7),
-    w=st.integers(2, 7),
-    layout=st.sampled_from(["nchw", "nhwc", "sliced"]),
-)
-def test_spatial_dims_addressed_by_their_flat_index_match_eager(b, c, h, w, layout):
-    """A row kernel over [batch, channels, h, w] reads its columns (h, w) and rows (batch, channels)
-    through one flat index each; where the dims nest in memory (NCHW, or the NHWC map's h and w) the
-    launcher switches the address to that index, elsewhere (a slice along w) it stays per dim."""
-    torch._dynamo.reset()  # one function, many static compiles: under Dynamo's recompile limit
-    if layout == "nhwc":
-        x = torch.randn(b, h, w, c).permute(0, 3, 1, 2)
-    elif layout == "sliced":
-        x = torch.randn(b, c, h, w + 3)[..., 1 : w + 1]
-    else:
-        x = torch.randn(b, c, h, w)
-    assert_one_row_kernel(compile_and_compare(_pooled_relu, x, rtol=1e-5, atol=1e-6, dynamic=False))
-
-
-def test_merge_switches_follow_the_layout(tmp_path):
-    """The kernel names the (operand, dim) pairs it may address by a flat index; the launcher sets each
-    switch where the two dims nest (NHWC's h and w do, its batch and channels do not; a slice's h and w
-    do not)."""
-    from tilefuse.backends.triton.launcher import dims_nest
-
-    compiled = tilefuse.compile(_pooled_relu, dump=tmp_path)
-    x = torch.randn(2, 5, 7, 6).permute(0, 3, 1, 2)  # [2, 6, 5, 7] stored NHWC
-    with torch.no_grad():
-        for got, want in zip(compiled(x), _pooled_relu(x)):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    text = _kernel_source(compiled, tmp_path)
-    assert "MERGED_DIMS = " in text and " if MERGE_" in text
-    nhwc = x.stride()
-    assert dims_nest(x.shape, nhwc, 2, 3) and not dims_nest(x.shape, nhwc, 0, 1)
-    sliced = torch.randn(2, 6, 5, 9)[..., 1:8]
-    assert not dims_nest(sliced.shape, sliced.stride(), 2, 3) and dims_nest(
-        sliced.shape, sliced.stride(), 0, 1
-    )
-    assert dims_nest((2, 1, 5, 7), (35, 1, 7, 1), 1, 3)  # a dim of one never moves the address
-
-
-def _scaled_gelu(x, y):
-    return F.gelu(x) * y + 1.0
-
-
-@settings(max_examples=8, deadline=None)
-@given(
-    shape=st.lists(st.integers(1, 7), min_size=3, max_size=4),
-    layout=st.sampled_from(["contiguous", "channels_last", "sliced", "transposed"]),
-)
-def test_flat_pointwise_kernels_address_nesting_runs_by_the_flat_index(shape, layout):
-    """A flat pointwise kernel unravels its index over every output dim; where an operand's dims
-    nest (a contiguous tensor: all of them; a permuted one: the runs it keeps in order), the launcher
-    switches its address to the flat index; a slice or a transpose keeps the per-dim address for the
-    dims that do not nest. Checked against eager on each layout."""
-    torch._dynamo.reset()  # one function, many static compiles: under Dynamo's recompile limit
-    x = torch.randn(shape)
-    if layout == "channels_last":
-        x = torch.randn([shape[0], *shape[2:], shape[1]]).movedim(-1, 1)
-    elif layout == "sliced":
-        x = torch.randn([*shape[:-1], shape[-1] + 2])[..., 1:-1]
-    elif layout == "transposed":
-        x = torch.randn(list(reversed(shape))).permute(*reversed(range(len(shape))))
-    y = torch.randn(shape)
-    compile_and_compare(_scaled_gelu, x, y, rtol=1e-5, atol=1e-5, dynamic=False)
