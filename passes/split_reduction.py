@@ -33,6 +33,13 @@ viewed [1, T]. Few elements are one row, [1, N]: one program, one launch.
     r = reduce{sum,max,min,mean} [all] f(x)                  x: N elements
       -> p = reduce [1] f(x viewed [T, c]) in f32;  r = reduce [1] (p viewed [1, T])
 
+Few wide rows (a softmax over 16 rows of 262144, a norm over a wide feature dim) would get one program
+per row, most SMs idle (`_split_wide_rows`): their reductions read the rows as [.., T, C] chunks, a
+map producing the reduced value applied to the chunks, and combine the partials.
+
+    r = reduce{sum,max,min,mean} [N..] f(x, s..)            x: [R.., N..], few rows, N.. wide
+      -> p = reduce [-1] f(x viewed [R.., T, C], s viewed [R.., 1, 1]) in f32;  r = reduce [-1] p
+
 The K of a linear layer's GEMM is split the same way (`_split_k`, split-K) where its output tiles
 would leave most SMs idle (short prompts, decoding through deep K): S partial GEMMs over K/S in f32
 as one batched contraction, summed by a pointwise map of the S slices, which the GEMM's epilogue
@@ -487,7 +494,7 @@ def _split_k(op: ein.ContractOp) -> bool:
     def view(x: SSAValue, idx: str) -> SSAValue:
         shape = list(shape_of(x.type))
         at = idx.index(k)
-        return b.reshape(x, [*shape[:at], s, sizes[k] // s, *shape[at + 1:]])
+        return b.reshape(x, [*shape[:at], s, sizes[k] // s, *shape[at + 1 :]])
 
     spec = f"{lhs.replace(k, split + k)},{rhs.replace(k, split + k)}->{split}{out}"
     partials = b.contract(spec, view(op.lhs, lhs), view(op.rhs, rhs), f32)
@@ -504,9 +511,82 @@ def _split_k(op: ein.ContractOp) -> bool:
     return True
 
 
+# Few wide rows: a reduction over the last dim of [R.., N] gets one program per row (the row kernel walks
+# a long row in chunks), so a softmax over 16 rows of 262144 ran on 16 of the H200's 132 SMs: 68 µs, eager's
+# time, where its bytes take ~6. Such rows are reduced as chunks instead: R*T programs reduce a chunk of C
+# each to f32 partials, and a small reduce combines them.
+WIDE_ROW = 1 << 15  # rows at least this long...
+FEW_ROWS = 64  # ...fewer than this (half an H100/H200's SMs) are split
+WIDE_CHUNKS = (4096, 2048, 1024)  # elements a partial reduces, in order of preference
+PROLOGUE_MAPS = 3  # maps producing the reduced value that are applied to the chunks, at most
+
+
+def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
+    """r = reduce over the trailing dims of x [R.., N..] with few rows and N = prod(N..) wide -> reduce
+    of the partials reduce(x viewed [R.., T, C]) over C. Maps producing x (a softmax's exp(x - max),
+    a norm's squared deviations) are applied to the chunks (`_chunked`), their row statistics
+    ([R.., 1..]) and other operands viewed to match; where those maps have other readers (the
+    softmax's division) they keep them whole, and the fusion pass gives them their own kernel. A
+    norm over several trailing dims (a LayerNorm over [C, H, W]) is one such row a sample."""
+    x, kind = reduce.input, reduce.kind.data
+    shape = tuple(shape_of(x.type))
+    k = len(reduce.reduce_dims)
+    if kind not in ("sum", "max", "min", "mean") or not 0 < k < len(shape):
+        return False
+    trailing = tuple(range(len(shape) - k, len(shape)))
+    if reduce.reduce_dims != trailing or not is_float(x.type.get_element_type()):
+        return False
+    lead, n = list(shape[:-k]), math.prod(shape[-k:])
+    c = next((c for c in WIDE_CHUNKS if n % c == 0), None)
+    if n < WIDE_ROW or math.prod(lead) >= FEW_ROWS or c is None:
+        return False
+    b = InsertingEinBuilder(reduce, "split")
+    chunks = b.cast(_chunked(b, x, shape, k, c, PROLOGUE_MAPS), f32)
+    partial = b.reduce(kind, chunks, [-1], keepdim=False)
+    total = b.reduce(kind, partial, [-1], keepdim=False)  # a mean of equal chunks' means is the mean
+    _replace_result(b, reduce, total)
+    return True
+
+
+def _chunked(b: EinBuilder, v: SSAValue, shape: tuple[int, ...], k: int, c: int, maps: int) -> SSAValue:
+    """`v` over [.., T, C] chunks (`_row_chunks`); where it is made by a map of chunkable operands
+    (up to `maps` deep: log-softmax's exp of x - max), that map applied to the chunks of its operands,
+    so the reduction reads x rather than a map's result written out for it."""
+    producer = v.owner
+    spans = tuple(shape_of(v.type)) == shape
+    if not (spans and maps and isinstance(producer, ein.MapOp)):
+        return _row_chunks(b, v, shape, k, c)
+    if not all(_row_chunkable(u, shape, k) for u in producer.inputs):
+        return _row_chunks(b, v, shape, k, c)
+    inputs = [_chunked(b, u, shape, k, c, maps - 1) for u in producer.inputs]
+    body = lambda sb, *args: inline_map_body(producer, args, sb.block)  # noqa: E731
+    return b.map(inputs, producer.result.type.get_element_type(), body, cast_inputs=False)
+
+
+def _row_chunkable(v: SSAValue, shape: tuple[int, ...], k: int) -> bool:
+    """Whether a map operand over rows of x's last `k` dims (x of `shape`) spans them whole (it is
+    split into the chunks), spans none of them (a row statistic, broadcast), or is a scalar."""
+    own = tuple(shape_of(v.type))
+    if not own:
+        return True
+    return len(own) == len(shape) and (own[-k:] == shape[-k:] or all(d == 1 for d in own[-k:]))
+
+
+def _row_chunks(b: EinBuilder, v: SSAValue, shape: tuple[int, ...], k: int, c: int) -> SSAValue:
+    """`v` viewed over [.., T, C] chunks of rows of x's last `k` dims: those dims split into T x C
+    where it spans them, or made [1, 1] where it is broadcast over them."""
+    own = list(shape_of(v.type))
+    if not own:
+        return v
+    n = math.prod(shape[-k:])
+    spans = tuple(own[-k:]) == tuple(shape[-k:]) and n != 1
+    return b.reshape(v, [*own[:-k], n // c, c] if spans else [*own[:-k], 1, 1])
+
+
 def rewrite_function(fn: func.FuncOp) -> int:
-    """Split every wide reduction of a GEMM's output, every tall column reduction, and the K of every
-    GEMM whose tiles underfill the GPU, in `fn`; returns how many were split."""
+    """Split every wide reduction of a GEMM's output, every tall column reduction, every reduction over
+    few wide rows, and the K of every GEMM whose tiles underfill the GPU, in `fn`; returns how many were
+    split."""
     count = 0
     if os.environ.get(SPLIT_K_ENV) != "0":
         for op in list(fn.body.block.ops):
@@ -514,7 +594,7 @@ def rewrite_function(fn: func.FuncOp) -> int:
                 count += _split_k(op)
     for op in list(fn.body.block.ops):
         if isinstance(op, ein.ReduceOp) and op.parent is not None:
-            count += _split_logsumexp(op) or _split_plain(op) or _split_columns(op)
+            count += _split_logsumexp(op) or _split_plain(op) or _split_columns(op) or _split_wide_rows(op)
     if count:
         from .canonicalize import collapse_views  # canonicalize imports this module's neighbours
 

@@ -180,7 +180,14 @@ def test_column_reductions_are_split_into_partials(small_columns, name, dtype):
 
 @pytest.mark.parametrize(
     ("rows", "outputs", "chunk"),
-    [(2048, 1024, 256), (2048, 256, 128), (4096, 256, 256), (512, 37, 64), (1000, 256, None), (4 * 96, 64, 64)],
+    [
+        (2048, 1024, 256),
+        (2048, 256, 128),
+        (4096, 256, 256),
+        (512, 37, 64),
+        (1000, 256, None),
+        (4 * 96, 64, 64),
+    ],
 )
 def test_a_column_split_gives_few_outputs_enough_programs(rows, outputs, chunk):
     """The chunk a column split takes: a norm gradient's [2048, 1024] keeps 256-row chunks (8 x 16 tiles);
@@ -380,3 +387,49 @@ def test_a_map_reading_a_full_reductions_total_is_a_kernel(fn, shape):
     assert partitions and all(not p.get("glue_ops") for p in partitions), partitions
     groups = [g for p in partitions for g in p.get("groups", [])]
     assert groups and all(g["kernel"] for g in groups), groups
+
+
+WIDE = {
+    "softmax": lambda x: torch.softmax(x, -1),
+    "log_softmax": lambda x: F.log_softmax(x, -1),
+    "layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]),
+    "rms_norm": lambda x: F.rms_norm(x, x.shape[-1:], eps=1e-6),
+    "amax_keepdim": lambda x: x.amax(-1, keepdim=True),
+    "mean_of_squares": lambda x: (x * x).mean(-1),
+}
+OVER_TRAILING_DIMS = {
+    "layer_norm_over_trailing_dims": lambda x: F.layer_norm(x, x.shape[1:]),
+    "group_norm_one_group": lambda x: F.group_norm(x, 1),
+    "softmax_of_flattened": lambda x: torch.softmax(x.flatten(1), -1).view_as(x),
+}
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [(n, s) for n in sorted(WIDE) for s in [(3, 1 << 15), (2, 4, 40960)]]
+    + [(n, (2, 4, 96, 96)) for n in sorted(OVER_TRAILING_DIMS)],
+)
+def test_few_wide_rows_are_reduced_in_chunks(name, shape):
+    """Few rows wider than WIDE_ROW: every reduction over them runs as partials over chunks (many
+    programs) and a combine, the rest (softmax's division, a norm's scaling) as its own kernel."""
+    fn = WIDE.get(name) or OVER_TRAILING_DIMS[name]
+    reports = compile_and_compare(fn, torch.randn(shape), rtol=1e-4, atol=1e-5)
+    groups = fusion_groups(reports)
+    # each reduction became partials and a combine: two kernels with a reduce at least (one before)
+    assert sum("ein.reduce" in g["ops"] for g in groups) >= 2, groups
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_few_wide_rows_in_half_precision(dtype):
+    x = torch.randn(2, 1 << 15).to(dtype)
+    for name in ("softmax", "layer_norm"):
+        torch._dynamo.reset()
+        compile_and_compare(WIDE[name], x, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("shape", [(64, 1 << 15), (3, (1 << 15) + 8), (3, 16384)])
+def test_many_narrow_or_unchunkable_rows_stay_one_row_kernel(shape):
+    """As many rows as half the SMs, rows narrower than WIDE_ROW, or a width no chunk divides: one row
+    kernel, as before."""
+    reports = compile_and_compare(WIDE["softmax"], torch.randn(shape), rtol=1e-4, atol=1e-5)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["row"]
