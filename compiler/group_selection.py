@@ -181,10 +181,12 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
     launcher = load_shared(source, triton_function_name(source))
     config = default_config(epilogue.group.kind, epilogue.problem)
     # a bound launch reuses the binary of its first launch, which Triton specialized on 16-byte aligned
-    # pointers where they were: the measurement's tensors always are, a program's inputs may not be
-    # (a slice at an odd offset), so a call with a misaligned tensor takes a launch of its own
+    # pointers where they were, and its switches (row tails, merged dims) decided from that launch's
+    # strides: the measurement's tensors are always aligned, a program's inputs may not be (a slice at an
+    # odd offset), and groups sharing this split path (`_kernel_key`) may pass other strides, so each
+    # alignment and set of strides takes a launch of its own
     bind = functools.partial(launcher.bind, config.params, config.num_warps, config.num_stages)
-    aligned_launch, any_launch = bind(), bind()
+    launches: dict[tuple, object] = {}
     stream = stream_getter(device) if device.type == "cuda" else (lambda: 0)
     inputs, kernel_outputs = list(lowered.inputs), list(epilogue.outputs)
     metas = [(tuple(shape_of(v.type)), to_torch_dtype(v.type.get_element_type())) for v in kernel_outputs]
@@ -217,8 +219,11 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
         written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
         env += written
         args = [*(env[i] for i in epilogue_at), *written]
-        aligned = all(t.data_ptr() % 16 == 0 for t in args)
-        (aligned_launch if aligned else any_launch)(stream(), *_launch_args(args))
+        key = (all(t.data_ptr() % 16 == 0 for t in args), *(t.stride() for t in args))
+        launch = launches.get(key)
+        if launch is None:
+            launch = launches[key] = bind()
+        launch(stream(), *_launch_args(args))
         return tuple(env[i].contiguous() for i in outputs_at)
 
     run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
