@@ -57,6 +57,7 @@ from .codegen import (
     stage_split_reduction,
 )
 from .conv_layout import channels_last_convolutions, conv_layout_enabled
+from .decode_attention import use_decode_kernels
 from .depthwise_conv import depthwise_enabled, depthwise_stencils
 from .direct_ops import captured_target
 from .dump import GraphDump
@@ -370,6 +371,9 @@ def compile_aten_graph(
     selects, read, before_fold = fold_causal_selects(aten, known)
     folded += selects
     grouped = group_decode_queries(aten)
+    decode_reports: list[dict] = []
+    if trained is None:
+        use_decode_kernels(aten, decode_reports)
     stencils = depthwise_stencils(aten) if depthwise_enabled() else 0
     convs = 0
     if conv_layout_enabled(not target.interpret):
@@ -423,6 +427,8 @@ def compile_aten_graph(
         summary["visible_masks"] = f"{masks_dropped['visible']} attention mask(s) hiding no key: dropped"
     if grouped:
         summary["grouped_queries"] = f"{grouped} one-query attention(s) over repeated KV heads: grouped"
+    if decode_reports:
+        summary["decode_attention"] = decode_reports  # each call's choice, made at its first calls
     if stencils:
         summary["depthwise"] = f"{stencils} depthwise convolution(s) compiled as stencils (one kernel each)"
     if convs:

@@ -82,6 +82,8 @@ def unsupported_reason(node: Node) -> str | None:
     if node.op != "call_function":
         return None
     lowering = LOWERINGS.get(node.target)
+    if lowering is None and (reason := getattr(node.target, "tilefuse_reason", None)):
+        return reason  # a call tilefuse put in the graph (`decode_attention.DecodeAttentionCall`)
     if lowering is None:
         return f"no ein lowering for {target_name(node)}"
     for val in _walk_vals(node.meta.get("val")):

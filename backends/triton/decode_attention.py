@@ -1,0 +1,289 @@
+"""Decode attention over a KV cache of any length: flash-decoding with the length a runtime argument.
+
+A decode step's attention has a few query rows (one token; with grouped KV heads, the `group` query
+heads that share one, `compiler.grouped_queries`) against a cache whose length changes every step.
+With `generate`'s dynamic cache that length is a symbolic size: the attention ran as PyTorch's SDPA,
+whose cuDNN backend builds a plan for every new length (~90 µs of host time a call on the H200,
+16 µs of GPU time at 640 keys: `benchmarks/NOTES.md`). Here the length, the strides and the number
+of key chunks are kernel arguments, so one binary serves every step:
+
+    partial: grid (batch x heads, chunks); each program runs the online softmax of its rows over
+             one chunk of the keys and writes (max, sum, unnormalized output) in float32
+    combine: grid (batch x heads,); rescales the chunks' partials to their common max and divides
+
+and a cache too short to split (one chunk) is one launch that writes the output itself. Chunks are
+sized so that batch x heads x chunks fills the GPU (`chunking`). The mask is SDPA's: none, boolean
+(True attends) or additive, any shape that broadcasts to [batch, heads, rows, keys]. A row no key
+may attend gives zeros (PyTorch's backends differ there: NaN in the math path).
+
+Launches after the first of each specialization call the compiled binary directly (the key is
+what Triton specializes on: pointer alignment, and integers equal to one or divisible by 16), as
+`launcher.BoundLaunch` does for the generated kernels; the lengths are not specialized.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from .launcher import (
+    _direct_launch_possible,
+    _import_source,
+    _interpret_triton_library,
+    _raw_launch,
+    default_cache_dir,
+)
+
+SOURCE = """\
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["L", "sk0", "sk1", "sv0", "sv1", "sm0", "sm1", "sm2"])
+def decode_attention(
+    Q, K, V, M, O, WORK, COUNT, L, scale,
+    sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, sm0, sm1, sm2, sm3, so0, so1, so2,
+    HEADS: tl.constexpr, ROWS: tl.constexpr, ROWS_P: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+    D_P: tl.constexpr, DV_P: tl.constexpr, BLOCK_L: tl.constexpr, MIN_CHUNK: tl.constexpr,
+    MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    chunk = tl.program_id(1)
+    chunks = tl.num_programs(1)
+    # the keys split into chunks of whole blocks, none under MIN_CHUNK: `active` of the grid's work
+    chunk_len = tl.maximum(tl.cdiv(tl.cdiv(L, chunks), BLOCK_L) * BLOCK_L, MIN_CHUNK)
+    active = tl.cdiv(L, chunk_len)
+    if chunk < active:
+        b = bh // HEADS
+        h = bh % HEADS
+        rows = tl.arange(0, ROWS_P)
+        dims = tl.arange(0, D_P)
+        vdims = tl.arange(0, DV_P)
+        live = rows < ROWS
+        q = tl.load(Q + b * sq0 + h * sq1 + rows[:, None] * sq2 + dims[None, :],
+                    mask=live[:, None] & (dims[None, :] < D), other=0.0)
+        if UPCAST:  # the interpreter multiplies 16-bit floats' bit patterns as integers
+            q = q.to(tl.float32)
+        m_i = tl.full([ROWS_P], float("-inf"), tl.float32)
+        l_i = tl.zeros([ROWS_P], tl.float32)
+        acc = tl.zeros([ROWS_P, DV_P], tl.float32)
+        start = chunk * chunk_len
+        end = tl.minimum(start + chunk_len, L)
+        for s in range(start, end, BLOCK_L):
+            keys = s + tl.arange(0, BLOCK_L)
+            inside = keys < end
+            k = tl.load(K + b * sk0 + h * sk1 + keys[:, None] * sk2 + dims[None, :],
+                        mask=inside[:, None] & (dims[None, :] < D), other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            if MASK != 0:
+                m_ptrs = M + b * sm0 + h * sm1 + rows[:, None] * sm2 + keys[None, :] * sm3
+                bias = tl.load(m_ptrs, mask=live[:, None] & inside[None, :], other=0)
+                if MASK == 1:
+                    scores = tl.where(bias != 0, scores, float("-inf"))
+                else:
+                    scores = scores + bias.to(tl.float32)
+            scores = tl.where(inside[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(scores - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
+                        mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+            if UPCAST:
+                v = v.to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        o_ptrs = O + b * so0 + h * so1 + rows[:, None] * so2 + vdims[None, :]
+        o_mask = live[:, None] & (vdims[None, :] < DV)
+        if active == 1:
+            out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=o_mask)
+        else:
+            # partials: (max, sum) a row, then the rows' unnormalized outputs, per (bh, chunk)
+            base = WORK + (bh * chunks) * ROWS_P * (DV_P + 2)
+            slot = base + chunk * ROWS_P * (DV_P + 2)
+            tl.store(slot + rows, m_i)
+            tl.store(slot + ROWS_P + rows, l_i)
+            tl.store(slot + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :], acc)
+            # the last of the bh's programs to finish combines (its counter back to 0 for the next call)
+            arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel")
+            if arrived == active - 1:
+                m = tl.full([ROWS_P], float("-inf"), tl.float32)
+                l = tl.zeros([ROWS_P], tl.float32)
+                acc = tl.zeros([ROWS_P, DV_P], tl.float32)
+                for c in range(0, active):
+                    part = base + c * ROWS_P * (DV_P + 2)
+                    m_c = tl.load(part + rows, cache_modifier=".cg")
+                    l_c = tl.load(part + ROWS_P + rows, cache_modifier=".cg")
+                    acc_ptrs = part + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :]
+                    acc_c = tl.load(acc_ptrs, cache_modifier=".cg")
+                    m_new = tl.maximum(m, m_c)
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    alpha = tl.exp(m - m_safe)
+                    beta = tl.exp(m_c - m_safe)
+                    l = l * alpha + l_c * beta
+                    acc = acc * alpha[:, None] + acc_c * beta[:, None]
+                    m = m_new
+                out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
+                tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=o_mask)
+                tl.atomic_xchg(COUNT + bh, 0)
+"""
+
+MAX_ROWS = 16  # query rows a program holds (padded to 16: tl.dot's smallest M)
+MAX_HEAD_DIM = 256
+BLOCK_L = 64  # keys a loop step reads
+MIN_CHUNK = 128  # keys a program reads at least (fewer: combining costs more than splitting saves)
+PROGRAMS_WANTED = 2  # programs per SM the grid aims for
+MAX_CHUNKS = 64
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# the integer arguments Triton specializes (the others vary with the length: `do_not_specialize`)
+_SPECIALIZED = ("sq0", "sq1", "sq2", "sk2", "sv2", "sm3", "so0", "so1", "so2")
+
+
+class Unsupported(ValueError):
+    """The attention's operands are not ones the kernel takes (the caller runs SDPA)."""
+
+
+@functools.cache
+def kernel() -> object:
+    """The `decode_attention` JIT function (imported once; interpreted without CUDA)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from triton import knobs
+
+    if knobs.runtime.interpret:
+        _interpret_triton_library()
+    return _import_source(SOURCE, "decode_attention", default_cache_dir()).decode_attention
+
+
+def grid_chunks(programs: int, sms: int) -> int:
+    """Programs a (batch, head) gets for its keys: enough for `PROGRAMS_WANTED` a SM over all of
+    them, at most `MAX_CHUNKS` (the kernel leaves those past the keys' end idle)."""
+    return max(1, min(MAX_CHUNKS, (PROGRAMS_WANTED * sms) // max(programs, 1)))
+
+
+def active_chunks(length: int, chunks: int) -> tuple[int, int]:
+    """(keys a chunk, chunks that have keys) of `length` keys over `chunks` programs, as the kernel
+    computes them: whole blocks of `BLOCK_L`, none under `MIN_CHUNK` keys."""
+    per = max(_cdiv(_cdiv(length, chunks), BLOCK_L) * BLOCK_L, MIN_CHUNK)
+    return per, _cdiv(length, per)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _mask_layout(
+    mask: torch.Tensor | None, shape: tuple[int, int, int, int]
+) -> tuple[int, torch.Tensor | None, tuple]:
+    """(MASK switch, tensor, its four strides broadcast to `shape`) of SDPA's `attn_mask`."""
+    if mask is None:
+        return 0, None, (0, 0, 0, 0)
+    if mask.dim() > 4:
+        raise Unsupported(f"a mask of rank {mask.dim()}")
+    try:
+        expanded = mask.expand(shape)
+    except RuntimeError:
+        raise Unsupported(f"a mask of shape {tuple(mask.shape)} for attention {shape}") from None
+    if mask.dtype == torch.bool:
+        return 1, expanded, expanded.stride()
+    if mask.dtype not in DTYPES:
+        raise Unsupported(f"a mask of dtype {mask.dtype}")
+    return 2, expanded, expanded.stride()
+
+
+class DecodeKernels:
+    """One call site's launches: its partials' workspace and arrival counters (kept across calls:
+    the kernel leaves the counters at zero), and each specialization's binary, called directly
+    (`launcher._raw_launch`) from its second launch on."""
+
+    def __init__(self) -> None:
+        self.launches: dict[tuple, Callable | None] = {}
+        self.work: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def buffers(self, device: torch.device, floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
+        work, count = self.work, self.count
+        if work is None or work.device != device or work.numel() < floats:
+            work = self.work = torch.empty(floats, dtype=torch.float32, device=device)
+        if count is None or count.device != device or count.numel() < counters:
+            count = self.count = torch.zeros(counters, dtype=torch.int32, device=device)
+        return work, count
+
+    def launch(self, grid: tuple[int, int], args: tuple, constexprs: dict, key: tuple) -> None:
+        raw = self.launches.get(key)
+        if raw is not None:
+            raw(torch._C._cuda_getCurrentRawStream(args[0].device.index), args)
+            return
+        binary = kernel()[grid](*args, **constexprs, num_warps=4, num_stages=2)
+        if key not in self.launches and _direct_launch_possible(binary):
+            self.launches[key] = _raw_launch(binary, (*grid, 1), tuple(constexprs.values()))
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+    scale: float | None = None, launches: DecodeKernels | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """SDPA (no dropout, not causal) of `q` [B, H, rows, D] over `k` [B, H, L, D] and `v` [B, H, L, Dv]
+    with `mask` (SDPA's attn_mask); raises `Unsupported` for operands the kernel does not take."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise Unsupported("operands of rank other than 4")
+    batch, heads, rows, dim = q.shape
+    length, dim_v = k.shape[2], v.shape[3]
+    if k.shape != (batch, heads, length, dim) or v.shape[:3] != (batch, heads, length):
+        raise Unsupported(f"query {tuple(q.shape)}, keys {tuple(k.shape)}, values {tuple(v.shape)}")
+    if rows > MAX_ROWS or max(dim, dim_v) > MAX_HEAD_DIM or not (q.dtype == k.dtype == v.dtype in DTYPES):
+        raise Unsupported(f"{rows} query rows, head dims {dim}/{dim_v}, dtypes {q.dtype}/{k.dtype}/{v.dtype}")
+    if q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1:
+        raise Unsupported("a head dim that is not contiguous")
+    if q.device != k.device or q.device != v.device or q.requires_grad or k.requires_grad or v.requires_grad:
+        raise Unsupported("operands on several devices, or requiring gradients")
+    switch, mask, mask_strides = _mask_layout(mask, (batch, heads, rows, length))
+    if mask is not None and mask.device != q.device:
+        raise Unsupported("a mask on another device")
+    out = torch.empty((batch, heads, rows, dim_v), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if length == 0:
+        return out.zero_()
+    launches = launches or _DEFAULT
+    rows_p, d_p, dv_p = max(16, _pow2(rows)), max(16, _pow2(dim)), max(16, _pow2(dim_v))
+    programs = batch * heads
+    chunks = grid_chunks(programs, _sm_count(q.device.index or 0) if q.is_cuda else 132)
+    work, count = launches.buffers(q.device, programs * chunks * rows_p * (dv_p + 2), programs)
+    # fp32 keys and values through TF32 only where PyTorch's matmul precision allows it
+    tf32 = q.dtype != torch.float32 or (q.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    sc = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
+    args = (
+        q, k, v, mask if mask is not None else q, out, work, count, length, sc,
+        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], *mask_strides, os_[0], os_[1], os_[2],
+    )  # fmt: skip
+    constexprs = dict(HEADS=heads, ROWS=rows, ROWS_P=rows_p, D=dim, DV=dim_v, D_P=d_p, DV_P=dv_p,
+                      BLOCK_L=BLOCK_L, MIN_CHUNK=MIN_CHUNK, MASK=switch, PRECISION="tf32" if tf32 else "ieee",
+                      UPCAST=not q.is_cuda)  # fmt: skip
+    # what Triton specializes on: the pointers' 16-byte alignment, the integers it specializes
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr() | args[3].data_ptr() | out.data_ptr()) % 16 == 0
+    ints = (qs[0], qs[1], qs[2], ks[2], vs[2], mask_strides[3], os_[0], os_[1], os_[2])
+    key = (aligned, *((i == 1, i % 16 == 0) for i in ints), q.dtype, programs, chunks, *constexprs.values())
+    launches.launch((programs, chunks), args, constexprs, key)
+    return out
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+_DEFAULT = DecodeKernels()

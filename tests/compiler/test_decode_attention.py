@@ -1,0 +1,91 @@
+"""Decode attention of a symbolic KV length runs as tilefuse's flash-decoding kernel
+(compiler/decode_attention.py): a decode step compiled once serves every cache length, matches
+eager at each, and the report names the choice. Attention the kernel does not take stays SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilefuse
+
+HEADS, DIM = 4, 16
+
+
+def _step(mask_kind: str, causal: bool = False):
+    def step(q, k_cache, k_new, v_cache, v_new, valid):
+        k = torch.cat([k_cache, k_new], dim=-2)
+        v = torch.cat([v_cache, v_new], dim=-2)
+        mask = None
+        if mask_kind == "bool":
+            mask = valid[:, None, None, :]
+        elif mask_kind == "additive":
+            mask = torch.where(valid, 0.0, float("-inf"))[:, None, None, :].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1) * 2.0, k, v
+
+    return step
+
+
+def _inputs(batch: int, past: int, queries: int = 1, dtype=torch.float32):
+    q = torch.randn(batch, HEADS, queries, DIM, dtype=dtype)
+    k_cache, v_cache = (torch.randn(batch, HEADS, past, DIM, dtype=dtype) for _ in range(2))
+    k_new, v_new = (torch.randn(batch, HEADS, queries, DIM, dtype=dtype) for _ in range(2))
+    valid = torch.ones(batch, past + queries, dtype=torch.bool)
+    valid[0, : past // 3] = False  # the first row is left-padded
+    return q, k_cache, k_new, v_cache, v_new, valid
+
+
+def _run(step, lengths, queries=1, dtype=torch.float32, tolerance=1e-5):
+    compiled = tilefuse.compile(step)
+    with torch.no_grad():
+        for past in lengths:
+            args = _inputs(2, past, queries, dtype)
+            for got, want in zip(compiled(*args), step(*args), strict=True):
+                torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    return compiled.tilefuse_reports
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_a_decode_step_compiles_once_for_every_cache_length(mask_kind):
+    # ragged lengths, some past a chunk (several programs a head, combined by the last)
+    reports = _run(_step(mask_kind), (5, 9, 14, 130, 300, 17))
+    assert len(reports) <= 2, [r["name"] for r in reports]  # the first length's static graph, then one
+    dynamic = reports[-1]
+    assert [d["choice"] for d in dynamic["decode_attention"]] == ["kernels"], dynamic["decode_attention"]
+    assert "decode_attention_0" in [f["node"] for f in dynamic["fallbacks"]] or any(
+        "flash-decoding" in f["reason"] for f in dynamic["fallbacks"]
+    )
+
+
+def test_bf16_decode_steps_match_eager():
+    reports = _run(_step("bool"), (7, 11, 200), dtype=torch.bfloat16, tolerance=2e-2)
+    assert reports[-1]["decode_attention"][0]["choice"] == "kernels"
+
+
+@pytest.mark.parametrize("case", ["causal", "many queries"])
+def test_attention_the_kernel_does_not_take_stays_sdpa(case):
+    step = _step("bool", causal=case == "causal")
+    reports = _run(step, (5, 9, 14), queries=17 if case == "many queries" else 1)
+    assert all("decode_attention" not in r for r in reports), reports
+
+
+def test_the_switch_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setenv("TILEFUSE_DECODE_KERNELS", "0")
+    reports = _run(_step("bool"), (5, 9, 14))
+    assert all("decode_attention" not in r for r in reports)
+
+
+def test_a_training_graph_keeps_sdpa():
+    """With gradients the forward is a training graph's: its attention is left as it was."""
+    step = _step("none")
+    compiled = tilefuse.compile(step)
+    for past in (5, 9, 14):
+        args = list(_inputs(2, past))
+        args[0].requires_grad_()
+        got = compiled(*args)[0]
+        got.sum().backward()
+        want = step(*args)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all("decode_attention" not in r for r in compiled.tilefuse_reports)
