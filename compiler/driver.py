@@ -28,6 +28,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Region
 
+from ..backends.triton.decode_attention import SOURCE as DECODE_SOURCE
 from ..ir import tile
 from ..ir.module import IRError, make_context, print_module, verify
 from ..passes import Canonicalize
@@ -390,6 +391,8 @@ def compile_aten_graph(
         for filename, text in (extra_files or {}).items():
             files.append(dump.write(filename, text))
         files.append(dump.write("aten_graph.py", aten.print_readable(print_output=False)))
+        if decode_reports:  # the kernel its decode attention calls run (the length is an argument)
+            files.append(dump.write("kernels/decode_attention.py", DECODE_SOURCE))
     try:
         print_after = _print_ir_after()
         for stage in STAGES:

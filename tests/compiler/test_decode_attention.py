@@ -59,6 +59,16 @@ def test_a_decode_step_compiles_once_for_every_cache_length(mask_kind):
     )
 
 
+def test_the_dump_holds_the_kernel(tmp_path):
+    compiled = tilefuse.compile(_step("bool"), dump=tmp_path)
+    with torch.no_grad():
+        for past in (5, 9):
+            compiled(*_inputs(2, past))
+    report = compiled.tilefuse_reports[-1]
+    source = (tmp_path / report["dir"] / "kernels" / "decode_attention.py").read_text()
+    assert "def decode_attention(" in source and "do_not_specialize" in source
+
+
 def test_bf16_decode_steps_match_eager():
     reports = _run(_step("bool"), (7, 11, 200), dtype=torch.bfloat16, tolerance=2e-2)
     assert reports[-1]["decode_attention"][0]["choice"] == "kernels"
