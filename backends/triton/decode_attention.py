@@ -26,9 +26,9 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from .launcher import (
     _direct_launch_possible,
@@ -109,9 +109,9 @@ def decode_attention(
             # partials: (max, sum) a row, then the rows' unnormalized outputs, per (bh, chunk)
             base = WORK + (bh * chunks) * ROWS_P * (DV_P + 2)
             slot = base + chunk * ROWS_P * (DV_P + 2)
-            tl.store(slot + rows, m_i)
-            tl.store(slot + ROWS_P + rows, l_i)
-            tl.store(slot + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :], acc)
+            tl.store(slot + rows, m_i, mask=live)
+            tl.store(slot + ROWS_P + rows, l_i, mask=live)
+            tl.store(slot + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :], acc, mask=o_mask)
             # the last of the bh's programs to finish combines (its counter back to 0 for the next call)
             arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel")
             if arrived == active - 1:
@@ -120,10 +120,11 @@ def decode_attention(
                 acc = tl.zeros([ROWS_P, DV_P], tl.float32)
                 for c in range(0, active):
                     part = base + c * ROWS_P * (DV_P + 2)
-                    m_c = tl.load(part + rows, cache_modifier=".cg")
-                    l_c = tl.load(part + ROWS_P + rows, cache_modifier=".cg")
+                    # padded rows and dims are not read: a one-row step reads one row's partials
+                    m_c = tl.load(part + rows, mask=live, other=float("-inf"), cache_modifier=".cg")
+                    l_c = tl.load(part + ROWS_P + rows, mask=live, other=0.0, cache_modifier=".cg")
                     acc_ptrs = part + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :]
-                    acc_c = tl.load(acc_ptrs, cache_modifier=".cg")
+                    acc_c = tl.load(acc_ptrs, mask=o_mask, other=0.0, cache_modifier=".cg")
                     m_new = tl.maximum(m, m_c)
                     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                     alpha = tl.exp(m - m_safe)
@@ -140,7 +141,7 @@ MAX_ROWS = 16  # query rows a program holds (padded to 16: tl.dot's smallest M)
 MAX_HEAD_DIM = 256
 BLOCK_L = 64  # keys a loop step reads
 MIN_CHUNK = 128  # keys a program reads at least (fewer: combining costs more than splitting saves)
-PROGRAMS_WANTED = 2  # programs per SM the grid aims for
+PROGRAMS_WANTED = 4  # programs per SM the grid aims for
 MAX_CHUNKS = 64
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # the integer arguments Triton specializes (the others vary with the length: `do_not_specialize`)
@@ -185,51 +186,47 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _mask_layout(
-    mask: torch.Tensor | None, shape: tuple[int, int, int, int]
-) -> tuple[int, torch.Tensor | None, tuple]:
-    """(MASK switch, tensor, its four strides broadcast to `shape`) of SDPA's `attn_mask`."""
-    if mask is None:
-        return 0, None, (0, 0, 0, 0)
-    if mask.dim() > 4:
-        raise Unsupported(f"a mask of rank {mask.dim()}")
-    try:
-        expanded = mask.expand(shape)
-    except RuntimeError:
-        raise Unsupported(f"a mask of shape {tuple(mask.shape)} for attention {shape}") from None
-    if mask.dtype == torch.bool:
-        return 1, expanded, expanded.stride()
-    if mask.dtype not in DTYPES:
-        raise Unsupported(f"a mask of dtype {mask.dtype}")
-    return 2, expanded, expanded.stride()
+class _Plan:
+    """What every call with one (query, operand layout, mask layout) shares: the grid, the constexprs,
+    the partials' workspace and arrival counters (the kernel leaves them at zero), and each
+    specialization's compiled launch."""
+
+    __slots__ = ("grid", "constexprs", "out_shape", "scale", "work", "count", "launches")
+
+    def __init__(self, grid, constexprs, out_shape, scale, work, count) -> None:
+        self.grid, self.constexprs, self.out_shape, self.scale = grid, constexprs, out_shape, scale
+        self.work, self.count = work, count
+        self.launches: dict[tuple, tuple] = {}  # specialization -> (C launch or None, binary)
 
 
 class DecodeKernels:
-    """One call site's launches: its partials' workspace and arrival counters (kept across calls:
-    the kernel leaves the counters at zero), and each specialization's binary, called directly
-    (`launcher._raw_launch`) from its second launch on."""
+    """One call site's plans (`_Plan`), each specialization's binary called directly from its second
+    launch on (`launcher._raw_launch`; `binary.run` where that is not possible)."""
 
     def __init__(self) -> None:
-        self.launches: dict[tuple, Callable | None] = {}
-        self.work: torch.Tensor | None = None
-        self.count: torch.Tensor | None = None
+        self.plans: dict[tuple, _Plan] = {}
 
-    def buffers(self, device: torch.device, floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
-        work, count = self.work, self.count
-        if work is None or work.device != device or work.numel() < floats:
-            work = self.work = torch.empty(floats, dtype=torch.float32, device=device)
-        if count is None or count.device != device or count.numel() < counters:
-            count = self.count = torch.zeros(counters, dtype=torch.int32, device=device)
-        return work, count
+    @property
+    def count(self) -> torch.Tensor | None:
+        """The arrival counters of the latest plan (zero between calls)."""
+        return next(reversed(self.plans.values())).count if self.plans else None
 
-    def launch(self, grid: tuple[int, int], args: tuple, constexprs: dict, key: tuple) -> None:
-        raw = self.launches.get(key)
-        if raw is not None:
-            raw(torch._C._cuda_getCurrentRawStream(args[0].device.index), args)
+    def launch(self, plan: _Plan, args: tuple, key: tuple) -> None:
+        entry = plan.launches.get(key)
+        if entry is not None:
+            raw, binary = entry
+            stream = torch._C._cuda_getCurrentRawStream(args[0].device.index)
+            if raw is not None:
+                raw(stream, args)
+            else:
+                g0, g1 = plan.grid
+                binary.run(g0, g1, 1, stream, binary.function, binary.packed_metadata, None, None, None,
+                           *args, *plan.constexprs.values())  # fmt: skip
             return
-        binary = kernel()[grid](*args, **constexprs, num_warps=4, num_stages=2)
-        if key not in self.launches and _direct_launch_possible(binary):
-            self.launches[key] = _raw_launch(binary, (*grid, 1), tuple(constexprs.values()))
+        binary = kernel()[plan.grid](*args, **plan.constexprs, num_warps=4, num_stages=2)
+        if _direct_launch_possible(binary):
+            raw = _raw_launch(binary, (*plan.grid, 1), tuple(plan.constexprs.values()))
+            plan.launches[key] = (raw, binary)
 
 
 def decode_attention(
@@ -238,6 +235,39 @@ def decode_attention(
 ) -> torch.Tensor:  # fmt: skip
     """SDPA (no dropout, not causal) of `q` [B, H, rows, D] over `k` [B, H, L, D] and `v` [B, H, L, Dv]
     with `mask` (SDPA's attn_mask); raises `Unsupported` for operands the kernel does not take."""
+    launches = launches or _DEFAULT
+    k_shape, v_shape = k.shape, v.shape
+    mask_layout = None if mask is None else (mask.shape[:-1], mask.dtype, mask.device)
+    plan_key = (q.shape, q.stride(), q.dtype, q.device, q.requires_grad or k.requires_grad or v.requires_grad,
+                k_shape[:2], k_shape[3:], v_shape[:2], v_shape[3:], k.dtype, v.dtype, k.device, v.device,
+                mask_layout, scale)  # fmt: skip
+    plan = launches.plans.get(plan_key)
+    if plan is None:
+        plan = launches.plans[plan_key] = _plan(q, k, v, mask, scale)
+    length = k_shape[2] if len(k_shape) == 4 else -1
+    if len(v_shape) != 4 or v_shape[2] != length or k.stride(3) != 1 or v.stride(3) != 1:
+        raise Unsupported(f"keys {tuple(k_shape)}, values {tuple(v_shape)}: lengths differ, or a strided dim")
+    out = torch.empty(plan.out_shape, dtype=q.dtype, device=q.device)
+    if length == 0:
+        return out.zero_()
+    if mask is None:
+        mask, mask_strides = q, (0, 0, 0, 0)
+    else:
+        mask_strides = _broadcast_strides(mask, length)
+    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
+    args = (
+        q, k, v, mask, out, plan.work, plan.count, length, plan.scale,
+        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], *mask_strides, os_[0], os_[1], os_[2],
+    )  # fmt: skip
+    # what Triton specializes on that may vary between calls: the pointers' 16-byte alignment, the
+    # keys', values' and mask's row strides (the rest is the plan's)
+    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr() | mask.data_ptr() | out.data_ptr()) % 16 == 0
+    launches.launch(plan, args, (aligned, ks[2], vs[2], mask_strides[3] == 1, mask_strides[3] % 16 == 0))
+    return out
+
+
+def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> _Plan:
+    """The plan of calls like this one, or `Unsupported` for operands the kernel does not take."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise Unsupported("operands of rank other than 4")
     batch, heads, rows, dim = q.shape
@@ -246,40 +276,47 @@ def decode_attention(
         raise Unsupported(f"query {tuple(q.shape)}, keys {tuple(k.shape)}, values {tuple(v.shape)}")
     if rows > MAX_ROWS or max(dim, dim_v) > MAX_HEAD_DIM or not (q.dtype == k.dtype == v.dtype in DTYPES):
         raise Unsupported(f"{rows} query rows, head dims {dim}/{dim_v}, dtypes {q.dtype}/{k.dtype}/{v.dtype}")
-    if q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1:
-        raise Unsupported("a head dim that is not contiguous")
+    if q.stride(3) != 1:
+        raise Unsupported("a query head dim that is not contiguous")
     if q.device != k.device or q.device != v.device or q.requires_grad or k.requires_grad or v.requires_grad:
         raise Unsupported("operands on several devices, or requiring gradients")
-    switch, mask, mask_strides = _mask_layout(mask, (batch, heads, rows, length))
-    if mask is not None and mask.device != q.device:
-        raise Unsupported("a mask on another device")
-    out = torch.empty((batch, heads, rows, dim_v), dtype=q.dtype, device=q.device)
-    if out.numel() == 0:
-        return out
-    if length == 0:
-        return out.zero_()
-    launches = launches or _DEFAULT
+    switch = 0
+    if mask is not None:
+        if mask.dim() > 4 or mask.device != q.device:
+            raise Unsupported(f"a mask of rank {mask.dim()} on {mask.device}")
+        if mask.dtype != torch.bool and mask.dtype not in DTYPES:
+            raise Unsupported(f"a mask of dtype {mask.dtype}")
+        try:
+            mask.expand((batch, heads, rows, length))
+        except RuntimeError:
+            raise Unsupported(f"a mask of shape {tuple(mask.shape)} for attention {tuple(q.shape)}") from None
+        switch = 1 if mask.dtype == torch.bool else 2
     rows_p, d_p, dv_p = max(16, _pow2(rows)), max(16, _pow2(dim)), max(16, _pow2(dim_v))
     programs = batch * heads
     chunks = grid_chunks(programs, _sm_count(q.device.index or 0) if q.is_cuda else 132)
-    work, count = launches.buffers(q.device, programs * chunks * rows_p * (dv_p + 2), programs)
+    work = torch.empty(max(programs * chunks * rows_p * (dv_p + 2), 1), dtype=torch.float32, device=q.device)
+    count = torch.zeros(max(programs, 1), dtype=torch.int32, device=q.device)
     # fp32 keys and values through TF32 only where PyTorch's matmul precision allows it
     tf32 = q.dtype != torch.float32 or (q.is_cuda and torch.backends.cuda.matmul.allow_tf32)
-    sc = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
-    args = (
-        q, k, v, mask if mask is not None else q, out, work, count, length, sc,
-        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], *mask_strides, os_[0], os_[1], os_[2],
-    )  # fmt: skip
     constexprs = dict(HEADS=heads, ROWS=rows, ROWS_P=rows_p, D=dim, DV=dim_v, D_P=d_p, DV_P=dv_p,
                       BLOCK_L=BLOCK_L, MIN_CHUNK=MIN_CHUNK, MASK=switch, PRECISION="tf32" if tf32 else "ieee",
                       UPCAST=not q.is_cuda)  # fmt: skip
-    # what Triton specializes on: the pointers' 16-byte alignment, the integers it specializes
-    aligned = (q.data_ptr() | k.data_ptr() | v.data_ptr() | args[3].data_ptr() | out.data_ptr()) % 16 == 0
-    ints = (qs[0], qs[1], qs[2], ks[2], vs[2], mask_strides[3], os_[0], os_[1], os_[2])
-    key = (aligned, *((i == 1, i % 16 == 0) for i in ints), q.dtype, programs, chunks, *constexprs.values())
-    launches.launch((programs, chunks), args, constexprs, key)
-    return out
+    sc = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    return _Plan((programs, chunks), constexprs, (batch, heads, rows, dim_v), sc, work, count)
+
+
+def _broadcast_strides(mask: torch.Tensor, length: int) -> tuple[int, int, int, int]:
+    """The mask's strides broadcast to [batch, heads, rows, keys] (its leading dims were checked by
+    the plan; its last is the keys' or one)."""
+    shape, strides = mask.shape, mask.stride()
+    n = len(shape)
+    if n and shape[-1] != length and shape[-1] != 1:
+        raise Unsupported(f"a mask over {shape[-1]} keys for {length}")
+    out = [0, 0, 0, 0]
+    for i in range(n):
+        if shape[i] != 1:
+            out[4 - n + i] = strides[i]
+    return out[0], out[1], out[2], out[3]
 
 
 def _pow2(n: int) -> int:
