@@ -3,22 +3,21 @@
 A decode step's attention has a few query rows (one token; with grouped KV heads, the `group` query
 heads that share one, `compiler.grouped_queries`) against a cache whose length changes every step.
 With `generate`'s dynamic cache that length is a symbolic size: the attention ran as PyTorch's SDPA,
-whose cuDNN backend builds a plan for every new length (~90 µs of host time a call on the H200,
-16 µs of GPU time at 640 keys: `benchmarks/NOTES.md`). Here the length, the strides and the number
-of key chunks are kernel arguments, so one binary serves every step:
+~89 µs of host time and 16 µs of GPU time a call on the H200 at ~540 keys (cuDNN's backend;
+`benchmarks/NOTES.md`). Here the length, the strides and the mask's layout are kernel arguments, so
+one binary serves every step. One launch, grid (batch x heads, chunks): each program runs the online
+softmax of its rows over one chunk of the keys; with several chunks it writes its (max, sum,
+unnormalized output) in float32, and the last program of a (batch, head) to arrive (an atomic counter,
+reset by that program) combines them and writes the output. The grid is fixed per call site
+(`grid_chunks`: about `PROGRAMS_WANTED` programs per SM); the kernel sizes the chunks from the length
+(`active_chunks`), programs past the keys' end doing nothing. The mask is SDPA's: none, boolean (True
+attends) or additive, any shape that broadcasts to [batch, heads, rows, keys]. A row no key may attend
+gives zeros (PyTorch's backends differ there: NaN in the math path).
 
-    partial: grid (batch x heads, chunks); each program runs the online softmax of its rows over
-             one chunk of the keys and writes (max, sum, unnormalized output) in float32
-    combine: grid (batch x heads,); rescales the chunks' partials to their common max and divides
-
-and a cache too short to split (one chunk) is one launch that writes the output itself. Chunks are
-sized so that batch x heads x chunks fills the GPU (`chunking`). The mask is SDPA's: none, boolean
-(True attends) or additive, any shape that broadcasts to [batch, heads, rows, keys]. A row no key
-may attend gives zeros (PyTorch's backends differ there: NaN in the math path).
-
-Launches after the first of each specialization call the compiled binary directly (the key is
-what Triton specializes on: pointer alignment, and integers equal to one or divisible by 16), as
-`launcher.BoundLaunch` does for the generated kernels; the lengths are not specialized.
+A call site keeps a plan per operand layout (`_Plan`: grid, constexprs, workspace, compiled launches),
+so a call checks what varies, allocates its output and launches the binary directly
+(`launcher._raw_launch`), keyed by what Triton specializes on that may vary (pointer alignment, the keys'
+row strides); the lengths are not specialized.
 """
 
 from __future__ import annotations
