@@ -16,6 +16,7 @@ graph's report keeps each call's choice and times (`summary["decode_attention"]`
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
@@ -34,8 +35,10 @@ from ..backends.triton.decode_attention import (
 from .causal_masks import MASKED_ATTENTION
 from .grouped_queries import _first_output_users, _sizes
 from .lowering_table import bound_args
+from .runtime import INTERPRET_ENV
 
 aten = torch.ops.aten
+log = logging.getLogger("tilefuse")
 
 TIMED_CALLS = 5  # decode steps timed per candidate
 # how far the kernels' first output may stand from SDPA's before SDPA keeps the call
@@ -65,12 +68,26 @@ class DecodeAttentionCall:
                 return decode_attention(q, k, v, mask, self.scale, self.launches)
             except Unsupported:
                 return self.sdpa(q, k, v, mask)
+            except Exception as e:  # never break the model: SDPA from now on
+                return self._failed(e, q, k, v, mask)
         if self.choice == "sdpa":
             return self.sdpa(q, k, v, mask)
-        return self._choose(q, k, v, mask)
+        try:
+            return self._choose(q, k, v, mask)
+        except Unsupported as e:
+            self._decide("sdpa", f"unsupported operands: {e}")
+        except Exception as e:
+            return self._failed(e, q, k, v, mask)
+        return self.sdpa(q, k, v, mask)
 
     def sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return aten.scaled_dot_product_attention.default(q, k, v, attn_mask=mask, scale=self.scale)
+
+    def _failed(self, error: Exception, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        log.warning("tilefuse: %s runs as SDPA: the decode kernel failed (%s: %s)",
+                    self.report.get("node"), type(error).__name__, error)  # fmt: skip
+        self._decide("sdpa", f"the kernel failed: {type(error).__name__}: {error}")
+        return self.sdpa(q, k, v, mask)
 
     def _decide(self, choice: str, why: str) -> None:
         self.choice = choice
@@ -80,28 +97,23 @@ class DecodeAttentionCall:
                 self.report[f"{name}_us"] = round(statistics.median(times) * 1e6, 1)
 
     def _choose(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        if not q.is_cuda:  # the interpreter (TILEFUSE_INTERPRET): the kernels, to test them
-            try:
-                out = decode_attention(q, k, v, mask, self.scale, self.launches)
-            except Unsupported as e:
-                self._decide("sdpa", f"unsupported operands: {e}")
+        if not q.is_cuda:
+            if os.environ.get(INTERPRET_ENV, "0") != "1":  # the interpreter only where asked for
+                self._decide("sdpa", f"not on a GPU ({INTERPRET_ENV} unset)")
                 return self.sdpa(q, k, v, mask)
-            self._decide("kernels", "no GPU to measure on")
+            out = decode_attention(q, k, v, mask, self.scale, self.launches)
+            self._decide("kernels", "no GPU to measure on (Triton's interpreter)")
             return out
         if torch.cuda.is_current_stream_capturing():  # no synchronizing inside a CUDA graph's capture
             return self.sdpa(q, k, v, mask)
         self.calls += 1
         if self.calls == 1:
             reference = self.sdpa(q, k, v, mask)
-            try:
-                out = decode_attention(q, k, v, mask, self.scale, self.launches)
-            except Unsupported as e:
-                self._decide("sdpa", f"unsupported operands: {e}")
-                return reference
+            out = decode_attention(q, k, v, mask, self.scale, self.launches)
             error = (out.float() - reference.float()).abs().nan_to_num(0.0).max().item()
             scale = reference.float().abs().max().nan_to_num(0.0).item() + 1.0
             if error > TOLERANCE[q.dtype] * scale:
-                self._decide("sdpa", f"the kernels' output differed from SDPA's by {error:.3g}")
+                self._decide("sdpa", f"the kernel's output differed from SDPA's by {error:.3g}")
             return reference
         name = "kernels" if self.calls % 2 == 0 else "sdpa"
         torch.cuda.synchronize(q.device)

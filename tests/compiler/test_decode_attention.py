@@ -99,3 +99,25 @@ def test_a_training_graph_keeps_sdpa():
         want = step(*args)[0]
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert all("decode_attention" not in r for r in compiled.tilefuse_reports)
+
+
+def test_a_failing_kernel_leaves_the_model_on_sdpa(monkeypatch, caplog):
+    """Never break the model: an error in the kernel (not an operand it refuses) is reported once and
+    the call site runs SDPA from then on."""
+    from tilefuse.compiler import decode_attention as site
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no binary for this GPU")
+
+    monkeypatch.setattr(site, "decode_attention", broken)
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        reports = _run(_step("bool"), (5, 9, 14, 20))
+    entry = reports[-1]["decode_attention"][0]
+    assert entry["choice"] == "sdpa" and "no binary for this GPU" in entry["why"], entry
+    assert sum("decode kernel failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_without_a_gpu_or_the_interpreter_it_is_sdpa(monkeypatch):
+    monkeypatch.delenv("TILEFUSE_INTERPRET")
+    reports = _run(_step("additive"), (5, 9, 14))
+    assert [d["choice"] for d in reports[-1]["decode_attention"]] == ["sdpa"]
