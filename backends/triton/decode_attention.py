@@ -254,6 +254,9 @@ def decode_attention(
     else:
         mask_strides = _broadcast_strides(mask, length)
     qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
+    # offsets are 32-bit in the kernel (and the binary kept for direct launches took 32-bit integers)
+    if max(ks[0] * k_shape[0], vs[0] * v_shape[0], mask_strides[0] * k_shape[0] + length) >= _INT32:
+        raise Unsupported("operands past 2**31 elements")
     args = (
         q, k, v, mask, out, plan.work, plan.count, length, plan.scale,
         qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], *mask_strides, os_[0], os_[1], os_[2],
@@ -316,6 +319,9 @@ def _broadcast_strides(mask: torch.Tensor, length: int) -> tuple[int, int, int, 
         if shape[i] != 1:
             out[4 - n + i] = strides[i]
     return out[0], out[1], out[2], out[3]
+
+
+_INT32 = 2**31
 
 
 def _pow2(n: int) -> int:

@@ -107,7 +107,7 @@ def test_a_row_no_key_may_attend_gives_zeros():
 
 @pytest.mark.parametrize(
     "case",
-    ["rows", "rank", "head dim", "mask shape", "grad", "dtypes", "strided head dim"],
+    ["rows", "rank", "head dim", "mask shape", "grad", "dtypes", "strided head dim", "past 32 bits"],
 )
 def test_operands_the_kernel_does_not_take_raise_unsupported(case):
     q, k, v, mask = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16), None
@@ -125,6 +125,8 @@ def test_operands_the_kernel_does_not_take_raise_unsupported(case):
         k = k.double()
     elif case == "strided head dim":
         k = torch.randn(1, 2, 16, 30).transpose(2, 3)
+    elif case == "past 32 bits":  # a cache view whose batch stride reaches past 2**31 elements
+        k = torch.randn(1, 2, 30, 16).as_strided((1, 2, 30, 16), (2**31, 30 * 16, 16, 1))
     with pytest.raises(Unsupported):
         decode_attention(q, k, v, mask)
 
