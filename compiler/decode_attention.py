@@ -51,10 +51,11 @@ class DecodeAttentionCall:
     Called as the graph's node: (query, keys, values, mask or None). `report` is the node's entry
     in the graph's summary (filled as the choice is made)."""
 
-    def __init__(self, name: str, scale: float | None, report: dict) -> None:
+    def __init__(self, name: str, scale: float | None, report: dict, group: int = 1) -> None:
         self.__name__ = name  # torch.fx names the callable in the generated code by these two
         self.__module__ = __name__
         self.scale = scale
+        self.group = group  # SDPA's enable_gqa: query heads a KV head serves (one query row each)
         self.report = report
         self.launches = DecodeKernels()
         self.choice: str | None = None  # "kernels" or "sdpa" once decided
@@ -65,7 +66,7 @@ class DecodeAttentionCall:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         if self.choice == "kernels":
             try:
-                return decode_attention(q, k, v, mask, self.scale, self.launches)
+                return self.kernel(q, k, v, mask)
             except Unsupported:
                 return self.sdpa(q, k, v, mask)
             except Exception as e:  # never break the model: SDPA from now on
@@ -81,7 +82,19 @@ class DecodeAttentionCall:
         return self.sdpa(q, k, v, mask)
 
     def sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        return aten.scaled_dot_product_attention.default(q, k, v, attn_mask=mask, scale=self.scale)
+        gqa = self.group > 1
+        return aten.scaled_dot_product_attention.default(
+            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa
+        )
+
+    def kernel(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        if self.group == 1:
+            return decode_attention(q, k, v, mask, self.scale, self.launches)
+        # grouped query heads (one row each) are the rows of one attention over their KV head
+        batch, heads, _, dim = q.shape
+        grouped = q.reshape(batch, heads // self.group, self.group, dim)
+        out = decode_attention(grouped, k, v, mask, self.scale, self.launches)
+        return out.reshape(batch, heads, 1, out.shape[-1])
 
     def _failed(self, error: Exception, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         log.warning("tilefuse: %s runs as SDPA: the decode kernel failed (%s: %s)",
@@ -101,7 +114,7 @@ class DecodeAttentionCall:
             if os.environ.get(INTERPRET_ENV, "0") != "1":  # the interpreter only where asked for
                 self._decide("sdpa", f"not on a GPU ({INTERPRET_ENV} unset)")
                 return self.sdpa(q, k, v, mask)
-            out = decode_attention(q, k, v, mask, self.scale, self.launches)
+            out = self.kernel(q, k, v, mask)
             self._decide("kernels", "no GPU to measure on (Triton's interpreter)")
             return out
         if torch.cuda.is_current_stream_capturing():  # no synchronizing inside a CUDA graph's capture
@@ -109,7 +122,7 @@ class DecodeAttentionCall:
         self.calls += 1
         if self.calls == 1:
             reference = self.sdpa(q, k, v, mask)
-            out = decode_attention(q, k, v, mask, self.scale, self.launches)
+            out = self.kernel(q, k, v, mask)
             error = (out.float() - reference.float()).abs().nan_to_num(0.0).max().item()
             scale = reference.float().abs().max().nan_to_num(0.0).item() + 1.0
             if error > TOLERANCE[q.dtype] * scale:
@@ -121,7 +134,7 @@ class DecodeAttentionCall:
         if name == "sdpa":
             out = self.sdpa(q, k, v, mask)
         else:
-            out = decode_attention(q, k, v, mask, self.scale, self.launches)
+            out = self.kernel(q, k, v, mask)
         torch.cuda.synchronize(q.device)
         self.times[name].append(time.perf_counter() - start)
         if len(self.times["sdpa"]) >= TIMED_CALLS and len(self.times["kernels"]) >= TIMED_CALLS:
@@ -150,9 +163,9 @@ def use_decode_kernels(gm: GraphModule, reports: list[dict]) -> int:
         outputs = _first_output_users(node)
         if outputs is None:
             continue
-        q, k, v, mask, scale = operands
+        q, k, v, mask, scale, group = operands
         report = {"node": node.name, "choice": None}
-        call = DecodeAttentionCall(f"decode_attention_{replaced}", scale, report)
+        call = DecodeAttentionCall(f"decode_attention_{replaced}", scale, report, group)
         with gm.graph.inserting_before(node):
             new = gm.graph.call_function(call, (q, k, v, mask))
         new.meta["val"] = outputs[0].meta.get("val")
@@ -168,10 +181,12 @@ def use_decode_kernels(gm: GraphModule, reports: list[dict]) -> int:
 
 
 def _decode_operands(node: Node) -> tuple | None:
-    """(query, keys, values, mask, scale) of an attention the decode kernels take: few query rows
-    and a head dim of static sizes, keys of a symbolic length, no dropout, no causal flag; else None."""
+    """(query, keys, values, mask, scale, group) of an attention the decode kernel takes: few query
+    rows and a head dim of static sizes, keys of a symbolic length, no dropout, no causal flag; with
+    `enable_gqa` (or fewer KV heads than query heads), one query row, static head counts and a mask
+    shared by a KV head's `group` query heads; else None."""
     args = bound_args(node)
-    if args.get("is_causal") or args.get("dropout_p", 0.0) or args.get("enable_gqa"):
+    if args.get("is_causal") or args.get("dropout_p", 0.0):
         return None
     q, k, v = node.args[:3]
     qs, ks, vs = _sizes(q), _sizes(k), _sizes(v)
@@ -188,4 +203,13 @@ def _decode_operands(node: Node) -> tuple | None:
     scale = args.get("scale")
     if scale is not None and not isinstance(scale, (int, float)):
         return None  # a scale computed in the graph
-    return q, k, v, mask, scale
+    group = 1
+    heads, kv_heads = qs[1], ks[1]
+    if args.get("enable_gqa") or heads != kv_heads:  # CPU's private flash op takes fewer KV heads as is
+        if rows != 1 or not isinstance(heads, int) or not isinstance(kv_heads, int) or heads % kv_heads:
+            return None
+        mask_shape = _sizes(mask) if mask is not None else ()
+        if mask_shape is None or any(d != 1 for d in mask_shape[-3:-1]):
+            return None  # a mask per query head (or of unknown shape) is not one a KV head's rows share
+        group = heads // kv_heads
+    return q, k, v, mask, scale, group

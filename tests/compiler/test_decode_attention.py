@@ -121,3 +121,29 @@ def test_without_a_gpu_or_the_interpreter_it_is_sdpa(monkeypatch):
     monkeypatch.delenv("TILEFUSE_INTERPRET")
     reports = _run(_step("additive"), (5, 9, 14))
     assert [d["choice"] for d in reports[-1]["decode_attention"]] == ["sdpa"]
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool"])
+def test_sdpa_with_enable_gqa_reads_each_kv_head_once(mask_kind):
+    """`enable_gqa=True` (one query row, 6 query heads over 2 KV heads): a KV head's query heads are
+    the rows of one attention over it, as with `repeat_kv` grouped."""
+
+    def step(q, k_cache, k_new, v_cache, v_new, valid):
+        k = torch.cat([k_cache, k_new], dim=-2)
+        v = torch.cat([v_cache, v_new], dim=-2)
+        mask = valid[:, None, None, :] if mask_kind == "bool" else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1), k, v
+
+    compiled = tilefuse.compile(step)
+    with torch.no_grad():
+        for past in (5, 9, 140):
+            q = torch.randn(2, 6, 1, DIM)
+            k_cache, v_cache = torch.randn(2, 2, past, DIM), torch.randn(2, 2, past, DIM)
+            k_new, v_new = torch.randn(2, 2, 1, DIM), torch.randn(2, 2, 1, DIM)
+            valid = torch.rand(2, past + 1) > 0.2
+            valid[:, -1] = True
+            args = (q, k_cache, k_new, v_cache, v_new, valid)
+            for got, want in zip(compiled(*args), step(*args), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert [d["choice"] for d in compiled.tilefuse_reports[-1]["decode_attention"]] == ["kernels"]
