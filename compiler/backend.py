@@ -31,6 +31,7 @@ from . import encoder_layer
 from .attention_dropout import MASKS_DROPPED, attention_for_tracing
 from .codegen import Target, resolve_backend
 from .cudagraphs import CudaGraphReplay
+from .decode_attention import decode_kernels_enabled, decode_step_attention
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
@@ -280,12 +281,16 @@ class TilefuseBackend:
         shapes are all static compile (in decoding, everything but the KV cache's concatenation and
         the attention over it: the projections, norms and MLPs of one new token), and the nodes with
         a symbolic size run in PyTorch beside them (`lowering_table.unsupported_reason`). Not with
-        CUDA graphs (a replay is per shape), nor when no node has a static shape, nor with
-        TILEFUSE_DYNAMIC=pytorch (the whole graph in PyTorch, as before islands)."""
+        CUDA graphs (a replay is per shape), nor when no node has a static shape and none is a decode
+        step's attention, nor with TILEFUSE_DYNAMIC=pytorch (the whole graph in PyTorch, as before
+        islands)."""
         if self.options.mode == "reduce-overhead" or os.environ.get("TILEFUSE_DYNAMIC") == "pytorch":
             return False
         calls = [n for n in gm.graph.nodes if n.op.startswith("call_")]
-        return any(_static_tensor(n.meta.get("example_value")) for n in calls)
+        if any(_static_tensor(n.meta.get("example_value")) for n in calls):
+            return True
+        # a decode attention over keys of a symbolic length runs as the decode kernel (`decode_attention`)
+        return decode_kernels_enabled() and any(decode_step_attention(n) for n in calls)
 
     def _traced_nothing(self, gm: GraphModule, graph_name: str, error: Exception) -> Callable:
         """AOTAutograd raised while tracing the graph (a backward that reads a tensor's values, as

@@ -39,6 +39,10 @@ from .runtime import INTERPRET_ENV
 
 aten = torch.ops.aten
 log = logging.getLogger("tilefuse")
+_PUBLIC_ATTENTION = (
+    torch.nn.functional.scaled_dot_product_attention,
+    torch._C._nn.scaled_dot_product_attention,
+)
 
 TIMED_CALLS = 5  # decode steps timed per candidate
 # how far the kernels' first output may stand from SDPA's before SDPA keeps the call
@@ -141,6 +145,20 @@ class DecodeAttentionCall:
             kernels, sdpa = (statistics.median(self.times[n]) for n in ("kernels", "sdpa"))
             self._decide("kernels" if kernels < sdpa else "sdpa", "measured over decode steps")
         return out
+
+
+def decode_step_attention(node: Node) -> bool:
+    """Whether a node of Dynamo's graph is `F.scaled_dot_product_attention` with few query rows over
+    keys of a symbolic length, no dropout and no causal flag (isinstance checks only: no guard)."""
+    if node.op != "call_function" or node.target not in _PUBLIC_ATTENTION or len(node.args) < 3:
+        return False
+    if node.kwargs.get("is_causal") or node.kwargs.get("dropout_p"):
+        return False
+    q, k = (a.meta.get("example_value") if isinstance(a, Node) else None for a in node.args[:2])
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() != 4 or k.dim() != 4:
+        return False
+    rows = q.shape[2]
+    return isinstance(rows, int) and rows <= MAX_ROWS and not isinstance(k.shape[2], int)
 
 
 def decode_kernels_enabled() -> bool:

@@ -147,3 +147,26 @@ def test_sdpa_with_enable_gqa_reads_each_kv_head_once(mask_kind):
             for got, want in zip(compiled(*args), step(*args), strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert [d["choice"] for d in compiled.tilefuse_reports[-1]["decode_attention"]] == ["kernels"]
+
+
+def test_a_graph_with_no_static_node_but_a_decode_attention_runs_the_kernel():
+    """Batch and length both symbolic (both change between calls): nothing else in the graph is
+    static, and the attention still runs as the kernel (the graph goes through the pipeline for it)."""
+
+    def attend(q, k_cache, k_new, v_cache, v_new):
+        k = torch.cat([k_cache, k_new], dim=-2)
+        v = torch.cat([v_cache, v_new], dim=-2)
+        return F.scaled_dot_product_attention(q, k, v), k, v
+
+    compiled = tilefuse.compile(attend)
+    with torch.no_grad():
+        for batch, past in ((2, 5), (3, 9), (4, 140), (2, 33)):
+            q = torch.randn(batch, HEADS, 1, DIM)
+            k_cache, v_cache = torch.randn(batch, HEADS, past, DIM), torch.randn(batch, HEADS, past, DIM)
+            k_new, v_new = torch.randn(batch, HEADS, 1, DIM), torch.randn(batch, HEADS, 1, DIM)
+            args = (q, k_cache, k_new, v_cache, v_new)
+            for got, want in zip(compiled(*args), attend(*args), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    first, dynamic = compiled.tilefuse_reports  # the first sizes' static graph, then one for all
+    assert "decode_attention" not in first
+    assert [d["choice"] for d in dynamic["decode_attention"]] == ["kernels"], dynamic
