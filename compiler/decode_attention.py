@@ -44,6 +44,8 @@ _PUBLIC_ATTENTION = (
     torch._C._nn.scaled_dot_product_attention,
 )
 
+# what the report says of a call site (a "fallback" entry: it runs beside the partitions)
+REASON = "flash-decoding kernel over a symbolic KV length (or SDPA, by measurement at its first calls)"
 TIMED_CALLS = 5  # decode steps timed per candidate
 # how far the kernels' first output may stand from SDPA's before SDPA keeps the call
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -65,7 +67,7 @@ class DecodeAttentionCall:
         self.choice: str | None = None  # "kernels" or "sdpa" once decided
         self.calls = 0
         self.times: dict[str, list[float]] = {"kernels": [], "sdpa": []}
-        self.tilefuse_reason = "flash-decoding kernel over a symbolic KV length (or SDPA, by measurement)"
+        self.tilefuse_reason = REASON
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         if self.choice == "kernels":

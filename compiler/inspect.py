@@ -2,7 +2,8 @@
 
 Per graph: its partitions and what runs them, every fusion group (kind, ops, kernel, config
 and whether the config came from the tuning database), every op a partition runs outside
-its kernels and every op left to PyTorch, each with the reason; then totals over the dump.
+its kernels and every op left to PyTorch, each with the reason (a decode attention's call site,
+which runs beside the partitions, apart); then totals over the dump.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+
+from .decode_attention import REASON as DECODE_REASON
 
 
 def summarize(root: Path) -> str:
@@ -40,6 +43,10 @@ def summarize(root: Path) -> str:
                 lines.append(f"    outside kernels: {glue['op']}: {glue['reason']}")
                 totals["ops outside kernels"] += 1
         for f in graph["fallbacks"]:
+            if f["reason"] == DECODE_REASON:  # tilefuse's call site, beside the partitions
+                lines.append(f"  beside the partitions: {f['node']}: {f['reason']}")
+                totals["decode attention calls"] += 1
+                continue
             lines.append(f"  in PyTorch: {f['node']} ({f['op']}): {f['reason']}")
             totals["ops left to PyTorch"] += 1
         lines.append("")

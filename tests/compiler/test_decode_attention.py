@@ -67,6 +67,11 @@ def test_the_dump_holds_the_kernel(tmp_path):
     report = compiled.tilefuse_reports[-1]
     source = (tmp_path / report["dir"] / "kernels" / "decode_attention.py").read_text()
     assert "def decode_attention(" in source and "do_not_specialize" in source
+    from tilefuse.compiler.inspect import summarize
+
+    text = summarize(tmp_path)  # `tilefuse inspect`: the call site beside the partitions, not "in PyTorch"
+    assert "beside the partitions: decode_attention_0: flash-decoding kernel" in text
+    assert "1 decode attention calls" in text and "in PyTorch: decode_attention" not in text
 
 
 def test_bf16_decode_steps_match_eager():
