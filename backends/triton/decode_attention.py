@@ -24,18 +24,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 from torch import Tensor
 
-from .launcher import (
-    _direct_launch_possible,
-    _import_source,
-    _interpret_triton_library,
-    _raw_launch,
-    default_cache_dir,
-)
+from .launcher import _direct_launch_possible, _raw_launch, import_kernels
 
 SOURCE = """\
 import triton
@@ -143,8 +136,6 @@ MIN_CHUNK = 128  # keys a program reads at least (fewer: combining costs more th
 PROGRAMS_WANTED = 4  # programs per SM the grid aims for
 MAX_CHUNKS = 64
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# the integer arguments Triton specializes (the others vary with the length: `do_not_specialize`)
-_SPECIALIZED = ("sq0", "sq1", "sq2", "sk2", "sv2", "sm3", "so0", "so1", "so2")
 
 
 class Unsupported(ValueError):
@@ -154,13 +145,7 @@ class Unsupported(ValueError):
 @functools.cache
 def kernel() -> object:
     """The `decode_attention` JIT function (imported once; interpreted without CUDA)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    from triton import knobs
-
-    if knobs.runtime.interpret:
-        _interpret_triton_library()
-    return _import_source(SOURCE, "decode_attention", default_cache_dir()).decode_attention
+    return import_kernels(SOURCE, "decode_attention").decode_attention
 
 
 def grid_chunks(programs: int, sms: int) -> int:
@@ -243,8 +228,8 @@ def decode_attention(
     plan = launches.plans.get(plan_key)
     if plan is None:
         plan = launches.plans[plan_key] = _plan(q, k, v, mask, scale)
-    length = k_shape[2] if len(k_shape) == 4 else -1
-    if len(v_shape) != 4 or v_shape[2] != length or k.stride(3) != 1 or v.stride(3) != 1:
+    length = k_shape[2]  # the plan's key pins every dim but the keys' and the operands' ranks (4)
+    if v_shape[2] != length or k.stride(3) != 1 or v.stride(3) != 1:
         raise Unsupported(f"keys {tuple(k_shape)}, values {tuple(v_shape)}: lengths differ, or a strided dim")
     out = torch.empty(plan.out_shape, dtype=q.dtype, device=q.device)
     if length == 0:

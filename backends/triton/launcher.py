@@ -489,20 +489,27 @@ def _interpret_triton_library() -> None:
                 setattr(module, attr, replacements[id(value)])
 
 
-def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> TritonKernel:
-    """Import emitted source (see `emit`) and return its kernel `kernel_name` ready to launch.
-
-    Without CUDA, turns on Triton's interpreter for the process (unless
-    `TRITON_INTERPRET` is already set), so kernels run on CPU tensors.
-    """
+def import_kernels(source: str, name: str, cache_dir: Path | None = None) -> ModuleType:
+    """Import Triton source as a module named after `name` and the source's hash. Without CUDA,
+    turns on Triton's interpreter for the process first (unless `TRITON_INTERPRET` is already set),
+    so its kernels run on CPU tensors."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from triton import knobs  # after the environment is set; `import tilefuse` does not load Triton
 
     if knobs.runtime.interpret:
         _interpret_triton_library()
+    return _import_source(source, name, cache_dir or default_cache_dir())
+
+
+def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> TritonKernel:
+    """Import emitted source (see `emit`) and return its kernel `kernel_name` ready to launch.
+
+    Without CUDA, turns on Triton's interpreter for the process (unless
+    `TRITON_INTERPRET` is already set), so kernels run on CPU tensors.
+    """
     name = python_identifier(kernel_name)
-    module = _import_source(source, name, cache_dir or default_cache_dir())
+    module = import_kernels(source, name, cache_dir)
     function = getattr(module, name, None)
     if function is None:
         raise LaunchError(f"the source defines no kernel {name!r}")
