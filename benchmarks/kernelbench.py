@@ -427,10 +427,16 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     unary("softmax", partial(torch.softmax, dim=-1), (4096, 4096), (33, 100)),
     unary("softmax_wide", partial(torch.softmax, dim=-1), (16, 262144), (3, 20000)),  # wider than a tile
     unary("log_softmax", partial(torch.log_softmax, dim=-1), (4096, 4096), (33, 100)),
+    unary("log_softmax_wide", partial(torch.log_softmax, dim=-1), (16, 262144), (3, 20000)),
     KernelCase("layer_norm", 1, lambda d: layer_norm(d.d), lambda d: [(d.b, d.t, d.d)],
                dict(b=8, t=2048, d=4096), dict(b=2, t=33, d=100)),
     KernelCase("rms_norm", 1, lambda d: ManualRMSNorm(d.d), lambda d: [(d.b, d.t, d.d)],
                dict(b=8, t=2048, d=4096), dict(b=2, t=33, d=100)),
+    # KernelBench 40 and 35: a LayerNorm over [C, H, W] (16 rows of 4M), a GroupNorm of 8 groups
+    KernelCase("layer_norm_chw", 1, lambda d: nn.LayerNorm((d.c, d.h, d.w)), lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47)),
+    KernelCase("group_norm", 1, lambda d: nn.GroupNorm(d.g, d.c), lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, g=8, h=256, w=256), dict(b=2, c=6, g=3, h=17, w=13)),
     op_case("rms_norm_dim1", rms_norm_dim1, lambda d: [(d.b, d.c, d.h, d.w)],
             dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47)),
     middle("sum_dim1", sum_dim1),

@@ -479,6 +479,15 @@ def collapse_views(fn: func.FuncOp) -> None:
     PatternRewriteWalker(applier, walk_regions_first=False).rewrite_region(fn.body)
 
 
+def merge_maps(fn: func.FuncOp) -> None:
+    """`MergeMaps` alone over `fn`, for a later pass that leaves a map with one reader where it had
+    several: split-reduction moves a reduction's reads of a map onto its chunks, and the map that
+    remains (a LayerNorm's f32 cast of its bf16 input, read by the normalization) was written out in
+    f32 by a kernel of its own and read back."""
+    applier = GreedyRewritePatternApplier([MergeMaps()])
+    PatternRewriteWalker(applier, walk_regions_first=False).rewrite_region(fn.body)
+
+
 @dataclass(frozen=True)
 class Canonicalize(ModulePass):
     """Apply the canonical `ein` rewrites until nothing changes."""

@@ -529,22 +529,167 @@ def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
     softmax's division) they keep them whole, and the fusion pass gives them their own kernel. A
     norm over several trailing dims (a LayerNorm over [C, H, W]) is one such row a sample."""
     x, kind = reduce.input, reduce.kind.data
+    if kind not in ("sum", "max", "min", "mean") or (c := _wide_row_chunk(reduce)) is None:
+        return False
     shape = tuple(shape_of(x.type))
     k = len(reduce.reduce_dims)
-    if kind not in ("sum", "max", "min", "mean") or not 0 < k < len(shape):
-        return False
-    trailing = tuple(range(len(shape) - k, len(shape)))
-    if reduce.reduce_dims != trailing or not is_float(x.type.get_element_type()):
-        return False
-    lead, n = list(shape[:-k]), math.prod(shape[-k:])
-    c = next((c for c in WIDE_CHUNKS if n % c == 0), None)
-    if n < WIDE_ROW or math.prod(lead) >= FEW_ROWS or c is None:
-        return False
     b = InsertingEinBuilder(reduce, "split")
     chunks = b.cast(_chunked(b, x, shape, k, c, PROLOGUE_MAPS), f32)
     partial = b.reduce(kind, chunks, [-1], keepdim=False)
     total = b.reduce(kind, partial, [-1], keepdim=False)  # a mean of equal chunks' means is the mean
     _replace_result(b, reduce, total)
+    return True
+
+
+def _wide_row_chunk(reduce: ein.ReduceOp) -> int | None:
+    """The chunk size `_split_wide_rows` reads a reduction's rows in, or None where it does not apply:
+    a float reduction over trailing dims, fewer than FEW_ROWS rows of at least WIDE_ROW elements, and a
+    chunk of WIDE_CHUNKS dividing them."""
+    x = reduce.input
+    shape = tuple(shape_of(x.type))
+    k = len(reduce.reduce_dims)
+    if not 0 < k < len(shape) or reduce.reduce_dims != tuple(range(len(shape) - k, len(shape))):
+        return None
+    if not is_float(x.type.get_element_type()):
+        return None
+    n = math.prod(shape[-k:])
+    if n < WIDE_ROW or math.prod(shape[:-k]) >= FEW_ROWS:
+        return None
+    return next((c for c in WIDE_CHUNKS if n % c == 0), None)
+
+
+def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
+    """The mean's reduction m = mean(v) where `total` is sum or mean of (v - m)^2 over the same dims (a
+    variance, as `lower_structured._variance` writes it), the squares read by `total` alone; else None."""
+    sq = total.input.owner
+    if total.kind.data not in ("sum", "mean") or not isinstance(sq, ein.MapOp) or len(sq.inputs) != 2:
+        return None
+    if single_user(sq.result) is not total:
+        return None
+    mean = next(
+        (
+            m.owner for m in sq.inputs
+            if isinstance(m.owner, ein.ReduceOp) and m.owner.kind.data == "mean"
+            and m.owner.keepdim is not None and m.owner.reduce_dims == total.reduce_dims
+            and set(sq.inputs) == {m.owner.input, m}
+        ),
+        None,
+    )  # fmt: skip
+    if mean is None:
+        return None
+    args = dict(zip(sq.inputs, sq.body.block.args))
+    square = _body_op(yielded_value(sq), "arith.mulf")
+    if square is None or square[0] is not square[1]:
+        return None
+    if _body_op(square[0], "arith.subf") != [args[mean.input], args[mean.result]]:
+        return None
+    return mean
+
+
+def _first_statistic_chunks(
+    first: ein.ReduceOp,
+) -> tuple[InsertingEinBuilder, SSAValue, list[int], int, int] | None:
+    """For a pair of row statistics split together, the first's input over [R.., T, C] chunks in f32
+    (built before `first`), with the rows' leading sizes R.., their width and C; None where
+    `_wide_row_chunk` does not apply."""
+    if (c := _wide_row_chunk(first)) is None:
+        return None
+    x = first.input
+    shape = tuple(shape_of(x.type))
+    k = len(first.reduce_dims)
+    b = InsertingEinBuilder(first, "split")
+    chunks = b.cast(_chunked(b, x, shape, k, c, PROLOGUE_MAPS), f32)
+    return b, chunks, list(shape[:-k]), math.prod(shape[-k:]), c
+
+
+def _square_deviation(sb, v, m):
+    d = sb.sub(v, m)
+    return sb.mul(d, d)
+
+
+def _split_variance(total: ein.ReduceOp) -> bool:
+    """A variance over few wide rows in one pass over the data (Chan et al.'s pairwise update, as
+    Inductor's split Welford reduction): each chunk's mean and sum of squared deviations from it in one
+    partial kernel, then per row m = mean of the chunk means and M2 = sum(M2_t + C (mean_t - m)^2).
+    `_split_wide_rows` alone splits the mean and the squares apart, and the squares read the row again
+    after the mean's combine: a LayerNorm over [64, 256, 256] read its input three times."""
+    mean = _match_variance(total)
+    if mean is None or (split := _first_statistic_chunks(mean)) is None:
+        return False
+    b, chunks, lead, n, c = split
+    chunk_mean = b.reduce("mean", chunks, [-1], keepdim=True)  # [R.., T, 1]
+    chunk_m2 = b.reduce("sum", b.map([chunks, chunk_mean], f32, _square_deviation), [-1], keepdim=False)
+    chunk_mean = b.reshape(chunk_mean, [*lead, n // c])
+    row_mean = b.reduce("mean", chunk_mean, [-1], keepdim=True)  # equal chunks: the mean of their means
+    pairs = b.map(
+        [chunk_m2, chunk_mean, row_mean], f32,
+        lambda sb, m2, mt, mu: sb.add(m2, sb.mul(_square_deviation(sb, mt, mu), sb.const(float(c), f32))),
+    )  # fmt: skip
+    m2 = b.reduce("sum", pairs, [-1], keepdim=False)
+    if total.kind.data == "mean":
+        m2 = b.map([m2, float(n)], f32, lambda sb, s, count: sb.div(s, count))
+    _replace_result(b, mean, row_mean)
+    _replace_result(b, total, m2)
+    return True
+
+
+def _match_softmax_sum(total: ein.ReduceOp) -> ein.ReduceOp | None:
+    """The max's reduction m = max(x) where `total` is the sum over the same dims of exp(x - m): one map,
+    or the exp of a map x - m (log-softmax keeps the difference for its output); else None."""
+    e = total.input.owner
+    if total.kind.data != "sum" or not isinstance(e, ein.MapOp):
+        return None
+    inner = _body_op(yielded_value(e), "math.exp")
+    if inner is None:
+        return None
+    owner = e
+    diff = _body_op(inner[0], "arith.subf")
+    if diff is None and len(e.inputs) == 1 and inner[0] is e.body.block.args[0]:
+        owner = e.inputs[0].owner  # exp of the differences' map
+        if not isinstance(owner, ein.MapOp):
+            return None
+        diff = _body_op(yielded_value(owner), "arith.subf")
+    if diff is None or len(owner.inputs) != 2:
+        return None
+    args = dict(zip(owner.inputs, owner.body.block.args))
+    for m in owner.inputs:
+        mx = m.owner
+        if not (
+            isinstance(mx, ein.ReduceOp) and mx.kind.data == "max" and mx.keepdim is not None
+            and mx.reduce_dims == total.reduce_dims and set(owner.inputs) == {mx.input, m}
+        ):  # fmt: skip
+            continue
+        if diff == [args[mx.input], args[m]]:
+            return mx
+    return None
+
+
+def _split_softmax_sum(total: ein.ReduceOp) -> bool:
+    """A softmax's max and sum of exponentials over few wide rows in one pass over the data (the online
+    softmax's statistics): each chunk's max m_t and s_t = sum(exp(x - m_t)) in one partial kernel, then
+    per row m = max(m_t) and s = sum(s_t exp(m_t - m)). `_split_wide_rows` alone splits the max and the
+    sum apart, the sum reading the row again after the max's combine: five kernels and three reads of a
+    log-softmax's input where these are three kernels and two. A chunk of -inf only shifts by 0: its
+    s_t is 0, not exp(-inf + inf)."""
+    mx = _match_softmax_sum(total)
+    if mx is None or (split := _first_statistic_chunks(mx)) is None:
+        return False
+    b, chunks, lead, n, c = split
+    chunk_max = b.reduce("max", chunks, [-1], keepdim=True)  # [R.., T, 1]
+    inf = float("inf")
+
+    def shifted_exp(sb, v, m):
+        safe = sb.select(sb.cmp("eq", m, sb.const(-inf, f32)), sb.const(0.0, f32), m)
+        return sb.unary("exp", sb.sub(v, safe))
+
+    chunk_sum = b.reduce("sum", b.map([chunks, chunk_max], f32, shifted_exp), [-1], keepdim=False)
+    chunk_max = b.reshape(chunk_max, [*lead, n // c])
+    row_max = b.reduce("max", chunk_max, [-1], keepdim=True)  # [R.., 1]
+    scaled = b.map(
+        [chunk_sum, chunk_max, row_max], f32, lambda sb, s_, mt, m: sb.mul(s_, sb.unary("exp", sb.sub(mt, m)))
+    )
+    _replace_result(b, mx, row_max)
+    _replace_result(b, total, b.reduce("sum", scaled, [-1], keepdim=False))
     return True
 
 
@@ -594,11 +739,16 @@ def rewrite_function(fn: func.FuncOp) -> int:
                 count += _split_k(op)
     for op in list(fn.body.block.ops):
         if isinstance(op, ein.ReduceOp) and op.parent is not None:
+            count += _split_variance(op) or _split_softmax_sum(op)
+    for op in list(fn.body.block.ops):
+        if isinstance(op, ein.ReduceOp) and op.parent is not None:
             count += _split_logsumexp(op) or _split_plain(op) or _split_columns(op) or _split_wide_rows(op)
     if count:
-        from .canonicalize import collapse_views  # canonicalize imports this module's neighbours
+        from .canonicalize import collapse_views, merge_maps  # canonicalize imports this module's neighbours
 
         collapse_views(fn)  # a split's result reshaped back in front of the reshape that read it: one view
+        erase_dead(fn)
+        merge_maps(fn)  # a map the split left with one reader joins it
         erase_dead(fn)
     return count
 

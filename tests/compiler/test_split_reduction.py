@@ -427,6 +427,66 @@ def test_few_wide_rows_in_half_precision(dtype):
         compile_and_compare(WIDE[name], x, rtol=2e-2, atol=2e-3)
 
 
+VARIANCES = {
+    "layer_norm_over_trailing_dims": lambda x: F.layer_norm(x, x.shape[1:]),
+    "group_norm_two_groups": lambda x: F.group_norm(x, 2),
+    "var": lambda x: x.var(dim=(1, 2, 3)),
+    "var_mean": lambda x: torch.var_mean(x, dim=(1, 2, 3), correction=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANCES))
+@given(offset=st.sampled_from([0.0, 100.0]), scale=st.sampled_from([1e-2, 1.0, 30.0]))
+@settings(max_examples=3, deadline=None, database=None)
+def test_a_variance_over_few_wide_rows_reads_them_once(name, offset, scale):
+    """A variance over few wide rows (a LayerNorm over [C, H, W], a GroupNorm of few groups): each
+    chunk's mean and squared deviations from it in one partial kernel (two reductions over the chunk),
+    a combine of the chunk statistics, and the rest; the input is read once for the statistics (three
+    times before: mean, squares, normalization; a bf16 input's f32 copy written out too). Against
+    float64 with an offset of 100 deviations, where a sum-of-squares formula would lose most digits (the
+    chunk means' rounding enters as in Inductor's split Welford reduction: at 1e5 deviations both lose
+    about half the digits eager keeps)."""
+    torch._dynamo.reset()
+    fn = VARIANCES[name]
+    x = (torch.randn(2, 4, 128, 128) + offset) * scale
+    compiled = tilefuse.compile(fn)
+    actual, expected = compiled(x), fn(x.double())
+    for a, e in zip(
+        actual if isinstance(actual, tuple) else [actual],
+        expected if isinstance(expected, tuple) else [expected],
+    ):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert [g["kind"] for g in groups][:2] == ["row", "row"] and all(g["kernel"] for g in groups), groups
+    assert groups[0]["ops"].count("ein.reduce") == 2 and len(groups) <= 3, groups
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "softmax_of_flattened"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_softmax_over_few_wide_rows_reads_them_twice(name, dtype):
+    """A (log-)softmax over few wide rows: each chunk's max and sum of exponentials from it in one
+    partial kernel, a combine rescaling the sums to the row's max, and the output's kernel reading the
+    input again: three kernels (five before, the input read three times). Chunks of -inf (a masked
+    span) add nothing; a row of -inf gives eager's NaNs."""
+    fn = WIDE.get(name) or OVER_TRAILING_DIMS[name]
+    x = (torch.randn(4, 2, 128, 128) * 3).to(dtype)
+    if name != "softmax_of_flattened":
+        x = x.view(4, -1)
+        x[0, :20000] = float("-inf")  # whole chunks of 4096 and part of one
+        x[1, 5:] = float("-inf")
+        x[2] = float("-inf")
+    tol = dict(rtol=2e-2, atol=2e-3) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    reports = compile_and_compare(fn, x, **tol)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
+
+
+def test_a_bf16_layer_norm_over_wide_rows_reads_the_input_in_every_kernel():
+    """The normalization reads the bf16 input itself: no kernel writes its f32 copy for it."""
+    x = torch.randn(2, 4, 128, 128).to(torch.bfloat16)
+    reports = compile_and_compare(VARIANCES["layer_norm_over_trailing_dims"], x, rtol=2e-2, atol=2e-2)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
+
+
 @pytest.mark.parametrize("shape", [(64, 1 << 15), (3, (1 << 15) + 8), (3, 16384)])
 def test_many_narrow_or_unchunkable_rows_stay_one_row_kernel(shape):
     """As many rows as half the SMs, rows narrower than WIDE_ROW, or a width no chunk divides: one row

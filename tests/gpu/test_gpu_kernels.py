@@ -201,6 +201,38 @@ def test_split_reduction_of_wide_rows(shape, dtype):
         assert rel_error(out, ref) < 1e-2
 
 
+WIDE_ROW_STATISTICS = {
+    "layer_norm_over_chw": (lambda x: F.layer_norm(x, x.shape[1:]), (8, 16, 256, 256)),
+    "group_norm_one_group": (lambda x: F.group_norm(x, 1), (8, 16, 256, 256)),
+    "var": (lambda x: x.var(dim=(1, 2, 3)), (8, 16, 256, 256)),
+    "softmax": (lambda x: torch.softmax(x, -1), (16, 262144)),
+    "log_softmax": (lambda x: F.log_softmax(x, -1), (16, 262144)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_ROW_STATISTICS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_few_wide_rows_statistics_in_one_pass(name, dtype):
+    """A variance's or a softmax's two statistics over few wide rows: one partial kernel reading each
+    chunk once for both, a combine, the output's kernel; against float64 (an offset of 10 deviations;
+    a masked span of -inf in the softmaxes)."""
+    fn, shape = WIDE_ROW_STATISTICS[name]
+    x = torch.randn(shape, device=CUDA) + (10.0 if "softmax" not in name else 0.0)
+    if "softmax" in name:
+        x[0, :20000] = float("-inf")
+    x = x.to(dtype)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, ref = compiled(x), fn(x.double())
+    groups = _groups(compiled)
+    assert [g["kind"] for g in groups][:2] == ["row", "row"] and len(groups) == 3, groups
+    assert groups[0]["ops"].count("ein.reduce") == 2, groups
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite)
+    assert rel_error(out[finite], ref[finite]) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize("n", [1 << 12, (1 << 20) + 7, 3 * (1 << 22)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_full_reductions_are_kernels(n, dtype):
