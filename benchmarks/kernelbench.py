@@ -353,13 +353,14 @@ class KernelCase:
     inputs: Callable[[SimpleNamespace], list[InputSpec]]
     full: dict[str, int]
     small: dict[str, int]
+    train: bool = False  # KernelBench's harness never calls eval(): its BatchNorm runs on batch statistics
 
     def dims(self, small: bool) -> SimpleNamespace:
         return SimpleNamespace(**(self.small if small else self.full))
 
     def build(self, small: bool) -> nn.Module:
-        """The module, in float32 on the CPU, in eval mode (seed the RNG first)."""
-        return self.module(self.dims(small)).eval()
+        """The module, in float32 on the CPU, in eval mode unless `train` (seed the RNG first)."""
+        return self.module(self.dims(small)).train(self.train)
 
     def get_inputs(self, device: torch.device, dtype: torch.dtype, small: bool) -> tuple[Tensor, ...]:
         """Random inputs (seed the RNG first): floats in `dtype`, labels as int64."""
@@ -437,6 +438,12 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
                dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47)),
     KernelCase("group_norm", 1, lambda d: nn.GroupNorm(d.g, d.c), lambda d: [(d.b, d.c, d.h, d.w)],
                dict(b=16, c=64, g=8, h=256, w=256), dict(b=2, c=6, g=3, h=17, w=13)),
+    # KernelBench 33 and 34, as its harness runs them: in training mode (batch statistics, running ones
+    # updated); an InstanceNorm of 1024 rows
+    KernelCase("batch_norm_train", 1, lambda d: nn.BatchNorm2d(d.c), lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47), train=True),
+    KernelCase("instance_norm", 1, lambda d: nn.InstanceNorm2d(d.c), lambda d: [(d.b, d.c, d.h, d.w)],
+               dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47)),
     op_case("rms_norm_dim1", rms_norm_dim1, lambda d: [(d.b, d.c, d.h, d.w)],
             dict(b=16, c=64, h=256, w=256), dict(b=2, c=5, h=33, w=47)),
     middle("sum_dim1", sum_dim1),

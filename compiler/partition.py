@@ -63,16 +63,30 @@ _HEAVY_OPS = {
 _SMALL_RESULT = 1 << 16
 
 
-def _small_result(node: Node) -> bool:
+# elements an input of a cheap op may hold: a reduction of a large tensor to a small result is work
+# (a training BatchNorm's statistics over a graph input ran in PyTorch beside its running-stat updates)
+_SMALL_INPUT = 1 << 20
+
+
+def _elements(node: Node) -> int | None:
+    """Elements of `node`'s tensor results, None where a size is symbolic."""
     vals = node.meta.get("val")
     vals = vals if isinstance(vals, (tuple, list)) else [vals]
     total = 0
     for v in vals:
         if isinstance(v, torch.Tensor):
             if not all(isinstance(d, int) for d in v.shape):
-                return False
+                return None
             total += v.numel()
-    return total <= _SMALL_RESULT
+    return total
+
+
+def _small_result(node: Node) -> bool:
+    """A small result of small inputs (views are cheap apart: `_FREE_VIEWS`)."""
+    total = _elements(node)
+    if total is None or total > _SMALL_RESULT:
+        return False
+    return all((n := _elements(a)) is not None and n <= _SMALL_INPUT for a in node.all_input_nodes)
 
 
 def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:

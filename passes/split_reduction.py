@@ -528,35 +528,61 @@ def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
     a norm's squared deviations) are applied to the chunks (`_chunked`), their row statistics
     ([R.., 1..]) and other operands viewed to match; where those maps have other readers (the
     softmax's division) they keep them whole, and the fusion pass gives them their own kernel. A
-    norm over several trailing dims (a LayerNorm over [C, H, W]) is one such row a sample."""
+    norm over several trailing dims (a LayerNorm over [C, H, W]) is one such row a sample. Reduced
+    dims before the trailing run (a BatchNorm's batch dim, of [N, C, H, W] over N, H, W) are reduced
+    with the chunks' T in the combine (`_RowSplit`)."""
     x, kind = reduce.input, reduce.kind.data
-    if kind not in ("sum", "max", "min", "mean") or (c := _wide_row_chunk(reduce)) is None:
+    if kind not in ("sum", "max", "min", "mean") or (split := _wide_row_split(reduce)) is None:
         return False
-    shape = tuple(shape_of(x.type))
-    k = len(reduce.reduce_dims)
     b = InsertingEinBuilder(reduce, "split")
-    chunks = b.cast(_chunked(b, x, shape, k, c, PROLOGUE_MAPS), f32)
+    chunks = b.cast(_chunked(b, x, tuple(shape_of(x.type)), split.k, split.c, PROLOGUE_MAPS), f32)
     partial = b.reduce(kind, chunks, [-1], keepdim=False)
-    total = b.reduce(kind, partial, [-1], keepdim=False)  # a mean of equal chunks' means is the mean
+    total = b.reduce(kind, partial, split.combined, keepdim=False)  # equal chunks: a mean of their means
     _replace_result(b, reduce, total)
     return True
 
 
-def _wide_row_chunk(reduce: ein.ReduceOp) -> int | None:
-    """The chunk size `_split_wide_rows` reads a reduction's rows in, or None where it does not apply:
-    a float reduction over trailing dims, fewer than FEW_ROWS rows of at least WIDE_ROW elements, and a
-    chunk of WIDE_CHUNKS dividing them."""
+@dataclass(frozen=True)
+class _RowSplit:
+    """How a reduction over few wide rows is split: the trailing run of `k` reduced dims is read as
+    [T, c] chunks; the partials [lead.., T] (lead = the dims before the run) are combined over
+    `combined`, the reduced dims before the run and T."""
+
+    k: int
+    c: int
+    combined: tuple[int, ...]
+    elements: int  # reduced per output
+
+
+MIN_RUN_CHUNK = 256  # a trailing run no chunk divides is one chunk when the combine has other dims
+
+
+def _wide_row_split(reduce: ein.ReduceOp) -> _RowSplit | None:
+    """How `_split_wide_rows` reads a reduction's rows, or None where it does not apply: a float
+    reduction of not all dims whose last dim is reduced, fewer than FEW_ROWS outputs of at least
+    WIDE_ROW elements each, and a chunk of WIDE_CHUNKS dividing the trailing run of reduced dims (or,
+    with reduced dims before that run, the whole run as one chunk of at least MIN_RUN_CHUNK)."""
     x = reduce.input
     shape = tuple(shape_of(x.type))
-    k = len(reduce.reduce_dims)
-    if not 0 < k < len(shape) or reduce.reduce_dims != tuple(range(len(shape) - k, len(shape))):
+    dims = tuple(sorted(reduce.reduce_dims))
+    if not shape or not 0 < len(dims) < len(shape) or dims[-1] != len(shape) - 1:
         return None
     if not is_float(x.type.get_element_type()):
         return None
-    n = math.prod(shape[-k:])
-    if n < WIDE_ROW or math.prod(shape[:-k]) >= FEW_ROWS:
+    k = 1
+    while k < len(dims) and dims[-k - 1] == len(shape) - k - 1:
+        k += 1
+    outer = dims[: len(dims) - k]
+    n = math.prod(shape[d] for d in dims)
+    if n < WIDE_ROW or math.prod(shape) // n >= FEW_ROWS:
         return None
-    return next((c for c in WIDE_CHUNKS if n % c == 0), None)
+    run = math.prod(shape[-k:])
+    c = next((c for c in WIDE_CHUNKS if run % c == 0), None)
+    if c is None and outer and MIN_RUN_CHUNK <= run <= WIDE_CHUNKS[0]:
+        c = run
+    if c is None:
+        return None
+    return _RowSplit(k, c, (*outer, len(shape) - k), n)
 
 
 def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
@@ -589,18 +615,16 @@ def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
 
 def _first_statistic_chunks(
     first: ein.ReduceOp,
-) -> tuple[InsertingEinBuilder, SSAValue, list[int], int, int] | None:
-    """For a pair of row statistics split together, the first's input over [R.., T, C] chunks in f32
-    (built before `first`), with the rows' leading sizes R.., their width and C; None where
-    `_wide_row_chunk` does not apply."""
-    if (c := _wide_row_chunk(first)) is None:
+) -> tuple[InsertingEinBuilder, SSAValue, _RowSplit] | None:
+    """For a pair of row statistics split together, the first's input over [lead.., T, c] chunks in
+    f32 (built before `first`) and the split; None where `_wide_row_split` does not apply."""
+    if (split := _wide_row_split(first)) is None:
         return None
     x = first.input
     shape = tuple(shape_of(x.type))
-    k = len(first.reduce_dims)
     b = InsertingEinBuilder(first, "split")
-    chunks = b.cast(_chunked(b, x, shape, k, c, PROLOGUE_MAPS), f32)
-    return b, chunks, list(shape[:-k]), math.prod(shape[-k:]), c
+    chunks = b.cast(_chunked(b, x, shape, split.k, split.c, PROLOGUE_MAPS), f32)
+    return b, chunks, split
 
 
 def _square_deviation(sb, v, m):
@@ -617,18 +641,19 @@ def _split_variance(total: ein.ReduceOp) -> bool:
     mean = _match_variance(total)
     if mean is None or (split := _first_statistic_chunks(mean)) is None:
         return False
-    b, chunks, lead, n, c = split
-    chunk_mean = b.reduce("mean", chunks, [-1], keepdim=True)  # [R.., T, 1]
+    b, chunks, rows = split
+    c, combined = rows.c, rows.combined
+    chunk_mean = b.reduce("mean", chunks, [-1], keepdim=True)  # [lead.., T, 1]
     chunk_m2 = b.reduce("sum", b.map([chunks, chunk_mean], f32, _square_deviation), [-1], keepdim=False)
-    chunk_mean = b.reshape(chunk_mean, [*lead, n // c])
-    row_mean = b.reduce("mean", chunk_mean, [-1], keepdim=True)  # equal chunks: the mean of their means
+    chunk_mean = b.reshape(chunk_mean, shape_of(chunk_m2.type))
+    row_mean = b.reduce("mean", chunk_mean, combined, keepdim=True)  # equal chunks: the mean of their means
     pairs = b.map(
         [chunk_m2, chunk_mean, row_mean], f32,
         lambda sb, m2, mt, mu: sb.add(m2, sb.mul(_square_deviation(sb, mt, mu), sb.const(float(c), f32))),
     )  # fmt: skip
-    m2 = b.reduce("sum", pairs, [-1], keepdim=False)
+    m2 = b.reduce("sum", pairs, combined, keepdim=False)
     if total.kind.data == "mean":
-        m2 = b.map([m2, float(n)], f32, lambda sb, s, count: sb.div(s, count))
+        m2 = b.map([m2, float(rows.elements)], f32, lambda sb, s, count: sb.div(s, count))
     _replace_result(b, mean, row_mean)
     _replace_result(b, total, m2)
     return True
@@ -675,8 +700,8 @@ def _split_softmax_sum(total: ein.ReduceOp) -> bool:
     mx = _match_softmax_sum(total)
     if mx is None or (split := _first_statistic_chunks(mx)) is None:
         return False
-    b, chunks, lead, n, c = split
-    chunk_max = b.reduce("max", chunks, [-1], keepdim=True)  # [R.., T, 1]
+    b, chunks, rows = split
+    chunk_max = b.reduce("max", chunks, [-1], keepdim=True)  # [lead.., T, 1]
     inf = float("inf")
 
     def shifted_exp(sb, v, m):
@@ -684,13 +709,13 @@ def _split_softmax_sum(total: ein.ReduceOp) -> bool:
         return sb.unary("exp", sb.sub(v, safe))
 
     chunk_sum = b.reduce("sum", b.map([chunks, chunk_max], f32, shifted_exp), [-1], keepdim=False)
-    chunk_max = b.reshape(chunk_max, [*lead, n // c])
-    row_max = b.reduce("max", chunk_max, [-1], keepdim=True)  # [R.., 1]
+    chunk_max = b.reshape(chunk_max, shape_of(chunk_sum.type))
+    row_max = b.reduce("max", chunk_max, rows.combined, keepdim=True)
     scaled = b.map(
         [chunk_sum, chunk_max, row_max], f32, lambda sb, s_, mt, m: sb.mul(s_, sb.unary("exp", sb.sub(mt, m)))
     )
     _replace_result(b, mx, row_max)
-    _replace_result(b, total, b.reduce("sum", scaled, [-1], keepdim=False))
+    _replace_result(b, total, b.reduce("sum", scaled, rows.combined, keepdim=False))
     return True
 
 

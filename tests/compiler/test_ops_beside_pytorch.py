@@ -9,6 +9,7 @@ import torch
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
+from tilefuse.compiler import partition
 
 
 def test_training_dropout_compiles_its_product_with_eagers_random_mask():
@@ -83,6 +84,25 @@ def test_work_between_convolutions_compiles(channels):
         assert sum(g["kernel"] is not None for g in fusion_groups([report])) >= 3
     else:
         assert between <= beside
+
+
+def test_statistics_of_a_large_graph_input_are_work_not_a_cheap_input(monkeypatch):
+    """A training BatchNorm of a graph input: its statistics are a small result of a large input, work
+    that compiles with the normalization; they ran in PyTorch beside the running-stat updates' copy_
+    (KernelBench's BatchNorm: var_mean of 67M elements as glue). Running statistics as eager's."""
+    import copy
+
+    monkeypatch.setattr(partition, "_SMALL_INPUT", 1 << 12)  # 8192 elements below stand for many
+    bn = torch.nn.BatchNorm2d(4).train()
+    ref = copy.deepcopy(bn)
+    compiled = tilefuse.compile(bn)
+    x = torch.randn(2, 4, 32, 32)
+    torch.testing.assert_close(compiled(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    (report,) = compiled.tilefuse_reports
+    beside = {f["op"] for f in report["fallbacks"] if "runs beside" in f["reason"]}
+    assert "aten.var_mean.correction" not in beside, report["fallbacks"]
+    assert any("aten.var_mean.correction" in p["aten_ops"] for p in report["partitions"])
 
 
 def test_roberta_positions_compile_with_their_cumsum():

@@ -481,6 +481,28 @@ def test_a_softmax_over_few_wide_rows_reads_them_twice(name, dtype):
     assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 128, 128), (16, 4, 50, 50)], ids=str)
+def test_a_training_batch_norms_statistics_over_few_channels_are_split(shape):
+    """A training BatchNorm's statistics over [N, H, W] per channel (few channels, many elements each):
+    the trailing [H, W] run read in chunks (of 4096, or the whole run where none divides it) for each
+    chunk's mean and squared deviations, combined over N and the chunks (before: one program a channel
+    walking all of it); outputs and running statistics as eager's."""
+    import copy
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(shape[1]).train()
+    ref = copy.deepcopy(bn)
+    compiled = tilefuse.compile(lambda x: bn(torch.relu(x)))
+    for _ in range(2):
+        x = torch.randn(shape) * 3 + 1
+        torch.testing.assert_close(compiled(x), ref(torch.relu(x)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert [g["kind"] for g in groups][:2] == ["row", "row"], groups
+    assert groups[0]["ops"].count("ein.reduce") == 2, groups
+
+
 def test_a_bf16_layer_norm_over_wide_rows_reads_the_input_in_every_kernel():
     """The normalization reads the bf16 input itself: no kernel writes its f32 copy for it."""
     x = torch.randn(2, 4, 128, 128).to(torch.bfloat16)
