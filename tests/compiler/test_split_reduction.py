@@ -510,11 +510,34 @@ def test_a_bf16_layer_norm_over_wide_rows_reads_the_input_in_every_kernel():
     assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
 
 
-@pytest.mark.parametrize("shape", [(6, 1 << 15), (5, 1 << 15), (3, (1 << 15) + 8), (3, 16384)])
-def test_many_narrow_or_unchunkable_rows_stay_one_row_kernel(shape, monkeypatch):
-    """FEW_ROWS rows or more (6 here, as many as two an SM on a GPU), rows narrower than WIDE_ROW, or
-    a width no chunk divides: one row kernel, as before; 5 rows are split."""
+@pytest.mark.parametrize(
+    "name, shape, split",
+    [
+        ("rms_norm", (6, 1 << 15), False),  # FEW_ROWS rows of one statistic: a row kernel reads them once
+        ("rms_norm", (5, 1 << 15), True),
+        ("softmax", (6, 1 << 15), True),  # two statistics over rows wider than MAX_ROW: split however many
+        ("softmax", (6, 16384), False),  # as wide as a row kernel holds
+        ("softmax", (3, (1 << 15) + 8), False),  # no chunk divides the width
+        ("layer_norm", (3, 16384), False),
+    ],
+)
+def test_which_rows_are_split(name, shape, split, monkeypatch):
+    """FEW_ROWS rows or more (6 here, as many as two an SM on a GPU) of one statistic, rows narrower than
+    WIDE_ROW, or a width no chunk divides: one row kernel, as before; fewer rows are split. Two
+    statistics from one pass (a softmax's, a norm's mean and variance) are split however many the rows
+    where a row kernel would read them once a statistic (wider than MAX_ROW)."""
     monkeypatch.setattr(split_reduction, "FEW_ROWS", 6)
-    reports = compile_and_compare(WIDE["softmax"], torch.randn(shape), rtol=1e-4, atol=1e-5)
-    expected = ["row", "row", "pointwise"] if shape == (5, 1 << 15) else ["row"]
-    assert [g["kind"] for g in fusion_groups(reports)] == expected
+    reports = compile_and_compare(WIDE[name], torch.randn(shape), rtol=1e-4, atol=1e-5)
+    kinds = [g["kind"] for g in fusion_groups(reports)]
+    assert (len(kinds) == 3 and kinds[2] == "pointwise") if split else kinds == ["row"], kinds
+
+
+def test_an_instance_norm_of_many_rows_wider_than_a_row_kernel_holds_is_split(monkeypatch):
+    """KernelBench's InstanceNorm (1024 rows of 65536 on the GPU, 0.79x torch.compile as a row kernel
+    reading each row three times): its mean and variance from one pass over chunks."""
+    monkeypatch.setattr(split_reduction, "FEW_ROWS", 4)
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm2d(4)
+    x = torch.randn(2, 4, 128, 160) * 2 + 5  # 8 rows of 20480 > MAX_ROW
+    reports = compile_and_compare(norm, x, rtol=1e-4, atol=1e-5)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
