@@ -564,7 +564,9 @@ def _wide_row_split(reduce: ein.ReduceOp, pair: bool = False) -> _RowSplit | Non
     with reduced dims before that run, the whole run as one chunk of at least MIN_RUN_CHUNK). A `pair`
     of statistics from one pass (`_first_statistic_chunks`) is split however many its rows where they
     are wider than a row kernel holds (MAX_ROW): that kernel reads such a row once a statistic, the
-    chunks once for both (KernelBench's InstanceNorm, 1024 rows of 65536: 0.79x torch.compile)."""
+    chunks once for both (KernelBench's InstanceNorm, 1024 rows of 65536: 0.79x torch.compile). Not
+    a softmax's: the row kernel computes its max and sum in one online pass already
+    (`lower_to_tile._online_max_and_sum`)."""
     x = reduce.input
     shape = tuple(shape_of(x.type))
     dims = tuple(sorted(reduce.reduce_dims))
@@ -620,11 +622,11 @@ def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
 
 
 def _first_statistic_chunks(
-    first: ein.ReduceOp,
+    first: ein.ReduceOp, pair: bool
 ) -> tuple[InsertingEinBuilder, SSAValue, _RowSplit] | None:
     """For a pair of row statistics split together, the first's input over [lead.., T, c] chunks in
     f32 (built before `first`) and the split; None where `_wide_row_split` does not apply."""
-    if (split := _wide_row_split(first, pair=True)) is None:
+    if (split := _wide_row_split(first, pair)) is None:
         return None
     x = first.input
     shape = tuple(shape_of(x.type))
@@ -645,7 +647,7 @@ def _split_variance(total: ein.ReduceOp) -> bool:
     `_split_wide_rows` alone splits the mean and the squares apart, and the squares read the row again
     after the mean's combine: a LayerNorm over [64, 256, 256] read its input three times."""
     mean = _match_variance(total)
-    if mean is None or (split := _first_statistic_chunks(mean)) is None:
+    if mean is None or (split := _first_statistic_chunks(mean, pair=True)) is None:
         return False
     b, chunks, rows = split
     c, combined = rows.c, rows.combined
@@ -704,7 +706,7 @@ def _split_softmax_sum(total: ein.ReduceOp) -> bool:
     log-softmax's input where these are three kernels and two. A chunk of -inf only shifts by 0: its
     s_t is 0, not exp(-inf + inf)."""
     mx = _match_softmax_sum(total)
-    if mx is None or (split := _first_statistic_chunks(mx)) is None:
+    if mx is None or (split := _first_statistic_chunks(mx, pair=False)) is None:
         return False
     b, chunks, rows = split
     chunk_max = b.reduce("max", chunks, [-1], keepdim=True)  # [lead.., T, 1]

@@ -515,17 +515,18 @@ def test_a_bf16_layer_norm_over_wide_rows_reads_the_input_in_every_kernel():
     [
         ("rms_norm", (6, 1 << 15), False),  # FEW_ROWS rows of one statistic: a row kernel reads them once
         ("rms_norm", (5, 1 << 15), True),
-        ("softmax", (6, 1 << 15), True),  # two statistics over rows wider than MAX_ROW: split however many
-        ("softmax", (6, 16384), False),  # as wide as a row kernel holds
+        ("layer_norm", (6, 1 << 15), True),  # a variance over rows wider than MAX_ROW: split however many
+        ("layer_norm", (6, 16384), False),  # as wide as a row kernel holds
+        ("softmax", (6, 1 << 15), False),  # the row kernel's online max and sum read the row once
         ("softmax", (3, (1 << 15) + 8), False),  # no chunk divides the width
         ("layer_norm", (3, 16384), False),
     ],
 )
 def test_which_rows_are_split(name, shape, split, monkeypatch):
     """FEW_ROWS rows or more (6 here, as many as two an SM on a GPU) of one statistic, rows narrower than
-    WIDE_ROW, or a width no chunk divides: one row kernel, as before; fewer rows are split. Two
-    statistics from one pass (a softmax's, a norm's mean and variance) are split however many the rows
-    where a row kernel would read them once a statistic (wider than MAX_ROW)."""
+    WIDE_ROW, or a width no chunk divides: one row kernel, as before; fewer rows are split. A norm's
+    mean and variance are split however many the rows where a row kernel would read them once a
+    statistic (wider than MAX_ROW); a softmax's max and sum it reads in one online pass."""
     monkeypatch.setattr(split_reduction, "FEW_ROWS", 6)
     reports = compile_and_compare(WIDE[name], torch.randn(shape), rtol=1e-4, atol=1e-5)
     kinds = [g["kind"] for g in fusion_groups(reports)]
