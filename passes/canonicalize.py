@@ -475,8 +475,7 @@ def collapse_views(fn: func.FuncOp) -> None:
     reshapes a reduction's new result back to the old one's shape, in front of the reshape that read the
     old one (`std(x, 0).sum()`, SigLIP's `logit_scale` gradient); a kernel that reads a group member
     through two views took it for a tensor nobody wrote, and its partition failed at its first call."""
-    applier = GreedyRewritePatternApplier([CollapseViews()])
-    PatternRewriteWalker(applier, walk_regions_first=False).rewrite_region(fn.body)
+    _rewrite_alone(fn, CollapseViews())
 
 
 def merge_maps(fn: func.FuncOp) -> None:
@@ -484,7 +483,11 @@ def merge_maps(fn: func.FuncOp) -> None:
     several: split-reduction moves a reduction's reads of a map onto its chunks, and the map that
     remains (a LayerNorm's f32 cast of its bf16 input, read by the normalization) was written out in
     f32 by a kernel of its own and read back."""
-    applier = GreedyRewritePatternApplier([MergeMaps()])
+    _rewrite_alone(fn, MergeMaps())
+
+
+def _rewrite_alone(fn: func.FuncOp, pattern: RewritePattern) -> None:
+    applier = GreedyRewritePatternApplier([pattern])
     PatternRewriteWalker(applier, walk_regions_first=False).rewrite_region(fn.body)
 
 

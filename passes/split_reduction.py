@@ -531,11 +531,10 @@ def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
     norm over several trailing dims (a LayerNorm over [C, H, W]) is one such row a sample. Reduced
     dims before the trailing run (a BatchNorm's batch dim, of [N, C, H, W] over N, H, W) are reduced
     with the chunks' T in the combine (`_RowSplit`)."""
-    x, kind = reduce.input, reduce.kind.data
-    if kind not in ("sum", "max", "min", "mean") or (split := _wide_row_split(reduce)) is None:
+    kind = reduce.kind.data
+    if kind not in ("sum", "max", "min", "mean") or (made := _split_rows(reduce, pair=False)) is None:
         return False
-    b = InsertingEinBuilder(reduce, "split")
-    chunks = b.cast(_chunked(b, x, tuple(shape_of(x.type)), split.k, split.c, PROLOGUE_MAPS), f32)
+    b, chunks, split = made
     partial = b.reduce(kind, chunks, [-1], keepdim=False)
     total = b.reduce(kind, partial, split.combined, keepdim=False)  # equal chunks: a mean of their means
     _replace_result(b, reduce, total)
@@ -562,7 +561,7 @@ def _wide_row_split(reduce: ein.ReduceOp, pair: bool = False) -> _RowSplit | Non
     reduction of not all dims whose last dim is reduced, fewer than FEW_ROWS outputs of at least
     WIDE_ROW elements each, and a chunk of WIDE_CHUNKS dividing the trailing run of reduced dims (or,
     with reduced dims before that run, the whole run as one chunk of at least MIN_RUN_CHUNK). A `pair`
-    of statistics from one pass (`_first_statistic_chunks`) is split however many its rows where they
+    of statistics from one pass (`_split_variance`) is split however many its rows where they
     are wider than a row kernel holds (MAX_ROW): that kernel reads such a row once a statistic, the
     chunks once for both (KernelBench's InstanceNorm, 1024 rows of 65536: 0.79x torch.compile). Not
     a softmax's: the row kernel computes its max and sum in one online pass already
@@ -621,11 +620,10 @@ def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
     return mean
 
 
-def _first_statistic_chunks(
-    first: ein.ReduceOp, pair: bool
-) -> tuple[InsertingEinBuilder, SSAValue, _RowSplit] | None:
-    """For a pair of row statistics split together, the first's input over [lead.., T, c] chunks in
-    f32 (built before `first`) and the split; None where `_wide_row_split` does not apply."""
+def _split_rows(first: ein.ReduceOp, pair: bool) -> tuple[InsertingEinBuilder, SSAValue, _RowSplit] | None:
+    """The input of `first` (a reduction, or the first of a pair of statistics split together) over
+    [lead.., T, c] chunks in f32, built before `first`, with the builder and the split; None where
+    `_wide_row_split` does not apply."""
     if (split := _wide_row_split(first, pair)) is None:
         return None
     x = first.input
@@ -647,7 +645,7 @@ def _split_variance(total: ein.ReduceOp) -> bool:
     `_split_wide_rows` alone splits the mean and the squares apart, and the squares read the row again
     after the mean's combine: a LayerNorm over [64, 256, 256] read its input three times."""
     mean = _match_variance(total)
-    if mean is None or (split := _first_statistic_chunks(mean, pair=True)) is None:
+    if mean is None or (split := _split_rows(mean, pair=True)) is None:
         return False
     b, chunks, rows = split
     c, combined = rows.c, rows.combined
@@ -706,7 +704,7 @@ def _split_softmax_sum(total: ein.ReduceOp) -> bool:
     log-softmax's input where these are three kernels and two. A chunk of -inf only shifts by 0: its
     s_t is 0, not exp(-inf + inf)."""
     mx = _match_softmax_sum(total)
-    if mx is None or (split := _first_statistic_chunks(mx, pair=False)) is None:
+    if mx is None or (split := _split_rows(mx, pair=False)) is None:
         return False
     b, chunks, rows = split
     chunk_max = b.reduce("max", chunks, [-1], keepdim=True)  # [lead.., T, 1]
