@@ -108,6 +108,7 @@ def whole_extents(kind: str, problem: dict) -> dict[str, str]:
 
 ONE_TILE_EACH = 1 << 16  # a GEMM's PROGRAMS when every tile gets its own program (not persistent)
 SM_COUNT_HINT = 132  # H100/H200 SXM: programs per wave, for tiles that cannot split N
+SMALL_GRID_MAX_K = 8192  # deeper GEMMs keep 128 x 128 tiles on a small grid (see `_heuristic`, "gemm")
 SHARED_MEMORY_BUDGET = 200 * 1024  # bytes of pipelined operand tiles; the H100 has 227 KB a block
 
 
@@ -183,7 +184,7 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # (4096x512, 2048x1024: 128 tiles) 64x64 lost (~30 against 19-33), so not there; nor at M or N
         # under 256, where a 64-row tile reads the weight once per row block (H100: 0.35x cuBLAS at M=128)
         half_wave = programs() <= SM_COUNT_HINT // 2
-        small_grid = not whole_rows and not decode and half_wave and problem["K"] <= 8192
+        small_grid = not whole_rows and not decode and half_wave and problem["K"] <= SMALL_GRID_MAX_K
         exact_n = "BLOCK_N" in problem.get("exact", {})
         if small_grid and min(problem["M"], problem["N"]) >= 256 and not exact_n:
             bm, bn, stages = 64, 64, 4

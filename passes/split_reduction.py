@@ -64,6 +64,7 @@ from xdsl.dialects.builtin import ModuleOp, f32, i64
 from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
 
+from ..autotune.heuristics import SMALL_GRID_MAX_K
 from ..ir import einsum as ein
 from ..ir.builder import (
     EinBuilder,
@@ -457,12 +458,23 @@ def split_k_factor(m: int, n: int, k: int, forced: str | None = None) -> int:
     tiles = math.ceil(m / 128) * math.ceil(n / 128)
     if not decode and tiles > MAX_SPLIT_TILES:
         return 1
-    if decode:
-        tiles = max(tiles, min(math.ceil(n / 32), SPLIT_K_PROGRAMS // 2))
-    elif min(m, n) >= 256 and tiles <= SPLIT_K_PROGRAMS // 2:
-        tiles = math.ceil(m / 64) * math.ceil(n / 64)
     if decode and k <= MIN_DECODE_SPLIT_K:
         return 1
+    if decode:
+        return _splits(max(tiles, min(math.ceil(n / 32), SPLIT_K_PROGRAMS // 2)), k, decode)
+    if min(m, n) >= 256 and tiles <= SPLIT_K_PROGRAMS // 2:
+        s = _splits(math.ceil(m / 64) * math.ceil(n / 64), k, decode)
+        # the heuristic keeps 128 x 128 tiles on a split deeper than SMALL_GRID_MAX_K: counted as 64 x 64,
+        # 256 x 131072 @ 131072 x 256 got 8 splits of 16384 and ran 32 programs (H200, bf16: 128 us
+        # against cuBLAS's 48)
+        if k // s <= SMALL_GRID_MAX_K:
+            return s
+    return _splits(tiles, k, decode)
+
+
+def _splits(tiles: int, k: int, decode: bool) -> int:
+    """The most splits (a power of two) that keep `tiles` x splits programs within a wave (two for
+    decode-sized M), each split a multiple of SPLIT_K_STEP and at least the minimum depth deep."""
     depth = MIN_DECODE_SPLIT_DEPTH if decode else MIN_SPLIT_DEPTH
     programs = SPLIT_K_PROGRAMS * (2 if decode else 1)
     s = 1

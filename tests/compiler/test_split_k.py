@@ -23,6 +23,10 @@ def test_the_split_fills_about_a_wave_and_keeps_k_deep():
     assert split_k_factor(128, 2048, 2048) == 4  # K/8 = 256 would be under MIN_SPLIT_DEPTH
     assert split_k_factor(128, 8192, 2048) == 1  # 64 tiles already
     assert split_k_factor(256, 1024, 4096) == 2  # 64 x 64 tiles on a half-wave grid: 64 of them
+    # a split deeper than the heuristic's small-grid K keeps 128 x 128 tiles, and is counted so:
+    # 4 tiles of 256 x 256 -> 32 splits of 4096 (as 64 x 64 tiles: 8 splits of 16384 on 32 programs)
+    assert split_k_factor(256, 256, 131072) == 32
+    assert split_k_factor(512, 512, 32768) == 8
     # enough tiles (a prefill of 2048 rows), or K too shallow: no split
     assert split_k_factor(2048, 2048, 8192) == 1
     assert split_k_factor(128, 2048, 512) == 1
