@@ -41,7 +41,7 @@ def decode_attention(
     sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, sm0, sm1, sm2, sm3, so0, so1, so2,
     HEADS: tl.constexpr, ROWS: tl.constexpr, ROWS_P: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     D_P: tl.constexpr, DV_P: tl.constexpr, BLOCK_L: tl.constexpr, MIN_CHUNK: tl.constexpr,
-    MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, CHUNKS_P: tl.constexpr,
 ):
     bh = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -72,7 +72,13 @@ def decode_attention(
                         mask=inside[:, None] & (dims[None, :] < D), other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
-            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            if ROWS_P == 1:  # no dot whose operands the pipeliner stages: the values' load goes out now
+                v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
+                            mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+            if ROWS_P == 1:  # one query row: products and sums on the CUDA cores, no dot padded to 16 rows
+                scores = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
+            else:
+                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             if MASK != 0:
                 m_ptrs = M + b * sm0 + h * sm1 + rows[:, None] * sm2 + keys[None, :] * sm3
                 bias = tl.load(m_ptrs, mask=live[:, None] & inside[None, :], other=0)
@@ -86,11 +92,15 @@ def decode_attention(
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(scores - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
-                        mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+            if ROWS_P != 1:
+                v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
+                            mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
             if UPCAST:
                 v = v.to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            if ROWS_P == 1:
+                acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
         o_ptrs = O + b * so0 + h * so1 + rows[:, None] * so2 + vdims[None, :]
         o_mask = live[:, None] & (vdims[None, :] < DV)
@@ -106,13 +116,30 @@ def decode_attention(
             tl.store(slot + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :], acc, mask=o_mask)
             # the last of the bh's programs to finish combines (its counter back to 0 for the next call)
             arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel")
-            if arrived == active - 1:
+            if ROWS_P == 1:
+                if arrived == active - 1:
+                    # one row: every chunk's partials loaded at once, weighted by exp(m_c - m), summed
+                    cs = tl.arange(0, CHUNKS_P)
+                    used = cs < active
+                    part = base + cs * (DV_P + 2)
+                    m_c = tl.load(part, mask=used, other=float("-inf"), cache_modifier=".cg")
+                    l_c = tl.load(part + 1, mask=used, other=0.0, cache_modifier=".cg")
+                    parts = part[:, None] + 2 + vdims[None, :]
+                    parts_mask = used[:, None] & (vdims[None, :] < DV)
+                    acc_c = tl.load(parts, mask=parts_mask, other=0.0, cache_modifier=".cg")
+                    m = tl.max(m_c, 0)
+                    weight = tl.exp(m_c - tl.where(m == float("-inf"), 0.0, m))
+                    l = tl.sum(l_c * weight, 0)
+                    out = tl.sum(acc_c * weight[:, None], 0) / tl.where(l == 0.0, 1.0, l)
+                    tl.store(o_ptrs, out[None, :].to(O.dtype.element_ty), mask=o_mask)
+                    tl.atomic_xchg(COUNT + bh, 0)
+            elif arrived == active - 1:
                 m = tl.full([ROWS_P], float("-inf"), tl.float32)
                 l = tl.zeros([ROWS_P], tl.float32)
                 acc = tl.zeros([ROWS_P, DV_P], tl.float32)
                 for c in range(0, active):
                     part = base + c * ROWS_P * (DV_P + 2)
-                    # padded rows and dims are not read: a one-row step reads one row's partials
+                    # padded rows and dims are not read
                     m_c = tl.load(part + rows, mask=live, other=float("-inf"), cache_modifier=".cg")
                     l_c = tl.load(part + ROWS_P + rows, mask=live, other=0.0, cache_modifier=".cg")
                     acc_ptrs = part + 2 * ROWS_P + rows[:, None] * DV_P + vdims[None, :]
@@ -129,12 +156,20 @@ def decode_attention(
                 tl.atomic_xchg(COUNT + bh, 0)
 """
 
-MAX_ROWS = 16  # query rows a program holds (padded to 16: tl.dot's smallest M)
+MAX_ROWS = 16  # query rows a program holds (padded to 16: tl.dot's smallest M; one row is not padded)
 MAX_HEAD_DIM = 256
-BLOCK_L = 64  # keys a loop step reads
+# keys a loop step reads. H200 sweep (CUDA-graph replays, .scratch/decsweep.py; benchmarks/NOTES.md),
+# bf16 at 4097 keys: 128 against 64, µs, B=1 H=4 4 rows 16.0 / 17.3, B=8 51.1 / 57.7, 1 row x 32 heads
+# 51.0 / 57.3; fp32 (8 warps) 1 row x 32 heads 164.8 / 279.3, B=8 H=4 4 rows 165.9 / 236.3
+BLOCK_L = 128
+# one query row (no grouped KV heads): [keys, head dim] products on the CUDA cores, in small steps of few
+# warps, many programs a SM. H200, bf16, 32 heads of 128 at 4097 keys (SDPA 23.2 µs): the padded dot at
+# 64 keys 57.4, these products at 32 keys and 2 warps 36.4; fp32 at 32 keys and 4 warps 50.9 (SDPA 407.9)
+ONE_ROW_BLOCK_L = 32
 MIN_CHUNK = 128  # keys a program reads at least (fewer: combining costs more than splitting saves)
 PROGRAMS_WANTED = 4  # programs per SM the grid aims for
 MAX_CHUNKS = 64
+NUM_STAGES = 2
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -154,10 +189,10 @@ def grid_chunks(programs: int, sms: int) -> int:
     return max(1, min(MAX_CHUNKS, (PROGRAMS_WANTED * sms) // max(programs, 1)))
 
 
-def active_chunks(length: int, chunks: int) -> tuple[int, int]:
+def active_chunks(length: int, chunks: int, block: int = BLOCK_L) -> tuple[int, int]:
     """(keys a chunk, chunks that have keys) of `length` keys over `chunks` programs, as the kernel
-    computes them: whole blocks of `BLOCK_L`, none under `MIN_CHUNK` keys."""
-    per = max(_cdiv(_cdiv(length, chunks), BLOCK_L) * BLOCK_L, MIN_CHUNK)
+    computes them: whole blocks of `block` keys, none under `MIN_CHUNK` keys."""
+    per = max(_cdiv(_cdiv(length, chunks), block) * block, MIN_CHUNK)
     return per, _cdiv(length, per)
 
 
@@ -175,11 +210,11 @@ class _Plan:
     the partials' workspace and arrival counters (the kernel leaves them at zero), and each
     specialization's compiled launch."""
 
-    __slots__ = ("grid", "constexprs", "out_shape", "scale", "work", "count", "launches")
+    __slots__ = ("grid", "constexprs", "warps", "out_shape", "scale", "work", "count", "launches")
 
-    def __init__(self, grid, constexprs, out_shape, scale, work, count) -> None:
-        self.grid, self.constexprs, self.out_shape, self.scale = grid, constexprs, out_shape, scale
-        self.work, self.count = work, count
+    def __init__(self, grid, constexprs, warps, out_shape, scale, work, count) -> None:
+        self.grid, self.constexprs, self.warps, self.out_shape = grid, constexprs, warps, out_shape
+        self.scale, self.work, self.count = scale, work, count
         self.launches: dict[tuple, tuple] = {}  # specialization -> (C launch or None, binary)
 
 
@@ -207,7 +242,7 @@ class DecodeKernels:
                 binary.run(g0, g1, 1, stream, binary.function, binary.packed_metadata, None, None, None,
                            *args, *plan.constexprs.values())  # fmt: skip
             return
-        binary = kernel()[plan.grid](*args, **plan.constexprs, num_warps=4, num_stages=2)
+        binary = kernel()[plan.grid](*args, **plan.constexprs, num_warps=plan.warps, num_stages=NUM_STAGES)
         if _direct_launch_possible(binary):
             raw = _raw_launch(binary, (*plan.grid, 1), tuple(plan.constexprs.values()))
             plan.launches[key] = (raw, binary)
@@ -278,7 +313,8 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | N
         except RuntimeError:
             raise Unsupported(f"a mask of shape {tuple(mask.shape)} for attention {tuple(q.shape)}") from None
         switch = 1 if mask.dtype == torch.bool else 2
-    rows_p, d_p, dv_p = max(16, _pow2(rows)), max(16, _pow2(dim)), max(16, _pow2(dim_v))
+    rows_p = 1 if rows == 1 else max(16, _pow2(rows))
+    d_p, dv_p = max(16, _pow2(dim)), max(16, _pow2(dim_v))
     programs = batch * heads
     chunks = grid_chunks(programs, _sm_count(q.device.index or 0) if q.is_cuda else 132)
     work = torch.empty(max(programs * chunks * rows_p * (dv_p + 2), 1), dtype=torch.float32, device=q.device)
@@ -286,10 +322,19 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | N
     # fp32 keys and values through TF32 only where PyTorch's matmul precision allows it
     tf32 = q.dtype != torch.float32 or (q.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     constexprs = dict(HEADS=heads, ROWS=rows, ROWS_P=rows_p, D=dim, DV=dim_v, D_P=d_p, DV_P=dv_p,
-                      BLOCK_L=BLOCK_L, MIN_CHUNK=MIN_CHUNK, MASK=switch, PRECISION="tf32" if tf32 else "ieee",
-                      UPCAST=not q.is_cuda)  # fmt: skip
+                      BLOCK_L=ONE_ROW_BLOCK_L if rows == 1 else BLOCK_L, MIN_CHUNK=MIN_CHUNK, MASK=switch,
+                      PRECISION="tf32" if tf32 else "ieee",
+                      UPCAST=not q.is_cuda, CHUNKS_P=_pow2(chunks))  # fmt: skip
     sc = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    return _Plan((programs, chunks), constexprs, (batch, heads, rows, dim_v), sc, work, count)
+    warps = launch_warps(q.dtype, rows)
+    return _Plan((programs, chunks), constexprs, warps, (batch, heads, rows, dim_v), sc, work, count)
+
+
+def launch_warps(dtype: torch.dtype, rows: int) -> int:
+    """Warps a program (the sweeps above): twice as many for float32, whose tiles take twice the
+    registers; a one-row step's small tiles take half as many."""
+    warps = 8 if dtype == torch.float32 else 4
+    return warps // 2 if rows == 1 else warps
 
 
 def _broadcast_strides(mask: torch.Tensor, length: int) -> tuple[int, int, int, int]:

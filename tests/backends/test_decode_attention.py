@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tilefuse.backends.triton.decode_attention import (
     BLOCK_L,
     MIN_CHUNK,
+    ONE_ROW_BLOCK_L,
     DecodeKernels,
     Unsupported,
     active_chunks,
@@ -84,6 +85,24 @@ def test_many_chunks_combine_and_their_counters_reset_between_calls():
         got = decode_attention(q, k, v, mask, 0.3, launches)
         torch.testing.assert_close(got.double(), _reference(q, k, v, mask, 0.3), rtol=2e-5, atol=2e-5)
         assert launches.count is not None and int(launches.count.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, ONE_ROW_BLOCK_L + 3, 5 * MIN_CHUNK + 7])
+def test_one_query_row_runs_unpadded(dtype, length):
+    """A model without grouped KV heads decodes one query row a head: its plan holds one row (no dot
+    padded to 16 rows) and reads the keys in ONE_ROW_BLOCK_L blocks, over one chunk or several."""
+    launches = DecodeKernels()
+    q = torch.randn(2, 3, 1, 64, dtype=dtype)
+    k, v = torch.randn(2, 3, length, 64, dtype=dtype), torch.randn(2, 3, length, 64, dtype=dtype)
+    mask = torch.rand(2, 1, 1, length) > 0.3
+    mask[..., -1] = True
+    got = decode_attention(q, k, v, mask, None, launches)
+    torch.testing.assert_close(
+        got.double(), _reference(q, k, v, mask), rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype]
+    )
+    (plan,) = launches.plans.values()
+    assert plan.constexprs["ROWS_P"] == 1 and plan.constexprs["BLOCK_L"] == ONE_ROW_BLOCK_L
 
 
 def test_strided_operands_a_sliced_cache():
