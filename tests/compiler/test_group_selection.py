@@ -565,14 +565,17 @@ def test_an_unaligned_k_over_aligned_rows_is_split_without_a_copy(dtype, k, tb, 
     """K not a multiple of 16 bytes, over a left operand with padded rows (as a row kernel writes the
     log-softmax gradient) and a right operand whose K rows are aligned: no operand is padded (no copy);
     one GEMM over K's aligned body adds the last columns' product, and the result is float64's. Where
-    the right operand's rows are not aligned (K-major with an odd K), both are padded, as before."""
+    the right operand's rows are not aligned (K-major with an odd K), both are padded, as before.
+    The rows' padding holds a large finite value, which a product reading it as data gets wrong by
+    thousands: not NaN, since PyTorch's own CPU bf16 GEMM (oneDNN's AVX-512 kernels) reads a strided
+    operand's row past K, up to a multiple of 32, and multiplies it by zeros (NaN * 0 is NaN)."""
     from tilefuse.compiler import group_selection
     from tilefuse.compiler.group_selection import library_matmul
 
     torch.manual_seed(k)
     m, n = 40, 24
     stride = -(-k // 64) * 64
-    a = torch.full((m * stride,), float("nan"), dtype=dtype).as_strided((m, k), (stride, 1))
+    a = torch.full((m * stride,), 4096.0, dtype=dtype).as_strided((m, k), (stride, 1))
     a.copy_(torch.randn(m, k))
     b = (torch.randn(n, k) if tb else torch.randn(k, n)).to(dtype)
     pads = []
