@@ -771,17 +771,12 @@ def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
     return ctx.b.reshape(r, ctx.out_shape(node))
 
 
-def _squared_difference(sb: ScalarBuilder, v: SSAValue, m: SSAValue) -> SSAValue:
-    d = sb.sub(v, m)
-    return sb.mul(d, d)
-
-
 def _variance(b: EinBuilder, x: SSAValue, dims: list[int], correction: float) -> tuple[SSAValue, SSAValue]:
     """(variance, mean) over `dims`, both keepdim, in the type of `x`."""
     shape = shape_of(x.type)
     count = math.prod(shape[d] for d in dims)
     mean = b.reduce("mean", x, dims, keepdim=True)
-    sq = b.map([x, mean], x.type.get_element_type(), _squared_difference)
+    sq = b.map([x, mean], x.type.get_element_type(), ScalarBuilder.squared_difference)
     total = b.reduce("sum", sq, dims, keepdim=True)
     divisor = max(count - correction, 0)
     var = b.map([total, float(divisor)], x.type.get_element_type(), lambda sb, s, n: sb.div(s, n))

@@ -113,6 +113,11 @@ class ScalarBuilder:
     def div(self, a: SSAValue, b: SSAValue) -> SSAValue:
         return self.binary("div", a, b)
 
+    def squared_difference(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        """(a - b)^2: a variance's squared deviation from its mean."""
+        d = self.sub(a, b)
+        return self.mul(d, d)
+
     def max(self, a: SSAValue, b: SSAValue) -> SSAValue:
         return self.binary("max", a, b)
 

@@ -69,6 +69,7 @@ from ..ir import einsum as ein
 from ..ir.builder import (
     EinBuilder,
     InsertingEinBuilder,
+    ScalarBuilder,
     erase_dead,
     inline_map_body,
     single_user,
@@ -645,11 +646,6 @@ def _split_rows(first: ein.ReduceOp, pair: bool) -> tuple[InsertingEinBuilder, S
     return b, chunks, split
 
 
-def _square_deviation(sb, v, m):
-    d = sb.sub(v, m)
-    return sb.mul(d, d)
-
-
 def _split_variance(total: ein.ReduceOp) -> bool:
     """A variance over few wide rows in one pass over the data (Chan et al.'s pairwise update, as
     Inductor's split Welford reduction): each chunk's mean and sum of squared deviations from it in one
@@ -662,12 +658,13 @@ def _split_variance(total: ein.ReduceOp) -> bool:
     b, chunks, rows = split
     c, combined = rows.c, rows.combined
     chunk_mean = b.reduce("mean", chunks, [-1], keepdim=True)  # [lead.., T, 1]
-    chunk_m2 = b.reduce("sum", b.map([chunks, chunk_mean], f32, _square_deviation), [-1], keepdim=False)
+    deviations = b.map([chunks, chunk_mean], f32, ScalarBuilder.squared_difference)
+    chunk_m2 = b.reduce("sum", deviations, [-1], keepdim=False)
     chunk_mean = b.reshape(chunk_mean, shape_of(chunk_m2.type))
     row_mean = b.reduce("mean", chunk_mean, combined, keepdim=True)  # equal chunks: the mean of their means
     pairs = b.map(
         [chunk_m2, chunk_mean, row_mean], f32,
-        lambda sb, m2, mt, mu: sb.add(m2, sb.mul(_square_deviation(sb, mt, mu), sb.const(float(c), f32))),
+        lambda sb, m2, mt, mu: sb.add(m2, sb.mul(sb.squared_difference(mt, mu), sb.const(float(c), f32))),
     )  # fmt: skip
     m2 = b.reduce("sum", pairs, combined, keepdim=False)
     if total.kind.data == "mean":
