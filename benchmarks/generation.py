@@ -1,7 +1,7 @@
 """Greedy generation with a `transformers` Llama-style model: eager, `torch.compile` and tilefuse.
 
     python -m tilefuse.benchmarks.generation [--out FILE] [--batches 1,8] [--prompt 512]
-        [--new-tokens 128] [--dtype bfloat16|float32] [--tiny] [--no-torch-compile]
+        [--new-tokens 128] [--dtype bfloat16|float32] [--tiny] [--no-torch-compile] [--kv-heads N]
 
 The two ways users compile `generate` (issue 14): `model.forward` compiled with the default
 dynamic KV cache, and with a static cache (`cache_implementation="static"`) in
@@ -68,8 +68,15 @@ class GenTiming:
     error: str | None = None
 
 
-def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> transformers.PreTrainedModel:
-    config = transformers.LlamaConfig(**(TINY_DECODER if tiny else LLAMA), attn_implementation="sdpa")
+def build(
+    tiny: bool, device: torch.device, dtype: torch.dtype, kv_heads: int | None = None
+) -> transformers.PreTrainedModel:
+    """The Llama-style model; `kv_heads` overrides its KV heads (its query heads: one query row a head
+    in a decode step, as models without grouped KV heads decode)."""
+    options = dict(TINY_DECODER if tiny else LLAMA)
+    if kv_heads is not None:
+        options["num_key_value_heads"] = kv_heads
+    config = transformers.LlamaConfig(**options, attn_implementation="sdpa")
     torch.manual_seed(0)
     with torch.device(device):
         model = transformers.LlamaForCausalLM(config)
@@ -229,6 +236,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny config, runnable on a CPU")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
+    parser.add_argument(
+        "--kv-heads", type=int,
+        help="KV heads (default the config's grouped 4, 2 with --tiny; the query heads' count: no grouping)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.prompt = args.prompt or (8 if args.tiny else 512)
@@ -245,10 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     dtype = model_dtype(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build(args.tiny, device, dtype)
+    model = build(args.tiny, device, dtype, args.kv_heads)
     header = [
         *environment_lines(__spec__.name, device, dtype, argv),
         f"- transformers {transformers.__version__}; LlamaForCausalLM from a config (seeded random weights), "
+        f"{model.config.num_attention_heads} query heads over {model.config.num_key_value_heads} KV heads, "
         f"greedy, prompt {args.prompt} tokens, {args.new_tokens} new tokens",
     ]
     out = args.out or (None if args.tiny else DEFAULT_OUT)
