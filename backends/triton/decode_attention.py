@@ -10,9 +10,11 @@ softmax of its rows over one chunk of the keys; with several chunks it writes it
 unnormalized output) in float32, and the last program of a (batch, head) to arrive (an atomic counter,
 reset by that program) combines them and writes the output. The grid is fixed per call site
 (`grid_chunks`: about `PROGRAMS_WANTED` programs per SM); the kernel sizes the chunks from the length
-(`active_chunks`), programs past the keys' end doing nothing. The mask is SDPA's: none, boolean (True
-attends) or additive, any shape that broadcasts to [batch, heads, rows, keys]. A row no key may attend
-gives zeros (PyTorch's backends differ there: NaN in the math path).
+(`active_chunks`), programs past the keys' end doing nothing. One query row a head (a model without
+grouped KV heads) is not padded to the 16 rows `tl.dot` takes: its products and sums run on the CUDA
+cores in f32, and the last program combines the chunks' partials in one vectorized step. The mask is
+SDPA's: none, boolean (True attends) or additive, any shape that broadcasts to [batch, heads, rows,
+keys]. A row no key may attend gives zeros (PyTorch's backends differ there: NaN in the math path).
 
 A call site keeps a plan per operand layout (`_Plan`: grid, constexprs, workspace, compiled launches),
 so a call checks what varies, allocates its output and launches the binary directly
