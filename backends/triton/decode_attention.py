@@ -74,9 +74,10 @@ def decode_attention(
                         mask=inside[:, None] & (dims[None, :] < D), other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
+            v_ptrs = V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :]
+            v_mask = inside[:, None] & (vdims[None, :] < DV)
             if ROWS_P == 1:  # no dot whose operands the pipeliner stages: the values' load goes out now
-                v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
-                            mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+                v = tl.load(v_ptrs, mask=v_mask, other=0.0)
             if ROWS_P == 1:  # one query row: products and sums on the CUDA cores, no dot padded to 16 rows
                 scores = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
             else:
@@ -94,9 +95,8 @@ def decode_attention(
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(scores - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            if ROWS_P != 1:
-                v = tl.load(V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :],
-                            mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+            if ROWS_P != 1:  # after the scores, as the pipeliner expects the dot's operand
+                v = tl.load(v_ptrs, mask=v_mask, other=0.0)
             if UPCAST:
                 v = v.to(tl.float32)
             if ROWS_P == 1:
