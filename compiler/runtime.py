@@ -212,6 +212,7 @@ class KernelPlan(torch.nn.Module):
         name = self.function.sym_name.data
         log.warning("tilefuse: partition %s of graph %s failed at run time (%s); it runs in PyTorch "
                     "from now on", name, self.graph, self.error)  # fmt: skip
+        log.debug("tilefuse: partition %s failed at run time", name, exc_info=e)
         self.executor = f"pytorch (failed at run time: {self.error})"
         self.report["executor"] = self.executor
         self.report["runtime_error"] = self.error

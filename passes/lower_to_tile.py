@@ -891,6 +891,7 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: 
             grid, problem = lower_pointwise(kb, group)
             params = TILED_POINTWISE_PARAMS if problem.get("tiled") else POINTWISE_PARAMS
         kb.emit(tile.ReturnOp())
+        kb.arrange_arguments(group.outputs)
         kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
         if check:
             verify(kernel, f"tile kernel {name}")

@@ -41,6 +41,7 @@ class KernelBuilder:
         self.kernel_block = self.block = Block()
         self.inputs: list[SSAValue] = []  # ein values, one per leading kernel argument
         self._args: dict[SSAValue, SSAValue] = {}
+        self._outputs: dict[SSAValue, SSAValue] = {}  # ein value -> the argument the kernel writes it to
         self._cache: dict[tuple[Block, object], SSAValue] = {}
         self.materialized = materialized
         # maps of the group computed where they are read, at the reader's indices (a pointwise
@@ -87,9 +88,31 @@ class KernelBuilder:
         return self._args[value]
 
     def output_argument(self, value: SSAValue) -> SSAValue:
-        arg = self.kernel_block.insert_arg(value.type, len(self.kernel_block.args))
-        arg.name_hint = "out"
-        return arg
+        """The kernel argument the ein tensor `value` is written to (added on first use)."""
+        if value not in self._outputs:
+            arg = self.kernel_block.insert_arg(value.type, len(self.kernel_block.args))
+            arg.name_hint = "out"
+            self._outputs[value] = arg
+        return self._outputs[value]
+
+    def arrange_arguments(self, outputs: Sequence[SSAValue]) -> None:
+        """Put the kernel's arguments in launch order: the inputs as first read, then `outputs` in
+        the order given (a launch passes `inputs` then the group's outputs). A body that writes an
+        output before it reads its last input (a looped row kernel storing its statistics before
+        the pass that loads the norm's weight) added them interleaved."""
+        if set(self._outputs) != set(outputs) or len(outputs) != len(self._outputs):
+            raise ValueError(f"the kernel writes {len(self._outputs)} tensor(s), the group {len(outputs)}")
+        block = self.kernel_block
+        order = [self._args[v] for v in self.inputs] + [self._outputs[v] for v in outputs]
+        if list(block.args) == order:
+            return
+        for old in order:  # appended afresh in launch order, the old ones then erased
+            new = block.insert_arg(old.type, len(block.args))
+            new.name_hint = old.name_hint
+            old.replace_all_uses_with(new)
+            block.erase_arg(old)
+        self._args = {v: block.args[i] for i, v in enumerate(self.inputs)}
+        self._outputs = {v: block.args[len(self.inputs) + i] for i, v in enumerate(outputs)}
 
     def param(self, name: str) -> SSAValue:
         return self._cached(("param", name), lambda: self.emit(tile.ParamOp(name)).result)

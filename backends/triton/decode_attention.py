@@ -37,6 +37,12 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def _load_values(V_head, keys, inside, vdims, sv2, DV: tl.constexpr):
+    return tl.load(V_head + keys[:, None] * sv2 + vdims[None, :],
+                   mask=inside[:, None] & (vdims[None, :] < DV), other=0.0)
+
+
 @triton.jit(do_not_specialize=["L", "sk0", "sk1", "sv0", "sv1", "sm0", "sm1", "sm2"])
 def decode_attention(
     Q, K, V, M, O, WORK, COUNT, L, scale,
@@ -74,10 +80,8 @@ def decode_attention(
                         mask=inside[:, None] & (dims[None, :] < D), other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
-            v_ptrs = V + b * sv0 + h * sv1 + keys[:, None] * sv2 + vdims[None, :]
-            v_mask = inside[:, None] & (vdims[None, :] < DV)
             if ROWS_P == 1:  # no dot whose operands the pipeliner stages: the values' load goes out now
-                v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+                v = _load_values(V + b * sv0 + h * sv1, keys, inside, vdims, sv2, DV)
             if ROWS_P == 1:  # one query row: products and sums on the CUDA cores, no dot padded to 16 rows
                 scores = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
             else:
@@ -96,7 +100,7 @@ def decode_attention(
             p = tl.exp(scores - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if ROWS_P != 1:  # after the scores, as the pipeliner expects the dot's operand
-                v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+                v = _load_values(V + b * sv0 + h * sv1, keys, inside, vdims, sv2, DV)
             if UPCAST:
                 v = v.to(tl.float32)
             if ROWS_P == 1:

@@ -217,7 +217,10 @@ def test_killed_writer_loses_at_most_the_record_in_flight(tmp_path: Path) -> Non
             assert line, f"the writer exited early: {proc.stderr.read()}"
             reported.append(int(line))
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
+        proc.wait()
+        # through the same buffered reader: lines it read ahead of `readline` are in its buffer, which
+        # communicate() (reading the pipe's descriptor) would skip
+        rest = proc.stdout.read()
     finally:
         watchdog.cancel()
     assert proc.returncode == -signal.SIGKILL
