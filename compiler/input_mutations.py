@@ -33,13 +33,28 @@ _IN_PLACE = {
     aten.index_put.default: aten.index_put_.default,
     aten.index_copy.default: aten.index_copy_.default,
     aten.slice_scatter.default: None,  # no in-place form: left functional
+    # a counter's `+= 1` (BatchNorm's num_batches_tracked, one a layer in training): an add and a copy
+    # were two launches a call, the in-place add is one; only where the update keeps `x`'s shape and dtype
+    aten.add.Tensor: aten.add_.Tensor,
+    aten.sub.Tensor: aten.sub_.Tensor,
+    aten.mul.Tensor: aten.mul_.Tensor,
 }
+_ELEMENTWISE = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor)
+
+
+def _same_layout(a: Node, b: Node) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return (
+        isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
+        and va.dtype == vb.dtype and tuple(va.shape) == tuple(vb.shape)
+    )  # fmt: skip
 
 
 def reinplace(gm: GraphModule) -> int:
     """Rewrite `copy_(x, index_put(x, ...))` on a placeholder `x` nobody else reads into
-    `index_put_(x, ...)` (and `index_copy` alike), and `index_put` into a freshly filled buffer
-    nothing else reads into `index_put_`; returns how many were rewritten."""
+    `index_put_(x, ...)` (`index_copy`, and `add`/`sub`/`mul` of `x` of its own shape and dtype
+    alike), and `index_put` into a freshly filled buffer nothing else reads into `index_put_`;
+    returns how many were rewritten."""
     graph = gm.graph
     rewritten = 0
     for node in list(graph.nodes):
@@ -51,6 +66,8 @@ def reinplace(gm: GraphModule) -> int:
         in_place = _IN_PLACE.get(src.target)
         if in_place is None or src.args[0] is not dest or set(dest.users) != {src, node}:
             continue
+        if src.target in _ELEMENTWISE and not _same_layout(src, dest):
+            continue  # the in-place op would not broadcast or promote as the copy does
         with graph.inserting_before(src):
             updated = graph.call_function(in_place, src.args, src.kwargs)
         updated.meta = dict(src.meta)

@@ -86,6 +86,43 @@ def test_reinplace_rewrites_only_an_update_nobody_else_reads_the_old_value_of():
     torch.testing.assert_close(other, ref_other)
 
 
+def test_a_counter_update_becomes_one_in_place_op_and_other_updates_stay_copies():
+    """BatchNorm's `num_batches_tracked += 1` reaches the graph as `copy_(n, add(n, 1))`: one `add_`.
+    An update that is not an op on `x` itself, or that promotes `x`'s dtype (the copy rounds it
+    back) stays a copy."""
+
+    def f(n, mean, x, y):
+        aten.copy_.default(n, aten.add.Tensor(n, 1))
+        aten.copy_.default(mean, aten.add.Tensor(aten.mul.Tensor(mean, 0.9), y))  # not an op on `mean`
+        aten.copy_.default(x, aten.add.Tensor(x, y))  # bf16 + f32 is f32: copy_ rounds it back
+        return y * 2
+
+    args = (torch.tensor(3), torch.randn(4), torch.randn(4, dtype=torch.bfloat16), torch.randn(4))
+    gm = make_fx(f)(*(a.clone() for a in args))
+    assert reinplace(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.add_.Tensor) == 1 and targets.count(aten.copy_.default) == 2
+    assert mutated_inputs(gm) == [True, True, True, False]
+    got, want = [a.clone() for a in args], [a.clone() for a in args]
+    torch.testing.assert_close(gm(*got), f(*want))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_batch_norm_in_training_counts_its_batches_in_place():
+    torch._dynamo.reset()
+    bn, ref = torch.nn.BatchNorm1d(6), torch.nn.BatchNorm1d(6)
+    compiled = tilefuse.compile(bn)
+    for _ in range(3):
+        x = torch.randn(5, 6)
+        torch.testing.assert_close(compiled(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == 3
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    ops = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
+    assert "aten.add_.Tensor" in ops and ops.count("aten.copy_.default") == 2, ops
+
+
 def test_an_index_put_into_a_fresh_buffer_accumulates_in_place():
     """An embedding's weight gradient: zeros of the table's size, the rows' gradients accumulated in
     (repeated positions add up); a buffer read elsewhere too keeps the functional form."""
