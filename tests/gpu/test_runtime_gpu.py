@@ -354,8 +354,11 @@ def test_a_resnet_training_step_runs_its_kernels_and_matches_eager(monkeypatch):
     running statistics and batch counters."""
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # exact fp32 convolutions on both sides
     torch._dynamo.reset()
-    config = transformers.ResNetConfig(embedding_size=32, hidden_sizes=[64, 128], depths=[1, 1], num_labels=10)
+    config = transformers.ResNetConfig(
+        embedding_size=32, hidden_sizes=[64, 128], depths=[1, 1], num_labels=10
+    )
     torch.manual_seed(0)
     model = transformers.ResNetForImageClassification(config).to(CUDA).train()
     ref = transformers.ResNetForImageClassification(config).to(CUDA).train()
@@ -366,8 +369,10 @@ def test_a_resnet_training_step_runs_its_kernels_and_matches_eager(monkeypatch):
     for _ in range(2):
         compiled(pixel_values=x, labels=labels).loss.backward()
         ref(pixel_values=x, labels=labels).loss.backward()
-    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        assert rel_error(p.grad, q.grad) < 1e-3, name
+    errors = {
+        name: rel_error(p.grad, q.grad) for (name, p), q in zip(model.named_parameters(), ref.parameters())
+    }
+    assert max(errors.values()) < 1e-3, sorted(errors.items(), key=lambda e: -e[1])[:8]
     for (name, b), c in zip(model.named_buffers(), ref.buffers()):
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
     reports = compiled.tilefuse_reports
