@@ -48,7 +48,8 @@ op went where:
   backward: the gate's and the up projection's gradients), where neither reads
   the other's result; the kernel runs at the later group's place, or at the
   first's (the later maps moving up) when something reads the first's result
-  in between.
+  in between. Groups of a small shape (a channel's running statistics) join
+  without a tensor in common: their launches are their cost.
 
 Views, splat constants, iotas, gathers and concatenations are not kernels:
 kernels index through them (a concatenation's operands are each read where the
@@ -403,16 +404,22 @@ def _pointwise_group(consumer: ein.MapOp, taken: set[Operation]) -> list[Operati
 
 
 MAX_SIBLINGS = 3  # pointwise groups one kernel evaluates side by side
+# elements under which a pointwise kernel costs its launch, not its memory traffic: groups of such a shape
+# become one kernel whether or not they read a tensor in common (a training BatchNorm's running-statistic
+# updates and saved statistics, three kernels of a channel's size a layer: 159 launches in ResNet-50's step)
+SMALL_SIBLING = 1 << 16
+MAX_SMALL_SIBLINGS = 8
 
 
 def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     """Pointwise groups of one shape that read a tensor in common become one kernel writing each
     group's result (Inductor's horizontal fusion of nodes sharing reads): the shared tensor is read
-    once, and one launch goes. SwiGLU's backward reads the up projection and the gate into two
-    maps, one per gradient. The kernel runs at the later group's place where nothing outside reads
-    the first's results before it; else at the first's place, where every tensor the later group
-    reads is computed by then (its maps move up in the function to run there). The later group
-    must not read the first's results."""
+    once, and one launch goes. Groups of a small shape (`SMALL_SIBLING`) join without a tensor in
+    common, up to `MAX_SMALL_SIBLINGS`: their launches are their cost. SwiGLU's backward reads the
+    up projection and the gate into two maps, one per gradient. The kernel runs at the later group's
+    place where nothing outside reads the first's results before it; else at the first's place,
+    where every tensor the later group reads is computed by then (its maps move up in the function
+    to run there). The later group must not read the first's results."""
     position = {op: i for i, op in enumerate(order)}
     pointwise = sorted((g for g in groups if g[1] == "pointwise"), key=lambda g: g[0])
     absorbed: set[int] = set()
@@ -421,8 +428,9 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
         if id(first) in absorbed:
             continue
         current, joined = first, 1
+        limit = MAX_SMALL_SIBLINGS if _small(first) else MAX_SIBLINGS
         for later in pointwise[i + 1 :]:
-            if joined >= MAX_SIBLINGS:
+            if joined >= limit:
                 break
             if id(later) in absorbed:
                 continue
@@ -511,6 +519,10 @@ def _sole_reader_group(producer: tuple, owner: dict[Operation, tuple]) -> tuple 
     return next(iter(consumers.values())) if len(consumers) == 1 else None
 
 
+def _small(group: tuple) -> bool:
+    return math.prod(shape_of(group[2][-1].result.type)) <= SMALL_SIBLING
+
+
 def _sibling_place(
     first: tuple, later: tuple, position: dict[Operation, int]
 ) -> str | list[Operation] | None:
@@ -527,7 +539,7 @@ def _sibling_place(
     def same_shape(values: set[SSAValue]) -> set[SSAValue]:
         return {v for v in values if shape_of(v.type) == shape}
 
-    if not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
+    if not _small(first) and not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
         return None
     outputs = [r for op in first[2] for r in op.results if not _read_inside(r, first_ops)]
     readers = {use.operation for r in outputs for use in r.uses} - first_ops

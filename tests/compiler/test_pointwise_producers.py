@@ -137,3 +137,28 @@ def test_a_producer_also_returned_is_not_absorbed_into_its_readers():
 
     reports = compile_and_compare(f, torch.randn(9, 13), rtol=1e-5, atol=1e-5)
     assert [len(g["ops"]) for g in fusion_groups(reports)] == [1, 2]
+
+
+def _running_statistics(means, variances, running, x, y):
+    """Per-channel updates with no tensor in common (a training BatchNorm's running statistics, layer
+    after layer), and two large independent maps beside them."""
+    out = [r * 0.9 + m * 0.1 for r, m in zip(running, means)]
+    out += [r * 0.9 + v * (0.1 * 1.0001) for r, v in zip(running, variances)]
+    return (*out, x * 2 + 1, y.relu())
+
+
+@pytest.mark.parametrize("channels", [64, 37])  # 37: no tile divides it
+def test_small_maps_without_a_tensor_in_common_share_a_kernel_and_large_ones_do_not(channels):
+    """Maps of a small shape (`SMALL_SIBLING` elements) cost their launch: up to `MAX_SMALL_SIBLINGS`
+    groups become one kernel though they read nothing in common. Large maps with nothing in common
+    stay apart (merging them saves a launch and shares no load)."""
+    from tilefuse.passes.fusion_groups import MAX_SMALL_SIBLINGS, SMALL_SIBLING
+
+    layers = 5
+    means, variances, running = ([torch.randn(channels) for _ in range(layers)] for _ in range(3))
+    x, y = torch.randn(SMALL_SIBLING + 1), torch.randn(SMALL_SIBLING + 1)
+    reports = compile_and_compare(_running_statistics, means, variances, running, x, y, rtol=1e-5, atol=1e-5)
+    groups = fusion_groups(reports)
+    assert all(g["kind"] == "pointwise" and g["kernel"] for g in groups), groups
+    # ten updates: two kernels of at most MAX_SMALL_SIBLINGS groups each; the large maps one each
+    assert len(groups) == 2 + -(-2 * layers // MAX_SMALL_SIBLINGS), [g["ops"] for g in groups]
