@@ -408,14 +408,13 @@ MAX_SIBLINGS = 3  # pointwise groups one kernel evaluates side by side
 # become one kernel whether or not they read a tensor in common (a training BatchNorm's running-statistic
 # updates and saved statistics, three kernels of a channel's size a layer: 159 launches in ResNet-50's step)
 SMALL_SIBLING = 1 << 16
-MAX_SMALL_SIBLINGS = 8
 
 
 def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     """Pointwise groups of one shape that read a tensor in common become one kernel writing each
     group's result (Inductor's horizontal fusion of nodes sharing reads): the shared tensor is read
     once, and one launch goes. Groups of a small shape (`SMALL_SIBLING`) join without a tensor in
-    common, up to `MAX_SMALL_SIBLINGS`: their launches are their cost. SwiGLU's backward reads the
+    common: their launches are their cost. SwiGLU's backward reads the
     up projection and the gate into two maps, one per gradient. The kernel runs at the later group's
     place where nothing outside reads the first's results before it; else at the first's place,
     where every tensor the later group reads is computed by then (its maps move up in the function
@@ -428,9 +427,8 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
         if id(first) in absorbed:
             continue
         current, joined = first, 1
-        limit = MAX_SMALL_SIBLINGS if _small(first) else MAX_SIBLINGS
         for later in pointwise[i + 1 :]:
-            if joined >= limit:
+            if joined >= MAX_SIBLINGS:
                 break
             if id(later) in absorbed:
                 continue

@@ -149,10 +149,10 @@ def _running_statistics(means, variances, running, x, y):
 
 @pytest.mark.parametrize("channels", [64, 37])  # 37: no tile divides it
 def test_small_maps_without_a_tensor_in_common_share_a_kernel_and_large_ones_do_not(channels):
-    """Maps of a small shape (`SMALL_SIBLING` elements) cost their launch: up to `MAX_SMALL_SIBLINGS`
+    """Maps of a small shape (`SMALL_SIBLING` elements) cost their launch: up to `MAX_SIBLINGS`
     groups become one kernel though they read nothing in common. Large maps with nothing in common
     stay apart (merging them saves a launch and shares no load)."""
-    from tilefuse.passes.fusion_groups import MAX_SMALL_SIBLINGS, SMALL_SIBLING
+    from tilefuse.passes.fusion_groups import MAX_SIBLINGS, SMALL_SIBLING
 
     layers = 5
     means, variances, running = ([torch.randn(channels) for _ in range(layers)] for _ in range(3))
@@ -160,5 +160,5 @@ def test_small_maps_without_a_tensor_in_common_share_a_kernel_and_large_ones_do_
     reports = compile_and_compare(_running_statistics, means, variances, running, x, y, rtol=1e-5, atol=1e-5)
     groups = fusion_groups(reports)
     assert all(g["kind"] == "pointwise" and g["kernel"] for g in groups), groups
-    # ten updates: two kernels of at most MAX_SMALL_SIBLINGS groups each; the large maps one each
-    assert len(groups) == 2 + -(-2 * layers // MAX_SMALL_SIBLINGS), [g["ops"] for g in groups]
+    # ten updates: kernels of at most MAX_SIBLINGS groups each; the large maps one each
+    assert len(groups) == 2 + -(-2 * layers // MAX_SIBLINGS), [g["ops"] for g in groups]
