@@ -11,6 +11,7 @@ is called with twice in a row is compiled for that size (`specialize.py`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -58,6 +59,12 @@ def _needs_grad(example_inputs: list) -> bool:
 
 
 def decompositions(training: bool = False) -> dict:
+    """The table below (a copy: it is built once per `training`, ~0.1-0.2 s a build on this CPU)."""
+    return dict(_decompositions(training))
+
+
+@functools.lru_cache(maxsize=2)
+def _decompositions(training: bool) -> dict:
     """PyTorch's core aten decompositions, minus attention (imported whole), plus the batch,
     instance and group norms' (as Inductor's table has them): their statistics and affine maps
     then fuse like LayerNorm's, beside a convolution PyTorch runs.
