@@ -59,6 +59,7 @@ is not a kernel.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -421,6 +422,9 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     to run there). The later group must not read the first's results."""
     position = {op: i for i, op in enumerate(order)}
     pointwise = sorted((g for g in groups if g[1] == "pointwise"), key=lambda g: g[0])
+    # where the other kernels run: small groups join only with no other kernel between them (a layer's
+    # statistics updates, side by side), not across a model's layers
+    barriers = sorted(position[op] for g in groups if g[1] != "pointwise" for op in g[2])
     absorbed: set[int] = set()
     result: dict[int, tuple] = {id(g): g for g in groups}
     for i, first in enumerate(pointwise):
@@ -432,7 +436,7 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
                 break
             if id(later) in absorbed:
                 continue
-            place = _sibling_place(current, later, position)
+            place = _sibling_place(current, later, position, barriers)
             if place is None:
                 continue
             if place != "later":  # the later group's maps, and the views they read, move up after the first's
@@ -522,10 +526,12 @@ def _small(group: tuple) -> bool:
 
 
 def _sibling_place(
-    first: tuple, later: tuple, position: dict[Operation, int]
+    first: tuple, later: tuple, position: dict[Operation, int], barriers: list[int]
 ) -> str | list[Operation] | None:
     """Where two pointwise groups can run as one kernel: "later" (the later group's place), the
-    views to move up with the later group's maps (the first's place), or None."""
+    views to move up with the later group's maps (the first's place), or None. Small groups
+    without a tensor in common only where no other kernel's op (`barriers`, sorted positions) lies
+    between them."""
     shape = shape_of(first[2][-1].result.type)
     if shape_of(later[2][-1].result.type) != shape:
         return None
@@ -537,8 +543,12 @@ def _sibling_place(
     def same_shape(values: set[SSAValue]) -> set[SSAValue]:
         return {v for v in values if shape_of(v.type) == shape}
 
-    if not _small(first) and not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
-        return None
+    if not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
+        if not _small(first):
+            return None
+        end, start = max(position[op] for op in first_ops), min(position[op] for op in later_ops)
+        if bisect.bisect_right(barriers, end) != bisect.bisect_left(barriers, start):
+            return None  # another kernel runs between them
     outputs = [r for op in first[2] for r in op.results if not _read_inside(r, first_ops)]
     readers = {use.operation for r in outputs for use in r.uses} - first_ops
     if readers & later_ops:
