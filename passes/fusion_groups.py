@@ -414,12 +414,12 @@ SMALL_SIBLING = 1 << 16
 def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     """Pointwise groups of one shape that read a tensor in common become one kernel writing each
     group's result (Inductor's horizontal fusion of nodes sharing reads): the shared tensor is read
-    once, and one launch goes. Groups of a small shape (`SMALL_SIBLING`) join without a tensor in
-    common: their launches are their cost. SwiGLU's backward reads the
-    up projection and the gate into two maps, one per gradient. The kernel runs at the later group's
-    place where nothing outside reads the first's results before it; else at the first's place,
-    where every tensor the later group reads is computed by then (its maps move up in the function
-    to run there). The later group must not read the first's results."""
+    once, and one launch goes. SwiGLU's backward reads the up projection and the gate into two
+    maps, one per gradient. Groups of a small shape (`SMALL_SIBLING`) join without a tensor in
+    common where no other kernel runs between them: their launches are their cost. The kernel runs
+    at the later group's place where nothing outside reads the first's results before it; else at
+    the first's place, where every tensor the later group reads is computed by then (its maps move
+    up in the function to run there). The later group must not read the first's results."""
     position = {op: i for i, op in enumerate(order)}
     pointwise = sorted((g for g in groups if g[1] == "pointwise"), key=lambda g: g[0])
     # where the other kernels run: small groups join only with no other kernel between them (a layer's
