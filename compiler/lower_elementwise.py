@@ -212,14 +212,44 @@ def _binary(op: str):
     return lower
 
 
-def _true_division_only(node: Node) -> str | None:
-    if node.kwargs.get("rounding_mode") is not None:
-        return f"div with rounding_mode={node.kwargs['rounding_mode']!r} is not supported"
+def _division_check(node: Node) -> str | None:
+    mode = node.kwargs.get("rounding_mode")
+    if mode == "floor" and node.meta["val"].dtype.is_floating_point:
+        # PyTorch floors (a - fmod(a, b)) / b, corrected, not floor(a / b): the two differ where a / b
+        # rounds up to an integer
+        return "div with rounding_mode='floor' on floating point is not supported"
     return None
 
 
+def _int_floor_division(sb: ScalarBuilder, x: SSAValue, y: SSAValue) -> SSAValue:
+    """Integer division rounding toward -inf (Python's //, `perm // top_k` in MoE routing): the
+    truncated quotient, one less where the remainder is nonzero and its sign differs from `y`'s."""
+    quotient, remainder, zero = sb.div(x, y), sb.binary("rem", x, y), sb.const(0, x.type)
+    inexact = sb.cmp("ne", remainder, zero)
+    signs_differ = sb.cmp("ne", sb.cmp("lt", remainder, zero), sb.cmp("lt", y, zero))
+    below = sb.sub(quotient, sb.const(1, x.type))
+    return sb.select(sb.logical("and", inexact, signs_differ), below, quotient)
+
+
+@lowers(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode, check=_division_check)
+def lower_div(ctx: LoweringContext, node: Node) -> SSAValue:
+    mode = node.kwargs.get("rounding_mode")
+    stored = to_mlir_type(node.meta["val"].dtype)
+
+    def body(sb: ScalarBuilder, x: SSAValue, y: SSAValue) -> SSAValue:
+        if mode is None or not is_float(x.type):  # true division, or an integer one truncating (divsi)
+            return _int_floor_division(sb, x, y) if mode == "floor" else sb.div(x, y)
+        # "trunc" on floats: PyTorch's trunc(a / b), the quotient rounded to the tensor's dtype first
+        # (a bf16 quotient of 5.99 is 6.0, which truncates to 6)
+        q = sb.div(x, y)
+        if stored != q.type:
+            q = sb.cast(sb.cast(q, stored), q.type)
+        return sb.select(sb.cmp("lt", q, sb.const(0.0, q.type)), sb.unary("ceil", q), sb.unary("floor", q))
+
+    return _map(ctx, node, list(node.args[:2]), body)
+
+
 lowers(aten.mul.Tensor, aten.mul.Scalar)(_binary("mul"))
-lowers(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, check=_true_division_only)(_binary("div"))
 lowers(aten.maximum.default)(_binary("max"))
 lowers(aten.minimum.default)(_binary("min"))
 
