@@ -747,8 +747,10 @@ def _vector_norm_check(node: Node) -> str | None:
     a = bound_args(node)
     if a.get("ord", 2) not in _VECTOR_NORMS:
         return f"a vector norm of order {a.get('ord')} runs in PyTorch (orders 1, 2 and ±inf lower)"
-    if a.get("dtype") is not None or not node.args[0].meta["val"].dtype.is_floating_point:
-        return "a vector norm with dtype= or of a non-float tensor runs in PyTorch"
+    if not node.args[0].meta["val"].dtype.is_floating_point:
+        return "a vector norm of a non-float tensor runs in PyTorch"
+    if a.get("dtype") not in (None, torch.float32, torch.bfloat16, torch.float16):
+        return f"a vector norm with dtype={a.get('dtype')} runs in PyTorch"
     return None
 
 
@@ -761,6 +763,8 @@ def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
     out = ctx.out_elem(node)
     compute = opmath_type(out)
     x = ctx.tensor(a["self"])
+    if a.get("dtype") is not None:  # the input cast to `dtype` first, as PyTorch does (a weight norm's f32)
+        x = ctx.b.cast(x, out)
     if reduced == "abs":
         x = ctx.b.map([x], compute, lambda sb, v: sb.unary("abs", v))
     else:

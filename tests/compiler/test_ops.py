@@ -192,6 +192,17 @@ def test_reductions(name, shape):
     compile_and_compare(REDUCTIONS[name], torch.randn(*shape) * 2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("source, dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+def test_a_vector_norm_with_dtype_casts_its_input_first(source, dtype):
+    """`linalg.vector_norm(..., dtype=)` (a weight norm's f32 norm of a bf16 weight): the input cast to
+    `dtype` before the norm, as PyTorch does; a kernel, not PyTorch."""
+    x = (torch.randn(6, 5, 33) * 3).to(source)
+    fn = lambda x: torch.linalg.vector_norm(x, 2, dim=(1, 2), keepdim=True, dtype=dtype) * 2  # noqa: E731
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    reports = compile_and_compare(fn, x, rtol=tol, atol=tol)
+    assert all(g["kernel"] for r in reports for p in r["partitions"] for g in p["groups"])
+
+
 BOOLEAN_REDUCTIONS = {
     "any": lambda x: (x > 2).any(-1),
     "all_keepdim": lambda x: (x > -2).all(0, keepdim=True),
