@@ -134,7 +134,7 @@ def isolate_random_ops(gm: GraphModule) -> None:
         if node.target is not aten.native_dropout.default or not node.args[2]:
             continue
         x, p = node.args[0], float(node.args[1])
-        if x.op == "call_function" and x.target is aten.full.default:
+        if _mask_source(x):
             continue  # already a mask source
         val = x.meta["val"]
         if not all(isinstance(d, int) for d in val.shape):
@@ -144,7 +144,7 @@ def isolate_random_ops(gm: GraphModule) -> None:
             continue
         call = partial(call_with_value, graph, fake_mode)
         with graph.inserting_before(node):
-            ones = call(aten.full.default, [list(val.shape), 1.0], {"dtype": val.dtype, "device": val.device})
+            ones = _ones_laid_out_like(call, val)
             mask = call(operator.getitem, [call(aten.native_dropout.default, [ones, p, True]), 1])
             kept = call(aten.mul.Tensor, [x, mask])
             out = call(aten.mul.Tensor, [kept, 0.0 if p >= 1 else 1 / (1 - p)])
@@ -156,6 +156,37 @@ def isolate_random_ops(gm: GraphModule) -> None:
         graph.erase_node(node)
     graph.lint()
     gm.recompile()
+
+
+def _mask_source(x: Node) -> bool:
+    """Whether `x` is the ones `isolate_random_ops` made (a `full`, or a permute of one)."""
+    if x.op == "call_function" and x.target is aten.permute.default:
+        x = x.args[0]
+    return x.op == "call_function" and x.target is aten.full.default
+
+
+def _ones_laid_out_like(call: partial, val: torch.Tensor) -> Node:
+    """Ones of `val`'s shape and, where `val` is dense but not contiguous (a transpose, an attention
+    head permute), its strides: a permute of ones laid out in `val`'s memory order. PyTorch's dropout
+    draws its mask on `empty_like(x)`, which keeps such strides, and its random numbers follow memory
+    order: contiguous ones drew another mask for `dropout(h.t())` than eager did."""
+    ones = partial(call, aten.full.default, kwargs={"dtype": val.dtype, "device": val.device})
+    if val.is_contiguous() or not _dense(val):
+        return ones([list(val.shape), 1.0])
+    # dims from the outermost in memory to the innermost (a dim of one anywhere: it moves nothing)
+    order = sorted(range(val.dim()), key=lambda d: (-val.stride(d), d))
+    laid_out = ones([[val.shape[d] for d in order], 1.0])
+    return call(aten.permute.default, [laid_out, [order.index(d) for d in range(val.dim())]])
+
+
+def _dense(val: torch.Tensor) -> bool:
+    """Whether `val`'s elements fill its storage span once each (some order of its dims is contiguous)."""
+    expected = 1
+    for d in sorted((d for d in range(val.dim()) if val.shape[d] != 1), key=val.stride):
+        if val.stride(d) != expected:
+            return False
+        expected *= val.shape[d]
+    return True
 
 
 def call_with_value(

@@ -34,6 +34,32 @@ def test_training_dropout_compiles_its_product_with_eagers_random_mask():
     assert all(g["kernel"] is not None for g in partition["groups"])
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda h: h.t(),  # a transpose
+        lambda h: h.reshape(2, 4, 4, 4).permute(0, 2, 1, 3),  # attention heads
+        lambda h: h[:, :10],  # a slice: not dense, its mask is drawn contiguous
+    ],
+    ids=["transposed", "heads_permuted", "sliced"],
+)
+def test_dropout_of_a_strided_view_draws_eagers_mask(layout):
+    """PyTorch draws a dropout mask in the memory order of its input's layout (`empty_like` keeps a
+    dense tensor's strides): the ones the mask is drawn on are laid out like the input, so a
+    transposed or permuted activation gets eager's mask too."""
+    torch._dynamo.reset()
+    x, w = torch.randn(8, 16), torch.randn(16, 16)
+
+    def f(x, w):
+        return torch.nn.functional.dropout(layout(x @ w), p=0.5, training=True) * 2 + 1
+
+    compiled = tilefuse.compile(f)
+    torch.manual_seed(3)
+    actual = compiled(x, w)
+    torch.manual_seed(3)
+    torch.testing.assert_close(actual, f(x, w), rtol=1e-5, atol=1e-5)
+
+
 def test_prefix_of_an_op_left_to_pytorch_runs_beside_it():
     """A mask computed from the inputs feeds a sort (left to PyTorch): the mask runs beside the sort,
     not as a partition of its own; one partition."""
