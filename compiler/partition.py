@@ -166,27 +166,18 @@ def _mask_source(x: Node) -> bool:
 
 
 def _ones_laid_out_like(call: partial, val: torch.Tensor) -> Node:
-    """Ones of `val`'s shape and, where `val` is dense but not contiguous (a transpose, an attention
-    head permute), its strides: a permute of ones laid out in `val`'s memory order. PyTorch's dropout
-    draws its mask on `empty_like(x)`, which keeps such strides, and its random numbers follow memory
-    order: contiguous ones drew another mask for `dropout(h.t())` than eager did."""
+    """Ones of `val`'s shape laid out as PyTorch's dropout lays out the tensor it draws its mask on
+    (`empty_like(x)`: a dense transpose or head permute keeps its strides), as a permute of ones in
+    that memory order: the random numbers follow the layout (CPU: memory order; CUDA: a contiguous
+    input takes another kernel), so contiguous ones drew another mask for `dropout(h.t())` than eager."""
     ones = partial(call, aten.full.default, kwargs={"dtype": val.dtype, "device": val.device})
-    if val.is_contiguous() or not _dense(val):
+    like = torch.empty_like(torch.empty_strided(tuple(val.shape), val.stride(), device="meta"))
+    if like.is_contiguous():
         return ones([list(val.shape), 1.0])
     # dims from the outermost in memory to the innermost (a dim of one anywhere: it moves nothing)
-    order = sorted(range(val.dim()), key=lambda d: (-val.stride(d), d))
+    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))
     laid_out = ones([[val.shape[d] for d in order], 1.0])
     return call(aten.permute.default, [laid_out, [order.index(d) for d in range(val.dim())]])
-
-
-def _dense(val: torch.Tensor) -> bool:
-    """Whether `val`'s elements fill its storage span once each (some order of its dims is contiguous)."""
-    expected = 1
-    for d in sorted((d for d in range(val.dim()) if val.shape[d] != 1), key=val.stride):
-        if val.stride(d) != expected:
-            return False
-        expected *= val.shape[d]
-    return True
 
 
 def call_with_value(
