@@ -80,9 +80,9 @@ def decode_attention(
                         mask=inside[:, None] & (dims[None, :] < D), other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
-            if ROWS_P == 1:  # no dot whose operands the pipeliner stages: the values' load goes out now
-                v = _load_values(V + b * sv0 + h * sv1, keys, inside, vdims, sv2, DV)
             if ROWS_P == 1:  # one query row: products and sums on the CUDA cores, no dot padded to 16 rows
+                # no dot whose operands the pipeliner stages: the values' load goes out now
+                v = _load_values(V + b * sv0 + h * sv1, keys, inside, vdims, sv2, DV)
                 scores = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
             else:
                 scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
