@@ -32,6 +32,9 @@ nvcc about two minutes on two cores (template instantiation), 20-40 s on a
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from xdsl.dialects.builtin import BFloat16Type, Float16Type, Float32Type
@@ -53,7 +56,55 @@ LAUNCH_ERRORS = {
     4: "CUTLASS could not run the GEMM",
     7: "a stride or address TMA cannot take (16-byte rows, a unit inner stride)",
 }
+SCHEDULE_ENV = "TILEFUSE_CUTLASS"  # JSON overriding `Schedule` fields, for experiments (a sweep)
 _ELEMENTS = {BFloat16Type: "cutlass::bfloat16_t", Float16Type: "cutlass::half_t", Float32Type: "float"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How CUTLASS runs one GEMM: its tile, its thread-block cluster, its kernel schedule and the
+    persistent scheduler's rasterization. `tile_n` comes from the kernel's config (`BLOCK_N`)."""
+
+    tile_m: int = 128  # 128 or 256 (cooperative: the two consumer warp groups split it)
+    tile_n: int = 128  # 64, 128 or 256
+    cluster_m: int = 1  # thread blocks of a cluster along M (TMA multicasts B's tile to them)
+    cluster_n: int = 1
+    kernel: str = "cooperative"  # or "pingpong": each consumer warp group its own tile, in turn
+    swizzle: int = 1  # tiles a persistent block walks before moving on along the raster (1, 2, 4, 8)
+    raster: str = "Heuristic"  # RasterOrderOptions: Heuristic, AlongM or AlongN
+
+    def describe(self) -> str:
+        return (
+            f"tile {self.tile_m}x{self.tile_n}x64, cluster {self.cluster_m}x{self.cluster_n}, TMA "
+            f"warp-specialized {self.kernel}, persistent (swizzle {self.swizzle}, raster {self.raster})"
+        )
+
+
+def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
+    """The schedule of an `m` x `n` GEMM with `config`, then `$TILEFUSE_CUTLASS` (JSON of `Schedule`
+    fields) over it. Measured on the H200 (bf16, benchmarks/RESULTS.md, forty-first session): a
+    128 x 256 tile in clusters of two along M was the fastest of seven schedules, or within 1.6% of it,
+    on 4096^3, 8192 x 4096 x 4096 (plain, + bias + GELU, + bias + residual) and 1024 x 8192 x 8192;
+    the config's own 128-wide tile was 1-6% slower. A narrow N keeps the config's tile; a single row of
+    tiles has no partner to share B's tile with."""
+    tile_n = 256 if n >= 256 else min(max(config.get("BLOCK_N", 128), 64), 256)
+    schedule = Schedule(tile_n=tile_n, cluster_m=2 if m > 128 else 1)
+    override = json.loads(os.environ.get(SCHEDULE_ENV) or "{}")
+    unknown = set(override) - {f.name for f in fields(Schedule)}
+    if unknown:
+        raise CudaEmitError(f"{SCHEDULE_ENV}: no schedule field {sorted(unknown)}")
+    schedule = replace(schedule, **override)
+    if schedule.tile_m not in (64, 128, 256) or schedule.tile_n not in (64, 128, 256):
+        raise CudaEmitError(f"tile {schedule.tile_m}x{schedule.tile_n}: CUTLASS's SM90 tiles here are 64-256")
+    if schedule.kernel not in ("cooperative", "pingpong"):
+        raise CudaEmitError(f"kernel schedule {schedule.kernel!r}: cooperative or pingpong")
+    if schedule.kernel == "cooperative" and schedule.tile_m < 128:
+        raise CudaEmitError("a cooperative schedule splits a tile's rows over two warp groups: tile_m >= 128")
+    if schedule.cluster_m * schedule.cluster_n > 2 or min(schedule.cluster_m, schedule.cluster_n) < 1:
+        raise CudaEmitError(f"cluster {schedule.cluster_m}x{schedule.cluster_n}: 1x1, 2x1 or 1x2")
+    if schedule.raster not in ("Heuristic", "AlongM", "AlongN") or schedule.swizzle not in (1, 2, 4, 8):
+        raise CudaEmitError(f"raster {schedule.raster!r}, swizzle {schedule.swizzle}")
+    return schedule
 
 
 def cutlass_include() -> Path | None:
@@ -117,7 +168,8 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
     problem = match_gemm(kernel)
     _check(problem)
     name = c_identifier(kernel.sym_name.data)
-    tile_n = min(max(config.get("BLOCK_N", 128), 64), 256)
+    schedule = schedule_for(config, problem.m, problem.n)
+    kernel_schedule = "Cooperative" if schedule.kernel == "cooperative" else "Pingpong"
     args = list(kernel.body.block.args)
     params, pointers, strides = [], {}, {}
     for i, arg in enumerate(args):
@@ -177,7 +229,7 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         "tilefuse.backends.cuda",
         f"// {described}",
         f"// D[{problem.m}, {problem.n}] = epilogue(A @ B, leaves), K = {problem.k}; A {a_major}, B {b_major}; "
-        f"tile 128x{tile_n}x64, TMA warp-specialized cooperative, persistent",
+        f"{schedule.describe()}",
         PRELUDE,
         '#include "cutlass/cutlass.h"',
         '#include "cute/tensor.hpp"',
@@ -208,9 +260,9 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         "  }",
         "};",
         "",
-        f"using TileShape = Shape<_128, _{tile_n}, _64>;",
-        "using ClusterShape = Shape<_1, _1, _1>;",
-        "using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;",
+        f"using TileShape = Shape<_{schedule.tile_m}, _{schedule.tile_n}, _64>;",
+        f"using ClusterShape = Shape<_{schedule.cluster_m}, _{schedule.cluster_n}, _1>;",
+        f"using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized{'Cooperative' if schedule.kernel == 'cooperative' else ''};",
         "using EpiDesc = cutlass::epilogue::collective::detail::EpilogueDescriptor<",
         f"    TileShape, cutlass::epilogue::collective::EpilogueTileAuto, void, {element_out}, EpilogueSchedule>;",
         *(line for i, leaf in enumerate(problem.leaves) for line in _leaf_node(leaf, i)),
@@ -229,7 +281,7 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         "    float, TileShape, ClusterShape,",
         "    cutlass::gemm::collective::StageCountAutoCarveout<",
         "        static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,",
-        "    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;",
+        f"    cutlass::gemm::KernelTmaWarpSpecialized{kernel_schedule}>::CollectiveOp;",
         "using GemmKernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,",
         "    CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;",
         "using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;",
@@ -261,6 +313,8 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         f"  args.epilogue = {{tree, nullptr, out_stride, static_cast<{element_out}*>({pointers[out.arg]}), out_stride}};",
         "  cudaGetDevice(&args.hw_info.device_id);",
         "  args.hw_info.sm_count = sm_count();",
+        f"  args.scheduler.max_swizzle_size = {schedule.swizzle};",
+        f"  args.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::{schedule.raster};",
         "  Gemm gemm;",
         "  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;",
         "  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 for the persistent data-parallel schedule",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from functools import partial
 from typing import TYPE_CHECKING
 
 from xdsl.dialects import arith
@@ -26,7 +27,16 @@ from xdsl.dialects.builtin import i1
 from xdsl.ir import Attribute, SSAValue
 
 from ...ir import tile
-from .scalar import is_float, literal, load_expr, register_type, storage_bytes, storage_type, store_expr
+from .scalar import (
+    is_16bit_float,
+    is_float,
+    literal,
+    load_expr,
+    register_type,
+    storage_bytes,
+    storage_type,
+    store_expr,
+)
 
 if TYPE_CHECKING:
     from .writer import KernelWriter
@@ -76,11 +86,16 @@ def _runs(
     base, shape = w.tensors[tensor]
     storage = storage_type(tensor.type.get_element_type())
     vector = f"Vector<{storage}, {axis.vec}>"
-    several = axis.slots > axis.vec
-    start, element = ({last: f"i{last}"}, {last: f"i{last} + j"}) if several else ({last: "0"}, {last: "j"})
+    several = axis.slots > axis.vec and not w.streaming  # streaming: the run is the current one
+    start, element = (
+        ({last: "0"}, {last: "j"}) if axis.slots == axis.vec else ({last: f"i{last}"}, {last: f"i{last} + j"})
+    )
     w.write(f"// runs of {axis.vec} elements in one access where contiguous and aligned")
     with ExitStack() as scope:
-        scope.enter_context(w.slot_loops(axes[:-1], scoped=not several))
+        if w.streaming:
+            scope.enter_context(w.block(""))
+        else:
+            scope.enter_context(w.slot_loops(axes[:-1], scoped=not several))
         if several:
             w.write("#pragma unroll")
             scope.enter_context(
@@ -103,20 +118,25 @@ def _runs(
 def write_load(w: KernelWriter, op: tile.LoadOp) -> None:
     elem = op.result.type.element_type
     other = literal(op.other) if op.other is not None else _zero(elem)
-    out = w.new_tile(op.result, f"tile.load {w.tensors[op.tensor][0]}, {other} out of bounds")
+    what = f"tile.load {w.tensors[op.tensor][0]}, {other} out of bounds"
+    if is_16bit_float(elem):  # kept as stored (half the registers), widened where read
+        out = w.new_tile(op.result, what, stored_as=storage_type(elem), widen=load_expr(elem, "{}"))
+        read, other = (lambda element: element), store_expr(elem, other)
+    else:
+        out = w.new_tile(op.result, what)
+        read = partial(load_expr, elem)
 
     def element(fixed: Slot | None = None) -> str:
         address, inside = _address(w, op.tensor, op.indices, fixed)
-        value = load_expr(elem, address)
-        masked = f"{inside} ? {value} : {other}" if inside else value
-        return f"{out.name}[{w.index(out.axes, fixed)}] = {masked};"
+        masked = f"{inside} ? {read(address)} : {other}" if inside else read(address)
+        return f"{w.write_to(out, fixed)} = {masked};"
 
     def run(vector: str, fixed: Slot) -> list[str]:
         return [
             f"const {vector} run = *reinterpret_cast<const {vector}*>(run_start);",
             "#pragma unroll",
             f"for (int j = 0; j < {w.layout.axes[-1].vec}; ++j) "
-            f"{out.name}[{w.index(out.axes, fixed)}] = {load_expr(elem, 'run.v[j]')};",
+            f"{w.write_to(out, fixed)} = {read('run.v[j]')};",
         ]
 
     dim = _run_dim(w, op.tensor, op.indices, out.axes)

@@ -141,14 +141,14 @@ def literal(attr: FloatAttr | IntegerAttr) -> str:
 
 # arith ops written as a C++ infix operator
 _INFIX = {
-    "arith.addf": "+", "arith.subf": "-", "arith.mulf": "*", "arith.divf": "/",
+    "arith.addf": "+", "arith.subf": "-", "arith.mulf": "*",
     "arith.addi": "+", "arith.subi": "-", "arith.muli": "*", "arith.divsi": "/", "arith.remsi": "%",
     "arith.andi": "&", "arith.ori": "|", "arith.xori": "^",
 }  # fmt: skip
 
 # math ops: the float function (the double one drops the "f")
 _MATH = {
-    "math.exp": "expf", "math.exp2": "exp2f", "math.log": "logf", "math.log2": "log2f",
+    "math.exp": "exp_approx", "math.exp2": "exp2f", "math.log": "logf", "math.log2": "log2f",
     "math.sqrt": "sqrtf", "math.rsqrt": "rsqrtf", "math.erf": "erff", "math.absf": "fabsf",
     "math.floor": "floorf", "math.ceil": "ceilf", "math.sin": "sinf", "math.cos": "cosf",
     "math.tanh": "tanhf", "math.expm1": "expm1f", "math.log1p": "log1pf", "math.roundeven": "rintf",
@@ -184,7 +184,7 @@ def _math(op: Operation, args: Sequence[str]) -> str:
         raise CudaEmitError(f"no CUDA lowering for {op.name} on {t}")
     function = _MATH[op.name]
     if isinstance(t, Float64Type):
-        function = "rsqrt" if function == "rsqrtf" else function[:-1]
+        function = {"rsqrtf": "rsqrt", "exp_approx": "exp"}.get(function, function[:-1])
     return _rounded(t, f"{function}({', '.join(args)})")
 
 
@@ -257,6 +257,7 @@ _CASTS = (
 
 _EXPRESSIONS: dict[str, Callable[[Operation, Sequence[str]], str]] = {
     **dict.fromkeys(_INFIX, lambda op, a: _rounded(op.results[0].type, f"{a[0]} {_INFIX[op.name]} {a[1]}")),
+    "arith.divf": lambda op, a: _rounded(op.results[0].type, f"div_full({a[0]}, {a[1]})"),
     **dict.fromkeys(_MATH, _math),
     **dict.fromkeys(
         ["arith.maximumf", "arith.minimumf", "arith.maxnumf", "arith.minnumf", "arith.maxsi", "arith.minsi"],

@@ -1,6 +1,6 @@
 // tilefuse kernel "fused_0_k0" (gemm) as a CUTLASS 4.2.0.0 SM90 GEMM, by tilefuse.backends.cuda
 // t0 = %x: tensor<48x64xbf16>, t1 = %w: tensor<96x64xbf16>, t2 = %r: tensor<48x96xbf16>, t3 = %b: tensor<96xbf16>, t4 = %out: tensor<48x96xbf16>
-// D[48, 96] = epilogue(A @ B, leaves), K = 64; A RowMajor, B ColumnMajor; tile 128x128x64, TMA warp-specialized cooperative, persistent
+// D[48, 96] = epilogue(A @ B, leaves), K = 64; A RowMajor, B ColumnMajor; tile 128x128x64, cluster 1x1, TMA warp-specialized cooperative, persistent (swizzle 1, raster Heuristic)
 #include <cstdint>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -14,12 +14,48 @@ inline constexpr unsigned ALL_LANES = 0xffffffffu;  // every lane of a warp take
 __device__ __forceinline__ bool in_range(int i, int n) { return 0 <= i && i < n; }
 
 // maximum and minimum that return NaN when either operand is NaN (torch.amax, arith.maximumf);
-// fmax alone would drop it
+// fmax alone would drop it. A float's is one instruction on sm_80 and later (max.NaN).
 template <class T> __device__ __forceinline__ T nan_max(T a, T b) {
   return a != a || b != b ? a + b : fmax(a, b);
 }
 template <class T> __device__ __forceinline__ T nan_min(T a, T b) {
   return a != a || b != b ? a + b : fmin(a, b);
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <> __device__ __forceinline__ float nan_max(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+template <> __device__ __forceinline__ float nan_min(float a, float b) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+#endif
+
+// float division and exp as the Triton backend computes them: div.full.f32 (within 2 ulp, a few
+// instructions; IEEE division takes a dozen and a slow path) and 2^(x log2 e) on the special function
+// unit (ex2.approx). A bf16 row kernel is bound by its instructions otherwise (softmax: 74% of copy
+// bandwidth with IEEE division and expf, H200). Doubles keep IEEE division and exp.
+__device__ __forceinline__ float div_full(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("div.full.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a / b;
+#endif
+}
+__device__ __forceinline__ double div_full(double a, double b) { return a / b; }
+__device__ __forceinline__ float exp_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x * 1.4426950408889634f));
+  return r;
+#else
+  return expf(x);
+#endif
 }
 
 // 16-bit floats are computed in float and rounded (to nearest even) after every op that makes one
@@ -134,6 +170,8 @@ extern "C" int launch_fused_0_k0(void* stream, const void* t0, int64_t t0_s0, in
   args.epilogue = {tree, nullptr, out_stride, static_cast<cutlass::bfloat16_t*>(t4), out_stride};
   cudaGetDevice(&args.hw_info.device_id);
   args.hw_info.sm_count = sm_count();
+  args.scheduler.max_swizzle_size = 1;
+  args.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::Heuristic;
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
   size_t workspace_size = Gemm::get_workspace_size(args);  // 0 for the persistent data-parallel schedule

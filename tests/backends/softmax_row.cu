@@ -15,12 +15,48 @@ inline constexpr unsigned ALL_LANES = 0xffffffffu;  // every lane of a warp take
 __device__ __forceinline__ bool in_range(int i, int n) { return 0 <= i && i < n; }
 
 // maximum and minimum that return NaN when either operand is NaN (torch.amax, arith.maximumf);
-// fmax alone would drop it
+// fmax alone would drop it. A float's is one instruction on sm_80 and later (max.NaN).
 template <class T> __device__ __forceinline__ T nan_max(T a, T b) {
   return a != a || b != b ? a + b : fmax(a, b);
 }
 template <class T> __device__ __forceinline__ T nan_min(T a, T b) {
   return a != a || b != b ? a + b : fmin(a, b);
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <> __device__ __forceinline__ float nan_max(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+template <> __device__ __forceinline__ float nan_min(float a, float b) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+#endif
+
+// float division and exp as the Triton backend computes them: div.full.f32 (within 2 ulp, a few
+// instructions; IEEE division takes a dozen and a slow path) and 2^(x log2 e) on the special function
+// unit (ex2.approx). A bf16 row kernel is bound by its instructions otherwise (softmax: 74% of copy
+// bandwidth with IEEE division and expf, H200). Doubles keep IEEE division and exp.
+__device__ __forceinline__ float div_full(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("div.full.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a / b;
+#endif
+}
+__device__ __forceinline__ double div_full(double a, double b) { return a / b; }
+__device__ __forceinline__ float exp_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x * 1.4426950408889634f));
+  return r;
+#else
+  return expf(x);
+#endif
 }
 
 // 16-bit floats are computed in float and rounded (to nearest even) after every op that makes one
@@ -106,7 +142,7 @@ __global__ void __launch_bounds__(256) softmax_row(
     #pragma unroll
     for (int i1 = 0; i1 < 4; ++i1) {
       const float v10 = v6[i0 * 4 + i1] - v8[i0];
-      v9[i0 * 4 + i1] = expf(v10);
+      v9[i0 * 4 + i1] = exp_approx(v10);
     }
   }
   float v11[8];  // [BLOCK_R, BLOCK_C] f32: tile.map
@@ -130,27 +166,30 @@ __global__ void __launch_bounds__(256) softmax_row(
     for (int lanes = 16; lanes >= 1; lanes /= 2) acc = acc + __shfl_xor_sync(ALL_LANES, acc, lanes);
     v12[i0] = acc;
   }
-  float v13[8];  // [BLOCK_R, BLOCK_C] f32: tile.map
+  // the rest run by run: 4 contiguous elements of BLOCK_C at a time
   #pragma unroll
   for (int i0 = 0; i0 < 2; ++i0) {
     #pragma unroll
-    for (int i1 = 0; i1 < 4; ++i1) {
-      v13[i0 * 4 + i1] = v9[i0 * 4 + i1] / v12[i0];
-    }
-  }
-  // tile.store into out
-  // runs of 4 elements in one access where contiguous and aligned
-  #pragma unroll
-  for (int i0 = 0; i0 < 2; ++i0) {
-    float* run_start = &out[v3[i0] * out_s0 + v4[0] * out_s1];
-    if (out_s1 == 1 && in_range(v3[i0], 37) && in_range(v4[0], 100) && in_range(v4[0] + 3, 100) && is_aligned<Vector<float, 4>>(run_start)) {
-      Vector<float, 4> run;
+    for (int i1 = 0; i1 < 4; i1 += 4) {
+      float v13[4];  // [BLOCK_R, BLOCK_C] f32: tile.map
       #pragma unroll
-      for (int j = 0; j < 4; ++j) run.v[j] = v13[i0 * 4 + j];
-      *reinterpret_cast<Vector<float, 4>*>(run_start) = run;
-    } else {
-      #pragma unroll
-      for (int j = 0; j < 4; ++j) if (in_range(v3[i0], 37) && in_range(v4[j], 100)) out[v3[i0] * out_s0 + v4[j] * out_s1] = v13[i0 * 4 + j];
+      for (int j = 0; j < 4; ++j) {
+        v13[j] = div_full(v9[i0 * 4 + i1 + j], v12[i0]);
+      }
+      // tile.store into out
+      // runs of 4 elements in one access where contiguous and aligned
+      {
+        float* run_start = &out[v3[i0] * out_s0 + v4[0] * out_s1];
+        if (out_s1 == 1 && in_range(v3[i0], 37) && in_range(v4[0], 100) && in_range(v4[0] + 3, 100) && is_aligned<Vector<float, 4>>(run_start)) {
+          Vector<float, 4> run;
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) run.v[j] = v13[j];
+          *reinterpret_cast<Vector<float, 4>*>(run_start) = run;
+        } else {
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) if (in_range(v3[i0], 37) && in_range(v4[j], 100)) out[v3[i0] * out_s0 + v4[j] * out_s1] = v13[j];
+        }
+      }
     }
   }
 }

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import tilefuse
 from tilefuse.backends.cuda import CudaEmitError, build_shared_object, emit_cuda
-from tilefuse.backends.cuda.cutlass import cutlass_include
+from tilefuse.backends.cuda.cutlass import SCHEDULE_ENV, Schedule, cutlass_include, schedule_for
 from tilefuse.backends.cuda.gemm import match_gemm
 from tilefuse.ir import parse_module
 
@@ -118,11 +118,36 @@ def test_an_unaligned_or_f32_gemm_is_not_given_to_cutlass(tmp_path):
         emit_cuda(f32[0], {"BLOCK_N": 128}, 4)
 
 
+def test_a_gemm_schedule_follows_its_shape_and_the_experiment_switch(tmp_path, monkeypatch):
+    """Large problems take a 128 x 256 tile in clusters of two along M (the H200's fastest of seven
+    schedules); a narrow N keeps the config's tile, a single row of tiles no cluster. `TILEFUSE_CUTLASS`
+    overrides fields, and the emitted GEMM is written with them; a field that does not exist is refused."""
+    monkeypatch.delenv(SCHEDULE_ENV, raising=False)
+    assert schedule_for({"BLOCK_N": 128}, 4096, 4096) == Schedule(tile_n=256, cluster_m=2)
+    assert schedule_for({"BLOCK_N": 64}, 77, 136) == Schedule(tile_n=64, cluster_m=1)
+    kernel, config = _linear_gelu_residual(tmp_path)
+    pingpong = '{"kernel": "pingpong", "cluster_n": 2, "swizzle": 4, "raster": "AlongM"}'
+    monkeypatch.setenv(SCHEDULE_ENV, pingpong)
+    source = emit_cuda(kernel, config, 8)
+    assert "cutlass::gemm::KernelTmaWarpSpecializedPingpong>::CollectiveOp;" in source
+    assert "using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;" in source
+    assert "using ClusterShape = Shape<_1, _2, _1>;" in source
+    assert "args.scheduler.max_swizzle_size = 4;" in source and "RasterOrderOptions::AlongM;" in source
+    for bad, reason in [('{"tiles": 2}', "no schedule field"), ('{"tile_m": 64}', "tile_m >= 128"),
+                        ('{"cluster_m": 2, "cluster_n": 2}', "1x1, 2x1 or 1x2")]:  # fmt: skip
+        monkeypatch.setenv(SCHEDULE_ENV, bad)
+        with pytest.raises(CudaEmitError, match=reason):
+            emit_cuda(kernel, config, 8)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
 @pytest.mark.skipif(cutlass_include() is None, reason="the nvidia-cutlass wheel (its headers) is not installed")
-def test_the_cutlass_gemm_builds_with_nvcc_for_sm90a(tmp_path):
-    """Compile-only: the golden source builds into a shared object exporting its launcher (nvcc with
-    CUTLASS's flags; about two minutes of template instantiation on two cores)."""
+@pytest.mark.parametrize("schedule", ["", '{"tile_n": 256, "cluster_m": 2}'], ids=["golden", "clustered"])
+def test_the_cutlass_gemm_builds_with_nvcc_for_sm90a(tmp_path, monkeypatch, schedule):
+    """Compile-only: the golden source, and the schedule large problems take (a 128 x 256 tile, clusters
+    of two along M), build into a shared object exporting its launcher (nvcc with CUTLASS's flags; a
+    minute or two of template instantiation on two cores)."""
+    monkeypatch.setenv(SCHEDULE_ENV, schedule)
     kernel, config = _linear_gelu_residual(tmp_path)
     built = build_shared_object(emit_cuda(kernel, config, 8), kernel.sym_name.data, cache_dir=tmp_path / "so")
     assert built.path.exists() and not built.cached
