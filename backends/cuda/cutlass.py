@@ -82,7 +82,7 @@ class Schedule:
 
 def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
     """The schedule of an `m` x `n` GEMM with `config`, then `$TILEFUSE_CUTLASS` (JSON of `Schedule`
-    fields) over it. Measured on the H200 (bf16, benchmarks/RESULTS.md, forty-first session): a
+    fields) over it. Measured on the H200 (bf16, benchmarks/RESULTS.md, fortieth session): a
     128 x 256 tile in clusters of two along M was the fastest of seven schedules, or within 1.6% of it,
     on 4096^3, 8192 x 4096 x 4096 (plain, + bias + GELU, + bias + residual) and 1024 x 8192 x 8192;
     the config's own 128-wide tile was 1-6% slower. A narrow N keeps the config's tile; a single row of
