@@ -87,6 +87,10 @@ CASES = {
     "layer_norm_bf16": (_layer_norm, lambda: {k: _randn(*s, dtype=torch.bfloat16)
                                               for k, s in {"x": (37, 100), "w": (100,), "b": (100,)}.items()}),
     "rms_norm_f32": (_rms_norm, lambda: {"x": _randn(37, 100), "w": _randn(100)}),
+    # several 16-byte runs a thread and ragged columns: the normalization, its weight and bias loads and the
+    # store after the statistics are written run by run (writer._stream), the last run partly masked
+    "layer_norm_wide_bf16": (_layer_norm, lambda: {k: _randn(*s, dtype=torch.bfloat16)
+                                                   for k, s in {"x": (6, 3000), "w": (3000,), "b": (3000,)}.items()}),
     "silu_plus_bf16": (_silu_plus, lambda: {"x": _randn(37, 100, dtype=torch.bfloat16),
                                             "b": _randn(100, dtype=torch.bfloat16)}),
     "broadcast_f32": (_broadcast, lambda: {"x": torch.rand(4, 37, 1) + 0.1, "y": torch.rand(1, 100),
