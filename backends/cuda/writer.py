@@ -49,7 +49,7 @@ class Tile:
     # how an element is read as a register value, where the array keeps the stored type (a loaded
     # 16-bit tile: half the registers, widened where used); None: the array holds register values
     widen: str | None = None
-    run_local: bool = False  # defined in the streamed tail: holds the current run only (`streamed`)
+    run_local: bool = False  # defined in the streamed tail: holds the current run only (`_stream`)
 
 
 class KernelWriter:
@@ -77,7 +77,7 @@ class KernelWriter:
         self.live = _live_ops(kernel)
         self.contiguous: set[SSAValue] = set()  # index tiles that step by one along the last axis
         self.layout = self._layout()
-        self.streaming = False  # writing the streamed tail (`streamed`): one run of the last axis at a time
+        self.streaming = False  # writing the streamed tail (`_stream`): one run of the last axis at a time
 
     def _layout(self) -> BlockLayout:
         """The layout of the kernel's widest tile; every other tile's dims must be among its axes."""
@@ -118,7 +118,7 @@ class KernelWriter:
         last = self.last_axis
         if self.streaming and last in axes and self.layout.axes[last].slots > 1:
             fixed = {last: f"i{last} + j", **(fixed or {})}
-            if run_local:
+            if run_local:  # the slot's place in the run: "i<last> + j" -> "j", "i<last>" -> "0"
                 return fixed[last].removeprefix(f"i{last}").removeprefix(" + ") or "0"
         elif run_local:
             return "0"
@@ -245,7 +245,7 @@ class KernelWriter:
         """Write `tail` run by run along the last axis (`_streamable_tail`): each run's loads, maps and
         stores together, its tiles a run long. Written tile by tile, a LayerNorm's weight, bias and
         output (32 elements a thread each) were all live at once: 125 registers, 62% of copy
-        bandwidth in bf16 on the H200; run by run, 64 registers and 96%."""
+        bandwidth in bf16 on the H200; run by run, 64 registers and 86% (benchmarks/NOTES.md)."""
         last = self.last_axis
         axis = self.layout.axes[last]
         self.write(f"// the rest run by run: {axis.vec} contiguous elements of {axis.name} at a time")
