@@ -207,6 +207,7 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     # Triton is imported here, not at `import tilefuse`: capture and IR work without loading it.
     options = art.target.triton_options()
     written: dict[str, str] = {}
+    twins: dict[int, str] = {}  # id of a lowered group -> its source, for the groups whose kernel copies it
     cuda_jobs: list[tuple[list, int, tile.KernelOp | None, str]] = []
     for p in art.compiled_partitions():
         for g in p.lowered:
@@ -215,7 +216,9 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             name = g.kernel.sym_name.data
             try:
                 cached = art.cached.sources.get(name) if art.cached else None
-                source = cached or shared_source(g.kernel, options, written)
+                twin = twins.get(id(g.twin)) if g.twin is not None else None
+                source = cached or twin or shared_source(g.kernel, options, written)
+                twins[id(g)] = source
                 function = triton_function_name(source)
                 launcher = load_shared(source, function)
             except IRError as e:  # a lowering bug: the group runs op by op

@@ -206,18 +206,19 @@ def _cache_entry(art: GraphArtifact) -> CacheEntry | None:
 def _declared(g: LoweredGroup) -> LoweredGroup:
     """`g` with its kernel reduced to a declaration: the same signature, an empty body. A kernel
     that failed to generate (`g.error`) is not kept: on a hit its empty body would verify, and
-    launch as a kernel that writes nothing."""
+    launch as a kernel that writes nothing. The group whose kernel it copied (`twin`) is dropped:
+    code generation was its only use."""
     if g.error is not None:
-        return dataclasses.replace(g, kernel=None)
+        return dataclasses.replace(g, kernel=None, twin=None)
     if g.kernel is None:
-        return g
+        return dataclasses.replace(g, twin=None)
     k = g.kernel
     body = Block(arg_types=[a.type for a in k.body.block.args])
     for arg, declared in zip(k.body.block.args, body.args):
         declared.name_hint = arg.name_hint
     body.add_op(tile.ReturnOp())
     declaration = tile.KernelOp(k.sym_name.data, k.kind.data, k.param_names, k.grid_exprs, Region(body))
-    return dataclasses.replace(g, kernel=declaration)
+    return dataclasses.replace(g, kernel=declaration, twin=None)
 
 
 def stage_canonicalize(art: GraphArtifact) -> GraphArtifact:

@@ -22,6 +22,7 @@ from tilefuse.backends.triton import precompile
 from tilefuse.compiler import artifact_cache, codegen
 from tilefuse.ir import tile
 from tilefuse.ir.module import IRError
+from tilefuse.passes import lower_to_tile
 
 BLOCK = """
 import torch
@@ -83,6 +84,43 @@ def test_identical_blocks_compile_each_distinct_kernel_once(blocks, monkeypatch)
     groups = [g for g in fusion_groups(five) if g["kernel"]]
     assert len({g["triton_function"] for g in groups}) == k5["distinct"]
     assert len({g["kernel"] for g in groups}) == k5["total"]
+
+
+def test_identical_blocks_are_lowered_once_and_each_copy_is_its_own_lowering(blocks, monkeypatch, tmp_path):
+    """A group structurally identical to one lowered before (one per block) gets a copy of that kernel
+    reading its own tensors: five blocks take the lowerings of three. With `TILEFUSE_CHECK_REUSE=1`
+    each copy is also lowered afresh and must be the same kernel (its arguments named after its own
+    block's parameters), inputs and problem; the compiled model matches eager either way."""
+    monkeypatch.delenv(lower_to_tile.REUSE_CHECK_ENV, raising=False)
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")  # every compile lowers (another test may have cached these)
+    lowerings: list[str] = []
+    real = lower_to_tile.lower_group
+
+    def counting(group, *args, **kwargs):
+        lowerings.append(group.name)
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(lower_to_tile, "lower_group", counting)
+    x = torch.randn(2, 4, 16)
+    compile_and_compare(blocks.model(3), x, rtol=1e-4, atol=1e-4)
+    three, lowerings[:] = len(lowerings), []
+    five = compile_and_compare(blocks.model(5), x, rtol=1e-4, atol=1e-4, dump=tmp_path / "dump")
+    assert len(lowerings) == three < len([g for g in fusion_groups(five) if g["kernel"]])
+    (tile_ir,) = (tmp_path / "dump").glob("*/tile.mlir")
+    assert all(f"%v{i}_up_weight: tensor<32x16xf32>" in tile_ir.read_text() for i in range(5))
+    monkeypatch.setenv(lower_to_tile.REUSE_CHECK_ENV, "1")
+    compile_and_compare(blocks.model(5), x, rtol=1e-4, atol=1e-4)
+
+
+def test_blocks_that_differ_in_a_constant_are_not_lowered_as_one(blocks):
+    """The signature of a group holds its constants: a LayerNorm's eps (in the norm's map) differing
+    between two blocks gives two kernels, each with its own eps, not one kernel twice."""
+    model = blocks.model(2)
+    model[1].norm.eps = 0.5
+    x = torch.randn(2, 4, 16)
+    reports = compile_and_compare(model, x, rtol=1e-4, atol=1e-4)
+    rows = [g for g in fusion_groups(reports) if g["kernel"] and g["kind"] == "row"]
+    assert len({g["triton_function"] for g in rows}) == len(rows) == 2, rows
 
 
 def test_report_says_where_compile_time_went(blocks, tmp_path):
