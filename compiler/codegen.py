@@ -28,7 +28,7 @@ from ..autotune.heuristics import config_override, default_config, interpreter_c
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
-from ..ir.module import IRError, make_context, verify
+from ..ir.module import IRError, make_context, verify, verify_between_passes
 from ..passes import FormFusionGroups, KMajorF32Weights, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
 from ..passes.split_reduction import SPLIT_K_ENV
@@ -85,14 +85,14 @@ def fusion_options() -> str:
 def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
         NormPrologue().apply(make_context(), art.module)
-        verify(art.module, "after norm-prologue")
+        verify_between_passes(art.module, "after norm-prologue")
     return art
 
 
 def stage_split_reduction(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(SPLIT_REDUCTION_ENV, "1") != "0":
         SplitReduction().apply(make_context(), art.module)
-        verify(art.module, "after split-reduction")
+        verify_between_passes(art.module, "after split-reduction")
     return art
 
 
@@ -113,7 +113,7 @@ def kmajor_f32_weights(target: Target) -> bool:
 def stage_operand_layout(art: GraphArtifact) -> GraphArtifact:
     if kmajor_f32_weights(art.target):
         KMajorF32Weights().apply(make_context(), art.module)
-        verify(art.module, "after kmajor-f32-weights")
+        verify_between_passes(art.module, "after kmajor-f32-weights")
     return art
 
 

@@ -30,7 +30,7 @@ from xdsl.ir import Block, Region
 
 from ..backends.triton.decode_attention import SOURCE as DECODE_SOURCE
 from ..ir import tile
-from ..ir.module import IRError, make_context, print_module, verify
+from ..ir.module import IRError, make_context, print_module, verify, verify_between_passes
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
 from .artifact_cache import (
@@ -223,7 +223,7 @@ def _declared(g: LoweredGroup) -> LoweredGroup:
 
 def stage_canonicalize(art: GraphArtifact) -> GraphArtifact:
     Canonicalize().apply(make_context(), art.module)
-    verify(art.module, "after canonicalize")
+    verify_between_passes(art.module, "after canonicalize")
     return art
 
 

@@ -13,6 +13,8 @@ def _private_cache(tmp_path_factory):
     patch.setenv("TILEFUSE_TUNING_DB", str(tmp_path_factory.mktemp("tilefuse-tuning") / "tuning.db"))
     # without CUDA a compiled graph runs as PyTorch unless asked: the tests run the generated kernels
     patch.setenv("TILEFUSE_INTERPRET", "1")
+    # debug mode: the module is verified after every pass, so a test names the pass that broke it
+    patch.setenv("TILEFUSE_VERIFY_EACH", "1")
     yield
     patch.undo()
 

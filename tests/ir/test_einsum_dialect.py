@@ -201,3 +201,24 @@ def test_cli_opt_round_trips_and_reports_errors(tmp_path, capsys):
     assert cli_main(["opt", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "bad.mlir" in err and "element count" in err and "Traceback" not in err
+
+
+def test_modules_are_verified_between_passes_in_debug_mode_only(monkeypatch):
+    """`verify_between_passes` verifies with `TILEFUSE_VERIFY_EACH=1` (the tests' debug mode) and
+    does nothing otherwise: the driver verifies the module once after fusion, before lowering."""
+    from xdsl.utils.exceptions import VerifyException
+
+    from tilefuse.ir.module import VERIFY_EACH_ENV, verify_between_passes
+
+    class Broken:
+        def verify(self):
+            raise VerifyException("broken on purpose")
+
+        def walk(self):
+            return iter(())
+
+    monkeypatch.setenv(VERIFY_EACH_ENV, "1")
+    with pytest.raises(IRError, match="after canonicalize: error: verification failed: broken on purpose"):
+        verify_between_passes(Broken(), "after canonicalize")
+    monkeypatch.delenv(VERIFY_EACH_ENV)
+    verify_between_passes(Broken(), "after canonicalize")
