@@ -919,7 +919,9 @@ def lower_function(fn: func.FuncOp, allow_tf32: bool = False, check: bool = True
 
     A group structurally identical to one lowered before (`group_signature`: one per layer of a
     model) gets a copy of that kernel, its arguments the group's own values, instead of a lowering
-    of its own: a 16-layer Llama's groups took 0.18 s of lowering a layer on a 2-core CPU.
+    of its own (a Llama config on a 2-core CPU: 0.18 s of lowering a layer before; 16 layers now
+    lower 21 of their 246 groups). `TILEFUSE_CHECK_REUSE=1` lowers each copied group too and
+    raises if the copy differs.
     """
     lowered: list[LoweredGroup] = []
     seen: dict[str, tuple[LoweredGroup, dict[str, SSAValue]]] = {}
