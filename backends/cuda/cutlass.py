@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -72,12 +73,24 @@ class Schedule:
     kernel: str = "cooperative"  # or "pingpong": each consumer warp group its own tile, in turn
     swizzle: int = 1  # tiles a persistent block walks before moving on along the raster (1, 2, 4, 8)
     raster: str = "Heuristic"  # RasterOrderOptions: Heuristic, AlongM or AlongN
+    stages: int = 0  # main-loop pipeline stages; 0: as many as shared memory holds beside the epilogue's
+    epilogue_tile: str = "auto"  # the epilogue's subtile ("64x32"), or CUTLASS's choice
+    scheduler: str = "persistent"  # or "streamk": the last wave's tiles split along K (deterministic fixup)
 
     def describe(self) -> str:
+        stages = f", {self.stages} stages" if self.stages else ""
+        epilogue = f", epilogue tile {self.epilogue_tile}" if self.epilogue_tile != "auto" else ""
         return (
             f"tile {self.tile_m}x{self.tile_n}x64, cluster {self.cluster_m}x{self.cluster_n}, TMA "
-            f"warp-specialized {self.kernel}, persistent (swizzle {self.swizzle}, raster {self.raster})"
+            f"warp-specialized {self.kernel}{stages}{epilogue}, {self.scheduler} (swizzle {self.swizzle}, "
+            f"raster {self.raster})"
         )
+
+    def epilogue_tile_type(self) -> str:
+        if self.epilogue_tile == "auto":
+            return "cutlass::epilogue::collective::EpilogueTileAuto"
+        m, n = self.epilogue_tile.split("x")
+        return f"Shape<_{m}, _{n}>"
 
 
 def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
@@ -104,6 +117,18 @@ def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
         raise CudaEmitError(f"cluster {schedule.cluster_m}x{schedule.cluster_n}: 1x1, 2x1 or 1x2")
     if schedule.raster not in ("Heuristic", "AlongM", "AlongN") or schedule.swizzle not in (1, 2, 4, 8):
         raise CudaEmitError(f"raster {schedule.raster!r}, swizzle {schedule.swizzle}")
+    if schedule.stages not in (0, 2, 3, 4, 5, 6, 7, 8):
+        raise CudaEmitError(f"{schedule.stages} stages: 0 (as many as fit) or 2-8")
+    if schedule.scheduler not in ("persistent", "streamk"):
+        raise CudaEmitError(f"scheduler {schedule.scheduler!r}: persistent or streamk")
+    if schedule.scheduler == "streamk" and schedule.kernel != "cooperative":
+        raise CudaEmitError("CUTLASS's ping-pong kernel has no stream-K scheduler")
+    if schedule.epilogue_tile != "auto":
+        sub = re.fullmatch(r"(\d+)x(\d+)", schedule.epilogue_tile)
+        if not sub or int(sub[1]) not in (64, 128) or int(sub[2]) not in (16, 32, 64):
+            raise CudaEmitError(f"epilogue tile {schedule.epilogue_tile!r}: 'auto' or MxN (M 64/128, N 16-64)")
+        if schedule.tile_m % int(sub[1]) or schedule.tile_n % int(sub[2]):
+            raise CudaEmitError(f"epilogue tile {schedule.epilogue_tile} does not divide the tile")
     return schedule
 
 
@@ -264,13 +289,13 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         f"using ClusterShape = Shape<_{schedule.cluster_m}, _{schedule.cluster_n}, _1>;",
         f"using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized{'Cooperative' if schedule.kernel == 'cooperative' else ''};",
         "using EpiDesc = cutlass::epilogue::collective::detail::EpilogueDescriptor<",
-        f"    TileShape, cutlass::epilogue::collective::EpilogueTileAuto, void, {element_out}, EpilogueSchedule>;",
+        f"    TileShape, {schedule.epilogue_tile_type()}, void, {element_out}, EpilogueSchedule>;",
         *(line for i, leaf in enumerate(problem.leaves) for line in _leaf_node(leaf, i)),
         f"using Node = fus::Sm90Compute<Epilogue, {element_out}, float, cutlass::FloatRoundStyle::round_to_nearest>;",
         f"using EVT = fus::Sm90EVT<{', '.join(['Node', 'fus::Sm90AccFetch', *leaves])}>;",
         "using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<",
         "    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,",
-        "    cutlass::epilogue::collective::EpilogueTileAuto, float, float,",
+        f"    {schedule.epilogue_tile_type()}, float, float,",
         f"    void, cutlass::layout::RowMajor, 128 / cutlass::sizeof_bits<{element_out}>::value,",
         f"    {element_out}, cutlass::layout::RowMajor, 128 / cutlass::sizeof_bits<{element_out}>::value,",
         "    EpilogueSchedule, EVT>::CollectiveOp;",
@@ -279,11 +304,17 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         f"    {element_a}, cutlass::layout::{a_major}, 128 / cutlass::sizeof_bits<{element_a}>::value,",
         f"    {element_a}, cutlass::layout::{b_major}, 128 / cutlass::sizeof_bits<{element_a}>::value,",
         "    float, TileShape, ClusterShape,",
-        "    cutlass::gemm::collective::StageCountAutoCarveout<",
-        "        static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,",
+        *(
+            [f"    cutlass::gemm::collective::StageCount<{schedule.stages}>,"]
+            if schedule.stages
+            else [
+                "    cutlass::gemm::collective::StageCountAutoCarveout<",
+                "        static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,",
+            ]
+        ),
         f"    cutlass::gemm::KernelTmaWarpSpecialized{kernel_schedule}>::CollectiveOp;",
         "using GemmKernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,",
-        "    CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;",
+        f"    CollectiveEpilogue, cutlass::gemm::{'StreamK' if schedule.scheduler == 'streamk' else 'Persistent'}Scheduler>;",
         "using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;",
         "",
         "inline int sm_count() {  // asked once per device, not per launch",
@@ -317,7 +348,7 @@ def emit_cutlass(kernel: tile.KernelOp, config: dict[str, int]) -> str:
         f"  args.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::{schedule.raster};",
         "  Gemm gemm;",
         "  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;",
-        "  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 for the persistent data-parallel schedule",
+        "  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 unless stream-K (its partial tiles)",
         "  void* workspace = nullptr;",
         "  cudaStream_t s = static_cast<cudaStream_t>(stream);",
         "  if (workspace_size && cudaMallocAsync(&workspace, workspace_size, s) != cudaSuccess) return 2;",

@@ -174,7 +174,7 @@ extern "C" int launch_fused_0_k0(void* stream, const void* t0, int64_t t0_s0, in
   args.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::Heuristic;
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
-  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 for the persistent data-parallel schedule
+  size_t workspace_size = Gemm::get_workspace_size(args);  // 0 unless stream-K (its partial tiles)
   void* workspace = nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (workspace_size && cudaMallocAsync(&workspace, workspace_size, s) != cudaSuccess) return 2;

@@ -133,8 +133,17 @@ def test_a_gemm_schedule_follows_its_shape_and_the_experiment_switch(tmp_path, m
     assert "using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;" in source
     assert "using ClusterShape = Shape<_1, _2, _1>;" in source
     assert "args.scheduler.max_swizzle_size = 4;" in source and "RasterOrderOptions::AlongM;" in source
+    assert "StageCountAutoCarveout<" in source and "EpilogueTileAuto, void," in source
+    assert "cutlass::gemm::PersistentScheduler>;" in source
+    monkeypatch.setenv(SCHEDULE_ENV, '{"stages": 3, "epilogue_tile": "64x32", "scheduler": "streamk"}')
+    source = emit_cuda(kernel, config, 8)
+    assert "cutlass::gemm::collective::StageCount<3>," in source and "StageCountAutoCarveout" not in source
+    assert source.count("Shape<_64, _32>") == 2 and "EpilogueTileAuto" not in source
+    assert "cutlass::gemm::StreamKScheduler>;" in source
     for bad, reason in [('{"tiles": 2}', "no schedule field"), ('{"tile_m": 64}', "tile_m >= 128"),
-                        ('{"cluster_m": 2, "cluster_n": 2}', "1x1, 2x1 or 1x2")]:  # fmt: skip
+                        ('{"cluster_m": 2, "cluster_n": 2}', "1x1, 2x1 or 1x2"), ('{"stages": 1}', "2-8"),
+                        ('{"epilogue_tile": "48x32"}', "or MxN"), ('{"scheduler": "streamk", "kernel": "pingpong",'
+                        ' "tile_m": 64}', "no stream-K")]:  # fmt: skip
         monkeypatch.setenv(SCHEDULE_ENV, bad)
         with pytest.raises(CudaEmitError, match=reason):
             emit_cuda(kernel, config, 8)
