@@ -8,8 +8,16 @@ captured once with its inputs in static buffers, and is replayed after
 copying each call's inputs in. Differences from PyTorch's own mode,
 chosen so the user's model behaves as in eager:
 
-- outputs are cloned out of the graph's memory pool after each replay, so a
-  result survives the next call (PyTorch overwrites it and warns);
+- a result survives the next call (PyTorch overwrites it and warns): a
+  replay's outputs are handed out as tensors of their own storage over the
+  graph's memory (no copy), and before the graph writes that memory again
+  (the next replay or capture, or the replay's end) every one the caller still
+  holds, through any view, is given a copy of its memory of its own
+  (`UntypedStorage._swap_data_ptr_`: the caller's tensors and views follow).
+  A result dropped before the next call (a timing loop, `loss.item()`, a
+  decode step's logits once the token is picked) costs nothing; one kept
+  costs the copy a clone would have cost, at the next call. Where PyTorch
+  lacks these storage calls, outputs are cloned after each replay;
 - parameters and buffers are not copied: the graph reads them in place, so an
   in-place update (an optimizer step, `load_state_dict`) is seen by the next
   replay; one that changes what was computed from them once (a norm weight
@@ -46,6 +54,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import group_selection
 from .program import empty_padded
@@ -62,6 +71,11 @@ PRIVATE_AFTER = 2
 # place again (no copies from then on)
 SHARED_AFTER = 3
 MAX_REASONS = 6  # why each capture happened, kept in the report (the first and the latest)
+# a storage over memory it does not own, and the exchange of two storages' memory: outputs lent out of the
+# graph's pool, and the copy a held one gets before the pool is written again
+CAN_LEND = hasattr(torch._C, "_construct_storage_from_data_pointer") and hasattr(
+    torch.UntypedStorage, "_swap_data_ptr_"
+)
 
 
 class CudaGraphReplay:
@@ -93,7 +107,11 @@ class CudaGraphReplay:
         self.parameter_state: tuple = ()
         self.refused: str | None = None
         self.captures = 0
+        # the last replay's outputs lent to the caller (weak: held only by the caller) over the pool
+        self.lent: list[StorageWeakRef] = []
+        self.input_storages: set[int] = set()  # data_ptrs of the captured inputs' storages
         report["cudagraphs"] = "not captured yet"
+        report["outputs_copied"] = 0  # lent outputs still held when the pool was written again
 
     def __call__(self, *args: object) -> object:
         if self.refused is not None:
@@ -146,6 +164,7 @@ class CudaGraphReplay:
                 targets.append(static)
         if into:
             torch._foreach_copy_(into, sources)
+        self._reclaim()
         self.graph.replay()
         if back:
             torch._foreach_copy_(back, targets)
@@ -166,9 +185,55 @@ class CudaGraphReplay:
         return []
 
     def _outputs(self, args: Sequence[object]) -> object:
-        """The replay's outputs cloned out of the graph's pool, except inputs the graph updates in
-        place (returned as themselves: the caller's write-back is then a no-op)."""
-        return _clone(self.static_outputs, args)
+        """The replay's outputs lent out of the graph's pool (cloned where they cannot be), except
+        inputs the graph updates in place (returned as themselves: the caller's write-back is then a
+        no-op)."""
+        if not CAN_LEND:
+            return _clone(self.static_outputs, args)
+        return self._lend(self.static_outputs, args, {})
+
+    def _lend(self, outputs: object, args: Sequence[object], aliases: dict[int, object]) -> object:
+        """`outputs` as tensors over the pool's memory through storages of their own (one per pool
+        storage: outputs sharing memory still share it), remembered weakly until the pool is written
+        again. An output over an input's memory (a parameter returned, a view of one), or one that
+        carries autograd history, is cloned."""
+        if isinstance(outputs, _Input):
+            return args[outputs]
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(self._lend(o, args, aliases) for o in outputs)
+        if not isinstance(outputs, torch.Tensor):
+            return outputs
+        storage = outputs.untyped_storage()
+        if outputs.requires_grad or storage.data_ptr() in self.input_storages:
+            return copy_out(outputs)
+        alias = aliases.get(storage.data_ptr())
+        if alias is None:
+            alias = torch._C._construct_storage_from_data_pointer(
+                storage.data_ptr(), storage.device, storage.nbytes()
+            )
+            aliases[storage.data_ptr()] = alias
+            self.lent.append(StorageWeakRef(alias))
+        out = torch.empty(0, dtype=outputs.dtype, device=outputs.device)
+        return out.set_(alias, outputs.storage_offset(), outputs.shape, outputs.stride())
+
+    def _reclaim(self) -> None:
+        """Before the pool is written again: every lent output the caller still holds gets a copy of
+        its memory of its own, its storage's memory exchanged for the copy (its views follow)."""
+        for ref in self.lent:
+            alias = None if ref.expired() else torch.UntypedStorage._new_with_weak_ptr(ref.cdata)
+            if alias is None:
+                continue
+            own = torch.empty(alias.nbytes(), dtype=torch.uint8, device=alias.device).untyped_storage()
+            own.copy_(alias)
+            alias._swap_data_ptr_(own)
+            self.report["outputs_copied"] += 1
+        self.lent = []
+
+    def __del__(self) -> None:
+        try:  # the pool goes with the graph: what the caller holds must not point into it
+            self._reclaim()
+        except Exception:  # noqa: BLE001  (at interpreter exit torch may be gone first)
+            pass
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
         state = []
@@ -202,6 +267,7 @@ class CudaGraphReplay:
         reason = _unsafe(args)
         if reason is not None:
             return self._refuse(reason, args)
+        self._reclaim()  # the replaced graph's pool is freed below
         started = time.perf_counter()
         try:
             captured = [  # copies keep the inputs' layouts: a program reads padded rows to their tail
@@ -210,6 +276,7 @@ class CudaGraphReplay:
             ]  # fmt: skip
             written = {i for i, (m, p) in enumerate(zip(self.mutated, self.private)) if m and not p}
             self.static_inputs = [None if i in written else a for i, a in enumerate(captured)]
+            self.input_storages = {a.untyped_storage().data_ptr() for a in captured}
             self.addresses = [a.data_ptr() for a in captured]
             if settle or self._parameter_state(args) != self.parameter_state:
                 # on copies of the inputs the graph writes: this call is not the user's (a counter must

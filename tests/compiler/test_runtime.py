@@ -998,6 +998,42 @@ def test_an_output_that_is_a_written_input_is_the_callers_tensor(monkeypatch):
     assert report["cudagraphs"] == "captured (1 capture(s))"
 
 
+def test_replayed_outputs_survive_the_next_replay_and_cost_nothing_when_dropped(monkeypatch):
+    """A replay's outputs are lent over the graph's memory: outputs (or views of them) the caller
+    still holds get a copy of their own before the graph writes that memory again, and keep their
+    values; outputs dropped before the next call are never copied. Two outputs over one memory stay
+    one; the replay's end copies what is still lent."""
+    from tilefuse.compiler import cudagraphs
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    assert cudagraphs.CAN_LEND  # torch 2.13 (CI) and 2.11 (the GPU image) have both storage calls
+    real = lambda x, w: x * 2 + w  # noqa: E731
+    step = _faked_cuda_graphs(monkeypatch, real)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(lambda x, w: (lambda out: (out, out[1:]))(step(x, w)), [False, True], report)
+    w = torch.randn(5)
+    kept, expected, calls = [], [], WARMUP_CALLS + 7
+    for i in range(calls):
+        x = torch.randn(5)
+        out, tail = replay(x, w)
+        torch.testing.assert_close(out, real(x, w))
+        assert tail.data_ptr() == out.data_ptr() + out.element_size()
+        if i % 2:  # every other call's results are kept: the view alone, or both
+            kept.append(tail if i % 4 == 1 else (out, tail))
+            expected.append(real(x, w)[1:])
+        del out, tail
+    for held, want in zip(kept, expected):
+        torch.testing.assert_close(held if isinstance(held, torch.Tensor) else held[1], want)
+        if not isinstance(held, torch.Tensor):  # the base and its view still share their copy
+            assert held[1].data_ptr() == held[0].data_ptr() + held[0].element_size()
+    # lent from the first capture on; copied: the kept ones a later replay followed
+    copied = [i for i in range(WARMUP_CALLS, calls - 1) if i % 2]
+    assert report["outputs_copied"] == len(copied) > 0
+    replay.__del__()  # the graph's end: the last call's outputs, still held, get their own memory
+    assert report["outputs_copied"] == len(copied) + (calls - 1) % 2
+    torch.testing.assert_close(kept[-1] if isinstance(kept[-1], torch.Tensor) else kept[-1][1], expected[-1])
+
+
 def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):
     """A parameter input updated in place between calls (an optimizer step) is captured again, and the
     report says why each capture happened; the replays match eager."""
