@@ -93,6 +93,10 @@ class Schedule:
         return f"Shape<_{m}, _{n}>"
 
 
+SM90_SMEM_BYTES = 232448  # the dynamic shared memory one block may take on the H100/H200 (227 KB)
+EPILOGUE_SMEM_BYTES = 16 * 1024  # at least what the epilogue's staging of its subtiles takes
+
+
 def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
     """The schedule of an `m` x `n` GEMM with `config`, then `$TILEFUSE_CUTLASS` (JSON of `Schedule`
     fields) over it. Measured on the H200 (bf16, benchmarks/RESULTS.md, fortieth session): a
@@ -119,6 +123,14 @@ def schedule_for(config: dict[str, int], m: int, n: int) -> Schedule:
         raise CudaEmitError(f"raster {schedule.raster!r}, swizzle {schedule.swizzle}")
     if schedule.stages not in (0, 2, 3, 4, 5, 6, 7, 8):
         raise CudaEmitError(f"{schedule.stages} stages: 0 (as many as fit) or 2-8")
+    stage_bytes = (schedule.tile_m + schedule.tile_n) * 64 * 2  # an A and a B tile of 16-bit elements
+    if schedule.stages * stage_bytes + EPILOGUE_SMEM_BYTES > SM90_SMEM_BYTES:
+        # the H200 measured it: 5 stages of 128 x 256 (240 KB) failed at launch (cudaError 3)
+        raise CudaEmitError(
+            f"{schedule.stages} stages of a {schedule.tile_m}x{schedule.tile_n}x64 tile need "
+            f"{schedule.stages * stage_bytes // 1024} KB of shared memory and the epilogue's; an SM90 "
+            f"block has {SM90_SMEM_BYTES // 1024} KB"
+        )
     if schedule.scheduler not in ("persistent", "streamk"):
         raise CudaEmitError(f"scheduler {schedule.scheduler!r}: persistent or streamk")
     if schedule.scheduler == "streamk" and schedule.kernel != "cooperative":

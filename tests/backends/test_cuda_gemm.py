@@ -142,6 +142,7 @@ def test_a_gemm_schedule_follows_its_shape_and_the_experiment_switch(tmp_path, m
     assert "cutlass::gemm::StreamKScheduler>;" in source
     for bad, reason in [('{"tiles": 2}', "no schedule field"), ('{"tile_m": 64}', "tile_m >= 128"),
                         ('{"cluster_m": 2, "cluster_n": 2}', "1x1, 2x1 or 1x2"), ('{"stages": 1}', "2-8"),
+                        ('{"stages": 5, "tile_n": 256}', "240 KB of shared memory"),
                         ('{"epilogue_tile": "48x32"}', "or MxN"), ('{"scheduler": "streamk", "kernel": "pingpong",'
                         ' "tile_m": 64}', "no stream-K")]:  # fmt: skip
         monkeypatch.setenv(SCHEDULE_ENV, bad)
