@@ -17,7 +17,13 @@ chosen so the user's model behaves as in eager:
   A result dropped before the next call (a timing loop, `loss.item()`, a
   decode step's logits once the token is picked) costs nothing; one kept
   costs the copy a clone would have cost, at the next call. Where PyTorch
-  lacks these storage calls, outputs are cloned after each replay;
+  lacks these storage calls (torch 2.11), the outputs are handed out over the
+  graph's memory as they are, and a graph whose outputs the caller still holds
+  (its storages' use counts above the capture's) is not replayed: a second
+  graph, captured on the same inputs into a pool of its own (when free device
+  memory allows), takes the call, and the two alternate (`out = model(x)` in
+  a loop holds the last result while the next call runs); with both held the
+  call runs the program without a graph (the report counts such calls);
 - parameters and buffers are not copied: the graph reads them in place, so an
   in-place update (an optimizer step, `load_state_dict`) is seen by the next
   replay; one that changes what was computed from them once (a norm weight
@@ -70,6 +76,9 @@ PRIVATE_AFTER = 2
 # a privately held written input that comes as the same tensor this many calls in a row is captured in
 # place again (no copies from then on)
 SHARED_AFTER = 3
+# a second graph (its own pool, as large as the first's) is captured only with this much device memory
+# free beyond twice the first graph's pool
+SPARE_HEADROOM_BYTES = 1 << 30
 MAX_REASONS = 6  # why each capture happened, kept in the report (the first and the latest)
 # a storage over memory it does not own, and the exchange of two storages' memory: outputs lent out of the
 # graph's pool, and the copy a held one gets before the pool is written again
@@ -110,6 +119,12 @@ class CudaGraphReplay:
         # the last replay's outputs lent to the caller (weak: held only by the caller) over the pool
         self.lent: list[StorageWeakRef] = []
         self.input_storages: set[int] = set()  # data_ptrs of the captured inputs' storages
+        # without lending: the outputs' storages' use counts at capture (more: the caller holds them), the
+        # second graph (graph, outputs, use counts) and what the first graph's pool took
+        self.baseline: dict[int, int] = {}
+        self.spare: tuple | None = None
+        self.no_spare: str | None = None
+        self.pool_bytes = 0
         report["cudagraphs"] = "not captured yet"
         report["outputs_copied"] = 0  # lent outputs still held when the pool was written again
 
@@ -162,6 +177,9 @@ class CudaGraphReplay:
             if self.mutated[i]:  # held in a private buffer: the update is copied back
                 back.append(arg)
                 targets.append(static)
+        if not CAN_LEND and _held(self.static_outputs, self.baseline) and not self._switch(args):
+            self.report["calls_not_replayed"] = self.report.get("calls_not_replayed", 0) + 1
+            return self.fn(*args)  # both graphs' outputs are held: their memory must not be written
         if into:
             torch._foreach_copy_(into, sources)
         self._reclaim()
@@ -189,8 +207,63 @@ class CudaGraphReplay:
         inputs the graph updates in place (returned as themselves: the caller's write-back is then a
         no-op)."""
         if not CAN_LEND:
-            return _clone(self.static_outputs, args)
+            return self._share(self.static_outputs, args)
         return self._lend(self.static_outputs, args, {})
+
+    def _share(self, outputs: object, args: Sequence[object]) -> object:
+        """Without lending: `outputs` as new tensors over their own storages (no copy; a caller that
+        keeps one raises its storage's use count, and the graph is not replayed while it does), cloned
+        where they carry autograd history or lie in an input's memory."""
+        if isinstance(outputs, _Input):
+            return args[outputs]
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(self._share(o, args) for o in outputs)
+        if not isinstance(outputs, torch.Tensor):
+            return outputs
+        storage = outputs.untyped_storage()
+        if outputs.requires_grad or storage.data_ptr() in self.input_storages:
+            return copy_out(outputs)
+        out = torch.empty(0, dtype=outputs.dtype, device=outputs.device)
+        return out.set_(storage, outputs.storage_offset(), outputs.shape, outputs.stride())
+
+    def _switch(self, args: Sequence[object]) -> bool:
+        """Make the second graph the one replayed (capturing it first if there is none yet) when its
+        outputs are free; False when they are held too, or there is no second graph."""
+        if self.spare is None:
+            self.spare = self._capture_spare(args)
+            if self.spare is None:
+                return False
+        graph, outputs, baseline = self.spare
+        if _held(outputs, baseline):
+            return False
+        self.spare = (self.graph, self.static_outputs, self.baseline)
+        self.graph, self.static_outputs, self.baseline = graph, outputs, baseline
+        return True
+
+    def _capture_spare(self, args: Sequence[object]) -> tuple | None:
+        """The graph captured again on the same inputs, into a pool of its own (sharing the first's
+        would let one graph's intermediates overwrite the other's outputs); None where device memory
+        or the capture does not allow it (said once in the report)."""
+        if self.no_spare is not None:
+            return None
+        free = torch.cuda.mem_get_info()[0]
+        if free < 2 * self.pool_bytes + SPARE_HEADROOM_BYTES:
+            self.no_spare = f"{free >> 20} MiB free for a second graph of {self.pool_bytes >> 20} MiB"
+        else:
+            captured = [a if s is None else s for s, a in zip(self.static_inputs, args)]
+            written = {i for i, s in enumerate(self.static_inputs) if s is None}
+            try:
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = self.fn(*captured)
+                static = _input_places(outputs, {id(captured[i]): i for i in written})
+                self.report["second_graph"] = "captured (outputs held across calls)"
+                return graph, static, _use_counts(static)
+            except Exception as e:  # noqa: BLE001  (the first graph and the program still serve)
+                self.no_spare = f"capture failed: {type(e).__name__}: {e}"
+        self.report["second_graph"] = f"none: {self.no_spare}"
+        return None
 
     def _lend(self, outputs: object, args: Sequence[object], aliases: dict[int, object]) -> object:
         """`outputs` as tensors over the pool's memory through storages of their own (one per pool
@@ -286,11 +359,15 @@ class CudaGraphReplay:
             # a fresh memory pool per capture: re-capturing into the pool of a graph being replaced hit
             # an internal assert of PyTorch's caching allocator on the H200 (torch 2.11)
             self.static_outputs = None  # nothing keeps the replaced graph's memory alive
+            self.spare = None  # (outputs the caller holds keep their memory; no graph writes it again)
+            reserved = torch.cuda.memory_reserved()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 outputs = self.fn(*captured)
+            self.pool_bytes = max(torch.cuda.memory_reserved() - reserved, 0)
             # an output that is an input written in place is that input, whatever tensor the call brings
             self.static_outputs = _input_places(outputs, {id(captured[i]): i for i in written})
+            self.baseline = _use_counts(self.static_outputs)
             del captured, outputs
             self.parameter_state = self._parameter_state(args)
         except Exception as e:  # capture must never cost the user their result
@@ -346,6 +423,30 @@ def _input_places(outputs: object, places: dict[int, int]) -> object:
     if isinstance(outputs, (list, tuple)):
         return type(outputs)(_input_places(o, places) for o in outputs)
     return outputs
+
+
+def _tensors(outputs: object) -> list[torch.Tensor]:
+    if isinstance(outputs, _Input):
+        return []
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, (list, tuple)):
+        return [t for o in outputs for t in _tensors(o)]
+    return []
+
+
+def _use_counts(outputs: object) -> dict[int, int]:
+    """Each output storage's use count (tensors and views over it), by its address."""
+    counts = {}
+    for t in _tensors(outputs):
+        storage = t.untyped_storage()
+        counts[storage.data_ptr()] = torch._C._storage_Use_Count(storage._cdata)
+    return counts
+
+
+def _held(outputs: object, baseline: dict[int, int]) -> bool:
+    """Whether the caller holds any of `outputs` (or a view of one): a storage used more than at capture."""
+    return _use_counts(outputs) != baseline
 
 
 def _clone(outputs: object, args: Sequence[object]) -> object:

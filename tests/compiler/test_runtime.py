@@ -1034,6 +1034,77 @@ def test_replayed_outputs_survive_the_next_replay_and_cost_nothing_when_dropped(
     torch.testing.assert_close(kept[-1] if isinstance(kept[-1], torch.Tensor) else kept[-1][1], expected[-1])
 
 
+def test_without_lending_a_held_output_is_never_overwritten(monkeypatch):
+    """torch 2.11 has no storage exchange: outputs are handed out over the graph's memory, and a graph
+    whose outputs the caller still holds is not replayed. `out = f(x)` in a loop (the last result held
+    while the next call runs) alternates two graphs with no copy; results kept for good make the calls
+    run without a graph; dropped results let the first graph serve every call. Every result keeps its
+    value."""
+    import contextlib
+
+    from tilefuse.compiler import cudagraphs
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    monkeypatch.setattr(cudagraphs, "CAN_LEND", False)
+    capturing: list = []  # the graph being captured
+
+    class FakeGraph:  # a capture records the call; a replay runs it again into the recorded outputs
+        def replay(self):
+            self.out.copy_(real(*self.args))
+
+    @contextlib.contextmanager
+    def capture(graph):
+        capturing.append(graph)
+        try:
+            yield
+        finally:
+            capturing.clear()
+
+    def step(x, w):
+        if capturing:
+            capturing[0].args, capturing[0].out = (x, w), torch.empty(5)
+            return capturing[0].out
+        return real(x, w)
+
+    real = lambda x, w: x * 2 + w  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 << 30, 80 << 30))
+    monkeypatch.setattr(cudagraphs, "_unsafe_inputs", lambda args: None)
+    monkeypatch.setattr(cudagraphs, "_unsafe", lambda args: None)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False, True], report)
+    w = torch.randn(5)
+    for _ in range(WARMUP_CALLS + 1):  # warm-up calls, then the first capture
+        replay(torch.randn(5), w)
+    addresses, kept = set(), []
+    x = torch.randn(5)
+    out = replay(x, w)
+    for _ in range(6):  # the last result held while the next call runs
+        last, want = out, real(x, w)
+        x = torch.randn(5)
+        out = replay(x, w)
+        torch.testing.assert_close(out, real(x, w))
+        torch.testing.assert_close(last, want)  # not overwritten by this call
+        addresses.add(out.data_ptr())
+    assert len(addresses) == 2 and report["second_graph"].startswith("captured")
+    assert "calls_not_replayed" not in report
+    del out, last
+    for _ in range(3):  # every result kept: no free graph, the program runs without one
+        x = torch.randn(5)
+        kept.append((replay(x, w), real(x, w)))
+    assert report["calls_not_replayed"] == 1  # the first two calls took the two free graphs
+    for got, want in kept:
+        torch.testing.assert_close(got, want)
+    del kept, got
+    first = replay.graph
+    for _ in range(3):  # results dropped at once: the same graph replays every call
+        replay(torch.randn(5), w)
+        assert replay.graph is first
+
+
 def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):
     """A parameter input updated in place between calls (an optimizer step) is captured again, and the
     report says why each capture happened; the replays match eager."""
