@@ -795,7 +795,8 @@ class GroupSelector:
         """Keep a measured choice in the tuning database, so later compiles decide without measuring."""
         if known.source == "measured" and known.why is None and kernel.task_key:
             best = min(ms for name, ms in known.times.items() if name != KERNEL)
-            record_choice(kernel.task_key, device_name(), _detail(key), known.chosen, known.kernel_ms, best)
+            detail = _detail(key, self.host_free)
+            record_choice(kernel.task_key, device_name(), detail, known.chosen, known.kernel_ms, best)
 
     def _library_candidates(self, kernel: object) -> tuple[str, ...]:
         """The library ways a group may run: its ops in PyTorch; for a GEMM with an epilogue, its
@@ -812,7 +813,7 @@ class GroupSelector:
         (the tuning database's `choices`), or None."""
         if not kernel.task_key:
             return None
-        found = recorded_choice(kernel.task_key, device_name(), _detail(key))
+        found = recorded_choice(kernel.task_key, device_name(), _detail(key, self.host_free))
         if found is None:
             return None
         chosen, kernel_ms, other_ms = found
@@ -906,12 +907,16 @@ def _library_paths(
     return built, unbuilt
 
 
-def _detail(key: tuple) -> str:
+def _detail(key: tuple, host_free: bool = False) -> str:
     """A launch's key (function, configuration, operand layouts, the other way) as the database
-    keeps it beside the kernel's task key."""
+    keeps it beside the kernel's task key. A choice made for a program replayed as a CUDA graph
+    (`host_free`: GPU time alone) is kept apart from one made where host time counts: the same
+    group can go either way (GPT-2's forward kept its GEMM kernels to spare host time, and its
+    reduce-overhead compile read that choice back)."""
     function, config, layouts, other = key
     shown = [[list(size), list(stride), str(dtype).removeprefix("torch.")] for size, stride, dtype in layouts]
-    return json.dumps({"function": function, "config": config, "layouts": shown, "other": other})
+    detail = {"function": function, "config": config, "layouts": shown, "other": other}
+    return json.dumps(detail | ({"replayed": True} if host_free else {}))
 
 
 def _check_library_size(kernel: object) -> None:

@@ -498,6 +498,14 @@ def test_a_later_compile_reads_the_choice_from_the_tuning_database(monkeypatch, 
         (c["chosen"], c["split_ms"], "database") for c in first
     ]
     torch._dynamo.reset()
+    token = group_selection.replayed.set(True)  # a program replayed as a CUDA graph: GPU time alone
+    try:
+        replayed = _run(_mlp, x, w1, b1, w2, w3, r)["partitions"][0]["group_selection"]
+    finally:
+        group_selection.replayed.reset(token)
+    assert seen and all("from" not in c for c in replayed)  # measured: the recorded choice was host-bound
+    seen.clear()
+    torch._dynamo.reset()
     _run(_mlp, *_mlp_inputs(5, 12, 10))  # other shapes: measured
     assert seen
 
