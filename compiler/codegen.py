@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from xdsl.dialects.builtin import StringAttr
 
 from ..autotune.heuristics import config_override, default_config, interpreter_config
+from ..autotune.model_defaults import model_config
 from ..autotune.tasks import make_task, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
@@ -236,10 +237,11 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
             override = config_override(kind)
             tuned = None if override else tuned_record(task, art.target.device)
-            config = tuned.config if tuned else default_config(kind, g.problem)
+            modelled = None if tuned or override else model_config(task)  # TILEFUSE_MODEL_CONFIGS=1
+            config = tuned.config if tuned else modelled or default_config(kind, g.problem)
             if art.target.interpret and not tuned and not override:
                 config = interpreter_config(kind, config, g.problem)
-            origin = "tuned" if tuned else "default"
+            origin = "tuned" if tuned else "model" if modelled else "default"
             kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
             if art.target.backend != "triton":
                 body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
