@@ -441,10 +441,23 @@ def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_nam
             w.emit(f"del {taken}")
     handle = w.bind("lib", library)
     group = kernel.lowered.group
-    inputs = ", ".join(w.names[v] for v in kernel.lowered.inputs)
+    inputs = ", ".join(_as_tensor(w, v) for v in kernel.lowered.inputs)
     how = getattr(library, "title", "the library path (its ops as PyTorch ops)")
     w.emit(f"# {group.name} ({group.kind}): {how}, measured faster")
     w.emit(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {handle}({inputs})")
+
+
+def _as_tensor(w: _Writer, value: SSAValue) -> str:
+    """`value` as a tensor of its own shape. A kernel output whose buffer was allocated as the one
+    view read of it (`_views_to_allocate`) is that view's tensor: launches take it with the output's
+    literal strides, a library call needs the output itself (GPT-2's training forward passed the
+    transposed MLP activation to cuBLAS's addmm, which refused its shape)."""
+    name = w.names[value]
+    view = w.view_of.get(value)
+    if view is None or view not in w.allocated_as_view:
+        return name
+    meta = w.meta[value]
+    return f"{name}.as_strided({tuple(meta.shape)!r}, {tuple(meta.stride())!r})"
 
 
 def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str:

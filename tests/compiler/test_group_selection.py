@@ -105,6 +105,31 @@ def test_the_program_calls_the_library_where_it_won_and_launches_the_rest(monkey
     assert "(pointwise)" in source and "1 kernel launch(es)" in source  # the other group still launches
 
 
+@pytest.mark.parametrize("faster, tokens", [("split", 24), ("library", 37)])
+def test_a_library_call_reads_an_activation_whose_buffer_is_its_transposes(monkeypatch, tmp_path, faster, tokens):
+    """A kernel output read elsewhere only through one transpose (GPT-2's MLP activation, saved
+    transposed for the backward) is allocated as the transpose's tensor; launches read it by its
+    literal strides, and a GEMM reading it on the library path (cuBLASLt's addmm on the split path,
+    or the library path) gets the activation itself, not the transpose (its shape was refused there:
+    the training forward failed at run time on the H200 once a database choice put it there)."""
+    _fake_gpu(monkeypatch, faster)
+    x, w, b = torch.randn(tokens, 48), torch.randn(48, 16), torch.randn(16)
+
+    def fn(x, w, b):
+        h = F.gelu(x, approximate="tanh")  # a pointwise kernel (no library way)
+        return (torch.addmm(b, h, w) if faster == "split" else h @ w), h.t()
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    with torch.no_grad():
+        got, want = compiled(x, w, b), fn(x, w, b)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    (source,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert "its buffer was allocated as this view" in source, source
+    assert f".as_strided(({tokens}, 48), (48, 1))" in source, source  # the transposed buffer as the activation
+    assert "failed at run time" not in str(compiled.tilefuse_reports)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [24, 37])
 def test_a_linear_layers_bias_goes_to_cublaslt_on_the_split_path(monkeypatch, tmp_path, dtype, tokens):
