@@ -20,6 +20,7 @@ the real launch spills none (benchmarks/NOTES.md, eighteenth session).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -63,6 +64,10 @@ def usage(
     USE_TMA switch. Raises OfflineCompileUnavailable where this Triton cannot, and RuntimeError
     with Triton's message where the kernel does not compile."""
     source = kernel_block(source, function)
+    declared = re.search(r"^PARAMS = (\(.*\))$", source, re.MULTILINE)
+    missing = [p for p in (ast.literal_eval(declared[1]) if declared else ()) if p not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}: a config gives every name of the kernel's PARAMS")
     with tempfile.TemporaryDirectory(prefix="tilefuse-offline-") as folder:
         path = Path(folder) / "kernel_source.py"
         path.write_text(source)

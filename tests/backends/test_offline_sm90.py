@@ -99,6 +99,18 @@ def test_a_kernel_that_does_not_compile_says_why():
     assert "undefined" in str(e.value) or isinstance(e.value, OfflineCompileUnavailable), e.value
 
 
+def test_a_config_missing_a_parameter_is_named():
+    """Every name of the kernel's PARAMS must be given (a GEMM's PROGRAMS too): the one missing is named,
+    before anything compiles (it was a bare StopIteration from the launch's specialization)."""
+    source = (
+        "import triton\nimport triton.language as tl\nPARAMS = ('BLOCK', 'PROGRAMS')\nTENSOR_SHAPES = ((4,),)\n"
+        "TENSOR_DTYPES = ('float32',)\n@triton.jit\ndef k(x_ptr, x_s0, BLOCK: tl.constexpr, PROGRAMS: tl.constexpr):\n"
+        "    pass\n"
+    )
+    with pytest.raises(ValueError, match=r"params lacks \['PROGRAMS'\]"):
+        usage(source, "k", {"BLOCK": 4}, 4, 1)
+
+
 def test_the_kernel_named_is_compiled_from_a_listing_of_several(tmp_path):
     """`tilefuse opt --emit triton` prints every kernel of a dump; `usage` takes the named one's block
     (each kernel's TENSOR_SHAPES are module-level: compiled together, the last would win)."""
