@@ -90,6 +90,28 @@ def test_reduce_overhead_replays_keeps_outputs_and_sees_parameter_updates():
         assert "2 capture(s)" in compiled.tilefuse_reports[0]["cudagraphs"]
 
 
+def test_reduce_overhead_keeps_the_last_result_alive_without_a_copy_each_replay():
+    """`out = compiled(x)` in a loop holds the last result while the next call runs: it keeps its values
+    (torch 2.13: a copy at the next call; 2.11: two graphs alternate), and every call is replayed."""
+    from tilefuse.compiler import cudagraphs
+
+    model = _Block().to(CUDA)
+    compiled = tilefuse.compile(model, mode="reduce-overhead")
+    xs = [torch.randn(4, 32, 128, device=CUDA) for _ in range(cudagraphs.WARMUP_CALLS + 6)]
+    with torch.no_grad():
+        out = compiled(xs[0])
+        for i in range(1, len(xs)):
+            last, out = out, compiled(xs[i])  # `last` is held while this call replays
+            torch.testing.assert_close(last, model(xs[i - 1]), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(out, model(xs[i]), rtol=1e-4, atol=1e-4)
+        report = compiled.tilefuse_reports[0]
+        assert report["cudagraphs"].startswith("captured") and "calls_not_replayed" not in report, report
+        if cudagraphs.CAN_LEND:
+            assert report["outputs_copied"] > 0
+        else:
+            assert report["second_graph"].startswith("captured"), report
+
+
 def test_reduce_overhead_refuses_cpu_inputs_cleanly():
     compiled = tilefuse.compile(lambda x, y: x * 2 + y.to(x.device), mode="reduce-overhead")
     x, y = torch.randn(8, device=CUDA), torch.randn(8)
