@@ -18,12 +18,14 @@ chosen so the user's model behaves as in eager:
   decode step's logits once the token is picked) costs nothing; one kept
   costs the copy a clone would have cost, at the next call. Where PyTorch
   lacks these storage calls (torch 2.11), the outputs are handed out over the
-  graph's memory as they are, and a graph whose outputs the caller still holds
-  (its storages' use counts above the capture's) is not replayed: a second
-  graph, captured on the same inputs into a pool of its own (when free device
-  memory allows), takes the call, and the two alternate (`out = model(x)` in
-  a loop holds the last result while the next call runs); with both held the
-  call runs the program without a graph (the report counts such calls);
+  graph's memory as they are, and the graph is not replayed while the caller
+  still holds any of them (its storages' use counts above the capture's): a
+  second graph, captured on the same inputs into a pool of its own (when free
+  device memory allows), takes that call and its outputs are cloned, as every
+  replay's were before (`out = model(x)` in a loop holds the last result while
+  the next call runs: every other call is copied; kept results, every call;
+  dropped ones, none); without room for it the call runs the program without
+  a graph (the report counts such calls);
 - parameters and buffers are not copied: the graph reads them in place, so an
   in-place update (an optimizer step, `load_state_dict`) is seen by the next
   replay; one that changes what was computed from them once (a norm weight
@@ -120,7 +122,7 @@ class CudaGraphReplay:
         self.lent: list[StorageWeakRef] = []
         self.input_storages: set[int] = set()  # data_ptrs of the captured inputs' storages
         # without lending: the outputs' storages' use counts at capture (more: the caller holds them), the
-        # second graph (graph, outputs, use counts) and what the first graph's pool took
+        # second graph (graph, outputs: always cloned) and what the first graph's pool took
         self.baseline: dict[int, int] = {}
         self.spare: tuple | None = None
         self.no_spare: str | None = None
@@ -177,16 +179,18 @@ class CudaGraphReplay:
             if self.mutated[i]:  # held in a private buffer: the update is copied back
                 back.append(arg)
                 targets.append(static)
-        if not CAN_LEND and _held(self.static_outputs, self.baseline) and not self._switch(args):
+        # the caller holds the graph's outputs (no lending here): the second graph takes the call
+        held = not CAN_LEND and _held(self.static_outputs, self.baseline)
+        if held and self._spare_graph(args) is None:
             self.report["calls_not_replayed"] = self.report.get("calls_not_replayed", 0) + 1
-            return self.fn(*args)  # both graphs' outputs are held: their memory must not be written
+            return self.fn(*args)  # their memory must not be written, and there is no other graph
         if into:
             torch._foreach_copy_(into, sources)
         self._reclaim()
-        self.graph.replay()
+        (self.spare[0] if held else self.graph).replay()
         if back:
             torch._foreach_copy_(back, targets)
-        return self._outputs(args)
+        return _clone(self.spare[1], args) if held else self._outputs(args)
 
     def _settled_private(self, args: Sequence[object]) -> list[int]:
         """Privately held inputs that have come as the same tensor `SHARED_AFTER` calls in a row (all of
@@ -211,9 +215,9 @@ class CudaGraphReplay:
         return self._lend(self.static_outputs, args, {})
 
     def _share(self, outputs: object, args: Sequence[object]) -> object:
-        """Without lending: `outputs` as new tensors over their own storages (no copy; a caller that
-        keeps one raises its storage's use count, and the graph is not replayed while it does), cloned
-        where they carry autograd history or lie in an input's memory."""
+        """Without lending: `outputs` as new tensors over their storages (no copy; a caller that keeps
+        one raises its storage's use count, and the graph is not replayed while it does), cloned where
+        they carry autograd history or lie in an input's memory."""
         if isinstance(outputs, _Input):
             return args[outputs]
         if isinstance(outputs, (list, tuple)):
@@ -226,24 +230,17 @@ class CudaGraphReplay:
         out = torch.empty(0, dtype=outputs.dtype, device=outputs.device)
         return out.set_(storage, outputs.storage_offset(), outputs.shape, outputs.stride())
 
-    def _switch(self, args: Sequence[object]) -> bool:
-        """Make the second graph the one replayed (capturing it first if there is none yet) when its
-        outputs are free; False when they are held too, or there is no second graph."""
+    def _spare_graph(self, args: Sequence[object]) -> tuple | None:
+        """The second graph and its outputs (captured at its first use), or None without one."""
         if self.spare is None:
             self.spare = self._capture_spare(args)
-            if self.spare is None:
-                return False
-        graph, outputs, baseline = self.spare
-        if _held(outputs, baseline):
-            return False
-        self.spare = (self.graph, self.static_outputs, self.baseline)
-        self.graph, self.static_outputs, self.baseline = graph, outputs, baseline
-        return True
+        return self.spare
 
     def _capture_spare(self, args: Sequence[object]) -> tuple | None:
         """The graph captured again on the same inputs, into a pool of its own (sharing the first's
-        would let one graph's intermediates overwrite the other's outputs); None where device memory
-        or the capture does not allow it (said once in the report)."""
+        would let its intermediates overwrite the outputs the caller holds), whose outputs are always
+        cloned (never held, so always free to replay); None where device memory or the capture does
+        not allow it (said once in the report)."""
         if self.no_spare is not None:
             return None
         free = torch.cuda.mem_get_info()[0]
@@ -258,8 +255,8 @@ class CudaGraphReplay:
                 with torch.cuda.graph(graph):
                     outputs = self.fn(*captured)
                 static = _input_places(outputs, {id(captured[i]): i for i in written})
-                self.report["second_graph"] = "captured (outputs held across calls)"
-                return graph, static, _use_counts(static)
+                self.report["second_graph"] = "captured (for calls while the first graph's outputs are held)"
+                return graph, static
             except Exception as e:  # noqa: BLE001  (the first graph and the program still serve)
                 self.no_spare = f"capture failed: {type(e).__name__}: {e}"
         self.report["second_graph"] = f"none: {self.no_spare}"

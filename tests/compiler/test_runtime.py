@@ -1035,11 +1035,11 @@ def test_replayed_outputs_survive_the_next_replay_and_cost_nothing_when_dropped(
 
 
 def test_without_lending_a_held_output_is_never_overwritten(monkeypatch):
-    """torch 2.11 has no storage exchange: outputs are handed out over the graph's memory, and a graph
-    whose outputs the caller still holds is not replayed. `out = f(x)` in a loop (the last result held
-    while the next call runs) alternates two graphs with no copy; results kept for good make the calls
-    run without a graph; dropped results let the first graph serve every call. Every result keeps its
-    value."""
+    """torch 2.11 has no storage exchange: outputs are handed out over the graph's memory, and the graph
+    is not replayed while the caller holds any of them: a second graph takes those calls, its outputs
+    cloned. `out = f(x)` in a loop (the last result held while the next call runs) copies every other
+    call; results kept for good, every call (as every replay did before); dropped results, none. Without
+    device memory for the second graph the call runs the program. Every result keeps its value."""
     import contextlib
 
     from tilefuse.compiler import cudagraphs
@@ -1079,7 +1079,8 @@ def test_without_lending_a_held_output_is_never_overwritten(monkeypatch):
     w = torch.randn(5)
     for _ in range(WARMUP_CALLS + 1):  # warm-up calls, then the first capture
         replay(torch.randn(5), w)
-    addresses, kept = set(), []
+    graph_memory = replay.static_outputs.data_ptr()
+    lent, kept = [], []
     x = torch.randn(5)
     out = replay(x, w)
     for _ in range(6):  # the last result held while the next call runs
@@ -1088,21 +1089,27 @@ def test_without_lending_a_held_output_is_never_overwritten(monkeypatch):
         out = replay(x, w)
         torch.testing.assert_close(out, real(x, w))
         torch.testing.assert_close(last, want)  # not overwritten by this call
-        addresses.add(out.data_ptr())
-    assert len(addresses) == 2 and report["second_graph"].startswith("captured")
-    assert "calls_not_replayed" not in report
+        lent.append(out.data_ptr() == graph_memory)
+    assert lent == [False, True] * 3  # every other call lent the first graph's memory, the others copied
+    assert report["second_graph"].startswith("captured") and "calls_not_replayed" not in report
     del out, last
-    for _ in range(3):  # every result kept: no free graph, the program runs without one
+    for _ in range(3):  # every result kept: the first call lends, the others copy the second graph's
         x = torch.randn(5)
         kept.append((replay(x, w), real(x, w)))
-    assert report["calls_not_replayed"] == 1  # the first two calls took the two free graphs
+    assert [got.data_ptr() == graph_memory for got, _ in kept] == [True, False, False]
     for got, want in kept:
         torch.testing.assert_close(got, want)
     del kept, got
-    first = replay.graph
-    for _ in range(3):  # results dropped at once: the same graph replays every call
-        replay(torch.randn(5), w)
-        assert replay.graph is first
+    for _ in range(3):  # results dropped at once: the first graph serves every call
+        assert replay(torch.randn(5), w).data_ptr() == graph_memory
+    other = CudaGraphReplay(step, [False, True], {"name": "h"})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 20, 80 << 30))  # no room for a second
+    for _ in range(WARMUP_CALLS + 1):
+        held = other(torch.randn(5), w)
+    x = torch.randn(5)
+    torch.testing.assert_close(other(x, w), real(x, w))  # run without a graph: `held` is not overwritten
+    assert other.report["calls_not_replayed"] == 1 and "MiB free" in other.report["second_graph"]
+    del held
 
 
 def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(monkeypatch):

@@ -92,7 +92,8 @@ def test_reduce_overhead_replays_keeps_outputs_and_sees_parameter_updates():
 
 def test_reduce_overhead_keeps_the_last_result_alive_without_a_copy_each_replay():
     """`out = compiled(x)` in a loop holds the last result while the next call runs: it keeps its values
-    (torch 2.13: a copy at the next call; 2.11: two graphs alternate), and every call is replayed."""
+    (torch 2.13: a copy at the next call; 2.11: a second graph takes every other call, copied), and
+    every call is replayed."""
     from tilefuse.compiler import cudagraphs
 
     model = _Block().to(CUDA)
