@@ -1006,7 +1006,8 @@ def test_replayed_outputs_survive_the_next_replay_and_cost_nothing_when_dropped(
     from tilefuse.compiler import cudagraphs
     from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
 
-    assert cudagraphs.CAN_LEND  # torch 2.13 (CI) and 2.11 (the GPU image) have both storage calls
+    if not cudagraphs.CAN_LEND:  # torch 2.13 (CI) has both storage calls; 2.11 (the GPU image) lacks one
+        pytest.skip(f"torch {torch.__version__} has no UntypedStorage._swap_data_ptr_ (tested without lending)")
     real = lambda x, w: x * 2 + w  # noqa: E731
     step = _faked_cuda_graphs(monkeypatch, real)
     report: dict = {"name": "g"}
