@@ -128,7 +128,9 @@ class CudaGraphReplay:
         self.no_spare: str | None = None
         self.pool_bytes = 0
         report["cudagraphs"] = "not captured yet"
-        report["outputs_copied"] = 0  # lent outputs still held when the pool was written again
+        # results copied: lent ones still held when the pool was written again, or (without lending) the
+        # second graph's replays
+        report["outputs_copied"] = 0
 
     def __call__(self, *args: object) -> object:
         if self.refused is not None:
@@ -190,7 +192,10 @@ class CudaGraphReplay:
         (self.spare[0] if held else self.graph).replay()
         if back:
             torch._foreach_copy_(back, targets)
-        return _clone(self.spare[1], args) if held else self._outputs(args)
+        if not held:
+            return self._outputs(args)
+        self.report["outputs_copied"] += 1
+        return _clone(self.spare[1], args)
 
     def _settled_private(self, args: Sequence[object]) -> list[int]:
         """Privately held inputs that have come as the same tensor `SHARED_AFTER` calls in a row (all of

@@ -1092,6 +1092,7 @@ def test_without_lending_a_held_output_is_never_overwritten(monkeypatch):
         torch.testing.assert_close(last, want)  # not overwritten by this call
         lent.append(out.data_ptr() == graph_memory)
     assert lent == [False, True] * 3  # every other call lent the first graph's memory, the others copied
+    assert report["outputs_copied"] == 3
     assert report["second_graph"].startswith("captured") and "calls_not_replayed" not in report
     del out, last
     for _ in range(3):  # every result kept: the first call lends, the others copy the second graph's
