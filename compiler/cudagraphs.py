@@ -212,28 +212,34 @@ class CudaGraphReplay:
         return []
 
     def _outputs(self, args: Sequence[object]) -> object:
-        """The replay's outputs lent out of the graph's pool (cloned where they cannot be), except
-        inputs the graph updates in place (returned as themselves: the caller's write-back is then a
-        no-op)."""
-        if not CAN_LEND:
-            return self._share(self.static_outputs, args)
-        return self._lend(self.static_outputs, args, {})
+        """The replay's outputs handed out over the graph's pool, without a copy: lent through storages
+        of their own, remembered weakly until the pool is written again (one per pool storage: outputs
+        sharing memory still share it); without lending, over their own storages (a caller that keeps
+        one raises its use count, and the graph is not replayed while it does). Cloned where they carry
+        autograd history or lie in an input's memory (a parameter returned, a view of one); inputs the
+        graph updates in place are returned as themselves (the caller's write-back is then a no-op)."""
+        aliases: dict[int, object] = {}
 
-    def _share(self, outputs: object, args: Sequence[object]) -> object:
-        """Without lending: `outputs` as new tensors over their storages (no copy; a caller that keeps
-        one raises its storage's use count, and the graph is not replayed while it does), cloned where
-        they carry autograd history or lie in an input's memory."""
-        if isinstance(outputs, _Input):
-            return args[outputs]
-        if isinstance(outputs, (list, tuple)):
-            return type(outputs)(self._share(o, args) for o in outputs)
-        if not isinstance(outputs, torch.Tensor):
-            return outputs
-        storage = outputs.untyped_storage()
-        if outputs.requires_grad or storage.data_ptr() in self.input_storages:
-            return copy_out(outputs)
-        out = torch.empty(0, dtype=outputs.dtype, device=outputs.device)
-        return out.set_(storage, outputs.storage_offset(), outputs.shape, outputs.stride())
+        def hand_out(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if t.requires_grad or storage.data_ptr() in self.input_storages:
+                return copy_out(t)
+            if CAN_LEND:
+                alias = aliases.get(storage.data_ptr())
+                storage = self._alias(storage, aliases) if alias is None else alias
+            out = torch.empty(0, dtype=t.dtype, device=t.device)
+            return out.set_(storage, t.storage_offset(), t.shape, t.stride())
+
+        return _each_output(self.static_outputs, args, hand_out)
+
+    def _alias(self, storage: torch.UntypedStorage, aliases: dict[int, object]) -> object:
+        """A storage of its own over `storage`'s memory, lent until the pool is written again."""
+        alias = torch._C._construct_storage_from_data_pointer(
+            storage.data_ptr(), storage.device, storage.nbytes()
+        )
+        aliases[storage.data_ptr()] = alias
+        self.lent.append(StorageWeakRef(alias))
+        return alias
 
     def _spare_graph(self, args: Sequence[object]) -> tuple | None:
         """The second graph and its outputs (captured at its first use), or None without one."""
@@ -266,30 +272,6 @@ class CudaGraphReplay:
                 self.no_spare = f"capture failed: {type(e).__name__}: {e}"
         self.report["second_graph"] = f"none: {self.no_spare}"
         return None
-
-    def _lend(self, outputs: object, args: Sequence[object], aliases: dict[int, object]) -> object:
-        """`outputs` as tensors over the pool's memory through storages of their own (one per pool
-        storage: outputs sharing memory still share it), remembered weakly until the pool is written
-        again. An output over an input's memory (a parameter returned, a view of one), or one that
-        carries autograd history, is cloned."""
-        if isinstance(outputs, _Input):
-            return args[outputs]
-        if isinstance(outputs, (list, tuple)):
-            return type(outputs)(self._lend(o, args, aliases) for o in outputs)
-        if not isinstance(outputs, torch.Tensor):
-            return outputs
-        storage = outputs.untyped_storage()
-        if outputs.requires_grad or storage.data_ptr() in self.input_storages:
-            return copy_out(outputs)
-        alias = aliases.get(storage.data_ptr())
-        if alias is None:
-            alias = torch._C._construct_storage_from_data_pointer(
-                storage.data_ptr(), storage.device, storage.nbytes()
-            )
-            aliases[storage.data_ptr()] = alias
-            self.lent.append(StorageWeakRef(alias))
-        out = torch.empty(0, dtype=outputs.dtype, device=outputs.device)
-        return out.set_(alias, outputs.storage_offset(), outputs.shape, outputs.stride())
 
     def _reclaim(self) -> None:
         """Before the pool is written again: every lent output the caller still holds gets a copy of
@@ -451,15 +433,20 @@ def _held(outputs: object, baseline: dict[int, int]) -> bool:
     return _use_counts(outputs) != baseline
 
 
-def _clone(outputs: object, args: Sequence[object]) -> object:
-    """The captured `outputs` with every tensor cloned, and each input place the call's input."""
+def _each_output(outputs: object, args: Sequence[object], fn: Callable[[torch.Tensor], object]) -> object:
+    """The captured `outputs` with `fn` of every tensor, and each input place the call's input."""
     if isinstance(outputs, _Input):
         return args[outputs]
     if isinstance(outputs, torch.Tensor):
-        return copy_out(outputs)
+        return fn(outputs)
     if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_clone(o, args) for o in outputs)
+        return type(outputs)(_each_output(o, args, fn) for o in outputs)
     return outputs
+
+
+def _clone(outputs: object, args: Sequence[object]) -> object:
+    """The captured `outputs` with every tensor cloned, and each input place the call's input."""
+    return _each_output(outputs, args, copy_out)
 
 
 def copy_out(t: torch.Tensor) -> torch.Tensor:
