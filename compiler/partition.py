@@ -18,8 +18,9 @@ import torch
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import Graph, GraphModule, Node
-from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner, Partition
+from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
+from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from .conv_layout import is_explicit_copy
 from .lowering_table import only_first_output_read, target_name, unsupported_reason
@@ -245,16 +246,17 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     Regions made only of views are left to PyTorch: they cost nothing there.
     """
     in_pytorch = ops_in_pytorch(_prepared(gm))
-    partitioner = CapabilityBasedPartitioner(gm, _EinSupport(in_pytorch), allows_single_node_partition=True)
     compute = [n for n in gm.graph.nodes if n.op == "call_function"]
     if compute and not in_pytorch:
         # every op compiles: one partition of them all, which is what the partitioner would propose for a
-        # connected graph (one of independent parts, where it would propose one each), without its merge
-        # search (quadratic: 0.6 of a 32-layer Llama's 0.8 s of partitioning on a 2-core CPU)
-        partitions = [Partition(id=0, nodes=compute)]
+        # connected graph (one of independent parts, where it would propose one each), without building
+        # it: its dependency sets and merge search are quadratic (0.6 of a 32-layer Llama's 0.8 s of
+        # partitioning on a 2-core CPU)
+        fused = fuse_by_partitions(gm, [dict.fromkeys(compute)])
     else:
-        partitions = partitioner.propose_partitions()
-    fused = partitioner.fuse_partitions(partitions)
+        support = _EinSupport(in_pytorch)
+        partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
+        fused = partitioner.fuse_partitions(partitioner.propose_partitions())
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
     sink_boundary_views(fused, names)
     return fused, names
