@@ -41,6 +41,8 @@ from .program import Trained
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 from .specialize import ShapeSpecializations, specialize_limit, symbolic_positions
+from .symbolic import DUMP_FILE as DYNAMIC_DUMP
+from .symbolic import dynamic_dump
 
 log = logging.getLogger("tilefuse")
 _KEEP_WHOLE = ("scaled_dot_product", "_flash_attention", "_efficient_attention", "_cudnn_attention")
@@ -180,7 +182,7 @@ class TilefuseBackend:
             general, slot = self._compile_graph(gm, example_inputs, graph_name)
             report = slot.setdefault("summary", {"name": graph_name})
         else:
-            general, report = self._run_dynamic_in_pytorch(gm, graph_name)
+            general, report = self._run_dynamic_in_pytorch(gm, example_inputs, graph_name)
         limit = specialize_limit()
         if limit == 0:
             return general
@@ -314,7 +316,9 @@ class TilefuseBackend:
             raise error
         return direct_forward(gm)
 
-    def _run_dynamic_in_pytorch(self, gm: GraphModule, graph_name: str) -> tuple[Callable, dict]:
+    def _run_dynamic_in_pytorch(
+        self, gm: GraphModule, example_inputs: list, graph_name: str
+    ) -> tuple[Callable, dict]:
         """A graph with symbolic sizes (Dynamo marks a dim dynamic once a second size was seen) and no
         static island to compile runs as PyTorch: kernels are compiled for static shapes, and compiling
         every size would make each new sequence length compile again (seconds each). A size called
@@ -324,11 +328,15 @@ class TilefuseBackend:
             "so it runs in PyTorch, except for sizes called twice in a row, each compiled for its "
             "size (`specialized` in this report)"
         )
-        report = self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason)
+        report = self._report_pytorch_graph(gm, graph_name, "dynamic shapes", reason, example_inputs)
         return direct_forward(gm), report
 
-    def _report_pytorch_graph(self, gm: GraphModule, graph_name: str, op: str, reason: str) -> dict:
-        """The report (and, with dumps on, the dump) of a graph that runs in PyTorch as a whole."""
+    def _report_pytorch_graph(
+        self, gm: GraphModule, graph_name: str, op: str, reason: str, dynamic_inputs: list | None = None
+    ) -> dict:
+        """The report (and, with dumps on, the dump) of a graph that runs in PyTorch as a whole. With
+        `dynamic_inputs` (Dynamo's fake inputs of a graph of symbolic sizes) the dump has the graph's
+        parts of symbolic sizes as `ein` too (`symbolic.dynamic_dump`)."""
         summary = {
             "name": graph_name, "dir": None, "cache": "off", "kind": "forward", "files": [],
             "partitions": [], "fallbacks": [{"node": "<graph>", "op": op, "reason": reason}],
@@ -339,10 +347,32 @@ class TilefuseBackend:
             dump = GraphDump(root, graph_name)
             summary["name"] = summary["dir"] = dump.name
             summary["files"] = [dump.write("dynamo_graph.py", gm.print_readable(print_output=False))]
+            if dynamic_inputs is not None:
+                text = _dynamic_dump_text(gm, dynamic_inputs, dump.name)
+                summary["files"].append(dump.write(DYNAMIC_DUMP, text))
             dump.finish(summary)
         with self._lock:
             self.reports.append(summary)
         return summary
+
+
+def _dynamic_dump_text(gm: GraphModule, example_inputs: list, name: str) -> str:
+    """The `ein` of a dynamic graph that runs in PyTorch, for its dump: traced to aten as the pipeline
+    traces (AOTAutograd, the same decompositions; only when dumping), then `symbolic.dynamic_dump`."""
+    captured: list[GraphModule] = []
+
+    def keep(aten: GraphModule, _inputs: list) -> Callable:
+        captured.append(aten)
+        return make_boxed_func(aten.forward)
+
+    try:
+        aot_autograd(fw_compiler=keep, decompositions=decompositions(training=False),
+                     keep_inference_input_mutations=True)(gm, example_inputs)  # fmt: skip
+        return dynamic_dump(captured[0], name)
+    except Exception as e:  # a dump: say why, never fail the compile
+        if _dynamo_signal(e):
+            raise
+        return f"// {name}: not traced to aten for this dump: {type(e).__name__}: {e}\n"
 
 
 def _dynamo_signal(error: Exception) -> bool:

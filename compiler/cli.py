@@ -74,9 +74,7 @@ def read_text(file: str) -> str:
             return text
     line = data.count(b"\n", 0, bad) + 1
     column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
-    raise InputError(
-        f"{name}:{line}:{column}: error: binary data (byte 0x{data[bad]:02x}), not MLIR text"
-    )
+    raise InputError(f"{name}:{line}:{column}: error: binary data (byte 0x{data[bad]:02x}), not MLIR text")
 
 
 FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
@@ -118,12 +116,18 @@ def _opt(args: argparse.Namespace) -> int:
 
 def _apply(ir_pass, module, ctx, name: str) -> None:
     """Run one pass; an exception other than IRError (a bug in the pass) becomes one IRError line."""
+    from ..ir.dtypes import SymbolicSizeError
     from ..ir.module import IRError
 
     try:
         ir_pass.apply(ctx, module)
     except IRError:
         raise
+    except SymbolicSizeError as e:
+        raise IRError(
+            f"{name}: error: pass {ir_pass.name} takes static sizes only, and {e.type} has symbolic ones "
+            "(a dynamic graph's `ein`: parsing, verifying, printing and the reference interpreter take them)"
+        ) from None
     except Exception as e:
         raise IRError(
             f"{name}: error: internal error in pass {ir_pass.name}: {type(e).__name__}: {e}"
@@ -334,8 +338,10 @@ def _add_opt(sub, list_passes: bool) -> None:
     opt.add_argument("-p", "--passes", help=passes)
     opt.add_argument("--generic", action="store_true", help="print MLIR's generic op form")
     opt.add_argument(
-        "--emit", choices=("mlir", "triton", "cuda"), default="mlir",
-        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)"
+        "--emit",
+        choices=("mlir", "triton", "cuda"),
+        default="mlir",
+        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)",
     )
     opt.add_argument(
         "--config", help='with --emit cuda on tile kernels: their tile parameters as JSON, e.g. '

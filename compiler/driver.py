@@ -68,6 +68,8 @@ from .grouped_queries import group_decode_queries
 from .partition import Fallback, find_fallbacks, partition_graph
 from .program import Trained
 from .runtime import CompiledKernel, KernelPlan, direct_forward, graph_device
+from .symbolic import DUMP_FILE as DYNAMIC_DUMP
+from .symbolic import dynamic_dump, has_symbolic_nodes
 
 log = logging.getLogger("tilefuse")
 
@@ -392,6 +394,8 @@ def compile_aten_graph(
         for filename, text in (extra_files or {}).items():
             files.append(dump.write(filename, text))
         files.append(dump.write("aten_graph.py", aten.print_readable(print_output=False)))
+        if has_symbolic_nodes(aten):
+            files.append(dump.write(DYNAMIC_DUMP, dynamic_dump(aten, name)))
         if decode_reports:  # the kernel its decode attention calls run (the length is an argument)
             files.append(dump.write("kernels/decode_attention.py", DECODE_SOURCE))
     try:

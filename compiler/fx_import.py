@@ -17,7 +17,7 @@ from xdsl.dialects.builtin import StringAttr
 from xdsl.ir import SSAValue
 
 from ..ir.builder import EinBuilder
-from ..ir.dtypes import to_mlir_type
+from ..ir.dtypes import size_of, to_mlir_type
 from . import lower_elementwise, lower_structured  # noqa: F401  (register lowerings)
 from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, target_name
 
@@ -53,7 +53,7 @@ def import_graph(gm: GraphModule, name: str, inputs: list[InputInfo] | None = No
         val = node.meta["val"]
         attrs = {"ein.param": StringAttr(info.param)} if info.param else None
         env[node] = b.add_argument(
-            [int(d) for d in val.shape], to_mlir_type(val.dtype), _value_name(info.name), attrs
+            [size_of(d) for d in val.shape], to_mlir_type(val.dtype), _value_name(info.name), attrs
         )
     for node in gm.graph.nodes:
         if node.op == "call_function":

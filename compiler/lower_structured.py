@@ -21,7 +21,7 @@ from xdsl.dialects.builtin import f32, i1, i64
 from xdsl.ir import SSAValue
 
 from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
-from ..ir.dtypes import shape_of, to_mlir_type
+from ..ir.dtypes import dims_of, shape_of, size_of, to_mlir_type
 from .conv_layout import is_nchw_view, is_storage_view
 from .lowering_table import (
     LoweringContext,
@@ -56,6 +56,9 @@ def _biased(spec: str):
         names = ("mat1", "mat2") if "mat1" in a else ("batch1", "batch2")
         acc = ctx.b.contract(spec, ctx.tensor(a[names[0]]), ctx.tensor(a[names[1]]))
         beta, alpha = a["beta"], a["alpha"]
+        if beta == 0:  # the input is ignored, NaN and inf in it too (PyTorch's documented addmm)
+            scaled = lambda sb, prod: sb.mul(prod, sb.const(alpha, prod.type))  # noqa: E731
+            return ctx.b.map([acc], ctx.out_elem(node), scaled)
 
         def body(sb: ScalarBuilder, bias: SSAValue, prod: SSAValue) -> SSAValue:
             if beta != 1:
@@ -119,7 +122,7 @@ def lower_permute(ctx: LoweringContext, node: Node) -> SSAValue:
 @lowers(aten.transpose.int, aten.t.default)
 def lower_transpose(ctx: LoweringContext, node: Node) -> SSAValue:
     x = ctx.tensor(node.args[0])
-    rank = len(shape_of(x.type))
+    rank = len(dims_of(x.type))
     if rank < 2:
         return x
     d0, d1 = (node.args[1] % rank, node.args[2] % rank) if len(node.args) > 1 else (0, 1)
@@ -139,7 +142,7 @@ def lower_repeat(ctx: LoweringContext, node: Node) -> SSAValue:
     expanded to [r0, s0, r1, s1, ...], reshaped to [r0*s0, r1*s1, ...]: kernels index through it."""
     x = ctx.tensor(node.args[0])
     repeats = [int(r) for r in node.args[1]]
-    sizes = [1] * (len(repeats) - len(shape_of(x.type))) + list(shape_of(x.type))
+    sizes = [1] * (len(repeats) - len(dims_of(x.type))) + list(shape_of(x.type))
     interleaved = ctx.b.reshape(x, [d for s in sizes for d in (1, s)])
     expanded = ctx.b.expand(interleaved, [d for r, s in zip(repeats, sizes) for d in (r, s)])
     return ctx.b.reshape(expanded, [r * s for r, s in zip(repeats, sizes)])
@@ -303,7 +306,7 @@ def lower_constant_pad(ctx: LoweringContext, node: Node) -> SSAValue:
     x = ctx.tensor(a["self"])
     pad = list(a["pad"])
     for i in range(len(pad) // 2):
-        x = _padded(ctx.b, x, len(shape_of(x.type)) - 1 - i, pad[2 * i], pad[2 * i + 1], a["value"])
+        x = _padded(ctx.b, x, len(dims_of(x.type)) - 1 - i, pad[2 * i], pad[2 * i + 1], a["value"])
     return x
 
 
@@ -402,7 +405,7 @@ def lower_index(ctx: LoweringContext, node: Node) -> SSAValue:
     """`x[..., idx, ...]` (numpy advanced indexing): the broadcast index tensors take the place of
     the dims they index when those are adjacent, else they come first."""
     x = ctx.tensor(node.args[0])
-    rank = len(shape_of(x.type))
+    rank = len(dims_of(x.type))
     indices = list(node.args[1]) + [None] * (rank - len(node.args[1]))
     indexed = [k for k, i in enumerate(indices) if i is not None]
     vals = [indices[k].meta["val"] for k in indexed]
@@ -432,7 +435,7 @@ def _reduce(kind: str, dims_arg: str, default_keepdim: bool = False):
         a = bound_args(node)
         out = ctx.out_elem(node)
         x = ctx.b.cast(ctx.tensor(a["self"]), out)
-        dims = normalize_dims(a.get(dims_arg), len(shape_of(x.type)))
+        dims = normalize_dims(a.get(dims_arg), len(dims_of(x.type)))
         keepdim = bool(a.get("keepdim", default_keepdim))
         return ctx.b.reshape(ctx.b.reduce(kind, x, dims, keepdim), ctx.out_shape(node))
 
@@ -511,7 +514,7 @@ def _extreme_dim(kind: str):
     def lower(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAValue | None]:
         a = bound_args(node)
         x = ctx.tensor(a["self"])
-        rank = len(shape_of(x.type))
+        rank = len(dims_of(x.type))
         dims = normalize_dims(a["dim"], rank)
         shape = _first_output_shape(node)
         if only_first_output_read(node):
@@ -585,7 +588,7 @@ def _tiling_windows(
     (a partial last window dropped, as floor mode does): a reshape [.., H, W] -> [.., oH, kH, oW, kW]
     and a reduction over the window dims."""
     n = len(kernel)
-    lead = len(shape_of(x.type)) - n
+    lead = len(dims_of(x.type)) - n
     for i, (o, k) in enumerate(zip(out, kernel)):
         x = ctx.b.slice(x, lead + i, 0, o * k)
     windowed = list(shape_of(x.type)[:lead]) + [e for o, k in zip(out, kernel) for e in (o, k)]
@@ -769,7 +772,7 @@ def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
         x = ctx.b.map([x], compute, lambda sb, v: sb.unary("abs", v))
     else:
         x = ctx.b.map([x], compute, lambda sb, v: sb.mul(v, v))
-    dims = normalize_dims(a.get("dim"), len(shape_of(x.type)))
+    dims = normalize_dims(a.get("dim"), len(dims_of(x.type)))
     r = ctx.b.reduce(kind, x, dims, bool(a.get("keepdim", False)))
     r = ctx.b.map([r], out, lambda sb, v: sb.unary("sqrt", v)) if then else ctx.b.cast(r, out)
     return ctx.b.reshape(r, ctx.out_shape(node))
@@ -777,7 +780,7 @@ def lower_vector_norm(ctx: LoweringContext, node: Node) -> SSAValue:
 
 def _variance(b: EinBuilder, x: SSAValue, dims: list[int], correction: float) -> tuple[SSAValue, SSAValue]:
     """(variance, mean) over `dims`, both keepdim, in the type of `x`."""
-    shape = shape_of(x.type)
+    shape = dims_of(x.type)
     count = math.prod(shape[d] for d in dims)
     mean = b.reduce("mean", x, dims, keepdim=True)
     sq = b.map([x, mean], x.type.get_element_type(), ScalarBuilder.squared_difference)
@@ -792,7 +795,7 @@ def lower_var(ctx: LoweringContext, node: Node) -> SSAValue | tuple[SSAValue, SS
     a = bound_args(node)
     out = ctx.out_elem(node)
     x = ctx.tensor(a["self"])
-    dims = normalize_dims(a["dim"], len(shape_of(x.type)))
+    dims = normalize_dims(a["dim"], len(dims_of(x.type)))
     correction = 1 if a["correction"] is None else a["correction"]
     var, mean = _variance(ctx.b, ctx.b.cast(x, opmath_type(out)), dims, correction)
     shape = ctx.out_shape(node)
@@ -820,7 +823,7 @@ def softmax(b: EinBuilder, x: SSAValue, dim: int, log: bool = False) -> SSAValue
 def _softmax(log: bool):
     def lower(ctx: LoweringContext, node: Node) -> SSAValue:
         x = ctx.tensor(node.args[0])
-        dim = node.args[1] % max(len(shape_of(x.type)), 1)
+        dim = node.args[1] % max(len(dims_of(x.type)), 1)
         y = softmax(ctx.b, ctx.b.cast(x, f32), dim, log=log)
         return ctx.b.cast(y, ctx.out_elem(node))
 
@@ -836,7 +839,7 @@ def lower_layer_norm(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAVal
     a = bound_args(node)
     b = ctx.b
     x = ctx.tensor(a["input"])
-    rank = len(shape_of(x.type))
+    rank = len(dims_of(x.type))
     dims = list(range(rank - len(a["normalized_shape"]), rank))
     xf = b.cast(x, f32)
     var, mean = _variance(b, xf, dims, correction=0)
@@ -850,7 +853,7 @@ def lower_layer_norm(ctx: LoweringContext, node: Node) -> tuple[SSAValue, SSAVal
     outs = []
     for value, meta in zip((y, mean, rstd), vals):
         elem = ctx.b.cast(value, to_mlir_type(meta.dtype))
-        outs.append(b.reshape(elem, tuple(int(d) for d in meta.shape)))
+        outs.append(b.reshape(elem, tuple(size_of(d) for d in meta.shape)))
     return tuple(outs)
 
 

@@ -17,7 +17,7 @@ from torch.fx import Node
 from xdsl.ir import Attribute, SSAValue
 
 from ..ir.builder import EinBuilder
-from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, to_mlir_type
+from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, Dim, size_of, to_mlir_type
 
 LoweredValue = SSAValue | tuple[SSAValue, ...]
 LoweringFn = Callable[["LoweringContext", Node], LoweredValue]
@@ -133,8 +133,9 @@ class LoweringContext:
     def out_elem(self, node: Node) -> Attribute:
         return to_mlir_type(self.meta(node).dtype)
 
-    def out_shape(self, node: Node) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.meta(node).shape)
+    def out_shape(self, node: Node) -> tuple[Dim, ...]:
+        """The node's result shape; a symbolic size as its expression (read without a guard)."""
+        return tuple(size_of(d) for d in self.meta(node).shape)
 
     @staticmethod
     def args(node: Node) -> dict[str, object]:
@@ -171,7 +172,5 @@ def promoted_dtype(values: Sequence[object]) -> torch.dtype:
     """torch's type promotion over tensors (FakeTensor metadata) and Python scalars."""
     from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-    _, result = elementwise_dtypes(
-        *values, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT
-    )
+    _, result = elementwise_dtypes(*values, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)
     return result

@@ -16,14 +16,17 @@ from xdsl.dialects.builtin import (
     DictionaryAttr,
     FloatAttr,
     IntegerAttr,
+    IntegerType,
+    Signedness,
     f32,
     i1,
+    i32,
     i64,
 )
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from . import einsum as ein
-from .dtypes import broadcast_shapes, is_bool, is_float, shape_of, tensor_type
+from .dtypes import broadcast_shapes, dims_of, is_bool, is_float, same_shape, shape_of, tensor_type
 
 Scalar = bool | int | float
 
@@ -43,13 +46,24 @@ _FLOAT_UNARY = {
 }  # fmt: skip
 _FLOAT_CMP = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}
 _INT_CMP = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}
+_BOOL_CMP = {"lt": "ult", "le": "ule", "gt": "ugt", "ge": "uge", "eq": "eq", "ne": "ne"}
+# PyTorch's arithmetic on bools: a sum or maximum is their or, a product or minimum their and
+_BOOL_BINARY = {"add": "or", "max": "or", "mul": "and", "min": "and"}
 
 
 def opmath_type(elem: Attribute) -> Attribute:
-    """The type arithmetic on `elem` is carried out in: f32 for 16-bit floats."""
+    """The type arithmetic on `elem` is carried out in: f32 for 16-bit floats, i32 for unsigned
+    integers (uint8: `arith` takes signless integers, and its constants only those; the result is
+    truncated back, wrapping as PyTorch's uint8 arithmetic does)."""
     if is_float(elem) and elem.bitwidth < 32:
         return f32
+    if is_unsigned(elem):
+        return i32
     return elem
+
+
+def is_unsigned(elem: Attribute) -> bool:
+    return isinstance(elem, IntegerType) and elem.signedness.data == Signedness.UNSIGNED
 
 
 def sums_in_i64(kind: str, elem: Attribute) -> bool:
@@ -86,16 +100,20 @@ class ScalarBuilder:
         if is_bool(elem):
             return self.cmp("ne", x, self.const(0, src))
         if is_float(elem):
-            op = arith.UIToFPOp if is_bool(src) else arith.SIToFPOp
+            op = arith.UIToFPOp if is_bool(src) or is_unsigned(src) else arith.SIToFPOp
             return self._emit(op(x, elem))
         if is_float(src):
             return self._emit(arith.FPToSIOp(x, elem))
-        if is_bool(src):
+        if is_bool(src) or (is_unsigned(src) and elem.width.data > src.width.data):
             return self._emit(arith.ExtUIOp(x, elem))
+        if elem.width.data == src.width.data:  # uint8 <-> int8: the same bits, through a wider type
+            return self.cast(self.cast(x, i32 if src.width.data < 32 else i64), elem)
         op = arith.ExtSIOp if elem.width.data > src.width.data else arith.TruncIOp
         return self._emit(op(x, elem))
 
     def binary(self, name: str, a: SSAValue, b: SSAValue) -> SSAValue:
+        if is_bool(a.type) and name in _BOOL_BINARY:  # True + True is True in PyTorch, not 2 wrapped to 0
+            return self.logical(_BOOL_BINARY[name], a, b)
         table = _FLOAT_BINARY if is_float(a.type) else _INT_BINARY
         if name not in table:
             raise TypeError(f"no {name} on {a.type}")
@@ -143,6 +161,8 @@ class ScalarBuilder:
         """Compare with lt/le/gt/ge/eq/ne; float compares are ordered, except ne."""
         if is_float(a.type):
             return self._emit(arith.CmpfOp(a, b, _FLOAT_CMP[pred]))
+        if is_bool(a.type):  # False < True: as signed 1-bit integers True would be -1
+            return self._emit(arith.CmpiOp(a, b, _BOOL_CMP[pred]))
         return self._emit(arith.CmpiOp(a, b, _INT_CMP[pred]))
 
     def select(self, cond: SSAValue, a: SSAValue, b: SSAValue) -> SSAValue:
@@ -186,7 +206,7 @@ class EinBuilder:
         """`ein.contract`; its result in the operands' element type unless `elem` says (f32 for
         16-bit operands: the accumulator kept, as split-K's partials are)."""
         lhs, rhs, out = ein.parse_spec(spec)
-        sizes = dict(zip(lhs, shape_of(a.type))) | dict(zip(rhs, shape_of(b.type)))
+        sizes = dict(zip(lhs, dims_of(a.type))) | dict(zip(rhs, dims_of(b.type)))
         result = tensor_type([sizes[c] for c in out], elem or a.type.get_element_type())
         return self._emit(ein.ContractOp(spec, a, b, result))
 
@@ -203,7 +223,7 @@ class EinBuilder:
         """
         compute = compute_elem or opmath_type(out_elem)
         operands = list(dict.fromkeys(x for x in inputs if isinstance(x, SSAValue)))
-        shape = broadcast_shapes(*(shape_of(t.type) for t in operands))
+        shape = broadcast_shapes(*(dims_of(t.type) for t in operands))
         if shape is None:
             raise ValueError(f"map operands do not broadcast: {[str(t.type) for t in operands]}")
         block = Block(arg_types=[t.type.get_element_type() for t in operands])
@@ -225,7 +245,7 @@ class EinBuilder:
         return self.map([x], elem, lambda sb, a: a, compute_elem=elem)
 
     def reduce(self, kind: str, x: SSAValue, dims: Sequence[int], keepdim: bool) -> SSAValue:
-        shape = shape_of(x.type)
+        shape = dims_of(x.type)
         rank = len(shape)
         dims = sorted({d % rank for d in dims}) if rank else []
         if keepdim:
@@ -236,36 +256,36 @@ class EinBuilder:
         return self._emit(ein.ReduceOp(kind, dims, keepdim, x, result))
 
     def flip(self, x: SSAValue, dims: Sequence[int]) -> SSAValue:
-        rank = len(shape_of(x.type))
+        rank = len(dims_of(x.type))
         dims = sorted({d % rank for d in dims})
         if not dims:
             return x
         return self._emit(ein.ViewOp("flip", x, x.type, dims))
 
     def scan(self, kind: str, x: SSAValue, dim: int, reverse: bool = False) -> SSAValue:
-        return self._emit(ein.ScanOp(kind, dim % len(shape_of(x.type)), x, reverse))
+        return self._emit(ein.ScanOp(kind, dim % len(dims_of(x.type)), x, reverse))
 
     def reshape(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
-        if shape_of(x.type) == tuple(shape):
+        if same_shape(dims_of(x.type), shape):
             return x
         result = tensor_type(shape, x.type.get_element_type())
         return self._emit(ein.ViewOp("reshape", x, result))
 
     def permute(self, x: SSAValue, perm: Sequence[int]) -> SSAValue:
-        rank = len(shape_of(x.type))
+        rank = len(dims_of(x.type))
         perm = [p % rank for p in perm]
         if perm == list(range(rank)):
             return x
-        shape = shape_of(x.type)
+        shape = dims_of(x.type)
         result = tensor_type([shape[p] for p in perm], x.type.get_element_type())
         return self._emit(ein.ViewOp("permute", x, result, perm))
 
     def expand(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
         """Broadcast to `shape`, adding leading dims first where needed."""
-        src = shape_of(x.type)
+        src = dims_of(x.type)
         if len(src) < len(shape):
             x = self.reshape(x, [1] * (len(shape) - len(src)) + list(src))
-        if shape_of(x.type) == tuple(shape):
+        if same_shape(dims_of(x.type), shape):
             return x
         result = tensor_type(shape, x.type.get_element_type())
         return self._emit(ein.ViewOp("expand", x, result))
@@ -280,9 +300,9 @@ class EinBuilder:
         return self._emit(ein.ViewOp("slice", x, result, [dim, start, stop, step]))
 
     def concat(self, xs: Sequence[SSAValue], dim: int) -> SSAValue:
-        shape = list(shape_of(xs[0].type))
+        shape = list(dims_of(xs[0].type))
         dim %= len(shape)
-        shape[dim] = sum(shape_of(x.type)[dim] for x in xs)
+        shape[dim] = sum(dims_of(x.type)[dim] for x in xs)
         return self._emit(ein.ConcatOp(dim, xs, tensor_type(shape, xs[0].type.get_element_type())))
 
     def gather(
@@ -355,7 +375,7 @@ def widened_source(value: SSAValue) -> SSAValue | None:
         return None
     body = list(op.body.block.ops)
     widened = len(body) == 2 and body[0].name == "arith.extf" and body[0].operands[0] is op.body.block.args[0]
-    return op.inputs[0] if widened and shape_of(op.inputs[0].type) == shape_of(value.type) else None
+    return op.inputs[0] if widened and same_shape(dims_of(op.inputs[0].type), dims_of(value.type)) else None
 
 
 def read_by_contraction(value: SSAValue) -> bool:

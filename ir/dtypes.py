@@ -6,16 +6,21 @@ that knows numpy-style broadcasting, so verifiers and importers agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ast
+from collections.abc import Mapping, Sequence
 
+import sympy
 import torch
 from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
+    ArrayAttr,
     BFloat16Type,
     Float16Type,
     Float32Type,
     Float64Type,
     IntegerType,
     Signedness,
+    StringAttr,
     TensorType,
     bf16,
     f16,
@@ -75,20 +80,164 @@ def is_bool(elem: Attribute) -> bool:
     return elem == i1
 
 
-def tensor_type(shape: Sequence[int], dtype: torch.dtype | Attribute) -> TensorType:
-    """A ranked static tensor type from a shape and a torch or MLIR dtype."""
+# A dimension's size: an int, or a symbolic size (a sympy expression over positive integer symbols such
+# as Dynamo's `s0`, `s0*s1`, `s1 + 1`). Shapes of `Dim`s are what `dims_of` returns.
+Dim = int | sympy.Expr
+
+
+def size_symbol(name: str) -> sympy.Symbol:
+    """The symbol of a size named `name` (positive integer, as PyTorch's shape environment makes them)."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+_SIZE_OPS = {
+    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+    ast.FloorDiv: lambda a, b: sympy.floor(a / b), ast.Mod: lambda a, b: sympy.Mod(a, b),
+}  # fmt: skip
+
+
+def parse_size(text: str) -> Dim:
+    """A size from its printed form ("64", "s0", "s0*s1", "(s1//2)", "s2 + 1"); names are size
+    symbols. Only integer arithmetic is accepted (no calls, no attribute access: `eval` is never
+    used on dump text); raises ValueError naming the text otherwise."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"size {text!r} is not an integer expression") from None
+
+    def build(node: ast.AST) -> Dim:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            return size_symbol(node.id)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -build(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _SIZE_OPS:
+            return _SIZE_OPS[type(node.op)](build(node.left), build(node.right))
+        raise ValueError(f"size {text!r}: {ast.dump(node)} is not integer arithmetic over sizes")
+
+    return simplify_size(build(tree))
+
+
+def simplify_size(d: Dim) -> Dim:
+    """`d` as an int when it is one (a symbolic expression that folded to a constant), else itself."""
+    if isinstance(d, sympy.Expr):
+        d = sympy.expand(d)
+        if d.is_Integer:
+            return int(d)
+    return d
+
+
+def size_of(d: object) -> Dim:
+    """A size from PyTorch: an int, or a SymInt's expression, read without guarding on its value
+    (`int()` of a SymInt would specialize the graph to this size)."""
+    if isinstance(d, torch.SymInt):
+        expr = d.node.expr
+        return int(expr) if expr.is_Integer else parse_size(str(expr))
+    if isinstance(d, sympy.Expr):
+        return simplify_size(d)
+    return int(d)
+
+
+def is_symbolic(d: object) -> bool:
+    return isinstance(d, sympy.Expr) and not d.is_Integer
+
+
+def same_size(a: Dim, b: Dim) -> bool:
+    """Whether two sizes are equal for every value of their symbols."""
+    if not (is_symbolic(a) or is_symbolic(b)):
+        return a == b
+    return sympy.expand(a - b) == 0
+
+
+def same_shape(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
+    return len(a) == len(b) and all(same_size(x, y) for x, y in zip(a, b))
+
+
+def tensor_type(shape: Sequence[Dim], dtype: torch.dtype | Attribute) -> TensorType:
+    """A ranked tensor type from a shape and a torch or MLIR dtype. A symbolic size is `?` in the
+    shape, and the type's encoding names the symbolic sizes in order: `tensor<?x64xf32, ["s0*s1"]>`."""
     elem = to_mlir_type(dtype) if isinstance(dtype, torch.dtype) else dtype
-    return TensorType(elem, list(shape))
+    shape = [simplify_size(d) for d in shape]
+    symbolic = [StringAttr(str(d)) for d in shape if is_symbolic(d)]
+    if not symbolic:
+        return TensorType(elem, [int(d) for d in shape])
+    return TensorType(elem, [DYNAMIC_INDEX if is_symbolic(d) else d for d in shape], ArrayAttr(symbolic))
+
+
+class SymbolicSizeError(TypeError):
+    """Code that takes static sizes met a type with symbolic ones."""
+
+    def __init__(self, t: TensorType):
+        super().__init__(f"symbolic sizes are not supported here: {t}")
+        self.type = t
 
 
 def shape_of(t: Attribute) -> tuple[int, ...]:
-    """The static shape of a tensor type; scalars have shape ()."""
+    """The static shape of a tensor type; scalars have shape (). Raises TypeError for a symbolic one:
+    code that handles symbolic sizes reads them with `dims_of`."""
     if not isinstance(t, TensorType):
         raise TypeError(f"expected a tensor type, got {t}")
     shape = tuple(t.get_shape())
     if any(d < 0 for d in shape):
-        raise TypeError(f"dynamic dimensions are not supported: {t}")
+        raise SymbolicSizeError(t)
     return shape
+
+
+def dims_of(t: Attribute) -> tuple[Dim, ...]:
+    """The shape of a tensor type, symbolic sizes as sympy expressions (see `tensor_type`)."""
+    if not isinstance(t, TensorType):
+        raise TypeError(f"expected a tensor type, got {t}")
+    shape = tuple(t.get_shape())
+    dynamic = sum(d < 0 for d in shape)
+    if not dynamic:
+        return shape
+    names = t.encoding.data if isinstance(t.encoding, ArrayAttr) else ()
+    if len(names) != dynamic or not all(isinstance(n, StringAttr) for n in names):
+        raise TypeError(f'{t}: its encoding must name each of its {dynamic} symbolic sizes, as ["s0", ...]')
+    sizes = iter(parse_size(n.data) for n in names)
+    return tuple(next(sizes) if d < 0 else d for d in shape)
+
+
+def is_static(t: Attribute) -> bool:
+    return isinstance(t, TensorType) and all(d >= 0 for d in t.get_shape())
+
+
+def size_symbols(shape: Sequence[Dim]) -> set[sympy.Symbol]:
+    return {s for d in shape if is_symbolic(d) for s in d.free_symbols}
+
+
+def bind_sizes(shape: Sequence[Dim], sizes: Sequence[int], bound: dict[sympy.Symbol, int]) -> str | None:
+    """Bind the symbols of `shape` (a function argument's) to the concrete `sizes` of the tensor
+    passed for it, adding to `bound`: a dim that is a bare symbol binds it; every dim must then
+    evaluate to its size. Returns what disagrees, or None."""
+    if len(shape) != len(sizes):
+        return f"rank {len(sizes)} where {len(shape)} was declared"
+    for d, n in zip(shape, sizes):
+        if isinstance(d, sympy.Symbol) and d not in bound:
+            bound[d] = int(n)
+    for i, (d, n) in enumerate(zip(shape, sizes)):
+        try:
+            want = concrete_size(d, bound)
+        except ValueError as e:
+            return str(e)
+        if want != n:
+            return f"dim {i} is {n} where {d} = {want}"
+    return None
+
+
+def concrete_size(d: Dim, bound: Mapping[sympy.Symbol, int]) -> int:
+    """`d` with its symbols replaced by their bound values; raises ValueError for an unbound one."""
+    if not is_symbolic(d):
+        return int(d)
+    missing = d.free_symbols - set(bound)
+    if missing:
+        raise ValueError(f"size {d}: {', '.join(sorted(map(str, missing)))} not bound by any argument")
+    return int(d.subs(bound))
+
+
+def concrete_shape(shape: Sequence[Dim], bound: Mapping[sympy.Symbol, int]) -> tuple[int, ...]:
+    return tuple(concrete_size(d, bound) for d in shape)
 
 
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...] | None:

@@ -1,7 +1,10 @@
 """The `ein` dialect: a tensor program as einsums, elementwise maps and reductions.
 
-Every value is a ranked, statically shaped tensor. Weights and inputs are the
-arguments of a `func.func`; the ops below compute on them:
+Every value is a ranked tensor. Its sizes are static, or symbolic (a dynamic graph's batch or
+sequence length): `?` in the type, with the type's encoding naming each symbolic size in order,
+`tensor<?x?x64xf32, ["s0", "s1"]>`; sizes are integer expressions over size symbols ("s0*s1",
+"s1 + 1"), compared for equality as expressions. Weights and inputs are the arguments of a
+`func.func`; the ops below compute on them:
 
     %y = ein.contract "bmk,nk->bmn" %x, %w : (tensor<2x8x32xf32>, tensor<64x32xf32>) -> tensor<2x8x64xf32>
     %z = ein.map(%y, %b) : (tensor<2x8x64xf32>, tensor<64xf32>) -> tensor<2x8x64xf32> {
@@ -51,7 +54,7 @@ from xdsl.printer import Printer
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
-from .dtypes import broadcasts_to, is_bool, is_float, shape_of
+from .dtypes import broadcasts_to, dims_of, is_bool, is_float, is_symbolic, same_shape, same_size
 
 REDUCE_KINDS = ("sum", "max", "min", "mean", "prod", "argmax", "argmin")
 ARG_KINDS = ("argmax", "argmin")  # the index (i64) of the first max/min over one dim
@@ -91,6 +94,14 @@ def _ints(attr: DenseArrayBase | None) -> tuple[int, ...]:
 
 def _int_array(values: Sequence[int]) -> DenseArrayBase:
     return DenseArrayBase.from_list(i64, list(values))
+
+
+def _dims(t: Attribute, op_name: str) -> tuple:
+    """`dims_of(t)`, its errors (a symbolic size the encoding does not name) as the op's."""
+    try:
+        return dims_of(t)
+    except (TypeError, ValueError) as e:
+        raise VerifyException(f"{op_name}: {e}") from None
 
 
 def _parse_int_list(parser: Parser) -> list[int]:
@@ -142,9 +153,7 @@ class ContractOp(IRDLOperation):
     result = result_def(TensorType)
     traits = traits_def(Pure())
 
-    assembly_format = (
-        "$spec $lhs `,` $rhs attr-dict `:` `(` type($lhs) `,` type($rhs) `)` `->` type($result)"
-    )
+    assembly_format = "$spec $lhs `,` $rhs attr-dict `:` `(` type($lhs) `,` type($rhs) `)` `->` type($result)"
 
     def __init__(self, spec: str, lhs: SSAValue, rhs: SSAValue, result_type: Attribute):
         super().__init__(
@@ -158,21 +167,21 @@ class ContractOp(IRDLOperation):
             raise VerifyException(f"ein.contract: {e}") from None
         sizes: dict[str, int] = {}
         for name, idx, value in (("lhs", lhs_idx, self.lhs), ("rhs", rhs_idx, self.rhs)):
-            shape = shape_of(value.type)
+            shape = _dims(value.type, "ein.contract")
             if len(shape) != len(idx):
                 raise VerifyException(
                     f"ein.contract: {name} has rank {len(shape)} but spec "
                     f"{self.spec.data!r} gives it {len(idx)} indices ({idx!r})"
                 )
             for c, d in zip(idx, shape):
-                if sizes.setdefault(c, d) != d:
+                if not same_size(sizes.setdefault(c, d), d):
                     raise VerifyException(
                         f"ein.contract: index {c!r} has size {sizes[c]} in one place and {d} in another"
                     )
         expected = tuple(sizes[c] for c in out_idx)
-        if shape_of(self.result.type) != expected:
+        if not same_shape(_dims(self.result.type, "ein.contract"), expected):
             raise VerifyException(
-                f"ein.contract: result shape {shape_of(self.result.type)} should be {expected} "
+                f"ein.contract: result shape {dims_of(self.result.type)} should be {expected} "
                 f"for spec {self.spec.data!r}"
             )
         elem, out_elem = self.lhs.type.get_element_type(), self.result.type.get_element_type()
@@ -218,9 +227,9 @@ class MapOp(IRDLOperation):
         super().__init__(operands=[list(inputs)], result_types=[result_type], regions=[body])
 
     def verify_(self) -> None:
-        out_shape = shape_of(self.result.type)
+        out_shape = _dims(self.result.type, "ein.map")
         for i, value in enumerate(self.inputs):
-            if not broadcasts_to(shape_of(value.type), out_shape):
+            if not broadcasts_to(_dims(value.type, "ein.map"), out_shape):
                 raise VerifyException(
                     f"ein.map: operand {i} of type {value.type} does not broadcast to "
                     f"result shape {out_shape}"
@@ -290,7 +299,7 @@ class ReduceOp(IRDLOperation):
         kind = self.kind.data
         if kind not in REDUCE_KINDS:
             raise VerifyException(f"ein.reduce: kind {kind!r} is not one of {', '.join(REDUCE_KINDS)}")
-        shape = shape_of(self.input.type)
+        shape = _dims(self.input.type, "ein.reduce")
         dims = self.reduce_dims
         if len(set(dims)) != len(dims) or any(not 0 <= d < len(shape) for d in dims):
             raise VerifyException(f"ein.reduce: dims {list(dims)} invalid for rank {len(shape)}")
@@ -298,9 +307,9 @@ class ReduceOp(IRDLOperation):
             expected = tuple(1 if i in dims else d for i, d in enumerate(shape))
         else:
             expected = tuple(d for i, d in enumerate(shape) if i not in dims)
-        if shape_of(self.result.type) != expected:
+        if not same_shape(_dims(self.result.type, "ein.reduce"), expected):
             raise VerifyException(
-                f"ein.reduce: result shape {shape_of(self.result.type)} should be {expected}"
+                f"ein.reduce: result shape {dims_of(self.result.type)} should be {expected}"
             )
         elem = self.input.type.get_element_type()
         if kind in ARG_KINDS:
@@ -360,7 +369,7 @@ class ScanOp(IRDLOperation):
     def verify_(self) -> None:
         if self.kind.data not in SCAN_KINDS:
             raise VerifyException(f"ein.scan: kind {self.kind.data!r} is not one of {', '.join(SCAN_KINDS)}")
-        rank = len(shape_of(self.input.type))
+        rank = len(_dims(self.input.type, "ein.scan"))
         if not 0 <= self.scan_dim < rank:
             raise VerifyException(f"ein.scan: dim {self.scan_dim} invalid for rank {rank}")
         if self.result.type != self.input.type:
@@ -402,9 +411,7 @@ class ViewOp(IRDLOperation):
     params = prop_def(DenseArrayBase)
     traits = traits_def(Pure())
 
-    def __init__(
-        self, kind: str, input: SSAValue, result_type: Attribute, params: Sequence[int] = ()
-    ):
+    def __init__(self, kind: str, input: SSAValue, result_type: Attribute, params: Sequence[int] = ()):
         super().__init__(
             operands=[input],
             result_types=[result_type],
@@ -417,34 +424,38 @@ class ViewOp(IRDLOperation):
 
     def verify_(self) -> None:
         kind, p = self.kind.data, self.view_params
-        src, dst = shape_of(self.input.type), shape_of(self.result.type)
+        src, dst = _dims(self.input.type, "ein.view"), _dims(self.result.type, "ein.view")
         if self.input.type.get_element_type() != self.result.type.get_element_type():
             raise VerifyException("ein.view: a view cannot change the element type")
         if kind == "reshape":
-            if math.prod(src) != math.prod(dst):
+            if not same_size(math.prod(src), math.prod(dst)):
                 raise VerifyException(f"ein.view reshape: {src} and {dst} differ in element count")
         elif kind == "permute":
             if sorted(p) != list(range(len(src))):
                 raise VerifyException(f"ein.view permute: {list(p)} is not a permutation of rank {len(src)}")
-            if tuple(src[i] for i in p) != dst:
+            if not same_shape([src[i] for i in p], dst):
                 raise VerifyException(f"ein.view permute: result shape should be {tuple(src[i] for i in p)}")
         elif kind == "expand":
-            if len(src) != len(dst) or any(s != d and s != 1 for s, d in zip(src, dst)):
+            if len(src) != len(dst) or any(not same_size(s, d) and s != 1 for s, d in zip(src, dst)):
                 raise VerifyException(f"ein.view expand: cannot expand {src} to {dst}")
         elif kind == "slice":
             if len(p) != 4:
                 raise VerifyException("ein.view slice: params must be [dim, start, stop, step]")
             dim, start, stop, step = p
+            if 0 <= dim < len(src) and is_symbolic(src[dim]):
+                raise VerifyException(
+                    f"ein.view slice: dim {dim} of {src} is symbolic; slices take static dims"
+                )
             if not 0 <= dim < len(src) or step < 1 or not 0 <= start <= stop <= src[dim]:
                 raise VerifyException(f"ein.view slice: bad slice {list(p)} of shape {src}")
             want = list(src)
             want[dim] = -(-(stop - start) // step)
-            if tuple(want) != dst:
+            if not same_shape(want, dst):
                 raise VerifyException(f"ein.view slice: result shape should be {tuple(want)}")
         elif kind == "flip":
             if not p or len(set(p)) != len(p) or any(not 0 <= d < len(src) for d in p):
                 raise VerifyException(f"ein.view flip: dims {list(p)} invalid for rank {len(src)}")
-            if src != dst:
+            if not same_shape(src, dst):
                 raise VerifyException("ein.view flip: the result must have the input's shape")
         else:
             raise VerifyException(f"ein.view: kind {kind!r} is not one of {', '.join(VIEW_KINDS)}")
@@ -503,20 +514,22 @@ class ConcatOp(IRDLOperation):
 
     def verify_(self) -> None:
         dim = self.dim.value.data
-        out = shape_of(self.result.type)
+        out = _dims(self.result.type, "ein.concat")
         if not self.inputs:
             raise VerifyException("ein.concat: needs at least one operand")
         if not 0 <= dim < len(out):
             raise VerifyException(f"ein.concat: dim {dim} out of range for rank {len(out)}")
         total = 0
         for i, v in enumerate(self.inputs):
-            s = shape_of(v.type)
-            if len(s) != len(out) or any(a != b for j, (a, b) in enumerate(zip(s, out)) if j != dim):
+            s = _dims(v.type, "ein.concat")
+            if len(s) != len(out) or any(
+                not same_size(a, b) for j, (a, b) in enumerate(zip(s, out)) if j != dim
+            ):
                 raise VerifyException(f"ein.concat: operand {i} shape {s} does not fit result {out}")
             if v.type.get_element_type() != self.result.type.get_element_type():
                 raise VerifyException(f"ein.concat: operand {i} element type differs from the result")
             total += s[dim]
-        if total != out[dim]:
+        if not same_size(total, out[dim]):
             raise VerifyException(f"ein.concat: sizes along dim {dim} add to {total}, result has {out[dim]}")
 
     def print(self, printer: Printer) -> None:
@@ -531,9 +544,7 @@ class ConcatOp(IRDLOperation):
     def parse(cls, parser: Parser) -> ConcatOp:
         parser.parse_keyword("dim")
         dim = parser.parse_integer()
-        operands = parser.parse_comma_separated_list(
-            parser.Delimiter.PAREN, parser.parse_unresolved_operand
-        )
+        operands = parser.parse_comma_separated_list(parser.Delimiter.PAREN, parser.parse_unresolved_operand)
         attrs = parser.parse_optional_attr_dict()
         resolved, result_type = _parse_operand_types(parser, operands, "ein.concat")
         op = cls(dim, resolved, result_type)
@@ -572,13 +583,15 @@ class GatherOp(IRDLOperation):
         return _ints(self.index_map)
 
     def verify_(self) -> None:
-        table, out = shape_of(self.table.type), shape_of(self.result.type)
+        table, out = _dims(self.table.type, "ein.gather"), _dims(self.result.type, "ein.gather")
         sources = self.sources
         if len(sources) != len(table):
             count = f"{len(sources)} entries for a rank-{len(table)} table"
             raise VerifyException(f"ein.gather: index map has {count}")
         for k, m in enumerate(sources):
-            if m >= 0 and (m >= len(out) or out[m] > table[k]):
+            if m >= 0 and (
+                m >= len(out) or is_symbolic(out[m]) or is_symbolic(table[k]) or out[m] > table[k]
+            ):
                 raise VerifyException(f"ein.gather: table dim {k} cannot be read at result dim {m} of {out}")
             if m < 0 and -1 - m >= len(self.indices):
                 raise VerifyException(f"ein.gather: table dim {k} reads a missing index tensor {-1 - m}")
@@ -586,7 +599,7 @@ class GatherOp(IRDLOperation):
             elem = v.type.get_element_type()
             if is_float(elem) or is_bool(elem):
                 raise VerifyException(f"ein.gather: index tensor {j} must be an integer tensor, got {elem}")
-            if not broadcasts_to(shape_of(v.type), out):
+            if not broadcasts_to(_dims(v.type, "ein.gather"), out):
                 raise VerifyException(f"ein.gather: index tensor {j} does not broadcast to the result {out}")
         if self.table.type.get_element_type() != self.result.type.get_element_type():
             raise VerifyException("ein.gather: the result's element type must be the table's")
@@ -655,7 +668,7 @@ class IotaOp(IRDLOperation):
         super().__init__(result_types=[result_type], properties={"dim": IntegerAttr(dim, i64)})
 
     def verify_(self) -> None:
-        rank = len(shape_of(self.result.type))
+        rank = len(_dims(self.result.type, "ein.iota"))
         if not 0 <= self.dim.value.data < rank:
             raise VerifyException(f"ein.iota: dim {self.dim.value.data} out of range for rank {rank}")
         elem = self.result.type.get_element_type()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import sympy
 import torch
 from xdsl.dialects import arith, func, math
 from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS, CMPI_COMPARISON_OPERATIONS
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp
-from xdsl.ir import Block, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from . import einsum as ein
-from .dtypes import shape_of, to_torch_dtype
+from .dtypes import bind_sizes, concrete_shape, dims_of, to_torch_dtype
 
 
 class InterpreterError(RuntimeError):
@@ -25,6 +26,7 @@ class InterpreterError(RuntimeError):
 
 
 Env = dict[SSAValue, torch.Tensor]
+Sizes = dict[sympy.Symbol, int]  # a dynamic function's size symbols, bound by its arguments' sizes
 
 _CMP = {
     "oeq": torch.eq, "ogt": torch.gt, "oge": torch.ge, "olt": torch.lt, "ole": torch.le,
@@ -109,9 +111,11 @@ def scalar_function(op: Operation) -> Callable[..., torch.Tensor]:
 def run_map(
     op: ein.MapOp, inputs: Sequence[torch.Tensor],
     evaluate: Callable[[Operation, Env, torch.device], torch.Tensor | None] | None = None,
+    sizes: Sizes | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """A map on whole tensors: each scalar op of its body by `evaluate` (default `eval_scalar_op`;
-    one that returns None leaves the op's value unset: a caller that computed it another way)."""
+    one that returns None leaves the op's value unset: a caller that computed it another way).
+    `sizes` binds the symbolic sizes of a dynamic function's types (`run_function` binds them)."""
     block: Block = op.body.block
     device = inputs[0].device if inputs else torch.device("cpu")
     env: Env = dict(zip(block.args, inputs))
@@ -122,7 +126,7 @@ def run_map(
         result = (evaluate or eval_scalar_op)(inner, env, device)
         if result is not None:
             env[inner.results[0]] = result
-    shape = shape_of(op.result.type)
+    shape = _shape(op.result.type, sizes)
     return torch.broadcast_to(value, shape).to(to_torch_dtype(op.result.type.get_element_type()))
 
 
@@ -166,10 +170,10 @@ def _run_scan(op: ein.ScanOp, x: torch.Tensor) -> torch.Tensor:
     return fn(acc, dim).to(x.dtype)
 
 
-def view_function(op: ein.ViewOp) -> Callable[[torch.Tensor], torch.Tensor]:
+def view_function(op: ein.ViewOp, sizes: Sizes | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The view as one PyTorch call, its kind, parameters and shape read off the IR once (the
-    library paths call it every run: `compiler/library_plan.py`)."""
-    kind, p, shape = op.kind.data, op.view_params, tuple(shape_of(op.result.type))
+    library paths call it every run: `compiler/library_plan.py`); symbolic sizes from `sizes`."""
+    kind, p, shape = op.kind.data, op.view_params, _shape(op.result.type, sizes)
     if kind == "reshape":
         return lambda x: x.reshape(shape)
     if kind == "permute":
@@ -186,11 +190,11 @@ def view_function(op: ein.ViewOp) -> Callable[[torch.Tensor], torch.Tensor]:
 def reads_table_rows(op: ein.GatherOp) -> bool:
     """Whether `op` reads whole rows of a 2-d table at one index tensor (an embedding lookup:
     `[i0, d<last>]`, the index tensor shaped as the result's leading dims then ones)."""
-    out, table = shape_of(op.result.type), shape_of(op.table.type)
+    out, table = dims_of(op.result.type), dims_of(op.table.type)
     rows = len(out) - 1
     if len(op.indices) != 1 or len(table) != 2 or op.sources != (-1, rows) or table[1] != out[rows]:
         return False
-    index_shape = list(shape_of(op.indices[0].type))
+    index_shape = list(dims_of(op.indices[0].type))
     return index_shape == [*out[:rows], 1]
 
 
@@ -203,8 +207,10 @@ def gather_rows(table: torch.Tensor, indices: torch.Tensor, shape: Sequence[int]
     return table.index_select(0, flat).view(tuple(shape))
 
 
-def _run_gather(op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = shape_of(op.result.type)
+def _run_gather(
+    op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.Tensor], sizes: Sizes | None = None
+) -> torch.Tensor:
+    out = _shape(op.result.type, sizes)
     if reads_table_rows(op):
         return gather_rows(table, indices[0], out)
     at = []
@@ -219,25 +225,25 @@ def _run_gather(op: ein.GatherOp, table: torch.Tensor, indices: Sequence[torch.T
     return table[tuple(at)].expand(out)
 
 
-def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
-    """Execute one `ein` op on the tensors bound in `env`."""
+def run_op(op: Operation, env: Env, device: torch.device, sizes: Sizes | None = None) -> torch.Tensor:
+    """Execute one `ein` op on the tensors bound in `env` (symbolic sizes bound in `sizes`)."""
     args = [env[o] for o in op.operands]
     if isinstance(op, ein.ContractOp):
         return _run_contract(op, *args)
     if isinstance(op, ein.MapOp):
-        return run_map(op, args)
+        return run_map(op, args, sizes=sizes)
     if isinstance(op, ein.ReduceOp):
         return _run_reduce(op, args[0])
     if isinstance(op, ein.ScanOp):
         return _run_scan(op, args[0])
     if isinstance(op, ein.ViewOp):
-        return view_function(op)(args[0])
+        return view_function(op, sizes)(args[0])
     if isinstance(op, ein.ConcatOp):
         return torch.cat(args, dim=op.dim.value.data)
     if isinstance(op, ein.GatherOp):
-        return _run_gather(op, args[0], args[1:])
+        return _run_gather(op, args[0], args[1:], sizes)
     result_dtype = to_torch_dtype(op.results[0].type.get_element_type())
-    shape = shape_of(op.results[0].type)
+    shape = _shape(op.results[0].type, sizes)
     if isinstance(op, ein.ConstantOp):
         return _scalar_constant(op.value, device).expand(shape).to(result_dtype)
     if isinstance(op, ein.IotaOp):
@@ -249,28 +255,44 @@ def run_op(op: Operation, env: Env, device: torch.device) -> torch.Tensor:
     raise InterpreterError(f"the reference interpreter cannot run {op.name}")
 
 
-def _check_inputs(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> None:
+def _shape(t: Attribute, sizes: Sizes | None) -> tuple[int, ...]:
+    """The concrete shape of a type, its symbolic sizes from `sizes`."""
+    try:
+        return concrete_shape(dims_of(t), sizes or {})
+    except ValueError as e:
+        raise InterpreterError(f"{t}: {e}") from None
+
+
+def _check_inputs(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> Sizes:
+    """Check the arguments against the function's types; returns the values of its size symbols,
+    bound by the arguments' sizes."""
     params = fn.function_type.inputs.data
     if len(args) != len(params):
         raise InterpreterError(f"@{fn.sym_name.data} takes {len(params)} tensors, got {len(args)}")
+    sizes: Sizes = {}
     for i, (t, want) in enumerate(zip(args, params)):
-        shape, dtype = shape_of(want), to_torch_dtype(want.get_element_type())
-        if tuple(t.shape) != shape or t.dtype != dtype:
+        shape, dtype = dims_of(want), to_torch_dtype(want.get_element_type())
+        wrong = bind_sizes(shape, tuple(t.shape), sizes)
+        if wrong is not None or t.dtype != dtype:
+            why = f" ({wrong})" if wrong else ""
             raise InterpreterError(
-                f"@{fn.sym_name.data} argument {i}: expected {shape} {dtype}, got {tuple(t.shape)} {t.dtype}"
+                f"@{fn.sym_name.data} argument {i}: expected {shape} {dtype}, "
+                f"got {tuple(t.shape)} {t.dtype}{why}"
             )
+    return sizes
 
 
 def run_function(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Execute one `ein` function on tensors; returns its results in order."""
-    _check_inputs(fn, args)
+    """Execute one `ein` function on tensors; returns its results in order. A function with symbolic
+    sizes runs at the sizes its arguments give them."""
+    sizes = _check_inputs(fn, args)
     device = args[0].device if args else torch.device("cpu")
     block = fn.body.block
     env: Env = dict(zip(block.args, args))
     for op in block.ops:
         if isinstance(op, func.ReturnOp):
             return [env[v] for v in op.arguments]
-        env[op.results[0]] = run_op(op, env, device)
+        env[op.results[0]] = run_op(op, env, device, sizes)
     raise InterpreterError(f"@{fn.sym_name.data} has no func.return")
 
 

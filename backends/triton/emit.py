@@ -266,6 +266,7 @@ _CALLS = {
 _COMPARISONS = {
     "olt": "<", "ole": "<=", "ogt": ">", "oge": ">=", "oeq": "==", "une": "!=",
     "slt": "<", "sle": "<=", "sgt": ">", "sge": ">=", "eq": "==", "ne": "!=",
+    "ult": "<", "ule": "<=", "ugt": ">", "uge": ">=",  # on i1 only (bools), which Triton compares unsigned
 }  # fmt: skip
 _MATH_FUNCTIONS = {
     "math.exp": "tl.exp", "math.exp2": "tl.exp2", "math.log": "tl.log", "math.log2": "tl.log2",

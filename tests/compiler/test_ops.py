@@ -473,3 +473,47 @@ def test_the_interpreter_runs_a_large_pointwise_kernel_as_few_wide_programs():
     (group,) = fusion_groups(reports)
     assert group["kind"] == "pointwise" and f"BLOCK={INTERPRETER_BLOCK}," in group["config"]
     assert default_config("pointwise", {"N": 50001}).params["BLOCK"] == 1024
+
+
+def test_bool_arithmetic_is_logical_as_in_pytorch():
+    """A sum or maximum of bools is their or, a product or minimum their and, False < True: as 1-bit
+    integers True + True wrapped to False and True compared as -1."""
+    torch.manual_seed(0)
+    m, n, x = torch.rand(33, 47) > 0.5, torch.rand(33, 47) > 0.5, torch.randn(33, 47)
+
+    def fn(m, n, x):
+        both = (x > 0) + m
+        return (m + n, m * n, torch.maximum(m, n), torch.minimum(m, n), m < n, m >= n, m + True,
+                both, both.float().sum())  # fmt: skip
+
+    compile_and_compare(fn, m, n, x)
+
+
+@pytest.mark.parametrize("op", ["addmm", "baddbmm"])
+def test_beta_zero_ignores_nan_and_inf_in_the_added_input(op):
+    """PyTorch's addmm/baddbmm with beta=0 ignore their input: NaN and inf there do not propagate."""
+    torch.manual_seed(0)
+    if op == "addmm":
+        c, a, b = torch.randn(33, 20), torch.randn(33, 47), torch.randn(47, 20)
+        fn = lambda c, a, b: torch.addmm(c, a, b, beta=0.0, alpha=1.5)  # noqa: E731
+    else:
+        c, a, b = torch.randn(3, 33, 20), torch.randn(3, 33, 47), torch.randn(3, 47, 20)
+        fn = lambda c, a, b: torch.baddbmm(c, a, b, beta=0.0, alpha=1.5)  # noqa: E731
+    c.view(-1)[:2] = torch.tensor([float("nan"), float("inf")])
+    compile_and_compare(fn, c, a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_uint8_arithmetic_compiles_and_wraps_as_pytorch_does():
+    """uint8 (image pixels, masks) computes in i32 and truncates back: constants of `arith` are
+    signless (a `u * 3` made the whole partition fail verification), and values above 127 must
+    compare, divide and convert as unsigned."""
+    torch.manual_seed(0)
+    u = torch.randint(0, 256, (33, 47), dtype=torch.uint8)
+
+    def fn(u):
+        v = u.flip(0)
+        return (u * 3, u // 3, u - 1, 255 - u, (u > 200).sum(), torch.where(u > 128, u, u * 2),
+                torch.maximum(u, v), u < v, u.to(torch.int8) + 1, u.float() / 255,
+                u.to(torch.bfloat16) * 0.5)  # fmt: skip
+
+    compile_and_compare(fn, u)
