@@ -68,6 +68,8 @@ def _tensor_reason(val: object, what: str) -> str | None:
         return f"{what} is float64; tilefuse's kernels compute in at most float32, so PyTorch runs it"
     if any(not isinstance(d, int) for d in val.shape):
         return f"{what} has a dynamic shape {tuple(val.shape)}; tilefuse compiles static shapes"
+    if 0 in val.shape and what == "its result":  # (an empty operand of a concatenation is dropped)
+        return f"{what} has no elements (shape {tuple(val.shape)}): nothing to compute, PyTorch runs it"
     return None
 
 

@@ -18,8 +18,6 @@ import torch
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import Graph, GraphModule, Node
-from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
-from torch.fx.passes.operator_support import OperatorSupportBase
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from .conv_layout import is_explicit_copy
@@ -38,15 +36,6 @@ class Fallback:
 
     def as_dict(self) -> dict[str, str]:
         return {"node": self.node, "op": self.op, "reason": self.reason}
-
-
-class _EinSupport(OperatorSupportBase):
-    def __init__(self, in_pytorch: dict[Node, str]):
-        super().__init__()
-        self.in_pytorch = in_pytorch
-
-    def is_node_supported(self, submodules: object, node: Node) -> bool:
-        return node.op == "call_function" and node not in self.in_pytorch
 
 
 # work a partition should keep even when it only feeds an op left to PyTorch
@@ -246,20 +235,41 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     Regions made only of views are left to PyTorch: they cost nothing there.
     """
     in_pytorch = ops_in_pytorch(_prepared(gm))
-    compute = [n for n in gm.graph.nodes if n.op == "call_function"]
-    if compute and not in_pytorch:
-        # every op compiles: one partition of them all, which is what the partitioner would propose for a
-        # connected graph (one of independent parts, where it would propose one each), without building
-        # it: its dependency sets and merge search are quadratic (0.6 of a 32-layer Llama's 0.8 s of
-        # partitioning on a 2-core CPU)
-        fused = fuse_by_partitions(gm, [dict.fromkeys(compute)])
-    else:
-        support = _EinSupport(in_pytorch)
-        partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
-        fused = partitioner.fuse_partitions(partitioner.propose_partitions())
+    partitions = [dict.fromkeys(nodes) for nodes in _levels(gm, in_pytorch)]
+    fused = fuse_by_partitions(gm, partitions) if partitions else gm
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
     sink_boundary_views(fused, names)
     return fused, names
+
+
+def _levels(gm: GraphModule, in_pytorch: dict[Node, str]) -> list[list[Node]]:
+    """The compiled ops of `gm` in partitions, in linear time: an op's level is the most ops left to
+    PyTorch on any path from the graph's inputs to it, taken as late as its readers allow (the latest
+    level at or under every reader's: a weight's transpose joins the layer that reads it; a result only
+    the graph returns, the last level), and each
+    level is one partition. No partition depends on a later one: a path from one op to another that
+    runs through an op in PyTorch raises the level. So a graph where every op compiles is one
+    partition, and one with an op in PyTorch per layer (MoE routing's `topk`) a partition per layer.
+    (torch's CapabilityBasedPartitioner proposes the same cuts through a merge search whose cost grew
+    with the cube of the depth: 14 s of a 32-layer Llama's compile with one op per layer left out.)"""
+    order = [n for n in gm.graph.nodes]
+    earliest: dict[Node, int] = {}  # the most ops in PyTorch on a path from an input
+    for n in order:
+        earliest[n] = max((earliest[a] + (a in in_pytorch) for a in n.all_input_nodes), default=0)
+    last = max(earliest.values(), default=0)
+    latest: dict[Node, int] = {}
+    for n in reversed(order):
+        if n.op != "call_function" or n in in_pytorch:
+            continue
+        bounds = [latest[u] if u in latest else earliest[u] for u in n.users if u.op == "call_function"]
+        latest[n] = min(bounds, default=last)  # read only as the graph's output: the last partition
+    levels: dict[int, list[Node]] = {}
+    for n in order:
+        if n.target is operator.getitem and n.args[0] in latest:  # an item goes with its op
+            latest[n] = latest[n.args[0]]
+        if n in latest:
+            levels.setdefault(latest[n], []).append(n)
+    return [levels[k] for k in sorted(levels)]
 
 
 # ops that only re-index their one tensor argument (a contiguous clone is a copy PyTorch makes to let a

@@ -517,3 +517,19 @@ def test_uint8_arithmetic_compiles_and_wraps_as_pytorch_does():
                 u.to(torch.bfloat16) * 0.5)  # fmt: skip
 
     compile_and_compare(fn, u)
+
+
+def test_tensors_without_elements_match_eager():
+    """Ops whose result has no elements run in PyTorch (a concatenation of empty tensors raised
+    IndexError in the lowering and sent its whole partition to PyTorch); reductions and GEMMs over an
+    empty dim (sums of nothing: zeros) compile; an empty operand of a concatenation is dropped."""
+    x, y, z = torch.randn(0, 47), torch.randn(33, 0), torch.randn(5, 47)
+
+    def fn(x, y, z):
+        return (x.sum(dim=0), x * 2, y.sum(), y.mean(dim=1), y.amax(dim=0), torch.cat([x, x]),
+                torch.cat([y, y], 1) + 1, torch.cat([x, z]) * 2, x.T @ x, y @ y.T)  # fmt: skip
+
+    reports = compile_and_compare(fn, x, y, z, allow_fallbacks=True)
+    reasons = {f["node"]: f["reason"] for r in reports for f in r["fallbacks"]}
+    assert "no elements" in reasons["cat"] and "sum_1" not in reasons and "cat_2" not in reasons
+    assert any(r["partitions"] for r in reports)

@@ -1,0 +1,88 @@
+"""The partitioner (`partition._levels`): on random graphs where some ops stay in PyTorch, every
+compiled op lands in exactly one partition and no partition waits on a later one (the contracted
+graph is acyclic); a layered graph gets one partition per stretch between PyTorch ops, and its
+cost stays linear in the depth."""
+
+from __future__ import annotations
+
+import operator
+
+import networkx as nx
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.fx import Graph, GraphModule, Node
+
+from tilefuse.compiler.partition import _levels
+
+aten = torch.ops.aten
+
+
+def _contracted(gm: GraphModule, parts: list[list[Node]]) -> nx.DiGraph:
+    home = {n: f"p{i}" for i, part in enumerate(parts) for n in part}
+    g = nx.DiGraph()
+    for n in gm.graph.nodes:
+        for a in n.all_input_nodes:
+            src, dst = home.get(a, a.name), home.get(n, n.name)
+            if src != dst:
+                g.add_edge(src, dst)
+    return g
+
+
+@st.composite
+def graphs(draw):
+    """A random DAG of binary ops over two inputs; some ops (and multi-output items) stay in PyTorch."""
+    g = Graph()
+    values = [g.placeholder("x"), g.placeholder("y")]
+    in_pytorch: dict[Node, str] = {}
+    for _ in range(draw(st.integers(1, 40))):
+        a, b = (values[draw(st.integers(0, len(values) - 1))] for _ in range(2))
+        if draw(st.integers(0, 9)) == 0:  # a multi-output op and one of its items
+            op = g.call_function(aten.var_mean.correction, (a,))
+            item = g.call_function(operator.getitem, (op, draw(st.integers(0, 1))))
+            if draw(st.booleans()):
+                in_pytorch[op] = in_pytorch[item] = "left out"
+            values.append(item)
+            continue
+        node = g.call_function(aten.add.Tensor, (a, b))
+        if draw(st.integers(0, 3)) == 0:
+            in_pytorch[node] = "left out"
+        values.append(node)
+    g.output(tuple(values[-draw(st.integers(1, 3)) :]))
+    return GraphModule(torch.nn.Module(), g), in_pytorch
+
+
+@settings(max_examples=150, deadline=None)
+@given(graphs())
+def test_every_compiled_op_is_in_one_partition_and_partitions_never_wait_on_later_ones(case):
+    gm, in_pytorch = case
+    parts = _levels(gm, in_pytorch)
+    placed = [n for part in parts for n in part]
+    compiled = [n for n in gm.graph.nodes if n.op == "call_function" and n not in in_pytorch]
+    assert sorted(placed, key=str) == sorted(compiled, key=str) and len(set(placed)) == len(placed)
+    assert nx.is_directed_acyclic_graph(_contracted(gm, parts))
+    for part in parts:  # an item is never cut from its op
+        members = set(part)
+        assert all(n.args[0] in members for n in part if n.target is operator.getitem)
+
+
+def _layers(depth: int) -> tuple[GraphModule, dict[Node, str]]:
+    """`depth` layers of three compiled ops around one op left to PyTorch (a MoE router's topk)."""
+    g = Graph()
+    x = g.placeholder("x")
+    in_pytorch = {}
+    for _ in range(depth):
+        h = g.call_function(aten.mul.Tensor, (x, x))
+        routed = g.call_function(aten.cumsum.default, (h, 0))
+        in_pytorch[routed] = "left out"
+        x = g.call_function(aten.add.Tensor, (g.call_function(aten.add.Tensor, (h, routed)), x))
+    g.output(x)
+    return GraphModule(torch.nn.Module(), g), in_pytorch
+
+
+def test_a_layered_graph_gets_a_partition_per_stretch_between_pytorch_ops():
+    gm, in_pytorch = _layers(5)
+    parts = _levels(gm, in_pytorch)
+    assert [len(p) for p in parts] == [1, 3, 3, 3, 3, 2]
+    gm, in_pytorch = _layers(400)  # linear: the merge search it replaced grew with the cube of the depth
+    assert len(_levels(gm, in_pytorch)) == 401
