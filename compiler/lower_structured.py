@@ -190,10 +190,15 @@ def lower_split(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
     return tuple(parts)
 
 
+def _static_empty(val: torch.Tensor) -> bool:
+    """A tensor of static sizes with no elements (a symbolic size is never read: reading it would guard)."""
+    return 0 in [d for d in val.shape if isinstance(d, int)]
+
+
 @lowers(aten.cat.default)
 def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
     out = ctx.out_elem(node)
-    xs = [ctx.b.cast(ctx.tensor(t), out) for t in node.args[0] if t.meta["val"].numel() > 0]
+    xs = [ctx.b.cast(ctx.tensor(t), out) for t in node.args[0] if not _static_empty(t.meta["val"])]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
 

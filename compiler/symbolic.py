@@ -17,17 +17,18 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 from torch.fx import GraphModule, Node
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, TensorType
 
 from ..ir.builder import EinBuilder
-from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, size_of, to_mlir_type
+from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, dims_of, size_of, size_symbols, to_mlir_type
 from ..ir.module import print_module
 from . import lower_elementwise, lower_structured  # noqa: F401  (register lowerings)
 from .fx_import import ImportFailure, _lower_node, _value_name
-from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, target_name
+from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, bound_args, target_name
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -41,27 +42,27 @@ _STRUCTURED = {
     aten.transpose.int, aten.t.default, aten.expand.default,
     aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default, aten.amax.default,
     aten.amin.default, aten._softmax.default, aten._log_softmax.default,
-    aten.native_layer_norm.default, aten.var.correction, aten.var_mean.correction,
+    aten.native_layer_norm.default, aten.var.correction, aten.var_mean.correction, aten.cat.default,
 }  # fmt: skip
-# elementwise lowerings that make a tensor of a given size (its size arguments may be symbolic)
+# elementwise lowerings that make a tensor of a given size: only their sizes may be symbolic (the
+# lowerings read them as the result's metadata); a symbolic start, step or fill value is refused
 _CREATION = {
     aten.full.default, aten.full_like.default, aten.fill.Scalar, aten.scalar_tensor.default,
     aten.zeros_like.default, aten.zeros.default, aten.ones_like.default, aten.ones.default,
     aten.arange.start_step, aten.arange.start, aten.arange.default,
 }  # fmt: skip
-# views whose size arguments are symbolic: their lowerings read the result's metadata instead
+# ops whose size arguments may be symbolic: their lowerings read the result's metadata instead
 _SIZE_ARGUMENTS = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
+    aten.full.default, aten.zeros.default, aten.ones.default, aten.arange.default, aten.arange.start,
+    aten.arange.start_step,
 }  # fmt: skip
+_VALUE_ARGUMENTS = ("start", "step", "fill_value", "value", "s")  # read as numbers by the lowerings
 
 
 def _elementwise(target: object) -> bool:
     lowering = LOWERINGS.get(target)
-    return (
-        lowering is not None
-        and lowering.fn.__module__ == lower_elementwise.__name__
-        and target not in _CREATION
-    )
+    return lowering is not None and lowering.fn.__module__ == lower_elementwise.__name__
 
 
 def symbolic_lowering(target: object) -> bool:
@@ -91,6 +92,11 @@ def symbolic_reason(node: Node) -> str | None:
     for arg in node.all_input_nodes:
         if not _tensors(arg.meta.get("val")) and node.target not in _SIZE_ARGUMENTS:
             return f"input {arg.name} is a symbolic scalar"
+    if node.target in _CREATION:
+        args = bound_args(node)
+        for name in _VALUE_ARGUMENTS:
+            if isinstance(args.get(name), (Node, torch.SymInt, torch.SymFloat)):
+                return f"its {name} is symbolic"
     lowering = LOWERINGS[node.target]
     return lowering.check(node) if lowering.check else None
 
@@ -177,6 +183,15 @@ def import_region(region: Region, name: str) -> func.FuncOp:
     return b.finish([env[n] for n in region.outputs])
 
 
+def _unbound_sizes(fn: func.FuncOp) -> list[str]:
+    """The size symbols in `fn`'s types that no argument binds (an argument's dim that is the bare
+    symbol): such a function could not be run at sizes given by its arguments alone."""
+    bound = {d for arg in fn.body.block.args for d in dims_of(arg.type) if isinstance(d, sympy.Symbol)}
+    used = {s for op in fn.walk() for r in op.results if isinstance(r.type, TensorType)
+            for s in size_symbols(dims_of(r.type))}  # fmt: skip
+    return sorted(str(s) for s in used - bound)
+
+
 def dynamic_module(gm: GraphModule, name: str) -> tuple[ModuleOp, list[str]]:
     """The graph's symbolic-size regions as one `ein` module (function `<name>_dyn<i>` per region),
     and notes for the dump's header: what each function takes and returns, what was left out."""
@@ -187,6 +202,9 @@ def dynamic_module(gm: GraphModule, name: str) -> tuple[ModuleOp, list[str]]:
         try:
             fn = import_region(region, fn_name)
             fn.verify()
+            unbound = _unbound_sizes(fn)
+            if unbound:
+                raise ImportFailure(f"sizes {', '.join(unbound)} are bound by none of its inputs' sizes")
         except Exception as e:  # a dump: say why, never fail the compile
             notes.append(f"@{fn_name} ({len(region.nodes)} nodes from {region.nodes[0].name}): not imported: "
                          f"{type(e).__name__}: {e}")  # fmt: skip

@@ -96,3 +96,30 @@ def test_the_command_line_prints_a_dynamic_module_and_says_which_passes_take_it(
     assert cli_main(["opt", str(path), "-p", "canonicalize"]) == 1
     err = capsys.readouterr().err
     assert "pass canonicalize takes static sizes only" in err and "Traceback" not in err
+
+
+def test_concatenations_and_tensors_made_at_symbolic_sizes_import_and_run():
+    """A KV cache's concatenation along its symbolic length imports and runs at every length; an
+    `arange` whose start is symbolic is left out (its lowering reads the start as a number), and a
+    tensor made at a size none of its function's inputs binds is not imported (the function could
+    not run at sizes its arguments give), each with the reason."""
+
+    def f(cache, new):
+        keys = torch.cat([cache, new], dim=1)
+        n = keys.shape[1]
+        pos = torch.arange(n) * 2  # its size: the sum of both lengths, bound by no input of its own
+        late = torch.arange(cache.shape[1], n)  # starts at a symbolic size
+        return keys * 3, pos, late
+
+    gm = _symbolic_graph(f, (2, 5, 8), (2, 3, 8))
+    module, notes = dynamic_module(gm, "f")
+    assert any("arange" in n and "start is symbolic" in n for n in notes), notes
+    assert any("bound by none of its inputs" in n for n in notes), notes
+    (fn,) = parse_module(print_module(module)).ops
+    (region,) = [r for r in symbolic_regions(gm)[0] if any(n.name == "cat" for n in r.nodes)]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for past, new in [(5, 3), (9, 1), (2, 7)]:
+        cache, x = torch.randn(2, past, 8), torch.randn(2, new, 8)
+        values = dict(zip(placeholders, (cache, x)))
+        (got,) = run_function(fn, [values[n] for n in region.inputs])
+        torch.testing.assert_close(got, f(cache, x)[0])
