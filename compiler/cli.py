@@ -100,16 +100,19 @@ def _opt(args: argparse.Namespace) -> int:
     except (InputError, IRError) as e:  # one line: "file:line:col: error: ..."
         print(e, file=sys.stderr)
         return 1
-    if args.emit == "triton":
-        sys.stdout.write(_triton_sources(module))
-        return 0
-    if args.emit == "cuda":
-        try:
-            sys.stdout.write(_cuda_sources(module, args.config))
-        except InputError as e:
-            print(f"{name}: error: {e}", file=sys.stderr)
-            return 1
-        return 0
+    try:
+        if args.emit == "triton":
+            sys.stdout.write(_triton_sources(module, name))
+            return 0
+        if args.emit == "cuda":
+            sys.stdout.write(_cuda_sources(module, args.config, name))
+            return 0
+    except InputError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
+    except IRError as e:  # a pass the emission runs refused the input (symbolic sizes): one line
+        print(e, file=sys.stderr)
+        return 1
     sys.stdout.write(print_module(module, generic=args.generic))
     return 0
 
@@ -162,7 +165,7 @@ def _has_fusion_groups(module) -> bool:
     return any(GROUP_ATTR in op.attributes for fn in _ein_functions(module) for op in fn.body.ops)
 
 
-def _triton_sources(module) -> str:
+def _triton_sources(module, name: str) -> str:
     """The Triton source of every kernel: `tile.kernel`s as they are, else `ein` functions lowered
     through their fusion groups (when the input has none, after the passes a compile runs)."""
     from ..backends.triton import TritonOptions, emit
@@ -176,8 +179,8 @@ def _triton_sources(module) -> str:
     if kernels:  # lowered already (a tile dump, or -p ...,lower-to-tile): the kernels as they are
         return "\n\n".join(emit(k, TritonOptions()) for k in kernels)
     if _ein_functions(module) and not _has_fusion_groups(module):
-        for name in COMPILE_PASSES:  # ungrouped ein: the passes a compile runs, in its order
-            PASSES[name]().apply(make_context(), module)
+        for pass_name in COMPILE_PASSES:  # ungrouped ein: the passes a compile runs, in its order
+            _apply(PASSES[pass_name](), module, make_context(), name)
     for fn in _ein_functions(module):
         for lowered in lower_function(fn):
             group = lowered.group
@@ -188,7 +191,7 @@ def _triton_sources(module) -> str:
     return "\n\n".join(out)
 
 
-def _cuda_sources(module, config_json: str | None) -> str:
+def _cuda_sources(module, config_json: str | None, name: str) -> str:
     """The CUDA C++ of every kernel: `ein` functions lowered as for Triton, with each kernel's default
     config; `tile.kernel`s (a tile dump) with the `--config` JSON (their problem sizes are not in the
     IR). GEMM and attention kernels, which stay on Triton, are named in a comment."""
@@ -213,8 +216,8 @@ def _cuda_sources(module, config_json: str | None) -> str:
         config = KernelConfig(params, int(params.pop("num_warps", 4)), int(params.pop("num_stages", 1)))
         return "\n".join(one(k, config) for k in kernels)
     if _ein_functions(module) and not _has_fusion_groups(module):
-        for name in COMPILE_PASSES:
-            PASSES[name]().apply(make_context(), module)
+        for pass_name in COMPILE_PASSES:
+            _apply(PASSES[pass_name](), module, make_context(), name)
     out = []
     for fn in _ein_functions(module):
         for lowered in lower_function(fn):

@@ -61,6 +61,9 @@ def parse_module(text: str, filename: str = "<input>") -> ModuleOp:
     saying when the input ends too early, as a truncated file does.
     """
     if not _COMMENT.sub("", text).strip():
+        first = next((line.strip() for line in text.splitlines() if line.strip()), None)
+        if first is not None:  # a dump's stub of a stage that did not run says why in its comment
+            raise IRError(f"{filename}: error: no module, only comments; the first: {first[:160]}")
         raise IRError(f"{filename}: error: empty input: expected a module (builtin.module {{ ... }})")
     _check_string_literals(text, filename)
     try:

@@ -45,7 +45,10 @@ BAD_INPUTS = {
         lambda tmp, _: _write(tmp, "b.mlir", b"// caf\xe9\n"), r"b.mlir:1:7: error: binary data \(byte 0xe9\)"
     ),
     "empty": (lambda tmp, _: _write(tmp, "empty.mlir", b""), r"empty.mlir: error: empty input"),
-    "comments only": (lambda tmp, _: _write(tmp, "c.mlir", b"// nothing\n\n"), r"c.mlir: error: empty input"),
+    "comments only": (
+        lambda tmp, _: _write(tmp, "c.mlir", b"// compile-cache hit: this stage did not run\n\n"),
+        r"c.mlir: error: no module, only comments; the first: // compile-cache hit: this stage did not run",
+    ),
     "directory": (lambda tmp, _: tmp, r": error: is a directory"),
     "python file": (
         lambda tmp, _: _write(tmp, "fused_0_k0.py", b"# group kernel fused_0_k0\nimport triton\n"),

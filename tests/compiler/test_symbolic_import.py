@@ -96,6 +96,10 @@ def test_the_command_line_prints_a_dynamic_module_and_says_which_passes_take_it(
     assert cli_main(["opt", str(path), "-p", "canonicalize"]) == 1
     err = capsys.readouterr().err
     assert "pass canonicalize takes static sizes only" in err and "Traceback" not in err
+    for emit in ("triton", "cuda"):  # the emitters run the compile's passes first: the same one line
+        assert cli_main(["opt", str(path), "--emit", emit]) == 1
+        err = capsys.readouterr().err
+        assert "takes static sizes only" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_concatenations_and_tensors_made_at_symbolic_sizes_import_and_run():
