@@ -78,10 +78,17 @@ def read_text(file: str) -> str:
 
 
 FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
+# what takes a dynamic graph's `ein` (symbolic sizes) so far
+SYMBOLIC_SCOPE = (
+    "symbolic sizes go through parsing, printing, the reference interpreter, canonicalize and "
+    "form-fusion-groups; norm-prologue, split-reduction and kmajor-f32-weights leave such functions "
+    "as they are"
+)
 COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", FUSION_PASS)
 
 
 def _opt(args: argparse.Namespace) -> int:
+    from ..ir.dtypes import SymbolicSizeError
     from ..ir.module import IRError, make_context, parse_module, print_module, verify
     from ..passes import PASSES
 
@@ -113,6 +120,10 @@ def _opt(args: argparse.Namespace) -> int:
     except IRError as e:  # a pass the emission runs refused the input (symbolic sizes): one line
         print(e, file=sys.stderr)
         return 1
+    except SymbolicSizeError as e:  # the lowering to kernels
+        print(f"{name}: error: kernels take static sizes only, and {e.type} has symbolic ones "
+              f"({SYMBOLIC_SCOPE})", file=sys.stderr)  # fmt: skip
+        return 1
     sys.stdout.write(print_module(module, generic=args.generic))
     return 0
 
@@ -129,7 +140,7 @@ def _apply(ir_pass, module, ctx, name: str) -> None:
     except SymbolicSizeError as e:
         raise IRError(
             f"{name}: error: pass {ir_pass.name} takes static sizes only, and {e.type} has symbolic ones "
-            "(a dynamic graph's `ein`: parsing, verifying, printing and the reference interpreter take them)"
+            f"({SYMBOLIC_SCOPE})"
         ) from None
     except Exception as e:
         raise IRError(

@@ -57,7 +57,7 @@ def target_name(node: Node) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _tensor_reason(val: object, what: str) -> str | None:
+def _tensor_reason(val: object, what: str, empty_ok: bool = True) -> str | None:
     if not isinstance(val, torch.Tensor):
         return None
     if val.dtype not in SUPPORTED_TORCH_DTYPES:
@@ -68,7 +68,7 @@ def _tensor_reason(val: object, what: str) -> str | None:
         return f"{what} is float64; tilefuse's kernels compute in at most float32, so PyTorch runs it"
     if any(not isinstance(d, int) for d in val.shape):
         return f"{what} has a dynamic shape {tuple(val.shape)}; tilefuse compiles static shapes"
-    if 0 in val.shape and what == "its result":  # (an empty operand of a concatenation is dropped)
+    if 0 in val.shape and not empty_ok:
         return f"{what} has no elements (shape {tuple(val.shape)}): nothing to compute, PyTorch runs it"
     return None
 
@@ -77,6 +77,16 @@ def _walk_vals(x: object) -> list[object]:
     if isinstance(x, (list, tuple)):
         return [v for item in x for v in _walk_vals(item)]
     return [x]
+
+
+aten = torch.ops.aten
+# ops whose lowering is an alias or a view of their operand: no kernel of their own
+_NO_KERNEL_OPS = {
+    aten.lift_fresh_copy.default, aten.alias.default, aten.detach.default, aten.clone.default,
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
+    aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.permute.default, aten.transpose.int,
+    aten.t.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
+}  # fmt: skip
 
 
 def unsupported_reason(node: Node) -> str | None:
@@ -88,8 +98,13 @@ def unsupported_reason(node: Node) -> str | None:
         return reason  # a call tilefuse put in the graph (`decode_attention.DecodeAttentionCall`)
     if lowering is None:
         return f"no ein lowering for {target_name(node)}"
+    # an op computing no elements runs in PyTorch (a kernel of an empty grid is not launched, and a
+    # concatenation of empty tensors had no operand left to lower); one that makes no kernel (a cache's
+    # empty initial tensor, an alias or a view of it) stays, and an empty operand of a concatenation
+    # is dropped
+    empty_ok = node.target in _NO_KERNEL_OPS
     for val in _walk_vals(node.meta.get("val")):
-        if (reason := _tensor_reason(val, "its result")) is not None:
+        if (reason := _tensor_reason(val, "its result", empty_ok)) is not None:
             return reason
     for arg in node.all_input_nodes:
         for val in _walk_vals(arg.meta.get("val")):

@@ -32,7 +32,7 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute
+from xdsl.ir import Attribute, Operation
 
 FloatType = Float16Type | BFloat16Type | Float32Type | Float64Type
 
@@ -201,6 +201,15 @@ def dims_of(t: Attribute) -> tuple[Dim, ...]:
 
 def is_static(t: Attribute) -> bool:
     return isinstance(t, TensorType) and all(d >= 0 for d in t.get_shape())
+
+
+def has_symbolic_sizes(op: Operation) -> bool:
+    """Whether any value in `op` (a function, a module) has a type with symbolic sizes."""
+    return any(
+        isinstance(v.type, TensorType) and not is_static(v.type)
+        for inner in op.walk()
+        for v in (*inner.results, *(a for r in inner.regions for b in r.blocks for a in b.args))
+    )
 
 
 def size_symbols(shape: Sequence[Dim]) -> set[sympy.Symbol]:

@@ -60,7 +60,7 @@ from ..ir.builder import (
     widened_source,
     yielded_value,
 )
-from ..ir.dtypes import shape_of, tensor_type, to_torch_dtype
+from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype
 from .fusion_groups import math_functions
 
 
@@ -96,15 +96,15 @@ class FoldBatchFlattenIntoContract(RewritePattern):
         if not (_is_reshape(flatten) and _is_reshape(unflatten)):
             return
         lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
-        src, flat = shape_of(flatten.input.type), shape_of(op.lhs.type)
+        src, flat = dims_of(flatten.input.type), dims_of(op.lhs.type)
         merged = len(src) - len(flat) + 1  # leading source dims folded into lhs dim 0
         if merged < 2 or src[merged:] != flat[1:] or math.prod(src[:merged]) != flat[0]:
             return
         m = lhs_idx[0]
         if m in rhs_idx or not out_idx.startswith(m):
             return
-        out_shape = shape_of(op.result.type)
-        target = shape_of(unflatten.result.type)
+        out_shape = dims_of(op.result.type)
+        target = dims_of(unflatten.result.type)
         if target != src[:merged] + out_shape[1:]:
             return
         fresh = [c for c in string.ascii_letters if c not in lhs_idx + rhs_idx + out_idx][:merged]
@@ -184,7 +184,7 @@ class ReshapeIota(RewritePattern):
         iota = op.input.owner
         if op.kind.data != "reshape" or not isinstance(iota, ein.IotaOp):
             return
-        src, dst = shape_of(op.input.type), shape_of(op.result.type)
+        src, dst = dims_of(op.input.type), dims_of(op.result.type)
         dim = iota.dim.value.data
         if src[dim] == 1 or [d for d in src if d != 1] != [d for d in dst if d != 1]:
             return
@@ -218,14 +218,14 @@ class SinkGatherIntoMap(RewritePattern):
         mapped = op.table.owner
         if not isinstance(mapped, ein.MapOp):
             return
-        table, out = shape_of(op.table.type), shape_of(op.result.type)
+        table, out = dims_of(op.table.type), dims_of(op.result.type)
         if 2 * math.prod(out) > math.prod(table):
             return
         new_ops: list[Operation] = []
         zero: SSAValue | None = None
         gathered = []
         for v in mapped.inputs:
-            shape = shape_of(v.type)
+            shape = dims_of(v.type)
             if not shape:
                 gathered.append(v)
                 continue
@@ -271,9 +271,9 @@ class SinkViewBelowWidening(RewritePattern):
         if source is None or read_by_contraction(op.result):
             return
         if _is_reshape(op) and _gemm_epilogue_value(op.input):
-            if _unflatten_split(tuple(shape_of(op.input.type)), tuple(shape_of(op.result.type))) is not None:
+            if _unflatten_split(tuple(dims_of(op.input.type)), tuple(dims_of(op.result.type))) is not None:
                 return  # SinkUnflattenBelowMap's case: the map below joins the GEMM's epilogue
-        narrow = tensor_type(shape_of(op.result.type), source.type.get_element_type())
+        narrow = tensor_type(dims_of(op.result.type), source.type.get_element_type())
         view = ein.ViewOp(op.kind.data, source, narrow, op.view_params)
         widened = ein.MapOp([view.result], op.result.type, widening.body.clone())
         rewriter.replace(op, [view, widened])
@@ -309,14 +309,14 @@ class SinkUnflattenBelowMap(RewritePattern):
     def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
         if widened_source(op.result) is not None:
             return  # a dot operand's widening stays next to its dot (see MergeMaps)
-        out_shape = tuple(shape_of(op.result.type))
+        out_shape = tuple(dims_of(op.result.type))
         for value in op.inputs:
             view = value.owner
-            if not _is_reshape(view) or tuple(shape_of(value.type)) != out_shape:
+            if not _is_reshape(view) or tuple(dims_of(value.type)) != out_shape:
                 continue
             if not _gemm_epilogue_value(view.input):
                 continue
-            inner_shape = tuple(shape_of(view.input.type))
+            inner_shape = tuple(dims_of(view.input.type))
             kept = _unflatten_split(inner_shape, out_shape)
             if kept is None:
                 continue
@@ -325,7 +325,7 @@ class SinkUnflattenBelowMap(RewritePattern):
             # may take a full tensor to the flat space with it: no kernel reads through a reshape it
             # did not have (a map only returned keeps its shape: the CUDA GEMM's [batch, tokens] M)
             flattens = [
-                _is_reshape(use.operation) and tuple(shape_of(use.operation.result.type)) == inner_shape
+                _is_reshape(use.operation) and tuple(dims_of(use.operation.result.type)) == inner_shape
                 for use in op.result.uses
             ]
             returns = [isinstance(use.operation, func.ReturnOp) for use in op.result.uses]
@@ -354,7 +354,7 @@ def _gemm_epilogue_value(value: SSAValue) -> bool:
     """A computed 2-d value (rows x features: a linear layer's result, its bias add, a map of it).
     Batched products (attention's scores) and head views keep their own shapes: the attention
     matcher reads them."""
-    return isinstance(value.owner, ein.ContractOp | ein.MapOp) and len(shape_of(value.type)) == 2
+    return isinstance(value.owner, ein.ContractOp | ein.MapOp) and len(dims_of(value.type)) == 2
 
 
 def _in_flat_space(
@@ -362,10 +362,10 @@ def _in_flat_space(
 ) -> SSAValue | tuple[int, ...] | None | bool:
     """How map input `x` reads in `inner`'s space: None (as it is), a shape to reshape it to, the
     flat value it is a reshape of, or False (not expressible, or not wanted)."""
-    shape = tuple(shape_of(x.type))
+    shape = tuple(dims_of(x.type))
     if len(shape) <= kept:
         return None  # broadcast over every leading dim, in both spaces
-    if _is_reshape(x.owner) and tuple(shape_of(x.owner.input.type)) == inner:
+    if _is_reshape(x.owner) and tuple(dims_of(x.owner.input.type)) == inner:
         return x.owner.input  # another value of the same flat space (GELU reads x three times)
     prefix = (1,) * (len(outer) - len(shape)) + shape[: len(shape) - kept]
     if all(d == 1 for d in prefix) and math.prod(shape) < math.prod(outer):
@@ -410,9 +410,9 @@ class InlineCheapMap(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
         readers = list(dict.fromkeys(use.operation for use in op.result.uses))
-        shape = shape_of(op.result.type)
+        shape = dims_of(op.result.type)
         if not 2 <= len(readers) <= MAX_INLINED_READERS or any(
-            not isinstance(r, ein.MapOp) or shape_of(r.result.type) != shape for r in readers
+            not isinstance(r, ein.MapOp) or dims_of(r.result.type) != shape for r in readers
         ):
             return
         if math_functions(op) > 1:
@@ -429,7 +429,7 @@ class InlineCheapMap(RewritePattern):
 
 
 def _bytes(value: SSAValue) -> int:
-    return math.prod(shape_of(value.type)) * to_torch_dtype(value.type.get_element_type()).itemsize
+    return math.prod(dims_of(value.type)) * to_torch_dtype(value.type.get_element_type()).itemsize
 
 
 def _compose(outer: ein.MapOp, positions: set[int], inner: ein.MapOp) -> ein.MapOp:
@@ -498,5 +498,22 @@ class Canonicalize(ModulePass):
     name = "canonicalize"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        applier = GreedyRewritePatternApplier([p() for p in PATTERNS])
+        patterns = [p() for p in PATTERNS]
+        if has_symbolic_sizes(op):
+            patterns = [_Undecided(p) for p in patterns]
+        applier = GreedyRewritePatternApplier(patterns)
         PatternRewriteWalker(applier, walk_regions_first=False).rewrite_module(op)
+
+
+class _Undecided(RewritePattern):
+    """A pattern over symbolic sizes: a size comparison sympy cannot decide (`s0*s1 > 64`) raises
+    TypeError before the pattern rewrites anything, and the pattern then does not apply."""
+
+    def __init__(self, pattern: RewritePattern):
+        self.pattern = pattern
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        try:
+            self.pattern.match_and_rewrite(op, rewriter)
+        except TypeError:
+            return

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -72,7 +73,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder, read_by_contraction, single_user, widened_source
-from ..ir.dtypes import is_float, shape_of
+from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float
 from ..ir.module import functions
 from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
@@ -143,12 +144,12 @@ def _sibling_chain(
             return [op, *chain] if ok and single_user(value) is not None else []
         if not isinstance(op, ein.MapOp) or op in taken or single_user(value) is None:
             return []
-        if shape_of(op.result.type) != out_shape:
+        if dims_of(op.result.type) != out_shape:
             return []
         inner = [
             v
             for v in op.inputs
-            if shape_of(v.type) == out_shape and isinstance(v.owner, ein.MapOp | ein.ContractOp)
+            if dims_of(v.type) == out_shape and isinstance(v.owner, ein.MapOp | ein.ContractOp)
         ]
         if len(inner) != 1:
             return []
@@ -175,10 +176,10 @@ def epilogue_weight(op: ein.MapOp) -> int:
     """What a map costs as a GEMM epilogue (see MAX_EPILOGUE_WEIGHT): the work done on every element.
     What only per-row or per-column operands feed (an eval BatchNorm's `rsqrt(var + eps)`, a bias's
     upcast) is computed on a row or column of the tile, once, and weighs nothing."""
-    size = math.prod(shape_of(op.result.type))
+    size = math.prod(dims_of(op.result.type))
     block = op.body.block
     operands = zip(block.args, op.inputs, strict=True)
-    varying = {arg for arg, v in operands if math.prod(shape_of(v.type)) == size}
+    varying = {arg for arg, v in operands if math.prod(dims_of(v.type)) == size}
     weight = 0
     for inner in block.ops:
         if not any(operand in varying for operand in inner.operands):
@@ -191,10 +192,10 @@ def epilogue_weight(op: ein.MapOp) -> int:
 def _gemm_group(contract: ein.ContractOp, taken: set[Operation]) -> list[Operation]:
     ops: list[Operation] = [contract]
     value = contract.result
-    out_shape = shape_of(contract.result.type)
+    out_shape = dims_of(contract.result.type)
     has_sibling, weight = False, 0
     while (user := single_user(value)) is not None and isinstance(user, ein.MapOp):
-        if user in taken or shape_of(user.result.type) != out_shape:
+        if user in taken or dims_of(user.result.type) != out_shape:
             break
         sibling: list[Operation] = []
         for other in user.inputs:
@@ -221,7 +222,7 @@ class RowSpace:
 
     @staticmethod
     def of(reduce: ein.ReduceOp) -> RowSpace:
-        return RowSpace(tuple(shape_of(reduce.input.type)), tuple(reduce.reduce_dims))
+        return RowSpace(tuple(dims_of(reduce.input.type)), tuple(reduce.reduce_dims))
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -240,7 +241,7 @@ class RowSpace:
         shapes = {self.row_shape, self.stat_shape}
         return (
             isinstance(op, ein.ViewOp) and op.kind.data == "reshape"
-            and {tuple(shape_of(op.input.type)), tuple(shape_of(op.result.type))} <= shapes
+            and {tuple(dims_of(op.input.type)), tuple(dims_of(op.result.type))} <= shapes
         )  # fmt: skip
 
     def holds(self, op: Operation) -> bool:
@@ -251,11 +252,11 @@ class RowSpace:
             return RowSpace.of(op) == self and is_float(op.result.type.get_element_type())
         if not isinstance(op, ein.MapOp):
             return False
-        result = tuple(shape_of(op.result.type))
+        result = tuple(dims_of(op.result.type))
         if result == self.stat_shape:
             return True
         computed_stat = lambda v: (  # noqa: E731
-            tuple(shape_of(v.type)) == self.stat_shape and isinstance(v.owner, ein.MapOp | ein.ReduceOp)
+            tuple(dims_of(v.type)) == self.stat_shape and isinstance(v.owner, ein.MapOp | ein.ReduceOp)
         )
         return result in (self.shape, self.row_shape) and (
             self.stat_shape in (self.shape, self.row_shape) or not any(map(computed_stat, op.inputs))
@@ -339,19 +340,30 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     ops = list(fn.body.block.ops)
     taken: set[Operation] = set()
     groups: list[tuple[int, str, list[Operation]]] = []
+    decided = _undecided_as_no if has_symbolic_sizes(fn) else lambda f, _: f
+    match_attention_, gemm_group, row_group = (
+        decided(match_attention, lambda op: None), decided(_gemm_group, lambda op, taken: [op]),
+        decided(_row_group, lambda op, ops, taken: None),
+    )  # fmt: skip
+    scan_epilogue, pointwise_group = (
+        decided(_scan_epilogue, lambda op, taken: []),
+        decided(_pointwise_group, lambda op, taken: [op]),
+    )
+    merges = [decided(m, lambda groups, ops: groups) for m in (
+        _merge_row_epilogues, _merge_sibling_pointwise, _absorb_shared_producers)]  # fmt: skip
 
     def add(kind: str, members: list[Operation]) -> None:
         taken.update(members)
         groups.append((max(ops.index(m) for m in members), kind, members))
 
     for op in ops:
-        if isinstance(op, ein.ContractOp) and (attention := match_attention(op)):
+        if isinstance(op, ein.ContractOp) and (attention := match_attention_(op)):
             add("attention", sorted(attention.ops, key=ops.index))
     for op in ops:
         if isinstance(op, ein.ContractOp) and op not in taken:
-            add("gemm", sorted(_gemm_group(op, taken), key=ops.index))
+            add("gemm", sorted(gemm_group(op, taken), key=ops.index))
     for op in ops:
-        if isinstance(op, ein.ReduceOp) and op not in taken and (row := _row_group(op, ops, taken)):
+        if isinstance(op, ein.ReduceOp) and op not in taken and (row := row_group(op, ops, taken)):
             add("row", row)
     for op in ops:
         if isinstance(op, ein.ReduceOp) and op not in taken:
@@ -367,15 +379,28 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
             prologue = (
                 isinstance(producer, ein.MapOp) and producer not in taken and single_user(op.input) is op
             )
-            add("scan", [producer] * prologue + [op] + _scan_epilogue(op, taken))
+            add("scan", [producer] * prologue + [op] + scan_epilogue(op, taken))
     for op in reversed(ops):  # a consumer first: it takes in the producers only it reads
         if isinstance(op, ein.MapOp) and op not in taken:
-            add("pointwise", sorted(_pointwise_group(op, taken), key=ops.index))
-    groups = _merge_row_epilogues(groups, ops)
-    groups = _merge_sibling_pointwise(groups, ops)
-    groups = _absorb_shared_producers(groups, ops)
+            add("pointwise", sorted(pointwise_group(op, taken), key=ops.index))
+    for merge in merges:
+        groups = merge(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
+
+
+def _undecided_as_no(decide: Callable, otherwise: Callable) -> Callable:
+    """`decide`, for a function of symbolic sizes: where it compares sizes sympy cannot order
+    (`s0*s1 > 65536`) it raises TypeError, and the answer is `otherwise`'s, the choice that fuses
+    nothing more (no row group, a GEMM alone, no merge)."""
+
+    def decided(*args):
+        try:
+            return decide(*args)
+        except TypeError:
+            return otherwise(*args)
+
+    return decided
 
 
 MAX_RECOMPUTED_MAPS = 8  # producer maps a pointwise kernel takes in (each a load and a body more)
@@ -389,14 +414,14 @@ def _pointwise_group(consumer: ein.MapOp, taken: set[Operation]) -> list[Operati
     and added) was five kernels and four buffers a layer. A producer with more elements than the
     consumer (read broadcast or in part) stays a kernel of its own: its work would repeat."""
     members: list[Operation] = [consumer]
-    size = math.prod(shape_of(consumer.result.type))
+    size = math.prod(dims_of(consumer.result.type))
     frontier = [consumer]
     while frontier and len(members) <= MAX_RECOMPUTED_MAPS:
         op = frontier.pop()
         for producer in _map_sources(op):
             if producer in taken or producer in members or widened_source(producer.result) is not None:
                 continue
-            if math.prod(shape_of(producer.result.type)) > size:
+            if math.prod(dims_of(producer.result.type)) > size:
                 continue
             if _read_inside(producer.result, set(members)):
                 members.append(producer)
@@ -496,8 +521,8 @@ def _absorb_shared_producers(groups: list, order: list[Operation]) -> list:
             consumer = _sole_reader_group(producer, owner)
             if consumer is None or any(widened_source(op.result) is not None for op in producer[2]):
                 continue
-            size = math.prod(shape_of(consumer[2][-1].result.type))
-            if any(math.prod(shape_of(op.result.type)) > size for op in producer[2]):
+            size = math.prod(dims_of(consumer[2][-1].result.type))
+            if any(math.prod(dims_of(op.result.type)) > size for op in producer[2]):
                 continue  # read broadcast or in part: its work would repeat
             if len(producer[2]) + len(consumer[2]) > MAX_RECOMPUTED_MAPS + MAX_SIBLINGS:
                 continue
@@ -522,7 +547,7 @@ def _sole_reader_group(producer: tuple, owner: dict[Operation, tuple]) -> tuple 
 
 
 def _small(group: tuple) -> bool:
-    return math.prod(shape_of(group[2][-1].result.type)) <= SMALL_SIBLING
+    return math.prod(dims_of(group[2][-1].result.type)) <= SMALL_SIBLING
 
 
 def _sibling_place(
@@ -532,8 +557,8 @@ def _sibling_place(
     views to move up with the later group's maps (the first's place), or None. Small groups
     without a tensor in common only where no other kernel's op (`barriers`, sorted positions) lies
     between them."""
-    shape = shape_of(first[2][-1].result.type)
-    if shape_of(later[2][-1].result.type) != shape:
+    shape = dims_of(first[2][-1].result.type)
+    if dims_of(later[2][-1].result.type) != shape:
         return None
     first_ops, later_ops = set(first[2]), set(later[2])
 
@@ -541,7 +566,7 @@ def _sibling_place(
         return {v for op in ops for v in op.operands if v.owner not in ops}
 
     def same_shape(values: set[SSAValue]) -> set[SSAValue]:
-        return {v for v in values if shape_of(v.type) == shape}
+        return {v for v in values if dims_of(v.type) == shape}
 
     if not same_shape(inputs(first_ops)) & same_shape(inputs(later_ops)):
         if not _small(first):
@@ -595,7 +620,7 @@ def _scan_epilogue(scan: ein.ScanOp, taken: set[Operation]) -> list[Operation]:
     chain, value = [], scan.result
     while (
         isinstance(user := single_user(value), ein.MapOp) and user not in taken
-        and shape_of(user.result.type) == shape_of(scan.result.type)
+        and dims_of(user.result.type) == dims_of(scan.result.type)
     ):  # fmt: skip
         chain.append(user)
         value = user.result
@@ -631,12 +656,12 @@ def _row_epilogue_of(gemm: tuple, groups: list, position: dict) -> tuple | None:
     readers = {use.operation for use in out.uses}
     if len(n) != 1 or not readers:
         return None
-    space = RowSpace(tuple(shape_of(out.type)), (letters.index(n[0]),))
+    space = RowSpace(tuple(dims_of(out.type)), (letters.index(n[0]),))
     (reader,) = readers if len(readers) == 1 else (None,)
     chunked = _is_chunk_view(reader, space)
     if chunked:  # chunks of a wide row (split-reduction): one tile a chunk
         readers = {use.operation for use in reader.result.uses}
-        space = RowSpace(tuple(shape_of(reader.result.type)), (len(space.shape),))
+        space = RowSpace(tuple(dims_of(reader.result.type)), (len(space.shape),))
     if space.row_size > MAX_EPILOGUE_ROW:
         return None
     for group in groups:
@@ -657,7 +682,7 @@ def _is_chunk_view(op: Operation | None, space: RowSpace) -> bool:
         isinstance(op, ein.ViewOp) and op.kind.data == "reshape" and space.dims == (len(space.shape) - 1,)
     ):
         return False
-    shape = tuple(shape_of(op.result.type))
+    shape = tuple(dims_of(op.result.type))
     # only split-reduction's own chunking: a head split [T, H*D] -> [T, H, D] is not one
     chunked = shape[-1] == chunk_size(space.shape[-1])
     return chunked and shape[:-2] == space.shape[:-1] and shape[-2] * shape[-1] == space.shape[-1]

@@ -53,7 +53,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, widened_source, yielded_value
-from ..ir.dtypes import is_float, shape_of, tensor_type
+from ..ir.dtypes import has_symbolic_sizes, is_float, shape_of, tensor_type
 from ..ir.module import parameter_args
 from .fusion_groups import functions
 
@@ -509,4 +509,6 @@ class NormPrologue(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            rewrite_function(fn)
+            # an optimization (a norm's weight folded into the GEMM that reads it) for static sizes only
+            if not has_symbolic_sizes(fn):
+                rewrite_function(fn)

@@ -40,7 +40,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder
-from ..ir.dtypes import shape_of
+from ..ir.dtypes import has_symbolic_sizes, shape_of
 from ..ir.module import functions, parameter_args
 
 MIN_ROWS = 64  # rows of the product (M) below which a GEMM is bandwidth-bound: no copy
@@ -52,7 +52,9 @@ class KMajorF32Weights(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            rewrite_function(fn)
+            # an optimization (K-major weight copies) for static sizes only
+            if not has_symbolic_sizes(fn):
+                rewrite_function(fn)
 
 
 def rewrite_function(fn: func.FuncOp) -> int:

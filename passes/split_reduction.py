@@ -77,7 +77,7 @@ from ..ir.builder import (
     sums_in_i64,
     yielded_value,
 )
-from ..ir.dtypes import is_float, shape_of, tensor_type
+from ..ir.dtypes import has_symbolic_sizes, is_float, shape_of, tensor_type
 from ..ir.module import functions
 
 MAX_EPILOGUE_ROW = 256  # output columns a GEMM tile can hold whole (f32 accumulators in registers)
@@ -802,4 +802,6 @@ class SplitReduction(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            rewrite_function(fn)
+            # an optimization (a long reduction split across programs) for static sizes only
+            if not has_symbolic_sizes(fn):
+                rewrite_function(fn)

@@ -93,13 +93,38 @@ def test_the_command_line_prints_a_dynamic_module_and_says_which_passes_take_it(
     path.write_text(print_module(dynamic_module(gm, "block")[0]))
     assert cli_main(["opt", str(path)]) == 0
     assert '["s' in capsys.readouterr().out
-    assert cli_main(["opt", str(path), "-p", "canonicalize"]) == 1
+    passes = "canonicalize,norm-prologue,split-reduction,kmajor-f32-weights,form-fusion-groups"
+    assert cli_main(["opt", str(path), "-p", passes]) == 0
+    assert "ein.group" in capsys.readouterr().out
+    assert cli_main(["opt", str(path), "-p", f"{passes},lower-to-tile"]) == 1
     err = capsys.readouterr().err
-    assert "pass canonicalize takes static sizes only" in err and "Traceback" not in err
-    for emit in ("triton", "cuda"):  # the emitters run the compile's passes first: the same one line
+    assert "pass lower-to-tile takes static sizes only" in err and "Traceback" not in err
+    for emit in ("triton", "cuda"):  # the emitters lower to kernels: the same one line
         assert cli_main(["opt", str(path), "--emit", emit]) == 1
         err = capsys.readouterr().err
-        assert "takes static sizes only" in err and "Traceback" not in err and err.count("\n") == 1
+        assert "static sizes only" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(2, 5), st.integers(2, 40))
+def test_the_passes_before_lowering_keep_a_dynamic_function_right_at_every_size(batch, length):
+    """canonicalize (maps merged, the batch flattening folded into the contraction) and
+    form-fusion-groups on symbolic sizes, then the reference interpreter against eager."""
+    from tilefuse.ir.module import make_context
+    from tilefuse.passes import PASSES
+
+    gm = _symbolic_graph(mlp, (2, 5, 24), *(w.shape for w in (W1, B1, G, W2)))
+    module, _ = dynamic_module(gm, "block")
+    for name in ("canonicalize", "norm-prologue", "split-reduction", "form-fusion-groups"):
+        PASSES[name]().apply(make_context(), module)
+    text = print_module(module)
+    assert "ein.group" in text and '"abk,nk->abn"' in text
+    (fn,) = parse_module(text).ops
+    (region,), _ = symbolic_regions(gm)
+    x = torch.randn(batch, length, 24)
+    values = dict(zip([n for n in gm.graph.nodes if n.op == "placeholder"], (x, W1, B1, G, W2)))
+    (got,) = run_function(fn, [values[n] for n in region.inputs])
+    torch.testing.assert_close(got, block(x), rtol=1e-4, atol=1e-4)
 
 
 def test_concatenations_and_tensors_made_at_symbolic_sizes_import_and_run():
