@@ -4,11 +4,11 @@ A graph Dynamo traced with a dynamic dim (`dynamic=True`, `mark_dynamic`, or a s
 has nodes whose sizes are expressions over size symbols (`s0`, `s0*s1`). The pipeline compiles
 its nodes of static sizes; the others run in PyTorch (`lowering_table.unsupported_reason`). This
 module imports those others into `ein` with symbolic sizes, for the dump (`ein_dynamic.mlir`)
-and the reference interpreter, which runs such a function at whatever sizes its arguments have.
-The kernels of the pipeline do not take symbolic sizes yet.
+and the reference interpreter, which runs such a function at whatever sizes its arguments have;
+the passes up to fusion groups take them too. The kernels do not take symbolic sizes yet.
 
 Each region is a maximal connected set of such nodes whose lowering reads sizes only through the
-node's metadata as expressions (`SYMBOLIC_LOWERINGS`): a lowering that compared a SymInt would add
+node's metadata as expressions (`symbolic_lowering`): a lowering that compared a SymInt would add
 a guard to Dynamo's shape environment, and a guard would make every other size compile again.
 """
 
@@ -31,7 +31,6 @@ from .fx_import import ImportFailure, _lower_node, _value_name
 from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, bound_args, target_name
 
 aten = torch.ops.aten
-prims = torch.ops.prims
 
 # lowerings that read sizes only as the node's metadata (`LoweringContext.out_shape`) and ranks:
 # no comparison of a SymInt, so importing them adds no guard
