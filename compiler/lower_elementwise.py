@@ -249,6 +249,25 @@ def lower_div(ctx: LoweringContext, node: Node) -> SSAValue:
     return _map(ctx, node, list(node.args[:2]), body)
 
 
+def _integer_only(node: Node) -> str | None:
+    if node.meta["val"].dtype.is_floating_point:
+        # PyTorch's float remainder is fmod corrected toward the divisor's sign; `ein` has no fmod
+        return f"{target_name(node)} on floating point runs in PyTorch"
+    return None
+
+
+def _int_remainder(sb: ScalarBuilder, x: SSAValue, y: SSAValue) -> SSAValue:
+    """Python's `x % y` (the sign of `y`): the truncated remainder, plus `y` where it is nonzero and
+    its sign differs from `y`'s."""
+    rem, zero = sb.binary("rem", x, y), sb.const(0, x.type)
+    signs_differ = sb.cmp("ne", sb.cmp("lt", rem, zero), sb.cmp("lt", y, zero))
+    return sb.select(sb.logical("and", sb.cmp("ne", rem, zero), signs_differ), sb.add(rem, y), rem)
+
+
+lowers(aten.remainder.Tensor, aten.remainder.Scalar, check=_integer_only)(
+    lambda ctx, node: _map(ctx, node, list(node.args[:2]), _int_remainder)
+)
+lowers(aten.fmod.Tensor, aten.fmod.Scalar, check=_integer_only)(_binary("rem"))  # C's %: the sign of x
 lowers(aten.mul.Tensor, aten.mul.Scalar)(_binary("mul"))
 lowers(aten.maximum.default)(_binary("max"))
 lowers(aten.minimum.default)(_binary("min"))
@@ -300,6 +319,20 @@ def lower_isnan(ctx: LoweringContext, node: Node) -> SSAValue:
     """`x != x`: the one comparison that is unordered (true for NaN); false for integers."""
     compute = opmath_type(to_mlir_type(node.args[0].meta["val"].dtype))
     return _map(ctx, node, [node.args[0]], lambda sb, x: sb.cmp("ne", x, x), compute_elem=compute)
+
+
+@lowers(aten.isinf.default)
+def lower_isinf(ctx: LoweringContext, node: Node) -> SSAValue:
+    """`|x| == inf` (T5's float16 clamp asks it of every layer's hidden states); false for integers."""
+    dtype = node.args[0].meta["val"].dtype
+    if not dtype.is_floating_point:
+        return ctx.b.constant(False, ctx.out_shape(node), i1)
+    compute = opmath_type(to_mlir_type(dtype))
+
+    def body(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+        return sb.cmp("eq", sb.unary("abs", x), sb.const(float("inf"), x.type))
+
+    return _map(ctx, node, [node.args[0]], body, compute_elem=compute)
 
 
 def _logical(name: str):

@@ -533,3 +533,35 @@ def test_tensors_without_elements_match_eager():
     reasons = {f["node"]: f["reason"] for r in reports for f in r["fallbacks"]}
     assert "no elements" in reasons["cat"] and "sum_1" not in reasons and "cat_2" not in reasons
     assert any(r["partitions"] for r in reports)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_isinf_compiles_as_t5s_float16_clamp_uses_it(dtype):
+    """T5 under float16 clamps every layer's hidden states by `isinf(h).any()`: left to PyTorch, the
+    test cut each layer's partition in two."""
+    x = torch.randn(33, 47).to(dtype)
+    x.view(-1)[:4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 1e4])
+    n = torch.randint(0, 5, (7,))
+
+    def fn(x, n):
+        h = x * 3
+        bound = torch.where(torch.isinf(h).any(), torch.tensor(1000.0), torch.tensor(60000.0))
+        return torch.clamp(h, -bound, bound), torch.isinf(h), torch.isinf(n)
+
+    compile_and_compare(fn, x, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_integer_remainder_and_fmod_follow_the_divisors_and_the_dividends_sign(dtype):
+    """`%` (remainder: the divisor's sign, as Python's) and `fmod` (the dividend's, as C's) on
+    integers of both signs; float remainder stays in PyTorch (no fmod in `ein`)."""
+    torch.manual_seed(0)
+    a = torch.randint(-50, 50, (33, 47), dtype=dtype)
+    b = (torch.randint(1, 9, (33, 47)) * torch.where(torch.rand(33, 47) > 0.5, 1, -1)).to(dtype)
+
+    def fn(a, b):
+        return a % b, torch.fmod(a, b), a % 7, torch.remainder(a, -3), torch.fmod(a, -5), (a * 2) % b
+
+    compile_and_compare(fn, a, b)
+    reports = compile_and_compare(lambda x: x % 0.3 + 1, torch.randn(5, 7), allow_fallbacks=True)
+    assert [f["op"] for r in reports for f in r["fallbacks"]] == ["aten.remainder.Scalar"]
