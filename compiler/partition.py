@@ -256,7 +256,8 @@ def _levels(gm: GraphModule, in_pytorch: dict[Node, str]) -> list[list[Node]]:
     earliest: dict[Node, int] = {}  # the most ops in PyTorch on a path from an input
     for n in order:
         earliest[n] = max((earliest[a] + (a in in_pytorch) for a in n.all_input_nodes), default=0)
-    last = max(earliest.values(), default=0)
+    # the last level that has a compiled op (the output's may be one more: it reads an op in PyTorch)
+    last = max((earliest[n] for n in order if n.op == "call_function" and n not in in_pytorch), default=0)
     latest: dict[Node, int] = {}
     for n in reversed(order):
         if n.op != "call_function" or n in in_pytorch:

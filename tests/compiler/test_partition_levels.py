@@ -86,3 +86,17 @@ def test_a_layered_graph_gets_a_partition_per_stretch_between_pytorch_ops():
     assert [len(p) for p in parts] == [1, 3, 3, 3, 3, 2]
     gm, in_pytorch = _layers(400)  # linear: the merge search it replaced grew with the cube of the depth
     assert len(_levels(gm, in_pytorch)) == 401
+
+
+def test_a_result_only_the_graph_returns_joins_the_last_partition_not_one_of_its_own():
+    """x -> a (compiled) -> output, and x -> u (PyTorch) -> output: `a` has no reader to place it, and
+    the output reads `u`; `a` goes to the last level that has compiled ops, here its only one."""
+    g = Graph()
+    x = g.placeholder("x")
+    a = g.call_function(aten.mul.Tensor, (x, x))
+    b = g.call_function(aten.add.Tensor, (a, x))
+    u = g.call_function(aten.cumsum.default, (b, 0))
+    c = g.call_function(aten.neg.default, (x,))
+    g.output((u, c))
+    gm = GraphModule(torch.nn.Module(), g)
+    assert _levels(gm, {u: "left out"}) == [[a, b, c]]
