@@ -94,6 +94,8 @@ class ShapeSpecializations:
         self.last: tuple | None = None  # the previous call's key
         self.seen_changes = -1  # `_changes` at the previous call
         self.report["specialized"] = []
+        # why no size can compile (a static trace that reads a tensor's value fails at every size)
+        self.refused: str | None = None
 
     def _ints_cover_sizes(self, examples: Sequence[object]) -> bool:
         """Whether the symbolic int inputs are symbols that every symbolic dim is an expression of
@@ -127,7 +129,7 @@ class ShapeSpecializations:
             _changes[0] += 1
         steady = key == self.last and self.seen_changes == _changes[0]
         self.last, self.seen_changes = key, _changes[0]
-        if not steady or len(self.compiled) >= self.limit or self._capturing(args):
+        if not steady or len(self.compiled) >= self.limit or self.refused or self._capturing(args):
             return self.general(*args)
         label = "x".join(str(d) for d in self._sizes(args))
         short = self._short_of_memory(args)
@@ -176,6 +178,10 @@ class ShapeSpecializations:
             log.warning("tilefuse: graph %s: compiling sizes %s failed (%s); they run the dynamic graph",
                         self.report.get("name"), label, reason)  # fmt: skip
             entry["failed"] = reason
+            if "DataDependent" in type(e).__name__ or "data-dependent" in str(e):
+                # the traced code reads a tensor's value (a BatchNorm's `momentum.item()`): every size's
+                # trace fails the same way, so none is tried again
+                self.refused = self.report["specialize_refused"] = reason
             return self.general
         entry["compile_s"] = round(time.perf_counter() - start, 3)
         return compiled

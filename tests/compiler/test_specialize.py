@@ -200,3 +200,29 @@ def test_a_graph_whose_specializer_cannot_be_made_runs_the_dynamic_way(monkeypat
             x = torch.randn(n, 3)
             torch.testing.assert_close(compiled(x), fn(x))
     assert "no size will be specialized" in caplog.text and "simulated" in caplog.text
+
+
+def test_a_data_dependent_trace_stops_every_later_size_from_being_tried():
+    """A static compile whose trace reads a tensor's value (a BatchNorm module's `momentum.item()`)
+    fails at every size: after the first failure no size is traced again (each try cost a whole
+    trace and a warning); every call still runs the general way."""
+    import sympy
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    length = ShapeEnv().create_symintnode(sympy.Symbol("s0", positive=True, integer=True), hint=9)
+    tried = []
+
+    def compile_static(args, label):
+        tried.append(label)
+        raise DataDependentOutputException(torch.ops.aten._local_scalar_dense.default)
+
+    report: dict = {"name": "g"}
+    runner = specialize.ShapeSpecializations(
+        lambda n, x: x + n, compile_static, [length, torch.empty(1)], report, limit=4
+    )
+    x = torch.zeros(1)
+    for n in (9, 9, 12, 12, 15, 15):
+        torch.testing.assert_close(runner(n, x), x + n)
+    assert tried == ["9"]
+    assert "DataDependent" in report["specialize_refused"] and len(report["specialized"]) == 1
