@@ -40,7 +40,7 @@ from .input_mutations import mutated_inputs, reinplace
 from .program import Trained
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
-from .specialize import ShapeSpecializations, specialize_limit, symbolic_positions
+from .specialize import ShapeSpecializations, data_dependent, specialize_limit, symbolic_positions
 from .symbolic import DUMP_FILE as DYNAMIC_DUMP
 from .symbolic import dynamic_dump
 
@@ -306,13 +306,13 @@ class TilefuseBackend:
         transformers' MoE grouped-matmul fallback does with `.tolist()`). A data-dependent op is
         Dynamo's to handle: it splits the graph there and compiles the parts, so the error goes back
         to it; anything else runs the graph in PyTorch. Either way the report and one warning say so."""
-        data_dependent = "DataDependent" in type(error).__name__ or "data-dependent" in str(error)
+        reads_values = data_dependent(error)
         what = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-        then = "Dynamo splits the graph there and runs the rest" if data_dependent else "it runs in PyTorch"
+        then = "Dynamo splits the graph there and runs the rest" if reads_values else "it runs in PyTorch"
         reason = f"AOTAutograd could not trace the graph ({what}); {then}"
         log.warning("tilefuse: graph %s: %s", graph_name, reason)
         self._report_pytorch_graph(gm, graph_name, "not traced", reason)
-        if data_dependent:
+        if reads_values:
             raise error
         return direct_forward(gm)
 

@@ -395,7 +395,7 @@ def compile_aten_graph(
             files.append(dump.write(filename, text))
         files.append(dump.write("aten_graph.py", aten.print_readable(print_output=False)))
         if has_symbolic_nodes(aten):
-            files.append(dump.write(DYNAMIC_DUMP, _dynamic_text(aten, name)))
+            files.append(dump.write(DYNAMIC_DUMP, dynamic_dump(aten, name)))
         if decode_reports:  # the kernel its decode attention calls run (the length is an argument)
             files.append(dump.write("kernels/decode_attention.py", DECODE_SOURCE))
     try:
@@ -457,15 +457,6 @@ def compile_aten_graph(
     if dump:
         dump.finish(summary)
     return result, summary
-
-
-def _dynamic_text(aten: GraphModule, name: str) -> str:
-    """The dump's `ein` of the graph's parts of symbolic sizes; a failure is the file's one line (a
-    dump never fails the compile)."""
-    try:
-        return dynamic_dump(aten, name)
-    except Exception as e:
-        return f"// {name}: its parts of symbolic sizes were not imported: {type(e).__name__}: {e}\n"
 
 
 def _kernel_file(art: GraphArtifact, kernel: str) -> str:

@@ -178,7 +178,7 @@ class ShapeSpecializations:
             log.warning("tilefuse: graph %s: compiling sizes %s failed (%s); they run the dynamic graph",
                         self.report.get("name"), label, reason)  # fmt: skip
             entry["failed"] = reason
-            if "DataDependent" in type(e).__name__ or "data-dependent" in str(e):
+            if data_dependent(e):
                 # the traced code reads a tensor's value (a BatchNorm's `momentum.item()`): every size's
                 # trace fails the same way, so none is tried again
                 self.refused = self.report["specialize_refused"] = reason
@@ -201,6 +201,11 @@ class ShapeSpecializations:
             return False
         on_gpu = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
         return on_gpu and torch.cuda.is_current_stream_capturing()
+
+
+def data_dependent(error: Exception) -> bool:
+    """Whether a trace failed because the traced code reads a tensor's value (`.item()`, `.tolist()`)."""
+    return "DataDependent" in type(error).__name__ or "data-dependent" in str(error)
 
 
 def _free_symbols(sizes) -> set:

@@ -28,7 +28,7 @@ from ..ir.dtypes import SUPPORTED_TORCH_DTYPES, dims_of, size_of, size_symbols, 
 from ..ir.module import print_module
 from . import lower_elementwise, lower_structured  # noqa: F401  (register lowerings)
 from .fx_import import ImportFailure, _lower_node, _value_name
-from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, bound_args, target_name
+from .lowering_table import LOWERINGS, LoweredValue, LoweringContext, _walk_vals, bound_args, target_name
 
 aten = torch.ops.aten
 
@@ -70,9 +70,7 @@ def symbolic_lowering(target: object) -> bool:
 
 
 def _tensors(value: object) -> list[torch.Tensor]:
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return [value] if isinstance(value, torch.Tensor) else []
+    return [v for v in _walk_vals(value) if isinstance(v, torch.Tensor)]
 
 
 def has_symbolic_size(node: Node) -> bool:
@@ -227,8 +225,12 @@ def has_symbolic_nodes(gm: GraphModule) -> bool:
 def dynamic_dump(gm: GraphModule, name: str) -> str:
     """`DUMP_FILE`'s text: the regions of symbolic sizes as `ein` (parses back with
     `ir.module.parse_module`), headed by comments naming each function's inputs and outputs and the
-    nodes left out with their reasons."""
-    module, notes = dynamic_module(gm, name)
+    nodes left out with their reasons. Never raises: a failure is the file's one line (a dump never
+    fails the compile)."""
+    try:
+        module, notes = dynamic_module(gm, name)
+    except Exception as e:  # noqa: BLE001
+        return f"// {name}: its parts of symbolic sizes were not imported: {type(e).__name__}: {e}\n"
     header = [
         f"// {name}: the parts of the graph with symbolic sizes, as `ein` (sizes named in each type's",
         "// encoding). tilefuse's kernels take static sizes: these parts run in PyTorch.",

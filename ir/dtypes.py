@@ -7,10 +7,11 @@ that knows numpy-style broadcasting, so verifiers and importers agree.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import sympy
 import torch
+from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     DYNAMIC_INDEX,
     ArrayAttr,
@@ -204,12 +205,28 @@ def is_static(t: Attribute) -> bool:
 
 
 def has_symbolic_sizes(op: Operation) -> bool:
-    """Whether any value in `op` (a function, a module) has a type with symbolic sizes."""
-    return any(
-        isinstance(v.type, TensorType) and not is_static(v.type)
-        for inner in op.walk()
-        for v in (*inner.results, *(a for r in inner.regions for b in r.blocks for a in b.args))
-    )
+    """Whether `op` (a function, or a module of functions) takes arguments of symbolic sizes. Only the
+    arguments are read (every pass calls this): a function's other sizes derive from them, and the
+    importer refuses one whose sizes its arguments do not bind (`compiler/symbolic.py`)."""
+    if isinstance(op, func.FuncOp):
+        fns = [op]
+    else:  # a module: its functions
+        fns = [f for f in op.regions[0].ops if isinstance(f, func.FuncOp)]
+    return any(not is_static(t) for f in fns for t in f.function_type.inputs.data)
+
+
+def undecided_as(decide: Callable, otherwise: Callable) -> Callable:
+    """`decide`, answered by `otherwise` (called with the same arguments) where it compares symbolic
+    sizes that sympy cannot order (`s0*s1 > 64` raises TypeError): for a pass over symbolic `ein`, the
+    choice that changes nothing (a rewrite that does not apply, a fusion that does not happen)."""
+
+    def decided(*args: object) -> object:
+        try:
+            return decide(*args)
+        except TypeError:
+            return otherwise(*args)
+
+    return decided
 
 
 def size_symbols(shape: Sequence[Dim]) -> set[sympy.Symbol]:

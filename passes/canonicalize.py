@@ -60,7 +60,7 @@ from ..ir.builder import (
     widened_source,
     yielded_value,
 )
-from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype
+from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype, undecided_as
 from .fusion_groups import math_functions
 
 
@@ -506,14 +506,11 @@ class Canonicalize(ModulePass):
 
 
 class _Undecided(RewritePattern):
-    """A pattern over symbolic sizes: a size comparison sympy cannot decide (`s0*s1 > 64`) raises
-    TypeError before the pattern rewrites anything, and the pattern then does not apply."""
+    """A pattern over symbolic sizes: where it compares sizes sympy cannot order (before it rewrites
+    anything), it does not apply."""
 
     def __init__(self, pattern: RewritePattern):
-        self.pattern = pattern
+        self.decided = undecided_as(pattern.match_and_rewrite, lambda op, rewriter: None)
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
-        try:
-            self.pattern.match_and_rewrite(op, rewriter)
-        except TypeError:
-            return
+        self.decided(op, rewriter)

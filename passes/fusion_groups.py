@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -73,7 +72,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder, read_by_contraction, single_user, widened_source
-from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float
+from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float, undecided_as
 from ..ir.module import functions
 from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
@@ -340,7 +339,8 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
     ops = list(fn.body.block.ops)
     taken: set[Operation] = set()
     groups: list[tuple[int, str, list[Operation]]] = []
-    decided = _undecided_as_no if has_symbolic_sizes(fn) else lambda f, _: f
+    # over symbolic sizes, a comparison sympy cannot order means the choice that fuses nothing more
+    decided = undecided_as if has_symbolic_sizes(fn) else lambda f, _: f
     match_attention_, gemm_group, row_group = (
         decided(match_attention, lambda op: None), decided(_gemm_group, lambda op, taken: [op]),
         decided(_row_group, lambda op, ops, taken: None),
@@ -387,20 +387,6 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
         groups = merge(groups, ops)
     groups.sort(key=lambda g: g[0])
     return [FusionGroup(f"k{i}", kind, members) for i, (_, kind, members) in enumerate(groups)]
-
-
-def _undecided_as_no(decide: Callable, otherwise: Callable) -> Callable:
-    """`decide`, for a function of symbolic sizes: where it compares sizes sympy cannot order
-    (`s0*s1 > 65536`) it raises TypeError, and the answer is `otherwise`'s, the choice that fuses
-    nothing more (no row group, a GEMM alone, no merge)."""
-
-    def decided(*args):
-        try:
-            return decide(*args)
-        except TypeError:
-            return otherwise(*args)
-
-    return decided
 
 
 MAX_RECOMPUTED_MAPS = 8  # producer maps a pointwise kernel takes in (each a load and a body more)
