@@ -128,7 +128,7 @@ def stage_lower(art: GraphArtifact) -> GraphArtifact:
     # kernels are verified in codegen, one of each structurally identical set (see shared_source)
     for p in art.compiled_partitions():
         if p.name not in art.restored:
-            p.lowered = lower_function(p.function, art.target.allow_tf32, check=False)
+            p.lowered = lower_function(p.function, art.target.allow_tf32, check=False, hints=p.hints)
     return art
 
 

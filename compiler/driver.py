@@ -65,11 +65,12 @@ from .dump import GraphDump
 from .duplicate_ops import merge_duplicate_ops
 from .fx_import import ImportFailure, InputInfo, import_graph
 from .grouped_queries import group_decode_queries
-from .partition import Fallback, find_fallbacks, partition_graph
+from .lowering_table import DYNAMIC_SHAPE
+from .partition import Fallback, find_fallbacks, partition_graph, partition_symbolic, symbolic_reasons
 from .program import Trained
 from .runtime import CompiledKernel, KernelPlan, direct_forward, graph_device
 from .symbolic import DUMP_FILE as DYNAMIC_DUMP
-from .symbolic import dynamic_dump, has_symbolic_nodes
+from .symbolic import dynamic_dump, has_symbolic_nodes, unbound_sizes
 
 log = logging.getLogger("tilefuse")
 
@@ -85,6 +86,9 @@ class Partition:
     executor: str = "pytorch"
     lowered: list[LoweredGroup] = field(default_factory=list)
     kernels: list[CompiledKernel] = field(default_factory=list)
+    # a partition of symbolic sizes: each size symbol's value at the call that compiled the graph
+    # (Dynamo's hints), for its kernels' default configs; None for a static partition
+    hints: dict[str, int] | None = None
 
     def summary(self) -> dict:
         aten_ops = [str(captured_target(n)) for n in self.submodule.graph.nodes if n.op == "call_function"]
@@ -150,7 +154,22 @@ class GraphArtifact:
 
 def stage_partition(art: GraphArtifact) -> GraphArtifact:
     art.fallbacks = find_fallbacks(art.aten)
+    dynamic = has_symbolic_nodes(art.aten)
+    why_not = symbolic_reasons(art.aten) if dynamic else {}
     art.partitioned, names = partition_graph(art.aten)
+    symbolic: list[str] = []
+    if dynamic:  # a second round: kernels that take their sizes as arguments
+        art.partitioned, symbolic = partition_symbolic(art.partitioned)
+        absorbed = {
+            n.name for name in symbolic for n in getattr(art.partitioned, name).graph.nodes
+            if n.op == "call_function"
+        }  # fmt: skip
+        sized = lambda f: f.node in why_not and DYNAMIC_SHAPE in f.reason  # noqa: E731
+        art.fallbacks = [
+            dataclasses.replace(f, reason=why_not[f.node]) if sized(f) else f
+            for f in art.fallbacks if f.node not in absorbed
+        ]  # fmt: skip
+        names = names + symbolic
     outer = {n.name: InputInfo(n.name) for n in art.partitioned.graph.nodes}
     for n, info in zip([n for n in art.aten.graph.nodes if n.op == "placeholder"], art.inputs):
         outer[n.name] = info
@@ -158,8 +177,21 @@ def stage_partition(art: GraphArtifact) -> GraphArtifact:
         if node.op == "call_module" and node.target in names:
             inputs = [outer.get(a.name, InputInfo(a.name)) for a in node.args]
             sub = getattr(art.partitioned, node.target)
-            art.partitions.append(Partition(node.target, sub, inputs))
+            hints = size_hints(sub) if node.target in symbolic else None
+            art.partitions.append(Partition(node.target, sub, inputs, hints=hints))
     return art
+
+
+def size_hints(gm: GraphModule) -> dict[str, int]:
+    """The values Dynamo's shape environment holds for the size symbols of `gm`'s inputs (the sizes
+    of the call that compiled the graph), by symbol name; read without guarding."""
+    hints: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        for d in getattr(val, "shape", ()):
+            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.hint is not None:
+                hints[str(d.node.expr)] = int(d.node.hint)
+    return hints
 
 
 def stage_import(art: GraphArtifact) -> GraphArtifact:
@@ -171,6 +203,9 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
         try:
             p.function = import_graph(p.submodule, p.name, p.inputs)
             verify(p.function, f"@{p.name}")
+            unbound = unbound_sizes(p.function) if p.hints is not None else []
+            if unbound:
+                raise ImportFailure(f"no argument's size binds {', '.join(unbound)} (a size of its results)")
             functions.append(p.function)
         except (ImportFailure, IRError) as e:
             p.function = None

@@ -11,6 +11,7 @@ import operator
 import re
 from dataclasses import dataclass
 
+import torch
 from torch.fx import GraphModule, Node
 from xdsl.dialects import func
 from xdsl.dialects.builtin import StringAttr
@@ -51,6 +52,9 @@ def import_graph(gm: GraphModule, name: str, inputs: list[InputInfo] | None = No
     infos = inputs or [InputInfo(n.name) for n in placeholders]
     for node, info in zip(placeholders, infos):
         val = node.meta["val"]
+        if isinstance(val, torch.SymInt):  # a size a view reads (its lowering reads the node's metadata)
+            env[node] = val
+            continue
         attrs = {"ein.param": StringAttr(info.param)} if info.param else None
         env[node] = b.add_argument(
             [size_of(d) for d in val.shape], to_mlir_type(val.dtype), _value_name(info.name), attrs

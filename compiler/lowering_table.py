@@ -57,6 +57,9 @@ def target_name(node: Node) -> str:
     return getattr(t, "__name__", str(t))
 
 
+DYNAMIC_SHAPE = "dynamic shape"  # in the reason of a node the static partitions leave out for its sizes
+
+
 def _tensor_reason(val: object, what: str, empty_ok: bool = True) -> str | None:
     if not isinstance(val, torch.Tensor):
         return None
@@ -67,7 +70,7 @@ def _tensor_reason(val: object, what: str, empty_ok: bool = True) -> str | None:
         # softmax at f32 accuracy): PyTorch keeps float64's precision
         return f"{what} is float64; tilefuse's kernels compute in at most float32, so PyTorch runs it"
     if any(not isinstance(d, int) for d in val.shape):
-        return f"{what} has a dynamic shape {tuple(val.shape)}; tilefuse compiles static shapes"
+        return f"{what} has a {DYNAMIC_SHAPE} {tuple(val.shape)}; tilefuse compiles static shapes"
     if 0 in val.shape and not empty_ok:
         return f"{what} has no elements (shape {tuple(val.shape)}): nothing to compute, PyTorch runs it"
     return None

@@ -11,6 +11,7 @@ the PyTorch op they feed.
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -240,6 +241,91 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
     sink_boundary_views(fused, names)
     return fused, names
+
+
+SYMBOLIC_PREFIX = "dynamic_"  # partitions of symbolic sizes (`partition_symbolic`)
+SYMBOLIC_KERNELS_ENV = "TILEFUSE_SYMBOLIC_KERNELS"  # "0": nodes of symbolic sizes stay in PyTorch
+# ops of symbolic sizes left to PyTorch: contractions (cuBLAS; symbolic GEMM kernels are not built
+# yet) and concatenations (a KV cache's growth: along the symbolic dim)
+_SYMBOLIC_IN_PYTORCH = {
+    aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default, aten.cat.default,
+}  # fmt: skip
+
+
+def symbolic_kernel_reason(node: Node) -> str | None:
+    """Why a node of symbolic sizes cannot join a partition of symbolic sizes, or None when it can:
+    its lowering reads sizes only as expressions (`symbolic.symbolic_reason`), and its kernel is
+    one that takes sizes as arguments (pointwise and row kernels; `lower_to_tile.SYMBOLIC_KINDS`)."""
+    from .symbolic import symbolic_reason
+
+    if node.target in _SYMBOLIC_IN_PYTORCH:
+        return f"{target_name(node)} of symbolic sizes runs in PyTorch"
+    return symbolic_reason(node)
+
+
+def symbolic_reasons(gm: GraphModule) -> dict[str, str]:
+    """For each node of symbolic sizes, why it runs in PyTorch if `partition_symbolic` leaves it
+    there: `symbolic_kernel_reason`, or, for one that could join, that its level held views only."""
+    from .symbolic import has_symbolic_size
+
+    reasons = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and has_symbolic_size(node):
+            reasons[node.name] = symbolic_kernel_reason(node) or (
+                "of symbolic sizes, in a level of views only: runs in PyTorch (a view costs nothing)"
+            )
+    return reasons
+
+
+def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
+    """The second round of a graph of symbolic sizes (after `partition_graph`, whose partitions
+    hold its nodes of static sizes): its nodes of symbolic sizes that can become kernels taking
+    their sizes as arguments (`symbolic_kernel_reason`) in partitions named `dynamic_N`, by the
+    same levels. Partitions of views only are left to PyTorch."""
+    from .symbolic import has_symbolic_size
+
+    if os.environ.get(SYMBOLIC_KERNELS_ENV, "1") == "0":
+        return gm, []
+    joins: set[Node] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem:
+            if node.args[0] in joins:
+                joins.add(node)
+        elif has_symbolic_size(node) and symbolic_kernel_reason(node) is None:
+            joins.add(node)
+    if not joins:
+        return gm, []
+    ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_module")]
+    in_pytorch = {n: "" for n in ops if n not in joins}
+    computes = lambda n: n.target is not operator.getitem and n.target not in _FREE_VIEWS  # noqa: E731
+    levels = [level for level in _levels(gm, in_pytorch) if any(map(computes, level))]
+    if not levels:
+        return gm, []
+    fused = fuse_by_partitions(gm, [dict.fromkeys(nodes) for nodes in levels], prefix=SYMBOLIC_PREFIX)
+    views_as_reshapes(fused)
+    modules = [n.target for n in fused.graph.nodes if n.op == "call_module"]
+    names = [name for name in modules if name.startswith(SYMBOLIC_PREFIX)]
+    return fused, names
+
+
+def views_as_reshapes(gm: GraphModule) -> int:
+    """Make the views of the graph's PyTorch part (outside its partitions) reshapes, which copy where
+    the strides they get do not allow a view. A partition's kernels may lay a result out otherwise
+    than eager did (a row kernel's output is row-major), and a PyTorch op reading it may then return
+    other strides than traced (the CPU's flash attention returns its output in its query's memory
+    order), which a `view` traced for eager's strides refuses (Llama's attention output, viewed
+    after its transpose). The graph is functional (AOTAutograd), so no write goes through a view.
+    Returns how many views changed."""
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in (aten.view.default, aten._unsafe_view.default):
+            node.target = aten.reshape.default
+            changed += 1
+    if changed:
+        gm.recompile()
+    return changed
 
 
 def _levels(gm: GraphModule, in_pytorch: dict[Node, str]) -> list[list[Node]]:

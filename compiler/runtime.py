@@ -32,6 +32,7 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
+from ..ir.dtypes import has_symbolic_sizes
 from ..ir.module import parameter_args
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
@@ -107,6 +108,15 @@ class KernelPlan(torch.nn.Module):
         self.release_after = _last_uses(self.steps, self.launch_at, function)
         self.param_sources = _parameter_derived(function, self.steps, self.launch_at)
         self.program: Program | None = None
+        # a partition of symbolic sizes: its kernels take sizes as arguments, and a program is written
+        # for each size it is called at (allocations, grids and size arguments literal), kept per size
+        self.symbolic = has_symbolic_sizes(function)
+        self.programs: dict[tuple, Program] = {}
+        # positions of the tensor arguments where the partition also takes sizes (a view's SymInt
+        # inputs, which the program does not read: its sizes come from the tensors)
+        values = [n.meta.get("val") for n in fallback.graph.nodes if n.op == "placeholder"]
+        tensors = [i for i, v in enumerate(values) if not isinstance(v, torch.SymInt)]
+        self.tensor_args = tensors if len(tensors) != len(values) else None
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None
         self.guard_misses = 0
@@ -141,13 +151,16 @@ class KernelPlan(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.error is None:
+            tensors = args if self.tensor_args is None else tuple(args[i] for i in self.tensor_args)
             try:
-                if self.program is None:
-                    self.program = self._write_program(args)
+                if self.symbolic:
+                    self.program = self._sized_program(tensors)
+                elif self.program is None:
+                    self.program = self._write_program(tensors)
                 if self.selection is not None and self.selection.choice is None:
-                    out = self._select(args)
+                    out = self._select(tensors, args)
                 elif self.selection is None or self.selection.choice == "program":
-                    out = self.program.call(args)
+                    out = self.program.call(tensors)
                 else:
                     return self._fallback(*args)
                 if out is not None:
@@ -157,8 +170,21 @@ class KernelPlan(torch.nn.Module):
                 self._give_up(e)
         return self._fallback(*args)
 
-    def _select(self, args: Sequence[torch.Tensor]) -> object:
-        out = self.selection.step(lambda: self.program.call(args), lambda: self._fallback(*args))
+    def _sized_program(self, args: Sequence[torch.Tensor]) -> Program:
+        """The program for the sizes of `args`, written at the first call at these sizes (a few
+        milliseconds of Python; the kernels are compiled once, for every size). At most
+        PROGRAMS_PER_PARTITION sizes are kept, the oldest dropped first."""
+        key = tuple(a.shape for a in args)
+        program = self.programs.get(key)
+        if program is None:
+            if len(self.programs) >= PROGRAMS_PER_PARTITION:
+                del self.programs[next(iter(self.programs))]
+            program = self.programs[key] = self._write_program(args)
+            self.report["sizes_written"] = self.report.get("sizes_written", 0) + 1
+        return program
+
+    def _select(self, tensors: Sequence[torch.Tensor], args: Sequence[object]) -> object:
+        out = self.selection.step(lambda: self.program.call(tensors), lambda: self._fallback(*args))
         if self.selection.choice is not None:
             self.report["selection"] = self.selection.summary()
             if self.selection.choice == "pytorch":
@@ -218,6 +244,7 @@ class KernelPlan(torch.nn.Module):
         self.report["runtime_error"] = self.error
 
 
+PROGRAMS_PER_PARTITION = 64  # sizes whose programs a partition of symbolic sizes keeps
 INTERPRET_ENV = "TILEFUSE_INTERPRET"  # "1": on CPU tensors, run the generated kernels in Triton's interpreter
 NO_CUDA = (
     "no CUDA device: the captured PyTorch code runs; "

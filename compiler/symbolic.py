@@ -180,7 +180,7 @@ def import_region(region: Region, name: str) -> func.FuncOp:
     return b.finish([env[n] for n in region.outputs])
 
 
-def _unbound_sizes(fn: func.FuncOp) -> list[str]:
+def unbound_sizes(fn: func.FuncOp) -> list[str]:
     """The size symbols in `fn`'s types that no argument binds (an argument's dim that is the bare
     symbol): such a function could not be run at sizes given by its arguments alone."""
     bound = {d for arg in fn.body.block.args for d in dims_of(arg.type) if isinstance(d, sympy.Symbol)}
@@ -199,7 +199,7 @@ def dynamic_module(gm: GraphModule, name: str) -> tuple[ModuleOp, list[str]]:
         try:
             fn = import_region(region, fn_name)
             fn.verify()
-            unbound = _unbound_sizes(fn)
+            unbound = unbound_sizes(fn)
             if unbound:
                 raise ImportFailure(f"sizes {', '.join(unbound)} are bound by none of its inputs' sizes")
         except Exception as e:  # a dump: say why, never fail the compile

@@ -120,6 +120,28 @@ def parse_size(text: str) -> Dim:
     return simplify_size(build(tree))
 
 
+def size_text(d: Dim) -> str:
+    """A size as an integer expression of + and * over size names ("64*s0*s1", "s0 + 1"): what a
+    kernel computes from its size arguments and a grid from a launch's sizes (a power is written as
+    a product). Raises ValueError for anything else (a floor division, say)."""
+    d = simplify_size(d)
+    if not is_symbolic(d):
+        return str(int(d))
+
+    def text(e: sympy.Expr) -> str:
+        if isinstance(e, (sympy.Symbol, sympy.Integer)):
+            return str(e)
+        if isinstance(e, sympy.Pow) and e.exp.is_Integer and 0 < int(e.exp) <= 8:
+            return "*".join([text(e.base)] * int(e.exp))
+        if isinstance(e, sympy.Mul):
+            return "*".join(f"({text(a)})" if isinstance(a, sympy.Add) else text(a) for a in e.args)
+        if isinstance(e, sympy.Add):
+            return "(" + " + ".join(text(a) for a in e.args) + ")"
+        raise ValueError(f"size {d}: only sums and products of sizes are kernel arguments")
+
+    return text(d)
+
+
 def simplify_size(d: Dim) -> Dim:
     """`d` as an int when it is one (a symbolic expression that folded to a constant), else itself."""
     if isinstance(d, sympy.Expr):
@@ -233,15 +255,22 @@ def size_symbols(shape: Sequence[Dim]) -> set[sympy.Symbol]:
     return {s for d in shape if is_symbolic(d) for s in d.free_symbols}
 
 
+def bind_bare_sizes(shape: Sequence[Dim], sizes: Sequence[int], bound: dict[sympy.Symbol, int]) -> None:
+    """Bind each symbol that is a whole dim of `shape` to that dim's size in `sizes` (first binding
+    kept): the first pass over a function's arguments, so that an argument of size `s0*s1` checks
+    against symbols a later argument binds."""
+    for d, n in zip(shape, sizes):
+        if isinstance(d, sympy.Symbol) and d not in bound:
+            bound[d] = int(n)
+
+
 def bind_sizes(shape: Sequence[Dim], sizes: Sequence[int], bound: dict[sympy.Symbol, int]) -> str | None:
     """Bind the symbols of `shape` (a function argument's) to the concrete `sizes` of the tensor
     passed for it, adding to `bound`: a dim that is a bare symbol binds it; every dim must then
     evaluate to its size. Returns what disagrees, or None."""
     if len(shape) != len(sizes):
         return f"rank {len(sizes)} where {len(shape)} was declared"
-    for d, n in zip(shape, sizes):
-        if isinstance(d, sympy.Symbol) and d not in bound:
-            bound[d] = int(n)
+    bind_bare_sizes(shape, sizes, bound)
     for i, (d, n) in enumerate(zip(shape, sizes)):
         try:
             want = concrete_size(d, bound)

@@ -18,7 +18,7 @@ from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from . import einsum as ein
-from .dtypes import bind_sizes, concrete_shape, dims_of, to_torch_dtype
+from .dtypes import bind_bare_sizes, bind_sizes, concrete_shape, dims_of, to_torch_dtype
 
 
 class InterpreterError(RuntimeError):
@@ -270,6 +270,8 @@ def _check_inputs(fn: func.FuncOp, args: Sequence[torch.Tensor]) -> Sizes:
     if len(args) != len(params):
         raise InterpreterError(f"@{fn.sym_name.data} takes {len(params)} tensors, got {len(args)}")
     sizes: Sizes = {}
+    for t, want in zip(args, params):
+        bind_bare_sizes(dims_of(want), tuple(t.shape), sizes)
     for i, (t, want) in enumerate(zip(args, params)):
         shape, dtype = dims_of(want), to_torch_dtype(want.get_element_type())
         wrong = bind_sizes(shape, tuple(t.shape), sizes)

@@ -63,6 +63,7 @@ from xdsl.printer import Printer
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
+from .dtypes import dims_of, parse_size, size_symbols, size_text
 from .einsum import verify_scalar_body
 
 KERNEL_KINDS = ("attention", "gemm", "pointwise", "reduction", "row", "scan")
@@ -201,6 +202,47 @@ class ParamOp(IRDLOperation):
 
     def __init__(self, param: str):
         super().__init__(properties={"param": StringAttr(param)}, result_types=[i32])
+
+
+@irdl_op_definition
+class SizeOp(IRDLOperation):
+    """A size of the kernel's tensors that is symbolic (`tensor<?x64xf32, ["s0"]>`): an integer
+    expression over size symbols ("s0", "64*s0*s1"), which the kernel takes as runtime arguments
+    (one per symbol) and the launch binds from its tensors' sizes."""
+
+    name = "tile.size"
+    size = prop_def(StringAttr)
+    result = result_def(i32)
+    traits = traits_def(Pure())
+    assembly_format = "$size attr-dict `:` type($result)"
+
+    def __init__(self, size: object):
+        """`size`: a symbolic size (written by `dtypes.size_text`) or its text."""
+        text = size if isinstance(size, str) else size_text(size)
+        super().__init__(properties={"size": StringAttr(text)}, result_types=[i32])
+
+    def verify_(self) -> None:
+        try:
+            parse_size(self.size.data)
+        except ValueError as e:
+            raise VerifyException(f"tile.size: {e}") from e
+
+
+def size_symbol_names(kernel: KernelOp) -> tuple[str, ...]:
+    """The size symbols of a kernel (its arguments' symbolic sizes and its `tile.size` ops), sorted by
+    name: the runtime size arguments of the generated kernel, in order. Empty for a static kernel."""
+    names: set[str] = set()
+    for arg in kernel.body.block.args:
+        names.update(str(s) for s in size_symbols(dims_of(arg.type)))
+    for op in kernel.body.walk():
+        if isinstance(op, SizeOp):
+            names.update(str(s) for s in getattr(parse_size(op.size.data), "free_symbols", ()))
+    return tuple(sorted(names, key=_symbol_order))
+
+
+def _symbol_order(name: str) -> tuple:
+    digits = name.lstrip("su")
+    return (name[: len(name) - len(digits)], int(digits) if digits.isdigit() else -1, name)
 
 
 @irdl_op_definition
@@ -545,7 +587,7 @@ class ScanOp(IRDLOperation):
 Tile = Dialect(
     "tile",
     [
-        KernelOp, ReturnOp, ProgramIdOp, ParamOp, GroupedOrderOp, ArangeOp, ExpandDimsOp, FullOp,
+        KernelOp, ReturnOp, ProgramIdOp, ParamOp, SizeOp, GroupedOrderOp, ArangeOp, ExpandDimsOp, FullOp,
         LoadOp, StoreOp, DotOp, MapOp, YieldOp, ReduceOp, ScanOp,
     ],
     [BlockType],

@@ -37,7 +37,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import ScalarBuilder, opmath_type, read_by_contraction, sums_in_i64
-from ..ir.dtypes import is_bool, is_float, shape_of
+from ..ir.dtypes import concrete_size, dims_of, is_bool, is_float, is_static, is_symbolic, shape_of, size_text
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import (
@@ -104,7 +104,7 @@ def merged_rows(value: SSAValue) -> bool:
     if not isinstance(view, ein.ViewOp) or view.kind.data != "reshape":
         return False
     source = view.input
-    if isinstance(source.owner, VIRTUAL_OPS):
+    if isinstance(source.owner, VIRTUAL_OPS) or not (is_static(source.type) and is_static(value.type)):
         return False
     before, after = tuple(shape_of(source.type)), tuple(shape_of(value.type))
     lead = len(before) - len(after) + 1
@@ -523,15 +523,17 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
     reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
     space = RowSpace.of(reductions[0])
     R, C = math.prod(space.stat_shape), space.row_size
+    if is_symbolic(C):
+        raise LoweringUnsupported("a row kernel takes rows of a static length (this row's is symbolic)")
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), list(space.stat_shape))
     if C > MAX_ROW:
         _lower_row_in_chunks(kb, group, space, rows)
-        return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C, "chunked": 1}
+        return [f"cdiv({size_text(R)}, BLOCK_R)"], {"R": R, "C": C, "chunked": 1}
     full_idx, in_range = _row_chunk(kb, space, rows, kb.arange("BLOCK_C"))
     computed, at = evaluate_row_ops(kb, group.ops, space, full_idx, in_range, {})
     for out in group.outputs:  # a residual stream the group also normalizes is written too
-        kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
-    return [f"cdiv({R}, BLOCK_R)"], {"R": R, "C": C}
+        kb.store(kb.output_argument(out), at[tuple(dims_of(out.type))], computed[out])
+    return [f"cdiv({size_text(R)}, BLOCK_R)"], {"R": R, "C": C}
 
 
 def _row_chunk(
@@ -738,7 +740,7 @@ def evaluate_row_ops(
 
     for op in ops:
         if isinstance(op, ein.MapOp):
-            out_shape = tuple(shape_of(op.result.type))
+            out_shape = tuple(dims_of(op.result.type))
             operands = {v: value_of(v, out_shape) for v in op.inputs}
             computed[op.result] = kb.apply_map(op, operands, out_shape, at[out_shape])
         elif isinstance(op, ein.ReduceOp):
@@ -752,21 +754,22 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     group_selection.split_path): each evaluated on the tile of the ones before it, every output
     that leaves the group stored. Members read only inside the group through views (a slice, a
     concatenation: RoPE's rotate-half in a backward graph) are recomputed at their readers' indices."""
-    shape = shape_of(group.output.type)
+    shape = dims_of(group.output.type)
     if not shape:
         raise LoweringUnsupported("0-d results run op by op")
     if any(not isinstance(op, ein.MapOp) for op in group.ops):
         raise LoweringUnsupported("a pointwise kernel evaluates maps")
-    if any(shape_of(out.type) != shape for out in group.outputs):
+    if any(dims_of(out.type) != shape for out in group.outputs):
         raise LoweringUnsupported("a pointwise kernel writes outputs of one shape")
     kb.recomputed.update({op.result: op for op in group.ops if op.result not in group.outputs})
-    same_shape = [op for op in group.ops if shape_of(op.result.type) == shape]
+    same_shape = [op for op in group.ops if dims_of(op.result.type) == shape]
+    symbolic = any(map(is_symbolic, shape))
     # smaller members (an eval BatchNorm's rsqrt(var + eps) over channels) are recomputed at the
     # 2-d tile's indices as at the flat ones: with them in the group the NHWC result of a
     # convolution was read back flat, a row apart per thread (ResNet-50 bf16 on the H200: 184 µs
     # kernels where the tiled copy takes ~40)
-    split = _transposed_split(group, shape)
-    if split is None and len(same_shape) == len(group.ops):
+    split = None if symbolic else _transposed_split(group, shape)
+    if split is None and not symbolic and len(same_shape) == len(group.ops):
         split = _stencil_split(group, shape)
     if split is None:
         idx = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK"), shape)
@@ -784,7 +787,7 @@ def lower_pointwise(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         taps = _window_taps(kb)
         if taps >= WINDOW_TAPS:
             problem["window"] = taps
-        return [f"cdiv({math.prod(shape)}, BLOCK)"], problem
+        return [f"cdiv({size_text(math.prod(shape))}, BLOCK)"], problem
     y, x = math.prod(shape[:split]), math.prod(shape[split:])
     return [f"cdiv({x}, BLOCK_X)", f"cdiv({y}, BLOCK_Y)"], {"N": x * y, "X": x, "Y": y, "tiled": 1}
 
@@ -869,14 +872,21 @@ def _stencil_split(group: FusionGroup, shape: tuple[int, ...]) -> int | None:
     return len(shape) - 1
 
 
-def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: bool = True) -> LoweredGroup:
+def lower_group(
+    group: FusionGroup, name: str, allow_tf32: bool = False, check: bool = True,
+    hints: dict[str, int] | None = None,
+) -> LoweredGroup:  # fmt: skip
     """The kernel (named `name`) of one fusion group, or the reason it has none.
 
     `check=False` leaves verifying the kernel to the caller (the compiler verifies one
-    kernel of each set of structurally identical ones).
+    kernel of each set of structurally identical ones). A group of symbolic sizes (pointwise and
+    row kinds, `SYMBOLIC_KINDS`) gets a kernel that takes them as arguments; its problem sizes are
+    given the symbols' `hints` (name -> size).
     """
     kb = KernelBuilder(_materialized)
     try:
+        if group.kind not in SYMBOLIC_KINDS and not all(is_static(v.type) for v in _group_values(group)):
+            raise LoweringUnsupported(f"a {group.kind} kernel takes static sizes (this group's are symbolic)")
         if len(group.outputs) > 1 and group.kind not in ("gemm", "row", "pointwise"):
             raise LoweringUnsupported(f"a {group.kind} kernel writes one output")
         if group.kind == "gemm":
@@ -907,14 +917,35 @@ def lower_group(group: FusionGroup, name: str, allow_tf32: bool = False, check: 
     if kb.divisors:
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
     if len(group.outputs) > 1:  # elements written besides the primary output (the tuner's byte counts)
-        problem["extra_out_elems"] = sum(math.prod(shape_of(v.type)) for v in group.outputs[:-1])
+        problem["extra_out_elems"] = sum(math.prod(dims_of(v.type)) for v in group.outputs[:-1])
+    problem = {k: _hinted(v, hints) for k, v in problem.items()}
     return LoweredGroup(group, kernel, kb.inputs, problem)
+
+
+# kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments)
+SYMBOLIC_KINDS = ("pointwise", "row")
+# the size a symbol stands for in a symbolic kernel's problem (its config's input) without a hint
+NOMINAL_SIZE = 1024
+
+
+def _group_values(group: FusionGroup) -> list[SSAValue]:
+    return [v for op in group.ops for v in (*op.operands, *op.results)]
+
+
+def _hinted(value: object, hints: dict[str, int] | None) -> object:
+    """A problem size with its symbols given their hints (the sizes of the call that compiled the
+    graph; NOMINAL_SIZE without one): a symbolic kernel's default config is chosen for them."""
+    if not is_symbolic(value):
+        return value
+    return concrete_size(value, {s: (hints or {}).get(str(s), NOMINAL_SIZE) for s in value.free_symbols})
 
 
 REUSE_CHECK_ENV = "TILEFUSE_CHECK_REUSE"  # "1": lower every reused group afresh too, and compare (tests)
 
 
-def lower_function(fn: func.FuncOp, allow_tf32: bool = False, check: bool = True) -> list[LoweredGroup]:
+def lower_function(
+    fn: func.FuncOp, allow_tf32: bool = False, check: bool = True, hints: dict[str, int] | None = None
+) -> list[LoweredGroup]:
     """Lower every fusion group recorded in `fn` (see form-fusion-groups).
 
     A group structurally identical to one lowered before (`group_signature`: one per layer of a
@@ -931,9 +962,9 @@ def lower_function(fn: func.FuncOp, allow_tf32: bool = False, check: bool = True
         signature, values = group_signature(g, allow_tf32)
         reused = _reuse(seen[signature], g, name, values) if signature in seen else None
         if reused is not None and checking:
-            _check_reuse(reused, lower_group(g, name, allow_tf32, check))
+            _check_reuse(reused, lower_group(g, name, allow_tf32, check, hints))
         if reused is None:
-            reused = lower_group(g, name, allow_tf32, check)
+            reused = lower_group(g, name, allow_tf32, check, hints)
             seen.setdefault(signature, (reused, values))
         lowered.append(reused)
     return lowered

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import sympy
 from xdsl.dialects import arith
 from xdsl.dialects.builtin import IntegerAttr, i32
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
@@ -21,7 +22,7 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import ScalarBuilder, inline_map_body
-from ..ir.dtypes import shape_of
+from ..ir.dtypes import Dim, dims_of, is_symbolic, shape_of, simplify_size, size_text
 
 
 class LoweringUnsupported(Exception):
@@ -117,7 +118,15 @@ class KernelBuilder:
     def param(self, name: str) -> SSAValue:
         return self._cached(("param", name), lambda: self.emit(tile.ParamOp(name)).result)
 
-    def const(self, value: int) -> SSAValue:
+    def const(self, value: Dim) -> SSAValue:
+        """An i32 index constant; a symbolic size is a `tile.size` (the kernel takes its symbols)."""
+        value = simplify_size(value)
+        if is_symbolic(value):
+            try:
+                text = size_text(value)
+            except ValueError as e:
+                raise LoweringUnsupported(str(e)) from None
+            return self._cached(("size", text), lambda: self.emit(tile.SizeOp(text)).result)
         make = lambda: self.emit(arith.ConstantOp(IntegerAttr(value, i32))).result  # noqa: E731
         return self._cached(("const", value), make)
 
@@ -160,9 +169,9 @@ class KernelBuilder:
             return value
         return self.map([value, *indices], tile.element_type(value.type), lambda sb, v, *_: v)
 
-    def index_op(self, name: str, a: Index, b: Index | int) -> Index:
+    def index_op(self, name: str, a: Index, b: Index | Dim) -> Index:
         """a `name` b on i32 indices (add, sub, mul, div, rem): arith on scalars, tile.map on tiles."""
-        b_val = self.const(b) if isinstance(b, int) else b
+        b_val = b if isinstance(b, SSAValue) else self.const(b)
         if isinstance(a.type, tile.BlockType) or isinstance(b_val.type, tile.BlockType):
             result = self.map([a, b_val], i32, lambda sb, x, y: sb.binary(name, x, y))
         else:
@@ -219,7 +228,7 @@ class KernelBuilder:
         the start is split once and the innermost index stays start % size + arange, which
         Triton sees as contiguous. None where that does not apply; otherwise BLOCK_K is
         required to divide the innermost size."""
-        if flat not in self.block_index or len(sizes) < 2 or sizes[-1] % 16:
+        if flat not in self.block_index or len(sizes) < 2 or any(map(is_symbolic, sizes)) or sizes[-1] % 16:
             return None
         block, param, axis = self.block_index[flat]
         if param != "BLOCK_K":  # K loop blocks never run past the end of K: no mask to keep
@@ -233,29 +242,29 @@ class KernelBuilder:
         inner = self.index_op("add", self.arange(param), start)
         return outer + [inner if axis is None else self.expand(inner, axis)]
 
-    def unravel(self, flat: Index, sizes: Sequence[int]) -> list[Index]:
+    def unravel(self, flat: Index, sizes: Sequence[Dim]) -> list[Index]:
         """Row-major multi-index of a flat index. The outermost index is not wrapped, so a flat
         index past the end stays out of bounds (and masked) instead of aliasing a valid element."""
         indices = []
         for j in range(len(sizes)):
-            inner = math.prod(sizes[j + 1 :])
+            inner = simplify_size(math.prod(sizes[j + 1 :]))
             idx = self.index_op("div", flat, inner) if inner != 1 else flat
             indices.append(self.index_op("rem", idx, sizes[j]) if j > 0 else idx)
         return indices
 
-    def linearize(self, indices: Sequence[Index], sizes: Sequence[int]) -> Index:
+    def linearize(self, indices: Sequence[Index], sizes: Sequence[Dim]) -> Index:
         flat = None
         for j, idx in enumerate(indices):
-            stride = math.prod(sizes[j + 1 :])
+            stride = simplify_size(math.prod(sizes[j + 1 :]))
             term = self.index_op("mul", idx, stride) if stride != 1 else idx
             flat = term if flat is None else self.index_op("add", flat, term)
         return flat if flat is not None else self.const(0)
 
     def broadcast_indices(
-        self, value: SSAValue, out_shape: Sequence[int], out_idx: Sequence[Index]
+        self, value: SSAValue, out_shape: Sequence[Dim], out_idx: Sequence[Index]
     ) -> list[Index]:
         """Indices into `value` (numpy-broadcast to `out_shape`) for the output element at `out_idx`."""
-        shape = shape_of(value.type)
+        shape = dims_of(value.type)
         offset = len(out_shape) - len(shape)
         return [
             self.const(0) if d == 1 and out_shape[offset + j] != 1 else out_idx[offset + j]
@@ -272,7 +281,7 @@ class KernelBuilder:
         """
         owner = value.owner
         if value in self.recomputed:
-            producer, shape = self.recomputed[value], shape_of(value.type)
+            producer, shape = self.recomputed[value], dims_of(value.type)
             make = lambda: self.apply_map(producer, {}, shape, list(indices))  # noqa: E731
             return self._cached(("recomputed", value, *indices), make)
         if self.materialized(value):
@@ -342,7 +351,7 @@ class KernelBuilder:
         if self.materialized(value):
             return True
         if isinstance(owner, ein.ViewOp):
-            if owner.kind.data == "reshape" and 1 in shape_of(owner.result.type):
+            if owner.kind.data == "reshape" and 1 in dims_of(owner.result.type):
                 return False
             return self.zero_outside(owner.input)
         if isinstance(owner, ein.ConcatOp):
@@ -364,7 +373,9 @@ class KernelBuilder:
         """Source indices of a view. An index out of bounds for the view is kept out of bounds
         for the source (poisoned), so load masks stay exact: a K loop's tail must read zeros."""
         kind, p = view.kind.data, view.view_params
-        src, dst = shape_of(view.input.type), shape_of(view.result.type)
+        src, dst = dims_of(view.input.type), dims_of(view.result.type)
+        if (is_symbolic(math.prod(src)) or is_symbolic(math.prod(dst))) and kind not in SYMBOLIC_VIEWS:
+            raise LoweringUnsupported(f"a {kind} view of symbolic sizes is not read inside a kernel yet")
         if kind == "permute":
             out: list[Index] = [self.const(0)] * len(src)
             for i, source_dim in enumerate(p):
@@ -443,6 +454,11 @@ class KernelBuilder:
         below int32's range; otherwise, and for a value that may be negative, a select."""
         if not isinstance(guard.type, tile.BlockType):
             return value  # scalar indices come from the grid and are in bounds
+        if is_symbolic(bound) or is_symbolic(bad):  # the bound is the kernel's size argument
+            return self.map(
+                [guard, value, self.const(bad), self.const(bound)], i32,
+                lambda sb, g, v, b, n: sb.select(sb.cmp("lt", g, n), v, b),
+            )  # fmt: skip
         if self.bounded.get(guard, bound + 1) <= bound:
             return value  # nothing to poison: the guard never reaches its bound
         if nonnegative and bad < POISON_BY_SUM_LIMIT:
@@ -467,13 +483,32 @@ class KernelBuilder:
         return self.map([x], elem, lambda sb, v: sb.cast(v, elem))
 
 
+# views read inside a kernel whose sizes may be symbolic (others raise LoweringUnsupported)
+SYMBOLIC_VIEWS = ("permute", "expand", "reshape")
+
+
+def _divides(a: Dim, b: Dim) -> bool:
+    """Whether `a` divides `b` for every value of their symbols, and `a != b` (a grows toward b)."""
+    if not (is_symbolic(a) or is_symbolic(b)):
+        return a < b
+    _, denominator = sympy.fraction(sympy.cancel(sympy.sympify(b) / a))
+    return denominator == 1 and simplify_size(sympy.sympify(b) - a) != 0
+
+
+def _differ(a: Dim, b: Dim) -> bool:
+    if not (is_symbolic(a) or is_symbolic(b)):
+        return a != b
+    return simplify_size(sympy.sympify(a) - b) != 0
+
+
 def _reshape_groups(
-    src: Sequence[int], dst: Sequence[int]
+    src: Sequence[Dim], dst: Sequence[Dim]
 ) -> list[tuple[tuple[int, int], tuple[int, int]]] | None:
     """Consecutive dims of `src` and `dst` with equal products: [(src range, dst range)].
 
     None when a group would be empty on one side (size-1 or zero-size dims at the end),
-    where the reshape is handled as one group.
+    where the reshape is handled as one group. A symbolic size joins a group only where it
+    divides the other side's product (s0, s1 -> s0*s1); otherwise the reshape is one group.
     """
     groups = []
     i = j = 0
@@ -481,10 +516,10 @@ def _reshape_groups(
         i0, j0 = i, j
         ps, pd = src[i], dst[j]
         i, j = i + 1, j + 1
-        while ps != pd:
-            if ps < pd and i < len(src):
+        while _differ(ps, pd):
+            if _divides(ps, pd) and i < len(src):
                 ps, i = ps * src[i], i + 1
-            elif pd < ps and j < len(dst):
+            elif _divides(pd, ps) and j < len(dst):
                 pd, j = pd * dst[j], j + 1
             else:
                 return None

@@ -45,7 +45,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAValue
 
 from ...ir import tile
-from ...ir.dtypes import to_torch_dtype
+from ...ir.dtypes import Dim, dims_of, is_symbolic, parse_size, size_text, to_torch_dtype
 from ..naming import fresh_name
 
 EMITTER_VERSION = 5  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
@@ -296,11 +296,14 @@ class _KernelWriter:
         self.lower: dict[SSAValue, int] = {}
         self.upper: dict[SSAValue, int] = {}  # exclusive upper bounds of non-negative indices
         self.int_constants: dict[SSAValue, int] = {}
+        # size symbols: the kernel's runtime size arguments, named as in its types ("s0")
+        self.symbols = tile.size_symbol_names(kernel)
         self.taken = set(keyword.kwlist) | _RESERVED | set(kernel.param_names) | {self.function}
-        self.tensors: dict[SSAValue, tuple[str, tuple[int, ...]]] = {}
+        self.taken |= set(self.symbols)
+        self.tensors: dict[SSAValue, tuple[str, tuple[Dim, ...]]] = {}
         for i, arg in enumerate(kernel.body.block.args):
             base = self._fresh(arg.name_hint or f"arg{i}")
-            shape = tuple(arg.type.get_shape())
+            shape = dims_of(arg.type)
             self.taken.update({f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))})
             self.tensors[arg] = (base, shape)
         self.taken.update({TMA_FLAG, WS_FLAG})
@@ -343,7 +346,12 @@ class _KernelWriter:
             t: (self._fresh(f"{self.tensors[t][0]}_desc"), next(iter(shapes)))
             for t, shapes in blocks.items()
             if len(shapes) == 1 and t not in plain and all(d is not None for d in next(iter(shapes)))
+            and not self._symbolic(t)
         }
+
+    def _symbolic(self, tensor: SSAValue) -> bool:
+        """Whether a tensor argument has a symbolic size (its layout is not known when writing)."""
+        return any(map(is_symbolic, self.tensors[tensor][1]))
 
     def _row_tail_loads(self) -> set[tile.LoadOp]:
         """Operand loads of a GEMM whose tensor's last dim is the dot's M (`a`'s rows) or N (`b`'s
@@ -377,7 +385,9 @@ class _KernelWriter:
         """Whether `load` reads a tile along its tensor's last dim, one of at least PAD_MIN_ROW elements
         that is not a multiple of ROW_TAIL (rows that may be padded)."""
         shape = self.tensors[load.tensor][1]
-        if len(shape) < 2 or shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
+        if self._symbolic(load.tensor) or len(shape) < 2:
+            return False
+        if shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
             return False
         return isinstance(load.indices[-1].type, tile.BlockType)
 
@@ -530,6 +540,14 @@ class _KernelWriter:
         self._bind(op.result, op.param.data, True)
         self.lower[op.result] = 1  # tile sizes and group sizes are positive
 
+    def _size(self, op: tile.SizeOp) -> None:
+        try:
+            text = size_text(parse_size(op.size.data))
+        except ValueError as e:
+            raise EmitError(str(e)) from None
+        self._bind(op.result, text if text.isidentifier() or text.isdigit() else f"({text})", True)
+        self.lower[op.result] = 1  # sizes are positive
+
     def _grouped_order(self, op: tile.GroupedOrderOp) -> None:
         pid, rows, cols, group = (self._e(v) for v in op.operands)
         # Triton's matmul tutorial: `group` tile rows sweep the columns together, so tiles share L2
@@ -569,7 +587,8 @@ class _KernelWriter:
         run_of = {k: run for run in runs for k in range(run.first, run.last + 1)}
         for d, (index, size) in enumerate(zip(indices, shape)):
             const = self.int_constants.get(index)
-            if const is not None and 0 <= const < size:  # statically in bounds
+            symbolic = is_symbolic(size)
+            if const is not None and (0 <= const < size if not symbolic else const == 0):  # in bounds
                 if const:
                     terms.append(f"{const} * {base}_s{d}")
                 continue
@@ -592,6 +611,8 @@ class _KernelWriter:
                 mask.append(f"({expr} < {base}_s{d - 1})")
             elif tail and d == len(shape) - 1:
                 mask.append(f"({expr} < {self.tail_bounds[tensor]})")
+            elif symbolic:  # the kernel's size argument bounds it
+                mask.append(f"({expr} < ({size_text(size)}))")
             elif self.upper.get(index, size + 1) > size:  # else known in bounds: an unraveled inner index
                 # q < size for q = j // p (j >= 0) is j < size * p
                 bounded = flat is not None and run.divisors[d - run.first] is not None
@@ -627,6 +648,8 @@ class _KernelWriter:
         element (the NHWC feature map's pooler stored NCHW: 4x slower on the H200). Each run takes
         the switch `merge_flag`, which the launcher sets from the tensor's strides."""
         _, shape = self.tensors[tensor]
+        if self._symbolic(tensor):  # the launcher cannot check a nesting it does not see written
+            return []
         position = list(self.tensors).index(tensor)
         forms = [_unraveled(index, self.int_constants) for index in indices]
         runs: list[MergedRun] = []
@@ -692,7 +715,10 @@ class _KernelWriter:
         _, shape = self.tensors[op.tensor]
         itemsize = to_torch_dtype(op.tensor.type.get_element_type()).itemsize
         kind = self.kernel.kind.data
-        padded = stores_to_row_stride(kind) and padded_row(kind, shape, itemsize) is not None
+        padded = (
+            stores_to_row_stride(kind) and not self._symbolic(op.tensor)
+            and padded_row(kind, shape, itemsize) is not None
+        )  # fmt: skip
         if padded:
             self._write(
                 "# stores run to the row stride: a padded row's tail is written too (it is the buffer's own)"
@@ -948,6 +974,7 @@ _LIBDEVICE = {"math.tanh": "libdevice.tanh", "math.expm1": "libdevice.expm1", "m
 
 _HANDLERS: dict[str, Callable[[_KernelWriter, Operation], None]] = {
     "tile.program_id": _KernelWriter._program_id, "tile.param": _KernelWriter._param,
+    "tile.size": _KernelWriter._size,
     "tile.grouped_order": _KernelWriter._grouped_order, "tile.arange": _KernelWriter._arange,
     "tile.expand_dims": _KernelWriter._expand_dims, "tile.full": _KernelWriter._full,
     "tile.load": _KernelWriter._load, "tile.store": _KernelWriter._store, "tile.dot": _KernelWriter._dot,
@@ -1077,6 +1104,11 @@ def row_tail(size: int) -> int:
     return -(-size // ROW_TAIL) * ROW_TAIL
 
 
+def _shape_entry(d: Dim) -> int | str:
+    """A TENSOR_SHAPES entry: a static size, or a symbolic one's expression."""
+    return int(d) if not is_symbolic(d) else str(d)
+
+
 def stores_to_row_stride(kind: str) -> bool:
     """Whether a kernel of `kind` stores a padded output's rows to the row stride: so the mask is
     constant over 16 bytes and the stores are vectors (the padding is the buffer's own, and nothing
@@ -1104,6 +1136,8 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         ", ".join([f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))]) + ","
         for _, (base, shape) in tensors
     ]
+    if writer.symbols:  # the symbolic sizes, after the tensors (`SIZE_SYMBOLS`)
+        signature.append(", ".join(writer.symbols) + ",")
     flags = ([TMA_FLAG] if writer.descriptors else []) + ([WS_FLAG] if writer.warp_specialized else [])
     tails = tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.tail_bounds)
     flags += [tail_flag(i) for i in tails]
@@ -1124,7 +1158,8 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         "",
         f"GRID = {tuple(kernel.grid_exprs)!r}",
         f"PARAMS = {tuple(kernel.param_names)!r}",
-        f"TENSOR_SHAPES = {tuple(shape for _, (_, shape) in tensors)!r}",
+        f"TENSOR_SHAPES = {tuple(tuple(_shape_entry(d) for d in shape) for _, (_, shape) in tensors)!r}",
+        *([f"SIZE_SYMBOLS = {writer.symbols!r}"] if writer.symbols else []),
         f"TENSOR_DTYPES = {tuple(dtypes)!r}",
         f"TMA_TENSORS = {tuple(i for i, (arg, _) in enumerate(tensors) if arg in writer.descriptors)!r}",
         f"WARP_SPECIALIZABLE = {writer.warp_specialized!r}",

@@ -94,16 +94,35 @@ class TritonKernel:
     merged_dims: tuple[
         tuple[int, int, int], ...
     ] = ()  # MERGE_i_d_e for these (operand, dims) (`merge_flags`)
+    # size symbols: runtime arguments after the tensors; `shapes` name them where a size is symbolic
+    symbols: tuple[str, ...] = ()
     _grids: dict = field(default_factory=dict, compare=False, repr=False)
     _checked: list = field(default_factory=list, compare=False, repr=False)
 
-    def grid_for(self, config: Mapping[str, int]) -> tuple[int, ...]:
-        """The launch grid for one binding of the tile parameters (evaluated once per binding)."""
-        key = tuple(sorted(config.items()))
+    def grid_for(self, config: Mapping[str, int], sizes: Mapping[str, int] | None = None) -> tuple[int, ...]:
+        """The launch grid for one binding of the tile parameters and, in a kernel of symbolic sizes,
+        of its size symbols (evaluated once per binding)."""
+        key = (tuple(sorted(config.items())), tuple(sorted((sizes or {}).items())))
         grid = self._grids.get(key)
         if grid is None:
-            grid = self._grids[key] = tuple(evaluate_grid(g, config) for g in self.grid)
+            scope = {**config, **(sizes or {})}
+            grid = self._grids[key] = tuple(evaluate_grid(g, scope) for g in self.grid)
         return grid
+
+    def sizes_of(self, tensors: Sequence[torch.Tensor]) -> dict[str, int]:
+        """The values of the kernel's size symbols, from the sizes of the tensors it is launched on
+        (a size written as a bare symbol binds it); {} for a static kernel."""
+        if not self.symbols:
+            return {}
+        sizes: dict[str, int] = {}
+        for t, shape in zip(tensors, self.shapes):
+            for n, d in zip(t.shape, shape):
+                if isinstance(d, str) and d in self.symbols:
+                    sizes.setdefault(d, int(n))
+        missing = [s for s in self.symbols if s not in sizes]
+        if missing:
+            raise LaunchError(f"{self.name}: no tensor's size binds {', '.join(missing)}")
+        return sizes
 
     def __call__(
         self,
@@ -117,13 +136,14 @@ class TritonKernel:
         Shapes and dtypes are checked on the first launch; the runtime then calls the kernel
         with tensors of the same types (Dynamo guards the graph's inputs).
         """
-        if not self._checked:
-            self._check(tensors, config)
+        sizes = self.sizes_of(tensors)
+        if not self._checked or sizes:
+            self._check(tensors, config, sizes)
             self._checked.append(True)
-        grid = self.grid_for(config)
+        grid = self.grid_for(config, sizes)
         if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
             return
-        args = [x for t in tensors for x in (t, *t.stride())]
+        args = [x for t in tensors for x in (t, *t.stride())] + [sizes[s] for s in self.symbols]
         params = {p: config[p] for p in self.params}
         fits = bool(self.tma_tensors) and descriptors_fit([tensors[i] for i in self.tma_tensors])
         params.update(launch_flags(self, config, num_warps, fits))
@@ -131,10 +151,17 @@ class TritonKernel:
         params.update(merge_flags(self, tensors))
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
-    def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
-        """This kernel with one configuration fixed: what a generated program calls per launch."""
+    def bind(
+        self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2,
+        sizes: Mapping[str, int] | None = None,
+    ) -> BoundLaunch:  # fmt: skip
+        """This kernel with one configuration fixed: what a generated program calls per launch. A
+        kernel of symbolic sizes is bound for one value of each (`sizes`: its grid), and the
+        program passes those values after the tensors."""
         self._check_config(config)
-        return BoundLaunch(self, dict(config), num_warps, num_stages)
+        if set(sizes or {}) != set(self.symbols):
+            raise LaunchError(f"{self.name}: takes sizes {list(self.symbols)}, bound {sorted(sizes or {})}")
+        return BoundLaunch(self, dict(config), num_warps, num_stages, dict(sizes or {}))
 
     def _check_config(self, config: Mapping[str, int]) -> None:
         if set(config) - {"USE_TMA", "USE_WS"} != set(self.params):
@@ -142,11 +169,14 @@ class TritonKernel:
                 f"{self.name}: config sets {sorted(config)}, the kernel takes {list(self.params)}"
             )
 
-    def _check(self, tensors: Sequence[torch.Tensor], config: Mapping[str, int]) -> None:
+    def _check(
+        self, tensors: Sequence[torch.Tensor], config: Mapping[str, int], sizes: Mapping[str, int]
+    ) -> None:
         self._check_config(config)
         if len(tensors) != len(self.shapes):
             raise LaunchError(f"{self.name}: takes {len(self.shapes)} tensors, got {len(tensors)}")
         for i, (t, shape, dtype) in enumerate(zip(tensors, self.shapes, self.dtypes)):
+            shape = tuple(evaluate_grid(d, sizes) if isinstance(d, str) else d for d in shape)
             if tuple(t.shape) != shape or t.dtype != getattr(torch, dtype):
                 found = f"{tuple(t.shape)} {t.dtype}"
                 raise LaunchError(
@@ -171,12 +201,16 @@ class BoundLaunch:
     hooks set, every launch takes the generic path.
     """
 
-    def __init__(self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int):
+    def __init__(
+        self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int,
+        sizes: dict[str, int] | None = None,
+    ):  # fmt: skip
         self.kernel = kernel
         self.config = config
         self.num_warps = num_warps
         self.num_stages = num_stages
-        grid = kernel.grid_for(config)
+        self.sizes = sizes or {}
+        grid = kernel.grid_for(config, self.sizes)
         self.grid = (*grid, 1, 1)[:3]
         self.empty = 0 in grid  # nothing to compute (CUDA refuses empty grids)
         self.params = {p: config[p] for p in kernel.params}
@@ -525,4 +559,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         getattr(module, "WARP_SPECIALIZABLE", False),
         getattr(module, "ROW_TAIL_TENSORS", ()),
         tuple(tuple(pair) for pair in getattr(module, "MERGED_DIMS", ())),
+        tuple(getattr(module, "SIZE_SYMBOLS", ())),
     )

@@ -1,0 +1,179 @@
+"""Kernels that take their sizes as arguments (issue 14): a dynamic graph's pointwise and row work
+of symbolic sizes compiles once into kernels whose symbolic sizes are runtime arguments
+(`tile.size`, the kernel's `SIZE_SYMBOLS`), and each size it is called at gets its own program
+(allocations, grids, size arguments literal). Oracles: eager PyTorch and torch on the kernels'
+own inputs, at ragged sizes no tile divides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xdsl.dialects.builtin import ModuleOp
+
+import tilefuse
+from helpers import TinyBlock
+from tilefuse.backends.triton import load
+from tilefuse.backends.triton.emit import TritonOptions, emit
+from tilefuse.backends.triton.launcher import LaunchError
+from tilefuse.compiler import codegen, runtime
+from tilefuse.compiler.partition import SYMBOLIC_KERNELS_ENV
+from tilefuse.compiler.specialize import SPECIALIZE_ENV
+from tilefuse.ir import tile
+from tilefuse.ir.module import make_context, parse_module, print_module, verify
+from tilefuse.passes import PASSES
+from tilefuse.passes.fusion_groups import functions
+from tilefuse.passes.lower_to_tile import lower_function
+
+S3 = 'tensor<?x?x64xf32, ["s0", "s1"]>'
+ROW_SOFTMAX = f"""
+func.func @f(%x: {S3}, %y: tensor<64xf32>) -> {S3} {{
+  %0 = ein.map(%x, %y) : ({S3}, tensor<64xf32>) -> {S3} {{
+  ^bb0(%a: f32, %b: f32):
+    %c = arith.addf %a, %b : f32
+    ein.yield %c : f32
+  }}
+  %1 = ein.reduce max [2] keepdim %0 : {S3} -> tensor<?x?x1xf32, ["s0", "s1"]>
+  %2 = ein.map(%0, %1) : ({S3}, tensor<?x?x1xf32, ["s0", "s1"]>) -> {S3} {{
+  ^bb0(%a: f32, %b: f32):
+    %c = arith.subf %a, %b : f32
+    %d = math.exp %c : f32
+    ein.yield %d : f32
+  }}
+  func.return %2 : {S3}
+}}
+"""
+MERGED = 'tensor<?x64xf32, ["s0*s1"]>'
+POINTWISE_RESHAPE = f"""
+func.func @g(%x: {MERGED}, %r: {S3}) -> {S3} {{
+  %0 = ein.view reshape %x : {MERGED} -> {S3}
+  %1 = ein.map(%0, %r) : ({S3}, {S3}) -> {S3} {{
+  ^bb0(%a: f32, %b: f32):
+    %c = arith.mulf %a, %b : f32
+    %d = math.exp %c : f32
+    ein.yield %d : f32
+  }}
+  func.return %1 : {S3}
+}}
+"""
+
+
+def _kernels(text: str) -> list:
+    module = parse_module(text, "test")
+    for name in ("canonicalize", "form-fusion-groups"):
+        PASSES[name]().apply(make_context(), module)
+    lowered = [g for fn in functions(module) for g in lower_function(fn, hints={"s0": 4})]
+    assert all(g.kernel is not None for g in lowered), [g.error for g in lowered]
+    return lowered
+
+
+def test_a_row_kernel_of_symbolic_rows_takes_its_sizes_as_arguments():
+    (g,) = _kernels(ROW_SOFTMAX)
+    kernel = g.kernel
+    verify(kernel, "row kernel")
+    assert g.group.kind == "row" and kernel.grid_exprs == ("cdiv(s0*s1, BLOCK_R)",)
+    assert tile.size_symbol_names(kernel) == ("s0", "s1")
+    assert any(isinstance(op, tile.SizeOp) for op in kernel.walk())
+    assert g.problem["C"] == 64 and g.problem["R"] == 4 * 1024  # s1 has no hint: NOMINAL_SIZE
+    # the tile IR prints and parses back with its sizes
+    text = print_module(parse_module(print_module(ModuleOp([kernel.clone()])), "tile"))
+    assert 'tile.size "s1"' in text and '["s0", "s1"]' in text
+    source = emit(kernel, TritonOptions())
+    assert "SIZE_SYMBOLS = ('s0', 's1')" in source and "    s0, s1,\n" in source
+
+
+@settings(max_examples=12, deadline=None)
+@given(s0=st.integers(1, 5), s1=st.integers(1, 37))
+def test_one_row_kernel_runs_every_size(s0, s1):
+    (g,) = _kernels(ROW_SOFTMAX)
+    kernel = load(emit(g.kernel, TritonOptions()), g.kernel.sym_name.data)
+    x, y, out = torch.randn(s0, s1, 64), torch.randn(64), torch.full((s0, s1, 64), float("nan"))
+    kernel([x, y, out], {"BLOCK_R": 4, "BLOCK_C": 64})
+    h = x + y
+    torch.testing.assert_close(out, (h - h.amax(-1, keepdim=True)).exp())
+
+
+@settings(max_examples=10, deadline=None)
+@given(s0=st.integers(1, 4), s1=st.integers(1, 23), block=st.sampled_from([16, 128]))
+def test_a_pointwise_kernel_reads_through_a_reshape_of_symbolic_sizes(s0, s1, block):
+    """[s0*s1, 64] viewed as [s0, s1, 64]: the reshape's dims group by symbolic products, and the
+    flat index's bound (64*s0*s1) is a size argument: a ragged tail is masked."""
+    (g,) = _kernels(POINTWISE_RESHAPE)
+    kernel = load(emit(g.kernel, TritonOptions()), g.kernel.sym_name.data)
+    x, r = torch.randn(s0 * s1, 64), torch.randn(s0, s1, 64)
+    out = torch.full((s0, s1, 64), float("nan"))
+    kernel([x, r, out], {"BLOCK": block})
+    torch.testing.assert_close(out, torch.exp(x.view(s0, s1, 64) * r))
+
+
+def test_the_launcher_refuses_sizes_it_cannot_bind():
+    (g,) = _kernels(ROW_SOFTMAX)
+    kernel = load(emit(g.kernel, TritonOptions()), g.kernel.sym_name.data)
+    with pytest.raises(LaunchError, match="takes sizes"):
+        kernel.bind({"BLOCK_R": 4, "BLOCK_C": 64}, sizes={"s0": 2})
+    x, y, out = torch.randn(2, 3, 64), torch.randn(64), torch.empty(2, 4, 64)  # out disagrees on s1
+    with pytest.raises(LaunchError, match="tensor 2"):
+        kernel([x, y, out], {"BLOCK_R": 4, "BLOCK_C": 64})
+
+
+def _dynamic_reports(compiled) -> list[dict]:
+    return [r for r in compiled.tilefuse_reports if any(p["name"].startswith("dynamic_") for p in r["partitions"])]
+
+
+def test_a_dynamic_block_compiles_once_and_runs_every_size_through_its_kernels(monkeypatch):
+    """5 sequence lengths x 3 batch sizes (ragged): at most two compiles (the first size's static
+    graph, then the dynamic one), no kernel compiled after the dynamic graph's, every call equal to
+    eager; the dynamic graph's norms, GELU and residuals run as kernels taking their sizes."""
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")  # no static compile per size: every size runs the dynamic graph
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = TinyBlock().eval()
+    compiled = tilefuse.compile(block)
+    # the second call changes both dims: Dynamo makes both dynamic at once
+    sizes = [(2, 3), (3, 7)] + [(b, s) for b in (2, 3, 5) for s in (3, 7, 12, 17, 30) if (b, s) not in ((2, 3), (3, 7))]
+    loaded = None
+    with torch.no_grad():
+        for i, (b, s) in enumerate(sizes):
+            x = torch.randn(b, s, 16)
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-4, atol=1e-4)
+            if i == 1:
+                loaded = len(codegen._launchers)  # the dynamic graph compiled at the second size
+    assert len(codegen._launchers) == loaded  # later sizes compiled no kernel
+    assert len(compiled.tilefuse_reports) <= 2
+    (report,) = _dynamic_reports(compiled)
+    dynamic = [p for p in report["partitions"] if p["name"].startswith("dynamic_")]
+    kinds = sorted(g["kind"] for p in dynamic for g in p["groups"] if g["kernel"])
+    assert kinds.count("row") >= 2, kinds  # the two layer norms (and the GELU's producers)
+    assert all(p["executor"].startswith(tuple("0123456789")) for p in dynamic), [p["executor"] for p in dynamic]
+    assert all("runtime_error" not in p for p in dynamic)
+    written = sum(p.get("sizes_written", 0) for p in dynamic) // len(dynamic)
+    assert written == len(sizes) - 1, written  # one program per size the dynamic graph ran
+
+
+def test_symbolic_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    monkeypatch.setenv(SYMBOLIC_KERNELS_ENV, "0")
+    torch._dynamo.reset()
+    block = TinyBlock().eval()
+    compiled = tilefuse.compile(block)
+    with torch.no_grad():
+        for s in (5, 9, 11):
+            x = torch.randn(2, s, 16)
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-4, atol=1e-4)
+    assert not _dynamic_reports(compiled)
+
+
+def test_programs_per_size_are_bounded(monkeypatch):
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    monkeypatch.setattr(runtime, "PROGRAMS_PER_PARTITION", 2)
+    torch._dynamo.reset()
+    fn = lambda x, w: torch.softmax(x * w, -1) + x  # noqa: E731
+    compiled = tilefuse.compile(fn, dynamic=True)
+    w = torch.randn(24)
+    for n in (5, 6, 7, 5, 9):
+        x = torch.randn(n, 24)
+        torch.testing.assert_close(compiled(x, w), fn(x, w))
+    (report,) = _dynamic_reports(compiled)
+    (partition,) = [p for p in report["partitions"] if p["name"].startswith("dynamic_")]
+    assert partition["sizes_written"] == 5  # 5 was dropped (the oldest of three) and written again
