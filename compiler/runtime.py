@@ -41,6 +41,7 @@ from .direct_ops import bind_direct
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, Trained, step_reads, write_program
 from .selection import Selection, selection_enabled
+from .symbolic_program import write_symbolic_program
 
 REFERENCE_EXECUTOR = "ein reference interpreter (PyTorch ops; not a generated kernel)"
 
@@ -108,10 +109,9 @@ class KernelPlan(torch.nn.Module):
         self.release_after = _last_uses(self.steps, self.launch_at, function)
         self.param_sources = _parameter_derived(function, self.steps, self.launch_at)
         self.program: Program | None = None
-        # a partition of symbolic sizes: its kernels take sizes as arguments, and a program is written
-        # for each size it is called at (allocations, grids and size arguments literal), kept per size
+        # a partition of symbolic sizes: its kernels take sizes as arguments, and its one program reads
+        # them from its arguments at each call (`symbolic_program`)
         self.symbolic = has_symbolic_sizes(function)
-        self.programs: dict[tuple, Program] = {}
         # positions of the tensor arguments where the partition also takes sizes (a view's SymInt
         # inputs, which the program does not read: its sizes come from the tensors)
         values = [n.meta.get("val") for n in fallback.graph.nodes if n.op == "placeholder"]
@@ -153,9 +153,7 @@ class KernelPlan(torch.nn.Module):
         if self.error is None:
             tensors = args if self.tensor_args is None else tuple(args[i] for i in self.tensor_args)
             try:
-                if self.symbolic:
-                    self.program = self._sized_program(tensors)
-                elif self.program is None:
+                if self.program is None:
                     self.program = self._write_program(tensors)
                 if self.selection is not None and self.selection.choice is None:
                     out = self._select(tensors, args)
@@ -169,19 +167,6 @@ class KernelPlan(torch.nn.Module):
             except Exception as e:  # never crash the user's model: run the captured PyTorch code
                 self._give_up(e)
         return self._fallback(*args)
-
-    def _sized_program(self, args: Sequence[torch.Tensor]) -> Program:
-        """The program for the sizes of `args`, written at the first call at these sizes (a few
-        milliseconds of Python; the kernels are compiled once, for every size). At most
-        PROGRAMS_PER_PARTITION sizes are kept, the oldest dropped first."""
-        key = tuple(a.shape for a in args)
-        program = self.programs.get(key)
-        if program is None:
-            if len(self.programs) >= PROGRAMS_PER_PARTITION:
-                del self.programs[next(iter(self.programs))]
-            program = self.programs[key] = self._write_program(args)
-            self.report["sizes_written"] = self.report.get("sizes_written", 0) + 1
-        return program
 
     def _select(self, tensors: Sequence[torch.Tensor], args: Sequence[object]) -> object:
         out = self.selection.step(lambda: self.program.call(tensors), lambda: self._fallback(*args))
@@ -204,6 +189,11 @@ class KernelPlan(torch.nn.Module):
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple, trained=self.trained,
         )  # fmt: skip
+        if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
+            program = write_symbolic_program(spec)
+            if self.dump is not None:
+                self.dump.add(f"program_{spec.name}.py", program.source)
+            return program
         selector = None
         if group_selection_enabled(self.device):  # a program replayed as a CUDA graph costs no host time
             selector = GroupSelector(self.device, host_free=group_selection.replayed.get())
@@ -244,7 +234,6 @@ class KernelPlan(torch.nn.Module):
         self.report["runtime_error"] = self.error
 
 
-PROGRAMS_PER_PARTITION = 64  # sizes whose programs a partition of symbolic sizes keeps
 INTERPRET_ENV = "TILEFUSE_INTERPRET"  # "1": on CPU tensors, run the generated kernels in Triton's interpreter
 NO_CUDA = (
     "no CUDA device: the captured PyTorch code runs; "

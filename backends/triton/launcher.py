@@ -163,6 +163,12 @@ class TritonKernel:
             raise LaunchError(f"{self.name}: takes sizes {list(self.symbols)}, bound {sorted(sizes or {})}")
         return BoundLaunch(self, dict(config), num_warps, num_stages, dict(sizes or {}))
 
+    def sized(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> SizedLaunch:
+        """This kernel of symbolic sizes with one configuration fixed, for a program that passes
+        the grid and the sizes at each call (`SizedLaunch`)."""
+        self._check_config(config)
+        return SizedLaunch(self, dict(config), num_warps, num_stages)
+
     def _check_config(self, config: Mapping[str, int]) -> None:
         if set(config) - {"USE_TMA", "USE_WS"} != set(self.params):
             raise LaunchError(
@@ -298,6 +304,80 @@ class BoundLaunch:
             return
         self.binary = binary
         self.raw = _raw_launch(binary, self.grid, self.constexprs)
+
+
+class SizedLaunch:
+    """A kernel of symbolic sizes with one configuration fixed, launched as
+    `launch(stream, grid, *args)` by a program written for every size: the grid and the arguments
+    (each tensor and its strides, then the sizes) come with each call. Triton specializes a binary
+    on its integer arguments (== 1, divisible by 16) and its pointers' 16-byte alignment, which
+    change with the sizes; each such specialization keeps its binary, whose C launch function is
+    then called directly with the call's grid (`_raw_launch`), so a new size costs no compile and
+    the per-launch cost is one key of a few comparisons. Under the interpreter every launch takes
+    the generic path."""
+
+    def __init__(self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int):
+        self.kernel = kernel
+        self.config = config
+        self.num_warps = num_warps
+        self.num_stages = num_stages
+        self.params = {p: config[p] for p in kernel.params}
+        self.params.update(launch_flags(kernel, config, num_warps, fits=False))
+        self.constexprs = tuple(self.params.values())
+        self.raw: dict[tuple, Callable] = {}  # specialization key -> C launch function taking a grid
+        self.direct = True  # False once a binary cannot be launched directly (hooks, scratch)
+
+    def __call__(self, stream: int, grid: tuple[int, ...], *args: object) -> None:
+        if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
+            return
+        key = tuple(_specialization(a) for a in args)
+        raw = self.raw.get(key)
+        if raw is not None:
+            raw(stream, grid, args)
+            return
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        binary = self.kernel.function[grid](*args, **self.params, **options)
+        if self.direct and _direct_launch_possible(binary):
+            launch = _raw_launch_with_grid(binary, self.constexprs)
+            if launch is not None:
+                self.raw[key] = launch
+                return
+        self.direct = False
+
+
+def _specialization(arg: object) -> object:
+    """What Triton specializes a binary on for one argument: a pointer's 16-byte alignment; an
+    integer's being 1, its divisibility by 16, and its width."""
+    if isinstance(arg, int):
+        return (arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31)
+    return arg.data_ptr() % 16 == 0
+
+
+def _raw_launch_with_grid(binary: object, constexprs: tuple) -> Callable | None:
+    """`_raw_launch` with the grid given at each call: `launch(stream, grid, args)`."""
+    by_grid: dict[tuple, Callable] = {}
+
+    def launch(stream: int, grid: tuple[int, ...], args: tuple) -> None:
+        fn = by_grid.get(grid)
+        if fn is None:
+            full = (*grid, 1, 1)[:3]
+            fn = _raw_launch(binary, full, constexprs) or _binary_run(binary, full, constexprs)
+            by_grid[grid] = fn
+            if len(by_grid) > 256:  # a grid per size: keep the latest
+                del by_grid[next(iter(by_grid))]
+        fn(stream, args)
+
+    return launch
+
+
+def _binary_run(binary: object, grid: tuple[int, int, int], constexprs: tuple) -> Callable:
+    g0, g1, g2 = grid
+
+    def run(stream: int, args: tuple) -> None:
+        binary.run(g0, g1, g2, stream, binary.function, binary.packed_metadata, None, None, None,
+                   *args, *constexprs)  # fmt: skip
+
+    return run
 
 
 def _direct_launch_possible(binary: object) -> bool:

@@ -118,7 +118,9 @@ def test_the_launcher_refuses_sizes_it_cannot_bind():
 
 
 def _dynamic_reports(compiled) -> list[dict]:
-    return [r for r in compiled.tilefuse_reports if any(p["name"].startswith("dynamic_") for p in r["partitions"])]
+    return [
+        r for r in compiled.tilefuse_reports if any(p["name"].startswith("dynamic_") for p in r["partitions"])
+    ]
 
 
 def test_a_dynamic_block_compiles_once_and_runs_every_size_through_its_kernels(monkeypatch):
@@ -131,7 +133,9 @@ def test_a_dynamic_block_compiles_once_and_runs_every_size_through_its_kernels(m
     block = TinyBlock().eval()
     compiled = tilefuse.compile(block)
     # the second call changes both dims: Dynamo makes both dynamic at once
-    sizes = [(2, 3), (3, 7)] + [(b, s) for b in (2, 3, 5) for s in (3, 7, 12, 17, 30) if (b, s) not in ((2, 3), (3, 7))]
+    sizes = [(2, 3), (3, 7)] + [
+        (b, s) for b in (2, 3, 5) for s in (3, 7, 12, 17, 30) if (b, s) not in ((2, 3), (3, 7))
+    ]
     loaded = None
     with torch.no_grad():
         for i, (b, s) in enumerate(sizes):
@@ -145,10 +149,10 @@ def test_a_dynamic_block_compiles_once_and_runs_every_size_through_its_kernels(m
     dynamic = [p for p in report["partitions"] if p["name"].startswith("dynamic_")]
     kinds = sorted(g["kind"] for p in dynamic for g in p["groups"] if g["kernel"])
     assert kinds.count("row") >= 2, kinds  # the two layer norms (and the GELU's producers)
-    assert all(p["executor"].startswith(tuple("0123456789")) for p in dynamic), [p["executor"] for p in dynamic]
+    assert all(p["executor"].startswith(tuple("0123456789")) for p in dynamic), [
+        p["executor"] for p in dynamic
+    ]
     assert all("runtime_error" not in p for p in dynamic)
-    written = sum(p.get("sizes_written", 0) for p in dynamic) // len(dynamic)
-    assert written == len(sizes) - 1, written  # one program per size the dynamic graph ran
 
 
 def test_symbolic_kernels_can_be_switched_off(monkeypatch):
@@ -164,16 +168,25 @@ def test_symbolic_kernels_can_be_switched_off(monkeypatch):
     assert not _dynamic_reports(compiled)
 
 
-def test_programs_per_size_are_bounded(monkeypatch):
+def test_one_program_runs_every_size(monkeypatch, tmp_path):
+    """The partition's program is written once, at its first call: sizes are read from the
+    arguments, buffers and grids are expressions of them (`symbolic_program`)."""
     monkeypatch.setenv(SPECIALIZE_ENV, "0")
-    monkeypatch.setattr(runtime, "PROGRAMS_PER_PARTITION", 2)
+    written = []
+    real = runtime.write_symbolic_program
+    monkeypatch.setattr(
+        runtime, "write_symbolic_program", lambda spec: written.append(spec.name) or real(spec)
+    )
     torch._dynamo.reset()
     fn = lambda x, w: torch.softmax(x * w, -1) + x  # noqa: E731
-    compiled = tilefuse.compile(fn, dynamic=True)
+    compiled = tilefuse.compile(fn, dynamic=True, dump=str(tmp_path))
     w = torch.randn(24)
-    for n in (5, 6, 7, 5, 9):
+    for n in (5, 6, 7, 5, 9, 33):
         x = torch.randn(n, 24)
         torch.testing.assert_close(compiled(x, w), fn(x, w))
     (report,) = _dynamic_reports(compiled)
     (partition,) = [p for p in report["partitions"] if p["name"].startswith("dynamic_")]
-    assert partition["sizes_written"] == 5  # 5 was dropped (the oldest of three) and written again
+    assert written == [partition["name"]]
+    (program,) = tmp_path.glob(f"*/program_{partition['name']}.py")
+    text = program.read_text()
+    assert "for every size" in text and ".shape[0]" in text and "cdiv(" in text, text

@@ -1,0 +1,215 @@
+"""The program of a partition of symbolic sizes: one `call(args)` for every size.
+
+Like `program.write_program`'s, a straight-line `call(args)` written once, but its sizes are read
+from its arguments at each call (`s0 = arg1.shape[1]`), and everything that depends on them is an
+expression of them: buffer shapes and strides (row-major), views, launch grids, and the kernels'
+size arguments. Strides are read from the tensors at each call (`*buf3.stride()`): the kernels take
+any layout, so no guard is needed, and Triton's specialization on the strides' and sizes' values
+is the launcher's (`launcher.SizedLaunch`). What the program cannot write as an expression (a
+constant or iota of a symbolic size, a gather, another op outside the kernels) runs through the
+reference interpreter at the call's sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Sequence
+
+import sympy
+import torch
+from xdsl.ir import Operation, SSAValue
+
+from ..ir import einsum as ein
+from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
+from ..ir.interpreter import run_op
+from .program import Program, ProgramInputs, allocator, stream_getter
+
+HEADER = """\
+# tilefuse program: partition {partition} of graph {graph}, on {device}, for every size
+# {kernels} kernel launch(es); sizes read from the arguments at each call, grids and buffer shapes
+# are expressions of them; strides are read from the tensors (the kernels take any layout).
+"""
+
+
+class SymbolicProgramError(ValueError):
+    """The partition cannot be written as one program for every size."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def write_symbolic_program(spec: ProgramInputs) -> Program:
+    """Generate and load `call(args)` for a partition whose arguments have symbolic sizes."""
+    w = _SymbolicWriter(spec)
+    source = w.write()
+    code = compile(source, f"<tilefuse program {spec.graph}.{spec.name}>", "exec")
+    exec(code, w.scope)
+    return Program(source, w.scope["call"], w.launches)
+
+
+class _SymbolicWriter:
+    def __init__(self, spec: ProgramInputs):
+        self.spec = spec
+        self.lines: list[str] = []
+        self.names: dict[SSAValue, str] = {}
+        self.scope: dict[str, object] = {
+            "torch": torch, "_device": spec.device, "_allocator": allocator(spec.device), "cdiv": _cdiv,
+            "min": min, "max": max,
+        }  # fmt: skip
+        if spec.device.type == "cuda":
+            self.scope["_stream"] = stream_getter(spec.device)
+        self.launches = 0
+        self.symbols: dict[sympy.Symbol, str] = {}  # each size symbol -> its variable in `call`
+        self.sizes_dict: str | None = None  # the variable holding {symbol: size}, once written
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def bind(self, prefix: str, value: object) -> str:
+        name = f"_{prefix}{len(self.scope)}"
+        self.scope[name] = value
+        return name
+
+    def size(self, d: Dim) -> str:
+        """A size as an expression of the call's size variables."""
+        d = simplify_size(d)
+        if not is_symbolic(d):
+            return str(int(d))
+        missing = [s for s in d.free_symbols if s not in self.symbols]
+        if missing:
+            raise SymbolicProgramError(f"size {d}: no argument's dim is {missing[0]}")
+        return size_text(d)  # the variables are named as the symbols
+
+    def shape(self, t: object) -> str:
+        return _tuple([self.size(d) for d in dims_of(t)])
+
+    def contiguous_strides(self, t: object) -> str:
+        dims = dims_of(t)
+        return _tuple([self.size(simplify_size(math.prod(dims[i + 1 :]))) for i in range(len(dims))])
+
+    def sizes(self) -> str:
+        """A dict {symbol: size} for the reference interpreter, made once per call when needed."""
+        if self.sizes_dict is None:
+            self.sizes_dict = "sizes"
+            symbols = self.bind("symbols", list(self.symbols))
+            values = ", ".join(self.symbols.values())
+            self.emit(f"sizes = dict(zip({symbols}, ({values},)))")
+        return self.sizes_dict
+
+    def write(self) -> str:
+        spec = self.spec
+        arg_names = [f"arg{i}" for i in range(len(spec.args))]
+        self.emit(f"{_tuple(arg_names)[1:-1]} = args" if arg_names else "del args")
+        for value, name in zip(spec.args, arg_names):
+            self.names[value] = name
+            for d, dim in enumerate(dims_of(value.type)):
+                if isinstance(dim, sympy.Symbol) and dim not in self.symbols:
+                    self.symbols[dim] = str(dim)
+                    self.emit(f"{dim} = {name}.shape[{d}]")
+        self.emit("stream = _stream()" if spec.device.type == "cuda" else "stream = 0")
+        self.emit("_empty = _allocator()")
+        for op in spec.steps:
+            self._step(op)
+            for value in spec.release_after.get(op, ()):
+                name = self.names.get(value)
+                if name is not None and name.startswith("buf") and value not in spec.results:
+                    self.emit(f"del {name}")
+        results = [self.names[v] for v in spec.results]
+        self.emit(f"return {_tuple(results) if spec.returns_tuple else ', '.join(results)}")
+        header = HEADER.format(
+            partition=spec.name, graph=spec.graph, device=spec.device, kernels=self.launches
+        )
+        return header + "\n\ndef call(args):\n" + "\n".join(self.lines) + "\n"
+
+    def fresh(self, value: SSAValue) -> str:
+        name = f"buf{len(self.names)}"
+        self.names[value] = name
+        return name
+
+    def _step(self, op: Operation) -> None:
+        kernel = self.spec.kernels.get(op)
+        if kernel is not None:
+            self._launch(kernel)
+            return
+        result = op.results[0]
+        operands = [self.names[v] for v in op.operands]
+        name = self.fresh(result)
+        if isinstance(op, ein.ViewOp):
+            self.emit(f"{name} = {self._view(op, operands[0])}")
+        elif isinstance(op, ein.ConcatOp):
+            self.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
+        elif all(not is_symbolic(d) for d in dims_of(result.type)) and not op.operands:
+            # a constant or iota of static shape: made once, on the device
+            self.emit(f"{name} = {self.bind('c', run_op(op, {}, self.spec.device))}  # {op.name}")
+        else:
+            glue = self.bind("op", _interpreted(op, self.spec.device))
+            args = ", ".join([self.sizes(), *operands])
+            self.emit(f"{name} = {glue}({args})  # {op.name} on the ein reference interpreter")
+
+    def _view(self, op: ein.ViewOp, src: str) -> str:
+        kind, p = op.kind.data, op.view_params
+        if kind == "reshape":
+            return f"{src}.reshape({self.shape(op.result.type)})"
+        if kind == "permute":
+            return f"{src}.permute({tuple(p)!r})"
+        if kind == "expand":
+            return f"{src}.expand({self.shape(op.result.type)})"
+        if kind == "flip":
+            return f"{src}.flip({list(p)!r})"
+        dim, start, stop, step = p
+        index = ", ".join([":"] * dim + [f"{start}:{stop}:{step}"])
+        return f"{src}[{index}]"
+
+    def _launch(self, kernel: object) -> None:
+        launcher, config, lowered = kernel.launcher, kernel.config, kernel.lowered
+        if kernel.backend != "triton" or not hasattr(launcher, "sized"):
+            raise SymbolicProgramError(f"{lowered.group.name}: a {kernel.backend} kernel takes static sizes")
+        for value in lowered.outputs:
+            name = self.fresh(value)
+            dtype = to_torch_dtype(value.type.get_element_type())
+            shape, strides = self.shape(value.type), self.contiguous_strides(value.type)
+            self.emit(f"{name} = _empty({shape}, {strides}, {dtype})")
+        args = []
+        for value in [*lowered.inputs, *lowered.outputs]:
+            name = self.names[value]
+            args += [name, f"*{name}.stride()"]
+        args += list(launcher.symbols)  # the kernel's size arguments, named as the call's variables
+        for s in launcher.symbols:
+            if s not in self.symbols.values():
+                raise SymbolicProgramError(f"{lowered.group.name}: no argument's dim is {s}")
+        handle = self.bind("k", launcher.sized(config.params, config.num_warps, config.num_stages))
+        grid = ", ".join(_grid_expression(g, config.params) for g in launcher.grid)
+        title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
+        self.emit(f"# {title} ({lowered.group.kind}): {config.key()}")
+        self.emit(f"{handle}(stream, ({grid},), {', '.join(args)})")
+        self.launches += 1
+
+
+def _tuple(items: list[str]) -> str:
+    """A Python tuple display of `items` ("(a,)" for one)."""
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
+def _grid_expression(expr: str, params: dict[str, int]) -> str:
+    """A grid expression with the tile parameters replaced by their values; the size names stay."""
+
+    class Bind(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            return ast.Constant(params[node.id]) if node.id in params else node
+
+    return ast.unparse(Bind().visit(ast.parse(expr, mode="eval")))
+
+
+def _interpreted(op: Operation, device: torch.device):
+    operands = list(op.operands)
+
+    def run(sizes: dict, *tensors: torch.Tensor) -> torch.Tensor:
+        return run_op(op, dict(zip(operands, tensors)), device, sizes)
+
+    return run
+
+
+def needs_sized_programs(args: Sequence[SSAValue]) -> bool:
+    return any(is_symbolic(d) for a in args for d in dims_of(a.type))
