@@ -30,6 +30,7 @@ from xdsl.ir import Block, Region
 
 from ..backends.triton.decode_attention import SOURCE as DECODE_SOURCE
 from ..ir import tile
+from ..ir.dtypes import size_of
 from ..ir.module import IRError, make_context, print_module, verify, verify_between_passes
 from ..passes import Canonicalize
 from ..passes.lower_to_tile import LoweredGroup
@@ -194,6 +195,12 @@ def size_hints(gm: GraphModule) -> dict[str, int]:
     return hints
 
 
+def size_inputs(gm: GraphModule) -> list[object]:
+    """The size expressions of a partition's integer inputs (Dynamo's SymInts: a view's sizes)."""
+    values = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    return [size_of(v) for v in values if isinstance(v, torch.SymInt)]
+
+
 def stage_import(art: GraphArtifact) -> GraphArtifact:
     functions = []
     for p in art.partitions:
@@ -203,7 +210,7 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
         try:
             p.function = import_graph(p.submodule, p.name, p.inputs)
             verify(p.function, f"@{p.name}")
-            unbound = unbound_sizes(p.function) if p.hints is not None else []
+            unbound = unbound_sizes(p.function, size_inputs(p.submodule)) if p.hints is not None else []
             if unbound:
                 raise ImportFailure(f"no argument's size binds {', '.join(unbound)} (a size of its results)")
             functions.append(p.function)

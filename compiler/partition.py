@@ -226,7 +226,8 @@ def find_fallbacks(gm: GraphModule) -> list[Fallback]:
         Fallback(node.name, target_name(node), in_pytorch[node])
         for node in gm.graph.nodes
         if node in in_pytorch and node.target is not operator.getitem
-    ]
+        and not isinstance(node.meta.get("val"), (torch.SymInt, int))  # size arithmetic: no tensor op
+    ]  # fmt: skip
 
 
 def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:

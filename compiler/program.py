@@ -66,6 +66,9 @@ class ProgramInputs:
     # (group_selection.GroupSelector.choose)
     choose: Callable[[object, list[torch.Tensor]], tuple[str, Callable | None]] | None = None
     trained: Trained | None = None  # a training graph's forward: reuse derived values until it trained
+    # a partition of symbolic sizes: the size expressions of its integer inputs (Dynamo's SymInts, a
+    # view's sizes), passed after the tensors; they may bind size symbols (`symbolic_program`)
+    size_args: Sequence[object] = ()
 
 
 @dataclass

@@ -32,7 +32,7 @@ from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
 from ..autotune.heuristics import KernelConfig
-from ..ir.dtypes import has_symbolic_sizes
+from ..ir.dtypes import has_symbolic_sizes, size_of
 from ..ir.module import parameter_args
 from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
@@ -112,11 +112,13 @@ class KernelPlan(torch.nn.Module):
         # a partition of symbolic sizes: its kernels take sizes as arguments, and its one program reads
         # them from its arguments at each call (`symbolic_program`)
         self.symbolic = has_symbolic_sizes(function)
-        # positions of the tensor arguments where the partition also takes sizes (a view's SymInt
-        # inputs, which the program does not read: its sizes come from the tensors)
+        # where the partition also takes sizes (Dynamo's SymInts: a view's sizes), the positions of
+        # its tensor arguments, then of its sizes: the program takes the tensors, then the sizes
         values = [n.meta.get("val") for n in fallback.graph.nodes if n.op == "placeholder"]
         tensors = [i for i, v in enumerate(values) if not isinstance(v, torch.SymInt)]
-        self.tensor_args = tensors if len(tensors) != len(values) else None
+        sizes = [i for i, v in enumerate(values) if isinstance(v, torch.SymInt)]
+        self.tensor_args = tensors + sizes if sizes else None
+        self.size_args = [size_of(values[i]) for i in sizes]
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None
         self.guard_misses = 0
@@ -187,7 +189,7 @@ class KernelPlan(torch.nn.Module):
             name=self.function.sym_name.data, graph=self.graph, args=list(block.args),
             results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
-            returns_tuple=self.returns_tuple, trained=self.trained,
+            returns_tuple=self.returns_tuple, trained=self.trained, size_args=self.size_args,
         )  # fmt: skip
         if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
             program = write_symbolic_program(spec)

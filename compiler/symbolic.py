@@ -2,10 +2,12 @@
 
 A graph Dynamo traced with a dynamic dim (`dynamic=True`, `mark_dynamic`, or a second size seen)
 has nodes whose sizes are expressions over size symbols (`s0`, `s0*s1`). The pipeline compiles
-its nodes of static sizes; the others run in PyTorch (`lowering_table.unsupported_reason`). This
-module imports those others into `ein` with symbolic sizes, for the dump (`ein_dynamic.mlir`)
-and the reference interpreter, which runs such a function at whatever sizes its arguments have;
-the passes up to fusion groups take them too. The kernels do not take symbolic sizes yet.
+its nodes of static sizes in a first partitioning round, and in a second (an inference graph's;
+`partition.partition_symbolic`) those of its other nodes whose kernels take their sizes as
+arguments (pointwise and row kernels); the rest run in PyTorch. This module decides which nodes'
+lowerings import symbolic sizes without a guard (`symbolic_reason`), and imports the graph's parts
+of symbolic sizes into `ein` for the dump (`ein_dynamic.mlir`) and the reference interpreter, which
+runs such a function at whatever sizes its arguments have.
 
 Each region is a maximal connected set of such nodes whose lowering reads sizes only through the
 node's metadata as expressions (`symbolic_lowering`): a lowering that compared a SymInt would add
@@ -15,9 +17,9 @@ a guard to Dynamo's shape environment, and a guard would make every other size c
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import sympy
 import torch
 from torch.fx import GraphModule, Node
 from xdsl.dialects import func
@@ -180,12 +182,17 @@ def import_region(region: Region, name: str) -> func.FuncOp:
     return b.finish([env[n] for n in region.outputs])
 
 
-def unbound_sizes(fn: func.FuncOp) -> list[str]:
-    """The size symbols in `fn`'s types that no argument binds (an argument's dim that is the bare
-    symbol): such a function could not be run at sizes given by its arguments alone."""
-    bound = {d for arg in fn.body.block.args for d in dims_of(arg.type) if isinstance(d, sympy.Symbol)}
+def unbound_sizes(fn: func.FuncOp, size_args: Sequence[object] = ()) -> list[str]:
+    """The size symbols in `fn`'s types that neither its arguments' sizes nor the sizes it also
+    takes (`size_args`: Dynamo's SymInts) bind (`symbolic_program.size_bindings`): such a function
+    could not be run at sizes given by its arguments alone."""
+    from .symbolic_program import size_bindings
+
+    sources = [("", d) for arg in fn.body.block.args for d in dims_of(arg.type)]
+    bound = set(size_bindings(sources + [("", d) for d in size_args]))
     used = {s for op in fn.walk() for r in op.results if isinstance(r.type, TensorType)
             for s in size_symbols(dims_of(r.type))}  # fmt: skip
+    used |= {s for arg in fn.body.block.args for s in size_symbols(dims_of(arg.type))}
     return sorted(str(s) for s in used - bound)
 
 
@@ -233,7 +240,8 @@ def dynamic_dump(gm: GraphModule, name: str) -> str:
         return f"// {name}: its parts of symbolic sizes were not imported: {type(e).__name__}: {e}\n"
     header = [
         f"// {name}: the parts of the graph with symbolic sizes, as `ein` (sizes named in each type's",
-        "// encoding). tilefuse's kernels take static sizes: these parts run in PyTorch.",
+        "// encoding). Pointwise and row work of these parts compiles into kernels taking their sizes",
+        "// (partitions dynamic_N, in the graph's report); contractions and the rest run in PyTorch.",
         *(f"// {note}" for note in notes),
     ]
     return "\n".join(header) + "\n" + print_module(module)

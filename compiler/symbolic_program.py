@@ -36,6 +36,43 @@ class SymbolicProgramError(ValueError):
     """The partition cannot be written as one program for every size."""
 
 
+def size_bindings(sources: Sequence[tuple[str, Dim]]) -> dict[sympy.Symbol, str]:
+    """How a call finds each size symbol: `sources` are (a Python expression of a value the call
+    has, such as "arg1.shape[2]" or "size0", and that value's size expression). A source whose
+    expression is a bare symbol binds it; one linear in a single unbound symbol with integer
+    coefficients (`2*s0`, `s0 + 1`, `64*s0*s1` once s1 is bound) binds it by solving. Returns
+    symbol -> its expression (over earlier symbols and the sources); symbols no source binds are
+    missing from it."""
+    bound: dict[sympy.Symbol, str] = {}
+    pending = [(text, simplify_size(d)) for text, d in sources if is_symbolic(d)]
+    progress = True
+    while pending and progress:
+        progress = False
+        for text, d in list(pending):
+            free = [x for x in d.free_symbols if x not in bound]
+            if not free:
+                pending.remove((text, d))
+                continue
+            if len(free) > 1:
+                continue
+            (x,) = free
+            poly = sympy.Poly(d, x)
+            if poly.degree() != 1:
+                continue
+            a, b = poly.all_coeffs()
+            if not (a.is_Integer or not (a.free_symbols - set(bound))):
+                continue
+            if isinstance(d, sympy.Symbol):
+                bound[x] = text
+            else:
+                rest = "" if b == 0 else f" - ({size_text(b)})"
+                value = f"({text}{rest})" if rest else text
+                bound[x] = value if a == 1 else f"{value} // ({size_text(a)})"
+            pending.remove((text, d))
+            progress = True
+    return bound
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -101,13 +138,16 @@ class _SymbolicWriter:
     def write(self) -> str:
         spec = self.spec
         arg_names = [f"arg{i}" for i in range(len(spec.args))]
-        self.emit(f"{_tuple(arg_names)[1:-1]} = args" if arg_names else "del args")
+        size_names = [f"size{i}" for i in range(len(spec.size_args))]
+        unpacked = arg_names + size_names
+        self.emit(f"{_tuple(unpacked)[1:-1]} = args" if unpacked else "del args")
+        sources = list(zip(size_names, spec.size_args))
         for value, name in zip(spec.args, arg_names):
             self.names[value] = name
-            for d, dim in enumerate(dims_of(value.type)):
-                if isinstance(dim, sympy.Symbol) and dim not in self.symbols:
-                    self.symbols[dim] = str(dim)
-                    self.emit(f"{dim} = {name}.shape[{d}]")
+            sources += [(f"{name}.shape[{d}]", dim) for d, dim in enumerate(dims_of(value.type))]
+        for symbol, text in size_bindings(sources).items():
+            self.symbols[symbol] = str(symbol)
+            self.emit(f"{symbol} = {text}")
         self.emit("stream = _stream()" if spec.device.type == "cuda" else "stream = 0")
         self.emit("_empty = _allocator()")
         for op in spec.steps:

@@ -335,8 +335,15 @@ class SizedLaunch:
         if raw is not None:
             raw(stream, grid, args)
             return
-        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
-        binary = self.kernel.function[grid](*args, **self.params, **options)
+        while True:
+            options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+            try:
+                binary = self.kernel.function[grid](*args, **self.params, **options)
+                break
+            except Exception as e:  # a pipeline deeper than the shared memory holds: fewer stages
+                if type(e).__name__ != "OutOfResources" or self.num_stages <= 1:
+                    raise
+                self.num_stages -= 1
         if self.direct and _direct_launch_possible(binary):
             launch = _raw_launch_with_grid(binary, self.constexprs)
             if launch is not None:

@@ -190,3 +190,38 @@ def test_one_program_runs_every_size(monkeypatch, tmp_path):
     (program,) = tmp_path.glob(f"*/program_{partition['name']}.py")
     text = program.read_text()
     assert "for every size" in text and ".shape[0]" in text and "cdiv(" in text, text
+
+
+def test_a_sized_launch_keeps_a_binary_per_specialization_and_takes_each_calls_grid(monkeypatch):
+    """Triton specializes a binary on its integers (== 1, divisible by 16) and its pointers'
+    alignment: each such key compiles once through the generic path; later launches with the key
+    call the binary's C launch function directly, with the call's grid."""
+    from types import SimpleNamespace
+
+    from tilefuse.backends.triton import launcher
+
+    compiles, raw = [], []
+    monkeypatch.setattr(launcher, "_direct_launch_possible", lambda binary: True)
+    monkeypatch.setattr(
+        launcher,
+        "_raw_launch",
+        lambda binary, grid, constexprs: lambda stream, args: raw.append((grid, args[1:])),
+    )
+
+    class Function:
+        def __getitem__(self, grid):
+            return lambda *args, num_warps, num_stages, **params: (
+                compiles.append((grid, args[1:])) or object()
+            )
+
+    kernel = SimpleNamespace(
+        name="k", params=("BLOCK",), function=Function(), tma_tensors=(), warp_specializable=False
+    )
+    launch = launcher.SizedLaunch(kernel, {"BLOCK": 8}, num_warps=4, num_stages=1)
+    x = torch.zeros(64)
+    for size in (17, 33, 32, 48, 1, 17):
+        launch(0, ((size + 7) // 8,), x, 1, size)
+    launch(0, (0,), x, 1, 0)  # an empty grid launches nothing
+    # 17 and 33 share a key (neither 1 nor divisible by 16), as do 32 and 48; 1 is its own
+    assert compiles == [((3,), (1, 17)), ((4,), (1, 32)), ((1,), (1, 1))]
+    assert raw == [((5, 1, 1), (1, 33)), ((6, 1, 1), (1, 48)), ((3, 1, 1), (1, 17))]
