@@ -325,14 +325,25 @@ class SizedLaunch:
         self.params.update(launch_flags(kernel, config, num_warps, fits=False))
         self.constexprs = tuple(self.params.values())
         self.raw: dict[tuple, Callable] = {}  # specialization key -> C launch function taking a grid
+        self.fast: dict[tuple, Callable] = {}  # (grid, exact integers, alignments) -> its launch
         self.direct = True  # False once a binary cannot be launched directly (hooks, scratch)
 
     def __call__(self, stream: int, grid: tuple[int, ...], *args: object) -> None:
+        # the launch function for these exact integers, alignments and grid, once seen (a size the
+        # program keeps calling: one dict lookup); else by the specialization key
+        exact = (grid, *[a if a.__class__ is int else a.data_ptr() & 15 for a in args])
+        fast = self.fast.get(exact)
+        if fast is not None:
+            fast(stream, args)
+            return
         if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
             return
         key = tuple(_specialization(a) for a in args)
         raw = self.raw.get(key)
         if raw is not None:
+            if len(self.fast) >= FAST_LAUNCHES:
+                self.fast.clear()
+            self.fast[exact] = raw.bound(grid)
             raw(stream, grid, args)
             return
         while True:
@@ -360,21 +371,26 @@ def _specialization(arg: object) -> object:
     return arg.data_ptr() % 16 == 0
 
 
+FAST_LAUNCHES = 4096  # exact (grid, integers) launches a SizedLaunch keeps before starting afresh
+
+
+class _GriddedLaunch:
+    """`_raw_launch` with the grid given at each call, `launch(stream, grid, args)`, and
+    `bound(grid)`: the launch function of one grid."""
+
+    def __init__(self, binary: object, constexprs: tuple):
+        self.binary, self.constexprs = binary, constexprs
+
+    def bound(self, grid: tuple[int, ...]) -> Callable:
+        full, binary, constexprs = (*grid, 1, 1)[:3], self.binary, self.constexprs
+        return _raw_launch(binary, full, constexprs) or _binary_run(binary, full, constexprs)
+
+    def __call__(self, stream: int, grid: tuple[int, ...], args: tuple) -> None:
+        self.bound(grid)(stream, args)
+
+
 def _raw_launch_with_grid(binary: object, constexprs: tuple) -> Callable | None:
-    """`_raw_launch` with the grid given at each call: `launch(stream, grid, args)`."""
-    by_grid: dict[tuple, Callable] = {}
-
-    def launch(stream: int, grid: tuple[int, ...], args: tuple) -> None:
-        fn = by_grid.get(grid)
-        if fn is None:
-            full = (*grid, 1, 1)[:3]
-            fn = _raw_launch(binary, full, constexprs) or _binary_run(binary, full, constexprs)
-            by_grid[grid] = fn
-            if len(by_grid) > 256:  # a grid per size: keep the latest
-                del by_grid[next(iter(by_grid))]
-        fn(stream, args)
-
-    return launch
+    return _GriddedLaunch(binary, constexprs)
 
 
 def _binary_run(binary: object, grid: tuple[int, int, int], constexprs: tuple) -> Callable:
