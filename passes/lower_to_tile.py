@@ -924,7 +924,7 @@ def lower_group(
 
 # kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments)
 SYMBOLIC_KINDS = ("pointwise", "row")
-# the size a symbol stands for in a symbolic kernel's problem (its config's input) without a hint
+# the least size a symbol stands for in a symbolic kernel's problem (its config's input; `_hinted`)
 NOMINAL_SIZE = 1024
 
 
@@ -934,10 +934,14 @@ def _group_values(group: FusionGroup) -> list[SSAValue]:
 
 def _hinted(value: object, hints: dict[str, int] | None) -> object:
     """A problem size with its symbols given their hints (the sizes of the call that compiled the
-    graph; NOMINAL_SIZE without one): a symbolic kernel's default config is chosen for them."""
+    graph), each at least NOMINAL_SIZE: a symbolic kernel's default config is chosen for them, and
+    runs every size. A config for large sizes costs little at small ones (a block's tail is masked,
+    one program may do), where one for a small size (a decode step's one row) splits a large one
+    into programs too small to keep the memory busy. (Configs per size bucket: not built.)"""
     if not is_symbolic(value):
         return value
-    return concrete_size(value, {s: (hints or {}).get(str(s), NOMINAL_SIZE) for s in value.free_symbols})
+    hints = hints or {}
+    return concrete_size(value, {s: max(hints.get(str(s), 0), NOMINAL_SIZE) for s in value.free_symbols})
 
 
 REUSE_CHECK_ENV = "TILEFUSE_CHECK_REUSE"  # "1": lower every reused group afresh too, and compare (tests)
