@@ -181,7 +181,7 @@ class TilefuseBackend:
         graph_name = f"{self.name}_{next(_graph_ids):03d}"
         if not _has_symbolic_shapes(gm, example_inputs):
             return self._compile_graph(gm, example_inputs, graph_name)[0]
-        if self._compiles_static_islands(gm) or self._compiles_symbolic_kernels(example_inputs):
+        if self._compiles_static_islands(gm) or self._compiles_symbolic_kernels():
             general, slot = self._compile_graph(gm, example_inputs, graph_name)
             report = slot.setdefault("summary", {"name": graph_name})
         else:
@@ -304,14 +304,14 @@ class TilefuseBackend:
         # a decode attention over keys of a symbolic length runs as the decode kernel (`decode_attention`)
         return decode_kernels_enabled() and any(decode_step_attention(n) for n in calls)
 
-    def _compiles_symbolic_kernels(self, example_inputs: list) -> bool:
+    def _compiles_symbolic_kernels(self) -> bool:
         """Whether a graph with symbolic sizes goes through the pipeline for its nodes of symbolic
         sizes: those that can become kernels taking their sizes as arguments do (`partition_symbolic`;
-        TILEFUSE_SYMBOLIC_KERNELS=0 turns them off). Inference graphs only, so far: a training
-        graph's backward of symbolic sizes runs in PyTorch as before; not with CUDA graphs."""
+        TILEFUSE_SYMBOLIC_KERNELS=0 turns them off), in a training graph's forward and (where the
+        backward is compiled) its backward too. Not with CUDA graphs (a replay is per shape)."""
         if self.options.mode == "reduce-overhead" or os.environ.get("TILEFUSE_DYNAMIC") == "pytorch":
             return False
-        return os.environ.get(SYMBOLIC_KERNELS_ENV, "1") != "0" and not _needs_grad(example_inputs)
+        return os.environ.get(SYMBOLIC_KERNELS_ENV, "1") != "0"
 
     def _traced_nothing(self, gm: GraphModule, graph_name: str, error: Exception) -> Callable:
         """AOTAutograd raised while tracing the graph (a backward that reads a tensor's values, as

@@ -227,14 +227,16 @@ def is_static(t: Attribute) -> bool:
 
 
 def has_symbolic_sizes(op: Operation) -> bool:
-    """Whether `op` (a function, or a module of functions) takes arguments of symbolic sizes. Only the
-    arguments are read (every pass calls this): a function's other sizes derive from them, and the
-    importer refuses one whose sizes its arguments do not bind (`compiler/symbolic.py`)."""
+    """Whether `op` (a function, or a module of functions) takes or returns tensors of symbolic
+    sizes. Only the signature is read (every pass calls this): a function's other sizes derive from
+    its arguments' and from the sizes it takes as integers (a partition's `arange` of a symbolic
+    length, whose tensor arguments may all be static), which its results show."""
     if isinstance(op, func.FuncOp):
         fns = [op]
     else:  # a module: its functions
         fns = [f for f in op.regions[0].ops if isinstance(f, func.FuncOp)]
-    return any(not is_static(t) for f in fns for t in f.function_type.inputs.data)
+    types = (t for f in fns for t in (*f.function_type.inputs.data, *f.function_type.outputs.data))
+    return any(not is_static(t) for t in types)
 
 
 def undecided_as(decide: Callable, otherwise: Callable) -> Callable:

@@ -385,7 +385,7 @@ class _KernelWriter:
         """Whether `load` reads a tile along its tensor's last dim, one of at least PAD_MIN_ROW elements
         that is not a multiple of ROW_TAIL (rows that may be padded)."""
         shape = self.tensors[load.tensor][1]
-        if self._symbolic(load.tensor) or len(shape) < 2:
+        if self.symbols or len(shape) < 2:  # (a kernel of symbolic sizes takes no launch switch)
             return False
         if shape[-1] % ROW_TAIL == 0 or shape[-1] < PAD_MIN_ROW:
             return False
@@ -648,7 +648,7 @@ class _KernelWriter:
         element (the NHWC feature map's pooler stored NCHW: 4x slower on the H200). Each run takes
         the switch `merge_flag`, which the launcher sets from the tensor's strides."""
         _, shape = self.tensors[tensor]
-        if self._symbolic(tensor):  # the launcher cannot check a nesting it does not see written
+        if self.symbols:  # a kernel of symbolic sizes is launched with any layout: no switch is set
             return []
         position = list(self.tensors).index(tensor)
         forms = [_unraveled(index, self.int_constants) for index in indices]

@@ -828,9 +828,15 @@ def test_dynamic_true_compiles_symbolic_sizes_from_the_first_call_and_bad_option
         torch.testing.assert_close(compiled(x), fn(x))
     (report,) = compiled.tilefuse_reports
     assert not report["fallbacks"] and [p["name"] for p in report["partitions"]] == ["dynamic_0"]
-    with torch.enable_grad():  # a training graph of symbolic sizes still runs in PyTorch
+    with torch.enable_grad():  # a training graph of symbolic sizes too
         compiled = tilefuse.compile(fn, dynamic=True)
         x = torch.randn(5, 8, requires_grad=True)
+        torch.testing.assert_close(compiled(x), fn(x))
+    (report,) = compiled.tilefuse_reports
+    assert not report["fallbacks"] and [p["name"] for p in report["partitions"]] == ["dynamic_0"]
+    with pytest.MonkeyPatch.context() as patch:  # and none with TILEFUSE_SYMBOLIC_KERNELS=0
+        patch.setenv("TILEFUSE_SYMBOLIC_KERNELS", "0")
+        compiled = tilefuse.compile(fn, dynamic=True)
         torch.testing.assert_close(compiled(x), fn(x))
     assert [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]] == ["dynamic shapes"]
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -226,3 +226,64 @@ def test_a_sized_launch_keeps_a_binary_per_specialization_and_takes_each_calls_g
     # 17 and 33 share a key (neither 1 nor divisible by 16), as do 32 and 48; 1 is its own
     assert compiles == [((3,), (1, 17)), ((4,), (1, 32)), ((1,), (1, 1))]
     assert raw == [((5, 1, 1), (1, 33)), ((6, 1, 1), (1, 48)), ((3, 1, 1), (1, 17))]
+
+
+def _runtime_errors(compiled) -> list[str]:
+    return [
+        p["runtime_error"] for r in compiled.tilefuse_reports for p in r["partitions"] if "runtime_error" in p
+    ]
+
+
+def test_shapes_a_sweep_found_failing(monkeypatch):
+    """A static operand broadcast along a symbolic dim, whose dims the kernel could merge (a launch
+    switch the program of every size does not set); a partition that only makes an `arange` of a
+    symbolic length (its only input a size: position ids, a decode step's key positions); an
+    `arange` of a symbolic length among other work (the passes read its sizes)."""
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    cases = [
+        (lambda x, m: x + m, lambda s: (torch.randn(2, s, 4, 4), torch.randn(2, 1, 4, 4))),
+        (
+            lambda x, p: (torch.arange(p + 1) + 0)[None, None, None, :] <= x,
+            lambda s: (torch.randint(0, 20, (2, 1, 1, 1)), s),
+        ),
+        (lambda x: torch.arange(x.shape[1]) + 0, lambda s: (torch.randn(2, s),)),
+        (
+            lambda x: x * 2 + torch.arange(x.shape[1], dtype=x.dtype)[None, :, None],
+            lambda s: (torch.randn(2, s, 3),),
+        ),
+    ]
+    for fn, inputs in cases:
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        with torch.no_grad():
+            for s in (3, 5, 7, 5):
+                args = inputs(s)
+                torch.testing.assert_close(compiled(*args), fn(*args))
+        assert not _runtime_errors(compiled)
+        assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "graph"]
+        assert _dynamic_reports(compiled)
+
+
+def test_a_training_step_at_every_size_matches_eager(monkeypatch):
+    """Variable-length batches in training: the dynamic graph's forward and backward (compiled here
+    with TILEFUSE_TRAINING=compile, as on a GPU) run kernels of symbolic sizes; losses and gradients
+    equal eager's at every size."""
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager, block = TinyBlock(), TinyBlock()
+    block.load_state_dict(eager.state_dict())
+    compiled = tilefuse.compile(block)
+    for b, s in [(2, 5), (3, 7), (2, 12), (4, 9), (3, 7)]:
+        x = torch.randn(b, s, 16)
+        want, got = eager(x).square().mean(), compiled(x).square().mean()
+        want.backward()
+        got.backward()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for p, q in zip(eager.parameters(), block.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
+            p.grad = q.grad = None
+    assert not _runtime_errors(compiled)
+    backward = [r for r in compiled.tilefuse_reports if r["name"].endswith("_backward")]
+    assert any(p["name"].startswith("dynamic_") for r in backward for p in r["partitions"])
