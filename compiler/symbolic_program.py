@@ -44,30 +44,30 @@ def size_bindings(sources: Sequence[tuple[str, Dim]]) -> dict[sympy.Symbol, str]
     symbol -> its expression (over earlier symbols and the sources); symbols no source binds are
     missing from it."""
     bound: dict[sympy.Symbol, str] = {}
+    for text, d in sources:  # bare symbols first: the cheapest expression of each
+        if isinstance(d, sympy.Symbol) and d not in bound:
+            bound[d] = text
     pending = [(text, simplify_size(d)) for text, d in sources if is_symbolic(d)]
     progress = True
     while pending and progress:
         progress = False
         for text, d in list(pending):
             free = [x for x in d.free_symbols if x not in bound]
-            if not free:
-                pending.remove((text, d))
-                continue
-            if len(free) > 1:
+            if len(free) != 1:  # bound already (nothing to learn), or not yet solvable
+                if not free:
+                    pending.remove((text, d))
                 continue
             (x,) = free
-            poly = sympy.Poly(d, x)
+            try:
+                poly = sympy.Poly(d, x)  # the other symbols, all bound, are coefficients
+            except sympy.PolynomialError:  # (a floor division, say)
+                continue
             if poly.degree() != 1:
                 continue
             a, b = poly.all_coeffs()
-            if not (a.is_Integer or not (a.free_symbols - set(bound))):
-                continue
-            if isinstance(d, sympy.Symbol):
-                bound[x] = text
-            else:
-                rest = "" if b == 0 else f" - ({size_text(b)})"
-                value = f"({text}{rest})" if rest else text
-                bound[x] = value if a == 1 else f"{value} // ({size_text(a)})"
+            rest = "" if b == 0 else f" - ({size_text(b)})"
+            value = f"({text}{rest})" if rest else text
+            bound[x] = value if a == 1 else f"{value} // ({size_text(a)})"
             pending.remove((text, d))
             progress = True
     return bound

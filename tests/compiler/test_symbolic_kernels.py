@@ -287,3 +287,19 @@ def test_a_training_step_at_every_size_matches_eager(monkeypatch):
     assert not _runtime_errors(compiled)
     backward = [r for r in compiled.tilefuse_reports if r["name"].endswith("_backward")]
     assert any(p["name"].startswith("dynamic_") for r in backward for p in r["partitions"])
+
+
+def test_size_bindings_solve_linear_sizes_and_leave_products_of_unknowns():
+    from tilefuse.backends.triton.launcher import evaluate_grid
+    from tilefuse.compiler.symbolic_program import size_bindings
+    from tilefuse.ir.dtypes import size_symbol
+
+    s0, s1 = size_symbol("s0"), size_symbol("s1")
+    assert size_bindings([("x", 2 * s0), ("y", 64 * s0 * s1), ("z", s1)]) == {s1: "z", s0: "x // (2)"}
+    assert size_bindings([("n", s0 + 1), ("m", s0)]) == {s0: "m"}  # a bare dim first
+    assert size_bindings([("n", s0 + 1)]) == {s0: "(n - (1))"}
+    assert size_bindings([("n", s0 * s1)]) == {}  # two unknowns in one size: neither is bound
+    for s0_value, s1_value in [(3, 5), (1, 7)]:  # the expressions evaluate to the sizes
+        scope = {"x": 2 * s0_value, "y": 64 * s0_value * s1_value, "z": s1_value}
+        bound = size_bindings([("x", 2 * s0), ("y", 64 * s0 * s1), ("z", s1)])
+        assert evaluate_grid(bound[s0], scope) == s0_value  # (integer arithmetic over names)
