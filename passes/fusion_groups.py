@@ -72,7 +72,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder, read_by_contraction, single_user, widened_source
-from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float, undecided_as
+from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float, is_symbolic, undecided_as
 from ..ir.module import functions
 from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
@@ -287,7 +287,9 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
     space = RowSpace.of(seed)
     if seed.kind.data in ein.ARG_KINDS:
         return None
-    if not 1 < space.row_size <= MAX_CHUNKED_ROW or len(space.dims) == len(space.shape):
+    # a row of a symbolic length is walked in chunks (`lower_to_tile._lower_row_in_chunks`)
+    fits_a_kernel = is_symbolic(space.row_size) or 1 < space.row_size <= MAX_CHUNKED_ROW
+    if not fits_a_kernel or len(space.dims) == len(space.shape):
         return None
     fits = lambda op: isinstance(op, Operation) and op not in taken and space.holds(op)  # noqa: E731
     component, stack = set(), [seed]

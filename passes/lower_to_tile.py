@@ -523,10 +523,8 @@ def lower_row(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[st
     reductions = [op for op in group.ops if isinstance(op, ein.ReduceOp)]
     space = RowSpace.of(reductions[0])
     R, C = math.prod(space.stat_shape), space.row_size
-    if is_symbolic(C):
-        raise LoweringUnsupported("a row kernel takes rows of a static length (this row's is symbolic)")
     rows = kb.unravel(kb.offsets(kb.program_id(0), "BLOCK_R"), list(space.stat_shape))
-    if C > MAX_ROW:
+    if is_symbolic(C) or C > MAX_ROW:  # a row of a symbolic length is walked in chunks too
         _lower_row_in_chunks(kb, group, space, rows)
         return [f"cdiv({size_text(R)}, BLOCK_R)"], {"R": R, "C": C, "chunked": 1}
     full_idx, in_range = _row_chunk(kb, space, rows, kb.arange("BLOCK_C"))
@@ -546,6 +544,9 @@ def _row_chunk(
     row_at = iter(kb.expand(i, 1) for i in rows)
     full_idx = [kb.expand(next(cols), 0) if d in dims else next(row_at) for d in range(len(shape))]
     C = space.row_size
+    if is_symbolic(C):  # the row's length is the kernel's size argument
+        lanes = [kb.expand(flat_c, 0), kb.const(C)]
+        return full_idx, kb.map(lanes, i1, lambda sb, c, n: sb.cmp("lt", c, n))
     in_range = kb.map([kb.expand(flat_c, 0)], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
     return full_idx, in_range
 
@@ -580,19 +581,22 @@ def _lower_row_in_chunks(kb: KernelBuilder, group: FusionGroup, space: RowSpace,
             kb.emit(scf.YieldOp(kb.map([in_range, value, body.args[1]], acc_elem, step)))
         loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
         total = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
-        if kind == "mean":
+        if kind == "mean" and is_symbolic(space.row_size):  # divided by the size argument
+            count = kb.const(space.row_size)
+            total = kb.map([total, count], acc_elem, lambda sb, t, n, e=acc_elem: sb.div(t, sb.cast(n, e)))
+        elif kind == "mean":
             width = float(space.row_size)
             total = kb.map([total], acc_elem, lambda sb, t, n=width, e=acc_elem: sb.div(t, sb.const(n, e)))
         stats[op.result] = kb.expand(kb.cast(total, elem), 1)
     full = tuple(space.shape)
-    wide = [out for out in group.outputs if tuple(shape_of(out.type)) == full]
+    wide = [out for out in group.outputs if tuple(dims_of(out.type)) == full]
     narrow = [out for out in group.outputs if out not in wide]
     if narrow:  # statistics (a logsumexp): from the statistics alone, written once
         full_idx, in_range = _row_chunk(kb, space, rows, kb.arange("BLOCK_C"))
-        small = [m for m in maps if tuple(shape_of(m.result.type)) != full]
+        small = [m for m in maps if tuple(dims_of(m.result.type)) != full]
         computed, at = evaluate_row_ops(kb, small, space, full_idx, in_range, stats)
         for out in narrow:
-            kb.store(kb.output_argument(out), at[tuple(shape_of(out.type))], computed[out])
+            kb.store(kb.output_argument(out), at[tuple(dims_of(out.type))], computed[out])
     if wide:
         body = Block(arg_types=[i32])
         with kb.inside(body):

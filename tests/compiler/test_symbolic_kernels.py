@@ -303,3 +303,28 @@ def test_size_bindings_solve_linear_sizes_and_leave_products_of_unknowns():
         scope = {"x": 2 * s0_value, "y": 64 * s0_value * s1_value, "z": s1_value}
         bound = size_bindings([("x", 2 * s0), ("y", 64 * s0 * s1), ("z", s1)])
         assert evaluate_grid(bound[s0], scope) == s0_value  # (integer arithmetic over names)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, m: torch.softmax(x * 0.5 + m, -1),  # attention scores over keys of a symbolic length
+        lambda x, m: x - x.mean(-1, keepdim=True) + m,
+        lambda x, m: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * m,
+        lambda x, m: torch.log_softmax(x, -1).exp().sum(-1, keepdim=True) + m,
+    ],
+)
+def test_rows_of_a_symbolic_length_are_walked_in_chunks(monkeypatch, fn):
+    """A row whose length is symbolic (a softmax over a growing key length): one row kernel, its
+    chunks' count, the lanes' mask and a mean's divisor from the size argument."""
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn, dynamic=True)
+    with torch.no_grad():
+        for s in (2, 5, 9, 33, 5):
+            x, m = torch.randn(2, 3, s, s), torch.randn(2, 1, 1, s)
+            torch.testing.assert_close(compiled(x, m), fn(x, m), rtol=1e-4, atol=1e-5)
+    for report in compiled.tilefuse_reports:  # (a second graph where Dynamo's duck sizing made 2 == 2)
+        groups = [g for p in report["partitions"] for g in p["groups"]]
+        assert all(g["kernel"] for g in groups) and groups[0]["kind"] == "row", groups
+    assert not _runtime_errors(compiled)
