@@ -304,7 +304,7 @@ def _reduced_columns(
     """Inside a reduction's loop: the flat reduced positions of chunk `step` ([1, BLOCK_C]), the
     values reduced there ([BLOCK_R, BLOCK_C], through the prologue) and the mask of those in range."""
     reduce = group.ops[-1]
-    shape, dims = shape_of(reduce.input.type), reduce.reduce_dims
+    shape, dims = dims_of(reduce.input.type), reduce.reduce_dims
     C = math.prod(shape[d] for d in dims)
     flat_c = kb.offsets(step, "BLOCK_C")
     cols = kb.unravel(flat_c, [shape[d] for d in dims])
@@ -313,6 +313,8 @@ def _reduced_columns(
         idx[d] = kb.expand(i, 0)
     value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
     flat_c = kb.expand(flat_c, 0)
+    if is_symbolic(C):  # the reduced extent is the kernel's size argument
+        return flat_c, value, kb.map([flat_c, kb.const(C)], i1, lambda sb, c, n: sb.cmp("lt", c, n))
     in_range = kb.map([flat_c], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
     return flat_c, value, in_range
 
@@ -322,7 +324,7 @@ def _reduction_output_index(
 ) -> list[Index]:
     """Where a reduction's rows are stored: the kept dims' indices, 0 for the reduced dims kept as 1."""
     out_idx: list[Index] = []
-    for d in range(len(shape_of(reduce.input.type))):
+    for d in range(len(dims_of(reduce.input.type))):
         if d in row_dims:
             out_idx.append(rows[row_dims.index(d)])
         elif reduce.keepdim is not None:
@@ -334,8 +336,10 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
     elem = reduce.result.type.get_element_type()
-    shape, dims, kind = shape_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
+    shape, dims, kind = dims_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
     arg = kind in ein.ARG_KINDS
+    if arg and not is_static(reduce.input.type):
+        raise LoweringUnsupported(f"an {kind} kernel takes static sizes (this group's are symbolic)")
     if arg and is_bool(reduce.input.type.get_element_type()):
         raise LoweringUnsupported(f"{kind} over {reduce.input.type.get_element_type()} runs op by op")
     if not (arg or is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
@@ -351,6 +355,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     if arg:
         _lower_arg_reduction(kb, group, row_dims, rows)
         return [f"cdiv({R}, BLOCK_R)"], problem
+    grid = [f"cdiv({size_text(R)}, BLOCK_R)"]
     acc_elem = _accumulator_type(elem, kind)
     acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
     neutral = _neutral(kind, acc_elem)
@@ -368,11 +373,14 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
         kb.emit(scf.YieldOp(kb.map([in_range, value, acc], acc_elem, step)))
     loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
     combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
-    if kind == "mean":
+    if kind == "mean" and is_symbolic(C):  # divided by the size argument
+        count = kb.const(C)
+        combined = kb.map([combined, count], acc_elem, lambda sb, s, n: sb.div(s, sb.cast(n, acc_elem)))
+    elif kind == "mean":
         combined = kb.map([combined], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
     out_idx = _reduction_output_index(kb, reduce, row_dims, rows)
     kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
-    return [f"cdiv({R}, BLOCK_R)"], problem
+    return grid, problem
 
 
 def _lower_arg_reduction(
@@ -927,7 +935,7 @@ def lower_group(
 
 
 # kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments)
-SYMBOLIC_KINDS = ("pointwise", "row")
+SYMBOLIC_KINDS = ("pointwise", "reduction", "row")
 # the least size a symbol stands for in a symbolic kernel's problem (its config's input; `_hinted`)
 NOMINAL_SIZE = 1024
 

@@ -328,3 +328,25 @@ def test_rows_of_a_symbolic_length_are_walked_in_chunks(monkeypatch, fn):
         groups = [g for p in report["partitions"] for g in p["groups"]]
         assert all(g["kernel"] for g in groups) and groups[0]["kind"] == "row", groups
     assert not _runtime_errors(compiled)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.mean(1),  # pooling over a symbolic sequence: the kept index is the contiguous one
+        lambda x: x.amax(-1),
+        lambda x: (x * x).sum((0, 1)),  # over both symbolic dims
+        lambda x: x.exp().sum(-1),
+    ],
+)
+def test_reductions_over_symbolic_dims(monkeypatch, fn):
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn, dynamic=True)
+    with torch.no_grad():
+        for b, s in ((2, 3), (3, 7), (4, 33), (3, 7)):
+            x = torch.randn(b, s, 24)
+            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-5)
+    groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
+    assert groups and all(g["kernel"] for g in groups), groups
+    assert not _runtime_errors(compiled)
