@@ -4,10 +4,10 @@ Dynamo hands over a torch-level FX graph; `aot_autograd` with PyTorch's core
 decompositions turns it into aten ops, which the driver compiles. Attention
 is kept whole (not decomposed) so it is imported as one unit. Backward
 graphs, when autograd needs them, run in PyTorch and say so in the dump.
-A graph with symbolic sizes compiles its nodes of static shapes, and (an
-inference graph) its pointwise and row work of symbolic sizes into kernels
-that take the sizes as arguments (`partition.partition_symbolic`); the rest
-runs in PyTorch. A size it is called with twice in a row is compiled for that
+A graph with symbolic sizes compiles its nodes of static shapes, and its
+pointwise, reduction and row work of symbolic sizes into kernels that take
+the sizes as arguments (`partition.partition_symbolic`); the rest runs in
+PyTorch. A size it is called with twice in a row is compiled for that
 size (`specialize.py`).
 """
 

@@ -81,9 +81,9 @@ FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
 # what takes a dynamic graph's `ein` (symbolic sizes) so far
 SYMBOLIC_SCOPE = (
     "symbolic sizes go through parsing, printing, the reference interpreter, canonicalize, "
-    "form-fusion-groups and lower-to-tile (pointwise and row kernels take their sizes as arguments; "
-    "other groups get no kernel); norm-prologue, split-reduction and kmajor-f32-weights leave such "
-    "functions as they are"
+    "form-fusion-groups and lower-to-tile (pointwise, reduction and row kernels take their sizes as "
+    "arguments; other groups get no kernel); norm-prologue, split-reduction and kmajor-f32-weights "
+    "leave such functions as they are"
 )
 COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", FUSION_PASS)
 

@@ -256,7 +256,8 @@ _SYMBOLIC_IN_PYTORCH = {
 def symbolic_kernel_reason(node: Node) -> str | None:
     """Why a node of symbolic sizes cannot join a partition of symbolic sizes, or None when it can:
     its lowering reads sizes only as expressions (`symbolic.symbolic_reason`), and its kernel is
-    one that takes sizes as arguments (pointwise and row kernels; `lower_to_tile.SYMBOLIC_KINDS`)."""
+    one that takes sizes as arguments (pointwise, reduction and row kernels: `SYMBOLIC_KINDS` of
+    `lower_to_tile`)."""
     from .symbolic import symbolic_reason
 
     if node.target in _SYMBOLIC_IN_PYTORCH:

@@ -2,12 +2,12 @@
 
 A graph Dynamo traced with a dynamic dim (`dynamic=True`, `mark_dynamic`, or a second size seen)
 has nodes whose sizes are expressions over size symbols (`s0`, `s0*s1`). The pipeline compiles
-its nodes of static sizes in a first partitioning round, and in a second (an inference graph's;
-`partition.partition_symbolic`) those of its other nodes whose kernels take their sizes as
-arguments (pointwise and row kernels); the rest run in PyTorch. This module decides which nodes'
-lowerings import symbolic sizes without a guard (`symbolic_reason`), and imports the graph's parts
-of symbolic sizes into `ein` for the dump (`ein_dynamic.mlir`) and the reference interpreter, which
-runs such a function at whatever sizes its arguments have.
+its nodes of static sizes in a first partitioning round, and in a second
+(`partition.partition_symbolic`) those of its other nodes whose kernels take their sizes as
+arguments (pointwise, reduction and row kernels); the rest run in PyTorch. This module decides
+which nodes' lowerings import symbolic sizes without a guard (`symbolic_reason`), and imports
+the graph's parts of symbolic sizes into `ein` for the dump (`ein_dynamic.mlir`) and the
+reference interpreter, which runs such a function at whatever sizes its arguments have.
 
 Each region is a maximal connected set of such nodes whose lowering reads sizes only through the
 node's metadata as expressions (`symbolic_lowering`): a lowering that compared a SymInt would add
