@@ -5,8 +5,9 @@
 
 Each candidate compiles the model once, then: a sweep calls every length once (seconds of the
 whole sweep: Dynamo's first compile, its dynamic recompile, and for tilefuse the dynamic graph's
-sizes run in PyTorch); then, per length, untimed warm calls (where tilefuse compiles a size seen
-again: `compiler/specialize.py`; their seconds, summed over lengths, are the "warm s" column), and
+sizes run through its kernels of symbolic sizes, contractions in PyTorch); then, per length, untimed
+warm calls (where tilefuse compiles a size seen again: `compiler/specialize.py`, unless
+TILEFUSE_SPECIALIZE=0; their seconds, summed over lengths, are the "warm s" column), and
 the median of `triton.testing.do_bench`. Compiles: graphs compiled by the candidate's backend
 (Dynamo's for torch.compile; for tilefuse its reports: static graphs, the dynamic graph, and one
 per specialized size). The longest length's output is compared with a float64 copy of the model.
