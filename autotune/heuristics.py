@@ -279,7 +279,9 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         warps = 8 if bm * max(bd, bdv) >= 128 * 128 else 4
         return KernelConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv}, warps, stages)
     if kind == "row" and problem.get("chunked"):  # one row a program, walked in chunks (several passes)
-        return KernelConfig({"BLOCK_R": 1, "BLOCK_C": CHUNKED_ROW_BLOCK}, 8, 1)
+        # a row of a symbolic length (keys of a growing cache) may be short: chunks of its hinted length
+        bc = _pow2_at_least(problem["C"], 16, CHUNKED_ROW_BLOCK)
+        return KernelConfig({"BLOCK_R": 1, "BLOCK_C": bc}, 8 if bc >= CHUNKED_ROW_BLOCK else 4, 1)
     if kind == "row":  # a whole row per tile: BLOCK_C >= C is required, not a choice
         bc = _pow2_at_least(problem["C"], 16, 1 << 30)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
