@@ -27,7 +27,7 @@ from xdsl.ir import Operation, SSAValue
 from ..backends.triton.emit import padded_row, row_tail
 from ..backends.triton.launcher import row_tails_fit, tail_reach
 from ..ir import einsum as ein
-from ..ir.dtypes import bind_bare_sizes, bind_sizes, concrete_shape, dims_of, to_torch_dtype
+from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.interpreter import gather_rows, reads_table_rows, run_op
 from .library_plan import planned_op
 
@@ -93,12 +93,6 @@ class _Writer:
     # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
     view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
     allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
-    # a partition of symbolic sizes: each size symbol's value at the call the program is written for
-    sizes: dict = field(default_factory=dict)
-
-    def shape(self, t: object) -> tuple[int, ...]:
-        """The concrete shape of a tensor type at this program's sizes."""
-        return concrete_shape(dims_of(t), self.sizes)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -215,10 +209,9 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
 
 
-def _literal_view(op: ein.ViewOp, src: str, shape: tuple[int, ...]) -> str:
-    """A torch view expression equal to the reference interpreter's `view_function` (`shape`: the
-    result's, at the program's sizes)."""
-    kind, p = op.kind.data, op.view_params
+def _literal_view(op: ein.ViewOp, src: str) -> str:
+    """A torch view expression equal to the reference interpreter's `view_function`."""
+    kind, p, shape = op.kind.data, op.view_params, shape_of(op.result.type)
     if kind == "reshape":
         return f"{src}.reshape({tuple(shape)!r})"
     if kind == "permute":
@@ -248,14 +241,9 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     w.scope["_derived"] = {}
     w.scope["_graph"] = spec.trained
     arg_names = [f"arg{i}" for i in range(len(spec.args))]
-    for value, t in zip(spec.args, example_args):
-        bind_bare_sizes(dims_of(value.type), tuple(t.shape), w.sizes)
     for value, name, t in zip(spec.args, arg_names, example_args):
         w.names[value] = name
         w.meta[value] = _meta_like(t)
-        clash = bind_sizes(dims_of(value.type), tuple(t.shape), w.sizes)
-        if clash is not None:
-            raise ValueError(f"program {spec.name}: argument {name}: {clash}")
     w.emit(f"{', '.join(arg_names)}{',' if len(arg_names) == 1 else ''} = args" if arg_names else "del args")
     _write_guard(w, arg_names, example_args)
     for name, t in zip(arg_names, example_args):
@@ -350,19 +338,19 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     if allocated:
         w.emit(f"# {op.kind.data} of {name}: its buffer was allocated as this view")
     elif isinstance(op, ein.ViewOp):
-        w.emit(f"{name} = {_literal_view(op, operands[0], w.shape(op.result.type))}")
+        w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
-        w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device, w.sizes))}  # {op.name}")
+        w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
     elif isinstance(op, ein.ConcatOp):
         w.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
     elif isinstance(op, ein.GatherOp):
         w.emit(f"{name} = {_gather_expression(w, op, operands)}")
     else:
-        glue = w.bind("op", _glue(op, w.inputs.device, w.sizes))
+        glue = w.bind("op", _glue(op, w.inputs.device))
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
     # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
     w.buffers.alias(name, operands)
-    w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"), w.sizes)
+    w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
 
 
 def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> None:
@@ -371,7 +359,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     for value, name in zip(outputs, names):
         w.names[value] = name
         out_type = value.type
-        shape = w.shape(out_type)
+        shape = tuple(shape_of(out_type))
         dtype = to_torch_dtype(out_type.get_element_type())
         strides = output_strides(kernel, shape, dtype)
         w.meta[value] = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
@@ -381,8 +369,8 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         as_view = view is not None and is_packed(shape, strides)
         if as_view:
             # the buffer is made as the view's tensor; launches pass it with this output's literal strides
-            shape = w.shape(view.result.type)
-            strides = tuple(run_op(view, {value: w.meta[value]}, torch.device("meta"), w.sizes).stride())
+            shape = tuple(shape_of(view.result.type))
+            strides = tuple(run_op(view, {value: w.meta[value]}, torch.device("meta")).stride())
             layout = (shape, strides, dtype)
             pinned = pinned or view.result in w.inputs.results
             w.allocated_as_view.add(view)
@@ -400,14 +388,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     for value in [*kernel.lowered.inputs, *outputs]:
         args.append(w.names[value])
         args.extend(str(s) for s in w.meta[value].stride())
-    config = kernel.config
-    symbols = getattr(kernel.launcher, "symbols", ())
-    if symbols:  # a kernel of symbolic sizes: bound for this program's, which it takes after the tensors
-        sizes = {str(s): n for s, n in w.sizes.items() if str(s) in symbols}
-        launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages, sizes=sizes)
-        args.extend(str(sizes[s]) for s in symbols)
-    else:
-        launch = kernel.launcher.bind(config.params, config.num_warps, config.num_stages)
+    launch = kernel.launcher.bind(kernel.config.params, kernel.config.num_warps, kernel.config.num_stages)
     handle = w.bind("k", launch)
     lowered = kernel.lowered
     title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
@@ -454,7 +435,7 @@ def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_nam
     for value, name in zip(outputs, names):
         w.names[value] = name
         dtype = to_torch_dtype(value.type.get_element_type())
-        meta = torch.empty(w.shape(value.type), dtype=dtype, device="meta")
+        meta = torch.empty(tuple(shape_of(value.type)), dtype=dtype, device="meta")
         w.meta[value] = meta
         w.layouts[name] = (tuple(meta.shape), tuple(meta.stride()), dtype)
         pinned = reuse_names is not None or value in w.inputs.results
@@ -486,7 +467,7 @@ def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str
     """Advanced indexing equal to the interpreter's gather (PyTorch wraps negative indices itself);
     an embedding lookup (a [V, D] table read at one index tensor, then along D) copies rows
     (`interpreter.gather_rows`)."""
-    out = w.shape(op.result.type)
+    out = shape_of(op.result.type)
     table, indices = operands[0], operands[1:]
     sources = op.sources
     if reads_table_rows(op):
@@ -503,13 +484,9 @@ def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str
     return f"{table}[{', '.join(at)}].expand({tuple(out)!r})  # ein.gather"
 
 
-def _glue(op: Operation, device: torch.device, sizes: dict) -> Callable[..., torch.Tensor]:
+def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:
     """An op outside every kernel, as the reference interpreter runs it, resolved once
-    (`library_plan.planned_op`: a map's body is not walked per call); in a program of symbolic
-    sizes, by the interpreter at the program's sizes."""
-    if sizes:
-        operands = list(op.operands)
-        return lambda *tensors: run_op(op, dict(zip(operands, tensors)), device, sizes)
+    (`library_plan.planned_op`: a map's body is not walked per call)."""
     step = planned_op(op)
     return lambda *tensors: step(device, *tensors)
 

@@ -68,7 +68,7 @@ def test_a_failure_after_some_kernels_ran_still_gives_the_right_result(monkeypat
 def test_a_lowering_gap_at_run_time_falls_back(monkeypatch):
     from tilefuse.compiler import program
 
-    def gap(op, env, device, sizes=None):
+    def gap(op, env, device):
         raise NotImplementedError("simulated lowering gap")
 
     monkeypatch.setattr(program, "run_op", gap)
