@@ -716,7 +716,7 @@ class _KernelWriter:
         itemsize = to_torch_dtype(op.tensor.type.get_element_type()).itemsize
         kind = self.kernel.kind.data
         padded = (
-            stores_to_row_stride(kind) and not self._symbolic(op.tensor)
+            stores_to_row_stride(kind) and not self.symbols  # (its programs allocate row-major buffers)
             and padded_row(kind, shape, itemsize) is not None
         )  # fmt: skip
         if padded:
