@@ -214,7 +214,7 @@ def stage_import(art: GraphArtifact) -> GraphArtifact:
             if unbound:
                 raise ImportFailure(f"no argument's size binds {', '.join(unbound)} (a size of its results)")
             functions.append(p.function)
-        except (ImportFailure, IRError) as e:
+        except (ImportFailure, IRError, ValueError) as e:  # (a size sympy wrote that ein cannot read)
             p.function = None
             art.fallbacks.append(Fallback(p.name, "partition", f"not compiled: {e}"))
     art.module = ModuleOp(functions)

@@ -21,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
+from ..ir.dtypes import size_of, size_text
 from .conv_layout import is_explicit_copy
 from .lowering_table import only_first_output_read, target_name, unsupported_reason
 
@@ -258,10 +259,17 @@ def symbolic_kernel_reason(node: Node) -> str | None:
     its lowering reads sizes only as expressions (`symbolic.symbolic_reason`), and its kernel is
     one that takes sizes as arguments (pointwise, reduction and row kernels: `SYMBOLIC_KINDS` of
     `lower_to_tile`)."""
-    from .symbolic import symbolic_reason
+    from .symbolic import symbolic_reason, tensors_of
 
     if node.target in _SYMBOLIC_IN_PYTORCH:
         return f"{target_name(node)} of symbolic sizes runs in PyTorch"
+    values = [node.meta.get("val"), *(a.meta.get("val") for a in node.all_input_nodes)]
+    for t in [t for v in values for t in tensors_of(v)]:
+        for d in t.shape:
+            try:
+                size_text(size_of(d))  # a kernel computes its sizes with + and * of its size arguments
+            except ValueError:
+                return f"its size {d} is not a sum or product of sizes (a kernel's size arguments)"
     return symbolic_reason(node)
 
 
@@ -301,8 +309,7 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
         return gm, []
     ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_module")]
     in_pytorch = {n: "" for n in ops if n not in joins}
-    computes = lambda n: n.target is not operator.getitem and n.target not in _FREE_VIEWS  # noqa: E731
-    levels = [level for level in _levels(gm, in_pytorch) if any(map(computes, level))]
+    levels = [level for level in _levels(gm, in_pytorch) if any(map(_computes, level))]
     if not levels:
         return gm, []
     fused = fuse_by_partitions(gm, [dict.fromkeys(nodes) for nodes in levels], prefix=SYMBOLIC_PREFIX)
@@ -310,6 +317,15 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     modules = [n.target for n in fused.graph.nodes if n.op == "call_module"]
     names = [name for name in modules if name.startswith(SYMBOLIC_PREFIX)]
     return fused, names
+
+
+def _computes(node: Node) -> bool:
+    """Whether a node of a level of symbolic sizes is work a kernel does: not a view, an item, or a
+    tensor made at a size (`zeros`, `arange`: alone, a partition of them would only make them, in
+    the interpreter, and hand PyTorch a broadcast constant where it may write in place)."""
+    from .symbolic import CREATION_OPS
+
+    return node.target is not operator.getitem and node.target not in _FREE_VIEWS | CREATION_OPS
 
 
 def views_as_reshapes(gm: GraphModule) -> int:

@@ -47,7 +47,7 @@ _STRUCTURED = {
 }  # fmt: skip
 # elementwise lowerings that make a tensor of a given size: only their sizes may be symbolic (the
 # lowerings read them as the result's metadata); a symbolic start, step or fill value is refused
-_CREATION = {
+CREATION_OPS = {
     aten.full.default, aten.full_like.default, aten.fill.Scalar, aten.scalar_tensor.default,
     aten.zeros_like.default, aten.zeros.default, aten.ones_like.default, aten.ones.default,
     aten.arange.start_step, aten.arange.start, aten.arange.default,
@@ -71,27 +71,27 @@ def symbolic_lowering(target: object) -> bool:
     return target in _STRUCTURED or _elementwise(target)
 
 
-def _tensors(value: object) -> list[torch.Tensor]:
+def tensors_of(value: object) -> list[torch.Tensor]:
     return [v for v in _walk_vals(value) if isinstance(v, torch.Tensor)]
 
 
 def has_symbolic_size(node: Node) -> bool:
-    return any(any(isinstance(d, torch.SymInt) for d in t.shape) for t in _tensors(node.meta.get("val")))
+    return any(any(isinstance(d, torch.SymInt) for d in t.shape) for t in tensors_of(node.meta.get("val")))
 
 
 def symbolic_reason(node: Node) -> str | None:
     """Why a node with symbolic sizes cannot be imported with them, or None when it can."""
     if not symbolic_lowering(node.target):
         return f"{target_name(node)} has no lowering checked for symbolic sizes"
-    for t in _tensors(node.meta.get("val")) + [
-        t for arg in node.all_input_nodes for t in _tensors(arg.meta.get("val"))
+    for t in tensors_of(node.meta.get("val")) + [
+        t for arg in node.all_input_nodes for t in tensors_of(arg.meta.get("val"))
     ]:
         if t.dtype not in SUPPORTED_TORCH_DTYPES or t.dtype == torch.float64:
             return f"dtype {t.dtype}"
     for arg in node.all_input_nodes:
-        if not _tensors(arg.meta.get("val")) and node.target not in _SIZE_ARGUMENTS:
+        if not tensors_of(arg.meta.get("val")) and node.target not in _SIZE_ARGUMENTS:
             return f"input {arg.name} is a symbolic scalar"
-    if node.target in _CREATION:
+    if node.target in CREATION_OPS:
         args = bound_args(node)
         for name in _VALUE_ARGUMENTS:
             if isinstance(args.get(name), (Node, torch.SymInt, torch.SymFloat)):
@@ -102,7 +102,7 @@ def symbolic_reason(node: Node) -> str | None:
 
 def _reads_values(user: Node) -> bool:
     """Whether a user reads a tensor's values (not only its sizes, as `aten.sym_size` does)."""
-    return user.op == "output" or bool(_tensors(user.meta.get("val")))
+    return user.op == "output" or bool(tensors_of(user.meta.get("val")))
 
 
 @dataclass
@@ -154,9 +154,9 @@ def symbolic_regions(gm: GraphModule) -> tuple[list[Region], dict[str, str]]:
         region = Region(nodes)
         for n in nodes:
             for arg in n.all_input_nodes:
-                if arg not in inside and _tensors(arg.meta.get("val")) and arg not in region.inputs:
+                if arg not in inside and tensors_of(arg.meta.get("val")) and arg not in region.inputs:
                     region.inputs.append(arg)
-            if any(u not in inside and _reads_values(u) for u in n.users) and _tensors(n.meta.get("val")):
+            if any(u not in inside and _reads_values(u) for u in n.users) and tensors_of(n.meta.get("val")):
                 if n.target is not operator.getitem and isinstance(n.meta.get("val"), (list, tuple)):
                     continue  # its items are the outputs
                 region.outputs.append(n)

@@ -187,6 +187,10 @@ class _SymbolicWriter:
             glue = self.bind("op", _interpreted(op, self.spec.device))
             args = ", ".join([self.sizes(), *operands])
             self.emit(f"{name} = {glue}({args})  # {op.name} on the ein reference interpreter")
+        if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in self.spec.results:
+            # the interpreter broadcasts a constant (stride 0), and a static one is made once: a caller
+            # may write into a result in place (AOTAutograd's index_put_ into fresh zeros)
+            self.emit(f"{name} = {name}.clone(memory_format=torch.contiguous_format)  # fresh memory")
 
     def _view(self, op: ein.ViewOp, src: str) -> str:
         kind, p = op.kind.data, op.view_params

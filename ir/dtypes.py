@@ -121,9 +121,10 @@ def parse_size(text: str) -> Dim:
 
 
 def size_text(d: Dim) -> str:
-    """A size as an integer expression of + and * over size names ("64*s0*s1", "s0 + 1"): what a
+    """A size as an integer expression over size names ("64*s0*s1", "s0 + 1", "(s0 // 2)"): what a
     kernel computes from its size arguments and a grid from a launch's sizes (a power is written as
-    a product). Raises ValueError for anything else (a floor division, say)."""
+    a product, a floor of a quotient by an integer as `//`, a remainder as `%`; sizes are positive,
+    so Triton's truncating `//` agrees). Raises ValueError for anything else (a Max, say)."""
     d = simplify_size(d)
     if not is_symbolic(d):
         return str(int(d))
@@ -137,6 +138,12 @@ def size_text(d: Dim) -> str:
             return "*".join(f"({text(a)})" if isinstance(a, sympy.Add) else text(a) for a in e.args)
         if isinstance(e, sympy.Add):
             return "(" + " + ".join(text(a) for a in e.args) + ")"
+        if isinstance(e, sympy.floor):
+            numerator, denominator = sympy.fraction(sympy.together(e.args[0]))
+            if denominator.is_Integer and int(denominator) > 0:
+                return f"({text(sympy.expand(numerator))} // {int(denominator)})"
+        if isinstance(e, sympy.Mod):
+            return f"({text(e.args[0])} % {text(e.args[1])})"
         raise ValueError(f"size {d}: only sums and products of sizes are kernel arguments")
 
     return text(d)
@@ -182,10 +189,19 @@ def tensor_type(shape: Sequence[Dim], dtype: torch.dtype | Attribute) -> TensorT
     shape, and the type's encoding names the symbolic sizes in order: `tensor<?x64xf32, ["s0*s1"]>`."""
     elem = to_mlir_type(dtype) if isinstance(dtype, torch.dtype) else dtype
     shape = [simplify_size(d) for d in shape]
-    symbolic = [StringAttr(str(d)) for d in shape if is_symbolic(d)]
+    symbolic = [StringAttr(_printed(d)) for d in shape if is_symbolic(d)]
     if not symbolic:
         return TensorType(elem, [int(d) for d in shape])
     return TensorType(elem, [DYNAMIC_INDEX if is_symbolic(d) else d for d in shape], ArrayAttr(symbolic))
+
+
+def _printed(d: Dim) -> str:
+    """A symbolic size as a type's encoding names it: `size_text`'s form, which `parse_size` reads
+    back (sympy's own writes a floor division as `floor(s0/2)`); sympy's where it has none (a Max)."""
+    try:
+        return size_text(d)
+    except ValueError:
+        return str(d)
 
 
 class SymbolicSizeError(TypeError):
