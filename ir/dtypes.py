@@ -129,21 +129,24 @@ def size_text(d: Dim) -> str:
     if not is_symbolic(d):
         return str(int(d))
 
+    def grouped(e: sympy.Expr) -> str:  # an operand of * // %: a sum in parentheses
+        return f"({text(e)})" if isinstance(e, sympy.Add) else text(e)
+
     def text(e: sympy.Expr) -> str:
         if isinstance(e, (sympy.Symbol, sympy.Integer)):
             return str(e)
         if isinstance(e, sympy.Pow) and e.exp.is_Integer and 0 < int(e.exp) <= 8:
             return "*".join([text(e.base)] * int(e.exp))
         if isinstance(e, sympy.Mul):
-            return "*".join(f"({text(a)})" if isinstance(a, sympy.Add) else text(a) for a in e.args)
-        if isinstance(e, sympy.Add):
-            return "(" + " + ".join(text(a) for a in e.args) + ")"
+            return "*".join(grouped(a) for a in e.args)
+        if isinstance(e, sympy.Add):  # in sympy's order: "s1 + 1"
+            return " + ".join(text(a) for a in e.as_ordered_terms()).replace("+ -", "- ")
         if isinstance(e, sympy.floor):
             numerator, denominator = sympy.fraction(sympy.together(e.args[0]))
             if denominator.is_Integer and int(denominator) > 0:
-                return f"({text(sympy.expand(numerator))} // {int(denominator)})"
+                return f"({grouped(sympy.expand(numerator))} // {int(denominator)})"
         if isinstance(e, sympy.Mod):
-            return f"({text(e.args[0])} % {text(e.args[1])})"
+            return f"({grouped(e.args[0])} % {grouped(e.args[1])})"
         raise ValueError(f"size {d}: only sums and products of sizes are kernel arguments")
 
     return text(d)
