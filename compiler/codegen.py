@@ -410,6 +410,8 @@ def precompile_kernels(art: GraphArtifact) -> dict | None:
         for k in p.kernels:
             if k.backend != "triton":  # CUDA C++ kernels were built when they were loaded
                 continue
+            if getattr(k.launcher, "symbols", ()):  # compiled at the first launch, for its sizes' kind
+                continue
             key = (k.launcher.path, k.config.key())
             if key not in jobs:
                 c = k.config
