@@ -81,23 +81,19 @@ class Program:
 
 
 @dataclass
-class _Writer:
-    inputs: ProgramInputs
+class LineWriter:
+    """What both program writers share: `call`'s lines, a name per SSA value, the module scope."""
+
     lines: list[str] = field(default_factory=list)
     names: dict[SSAValue, str] = field(default_factory=dict)
-    meta: dict[SSAValue, torch.Tensor] = field(default_factory=dict)
     scope: dict[str, object] = field(default_factory=dict)
     launches: int = 0
-    buffers: _BufferPlan = field(default_factory=lambda: _BufferPlan())
-    layouts: dict[str, tuple] = field(default_factory=dict)
-    # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
-    view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
-    allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
 
     def bind(self, prefix: str, value: object) -> str:
+        """A module-level name for `value` (a kernel, a constant), unique within the program."""
         name = f"_{prefix}{len(self.scope)}"
         self.scope[name] = value
         return name
@@ -106,6 +102,17 @@ class _Writer:
         name = f"buf{len(self.names)}"
         self.names[value] = name
         return name
+
+
+@dataclass(kw_only=True)
+class _Writer(LineWriter):
+    inputs: ProgramInputs
+    meta: dict[SSAValue, torch.Tensor] = field(default_factory=dict)
+    buffers: _BufferPlan = field(default_factory=lambda: _BufferPlan())
+    layouts: dict[str, tuple] = field(default_factory=dict)
+    # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
+    view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
+    allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
 
 
 @dataclass
@@ -227,7 +234,7 @@ def _literal_view(op: ein.ViewOp, src: str) -> str:
 
 def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> Program:
     """Generate and load `call(args)` for one partition, laid out for tensors like `example_args`."""
-    w = _Writer(spec)
+    w = _Writer(inputs=spec)
     device = spec.device
     w.scope.update(
         torch=torch,

@@ -23,7 +23,7 @@ from xdsl.ir import Operation, SSAValue
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
 from ..ir.interpreter import run_op
-from .program import Program, ProgramInputs, allocator, stream_getter
+from .program import LineWriter, Program, ProgramInputs, allocator, stream_getter
 
 HEADER = """\
 # tilefuse program: partition {partition} of graph {graph}, on {device}, for every size
@@ -86,28 +86,17 @@ def write_symbolic_program(spec: ProgramInputs) -> Program:
     return Program(source, w.scope["call"], w.launches)
 
 
-class _SymbolicWriter:
+class _SymbolicWriter(LineWriter):
     def __init__(self, spec: ProgramInputs):
+        super().__init__()
         self.spec = spec
-        self.lines: list[str] = []
-        self.names: dict[SSAValue, str] = {}
-        self.scope: dict[str, object] = {
-            "torch": torch, "_device": spec.device, "_allocator": allocator(spec.device), "cdiv": _cdiv,
-            "min": min, "max": max,
-        }  # fmt: skip
+        self.scope.update(
+            torch=torch, _device=spec.device, _allocator=allocator(spec.device), cdiv=_cdiv, min=min, max=max
+        )
         if spec.device.type == "cuda":
             self.scope["_stream"] = stream_getter(spec.device)
-        self.launches = 0
         self.symbols: dict[sympy.Symbol, str] = {}  # each size symbol -> its variable in `call`
         self.sizes_dict: str | None = None  # the variable holding {symbol: size}, once written
-
-    def emit(self, line: str) -> None:
-        self.lines.append("    " + line)
-
-    def bind(self, prefix: str, value: object) -> str:
-        name = f"_{prefix}{len(self.scope)}"
-        self.scope[name] = value
-        return name
 
     def size(self, d: Dim) -> str:
         """A size as an expression of the call's size variables."""
@@ -162,11 +151,6 @@ class _SymbolicWriter:
             partition=spec.name, graph=spec.graph, device=spec.device, kernels=self.launches
         )
         return header + "\n\ndef call(args):\n" + "\n".join(self.lines) + "\n"
-
-    def fresh(self, value: SSAValue) -> str:
-        name = f"buf{len(self.names)}"
-        self.names[value] = name
-        return name
 
     def _step(self, op: Operation) -> None:
         kernel = self.spec.kernels.get(op)

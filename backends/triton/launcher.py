@@ -151,17 +151,13 @@ class TritonKernel:
         params.update(merge_flags(self, tensors))
         self.function[grid](*args, **params, num_warps=num_warps, num_stages=num_stages)
 
-    def bind(
-        self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2,
-        sizes: Mapping[str, int] | None = None,
-    ) -> BoundLaunch:  # fmt: skip
-        """This kernel with one configuration fixed: what a generated program calls per launch. A
-        kernel of symbolic sizes is bound for one value of each (`sizes`: its grid), and the
-        program passes those values after the tensors."""
+    def bind(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> BoundLaunch:
+        """This kernel with one configuration fixed: what a generated program calls per launch. Its
+        grid is fixed too, so a kernel of symbolic sizes is launched through `sized` instead."""
         self._check_config(config)
-        if set(sizes or {}) != set(self.symbols):
-            raise LaunchError(f"{self.name}: takes sizes {list(self.symbols)}, bound {sorted(sizes or {})}")
-        return BoundLaunch(self, dict(config), num_warps, num_stages, dict(sizes or {}))
+        if self.symbols:
+            raise LaunchError(f"{self.name}: takes sizes {list(self.symbols)}; launch it through sized()")
+        return BoundLaunch(self, dict(config), num_warps, num_stages)
 
     def sized(self, config: Mapping[str, int], num_warps: int = 4, num_stages: int = 2) -> SizedLaunch:
         """This kernel of symbolic sizes with one configuration fixed, for a program that passes
@@ -207,16 +203,12 @@ class BoundLaunch:
     hooks set, every launch takes the generic path.
     """
 
-    def __init__(
-        self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int,
-        sizes: dict[str, int] | None = None,
-    ):  # fmt: skip
+    def __init__(self, kernel: TritonKernel, config: dict[str, int], num_warps: int, num_stages: int):
         self.kernel = kernel
         self.config = config
         self.num_warps = num_warps
         self.num_stages = num_stages
-        self.sizes = sizes or {}
-        grid = kernel.grid_for(config, self.sizes)
+        grid = kernel.grid_for(config)
         self.grid = (*grid, 1, 1)[:3]
         self.empty = 0 in grid  # nothing to compute (CUDA refuses empty grids)
         self.params = {p: config[p] for p in kernel.params}
