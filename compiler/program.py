@@ -88,6 +88,10 @@ class LineWriter:
     names: dict[SSAValue, str] = field(default_factory=dict)
     scope: dict[str, object] = field(default_factory=dict)
     launches: int = 0
+    # names whose memory outlives the call: constants made once, values derived from parameters and
+    # reused, and whatever may alias them. A result among them is copied before it is returned: the
+    # caller owns its outputs (a cache made by `torch.zeros` in the graph is written in place)
+    shared: set[str] = field(default_factory=set)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -102,6 +106,24 @@ class LineWriter:
         name = f"buf{len(self.names)}"
         self.names[value] = name
         return name
+
+    def share(self, name: str, operands: Sequence[str]) -> None:
+        """`name` may alias `operands`: it is shared if one of them is."""
+        if self.shared.intersection(operands):
+            self.shared.add(name)
+
+    def returned(self, results: Sequence[SSAValue]) -> list[str]:
+        """The names `call` returns for `results`, each shared one first copied to memory of its own."""
+        names, copies = [], {}
+        for value in results:
+            name = self.names[value]
+            if name in self.shared:
+                if name not in copies:
+                    copies[name] = f"out{len(copies)}"
+                    self.emit(f"{copies[name]} = {name}.clone()  # the caller's own memory")
+                name = copies[name]
+            names.append(name)
+        return names
 
 
 @dataclass(kw_only=True)
@@ -266,7 +288,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
         w.lines.insert(line, f"    del {name}")  # freed, and no later output took it over
-    results = ", ".join(w.names[v] for v in spec.results)
+    results = ", ".join(w.returned(spec.results))
     if spec.returns_tuple:
         w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
     else:
@@ -313,6 +335,7 @@ def _write_step(w: _Writer, op: Operation) -> None:
         outputs = list(spec.kernels[op].lowered.outputs) if op in spec.kernels else [op.results[0]]
         names = [w.fresh(v) for v in outputs]
         w.emit(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = hit[1]")
+        w.shared.update(names)
         w.emit("else:")
         start = len(w.lines)
         _write_compute(w, op, reuse_names=names)
@@ -348,6 +371,7 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
+        w.shared.add(name)
     elif isinstance(op, ein.ConcatOp):
         w.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
     elif isinstance(op, ein.GatherOp):
@@ -357,6 +381,8 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
     # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
     w.buffers.alias(name, operands)
+    if not isinstance(op, ein.ConcatOp):
+        w.share(name, operands)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
 
 

@@ -145,7 +145,7 @@ class _SymbolicWriter(LineWriter):
                 name = self.names.get(value)
                 if name is not None and name.startswith("buf") and value not in spec.results:
                     self.emit(f"del {name}")
-        results = [self.names[v] for v in spec.results]
+        results = self.returned(spec.results)
         self.emit(f"return {_tuple(results) if spec.returns_tuple else ', '.join(results)}")
         header = HEADER.format(
             partition=spec.name, graph=spec.graph, device=spec.device, kernels=self.launches
@@ -171,10 +171,12 @@ class _SymbolicWriter(LineWriter):
             glue = self.bind("op", _interpreted(op, self.spec.device))
             args = ", ".join([self.sizes(), *operands])
             self.emit(f"{name} = {glue}({args})  # {op.name} on the ein reference interpreter")
-        if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in self.spec.results:
+        if isinstance(op, (ein.ConstantOp, ein.IotaOp)):
             # the interpreter broadcasts a constant (stride 0), and a static one is made once: a caller
             # may write into a result in place (AOTAutograd's index_put_ into fresh zeros)
-            self.emit(f"{name} = {name}.clone(memory_format=torch.contiguous_format)  # fresh memory")
+            self.shared.add(name)
+        elif not isinstance(op, ein.ConcatOp):
+            self.share(name, operands)
 
     def _view(self, op: ein.ViewOp, src: str) -> str:
         kind, p = op.kind.data, op.view_params

@@ -186,6 +186,36 @@ def test_constants_and_parameter_only_steps_run_once(monkeypatch):
     assert first >= 2 and len(launches) - first == 1
 
 
+class _ReturnsShared(torch.nn.Module):
+    """Outputs a program could hand out from memory it keeps between calls: a constant (a cache
+    made by `torch.zeros` in the graph, as transformers' static cache is made lazily), an iota, a
+    view of a value derived from a parameter only, beside a plain result."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, x):
+        derived = (self.w * 2).exp()
+        return torch.zeros(2, 3, 8), torch.arange(8.0), derived.t(), x @ derived
+
+
+def test_outputs_are_the_callers_own_memory_as_in_eager():
+    model = _ReturnsShared()
+    compiled = tilefuse.compile(model)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            outs, want = compiled(x), model(x)
+            for got, ref in zip(outs, want):
+                torch.testing.assert_close(got, ref)
+            cache = outs[0]
+            assert cache.stride() == (24, 8, 1)  # dense, as torch.zeros makes it: written in place below
+            cache.index_copy_(1, torch.tensor([1]), torch.ones(2, 1, 8))
+            for out in outs[1:3]:
+                out.add_(100.0)  # the next call must not see it
+
+
 def test_without_cuda_the_graph_runs_in_pytorch_and_says_so(monkeypatch):
     monkeypatch.setenv("TILEFUSE_INTERPRET", "0")
     from tilefuse.compiler import runtime
