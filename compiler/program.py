@@ -69,6 +69,9 @@ class ProgramInputs:
     # a partition of symbolic sizes: the size expressions of its integer inputs (Dynamo's SymInts, a
     # view's sizes), passed after the tensors; they may bind size symbols (`symbolic_program`)
     size_args: Sequence[object] = ()
+    # per result, PyTorch's owner of it (`runtime.output_owners`): -1 an input (or a view of one), else
+    # the first result that is the same tensor; None: not known (inputs are then returned as they are)
+    owners: Sequence[int] | None = None
 
 
 @dataclass
@@ -92,6 +95,8 @@ class LineWriter:
     # reused, and whatever may alias them. A result among them is copied before it is returned: the
     # caller owns its outputs (a cache made by `torch.zeros` in the graph is written in place)
     shared: set[str] = field(default_factory=set)
+    # names that are, or may alias, the call's arguments: copied where PyTorch returns a fresh tensor
+    of_args: set[str] = field(default_factory=set)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -108,20 +113,27 @@ class LineWriter:
         return name
 
     def share(self, name: str, operands: Sequence[str]) -> None:
-        """`name` may alias `operands`: it is shared if one of them is."""
+        """`name` may alias `operands`: shared, or of the arguments, if one of them is."""
         if self.shared.intersection(operands):
             self.shared.add(name)
+        if self.of_args.intersection(operands):
+            self.of_args.add(name)
 
-    def returned(self, results: Sequence[SSAValue]) -> list[str]:
-        """The names `call` returns for `results`, each shared one first copied to memory of its own."""
-        names, copies = [], {}
-        for value in results:
+    def returned(self, results: Sequence[SSAValue], owners: Sequence[int] | None) -> list[str]:
+        """The names `call` returns for `results`, each copied to memory of its own where it is shared,
+        an argument where PyTorch returns fresh memory, or a buffer returned before where PyTorch
+        returns other memory (`owners`); once per memory PyTorch returns."""
+        names, copies, given = [], {}, {}
+        for i, value in enumerate(results):
             name = self.names[value]
-            if name in self.shared:
-                if name not in copies:
-                    copies[name] = f"out{len(copies)}"
-                    self.emit(f"{copies[name]} = {name}.clone()  # the caller's own memory")
-                name = copies[name]
+            owner = owners[i] if owners is not None and len(owners) == len(results) else -1
+            other = given.setdefault(name, owner) != owner
+            if name in self.shared or (owner >= 0 and name in self.of_args) or other:
+                key = (name, owner)
+                if key not in copies:
+                    copies[key] = f"out{len(copies)}"
+                    self.emit(f"{copies[key]} = {name}.clone()  # the caller's own memory")
+                name = copies[key]
             names.append(name)
         return names
 
@@ -270,6 +282,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
     w.scope["_derived"] = {}
     w.scope["_graph"] = spec.trained
     arg_names = [f"arg{i}" for i in range(len(spec.args))]
+    w.of_args.update(arg_names)
     for value, name, t in zip(spec.args, arg_names, example_args):
         w.names[value] = name
         w.meta[value] = _meta_like(t)
@@ -288,7 +301,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
         w.lines.insert(line, f"    del {name}")  # freed, and no later output took it over
-    results = ", ".join(w.returned(spec.results))
+    results = ", ".join(w.returned(spec.results, spec.owners))
     if spec.returns_tuple:
         w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -190,6 +191,7 @@ class KernelPlan(torch.nn.Module):
             results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple, trained=self.trained, size_args=self.size_args,
+            owners=output_owners(self.fallback),
         )  # fmt: skip
         if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
             program = write_symbolic_program(spec)
@@ -246,6 +248,34 @@ NO_CUDA = (
 @functools.cache
 def _warn_no_cuda_once() -> None:
     warnings.warn(f"tilefuse: {NO_CUDA} (hundreds of times slower than PyTorch; for testing)", stacklevel=2)
+
+
+def output_owners(graph_module: GraphModule) -> list[int] | None:
+    """For each output of a partition's captured code, whose memory PyTorch returns it in: -1 where
+    it is (a view of, or updated in place) one of the partition's inputs, else the index of the first
+    output in the same memory (itself, where it is the first). A `clone` lowers to its operand: a
+    program whose result is an input where PyTorch's is fresh memory, or whose two results are one
+    buffer where PyTorch's are two, copies it (`program.LineWriter.returned`). None where the
+    outputs are not all tensors."""
+    (output,) = [n for n in graph_module.graph.nodes if n.op == "output"]
+    nodes = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    owners, first = [], {}
+    for node in nodes:
+        if not isinstance(node, torch.fx.Node):
+            return None
+        source = node
+        while source.op == "call_function":
+            if source.target is operator.getitem:
+                source = source.args[0]
+                continue
+            schema = getattr(source.target, "_schema", None)
+            if schema is None or not schema.returns or schema.returns[0].alias_info is None:
+                break
+            if not isinstance(source.args[0], torch.fx.Node):
+                break
+            source = source.args[0]  # a view of, or an in-place update of, its first argument
+        owners.append(-1 if source.op == "placeholder" else first.setdefault(source, len(owners)))
+    return owners
 
 
 def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:

@@ -131,6 +131,7 @@ class _SymbolicWriter(LineWriter):
         unpacked = arg_names + size_names
         self.emit(f"{_tuple(unpacked)[1:-1]} = args" if unpacked else "del args")
         sources = list(zip(size_names, spec.size_args))
+        self.of_args.update(arg_names)
         for value, name in zip(spec.args, arg_names):
             self.names[value] = name
             sources += [(f"{name}.shape[{d}]", dim) for d, dim in enumerate(dims_of(value.type))]
@@ -145,7 +146,7 @@ class _SymbolicWriter(LineWriter):
                 name = self.names.get(value)
                 if name is not None and name.startswith("buf") and value not in spec.results:
                     self.emit(f"del {name}")
-        results = self.returned(spec.results)
+        results = self.returned(spec.results, spec.owners)
         self.emit(f"return {_tuple(results) if spec.returns_tuple else ', '.join(results)}")
         header = HEADER.format(
             partition=spec.name, graph=spec.graph, device=spec.device, kernels=self.launches

@@ -216,6 +216,37 @@ def test_outputs_are_the_callers_own_memory_as_in_eager():
                 out.add_(100.0)  # the next call must not see it
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.clone(),
+        lambda x: (x.clone().view(-1), x.clone()),
+        lambda x: x.t().contiguous(),
+        lambda x: torch.cat([x]),
+        lambda x: torch.empty_like(x).copy_(x),
+        lambda x: x.float().clone() * 1,
+        lambda x: x.view(-1),  # a view: PyTorch's output is the input's memory, and so is ours
+        lambda x: (x.t(), x * 2),
+        lambda x: (x * 2, (x * 2).clone()),  # two buffers in PyTorch
+        lambda x: (x * 2).view(12).clone().view(3, 4),
+    ],
+)
+def test_an_output_aliases_an_input_exactly_where_pytorch_s_does(fn):
+    """`clone`, a copy and a concatenation of one lower to their operand: where such an output is an
+    input, the program copies it, so writing into the output leaves the input as PyTorch would."""
+    x = torch.randn(3, 4)
+    compiled = tilefuse.compile(fn)
+    for _ in range(2):
+        mine, ref = x.clone(), x.clone()
+        got, want = compiled(mine), fn(ref)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+            g.add_(1.0)
+            w.add_(1.0)
+        torch.testing.assert_close(mine, ref)  # changed through a view only where PyTorch's was
+
+
 def test_without_cuda_the_graph_runs_in_pytorch_and_says_so(monkeypatch):
     monkeypatch.setenv("TILEFUSE_INTERPRET", "0")
     from tilefuse.compiler import runtime
