@@ -24,6 +24,7 @@ def merge_duplicate_ops(gm: GraphModule) -> int:
     many were replaced."""
     seen: dict[object, Node] = {}
     merged = 0
+    returned = _returned(gm)
     for node in list(gm.graph.nodes):
         if not _pure(node):
             continue
@@ -33,7 +34,8 @@ def merge_duplicate_ops(gm: GraphModule) -> int:
         except TypeError:  # an argument that cannot be a key (a tensor constant, say)
             continue
         earlier = seen.setdefault(key, node)
-        if earlier is not node:
+        if earlier is not node and not (node in returned and earlier in returned):
+            # (two results PyTorch returns in two tensors stay two: the caller may write into one)
             node.replace_all_uses_with(earlier)
             gm.graph.erase_node(node)
             merged += 1
@@ -41,6 +43,25 @@ def merge_duplicate_ops(gm: GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return merged
+
+
+def _returned(gm: GraphModule) -> set[Node]:
+    """The nodes whose memory the graph returns: its results, and what they are views of."""
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    todo = list(output.all_input_nodes)
+    found: set[Node] = set()
+    while todo:
+        node = todo.pop()
+        if node in found:
+            continue
+        found.add(node)
+        schema = getattr(node.target, "_schema", None)
+        aliases = node.target is operator.getitem or (
+            schema is not None and schema.returns and schema.returns[0].alias_info is not None
+        )
+        if node.op == "call_function" and aliases and node.args and isinstance(node.args[0], Node):
+            todo.append(node.args[0])
+    return found
 
 
 def functional(node: Node) -> bool:

@@ -242,7 +242,52 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     fused = fuse_by_partitions(gm, partitions) if partitions else gm
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
     sink_boundary_views(fused, names)
+    order_reads_before_writes(fused)
     return fused, names
+
+
+def _written(node: Node) -> list[Node]:
+    """The tensors an in-place op of the graph writes (`copy_`'s destination, a reinplaced
+    `index_put_`'s): its arguments the schema marks written."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None or not schema.is_mutable:
+        return []
+    written = [
+        a for a, s in zip(node.args, schema.arguments) if s.alias_info is not None and s.alias_info.is_write
+    ]
+    return [a for a in written if isinstance(a, Node)]
+
+
+def order_reads_before_writes(gm: GraphModule) -> int:
+    """Put every reader of a tensor that an in-place op writes (an input's write-back, `copy_(x, new)`)
+    before that op, as the captured graph had it. Functionalization leaves only reads of the old value
+    on the written node itself (later reads take the new value's node), but a partition is one node
+    placed after all of its inputs, and fusing reorders by data dependencies only: a partition that
+    reads `x` beside a value made after the write would run after it and read the new `x`. A reader
+    whose inputs are all ready before the write moves before it; else the write moves after the reader
+    where nothing reads the write's own result in between; else the graph is refused (ValueError:
+    it runs in PyTorch). Returns how many nodes moved."""
+    moved = 0
+    for write in [n for n in gm.graph.nodes if _written(n)]:
+        for target in _written(write):
+            position = {n: i for i, n in enumerate(gm.graph.nodes)}
+            late = [r for r in target.users if r is not write and position[r] > position[write]]
+            for reader in sorted(late, key=position.__getitem__):
+                if all(position[a] < position[write] for a in reader.all_input_nodes):
+                    write.prepend(reader)
+                elif all(position[u] > position[reader] for u in write.users):
+                    reader.append(write)
+                else:
+                    raise ValueError(
+                        f"{reader.name} reads {target.name} before {write.name} writes it, and reads values"
+                        " made after it"
+                    )
+                moved += 1
+                position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    if moved:
+        gm.graph.lint()
+        gm.recompile()
+    return moved
 
 
 SYMBOLIC_PREFIX = "dynamic_"  # partitions of symbolic sizes (`partition_symbolic`)
@@ -313,6 +358,7 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     if not levels:
         return gm, []
     fused = fuse_by_partitions(gm, [dict.fromkeys(nodes) for nodes in levels], prefix=SYMBOLIC_PREFIX)
+    order_reads_before_writes(fused)
     views_as_reshapes(fused)
     modules = [n.target for n in fused.graph.nodes if n.op == "call_module"]
     names = [name for name in modules if name.startswith(SYMBOLIC_PREFIX)]

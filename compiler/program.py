@@ -97,6 +97,16 @@ class LineWriter:
     shared: set[str] = field(default_factory=set)
     # names that are, or may alias, the call's arguments: copied where PyTorch returns a fresh tensor
     of_args: set[str] = field(default_factory=set)
+    # values whose memory a result is (the result, or what it is a view of): a constant or a reused
+    # value among them is copied where it is made, so the result's views of it stay views of one copy
+    escaping: set[SSAValue] = field(default_factory=set)
+
+    def escape(self, results: Sequence[SSAValue]) -> None:
+        for value in results:
+            self.escaping.add(value)
+            while isinstance(value.owner, ein.ViewOp):
+                value = value.owner.operands[0]
+                self.escaping.add(value)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " + line)
@@ -297,6 +307,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         w.emit("stream = 0")
     w.emit("_empty = _allocator()")
     w.view_of = _views_to_allocate(spec)
+    w.escape(spec.results)
     for op in spec.steps:
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
@@ -348,12 +359,16 @@ def _write_step(w: _Writer, op: Operation) -> None:
         outputs = list(spec.kernels[op].lowered.outputs) if op in spec.kernels else [op.results[0]]
         names = [w.fresh(v) for v in outputs]
         w.emit(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = hit[1]")
-        w.shared.update(names)
         w.emit("else:")
         start = len(w.lines)
         _write_compute(w, op, reuse_names=names)
         w.lines[start:] = ["    " + line for line in w.lines[start:]]
         w.emit(f"    _derived[{slot}] = (key, ({', '.join(names)},))")
+        for value, name in zip(outputs, names):  # reused by later calls: the caller gets a copy
+            if value in w.escaping:
+                w.emit(f"{name} = {name}.clone()  # returned: the caller's own memory")
+            else:
+                w.shared.add(name)
     else:
         _write_compute(w, op)
     for value in spec.release_after.get(op, ()):
@@ -383,8 +398,11 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     elif isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
-        w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
-        w.shared.add(name)
+        if result in w.escaping:  # returned: the caller's own memory, every call
+            w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}.clone()  # {op.name}")
+        else:
+            w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
+            w.shared.add(name)
     elif isinstance(op, ein.ConcatOp):
         w.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
     elif isinstance(op, ein.GatherOp):

@@ -140,6 +140,7 @@ class _SymbolicWriter(LineWriter):
             self.emit(f"{symbol} = {text}")
         self.emit("stream = _stream()" if spec.device.type == "cuda" else "stream = 0")
         self.emit("_empty = _allocator()")
+        self.escape(spec.results)
         for op in spec.steps:
             self._step(op)
             for value in spec.release_after.get(op, ()):
@@ -172,9 +173,11 @@ class _SymbolicWriter(LineWriter):
             glue = self.bind("op", _interpreted(op, self.spec.device))
             args = ", ".join([self.sizes(), *operands])
             self.emit(f"{name} = {glue}({args})  # {op.name} on the ein reference interpreter")
-        if isinstance(op, (ein.ConstantOp, ein.IotaOp)):
+        if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in self.escaping:
             # the interpreter broadcasts a constant (stride 0), and a static one is made once: a caller
             # may write into a result in place (AOTAutograd's index_put_ into fresh zeros)
+            self.emit(f"{name} = {name}.clone()  # returned: the caller's own memory")
+        elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):
             self.shared.add(name)
         elif not isinstance(op, ein.ConcatOp):
             self.share(name, operands)
