@@ -104,7 +104,40 @@ def partitioner() -> Callable:
     setting = os.environ.get(PARTITIONER_ENV, "min_cut")
     if setting not in ("min_cut", "default"):
         raise ValueError(f"{PARTITIONER_ENV}={setting!r}: expected 'min_cut' or 'default'")
-    return min_cut_rematerialization_partition if setting == "min_cut" else default_partition
+    chosen = min_cut_rematerialization_partition if setting == "min_cut" else default_partition
+
+    def partition(joint: GraphModule, joint_inputs: object, **kwargs: object) -> object:
+        save_compared_extremes(joint)
+        return chosen(joint, joint_inputs, **kwargs)
+
+    return partition
+
+
+# reductions whose backward finds the extreme by comparing the reduced tensor with the result (`eq`)
+_COMPARED_EXTREMES = {
+    torch.ops.aten.amax.default, torch.ops.aten.amin.default, torch.ops.aten.max.default,
+    torch.ops.aten.min.default,
+}  # fmt: skip
+
+
+def save_compared_extremes(joint: GraphModule) -> int:
+    """Mark the input of each max/min reduction whose backward compares it with the result
+    (`eq(x, amax(x))`: the gradient goes to the elements equal to the max) as saved, never recomputed.
+    Recomputed in the backward, `x = tanh(...)` is PyTorch's (or another kernel's) arithmetic, which
+    may differ in the last bit from the forward kernel's that took the max: no element equals it, and
+    the gradient is grad / 0. Returns how many inputs were marked."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    marked = 0
+    for node in joint.graph.nodes:
+        if node.op != "call_function" or node.target not in _COMPARED_EXTREMES:
+            continue
+        x = node.args[0]
+        compared = any(u.target is torch.ops.aten.eq.Tensor for u in getattr(x, "users", ()))
+        if isinstance(x, torch.fx.Node) and x.op == "call_function" and compared:
+            x.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+            marked += 1
+    return marked
 
 
 @dataclass(frozen=True)
