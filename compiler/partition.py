@@ -239,10 +239,11 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     """
     in_pytorch = ops_in_pytorch(_prepared(gm))
     partitions = [dict.fromkeys(nodes) for nodes in _levels(gm, in_pytorch)]
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     fused = fuse_by_partitions(gm, partitions) if partitions else gm
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
     sink_boundary_views(fused, names)
-    order_reads_before_writes(fused)
+    order_reads_before_writes(fused, order, partitions)
     return fused, names
 
 
@@ -258,30 +259,36 @@ def _written(node: Node) -> list[Node]:
     return [a for a in written if isinstance(a, Node)]
 
 
-def order_reads_before_writes(gm: GraphModule) -> int:
-    """Put every reader of a tensor that an in-place op writes (an input's write-back, `copy_(x, new)`)
-    before that op, as the captured graph had it. Functionalization leaves only reads of the old value
-    on the written node itself (later reads take the new value's node), but a partition is one node
-    placed after all of its inputs, and fusing reorders by data dependencies only: a partition that
-    reads `x` beside a value made after the write would run after it and read the new `x`. A reader
-    whose inputs are all ready before the write moves before it; else the write moves after the reader
-    where nothing reads the write's own result in between; else the graph is refused (ValueError:
-    it runs in PyTorch). Returns how many nodes moved."""
+def order_reads_before_writes(
+    gm: GraphModule, order: dict[str, int], partitions: list[dict], prefix: str = "fused_"
+) -> int:
+    """Put back before an in-place op (an input's write-back, `copy_(x, new)`) every partition that
+    reads its destination and held a node that ran before the write in the captured graph (`order`:
+    each node's position there, by name: fusing may copy the graph's nodes; `partitions`: the nodes
+    fused into `{prefix}{i}`). A partition is
+    one node placed after all of its inputs, and fusing orders by data only: one reading `x` beside
+    a value made before the write could run after it and read the new `x`. A partition whose inputs
+    are all ready before the write moves before it; else the graph is refused (ValueError: it runs
+    in PyTorch). Readers that ran after the write (the graph's output returning `x`) stay after it.
+    Returns how many partitions moved."""
+    first = {f"{prefix}{i}": min((order[n.name] for n in nodes if n.name in order), default=None)
+             for i, nodes in enumerate(partitions)}  # fmt: skip
     moved = 0
-    for write in [n for n in gm.graph.nodes if _written(n)]:
+    for write in [n for n in gm.graph.nodes if _written(n) and n.name in order]:
         for target in _written(write):
             position = {n: i for i, n in enumerate(gm.graph.nodes)}
-            late = [r for r in target.users if r is not write and position[r] > position[write]]
+            late = [
+                r for r in target.users
+                if r.op == "call_module" and position[r] > position[write]
+                and (first.get(r.target) is not None and first[r.target] < order[write.name])
+            ]  # fmt: skip
             for reader in sorted(late, key=position.__getitem__):
-                if all(position[a] < position[write] for a in reader.all_input_nodes):
-                    write.prepend(reader)
-                elif all(position[u] > position[reader] for u in write.users):
-                    reader.append(write)
-                else:
+                if not all(position[a] < position[write] for a in reader.all_input_nodes):
                     raise ValueError(
-                        f"{reader.name} reads {target.name} before {write.name} writes it, and reads values"
-                        " made after it"
+                        f"{reader.target} reads {target.name} before {write.name} writes it, and reads"
+                        " values made after it"
                     )
+                write.prepend(reader)
                 moved += 1
                 position = {n: i for i, n in enumerate(gm.graph.nodes)}
     if moved:
@@ -357,8 +364,10 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     levels = [level for level in _levels(gm, in_pytorch) if any(map(_computes, level))]
     if not levels:
         return gm, []
-    fused = fuse_by_partitions(gm, [dict.fromkeys(nodes) for nodes in levels], prefix=SYMBOLIC_PREFIX)
-    order_reads_before_writes(fused)
+    partitions = [dict.fromkeys(nodes) for nodes in levels]
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    fused = fuse_by_partitions(gm, partitions, prefix=SYMBOLIC_PREFIX)
+    order_reads_before_writes(fused, order, partitions, SYMBOLIC_PREFIX)
     views_as_reshapes(fused)
     modules = [n.target for n in fused.graph.nodes if n.op == "call_module"]
     names = [name for name in modules if name.startswith(SYMBOLIC_PREFIX)]
