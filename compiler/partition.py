@@ -265,11 +265,13 @@ def order_reads_before_writes(
     """Put back before an in-place op (an input's write-back, `copy_(x, new)`) every partition that
     reads its destination and held a node that ran before the write in the captured graph (`order`:
     each node's position there, by name: fusing may copy the graph's nodes; `partitions`: the nodes
-    fused into `{prefix}{i}`). A partition is
-    one node placed after all of its inputs, and fusing orders by data only: one reading `x` beside
-    a value made before the write could run after it and read the new `x`. A partition whose inputs
-    are all ready before the write moves before it; else the graph is refused (ValueError: it runs
-    in PyTorch). Readers that ran after the write (the graph's output returning `x`) stay after it.
+    fused into `{prefix}{i}`). A partition is one node placed after all of its inputs, and fusing
+    orders by data only: one reading `x` beside a value made before the write could run after it
+    and read the new `x`. A partition whose inputs
+    are all ready before the write moves before it; else the write moves after the partition where
+    everything that reads the written value comes later; else ValueError (not seen: functionalized
+    graphs write inputs back at their end, read after only by the output). Readers that ran after
+    the write (the graph's output returning `x`) stay after it.
     Returns how many partitions moved."""
     first = {f"{prefix}{i}": min((order[n.name] for n in nodes if n.name in order), default=None)
              for i, nodes in enumerate(partitions)}  # fmt: skip
@@ -283,12 +285,18 @@ def order_reads_before_writes(
                 and (first.get(r.target) is not None and first[r.target] < order[write.name])
             ]  # fmt: skip
             for reader in sorted(late, key=position.__getitem__):
-                if not all(position[a] < position[write] for a in reader.all_input_nodes):
+                # what reads the written value (the graph's output returning `x`, say) after the write
+                after = [u for u in (*target.users, *write.users) if u is not write and u is not reader
+                         and order.get(u.name, -1) > order[write.name]]  # fmt: skip
+                if all(position[a] < position[write] for a in reader.all_input_nodes):
+                    write.prepend(reader)
+                elif all(position[u] > position[reader] for u in after):
+                    reader.append(write)  # the write moves after the reader, still before its readers
+                else:
                     raise ValueError(
                         f"{reader.target} reads {target.name} before {write.name} writes it, and reads"
                         " values made after it"
                     )
-                write.prepend(reader)
                 moved += 1
                 position = {n: i for i, n in enumerate(gm.graph.nodes)}
     if moved:
