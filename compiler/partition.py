@@ -109,6 +109,9 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
         feeds = sorted(u.name for u in node.users if u in in_pytorch)
         if node.op == "call_function" and node in from_inputs and node not in in_pytorch and feeds:
             in_pytorch[node] = f"cheap and computed from graph inputs only: runs beside {', '.join(feeds)}"
+    for node in gm.graph.nodes:  # an item goes with its op (a partition takes tensors, not a tuple)
+        if node.target is operator.getitem and node.args[0] in in_pytorch and node not in in_pytorch:
+            in_pytorch[node] = in_pytorch[node.args[0]]
     return in_pytorch
 
 

@@ -4,8 +4,10 @@ permuted layout to hand it over, and every result stays the same."""
 
 from __future__ import annotations
 
+import copy
 import operator
 
+import pytest
 import torch
 from tiny_models import MODELS, VOCAB
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -87,3 +89,27 @@ def test_training_backward_hands_no_permuted_copy_between_partitions(tmp_path, m
         copied = [line for line in source.splitlines()
                   if ".reshape(" in line and line.split(" = ")[1].split(".")[0].strip() in permuted]  # fmt: skip
         assert not copied, copied
+
+
+def test_items_of_an_op_left_to_pytorch_stay_with_it():
+    """ConvNeXt's training forward: a small LayerNorm between convolutions runs in PyTorch beside
+    the convolution that reads its output, and its other items (mean, rstd, saved for the backward)
+    must go with it; a partition once took the op's tuple as an input and the graph ran in PyTorch."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ConvNextConfig(
+        num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=3, image_size=32
+    )
+    torch.manual_seed(0)
+    model = transformers.ConvNextForImageClassification(config).train()
+    ref = copy.deepcopy(model)
+    compiled = tilefuse.compile(model)
+    pixels, labels = torch.randn(1, 3, 32, 32), torch.tensor([1])
+    got = compiled(pixel_values=pixels, labels=labels).loss
+    want = ref(pixel_values=pixels, labels=labels).loss
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    forward = compiled.tilefuse_reports[0]
+    assert forward["partitions"] and not any(f["node"] == "<graph>" for f in forward["fallbacks"])
