@@ -45,23 +45,27 @@ def merge_duplicate_ops(gm: GraphModule) -> int:
     return merged
 
 
+def alias_chain(node: Node) -> list[Node]:
+    """`node`, then what it is a view of (or updated in place), and so on: the nodes whose memory
+    it is, ending at the one that made that memory (a placeholder, or an op making a new tensor).
+    An item of a multi-output op counts as a view of the op."""
+    chain = [node]
+    while node.op == "call_function" and node.args and isinstance(node.args[0], Node):
+        schema = getattr(node.target, "_schema", None)
+        aliases = node.target is operator.getitem or (
+            schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None
+        )
+        if not aliases:
+            break
+        node = node.args[0]
+        chain.append(node)
+    return chain
+
+
 def _returned(gm: GraphModule) -> set[Node]:
     """The nodes whose memory the graph returns: its results, and what they are views of."""
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
-    todo = list(output.all_input_nodes)
-    found: set[Node] = set()
-    while todo:
-        node = todo.pop()
-        if node in found:
-            continue
-        found.add(node)
-        schema = getattr(node.target, "_schema", None)
-        aliases = node.target is operator.getitem or (
-            schema is not None and schema.returns and schema.returns[0].alias_info is not None
-        )
-        if node.op == "call_function" and aliases and node.args and isinstance(node.args[0], Node):
-            todo.append(node.args[0])
-    return found
+    return {n for result in output.all_input_nodes for n in alias_chain(result)}
 
 
 def functional(node: Node) -> bool:

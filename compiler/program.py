@@ -398,10 +398,11 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     elif isinstance(op, ein.ViewOp):
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
+        made = w.bind("c", run_op(op, {}, w.inputs.device))
         if result in w.escaping:  # returned: the caller's own memory, every call
-            w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}.clone()  # {op.name}")
+            w.emit(f"{name} = {made}.clone()  # {op.name}")
         else:
-            w.emit(f"{name} = {w.bind('c', run_op(op, {}, w.inputs.device))}  # {op.name}")
+            w.emit(f"{name} = {made}  # {op.name}")
             w.shared.add(name)
     elif isinstance(op, ein.ConcatOp):
         w.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +38,7 @@ from ..passes.fusion_groups import GROUP_ATTR, VIRTUAL_OPS
 from ..passes.lower_to_tile import LoweredGroup
 from . import group_selection
 from .direct_ops import bind_direct
+from .duplicate_ops import alias_chain
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
 from .program import Program, ProgramInputs, Trained, step_reads, write_program
 from .selection import Selection, selection_enabled
@@ -263,17 +263,7 @@ def output_owners(graph_module: GraphModule) -> list[int] | None:
     for node in nodes:
         if not isinstance(node, torch.fx.Node):
             return None
-        source = node
-        while source.op == "call_function":
-            if source.target is operator.getitem:
-                source = source.args[0]
-                continue
-            schema = getattr(source.target, "_schema", None)
-            if schema is None or not schema.returns or schema.returns[0].alias_info is None:
-                break
-            if not isinstance(source.args[0], torch.fx.Node):
-                break
-            source = source.args[0]  # a view of, or an in-place update of, its first argument
+        source = alias_chain(node)[-1]
         owners.append(-1 if source.op == "placeholder" else first.setdefault(source, len(owners)))
     return owners
 
