@@ -3,38 +3,47 @@
 For `y = norm(x)` whose only readers are contractions over y's last (normalized)
 index, the map computing `y` is written as an affine form in `x`:
 
-    y[m, k] = x[m, k] * R(m) * G(k) + sum_j R_j(m) * C_j(k)
+    y[m, k] = x[m, k] * R(m) * G(k) + sum_j C_j(k)
 
-(RMSNorm: R = rstd, G = g, no constant terms; LayerNorm: R = rstd, G = g,
-constant terms `-mean * rstd * g` and `b`). Then, algebraically,
+(RMSNorm: R = rstd, G = g, no constant terms; with a bias, C = b). Then,
+algebraically,
 
-    y @ W = R(m) * (x @ (G ∘ W)) + sum_j R_j(m) * (C_j @ W)
+    y @ W = R(m) * (x @ (G ∘ W)) + sum_j (C_j @ W)
 
 so each contraction reads `x` itself against a folded weight `G ∘ W`, and its
-epilogue applies the per-row scale and the LayerNorm mean correction with the
-vectors `C_j @ W`. The rewrite applies only when W and the norm's weight and
-bias are module parameters: folded weights and those vectors then depend on
-parameters only, and the runtime computes them once and reuses them until a
-parameter changes (with plain tensor arguments, folding would cost a pass
-over W per call, so the norm stays a row kernel), and only when no product is
-more than MAX_FOLD_WIDTH times wider than the rows (an LM head keeps its norm
-as a row kernel and its GEMM plain, where cuBLAS can take it).
+epilogue applies the per-row scale and adds the vectors `C_j @ W`. The rewrite
+applies only when W and the norm's weight and bias are module parameters:
+folded weights and those vectors then depend on parameters only, and the
+runtime computes them once and reuses them until a parameter changes (with
+plain tensor arguments, folding would cost a pass over W per call, so the norm
+stays a row kernel), and only when no product is more than MAX_FOLD_WIDTH times
+wider than the rows (an LM head keeps its norm as a row kernel and its GEMM
+plain, where cuBLAS can take it).
 
-Row statistics the GEMM's epilogue needs come from small reduction kernels
-that read `x` once each, shared by every GEMM after the norm. RMSNorm's mean
-square is re-derived as `s2/K` from a row sum of `x²`. LayerNorm keeps its own
-two-pass statistics (mean, then the centred sum of squares): the one-pass
-`s2 - s1²/K` cancels badly when |mean| >> std. (Accumulating the sums in the
-GEMM's own K loop was measured wrong on Hopper with Triton 3.6 at the
+LayerNorm is not folded. Its form has a row term, `-mean(x) * rstd * g`, and
+`rstd * (x @ (g∘W)) - mean * rstd * (g @ W)` subtracts two large numbers
+wherever a row's mean is large next to its spread: a constant row of 1000.0
+(eager: exactly the bias) came out 0.09 off on outputs of 0.18 in f32, and
+with TF32 the GEMM rounds x itself to 10 bits before the mean comes off. Eager
+subtracts the mean first. Measured on the H200 (benchmarks/RESULTS.md, "The
+norm fold on and off"), the fold was worth at most 1-3% of a forward either
+way (OPT 3% faster without it), so LayerNorm stays a row kernel (which takes
+the residual add beside it) and its GEMM reads the normalized rows. A form
+with any row term among its constant terms is refused for the same reason.
+
+The row statistic the GEMM's epilogue needs (RMSNorm's mean square, re-derived
+as `s2/K` from a row sum of `x²`) comes from a small reduction kernel that
+reads `x` once, shared by every GEMM after the norm. (Accumulating the sum in
+the GEMM's own K loop was measured wrong on Hopper with Triton 3.6 at the
 pipelined default tiles, and was dropped.)
 
 In a pre-norm block x is the residual stream `h = r + a`: the norm reads it
 and a later add reads it again. This pass leaves that add alone, and
 form-fusion-groups gives it to the kernel that reads x anyway: a standalone
-add joins the statistics' row kernel (which reads r and a and writes h and
-the sums), so h is written once and never read back for its statistics.
+add joins the statistics' kernel (which reads r and a and writes h and the
+sum), so h is written once and never read back for its statistics.
 An add that is a GEMM's epilogue (o_proj + residual) stays there: h is that
-GEMM's output, and when a tile holds whole rows the sums join its epilogue
+GEMM's output, and when a tile holds whole rows the sum joins its epilogue
 too. Folding the add into the GEMMs that read x (x = r + a in their
 prologue) was not chosen: every GEMM would read two tensors instead of one
 per K tile, and h must still be written for the later add.
@@ -53,7 +62,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, widened_source, yielded_value
-from ..ir.dtypes import has_symbolic_sizes, is_float, shape_of, tensor_type
+from ..ir.dtypes import has_symbolic_sizes, shape_of, tensor_type
 from ..ir.module import parameter_args
 from .fusion_groups import functions
 
@@ -203,17 +212,13 @@ def _readers(y: ein.MapOp) -> list[Contraction] | None:
 
 @dataclass
 class RowStat:
-    """How a row input of y follows from the row sums s1 = Σx, s2 = Σx², c2 = Σ(x - s1/K)²
-    (None: read it as it is)."""
+    """How a row input of y follows from the row sum s2 = Σx² (None: read it as it is)."""
 
-    build: Callable[..., SSAValue] | None  # (sb, s1, s2, c2, K) -> the statistic
-    sums: tuple[bool, bool, bool] = (False, False, False)  # whether it reads s1, s2, c2
+    build: Callable[..., SSAValue] | None  # (sb, s2, K) -> the statistic
 
 
 def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
-    """Recognise mean/sum(x), mean/sum(x²) and mean/sum((x - mean(x))²) over the last index. The
-    centred one is built as a second pass (c2), never as s2 - s1²/K: that cancels badly when
-    |mean| >> std (lost digits on offset rows of 2-8 elements)."""
+    """Recognise mean/sum(x²) over the last index."""
     reduce = value.owner
     last = len(shape_of(x.type)) - 1
     if not (
@@ -225,34 +230,19 @@ def _row_stat(value: SSAValue, x: SSAValue) -> RowStat:
     kind = reduce.kind.data
     if kind not in ("sum", "mean"):
         return RowStat(None)
-    scale = (lambda sb, v, n: sb.div(v, n)) if kind == "mean" else (lambda sb, v, n: v)  # noqa: E731
-    source = reduce.input
-    if _upcast_source(source) is _upcast_source(x) and is_float(source.type.get_element_type()):
-        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, s1, n), (True, False, False))
-    body_map = source.owner
+    body_map = reduce.input.owner
     if not isinstance(body_map, ein.MapOp) or _upcast_source(body_map.inputs[0]) is not _upcast_source(x):
         return RowStat(None)
     ops = [op for op in body_map.body.block.ops if not isinstance(op, ein.YieldOp)]
-    if not ops:
+    if not ops or len(body_map.inputs) != 1:
         return RowStat(None)
-    args = body_map.body.block.args
     names = [op.name for op in ops]
+    args = body_map.body.block.args
     widened = args[0] if names[:-1] == [] else ops[0].results[0] if names[:-1] == ["arith.extf"] else None
-    if (
-        len(body_map.inputs) == 1
-        and names[-1] == "arith.mulf"
-        and ops[-1].operands[0] is ops[-1].operands[1] is widened
-    ):
-        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, s2, n), (False, True, False))
-    if (
-        len(body_map.inputs) == 2 and names == ["arith.subf", "arith.mulf"]
-        and ops[0].operands[0] is args[0] and ops[0].operands[1] is args[1]
-        and ops[1].operands[0] is ops[1].operands[1] is ops[0].results[0]
-        and _row_stat(body_map.inputs[1], x).sums == (True, False, False)  # the mean of x itself
-        and body_map.inputs[1].owner.kind.data == "mean"
-    ):  # fmt: skip
-        # Σ(x - mean)², two-pass as in the model (s2 - s1²/K would cancel when |mean| >> std)
-        return RowStat(lambda sb, s1, s2, c2, n: scale(sb, c2, n), (True, False, True))
+    if names[-1] == "arith.mulf" and ops[-1].operands[0] is ops[-1].operands[1] is widened:
+        if kind == "mean":
+            return RowStat(lambda sb, s2, n: sb.div(s2, n))
+        return RowStat(lambda sb, s2, n: s2)
     return RowStat(None)
 
 
@@ -261,7 +251,7 @@ class _Rewriter:
 
     def __init__(self, y: ein.MapOp, readers: list[Contraction], params: set[SSAValue]):
         self.y, self.readers = y, readers
-        self.shared_sums: dict[tuple, list[SSAValue | None]] = {}
+        self.shared_sums: dict[tuple[int, ...] | None, SSAValue] = {}
         self.shape = shape_of(y.result.type)
         self.k_size = self.shape[-1]
         full = [v for v in y.inputs if shape_of(v.type) == self.shape]
@@ -287,6 +277,11 @@ class _Rewriter:
             w_elem = reader.op.rhs.type.get_element_type()
             if w_elem not in (self.x_source.type.get_element_type(), self.x.type.get_element_type()):
                 raise NotAffine("x and W have different element types")
+        if any(t.rows for t in form.constant_terms):
+            raise NotAffine(
+                "a row term beside x (LayerNorm's -mean * rstd * g) would be subtracted after the GEMM, "
+                "which cancels where a row's mean is large next to its spread"
+            )
         col_sets = {t.cols for t in form.x_terms}
         if len(col_sets) != 1:
             raise NotAffine("x is scaled by more than one column factor")
@@ -334,27 +329,16 @@ class _Rewriter:
         block.add_op(ein.YieldOp(sb.cast(value, out_elem)))
         return self._insert(reader.op, ein.MapOp(inputs, tensor_type(w_shape, out_elem), Region(block)))
 
-    def _row_sums(self, before: Operation, src: SSAValue, wanted: tuple[bool, ...]) -> list[SSAValue | None]:
-        """Fresh row sums of `src` over its last index (f32), where `wanted`: s1 = Σx, s2 = Σx²,
-        c2 = Σ(x - s1/K)² (a second pass, reading s1)."""
+    def _row_sum_of_squares(self, before: Operation, src: SSAValue) -> SSAValue:
+        """A fresh row sum of `src`² over its last index (f32)."""
         shape = shape_of(src.type)
-        last, k = len(shape) - 1, float(shape[-1])
+        block = Block(arg_types=[src.type.get_element_type()])
+        sb = ScalarBuilder(block)
+        v = sb.cast(block.args[0], f32)
+        block.add_op(ein.YieldOp(sb.mul(v, v)))
+        squares = self._insert(before, ein.MapOp([src], tensor_type(shape, f32), Region(block)))
         row_type = tensor_type([*shape[:-1], 1], f32)
-        sums: list[SSAValue | None] = []
-        for kind, want in zip(("s1", "s2", "c2"), wanted):
-            if not want:
-                sums.append(None)
-                continue
-            inputs = [src] if kind != "c2" else [src, sums[0]]
-            block = Block(arg_types=[v.type.get_element_type() for v in inputs])
-            sb = ScalarBuilder(block)
-            v = sb.cast(block.args[0], f32)
-            if kind == "c2":
-                v = sb.sub(v, sb.div(block.args[1], sb.const(k, f32)))
-            block.add_op(ein.YieldOp(v if kind == "s1" else sb.mul(v, v)))
-            mapped = self._insert(before, ein.MapOp(inputs, tensor_type(shape, f32), Region(block)))
-            sums.append(self._insert(before, ein.ReduceOp("sum", [last], True, mapped, row_type)))
-        return sums
+        return self._insert(before, ein.ReduceOp("sum", [len(shape) - 1], True, squares, row_type))
 
     def _rewrite(self, reader: Contraction, stats: dict[SSAValue, RowStat]) -> None:
         c = reader.op
@@ -373,7 +357,7 @@ class _Rewriter:
             groups.setdefault(t.cols, []).append(t)
         vectors = []
         for cols in groups:
-            if cols == x_cols:  # the folded weight as rounded: the mean correction cancels exactly
+            if cols == x_cols:  # a bias scaled like x (y = (x + 1) * g): g ∘ W as the GEMM reads it
                 scaled = self._cast_map(c, w_folded, f32)
             else:
                 scaled = self._column_map(reader, cols, f32) if cols else self._cast_map(c, c.rhs, f32)
@@ -383,20 +367,18 @@ class _Rewriter:
             )
         use_sums = all(s.build is not None for s in stats.values()) and bool(stats)
         if use_sums:
-            wanted = tuple(any(s.sums[i] for s in stats.values()) for i in range(3))
-            key = (reader.lhs_shape, wanted)  # one pair of row sums for all the GEMMs reading y
+            key = reader.lhs_shape  # one row sum for all the GEMMs reading y
             if key not in self.shared_sums:
                 src = self.x_source if self.x_source.type.get_element_type() == w_elem else self.x
                 before = self.y.next_op
-                sums = self._row_sums(before, src, wanted)
+                s2 = self._row_sum_of_squares(before, src)
                 if reader.lhs_shape is not None:
-                    # sums over x's own rows, viewed as the GEMM's flattened rows: they then share
-                    # x's shape with the residual add that makes x, which can join their kernel
+                    # the sum over x's own rows, viewed as the GEMM's flattened rows: it then shares
+                    # x's shape with the residual add that makes x, which can join its kernel
                     stat_type = tensor_type([*reader.lhs_shape[:-1], 1], f32)
-                    sums = [s and self._insert(before, ein.ViewOp("reshape", s, stat_type)) for s in sums]
-                self.shared_sums[key] = sums
-            sums = self.shared_sums[key]
-            row_inputs = [v for v in sums if v is not None]
+                    s2 = self._insert(before, ein.ViewOp("reshape", s2, stat_type))
+                self.shared_sums[key] = s2
+            row_inputs = [self.shared_sums[key]]
         elif reader.lhs_shape is not None:  # the statistics as they are, rows flattened like y's
             stat_type = lambda v: tensor_type([*reader.lhs_shape[:-1], 1], v.type.get_element_type())  # noqa: E731
             row_inputs = [self._insert(c, ein.ViewOp("reshape", v, stat_type(v))) for v in self.rows]
@@ -409,9 +391,7 @@ class _Rewriter:
         row_args, vec_args = rest[: len(row_inputs)], rest[len(row_inputs) :]
         if use_sums:
             n = sb.const(float(self.k_size), f32)
-            args = iter(row_args)
-            s1, s2, c2 = (next(args) if v is not None else None for v in sums)
-            mapping = {self.arg_of[v]: stats[v].build(sb, s1, s2, c2, n) for v in self.rows}
+            mapping = {self.arg_of[v]: stats[v].build(sb, row_args[0], n) for v in self.rows}
         else:
             mapping = {self.arg_of[v]: a for v, a in zip(self.rows, row_args)}
         value = sb.mul(sb.cast(acc_arg, f32), _row_product(sb, self.form.x_terms, mapping, block))
@@ -503,7 +483,7 @@ def rewrite_function(fn: func.FuncOp) -> int:
 
 @dataclass(frozen=True)
 class NormPrologue(ModulePass):
-    """Split RMSNorm/LayerNorm-like maps feeding contractions into row statistics and folded weights."""
+    """Split RMSNorm-like maps feeding contractions into a row statistic and folded weights."""
 
     name = "norm-prologue"
 

@@ -137,14 +137,10 @@ def test_norm_prologue_gemm(layer, shape):
         ref.load_state_dict(model.state_dict())
         expected = ref(x.double())
     kinds = sorted(g["kind"] for g in _groups(compiled))
-    # folded: row statistics of x (LayerNorm: mean, then the centred sum, in one row kernel), the
-    # weight scaled by the norm's weight once (pointwise) and its column sums (reductions), one GEMM
-    # reading x itself; no kernel writes the normalized rows
-    folded = (
-        ["gemm", "pointwise", "reduction", "reduction", "row"]
-        if layer
-        else ["gemm", "pointwise", "reduction"]
-    )
+    # RMSNorm folded: the row sum of x² (a reduction), the weight scaled by the norm's weight once
+    # (pointwise), one GEMM reading x itself; no kernel writes the normalized rows. LayerNorm is not
+    # folded (its mean would cancel after the GEMM): a row kernel writes the rows the GEMM reads
+    folded = ["gemm", "row"] if layer else ["gemm", "pointwise", "reduction"]
     if split_k_factor(m, n, k) > 1:  # 77 x 4096 -> 300: three tiles, K split; the partials' sum
         folded = sorted([*folded, "pointwise"])
     assert kinds == folded, kinds
