@@ -119,7 +119,8 @@ def build_kernel(inp: MeasureInput) -> BuildResult:
         cuda = torch.cuda.is_available()
         stand_in = dataclasses.replace(kernel, function=_CompileOnly(kernel.function, compile=cuda))
         layouts = [_Layout(a.shape, a.dtype, cuda) for a in inp.task.args]
-        stand_in(layouts, inp.config.params, inp.config.num_warps, inp.config.num_stages)
+        config = inp.config
+        stand_in(layouts, config.params, config.num_warps, config.num_stages, dict(inp.task.sizes))
     except Exception as e:
         return BuildResult(inp.config, error=error_message(e), build_s=time.perf_counter() - start)
     return BuildResult(inp.config, build_s=time.perf_counter() - start)

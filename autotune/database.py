@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS choices (
 )
 """
 
+# the sizes a task of a kernel of symbolic sizes is shaped at (`TuningTask.sizes`, JSON [[symbol,
+# value], ...]): added beside schema version 1 like `choices`; an older tilefuse ignores the table
+_TASK_SIZES = """
+CREATE TABLE IF NOT EXISTS task_sizes (
+    task_key TEXT PRIMARY KEY,
+    sizes TEXT NOT NULL
+)
+"""
+
+# a task's sizes, beside its row of `tasks`
+_SIZES_COLUMN = "(SELECT sizes FROM task_sizes WHERE task_sizes.task_key = tasks.task_key)"
 _RECORD_COLUMNS = "task_key, device, versions, config, median_ms, error, job, trial, wall_s, extra"
 _TASK_COLUMNS = "task_key, name, kind, problem, epilogue_ops, source, kernel_name, args"
 
@@ -114,6 +125,7 @@ class Database:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._create_schema()
             self._conn.execute(_CHOICES)
+            self._conn.execute(_TASK_SIZES)
         except BaseException:
             self._conn.close()
             raise
@@ -184,20 +196,24 @@ class Database:
             task.kernel_name,
             json.dumps(args),
         )
-        with self._lock:
+        with self._lock, self._transaction():
             self._conn.execute(f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES ({_marks(8)})", row)
+            if task.sizes:
+                sizes = json.dumps([list(s) for s in task.sizes])
+                self._conn.execute("INSERT OR REPLACE INTO task_sizes VALUES (?, ?)", (task.key, sizes))
 
     def task(self, key: str) -> TuningTask | None:
         """The task stored under `key`, or None when no task of that key was committed."""
         with self._lock:
-            query = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_key = ?"
+            query = f"SELECT {_TASK_COLUMNS}, {_SIZES_COLUMN} FROM tasks WHERE task_key = ?"
             row = self._conn.execute(query, (key,)).fetchone()
         return None if row is None else _task_from_row(row)
 
     def tasks(self) -> list[TuningTask]:
         """Every stored task, ordered by key so that listings are reproducible."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY task_key").fetchall()
+            query = f"SELECT {_TASK_COLUMNS}, {_SIZES_COLUMN} FROM tasks ORDER BY task_key"
+            rows = self._conn.execute(query).fetchall()
         return [_task_from_row(row) for row in rows]
 
     def commit(self, record: TuningRecord) -> None:
@@ -296,9 +312,10 @@ def _marks(count: int) -> str:
 
 
 def _task_from_row(row: tuple) -> TuningTask:
-    key, name, kind, problem, epilogue_ops, source, kernel_name, args = row
+    key, name, kind, problem, epilogue_ops, source, kernel_name, args, sizes = row
     specs = tuple(ArgSpec(tuple(shape), dtype) for shape, dtype in json.loads(args))
-    return TuningTask(key, name, kind, json.loads(problem), source, kernel_name, specs, epilogue_ops)
+    bound = tuple((str(s), int(v)) for s, v in json.loads(sizes)) if sizes else ()
+    return TuningTask(key, name, kind, json.loads(problem), source, kernel_name, specs, epilogue_ops, bound)
 
 
 def _record_from_row(row: tuple) -> TuningRecord:

@@ -44,6 +44,9 @@ class TuningTask:
     kernel_name: str
     args: tuple[ArgSpec, ...]
     epilogue_ops: int = 0
+    # a kernel of symbolic sizes: the sizes its arguments are shaped at (symbol, value); its key
+    # names their bucket (`autotune.buckets`), and a launch binds the sizes from the tensors
+    sizes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -92,10 +92,10 @@ def measure_kernel(inp: MeasureInput, warmup: int = 3, repeats: int = 10, rotate
             warmup, repeats = min(warmup, 1), min(repeats, 3)
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         inputs = make_inputs(inp.task.args, device, max(1, min(rotate, repeats)))
-        config = inp.config
+        config, sizes = inp.config, dict(inp.task.sizes)
 
         def launch(i: int) -> None:
-            kernel(inputs[i % len(inputs)], config.params, config.num_warps, config.num_stages)
+            kernel(inputs[i % len(inputs)], config.params, config.num_warps, config.num_stages, sizes)
 
         for i in range(warmup):
             launch(i)

@@ -15,9 +15,10 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from .buckets import bucket_key, bucket_label, concrete_shapes, problem_at
 from .database import Database, default_path, versions
 from .records import ArgSpec, TuningRecord, TuningTask
 
@@ -29,19 +30,58 @@ _registry: dict[str, TuningTask] = {}
 _lock = threading.Lock()
 
 
-def task_key(kind: str, source: str) -> str:
-    return hashlib.sha256(f"{kind}\n{source}".encode()).hexdigest()[:24]
+def task_key(kind: str, source: str, bucket: str = "") -> str:
+    """A kernel's key; a kernel of symbolic sizes has one per size bucket (`autotune.buckets`)."""
+    text = f"{kind}\n{source}" + (f"\n{bucket}" if bucket else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def make_task(
-    name: str, kind: str, problem: dict, source: str, shapes: tuple, dtypes: tuple, epilogue_ops: int = 0
-) -> TuningTask:
-    """The task of one kernel; registered so a tuning job can find it by key."""
+    name: str, kind: str, problem: dict, source: str, shapes: tuple, dtypes: tuple, epilogue_ops: int = 0,
+    sizes: Mapping[str, int] | None = None,
+) -> TuningTask:  # fmt: skip
+    """The task of one kernel; registered so a tuning job can find it by key. A kernel of symbolic
+    sizes is a task per size bucket: `sizes` binds its symbols (`problem` and the arguments' shapes
+    are taken at them) and the key names the bucket."""
+    sizes, kernel_name = dict(sizes or {}), name
+    if sizes:
+        symbols = sorted(sizes)
+        bucket = bucket_label(symbols, bucket_key(symbols, sizes))
+        problem, shapes = problem_at(problem, sizes), concrete_shapes(shapes, sizes)
+        name = f"{name}[{bucket}]"
+    else:
+        bucket = ""
     args = tuple(ArgSpec(tuple(s), str(d)) for s, d in zip(shapes, dtypes))
-    task = TuningTask(task_key(kind, source), name, kind, dict(problem), source, name, args, epilogue_ops)
+    task = TuningTask(
+        task_key(kind, source, bucket), name, kind, dict(problem), source, kernel_name, args,
+        epilogue_ops, tuple(sorted(sizes.items())),
+    )  # fmt: skip
     with _lock:
         _registry[task.key] = task
     return task
+
+
+# a kernel of symbolic sizes, by its task's key: its size symbols, and how to make its task at sizes
+_sized: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, int]], TuningTask]]] = {}
+
+
+def register_sized(
+    key: str, symbols: tuple[str, ...], make: Callable[[Mapping[str, int]], TuningTask]
+) -> None:
+    """Say that the task `key` is a kernel of symbolic sizes `symbols`; `make(sizes)` is its task there."""
+    with _lock:
+        _sized[key] = (symbols, make)
+
+
+def task_at_sizes(key: str, size: int) -> TuningTask | None:
+    """The task `key` (a kernel of symbolic sizes) with every size symbol bound to `size`, registered
+    under its bucket's key; None for a static kernel's task."""
+    with _lock:
+        entry = _sized.get(key)
+    if entry is None:
+        return None
+    symbols, make = entry
+    return make(dict.fromkeys(symbols, size))
 
 
 def registered_task(key: str) -> TuningTask | None:

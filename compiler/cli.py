@@ -11,7 +11,9 @@
         `(fn_or_module, example_inputs)`; results go to the tuning database;
         Ctrl-C stops it (exit 130) and a rerun resumes; --budget-total splits one
         budget across the kernels by expected gain; --ray [ADDRESS] measures on a
-        Ray cluster's GPUs (the one at ADDRESS, or a local one)
+        Ray cluster's GPUs (the one at ADDRESS, or a local one); --sizes 1,64,512
+        compiles with dynamic sizes and tunes each kernel of symbolic sizes at
+        each size (recorded per size bucket)
     tilefuse --version
 
 Exit codes: 0 done; 1 an error in the input or the job (bad input is one
@@ -295,7 +297,7 @@ def _tune(args: argparse.Namespace) -> int:
         summary = tune(
             fn, inputs, args.budget, total_budget=args.budget_total, strategy=args.strategy,
             workers=args.workers, database=args.db, timeout_s=args.timeout, patience=args.patience,
-            model_path=Path(args.model) if args.model else None, ray=args.ray,
+            model_path=Path(args.model) if args.model else None, ray=args.ray, sizes=args.sizes,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
@@ -412,7 +414,23 @@ def _add_tune(sub) -> None:
     )
     tune.add_argument("--patience", type=int, help="stop a kernel after this many trials without gain")
     tune.add_argument("--model", help="a saved cost model to start from (default: the shipped H100 model)")
+    tune.add_argument(
+        "--sizes", type=_sizes, metavar="N,N,...",
+        help="compile with dynamic sizes and tune each kernel of symbolic sizes at these sizes (every "
+        "size symbol of a kernel bound to each; recorded per size bucket, which later compiles read for "
+        "every size of the bucket); mark_dynamic on the example inputs picks the dynamic dims",
+    )  # fmt: skip
     tune.set_defaults(run=_tune)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are positive integers, comma-separated") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are positive integers, comma-separated")
+    return sizes
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import StringAttr
 
-from ..autotune.heuristics import config_override, default_config, interpreter_config
+from ..autotune.buckets import all_buckets, bucketed, representative_sizes
+from ..autotune.heuristics import KernelConfig, config_override, default_config, interpreter_config
 from ..autotune.model_defaults import model_config
-from ..autotune.tasks import make_task, tuned_record
+from ..autotune.tasks import make_task, register_sized, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify, verify_between_passes
@@ -34,9 +36,10 @@ from ..passes import FormFusionGroups, KMajorF32Weights, NormPrologue, SplitRedu
 from ..passes.lower_to_tile import lower_function
 from ..passes.split_reduction import SPLIT_K_ENV
 from .artifact_cache import cache_dir
-from .runtime import CompiledKernel
+from .runtime import BucketConfig, CompiledKernel
 
 if TYPE_CHECKING:
+    from ..autotune.records import TuningTask
     from ..backends.triton import TritonKernel, TritonOptions
     from .driver import GraphArtifact
 
@@ -234,15 +237,19 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
             epilogue_ops = sum(1 for op in g.group.ops if op.name != "ein.contract")
             shapes, dtypes = launcher.shapes, launcher.dtypes
             task = make_task(function, kind, g.problem, source, shapes, dtypes, epilogue_ops)
-            # an explicit TILEFUSE_KERNEL_CONFIG is an experiment: it wins over tuned configs
-            override = config_override(kind)
-            tuned = None if override else tuned_record(task, art.target.device)
-            modelled = None if tuned or override else model_config(task)  # TILEFUSE_MODEL_CONFIGS=1
-            config = tuned.config if tuned else modelled or default_config(kind, g.problem)
-            if art.target.interpret and not tuned and not override:
-                config = interpreter_config(kind, config, g.problem)
-            origin = "tuned" if tuned else "model" if modelled else "default"
-            kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned.median_ms if tuned else None)
+            config, origin, tuned_ms = choose_config(task, art.target)
+            kernel = CompiledKernel(g, launcher, config, task.key, origin, tuned_ms)
+            symbols = getattr(launcher, "symbols", ())
+            if g.symbolic_problem is not None and bucketed(symbols):
+                sized = functools.partial(
+                    make_task, function, kind, g.symbolic_problem, source, shapes, dtypes, epilogue_ops
+                )
+                register_sized(task.key, symbols, sized)  # a tuning job's tasks at its sizes
+                buckets = {}
+                for key in all_buckets(symbols):  # a task per bucket, at its representative sizes
+                    at = sized(representative_sizes(symbols, key))
+                    buckets[key] = BucketConfig(*choose_config(at, art.target), at.key)
+                kernel = dataclasses.replace(kernel, buckets=buckets)
             if art.target.backend != "triton":
                 body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
                 cuda_jobs.append((p.kernels, len(p.kernels), body, function))
@@ -250,6 +257,22 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     _add_cuda_kernels(cuda_jobs, art.target)
     art.precompiled = precompile_kernels(art)
     return art
+
+
+def choose_config(task: TuningTask, target: Target) -> tuple[KernelConfig, str, float | None]:
+    """A kernel's config, where it came from ("tuned", "model", "default") and its tuned median: an
+    explicit TILEFUSE_KERNEL_CONFIG (an experiment: it wins), else the tuning database's best for
+    this device and versions, else the shipped cost model's pick (TILEFUSE_MODEL_CONFIGS=1), else
+    the heuristic (under the interpreter, widened to fewer programs)."""
+    kind, problem = task.kind, task.problem
+    override = config_override(kind)
+    tuned = None if override else tuned_record(task, target.device)
+    modelled = None if tuned or override else model_config(task)
+    config = tuned.config if tuned else modelled or default_config(kind, problem)
+    if target.interpret and not tuned and not override:
+        config = interpreter_config(kind, config, problem)
+    origin = "tuned" if tuned else "model" if modelled else "default"
+    return config, origin, tuned.median_ms if tuned else None
 
 
 CUDA_BUILD_THREADS = 8  # nvcc runs as a subprocess: builds on threads overlap fully

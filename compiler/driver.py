@@ -28,6 +28,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Region
 
+from ..autotune.buckets import bucket_label
 from ..backends.triton.decode_attention import SOURCE as DECODE_SOURCE
 from ..ir import tile
 from ..ir.dtypes import size_of
@@ -123,7 +124,14 @@ def _group_entry(g: LoweredGroup, kernel: CompiledKernel | None) -> dict:
         "task_key": kernel.task_key if kernel else None,
         "tuned_ms": kernel.tuned_ms if kernel else None,
         "not_a_kernel_because": g.error,
+        **({"config_buckets": _buckets_entry(kernel)} if kernel and kernel.buckets else {}),
     }
+
+
+def _buckets_entry(kernel: CompiledKernel) -> dict[str, str]:
+    """A symbolic kernel's config per size bucket: "s0<=16" -> "BLOCK=256,w=4,s=1 (default)"."""
+    symbols, buckets = kernel.launcher.symbols, kernel.buckets
+    return {bucket_label(symbols, key): f"{b.config.key()} ({b.config_source})" for key, b in buckets.items()}
 
 
 @dataclass

@@ -36,6 +36,8 @@ def summarize(root: Path) -> str:
                 fused = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in Counter(g["ops"]).items())
                 lines.append(f"    {g['name']:<4} {g['kind']:<10} {kernel}{source}")
                 lines.append(f"         fuses {fused}")
+                for bucket, config in g.get("config_buckets", {}).items():  # a kernel of symbolic sizes
+                    lines.append(f"         sizes {bucket}: {config}")
                 totals["kernels"] += bool(g["kernel"])
                 totals["groups without a kernel"] += not g["kernel"]
                 totals["tuned configs"] += g.get("config_source") == "tuned"

@@ -100,6 +100,7 @@ class LineWriter:
     # values whose memory a result is (the result, or what it is a view of): a constant or a reused
     # value among them is copied where it is made, so the result's views of it stay views of one copy
     escaping: set[SSAValue] = field(default_factory=set)
+    indent: int = 0  # levels inside `call`'s body (a branch per size bucket)
 
     def escape(self, results: Sequence[SSAValue]) -> None:
         for value in results:
@@ -109,7 +110,7 @@ class LineWriter:
                 self.escaping.add(value)
 
     def emit(self, line: str) -> None:
-        self.lines.append("    " + line)
+        self.lines.append("    " * (1 + self.indent) + line)
 
     def bind(self, prefix: str, value: object) -> str:
         """A module-level name for `value` (a kernel, a constant), unique within the program."""

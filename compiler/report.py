@@ -203,6 +203,12 @@ def html_report(root: Path) -> str:
                 )
                 body.append(f"<details><summary>{swatch} {html.escape(title)}</summary>")
                 body.append(f"<p>fuses: {html.escape(', '.join(g['ops']))}</p>")
+                if g.get("config_buckets"):  # a kernel of symbolic sizes: its config per size bucket
+                    rows = "".join(
+                        f"<tr><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
+                        for b, c in g["config_buckets"].items()
+                    )
+                    body.append(f"<table><tr><th>sizes</th><th>config</th></tr>{rows}</table>")
                 if kernel:
                     source = folder / "kernels" / f"{kernel}.py"
                     text = source.read_text() if source.exists() else "(source not in the dump)"

@@ -24,7 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule
@@ -63,6 +63,20 @@ class CompiledKernel:
     backend: str = "triton"  # who wrote `launcher`: "triton" or "cuda" (codegen.with_cuda_kernel)
     alternative: CompiledKernel | None = None  # backend "auto": the other backend's kernel, measured against
     cuda_note: str | None = None  # why the CUDA backend does not run this group, where it was asked to
+    # a kernel of symbolic sizes: its config per size bucket (`autotune.buckets`: a key per symbol of
+    # `launcher.symbols`, in order), which its program chooses among at launch; `config` is the
+    # report's (the call's hints); empty for a static kernel, or one of more symbols than are bucketed
+    buckets: dict[tuple[int, ...], BucketConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """A kernel's config for one size bucket, where it came from, and its key in the tuning database."""
+
+    config: KernelConfig
+    config_source: str
+    tuned_ms: float | None
+    task_key: str
 
 
 def _writes_inputs(graph_module: torch.nn.Module) -> bool:

@@ -20,6 +20,7 @@ import sympy
 import torch
 from xdsl.ir import Operation, SSAValue
 
+from ..autotune.buckets import BUCKET_EDGES
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
 from ..ir.interpreter import run_op
@@ -97,6 +98,7 @@ class _SymbolicWriter(LineWriter):
             self.scope["_stream"] = stream_getter(spec.device)
         self.symbols: dict[sympy.Symbol, str] = {}  # each size symbol -> its variable in `call`
         self.sizes_dict: str | None = None  # the variable holding {symbol: size}, once written
+        self.bucket_variables: set[str] = set()  # each symbol's size bucket, once written
 
     def size(self, d: Dim) -> str:
         """A size as an expression of the call's size variables."""
@@ -213,17 +215,72 @@ class _SymbolicWriter(LineWriter):
         for s in launcher.symbols:
             if s not in self.symbols.values():
                 raise SymbolicProgramError(f"{lowered.group.name}: no argument's dim is {s}")
+        title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
+        by_config: dict[str, list[tuple[int, ...]]] = {}
+        for key, choice in sorted(kernel.buckets.items()):
+            by_config.setdefault(choice.config.key(), []).append(key)
+        if len(by_config) <= 1:  # one config for every size
+            config = next(iter(kernel.buckets.values())).config if kernel.buckets else config
+            self.emit(f"# {title} ({lowered.group.kind}): {config.key()}")
+            self._launch_with(launcher, config, args)
+            return
+        # a config per size bucket (`autotune.buckets`): one comparison a symbol, on sizes at hand
+        symbols = launcher.symbols
+        branches = [
+            (kernel.buckets[keys[0]].config, _bucket_test(symbols, keys)) for keys in by_config.values()
+        ]
+        for symbol in sorted({s for _, (_, used) in branches for s in used}):
+            self._bucket_variable(symbol)
+        self.emit(f"# {title} ({lowered.group.kind}): a config per size bucket of {', '.join(symbols)}")
+        for i, (config, (test, _)) in enumerate(branches):
+            if i == len(branches) - 1:
+                self.emit(f"else:  # {config.key()}")
+            else:
+                self.emit(f"{'if' if i == 0 else 'elif'} {test}:  # {config.key()}")
+            self.indent += 1
+            self._launch_with(launcher, config, args)
+            self.indent -= 1
+        self.launches -= len(branches) - 1  # one launch a call, whichever bucket
+
+    def _launch_with(self, launcher: object, config: object, args: list[str]) -> None:
         handle = self.bind("k", launcher.sized(config.params, config.num_warps, config.num_stages))
         grid = ", ".join(_grid_expression(g, config.params) for g in launcher.grid)
-        title = lowered.kernel.sym_name.data if lowered.kernel is not None else lowered.group.name
-        self.emit(f"# {title} ({lowered.group.kind}): {config.key()}")
         self.emit(f"{handle}(stream, ({grid},), {', '.join(args)})")
         self.launches += 1
+
+    def _bucket_variable(self, symbol: str) -> None:
+        """The variable holding a size symbol's bucket, written once a call where first needed."""
+        name = f"bucket_{symbol}"
+        if name not in self.bucket_variables:
+            self.bucket_variables.add(name)
+            test = " + ".join(f"({symbol} > {edge})" for edge in BUCKET_EDGES)
+            edges = ", ".join(map(str, BUCKET_EDGES))
+            self.emit(f"{name} = {test}  # {symbol}'s size bucket: 0, 1, ... past each of {edges}")
 
 
 def _tuple(items: list[str]) -> str:
     """A Python tuple display of `items` ("(a,)" for one)."""
     return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
+def _bucket_test(symbols: Sequence[str], keys: list[tuple[int, ...]]) -> tuple[str, list[str]]:
+    """A test that a call's size buckets are among `keys`, and the symbols it reads. Where the keys
+    are every combination of a set of buckets per symbol, one comparison per symbol that is not
+    free (`bucket_s1 == 0`, `bucket_s0 in (1, 2)`), else a set of keys."""
+    every = range(len(BUCKET_EDGES) + 1)
+    sets = [sorted({k[i] for k in keys}) for i in range(len(symbols))]
+    if len(keys) == math.prod(len(v) for v in sets):
+        tests, used = [], []
+        for symbol, values in zip(symbols, sets):
+            if len(values) < len(every):
+                variable = f"bucket_{symbol}"
+                used.append(symbol)
+                tests.append(
+                    f"{variable} == {values[0]}" if len(values) == 1 else f"{variable} in {tuple(values)}"
+                )
+        return " and ".join(tests) or "True", used
+    variables = ", ".join(f"bucket_{s}" for s in symbols)
+    return f"({variables}) in {{{', '.join(map(str, keys))}}}", list(symbols)
 
 
 def _grid_expression(expr: str, params: dict[str, int]) -> str:

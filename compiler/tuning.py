@@ -29,7 +29,7 @@ import torch
 
 from ..autotune.job import TuneSummary, check_strategy, tune_tasks  # xgboost too: whoever imports this tunes
 from ..autotune.records import TuningTask
-from ..autotune.tasks import TUNED_ENV, registered_task
+from ..autotune.tasks import TUNED_ENV, registered_task, task_at_sizes
 from . import runtime
 from .api import compile as tilefuse_compile
 from .group_selection import KERNEL
@@ -78,24 +78,53 @@ def _default_configs() -> Iterator[None]:
             os.environ[TUNED_ENV] = previous
 
 
-def compile_kernels(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> ModelKernels:
+def compile_kernels(
+    fn: Callable, example_inputs: Sequence[torch.Tensor], sizes: Sequence[int] | None = None
+) -> ModelKernels:
     """Compile `fn` with tilefuse and run it once on `example_inputs` (see `ModelKernels`). A task's
-    launches are its key's occurrences in the compiled graphs' reports: one per fused group."""
+    launches are its key's occurrences in the compiled graphs' reports: one per fused group.
+
+    With `sizes`, `fn` is compiled with dynamic sizes (`dynamic=True`, unless an example input
+    marks its own dynamic dims with `torch._dynamo.mark_dynamic`), and each kernel of symbolic sizes
+    becomes one task per size, every size symbol of the kernel bound to it (`task_at_sizes`: the
+    task of that size's bucket, measured at that size)."""
     torch._dynamo.reset()
-    compiled = tilefuse_compile(fn)
+    compiled = _compile(fn, example_inputs, sizes)
     with _model_call():
         compiled(*example_inputs)
     launches = Counter(
         g["task_key"] for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]
         if g.get("task_key")
     )  # fmt: skip
-    tasks = [registered_task(k) for k in launches]  # a Counter keeps the order keys first came in
-    return ModelKernels(compiled, [t for t in tasks if t is not None], dict(launches))
+    by_key: dict[str, TuningTask] = {}
+    counts: dict[str, int] = {}
+    for key, n in launches.items():  # a Counter keeps the order keys first came in
+        sized = [task_at_sizes(key, size) for size in sizes or ()]
+        for task in [t for t in sized if t is not None] or [registered_task(key)]:
+            if task is not None and not _symbolic_shapes(task):
+                by_key.setdefault(task.key, task)  # two sizes of one bucket: its first size is measured
+                counts[task.key] = counts.get(task.key, 0) + n
+    return ModelKernels(compiled, list(by_key.values()), counts)
 
 
-def kernel_tasks(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> list[TuningTask]:
-    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order."""
-    tasks = compile_kernels(fn, example_inputs).tasks
+def _compile(fn: Callable, example_inputs: Sequence[torch.Tensor], sizes: Sequence[int] | None) -> Callable:
+    """`fn` compiled with tilefuse; with `sizes`, with dynamic sizes (every dim, unless an example
+    input marks its own with `torch._dynamo.mark_dynamic`)."""
+    marked = any(getattr(t, "_dynamo_dynamic_indices", None) for t in example_inputs)
+    return tilefuse_compile(fn, dynamic=True) if sizes and not marked else tilefuse_compile(fn)
+
+
+def _symbolic_shapes(task: TuningTask) -> bool:
+    """A kernel of symbolic sizes not bound to any (a tuning job without `sizes`): nothing to measure."""
+    return any(isinstance(d, str) for a in task.args for d in a.shape)
+
+
+def kernel_tasks(
+    fn: Callable, example_inputs: Sequence[torch.Tensor], sizes: Sequence[int] | None = None
+) -> list[TuningTask]:
+    """Compile and run `fn` once with tilefuse; the tasks of the kernels it ran, in order (with
+    `sizes`: see `compile_kernels`)."""
+    tasks = compile_kernels(fn, example_inputs, sizes).tasks
     torch._dynamo.reset()  # the next compile looks the tuned configs up
     return tasks
 
@@ -198,13 +227,17 @@ def selection_choices(compiled: Callable) -> list[dict]:
 
 def tune(
     fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, *,
-    total_budget: int | None = None, timer: Timer | None = None, **options,
+    total_budget: int | None = None, timer: Timer | None = None, sizes: Sequence[int] | None = None,
+    **options,
 ) -> ModelTuneSummary:  # fmt: skip
     """Tune every kernel tilefuse compiles for `fn(*example_inputs)`: `budget` trials each, or
     `total_budget` trials in all, split across the kernels by expected gain (the split is printed
     before the first trial; `tilefuse.autotune.job.split_budget`). The summary adds the model's
     end-to-end time before tuning and after, as `timer(run)` gives it in ms (default on a GPU: the
     median of `triton.testing.do_bench`; without CUDA and without a timer, not measured).
+    `sizes`: compile with dynamic sizes and tune each kernel of symbolic sizes at each of them (a
+    task per size, recorded under its size bucket, which later compiles read for every size of
+    the bucket: `autotune.buckets`); see `compile_kernels`.
     `options` as `tilefuse.autotune.job.tune_tasks` takes them (strategy, workers, database, ray, ...).
     """
     from ..autotune.ray_executor import import_ray
@@ -215,13 +248,13 @@ def tune(
     if timer is None and torch.cuda.is_available():
         timer = gpu_timer
     with _default_configs():  # the compile that finds the kernels is the "before" too: one compile fewer
-        model = compile_kernels(fn, example_inputs)
+        model = compile_kernels(fn, example_inputs, sizes)
         before_ms = _time_model(timer, model.compiled, example_inputs)
     torch._dynamo.reset()  # the next compile looks the tuned configs up
     summary = tune_tasks(model.tasks, budget, total_budget=total_budget, launches=model.launches, **options)
     after_ms = choices = None
     if timer is not None:  # its first calls measure each group's tuned kernel against the library
-        after = tilefuse_compile(fn)
+        after = _compile(fn, example_inputs, sizes)
         after_ms = _time_model(timer, after, example_inputs)
         choices = selection_choices(after) if _selection_measured(example_inputs) else None
         torch._dynamo.reset()

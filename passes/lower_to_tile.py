@@ -66,6 +66,9 @@ class LoweredGroup:
     kernel: tile.KernelOp | None
     inputs: list[SSAValue]
     problem: dict[str, int] = field(default_factory=dict)  # M/N/K, R/C or N: for the config heuristic
+    # a kernel of symbolic sizes: its problem with the sizes as expressions (`problem` holds them at
+    # the call's hints), for a config per size bucket (`autotune.buckets`); None for a static kernel
+    symbolic_problem: dict | None = None
     error: str | None = None
     twin: LoweredGroup | None = None  # the group whose kernel this one's copies (`lower_function`)
 
@@ -930,8 +933,9 @@ def lower_group(
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
     if len(group.outputs) > 1:  # elements written besides the primary output (the tuner's byte counts)
         problem["extra_out_elems"] = sum(math.prod(dims_of(v.type)) for v in group.outputs[:-1])
+    symbolic = problem if any(is_symbolic(v) for v in problem.values()) else None
     problem = {k: _hinted(v, hints) for k, v in problem.items()}
-    return LoweredGroup(group, kernel, kb.inputs, problem)
+    return LoweredGroup(group, kernel, kb.inputs, problem, symbolic)
 
 
 # kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments)
@@ -949,7 +953,9 @@ def _hinted(value: object, hints: dict[str, int] | None) -> object:
     graph), each at least NOMINAL_SIZE: a symbolic kernel's default config is chosen for them, and
     runs every size. A config for large sizes costs little at small ones (a block's tail is masked,
     one program may do), where one for a small size (a decode step's one row) splits a large one
-    into programs too small to keep the memory busy. (Configs per size bucket: not built.)"""
+    into programs too small to keep the memory busy. The configs a program launches are chosen per
+    size bucket (`autotune.buckets`, from `LoweredGroup.symbolic_problem`); this one is the report's,
+    and serves a kernel of more size symbols than are bucketed."""
     if not is_symbolic(value):
         return value
     hints = hints or {}
@@ -1061,8 +1067,8 @@ def _reuse(
     kernel.sym_name = StringAttr(name)
     for arg, value in zip(kernel.body.block.args, inputs):  # the argument names KernelBuilder gives
         arg.name_hint = value.name_hint
-    problem = copy.deepcopy(lowered.problem)
-    return LoweredGroup(group, kernel, inputs, problem, twin=lowered)
+    problem, symbolic = copy.deepcopy(lowered.problem), copy.deepcopy(lowered.symbolic_problem)
+    return LoweredGroup(group, kernel, inputs, problem, symbolic, twin=lowered)
 
 
 def _check_reuse(reused: LoweredGroup, fresh: LoweredGroup) -> None:

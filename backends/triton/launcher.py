@@ -130,13 +130,15 @@ class TritonKernel:
         config: Mapping[str, int],
         num_warps: int = 4,
         num_stages: int = 2,
+        sizes: Mapping[str, int] | None = None,
     ) -> None:
         """Launch on `tensors` (one per kernel argument, in order) with tile parameters `config`.
 
         Shapes and dtypes are checked on the first launch; the runtime then calls the kernel
-        with tensors of the same types (Dynamo guards the graph's inputs).
+        with tensors of the same types (Dynamo guards the graph's inputs). A kernel of symbolic
+        sizes takes them from `sizes` (a tuning task's binding), else from the tensors' sizes.
         """
-        sizes = self.sizes_of(tensors)
+        sizes = dict(sizes) if sizes else self.sizes_of(tensors)
         if not self._checked or sizes:
             self._check(tensors, config, sizes)
             self._checked.append(True)
