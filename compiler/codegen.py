@@ -80,10 +80,13 @@ SPLIT_REDUCTION_ENV = "TILEFUSE_SPLIT_REDUCTION"  # "0": no split-reduction pass
 
 
 def fusion_options() -> str:
-    """The fusion settings read from the environment, for the compile-cache key."""
-    envs = (NORM_PROLOGUE_ENV, SPLIT_REDUCTION_ENV)
-    switches = ",".join(f"{env}={os.environ.get(env, '1')}" for env in envs)
-    return f"{switches},{SPLIT_K_ENV}={os.environ.get(SPLIT_K_ENV, 'auto')}"
+    """The fusion and partitioning settings read from the environment, for the compile-cache key
+    (the key hashes the captured graph, before it is partitioned)."""
+    from .partition import SYMBOLIC_GEMM_ENV, SYMBOLIC_KERNELS_ENV
+
+    envs = {NORM_PROLOGUE_ENV: "1", SPLIT_REDUCTION_ENV: "1", SPLIT_K_ENV: "auto"}
+    envs |= {SYMBOLIC_KERNELS_ENV: "1", SYMBOLIC_GEMM_ENV: "0"}
+    return ",".join(f"{env}={os.environ.get(env, default)}" for env, default in envs.items())
 
 
 def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:

@@ -310,21 +310,30 @@ def order_reads_before_writes(
 
 SYMBOLIC_PREFIX = "dynamic_"  # partitions of symbolic sizes (`partition_symbolic`)
 SYMBOLIC_KERNELS_ENV = "TILEFUSE_SYMBOLIC_KERNELS"  # "0": nodes of symbolic sizes stay in PyTorch
-# ops of symbolic sizes left to PyTorch: contractions (cuBLAS; symbolic GEMM kernels are not built
-# yet) and concatenations (a KV cache's growth: along the symbolic dim)
+# ops of symbolic sizes left to PyTorch: contractions (cuBLAS) and concatenations (a KV cache's
+# growth: along the symbolic dim)
 _SYMBOLIC_IN_PYTORCH = {
     aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default, aten.cat.default,
 }  # fmt: skip
+# "1": 2-d contractions of symbolic sizes (a linear layer over a dynamic number of tokens) compile
+# into GEMM kernels taking their sizes as arguments, their epilogues fused, a config per size bucket;
+# default "0" (cuBLAS runs them, the epilogue is a kernel of its own) until measured on a GPU
+SYMBOLIC_GEMM_ENV = "TILEFUSE_SYMBOLIC_GEMM"
+_SYMBOLIC_GEMMS = {aten.mm.default, aten.addmm.default}
+
+
+def symbolic_gemms() -> bool:
+    return os.environ.get(SYMBOLIC_GEMM_ENV, "0") == "1"
 
 
 def symbolic_kernel_reason(node: Node) -> str | None:
     """Why a node of symbolic sizes cannot join a partition of symbolic sizes, or None when it can:
     its lowering reads sizes only as expressions (`symbolic.symbolic_reason`), and its kernel is
-    one that takes sizes as arguments (pointwise, reduction and row kernels: `SYMBOLIC_KINDS` of
-    `lower_to_tile`)."""
+    one that takes sizes as arguments (pointwise, reduction and row kernels, and GEMMs where
+    `TILEFUSE_SYMBOLIC_GEMM=1`: `SYMBOLIC_KINDS` of `lower_to_tile`)."""
     from .symbolic import symbolic_reason, tensors_of
 
-    if node.target in _SYMBOLIC_IN_PYTORCH:
+    if node.target in _SYMBOLIC_IN_PYTORCH and not (node.target in _SYMBOLIC_GEMMS and symbolic_gemms()):
         return f"{target_name(node)} of symbolic sizes runs in PyTorch"
     values = [node.meta.get("val"), *(a.meta.get("val") for a in node.all_input_nodes)]
     for t in [t for v in values for t in tensors_of(v)]:
@@ -355,7 +364,6 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     hold its nodes of static sizes): its nodes of symbolic sizes that can become kernels taking
     their sizes as arguments (`symbolic_kernel_reason`) in partitions named `dynamic_N`, by the
     same levels. Partitions of views only are left to PyTorch."""
-    from .symbolic import has_symbolic_size
 
     if os.environ.get(SYMBOLIC_KERNELS_ENV, "1") == "0":
         return gm, []
@@ -366,7 +374,7 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
         if node.target is operator.getitem:
             if node.args[0] in joins:
                 joins.add(node)
-        elif has_symbolic_size(node) and symbolic_kernel_reason(node) is None:
+        elif _of_symbolic_sizes(node) and symbolic_kernel_reason(node) is None:
             joins.add(node)
     if not joins:
         return gm, []
@@ -383,6 +391,17 @@ def partition_symbolic(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     modules = [n.target for n in fused.graph.nodes if n.op == "call_module"]
     names = [name for name in modules if name.startswith(SYMBOLIC_PREFIX)]
     return fused, names
+
+
+def _of_symbolic_sizes(node: Node) -> bool:
+    """Whether a node's results have a symbolic size, or, for a GEMM where they compile
+    (`SYMBOLIC_GEMM_ENV`), its operands (a weight's gradient contracts over the tokens)."""
+    from .symbolic import has_symbolic_size
+
+    if has_symbolic_size(node):
+        return True
+    gemm = node.target in _SYMBOLIC_GEMMS and symbolic_gemms()
+    return gemm and any(has_symbolic_size(a) for a in node.all_input_nodes)
 
 
 def _computes(node: Node) -> bool:

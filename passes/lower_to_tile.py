@@ -37,7 +37,17 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir import tile
 from ..ir.builder import ScalarBuilder, opmath_type, read_by_contraction, sums_in_i64
-from ..ir.dtypes import concrete_size, dims_of, is_bool, is_float, is_static, is_symbolic, shape_of, size_text
+from ..ir.dtypes import (
+    Dim,
+    concrete_size,
+    dims_of,
+    is_bool,
+    is_float,
+    is_static,
+    is_symbolic,
+    shape_of,
+    size_text,
+)
 from ..ir.module import verify
 from .flash_attention import ATTENTION_PARAMS, lower_attention, match_attention
 from .fusion_groups import (
@@ -133,9 +143,9 @@ def _classify(spec: str, sizes: dict[str, int]) -> tuple[str, str, str, str]:
     return batch, m, n, k
 
 
-def _letter_sizes(op: ein.ContractOp) -> dict[str, int]:
+def _letter_sizes(op: ein.ContractOp) -> dict[str, Dim]:
     lhs, rhs, _ = ein.parse_spec(op.spec.data)
-    return dict(zip(lhs, shape_of(op.lhs.type))) | dict(zip(rhs, shape_of(op.rhs.type)))
+    return dict(zip(lhs, dims_of(op.lhs.type))) | dict(zip(rhs, dims_of(op.rhs.type)))
 
 
 def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple[list[str], dict[str, int]]:
@@ -165,7 +175,9 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         zero = tile.BlockType(["BLOCK_M", "BLOCK_N"], f32)
         inits = [_filled(kb, 0.0, zero) for _ in contracts]
         # a plain 2-d operand block may be read with a tensor descriptor (see tile.load block_at)
-        dense_blocks = not batch and len(m) == len(n) == len(k) == 1 and K > 1
+        # K of one: an outer product (a symbolic size is at least 2: Dynamo specializes 0 and 1)
+        outer_product = not is_symbolic(K) and K == 1
+        dense_blocks = not batch and len(m) == len(n) == len(k) == 1 and not outer_product
         start = {
             m: kb.block_start(pid_m, "BLOCK_M"),
             n: kb.block_start(pid_n, "BLOCK_N"),
@@ -180,7 +192,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
             ks = kb.unravel_block(flat_k, k_sizes) or kb.unravel(flat_k, k_sizes)
             k_cols = {c: kb.expand(i, 0) for c, i in zip(k, ks)}  # [1, BLOCK_K] for the lhs tile
             k_rows = {c: kb.expand(i, 1) for c, i in zip(k, ks)}  # [BLOCK_K, 1] for the rhs tile
-            if K == 1:  # an outer product (RoPE's inv_freq x positions): tiles [.., 1] x [1, ..]
+            if outer_product:  # RoPE's inv_freq x positions: tiles [.., 1] x [1, ..]
                 k_cols = k_rows = {c: kb.const(0) for c in k}
             start[k] = kb.block_start(body.args[0], "BLOCK_K")
             accs = []
@@ -192,19 +204,19 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
                 if op.lhs not in loaded:
                     a_index = [k_cols[c] if c in k else at[names[c]] for c in lhs]
                     a_tile = kb.load(op.lhs, a_index, [block[c] for c in lhs if block])
-                    loaded[op.lhs] = a_tile if K == 1 else kb.full_tile(a_tile, a_index)
+                    loaded[op.lhs] = a_tile if outer_product else kb.full_tile(a_tile, a_index)
                 b_index = [k_rows[c] if c in k else at[names[c]] for c in rhs]
                 b_tile = kb.load(op.rhs, b_index, [block[c] for c in rhs if block])
-                b_tile = b_tile if K == 1 else kb.full_tile(b_tile, b_index)
+                b_tile = b_tile if outer_product else kb.full_tile(b_tile, b_index)
                 tf32 = allow_tf32 and op.lhs.type.get_element_type() == f32
-                if K == 1:  # a view may have dropped the size-1 K axis of a tile: multiply, no dot
+                if outer_product:  # a view may have dropped the size-1 K axis of a tile: multiply, no dot
                     accs.append(kb.map([acc, loaded[op.lhs], b_tile], f32, _multiply_add))
                     continue
                 accs.append(kb.emit(tile.DotOp(loaded[op.lhs], b_tile, acc, tf32)).result)
             kb.emit(scf.YieldOp(*accs))
         loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
 
-        out_shape = shape_of(first.result.type)
+        out_shape = dims_of(first.result.type)
         out_idx = [at[c] for c in out_letters]
         known = {
             op.result: kb.cast(acc, op.result.type.get_element_type())
@@ -242,7 +254,7 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         if not reductions:
             at_shape = {tuple(out_shape): out_idx}
         for out in group.outputs:  # the product itself too, when it is read after a row epilogue
-            kb.store(kb.output_argument(out), at_shape[tuple(shape_of(out.type))], known[out])
+            kb.store(kb.output_argument(out), at_shape[tuple(dims_of(out.type))], known[out])
         kb.emit(scf.YieldOp())
     kb.emit(scf.ForOp(kb.program_id(0), tiles, programs, [], Region(outer)))
     elem_bytes = first.lhs.type.get_element_type().bitwidth // 8
@@ -251,7 +263,8 @@ def lower_gemm(kb: KernelBuilder, group: FusionGroup, allow_tf32: bool) -> tuple
         problem["tf32"] = 1
     # math functions per element (erf, tanh, exp...): their temporaries take registers
     problem["epilogue_math"] = sum(math_functions(op) for op in group.ops if isinstance(op, ein.MapOp))
-    return [f"min(cdiv({M}, BLOCK_M) * cdiv({N}, BLOCK_N), PROGRAMS)", str(B)], problem
+    tiles = f"cdiv({size_text(M)}, BLOCK_M) * cdiv({size_text(N)}, BLOCK_N)"  # sizes: expressions of symbols
+    return [f"min({tiles}, PROGRAMS)", size_text(B)], problem
 
 
 _NEUTRAL = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": float("-inf"), "min": float("inf")}
@@ -894,9 +907,9 @@ def lower_group(
     """The kernel (named `name`) of one fusion group, or the reason it has none.
 
     `check=False` leaves verifying the kernel to the caller (the compiler verifies one
-    kernel of each set of structurally identical ones). A group of symbolic sizes (pointwise and
-    row kinds, `SYMBOLIC_KINDS`) gets a kernel that takes them as arguments; its problem sizes are
-    given the symbols' `hints` (name -> size).
+    kernel of each set of structurally identical ones). A group of symbolic sizes (`SYMBOLIC_KINDS`)
+    gets a kernel that takes them as arguments; its problem sizes are given the symbols' `hints`
+    (name -> size).
     """
     kb = KernelBuilder(_materialized)
     try:
@@ -938,8 +951,10 @@ def lower_group(
     return LoweredGroup(group, kernel, kb.inputs, problem, symbolic)
 
 
-# kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments)
-SYMBOLIC_KINDS = ("pointwise", "reduction", "row")
+# kinds of kernels lowered with symbolic sizes (their sizes are the kernel's runtime arguments); a
+# GEMM's contraction reaches a partition of symbolic sizes only where the partitioner lets it
+# (`partition.SYMBOLIC_GEMM_ENV`)
+SYMBOLIC_KINDS = ("pointwise", "reduction", "row", "gemm")
 # the least size a symbol stands for in a symbolic kernel's problem (its config's input; `_hinted`)
 NOMINAL_SIZE = 1024
 
