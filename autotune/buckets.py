@@ -68,6 +68,21 @@ def representative_sizes(symbols: Sequence[str], key: Sequence[int]) -> dict[str
     return {s: REPRESENTATIVE[b] for s, b in zip(symbols, key)}
 
 
+# kinds with configs of their own in the smallest bucket. A memory-bound kernel (pointwise,
+# reduction, row) at <= 16 rows or elements a symbol runs in one or a few programs whatever its block,
+# so a config of its own would only cost a Triton compile at its first launch there: in a generation
+# from a short prompt, mid-run, as the cache grows past 16. A GEMM's tiles at a decode step's few rows
+# do matter (16-row tiles, more programs over N).
+SMALL_BUCKET_KINDS = ("gemm",)
+
+
+def serving_bucket(key: Sequence[int], kind: str) -> tuple[int, ...]:
+    """The bucket whose config a kernel of `kind` runs in bucket `key` when that bucket has no tuned
+    record of its own: itself, or for a memory-bound kind the next one up from the smallest
+    (SMALL_BUCKET_KINDS)."""
+    return tuple(key) if kind in SMALL_BUCKET_KINDS else tuple(max(b, 1) for b in key)
+
+
 def problem_at(problem: Mapping, sizes: Mapping[str, int]) -> dict:
     """A kernel's problem (its sizes possibly symbolic, nested constraint dicts too) at `sizes`."""
 

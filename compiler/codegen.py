@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import StringAttr
 
-from ..autotune.buckets import all_buckets, bucketed, representative_sizes
+from ..autotune.buckets import all_buckets, bucketed, representative_sizes, serving_bucket
 from ..autotune.heuristics import KernelConfig, config_override, default_config, interpreter_config
 from ..autotune.model_defaults import model_config
 from ..autotune.tasks import make_task, register_sized, tuned_record
@@ -251,7 +251,10 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
                 buckets = {}
                 for key in all_buckets(symbols):  # a task per bucket, at its representative sizes
                     at = sized(representative_sizes(symbols, key))
-                    buckets[key] = BucketConfig(*choose_config(at, art.target), at.key)
+                    choice = choose_config(at, art.target)
+                    if choice[1] != "tuned" and (serving := serving_bucket(key, kind)) != key:
+                        choice = choose_config(sized(representative_sizes(symbols, serving)), art.target)
+                    buckets[key] = BucketConfig(*choice, at.key)
                 kernel = dataclasses.replace(kernel, buckets=buckets)
             if art.target.backend != "triton":
                 body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
