@@ -47,6 +47,9 @@ class TuningTask:
     # a kernel of symbolic sizes: the sizes its arguments are shaped at (symbol, value); its key
     # names their bucket (`autotune.buckets`), and a launch binds the sizes from the tensors
     sizes: tuple[tuple[str, int], ...] = ()
+    # the config the compiler gives a sized task's bucket untuned (chosen at the bucket's sizes, not
+    # at `sizes`): the tuner's starting point; None: the heuristic's at `problem`
+    untuned: KernelConfig | None = None
 
 
 @dataclass(frozen=True)

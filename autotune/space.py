@@ -135,7 +135,7 @@ class SearchSpace:
 
     def untuned(self) -> KernelConfig:
         """The config the compiler uses without tuning, as a point of this space."""
-        config = default_config(self.task.kind, self.task.problem)
+        config = self.task.untuned or default_config(self.task.kind, self.task.problem)
         if self._tma_choice():  # pointer loads unless TILEFUSE_TMA=1
             tma = int(os.environ.get("TILEFUSE_TMA", "0") == "1")
             config = KernelConfig(config.params | {"USE_TMA": tma}, config.num_warps, config.num_stages)
@@ -145,7 +145,9 @@ class SearchSpace:
         return len(self._configs)
 
     def _tma_choice(self) -> bool:
-        return self.task.kind == "gemm" and self.limits.has_tma and "USE_TMA" in self.task.source
+        # a kernel of symbolic sizes (a task with sizes) launches without TMA (`SizedLaunch`)
+        tma = self.limits.has_tma and "USE_TMA" in self.task.source and not self.task.sizes
+        return self.task.kind == "gemm" and tma
 
     def _fixed(self) -> dict[str, int]:
         """Parameters the problem decides: whole extents, exact sizes."""

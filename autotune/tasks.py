@@ -18,8 +18,16 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from .buckets import bucket_key, bucket_label, concrete_shapes, problem_at
+from .buckets import (
+    bucket_key,
+    bucket_label,
+    concrete_shapes,
+    problem_at,
+    representative_sizes,
+    serving_bucket,
+)
 from .database import Database, default_path, versions
+from .heuristics import default_config
 from .records import ArgSpec, TuningRecord, TuningTask
 
 log = logging.getLogger("tilefuse")
@@ -43,10 +51,13 @@ def make_task(
     """The task of one kernel; registered so a tuning job can find it by key. A kernel of symbolic
     sizes is a task per size bucket: `sizes` binds its symbols (`problem` and the arguments' shapes
     are taken at them) and the key names the bucket."""
-    sizes, kernel_name = dict(sizes or {}), name
-    if sizes:
-        symbols = sorted(sizes)
-        bucket = bucket_label(symbols, bucket_key(symbols, sizes))
+    sizes, kernel_name, untuned = dict(sizes or {}), name, None
+    if sizes:  # labelled in the kernel's order of symbols, as the report and the program name them
+        symbols = list(sizes)
+        key = bucket_key(symbols, sizes)
+        bucket = bucket_label(symbols, key)
+        # the config the compiler gives this bucket untuned: the tuner's starting point and baseline
+        untuned = default_config(kind, problem_at(problem, representative_sizes(symbols, key)))
         problem, shapes = problem_at(problem, sizes), concrete_shapes(shapes, sizes)
         name = f"{name}[{bucket}]"
     else:
@@ -54,34 +65,49 @@ def make_task(
     args = tuple(ArgSpec(tuple(s), str(d)) for s, d in zip(shapes, dtypes))
     task = TuningTask(
         task_key(kind, source, bucket), name, kind, dict(problem), source, kernel_name, args,
-        epilogue_ops, tuple(sorted(sizes.items())),
+        epilogue_ops, tuple(sizes.items()), untuned,
     )  # fmt: skip
     with _lock:
         _registry[task.key] = task
     return task
 
 
-# a kernel of symbolic sizes, by its task's key: its size symbols, and how to make its task at sizes
-_sized: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, int]], TuningTask]]] = {}
+# a kernel of symbolic sizes, by its task's key: its kind, its size symbols, and how to make its task
+# at sizes (a process's compiles add to it; a task is a few small dicts)
+_sized: dict[str, tuple[str, tuple[str, ...], Callable[[Mapping[str, int]], TuningTask]]] = {}
 
 
 def register_sized(
-    key: str, symbols: tuple[str, ...], make: Callable[[Mapping[str, int]], TuningTask]
+    key: str, kind: str, symbols: tuple[str, ...], make: Callable[[Mapping[str, int]], TuningTask]
 ) -> None:
     """Say that the task `key` is a kernel of symbolic sizes `symbols`; `make(sizes)` is its task there."""
     with _lock:
-        _sized[key] = (symbols, make)
+        _sized[key] = (kind, symbols, make)
+
+
+class NotTunedAtSize(ValueError):
+    """A size at which a kernel of symbolic sizes is not tuned (the message says why)."""
 
 
 def task_at_sizes(key: str, size: int) -> TuningTask | None:
     """The task `key` (a kernel of symbolic sizes) with every size symbol bound to `size`, registered
-    under its bucket's key; None for a static kernel's task."""
+    under its bucket's key; None for a static kernel's task. Raises NotTunedAtSize where the size's
+    bucket runs another bucket's config (`buckets.serving_bucket`: a record there would not be read)
+    or the kernel has no elements there."""
     with _lock:
         entry = _sized.get(key)
     if entry is None:
         return None
-    symbols, make = entry
-    return make(dict.fromkeys(symbols, size))
+    kind, symbols, make = entry
+    sizes = dict.fromkeys(symbols, size)
+    bucket = bucket_key(symbols, sizes)
+    if serving_bucket(bucket, kind) != bucket:
+        serving = bucket_label(symbols, serving_bucket(bucket, kind))
+        raise NotTunedAtSize(f"a {kind} kernel runs the config of {serving} at size {size}")
+    task = make(sizes)
+    if any(d <= 0 for a in task.args for d in a.shape):
+        raise NotTunedAtSize(f"the kernel has no elements at size {size}")
+    return task
 
 
 def registered_task(key: str) -> TuningTask | None:

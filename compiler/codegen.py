@@ -13,11 +13,12 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,14 @@ from typing import TYPE_CHECKING
 
 from xdsl.dialects.builtin import StringAttr
 
-from ..autotune.buckets import all_buckets, bucketed, representative_sizes, serving_bucket
+from ..autotune.buckets import (
+    REPRESENTATIVE,
+    all_buckets,
+    bucket_key,
+    bucketed,
+    representative_sizes,
+    serving_bucket,
+)
 from ..autotune.heuristics import KernelConfig, config_override, default_config, interpreter_config
 from ..autotune.model_defaults import model_config
 from ..autotune.tasks import make_task, register_sized, tuned_record
@@ -42,6 +50,8 @@ if TYPE_CHECKING:
     from ..autotune.records import TuningTask
     from ..backends.triton import TritonKernel, TritonOptions
     from .driver import GraphArtifact
+
+log = logging.getLogger("tilefuse")
 
 
 @dataclass(frozen=True)
@@ -247,15 +257,13 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
                 sized = functools.partial(
                     make_task, function, kind, g.symbolic_problem, source, shapes, dtypes, epilogue_ops
                 )
-                register_sized(task.key, symbols, sized)  # a tuning job's tasks at its sizes
-                buckets = {}
-                for key in all_buckets(symbols):  # a task per bucket, at its representative sizes
-                    at = sized(representative_sizes(symbols, key))
-                    choice = choose_config(at, art.target)
-                    if choice[1] != "tuned" and (serving := serving_bucket(key, kind)) != key:
-                        choice = choose_config(sized(representative_sizes(symbols, serving)), art.target)
-                    buckets[key] = BucketConfig(*choice, at.key)
-                kernel = dataclasses.replace(kernel, buckets=buckets)
+                register_sized(task.key, kind, symbols, sized)  # a tuning job's tasks at its sizes
+                try:
+                    kernel = with_buckets(kernel, sized, symbols, p.hints or {}, art.target)
+                except Exception as e:  # a kernel keeps its one config rather than the graph failing
+                    log.warning(
+                        "tilefuse: %s keeps one config for every size: %s: %s", name, type(e).__name__, e
+                    )
             if art.target.backend != "triton":
                 body = kernels_with_bodies(art).get(name) if p.name in art.restored else g.kernel
                 cuda_jobs.append((p.kernels, len(p.kernels), body, function))
@@ -263,6 +271,29 @@ def stage_codegen(art: GraphArtifact) -> GraphArtifact:
     _add_cuda_kernels(cuda_jobs, art.target)
     art.precompiled = precompile_kernels(art)
     return art
+
+
+def with_buckets(
+    kernel: CompiledKernel, sized: Callable[[dict[str, int]], TuningTask], symbols: tuple[str, ...],
+    hints: dict[str, int], target: Target,
+) -> CompiledKernel:  # fmt: skip
+    """`kernel` (of symbolic sizes `symbols`) with a config per size bucket (`autotune.buckets`):
+    each bucket's task at its representative sizes, its tuned record or default; a bucket served by
+    another (`serving_bucket`) takes that one's. Its `config` (the report's) becomes the config of
+    the bucket of the call that compiled it (`hints`)."""
+    kind, buckets = kernel.lowered.group.kind, {}
+    for key in all_buckets(symbols):
+        serving = serving_bucket(key, kind)
+        task = sized(representative_sizes(symbols, serving))
+        buckets[key] = BucketConfig(*choose_config(task, target), task.key)
+    first = buckets[bucket_key(symbols, {s: hints.get(s, REPRESENTATIVE[-1]) for s in symbols})]
+    return dataclasses.replace(
+        kernel,
+        buckets=buckets,
+        config=first.config,
+        config_source=first.config_source,
+        tuned_ms=first.tuned_ms,
+    )
 
 
 def choose_config(task: TuningTask, target: Target) -> tuple[KernelConfig, str, float | None]:

@@ -40,7 +40,12 @@ def summarize(root: Path) -> str:
                     lines.append(f"         sizes {bucket}: {config}")
                 totals["kernels"] += bool(g["kernel"])
                 totals["groups without a kernel"] += not g["kernel"]
-                totals["tuned configs"] += g.get("config_source") == "tuned"
+                buckets = g.get("config_buckets", {}).values()  # a kernel of symbolic sizes: per bucket
+                totals["tuned configs"] += (
+                    sum(c.endswith("(tuned)") for c in buckets)
+                    if buckets
+                    else (g.get("config_source") == "tuned")
+                )
             for glue in part.get("glue_ops", []):
                 lines.append(f"    outside kernels: {glue['op']}: {glue['reason']}")
                 totals["ops outside kernels"] += 1

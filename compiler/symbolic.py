@@ -226,7 +226,10 @@ DUMP_FILE = "ein_dynamic.mlir"
 
 
 def has_symbolic_nodes(gm: GraphModule) -> bool:
-    return any(has_symbolic_size(n) for n in gm.graph.nodes if n.op == "call_function")
+    """Whether an op of `gm` has a symbolic size, in its results or in its inputs (a contraction
+    over a symbolic size into a static result)."""
+    ops = [n for n in gm.graph.nodes if n.op == "call_function"]
+    return any(has_symbolic_size(n) or any(map(has_symbolic_size, n.all_input_nodes)) for n in ops)
 
 
 def dynamic_dump(gm: GraphModule, name: str) -> str:

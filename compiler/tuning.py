@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import warnings
 from collections import Counter
@@ -29,13 +30,14 @@ import torch
 
 from ..autotune.job import TuneSummary, check_strategy, tune_tasks  # xgboost too: whoever imports this tunes
 from ..autotune.records import TuningTask
-from ..autotune.tasks import TUNED_ENV, registered_task, task_at_sizes
+from ..autotune.tasks import TUNED_ENV, NotTunedAtSize, registered_task, task_at_sizes
 from . import runtime
 from .api import compile as tilefuse_compile
 from .group_selection import KERNEL
 from .runtime import _warn_no_cuda_once
 from .selection import ROUNDS
 
+log = logging.getLogger("tilefuse")
 Timer = Callable[[Callable[[], object]], float]  # ms that `run()`, one call of the compiled model, takes
 WARMUP_CALLS = ROUNDS + 1  # the first compiles and chooses program or PyTorch (selection.py)
 
@@ -99,7 +101,15 @@ def compile_kernels(
     by_key: dict[str, TuningTask] = {}
     counts: dict[str, int] = {}
     for key, n in launches.items():  # a Counter keeps the order keys first came in
-        sized = [task_at_sizes(key, size) for size in sizes or ()]
+        sized = []
+        for size in sizes or ():
+            try:
+                sized.append(task_at_sizes(key, size))
+            except NotTunedAtSize as e:
+                kernel = registered_task(key)
+                log.warning(
+                    "tilefuse: tune: %s not tuned at size %d: %s", kernel.name if kernel else key, size, e
+                )
         for task in [t for t in sized if t is not None] or [registered_task(key)]:
             if task is not None and not _symbolic_shapes(task):
                 by_key.setdefault(task.key, task)  # two sizes of one bucket: its first size is measured

@@ -147,7 +147,9 @@ class TritonKernel:
             return
         args = [x for t in tensors for x in (t, *t.stride())] + [sizes[s] for s in self.symbols]
         params = {p: config[p] for p in self.params}
-        fits = bool(self.tma_tensors) and descriptors_fit([tensors[i] for i in self.tma_tensors])
+        # a kernel of symbolic sizes never takes TMA: its program's launches (`SizedLaunch`) do not
+        tma = [tensors[i] for i in self.tma_tensors] if not self.symbols else []
+        fits = bool(tma) and descriptors_fit(tma)
         params.update(launch_flags(self, config, num_warps, fits))
         params.update(tail_flags(self, tensors))
         params.update(merge_flags(self, tensors))

@@ -77,38 +77,40 @@ def _symbol(buckets: dict[str, str]) -> str:
     return next(iter(buckets)).split("<")[0].split(">")[0]
 
 
-def test_a_tuning_job_tunes_a_dynamic_kernel_at_a_list_of_sizes(one_dynamic_graph, tmp_path):
+def test_a_tuning_job_tunes_a_dynamic_kernel_at_a_list_of_sizes(one_dynamic_graph, tmp_path, caplog):
     """Each size is a task of its bucket, measured at that size; a later compile reads each bucket's
-    tuned config, and the bucket no size fell in keeps its default."""
+    tuned config, and the bucket no size fell in keeps its default. A row kernel's smallest bucket
+    runs the middle one's config, so a size there is not tuned (and says so)."""
     db = tmp_path / "tuning.db"
     summary = tilefuse.tune(
         _norm_scaled, (_dynamic_rows(8),), budget=2, strategy="random", database=db, progress=False,
         sizes=[5, 300],
     )  # fmt: skip
     small, large = BUCKET_EDGES[0], BUCKET_EDGES[-1]
-    sized = [r for r in summary.results if r.task.sizes]
-    assert sorted(v for r in sized for _, v in r.task.sizes) == [5, 300]
-    s = sized[0].task.sizes[0][0]
-    assert sorted(r.task.name.split("[")[1] for r in sized) == [f"{s}<={large}]", f"{s}<={small}]"]
-    for result in sized:
-        assert result.best is not None and len(result.trials) == 2
-        assert result.task.args[0] == ArgSpec((dict(result.task.sizes)[s], 24), "float32")
+    (result,) = [r for r in summary.results if r.task.sizes]
+    ((s, size),) = result.task.sizes
+    assert size == 300 and result.task.name.endswith(f"[{s}<={large}]")
+    assert result.best is not None and len(result.trials) == 2
+    assert result.task.args[0] == ArgSpec((300, 24), "float32")
+    assert f"not tuned at size 5: a row kernel runs the config of {s}<={large}" in caplog.text
     with Database(db) as database:  # the task comes back with its sizes
-        stored = database.task(sized[0].task.key)
-        assert isinstance(stored, TuningTask) and stored.sizes == sized[0].task.sizes
-        assert database.records(sized[0].task.key, device_name(), versions())
+        stored = database.task(result.task.key)
+        assert isinstance(stored, TuningTask) and stored.sizes == result.task.sizes
+        assert database.records(result.task.key, device_name(), versions())
     torch._dynamo.reset()
     compiled = tilefuse.compile(_norm_scaled)
     with torch.no_grad():
         for n in (4, 700, 2000):
             x = _dynamic_rows(n)
             torch.testing.assert_close(compiled(x), _norm_scaled(x), rtol=1e-5, atol=1e-5)
-    buckets = _bucketed_group(compiled)["config_buckets"]
-    best = {r.task.name.split("[")[1][:-1]: r.best.config.key() for r in sized}
+    group = _bucketed_group(compiled)
+    buckets = group["config_buckets"]
     assert _symbol(buckets) == s  # the same graph: the same symbol
-    assert buckets[f"{s}<={small}"] == f"{best[f'{s}<={small}']} (tuned)", buckets
-    assert buckets[f"{s}<={large}"] == f"{best[f'{s}<={large}']} (tuned)", buckets
+    tuned = f"{result.best.config.key()} (tuned)"
+    assert buckets[f"{s}<={small}"] == buckets[f"{s}<={large}"] == tuned, buckets
     assert buckets[f"{s}>{large}"].endswith("(default)"), buckets
+    # the report's own config is the one the compiling call's size ran (8 rows: the tuned one)
+    assert group["config_source"] == "tuned" and group["config"] == result.best.config.key()
 
 
 def test_the_cli_refuses_sizes_that_are_not_positive_integers(capsys):

@@ -137,3 +137,37 @@ def test_off_by_default_cublas_runs_them(symbolic_gemms, monkeypatch):
     assert "gemm" not in [g["kind"] for g in _dynamic_groups(compiled)]
     reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
     assert "aten.addmm.default of symbolic sizes runs in PyTorch" in reasons, reasons
+
+
+def test_a_tuning_job_tunes_a_gemm_s_smallest_bucket(symbolic_gemms, tmp_path):
+    """A GEMM's few-row bucket has configs of its own: tuned at a decode-like size, read back there."""
+    fn = lambda x: F.gelu(LIN(x))  # noqa: E731
+    summary = tilefuse.tune(
+        fn, (_dynamic((8, 32), 0),), budget=2, strategy="random", database=tmp_path / "t.db", progress=False,
+        sizes=[4],
+    )  # fmt: skip
+    (result,) = [r for r in summary.results if r.task.sizes]
+    ((s, size),) = result.task.sizes
+    assert size == 4 and result.task.name.endswith(f"[{s}<=16]") and result.best is not None
+    assert result.task.untuned is not None and "USE_TMA" not in result.task.untuned.params
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        for n in (3, 40):
+            x = _dynamic((n, 32), 0)
+            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    (gemm,) = _dynamic_groups(compiled)
+    assert gemm["config_buckets"][f"{s}<=16"] == f"{result.best.config.key()} (tuned)", gemm
+    assert gemm["config_buckets"][f"{s}<=1024"].endswith("(default)"), gemm
+
+
+def test_a_contraction_whose_only_symbolic_sizes_are_its_inputs_compiles(symbolic_gemms):
+    """[8, s] @ [s, 16]: every op's result is static, the graph's inputs are not (the graph counts
+    as dynamic for its inputs' sizes too)."""
+    fn = lambda x, y: torch.mm(x, y) * 2  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        for k in (5, 33, 7):
+            x, y = _dynamic((8, k), 1), _dynamic((k, 16), 0)
+            torch.testing.assert_close(compiled(x, y), fn(x, y), rtol=1e-4, atol=1e-4)
+    assert "gemm" in [g["kind"] for g in _dynamic_groups(compiled) if g["kernel"]]

@@ -96,13 +96,15 @@ def test_the_command_line_prints_a_dynamic_module_and_says_which_passes_take_it(
     passes = "canonicalize,norm-prologue,split-reduction,kmajor-f32-weights,form-fusion-groups"
     assert cli_main(["opt", str(path), "-p", passes]) == 0
     assert "ein.group" in capsys.readouterr().out
-    # pointwise and row groups lower to kernels taking their sizes; the others are named with why not
+    # pointwise, row and GEMM groups lower to kernels taking their sizes (whether a GEMM of symbolic
+    # sizes runs as one in a compiled model is the partitioner's choice: TILEFUSE_SYMBOLIC_GEMM)
     assert cli_main(["opt", str(path), "-p", f"{passes},lower-to-tile"]) == 0
     out = capsys.readouterr().out
     assert 'kind "row"' in out and "tile.size" in out and 'grid ["cdiv(s' in out
+    assert 'kind "gemm"' in out and 'grid ["min(cdiv(s' in out
     assert cli_main(["opt", str(path), "--emit", "triton"]) == 0
     out = capsys.readouterr().out
-    assert "SIZE_SYMBOLS = (" in out and "a gemm kernel takes static sizes" in out
+    assert "SIZE_SYMBOLS = (" in out and '(gemm), by tilefuse.backends.triton' in out
     assert cli_main(["opt", str(path), "--emit", "cuda"]) == 0  # CUDA C++ takes static sizes: said so
     assert "no CUDA lowering for tile.size" in capsys.readouterr().out
 
