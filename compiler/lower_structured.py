@@ -44,10 +44,19 @@ def _contract(spec: str):
     return lower
 
 
-lowers(aten.mm.default)(_contract("mk,kn->mn"))
-lowers(aten.bmm.default)(_contract("bmk,bkn->bmn"))
-lowers(aten.mv.default)(_contract("mk,k->m"))
-lowers(aten.dot.default)(_contract("k,k->"))
+def _float_product(node: Node) -> str | None:
+    """Products of integers stay in PyTorch: the kernels' dots take floating-point tiles (an int32
+    mm failed at its first launch), and an f32 accumulator would round sums past 2^24."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and not val.dtype.is_floating_point:
+        return f"a product of {val.dtype} runs in PyTorch (the kernels' dots are floating-point)"
+    return None
+
+
+lowers(aten.mm.default, check=_float_product)(_contract("mk,kn->mn"))
+lowers(aten.bmm.default, check=_float_product)(_contract("bmk,bkn->bmn"))
+lowers(aten.mv.default, check=_float_product)(_contract("mk,k->m"))
+lowers(aten.dot.default, check=_float_product)(_contract("k,k->"))
 
 
 def _biased(spec: str):
@@ -72,8 +81,8 @@ def _biased(spec: str):
     return lower
 
 
-lowers(aten.addmm.default)(_biased("mk,kn->mn"))
-lowers(aten.baddbmm.default)(_biased("bmk,bkn->bmn"))
+lowers(aten.addmm.default, check=_float_product)(_biased("mk,kn->mn"))
+lowers(aten.baddbmm.default, check=_float_product)(_biased("bmk,bkn->bmn"))
 
 # --- views --------------------------------------------------------------------------------------
 

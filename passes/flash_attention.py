@@ -110,7 +110,7 @@ def _is_binary_of_args(value: SSAValue, name: str, map_op: ein.MapOp) -> bool:
 def _is_last_dim_reduce(op: Operation | None, kind: str) -> bool:
     if not isinstance(op, ein.ReduceOp) or op.kind.data != kind or op.keepdim is None:
         return False
-    return tuple(op.reduce_dims) == (len(shape_of(op.input.type)) - 1,)
+    return tuple(op.reduce_dims) == (len(op.input.type.get_shape()) - 1,)  # a rank: symbolic sizes too
 
 
 def match_attention(output: ein.ContractOp) -> AttentionPattern | None:

@@ -696,7 +696,9 @@ def read_groups(fn: func.FuncOp) -> list[FusionGroup]:
 def _kind(ops: list[Operation]) -> str:
     contracts = [op for op in ops if isinstance(op, ein.ContractOp)]
     if contracts:
-        attention = match_attention(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
+        # over symbolic sizes, a comparison sympy cannot order is not an attention (as form_groups)
+        match = undecided_as(match_attention, lambda op: None)
+        attention = match(ops[-1]) if isinstance(ops[-1], ein.ContractOp) else None
         return "attention" if attention is not None and set(attention.ops) == set(ops) else "gemm"
     if any(isinstance(op, ein.ScanOp) for op in ops):
         return "scan"

@@ -93,6 +93,23 @@ def test_complex_dtype_falls_back():
     assert [p["aten_ops"] for p in report["partitions"]] == [["aten.add.Tensor"]]
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_products_of_integers_run_in_pytorch_and_the_rest_compiles(dtype):
+    """An integer mm/addmm became a GEMM kernel whose dot refused integer tiles at its first launch
+    (the partition then ran in PyTorch from the runtime error on): it stays in PyTorch instead."""
+
+    def fn(a, w, b):
+        return (torch.addmm(b, a, w) + a @ w) * 3
+
+    a, w, b = (torch.randint(-99, 99, s, dtype=dtype) for s in ((5, 16), (16, 8), (8,)))
+    (report,) = compile_and_compare(fn, a, w, b, allow_fallbacks=True)
+    reasons = {f["op"]: f["reason"] for f in report["fallbacks"]}
+    assert f"a product of {dtype} runs in PyTorch" in reasons["aten.mm.default"], reasons
+    assert f"a product of {dtype} runs in PyTorch" in reasons["aten.addmm.default"], reasons
+    assert all("runtime_error" not in p for p in report["partitions"]), report["partitions"]
+    assert [p["aten_ops"] for p in report["partitions"]] == [["aten.add.Tensor", "aten.mul.Tensor"]]
+
+
 @pytest.mark.parametrize(
     "fn",
     [

@@ -171,3 +171,17 @@ def test_a_contraction_whose_only_symbolic_sizes_are_its_inputs_compiles(symboli
             x, y = _dynamic((8, k), 1), _dynamic((k, 16), 0)
             torch.testing.assert_close(compiled(x, y), fn(x, y), rtol=1e-4, atol=1e-4)
     assert "gemm" in [g["kind"] for g in _dynamic_groups(compiled) if g["kernel"]]
+
+
+def test_attention_written_with_2d_products_compiles_at_every_size(symbolic_gemms):
+    """softmax(q @ k.t()) @ v over a symbolic length: two GEMMs and a row kernel between them (the
+    attention matcher compared symbolic sizes and sent the whole graph to PyTorch)."""
+    fn = lambda q, k, v: torch.softmax(q @ k.t() / 4, -1) @ v  # noqa: E731
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        for n in (3, 17, 40):
+            q, k, v = (_dynamic((n, 16), 0) for _ in range(3))
+            torch.testing.assert_close(compiled(q, k, v), fn(q, k, v), rtol=1e-4, atol=1e-4)
+    groups = _dynamic_groups(compiled)
+    assert [g["kind"] for g in groups] == ["gemm", "row", "gemm"] and all(g["kernel"] for g in groups), groups
+    assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["node"] == "<graph>"]
