@@ -488,8 +488,12 @@ def tune_tasks(
     summary = TuneSummary(ordered, path, executor.device, stats, split)
     if progress:
         took = time.perf_counter() - start
-        trials = sum(len(r.trials) + r.resumed for r in ordered)
-        of_total = f", {trials} of a total budget of {total_budget} trials" if split else ""
+        new, resumed = sum(len(r.trials) for r in ordered), sum(r.resumed for r in ordered)
+        earlier = f" (and {resumed} from earlier runs)" if resumed else ""
+        of_total = f", {new} new trial(s){earlier} for a total budget of {total_budget}" if split else ""
+        # a compile reads the default database, or the one TILEFUSE_TUNING_DB names
+        read = "" if Path(path) == default_path() else f" (compiles read them with {DB_ENV}={path})"
+        runners = f"{len(stats)} {executor.name} runner(s)"
         print(f"\ntuned {len(summary.results)} kernel(s){of_total} in {took:.1f} s on {executor.device} "
-              f"({len(stats)} {executor.name} runner(s)); records in {path}", file=sys.stderr)  # fmt: skip
+              f"({runners}); records in {path}{read}", file=sys.stderr)  # fmt: skip
     return summary

@@ -103,7 +103,10 @@ def task_at_sizes(key: str, size: int) -> TuningTask | None:
     bucket = bucket_key(symbols, sizes)
     if serving_bucket(bucket, kind) != bucket:
         serving = bucket_label(symbols, serving_bucket(bucket, kind))
-        raise NotTunedAtSize(f"a {kind} kernel runs the config of {serving} at size {size}")
+        raise NotTunedAtSize(
+            f"a {kind} kernel runs the config of {serving} at size {size} (its size symbols as the dump's "
+            "program_dynamic_*.py reads them from the arguments)"
+        )
     task = make(sizes)
     if any(d <= 0 for a in task.args for d in a.shape):
         raise NotTunedAtSize(f"the kernel has no elements at size {size}")
