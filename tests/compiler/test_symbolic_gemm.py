@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tilefuse
 from tilefuse.compiler.partition import SYMBOLIC_GEMM_ENV
@@ -185,3 +187,25 @@ def test_attention_written_with_2d_products_compiles_at_every_size(symbolic_gemm
     groups = _dynamic_groups(compiled)
     assert [g["kind"] for g in groups] == ["gemm", "row", "gemm"] and all(g["kernel"] for g in groups), groups
     assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["node"] == "<graph>"]
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(2, 70), st.integers(2, 70)), min_size=2, max_size=3), st.integers(1, 40)
+)
+def test_random_sizes_of_m_and_k_through_one_program(sizes, n):
+    """x[m, k] @ w[k, n] + b with m and k symbolic (ragged, across a bucket edge), n static."""
+    fn = lambda x, w, b: torch.tanh(torch.addmm(b, x, w))  # noqa: E731
+    with pytest.MonkeyPatch.context() as env:  # (a function-scoped fixture is not reset per example)
+        env.setenv(SYMBOLIC_GEMM_ENV, "1")
+        env.setenv(SPECIALIZE_ENV, "0")
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(fn)
+        b = torch.randn(n)
+        with torch.no_grad():
+            for m, k in sizes:
+                x, w = _dynamic((m, k), 0), torch.randn(k, n)
+                torch._dynamo.mark_dynamic(x, 1)
+                torch._dynamo.mark_dynamic(w, 0)
+                torch.testing.assert_close(compiled(x, w, b), fn(x, w, b), rtol=1e-4, atol=1e-4)
+        assert "gemm" in [g["kind"] for g in _dynamic_groups(compiled) if g["kernel"]]
