@@ -946,7 +946,7 @@ def lower_group(
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
     if len(group.outputs) > 1:  # elements written besides the primary output (the tuner's byte counts)
         problem["extra_out_elems"] = sum(math.prod(dims_of(v.type)) for v in group.outputs[:-1])
-    symbolic = problem if any(is_symbolic(v) for v in problem.values()) else None
+    symbolic = problem if _any_symbolic(problem) else None
     problem = {k: _hinted(v, hints) for k, v in problem.items()}
     return LoweredGroup(group, kernel, kb.inputs, problem, symbolic)
 
@@ -963,6 +963,15 @@ def _group_values(group: FusionGroup) -> list[SSAValue]:
     return [v for op in group.ops for v in (*op.operands, *op.results)]
 
 
+def _any_symbolic(value: object) -> bool:
+    """Whether a problem (or a constraint in it) holds a symbolic size."""
+    if isinstance(value, dict):
+        return any(map(_any_symbolic, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_any_symbolic, value))
+    return is_symbolic(value)
+
+
 def _hinted(value: object, hints: dict[str, int] | None) -> object:
     """A problem size with its symbols given their hints (the sizes of the call that compiled the
     graph), each at least NOMINAL_SIZE: a symbolic kernel's default config is chosen for them, and
@@ -971,6 +980,10 @@ def _hinted(value: object, hints: dict[str, int] | None) -> object:
     into programs too small to keep the memory busy. The configs a program launches are chosen per
     size bucket (`autotune.buckets`, from `LoweredGroup.symbolic_problem`); this one is the report's,
     and serves a kernel of more size symbols than are bucketed."""
+    if isinstance(value, dict):  # a constraint (`whole`, `exact`, `divisors`) may hold sizes too
+        return {k: _hinted(v, hints) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_hinted(v, hints) for v in value)
     if not is_symbolic(value):
         return value
     hints = hints or {}
