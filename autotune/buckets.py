@@ -1,9 +1,10 @@
 """Size buckets: the configs of a kernel of symbolic sizes, one per range of its sizes.
 
-A kernel of symbolic sizes (a dynamic graph's pointwise, reduction and row kernels) runs every size
-with one program. Its tile configuration is chosen per *bucket* of each of its size symbols: a decode
-step's one row and a prefill's thousands want different tiles (a row kernel's BLOCK_R, a reduction's
-split). The table is small: three buckets a symbol (`BUCKET_EDGES`), at most two symbols bucketed
+A kernel of symbolic sizes (a dynamic graph's pointwise, reduction and row kernels, and GEMMs where
+`TILEFUSE_SYMBOLIC_GEMM=1`) runs every size with one program. Its tile configuration is chosen per
+*bucket* of each of its size symbols: a GEMM over a decode step's few rows and one over a prefill's
+thousands want different tiles, a row walked in chunks wants wider ones past 1024. The table is
+small: three buckets a symbol (`BUCKET_EDGES`), at most two symbols bucketed
 (`MAX_BUCKETED_SYMBOLS`: nine entries), each entry the config the compiler would choose for the problem
 at the bucket's representative sizes (tuned, modelled or the heuristic default, in that order), and the
 program picks its entry at launch with one comparison a symbol on sizes it holds anyway. Buckets are

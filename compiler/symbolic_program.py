@@ -254,8 +254,8 @@ class _SymbolicWriter(LineWriter):
         if name not in self.bucket_variables:
             self.bucket_variables.add(name)
             test = " + ".join(f"({symbol} > {edge})" for edge in BUCKET_EDGES)
-            edges = ", ".join(map(str, BUCKET_EDGES))
-            self.emit(f"{name} = {test}  # {symbol}'s size bucket: 0, 1, ... past each of {edges}")
+            buckets = [f"{i} (<= {edge})" for i, edge in enumerate(BUCKET_EDGES)] + [str(len(BUCKET_EDGES))]
+            self.emit(f"{name} = {test}  # {symbol}'s size bucket: {', '.join(buckets)}")
 
 
 def _tuple(items: list[str]) -> str:
