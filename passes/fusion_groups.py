@@ -564,11 +564,25 @@ def _sibling_place(
             return None  # another kernel runs between them
     outputs = [r for op in first[2] for r in op.results if not _read_inside(r, first_ops)]
     readers = {use.operation for r in outputs for use in r.uses} - first_ops
-    if readers & later_ops:
-        return None  # the later group reads the first's results
+    if _through_views(outputs) & later_ops:
+        # the later group reads the first's results, directly or through a view (a transposed read
+        # of a result the kernel also writes would read it before it is written)
+        return None
     if all(position.get(r, -1) > later[0] for r in readers):
         return "later"
     return _views_to_move(later, first[0], position)
+
+
+def _through_views(values: list[SSAValue]) -> set[Operation]:
+    """The ops that read `values`, directly or through views and other virtual ops."""
+    found: set[Operation] = set()
+    pending = list(values)
+    while pending:
+        for use in pending.pop().uses:
+            found.add(use.operation)
+            if isinstance(use.operation, VIRTUAL_OPS):
+                pending.extend(use.operation.results)
+    return found
 
 
 def _views_to_move(group: tuple, place: int, position: dict[Operation, int]) -> list[Operation] | None:

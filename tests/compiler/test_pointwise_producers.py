@@ -110,6 +110,22 @@ def test_a_map_reading_its_siblings_result_is_not_its_sibling():
     assert [g["kind"] for g in fusion_groups(reports)] == ["pointwise", "pointwise"]
 
 
+def test_a_map_reading_its_siblings_result_through_a_view_is_not_its_sibling():
+    """Falcon's rotated key: returned (the cache) and read transposed and upcast by the attention.
+    A small sibling (another cast) merged with the first map, then the transposed read joined them:
+    one kernel read its own output, and the partition failed at its first run (a helper's sweep)."""
+
+    def f(k, v, cos):
+        a = k * cos
+        return a, v.float(), a.transpose(-1, -2).float()
+
+    args = [torch.randn(2, 16, 16, dtype=torch.bfloat16) for _ in range(3)]
+    reports = compile_and_compare(f, *args, rtol=1e-5, atol=1e-5)
+    assert all("runtime_error" not in p for r in reports for p in r["partitions"]), reports
+    groups = fusion_groups(reports)
+    assert len(groups) == 2 and all(g["kernel"] for g in groups), groups
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 9, 11), (4, 32, 20, 24)], ids=str)
 def test_a_producer_two_merged_siblings_read_is_recomputed_in_their_kernel(shape):
     """A training graph's ReLU output and its backward's mask read one producer (a convolution's
