@@ -934,6 +934,11 @@ def lower_group(
             grid, problem = lower_pointwise(kb, group)
             params = TILED_POINTWISE_PARAMS if problem.get("tiled") else POINTWISE_PARAMS
         kb.emit(tile.ReturnOp())
+        if set(kb.inputs) & {r for op in group.ops for r in op.results}:
+            # a value the kernel computes read back from memory (through a view): before it is written
+            raise LoweringUnsupported(
+                "the kernel would read a value it writes (a group reading its own result)"
+            )
         kb.arrange_arguments(group.outputs)
         kernel = tile.KernelOp(name, group.kind, params, grid, Region(kb.kernel_block))
         if check:

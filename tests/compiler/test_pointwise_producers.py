@@ -126,6 +126,25 @@ def test_a_map_reading_its_siblings_result_through_a_view_is_not_its_sibling():
     assert len(groups) == 2 and all(g["kernel"] for g in groups), groups
 
 
+def test_a_group_that_would_read_its_own_result_gets_no_kernel(monkeypatch):
+    """Defence in depth: were such a group formed (the merge rule above undone), its lowering says
+    why it has no kernel and its ops run in PyTorch, instead of the partition failing at run time."""
+    from tilefuse.passes import fusion_groups as passes_fusion
+
+    monkeypatch.setattr(passes_fusion, "_through_views", lambda values: set())
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")  # the same graph compiled right is cached
+
+    def f(k, v, cos):
+        a = k * cos
+        return a, v.float(), a.transpose(-1, -2).float()
+
+    args = [torch.randn(2, 16, 16, dtype=torch.bfloat16) for _ in range(3)]
+    reports = compile_and_compare(f, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=True)
+    assert all("runtime_error" not in p for r in reports for p in r["partitions"]), reports
+    (group,) = fusion_groups(reports)
+    assert "would read a value it writes" in group["not_a_kernel_because"], group
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 9, 11), (4, 32, 20, 24)], ids=str)
 def test_a_producer_two_merged_siblings_read_is_recomputed_in_their_kernel(shape):
     """A training graph's ReLU output and its backward's mask read one producer (a convolution's
