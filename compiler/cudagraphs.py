@@ -65,7 +65,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import group_selection
-from .program import empty_padded
+from .program import empty_padded, optimizer_steps
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -293,6 +293,8 @@ class CudaGraphReplay:
             pass
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
+        # the optimizer steps taken (last): a fused optimizer step moves no version counter, and what
+        # the program derived from the parameters (a folded weight) was captured as it was then
         state = []
         for arg, param, mutated in zip(args, self.is_parameter, self.mutated):
             if mutated:  # written by the graph itself every call; another tensor is copied in and out
@@ -302,7 +304,7 @@ class CudaGraphReplay:
                     state.append((arg.data_ptr(), arg._version))
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
                     state.append((arg.data_ptr(), None))
-        return tuple(state)
+        return (*state, optimizer_steps()) if state else ()
 
     def _parameter_changed(self, args: Sequence[object]) -> str | None:
         """Why the captured graph no longer fits `args`' parameters (the first that moved or was
@@ -310,6 +312,8 @@ class CudaGraphReplay:
         state = self._parameter_state(args)
         if state == self.parameter_state:
             return None
+        if state and self.parameter_state and state[-1] != self.parameter_state[-1]:
+            return "an optimizer stepped (a fused step moves no version counter)"
         indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
         for i, now, then in zip(indices, state, self.parameter_state):
             if now != then:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from xdsl.ir import Operation, SSAValue
 
 from ..backends.triton.emit import padded_row, row_tail
@@ -584,10 +585,29 @@ def allocator(device: torch.device) -> Callable[[], Callable[..., torch.Tensor]]
     return lambda: fast if current() == index else plain
 
 
+# optimizer steps taken in this process. A fused or foreach optimizer step (`AdamW(fused=True)`,
+# which transformers' Trainer picks on a GPU) updates parameters without moving their version
+# counters, so an evaluation under no_grad between steps reused values folded from the old weights
+# (a helper's sweep: 0.19 off after one step). Every step of any optimizer invalidates them.
+_optimizer_steps = [0]
+
+
+def _count_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
+    _optimizer_steps[0] += 1
+
+
+def optimizer_steps() -> int:
+    """Optimizer steps taken in this process (any optimizer, fused or not)."""
+    return _optimizer_steps[0]
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 def _version_key(*tensors: torch.Tensor) -> tuple | None:
-    """What identifies these parameters' contents: storage and version; None if untracked
-    (inference tensors have no version counter)."""
+    """What identifies these parameters' contents: storage and version, and the optimizer steps
+    taken; None if untracked (inference tensors have no version counter)."""
     try:
-        return tuple((t.data_ptr(), t._version) for t in tensors)
+        return (*((t.data_ptr(), t._version) for t in tensors), _optimizer_steps[0])
     except RuntimeError:
         return None

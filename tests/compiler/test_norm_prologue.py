@@ -114,6 +114,28 @@ def test_folded_weights_follow_parameter_updates():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
+def test_folded_weights_follow_an_optimizers_step_between_evaluations(optimizer, monkeypatch):
+    """A fused (or foreach) optimizer step moves no version counter: an evaluation under no_grad
+    between training steps reused the weight folded before the step (0.19 off after one step; a
+    helper's sweep of training loops). Every optimizer step now invalidates what programs derive
+    from parameters."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch.manual_seed(0)
+    model = NormLinear(32, 32, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, **{optimizer: True})
+    x, held_out = torch.randn(16, 32), torch.randn(16, 32)
+    for _ in range(3):
+        compiled(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(held_out), model(held_out), rtol=1e-4, atol=1e-4)
+    evaluation = [r for r in compiled.tilefuse_reports if r.get("kind") != "backward"][-1]
+    the_gemm([evaluation])  # the evaluation's graph folds the norm's weight
+
+
 def test_plain_tensor_weights_are_not_folded():
     def rms_linear(x, g, w):
         return torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (x.shape[-1],), g), w)
