@@ -24,7 +24,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 
-from ..ir.dtypes import concrete_size, is_symbolic, parse_size
+from ..ir.dtypes import concrete_by_name, parse_size
 
 # bucket i holds the sizes in (EDGES[i-1], EDGES[i]]; the last bucket the sizes past the last edge
 BUCKET_EDGES = (16, 1024)
@@ -85,18 +85,9 @@ def serving_bucket(key: Sequence[int], kind: str) -> tuple[int, ...]:
 
 
 def problem_at(problem: Mapping, sizes: Mapping[str, int]) -> dict:
-    """A kernel's problem (its sizes possibly symbolic, nested constraint dicts too) at `sizes`."""
-
-    def value(v: object) -> object:
-        if isinstance(v, dict):
-            return {k: value(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return type(v)(value(x) for x in v)
-        if is_symbolic(v):  # symbols are matched by name (the IR's and a report's are the same names)
-            return concrete_size(v, {x: sizes[str(x)] for x in v.free_symbols if str(x) in sizes})
-        return v
-
-    return {k: value(v) for k, v in problem.items()}
+    """A kernel's problem (its sizes possibly symbolic, nested constraint dicts too) at `sizes`
+    (symbols matched by name: the IR's and a report's are the same names)."""
+    return concrete_by_name(dict(problem), sizes.__getitem__)
 
 
 def concrete_shapes(shapes: Sequence[Sequence[int | str]], sizes: Mapping[str, int]) -> list[tuple[int, ...]]:
@@ -104,6 +95,6 @@ def concrete_shapes(shapes: Sequence[Sequence[int | str]], sizes: Mapping[str, i
     at `sizes`."""
 
     def size(d: int | str) -> int:
-        return d if isinstance(d, int) else problem_at({"d": parse_size(d)}, sizes)["d"]
+        return d if isinstance(d, int) else concrete_by_name(parse_size(d), sizes.__getitem__)
 
-    return [tuple(size(d) for d in shape) for shape in shapes]
+    return [tuple(map(size, shape)) for shape in shapes]

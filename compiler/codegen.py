@@ -281,11 +281,11 @@ def with_buckets(
     each bucket's task at its representative sizes, its tuned record or default; a bucket served by
     another (`serving_bucket`) takes that one's. Its `config` (the report's) becomes the config of
     the bucket of the call that compiled it (`hints`)."""
-    kind, buckets = kernel.lowered.group.kind, {}
-    for key in all_buckets(symbols):
-        serving = serving_bucket(key, kind)
+    kind, chosen = kernel.lowered.group.kind, {}
+    for serving in {serving_bucket(key, kind) for key in all_buckets(symbols)}:  # each chosen once
         task = sized(representative_sizes(symbols, serving))
-        buckets[key] = BucketConfig(*choose_config(task, target), task.key)
+        chosen[serving] = BucketConfig(*choose_config(task, target), task.key)
+    buckets = {key: chosen[serving_bucket(key, kind)] for key in all_buckets(symbols)}
     first = buckets[bucket_key(symbols, {s: hints.get(s, REPRESENTATIVE[-1]) for s in symbols})]
     return dataclasses.replace(
         kernel,

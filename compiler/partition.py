@@ -322,8 +322,9 @@ SYMBOLIC_GEMM_ENV = "TILEFUSE_SYMBOLIC_GEMM"
 _SYMBOLIC_GEMMS = {aten.mm.default, aten.addmm.default}
 
 
-def symbolic_gemms() -> bool:
-    return os.environ.get(SYMBOLIC_GEMM_ENV, "0") == "1"
+def _compiled_symbolic_gemm(node: Node) -> bool:
+    """Whether `node` is a GEMM that compiles where its sizes are symbolic (`SYMBOLIC_GEMM_ENV`)."""
+    return node.target in _SYMBOLIC_GEMMS and os.environ.get(SYMBOLIC_GEMM_ENV, "0") == "1"
 
 
 def symbolic_kernel_reason(node: Node) -> str | None:
@@ -333,7 +334,7 @@ def symbolic_kernel_reason(node: Node) -> str | None:
     `TILEFUSE_SYMBOLIC_GEMM=1`: `SYMBOLIC_KINDS` of `lower_to_tile`)."""
     from .symbolic import symbolic_reason, tensors_of
 
-    if node.target in _SYMBOLIC_IN_PYTORCH and not (node.target in _SYMBOLIC_GEMMS and symbolic_gemms()):
+    if node.target in _SYMBOLIC_IN_PYTORCH and not _compiled_symbolic_gemm(node):
         return f"{target_name(node)} of symbolic sizes runs in PyTorch"
     values = [node.meta.get("val"), *(a.meta.get("val") for a in node.all_input_nodes)]
     for t in [t for v in values for t in tensors_of(v)]:
@@ -400,8 +401,7 @@ def _of_symbolic_sizes(node: Node) -> bool:
 
     if has_symbolic_size(node):
         return True
-    gemm = node.target in _SYMBOLIC_GEMMS and symbolic_gemms()
-    return gemm and any(has_symbolic_size(a) for a in node.all_input_nodes)
+    return _compiled_symbolic_gemm(node) and any(map(has_symbolic_size, node.all_input_nodes))
 
 
 def _computes(node: Node) -> bool:

@@ -250,7 +250,7 @@ class _SymbolicWriter(LineWriter):
 
     def _bucket_variable(self, symbol: str) -> None:
         """The variable holding a size symbol's bucket, written once a call where first needed."""
-        name = f"bucket_{symbol}"
+        name = _bucket_name(symbol)
         if name not in self.bucket_variables:
             self.bucket_variables.add(name)
             test = " + ".join(f"({symbol} > {edge})" for edge in BUCKET_EDGES)
@@ -263,6 +263,11 @@ def _tuple(items: list[str]) -> str:
     return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
 
 
+def _bucket_name(symbol: str) -> str:
+    """The variable of `call` holding a size symbol's bucket."""
+    return f"bucket_{symbol}"
+
+
 def _bucket_test(symbols: Sequence[str], keys: list[tuple[int, ...]]) -> tuple[str, list[str]]:
     """A test that a call's size buckets are among `keys`, and the symbols it reads. Where the keys
     are every combination of a set of buckets per symbol, one comparison per symbol that is not
@@ -273,13 +278,13 @@ def _bucket_test(symbols: Sequence[str], keys: list[tuple[int, ...]]) -> tuple[s
         tests, used = [], []
         for symbol, values in zip(symbols, sets):
             if len(values) < len(every):
-                variable = f"bucket_{symbol}"
+                variable = _bucket_name(symbol)
                 used.append(symbol)
                 tests.append(
                     f"{variable} == {values[0]}" if len(values) == 1 else f"{variable} in {tuple(values)}"
                 )
         return " and ".join(tests) or "True", used
-    variables = ", ".join(f"bucket_{s}" for s in symbols)
+    variables = ", ".join(map(_bucket_name, symbols))
     return f"({variables}) in {{{', '.join(map(str, keys))}}}", list(symbols)
 
 

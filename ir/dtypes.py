@@ -316,6 +316,27 @@ def concrete_shape(shape: Sequence[Dim], bound: Mapping[sympy.Symbol, int]) -> t
     return tuple(concrete_size(d, bound) for d in shape)
 
 
+def concrete_by_name(value: object, size: Callable[[str], int]) -> object:
+    """`value` (a size, or dicts, lists and tuples of sizes: a kernel's problem and its constraints)
+    with every symbolic size made concrete, each symbol given `size(its name)`."""
+    if isinstance(value, dict):
+        return {k: concrete_by_name(v, size) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(concrete_by_name(v, size) for v in value)
+    if is_symbolic(value):
+        return concrete_size(value, {s: size(str(s)) for s in value.free_symbols})
+    return value
+
+
+def any_symbolic(value: object) -> bool:
+    """Whether `value` (as `concrete_by_name` takes it) holds a symbolic size."""
+    if isinstance(value, dict):
+        return any(map(any_symbolic, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(any_symbolic, value))
+    return is_symbolic(value)
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...] | None:
     """numpy/PyTorch broadcasting of shapes (right-aligned); None if they clash."""
     rank = max((len(s) for s in shapes), default=0)

@@ -39,7 +39,8 @@ from ..ir import tile
 from ..ir.builder import ScalarBuilder, opmath_type, read_by_contraction, sums_in_i64
 from ..ir.dtypes import (
     Dim,
-    concrete_size,
+    any_symbolic,
+    concrete_by_name,
     dims_of,
     is_bool,
     is_float,
@@ -951,8 +952,9 @@ def lower_group(
         problem["divisors"] = {p: sorted(sizes) for p, sizes in kb.divisors.items()}
     if len(group.outputs) > 1:  # elements written besides the primary output (the tuner's byte counts)
         problem["extra_out_elems"] = sum(math.prod(dims_of(v.type)) for v in group.outputs[:-1])
-    symbolic = problem if _any_symbolic(problem) else None
-    problem = {k: _hinted(v, hints) for k, v in problem.items()}
+    # a constraint (`whole`, `exact`, `divisors`) may hold sizes too
+    symbolic = problem if any_symbolic(problem) else None
+    problem = _hinted(problem, hints)
     return LoweredGroup(group, kernel, kb.inputs, problem, symbolic)
 
 
@@ -968,31 +970,16 @@ def _group_values(group: FusionGroup) -> list[SSAValue]:
     return [v for op in group.ops for v in (*op.operands, *op.results)]
 
 
-def _any_symbolic(value: object) -> bool:
-    """Whether a problem (or a constraint in it) holds a symbolic size."""
-    if isinstance(value, dict):
-        return any(map(_any_symbolic, value.values()))
-    if isinstance(value, (list, tuple)):
-        return any(map(_any_symbolic, value))
-    return is_symbolic(value)
-
-
 def _hinted(value: object, hints: dict[str, int] | None) -> object:
-    """A problem size with its symbols given their hints (the sizes of the call that compiled the
-    graph), each at least NOMINAL_SIZE: a symbolic kernel's default config is chosen for them, and
-    runs every size. A config for large sizes costs little at small ones (a block's tail is masked,
-    one program may do), where one for a small size (a decode step's one row) splits a large one
-    into programs too small to keep the memory busy. The configs a program launches are chosen per
-    size bucket (`autotune.buckets`, from `LoweredGroup.symbolic_problem`); this one is the report's,
-    and serves a kernel of more size symbols than are bucketed."""
-    if isinstance(value, dict):  # a constraint (`whole`, `exact`, `divisors`) may hold sizes too
-        return {k: _hinted(v, hints) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_hinted(v, hints) for v in value)
-    if not is_symbolic(value):
-        return value
+    """A problem (or a size in it) with its symbols given their hints (the sizes of the call that compiled
+    the graph), each at least NOMINAL_SIZE: a symbolic kernel's default config is chosen for them, and
+    runs every size. A config for large sizes costs little at small ones (a block's tail is masked, one
+    program may do), where one for a small size (a decode step's one row) splits a large one into
+    programs too small to keep the memory busy. The configs a program launches are chosen per size
+    bucket (`autotune.buckets`, from `LoweredGroup.symbolic_problem`); this one is the report's, and
+    serves a kernel of more size symbols than are bucketed."""
     hints = hints or {}
-    return concrete_size(value, {s: max(hints.get(str(s), 0), NOMINAL_SIZE) for s in value.free_symbols})
+    return concrete_by_name(value, lambda symbol: max(hints.get(symbol, 0), NOMINAL_SIZE))
 
 
 REUSE_CHECK_ENV = "TILEFUSE_CHECK_REUSE"  # "1": lower every reused group afresh too, and compare (tests)
