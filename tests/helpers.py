@@ -27,6 +27,18 @@ def compile_and_compare(fn, *args, rtol=1e-5, atol=1e-5, allow_fallbacks=False, 
     return reports
 
 
+def step_matches_eager(compiled, module, x, rtol=1e-4, atol=1e-5):
+    """One training step through `compiled` (`module` compiled) gives the gradients eager's step
+    gives."""
+    module.zero_grad()
+    compiled(x).square().sum().backward()
+    got = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    module(x).square().sum().backward()
+    for g, expected in zip(got, (p.grad for p in module.parameters())):
+        torch.testing.assert_close(g, expected, rtol=rtol, atol=atol)
+
+
 def train_update(
     module: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None, lr: float
 ) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
-from helpers import train_update
+from helpers import step_matches_eager, train_update
 from tilefuse.backends.triton.launcher import BoundLaunch
 from tilefuse.compiler.codegen import Target
 from tilefuse.compiler.driver import compile_aten_graph
@@ -587,17 +587,6 @@ def test_a_whole_graph_must_beat_the_eager_graph_by_a_margin(monkeypatch, progra
     assert compiled.tilefuse_reports[0]["selection"]["chosen"] == chosen
 
 
-def _step_matches_eager(compiled, layer, x):
-    """One training step through `compiled` gives the gradients eager's step gives."""
-    layer.zero_grad()
-    compiled(x).square().sum().backward()
-    got = [p.grad.clone() for p in layer.parameters()]
-    layer.zero_grad()
-    layer(x).square().sum().backward()
-    for g, expected in zip(got, (p.grad for p in layer.parameters())):
-        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize("opt_in", [False, True], ids=["TILEFUSE_TRAINING=pytorch", "TILEFUSE_TRAINING=1"])
 def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_ran(monkeypatch, opt_in):
     """TILEFUSE_TRAINING=pytorch: once a graph's backward runs, calls with gradients take Dynamo's
@@ -616,7 +605,7 @@ def test_a_training_graph_runs_its_steps_as_the_setting_says_once_its_backward_r
     compiled = tilefuse.compile(layer)
     x = torch.randn(5, 7)
     for step in range(3):
-        _step_matches_eager(compiled, layer, x)
+        step_matches_eager(compiled, layer, x)
         if step == 0:
             after_first = len(launches)
     assert after_first > 0  # the first step ran the compiled forward
@@ -664,7 +653,7 @@ def test_training_steps_are_measured_both_ways_and_the_faster_is_kept(monkeypatc
     for step in range(steps):
         if step < 1 + settle:
             assert ticks["calls"] == 0  # no step is timed while the compiled graphs settle
-        _step_matches_eager(compiled, layer, x)
+        step_matches_eager(compiled, layer, x)
         if step == steps - 3:
             before_last = len(launches)
     reports = {r.get("kind", "forward"): r for r in compiled.tilefuse_reports}

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
+from helpers import step_matches_eager
 from tilefuse.compiler.partition import SYMBOLIC_GEMM_ENV
 from tilefuse.compiler.specialize import SPECIALIZE_ENV
 
@@ -41,6 +42,14 @@ def _dynamic(shape: tuple[int, ...], dim: int, dtype=torch.float32) -> torch.Ten
     x = torch.randn(*shape).to(dtype)
     torch._dynamo.mark_dynamic(x, dim)
     return x
+
+
+def _matches_eager_at(compiled, fn, rows) -> None:
+    """`compiled` agrees with `fn` on [n, 32] inputs, n dynamic, for each n of `rows`."""
+    with torch.no_grad():
+        for n in rows:
+            x = _dynamic((n, 32), 0)
+            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
 
 
 def _dynamic_groups(compiled) -> list[dict]:
@@ -85,10 +94,7 @@ def test_small_and_large_token_counts_launch_their_buckets_configs(symbolic_gemm
     branch per config."""
     fn = lambda x: F.gelu(LIN(x))  # noqa: E731
     compiled = tilefuse.compile(fn, dump=tmp_path)
-    with torch.no_grad():
-        for n in (2, 1100, 9):
-            x = _dynamic((n, 32), 0)
-            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    _matches_eager_at(compiled, fn, (2, 1100, 9))
     (gemm,) = _dynamic_groups(compiled)
     configs = list(gemm["config_buckets"].values())
     assert configs[0] != configs[1] and "BLOCK_M=16" in configs[0], configs
@@ -104,14 +110,7 @@ def test_a_training_step_with_symbolic_tokens_matches_eager(symbolic_gemms, monk
     model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 16))
     compiled = tilefuse.compile(model)
     for n in (3, 17, 6):
-        x = _dynamic((n, 32), 0)
-        model.zero_grad()
-        compiled(x).square().sum().backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        model.zero_grad()
-        model(x).square().sum().backward()
-        for got, want in zip(grads, (p.grad for p in model.parameters())):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        step_matches_eager(compiled, model, _dynamic((n, 32), 0), rtol=1e-4, atol=1e-4)
     backward = [r for r in compiled.tilefuse_reports if r.get("kind") == "backward"]
     kinds = [
         g["kind"]
@@ -132,10 +131,7 @@ def test_off_by_default_cublas_runs_them(symbolic_gemms, monkeypatch):
     monkeypatch.delenv(SYMBOLIC_GEMM_ENV)
     torch._dynamo.reset()
     compiled = tilefuse.compile(fn)
-    with torch.no_grad():
-        for n in (3, 17):
-            x = _dynamic((n, 32), 0)
-            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    _matches_eager_at(compiled, fn, (3, 17))
     assert "gemm" not in [g["kind"] for g in _dynamic_groups(compiled)]
     reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
     assert "aten.addmm.default of symbolic sizes runs in PyTorch" in reasons, reasons
@@ -154,10 +150,7 @@ def test_a_tuning_job_tunes_a_gemm_s_smallest_bucket(symbolic_gemms, tmp_path):
     assert result.task.untuned is not None and "USE_TMA" not in result.task.untuned.params
     torch._dynamo.reset()
     compiled = tilefuse.compile(fn)
-    with torch.no_grad():
-        for n in (3, 40):
-            x = _dynamic((n, 32), 0)
-            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    _matches_eager_at(compiled, fn, (3, 40))
     (gemm,) = _dynamic_groups(compiled)
     assert gemm["config_buckets"][f"{s}<=16"] == f"{result.best.config.key()} (tuned)", gemm
     assert gemm["config_buckets"][f"{s}<=1024"].endswith("(default)"), gemm
