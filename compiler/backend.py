@@ -13,6 +13,7 @@ size (`specialize.py`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -209,6 +210,16 @@ class TilefuseBackend:
         self.name = name
         self.reports: list[dict] = [] if reports is None else reports
         self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> TilefuseBackend:
+        """A deep copy of a compiled module (`copy.deepcopy(tilefuse.compile(model))`, which copies
+        the Dynamo context holding this backend) gets a backend of its own: the same options, the
+        reports so far copied, and its own lock (a lock cannot be copied: that deepcopy raised)."""
+        try:
+            reports = copy.deepcopy(self.reports, memo)
+        except Exception:  # noqa: BLE001  (a report holding something uncopyable: the copy starts afresh)
+            reports = []
+        return TilefuseBackend(self.options, self.name, reports)
 
     def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
         graph_name = f"{self.name}_{next(_graph_ids):03d}"

@@ -65,7 +65,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import group_selection
-from .program import empty_padded, optimizer_steps
+from .program import empty_padded, unversioned_changes
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -293,8 +293,8 @@ class CudaGraphReplay:
             pass
 
     def _parameter_state(self, args: Sequence[object]) -> tuple:
-        # the optimizer steps taken (last): a fused optimizer step moves no version counter, and what
-        # the program derived from the parameters (a folded weight) was captured as it was then
+        # the changes no version counter shows (last: a fused optimizer step, a write through `p.data`),
+        # since what the program derived from the parameters (a folded weight) was captured as it was then
         state = []
         for arg, param, mutated in zip(args, self.is_parameter, self.mutated):
             if mutated:  # written by the graph itself every call; another tensor is copied in and out
@@ -304,7 +304,7 @@ class CudaGraphReplay:
                     state.append((arg.data_ptr(), arg._version))
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
                     state.append((arg.data_ptr(), None))
-        return (*state, optimizer_steps()) if state else ()
+        return (*state, unversioned_changes()) if state else ()
 
     def _parameter_changed(self, args: Sequence[object]) -> str | None:
         """Why the captured graph no longer fits `args`' parameters (the first that moved or was

@@ -293,6 +293,8 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         w.scope["_stream"] = stream_getter(device)
     w.scope["_derived"] = {}
     w.scope["_graph"] = spec.trained
+    if any(spec.param_sources.values()):  # values derived from parameters, reused while they stand
+        watch_parameter_data()
     arg_names = [f"arg{i}" for i in range(len(spec.args))]
     w.of_args.update(arg_names)
     for value, name, t in zip(spec.args, arg_names, example_args):
@@ -585,29 +587,56 @@ def allocator(device: torch.device) -> Callable[[], Callable[..., torch.Tensor]]
     return lambda: fast if current() == index else plain
 
 
-# optimizer steps taken in this process. A fused or foreach optimizer step (`AdamW(fused=True)`,
-# which transformers' Trainer picks on a GPU) updates parameters without moving their version
-# counters, so an evaluation under no_grad between steps reused values folded from the old weights
-# (a helper's sweep: 0.19 off after one step). Every step of any optimizer invalidates them.
-_optimizer_steps = [0]
+# Changes to parameters that move no version counter, counted in this process: optimizer steps (a
+# fused or foreach step, `AdamW(fused=True)`, which transformers' Trainer picks on a GPU: an evaluation
+# under no_grad between steps reused values folded from the old weights, 0.19 off after one step) and
+# every use of a parameter's `.data` (`p.data.add_(g, alpha=-lr)`, peft's LoRA merge `w.data += delta`,
+# `vector_to_parameters`'s `p.data = ...`: a helper's sweep found each stale, up to 1.5 off). Either
+# invalidates what every program derived from parameters (a folded weight, a merged QKV weight).
+_unversioned_changes = [0]
 
 
-def _count_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
-    _optimizer_steps[0] += 1
+def _count_unversioned_change(*_: object) -> None:
+    _unversioned_changes[0] += 1
 
 
-def optimizer_steps() -> int:
-    """Optimizer steps taken in this process (any optimizer, fused or not)."""
-    return _optimizer_steps[0]
+def unversioned_changes() -> int:
+    """Optimizer steps taken and parameters' `.data` used in this process (see `watch_parameter_data`)."""
+    return _unversioned_changes[0]
 
 
-register_optimizer_step_post_hook(_count_optimizer_step)
+register_optimizer_step_post_hook(_count_unversioned_change)
+
+_TENSOR_DATA = torch._C.TensorBase.data  # the C attribute `Tensor.data`, under Parameter's
+
+
+def _data(self: torch.Tensor) -> torch.Tensor:
+    _unversioned_changes[0] += 1  # what is done with the tensor returned is not seen: assume a write
+    return _TENSOR_DATA.__get__(self)
+
+
+def _set_data(self: torch.Tensor, value: torch.Tensor) -> None:
+    _unversioned_changes[0] += 1
+    _TENSOR_DATA.__set__(self, value)
+
+
+def watch_parameter_data() -> None:
+    """Count every read or assignment of a parameter's `.data` as a change (`unversioned_changes`).
+
+    A tensor got through `.data` has its own version counter, so an in-place write through it is
+    invisible to the parameter's; nothing can tell a read from a write, so each use counts (a use
+    outside the hot loop costs one recompute of the derived values; a `p.data` inside the compiled
+    forward is traced through). Installed once, on `torch.nn.Parameter` only (buffers' `.data` writes
+    are not seen), the first time a program derives values from parameters; Parameter subclasses
+    that define their own `data` keep it."""
+    if vars(torch.nn.Parameter).get("data") is None:
+        torch.nn.Parameter.data = property(_data, _set_data, doc=_TENSOR_DATA.__doc__)
 
 
 def _version_key(*tensors: torch.Tensor) -> tuple | None:
-    """What identifies these parameters' contents: storage and version, and the optimizer steps
-    taken; None if untracked (inference tensors have no version counter)."""
+    """What identifies these parameters' contents: storage and version, and the changes no version
+    counter shows (`unversioned_changes`); None if untracked (inference tensors have no version counter)."""
     try:
-        return (*((t.data_ptr(), t._version) for t in tensors), _optimizer_steps[0])
+        return (*((t.data_ptr(), t._version) for t in tensors), _unversioned_changes[0])
     except RuntimeError:
         return None

@@ -136,6 +136,56 @@ def test_folded_weights_follow_an_optimizers_step_between_evaluations(optimizer,
     the_gemm([evaluation])  # the evaluation's graph folds the norm's weight
 
 
+@pytest.mark.parametrize("change", ["data_in_place", "manual_sgd", "data_assigned", "vector_to_parameters"])
+def test_folded_weights_follow_writes_through_data(change):
+    """A write through `p.data` moves no version counter of `p` (peft's LoRA merge `w.data += delta`,
+    a hand-written SGD step, `vector_to_parameters` from a reused buffer at the same address): a
+    helper's sweep found evaluations reusing the weights folded before it, up to 1.5 off. Every use
+    of a parameter's `.data` now invalidates what programs derive from parameters."""
+    torch.manual_seed(0)
+    model = NormLinear(32, 32, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(16, 32)
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    for _ in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        if change == "data_in_place":
+            model.norm.weight.data.mul_(-1.5)
+            model.lin.weight.data += 0.1 * torch.randn_like(model.lin.weight)
+        elif change == "manual_sgd":
+            compiled(x).square().mean().backward()
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.5)
+                p.grad = None
+        elif change == "data_assigned":
+            model.norm.weight.data = torch.randn(32)
+        else:
+            flat.copy_(torch.randn_like(flat))
+            torch.nn.utils.vector_to_parameters(flat, model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    the_gemm([r for r in compiled.tilefuse_reports if r.get("kind") != "backward"][:1])
+
+
+def test_a_steady_loop_counts_no_unversioned_change():
+    """What invalidates folded weights (`program.unversioned_changes`) does not move while a compiled
+    model is only called: the folded weights are reused, not recomputed at every call."""
+    from tilefuse.compiler.program import unversioned_changes
+
+    model = NormLinear(24, 16, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        compiled(x)
+        before = unversioned_changes()
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    assert unversioned_changes() == before
+    model.norm.weight.data  # noqa: B018  (a read counts too: nothing tells it from a write)
+    assert unversioned_changes() == before + 1
+
+
 def test_plain_tensor_weights_are_not_folded():
     def rms_linear(x, g, w):
         return torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (x.shape[-1],), g), w)
@@ -194,3 +244,22 @@ def test_map_reshaped_to_a_scalar_is_not_a_norm(fn):
     """A map whose one reader reshapes it to 0-d (var() of all elements) has no last index to
     contract: the pass once indexed it and sent the whole graph to PyTorch."""
     compile_and_compare(fn, torch.randn(6, 7))
+
+
+def test_a_deep_copy_of_a_compiled_module_runs_its_own_weights():
+    """`copy.deepcopy(tilefuse.compile(model))` raised (the backend's lock cannot be copied, a
+    helper's sweep); the copy now compiles for itself, and each module sees only its own weights."""
+    import copy
+
+    torch.manual_seed(0)
+    model = NormLinear(24, 16, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
+        twin = copy.deepcopy(compiled)
+        twin.lin.weight.mul_(-1.0)  # the copy's own parameters; the original's are untouched
+        torch.testing.assert_close(twin(x), twin._orig_mod(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(twin(x), expected)
