@@ -19,7 +19,12 @@ from .compiler import register_dynamo_backend
 
 __version__ = "0.1.0"
 
-_LAZY = {"compile": "compiler.api", "TilefuseBackend": "compiler.backend", "reports": "compiler.backend"}
+_LAZY = {
+    "compile": "compiler.api",
+    "TilefuseBackend": "compiler.backend",
+    "reports": "compiler.backend",
+    "parameters_changed": "compiler.program",
+}
 
 
 def __getattr__(name: str):
@@ -41,4 +46,4 @@ def tune(fn, example_inputs, budget: int = 64, **options):
 
 register_dynamo_backend()
 
-__all__ = ["TilefuseBackend", "__version__", "compile", "ir", "reports", "tune"]
+__all__ = ["TilefuseBackend", "__version__", "compile", "ir", "parameters_changed", "reports", "tune"]

@@ -607,6 +607,17 @@ def unversioned_changes() -> int:
 
 register_optimizer_step_post_hook(_count_unversioned_change)
 
+
+def parameters_changed() -> None:
+    """Say that parameters or buffers changed in a way no version counter shows, so that what
+    compiled programs derived from them (folded or merged weights) is recomputed at their next call
+    (and CUDA graphs holding such values are captured again). Needed only where tilefuse cannot see
+    the change: a buffer written through its `.data`, memory written through numpy or
+    `untyped_storage()`, a functional fused optimizer (`torch.optim.adam.adam(..., fused=True)`,
+    which runs no `Optimizer.step` hook). In-place ops, `load_state_dict`, `torch.optim` steps and a
+    parameter's `.data` are seen without it."""
+    _count_unversioned_change()
+
 _TENSOR_DATA = torch._C.TensorBase.data  # the C attribute `Tensor.data`, under Parameter's
 
 

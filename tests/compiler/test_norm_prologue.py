@@ -263,3 +263,32 @@ def test_a_deep_copy_of_a_compiled_module_runs_its_own_weights():
         torch.testing.assert_close(twin(x), twin._orig_mod(x), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(twin(x), expected)
+
+
+def test_parameters_changed_refreshes_values_derived_from_a_buffer():
+    """A buffer written through `.data` (or memory written through numpy) moves no version counter
+    and is not watched: `tilefuse.parameters_changed()` says so, and the next call recomputes what
+    programs derived from it (a weight times a pruning-style mask, a helper's sweep: 0.84 off)."""
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(32, 16)
+            self.register_buffer("mask", torch.ones(16, 32))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.lin.weight * self.mask, self.lin.bias)
+
+    torch.manual_seed(0)
+    model = Masked()
+    compiled = tilefuse.compile(model)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        before = model(x)
+        model.mask.data[:, :16] = 0.0
+        assert not torch.allclose(model(x), before)
+        tilefuse.parameters_changed()
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        model.mask.mul_(0.5)  # in place on the buffer itself: its version counter moves
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
