@@ -452,6 +452,7 @@ def tune_tasks(
     check_strategy(strategy)
     if total_budget is not None:
         check_total_budget(total_budget, len(tasks))  # before a Ray cluster starts for nothing
+    read_by_default = default_path()  # what a compile in the caller's environment reads
     if database:
         os.environ[DB_ENV] = str(database)
     path = default_path()
@@ -491,8 +492,8 @@ def tune_tasks(
         new, resumed = sum(len(r.trials) for r in ordered), sum(r.resumed for r in ordered)
         earlier = f" (and {resumed} from earlier runs)" if resumed else ""
         of_total = f", {new} new trial(s){earlier} for a total budget of {total_budget}" if split else ""
-        # a compile reads the default database, or the one TILEFUSE_TUNING_DB names
-        read = "" if Path(path) == default_path() else f" (compiles read them with {DB_ENV}={path})"
+        # a compile elsewhere (a new shell) reads the database its environment names, not this one
+        read = "" if Path(path) == read_by_default else f" (compiles read them with {DB_ENV}={path})"
         runners = f"{len(stats)} {executor.name} runner(s)"
         print(f"\ntuned {len(summary.results)} kernel(s){of_total} in {took:.1f} s on {executor.device} "
               f"({runners}); records in {path}{read}", file=sys.stderr)  # fmt: skip

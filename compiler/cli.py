@@ -358,7 +358,8 @@ def _add_opt(sub, list_passes: bool) -> None:
         "--emit",
         choices=("mlir", "triton", "cuda"),
         default="mlir",
-        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels)",
+        help="print IR (default) or kernels: Triton, or CUDA C++ (pointwise, reduction and row kernels; "
+        "GEMMs as CUTLASS)",
     )
     opt.add_argument(
         "--config", help='with --emit cuda on tile kernels: their tile parameters as JSON, e.g. '

@@ -297,8 +297,8 @@ def with_buckets(
 
 
 def choose_config(task: TuningTask, target: Target) -> tuple[KernelConfig, str, float | None]:
-    """A kernel's config, where it came from ("tuned", "model", "default") and its tuned median: an
-    explicit TILEFUSE_KERNEL_CONFIG (an experiment: it wins), else the tuning database's best for
+    """A kernel's config, where it came from ("tuned", "model", "override", "default") and its tuned
+    median: an explicit TILEFUSE_KERNEL_CONFIG (an experiment: it wins), else the tuning database's best for
     this device and versions, else the shipped cost model's pick (TILEFUSE_MODEL_CONFIGS=1), else
     the heuristic (under the interpreter, widened to fewer programs)."""
     kind, problem = task.kind, task.problem
@@ -308,7 +308,7 @@ def choose_config(task: TuningTask, target: Target) -> tuple[KernelConfig, str, 
     config = tuned.config if tuned else modelled or default_config(kind, problem)
     if target.interpret and not tuned and not override:
         config = interpreter_config(kind, config, problem)
-    origin = "tuned" if tuned else "model" if modelled else "default"
+    origin = "tuned" if tuned else "model" if modelled else "override" if override else "default"
     return config, origin, tuned.median_ms if tuned else None
 
 

@@ -129,12 +129,15 @@ def tuning_section(task_key: str) -> str:
     from ..autotune.database import Database, default_path
 
     path = default_path()
+    where = html.escape(str(path))
     if not path.exists():
-        return "<p>(the tuning database is not here)</p>"
+        return f"<p>(the tuning database {where} does not exist: name the job's with --db)</p>"
     with Database(path) as db:
         scope = next(iter(db.scopes(task_key)), None)
         records = db.records(task_key, *scope) if scope else []
         task = db.task(task_key)
+    if not records:
+        return f"<p>(no trials of this kernel in the tuning database {where}: name the job's with --db)</p>"
     times = [r.median_ms for r in records]
     parts = [f"<h4>tuning job: {len(records)} trials on {html.escape(scope[0]) if scope else '?'}</h4>",
              trials_svg(times)]  # fmt: skip

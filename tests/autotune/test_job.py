@@ -20,7 +20,8 @@ def _inputs():
     return torch.randn(24, 40), torch.randn(40, 36), torch.randn(36)
 
 
-def test_tune_then_compile_uses_the_tuned_config(tmp_path):
+def test_tune_then_compile_uses_the_tuned_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("TILEFUSE_TUNING_DB", raising=False)  # restored after: the job sets it
     db = tmp_path / "tuning.db"
     summary = tilefuse.tune(_model, _inputs(), budget=3, strategy="random", database=db, progress=False)
     (result,) = summary.results
@@ -45,9 +46,13 @@ def test_tune_then_compile_uses_the_tuned_config(tmp_path):
     assert cli_main(["inspect", dump, "--html", str(report)]) == 0
     page = report.read_text()
     assert "tuning job: 3 trials" in page and "cost model score" in page and page.count("<circle") >= 6
+    # read with another database, the page says where it looked instead of an empty job
+    assert cli_main(["inspect", dump, "--html", str(report), "--db", str(tmp_path / "other.db")]) == 0
+    assert "other.db does not exist: name the job's with --db" in report.read_text()
 
 
-def test_cli_tunes_a_script(tmp_path, capsys):
+def test_cli_tunes_a_script(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TILEFUSE_TUNING_DB", raising=False)  # restored after: the job sets it
     script = tmp_path / "model.py"
     script.write_text(
         textwrap.dedent(
@@ -65,6 +70,8 @@ def test_cli_tunes_a_script(tmp_path, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr()
     assert "| gemm |" in out.out and "2/2" in out.err  # the table, and the progress bar
+    # the database is not the default one: the summary says how a compile elsewhere reads it
+    assert f"compiles read them with TILEFUSE_TUNING_DB={db}" in out.err
     with Database(db) as database:
         assert len(database) == 2
 
