@@ -203,6 +203,13 @@ def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
 class TilefuseBackend:
     """A Dynamo backend object; keeps the summaries of the graphs it compiled."""
 
+    # the registered backend's name (torch.compile names a callable backend by its `__name__`): Dynamo
+    # then treats this object as that backend, and at the end of a compile clears the weak references
+    # its fake-tensor mode keeps to the parameters, as it does for Inductor's (left there,
+    # `torch.utils.swap_tensors` on a parameter raised, and with it `model.double()` under
+    # `torch.__future__.set_swap_module_params_on_conversion(True)`)
+    __name__ = "tilefuse"
+
     def __init__(
         self, options: CompileOptions | None = None, name: str = "graph", reports: list | None = None
     ):

@@ -292,3 +292,25 @@ def test_parameters_changed_refreshes_values_derived_from_a_buffer():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
         model.mask.mul_(0.5)  # in place on the buffer itself: its version counter moves
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_parameters_can_be_swapped_after_a_compile():
+    """Dynamo drops its fake-tensor mode's weak references to the parameters after a compile only
+    for a registered backend; tilefuse's backend object was not one, and `torch.utils.swap_tensors`
+    (`model.double()` under `set_swap_module_params_on_conversion(True)`) raised "Cannot swap t1
+    because it has weakref associated with it" (a helper's sweep)."""
+    torch.manual_seed(0)
+    model = NormLinear(24, 16, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.double()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    assert model.lin.weight.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x.double()), model(x.double()))
