@@ -618,6 +618,7 @@ def parameters_changed() -> None:
     parameter's `.data` are seen without it."""
     _count_unversioned_change()
 
+
 _TENSOR_DATA = torch._C.TensorBase.data  # the C attribute `Tensor.data`, under Parameter's
 
 
