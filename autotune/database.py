@@ -341,6 +341,11 @@ def default_path() -> Path:
     """
     if os.environ.get(DB_ENV):
         return Path(os.environ[DB_ENV])
+    return cache_path()
+
+
+def cache_path() -> Path:
+    """The tuning database a compile reads where `$TILEFUSE_TUNING_DB` is unset."""
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "tilefuse" / "tuning.db"
 

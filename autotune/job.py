@@ -39,7 +39,7 @@ import torch
 
 from .builder import Builder, LocalBuilder, build_kernel
 from .cost_model import XGBoostCostModel
-from .database import DB_ENV, Database, default_path, device_name, versions
+from .database import DB_ENV, Database, cache_path, default_path, device_name, versions
 from .features import roofline_us
 from .records import BuildResult, MeasureInput, TuningTask
 from .runner import LocalRunner, Runner
@@ -452,7 +452,6 @@ def tune_tasks(
     check_strategy(strategy)
     if total_budget is not None:
         check_total_budget(total_budget, len(tasks))  # before a Ray cluster starts for nothing
-    read_by_default = default_path()  # what a compile in the caller's environment reads
     if database:
         os.environ[DB_ENV] = str(database)
     path = default_path()
@@ -492,8 +491,8 @@ def tune_tasks(
         new, resumed = sum(len(r.trials) for r in ordered), sum(r.resumed for r in ordered)
         earlier = f" (and {resumed} from earlier runs)" if resumed else ""
         of_total = f", {new} new trial(s){earlier} for a total budget of {total_budget}" if split else ""
-        # a compile elsewhere (a new shell) reads the database its environment names, not this one
-        read = "" if Path(path) == read_by_default else f" (compiles read them with {DB_ENV}={path})"
+        # a compile in another process (a new shell) reads the cache's database unless told otherwise
+        read = "" if Path(path) == cache_path() else f" (compiles read them with {DB_ENV}={path})"
         runners = f"{len(stats)} {executor.name} runner(s)"
         print(f"\ntuned {len(summary.results)} kernel(s){of_total} in {took:.1f} s on {executor.device} "
               f"({runners}); records in {path}{read}", file=sys.stderr)  # fmt: skip

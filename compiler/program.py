@@ -612,10 +612,12 @@ def parameters_changed() -> None:
     """Say that parameters or buffers changed in a way no version counter shows, so that what
     compiled programs derived from them (folded or merged weights) is recomputed at their next call
     (and CUDA graphs holding such values are captured again). Needed only where tilefuse cannot see
-    the change: a buffer written through its `.data`, memory written through numpy or
-    `untyped_storage()`, a functional fused optimizer (`torch.optim.adam.adam(..., fused=True)`,
-    which runs no `Optimizer.step` hook). In-place ops, `load_state_dict`, `torch.optim` steps and a
-    parameter's `.data` are seen without it."""
+    the change: memory written through an alias of a parameter other than its `.data` as it is
+    used (a held `p.data` reference, a view's or a `state_dict()` value's `.data`, a flat buffer the
+    parameters point into, numpy, `untyped_storage()`), a buffer's `.data`, a functional fused
+    optimizer (`torch.optim.adam.adam(..., fused=True)`, which runs no `Optimizer.step` hook).
+    In-place ops on the parameters, `load_state_dict`, `torch.optim` steps and `p.data.add_(...)`
+    are seen without it."""
     _count_unversioned_change()
 
 
