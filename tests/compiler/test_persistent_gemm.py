@@ -34,6 +34,7 @@ def test_persistent_programs_compute_the_same(monkeypatch, name, programs):
     reports = compile_and_compare(fn, x, w, b, rtol=1e-4, atol=1e-4)
     gemms = [g for g in fusion_groups(reports) if g["kind"] == "gemm"]
     assert gemms and all(f"PROGRAMS={programs}" in g["config"] for g in gemms)
+    assert all(g["config_source"] == "override" for g in gemms)  # the report names the experiment
 
 
 @settings(max_examples=6, deadline=None)
