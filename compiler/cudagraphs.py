@@ -313,7 +313,8 @@ class CudaGraphReplay:
         if state == self.parameter_state:
             return None
         if state and self.parameter_state and state[-1] != self.parameter_state[-1]:
-            return "an optimizer stepped (a fused step moves no version counter)"
+            # (`program.unversioned_changes`: an optimizer step, a parameter's `.data`, parameters_changed())
+            return "parameters changed where no version counter shows it (an optimizer step, a `.data` use)"
         indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
         for i, now, then in zip(indices, state, self.parameter_state):
             if now != then:

@@ -625,12 +625,12 @@ _TENSOR_DATA = torch._C.TensorBase.data  # the C attribute `Tensor.data`, under 
 
 
 def _data(self: torch.Tensor) -> torch.Tensor:
-    _unversioned_changes[0] += 1  # what is done with the tensor returned is not seen: assume a write
+    _count_unversioned_change()  # what is done with the tensor returned is not seen: assume a write
     return _TENSOR_DATA.__get__(self)
 
 
 def _set_data(self: torch.Tensor, value: torch.Tensor) -> None:
-    _unversioned_changes[0] += 1
+    _count_unversioned_change()
     _TENSOR_DATA.__set__(self, value)
 
 
