@@ -36,6 +36,11 @@ class NormLinear(nn.Module):
         return self.lin(self.norm(x))
 
 
+def _agrees(compiled, model, x) -> None:
+    """`compiled` (`model` compiled) gives eager's output on `x`."""
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
 def the_gemm(reports) -> dict:
     """The one GEMM kernel; the rest are row-sum kernels and parameter-derived steps."""
     groups = fusion_groups(reports)
@@ -105,13 +110,13 @@ def test_folded_weights_follow_parameter_updates():
     compiled = tilefuse.compile(model)
     x = torch.randn(6, 24)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
         the_gemm(compiled.tilefuse_reports)
         model.norm.weight.mul_(-2.0)  # in place: same tensor, new version
         model.lin.weight.add_(0.5)
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
         model.norm.weight = nn.Parameter(torch.randn(24))  # a new tensor
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
 
 
 @pytest.mark.parametrize("optimizer", ["fused", "foreach"])
@@ -131,7 +136,7 @@ def test_folded_weights_follow_an_optimizers_step_between_evaluations(optimizer,
         opt.step()
         opt.zero_grad()
         with torch.no_grad():
-            torch.testing.assert_close(compiled(held_out), model(held_out), rtol=1e-4, atol=1e-4)
+            _agrees(compiled, model, held_out)
     evaluation = [r for r in compiled.tilefuse_reports if r.get("kind") != "backward"][-1]
     the_gemm([evaluation])  # the evaluation's graph folds the norm's weight
 
@@ -149,7 +154,7 @@ def test_folded_weights_follow_writes_through_data(change):
     flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     for _ in range(3):
         with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            _agrees(compiled, model, x)
         if change == "data_in_place":
             model.norm.weight.data.mul_(-1.5)
             model.lin.weight.data += 0.1 * torch.randn_like(model.lin.weight)
@@ -164,7 +169,7 @@ def test_folded_weights_follow_writes_through_data(change):
             flat.copy_(torch.randn_like(flat))
             torch.nn.utils.vector_to_parameters(flat, model.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
     the_gemm([r for r in compiled.tilefuse_reports if r.get("kind") != "backward"][:1])
 
 
@@ -180,7 +185,7 @@ def test_a_steady_loop_counts_no_unversioned_change():
         compiled(x)
         before = unversioned_changes()
         for _ in range(3):
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            _agrees(compiled, model, x)
     assert unversioned_changes() == before
     model.norm.weight.data  # noqa: B018  (a read counts too: nothing tells it from a write)
     assert unversioned_changes() == before + 1
@@ -284,14 +289,14 @@ def test_parameters_changed_refreshes_values_derived_from_a_buffer():
     compiled = tilefuse.compile(model)
     x = torch.randn(4, 32)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
         before = model(x)
         model.mask.data[:, :16] = 0.0
         assert not torch.allclose(model(x), before)
         tilefuse.parameters_changed()
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
         model.mask.mul_(0.5)  # in place on the buffer itself: its version counter moves
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
 
 
 def test_parameters_can_be_swapped_after_a_compile():
@@ -304,7 +309,7 @@ def test_parameters_can_be_swapped_after_a_compile():
     compiled = tilefuse.compile(model)
     x = torch.randn(6, 24)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        _agrees(compiled, model, x)
     swap = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     try:
