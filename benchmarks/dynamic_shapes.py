@@ -8,7 +8,8 @@ whole sweep: Dynamo's first compile, its dynamic recompile, and for tilefuse the
 sizes run through its kernels of symbolic sizes, contractions in PyTorch); then, per length, untimed
 warm calls (where tilefuse compiles a size seen again: `compiler/specialize.py`, unless
 TILEFUSE_SPECIALIZE=0; their seconds, summed over lengths, are the "warm s" column), and
-the median of `triton.testing.do_bench`. Compiles: graphs compiled by the candidate's backend
+the median of `triton.testing.do_bench` (on a GPU also the profiler's device time of one call, "GPU":
+the rest of the wall time is the host's). Compiles: graphs compiled by the candidate's backend
 (Dynamo's for torch.compile; for tilefuse its reports: static graphs, the dynamic graph, and one
 per specialized size). The longest length's output is compared with a float64 copy of the model.
 Batch 4; models from configs with random weights, eval mode, `torch.no_grad()`.
@@ -39,6 +40,7 @@ from .transformers_models import (
     fmt_cell,
     model_dtype,
     output_tensor,
+    profile_call,
     synchronize,
 )
 
@@ -64,7 +66,7 @@ def run_candidate(
     release_memory(device)
     torch._dynamo.reset()
     dynamo_before = counters["stats"]["unique_graphs"]
-    row: dict = {"candidate": candidate, "ms": {}}
+    row: dict = {"candidate": candidate, "ms": {}, "gpu_ms": {}}
     try:
         compiled = compile_fn(model)
         start = time.perf_counter()
@@ -82,6 +84,7 @@ def run_candidate(
                 synchronize(device)
                 warm += time.perf_counter() - start
                 row["ms"][length] = time_ms(lambda kw=kwargs: compiled(**kw), device, cpu_repeats=1)
+                row["gpu_ms"][length] = profile_call(lambda kw=kwargs: compiled(**kw), device)[0]
             row["warm_s"] = warm
             row["err_fp64"] = relative_error(out, reference)
         row["compiles"] = compiles(candidate, compiled, dynamo_before)
@@ -91,7 +94,8 @@ def run_candidate(
 
 
 def render(model: str, lengths: Sequence[int], rows: list[dict]) -> list[str]:
-    """One markdown table per model: a column per length (ms, ratio to eager and torch.compile)."""
+    """One markdown table per model: a column per length (ms, ratio to eager and torch.compile, and
+    on a GPU the profiler's device time of one call: wall minus that is host time)."""
     base = {r["candidate"]: r["ms"] for r in rows}
     head = ["candidate", *[f"len {n} ms" for n in lengths], "sweep s", "warm s", "compiles", "err fp64"]
     lines = [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -105,6 +109,9 @@ def render(model: str, lengths: Sequence[int], rows: list[dict]) -> list[str]:
                 for b, short in ((EAGER, "eager"), (COMPILE, "tc"))
                 if ms and b != r["candidate"] and base.get(b, {}).get(n)
             ]
+            gpu = r["gpu_ms"].get(n)
+            if gpu is not None:
+                ratios.append(f"GPU {gpu:.3f}")
             cells.append(cell + (f" ({', '.join(ratios)})" if ratios else ""))
         cells += [fmt_cell(r.get("sweep_s"), ".1f"), fmt_cell(r.get("warm_s"), ".1f")]
         count = r.get("compiles")

@@ -3,20 +3,20 @@
     python -m tilefuse.benchmarks.generation [--out FILE] [--batches 1,8] [--prompt 512]
         [--new-tokens 128] [--dtype bfloat16|float32] [--tiny] [--no-torch-compile] [--kv-heads N]
 
-The two ways users compile `generate` (issue 14): `model.forward` compiled with the default
-dynamic KV cache, and with a static cache (`cache_implementation="static"`) in
-reduce-overhead mode (CUDA graphs per decode batch size). For each candidate and batch size:
-time to first token (a `generate` of one new token), per-token latency of the decode steps
-((time for N tokens - time to first token) / (N - 1)), the first `generate`'s time (compiles
-included), the number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's
-frame compiles) and how many greedy tokens equal eager's (all of them, or the tokens up to the
-first that differs: a random-weight model in bf16 has near-ties that any change of kernel can
-flip). With a static cache, `generate` compiles the forward itself (torch.compile, Inductor,
-reduce-overhead) unless called with `disable_compile=True`: that automatic compile is the
-torch.compile row with a static cache (how transformers documents it), and every other candidate
-disables it (else the "eager, static cache" row would be torch.compile's, and a compiled
-candidate would run under it). Every candidate runs on the
-same model (random weights from a config; nothing is downloaded) and the same prompts, in one
+The two ways users compile `generate` (issue 14): `model.forward` compiled with the default dynamic
+KV cache, and with a static cache (`cache_implementation="static"`) in reduce-overhead mode (CUDA
+graphs per decode batch size). For each candidate and batch size: time to first token (a `generate`
+of one new token), per-token latency of the decode steps ((time for N tokens - time to first token)
+/ (N - 1); on a GPU also the profiler's device time of a decode step, the same difference over one
+profiled generate each: the rest is host time), the first `generate`'s time (compiles included), the
+number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's frame compiles) and how
+many greedy tokens equal eager's (all of them, or the tokens up to the first that differs: a
+random-weight model in bf16 has near-ties that any change of kernel can flip). With a static cache,
+`generate` compiles the forward itself (torch.compile, Inductor, reduce-overhead) unless called with
+`disable_compile=True`: that automatic compile is the torch.compile row with a static cache (how
+transformers documents it), and every other candidate disables it (else the "eager, static cache"
+row would be torch.compile's, and a compiled candidate would run under it). Every candidate runs on
+the same model (random weights from a config; nothing is downloaded) and the same prompts, in one
 process. A failing candidate is a table cell, never the end of the run; the results file is
 rewritten after each batch size.
 
@@ -40,7 +40,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory
-from .transformers_models import LLAMA, TINY_DECODER, fmt_cell, model_dtype
+from .transformers_models import LLAMA, TINY_DECODER, fmt_cell, kernel_stats, model_dtype
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_generation.md")
 EAGER, EAGER_STATIC = "eager", "eager, static cache"
@@ -61,6 +61,7 @@ class GenTiming:
     batch: int
     ttft_ms: float | None = None
     per_token_ms: float | None = None
+    gpu_per_token_ms: float | None = None  # the profiler's device time of a decode step
     first_generate_s: float | None = None
     compiles: int | None = None
     same_tokens: int | None = None  # leading generated tokens equal to eager's
@@ -144,13 +145,15 @@ def measure(
                 generate(2)
         ttft = _median_ms(lambda: generate(1), repeats)
         total = _median_ms(lambda: generate(new_tokens), repeats)
+        gpu_one, gpu_all = _gpu_ms(lambda: generate(1)), _gpu_ms(lambda: generate(new_tokens))
+        gpu_token = None if gpu_one is None else (gpu_all - gpu_one) / max(new_tokens - 1, 1)
         reports = getattr(model.forward, "tilefuse_reports", None)
         # Dynamo's graphs; a dynamic graph's sizes compiled when called twice in a row are in the note
         compiles = len(_dynamo_graphs(reports)) if reports is not None else (dynamo_frame_compiles() or None)
         note = _tilefuse_note(reports) if reports is not None else ""
         same = None if reference is None else agreeing_tokens(tokens, reference, prompt.shape[1])
         timing = GenTiming(
-            candidate, batch, ttft, (total - ttft) / max(new_tokens - 1, 1),
+            candidate, batch, ttft, (total - ttft) / max(new_tokens - 1, 1), gpu_token,
             None if candidate in (EAGER, EAGER_STATIC) else first_s, compiles, same, note,
         )  # fmt: skip
         return timing, tokens
@@ -179,6 +182,17 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _gpu_ms(fn: Callable[[], object]) -> float | None:
+    """The profiler's device time (kernels, copies) of one call, in ms; None off the GPU."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+    return kernel_stats(prof.events(), 1)[0]
+
+
 def _dynamo_graphs(reports: Sequence[dict]) -> list[dict]:
     """The reports of Dynamo's graphs, without the sizes a dynamic graph compiled apart."""
     return [r for r in reports if "specializes" not in r]
@@ -204,19 +218,24 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
 
 def render_table(timings: Sequence[GenTiming], new_tokens: int) -> str:
     lines = [
-        "| batch | candidate | TTFT ms | per-token ms | vs eager | first generate s | compiles "
-        "| tokens = eager's | notes |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| batch | candidate | TTFT ms | per-token ms | vs eager | GPU ms/token | first generate s "
+        "| compiles | tokens = eager's | notes |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     eager = {t.batch: t.per_token_ms for t in timings if t.candidate == EAGER}
+    per_token = {(t.batch, t.candidate): t.per_token_ms for t in timings}
     for t in timings:
         ref = eager.get(t.batch)
-        speedup = ref / t.per_token_ms if ref and t.per_token_ms else None
+        speedup = fmt_cell(ref / t.per_token_ms if ref and t.per_token_ms else None, ".2f")
+        tc = per_token.get((t.batch, {SUBJECT: COMPILE, SUBJECT_STATIC: COMPILE_STATIC}.get(t.candidate)))
+        if tc and t.per_token_ms:  # against torch.compile in the same setup
+            speedup += f" ({tc / t.per_token_ms:.2f}x tc)"
         same = "—" if t.same_tokens is None else f"{t.same_tokens}/{new_tokens}"
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
         cells = [
             str(t.batch), t.candidate, fmt_cell(t.ttft_ms, ".4g"), fmt_cell(t.per_token_ms, ".4g"),
-            fmt_cell(speedup, ".2f"), fmt_cell(t.first_generate_s, ".3g"),
+            speedup, fmt_cell(t.gpu_per_token_ms, ".4g"),
+            fmt_cell(t.first_generate_s, ".3g"),
             "—" if t.compiles is None else str(t.compiles), same, note,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

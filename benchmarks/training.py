@@ -7,16 +7,16 @@ Each model is built from its config (random weights, seeded; nothing is download
 and one step is `model(input_ids, labels=input_ids).loss.backward()` with the gradients cleared
 after it; by default no optimizer (the step's compute is the compiler's part), with `--optimizer`
 the step ends with the optimizer's update as a training loop's does (PyTorch's, not compiled, in
-every candidate; the parameters then change every step, so what a compiled forward derives from
-them is computed every step). For each candidate: the
-median step time once settled (tilefuse runs a graph whose backward has run in PyTorch from then
-on, see the report's `training`; `TILEFUSE_TRAINING=1` keeps its compiled forward; the row
-"tilefuse compiled backward" runs with `TILEFUSE_TRAINING=compile`: forward and backward graphs
-compiled, every step), the first
-step's time (compiles included), the loss and gradient errors relative to eager's on the same
-weights and batch, and every candidate's gradient error against the same step run in float64 (eager
-has one too: a compiled step may be closer to float64 than eager is). A failing candidate is a
-table cell; the file is rewritten after each model.
+every candidate; the parameters then change every step, so what a compiled forward derives from them
+is computed every step). For each candidate: the median step time once settled (tilefuse runs a
+graph whose backward has run in PyTorch from then on, see the report's `training`;
+`TILEFUSE_TRAINING=1` keeps its compiled forward; the row "tilefuse compiled backward" runs with
+`TILEFUSE_TRAINING=compile`: forward and backward graphs compiled, every step), on a GPU the
+profiler's device time of a step (the rest of the wall time is the host's), the first step's time
+(compiles included), the loss and gradient errors relative to eager's on the same weights and batch,
+and every candidate's gradient error against the same step run in float64 (eager has one too: a
+compiled step may be closer to float64 than eager is). A failing candidate is a table cell; the file
+is rewritten after each model.
 `--autocast` keeps the weights in float32 and runs each forward under `torch.autocast` with bfloat16
 (the mixed-precision loop most training scripts use; backward outside it, as PyTorch recommends).
 `--tiny` builds tiny configs (hidden 64, 1 layer, 2 x 16 tokens) so the harness runs on a CPU.
@@ -48,6 +48,7 @@ from .transformers_models import (
     check_model_args,
     fmt_cell,
     model_dtype,
+    profile_call,
 )
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_training.md")
@@ -69,6 +70,7 @@ class StepTiming:
     model: str
     candidate: str
     step_ms: float | None = None
+    gpu_ms: float | None = None  # the profiler's device time of a step
     first_step_s: float | None = None
     loss_err: float | None = None
     grad_err: float | None = None
@@ -189,6 +191,7 @@ def _measure(
         for _ in range(SETTLE_STEPS if device.type == "cuda" else 0):  # nothing measures itself on a CPU
             train_step(fn, model, ids, optimizer)
         ms = time_ms(lambda: train_step(fn, model, ids, optimizer), device, cpu_repeats=1)
+        gpu_ms = profile_call(lambda: train_step(fn, model, ids, optimizer), device)[0]
         errs = (None, None) if ref is None else (relative(loss, ref[0]), relative(grads, ref[1]))
         err64 = None if ref64 is None else relative(grads, ref64[1])
         note = ""
@@ -200,7 +203,7 @@ def _measure(
             backward = sum(r.get("kind") == "backward" for r in reports)
             note += f"; {backward} backward graph(s) compiled" if backward else ""
         first = None if candidate == EAGER else first_s
-        timing = StepTiming(spec.name, candidate, ms, first, *errs, err64, note)
+        timing = StepTiming(spec.name, candidate, ms, gpu_ms, first, *errs, err64, note)
         return timing, (loss, grads)
     except Exception as exc:  # a failing candidate is a table cell
         return StepTiming(spec.name, candidate, error=describe_error(exc)), None
@@ -208,17 +211,21 @@ def _measure(
 
 def render_table(timings: Sequence[StepTiming]) -> str:
     lines = [
-        "| model | candidate | step ms | vs eager | first step s | loss err vs eager "
+        "| model | candidate | step ms | vs eager | GPU ms | first step s | loss err vs eager "
         "| grad err vs eager | grad err vs float64 | notes |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     eager = {t.model: t.step_ms for t in timings if t.candidate == EAGER}
+    tc = {t.model: t.step_ms for t in timings if t.candidate == COMPILE}
     for t in timings:
         ref = eager.get(t.model)
-        speedup = ref / t.step_ms if ref and t.step_ms else None
+        speedup = fmt_cell(ref / t.step_ms if ref and t.step_ms else None, ".2f")
+        if t.candidate in (SUBJECT, COMPILED_BACKWARD) and tc.get(t.model) and t.step_ms:
+            speedup += f" ({tc[t.model] / t.step_ms:.2f}x tc)"
         note = (f"FAILED: {t.error}" if t.error else t.note).replace("|", "\\|")
         errors = [fmt_cell(t.loss_err, ".2e"), fmt_cell(t.grad_err, ".2e"), fmt_cell(t.grad_err64, ".2e")]
-        timing = [fmt_cell(t.step_ms, ".4g"), fmt_cell(speedup, ".2f"), fmt_cell(t.first_step_s, ".3g")]
+        timing = [fmt_cell(t.step_ms, ".4g"), speedup, fmt_cell(t.gpu_ms, ".4g")]
+        timing.append(fmt_cell(t.first_step_s, ".3g"))
         cells = [t.model, t.candidate, *timing, *errors, note]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

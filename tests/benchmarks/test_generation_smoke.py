@@ -21,23 +21,24 @@ def test_tiny_generation_on_cpu_matches_eager_tokens(tmp_path, capsys):
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")] for line in lines)}
     assert list(rows) == [c for c in CANDIDATES if c not in (COMPILE, COMPILE_STATIC)]
     for candidate, cells in rows.items():
-        assert "FAILED" not in cells[8], cells
+        assert "FAILED" not in cells[9], cells
         # TTFT, and per-token latency: a difference of two single CPU timings, noise when the decode
         # steps run in PyTorch while the prefill's kernels run in Triton's interpreter
         assert float(cells[2]) > 0 and math.isfinite(float(cells[3])), cells
+        assert cells[5] == "—", cells  # no GPU time off the GPU
         if candidate != "eager":
-            assert cells[7] == "4/4", cells  # the same greedy tokens as eager
+            assert cells[8] == "4/4", cells  # the same greedy tokens as eager
     # the prompt's graph, the first step's, then one dynamic graph for every later step, whose
     # static islands (one token's projections, norms and MLP) run as kernels too; no partition fails
     # at run time (the decode graph's causal-mask kernel, a scalar-and-block mask, once did in
     # Triton's interpreter and fell back to PyTorch)
     # (the first decode step's graph, called at the same sizes once per `generate`, is not compiled
     # for them: the decode graph changes size in between; such compiles would show as "+N compiled")
-    assert int(rows["tilefuse"][6]) <= 3
-    graphs = rows["tilefuse"][6]
-    assert rows["tilefuse"][8].startswith(f"{graphs} graph(s), {graphs} with kernels"), rows["tilefuse"][8]
-    assert "compiled for sizes" not in rows["tilefuse"][8], rows["tilefuse"][8]
-    assert "refused: no CUDA device" in rows["tilefuse reduce-overhead, static cache"][8]
+    assert int(rows["tilefuse"][7]) <= 3
+    graphs = rows["tilefuse"][7]
+    assert rows["tilefuse"][9].startswith(f"{graphs} graph(s), {graphs} with kernels"), rows["tilefuse"][9]
+    assert "compiled for sizes" not in rows["tilefuse"][9], rows["tilefuse"][9]
+    assert "refused: no CUDA device" in rows["tilefuse reduce-overhead, static cache"][9]
 
 
 def test_tiny_generation_without_grouped_kv_heads(tmp_path, capsys):
@@ -50,4 +51,4 @@ def test_tiny_generation_without_grouped_kv_heads(tmp_path, capsys):
     lines = [line for line in report.splitlines() if line.startswith("| 1 |")]
     rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
     dynamic = next(cells for cells in rows if cells[1] == "tilefuse")
-    assert dynamic[7] == "4/4" and "FAILED" not in dynamic[8], dynamic
+    assert dynamic[8] == "4/4" and "FAILED" not in dynamic[9], dynamic
