@@ -128,11 +128,13 @@ class KernelPlan(torch.nn.Module):
         # them from its arguments at each call (`symbolic_program`)
         self.symbolic = has_symbolic_sizes(function)
         # where the partition also takes sizes (Dynamo's SymInts: a view's sizes), the positions of
-        # its tensor arguments, then of its sizes: the program takes the tensors, then the sizes
+        # its tensor arguments, then of its sizes: a symbolic program takes the tensors, then the
+        # sizes; a static one the tensors only (its sizes are literals: a SymInt reaching it is a
+        # constant expression, `Sym(15)`, as a sliding window's key length at its cap)
         values = [n.meta.get("val") for n in fallback.graph.nodes if n.op == "placeholder"]
         tensors = [i for i, v in enumerate(values) if not isinstance(v, torch.SymInt)]
-        sizes = [i for i, v in enumerate(values) if isinstance(v, torch.SymInt)]
-        self.tensor_args = tensors + sizes if sizes else None
+        sizes = [i for i, v in enumerate(values) if isinstance(v, torch.SymInt)] if self.symbolic else []
+        self.tensor_args = tensors + sizes if len(tensors) + len(sizes) < len(values) or sizes else None
         self.size_args = [size_of(values[i]) for i in sizes]
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None

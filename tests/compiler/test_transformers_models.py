@@ -220,3 +220,31 @@ def test_generate_at_a_second_batch_size_keeps_the_batch_static():
     reasons = [f["reason"] for r in new for f in r["fallbacks"]]
     batch_symbolic = [r for r in reasons if re.search(r"dynamic shape \(s\d+[^,)]*, ", r)]  # 2-d or more
     assert not batch_symbolic, reasons
+
+
+def test_a_sliding_window_decode_runs_its_partitions_as_kernels():
+    """Gemma2 with a sliding window shorter than the prompt plus the new tokens: past the window, a
+    decode graph's mask partition takes the window's key length as an input, a SymInt of constant
+    value (`Sym(15)`) beside static tensors; its program, static, takes the tensors only (it was
+    handed the size too and failed at run time, "too many values to unpack", every decode step then
+    running in PyTorch). Greedy tokens as eager's, and no partition fails."""
+    import transformers
+
+    config = transformers.Gemma2Config(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=16,
+        attn_implementation="sdpa", pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(config).eval()
+    ids = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+    options = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids, **options)
+        model.forward = tilefuse.compile(model.forward)
+        got = model.generate(ids, **options)
+    assert torch.equal(got, expected)
+    reports = model.forward.tilefuse_reports
+    failed = [p.get("runtime_error") for r in reports for p in r["partitions"] if p.get("runtime_error")]
+    assert not failed, failed
+    assert any(p["groups"] for r in reports for p in r["partitions"])
