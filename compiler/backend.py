@@ -44,7 +44,14 @@ from .partition import SYMBOLIC_KERNELS_ENV
 from .program import Trained
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
-from .specialize import ShapeSpecializations, data_dependent, specialize_limit, symbolic_positions
+from .specialize import (
+    ShapeSpecializations,
+    data_dependent,
+    read_values,
+    specialize_limit,
+    symbolic_positions,
+    value_read_positions,
+)
 from .symbolic import DUMP_FILE as DYNAMIC_DUMP
 from .symbolic import dynamic_dump
 
@@ -241,14 +248,17 @@ class TilefuseBackend:
         if limit == 0:
             return general
 
+        values = value_read_positions(gm)
+
         def compile_static(args: list, label: str) -> Callable:
-            compiled, slot = self._compile_graph(gm, args, f"{graph_name}_{label}")
+            static = read_values(gm, args, values)
+            compiled, slot = self._compile_graph(static, args, f"{graph_name}_{label}")
             slot.get("summary", {})["specializes"] = report.get("name", graph_name)
             return compiled
 
         fakes = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
         try:
-            return ShapeSpecializations(general, compile_static, fakes, report, limit)
+            return ShapeSpecializations(general, compile_static, fakes, report, limit, values)
         except Exception as e:  # the dynamic graph alone still runs every size
             log.warning("tilefuse: graph %s: no size will be specialized (%s: %s)",
                         graph_name, type(e).__name__, e)  # fmt: skip

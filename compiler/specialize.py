@@ -75,11 +75,13 @@ class ShapeSpecializations:
 
     def __init__(
         self, general: Callable, compile_static: Callable[[list, str], Callable], examples: Sequence[object],
-        report: dict, limit: int,
+        report: dict, limit: int, value_positions: Sequence[int] = (),
     ):  # fmt: skip
         self.general = general
         self.compile_static = compile_static
         self.tensor_positions, self.int_positions = symbolic_positions(examples)
+        # inputs whose values a size's compile bakes in (`read_values`): part of the key
+        self.value_positions = tuple(value_positions)
         self.symbolic_dims = {
             i: [d for d, size in enumerate(examples[i].shape) if isinstance(size, torch.SymInt)]
             for i in self.tensor_positions
@@ -115,6 +117,8 @@ class ShapeSpecializations:
         where they determine every symbolic size (strides a compile did not expect fail its
         program's guard, which runs the captured code)."""
         ints = tuple(args[i] for i in self.int_positions)
+        if self.value_positions:
+            ints += tuple(args[i].item() for i in self.value_positions)  # CPU scalars: no sync
         if self.ints_suffice:
             return (), ints, torch.is_grad_enabled()
         sizes = tuple((args[i].shape, args[i].stride()) for i in self.tensor_positions)
@@ -132,6 +136,7 @@ class ShapeSpecializations:
         if not steady or len(self.compiled) >= self.limit or self.refused or self._capturing(args):
             return self.general(*args)
         label = "x".join(str(d) for d in self._sizes(args))
+        label += "".join(f"_v{args[i].item():g}" for i in self.value_positions)  # values baked in
         short = self._short_of_memory(args)
         compiled = self._compile(label, list(args)) if short is None else self._skip(label, short)
         self.compiled[key] = compiled
@@ -201,6 +206,58 @@ class ShapeSpecializations:
             return False
         on_gpu = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
         return on_gpu and torch.cuda.is_current_stream_capturing()
+
+
+def value_read_positions(gm: torch.fx.GraphModule) -> tuple[int, ...]:
+    """The positions of the graph's 0-d CPU tensor inputs whose value it reads (`x.item()`): under
+    `dynamic=True` Dynamo passes a module's Python float (Llama's rotary `attention_scaling`, GPT-2's
+    attention scale) as such a tensor. A static trace cannot read a value (AOTAutograd's fake tensors
+    hold none), so a size's compile takes these values as constants (`read_values`), and the key
+    holds them: a call with another value is another specialization."""
+    positions = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        value = node.meta.get("example_value")
+        if not isinstance(value, torch.Tensor) or value.dim() != 0 or value.device.type != "cpu":
+            continue
+        if any(_reads_value(user) for user in node.users):
+            positions.append(i)
+    return tuple(positions)
+
+
+def read_values(gm: torch.fx.GraphModule, args: Sequence[object], positions: Sequence[int]):
+    """A copy of `gm` where each `.item()` of the inputs at `positions` is that input's value in `args`
+    (Python numbers in the graph, as Dynamo traces a float it specialized)."""
+    if not positions:
+        return gm
+    graph = torch.fx.Graph()
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for i in positions:
+        for read in [u for u in placeholders[i].users if _reads_value(u)]:
+            _replace_with_constant(read, args[i].item())
+            graph.erase_node(read)
+    copy = torch.fx.GraphModule(gm, graph)
+    copy.meta.update(gm.meta)
+    return copy
+
+
+def _replace_with_constant(node: torch.fx.Node, value: object) -> None:
+    """Every use of `node` in its users' arguments becomes `value`."""
+
+    def swap(a: object) -> object:
+        return value if a is node else a
+
+    for user in list(node.users):
+        user.args = torch.fx.node.map_aggregate(user.args, swap)
+        user.kwargs = torch.fx.node.map_aggregate(user.kwargs, swap)
+
+
+def _reads_value(node: torch.fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "item") or (
+        node.op == "call_function" and node.target is torch.Tensor.item
+    )
 
 
 def data_dependent(error: Exception) -> bool:

@@ -226,3 +226,49 @@ def test_a_data_dependent_trace_stops_every_later_size_from_being_tried():
         torch.testing.assert_close(runner(n, x), x + n)
     assert tried == ["9"]
     assert "DataDependent" in report["specialize_refused"] and len(report["specialized"]) == 1
+
+
+def test_a_float_read_as_a_tensor_is_baked_into_each_size_and_keys_it():
+    """Under `dynamic=True` Dynamo passes a Python float as a 0-d tensor the graph reads with
+    `.item()`; a static trace cannot read it (it refused every size, "DataDependent"). A size's compile
+    takes the value as a constant, and the value is part of the key: the same sizes with another
+    value compile again, never reusing the first value (each named by its value)."""
+    torch._dynamo.reset()
+
+    def fn(x, scale):
+        return torch.relu(x) * scale + 1
+
+    compiled = tilefuse.compile(fn, dynamic=True)
+    for n, scale in [(300, 2.0), (261, 2.0), (261, 2.0), (261, 3.5), (261, 3.5), (261, 2.0), (261, 3.5)]:
+        x = torch.randn(n, 257)
+        torch.testing.assert_close(compiled(x, scale), fn(x, scale))
+    [general, *sizes] = compiled.tilefuse_reports
+    assert "specialize_refused" not in general
+    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v2", "261x257_v3.5"]
+    assert all("failed" not in s for s in general["specialized"])
+    assert [_kernels(r) > 0 for r in sizes] == [True, True]
+
+
+def test_a_dynamic_llama_specializes_a_repeated_size():
+    """`tilefuse.compile(model, dynamic=True)` on a transformers Llama: its rotary embedding's
+    `attention_scaling` float reaches the graph as a tensor read with `.item()`; a size called twice
+    in a row now compiles for that size (it failed, and no size was ever specialized)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(model, dynamic=True)
+    with torch.no_grad():
+        for batch, length in [(2, 7), (2, 13), (2, 13)]:
+            ids = torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(length))
+            torch.testing.assert_close(
+                compiled(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-5
+            )
+    general = compiled.tilefuse_reports[0]
+    assert "specialize_refused" not in general, general.get("specialize_refused")
+    [entry] = general["specialized"]
+    assert entry["sizes"].startswith("2x13") and "failed" not in entry, entry
