@@ -253,13 +253,11 @@ def test_a_dynamic_llama_specializes_a_repeated_size():
     """`tilefuse.compile(model, dynamic=True)` on a transformers Llama: its rotary embedding's
     `attention_scaling` float reaches the graph as a tensor read with `.item()`; a size called twice
     in a row now compiles for that size (it failed, and no size was ever specialized)."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
-    )  # fmt: skip
+    pytest.importorskip("transformers")
+    from tiny_models import MODELS
+
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = MODELS["llama"]().eval()
     torch._dynamo.reset()
     compiled = tilefuse.compile(model, dynamic=True)
     with torch.no_grad():
