@@ -95,13 +95,7 @@ def attention_for_tracing(gm: GraphModule, training: bool) -> GraphModule:
     masks = constant_attention_masks(gm, SDPA) if calls else {}
     if not drops and not masks:
         return gm
-    graph = Graph()
-    copies: dict[Node, Node] = {}
-    graph.output(graph.graph_copy(gm.graph, copies))
-    graph._codegen = gm.graph._codegen
-    for node, made in copies.items():  # Dynamo's placeholders name their sources
-        if hasattr(node, "_dynamo_source"):
-            made._dynamo_source = node._dynamo_source
+    graph, copies = dynamo_graph_copy(gm)
     dropped: list[Node] = []  # the masks no call reads any more
     for node, kind in masks.items():
         made = copies[node]
@@ -112,11 +106,30 @@ def attention_for_tracing(gm: GraphModule, training: bool) -> GraphModule:
     for node in drops:
         copies[node].target = attention_with_dropout
     _erase_unread(graph, dropped)
-    copy = GraphModule(gm, graph)
-    # what AOTAutograd reads off Dynamo's graph (its input guards, static inputs)
-    copy.meta.update(gm.meta)
+    copy = dynamo_module(gm, graph)
     kinds = list(masks.values())
     copy.meta[MASKS_DROPPED] = {kind: kinds.count(kind) for kind in ("causal", "visible")}
+    return copy
+
+
+def dynamo_graph_copy(gm: GraphModule) -> tuple[Graph, dict[Node, Node]]:
+    """A copy of Dynamo's graph to rewrite, and its nodes by the originals; its placeholders keep
+    the sources Dynamo names them by (AOTAutograd reads them: `dynamo_module`)."""
+    graph = Graph()
+    copies: dict[Node, Node] = {}
+    graph.output(graph.graph_copy(gm.graph, copies))
+    graph._codegen = gm.graph._codegen
+    for node, made in copies.items():
+        if hasattr(node, "_dynamo_source"):
+            made._dynamo_source = node._dynamo_source
+    return graph, copies
+
+
+def dynamo_module(gm: GraphModule, graph: Graph) -> GraphModule:
+    """`graph` (a `dynamo_graph_copy` of `gm`, rewritten) as a module with what AOTAutograd reads off
+    Dynamo's graph: its metadata (input guards, static inputs) and its parameters' sources."""
+    copy = GraphModule(gm, graph)
+    copy.meta.update(gm.meta)
     if hasattr(gm, "_param_name_to_source"):
         copy._param_name_to_source = gm._param_name_to_source
     return copy

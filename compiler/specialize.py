@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .attention_dropout import dynamo_graph_copy, dynamo_module
+
 log = logging.getLogger("tilefuse")
 
 SPECIALIZE_ENV = "TILEFUSE_SPECIALIZE"
@@ -118,7 +120,7 @@ class ShapeSpecializations:
         program's guard, which runs the captured code)."""
         ints = tuple(args[i] for i in self.int_positions)
         if self.value_positions:
-            ints += tuple(args[i].item() for i in self.value_positions)  # CPU scalars: no sync
+            ints += tuple(exact(args[i].item()) for i in self.value_positions)  # CPU scalars: no sync
         if self.ints_suffice:
             return (), ints, torch.is_grad_enabled()
         sizes = tuple((args[i].shape, args[i].stride()) for i in self.tensor_positions)
@@ -209,20 +211,27 @@ class ShapeSpecializations:
 
 
 def value_read_positions(gm: torch.fx.GraphModule) -> tuple[int, ...]:
-    """The positions of the graph's 0-d CPU tensor inputs whose value it reads (`x.item()`): under
-    `dynamic=True` Dynamo passes a module's Python float (Llama's rotary `attention_scaling`, GPT-2's
-    attention scale) as such a tensor. A static trace cannot read a value (AOTAutograd's fake tensors
-    hold none), so a size's compile takes these values as constants (`read_values`), and the key
-    holds them: a call with another value is another specialization."""
+    """The positions of the graph's Python numbers that Dynamo passes as 0-d CPU tensors and the
+    graph only reads (`x.item()`): under `dynamic=True`, a module's float (Llama's rotary
+    `attention_scaling`, GPT-2's attention scale). A static trace cannot read a value (AOTAutograd's
+    fake tensors hold none), so a size's compile takes these values as constants (`read_values`), and
+    the key holds them (`exact`): a call with another value is another specialization. A user's own
+    0-d tensor is not one of them (its value may change inside the graph, or at every call)."""
     positions = []
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for i, node in enumerate(placeholders):
         value = node.meta.get("example_value")
         if not isinstance(value, torch.Tensor) or value.dim() != 0 or value.device.type != "cpu":
             continue
-        if any(_reads_value(user) for user in node.users):
+        number = getattr(node.meta.get("grapharg"), "pass_arg_as_tensor", False)
+        if number and node.users and all(_reads_value(user) for user in node.users):
             positions.append(i)
     return tuple(positions)
+
+
+def exact(value: float | int) -> object:
+    """A number as a key: floats by their bits (-0.0 is not 0.0, and a NaN equals a NaN)."""
+    return value.hex() if isinstance(value, float) else value
 
 
 def read_values(gm: torch.fx.GraphModule, args: Sequence[object], positions: Sequence[int]):
@@ -230,17 +239,13 @@ def read_values(gm: torch.fx.GraphModule, args: Sequence[object], positions: Seq
     (Python numbers in the graph, as Dynamo traces a float it specialized)."""
     if not positions:
         return gm
-    graph = torch.fx.Graph()
-    output = graph.graph_copy(gm.graph, {})
-    graph.output(output)
+    graph, _ = dynamo_graph_copy(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for i in positions:
         for read in [u for u in placeholders[i].users if _reads_value(u)]:
             _replace_with_constant(read, args[i].item())
             graph.erase_node(read)
-    copy = torch.fx.GraphModule(gm, graph)
-    copy.meta.update(gm.meta)
-    return copy
+    return dynamo_module(gm, graph)
 
 
 def _replace_with_constant(node: torch.fx.Node, value: object) -> None:

@@ -270,3 +270,37 @@ def test_a_dynamic_llama_specializes_a_repeated_size():
     assert "specialize_refused" not in general, general.get("specialize_refused")
     [entry] = general["specialized"]
     assert entry["sizes"].startswith("2x13") and "failed" not in entry, entry
+
+
+def test_floats_key_by_their_bits_and_a_users_own_scalar_tensor_is_not_baked(monkeypatch):
+    """-0.0 and 0.0 are two values (x / -0.0 is -inf): each gets its own compile. A user's 0-d tensor
+    read with `.item()` (Dynamo's `capture_scalar_outputs`) is not a Python number: its value may change
+    inside the graph (here an in-place add before the read), so it is never a constant of a size's
+    compile (that size's compile is refused, as before, and every call matches eager)."""
+    torch._dynamo.reset()
+
+    def divide(x, scale):
+        return x / scale + 1
+
+    compiled = tilefuse.compile(divide, dynamic=True)
+    for n, scale in [(300, 1.0), (261, 0.0), (261, 0.0), (261, -0.0), (261, -0.0), (261, 0.0)]:
+        x = torch.rand(n, 257) + 0.5
+        torch.testing.assert_close(compiled(x, scale), divide(x, scale))
+    general = compiled.tilefuse_reports[0]
+    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v0", "261x257_v-0"]
+    assert specialize.exact(float("nan")) == specialize.exact(float("nan"))
+
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    torch._dynamo.reset()
+
+    def bump(x, t):
+        t.add_(1.0)
+        return x * t.item()
+
+    compiled = tilefuse.compile(bump, dynamic=True)
+    for n in (5, 6, 6, 6):
+        x = torch.randn(n, 4)
+        t, t_eager = torch.tensor(1.0), torch.tensor(1.0)
+        torch.testing.assert_close(compiled(x, t), bump(x, t_eager))
+        assert t.item() == t_eager.item() == 2.0
+    assert all("_v" not in s["sizes"] for s in compiled.tilefuse_reports[0]["specialized"])
