@@ -138,7 +138,7 @@ class ShapeSpecializations:
         if not steady or len(self.compiled) >= self.limit or self.refused or self._capturing(args):
             return self.general(*args)
         label = "x".join(str(d) for d in self._sizes(args))
-        label += "".join(f"_v{args[i].item():g}" for i in self.value_positions)  # values baked in
+        label += "".join(f"_v{args[i].item()!r}" for i in self.value_positions)  # values baked in
         short = self._short_of_memory(args)
         compiled = self._compile(label, list(args)) if short is None else self._skip(label, short)
         self.compiled[key] = compiled

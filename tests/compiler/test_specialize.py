@@ -244,7 +244,7 @@ def test_a_float_read_as_a_tensor_is_baked_into_each_size_and_keys_it():
         torch.testing.assert_close(compiled(x, scale), fn(x, scale))
     [general, *sizes] = compiled.tilefuse_reports
     assert "specialize_refused" not in general
-    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v2", "261x257_v3.5"]
+    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v2.0", "261x257_v3.5"]
     assert all("failed" not in s for s in general["specialized"])
     assert [_kernels(r) > 0 for r in sizes] == [True, True]
 
@@ -287,7 +287,7 @@ def test_floats_key_by_their_bits_and_a_users_own_scalar_tensor_is_not_baked(mon
         x = torch.rand(n, 257) + 0.5
         torch.testing.assert_close(compiled(x, scale), divide(x, scale))
     general = compiled.tilefuse_reports[0]
-    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v0", "261x257_v-0"]
+    assert [s["sizes"] for s in general["specialized"]] == ["261x257_v0.0", "261x257_v-0.0"]
     assert specialize.exact(float("nan")) == specialize.exact(float("nan"))
 
     monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
