@@ -7,18 +7,18 @@ The two ways users compile `generate` (issue 14): `model.forward` compiled with 
 KV cache, and with a static cache (`cache_implementation="static"`) in reduce-overhead mode (CUDA
 graphs per decode batch size). For each candidate and batch size: time to first token (a `generate`
 of one new token), per-token latency of the decode steps ((time for N tokens - time to first token)
-/ (N - 1); on a GPU also the profiler's device time of a decode step, the same difference over one
-profiled generate each: the rest is host time), the first `generate`'s time (compiles included), the
-number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's frame compiles) and how
-many greedy tokens equal eager's (all of them, or the tokens up to the first that differs: a
-random-weight model in bf16 has near-ties that any change of kernel can flip). With a static cache,
-`generate` compiles the forward itself (torch.compile, Inductor, reduce-overhead) unless called with
-`disable_compile=True`: that automatic compile is the torch.compile row with a static cache (how
-transformers documents it), and every other candidate disables it (else the "eager, static cache"
-row would be torch.compile's, and a compiled candidate would run under it). Every candidate runs on
-the same model (random weights from a config; nothing is downloaded) and the same prompts, in one
-process. A failing candidate is a table cell, never the end of the run; the results file is
-rewritten after each batch size.
+/ (N - 1); on a GPU also the profiler's device time of a decode step, the same difference over
+profiled generates (`profile_call`): the rest is host time), the first `generate`'s time (compiles
+included), the number of graphs compiled (tilefuse: its reports; torch.compile: Dynamo's frame
+compiles) and how many greedy tokens equal eager's (all of them, or the tokens up to the first that
+differs: a random-weight model in bf16 has near-ties that any change of kernel can flip). With a
+static cache, `generate` compiles the forward itself (torch.compile, Inductor, reduce-overhead)
+unless called with `disable_compile=True`: that automatic compile is the torch.compile row with a
+static cache (how transformers documents it), and every other candidate disables it (else the
+"eager, static cache" row would be torch.compile's, and a compiled candidate would run under it).
+Every candidate runs on the same model (random weights from a config; nothing is downloaded) and the
+same prompts, in one process. A failing candidate is a table cell, never the end of the run; the
+results file is rewritten after each batch size.
 
 `--tiny` builds a tiny config (hidden 64, 1 layer, prompt 8, 4 new tokens) so the harness runs
 on a CPU; there its times mean nothing (one timing each: a per-token latency can even come out
@@ -40,7 +40,7 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory
-from .transformers_models import LLAMA, TINY_DECODER, fmt_cell, kernel_stats, model_dtype
+from .transformers_models import LLAMA, TINY_DECODER, fmt_cell, model_dtype, profile_call
 
 DEFAULT_OUT = Path(__file__).with_name("RESULTS_generation.md")
 EAGER, EAGER_STATIC = "eager", "eager, static cache"
@@ -145,7 +145,8 @@ def measure(
                 generate(2)
         ttft = _median_ms(lambda: generate(1), repeats)
         total = _median_ms(lambda: generate(new_tokens), repeats)
-        gpu_one, gpu_all = _gpu_ms(lambda: generate(1)), _gpu_ms(lambda: generate(new_tokens))
+        gpu_one = profile_call(lambda: generate(1), device)[0]
+        gpu_all = profile_call(lambda: generate(new_tokens), device)[0]
         gpu_token = None if gpu_one is None else (gpu_all - gpu_one) / max(new_tokens - 1, 1)
         reports = getattr(model.forward, "tilefuse_reports", None)
         # Dynamo's graphs; a dynamic graph's sizes compiled when called twice in a row are in the note
@@ -180,17 +181,6 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)[len(times) // 2]
-
-
-def _gpu_ms(fn: Callable[[], object]) -> float | None:
-    """The profiler's device time (kernels, copies) of one call, in ms; None off the GPU."""
-    if not torch.cuda.is_available():
-        return None
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-    return kernel_stats(prof.events(), 1)[0]
 
 
 def _dynamo_graphs(reports: Sequence[dict]) -> list[dict]:

@@ -5,15 +5,7 @@
 # Logs and tables under $OUT.
 #   carry: .whl   (made by ../shared/tools/gpu-wheels.sh)
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit 1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; uptime;
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } > "$OUT/device.txt" 2>&1
-cat "$OUT/device.txt"
+source "$(dirname "$0")/gpu_setup.sh"
 timeout 150 python3 -m pytest -q -p no:logging tests/gpu/test_symbolic_gpu.py tests/gpu/test_runtime_gpu.py \
   -k "symbolic or bucket or dynamic or greedy" > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"; tail -n 3 "$OUT/gpu_tests.log"

@@ -134,7 +134,7 @@ class KernelPlan(torch.nn.Module):
         values = [n.meta.get("val") for n in fallback.graph.nodes if n.op == "placeholder"]
         tensors = [i for i, v in enumerate(values) if not isinstance(v, torch.SymInt)]
         sizes = [i for i, v in enumerate(values) if isinstance(v, torch.SymInt)] if self.symbolic else []
-        self.tensor_args = tensors + sizes if len(tensors) + len(sizes) < len(values) or sizes else None
+        self.tensor_args = tensors + sizes if len(tensors) < len(values) else None
         self.size_args = [size_of(values[i]) for i in sizes]
         self.report: dict = {}  # the partition's entry in the graph's report, updated at run time
         self.error: str | None = None

@@ -242,7 +242,7 @@ def read_values(gm: torch.fx.GraphModule, args: Sequence[object], positions: Seq
     graph, _ = dynamo_graph_copy(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for i in positions:
-        for read in [u for u in placeholders[i].users if _reads_value(u)]:
+        for read in list(placeholders[i].users):  # every use is a read (`value_read_positions`)
             _replace_with_constant(read, args[i].item())
             graph.erase_node(read)
     return dynamo_module(gm, graph)
