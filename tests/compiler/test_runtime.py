@@ -982,26 +982,26 @@ def _faked_cuda_graphs(monkeypatch, real):
 
     from tilefuse.compiler import cudagraphs
 
-    state: dict = {"capturing": False}
+    state: dict = {"capturing": None}
 
     def step(*args):
-        if state["capturing"]:  # a capture runs nothing: it records, and its outputs are placeholders
-            state["recorded"] = args
-            state["out"] = torch.empty_like(real(*(a.clone() for a in args)))
-            return state["out"]
+        if (graph := state["capturing"]) is not None:  # a capture runs nothing: it records
+            graph.recorded = args
+            graph.out = torch.empty_like(real(*(a.clone() for a in args)))  # a placeholder output
+            return graph.out
         return real(*args)
 
     class FakeGraph:
         def replay(self):
-            state["out"].copy_(real(*state["recorded"]))
+            self.out.copy_(real(*self.recorded))
 
     @contextlib.contextmanager
     def capture(graph):
-        state["capturing"] = True
+        state["capturing"] = graph
         try:
             yield
         finally:
-            state["capturing"] = False
+            state["capturing"] = None
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", capture)
@@ -1045,6 +1045,45 @@ def test_cuda_graph_replay_updates_the_inputs_the_graph_writes_once_a_call(monke
         "input(s) 3, written by the graph, came as other tensors",
         "input(s) 3, written by the graph, came as other tensors; held in private buffers from now on",
     ]
+
+
+def test_caches_that_alternate_are_captured_once_each(monkeypatch):
+    """transformers allocates each `generate`'s static cache while the last one is alive, so caches
+    come back at two addresses in turn: each gets one capture, kept (the captures beside the one in use
+    up to KEPT_CAPTURES), and a later call that brings it again replays it without a capture. A third
+    and fourth cache push the oldest out; a parameter updated in place (a folded weight's source)
+    drops the kept captures. Every call matches eager and updates its cache once."""
+    from tilefuse.compiler.cudagraphs import KEPT_CAPTURES, WARMUP_CALLS, CudaGraphReplay
+
+    def real(cache, pos, new, weight):
+        cache.index_copy_(0, pos, new * weight)
+        return cache.sum(0, keepdim=True)
+
+    step = _faked_cuda_graphs(monkeypatch, real)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False, False, False, True], report, mutated=[True, False, False, False])
+    caches = [torch.zeros(64, 3) for _ in range(KEPT_CAPTURES + 2)]
+    refs = [c.clone() for c in caches]
+    weight = torch.randn(3)
+    # (a cache stays for 3 calls: one that changes on consecutive calls goes to a private buffer)
+    order = [0] * WARMUP_CALLS + [0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
+    order += [n for n in (2, 3, 0, 3, 1) for _ in range(3)] + [2]
+    for i, which in enumerate(order):
+        if i == len(order) - 1:
+            with torch.no_grad():
+                weight.mul_(2)  # in place: a new version
+        pos, new = torch.tensor([i]), torch.randn(1, 3)
+        out = replay(caches[which], pos, new, weight)
+        torch.testing.assert_close(out, real(refs[which], pos, new, weight))
+        assert all(torch.equal(c, r) for c, r in zip(caches, refs))
+    # captures: caches 0 and 1 (then three switches between them), 2 and 3 (1 dropped: the oldest kept),
+    # 0 and 3 reused, 1 again (2 dropped), and the weight's update (on cache 2; the kept ones dropped)
+    reasons = report["captured_because"]
+    assert reasons[0] == "first capture" and reasons[-1] == "parameter input 3 was updated in place"
+    assert report["cudagraphs"] == "captured (6 capture(s))", reasons
+    assert report["captures_reused"] == 5
+    assert not any("private" in why for why in reasons)
+    assert replay.kept == {}
 
 
 def test_a_privately_held_input_that_stays_put_is_captured_in_place_again(monkeypatch):
