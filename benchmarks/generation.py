@@ -202,6 +202,8 @@ def _tilefuse_note(reports: Sequence[dict]) -> str:
         note += f"; {len(failed)} partition(s) failed at run time (PyTorch ran them): {failed[0]}"
     note += f"; whole graphs in PyTorch: {', '.join(reasons)}" if reasons else ""
     note += f"; CUDA graphs: {graphs}" if graphs else ""
+    reused = sum(r.get("captures_reused", 0) for r in reports)
+    note += f", {reused} kept capture(s) replayed again" if reused else ""
     because = [why for r in reports for why in r.get("captured_because", ())]
     return note + (f" (because: {'; '.join(dict.fromkeys(because))})" if because else "")
 
