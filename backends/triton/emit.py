@@ -48,9 +48,10 @@ from ...ir import tile
 from ...ir.dtypes import Dim, dims_of, is_symbolic, parse_size, size_text, to_torch_dtype
 from ..naming import fresh_name
 
-EMITTER_VERSION = 5  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
+EMITTER_VERSION = 6  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
 # 4: in the interpreter, bf16 compares in f32 and integers become bf16 through f32; 5: in the
-# interpreter, a mask over a block of pointers has the block's shape
+# interpreter, a mask over a block of pointers has the block's shape; 6: in the interpreter, a
+# comparison of scalars is made a bool
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -822,7 +823,14 @@ class _KernelWriter:
             # rows all read as fully masked
             a, b = (f"{self._tensor(v)}.to(tl.float32)" for v in op.operands)
             python_level = False
-        self._define(op.result, f"{a} {_COMPARISONS[predicate]} {b}", python_level)
+        compared = f"{a} {_COMPARISONS[predicate]} {b}"
+        scalar = not any(isinstance(v.type, tile.BlockType) for v in op.operands)
+        if self.options.bool_masks and scalar and not python_level:
+            # the interpreter (Triton 3.9) types a comparison of loaded scalars as their float type, and
+            # `&` with a block's comparison then raises (a full max()'s backward: `x == m | isnan(x) &
+            # isnan(m)`); `!= 0` makes it a bool
+            compared = f"({compared}) != 0"
+        self._define(op.result, compared, python_level)
 
     def _divide(self, op: arith.DivSIOp | arith.RemSIOp) -> None:
         a, b = op.operands

@@ -85,3 +85,34 @@ def test_the_gradient_of_a_max_reaches_the_element_the_forward_kernel_chose():
         (grad_ref,) = torch.autograd.grad(want, ref, g)
         torch.testing.assert_close(grad_mine, grad_ref)
     assert any("Triton" in p["executor"] for r in compiled.tilefuse_reports for p in r["partitions"])
+
+
+def test_a_full_max_backward_runs_as_kernels_in_the_interpreter(monkeypatch):
+    """A full `max()`'s backward masks `x == m | isnan(x) & isnan(m)`, `m` a loaded scalar: Triton
+    3.9's interpreter typed the scalar comparison as a float, the `&` with the block's raised, and the
+    backward partition ran in PyTorch ("failed at run time"). It runs as kernels now, ties and NaN
+    included, and matches eager."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", "compile")
+    torch._dynamo.reset()
+
+    def f(x):
+        return x * x.max()
+
+    compiled = tilefuse.compile(f)
+    for case in ("random", "tie", "nan"):
+        x = torch.randn(9, 33)
+        if case == "tie":
+            x[2, 5] = x[7, 30] = x.max() + 1
+        if case == "nan":
+            x[4, 4] = float("nan")
+        mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        got, want = compiled(mine), f(ref)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        g = torch.randn_like(want)
+        (grad_mine,) = torch.autograd.grad(got, mine, g)
+        (grad_ref,) = torch.autograd.grad(want, ref, g)
+        torch.testing.assert_close(grad_mine, grad_ref, equal_nan=True)
+    partitions = [p for r in compiled.tilefuse_reports for p in r["partitions"]]
+    assert not any(p.get("runtime_error") for p in partitions), partitions
+    backward = [p for r in compiled.tilefuse_reports if r["kind"] == "backward" for p in r["partitions"]]
+    assert backward and all("Triton kernel" in p["executor"] for p in backward), backward
