@@ -71,7 +71,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import group_selection
-from .program import empty_padded, unversioned_changes
+from .program import empty_padded, tensor_token, unversioned_changes
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -353,10 +353,10 @@ class CudaGraphReplay:
             if mutated:  # written by the graph itself every call; another tensor is copied in and out
                 continue
             if param:
-                try:
-                    state.append((arg.data_ptr(), arg._version))
+                try:  # (its object too: a new parameter can take a freed one's memory at version 0)
+                    state.append((arg.data_ptr(), arg._version, tensor_token(arg)))
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
-                    state.append((arg.data_ptr(), None))
+                    state.append((arg.data_ptr(), None, tensor_token(arg)))
         return (*state, unversioned_changes()) if state else ()
 
     def _parameter_changed(self, args: Sequence[object]) -> str | None:
@@ -371,7 +371,8 @@ class CudaGraphReplay:
         indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
         for i, now, then in zip(indices, state, self.parameter_state):
             if now != then:
-                what = "moved" if now[0] != then[0] else "was updated in place"
+                what = "moved" if now[0] != then[0] else "was replaced"
+                what = "was updated in place" if what == "was replaced" and now[1] != then[1] else what
                 return f"parameter input {i} {what}"
         return "the parameters changed"
 

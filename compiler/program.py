@@ -18,6 +18,7 @@ the captured PyTorch code for that call instead.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -647,10 +648,31 @@ def watch_parameter_data() -> None:
         torch.nn.Parameter.data = property(_data, _set_data, doc=_TENSOR_DATA.__doc__)
 
 
+_tokens = itertools.count()
+
+
+def tensor_token(t: torch.Tensor) -> int:
+    """A number of this tensor object's own, given at first sight: a parameter replaced by a new one
+    (`m.w = nn.Parameter(...)`) that the allocator put in the old one's memory has the old one's
+    address and version (0), and its Python object (its `id`) may take the old one's place too; only
+    a mark on the object tells them apart. A weak reference would (`torch.utils.swap_tensors` refuses
+    tensors that have one, as `model.double()` swaps under `set_swap_module_params_on_conversion`),
+    and so would a strong one (it checks use counts); the mark is an attribute, `_tilefuse_token`."""
+    token = getattr(t, "_tilefuse_token", None)
+    if token is None:
+        token = next(_tokens)
+        try:
+            t._tilefuse_token = token
+        except (AttributeError, RuntimeError):  # a tensor that takes no attributes: its id
+            return id(t)
+    return token
+
+
 def _version_key(*tensors: torch.Tensor) -> tuple | None:
-    """What identifies these parameters' contents: storage and version, and the changes no version
-    counter shows (`unversioned_changes`); None if untracked (inference tensors have no version counter)."""
+    """What identifies these parameters' contents: storage, version and object (`tensor_token`), and
+    the changes no version counter shows (`unversioned_changes`); None if untracked (inference tensors
+    have no version counter)."""
     try:
-        return (*((t.data_ptr(), t._version) for t in tensors), _unversioned_changes[0])
+        return (*((t.data_ptr(), t._version, tensor_token(t)) for t in tensors), _unversioned_changes[0])
     except RuntimeError:
         return None

@@ -173,6 +173,27 @@ def test_folded_weights_follow_writes_through_data(change):
     the_gemm([r for r in compiled.tilefuse_reports if r.get("kind") != "backward"][:1])
 
 
+def test_folded_weights_follow_a_new_parameter_in_the_old_ones_memory():
+    """A parameter replaced by a new one that the allocator put in the old one's memory, at the same
+    version (0), looked unchanged to the folded weight's key (address and version): a helper's sweep
+    got the old folded weight back, 0.27 off (`m.w = nn.Parameter(...)` twice between evaluations).
+    The derived values now keep weak references to the tensors they came from. Deterministic here: two
+    parameters over one numpy buffer, refilled in between."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = NormLinear(32, 32, layer=False, bias=True)
+    compiled = tilefuse.compile(model)
+    x = torch.randn(16, 32)
+    buffer = np.empty(32, dtype=np.float32)
+    for round in range(3):
+        buffer[:] = np.random.default_rng(round).uniform(0.5, 1.5, 32)
+        model.norm.weight = nn.Parameter(torch.from_numpy(buffer))  # the same memory each round
+        with torch.no_grad():
+            _agrees(compiled, model, x)
+    the_gemm(compiled.tilefuse_reports)
+
+
 def test_a_steady_loop_counts_no_unversioned_change():
     """What invalidates folded weights (`program.unversioned_changes`) does not move while a compiled
     model is only called: the folded weights are reused, not recomputed at every call."""

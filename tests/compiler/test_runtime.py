@@ -1086,6 +1086,31 @@ def test_caches_that_alternate_are_captured_once_each(monkeypatch):
     assert replay.kept == {}
 
 
+def test_a_parameter_replaced_in_the_old_ones_memory_is_captured_again(monkeypatch):
+    """A parameter input replaced by a new tensor at the old one's address and version (two parameters
+    over one numpy buffer) is another tensor: what the capture derived from the old one is stale, so
+    the graph is captured again (`program.tensor_token` tells the objects apart)."""
+    import numpy as np
+
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS, CudaGraphReplay
+
+    def real(x, w):
+        return x * w
+
+    step = _faked_cuda_graphs(monkeypatch, real)
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False, True], report)
+    buffer = np.ones(3, dtype=np.float32)
+    weight = torch.nn.Parameter(torch.from_numpy(buffer))
+    for i in range(WARMUP_CALLS + 4):
+        if i == WARMUP_CALLS + 2:
+            buffer[:] = 2.0
+            weight = torch.nn.Parameter(torch.from_numpy(buffer))  # same memory, version 0
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(replay(x, weight), real(x, weight))
+    assert report["captured_because"] == ["first capture", "parameter input 1 was replaced"]
+
+
 def test_a_privately_held_input_that_stays_put_is_captured_in_place_again(monkeypatch):
     """Short generates (a new cache every call) put the cache in a private buffer; a long generate
     after them (the same cache call after call) takes it back in place after SHARED_AFTER calls, with
