@@ -433,6 +433,7 @@ class CudaGraphReplay:
 
     def _refuse(self, reason: str, args: Sequence[object], level: int = logging.WARNING) -> object:
         self.refused = reason
+        self.kept.clear()  # never replayed from now on
         self.report["cudagraphs"] = f"refused: {reason}"
         log.log(level, "tilefuse: no CUDA graph for graph %s: %s", self.report.get("name"), reason)
         return self.fn(*args)
