@@ -492,7 +492,8 @@ def tune_tasks(
         earlier = f" (and {resumed} from earlier runs)" if resumed else ""
         of_total = f", {new} new trial(s){earlier} for a total budget of {total_budget}" if split else ""
         # a compile in another process (a new shell) reads the cache's database unless told otherwise
-        read = "" if Path(path) == cache_path() else f" (compiles read them with {DB_ENV}={path})"
+        shown = Path(path).resolve()
+        read = "" if Path(path) == cache_path() else f" (compiles read them with {DB_ENV}={shown})"
         runners = f"{len(stats)} {executor.name} runner(s)"
         print(f"\ntuned {len(summary.results)} kernel(s){of_total} in {took:.1f} s on {executor.device} "
               f"({runners}); records in {path}{read}", file=sys.stderr)  # fmt: skip

@@ -50,6 +50,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds, not {text}")
+    return value
+
+
 def read_text(file: str) -> str:
     """The text of `file` (`-`: standard input); an unreadable, non-text or missing file raises
     InputError naming it (and the line and column of the first byte that is not UTF-8)."""
@@ -249,13 +260,35 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.db:
         os.environ["TILEFUSE_TUNING_DB"] = args.db
     root = Path(args.dir)
+    if not root.exists():
+        print(f"error: {root}: no such folder", file=sys.stderr)
+        return 1
+    if not root.is_dir():
+        print(f"error: {root}: a file, not a dump folder", file=sys.stderr)
+        return 1
     if not (root / "index.json").exists():
-        print(f"error: {root}: no tilefuse dump here (no index.json)", file=sys.stderr)
+        inside = (root.parent / "index.json").exists()
+        hint = " (a graph's folder: pass the dump folder above it)" if inside else ""
+        print(f"error: {root}: no tilefuse dump here (no index.json){hint}", file=sys.stderr)
+        return 1
+    try:
+        index = json.loads((root / "index.json").read_text())
+        if not isinstance(index, dict) or not isinstance(index.get("graphs"), list):
+            raise ValueError("no list of graphs")
+    except (ValueError, OSError) as e:  # (JSONDecodeError is a ValueError)
+        print(f"error: {root / 'index.json'}: not a tilefuse dump index ({e})", file=sys.stderr)
         return 1
     if args.html:
         from .report import html_report
 
-        Path(args.html).write_text(html_report(root))
+        target = Path(args.html)
+        if target.is_dir():
+            print(f"error: {target}: a folder; --html takes a file name", file=sys.stderr)
+            return 1
+        if not target.parent.is_dir():
+            print(f"error: {target.parent}: no such folder", file=sys.stderr)
+            return 1
+        target.write_text(html_report(root))
         print(f"wrote {args.html}", file=sys.stderr)
         return 0
     sys.stdout.write(summarize(root))
@@ -275,12 +308,39 @@ def load_target(target: str):
         sys.path.insert(0, str(path.parent.resolve()))
         spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if e.name is None or not where.startswith(e.name):
+                raise  # a module the target imports is missing: its traceback
+
+            raise TargetError(f"{where}: no such module (and not a .py file)") from None
     make = getattr(module, name, None)
     if not callable(make):
-        raise ValueError(f"{where} has no callable {name!r} returning (fn, example_inputs)")
-    fn, inputs = make()
+        raise TargetError(f"{where} has no callable {name!r} returning (fn, example_inputs)")
+    made = make()
+    if not isinstance(made, (tuple, list)) or len(made) != 2:
+        what = type(made).__name__ if not isinstance(made, (tuple, list)) else f"{len(made)} values"
+        raise TargetError(f"{where}:{name} returned {what}; it must return (fn_or_module, example_inputs)")
+    fn, inputs = made
+    if isinstance(inputs, torch_tensor_type()):
+        inputs = (inputs,)  # one input as itself, not split into its rows
+    if not callable(fn) or not isinstance(inputs, (tuple, list)):
+        raise TargetError(
+            f"{where}:{name} returned ({type(fn).__name__}, {type(inputs).__name__}); it must return "
+            "(fn_or_module, example_inputs) with the inputs a tuple or list"
+        )
     return fn, tuple(inputs)
+
+
+def torch_tensor_type() -> type:
+    import torch
+
+    return torch.Tensor
+
+
+class TargetError(Exception):
+    """A tune target that cannot be loaded or returns no (fn, example_inputs); one line for the user."""
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -290,8 +350,11 @@ def _tune(args: argparse.Namespace) -> int:
 
     try:
         fn, inputs = load_target(args.target)
-    except ValueError as e:
+    except TargetError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if (problem := _unusable_database(args.db)) is not None:  # said now, not after the model's compile
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     try:  # Ctrl-C: the job stops its processes and records nothing for the trial in flight
         summary = tune(
@@ -307,6 +370,25 @@ def _tune(args: argparse.Namespace) -> int:
         return 1
     print(summary.table())
     return 0
+
+
+def _unusable_database(path: str | None) -> str | None:
+    """Why the tuning database at `path` (default: the environment's, else the cache's) cannot be
+    opened or is no tuning database; None if it can (a missing file is created by the job)."""
+    import sqlite3
+
+    from ..autotune.database import Database, SchemaVersionError, default_path
+
+    target = Path(path) if path else default_path()
+    if target.is_dir():
+        return f"{target}: a folder, not a tuning database file"
+    if not target.exists():
+        return None
+    try:
+        Database(target).close()
+    except (sqlite3.Error, OSError, SchemaVersionError) as e:
+        return f"{target}: not a usable tuning database ({e})"
+    return None
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
@@ -399,7 +481,7 @@ def _add_tune(sub) -> None:
         help="model (default): XGBoost-ranked picks plus random exploration; random; exhaustive",
     )  # fmt: skip
     tune.add_argument(
-        "--workers", type=int,
+        "--workers", type=_positive,
         help="kernels tuned at once, one GPU each (default 1; with --ray, every GPU of the cluster)",
     )  # fmt: skip
     tune.add_argument(
@@ -411,9 +493,10 @@ def _add_tune(sub) -> None:
         "--db", help="tuning database file (default: $TILEFUSE_TUNING_DB, else ~/.cache/tilefuse/tuning.db)"
     )
     tune.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds before a trial counts as hung (default 60)"
-    )
-    tune.add_argument("--patience", type=int, help="stop a kernel after this many trials without gain")
+        "--timeout", type=_positive_seconds, default=60.0,
+        help="seconds before a trial counts as hung (default 60)",
+    )  # fmt: skip
+    tune.add_argument("--patience", type=_positive, help="stop a kernel after this many trials without gain")
     tune.add_argument("--model", help="a saved cost model to start from (default: the shipped H100 model)")
     tune.add_argument(
         "--sizes", type=_sizes, metavar="N,N,...",

@@ -101,18 +101,28 @@ def compile_kernels(
     by_key: dict[str, TuningTask] = {}
     counts: dict[str, int] = {}
     for key, n in launches.items():  # a Counter keeps the order keys first came in
-        sized = []
+        sized, first_size = [], {}
+        kernel = registered_task(key)
         for size in sizes or ():
             try:
-                sized.append(task_at_sizes(key, size))
+                task = task_at_sizes(key, size)
             except NotTunedAtSize as e:
-                kernel = registered_task(key)
                 log.warning(
                     "tilefuse: tune: %s not tuned at size %d: %s", kernel.name if kernel else key, size, e
                 )
-        for task in [t for t in sized if t is not None] or [registered_task(key)]:
+                continue
+            if task is not None and task.key in first_size:  # two sizes of one bucket: the first is measured
+                log.warning(
+                    "tilefuse: tune: %s not tuned at size %d: size %d of the same size bucket is",
+                    kernel.name if kernel else key, size, first_size[task.key],
+                )  # fmt: skip
+                continue
+            if task is not None:
+                first_size[task.key] = size
+                sized.append(task)
+        for task in sized or [kernel]:
             if task is not None and not _symbolic_shapes(task):
-                by_key.setdefault(task.key, task)  # two sizes of one bucket: its first size is measured
+                by_key.setdefault(task.key, task)
                 counts[task.key] = counts.get(task.key, 0) + n
     return ModelKernels(compiled, list(by_key.values()), counts)
 

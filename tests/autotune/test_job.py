@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 import torch
 
 import tilefuse
@@ -71,7 +72,7 @@ def test_cli_tunes_a_script(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr()
     assert "| gemm |" in out.out and "2/2" in out.err  # the table, and the progress bar
     # the database is not the default one: the summary says how a compile elsewhere reads it
-    assert f"compiles read them with TILEFUSE_TUNING_DB={db}" in out.err
+    assert f"compiles read them with TILEFUSE_TUNING_DB={db.resolve()}" in out.err
     with Database(db) as database:
         assert len(database) == 2
 
@@ -82,6 +83,70 @@ def test_cli_reports_a_bad_target(tmp_path, capsys):
     assert cli_main(["tune", f"{script}:missing"]) == 1
     assert "no callable 'missing'" in capsys.readouterr().err
     assert cli_main(["tune", str(tmp_path / "absent.py")]) == 1
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "nan"], ["--patience", "-2"], ["--workers", "0"]],
+)
+def test_cli_refuses_numbers_that_would_spoil_a_job(flags, tmp_path, capsys):
+    """A timeout of 0 or less recorded every trial as failed (and a resumed job never retried them);
+    a negative patience tuned nothing; 0 workers ran one silently. argparse refuses them (exit 2)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["tune", str(tmp_path / "model.py"), *flags])
+    assert exit_.value.code == 2
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def test_cli_reports_targets_that_return_the_wrong_thing_in_one_line(tmp_path, capsys):
+    """A missing module, and a target returning None or three values, are one line (exit 1), not a
+    traceback; one tensor as the inputs is one input, not split into its rows."""
+    script = tmp_path / "targets.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            def nothing():
+                return None
+
+            def three():
+                return torch.relu, (torch.randn(2),), 3
+
+            def one_tensor():
+                return torch.nn.Linear(4, 4), torch.randn(2, 4)
+            """
+        )
+    )
+    from tilefuse.compiler.cli import load_target
+
+    assert cli_main(["tune", "no_such_module_xyz:fn"]) == 1
+    assert "no_such_module_xyz: no such module" in capsys.readouterr().err
+    assert cli_main(["tune", f"{script}:nothing"]) == 1
+    assert "returned NoneType; it must return (fn_or_module, example_inputs)" in capsys.readouterr().err
+    assert cli_main(["tune", f"{script}:three"]) == 1
+    assert "returned 3 values" in capsys.readouterr().err
+    fn, inputs = load_target(f"{script}:one_tensor")
+    assert len(inputs) == 1 and inputs[0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "folder"])
+def test_cli_refuses_an_unusable_database_before_compiling(kind, tmp_path, capsys, monkeypatch):
+    """A corrupt file or a folder as `--db` was a traceback after the model had compiled; now one line
+    before anything runs."""
+    script = tmp_path / "model.py"
+    script.write_text("import torch\ndef tune_target():\n    return torch.relu, (torch.randn(3),)\n")
+    db = tmp_path / "bad.db"
+    if kind == "corrupt":
+        db.write_bytes(b"not sqlite" * 100)
+    else:
+        db.mkdir()
+    compiles = []
+    monkeypatch.setattr("tilefuse.compiler.tuning.compile_kernels", lambda *a, **k: compiles.append(a))
+    assert cli_main(["tune", str(script), "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {db}:" in err and "Traceback" not in err
+    assert not compiles
 
 
 def test_an_unusable_tuning_database_means_default_configs(tmp_path, monkeypatch):

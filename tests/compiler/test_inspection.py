@@ -94,6 +94,28 @@ def test_inspect_refuses_a_folder_without_a_dump(tmp_path, capsys):
     assert "no tilefuse dump here" in capsys.readouterr().err
 
 
+def test_inspect_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
+    """A missing folder, a file, a graph's folder inside a dump, a broken index.json and a folder as
+    the --html file: each one line (exit 1), never a traceback."""
+    _compile(tmp_path)
+    graph = next(p for p in (tmp_path / "dump").iterdir() if p.is_dir())
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "index.json").write_text("{bad")
+    (tmp_path / "file.txt").write_text("x")
+    cases = {
+        str(tmp_path / "absent"): "no such folder",
+        str(tmp_path / "file.txt"): "a file, not a dump folder",
+        str(graph): "pass the dump folder above it",
+        str(tmp_path / "broken"): "not a tilefuse dump index",
+    }
+    for folder, says in cases.items():
+        assert cli_main(["inspect", folder]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    assert cli_main(["inspect", str(tmp_path / "dump"), "--html", str(tmp_path)]) == 1
+    assert "--html takes a file name" in capsys.readouterr().err
+
+
 def test_a_cache_hit_dump_says_the_passes_did_not_run(tmp_path):
     _compile(tmp_path / "first")
     torch._dynamo.reset()
