@@ -245,6 +245,25 @@ def selection_choices(compiled: Callable) -> list[dict]:
     return list(rows.values())
 
 
+class TuneInWorker(RuntimeError):
+    """`tune` called while a worker process imports the user's script (no `__main__` guard)."""
+
+
+def _refuse_in_a_spawned_import() -> None:
+    """The job's runner processes are spawned: each imports the user's main script again, and a
+    `tilefuse.tune(...)` at its top level (no `if __name__ == "__main__":`) ran a whole tuning job
+    inside every runner, each writing the database (a fresh-clone helper: four jobs where one was
+    asked for). In such an import this says so instead, as multiprocessing itself does for a process
+    started there."""
+    import multiprocessing.process
+
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        raise TuneInWorker(
+            "tilefuse.tune was called while a tuning worker process imported your script: put the "
+            'call under `if __name__ == "__main__":` (the workers are spawned and import the script again)'
+        )
+
+
 def tune(
     fn: Callable, example_inputs: Sequence[torch.Tensor], budget: int = 64, *,
     total_budget: int | None = None, timer: Timer | None = None, sizes: Sequence[int] | None = None,
@@ -262,6 +281,7 @@ def tune(
     """
     from ..autotune.ray_executor import import_ray
 
+    _refuse_in_a_spawned_import()
     check_strategy(options.get("strategy", "model"))  # before the compile, not after it
     if options.get("ray"):
         import_ray()  # a missing Ray is said before the compile too

@@ -189,3 +189,16 @@ def test_collecting_a_models_kernels_without_cuda_does_not_warn_about_cuda(monke
     assert [t.kind for t in tasks] == ["gemm"]
     assert not [w for w in seen if "no CUDA device" in str(w.message)]
     assert runtime._warn_no_cuda_once.cache_info().currsize == 0  # a later compile warns as usual
+
+
+def test_tune_refuses_to_run_inside_its_own_spawned_worker(monkeypatch):
+    """The runners are spawned and import the user's script again: an unguarded `tilefuse.tune(...)`
+    ran a whole job in each of them. While a spawned process imports its parent's script
+    (`_inheriting`), tune says how to guard the call instead, before compiling anything."""
+    import multiprocessing.process
+
+    from tilefuse.compiler.tuning import TuneInWorker
+
+    monkeypatch.setattr(multiprocessing.process.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(TuneInWorker, match='if __name__ == "__main__"'):
+        tilefuse.tune(_model, _inputs(), budget=1)
