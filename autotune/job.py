@@ -211,19 +211,29 @@ def plan_budget(
 
 
 class ProgressBar:
-    """One stderr line per task, rewritten in place: trials done of the budget, best so far."""
+    """One stderr line per task, rewritten in place: trials done of the budget, best so far. Where
+    stderr is not a terminal (a log file, CI), `\r` would make one long line of every update: a line
+    of its own at each quarter of the budget instead."""
 
     def __init__(self, stream=None, width: int = 24):
         self.stream, self.width = stream, width  # None: sys.stderr at each write (pytest swaps it)
         self._lock = threading.Lock()
         self._open = False
+        self._quarters: dict[str, int] = {}  # (not a terminal) the last quarter written, per task
 
     def __call__(self, task: TuningTask, trials: int, budget: int, best_ms: float | None) -> None:
         done = int(self.width * min(trials, budget) / max(budget, 1))
         best = f"{best_ms:.4g} ms" if best_ms is not None else "-"
-        line = f"\r{task.name:<18} [{'#' * done}{'.' * (self.width - done)}] {trials}/{budget} best {best}"
+        line = f"{task.name:<18} [{'#' * done}{'.' * (self.width - done)}] {trials}/{budget} best {best}"
         with self._lock:
-            self._write(line + ("\n" if trials >= budget else ""))
+            stream = self.stream or sys.stderr
+            if not getattr(stream, "isatty", lambda: False)():
+                quarter = 4 * min(trials, budget) // max(budget, 1)
+                if quarter > self._quarters.get(task.key, 0) or trials == 1:
+                    self._quarters[task.key] = quarter
+                    self._write(line + "\n")
+                return
+            self._write("\r" + line + ("\n" if trials >= budget else ""))
             self._open = trials < budget
 
     def finish(self) -> None:

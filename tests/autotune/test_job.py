@@ -202,3 +202,23 @@ def test_tune_refuses_to_run_inside_its_own_spawned_worker(monkeypatch):
     monkeypatch.setattr(multiprocessing.process.current_process(), "_inheriting", True, raising=False)
     with pytest.raises(TuneInWorker, match='if __name__ == "__main__"'):
         tilefuse.tune(_model, _inputs(), budget=1)
+
+
+def test_progress_without_a_terminal_is_a_line_a_quarter():
+    """Written to a log (not a terminal), `\\r` updates made one long line: a line of its own at each
+    quarter of a task's budget instead, the first trial's too."""
+    import io
+
+    from tilefuse.autotune.job import ProgressBar
+    from tilefuse.autotune.tasks import TuningTask
+
+    log = io.StringIO()
+    bar = ProgressBar(stream=log)
+    task = TuningTask.__new__(TuningTask)
+    object.__setattr__(task, "name", "gemm_x")
+    object.__setattr__(task, "key", "k")
+    for trials in range(1, 9):
+        bar(task, trials, 8, 1.5)
+    lines = log.getvalue().split("\n")[:-1]
+    assert "\r" not in log.getvalue()
+    assert [line.split()[2] for line in lines] == ["1/8", "2/8", "4/8", "6/8", "8/8"]
