@@ -290,6 +290,12 @@ def tune(
     with _default_configs():  # the compile that finds the kernels is the "before" too: one compile fewer
         model = compile_kernels(fn, example_inputs, sizes)
         before_ms = _time_model(timer, model.compiled, example_inputs)
+    if not model.tasks:  # said, with why, rather than an empty table
+        reasons = sorted(
+            {f"{f['op']}: {f['reason']}" for r in model.compiled.tilefuse_reports for f in r["fallbacks"]}
+        )
+        why = f"; in PyTorch: {'; '.join(reasons[:4])}" if reasons else ""
+        log.warning("tilefuse: tune: the model compiled to no kernel to tune%s", why)
     torch._dynamo.reset()  # the next compile looks the tuned configs up
     summary = tune_tasks(model.tasks, budget, total_budget=total_budget, launches=model.launches, **options)
     after_ms = choices = None
