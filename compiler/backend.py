@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,40 @@ def _target(example_inputs: list, backend: str | None = None) -> Target:
     return Target(not on_gpu, allow_tf32, device, resolve_backend(backend))
 
 
+def outputs_of_their_own(compiled: Callable) -> Callable:
+    """A training graph's forward whose outputs that are views of its own buffers (a reshape or
+    permute of a kernel's output, a dropout of p=0 passing its input on) come back as tensors over
+    the same memory that are not views. The forward runs inside AOTAutograd's autograd Function, and
+    autograd forbids writing in place into a view a Function created: a model that did
+    (`hidden_states[~mask] = 0` after a graph break, Wav2Vec2's encoder) raised where eager, whose
+    tensor was no view, runs. Views of the inputs stay views (AOTAutograd regenerates those), and so
+    do views over memory another output holds too (the forward's outputs include what it saves for
+    the backward): a write into a tensor of its own would not move their version counter, and the
+    backward would read the written memory where autograd, through the view, refuses the write."""
+
+    def call(*args: object) -> object:
+        outputs = compiled(*args)
+        if not isinstance(outputs, (list, tuple)) or not any(
+            isinstance(o, torch.Tensor) and o._base is not None for o in outputs
+        ):
+            return outputs
+        shared = Counter(o.untyped_storage().data_ptr() for o in outputs if isinstance(o, torch.Tensor))
+        shared.update(a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor))
+        return type(outputs)(
+            _not_a_view(o) if isinstance(o, torch.Tensor) and o._base is not None
+            and shared[o.untyped_storage().data_ptr()] == 1 else o
+            for o in outputs
+        )  # fmt: skip
+
+    return call
+
+
+def _not_a_view(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), t.shape, t.stride()
+    )
+
+
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:
     """The backward as PyTorch runs it, its ATen calls through PyTorch's bindings (`direct_ops`)."""
     return make_boxed_func(direct_forward(gm))
@@ -294,6 +329,8 @@ class TilefuseBackend:
                     params = [i.param is not None for i in inputs]
                     compiled = CudaGraphReplay(compiled, params, summary, mutated)
             graph_report["summary"] = summary  # where GraphSelection writes its choice
+            if trains:
+                compiled = outputs_of_their_own(compiled)
             return make_boxed_func(compiled)
 
         def backward_compiler(bw: GraphModule, bw_inputs: list) -> Callable:

@@ -113,3 +113,49 @@ def test_items_of_an_op_left_to_pytorch_stay_with_it():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     forward = compiled.tilefuse_reports[0]
     assert forward["partitions"] and not any(f["node"] == "<graph>" for f in forward["fallbacks"])
+
+
+def test_a_training_output_that_is_a_view_of_a_kernels_buffer_can_be_written_in_place():
+    """A training graph's output that is a view of the program's own buffer (dropout of p=0 passes
+    the linear's output on; a reshape) was a view created inside AOTAutograd's autograd Function, and
+    autograd refused a write into it (Wav2Vec2's `hidden_states[~mask] = 0` after a graph break): it
+    is handed out as a tensor of its own over that memory. A view over memory the backward saves
+    stays a view, and the write is refused as before (eager refuses it at the backward); never is the
+    saved memory written under the backward."""
+    torch.manual_seed(0)
+
+    def f(x, w, b):
+        n = torch.nn.functional.layer_norm(x, (16,))
+        h = torch.nn.functional.linear(n, w, b)
+        return torch.nn.functional.dropout(h, 0.0, True, False).reshape(2, 40), n
+
+    x = torch.randn(2, 5, 16)
+    w, b = torch.randn(8, 16), torch.randn(8)
+    compiled = tilefuse.compile(f)
+    grads = []
+    for fn in (compiled, f):
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out, n = fn(x, wg, bg)
+        out[out > 0] = 0  # in place, as eager allows
+        (out.square().sum() + n.sum()).backward()
+        grads.append((out.detach(), wg.grad, bg.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    def saved(x, w):
+        y = torch.sigmoid(x @ w)  # sigmoid's backward reads y
+        return y.view(-1)
+
+    compiled = tilefuse.compile(saved)
+    x, w = torch.randn(4, 8), torch.randn(8, 3)
+    wg = w.clone().requires_grad_()
+    out = compiled(x, wg)
+    try:  # a view over saved memory is refused; memory of its own is written and the backward unharmed
+        out.mul_(2)
+        out.sum().backward()
+    except RuntimeError as e:
+        assert "modified inplace" in str(e) or "inplace operation" in str(e)
+    else:
+        ref = w.clone().requires_grad_()
+        (saved(x, ref) * 2).sum().backward()
+        torch.testing.assert_close(wg.grad, ref.grad, rtol=1e-4, atol=1e-5)
