@@ -657,14 +657,20 @@ def tensor_token(t: torch.Tensor) -> int:
     address and version (0), and its Python object (its `id`) may take the old one's place too; only
     a mark on the object tells them apart. A weak reference would (`torch.utils.swap_tensors` refuses
     tensors that have one, as `model.double()` swaps under `set_swap_module_params_on_conversion`),
-    and so would a strong one (it checks use counts); the mark is an attribute, `_tilefuse_token`."""
-    token = getattr(t, "_tilefuse_token", None)
-    if token is None:
-        token = next(_tokens)
-        try:
-            t._tilefuse_token = token
-        except (AttributeError, RuntimeError):  # a tensor that takes no attributes: its id
-            return id(t)
+    and so would a strong one (it checks use counts); the mark is an attribute, `_tilefuse_token`:
+    the number and the `id` of the object it was given to. Pickling (`torch.save` of a model) and
+    `Tensor.__deepcopy__` copy attributes, and a checkpoint loaded into the freed memory of the last
+    one, at the same version, carried the same number (a review's repro: the old folded weight,
+    3.2 off); a copy is another object than the one its mark names, and gets a number of its own.
+    Plain integers, so `torch.load(weights_only=True)` still reads a parameter that carries one."""
+    mark = getattr(t, "_tilefuse_token", None)
+    if mark is not None and mark[1] == id(t):
+        return mark[0]
+    token = next(_tokens)
+    try:
+        t._tilefuse_token = (token, id(t))
+    except (AttributeError, RuntimeError):  # a tensor that takes no attributes: its id
+        return id(t)
     return token
 
 

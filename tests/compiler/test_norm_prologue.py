@@ -194,6 +194,44 @@ def test_folded_weights_follow_a_new_parameter_in_the_old_ones_memory():
     the_gemm(compiled.tilefuse_reports)
 
 
+def test_checkpoints_loaded_in_turn_get_their_own_folded_weights(tmp_path):
+    """`torch.save(model)` pickles a parameter's attributes, the program's mark among them: two
+    checkpoints of one model, loaded in turn (mmap: each into the freed memory of the last, at the
+    same version), carried the same mark, and the second reused the first's folded weight (3.2 off;
+    a review's repro). A copied mark names another object, and the copy gets one of its own; a
+    parameter carrying a mark still loads with `weights_only=True`."""
+    import copy
+    import gc
+
+    from tilefuse.compiler.program import tensor_token
+
+    torch.manual_seed(0)
+    model = NormLinear(24, 16, layer=False, bias=True)
+
+    def run(module, x):
+        return module(x)
+
+    compiled = tilefuse.compile(run)
+    x = torch.randn(6, 24)
+    with torch.no_grad():
+        compiled(model, x)  # marks the parameters
+        torch.save(model, tmp_path / "a.pt")
+        model.norm.weight.mul_(3.0)
+        torch.save(model, tmp_path / "b.pt")
+    mark = tensor_token(model.norm.weight)
+    for name in ["a.pt", "b.pt"] * 2:
+        loaded = torch.load(tmp_path / name, weights_only=False, mmap=True)
+        assert tensor_token(loaded.norm.weight) != mark
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(loaded, x), loaded(x), rtol=1e-5, atol=1e-5)
+        del loaded
+        gc.collect()
+    torch.save(model.norm.weight, tmp_path / "w.pt")  # a Parameter with its attributes
+    torch.testing.assert_close(torch.load(tmp_path / "w.pt", weights_only=True), model.norm.weight)
+    copied = copy.deepcopy(model.norm.weight.detach().requires_grad_(False))
+    assert tensor_token(copied) != mark
+
+
 def test_a_steady_loop_counts_no_unversioned_change():
     """What invalidates folded weights (`program.unversioned_changes`) does not move while a compiled
     model is only called: the folded weights are reused, not recomputed at every call."""
