@@ -243,9 +243,9 @@ class CudaGraphReplay:
         one whose memory pool is large (kept pools stay reserved)."""
         if self.graph is None or any(self.private) or self.pool_bytes > KEPT_POOL_BYTES:
             return
-        self.kept[tuple(a for a, m in zip(self.addresses, self.mutated) if m)] = {
-            name: getattr(self, name) for name in CAPTURE_STATE
-        }
+        key = tuple(a for a, m in zip(self.addresses, self.mutated) if m)
+        self.kept.pop(key, None)  # (kept again: the newest, last to be dropped)
+        self.kept[key] = {name: getattr(self, name) for name in CAPTURE_STATE}
         while len(self.kept) > KEPT_CAPTURES:
             self._reclaim()  # (outputs lent over the dropped pool get memory of their own first)
             del self.kept[next(iter(self.kept))]
