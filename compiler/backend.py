@@ -42,7 +42,7 @@ from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
 from .input_mutations import mutated_inputs, reinplace
 from .partition import SYMBOLIC_KERNELS_ENV
-from .program import Trained
+from .program import Trained, over_storage
 from .runtime import direct_forward, preferred_device
 from .selection import GraphSelection, compile_backward, selection_enabled
 from .specialize import (
@@ -223,18 +223,12 @@ def outputs_of_their_own(compiled: Callable) -> Callable:
         shared = Counter(o.untyped_storage().data_ptr() for o in outputs if isinstance(o, torch.Tensor))
         shared.update(a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor))
         return type(outputs)(
-            _not_a_view(o) if isinstance(o, torch.Tensor) and o._base is not None
+            over_storage(o, o.untyped_storage()) if isinstance(o, torch.Tensor) and o._base is not None
             and shared[o.untyped_storage().data_ptr()] == 1 else o
             for o in outputs
         )  # fmt: skip
 
     return call
-
-
-def _not_a_view(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset(), t.shape, t.stride()
-    )
 
 
 def _pytorch_backward(gm: GraphModule, example_inputs: list) -> Callable:

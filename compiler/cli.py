@@ -313,7 +313,6 @@ def load_target(target: str):
         except ModuleNotFoundError as e:
             if e.name is None or not where.startswith(e.name):
                 raise  # a module the target imports is missing: its traceback
-
             raise TargetError(f"{where}: no such module (and not a .py file)") from None
     make = getattr(module, name, None)
     if not callable(make):
@@ -323,7 +322,9 @@ def load_target(target: str):
         what = type(made).__name__ if not isinstance(made, (tuple, list)) else f"{len(made)} values"
         raise TargetError(f"{where}:{name} returned {what}; it must return (fn_or_module, example_inputs)")
     fn, inputs = made
-    if isinstance(inputs, torch_tensor_type()):
+    import torch  # (not at the top: `tilefuse --help` answers without it)
+
+    if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)  # one input as itself, not split into its rows
     if not callable(fn) or not isinstance(inputs, (tuple, list)):
         raise TargetError(
@@ -331,12 +332,6 @@ def load_target(target: str):
             "(fn_or_module, example_inputs) with the inputs a tuple or list"
         )
     return fn, tuple(inputs)
-
-
-def torch_tensor_type() -> type:
-    import torch
-
-    return torch.Tensor
 
 
 class TargetError(Exception):

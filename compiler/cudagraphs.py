@@ -65,13 +65,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import group_selection
-from .program import empty_padded, tensor_token, unversioned_changes
+from .program import empty_padded, over_storage, tensor_token, unversioned_changes
 from .selection import ROUNDS
 
 log = logging.getLogger("tilefuse")
@@ -218,15 +218,16 @@ class CudaGraphReplay:
         self.report["outputs_copied"] += 1
         return _clone(self.spare[1], args)
 
-    def _written_key(self, args: Sequence[object]) -> tuple[int, ...]:
-        return tuple(a.data_ptr() for a, m in zip(args, self.mutated) if m)
+    def _written_key(self, addresses: Iterable[int]) -> tuple[int, ...]:
+        """The addresses of the inputs the graph writes in place: what a kept capture is found by."""
+        return tuple(a for a, m in zip(addresses, self.mutated) if m)
 
     def _switch(self, args: Sequence[object]) -> bool:
         """Make the kept capture on `args`' written inputs (their addresses) the one in use, the current
         one kept in its place; False where none fits (none kept there, or the parameters changed since)."""
         if any(self.private):
             return False
-        state = self.kept.pop(self._written_key(args), None)
+        state = self.kept.pop(self._written_key(a.data_ptr() for a in args), None)
         if state is None:
             return False
         if state["parameter_state"] != self._parameter_state(args):
@@ -243,7 +244,7 @@ class CudaGraphReplay:
         one whose memory pool is large (kept pools stay reserved)."""
         if self.graph is None or any(self.private) or self.pool_bytes > KEPT_POOL_BYTES:
             return
-        key = tuple(a for a, m in zip(self.addresses, self.mutated) if m)
+        key = self._written_key(self.addresses)
         self.kept.pop(key, None)  # (kept again: the newest, last to be dropped)
         self.kept[key] = {name: getattr(self, name) for name in CAPTURE_STATE}
         while len(self.kept) > KEPT_CAPTURES:
@@ -280,8 +281,7 @@ class CudaGraphReplay:
             if CAN_LEND:
                 alias = aliases.get(storage.data_ptr())
                 storage = self._alias(storage, aliases) if alias is None else alias
-            out = torch.empty(0, dtype=t.dtype, device=t.device)
-            return out.set_(storage, t.storage_offset(), t.shape, t.stride())
+            return over_storage(t, storage)
 
         return _each_output(self.static_outputs, args, hand_out)
 
@@ -353,10 +353,12 @@ class CudaGraphReplay:
             if mutated:  # written by the graph itself every call; another tensor is copied in and out
                 continue
             if param:
-                try:  # (its object too: a new parameter can take a freed one's memory at version 0)
-                    state.append((arg.data_ptr(), arg._version, tensor_token(arg)))
+                try:
+                    version = arg._version
                 except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
-                    state.append((arg.data_ptr(), None, tensor_token(arg)))
+                    version = None
+                # (its object too: a new parameter can take a freed one's memory at version 0)
+                state.append((arg.data_ptr(), version, tensor_token(arg)))
         return (*state, unversioned_changes()) if state else ()
 
     def _parameter_changed(self, args: Sequence[object]) -> str | None:
@@ -371,9 +373,11 @@ class CudaGraphReplay:
         indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
         for i, now, then in zip(indices, state, self.parameter_state):
             if now != then:
-                what = "moved" if now[0] != then[0] else "was replaced"
-                what = "was updated in place" if what == "was replaced" and now[1] != then[1] else what
-                return f"parameter input {i} {what}"
+                if now[0] != then[0]:
+                    return f"parameter input {i} moved"
+                if now[1] != then[1]:
+                    return f"parameter input {i} was updated in place"
+                return f"parameter input {i} was replaced"
         return "the parameters changed"
 
     def _capture(self, args: Sequence[object], why: str, settle: bool = True) -> object:

@@ -648,6 +648,14 @@ def watch_parameter_data() -> None:
         torch.nn.Parameter.data = property(_data, _set_data, doc=_TENSOR_DATA.__doc__)
 
 
+def over_storage(t: torch.Tensor, storage: torch.UntypedStorage) -> torch.Tensor:
+    """A tensor of `t`'s shape, strides and offset over `storage`, which is no view of anything (a
+    replay's output lent over the graph's pool, a training output over a program's buffer)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        storage, t.storage_offset(), t.shape, t.stride()
+    )
+
+
 _tokens = itertools.count()
 
 

@@ -288,12 +288,13 @@ def tune(
         import_ray()  # a missing Ray is said before the compile too
     if timer is None and torch.cuda.is_available():
         timer = gpu_timer
-    if options.get("progress", True):  # (a real model's compile takes a while before the first bar)
+    progress = options.get("progress", True)
+    if progress:  # (a real model's compile takes a while before the first bar)
         print("tilefuse tune: compiling the model to find its kernels", file=sys.stderr, flush=True)
     with _default_configs():  # the compile that finds the kernels is the "before" too: one compile fewer
         model = compile_kernels(fn, example_inputs, sizes)
         before_ms = _time_model(timer, model.compiled, example_inputs)
-    if options.get("progress", True) and model.tasks:
+    if progress and model.tasks:
         print(f"tilefuse tune: {len(model.tasks)} kernel(s) to tune", file=sys.stderr, flush=True)
     if not model.tasks:  # said, with why, rather than an empty table
         reasons = sorted(
