@@ -95,10 +95,10 @@ FUSION_PASS, LOWERING_PASS = "form-fusion-groups", "lower-to-tile"
 SYMBOLIC_SCOPE = (
     "symbolic sizes go through parsing, printing, the reference interpreter, canonicalize, "
     "form-fusion-groups and lower-to-tile (pointwise, reduction and row kernels take their sizes as "
-    "arguments; other groups get no kernel); norm-prologue, split-reduction and kmajor-f32-weights "
-    "leave such functions as they are"
+    "arguments; other groups get no kernel); norm-prologue, merge-projections, split-reduction and "
+    "kmajor-f32-weights leave such functions as they are"
 )
-COMPILE_PASSES = ("canonicalize", "norm-prologue", "split-reduction", FUSION_PASS)
+COMPILE_PASSES = ("canonicalize", "norm-prologue", "merge-projections", "split-reduction", FUSION_PASS)
 
 
 def _opt(args: argparse.Namespace) -> int:

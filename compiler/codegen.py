@@ -40,8 +40,9 @@ from ..autotune.tasks import make_task, register_sized, tuned_record
 from ..ir import tile
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify, verify_between_passes
-from ..passes import FormFusionGroups, KMajorF32Weights, NormPrologue, SplitReduction
+from ..passes import FormFusionGroups, KMajorF32Weights, MergeProjections, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
+from ..passes.merge_projections import MERGE_PROJECTIONS_ENV
 from ..passes.split_reduction import SPLIT_K_ENV
 from .artifact_cache import cache_dir
 from .runtime import BucketConfig, CompiledKernel
@@ -94,7 +95,7 @@ def fusion_options() -> str:
     (the key hashes the captured graph, before it is partitioned)."""
     from .partition import SYMBOLIC_GEMM_ENV, SYMBOLIC_KERNELS_ENV
 
-    envs = {NORM_PROLOGUE_ENV: "1", SPLIT_REDUCTION_ENV: "1", SPLIT_K_ENV: "auto"}
+    envs = {NORM_PROLOGUE_ENV: "1", MERGE_PROJECTIONS_ENV: "0", SPLIT_REDUCTION_ENV: "1", SPLIT_K_ENV: "auto"}
     envs |= {SYMBOLIC_KERNELS_ENV: "1", SYMBOLIC_GEMM_ENV: "0"}
     return ",".join(f"{env}={os.environ.get(env, default)}" for env, default in envs.items())
 
@@ -103,6 +104,21 @@ def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:
     if os.environ.get(NORM_PROLOGUE_ENV, "1") != "0":
         NormPrologue().apply(make_context(), art.module)
         verify_between_passes(art.module, "after norm-prologue")
+    return art
+
+
+def merge_projections_enabled() -> bool:
+    """`TILEFUSE_MERGE_PROJECTIONS=1`: off by default until measured on the GPU."""
+    return os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1"
+
+
+def stage_merge_projections(art: GraphArtifact) -> GraphArtifact:
+    """Sibling projections of one input as one GEMM (`passes/merge_projections.py`), where
+    `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured on the GPU); not in a training
+    graph's forward, whose parameters change every step."""
+    if merge_projections_enabled() and art.trained is None:
+        MergeProjections().apply(make_context(), art.module)
+        verify_between_passes(art.module, "after merge-projections")
     return art
 
 

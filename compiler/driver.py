@@ -51,10 +51,12 @@ from .codegen import (
     fusion_options,
     kernels_with_bodies,
     kmajor_f32_weights,
+    merge_projections_enabled,
     named_source,
     stage_codegen,
     stage_fuse,
     stage_lower,
+    stage_merge_projections,
     stage_norm_prologue,
     stage_operand_layout,
     stage_split_reduction,
@@ -344,6 +346,13 @@ def _dump_module_as(
     return lambda art: (filename, text(art))
 
 
+def _merge_skipped(art: GraphArtifact) -> str | None:
+    if merge_projections_enabled() and art.trained is None:
+        return None
+    why = "a training graph's forward" if merge_projections_enabled() else "TILEFUSE_MERGE_PROJECTIONS≠1"
+    return f"merge-projections did not run: {why}; this is the module after norm-prologue"
+
+
 def _kmajor_skipped(art: GraphArtifact) -> str | None:
     if kmajor_f32_weights(art.target):
         return None
@@ -387,6 +396,10 @@ STAGES: list[Stage] = [
     Stage("import", stage_import, _dump_module_as("ein.mlir")),
     Stage("canonicalize", stage_canonicalize, _dump_module_as("ein.canonicalize.mlir")),
     Stage("norm-prologue", stage_norm_prologue, _dump_module_as("ein.norm-prologue.mlir")),
+    Stage(
+        "merge-projections", stage_merge_projections,
+        _dump_module_as("ein.merge-projections.mlir", skipped=_merge_skipped),
+    ),  # fmt: skip
     Stage("split-reduction", stage_split_reduction, _dump_module_as("ein.split-reduction.mlir")),
     Stage(
         "kmajor-f32-weights", stage_operand_layout,
@@ -527,7 +540,8 @@ def _kernel_file(art: GraphArtifact, kernel: str) -> str:
 
 
 PASS_STAGES = (
-    "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "kmajor-f32-weights",
+    "partition", "import", "canonicalize", "norm-prologue", "merge-projections", "split-reduction",
+    "kmajor-f32-weights",
     "form-fusion-groups", "lower",
 )  # fmt: skip
 

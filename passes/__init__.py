@@ -9,6 +9,7 @@ from .canonicalize import Canonicalize
 from .export_linalg import ExportLinalg
 from .fusion_groups import FormFusionGroups
 from .lower_to_tile import LowerToTile
+from .merge_projections import MergeProjections
 from .norm_prologue import NormPrologue
 from .operand_layout import KMajorF32Weights
 from .split_reduction import SplitReduction
@@ -16,12 +17,12 @@ from .split_reduction import SplitReduction
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
     for p in (
-        Canonicalize, NormPrologue, SplitReduction, KMajorF32Weights, FormFusionGroups, LowerToTile,
-        ExportLinalg,
+        Canonicalize, NormPrologue, MergeProjections, SplitReduction, KMajorF32Weights, FormFusionGroups,
+        LowerToTile, ExportLinalg,
     )
 }
 
 __all__ = [
     "PASSES", "Canonicalize", "ExportLinalg", "FormFusionGroups", "KMajorF32Weights", "LowerToTile",
-    "NormPrologue", "SplitReduction",
+    "MergeProjections", "NormPrologue", "SplitReduction",
 ]  # fmt: skip

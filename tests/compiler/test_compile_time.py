@@ -131,8 +131,8 @@ def test_report_says_where_compile_time_went(blocks, tmp_path):
     (report,) = compiled.tilefuse_reports
     seconds = report["compile_seconds"]
     stages = (
-        "partition", "import", "canonicalize", "norm-prologue", "split-reduction", "kmajor-f32-weights",
-        "form-fusion-groups",
+        "partition", "import", "canonicalize", "norm-prologue", "merge-projections", "split-reduction",
+        "kmajor-f32-weights", "form-fusion-groups",
     )  # fmt: skip
     assert set(seconds["passes"]) == {*stages, "lower"}
     assert seconds["capture"] > 0 and seconds["codegen"] > 0 and seconds["triton_compile"] == 0  # interpreter
