@@ -107,16 +107,18 @@ def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:
     return art
 
 
-def merge_projections_enabled() -> bool:
-    """`TILEFUSE_MERGE_PROJECTIONS=1`: off by default until measured on the GPU."""
-    return os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1"
+def merge_projections_skipped(art: GraphArtifact) -> str | None:
+    """Why merge-projections does not run on this graph, or None where it does: it needs
+    `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured on the GPU), and not a training
+    graph's forward, whose parameters change every step."""
+    if os.environ.get(MERGE_PROJECTIONS_ENV, "0") != "1":
+        return f"{MERGE_PROJECTIONS_ENV} is not 1"
+    return "a training graph's forward" if art.trained is not None else None
 
 
 def stage_merge_projections(art: GraphArtifact) -> GraphArtifact:
-    """Sibling projections of one input as one GEMM (`passes/merge_projections.py`), where
-    `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured on the GPU); not in a training
-    graph's forward, whose parameters change every step."""
-    if merge_projections_enabled() and art.trained is None:
+    """Sibling projections of one input as one GEMM (`passes/merge_projections.py`)."""
+    if merge_projections_skipped(art) is None:
         MergeProjections().apply(make_context(), art.module)
         verify_between_passes(art.module, "after merge-projections")
     return art

@@ -51,7 +51,7 @@ from .codegen import (
     fusion_options,
     kernels_with_bodies,
     kmajor_f32_weights,
-    merge_projections_enabled,
+    merge_projections_skipped,
     named_source,
     stage_codegen,
     stage_fuse,
@@ -347,9 +347,9 @@ def _dump_module_as(
 
 
 def _merge_skipped(art: GraphArtifact) -> str | None:
-    if merge_projections_enabled() and art.trained is None:
+    why = merge_projections_skipped(art)
+    if why is None:
         return None
-    why = "a training graph's forward" if merge_projections_enabled() else "TILEFUSE_MERGE_PROJECTIONS≠1"
     return f"merge-projections did not run: {why}; this is the module after norm-prologue"
 
 

@@ -239,6 +239,12 @@ class EinBuilder:
         block.add_op(ein.YieldOp(result))
         return self._emit(ein.MapOp(operands, tensor_type(shape, out_elem), Region(block)))
 
+    def map_like(self, template: ein.MapOp, inputs: Sequence[SSAValue], shape: Sequence[int]) -> SSAValue:
+        """An `ein.map` computing `template`'s body (cloned) over `inputs`, one per template operand,
+        into a tensor of `shape` and the template's element type."""
+        result = tensor_type(shape, template.result.type.get_element_type())
+        return self._emit(ein.MapOp(list(inputs), result, template.body.clone()))
+
     def cast(self, x: SSAValue, elem: Attribute) -> SSAValue:
         if x.type.get_element_type() == elem:
             return x

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from xdsl.context import Context
 from xdsl.dialects import arith, builtin, func, math, scf
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import BlockArgument, Operation
+from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
 
+from . import einsum
 from .einsum import Einsum
 from .tile import Tile
 
@@ -37,6 +38,18 @@ def parameter_args(fn: func.FuncOp) -> list[BlockArgument]:
     in order."""
     attrs = fn.arg_attrs.data if fn.arg_attrs is not None else ()
     return [arg for arg, a in zip(fn.body.block.args, attrs) if "ein.param" in a.data]
+
+
+def computed_from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
+    """Whether `value` is a parameter argument (of `params`), or computed from them alone by maps,
+    views and concatenations (a folded norm weight, stacked weights): what the runtime computes once
+    and reuses while the parameters stand (`runtime._parameter_derived`)."""
+    if isinstance(value, BlockArgument):
+        return value in params
+    owner = value.owner
+    if not isinstance(owner, (einsum.MapOp, einsum.ViewOp, einsum.ConcatOp)):
+        return False
+    return all(computed_from_parameters(v, params) for v in owner.operands)
 
 
 def make_context() -> Context:

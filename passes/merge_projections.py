@@ -20,10 +20,11 @@ the merged weight is one buffer), which the runtime computes once and reuses
 while the parameters stand; the merged weight costs the stacked weights'
 memory once more, as a folded norm weight does. An epilogue is each product's
 chain of single-reader maps of the product's shape (a bias, a folded norm's row
-scale); the chains must be equally long with bodies alike and operands either
-shared (one value, or views alike of one value, broadcast along N) or stacked,
-else nothing is merged: products that meet in one map (SwiGLU's gate and up,
-which `form-fusion-groups` runs as one dual-accumulator kernel) are left alone.
+scale); the chains must be equally long with bodies alike (result types too) and
+operands either shared (one value, or views alike of one value, broadcast along
+N) or stacked (of one rank, read once each), else nothing is merged: products
+that meet in one map (SwiGLU's gate and up, which `form-fusion-groups` runs as
+one dual-accumulator kernel) are left alone.
 
 A sibling whose result the function returns (through views: the value states a
 dynamic cache keeps) is copied out of the merged buffer into one of its own, so
@@ -32,26 +33,27 @@ column slice of a wider buffer could fail where eager's would not). Not merged: 
 parameters change every step, so the stacked weights would be copied every step;
 the driver skips the pass) and graphs of symbolic sizes.
 
-Off in a compile until it is measured on the GPU (written in a session whose GPU
-time was spent: benchmarks/NOTES.md); `TILEFUSE_MERGE_PROJECTIONS=1` turns it
-on (`tilefuse opt -p merge-projections` runs it whatever the setting).
+Off in a compile until measured on the GPU (benchmarks/NOTES.md has the
+prediction); `TILEFUSE_MERGE_PROJECTIONS=1` turns it on (`tilefuse opt -p
+merge-projections` runs it whatever the setting).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import BlockArgument, Operation, Region, SSAValue
+from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder, erase_dead, single_user
-from ..ir.dtypes import has_symbolic_sizes, shape_of, tensor_type
-from ..ir.module import functions, parameter_args
+from ..ir.dtypes import has_symbolic_sizes, shape_of
+from ..ir.module import computed_from_parameters, functions, parameter_args
 
 MERGE_PROJECTIONS_ENV = "TILEFUSE_MERGE_PROJECTIONS"
 
@@ -61,45 +63,53 @@ class MergeProjections(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            if not has_symbolic_sizes(fn):
-                merge_function(fn)
+            merge_function(fn)
 
 
-# A plan of the merged computation, checked before anything is written: every value it reads must be
-# defined before the point where the merged ops go
+# The merged computation, planned (and checked) before anything is written.
 @dataclass
-class _Shared:
-    value: SSAValue  # read as it is (broadcast along the merged dim)
+class Shared:
+    """A value every sibling reads alike, broadcast along the merged dim: read as it is."""
+
+    value: SSAValue
 
 
 @dataclass
-class _Concat:
+class Concat:
+    """Values computed from parameters alone, stacked along `dim`."""
+
     values: list[SSAValue]
     dim: int
 
 
 @dataclass
-class _Map:
-    operands: list  # plans
-    body: Region  # cloned from the first sibling's map
+class Map:
+    """The siblings' maps (bodies alike) as one over their operands' plans."""
+
+    template: ein.MapOp
+    operands: list[Plan]
     shape: tuple[int, ...]
-    elem: object
 
 
 @dataclass
-class _Contract:
+class Contract:
+    """The sibling contractions as one over their stacked right operands."""
+
     spec: str
     lhs: SSAValue
-    rhs: object  # a plan
-    shape: tuple[int, ...]
-    elem: object
+    rhs: Plan
+    elem: Attribute
 
 
+Plan = Shared | Concat | Map | Contract
 Group = list[tuple[ein.ContractOp, list[SSAValue]]]  # siblings, each with its epilogue chain
 
 
 def merge_function(fn: func.FuncOp) -> int:
-    """Merge each set of sibling projections in `fn`; returns how many sets were merged."""
+    """Merge each set of sibling projections in `fn`; returns how many sets were merged (none in a
+    function of symbolic sizes)."""
+    if has_symbolic_sizes(fn):
+        return 0
     params = set(parameter_args(fn))
     merged = 0
     while True:
@@ -134,15 +144,51 @@ def _sibling_sets(fn: func.FuncOp) -> list[list[ein.ContractOp]]:
     return [ops for ops in by_key.values() if len(ops) >= 2]
 
 
+def _read_once(value: SSAValue) -> bool:
+    """Read by one operand of one op (`single_user` counts ops: `map(p, p)` reads p twice)."""
+    return len(list(value.uses)) == 1
+
+
 def _raw_chain(value: SSAValue) -> list[SSAValue]:
-    """The epilogue after a product: its chain of single-reader maps of its shape, product first."""
+    """The epilogue after a product: its chain of maps of its shape each reading the last value once,
+    product first."""
     chain = [value]
     shape = shape_of(value.type)
-    while (user := single_user(chain[-1])) is not None and isinstance(user, ein.MapOp):
+    while _read_once(chain[-1]) and isinstance(user := single_user(chain[-1]), ein.MapOp):
         if shape_of(user.result.type) != shape:
             break
         chain.append(user.result)
     return chain
+
+
+def _alike(a: SSAValue, b: SSAValue) -> bool:
+    """Two chain values computed alike: maps of equal bodies and result element types."""
+    ma, mb = a.owner, b.owner
+    same_type = a.type.get_element_type() == b.type.get_element_type()
+    return same_type and len(ma.inputs) == len(mb.inputs) and ma.body.is_structurally_equivalent(mb.body)
+
+
+def _groups(contracts: list[ein.ContractOp]) -> list[Group]:
+    """The siblings that can merge, with their epilogue chains: products whose chains meet (SwiGLU's
+    gate and up, one map reading both) are left out; the rest go together where their chains are
+    equally long and computed alike at every step."""
+    chains = {c: _raw_chain(c.result) for c in contracts}
+    count: dict[SSAValue, int] = {}
+    for chain in chains.values():
+        for v in chain[1:]:
+            count[v] = count.get(v, 0) + 1
+    groups: list[Group] = []
+    for c, chain in chains.items():
+        if any(count[v] > 1 for v in chain[1:]):
+            continue
+        for group in groups:
+            other = group[0][1]
+            if len(other) == len(chain) and all(_alike(a, b) for a, b in zip(chain[1:], other[1:])):
+                group.append((c, chain))
+                break
+        else:
+            groups.append([(c, chain)])
+    return [g for g in groups if len(g) >= 2]
 
 
 def _reaches_results(value: SSAValue, results: set[SSAValue]) -> bool:
@@ -156,32 +202,8 @@ def _reaches_results(value: SSAValue, results: set[SSAValue]) -> bool:
     return False
 
 
-def _groups(contracts: list[ein.ContractOp]) -> list[Group]:
-    """The siblings that can merge, with their epilogue chains: products whose chains meet (SwiGLU's
-    gate and up, one map reading both) are left out; the rest go together where their chains are
-    equally long with bodies alike at every step."""
-    chains = {c: _raw_chain(c.result) for c in contracts}
-    count: dict[SSAValue, int] = {}
-    for chain in chains.values():
-        for v in chain[1:]:
-            count[v] = count.get(v, 0) + 1
-    groups: list[Group] = []
-    for c, chain in chains.items():
-        if any(count[v] > 1 for v in chain[1:]):
-            continue
-        for group in groups:
-            other = group[0][1]
-            if len(other) == len(chain) and all(
-                a.owner.body.is_structurally_equivalent(b.owner.body) for a, b in zip(chain[1:], other[1:])
-            ):
-                group.append((c, chain))
-                break
-        else:
-            groups.append([(c, chain)])
-    return [g for g in groups if len(g) >= 2]
-
-
 def _merge(fn: func.FuncOp, group: Group, params: set[SSAValue]) -> bool:
+    """Merge one group: the plan, checked, written before the first reader of any sibling's value."""
     block = fn.body.block
     results = set(block.last_op.operands)
     tails = [chain[-1] for _, chain in group]
@@ -190,7 +212,7 @@ def _merge(fn: func.FuncOp, group: Group, params: set[SSAValue]) -> bool:
     if not readers:
         return False
     anchor = min(readers, key=lambda op: position[op])
-    last = len(tails[0].type.get_shape()) - 1
+    last = len(shape_of(tails[0].type)) - 1
     plan = _plan(tails, last, params, top=True)
     if plan is None or not all(_defined_before(v, anchor, position) for v in _leaves(plan)):
         return False
@@ -207,53 +229,84 @@ def _merge(fn: func.FuncOp, group: Group, params: set[SSAValue]) -> bool:
     return True
 
 
-def _plan(values: Sequence[SSAValue], dim: int, params: set[SSAValue], top: bool = False) -> object | None:
-    """How to compute the values stacked along `dim` (their shapes differ there only), or None.
-    Below the `top` (the values replaced by slices), a value read elsewhere too is not merged: its
-    op would be computed twice."""
-    shapes = [shape_of(v.type) for v in values]
-    if any(len(s) != len(shapes[0]) or any(a != b for j, (a, b) in enumerate(zip(s, shapes[0])) if j != dim)
-           for s in shapes):  # fmt: skip
+def _stacked_shape(values: Sequence[SSAValue], dim: int) -> tuple[int, ...] | None:
+    """The shape of `values` stacked along `dim`, if they have one rank and differ nowhere else."""
+    shapes = [tuple(shape_of(v.type)) for v in values]
+    first = shapes[0]
+    for s in shapes:
+        if len(s) != len(first) or s[:dim] != first[:dim] or s[dim + 1 :] != first[dim + 1 :]:
+            return None
+    return (*first[:dim], sum(s[dim] for s in shapes), *first[dim + 1 :])
+
+
+def _plan(values: Sequence[SSAValue], dim: int, params: set[SSAValue], top: bool = False) -> Plan | None:
+    """How to compute `values` stacked along `dim`, or None where they cannot be. Below the `top` (the
+    values the slices replace), a map's or a contraction's value must be read once: its op is then
+    not computed twice (parameters are only read)."""
+    shape = _stacked_shape(values, dim)
+    if shape is None or any(v.type.get_element_type() != values[0].type.get_element_type() for v in values):
         return None
-    shape = tuple(shapes[0][:dim]) + (sum(s[dim] for s in shapes),) + tuple(shapes[0][dim + 1 :])
     owners = [v.owner for v in values]
-    elem = values[0].type.get_element_type()
-    if all(isinstance(o, ein.ContractOp) for o in owners):
-        if not top and any(single_user(v) is None for v in values):
+    for kind in (ein.ContractOp, ein.MapOp):
+        if not all(isinstance(o, kind) for o in owners):
+            continue
+        if not top and not all(_read_once(v) for v in values):
             return None
-        first = owners[0]
-        if dim != len(shape) - 1:
-            return None
-        if any(o.lhs is not first.lhs or o.spec.data != first.spec.data for o in owners):
-            return None
-        rhs = _plan([o.rhs for o in owners], 0, params)
-        return None if rhs is None else _Contract(first.spec.data, first.lhs, rhs, shape, elem)
-    if all(isinstance(o, ein.MapOp) for o in owners):
-        first = owners[0]
-        if any(len(o.inputs) != len(first.inputs) or not o.body.is_structurally_equivalent(first.body)
-               for o in owners):  # fmt: skip
-            return None
-        if not top and any(single_user(v) is None for v in values):
-            return None
-        operands = []
-        for j in range(len(first.inputs)):
-            inputs = [o.inputs[j] for o in owners]
-            rank = len(shape_of(inputs[0].type))
-            at = dim - (len(shape) - rank)  # the operand's dim the merged one broadcasts along
-            broadcast = at < 0 or shape_of(inputs[0].type)[at] == 1
-            if broadcast and all(_equivalent(v, inputs[0]) for v in inputs):
-                operands.append(_Shared(inputs[0]))
-                continue
-            if at < 0 or any(shape_of(v.type)[at] != s[dim] for v, s in zip(inputs, shapes)):
-                return None  # broadcast along the merged dim, yet different per sibling
-            operand = _plan(inputs, at, params)
-            if operand is None:
-                return None
-            operands.append(operand)
-        return _Map(operands, first.body, shape, elem)
-    if all(_from_parameters(v, params) for v in values):
-        return _Concat(list(values), dim)
+        if kind is ein.ContractOp:
+            return _plan_contract(owners, dim, params)
+        return _plan_map(owners, values, dim, shape, params)
+    if all(computed_from_parameters(v, params) for v in values):
+        return Concat(list(values), dim)
     return None
+
+
+def _plan_contract(owners: list[ein.ContractOp], dim: int, params: set[SSAValue]) -> Plan | None:
+    first = owners[0]
+    if dim != len(shape_of(first.result.type)) - 1:
+        return None  # stacked along N only
+    if any(o.lhs is not first.lhs or o.spec.data != first.spec.data or not _linear_form(o) for o in owners):
+        return None
+    rhs = _plan([o.rhs for o in owners], 0, params)
+    if rhs is None:
+        return None
+    return Contract(first.spec.data, first.lhs, rhs, first.result.type.get_element_type())
+
+
+def _plan_map(
+    owners: list[ein.MapOp], values: Sequence[SSAValue], dim: int, shape: tuple[int, ...],
+    params: set[SSAValue],
+) -> Plan | None:  # fmt: skip
+    first = owners[0]
+    if any(not _alike(v, values[0]) for v in values):
+        return None
+    operands: list[Plan] = []
+    for j in range(len(first.inputs)):
+        operand = _plan_operand([o.inputs[j] for o in owners], values, dim, params)
+        if operand is None:
+            return None
+        operands.append(operand)
+    return Map(first, operands, shape)
+
+
+def _plan_operand(
+    inputs: list[SSAValue], values: Sequence[SSAValue], dim: int, params: set[SSAValue]
+) -> Plan | None:
+    """One operand position of the siblings' maps: shared (alike, broadcast along the merged dim) or
+    stacked along the dim it broadcasts to (`at`, numpy's trailing alignment)."""
+    rank = len(shape_of(inputs[0].type))
+    if any(len(shape_of(v.type)) != rank for v in inputs):
+        return None
+    at = dim - (len(shape_of(values[0].type)) - rank)
+    if at < 0 or shape_of(inputs[0].type)[at] == 1:
+        if all(_equivalent(v, inputs[0]) for v in inputs) and all(
+            at < 0 or shape_of(v.type)[at] == 1 for v in inputs
+        ):
+            return Shared(inputs[0])
+        if at < 0:
+            return None
+    if any(shape_of(v.type)[at] != shape_of(t.type)[dim] for v, t in zip(inputs, values)):
+        return None  # broadcast along the merged dim, yet different per sibling
+    return _plan(inputs, at, params)
 
 
 def _equivalent(a: SSAValue, b: SSAValue) -> bool:
@@ -267,24 +320,19 @@ def _equivalent(a: SSAValue, b: SSAValue) -> bool:
     return same and _equivalent(va.input, vb.input)
 
 
-def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
-    """A parameter, or computed from parameters alone by maps, views and concatenations."""
-    if isinstance(value, BlockArgument):
-        return value in params
-    owner = value.owner
-    if not isinstance(owner, (ein.MapOp, ein.ViewOp, ein.ConcatOp)):
-        return False
-    return all(_from_parameters(v, params) for v in owner.operands)
-
-
-def _leaves(plan: object) -> list[SSAValue]:
-    if isinstance(plan, _Shared):
-        return [plan.value]
-    if isinstance(plan, _Concat):
-        return list(plan.values)
-    if isinstance(plan, _Map):
-        return [v for p in plan.operands for v in _leaves(p)]
-    return [plan.lhs, *_leaves(plan.rhs)]
+def _leaves(plan: Plan) -> list[SSAValue]:
+    """The values the plan reads."""
+    match plan:
+        case Shared(value):
+            return [value]
+        case Concat(values, _):
+            return list(values)
+        case Map(_, operands, _):
+            return [v for p in operands for v in _leaves(p)]
+        case Contract(_, lhs, rhs, _):
+            return [lhs, *_leaves(rhs)]
+        case _:
+            assert_never(plan)
 
 
 def _defined_before(value: SSAValue, anchor: Operation, position: dict[Operation, int]) -> bool:
@@ -294,28 +342,30 @@ def _defined_before(value: SSAValue, anchor: Operation, position: dict[Operation
     return owner in position and position[owner] < position[anchor]
 
 
-def _emit(b: InsertingEinBuilder, plan: object) -> SSAValue:
-    if isinstance(plan, _Shared):
-        return plan.value
-    if isinstance(plan, _Concat):
-        return b.concat(plan.values, plan.dim)
-    if isinstance(plan, _Contract):
-        rhs = _emit(b, plan.rhs)
-        op = ein.ContractOp(plan.spec, plan.lhs, rhs, tensor_type(plan.shape, plan.elem))
-        return b._emit(op)
-    operands = [_emit(b, p) for p in plan.operands]
-    if any(_reads_product(p) for p in plan.operands):
-        # an epilogue: its stacked vectors (biases) are copied into one buffer, computed once from the
-        # parameters, rather than read through the concatenation in every GEMM tile
-        operands = [_copied(b, v) if isinstance(p, _Concat) else v for p, v in zip(plan.operands, operands)]
-    return b._emit(ein.MapOp(operands, tensor_type(plan.shape, plan.elem), plan.body.clone()))
+def _emit(b: InsertingEinBuilder, plan: Plan) -> SSAValue:
+    match plan:
+        case Shared(value):
+            return value
+        case Concat(values, dim):
+            return b.concat(values, dim)
+        case Contract(spec, lhs, rhs, elem):
+            return b.contract(spec, lhs, _emit(b, rhs), elem)
+        case Map(template, operands, shape):
+            inputs = [_emit(b, p) for p in operands]
+            if any(_reads_product(p) for p in operands):
+                # an epilogue: its stacked vectors (biases) are copied into one buffer, computed once
+                # from the parameters, rather than read through the concatenation in every GEMM tile
+                inputs = [_copied(b, v) if isinstance(p, Concat) else v for p, v in zip(operands, inputs)]
+            return b.map_like(template, inputs, shape)
+        case _:
+            assert_never(plan)
 
 
-def _reads_product(plan: object) -> bool:
+def _reads_product(plan: Plan) -> bool:
     """Whether the plan computes from a product (an epilogue), not from parameters alone (a fold)."""
-    if isinstance(plan, _Contract):
+    if isinstance(plan, Contract):
         return True
-    return isinstance(plan, _Map) and any(_reads_product(p) for p in plan.operands)
+    return isinstance(plan, Map) and any(_reads_product(p) for p in plan.operands)
 
 
 def _copied(b: InsertingEinBuilder, value: SSAValue) -> SSAValue:

@@ -41,7 +41,7 @@ from xdsl.passes import ModulePass
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder
 from ..ir.dtypes import has_symbolic_sizes, shape_of
-from ..ir.module import functions, parameter_args
+from ..ir.module import computed_from_parameters, functions, parameter_args
 
 MIN_ROWS = 64  # rows of the product (M) below which a GEMM is bandwidth-bound: no copy
 MIN_ELEMENTS = 1 << 14  # weights smaller than this are not worth a second copy
@@ -79,16 +79,6 @@ def rewrite_function(fn: func.FuncOp) -> int:
     return rewritten
 
 
-def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
-    """Whether `value` is a parameter, or computed from parameters alone by maps and views (a norm
-    weight folded into a GEMM weight by norm-prologue): what the runtime computes once."""
-    if isinstance(value, BlockArgument):
-        return value in params
-    owner = value.owner
-    computed = isinstance(owner, (ein.MapOp, ein.ViewOp))
-    return computed and all(_from_parameters(v, params) for v in owner.operands)
-
-
 def _row_major(value: SSAValue) -> bool:
     """Whether `value` is laid out row-major where the program holds it: an argument (the guard checks
     its strides), a map's output, or a reshape of one (a permute, nn.Linear's `W.T`, is not)."""
@@ -102,7 +92,7 @@ def _reads_n_major_weight(op: ein.ContractOp, params: set[SSAValue]) -> bool:
     """Whether `op` reads a 2-d f32 weight [K, N] (a parameter or computed from parameters) as its right
     operand, directly (row-major: N-major), in a product of at least MIN_ROWS rows."""
     rhs_value = op.rhs
-    if not _row_major(rhs_value) or not _from_parameters(rhs_value, params):
+    if not _row_major(rhs_value) or not computed_from_parameters(rhs_value, params):
         return False
     if rhs_value.type.get_element_type() != f32 or op.lhs.type.get_element_type() != f32:
         return False
