@@ -47,7 +47,7 @@ from typing import assert_never
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
+from xdsl.ir import Attribute, Block, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
@@ -165,7 +165,28 @@ def _alike(a: SSAValue, b: SSAValue) -> bool:
     """Two chain values computed alike: maps of equal bodies and result element types."""
     ma, mb = a.owner, b.owner
     same_type = a.type.get_element_type() == b.type.get_element_type()
-    return same_type and len(ma.inputs) == len(mb.inputs) and ma.body.is_structurally_equivalent(mb.body)
+    return same_type and len(ma.inputs) == len(mb.inputs) and _same_body(ma.body.block, mb.body.block)
+
+
+def _same_body(a: Block, b: Block) -> bool:
+    """Scalar bodies computing the same thing: op for op, the same names, properties, attributes,
+    operands (by position) and result types. (xDSL's `is_structurally_equivalent` does not compare
+    result types: a `truncf` to bf16 and one to f16, each widened back, counted as equal.)"""
+    if [x.type for x in a.args] != [y.type for y in b.args]:
+        return False
+    same: dict[SSAValue, SSAValue] = dict(zip(a.args, b.args))
+    ops_a, ops_b = list(a.ops), list(b.ops)
+    if len(ops_a) != len(ops_b):
+        return False
+    for x, y in zip(ops_a, ops_b):
+        if x.name != y.name or x.properties != y.properties or x.attributes != y.attributes:
+            return False
+        if [r.type for r in x.results] != [r.type for r in y.results] or len(x.operands) != len(y.operands):
+            return False
+        if any(same.get(u) is not v for u, v in zip(x.operands, y.operands)):
+            return False
+        same.update(zip(x.results, y.results))
+    return True
 
 
 def _groups(contracts: list[ein.ContractOp]) -> list[Group]:
