@@ -98,7 +98,12 @@ SYMBOLIC_SCOPE = (
     "arguments; other groups get no kernel); norm-prologue, merge-projections, split-reduction and "
     "kmajor-f32-weights leave such functions as they are"
 )
-COMPILE_PASSES = ("canonicalize", "norm-prologue", "merge-projections", "split-reduction", FUSION_PASS)
+def compile_passes() -> tuple[str, ...]:
+    """The `ein` passes a compile runs, in its order (merge-projections where it is on)."""
+    from ..passes.merge_projections import MERGE_PROJECTIONS_ENV
+
+    merge = ("merge-projections",) if os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1" else ()
+    return ("canonicalize", "norm-prologue", *merge, "split-reduction", FUSION_PASS)
 
 
 def _opt(args: argparse.Namespace) -> int:
@@ -173,7 +178,7 @@ def _check_pass_order(module, names: list[str], name: str) -> None:
         return
     raise IRError(
         f"{name}: error: {LOWERING_PASS} lowers fusion groups and this module has none: run "
-        f"-p {FUSION_PASS},{LOWERING_PASS} (a compile runs -p {','.join(COMPILE_PASSES)},{LOWERING_PASS}, "
+        f"-p {FUSION_PASS},{LOWERING_PASS} (a compile runs -p {','.join(compile_passes())},{LOWERING_PASS}, "
         f"and on a GPU kmajor-f32-weights before {FUSION_PASS} for f32 GEMMs)"
     )
 
@@ -204,7 +209,7 @@ def _triton_sources(module, name: str) -> str:
     if kernels:  # lowered already (a tile dump, or -p ...,lower-to-tile): the kernels as they are
         return "\n\n".join(emit(k, TritonOptions()) for k in kernels)
     if _ein_functions(module) and not _has_fusion_groups(module):
-        for pass_name in COMPILE_PASSES:  # ungrouped ein: the passes a compile runs, in its order
+        for pass_name in compile_passes():  # ungrouped ein: the passes a compile runs, in its order
             _apply(PASSES[pass_name](), module, make_context(), name)
     for fn in _ein_functions(module):
         for lowered in lower_function(fn):
@@ -241,7 +246,7 @@ def _cuda_sources(module, config_json: str | None, name: str) -> str:
         config = KernelConfig(params, int(params.pop("num_warps", 4)), int(params.pop("num_stages", 1)))
         return "\n".join(one(k, config) for k in kernels)
     if _ein_functions(module) and not _has_fusion_groups(module):
-        for pass_name in COMPILE_PASSES:
+        for pass_name in compile_passes():
             _apply(PASSES[pass_name](), module, make_context(), name)
     out = []
     for fn in _ein_functions(module):
