@@ -659,6 +659,9 @@ def over_storage(t: torch.Tensor, storage: torch.UntypedStorage) -> torch.Tensor
 _tokens = itertools.count()
 
 
+MARK = "_tilefuse_token"  # the attribute `tensor_token` marks a tensor with
+
+
 def tensor_token(t: torch.Tensor) -> int:
     """A number of this tensor object's own, given at first sight: a parameter replaced by a new one
     (`m.w = nn.Parameter(...)`) that the allocator put in the old one's memory has the old one's
@@ -671,12 +674,12 @@ def tensor_token(t: torch.Tensor) -> int:
     one, at the same version, carried the same number (a review's repro: the old folded weight,
     3.2 off); a copy is another object than the one its mark names, and gets a number of its own.
     Plain integers, so `torch.load(weights_only=True)` still reads a parameter that carries one."""
-    mark = getattr(t, "_tilefuse_token", None)
+    mark = getattr(t, MARK, None)
     if mark is not None and mark[1] == id(t):
         return mark[0]
     token = next(_tokens)
     try:
-        t._tilefuse_token = (token, id(t))
+        setattr(t, MARK, (token, id(t)))
     except (AttributeError, RuntimeError):  # a tensor that takes no attributes: its id
         return id(t)
     return token

@@ -1314,6 +1314,63 @@ def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(m
     assert report["captured_because"] == ["first capture", "parameter input 1 was updated in place"]
 
 
+@pytest.mark.parametrize("change", ["in_place", "data", "optimizer", "replaced", "inference"])
+def test_a_steady_replay_checks_its_parameters_without_rebuilding_their_state(monkeypatch, change):
+    """Every replay checks the parameters the graph reads (objects, marks, addresses, versions, the
+    unversioned changes) by a few list comparisons; the per-parameter state (`_parameter_state`) is
+    built only when one of them moved, and then says why. Each kind of change is still caught: an
+    in-place update, a write through `.data`, an optimizer step, a new parameter in the old one's
+    memory; an inference tensor (no version) is watched by its object and address."""
+    from tilefuse.compiler import cudagraphs
+    from tilefuse.compiler.cudagraphs import CudaGraphReplay
+    from tilefuse.compiler.program import watch_parameter_data
+
+    watch_parameter_data()  # as a program with parameter-derived values does
+    real = lambda x, w, v: x * 2 + w * v  # noqa: E731
+    step = _faked_cuda_graphs(monkeypatch, real)
+    built = []
+    state = cudagraphs.CudaGraphReplay._parameter_state
+    monkeypatch.setattr(CudaGraphReplay, "_parameter_state", lambda self, args: (built.append(1), state(self, args))[1])
+    report: dict = {"name": "g"}
+    replay = CudaGraphReplay(step, [False, True, True], report)
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(2)]
+    if change == "inference":
+        with torch.inference_mode():
+            params[1] = torch.randn(3)
+    torch.set_grad_enabled(False)  # an evaluation (inference tensors may not meet parameters under grad)
+    try:
+        _steady_replays_then(change, replay, real, params, built, report)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _steady_replays_then(change, replay, real, params, built, report):
+    from tilefuse.compiler.cudagraphs import WARMUP_CALLS
+
+    for _ in range(WARMUP_CALLS + 2):
+        replay(torch.randn(3), *params)
+    steady = len(built)
+    for _ in range(5):
+        x = torch.randn(3)
+        torch.testing.assert_close(replay(x, *params), real(x, *params))
+    assert len(built) == steady  # no per-parameter state while nothing moved
+    if change == "in_place":
+        params[0].mul_(2)
+    elif change == "data":
+        params[0].data.mul_(2)
+    elif change == "optimizer":
+        params[0].grad = torch.ones(3)
+        torch.optim.SGD([params[0]], lr=0.5).step()
+    elif change == "replaced":
+        params[0] = torch.nn.Parameter(torch.randn(3))
+    else:  # another inference tensor
+        with torch.inference_mode():
+            params[1] = torch.randn(3)
+    x = torch.randn(3)
+    torch.testing.assert_close(replay(x, *params), real(x, *params))
+    assert report["cudagraphs"] == "captured (2 capture(s))", report["captured_because"]
+
+
 def test_a_timed_round_runs_each_way_back_to_back():
     """Each timed round runs a way BURST times between two synchronizations and records the mean, so
     a way is timed by what limits it when calls are queued (host or GPU time), not their sum; code
