@@ -395,13 +395,16 @@ class CudaGraphReplay:
             return False
         ids, marks, addresses, versioned, versions, unversioned = watched
         params = [args[i] for i in self.read_parameters]
-        return (
-            unversioned == unversioned_changes()
-            and ids == list(map(id, params))
-            and addresses == list(map(_DATA_PTR, params))
-            and versions == [params[j]._version for j in versioned]
-            and marks == [getattr(p, MARK, None) for p in params]
-        )
+        try:
+            return (
+                unversioned == unversioned_changes()
+                and ids == list(map(id, params))
+                and addresses == list(map(_DATA_PTR, params))
+                and versions == [params[j]._version for j in versioned]
+                and marks == [getattr(p, MARK, None) for p in params]
+            )
+        except RuntimeError:  # an inference tensor (no version) where the capture had another tensor
+            return False
 
     def _parameter_changed(self, args: Sequence[object]) -> str | None:
         """Why the captured graph no longer fits `args`' parameters (the first that moved or was

@@ -1314,13 +1314,14 @@ def test_cuda_graph_replay_captures_again_when_a_parameter_is_updated_in_place(m
     assert report["captured_because"] == ["first capture", "parameter input 1 was updated in place"]
 
 
-@pytest.mark.parametrize("change", ["in_place", "data", "optimizer", "replaced", "inference"])
+@pytest.mark.parametrize("change", ["in_place", "data", "optimizer", "replaced", "inference", "to_inference"])
 def test_a_steady_replay_checks_its_parameters_without_rebuilding_their_state(monkeypatch, change):
     """Every replay checks the parameters the graph reads (objects, marks, addresses, versions, the
     unversioned changes) by a few list comparisons; the per-parameter state (`_parameter_state`) is
     built only when one of them moved, and then says why. Each kind of change is still caught: an
     in-place update, a write through `.data`, an optimizer step, a new parameter in the old one's
-    memory; an inference tensor (no version) is watched by its object and address."""
+    memory; an inference tensor (no version) is watched by its object and address, and one may take a
+    parameter's place."""
     from tilefuse.compiler import cudagraphs
     from tilefuse.compiler.cudagraphs import CudaGraphReplay
     from tilefuse.compiler.program import watch_parameter_data
@@ -1363,6 +1364,9 @@ def _steady_replays_then(change, replay, real, params, built, report):
         torch.optim.SGD([params[0]], lr=0.5).step()
     elif change == "replaced":
         params[0] = torch.nn.Parameter(torch.randn(3))
+    elif change == "to_inference":  # a parameter replaced by an inference tensor (it keeps no version)
+        with torch.inference_mode():
+            params[0] = torch.randn(3)
     else:  # another inference tensor
         with torch.inference_mode():
             params[1] = torch.randn(3)
