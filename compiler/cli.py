@@ -98,11 +98,13 @@ SYMBOLIC_SCOPE = (
     "arguments; other groups get no kernel); norm-prologue, merge-projections, split-reduction and "
     "kmajor-f32-weights leave such functions as they are"
 )
+
+
 def compile_passes() -> tuple[str, ...]:
     """The `ein` passes a compile runs, in its order (merge-projections where it is on)."""
-    from ..passes.merge_projections import MERGE_PROJECTIONS_ENV
+    from ..passes.merge_projections import merge_projections_on
 
-    merge = ("merge-projections",) if os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1" else ()
+    merge = ("merge-projections",) if merge_projections_on() else ()
     return ("canonicalize", "norm-prologue", *merge, "split-reduction", FUSION_PASS)
 
 

@@ -42,7 +42,7 @@ from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import IRError, make_context, verify, verify_between_passes
 from ..passes import FormFusionGroups, KMajorF32Weights, MergeProjections, NormPrologue, SplitReduction
 from ..passes.lower_to_tile import lower_function
-from ..passes.merge_projections import MERGE_PROJECTIONS_ENV
+from ..passes.merge_projections import MERGE_PROJECTIONS_ENV, merge_projections_on
 from ..passes.split_reduction import SPLIT_K_ENV
 from .artifact_cache import cache_dir
 from .runtime import BucketConfig, CompiledKernel
@@ -111,7 +111,7 @@ def merge_projections_skipped(art: GraphArtifact) -> str | None:
     """Why merge-projections does not run on this graph, or None where it does: it needs
     `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured on the GPU), and not a training
     graph's forward, whose parameters change every step."""
-    if os.environ.get(MERGE_PROJECTIONS_ENV, "0") != "1":
+    if not merge_projections_on():
         return f"{MERGE_PROJECTIONS_ENV} is not 1"
     return "a training graph's forward" if art.trained is not None else None
 

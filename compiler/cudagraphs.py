@@ -31,8 +31,7 @@ chosen so the user's model behaves as in eager:
   replay; one that changes what was computed from them once (a norm weight
   folded into a GEMM weight) is detected by version and the graph is
   re-captured, and so is a parameter replaced by another tensor (checked every
-  replay by comparing a few lists: objects, marks, addresses, versions; 17 us
-  a call with 40 parameters on the CPU test machine, 26 before);
+  replay by comparing a few lists: objects, marks, addresses, versions);
 - inputs the graph updates in place (a static KV cache, written one position a
   step: `input_mutations.py`) are not copied either: the graph is captured on
   the tensors themselves and writes them where they are, as the user's code
@@ -361,17 +360,16 @@ class CudaGraphReplay:
     def _parameter_state(self, args: Sequence[object]) -> tuple:
         # the changes no version counter shows (last: a fused optimizer step, a write through `p.data`),
         # since what the program derived from the parameters (a folded weight) was captured as it was then
+        # (a written parameter is another tensor call to call, copied in and out: not watched)
         state = []
-        for arg, param, mutated in zip(args, self.is_parameter, self.mutated):
-            if mutated:  # written by the graph itself every call; another tensor is copied in and out
-                continue
-            if param:
-                try:
-                    version = arg._version
-                except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
-                    version = None
-                # (its object too: a new parameter can take a freed one's memory at version 0)
-                state.append((arg.data_ptr(), version, tensor_token(arg)))
+        for i in self.read_parameters:
+            arg = args[i]
+            try:
+                version = arg._version
+            except RuntimeError:  # an inference tensor keeps no version; it cannot change in place
+                version = None
+            # (its object too: a new parameter can take a freed one's memory at version 0)
+            state.append((arg.data_ptr(), version, tensor_token(arg)))
         return (*state, unversioned_changes()) if state else ()
 
     def _watch(self, args: Sequence[object]) -> None:
@@ -415,8 +413,7 @@ class CudaGraphReplay:
         if state and self.parameter_state and state[-1] != self.parameter_state[-1]:
             # (`program.unversioned_changes`: an optimizer step, a parameter's `.data`, parameters_changed())
             return "parameters changed where no version counter shows it (an optimizer step, a `.data` use)"
-        indices = [i for i, (p, m) in enumerate(zip(self.is_parameter, self.mutated)) if p and not m]
-        for i, now, then in zip(indices, state, self.parameter_state):
+        for i, now, then in zip(self.read_parameters, state, self.parameter_state):
             if now != then:
                 if now[0] != then[0]:
                     return f"parameter input {i} moved"

@@ -245,6 +245,10 @@ class EinBuilder:
         result = tensor_type(shape, template.result.type.get_element_type())
         return self._emit(ein.MapOp(list(inputs), result, template.body.clone()))
 
+    def copy(self, x: SSAValue) -> SSAValue:
+        """`x` copied into a buffer of its own (an identity `ein.map`: a pointwise kernel)."""
+        return self.map([x], x.type.get_element_type(), lambda sb, a: a, cast_inputs=False)
+
     def cast(self, x: SSAValue, elem: Attribute) -> SSAValue:
         if x.type.get_element_type() == elem:
             return x

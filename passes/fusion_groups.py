@@ -748,7 +748,7 @@ def copy_contracted_concatenations(fn: func.FuncOp) -> int:
         if not (isinstance(op, ein.ConcatOp) and read_by_contraction(op.result)):
             continue
         builder = InsertingEinBuilder(op, "copy", after=True)
-        copy = builder.map([op.result], op.result.type.get_element_type(), lambda sb, x: x, cast_inputs=False)
+        copy = builder.copy(op.result)
         op.result.replace_uses_with_if(copy, lambda use, reader=copy.owner: use.operation is not reader)
         copied += 1
     return copied

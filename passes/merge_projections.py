@@ -40,6 +40,7 @@ merge-projections` runs it whatever the setting).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import assert_never
@@ -56,6 +57,11 @@ from ..ir.dtypes import has_symbolic_sizes, shape_of
 from ..ir.module import computed_from_parameters, functions, parameter_args
 
 MERGE_PROJECTIONS_ENV = "TILEFUSE_MERGE_PROJECTIONS"
+
+
+def merge_projections_on() -> bool:
+    """Whether a compile runs the pass: `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured)."""
+    return os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1"
 
 
 class MergeProjections(ModulePass):
@@ -244,7 +250,7 @@ def _merge(fn: func.FuncOp, group: Group, params: set[SSAValue]) -> bool:
         width = shape_of(tail.type)[last]
         part = b.slice(merged, last, offset, offset + width)
         if _reaches_results(tail, results):  # the caller gets eager's layout: a buffer of its own
-            part = b.map([part], part.type.get_element_type(), lambda sb, x: x, cast_inputs=False)
+            part = b.copy(part)
         tail.replace_all_uses_with(part)
         offset += width
     return True
@@ -318,13 +324,11 @@ def _plan_operand(
     if any(len(shape_of(v.type)) != rank for v in inputs):
         return None
     at = dim - (len(shape_of(values[0].type)) - rank)
-    if at < 0 or shape_of(inputs[0].type)[at] == 1:
-        if all(_equivalent(v, inputs[0]) for v in inputs) and all(
-            at < 0 or shape_of(v.type)[at] == 1 for v in inputs
-        ):
-            return Shared(inputs[0])
-        if at < 0:
-            return None
+    broadcast = at < 0 or shape_of(inputs[0].type)[at] == 1
+    if broadcast and all(_equivalent(v, inputs[0]) for v in inputs):  # (alike: one type, one shape)
+        return Shared(inputs[0])
+    if at < 0:
+        return None
     if any(shape_of(v.type)[at] != shape_of(t.type)[dim] for v, t in zip(inputs, values)):
         return None  # broadcast along the merged dim, yet different per sibling
     return _plan(inputs, at, params)
@@ -376,7 +380,7 @@ def _emit(b: InsertingEinBuilder, plan: Plan) -> SSAValue:
             if any(_reads_product(p) for p in operands):
                 # an epilogue: its stacked vectors (biases) are copied into one buffer, computed once
                 # from the parameters, rather than read through the concatenation in every GEMM tile
-                inputs = [_copied(b, v) if isinstance(p, Concat) else v for p, v in zip(operands, inputs)]
+                inputs = [b.copy(v) if isinstance(p, Concat) else v for p, v in zip(operands, inputs)]
             return b.map_like(template, inputs, shape)
         case _:
             assert_never(plan)
@@ -387,7 +391,3 @@ def _reads_product(plan: Plan) -> bool:
     if isinstance(plan, Contract):
         return True
     return isinstance(plan, Map) and any(_reads_product(p) for p in plan.operands)
-
-
-def _copied(b: InsertingEinBuilder, value: SSAValue) -> SSAValue:
-    return b.map([value], value.type.get_element_type(), lambda sb, x: x, cast_inputs=False)
