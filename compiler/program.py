@@ -74,6 +74,9 @@ class ProgramInputs:
     # per result, PyTorch's owner of it (`runtime.output_owners`): -1 an input (or a view of one), else
     # the first result that is the same tensor; None: not known (inputs are then returned as they are)
     owners: Sequence[int] | None = None
+    # per result, whether PyTorch's is contiguous (`runtime.output_contiguity`): a result PyTorch makes
+    # contiguous is returned contiguous (a view the program folded a copy into is copied); None: not known
+    contiguous: Sequence[bool] | None = None
 
 
 @dataclass
@@ -132,23 +135,46 @@ class LineWriter:
         if self.of_args.intersection(operands):
             self.of_args.add(name)
 
-    def returned(self, results: Sequence[SSAValue], owners: Sequence[int] | None) -> list[str]:
+    def returned(
+        self,
+        results: Sequence[SSAValue],
+        owners: Sequence[int] | None,
+        contiguous: Sequence[bool] | None = None,
+    ) -> list[str]:
         """The names `call` returns for `results`, each copied to memory of its own where it is shared,
         an argument where PyTorch returns fresh memory, or a buffer returned before where PyTorch
-        returns other memory (`owners`); once per memory PyTorch returns."""
+        returns other memory (`owners`); once per memory PyTorch returns. A result PyTorch returns as
+        fresh contiguous memory (`contiguous`) is made contiguous where the program's may not be (a
+        concatenation with empty tensors folded into a view of a transposed operand), as a caller may
+        `view` it."""
         names, copies, given = [], {}, {}
+        known = owners is not None and len(owners) == len(results)
+        dense = [False] * len(results)
+        if contiguous is not None and len(contiguous) == len(results):
+            dense = list(contiguous)
         for i, value in enumerate(results):
             name = self.names[value]
-            owner = owners[i] if owners is not None and len(owners) == len(results) else -1
+            owner = owners[i] if known else -1
             other = given.setdefault(name, owner) != owner
-            if name in self.shared or (owner >= 0 and name in self.of_args) or other:
+            packed = dense[i] and owner >= 0 and not self.contiguous(value)
+            if name in self.shared or (owner >= 0 and name in self.of_args) or other or packed:
                 key = (name, owner)
                 if key not in copies:
                     copies[key] = f"out{len(copies)}"
-                    self.emit(f"{copies[key]} = {name}.clone()  # the caller's own memory")
+                    if packed and (name in self.shared or name in self.of_args or other):
+                        self.emit(f"{copies[key]} = {name}.clone(memory_format=torch.contiguous_format)"
+                                  "  # the caller's own memory, contiguous as PyTorch's")  # fmt: skip
+                    elif packed:
+                        self.emit(f"{copies[key]} = {name}.contiguous()  # contiguous as PyTorch's")
+                    else:
+                        self.emit(f"{copies[key]} = {name}.clone()  # the caller's own memory")
                 name = copies[key]
             names.append(name)
         return names
+
+    def contiguous(self, value: SSAValue) -> bool:
+        """Whether `value` is surely contiguous in every call (not known here: a writer with layouts says)."""
+        return False
 
 
 @dataclass(kw_only=True)
@@ -160,6 +186,12 @@ class _Writer(LineWriter):
     # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
     view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
     allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
+
+    def contiguous(self, value: SSAValue) -> bool:
+        """Contiguous, or a kernel's row-major output with padded rows (`output_strides`, left so: as
+        `torch.compile`'s padded matmuls, a copy would cost a pass over the output)."""
+        meta = self.meta.get(value)
+        return meta is not None and (meta.is_contiguous() or is_padded_rows(meta.shape, meta.stride()))
 
 
 @dataclass
@@ -231,6 +263,14 @@ def output_strides(kernel: object, shape: Sequence[int], dtype: torch.dtype) -> 
         for d in range(len(shape) - 3, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
     return tuple(strides)
+
+
+def is_padded_rows(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether `strides` are row-major over `shape` with the rows (the last dim) padded: `output_strides`'
+    layout, whose leading dims view and reshape like a contiguous tensor's."""
+    if len(shape) < 2 or strides[-1] != 1 or strides[-2] < shape[-1]:
+        return False
+    return all(strides[d] == strides[d + 1] * shape[d + 1] for d in range(len(shape) - 2))
 
 
 def is_packed(shape: Sequence[int], strides: Sequence[int]) -> bool:
@@ -317,7 +357,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
         w.lines.insert(line, f"    del {name}")  # freed, and no later output took it over
-    results = ", ".join(w.returned(spec.results, spec.owners))
+    results = ", ".join(w.returned(spec.results, spec.owners, spec.contiguous))
     if spec.returns_tuple:
         w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
     else:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
@@ -207,7 +208,7 @@ class KernelPlan(torch.nn.Module):
             results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple, trained=self.trained, size_args=self.size_args,
-            owners=output_owners(self.fallback),
+            owners=output_owners(self.fallback), contiguous=output_contiguity(self.fallback),
         )  # fmt: skip
         if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
             program = write_symbolic_program(spec)
@@ -282,6 +283,22 @@ def output_owners(graph_module: GraphModule) -> list[int] | None:
         source = alias_chain(node)[-1]
         owners.append(-1 if source.op == "placeholder" else first.setdefault(source, len(owners)))
     return owners
+
+
+def output_contiguity(graph_module: GraphModule) -> list[bool] | None:
+    """For each output of a partition's captured code, whether PyTorch's is contiguous (its recorded
+    value's layout; False where that is not known or depends on the sizes). None where the outputs
+    are not all tensors."""
+    (output,) = [n for n in graph_module.graph.nodes if n.op == "output"]
+    nodes = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    contiguous = []
+    for node in nodes:
+        if not isinstance(node, torch.fx.Node):
+            return None
+        val = node.meta.get("val")
+        known = isinstance(val, torch.Tensor) and statically_known_true(val.is_contiguous())
+        contiguous.append(known)
+    return contiguous
 
 
 def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:

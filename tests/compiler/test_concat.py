@@ -152,3 +152,29 @@ def test_zero_padding_is_read_through_the_loads_masks(pad):
     """A zero pad's pieces need no select where the padded tensor reads zero out of its bounds
     (tile_builder.zero_outside); a reshape that drops a size-1 dim's index is not such a read."""
     compile_and_compare(pad, torch.randn(3, 4, 5))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: torch.cat([x.new_empty(0, x.shape[0]), x.t()], 0),  # an empty operand: a view of x.t()
+        lambda x: torch.cat([x.t()], 0),
+        lambda x: torch.cat([x.new_empty(3, 0, 8), (x * 2).view(-1, 3, 8).transpose(0, 1)], 1),
+    ],
+    ids=["empty_and_transposed", "one_transposed", "kv_cache_first_step"],
+)
+def test_a_concatenation_folded_into_a_view_is_returned_contiguous_as_eagers(fn, dynamic):
+    """A concatenation PyTorch returns as fresh contiguous memory comes back contiguous (and not x's
+    memory) where the program folds it into a view of a transposed operand: a caller may `view` it,
+    as transformers' dynamic cache concatenates its first keys and values to an empty tensor."""
+    import tilefuse
+
+    compiled = tilefuse.compile(fn, dynamic=dynamic)
+    for rows in (16, 24):
+        x = torch.randn(rows, 8 * 3)
+        got, want = compiled(x), fn(x)
+        torch.testing.assert_close(got, want)
+        assert got.is_contiguous() and got.stride() == want.stride()
+        assert got.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        got.view(-1)  # what a caller may do with PyTorch's result
