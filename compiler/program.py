@@ -458,9 +458,24 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
     # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
     w.buffers.alias(name, operands)
-    if not isinstance(op, ein.ConcatOp):
+    if allocated or not makes_fresh_memory(op, w.meta):  # else the caller may have it as it is
         w.share(name, operands)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
+
+
+def makes_fresh_memory(op: Operation, meta: dict[SSAValue, torch.Tensor]) -> bool:
+    """Whether the program's step for `op` surely returns new memory: a concatenation, a gather
+    (`index_select` or advanced indexing), a flip, or a reshape its operand's layout (in `meta`)
+    cannot view (PyTorch's `reshape` copies: a transposed attention output flattened to rows). Such a
+    result is returned as it is, not copied again for the caller (`LineWriter.returned`)."""
+    if isinstance(op, (ein.ConcatOp, ein.GatherOp)):
+        return True
+    if not isinstance(op, ein.ViewOp) or op.kind.data not in ("reshape", "flip"):
+        return False
+    if op.kind.data == "flip":
+        return True
+    source = meta.get(op.operands[0])
+    return source is not None and not source.reshape(tuple(shape_of(op.result.type)))._is_view()
 
 
 def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> None:

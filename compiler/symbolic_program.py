@@ -24,7 +24,7 @@ from ..autotune.buckets import BUCKET_EDGES
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
 from ..ir.interpreter import run_op
-from .program import LineWriter, Program, ProgramInputs, allocator, stream_getter
+from .program import LineWriter, Program, ProgramInputs, allocator, makes_fresh_memory, stream_getter
 
 HEADER = """\
 # tilefuse program: partition {partition} of graph {graph}, on {device}, for every size
@@ -181,7 +181,7 @@ class _SymbolicWriter(LineWriter):
             self.emit(f"{name} = {name}.clone()  # returned: the caller's own memory")
         elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):
             self.shared.add(name)
-        elif not isinstance(op, ein.ConcatOp):
+        elif not makes_fresh_memory(op, {}):  # a reshape's layout is not known here: may view
             self.share(name, operands)
 
     def _view(self, op: ein.ViewOp, src: str) -> str:

@@ -232,6 +232,10 @@ def test_outputs_are_the_callers_own_memory_as_in_eager():
         lambda x: (x.sin(), x.sin()),  # one computation twice: two tensors, not merged into one
         lambda x: (x.clone(), x.clone(), x.sin()),
         lambda x: (x.sin(), (e := torch.eye(4)).t(), e[1:3]),  # two views of one constant stay so
+        lambda x: x.t().reshape(12),  # a reshape that copies: fresh memory, returned without a copy
+        lambda x: (x.t().reshape(2, 6), x.reshape(12)),  # ... and one that views the input
+        lambda x: x[torch.tensor([2, 0])],  # a gather of rows: fresh memory
+        lambda x: x.flip(0),
     ],
 )
 def test_an_output_aliases_an_input_exactly_where_pytorch_s_does(fn):
@@ -248,6 +252,30 @@ def test_an_output_aliases_an_input_exactly_where_pytorch_s_does(fn):
             g.add_(1.0)
             w.add_(1.0)
         torch.testing.assert_close(mine, ref)  # changed through a view only where PyTorch's was
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, w: (x @ w).view(2, 3, 4, 8).transpose(1, 2).reshape(2, 4, 24),  # attention's output
+        lambda x, w: (x.t().reshape(8, 12), x.sum()),  # an input's transpose flattened
+        lambda x, w: torch.embedding(w.t(), torch.tensor([[3, 1], [0, 3]])),
+        lambda x, w: torch.cat([x, x], 0).flip(1),
+    ],
+)
+def test_a_returned_copy_made_by_a_glue_op_is_not_copied_again(tmp_path, fn):
+    """A reshape that cannot view its operand, a gather and a flip make new memory in PyTorch and in
+    the program alike: returned as they are, without a second copy (`.clone()`) for the caller."""
+    x, w = torch.randn(6, 16), torch.randn(16, 32)
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    mine_x, mine_w = x.clone(), w.clone()
+    got, want = compiled(mine_x, mine_w), fn(x, w)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for out in got if isinstance(got, tuple) else (got,):
+        out.add_(1.0)  # the caller's own memory
+    torch.testing.assert_close((mine_x, mine_w), (x, w))
+    programs = list(tmp_path.glob("*/program_*.py"))
+    assert programs and not any(".clone()" in p.read_text() for p in programs)
 
 
 def _scale_after_reading(x):
