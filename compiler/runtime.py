@@ -296,7 +296,10 @@ def output_contiguity(graph_module: GraphModule) -> list[bool] | None:
         if not isinstance(node, torch.fx.Node):
             return None
         val = node.meta.get("val")
-        known = isinstance(val, torch.Tensor) and statically_known_true(val.is_contiguous())
+        try:  # an unbacked size may leave it undecidable: then not known
+            known = isinstance(val, torch.Tensor) and statically_known_true(val.is_contiguous())
+        except Exception:
+            known = False
         contiguous.append(known)
     return contiguous
 
