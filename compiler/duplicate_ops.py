@@ -18,6 +18,8 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
+from .direct_ops import CAPTURED_TARGET
+
 
 def merge_duplicate_ops(gm: GraphModule) -> int:
     """Replace each op of `gm` that repeats an earlier op's computation by that op; returns how
@@ -51,7 +53,7 @@ def alias_chain(node: Node) -> list[Node]:
     An item of a multi-output op counts as a view of the op."""
     chain = [node]
     while node.op == "call_function" and node.args and isinstance(node.args[0], Node):
-        schema = getattr(node.target, "_schema", None)
+        schema = getattr(node.meta.get(CAPTURED_TARGET, node.target), "_schema", None)  # bind_direct's too
         aliases = node.target is operator.getitem or (
             schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None
         )

@@ -74,9 +74,10 @@ class ProgramInputs:
     # per result, PyTorch's owner of it (`runtime.output_owners`): -1 an input (or a view of one), else
     # the first result that is the same tensor; None: not known (inputs are then returned as they are)
     owners: Sequence[int] | None = None
-    # per result, whether PyTorch's is contiguous (`runtime.output_contiguity`): a result PyTorch makes
-    # contiguous is returned contiguous (a view the program folded a copy into is copied); None: not known
-    contiguous: Sequence[bool] | None = None
+    # per result, PyTorch's layout (`runtime.output_layouts`: "contiguous", "distinct" or "" not known): a
+    # result PyTorch makes contiguous is returned contiguous (a view the program folded a copy into is
+    # copied), and one whose elements PyTorch keeps apart is not returned expanded; None: not known
+    layouts: Sequence[str] | None = None
 
 
 @dataclass
@@ -105,6 +106,8 @@ class LineWriter:
     # values whose memory a result is (the result, or what it is a view of): a constant or a reused
     # value among them is copied where it is made, so the result's views of it stay views of one copy
     escaping: set[SSAValue] = field(default_factory=set)
+    # the memories (named by the step that made them) a name may be a view of, where not its own
+    roots: dict[str, frozenset[str]] = field(default_factory=dict)
     indent: int = 0  # levels inside `call`'s body (a branch per size bucket)
 
     def escape(self, results: Sequence[SSAValue]) -> None:
@@ -130,6 +133,7 @@ class LineWriter:
 
     def share(self, name: str, operands: Sequence[str]) -> None:
         """`name` may alias `operands`: shared, or of the arguments, if one of them is."""
+        self.roots[name] = frozenset().union(*(self.memory(o) for o in operands))
         if self.shared.intersection(operands):
             self.shared.add(name)
         if self.of_args.intersection(operands):
@@ -139,24 +143,28 @@ class LineWriter:
         self,
         results: Sequence[SSAValue],
         owners: Sequence[int] | None,
-        contiguous: Sequence[bool] | None = None,
+        layouts: Sequence[str] | None = None,
     ) -> list[str]:
         """The names `call` returns for `results`, each copied to memory of its own where it is shared,
-        an argument where PyTorch returns fresh memory, or a buffer returned before where PyTorch
-        returns other memory (`owners`); once per memory PyTorch returns. A result PyTorch returns as
-        fresh contiguous memory (`contiguous`) is made contiguous where the program's may not be (a
-        concatenation with empty tensors folded into a view of a transposed operand), as a caller may
-        `view` it."""
+        an argument where PyTorch returns fresh memory, or (a view of) a buffer returned before where
+        PyTorch returns other memory (`owners`); once per memory PyTorch returns. A result PyTorch
+        returns as fresh contiguous memory (`layouts`) is made contiguous where the program's may not
+        be (a concatenation with empty tensors folded into a view of a transposed operand), as a caller
+        may `view` it; one whose elements PyTorch keeps apart is not returned expanded (a `clone` of an
+        expanded view lowers to its operand), as a caller may write into it."""
         names, copies, given = [], {}, {}
         known = owners is not None and len(owners) == len(results)
-        dense = [False] * len(results)
-        if contiguous is not None and len(contiguous) == len(results):
-            dense = list(contiguous)
+        layout = [""] * len(results)
+        if layouts is not None and len(layouts) == len(results):
+            layout = list(layouts)
         for i, value in enumerate(results):
             name = self.names[value]
             owner = owners[i] if known else -1
-            other = given.setdefault(name, owner) != owner
-            packed = dense[i] and owner >= 0 and not self.contiguous(value)
+            # memory an earlier result has where PyTorch's are two tensors (`y` and `y.clone().t()`)
+            memory = self.memory(name)
+            other = any(given.setdefault(m, owner) != owner for m in sorted(memory))
+            packed = layout[i] == "contiguous" and owner >= 0 and not self.contiguous(value)
+            packed = packed or (layout[i] != "" and owner >= 0 and self.overlapping(value))
             if name in self.shared or (owner >= 0 and name in self.of_args) or other or packed:
                 key = (name, owner)
                 if key not in copies:
@@ -172,8 +180,16 @@ class LineWriter:
             names.append(name)
         return names
 
+    def memory(self, name: str) -> frozenset[str]:
+        """The memories `name` may be (a view of): its own where it made new memory."""
+        return self.roots.get(name, frozenset((name,)))
+
     def contiguous(self, value: SSAValue) -> bool:
         """Whether `value` is surely contiguous in every call (not known here: a writer with layouts says)."""
+        return False
+
+    def overlapping(self, value: SSAValue) -> bool:
+        """Whether `value` may be an expanded view (a dim of stride 0, size > 1): not known here."""
         return False
 
 
@@ -186,12 +202,23 @@ class _Writer(LineWriter):
     # a kernel output read elsewhere only through one view: allocated as that view (`_views_to_allocate`)
     view_of: dict[SSAValue, ein.ViewOp] = field(default_factory=dict)
     allocated_as_view: set[ein.ViewOp] = field(default_factory=set)
+    padded: set[SSAValue] = field(default_factory=set)  # kernel outputs allocated with padded rows
 
     def contiguous(self, value: SSAValue) -> bool:
-        """Contiguous, or a kernel's row-major output with padded rows (`output_strides`, left so: as
-        `torch.compile`'s padded matmuls, a copy would cost a pass over the output)."""
+        """Contiguous, or a kernel's output with padded rows (`output_strides`), or a reshape of one's
+        leading dims: left so, as a copy would cost a pass over an LM head's logits (torch.compile
+        pays one for its padded matmul's)."""
         meta = self.meta.get(value)
-        return meta is not None and (meta.is_contiguous() or is_padded_rows(meta.shape, meta.stride()))
+        if meta is None or meta.is_contiguous():
+            return meta is not None
+        source = value
+        while isinstance(source.owner, ein.ViewOp) and source.owner.kind.data == "reshape":
+            source = source.owner.operands[0]
+        return source in self.padded and is_padded_rows(meta.shape, meta.stride())
+
+    def overlapping(self, value: SSAValue) -> bool:
+        meta = self.meta.get(value)
+        return meta is not None and any(s == 0 and n > 1 for n, s in zip(meta.shape, meta.stride()))
 
 
 @dataclass
@@ -299,6 +326,11 @@ def empty_output(
     return empty_padded(shape, strides, dtype, device)
 
 
+def copy_as(t: torch.Tensor) -> torch.Tensor:
+    """A copy of kernel output `t` in its own layout, padded rows included (`clone` would pack them)."""
+    return empty_output(t.shape, t.stride(), t.dtype, t.device).copy_(t)
+
+
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
 
@@ -328,6 +360,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         _device=device,
         _allocator=allocator(device),
         _padded=empty_padded,
+        _copy_as=copy_as,
         _version_key=_version_key,
     )
     if device.type == "cuda":
@@ -357,7 +390,7 @@ def write_program(spec: ProgramInputs, example_args: Sequence[torch.Tensor]) -> 
         _write_step(w, op)
     for name, line in sorted(w.buffers.unused_free(), key=lambda e: -e[1]):
         w.lines.insert(line, f"    del {name}")  # freed, and no later output took it over
-    results = ", ".join(w.returned(spec.results, spec.owners, spec.contiguous))
+    results = ", ".join(w.returned(spec.results, spec.owners, spec.layouts))
     if spec.returns_tuple:
         w.emit(f"return ({results}{',' if len(spec.results) == 1 else ''})")
     else:
@@ -410,8 +443,8 @@ def _write_step(w: _Writer, op: Operation) -> None:
         w.lines[start:] = ["    " + line for line in w.lines[start:]]
         w.emit(f"    _derived[{slot}] = (key, ({', '.join(names)},))")
         for value, name in zip(outputs, names):  # reused by later calls: the caller gets a copy
-            if value in w.escaping:
-                w.emit(f"{name} = {name}.clone()  # returned: the caller's own memory")
+            if value in w.escaping:  # in its layout: later launches pass its literal strides
+                w.emit(f"{name} = _copy_as({name})  # returned: the caller's own memory")
             else:
                 w.shared.add(name)
     else:
@@ -507,6 +540,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
             if as_view or is_packed(shape, strides):
                 w.emit(f"{name} = _empty({shape!r}, {strides!r}, {dtype})")
             else:  # a GEMM's stores run into the padding: the last row's too
+                w.padded.add(value)
                 w.emit(f"{name} = _padded({shape!r}, {strides!r}, dtype={dtype}, device=_device)"
                        "  # rows start 128-byte aligned (output_strides)")  # fmt: skip
     args = []

@@ -208,7 +208,7 @@ class KernelPlan(torch.nn.Module):
             results=list(block.last_op.operands), steps=self.steps, kernels=self.launch_at,
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple, trained=self.trained, size_args=self.size_args,
-            owners=output_owners(self.fallback), contiguous=output_contiguity(self.fallback),
+            owners=output_owners(self.fallback), layouts=output_layouts(self.fallback),
         )  # fmt: skip
         if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
             program = write_symbolic_program(spec)
@@ -285,23 +285,43 @@ def output_owners(graph_module: GraphModule) -> list[int] | None:
     return owners
 
 
-def output_contiguity(graph_module: GraphModule) -> list[bool] | None:
-    """For each output of a partition's captured code, whether PyTorch's is contiguous (its recorded
-    value's layout; False where that is not known or depends on the sizes). None where the outputs
-    are not all tensors."""
+def output_layouts(graph_module: GraphModule) -> list[str] | None:
+    """For each output of a partition's captured code, the layout of PyTorch's (its recorded value):
+    "contiguous", "distinct" (no two elements in one place: a transposed or sliced tensor) or "" where
+    it is neither or not known (an expanded view, a size-dependent layout). None where the outputs are not
+    all tensors."""
     (output,) = [n for n in graph_module.graph.nodes if n.op == "output"]
     nodes = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
-    contiguous = []
+    layouts = []
     for node in nodes:
         if not isinstance(node, torch.fx.Node):
             return None
-        val = node.meta.get("val")
-        try:  # an unbacked size may leave it undecidable: then not known
-            known = isinstance(val, torch.Tensor) and statically_known_true(val.is_contiguous())
-        except Exception:
-            known = False
-        contiguous.append(known)
-    return contiguous
+        layouts.append(_layout(node.meta.get("val")))
+    return layouts
+
+
+def _layout(val: object) -> str:
+    if not isinstance(val, torch.Tensor):
+        return ""
+    try:  # an unbacked size may leave it undecidable: then not known
+        if statically_known_true(val.is_contiguous()):
+            return "contiguous"
+        if all(isinstance(d, int) for d in (*val.shape, *val.stride())):
+            return "distinct" if _distinct(tuple(val.shape), tuple(val.stride())) else ""
+    except Exception:
+        pass
+    return ""
+
+
+def _distinct(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether no two elements of a tensor of `shape` and `strides` share a place in memory (each
+    dim's stride, in increasing order, passes the reach of the dims before it)."""
+    reach = 0
+    for stride, size in sorted((st, n) for n, st in zip(shape, strides) if n != 1):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
 
 
 def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:

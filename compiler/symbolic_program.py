@@ -149,7 +149,7 @@ class _SymbolicWriter(LineWriter):
                 name = self.names.get(value)
                 if name is not None and name.startswith("buf") and value not in spec.results:
                     self.emit(f"del {name}")
-        results = self.returned(spec.results, spec.owners, spec.contiguous)
+        results = self.returned(spec.results, spec.owners, spec.layouts)
         self.emit(f"return {_tuple(results) if spec.returns_tuple else ', '.join(results)}")
         header = HEADER.format(
             partition=spec.name, graph=spec.graph, device=spec.device, kernels=self.launches

@@ -1613,3 +1613,113 @@ def test_a_captured_input_with_padded_rows_keeps_its_layout(monkeypatch):
         torch.testing.assert_close(replay(x), torch.log_softmax(x, -1))
     # the fake capture runs `real` once on packed clones of its own, to shape its placeholder output
     assert seen[-1] == (320, 1) and seen.count((301, 1)) <= 1
+
+
+_IDX = torch.tensor([2, 0, 1])
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: ((y := x.flip(0)), y.clone().t()),
+        lambda x: ((y := x[_IDX]), y.clone()[:, 1:]),
+        lambda x: ((y := x.index_select(1, _IDX)), y.clone().t()),
+        lambda x: ((y := x.t().reshape(-1)), y.clone()[2:]),
+        lambda x: ((y := torch.cat([x, x])), y.clone().t()),
+        lambda x: ((y := x * 2), y.clone().t()),
+    ],
+    ids=["flip", "gather", "index_select", "copying_reshape", "cat", "kernel"],
+)
+def test_a_view_of_a_clone_of_another_result_is_memory_of_its_own(fn, dynamic):
+    """`y` and `y.clone().t()` are two tensors in PyTorch; the clone lowers to its operand, so the
+    program's second result is a view of the first one's memory, and is copied at return (told apart
+    by the memory a result is a view of, not by its name)."""
+    compiled = tilefuse.compile(fn, dynamic=dynamic)
+    for rows in (3, 4, 3):
+        x = torch.randn(rows, 4)
+        (a, b), (ea, eb) = compiled(x), fn(x)
+        torch.testing.assert_close((a, b), (ea, eb))
+        before = b.clone()
+        a.add_(1.0)
+        torch.testing.assert_close(b, before)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.flip(0)[:, None].expand(4, 2, 10).clone().transpose(0, 2),
+        lambda x: x[torch.tensor([3, 1])][:, None].expand(2, 3, 10).clone()[:, :, :5],
+        lambda x: x.t().reshape(40)[:, None].expand(40, 2).clone().t(),
+        lambda x: torch.cat([x, x])[:, None].expand(8, 2, 10).clone().transpose(0, 2),
+    ],
+    ids=["flip", "gather", "copying_reshape", "cat"],
+)
+def test_a_clone_of_an_expanded_view_is_returned_without_overlap(fn):
+    """A `clone` of an expanded view lowers to its operand, whose elements share memory; PyTorch's
+    clone keeps them apart (its result may be transposed or sliced, not contiguous): the program
+    copies it, so the caller can write into it."""
+    x = torch.randn(4, 10)
+    got, want = tilefuse.compile(fn)(x), fn(x)
+    torch.testing.assert_close(got, want)
+    got.add_(1.0)  # raises on a tensor whose elements overlap
+    torch.testing.assert_close(got, want + 1.0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_concatenation_folded_into_a_slice_of_a_gemm_output_is_returned_contiguous(dynamic):
+    """A fused q/k/v product's k slice concatenated to an empty cache (a first decode step): the
+    program's result is the slice, a view of the whole product (rows 24 wide, not a padded GEMM output),
+    where PyTorch's is fresh contiguous memory."""
+
+    def fn(x, w):
+        qkv = x @ w
+        k = qkv[:, 8:16]
+        return qkv, torch.cat([k.new_empty(0, 8), k], 0)
+
+    x, w = torch.randn(6, 16), torch.randn(16, 24)
+    compiled = tilefuse.compile(fn, dynamic=dynamic)
+    (qkv, k), (_, want) = compiled(x, w), fn(x, w)
+    torch.testing.assert_close(k, want, rtol=1e-4, atol=1e-4)
+    assert k.is_contiguous() and k.stride() == want.stride()
+    before = k.clone()
+    qkv.zero_()
+    torch.testing.assert_close(k, before)
+
+
+def test_a_returned_parameter_derived_product_with_padded_rows_keeps_its_layout_for_later_kernels():
+    """`w = a @ b` of parameters (computed once, reused while they stand) whose 257-wide rows are
+    padded, returned and read by a later GEMM: the caller's copy keeps the padded layout the later
+    launch passes as literal strides (a plain `clone` packed it: wrong products)."""
+
+    class Derived(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.randn(8, 16))
+            self.b = torch.nn.Parameter(torch.randn(16, 257))
+
+        def forward(self, x):
+            w = self.a @ self.b
+            return w.t(), x @ w
+
+    model = Derived().requires_grad_(False)
+    compiled = torch.compile(model, backend="tilefuse")
+    x = torch.randn(4, 8)
+    for _ in range(2):
+        got, want = compiled(x), model(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_an_output_that_views_an_input_through_pytorchs_bindings_is_not_copied():
+    """`runtime.output_owners` reads a node's alias annotation from the ATen overload it was captured
+    as, also after `direct_ops.bind_direct` retargeted it to PyTorch's binding (`torch.permute` has no
+    schema): a transposed input returned stays a view of the input, as in PyTorch."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from tilefuse.compiler.direct_ops import bind_direct
+    from tilefuse.compiler.runtime import output_owners
+
+    gm = make_fx(lambda x, w: (x @ w, w.t()))(torch.randn(3, 5), torch.randn(5, 4))
+    want = output_owners(gm)
+    assert bind_direct(gm) > 0
+    assert output_owners(gm) == want == [0, -1]
