@@ -113,7 +113,8 @@ class LineWriter:
     def escape(self, results: Sequence[SSAValue]) -> None:
         for value in results:
             self.escaping.add(value)
-            while isinstance(value.owner, ein.ViewOp):
+            # a flip copies (torch has no negative strides): what it reads is not the result's memory
+            while isinstance(value.owner, ein.ViewOp) and value.owner.kind.data != "flip":
                 value = value.owner.operands[0]
                 self.escaping.add(value)
 

@@ -1723,3 +1723,30 @@ def test_an_output_that_views_an_input_through_pytorchs_bindings_is_not_copied()
     want = output_owners(gm)
     assert bind_direct(gm) > 0
     assert output_owners(gm) == want == [0, -1]
+
+
+def test_a_flipped_parameter_derived_value_or_constant_is_returned_without_a_copy_before_the_flip(tmp_path):
+    """A flip copies: a cached parameter-derived product or a constant that a result is a flip of is
+    not the result's memory, so it is not copied before the flip each call; the caller's writes into
+    the results leave the cached values as they were."""
+
+    class Flipped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.randn(8, 16))
+            self.b = torch.nn.Parameter(torch.randn(16, 12))
+
+        def forward(self, x):
+            w = self.a @ self.b
+            return w.flip(0), x @ w, torch.arange(6.0).flip(0)
+
+    model = Flipped().requires_grad_(False)
+    compiled = tilefuse.compile(model, dump=tmp_path)
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        got, want = compiled(x), model(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+        for out in got:
+            out.add_(100.0)
+    programs = list(tmp_path.glob("*/program_*.py"))
+    assert programs and not any("clone" in p.read_text() or "_copy_as" in p.read_text() for p in programs)
