@@ -1687,22 +1687,25 @@ def test_a_concatenation_folded_into_a_slice_of_a_gemm_output_is_returned_contig
     torch.testing.assert_close(k, before)
 
 
+class _ProductOfParameters(torch.nn.Module):
+    """`returns(w, x)` of `w = a @ b`, a product of parameters (computed once, reused while they stand)."""
+
+    def __init__(self, width: int, returns):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(8, 16))
+        self.b = torch.nn.Parameter(torch.randn(16, width))
+        self.returns = returns
+
+    def forward(self, x):
+        return self.returns(self.a @ self.b, x)
+
+
 def test_a_returned_parameter_derived_product_with_padded_rows_keeps_its_layout_for_later_kernels():
     """`w = a @ b` of parameters (computed once, reused while they stand) whose 257-wide rows are
     padded, returned and read by a later GEMM: the caller's copy keeps the padded layout the later
     launch passes as literal strides (a plain `clone` packed it: wrong products)."""
 
-    class Derived(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Parameter(torch.randn(8, 16))
-            self.b = torch.nn.Parameter(torch.randn(16, 257))
-
-        def forward(self, x):
-            w = self.a @ self.b
-            return w.t(), x @ w
-
-    model = Derived().requires_grad_(False)
+    model = _ProductOfParameters(257, lambda w, x: (w.t(), x @ w)).requires_grad_(False)
     compiled = torch.compile(model, backend="tilefuse")
     x = torch.randn(4, 8)
     for _ in range(2):
@@ -1730,17 +1733,8 @@ def test_a_flipped_parameter_derived_value_or_constant_is_returned_without_a_cop
     not the result's memory, so it is not copied before the flip each call; the caller's writes into
     the results leave the cached values as they were."""
 
-    class Flipped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Parameter(torch.randn(8, 16))
-            self.b = torch.nn.Parameter(torch.randn(16, 12))
-
-        def forward(self, x):
-            w = self.a @ self.b
-            return w.flip(0), x @ w, torch.arange(6.0).flip(0)
-
-    model = Flipped().requires_grad_(False)
+    returns = lambda w, x: (w.flip(0), x @ w, torch.arange(6.0).flip(0))  # noqa: E731
+    model = _ProductOfParameters(12, returns).requires_grad_(False)
     compiled = tilefuse.compile(model, dump=tmp_path)
     x = torch.randn(4, 8)
     for _ in range(3):
