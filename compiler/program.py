@@ -113,8 +113,8 @@ class LineWriter:
     def escape(self, results: Sequence[SSAValue]) -> None:
         for value in results:
             self.escaping.add(value)
-            # a flip copies (torch has no negative strides): what it reads is not the result's memory
-            while isinstance(value.owner, ein.ViewOp) and value.owner.kind.data != "flip":
+            # a copying view (a flip) makes new memory: what it reads is not the result's
+            while isinstance(value.owner, ein.ViewOp) and not makes_fresh_memory(value.owner, {}):
                 value = value.owner.operands[0]
                 self.escaping.add(value)
 
@@ -190,7 +190,7 @@ class LineWriter:
         return False
 
     def overlapping(self, value: SSAValue) -> bool:
-        """Whether `value` may be an expanded view (a dim of stride 0, size > 1): not known here."""
+        """Whether two elements of `value` may share memory (an expanded view): not known here."""
         return False
 
 
@@ -219,7 +219,7 @@ class _Writer(LineWriter):
 
     def overlapping(self, value: SSAValue) -> bool:
         meta = self.meta.get(value)
-        return meta is not None and any(s == 0 and n > 1 for n, s in zip(meta.shape, meta.stride()))
+        return meta is not None and not is_distinct(meta.shape, meta.stride())
 
 
 @dataclass
@@ -299,6 +299,17 @@ def is_padded_rows(shape: Sequence[int], strides: Sequence[int]) -> bool:
     if len(shape) < 2 or strides[-1] != 1 or strides[-2] < shape[-1]:
         return False
     return all(strides[d] == strides[d + 1] * shape[d + 1] for d in range(len(shape) - 2))
+
+
+def is_distinct(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether no two elements of a tensor of `shape` and `strides` share a place in memory (each
+    dim's stride, in increasing order, passes the reach of the dims before it)."""
+    reach = 0
+    for stride, size in sorted((st, n) for n, st in zip(shape, strides) if n != 1):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
 
 
 def is_packed(shape: Sequence[int], strides: Sequence[int]) -> bool:

@@ -41,7 +41,7 @@ from . import group_selection
 from .direct_ops import bind_direct
 from .duplicate_ops import alias_chain
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
-from .program import Program, ProgramInputs, Trained, step_reads, write_program
+from .program import Program, ProgramInputs, Trained, is_distinct, step_reads, write_program
 from .selection import Selection, selection_enabled
 from .symbolic_program import write_symbolic_program
 
@@ -274,12 +274,11 @@ def output_owners(graph_module: GraphModule) -> list[int] | None:
     program whose result is an input where PyTorch's is fresh memory, or whose two results are one
     buffer where PyTorch's are two, copies it (`program.LineWriter.returned`). None where the
     outputs are not all tensors."""
-    (output,) = [n for n in graph_module.graph.nodes if n.op == "output"]
-    nodes = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    nodes = _output_nodes(graph_module)
+    if nodes is None:
+        return None
     owners, first = [], {}
     for node in nodes:
-        if not isinstance(node, torch.fx.Node):
-            return None
         source = alias_chain(node)[-1]
         owners.append(-1 if source.op == "placeholder" else first.setdefault(source, len(owners)))
     return owners
@@ -290,14 +289,15 @@ def output_layouts(graph_module: GraphModule) -> list[str] | None:
     "contiguous", "distinct" (no two elements in one place: a transposed or sliced tensor) or "" where
     it is neither or not known (an expanded view, a size-dependent layout). None where the outputs are not
     all tensors."""
+    nodes = _output_nodes(graph_module)
+    return None if nodes is None else [_layout(node.meta.get("val")) for node in nodes]
+
+
+def _output_nodes(graph_module: GraphModule) -> list[torch.fx.Node] | None:
+    """The nodes a graph returns, in order; None where one of its outputs is not a node."""
     (output,) = [n for n in graph_module.graph.nodes if n.op == "output"]
     nodes = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
-    layouts = []
-    for node in nodes:
-        if not isinstance(node, torch.fx.Node):
-            return None
-        layouts.append(_layout(node.meta.get("val")))
-    return layouts
+    return list(nodes) if all(isinstance(n, torch.fx.Node) for n in nodes) else None
 
 
 def _layout(val: object) -> str:
@@ -307,21 +307,10 @@ def _layout(val: object) -> str:
         if statically_known_true(val.is_contiguous()):
             return "contiguous"
         if all(isinstance(d, int) for d in (*val.shape, *val.stride())):
-            return "distinct" if _distinct(tuple(val.shape), tuple(val.stride())) else ""
+            return "distinct" if is_distinct(tuple(val.shape), tuple(val.stride())) else ""
     except Exception:
         pass
     return ""
-
-
-def _distinct(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
-    """Whether no two elements of a tensor of `shape` and `strides` share a place in memory (each
-    dim's stride, in increasing order, passes the reach of the dims before it)."""
-    reach = 0
-    for stride, size in sorted((st, n) for n, st in zip(shape, strides) if n != 1):
-        if stride <= reach:
-            return False
-        reach += (size - 1) * stride
-    return True
 
 
 def _glue_reason(op: Operation, returned: set[SSAValue]) -> str:
