@@ -99,6 +99,7 @@ class _SymbolicWriter(LineWriter):
         self.symbols: dict[sympy.Symbol, str] = {}  # each size symbol -> its variable in `call`
         self.sizes_dict: str | None = None  # the variable holding {symbol: size}, once written
         self.bucket_variables: set[str] = set()  # each symbol's size bucket, once written
+        self.packed: set[str] = set()  # kernel outputs: contiguous memory made here
 
     def size(self, d: Dim) -> str:
         """A size as an expression of the call's size variables."""
@@ -184,6 +185,9 @@ class _SymbolicWriter(LineWriter):
         elif not makes_fresh_memory(op, {}):  # a reshape's layout is not known here: may view
             self.share(name, operands)
 
+    def contiguous(self, value: SSAValue) -> bool:
+        return self.names[value] in self.packed
+
     def _view(self, op: ein.ViewOp, src: str) -> str:
         kind, p = op.kind.data, op.view_params
         if kind == "reshape":
@@ -207,6 +211,7 @@ class _SymbolicWriter(LineWriter):
             dtype = to_torch_dtype(value.type.get_element_type())
             shape, strides = self.shape(value.type), self.contiguous_strides(value.type)
             self.emit(f"{name} = _empty({shape}, {strides}, {dtype})")
+            self.packed.add(name)
         args = []
         for value in [*lowered.inputs, *lowered.outputs]:
             name = self.names[value]
