@@ -489,8 +489,8 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {_literal_view(op, operands[0])}")
     elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):  # made once, on the device
         made = w.bind("c", run_op(op, {}, w.inputs.device))
-        if result in w.escaping:  # returned: the caller's own memory, every call
-            w.emit(f"{name} = {made}.clone()  # {op.name}")
+        if result in w.escaping:  # returned: the caller's own memory, every call, contiguous as PyTorch's
+            w.emit(f"{name} = {made}.clone(memory_format=torch.contiguous_format)  # {op.name}")
         else:
             w.emit(f"{name} = {made}  # {op.name}")
             w.shared.add(name)
@@ -503,9 +503,12 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
     # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
     w.buffers.alias(name, operands)
-    if allocated or not makes_fresh_memory(op, w.meta):  # else the caller may have it as it is
+    fresh = makes_fresh_memory(op, w.meta) or (not allocated and _glue_makes_fresh_memory(op, w.meta))
+    if allocated or not fresh:  # else the caller may have it as it is
         w.share(name, operands)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
+    if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in w.escaping:
+        w.meta[result] = w.meta[result].contiguous()  # the clone above
 
 
 def makes_fresh_memory(op: Operation, meta: dict[SSAValue, torch.Tensor]) -> bool:
@@ -653,6 +656,24 @@ def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str
         else:
             at.append(indices[-1 - m])
     return f"{table}[{', '.join(at)}].expand({tuple(out)!r})  # ein.gather"
+
+
+def _glue_makes_fresh_memory(op: Operation, meta: dict[SSAValue, torch.Tensor]) -> bool:
+    """Whether a step run on the reference interpreter (`_glue`) surely returns new memory: run twice
+    on `meta`'s tensors, its results view neither an operand (a no-op cast returns its operand) nor
+    each other (a map yielding a constant returns the one made per device, broadcast). A training
+    step's loss, the division of two reductions, was cloned for the caller every step."""
+    if not isinstance(op, ein.MapOp) or any(v not in meta for v in op.operands):
+        return False
+    is_alias_of = getattr(torch._C, "_is_alias_of", None)
+    step, operands = planned_op(op), [meta[v] for v in op.operands]
+    try:
+        first, second = step(torch.device("meta"), *operands), step(torch.device("meta"), *operands)
+    except Exception:  # noqa: BLE001 (a step the meta device cannot run: said not to be new)
+        return False
+    if is_alias_of is None or not isinstance(first, torch.Tensor):
+        return False
+    return not any(is_alias_of(first, t) for t in (second, *operands))
 
 
 def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:

@@ -278,6 +278,29 @@ def test_a_returned_copy_made_by_a_glue_op_is_not_copied_again(tmp_path, fn):
     assert programs and not any(".clone()" in p.read_text() for p in programs)
 
 
+@pytest.mark.parametrize(
+    "fn, step",
+    [
+        # a training loss (saved reductions and their quotient)
+        (lambda x: (x.sum(), x.amax(), x.sum() / x.amax()), "ein.map on the ein reference interpreter"),
+        (lambda x: (x.sum(-1) / x.amax(-1), torch.ones_like(x[0])), "ein.constant"),
+    ],
+)
+def test_a_glue_steps_new_memory_is_returned_without_a_second_copy(tmp_path, fn, step):
+    """A map outside every kernel (run on the reference interpreter) computes new memory: returned as
+    it is, not cloned per call; a constant is copied once, contiguous, not copied and then packed.
+    Either is the caller's own (a write into it changes nothing the next call sees)."""
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    x = torch.rand(6, 5) + 0.5
+    first = compiled(x)
+    for out in first if isinstance(first, tuple) else (first,):
+        out.add_(1.0)
+    torch.testing.assert_close(compiled(x), fn(x))
+    programs = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert programs and any(step in p for p in programs)
+    assert not any(".clone()" in p or ".contiguous()" in p for p in programs)
+
+
 def test_a_symbolic_programs_kernel_output_is_returned_without_a_copy(tmp_path):
     """A kernel's output is allocated contiguous: a symbolic-size program returns it as it is, with no
     `.contiguous()` per result and call (host time on every decode step)."""
