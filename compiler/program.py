@@ -78,6 +78,11 @@ class ProgramInputs:
     # result PyTorch makes contiguous is returned contiguous (a view the program folded a copy into is
     # copied), and one whose elements PyTorch keeps apart is not returned expanded; None: not known
     layouts: Sequence[str] | None = None
+    # per result, the order of its dims in PyTorch's memory, outermost first, where PyTorch's is a
+    # dense layout other than row-major with the last dim innermost (`runtime.output_orders`: a
+    # pointwise op of a transposed operand keeps its operand's layout): a pointwise kernel's output
+    # returned is allocated so. None (or a None entry): row-major
+    orders: Sequence[tuple[int, ...] | None] | None = None
 
 
 @dataclass
@@ -534,7 +539,8 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         out_type = value.type
         shape = tuple(shape_of(out_type))
         dtype = to_torch_dtype(out_type.get_element_type())
-        strides = output_strides(kernel, shape, dtype)
+        ordered = _returned_order(w, kernel, value, shape)
+        strides = ordered or output_strides(kernel, shape, dtype)
         w.meta[value] = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
         layout = (shape, strides, dtype)
         pinned = reuse_names is not None or value in w.inputs.results
@@ -552,7 +558,7 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         if taken is not None:
             w.emit(f"{name} = {taken}; del {taken}  # reuse")
         else:
-            if as_view or is_packed(shape, strides):
+            if as_view or ordered or is_packed(shape, strides):
                 w.emit(f"{name} = _empty({shape!r}, {strides!r}, {dtype})")
             else:  # a GEMM's stores run into the padding: the last row's too
                 w.padded.add(value)
@@ -571,6 +577,33 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.emit(f"# {title} ({lowered.group.kind}){backend}: grid {grid}, {kernel.config.key()}")
     w.emit(f"{handle}(stream, {', '.join(args)})")
     w.launches += 1
+
+
+def _returned_order(w: _Writer, kernel: object, value: SSAValue, shape: tuple) -> tuple[int, ...] | None:
+    """Strides for a pointwise kernel's output that the partition returns in PyTorch's dense layout
+    other than row-major (`ProgramInputs.orders`), as eager's elementwise ops keep a transposed
+    operand's layout: RoPE's query of `q_proj(x).view(b, s, h, d).transpose(1, 2)` is [b, s, h, d] in
+    memory, so SDPA's output, which follows its query's layout, is too, and the attention output's
+    `transpose(1, 2).reshape(b, s, h * d)` is a view. A row-major query made that reshape copy the
+    attention output each layer of a training step. None: the kernel's own layout."""
+    orders = w.inputs.orders
+    if not orders or getattr(kernel, "backend", "triton") != "triton":
+        return None
+    if kernel.lowered.group.kind != "pointwise":
+        return None
+    order = next((o for r, o in zip(w.inputs.results, orders) if r == value and o is not None), None)
+    if order is None or sorted(order) != list(range(len(shape))):
+        return None
+    return strides_in_order(shape, order)
+
+
+def strides_in_order(shape: Sequence[int], order: Sequence[int]) -> tuple[int, ...]:
+    """Dense strides of `shape` with its dims laid out in `order` (outermost first)."""
+    strides, step = [0] * len(shape), 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= max(int(shape[d]), 1)
+    return tuple(strides)
 
 
 def step_reads(op: Operation, kernels: dict) -> Sequence[SSAValue]:

@@ -41,7 +41,7 @@ from . import group_selection
 from .direct_ops import bind_direct
 from .duplicate_ops import alias_chain
 from .group_selection import LIBRARY, SPLIT, GroupSelector, group_selection_enabled
-from .program import Program, ProgramInputs, Trained, is_distinct, step_reads, write_program
+from .program import Program, ProgramInputs, Trained, is_distinct, step_reads, strides_in_order, write_program
 from .selection import Selection, selection_enabled
 from .symbolic_program import write_symbolic_program
 
@@ -209,6 +209,7 @@ class KernelPlan(torch.nn.Module):
             release_after=self.release_after, param_sources=self.param_sources, device=self.device,
             returns_tuple=self.returns_tuple, trained=self.trained, size_args=self.size_args,
             owners=output_owners(self.fallback), layouts=output_layouts(self.fallback),
+            orders=output_orders(self.fallback),
         )  # fmt: skip
         if self.symbolic:  # one program for every size; its kernels were not measured against PyTorch
             program = write_symbolic_program(spec)
@@ -291,6 +292,30 @@ def output_layouts(graph_module: GraphModule) -> list[str] | None:
     all tensors."""
     nodes = _output_nodes(graph_module)
     return None if nodes is None else [_layout(node.meta.get("val")) for node in nodes]
+
+
+def output_orders(graph_module: GraphModule) -> list[tuple[int, ...] | None] | None:
+    """For each output of a partition's captured code, the order of its dims in PyTorch's memory
+    (outermost first) where its recorded value is dense, not row-major, and has its last dim
+    innermost (a pointwise op of a transposed tensor: eager keeps the operand's layout); else None.
+    None where the outputs are not all tensors."""
+    nodes = _output_nodes(graph_module)
+    return None if nodes is None else [_order(node.meta.get("val")) for node in nodes]
+
+
+def _order(val: object) -> tuple[int, ...] | None:
+    if not isinstance(val, torch.Tensor) or val.dim() < 2:
+        return None
+    shape, strides = val.shape, val.stride()
+    if not all(isinstance(d, int) for d in (*shape, *strides)) or val.is_contiguous():
+        return None
+    # outermost first; among equal strides (dims of size 1) the logical order
+    order = tuple(sorted(range(len(shape)), key=lambda d: (-strides[d], d)))
+    if order[-1] != len(shape) - 1 or order == tuple(range(len(shape))):
+        return None
+    expected = strides_in_order(shape, order)
+    dense = all(shape[d] == 1 or strides[d] == expected[d] for d in range(len(shape)))
+    return order if dense else None
 
 
 def _output_nodes(graph_module: GraphModule) -> list[torch.fx.Node] | None:

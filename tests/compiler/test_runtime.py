@@ -278,6 +278,40 @@ def test_a_returned_copy_made_by_a_glue_op_is_not_copied_again(tmp_path, fn):
     assert programs and not any(".clone()" in p.read_text() for p in programs)
 
 
+@pytest.mark.parametrize("batch, seq, heads, dim", [(2, 6, 4, 8), (1, 5, 3, 16), (3, 7, 2, 8)])
+def test_a_pointwise_result_of_a_transposed_operand_keeps_eagers_layout(tmp_path, batch, seq, heads, dim):
+    """Eager's elementwise ops keep a transposed operand's layout: RoPE of `q_proj(x).view(b, s, h, d)
+    .transpose(1, 2)` is [b, s, h, d] in memory, and SDPA's output follows its query's, so the
+    attention output's `transpose(1, 2).reshape(b, s, h * d)` is a view. The kernel's output comes back
+    in that layout (it came back row-major, and the reshape copied the attention output each layer of
+    a training step, where SDPA runs in PyTorch for its saved log-sum-exp)."""
+    width = heads * dim
+    wq, wk = torch.randn(width, width) / width**0.5, torch.randn(width, width) / width**0.5
+
+    def rope(t):
+        return t * 0.5 + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * 0.25
+
+    def fn(x):
+        q = rope((x @ wq).view(batch, seq, heads, dim).transpose(1, 2))
+        k = rope((x @ wk).view(batch, seq, heads, dim).transpose(1, 2))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True)
+        return q, o, o.transpose(1, 2).reshape(batch, seq, width)
+
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    x = torch.randn(batch, seq, width)
+    got, want = compiled(x.clone().requires_grad_()), fn(x.clone().requires_grad_())
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+        assert g.stride() == r.stride()
+    assert got[2]._base is not None and want[2]._base is not None  # the rows are a view, as eager's
+    sum(t.sum() for t in got).backward()  # gradients flow through the kept layout
+
+    plain = tilefuse.compile(lambda x: torch.sin((x @ wq).view(batch, seq, heads, dim).transpose(1, 2)))
+    got, want = plain(x), torch.sin((x @ wq).view(batch, seq, heads, dim).transpose(1, 2))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert got.stride() == want.stride()
+
+
 @pytest.mark.parametrize(
     "fn, step",
     [
