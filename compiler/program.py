@@ -29,7 +29,7 @@ from xdsl.ir import Operation, SSAValue
 from ..backends.triton.emit import padded_row, row_tail
 from ..backends.triton.launcher import row_tails_fit, tail_reach
 from ..ir import einsum as ein
-from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.dtypes import dims_of, shape_of, to_torch_dtype
 from ..ir.interpreter import gather_rows, reads_table_rows, run_op
 from .library_plan import planned_op
 
@@ -539,7 +539,8 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
         out_type = value.type
         shape = tuple(shape_of(out_type))
         dtype = to_torch_dtype(out_type.get_element_type())
-        ordered = _returned_order(w, kernel, value, shape)
+        order = returned_order(w.inputs, kernel, value)
+        ordered = strides_in_order(shape, order) if order is not None else None
         strides = ordered or output_strides(kernel, shape, dtype)
         w.meta[value] = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
         layout = (shape, strides, dtype)
@@ -579,22 +580,22 @@ def _write_launch(w: _Writer, kernel: object, reuse_names: list[str] | None) -> 
     w.launches += 1
 
 
-def _returned_order(w: _Writer, kernel: object, value: SSAValue, shape: tuple) -> tuple[int, ...] | None:
-    """Strides for a pointwise kernel's output that the partition returns in PyTorch's dense layout
-    other than row-major (`ProgramInputs.orders`), as eager's elementwise ops keep a transposed
-    operand's layout: RoPE's query of `q_proj(x).view(b, s, h, d).transpose(1, 2)` is [b, s, h, d] in
-    memory, so SDPA's output, which follows its query's layout, is too, and the attention output's
-    `transpose(1, 2).reshape(b, s, h * d)` is a view. A row-major query made that reshape copy the
-    attention output each layer of a training step. None: the kernel's own layout."""
-    orders = w.inputs.orders
+def returned_order(inputs: ProgramInputs, kernel: object, value: SSAValue) -> tuple[int, ...] | None:
+    """The order of dims (outermost first) a pointwise kernel's output is allocated in where the
+    partition returns it and PyTorch's layout is dense but not row-major (`ProgramInputs.orders`),
+    as eager's elementwise ops keep a transposed operand's layout: RoPE's query of
+    `q_proj(x).view(b, s, h, d).transpose(1, 2)` is [b, s, h, d] in memory, so SDPA's output, which
+    follows its query's layout, is too, and the attention output's `transpose(1, 2).reshape(b, s,
+    h * d)` is a view. A row-major query made that reshape copy the attention output each layer of a
+    training step. None: the kernel's own layout."""
+    orders = inputs.orders
     if not orders or getattr(kernel, "backend", "triton") != "triton":
         return None
     if kernel.lowered.group.kind != "pointwise":
         return None
-    order = next((o for r, o in zip(w.inputs.results, orders) if r == value and o is not None), None)
-    if order is None or sorted(order) != list(range(len(shape))):
-        return None
-    return strides_in_order(shape, order)
+    order = next((o for r, o in zip(inputs.results, orders) if r == value and o is not None), None)
+    rank = len(dims_of(value.type))
+    return order if order is not None and sorted(order) == list(range(rank)) else None
 
 
 def strides_in_order(shape: Sequence[int], order: Sequence[int]) -> tuple[int, ...]:

@@ -306,16 +306,29 @@ def output_orders(graph_module: GraphModule) -> list[tuple[int, ...] | None] | N
 def _order(val: object) -> tuple[int, ...] | None:
     if not isinstance(val, torch.Tensor) or val.dim() < 2:
         return None
-    shape, strides = val.shape, val.stride()
-    if not all(isinstance(d, int) for d in (*shape, *strides)) or val.is_contiguous():
+    # symbolic sizes by their hints: a layout's order holds for every size (ties are dims of size 1)
+    shape, strides = [_hinted(d) for d in val.shape], [_hinted(d) for d in val.stride()]
+    if None in shape or None in strides:
         return None
     # outermost first; among equal strides (dims of size 1) the logical order
     order = tuple(sorted(range(len(shape)), key=lambda d: (-strides[d], d)))
-    if order[-1] != len(shape) - 1 or order == tuple(range(len(shape))):
+    if order[-1] != len(shape) - 1 or _laid_out(shape, strides, range(len(shape))):
         return None
+    return order if _laid_out(shape, strides, order) else None
+
+
+def _laid_out(shape: list[int], strides: list[int], order: Sequence[int]) -> bool:
+    """Whether `strides` are the dense layout of `shape` in `order` (a dim of size 1 may have any)."""
     expected = strides_in_order(shape, order)
-    dense = all(shape[d] == 1 or strides[d] == expected[d] for d in range(len(shape)))
-    return order if dense else None
+    return all(shape[d] == 1 or strides[d] == expected[d] for d in range(len(shape)))
+
+
+def _hinted(d: object) -> int | None:
+    """A size or stride as an int: a symbolic one by its hint (None where it has none)."""
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    return int(hint) if hint is not None else None
 
 
 def _output_nodes(graph_module: GraphModule) -> list[torch.fx.Node] | None:

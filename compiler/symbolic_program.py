@@ -24,7 +24,15 @@ from ..autotune.buckets import BUCKET_EDGES
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
 from ..ir.interpreter import run_op
-from .program import LineWriter, Program, ProgramInputs, allocator, makes_fresh_memory, stream_getter
+from .program import (
+    LineWriter,
+    Program,
+    ProgramInputs,
+    allocator,
+    makes_fresh_memory,
+    returned_order,
+    stream_getter,
+)
 
 HEADER = """\
 # tilefuse program: partition {partition} of graph {graph}, on {device}, for every size
@@ -114,9 +122,13 @@ class _SymbolicWriter(LineWriter):
     def shape(self, t: object) -> str:
         return _tuple([self.size(d) for d in dims_of(t)])
 
-    def contiguous_strides(self, t: object) -> str:
+    def strides(self, t: object, order: Sequence[int] | None = None) -> str:
+        """Dense strides of `t`'s shape with its dims laid out in `order` (outermost first; row-major
+        where None)."""
         dims = dims_of(t)
-        return _tuple([self.size(simplify_size(math.prod(dims[i + 1 :]))) for i in range(len(dims))])
+        order = list(range(len(dims))) if order is None else list(order)
+        strides = {d: simplify_size(math.prod(dims[e] for e in order[i + 1 :])) for i, d in enumerate(order)}
+        return _tuple([self.size(strides[d]) for d in range(len(dims))])
 
     def sizes(self) -> str:
         """A dict {symbol: size} for the reference interpreter, made once per call when needed."""
@@ -209,9 +221,11 @@ class _SymbolicWriter(LineWriter):
         for value in lowered.outputs:
             name = self.fresh(value)
             dtype = to_torch_dtype(value.type.get_element_type())
-            shape, strides = self.shape(value.type), self.contiguous_strides(value.type)
+            order = returned_order(self.spec, kernel, value)  # PyTorch's layout of a returned result
+            shape, strides = self.shape(value.type), self.strides(value.type, order)
             self.emit(f"{name} = _empty({shape}, {strides}, {dtype})")
-            self.packed.add(name)
+            if order is None:
+                self.packed.add(name)
         args = []
         for value in [*lowered.inputs, *lowered.outputs]:
             name = self.names[value]

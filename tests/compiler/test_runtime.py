@@ -306,10 +306,20 @@ def test_a_pointwise_result_of_a_transposed_operand_keeps_eagers_layout(tmp_path
     assert got[2]._base is not None and want[2]._base is not None  # the rows are a view, as eager's
     sum(t.sum() for t in got).backward()  # gradients flow through the kept layout
 
-    plain = tilefuse.compile(lambda x: torch.sin((x @ wq).view(batch, seq, heads, dim).transpose(1, 2)))
-    got, want = plain(x), torch.sin((x @ wq).view(batch, seq, heads, dim).transpose(1, 2))
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert got.stride() == want.stride()
+    def plain(x):
+        return torch.sin((x @ wq).view(batch, x.shape[1], heads, dim).transpose(1, 2))
+
+    for symbolic in (False, True):  # a program of a symbolic length allocates it alike
+        torch._dynamo.reset()
+        compiled = tilefuse.compile(plain, dump=tmp_path / f"plain{symbolic}")
+        for length in (seq, seq + 3):
+            x = torch.randn(batch, length, width)
+            if symbolic:
+                torch._dynamo.mark_dynamic(x, 1)
+            got, want = compiled(x), plain(x)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            assert got.stride() == want.stride()
+    assert list((tmp_path / "plainTrue").glob("*/program_dynamic_*.py"))  # the symbolic program ran
 
 
 @pytest.mark.parametrize(
