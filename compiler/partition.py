@@ -241,7 +241,10 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     Regions made only of views are left to PyTorch: they cost nothing there.
     """
     in_pytorch = ops_in_pytorch(_prepared(gm))
-    partitions = [dict.fromkeys(nodes) for nodes in _levels(gm, in_pytorch)]
+    levels = _levels(gm, in_pytorch)
+    if copy_constants_per_level(gm, levels):
+        levels = _levels(gm, in_pytorch)
+    partitions = [dict.fromkeys(nodes) for nodes in levels]
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     fused = fuse_by_partitions(gm, partitions) if partitions else gm
     names = [n.target for n in fused.graph.nodes if n.op == "call_module" and n.target.startswith("fused_")]
@@ -429,6 +432,39 @@ def views_as_reshapes(gm: GraphModule) -> int:
     if changed:
         gm.recompile()
     return changed
+
+
+def copy_constants_per_level(gm: GraphModule, levels: list[list[Node]]) -> int:
+    """Give each partition its own copy of a compiled op that reads no tensor (a `full` of zeros, an
+    `arange`) where ops of several partitions read it: made in the first reader's partition only, it
+    was a result of that partition (copied for the caller every call, as a constant is) and an input
+    of every later one, read from memory where a constant folds into the kernels. A training step's
+    backward has a partition per layer (SDPA's backward runs in PyTorch between them), and
+    `merge_duplicate_ops` made one zeros tensor of the `slice_scatter`s of every layer's RoPE
+    gradient. Returns how many copies were made."""
+    level_of = {n: i for i, nodes in enumerate(levels) for n in nodes}
+    copied = 0
+    for node in list(gm.graph.nodes):
+        if node not in level_of or node.all_input_nodes or node.target is operator.getitem:
+            continue
+        if not isinstance(node.target, torch._ops.OpOverload) or node.target._schema.is_mutable:
+            continue
+        if torch.Tag.nondeterministic_seeded in node.target.tags:
+            continue  # a random tensor is one draw, read alike by every reader
+        by_level: dict[int, list[Node]] = {}
+        for user in node.users:
+            if user in level_of:
+                by_level.setdefault(level_of[user], []).append(user)
+        for level in sorted(by_level)[1:]:
+            with gm.graph.inserting_after(node):
+                copy = gm.graph.node_copy(node)
+            for user in by_level[level]:
+                user.replace_input_with(node, copy)
+            copied += 1
+    if copied:
+        gm.graph.lint()
+        gm.recompile()
+    return copied
 
 
 def _levels(gm: GraphModule, in_pytorch: dict[Node, str]) -> list[list[Node]]:

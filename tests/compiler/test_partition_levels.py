@@ -100,3 +100,45 @@ def test_a_result_only_the_graph_returns_joins_the_last_partition_not_one_of_its
     g.output((u, c))
     gm = GraphModule(torch.nn.Module(), g)
     assert _levels(gm, {u: "left out"}) == [[a, b, c]]
+
+
+def test_a_constant_read_in_several_partitions_is_made_in_each(tmp_path):
+    """A compiled op that reads no tensor (the zeros a backward's `slice_scatter`s start from, one
+    for every layer after `merge_duplicate_ops`) is copied into each partition that reads it: made
+    only in the first, it was that partition's result (copied for the caller every call) and a
+    tensor read from memory by the later ones, where a constant folds into their kernels."""
+    import tilefuse
+    from tilefuse.compiler.partition import copy_constants_per_level
+
+    w = torch.randn(5, 8)
+
+    def fn(x):
+        zeros = torch.zeros(6, 8)
+        a = torch.sin(x @ w + zeros)  # a product: work, so compiled (not a cheap op of the inputs)
+        top = torch.topk(a, 3, dim=-1).values  # runs in PyTorch: the ops after it are a second partition
+        return torch.cos(top.sum(-1, keepdim=True) + zeros)
+
+    x = torch.randn(6, 5)
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), fn(x))
+    programs = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert len(programs) == 2
+    assert not any("clone" in p for p in programs)  # no constant handed from one partition to the next
+
+    g = Graph()  # the copy, on a graph: one per later level, its readers there rewired to it
+    y = g.placeholder("y")
+    zeros = g.call_function(aten.zeros.default, ([4],), {"device": "cpu"})
+    first = g.call_function(aten.add.Tensor, (y, zeros))
+    cut = g.call_function(aten.neg.default, (first,))
+    second = g.call_function(aten.mul.Tensor, (cut, zeros))
+    third = g.call_function(aten.sub.Tensor, (second, zeros))
+    g.output((third,))
+    gm = GraphModule(torch.nn.Module(), g)
+    in_pytorch = {cut: "left out"}
+    assert copy_constants_per_level(gm, _levels(gm, in_pytorch)) == 1
+    copies = [n for n in gm.graph.nodes if n.target is aten.zeros.default]
+    assert len(copies) == 2 and second.args[1] is third.args[1] is not first.args[1]
+    levels = _levels(gm, in_pytorch)
+    assert first.args[1] in levels[0] and second.args[1] in levels[1]
+    torch.testing.assert_close(gm(torch.ones(4)), (torch.zeros(4),))
