@@ -107,7 +107,7 @@ class _SymbolicWriter(LineWriter):
         self.symbols: dict[sympy.Symbol, str] = {}  # each size symbol -> its variable in `call`
         self.sizes_dict: str | None = None  # the variable holding {symbol: size}, once written
         self.bucket_variables: set[str] = set()  # each symbol's size bucket, once written
-        self.packed: set[str] = set()  # kernel outputs: contiguous memory made here
+        self.packed: set[str] = set()  # contiguous memory made here (kernel outputs, copies), its reshapes
 
     def size(self, d: Dim) -> str:
         """A size as an expression of the call's size variables."""
@@ -179,6 +179,8 @@ class _SymbolicWriter(LineWriter):
         name = self.fresh(result)
         if isinstance(op, ein.ViewOp):
             self.emit(f"{name} = {self._view(op, operands[0])}")
+            if op.kind.data == "reshape" and operands[0] in self.packed:
+                self.packed.add(name)  # a reshape of contiguous memory is a contiguous view of it
         elif isinstance(op, ein.ConcatOp):
             self.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
         elif all(not is_symbolic(d) for d in dims_of(result.type)) and not op.operands:
@@ -191,7 +193,8 @@ class _SymbolicWriter(LineWriter):
         if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in self.escaping:
             # the interpreter broadcasts a constant (stride 0), and a static one is made once: a caller
             # may write into a result in place (AOTAutograd's index_put_ into fresh zeros)
-            self.emit(f"{name} = {name}.clone()  # returned: the caller's own memory")
+            self.emit(f"{name} = {name}.clone(memory_format=torch.contiguous_format)  # returned: copied")
+            self.packed.add(name)
         elif isinstance(op, (ein.ConstantOp, ein.IotaOp)):
             self.shared.add(name)
         elif not makes_fresh_memory(op, {}):  # a reshape's layout is not known here: may view

@@ -346,10 +346,10 @@ def test_a_glue_steps_new_memory_is_returned_without_a_second_copy(tmp_path, fn,
 
 
 def test_a_symbolic_programs_kernel_output_is_returned_without_a_copy(tmp_path):
-    """A kernel's output is allocated contiguous: a symbolic-size program returns it as it is, with no
-    `.contiguous()` per result and call (host time on every decode step)."""
+    """A kernel's output is allocated contiguous (and so is a reshape of it): a symbolic-size program
+    returns it as it is, with no `.contiguous()` per result and call (host time on every decode step)."""
     w, b = torch.randn(16, 24), torch.randn(24)
-    fn = lambda x: (torch.relu(x @ w + b), (x @ w).sum(-1))  # noqa: E731
+    fn = lambda x: (torch.relu(x @ w + b), (x @ w).sum(-1), torch.sigmoid(x @ w).reshape(-1))  # noqa: E731
     compiled = tilefuse.compile(fn, dynamic=True, dump=tmp_path)
     for rows in (5, 9, 17):
         x = torch.randn(rows, 16)
