@@ -23,6 +23,7 @@ from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from ..ir.dtypes import size_of, size_text
 from .conv_layout import is_explicit_copy
+from .duplicate_ops import functional
 from .lowering_table import only_first_output_read, target_name, unsupported_reason
 
 aten = torch.ops.aten
@@ -445,12 +446,11 @@ def copy_constants_per_level(gm: GraphModule, levels: list[list[Node]]) -> int:
     level_of = {n: i for i, nodes in enumerate(levels) for n in nodes}
     copied = 0
     for node in list(gm.graph.nodes):
+        # (a random tensor, not `functional`, is one draw, read alike by every reader)
         if node not in level_of or node.all_input_nodes or node.target is operator.getitem:
             continue
-        if not isinstance(node.target, torch._ops.OpOverload) or node.target._schema.is_mutable:
+        if not functional(node):
             continue
-        if torch.Tag.nondeterministic_seeded in node.target.tags:
-            continue  # a random tensor is one draw, read alike by every reader
         by_level: dict[int, list[Node]] = {}
         for user in node.users:
             if user in level_of:

@@ -31,7 +31,7 @@ from ..backends.triton.launcher import row_tails_fit, tail_reach
 from ..ir import einsum as ein
 from ..ir.dtypes import dims_of, shape_of, to_torch_dtype
 from ..ir.interpreter import gather_rows, reads_table_rows, run_op
-from .library_plan import planned_op
+from .library_plan import Step, planned_op
 
 HEADER = '''\
 # tilefuse program: partition {partition} of graph {graph}, on {device}
@@ -488,6 +488,7 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     allocated = op in w.allocated_as_view  # its source's buffer was allocated as this view: no step
     name = operands[0] if allocated else reuse_names[0] if reuse_names else w.fresh(result)
     w.names[result] = name
+    fresh = makes_fresh_memory(op, w.meta)  # else the caller may have it as it is
     if allocated:
         w.emit(f"# {op.kind.data} of {name}: its buffer was allocated as this view")
     elif isinstance(op, ein.ViewOp):
@@ -504,12 +505,13 @@ def _write_compute(w: _Writer, op: Operation, reuse_names: list[str] | None = No
     elif isinstance(op, ein.GatherOp):
         w.emit(f"{name} = {_gather_expression(w, op, operands)}")
     else:
-        glue = w.bind("op", _glue(op, w.inputs.device))
+        step = planned_op(op)
+        glue = w.bind("op", _glue(step, w.inputs.device))
         w.emit(f"{name} = {glue}({', '.join(operands)})  # {op.name} on the ein reference interpreter")
+        fresh = _glue_makes_fresh_memory(op, step, w.meta)
     # a view lives in its source's buffer; a PyTorch op may return a view of an operand (a no-op cast)
     w.buffers.alias(name, operands)
-    fresh = makes_fresh_memory(op, w.meta) or (not allocated and _glue_makes_fresh_memory(op, w.meta))
-    if allocated or not fresh:  # else the caller may have it as it is
+    if allocated or not fresh:
         w.share(name, operands)
     w.meta[result] = run_op(op, {v: w.meta[v] for v in op.operands}, torch.device("meta"))
     if isinstance(op, (ein.ConstantOp, ein.IotaOp)) and result in w.escaping:
@@ -692,28 +694,26 @@ def _gather_expression(w: _Writer, op: ein.GatherOp, operands: list[str]) -> str
     return f"{table}[{', '.join(at)}].expand({tuple(out)!r})  # ein.gather"
 
 
-def _glue_makes_fresh_memory(op: Operation, meta: dict[SSAValue, torch.Tensor]) -> bool:
-    """Whether a step run on the reference interpreter (`_glue`) surely returns new memory: run twice
-    on `meta`'s tensors, its results view neither an operand (a no-op cast returns its operand) nor
-    each other (a map yielding a constant returns the one made per device, broadcast). A training
-    step's loss, the division of two reductions, was cloned for the caller every step."""
-    if not isinstance(op, ein.MapOp) or any(v not in meta for v in op.operands):
-        return False
+def _glue_makes_fresh_memory(op: Operation, step: Step, meta: dict[SSAValue, torch.Tensor]) -> bool:
+    """Whether a map run on the reference interpreter (`step`, as `_glue` runs it) surely returns new
+    memory: run twice on `meta`'s tensors, its results view neither an operand (a no-op cast returns
+    its operand) nor each other (a map yielding a constant returns the one made per device,
+    broadcast). A training step's loss, the division of two reductions, was cloned for the caller
+    every step."""
     is_alias_of = getattr(torch._C, "_is_alias_of", None)
-    step, operands = planned_op(op), [meta[v] for v in op.operands]
+    if is_alias_of is None or not isinstance(op, ein.MapOp) or any(v not in meta for v in op.operands):
+        return False
+    operands = [meta[v] for v in op.operands]
     try:
         first, second = step(torch.device("meta"), *operands), step(torch.device("meta"), *operands)
     except Exception:  # noqa: BLE001 (a step the meta device cannot run: said not to be new)
         return False
-    if is_alias_of is None or not isinstance(first, torch.Tensor):
-        return False
-    return not any(is_alias_of(first, t) for t in (second, *operands))
+    return isinstance(first, torch.Tensor) and not any(is_alias_of(first, t) for t in (second, *operands))
 
 
-def _glue(op: Operation, device: torch.device) -> Callable[..., torch.Tensor]:
+def _glue(step: Step, device: torch.device) -> Callable[..., torch.Tensor]:
     """An op outside every kernel, as the reference interpreter runs it, resolved once
     (`library_plan.planned_op`: a map's body is not walked per call)."""
-    step = planned_op(op)
     return lambda *tensors: step(device, *tensors)
 
 
