@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -88,12 +89,37 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     # compiles its static islands once (backend.py) instead of compiling again for every new length
     _keep_transformers_off(fn)
     _trace_through_once_logging()
-    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
+    budget = _own_recompile_budget()
+    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph, **budget)
     if dynamic is None and _transformers_model(fn):
         compiled = _static_batches(compiled)
     compiled.tilefuse_reports = backend.reports
     compiled.tilefuse_dump_dir = options.dump
     return compiled
+
+
+# Dynamo keeps one list of compiled entries per code object, and every torch.compile call's entries
+# count against its recompile limit (8): each `tilefuse.compile` has a backend of its own, and every
+# transformers model's `forward` goes through one decorator's code (`utils/generic.py`'s `wrapper`),
+# so the ninth model compiled in a process ran in eager PyTorch, silently but for Dynamo's log line,
+# and so did every later one (Dynamo stops compiling a code object once past the limit).
+_budget = {"calls": 0, "per_call": None}
+
+
+def _own_recompile_budget() -> dict:
+    """torch.compile's arguments that give this compile call its own recompile budget: torch's
+    `isolate_recompiles=True` where it has it (2.13); else Dynamo's `recompile_limit` raised to
+    what it was times the number of `tilefuse.compile` calls so far (one call alone keeps the limit
+    it had; never past `accumulated_recompile_limit`, Dynamo's cap over every compile)."""
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        return {"isolate_recompiles": True}
+    config = torch._dynamo.config
+    if _budget["per_call"] is None:
+        _budget["per_call"] = config.recompile_limit
+    _budget["calls"] += 1
+    wanted = min(_budget["per_call"] * _budget["calls"], config.accumulated_recompile_limit)
+    config.recompile_limit = max(config.recompile_limit, wanted)
+    return {}
 
 
 def _transformers_model(fn: object) -> bool:
