@@ -12,24 +12,13 @@ from typing import TypeVar, overload
 
 import torch
 
-from .backend import CompileOptions, TilefuseBackend
+from .backend import MODES, CompileOptions, TilefuseBackend
 from .codegen import resolve_backend
 from .conv_layout import conv_layout_enabled
 from .depthwise_conv import depthwise_enabled
 from .dump import resolve_dump_dir
 
 F = TypeVar("F", bound=Callable)
-
-
-# torch.compile's mode names, so code written for it runs unchanged. tilefuse tunes in a separate
-# job (`tilefuse tune`) whose configs every compile reads, so the max-autotune modes search nothing
-# at compile time: "max-autotune" replays CUDA graphs as Inductor's does, the other runs without.
-MODES = {
-    "default": "default",
-    "reduce-overhead": "reduce-overhead",
-    "max-autotune": "reduce-overhead",
-    "max-autotune-no-cudagraphs": "default",
-}
 
 
 @overload

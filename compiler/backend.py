@@ -509,10 +509,46 @@ BACKEND_REPORTS_KEPT = 256
 _backend_reports: list[dict] = []  # graphs compiled through torch.compile(backend="tilefuse")
 
 
-def tilefuse_backend(gm: GraphModule, example_inputs: list) -> Callable:
-    """The backend registered as "tilefuse"; dumps go to $TILEFUSE_DUMP if set. Its graphs' reports
-    are kept for `tilefuse.reports()` (the newest BACKEND_REPORTS_KEPT)."""
-    backend = TilefuseBackend(reports=_backend_reports)
+# torch.compile's mode names, so code written for it runs unchanged. tilefuse tunes in a separate
+# job (`tilefuse tune`) whose configs every compile reads, so the max-autotune modes search nothing
+# at compile time: "max-autotune" replays CUDA graphs as Inductor's does, the other runs without.
+MODES = {
+    "default": "default",
+    "reduce-overhead": "reduce-overhead",
+    "max-autotune": "reduce-overhead",
+    "max-autotune-no-cudagraphs": "default",
+}
+# `torch.compile(..., backend="tilefuse", options={...})`: what tilefuse reads there
+BACKEND_OPTIONS = ("dump", "backend")
+_ignored_options_said: set[str] = set()
+
+
+def backend_options(mode: str | None = None, options: dict | None = None) -> CompileOptions:
+    """The options of `torch.compile(..., backend="tilefuse", mode=..., options=...)`: torch passes
+    both on to a backend other than Inductor (each call raised a TypeError here, and with it the
+    user's model). A mode outside `MODES` is refused as `tilefuse.compile` refuses it; options other
+    than `BACKEND_OPTIONS` (Inductor's, say, from code written for it) are ignored, with one warning
+    each."""
+    mode = mode or "default"
+    if mode not in MODES:
+        raise ValueError(f"tilefuse: mode must be one of {tuple(MODES)}, not {mode!r}")
+    options = dict(options or {})
+    ignored = sorted(set(options) - set(BACKEND_OPTIONS))
+    unsaid = [k for k in ignored if k not in _ignored_options_said]
+    if unsaid:
+        _ignored_options_said.update(unsaid)
+        log.warning("tilefuse: torch.compile options %s are not tilefuse's (it reads %s): ignored",
+                    unsaid, list(BACKEND_OPTIONS))  # fmt: skip
+    dump = resolve_dump_dir(options.get("dump"))
+    return CompileOptions(dump=dump, mode=MODES[mode], backend=resolve_backend(options.get("backend")))
+
+
+def tilefuse_backend(
+    gm: GraphModule, example_inputs: list, mode: str | None = None, options: dict | None = None
+) -> Callable:
+    """The backend registered as "tilefuse"; dumps go to `options["dump"]`, else $TILEFUSE_DUMP if
+    set. Its graphs' reports are kept for `tilefuse.reports()` (the newest BACKEND_REPORTS_KEPT)."""
+    backend = TilefuseBackend(backend_options(mode, options), reports=_backend_reports)
     compiled = backend(gm, example_inputs)
     del _backend_reports[:-BACKEND_REPORTS_KEPT]
     return compiled

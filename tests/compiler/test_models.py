@@ -82,6 +82,43 @@ def test_torch_compile_backend_name():
     assert report["partitions"] and report["kind"] == "forward"
 
 
+@pytest.mark.parametrize(
+    "mode", [None, "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
+)
+def test_torch_compile_backend_name_takes_torch_compiles_modes(mode):
+    """`torch.compile(model, backend="tilefuse", mode=...)`: torch passes the mode on to a backend
+    other than Inductor, which raised a TypeError (the user's model with it); it means here what
+    `tilefuse.compile(mode=...)` makes of it."""
+    model = MLP(16, 32)
+    compiled = torch.compile(model, backend="tilefuse", mode=mode)
+    x = torch.randn(4, 16)
+    before = len(tilefuse.reports())
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    (report,) = tilefuse.reports()[before:]
+    assert report["partitions"]
+    if mode in ("max-autotune", "reduce-overhead"):  # CUDA graphs, refused here: no CUDA device
+        assert report["cudagraphs"].startswith("refused")
+    else:
+        assert "cudagraphs" not in report
+
+
+def test_torch_compile_backend_name_takes_options(tmp_path, caplog):
+    """`options={"dump": ..., "backend": ...}` are tilefuse's; Inductor's (from code written for it)
+    are ignored with a warning, and a mode tilefuse does not know is refused at the compile."""
+    model = MLP(16, 32)
+    x = torch.randn(4, 16)
+    options = {"dump": str(tmp_path / "dump"), "backend": "triton", "epilogue_fusion": True}
+    with caplog.at_level("WARNING", logger="tilefuse"), torch.no_grad():
+        out = torch.compile(model, backend="tilefuse", options=options)(x)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "dump" / "index.json").exists()
+    assert "['epilogue_fusion'] are not tilefuse's" in caplog.text
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="mode must be one of"):
+        torch.compile(model, backend="tilefuse", mode="fastest")(x)
+
+
 def test_backend_name_works_without_importing_tilefuse_first(tmp_path):
     """Dynamo finds "tilefuse" through the package's entry point and imports it itself."""
     script = (
