@@ -71,9 +71,31 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
         options = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
         return lambda f: compile(f, **options)
     options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode], backend=kernels_by)
+    compiled = _compile(fn, options, fullgraph=fullgraph, dynamic=dynamic, reports=[])
+    if isinstance(fn, torch.nn.Module) and _transformers_model(fn) and hasattr(fn, "generate"):
+        generate = _compiled_generate(fn, options, fullgraph, dynamic, compiled.tilefuse_reports)
+        _set_own(compiled, "generate", generate)
+    return compiled
+
+
+def _set_own(compiled: object, name: str, value: object) -> None:
+    """Set an attribute of torch.compile's result itself: torch 2.13's `OptimizedModule` passes
+    attributes it does not know on to the module it wraps (two compiles of one model shared one
+    `tilefuse_reports`, the second's), torch 2.11's keeps them."""
+    if isinstance(compiled, torch.nn.Module):
+        torch.nn.Module.__setattr__(compiled, name, value)
+    else:
+        setattr(compiled, name, value)
+
+
+def _compile(
+    fn: Callable, options: CompileOptions, fullgraph: bool, dynamic: bool | None, reports: list
+) -> Callable:
+    """`fn` under torch.compile with a tilefuse backend of `options`, which appends its graphs'
+    summaries to `reports` (the result's `tilefuse_reports`)."""
     name = getattr(fn, "__name__", None) or type(fn).__name__
     name = re.sub(r"\W+", "_", name).strip("_") or "graph"  # `<lambda>` names a dump folder `lambda_000`
-    backend = TilefuseBackend(options, name=name)
+    backend = TilefuseBackend(options, name=name, reports=reports)
     # Dynamo's default (dynamic=None): a second size of a dim makes it dynamic, and such a graph
     # compiles its static islands once (backend.py) instead of compiling again for every new length
     _keep_transformers_off(fn)
@@ -82,9 +104,39 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph, **budget)
     if dynamic is None and _transformers_model(fn):
         compiled = _static_batches(compiled)
-    compiled.tilefuse_reports = backend.reports
-    compiled.tilefuse_dump_dir = options.dump
+    _set_own(compiled, "tilefuse_reports", backend.reports)
+    _set_own(compiled, "tilefuse_dump_dir", options.dump)
     return compiled
+
+
+def _compiled_generate(
+    model: torch.nn.Module, options: CompileOptions, fullgraph: bool, dynamic: bool | None, reports: list
+) -> Callable:
+    """`generate` for `tilefuse.compile(model)` of a transformers model: the model's own `generate`
+    with its forward compiled (as `model.forward = tilefuse.compile(model.forward)` does) for the
+    call. `generate` calls the model itself, so the compiled module's `generate` (the model's,
+    reached through torch.compile's wrapper) ran every step in eager PyTorch, and with transformers'
+    own static-cache compile turned off (`_keep_transformers_off`) a static cache did too. The forward
+    is compiled at the first `generate`; its graphs join the compiled module's reports. The model's
+    `forward` is restored after each call, so the model itself stays uncompiled."""
+    compiled_forward: list[Callable] = []
+
+    @functools.wraps(model.generate)
+    def generate(*args: object, **kwargs: object) -> object:
+        if not compiled_forward:
+            compiled_forward.append(_compile(model.forward, options, fullgraph, dynamic, reports))
+        had_own = "forward" in vars(model)
+        own = vars(model).get("forward")
+        model.forward = compiled_forward[0]
+        try:
+            return model.generate(*args, **kwargs)
+        finally:
+            if had_own:
+                model.forward = own
+            else:
+                del model.forward
+
+    return generate
 
 
 # Dynamo keeps one list of compiled entries per code object, and every torch.compile call's entries

@@ -222,6 +222,43 @@ def test_generate_at_a_second_batch_size_keeps_the_batch_static():
     assert not batch_symbolic, reasons
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_of_a_compiled_model_runs_its_compiled_forward(cache):
+    """`tilefuse.compile(model).generate(...)`: `generate` calls the model itself, so the compiled
+    module's `generate` (the model's, through torch.compile's wrapper) decoded in eager PyTorch,
+    and with transformers' own static-cache compile turned off, a static cache too. It now runs with
+    the forward compiled; the graphs join the compiled module's reports, and the model itself stays
+    as it was (its `forward` restored, its own `generate` eager). Greedy tokens as eager's."""
+    from tilefuse.benchmarks.generation import build
+
+    model = build(True, torch.device("cpu"), torch.float32)
+    ids = torch.randint(1, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    options = dict(do_sample=False, pad_token_id=0, max_new_tokens=4, min_new_tokens=4,
+                   attention_mask=torch.ones_like(ids))  # fmt: skip
+    if cache == "static":
+        options["cache_implementation"] = "static"
+    expected = model.generate(ids, **options, disable_compile=True)
+    compiled = tilefuse.compile(model)
+    assert torch.equal(compiled.generate(ids, **options), expected)
+    reports = compiled.tilefuse_reports
+    assert len(reports) >= 2 and all(r["partitions"] for r in reports), reports  # prefill and decode
+    assert "forward" not in vars(model) and not hasattr(model, "tilefuse_reports")
+    assert torch.equal(model.generate(ids, **options), expected)
+    assert len(compiled.tilefuse_reports) == len(reports)  # the model's own generate compiled nothing
+
+
+def test_two_compiles_of_one_model_keep_their_own_reports():
+    """torch 2.13's compiled-module wrapper passes unknown attributes on to the model: the second
+    compile's `tilefuse_reports` replaced the first's."""
+    from tiny_models import MODELS
+
+    model = MODELS["llama"]().eval()
+    first, second = tilefuse.compile(model), tilefuse.compile(model, dynamic=False)
+    with torch.no_grad():
+        first(**_inputs("llama"))
+    assert len(first.tilefuse_reports) == 1 and second.tilefuse_reports == []
+
+
 def test_a_sliding_window_decode_runs_its_partitions_as_kernels():
     """Gemma2 with a sliding window shorter than the prompt plus the new tokens: past the window, a
     decode graph's mask partition takes the window's key length as an input, a SymInt of constant
