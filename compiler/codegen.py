@@ -95,7 +95,7 @@ def fusion_options() -> str:
     (the key hashes the captured graph, before it is partitioned)."""
     from .partition import SYMBOLIC_GEMM_ENV, SYMBOLIC_KERNELS_ENV
 
-    envs = {NORM_PROLOGUE_ENV: "1", MERGE_PROJECTIONS_ENV: "0", SPLIT_REDUCTION_ENV: "1", SPLIT_K_ENV: "auto"}
+    envs = {NORM_PROLOGUE_ENV: "1", MERGE_PROJECTIONS_ENV: "1", SPLIT_REDUCTION_ENV: "1", SPLIT_K_ENV: "auto"}
     envs |= {SYMBOLIC_KERNELS_ENV: "1", SYMBOLIC_GEMM_ENV: "0"}
     return ",".join(f"{env}={os.environ.get(env, default)}" for env, default in envs.items())
 
@@ -108,11 +108,11 @@ def stage_norm_prologue(art: GraphArtifact) -> GraphArtifact:
 
 
 def merge_projections_skipped(art: GraphArtifact) -> str | None:
-    """Why merge-projections does not run on this graph, or None where it does: it needs
-    `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured on the GPU), and not a training
-    graph's forward, whose parameters change every step."""
+    """Why merge-projections does not run on this graph, or None where it does: not with
+    `TILEFUSE_MERGE_PROJECTIONS=0`, and not on a training graph's forward, whose parameters change
+    every step."""
     if not merge_projections_on():
-        return f"{MERGE_PROJECTIONS_ENV} is not 1"
+        return f"{MERGE_PROJECTIONS_ENV}=0"
     return "a training graph's forward" if art.trained is not None else None
 
 

@@ -33,9 +33,10 @@ column slice of a wider buffer could fail where eager's would not). Not merged: 
 parameters change every step, so the stacked weights would be copied every step;
 the driver skips the pass) and graphs of symbolic sizes.
 
-Off in a compile until measured on the GPU (benchmarks/NOTES.md has the
-prediction); `TILEFUSE_MERGE_PROJECTIONS=1` turns it on (`tilefuse opt -p
-merge-projections` runs it whatever the setting).
+On by default since it was measured on the GPU (H100, bf16: a 4-layer Llama
+forward's GPU time 2.4% less, 54 kernels instead of 70; BERT's the same;
+benchmarks/NOTES.md); `TILEFUSE_MERGE_PROJECTIONS=0` turns it off (`tilefuse opt
+-p merge-projections` runs it whatever the setting).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ MERGE_PROJECTIONS_ENV = "TILEFUSE_MERGE_PROJECTIONS"
 
 
 def merge_projections_on() -> bool:
-    """Whether a compile runs the pass: `TILEFUSE_MERGE_PROJECTIONS=1` (off by default until measured)."""
-    return os.environ.get(MERGE_PROJECTIONS_ENV, "0") == "1"
+    """Whether a compile runs the pass: unless `TILEFUSE_MERGE_PROJECTIONS=0`."""
+    return os.environ.get(MERGE_PROJECTIONS_ENV, "1") != "0"
 
 
 class MergeProjections(ModulePass):

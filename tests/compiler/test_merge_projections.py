@@ -1,5 +1,4 @@
-"""merge-projections end to end (TILEFUSE_MERGE_PROJECTIONS=1, off by default until measured on the
-GPU): sibling projections of one input run as one GEMM over the stacked weights
+"""merge-projections end to end (on by default; TILEFUSE_MERGE_PROJECTIONS=1 set here all the same): sibling projections of one input run as one GEMM over the stacked weights
 (passes/merge_projections.py), against eager PyTorch; the stacked weights follow parameter updates;
 training graphs and TILEFUSE_MERGE_PROJECTIONS=0 keep the GEMMs apart."""
 

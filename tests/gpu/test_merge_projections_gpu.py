@@ -1,4 +1,4 @@
-"""merge-projections on the GPU (TILEFUSE_MERGE_PROJECTIONS=1, off by default until measured): q, k and
+"""merge-projections on the GPU (on by default; TILEFUSE_MERGE_PROJECTIONS=1 set here all the same): q, k and
 v of one input as one GEMM, in fp32 and bf16, against float64 (no further from it than eager is, with
 a margin), and greedy generation through a merged static-cache decode step gives eager's tokens."""
 
