@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # which checkout runs: an editable install made in another clone would run that clone's code
+    print(f"tilefuse from {Path(tilefuse.__file__).parent}")
     if device == "cpu":  # without it a compiled graph runs as PyTorch on CPU; here we want its kernels
         os.environ["TILEFUSE_INTERPRET"] = "1"
         print("no GPU: TILEFUSE_INTERPRET=1, so the generated Triton kernels run in Triton's interpreter")
