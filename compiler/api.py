@@ -12,11 +12,9 @@ from typing import TypeVar, overload
 
 import torch
 
-from .backend import MODES, CompileOptions, TilefuseBackend
-from .codegen import resolve_backend
+from .backend import CompileOptions, TilefuseBackend, compile_options
 from .conv_layout import conv_layout_enabled
 from .depthwise_conv import depthwise_enabled
-from .dump import resolve_dump_dir
 
 F = TypeVar("F", bound=Callable)
 
@@ -49,7 +47,7 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     graph. `mode="reduce-overhead"` (torch.compile's spelling) replays each
     graph as a CUDA graph once warmed up (see `cudagraphs.py`; the report's
     `cudagraphs` says whether it was captured, or why not); torch.compile's
-    other modes are accepted too (`MODES` says what each means here).
+    other modes are accepted too (`backend.MODES` says what each means here).
     `backend` ("triton", "cuda" or "auto"; default `$TILEFUSE_BACKEND`, else
     "triton") picks who writes the pointwise, reduction and row kernels: CUDA
     C++ (`backends/cuda`, built with nvcc) where its emitter covers a kernel,
@@ -59,18 +57,15 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     compile of static-cache `generate` turned off (`_keep_transformers_off`),
     and its once-only log calls are traced through (`_trace_through_once_logging`).
     """
-    mode = mode or "default"
-    if mode not in MODES:
-        raise ValueError(f"tilefuse.compile: mode must be one of {tuple(MODES)}, not {mode!r}")
+    # a bad mode or kernel backend name is refused here, not at the first call
+    options = compile_options(mode, dump, backend, caller="tilefuse.compile")
     if dynamic not in (None, True, False):
         raise ValueError(f"tilefuse.compile: dynamic must be None, True or False, not {dynamic!r}")
     conv_layout_enabled(False)  # a bad TILEFUSE_CONV_LAYOUT is the caller's error, said here
     depthwise_enabled()  # and TILEFUSE_DEPTHWISE's
-    kernels_by = resolve_backend(backend)  # a bad name is refused here, not at the first call
     if fn is None:
-        options = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
-        return lambda f: compile(f, **options)
-    options = CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode], backend=kernels_by)
+        arguments = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
+        return lambda f: compile(f, **arguments)
     compiled = _compile(fn, options, fullgraph=fullgraph, dynamic=dynamic, reports=[])
     if isinstance(fn, torch.nn.Module) and _transformers_model(fn) and hasattr(fn, "generate"):
         generate = _compiled_generate(fn, options, fullgraph, dynamic, compiled.tilefuse_reports)

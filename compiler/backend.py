@@ -529,9 +529,6 @@ def backend_options(mode: str | None = None, options: dict | None = None) -> Com
     user's model). A mode outside `MODES` is refused as `tilefuse.compile` refuses it; options other
     than `BACKEND_OPTIONS` (Inductor's, say, from code written for it) are ignored, with one warning
     each."""
-    mode = mode or "default"
-    if mode not in MODES:
-        raise ValueError(f"tilefuse: mode must be one of {tuple(MODES)}, not {mode!r}")
     options = dict(options or {})
     ignored = sorted(set(options) - set(BACKEND_OPTIONS))
     unsaid = [k for k in ignored if k not in _ignored_options_said]
@@ -539,8 +536,18 @@ def backend_options(mode: str | None = None, options: dict | None = None) -> Com
         _ignored_options_said.update(unsaid)
         log.warning("tilefuse: torch.compile options %s are not tilefuse's (it reads %s): ignored",
                     unsaid, list(BACKEND_OPTIONS))  # fmt: skip
-    dump = resolve_dump_dir(options.get("dump"))
-    return CompileOptions(dump=dump, mode=MODES[mode], backend=resolve_backend(options.get("backend")))
+    return compile_options(mode, options.get("dump"), options.get("backend"))
+
+
+def compile_options(
+    mode: str | None, dump: str | os.PathLike | None, backend: str | None, caller: str = "tilefuse"
+) -> CompileOptions:
+    """The options of a compile (`tilefuse.compile`'s arguments, or the registered backend's); a
+    mode outside `MODES` or an unknown kernel backend is refused here, before any graph compiles."""
+    mode = mode or "default"
+    if mode not in MODES:
+        raise ValueError(f"{caller}: mode must be one of {tuple(MODES)}, not {mode!r}")
+    return CompileOptions(dump=resolve_dump_dir(dump), mode=MODES[mode], backend=resolve_backend(backend))
 
 
 def tilefuse_backend(
