@@ -13,6 +13,7 @@ reference interpreter at the call's sizes.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,7 +24,7 @@ from xdsl.ir import Operation, SSAValue
 from ..autotune.buckets import BUCKET_EDGES
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
-from ..ir.interpreter import run_op
+from ..ir.interpreter import gather_rows, iota, reads_table_rows, run_op, scalar_constant
 from .program import (
     LineWriter,
     Program,
@@ -183,9 +184,22 @@ class _SymbolicWriter(LineWriter):
                 self.packed.add(name)  # a reshape of contiguous memory is a contiguous view of it
         elif isinstance(op, ein.ConcatOp):
             self.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
+        elif isinstance(op, ein.GatherOp) and reads_table_rows(op):
+            # an embedding's rows (a decode step's first op): index_select, its shape from the sizes
+            table, indices = operands
+            rows = self.bind("gather_rows", gather_rows)
+            self.emit(f"{name} = {rows}({table}, {indices}, {self.shape(result.type)})  # {op.name}")
         elif all(not is_symbolic(d) for d in dims_of(result.type)) and not op.operands:
             # a constant or iota of static shape: made once, on the device
             self.emit(f"{name} = {self.bind('c', run_op(op, {}, self.spec.device))}  # {op.name}")
+        elif isinstance(op, ein.IotaOp):  # of symbolic shape (a cache's positions): an arange a call
+            dtype, dim = to_torch_dtype(result.type.get_element_type()), op.dim.value.data
+            made = self.bind("iota", functools.partial(iota, dim=dim, dtype=dtype, device=self.spec.device))
+            self.emit(f"{name} = {made}({self.shape(result.type)})  # {op.name}")
+        elif isinstance(op, ein.ConstantOp):  # of symbolic shape: the value made once, expanded a call
+            dtype = to_torch_dtype(result.type.get_element_type())
+            value = self.bind("c", scalar_constant(op.value, self.spec.device).to(dtype))
+            self.emit(f"{name} = {value}.expand({self.shape(result.type)})  # {op.name}")
         else:
             glue = self.bind("op", _interpreted(op, self.spec.device))
             args = ", ".join([self.sizes(), *operands])

@@ -7,6 +7,7 @@ that knows numpy-style broadcasting, so verifiers and importers agree.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import sympy
@@ -97,6 +98,7 @@ _SIZE_OPS = {
 }  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_size(text: str) -> Dim:
     """A size from its printed form ("64", "s0", "s0*s1", "(s1//2)", "s2 + 1"); names are size
     symbols. Only integer arithmetic is accepted (no calls, no attribute access: `eval` is never

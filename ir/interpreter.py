@@ -61,7 +61,7 @@ _CASTS = (
 _BITWISE = {arith.AndIOp: torch.bitwise_and, arith.OrIOp: torch.bitwise_or, arith.XOrIOp: torch.bitwise_xor}
 
 
-def _scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> torch.Tensor:
+def scalar_constant(value: FloatAttr | IntegerAttr, device: torch.device) -> torch.Tensor:
     dtype = to_torch_dtype(value.type)
     raw = value.value.data
     # a fill on the device, not `torch.tensor(..., device=)`: that copies from pageable host memory,
@@ -81,7 +81,7 @@ def scalar_function(op: Operation) -> Callable[..., torch.Tensor]:
     kind = type(op)
     if kind is arith.ConstantOp:
         value = op.value
-        return lambda device: _scalar_constant(value, device)
+        return lambda device: scalar_constant(value, device)
     if kind in _BINARY:
         fn = _BINARY[kind]
     elif kind in _UNARY:
@@ -225,6 +225,14 @@ def _run_gather(
     return table[tuple(at)].expand(out)
 
 
+def iota(shape: Sequence[int], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`ein.iota`: the index along `dim`, broadcast to `shape` (stride 0 elsewhere), as `dtype`."""
+    index_shape = [1] * len(shape)
+    index_shape[dim] = shape[dim]
+    idx = torch.arange(shape[dim], device=device).reshape(index_shape)
+    return idx.expand(tuple(shape)).to(dtype)
+
+
 def run_op(op: Operation, env: Env, device: torch.device, sizes: Sizes | None = None) -> torch.Tensor:
     """Execute one `ein` op on the tensors bound in `env` (symbolic sizes bound in `sizes`)."""
     args = [env[o] for o in op.operands]
@@ -245,13 +253,9 @@ def run_op(op: Operation, env: Env, device: torch.device, sizes: Sizes | None = 
     result_dtype = to_torch_dtype(op.results[0].type.get_element_type())
     shape = _shape(op.results[0].type, sizes)
     if isinstance(op, ein.ConstantOp):
-        return _scalar_constant(op.value, device).expand(shape).to(result_dtype)
+        return scalar_constant(op.value, device).expand(shape).to(result_dtype)
     if isinstance(op, ein.IotaOp):
-        dim = op.dim.value.data
-        index_shape = [1] * len(shape)
-        index_shape[dim] = shape[dim]
-        idx = torch.arange(shape[dim], device=device).reshape(index_shape)
-        return idx.expand(shape).to(result_dtype)
+        return iota(shape, op.dim.value.data, result_dtype, device)
     raise InterpreterError(f"the reference interpreter cannot run {op.name}")
 
 

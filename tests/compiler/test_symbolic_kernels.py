@@ -365,3 +365,28 @@ def test_reductions_over_symbolic_dims(monkeypatch, fn):
     groups = [g for r in compiled.tilefuse_reports for p in r["partitions"] for g in p["groups"]]
     assert groups and all(g["kernel"] for g in groups), groups
     assert not _runtime_errors(compiled)
+
+
+def test_iotas_and_constants_of_symbolic_shape_run_without_the_interpreter(monkeypatch, tmp_path):
+    """An arange or a fill sized by the call (a decode step's cache positions) is made by the
+    program's own torch calls, not by the reference interpreter, and equals eager's at every size."""
+    monkeypatch.setenv(SPECIALIZE_ENV, "0")
+    torch._dynamo.reset()
+
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = x.shape[0]
+        positions = torch.arange(n, device=x.device) + 3
+        return x * 2, positions, torch.arange(n, device=x.device, dtype=torch.float32), torch.ones(n, 5)
+
+    compiled = tilefuse.compile(fn, dynamic=True, dump=str(tmp_path))
+    for n in (5, 7, 33, 6):
+        x = torch.randn(n, 24)
+        got, want = compiled(x), fn(x)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+            assert g.dtype == w.dtype and g.shape == w.shape
+    (report,) = _dynamic_reports(compiled)
+    names = [p["name"] for p in report["partitions"] if p["name"].startswith("dynamic_")]
+    texts = [p.read_text() for name in names for p in tmp_path.glob(f"*/program_{name}.py")]
+    assert texts and any("ein.iota" in t or "ein.constant" in t for t in texts), texts
+    assert not any("reference interpreter" in t for t in texts), texts
