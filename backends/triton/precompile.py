@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -289,8 +290,9 @@ def precompile_in_threads(
     compiled two GEMM kernels for sm_90 in 3.2 s against 5.7 in a row on a 2-core CPU. Unlike the
     worker processes, nothing starts (no interpreter, no torch import, no CUDA context), and the
     binaries land in the very `JITFunction`s the launches use (`functions[i]` for `jobs[i]`), so a
-    first launch only loads its binary onto the GPU. The first job compiles in the calling thread,
-    which initializes Triton's driver and LLVM once before any thread shares them. Each binary is
+    first launch only loads its binary onto the GPU. The quickest job compiles first, in the calling
+    thread, which initializes Triton's driver and LLVM once before any thread shares them; the others
+    follow slowest first (`compile_order`). Each binary is
     also loaded and its launcher built (`load_binary`). `compile_fn` replaces `warm_up`, for tests.
     """
     started = time.perf_counter()
@@ -317,11 +319,37 @@ def precompile_in_threads(
                 result.failed[i] = f"{type(e).__name__}: {e}"
 
     if jobs:
-        run(0)
+        first, *rest = compile_order(jobs)
+        run(first)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(run, range(1, len(jobs))))
+            list(pool.map(run, rest))
     result.seconds = time.perf_counter() - started
     return result
+
+
+# how long a kernel of each kind takes Triton to compile, as a rank: a GEMM's or attention's pipelined
+# dot loop is the slowest (seconds at 128 x 256 tiles), a pointwise kernel the quickest
+_KIND_COST = {"gemm": 3, "attention": 3, "row": 2, "reduction": 2, "scan": 2}
+
+
+def compile_cost(job: CompileJob) -> tuple[int, int, int]:
+    """A sort key estimating how long `job` takes to compile: its kind (the function's name starts
+    with it: `gemm_3b2e…`), then its largest 2-d tile's elements (its two largest block sizes: a
+    GEMM's accumulator, an attention's scores) times its pipeline stages, then its warps."""
+    kind = job.function.split("_", 1)[0]
+    blocks = sorted((value for name, value in job.constexprs if name.startswith("BLOCK")), reverse=True)
+    tile = math.prod(blocks[:2])
+    return (_KIND_COST.get(kind, 1), tile * job.num_stages, job.num_warps)
+
+
+def compile_order(jobs: Sequence[CompileJob]) -> list[int]:
+    """The order to compile `jobs` in (indices): the quickest first, alone in the calling thread while
+    Triton initializes (nothing else compiles meanwhile), then the slowest first, so that the pool's
+    threads do not end on a long GEMM started last (longest-processing-time-first scheduling)."""
+    if not jobs:
+        return []
+    by_cost = sorted(range(len(jobs)), key=lambda i: compile_cost(jobs[i]))
+    return [by_cost[0], *sorted(by_cost[1:], key=lambda i: compile_cost(jobs[i]), reverse=True)]
 
 
 def warm_up(job: CompileJob, function: object | None = None) -> None:

@@ -309,6 +309,38 @@ def test_threads_compile_every_job_in_this_process_and_never_raise():
     assert result.workers == 3 and result.seconds > 0
 
 
+def test_threads_compile_the_quickest_job_first_then_the_slowest():
+    """The job compiled alone while Triton initializes is the cheapest (a pointwise kernel, not a
+    GEMM); the pool then takes the GEMMs and attention first, largest tiles first, so no thread
+    starts a long compile last. Failures keep their callers' indices."""
+
+    def job(function: str, tile: dict, stages: int = 1, warps: int = 4) -> precompile.CompileJob:
+        return precompile.CompileJob(
+            "kernel.py", function, ((4, 8),), ("float32",), tuple(tile.items()), warps, stages
+        )
+
+    jobs = [
+        job("gemm_a", {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, stages=3),
+        job("row_b", {"BLOCK_R": 1, "BLOCK_C": 1024}, warps=8),
+        job("pointwise_c", {"BLOCK": 1024}),
+        job("gemm_d", {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, stages=3, warps=8),
+        job("pointwise_e", {"BLOCK": 256}),
+        job("attention_f", {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK_DV": 64}, stages=3),
+    ]
+    assert precompile.compile_order(jobs) == [4, 3, 5, 0, 1, 2]
+    assert precompile.compile_order([]) == []
+    order: list[str] = []
+
+    def compile_fn(job, function):
+        order.append(job.function)
+        if job.function == "row_b":
+            raise RuntimeError("out of registers")
+
+    result = precompile.precompile_in_threads(jobs, [None] * len(jobs), threads=1, compile_fn=compile_fn)
+    assert order == ["pointwise_e", "gemm_d", "attention_f", "gemm_a", "row_b", "pointwise_c"]
+    assert result.compiled == 5 and result.failed == {1: "RuntimeError: out of registers"}
+
+
 def test_codegen_compiles_in_threads_when_asked(blocks, monkeypatch):
     """TILEFUSE_COMPILE_THREADS: codegen hands each distinct kernel and the function its launches
     call to the in-process pool (GPU faked, named as a GPU's target names it; compile faked); the
