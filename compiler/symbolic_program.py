@@ -24,7 +24,7 @@ from xdsl.ir import Operation, SSAValue
 from ..autotune.buckets import BUCKET_EDGES
 from ..ir import einsum as ein
 from ..ir.dtypes import Dim, dims_of, is_symbolic, simplify_size, size_text, to_torch_dtype
-from ..ir.interpreter import gather_rows, iota, reads_table_rows, run_op, scalar_constant
+from ..ir.interpreter import iota, run_op, scalar_constant
 from .program import (
     LineWriter,
     Program,
@@ -184,11 +184,6 @@ class _SymbolicWriter(LineWriter):
                 self.packed.add(name)  # a reshape of contiguous memory is a contiguous view of it
         elif isinstance(op, ein.ConcatOp):
             self.emit(f"{name} = torch.cat(({''.join(o + ', ' for o in operands)}), {op.dim.value.data})")
-        elif isinstance(op, ein.GatherOp) and reads_table_rows(op):
-            # an embedding's rows (a decode step's first op): index_select, its shape from the sizes
-            table, indices = operands
-            rows = self.bind("gather_rows", gather_rows)
-            self.emit(f"{name} = {rows}({table}, {indices}, {self.shape(result.type)})  # {op.name}")
         elif all(not is_symbolic(d) for d in dims_of(result.type)) and not op.operands:
             # a constant or iota of static shape: made once, on the device
             self.emit(f"{name} = {self.bind('c', run_op(op, {}, self.spec.device))}  # {op.name}")
