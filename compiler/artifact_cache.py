@@ -37,6 +37,7 @@ from torch.fx import GraphModule
 from xdsl.ir import Block, Operation, Region, SSAValue
 
 from ..ir.module import make_context
+from .lowering_table import WINDOW_META
 
 _COMPILED_FILE = "compiled.pickle"
 _SOURCES_FILE = "kernels.json"
@@ -65,8 +66,12 @@ def graph_key(aten: GraphModule, input_names: list[str], target_key: str, device
             is_tensor = isinstance(val, torch.Tensor)
             # str, not int: a symbolic size prints as its symbol, and reading its value would specialize it
             specs.append([list(map(str, val.shape)), str(val.dtype)] if is_tensor else str(val))
+    # what the code does not show: a constant mask's sliding window, which the import writes in place
+    # of reading the mask (two graphs that differ only in their masks' values share their code)
+    windows = {n.name: n.meta[WINDOW_META] for n in aten.graph.nodes if WINDOW_META in n.meta}
     payload = {
         "graph": aten.code,
+        "windows": windows,
         "inputs": specs,
         "names": input_names,
         "target": target_key,

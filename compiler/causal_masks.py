@@ -22,7 +22,12 @@ A mask that reads no graph input but is not the causal mask (Mistral's sliding w
 still a constant: its value, computed once, becomes a buffer of the graph module that the op
 reads (`get_attr`), and the ops that built it every call go (12 PyTorch ops a call for Mistral,
 whose host time showed: 2.6 ms a call against 1.8 of GPU time on the H200). The buffer is kept
-on the mask's device in the mask's dtype; the graph is specialized to its shapes anyway.
+on the mask's device in the mask's dtype; the graph is specialized to its shapes anyway. Where that
+constant is, by value, a sliding-window causal mask (query `i` sees keys `i - w + 1 .. i`: Mistral's,
+Gemma's local layers, while the sequence is longer than the window), the op is also marked with its
+window (`WINDOW_META`): PyTorch's paths still read the buffer, but tilefuse's import writes the band
+from two aranges inside a causal select, so the attention kernel reads no mask and skips the key
+blocks past the diagonal (half the scores of the square) like any causal attention's.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx import GraphModule, Node
 
 from .duplicate_ops import functional
-from .lowering_table import bound_args
+from .lowering_table import WINDOW_META, bound_args
 from .partition import call_with_value
 
 log = logging.getLogger("tilefuse")
@@ -82,15 +87,19 @@ def fold_causal_masks(gm: GraphModule) -> tuple[int, int]:
             with unset_fake_temporarily():
                 value = _constant_value(mask, values, position)
                 causal = value is not None and _is_causal(value, _shape(queries), _shape(keys))
+                band = value is not None and not causal
+                window = _band_window(value, _shape(queries), _shape(keys)) if band else None
         except Exception as e:  # a mask we cannot evaluate is left as it is
             log.debug("tilefuse: mask %s of %s not evaluated: %s", mask.name, node.name, e)
-            value, causal = None, False
+            value, causal, window = None, False, None
         if not causal:
             if isinstance(value, torch.Tensor) and mask.op == "call_function":
                 constant = constants.get(mask) or _as_buffer(gm, mask, value, len(constants), position)
                 if constant is not None:
                     constants[mask] = constant
                     node.replace_input_with(mask, constant)
+                    if window is not None:  # the import writes the band from aranges (see WINDOW_META)
+                        node.meta[WINDOW_META] = window
             continue
         args = {**args, name: None, "is_causal": True}
         schema = node.target._schema.arguments
@@ -196,6 +205,28 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
         return None
     allowed = mask == 0
     return allowed if bool((allowed | (mask <= MASKED_BIAS)).all()) else None
+
+
+def _band_window(
+    mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[int, ...] | None
+) -> int | None:
+    """`w` where `mask`, broadcast to the square scores `(..., L, L)`, is a sliding-window causal mask
+    (Mistral's, Gemma's local layers): query `i` sees keys `i - w + 1 .. i`, with `1 <= w < L`;
+    else None (any other mask, the plain causal one included)."""
+    if queries is None or keys is None or mask.dim() < 2 or mask.dim() > len(queries):
+        return None
+    rows, cols = queries[-2], keys[-2]
+    if rows != cols or mask.shape[-2] != rows or mask.shape[-1] != cols:
+        return None
+    allowed = _allowed(mask)
+    if allowed is None:
+        return None
+    window = int(allowed.reshape(-1, rows, cols)[0, -1].sum())  # the last query sees exactly w keys
+    if not 1 <= window < rows:
+        return None
+    offsets = torch.arange(rows)[:, None] - torch.arange(cols)[None, :]  # query - key
+    band = (offsets >= 0) & (offsets < window)
+    return window if bool((allowed == band).all()) else None
 
 
 def _is_causal(mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[int, ...] | None) -> bool:

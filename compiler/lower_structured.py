@@ -24,6 +24,7 @@ from ..ir.builder import EinBuilder, ScalarBuilder, opmath_type
 from ..ir.dtypes import dims_of, shape_of, size_of, to_mlir_type
 from .conv_layout import is_nchw_view, is_storage_view
 from .lowering_table import (
+    WINDOW_META,
     LoweringContext,
     bound_args,
     lowers,
@@ -907,11 +908,24 @@ EXACT_F32_ATTENTION = (
 )
 
 
-def _attention_mask(b: EinBuilder, scores: SSAValue, mask: SSAValue | None, causal: bool) -> SSAValue:
+def _attention_mask(
+    b: EinBuilder, scores: SSAValue, mask: SSAValue | None, causal: bool, window: int | None = None
+) -> SSAValue:
+    """`scores` with `mask` applied (boolean: hidden where false; else added), and the causal mask
+    where `causal`; with `window`, only the `window` keys up to each query's own are seen (a
+    sliding window, written before the causal select so that the attention pattern finds the
+    causal one outermost: `passes/flash_attention.causal_select`)."""
     shape = shape_of(scores.type)
     if causal:
         rows = b.iota(0, shape[-2:], i64)
         cols = b.iota(1, shape[-2:], i64)
+        if window is not None:
+
+            def window_body(sb: ScalarBuilder, s: SSAValue, r: SSAValue, c: SSAValue) -> SSAValue:
+                near = sb.cmp("lt", sb.sub(r, c), sb.const(window, i64))
+                return sb.select(near, s, sb.const(float("-inf"), s.type))
+
+            scores = b.map([scores, rows, cols], f32, window_body, cast_inputs=False)
 
         def causal_body(sb: ScalarBuilder, s: SSAValue, r: SSAValue, c: SSAValue) -> SSAValue:
             return sb.select(sb.cmp("le", c, r), s, sb.const(float("-inf"), s.type))
@@ -973,6 +987,9 @@ def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
     q, k, v = (ctx.tensor(a[n]) for n in ("query", "key", "value"))
     mask_name = _ATTENTION_OPS[node.target]
     mask = ctx.tensor(a[mask_name]) if mask_name and a.get(mask_name) is not None else None
+    causal, window = bool(a.get("is_causal")), node.meta.get(WINDOW_META)
+    if window is not None:  # a constant sliding-window mask: written from aranges, causal (no mask read)
+        mask, causal = None, True
     qs, ks = shape_of(q.type), shape_of(k.type)
     scale = a.get("scale") or 1.0 / math.sqrt(qs[-1])
     batch = string.ascii_uppercase[: len(qs) - 3]
@@ -986,7 +1003,7 @@ def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
     scores = b.contract(f"{q_idx},{kv_idx}->{s_idx}", b.cast(q, f32), b.cast(k, f32))
     scores = b.reshape(scores, (*qs[:-1], ks[-2]))
     scores = b.map([scores, scale], f32, lambda sb, s, c: sb.mul(s, c))
-    scores = _attention_mask(b, scores, mask, bool(a.get("is_causal")))
+    scores = _attention_mask(b, scores, mask, causal, window)
     probs = softmax(b, scores, len(qs) - 1)
     probs = b.cast(probs, v.type.get_element_type())
     if group > 1:
@@ -997,7 +1014,7 @@ def lower_attention(ctx: LoweringContext, node: Node) -> tuple[SSAValue, ...]:
     out = b.contract(f"{p_idx},{v_idx}->{o_idx}", probs, v)
     out = b.reshape(out, ctx.out_shape(node))
     if mask is not None:
-        out = _zero_fully_masked_rows(ctx, out, mask, bool(a.get("is_causal")), qs[-2], ks[-2])
+        out = _zero_fully_masked_rows(ctx, out, mask, causal, qs[-2], ks[-2])
     if node.target == aten.scaled_dot_product_attention.default:
         return out
     return (out,)

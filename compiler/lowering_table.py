@@ -23,6 +23,11 @@ LoweredValue = SSAValue | tuple[SSAValue, ...]
 LoweringFn = Callable[["LoweringContext", Node], LoweredValue]
 CheckFn = Callable[[Node], "str | None"]
 
+# on an attention node whose constant mask is a sliding-window causal mask (`causal_masks`): its window.
+# The node keeps the mask (PyTorch's paths read it); the import writes the band from two aranges instead
+# (`lower_structured.lower_attention`), causal, so the kernel skips the key blocks past the diagonal
+WINDOW_META = "tilefuse_causal_window"
+
 
 @dataclass(frozen=True)
 class Lowering:

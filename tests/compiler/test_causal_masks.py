@@ -259,3 +259,71 @@ def test_the_rewritten_call_reads_only_the_copys_nodes():
     assert copy is not gm and gm.code == before
     (call,) = [n for n in copy.graph.nodes if n.target is SDPA]
     assert call.kwargs["attn_mask"] is None and call.kwargs["scale"].graph is copy.graph
+
+
+def _window_of(width: int, additive: bool):
+    def fn(q, k, v):
+        rows, cols = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+        seen = (cols[None, :] <= rows[:, None]) & (rows[:, None] - cols[None, :] < width)
+        mask = torch.where(seen, 0.0, float("-inf")).to(q.dtype) if additive else seen
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "length, width, additive", [(9, 4, False), (70, 5, True), (70, 33, False), (41, 40, True)]
+)
+def test_a_sliding_window_is_written_from_aranges_and_its_attention_skips_blocks_past_the_diagonal(
+    length, width, additive, tmp_path
+):
+    """A constant mask that is a sliding window (query i sees keys i - w + 1 .. i, as Mistral's and
+    Gemma's local layers build it) keeps its buffer for PyTorch's paths, but the attention kernel
+    writes the band from two aranges and is causal: no mask read, key blocks past the diagonal
+    skipped, and no pass over the mask for rows without a key (every row sees its own key).
+    Ragged lengths over several key blocks; against eager and float64."""
+    fn = _window_of(width, additive)
+    q, k, v = _qkv(length)
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn, dump=str(tmp_path))
+    with torch.no_grad():
+        got = compiled(q, k, v)
+        torch.testing.assert_close(got, fn(q, k, v), rtol=1e-4, atol=1e-4)
+        want64 = fn(q.double(), k.double(), v.double())
+    assert (got.double() - want64).abs().max() < 1e-5
+    (report,) = compiled.tilefuse_reports
+    assert report["constant_masks"] == "1 attention mask(s) computed once, read from a buffer"
+    groups = [g for p in report["partitions"] for g in p["groups"]]
+    assert [g["kind"] for g in groups] == ["attention"], groups  # no mask read, no rows-with-a-key pass
+    (source,) = (tmp_path / report["dir"] / "kernels").glob("*.py")
+    assert f"tl.minimum({length}," in source.read_text()  # the key loop stops at the block's last query
+
+
+def test_masks_near_a_sliding_window_are_not_taken_for_one():
+    """A window whose width differs by row, or that also hides a key inside the band, is another
+    mask: it keeps its tensor, and the result is eager's."""
+    from tilefuse.compiler.causal_masks import _band_window
+
+    rows = torch.arange(12)
+    offsets = rows[:, None] - rows[None, :]
+    band = (offsets >= 0) & (offsets < 4)
+    assert _band_window(band, (1, 12, 8), (1, 12, 8)) == 4
+    assert _band_window(torch.where(band, 0.0, float("-inf")), (12, 8), (12, 8)) == 4
+    holed = band.clone()
+    holed[7, 5] = False
+    wider_at_the_end = band.clone()
+    wider_at_the_end[11, 7] = True
+    causal = offsets >= 0
+    for mask in (holed, wider_at_the_end, causal, torch.where(band, 0.0, -1.0)):
+        assert _band_window(mask, (12, 8), (12, 8)) is None
+    assert _band_window(band, (12, 8), (13, 8)) is None  # keys past a cache: not square
+
+    def holed_fn(q, k, v):
+        r, c = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
+        seen = (c[None, :] <= r[:, None]) & (r[:, None] - c[None, :] < 4) & (c[None, :] != 5)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+
+    report = _compiled(holed_fn, *_qkv(12))
+    assert report["constant_masks"] == "1 attention mask(s) computed once, read from a buffer"
+    groups = [g for p in report["partitions"] for g in p["groups"]]
+    assert any(g["kind"] == "reduction" for g in groups), groups  # the mask's rows-with-a-key pass
