@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from xdsl.dialects import arith, scf
 from xdsl.dialects.arith import CMPF_COMPARISON_OPERATIONS
-from xdsl.dialects.builtin import FloatAttr, f32, i1, i32
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, f32, i1, i32
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
@@ -368,16 +368,7 @@ def causal_select(pre: ein.MapOp) -> SSAValue | None:
     else:
         return None
     rank = len(shape_of(pre.result.type))
-
-    def iota_dim(v: SSAValue) -> int | None:
-        if not isinstance(v, BlockArgument) or v.block is not pre.body.block:
-            return None
-        src = pre.inputs[v.index].owner
-        if not isinstance(src, ein.IotaOp):
-            return None
-        return rank - len(shape_of(src.result.type)) + src.dim.value.data
-
-    a, b = iota_dim(cmp.lhs), iota_dim(cmp.rhs)
+    a, b = _iota_dim(pre, cmp.lhs), _iota_dim(pre, cmp.rhs)
     key, query = rank - 1, rank - 2
     # sle = 3, sge = 5, ule = 7, uge = 9: visible where key <= query
     causal = (pred in (3, 7) and (a, b) == (key, query)) or (pred in (5, 9) and (a, b) == (query, key))
@@ -386,6 +377,38 @@ def causal_select(pre: ein.MapOp) -> SSAValue | None:
 
 def _is_causal(pre: ein.MapOp) -> bool:
     return causal_select(pre) is not None
+
+
+def _iota_dim(pre: ein.MapOp, v: SSAValue) -> int | None:
+    """The scores' dim that `v` (an argument of `pre`'s body) counts along, where it reads an iota."""
+    if not isinstance(v, BlockArgument) or v.block is not pre.body.block:
+        return None
+    src = pre.inputs[v.index].owner
+    if not isinstance(src, ein.IotaOp):
+        return None
+    return len(shape_of(pre.result.type)) - len(shape_of(src.result.type)) + src.dim.value.data
+
+
+def causal_window(pre: ein.MapOp) -> int | None:
+    """`w` where the value `pre`'s causal select keeps is itself `select(query - key < w, x, -inf)`
+    (a sliding window, as `lower_structured._attention_mask` writes it, key and query from iotas):
+    every key more than `w - 1` before its query is hidden, so key blocks wholly before a query
+    block's window need not be visited; else None."""
+    kept = causal_select(pre)
+    select = strip_casts(kept).owner if kept is not None else None
+    if not isinstance(select, arith.SelectOp) or not negative_infinity(select.rhs, pre):
+        return None
+    cmp = select.cond.owner
+    if not isinstance(cmp, arith.CmpiOp) or cmp.predicate.value.data != 2:  # slt
+        return None
+    diff, width = cmp.lhs.owner, cmp.rhs.owner
+    if not isinstance(diff, arith.SubiOp) or not isinstance(width, arith.ConstantOp):
+        return None
+    rank = len(shape_of(pre.result.type))
+    if (_iota_dim(pre, diff.lhs), _iota_dim(pre, diff.rhs)) != (rank - 2, rank - 1):
+        return None
+    value = width.value.value.data if isinstance(width.value, IntegerAttr) else None
+    return value if isinstance(value, int) and value >= 1 else None
 
 
 def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bool) -> tuple[list[str], dict]:
@@ -438,10 +461,15 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
     size = kb.param("BLOCK_N")
     key_end = kb.const(Nk)
     full_blocks = kb.index_op("div", key_end, size)  # blocks with no key past the end
+    key_start = kb.const(0)
     if pattern.causal:  # keys past the block's last query are all masked; none before its first
         first_row = kb.index_op("mul", pid_m, kb.param("BLOCK_M"))
         key_end = kb.index_op("min", key_end, kb.index_op("add", first_row, kb.param("BLOCK_M")))
         full_blocks = kb.index_op("min", full_blocks, kb.index_op("div", first_row, size))
+        window = causal_window(pattern.pre)
+        if window is not None:  # and a sliding window hides every key before the first query's window
+            lowest = kb.index_op("max", kb.index_op("sub", first_row, window - 1), 0)
+            key_start = kb.index_op("div", lowest, size)
     trips = kb.index_op("div", kb.index_op("add", key_end, kb.index_op("sub", size, 1)), size)
     key_of = dict(zip(lhs2, out1))  # the output contraction's letters, named as in the scores
     # a widened 16-bit v (not scaled) in SDPA's math path: p . v in 16 bits, p rounded once, as SDPA's
@@ -504,7 +532,7 @@ def lower_attention(kb: KernelBuilder, pattern: AttentionPattern, allow_tf32: bo
             kb.emit(scf.YieldOp(m_new, l_new, kb.emit(tile.DotOp(p, v_tile, scaled, tf32)).result))
         return list(kb.emit(scf.ForOp(start, end, kb.const(1), state, Region(body))).results)
 
-    state = key_blocks(kb.const(0), full_blocks, inits, masked=False)
+    state = key_blocks(key_start, full_blocks, inits, masked=False)
     loop_results = key_blocks(full_blocks, trips, state, masked=True)
     m_end, l_end, acc_end = loop_results
     result = kb.map([acc_end, l_end], f32, lambda sb, a, b: sb.div(a, b))

@@ -279,8 +279,9 @@ def test_a_sliding_window_is_written_from_aranges_and_its_attention_skips_blocks
 ):
     """A constant mask that is a sliding window (query i sees keys i - w + 1 .. i, as Mistral's and
     Gemma's local layers build it) keeps its buffer for PyTorch's paths, but the attention kernel
-    writes the band from two aranges and is causal: no mask read, key blocks past the diagonal
-    skipped, and no pass over the mask for rows without a key (every row sees its own key).
+    writes the band from two aranges and is causal: no mask read, key blocks past the diagonal and
+    before the window skipped, and no pass over the mask for rows without a key (every row sees its
+    own key).
     Ragged lengths over several key blocks; against eager and float64."""
     fn = _window_of(width, additive)
     q, k, v = _qkv(length)
@@ -296,7 +297,9 @@ def test_a_sliding_window_is_written_from_aranges_and_its_attention_skips_blocks
     groups = [g for p in report["partitions"] for g in p["groups"]]
     assert [g["kind"] for g in groups] == ["attention"], groups  # no mask read, no rows-with-a-key pass
     (source,) = (tmp_path / report["dir"] / "kernels").glob("*.py")
-    assert f"tl.minimum({length}," in source.read_text()  # the key loop stops at the block's last query
+    text = source.read_text()
+    assert f"tl.minimum({length}," in text  # the key loop stops at the block's last query
+    assert f" - {width - 1}\n" in text  # and starts at the block of its first query's window
 
 
 def test_masks_near_a_sliding_window_are_not_taken_for_one():
