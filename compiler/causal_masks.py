@@ -27,7 +27,8 @@ constant is, by value, a sliding-window causal mask (query `i` sees keys `i - w 
 Gemma's local layers, while the sequence is longer than the window), the op is also marked with its
 window (`WINDOW_META`): PyTorch's paths still read the buffer, but tilefuse's import writes the band
 from two aranges inside a causal select, so the attention kernel reads no mask and skips the key
-blocks past the diagonal (half the scores of the square) like any causal attention's.
+blocks past the diagonal like any causal attention's, and those before each block's window
+(`passes/flash_attention.causal_window`).
 """
 
 from __future__ import annotations
