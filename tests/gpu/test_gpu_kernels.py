@@ -111,6 +111,27 @@ def test_grouped_query_attention():
     assert rel_error(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("length, width", [(1000, 256), (777, 64), (512, 511)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sliding_window_attention_is_one_causal_kernel(length, width, dtype):
+    """A constant sliding-window mask (Mistral's, Gemma's local layers) as one attention kernel that
+    reads no mask and skips the key blocks outside the window, on the GPU's tile sizes (ragged
+    lengths; additive masks as transformers builds them in half precision)."""
+
+    def fn(q, k, v):
+        rows = torch.arange(q.shape[-2], device=q.device)
+        seen = (rows[None, :] <= rows[:, None]) & (rows[:, None] - rows[None, :] < width)
+        mask = torch.where(seen, 0.0, torch.finfo(q.dtype).min).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    q, k, v = (torch.randn(2, 4, length, 128, device=CUDA, dtype=dtype) for _ in range(3))
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        out, ref = compiled(q, k, v), fn(q.double(), k.double(), v.double())
+    assert [g["kind"] for g in _groups(compiled)] == ["attention"]
+    assert rel_error(out, ref) < 1e-2
+
+
 class _NormLinear(torch.nn.Module):
     def __init__(self, k: int, n: int, layer: bool):
         super().__init__()
