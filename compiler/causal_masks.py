@@ -87,9 +87,10 @@ def fold_causal_masks(gm: GraphModule) -> tuple[int, int]:
             # real tensors: the compiler may be called inside the tracer's fake-tensor mode
             with unset_fake_temporarily():
                 value = _constant_value(mask, values, position)
-                causal = value is not None and _is_causal(value, _shape(queries), _shape(keys))
-                band = value is not None and not causal
-                window = _band_window(value, _shape(queries), _shape(keys)) if band else None
+                scores = _shape(queries)
+                seen = None if value is None else _seen_window(value, scores, _shape(keys))
+                causal = seen is not None and seen == scores[-2]
+                window = None if causal else seen  # a sliding window, or None
         except Exception as e:  # a mask we cannot evaluate is left as it is
             log.debug("tilefuse: mask %s of %s not evaluated: %s", mask.name, node.name, e)
             value, causal, window = None, False, None
@@ -208,22 +209,26 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
     return allowed if bool((allowed | (mask <= MASKED_BIAS)).all()) else None
 
 
-def _band_window(
+def _seen_window(
     mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[int, ...] | None
 ) -> int | None:
-    """`w` where `mask`, broadcast to the square scores `(..., L, L)`, is a sliding-window causal mask
-    (Mistral's, Gemma's local layers): query `i` sees keys `i - w + 1 .. i`, with `1 <= w < L`;
-    else None (any other mask, the plain causal one included)."""
+    """`w` where `mask`, broadcast to the square scores `(..., L, L)`, lets query `i` see exactly keys
+    `i - w + 1 .. i` for every batch and head: `w == L` is SDPA's `is_causal=True` mask (keys
+    `0..i`), a smaller `w` a sliding window (Mistral's, Gemma's local layers); else None. Only square
+    scores: with fewer queries than keys, kernels differ in where they put the diagonal."""
     if queries is None or keys is None or mask.dim() < 2 or mask.dim() > len(queries):
         return None
     rows, cols = queries[-2], keys[-2]
-    if rows != cols or mask.shape[-2] != rows or mask.shape[-1] != cols:
+    if rows != cols or mask.shape[-2] not in (1, rows) or mask.shape[-1] not in (1, cols):
         return None
     allowed = _allowed(mask)
     if allowed is None:
         return None
+    if rows == 0:
+        return 0  # empty scores: every mask is the causal one
+    allowed = allowed.expand(*allowed.shape[:-2], rows, cols)
     window = int(allowed.reshape(-1, rows, cols)[0, -1].sum())  # the last query sees exactly w keys
-    if not 1 <= window < rows:
+    if not 1 <= window <= rows:
         return None
     offsets = torch.arange(rows)[:, None] - torch.arange(cols)[None, :]  # query - key
     band = (offsets >= 0) & (offsets < window)
@@ -232,18 +237,9 @@ def _band_window(
 
 def _is_causal(mask: torch.Tensor, queries: tuple[int, ...] | None, keys: tuple[int, ...] | None) -> bool:
     """Whether `mask`, broadcast to the scores `(..., L, L)`, is SDPA's `is_causal=True` mask: query
-    `i` sees keys `0..i`. Only square scores: with fewer queries than keys, kernels differ in where
-    they put the diagonal."""
-    if queries is None or keys is None or mask.dim() < 2 or mask.dim() > len(queries):
-        return False
-    rows, cols = queries[-2], keys[-2]
-    if rows != cols or mask.shape[-2] not in (1, rows) or mask.shape[-1] not in (1, cols):
-        return False
-    allowed = _allowed(mask)
-    if allowed is None:
-        return False
-    lower = torch.ones(rows, cols, dtype=torch.bool).tril()
-    return bool((allowed.expand(*allowed.shape[:-2], rows, cols) == lower).all())
+    `i` sees keys `0..i` (`_seen_window`)."""
+    window = _seen_window(mask, queries, keys)
+    return window is not None and window == queries[-2]
 
 
 # Masks written out in the scores (`masked_fill`, `where`) ------------------------------------------

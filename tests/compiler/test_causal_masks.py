@@ -305,21 +305,21 @@ def test_a_sliding_window_is_written_from_aranges_and_its_attention_skips_blocks
 def test_masks_near_a_sliding_window_are_not_taken_for_one():
     """A window whose width differs by row, or that also hides a key inside the band, is another
     mask: it keeps its tensor, and the result is eager's."""
-    from tilefuse.compiler.causal_masks import _band_window
+    from tilefuse.compiler.causal_masks import _seen_window
 
     rows = torch.arange(12)
     offsets = rows[:, None] - rows[None, :]
     band = (offsets >= 0) & (offsets < 4)
-    assert _band_window(band, (1, 12, 8), (1, 12, 8)) == 4
-    assert _band_window(torch.where(band, 0.0, float("-inf")), (12, 8), (12, 8)) == 4
+    assert _seen_window(band, (1, 12, 8), (1, 12, 8)) == 4
+    assert _seen_window(torch.where(band, 0.0, float("-inf")), (12, 8), (12, 8)) == 4
     holed = band.clone()
     holed[7, 5] = False
     wider_at_the_end = band.clone()
     wider_at_the_end[11, 7] = True
-    causal = offsets >= 0
-    for mask in (holed, wider_at_the_end, causal, torch.where(band, 0.0, -1.0)):
-        assert _band_window(mask, (12, 8), (12, 8)) is None
-    assert _band_window(band, (12, 8), (13, 8)) is None  # keys past a cache: not square
+    for mask in (holed, wider_at_the_end, torch.where(band, 0.0, -1.0)):
+        assert _seen_window(mask, (12, 8), (12, 8)) is None
+    assert _seen_window(offsets >= 0, (12, 8), (12, 8)) == 12  # every key up to the query's: causal
+    assert _seen_window(band, (12, 8), (13, 8)) is None  # keys past a cache: not square
 
     def holed_fn(q, k, v):
         r, c = torch.arange(q.shape[-2]), torch.arange(k.shape[-2])
