@@ -118,10 +118,12 @@ def test_sliding_window_attention_is_one_causal_kernel(length, width, dtype):
     reads no mask and skips the key blocks outside the window, on the GPU's tile sizes (ragged
     lengths; additive masks as transformers builds them in half precision)."""
 
+    fill = torch.finfo(dtype).min  # the half-precision fill, also in the float64 reference
+
     def fn(q, k, v):
         rows = torch.arange(q.shape[-2], device=q.device)
         seen = (rows[None, :] <= rows[:, None]) & (rows[:, None] - rows[None, :] < width)
-        mask = torch.where(seen, 0.0, torch.finfo(q.dtype).min).to(q.dtype)
+        mask = torch.where(seen, 0.0, fill).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     q, k, v = (torch.randn(2, 4, length, 128, device=CUDA, dtype=dtype) for _ in range(3))
