@@ -11,7 +11,7 @@ import math
 
 import torch
 from torch.fx import Node
-from xdsl.dialects.builtin import i1
+from xdsl.dialects.builtin import f32, i1
 from xdsl.ir import SSAValue
 
 from ..ir.builder import ScalarBuilder, opmath_type
@@ -57,8 +57,38 @@ def _gelu(sb: ScalarBuilder, x: SSAValue, approximate: str) -> SSAValue:
         inner = sb.add(x, sb.mul(sb.const(0.044715, x.type), cube))
         e = sb.unary("exp", sb.mul(sb.const(-2.0 * math.sqrt(2.0 / math.pi), x.type), inner))
         return sb.div(x, sb.add(one, e))
-    t = sb.unary("erf", sb.mul(x, sb.const(1.0 / math.sqrt(2.0), x.type)))
-    return sb.mul(sb.mul(half, x), sb.add(one, t))
+    if x.type != f32:  # f64 keeps erf: the formula below is an f32's accuracy
+        t = sb.unary("erf", sb.mul(x, sb.const(1.0 / math.sqrt(2.0), x.type)))
+        return sb.mul(sb.mul(half, x), sb.add(one, t))
+    return sb.mul(sb.mul(half, x), _erfc(sb, sb.mul(x, sb.const(-1.0 / math.sqrt(2.0), x.type))))
+
+
+# erfc(a) = t exp(-a^2 + P(t)), t = 1 / (1 + a / 2), a >= 0: Chebyshev-fitted, relative error under
+# 1.2e-7 everywhere (Press et al., Numerical Recipes, `erfcc`); P's coefficients, lowest degree first
+_ERFC_POLY = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)  # fmt: skip
+
+
+def _erfc(sb: ScalarBuilder, z: SSAValue) -> SSAValue:
+    """erfc(z) in f32 without a branch: one exp, one division and ten multiply-adds.
+
+    The exact GELU is 0.5 x erfc(-x / sqrt 2). libdevice's `erf` branches between a polynomial and
+    an exp form, and as a GEMM epilogue it cost 24.6 us over the plain 4096 x 1024 x 4096 bf16 GEMM
+    on an H100 (59.3 us; the tanh form of the tanh GELU 11.5), and a 128 x 256 tile spilled with it.
+    Accuracy in f32 against float64 (x over [-14, 14]): GELU's relative error at most 4.8e-7 for
+    x >= -1 (eager's 3.5e-7) and 4.3e-6 down to -6 where eager's 0.5 x (1 + erf) cancels (eager:
+    1.3e-4 at -3, all digits by -6). NaN stays NaN, erfc(-inf) = 2, erfc(inf) = 0.
+    """
+    one = sb.const(1.0, z.type)
+    a = sb.unary("abs", z)
+    t = sb.div(one, sb.add(one, sb.mul(sb.const(0.5, z.type), a)))
+    p = sb.const(_ERFC_POLY[-1], z.type)
+    for c in reversed(_ERFC_POLY[:-1]):
+        p = sb.add(sb.mul(p, t), sb.const(c, z.type))
+    r = sb.mul(t, sb.unary("exp", sb.sub(p, sb.mul(a, a))))
+    return sb.select(sb.cmp("ge", z, sb.const(0.0, z.type)), r, sb.sub(sb.const(2.0, z.type), r))
 
 
 def _clamp(sb: ScalarBuilder, x: SSAValue, lo: object, hi: object) -> SSAValue:

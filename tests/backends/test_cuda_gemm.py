@@ -60,7 +60,7 @@ def test_a_linear_layer_with_bias_gelu_and_residual(tmp_path):
     assert problem.a_row_major and problem.b_column_major  # x [M, K], the weight [N, K]
     assert sorted(leaf.kind for leaf in problem.leaves) == ["full", "row"]  # the residual and the bias
     body = "\n".join(problem.body)
-    assert "erff(" in body and "leaf0" in body and "leaf1" in body and problem.result in body
+    assert "exp_approx(" in body and "leaf0" in body and "leaf1" in body and problem.result in body
 
 
 def test_the_fixture_reads_its_weight_as_k_by_n(tmp_path):
@@ -101,7 +101,7 @@ def test_the_emitted_cutlass_gemm_matches_its_golden_file(tmp_path):
     the diff."""
     kernel, config = _linear_gelu_residual(tmp_path)
     source = emit_cuda(kernel, config, 8)
-    assert "fus::Sm90EVT<Node, fus::Sm90AccFetch, Leaf0, Leaf1>" in source and "erff(" in source
+    assert "fus::Sm90EVT<Node, fus::Sm90AccFetch, Leaf0, Leaf1>" in source and "exp_approx(" in source
     assert f'extern "C" int launch_{kernel.sym_name.data}(void* stream, const void* t0, int64_t t0_s0' in source
     if os.environ.get("TILEFUSE_REGENERATE_GOLDEN") == "1":
         GOLDEN.write_text(source)
