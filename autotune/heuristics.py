@@ -41,6 +41,8 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 
 
 CONFIG_ENV = "TILEFUSE_KERNEL_CONFIG"
+# switches a GEMM's launch takes beside its tile parameters (backends/triton/launcher.launch_flags)
+GEMM_LAUNCH_SWITCHES = ("USE_TMA", "USE_WS")
 # tile parameters that must cover a whole extent of the problem: not a choice, a requirement
 WHOLE_EXTENTS = {"row": {"BLOCK_C": "C"}, "attention": {"BLOCK_D": "D", "BLOCK_DV": "DV"}}
 CHUNKED_ROW_BLOCK = 4096  # elements of a row a chunked row kernel's program reads at a time
@@ -55,7 +57,9 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
     """A reasonable first configuration for a kernel of `kind` on a problem of this size.
 
     `TILEFUSE_KERNEL_CONFIG='{"gemm": {"BLOCK_N": 256, "num_stages": 4}}'` overrides
-    values per kernel kind (for experiments, until the autotuner picks them).
+    values per kernel kind (for experiments, until the autotuner picks them); a GEMM's may also set
+    its launch switches `USE_TMA` and `USE_WS` (0 or 1), as a tuned config does, over `TILEFUSE_TMA`
+    and `TILEFUSE_WS` (the launcher still reads through pointers where descriptors do not fit).
     """
     config = _heuristic(kind, problem)
     override = config_override(kind)
@@ -63,7 +67,7 @@ def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:
         return config
     override = dict(override)
     warps, stages = override.pop("num_warps", config.num_warps), override.pop("num_stages", config.num_stages)
-    unknown = set(override) - set(config.params)
+    unknown = set(override) - set(config.params) - (set(GEMM_LAUNCH_SWITCHES) if kind == "gemm" else set())
     if unknown:
         raise ValueError(f"{CONFIG_ENV}: {kind} kernels have no parameter {sorted(unknown)}")
     config = KernelConfig(config.params | override, warps, stages)

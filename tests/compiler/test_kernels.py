@@ -7,6 +7,7 @@ row reductions. Each test also checks that the work really ran as kernels.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
+from tilefuse.autotune.heuristics import CONFIG_ENV, default_config
 
 
 def assert_all_kernels(reports, kinds: set[str]) -> None:
@@ -280,6 +282,23 @@ def test_a_gemm_read_through_descriptors_may_warp_specialize_its_tile_loop(ws, m
     source = next((tmp_path / reports[0]["dir"] / "kernels").glob("*.py")).read_text()
     assert "WARP_SPECIALIZABLE = True" in source
     assert re.search(r"for \w+ in tl\.range\(.*flatten=USE_WS, warp_specialize=USE_WS\):", source)
+
+
+@pytest.mark.parametrize("flags", [{"USE_TMA": 1}, {"USE_TMA": 1, "USE_WS": 1}, {"USE_TMA": 0}], ids=str)
+def test_a_gemm_config_override_may_set_its_launch_switches(flags, monkeypatch):
+    """TILEFUSE_KERNEL_CONFIG takes a GEMM's USE_TMA and USE_WS as a tuned config carries them (over
+    TILEFUSE_TMA, set here the other way); ragged sizes match eager either way. Other kinds have no
+    such switch."""
+    monkeypatch.setenv("TILEFUSE_TMA", "0" if flags["USE_TMA"] else "1")
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"gemm": {"BLOCK_M": 32, **flags}}))
+    x, w, b = torch.randn(45, 64), torch.randn(70, 64), torch.randn(70)
+    reports = run(lambda x, w, b: F.gelu(F.linear(x, w, b)), x, w, b, kinds={"gemm"})
+    (group,) = fusion_groups(reports)
+    assert group["config_source"] == "override"
+    assert all(f"{name}={value}" in group["config"] for name, value in flags.items()), group["config"]
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"row": {"USE_TMA": 1}}))
+    with pytest.raises(ValueError, match="row kernels have no parameter"):
+        default_config("row", {"R": 8, "C": 64})
 
 
 def test_unaligned_operands_fall_back_to_pointer_loads(monkeypatch):
