@@ -164,6 +164,9 @@ def _sibling_chain(
 # x4096: 465 against 381); the erf GELU (6) 41 against 38.
 MAX_EPILOGUE_WEIGHT = 16
 _CONVERSIONS = ("arith.extf", "arith.truncf")
+# math ops that are one instruction, not a function: `absf` (a sign-bit mask) weighs nothing, so the exact
+# GELU (an exp and an abs since libdevice's erf went: lower_elementwise._gelu_erfc) weighs what it did
+_CHEAP_MATH = ("math.absf",)
 
 
 def math_functions(op: ein.MapOp) -> int:
@@ -184,7 +187,8 @@ def epilogue_weight(op: ein.MapOp) -> int:
         if not any(operand in varying for operand in inner.operands):
             continue
         varying.update(inner.results)
-        weight += 1 if inner.name in _CONVERSIONS else 4 if inner.name.startswith("math.") else 0
+        math_call = inner.name.startswith("math.") and inner.name not in _CHEAP_MATH
+        weight += 1 if inner.name in _CONVERSIONS else 4 if math_call else 0
     return weight
 
 

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 import tilefuse
 from helpers import compile_and_compare, fusion_groups
 from tilefuse.autotune.heuristics import CONFIG_ENV, default_config
+from tilefuse.ir import einsum as ein
+from tilefuse.ir.module import parse_module
+from tilefuse.passes.fusion_groups import epilogue_weight
 
 
 def assert_all_kernels(reports, kinds: set[str]) -> None:
@@ -61,6 +64,20 @@ def test_the_exact_gelu_without_erf_is_as_accurate_as_eager():
     assert worst(ours, (x < -1) & (x >= -6)) < 1e-5 < worst(eager, (x < -1) & (x >= -6))
     tail = out[x.numel() :]
     assert tail[:2].isnan().all() and tail[2] == float("inf") and (tail[3:] == 0).all()
+
+
+def test_the_exact_gelu_weighs_one_math_function_in_an_epilogue(tmp_path):
+    """The exact GELU's epilogue weight (what decides whether it joins a GEMM) is one math function's,
+    as when it called erf: its erfc form's exp counts, its abs does not. Same as a sigmoid's."""
+    weights = {}
+    for name, fn in (("gelu", F.gelu), ("sigmoid", torch.sigmoid)):
+        compiled = tilefuse.compile(fn, dump=tmp_path / name)
+        compiled(torch.randn(8, 16).bfloat16())
+        (report,) = compiled.tilefuse_reports
+        module = parse_module((tmp_path / name / report["dir"] / "ein.mlir").read_text())
+        (op,) = [op for op in module.walk() if isinstance(op, ein.MapOp)]
+        weights[name] = epilogue_weight(op)
+    assert weights["gelu"] == weights["sigmoid"] == 4 + 2  # the exp, the bf16 input's and result's casts
 
 
 @pytest.mark.parametrize("rows", [(1, 37), (3, 37), (37,), (2, 3, 5)], ids=str)
