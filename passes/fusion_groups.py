@@ -170,8 +170,13 @@ _CHEAP_MATH = ("math.absf",)
 
 
 def math_functions(op: ein.MapOp) -> int:
-    """How many math functions (erf, tanh, exp...) a map's body computes per element."""
-    return sum(inner.name.startswith("math.") for inner in op.body.walk())
+    """How many math functions (erf, tanh, exp...) a map's body computes per element (`absf`, one
+    instruction, is not one)."""
+    return sum(_math_call(inner) for inner in op.body.walk())
+
+
+def _math_call(op: Operation) -> bool:
+    return op.name.startswith("math.") and op.name not in _CHEAP_MATH
 
 
 def epilogue_weight(op: ein.MapOp) -> int:
@@ -187,8 +192,7 @@ def epilogue_weight(op: ein.MapOp) -> int:
         if not any(operand in varying for operand in inner.operands):
             continue
         varying.update(inner.results)
-        math_call = inner.name.startswith("math.") and inner.name not in _CHEAP_MATH
-        weight += 1 if inner.name in _CONVERSIONS else 4 if math_call else 0
+        weight += 1 if inner.name in _CONVERSIONS else 4 if _math_call(inner) else 0
     return weight
 
 

@@ -19,7 +19,7 @@ from helpers import compile_and_compare, fusion_groups
 from tilefuse.autotune.heuristics import CONFIG_ENV, default_config
 from tilefuse.ir import einsum as ein
 from tilefuse.ir.module import parse_module
-from tilefuse.passes.fusion_groups import epilogue_weight
+from tilefuse.passes.fusion_groups import epilogue_weight, math_functions
 
 
 def assert_all_kernels(reports, kinds: set[str]) -> None:
@@ -68,16 +68,29 @@ def test_the_exact_gelu_without_erf_is_as_accurate_as_eager():
 
 def test_the_exact_gelu_weighs_one_math_function_in_an_epilogue(tmp_path):
     """The exact GELU's epilogue weight (what decides whether it joins a GEMM) is one math function's,
-    as when it called erf: its erfc form's exp counts, its abs does not. Same as a sigmoid's."""
-    weights = {}
+    as when it called erf: its erfc form's exp counts, its abs does not. Same as a sigmoid's; and as
+    one math function it is still inlined into the maps that read it (canonicalize's InlineCheapMap:
+    with its abs counted, a GELU read by two maps stayed a kernel of its own)."""
+    weights, functions = {}, {}
     for name, fn in (("gelu", F.gelu), ("sigmoid", torch.sigmoid)):
         compiled = tilefuse.compile(fn, dump=tmp_path / name)
         compiled(torch.randn(8, 16).bfloat16())
         (report,) = compiled.tilefuse_reports
         module = parse_module((tmp_path / name / report["dir"] / "ein.mlir").read_text())
         (op,) = [op for op in module.walk() if isinstance(op, ein.MapOp)]
-        weights[name] = epilogue_weight(op)
+        weights[name], functions[name] = epilogue_weight(op), math_functions(op)
     assert weights["gelu"] == weights["sigmoid"] == 4 + 2  # the exp, the bf16 input's and result's casts
+    assert functions == {"gelu": 1, "sigmoid": 1}
+
+    def gelu_read_twice(x, y):
+        g = F.gelu(x)
+        return g * y, g - y
+
+    compiled = tilefuse.compile(gelu_read_twice, dump=tmp_path / "twice")
+    compiled(torch.randn(8, 16).bfloat16(), torch.randn(8, 16).bfloat16())
+    (report,) = compiled.tilefuse_reports
+    module = parse_module((tmp_path / "twice" / report["dir"] / "ein.canonicalize.mlir").read_text())
+    assert sum(isinstance(op, ein.MapOp) for op in module.walk()) == 2  # the GELU inlined into both
 
 
 @pytest.mark.parametrize("rows", [(1, 37), (3, 37), (37,), (2, 3, 5)], ids=str)
