@@ -3,7 +3,9 @@
     python -m tilefuse.benchmarks.sweep_configs [--kind gemm|attention|row] [--only NAME...]
 
 Each configuration is forced with TILEFUSE_KERNEL_CONFIG and compiled afresh;
-prints one line per (case, configuration): median ms and relative error.
+prints one line per (case, configuration): median ms and relative error, and what ran when it was
+not the kernels (a configuration a kernel cannot take fails its compile, and the graph then runs
+in PyTorch: that line times PyTorch).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch._dynamo
 import tilefuse
 from tilefuse.autotune.heuristics import CONFIG_ENV
 from tilefuse.benchmarks.cases import benchmark_cases
-from tilefuse.benchmarks.run import WeightsAsParameters
+from tilefuse.benchmarks.run import WeightsAsParameters, tilefuse_note
 
 CONFIGS = {}
 CONFIGS["gemm"] = [
@@ -30,6 +32,18 @@ CONFIGS["gemm"] = [
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4},
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 5},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
+    # operands through TMA descriptors (where their layout allows), then with a warp-specialized loop
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "USE_TMA": 1},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4, "USE_TMA": 1},
+    {
+        "BLOCK_M": 128,
+        "BLOCK_N": 128,
+        "BLOCK_K": 64,
+        "num_warps": 8,
+        "num_stages": 3,
+        "USE_TMA": 1,
+        "USE_WS": 1,
+    },
 ]
 CONFIGS["attention"] = [
     {},
@@ -68,7 +82,10 @@ def main() -> None:
                 ms = do_bench(partial(compiled, *inputs), return_mode="median")
             err = ((out.double() - reference).norm() / reference.norm()).item()
             label = json.dumps(config) if config else "default"
-            print(f"{case.name:16s} {label:90s} {ms:8.4f} ms  err {err:.2e}", flush=True)
+            note = tilefuse_note(compiled)
+            kernels_ran = " 0 fallback(s)" in note and "run PyTorch" not in note
+            ran = "" if kernels_ran else f"  NOT THE KERNELS: {note}"
+            print(f"{case.name:16s} {label:90s} {ms:8.4f} ms  err {err:.2e}{ran}", flush=True)
 
 
 if __name__ == "__main__":
