@@ -12,7 +12,7 @@ from typing import TypeVar, overload
 
 import torch
 
-from .backend import CompileOptions, TilefuseBackend, compile_options
+from .backend import CompileOptions, TilefuseBackend, compile_options, read_options
 from .conv_layout import conv_layout_enabled
 from .depthwise_conv import depthwise_enabled
 
@@ -22,16 +22,17 @@ F = TypeVar("F", bound=Callable)
 @overload
 def compile(
     fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str | None = None,
-    dynamic: bool | None = None, backend: str | None = None,
+    dynamic: bool | None = None, backend: str | None = None, options: dict | None = None,
 ) -> F: ...
 @overload
 def compile(
     fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False,
     mode: str | None = None, dynamic: bool | None = None, backend: str | None = None,
+    options: dict | None = None,
 ) -> Callable[[F], F]: ...
 
 
-def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, backend=None):
+def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, backend=None, options=None):
     """Compile a function or `nn.Module` with tilefuse.
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
@@ -52,11 +53,19 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     "triton") picks who writes the pointwise, reduction and row kernels: CUDA
     C++ (`backends/cuda`, built with nvcc) where its emitter covers a kernel,
     or in "auto" whichever of the two measured faster (GEMMs and attention
-    stay Triton kernels).
+    stay Triton kernels). `options` is torch.compile's spelling of them
+    (`options={"dump": dir, "backend": "cuda"}`, as the registered backend takes
+    them): other keys are ignored with a warning, and a value that contradicts
+    `dump=` or `backend=` is refused.
     A `transformers` model (or its `forward`) has transformers' own automatic
     compile of static-cache `generate` turned off (`_keep_transformers_off`),
     and its once-only log calls are traced through (`_trace_through_once_logging`).
     """
+    given = read_options(options)
+    for key, value in (("dump", dump), ("backend", backend)):
+        if value is not None and given.get(key, value) != value:
+            raise ValueError(f"tilefuse.compile: {key}={value!r} and options[{key!r}]={given[key]!r} differ")
+    dump, backend = given.get("dump", dump), given.get("backend", backend)
     # a bad mode or kernel backend name is refused here, not at the first call
     options = compile_options(mode, dump, backend, caller="tilefuse.compile")
     if dynamic not in (None, True, False):

@@ -529,6 +529,13 @@ def backend_options(mode: str | None = None, options: dict | None = None) -> Com
     user's model). A mode outside `MODES` is refused as `tilefuse.compile` refuses it; options other
     than `BACKEND_OPTIONS` (Inductor's, say, from code written for it) are ignored, with one warning
     each."""
+    options = read_options(options)
+    return compile_options(mode, options.get("dump"), options.get("backend"))
+
+
+def read_options(options: dict | None) -> dict:
+    """`options` as tilefuse reads them (`BACKEND_OPTIONS`); other keys (Inductor's, say, from code
+    written for it) are dropped, with one warning each per process."""
     options = dict(options or {})
     ignored = sorted(set(options) - set(BACKEND_OPTIONS))
     unsaid = [k for k in ignored if k not in _ignored_options_said]
@@ -536,7 +543,7 @@ def backend_options(mode: str | None = None, options: dict | None = None) -> Com
         _ignored_options_said.update(unsaid)
         log.warning("tilefuse: torch.compile options %s are not tilefuse's (it reads %s): ignored",
                     unsaid, list(BACKEND_OPTIONS))  # fmt: skip
-    return compile_options(mode, options.get("dump"), options.get("backend"))
+    return {k: v for k, v in options.items() if k in BACKEND_OPTIONS}
 
 
 def compile_options(

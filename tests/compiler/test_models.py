@@ -119,6 +119,23 @@ def test_torch_compile_backend_name_takes_options(tmp_path, caplog):
         torch.compile(model, backend="tilefuse", mode="fastest")(x)
 
 
+def test_tilefuse_compile_takes_torch_compiles_options_spelling(tmp_path, caplog):
+    """`tilefuse.compile(model, options={...})`, as code written for torch.compile passes them: the
+    dump and kernel backend are read, other keys ignored with a warning, and options that contradict
+    `dump=` or `backend=` are refused (a TypeError before)."""
+    model = MLP(16, 32)
+    x = torch.randn(4, 16)
+    options = {"dump": str(tmp_path / "dump"), "backend": "triton", "coordinate_descent_tuning": True}
+    with caplog.at_level("WARNING", logger="tilefuse"), torch.no_grad():
+        out = tilefuse.compile(model, options=options)(x)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "dump" / "index.json").exists()
+    assert "['coordinate_descent_tuning'] are not tilefuse's" in caplog.text
+    with pytest.raises(ValueError, match="backend='cuda' and options\\['backend'\\]='triton' differ"):
+        tilefuse.compile(model, backend="cuda", options={"backend": "triton"})
+    tilefuse.compile(model, dump=tmp_path / "same", options={"dump": tmp_path / "same"})  # agreeing: fine
+
+
 def test_backend_name_works_without_importing_tilefuse_first(tmp_path):
     """Dynamo finds "tilefuse" through the package's entry point and imports it itself."""
     script = (
