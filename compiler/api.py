@@ -23,16 +23,19 @@ F = TypeVar("F", bound=Callable)
 def compile(
     fn: F, *, dump: str | os.PathLike | None = None, fullgraph: bool = False, mode: str | None = None,
     dynamic: bool | None = None, backend: str | None = None, options: dict | None = None,
+    disable: bool = False,
 ) -> F: ...
 @overload
 def compile(
     fn: None = None, *, dump: str | os.PathLike | None = None, fullgraph: bool = False,
     mode: str | None = None, dynamic: bool | None = None, backend: str | None = None,
-    options: dict | None = None,
+    options: dict | None = None, disable: bool = False,
 ) -> Callable[[F], F]: ...
 
 
-def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, backend=None, options=None):
+def compile(
+    fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, backend=None, options=None, disable=False
+):
     """Compile a function or `nn.Module` with tilefuse.
 
     Usable as `@tilefuse.compile` or `@tilefuse.compile(dump="dir")`. Kernels
@@ -56,7 +59,8 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     stay Triton kernels). `options` is torch.compile's spelling of them
     (`options={"dump": dir, "backend": "cuda"}`, as the registered backend takes
     them): other keys are ignored with a warning, and a value that contradicts
-    `dump=` or `backend=` is refused.
+    `dump=` or `backend=` is refused. `disable=True` returns `fn` itself, as
+    torch.compile does.
     A `transformers` model (or its `forward`) has transformers' own automatic
     compile of static-cache `generate` turned off (`_keep_transformers_off`),
     and its once-only log calls are traced through (`_trace_through_once_logging`).
@@ -74,7 +78,9 @@ def compile(fn=None, *, dump=None, fullgraph=False, mode=None, dynamic=None, bac
     depthwise_enabled()  # and TILEFUSE_DEPTHWISE's
     if fn is None:
         arguments = dict(dump=dump, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
-        return lambda f: compile(f, **arguments)
+        return lambda f: compile(f, **arguments, disable=disable)
+    if disable:
+        return fn
     compiled = _compile(fn, options, fullgraph=fullgraph, dynamic=dynamic, reports=[])
     if isinstance(fn, torch.nn.Module) and _transformers_model(fn) and hasattr(fn, "generate"):
         generate = _compiled_generate(fn, options, fullgraph, dynamic, compiled.tilefuse_reports)

@@ -122,7 +122,7 @@ def test_torch_compile_backend_name_takes_options(tmp_path, caplog):
 def test_tilefuse_compile_takes_torch_compiles_options_spelling(tmp_path, caplog):
     """`tilefuse.compile(model, options={...})`, as code written for torch.compile passes them: the
     dump and kernel backend are read, other keys ignored with a warning, and options that contradict
-    `dump=` or `backend=` are refused (a TypeError before)."""
+    `dump=` or `backend=` are refused (a TypeError before); `disable=True` gives the model back."""
     model = MLP(16, 32)
     x = torch.randn(4, 16)
     options = {"dump": str(tmp_path / "dump"), "backend": "triton", "coordinate_descent_tuning": True}
@@ -134,6 +134,8 @@ def test_tilefuse_compile_takes_torch_compiles_options_spelling(tmp_path, caplog
     with pytest.raises(ValueError, match="backend='cuda' and options\\['backend'\\]='triton' differ"):
         tilefuse.compile(model, backend="cuda", options={"backend": "triton"})
     tilefuse.compile(model, dump=tmp_path / "same", options={"dump": tmp_path / "same"})  # agreeing: fine
+    assert tilefuse.compile(model, disable=True) is model  # torch.compile's disable=: the model itself
+    assert tilefuse.compile(disable=True)(model) is model
 
 
 def test_backend_name_works_without_importing_tilefuse_first(tmp_path):
