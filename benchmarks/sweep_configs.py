@@ -82,9 +82,12 @@ def main() -> None:
                 ms = do_bench(partial(compiled, *inputs), return_mode="median")
             err = ((out.double() - reference).norm() / reference.norm()).item()
             label = json.dumps(config) if config else "default"
-            note = tilefuse_note(compiled)
-            kernels_ran = " 0 fallback(s)" in note and "run PyTorch" not in note
-            ran = "" if kernels_ran else f"  NOT THE KERNELS: {note}"
+            reports = compiled.tilefuse_reports
+            partitions = [p for r in reports for p in r["partitions"]]
+            kernels_ran = not any(r["fallbacks"] for r in reports) and not any(
+                p.get("executor", "").startswith("pytorch") for p in partitions
+            )
+            ran = "" if kernels_ran else f"  NOT THE KERNELS: {tilefuse_note(compiled)}"
             print(f"{case.name:16s} {label:90s} {ms:8.4f} ms  err {err:.2e}{ran}", flush=True)
 
 

@@ -67,7 +67,9 @@ def compile(
     """
     given = read_options(options)
     for key, value in (("dump", dump), ("backend", backend)):
-        if value is not None and given.get(key, value) != value:
+        # a dump folder as a str or a Path names the same folder
+        same = os.fspath if key == "dump" else str
+        if value is not None and key in given and same(given[key]) != same(value):
             raise ValueError(f"tilefuse.compile: {key}={value!r} and options[{key!r}]={given[key]!r} differ")
     dump, backend = given.get("dump", dump), given.get("backend", backend)
     # a bad mode or kernel backend name is refused here, not at the first call

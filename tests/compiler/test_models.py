@@ -134,6 +134,7 @@ def test_tilefuse_compile_takes_torch_compiles_options_spelling(tmp_path, caplog
     with pytest.raises(ValueError, match="backend='cuda' and options\\['backend'\\]='triton' differ"):
         tilefuse.compile(model, backend="cuda", options={"backend": "triton"})
     tilefuse.compile(model, dump=tmp_path / "same", options={"dump": tmp_path / "same"})  # agreeing: fine
+    tilefuse.compile(model, dump=str(tmp_path / "same"), options={"dump": tmp_path / "same"})  # str or Path
     assert tilefuse.compile(model, disable=True) is model  # torch.compile's disable=: the model itself
     assert tilefuse.compile(disable=True)(model) is model
 
