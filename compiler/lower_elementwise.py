@@ -34,9 +34,20 @@ def _unary(body):
     return lower
 
 
+_LOG2E = 1.0 / math.log(2.0)
+
+
+def _exp_scaled(sb: ScalarBuilder, x: SSAValue, scale: float) -> SSAValue:
+    """exp(scale x) as exp2((scale log2 e) x): the multiply Triton's f32 `exp` makes anyway, without its
+    handling of subnormal results (`ex2.approx.f32` against `.ftz`: three instructions an element)."""
+    return sb.unary("exp2", sb.mul(x, sb.const(scale * _LOG2E, x.type)))
+
+
 def _sigmoid(sb: ScalarBuilder, x: SSAValue) -> SSAValue:
+    """1 / (1 + exp(-x)); the denominator is at least 1, so its reciprocal may be approximate (1 ulp,
+    `ScalarBuilder.approx_reciprocal`). -inf gives 0, +inf 1, NaN NaN."""
     one = sb.const(1.0, x.type)
-    return sb.div(one, sb.add(one, sb.unary("exp", sb.unary("neg", x))))
+    return sb.approx_reciprocal(sb.add(one, _exp_scaled(sb, x, -1.0)), one)
 
 
 def _softplus(sb: ScalarBuilder, x: SSAValue, beta: float = 1.0, threshold: float = 20.0) -> SSAValue:
@@ -53,10 +64,11 @@ def _gelu(sb: ScalarBuilder, x: SSAValue, approximate: str) -> SSAValue:
         # of a 2048x2048x8192 bf16 GEMM on the H200 (the GEMM alone: 89; benchmarks/NOTES.md). The
         # same function: no cancellation (1 + tanh(u) loses digits as u -> -inf; this form does not);
         # -inf gives -inf / inf = NaN as eager's -inf * 0 does, +inf gives +inf.
+        # The reciprocal of 1 + e (at least 1) may be approximate.
         cube = sb.mul(sb.mul(x, x), x)
         inner = sb.add(x, sb.mul(sb.const(0.044715, x.type), cube))
-        e = sb.unary("exp", sb.mul(sb.const(-2.0 * math.sqrt(2.0 / math.pi), x.type), inner))
-        return sb.div(x, sb.add(one, e))
+        e = _exp_scaled(sb, inner, -2.0 * math.sqrt(2.0 / math.pi))
+        return sb.mul(x, sb.approx_reciprocal(sb.add(one, e), one))
     if x.type != f32:  # f64 keeps erf: the formula below is an f32's accuracy
         t = sb.unary("erf", sb.mul(x, sb.const(1.0 / math.sqrt(2.0), x.type)))
         return sb.mul(sb.mul(sb.const(0.5, x.type), x), sb.add(one, t))
@@ -72,26 +84,31 @@ _ERFC_POLY = (
 
 
 def _gelu_erfc(sb: ScalarBuilder, x: SSAValue, one: SSAValue) -> SSAValue:
-    """The exact GELU in f32 without a branch: 0.5 x erfc(a), a = -x / sqrt 2, with erfc from one exp,
-    one division and ten multiply-adds.
+    """The exact GELU in f32 without a branch: 0.5 x erfc(a), a = -x / sqrt 2, with erfc from one exp2,
+    one approximate reciprocal and ten multiply-adds.
 
     libdevice's `erf` branches between a polynomial and an exp form; as a GEMM epilogue it cost 24.6
     us over the plain 4096 x 1024 x 4096 bf16 GEMM on an H100 (59.3 us; the tanh GELU's form 11.5).
     Everything is computed from x (|a| = |x| / sqrt 2, a^2 = x^2 / 2, a >= 0 where x <= 0), so that
     only x, t and the polynomial are live across the epilogue: written from a and its sign, the
-    128 x 256 tile at 8 warps spilled 632 bytes a thread (sm_90, compiled offline); from x, 214
-    registers and no spill (libdevice's erf: 255 and 32 bytes). Accuracy in f32 against float64
-    (x over [-14, 14], numpy's f32): relative error at most 5.0e-7 for x >= -1 (eager's 3.5e-7) and
-    2.1e-6 down to -6, where eager's 0.5 x (1 + erf) cancels (2.3e-4 at -3, all digits by -6).
+    128 x 256 tile at 8 warps spilled 632 bytes a thread (sm_90, compiled offline); from x, no spill.
+    The epilogue is bound by its instructions (~0.7 us an instruction an element there): with
+    Triton's exp and `/` it took 31 SASS instructions an element over the bias GEMM and measured 80.3
+    us (eager's GEMM and GELU kernel: 80.4); exp2 with log2(e) folded into P's coefficients and the
+    reciprocal of 1 + |a| / 2 (at least 1) as `rcp.approx` take it to 20.6 (offline sm_90 count;
+    test_offline_sm90). Accuracy in f32 against float64 (x over [-14, 14], numpy's f32): relative
+    error at most 4.9e-7 for x >= -1 (6.0e-7 with the reciprocal 1 ulp off; eager's 3.5e-7) and
+    2.6e-6 down to -6, where eager's 0.5 x (1 + erf) cancels (2.3e-4 at -3, all digits by -6).
     NaN stays NaN, -inf gives NaN (as eager), +inf gives +inf.
     """
     magnitude = sb.mul(sb.unary("abs", x), sb.const(0.5 / math.sqrt(2.0), x.type))
-    t = sb.div(one, sb.add(one, magnitude))
-    p = sb.const(_ERFC_POLY[-1], x.type)
+    t = sb.approx_reciprocal(sb.add(one, magnitude), one)
+    # exp(P(t) - x^2 / 2) as exp2(log2(e) P(t) - log2(e) x^2 / 2): log2(e) folded into P's coefficients
+    p = sb.const(_ERFC_POLY[-1] * _LOG2E, x.type)
     for c in reversed(_ERFC_POLY[:-1]):
-        p = sb.add(sb.mul(p, t), sb.const(c, x.type))
+        p = sb.add(sb.mul(p, t), sb.const(c * _LOG2E, x.type))
     half_x = sb.mul(sb.const(0.5, x.type), x)
-    r = sb.mul(t, sb.unary("exp", sb.sub(p, sb.mul(half_x, x))))
+    r = sb.mul(t, sb.unary("exp2", sb.sub(p, sb.mul(sb.mul(x, sb.const(0.5 * _LOG2E, x.type)), x))))
     erfc = sb.select(sb.cmp("le", x, sb.const(0.0, x.type)), r, sb.sub(sb.const(2.0, x.type), r))
     return sb.mul(half_x, erfc)
 

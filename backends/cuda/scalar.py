@@ -148,7 +148,7 @@ _INFIX = {
 
 # math ops: the float function (the double one drops the "f")
 _MATH = {
-    "math.exp": "exp_approx", "math.exp2": "exp2f", "math.log": "logf", "math.log2": "log2f",
+    "math.exp": "exp_approx", "math.exp2": "exp2_approx", "math.log": "logf", "math.log2": "log2f",
     "math.sqrt": "sqrtf", "math.rsqrt": "rsqrtf", "math.erf": "erff", "math.absf": "fabsf",
     "math.floor": "floorf", "math.ceil": "ceilf", "math.sin": "sinf", "math.cos": "cosf",
     "math.tanh": "tanhf", "math.expm1": "expm1f", "math.log1p": "log1pf", "math.roundeven": "rintf",
@@ -184,8 +184,15 @@ def _math(op: Operation, args: Sequence[str]) -> str:
         raise CudaEmitError(f"no CUDA lowering for {op.name} on {t}")
     function = _MATH[op.name]
     if isinstance(t, Float64Type):
-        function = {"rsqrtf": "rsqrt", "exp_approx": "exp"}.get(function, function[:-1])
+        doubles = {"rsqrtf": "rsqrt", "exp_approx": "exp", "exp2_approx": "exp2"}
+        function = doubles.get(function, function[:-1])
     return _rounded(t, f"{function}({', '.join(args)})")
+
+
+def _division(op: Operation) -> str:
+    """The prelude's division: `rcp_approx` where the op is marked `fastmath<afn>` (a denominator of at
+    least 1, `ScalarBuilder.approx_reciprocal`), else `div_full`."""
+    return "rcp_approx" if arith.FastMathFlag.APPROX_FUNC in op.fastmath.data else "div_full"
 
 
 def _min_max(op: Operation, args: Sequence[str]) -> str:
@@ -257,7 +264,7 @@ _CASTS = (
 
 _EXPRESSIONS: dict[str, Callable[[Operation, Sequence[str]], str]] = {
     **dict.fromkeys(_INFIX, lambda op, a: _rounded(op.results[0].type, f"{a[0]} {_INFIX[op.name]} {a[1]}")),
-    "arith.divf": lambda op, a: _rounded(op.results[0].type, f"div_full({a[0]}, {a[1]})"),
+    "arith.divf": lambda op, a: _rounded(op.results[0].type, f"{_division(op)}({a[0]}, {a[1]})"),
     **dict.fromkeys(_MATH, _math),
     **dict.fromkeys(
         ["arith.maximumf", "arith.minimumf", "arith.maxnumf", "arith.minnumf", "arith.maxsi", "arith.minsi"],

@@ -93,6 +93,11 @@ class TritonOptions:
     # of exp and log. The formulas keep several full tiles alive at once: as a GEMM epilogue (GPT-2's
     # tanh GELU on a 128x256 tile) they spilled 752 registers and took 245 us against 90 for libdevice.
     libdevice: bool = True
+    # an f32 division marked `fastmath<afn>` (`ScalarBuilder.approx_reciprocal`: tilefuse's own
+    # formulas, 1 / y with y >= 1) as PTX's approximate reciprocal, `rcp.approx.ftz.f32`: one
+    # instruction and 1 ulp, where Triton's `/` makes `div.full.f32` (half a dozen, 2 ulp). The
+    # interpreter divides.
+    approx_reciprocal: bool = True
     # f32 dots where PyTorch's matmul precision is "highest". "auto": 3xTF32 in GEMM kernels (measured
     # more accurate than SGEMM against float64, and faster, on the H200: issue 12; the GPU test
     # test_fp32_at_highest_precision_is_as_accurate_as_sgemm keeps it so), exact FMA math ("ieee")
@@ -106,13 +111,20 @@ class TritonOptions:
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
         """The options for kernels that run in Triton's interpreter (CPU tensors)."""
-        interpreter = dict(upcast_bf16_dots=True, round_bf16_casts=True, libdevice=False, bool_masks=True)
+        interpreter = dict(
+            upcast_bf16_dots=True,
+            round_bf16_casts=True,
+            libdevice=False,
+            bool_masks=True,
+            approx_reciprocal=False,
+        )
         return cls(exact_f32_dots="ieee", **interpreter)
 
     def key(self) -> str:
         flags = f"upcast_bf16_dots={int(self.upcast_bf16_dots)},round_bf16_casts={int(self.round_bf16_casts)}"
         flags += ",libdevice=1" if self.libdevice else ""
         flags += ",bool_masks=1" if self.bool_masks else ""
+        flags += ",rcp=1" if self.approx_reciprocal else ""
         return f"triton-emit-v{EMITTER_VERSION}:{flags},f32={self.exact_f32_dots}"
 
 
@@ -257,6 +269,19 @@ _OPERATORS = {
     "arith.addf": "+", "arith.addi": "+", "arith.subf": "-", "arith.subi": "-", "arith.mulf": "*",
     "arith.muli": "*", "arith.divf": "/", "arith.andi": "&", "arith.ori": "|", "arith.xori": "^",
 }  # fmt: skip
+_RCP_APPROX = 'tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r"'
+
+
+def _is_one(value: SSAValue) -> bool:
+    """Whether `value` is the constant 1.0."""
+    owner = value.owner
+    return (
+        isinstance(owner, arith.ConstantOp)
+        and isinstance(owner.value, FloatAttr)
+        and owner.value.value.data == 1.0
+    )
+
+
 _CALLS = {
     "arith.maximumf": "tl.maximum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
     "arith.minimumf": "tl.minimum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
@@ -802,8 +827,20 @@ class _KernelWriter:
 
     def _operator(self, op: Operation) -> None:
         (a, b), python_level = self._operands(op)
+        if self._approximate_reciprocal(op):
+            rcp = f"{_RCP_APPROX}, [{self._tensor(op.operands[1])}], dtype=tl.float32, is_pure=True, pack=1)"
+            self._define(op.results[0], rcp if _is_one(op.operands[0]) else f"{a} * {rcp}", False)
+            return
         self._define(op.results[0], f"{a} {_OPERATORS[op.name]} {b}", python_level)
         self._track_bound(op)
+
+    def _approximate_reciprocal(self, op: Operation) -> bool:
+        """An f32 division the GPU may make with its approximate reciprocal (TritonOptions)."""
+        if not (self.options.approx_reciprocal and isinstance(op, arith.DivfOp)):
+            return False
+        elem = op.results[0].type
+        elem = elem.element_type if isinstance(elem, tile.BlockType) else elem
+        return elem == f32 and arith.FastMathFlag.APPROX_FUNC in op.fastmath.data
 
     def _call(self, op: Operation) -> None:
         exprs, _ = self._operands(op)

@@ -41,13 +41,16 @@ class OfflineCompileUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Usage:
-    """Per-thread registers, spilled bytes (stack), static shared memory, and whether the PTX holds
-    Hopper's warp-group MMA (`wgmma`)."""
+    """Per-thread registers, spilled bytes (stack), static shared memory, whether the PTX holds
+    Hopper's warp-group MMA (`wgmma`), and the machine code's length in SASS instructions (an
+    epilogue's cost: its instructions a tile element are this length's growth over the bare GEMM's,
+    divided by the elements a thread holds)."""
 
     registers: int
     stack_bytes: int
     shared_bytes: int
     wgmma: bool
+    instructions: int
 
 
 def usage(
@@ -126,8 +129,12 @@ def _compile_job(job: dict) -> dict:
     if found is None:
         return {"unavailable": f"cuobjdump reported no resource usage: {report[:200]!r}"}
     registers, stack, shared = (int(g) for g in found.groups())
+    sass = subprocess.run(
+        [str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
+    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+\S", sass, re.MULTILINE))
     return {"registers": registers, "stack_bytes": stack, "shared_bytes": shared,
-            "wgmma": "wgmma" in compiled.asm["ptx"]}  # fmt: skip
+            "wgmma": "wgmma" in compiled.asm["ptx"], "instructions": instructions}  # fmt: skip
 
 
 def _compiled_function(source: str, function: str, folder: Path) -> tuple[object, object]:

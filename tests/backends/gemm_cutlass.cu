@@ -57,6 +57,26 @@ __device__ __forceinline__ float exp_approx(float x) {
   return expf(x);
 #endif
 }
+__device__ __forceinline__ float exp2_approx(float x) {  // Triton's tl.exp2 on f32
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return exp2f(x);
+#endif
+}
+// 1 / b for b >= 1, from tilefuse's own formulas (arith.divf fastmath<afn>): within 1 ulp
+__device__ __forceinline__ float rcp_approx(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  return a * r;
+#else
+  return a / b;
+#endif
+}
+__device__ __forceinline__ double rcp_approx(double a, double b) { return a / b; }
 
 // 16-bit floats are computed in float and rounded (to nearest even) after every op that makes one
 __device__ __forceinline__ float round_to_f16(float x) { return __half2float(__float2half_rn(x)); }
@@ -96,40 +116,41 @@ template <class T> struct Epilogue {
     float e6 = fabsf(e5);
     float e7 = e6 * 0.35355338f;
     float e8 = 1.0f + e7;
-    float e9 = div_full(1.0f, e8);
-    float e10 = 0.17087276f * e9;
-    float e11 = e10 + (-0.82215226f);
+    float e9 = rcp_approx(1.0f, e8);
+    float e10 = 0.2465173f * e9;
+    float e11 = e10 + (-1.1861149f);
     float e12 = e11 * e9;
-    float e13 = e12 + 1.4885159f;
+    float e13 = e12 + 2.1474745f;
     float e14 = e13 * e9;
-    float e15 = e14 + (-1.135204f);
+    float e15 = e14 + (-1.6377531f);
     float e16 = e15 * e9;
-    float e17 = e16 + 0.27886808f;
+    float e17 = e16 + 0.40232158f;
     float e18 = e17 * e9;
-    float e19 = e18 + (-0.18628806f);
+    float e19 = e18 + (-0.26875687f);
     float e20 = e19 * e9;
-    float e21 = e20 + 0.09678418f;
+    float e21 = e20 + 0.13963005f;
     float e22 = e21 * e9;
-    float e23 = e22 + 0.37409195f;
+    float e23 = e22 + 0.5397006f;
     float e24 = e23 * e9;
-    float e25 = e24 + 1.0000237f;
+    float e25 = e24 + 1.4427292f;
     float e26 = e25 * e9;
-    float e27 = e26 + (-1.2655122f);
+    float e27 = e26 + (-1.8257482f);
     float e28 = 0.5f * e5;
-    float e29 = e28 * e5;
-    float e30 = e27 - e29;
-    float e31 = exp_approx(e30);
-    float e32 = e9 * e31;
-    bool e33 = e5 <= 0.0f;
-    float e34 = 2.0f - e32;
-    float e35 = e33 ? e32 : e34;
-    float e36 = e28 * e35;
-    float e37 = round_to_bf16(e36);
-    float e38 = e37;
-    float e39 = leaf0;
-    float e40 = e38 + e39;
-    float e41 = round_to_bf16(e40);
-    return e41;
+    float e29 = e5 * 0.7213475f;
+    float e30 = e29 * e5;
+    float e31 = e27 - e30;
+    float e32 = exp2_approx(e31);
+    float e33 = e9 * e32;
+    bool e34 = e5 <= 0.0f;
+    float e35 = 2.0f - e33;
+    float e36 = e34 ? e33 : e35;
+    float e37 = e28 * e36;
+    float e38 = round_to_bf16(e37);
+    float e39 = e38;
+    float e40 = leaf0;
+    float e41 = e39 + e40;
+    float e42 = round_to_bf16(e41);
+    return e42;
   }
 };
 template <class T, int N, bool R> struct Epilogue<Array<T, N, R>> {

@@ -58,6 +58,26 @@ __device__ __forceinline__ float exp_approx(float x) {
   return expf(x);
 #endif
 }
+__device__ __forceinline__ float exp2_approx(float x) {  // Triton's tl.exp2 on f32
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return exp2f(x);
+#endif
+}
+// 1 / b for b >= 1, from tilefuse's own formulas (arith.divf fastmath<afn>): within 1 ulp
+__device__ __forceinline__ float rcp_approx(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  return a * r;
+#else
+  return a / b;
+#endif
+}
+__device__ __forceinline__ double rcp_approx(double a, double b) { return a / b; }
 
 // 16-bit floats are computed in float and rounded (to nearest even) after every op that makes one
 __device__ __forceinline__ float round_to_f16(float x) { return __half2float(__float2half_rn(x)); }

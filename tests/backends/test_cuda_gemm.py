@@ -60,7 +60,8 @@ def test_a_linear_layer_with_bias_gelu_and_residual(tmp_path):
     assert problem.a_row_major and problem.b_column_major  # x [M, K], the weight [N, K]
     assert sorted(leaf.kind for leaf in problem.leaves) == ["full", "row"]  # the residual and the bias
     body = "\n".join(problem.body)
-    assert "exp_approx(" in body and "leaf0" in body and "leaf1" in body and problem.result in body
+    assert "exp2_approx(" in body and "rcp_approx(" in body  # the GELU's erfc
+    assert "leaf0" in body and "leaf1" in body and problem.result in body
 
 
 def test_the_fixture_reads_its_weight_as_k_by_n(tmp_path):

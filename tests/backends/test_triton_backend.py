@@ -30,8 +30,8 @@ from tilefuse.ir.tile import KernelOp
 
 HERE = Path(__file__).parent
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# a GPU's options, less what Triton's interpreter lacks (libdevice) where the kernels run in it
-GPU_OPTIONS = TritonOptions(libdevice=DEVICE == "cuda")
+# a GPU's options, less what Triton's interpreter lacks (libdevice, inline PTX) where the kernels run in it
+GPU_OPTIONS = TritonOptions(libdevice=DEVICE == "cuda", approx_reciprocal=DEVICE == "cuda")
 
 # the interpreter computes with numpy, which warns on inf/nan arithmetic that the special values exercise
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -287,6 +287,24 @@ def test_launch_checks_tensors_and_config(build):
         kernel([x, x, torch.empty(9, device=DEVICE)], {"BLOCK": 16})
     with pytest.raises(LaunchError, match="takes 3 tensors"):
         kernel([x, x], {"BLOCK": 16})
+
+
+def test_a_division_marked_afn_is_the_approximate_reciprocal_on_a_gpu_and_a_division_elsewhere(build):
+    """`fastmath<afn>` (ScalarBuilder.approx_reciprocal, tilefuse's own 1 / (1 + ...)) becomes PTX's
+    rcp.approx for a GPU; a division without the flag (the user's) stays Triton's `/`; the interpreter
+    divides. The interpreted kernel computes a / b."""
+    afn = "arith.divf %a, %b fastmath<afn>"
+    approx = parse_kernel(fixture_text("elementwise_template.mlir", OP=afn, N="8"))
+    plain = parse_kernel(fixture_text("elementwise_template.mlir", OP="arith.divf %a, %b", N="8"))
+    gpu, interpreted = emit(approx, TritonOptions()), emit(approx, TritonOptions.for_interpreter())
+    assert '"rcp.approx.ftz.f32 $0, $1;"' in gpu and " * tl.inline_asm_elementwise(" in gpu
+    assert "inline_asm" not in interpreted and "inline_asm" not in emit(plain, TritonOptions())
+    ast.parse(gpu)
+    kernel = build(fixture_text("elementwise_template.mlir", OP=afn, N="37"))
+    x, y = torch.randn(37, device=DEVICE), torch.rand(37, device=DEVICE) + 1.0
+    out = torch.empty(37, device=DEVICE)
+    kernel([x, y, out], {"BLOCK": 16})
+    torch.testing.assert_close(out, x / y, rtol=2.4e-7, atol=0)  # within 2 ulp of IEEE division
 
 
 def test_tanh_comes_from_libdevice_on_a_gpu_and_from_a_formula_in_the_interpreter():
