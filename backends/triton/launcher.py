@@ -29,6 +29,7 @@ from types import ModuleType
 
 import torch
 
+from . import ptx_loops
 from .emit import merge_flag, python_identifier, row_tail, tail_flag
 
 log = logging.getLogger("tilefuse")
@@ -646,6 +647,10 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
     function = getattr(module, name, None)
     if function is None:
         raise LaunchError(f"the source defines no kernel {name!r}")
+    from triton import knobs
+
+    if not knobs.runtime.interpret:
+        ptx_loops.register(name)  # ptxas leaves its tensor-core loops rolled
     return TritonKernel(
         name,
         function,

@@ -51,6 +51,7 @@ class Usage:
     shared_bytes: int
     wgmma: bool
     instructions: int
+    rolled_loops: int  # loops ptx_loops told ptxas not to unroll (`.pragma "nounroll"` in the PTX)
 
 
 def usage(
@@ -115,6 +116,7 @@ def _compile_job(job: dict) -> dict:
         return {"unavailable": f"no cuobjdump in the Triton wheel ({cuobjdump})"}
     path = Path(job["path"])
     jit, module = _compiled_function(path.read_text(), job["function"], path.parent)
+    _ptx_loops().register(job["function"])  # as `load` does on a GPU
     tensors = list(zip(module.TENSOR_SHAPES, module.TENSOR_DTYPES))
     signature, constants, attrs = _specialization(jit.arg_names, tensors, job["params"], job["tma"])
     src = ASTSource(jit, signature, constants, attrs=attrs)
@@ -134,7 +136,18 @@ def _compile_job(job: dict) -> dict:
     ).stdout
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+\S", sass, re.MULTILINE))
     return {"registers": registers, "stack_bytes": stack, "shared_bytes": shared,
-            "wgmma": "wgmma" in compiled.asm["ptx"], "instructions": instructions}  # fmt: skip
+            "wgmma": "wgmma" in compiled.asm["ptx"], "instructions": instructions,
+            "rolled_loops": compiled.asm["ptx"].count('.pragma "nounroll"')}  # fmt: skip
+
+
+def _ptx_loops() -> object:
+    """`ptx_loops`, imported by its path (the child runs this file as a script)."""
+    spec = importlib.util.spec_from_file_location(
+        "tilefuse_ptx_loops", Path(__file__).with_name("ptx_loops.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _compiled_function(source: str, function: str, folder: Path) -> tuple[object, object]:

@@ -366,8 +366,9 @@ def warm_up(job: CompileJob, function: object | None = None) -> None:
         args += [torch_dtype, *(stride or torch.empty(shape, dtype=torch_dtype, device="meta").stride())]
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
     in_process = function is not None
-    if function is None:
+    if function is None:  # a worker process (`load` registered the in-process ones)
         function = getattr(_kernel_module(job.path), job.function)
+        sibling_module("ptx_loops").register(job.function)
     binary = function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
     if in_process:
         load_binary(binary)
@@ -392,6 +393,20 @@ def _kernel_module(path: str) -> object:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def sibling_module(name: str) -> object:
+    """A module of this folder, imported by its path: a worker runs this file as a script, outside
+    the tilefuse package (stdlib and triton only: `ptx_loops`)."""
+    loaded = sys.modules.get(f"tilefuse_{name}")
+    if loaded is None:
+        spec = importlib.util.spec_from_file_location(
+            f"tilefuse_{name}", Path(__file__).with_name(f"{name}.py")
+        )
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[f"tilefuse_{name}"] = loaded
+        spec.loader.exec_module(loaded)
+    return loaded
 
 
 def _resolve(spec: str) -> Callable[[CompileJob], None]:

@@ -60,6 +60,29 @@ def test_the_exact_gelu_without_erf_matches_float64_on_the_gpu(dtype, monkeypatc
     assert rel_error(eager, exact) < (4e-3 if dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu_tanh"])
+def test_formulas_with_the_approximate_reciprocal_match_float64(name, monkeypatch):
+    """sigmoid, SiLU and the tanh GELU divide by 1 + exp(.) with PTX's rcp.approx (1 ulp) and exp2: in
+    f32 within a few ulps of float64 wherever eager is, over the whole range (NaN and infinities as
+    eager); as a ragged bf16 GEMM epilogue within bf16's rounding."""
+    monkeypatch.setenv("TILEFUSE_SELECT", "0")
+    tanh_gelu = lambda x: F.gelu(x, approximate="tanh")  # noqa: E731
+    fn = {"sigmoid": torch.sigmoid, "silu": F.silu, "gelu_tanh": tanh_gelu}[name]
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 88.0, -88.0, -104.0])
+    x = torch.cat([torch.linspace(-30.0, 30.0, 100_003), torch.randn(4099) * 3, special]).to(CUDA)
+    out, eager, ref = tilefuse.compile(fn)(x).double(), fn(x).double(), fn(x.double())
+    torch.testing.assert_close(out[-8:], eager[-8:], rtol=2e-6, atol=1e-30, equal_nan=True)
+    finite = ref.isfinite() & (ref.abs() > 1e-30)
+    rel, rel_eager = ((v - ref).abs()[finite] / ref.abs()[finite] for v in (out, eager))
+    assert rel.max() < max(4 * rel_eager.max().item(), 2e-6), (rel.max(), rel_eager.max())
+    shapes = ((1000, 1024), (3000, 1024), (3000,))
+    a, w, b = (torch.randn(*s, device=CUDA, dtype=torch.bfloat16) for s in shapes)
+    with torch.no_grad():
+        ours = tilefuse.compile(lambda a, w, b: fn(F.linear(a, w, b)))(a, w, b)
+        exact = fn(F.linear(a.double(), w.double(), b.double()))
+    assert rel_error(ours, exact) < 4e-3
+
+
 def test_fp32_respects_matmul_precision():
     x, w = torch.randn(128, 256, device=CUDA), torch.randn(256, 64, device=CUDA)
     _check(lambda x, w: torch.relu(x @ w), x, w, tol=1e-5)  # "highest": no TF32
