@@ -49,8 +49,18 @@ CHUNKED_ROW_BLOCK = 4096  # elements of a row a chunked row kernel's program rea
 
 
 def config_override(kind: str) -> dict | None:
-    """The `TILEFUSE_KERNEL_CONFIG` values set for kernels of `kind`, if any."""
-    return json.loads(os.environ.get(CONFIG_ENV) or "{}").get(kind)
+    """The `TILEFUSE_KERNEL_CONFIG` values set for kernels of `kind`, if any. A value that is not a JSON
+    object of objects raises a ValueError naming the variable (the graph then runs in PyTorch, the
+    report saying why)."""
+    text = os.environ.get(CONFIG_ENV) or "{}"
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{CONFIG_ENV} is not JSON ({e}): {text!r}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        example = '{"gemm": {"BLOCK_N": 128}}'
+        raise ValueError(f"{CONFIG_ENV} must map kernel kinds to parameters, e.g. {example}: {text!r}")
+    return table.get(kind)
 
 
 def default_config(kind: str, problem: dict[str, int]) -> KernelConfig:

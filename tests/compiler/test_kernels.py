@@ -331,6 +331,15 @@ def test_a_gemm_config_override_may_set_its_launch_switches(flags, monkeypatch):
         default_config("row", {"R": 8, "C": 64})
 
 
+@pytest.mark.parametrize("text", ["{bad", '{"gemm": 128}', "[1]"])
+def test_a_malformed_config_override_names_the_variable(text, monkeypatch):
+    """A user's typo in TILEFUSE_KERNEL_CONFIG: the error says which variable (it read as a bare JSON
+    error in the report of a graph that ran in PyTorch)."""
+    monkeypatch.setenv(CONFIG_ENV, text)
+    with pytest.raises(ValueError, match=CONFIG_ENV):
+        default_config("gemm", {"M": 64, "N": 64, "K": 64})
+
+
 def test_unaligned_operands_fall_back_to_pointer_loads(monkeypatch):
     from tilefuse.backends.triton.launcher import use_tensor_descriptors
 
