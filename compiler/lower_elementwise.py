@@ -63,7 +63,7 @@ def _gelu(sb: ScalarBuilder, x: SSAValue, approximate: str) -> SSAValue:
         # one exp and a division instead of libdevice's tanh, whose branches cost 55 us as the epilogue
         # of a 2048x2048x8192 bf16 GEMM on the H200 (the GEMM alone: 89; benchmarks/NOTES.md). The
         # same function: no cancellation (1 + tanh(u) loses digits as u -> -inf; this form does not);
-        # -inf gives -inf / inf = NaN as eager's -inf * 0 does, +inf gives +inf.
+        # -inf gives -inf * (1 / inf) = NaN as eager's -inf * 0 does, +inf gives +inf.
         # The reciprocal of 1 + e (at least 1) may be approximate.
         cube = sb.mul(sb.mul(x, x), x)
         inner = sb.add(x, sb.mul(sb.const(0.044715, x.type), cube))

@@ -134,9 +134,11 @@ class ScalarBuilder:
     def approx_reciprocal(self, y: SSAValue, one: SSAValue | None = None) -> SSAValue:
         """1 / y for a y that is at least 1 (or +inf or NaN): `arith.divf` marked `fastmath<afn>`, which
         a GPU backend may compute with the approximate reciprocal (`rcp.approx.ftz.f32`: one instruction,
-        1 ulp, against `div.full.f32`'s half dozen and 2 ulp; a result under 2^-126 flushes to zero,
-        so y must not be tiny). For the denominators of tilefuse's own formulas (1 + exp(.), 1 + |x| c),
-        never for a division the user wrote. Elsewhere (the interpreters, f64) it is a division."""
+        1 ulp, against `div.full.f32`'s half dozen and 2 ulp). Its result flushes to zero where it would
+        be under 2^-126, that is where y is over 2^126: sigmoid(x) for x below -87.3 is 0, not eager's
+        subnormal, and SiLU(x) there -0.0, not eager's ~-1e-36 (both below any tolerance). For the
+        denominators of tilefuse's own formulas (1 + exp(.), 1 + |x| c), never for a division the user
+        wrote. Elsewhere (the interpreters, f64) it is a division."""
         flags = arith.FastMathFlagsAttr([arith.FastMathFlag.APPROX_FUNC])
         return self._emit(arith.DivfOp(one or self.const(1.0, y.type), y, flags=flags))
 

@@ -134,7 +134,8 @@ def _compile_job(job: dict) -> dict:
     sass = subprocess.run(
         [str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, check=True
     ).stdout
-    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+\S", sass, re.MULTILINE))
+    # addresses are four hex digits, more from 0x10000 on
+    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.MULTILINE))
     return {"registers": registers, "stack_bytes": stack, "shared_bytes": shared,
             "wgmma": "wgmma" in compiled.asm["ptx"], "instructions": instructions,
             "rolled_loops": compiled.asm["ptx"].count('.pragma "nounroll"')}  # fmt: skip

@@ -34,8 +34,11 @@ SWITCH = "TILEFUSE_PTX_NOUNROLL"
 CACHE_KEY = "tilefuse-ptx-nounroll-mma-loops-1"
 
 NOUNROLL = '\t.pragma "nounroll";'
-# LLVM's NVPTX printer marks a loop's header block: `$L__BB0_2:   // =>This Inner Loop Header: Depth=1`
-_HEADER = re.compile(r"^(\$L__BB\w+):.*Loop Header", re.MULTILINE)
+# LLVM's NVPTX printer marks a loop's header block in the comments after its label: on the label's line
+# for an outermost loop (`$L__BB0_2:   // =>This Inner Loop Header: Depth=1`), on a comment line of
+# its own below it for a nested one (`$L__BB0_3:   //   Parent Loop BB0_2 Depth=1` then
+# `// =>  This Inner Loop Header: Depth=2`)
+_HEADER = re.compile(r"^(\$L__BB\w+):[^\n]*(?:\n[ \t]*//[^\n]*)*?Loop Header[^\n]*\n", re.MULTILINE)
 _MMA = re.compile(r"\b(wgmma|mma)\.")
 
 _registered: set[str] = set()
@@ -44,22 +47,28 @@ _installed = False
 
 
 def no_unroll_mma_loops(ptx: str) -> str:
-    """`ptx` with `.pragma "nounroll";` at the head of each loop whose body (its header label to the
-    last branch back to it) holds a tensor-core instruction."""
-    inserts = []
+    """`ptx` with `.pragma "nounroll";` at the head of each innermost loop holding a tensor-core
+    instruction: a loop's body runs from its header label to the last branch back to it; a loop around
+    such a loop (a persistent GEMM's loop over tiles, around its K loop) is left alone."""
+    loops = []  # (where the pragma goes, body start, body end) of loops holding an mma
     for header in _HEADER.finditer(ptx):
         label = header[1]
         back_edges = [m.start() for m in re.finditer(rf"\bbra(?:\.uni)?\s+{re.escape(label)};", ptx)]
         body_end = max((b for b in back_edges if b > header.end()), default=None)
         if body_end is not None and _MMA.search(ptx, header.end(), body_end):
-            inserts.append(ptx.index("\n", header.end()) + 1)
-    for at in reversed(inserts):
+            loops.append((ptx.index("\n", header.start()) + 1, header.start(), body_end))
+    innermost = [
+        loop for loop in loops
+        if not any(other is not loop and loop[1] < other[1] and other[2] <= loop[2] for other in loops)
+    ]  # fmt: skip
+    for at, _, _ in sorted(innermost, reverse=True):
         ptx = ptx[:at] + NOUNROLL + "\n" + ptx[at:]
     return ptx
 
 
 def enabled() -> bool:
-    return os.environ.get(SWITCH, "0").strip() not in ("", "0")
+    """Whether `TILEFUSE_PTX_NOUNROLL` asks for it (1, true, yes or on)."""
+    return os.environ.get(SWITCH, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def register(function_name: str) -> None:

@@ -58,7 +58,9 @@ __device__ __forceinline__ float exp_approx(float x) {
   return expf(x);
 #endif
 }
-__device__ __forceinline__ float exp2_approx(float x) {  // Triton's tl.exp2 on f32
+// 2^x as Triton's tl.exp2 makes it on f32 (ex2.approx.ftz: a result under 2^-126 flushes to zero),
+// so that both backends give every math.exp2 (tilefuse's formulas', torch.exp2's) the same values
+__device__ __forceinline__ float exp2_approx(float x) {
 #if defined(__CUDA_ARCH__)
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));

@@ -96,15 +96,18 @@ def test_activation_epilogues_cost_few_instructions_an_element(tmp_path, activat
     assert with_activation.stack_bytes == 0 and per_element <= most, (per_element, bare, with_activation)
 
 
-def test_a_gemm_k_loop_of_sixteen_steps_stays_rolled_when_asked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("programs", [65536, 132])
+def test_a_gemm_k_loop_of_sixteen_steps_stays_rolled_when_asked(tmp_path, monkeypatch, programs):
     """K = 1024 at BLOCK_K = 64: ptxas unrolls the 16-step loop (2.8 s of ptxas for BERT's FC1 against
     0.3 s rolled; ptx_loops). With TILEFUSE_PTX_NOUNROLL=1 the PTX of a kernel tilefuse loads tells
-    it not to (the offline compile registers the kernel as a GPU's `load` does)."""
+    it not to (the offline compile registers the kernel as a GPU's `load` does). With as many programs
+    as SMs (a tuned persistent config) the K loop is nested in the loop over tiles: it is the K loop
+    that gets the pragma."""
     monkeypatch.setenv("TILEFUSE_PTX_NOUNROLL", "1")
     torch.manual_seed(0)
     x, w, b = (t.bfloat16() for t in (torch.randn(2048, 1024), torch.randn(256, 1024), torch.randn(256)))
     ((kind, source),) = _gpu_sources(lambda x, w, b: F.gelu(F.linear(x, w, b)), (x, w, b), tmp_path)
-    used = _usage(source, KernelConfig(FC1_TILE, 8, 3))
+    used = _usage(source, KernelConfig(dict(FC1_TILE, PROGRAMS=programs), 8, 3))
     assert kind == "gemm" and used.wgmma and used.rolled_loops == 1, used
 
 

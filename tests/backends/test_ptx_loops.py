@@ -33,6 +33,39 @@ def test_only_loops_holding_mma_get_the_pragma():
     assert ptx_loops.no_unroll_mma_loops("no loops here\n") == "no loops here\n"
 
 
+# a persistent GEMM: the loop over tiles (outer) holds the K loop (inner, with the mma; LLVM prints a
+# nested loop's header mark on a comment line below its label) and an epilogue loop without one
+NESTED = """\
+$L__BB0_2:                              // =>This Loop Header: Depth=1
+                                        //     Child Loop BB0_3 Depth 2
+                                        //     Child Loop BB0_4 Depth 2
+\tmov.u32 \t%r1, 0;
+$L__BB0_3:                              //   Parent Loop BB0_2 Depth=1
+                                        // =>  This Inner Loop Header: Depth=2
+\twgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%r2}, %rd1, %rd2, 1, 1, 1, 0, 1;
+\t@%p3 bra \t$L__BB0_3;
+$L__BB0_4:                              // %.preheader
+                                        //   Parent Loop BB0_2 Depth=1
+                                        // =>  This Inner Loop Header: Depth=2
+\tadd.s32 \t%r3, %r3, 1;
+\t@%p4 bra \t$L__BB0_4;
+\t@%p5 bra \t$L__BB0_2;
+\tret;
+"""
+
+
+def test_in_nested_loops_the_innermost_holding_mma_gets_the_pragma():
+    lines = ptx_loops.no_unroll_mma_loops(NESTED).splitlines()
+    assert [i for i, line in enumerate(lines) if line == ptx_loops.NOUNROLL] == [5]
+    assert lines[4].startswith("$L__BB0_3:")  # the K loop's label, then the pragma
+
+
+def test_the_switch_reads_common_spellings(monkeypatch):
+    for value, on in [("1", True), ("true", True), ("ON", True), ("0", False), ("false", False), ("", False)]:
+        monkeypatch.setenv(ptx_loops.SWITCH, value)
+        assert ptx_loops.enabled() is on, value
+
+
 class _Stages(dict):
     pass
 
