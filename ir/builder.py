@@ -72,6 +72,12 @@ def sums_in_i64(kind: str, elem: Attribute) -> bool:
     return kind == "sum" and not is_float(elem) and not is_bool(elem)
 
 
+def is_approx_reciprocal(op: Operation) -> bool:
+    """Whether `op` is a division `ScalarBuilder.approx_reciprocal` made (marked `fastmath<afn>`), which a
+    GPU backend may compute with its approximate reciprocal."""
+    return isinstance(op, arith.DivfOp) and arith.FastMathFlag.APPROX_FUNC in op.fastmath.data
+
+
 class ScalarBuilder:
     """Appends scalar `arith`/`math` ops to a block and returns their results."""
 

@@ -33,6 +33,8 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Operation
 
+from ...ir.builder import is_approx_reciprocal
+
 
 class CudaEmitError(Exception):
     """The kernel uses a kind, an op or a type that the CUDA backend cannot write (yet)."""
@@ -192,7 +194,7 @@ def _math(op: Operation, args: Sequence[str]) -> str:
 def _division(op: Operation) -> str:
     """The prelude's division: `rcp_approx` where the op is marked `fastmath<afn>` (a denominator of at
     least 1, `ScalarBuilder.approx_reciprocal`), else `div_full`."""
-    return "rcp_approx" if arith.FastMathFlag.APPROX_FUNC in op.fastmath.data else "div_full"
+    return "rcp_approx" if is_approx_reciprocal(op) else "div_full"
 
 
 def _min_max(op: Operation, args: Sequence[str]) -> str:

@@ -45,6 +45,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, BlockArgument, Operation, OpResult, SSAValue
 
 from ...ir import tile
+from ...ir.builder import is_approx_reciprocal
 from ...ir.dtypes import Dim, dims_of, is_symbolic, parse_size, size_text, to_torch_dtype
 from ..naming import fresh_name
 
@@ -836,11 +837,10 @@ class _KernelWriter:
 
     def _approximate_reciprocal(self, op: Operation) -> bool:
         """An f32 division the GPU may make with its approximate reciprocal (TritonOptions)."""
-        if not (self.options.approx_reciprocal and isinstance(op, arith.DivfOp)):
+        if not (self.options.approx_reciprocal and is_approx_reciprocal(op)):
             return False
         elem = op.results[0].type
-        elem = elem.element_type if isinstance(elem, tile.BlockType) else elem
-        return elem == f32 and arith.FastMathFlag.APPROX_FUNC in op.fastmath.data
+        return (elem.element_type if isinstance(elem, tile.BlockType) else elem) == f32
 
     def _call(self, op: Operation) -> None:
         exprs, _ = self._operands(op)

@@ -647,10 +647,7 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
     function = getattr(module, name, None)
     if function is None:
         raise LaunchError(f"the source defines no kernel {name!r}")
-    from triton import knobs
-
-    if not knobs.runtime.interpret:
-        ptx_loops.register(name)  # ptxas leaves its tensor-core loops rolled
+    ptx_loops.register(name)  # with TILEFUSE_PTX_NOUNROLL, ptxas leaves its tensor-core loops rolled
     return TritonKernel(
         name,
         function,

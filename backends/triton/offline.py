@@ -32,6 +32,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__:
+    from . import ptx_loops
+else:  # run as a script (a worker, a child compile): this folder is sys.path[0]
+    import ptx_loops
+
 HOPPER = 90  # compute capability of the H100/H200: sm_90
 
 
@@ -116,7 +121,7 @@ def _compile_job(job: dict) -> dict:
         return {"unavailable": f"no cuobjdump in the Triton wheel ({cuobjdump})"}
     path = Path(job["path"])
     jit, module = _compiled_function(path.read_text(), job["function"], path.parent)
-    _ptx_loops().register(job["function"])  # as `load` does on a GPU
+    ptx_loops.register(job["function"])  # as `load` does on a GPU
     tensors = list(zip(module.TENSOR_SHAPES, module.TENSOR_DTYPES))
     signature, constants, attrs = _specialization(jit.arg_names, tensors, job["params"], job["tma"])
     src = ASTSource(jit, signature, constants, attrs=attrs)
@@ -138,17 +143,7 @@ def _compile_job(job: dict) -> dict:
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.MULTILINE))
     return {"registers": registers, "stack_bytes": stack, "shared_bytes": shared,
             "wgmma": "wgmma" in compiled.asm["ptx"], "instructions": instructions,
-            "rolled_loops": compiled.asm["ptx"].count('.pragma "nounroll"')}  # fmt: skip
-
-
-def _ptx_loops() -> object:
-    """`ptx_loops`, imported by its path (the child runs this file as a script)."""
-    spec = importlib.util.spec_from_file_location(
-        "tilefuse_ptx_loops", Path(__file__).with_name("ptx_loops.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+            "rolled_loops": compiled.asm["ptx"].count(ptx_loops.NOUNROLL.strip())}  # fmt: skip
 
 
 def _compiled_function(source: str, function: str, folder: Path) -> tuple[object, object]:

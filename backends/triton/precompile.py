@@ -41,6 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+if __package__:
+    from . import ptx_loops
+else:  # run as a script (a worker, a child compile): this folder is sys.path[0]
+    import ptx_loops
+
 if TYPE_CHECKING:
     from .launcher import TritonKernel
 
@@ -368,7 +373,7 @@ def warm_up(job: CompileJob, function: object | None = None) -> None:
     in_process = function is not None
     if function is None:  # a worker process (`load` registered the in-process ones)
         function = getattr(_kernel_module(job.path), job.function)
-        sibling_module("ptx_loops").register(job.function)
+        ptx_loops.register(job.function)
     binary = function.warmup(*args, grid=(1,), **dict(job.constexprs), **options)
     if in_process:
         load_binary(binary)
@@ -393,20 +398,6 @@ def _kernel_module(path: str) -> object:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def sibling_module(name: str) -> object:
-    """A module of this folder, imported by its path: a worker runs this file as a script, outside
-    the tilefuse package (stdlib and triton only: `ptx_loops`)."""
-    loaded = sys.modules.get(f"tilefuse_{name}")
-    if loaded is None:
-        spec = importlib.util.spec_from_file_location(
-            f"tilefuse_{name}", Path(__file__).with_name(f"{name}.py")
-        )
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules[f"tilefuse_{name}"] = loaded
-        spec.loader.exec_module(loaded)
-    return loaded
 
 
 def _resolve(spec: str) -> Callable[[CompileJob], None]:
