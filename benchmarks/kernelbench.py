@@ -543,9 +543,15 @@ class CaseResult:
         return self.outcomes[candidate].error if candidate in self.outcomes else None
 
 
-def max_relative_error(out: Tensor, ref: Tensor) -> float:
+def max_relative_error(out: object, ref: object) -> float:
     """max |out − ref| / max |ref| in float64 (inf where anything is not finite); a wrong shape is an
-    error, not a broadcast."""
+    error, not a broadcast. Of a tuple of outputs, the largest; a non-tensor output must be equal."""
+    if isinstance(ref, (tuple, list)):
+        if not isinstance(out, (tuple, list)) or len(out) != len(ref):
+            raise ValueError(f"output is {type(out).__name__}, expected {len(ref)} outputs")
+        return max((max_relative_error(o, r) for o, r in zip(out, ref)), default=0.0)
+    if not isinstance(ref, Tensor):
+        return 0.0 if out == ref else math.inf
     if out.shape != ref.shape:
         raise ValueError(f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
     diff = (out.double() - ref.double()).abs()
@@ -594,9 +600,9 @@ def measure(
     return Outcome(candidate, us=us, error=error, note=note)
 
 
-def float64_reference(module: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
-    """The output of a float64 copy of `module` on the inputs upcast (labels stay integers)."""
-    wide = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+def float64_reference(module: nn.Module, inputs: tuple) -> object:
+    """The output of a float64 copy of `module` on the inputs upcast (labels and scalars stay)."""
+    wide = tuple(x.double() if isinstance(x, Tensor) and x.is_floating_point() else x for x in inputs)
     return copy.deepcopy(module).to(torch.float64)(*wide)
 
 
@@ -605,7 +611,8 @@ def run_case(
     compilers: dict[str, Callable[[nn.Module], Callable]], grad: bool = False,
 ) -> CaseResult:  # fmt: skip
     """Every candidate on one case in one dtype, on one module and one set of seeded inputs; with
-    `grad`, the candidates run under grad mode (a harness without `torch.no_grad()`)."""
+    `grad`, the candidates run under grad mode (a harness without `torch.no_grad()`). `case` is any
+    object with KernelCase's `name`, `level`, `build` and `get_inputs` (kernelbench_files.ProblemCase)."""
     result = CaseResult(case.name, case.level, dtype)
     try:
         torch.manual_seed(0)

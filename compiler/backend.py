@@ -312,6 +312,9 @@ class TilefuseBackend:
             reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
+            # which of Dynamo's inputs (the graph selection's arguments) are written, where they are
+            # AOTAutograd's in the same order: the selection restores them after timing both ways
+            graph_report["mutated_positions"] = [i for i, m in enumerate(mutated) if m] if same else None
             dropped = traced.meta.get(MASKS_DROPPED)
             compiled, summary = self._compile(
                 aten, graph_name, inputs, target, extra, trained, dropped, buffers if same else None

@@ -329,6 +329,9 @@ def _synchronized_now(device: torch.device) -> float:
 
 
 MUTATES_INPUTS = "the graph updates its inputs in place: not run twice in a call to be timed"
+# the most bytes of written inputs the graph selection copies aside to time a graph that writes its
+# inputs (each way runs several times; the copies are put back, then the chosen way runs once)
+RESTORED_BYTES = 2 << 30
 
 
 class GraphSelection:
@@ -362,11 +365,17 @@ class GraphSelection:
     def __call__(self, *args: object) -> object:
         chosen = self.selection.choice
         if chosen is None and self.slot.get("mutates_inputs"):
-            # timing it both ways in one call would apply its updates twice (a counter, a cache
-            # position): the compiled graph is kept; its partitions still measure themselves
-            self.selection.choice, self.selection.not_measured = "program", MUTATES_INPUTS
-            self._report_selection()
-            chosen = "program"
+            written = self._restorable(args)
+            if written is None:
+                # timing it both ways in one call would apply its updates several times (a counter, a
+                # running statistic): the compiled graph is kept; its partitions still measure themselves
+                self.selection.choice, self.selection.not_measured = "program", MUTATES_INPUTS
+                self._report_selection()
+                chosen = "program"
+            elif self._measurable(args):
+                return self._measure_restoring(args, written)
+            elif not (torch.is_grad_enabled() and self.slot.get("trains")):
+                return self.compiled(*args)  # unmeasured: a later call without gradients measures
         if torch.is_grad_enabled() and self.slot.get("trains"):
             setting = training_setting()
             if setting is None and not self._capturing():
@@ -386,6 +395,36 @@ class GraphSelection:
         out = self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
         self._report_selection()
         return out
+
+    def _restorable(self, args: tuple) -> list[torch.Tensor] | None:
+        """The inputs this graph writes, where the selection can copy them aside and put them back
+        (known positions, tensors, at most RESTORED_BYTES in all); else None."""
+        positions = self.slot.get("mutated_positions")
+        if positions is None or any(
+            p >= len(args) or not isinstance(args[p], torch.Tensor) for p in positions
+        ):
+            return None
+        written = [args[p] for p in positions]
+        if sum(t.untyped_storage().nbytes() for t in written) > RESTORED_BYTES:
+            return None
+        return written
+
+    def _measurable(self, args: tuple) -> bool:
+        """Whether this call is one the selection measures (no gradients recorded, not a capture)."""
+        recording = torch.is_grad_enabled() and (self.slot.get("trains") or _requires_grad(args))
+        return not recording and not self._capturing()
+
+    def _measure_restoring(self, args: tuple, written: list[torch.Tensor]) -> object:
+        """Time a graph that writes its inputs both ways (each runs several times), put the written
+        inputs back as they were, then run the chosen way once: the call applies its updates once."""
+        saved = [t.clone() for t in written]
+        self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
+        with torch.no_grad():
+            for t, copy in zip(written, saved):
+                t.copy_(copy)
+        del saved
+        self._report_selection()
+        return self.eager(*args) if self.selection.choice == "pytorch" else self.compiled(*args)
 
     def _training_step(self, args: tuple) -> object:
         """A call with gradients of a graph that trains: measured, then the faster way (TrainingSelection)."""

@@ -49,10 +49,25 @@ from ...ir.builder import is_approx_reciprocal
 from ...ir.dtypes import Dim, dims_of, is_symbolic, parse_size, size_text, to_torch_dtype
 from ..naming import fresh_name
 
-EMITTER_VERSION = 6  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
+EMITTER_VERSION = 7  # 2: assignments nothing reads are left out; 3: expm1/log1p formulas divide by no 0;
 # 4: in the interpreter, bf16 compares in f32 and integers become bf16 through f32; 5: in the
 # interpreter, a mask over a block of pointers has the block's shape; 6: in the interpreter, a
-# comparison of scalars is made a bool
+# comparison of scalars is made a bool; 7: int64 offsets in kernels over 2**31 elements or more
+
+# Triton computes indices in int32 (program ids, aranges, strides below 2**31 are specialized int32):
+# a kernel over a tensor of this many elements or more computes its element offsets in int64 instead
+# (its program ids and every term of an address cast), as Inductor does past 2**31. The margin below
+# 2**31: a grid's last block of indices runs past the last element before its mask stops it.
+WIDE_INDEX_ELEMENTS = 2**31 - 2**24
+
+
+def needs_wide_index(shapes: Sequence[Sequence[Dim]]) -> bool:
+    """Whether a kernel over tensors of `shapes` needs int64 offsets (`WIDE_INDEX_ELEMENTS`). A
+    symbolic size is checked at launch instead (`launcher.check_index_range`)."""
+    return any(
+        not any(is_symbolic(d) for d in shape) and math.prod(shape) >= WIDE_INDEX_ELEMENTS for shape in shapes
+    )
+
 
 _FLOAT_DTYPES = {
     Float16Type: "float16",
@@ -334,6 +349,7 @@ class _KernelWriter:
             self.taken.update({f"{base}_ptr", *(f"{base}_s{d}" for d in range(len(shape)))})
             self.tensors[arg] = (base, shape)
         self.taken.update({TMA_FLAG, WS_FLAG})
+        self.wide = needs_wide_index([shape for _, shape in self.tensors.values()])
         self.descriptors = self._descriptor_blocks()
         self.taken.update(tail_flag(i) for i in range(len(self.tensors)))
         self.taken.update(
@@ -560,7 +576,8 @@ class _KernelWriter:
     # tile ops
 
     def _program_id(self, op: tile.ProgramIdOp) -> None:
-        self._define(op.result, f"tl.program_id({op.axis.value.data})")
+        pid = f"tl.program_id({op.axis.value.data})"
+        self._define(op.result, f"{pid}.to(tl.int64)" if self.wide else pid)
         self.lower[op.result] = 0
 
     def _param(self, op: tile.ParamOp) -> None:
@@ -602,6 +619,11 @@ class _KernelWriter:
         t = op.result.type
         self._define(op.result, f"tl.full({_dims(t.dims)}, {_literal(op.value)}, {_tl(t.element_type)})")
 
+    def _offset(self, index: str) -> str:
+        """An index as it multiplies a stride: cast to int64 in a kernel of wide indices (a loop's
+        counter or a constant is int32 however large the stride it multiplies)."""
+        return f"tl.cast({index}, tl.int64)" if self.wide else index
+
     def _address(
         self, tensor: SSAValue, indices: Sequence[SSAValue], to_row_stride: bool = False, tail: bool = False
     ) -> tuple[str, str | None]:
@@ -617,15 +639,17 @@ class _KernelWriter:
             symbolic = is_symbolic(size)
             if const is not None and (0 <= const < size if not symbolic else const == 0):  # in bounds
                 if const:
-                    terms.append(f"{const} * {base}_s{d}")
+                    terms.append(f"{self._offset(str(const))} * {base}_s{d}")
                 continue
             expr = self._e(index)
             run = run_of.get(d)
             if run is None:
-                terms.append(f"{expr} * {base}_s{d}")
+                terms.append(f"{self._offset(expr)} * {base}_s{d}")
             elif d == run.first:
-                per_dim = " + ".join(f"{self._e(indices[k])} * {base}_s{k}" for k in range(d, run.last + 1))
-                terms.append(f"({run.index} * {base}_s{run.last} if {run.flag} else {per_dim})")
+                per_dim = " + ".join(
+                    f"{self._offset(self._e(indices[k]))} * {base}_s{k}" for k in range(d, run.last + 1)
+                )
+                terms.append(f"({self._offset(run.index)} * {base}_s{run.last} if {run.flag} else {per_dim})")
             # a run's flat index known non-negative puts its bounds on it: Triton sees a comparison of
             # the flat index constant along its contiguous runs (a div's or a mod's is not)
             flat = run.flat if run is not None and run.nonnegative else None
@@ -1210,6 +1234,7 @@ def emit(kernel: tile.KernelOp, options: TritonOptions) -> str:
         f"WARP_SPECIALIZABLE = {writer.warp_specialized!r}",
         *([f"ROW_TAIL_TENSORS = {tails!r}"] if tails else []),
         *([f"MERGED_DIMS = {merged!r}"] if merged else []),
+        *(["WIDE_INDEX = True"] if writer.wide else []),
         "",
         "",
         "@triton.jit",

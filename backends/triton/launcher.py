@@ -33,6 +33,8 @@ from . import ptx_loops
 from .emit import merge_flag, python_identifier, row_tail, tail_flag
 
 log = logging.getLogger("tilefuse")
+# the emitter's module (the package's `emit` is its function): `WIDE_INDEX_ELEMENTS` read at each check
+_emit = importlib.import_module(".emit", __package__)
 
 
 class LaunchError(Exception):
@@ -97,6 +99,7 @@ class TritonKernel:
     ] = ()  # MERGE_i_d_e for these (operand, dims) (`merge_flags`)
     # size symbols: runtime arguments after the tensors; `shapes` name them where a size is symbolic
     symbols: tuple[str, ...] = ()
+    wide_index: bool = False  # computes its offsets in int64 (`emit.WIDE_INDEX_ELEMENTS`)
     _grids: dict = field(default_factory=dict, compare=False, repr=False)
     _checked: list = field(default_factory=list, compare=False, repr=False)
 
@@ -142,6 +145,7 @@ class TritonKernel:
         sizes = dict(sizes) if sizes else self.sizes_of(tensors)
         if not self._checked or sizes:
             self._check(tensors, config, sizes)
+            check_index_range(self, tensors)
             self._checked.append(True)
         grid = self.grid_for(config, sizes)
         if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
@@ -269,6 +273,8 @@ class BoundLaunch:
         return (fits, *(args[p].data_ptr() % 16 == 0 for p in self.tensor_positions))
 
     def _generic(self, args: tuple) -> None:
+        # the program passes literal strides: the first launch's tensors stand for every later one's
+        check_index_range(self.kernel, [args[p] for p in self.tensor_positions])
         if self.tails_pending:
             tensors = [args[p] for p in self.tensor_positions]
             self.params.update(tail_flags(self.kernel, tensors))
@@ -335,6 +341,7 @@ class SizedLaunch:
             return
         if 0 in grid:  # nothing to compute (CUDA refuses empty grids)
             return
+        check_index_range(self.kernel, [a for a in args if isinstance(a, torch.Tensor)])
         key = tuple(_specialization(a) for a in args)
         raw = self.raw.get(key)
         if raw is not None:
@@ -358,6 +365,29 @@ class SizedLaunch:
                 self.raw[key] = launch
                 return
         self.direct = False
+
+
+def index_span(t: torch.Tensor) -> int:
+    """How many elements past its first a tensor's addresses reach, plus one (its numel if dense).
+    Reads only its shape and strides (a tuning build's argument layouts have nothing else)."""
+    if 0 in t.shape:
+        return 0
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+
+
+def check_index_range(kernel: TritonKernel, tensors: Sequence[torch.Tensor]) -> None:
+    """Refuse to launch a kernel of int32 offsets on a tensor whose offsets pass 2**31 (a symbolic
+    size that large, or a view of a larger storage): its addresses would wrap around, a fault or a
+    wrong result. The LaunchError sends the partition back to PyTorch (`runtime`)."""
+    if getattr(kernel, "wide_index", False):
+        return
+    for i, t in enumerate(tensors):
+        span = index_span(t)
+        if span >= _emit.WIDE_INDEX_ELEMENTS:
+            raise LaunchError(
+                f"{kernel.name}: tensor {i} ({tuple(t.shape)}, strides {t.stride()}) spans {span} elements, "
+                "too many for the kernel's int32 offsets (it was compiled for smaller sizes)"
+            )
 
 
 def _specialization(arg: object) -> object:
@@ -661,4 +691,5 @@ def load(source: str, kernel_name: str, cache_dir: Path | None = None) -> Triton
         getattr(module, "ROW_TAIL_TENSORS", ()),
         tuple(tuple(pair) for pair in getattr(module, "MERGED_DIMS", ())),
         tuple(getattr(module, "SIZE_SYMBOLS", ())),
+        getattr(module, "WIDE_INDEX", False),
     )

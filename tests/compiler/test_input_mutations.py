@@ -44,24 +44,49 @@ def test_a_cache_update_is_written_in_place_once_a_call_and_matches_eager():
     assert "aten.index_put_.default" in ops and "aten.index_put.default" not in ops  # no copy of the cache
 
 
-def test_a_graph_that_updates_its_inputs_is_not_run_twice_to_be_timed(monkeypatch):
-    """The graph-level measurement runs both ways in one call: not for a graph that updates its inputs
-    (the counter would count twice); it keeps the compiled graph and says why."""
+def _timed_graph_run(monkeypatch, pytorch_ms: float, restored_bytes: int | None = None):
+    """Three steps of `_cache_step` compiled with the graph-level selection on (a fake clock: the
+    program 1 ms, PyTorch `pytorch_ms`), each checked against eager on a copy of the state."""
     from tilefuse.compiler import backend, runtime, selection
 
     monkeypatch.setattr(runtime, "selection_enabled", lambda device: False)
     monkeypatch.setattr(backend, "selection_enabled", lambda device: True)
-    monkeypatch.setattr(selection, "timed", lambda kind, run, device: (run(), 1.0))
+    monkeypatch.setattr(
+        selection, "timed", lambda kind, run, device: (run(), 1.0 if kind == "program" else pytorch_ms)
+    )
+    if restored_bytes is not None:
+        monkeypatch.setattr(selection, "RESTORED_BYTES", restored_bytes)
     cache, counter = _state(1)
+    ref_cache, ref_counter = cache.clone(), counter.clone()
     compiled = tilefuse.compile(_cache_step)
     with torch.no_grad():
-        for step in range(2 * (2 + selection.ROUNDS)):
-            compiled(
-                cache, torch.tensor([step % 11]), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), counter
-            )
-            assert counter.item() == step + 1
+        for step in range(3):
+            args = (torch.tensor([step % 11]), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16))
+            got = compiled(cache, args[0], args[1], args[2], counter)
+            want = _cache_step(ref_cache, *args, ref_counter)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cache, ref_cache)
+            assert counter.item() == ref_counter.item() == step + 1
     (report,) = compiled.tilefuse_reports
-    assert report["selection"]["not_measured"] == selection.MUTATES_INPUTS
+    return report["selection"]
+
+
+@pytest.mark.parametrize("pytorch_ms, chosen", [(3.0, "tilefuse"), (0.5, "pytorch (the eager graph)")])
+def test_a_graph_that_updates_its_inputs_is_timed_and_its_inputs_put_back(monkeypatch, pytorch_ms, chosen):
+    """The graph-level measurement runs both ways several times in one call: for a graph that updates
+    its inputs (a cache, a counter, BatchNorm's running statistics) the written inputs are copied
+    aside and put back after timing, then the chosen way runs once: each call updates them once."""
+    summary = _timed_graph_run(monkeypatch, pytorch_ms)
+    assert summary["chosen"] == chosen
+    assert summary["pytorch_ms"] / summary["tilefuse_ms"] == pytest.approx(pytorch_ms)
+    assert "not_measured" not in summary
+
+
+def test_a_graph_whose_written_inputs_are_too_large_to_copy_is_not_timed(monkeypatch):
+    from tilefuse.compiler import selection
+
+    summary = _timed_graph_run(monkeypatch, 0.5, restored_bytes=0)
+    assert summary["not_measured"] == selection.MUTATES_INPUTS and summary["chosen"] == "tilefuse"
 
 
 def test_reinplace_rewrites_only_an_update_nobody_else_reads_the_old_value_of():
