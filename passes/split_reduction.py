@@ -566,14 +566,15 @@ class _RowSplit:
     elements: int  # reduced per output
 
 
-MIN_RUN_CHUNK = 256  # a trailing run no chunk divides is one chunk when the combine has other dims
+MIN_RUN_CHUNK = 256  # a trailing run no chunk divides is one chunk (or its trailing dims are) from this long
 
 
 def _wide_row_split(reduce: ein.ReduceOp, pair: bool = False) -> _RowSplit | None:
     """How `_split_wide_rows` reads a reduction's rows, or None where it does not apply: a float
     reduction of not all dims whose last dim is reduced, fewer than FEW_ROWS outputs of at least
     WIDE_ROW elements each, and a chunk of WIDE_CHUNKS dividing the trailing run of reduced dims (or,
-    with reduced dims before that run, the whole run as one chunk of at least MIN_RUN_CHUNK). A `pair`
+    where none divides it, the run or its trailing dims as one chunk of MIN_RUN_CHUNK to MAX_ROW
+    elements, the reduced dims before that chunk combined with the partials). A `pair`
     of statistics from one pass (`_split_variance`) is split however many its rows where they
     are wider than a row kernel holds (MAX_ROW): that kernel reads such a row once a statistic, the
     chunks once for both (KernelBench's InstanceNorm, 1024 rows of 65536: 0.79x torch.compile). Not
@@ -598,8 +599,17 @@ def _wide_row_split(reduce: ein.ReduceOp, pair: bool = False) -> _RowSplit | Non
         return None
     run = math.prod(shape[-k:])
     c = next((c for c in WIDE_CHUNKS if run % c == 0), None)
-    if c is None and outer and MIN_RUN_CHUNK <= run <= WIDE_CHUNKS[0]:
-        c = run
+    if c is None and (outer or k > 1):
+        # no chunk divides the run (a ragged feature map: 126 x 126 after a 3x3 convolution): a chunk is
+        # the whole run, or its trailing dims, as long as a row kernel holds it (at most MAX_ROW), and
+        # the reduced dims before it join the combine
+        for kk in range(k, 0, -1):
+            inner = math.prod(shape[-kk:])
+            if inner < MIN_RUN_CHUNK:
+                break
+            if inner <= MAX_ROW and inner < n:  # the whole row as one chunk splits nothing
+                c, outer, k = inner, dims[: len(dims) - kk], kk
+                break
     if c is None:
         return None
     return _RowSplit(k, c, (*outer, len(shape) - k), n)

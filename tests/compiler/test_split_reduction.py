@@ -481,12 +481,12 @@ def test_a_softmax_over_few_wide_rows_reads_them_twice(name, dtype):
     assert [g["kind"] for g in fusion_groups(reports)] == ["row", "row", "pointwise"]
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 128, 128), (16, 4, 50, 50)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 4, 128, 128), (16, 4, 50, 50), (8, 4, 70, 70)], ids=str)
 def test_a_training_batch_norms_statistics_over_few_channels_are_split(shape):
     """A training BatchNorm's statistics over [N, H, W] per channel (few channels, many elements each):
-    the trailing [H, W] run read in chunks (of 4096, or the whole run where none divides it) for each
-    chunk's mean and squared deviations, combined over N and the chunks (before: one program a channel
-    walking all of it); outputs and running statistics as eager's."""
+    the trailing [H, W] run read in chunks (of 4096, or the whole run where none divides it: 70 x 70
+    is 4900) for each chunk's mean and squared deviations, combined over N and the chunks (before: one
+    program a channel walking all of it); outputs and running statistics as eager's."""
     import copy
 
     torch.manual_seed(0)
@@ -501,6 +501,44 @@ def test_a_training_batch_norms_statistics_over_few_channels_are_split(shape):
     groups = fusion_groups(compiled.tilefuse_reports)
     assert [g["kind"] for g in groups][:2] == ["row", "row"], groups
     assert groups[0]["ops"].count("ein.reduce") == 2, groups
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("var_mean", (2, 3, 126, 126)),  # a row of 47628: no chunk divides it; [126, 126] runs are chunks
+        ("layer_norm_over_trailing_dims", (3, 3, 126, 126)),
+        ("var", (2, 3, 100, 300)),  # 90000: [100, 300] runs pass MAX_ROW; rows of 300 are the chunks
+    ],
+    ids=str,
+)
+def test_a_variance_over_ragged_wide_rows_is_split_by_its_trailing_dims(name, shape):
+    """Rows no power-of-two chunk divides (feature maps after a 3x3 convolution) are split by their
+    trailing dims (a chunk of at most MAX_ROW elements a row kernel holds), the dims before them
+    combined with the partials; against float64."""
+    fn = VARIANCES[name]
+    x = torch.randn(shape) * 3 + 2
+    compiled = tilefuse.compile(fn)
+    actual, expected = compiled(x), fn(x.double())
+    for a, e in zip(
+        actual if isinstance(actual, tuple) else [actual],
+        expected if isinstance(expected, tuple) else [expected],
+    ):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    kinds = [g["kind"] for g in fusion_groups(compiled.tilefuse_reports)]
+    assert kinds[:2] == ["row", "row"], kinds
+
+
+def test_a_run_too_short_for_a_chunk_is_not_split():
+    """A [C, 130, 130] row (16900: more than a row kernel holds, no power-of-two chunk, and rows of 130
+    too short to be chunks) stays one reduction a row."""
+    fn = VARIANCES["var_mean"]
+    x = torch.randn(2, 2, 130, 130)
+    compiled = tilefuse.compile(fn)
+    for a, e in zip(compiled(x), fn(x.double())):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-5)
+    reduces = sum(g["ops"].count("ein.reduce") for g in fusion_groups(compiled.tilefuse_reports))
+    assert reduces == 2, fusion_groups(compiled.tilefuse_reports)
 
 
 def test_a_bf16_layer_norm_over_wide_rows_reads_the_input_in_every_kernel():
