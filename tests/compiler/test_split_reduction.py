@@ -436,6 +436,18 @@ VARIANCES = {
 }
 
 
+def _compiled_against_float64(fn, x: torch.Tensor):
+    """`fn` compiled, its first call's outputs checked against float64's (relative to their largest)."""
+    compiled = tilefuse.compile(fn)
+    actual, expected = compiled(x), fn(x.double())
+    for a, e in zip(
+        actual if isinstance(actual, tuple) else [actual],
+        expected if isinstance(expected, tuple) else [expected],
+    ):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    return compiled
+
+
 @pytest.mark.parametrize("name", sorted(VARIANCES))
 @given(offset=st.sampled_from([0.0, 100.0]), scale=st.sampled_from([1e-2, 1.0, 30.0]))
 @settings(max_examples=3, deadline=None, database=None)
@@ -450,13 +462,7 @@ def test_a_variance_over_few_wide_rows_reads_them_once(name, offset, scale):
     torch._dynamo.reset()
     fn = VARIANCES[name]
     x = (torch.randn(2, 4, 128, 128) + offset) * scale
-    compiled = tilefuse.compile(fn)
-    actual, expected = compiled(x), fn(x.double())
-    for a, e in zip(
-        actual if isinstance(actual, tuple) else [actual],
-        expected if isinstance(expected, tuple) else [expected],
-    ):
-        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    compiled = _compiled_against_float64(fn, x)
     groups = fusion_groups(compiled.tilefuse_reports)
     assert [g["kind"] for g in groups][:2] == ["row", "row"] and all(g["kernel"] for g in groups), groups
     assert groups[0]["ops"].count("ein.reduce") == 2 and len(groups) <= 3, groups
@@ -518,13 +524,7 @@ def test_a_variance_over_ragged_wide_rows_is_split_by_its_trailing_dims(name, sh
     combined with the partials; against float64."""
     fn = VARIANCES[name]
     x = torch.randn(shape) * 3 + 2
-    compiled = tilefuse.compile(fn)
-    actual, expected = compiled(x), fn(x.double())
-    for a, e in zip(
-        actual if isinstance(actual, tuple) else [actual],
-        expected if isinstance(expected, tuple) else [expected],
-    ):
-        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    compiled = _compiled_against_float64(fn, x)
     kinds = [g["kind"] for g in fusion_groups(compiled.tilefuse_reports)]
     assert kinds[:2] == ["row", "row"], kinds
 
