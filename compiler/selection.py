@@ -417,12 +417,19 @@ class GraphSelection:
     def _measure_restoring(self, args: tuple, written: list[torch.Tensor]) -> object:
         """Time a graph that writes its inputs both ways (each runs several times), put the written
         inputs back as they were, then run the chosen way once: the call applies its updates once."""
-        saved = [t.clone() for t in written]
-        self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
-        with torch.no_grad():
-            for t, copy in zip(written, saved):
-                t.copy_(copy)
-        del saved
+        try:
+            saved = [t.clone() for t in written]
+        except torch.OutOfMemoryError:  # no room for the copies: kept unmeasured, as before
+            self.selection.choice, self.selection.not_measured = "program", MUTATES_INPUTS
+            self._report_selection()
+            return self.compiled(*args)
+        try:
+            self.selection.step(lambda: self.compiled(*args), lambda: self.eager(*args))
+        finally:  # the inputs as the caller gave them, however the measurement ended
+            with torch.no_grad():
+                for t, copy in zip(written, saved):
+                    t.copy_(copy)
+            del saved
         self._report_selection()
         return self.eager(*args) if self.selection.choice == "pytorch" else self.compiled(*args)
 

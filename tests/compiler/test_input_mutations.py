@@ -186,3 +186,17 @@ def test_static_cache_generation_matches_eager(mode):
         model.forward = tilefuse.compile(model.forward, mode=mode)
         got = model.generate(ids, **kwargs)
     assert torch.equal(got, want)
+
+
+def test_no_room_to_copy_the_written_inputs_keeps_the_graph_unmeasured(monkeypatch):
+    """Copying the written inputs aside runs out of memory: the graph is kept compiled, unmeasured,
+    and the call still updates its inputs once."""
+    from tilefuse.compiler import selection
+
+    class NoRoom:
+        def clone(self):
+            raise torch.OutOfMemoryError("no room")
+
+    monkeypatch.setattr(selection.GraphSelection, "_restorable", lambda self, args: [NoRoom()])
+    summary = _timed_graph_run(monkeypatch, 0.5)
+    assert summary["not_measured"] == selection.MUTATES_INPUTS and summary["chosen"] == "tilefuse"
