@@ -759,7 +759,9 @@ def render_report(header: Sequence[str], results: Sequence[CaseResult]) -> str:
         "",
         *header,
         f"- µs: median per call; a compiled candidate is called {SETTLE_CALLS} times first. vs eager = "
-        "eager µs / tilefuse µs, vs tc = torch.compile µs / tilefuse µs (> 1: tilefuse is faster)",
+        "eager µs / tilefuse µs"
+        + (", vs tc = torch.compile µs / tilefuse µs" if any(COMPILE in r.outcomes for r in results) else "")
+        + " (> 1: tilefuse is faster)",
         "- err: max |out − ref| / max |ref| against a float64 copy of the module on the inputs upcast; "
         f"WRONG: above {WRONG_FACTOR:g}x eager's error + "
         + ", ".join(f"{v:g} ({dtype_name(k)})" for k, v in ERROR_FLOORS.items()),

@@ -66,16 +66,21 @@ class Problem:
         return self.name.split("_", 1)[0]
 
     def namespace(self, shrink: bool) -> dict:
-        """The file executed as a module of its own; with `shrink`, its integer sizes scaled down."""
+        """The file executed as a module of its own; with `shrink`, its integer sizes scaled down (and
+        each change said on stderr)."""
         namespace: dict = {
             "__name__": f"kernelbench_level{self.level}_{self.number}",
             "__file__": str(self.path),
         }
         exec(compile(self.path.read_text(), str(self.path), "exec"), namespace)
         if shrink:
+            changed = []
             for key, value in list(namespace.items()):
-                if type(value) is int and not key.startswith("_"):
+                if type(value) is int and not key.startswith("_") and shrink_size(value) != value:
                     namespace[key] = shrink_size(value)
+                    changed.append(f"{key} {value} -> {namespace[key]}")
+            if changed:
+                print(f"[{self.level}/{self.name}] shrunk: {', '.join(changed)}", file=sys.stderr, flush=True)
         return namespace
 
 
@@ -260,7 +265,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         )
     header = environment_lines(__spec__.name, device, DTYPES[args.dtype][0], argv)
     header.append(f"- KernelBench problems from {args.root} (levels {', '.join(map(str, args.levels))})"
-                  + (", sizes shrunk" if args.shrink else ""))  # fmt: skip
+                  + (", sizes shrunk (each change on stderr)" if args.shrink else ""))  # fmt: skip
+    if device.type == "cpu":
+        header.append(
+            "- **on the CPU the times measure nothing** (tilefuse's kernels run in Triton's interpreter, "
+            "or the graph runs as PyTorch): the errors are what such a run checks"
+        )
     if args.isolate:
         supervise(args, argv, problems, start)
     else:

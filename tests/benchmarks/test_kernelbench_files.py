@@ -97,10 +97,11 @@ def test_problems_are_found_in_numeric_order_and_filtered(root: Path):
         kbf.find_problems(root, [2], [])
 
 
-def test_shrink_scales_module_sizes_and_keeps_small_ones(root: Path):
+def test_shrink_scales_module_sizes_and_keeps_small_ones(root: Path, capsys):
     problem = kbf.find_problems(root, [1], ["2"])[0]
     namespace = problem.namespace(shrink=True)
     assert (namespace["batch_size"], namespace["features"], namespace["out"]) == (70 // 8, 1100 // 32 + 3, 33)
+    assert "shrunk: batch_size 70 -> 8, features 1100 -> 37" in capsys.readouterr().err
     assert kbf.shrink_size(4096) == 131 and kbf.shrink_size(16) == 16
     case = kbf.ProblemCase(problem, torch.device("cpu"), shrink=True)
     module, inputs = case.build(True), case.get_inputs(torch.device("cpu"), torch.float32, True)
@@ -125,6 +126,7 @@ def test_runner_checks_against_float64_and_resumes(root: Path, tmp_path: Path, c
         assert subject["failure"] is None and subject["error"] < 1e-5, subject
         assert "fallback" in subject["note"]
     assert "| 2_Linear_Pair | 1 | float32 |" in report and "| FAILED |" not in report
+    assert "times measure nothing" in report and "vs tc" not in report
     kbf.main(args)  # every problem has its row: nothing runs again
     assert len(results.read_text().splitlines()) == 2
 
