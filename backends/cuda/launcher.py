@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..triton.launcher import LaunchError
+from ..triton.launcher import LaunchError, check_index_range
 from .build import BuildResult, build_shared_object
 
 _POINTER = re.compile(r"\*\s*\w+$")
@@ -116,8 +116,13 @@ class CudaBoundLaunch:
         self.kernel = kernel
         self.function = getattr(kernel.library, f"launch_{kernel.name}")
         self.arity = len(kernel.argtypes)
+        self.checked = False
 
     def __call__(self, stream: int | None, *args: object) -> None:
+        if not self.checked:  # its indices are the tile IR's int32: as a Triton kernel of int32 offsets;
+            # the program passes the same strides to every later launch
+            check_index_range(self.kernel, [a for a in args if isinstance(a, torch.Tensor)])
+            self.checked = True
         # with argtypes set, ctypes converts plain ints: a tensor becomes its data pointer
         values = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
         if len(values) + 1 != self.arity:

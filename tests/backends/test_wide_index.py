@@ -143,3 +143,22 @@ def test_a_partition_whose_view_passes_int32_runs_in_pytorch(monkeypatch, caplog
     torch.testing.assert_close(out, fn(view))
     assert "int32 offsets" in caplog.text and "runs in PyTorch" in caplog.text
     torch.testing.assert_close(compiled(view), fn(view))  # and from then on
+
+
+def test_a_cuda_kernel_refuses_a_tensor_past_its_int32_indices(monkeypatch):
+    """The CUDA backend's kernels index in int32 (the tile IR's): the first launch checks its tensors,
+    as a Triton kernel of int32 offsets does."""
+    from types import SimpleNamespace
+
+    from tilefuse.backends.cuda.launcher import CudaBoundLaunch
+
+    calls = []
+    library = SimpleNamespace(launch_k=lambda *args: calls.append(args) or 0)
+    kernel = SimpleNamespace(name="k", library=library, argtypes=[object] * 4)
+    x = torch.empty(10, 300)[::2, :7]  # 5 x 7 elements spanning 4 * 600 + 7
+    monkeypatch.setattr(triton_emit, "WIDE_INDEX_ELEMENTS", 1000)
+    with pytest.raises(LaunchError, match="int32 offsets"):
+        CudaBoundLaunch(kernel)(0, x, *x.stride())
+    monkeypatch.setattr(triton_emit, "WIDE_INDEX_ELEMENTS", 10_000)
+    CudaBoundLaunch(kernel)(0, x, *x.stride())
+    assert len(calls) == 1
