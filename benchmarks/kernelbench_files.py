@@ -166,6 +166,24 @@ def read_results(path: Path | None) -> list[CaseResult]:
     return [result_from_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def append_result(path: Path, result: CaseResult) -> None:
+    with path.open("a") as f:
+        f.write(result_to_json(result) + "\n")
+
+
+def pending(problems: Sequence[Problem], dtypes: Sequence[torch.dtype], path: Path | None) -> list[tuple]:
+    """The (problem, dtype) runs the results file at `path` has no row for yet, in order."""
+    done = {(r.level, r.case, dtype_name(r.dtype)) for r in read_results(path)}
+    return [(p, d) for p in problems for d in dtypes if (p.level, p.name, dtype_name(d)) not in done]
+
+
+def render(header: Sequence[str], results: Sequence[CaseResult]) -> str:
+    """`kernelbench.render_report` under this runner's title."""
+    return render_report(header, results).replace(
+        "# tilefuse on KernelBench-style cases", "# tilefuse on KernelBench's problem files", 1
+    )
+
+
 def crashed(problem: Problem, dtype: torch.dtype, compilers: Sequence[str], why: str) -> CaseResult:
     result = CaseResult(problem.name, problem.level, dtype)
     result.outcomes = {c: Outcome(c, failure=why) for c in compilers}
@@ -210,14 +228,7 @@ def supervise(args: argparse.Namespace, argv: Sequence[str], problems: list[Prob
     problem whose child died is recorded as crashed and skipped by the next child."""
     compilers = list(candidates(False, torch_compile=args.torch_compile))
     while True:
-        done = {(r.level, r.case, dtype_name(r.dtype)) for r in read_results(args.results)}
-        todo = [
-            (p, d)
-            for p in problems
-            for d in DTYPES[args.dtype]
-            if (p.level, p.name, dtype_name(d)) not in done
-        ]
-        if not todo or (args.deadline and time.perf_counter() - start > args.deadline):
+        if not pending(problems, DTYPES[args.dtype], args.results) or _past(args.deadline, start):
             return
         remaining = args.deadline - (time.perf_counter() - start) if args.deadline else 0.0
         child = [*argv]
@@ -234,8 +245,12 @@ def supervise(args: argparse.Namespace, argv: Sequence[str], problems: list[Prob
         level, name, dtype = marker.read_text().split()
         problem = next(p for p in problems if p.level == int(level) and p.name == name)
         why = f"process died (exit {proc.returncode}) running this problem"
-        with args.results.open("a") as f:
-            f.write(result_to_json(crashed(problem, getattr(torch, dtype), compilers, why)) + "\n")
+        append_result(args.results, crashed(problem, getattr(torch, dtype), compilers, why))
+
+
+def _past(deadline: float, start: float) -> bool:
+    """Whether a `--deadline` (0: none) has passed since `start`."""
+    return bool(deadline) and time.perf_counter() - start > deadline
 
 
 def _replace(argv: list[str], flag: str, value: str) -> list[str]:
@@ -276,38 +291,30 @@ def main(argv: Sequence[str] | None = None) -> str:
     else:
         torch.set_float32_matmul_precision(args.fp32_precision)
         compilers = candidates(False, torch_compile=args.torch_compile)
-        done = {(r.level, r.case, dtype_name(r.dtype)) for r in read_results(args.results)}
         marker = os.environ.get("TILEFUSE_KB_STARTED")  # set by `supervise` for its child
         results: list[CaseResult] = []
-        for problem in problems:
-            for dtype in DTYPES[args.dtype]:
-                key = (problem.level, problem.name, dtype_name(dtype))
-                if key in done:
-                    continue
-                if args.deadline and time.perf_counter() - start > args.deadline:
-                    print(
-                        f"deadline of {args.deadline:.0f} s passed; stopping before {problem.name}",
-                        file=sys.stderr,
-                    )
-                    break
-                if marker:
-                    Path(marker).write_text(f"{problem.level} {problem.name} {dtype_name(dtype)}")
-                result = run_problem(problem, dtype, device, args.shrink, compilers)
-                if args.results is not None:
-                    with args.results.open("a") as f:
-                        f.write(result_to_json(result) + "\n")
-                else:
-                    results.append(result)
-                if marker:
-                    Path(marker).unlink(missing_ok=True)
-                if args.out is not None and args.results is None:
-                    args.out.write_text(render_report(header, results))
+        for problem, dtype in pending(problems, DTYPES[args.dtype], args.results):
+            if _past(args.deadline, start):
+                print(
+                    f"deadline of {args.deadline:.0f} s passed; stopping before {problem.name}",
+                    file=sys.stderr,
+                )
+                break
+            if marker:
+                Path(marker).write_text(f"{problem.level} {problem.name} {dtype_name(dtype)}")
+            result = run_problem(problem, dtype, device, args.shrink, compilers)
+            if args.results is not None:
+                append_result(args.results, result)
+            else:
+                results.append(result)
+            if marker:
+                Path(marker).unlink(missing_ok=True)
+            if args.out is not None and args.results is None:
+                args.out.write_text(render(header, results))
         if marker:  # the supervising parent writes the report
             return ""
     results = read_results(args.results) if args.results is not None else results
-    report = render_report(header, results).replace(
-        "# tilefuse on KernelBench-style cases", "# tilefuse on KernelBench's problem files", 1
-    )
+    report = render(header, results)
     if args.out is not None:
         args.out.write_text(report)
     print(report)

@@ -273,10 +273,10 @@ class BoundLaunch:
         return (fits, *(args[p].data_ptr() % 16 == 0 for p in self.tensor_positions))
 
     def _generic(self, args: tuple) -> None:
+        tensors = [args[p] for p in self.tensor_positions]
         # the program passes literal strides: the first launch's tensors stand for every later one's
-        check_index_range(self.kernel, [args[p] for p in self.tensor_positions])
+        check_index_range(self.kernel, tensors)
         if self.tails_pending:
-            tensors = [args[p] for p in self.tensor_positions]
             self.params.update(tail_flags(self.kernel, tensors))
             self.params.update(merge_flags(self.kernel, tensors))
             self.constexprs = tuple(self.params.values())
