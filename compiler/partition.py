@@ -520,6 +520,7 @@ def sink_boundary_views(gm: GraphModule, names: list[str]) -> int:
     where it folds into its kernels' indexing. Returns how many results were moved."""
     modules = {n for n in gm.graph.nodes if n.op == "call_module" and n.target in names}
     moved = 0
+    touched: set[str] = set()  # readers' submodules given a chain: linted and recompiled once, at the end
     for producer in list(modules):
         sub = getattr(gm, producer.target)
         out = sub.graph.output_node()
@@ -540,6 +541,7 @@ def sink_boundary_views(gm: GraphModule, names: list[str]) -> int:
                 continue
             for reader in list(handle.users):
                 _apply_chain_in(gm, reader, handle, chain)
+                touched.add(reader.target)
             new_values[i] = base
             handle.meta["val"] = base.meta["val"]
             moved += 1
@@ -547,6 +549,10 @@ def sink_boundary_views(gm: GraphModule, names: list[str]) -> int:
             out.args = (tuple(new_values),)
             sub.graph.eliminate_dead_code()
             sub.recompile()
+    for target in touched:  # once each: DenseNet-201's 1705 chains recompiled their readers 3.6 s
+        sub = getattr(gm, target)
+        sub.graph.lint()
+        sub.recompile()
     if moved:
         gm.graph.lint()
         gm.recompile()
@@ -582,7 +588,7 @@ def _sinkable(chain: list[Node]) -> bool:
 
 def _apply_chain_in(gm: GraphModule, reader: Node, handle: Node, chain: list[Node]) -> None:
     """In `reader`'s submodule, the placeholder of `handle` now receives the chain's base: copy the
-    chain after it and let its users read the chain's end."""
+    chain after it and let its users read the chain's end. The caller lints and recompiles it."""
     sub = getattr(gm, reader.target)
     placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
     for position, arg in enumerate(reader.args):
@@ -599,5 +605,3 @@ def _apply_chain_in(gm: GraphModule, reader: Node, handle: Node, chain: list[Nod
         for user in users:
             user.replace_input_with(placeholder, last)
         placeholder.meta["val"] = chain[0].args[0].meta["val"]
-    sub.graph.lint()
-    sub.recompile()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import keyword
 import math
 import os
@@ -1021,17 +1022,31 @@ _WORD = re.compile(r"\b[A-Za-z_]\w*\b")
 def _drop_unused(lines: list[str]) -> list[str]:
     """`lines` without the assignments to a name nothing reads (an index or mask a lowering made and
     no load used): Triton would drop them, a reader should not have to. Loads and arithmetic have no
-    side effects; stores are not assignments. Unchanged if the result would not parse."""
-    kept = list(lines)
-    while True:
-        counts: dict[str, int] = {}
-        for line in kept:
-            for word in _WORD.findall(line.split("#", 1)[0]):
-                counts[word] = counts.get(word, 0) + 1
-        dead = {i for i, line in enumerate(kept) if (m := _ASSIGNMENT.match(line)) and counts.get(m[1]) == 1}
-        if not dead:
-            break
-        kept = [line for i, line in enumerate(kept) if i not in dead]
+    side effects; stores are not assignments. Unchanged if the result would not parse.
+
+    A name is unread when its one occurrence is its assignment; dropping that line takes its words'
+    occurrences away, which may leave another name unread, and so on (a worklist over the counts:
+    rescanning every line per round cost DenseNet-201's kernels 3 s)."""
+    words = [_WORD.findall(line.split("#", 1)[0]) for line in lines]
+    counts = collections.Counter(w for ws in words for w in ws)
+    assigned: dict[str, list[int]] = {}
+    for i, line in enumerate(lines):
+        if m := _ASSIGNMENT.match(line):
+            assigned.setdefault(m[1], []).append(i)
+    dead: set[int] = set()
+    unread = [name for name in assigned if counts[name] == 1]
+    while unread:
+        for i in assigned[unread.pop()]:
+            if i in dead:
+                continue
+            dead.add(i)  # the name's one occurrence: this line assigns it
+            for w in words[i]:
+                counts[w] -= 1
+                if counts[w] == 1 and w in assigned:
+                    unread.append(w)
+    if not dead:
+        return list(lines)
+    kept = [line for i, line in enumerate(lines) if i not in dead]
     try:
         ast.parse("def kernel():\n" + "\n".join(kept))
     except SyntaxError:  # a block left empty: keep the original

@@ -178,3 +178,31 @@ def test_a_concatenation_folded_into_a_view_is_returned_contiguous_as_eagers(fn,
         assert got.is_contiguous() and got.stride() == want.stride()
         assert got.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
         got.view(-1)  # what a caller may do with PyTorch's result
+
+
+@pytest.mark.parametrize("parts", [8, 9, 13])
+def test_a_concatenation_of_many_parts_is_left_to_pytorchs_cat(parts):
+    """DenseNet concatenates every earlier layer's features: read in place, each element of its
+    norm took a masked load per part. Past MAX_CAT_PARTS the cat runs in PyTorch (one copy of each
+    part) and the kernels around it read one tensor; up to it, the kernels read the parts in place.
+    Ragged part sizes, a norm-like reader (a reduction and a map) on both sides of the limit."""
+    from tilefuse.compiler.lower_structured import MAX_CAT_PARTS
+
+    sizes = [3 + (5 * i) % 7 for i in range(parts)]
+    xs = [torch.randn(2, s, 5, 3) for s in sizes]
+
+    def densenet_like(*xs):
+        x = torch.cat([t.relu() for t in xs], dim=1)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        return (x - mean).relu() * 2
+
+    reports = compile_and_compare(densenet_like, *xs, allow_fallbacks=True)
+    fallbacks = [f for r in reports for f in r.get("fallbacks", [])]
+    cats = [f for f in fallbacks if f["op"] == "aten.cat.default"]
+    if parts > MAX_CAT_PARTS:
+        assert len(cats) == 1 and f"a concatenation of {parts} parts" in cats[0]["reason"]
+        assert any(r["partitions"] for r in reports)  # the norm after it still compiles
+        assert {f["op"] for f in fallbacks} <= {"aten.cat.default", "aten.relu.default"}
+    else:
+        assert not fallbacks
+        assert "ein.concat" not in _glue(reports)
