@@ -309,8 +309,9 @@ def main(argv: Sequence[str] | None = None) -> str:
                 results.append(result)
             if marker:
                 Path(marker).unlink(missing_ok=True)
-            if args.out is not None and args.results is None:
-                args.out.write_text(render(header, results))
+            if args.out is not None:  # after each problem: a run killed later keeps its report so far
+                done = read_results(args.results) if args.results is not None else results
+                args.out.write_text(render(header, done))
         if marker:  # the supervising parent writes the report
             return ""
     results = read_results(args.results) if args.results is not None else results

@@ -140,3 +140,22 @@ def test_a_crashing_problem_is_a_failed_row_and_the_run_goes_on(root: Path, tmp_
     assert "process died (exit 7)" in rows["10_Crash"]["outcomes"]["tilefuse"]["failure"]
     assert rows["1_Scaled_ReLU"]["outcomes"]["tilefuse"]["failure"] is None
     assert "10_Crash (float32): FAILED" in report
+
+
+def test_the_report_is_written_after_each_problem(root: Path, tmp_path: Path, monkeypatch):
+    """A run killed mid-way (an outer timeout, ^C) keeps the report of the problems it finished, as
+    well as their results."""
+    out, results = tmp_path / "kb.md", tmp_path / "results.jsonl"
+    real = kbf.run_problem
+
+    def killed_at_the_second(problem, *args, **kwargs):
+        if problem.name != "1_Scaled_ReLU":
+            raise KeyboardInterrupt
+        return real(problem, *args, **kwargs)
+
+    monkeypatch.setattr(kbf, "run_problem", killed_at_the_second)
+    args = ["--root", str(root), "--problems", "1,2", "--shrink", "--results", str(results)]
+    with pytest.raises(KeyboardInterrupt):
+        kbf.main([*args, "--out", str(out)])
+    report = out.read_text()
+    assert "| 1_Scaled_ReLU | 1 | float32 |" in report and "2_Linear_Pair" not in report
