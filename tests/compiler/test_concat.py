@@ -1,6 +1,7 @@
 """Concatenations are read in place by the kernels that consume them (each operand loaded where the
 index falls in its range), never copied, except for a contraction's operand (copied once by a
-pointwise kernel); against eager, on ragged shapes."""
+pointwise kernel), and except a concatenation of more than MAX_CAT_PARTS parts, which PyTorch's cat
+makes; against eager, on ragged shapes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tilefuse
 from helpers import compile_and_compare, fusion_groups
 
 
@@ -206,3 +208,32 @@ def test_a_concatenation_of_many_parts_is_left_to_pytorchs_cat(parts):
     else:
         assert not fallbacks
         assert "ein.concat" not in _glue(reports)
+
+
+def test_a_dense_block_of_many_concatenations_trains_as_eager():
+    """A DenseNet-style block in train mode (BatchNorm's batch statistics, each layer reading the
+    concatenation of every earlier output, past MAX_CAT_PARTS at its end): one training step's
+    gradients match eager's, on ragged channel counts."""
+    import torch.nn as nn
+
+    from helpers import step_matches_eager
+
+    class DenseBlock(nn.Module):
+        def __init__(self, layers: int = 10, first: int = 5, growth: int = 3):
+            super().__init__()
+            self.norms = nn.ModuleList(nn.BatchNorm2d(first + i * growth) for i in range(layers))
+            widths = [first + i * growth for i in range(layers)]
+            self.convs = nn.ModuleList(nn.Conv2d(w, growth, 3, padding=1) for w in widths)
+
+        def forward(self, x):
+            features = [x]
+            for norm, conv in zip(self.norms, self.convs):
+                features.append(conv(norm(torch.cat(features, 1)).relu()))
+            return torch.cat(features, 1)
+
+    torch.manual_seed(0)
+    block = DenseBlock()
+    compiled = tilefuse.compile(block)
+    step_matches_eager(compiled, block, torch.randn(2, 5, 7, 6), rtol=1e-4, atol=1e-4)
+    fallbacks = [f for r in compiled.tilefuse_reports for f in r.get("fallbacks", [])]
+    assert any("a concatenation of 11 parts" in f["reason"] for f in fallbacks)
