@@ -650,6 +650,8 @@ def tilefuse_summary(reports: Sequence[dict]) -> str:
     partitions = [p for r in reports for p in r.get("partitions", [])]
     fallbacks = [f for r in reports for f in r.get("fallbacks", [])]
     text = f"{len(reports)} graph(s), {len(partitions)} partition(s), {len(fallbacks)} fallback(s)"
+    if not partitions:  # Dynamo captured nothing, or nothing tilefuse compiles: the row times eager's ops
+        text += " (nothing compiled: eager's own ops ran)"
     if fallbacks:
         text += " (" + ", ".join(sorted({f["op"] for f in fallbacks})) + ")"
     executors = Counter(p.get("executor", "?") for p in partitions)

@@ -170,3 +170,16 @@ def test_tilefuse_summary_names_fallbacks_executors_and_the_graph_choice():
         "2 graph(s), 2 partition(s), 1 fallback(s) (aten.argmax.default); 2 Triton kernel(s) (x2); "
         "graph runs tilefuse (tilefuse_ms 0.1, pytorch_ms 0.2 ms)"
     )
+
+
+def test_tilefuse_summary_says_when_nothing_was_compiled():
+    """KernelBench's LSTMs: Dynamo captures no graph tilefuse compiles, so the row times eager's ops
+    (its ratio is the GPU's spread between two timings), and the note says so."""
+    assert (
+        tilefuse_summary([])
+        == "0 graph(s), 0 partition(s), 0 fallback(s) (nothing compiled: eager's own ops ran)"
+    )
+    randn_only = [{"partitions": [], "fallbacks": [{"op": "aten.randn.default", "reason": "random"}]}]
+    assert tilefuse_summary(randn_only).startswith(
+        "1 graph(s), 0 partition(s), 1 fallback(s) (nothing compiled"
+    )
