@@ -40,7 +40,7 @@ from .decode_attention import decode_kernels_enabled, decode_step_attention
 from .driver import compile_aten_graph
 from .dump import GraphDump, resolve_dump_dir
 from .fx_import import InputInfo
-from .input_mutations import mutated_inputs, reinplace
+from .input_mutations import batch_write_backs, mutated_inputs, reinplace
 from .partition import SYMBOLIC_KERNELS_ENV
 from .program import Trained, over_storage
 from .runtime import direct_forward, preferred_device
@@ -310,6 +310,7 @@ class TilefuseBackend:
             target = _target(aten_inputs, self.options.backend)
             extra = {"dynamo_graph.py": dynamo_code}
             reinplace(aten)  # a static cache's write-back: in place, not a copy of the cache
+            batch_write_backs(aten)  # BatchNorm's running statistics: one multi-tensor copy, not one a layer
             mutated = mutated_inputs(aten)
             graph_report["mutates_inputs"] = any(mutated)
             # which of Dynamo's inputs (the graph selection's arguments) are written, where they are

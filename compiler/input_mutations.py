@@ -104,13 +104,67 @@ def _reinplace_fresh(graph: torch.fx.Graph) -> int:
     return rewritten
 
 
+def written_args(node: Node) -> list[Node]:
+    """The nodes an in-place op writes: its arguments (or the tensors of a list argument, as
+    `_foreach_copy_`'s) that its schema marks written; none for any other node."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None or not schema.is_mutable:  # aten overloads have a schema; getitem has none
+        return []
+    written = []
+    for arg, spec in zip(node.args, schema.arguments):
+        if spec.alias_info is not None and spec.alias_info.is_write:
+            written += [a for a in (arg if isinstance(arg, (list, tuple)) else [arg]) if isinstance(a, Node)]
+    return written
+
+
 def mutated_inputs(gm: GraphModule) -> list[bool]:
-    """For each placeholder of `gm`, whether an op writes it in place (its argument 0 of a
-    mutable aten overload: `copy_`, `index_put_`, `add_`...)."""
-    written = set()
-    for node in gm.graph.nodes:
-        schema = getattr(node.target, "_schema", None)  # aten overloads have one; getitem has none
-        if node.op == "call_function" and schema is not None and schema.is_mutable and node.args:
-            if isinstance(node.args[0], Node):
-                written.add(node.args[0])
+    """For each placeholder of `gm`, whether an op writes it in place (`copy_`, `index_put_`,
+    `add_`, `_foreach_copy_`...)."""
+    written = {w for node in gm.graph.nodes for w in written_args(node)}
     return [n in written for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def batch_write_backs(gm: GraphModule) -> int:
+    """The graph's write-backs into its inputs as one op each kind, at its end: every `copy_(x, new)`
+    of a placeholder `x` of `new`'s shape and dtype -> one `_foreach_copy_`, and every counter's
+    `add_(x, c)` -> one `_foreach_add_` per constant `c`, where nothing reads `x` after its write and
+    nothing reads the write's result. BatchNorm in training writes back its running mean and variance
+    and counts its batches: three launches a layer (EfficientNet-B0's graph: 80 copies and 40 adds,
+    each a PyTorch call between partitions); batched, a couple of multi-tensor launches a call.
+    Returns how many writes were batched (0 where a kind has fewer than two)."""
+    graph = gm.graph
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    copies: list[Node] = []
+    counters: dict[object, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.users or not node.args:
+            continue
+        dest = node.args[0]
+        if not (isinstance(dest, Node) and dest.op == "placeholder"):
+            continue
+        if any(position[u] > position[node] for u in dest.users):
+            continue  # read (or written) again after this write: it must happen where it is
+        if node.target is aten.copy_.default and len(node.args) == 2 and not node.kwargs:
+            if isinstance(node.args[1], Node) and _same_layout(node.args[1], dest):
+                copies.append(node)
+        elif node.target is aten.add_.Tensor and len(node.args) == 2 and not node.kwargs:
+            constant = node.args[1]
+            if isinstance(constant, (int, float)) and not isinstance(constant, bool):
+                counters.setdefault(constant, []).append(node)
+    sources = [n.args[1] for n in copies]
+    batches = [(aten._foreach_copy_.default, copies, ([n.args[0] for n in copies], sources))]
+    batches += [(aten._foreach_add_.Scalar, ns, ([n.args[0] for n in ns], c)) for c, ns in counters.items()]
+    batched = 0
+    output = graph.output_node()
+    for op, nodes, arguments in batches:
+        if len(nodes) < 2:
+            continue
+        with graph.inserting_before(output):
+            graph.call_function(op, arguments)
+        for node in nodes:
+            graph.erase_node(node)
+        batched += len(nodes)
+    if batched:
+        graph.lint()
+        gm.recompile()
+    return batched

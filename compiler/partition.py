@@ -24,6 +24,7 @@ from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 from ..ir.dtypes import size_of, size_text
 from .conv_layout import is_explicit_copy
 from .duplicate_ops import functional
+from .input_mutations import written_args
 from .lowering_table import only_first_output_read, target_name, unsupported_reason
 
 aten = torch.ops.aten
@@ -256,14 +257,8 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
 
 def _written(node: Node) -> list[Node]:
     """The tensors an in-place op of the graph writes (`copy_`'s destination, a reinplaced
-    `index_put_`'s): its arguments the schema marks written."""
-    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
-    if schema is None or not schema.is_mutable:
-        return []
-    written = [
-        a for a, s in zip(node.args, schema.arguments) if s.alias_info is not None and s.alias_info.is_write
-    ]
-    return [a for a in written if isinstance(a, Node)]
+    `index_put_`'s, each of `_foreach_copy_`'s): its arguments the schema marks written."""
+    return written_args(node)
 
 
 def order_reads_before_writes(

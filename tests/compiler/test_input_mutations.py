@@ -8,7 +8,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilefuse
-from tilefuse.compiler.input_mutations import mutated_inputs, reinplace
+from tilefuse.compiler.input_mutations import batch_write_backs, mutated_inputs, reinplace
 
 aten = torch.ops.aten
 
@@ -145,7 +145,9 @@ def test_batch_norm_in_training_counts_its_batches_in_place():
     torch.testing.assert_close(bn.running_mean, ref.running_mean)
     torch.testing.assert_close(bn.running_var, ref.running_var)
     ops = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
-    assert "aten.add_.Tensor" in ops and ops.count("aten.copy_.default") == 2, ops
+    # the running mean and variance are written back by one multi-tensor copy (batch_write_backs)
+    assert "aten.add_.Tensor" in ops and ops.count("aten._foreach_copy_.default") == 1, ops
+    assert "aten.copy_.default" not in ops, ops
 
 
 def test_an_index_put_into_a_fresh_buffer_accumulates_in_place():
@@ -200,3 +202,62 @@ def test_no_room_to_copy_the_written_inputs_keeps_the_graph_unmeasured(monkeypat
     monkeypatch.setattr(selection.GraphSelection, "_restorable", lambda self, args: [NoRoom()])
     summary = _timed_graph_run(monkeypatch, 0.5)
     assert summary["not_measured"] == selection.MUTATES_INPUTS and summary["chosen"] == "tilefuse"
+
+
+def test_write_backs_are_batched_at_the_end_unless_read_after():
+    """`copy_` write-backs of a graph's inputs become one `_foreach_copy_` and counters' `add_` one
+    `_foreach_add_` per constant, at the graph's end; a write whose destination is read after it, a
+    copy that converts its dtype, or a lone write stays where it is. Inputs end as eager's."""
+
+    def f(m1, v1, m2, v2, n1, n2, read_after, x):
+        aten.copy_.default(m1, aten.add.Tensor(aten.mul.Tensor(m1, 0.9), x.mean(0)))
+        aten.copy_.default(v1, aten.mul.Tensor(v1, 0.5))
+        aten.copy_.default(m2, aten.sub.Tensor(m2, x.amax(0)))
+        aten.copy_.default(v2, x.sum(0).to(torch.bfloat16))  # converts: a copy_ of its own
+        aten.add_.Tensor(n1, 1)
+        aten.add_.Tensor(n2, 1)
+        aten.copy_.default(read_after, aten.mul.Tensor(x.min(0).values, 3))
+        return read_after * 2 + m1.sum()
+
+    args = (torch.randn(7), torch.rand(7), torch.randn(7), torch.randn(7), torch.tensor(3), torch.tensor(5),
+            torch.randn(7), torch.randn(4, 7))  # fmt: skip
+    gm = make_fx(f)(*(a.clone() for a in args))
+    gm.graph.eliminate_dead_code()
+    assert batch_write_backs(gm) == 4  # v1 and m2 copied, n1 and n2 counted
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    targets = [n.target for n in calls]
+    assert targets.count(aten._foreach_copy_.default) == 1 and targets.count(aten._foreach_add_.Scalar) == 1
+    assert targets.count(aten.copy_.default) == 3  # m1 and read_after (read after), v2 (converts)
+    assert calls[-1].target in (aten._foreach_copy_.default, aten._foreach_add_.Scalar)
+    assert mutated_inputs(gm) == [True] * 7 + [False]
+    got, want = [a.clone() for a in args], [a.clone() for a in args]
+    torch.testing.assert_close(gm(*got), f(*want))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_batch_norms_in_training_write_their_statistics_back_in_two_launches():
+    """Three BatchNorms in train mode (KernelBench leaves its modules so): each call's outputs, running
+    statistics and batch counts as eager's, over three calls; the write-backs are one multi-tensor
+    copy and one multi-tensor add instead of nine PyTorch calls."""
+    torch._dynamo.reset()
+
+    def block() -> torch.nn.Module:
+        torch.manual_seed(0)
+        layers = []
+        for c_in, c_out in ((3, 5), (5, 6), (6, 4)):
+            conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1)
+            layers += [conv, torch.nn.BatchNorm2d(c_out), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers)
+
+    model, ref = block(), block()
+    compiled = tilefuse.compile(model)
+    for i in range(3):
+        x = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), ref(x), rtol=1e-4, atol=1e-5)
+    for got, want in zip(model.buffers(), ref.buffers()):
+        torch.testing.assert_close(got, want)
+    ops = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
+    assert ops.count("aten._foreach_copy_.default") == 1 and ops.count("aten._foreach_add_.Scalar") == 1, ops
+    assert "aten.copy_.default" not in ops and "aten.add_.Tensor" not in ops, ops
