@@ -24,6 +24,8 @@ Two things follow:
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.fx import GraphModule, Node
 
@@ -142,10 +144,12 @@ def batch_write_backs(gm: GraphModule) -> int:
         dest = node.args[0]
         if not (isinstance(dest, Node) and dest.op == "placeholder"):
             continue
-        if any(position[u] > position[node] for u in dest.users):
-            continue  # read (or written) again after this write: it must happen where it is
+        if any(position[u] > position[node] for a in _aliases(dest) for u in a.users):
+            continue  # read (or written) again after this write, itself or through a view: it stays
         if node.target is aten.copy_.default and len(node.args) == 2 and not node.kwargs:
-            if isinstance(node.args[1], Node) and _same_layout(node.args[1], dest):
+            src = node.args[1]
+            # a source that views an input may see that input written before the batch reads it
+            if isinstance(src, Node) and _same_layout(src, dest) and _base(src).op != "placeholder":
                 copies.append(node)
         elif node.target is aten.add_.Tensor and len(node.args) == 2 and not node.kwargs:
             constant = node.args[1]
@@ -168,3 +172,33 @@ def batch_write_backs(gm: GraphModule) -> int:
         graph.lint()
         gm.recompile()
     return batched
+
+
+def _is_view(node: Node) -> bool:
+    """Whether `node`'s result may share its first argument's memory: an aten op whose schema says
+    its result aliases an input (`view`, `slice`, `permute`, `alias`...), or an item of one's tuple."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], Node):
+        return False
+    if node.target is operator.getitem:
+        return True
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or schema.is_mutable:
+        return False
+    return any(r.alias_info is not None for r in schema.returns)
+
+
+def _base(node: Node) -> Node:
+    """The node `node` views, through any chain of views (itself if it is no view)."""
+    while _is_view(node):
+        node = node.args[0]
+    return node
+
+
+def _aliases(node: Node) -> list[Node]:
+    """`node` and every view of it in the graph, through chains of views."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack += [u for u in current.users if _is_view(u) and u.args[0] is current]
+    return found

@@ -261,3 +261,26 @@ def test_batch_norms_in_training_write_their_statistics_back_in_two_launches():
     ops = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"]]
     assert ops.count("aten._foreach_copy_.default") == 1 and ops.count("aten._foreach_add_.Scalar") == 1, ops
     assert "aten.copy_.default" not in ops and "aten.add_.Tensor" not in ops, ops
+
+
+def test_write_backs_that_alias_other_inputs_stay_where_they_are():
+    """`a.copy_(b); b.add_(1)` reaches the graph as two write-backs, the first of `b` itself: batched
+    into one multi-tensor copy, `a` could read `b` already updated. And a view of `x` made before
+    `x`'s write and read after it sees the new value in eager: that write stays too."""
+
+    def f(a, b, x, y, z, w):
+        aten.copy_.default(a, b)  # its source is an input: stays
+        aten.copy_.default(b, aten.add.Tensor(b, 1))
+        view = aten.view.default(x, [2, 3])
+        aten.copy_.default(x, aten.mul.Tensor(y, 2))  # read after, through `view`: stays
+        aten.copy_.default(z, aten.mul.Tensor(y, 3))
+        aten.copy_.default(w, aten.mul.Tensor(y, 4))
+        return view * 2
+
+    args = [torch.randn(6) for _ in range(6)]
+    gm = make_fx(f)(*(a.clone() for a in args))
+    assert batch_write_backs(gm) == 3  # b, z and w
+    got, want = [a.clone() for a in args], [a.clone() for a in args]
+    torch.testing.assert_close(gm(*got), f(*want))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
