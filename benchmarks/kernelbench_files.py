@@ -286,13 +286,13 @@ def main(argv: Sequence[str] | None = None) -> str:
             "- **on the CPU the times measure nothing** (tilefuse's kernels run in Triton's interpreter, "
             "or the graph runs as PyTorch): the errors are what such a run checks"
         )
+    results: list[CaseResult] = []  # kept here without a results file (`supervise` requires one)
     if args.isolate:
         supervise(args, argv, problems, start)
     else:
         torch.set_float32_matmul_precision(args.fp32_precision)
         compilers = candidates(False, torch_compile=args.torch_compile)
         marker = os.environ.get("TILEFUSE_KB_STARTED")  # set by `supervise` for its child
-        results: list[CaseResult] = []
         for problem, dtype in pending(problems, DTYPES[args.dtype], args.results):
             if _past(args.deadline, start):
                 print(
@@ -310,15 +310,20 @@ def main(argv: Sequence[str] | None = None) -> str:
             if marker:
                 Path(marker).unlink(missing_ok=True)
             if args.out is not None:  # after each problem: a run killed later keeps its report so far
-                done = read_results(args.results) if args.results is not None else results
-                args.out.write_text(render(header, done))
+                write_report(args, header, results)
         if marker:  # the supervising parent writes the report
             return ""
-    results = read_results(args.results) if args.results is not None else results
-    report = render(header, results)
+    report = write_report(args, header, results)
+    print(report)
+    return report
+
+
+def write_report(args: argparse.Namespace, header: list[str], results: list[CaseResult]) -> str:
+    """The report of every finished run (the results file's, else `results`), written to `--out`
+    where given."""
+    report = render(header, read_results(args.results) if args.results is not None else results)
     if args.out is not None:
         args.out.write_text(report)
-    print(report)
     return report
 
 

@@ -52,16 +52,21 @@ def alias_chain(node: Node) -> list[Node]:
     it is, ending at the one that made that memory (a placeholder, or an op making a new tensor).
     An item of a multi-output op counts as a view of the op."""
     chain = [node]
-    while node.op == "call_function" and node.args and isinstance(node.args[0], Node):
-        schema = getattr(node.meta.get(CAPTURED_TARGET, node.target), "_schema", None)  # bind_direct's too
-        aliases = node.target is operator.getitem or (
-            schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None
-        )
-        if not aliases:
-            break
+    while aliases_its_input(node):
         node = node.args[0]
         chain.append(node)
     return chain
+
+
+def aliases_its_input(node: Node) -> bool:
+    """Whether `node`'s result is its first argument's memory: a view or an in-place op (its schema's
+    result aliases an input), or an item of a multi-output op."""
+    if not (node.op == "call_function" and node.args and isinstance(node.args[0], Node)):
+        return False
+    schema = getattr(node.meta.get(CAPTURED_TARGET, node.target), "_schema", None)  # bind_direct's too
+    return node.target is operator.getitem or (
+        schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None
+    )
 
 
 def _returned(gm: GraphModule) -> set[Node]:

@@ -24,10 +24,10 @@ Two things follow:
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch.fx import GraphModule, Node
+
+from .duplicate_ops import alias_chain, aliases_its_input
 
 aten = torch.ops.aten
 # functional update -> its in-place form, with the updated tensor as argument 0 of both
@@ -149,7 +149,7 @@ def batch_write_backs(gm: GraphModule) -> int:
         if node.target is aten.copy_.default and len(node.args) == 2 and not node.kwargs:
             src = node.args[1]
             # a source that views an input may see that input written before the batch reads it
-            if isinstance(src, Node) and _same_layout(src, dest) and _base(src).op != "placeholder":
+            if isinstance(src, Node) and _same_layout(src, dest) and alias_chain(src)[-1].op != "placeholder":
                 copies.append(node)
         elif node.target is aten.add_.Tensor and len(node.args) == 2 and not node.kwargs:
             constant = node.args[1]
@@ -174,31 +174,11 @@ def batch_write_backs(gm: GraphModule) -> int:
     return batched
 
 
-def _is_view(node: Node) -> bool:
-    """Whether `node`'s result may share its first argument's memory: an aten op whose schema says
-    its result aliases an input (`view`, `slice`, `permute`, `alias`...), or an item of one's tuple."""
-    if node.op != "call_function" or not node.args or not isinstance(node.args[0], Node):
-        return False
-    if node.target is operator.getitem:
-        return True
-    schema = getattr(node.target, "_schema", None)
-    if schema is None or schema.is_mutable:
-        return False
-    return any(r.alias_info is not None for r in schema.returns)
-
-
-def _base(node: Node) -> Node:
-    """The node `node` views, through any chain of views (itself if it is no view)."""
-    while _is_view(node):
-        node = node.args[0]
-    return node
-
-
 def _aliases(node: Node) -> list[Node]:
     """`node` and every view of it in the graph, through chains of views."""
     found, stack = [], [node]
     while stack:
         current = stack.pop()
         found.append(current)
-        stack += [u for u in current.users if _is_view(u) and u.args[0] is current]
+        stack += [u for u in current.users if aliases_its_input(u) and u.args[0] is current]
     return found

@@ -255,12 +255,6 @@ def partition_graph(gm: GraphModule) -> tuple[GraphModule, list[str]]:
     return fused, names
 
 
-def _written(node: Node) -> list[Node]:
-    """The tensors an in-place op of the graph writes (`copy_`'s destination, a reinplaced
-    `index_put_`'s, each of `_foreach_copy_`'s): its arguments the schema marks written."""
-    return written_args(node)
-
-
 def order_reads_before_writes(
     gm: GraphModule, order: dict[str, int], partitions: list[dict], prefix: str = "fused_"
 ) -> int:
@@ -278,8 +272,8 @@ def order_reads_before_writes(
     first = {f"{prefix}{i}": min((order[n.name] for n in nodes if n.name in order), default=None)
              for i, nodes in enumerate(partitions)}  # fmt: skip
     moved = 0
-    for write in [n for n in gm.graph.nodes if _written(n) and n.name in order]:
-        for target in _written(write):
+    for write in [n for n in gm.graph.nodes if written_args(n) and n.name in order]:
+        for target in written_args(write):
             position = {n: i for i, n in enumerate(gm.graph.nodes)}
             late = [
                 r for r in target.users
