@@ -31,6 +31,9 @@ op went where:
   second output: the kernel writes `h` and `norm(h)` and nobody reads `h`
   back. After norm-prologue the same rule puts the add into the kernel of
   the row statistics (it writes `h` and the sums the GEMM epilogues read).
+  Maps of the statistics that nothing in the group reads (a training
+  BatchNorm's running mean and variance, after the combine of its split
+  statistics) are outputs of the group too, rather than kernels of their own.
 - **reduction**: any other reduction plus the map that produces its input, if
   that map has no other user (a prologue: `sum(exp(x - m))` reads `x` once);
   a loop over the row in chunks.
@@ -307,6 +310,8 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
             component.add(op)
             stack += [o for o in _producers(op, space) + _users(op, space) if fits(o)]
     position = {op: i for i, op in enumerate(order)}
+    if (whole := _closed_component(component, seed, space, position)) is not None:
+        return whole
     users_of = {op: _users(op, space) for op in component}  # read once: the loop below revisits ops
     for output in sorted(component, key=position.__getitem__, reverse=True):
         members, grown = {output}, True
@@ -321,6 +326,51 @@ def _row_group(seed: ein.ReduceOp, order: list[Operation], taken: set[Operation]
         if seed in members:
             return sorted(members, key=position.__getitem__)
     return None
+
+
+def _closed_component(
+    component: set[Operation], seed: ein.ReduceOp, space: RowSpace, position: dict
+) -> list[Operation] | None:
+    """The most of `component` one kernel can compute at its last op, when that holds `seed` and
+    reads nothing of the component it leaves out; else None (`_row_group` then grows a group back
+    from one output). Unlike that growth this keeps several results nobody in the group reads (a
+    BatchNorm's two running statistics, each a map of a statistic): each is one more output. An op
+    leaves while one of its results is read before the kernel's end outside the group, as
+    `_extra_output` has it (the kernel writes its results at its end), except through a statistics
+    reshape read only after the end: such a view moves to just after the kernel's last op."""
+    end = max(position[op] for op in component)
+    members = set(component)
+    late_views: set[Operation] = set()
+
+    def read_after(view: Operation) -> bool:
+        return all(position[use.operation] > end for r in view.results for use in r.uses)
+
+    def written_in_time(value: SSAValue) -> bool:
+        for use in value.uses:
+            user = use.operation
+            if user in members or position[user] > end:
+                continue
+            if not space.is_stat_view(user):
+                return False
+            if read_after(user):
+                late_views.add(user)
+            elif not all(_read_inside(r, members) for r in user.results):
+                return False
+        return True
+
+    left = True
+    while left:
+        late_views.clear()
+        left = [op for op in members if not all(written_in_time(r) for r in op.results)]
+        members.difference_update(left)
+    left_out = component - members
+    if seed not in members or any(p in left_out for op in members for p in _producers(op, space)):
+        return None
+    ordered = sorted(members, key=position.__getitem__)
+    for view in sorted(late_views, key=position.__getitem__, reverse=True):
+        view.detach()
+        ordered[-1].parent.insert_op_after(view, ordered[-1])
+    return ordered
 
 
 def _extra_output(

@@ -548,7 +548,7 @@ def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
     if kind not in ("sum", "max", "min", "mean") or (made := _split_rows(reduce, pair=False)) is None:
         return False
     b, chunks, split = made
-    partial = b.reduce(kind, chunks, [-1], keepdim=False)
+    partial = split.partials(b, b.reduce(kind, chunks, [-1], keepdim=False))
     total = b.reduce(kind, partial, split.combined, keepdim=False)  # equal chunks: a mean of their means
     _replace_result(b, reduce, total)
     return True
@@ -557,13 +557,20 @@ def _split_wide_rows(reduce: ein.ReduceOp) -> bool:
 @dataclass(frozen=True)
 class _RowSplit:
     """How a reduction over few wide rows is split: the trailing run of `k` reduced dims is read as
-    [T, c] chunks; the partials [lead.., T] (lead = the dims before the run) are combined over
-    `combined`, the reduced dims before the run and T."""
+    [T, c] chunks; the partials [lead.., T] (lead = the dims before the run), viewed [lead.., T, 1..]
+    (`partials`), are combined over `combined`: the reduced dims before the run, T and those 1s."""
 
     k: int
     c: int
     combined: tuple[int, ...]
     elements: int  # reduced per output
+
+    def partials(self, b: EinBuilder, v: SSAValue) -> SSAValue:
+        """Partials [lead.., T] viewed with x's rank, [lead.., T, 1..] (T where the run began), the
+        shape `combined` indexes: the combine's statistics then have the shapes of the reduction's
+        own (its keepdim views), so the maps after it (a BatchNorm's variance scaled by its count,
+        its running statistics) compute in the combine's kernel rather than in kernels of their own."""
+        return v if self.k == 1 else b.reshape(v, [*shape_of(v.type), *[1] * (self.k - 1)])
 
 
 MIN_RUN_CHUNK = 256  # a trailing run no chunk divides is one chunk (or its trailing dims are) from this long
@@ -612,7 +619,7 @@ def _wide_row_split(reduce: ein.ReduceOp, pair: bool = False) -> _RowSplit | Non
                 break
     if c is None:
         return None
-    return _RowSplit(k, c, (*outer, len(shape) - k), n)
+    return _RowSplit(k, c, (*outer, *range(len(shape) - k, len(shape))), n)
 
 
 def _match_variance(total: ein.ReduceOp) -> ein.ReduceOp | None:
@@ -670,7 +677,8 @@ def _split_variance(total: ein.ReduceOp) -> bool:
     chunk_mean = b.reduce("mean", chunks, [-1], keepdim=True)  # [lead.., T, 1]
     deviations = b.map([chunks, chunk_mean], f32, ScalarBuilder.squared_difference)
     chunk_m2 = b.reduce("sum", deviations, [-1], keepdim=False)
-    chunk_mean = b.reshape(chunk_mean, shape_of(chunk_m2.type))
+    chunk_mean = rows.partials(b, b.reshape(chunk_mean, shape_of(chunk_m2.type)))
+    chunk_m2 = rows.partials(b, chunk_m2)
     row_mean = b.reduce("mean", chunk_mean, combined, keepdim=True)  # equal chunks: the mean of their means
     pairs = b.map(
         [chunk_m2, chunk_mean, row_mean], f32,
@@ -734,7 +742,8 @@ def _split_softmax_sum(total: ein.ReduceOp) -> bool:
         return sb.unary("exp", sb.sub(v, safe))
 
     chunk_sum = b.reduce("sum", b.map([chunks, chunk_max], f32, shifted_exp), [-1], keepdim=False)
-    chunk_max = b.reshape(chunk_max, shape_of(chunk_sum.type))
+    chunk_max = rows.partials(b, b.reshape(chunk_max, shape_of(chunk_sum.type)))
+    chunk_sum = rows.partials(b, chunk_sum)
     row_max = b.reduce("max", chunk_max, rows.combined, keepdim=True)
     scaled = b.map(
         [chunk_sum, chunk_max, row_max], f32, lambda sb, s_, mt, m: sb.mul(s_, sb.unary("exp", sb.sub(mt, m)))

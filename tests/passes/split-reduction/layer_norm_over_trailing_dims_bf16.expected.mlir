@@ -14,21 +14,21 @@ builtin.module {
       ein.yield %7 : f32
     }
     %4 = ein.reduce sum [2] %3 : tensor<2x9x4096xf32> -> tensor<2x9xf32>
-    %5 = ein.view reshape %2 : tensor<2x9x1xf32> -> tensor<2x9xf32>
-    %6 = ein.reduce mean [1] keepdim %5 : tensor<2x9xf32> -> tensor<2x1xf32>
-    %7 = ein.map(%4, %5, %6) : (tensor<2x9xf32>, tensor<2x9xf32>, tensor<2x1xf32>) -> tensor<2x9xf32> {
-    ^bb0(%8: f32, %9: f32, %10: f32):
-      %11 = arith.subf %9, %10 : f32
-      %12 = arith.mulf %11, %11 : f32
-      %13 = arith.constant 4.096000e+03 : f32
-      %14 = arith.mulf %12, %13 : f32
-      %15 = arith.addf %8, %14 : f32
-      ein.yield %15 : f32
+    %5 = ein.view reshape %2 : tensor<2x9x1xf32> -> tensor<2x9x1x1xf32>
+    %6 = ein.view reshape %4 : tensor<2x9xf32> -> tensor<2x9x1x1xf32>
+    %7 = ein.reduce mean [1, 2, 3] keepdim %5 : tensor<2x9x1x1xf32> -> tensor<2x1x1x1xf32>
+    %8 = ein.map(%6, %5, %7) : (tensor<2x9x1x1xf32>, tensor<2x9x1x1xf32>, tensor<2x1x1x1xf32>) -> tensor<2x9x1x1xf32> {
+    ^bb0(%9: f32, %10: f32, %11: f32):
+      %12 = arith.subf %10, %11 : f32
+      %13 = arith.mulf %12, %12 : f32
+      %14 = arith.constant 4.096000e+03 : f32
+      %15 = arith.mulf %13, %14 : f32
+      %16 = arith.addf %9, %15 : f32
+      ein.yield %16 : f32
     }
-    %8 = ein.reduce sum [1] %7 : tensor<2x9xf32> -> tensor<2xf32>
-    %9 = ein.view reshape %6 : tensor<2x1xf32> -> tensor<2x1x1x1xf32>
-    %10 = ein.view reshape %8 : tensor<2xf32> -> tensor<2x1x1x1xf32>
-    %11 = ein.map(%9, %10, %x) : (tensor<2x1x1x1xf32>, tensor<2x1x1x1xf32>, tensor<2x4x96x96xbf16>) -> tensor<2x4x96x96xbf16> {
+    %9 = ein.reduce sum [1, 2, 3] %8 : tensor<2x9x1x1xf32> -> tensor<2xf32>
+    %10 = ein.view reshape %9 : tensor<2xf32> -> tensor<2x1x1x1xf32>
+    %11 = ein.map(%7, %10, %x) : (tensor<2x1x1x1xf32>, tensor<2x1x1x1xf32>, tensor<2x4x96x96xbf16>) -> tensor<2x4x96x96xbf16> {
     ^bb0(%12: f32, %13: f32, %14: bf16):
       %15 = arith.extf %14 : bf16 to f32
       %16 = arith.constant 3.686400e+04 : f32
