@@ -11,6 +11,8 @@ COMMON = dict(
     vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
     max_position_embeddings=64,
 )  # fmt: skip
+# a decoder's options for the architecture sweeps (test_more_architectures.py, test_model_families.py)
+DECODER = dict(COMMON, intermediate_size=128, vocab_size=256)
 
 
 def _llama():

@@ -15,13 +15,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import DECODER  # noqa: E402
+
 import tilefuse  # noqa: E402
 
 T = transformers
-DECODER = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
-    max_position_embeddings=64,
-)  # fmt: skip
 ARCHITECTURES = {
     "gemma": (T.GemmaConfig, T.GemmaForCausalLM, dict(DECODER, num_key_value_heads=2, head_dim=16)),
     "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(DECODER, num_key_value_heads=2, head_dim=16)),
