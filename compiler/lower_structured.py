@@ -213,8 +213,13 @@ def _static_empty(val: torch.Tensor) -> bool:
 MAX_CAT_PARTS = 8
 
 
+def _cat_parts(node: Node) -> list[Node]:
+    """A concatenation's parts less those statically empty (`_static_empty`): the parts it reads."""
+    return [t for t in node.args[0] if not _static_empty(t.meta["val"])]
+
+
 def _cat_parts_reason(node: Node) -> str | None:
-    parts = [t for t in node.args[0] if not _static_empty(t.meta["val"])]
+    parts = _cat_parts(node)
     if len(parts) <= MAX_CAT_PARTS:
         return None
     return (
@@ -226,7 +231,7 @@ def _cat_parts_reason(node: Node) -> str | None:
 @lowers(aten.cat.default, check=_cat_parts_reason)
 def lower_cat(ctx: LoweringContext, node: Node) -> SSAValue:
     out = ctx.out_elem(node)
-    xs = [ctx.b.cast(ctx.tensor(t), out) for t in node.args[0] if not _static_empty(t.meta["val"])]
+    xs = [ctx.b.cast(ctx.tensor(t), out) for t in _cat_parts(node)]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     return xs[0] if len(xs) == 1 else ctx.b.concat(xs, dim)
 

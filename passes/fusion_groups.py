@@ -335,33 +335,18 @@ def _closed_component(
     reads nothing of the component it leaves out; else None (`_row_group` then grows a group back
     from one output). Unlike that growth this keeps several results nobody in the group reads (a
     BatchNorm's two running statistics, each a map of a statistic): each is one more output. An op
-    leaves while one of its results is read before the kernel's end outside the group, as
-    `_extra_output` has it (the kernel writes its results at its end), except through a statistics
-    reshape read only after the end: such a view moves to just after the kernel's last op."""
+    leaves while one of its results is read too early (`_written_in_time`), except through a
+    statistics reshape read only after the end: such a view moves to just after the kernel's last op."""
     end = max(position[op] for op in component)
     members = set(component)
     late_views: set[Operation] = set()
-
-    def read_after(view: Operation) -> bool:
-        return all(position[use.operation] > end for r in view.results for use in r.uses)
-
-    def written_in_time(value: SSAValue) -> bool:
-        for use in value.uses:
-            user = use.operation
-            if user in members or position[user] > end:
-                continue
-            if not space.is_stat_view(user):
-                return False
-            if read_after(user):
-                late_views.add(user)
-            elif not all(_read_inside(r, members) for r in user.results):
-                return False
-        return True
-
     left = True
     while left:
         late_views.clear()
-        left = [op for op in members if not all(written_in_time(r) for r in op.results)]
+        left = [
+            op for op in members
+            if not all(_written_in_time(r, members, space, position, end, late_views) for r in op.results)
+        ]  # fmt: skip
         members.difference_update(left)
     left_out = component - members
     if seed not in members or any(p in left_out for op in members for p in _producers(op, space)):
@@ -373,25 +358,35 @@ def _closed_component(
     return ordered
 
 
+def _written_in_time(
+    value: SSAValue, members: set[Operation], space: RowSpace, position: dict, end: int,
+    late_views: set[Operation] | None = None,
+) -> bool:  # fmt: skip
+    """Whether a group of `members` ending at `end` may write `value`: every reader outside the group
+    comes after that op, where the kernel has written it. Before that point only a statistics
+    reshape read by members may read it (the kernel keeps both in registers); through any other
+    view the kernel would load what it has not stored yet. Where `late_views` is given, a
+    statistics reshape read only after the end passes too, and is collected there (to be moved)."""
+    for use in value.uses:
+        user = use.operation
+        if user in members or position[user] > end:
+            continue
+        if not space.is_stat_view(user):
+            return False
+        if late_views is not None and all(position[u.operation] > end for r in user.results for u in r.uses):
+            late_views.add(user)
+        elif not all(_read_inside(r, members) for r in user.results):
+            return False
+    return True
+
+
 def _extra_output(
     op: Operation, users: list[Operation], members: set[Operation], space: RowSpace, position: dict, end: int
 ) -> bool:
-    """Whether `op` can join a group ending at `end` as an extra output: it feeds the group and
-    every other reader comes after the group's last op, where the kernel has written it. Before
-    that point only a statistics reshape read by members may read it (the kernel keeps both
-    in registers); through any other view the kernel would load what it has not stored yet."""
+    """Whether `op` can join a group ending at `end` as an extra output: it feeds the group and the
+    kernel writes its results in time (`_written_in_time`)."""
     feeds = any(u in members for u in users)
-
-    def read_later(value: SSAValue) -> bool:
-        for use in value.uses:
-            user = use.operation
-            if user in members or position[user] > end:
-                continue
-            if not space.is_stat_view(user) or not all(_read_inside(r, members) for r in user.results):
-                return False
-        return True
-
-    return feeds and all(read_later(r) for r in op.results)
+    return feeds and all(_written_in_time(r, members, space, position, end) for r in op.results)
 
 
 def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
