@@ -1,7 +1,7 @@
 """tilefuse on `transformers` models, against eager PyTorch and `torch.compile`, in one process.
 
     python -m tilefuse.benchmarks.transformers_models [--out FILE] [--models llama,qwen2,...]
-        [--dtype bfloat16|float32] [--tiny] [--no-torch-compile]
+        [--dtype bfloat16|float32] [--tiny] [--no-torch-compile] [--no-reduce-overhead]
 
 Each model is built from its config (random weights, seeded; nothing is downloaded), put in
 eval mode with `attn_implementation="sdpa"`, and run forward under `torch.no_grad()` (a
@@ -91,6 +91,7 @@ class ModelSpec:
     seq: int = 512
     padded: bool = False
     training_class: str | None = None
+    attention: str = "sdpa"  # the attn_implementation (a family without an SDPA path: "eager")
 
     def shape(self, tiny: bool) -> tuple[int, int]:
         """(batch, sequence length) of the inputs."""
@@ -156,6 +157,54 @@ MODELS = {spec.name: spec for spec in (
     ModelSpec("falcon", "FalconForCausalLM", "FalconConfig",
               dict(hidden_size=2048, num_hidden_layers=4, num_attention_heads=32, vocab_size=65024),
               dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=256)),
+    # KernelBench level 4's families (its files load pretrained weights; here the same configs, four
+    # layers, random weights), at one of each family's shapes there; GPT-Neo, BigBird and Reformer
+    # have no SDPA path in transformers 5 (their attention is matmuls and a softmax):
+    # GPT-Neo 2.7B's blocks: global and local (window 256) attention alternating, 2047 tokens
+    ModelSpec("gpt_neo", "GPTNeoForCausalLM", "GPTNeoConfig",
+              dict(hidden_size=2560, num_layers=4, num_heads=20, attention_types=[[["global", "local"], 2]],
+                   window_size=256, vocab_size=50257, max_position_embeddings=2048),
+              dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                   window_size=8, vocab_size=256, max_position_embeddings=64),
+              batch=1, seq=2047, attention="eager"),
+    # BigBird-RoBERTa-base: block-sparse attention (blocks of 64, 3 random blocks) over 4095 tokens
+    ModelSpec("bigbird", "BigBirdForCausalLM", "BigBirdConfig",
+              dict(hidden_size=768, num_hidden_layers=4, num_attention_heads=12, intermediate_size=3072,
+                   vocab_size=50358, max_position_embeddings=4096, attention_type="block_sparse",
+                   block_size=64, num_random_blocks=3),
+              dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                   vocab_size=256, max_position_embeddings=64),
+              batch=1, seq=4095, attention="eager"),
+    # ELECTRA-small: all twelve of its narrow layers (hidden 256, embeddings 128 projected up)
+    ModelSpec("electra", "ElectraForCausalLM", "ElectraConfig",
+              dict(hidden_size=256, embedding_size=128, num_hidden_layers=12, num_attention_heads=4,
+                   intermediate_size=1024, vocab_size=30522),
+              dict(hidden_size=64, embedding_size=32, num_hidden_layers=1, num_attention_heads=4,
+                   intermediate_size=128, vocab_size=256, max_position_embeddings=64),
+              batch=32, seq=256),
+    # Reformer (enwik8): local and LSH attention alternating, axial positions, reversible layers; a
+    # fixed hash seed so every candidate hashes alike
+    ModelSpec("reformer", "ReformerModelWithLMHead", "ReformerConfig",
+              dict(hidden_size=1024, feed_forward_size=4096, num_attention_heads=8, attention_head_size=128,
+                   attn_layers=["local", "lsh", "local", "lsh"], axial_pos_shape=[16, 16],
+                   axial_pos_embds_dim=[256, 768], max_position_embeddings=256, local_attn_chunk_length=128,
+                   lsh_attn_chunk_length=256, num_buckets=16, num_hashes=4, vocab_size=258, is_decoder=True,
+                   hash_seed=0, hidden_act="relu", pad_token_id=0, eos_token_id=2),
+              dict(hidden_size=64, feed_forward_size=128, num_attention_heads=2, attention_head_size=32,
+                   attn_layers=["local", "lsh"], axial_pos_shape=[4, 4], axial_pos_embds_dim=[32, 32],
+                   max_position_embeddings=16, local_attn_chunk_length=8, lsh_attn_chunk_length=8,
+                   num_buckets=4, num_hashes=2, vocab_size=258, is_decoder=True, hash_seed=0,
+                   pad_token_id=0, eos_token_id=2),
+              batch=32, seq=256, attention="eager"),
+    # BART-large's decoder as a causal LM (post-LayerNorm blocks, learned positions with an offset)
+    ModelSpec("bart", "BartForCausalLM", "BartConfig",
+              dict(d_model=1024, encoder_layers=4, decoder_layers=4, encoder_attention_heads=16,
+                   decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, vocab_size=50265,
+                   max_position_embeddings=1024),
+              dict(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=256,
+                   max_position_embeddings=64),
+              batch=32, seq=256),
     # a mixture of experts: 8 experts, 2 a token (the routing stays in PyTorch)
     ModelSpec("mixtral", "MixtralForCausalLM", "MixtralConfig",
               {**LLAMA, "intermediate_size": 2816, "num_local_experts": 8, "num_experts_per_tok": 2},
@@ -195,24 +244,35 @@ def tilefuse_takes_mode() -> bool:
     return "mode" in inspect.signature(tilefuse.compile).parameters
 
 
-def compilers(skip_torch_compile: bool) -> dict[str, Callable[[Callable], Callable] | str]:
+def compilers(
+    skip_torch_compile: bool, skip_reduce_overhead: bool = False
+) -> dict[str, Callable[[Callable], Callable] | str]:
     """Each candidate's compile function, in measuring order, or why it does not run."""
     skipped = "skipped (--no-torch-compile)"
+    no_graphs = "skipped (--no-reduce-overhead)"
     return {
         EAGER: lambda fn: fn,
         SUBJECT: tilefuse.compile,
-        SUBJECT_RO: (lambda fn: tilefuse.compile(fn, mode="reduce-overhead"))
+        SUBJECT_RO: no_graphs
+        if skip_reduce_overhead
+        else (lambda fn: tilefuse.compile(fn, mode="reduce-overhead"))
         if tilefuse_takes_mode()
         else "n/a: tilefuse.compile takes no mode",
         COMPILE: skipped if skip_torch_compile else torch.compile,
-        COMPILE_RO: skipped if skip_torch_compile else lambda fn: torch.compile(fn, mode="reduce-overhead"),
+        COMPILE_RO: skipped
+        if skip_torch_compile
+        else no_graphs
+        if skip_reduce_overhead
+        else lambda fn: torch.compile(fn, mode="reduce-overhead"),
     }
 
 
 def build_model(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype):
-    """The model (seeded random weights, eval mode, SDPA attention) and its keyword inputs."""
+    """The model (seeded random weights, eval mode, SDPA attention where the family has it) and its
+    keyword inputs."""
     config_class = getattr(transformers, spec.config_class)
-    config = config_class(**(spec.tiny if tiny else spec.full), attn_implementation="sdpa", use_cache=False)
+    sizes = spec.tiny if tiny else spec.full
+    config = config_class(**sizes, attn_implementation=spec.attention, use_cache=False)
     torch.manual_seed(0)
     with torch.device(device):
         model = getattr(transformers, spec.model_class)(config)
@@ -444,7 +504,7 @@ def run_model(
         result.timings = [Timing(c, error=f"model not built: {describe_error(exc)}") for c in CANDIDATES]
         return result
     with torch.no_grad(), fresh_caches(cache_root / spec.name) as cache_env:
-        timings = measure_model(spec, model, inputs, args.no_torch_compile, device)
+        timings = measure_model(spec, model, inputs, args.no_torch_compile, device, args.no_reduce_overhead)
         subject = timings[SUBJECT]
         if subject.error is None and not args.no_cached:
             try:
@@ -459,7 +519,12 @@ def run_model(
 
 
 def measure_model(
-    spec: ModelSpec, model: torch.nn.Module, inputs: dict, skip_torch_compile: bool, device: torch.device
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    inputs: dict,
+    skip_torch_compile: bool,
+    device: torch.device,
+    skip_reduce_overhead: bool = False,
 ) -> dict[str, Timing]:
     """Each candidate on `model(**inputs)`, checked against eager and a float64 copy."""
     call = lambda compiled: output_tensor(compiled(**inputs))  # noqa: E731
@@ -469,7 +534,9 @@ def measure_model(
         refs["fp64"] = float64_reference(model, inputs)
     except Exception as exc:  # no float64 copy (out of memory): the other columns still stand
         ref_note = f"reference: {describe_error(exc)}"
-    timings = measure_candidates(spec.name, model, call, refs, skip_torch_compile, device)
+    timings = measure_candidates(
+        spec.name, model, call, refs, skip_torch_compile, device, skip_reduce_overhead
+    )
     if ref_note:
         timings[EAGER] = dataclasses.replace(timings[EAGER], note=ref_note)
     return timings
@@ -482,10 +549,11 @@ def measure_candidates(
     refs: dict[str, torch.Tensor],
     skip_torch_compile: bool,
     device: torch.device,
+    skip_reduce_overhead: bool = False,
 ) -> dict[str, Timing]:
     """Every candidate's `measure` of `fn`, progress on stderr; a skipped one says why in its note."""
     timings = {}
-    for candidate, compile_fn in compilers(skip_torch_compile).items():
+    for candidate, compile_fn in compilers(skip_torch_compile, skip_reduce_overhead).items():
         if isinstance(compile_fn, str):
             timings[candidate] = Timing(candidate, note=compile_fn)
             continue
@@ -646,6 +714,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-cached", action="store_true", help="skip the first call of a new process (cached s column)"
     )
     parser.add_argument("--no-overhead", action="store_true", help="skip the host-overhead microbenchmark")
+    parser.add_argument(
+        "--no-reduce-overhead", action="store_true", help="leave the reduce-overhead (CUDA graph) rows out"
+    )
     parser.add_argument("--cached-compile-child", metavar="MODEL", help=argparse.SUPPRESS)
     return check_model_args(parser, parser.parse_args(argv))
 

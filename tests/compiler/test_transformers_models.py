@@ -285,3 +285,33 @@ def test_a_sliding_window_decode_runs_its_partitions_as_kernels():
     failed = [p.get("runtime_error") for r in reports for p in r["partitions"] if p.get("runtime_error")]
     assert not failed, failed
     assert any(p["groups"] for r in reports for p in r["partitions"])
+
+
+@pytest.mark.parametrize("name", ["gpt_neo", "bigbird", "electra", "reformer", "bart"])
+def test_kernelbench_level4_families_match_eager(name):
+    """KernelBench level 4's families, as its files call them (`model(x).logits`), from the
+    benchmark's tiny configs: GPT-Neo's alternating local attention, BigBird and Reformer (attention
+    as matmuls and a softmax: no SDPA path in transformers 5), ELECTRA's projected embeddings, BART's
+    decoder as a causal LM. They match eager as generated kernels; Reformer breaks its graph (its
+    hash seed, `.item()` on positions) and keeps its LSH bucketing's random rotations and sorts in
+    PyTorch, but no graph falls back whole."""
+    from tilefuse.benchmarks.transformers_models import MODELS as SPECS
+    from tilefuse.benchmarks.transformers_models import build_model
+
+    model, inputs = build_model(SPECS[name], True, torch.device("cpu"), torch.float32)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        expected = model(ids).logits
+        compiled = tilefuse.compile(model)
+        actual = compiled(ids).logits
+        again = compiled(ids).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-5)
+    reports = compiled.tilefuse_reports
+    assert not [f for r in reports for f in r["fallbacks"] if f["node"] == "<graph>"]
+    assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
+    kernels = [g for r in reports for p in r["partitions"] for g in p["groups"] if g["kernel"] is not None]
+    assert len(kernels) >= 10
+    if name != "reformer":
+        (report,) = reports  # one graph, one partition, nothing in PyTorch
+        assert len(report["partitions"]) == 1 and report["fallbacks"] == []
