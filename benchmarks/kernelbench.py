@@ -325,6 +325,21 @@ def encoder_layer(d: int, heads: int, ff: int) -> nn.TransformerEncoderLayer:
     return nn.TransformerEncoderLayer(d, heads, dim_feedforward=ff, batch_first=True)
 
 
+class PaddedEncoderLayer(nn.Module):
+    """An encoder layer over padded rows: row i of the batch keeps t - i * t / (2 b) tokens, its
+    key-padding mask built from aranges (inference hands PyTorch's fused layer op the mask)."""
+
+    def __init__(self, d: int, heads: int, ff: int):
+        super().__init__()
+        self.layer = encoder_layer(d, heads, ff)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens = x.shape[:2]
+        lengths = tokens - torch.arange(batch, device=x.device) * (tokens // (2 * batch))
+        padding = torch.arange(tokens, device=x.device)[None, :] >= lengths[:, None]
+        return self.layer(x, src_key_padding_mask=padding)
+
+
 # The cases
 
 
@@ -508,6 +523,9 @@ CASES: dict[str, KernelCase] = {case.name: case for case in (
     KernelCase("transformer_encoder", 3, lambda d: encoder_layer(d.c, d.heads, d.ff),
                lambda d: [(d.b, d.t, d.c)], dict(b=8, t=1024, c=1024, heads=16, ff=4096),
                dict(b=2, t=33, c=48, heads=3, ff=100)),
+    KernelCase("transformer_encoder_padded", 3, lambda d: PaddedEncoderLayer(d.c, d.heads, d.ff),
+               lambda d: [(d.b, d.t, d.c)], dict(b=8, t=1024, c=1024, heads=16, ff=4096),
+               dict(b=3, t=33, c=48, heads=3, ff=100)),
 )}
 # fmt: on
 

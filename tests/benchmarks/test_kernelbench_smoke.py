@@ -27,8 +27,8 @@ from tilefuse.benchmarks.kernelbench import (
 
 CPU = torch.device("cpu")
 # A chunked wide row, a norm over the channels, a scan, a loss with labels, a loss to one element, GEMMs with a
-# norm and a softmax in the epilogue, attention with a buffer mask, a whole encoder layer: about a
-# second each in the interpreter. Every small case matched eager here (float32 and bfloat16) when
+# norm and a softmax in the epilogue, attention with a buffer mask, a whole encoder layer (without and
+# with a padding mask): about a second each in the interpreter. Every small case matched eager here (float32 and bfloat16) when
 # this list was made; the rest are left out for time.
 THROUGH_TILEFUSE = [
     "softmax_wide",
@@ -40,6 +40,7 @@ THROUGH_TILEFUSE = [
     "linear_dropout_softmax",
     "mingpt_attention",
     "transformer_encoder",
+    "transformer_encoder_padded",
 ]
 
 
