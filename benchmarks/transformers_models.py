@@ -4,8 +4,9 @@
         [--dtype bfloat16|float32] [--tiny] [--no-torch-compile] [--no-reduce-overhead]
 
 Each model is built from its config (random weights, seeded; nothing is downloaded), put in
-eval mode with `attn_implementation="sdpa"`, and run forward under `torch.no_grad()` (a
-prefill: batch 4 x 512 tokens, BERT 8 x 512 with padded rows). Every candidate (eager,
+eval mode with `attn_implementation="sdpa"` (where the family has it), and run forward under
+`torch.no_grad()` (a prefill: batch 4 x 512 tokens, BERT 8 x 512 with padded rows; KernelBench level
+4's families at its shapes). Every candidate (eager,
 torch.compile default and reduce-overhead, tilefuse default and reduce-overhead) is measured
 on the same model and inputs: median time, wall time of back-to-back calls, the GPU time and
 kernel launches of one call (torch.profiler), host overhead per kernel, the first call's time
@@ -768,7 +769,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = [
         *environment_lines(__spec__.name, device, dtype, argv),
         f"- transformers {transformers.__version__}; models from configs with seeded random weights, "
-        'eval mode, `attn_implementation="sdpa"`, `torch.no_grad()`',
+        'eval mode, `attn_implementation="sdpa"` (GPT-Neo, BigBird, Reformer: "eager", they have no SDPA '
+        "path), `torch.no_grad()`",
     ]
     out = args.out or (None if args.tiny else DEFAULT_OUT)
     results: list[ModelResult] = []
