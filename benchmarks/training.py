@@ -85,7 +85,7 @@ def build(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.dtype)
     options = dict(spec.tiny if tiny else spec.full)
     for name in DROPOUT_NAMES:
         options[name] = 0.0  # not every config knows every name; unknown ones are kept as attributes
-    config = config_class(**options, attn_implementation="sdpa", use_cache=False)
+    config = config_class(**options, attn_implementation=spec.attention, use_cache=False)
     torch.manual_seed(0)
     with torch.device(device):
         model = getattr(transformers, spec.training_class or spec.model_class)(config)
