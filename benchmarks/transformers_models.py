@@ -249,22 +249,21 @@ def compilers(
     skip_torch_compile: bool, skip_reduce_overhead: bool = False
 ) -> dict[str, Callable[[Callable], Callable] | str]:
     """Each candidate's compile function, in measuring order, or why it does not run."""
-    skipped = "skipped (--no-torch-compile)"
-    no_graphs = "skipped (--no-reduce-overhead)"
+    no_torch_compile, no_graphs = "skipped (--no-torch-compile)", "skipped (--no-reduce-overhead)"
+    subject_graphs = (
+        (lambda fn: tilefuse.compile(fn, mode="reduce-overhead"))
+        if tilefuse_takes_mode()
+        else "n/a: tilefuse.compile takes no mode"
+    )
+    compile_graphs = lambda fn: torch.compile(fn, mode="reduce-overhead")  # noqa: E731
+    if skip_reduce_overhead:
+        subject_graphs = compile_graphs = no_graphs
     return {
         EAGER: lambda fn: fn,
         SUBJECT: tilefuse.compile,
-        SUBJECT_RO: no_graphs
-        if skip_reduce_overhead
-        else (lambda fn: tilefuse.compile(fn, mode="reduce-overhead"))
-        if tilefuse_takes_mode()
-        else "n/a: tilefuse.compile takes no mode",
-        COMPILE: skipped if skip_torch_compile else torch.compile,
-        COMPILE_RO: skipped
-        if skip_torch_compile
-        else no_graphs
-        if skip_reduce_overhead
-        else lambda fn: torch.compile(fn, mode="reduce-overhead"),
+        SUBJECT_RO: subject_graphs,
+        COMPILE: no_torch_compile if skip_torch_compile else torch.compile,
+        COMPILE_RO: no_torch_compile if skip_torch_compile else compile_graphs,
     }
 
 

@@ -17,6 +17,7 @@ from tilefuse.benchmarks.transformers_models import (  # noqa: E402
     ModelResult,
     Timing,
     compile_breakdown,
+    compilers,
     host_us_per_kernel,
     kernel_stats,
     main,
@@ -119,3 +120,17 @@ def test_every_model_family_builds_at_tiny_size_and_trains_without_dropout(name)
     model, ids = training.build(MODELS[name], True, torch.device("cpu"), torch.float32)
     first, again = training.step(model, model, ids), training.step(model, model, ids)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_the_skip_options_leave_their_candidates_out_with_the_reason():
+    """--no-torch-compile leaves both torch.compile rows out, --no-reduce-overhead both CUDA-graph
+    rows; eager and tilefuse's default mode always run."""
+    runnable = lambda table: {name for name, fn in table.items() if callable(fn)}  # noqa: E731
+    everything = runnable(compilers(False, False))
+    assert everything == set(CANDIDATES)
+    assert runnable(compilers(True, False)) == everything - {"torch.compile", "torch.compile reduce-overhead"}
+    without_graphs = compilers(False, True)
+    graphs = {"torch.compile reduce-overhead", "tilefuse reduce-overhead"}
+    assert runnable(without_graphs) == everything - graphs
+    assert without_graphs["tilefuse reduce-overhead"] == "skipped (--no-reduce-overhead)"
+    assert runnable(compilers(True, True)) == {"eager", "tilefuse"}
