@@ -29,6 +29,14 @@ Tensors = tuple[Tensor, ...]
 InputBuilder = Callable[[torch.device, torch.dtype], Tensors]
 
 
+def key_padding(batch: int, tokens: int, device: torch.device | str = "cpu") -> Tensor:
+    """The padding of the benchmarks' padded rows, [batch, tokens], True where padded: row i keeps
+    tokens - i * (tokens // (2 batch)) tokens, so every row has some and most have padding. Built from
+    aranges on `device` (inside a module's forward it is part of the traced graph)."""
+    lengths = tokens - torch.arange(batch, device=device) * (tokens // (2 * batch))
+    return torch.arange(tokens, device=device)[None, :] >= lengths[:, None]
+
+
 @dataclass(frozen=True)
 class BenchCase:
     """One benchmarked function with its inputs, its work and the baselines it is compared with.

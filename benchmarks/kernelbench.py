@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 import tilefuse
 
-from .cases import COMPILE, EAGER, MAX_AUTOTUNE
+from .cases import COMPILE, EAGER, MAX_AUTOTUNE, key_padding
 from .run import SUBJECT, describe_error, environment_lines, release_memory, time_ms
 
 # calls before timing: tilefuse times its program against PyTorch over its first ~10 calls
@@ -326,18 +326,15 @@ def encoder_layer(d: int, heads: int, ff: int) -> nn.TransformerEncoderLayer:
 
 
 class PaddedEncoderLayer(nn.Module):
-    """An encoder layer over padded rows: row i of the batch keeps t - i * t / (2 b) tokens, its
-    key-padding mask built from aranges (inference hands PyTorch's fused layer op the mask)."""
+    """An encoder layer over padded rows (`key_padding`), its mask built from aranges in the forward
+    (inference hands PyTorch's fused layer op the mask)."""
 
     def __init__(self, d: int, heads: int, ff: int):
         super().__init__()
         self.layer = encoder_layer(d, heads, ff)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, tokens = x.shape[:2]
-        lengths = tokens - torch.arange(batch, device=x.device) * (tokens // (2 * batch))
-        padding = torch.arange(tokens, device=x.device)[None, :] >= lengths[:, None]
-        return self.layer(x, src_key_padding_mask=padding)
+        return self.layer(x, src_key_padding_mask=key_padding(*x.shape[:2], x.device))
 
 
 # The cases

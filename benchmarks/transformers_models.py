@@ -48,7 +48,7 @@ import triton
 
 import tilefuse
 
-from .cases import COMPILE, EAGER
+from .cases import COMPILE, EAGER, key_padding
 from .run import (
     SUBJECT,
     describe_error,
@@ -280,9 +280,8 @@ def build_model(spec: ModelSpec, tiny: bool, device: torch.device, dtype: torch.
     batch, seq = spec.shape(tiny)
     generator = torch.Generator().manual_seed(1)
     inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, seq), generator=generator)}
-    if spec.padded:  # row i keeps seq - i * seq / (2 batch) tokens: every row has some, most have padding
-        lengths = torch.tensor([seq - i * seq // (2 * batch) for i in range(batch)])
-        inputs["attention_mask"] = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    if spec.padded:  # every row has some tokens, most have padding
+        inputs["attention_mask"] = (~key_padding(batch, seq)).long()
     return model, {k: v.to(device) for k, v in inputs.items()}
 
 
