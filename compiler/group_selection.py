@@ -67,17 +67,20 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from xdsl.ir import Operation, SSAValue
+from xdsl.dialects import func
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from ..autotune.database import device_name
 from ..autotune.heuristics import default_config
 from ..autotune.tasks import record_choice, recorded_choice
+from ..backends.triton.emit import padded_row
 from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
+from ..ir.module import parameter_args
 from ..passes.fusion_groups import VIRTUAL_OPS
 from .library_attention import SDPA, NoSdpaPath, sdpa_path
 from .library_plan import LIBRARY_DTYPES, Plan
-from .program import empty_output, empty_padded, output_strides, stream_getter
+from .program import empty_output, empty_padded, is_packed, output_strides, stream_getter
 from .selection import SELECT_ENV, outside_dispatch_modes, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
 
 LIBRARY, KERNEL = "library", "kernel"
@@ -118,13 +121,40 @@ def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     inputs, outputs = list(lowered.inputs), list(lowered.outputs)
     plan = Plan(inputs, _library_order(inputs, outputs, set(lowered.group.ops)), library_contraction)
     slots = [plan.slot(v) for v in outputs]
-    dtypes = [to_torch_dtype(v.type.get_element_type()) for v in outputs]
+    layouts = [kernel_layout(kernel, v) for v in outputs]
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, tensors[0].device if tensors else torch.device("cpu"))
-        return tuple(env[i].to(d).contiguous() for i, d in zip(slots, dtypes))
+        return tuple(in_layout(env[i], layout) for i, layout in zip(slots, layouts))
 
     return run
+
+
+def kernel_layout(kernel: object, value: SSAValue) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+    """The shape, strides and dtype the kernel's output `value` has in a program (`output_strides`:
+    row-major, or rows padded to 128 bytes where a GEMM's or row kernel's wide row is unaligned). A
+    library path returns its outputs in this layout too, so the program reads them alike."""
+    shape, dtype = tuple(shape_of(value.type)), to_torch_dtype(value.type.get_element_type())
+    return shape, output_strides(kernel, shape, dtype), dtype
+
+
+def _packed_layout(value: SSAValue) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+    shape, dtype = tuple(shape_of(value.type)), to_torch_dtype(value.type.get_element_type())
+    return shape, torch.empty(shape, device="meta").stride(), dtype
+
+
+def in_layout(t: torch.Tensor, layout: tuple[tuple[int, ...], tuple[int, ...], torch.dtype]) -> torch.Tensor:
+    """`t` (a library path's result) in `layout` (`kernel_layout`): as it is where it already has
+    those strides (an unaligned product the library matmul wrote into padded rows), else copied."""
+    shape, strides, dtype = layout
+    t = t.to(dtype)
+    if is_packed(shape, strides):
+        return t.contiguous()
+    if t.stride() == strides and t.shape == shape:
+        return t
+    out = empty_padded(shape, strides, dtype, t.device)
+    out.copy_(t)
+    return out
 
 
 def library_contraction(op: ein.ContractOp) -> Callable[..., torch.Tensor] | None:
@@ -189,7 +219,9 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
     launches: dict[tuple, object] = {}
     stream = stream_getter(device) if device.type == "cuda" else (lambda: 0)
     inputs, kernel_outputs = list(lowered.inputs), list(epilogue.outputs)
-    metas = [(tuple(shape_of(v.type)), to_torch_dtype(v.type.get_element_type())) for v in kernel_outputs]
+    # the epilogue writes the group's outputs in the kernel's layout (padded rows where its would be)
+    metas = [kernel_layout(kernel, v) if v in lowered.outputs else _packed_layout(v) for v in kernel_outputs]
+    layouts = [kernel_layout(kernel, v) for v in lowered.outputs]
     if bias is None:
         plan = Plan(inputs, _library_order(inputs, products, set(contracts)), library_contraction)
     else:  # cuBLASLt adds the bias (the product's slot); the epilogue kernel then adds zeros
@@ -216,7 +248,7 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
             if key not in zeros:
                 zeros[key] = torch.zeros_like(vector)
             env += (bias.addmm(vector, env[a_at], env[b_at]), zeros[key])
-        written = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in metas]
+        written = [empty_output(shape, strides, dtype, device) for shape, strides, dtype in metas]
         env += written
         args = [*(env[i] for i in epilogue_at), *written]
         key = (all(t.data_ptr() % 16 == 0 for t in args), *(t.stride() for t in args))
@@ -224,7 +256,7 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
         if launch is None:
             launch = launches[key] = bind()
         launch(stream(), *_launch_args(args))
-        return tuple(env[i].contiguous() for i in outputs_at)
+        return tuple(in_layout(env[i], layout) for i, layout in zip(outputs_at, layouts))
 
     run.title = f"its GEMM(s) on the library, its epilogue as kernel {launcher.name}"
     run.launcher, run.config = launcher, config  # for compiling ahead (GroupSelector.prepare)
@@ -235,13 +267,16 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
 class BiasEpilogue:
     """A GEMM group whose epilogue begins with `product + bias` (a linear layer's bias: one value
     per output column), which cuBLASLt adds in its epilogue (`torch.addmm`), as eager and Inductor
-    run a linear layer; `whole` where the bias is all the epilogue does."""
+    run a linear layer; `whole` where the bias is all the epilogue does. `pad`: columns an unaligned
+    N is padded by (the kernel's padded rows: `padded_row`), where the group is the bias alone and the
+    weight and the bias are parameters (`_padded_addmm_path`); 0 where every row is aligned."""
 
     contract: ein.ContractOp
     value: SSAValue  # the bias, [N]
     product: SSAValue
     transposes: tuple[bool, bool]
     whole: bool
+    pad: int = 0
 
     @property
     def addmm_operands(self) -> tuple[SSAValue, SSAValue, SSAValue]:
@@ -262,7 +297,9 @@ def _bias_epilogue(
     contracts: Sequence[ein.ContractOp], rest: Sequence[Operation], lowered: object
 ) -> BiasEpilogue | None:
     """The group's bias, where its one 2-d, aligned matmul is read first by a map adding a vector
-    along the product's columns to it (widened alike, or both f32) and reading it for nothing else."""
+    along the product's columns to it (widened alike, or both f32) and reading it for nothing else.
+    An unaligned N alone (an LM head's vocabulary) is taken where the bias is the whole epilogue and
+    the weight and the bias are parameters: they are padded once (`_padded_addmm_path`)."""
     if len(contracts) != 1:
         return None
     contract = contracts[0]
@@ -274,9 +311,13 @@ def _bias_epilogue(
     elem = product.type.get_element_type()
     (m, n), lhs = shape, shape_of(contract.lhs.type)
     k = lhs[0] if transposes[0] else lhs[1]
-    rows = (n, k, m) if transposes[0] else (n, k)  # the row lengths of the operands and the product
-    if any(d * to_torch_dtype(elem).itemsize % 16 for d in rows):
+    rows = (k, m) if transposes[0] else (k,)  # the row lengths of the operands and the product, but N's
+    itemsize = to_torch_dtype(elem).itemsize
+    if any(d * itemsize % 16 for d in rows):
         return None  # an unaligned row: cuBLAS's slow kernels (the library matmul pads it; addmm would not)
+    row = padded_row("gemm", shape, itemsize) if n * itemsize % 16 else n
+    if row is None:
+        return None
     readers = [op for op in rest if product in op.operands]
     if len(readers) != 1 or not isinstance(readers[0], ein.MapOp) or product in lowered.outputs:
         return None
@@ -294,7 +335,27 @@ def _bias_epilogue(
         return None
     body = [op for op in add.body.block.ops if op.name != "ein.yield"]
     whole = list(lowered.outputs) == [add.results[0]] and _rounds_back(total, body, elem)
-    return BiasEpilogue(contract, vectors[0], product, transposes, whole)
+    parameters = all(_parameter_input(v, lowered.inputs) for v in (contract.rhs, vectors[0]))
+    if row != n and not (whole and parameters):
+        return None
+    return BiasEpilogue(contract, vectors[0], product, transposes, whole, row - n)
+
+
+def _viewed_input(value: SSAValue, inputs: Sequence[SSAValue]) -> SSAValue | None:
+    """The input of `inputs` that `value` is, or is a chain of views of; None if neither."""
+    while value not in inputs and isinstance(value.owner, ein.ViewOp):
+        value = value.owner.operands[0]
+    return value if value in inputs else None
+
+
+def _parameter_input(value: SSAValue, inputs: Sequence[SSAValue]) -> bool:
+    """Whether `value` is one of the group's `inputs` that is a parameter argument of its function
+    (or a view of one): the same tensor at every call, changed only where its version is."""
+    value = _viewed_input(value, inputs)
+    if value is None or not isinstance(value, BlockArgument):
+        return False
+    fn = value.block.parent_op()
+    return isinstance(fn, func.FuncOp) and value in parameter_args(fn)
 
 
 def _widened_use(arg: SSAValue) -> SSAValue | None:
@@ -325,12 +386,71 @@ def _addmm_path(lowered, bias: BiasEpilogue, device: torch.device) -> Callable[.
     inputs = list(lowered.inputs)
     plan = Plan(inputs, bias.operand_order(inputs), library_contraction)
     a_at, b_at, bias_at = (plan.slot(v) for v in bias.addmm_operands)
+    if bias.pad:
+        return _padded_addmm_path(plan, inputs, bias, (a_at, b_at, bias_at), device)
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, device)
         return (bias.addmm(env[bias_at], env[a_at], env[b_at]),)
 
     run.title = "its GEMM and bias on the library (torch.addmm: cuBLASLt's bias epilogue)"
+    return run
+
+
+# distinct weights one padded path keeps padded copies of (the launches of identical layers share it)
+MAX_PADDED_WEIGHTS = 16
+
+
+def _padded_addmm_path(
+    plan: Plan, inputs: list[SSAValue], bias: BiasEpilogue, slots: tuple[int, int, int], device: torch.device
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The group as one `torch.addmm` where N is not a multiple of 16 bytes (an LM head with a bias
+    over a 50358-token vocabulary): on such rows cuBLAS runs its slow unaligned kernels, and padding the
+    weight at every call copies it (Inductor's pad_mm does). The weight and the bias are parameters
+    (`_bias_epilogue`), so they are padded with zeros to the kernel's padded row once and kept while
+    their versions stand (`program._version_key`: an optimizer step or a `.data` write pads them
+    again); the product is written into rows of that length and returned as the view of its first N
+    columns, the layout the kernel's output has (`output_strides`), so nothing copies it. `prepared`
+    binds a call to one set of inputs with the copies made ahead, for the measurement, which rotates
+    through several sets where the program reuses one."""
+    from .program import _version_key, tensor_token, watch_parameter_data
+
+    a_at, b_at, bias_at = slots
+    params = sorted({inputs.index(_viewed_input(v, inputs)) for v in (bias.contract.rhs, bias.value)})
+    ta, tb = bias.transposes
+    watch_parameter_data()  # a `.data` write to a parameter shows in `_version_key`
+    kept: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+
+    def padded(env: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = env[b_at], env[bias_at]  # the weight as stored: [N, K] (tb) or [K, N]; pad N in place
+        w = F.pad(w, (0, 0, 0, bias.pad) if tb else (0, bias.pad))
+        return (w.mT if tb else w), F.pad(b, (0, bias.pad))
+
+    def addmm(env: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor]:
+        a = env[a_at].mT if ta else env[a_at]
+        out = torch.empty((a.shape[0], w.shape[1]), dtype=a.dtype, device=a.device)
+        torch.addmm(b, a, w, out=out)
+        return (out[:, : w.shape[1] - bias.pad],)
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = plan.run(tensors, device)
+        key = _version_key(*(tensors[i] for i in params))
+        if key is None:  # untracked (inference tensors): padded at every call
+            return addmm(env, *padded(env))
+        who = tuple(tensor_token(tensors[i]) for i in params)
+        hit = kept.get(who)
+        if hit is None or hit[0] != key:
+            if hit is None and len(kept) >= MAX_PADDED_WEIGHTS:
+                kept.pop(next(iter(kept)))
+            hit = kept[who] = (key, *padded(env))
+        return addmm(env, hit[1], hit[2])
+
+    def prepared(*tensors: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
+        w, b = padded(plan.run(tensors, device))
+        return lambda: addmm(plan.run(tensors, device), w, b)
+
+    run.title = "its GEMM and bias on the library (torch.addmm on the weight and bias padded once)"
+    run.prepared = prepared
     return run
 
 
@@ -375,7 +495,7 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     `program.output_strides`; a weight of 1024 columns), is split instead, with no copy: the aligned
     body of K is one cuBLAS GEMM that adds the product of the last few columns (`torch.addmm`,
     rounded once); the aligned body of M or N is one GEMM into its rows or columns of the result
-    (N's into rows padded to an aligned length), the last few rows or columns another."""
+    (N's into rows padded as a GEMM kernel's are), the last few rows or columns another."""
     if a.dim() > 2 and b.dim() == 2 and not ta:  # a linear layer on [batch, tokens, features]
         return library_matmul(a.reshape(-1, a.shape[-1]), b, False, tb).unflatten(0, a.shape[:-1])
     if a.dim() != 2 or b.dim() != 2:
@@ -393,8 +513,10 @@ def library_matmul(a: torch.Tensor, b: torch.Tensor, ta: bool, tb: bool) -> torc
     # mm(out=) records no gradient: the splits of M and N are for operands that want none (a program's)
     plain = not (lhs.requires_grad or rhs.requires_grad) or not torch.is_grad_enabled()
     if plain and pn and not (pm or pk) and _aligned_strides(lhs) and _aligned_strides(rhs[:, :body]):
-        # the product's rows padded to an aligned length; its columns' aligned body, then the last few
-        out = torch.empty((m, n + pn), dtype=lhs.dtype, device=lhs.device)
+        # the product's rows padded as a GEMM kernel pads them (`padded_row`, so that the program takes the
+        # product as it is); its columns' aligned body, then the last few
+        row = padded_row("gemm", (m, n), lhs.element_size()) or n + pn
+        out = torch.empty((m, row), dtype=lhs.dtype, device=lhs.device)
         torch.mm(lhs, rhs[:, :body], out=out[:, :body])
         torch.mm(lhs, rhs[:, body:], out=out[:, body:n])
         return out[:, :n]
@@ -848,7 +970,7 @@ class GroupSelector:
             if name == "cuda":
                 runs[name] = rotating(lambda inputs, c=candidate: _launching(c, inputs, self.device))
             else:
-                runs[name] = rotating(lambda inputs, c=candidate: functools.partial(c, *inputs))
+                runs[name] = rotating(lambda inputs, c=candidate: _bound(c, inputs))
         clock = self.clock or default_clock
         for _ in range(WARMUP):  # compiles, library handles, allocator
             for run in runs.values():
@@ -930,6 +1052,13 @@ def _check_library_size(kernel: object) -> None:
             if size > MAX_LIBRARY_BYTES:
                 gib = size / 2**30
                 raise NoLibraryPath(f"its library path would hold a {gib:.1f} GiB intermediate ({op.name})")
+
+
+def _bound(candidate: Callable, inputs: Sequence[torch.Tensor]) -> Callable[[], object]:
+    """A library candidate called on `inputs`; one that keeps work across calls of the same inputs
+    (padded weights) does it ahead (`prepared`), as the program's calls find it done."""
+    prepared = getattr(candidate, "prepared", None)
+    return prepared(*inputs) if prepared is not None else functools.partial(candidate, *inputs)
 
 
 def _launching(kernel: object, inputs: Sequence[torch.Tensor], device: torch.device) -> Callable[[], None]:

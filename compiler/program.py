@@ -639,13 +639,18 @@ def _views_to_allocate(spec: ProgramInputs) -> dict[SSAValue, ein.ViewOp]:
 
 def _write_library_call(w: _Writer, kernel: object, library: Callable, reuse_names: list[str] | None) -> None:
     """A group measured faster on the library path: one call runs its ops as PyTorch ops, and its
-    outputs are fresh row-major tensors (the layout its kernel's buffers would have had)."""
+    outputs are fresh tensors in the layout its kernel's buffers would have had (`output_strides`:
+    row-major, or padded rows, which an unaligned library matmul writes as they are)."""
     outputs = list(kernel.lowered.outputs)
     names = reuse_names or [w.fresh(v) for v in outputs]
     for value, name in zip(outputs, names):
         w.names[value] = name
         dtype = to_torch_dtype(value.type.get_element_type())
-        meta = torch.empty(tuple(shape_of(value.type)), dtype=dtype, device="meta")
+        shape = tuple(shape_of(value.type))
+        strides = output_strides(kernel, shape, dtype)
+        meta = torch.empty_strided(shape, strides, dtype=dtype, device="meta")
+        if not is_packed(shape, strides):
+            w.padded.add(value)
         w.meta[value] = meta
         w.layouts[name] = (tuple(meta.shape), tuple(meta.stride()), dtype)
         pinned = reuse_names is not None or value in w.inputs.results

@@ -583,7 +583,8 @@ def test_the_library_matmul_pads_unaligned_dims_and_computes_the_same(dtype, m, 
         assert shapes == [("mm", *split), ("mm", *tail)]
     else:
         assert shapes == [tuple(aligned)]  # what cuBLAS multiplied
-    assert got.stride(0) == aligned[2]  # a view of the padded product
+    split_n = shapes[0][0] == "mm" and n != aligned[2]  # into rows padded as a GEMM kernel pads them
+    assert got.stride(0) == (-(-n // (8 * align)) * 8 * align if split_n else aligned[2])  # a view of them
     if not ta:  # the same rows as [batch, tokens, features]: flattened to one GEMM, as the 2-d product
         first = list(shapes)
         shapes.clear()
@@ -645,8 +646,86 @@ def test_an_unaligned_m_or_n_over_aligned_operands_is_split_without_a_copy(dtype
         got = library_matmul(a, b, ta, tb)
         want = (a.mT if ta else a).double() @ (b.mT if tb else b).double()
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
-        assert got.shape == (m, n) and got.stride(0) == n + -n % align
+        # split: rows of 128 bytes, as a GEMM kernel's; padded operands: an aligned length
+        row = n if n % align == 0 else n + -n % align if padded else -(-n // (8 * align)) * 8 * align
+        assert got.shape == (m, n) and got.stride(0) == row
         assert bool(pads) == padded
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [37, 64])
+def test_an_unaligned_vocabulary_with_a_bias_runs_on_addmm_over_a_weight_padded_once(
+    monkeypatch, tmp_path, dtype, tokens
+):
+    """An LM head with a bias over a vocabulary whose rows are not a multiple of 16 bytes (BigBird's
+    50358, BERT's 30522; here 301): its library way is one addmm on the weight and bias padded with
+    zeros to the kernel's padded row, padded once and kept while they stand (an in-place update or a
+    `.data` assignment pads them again). Eager's result at every step; ragged token counts."""
+    from tilefuse.compiler import group_selection
+
+    _fake_gpu(monkeypatch, "split")
+    pads, pad = [], group_selection.F.pad
+    monkeypatch.setattr(group_selection.F, "pad", lambda *args: pads.append(args[1]) or pad(*args))
+    torch.manual_seed(tokens)
+    head = torch.nn.Linear(32, 301).to(dtype)
+    x = torch.randn(tokens, 32, dtype=dtype)
+    compiled = tilefuse.compile(head, dump=tmp_path)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+    def check() -> None:
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), head(x), **tolerance)
+
+    check()
+    (source,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert "torch.addmm on the weight and bias padded once" in source, source
+    (choice,) = compiled.tilefuse_reports[0]["partitions"][0]["group_selection"]
+    assert choice["chosen"] == "split"
+    assert len(pads) >= 4  # the weight and the bias: for the measurement and for the program
+    check()  # AOTAutograd's first call reads `.data` of the parameters (a change, unseen): padded again
+    first = len(pads)
+    for _ in range(2):
+        check()
+    assert len(pads) == first  # kept
+    with torch.no_grad():
+        head.weight.mul_(-1)  # the version counter moves
+    check()
+    assert len(pads) == first + 2
+    head.bias.data = torch.randn(301, dtype=dtype)  # no version counter shows this
+    check()
+    assert len(pads) == first + 4
+
+
+def test_an_unaligned_vocabulary_whose_weight_is_no_parameter_pads_nothing_ahead(monkeypatch, tmp_path):
+    """The same head with its weight and bias passed as tensors (not parameters: another tensor may
+    come at every call): no padded copy is kept; the split path's GEMM writes padded rows and its
+    bias kernel reads them. Eager's result for two different weights in turn."""
+    _fake_gpu(monkeypatch, "split")
+    x = torch.randn(37, 32)
+    compiled = tilefuse.compile(lambda x, w, b: F.linear(x, w, b), dump=tmp_path)
+    for _ in range(2):
+        w, b = torch.randn(301, 32), torch.randn(301)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+    (source,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert "its GEMM(s) on the library, its epilogue as kernel" in source and "padded once" not in source
+
+
+def test_an_unaligned_product_on_the_library_is_kept_in_its_padded_rows(monkeypatch, tmp_path):
+    """A GEMM alone over an unaligned N on the library (GPT-2's LM head, no bias): cuBLAS writes the
+    logits into rows padded as the kernel's would be and the program reads them there (no copy); a
+    row kernel after it (a log-softmax) gets eager's result."""
+    from tilefuse.compiler import group_selection
+
+    _fake_gpu(monkeypatch, "library")
+    copies, padded = [], group_selection.empty_padded
+    monkeypatch.setattr(group_selection, "empty_padded", lambda *args: copies.append(args) or padded(*args))
+    x, w = torch.randn(37, 32), torch.randn(301, 32)
+    report = _run(lambda x, w: torch.log_softmax(x @ w.t(), -1), x, w, dump=tmp_path)
+    assert [c["chosen"] for c in report["partitions"][0]["group_selection"]] == ["library"]
+    (source,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert "the library path" in source
+    assert len(copies) == 2  # the measurement's random inputs, none for the logits
 
 
 def test_a_split_path_launches_a_misaligned_operand_through_a_launch_of_its_own(monkeypatch):
