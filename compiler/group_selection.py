@@ -59,6 +59,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import statistics
 import time
@@ -290,27 +291,32 @@ class BiasEpilogue:
 
     def addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ta, tb = self.transposes
-        return torch.addmm(bias, a.mT if ta else a, b.mT if tb else b)
+        if a.dim() > 2:  # a linear layer on [batch, tokens, features]: its rows as one GEMM
+            out = torch.addmm(bias.reshape(-1), a.reshape(-1, a.shape[-1]), b.mT if tb else b)
+            return out.unflatten(0, a.shape[:-1])
+        return torch.addmm(bias.reshape(-1), a.mT if ta else a, b.mT if tb else b)
 
 
 def _bias_epilogue(
     contracts: Sequence[ein.ContractOp], rest: Sequence[Operation], lowered: object
 ) -> BiasEpilogue | None:
-    """The group's bias, where its one 2-d, aligned matmul is read first by a map adding a vector
-    along the product's columns to it (widened alike, or both f32) and reading it for nothing else.
-    An unaligned N alone (an LM head's vocabulary) is taken where the bias is the whole epilogue and
-    the weight and the bias are parameters: they are padded once (`_padded_addmm_path`)."""
+    """The group's bias, where its one aligned matmul of a 2-d weight (a linear layer, on rows or on
+    [batch, tokens, features]) is read first by a map adding a vector along the product's columns
+    to it ([N], or [1, .., N]: BART's `final_logits_bias`; widened alike, or both f32) and reading
+    it for nothing else. An unaligned N alone (an LM head's vocabulary) is taken where the bias is
+    the whole epilogue and the weight and the bias are parameters: they are padded once
+    (`_padded_addmm_path`)."""
     if len(contracts) != 1:
         return None
     contract = contracts[0]
     product = contract.result
     transposes = matmul_form(contract.spec.data)
-    shape = tuple(shape_of(product.type))
-    if transposes is None or len(shape) != 2 or any(len(shape_of(v.type)) != 2 for v in contract.operands):
+    shape, lhs = tuple(shape_of(product.type)), shape_of(contract.lhs.type)
+    if transposes is None or len(shape_of(contract.rhs.type)) != 2 or (len(shape) > 2 and transposes[0]):
         return None
     elem = product.type.get_element_type()
-    (m, n), lhs = shape, shape_of(contract.lhs.type)
-    k = lhs[0] if transposes[0] else lhs[1]
+    m, n = math.prod(shape[:-1]), shape[-1]
+    k = lhs[-2] if transposes[0] else lhs[-1]
     rows = (k, m) if transposes[0] else (k,)  # the row lengths of the operands and the product, but N's
     itemsize = to_torch_dtype(elem).itemsize
     if any(d * itemsize % 16 for d in rows):
@@ -322,7 +328,7 @@ def _bias_epilogue(
     if len(readers) != 1 or not isinstance(readers[0], ein.MapOp) or product in lowered.outputs:
         return None
     add = readers[0]
-    vectors = [v for v in add.inputs if v is not product and tuple(shape_of(v.type)) == shape[-1:]]
+    vectors = [v for v in add.inputs if v is not product and _a_row_vector(shape_of(v.type), shape)]
     if len(vectors) != 1 or vectors[0].type.get_element_type() != elem or len(add.inputs) != 2:
         return None
     args = dict(zip(add.inputs, add.body.block.args))
@@ -339,6 +345,11 @@ def _bias_epilogue(
     if row != n and not (whole and parameters):
         return None
     return BiasEpilogue(contract, vectors[0], product, transposes, whole, row - n)
+
+
+def _a_row_vector(vector: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether a tensor of shape `vector` is one value per column of `shape`, broadcast over its rows."""
+    return 0 < len(vector) <= len(shape) and vector[-1] == shape[-1] and all(d == 1 for d in vector[:-1])
 
 
 def _viewed_input(value: SSAValue, inputs: Sequence[SSAValue]) -> SSAValue | None:
@@ -422,15 +433,17 @@ def _padded_addmm_path(
     kept: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def padded(env: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        w, b = env[b_at], env[bias_at]  # the weight as stored: [N, K] (tb) or [K, N]; pad N in place
+        w, b = env[b_at], env[bias_at].reshape(-1)  # the weight as stored: [N, K] (tb) or [K, N]
         w = F.pad(w, (0, 0, 0, bias.pad) if tb else (0, bias.pad))
         return (w.mT if tb else w), F.pad(b, (0, bias.pad))
 
     def addmm(env: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor]:
         a = env[a_at].mT if ta else env[a_at]
+        lead = a.shape[:-1]  # [batch, tokens] of a linear layer on [batch, tokens, features]: one GEMM
+        a = a.reshape(-1, a.shape[-1])
         out = torch.empty((a.shape[0], w.shape[1]), dtype=a.dtype, device=a.device)
         torch.addmm(b, a, w, out=out)
-        return (out[:, : w.shape[1] - bias.pad],)
+        return (out[:, : w.shape[1] - bias.pad].unflatten(0, lead),)
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, device)

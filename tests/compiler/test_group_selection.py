@@ -696,6 +696,35 @@ def test_an_unaligned_vocabulary_with_a_bias_runs_on_addmm_over_a_weight_padded_
     assert len(pads) == first + 4
 
 
+class _FinalLogitsBias(torch.nn.Module):
+    """BART's LM head: a linear layer without a bias on [batch, tokens, features], then a [1, V]
+    buffer added (`final_logits_bias`)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(32, vocab, bias=False)
+        self.register_buffer("final_logits_bias", torch.randn(1, vocab))
+
+    def forward(self, x):
+        return self.lm_head(x) + self.final_logits_bias
+
+
+@pytest.mark.parametrize("vocab, title", [(304, "cuBLASLt's bias epilogue"), (301, "padded once")])
+def test_a_bias_added_to_a_linear_layer_on_tokens_runs_on_addmm(monkeypatch, tmp_path, vocab, title):
+    """A [1, V] bias added to a linear layer's product on [batch, tokens, features] (BART's, Marian's,
+    Pegasus's `final_logits_bias`) is cuBLASLt's bias epilogue over the tokens as one GEMM; over an
+    unaligned vocabulary, on the weight and bias padded once. Eager's logits; ragged tokens."""
+    _fake_gpu(monkeypatch, "split")
+    head = _FinalLogitsBias(vocab)
+    x = torch.randn(3, 13, 32)
+    compiled = tilefuse.compile(head, dump=tmp_path)
+    for _ in range(2):
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), head(x), rtol=1e-4, atol=1e-4)
+    (source,) = [p.read_text() for p in tmp_path.glob("*/program_*.py")]
+    assert title in source and "0 kernel launch(es)" in source, source
+
+
 def test_an_unaligned_vocabulary_whose_weight_is_no_parameter_pads_nothing_ahead(monkeypatch, tmp_path):
     """The same head with its weight and bias passed as tensors (not parameters: another tensor may
     come at every call): no padded copy is kept; the split path's GEMM writes padded rows and its
