@@ -32,8 +32,9 @@ group on its kernel, a group moves to another candidate where that lowers
 the program's estimated time, max(host, GPU) plus a little of the smaller
 (`program_cost`), and the second pass writes the program with the choices,
 literally: a group on the library or split path is one call that runs its
-ops, and its outputs land in fresh row-major buffers, the layout the
-kernel's would have had. The choice and the times go in the partition's
+ops, and its outputs land in fresh buffers in the layout the kernel's would
+have had (row-major, or rows padded to 128 bytes where a wide row is
+unaligned: the library matmul writes an unaligned product into such rows). The choice and the times go in the partition's
 report (`group_selection`, with the program's estimate in
 `group_selection_program`) and in the tuning database (`choices`, keyed
 by the kernel's task, the device, the
