@@ -34,11 +34,13 @@ the program's estimated time, max(host, GPU) plus a little of the smaller
 literally: a group on the library or split path is one call that runs its
 ops, and its outputs land in fresh buffers in the layout the kernel's would
 have had (row-major, or rows padded to 128 bytes where a wide row is
-unaligned: the library matmul writes an unaligned product into such rows). The choice and the times go in the partition's
-report (`group_selection`, with the program's estimate in
-`group_selection_program`) and in the tuning database (`choices`, keyed
-by the kernel's task, the device, the
-versions and the launch's configuration and operand layouts): a later
+unaligned: the library matmul writes an unaligned product into such rows).
+The program's GPU time counts the launches that are not measured too
+(pointwise, row and reduction kernels, estimated from the bytes they move:
+`estimated_gpu_ms`). The choice and the times go in the partition's report
+(`group_selection`, with the program's estimate in `group_selection_program`)
+and in the tuning database (`choices`, keyed by the kernel's task, the device,
+the versions and the launch's configuration and operand layouts): a later
 compile on the same device reads the choice back instead of measuring
 (the report says `"from": "database"`; `TILEFUSE_TUNED=0` ignores it).
 `TILEFUSE_SELECT=0` turns this off with the rest of selection.
@@ -776,6 +778,7 @@ class GroupSelector:
     _split_paths: dict[tuple, Callable | str] = field(default_factory=dict)  # built ahead, or why not
     _surveyed: dict[tuple, list] = field(default_factory=dict)  # key -> [kernel, input metas, launches]
     _launches: int = 0  # launches the survey saw, selectable or not
+    _other_gpu_ms: float = 0.0  # the GPU time estimated for the surveyed launches that are not measured
 
     def prepare(self, kernels: Sequence[object]) -> None:
         """Build the split paths of `kernels` (those a program is about to measure) now, and compile
@@ -832,13 +835,16 @@ class GroupSelector:
         key = self._key(kernel, input_metas)
         if key is not None and key not in self._known:
             self._surveyed.setdefault(key, [kernel, list(input_metas), 0])[2] += 1
+        else:
+            self._other_gpu_ms += estimated_gpu_ms(kernel, input_metas)
         return KERNEL, None
 
     def settle(self) -> None:
         """Measure every surveyed group, then choose for all of them together: from every group on its
         kernel, move a group to another candidate where that lowers `program_cost` of the program
         (its launches' host time, measured for these groups and estimated for the others as a kernel
-        launch's, against the measured groups' GPU time), until no move helps; record the choices."""
+        launch's, against its GPU time, measured for these groups and estimated for the others from
+        their bytes), until no move helps; record the choices."""
         surveyed, self._surveyed = self._surveyed, {}
         measured: dict[tuple, int] = {}
         for key, (kernel, metas, launches) in surveyed.items():
@@ -855,9 +861,11 @@ class GroupSelector:
         launch_host = statistics.median(t[KERNEL].host_ms for t in timings.values())
         other_host = launch_host * max(0, self._launches - sum(measured.values()))
 
+        other_gpu = self._other_gpu_ms
+
         def cost(chosen: dict[tuple, str]) -> tuple[float, float, float]:
             host = other_host + sum(n * timings[k][chosen[k]].host_ms for k, n in measured.items())
-            gpu = sum(n * timings[k][chosen[k]].gpu_ms for k, n in measured.items())
+            gpu = other_gpu + sum(n * timings[k][chosen[k]].gpu_ms for k, n in measured.items())
             return program_cost(host, gpu, self.host_free), host, gpu
 
         chosen = dict.fromkeys(measured, KERNEL)
@@ -879,8 +887,8 @@ class GroupSelector:
         total, host, gpu = cost(chosen)
         bound = "host-bound" if not self.host_free and HOST_FACTOR * host > gpu else "gpu-bound"
         self.program = {"estimate_ms": round(total, 5), "host_ms": round(HOST_FACTOR * host, 5),
-                        "gpu_ms_of_measured_groups": round(gpu, 5), "bound": bound,
-                        "launches": self._launches}  # fmt: skip
+                        "gpu_ms": round(gpu, 5), "gpu_ms_of_unmeasured_launches": round(other_gpu, 5),
+                        "bound": bound, "launches": self._launches}  # fmt: skip
         for key in measured:
             known = self._known[key][0]
             known.chosen, known.program = chosen[key], bound
@@ -1005,6 +1013,23 @@ class GroupSelector:
 
     def summary(self) -> list[dict]:
         return [c.as_dict() for c in self.choices]
+
+
+# the GPU time of a launch that is not measured (a pointwise, row or reduction kernel: memory-bound) is
+# estimated from the bytes its operands and outputs span at this rate (an H100's HBM3 streams ~3 TB/s in
+# a kernel, an H200's ~4), and at least MIN_LAUNCH_GPU_MS (a small kernel's time on the GPU, queued). Left
+# out, a program whose norms, softmaxes and concatenations take much of its GPU time looked host-bound,
+# and its GEMMs kept the launch that spares host time though cuBLAS's took a fraction of the GPU time.
+ESTIMATED_BYTES_PER_MS = 3e9
+MIN_LAUNCH_GPU_MS = 0.002
+
+
+def estimated_gpu_ms(kernel: object, input_metas: Sequence[torch.Tensor]) -> float:
+    """A memory-bound launch's GPU time: the bytes it reads and writes, streamed once."""
+    spans = sum(_meta_bytes(m) for m in input_metas)
+    for value in kernel.lowered.outputs:
+        spans += math.prod(shape_of(value.type)) * to_torch_dtype(value.type.get_element_type()).itemsize
+    return max(MIN_LAUNCH_GPU_MS, spans / ESTIMATED_BYTES_PER_MS)
 
 
 def _kernel_key(kernel: object) -> tuple:

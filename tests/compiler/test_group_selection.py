@@ -804,9 +804,10 @@ def test_split_paths_are_built_and_compiled_ahead_once_per_distinct_kernel(monke
 T = group_selection.Timing
 
 
-def _settle(monkeypatch, groups: dict, launches: int, host_free: bool = False):
+def _settle(monkeypatch, groups: dict, launches: int, host_free: bool = False, other_gpu_ms: float = 0.0):
     """`GroupSelector.settle` on surveyed groups `{name: (launches, {candidate: Timing})}` in a
-    program of `launches` launches in all, their measurements faked: the choices and the estimate."""
+    program of `launches` launches in all (the unmeasured ones taking `other_gpu_ms` of GPU time in
+    all), their measurements faked: the choices and the estimate."""
 
     def measured(self, key, kernel, metas, record):
         timings = groups[key[0]][1]
@@ -821,6 +822,7 @@ def _settle(monkeypatch, groups: dict, launches: int, host_free: bool = False):
     selector = group_selection.GroupSelector(torch.device("cpu"), host_free=host_free)
     selector._surveyed = {(name,): [None, [], n] for name, (n, _) in groups.items()}
     selector._launches = launches
+    selector._other_gpu_ms = other_gpu_ms
     selector.settle()
     return {name: selector._known[(name,)][0].chosen for name in groups}, selector.program
 
@@ -849,6 +851,34 @@ def test_a_host_bound_program_keeps_the_launch_that_costs_less_host_time(monkeyp
     assert chosen == {"qkv": "kernel", "attention": "kernel"}
     cheaper = {"gemm": (4, {"kernel": T(0.006, 0.05), "library": T(0.004, 0.02)})}
     assert _settle(monkeypatch, PREFILL | cheaper, launches=4000)[0]["gemm"] == "library"
+
+
+def test_the_unmeasured_launches_gpu_time_counts_toward_the_programs(monkeypatch):
+    """A program whose norms and softmaxes (not measured) take most of its GPU time is GPU-bound
+    though its measured groups alone would leave it host-bound: its GEMMs take the faster GPU time
+    (BigBird's block-sparse attention kept GEMM kernels 6x slower than cuBLAS's)."""
+    groups = {"bmm": (2, {"kernel": T(0.006, 0.12), "library": T(0.025, 0.02)})}
+    chosen, program = _settle(monkeypatch, groups, launches=40)
+    assert program["bound"] == "host-bound" and chosen == {"bmm": "kernel"}
+    chosen, program = _settle(monkeypatch, groups, launches=40, other_gpu_ms=1.5)
+    assert program["bound"] == "gpu-bound" and chosen == {"bmm": "library"}
+    assert program["gpu_ms_of_unmeasured_launches"] == 1.5
+
+
+@pytest.mark.parametrize("elements, floor", [(10, True), (1 << 20, False)])
+def test_an_unmeasured_launch_is_estimated_from_its_bytes(monkeypatch, elements, floor):
+    """The survey adds each launch it does not measure (a pointwise kernel) at its bytes' streaming
+    time, or a small kernel's floor."""
+    seen = []
+    monkeypatch.setattr(group_selection.GroupSelector, "settle", lambda self: seen.append(self._other_gpu_ms))
+    _fake_gpu(monkeypatch, "kernel")
+    x, w, y = torch.randn(9, 12), torch.randn(12, 5), torch.randn(elements)
+    _run(lambda x, w, y: (torch.relu(x @ w), torch.exp(y) * 2), x, w, y)
+    (estimate,) = seen
+    if floor:
+        assert estimate == pytest.approx(group_selection.MIN_LAUNCH_GPU_MS, rel=0.5, abs=0.0021)
+    else:
+        assert estimate > elements * 4 / group_selection.ESTIMATED_BYTES_PER_MS
 
 
 def test_under_cuda_graphs_only_gpu_time_counts(monkeypatch):
