@@ -855,8 +855,7 @@ def test_a_host_bound_program_keeps_the_launch_that_costs_less_host_time(monkeyp
 
 def test_the_unmeasured_launches_gpu_time_counts_toward_the_programs(monkeypatch):
     """A program whose norms and softmaxes (not measured) take most of its GPU time is GPU-bound
-    though its measured groups alone would leave it host-bound: its GEMMs take the faster GPU time
-    (BigBird's block-sparse attention kept GEMM kernels 6x slower than cuBLAS's)."""
+    though its measured groups alone would leave it host-bound: its GEMMs take the faster GPU time."""
     groups = {"bmm": (2, {"kernel": T(0.006, 0.12), "library": T(0.025, 0.02)})}
     chosen, program = _settle(monkeypatch, groups, launches=40)
     assert program["bound"] == "host-bound" and chosen == {"bmm": "kernel"}
