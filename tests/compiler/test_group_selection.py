@@ -696,6 +696,32 @@ def test_an_unaligned_vocabulary_with_a_bias_runs_on_addmm_over_a_weight_padded_
     assert len(pads) == first + 4
 
 
+def test_training_steps_through_a_padded_vocabulary_follow_the_optimizer(monkeypatch, tmp_path):
+    """Training an LM head with a bias over an unaligned vocabulary, its forward on addmm over the
+    weight and bias padded once: every optimizer step changes them, and each step's loss and
+    gradients are eager's (the padded copies are made again after each step, never reused stale)."""
+    _fake_gpu(monkeypatch, "split")
+    torch.manual_seed(5)
+    heads = [torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Linear(32, 301)) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    optimizers = [torch.optim.SGD(h.parameters(), lr=0.5) for h in heads]
+    compiled = tilefuse.compile(heads[1], dump=tmp_path)
+    x, target = torch.randn(19, 24), torch.randint(0, 301, (19,))
+    for _ in range(3):
+        losses = []
+        for fn, optimizer in zip((heads[0], compiled), optimizers):
+            loss = F.cross_entropy(fn(x), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+        for a, b in zip(heads[0].parameters(), heads[1].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    sources = "".join(p.read_text() for p in tmp_path.glob("*/program_*.py"))
+    assert "torch.addmm on the weight and bias padded once" in sources
+
+
 class _FinalLogitsBias(torch.nn.Module):
     """BART's LM head: a linear layer without a bias on [batch, tokens, features], then a [1, V]
     buffer added (`final_logits_bias`)."""
