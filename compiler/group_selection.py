@@ -134,29 +134,46 @@ def library_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     return run
 
 
-def kernel_layout(kernel: object, value: SSAValue) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
-    """The shape, strides and dtype the kernel's output `value` has in a program (`output_strides`:
-    row-major, or rows padded to 128 bytes where a GEMM's or row kernel's wide row is unaligned). A
-    library path returns its outputs in this layout too, so the program reads them alike."""
+@dataclass(frozen=True)
+class Layout:
+    """An output's shape, strides and dtype, and whether the strides are row-major (decided once,
+    when a path is built: its calls only compare)."""
+
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: torch.dtype
+    packed: bool
+
+    def empty(self, device: torch.device) -> torch.Tensor:
+        """An uninitialized tensor in this layout (padded rows' storage to the last row's end)."""
+        if self.packed:
+            return torch.empty(self.shape, dtype=self.dtype, device=device)
+        return empty_padded(self.shape, self.strides, self.dtype, device)
+
+
+def kernel_layout(kernel: object, value: SSAValue) -> Layout:
+    """The layout the kernel's output `value` has in a program (`output_strides`: row-major, or rows
+    padded to 128 bytes where a GEMM's or row kernel's wide row is unaligned). A library path returns
+    its outputs in this layout too, so the program reads them alike."""
     shape, dtype = tuple(shape_of(value.type)), to_torch_dtype(value.type.get_element_type())
-    return shape, output_strides(kernel, shape, dtype), dtype
+    strides = output_strides(kernel, shape, dtype)
+    return Layout(shape, strides, dtype, is_packed(shape, strides))
 
 
-def _packed_layout(value: SSAValue) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+def _packed_layout(value: SSAValue) -> Layout:
     shape, dtype = tuple(shape_of(value.type)), to_torch_dtype(value.type.get_element_type())
-    return shape, torch.empty(shape, device="meta").stride(), dtype
+    return Layout(shape, torch.empty(shape, device="meta").stride(), dtype, True)
 
 
-def in_layout(t: torch.Tensor, layout: tuple[tuple[int, ...], tuple[int, ...], torch.dtype]) -> torch.Tensor:
+def in_layout(t: torch.Tensor, layout: Layout) -> torch.Tensor:
     """`t` (a library path's result) in `layout` (`kernel_layout`): as it is where it already has
     those strides (an unaligned product the library matmul wrote into padded rows), else copied."""
-    shape, strides, dtype = layout
-    t = t.to(dtype)
-    if is_packed(shape, strides):
+    t = t.to(layout.dtype)
+    if layout.packed:
         return t.contiguous()
-    if t.stride() == strides and t.shape == shape:
+    if t.stride() == layout.strides and t.shape == layout.shape:
         return t
-    out = empty_padded(shape, strides, dtype, t.device)
+    out = layout.empty(t.device)
     out.copy_(t)
     return out
 
@@ -252,7 +269,7 @@ def split_path(kernel: object, device: torch.device) -> Callable[..., tuple[torc
             if key not in zeros:
                 zeros[key] = torch.zeros_like(vector)
             env += (bias.addmm(vector, env[a_at], env[b_at]), zeros[key])
-        written = [empty_output(shape, strides, dtype, device) for shape, strides, dtype in metas]
+        written = [layout.empty(device) for layout in metas]
         env += written
         args = [*(env[i] for i in epilogue_at), *written]
         key = (all(t.data_ptr() % 16 == 0 for t in args), *(t.stride() for t in args))
