@@ -82,7 +82,7 @@ from ..ir import einsum as ein
 from ..ir.dtypes import shape_of, to_torch_dtype
 from ..ir.module import parameter_args
 from ..passes.fusion_groups import VIRTUAL_OPS
-from .library_attention import SDPA, NoSdpaPath, sdpa_path
+from .library_attention import SDPA, SPLIT_KEYS, NoSdpaPath, sdpa_path, split_keys_path
 from .library_plan import LIBRARY_DTYPES, Plan
 from .program import empty_output, empty_padded, is_packed, output_strides, stream_getter
 from .selection import SELECT_ENV, outside_dispatch_modes, selection_enabled  # noqa: F401  (SELECT_ENV: one switch for both)
@@ -700,7 +700,8 @@ def queued_timing(run: Callable[[], object], device: torch.device, calls: int = 
 
 
 def default_clock(kind: str, run: Callable[[], object], device: torch.device) -> Timing:
-    """How a candidate (`kind`: "kernel", "library", "split", "sdpa" or "cuda") is timed: `queued_timing`."""
+    """How a candidate (`kind`: "kernel", "library", "split", "sdpa", "split-keys" or "cuda") is timed:
+    `queued_timing`."""
     return queued_timing(run, device)
 
 
@@ -740,8 +741,8 @@ def program_cost(host_ms: float, gpu_ms: float, host_free: bool = False) -> floa
 class GroupChoice:
     """One group's measured choice: the kernel against the other candidates (`times`: ms per
     candidate run alone, the kernel's included; `timings`: host and GPU ms): "library" and, for a
-    GEMM with an epilogue, "split"; "sdpa" for attention; or "cuda", the CUDA C++ backend's kernel
-    for the group under backend "auto"."""
+    GEMM with an epilogue, "split"; "sdpa" and "split-keys" for attention; or "cuda", the CUDA C++
+    backend's kernel for the group under backend "auto"."""
 
     group: str
     chosen: str
@@ -966,7 +967,7 @@ class GroupSelector:
         group = kernel.lowered.group
         epilogue = any(not isinstance(op, ein.ContractOp) for op in group.ops)
         if group.kind == "attention":
-            return (SDPA, LIBRARY)
+            return (SDPA, SPLIT_KEYS, LIBRARY)
         return (SPLIT, LIBRARY) if group.kind == "gemm" and epilogue else (LIBRARY,)
 
     def _recorded(self, kernel: object, key: tuple) -> GroupChoice | None:
@@ -1057,7 +1058,7 @@ def _kernel_key(kernel: object) -> tuple:
 def _library_paths(
     kernel: object, names: Sequence[str], device: torch.device, split: Callable | str | None = None
 ) -> tuple[dict[str, Callable], dict[str, str]]:
-    """The candidates `names` ("library", "split", "sdpa") that can be built, and why the others
+    """The candidates `names` ("library", "split", "sdpa", "split-keys") that can be built, and why the others
     cannot. The library path is not built where a split path was: the same library GEMMs, and the
     epilogue op by op (a full pass over the product each, its host time per scalar op) instead of
     one kernel; nor where SDPA was (its math path is that library path, chosen by SDPA itself where
@@ -1070,6 +1071,9 @@ def _library_paths(
         try:
             if name == SDPA:  # materializes nothing: no size check
                 built[name] = sdpa_path(kernel)
+                continue
+            if name == SPLIT_KEYS:  # nor does the split-keys kernel (partials of a few rows)
+                built[name] = split_keys_path(kernel, device)
                 continue
             _check_library_size(kernel)  # the split path materializes the products as well
             if name == LIBRARY:

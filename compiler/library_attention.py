@@ -42,6 +42,11 @@ from ..passes.flash_attention import _source as _peel  # reshape views peeled of
 from .library_plan import LIBRARY_DTYPES, Plan, planned_op
 
 SDPA = "sdpa"
+SPLIT_KEYS = "split-keys"
+# the split-keys path is built where the flash kernel (a program per FLASH_ROWS query rows of a batch and
+# head) runs fewer programs than the GPU has SMs over at least this many keys: a long loop on a few SMs
+FLASH_ROWS = 64
+SPLIT_KEYS_MIN_KEYS = 1024
 
 
 class NoSdpaPath(Exception):
@@ -243,6 +248,48 @@ def _additive_mask(pattern: AttentionPattern, plan: Plan) -> Callable:
 def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     """`fn(*inputs) -> (output,)` for an attention group's kernel (a `CompiledKernel`), as
     `group_selection.library_path`'s; raises NoSdpaPath where the group is not one SDPA call."""
+    return _attention_path(kernel, None)
+
+
+def split_keys_path(kernel: object, device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """As `sdpa_path`, the attention run by the flash-decoding kernel instead
+    (`backends/triton/decode_attention.py`): each (batch, head)'s keys split across programs, their
+    partial softmaxes combined by the last to finish. Built only where the flash kernel's grid would
+    leave most of the GPU idle (module docstring: `SPLIT_KEYS`); raises NoSdpaPath elsewhere."""
+    return _attention_path(kernel, device)
+
+
+def _split_keys_fits(
+    pattern: AttentionPattern, layout: SdpaLayout, device: torch.device, masked: bool
+) -> None:
+    """NoSdpaPath unless the split-keys kernel takes this attention and it pays: no causal mask (the
+    kernel has none), query rows a program holds, keys enough to split, and a flash grid (a program per
+    64 rows of a (batch, head)) that fills less than the GPU's SMs."""
+    from ..backends.triton.decode_attention import MAX_PROGRAM_ROWS
+
+    if pattern.causal:
+        raise NoSdpaPath("split keys: a causal mask")
+    sizes = [shape_of(pattern.scores.result.type)[i] for i in layout.scores_perm]
+    rows, keys = sizes[-2], sizes[-1]
+    heads = math.prod(sizes[: layout.n_batch])  # batch and key heads: one (batch, head) each
+    group = math.prod(sizes[layout.n_batch : -2])  # query heads sharing a key head: rows of its program
+    if group > 1 and masked:
+        raise NoSdpaPath("split keys: grouped query heads with a mask")
+    if rows * group > MAX_PROGRAM_ROWS:
+        raise NoSdpaPath(f"split keys: {rows * group} query rows a head (at most {MAX_PROGRAM_ROWS})")
+    if keys < SPLIT_KEYS_MIN_KEYS:
+        raise NoSdpaPath(f"split keys: {keys} keys (fewer than {SPLIT_KEYS_MIN_KEYS})")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    programs = heads * group * math.ceil(rows / FLASH_ROWS)
+    if programs >= sms:
+        raise NoSdpaPath(f"split keys: the flash grid's {programs} programs fill the {sms} SMs")
+
+
+def _attention_path(
+    kernel: object, split_keys: torch.device | None
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """SDPA's call (`split_keys` None) or the split-keys kernel's (on that device)."""
+    from ..backends.triton.decode_attention import DecodeKernels
     from .group_selection import _library_order, library_contraction
 
     lowered = kernel.lowered
@@ -270,6 +317,10 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
     # (unmasked or causal, every query sees a key: the causal mask keeps the diagonal)
     zero_rows = pattern.safe is not None and mask is not None
     n_outer = max(layout.n_batch - 1, 0)
+    launches = None
+    if split_keys is not None:  # (rows with no visible key: zeros, as a safe softmax gives)
+        _split_keys_fits(pattern, layout, split_keys, mask is not None)
+        launches, zero_rows = DecodeKernels(), False
 
     def as_heads(x: torch.Tensor) -> torch.Tensor:
         """[B.., R.., L, E] (permuted to that order) -> [outer, heads, L, E]: the batch letters but
@@ -291,7 +342,10 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
         if mask is not None:  # [outer, heads, L, S], broadcast where the map's value is
             bias = mask(env, tensors[0].device).to(qh.dtype)
             extra["attn_mask"] = as_heads(bias.reshape(scores_shape).permute(layout.scores_perm))
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
+        if split_keys is not None:
+            out = _split_keys(qh, kh, vh, extra.get("attn_mask"), scale, launches)
+        else:
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
         if zero_rows:  # a safe softmax: a query the mask leaves no key reads zeros (fused kernels need not)
             out = out.masked_fill(~(extra["attn_mask"] > float("-inf")).any(-1, keepdim=True), 0)
         out = out.reshape(*q.shape[:-1], out.shape[-1]).permute(layout.out_perm)
@@ -299,5 +353,24 @@ def sdpa_path(kernel: object) -> Callable[..., tuple[torch.Tensor, ...]]:
 
     scores_shape = tuple(shape_of(pattern.scores.result.type))
     what = "causal, " if causal else ("masked, " if mask is not None else "")
-    run.title = f"SDPA ({what}scale {scale:.4g}{', grouped queries' if gqa else ''})"
+    how = "split-keys flash-decoding kernel" if split_keys is not None else "SDPA"
+    run.title = f"{how} ({what}scale {scale:.4g}{', grouped queries' if gqa else ''})"
     return run
+
+
+def _split_keys(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
+    launches: object,
+) -> torch.Tensor:  # fmt: skip
+    """SDPA's result from the split-keys kernel: [outer, heads, L, E] operands, query heads that share a
+    key head (grouped-query attention, no mask) folded into the rows of its program."""
+    from ..backends.triton.decode_attention import decode_attention
+
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    outer, heads, rows, dim = q.shape
+    group = heads // k.shape[1]
+    if group == 1:
+        return decode_attention(q, k, v, mask, scale, launches)
+    folded = q.reshape(outer, k.shape[1], group * rows, dim)
+    out = decode_attention(folded, k, v, None, scale, launches)
+    return out.reshape(outer, heads, rows, out.shape[-1])

@@ -162,7 +162,11 @@ def decode_attention(
                 tl.atomic_xchg(COUNT + bh, 0)
 """
 
-MAX_ROWS = 16  # query rows a program holds (padded to 16: tl.dot's smallest M; one row is not padded)
+MAX_ROWS = 16  # query rows of a decode step sent here (`compiler/decode_attention.py`)
+# query rows a program holds (padded to 16: tl.dot's smallest M; one row is not padded): up to 64 for an
+# attention of few (batch, head)s over many keys, whose flash kernel would run a few long programs
+# (`compiler/library_attention.split_keys_path`)
+MAX_PROGRAM_ROWS = 64
 MAX_HEAD_DIM = 256
 # keys a loop step reads. H200 sweep (CUDA-graph replays, .scratch/decsweep.py; benchmarks/NOTES.md),
 # bf16 at 4097 keys: 128 against 64, µs, B=1 H=4 4 rows 16.0 / 17.3, B=8 51.1 / 57.7, 1 row x 32 heads
@@ -302,7 +306,8 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | N
     length, dim_v = k.shape[2], v.shape[3]
     if k.shape != (batch, heads, length, dim) or v.shape[:3] != (batch, heads, length):
         raise Unsupported(f"query {tuple(q.shape)}, keys {tuple(k.shape)}, values {tuple(v.shape)}")
-    if rows > MAX_ROWS or max(dim, dim_v) > MAX_HEAD_DIM or not (q.dtype == k.dtype == v.dtype in DTYPES):
+    too_large = rows > MAX_PROGRAM_ROWS or max(dim, dim_v) > MAX_HEAD_DIM
+    if too_large or not (q.dtype == k.dtype == v.dtype in DTYPES):
         raise Unsupported(f"{rows} query rows, head dims {dim}/{dim_v}, dtypes {q.dtype}/{k.dtype}/{v.dtype}")
     if q.stride(3) != 1:
         raise Unsupported("a query head dim that is not contiguous")
@@ -338,8 +343,8 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | N
 
 def launch_warps(dtype: torch.dtype, rows: int) -> int:
     """Warps a program (the sweeps above): twice as many for float32, whose tiles take twice the
-    registers; a one-row step's small tiles take half as many."""
-    warps = 8 if dtype == torch.float32 else 4
+    registers, or for more than 16 rows; a one-row step's small tiles take half as many."""
+    warps = 8 if dtype == torch.float32 or rows > 16 else 4
     return warps // 2 if rows == 1 else warps
 
 

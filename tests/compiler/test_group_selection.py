@@ -383,6 +383,68 @@ def test_attention_on_sdpa_matches_eager(monkeypatch, dtype, causal, kv_heads, s
     _assert_sdpa_chosen_and_eager(attend, (q, k, v), dtype)
 
 
+@pytest.mark.parametrize(
+    "rows, keys, kv_heads, masked, dtype",
+    [(40, 1500, 3, True, torch.float32), (7, 1100, 1, False, torch.float32), (64, 1025, 3, True, torch.bfloat16)],
+    ids=["masked", "grouped", "bf16-64-rows"],
+)  # fmt: skip
+def test_split_keys_attention_matches_float64(monkeypatch, rows, keys, kv_heads, masked, dtype):
+    """An attention of a few (batch, head)s over many keys (BigBird's first and last query blocks
+    against all 4096 keys: 12 programs of the flash kernel on 132 SMs) has the split-keys kernel as a
+    candidate; measured faster, the program runs it (in Triton's interpreter here): its result is
+    float64's to eager's order. Ragged rows and keys (not multiples of its 128-key blocks), an additive
+    mask hiding the last keys, query heads sharing a key head folded into one program's rows."""
+    _fake_gpu(monkeypatch, "split-keys")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, rows, 32, generator=g).to(dtype)
+    k, v = (torch.randn(1, kv_heads, keys, 32, generator=g).to(dtype) for _ in range(2))
+    mask = torch.zeros(1, 1, 1, keys, dtype=dtype)
+    mask[..., -7:] = float("-inf")
+
+    def attend(q, k, v, mask):
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = q @ k.transpose(-1, -2) * 0.2
+        if masked:
+            scores = scores + mask
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+    compiled = tilefuse.compile(attend)
+    with torch.no_grad():
+        got = compiled(q, k, v, mask)
+        want = attend(*(x.double() for x in (q, k, v, mask)))
+        eager = attend(q, k, v, mask)
+    bound = 2 * (eager.double() - want).abs().max().item() + (1e-6 if dtype == torch.float32 else 1e-3)
+    assert (got.double() - want).abs().max().item() <= bound
+    (report,) = compiled.tilefuse_reports
+    choices = _attention_choices(report)
+    assert choices and all(c["chosen"] == "split-keys" for c in choices), choices
+
+
+@pytest.mark.parametrize(
+    "heads, rows, keys, causal, reason",
+    [(3, 40, 700, False, "700 keys"), (140, 8, 1024, False, "fill the 132 SMs"),
+     (3, 100, 1100, False, "100 query rows"), (3, 40, 40, True, "causal")],
+    ids=["few-keys", "many-heads", "many-rows", "causal"],
+)  # fmt: skip
+def test_split_keys_is_built_only_where_the_flash_grid_underfills(
+    monkeypatch, heads, rows, keys, causal, reason
+):
+    """The split-keys kernel is a candidate only where it pays and takes the attention: at least 1024
+    keys, fewer flash programs (64 rows of a head each) than SMs, at most 64 rows a head, no causal
+    mask; elsewhere the report says why it was not built, and SDPA and the kernel compete as before."""
+    _fake_gpu(monkeypatch, "split-keys")
+    q, k, v = (torch.randn(1, heads, n, 16) for n in (rows, keys, keys))
+
+    def attend(q, k, v):
+        if causal:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25, dim=-1) @ v
+
+    choices = _attention_choices(_run(attend, q, k, v))
+    assert choices and all(reason in c["split-keys_not_built"] for c in choices), choices
+
+
 def test_attention_on_sdpa_from_a_sequence_major_layout(monkeypatch):
     """q, k and v as [batch, position, head, dim] (GPT-2's and OPT's projections, transposed in the
     function): the group's contractions read that layout, and SDPA gets them permuted."""

@@ -22,7 +22,9 @@ def _reference(q, k, v, mask):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 4, 4, 128), (8, 8, 4, 128), (2, 12, 1, 64)])
+@pytest.mark.parametrize(
+    "shape", [(1, 4, 4, 128), (8, 8, 4, 128), (2, 12, 1, 64), (1, 12, 64, 64), (1, 3, 40, 128)]
+)
 def test_decode_kernel_over_growing_lengths_matches_float64(dtype, shape):
     batch, heads, rows, dim = shape
     launches = DecodeKernels()
