@@ -248,11 +248,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny config, runnable on a CPU")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
     parser.add_argument(
+        "--candidates",
+        help=f"comma-separated, of: {', '.join(CANDIDATES)} (default all; eager always runs: its tokens are "
+        "the reference)",
+    )
+    parser.add_argument(
         "--kv-heads", type=int,
         help="KV heads (default the config's grouped 4, 2 with --tiny; the query heads' count: no grouping)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
+    wanted = CANDIDATES if args.candidates is None else [c.strip() for c in args.candidates.split(",")]
+    unknown = [c for c in wanted if c not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; choose from: {', '.join(CANDIDATES)}")
+    args.candidates = [c for c in CANDIDATES if c == EAGER or c in wanted]
     args.prompt = args.prompt or (8 if args.tiny else 512)
     args.new_tokens = args.new_tokens or (4 if args.tiny else 128)
     if args.new_tokens < 2:
@@ -275,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"greedy, prompt {args.prompt} tokens, {args.new_tokens} new tokens",
     ]
     out = args.out or (None if args.tiny else DEFAULT_OUT)
-    candidates = [c for c in CANDIDATES if not (args.no_torch_compile and c in (COMPILE, COMPILE_STATIC))]
+    skipped = (COMPILE, COMPILE_STATIC) if args.no_torch_compile else ()
+    candidates = [c for c in args.candidates if c not in skipped]
     timings: list[GenTiming] = []
     report = ""
     for batch in args.batches:

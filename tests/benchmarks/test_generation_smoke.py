@@ -45,10 +45,11 @@ def test_tiny_generation_without_grouped_kv_heads(tmp_path, capsys):
     """`--kv-heads` at the query heads' count: each decode step's attention has one query row a head (the
     decode kernel's unpadded path, in Triton's interpreter); greedy tokens equal eager's."""
     out = tmp_path / "generation.md"
-    main(["--tiny", "--no-torch-compile", "--batches", "1", "--kv-heads", "4", "--out", str(out)])
+    main(["--tiny", "--batches", "1", "--kv-heads", "4", "--candidates", "tilefuse", "--out", str(out)])
     report = out.read_text()
     assert "4 query heads over 4 KV heads" in report
     lines = [line for line in report.splitlines() if line.startswith("| 1 |")]
     rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    assert [cells[1] for cells in rows] == ["eager", "tilefuse"]  # `--candidates`: eager's tokens, tilefuse's
     dynamic = next(cells for cells in rows if cells[1] == "tilefuse")
     assert dynamic[8] == "4/4" and "FAILED" not in dynamic[9], dynamic
