@@ -141,6 +141,11 @@ def operand_tile_bytes(
     return 0
 
 
+# an attention grid of fewer programs than this (half of an H100's or H200's 132 SMs busy) over at least
+# LONG_KEY_LOOP keys takes smaller query tiles
+FEW_PROGRAMS, LONG_KEY_LOOP = 66, 1024
+
+
 def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
     if kind == "gemm":
         # 128x256x64, 8 warps, 3 stages won every bf16 case of the H100 sweep (benchmarks/NOTES.md)
@@ -277,6 +282,14 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # H200 sweep (benchmarks/NOTES.md): 128x128 tiles, 8 warps for head dim 128; 64x64, 4 warps for 64
         wide = max(bd, bdv) >= 128
         bm = _pow2_at_least(problem["M"], 16, 128 if wide else 64)
+        # few (batch, head)s over a long key loop (BigBird's first query block: 12 programs walking 4096
+        # keys on 132 SMs, 48 us on the H100): smaller query tiles, more programs reading the same keys
+        while (
+            bm > 16
+            and problem["N"] >= LONG_KEY_LOOP
+            and problem.get("B", 1) * -(-problem["M"] // bm) < FEW_PROGRAMS
+        ):
+            bm //= 2  # (16 rows: tl.dot's least M)
         bn = _pow2_at_least(problem["N"], 16, 128 if max(bd, bdv) == 128 else 64 if not wide else 32)
         stages, elem = 3, problem.get("elem_bytes", 2)
 

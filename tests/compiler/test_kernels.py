@@ -260,6 +260,20 @@ def test_default_attention_config_fits_the_hardware(head_dim, elem):
     assert config.params["BLOCK_D"] == head_dim and config.num_stages >= 2
 
 
+@pytest.mark.parametrize(
+    "heads, rows, keys, block_m",
+    [(12, 64, 4096, 16), (12, 64, 1000, 64), (128, 512, 4096, 64), (40, 64, 2048, 32), (2, 8, 4096, 16)],
+)  # fmt: skip
+def test_few_heads_over_many_keys_take_smaller_query_tiles(heads, rows, keys, block_m):
+    """BigBird's first query block (12 heads x 64 queries against 4096 keys) was 12 flash programs on
+    132 SMs: fewer programs than half the SMs over a long key loop halve the query tile, down to 16
+    rows; short key loops and full grids keep theirs."""
+    from tilefuse.autotune.heuristics import default_config
+
+    problem = {"M": rows, "N": keys, "D": 64, "DV": 64, "B": heads, "elem_bytes": 2}
+    assert default_config("attention", problem).params["BLOCK_M"] == block_m
+
+
 def test_a_second_compile_of_the_same_graph_hits_the_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFUSE_CACHE_DIR", str(tmp_path))
 
