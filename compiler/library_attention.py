@@ -21,6 +21,14 @@ query heads sharing a key head under grouped-query attention, in q alone; GPT-2 
 (`enable_gqa` where R is not empty), and the result viewed and permuted back. A causal mask needs
 L == S (SDPA's `is_causal` is the top-left triangle; with L == S it is the `key <= query` the
 pattern recognises).
+
+`split_keys_path` is the same call on the flash-decoding kernel (`backends/triton/decode_attention.py`):
+each (batch, head)'s keys split across programs and their partial softmaxes combined by the last
+program to finish, up to 64 query rows a program. The flash kernel runs one program per 64 queries of a
+(batch, head), so a few heads over many keys leave most SMs idle: BigBird's first and last query blocks
+(12 heads x 64 queries against 4096 keys) were 12 programs on 132 SMs, 48 us a layer on the H100. It is
+built (and measured) only there: fewer flash programs than SMs, at least `SPLIT_KEYS_MIN_KEYS` keys, no
+causal mask, and query heads sharing a key head only without a mask (they are folded into its rows).
 """
 
 from __future__ import annotations
@@ -255,7 +263,7 @@ def split_keys_path(kernel: object, device: torch.device) -> Callable[..., tuple
     """As `sdpa_path`, the attention run by the flash-decoding kernel instead
     (`backends/triton/decode_attention.py`): each (batch, head)'s keys split across programs, their
     partial softmaxes combined by the last to finish. Built only where the flash kernel's grid would
-    leave most of the GPU idle (module docstring: `SPLIT_KEYS`); raises NoSdpaPath elsewhere."""
+    leave most of the GPU idle (module docstring); raises NoSdpaPath elsewhere."""
     return _attention_path(kernel, device)
 
 
