@@ -47,6 +47,9 @@ EAGER, EAGER_STATIC = "eager", "eager, static cache"
 COMPILE, COMPILE_STATIC = "torch.compile", "torch.compile reduce-overhead, static cache"
 SUBJECT, SUBJECT_STATIC = "tilefuse", "tilefuse reduce-overhead, static cache"
 CANDIDATES = (EAGER, EAGER_STATIC, COMPILE, COMPILE_STATIC, SUBJECT, SUBJECT_STATIC)
+# `--candidates` names them by these keys (the rows' names hold commas)
+KEYS = ("eager", "eager-static", "torch.compile", "torch.compile-static", "tilefuse", "tilefuse-static")
+CANDIDATE_KEYS = dict(zip(KEYS, CANDIDATES))
 REPEATS = {"cuda": 3, "cpu": 1}  # timed generates per figure (median), after the first
 # generates before timing a compiled candidate: a graph measures itself against PyTorch on its
 # first calls (compiler/selection.py), and the prompt's graph runs once per generate
@@ -249,8 +252,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch-compile", action="store_true", help="leave the torch.compile rows out")
     parser.add_argument(
         "--candidates",
-        help=f"comma-separated, of: {', '.join(CANDIDATES)} (default all; eager always runs: its tokens are "
-        "the reference)",
+        help=f"comma-separated, of: {', '.join(CANDIDATE_KEYS)} (default all; eager always runs: its tokens "
+        "are the reference; a -static key is the row with the static cache)",
     )
     parser.add_argument(
         "--kv-heads", type=int,
@@ -258,10 +261,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
-    wanted = CANDIDATES if args.candidates is None else [c.strip() for c in args.candidates.split(",")]
-    unknown = [c for c in wanted if c not in CANDIDATES]
+    keys = KEYS if args.candidates is None else [c.strip() for c in args.candidates.split(",")]
+    unknown = [c for c in keys if c not in CANDIDATE_KEYS]
     if unknown:
-        parser.error(f"unknown candidates {unknown}; choose from: {', '.join(CANDIDATES)}")
+        parser.error(f"unknown candidates {unknown}; choose from: {', '.join(CANDIDATE_KEYS)}")
+    wanted = {CANDIDATE_KEYS[c] for c in keys}
     args.candidates = [c for c in CANDIDATES if c == EAGER or c in wanted]
     args.prompt = args.prompt or (8 if args.tiny else 512)
     args.new_tokens = args.new_tokens or (4 if args.tiny else 128)

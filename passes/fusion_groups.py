@@ -77,7 +77,7 @@ from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
 from ..ir.builder import InsertingEinBuilder, read_by_contraction, single_user, widened_source
-from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float, is_symbolic, undecided_as
+from ..ir.dtypes import dims_of, has_symbolic_sizes, is_float, is_static, is_symbolic, undecided_as
 from ..ir.module import functions
 from .flash_attention import match_attention
 from .split_reduction import MAX_EPILOGUE_ROW, chunk_size
@@ -805,8 +805,20 @@ def copy_contracted_concatenations(fn: func.FuncOp) -> int:
     for op in list(fn.walk()):
         if not (isinstance(op, (ein.ConcatOp, ein.GatherOp)) and read_by_contraction(op.result)):
             continue
+        if isinstance(op, ein.GatherOp) and not _worth_copying(op.result):
+            continue
         builder = InsertingEinBuilder(op, "copy", after=True)
         copy = builder.copy(op.result)
         op.result.replace_uses_with_if(copy, lambda use, reader=copy.owner: use.operation is not reader)
         copied += 1
     return copied
+
+
+# a gather a contraction reads is copied from this many elements on: below, the operand's per-element
+# index loads cost less than a launch (a decode step's one embedded token, whose norm-folded GEMM reads
+# it through the table), and a graph of symbolic sizes (decode steps of a dynamic cache) is left as is
+COPIED_GATHER_MIN_ELEMENTS = 1 << 16
+
+
+def _worth_copying(value: SSAValue) -> bool:
+    return is_static(value.type) and math.prod(dims_of(value.type)) >= COPIED_GATHER_MIN_ELEMENTS

@@ -53,3 +53,14 @@ def test_tiny_generation_without_grouped_kv_heads(tmp_path, capsys):
     assert [cells[1] for cells in rows] == ["eager", "tilefuse"]  # `--candidates`: eager's tokens, tilefuse's
     dynamic = next(cells for cells in rows if cells[1] == "tilefuse")
     assert dynamic[8] == "4/4" and "FAILED" not in dynamic[9], dynamic
+
+
+def test_candidates_are_chosen_by_keys():
+    """The rows' names hold commas ("tilefuse reduce-overhead, static cache"): `--candidates` takes their
+    keys; eager always runs (its tokens are the reference); an unknown key is an error naming the keys."""
+    from tilefuse.benchmarks.generation import EAGER, EAGER_STATIC, SUBJECT_STATIC, parse_args
+
+    args = parse_args(["--tiny", "--candidates", "tilefuse-static, eager-static"])
+    assert args.candidates == [EAGER, EAGER_STATIC, SUBJECT_STATIC]
+    with pytest.raises(SystemExit):
+        parse_args(["--tiny", "--candidates", "eager, static cache"])

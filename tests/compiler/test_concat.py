@@ -60,22 +60,30 @@ def test_a_concatenated_gemm_operand_is_copied_once():
     assert sorted(g["kind"] for g in fusion_groups(reports)) == ["gemm", "pointwise"]
 
 
-@pytest.mark.parametrize("side", ["rhs", "lhs"])
-def test_a_gathered_gemm_operand_is_copied_once(side, tmp_path):
+@pytest.mark.parametrize("side", ["rhs", "lhs", "small"])
+def test_a_gathered_gemm_operand_is_copied_once(side, tmp_path, monkeypatch):
     """BigBird's random key blocks: blocks of a tensor gathered by an index tensor, then a batched
     product with them. Read through the gather, each B tile loaded the index and computed an address
     per element inside the K loop (5x slower than the product on a copy, H100); a pointwise kernel
-    copies the gathered blocks once (ragged: 7 blocks of 5 rows, 3 gathered per query block)."""
+    copies the gathered blocks once (ragged: 7 blocks of 5 rows, 3 gathered per query block). Under
+    `COPIED_GATHER_MIN_ELEMENTS` (a decode step's embedded token) the GEMM reads through the gather."""
+    from tilefuse.passes import fusion_groups as passes
+
+    monkeypatch.setattr(passes, "COPIED_GATHER_MIN_ELEMENTS", 10**9 if side == "small" else 64)
+    monkeypatch.setenv("TILEFUSE_CACHE", "0")  # "small" compiles "rhs"'s graph: not its kept artifact
     blocks, index = torch.randn(2, 7, 5, 16), torch.randint(0, 7, (2, 4, 3))
     q, w = torch.randn(2, 4, 6, 16), torch.randn(2, 4, 15, 8)
 
     def gathered(q, w, blocks, index):
         picked = blocks[torch.arange(2)[:, None, None], index]  # [2, 4, 3, 5, 16]
         keys = picked.reshape(2, 4, 15, 16)
-        return q @ keys.transpose(-1, -2) if side == "rhs" else keys.transpose(-1, -2) @ w
+        return keys.transpose(-1, -2) @ w if side == "lhs" else q @ keys.transpose(-1, -2)
 
     reports = compile_and_compare(gathered, q, w, blocks, index, dump=str(tmp_path))
     kinds = sorted(g["kind"] for g in fusion_groups(reports))
+    if side == "small":
+        assert kinds == ["gemm"], kinds
+        return
     assert kinds == ["gemm", "pointwise"], kinds
     (gemm,) = [p for p in tmp_path.glob("*/kernels/*.py") if "(gemm)" in p.read_text()]
     assert "index" not in gemm.read_text().split("@triton.jit", 1)[1].split("):", 1)[0]
