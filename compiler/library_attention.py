@@ -55,6 +55,7 @@ SPLIT_KEYS = "split-keys"
 # head) runs fewer programs than the GPU has SMs over at least this many keys: a long loop on a few SMs
 FLASH_ROWS = 64
 SPLIT_KEYS_MIN_KEYS = 1024
+HOST_SMS = 132  # the SMs a grid is weighed against off a GPU (Triton's interpreter: tests)
 
 
 class NoSdpaPath(Exception):
@@ -287,7 +288,8 @@ def _split_keys_fits(
         raise NoSdpaPath(f"split keys: {rows * group} query rows a head (at most {MAX_PROGRAM_ROWS})")
     if keys < SPLIT_KEYS_MIN_KEYS:
         raise NoSdpaPath(f"split keys: {keys} keys (fewer than {SPLIT_KEYS_MIN_KEYS})")
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    on_gpu = device.type == "cuda"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else HOST_SMS
     programs = heads * group * math.ceil(rows / FLASH_ROWS)
     if programs >= sms:
         raise NoSdpaPath(f"split keys: the flash grid's {programs} programs fill the {sms} SMs")
