@@ -55,7 +55,6 @@ SPLIT_KEYS = "split-keys"
 # head) runs fewer programs than the GPU has SMs over at least this many keys: a long loop on a few SMs
 FLASH_ROWS = 64
 SPLIT_KEYS_MIN_KEYS = 1024
-HOST_SMS = 132  # the SMs a grid is weighed against off a GPU (Triton's interpreter: tests)
 
 
 class NoSdpaPath(Exception):
@@ -274,7 +273,7 @@ def _split_keys_fits(
     """NoSdpaPath unless the split-keys kernel takes this attention and it pays: no causal mask (the
     kernel has none), query rows a program holds, keys enough to split, and a flash grid (a program per
     64 rows of a (batch, head)) that fills less than the GPU's SMs."""
-    from ..backends.triton.decode_attention import MAX_PROGRAM_ROWS
+    from ..backends.triton import decode_attention as kernels
 
     if pattern.causal:
         raise NoSdpaPath("split keys: a causal mask")
@@ -284,12 +283,11 @@ def _split_keys_fits(
     group = math.prod(sizes[layout.n_batch : -2])  # query heads sharing a key head: rows of its program
     if group > 1 and masked:
         raise NoSdpaPath("split keys: grouped query heads with a mask")
-    if rows * group > MAX_PROGRAM_ROWS:
-        raise NoSdpaPath(f"split keys: {rows * group} query rows a head (at most {MAX_PROGRAM_ROWS})")
+    if rows * group > kernels.MAX_PROGRAM_ROWS:
+        raise NoSdpaPath(f"split keys: {rows * group} query rows a head (at most {kernels.MAX_PROGRAM_ROWS})")
     if keys < SPLIT_KEYS_MIN_KEYS:
         raise NoSdpaPath(f"split keys: {keys} keys (fewer than {SPLIT_KEYS_MIN_KEYS})")
-    on_gpu = device.type == "cuda"
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else HOST_SMS
+    sms = kernels.sm_count(device)
     programs = heads * group * math.ceil(rows / FLASH_ROWS)
     if programs >= sms:
         raise NoSdpaPath(f"split keys: the flash grid's {programs} programs fill the {sms} SMs")
@@ -310,6 +308,8 @@ def _attention_path(
     pre = pre_softmax(pattern)
     scale = pre.scale
     layout = sdpa_layout(pattern)
+    if split_keys is not None:
+        _split_keys_fits(pattern, layout, split_keys, pre.masked)
     q_up, k_up = pattern.upcasts
     q, k = _source(pattern.scores.lhs, q_up), _source(pattern.scores.rhs, k_up)
     v = _source(pattern.output.rhs, pattern.v_upcast)
@@ -329,7 +329,6 @@ def _attention_path(
     n_outer = max(layout.n_batch - 1, 0)
     launches = None
     if split_keys is not None:  # (rows with no visible key: zeros, as a safe softmax gives)
-        _split_keys_fits(pattern, layout, split_keys, mask is not None)
         launches, zero_rows = DecodeKernels(), False
 
     def as_heads(x: torch.Tensor) -> torch.Tensor:
@@ -372,11 +371,11 @@ def _split_keys(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
     launches: object,
 ) -> torch.Tensor:  # fmt: skip
-    """SDPA's result from the split-keys kernel: [outer, heads, L, E] operands, query heads that share a
-    key head (grouped-query attention, no mask) folded into the rows of its program."""
+    """SDPA's result from the split-keys kernel: [outer, heads, L, E] operands (their last dim
+    contiguous, as `run` leaves them), query heads that share a key head (grouped-query attention, no
+    mask) folded into the rows of its program."""
     from ..backends.triton.decode_attention import decode_attention
 
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     outer, heads, rows, dim = q.shape
     group = heads // k.shape[1]
     if group == 1:

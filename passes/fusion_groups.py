@@ -58,7 +58,7 @@ Views, splat constants, iotas, gathers and concatenations are not kernels:
 kernels index through them (a concatenation's operands are each read where the
 index falls in their range), and they are materialized only for a reader that
 is not a kernel. A concatenation or gather a contraction reads gets a copy
-kernel of its own first (`copy_contracted_concatenations`): operand tiles
+kernel of its own first (`copy_contracted_operands`): operand tiles
 stream from one buffer.
 """
 
@@ -788,11 +788,11 @@ class FormFusionGroups(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for fn in functions(op):
-            copy_contracted_concatenations(fn)
+            copy_contracted_operands(fn)
             annotate(form_groups(fn))
 
 
-def copy_contracted_concatenations(fn: func.FuncOp) -> int:
+def copy_contracted_operands(fn: func.FuncOp) -> int:
     """Give each concatenation or gather a contraction reads a copy (an identity map: a pointwise
     kernel that reads the parts or the table's rows in place and writes one buffer) for the
     contraction to read; returns how many. A GEMM's or attention's operand tiles stream from one

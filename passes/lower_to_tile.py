@@ -98,7 +98,7 @@ def _materialized(value: SSAValue) -> bool:
     loads the table at the positions its index tensors hold), nor a concatenation, except one a
     contraction reads: a GEMM's or attention's operand tiles stream from one buffer (a masked
     load per part and a select would sit in the inner loop), so that one is copied once (the
-    fusion pass gives it a copy kernel: `copy_contracted_concatenations`, which copies a gather a
+    fusion pass gives it a copy kernel: `copy_contracted_operands`, which copies a gather a
     contraction reads too, before this is asked)."""
     if isinstance(value.owner, ein.ConcatOp):
         return read_by_contraction(value)

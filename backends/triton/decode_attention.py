@@ -210,9 +210,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+HOST_SMS = 132  # the SMs a grid is sized for off a GPU (Triton's interpreter: tests)
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """The SMs of `device`, or HOST_SMS off a GPU."""
+    return _sm_count(device.index or 0) if device.type == "cuda" else HOST_SMS
 
 
 class _Plan:
@@ -327,7 +335,7 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | N
     rows_p = 1 if rows == 1 else max(16, _pow2(rows))
     d_p, dv_p = max(16, _pow2(dim)), max(16, _pow2(dim_v))
     programs = batch * heads
-    chunks = grid_chunks(programs, _sm_count(q.device.index or 0) if q.is_cuda else 132)
+    chunks = grid_chunks(programs, sm_count(q.device))
     work = torch.empty(max(programs * chunks * rows_p * (dv_p + 2), 1), dtype=torch.float32, device=q.device)
     count = torch.zeros(max(programs, 1), dtype=torch.int32, device=q.device)
     # fp32 keys and values through TF32 only where PyTorch's matmul precision allows it

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
+from tilefuse.backends.triton import decode_attention
 from tilefuse.compiler import group_selection, library_attention, runtime
 
 
@@ -435,7 +436,7 @@ def test_split_keys_is_built_only_where_the_flash_grid_underfills(
     mask; elsewhere the report says why it was not built, and SDPA and the kernel compete as before.
     (A GPU of 6 SMs here: 132 would take 132 heads in Triton's interpreter.)"""
     _fake_gpu(monkeypatch, "split-keys")
-    monkeypatch.setattr(library_attention, "HOST_SMS", 6)
+    monkeypatch.setattr(decode_attention, "HOST_SMS", 6)
     q, k, v = (torch.randn(1, heads, n, 16) for n in (rows, keys, keys))
 
     def attend(q, k, v):
