@@ -118,6 +118,45 @@ class FoldBatchFlattenIntoContract(RewritePattern):
         rewriter.erase(op)
 
 
+class FoldBatchUnflattenIntoContract(RewritePattern):
+    """reshape(contract(x', y')) where the result's reshape splits the shared batch dim (the first of
+    x', y' and the result: a `bmm` over `[B * H * blocks, ...]`) into leading dims P → one contract
+    over P x ..., reading x' and y' reshaped to P x ... (views: `CollapseViews` joins them to the
+    views they were flattened from). The result then has the shape its readers have, so a map after
+    the product joins its epilogue: BigBird's band scores (`[720, 64, 192]` reshaped to
+    `[1, 12, 60, 64, 192]`, then scaled and masked) went through a kernel of their own, one more
+    write and read of every score."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
+        unflatten = single_user(op.result)
+        if not _is_reshape(unflatten):
+            return
+        lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
+        b = out_idx[0]
+        if lhs_idx[0] != b or rhs_idx[0] != b:
+            return
+        out_shape, target = dims_of(op.result.type), dims_of(unflatten.result.type)
+        n = len(target) - len(out_shape) + 1  # the leading dims the batch dim splits into
+        if n < 2 or target[n:] != out_shape[1:] or math.prod(target[:n]) != out_shape[0]:
+            return
+        fresh = [c for c in string.ascii_letters if c not in lhs_idx + rhs_idx + out_idx][:n]
+        if len(fresh) < n:
+            return
+        operands = []
+        for value in (op.lhs, op.rhs):
+            shape = [*target[:n], *dims_of(value.type)[1:]]
+            view = ein.ViewOp("reshape", value, tensor_type(shape, value.type.get_element_type()))
+            rewriter.insert(view, InsertPoint.before(op))
+            operands.append(view.result)
+        batch = "".join(fresh)
+        spec = f"{batch}{lhs_idx[1:]},{batch}{rhs_idx[1:]}->{batch}{out_idx[1:]}"
+        new = ein.ContractOp(spec, operands[0], operands[1], unflatten.result.type)
+        rewriter.insert(new, InsertPoint.before(op))
+        rewriter.replace(unflatten, [], [new.result])
+        rewriter.erase(op)
+
+
 def _is_reshape(op: Operation | None) -> bool:
     return isinstance(op, ein.ViewOp) and op.kind.data == "reshape"
 
@@ -457,6 +496,7 @@ class EraseUnused(RewritePattern):
 PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
+    FoldBatchUnflattenIntoContract,
     CollapseViews,
     FoldArangeOfIota,
     ReshapeIota,
