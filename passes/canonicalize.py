@@ -7,6 +7,11 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
 - a permute feeding a contraction folds into the spec (`"mk,nk->mn"`);
 - a reshape that flattens leading batch dims into M, undone by a reshape of
   the result, folds into the spec (`"bsk,nk->bsn"`);
+- a batched product (a `bmm`) whose result is reshaped or permuted back before a map reads it
+  becomes one contract over the dims its operands and readers see (each letter split into those
+  factors), so the map is its epilogue: a decomposed `torch.einsum`, BigBird's block attention;
+- a slice of a map with at most one math function slices the map's operands instead, where they
+  are no more bytes than the slice (a mask computed as an outer product is never written in full);
 - a map of one operand read only by two or three maps of its shape, cheap to recompute, merges
   into each of them (no buffer written and read back, one kernel fewer);
 - a map whose only user is another map merges into it (one body), except a
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -155,6 +161,209 @@ class FoldBatchUnflattenIntoContract(RewritePattern):
         rewriter.insert(new, InsertPoint.before(op))
         rewriter.replace(unflatten, [], [new.result])
         rewriter.erase(op)
+
+
+class _Atom:
+    """A factor of a dim followed through reshapes and permutes (`_ViewTrace`): a reshape may split
+    it into a major and a minor piece."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, size: int):
+        self.size, self.pieces = size, None
+
+    def leaves(self) -> list[_Atom]:
+        return [self] if self.pieces is None else [leaf for p in self.pieces for leaf in p.leaves()]
+
+
+def _regroup(groups: list[list[_Atom]], sizes: Sequence[int]) -> list[list[_Atom]] | None:
+    """A reshape to `sizes` of a tensor whose dims hold `groups` of atoms (major first): the atoms
+    in order, split where a new dim's boundary falls inside one; None where it cannot be said so."""
+    queue = [leaf for group in groups for atom in group for leaf in atom.leaves()][::-1]
+    out = []
+    for size in sizes:
+        group, left = [], size
+        while left > 1:
+            if not queue:
+                return None
+            atom = queue.pop()
+            if atom.size <= left:
+                if left % atom.size:
+                    return None
+                group.append(atom)
+                left //= atom.size
+            else:
+                if atom.size % left:
+                    return None
+                atom.pieces = [_Atom(left), _Atom(atom.size // left)]
+                group.append(atom.pieces[0])
+                queue.append(atom.pieces[1])
+                left = 1
+        out.append(group)
+    return out if not queue else None
+
+
+def _traced(groups: list[list[_Atom]], views: list[ein.ViewOp]) -> list[list[_Atom]] | None:
+    for view in views:
+        if view.kind.data == "permute":
+            groups = [groups[p] for p in view.view_params]
+        else:
+            groups = _regroup(groups, dims_of(view.result.type))
+            if groups is None:
+                return None
+    return groups
+
+
+def _atoms(value: SSAValue) -> list[list[_Atom]]:
+    return [[_Atom(d)] if d != 1 else [] for d in dims_of(value.type)]
+
+
+def _refined(factorizations: list[list[int]]) -> list[int] | None:
+    """The coarsest factorization (major first) that refines every one of `factorizations` of the
+    same size (each listed major first), or None where none does (6 x 10 against 4 x 15)."""
+    strides = {1}
+    for sizes in factorizations:
+        stride = 1
+        for size in reversed(sizes):
+            stride *= size
+            strides.add(stride)
+    ordered = sorted(strides, reverse=True)
+    if any(a % b for a, b in zip(ordered, ordered[1:])):
+        return None
+    return [a // b for a, b in zip(ordered, ordered[1:])]
+
+
+class FoldViewsIntoBatchedContract(RewritePattern):
+    """A batched product (a letter shared by both operands and the result: a `bmm`) that reads its
+    operands through reshapes and permutes and whose result goes through reshapes and permutes to its
+    reader → one contract over the dims of the views' ends: each letter split into the factors its
+    operands and result see, the result in its readers' shape (unit dims a size-1 letter of the left
+    operand). A map after the views then joins the product's epilogue. `torch.einsum` and
+    hand-written block attention reach the graph this way: BigBird's band scores (`bmm` over
+    `[heads * 60 blocks, 64, 192]`, reshaped back to `[1, heads, 60, 64, 192]`) and its first and last
+    key blocks (`[heads, 60 * 64, 64]`, a permute between) each went through a pointwise kernel of
+    their own, one more write and read of every score. A contracted letter split in two (a K loop
+    over an unravelled index) is left as it is."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
+        lhs_idx, rhs_idx, out_idx = ein.parse_spec(op.spec.data)
+        if not any(c in lhs_idx and c in rhs_idx for c in out_idx):
+            return
+        views, end = [], op.result
+        while (user := single_user(end)) is not None and _is_reshape_or_permute(user):
+            views.append(user)
+            end = user.result
+        if not views or not any(isinstance(use.operation, ein.MapOp) for use in end.uses):
+            return  # (a map reading the views' end is the gain: it becomes the epilogue)
+        values = [op.lhs, op.rhs, op.result, end]
+        if any(not all(isinstance(d, int) for d in dims_of(v.type)) for v in values):
+            return
+        operands = []  # per operand: its source and the atoms of its dims
+        for value in (op.lhs, op.rhs):
+            chain = []
+            while _is_reshape_or_permute(value.owner) and all(
+                isinstance(d, int) for d in dims_of(value.owner.input.type)
+            ):
+                chain.append(value.owner)
+                value = value.owner.input
+            source = _atoms(value)
+            groups = _traced(source, chain[::-1])
+            if groups is None:
+                return
+            operands.append((value, source, groups))
+        result = _atoms(op.result)
+        target = _traced(result, views)
+        if target is None:
+            return
+        # each letter's factors, as the operands and the result's readers see them
+        seen: dict[str, list[list[int]]] = {}
+        for idx, groups in ((lhs_idx, operands[0][2]), (rhs_idx, operands[1][2]), (out_idx, result)):
+            for c, group in zip(idx, groups):
+                seen.setdefault(c, []).append([leaf.size for atom in group for leaf in atom.leaves()])
+        pieces = {}
+        for c, factorizations in seen.items():
+            refined = _refined(factorizations)
+            if refined is None or (c not in out_idx and len(refined) > 1):
+                return
+            pieces[c] = refined
+        fresh = iter(c for c in string.ascii_letters)
+        letters = {c: [next(fresh) for _ in sizes] for c, sizes in pieces.items()}
+        size_of = {name: size for c in pieces for name, size in zip(letters[c], pieces[c])}
+
+        def spelled(idx: str, groups: list[list[_Atom]]) -> dict[_Atom, list[str]] | None:
+            """Each leaf atom of `groups` -> the letters of the pieces it spans."""
+            out = {}
+            for c, group in zip(idx, groups):
+                at, names = 0, letters[c]
+                for leaf in (leaf for atom in group for leaf in atom.leaves()):
+                    span, size = at, 1
+                    while size < leaf.size:
+                        size *= pieces[c][at]
+                        at += 1
+                    if size != leaf.size:
+                        return None
+                    out[leaf] = names[span:at]
+            return out
+
+        result_letters = spelled(out_idx, result)
+        if result_letters is None:
+            return
+        out_spec, units = "", []
+        for group in target:
+            leaves = [leaf for atom in group for leaf in atom.leaves()]
+            if not leaves:
+                units.append(next(fresh))
+                out_spec += units[-1]
+            elif len(leaves) == 1 and len(result_letters[leaves[0]]) == 1:
+                out_spec += result_letters[leaves[0]][0]
+            else:
+                return  # a result dim over several factors: the readers' shape needs a reshape
+        # the result's unit dims: letters of the left operand (in place of its own unit dims, where it
+        # has as many), and of the right one too where both have as many (a size-1 batch dim)
+        hosts = [sum(1 for group in source if not group) == len(units) for _, source, _ in operands]
+        specs, new_ops = [], []
+        for (value, source, groups), idx, extra in (
+            (operands[0], lhs_idx, units), (operands[1], rhs_idx, units if all(hosts) else [])
+        ):
+            spelling = spelled(idx, groups)
+            if spelling is None:
+                return
+            spec, shape = "", []
+            in_place = sum(1 for group in source if not group) == len(extra)
+            extra = list(extra)
+            for group in source:
+                if not group and in_place and extra:
+                    spec += extra.pop(0)
+                    shape.append(1)
+                for leaf in (leaf for atom in group for leaf in atom.leaves()):
+                    for name in spelling[leaf]:
+                        spec += name
+                        shape.append(size_of[name])
+            spec += "".join(extra)
+            shape += [1] * len(extra)
+            if tuple(shape) != tuple(dims_of(value.type)):
+                view = ein.ViewOp("reshape", value, tensor_type(shape, value.type.get_element_type()))
+                new_ops.append(view)
+                value = view.result
+            specs.append((spec, value))
+        (lhs_spec, lhs), (rhs_spec, rhs) = specs
+        k = [c for c in lhs_spec if c in rhs_spec and c not in out_spec]
+        m = [c for c in out_spec if c in lhs_spec and c not in rhs_spec]
+        n = [c for c in out_spec if c in rhs_spec and c not in lhs_spec]
+        if not (k and m and n):
+            return
+        new = ein.ContractOp(f"{lhs_spec},{rhs_spec}->{out_spec}", lhs, rhs, end.type)
+        for view_op in new_ops + [new]:
+            rewriter.insert(view_op, InsertPoint.before(op))
+        rewriter.replace(views[-1], [], [new.result])
+        for view_op in reversed(views[:-1]):
+            rewriter.erase(view_op)
+        rewriter.erase(op)
+
+
+def _is_reshape_or_permute(op: Operation | None) -> bool:
+    return isinstance(op, ein.ViewOp) and op.kind.data in ("reshape", "permute")
 
 
 def _is_reshape(op: Operation | None) -> bool:
@@ -292,6 +501,67 @@ class SinkGatherIntoMap(RewritePattern):
         block.add_op(ein.YieldOp(inline_map_body(mapped, list(block.args), block)))
         new_ops.append(ein.MapOp(gathered, op.result.type, Region(block)))
         rewriter.replace(op, new_ops)
+
+
+class SinkSliceIntoMap(RewritePattern):
+    """slice(map(a, b)) → map(slice(a), slice(b)) for a map with at most one math function whose
+    sliced operands are fewer bytes than the slice of its result (as many, where the slice is its only
+    reader): the slice's readers compute the map where they read it; the map stays for its other
+    readers (and goes with the last). A broadcast operand (size 1 along the sliced dim, or without
+    it) is read as it is. A slice returned (or a view of it) stays a view. BigBird's
+    random-block mask, an outer product of two small masks (f32, 62 blocks x 64 x 192 a head, 37 MB
+    a layer at 12 heads), was written in full and read back through three slices. Views a
+    contraction reads are left alone, as in `SinkViewBelowWidening`."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        mapped = op.input.owner
+        if op.kind.data != "slice" or not isinstance(mapped, ein.MapOp) or read_by_contraction(op.result):
+            return
+        if math_functions(mapped) > 1:
+            return
+        dim, start, stop, step = op.view_params
+        rank, size = len(dims_of(op.input.type)), dims_of(op.result.type)[dim]
+        plans = []  # per operand: the dim to slice, or None (read as it is)
+        read = 0  # bytes the sliced operands hold
+        for v in mapped.inputs:
+            shape = dims_of(v.type)
+            at = dim - (rank - len(shape))  # numpy broadcast from the right
+            at = None if at < 0 or shape[at] == 1 else at
+            plans.append(at)
+            elements = math.prod(shape) if at is None else math.prod(shape) // shape[at] * size
+            read += elements * to_torch_dtype(v.type.get_element_type()).itemsize
+        # (no more bytes; with other readers, fewer: a unary map read elsewhere too stays one kernel)
+        alone = single_user(mapped.result) is op
+        if read > _bytes(op.result) or (read == _bytes(op.result) and not alone):
+            return
+        if _returned_as_view(op.result):
+            return  # an output that is a view of another keeps sharing its memory, as PyTorch's does
+        new_ops: list[Operation] = []
+        sliced = []
+        for v, at in zip(mapped.inputs, plans):
+            if at is None:
+                sliced.append(v)
+                continue
+            out = list(dims_of(v.type))
+            out[at] = size
+            elem = v.type.get_element_type()
+            view = ein.ViewOp("slice", v, tensor_type(out, elem), [at, start, stop, step])
+            new_ops.append(view)
+            sliced.append(view.result)
+        new_ops.append(ein.MapOp(sliced, op.result.type, mapped.body.clone()))
+        rewriter.replace(op, new_ops)
+
+
+def _returned_as_view(value: SSAValue) -> bool:
+    """Whether `value`, or a view of it, is returned."""
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, func.ReturnOp):
+            return True
+        if isinstance(user, ein.ViewOp) and _returned_as_view(user.result):
+            return True
+    return False
 
 
 class SinkViewBelowWidening(RewritePattern):
@@ -497,12 +767,14 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
     FoldBatchFlattenIntoContract,
     FoldBatchUnflattenIntoContract,
+    FoldViewsIntoBatchedContract,
     CollapseViews,
     FoldArangeOfIota,
     ReshapeIota,
     FlipScan,
     SinkViewBelowWidening,
     SinkGatherIntoMap,
+    SinkSliceIntoMap,
     SinkUnflattenBelowMap,
     MergeMaps,
     InlineCheapMap,

@@ -168,10 +168,37 @@ def test_a_bias_varying_over_part_of_the_rows_keeps_its_own_kernel():
 
 def test_batched_einsum_and_transposed_operands():
     q, k = torch.randn(2, 3, 19, 8), torch.randn(2, 3, 21, 8)
-    # the scale stays a separate kernel: the decomposed einsum reshapes the product before it
-    run(lambda q, k: torch.einsum("bhqd,bhkd->bhqk", q, k) * 0.5, q, k, kinds={"gemm", "pointwise"})
+    # the decomposed einsum (a bmm between reshapes and permutes) is one contract again: the scale
+    # is its epilogue
+    reports = run(lambda q, k: torch.einsum("bhqd,bhkd->bhqk", q, k) * 0.5, q, k, kinds={"gemm"})
+    (group,) = fusion_groups(reports)
+    assert group["ops"] == ["ein.contract", "ein.map"]
     a, b = torch.randn(13, 7), torch.randn(5, 13)
-    run(lambda a, b: torch.einsum("ji,kj->ik", a, b).relu(), a, b, kinds={"gemm", "pointwise"})
+    run(lambda a, b: torch.einsum("ji,kj->ik", a, b).relu(), a, b, kinds={"gemm"})
+
+
+@pytest.mark.parametrize("blocks,rows,keys,dim", [(5, 8, 24, 16), (3, 7, 13, 5)], ids=str)
+def test_block_attention_products_take_their_masks_as_epilogues(blocks, rows, keys, dim):
+    """Block-sparse attention as BigBird writes it: a `bmm` over (heads x blocks) reshaped back, and an
+    einsum of every block's queries against one key block (a bmm over [heads, blocks * rows], permuted
+    back). Each product is one contract in its readers' shape, its scale and mask in its epilogue; the
+    band's softmax and its product with the values are the row kernel and GEMM after."""
+    torch.manual_seed(0)
+    heads = 3
+    q = torch.randn(1, heads, blocks, rows, dim)
+    band = torch.randn(1, heads, blocks, keys, dim)
+    first = torch.randn(1, heads, rows, dim)
+    mask = torch.randn(1, 1, blocks, rows, keys)
+
+    def fn(q, band, first, mask):
+        flat = torch.bmm(q.reshape(-1, rows, dim), band.reshape(-1, keys, dim).transpose(1, 2))
+        inner = flat.reshape(1, heads, blocks, rows, keys) * 0.25 + mask
+        outer = torch.einsum("bhlqd,bhkd->bhlqk", q, first) * 0.25 - 1.0
+        return torch.softmax(torch.cat([outer, inner], -1), -1)
+
+    reports = run(fn, q, band, first, mask, kinds={"gemm", "row"})
+    gemms = [g for g in fusion_groups(reports) if g["kind"] == "gemm"]
+    assert len(gemms) == 2 and all(g["ops"] == ["ein.contract", "ein.map"] for g in gemms)
 
 
 def test_column_and_row_broadcast_bias_with_residual():

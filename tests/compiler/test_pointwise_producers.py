@@ -42,14 +42,18 @@ def test_a_producer_read_elsewhere_too_keeps_its_kernel():
 
 
 def test_a_producer_larger_than_its_reader_keeps_its_kernel():
-    """A producer read in part (a slice of a quarter of it) is not recomputed by every program."""
+    """A producer read in part (a slice of a quarter of it), and by a second reader too, is not
+    recomputed by every program; read only there, it is computed only for that part."""
 
     def f(x):
         y = torch.exp(x)
-        return y[:4] + 1
+        return y[:4] + 1, y * 2
 
     reports = compile_and_compare(f, torch.randn(16, 33), rtol=1e-5, atol=1e-5)
-    assert len(fusion_groups(reports)) == 2
+    assert len(fusion_groups(reports)) == 3  # exp written once, read by both
+    reports = compile_and_compare(lambda x: torch.exp(x)[:4] + 1, torch.randn(16, 33), rtol=1e-5, atol=1e-5)
+    (group,) = fusion_groups(reports)
+    assert group["kind"] == "pointwise"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
