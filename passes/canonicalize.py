@@ -324,7 +324,8 @@ class FoldViewsIntoBatchedContract(RewritePattern):
         hosts = [sum(1 for group in source if not group) == len(units) for _, source, _ in operands]
         specs, new_ops = [], []
         for (value, source, groups), idx, extra in (
-            (operands[0], lhs_idx, units), (operands[1], rhs_idx, units if all(hosts) else [])
+            (operands[0], lhs_idx, units),
+            (operands[1], rhs_idx, units if all(hosts) else []),
         ):
             spelling = spelled(idx, groups)
             if spelling is None:
