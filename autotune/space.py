@@ -156,8 +156,8 @@ class SearchSpace:
                  whole_extents(kind, problem).items()}  # fmt: skip
         if kind == "row" and problem.get("chunked"):
             fixed["BLOCK_R"] = 1
-        elif kind == "row":
-            fixed["BLOCK_C"] = _pow2_at_least(max(problem["C"], 16))
+        elif kind == "row":  # (a short row is not padded to 16: heuristics.default_config)
+            fixed["BLOCK_C"] = _pow2_at_least(problem["C"])
         fixed.update(problem.get("exact", {}))
         return fixed
 

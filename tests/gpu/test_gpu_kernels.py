@@ -101,6 +101,16 @@ def test_softmax_and_layer_norm_rows():
     _check(lambda x: F.layer_norm(x, (1000,)), x, tol=1e-2)
 
 
+@pytest.mark.parametrize("experts", [1, 2, 3])
+def test_short_middle_rows_summed_as_a_mixture_of_experts_combines_them(experts):
+    """Each token's experts' rows scaled and summed (a reduce over a middle dim of 1-3, tiles as narrow
+    as the row), then added to the residual, against float64."""
+    y = torch.randn(2048 * experts, 1000, device=CUDA, dtype=torch.bfloat16)
+    w = torch.rand(2048 * experts, 1, device=CUDA, dtype=torch.bfloat16)
+    r = torch.randn(2048, 1000, device=CUDA, dtype=torch.bfloat16)
+    _check(lambda y, w, r: (y * w).reshape(-1, experts, 1000).sum(1) + r, y, w, r, tol=1e-2)
+
+
 def test_llama_block_matches_eager():
     model = LlamaBlock(dim=256, heads=8, kv_heads=4, hidden=688).to(CUDA, torch.bfloat16)
     x = torch.randn(2, 64, 256, device=CUDA, dtype=torch.bfloat16)
