@@ -29,7 +29,9 @@ These patterns undo that, each an exact rewrite (no change to the numbers):
 - a view of a widening cast (`x.float()` reshaped, sliced) becomes the cast of the view of the
   16-bit tensor: its readers then take the cast in (a row kernel, a gather) and read 16 bits a
   value, not a widened copy written in full;
-- a gather reading at most half of a map's result gathers the map's operands instead;
+- a gather reading at most half of a map's result gathers the map's operands instead (as does a
+  gather reading all of a cheap map it alone reads: a mixture of experts' permutation back to token
+  order), and a reshape splitting such a map's dims splits its gathers' index tensors instead;
 - a reshape of a GEMM's result (or its bias add) that splits leading dims
   (M x N → B x S x N) sinks below the map reading it, so the GEMM's epilogue
   chain reaches that map (of a row kernel's result too, where the map's readers
@@ -460,7 +462,12 @@ class SinkGatherIntoMap(RewritePattern):
     of the map's elements: the map is computed where it is read, not written in full and read back.
     Cross-entropy's log-softmax is gathered at one label a row: the row kernel then writes only its
     statistics, not a [tokens, vocabulary] tensor. A broadcast operand is read at index 0 along its
-    size-1 dims; the map stays for its other readers."""
+    size-1 dims; the map stays for its other readers. A map with at most one math function that only
+    the gather reads moves too, where the gather reads no more than all of it: a mixture of experts
+    scales the experts' rows by their routing weights and puts them back in token order (a
+    permutation) before summing each token's two; the scaled rows were written in f32 (34 MB a layer
+    in Mixtral at 4 x 512 tokens) and read back (with `SplitReshapeOfGatheredMap`, the sum reads the
+    experts' rows through the permutation)."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.GatherOp, rewriter: PatternRewriter) -> None:
@@ -468,7 +475,10 @@ class SinkGatherIntoMap(RewritePattern):
         if not isinstance(mapped, ein.MapOp):
             return
         table, out = dims_of(op.table.type), dims_of(op.result.type)
-        if 2 * math.prod(out) > math.prod(table):
+        # read only by this gather, a cheap map is computed where it is read, even where the gather
+        # reads all of it (a permutation)
+        alone = single_user(mapped.result) is op and math_functions(mapped) <= 1
+        if 2 * math.prod(out) > math.prod(table) and not (alone and math.prod(out) <= math.prod(table)):
             return
         new_ops: list[Operation] = []
         zero: SSAValue | None = None
@@ -501,6 +511,86 @@ class SinkGatherIntoMap(RewritePattern):
         block = Block(arg_types=[v.type.get_element_type() for v in gathered])
         block.add_op(ein.YieldOp(inline_map_body(mapped, list(block.args), block)))
         new_ops.append(ein.MapOp(gathered, op.result.type, Region(block)))
+        rewriter.replace(op, new_ops)
+
+
+def _split_groups(old: Sequence[int], new: Sequence[int]) -> list[list[int]] | None:
+    """For a reshape `old` -> `new` that only splits dims (no unit dims on either side), the new dims
+    each old dim becomes; else None."""
+    if not all(isinstance(d, int) and d > 1 for d in (*old, *new)):
+        return None
+    groups, at = [], 0
+    for size in old:
+        group, product = [], 1
+        while product < size and at < len(new):
+            group.append(at)
+            product *= new[at]
+            at += 1
+        if product != size:
+            return None
+        groups.append(group)
+    return groups if at == len(new) else None
+
+
+def _split_shape(shape: Sequence[int], old: Sequence[int], new: Sequence[int], groups: list[list[int]]):
+    """`shape` (broadcasting to `old`, same rank) split as `old` splits into `new`; None where a dim
+    is neither whole nor 1."""
+    out = []
+    for d, size, group in zip(shape, old, groups):
+        if d == size:
+            out += [new[g] for g in group]
+        elif d == 1:
+            out += [1] * len(group)
+        else:
+            return None
+    return out
+
+
+class SplitReshapeOfGatheredMap(RewritePattern):
+    """reshape(map(gather(..), ..)) → map(gather'(..), ..) for a reshape that splits dims, of a map
+    read only there whose operands are gathers (or scalars): each gather produces the split shape
+    directly (its index tensors reshaped), so a reduction over a split dim reads the map as its own
+    prologue. Mixtral's sum of each token's two experts reads `[tokens * 2, hidden]` as `[tokens, 2,
+    hidden]` (`SinkGatherIntoMap`'s case)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        mapped = op.input.owner
+        if not _is_reshape(op) or not isinstance(mapped, ein.MapOp) or single_user(mapped.result) is not op:
+            return
+        old, new = dims_of(op.input.type), dims_of(op.result.type)
+        groups = _split_groups(old, new)
+        if groups is None:
+            return
+        plans = []
+        for x in mapped.inputs:
+            if not dims_of(x.type):
+                plans.append(None)
+                continue
+            gather = x.owner
+            if not isinstance(gather, ein.GatherOp) or len(dims_of(x.type)) != len(old):
+                return
+            shapes = [_split_shape(dims_of(i.type), old, new, groups) for i in gather.indices]
+            sources = [m if m < 0 else groups[m][0] if len(groups[m]) == 1 else None for m in gather.sources]
+            if any(shape is None for shape in shapes) or None in sources:
+                return
+            plans.append((gather, shapes, sources))
+        new_ops: list[Operation] = []
+        inputs = []
+        for x, plan in zip(mapped.inputs, plans):
+            if plan is None:
+                inputs.append(x)
+                continue
+            gather, shapes, sources = plan
+            indices = []
+            for index, shape in zip(gather.indices, shapes):
+                view = ein.ViewOp("reshape", index, tensor_type(shape, index.type.get_element_type()))
+                new_ops.append(view)
+                indices.append(view.result)
+            elem = x.type.get_element_type()
+            new_ops.append(ein.GatherOp(gather.table, indices, sources, tensor_type(new, elem)))
+            inputs.append(new_ops[-1].result)
+        new_ops.append(ein.MapOp(inputs, op.result.type, mapped.body.clone()))
         rewriter.replace(op, new_ops)
 
 
@@ -775,6 +865,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     FlipScan,
     SinkViewBelowWidening,
     SinkGatherIntoMap,
+    SplitReshapeOfGatheredMap,
     SinkSliceIntoMap,
     SinkUnflattenBelowMap,
     MergeMaps,

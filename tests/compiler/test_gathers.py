@@ -142,3 +142,20 @@ def test_a_gather_at_one_loaded_position_runs_in_the_interpreter(capsys):
         partitions = [p for r in reports for p in r["partitions"]]
         assert partitions and not [p for p in partitions if p.get("runtime_error")], partitions
         assert all(g["kernel"] is not None for g in fusion_groups(reports))
+
+
+@pytest.mark.parametrize("tokens,hidden,experts", [(16, 64, 2), (13, 37, 3)], ids=str)
+def test_a_mixture_of_experts_combine_reads_the_experts_rows_through_the_permutation(tokens, hidden, experts):
+    """The experts' output rows (in expert order), scaled by their routing weights, put back in token
+    order and summed over each token's experts: one reduction kernel reading the rows through the
+    permutation, no scaled copy written (as Mixtral's combine after `_grouped_mm`)."""
+    torch.manual_seed(0)
+    y = torch.randn(tokens * experts, hidden)
+    w = torch.rand(tokens * experts, 1)
+    order = torch.randperm(tokens * experts)
+
+    def combine(y, w, order):
+        return (y * w)[order].reshape(tokens, experts, hidden).sum(1)
+
+    reports = compile_and_compare(combine, y, w, order, rtol=1e-5, atol=1e-5)
+    assert [g["kind"] for g in fusion_groups(reports)] == ["reduction"]
