@@ -532,9 +532,13 @@ def _split_groups(old: Sequence[int], new: Sequence[int]) -> list[list[int]] | N
     return groups if at == len(new) else None
 
 
-def _split_shape(shape: Sequence[int], old: Sequence[int], new: Sequence[int], groups: list[list[int]]):
+def _split_shape(
+    shape: Sequence[int], old: Sequence[int], new: Sequence[int], groups: list[list[int]]
+) -> list[int] | None:
     """`shape` (broadcasting to `old`, same rank) split as `old` splits into `new`; None where a dim
-    is neither whole nor 1."""
+    is neither whole nor 1, or the ranks differ."""
+    if len(shape) != len(old):
+        return None
     out = []
     for d, size, group in zip(shape, old, groups):
         if d == size:
