@@ -66,6 +66,9 @@ def main() -> int:
         print(f"graph {report['name']}: {len(report['partitions'])} compiled partition(s), "
               f"{len(report['fallbacks'])} op(s) left to PyTorch, "
               f"compile cache {report['cache']}")  # fmt: skip
+        if report["cache"] == "hit":  # the passes did not run: their dump files are stubs
+            print("  (a compile-cache hit: the dump's stages before fusion are stubs; "
+                  "TILEFUSE_CACHE=0 before the command dumps every stage)")  # fmt: skip
         for p in report["partitions"]:
             print(f"  {p['name']}: {len(p['aten_ops'])} aten ops, runs as {p['executor']}")
             for g in p["groups"]:
