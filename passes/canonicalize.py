@@ -166,8 +166,8 @@ class FoldBatchUnflattenIntoContract(RewritePattern):
 
 
 class _Atom:
-    """A factor of a dim followed through reshapes and permutes (`_ViewTrace`): a reshape may split
-    it into a major and a minor piece."""
+    """A factor of a dim followed through reshapes and permutes (`_traced`): a reshape may split it
+    into a major and a minor piece."""
 
     __slots__ = ("pieces", "size")
 
@@ -245,7 +245,9 @@ class FoldViewsIntoBatchedContract(RewritePattern):
     `[heads * 60 blocks, 64, 192]`, reshaped back to `[1, heads, 60, 64, 192]`) and its first and last
     key blocks (`[heads, 60 * 64, 64]`, a permute between) each went through a pointwise kernel of
     their own, one more write and read of every score. A contracted letter split in two (a K loop
-    over an unravelled index) is left as it is."""
+    over an unravelled index) is left as it is. A reshape that only splits the batch dim is
+    `FoldBatchUnflattenIntoContract`'s first, whatever reads it: attention's second product then
+    keeps the first's layout, which the flash-attention matcher pairs them by."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
@@ -323,17 +325,18 @@ class FoldViewsIntoBatchedContract(RewritePattern):
                 return  # a result dim over several factors: the readers' shape needs a reshape
         # the result's unit dims: letters of the left operand (in place of its own unit dims, where it
         # has as many), and of the right one too where both have as many (a size-1 batch dim)
-        hosts = [sum(1 for group in source if not group) == len(units) for _, source, _ in operands]
+        unit_dims = [sum(1 for group in source if not group) for _, source, _ in operands]
+        shared = all(count == len(units) for count in unit_dims)
         specs, new_ops = [], []
-        for (value, source, groups), idx, extra in (
-            (operands[0], lhs_idx, units),
-            (operands[1], rhs_idx, units if all(hosts) else []),
+        for (value, source, groups), idx, extra, own_units in (
+            (operands[0], lhs_idx, units, unit_dims[0]),
+            (operands[1], rhs_idx, units if shared else [], unit_dims[1]),
         ):
             spelling = spelled(idx, groups)
             if spelling is None:
                 return
             spec, shape = "", []
-            in_place = sum(1 for group in source if not group) == len(extra)
+            in_place = own_units == len(extra)
             extra = list(extra)
             for group in source:
                 if not group and in_place and extra:
