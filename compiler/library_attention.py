@@ -338,15 +338,32 @@ def _attention_path(
         outer = math.prod(lead[:n_outer])
         return x.reshape(outer, math.prod(lead) // outer, *x.shape[-2:])
 
+    # decided once: each per-call view that would change nothing is skipped (the host time of an
+    # attention call is a dozen such ops where a small program is host-bound)
+    def viewer(perm: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+        heads_already = len(perm) == 4 and n_outer == 1  # [outer, heads, L, E] as it stands
+        if perm == tuple(range(len(perm))):
+            return (lambda x: x) if heads_already else as_heads
+        return (lambda x: x.permute(perm)) if heads_already else (lambda x: as_heads(x.permute(perm)))
+
+    q_view, k_view, v_view = (viewer(p) for p in (layout.q_perm, layout.k_perm, layout.v_perm))
+    q_reshaped = not (len(layout.q_perm) == 4 and n_outer == 1)
+    out_permuted = layout.out_perm != tuple(range(len(layout.out_perm)))
+    out_cast = next(iter(dtypes)) != out_dtype
+
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = plan.run(tensors, tensors[0].device)
-        q = env[q_at].permute(layout.q_perm)  # batch.., heads.., L, E
-        qh = as_heads(q)
-        kh, vh = as_heads(env[k_at].permute(layout.k_perm)), as_heads(env[v_at].permute(layout.v_perm))
+        q = env[q_at]
+        qh, kh, vh = q_view(q), k_view(env[k_at]), v_view(env[v_at])
         # SDPA's fused kernels read each row of q, k and v contiguously: a k stored transposed (a
         # `q @ k.transpose(-2, -1)` traced as a copy of k^T) sent minGPT's to the math fallback
         # (H200, bf16, 16 x 12 heads x 1024: 4.39 ms against 0.22 for the flash kernel)
-        qh, kh, vh = (x if x.stride(-1) == 1 else x.contiguous() for x in (qh, kh, vh))
+        if qh.stride(-1) != 1:
+            qh = qh.contiguous()
+        if kh.stride(-1) != 1:
+            kh = kh.contiguous()
+        if vh.stride(-1) != 1:
+            vh = vh.contiguous()
         extra = {"enable_gqa": True} if gqa and kh.shape[1] != qh.shape[1] else {}
         if mask is not None:  # [outer, heads, L, S], broadcast where the map's value is
             bias = mask(env, tensors[0].device).to(qh.dtype)
@@ -357,8 +374,13 @@ def _attention_path(
             out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale, **extra)
         if zero_rows:  # a safe softmax: a query the mask leaves no key reads zeros (fused kernels need not)
             out = out.masked_fill(~(extra["attn_mask"] > float("-inf")).any(-1, keepdim=True), 0)
-        out = out.reshape(*q.shape[:-1], out.shape[-1]).permute(layout.out_perm)
-        return (out.to(out_dtype).contiguous(),)
+        if q_reshaped:  # q's permuted shape (batch.., heads.., L, value dim), then the output's order
+            out = out.reshape(*(q.shape[i] for i in layout.q_perm[:-1]), out.shape[-1])
+        if out_permuted:
+            out = out.permute(layout.out_perm)
+        if out_cast:
+            out = out.to(out_dtype)
+        return (out.contiguous(),)
 
     scores_shape = tuple(shape_of(pattern.scores.result.type))
     what = "causal, " if causal else ("masked, " if mask is not None else "")
