@@ -8,6 +8,7 @@ the oracle), on ragged shapes.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -539,6 +540,35 @@ def test_attention_with_a_mask_or_bias_runs_on_sdpa(monkeypatch, dtype, fn, extr
     other = extra(2, 3, 13)
     other = other.to(dtype) if other.is_floating_point() else other
     _assert_sdpa_chosen_and_eager(fn, (q, k, v, other), dtype)
+
+
+@pytest.mark.parametrize("heads_first", [True, False], ids=["[B, H, L, E]", "[B, L, H, E]"])
+def test_an_sdpa_call_runs_no_view_that_changes_nothing(monkeypatch, heads_first):
+    """The library path of an attention already in SDPA's layout calls SDPA on its inputs as they
+    are: no permute, reshape or cast a call (host time, where a small program is host-bound). Laid
+    out [B, L, H, E], it permutes each operand and the result once and matches eager; ragged lengths."""
+    _fake_gpu(monkeypatch, "sdpa")
+    if heads_first:
+        fn, shape = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), (2, 3, 13, 16)
+    else:
+
+        def fn(q, k, v):
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2) * 2.0
+
+        shape = (2, 13, 3, 16)
+    args = tuple(torch.randn(*shape) for _ in range(3))
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        compiled(*args)
+        with torch.profiler.profile() as prof:
+            got = compiled(*args)
+        torch.testing.assert_close(got, fn(*args), rtol=1e-4, atol=1e-4)
+    assert _attention_choices(compiled.tilefuse_reports[0])[0]["chosen"] == "sdpa"
+    ops = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+    assert ops["aten::scaled_dot_product_attention"] == 1, ops
+    assert ops["aten::reshape"] == 0 and ops["aten::to"] == 0 and ops["aten::_to_copy"] == 0, ops
+    assert ops["aten::permute"] == (0 if heads_first else 4), ops
 
 
 def test_attention_with_a_bias_that_is_not_added_is_not_an_sdpa_call(monkeypatch):
