@@ -609,14 +609,22 @@ class SinkSliceIntoMap(RewritePattern):
     it) is read as it is. A slice returned (or a view of it) stays a view. BigBird's
     random-block mask, an outer product of two small masks (f32, 62 blocks x 64 x 192 a head, 37 MB
     a layer at 12 heads), was written in full and read back through three slices. Views a
-    contraction reads are left alone, as in `SinkViewBelowWidening`."""
+    contraction reads are left alone, as in `SinkViewBelowWidening`.
+
+    Where every reader of the map is such a slice and the slices do not overlap, the map goes
+    whatever its math and its broadcast operands' bytes: nothing is computed twice, and the result
+    is not written and read back. Mixtral's experts: `where(mask, 0, gate_up)` (a routing mask over
+    the experts' first product, bf16 [tokens x 2, 2 x 2816]) split into the gate and the up halves
+    before SiLU: a kernel of its own and 92 MB of traffic a layer, now read by the SiLU's kernel. Not
+    a map of a product (its epilogue, which the attention and GEMM matchers expect where it is)."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
         mapped = op.input.owner
         if op.kind.data != "slice" or not isinstance(mapped, ein.MapOp) or read_by_contraction(op.result):
             return
-        if math_functions(mapped) > 1:
+        covering = _covering_slices(mapped)
+        if math_functions(mapped) > 1 and not covering:
             return
         dim, start, stop, step = op.view_params
         rank, size = len(dims_of(op.input.type)), dims_of(op.result.type)[dim]
@@ -631,8 +639,10 @@ class SinkSliceIntoMap(RewritePattern):
             read += elements * to_torch_dtype(v.type.get_element_type()).itemsize
         # (no more bytes; with other readers, fewer: a unary map read elsewhere too stays one kernel)
         alone = single_user(mapped.result) is op
-        if read > _bytes(op.result) or (read == _bytes(op.result) and not alone):
+        if not covering and (read > _bytes(op.result) or (read == _bytes(op.result) and not alone)):
             return
+        if covering and read > 2 * _bytes(op.result):
+            return  # broadcast operands larger than the slice: read again by every slice
         if _returned_as_view(op.result):
             return  # an output that is a view of another keeps sharing its memory, as PyTorch's does
         new_ops: list[Operation] = []
@@ -649,6 +659,35 @@ class SinkSliceIntoMap(RewritePattern):
             sliced.append(view.result)
         new_ops.append(ein.MapOp(sliced, op.result.type, mapped.body.clone()))
         rewriter.replace(op, new_ops)
+
+
+def _covering_slices(mapped: ein.MapOp) -> bool:
+    """Whether every reader of `mapped` is a slice that `SinkSliceIntoMap` takes (not read by a
+    contraction, not returned), of unit step along one dim, no two overlapping; and `mapped` reads
+    no product (it is not an epilogue)."""
+    if any(isinstance(_view_source(v).owner, ein.ContractOp) for v in mapped.inputs):
+        return False
+    taken: list[tuple[int, int]] = []
+    dims = set()
+    for use in mapped.result.uses:
+        view = use.operation
+        if not (isinstance(view, ein.ViewOp) and view.kind.data == "slice"):
+            return False
+        if read_by_contraction(view.result) or _returned_as_view(view.result):
+            return False
+        dim, start, stop, step = view.view_params
+        if step != 1:
+            return False
+        dims.add(dim)
+        taken.append((start, stop))
+    taken.sort()
+    return len(dims) == 1 and all(a[1] <= b[0] for a, b in zip(taken, taken[1:]))
+
+
+def _view_source(value: SSAValue) -> SSAValue:
+    while isinstance(value.owner, ein.ViewOp):
+        value = value.owner.input
+    return value
 
 
 def _returned_as_view(value: SSAValue) -> bool:

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import compile_and_compare, fusion_groups
 
@@ -54,6 +55,31 @@ def test_a_producer_larger_than_its_reader_keeps_its_kernel():
     reports = compile_and_compare(lambda x: torch.exp(x)[:4] + 1, torch.randn(16, 33), rtol=1e-5, atol=1e-5)
     (group,) = fusion_groups(reports)
     assert group["kind"] == "pointwise"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens, width", [(7, 10), (33, 46)])
+def test_a_producer_split_into_halves_is_computed_by_their_reader(dtype, tokens, width):
+    """Mixtral's experts: a routing mask over the experts' first product, split into the gate and
+    the up halves before SiLU. Each half is read once and the halves do not overlap: one kernel
+    computes the mask where the SiLU reads it (the masked product is not written). Two readers that
+    overlap keep the producer's kernel."""
+
+    def experts(gate_up, keep):
+        gate, up = torch.where(keep[:, None], 0.0, gate_up).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    gate_up, keep = torch.randn(tokens, 2 * width).to(dtype), torch.rand(tokens) < 0.3
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    (group,) = fusion_groups(compile_and_compare(experts, gate_up, keep, rtol=tol, atol=tol))
+    assert group["kind"] == "pointwise"
+
+    def overlapping(x):
+        y = torch.tanh(torch.exp(x))
+        return y[:, : width + 2] + y[:, width - 2 :]
+
+    reports = compile_and_compare(overlapping, torch.randn(tokens, 2 * width), rtol=1e-5, atol=1e-5)
+    assert len(fusion_groups(reports)) == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
