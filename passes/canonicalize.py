@@ -69,6 +69,7 @@ from ..ir.builder import (
     yielded_value,
 )
 from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype, undecided_as
+from .flash_attention import match_attention
 from .fusion_groups import math_functions
 
 
@@ -92,6 +93,27 @@ class FoldPermuteIntoContract(RewritePattern):
         if changed:
             spec = f"{indices[0]},{indices[1]}->{out_idx}"
             rewriter.replace(op, ein.ContractOp(spec, operands[0], operands[1], op.result.type))
+
+
+class FoldPermuteIntoAttentionOutput(RewritePattern):
+    """permute(contract(probs, v)) → contract(probs, v) writing the permuted order, where the
+    contraction ends an attention (`flash_attention.match_attention`) and the permute is its only
+    reader. Transformers models lay attention out [batch, heads, tokens, dim] and transpose its
+    result back to [batch, tokens, heads, dim] for the output projection; SDPA's fused kernels
+    (the library path) write that order in memory, so an output kept in [batch, heads, ...] row-major
+    cost a copy a layer, and the generated kernel writes either order at the same cost."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ViewOp, rewriter: PatternRewriter) -> None:
+        contract = op.input.owner
+        if op.kind.data != "permute" or not isinstance(contract, ein.ContractOp):
+            return
+        if single_user(contract.result) is not op or match_attention(contract) is None:
+            return
+        lhs, rhs, out = ein.parse_spec(contract.spec.data)
+        spec = f"{lhs},{rhs}->{''.join(out[p] for p in op.view_params)}"
+        rewriter.replace(op, ein.ContractOp(spec, contract.lhs, contract.rhs, op.result.type))
+        rewriter.erase(contract)
 
 
 class FoldBatchFlattenIntoContract(RewritePattern):
@@ -902,6 +924,7 @@ class EraseUnused(RewritePattern):
 
 PATTERNS: tuple[type[RewritePattern], ...] = (
     FoldPermuteIntoContract,
+    FoldPermuteIntoAttentionOutput,
     FoldBatchFlattenIntoContract,
     FoldBatchUnflattenIntoContract,
     FoldViewsIntoBatchedContract,

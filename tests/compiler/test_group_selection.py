@@ -571,6 +571,41 @@ def test_an_sdpa_call_runs_no_view_that_changes_nothing(monkeypatch, heads_first
     assert ops["aten::permute"] == (0 if heads_first else 4), ops
 
 
+@pytest.mark.parametrize("faster", ["sdpa", "kernel"])
+def test_attention_transposed_back_for_its_projection_is_not_copied(monkeypatch, faster):
+    """Transformers' attention: [B, H, L, E] operands, the result transposed to [B, L, H, E] and
+    flattened for the output projection. The attention's output is written in that order (the
+    permute folds into its second product), which SDPA's fused kernels write in memory already (a
+    stand-in here: CPU's SDPA follows q's layout): the program copies nothing between SDPA and the
+    projection. Ragged lengths; eager's result either way."""
+    _fake_gpu(monkeypatch, faster)
+    sdpa = F.scaled_dot_product_attention
+
+    def fused(q, k, v, **kw):  # as CUDA's fused kernels: [B, H, L, E] stored [B, L, H, E]
+        out = sdpa(q, k, v, **kw)
+        b, h, n, e = out.shape
+        return out.new_empty(b, n, h, e).transpose(1, 2).copy_(out)
+
+    monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", fused)
+
+    def layer(q, k, v, w):
+        b, h, n, e = q.shape
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return out.transpose(1, 2).reshape(b, n, h * e) @ w
+
+    args = (*(torch.randn(2, 3, 13, 16) for _ in range(3)), torch.randn(48, 24))
+    compiled = tilefuse.compile(layer)
+    with torch.no_grad():
+        compiled(*args)
+        with torch.profiler.profile() as prof:
+            got = compiled(*args)
+        torch.testing.assert_close(got, layer(*args), rtol=1e-4, atol=1e-4)
+    assert _attention_choices(compiled.tilefuse_reports[0])[0]["chosen"] == faster
+    if faster == "sdpa":  # (the interpreted GEMM copies its operands with copy_, not clone)
+        ops = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+        assert ops["aten::clone"] == 0, ops
+
+
 def test_attention_with_a_bias_that_is_not_added_is_not_an_sdpa_call(monkeypatch):
     """Scores multiplied by a tensor (not a scale plus a bias): SDPA is not built (the reason is
     kept), the math path competes instead."""
