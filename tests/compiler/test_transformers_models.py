@@ -315,3 +315,41 @@ def test_kernelbench_level4_families_match_eager(name):
     if name != "reformer":
         (report,) = reports  # one graph, one partition, nothing in PyTorch
         assert len(report["partitions"]) == 1 and report["fallbacks"] == []
+
+
+def test_beam_search_generate_of_a_compiled_forward_gives_eagers_tokens():
+    """`generate` with two beams (the cache reordered between steps, the batch doubled) on a compiled
+    forward: the same tokens as eager's, and no partition fails at run time."""
+    torch.manual_seed(0)
+    model = MODELS["llama"]().eval()
+    ids = torch.randint(1, 128, (1, 7), generator=torch.Generator().manual_seed(1))
+    options = dict(max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids, **options)
+        model.forward = tilefuse.compile(model.forward)
+        got = model.generate(ids, **options)
+    assert torch.equal(got, expected)
+    reports = model.forward.tilefuse_reports
+    assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
+
+
+def test_eager_attention_returns_its_probabilities_and_hidden_states_under_inference_mode():
+    """`output_attentions` and `output_hidden_states` with the eager attention and a padding mask,
+    under `torch.inference_mode()`: every returned tensor is eager's (the softmax's probabilities are
+    an output of the graph as well as read by the product after it)."""
+    torch.manual_seed(0)
+    model = MODELS["llama"]().eval()
+    model.config._attn_implementation = "eager"
+    inputs = _inputs("llama")
+    mask = torch.ones_like(inputs["input_ids"])
+    mask[1, :5] = 0
+    kwargs = dict(attention_mask=mask, output_attentions=True, output_hidden_states=True)
+    with torch.inference_mode():
+        expected = model(inputs["input_ids"], **kwargs)
+        compiled = tilefuse.compile(model)
+        got = compiled(inputs["input_ids"], **kwargs)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    for name in ("attentions", "hidden_states"):
+        for a, e in zip(getattr(got, name), getattr(expected, name), strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+    assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["node"] == "<graph>"]
