@@ -275,7 +275,13 @@ def test_a_sliding_window_decode_runs_its_partitions_as_kernels():
     torch.manual_seed(0)
     model = transformers.Gemma2ForCausalLM(config).eval()
     ids = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(0))
-    options = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    reports = _generate_as_eager(model, ids, dict(max_new_tokens=8, do_sample=False, pad_token_id=0))
+    assert any(p["groups"] for r in reports for p in r["partitions"])
+
+
+def _generate_as_eager(model, ids: torch.Tensor, options: dict) -> list[dict]:
+    """`model.generate(ids, **options)` with its forward compiled gives eager's tokens, and no partition
+    fails at run time; the compiled forward's reports."""
     with torch.no_grad():
         expected = model.generate(ids, **options)
         model.forward = tilefuse.compile(model.forward)
@@ -284,7 +290,7 @@ def test_a_sliding_window_decode_runs_its_partitions_as_kernels():
     reports = model.forward.tilefuse_reports
     failed = [p.get("runtime_error") for r in reports for p in r["partitions"] if p.get("runtime_error")]
     assert not failed, failed
-    assert any(p["groups"] for r in reports for p in r["partitions"])
+    return reports
 
 
 @pytest.mark.parametrize("name", ["gpt_neo", "bigbird", "electra", "reformer", "bart"])
@@ -323,14 +329,7 @@ def test_beam_search_generate_of_a_compiled_forward_gives_eagers_tokens():
     torch.manual_seed(0)
     model = MODELS["llama"]().eval()
     ids = torch.randint(1, 128, (1, 7), generator=torch.Generator().manual_seed(1))
-    options = dict(max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        expected = model.generate(ids, **options)
-        model.forward = tilefuse.compile(model.forward)
-        got = model.generate(ids, **options)
-    assert torch.equal(got, expected)
-    reports = model.forward.tilefuse_reports
-    assert not [p["runtime_error"] for r in reports for p in r["partitions"] if p.get("runtime_error")]
+    _generate_as_eager(model, ids, dict(max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0))
 
 
 def test_eager_attention_returns_its_probabilities_and_hidden_states_under_inference_mode():
