@@ -340,14 +340,16 @@ def _attention_path(
 
     # decided once: each per-call view that would change nothing is skipped (the host time of an
     # attention call is a dozen such ops where a small program is host-bound)
+    def heads_already(perm: tuple[int, ...]) -> bool:
+        return len(perm) == 4 and n_outer == 1  # [outer, heads, L, E] as it stands, once permuted
+
     def viewer(perm: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-        heads_already = len(perm) == 4 and n_outer == 1  # [outer, heads, L, E] as it stands
         if perm == tuple(range(len(perm))):
-            return (lambda x: x) if heads_already else as_heads
-        return (lambda x: x.permute(perm)) if heads_already else (lambda x: as_heads(x.permute(perm)))
+            return (lambda x: x) if heads_already(perm) else as_heads
+        return (lambda x: x.permute(perm)) if heads_already(perm) else (lambda x: as_heads(x.permute(perm)))
 
     q_view, k_view, v_view = (viewer(p) for p in (layout.q_perm, layout.k_perm, layout.v_perm))
-    q_reshaped = not (len(layout.q_perm) == 4 and n_outer == 1)
+    q_reshaped = not heads_already(layout.q_perm)
     out_permuted = layout.out_perm != tuple(range(len(layout.out_perm)))
     out_cast = next(iter(dtypes)) != out_dtype
 

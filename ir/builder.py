@@ -389,6 +389,13 @@ def strip_casts(value: SSAValue) -> SSAValue:
     return value
 
 
+def view_source(value: SSAValue) -> SSAValue:
+    """`value` with every `ein.view` that produces it looked through."""
+    while isinstance(value.owner, ein.ViewOp):
+        value = value.owner.input
+    return value
+
+
 def yielded_value(map_op: ein.MapOp) -> SSAValue:
     """The scalar an `ein.map` body yields."""
     return map_op.body.block.last_op.operands[0]

@@ -65,6 +65,7 @@ from ..ir.builder import (
     inline_map_body,
     read_by_contraction,
     single_user,
+    view_source,
     widened_source,
     yielded_value,
 )
@@ -687,7 +688,7 @@ def _covering_slices(mapped: ein.MapOp) -> bool:
     """Whether every reader of `mapped` is a slice that `SinkSliceIntoMap` takes (not read by a
     contraction, not returned), of unit step along one dim, no two overlapping; and `mapped` reads
     no product (it is not an epilogue)."""
-    if any(isinstance(_view_source(v).owner, ein.ContractOp) for v in mapped.inputs):
+    if any(isinstance(view_source(v).owner, ein.ContractOp) for v in mapped.inputs):
         return False
     taken: list[tuple[int, int]] = []
     dims = set()
@@ -704,12 +705,6 @@ def _covering_slices(mapped: ein.MapOp) -> bool:
         taken.append((start, stop))
     taken.sort()
     return len(dims) == 1 and all(a[1] <= b[0] for a, b in zip(taken, taken[1:]))
-
-
-def _view_source(value: SSAValue) -> SSAValue:
-    while isinstance(value.owner, ein.ViewOp):
-        value = value.owner.input
-    return value
 
 
 def _returned_as_view(value: SSAValue) -> bool:

@@ -48,7 +48,7 @@ from xdsl.ir import Attribute, Block, BlockArgument, Operation, Region, SSAValue
 
 from ..ir import einsum as ein
 from ..ir import tile
-from ..ir.builder import inline_map_body, strip_casts, widened_source, yielded_value
+from ..ir.builder import inline_map_body, strip_casts, view_source, widened_source, yielded_value
 from ..ir.dtypes import is_float, shape_of
 from .tile_builder import Index, KernelBuilder, _is_zero
 
@@ -241,8 +241,7 @@ def _narrowed(value: SSAValue) -> tuple[Attribute, float] | None:
     ulp). None otherwise."""
     scale = 1.0
     for _ in range(8):
-        while isinstance(value.owner, ein.ViewOp):
-            value = value.owner.input
+        value = view_source(value)
         op = value.owner
         if not isinstance(op, ein.MapOp):
             return None

@@ -61,7 +61,7 @@ from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 
 from ..ir import einsum as ein
-from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, widened_source, yielded_value
+from ..ir.builder import FLOAT_CASTS, ScalarBuilder, erase_dead, view_source, widened_source, yielded_value
 from ..ir.dtypes import has_symbolic_sizes, shape_of, tensor_type
 from ..ir.module import parameter_args
 from .fusion_groups import functions
@@ -452,8 +452,7 @@ def _row_product(sb: ScalarBuilder, terms: list[Term], mapping: dict, block: Blo
 
 def _from_parameters(value: SSAValue, params: set[SSAValue]) -> bool:
     """`value` is a parameter argument (or a view or splat of one): the runtime folds it once."""
-    while isinstance(value.owner, ein.ViewOp):
-        value = value.owner.input
+    value = view_source(value)
     return value in params or isinstance(value.owner, ein.ConstantOp)
 
 

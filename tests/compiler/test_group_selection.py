@@ -542,6 +542,19 @@ def test_attention_with_a_mask_or_bias_runs_on_sdpa(monkeypatch, dtype, fn, extr
     _assert_sdpa_chosen_and_eager(fn, (q, k, v, other), dtype)
 
 
+def _second_call_ops(fn, args: tuple) -> tuple[dict, Counter]:
+    """`fn` compiled: its second call matches eager; the report, and the aten ops that call ran
+    (the profiler's)."""
+    compiled = tilefuse.compile(fn)
+    with torch.no_grad():
+        compiled(*args)
+        with torch.profiler.profile() as prof:
+            got = compiled(*args)
+        torch.testing.assert_close(got, fn(*args), rtol=1e-4, atol=1e-4)
+    (report,) = compiled.tilefuse_reports
+    return report, Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+
 @pytest.mark.parametrize("heads_first", [True, False], ids=["[B, H, L, E]", "[B, L, H, E]"])
 def test_an_sdpa_call_runs_no_view_that_changes_nothing(monkeypatch, heads_first):
     """The library path of an attention already in SDPA's layout calls SDPA on its inputs as they
@@ -557,15 +570,8 @@ def test_an_sdpa_call_runs_no_view_that_changes_nothing(monkeypatch, heads_first
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2) * 2.0
 
         shape = (2, 13, 3, 16)
-    args = tuple(torch.randn(*shape) for _ in range(3))
-    compiled = tilefuse.compile(fn)
-    with torch.no_grad():
-        compiled(*args)
-        with torch.profiler.profile() as prof:
-            got = compiled(*args)
-        torch.testing.assert_close(got, fn(*args), rtol=1e-4, atol=1e-4)
-    assert _attention_choices(compiled.tilefuse_reports[0])[0]["chosen"] == "sdpa"
-    ops = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+    report, ops = _second_call_ops(fn, tuple(torch.randn(*shape) for _ in range(3)))
+    assert _attention_choices(report)[0]["chosen"] == "sdpa"
     assert ops["aten::scaled_dot_product_attention"] == 1, ops
     assert ops["aten::reshape"] == 0 and ops["aten::to"] == 0 and ops["aten::_to_copy"] == 0, ops
     assert ops["aten::permute"] == (0 if heads_first else 4), ops
@@ -594,15 +600,9 @@ def test_attention_transposed_back_for_its_projection_is_not_copied(monkeypatch,
         return out.transpose(1, 2).reshape(b, n, h * e) @ w
 
     args = (*(torch.randn(2, 3, 13, 16) for _ in range(3)), torch.randn(48, 24))
-    compiled = tilefuse.compile(layer)
-    with torch.no_grad():
-        compiled(*args)
-        with torch.profiler.profile() as prof:
-            got = compiled(*args)
-        torch.testing.assert_close(got, layer(*args), rtol=1e-4, atol=1e-4)
-    assert _attention_choices(compiled.tilefuse_reports[0])[0]["chosen"] == faster
+    report, ops = _second_call_ops(layer, args)
+    assert _attention_choices(report)[0]["chosen"] == faster
     if faster == "sdpa":  # (the interpreted GEMM copies its operands with copy_, not clone)
-        ops = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
         assert ops["aten::clone"] == 0, ops
 
 
