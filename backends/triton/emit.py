@@ -124,6 +124,9 @@ class TritonOptions:
     # the interpreter types `scalar_cond & block_cond` int32 (a 0-d index a block-typed IR value stands
     # for: a gather at one loaded position), which a mask refuses; `(...) != 0` makes it int1 again
     bool_masks: bool = False
+    # a division of the tile's indices by a constant its size divides, computed once from the tile's
+    # start (`_narrow_divisions`); TILEFUSE_NARROW_DIVISIONS=0 keeps them per element (to measure)
+    narrow_divisions: bool = field(default_factory=lambda: os.environ.get("TILEFUSE_NARROW_DIVISIONS") != "0")
 
     @classmethod
     def for_interpreter(cls) -> TritonOptions:
@@ -142,6 +145,7 @@ class TritonOptions:
         flags += ",libdevice=1" if self.libdevice else ""
         flags += ",bool_masks=1" if self.bool_masks else ""
         flags += ",rcp=1" if self.approx_reciprocal else ""
+        flags += ",narrow=1" if self.narrow_divisions else ""
         return f"triton-emit-v{EMITTER_VERSION}:{flags},f32={self.exact_f32_dots}"
 
 
@@ -371,6 +375,8 @@ class _KernelWriter:
         self.warp_specialized = False
         self.uses_libdevice = False
         self.uses_multiply = False  # a product reduction combines with the module's `_multiply`
+        # divisions of the tile's indices computed once from its start (`_narrow_divisions`)
+        self.narrow = _narrow_divisions(kernel) if options.narrow_divisions else {}
 
     def _descriptor_blocks(self) -> dict[SSAValue, tuple[str, tuple[str, ...]]]:
         """Tensors every load of which is a dense block (`block_at`) of one shape: name their descriptor.
@@ -902,7 +908,13 @@ class _KernelWriter:
         if python_level and not exact:  # Python floors where divsi/remsi truncate: divide tensors
             left, python_level = self._tensor(a), False
         symbol = "//" if op.name == "arith.divsi" else "%"
-        self._define(op.result, f"{left} {symbol} {self._e(b)}", python_level)
+        expr = f"{left} {symbol} {self._e(b)}"
+        division = self.narrow.get(op)
+        if division is not None:  # the tile's one quotient where its size divides the divisor
+            start, d, size = self._e(division.start), division.divisor, division.block
+            one = f"{start} // {d} + tl.zeros([1], {'tl.int64' if self.wide else 'tl.int32'})"
+            expr = f"({one} if {d} % {size} == 0 else {expr})"
+        self._define(op.result, expr, python_level)
         self._track_bound(op)
 
     def _negate(self, op: arith.NegfOp) -> None:
@@ -1137,6 +1149,128 @@ def _int_map(value: SSAValue, name: str, constants: Mapping[SSAValue, int]) -> t
         return None
     c = constants.get(owner.inputs[1])
     return None if c is None or c <= 0 else (owner.inputs[0], c)
+
+
+@dataclass(frozen=True)
+class TileStartDivision:
+    """`x // D` of a tile's own indices `x = pid * B + arange(B)` by a constant D: where B divides D,
+    every index of the tile has the same quotient, that of the tile's start (`_narrow_divisions`)."""
+
+    start: SSAValue  # pid * B
+    block: str  # B, the kernel parameter
+    divisor: int  # D
+
+
+def _narrow_divisions(kernel: tile.KernelOp) -> dict[Operation, TileStartDivision]:
+    """The divisions of a tile's own indices by a constant that the kernel may compute once, from the
+    tile's start, as a one-element block (where its block size divides the divisor: a constexpr test).
+
+    A row kernel over [tokens, hidden] rows gathers each row through an index per token (MoE experts'
+    permutation, an embedding's ids): the token is the row index // hidden, and every index load after
+    it ran once per element (8 int64 loads a thread in Mixtral's experts' combine, 39 us a layer on
+    the H100 for 24 MB). Computed from the tile's start, the token is one value, broadcast: the
+    index loads are one-element blocks, and only the loads that mix in the hidden index are full.
+
+    The values derived from such a quotient are blocks of size 1 along the tile's dim B wherever no
+    operand is full along it. That is sound for elementwise maps, loads (masks come from the same
+    indices), expansions and reductions along other dims, which broadcast; it is not for a reduction or
+    scan along B, a dot, a loop-carried value, a store through a narrow pointer, a block-pointer (TMA)
+    load or a merged run of dims (whose flat index is full): a kernel where a narrow value reaches one
+    of those keeps every division full (returns {})."""
+    constants = {
+        op.result: op.value.value.data
+        for op in kernel.walk()
+        if isinstance(op, arith.ConstantOp) and isinstance(op.value, IntegerAttr) and op.value.type != i1
+    }
+    found: dict[Operation, TileStartDivision] = {}
+    narrow: dict[SSAValue, frozenset[str]] = {}
+    for op in kernel.walk():
+        if isinstance(op, tile.MapOp):
+            division = _tile_start_division(op, constants)
+            if division is not None:
+                found[next(o for o in op.body.block.ops if o.name == "arith.divsi")] = division
+                narrow[op.result] = frozenset({division.block})
+    if not found:
+        return {}
+
+    def narrowed(values: Sequence[SSAValue], dims: Sequence[str]) -> frozenset[str]:
+        """The dims of `dims` along which every block of `values` that has the dim is narrow."""
+        blocks = [v for v in values if isinstance(v.type, tile.BlockType)]
+        return frozenset(
+            d
+            for d in dims
+            if d != "1"
+            and all(d in narrow.get(v, ()) for v in blocks if d in v.type.dims)
+            and any(d in v.type.dims for v in blocks)
+        )
+
+    for op in kernel.walk():
+        operands = [v for v in op.operands if narrow.get(v)]
+        if isinstance(op, tile.MapOp):
+            if not _yield_spans_result(op):
+                continue  # zeros of the result's full shape are added
+            reached = [op.inputs[a.index] for a in _reaching_arguments(op.body.block.last_op.value)]
+            got = narrowed(reached, op.result.type.dims)
+        elif isinstance(op, tile.ExpandDimsOp):
+            got = narrow.get(op.input, frozenset())
+        elif isinstance(op, tile.LoadOp):
+            got = narrowed(list(op.indices), op.result.type.dims)
+            roots = _merged_roots(op.indices, constants)
+            if got and (op.block_offsets or any(not got <= narrow.get(r, frozenset()) for r in roots)):
+                return {}  # the block, or a merged run's flat index and mask, is full where it is not
+        elif isinstance(op, tile.StoreOp):
+            if narrowed(list(op.indices), op.value.type.dims):
+                return {}
+            continue
+        elif isinstance(op, tile.ReduceOp | tile.ScanOp):
+            if op.input.type.dims[op.axis.value.data] in narrow.get(op.input, ()):
+                return {}
+            got = narrow.get(op.input, frozenset()) & frozenset(op.result.type.dims)
+        elif operands and (
+            isinstance(op, tile.DotOp | scf.ForOp | scf.YieldOp) or isinstance(op.parent_op(), tile.MapOp)
+        ):
+            return {}  # (a map body reads its block inputs as arguments, not directly)
+        elif operands and any(isinstance(r.type, tile.BlockType) for r in op.results):
+            return {}  # an op this analysis does not know
+        else:
+            continue
+        if got:
+            narrow[op.results[0]] = got
+    return found
+
+
+def _tile_start_division(op: tile.MapOp, constants: Mapping[SSAValue, int]) -> TileStartDivision | None:
+    """The division if `op` is `x // D` with `x = pid * B + arange(B)` (either operand order)."""
+    step = _int_map(op.result, "arith.divsi", constants)
+    if step is None or len(op.result.type.dims) != 1:
+        return None
+    x, divisor = step
+    owner = x.owner
+    if not isinstance(owner, tile.MapOp) or len(owner.inputs) != 2:
+        return None
+    body = [o for o in owner.body.block.ops if o.name != "tile.yield"]
+    if len(body) != 1 or body[0].name != "arith.addi" or set(body[0].operands) != set(owner.body.block.args):
+        return None
+    if owner.body.block.last_op.operands[0] is not body[0].results[0]:
+        return None
+    ranges = [v for v in owner.inputs if isinstance(v.owner, tile.ArangeOp)]
+    starts = [v for v in owner.inputs if isinstance(v.owner, arith.MuliOp)]
+    if len(ranges) != 1 or len(starts) != 1:
+        return None
+    (block,) = ranges[0].type.dims
+    factors = starts[0].owner.operands
+    pid = [v for v in factors if isinstance(v.owner, tile.ProgramIdOp)]
+    param = [v for v in factors if isinstance(v.owner, tile.ParamOp) and v.owner.param.data == block]
+    if len(pid) != 1 or len(param) != 1:
+        return None
+    return TileStartDivision(starts[0], block, divisor)
+
+
+def _merged_roots(indices: Sequence[SSAValue], constants: Mapping[SSAValue, int]) -> set[SSAValue]:
+    """The flat indices that two or more of an access's indices unravel (a merged run may address them
+    by it: `_KernelWriter._merged_runs`)."""
+    roots = collections.Counter(form[0] for form in (_unraveled(i, constants) for i in indices) if form)
+    return {root for root, n in roots.items() if n > 1}
 
 
 def tail_flag(tensor: int) -> str:
