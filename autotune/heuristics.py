@@ -48,9 +48,10 @@ WHOLE_EXTENTS = {"row": {"BLOCK_C": "C"}, "attention": {"BLOCK_D": "D", "BLOCK_D
 CHUNKED_ROW_BLOCK = 4096  # elements of a row a chunked row kernel's program reads at a time
 
 
-# a row kernel's rows shorter than this are "short": at most SHORT_ROW_TILE of them a tile (`_heuristic`)
+# a row kernel's rows shorter than this are "short": SHORT_ROW_TILE of them a tile, 16 elements a
+# thread (`default_config`)
 SHORT_ROW = 16
-SHORT_ROW_TILE = 128
+SHORT_ROW_TILE = 1024
 
 
 def config_override(kind: str) -> dict | None:
@@ -318,11 +319,17 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # a short row is not padded to 16 lanes: Mixtral's experts' outputs summed over each token's
         # two (a reduce over a middle dim of 2, [2048, 2, 2048]) ran 128 x 16 tiles, 14 of 16 lanes
         # masked: 333 us a layer on the H100, torch.compile's fused kernel ~21
-        # and a short row's tile holds few rows: that sum (the rows strided, gathered through the
-        # experts' permutation) at 1024 x 2 and 8 warps took 53 us a layer on the H100, at 128 x 2 and 4
-        # warps under 9 (sixty-third session, TILEFUSE_KERNEL_CONFIG in the kernel profile)
+        # and a short row's tile gives each thread 16 elements: its rows' 16-byte vectors and the whole
+        # row, summed in registers. That sum (the rows strided, gathered through the experts'
+        # permutation; the kernel alone, H100, sixty-fourth session) took 42.7 us at 128 x 2 and 4 warps
+        # (2 a thread), 56.0 at 1024 x 2 and 8 warps and 58.1 at 512 x 2 and 4 (8 a thread: the row
+        # split across threads), 18.0 at 1024 x 2 and 4 warps (16); 30.5 / 13.4 with the token's index
+        # loads once a tile (emit._narrow_divisions)
         bc = _pow2_at_least(problem["C"], 1, 1 << 30)
-        br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc) if bc >= SHORT_ROW else SHORT_ROW_TILE)
+        if bc < SHORT_ROW:
+            br = _pow2_at_least(problem["R"], 1, SHORT_ROW_TILE)
+            return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, max(1, min(4, br * bc // 512)), 1)
+        br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
         warps = 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16
         return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, warps, 1)
     if kind == "pointwise" and problem.get("window"):
