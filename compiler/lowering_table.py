@@ -111,7 +111,7 @@ def unsupported_reason(node: Node) -> str | None:
     # empty initial tensor, an alias or a view of it) stays, and an empty operand of a concatenation
     # is dropped
     empty_ok = node.target in _NO_KERNEL_OPS
-    for val in _walk_vals(node.meta.get("val")):
+    for val in _walk_vals(_read_outputs(node)):
         if (reason := _tensor_reason(val, "its result", empty_ok)) is not None:
             return reason
     for arg in node.all_input_nodes:
@@ -124,6 +124,17 @@ def unsupported_reason(node: Node) -> str | None:
         if isinstance(arg, (torch.SymInt, torch.SymFloat, torch.SymBool)):
             return "an argument is symbolic"
     return lowering.check(node) if lowering.check else None
+
+
+def _read_outputs(node: Node) -> object:
+    """The node's value, or of a multi-output op read only through getitem, the outputs read: CUDA's
+    memory-efficient attention returns an empty logsumexp where none is asked for, which is no reason
+    to leave its attention to PyTorch (the fp32 attention of a padded encoder layer said it was)."""
+    val = node.meta.get("val")
+    read_by_getitem = node.users and all(u.target is operator.getitem for u in node.users)
+    if isinstance(val, (list, tuple)) and read_by_getitem:
+        return [val[i] for i in sorted({u.args[1] for u in node.users})]
+    return val
 
 
 class LoweringContext:

@@ -278,6 +278,30 @@ def test_float32_attention_on_cuda_at_highest_precision_is_left_to_sdpa(monkeypa
         assert (_attention_check(node) == EXACT_F32_ATTENTION) == left, (device, precision)
 
 
+def test_an_empty_logsumexp_nobody_reads_does_not_send_attention_to_pytorch(monkeypatch):
+    """CUDA's memory-efficient attention (a padded encoder layer's, in fp32) returns an empty logsumexp
+    where none is asked for; only its first output is read, so the op is judged by that one: at
+    precision 'high' it lowers, at 'highest' it is left to SDPA for that reason, not for having 'no
+    elements'."""
+    from tilefuse.compiler.lower_structured import EXACT_F32_ATTENTION
+    from tilefuse.compiler.lowering_table import unsupported_reason
+
+    graph = torch.fx.Graph()
+    q, k, v, bias = (graph.placeholder(n) for n in ("q", "k", "v", "bias"))
+    efficient = torch.ops.aten._scaled_dot_product_efficient_attention.default
+    node = graph.call_function(efficient, (q, k, v, bias, False))
+    graph.output(graph.call_function(operator.getitem, (node, 0)))
+    for p in (q, k, v):
+        p.meta["val"] = _On(torch.empty(3, 4, 37, 16, device="meta"), "cuda")
+    bias.meta["val"] = _On(torch.empty(3, 4, 37, 37, device="meta"), "cuda")
+    empty_lse = torch.empty(3, 4, 0, device="meta")
+    seed = torch.empty((), dtype=torch.int64, device="meta")
+    node.meta["val"] = (torch.empty(3, 4, 37, 16, device="meta"), empty_lse, seed, seed)
+    for precision, reason in (("high", None), ("highest", EXACT_F32_ATTENTION)):
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda precision=precision: precision)
+        assert unsupported_reason(node) == reason, precision
+
+
 class _On:
     """A fake tensor's stand-in that says it lives on `device` (no such device is needed)."""
 
