@@ -324,10 +324,13 @@ def _heuristic(kind: str, problem: dict[str, int]) -> KernelConfig:
         # permutation; the kernel alone, H100, sixty-fourth session) took 42.7 us at 128 x 2 and 4 warps
         # (2 a thread), 56.0 at 1024 x 2 and 8 warps and 58.1 at 512 x 2 and 4 (8 a thread: the row
         # split across threads), 18.0 at 1024 x 2 and 4 warps (16); 30.5 / 13.4 with the token's index
-        # loads once a tile (emit._narrow_divisions)
+        # loads once a tile (emit._narrow_divisions). Fewer rows keep a program per SM: the router's
+        # softmax over 8 experts (2048 rows) at 1024 rows a tile, two programs, took 10 us a layer
         bc = _pow2_at_least(problem["C"], 1, 1 << 30)
         if bc < SHORT_ROW:
             br = _pow2_at_least(problem["R"], 1, SHORT_ROW_TILE)
+            while br > 1 and -(-problem["R"] // br) < SM_COUNT_HINT:
+                br //= 2
             return KernelConfig({"BLOCK_R": br, "BLOCK_C": bc}, max(1, min(4, br * bc // 512)), 1)
         br = _pow2_at_least(problem["R"], 1, max(1, 2048 // bc))
         warps = 4 if bc * br <= 1024 else 8 if bc <= 8192 else 16

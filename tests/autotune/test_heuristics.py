@@ -112,13 +112,15 @@ def test_one_long_row_gets_sixteen_warps_and_scans_their_whole_row():
 def test_a_short_row_is_not_padded_and_each_thread_holds_sixteen_elements():
     """Mixtral's sum of each token's two experts (a row kernel over a middle dim of 2): tiles as narrow
     as the row, 1024 rows, at most 4 warps and 16 elements a thread where the tile has them (H100: 1024
-    x 2 at 4 warps 18.0 us, at 8 warps 56.0, 128 x 2 at 4 warps 42.7); rows of 16 or more keep their
-    wider tiles."""
+    x 2 at 4 warps 18.0 us, at 8 warps 56.0, 128 x 2 at 4 warps 42.7), fewer where that leaves fewer
+    programs than SMs; rows of 16 or more keep their wider tiles."""
     for c, width, warps in [(1, 1, 2), (2, 2, 4), (3, 4, 4), (8, 8, 4)]:
         config = default_config("row", {"R": 2048 * 2048, "C": c})
         assert config.params == {"BLOCK_R": 1024, "BLOCK_C": width}, (c, config)
         assert config.num_warps == warps and 1024 * width // (32 * warps) >= 16, (c, config)
     small = default_config("row", {"R": 5, "C": 2})
-    assert small.params == {"BLOCK_R": 8, "BLOCK_C": 2} and small.num_warps == 1
+    assert small.params == {"BLOCK_R": 1, "BLOCK_C": 2} and small.num_warps == 1
+    router = default_config("row", {"R": 2048, "C": 8})  # a program per SM at least: 256 of 8 rows
+    assert router.params == {"BLOCK_R": 8, "BLOCK_C": 8} and router.num_warps == 1
     wide = default_config("row", {"R": 2048 * 2048, "C": 100})
     assert wide.params == {"BLOCK_R": 16, "BLOCK_C": 128}
