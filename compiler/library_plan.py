@@ -31,8 +31,10 @@ from ..ir.interpreter import (
     eval_scalar_op,
     gather_rows,
     reads_table_rows,
+    reduce_function,
     run_op,
     scalar_function,
+    scan_function,
     view_function,
 )
 
@@ -87,6 +89,9 @@ def planned_op(op: Operation, contract: Callable | None = None) -> Step:
             return step
     if isinstance(op, ein.ViewOp):
         return planned_view(op)
+    if isinstance(op, ein.ReduceOp | ein.ScanOp):
+        resolved = reduce_function(op) if isinstance(op, ein.ReduceOp) else scan_function(op)
+        return lambda device, x: resolved(x)
     if isinstance(op, ein.GatherOp) and reads_table_rows(op):  # checked once: ~0.1 ms of xDSL reads a call
         shape = tuple(shape_of(op.result.type))
         return lambda device, table, indices: gather_rows(table, indices, shape)

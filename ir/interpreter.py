@@ -139,35 +139,55 @@ def _run_contract(op: ein.ContractOp, a: torch.Tensor, b: torch.Tensor) -> torch
 
 
 def _run_reduce(op: ein.ReduceOp, x: torch.Tensor) -> torch.Tensor:
+    return reduce_function(op)(x)
+
+
+def reduce_function(op: ein.ReduceOp) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reduction as PyTorch calls, its dims and kind read off the IR once (the library paths call
+    it every run: `compiler/library_plan.py`)."""
     dims, keep, kind = list(op.reduce_dims), op.keepdim is not None, op.kind.data
     if not dims:
-        return x.clone()
-    if x.dtype == torch.bool:
-        as_int = x.to(torch.uint8)
-        fn = torch.amax if kind == "max" else torch.amin
-        return fn(as_int, dim=dims, keepdim=keep).to(torch.bool)
-    if kind in ein.ARG_KINDS:
-        fn = torch.argmax if kind == "argmax" else torch.argmin
-        return fn(x, dim=dims[0], keepdim=keep)
-    if kind == "sum":
-        return torch.sum(x, dim=dims, keepdim=keep)
-    if kind == "prod":
-        acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
-        for d in sorted(dims, reverse=True):
-            acc = torch.prod(acc, d, keepdim=keep)
-        return acc.to(x.dtype)
-    if kind == "mean":
-        return torch.mean(x, dim=dims, keepdim=keep)
-    fn = torch.amax if kind == "max" else torch.amin
-    return fn(x, dim=dims, keepdim=keep)
+        return lambda x: x.clone()
+    extreme = torch.amax if kind == "max" else torch.amin
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bool:
+            return extreme(x.to(torch.uint8), dim=dims, keepdim=keep).to(torch.bool)
+        if kind in ein.ARG_KINDS:
+            fn = torch.argmax if kind == "argmax" else torch.argmin
+            return fn(x, dim=dims[0], keepdim=keep)
+        if kind == "sum":
+            return torch.sum(x, dim=dims, keepdim=keep)
+        if kind == "prod":
+            acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+            for d in sorted(dims, reverse=True):
+                acc = torch.prod(acc, d, keepdim=keep)
+            return acc.to(x.dtype)
+        if kind == "mean":
+            return torch.mean(x, dim=dims, keepdim=keep)
+        return extreme(x, dim=dims, keepdim=keep)
+
+    return reduce
 
 
 def _run_scan(op: ein.ScanOp, x: torch.Tensor) -> torch.Tensor:
-    dim, fn = op.scan_dim, torch.cumsum if op.kind.data == "sum" else torch.cumprod
-    acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
-    if op.reverse is not None:
-        return fn(acc.flip(dim), dim).flip(dim).to(x.dtype)
-    return fn(acc, dim).to(x.dtype)
+    return scan_function(op)(x)
+
+
+def scan_function(op: ein.ScanOp) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The scan as PyTorch calls, read off the IR once: run through the reference interpreter, each of
+    Mixtral's four expert-offset cumsums read its attributes every call (75 us a call under cProfile on
+    the H100's host, sixty-fourth session)."""
+    dim, reverse = op.scan_dim, op.reverse is not None
+    fn = torch.cumsum if op.kind.data == "sum" else torch.cumprod
+
+    def scan(x: torch.Tensor) -> torch.Tensor:
+        acc = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+        if reverse:
+            return fn(acc.flip(dim), dim).flip(dim).to(x.dtype)
+        return fn(acc, dim).to(x.dtype)
+
+    return scan
 
 
 def view_function(op: ein.ViewOp, sizes: Sizes | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1127,6 +1127,43 @@ def test_a_planned_view_is_the_interpreters_view(view):
         tensor = want
 
 
+_PLANNED_KINDS = ["sum", "mean", "max", "min", "prod", "argmax", "cumsum", "cumprod", "reverse_cumsum"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [(k, d) for d in (torch.float32, torch.bfloat16) for k in _PLANNED_KINDS]
+    + [(k, torch.int64) for k in _PLANNED_KINDS if k != "mean"]
+    + [("max", torch.bool), ("min", torch.bool)],
+    ids=str,
+)
+def test_a_planned_reduction_or_scan_is_the_interpreters_and_reads_no_ir(kind, dtype, monkeypatch):
+    """Reductions and scans on a library path (Mixtral's expert offsets, a cumsum) are resolved once
+    (`interpreter.reduce_function`, `scan_function`): the same tensor as the reference interpreter's,
+    and a call reads no IR attribute (run op by op, each read its dims and kind every call)."""
+    from tilefuse.compiler import library_plan
+    from tilefuse.ir import einsum as ein
+    from tilefuse.ir.builder import EinBuilder
+    from tilefuse.ir.dtypes import to_mlir_type
+    from tilefuse.ir.interpreter import run_op
+
+    b = EinBuilder("f")
+    x = b.add_argument([4, 5, 6], to_mlir_type(dtype), "x")
+    if kind.endswith(("cumsum", "cumprod")):
+        scan = kind.removeprefix("reverse_").removeprefix("cum")
+        made = b.scan(scan, x, 1, reverse=kind.startswith("reverse"))
+    else:
+        made = b.reduce(kind, x, [1] if kind == "argmax" else [0, 2], keepdim=kind == "sum")
+    fn = b.finish([made])
+    (op,) = [op for op in fn.body.block.ops if isinstance(op, ein.ReduceOp | ein.ScanOp)]
+    tensor = (torch.randn(4, 5, 6) * 3).to(dtype)
+    want = run_op(op, {op.input: tensor}, torch.device("cpu"))
+    step = library_plan.planned_op(op)
+    monkeypatch.setattr(type(op), "kind", property(lambda self: pytest.fail("read the IR")), raising=False)
+    got = step(torch.device("cpu"), tensor)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_a_planned_embedding_is_the_interpreters_gather_resolved_once(monkeypatch):
     """An embedding on a library path (a GEMM group whose epilogue reads it) is resolved once
     (`library_plan.planned_op`): reading the gather's attributes per call cost ~0.1 ms on the H200's
