@@ -114,7 +114,35 @@ def ops_in_pytorch(gm: GraphModule) -> dict[Node, str]:
     for node in gm.graph.nodes:  # an item goes with its op (a partition takes tensors, not a tuple)
         if node.target is operator.getitem and node.args[0] in in_pytorch and node not in in_pytorch:
             in_pytorch[node] = in_pytorch[node.args[0]]
+    for _ in range(4):  # a level left to PyTorch may leave another alone between ops in PyTorch
+        lonely = [level for level in _levels(gm, in_pytorch) if _not_worth_a_partition(level, in_pytorch)]
+        for level in lonely:
+            for node in level:
+                in_pytorch[node] = LONE_OP
+        if not lonely:
+            break
     return in_pytorch
+
+
+LONE_OP = "only views or one small op between ops in PyTorch: cheaper there than as a partition of its own"
+
+
+def _not_worth_a_partition(level: list[Node], in_pytorch: dict[Node, str]) -> bool:
+    """Whether a partition would hold only views, or one small op (not a GEMM, an attention or a
+    copy), and read and feed only ops in PyTorch. Mixtral's routing left two such per layer: the
+    experts' indices flattened (a view) between topk and sort, and their cast to float between sort
+    and histc; each cost a partition's call on the host (a program, its guard, a launch) for what
+    PyTorch does in one call or none."""
+    members = set(level)
+    compute = [n for n in level if n.target is not operator.getitem]
+    outside_in = {a for n in level for a in n.all_input_nodes if a not in members}
+    outside_out = {u for n in level for u in n.users if u not in members}
+    if not compute or not all(a in in_pytorch for a in outside_in | outside_out):
+        return False  # reads a graph input or a parameter, or feeds a partition or the output
+    if all(n.target in _FREE_VIEWS for n in compute):
+        return True
+    (op,) = compute if len(compute) == 1 else (None,)
+    return op is not None and op.target not in _HEAVY_OPS and not is_explicit_copy(op) and _small_result(op)
 
 
 def isolate_random_ops(gm: GraphModule) -> None:

@@ -142,3 +142,32 @@ def test_a_constant_read_in_several_partitions_is_made_in_each(tmp_path):
     levels = _levels(gm, in_pytorch)
     assert first.args[1] in levels[0] and second.args[1] in levels[1]
     torch.testing.assert_close(gm(torch.ones(4)), (torch.zeros(4),))
+
+
+def _routing(x, w):
+    """A mixture of experts' routing, as Mixtral's: the chosen experts flattened (a view) between topk
+    and sort, their count taken by histc on a float copy (one small cast between sort and histc), then
+    work that compiles."""
+    top = torch.topk(x @ w, 2)
+    order = torch.sort(top.indices.reshape(-1))
+    counts = torch.histc(order.values.float(), 4, 0, 3)
+    return torch.relu(x @ w * counts) + order.indices.sum()
+
+
+def test_a_view_or_one_small_op_between_ops_in_pytorch_is_not_a_partition():
+    """The flattening view and the cast run in PyTorch, each named in the report with the reason; the
+    result matches eager; a lone small op the graph reads from its inputs is still compiled."""
+    import tilefuse
+    from helpers import compile_and_compare
+    from tilefuse.compiler.partition import LONE_OP
+
+    torch.manual_seed(0)
+    x, w = torch.randn(8, 16), torch.randn(16, 4)
+    compiled = tilefuse.compile(_routing)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, w), _routing(x, w))
+    (report,) = compiled.tilefuse_reports
+    lone = sorted(f["op"] for f in report["fallbacks"] if f["reason"] == LONE_OP)
+    assert lone == ["aten._to_copy.default", "aten.view.default"], report["fallbacks"]
+    assert len(report["partitions"]) == 2, [p["name"] for p in report["partitions"]]
+    compile_and_compare(lambda v: v.float() * 2, torch.arange(6))  # reads the graph's input
