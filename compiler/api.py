@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TypeVar, overload
 
@@ -116,6 +118,8 @@ def _compile(
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph, **budget)
     if dynamic is None and _transformers_model(fn):
         compiled = _static_batches(compiled)
+    if not fullgraph:
+        compiled = _eager_where_dynamo_fails(compiled)
     _set_own(compiled, "tilefuse_reports", backend.reports)
     _set_own(compiled, "tilefuse_dump_dir", options.dump)
     return compiled
@@ -213,6 +217,89 @@ def _static_batches(compiled: object) -> object:
         compiled.forward = marking(compiled.forward)
         return compiled
     return marking(compiled)
+
+
+# the tilefuse-compiled calls in progress (a stack: a compiled function may call another), and whether
+# `_suppress_inside` turned Dynamo's suppress_errors on for them
+_INSIDE: list[object] = []
+_SUPPRESSED = [False]
+
+
+def _eager_where_dynamo_fails(compiled: object) -> object:
+    """`compiled`, where a frame Dynamo fails to trace runs in eager PyTorch instead of raising.
+
+    Code that takes another path under tracing (`torch.compiler.is_compiling()`: transformers' SDPA
+    path does) can fail in Dynamo's fake-tensor run where eager runs; torch.compile then raises to the
+    user (a DeepseekV2 config whose query and key head counts differ ran in eager and raised under
+    Dynamo). While a call of ours runs, a frame compile turns Dynamo's `suppress_errors` on
+    (`_suppress_inside`, a compile-start callback), so such a frame runs eagerly, from its start, as
+    Dynamo runs a frame it skips; the setting is restored when the call returns, and Dynamo's warning
+    names the frame and the error (`_EagerFrameWarning`). A call costs a list push and pop; with
+    `fullgraph=True` failures raise, as torch.compile's do."""
+    _warn_eager_frames()
+
+    def guarded(inner: Callable) -> Callable:
+        @functools.wraps(inner)
+        def call(*args: object, **kwargs: object) -> object:
+            _suppress_hook()
+            _INSIDE.append(call)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                _INSIDE.pop()
+                if _SUPPRESSED[0] and not _INSIDE:
+                    torch._dynamo.config.suppress_errors = False
+                    _SUPPRESSED[0] = False
+
+        return call
+
+    if isinstance(compiled, torch.nn.Module):  # torch.compile's OptimizedModule: its forward is Dynamo's
+        compiled.forward = guarded(compiled.forward)
+        return compiled
+    return guarded(compiled)
+
+
+def _suppress_hook() -> None:
+    """`_suppress_inside` among Dynamo's compile-start callbacks (`torch._dynamo.reset()` clears them)."""
+    starts = getattr(torch._dynamo.callback.callback_handler, "start_callbacks", None)
+    if starts is None:
+        _suppress_hook_once()
+    elif _suppress_inside not in starts:
+        torch._dynamo.callback.on_compile_start(_suppress_inside)
+
+
+@functools.cache
+def _suppress_hook_once() -> None:
+    torch._dynamo.callback.on_compile_start(_suppress_inside)
+
+
+@functools.cache
+def _warn_eager_frames() -> None:
+    logging.getLogger("torch._dynamo.convert_frame").addHandler(_EagerFrameWarning())
+
+
+def _suppress_inside(_args: object) -> None:
+    if _INSIDE and not torch._dynamo.config.suppress_errors:
+        torch._dynamo.config.suppress_errors = True
+        _SUPPRESSED[0] = True
+
+
+class _EagerFrameWarning(logging.Handler):
+    """Dynamo's warning for a frame it could not trace during a tilefuse call, as a Python warning
+    that says the frame runs in PyTorch (`_eager_where_dynamo_fails`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _INSIDE or record.levelno < logging.WARNING:
+            return
+        lines = [line for line in record.getMessage().splitlines() if line.strip()]
+        error = record.exc_info[1] if record.exc_info else None
+        cause = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else ""
+        where = lines[0].removeprefix("WON'T CONVERT ").strip() if lines else "a frame"
+        warnings.warn(
+            f"tilefuse: Dynamo could not trace {where} ({type(error).__name__ if error else 'error'}: "
+            f"{cause[:300]}); that frame runs in eager PyTorch",
+            stacklevel=2,
+        )
 
 
 def _keep_transformers_off(fn: object) -> None:

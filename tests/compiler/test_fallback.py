@@ -207,3 +207,34 @@ def test_dynamos_restart_signal_is_not_taken_for_a_failure(monkeypatch):
             model(x).sum().backward()
             for got, want in zip(grads, (q.grad for q in model.parameters())):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _traces_badly(name: str):
+    """A function (a code object of its own: Dynamo marks frames per code object) that takes another
+    path under tracing, as transformers' SDPA path does, and fails in Dynamo's fake-tensor run; eager
+    runs it."""
+    namespace = {"torch": torch}
+    exec(
+        f"def {name}(x):\n"
+        "    if torch.compiler.is_compiling():\n"
+        "        return x @ torch.ones(3, 5)\n"
+        "    return x * 2\n",
+        namespace,
+    )
+    return namespace[name]
+
+
+def test_a_frame_dynamo_cannot_trace_runs_in_eager_with_a_warning():
+    """Where Dynamo's trace of a frame fails (a TorchRuntimeError where eager runs), the compiled
+    function runs that frame in eager PyTorch and warns once; Dynamo's setting is restored after the
+    call, so torch.compile's own behaviour is unchanged, and fullgraph=True raises as torch.compile's."""
+    x = torch.randn(2, 4)
+    compiled = tilefuse.compile(_traces_badly("first"))
+    with pytest.warns(UserWarning, match="Dynamo could not trace first .* runs in eager PyTorch"):
+        assert torch.equal(compiled(x), x * 2)
+    assert torch.equal(compiled(x), x * 2)
+    assert torch._dynamo.config.suppress_errors is False
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError):
+        torch.compile(_traces_badly("second"), backend="eager")(x)
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError):
+        tilefuse.compile(_traces_badly("third"), fullgraph=True)(x)
