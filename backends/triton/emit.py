@@ -1165,8 +1165,8 @@ def _narrow_divisions(kernel: tile.KernelOp) -> dict[Operation, TileStartDivisio
     """The divisions of a tile's own indices by a constant that the kernel may compute once, from the
     tile's start, as a one-element block (where its block size divides the divisor: a constexpr test).
 
-    A row kernel over [tokens, hidden] rows gathers each row through an index per token (MoE experts'
-    permutation, an embedding's ids): the token is the row index // hidden, and every index load after
+    A row kernel over [tokens, hidden] rows gathers each row through an index per token (a mixture of
+    experts' permutation): the token is the row index // hidden, and every index load after
     it ran once per element (8 int64 loads a thread in Mixtral's experts' combine, 39 us a layer on
     the H100 for 24 MB). Computed from the tile's start, the token is one value, broadcast: the
     index loads are one-element blocks, and only the loads that mix in the hidden index are full.
@@ -1175,8 +1175,9 @@ def _narrow_divisions(kernel: tile.KernelOp) -> dict[Operation, TileStartDivisio
     operand is full along it. That is sound for elementwise maps, loads (masks come from the same
     indices), expansions and reductions along other dims, which broadcast; it is not for a reduction or
     scan along B, a dot, a loop-carried value, a store through a narrow pointer, a block-pointer (TMA)
-    load or a merged run of dims (whose flat index is full): a kernel where a narrow value reaches one
-    of those keeps every division full (returns {})."""
+    load or a merged run of dims (whose flat index is full: an embedding's ids read as `ids[b, s]`,
+    merged, stay per element): a kernel where a narrow value reaches one of those keeps every
+    division full (returns {})."""
     constants = {
         op.result: op.value.value.data
         for op in kernel.walk()
