@@ -230,12 +230,14 @@ def _eager_where_dynamo_fails(compiled: object) -> object:
 
     Code that takes another path under tracing (`torch.compiler.is_compiling()`: transformers' SDPA
     path does) can fail in Dynamo's fake-tensor run where eager runs; torch.compile then raises to the
-    user (a DeepseekV2 config whose query and key head counts differ ran in eager and raised under
-    Dynamo). While a call of ours runs, a frame compile turns Dynamo's `suppress_errors` on
+    user. While a call of ours runs, a frame compile turns Dynamo's `suppress_errors` on
     (`_suppress_inside`, a compile-start callback), so such a frame runs eagerly, from its start, as
     Dynamo runs a frame it skips; the setting is restored when the call returns, and Dynamo's warning
     names the frame and the error (`_EagerFrameWarning`). A call costs a list push and pop; with
-    `fullgraph=True` failures raise, as torch.compile's do."""
+    `fullgraph=True` failures raise, as torch.compile's do. Not covered: the functions an eager frame
+    calls are still compiled, so code whose frames must agree on `is_compiling()` can still fail at
+    run time (a DeepseekV2 config whose query and key head counts differ: transformers' GQA test
+    compiled, its SDPA call eager, a shape error, where torch.compile raises at the trace)."""
     _warn_eager_frames()
 
     def guarded(inner: Callable) -> Callable:
