@@ -141,8 +141,10 @@ def _not_worth_a_partition(level: list[Node], in_pytorch: dict[Node, str]) -> bo
         return False  # reads a graph input or a parameter, or feeds a partition or the output
     if all(n.target in _FREE_VIEWS for n in compute):
         return True
-    (op,) = compute if len(compute) == 1 else (None,)
-    return op is not None and op.target not in _HEAVY_OPS and not is_explicit_copy(op) and _small_result(op)
+    if len(compute) != 1:
+        return False
+    op = compute[0]
+    return op.target not in _HEAVY_OPS and not is_explicit_copy(op) and _small_result(op)
 
 
 def isolate_random_ops(gm: GraphModule) -> None:

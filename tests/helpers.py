@@ -77,5 +77,41 @@ class TinyBlock(torch.nn.Module):
         F = torch.nn.functional
         b, s, _ = x.shape
         q, k, v = self.qkv(F.layer_norm(x, (16,))).view(b, s, 3, 2, 8).permute(2, 0, 3, 1, 4)
-        h = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, 16))
+        h = x + self.out(
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, 16)
+        )
         return h + self.down(F.gelu(self.up(F.layer_norm(h, (16,)))))
+
+
+def gpu_sources(fn, args, tmp_path) -> list[tuple[str, str]]:
+    """(kind, Triton source for a GPU) of each kernel `fn` compiles to, read back from its dump (the
+    compile runs here, on the interpreter; the source is emitted again with a GPU's options)."""
+    from tilefuse.backends.triton import TritonOptions, emit
+    from tilefuse.ir import tile
+    from tilefuse.ir.module import parse_module
+
+    torch._dynamo.reset()
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    with torch.no_grad():
+        compiled(*args)
+    (report,) = compiled.tilefuse_reports
+    module = parse_module((tmp_path / report["dir"] / "tile.mlir").read_text())
+    return [(k.kind.data, emit(k, TritonOptions())) for k in module.ops if isinstance(k, tile.KernelOp)]
+
+
+def kernel_function(source: str) -> str:
+    """The first kernel function `source` defines."""
+    return next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
+
+
+def offline_usage(source: str, config):
+    """`backends.triton.offline.usage` of `source`'s kernel at `config` (a KernelConfig), compiled for
+    sm_90 without a GPU; skipped, saying why, where this Triton cannot do that."""
+    import pytest
+
+    from tilefuse.backends.triton.offline import OfflineCompileUnavailable, usage
+
+    try:
+        return usage(source, kernel_function(source), config.params, config.num_warps, config.num_stages)
+    except OfflineCompileUnavailable as e:
+        pytest.skip(f"Triton here cannot compile for sm_90 without a GPU: {e}")

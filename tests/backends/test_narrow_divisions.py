@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilefuse
-from helpers import fusion_groups
+from helpers import fusion_groups, gpu_sources, offline_usage
 from tilefuse.backends.triton.emit import TritonOptions, _narrow_divisions, emit
 from tilefuse.ir import tile
 from tilefuse.ir.module import parse_module
@@ -163,20 +163,11 @@ def test_the_gpu_source_compiles_for_sm90_in_both_forms(tmp_path, block):
     """The combine's kernel as a GPU gets it (no interpreter options), compiled for Hopper without a GPU
     (`backends/triton/offline`): at a tile that divides the hidden size (48 = 16 x 3) the one-element
     form is compiled, at one that does not the per-element form; Triton accepts both."""
-    from tilefuse.backends.triton.offline import OfflineCompileUnavailable, usage
+    from tilefuse.autotune.heuristics import KernelConfig
 
-    y, perm, w = torch.randn(24, 48), torch.randperm(24), torch.rand(12, 2)
-    compiled = tilefuse.compile(_combine, dump=tmp_path)
-    with torch.no_grad():
-        compiled(y, perm, w)
-    (report,) = compiled.tilefuse_reports
-    module = parse_module((tmp_path / report["dir"] / "tile.mlir").read_text())
-    (kernel,) = [k for k in module.ops if isinstance(k, tile.KernelOp)]
-    source = emit(kernel, TritonOptions())
-    assert "if 48 % BLOCK_R == 0 else" in source
-    function = next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
-    try:
-        used = usage(source, function, {"BLOCK_R": block, "BLOCK_C": 2}, 4, 1)
-    except OfflineCompileUnavailable as e:
-        pytest.skip(f"Triton here cannot compile for sm_90 without a GPU: {e}")
+    ((kind, source),) = gpu_sources(
+        _combine, (torch.randn(24, 48), torch.randperm(24), torch.rand(12, 2)), tmp_path
+    )
+    assert kind in ("row", "reduction") and "if 48 % BLOCK_R == 0 else" in source
+    used = offline_usage(source, KernelConfig({"BLOCK_R": block, "BLOCK_C": 2}, 4, 1))
     assert used.registers > 0 and used.stack_bytes == 0

@@ -7,42 +7,13 @@ does not depend on its sizes beyond the masks, which these sizes keep as at alig
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-import tilefuse
+from helpers import gpu_sources, kernel_function, offline_usage
 from tilefuse.autotune.heuristics import KernelConfig, default_config
-from tilefuse.backends.triton import TritonOptions, emit
-from tilefuse.backends.triton.offline import OfflineCompileUnavailable, Usage, kernel_block, usage
-from tilefuse.ir import tile
-from tilefuse.ir.module import parse_module
-
-
-def _gpu_sources(fn, args, tmp_path: Path) -> list[tuple[str, str]]:
-    """(kind, Triton source for a GPU) of each kernel `fn` compiles to, read back from its dump."""
-    torch._dynamo.reset()
-    compiled = tilefuse.compile(fn, dump=tmp_path)
-    with torch.no_grad():
-        compiled(*args)
-    (report,) = compiled.tilefuse_reports
-    module = parse_module((tmp_path / report["dir"] / "tile.mlir").read_text())
-    return [(k.kind.data, emit(k, TritonOptions())) for k in module.ops if isinstance(k, tile.KernelOp)]
-
-
-def _function_name(source: str) -> str:
-    """The first kernel function `source` defines."""
-    return next(line[4:].split("(")[0] for line in source.splitlines() if line.startswith("def "))
-
-
-def _usage(source: str, config: KernelConfig) -> Usage:
-    try:
-        return usage(source, _function_name(source), config.params, config.num_warps, config.num_stages)
-    except OfflineCompileUnavailable as e:
-        pytest.skip(f"Triton here cannot compile for sm_90 without a GPU: {e}")
-
+from tilefuse.backends.triton.offline import OfflineCompileUnavailable, kernel_block, usage
 
 PROJECTION = {"M": 2048, "N": 8192, "K": 2048, "elem_bytes": 2}  # an MLP's first GEMM at 4 x 512 tokens
 EPILOGUES = {
@@ -59,10 +30,10 @@ def test_bf16_gemm_with_its_epilogue_uses_wgmma_and_spills_nothing(tmp_path, epi
     torch.manual_seed(0)
     x, w, b, r = (t.bfloat16() for t in (torch.randn(128, 128), torch.randn(256, 128), torch.randn(256),
                                          torch.randn(128, 256)))  # fmt: skip
-    ((kind, source),) = _gpu_sources(fn, (x, w, b, r), tmp_path)
+    ((kind, source),) = gpu_sources(fn, (x, w, b, r), tmp_path)
     config = default_config("gemm", dict(PROJECTION, epilogue_math=math_ops))
     assert kind == "gemm" and config.params["BLOCK_M"] * config.params["BLOCK_N"] == 128 * 256
-    used = _usage(source, config)
+    used = offline_usage(source, config)
     assert used.wgmma, used
     assert used.stack_bytes == 0 and used.registers <= 255, (config.key(), used)
 
@@ -88,9 +59,9 @@ def test_activation_epilogues_cost_few_instructions_an_element(tmp_path, activat
     x, w, b = (t.bfloat16() for t in (torch.randn(128, 128), torch.randn(256, 128), torch.randn(256)))
     costs = []
     for i, f in enumerate((lambda x, w, b: F.linear(x, w, b), lambda x, w, b: fn(F.linear(x, w, b)))):
-        ((kind, source),) = _gpu_sources(f, (x, w, b), tmp_path / str(i))
+        ((kind, source),) = gpu_sources(f, (x, w, b), tmp_path / str(i))
         assert kind == "gemm"
-        costs.append(_usage(source, KernelConfig(FC1_TILE, 8, 3)))
+        costs.append(offline_usage(source, KernelConfig(FC1_TILE, 8, 3)))
     bare, with_activation = costs
     per_element = (with_activation.instructions - bare.instructions) / (128 * 256 / (8 * 32))
     assert with_activation.stack_bytes == 0 and per_element <= most, (per_element, bare, with_activation)
@@ -106,18 +77,18 @@ def test_a_gemm_k_loop_of_sixteen_steps_stays_rolled_when_asked(tmp_path, monkey
     monkeypatch.setenv("TILEFUSE_PTX_NOUNROLL", "1")
     torch.manual_seed(0)
     x, w, b = (t.bfloat16() for t in (torch.randn(2048, 1024), torch.randn(256, 1024), torch.randn(256)))
-    ((kind, source),) = _gpu_sources(lambda x, w, b: F.gelu(F.linear(x, w, b)), (x, w, b), tmp_path)
-    used = _usage(source, KernelConfig(dict(FC1_TILE, PROGRAMS=programs), 8, 3))
+    ((kind, source),) = gpu_sources(lambda x, w, b: F.gelu(F.linear(x, w, b)), (x, w, b), tmp_path)
+    used = offline_usage(source, KernelConfig(dict(FC1_TILE, PROGRAMS=programs), 8, 3))
     assert kind == "gemm" and used.wgmma and used.rolled_loops == 1, used
 
 
 def test_f32_gemm_at_highest_precision_uses_wgmma_and_spills_nothing(tmp_path):
     torch.manual_seed(0)
-    ((kind, source),) = _gpu_sources(lambda x, w: torch.relu(x @ w), (torch.randn(128, 64), torch.randn(64, 128)),
+    ((kind, source),) = gpu_sources(lambda x, w: torch.relu(x @ w), (torch.randn(128, 64), torch.randn(64, 128)),
                                      tmp_path)  # fmt: skip
     assert kind == "gemm" and "tf32x3" in source
     config = default_config("gemm", {"M": 2048, "N": 2048, "K": 2048, "elem_bytes": 4})
-    used = _usage(source, config)
+    used = offline_usage(source, config)
     # 16 bytes a thread at its 128x64x32, 4-warp tile today (three dots a K step and the operands'
     # split halves: 255 registers); the H200 sweep measured that tile the fastest of ten
     # (benchmarks/NOTES.md): more than that is a new spill
@@ -128,10 +99,10 @@ def test_f32_gemm_at_highest_precision_uses_wgmma_and_spills_nothing(tmp_path):
 def test_layer_norm_row_kernel_spills_nothing(tmp_path, width):
     torch.manual_seed(0)
     x, g, b = torch.randn(4, width).bfloat16(), torch.randn(width).bfloat16(), torch.randn(width).bfloat16()
-    ((kind, source),) = _gpu_sources(lambda x, g, b: F.layer_norm(x, (width,), g, b), (x, g, b), tmp_path)
+    ((kind, source),) = gpu_sources(lambda x, g, b: F.layer_norm(x, (width,), g, b), (x, g, b), tmp_path)
     config = default_config("row", {"R": 2048, "C": width})
     assert kind == "row"
-    used = _usage(source, config)
+    used = offline_usage(source, config)
     assert used.stack_bytes == 0, (config.key(), used)
 
 
@@ -162,13 +133,13 @@ def test_the_kernel_named_is_compiled_from_a_listing_of_several(tmp_path):
     (each kernel's TENSOR_SHAPES are module-level: compiled together, the last would win)."""
     torch.manual_seed(0)
     x, g, b = torch.randn(4, 96).bfloat16(), torch.randn(96).bfloat16(), torch.randn(96).bfloat16()
-    kernels = _gpu_sources(lambda x, g, b: torch.relu(F.layer_norm(x, (96,), g, b)) @ x.T, (x, g, b), tmp_path)
+    kernels = gpu_sources(lambda x, g, b: torch.relu(F.layer_norm(x, (96,), g, b)) @ x.T, (x, g, b), tmp_path)
     assert len(kernels) >= 2, [k for k, _ in kernels]
     listing = "\n\n".join(source for _, source in kernels)
     first = kernels[0][1]
-    assert kernel_block(listing, _function_name(first)).strip() == first.strip()
+    assert kernel_block(listing, kernel_function(first)).strip() == first.strip()
     config = default_config(kernels[0][0], {"R": 4, "C": 96} if kernels[0][0] == "row" else {"M": 4, "N": 4, "K": 96})
-    assert _usage(listing, config) == _usage(first, config)
+    assert offline_usage(listing, config) == offline_usage(first, config)
     with pytest.raises(ValueError, match="no kernel"):
         kernel_block(listing, "not_a_kernel")
 
@@ -186,14 +157,14 @@ def test_kernels_reading_row_tails_compile_for_hopper(tmp_path, tails):
         logits = h @ w.t()
         return torch.log_softmax(logits.float(), -1), g.t() @ h
 
-    sources = _gpu_sources(fn, (h, w, g), tmp_path)
+    sources = gpu_sources(fn, (h, w, g), tmp_path)
     tailed = [(kind, source) for kind, source in sources if "ROW_TAILS_" in source]
     assert {kind for kind, _ in tailed} >= {"gemm", "row"}, [kind for kind, _ in sources]
     for kind, source in tailed:
         problem = {"M": 2048, "N": 1024, "K": 2048, "elem_bytes": 2} if kind == "gemm" else {"R": 2048, "C": 50257}
         config = default_config(kind, problem)
         flags = {f"ROW_TAILS_{i}": tails for i in range(8) if f"ROW_TAILS_{i}:" in source}
-        used = _usage(source, KernelConfig({**config.params, **flags}, config.num_warps, config.num_stages))
+        used = offline_usage(source, KernelConfig({**config.params, **flags}, config.num_warps, config.num_stages))
         assert used.stack_bytes == 0, (kind, config.key(), used)
         if kind == "gemm":
             assert used.wgmma
