@@ -19,6 +19,7 @@ from .conv_layout import conv_layout_enabled
 from .depthwise_conv import depthwise_enabled
 
 F = TypeVar("F", bound=Callable)
+log = logging.getLogger("tilefuse")
 
 
 @overload
@@ -119,7 +120,7 @@ def _compile(
     if dynamic is None and _transformers_model(fn):
         compiled = _static_batches(compiled)
     if not fullgraph:
-        compiled = _eager_where_dynamo_fails(compiled)
+        compiled = _eager_where_dynamo_fails(compiled, fn, name, backend.reports)
     _set_own(compiled, "tilefuse_reports", backend.reports)
     _set_own(compiled, "tilefuse_dump_dir", options.dump)
     return compiled
@@ -136,21 +137,32 @@ def _compiled_generate(
     is compiled at the first `generate`; its graphs join the compiled module's reports. The model's
     `forward` is restored after each call, so the model itself stays uncompiled."""
     compiled_forward: list[Callable] = []
+    eager = _EagerRetry(model.generate, "generate", reports)
 
     @functools.wraps(model.generate)
     def generate(*args: object, **kwargs: object) -> object:
+        if eager.reason is not None:
+            return model.generate(*args, **kwargs)
         if not compiled_forward:
             compiled_forward.append(_compile(model.forward, options, fullgraph, dynamic, reports))
         had_own = "forward" in vars(model)
         own = vars(model).get("forward")
         model.forward = compiled_forward[0]
+        versions = _versions(args, kwargs)
         try:
             return model.generate(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (a forward that could not run again alone: the whole call)
+            if fullgraph:
+                raise
+            failed = error
         finally:
             if had_own:
                 model.forward = own
             else:
                 del model.forward
+        # a generation config is read, not changed: the call may run again with it
+        plain = {k: v for k, v in kwargs.items() if type(v).__name__ != "GenerationConfig"}
+        return eager.retry(failed, args, kwargs, versions, checked=plain)
 
     return generate
 
@@ -225,33 +237,44 @@ _INSIDE: list[object] = []
 _SUPPRESSED = [False]
 
 
-def _eager_where_dynamo_fails(compiled: object) -> object:
-    """`compiled`, where a frame Dynamo fails to trace runs in eager PyTorch instead of raising.
+def _eager_where_dynamo_fails(compiled: object, fn: Callable, name: str, reports: list) -> object:
+    """`compiled`, where a frame Dynamo fails to trace runs in eager PyTorch instead of raising, and a
+    call that fails anyway runs again in eager PyTorch where that is safe.
 
     Code that takes another path under tracing (`torch.compiler.is_compiling()`: transformers' SDPA
     path does) can fail in Dynamo's fake-tensor run where eager runs; torch.compile then raises to the
     user. While a call of ours runs, a frame compile turns Dynamo's `suppress_errors` on
     (`_suppress_inside`, a compile-start callback), so such a frame runs eagerly, from its start, as
     Dynamo runs a frame it skips; the setting is restored when the call returns, and Dynamo's warning
-    names the frame and the error (`_EagerFrameWarning`). A call costs a list push and pop; with
-    `fullgraph=True` failures raise, as torch.compile's do. Not covered: the functions an eager frame
-    calls are still compiled, so code whose frames must agree on `is_compiling()` can still fail at
-    run time (a DeepseekV2 config whose query and key head counts differ: transformers' GQA test
-    compiled, its SDPA call eager, a shape error, where torch.compile raises at the trace)."""
+    names the frame and the error (`_EagerFrameWarning`). The functions an eager frame calls are still
+    compiled, so code whose frames must agree on `is_compiling()` can still fail at run time (a
+    DeepseekV2 config whose query and key head counts differ: transformers' GQA test compiled, its
+    SDPA call eager, a shape error): a call that raises is then run by `fn` itself, eagerly, where
+    `_rerun_is_safe` (`_eager_retry`); if eager PyTorch runs it, this compiled callable runs eagerly
+    from then on, said once in a warning and in `reports`; if eager raises too, its error is the
+    user's, raised as eager raises it. A call costs a list push and pop and a version read of each
+    tensor argument; with `fullgraph=True` failures raise, as torch.compile's do."""
     _warn_eager_frames()
+    eager = _EagerRetry(fn, name, reports)
 
     def guarded(inner: Callable) -> Callable:
         @functools.wraps(inner)
         def call(*args: object, **kwargs: object) -> object:
+            if eager.reason is not None:
+                return fn(*args, **kwargs)
+            versions = _versions(args, kwargs)
             _suppress_hook()
             _INSIDE.append(call)
             try:
                 return inner(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 (never crash the user's model: eager decides)
+                failed = error
             finally:
                 _INSIDE.pop()
                 if _SUPPRESSED[0] and not _INSIDE:
                     torch._dynamo.config.suppress_errors = False
                     _SUPPRESSED[0] = False
+            return eager.retry(failed, args, kwargs, versions)
 
         return call
 
@@ -259,6 +282,73 @@ def _eager_where_dynamo_fails(compiled: object) -> object:
         compiled.forward = guarded(compiled.forward)
         return compiled
     return guarded(compiled)
+
+
+def _versions(args: tuple, kwargs: dict) -> list[int]:
+    """The version counter of each tensor argument (top level): a call that changed one in place
+    before it failed cannot be run again (`_rerun_is_safe`)."""
+    return [a._version for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+
+
+# arguments a call can be run twice with: values that carry no state a failed call could have changed
+# (tensors are checked by their version counters; a container's items are looked at)
+_PLAIN = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, slice)
+
+
+def _rerun_is_safe(args: tuple, kwargs: dict, versions: list[int]) -> str | None:
+    """Why a call that failed must not run again (None where it may): an argument that is not a plain
+    value or a tensor (a KV cache object, a generator: the failed call may have changed it), or a
+    tensor argument changed in place. Module state a failed training forward changed in place (a
+    BatchNorm's running statistics) is not checked: it would be updated twice."""
+    stack = [*args, *kwargs.values()]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif not isinstance(value, (torch.Tensor, *_PLAIN)):
+            return f"an argument of type {type(value).__name__} may hold state the failed call changed"
+    if _versions(args, kwargs) != versions:
+        return "a tensor argument was changed in place before the failure"
+    return None
+
+
+class _EagerRetry:
+    """What a compiled callable does when a call of it fails (`_eager_where_dynamo_fails`): run the
+    call in eager PyTorch where `_rerun_is_safe`; once eager has run a call the compiled code failed,
+    every later call runs eagerly (`reason`), said once in a warning and in `reports` (a summary whose
+    fallback names the error). A CUDA out-of-memory error is retried for that call only."""
+
+    def __init__(self, fn: Callable, name: str, reports: list):
+        self.fn, self.name, self.reports = fn, name, reports
+        self.reason: str | None = None
+
+    def retry(
+        self, error: Exception, args: tuple, kwargs: dict, versions: list[int], checked: dict | None = None
+    ) -> object:
+        """`fn`'s result for the call that raised `error`, or `error` raised again where the call must not
+        run twice (`checked`: the keyword arguments `_rerun_is_safe` looks at, default all)."""
+        unsafe = _rerun_is_safe(args, kwargs if checked is None else checked, versions)
+        if unsafe is not None:
+            log.warning("tilefuse: %s raised %s; not run again in PyTorch: %s", self.name,
+                        type(error).__name__, unsafe)  # fmt: skip
+            raise error
+        # where eager PyTorch fails too, the error is the user's, raised as eager raises it
+        result = self.fn(*args, **kwargs)
+        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if isinstance(error, torch.OutOfMemoryError):
+            warnings.warn(f"tilefuse: {self.name} ran out of memory ({cause[:300]}); this call ran in eager "
+                          "PyTorch", stacklevel=3)  # fmt: skip
+            return result
+        self.reason = f"the compiled call raised {cause[:500]}; eager PyTorch ran it and runs later calls"
+        warnings.warn(f"tilefuse: {self.name}: {self.reason}", stacklevel=3)
+        self.reports.append({
+            "name": f"{self.name}_call", "dir": None, "cache": None, "kind": "call", "files": [],
+            "partitions": [], "fallbacks": [{"node": "<call>", "op": "call", "reason": self.reason}],
+            "kernels": {"total": 0, "distinct": 0, "precompiled": 0},
+        })  # fmt: skip
+        return result
 
 
 def _suppress_hook() -> None:

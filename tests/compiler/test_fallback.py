@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 import tilefuse
 from helpers import compile_and_compare
 from tilefuse.compiler import lowering_table
+from tilefuse.compiler.backend import TilefuseBackend
 
 
 def partly_supported(x, w):
@@ -238,3 +240,115 @@ def test_a_frame_dynamo_cannot_trace_runs_in_eager_with_a_warning():
         torch.compile(_traces_badly("second"), backend="eager")(x)
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError):
         tilefuse.compile(_traces_badly("third"), fullgraph=True)(x)
+
+
+def _failing_graphs(monkeypatch, runs: list) -> None:
+    """Every graph tilefuse compiles from now on runs, then raises: a failure outside any partition's
+    own guard (as a frame Dynamo ran eagerly disagreeing with a compiled one)."""
+    compile_graph = TilefuseBackend.__call__
+
+    def failing(self, gm, example_inputs):
+        compiled = compile_graph(self, gm, example_inputs)
+
+        def run(*args):
+            runs.append(compiled(*args))
+            raise RuntimeError("injected failure after the graph ran")
+
+        return run
+
+    monkeypatch.setattr(TilefuseBackend, "__call__", failing)
+
+
+def test_a_call_that_fails_at_run_time_runs_in_eager_pytorch_from_then_on(monkeypatch):
+    """A compiled call that raises, where eager PyTorch runs it, returns eager's result, warns once with
+    the cause, records it in the report, and later calls run eagerly (the compiled graph not again)."""
+    runs: list = []
+    _failing_graphs(monkeypatch, runs)
+    torch._dynamo.reset()
+    w = torch.randn(7, 5)
+
+    def fn(x):
+        return torch.relu(x @ w) + 1
+
+    compiled = tilefuse.compile(fn)
+    x = torch.randn(3, 7)
+    with pytest.warns(UserWarning, match="injected failure after the graph ran; eager PyTorch ran it"):
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert len(runs) == 1
+    (call,) = [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "call"]
+    assert "RuntimeError: injected failure" in call["reason"]
+    y = torch.randn(6, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(compiled(y), fn(y))
+    assert len(runs) == 1
+
+
+def test_an_error_eager_raises_too_is_the_users(monkeypatch):
+    """Where eager PyTorch fails on the call as well, its error reaches the user, and the compiled
+    callable keeps compiling (it is not switched to eager by the user's own error)."""
+    torch._dynamo.reset()
+    w = torch.randn(7, 5)
+
+    def fn(x):
+        return torch.relu(x @ w)
+
+    compiled = tilefuse.compile(fn)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        compiled(torch.randn(3, 6))
+    assert not [f for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "call"]
+    x = torch.randn(4, 7)
+    torch.testing.assert_close(compiled(x), fn(x))
+
+
+def test_a_call_that_changed_its_arguments_is_not_run_twice(monkeypatch):
+    """A failed call that had changed a tensor argument in place (or was given an object that may hold
+    state: a cache) raises its error instead of running again: the change would be made twice."""
+    runs: list = []
+    _failing_graphs(monkeypatch, runs)
+    torch._dynamo.reset()
+
+    def fn(x, counter):
+        counter.add_(1)
+        return x * 2
+
+    compiled = tilefuse.compile(fn)
+    counter = torch.zeros(())
+    with pytest.raises(RuntimeError, match="injected failure"):
+        compiled(torch.randn(4), counter)
+    assert counter.item() == 1.0
+
+    class Cache:
+        pass
+
+    def with_state(x, cache):
+        return x + 1
+
+    compiled = tilefuse.compile(with_state)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        compiled(torch.randn(4), [Cache()])
+
+
+def test_a_generate_whose_compiled_forward_fails_runs_in_eager(monkeypatch):
+    """`generate` of a compiled transformers model whose forward fails at run time: the forward's call
+    holds the KV cache (not run twice), so the whole `generate` runs again in eager PyTorch, with the
+    model's own forward: eager's greedy tokens, and the report says why."""
+    transformers = pytest.importorskip("transformers")
+    runs: list = []
+    _failing_graphs(monkeypatch, runs)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 128, (1, 8))
+    want = model.generate(ids, max_new_tokens=4, do_sample=False)
+    compiled = tilefuse.compile(model)
+    with pytest.warns(UserWarning, match="generate: the compiled call raised RuntimeError: injected failure"):
+        got = compiled.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(got, want) and runs
+    assert "forward" not in vars(model)
+    reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "call"]
+    assert len(reasons) == 1 and "injected failure" in reasons[0]

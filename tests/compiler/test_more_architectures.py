@@ -132,3 +132,26 @@ def test_architecture_trains_like_eager(name, monkeypatch):
     assert "backward" in kinds, kinds
     partitions = [p for r in compiled.tilefuse_reports for p in r["partitions"]]
     assert not [p["runtime_error"] for p in partitions if p.get("runtime_error")]
+
+
+def test_a_model_whose_frames_disagree_under_tracing_runs_as_eager():
+    """DeepseekV2 with fewer key heads than query heads: Dynamo cannot trace its attention frame (it
+    runs eagerly), the GQA test it calls is compiled and disagrees with it, and the call fails at run
+    time where eager runs (torch.compile raises). The call runs again in eager PyTorch: eager's
+    logits, a warning with the cause, and the report says so."""
+    config = T.DeepseekV2Config(
+        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, n_routed_experts=4, num_experts_per_tok=2,
+        n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.DeepseekV2ForCausalLM(config).eval()
+    ids = torch.randint(0, 128, (2, 16))
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="must match the size.*eager PyTorch ran it"):
+            got = compiled(ids).logits
+        torch.testing.assert_close(got, model(ids).logits)
+    calls = [f["op"] for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["node"] == "<call>"]
+    assert calls == ["call"]
