@@ -284,10 +284,12 @@ def _eager_where_dynamo_fails(compiled: object, fn: Callable, name: str, reports
     return guarded(compiled)
 
 
-def _versions(args: tuple, kwargs: dict) -> list[int]:
+def _versions(args: tuple, kwargs: dict) -> list[int | None]:
     """The version counter of each tensor argument (top level): a call that changed one in place
-    before it failed cannot be run again (`_rerun_is_safe`)."""
-    return [a._version for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    before it failed cannot be run again (`_rerun_is_safe`). An inference tensor keeps none (None:
+    an in-place change to it goes unseen, and the call may run again)."""
+    values = (*args, *kwargs.values())
+    return [None if a.is_inference() else a._version for a in values if isinstance(a, torch.Tensor)]
 
 
 # arguments a call can be run twice with: values that carry no state a failed call could have changed

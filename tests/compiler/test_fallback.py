@@ -282,6 +282,10 @@ def test_a_call_that_fails_at_run_time_runs_in_eager_pytorch_from_then_on(monkey
         warnings.simplefilter("error")
         torch.testing.assert_close(compiled(y), fn(y))
     assert len(runs) == 1
+    with torch.inference_mode():  # inference tensors keep no version counter: the call runs again
+        compiled = tilefuse.compile(fn)
+        with pytest.warns(UserWarning, match="injected failure"):
+            torch.testing.assert_close(compiled(x.clone()), fn(x))
 
 
 def test_an_error_eager_raises_too_is_the_users(monkeypatch):
