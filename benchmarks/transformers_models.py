@@ -8,7 +8,8 @@ eval mode with `attn_implementation="sdpa"` (where the family has it), and run f
 `torch.no_grad()` (a prefill: batch 4 x 512 tokens, BERT 8 x 512 with padded rows; KernelBench level
 4's families at its shapes). Every candidate (eager,
 torch.compile default and reduce-overhead, tilefuse default and reduce-overhead) is measured
-on the same model and inputs: median time, wall time of back-to-back calls, the GPU time and
+on the same model and inputs: median time (on a GPU also in rounds that visit the candidates in
+turn, so a drift of the host's speed reaches them all), wall time of back-to-back calls, the GPU time and
 kernel launches of one call (torch.profiler), host overhead per kernel, the first call's time
 (compile), and for tilefuse the first call of a new process that finds the on-disk caches
 this run filled. Outputs (logits, or BERT's last hidden state) are compared with eager and
@@ -34,6 +35,7 @@ import dataclasses
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -377,11 +379,13 @@ def measure(
     call: Callable[[Callable], object],
     device: torch.device,
     refs: dict[str, torch.Tensor],
+    keep: dict[str, Callable] | None = None,
 ) -> Timing:
     """Compile `fn` with `compile_fn`, time its first call, check it against `refs`, then time it.
 
     `call(compiled)` runs one call and returns the tensor compared with each reference
-    (keyed "eager" and "fp64"; either may be missing).
+    (keyed "eager" and "fp64"; either may be missing). The compiled callable is kept in `keep`
+    (by candidate) for `interleaved_medians`.
     """
     release_memory(device)
     try:
@@ -399,6 +403,8 @@ def measure(
         gpu, kernels = profile_call(lambda: call(compiled), device)
     except Exception as exc:  # a failing candidate is a table cell, never the end of the run
         return Timing(candidate, error=describe_error(exc))
+    if keep is not None:
+        keep[candidate] = compiled
     return Timing(
         candidate,
         median_ms=median,
@@ -551,15 +557,53 @@ def measure_candidates(
     skip_reduce_overhead: bool = False,
 ) -> dict[str, Timing]:
     """Every candidate's `measure` of `fn`, progress on stderr; a skipped one says why in its note."""
-    timings = {}
+    timings, kept = {}, {}
     for candidate, compile_fn in compilers(skip_torch_compile, skip_reduce_overhead).items():
         if isinstance(compile_fn, str):
             timings[candidate] = Timing(candidate, note=compile_fn)
             continue
-        timings[candidate] = timing = measure(candidate, compile_fn, fn, call, device, refs)
+        timings[candidate] = timing = measure(candidate, compile_fn, fn, call, device, refs, kept)
         shown = timing.error or f"{timing.median_ms:.4g} ms, first call {timing.first_call_s or 0:.1f} s"
         print(f"[{label}] {candidate}: {shown}", file=sys.stderr, flush=True)
+    if device.type == "cuda":
+        timings = interleaved_medians(timings, kept, call, device)
     return timings
+
+
+ROUNDS = 3  # interleaved timing rounds after every candidate's own (GPU only)
+
+
+def interleaved_medians(
+    timings: dict[str, Timing],
+    kept: dict[str, Callable],
+    call: Callable[[Callable], object],
+    device: torch.device,
+    rounds: int = ROUNDS,
+    timer: Callable[[Callable[[], object], torch.device], float] = time_ms,
+) -> dict[str, Timing]:
+    """Each timed candidate's median taken again in `rounds` rounds that visit the candidates in
+    turn; its median becomes the median of its own first timing and the rounds', and its note lists
+    them. The host's speed drifts over minutes (a model's eager median moved 6.4 -> 10.5 ms between
+    two runs on one H100): candidates timed minutes apart, one after another, each met a different
+    host, and one slow stretch decided a row. Interleaved, a drift reaches every candidate alike,
+    and a spread in the note shows it."""
+    seen = {c: [t.median_ms] for c, t in timings.items() if c in kept and t.median_ms is not None}
+    for _ in range(rounds):
+        for candidate in seen:
+            try:
+                seen[candidate].append(timer(lambda c=kept[candidate]: call(c), device))
+            except Exception:  # noqa: BLE001 (its first timing stands; the note says so)
+                seen[candidate].append(None)
+    out = dict(timings)
+    for candidate, values in seen.items():
+        timed = [v for v in values if v is not None]
+        listed = ", ".join("failed" if v is None else f"{v:.4g}" for v in values)
+        note = f"medians (its own, then {len(values) - 1} interleaved rounds): {listed} ms"
+        old = timings[candidate].note
+        out[candidate] = dataclasses.replace(
+            timings[candidate], median_ms=statistics.median(timed), note=f"{old}; {note}" if old else note
+        )
+    return out
 
 
 def pointwise_chain(x: torch.Tensor) -> torch.Tensor:
@@ -659,6 +703,8 @@ def overhead_verdict(timings: Sequence[Timing]) -> str:
 
 LEGEND = [
     "- median ms: triton.testing.do_bench median (L2 flushed before each call; CPU: wall-clock median); "
+    "on a GPU, the median of each candidate's own timing and 3 more rounds that visit the candidates in "
+    "turn (the notes list them: a spread is the host's drift); "
     "vs eager = eager median / this median (> 1: faster than eager)",
     "- wall ms: back-to-back calls, one synchronize at the end, per call; GPU ms and kernels: per call, "
     "summed over the device events (kernels, memcpy, memset) torch.profiler records "

@@ -289,7 +289,17 @@ def _versions(args: tuple, kwargs: dict) -> list[int | None]:
     before it failed cannot be run again (`_rerun_is_safe`). An inference tensor keeps none (None:
     an in-place change to it goes unseen, and the call may run again)."""
     values = (*args, *kwargs.values())
-    return [None if a.is_inference() else a._version for a in values if isinstance(a, torch.Tensor)]
+    try:
+        return [None if a.is_inference() else a._version for a in values if isinstance(a, torch.Tensor)]
+    except RuntimeError:  # a tensor subclass that keeps no version either: that one is not read
+        return [_version_or_none(a) for a in values if isinstance(a, torch.Tensor)]
+
+
+def _version_or_none(tensor: torch.Tensor) -> int | None:
+    try:
+        return None if tensor.is_inference() else tensor._version
+    except RuntimeError:
+        return None
 
 
 # arguments a call can be run twice with: values that carry no state a failed call could have changed

@@ -19,6 +19,7 @@ from tilefuse.benchmarks.transformers_models import (  # noqa: E402
     compile_breakdown,
     compilers,
     host_us_per_kernel,
+    interleaved_medians,
     kernel_stats,
     main,
     overhead_verdict,
@@ -134,3 +135,33 @@ def test_the_skip_options_leave_their_candidates_out_with_the_reason():
     assert runnable(without_graphs) == everything - graphs
     assert without_graphs["tilefuse reduce-overhead"] == "skipped (--no-reduce-overhead)"
     assert runnable(compilers(True, True)) == {"eager", "tilefuse"}
+
+
+def test_interleaved_rounds_visit_the_candidates_in_turn():
+    """After every candidate's own timing, rounds time each kept candidate in turn; a row's median is
+    the median of its timings, listed in its note; a candidate that failed or was not kept is left
+    as it was, and a round that fails is named in the note."""
+    order = []
+    speeds = {"eager": [4.0, 9.0, 4.2], "tilefuse": [2.0, 2.1, None]}
+
+    def timer(fn, device):
+        name = fn()
+        order.append(name)
+        value = speeds[name][sum(1 for o in order if o == name) - 1]
+        if value is None:
+            raise RuntimeError("lost the device")
+        return value
+
+    timings = {
+        "eager": Timing("eager", median_ms=4.1),
+        "tilefuse": Timing("tilefuse", median_ms=6.0, note="54 kernel(s)"),
+        "torch.compile": Timing("torch.compile", error="RuntimeError: no"),
+    }
+    kept = {"eager": "eager", "tilefuse": "tilefuse"}
+    out = interleaved_medians(timings, kept, lambda c: c, None, timer=timer)
+    assert order == ["eager", "tilefuse"] * 3
+    assert out["eager"].median_ms == pytest.approx(4.15)  # of 4.1, 4.0, 9.0, 4.2
+    assert out["tilefuse"].median_ms == pytest.approx(2.1)  # of 6.0, 2.0, 2.1 (the failed round left out)
+    listed = "medians (its own, then 3 interleaved rounds): 6, 2, 2.1, failed ms"
+    assert out["tilefuse"].note == f"54 kernel(s); {listed}"
+    assert out["torch.compile"] == timings["torch.compile"]

@@ -356,3 +356,20 @@ def test_a_generate_whose_compiled_forward_fails_runs_in_eager(monkeypatch):
     assert "forward" not in vars(model)
     reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r["fallbacks"] if f["op"] == "call"]
     assert len(reasons) == 1 and "injected failure" in reasons[0]
+
+
+def test_a_tensor_without_a_version_counter_is_not_read():
+    """The retry's version read passes over tensors that keep no version counter (inference tensors,
+    a subclass whose counter raises) instead of failing the call."""
+    from tilefuse.compiler.api import _versions
+
+    class NoVersion(torch.Tensor):
+        @property
+        def _version(self):
+            raise RuntimeError("no version counter here")
+
+    plain = torch.zeros(2)
+    odd = torch.zeros(3).as_subclass(NoVersion)
+    with torch.inference_mode():
+        inference = torch.zeros(1)
+    assert _versions((plain, odd, 3), {"b": inference}) == [plain._version, None, None]
