@@ -250,7 +250,7 @@ def _eager_where_dynamo_fails(compiled: object, fn: Callable, name: str, reports
     compiled, so code whose frames must agree on `is_compiling()` can still fail at run time (a
     DeepseekV2 config whose query and key head counts differ: transformers' GQA test compiled, its
     SDPA call eager, a shape error): a call that raises is then run by `fn` itself, eagerly, where
-    `_rerun_is_safe` (`_eager_retry`); if eager PyTorch runs it, this compiled callable runs eagerly
+    `_rerun_is_safe` (`_EagerRetry`); if eager PyTorch runs it, this compiled callable runs eagerly
     from then on, said once in a warning and in `reports`; if eager raises too, its error is the
     user's, raised as eager raises it. A call costs a list push and pop and a version read of each
     tensor argument; with `fullgraph=True` failures raise, as torch.compile's do."""
@@ -309,9 +309,11 @@ _PLAIN = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.
 
 def _rerun_is_safe(args: tuple, kwargs: dict, versions: list[int]) -> str | None:
     """Why a call that failed must not run again (None where it may): an argument that is not a plain
-    value or a tensor (a KV cache object, a generator: the failed call may have changed it), or a
-    tensor argument changed in place. Module state a failed training forward changed in place (a
-    BatchNorm's running statistics) is not checked: it would be updated twice."""
+    value or a tensor (a KV cache object, a generator: the failed call may have changed it), looked for
+    in lists, tuples and dicts too, or a top-level tensor argument changed in place. Not checked (the
+    retry would make the change twice): a tensor inside a container changed in place, a list or dict
+    argument changed itself, module state a failed training forward changed in place (a BatchNorm's
+    running statistics)."""
     stack = [*args, *kwargs.values()]
     while stack:
         value = stack.pop()
