@@ -140,7 +140,7 @@ def test_a_model_whose_frames_disagree_under_tracing_runs_as_eager():
     time where eager runs (torch.compile raises). The call runs again in eager PyTorch: eager's
     logits, a warning with the cause, and the report says so."""
     config = T.DeepseekV2Config(
-        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=2, n_routed_experts=4, num_experts_per_tok=2,
         n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
         qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=64,
