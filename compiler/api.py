@@ -288,18 +288,20 @@ def _versions(args: tuple, kwargs: dict) -> list[int | None]:
     """The version counter of each tensor argument (top level): a call that changed one in place
     before it failed cannot be run again (`_rerun_is_safe`). An inference tensor keeps none (None:
     an in-place change to it goes unseen, and the call may run again)."""
-    values = (*args, *kwargs.values())
-    try:
-        return [None if a.is_inference() else a._version for a in values if isinstance(a, torch.Tensor)]
-    except RuntimeError:  # a tensor subclass that keeps no version either: that one is not read
-        return [_version_or_none(a) for a in values if isinstance(a, torch.Tensor)]
+    return [_version_or_none(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
 
 
 def _version_or_none(tensor: torch.Tensor) -> int | None:
     try:
         return None if tensor.is_inference() else tensor._version
-    except RuntimeError:
+    except RuntimeError:  # a tensor subclass that keeps no version either: not read
         return None
+
+
+def _first_line(error: BaseException | None) -> str:
+    """The first line of an error's message ("" where it has none)."""
+    text = str(error).strip() if error is not None else ""
+    return text.splitlines()[0] if text else ""
 
 
 # arguments a call can be run twice with: values that carry no state a failed call could have changed
@@ -350,7 +352,7 @@ class _EagerRetry:
             raise error
         # where eager PyTorch fails too, the error is the user's, raised as eager raises it
         result = self.fn(*args, **kwargs)
-        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        cause = f"{type(error).__name__}: {_first_line(error)}"
         if isinstance(error, torch.OutOfMemoryError):
             warnings.warn(f"tilefuse: {self.name} ran out of memory ({cause[:300]}); this call ran in eager "
                           "PyTorch", stacklevel=3)  # fmt: skip
@@ -399,7 +401,7 @@ class _EagerFrameWarning(logging.Handler):
             return
         lines = [line for line in record.getMessage().splitlines() if line.strip()]
         error = record.exc_info[1] if record.exc_info else None
-        cause = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else ""
+        cause = _first_line(error)
         where = lines[0].removeprefix("WON'T CONVERT ").strip() if lines else "a frame"
         warnings.warn(
             f"tilefuse: Dynamo could not trace {where} ({type(error).__name__ if error else 'error'}: "
