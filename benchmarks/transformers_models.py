@@ -493,8 +493,14 @@ def cached_compile_child(name: str, tiny: bool, dtype: torch.dtype) -> None:
 
 
 def float64_reference(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
-    """The output of a float64 copy of `model` on the same inputs."""
-    return output_tensor(copy.deepcopy(model).to(torch.float64)(**inputs)).double()
+    """The output of a float64 copy of `model` on the same inputs. A mixture of experts' copy runs its
+    experts one by one (transformers' "eager" experts): the grouped GEMM (`torch._grouped_mm`, which
+    Mixtral's experts call on a GPU) takes no float64."""
+    reference = copy.deepcopy(model).to(torch.float64)
+    config = getattr(reference, "config", None)
+    if getattr(config, "_experts_implementation", None) not in (None, "eager"):
+        config._experts_implementation = "eager"  # the copy's config: the model's is untouched
+    return output_tensor(reference(**inputs)).double()
 
 
 def run_model(

@@ -9,19 +9,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
 from tilefuse.benchmarks.transformers_models import (  # noqa: E402
     CANDIDATES,
+    MODELS,
     ModelResult,
     Timing,
+    build_model,
     compile_breakdown,
     compilers,
+    float64_reference,
     host_us_per_kernel,
     interleaved_medians,
     kernel_stats,
     main,
+    output_tensor,
     overhead_verdict,
     render_models_table,
     render_overhead_table,
@@ -165,3 +170,23 @@ def test_interleaved_rounds_visit_the_candidates_in_turn():
     listed = "medians (its own, then 3 interleaved rounds): 6, 2, 2.1, failed ms"
     assert out["tilefuse"].note == f"54 kernel(s); {listed}"
     assert out["torch.compile"] == timings["torch.compile"]
+
+
+def test_the_float64_reference_of_a_mixture_of_experts_runs_its_experts_one_by_one():
+    """Mixtral's experts call `torch._grouped_mm` on a GPU, which takes no float64: the benchmark's
+    float64 copy runs transformers' eager experts instead (the Mixtral rows had no float64 error), and
+    the model itself keeps its grouped experts."""
+    model, inputs = build_model(MODELS["mixtral"], True, torch.device("cpu"), torch.float32)
+    assert model.config._experts_implementation == "grouped_mm"
+    calls = []
+    experts = type(model.model.layers[0].mlp.experts)
+    with pytest.MonkeyPatch.context() as patch:  # record which implementation each experts call takes
+        forward = experts.forward
+        patch.setattr(experts, "forward", lambda self, *a, **k: calls.append(self.config._experts_implementation)
+                      or forward(self, *a, **k))  # fmt: skip
+        reference = float64_reference(model, inputs)
+    assert calls == ["eager"] and model.config._experts_implementation == "grouped_mm"
+    with torch.no_grad():
+        out = output_tensor(model(**inputs)).double()
+    assert reference.dtype == torch.float64
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
