@@ -30,7 +30,18 @@ from functools import partial
 
 from xdsl.context import Context
 from xdsl.dialects import func, scf
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, f32, f64, i1, i32, i64
+from xdsl.dialects.builtin import (
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    f32,
+    f64,
+    i1,
+    i32,
+    i64,
+)
 from xdsl.ir import Attribute, Block, Operation, OpResult, Region, SSAValue
 from xdsl.passes import ModulePass
 
@@ -465,7 +476,10 @@ def lower_scan(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[s
     elem = scan.result.type.get_element_type()
     shape, dim, kind = shape_of(scan.input.type), scan.scan_dim, scan.kind.data
     reverse = scan.reverse is not None
-    if is_bool(elem) or not (is_float(elem) or elem == i64):
+    # integers of any width accumulate in i64 and store in their own type: the low bits of an i64 sum
+    # (or product) are the wrapped i32 one, as `cumsum(x, 0, dtype=torch.int32)` gives (Mixtral's expert
+    # offsets: a scan of 8 counts, which ran as two PyTorch calls a layer)
+    if is_bool(elem) or not (is_float(elem) or isinstance(elem, IntegerType)):
         raise LoweringUnsupported(f"a {kind} scan over {elem} runs op by op")
     # f32 rows accumulate in f64: a memory-bound kernel pays nothing for it on a GPU with full-rate
     # f64 (Hopper), and a running sum over thousands of elements then rounds once, not per chunk

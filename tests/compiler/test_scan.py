@@ -115,6 +115,25 @@ def test_integer_cumsum_is_exact_int64():
     assert [g["kind"] for g in groups] == ["scan"] and groups[0]["kernel"]
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16])
+def test_a_narrow_integer_cumsum_is_one_kernel_and_wraps_as_eager(dtype):
+    """`cumsum(..., dtype=torch.int32)` (Mixtral's expert offsets: histc's counts, cast, scanned) is a
+    scan kernel accumulating in i64 and storing the low bits: eager's wrapped sums, on ragged rows,
+    one of them past int32's range."""
+    torch._dynamo.reset()
+    counts = torch.randint(0, 600, (37,)).float()
+    big = torch.full((3, 2051), 2**30 if dtype == torch.int32 else 20000, dtype=dtype)  # sums that wrap
+    compiled = tilefuse.compile(
+        lambda c, b: (torch.cumsum(c.int(), 0, dtype=dtype), torch.cumsum(b, 1, dtype=dtype))
+    )
+    got = compiled(counts, big)
+    want = (torch.cumsum(counts.int(), 0, dtype=dtype), torch.cumsum(big, 1, dtype=dtype))
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and torch.equal(g, w)
+    groups = fusion_groups(compiled.tilefuse_reports)
+    assert sorted(g["kind"] for g in groups) == ["scan", "scan"] and all(g["kernel"] for g in groups)
+
+
 @settings(max_examples=10, deadline=None)
 @given(
     rows=st.integers(1, 9),
