@@ -99,8 +99,39 @@ def _decompositions(training: bool) -> dict:
     if training:
         table.update(get_decompositions([aten._log_softmax]))
     table.update(encoder_layer.DECOMPOSITIONS)  # nn.TransformerEncoderLayer's fused inference op
+    table[aten.histc.default] = integer_histc
     kept = (*_KEEP_WHOLE, *_LIBRARY_ONLY)
     return {op: fn for op, fn in table.items() if not any(k in str(op) for k in kept)}
+
+
+# a histogram decomposed below has at most this many (element, bin) pairs: its one-hot comparison is
+# a reduction's input in a kernel, but a tensor of this size where the graph runs in PyTorch
+HISTC_MAX_PAIRS = 1 << 24
+
+
+def integer_histc(x: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0) -> torch.Tensor:
+    """`torch.histc` of an integer tensor with its range given, as a comparison and a sum.
+
+    Mixtral's experts count their tokens with `histc` of the sorted expert ids
+    (int32 on a GPU, `bins` experts over [0, experts - 1]); kept whole it was
+    an ATen call, and its input's cast another, between two partitions, every
+    layer. CUDA's kernel puts an element `v` in [min, max] into bin
+    `(v - min) * bins // (max - min)` (integer arithmetic for integer
+    input; `max` itself into the last bin) and counts in the input's dtype; so
+    does this. Float inputs (whose bin edges would be rounded differently by
+    a different order of operations), an unset range (min == max: the data's
+    own), and histograms of more than HISTC_MAX_PAIRS pairs stay `histc`.
+    """
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        return NotImplemented
+    lo, hi = int(min), int(max)
+    if lo != min or hi != max or hi <= lo or bins < 1 or x.numel() * bins > HISTC_MAX_PAIRS:
+        return NotImplemented
+    v = x.reshape(-1).to(torch.int64)
+    inside = (v >= lo) & (v <= hi)
+    where = torch.clamp(torch.div((v - lo) * bins, hi - lo, rounding_mode="floor"), 0, bins - 1)
+    hits = (where.unsqueeze(1) == torch.arange(bins, device=x.device)) & inside.unsqueeze(1)
+    return hits.sum(0).to(x.dtype)
 
 
 PARTITIONER_ENV = "TILEFUSE_PARTITIONER"
