@@ -1,13 +1,18 @@
 """Run the benchmark cases against their baselines and write a markdown table.
 
-    python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--smoke] [--only NAME...] [--cuda]
+    python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--dtype bfloat16 float32]
+                                      [--smoke] [--only NAME...] [--cuda]
 
 Every candidate (tilefuse, then each baseline of the case) runs in this one
 process on the same inputs. Each is timed, and checked against a float64
 reference on the same inputs, so a fast wrong kernel shows. A candidate that
 fails (compile error, out of memory) gets its error in the table and the run
 goes on. Each run rewrites the whole output file: ratios compare only within
-one run. `--smoke` runs tiny float32 cases on the CPU to test this harness.
+one run. On a GPU the suite runs in bfloat16 and in float32 (at the process's
+float32 matmul precision, "highest" unless changed: cuBLAS runs SGEMM, tilefuse
+3xTF32 where its error is no worse), a section and a table per dtype, each
+with its geometric-mean speedups over the baselines; `--dtype` picks one.
+`--smoke` runs tiny float32 cases on the CPU to test this harness.
 `--cuda` adds a row per case for tilefuse with the CUDA C++ backend
 (`backend="cuda"`: its pointwise, reduction and row kernels in CUDA C++,
 GEMMs and attention still Triton's), whose speedup column is then its time
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import math
 import platform
 import shlex
 import statistics
@@ -60,6 +66,7 @@ SMOKE_SCALE = 64
 # Inductor's max-autotune benchmarks many GEMM templates per shape: minutes on a CPU, not a smoke test.
 SMOKE_SKIPPED = (MAX_AUTOTUNE,)
 DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 COMPILERS: dict[str, Callable[[Callable], Callable]] = {
     SUBJECT: tilefuse.compile,
@@ -170,7 +177,11 @@ class WeightsAsParameters(torch.nn.Module):
 
 
 def measure(
-    case: BenchCase, candidate: str, inputs: Tensors, ref: torch.Tensor, device: torch.device,
+    case: BenchCase,
+    candidate: str,
+    inputs: Tensors,
+    ref: torch.Tensor,
+    device: torch.device,
     profile_dir: Path | None = None,
 ) -> Measurement:
     """Compile `case.fn` with `candidate`, check it against `ref`, then time it.
@@ -304,8 +315,14 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def dtype_names(dtype: torch.dtype | Sequence[torch.dtype]) -> str:
+    """`bfloat16` for one dtype, `bfloat16, float32` for several."""
+    dtypes = [dtype] if isinstance(dtype, torch.dtype) else list(dtype)
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
 def environment_lines(
-    module: str, device: torch.device, dtype: torch.dtype, argv: Sequence[str]
+    module: str, device: torch.device, dtype: torch.dtype | Sequence[torch.dtype], argv: Sequence[str]
 ) -> list[str]:
     """The header lines every results file starts with: the command (`python -m module argv`),
     the device, the date, the torch/triton/tilefuse versions (and git commit), the dtype and
@@ -321,33 +338,74 @@ def environment_lines(
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- torch {torch.__version__}, triton {_triton_version()}, tilefuse {tilefuse.__version__}"
         + (f" ({commit})" if commit else ""),
-        f"- dtype {str(dtype).removeprefix('torch.')}, float32 matmul precision "
+        f"- dtype {dtype_names(dtype)}, float32 matmul precision "
         f"`{torch.get_float32_matmul_precision()}`; timing: {timing}",
     ]
 
 
 def describe_environment(
-    device: torch.device,
-    dtype: torch.dtype,
-    argv: Sequence[str],
-    copy_gbps: float,
-    copy_shape: tuple[int, ...],
+    device: torch.device, dtypes: Sequence[torch.dtype], argv: Sequence[str]
 ) -> list[str]:
     """The header lines: what ran, where, when, with which versions, and how it was timed."""
     return [
-        *environment_lines("tilefuse.benchmarks.run", device, dtype, argv),
+        *environment_lines("tilefuse.benchmarks.run", device, dtypes, argv),
         "- TFLOP/s counts the matrix products only; tilefuse speedup = baseline ms / tilefuse ms "
         "(> 1: tilefuse is faster); rel. err = ‖out − ref‖ / ‖ref‖ against float64 on the same inputs",
-        f"- copy bandwidth: {copy_gbps:.4g} GB/s (`dst.copy_(src)`, {'x'.join(map(str, copy_shape))} "
-        f"{str(dtype).removeprefix('torch.')}, bytes read + written / median time); memory-bound rows: "
-        "GB/s = ideal bytes (inputs read once, output written once) / median time, "
-        "% of copy = GB/s / copy bandwidth",
+        "- memory-bound rows: GB/s = ideal bytes (inputs read once, output written once) / median time, "
+        "% of copy = GB/s / the copy bandwidth in the same dtype (`dst.copy_(src)` on a tensor of "
+        "the rows' input size, bytes read + written / median time)",
     ]
 
 
-def render_report(header: list[str], table: str) -> str:
+def summarize(results: Sequence[tuple[BenchCase, list[Measurement]]]) -> list[str]:
+    """Per baseline: the geometric mean of tilefuse's speedup over the cases both ran, the lowest
+    speedup and its case, and the cases where either has no time."""
+    lines = []
+    baselines = dict.fromkeys(m.candidate for _, ms in results for m in ms if m.candidate != SUBJECT)
+    for baseline in baselines:
+        ratios, missing = [], []
+        for case, measurements in results:
+            by = {m.candidate: m.median_ms for m in measurements}
+            if baseline not in by:
+                continue
+            if by.get(SUBJECT) and by[baseline]:
+                ratios.append((by[baseline] / by[SUBJECT], case.name))
+            else:
+                missing.append(case.name)
+        if not ratios:
+            continue
+        geomean = math.exp(statistics.fmean(math.log(r) for r, _ in ratios))
+        low, low_case = min(ratios)
+        line = (
+            f"- against {baseline}: geomean {geomean:.3f}x over {len(ratios)} case(s), "
+            f"lowest {low:.2f}x ({low_case})"
+        )
+        lines.append(line + (f"; no time for {', '.join(missing)}" if missing else ""))
+    return lines
+
+
+def render_section(
+    dtype: torch.dtype,
+    results: Sequence[tuple[BenchCase, list[Measurement]]],
+    copy_gbps: float,
+    copy_shape: tuple[int, ...],
+) -> list[str]:
+    """One dtype's part of the results file: its copy bandwidth, the speedups' summary, the table."""
+    name = str(dtype).removeprefix("torch.")
+    return [
+        f"## {name}",
+        "",
+        f"- copy bandwidth: {copy_gbps:.4g} GB/s ({'x'.join(map(str, copy_shape))} {name})",
+        *summarize(results),
+        "",
+        render_table(results, dtype, copy_gbps),
+        "",
+    ]
+
+
+def render_report(header: list[str], sections: list[str]) -> str:
     """The whole results file."""
-    return "\n".join(["# tilefuse benchmarks", "", "Rewritten by every run.", "", *header, "", table, ""])
+    return "\n".join(["# tilefuse benchmarks", "", "Rewritten by every run.", "", *header, "", *sections])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -360,13 +418,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out", type=Path, help=f"markdown file to write (default {DEFAULT_OUT}; none with --smoke)"
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny float32 cases on the CPU, to test the harness"
+        "--smoke",
+        action="store_true",
+        help="tiny cases on the CPU (float32 unless --dtype), to test the harness",
+    )
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        help="dtypes to run, a section each (default: bfloat16 and float32; float32 with --smoke)",
     )
     parser.add_argument(
         "--only", nargs="+", choices=names, metavar="NAME", help=f"cases to run: {', '.join(names)}"
     )
     parser.add_argument(
-        "--profile", type=Path, metavar="DIR", help="write each case's per-kernel GPU times (tilefuse) to DIR"
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="write each case's per-kernel GPU times (tilefuse) to DIR/<dtype>/<case>.txt",
     )
     parser.add_argument(
         "--cuda", action="store_true", help="a row per case for tilefuse with the CUDA C++ backend too"
@@ -382,19 +451,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = torch.device("cpu" if args.smoke else "cuda")
-    dtype = torch.float32 if args.smoke else torch.bfloat16
+    names = args.dtype or (["float32"] if args.smoke else list(DTYPES))
+    dtypes = [DTYPES[name] for name in dict.fromkeys(names)]
     cases = benchmark_cases(SMOKE_SCALE if args.smoke else 1)
     cases = [c for c in cases if not args.only or c.name in args.only]
     copy_shape = rowwise_shape(SMOKE_SCALE if args.smoke else 1)
+    sections = []
     with torch.no_grad():
-        copy_gbps = copy_bandwidth(copy_shape, device, dtype)
-        release_memory(device)
-        print(f"copy bandwidth: {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
-        results = [
-            (case, run_case(case, device, dtype, args.smoke, args.profile, args.cuda)) for case in cases
-        ]
-    header = describe_environment(device, dtype, argv, copy_gbps, copy_shape)
-    report = render_report(header, render_table(results, dtype, copy_gbps))
+        for dtype in dtypes:
+            copy_gbps = copy_bandwidth(copy_shape, device, dtype)
+            release_memory(device)
+            print(f"{dtype}: copy bandwidth {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
+            profile = args.profile / str(dtype).removeprefix("torch.") if args.profile else None
+            results = [
+                (case, run_case(case, device, dtype, args.smoke, profile, args.cuda)) for case in cases
+            ]
+            sections += render_section(dtype, results, copy_gbps, copy_shape)
+    report = render_report(describe_environment(device, dtypes, argv), sections)
     out = args.out or (None if args.smoke else DEFAULT_OUT)
     if out is not None:
         out.write_text(report)

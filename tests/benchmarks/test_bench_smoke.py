@@ -21,6 +21,7 @@ from tilefuse.benchmarks.run import (
     relative_error,
     render_table,
     run_case,
+    summarize,
 )
 
 # A subset: the whole smoke run takes about a minute, mostly tilefuse's attention kernels in
@@ -150,3 +151,46 @@ def test_the_cuda_backend_gets_its_own_row_beside_tritons(tmp_path: Path, monkey
     assert "FAILED" not in cuda["notes"] and float(cuda["rel. err"]) < 1e-3, cuda
     assert "1 in CUDA C++" in cuda["notes"] and "CUDA C++" not in rows[0]["notes"], cuda
     assert cuda["tilefuse speedup"].endswith("x"), cuda
+
+
+def test_each_dtype_gets_a_section_with_its_table_and_geomeans(tmp_path: Path):
+    """`--dtype float32 bfloat16`: a section per dtype, in that order, each with its copy bandwidth,
+    a geomean line per baseline that matches its own table's speedups, and its own table."""
+    out = tmp_path / "results.md"
+    main(["--smoke", "--only", "rmsnorm", "--dtype", "float32", "bfloat16", "--out", str(out)])
+    report = out.read_text()
+    assert "- dtype float32, bfloat16," in report
+    head, float32, bfloat16 = report.split("\n## ")
+    assert float32.startswith("float32\n") and bfloat16.startswith("bfloat16\n")
+    for section, name in ((float32, "float32"), (bfloat16, "bfloat16")):
+        assert "- copy bandwidth: " in section and f" {name})" in section
+        rows = table_rows(section)
+        assert [r["candidate"] for r in rows] == ["tilefuse", "eager", "torch.compile"]
+        for row in rows[1:]:
+            assert "FAILED" not in row["notes"], row
+            speedup = float(row["tilefuse speedup"].removesuffix("x"))
+            # one case: the geomean is that case's speedup (the table rounds it to 2 places)
+            line = next(x for x in section.splitlines() if x.startswith(f"- against {row['candidate']}:"))
+            geomean = float(line.split("geomean ")[1].split("x")[0])
+            assert abs(geomean - speedup) <= 0.006 and "over 1 case(s)" in line, line
+            assert line.endswith(f"lowest {speedup:.2f}x (rmsnorm)"), line
+        tolerance = 1e-3 if name == "float32" else 2e-2
+        assert all(float(r["rel. err"]) < tolerance for r in rows), rows
+
+
+def test_the_summary_takes_the_geometric_mean_and_names_the_missing():
+    def case(name: str) -> BenchCase:
+        return BenchCase(
+            name=name, shape="-", make_inputs=lambda d, t: (), fn=torch.zeros, flops=1, baselines=()
+        )
+
+    results = [
+        (case("a"), [Measurement("tilefuse", 1.0, 0.0), Measurement("eager", 2.0, 0.0)]),
+        (case("b"), [Measurement("tilefuse", 2.0, 0.0), Measurement("eager", 1.0, 0.0)]),
+        (case("c"), [Measurement("tilefuse", 1.0, 0.0), Measurement("eager", 4.0, 0.0)]),
+        (case("d"), [Measurement("tilefuse", error="boom"), Measurement("eager", 1.0, 0.0)]),
+    ]
+    # speedups 2, 0.5, 4: geomean (2 * 0.5 * 4) ** (1/3) = 4 ** (1/3)
+    assert summarize(results) == [
+        f"- against eager: geomean {4 ** (1 / 3):.3f}x over 3 case(s), lowest 0.50x (b); no time for d"
+    ]
