@@ -61,6 +61,7 @@ from .codegen import (
     stage_operand_layout,
     stage_split_reduction,
 )
+from .complex_pairs import complex_as_pairs
 from .conv_layout import channels_last_convolutions, conv_layout_enabled
 from .decode_attention import use_decode_kernels
 from .depthwise_conv import depthwise_enabled, depthwise_stencils
@@ -432,6 +433,7 @@ def compile_aten_graph(
     started = time.perf_counter()
     # before the cache key: the key is of the graph that compiles
     merge_duplicate_ops(aten)
+    complex_as_pairs(aten)
     folded, constant_masks = fold_causal_masks(aten)
     placeholders = [n for n in aten.graph.nodes if n.op == "placeholder"]
     known = {placeholders[i]: t for i, t in (buffers or {}).items() if i < len(placeholders)}
