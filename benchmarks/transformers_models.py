@@ -212,6 +212,13 @@ MODELS = {spec.name: spec for spec in (
     ModelSpec("mixtral", "MixtralForCausalLM", "MixtralConfig",
               {**LLAMA, "intermediate_size": 2816, "num_local_experts": 8, "num_experts_per_tok": 2},
               {**TINY_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    # Llama 4's text model: rotary embeddings through complex numbers, a routed expert and a shared one a
+    # token in every layer, QK-norm on the rotated layers, no rotation every fourth layer
+    ModelSpec("llama4", "Llama4ForCausalLM", "Llama4TextConfig",
+              {**LLAMA, "intermediate_size": 2816, "intermediate_size_mlp": 5632, "head_dim": 128,
+               "num_local_experts": 4, "num_experts_per_tok": 1},
+              {**TINY_DECODER, "head_dim": 16, "intermediate_size_mlp": 128, "num_local_experts": 2,
+               "num_experts_per_tok": 1}),
 )}
 # fmt: on
 

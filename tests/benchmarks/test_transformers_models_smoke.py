@@ -110,7 +110,7 @@ def test_compile_breakdown_sums_parts_over_graphs():
     assert compile_breakdown([{}]) == ""
 
 
-@pytest.mark.parametrize("name", ["gemma2", "opt", "falcon", "mixtral", "gpt_neo", "bigbird"])
+@pytest.mark.parametrize("name", ["gemma2", "opt", "falcon", "mixtral", "gpt_neo", "bigbird", "llama4"])
 def test_every_model_family_builds_at_tiny_size_and_trains_without_dropout(name):
     """The families the benchmarks know build from their tiny configs and run eager; the training
     harness turns every dropout off (OPT's is named `dropout`: left at 0.1, eager and a compiled
