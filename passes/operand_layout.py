@@ -1,4 +1,4 @@
-"""kmajor-f32-weights: f32 GEMMs on tensor cores read their weight operands K-major.
+"""kmajor-f32-weights: f32 GEMMs on tensor cores read their right operands K-major.
 
 An f32 contraction on Hopper's tensor cores (3xTF32 at matmul precision
 "highest", one TF32 pass at "high") runs TF32 wgmma, which reads both operands
@@ -26,6 +26,14 @@ buffer, so only a parameter or a map's result (or a reshape of one) qualifies (a
 already read through a permute, nn.Linear's `x @ W.T`, is K-major). Only GEMMs with
 enough rows to be compute-bound (a decode step's GEMV streams its weight either
 way).
+
+A right operand computed at every call (a plain `x @ y` of two activations, KernelBench's f32
+matmuls) is copied at every call, by the same kernel, where the product has MIN_ACTIVATION_ROWS
+rows or more: the copy moves 8 bytes an element of [K, N], the product reads that operand once per
+row block, and N-major tiles cost it a third of its time at 3xTF32 (above: 2515 against 1716 us
+at 4096^3, a 64 MB copy ~45 us at 3 TB/s), so the copy pays from a few hundred rows on (the
+suite's float32 GEMM rows, x @ y with y row-major, ran 1.02-1.08x SGEMM on the H100 without it;
+the linear layers' K-major rows 1.36-1.52x).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from ..ir.module import computed_from_parameters, functions, parameter_args
 
 MIN_ROWS = 64  # rows of the product (M) below which a GEMM is bandwidth-bound: no copy
 MIN_ELEMENTS = 1 << 14  # weights smaller than this are not worth a second copy
+MIN_ACTIVATION_ROWS = 512  # rows of the product from which a per-call copy of an activation pays
 
 
 class KMajorF32Weights(ModulePass):
@@ -68,7 +77,9 @@ def rewrite_function(fn: func.FuncOp) -> int:
         weight = op.rhs
         if weight not in copies:
             owner = weight.owner
-            if isinstance(owner, Operation):  # a folded weight: copied right after it is computed
+            if not computed_from_parameters(weight, params):  # an activation: copied before its reader
+                b = InsertingEinBuilder(op, fn.sym_name.data)
+            elif isinstance(owner, Operation):  # a folded weight: copied right after it is computed
                 b = InsertingEinBuilder(owner, fn.sym_name.data, after=True)
             else:
                 b = InsertingEinBuilder(fn.body.block.first_op, fn.sym_name.data)
@@ -89,11 +100,13 @@ def _row_major(value: SSAValue) -> bool:
 
 
 def _reads_n_major_weight(op: ein.ContractOp, params: set[SSAValue]) -> bool:
-    """Whether `op` reads a 2-d f32 weight [K, N] (a parameter or computed from parameters) as its right
-    operand, directly (row-major: N-major), in a product of at least MIN_ROWS rows."""
+    """Whether `op` reads a 2-d f32 right operand [K, N] directly (row-major: N-major), in a product of at
+    least MIN_ROWS rows where it is a weight (a parameter or computed from parameters), of at least
+    MIN_ACTIVATION_ROWS where it is computed at every call."""
     rhs_value = op.rhs
-    if not _row_major(rhs_value) or not computed_from_parameters(rhs_value, params):
+    if not _row_major(rhs_value):
         return False
+    min_rows = MIN_ROWS if computed_from_parameters(rhs_value, params) else MIN_ACTIVATION_ROWS
     if rhs_value.type.get_element_type() != f32 or op.lhs.type.get_element_type() != f32:
         return False
     lhs, rhs, out = ein.parse_spec(op.spec.data)
@@ -104,4 +117,4 @@ def _reads_n_major_weight(op: ein.ContractOp, params: set[SSAValue]) -> bool:
         return False  # not [K, N] with K contracted against the left operand and N kept
     sizes = dict(zip(lhs, shape_of(op.lhs.type)))
     rows = math.prod(sizes[c] for c in lhs if c in out)
-    return rows >= MIN_ROWS and math.prod(shape_of(rhs_value.type)) >= MIN_ELEMENTS
+    return rows >= min_rows and math.prod(shape_of(rhs_value.type)) >= MIN_ELEMENTS

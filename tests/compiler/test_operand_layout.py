@@ -15,6 +15,7 @@ from tilefuse.compiler.codegen import F32_WEIGHT_LAYOUT_ENV, Target, kmajor_f32_
 from tilefuse.compiler.driver import compile_aten_graph
 from tilefuse.compiler.dump import GraphDump
 from tilefuse.compiler.fx_import import InputInfo
+from tilefuse.passes.operand_layout import MIN_ACTIVATION_ROWS
 
 transformers = pytest.importorskip("transformers")
 
@@ -84,8 +85,9 @@ def _rewritten(fn, *args, params=(), dump=None) -> str:
 
 @pytest.mark.parametrize(
     "case",
-    ["copied", "bf16_weight", "weight_read_transposed", "few_rows", "an_activation", "batched_weight"],
-)
+    ["copied", "bf16_weight", "weight_read_transposed", "few_rows", "an_activation", "batched_weight",
+     "a_tall_product_of_activations"],
+)  # fmt: skip
 def test_only_row_major_f32_weights_of_compute_bound_gemms_are_copied(forced, tmp_path, case):
     x, w = torch.randn(80, 150), torch.randn(150, 130)
     fn, args, params = (lambda x, w: x @ w), (x, w), (1,)
@@ -96,12 +98,31 @@ def test_only_row_major_f32_weights_of_compute_bound_gemms_are_copied(forced, tm
         fn = lambda x, w: x @ w.t()  # noqa: E731
     elif case == "few_rows":  # a decode step's GEMV streams its weight either way
         args = (x[:8], w)
-    elif case == "an_activation":  # not a parameter: a copy every call would cost its traffic each time
-        params = ()
+    elif case == "an_activation":  # not a parameter: a copy every call costs its traffic each time, which
+        params = ()  # 80 rows do not repay
+    elif case == "a_tall_product_of_activations":  # MIN_ACTIVATION_ROWS rows do: copied at every call
+        args, params = (torch.randn(MIN_ACTIVATION_ROWS, 150), w), ()
     elif case == "batched_weight":
         args = (torch.randn(3, 80, 150), torch.randn(3, 150, 130))
     ein = _rewritten(fn, *args, params=params, dump=tmp_path)
-    assert ("ein.map" in ein) == (case == "copied")  # the control case is copied, no other
+    # the control cases are copied, no other
+    assert ("ein.map" in ein) == (case in ("copied", "a_tall_product_of_activations"))
+
+
+@pytest.mark.parametrize("m, k, n", [(MIN_ACTIVATION_ROWS + 37, 150, 130), (MIN_ACTIVATION_ROWS, 129, 257)])
+def test_a_tall_product_of_two_activations_reads_a_k_major_copy_and_matches_eager(forced, tmp_path, m, k, n):
+    """`relu(x @ y)` of two activations, ragged sizes: y is transposed at every call by its own kernel
+    (before the GEMM, not fused into it), and the result is eager's on new values of both."""
+    fn = lambda x, y: torch.relu(x @ y)  # noqa: E731
+    compiled = tilefuse.compile(fn, dump=tmp_path)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        x, y = torch.randn(m, k), torch.randn(k, n)
+        torch.testing.assert_close(compiled(x, y), fn(x, y), rtol=1e-4, atol=1e-4)
+    (partition,) = compiled.tilefuse_reports[0]["partitions"]
+    assert [g["kind"] for g in partition["groups"]] == ["pointwise", "gemm"]
+    assert "on parameters only" not in partition["executor"]
+    assert "ein.view permute [1, 0] %" in _ein_after_pass(tmp_path)
 
 
 def test_the_setting_follows_the_target(monkeypatch):
