@@ -811,10 +811,18 @@ def watch_parameter_data() -> None:
 
 def over_storage(t: torch.Tensor, storage: torch.UntypedStorage) -> torch.Tensor:
     """A tensor of `t`'s shape, strides and offset over `storage`, which is no view of anything (a
-    replay's output lent over the graph's pool, a training output over a program's buffer)."""
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+    replay's output lent over the graph's pool, a training output over a program's buffer). A
+    conjugate or negative view (`x.conj()` of a complex tensor: Llama 4's rotation saves the
+    conjugate of its angles for the backward) keeps its bit: the memory holds the unconjugated
+    values, and without the bit the backward rotated the gradient the wrong way."""
+    out = torch.empty(0, dtype=t.dtype, device=t.device).set_(
         storage, t.storage_offset(), t.shape, t.stride()
     )
+    if t.is_conj():
+        torch._C._set_conj(out, True)
+    if t.is_neg():
+        torch._C._set_neg(out, True)
+    return out
 
 
 _tokens = itertools.count()

@@ -133,3 +133,49 @@ def test_llama4s_rotary_embedding_runs_as_kernels():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     left = {f["op"] for f in fallbacks(compiled)}
     assert left <= {"aten.topk.default"}, left
+
+
+class ComplexRotation(torch.nn.Module):
+    """A projection rotated through complex numbers, as Llama 4's attention does to queries."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = torch.nn.Linear(16, 16, bias=False)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        return rotate(self.q(x).view(*x.shape[:-1], 2, 8), angles)
+
+
+@pytest.mark.parametrize("training", ["1", "compile"])
+def test_a_complex_rotation_trains_like_eager(monkeypatch, training):
+    """The forward saves the conjugate of the angles' complex numbers for its backward (a conjugate
+    view): the weight's gradient matches eager's, whether PyTorch or tilefuse runs the backward. The
+    training outputs' views re-made over their storage (`outputs_of_their_own`) lost the conjugate
+    bit, and the gradient came out rotated the wrong way (an error as large as the gradient)."""
+    monkeypatch.setenv("TILEFUSE_TRAINING", training)
+    torch.manual_seed(0)
+    model, x, angles = ComplexRotation(), torch.randn(2, 6, 16), torch.randn(6, 4)
+    weights = torch.linspace(-1, 1, 8)
+
+    def grad(call) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = (call(x, angles) * weights).sum()
+        loss.backward()
+        g = model.q.weight.grad.clone()
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), g
+
+    want_loss, want = grad(model)
+    got_loss, got = grad(tilefuse.compile(model))
+    torch.testing.assert_close(got_loss, want_loss)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tensor_remade_over_its_storage_keeps_its_conjugate_and_negative_bits():
+    from tilefuse.compiler.program import over_storage
+
+    c = torch.polar(torch.ones(5), torch.randn(5))
+    for view in (c.conj(), torch._neg_view(c), c.conj()[1:4]):
+        remade = over_storage(view, view.untyped_storage())
+        assert remade._base is None
+        assert (remade.is_conj(), remade.is_neg()) == (view.is_conj(), view.is_neg())
+        torch.testing.assert_close(remade.resolve_conj().resolve_neg(), view.resolve_conj().resolve_neg())
