@@ -96,13 +96,15 @@ _SIZE_OPS = {
     ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
     ast.FloorDiv: lambda a, b: sympy.floor(a / b), ast.Mod: lambda a, b: sympy.Mod(a, b),
 }  # fmt: skip
+_ROUNDINGS = {"floor": sympy.floor, "ceiling": sympy.ceiling}
 
 
 @functools.lru_cache(maxsize=4096)
 def parse_size(text: str) -> Dim:
     """A size from its printed form ("64", "s0", "s0*s1", "(s1//2)", "s2 + 1"); names are size
-    symbols. Only integer arithmetic is accepted (no calls, no attribute access: `eval` is never
-    used on dump text); raises ValueError naming the text otherwise."""
+    symbols. Only integer arithmetic is accepted (no attribute access, no call but sympy's printed
+    `floor(a/b)` and `ceiling(a/b)` of a quotient: `eval` is never used on dump text); raises
+    ValueError naming the text otherwise."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
@@ -117,6 +119,13 @@ def parse_size(text: str) -> Dim:
             return -build(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _SIZE_OPS:
             return _SIZE_OPS[type(node.op)](build(node.left), build(node.right))
+        called = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        rounding = _ROUNDINGS.get(node.func.id) if called else None
+        if rounding and len(node.args) == 1 and not node.keywords:  # sympy's str of s // 2: floor(s/2)
+            (arg,) = node.args
+            if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Div):
+                return rounding(build(arg.left) / build(arg.right))
+            return rounding(build(arg))
         raise ValueError(f"size {text!r}: {ast.dump(node)} is not integer arithmetic over sizes")
 
     return simplify_size(build(tree))
