@@ -7,8 +7,9 @@ Every candidate (tilefuse, then each baseline of the case) runs in this one
 process on the same inputs. Each is timed, and checked against a float64
 reference on the same inputs, so a fast wrong kernel shows. A candidate that
 fails (compile error, out of memory) gets its error in the table and the run
-goes on. Each run rewrites the whole output file: ratios compare only within
-one run. On a GPU the suite runs in bfloat16 and in float32 (at the process's
+goes on. Each run rewrites the whole output file (after every case, so a run
+cut short keeps the rows it measured, and names the cases it did not reach):
+ratios compare only within one run. On a GPU the suite runs in bfloat16 and in float32 (at the process's
 float32 matmul precision, "highest" unless changed: cuBLAS runs SGEMM, tilefuse
 3xTF32 where its error is no worse), a section and a table per dtype, each
 with its geometric-mean speedups over the baselines; `--dtype` picks one.
@@ -456,19 +457,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     cases = benchmark_cases(SMOKE_SCALE if args.smoke else 1)
     cases = [c for c in cases if not args.only or c.name in args.only]
     copy_shape = rowwise_shape(SMOKE_SCALE if args.smoke else 1)
-    sections = []
+    out = args.out or (None if args.smoke else DEFAULT_OUT)
+    header = describe_environment(device, dtypes, argv)
+    sections: list[str] = []
     with torch.no_grad():
         for dtype in dtypes:
             copy_gbps = copy_bandwidth(copy_shape, device, dtype)
             release_memory(device)
             print(f"{dtype}: copy bandwidth {copy_gbps:.4g} GB/s", file=sys.stderr, flush=True)
             profile = args.profile / str(dtype).removeprefix("torch.") if args.profile else None
-            results = [
-                (case, run_case(case, device, dtype, args.smoke, profile, args.cuda)) for case in cases
-            ]
+            results = []
+            for i, case in enumerate(cases):
+                results.append((case, run_case(case, device, dtype, args.smoke, profile, args.cuda)))
+                if out is not None and i + 1 < len(cases):  # a run cut short keeps the rows it measured
+                    partial = render_section(dtype, results, copy_gbps, copy_shape)
+                    rest = ", ".join(c.name for c in cases[i + 1 :])
+                    out.write_text(render_report(header, [*sections, *partial, f"(not yet run: {rest})", ""]))
             sections += render_section(dtype, results, copy_gbps, copy_shape)
-    report = render_report(describe_environment(device, dtypes, argv), sections)
-    out = args.out or (None if args.smoke else DEFAULT_OUT)
+    report = render_report(header, sections)
     if out is not None:
         out.write_text(report)
     print(report)

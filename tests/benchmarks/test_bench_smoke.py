@@ -194,3 +194,30 @@ def test_the_summary_takes_the_geometric_mean_and_names_the_missing():
     assert summarize(results) == [
         f"- against eager: geomean {4 ** (1 / 3):.3f}x over 3 case(s), lowest 0.50x (b); no time for d"
     ]
+
+
+def test_a_run_cut_short_keeps_the_rows_it_measured(tmp_path: Path, monkeypatch):
+    """The results file is rewritten after every case: a run killed in its second case (a device
+    machine's time limit) leaves the first case's rows and names the cases it did not reach."""
+    import tilefuse.benchmarks.run as bench
+
+    calls = []
+
+    def fake_run_case(case, *args, **kwargs):
+        calls.append(case.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is cut here
+        return [Measurement("tilefuse", 2.0, 1e-7), Measurement("eager", 3.0, 1e-7)]
+
+    monkeypatch.setattr(bench, "run_case", fake_run_case)
+    out = tmp_path / "results.md"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--smoke", "--only", "gemm_square", "rmsnorm", "sdpa_small", "--out", str(out)])
+    report = out.read_text()
+    rows = table_rows(report)
+    assert [(r["case"], r["candidate"], r["tilefuse speedup"]) for r in rows] == [
+        ("gemm_square", "tilefuse", "—"),
+        ("gemm_square", "eager", "1.50x"),
+    ]
+    assert "(not yet run: rmsnorm, sdpa_small)" in report
+    assert "- against eager: geomean 1.500x over 1 case(s), lowest 1.50x (gemm_square)" in report
