@@ -17,10 +17,12 @@ understood is rewritten on (real, imaginary) pairs of its real dtype:
   `clone`, `index`, ...) apply to both parts with the same arguments: a complex tensor of shape S
   is two real tensors of shape S;
 - `view_as_real(c)` stacks the parts on a new last dim (`cat` of two `unsqueeze`s), `real(c)` and
-  `imag(c)` are the parts.
+  `imag(c)` are the parts;
+- a complex graph input (Meta's Llama keeps `freqs_cis` as a complex buffer) is read through
+  `view_as_real` (a view PyTorch takes beside the kernels) and its two `select`s.
 
-A set that touches anything else (a graph input or output of complex dtype, an FFT, a complex
-scalar, a division) is left as it was and runs in PyTorch, as before. Numerics: PyTorch's complex
+A set that touches anything else (a complex graph output, an FFT, a complex scalar, a division,
+a conjugate) is left as it was and runs in PyTorch, as before. Numerics: PyTorch's complex
 product computes the same four products and two sums in the real dtype; the generated kernel may
 contract one product and sum into an FMA (a rounding of the real dtype's order).
 """
@@ -60,6 +62,8 @@ def _complex_args(node: Node) -> list[Node]:
 
 def _supported(node: Node) -> bool:
     """Whether a complex-valued node can be computed on pairs from its arguments."""
+    if node.op == "placeholder":  # a complex input (Meta's precomputed `freqs_cis`): read as real pairs
+        return True
     if node.op != "call_function":
         return False
     target, args = node.target, node.args
@@ -133,15 +137,18 @@ def complex_as_pairs(gm: GraphModule) -> int:
         made: list[Node] = []
         try:
             for node in members:
-                with graph.inserting_before(node):
+                # an input's parts are read after the last input, every other node's where it was
+                at = node if node.op != "placeholder" else _after_inputs(graph)
+                with graph.inserting_before(at):
                     pairs[node] = _pair(_caller(graph, fake_mode, made), node, pairs)
         except Exception:  # a view the parts' strides cannot take, say: the component stays complex
             for new in reversed(made):
                 graph.erase_node(new)
             continue
+        own = set(made)  # an input's view_as_real, made above: its parts' source, not a reader
         for node in members:
             for user in list(node.users):
-                if _is_complex(user):
+                if _is_complex(user) or user in own:
                     continue
                 re, im = pairs[node]
                 with graph.inserting_before(user):
@@ -156,11 +163,17 @@ def complex_as_pairs(gm: GraphModule) -> int:
                 user.replace_all_uses_with(new)
                 graph.erase_node(user)
         for node in reversed(members):
-            graph.erase_node(node)
-            removed += 1
+            if node.op != "placeholder":  # an input stays, read through its parts
+                graph.erase_node(node)
+                removed += 1
     graph.lint()
     gm.recompile()
     return removed
+
+
+def _after_inputs(graph: object) -> Node:
+    """The graph's first node that is not an input."""
+    return next(n for n in graph.nodes if n.op != "placeholder")
 
 
 def _caller(graph: object, fake_mode: object, made: list[Node]) -> Callable[..., Node]:
@@ -187,6 +200,9 @@ def _value(fake_mode: object, target: object, args: list, kwargs: dict) -> torch
 
 def _pair(call: Callable[..., Node], node: Node, pairs: dict[Node, tuple[Node, Node]]) -> tuple[Node, Node]:
     """The (real, imaginary) nodes of a complex node, made by `call` at the graph's insertion point."""
+    if node.op == "placeholder":  # its memory as [..., 2] reals (a view PyTorch takes beside the kernels)
+        as_real = call(aten.view_as_real.default, [node])
+        return tuple(call(aten.select.int, [as_real, -1, i]) for i in (0, 1))
     target, args = node.target, list(node.args)
     if target == aten.view_as_complex.default:
         return tuple(call(aten.select.int, [args[0], -1, i]) for i in (0, 1))

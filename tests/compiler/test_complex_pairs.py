@@ -179,3 +179,43 @@ def test_a_tensor_remade_over_its_storage_keeps_its_conjugate_and_negative_bits(
         assert remade._base is None
         assert (remade.is_conj(), remade.is_neg()) == (view.is_conj(), view.is_neg())
         torch.testing.assert_close(remade.resolve_conj().resolve_neg(), view.resolve_conj().resolve_neg())
+
+
+class MetaAttention(torch.nn.Module):
+    """Meta's reference Llama attention: `freqs_cis` a complex buffer, sliced to the sequence and
+    multiplied into the queries and keys viewed as complex; grouped key heads, causal SDPA."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, kv_heads: int = 2, max_len: int = 64):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.wq = torch.nn.Linear(dim, dim, bias=False)
+        self.wk = torch.nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        half = self.head_dim // 2
+        angles = torch.outer(
+            torch.arange(max_len, dtype=torch.float32), 10000 ** (-torch.arange(half) / half)
+        )
+        self.register_buffer("freqs_cis", torch.polar(torch.ones_like(angles), angles))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.wq(x).view(b, n, self.heads, self.head_dim)
+        k = self.wk(x).view(b, n, self.kv_heads, self.head_dim)
+        fc = self.freqs_cis[:n].view(1, n, 1, -1)
+        q = torch.view_as_real(torch.view_as_complex(q.float().reshape(b, n, self.heads, -1, 2)) * fc)
+        k = torch.view_as_real(torch.view_as_complex(k.float().reshape(b, n, self.kv_heads, -1, 2)) * fc)
+        q, k = q.flatten(3).transpose(1, 2), k.flatten(3).repeat_interleave(2, 2).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True)
+
+
+@pytest.mark.parametrize("seq", [1, 11, 33])
+def test_a_complex_buffer_is_read_as_real_pairs_in_one_partition(seq):
+    """The complex `freqs_cis` buffer is a graph input: read through `view_as_real` beside the
+    kernels (the only op left to PyTorch), the rotation and attention in one partition, eager's result."""
+    torch._dynamo.reset()
+    torch.manual_seed(seq)
+    model, x = MetaAttention().eval(), torch.randn(2, seq, 32)
+    compiled = tilefuse.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    assert {f["op"] for f in fallbacks(compiled)} <= {"aten.view_as_real.default"}
+    assert len([p for r in compiled.tilefuse_reports for p in r["partitions"]]) == 1
