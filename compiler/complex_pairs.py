@@ -35,6 +35,8 @@ import torch
 from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node
 
+from .partition import call_with_value
+
 aten = torch.ops.aten
 
 # ops that apply to both parts with the same arguments (the complex tensor is their first argument,
@@ -92,7 +94,8 @@ def _consumable(user: Node, node: Node) -> bool:
 
 def components(gm: GraphModule) -> list[list[Node]]:
     """The connected sets of complex-valued nodes that can be rewritten on pairs, each in graph order."""
-    complex_nodes = [n for n in gm.graph.nodes if _is_complex(n)]
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    complex_nodes = [n for n in order if _is_complex(n)]
     seen: set[Node] = set()
     found = []
     for start in complex_nodes:
@@ -115,7 +118,6 @@ def components(gm: GraphModule) -> list[list[Node]]:
                     seen.add(other)
                     stack.append(other)
         if ok:
-            order = {n: i for i, n in enumerate(gm.graph.nodes)}
             found.append(sorted(members, key=order.__getitem__))
     return found
 
@@ -180,22 +182,11 @@ def _caller(graph: object, fake_mode: object, made: list[Node]) -> Callable[...,
     """Insert a call with its metadata at the graph's insertion point, noting it in `made`."""
 
     def call(target: object, args: list, kwargs: dict | None = None) -> Node:
-        node = graph.create_node("call_function", target, tuple(args), kwargs or {})
+        node = call_with_value(graph, fake_mode, target, args, kwargs)
         made.append(node)
-        node.meta["val"] = _value(fake_mode, target, args, kwargs or {})
         return node
 
     return call
-
-
-def _value(fake_mode: object, target: object, args: list, kwargs: dict) -> torch.Tensor:
-    def val(a: object) -> object:
-        if isinstance(a, Node):
-            return a.meta["val"]
-        return [val(x) for x in a] if isinstance(a, (list, tuple)) else a
-
-    with fake_mode:
-        return target(*(val(a) for a in args), **kwargs)
 
 
 def _pair(call: Callable[..., Node], node: Node, pairs: dict[Node, tuple[Node, Node]]) -> tuple[Node, Node]:

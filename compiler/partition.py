@@ -211,11 +211,20 @@ def call_with_value(
     graph: Graph, fake_mode: FakeTensorMode, target: object, args: list, kwargs: dict | None = None
 ) -> Node:
     """Insert a call of `target` with its `val` metadata, computed on the arguments' fake tensors
-    (never on real ones: a random op would draw from the generator at compile time)."""
+    (never on real ones: a random op would draw from the generator at compile time); a list argument
+    (`cat`'s tensors) has its nodes' values too. A call whose value cannot be computed raises and
+    inserts nothing."""
     kwargs = kwargs or {}
-    node = graph.call_function(target, tuple(args), kwargs)
+
+    def value(a: object) -> object:
+        if isinstance(a, Node):
+            return a.meta["val"]
+        return [value(x) for x in a] if isinstance(a, (list, tuple)) else a
+
     with fake_mode:
-        node.meta["val"] = target(*(a.meta["val"] if isinstance(a, Node) else a for a in args), **kwargs)
+        val = target(*(value(a) for a in args), **kwargs)
+    node = graph.call_function(target, tuple(args), kwargs)
+    node.meta["val"] = val
     return node
 
 
