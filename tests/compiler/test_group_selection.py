@@ -385,6 +385,51 @@ def test_attention_on_sdpa_matches_eager(monkeypatch, dtype, causal, kv_heads, s
     _assert_sdpa_chosen_and_eager(attend, (q, k, v), dtype)
 
 
+@pytest.mark.parametrize("causal, masked", [(True, False), (False, True)], ids=["causal", "masked"])
+def test_grouped_heads_repeated_where_sdpa_has_no_fused_kernel_for_them(monkeypatch, causal, masked):
+    """Where SDPA's fused kernels do not take grouped query heads (CUDA: float32, a mask; its math
+    path would run), the library path repeats the key and value heads and calls SDPA without
+    `enable_gqa`; the result is eager's. Ragged lengths (L = S = 13), 6 query heads over 2 key heads."""
+    _fake_gpu(monkeypatch, "sdpa")
+    monkeypatch.setattr(library_attention, "sdpa_reads_grouped_heads", lambda *a: False)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape[1], k.shape[1], v.shape[1], kw.get("enable_gqa", False)))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", spy)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 6, 13, 24, generator=g), *(torch.randn(2, 2, 13, 24, generator=g) for _ in "kv")
+    pad = torch.zeros(2, 1, 1, 13)
+    pad[0, ..., -4:] = float("-inf")
+
+    def attend(q, k, v, pad):
+        k, v = k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1)
+        scores = q @ k.transpose(-1, -2) * 24**-0.5
+        if causal:
+            scores = scores.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
+        if masked:
+            scores = scores + pad
+        return torch.softmax(scores, dim=-1) @ v
+
+    _assert_sdpa_chosen_and_eager(attend, (q, k, v, pad), torch.float32)
+    assert calls and all(c == (6, 6, 6, False) for c in calls), calls
+
+
+def test_sdpa_reads_grouped_heads_where_flash_runs():
+    """`enable_gqa` is kept where SDPA's flash kernel takes the call (CUDA, half precision, no mask,
+    head dim <= 256) and on a CPU; elsewhere the heads are repeated."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert library_attention.sdpa_reads_grouped_heads(cuda, torch.bfloat16, False, 128)
+    assert library_attention.sdpa_reads_grouped_heads(cuda, torch.float16, False, 256)
+    assert not library_attention.sdpa_reads_grouped_heads(cuda, torch.float32, False, 128)
+    assert not library_attention.sdpa_reads_grouped_heads(cuda, torch.bfloat16, True, 128)
+    assert not library_attention.sdpa_reads_grouped_heads(cuda, torch.bfloat16, False, 512)
+    assert library_attention.sdpa_reads_grouped_heads(cpu, torch.float32, True, 128)
+
+
 @pytest.mark.parametrize(
     "rows, keys, kv_heads, masked, dtype",
     [(40, 1500, 3, True, torch.float32), (7, 1100, 1, False, torch.float32), (64, 1025, 3, True, torch.bfloat16)],
