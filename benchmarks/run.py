@@ -1,7 +1,7 @@
 """Run the benchmark cases against their baselines and write a markdown table.
 
     python -m tilefuse.benchmarks.run [--out benchmarks/RESULTS.md] [--dtype bfloat16 float32]
-                                      [--smoke] [--only NAME...] [--cuda]
+                                      [--smoke] [--only NAME...] [--cuda] [--skip BASELINE...]
 
 Every candidate (tilefuse, then each baseline of the case) runs in this one
 process on the same inputs. Each is timed, and checked against a float64
@@ -17,7 +17,8 @@ with its geometric-mean speedups over the baselines; `--dtype` picks one.
 `--cuda` adds a row per case for tilefuse with the CUDA C++ backend
 (`backend="cuda"`: its pointwise, reduction and row kernels in CUDA C++,
 GEMMs and attention still Triton's), whose speedup column is then its time
-over the Triton backend's.
+over the Triton backend's. `--skip max-autotune` (or another baseline) leaves
+that baseline out, for a quick run.
 
 Memory-bound cases (softmax, norms: `BenchCase.io_elements` set) also show
 GB/s, the bytes an ideal kernel moves over the median time, and that as a
@@ -68,6 +69,7 @@ SMOKE_SCALE = 64
 SMOKE_SKIPPED = (MAX_AUTOTUNE,)
 DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+BASELINES = (EAGER, CUBLAS, SDPA, COMPILE, MAX_AUTOTUNE)
 
 COMPILERS: dict[str, Callable[[Callable], Callable]] = {
     SUBJECT: tilefuse.compile,
@@ -220,15 +222,16 @@ def release_memory(device: torch.device) -> None:
 
 def run_case(
     case: BenchCase, device: torch.device, dtype: torch.dtype, smoke: bool, profile_dir: Path | None = None,
-    cuda: bool = False,
+    cuda: bool = False, skip: Sequence[str] = (),
 ) -> list[Measurement]:  # fmt: skip
-    """Measure tilefuse (and, with `cuda`, its CUDA C++ backend) and every baseline of `case` on
-    one set of random inputs."""
+    """Measure tilefuse (and, with `cuda`, its CUDA C++ backend) and every baseline of `case` but
+    those in `skip` on one set of random inputs."""
     torch.manual_seed(0)
     inputs = case.make_inputs(device, dtype)
     ref = case.fn(*(x.double() for x in inputs))
     subjects = [SUBJECT, SUBJECT_CUDA] if cuda else [SUBJECT]
-    candidates = [*subjects, *(b for b in case.baselines if not (smoke and b in SMOKE_SKIPPED))]
+    skipped = set(skip) | (set(SMOKE_SKIPPED) if smoke else set())
+    candidates = [*subjects, *(b for b in case.baselines if b not in skipped)]
     results = []
     for candidate in candidates:
         start = time.perf_counter()
@@ -441,6 +444,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cuda", action="store_true", help="a row per case for tilefuse with the CUDA C++ backend too"
     )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=BASELINES,
+        metavar="BASELINE",
+        help=f"baselines left out of the run ({', '.join(BASELINES)}): max-autotune's compile took "
+        "35-169 s a float32 case on an H100",
+    )
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         parser.error("the benchmarks need a CUDA device; --smoke runs tiny cases on the CPU")
@@ -468,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             profile = args.profile / str(dtype).removeprefix("torch.") if args.profile else None
             results = []
             for i, case in enumerate(cases):
-                results.append((case, run_case(case, device, dtype, args.smoke, profile, args.cuda)))
+                measured = run_case(case, device, dtype, args.smoke, profile, args.cuda, args.skip)
+                results.append((case, measured))
                 if out is not None and i + 1 < len(cases):  # a run cut short keeps the rows it measured
                     partial = render_section(dtype, results, copy_gbps, copy_shape)
                     rest = ", ".join(c.name for c in cases[i + 1 :])

@@ -153,6 +153,23 @@ def test_the_cuda_backend_gets_its_own_row_beside_tritons(tmp_path: Path, monkey
     assert cuda["tilefuse speedup"].endswith("x"), cuda
 
 
+def test_skipped_baselines_get_no_row(tmp_path: Path):
+    """`--skip torch.compile`: the case's rows are tilefuse's and its other baselines', and the
+    section's summary has no line for the skipped one."""
+    out = tmp_path / "results.md"
+    main(["--smoke", "--only", "gemm_square", "--skip", "torch.compile", "--out", str(out)])
+    report = out.read_text()
+    rows = table_rows(report)
+    assert [r["candidate"] for r in rows] == ["tilefuse", "cuBLAS"], rows
+    assert all(float(r["median ms"]) > 0 and "FAILED" not in r["notes"] for r in rows), rows
+    assert "torch.compile" not in report.split("| case |")[0].split("device: CPU")[1], report
+
+
+def test_an_unknown_baseline_to_skip_is_refused():
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--skip", "inductor"])
+
+
 def test_each_dtype_gets_a_section_with_its_table_and_geomeans(tmp_path: Path):
     """`--dtype float32 bfloat16`: a section per dtype, in that order, each with its copy bandwidth,
     a geomean line per baseline that matches its own table's speedups, and its own table."""
