@@ -72,12 +72,15 @@ def rewrite_function(fn: func.FuncOp) -> int:
     copies: dict[SSAValue, SSAValue] = {}
     rewritten = 0
     for op in list(fn.body.block.ops):
-        if not isinstance(op, ein.ContractOp) or not _reads_n_major_weight(op, params):
+        if not isinstance(op, ein.ContractOp):
             continue
         weight = op.rhs
+        from_parameters = computed_from_parameters(weight, params)
+        if not _reads_n_major_weight(op, from_parameters):
+            continue
         if weight not in copies:
             owner = weight.owner
-            if not computed_from_parameters(weight, params):  # an activation: copied before its reader
+            if not from_parameters:  # an activation: copied before its reader
                 b = InsertingEinBuilder(op, fn.sym_name.data)
             elif isinstance(owner, Operation):  # a folded weight: copied right after it is computed
                 b = InsertingEinBuilder(owner, fn.sym_name.data, after=True)
@@ -99,14 +102,14 @@ def _row_major(value: SSAValue) -> bool:
     return isinstance(value, BlockArgument) or isinstance(owner, ein.MapOp)
 
 
-def _reads_n_major_weight(op: ein.ContractOp, params: set[SSAValue]) -> bool:
+def _reads_n_major_weight(op: ein.ContractOp, from_parameters: bool) -> bool:
     """Whether `op` reads a 2-d f32 right operand [K, N] directly (row-major: N-major), in a product of at
-    least MIN_ROWS rows where it is a weight (a parameter or computed from parameters), of at least
-    MIN_ACTIVATION_ROWS where it is computed at every call."""
+    least MIN_ROWS rows where it is a weight (`from_parameters`: a parameter or computed from
+    parameters), of at least MIN_ACTIVATION_ROWS where it is computed at every call."""
     rhs_value = op.rhs
     if not _row_major(rhs_value):
         return False
-    min_rows = MIN_ROWS if computed_from_parameters(rhs_value, params) else MIN_ACTIVATION_ROWS
+    min_rows = MIN_ROWS if from_parameters else MIN_ACTIVATION_ROWS
     if rhs_value.type.get_element_type() != f32 or op.lhs.type.get_element_type() != f32:
         return False
     lhs, rhs, out = ein.parse_spec(op.spec.data)
