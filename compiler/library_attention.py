@@ -310,13 +310,6 @@ def sdpa_reads_grouped_heads(device: torch.device, dtype: torch.dtype, masked: b
     return dtype in FLASH_GQA_DTYPES and not masked and head_dim <= FLASH_MAX_HEAD_DIM
 
 
-def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
-    """[outer, kv heads, S, E] -> [outer, kv heads * group, S, E], each head `group` times in a row (the
-    query head h reads key head h // group, as `enable_gqa` does)."""
-    o, h, s, e = x.shape
-    return x[:, :, None].expand(o, h, group, s, e).reshape(o, h * group, s, e)
-
-
 def _attention_path(
     kernel: object, split_keys: torch.device | None
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -397,8 +390,9 @@ def _attention_path(
             ):
                 extra["enable_gqa"] = True
             else:
+                # each key head `group` times in a row: query head h reads key head h // group
                 group = qh.shape[1] // kh.shape[1]
-                kh, vh = _repeat_heads(kh, group), _repeat_heads(vh, group)
+                kh, vh = kh.repeat_interleave(group, dim=1), vh.repeat_interleave(group, dim=1)
         if mask is not None:  # [outer, heads, L, S], broadcast where the map's value is
             bias = mask(env, tensors[0].device).to(qh.dtype)
             extra["attn_mask"] = as_heads(bias.reshape(scores_shape).permute(layout.scores_perm))
