@@ -372,13 +372,22 @@ def _suppress_hook() -> None:
     starts = getattr(torch._dynamo.callback.callback_handler, "start_callbacks", None)
     if starts is None:
         _suppress_hook_once()
-    elif _suppress_inside not in starts:
-        torch._dynamo.callback.on_compile_start(_suppress_inside)
+    elif _suppress_callback() not in starts:
+        torch._dynamo.callback.on_compile_start(_suppress_callback())
 
 
 @functools.cache
 def _suppress_hook_once() -> None:
-    torch._dynamo.callback.on_compile_start(_suppress_inside)
+    torch._dynamo.callback.on_compile_start(_suppress_callback())
+
+
+@functools.cache
+def _suppress_callback() -> Callable[[object], None]:
+    """`_suppress_inside` as Dynamo must call it: untraced. A compiled function that calls
+    `loss.backward()` compiles its backward graph lazily inside that call, with Dynamo's frame hook still
+    on for the user's frame; the start callbacks run there, and a callback Dynamo tried to compile
+    re-entered Dynamo's callback lock and hung the process for good (torch 2.13)."""
+    return torch._dynamo.disable(_suppress_inside)
 
 
 @functools.cache
