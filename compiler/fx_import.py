@@ -55,6 +55,8 @@ def import_graph(gm: GraphModule, name: str, inputs: list[InputInfo] | None = No
         if isinstance(val, torch.SymInt):  # a size a view reads (its lowering reads the node's metadata)
             env[node] = val
             continue
+        if not isinstance(val, torch.Tensor):  # a SymBool or SymFloat: the partitioner keeps its readers out
+            raise ImportFailure(f"input {node.name} is a {type(val).__name__}, not a tensor or a size")
         attrs = {"ein.param": StringAttr(info.param)} if info.param else None
         env[node] = b.add_argument(
             [size_of(d) for d in val.shape], to_mlir_type(val.dtype), _value_name(info.name), attrs

@@ -116,7 +116,7 @@ def unsupported_reason(node: Node) -> str | None:
             return reason
     for arg in node.all_input_nodes:
         for val in _walk_vals(arg.meta.get("val")):
-            if isinstance(val, (torch.SymInt, torch.SymFloat)):
+            if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
                 return f"input {arg.name} is a symbolic scalar"
             if (reason := _tensor_reason(val, f"input {arg.name}")) is not None:
                 return reason

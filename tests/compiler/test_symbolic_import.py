@@ -156,3 +156,22 @@ def test_concatenations_and_tensors_made_at_symbolic_sizes_import_and_run():
         values = dict(zip(placeholders, (cache, x)))
         (got,) = run_function(fn, [values[n] for n in region.inputs])
         torch.testing.assert_close(got, f(cache, x)[0])
+
+
+def test_a_symbolic_bool_read_by_a_tensor_op_leaves_that_op_to_pytorch_not_the_graph():
+    """transformers' stopping criteria fill a tensor with `cur_len >= max_length` (a SymBool computed
+    on the host once the length is dynamic); a partition that took it as an input failed to import
+    and the whole graph ran in PyTorch. The fill now runs beside the partition, and the rest compiles."""
+
+    def stop(ids, eos):
+        done = torch.full((ids.shape[0],), False, dtype=torch.bool)
+        done = done | torch.full((ids.shape[0],), ids.shape[1] >= 9, dtype=torch.bool)
+        return done | torch.isin(ids[:, -1:], eos).any(-1)
+
+    compiled = tilefuse.compile(stop)  # the second length makes it dynamic, the batch stays static
+    for length in (5, 9, 12):
+        ids, eos = torch.randint(0, 5, (3, length)), torch.tensor([2])
+        assert torch.equal(compiled(ids, eos), stop(ids, eos))
+    reasons = [f["reason"] for r in compiled.tilefuse_reports for f in r.get("fallbacks", [])]
+    assert not [r for r in reasons if "whole graph" in r], reasons
+    assert all(r["partitions"] for r in compiled.tilefuse_reports), compiled.tilefuse_reports
