@@ -145,6 +145,12 @@ def _masked_scale(value: SSAValue, arg: SSAValue, pre: ein.MapOp) -> float:
     raise NoSdpaPath("the pre-softmax map is not a scale plus a bias or mask")
 
 
+def _square_scores(pattern: AttentionPattern) -> bool:
+    """Whether the scores have as many queries as keys (their last two dims, `sdpa_layout`)."""
+    shape = shape_of(pattern.scores.result.type)
+    return shape[-2] == shape[-1]
+
+
 @dataclass(frozen=True)
 class PreSoftmax:
     """What the pre-softmax map does, in SDPA's terms: scores times `scale`, plus (`masked`) the
@@ -164,7 +170,8 @@ def pre_softmax(pattern: AttentionPattern) -> PreSoftmax:
     others = [v for v in pre.inputs if v not in scores]
     arg = pre.body.block.args[list(pre.inputs).index(scores[0])]
     causal_inputs = (ein.IotaOp, ein.ConstantOp)  # the positions compared, the -inf filled in
-    if pattern.causal and all(isinstance(v.owner, causal_inputs) for v in others):
+    # (SDPA's `is_causal` where queries and keys are as many; else the mask is SDPA's `attn_mask`)
+    if pattern.causal and _square_scores(pattern) and all(isinstance(v.owner, causal_inputs) for v in others):
         # select(key <= query, x, -inf): x
         scale = _scale_of(causal_select(pre), arg)
         if scale is None:
@@ -224,10 +231,6 @@ def sdpa_layout(pattern: AttentionPattern) -> SdpaLayout:
     sdpa_out = [rename[c] for c in (*batch, *heads, q)] + values
     if sorted(o_out) != sorted(sdpa_out):
         raise NoSdpaPath(f"layouts {specs} are not SDPA's")
-    if pattern.causal:
-        sizes = dict(zip(s_out, shape_of(pattern.scores.result.type)))
-        if sizes[q] != sizes[k]:
-            raise NoSdpaPath("causal with queries and keys of different lengths")
     return SdpaLayout(
         q_perm=tuple(s_lhs.index(c) for c in (*batch, *heads, q, d)),
         k_perm=tuple(s_rhs.index(c) for c in (*batch, k, d)),

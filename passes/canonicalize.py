@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
-from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, i64
+from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -839,6 +839,80 @@ def _in_flat_space(
     return inner if flat_readers and shape == outer else False
 
 
+def _splat(value: SSAValue, mapped: ein.MapOp) -> float | int | None:
+    """`value`'s scalar where it is constant in `mapped`'s body: an arith constant, or an argument that
+    reads a splat (`ein.constant`); else None."""
+    owner = value.owner
+    if isinstance(value, BlockArgument):
+        if value.block is not mapped.body.block:
+            return None
+        owner = mapped.inputs[value.index].owner
+        if not isinstance(owner, ein.ConstantOp):
+            return None
+    elif not isinstance(owner, arith.ConstantOp):
+        return None
+    attr = owner.value
+    return attr.value.data if isinstance(attr, FloatAttr | IntegerAttr) else None
+
+
+# arith.cmpi predicates eq ne slt sle sgt sge (0-5): their negations, and which read a - b against 0
+# as a against b (the unsigned ones do not)
+_NEGATED_PREDICATE = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
+_SIGNED_PREDICATES = range(6)
+
+
+class SimplifyMaskInMap(RewritePattern):
+    """A mask spelled as SDPA's math decomposition spells it, in a map's body, rewritten to the select
+    the attention matcher reads (`flash_attention.causal_select`): `andi(c, true)` -> `c`,
+    `xori(cmpi p, true)` -> `cmpi !p`, `cmpi p (a - b), 0` -> `cmpi p a, b` (signed predicates),
+    `x + select(c, -inf, 0)` -> `select(c, -inf, x)` (and the mirrored select). CUDA's trace of a float32
+    SDPA with grouped heads or a mask is that decomposition: its causal mask
+    `scores + where(!(tril(ones) & true), -inf, 0)` read as an additive bias before (the SDPA call then
+    got a dense bias and no `is_causal`: 3x the causal time). Where x is NaN or +inf, a hidden score is
+    -inf instead of NaN: softmax gives it no weight."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.MapOp, rewriter: PatternRewriter) -> None:
+        for inner in list(op.body.block.ops):
+            if self._rewrite(op, inner, rewriter):
+                return
+
+    def _rewrite(self, mapped: ein.MapOp, inner: Operation, rewriter: PatternRewriter) -> bool:
+        if isinstance(inner, arith.AndIOp):
+            for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
+                if _splat(this, mapped) not in (None, 0):
+                    rewriter.replace(inner, [], [other])
+                    return True
+        elif isinstance(inner, arith.XOrIOp):
+            for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
+                cmp = other.owner
+                if _splat(this, mapped) not in (None, 0) and isinstance(cmp, arith.CmpiOp):
+                    predicate = _NEGATED_PREDICATE[cmp.predicate.value.data]
+                    rewriter.replace(inner, arith.CmpiOp(cmp.lhs, cmp.rhs, predicate))
+                    return True
+        elif isinstance(inner, arith.CmpiOp):
+            sub = inner.lhs.owner
+            if (
+                isinstance(sub, arith.SubiOp) and _splat(inner.rhs, mapped) == 0
+                and inner.predicate.value.data in _SIGNED_PREDICATES
+            ):  # fmt: skip
+                rewriter.replace(inner, arith.CmpiOp(sub.lhs, sub.rhs, inner.predicate.value.data))
+                return True
+        elif isinstance(inner, arith.AddfOp):
+            for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
+                select = this.owner
+                if not isinstance(select, arith.SelectOp):
+                    continue
+                a, b = _splat(select.lhs, mapped), _splat(select.rhs, mapped)
+                if a == float("-inf") and b == 0:
+                    rewriter.replace(inner, arith.SelectOp(select.cond, select.lhs, other))
+                    return True
+                if a == 0 and b == float("-inf"):
+                    rewriter.replace(inner, arith.SelectOp(select.cond, other, select.rhs))
+                    return True
+        return False
+
+
 class MergeMaps(RewritePattern):
     """map(..., map(a, b), ...) → one map, when the inner map has no other user."""
 
@@ -934,6 +1008,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     SinkUnflattenBelowMap,
     MergeMaps,
     InlineCheapMap,
+    SimplifyMaskInMap,
     EraseUnused,
 )
 

@@ -336,19 +336,45 @@ def _attention_choices(report) -> list[dict]:
 
 
 def test_attention_on_its_math_path_matches_eager(monkeypatch):
-    """An attention group that is not one SDPA call (causal with more keys than queries) measured
-    "faster" on its library path (the math path: scores through a matmul, softmax op by op) still
-    computes SDPA's result; ragged lengths, grouped heads."""
+    """An attention group that is not one SDPA call (Gemma 2's soft-capped scores, causal with more
+    keys than queries) measured "faster" on its library path (the math path: scores through a matmul,
+    softmax op by op) still computes eager's result; ragged lengths, grouped heads."""
     _fake_gpu(monkeypatch, "library")
     q, k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 2, 13, 16), torch.randn(2, 2, 13, 16)
 
     def attend(q, k, v):
         k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True) * 2
+        scores = torch.tanh(q @ k.transpose(-1, -2) * 0.25 / 5.0) * 5.0
+        scores = scores.masked_fill(torch.ones(7, 13, dtype=torch.bool).triu(1), float("-inf"))
+        return torch.softmax(scores, -1) @ v * 2
 
     choices = _attention_choices(_run(attend, q, k, v))
     assert all(c["chosen"] == "library" for c in choices), choices
-    assert all("different lengths" in c["sdpa_not_built"] for c in choices), choices
+    assert all("not a scale" in c["sdpa_not_built"] for c in choices), choices
+
+
+def test_causal_attention_with_more_keys_than_queries_runs_on_sdpa_with_a_mask(monkeypatch):
+    """Causal with more keys than queries is SDPA's `attn_mask` (its `is_causal` is left to square
+    scores): measured faster, the program's SDPA call gets the mask and computes eager's result;
+    ragged lengths, grouped heads."""
+    _fake_gpu(monkeypatch, "sdpa")
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((kw.get("is_causal"), None if kw.get("attn_mask") is None else tuple(kw["attn_mask"].shape[-2:])))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", spy)
+    q, k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 2, 13, 16), torch.randn(2, 2, 13, 16)
+
+    def attend(q, k, v):
+        k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        return sdpa(q, k, v, is_causal=True) * 2
+
+    choices = _attention_choices(_run(attend, q, k, v))
+    assert [c["chosen"] for c in choices] == ["sdpa"], choices
+    assert calls and all(c == (False, (7, 13)) for c in calls), calls
 
 
 def _assert_sdpa_chosen_and_eager(fn, args: tuple, dtype: torch.dtype) -> None:
@@ -1270,3 +1296,44 @@ class _FusedSdpa:
             scores = scores + (attn_mask.float() if attn_mask.is_floating_point() else
                                torch.zeros(attn_mask.shape).masked_fill(~attn_mask, -math.inf))
         return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
+
+
+def _math_decomposition_gqa_causal(q, k, v):
+    """SDPA's math path as CUDA's trace of a float32 `enable_gqa` call spells it: a boolean tril
+    turned into a -inf/0 bias and added, key heads repeated, q and k each scaled by d^-1/4."""
+    length, keys = q.shape[-2], k.shape[-2]
+    visible = torch.ones(length, keys, dtype=torch.bool).tril() & torch.ones(length, keys, dtype=torch.bool)
+    bias = torch.where(visible.logical_not(), float("-inf"), 0.0)
+    group = q.shape[-3] // k.shape[-3]
+    k, v = k.repeat_interleave(group, -3), v.repeat_interleave(group, -3)
+    s = q.shape[-1] ** -0.25
+    return torch.softmax((q * s) @ (k.transpose(-2, -1) * s) + bias, -1) @ v
+
+
+@pytest.mark.parametrize("faster", ["sdpa", "kernel"])
+def test_the_math_decompositions_causal_mask_is_read_as_causal(monkeypatch, faster):
+    """CUDA traces a float32 SDPA with grouped heads (or a mask) as its math decomposition. Its causal
+    mask (`scores + where(!(tril(ones) & true), -inf, 0)`) is rewritten to the causal select, so the
+    SDPA path calls SDPA with `is_causal` and no dense bias (H100: 35.5 ms against ~12 on the suite's
+    float32 GQA row), and the flash kernel skips the blocks above the diagonal; both give eager's
+    result. Ragged length 37, 8 query heads over 2 key heads."""
+    _fake_gpu(monkeypatch, faster)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((kw.get("is_causal"), kw.get("attn_mask") is None))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", spy)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(2, 8, 37, 32, generator=g), *(torch.randn(2, 2, 37, 32, generator=g) for _ in "kv")
+    want = sdpa(q, k, v, is_causal=True, enable_gqa=True)
+    compiled = tilefuse.compile(_math_decomposition_gqa_causal)
+    with torch.no_grad():
+        got = compiled(q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    (report,) = compiled.tilefuse_reports
+    assert [c["chosen"] for c in _attention_choices(report)] == [faster]
+    if faster == "sdpa":
+        assert calls and all(c == (True, True) for c in calls), calls
