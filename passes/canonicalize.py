@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, i64
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, IntegerType, ModuleOp, i64
 from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -878,7 +878,7 @@ class SimplifyMaskInMap(RewritePattern):
                 return
 
     def _rewrite(self, mapped: ein.MapOp, inner: Operation, rewriter: PatternRewriter) -> bool:
-        if isinstance(inner, arith.AndIOp):
+        if isinstance(inner, arith.AndIOp) and inner.result.type == IntegerType(1):  # (not `x & 255`)
             for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
                 if _splat(this, mapped) not in (None, 0):
                     rewriter.replace(inner, [], [other])
