@@ -855,6 +855,14 @@ def _splat(value: SSAValue, mapped: ein.MapOp) -> float | int | None:
     return attr.value.data if isinstance(attr, FloatAttr | IntegerAttr) else None
 
 
+def _position(value: SSAValue, mapped: ein.MapOp) -> bool:
+    """Whether `value` in `mapped`'s body reads an iota (a position along a dim)."""
+    return (
+        isinstance(value, BlockArgument) and value.block is mapped.body.block
+        and isinstance(mapped.inputs[value.index].owner, ein.IotaOp)
+    )  # fmt: skip
+
+
 # arith.cmpi predicates eq ne slt sle sgt sge (0-5): their negations, and which read a - b against 0
 # as a against b (the unsigned ones do not)
 _NEGATED_PREDICATE = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
@@ -864,7 +872,8 @@ _SIGNED_PREDICATES = range(6)
 class SimplifyMaskInMap(RewritePattern):
     """A mask spelled as SDPA's math decomposition spells it, in a map's body, rewritten to the select
     the attention matcher reads (`flash_attention.causal_select`): `andi(c, true)` -> `c`,
-    `xori(cmpi p, true)` -> `cmpi !p`, `cmpi p (a - b), 0` -> `cmpi p a, b` (signed predicates),
+    `xori(cmpi p, true)` -> `cmpi !p`, `cmpi p (a - b), 0` -> `cmpi p a, b` (signed predicates, a and b
+    positions),
     `x + select(c, -inf, 0)` -> `select(c, -inf, x)` (and the mirrored select). CUDA's trace of a float32
     SDPA with grouped heads or a mask is that decomposition: its causal mask
     `scores + where(!(tril(ones) & true), -inf, 0)` read as an additive bias before (the SDPA call then
@@ -892,9 +901,11 @@ class SimplifyMaskInMap(RewritePattern):
                     return True
         elif isinstance(inner, arith.CmpiOp):
             sub = inner.lhs.owner
+            # (positions only: their difference cannot wrap around)
             if (
                 isinstance(sub, arith.SubiOp) and _splat(inner.rhs, mapped) == 0
                 and inner.predicate.value.data in _SIGNED_PREDICATES
+                and _position(sub.lhs, mapped) and _position(sub.rhs, mapped)
             ):  # fmt: skip
                 rewriter.replace(inner, arith.CmpiOp(sub.lhs, sub.rhs, inner.predicate.value.data))
                 return True
