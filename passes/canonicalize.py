@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, IntegerType, ModuleOp, i64
-from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
+from xdsl.dialects.builtin import IntegerAttr, IntegerType, ModuleOp, i64
+from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -70,7 +70,7 @@ from ..ir.builder import (
     yielded_value,
 )
 from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype, undecided_as
-from .flash_attention import match_attention
+from .flash_attention import NEGATED_PREDICATE, iota_dim, match_attention, splat_value
 from .fusion_groups import math_functions
 
 
@@ -839,43 +839,16 @@ def _in_flat_space(
     return inner if flat_readers and shape == outer else False
 
 
-def _splat(value: SSAValue, mapped: ein.MapOp) -> float | int | None:
-    """`value`'s scalar where it is constant in `mapped`'s body: an arith constant, or an argument that
-    reads a splat (`ein.constant`); else None."""
-    owner = value.owner
-    if isinstance(value, BlockArgument):
-        if value.block is not mapped.body.block:
-            return None
-        owner = mapped.inputs[value.index].owner
-        if not isinstance(owner, ein.ConstantOp):
-            return None
-    elif not isinstance(owner, arith.ConstantOp):
-        return None
-    attr = owner.value
-    return attr.value.data if isinstance(attr, FloatAttr | IntegerAttr) else None
-
-
-def _position(value: SSAValue, mapped: ein.MapOp) -> bool:
-    """Whether `value` in `mapped`'s body reads an iota (a position along a dim)."""
-    return (
-        isinstance(value, BlockArgument) and value.block is mapped.body.block
-        and isinstance(mapped.inputs[value.index].owner, ein.IotaOp)
-    )  # fmt: skip
-
-
-# arith.cmpi predicates eq ne slt sle sgt sge (0-5): their negations, and which read a - b against 0
-# as a against b (the unsigned ones do not)
-_NEGATED_PREDICATE = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
+# arith.cmpi's eq ne slt sle sgt sge (0-5): `a - b` against 0 reads as `a` against `b` (not the unsigned ones)
 _SIGNED_PREDICATES = range(6)
 
 
 class SimplifyMaskInMap(RewritePattern):
     """A mask spelled as SDPA's math decomposition spells it, in a map's body, rewritten to the select
-    the attention matcher reads (`flash_attention.causal_select`): `andi(c, true)` -> `c`,
+    the attention matcher reads (`flash_attention.causal_select`): `andi(c, true)` -> `c` (booleans),
     `xori(cmpi p, true)` -> `cmpi !p`, `cmpi p (a - b), 0` -> `cmpi p a, b` (signed predicates, a and b
-    positions),
-    `x + select(c, -inf, 0)` -> `select(c, -inf, x)` (and the mirrored select). CUDA's trace of a float32
-    SDPA with grouped heads or a mask is that decomposition: its causal mask
+    positions), `x + select(c, -inf, 0)` -> `select(c, -inf, x)` (and the mirrored select). CUDA's
+    trace of a float32 SDPA with grouped heads is that decomposition: its causal mask
     `scores + where(!(tril(ones) & true), -inf, 0)` read as an additive bias before (the SDPA call then
     got a dense bias and no `is_causal`: 3x the causal time). Where x is NaN or +inf, a hidden score is
     -inf instead of NaN: softmax gives it no weight."""
@@ -889,23 +862,23 @@ class SimplifyMaskInMap(RewritePattern):
     def _rewrite(self, mapped: ein.MapOp, inner: Operation, rewriter: PatternRewriter) -> bool:
         if isinstance(inner, arith.AndIOp) and inner.result.type == IntegerType(1):  # (not `x & 255`)
             for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
-                if _splat(this, mapped) not in (None, 0):
+                if splat_value(this, mapped) not in (None, 0):
                     rewriter.replace(inner, [], [other])
                     return True
         elif isinstance(inner, arith.XOrIOp):
             for this, other in ((inner.lhs, inner.rhs), (inner.rhs, inner.lhs)):
                 cmp = other.owner
-                if _splat(this, mapped) not in (None, 0) and isinstance(cmp, arith.CmpiOp):
-                    predicate = _NEGATED_PREDICATE[cmp.predicate.value.data]
+                if splat_value(this, mapped) not in (None, 0) and isinstance(cmp, arith.CmpiOp):
+                    predicate = NEGATED_PREDICATE[cmp.predicate.value.data]
                     rewriter.replace(inner, arith.CmpiOp(cmp.lhs, cmp.rhs, predicate))
                     return True
         elif isinstance(inner, arith.CmpiOp):
             sub = inner.lhs.owner
             # (positions only: their difference cannot wrap around)
             if (
-                isinstance(sub, arith.SubiOp) and _splat(inner.rhs, mapped) == 0
+                isinstance(sub, arith.SubiOp) and splat_value(inner.rhs, mapped) == 0
                 and inner.predicate.value.data in _SIGNED_PREDICATES
-                and _position(sub.lhs, mapped) and _position(sub.rhs, mapped)
+                and iota_dim(mapped, sub.lhs) is not None and iota_dim(mapped, sub.rhs) is not None
             ):  # fmt: skip
                 rewriter.replace(inner, arith.CmpiOp(sub.lhs, sub.rhs, inner.predicate.value.data))
                 return True
@@ -914,7 +887,7 @@ class SimplifyMaskInMap(RewritePattern):
                 select = this.owner
                 if not isinstance(select, arith.SelectOp):
                     continue
-                a, b = _splat(select.lhs, mapped), _splat(select.rhs, mapped)
+                a, b = splat_value(select.lhs, mapped), splat_value(select.rhs, mapped)
                 if a == float("-inf") and b == 0:
                     rewriter.replace(inner, arith.SelectOp(select.cond, select.lhs, other))
                     return True

@@ -311,19 +311,28 @@ def _layouts_agree(scores: ein.ContractOp, output: ein.ContractOp, row_max: ein.
 
 
 # arith.cmpi predicates: eq ne slt sle sgt sge ult ule ugt uge = 0..9, and each one's negation
-_NEGATED = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
+NEGATED_PREDICATE = {0: 1, 1: 0, 2: 5, 3: 4, 4: 3, 5: 2, 6: 9, 7: 8, 8: 7, 9: 6}
+
+
+def splat_value(value: SSAValue, mapped: ein.MapOp) -> float | int | None:
+    """`value`'s scalar where it is constant in `mapped`'s body: an arith constant, or an argument that
+    reads a splat (`ein.constant`); else None."""
+    owner = value.owner
+    if isinstance(value, BlockArgument):
+        if value.block is not mapped.body.block:
+            return None
+        owner = mapped.inputs[value.index].owner
+        if not isinstance(owner, ein.ConstantOp):
+            return None
+    elif not isinstance(owner, arith.ConstantOp):
+        return None
+    attr = owner.value
+    return attr.value.data if isinstance(attr, FloatAttr | IntegerAttr) else None
 
 
 def negative_infinity(value: SSAValue, pre: ein.MapOp) -> bool:
     """`value` is -inf in `pre`'s body: a constant, or an argument that reads a splat of -inf."""
-    owner = value.owner
-    if isinstance(value, BlockArgument) and value.block is pre.body.block:
-        owner = pre.inputs[value.index].owner
-        if not isinstance(owner, ein.ConstantOp):
-            return False
-    elif not isinstance(owner, arith.ConstantOp):
-        return False
-    return isinstance(owner.value, FloatAttr) and owner.value.value.data == float("-inf")
+    return splat_value(value, pre) == float("-inf")
 
 
 def _causal_select_op(pre: ein.MapOp) -> arith.SelectOp | None:
@@ -363,11 +372,11 @@ def causal_select(pre: ein.MapOp) -> SSAValue | None:
     if negative_infinity(select.rhs, pre):
         kept = select.lhs
     elif negative_infinity(select.lhs, pre):
-        kept, pred = select.rhs, _NEGATED[pred]  # hidden where the comparison holds
+        kept, pred = select.rhs, NEGATED_PREDICATE[pred]  # hidden where the comparison holds
     else:
         return None
     rank = len(shape_of(pre.result.type))
-    a, b = _iota_dim(pre, cmp.lhs), _iota_dim(pre, cmp.rhs)
+    a, b = iota_dim(pre, cmp.lhs), iota_dim(pre, cmp.rhs)
     key, query = rank - 1, rank - 2
     # sle = 3, sge = 5, ule = 7, uge = 9: visible where key <= query
     causal = (pred in (3, 7) and (a, b) == (key, query)) or (pred in (5, 9) and (a, b) == (query, key))
@@ -378,7 +387,7 @@ def _is_causal(pre: ein.MapOp) -> bool:
     return causal_select(pre) is not None
 
 
-def _iota_dim(pre: ein.MapOp, v: SSAValue) -> int | None:
+def iota_dim(pre: ein.MapOp, v: SSAValue) -> int | None:
     """The scores' dim that `v` (an argument of `pre`'s body) counts along, where it reads an iota."""
     if not isinstance(v, BlockArgument) or v.block is not pre.body.block:
         return None
@@ -404,7 +413,7 @@ def causal_window(pre: ein.MapOp) -> int | None:
     if not isinstance(diff, arith.SubiOp) or not isinstance(width, arith.ConstantOp):
         return None
     rank = len(shape_of(pre.result.type))
-    if (_iota_dim(pre, diff.lhs), _iota_dim(pre, diff.rhs)) != (rank - 2, rank - 1):
+    if (iota_dim(pre, diff.lhs), iota_dim(pre, diff.rhs)) != (rank - 2, rank - 1):
         return None
     value = width.value.value.data if isinstance(width.value, IntegerAttr) else None
     return value if isinstance(value, int) and value >= 1 else None
