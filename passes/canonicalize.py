@@ -371,17 +371,23 @@ class FoldViewsIntoBatchedContract(RewritePattern):
                         shape.append(size_of[name])
             spec += "".join(extra)
             shape += [1] * len(extra)
-            if tuple(shape) != tuple(dims_of(value.type)):
-                view = ein.ViewOp("reshape", value, tensor_type(shape, value.type.get_element_type()))
-                new_ops.append(view)
-                value = view.result
-            specs.append((spec, value))
-        (lhs_spec, lhs), (rhs_spec, rhs) = specs
+            specs.append((spec, value, tuple(shape)))
+        (lhs_spec, _, _), (rhs_spec, _, _) = specs
         k = [c for c in lhs_spec if c in rhs_spec and c not in out_spec]
         m = [c for c in out_spec if c in lhs_spec and c not in rhs_spec]
         n = [c for c in out_spec if c in rhs_spec and c not in lhs_spec]
         if not (k and m and n):
             return
+        # the views are made only now that the rewrite happens: an op made and dropped would keep a
+        # use of its operand (a Jamba decode step's fusion read such a dangling reshape and failed)
+        operands_now = []
+        for _, value, shape in specs:
+            if shape != tuple(dims_of(value.type)):
+                view = ein.ViewOp("reshape", value, tensor_type(list(shape), value.type.get_element_type()))
+                new_ops.append(view)
+                value = view.result
+            operands_now.append(value)
+        lhs, rhs = operands_now
         new = ein.ContractOp(f"{lhs_spec},{rhs_spec}->{out_spec}", lhs, rhs, end.type)
         for view_op in new_ops + [new]:
             rewriter.insert(view_op, InsertPoint.before(op))
