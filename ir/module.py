@@ -144,9 +144,11 @@ def verify_between_passes(module: Operation, filename: str) -> None:
 
 
 def verify(module: Operation, filename: str = "<module>", source: str | None = None) -> None:
-    """Run every op's verifier; raises IRError naming the failing op (and its line in `source`)."""
+    """Run every op's verifier, and check that no value is read by an op outside `module`; raises
+    IRError naming the failing op (and its line in `source`)."""
     try:
         module.verify()
+        _check_readers_inside(module)
     except (VerifyException, DiagnosticException, TypeError) as e:
         op = _failing_op(module)
         where = filename
@@ -162,6 +164,21 @@ def verify(module: Operation, filename: str = "<module>", source: str | None = N
         else:
             return_text = ""
         raise IRError(f"{where}: error: verification failed: {_first_line(e)}{return_text}") from None
+
+
+def _check_readers_inside(module: Operation) -> None:
+    """Raise VerifyException where a value of `module` is read by an op that is not in it: an op a
+    rewrite built and then dropped without erasing keeps a use of its operands, and a later pass
+    that walks the uses meets it (the printed IR never shows it)."""
+    inside = set(module.walk())
+    for op in inside:
+        for result in op.results:
+            for use in result.uses:
+                if use.operation not in inside:
+                    raise VerifyException(
+                        f"a result of {op.name} is read by {use.operation.name}, which is not in the "
+                        "module (an op a rewrite made and dropped without erasing it)"
+                    )
 
 
 def _failing_op(module: Operation) -> Operation | None:

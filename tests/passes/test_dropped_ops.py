@@ -5,6 +5,7 @@ outside the function. Found by a Jamba decode step (a state-by-vector `bmm` with
 
 from __future__ import annotations
 
+import pytest
 import torch
 from xdsl.dialects import func
 
@@ -75,3 +76,16 @@ def test_the_pipeline_runs_from_the_command_line(tmp_path, capsys):
     path.write_text(DECODE_BMM)
     assert cli_main(["opt", str(path), "-p", "canonicalize,form-fusion-groups"]) == 0, capsys.readouterr().err
     assert "ein.contract" in capsys.readouterr().out
+
+
+def test_verify_names_a_reader_outside_the_module():
+    from tilefuse.ir import einsum as ein
+    from tilefuse.ir.module import IRError, verify
+
+    module = parse_module(DECODE_BMM)
+    (fn,) = [op for op in module.ops if isinstance(op, func.FuncOp)]
+    reshape = next(op for op in fn.body.block.ops if isinstance(op, ein.ViewOp))  # of the norm's map
+    verify(module, "after canonicalize")
+    ein.ViewOp("reshape", reshape.input, reshape.result.type)  # made, never inserted: a dangling read
+    with pytest.raises(IRError, match=r"after canonicalize: .* ein.map is read by ein.view, which is not in"):
+        verify(module, "after canonicalize")
