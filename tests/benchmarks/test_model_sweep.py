@@ -145,3 +145,17 @@ def test_the_table_counts_each_kind_and_unknown_names_are_refused(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["--families", "NotAModelForCausalLM"])
     assert "not a causal-LM class" in capsys.readouterr().err
+
+
+def test_a_model_without_float64_kernels_is_judged_against_float32(monkeypatch):
+    real = model_sweep._result
+
+    def no_float64(model, ids, what):
+        if next(model.parameters()).dtype == torch.float64:
+            raise RuntimeError("Expected mat_a to be Float32, BFloat16 or Float16 matrix, got Double")
+        return real(model, ids, what)
+
+    monkeypatch.setattr(model_sweep, "_result", no_float64)
+    row = run_family("Qwen2ForCausalLM", "forward", torch.bfloat16, CPU, 32, 7)
+    assert row.status == "ok" and row.note.startswith("against float32 (float64: RuntimeError")
+    assert 0 < row.eager_error < 0.05
