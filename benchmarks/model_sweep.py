@@ -49,14 +49,14 @@ import transformers
 import tilefuse
 
 from .run import describe_error, environment_lines, release_memory
+from .training import DROPOUT_NAMES, relative
 
 WHATS = ("forward", "training", "generate")
 MODULE = "tilefuse.benchmarks.model_sweep"
 LM_HEAD_MODELS = ("GPT2LMHeadModel", "CTRLLMHeadModel", "OpenAIGPTLMHeadModel", "BertLMHeadModel")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 MAX_PARAMETERS = 30_000_000  # a config the size fields above do not reach (a composite model): skipped
-DROPOUTS = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
-            "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout")  # fmt: skip
+DROPOUTS = (*DROPOUT_NAMES, "activation_dropout")
 
 
 def family_names() -> list[str]:
@@ -128,11 +128,6 @@ class SweepRow:
     note: str = ""
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def _graph_counts(compiled: object) -> dict[str, int]:
     reports = getattr(compiled, "tilefuse_reports", [])
     parts = [p for r in reports for p in r.get("partitions", [])]
@@ -170,12 +165,12 @@ def run_family(
         model.train(what == "training")
         ids = torch.randint(3, 256, (2, tokens), generator=torch.Generator().manual_seed(1)).to(device)
         expected = _result(model, ids, what)
-        oracle_note = ""
+        eager_err, oracle_note = None, ""
         if dtype != torch.float32 and what != "generate":  # bf16: both sides against float64
             eager, (expected, oracle_note) = expected, _oracle(model, ids, what)
+            eager_err = relative(eager, expected)
     except Exception as e:  # the automatic config does not suit the family: not a tilefuse result
         return SweepRow(name, what, "config", note=describe_error(e)[:160])
-    eager_err = None if dtype == torch.float32 or what == "generate" else relative(eager, expected)
     try:
         torch._dynamo.reset()
         with warnings.catch_warnings(record=True) as caught:
@@ -216,25 +211,22 @@ def _result(model: torch.nn.Module, ids: torch.Tensor, what: str) -> torch.Tenso
 
 
 def _compiled(name, what, model, ids, expected, eager_err, dtype) -> SweepRow:
-    """tilefuse's side: the forward called twice, one backward, or `generate` with the forward compiled."""
-    if what in ("forward", "training"):
+    """tilefuse's side, as `_result` runs eager's: the compiled model's forward called twice, one
+    backward through it, or `generate` with the model's forward compiled."""
+    if what != "generate":
         compiled = tilefuse.compile(model)
-        if what == "forward":
-            with torch.no_grad():
-                err = max(relative(compiled(input_ids=ids).logits, expected) for _ in range(2))
-        else:
-            compiled(input_ids=ids, labels=ids).loss.backward()
-            err = relative(_gradients(model), expected)
+        err = max(
+            relative(_result(compiled, ids, what), expected) for _ in range(2 if what == "forward" else 1)
+        )
         return SweepRow(
             name, what, _verdict(err, eager_err, dtype), err, eager_err, **_graph_counts(compiled)
         )
     forward = model.forward
-    model.forward = tilefuse.compile(forward)
+    model.forward = compiled = tilefuse.compile(forward)
     try:
-        with torch.no_grad():
-            got = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        got = _result(model, ids, what)
     finally:
-        compiled, model.forward = model.forward, forward
+        model.forward = forward
     same = got.shape == expected.shape and torch.equal(got, expected)
     status = "ok" if same or dtype != torch.float32 else "wrong"
     note = (
