@@ -85,18 +85,22 @@ def _constant(value: SSAValue) -> float | None:
 
 
 def _scale_of(value: SSAValue, arg: SSAValue) -> float | None:
-    """c where `value` is `arg * c` or `arg / c` (casts looked through; 1 for `arg` itself), else None."""
+    """c where `value` is `arg * c` or `arg / c`, or a chain of them (`arg * a / b`: the scale that
+    canonicalize moves past a contraction lands after the map's own), casts looked through; 1 for
+    `arg` itself; else None."""
     value = strip_casts(value)
     if value is arg:
         return 1.0
     op = value.owner
     if isinstance(op, arith.MulfOp | arith.DivfOp):
-        lhs, rhs = strip_casts(op.lhs), strip_casts(op.rhs)
-        c = _constant(rhs) if lhs is arg else None
-        if c is None and rhs is arg and isinstance(op, arith.MulfOp):
-            c = _constant(lhs)
-        if c is not None and c != 0.0 and math.isfinite(c):
-            return c if isinstance(op, arith.MulfOp) else 1.0 / c
+        pairs = [(op.lhs, op.rhs)] + ([(op.rhs, op.lhs)] if isinstance(op, arith.MulfOp) else [])
+        for inner, other in pairs:
+            c = _constant(other)
+            if c is None or c == 0.0 or not math.isfinite(c):
+                continue
+            scale = _scale_of(inner, arg)
+            if scale is not None:
+                return scale * (c if isinstance(op, arith.MulfOp) else 1.0 / c)
     return None
 
 

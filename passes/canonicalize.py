@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import IntegerAttr, IntegerType, ModuleOp, i64
+from xdsl.dialects.builtin import AnyFloat, IntegerAttr, IntegerType, ModuleOp, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -65,11 +65,13 @@ from ..ir.builder import (
     inline_map_body,
     read_by_contraction,
     single_user,
+    strip_casts,
     view_source,
     widened_source,
     yielded_value,
 )
 from ..ir.dtypes import dims_of, has_symbolic_sizes, tensor_type, to_torch_dtype, undecided_as
+from ..ir.module import computed_from_parameters, parameter_args
 from .flash_attention import NEGATED_PREDICATE, iota_dim, match_attention, splat_value
 from .fusion_groups import math_functions
 
@@ -903,6 +905,78 @@ class SimplifyMaskInMap(RewritePattern):
         return False
 
 
+def _constant_scale(mapped: ein.MapOp) -> float | None:
+    """c where `mapped` is `x * c` or `x / c` elementwise: one operand x of the map's own type, c a
+    finite nonzero constant in the body, float casts looked through; else None."""
+    if len(mapped.inputs) != 1 or mapped.inputs[0].type != mapped.result.type:
+        return None
+    if not isinstance(mapped.result.type.get_element_type(), AnyFloat):
+        return None
+    arg = mapped.body.block.args[0]
+    product = strip_casts(yielded_value(mapped)).owner
+    if not isinstance(product, arith.MulfOp | arith.DivfOp):
+        return None
+    lhs, rhs = strip_casts(product.lhs), strip_casts(product.rhs)
+    pairs = [(lhs, rhs)] + ([(rhs, lhs)] if isinstance(product, arith.MulfOp) else [])
+    for this, other in pairs:
+        c = splat_value(other, mapped) if this is arg else None
+        if isinstance(c, float) and c != 0.0 and math.isfinite(c):
+            return c
+    return None
+
+
+def _from_parameters(op: Operation, value: SSAValue) -> bool:
+    """Whether `value` is computed from parameters alone (in the function that holds `op`): the
+    runtime computes such a scaled weight once, so the scale costs nothing where it stands."""
+    fn = op.parent_op()
+    while fn is not None and not isinstance(fn, func.FuncOp):
+        fn = fn.parent_op()
+    return fn is not None and computed_from_parameters(value, set(parameter_args(fn)))
+
+
+class ScaleAfterContract(RewritePattern):
+    """contract(x * a, y * b) → contract(x, y) * a * b, for constant scales a and b (or divisions by
+    constants) of operands that only the contraction reads: the scale becomes the contraction's
+    epilogue (merged into the map that reads its result, or fused into its kernel) instead of a
+    pointwise kernel per operand writing a scaled copy. SDPA's math decomposition, which is what CUDA
+    traces for a float32 SDPA with grouped heads, scales q and the repeated keys by d^-1/4 each before
+    `q @ k^T`: two kernels and a copy of the repeated keys ahead of the attention; after the rewrite
+    the scale is the pre-softmax map's and the keys are read through their views. Exact in real
+    arithmetic; in floating point the product is scaled once where each operand's elements were (as
+    SDPA's fused kernels scale the scores). Each operand's own map body (its casts) is applied to the
+    product, so the rounding to the result's type is the operands' own. A scaled weight (an operand
+    computed from parameters alone) stays: the runtime computes it once, and the product keeps no
+    epilogue."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ein.ContractOp, rewriter: PatternRewriter) -> None:
+        result_type = op.result.type
+        if op.lhs is op.rhs or not isinstance(result_type.get_element_type(), AnyFloat):
+            return
+        operands, scales = [op.lhs, op.rhs], []
+        for i, value in enumerate(operands):
+            mapped = value.owner
+            if not isinstance(mapped, ein.MapOp) or single_user(value) is not op:
+                continue
+            if mapped.result.type.get_element_type() != result_type.get_element_type():
+                continue
+            if _constant_scale(mapped) is not None and not _from_parameters(op, mapped.inputs[0]):
+                operands[i] = mapped.inputs[0]
+                scales.append(mapped)
+        if not scales:
+            return
+        contract = ein.ContractOp(op.spec.data, operands[0], operands[1], result_type)
+        rewriter.insert(contract, InsertPoint.before(op))
+        block = Block(arg_types=[result_type.get_element_type()])
+        value = block.args[0]
+        for mapped in scales:
+            value = inline_map_body(mapped, [value], block)
+        block.add_op(ein.YieldOp(value))
+        rewriter.replace(op, ein.MapOp([contract.result], result_type, Region(block)))
+        for mapped in scales:
+            rewriter.erase(mapped)
+
+
 class MergeMaps(RewritePattern):
     """map(..., map(a, b), ...) → one map, when the inner map has no other user."""
 
@@ -996,6 +1070,7 @@ PATTERNS: tuple[type[RewritePattern], ...] = (
     SplitReshapeOfGatheredMap,
     SinkSliceIntoMap,
     SinkUnflattenBelowMap,
+    ScaleAfterContract,
     MergeMaps,
     InlineCheapMap,
     SimplifyMaskInMap,

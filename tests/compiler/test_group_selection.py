@@ -1316,13 +1316,16 @@ def test_the_math_decompositions_causal_mask_is_read_as_causal(monkeypatch, fast
     mask (`scores + where(!(tril(ones) & true), -inf, 0)`) is rewritten to the causal select, so the
     SDPA path calls SDPA with `is_causal` and no dense bias (H100: 35.5 ms against ~12 on the suite's
     float32 GQA row), and the flash kernel skips the blocks above the diagonal; both give eager's
-    result. Ragged length 37, 8 query heads over 2 key heads."""
+    result. Its two d^-1/4 scalings of q and the repeated keys move past `q @ k^T` (canonicalize's
+    ScaleAfterContract): no pointwise kernel before the attention, and SDPA gets the scale d^-1/2.
+    Ragged length 37, 8 query heads over 2 key heads."""
     _fake_gpu(monkeypatch, faster)
     calls = []
     sdpa = F.scaled_dot_product_attention
 
     def spy(q, k, v, **kw):
         calls.append((kw.get("is_causal"), kw.get("attn_mask") is None))
+        assert kw.get("scale") == pytest.approx(q.shape[-1] ** -0.5, rel=1e-6)
         return sdpa(q, k, v, **kw)
 
     monkeypatch.setattr(library_attention.F, "scaled_dot_product_attention", spy)
@@ -1335,5 +1338,7 @@ def test_the_math_decompositions_causal_mask_is_read_as_causal(monkeypatch, fast
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     (report,) = compiled.tilefuse_reports
     assert [c["chosen"] for c in _attention_choices(report)] == [faster]
+    (partition,) = report["partitions"]
+    assert [g["kind"] for g in partition["groups"]] == ["attention"]
     if faster == "sdpa":
         assert calls and all(c == (True, True) for c in calls), calls
