@@ -108,7 +108,9 @@ def small_config(name: str, hidden: int):
     if defaults.get("qk_rope_head_dim") is not None:
         options["num_key_value_heads"] = options.get("num_attention_heads", 4)
     config = config_class(**options)
-    for key in DROPOUTS:
+    # every dropout rate the config has, whatever its spelling (SeedOss's `residual_dropout` was left
+    # on: its training row compared two different random masks)
+    for key in {*DROPOUTS, *(k for k in config.to_dict() if "dropout" in k or "pdrop" in k)}:
         if isinstance(getattr(config, key, None), float):
             setattr(config, key, 0.0)
     return config

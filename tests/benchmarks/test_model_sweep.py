@@ -46,6 +46,14 @@ def test_small_configs_build_small_models_that_run_eagerly(name):
     assert logits.shape[:2] == (2, 9) and torch.isfinite(logits).all()
 
 
+def test_small_configs_turn_off_every_dropout_spelling():
+    """SeedOss spells its dropout `residual_dropout`: left on, a training row compared two different
+    random masks and read as wrong."""
+    config = small_config("SeedOssForCausalLM", 64)
+    rates = {k: v for k, v in config.to_dict().items() if "dropout" in k and isinstance(v, float)}
+    assert rates and set(rates.values()) == {0.0}, rates
+
+
 def test_hybrid_configs_keep_one_full_attention_layer():
     kinds = small_config("Qwen3_5ForCausalLM", 64).layer_types
     assert kinds[0] == "linear_attention" and kinds[1] != "linear_attention"
