@@ -36,7 +36,10 @@ op went where:
   statistics) are outputs of the group too, rather than kernels of their own.
 - **reduction**: any other reduction plus the map that produces its input, if
   that map has no other user (a prologue: `sum(exp(x - m))` reads `x` once);
-  a loop over the row in chunks.
+  a loop over the row in chunks. Reductions over one space (input shape and
+  reduced dims) that read a tensor in common, or with no other kernel between
+  them, share the loop with an accumulator each (a LayerNorm's weight and
+  bias gradients).
 - **scan**: a running sum or product (cumsum, cumprod) plus the map that
   produces its input, if that map has no other user (a masked cumsum reads
   `x` and the mask once), or else the chain of maps after it, each the only
@@ -66,6 +69,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -407,7 +411,8 @@ def form_groups(fn: func.FuncOp) -> list[FusionGroup]:
         decided(_pointwise_group, lambda op, taken: [op]),
     )
     merges = [decided(m, lambda groups, ops: groups) for m in (
-        _merge_row_epilogues, _merge_sibling_pointwise, _absorb_shared_producers)]  # fmt: skip
+        _merge_row_epilogues, _merge_sibling_pointwise, _absorb_shared_producers,
+        _merge_sibling_reductions)]  # fmt: skip
 
     def add(kind: str, members: list[Operation]) -> None:
         taken.update(members)
@@ -493,21 +498,30 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
     # where the other kernels run: small groups join only with no other kernel between them (a layer's
     # statistics updates, side by side), not across a model's layers
     barriers = sorted(position[op] for g in groups if g[1] != "pointwise" for op in g[2])
+    return _merge_siblings(
+        groups, pointwise, position, "pointwise", lambda a, b: _sibling_place(a, b, position, barriers)
+    )
+
+
+def _merge_siblings(groups: list, candidates: list, position: dict, kind: str, place_of: Callable) -> list:
+    """Merge `candidates` (groups sorted by place) pairwise in order, up to MAX_SIBLINGS a kernel, where
+    `place_of(current, later)` says where the two run as one (`_sibling_place`: "later", or the views to
+    move up with the later group's ops to the first's place) or None; the merged groups are of `kind`."""
     absorbed: set[int] = set()
     result: dict[int, tuple] = {id(g): g for g in groups}
-    for i, first in enumerate(pointwise):
+    for i, first in enumerate(candidates):
         if id(first) in absorbed:
             continue
         current, joined = first, 1
-        for later in pointwise[i + 1 :]:
+        for later in candidates[i + 1 :]:
             if joined >= MAX_SIBLINGS:
                 break
             if id(later) in absorbed:
                 continue
-            place = _sibling_place(current, later, position, barriers)
+            place = place_of(current, later)
             if place is None:
                 continue
-            if place != "later":  # the later group's maps, and the views they read, move up after the first's
+            if place != "later":  # the later group's ops, and the views they read, move up after the first's
                 anchor = current[2][-1]
                 moved = sorted(place + later[2], key=position.__getitem__)
                 for op in reversed(moved):
@@ -517,13 +531,48 @@ def _merge_sibling_pointwise(groups: list, order: list[Operation]) -> list:
             else:
                 at = later[0]
             members = sorted(current[2] + later[2], key=position.__getitem__)
-            combined = (at, "pointwise", members)
+            combined = (at, kind, members)
             for g in (current, later):
                 result.pop(id(g), None)
                 absorbed.add(id(g))
             result[id(combined)] = combined
             current, joined = combined, joined + 1
     return list(result.values())
+
+
+def _merge_sibling_reductions(groups: list, order: list[Operation]) -> list:
+    """Reduction groups over one space (the same input shape, the same reduced dims) that read a tensor
+    in common become one kernel, a loop with an accumulator each (Inductor fuses reductions over the
+    same ranges): a LayerNorm's weight and bias gradients, `sum(dy * xhat)` and `sum(dy)` over the
+    tokens, were two launches each reading dy. Reductions with no tensor in common join where no
+    other kernel runs between them (the product `dy * xhat` written by the norm's backward row kernel
+    beside dy: one launch less). Float reductions only (not argmax/argmin), with kept
+    dims (not a reduction to one element). The kernel runs at the later group's place where nothing
+    outside reads the first's results before it, else at the first's (the later's ops moving up);
+    the later group must not read the first's results. At most MAX_SIBLINGS a kernel."""
+    position = {op: i for i, op in enumerate(order)}
+
+    def space(group: tuple) -> RowSpace | None:
+        # (a reduction and its prologue may have been formed as a row group: `_kind` reads it back as one)
+        if group[1] not in ("reduction", "row") or _kind(group[2]) != "reduction":
+            return None
+        reduce = group[2][-1]
+        kept = len(reduce.reduce_dims) < len(dims_of(reduce.input.type))
+        float_ = is_float(reduce.result.type.get_element_type())
+        return RowSpace.of(reduce) if kept and float_ and reduce.kind.data not in ein.ARG_KINDS else None
+
+    candidates = sorted((g for g in groups if space(g) is not None), key=lambda g: g[0])
+    # where the other kernels run: reductions with no tensor in common join only with none between them
+    barriers = sorted(position[op] for g in groups if space(g) is None for op in g[2])
+
+    def place_of(current: tuple, later: tuple) -> str | list[Operation] | None:
+        if space(later) != space(current):
+            return None
+        place = _sibling_place(current, later, position, barriers, shape=space(current).shape)
+        joined = sorted(current[2] + later[2], key=position.__getitem__)
+        return place if place is not None and _sibling_reductions(joined) else None
+
+    return _merge_siblings(groups, candidates, position, "reduction", place_of)
 
 
 def _readers(value: SSAValue) -> set[Operation] | None:
@@ -594,15 +643,18 @@ def _small(group: tuple) -> bool:
 
 
 def _sibling_place(
-    first: tuple, later: tuple, position: dict[Operation, int], barriers: list[int]
-) -> str | list[Operation] | None:
+    first: tuple, later: tuple, position: dict[Operation, int], barriers: list[int],
+    shape: Sequence[int] | None = None,
+) -> str | list[Operation] | None:  # fmt: skip
     """Where two pointwise groups can run as one kernel: "later" (the later group's place), the
     views to move up with the later group's maps (the first's place), or None. Small groups
     without a tensor in common only where no other kernel's op (`barriers`, sorted positions) lies
-    between them."""
-    shape = dims_of(first[2][-1].result.type)
-    if dims_of(later[2][-1].result.type) != shape:
-        return None
+    between them. `shape`: the shape the groups' inputs share (reductions': their input's; else the
+    groups' results')."""
+    if shape is None:
+        shape = dims_of(first[2][-1].result.type)
+        if dims_of(later[2][-1].result.type) != shape:
+            return None
     first_ops, later_ops = set(first[2]), set(later[2])
 
     def inputs(ops: set[Operation]) -> set[SSAValue]:
@@ -775,9 +827,34 @@ def _kind(ops: list[Operation]) -> str:
     prologue_inside = all(_read_inside(r, set(ops)) for op in ops[:-1] for r in op.results)
     if len(reductions) == 1 and ops[-1] is reductions[0] and len(ops) <= 2 and prologue_inside:
         return "reduction"  # a reduction and at most its prologue map (a chunked loop, one output)
+    if len(reductions) > 1 and ops[-1] in reductions and _sibling_reductions(ops):
+        return "reduction"  # several over one space, each with at most its prologue (one loop)
     if reductions:
         return "row"
     return "pointwise"
+
+
+def _sibling_reductions(ops: list[Operation]) -> bool:
+    """Whether `ops` are reductions over one space that read nothing of each other, each with at most
+    a prologue map only it reads (`_merge_sibling_reductions`' groups): one loop, an accumulator each."""
+    members = set(ops)
+    reductions = [op for op in ops if isinstance(op, ein.ReduceOp)]
+    if len({RowSpace.of(r) for r in reductions}) != 1 or any(
+        r.kind.data in ein.ARG_KINDS for r in reductions
+    ):
+        return False
+    prologues = set()
+    for r in reductions:
+        if _through_views([r.result]) & members:
+            return False
+        producer = r.input.owner
+        if producer in members:
+            if not isinstance(producer, ein.MapOp) or single_user(r.input) is not r:
+                return False
+            if producer.result.type != r.input.type or _through_views([r.result]) & {producer}:
+                return False
+            prologues.add(producer)
+    return len(prologues) + len(reductions) == len(ops)
 
 
 @dataclass(frozen=True)

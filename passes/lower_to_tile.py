@@ -315,23 +315,35 @@ def _combine(sb: ScalarBuilder, kind: str, acc: SSAValue, v: SSAValue) -> SSAVal
     return sb.mul(acc, v) if kind == "prod" else sb.binary(kind, acc, v)
 
 
+def reduction_parts(group: FusionGroup) -> list[tuple[ein.MapOp | None, ein.ReduceOp]]:
+    """A reduction group's reductions, each with its prologue map (the group's map it reduces) or
+    None: one, or several siblings over the same space (`fusion_groups._merge_sibling_reductions`)."""
+    members = set(group.ops)
+    parts = []
+    for op in group.ops:
+        if isinstance(op, ein.ReduceOp):
+            producer = op.input.owner
+            parts.append((producer if producer in members else None, op))
+    return parts
+
+
 def _read_with_prologue(
-    kb: KernelBuilder, group: FusionGroup, shape, idx: list[Index], row_dims: list[int], rows: list[Index]
+    kb: KernelBuilder, part: tuple[ein.MapOp | None, ein.ReduceOp], shape, idx: list[Index]
 ) -> SSAValue:
-    """What a reduction group's last op reads at `idx` (its row dims set here from `rows`,
-    as a [BLOCK_R, 1] column): its prologue map applied, or its input loaded."""
-    for d, i in zip(row_dims, rows):
-        idx[d] = kb.expand(i, 1)
-    if len(group.ops) == 2:
-        return kb.apply_map(group.ops[0], {}, shape, idx)
-    return kb.load(group.ops[-1].input, idx)
+    """What a reduction reads at `idx` (its row dims already set, `_reduced_columns`): its prologue
+    map applied, or its input loaded."""
+    prologue, reduce = part
+    if prologue is not None:
+        return kb.apply_map(prologue, {}, shape, idx)
+    return kb.load(reduce.input, idx)
 
 
 def _reduced_columns(
     kb: KernelBuilder, group: FusionGroup, step: SSAValue, row_dims: list[int], rows: list[Index]
-) -> tuple[SSAValue, SSAValue, SSAValue]:
+) -> tuple[SSAValue, list[SSAValue], SSAValue]:
     """Inside a reduction's loop: the flat reduced positions of chunk `step` ([1, BLOCK_C]), the
-    values reduced there ([BLOCK_R, BLOCK_C], through the prologue) and the mask of those in range."""
+    values each of the group's reductions reduces there ([BLOCK_R, BLOCK_C], through its prologue)
+    and the mask of those in range."""
     reduce = group.ops[-1]
     shape, dims = dims_of(reduce.input.type), reduce.reduce_dims
     C = math.prod(shape[d] for d in dims)
@@ -340,12 +352,14 @@ def _reduced_columns(
     idx: list[Index] = [kb.const(0)] * len(shape)
     for d, i in zip(dims, cols):
         idx[d] = kb.expand(i, 0)
-    value = _read_with_prologue(kb, group, shape, idx, row_dims, rows)
+    for d, i in zip(row_dims, rows):
+        idx[d] = kb.expand(i, 1)
+    values = [_read_with_prologue(kb, part, shape, list(idx)) for part in reduction_parts(group)]
     flat_c = kb.expand(flat_c, 0)
     if is_symbolic(C):  # the reduced extent is the kernel's size argument
-        return flat_c, value, kb.map([flat_c, kb.const(C)], i1, lambda sb, c, n: sb.cmp("lt", c, n))
+        return flat_c, values, kb.map([flat_c, kb.const(C)], i1, lambda sb, c, n: sb.cmp("lt", c, n))
     in_range = kb.map([flat_c], i1, lambda sb, c: sb.cmp("lt", c, sb.const(C, i32)))
-    return flat_c, value, in_range
+    return flat_c, values, in_range
 
 
 def _reduction_output_index(
@@ -362,17 +376,25 @@ def _reduction_output_index(
 
 
 def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], dict[str, int]]:
+    """A reduction (or sibling reductions over one space, each with its accumulator) walked in chunks
+    of BLOCK_C along the reduced dims, BLOCK_R kept positions a program."""
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
-    elem = reduce.result.type.get_element_type()
-    shape, dims, kind = dims_of(reduce.input.type), reduce.reduce_dims, reduce.kind.data
-    arg = kind in ein.ARG_KINDS
-    if arg and not is_static(reduce.input.type):
-        raise LoweringUnsupported(f"an {kind} kernel takes static sizes (this group's are symbolic)")
-    if arg and is_bool(reduce.input.type.get_element_type()):
-        raise LoweringUnsupported(f"{kind} over {reduce.input.type.get_element_type()} runs op by op")
-    if not (arg or is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
-        raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
+    parts = reduction_parts(group)
+    if {v for v in group.outputs} != {part.result for _, part in parts}:
+        raise LoweringUnsupported("a reduction kernel writes its reductions' results and nothing else")
+    shape, dims = dims_of(reduce.input.type), reduce.reduce_dims
+    for _, part in parts:
+        elem, kind = part.result.type.get_element_type(), part.kind.data
+        arg = kind in ein.ARG_KINDS
+        if arg and len(parts) > 1:
+            raise LoweringUnsupported(f"an {kind} kernel computes one reduction")
+        if arg and not is_static(part.input.type):
+            raise LoweringUnsupported(f"an {kind} kernel takes static sizes (this group's are symbolic)")
+        if arg and is_bool(part.input.type.get_element_type()):
+            raise LoweringUnsupported(f"{kind} over {part.input.type.get_element_type()} runs op by op")
+        if not (arg or is_float(elem) or _any_or_all(elem, kind) or sums_in_i64(kind, elem)):
+            raise LoweringUnsupported(f"{kind} reductions over {elem} run op by op")
     row_dims = [d for d in range(len(shape)) if d not in dims]
     if not row_dims:
         raise LoweringUnsupported("a reduction to a single element runs op by op")
@@ -381,34 +403,45 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     problem = {"R": R, "C": C}
     if len(shape) - 1 not in dims:  # the kept index is the contiguous one: wide in R, short in C
         problem["column"] = 1
-    if arg:
+    if reduce.kind.data in ein.ARG_KINDS:
         _lower_arg_reduction(kb, group, row_dims, rows)
         return [f"cdiv({R}, BLOCK_R)"], problem
     grid = [f"cdiv({size_text(R)}, BLOCK_R)"]
-    acc_elem = _accumulator_type(elem, kind)
-    acc_type = tile.BlockType(["BLOCK_R", "BLOCK_C"], acc_elem)
-    neutral = _neutral(kind, acc_elem)
-    init = _filled(kb, neutral, acc_type)
+    kinds = [part.kind.data for _, part in parts]
+    acc_elems = [
+        _accumulator_type(part.result.type.get_element_type(), k) for (_, part), k in zip(parts, kinds)
+    ]
+    acc_types = [tile.BlockType(["BLOCK_R", "BLOCK_C"], e) for e in acc_elems]
+    neutrals = [_neutral(k, e) for k, e in zip(kinds, acc_elems)]
+    inits = [_filled(kb, n, t) for n, t in zip(neutrals, acc_types)]
     trips = kb.cdiv(C, "BLOCK_C")
-    body = Block(arg_types=[i32, acc_type])
+    body = Block(arg_types=[i32, *acc_types])
     with kb.inside(body):
-        _, value, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
-        acc = body.args[1]
+        _, values, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
+        steps = []
+        for value, acc, kind, acc_elem, neutral in zip(values, body.args[1:], kinds, acc_elems, neutrals):
 
-        def step(sb, ok, v, a):
-            v = sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem))
-            return _combine(sb, kind, a, v)
+            def step(sb, ok, v, a, kind=kind, acc_elem=acc_elem, neutral=neutral):
+                v = sb.select(ok, sb.cast(v, acc_elem), sb.const(neutral, acc_elem))
+                return _combine(sb, kind, a, v)
 
-        kb.emit(scf.YieldOp(kb.map([in_range, value, acc], acc_elem, step)))
-    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), [init], Region(body)))
-    combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, loop.results[0], 1)).result
-    if kind == "mean" and is_symbolic(C):  # divided by the size argument
-        count = kb.const(C)
-        combined = kb.map([combined, count], acc_elem, lambda sb, s, n: sb.div(s, sb.cast(n, acc_elem)))
-    elif kind == "mean":
-        combined = kb.map([combined], acc_elem, lambda sb, s: sb.div(s, sb.const(float(C), acc_elem)))
-    out_idx = _reduction_output_index(kb, reduce, row_dims, rows)
-    kb.store(kb.output_argument(group.output), out_idx, kb.cast(combined, elem))
+            steps.append(kb.map([in_range, value, acc], acc_elem, step))
+        kb.emit(scf.YieldOp(*steps))
+    loop = kb.emit(scf.ForOp(kb.const(0), trips, kb.const(1), inits, Region(body)))
+    for (_, part), kind, acc_elem, carried in zip(parts, kinds, acc_elems, loop.results):
+        combined = kb.emit(tile.ReduceOp("sum" if kind == "mean" else kind, carried, 1)).result
+        if kind == "mean" and is_symbolic(C):  # divided by the size argument
+            count = kb.const(C)
+            combined = kb.map(
+                [combined, count], acc_elem, lambda sb, s, n, e=acc_elem: sb.div(s, sb.cast(n, e))
+            )
+        elif kind == "mean":
+            combined = kb.map(
+                [combined], acc_elem, lambda sb, s, e=acc_elem: sb.div(s, sb.const(float(C), e))
+            )
+        out_idx = _reduction_output_index(kb, part, row_dims, rows)
+        elem = part.result.type.get_element_type()
+        kb.store(kb.output_argument(part.result), out_idx, kb.cast(combined, elem))
     return grid, problem
 
 
@@ -434,7 +467,7 @@ def _lower_arg_reduction(
     C = math.prod(shape_of(reduce.input.type)[d] for d in reduce.reduce_dims)
     body = Block(arg_types=[i32, best_type, at_type])
     with kb.inside(body):
-        flat_c, value, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
+        flat_c, (value,), in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
         best, at = body.args[1], body.args[2]
 
         def better(sb, ok, v, b):
@@ -931,7 +964,7 @@ def lower_group(
     try:
         if group.kind not in SYMBOLIC_KINDS and not all(is_static(v.type) for v in _group_values(group)):
             raise LoweringUnsupported(f"a {group.kind} kernel takes static sizes (this group's are symbolic)")
-        if len(group.outputs) > 1 and group.kind not in ("gemm", "row", "pointwise"):
+        if len(group.outputs) > 1 and group.kind not in ("gemm", "row", "pointwise", "reduction"):
             raise LoweringUnsupported(f"a {group.kind} kernel writes one output")
         if group.kind == "gemm":
             (grid, problem), params = lower_gemm(kb, group, allow_tf32), GEMM_PARAMS

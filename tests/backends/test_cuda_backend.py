@@ -100,6 +100,9 @@ CASES = {
     "row_sum_f32": (lambda x: x.sum(-1), lambda: {"x": _randn(37, 100)}),
     "wide_row_max_f32": (lambda x: x.amax(-1), lambda: {"x": _randn(3, 5000)}),
     "column_sum_f32": (lambda x: x.sum(0), lambda: {"x": _randn(37, 100)}),
+    # sibling reductions (a LayerNorm's weight and bias gradients): one loop, two carried tiles, two outputs
+    "sibling_sums_f32": (lambda dy, xhat: ((dy * xhat).sum(0), dy.sum(0)),
+                         lambda: {"dy": _randn(37, 100), "xhat": _randn(37, 100)}),
     "mean_f16": (lambda x: x.float().mean(-1).half(), lambda: {"x": _randn(37, 100, dtype=torch.float16)}),
     "logsumexp_of_product": (_logsumexp_of_product, lambda: {"x": _randn(16, 32), "w": _randn(32, 1024)}),
     # read transposed: a pointwise kernel in 2-d tiles (BLOCK_X, BLOCK_Y; lower_to_tile.lower_pointwise)
@@ -421,7 +424,8 @@ def _run(library, name: str, tensors: list[torch.Tensor]) -> None:
     assert launch_on_cpu(library, name, tensors) == 0
 
 
-EMULATED_CASES = [c for c in CASES if c != "logsumexp_of_product"]  # its row kernel reads GEMM partials
+# logsumexp_of_product's row kernel reads GEMM partials; sibling_sums_f32 writes two outputs (its own test)
+EMULATED_CASES = [c for c in CASES if c not in ("logsumexp_of_product", "sibling_sums_f32")]
 
 
 @needs_gxx
@@ -438,6 +442,19 @@ def test_emulated_pipeline_kernel_matches_pytorch(pipeline, emulated, case):
     _run(emulated, name, args)
     tolerance = 2e-2 if expected.dtype in (torch.bfloat16, torch.float16) else 1e-5
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
+@needs_gxx
+def test_emulated_sibling_reductions_write_both_sums(pipeline, emulated):
+    (name,) = [n for n, k in pipeline.items() if k.case == "sibling_sums_f32"]
+    torch.manual_seed(2)
+    dy, xhat = _randn(37, 100), _randn(37, 100)
+    outs = {"out": torch.full((100,), float("nan")), "out_1": torch.full((100,), float("nan"))}
+    names = [arg.name_hint for arg in pipeline[name].kernel.body.block.args]
+    assert names == ["dy", "xhat", "out", "out"], names  # the outputs in program order
+    _run(emulated, name, [dy, xhat, outs["out"], outs["out_1"]])
+    torch.testing.assert_close(outs["out"], (dy * xhat).sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["out_1"], dy.sum(0), rtol=1e-5, atol=1e-5)
 
 
 @needs_gxx
