@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import AnyFloat, IntegerAttr, IntegerType, ModuleOp, i64
+from xdsl.dialects.builtin import AnyFloat, Float16Type, IntegerAttr, IntegerType, ModuleOp, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -944,7 +944,8 @@ class ScaleAfterContract(RewritePattern):
     the scale is the pre-softmax map's and the keys are read through their views. Exact in real
     arithmetic; in floating point the product is scaled once where each operand's elements were (as
     SDPA's fused kernels scale the scores). Each operand's own map body (its casts) is applied to the
-    product, so the rounding to the result's type is the operands' own. A scaled weight (an operand
+    product, so the rounding to the result's type is the operands' own. Not for a float16 product
+    scaled down (its unscaled values could overflow). A scaled weight (an operand
     computed from parameters alone) stays: the runtime computes it once, and the product keeps no
     epilogue."""
 
@@ -953,17 +954,21 @@ class ScaleAfterContract(RewritePattern):
         result_type = op.result.type
         if op.lhs is op.rhs or not isinstance(result_type.get_element_type(), AnyFloat):
             return
-        operands, scales = [op.lhs, op.rhs], []
+        operands, scales, product = [op.lhs, op.rhs], [], 1.0
         for i, value in enumerate(operands):
             mapped = value.owner
             if not isinstance(mapped, ein.MapOp) or single_user(value) is not op:
                 continue
             if mapped.result.type.get_element_type() != result_type.get_element_type():
                 continue
-            if _constant_scale(mapped) is not None and not _from_parameters(op, mapped.inputs[0]):
+            c = _constant_scale(mapped)
+            if c is not None and not _from_parameters(op, mapped.inputs[0]):
                 operands[i] = mapped.inputs[0]
                 scales.append(mapped)
-        if not scales:
+                product *= c
+        # float16 overflows at 65504: scores `q @ k^T` unscaled may where the scaled ones do not (why
+        # SDPA's math path scales both operands); a scale of 1 or more makes the product no larger
+        if not scales or (isinstance(result_type.get_element_type(), Float16Type) and abs(product) < 1):
             return
         contract = ein.ContractOp(op.spec.data, operands[0], operands[1], result_type)
         rewriter.insert(contract, InsertPoint.before(op))

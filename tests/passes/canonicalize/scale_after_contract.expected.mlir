@@ -46,4 +46,16 @@ builtin.module {
     %1 = ein.contract "mk,nk->mn" %x, %0 : (tensor<6x4xf32>, tensor<3x4xf32>) -> tensor<6x3xf32>
     func.return %1 : tensor<6x3xf32>
   }
+  func.func @float16_scaled_down_stays(%q: tensor<4x8xf16>, %k: tensor<8x6xf16>) -> tensor<4x6xf16> {
+    %0 = ein.map(%q) : (tensor<4x8xf16>) -> tensor<4x8xf16> {
+    ^bb0(%1: f16):
+      %2 = arith.extf %1 : f16 to f32
+      %3 = arith.constant 1.250000e-01 : f32
+      %4 = arith.mulf %2, %3 : f32
+      %5 = arith.truncf %4 : f32 to f16
+      ein.yield %5 : f16
+    }
+    %1 = ein.contract "mk,kn->mn" %0, %k : (tensor<4x8xf16>, tensor<8x6xf16>) -> tensor<4x6xf16>
+    func.return %1 : tensor<4x6xf16>
+  }
 }
