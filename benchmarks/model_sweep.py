@@ -1,4 +1,5 @@
-"""Every causal-LM family of the installed `transformers`, in a small automatic config: tilefuse vs eager.
+"""Every causal-LM and encoder-decoder text family of the installed `transformers`, in a small automatic
+config: tilefuse vs eager.
 
     python -m tilefuse.benchmarks.model_sweep [--what forward,training,generate] [--dtype float32|bfloat16]
         [--device cpu|cuda] [--families NAME,...] [--start NAME] [--hidden 64] [--tokens 12]
@@ -6,13 +7,16 @@
 
 A correctness sweep, not a timing: the benchmark suites time a few families at real sizes, and a
 user's model is more often one they do not cover. Every `*ForCausalLM` class that transformers
-exports (and the `*LMHeadModel` ones: GPT-2, CTRL, OpenAI GPT, BERT) is built from its config class
+exports (and the `*LMHeadModel` ones: GPT-2, CTRL, OpenAI GPT, BERT), and every encoder-decoder model of
+token ids (T5, BART, Pegasus, M2M100, Marian...: `seq2seq_names`), is built from its config class
 with the common size fields shrunk (`small_config`: hidden `--hidden`, 2 layers, 4 query heads over 2
 key-value heads, a 256-token vocabulary, 4 experts of which 2 are routed, small state for recurrent
-and linear-attention layers, dropout off; a family whose layers alternate linear and full attention
-keeps one of each), random weights (seeded; nothing is downloaded). For each family and each `--what`:
+and linear-attention layers, dropout and LayerDrop off; a family whose layers alternate linear and full
+attention keeps one of each), random weights (seeded; nothing is downloaded). For each family and
+each `--what`:
 
-- `forward`: logits of `tilefuse.compile(model)` under `torch.no_grad()`, called twice;
+- `forward`: logits of `tilefuse.compile(model)` under `torch.no_grad()`, called twice (an
+  encoder-decoder's decoder reads the encoder's ids; its training labels are those ids too);
 - `training`: the parameters' gradients after one forward + backward through the compiled model
   (with `TILEFUSE_TRAINING=compile` the backward graph is compiled too); a parameter that one side
   leaves without a gradient counts as zeros (torch.compile, like tilefuse, gives zeros to a
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import inspect
 import json
 import subprocess
 import sys
@@ -57,13 +63,36 @@ LM_HEAD_MODELS = ("GPT2LMHeadModel", "CTRLLMHeadModel", "OpenAIGPTLMHeadModel", 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 MAX_PARAMETERS = 30_000_000  # a config the size fields above do not reach (a composite model): skipped
 DROPOUTS = (*DROPOUT_NAMES, "activation_dropout")
+NON_TEXT_INPUTS = {"input_features", "pixel_values", "input_values", "flattened_patches"}
 
 
 def family_names() -> list[str]:
     """The causal-LM classes transformers exports (`*ForCausalLM`, and the older `*LMHeadModel` spelling
-    of GPT-2, CTRL, OpenAI GPT, BERT), sorted."""
+    of GPT-2, CTRL, OpenAI GPT, BERT) and its encoder-decoder text models (`seq2seq_names`), sorted."""
     names = [n for n in dir(transformers) if n.endswith("ForCausalLM") and not n.startswith("Auto")]
-    return sorted(names + [n for n in LM_HEAD_MODELS if hasattr(transformers, n)])
+    return sorted(names + [n for n in LM_HEAD_MODELS if hasattr(transformers, n)] + seq2seq_names())
+
+
+@functools.cache
+def seq2seq_names() -> list[str]:
+    """Encoder-decoder models of token ids (`*ForConditionalGeneration` and Marian's `MarianMTModel`
+    whose config is encoder-decoder and whose forward takes `input_ids` and `decoder_input_ids`, not
+    audio or images): T5, BART, Pegasus, M2M100, ..."""
+    found = []
+    for name in dir(transformers):
+        seq2seq_spelling = name.endswith("ForConditionalGeneration") or name == "MarianMTModel"
+        if not seq2seq_spelling or name.startswith("Auto"):
+            continue
+        try:
+            model_class = getattr(transformers, name)
+            if not getattr(model_class.config_class(), "is_encoder_decoder", False):
+                continue
+            params = set(inspect.signature(model_class.forward).parameters)
+        except Exception:  # noqa: BLE001  (a class this install cannot build: not swept)
+            continue
+        if {"input_ids", "decoder_input_ids"} <= params and not params & NON_TEXT_INPUTS:
+            found.append(name)
+    return found
 
 
 def small_sizes(hidden: int) -> dict[str, object]:
@@ -83,6 +112,10 @@ def small_sizes(hidden: int) -> dict[str, object]:
         linear_conv_kernel_dim=4, ssm_state_size=16, state_size=16, mamba_d_state=16, mamba_d_ssm=hidden,
         mamba_n_heads=8, mamba_d_head=max(1, hidden // 8), mamba_headdim=8, mamba_chunk_size=8, chunk_size=8,
         time_step_rank=8, mamba_dt_rank=8, rotary_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        # encoder-decoder models' spellings
+        d_ff=2 * hidden, d_kv=head, num_decoder_layers=2, num_heads=4, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * hidden,
+        decoder_ffn_dim=2 * hidden, decoder_start_token_id=2,
     )  # fmt: skip
 
 
@@ -109,10 +142,16 @@ def small_config(name: str, hidden: int):
         options["num_key_value_heads"] = options.get("num_attention_heads", 4)
     config = config_class(**options)
     # every dropout rate the config has, whatever its spelling (SeedOss's `residual_dropout` was left
-    # on: its training row compared two different random masks)
-    for key in {*DROPOUTS, *(k for k in config.to_dict() if "dropout" in k or "pdrop" in k)}:
+    # on: its training row compared two different random masks), and LayerDrop's (M2M100's layers
+    # skipped at random in training)
+    rates = [k for k in config.to_dict() if "dropout" in k or "pdrop" in k or "layerdrop" in k]
+    for key in {*DROPOUTS, *rates}:
         if isinstance(getattr(config, key, None), float):
             setattr(config, key, 0.0)
+    if getattr(config, "is_encoder_decoder", False):  # the decoder's first token within the vocabulary
+        start = getattr(config, "decoder_start_token_id", None)
+        if not isinstance(start, int) or start >= getattr(config, "vocab_size", 256):
+            config.decoder_start_token_id = 2 if config.pad_token_id is None else config.pad_token_id
     return config
 
 
@@ -200,9 +239,11 @@ def _oracle(model: torch.nn.Module, ids: torch.Tensor, what: str) -> tuple[torch
 
 def _result(model: torch.nn.Module, ids: torch.Tensor, what: str) -> torch.Tensor:
     """What `what` compares: the logits, the parameters' gradients (then cleared), or greedy tokens."""
-    if what == "forward":
+    if what == "forward":  # (an encoder-decoder model's decoder reads the same ids)
+        seq2seq = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+        decoder = {"decoder_input_ids": ids} if seq2seq else {}
         with torch.no_grad():
-            return model(input_ids=ids).logits
+            return model(input_ids=ids, **decoder).logits
     if what == "training":
         model(input_ids=ids, labels=ids).loss.backward()
         grads = _gradients(model)
@@ -301,7 +342,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     wanted = [n for n in args.families.split(",") if n]
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        p.error(f"not a causal-LM class of this transformers: {', '.join(unknown)}")
+        p.error(f"not a causal-LM or encoder-decoder class of this transformers: {', '.join(unknown)}")
     args.whats, args.names = whats, [n for n in (wanted or known) if n >= args.start]
     return args
 
@@ -316,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     given = sys.argv[1:] if argv is None else list(argv)
     header = [
-        "# tilefuse against eager on every causal-LM family (`benchmarks/model_sweep.py`)",
+        "# tilefuse against eager on every causal-LM and encoder-decoder family (benchmarks/model_sweep.py)",
         "",
         *(line for line in environment_lines(MODULE, device, dtype, given) if not line.startswith("- dtype")),
         f"- dtype {args.dtype}, device {args.device}, hidden {args.hidden}, 2 x {args.tokens} tokens, "

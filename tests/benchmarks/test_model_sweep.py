@@ -12,15 +12,45 @@ import transformers
 
 import tilefuse
 from tilefuse.benchmarks import model_sweep
-from tilefuse.benchmarks.model_sweep import SweepRow, family_names, main, run_family, small_config
+from tilefuse.benchmarks.model_sweep import (
+    SweepRow,
+    family_names,
+    main,
+    run_family,
+    seq2seq_names,
+    small_config,
+)
 
 CPU = torch.device("cpu")
 
 
-def test_the_families_are_transformers_causal_lms():
+def test_the_families_are_transformers_causal_lms_and_encoder_decoders():
     names = family_names()
     assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel", "MixtralForCausalLM"} <= set(names)
     assert names == sorted(names) and not any(n.startswith("Auto") for n in names)
+    seq2seq = set(seq2seq_names())
+    assert {"T5ForConditionalGeneration", "BartForConditionalGeneration", "MarianMTModel"} <= seq2seq
+    assert seq2seq <= set(names)
+    assert not seq2seq & {"WhisperForConditionalGeneration", "LlavaForConditionalGeneration"}  # audio, images
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("T5ForConditionalGeneration", "forward"),
+        ("T5ForConditionalGeneration", "training"),
+        ("T5ForConditionalGeneration", "generate"),
+        ("M2M100ForConditionalGeneration", "training"),
+    ],
+)
+def test_encoder_decoders_match_eager_in_float32(name, what):
+    """The decoder reads the encoder's ids; M2M100's LayerDrop (layers skipped at random in training) is
+    off, as its dropout is."""
+    row = run_family(name, what, torch.float32, CPU, 32, 7)
+    assert row.status == "ok", row
+    if what != "generate":
+        assert row.error < 1e-4
+    assert row.graphs >= 1 and row.kernels > 0
 
 
 @pytest.mark.parametrize(
@@ -152,7 +182,7 @@ def test_the_table_counts_each_kind_and_unknown_names_are_refused(tmp_path, caps
     assert "- forward: 1 ok" in text and "| LlamaForCausalLM | forward | ok |" in text
     with pytest.raises(SystemExit):
         main(["--families", "NotAModelForCausalLM"])
-    assert "not a causal-LM class" in capsys.readouterr().err
+    assert "not a causal-LM or encoder-decoder class" in capsys.readouterr().err
 
 
 def test_a_model_without_float64_kernels_is_judged_against_float32(monkeypatch):
