@@ -381,7 +381,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     reduce = group.ops[-1]
     assert isinstance(reduce, ein.ReduceOp)
     parts = reduction_parts(group)
-    if {v for v in group.outputs} != {part.result for _, part in parts}:
+    if set(group.outputs) != {part.result for _, part in parts}:
         raise LoweringUnsupported("a reduction kernel writes its reductions' results and nothing else")
     shape, dims = dims_of(reduce.input.type), reduce.reduce_dims
     for _, part in parts:
