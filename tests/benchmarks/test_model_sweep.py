@@ -134,6 +134,30 @@ def test_wrong_results_are_wrong_rows(monkeypatch):
     assert row.status == "wrong" and row.error > 1e-3
 
 
+def test_what_dynamo_captures_differently_from_eager_is_a_dynamo_row(monkeypatch):
+    """UMT5 under Dynamo differs from eager (torch.compile's eager backend by as much): tilefuse, which
+    matches that, is not wrong."""
+    real = tilefuse.compile
+
+    def shifted(compile_fn):
+        def compile_(model, **kwargs):
+            compiled = compile_fn(model, **kwargs)
+
+            def call(**inputs):
+                out = compiled(**inputs)
+                out.logits = out.logits + 1.0
+                return out
+
+            return call
+
+        return compile_
+
+    monkeypatch.setattr(tilefuse, "compile", shifted(real))
+    monkeypatch.setattr(model_sweep, "dynamo_eager", shifted(lambda model: model))
+    row = run_family("LlamaForCausalLM", "forward", torch.float32, CPU, 32, 7)
+    assert row.status == "dynamo" and "tilefuse matches it" in row.note, row
+
+
 def test_a_config_that_does_not_build_is_not_a_tilefuse_result(monkeypatch):
     def unsuitable(name, hidden):
         raise ValueError("no such layout")
