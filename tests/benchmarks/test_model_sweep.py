@@ -116,11 +116,11 @@ def test_a_tilefuse_failure_is_a_crash_row(monkeypatch):
     assert row.status == "crash" and "injected" in row.note
 
 
-def test_wrong_results_are_wrong_rows(monkeypatch):
-    real = tilefuse.compile
+def _logits_plus_one(compile_fn):
+    """`compile_fn` whose compiled model's logits come out 1.0 too large."""
 
-    def off_by_a_bit(model, **kwargs):
-        compiled = real(model, **kwargs)
+    def compile_(model, **kwargs):
+        compiled = compile_fn(model, **kwargs)
 
         def call(**inputs):
             out = compiled(**inputs)
@@ -129,7 +129,11 @@ def test_wrong_results_are_wrong_rows(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(tilefuse, "compile", off_by_a_bit)
+    return compile_
+
+
+def test_wrong_results_are_wrong_rows(monkeypatch):
+    monkeypatch.setattr(tilefuse, "compile", _logits_plus_one(tilefuse.compile))
     row = run_family("LlamaForCausalLM", "forward", torch.float32, CPU, 32, 7)
     assert row.status == "wrong" and row.error > 1e-3
 
@@ -137,23 +141,8 @@ def test_wrong_results_are_wrong_rows(monkeypatch):
 def test_what_dynamo_captures_differently_from_eager_is_a_dynamo_row(monkeypatch):
     """UMT5 under Dynamo differs from eager (torch.compile's eager backend by as much): tilefuse, which
     matches that, is not wrong."""
-    real = tilefuse.compile
-
-    def shifted(compile_fn):
-        def compile_(model, **kwargs):
-            compiled = compile_fn(model, **kwargs)
-
-            def call(**inputs):
-                out = compiled(**inputs)
-                out.logits = out.logits + 1.0
-                return out
-
-            return call
-
-        return compile_
-
-    monkeypatch.setattr(tilefuse, "compile", shifted(real))
-    monkeypatch.setattr(model_sweep, "dynamo_eager", shifted(lambda model: model))
+    monkeypatch.setattr(tilefuse, "compile", _logits_plus_one(tilefuse.compile))
+    monkeypatch.setattr(model_sweep, "dynamo_eager", _logits_plus_one(lambda model: model))
     row = run_family("LlamaForCausalLM", "forward", torch.float32, CPU, 32, 7)
     assert row.status == "dynamo" and "tilefuse matches it" in row.note, row
 
