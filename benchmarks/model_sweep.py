@@ -28,7 +28,7 @@ against a float64 copy of the model (float32 where float64 has no kernels: group
 wrong where tilefuse's error exceeds 10x eager's plus `TOLERANCE` (generate compares tokens; in
 bfloat16 a token may flip on a near-tie, reported as such, not as wrong). A family whose config or
 eager run fails is reported as `config` (the automatic config does not suit it: not a tilefuse
-result); a float32 result that differs from eager's but matches `torch.compile(backend="eager")` as
+result); a result that differs from eager's but matches `torch.compile(backend="eager")` as
 `dynamo` (the graph Dynamo captures is not what eager runs: not a tilefuse result either).
 `--isolate` runs each family in a child process with `--timeout`, so a fault that poisons the process
 (a CUDA illegal address, the OOM killer) costs one row. The table is rewritten after each family.
@@ -267,12 +267,12 @@ def _compiled(name, what, model, ids, expected, eager_err, dtype) -> SweepRow:
         results = [_result(compiled, ids, what) for _ in range(2 if what == "forward" else 1)]
         err = max(relative(got, expected) for got in results)
         row = SweepRow(name, what, _verdict(err, eager_err, dtype), err, eager_err, **_graph_counts(compiled))
-        if row.status == "wrong" and dtype == torch.float32:
+        if row.status == "wrong":
             # what Dynamo captures may itself differ from eager (a branch on `is_torchdynamo_compiling()`):
             # then torch.compile with its eager backend gives the same numbers as tilefuse
             torch._dynamo.reset()
             captured = _result(dynamo_eager(model), ids, what)
-            if relative(results[-1], captured) <= TOLERANCE[dtype]:
+            if _verdict(relative(results[-1], captured), eager_err, dtype) == "ok":
                 row.status = "dynamo"
                 row.note = (
                     f"torch.compile(backend='eager') differs from eager as much "
