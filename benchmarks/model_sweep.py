@@ -160,7 +160,7 @@ def small_config(name: str, hidden: int):
 class SweepRow:
     family: str
     what: str
-    status: str  # ok, wrong, crash, config, skipped, timeout
+    status: str  # ok, wrong, dynamo, crash, config, skipped, timeout
     error: float | None = None  # tilefuse's relative error (against eager; bf16: against float64)
     eager_error: float | None = None  # bf16: eager's against float64
     graphs: int | None = None

@@ -339,12 +339,13 @@ def _read_with_prologue(
 
 
 def _reduced_columns(
-    kb: KernelBuilder, group: FusionGroup, step: SSAValue, row_dims: list[int], rows: list[Index]
-) -> tuple[SSAValue, list[SSAValue], SSAValue]:
+    kb: KernelBuilder, parts: list[tuple[ein.MapOp | None, ein.ReduceOp]], step: SSAValue,
+    row_dims: list[int], rows: list[Index],
+) -> tuple[SSAValue, list[SSAValue], SSAValue]:  # fmt: skip
     """Inside a reduction's loop: the flat reduced positions of chunk `step` ([1, BLOCK_C]), the
-    values each of the group's reductions reduces there ([BLOCK_R, BLOCK_C], through its prologue)
-    and the mask of those in range."""
-    reduce = group.ops[-1]
+    values each of the group's reductions (`reduction_parts`) reduces there ([BLOCK_R, BLOCK_C],
+    through its prologue) and the mask of those in range."""
+    reduce = parts[-1][1]
     shape, dims = dims_of(reduce.input.type), reduce.reduce_dims
     C = math.prod(shape[d] for d in dims)
     flat_c = kb.offsets(step, "BLOCK_C")
@@ -354,7 +355,7 @@ def _reduced_columns(
         idx[d] = kb.expand(i, 0)
     for d, i in zip(row_dims, rows):
         idx[d] = kb.expand(i, 1)
-    values = [_read_with_prologue(kb, part, shape, list(idx)) for part in reduction_parts(group)]
+    values = [_read_with_prologue(kb, part, shape, list(idx)) for part in parts]
     flat_c = kb.expand(flat_c, 0)
     if is_symbolic(C):  # the reduced extent is the kernel's size argument
         return flat_c, values, kb.map([flat_c, kb.const(C)], i1, lambda sb, c, n: sb.cmp("lt", c, n))
@@ -417,7 +418,7 @@ def lower_reduction(kb: KernelBuilder, group: FusionGroup) -> tuple[list[str], d
     trips = kb.cdiv(C, "BLOCK_C")
     body = Block(arg_types=[i32, *acc_types])
     with kb.inside(body):
-        _, values, in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
+        _, values, in_range = _reduced_columns(kb, parts, body.args[0], row_dims, rows)
         steps = []
         for value, acc, kind, acc_elem, neutral in zip(values, body.args[1:], kinds, acc_elems, neutrals):
 
@@ -467,7 +468,8 @@ def _lower_arg_reduction(
     C = math.prod(shape_of(reduce.input.type)[d] for d in reduce.reduce_dims)
     body = Block(arg_types=[i32, best_type, at_type])
     with kb.inside(body):
-        flat_c, (value,), in_range = _reduced_columns(kb, group, body.args[0], row_dims, rows)
+        parts = reduction_parts(group)
+        flat_c, (value,), in_range = _reduced_columns(kb, parts, body.args[0], row_dims, rows)
         best, at = body.args[1], body.args[2]
 
         def better(sb, ok, v, b):
